@@ -1,0 +1,47 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "balsam-swift",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Spool", targets: ["Spool"]),
+        .executable(name: "balsam", targets: ["balsam"]),
+        .executable(name: "balsam-submit", targets: ["balsam-submit"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // Linux calls Swift's Glibc module does not import (renameat2, syncfs).
+        .target(name: "CLinux"),
+        // The on-disk contract: site, apps, jobs, states, submission, queries.
+        .target(
+            name: "Spool",
+            dependencies: [
+                "CLinux",
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        // What the executables share: site option, error-to-exit-status mapping, output helpers.
+        .target(
+            name: "BalsamCLI",
+            dependencies: [
+                "Spool",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "balsam", dependencies: ["BalsamCLI", "Spool"]),
+        .executableTarget(name: "balsam-submit", dependencies: ["BalsamCLI", "Spool"]),
+        .testTarget(name: "SpoolTests", dependencies: ["Spool"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Spool"]),
+    ]
+)
+
+for target in package.targets where target.type != .system && target.name != "CLinux" {
+    target.swiftSettings = (target.swiftSettings ?? []) + [
+        .enableUpcomingFeature("ExistentialAny"),
+        .enableUpcomingFeature("MemberImportVisibility"),
+    ]
+}

@@ -1,0 +1,110 @@
+import ArgumentParser
+import Spool
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The `--site` option every command takes, and how a command finds its site.
+public struct SiteOption: ParsableArguments {
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The site directory. Without it: $BALSAM_SITE, else the nearest site at or above the current directory.",
+            valueName: "dir"))
+    public var site: String?
+
+    public init() {}
+
+    /// Opens the site named by `--site`, `$BALSAM_SITE`, or the current directory's ancestry.
+    public func open() throws(SpoolError) -> Site {
+        let env = getenv("BALSAM_SITE").map { String(cString: $0) }
+        return try Site.locate(explicit: site, environment: env, from: ".")
+    }
+}
+
+/// sysexits(3) statuses, as documented in every man page.
+public enum ExitStatus {
+    public static let usage: Int32 = 64
+    public static let dataError: Int32 = 65
+    public static let noInput: Int32 = 66
+    public static let unavailable: Int32 = 69
+    public static let cannotCreate: Int32 = 73
+    public static let ioError: Int32 = 74
+
+    /// The status for an error code.
+    public static func status(for code: SpoolError.Code) -> Int32 {
+        switch code {
+        case .usage: usage
+        case .invalidInput: dataError
+        case .notFound: noInput
+        case .unavailable: unavailable
+        case .cannotCreate: cannotCreate
+        default: ioError
+        }
+    }
+}
+
+/// Runs a command body, turning a `SpoolError` into a message on stderr and its sysexits status.
+public func reportingErrors(_ program: String, _ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as SpoolError {
+        printError("\(program): \(error)")
+        throw ExitCode(ExitStatus.status(for: error.code))
+    }
+}
+
+/// Writes a line to standard error.
+public func printError(_ line: String) {
+    var bytes = Array((line + "\n").utf8)
+    _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+}
+
+/// Parses `KEY=VALUE`, naming the option on error.
+public func keyValue(_ text: String, option: String) throws(SpoolError) -> (String, String) {
+    guard let eq = text.firstIndex(of: "="), eq != text.startIndex else {
+        throw SpoolError(.usage, "\(option) needs KEY=VALUE, not '\(text)'")
+    }
+    return (String(text[..<eq]), String(text[text.index(after: eq)...]))
+}
+
+/// A parameter value from the command line: JSON if it parses as JSON, otherwise the text itself.
+public func parameterValue(_ text: String) -> JSONValue {
+    (try? JSONValue.parse(text)) ?? .string(text)
+}
+
+/// Formats rows as a left-aligned table with a header.
+public func table(_ header: [String], _ rows: [[String]]) -> String {
+    var widths = header.map(\.count)
+    for row in rows {
+        for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) }
+    }
+    func line(_ cells: [String]) -> String {
+        var out = ""
+        for (i, cell) in cells.enumerated() {
+            if i == cells.count - 1 {
+                out += cell
+            } else {
+                out += cell + String(repeating: " ", count: widths[i] - cell.count + 2)
+            }
+        }
+        return out
+    }
+    return ([line(header)] + rows.map(line)).map { String($0.trimmingSuffix(" ")) }.joined(separator: "\n")
+}
+
+/// A job and its state as one JSON object (the job's fields plus `state`), for `--json` output.
+public func jobJSON(_ job: Job, state: JobState) -> JSONValue {
+    guard case .object(var o) = job.json else { return job.json }
+    o["state"] = .string(state.rawValue)
+    return .object(o)
+}
+
+extension String {
+    func trimmingSuffix(_ character: Character) -> Substring {
+        var s = self[...]
+        while s.last == character { s = s.dropLast() }
+        return s
+    }
+}

@@ -1,0 +1,12 @@
+#ifndef CLINUX_H
+#define CLINUX_H
+// Linux calls that Swift's Glibc module does not import because glibc declares them only under
+// _GNU_SOURCE. Each wrapper is one line and exists for that reason alone.
+
+/// renameat2(2) with RENAME_NOREPLACE: publish a directory under a name only if that name is free.
+int clinux_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
+
+/// syncfs(2): flush one filesystem once instead of fsyncing every file of a batch.
+int clinux_syncfs(int fd);
+
+#endif

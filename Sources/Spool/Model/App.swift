@@ -1,0 +1,300 @@
+internal import Yams
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// An app: `SITE/apps/NAME/app.yml` plus optional hook executables beside it. Attribute names are the
+/// original `ApplicationDefinition`'s; `on_error` and `on_timeout` are ours.
+public struct App: Sendable, Equatable {
+    /// One declared parameter of the command template.
+    public struct Parameter: Sendable, Equatable {
+        /// Whether every job must give a value.
+        public var required: Bool
+        /// The value used when a job gives none (optional parameters only).
+        public var defaultValue: JSONValue?
+        /// A sentence for `balsam app show`.
+        public var help: String
+
+        /// Makes a parameter.
+        public init(required: Bool, defaultValue: JSONValue? = nil, help: String = "") {
+            self.required = required
+            self.defaultValue = defaultValue
+            self.help = help
+        }
+    }
+
+    /// What to do after an error or a timeout: retry up to `retries` times, then fail.
+    public struct RetryPolicy: Sendable, Equatable {
+        /// Retries before the job is `FAILED`.
+        public var retries: Int
+
+        /// Makes a policy.
+        public init(retries: Int) { self.retries = retries }
+    }
+
+    /// Executables beside `app.yml` that the watcher and launcher run at fixed points of the lifecycle.
+    public enum Hook: String, CaseIterable, Sendable {
+        case preprocess, postprocess
+        case onError = "on-error"
+        case onTimeout = "on-timeout"
+        case shellPreamble = "shell-preamble"
+    }
+
+    /// The app's name: its directory under `SITE/apps`.
+    public var name: String
+    /// What the app does.
+    public var description: String = ""
+    /// The shell command, with `{{ name }}` placeholders.
+    public var commandTemplate: CommandTemplate
+    /// Declared parameters by name.
+    public var parameters: [String: Parameter] = [:]
+    /// Variables added to the environment of every run.
+    public var environmentVariables: [String: String] = [:]
+    /// Globs deleted from a job's directory once it has finished.
+    public var cleanupFiles: [String] = []
+    /// Transfer slots (stored now; used by stage-in and stage-out later).
+    public var transfers: [String: JSONValue] = [:]
+    /// After `RUN_ERROR`: retries before `FAILED` (default 0).
+    public var onError = RetryPolicy(retries: 0)
+    /// After `RUN_TIMEOUT`: retries before `FAILED` (default 3; the original retries forever).
+    public var onTimeout = RetryPolicy(retries: 3)
+    /// Hook executables present beside `app.yml`.
+    public var hooks: Set<Hook> = []
+
+    /// Largest `app.yml` read.
+    static let fileLimit = 1 << 20
+
+    /// Makes an app and checks that its template and parameters agree.
+    public init(name: String, commandTemplate: String, parameters: [String: Parameter] = [:]) throws(SpoolError) {
+        self.name = name
+        self.commandTemplate = try CommandTemplate(commandTemplate)
+        self.parameters = parameters
+        try validate()
+    }
+
+    /// An app name is a plain file name: letters, digits, `_`, `-` and `.`, not starting with `.` or `-`.
+    public static func validateName(_ name: String) throws(SpoolError) {
+        let ok =
+            !name.isEmpty && name.utf8.count <= 128 && name.first != "." && name.first != "-"
+            && name.utf8.allSatisfy { c in
+                (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A) || "_-.".utf8.contains(c)
+            }
+        if !ok {
+            throw SpoolError(.invalidInput, "app name '\(name)' must be letters, digits, '_', '-' or '.'")
+        }
+    }
+
+    /// Every placeholder is a declared parameter and every parameter is used; optional ones have defaults.
+    public func validate() throws(SpoolError) {
+        try App.validateName(name)
+        let used = commandTemplate.placeholders
+        for placeholder in used where parameters[placeholder] == nil {
+            throw SpoolError(
+                .invalidInput, "app '\(name)': command_template uses '{{ \(placeholder) }}', which is not a parameter")
+        }
+        for (param, spec) in parameters.sorted(by: { $0.key < $1.key }) {
+            if !used.contains(param) {
+                throw SpoolError(.invalidInput, "app '\(name)': parameter '\(param)' is not used in command_template")
+            }
+            if !spec.required && spec.defaultValue == nil {
+                throw SpoolError(.invalidInput, "app '\(name)': optional parameter '\(param)' needs a default")
+            }
+        }
+        if onError.retries < 0 || onTimeout.retries < 0 {
+            throw SpoolError(.invalidInput, "app '\(name)': retries must not be negative")
+        }
+    }
+
+    /// Checks a job's parameters: every required one present, none undeclared. Errors name the parameter.
+    public func checkParameters(_ given: [String: JSONValue]) throws(SpoolError) {
+        for key in given.keys.sorted() where parameters[key] == nil {
+            let declared = parameters.keys.sorted().joined(separator: ", ")
+            throw SpoolError(
+                .invalidInput,
+                "app '\(name)' has no parameter '\(key)' (its parameters: \(declared.isEmpty ? "none" : declared))")
+        }
+        for (key, spec) in parameters.sorted(by: { $0.key < $1.key }) where spec.required && given[key] == nil {
+            throw SpoolError(.invalidInput, "missing required parameter '\(key)' of app '\(name)'")
+        }
+    }
+
+    /// The command line for a job's parameters, defaults filled in, every value shell-quoted.
+    public func render(_ given: [String: JSONValue]) throws(SpoolError) -> String {
+        try checkParameters(given)
+        var values: [String: JSONValue] = [:]
+        for (key, spec) in parameters { values[key] = given[key] ?? spec.defaultValue }
+        return try commandTemplate.render(values)
+    }
+
+    // MARK: - app.yml
+
+    /// Loads `DIRECTORY/app.yml` and notes which hook executables are present.
+    public static func load(directory: String, name: String) throws(SpoolError) -> App {
+        let path = directory + "/app.yml"
+        let bytes = try Posix.readFile(path, limit: fileLimit)
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw SpoolError(.invalidInput, "app.yml is not valid UTF-8", path: path)
+        }
+        var app: App
+        do { app = try parse(yaml: text, name: name) } catch {
+            throw SpoolError(error.code, error.message, path: path, cause: error.cause)
+        }
+        for hook in Hook.allCases where access(directory + "/" + hook.rawValue, X_OK) == 0 {
+            app.hooks.insert(hook)
+        }
+        return app
+    }
+
+    static let keys: Set<String> = [
+        "description", "command_template", "parameters", "environment_variables", "cleanup_files", "transfers",
+        "on_error", "on_timeout",
+    ]
+
+    /// Parses `app.yml` text.
+    static func parse(yaml text: String, name: String) throws(SpoolError) -> App {
+        let root: JSONValue
+        do { root = try YAML.parse(text) } catch { throw SpoolError(.invalidInput, "malformed YAML: \(error)") }
+        guard case .object(let o) = root else { throw SpoolError(.invalidInput, "app.yml must be a mapping") }
+        for key in o.keys where !keys.contains(key) {
+            throw SpoolError(.invalidInput, "unknown key '\(key)' (app keys: \(keys.sorted().joined(separator: ", ")))")
+        }
+        guard case .string(let template)? = o["command_template"] else {
+            throw fieldError("command_template", "is required and must be a string")
+        }
+        var parameters: [String: Parameter] = [:]
+        if let v = o["parameters"], v != .null {
+            guard case .object(let params) = v else { throw fieldError("parameters", "must be a mapping") }
+            for (param, spec) in params {
+                switch spec {
+                case .null:
+                    parameters[param] = Parameter(required: true)
+                case .object(let s):
+                    let required: Bool
+                    switch s["required"] {
+                    case .bool(let b)?: required = b
+                    case nil, .null?: required = s["default"] == nil || s["default"] == .null
+                    default: throw fieldError("parameters.\(param).required", "must be true or false")
+                    }
+                    let def = s["default"].flatMap { $0 == .null ? nil : $0 }
+                    parameters[param] = Parameter(required: required, defaultValue: def, help: s["help"]?.stringValue ?? "")
+                default:
+                    throw fieldError("parameters.\(param)", "must be a mapping with required, default and help")
+                }
+            }
+        }
+        var app = try App(uncheckedName: name, commandTemplate: template, parameters: parameters)
+        app.description = o["description"]?.stringValue ?? ""
+        if case .object(let env)? = o["environment_variables"] {
+            for (k, v) in env where v != .null { app.environmentVariables[k] = v.stringValue ?? v.serialized() }
+        }
+        if case .array(let globs)? = o["cleanup_files"] {
+            app.cleanupFiles = globs.compactMap(\.stringValue)
+        } else if let v = o["cleanup_files"], v != .null {
+            throw fieldError("cleanup_files", "must be a list of globs")
+        }
+        if case .object(let t)? = o["transfers"] { app.transfers = t }
+        app.onError = try policy(o["on_error"], key: "on_error", default: 0)
+        app.onTimeout = try policy(o["on_timeout"], key: "on_timeout", default: 3)
+        try app.validate()
+        return app
+    }
+
+    private init(uncheckedName: String, commandTemplate: String, parameters: [String: Parameter]) throws(SpoolError) {
+        self.name = uncheckedName
+        self.commandTemplate = try CommandTemplate(commandTemplate)
+        self.parameters = parameters
+    }
+
+    static func policy(_ value: JSONValue?, key: String, default def: Int) throws(SpoolError) -> RetryPolicy {
+        switch value {
+        case nil, .null?: return RetryPolicy(retries: def)
+        case .object(let o)?:
+            guard let r = o["retries"]?.intValue, r >= 0 else {
+                throw fieldError("\(key).retries", "must be a whole number of retries")
+            }
+            return RetryPolicy(retries: r)
+        default: throw fieldError(key, "must be a mapping like {retries: 2}")
+        }
+    }
+
+    /// `app.yml` text: commented, in the order a reader wants.
+    public func yamlText() -> String {
+        func q(_ s: String) -> String { JSONValue.string(s).serialized() }
+        var text = "# Balsam app '\(name)'. See balsam-spool(5), section APPS.\n"
+        text += "description: \(q(description))\n"
+        text += "# {{ name }} placeholders; every value is shell-quoted when a job's command is made.\n"
+        text += "command_template: \(q(commandTemplate.source))\n"
+        text += "parameters:" + (parameters.isEmpty ? " {}\n" : "\n")
+        for (param, spec) in parameters.sorted(by: { $0.key < $1.key }) {
+            text += "  \(param):\n    required: \(spec.required)\n"
+            if let def = spec.defaultValue { text += "    default: \(def.serialized())\n" }
+            text += "    help: \(q(spec.help))\n"
+        }
+        text += "environment_variables:" + (environmentVariables.isEmpty ? " {}\n" : "\n")
+        for (k, v) in environmentVariables.sorted(by: { $0.key < $1.key }) { text += "  \(q(k)): \(q(v))\n" }
+        text += "# Globs deleted from the job's directory after JOB_FINISHED.\n"
+        text += "cleanup_files: [\(cleanupFiles.map(q).joined(separator: ", "))]\n"
+        text += "transfers: \(JSONValue.object(transfers).serialized())\n"
+        text += "# Retries after RUN_ERROR / RUN_TIMEOUT before the job is FAILED.\n"
+        text += "on_error: {retries: \(onError.retries)}\n"
+        text += "on_timeout: {retries: \(onTimeout.retries)}\n"
+        return text
+    }
+
+    /// The app as JSON, for `balsam app show --json`.
+    public var json: JSONValue {
+        .object([
+            "name": .string(name), "description": .string(description),
+            "command_template": .string(commandTemplate.source),
+            "parameters": .object(
+                parameters.mapValues { p in
+                    .object([
+                        "required": .bool(p.required), "default": p.defaultValue ?? .null, "help": .string(p.help),
+                    ])
+                }),
+            "environment_variables": .object(environmentVariables.mapValues { .string($0) }),
+            "cleanup_files": .array(cleanupFiles.map { .string($0) }), "transfers": .object(transfers),
+            "on_error": .object(["retries": .int(onError.retries)]),
+            "on_timeout": .object(["retries": .int(onTimeout.retries)]),
+            "hooks": .array(hooks.map(\.rawValue).sorted().map { .string($0) }),
+        ])
+    }
+}
+
+/// YAML documents as JSON values (settings and apps are small; Yams does the parsing).
+enum YAML {
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    static func parse(_ text: String) throws(Failure) -> JSONValue {
+        let node: Node?
+        do { node = try Yams.compose(yaml: text) } catch {
+            throw Failure(description: "\(error)".trimmingSpaces().split(separator: "\n").joined(separator: " "))
+        }
+        guard let node else { return .null }
+        return convert(node)
+    }
+
+    static func convert(_ node: Node) -> JSONValue {
+        switch node {
+        case .scalar:
+            switch Tag.Name(rawValue: node.tag.description) {
+            case .null: return .null
+            case .bool: return node.bool.map(JSONValue.bool) ?? .string(node.string ?? "")
+            case .int: return node.int.map(JSONValue.int) ?? .string(node.string ?? "")
+            case .float: return node.float.map(JSONValue.double) ?? .string(node.string ?? "")
+            default: return .string(node.string ?? "")
+            }
+        case .mapping(let mapping):
+            var o: [String: JSONValue] = [:]
+            for (key, value) in mapping { o[key.string ?? ""] = convert(value) }
+            return .object(o)
+        case .sequence(let sequence):
+            return .array(sequence.map(convert))
+        case .alias:
+            return .null
+        }
+    }
+}

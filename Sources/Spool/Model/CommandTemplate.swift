@@ -1,0 +1,114 @@
+/// A shell command with Jinja-style `{{ name }}` placeholders, as in Balsam's `command_template`.
+///
+/// Only plain placeholders are supported (no filters, no `{% %}` blocks). Rendering shell-quotes every
+/// value, so a parameter can never inject shell syntax.
+public struct CommandTemplate: Sendable, Equatable {
+    enum Piece: Sendable, Equatable {
+        case text(String)
+        case placeholder(String)
+    }
+
+    let pieces: [Piece]
+    /// The template text as written.
+    public let source: String
+
+    /// Parses a template; an unclosed `{{`, a name that is not an identifier, or `{%` is an error.
+    public init(_ source: String) throws(SpoolError) {
+        self.source = source
+        var pieces: [Piece] = []
+        var rest = Substring(source)
+        while let open = rest.firstRange(of: "{{") {
+            if open.lowerBound > rest.startIndex { pieces.append(.text(String(rest[..<open.lowerBound]))) }
+            let afterOpen = rest[open.upperBound...]
+            guard let close = afterOpen.firstRange(of: "}}") else {
+                throw fieldError("command_template", "has '{{' without a closing '}}'")
+            }
+            let name = afterOpen[..<close.lowerBound].trimmingSpaces()
+            guard CommandTemplate.isIdentifier(name) else {
+                throw fieldError(
+                    "command_template", "placeholder '{{\(afterOpen[..<close.lowerBound])}}' is not a plain name")
+            }
+            pieces.append(.placeholder(String(name)))
+            rest = afterOpen[close.upperBound...]
+        }
+        if !rest.isEmpty { pieces.append(.text(String(rest))) }
+        if source.contains("{%") {
+            throw fieldError("command_template", "uses '{%'; only {{ name }} placeholders are supported")
+        }
+        self.pieces = pieces
+    }
+
+    /// Placeholder names in order of first use.
+    public var placeholders: [String] {
+        var seen: [String] = []
+        for case .placeholder(let name) in pieces where !seen.contains(name) { seen.append(name) }
+        return seen
+    }
+
+    /// The command with each placeholder replaced by its shell-quoted value. A placeholder without a value
+    /// is an error naming it.
+    public func render(_ values: [String: JSONValue]) throws(SpoolError) -> String {
+        var out = ""
+        for piece in pieces {
+            switch piece {
+            case .text(let text): out += text
+            case .placeholder(let name):
+                guard let value = values[name] else {
+                    throw SpoolError(.invalidInput, "no value for placeholder '{{ \(name) }}'")
+                }
+                out += CommandTemplate.shellQuote(CommandTemplate.text(of: value))
+            }
+        }
+        return out
+    }
+
+    /// The text a value stands for on a command line: strings as they are, other values as JSON.
+    static func text(of value: JSONValue) -> String {
+        switch value {
+        case .string(let s): s
+        case .null: ""
+        default: value.serialized()
+        }
+    }
+
+    /// Quotes a word for a POSIX shell, as Python's `shlex.quote` does: safe words stay bare, anything else
+    /// goes in single quotes.
+    public static func shellQuote(_ word: String) -> String {
+        if word.isEmpty { return "''" }
+        let safe = word.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)
+                || "@%+=:,./-_".utf8.contains(c)
+        }
+        if safe { return word }
+        return "'" + word.replacingAll("'", with: "'\"'\"'") + "'"
+    }
+
+    static func isIdentifier(_ name: Substring) -> Bool {
+        guard let first = name.utf8.first, first == UInt8(ascii: "_") || (first | 0x20 >= 0x61 && first | 0x20 <= 0x7A)
+        else { return false }
+        return name.utf8.allSatisfy { c in
+            c == UInt8(ascii: "_") || (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A)
+        }
+    }
+}
+
+extension StringProtocol {
+    func trimmingSpaces() -> SubSequence {
+        var s = self[...]
+        while s.first == " " || s.first == "\t" { s = s.dropFirst() }
+        while s.last == " " || s.last == "\t" { s = s.dropLast() }
+        return s
+    }
+
+    func replacingAll(_ target: String, with replacement: String) -> String {
+        var out = ""
+        var rest = self[...]
+        while let r = rest.firstRange(of: target) {
+            out += rest[..<r.lowerBound]
+            out += replacement
+            rest = rest[r.upperBound...]
+        }
+        out += rest
+        return out
+    }
+}

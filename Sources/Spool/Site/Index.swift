@@ -1,0 +1,248 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The spool's indexes, which let commands find and count jobs without reading every job directory:
+///
+/// - an **active entry** per job that has not ended: the symlink `jobs/STATE/ID -> ../../data/WORKDIR`.
+///   The directory names the state; the link names the job directory; `readlink` is the only read.
+/// - **accepted batches** `queue/accepted/BATCH.tsv`: bulk submissions whose directories are not made yet.
+/// - the **final index** `jobs/final/HOST.tsv`: one line per job that ended, since its entry is removed.
+///
+/// All three are derived from the job directories and are rebuilt from them by `fsck`.
+public struct SiteIndex: Sendable {
+    /// The site indexed.
+    public let site: Site
+
+    /// Makes an index reader/writer for `site`.
+    public init(site: Site) { self.site = site }
+
+    static let linkPrefix = "../../data/"
+
+    /// Path of a job's active entry.
+    public func entryPath(_ state: JobState, _ id: String) -> String { site.activePath(state) + "/" + id }
+
+    /// Creates the active entry for a job (a symlink, made atomically with its target).
+    func createEntry(_ state: JobState, id: String, workdir: String) throws(SpoolError) {
+        let path = entryPath(state, id)
+        if symlink(SiteIndex.linkPrefix + workdir, path) != 0 {
+            throw .system("create index entry", path: path, errno: errno)
+        }
+    }
+
+    /// The workdir an active entry points at, or nil if there is no such entry.
+    func entryWorkdir(_ state: JobState, id: String) -> String? {
+        readWorkdir(linkAt: entryPath(state, id))
+    }
+
+    func readWorkdir(linkAt path: String) -> String? {
+        var buffer = [CChar](repeating: 0, count: 1024)
+        let n = readlink(path, &buffer, buffer.count - 1)
+        guard n > 0 else { return nil }
+        let target = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard target.hasPrefix(SiteIndex.linkPrefix) else { return nil }
+        return String(target.dropFirst(SiteIndex.linkPrefix.count))
+    }
+
+    /// The active state and workdir of a job, found with at most one `readlink` per active state.
+    public func activeEntry(of id: String) -> (state: JobState, workdir: String)? {
+        for state in JobState.active {
+            if let workdir = entryWorkdir(state, id: id) { return (state, workdir) }
+        }
+        return nil
+    }
+
+    /// IDs with an entry in `state`'s directory (a `readdir`; no file is read).
+    public func activeIDs(_ state: JobState) throws(SpoolError) -> [String] {
+        try Posix.listDirectory(site.activePath(state)).filter { !$0.hasPrefix(".") }
+    }
+
+    // MARK: - Final index
+
+    /// One line of the final index.
+    public struct FinalLine: Sendable {
+        public var id: String
+        public var state: JobState
+        public var workdir: String
+        public var app: String
+        public var time: String
+    }
+
+    /// Appends lines for jobs that have ended, in one `write(2)` to this host's file.
+    func appendFinal(_ lines: [FinalLine], sync: Bool) throws(SpoolError) {
+        guard !lines.isEmpty else { return }
+        var out: [UInt8] = []
+        for line in lines {
+            out.append(contentsOf: "\(line.id)\t\(line.state.rawValue)\t\(line.workdir)\t\(line.app)\t\(line.time)\n".utf8)
+        }
+        try appendToHostFile(directory: site.finalIndexPath, suffix: ".tsv", out, sync: sync)
+    }
+
+    /// Every final-index line, from every host's file, in file order. A job retried after it ended may have
+    /// several lines; its active entry, or the latest line, tells the truth.
+    public func finalLines() throws(SpoolError) -> [FinalLine] {
+        var result: [FinalLine] = []
+        for name in try Posix.listDirectory(site.finalIndexPath).sorted() where name.hasSuffix(".tsv") {
+            let path = site.finalIndexPath + "/" + name
+            let bytes = try Posix.readFile(path, limit: Int.max)
+            forEachLine(bytes) { line in
+                let fields = line.split(separator: UInt8(ascii: "\t"), omittingEmptySubsequences: false)
+                guard fields.count >= 5, let state = JobState(rawValue: String(decoding: fields[1], as: UTF8.self))
+                else { return }
+                result.append(
+                    FinalLine(
+                        id: String(decoding: fields[0], as: UTF8.self), state: state,
+                        workdir: String(decoding: fields[2], as: UTF8.self),
+                        app: String(decoding: fields[3], as: UTF8.self), time: String(decoding: fields[4], as: UTF8.self)))
+            }
+        }
+        return result
+    }
+
+    /// Appends to `DIRECTORY/HOST.SUFFIX` with `O_APPEND`: one writer file per host, so appends from
+    /// different nodes of a shared filesystem never interleave.
+    func appendToHostFile(directory: String, suffix: String, _ bytes: [UInt8], sync: Bool) throws(SpoolError) {
+        let path = directory + "/" + Posix.hostName() + suffix
+        let fd = try Posix.open(path, O_WRONLY | O_APPEND | O_CREAT)
+        defer { Posix.close(fd) }
+        try Posix.write(fd, bytes, path: path)
+        if sync { try Posix.fsync(fd, path: path) }
+    }
+
+    // MARK: - Accepted batches
+
+    /// Names of accepted batch files, oldest first.
+    public func batchNames() throws(SpoolError) -> [String] {
+        try Posix.listDirectory(site.acceptedPath).filter { $0.hasSuffix(".tsv") && !$0.hasPrefix(".") }.sorted()
+    }
+
+    /// Reads one accepted batch.
+    public func readBatch(_ name: String) throws(SpoolError) -> Batch {
+        let path = site.acceptedPath + "/" + name
+        return try Batch(bytes: Posix.readFile(path, limit: Int.max), path: path)
+    }
+
+    /// Reads only a batch's header line (its per-state counts), not its jobs.
+    public func readBatchHeader(_ name: String) throws(SpoolError) -> Batch.Header {
+        let path = site.acceptedPath + "/" + name
+        let fd = try Posix.open(path, O_RDONLY)
+        defer { Posix.close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard n > 0, let newline = buffer[0..<n].firstIndex(of: 0x0A) else {
+            throw SpoolError(.invalidInput, "malformed batch header", path: path)
+        }
+        return try Batch.Header(line: buffer[0..<newline], path: path)
+    }
+}
+
+/// An accepted bulk submission: a header, then one line per job
+/// `ID TAB STATE TAB WORKDIR TAB APP TAB JOB-JSON`.
+public struct Batch: Sendable {
+    /// The first line: `#balsam-batch 1 time=T jobs=N STATE=n ...`.
+    public struct Header: Sendable {
+        /// When the batch was accepted (every job's creation time).
+        public var time: String
+        /// Jobs per initial state.
+        public var counts: [JobState: Int]
+
+        init(time: String, counts: [JobState: Int]) {
+            self.time = time
+            self.counts = counts
+        }
+
+        init(line: ArraySlice<UInt8>, path: String) throws(SpoolError) {
+            let words = String(decoding: line, as: UTF8.self).split(separator: " ")
+            guard words.count >= 3, words[0] == "#balsam-batch", words[1] == "1" else {
+                throw SpoolError(.invalidInput, "not a version-1 batch file", path: path)
+            }
+            time = ""
+            counts = [:]
+            for word in words.dropFirst(2) {
+                let kv = word.split(separator: "=", maxSplits: 1)
+                guard kv.count == 2 else { continue }
+                if kv[0] == "time" {
+                    time = String(kv[1])
+                } else if let state = JobState(rawValue: String(kv[0])), let n = Int(kv[1]) {
+                    counts[state] = n
+                }
+            }
+        }
+
+        var line: String {
+            "#balsam-batch 1 time=\(time) jobs=\(counts.values.reduce(0, +)) "
+                + counts.keys.sorted().map { "\($0.rawValue)=\(counts[$0] ?? 0)" }.joined(separator: " ") + "\n"
+        }
+    }
+
+    /// One job of a batch.
+    public struct Line: Sendable {
+        public var id: String
+        public var state: JobState
+        public var workdir: String
+        public var app: String
+        /// The job's `job.json` contents, without the newline.
+        public var jobJSON: ArraySlice<UInt8>
+    }
+
+    /// The header.
+    public var header: Header
+    /// The jobs.
+    public var lines: [Line]
+
+    init(header: Header, lines: [Line]) {
+        self.header = header
+        self.lines = lines
+    }
+
+    init(bytes: [UInt8], path: String) throws(SpoolError) {
+        guard let newline = bytes.firstIndex(of: 0x0A) else {
+            throw SpoolError(.invalidInput, "malformed batch file", path: path)
+        }
+        header = try Header(line: bytes[0..<newline], path: path)
+        var lines: [Line] = []
+        var bad = 0
+        forEachLine(bytes[(newline + 1)...]) { line in
+            var fields: [ArraySlice<UInt8>] = []
+            var start = line.startIndex
+            for i in line.indices where line[i] == UInt8(ascii: "\t") && fields.count < 4 {
+                fields.append(line[start..<i])
+                start = i + 1
+            }
+            fields.append(line[start...])
+            guard fields.count == 5, let state = JobState(rawValue: String(decoding: fields[1], as: UTF8.self)) else {
+                bad += 1
+                return
+            }
+            lines.append(
+                Line(
+                    id: String(decoding: fields[0], as: UTF8.self), state: state,
+                    workdir: String(decoding: fields[2], as: UTF8.self), app: String(decoding: fields[3], as: UTF8.self),
+                    jobJSON: fields[4]))
+        }
+        if bad > 0 { throw SpoolError(.invalidInput, "\(bad) malformed lines in batch file", path: path) }
+        self.lines = lines
+    }
+
+    func fileBytes() -> [UInt8] {
+        var out = Array(header.line.utf8)
+        out.reserveCapacity(lines.count * 400)
+        for line in lines {
+            out.append(contentsOf: "\(line.id)\t\(line.state.rawValue)\t\(line.workdir)\t\(line.app)\t".utf8)
+            out.append(contentsOf: line.jobJSON)
+            out.append(0x0A)
+        }
+        return out
+    }
+}
+
+/// Calls `body` with each non-empty line of `bytes`, without the newline.
+func forEachLine(_ bytes: some RandomAccessCollection<UInt8>, _ body: (ArraySlice<UInt8>) -> Void) {
+    let array = Array(bytes)
+    var start = 0
+    while start < array.count {
+        let end = array[start...].firstIndex(of: 0x0A) ?? array.count
+        if end > start { body(array[start..<end]) }
+        start = end + 1
+    }
+}

@@ -1,0 +1,176 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Turns accepted work into job directories: materializes accepted batches and adopts directories dropped
+/// into `queue/new/`. The watcher calls this; `balsam ingest` runs it by hand. Idempotent: after a crash,
+/// running it again finishes what was started and repeats nothing.
+public struct Ingest {
+    /// The site worked on.
+    public let site: Site
+    /// Recorded as the actor of events this writes.
+    public var actor: String
+    let index: SiteIndex
+
+    /// Prepares to ingest into `site`.
+    public init(site: Site, actor: String = "balsam-ingest") {
+        self.site = site
+        self.actor = actor
+        self.index = SiteIndex(site: site)
+    }
+
+    /// What one pass did.
+    public struct Report: Sendable {
+        /// Job directories made from accepted batches.
+        public var materialized = 0
+        /// Batch files finished and removed.
+        public var batches = 0
+        /// Jobs whose workdir was taken by another job before their directory was made; each was put in
+        /// `data/.balsam-conflicts/ID` and FAILED.
+        public var conflicts: [String] = []
+        /// Drop-box directories adopted as jobs.
+        public var adopted: [String] = []
+        /// Drop-box entries moved to `rejected/`, with why.
+        public var rejected: [(name: String, reason: String)] = []
+    }
+
+    /// Runs both steps: accepted batches, then the drop box.
+    public func run() throws(SpoolError) -> Report {
+        var report = try materializePending()
+        try adoptDropBox(into: &report)
+        return report
+    }
+
+    // MARK: - Accepted batches
+
+    /// Makes the directory, `job.json`, `state` and index entry of every job in every accepted batch, oldest
+    /// batch first; then flushes the filesystem once (`syncfs`) and removes the batch file.
+    public func materializePending() throws(SpoolError) -> Report {
+        var report = Report()
+        for name in try index.batchNames() {
+            let batch = try index.readBatch(name)
+            var knownParents = Set<String>()
+            var finals: [SiteIndex.FinalLine] = []
+            var events: [Event] = []
+            for line in batch.lines {
+                try materialize(line, time: batch.header.time, knownParents: &knownParents, finals: &finals,
+                    events: &events, report: &report)
+            }
+            try Posix.syncFilesystem(site.dataPath)
+            try index.appendFinal(finals, sync: true)
+            try EventLog(site: site).append(events, sync: true)
+            try Posix.unlinkChecked(site.acceptedPath + "/" + name)
+            try Posix.fsyncDirectory(site.acceptedPath)
+            report.batches += 1
+        }
+        return report
+    }
+
+    private func materialize(
+        _ line: Batch.Line, time: String, knownParents: inout Set<String>, finals: inout [SiteIndex.FinalLine],
+        events: inout [Event], report: inout Report
+    ) throws(SpoolError) {
+        let dir = site.jobDirectory(line.workdir)
+        let parent = Posix.parentPath(dir)
+        if !knownParents.contains(parent) {
+            if parent != site.dataPath { try Posix.makeDirectories(parent) }
+            knownParents.insert(parent)
+        }
+        var jobBytes = Array(line.jobJSON)
+        jobBytes.append(0x0A)
+        if mkdir(dir, 0o755) != 0 {
+            let err = errno
+            guard err == EEXIST else { throw .system("create job directory", path: dir, errno: err) }
+            if try resume(line, in: dir, jobBytes: jobBytes, time: time) {
+                report.materialized += 1
+                return
+            }
+            try conflict(line, jobBytes: jobBytes, time: time, finals: &finals, events: &events)
+            report.conflicts.append(line.id)
+            return
+        }
+        try Posix.createFile(dir + "/job.json", jobBytes, sync: false)
+        let record = StateRecord(initial: line.state, actor: "balsam-submit", time: time)
+        try Posix.createFile(dir + "/state", record.fileBytes(), sync: false)
+        try index.createEntry(line.state, id: line.id, workdir: line.workdir)
+        report.materialized += 1
+    }
+
+    /// A directory already at the workdir: if it is this job's (an earlier pass was interrupted), complete
+    /// it and return true; if it belongs to something else, return false.
+    private func resume(_ line: Batch.Line, in dir: String, jobBytes: [UInt8], time: String) throws(SpoolError) -> Bool {
+        let existing = try? Posix.readFile(dir + "/job.json", limit: Job.Limits.fileBytes)
+        if let existing, existing != jobBytes {
+            guard case .object(let o)? = try? JSONValue.parse(existing), o["id"]?.stringValue == line.id else {
+                return false
+            }
+        }
+        if existing == nil {
+            // Empty or torn leftovers of an interrupted pass hold nothing but what the batch has.
+            let names = (try? Posix.listDirectory(dir)) ?? []
+            guard names.allSatisfy({ $0 == "job.json" || $0 == "state" }) else { return false }
+            try Posix.replaceFile(dir + "/job.json", jobBytes, sync: false)
+        }
+        let statePath = dir + "/state"
+        let stateBytes = try? Posix.readFile(statePath, limit: 1 << 20)
+        var state = line.state
+        if let stateBytes, let record = try? StateRecord(bytes: stateBytes, path: statePath) {
+            state = record.state
+        } else {
+            let record = StateRecord(initial: line.state, actor: "balsam-submit", time: time)
+            try Posix.replaceFile(statePath, record.fileBytes(), sync: false)
+        }
+        if !state.isFinal && index.activeEntry(of: line.id) == nil {
+            try index.createEntry(state, id: line.id, workdir: line.workdir)
+        }
+        return true
+    }
+
+    /// The job's workdir was taken after it was accepted: keep the job, FAILED, under a reserved name.
+    private func conflict(
+        _ line: Batch.Line, jobBytes: [UInt8], time: String, finals: inout [SiteIndex.FinalLine], events: inout [Event]
+    ) throws(SpoolError) {
+        let workdir = ".balsam-conflicts/" + line.id
+        let dir = site.jobDirectory(workdir)
+        try Posix.makeDirectories(dir)
+        try Posix.replaceFile(dir + "/job.json", jobBytes, sync: false)
+        let reason = "workdir '\(line.workdir)' was taken by another job or file before this job's directory was made"
+        let record = try StateRecord(initial: line.state, actor: "balsam-submit", time: time)
+            .moved(to: .failed, actor: actor, reason: reason)
+        try Posix.replaceFile(dir + "/state", record.fileBytes(), sync: false)
+        finals.append(SiteIndex.FinalLine(id: line.id, state: .failed, workdir: workdir, app: line.app, time: record.since))
+        events.append(
+            Event(time: record.since, jobID: line.id, from: line.state, to: .failed, actor: actor,
+                data: ["reason": .string(reason)]))
+    }
+
+    // MARK: - Drop box
+
+    /// Adopts every complete directory in `queue/new/` (names starting with `.` are still being copied and
+    /// are skipped). One that cannot be adopted is moved to `rejected/NAME` with `rejected/NAME.reason`.
+    public func adoptDropBox(into report: inout Report) throws(SpoolError) {
+        var submission = Submission(site: site, actor: actor)
+        for name in try Posix.listDirectory(site.dropBoxPath).sorted() where !name.hasPrefix(".") {
+            let path = site.dropBoxPath + "/" + name
+            do {
+                _ = try submission.adopt(directory: path, defaultWorkdir: name)
+                report.adopted.append(name)
+            } catch {
+                try reject(name, reason: error.description)
+                report.rejected.append((name, error.description))
+            }
+        }
+    }
+
+    private func reject(_ name: String, reason: String) throws(SpoolError) {
+        var target = site.rejectedPath + "/" + name
+        var n = 1
+        while Posix.exists(target) || Posix.exists(target + ".reason") {
+            target = site.rejectedPath + "/" + name + ".\(n)"
+            n += 1
+        }
+        try Posix.createFile(target + ".reason", Array((Timestamp.now() + " " + reason + "\n").utf8), sync: true)
+        try Posix.renameNoReplace(site.dropBoxPath + "/" + name, target)
+        try Posix.fsyncDirectory(site.rejectedPath)
+    }
+}

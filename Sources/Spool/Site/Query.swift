@@ -1,0 +1,185 @@
+/// Which jobs a query selects: the original `balsam job ls` filters.
+public struct JobFilter: Sendable {
+    /// Only these states (nil: all).
+    public var states: Set<JobState>?
+    /// Not these states.
+    public var excludeStates: Set<JobState> = []
+    /// Jobs whose tags contain all of these.
+    public var tags: [String: String] = [:]
+    /// Only this app.
+    public var app: String?
+    /// Jobs whose workdir contains this text.
+    public var workdirFragment: String?
+    /// Only these IDs.
+    public var ids: Set<String>?
+
+    /// A filter that selects every job.
+    public init() {}
+
+    func allows(_ state: JobState) -> Bool {
+        (states?.contains(state) ?? true) && !excludeStates.contains(state)
+    }
+
+    func allowsCheap(id: String, state: JobState, workdir: String, app: String) -> Bool {
+        if !allows(state) { return false }
+        if let ids, !ids.contains(id) { return false }
+        if let a = self.app, a != app { return false }
+        if let fragment = workdirFragment, !fragment.isEmpty, !workdir.contains(fragment) { return false }
+        return true
+    }
+}
+
+/// One job found by a query: where it is, what state it is in, and (when loaded) its spec and state record.
+public struct JobListing: Sendable {
+    /// Where the query found the job.
+    public enum Source: String, Sendable {
+        /// An active entry under `jobs/STATE/`.
+        case active
+        /// An accepted batch whose directory is not made yet.
+        case accepted
+        /// The final index.
+        case final
+    }
+
+    public var id: String
+    public var state: JobState
+    public var workdir: String
+    public var app: String
+    public var source: Source
+    /// The spec, when loaded.
+    public var job: Job?
+    /// The state file, when loaded (absent for accepted jobs).
+    public var record: StateRecord?
+}
+
+/// Reads jobs out of a site through its indexes. Listing or counting active jobs reads only `jobs/STATE/`
+/// directories and accepted-batch headers, never the final index or finished jobs' files.
+public struct Query: Sendable {
+    /// The site read.
+    public let site: Site
+    let index: SiteIndex
+
+    /// Makes a query over `site`.
+    public init(site: Site) {
+        self.site = site
+        self.index = SiteIndex(site: site)
+    }
+
+    /// Jobs per state. Costs a `readdir` per active state, a header read per accepted batch, and (only if the
+    /// site has ended jobs) one read of the final index.
+    public func countByState() throws(SpoolError) -> [JobState: Int] {
+        var counts: [JobState: Int] = [:]
+        var activeIDs = Set<String>()
+        for state in JobState.active {
+            let ids = try index.activeIDs(state)
+            counts[state, default: 0] += ids.count
+            activeIDs.formUnion(ids)
+        }
+        for name in try index.batchNames() {
+            for (state, n) in try index.readBatchHeader(name).counts { counts[state, default: 0] += n }
+        }
+        var finalStates: [String: JobState] = [:]
+        for line in try index.finalLines() where !activeIDs.contains(line.id) { finalStates[line.id] = line.state }
+        for state in finalStates.values { counts[state, default: 0] += 1 }
+        return counts
+    }
+
+    /// The jobs `filter` selects, oldest first. `load` reads each selected job's `job.json` and `state`;
+    /// it is implied when the filter has tags.
+    public func list(_ filter: JobFilter, load: Bool) throws(SpoolError) -> [JobListing] {
+        var found: [String: JobListing] = [:]
+        for state in JobState.active where filter.allows(state) {
+            let ids: [String]
+            if let wanted = filter.ids {
+                ids = wanted.filter { index.entryWorkdir(state, id: $0) != nil }
+            } else {
+                ids = try index.activeIDs(state)
+            }
+            for id in ids {
+                guard let workdir = index.entryWorkdir(state, id: id) else { continue }  // moved meanwhile
+                found[id] = JobListing(id: id, state: state, workdir: workdir, app: "", source: .active)
+            }
+        }
+        var acceptedJSON: [String: ArraySlice<UInt8>] = [:]
+        for name in try index.batchNames() {
+            let header = try index.readBatchHeader(name)
+            guard header.counts.keys.contains(where: filter.allows) else { continue }
+            for line in try index.readBatch(name).lines
+            where filter.allowsCheap(id: line.id, state: line.state, workdir: line.workdir, app: line.app) {
+                found[line.id] = JobListing(
+                    id: line.id, state: line.state, workdir: line.workdir, app: line.app, source: .accepted)
+                acceptedJSON[line.id] = line.jobJSON
+            }
+        }
+        if filter.allows(.jobFinished) || filter.allows(.failed) {
+            var seenFinal = Set<String>()
+            for line in try index.finalLines() {
+                if let existing = found[line.id] {
+                    guard existing.source == .final else { continue }
+                }
+                let again = !seenFinal.insert(line.id).inserted
+                guard filter.allowsCheap(id: line.id, state: line.state, workdir: line.workdir, app: line.app) || again
+                else { continue }
+                var listing = JobListing(
+                    id: line.id, state: line.state, workdir: line.workdir, app: line.app, source: .final)
+                if again {
+                    // Ended more than once (retried): the state file decides.
+                    listing.record = try? readRecord(workdir: line.workdir)
+                    listing.state = listing.record?.state ?? line.state
+                }
+                found[line.id] = listing
+            }
+        }
+        var result: [JobListing] = []
+        let needLoad = load || !filter.tags.isEmpty
+        for id in found.keys.sorted() {
+            guard var listing = found[id] else { continue }
+            if needLoad || listing.source == .active {
+                if let bytes = acceptedJSON[id] {
+                    listing.job = try? Job(bytes: Array(bytes))
+                } else {
+                    listing.job = try? Job(bytes: Posix.readFile(site.jobDirectory(listing.workdir) + "/job.json",
+                        limit: Job.Limits.fileBytes))
+                    if needLoad && listing.record == nil { listing.record = try? readRecord(workdir: listing.workdir) }
+                }
+                if let job = listing.job { listing.app = job.app }
+            }
+            guard filter.allowsCheap(id: id, state: listing.state, workdir: listing.workdir, app: listing.app) else {
+                continue
+            }
+            if !filter.tags.isEmpty {
+                guard let tags = listing.job?.tags, filter.tags.allSatisfy({ tags[$0.key] == $0.value }) else { continue }
+            }
+            result.append(listing)
+        }
+        return result
+    }
+
+    /// One job by ID or by workdir, with its spec and state record loaded.
+    public func find(_ key: String) throws(SpoolError) -> JobListing {
+        if JobID.isValid(key) {
+            var filter = JobFilter()
+            filter.ids = [key]
+            if let listing = try list(filter, load: true).first { return listing }
+        }
+        let workdir = key.hasSuffix("/") ? String(key.dropLast()) : key
+        let dir = site.jobDirectory(workdir)
+        if (try? Job.validateWorkdir(workdir)) != nil, Posix.exists(dir + "/job.json") {
+            let job = try Job(bytes: Posix.readFile(dir + "/job.json", limit: Job.Limits.fileBytes))
+            let record = try readRecord(workdir: workdir)
+            return JobListing(
+                id: job.id, state: record.state, workdir: workdir, app: job.app, source: .active, job: job,
+                record: record)
+        }
+        var filter = JobFilter()
+        filter.workdirFragment = workdir
+        if let listing = try list(filter, load: true).first(where: { $0.workdir == workdir }) { return listing }
+        throw SpoolError(.notFound, "no job with ID or workdir '\(key)'", path: site.root)
+    }
+
+    /// A job's `state` file.
+    public func readRecord(workdir: String) throws(SpoolError) -> StateRecord {
+        let path = site.jobDirectory(workdir) + "/state"
+        return try StateRecord(bytes: Posix.readFile(path, limit: 1 << 20), path: path)
+    }
+}

@@ -1,0 +1,215 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A site: a spool directory holding settings, apps, job directories, queues and event logs.
+/// See `balsam-spool(5)` for the whole layout and the rules every writer follows.
+public struct Site: Sendable {
+    /// The on-disk format this code writes and reads. A site with a higher number is refused.
+    public static let formatVersion = 1
+    /// The marker file that makes a directory a site (and that commands look for walking up).
+    public static let markerName = ".balsam-site"
+
+    /// Absolute path of the site directory.
+    public let root: String
+    /// The site's name (from the marker).
+    public let name: String
+
+    public var markerPath: String { root + "/" + Site.markerName }
+    public var settingsPath: String { root + "/settings.yml" }
+    public var appsPath: String { root + "/apps" }
+    public var dataPath: String { root + "/data" }
+    public var jobsPath: String { root + "/jobs" }
+    public var finalIndexPath: String { root + "/jobs/final" }
+    public var dropBoxPath: String { root + "/queue/new" }
+    public var acceptedPath: String { root + "/queue/accepted" }
+    public var controlPath: String { root + "/queue/control" }
+    public var eventsPath: String { root + "/events" }
+    public var rejectedPath: String { root + "/rejected" }
+    public var tmpPath: String { root + "/tmp" }
+    public var logPath: String { root + "/log" }
+
+    /// The directory of entries for jobs in an active (non-final) state.
+    public func activePath(_ state: JobState) -> String { jobsPath + "/" + state.rawValue }
+    /// A job's directory.
+    public func jobDirectory(_ workdir: String) -> String { dataPath + "/" + workdir }
+
+    /// Every directory a site has, relative to its root, in creation order.
+    static let directories: [String] =
+        ["apps", "data", "jobs"] + JobState.active.map { "jobs/" + $0.rawValue }
+        + ["jobs/final", "queue", "queue/new", "queue/accepted", "queue/control", "events", "rejected", "tmp", "log"]
+
+    init(root: String, name: String) {
+        self.root = root
+        self.name = name
+    }
+
+    // MARK: - Creating and finding sites
+
+    /// Creates a new site at `path` (which must not exist; its parent must). The site is built under a
+    /// temporary name and renamed into place, so a failure leaves nothing behind.
+    public static func create(at path: String, name: String? = nil) throws(SpoolError) -> Site {
+        let root = Posix.absolute(path)
+        let siteName = name ?? Posix.lastComponent(root)
+        if siteName.isEmpty || siteName.utf8.contains(where: { $0 < 0x20 }) {
+            throw SpoolError(.usage, "site name '\(siteName)' must be non-empty and printable")
+        }
+        if Posix.exists(root) { throw SpoolError(.cannotCreate, "already exists; a new site needs a new directory", path: root) }
+        let parent = Posix.parentPath(root)
+        if !Posix.isDirectory(parent) { throw SpoolError(.notFound, "parent directory does not exist", path: parent) }
+        let staging = parent + "/." + Posix.lastComponent(root) + ".creating.\(getpid())"
+        do {
+            try Posix.mkdir(staging)
+            for dir in directories { try Posix.mkdir(staging + "/" + dir) }
+            try Posix.createFile(staging + "/settings.yml", Array(Settings.template(name: siteName).utf8), sync: true)
+            let marker = JSONValue.object([
+                "format": .int(formatVersion), "name": .string(siteName), "created": .string(Timestamp.now()),
+            ])
+            try Posix.createFile(staging + "/" + markerName, Array((marker.serialized() + "\n").utf8), sync: true)
+            try Posix.renameNoReplace(staging, root)
+            try Posix.fsyncDirectory(parent)
+        } catch {
+            Posix.removeTree(staging)
+            throw error
+        }
+        return Site(root: root, name: siteName)
+    }
+
+    /// Opens the site at `path`, checking its marker and format version.
+    public static func open(_ path: String) throws(SpoolError) -> Site {
+        let root = Posix.absolute(path)
+        let marker = root + "/" + markerName
+        let bytes: [UInt8]
+        do { bytes = try Posix.readFile(marker, limit: 65536) } catch {
+            if error.code == .notFound {
+                throw SpoolError(.notFound, "not a Balsam site (no \(markerName); create one with 'balsam init')", path: root)
+            }
+            throw error
+        }
+        guard case .object(let o)? = try? JSONValue.parse(bytes), let format = o["format"]?.intValue else {
+            throw SpoolError(.invalidInput, "malformed site marker", path: marker)
+        }
+        if format > formatVersion {
+            throw SpoolError(
+                .unavailable,
+                "site format \(format) is newer than this Balsam understands (\(formatVersion)); use a newer Balsam",
+                path: root)
+        }
+        if !Posix.isDirectory(root + "/jobs/final") || !Posix.isDirectory(root + "/data") {
+            throw SpoolError(.invalidInput, "site is incomplete (jobs/final or data missing); run 'balsam fsck'", path: root)
+        }
+        return Site(root: root, name: o["name"]?.stringValue ?? Posix.lastComponent(root))
+    }
+
+    /// Finds the site a command works on: `explicit` (`--site`), else `environment` (`$BALSAM_SITE`), else the
+    /// nearest directory at or above `directory` holding a site marker.
+    public static func locate(explicit: String?, environment: String?, from directory: String) throws(SpoolError)
+        -> Site
+    {
+        if let explicit, !explicit.isEmpty { return try open(explicit) }
+        if let environment, !environment.isEmpty { return try open(environment) }
+        var dir = Posix.absolute(directory)
+        while true {
+            if Posix.exists(dir + "/" + markerName) { return try open(dir) }
+            let parent = Posix.parentPath(dir)
+            if parent == dir { break }
+            dir = parent
+        }
+        throw SpoolError(
+            .notFound, "no Balsam site here or above; give --site DIR or set BALSAM_SITE", path: Posix.absolute(directory))
+    }
+
+    // MARK: - Apps
+
+    /// Loads one app by name.
+    public func app(_ name: String) throws(SpoolError) -> App {
+        try App.validateName(name)
+        let dir = appsPath + "/" + name
+        if !Posix.exists(dir + "/app.yml") {
+            let known = (try? appNames())?.joined(separator: ", ") ?? ""
+            throw SpoolError(.notFound, "no app '\(name)' (apps here: \(known.isEmpty ? "none" : known))", path: dir)
+        }
+        return try App.load(directory: dir, name: name)
+    }
+
+    /// Names of the apps in `SITE/apps`, sorted.
+    public func appNames() throws(SpoolError) -> [String] {
+        try Posix.listDirectory(appsPath).filter { Posix.exists(appsPath + "/" + $0 + "/app.yml") }.sorted()
+    }
+
+    /// Writes a new app (refusing to replace an existing one).
+    public func createApp(_ app: App) throws(SpoolError) {
+        try app.validate()
+        let dir = appsPath + "/" + app.name
+        if Posix.exists(dir) { throw SpoolError(.cannotCreate, "app '\(app.name)' already exists", path: dir) }
+        let staging = tmpPath + "/app-\(app.name).\(getpid())"
+        Posix.removeTree(staging)
+        do {
+            try Posix.mkdir(staging)
+            try Posix.createFile(staging + "/app.yml", Array(app.yamlText().utf8), sync: true)
+            try Posix.renameNoReplace(staging, dir)
+            try Posix.fsyncDirectory(appsPath)
+        } catch {
+            Posix.removeTree(staging)
+            throw error
+        }
+    }
+}
+
+/// Site settings (`settings.yml`).
+public enum Settings {
+    /// The commented `settings.yml` a new site starts with. Key names follow the original Balsam's.
+    public static func template(name: String) -> String {
+        """
+        # Balsam site settings. Key names follow the original Balsam where it has them.
+        # Changes take effect when balsam-watch starts or receives SIGHUP.
+        # The on-disk format is described in balsam-spool(5).
+
+        # The site's name, shown by 'balsam' commands and used when syncing.
+        name: \(JSONValue.string(name).serialized())
+
+        # Only jobs whose tags contain all of these are processed and launched here.
+        filter_tags: {}
+
+        launcher:
+          # Seconds a launcher stays with nothing to run before it exits.
+          idle_ttl_sec: 60
+          # Seconds between a launcher's polls of the ready queue.
+          delay_sec: 1
+          # Lines of job.out kept in a RUN_ERROR reason.
+          error_tail_num_lines: 10
+          # Most jobs a launcher runs at once.
+          max_concurrent_mpiruns: 1000
+          # Command that starts a multi-node job: mpirun (OpenMPI), mpiexec or srun.
+          mpi_launcher: mpirun
+          # Whether several single-node jobs may share a node (node_packing_count).
+          mpirun_allows_node_packing: true
+
+        scheduler:
+          # local, slurm, pbs, lsf or cobalt.
+          scheduler_class: local
+          # Seconds between polls of the batch scheduler.
+          sync_period: 10
+          allowed_queues:
+            local:
+              max_nodes: 1
+              max_walltime: 1440
+              max_queued_jobs: 1
+          allowed_projects: [local]
+          optional_batch_job_params: {}
+
+        processing:
+          # Seconds a pre- or post-processing hook may run before it is killed.
+          hook_timeout_sec: 600
+
+        # Automatic submission of batch jobs as work arrives (null: off).
+        elastic_queue: null
+
+        # Deletion of each app's cleanup_files from finished jobs (null: off).
+        file_cleaner:
+          cleanup_batch_size: 180
+          service_period: 30
+
+        """
+    }
+}

@@ -1,0 +1,295 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Puts new jobs into a site: one at a time (directory made before returning), in bulk (accepted into a
+/// durable batch; directories made by ``Ingest``), or by adopting a hand-made directory.
+///
+/// Every path is all-or-nothing per job, and for a bulk call all-or-nothing for the whole call.
+public struct Submission {
+    /// The site jobs go into.
+    public let site: Site
+    /// Recorded as the actor of creation events.
+    public var actor: String
+    let index: SiteIndex
+    private var apps: [String: App] = [:]
+    private var pendingWorkdirs: Set<String>?
+    private var pendingStates: [String: JobState]?
+    private var finalStates: [String: JobState]?
+
+    /// Largest `--from` input accepted in one call.
+    public static let bulkInputLimit = 1 << 31
+
+    /// Prepares to submit into `site`.
+    public init(site: Site, actor: String = "balsam-submit") {
+        self.site = site
+        self.actor = actor
+        self.index = SiteIndex(site: site)
+    }
+
+    // MARK: - Validation against the site
+
+    mutating func app(_ name: String) throws(SpoolError) -> App {
+        if let app = apps[name] { return app }
+        let app = try site.app(name)
+        apps[name] = app
+        return app
+    }
+
+    /// Checks a job against the site (app, parameters, workdir, parents) and returns its initial state.
+    mutating func check(_ job: Job, claimedWorkdirs: Set<String> = []) throws(SpoolError) -> JobState {
+        try app(job.app).checkParameters(job.parameters)
+        try checkWorkdirFree(job.workdir, claimedWorkdirs: claimedWorkdirs)
+        var parentStates: [JobState] = []
+        for parent in job.parentIDs {
+            guard let state = try state(of: parent) else {
+                throw SpoolError(.invalidInput, "unknown parent job \(parent)")
+            }
+            parentStates.append(state)
+        }
+        return JobState.initial(parentStates: parentStates)
+    }
+
+    mutating func checkWorkdirFree(_ workdir: String, claimedWorkdirs: Set<String>) throws(SpoolError) {
+        if claimedWorkdirs.contains(workdir) {
+            throw SpoolError(.invalidInput, "workdir '\(workdir)' is used by another job of this submission")
+        }
+        let path = site.jobDirectory(workdir)
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            throw SpoolError(.cannotCreate, "workdir '\(workdir)' already exists", path: path)
+        }
+        if errno == ENOTDIR {
+            throw SpoolError(.cannotCreate, "workdir '\(workdir)': a parent of it is a file, not a directory", path: path)
+        }
+        if pendingWorkdirs == nil { try loadPending() }
+        if pendingWorkdirs?.contains(workdir) == true {
+            throw SpoolError(.cannotCreate, "workdir '\(workdir)' belongs to an accepted job whose directory is not made yet")
+        }
+    }
+
+    mutating func loadPending() throws(SpoolError) {
+        var workdirs = Set<String>()
+        var states: [String: JobState] = [:]
+        for name in try index.batchNames() {
+            for line in try index.readBatch(name).lines {
+                workdirs.insert(line.workdir)
+                states[line.id] = line.state
+            }
+        }
+        pendingWorkdirs = workdirs
+        pendingStates = states
+    }
+
+    /// The current state of any job, looked up in the active entries, then accepted batches, then the final
+    /// index (read once, only if needed).
+    mutating func state(of id: String) throws(SpoolError) -> JobState? {
+        if let (state, _) = index.activeEntry(of: id) { return state }
+        if pendingStates == nil { try loadPending() }
+        if let state = pendingStates?[id] { return state }
+        if finalStates == nil {
+            var states: [String: JobState] = [:]
+            for line in try index.finalLines() { states[line.id] = line.state }
+            finalStates = states
+        }
+        return finalStates?[id]
+    }
+
+    // MARK: - One job
+
+    /// Submits one job: validates it, makes its directory with `job.json` and `state`, indexes it, logs the
+    /// creation event, and makes all of it durable before returning.
+    public mutating func submit(_ request: Job) throws(SpoolError) -> (Job, JobState) {
+        var job = request
+        let state = try check(job)
+        job.id = JobID.make()
+        job.created = Timestamp.now()
+        let staging = site.tmpPath + "/" + job.id
+        do {
+            try Posix.mkdir(staging)
+            try Posix.createFile(staging + "/job.json", job.fileBytes(), sync: true)
+            let record = StateRecord(initial: state, actor: actor, time: job.created)
+            try Posix.createFile(staging + "/state", record.fileBytes(), sync: true)
+            try publish(staging, job: job, state: state)
+        } catch {
+            Posix.removeTree(staging)
+            throw error
+        }
+        return (job, state)
+    }
+
+    /// Moves a prepared directory to `data/WORKDIR` (never over an existing one), indexes it, logs it.
+    private func publish(_ directory: String, job: Job, state: JobState) throws(SpoolError) {
+        let target = site.jobDirectory(job.workdir)
+        let parent = Posix.parentPath(target)
+        try Posix.makeDirectories(parent)
+        do { try Posix.renameNoReplace(directory, target) } catch {
+            if error.cause == EEXIST || error.cause == ENOTEMPTY {
+                throw SpoolError(.cannotCreate, "workdir '\(job.workdir)' already exists", path: target)
+            }
+            if error.cause == EXDEV {
+                throw SpoolError(
+                    .cannotCreate, "is on another filesystem than the site; copy it into \(site.dropBoxPath) instead",
+                    path: directory)
+            }
+            throw error
+        }
+        do {
+            try Posix.fsyncDirectory(parent)
+            try index.createEntry(state, id: job.id, workdir: job.workdir)
+            try Posix.fsyncDirectory(site.activePath(state))
+            try EventLog(site: site).append(
+                [Event(time: job.created, jobID: job.id, from: .created, to: state, actor: actor)], sync: true)
+        } catch {
+            // Undo the publication so a failed submit leaves no job behind.
+            unlink(index.entryPath(state, job.id))
+            if rename(target, directory) != 0 { Posix.removeTree(target) }
+            throw error
+        }
+    }
+
+    // MARK: - A hand-made directory
+
+    /// Adopts a directory holding a `job.json` (without `id`; `workdir` defaults to `defaultWorkdir`): the
+    /// directory itself becomes the job's directory, with everything in it. On failure it is left as it was.
+    public mutating func adopt(directory: String, defaultWorkdir: String? = nil) throws(SpoolError) -> (Job, JobState) {
+        let dir = Posix.absolute(directory)
+        guard let st = try Posix.lstatIfExists(dir) else { throw SpoolError(.notFound, "no such directory", path: dir) }
+        if (st.st_mode & S_IFMT) == S_IFLNK {
+            throw SpoolError(.invalidInput, "is a symbolic link; give the job directory itself", path: dir)
+        }
+        if (st.st_mode & S_IFMT) != S_IFDIR { throw SpoolError(.invalidInput, "is not a directory", path: dir) }
+        let specPath = dir + "/job.json"
+        let original = try Posix.readFile(specPath, limit: Job.Limits.fileBytes)
+        if Posix.exists(dir + "/state") {
+            throw SpoolError(.invalidInput, "already has a state file; it looks like a submitted job", path: dir)
+        }
+        var job: Job
+        do {
+            var value = try JSONValue.parse(original)
+            if case .object(var o) = value {
+                if o["id"] != nil { throw SpoolError(.invalidInput, "job.json must not have an 'id'; one is assigned") }
+                if o["workdir"] == nil { o["workdir"] = .string(defaultWorkdir ?? Posix.lastComponent(dir)) }
+                value = .object(o)
+            }
+            job = try Job(json: value)
+        } catch let error as JSONParseError {
+            throw SpoolError(.invalidInput, "malformed JSON: \(error)", path: specPath)
+        } catch let error as SpoolError {
+            throw SpoolError(error.code, error.message, path: specPath, cause: error.cause)
+        } catch {
+            throw SpoolError(.invalidInput, "\(error)", path: specPath)
+        }
+        let state: JobState
+        do { state = try check(job) } catch { throw SpoolError(error.code, error.message, path: specPath, cause: error.cause) }
+        job.id = JobID.make()
+        job.created = Timestamp.now()
+        do {
+            try Posix.replaceFile(specPath, job.fileBytes(), sync: true)
+            let record = StateRecord(initial: state, actor: actor, time: job.created)
+            try Posix.createFile(dir + "/state", record.fileBytes(), sync: true)
+            try publish(dir, job: job, state: state)
+        } catch {
+            unlink(dir + "/state")
+            try? Posix.replaceFile(specPath, original, sync: true)
+            throw error
+        }
+        return (job, state)
+    }
+
+    // MARK: - Many jobs
+
+    /// The outcome of a bulk submission.
+    public struct BulkResult: Sendable {
+        /// Accepted jobs with their initial states, in input order (empty if any line failed).
+        public var accepted: [(job: Job, state: JobState)] = []
+        /// Lines that failed: 1-based line number and the problem.
+        public var failures: [(line: Int, error: SpoolError)] = []
+    }
+
+    /// Accepts many jobs in one durable step: every line is checked first; if any fails, nothing is
+    /// submitted and every failure is reported. Otherwise all jobs are written to one batch file, fsynced,
+    /// and renamed into `queue/accepted/`. From then on they are numbered, durable and visible to queries;
+    /// ``Ingest/materializePending()`` makes their directories.
+    public mutating func accept(_ input: [UInt8], maxFailures: Int = 1000) throws(SpoolError) -> BulkResult {
+        var result = BulkResult()
+        var jobs: [(Job, JobState)] = []
+        var claimed = Set<String>()
+        var lineNumber = 0
+        var start = 0
+        while start < input.count {
+            let end = input[start...].firstIndex(of: 0x0A) ?? input.count
+            lineNumber += 1
+            let line = input[start..<end]
+            start = end + 1
+            if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
+            if result.failures.count >= maxFailures { continue }
+            do throws(SpoolError) {
+                if line.count > Job.Limits.fileBytes {
+                    throw SpoolError(.invalidInput, "line is \(line.count) bytes; the limit is \(Job.Limits.fileBytes)")
+                }
+                let job = try Job(bytes: Array(line))
+                if !job.id.isEmpty { throw fieldError("id", "must not be given; IDs are assigned at submission") }
+                let state = try check(job, claimedWorkdirs: claimed)
+                claimed.insert(job.workdir)
+                jobs.append((job, state))
+            } catch {
+                result.failures.append((lineNumber, error))
+            }
+        }
+        if !result.failures.isEmpty { return result }
+        if jobs.isEmpty { return result }
+
+        let time = Timestamp.now()
+        var counts: [JobState: Int] = [:]
+        var lines: [Batch.Line] = []
+        lines.reserveCapacity(jobs.count)
+        var events: [UInt8] = []
+        events.reserveCapacity(jobs.count * 150)
+        for i in jobs.indices {
+            jobs[i].0.id = JobID.make()
+            jobs[i].0.created = time
+            let (job, state) = jobs[i]
+            counts[state, default: 0] += 1
+            var json = job.fileBytes()
+            json.removeLast()
+            lines.append(Batch.Line(id: job.id, state: state, workdir: job.workdir, app: job.app, jobJSON: json[...]))
+            Event(time: time, jobID: job.id, from: .created, to: state, actor: actor).write(to: &events)
+        }
+        let batch = Batch(header: Batch.Header(time: time, counts: counts), lines: lines)
+        let name = jobs[0].0.id + ".tsv"
+        let staging = site.tmpPath + "/" + name
+        do {
+            try Posix.createFile(staging, batch.fileBytes(), sync: true)
+            try Posix.renameNoReplace(staging, site.acceptedPath + "/" + name)
+        } catch {
+            unlink(staging)
+            throw error
+        }
+        do {
+            try Posix.fsyncDirectory(site.acceptedPath)
+            try index.appendToHostFile(directory: site.eventsPath, suffix: ".jsonl", events, sync: true)
+        } catch {
+            unlink(site.acceptedPath + "/" + name)
+            throw error
+        }
+        result.accepted = jobs.map { (job: $0.0, state: $0.1) }
+        return result
+    }
+}
+
+/// The site's append-only event logs, `events/HOST.jsonl`: one JSON line per state change.
+public struct EventLog: Sendable {
+    /// The site logged.
+    public let site: Site
+
+    /// Makes a writer for `site`.
+    public init(site: Site) { self.site = site }
+
+    /// Appends events in one write.
+    public func append(_ events: [Event], sync: Bool) throws(SpoolError) {
+        var out: [UInt8] = []
+        for event in events { event.write(to: &out) }
+        try SiteIndex(site: site).appendToHostFile(directory: site.eventsPath, suffix: ".jsonl", out, sync: sync)
+    }
+}

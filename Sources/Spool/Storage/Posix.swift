@@ -1,0 +1,241 @@
+import CLinux
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Thin wrappers over the system calls the spool uses: each retries `EINTR` and throws `SpoolError` with
+/// the path and `errno`. Paths are plain strings; the spool never needs more.
+public enum Posix {
+    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws(SpoolError) -> Int32 {
+        while true {
+            let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
+            if fd >= 0 { return fd }
+            if errno == EINTR { continue }
+            throw .system("open", path: path, errno: errno)
+        }
+    }
+
+    static func close(_ fd: Int32) {
+        _ = Glibc.close(fd)
+    }
+
+    static func write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws(SpoolError) {
+        var offset = 0
+        while offset < bytes.count {
+            let base = bytes.baseAddress.map { $0 + offset }
+            let n = Glibc.write(fd, base, bytes.count - offset)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .system("write", path: path, errno: errno)
+            }
+            offset += n
+        }
+    }
+
+    static func write(_ fd: Int32, _ bytes: [UInt8], path: String) throws(SpoolError) {
+        let result = bytes.withUnsafeBytes { buffer in
+            Result { () throws(SpoolError) in try write(fd, buffer, path: path) }
+        }
+        try result.get()
+    }
+
+    static func fsync(_ fd: Int32, path: String) throws(SpoolError) {
+        while Glibc.fsync(fd) != 0 {
+            if errno == EINTR { continue }
+            throw .system("fsync", path: path, errno: errno)
+        }
+    }
+
+    /// fsync a directory, so the names created or renamed in it survive a crash.
+    static func fsyncDirectory(_ path: String) throws(SpoolError) {
+        let fd = try open(path, O_RDONLY | O_DIRECTORY)
+        defer { close(fd) }
+        try fsync(fd, path: path)
+    }
+
+    /// syncfs(2) on the filesystem holding `path`: one flush for a whole batch of new files.
+    static func syncFilesystem(_ path: String) throws(SpoolError) {
+        let fd = try open(path, O_RDONLY | O_DIRECTORY)
+        defer { close(fd) }
+        if clinux_syncfs(fd) != 0 { throw .system("syncfs", path: path, errno: errno) }
+    }
+
+    /// Reads a whole regular file, refusing symlinks, non-regular files, and files over `limit` bytes
+    /// (checked before reading, so a huge file costs one `fstat`).
+    public static func readFile(_ path: String, limit: Int) throws(SpoolError) -> [UInt8] {
+        let fd = try open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK)
+        defer { close(fd) }
+        var st = stat()
+        if fstat(fd, &st) != 0 { throw .system("stat", path: path, errno: errno) }
+        if (st.st_mode & S_IFMT) != S_IFREG {
+            throw SpoolError(.invalidInput, "not a regular file", path: path)
+        }
+        if Int(st.st_size) > limit {
+            throw SpoolError(.invalidInput, "file is \(st.st_size) bytes; the limit is \(limit)", path: path)
+        }
+        return try readToEnd(fd, path: path, limit: limit, sizeHint: Int(st.st_size))
+    }
+
+    static func readToEnd(_ fd: Int32, path: String, limit: Int, sizeHint: Int = 65536) throws(SpoolError) -> [UInt8] {
+        var result = [UInt8]()
+        result.reserveCapacity(sizeHint + 1)
+        var chunk = [UInt8](repeating: 0, count: max(4096, min(sizeHint + 1, 1 << 20)))
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .system("read", path: path, errno: errno)
+            }
+            if n == 0 { return result }
+            result.append(contentsOf: chunk[0..<n])
+            if result.count > limit {
+                throw SpoolError(.invalidInput, "input is larger than the limit of \(limit) bytes", path: path)
+            }
+        }
+    }
+
+    /// Creates a file that must not exist yet, writes `bytes`, optionally fsyncs, closes.
+    static func createFile(_ path: String, _ bytes: [UInt8], sync: Bool, exclusive: Bool = true) throws(SpoolError) {
+        let flags = O_WRONLY | O_CREAT | (exclusive ? O_EXCL : O_TRUNC) | O_NOFOLLOW
+        let fd = try open(path, flags)
+        defer { close(fd) }
+        try write(fd, bytes, path: path)
+        if sync { try fsync(fd, path: path) }
+    }
+
+    /// Write new, then rename: readers see the old file or the new one, never a torn one.
+    static func replaceFile(_ path: String, _ bytes: [UInt8], sync: Bool, tempDirectory: String? = nil) throws(SpoolError) {
+        let temp = (tempDirectory.map { $0 + "/" + lastComponent(path) } ?? path) + ".tmp.\(getpid())"
+        try createFile(temp, bytes, sync: sync, exclusive: false)
+        do { try rename(temp, path) } catch {
+            unlink(temp)
+            throw error
+        }
+    }
+
+    static func rename(_ from: String, _ to: String) throws(SpoolError) {
+        if Glibc.rename(from, to) != 0 { throw .system("rename to \(to)", path: from, errno: errno) }
+    }
+
+    /// rename(2) that fails with EEXIST instead of replacing an existing (even empty) target.
+    static func renameNoReplace(_ from: String, _ to: String) throws(SpoolError) {
+        if clinux_rename_noreplace(AT_FDCWD, from, AT_FDCWD, to) != 0 {
+            throw .system("rename to \(to)", path: from, errno: errno)
+        }
+    }
+
+    static func mkdir(_ path: String, mode: mode_t = 0o755) throws(SpoolError) {
+        if Glibc.mkdir(path, mode) != 0 { throw .system("create directory", path: path, errno: errno) }
+    }
+
+    /// mkdir -p; returns normally when the directory already exists.
+    static func makeDirectories(_ path: String) throws(SpoolError) {
+        if Glibc.mkdir(path, 0o755) == 0 { return }
+        let err = errno
+        if err == EEXIST {
+            if isDirectory(path) { return }
+            throw SpoolError(.cannotCreate, "exists and is not a directory", path: path)
+        }
+        if err != ENOENT { throw .system("create directory", path: path, errno: err) }
+        let parent = parentPath(path)
+        if parent == path || parent.isEmpty { throw .system("create directory", path: path, errno: err) }
+        try makeDirectories(parent)
+        if Glibc.mkdir(path, 0o755) != 0 && errno != EEXIST {
+            throw .system("create directory", path: path, errno: errno)
+        }
+    }
+
+    @discardableResult
+    static func unlink(_ path: String) -> Bool { Glibc.unlink(path) == 0 }
+
+    static func unlinkChecked(_ path: String) throws(SpoolError) {
+        if Glibc.unlink(path) != 0 && errno != ENOENT { throw .system("remove", path: path, errno: errno) }
+    }
+
+    /// Removes a directory tree this process made (cleanup after a failed step); never follows symlinks.
+    static func removeTree(_ path: String) {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            for name in (try? listDirectory(path)) ?? [] { removeTree(path + "/" + name) }
+            _ = rmdir(path)
+        } else {
+            _ = Glibc.unlink(path)
+        }
+    }
+
+    /// lstat(2); nil when the path does not exist.
+    static func lstatIfExists(_ path: String) throws(SpoolError) -> stat? {
+        var st = stat()
+        if Glibc.lstat(path, &st) == 0 { return st }
+        if errno == ENOENT { return nil }
+        throw .system("stat", path: path, errno: errno)
+    }
+
+    static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return Glibc.lstat(path, &st) == 0
+    }
+
+    static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return fstatat(AT_FDCWD, path, &st, 0) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// The names in a directory, without `.` and `..`, in no particular order.
+    static func listDirectory(_ path: String) throws(SpoolError) -> [String] {
+        guard let dir = opendir(path) else { throw .system("list directory", path: path, errno: errno) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: &entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name == "." || name == ".." { continue }
+            names.append(name)
+        }
+        return names
+    }
+
+    static func lastComponent(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: slash)...])
+    }
+
+    static func parentPath(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        if slash == path.startIndex { return "/" }
+        return String(path[..<slash])
+    }
+
+    static func currentDirectory() -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard getcwd(&buffer, buffer.count) != nil else { return "." }
+        return cString(buffer)
+    }
+
+    static func absolute(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        let cwd = currentDirectory()
+        return path == "." ? cwd : cwd + "/" + path
+    }
+
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return "localhost" }
+        return cString(buffer)
+    }
+
+    /// A NUL-terminated C string in a buffer, as a Swift string.
+    static func cString(_ buffer: [CChar]) -> String {
+        String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+extension Posix {
+    /// Reads standard input to its end (at most `limit` bytes).
+    public static func readStandardInput(limit: Int) throws(SpoolError) -> [UInt8] {
+        try readToEnd(0, path: "<stdin>", limit: limit)
+    }
+}

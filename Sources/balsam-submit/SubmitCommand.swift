@@ -1,0 +1,171 @@
+import ArgumentParser
+import BalsamCLI
+import Spool
+
+@main
+struct SubmitCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "balsam-submit",
+        abstract: "Submit jobs to a Balsam site.",
+        discussion: """
+            One job from options (-a APP -w WORKDIR ...), many jobs from JSON lines (--from FILE, - for \
+            standard input), or a hand-made job directory (DIR with a job.json). Prints one job ID per line. \
+            See balsam-submit(1) and balsam-spool(5).
+            """)
+
+    @OptionGroup var siteOption: SiteOption
+
+    @Argument(help: "A job directory holding a job.json, adopted into the site (moved to data/WORKDIR).")
+    var directory: String?
+
+    @Option(name: .long, help: ArgumentHelp("Submit every JSON line of this file (- for standard input).", valueName: "file"))
+    var from: String?
+
+    @Option(name: [.short, .long], help: "The app the job runs.")
+    var app: String?
+
+    @Option(name: [.short, .long], help: "The job's directory, relative to the site's data/.")
+    var workdir: String?
+
+    @Option(name: [.short, .customLong("param")], help: ArgumentHelp("A parameter, KEY=VALUE; VALUE is JSON if it parses as JSON, else text.", valueName: "key=value"))
+    var param: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("A tag, KEY=VALUE.", valueName: "key=value"))
+    var tag: [String] = []
+
+    @Option(name: .customLong("data"), help: ArgumentHelp("A data entry, KEY=VALUE (JSON if it parses).", valueName: "key=value"))
+    var dataEntries: [String] = []
+
+    @Option(name: [.short, .long], help: "Nodes the job spans.")
+    var numNodes: Int?
+
+    @Option(name: [.customLong("ranks-per-node"), .customLong("rpn", withSingleDash: true)], help: "MPI ranks per node.")
+    var ranksPerNode: Int?
+
+    @Option(name: [.customLong("threads-per-rank"), .customLong("tpr", withSingleDash: true)], help: "Threads per rank.")
+    var threadsPerRank: Int?
+
+    @Option(name: [.customLong("threads-per-core"), .customLong("tpc", withSingleDash: true)], help: "Hardware threads per core.")
+    var threadsPerCore: Int?
+
+    @Option(name: [.customShort("g"), .customLong("gpus-per-rank")], help: "GPUs per rank.")
+    var gpusPerRank: Double?
+
+    @Option(name: [.customLong("node-packing-count"), .customLong("npc", withSingleDash: true)], help: "Jobs that may share one node.")
+    var nodePackingCount: Int?
+
+    @Option(name: [.customShort("t"), .customLong("wall-time-min")], help: "Expected run time in minutes.")
+    var wallTimeMin: Int?
+
+    @Option(name: .long, help: ArgumentHelp("An option for the MPI launch command, KEY=VALUE.", valueName: "key=value"))
+    var launchParam: [String] = []
+
+    @Option(name: [.customLong("parent"), .customLong("parent-id")], help: ArgumentHelp("A job that must finish first (repeatable).", valueName: "id"))
+    var parent: [String] = []
+
+    @Flag(name: .long, help: "Print the created jobs as JSON lines instead of IDs.")
+    var json = false
+
+    var hasJobOptions: Bool {
+        app != nil || workdir != nil || !param.isEmpty || !tag.isEmpty || !dataEntries.isEmpty || numNodes != nil
+            || ranksPerNode != nil || threadsPerRank != nil || threadsPerCore != nil || gpusPerRank != nil
+            || nodePackingCount != nil || wallTimeMin != nil || !launchParam.isEmpty || !parent.isEmpty
+    }
+
+    func validate() throws {
+        let modes = [directory != nil, from != nil, hasJobOptions].filter { $0 }.count
+        if modes == 0 {
+            throw ValidationError("Give -a APP -w WORKDIR, --from FILE, or a job directory.")
+        }
+        if modes > 1 {
+            throw ValidationError("Give only one of: job options (-a, -w, ...), --from FILE, or a job directory.")
+        }
+        if hasJobOptions && (app == nil || workdir == nil) {
+            throw ValidationError("A job from options needs both -a/--app and -w/--workdir.")
+        }
+    }
+
+    func run() throws {
+        try reportingErrors("balsam-submit") {
+            let site = try siteOption.open()
+            var submission = Submission(site: site)
+            if let from {
+                try submitMany(from: from, submission: &submission)
+            } else if let directory {
+                let (job, state) = try submission.adopt(directory: directory)
+                report(job, state)
+            } else {
+                let (job, state) = try submission.submit(try jobFromOptions())
+                report(job, state)
+            }
+        }
+    }
+
+    func jobFromOptions() throws(SpoolError) -> Job {
+        var o: [String: JSONValue] = ["app": .string(app ?? ""), "workdir": .string(workdir ?? "")]
+        var params: [String: JSONValue] = [:]
+        for p in param {
+            let (k, v) = try keyValue(p, option: "-p/--param")
+            params[k] = parameterValue(v)
+        }
+        o["parameters"] = .object(params)
+        var tags: [String: JSONValue] = [:]
+        for t in tag {
+            let (k, v) = try keyValue(t, option: "--tag")
+            tags[k] = .string(v)
+        }
+        o["tags"] = .object(tags)
+        var data: [String: JSONValue] = [:]
+        for d in dataEntries {
+            let (k, v) = try keyValue(d, option: "--data")
+            data[k] = parameterValue(v)
+        }
+        o["data"] = .object(data)
+        var launch: [String: JSONValue] = [:]
+        for l in launchParam {
+            let (k, v) = try keyValue(l, option: "--launch-param")
+            launch[k] = .string(v)
+        }
+        o["launch_params"] = .object(launch)
+        o["parent_ids"] = .array(parent.map { .string($0) })
+        o["num_nodes"] = numNodes.map { .int($0) }
+        o["ranks_per_node"] = ranksPerNode.map { .int($0) }
+        o["threads_per_rank"] = threadsPerRank.map { .int($0) }
+        o["threads_per_core"] = threadsPerCore.map { .int($0) }
+        o["gpus_per_rank"] = gpusPerRank.map { .double($0) }
+        o["node_packing_count"] = nodePackingCount.map { .int($0) }
+        o["wall_time_min"] = wallTimeMin.map { .int($0) }
+        return try Job(json: .object(o))
+    }
+
+    func submitMany(from path: String, submission: inout Submission) throws(SpoolError) {
+        let input: [UInt8]
+        let name = path == "-" ? "<stdin>" : path
+        if path == "-" {
+            input = try Posix.readStandardInput(limit: Submission.bulkInputLimit)
+        } else {
+            input = try Posix.readFile(path, limit: Submission.bulkInputLimit)
+        }
+        let result = try submission.accept(input)
+        if !result.failures.isEmpty {
+            for failure in result.failures.prefix(100) {
+                printError("balsam-submit: \(name):\(failure.line): \(failure.error)")
+            }
+            if result.failures.count > 100 { printError("balsam-submit: ... and \(result.failures.count - 100) more") }
+            throw SpoolError(
+                result.failures[0].error.code,
+                "\(result.failures.count) line(s) failed; nothing from \(name) was submitted", path: nil)
+        }
+        var out = ""
+        out.reserveCapacity(result.accepted.count * (json ? 400 : 27))
+        for (job, state) in result.accepted {
+            out += json ? jobJSON(job, state: state).serialized() : job.id
+            out += "\n"
+        }
+        print(out, terminator: "")
+    }
+
+    func report(_ job: Job, _ state: JobState) {
+        print(json ? jobJSON(job, state: state).serialized() : job.id)
+    }
+}

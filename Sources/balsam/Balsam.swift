@@ -1,0 +1,225 @@
+import ArgumentParser
+import BalsamCLI
+import Spool
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+@main
+struct Balsam: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "balsam",
+        abstract: "Manage a Balsam site: its jobs and apps.",
+        discussion: """
+            Subcommands not listed here run the program balsam-NAME (as git does): 'balsam submit ...' runs \
+            balsam-submit. See balsam(1) and balsam-spool(5).
+            """,
+        subcommands: [Init.self, List.self, Show.self, AppCommand.self, IngestCommand.self])
+
+    static func main() {
+        dispatchExternal()
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
+
+    /// `balsam NAME ARGS...` for a NAME that is not built in: exec `balsam-NAME` from this program's
+    /// directory, else from PATH.
+    static func dispatchExternal() {
+        let args = CommandLine.arguments
+        guard args.count > 1, !args[1].hasPrefix("-") else { return }
+        let builtIn = configuration.subcommands.map { $0._commandName } + ["help"]
+        if builtIn.contains(args[1]) { return }
+        let name = "balsam-" + args[1]
+        var candidates: [String] = []
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        if n > 0 {
+            let exe = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if let slash = exe.lastIndex(of: "/") { candidates.append(String(exe[..<slash]) + "/" + name) }
+        }
+        candidates.append(name)
+        let argv = [name] + args.dropFirst(2)
+        var cArgs = argv.map { strdup($0) }
+        cArgs.append(nil)
+        for candidate in candidates {
+            if candidate.contains("/") {
+                if access(candidate, X_OK) == 0 { execv(candidate, &cArgs) }
+            } else {
+                execvp(candidate, &cArgs)
+            }
+        }
+        printError("balsam: '\(args[1])' is not a balsam command and no \(name) program was found (see 'balsam --help')")
+        Glibc.exit(ExitStatus.usage)
+    }
+}
+
+struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create a new site directory.",
+        discussion: "The directory must not exist; its parent must. Prints the site's path.")
+
+    @Argument(help: "Where to create the site.")
+    var path: String
+
+    @Option(name: [.short, .long], help: "The site's name (default: the directory's name).")
+    var name: String?
+
+    func run() throws {
+        try reportingErrors("balsam init") {
+            let site = try Site.create(at: path, name: name)
+            print(site.root)
+        }
+    }
+}
+
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ls",
+        abstract: "List jobs, or count them by state.",
+        discussion: "Filters combine: a job is listed when it passes all of them.")
+
+    @OptionGroup var siteOption: SiteOption
+
+    @Option(name: [.short, .long], help: "Only jobs in this state (repeatable).")
+    var state: [String] = []
+
+    @Option(name: .long, help: "Leave out jobs in this state (repeatable).")
+    var excludeState: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Only jobs with this tag, KEY=VALUE (repeatable).", valueName: "key=value"))
+    var tag: [String] = []
+
+    @Option(name: [.short, .long], help: "Only jobs of this app.")
+    var app: String?
+
+    @Option(name: [.short, .long], help: "Only jobs whose workdir contains this text.")
+    var workdir: String?
+
+    @Option(name: [.short, .long], help: "Only this job ID (repeatable).")
+    var id: [String] = []
+
+    @Flag(name: .long, help: "Print the number of jobs in each state instead of the jobs.")
+    var byState = false
+
+    @Flag(name: .long, help: "Print JSON: one object per job per line (with --by-state, one object of counts).")
+    var json = false
+
+    func run() throws {
+        try reportingErrors("balsam ls") {
+            let query = Query(site: try siteOption.open())
+            if byState {
+                let counts = try query.countByState()
+                if json {
+                    print(JSONValue.object(counts.reduce(into: [:]) { $0[$1.key.rawValue] = .int($1.value) }).serialized())
+                } else {
+                    let rows = JobState.stored.compactMap { s in counts[s].flatMap { $0 > 0 ? [s.rawValue, String($0)] : nil } }
+                    print(table(["STATE", "COUNT"], rows + [["total", String(counts.values.reduce(0, +))]]))
+                }
+                return
+            }
+            var filter = JobFilter()
+            if !state.isEmpty {
+                var states = Set<JobState>()
+                for s in state { states.insert(try JobState.parse(s)) }
+                filter.states = states
+            }
+            for s in excludeState { filter.excludeStates.insert(try JobState.parse(s)) }
+            for t in tag {
+                let (k, v) = try keyValue(t, option: "--tag")
+                filter.tags[k] = v
+            }
+            filter.app = app
+            filter.workdirFragment = workdir
+            if !id.isEmpty { filter.ids = Set(id) }
+            let jobs = try query.list(filter, load: json)
+            var out = ""
+            if json {
+                for listing in jobs {
+                    guard let job = listing.job else { continue }
+                    out += jobJSON(job, state: listing.state).serialized() + "\n"
+                }
+                print(out, terminator: "")
+            } else {
+                let rows = jobs.map { l in
+                    [l.id, l.state.rawValue, l.app, l.workdir,
+                     (l.job?.tags ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")]
+                }
+                print(table(["ID", "STATE", "APP", "WORKDIR", "TAGS"], rows))
+            }
+        }
+    }
+}
+
+struct Show: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show one job: its spec, state and history.")
+
+    @OptionGroup var siteOption: SiteOption
+
+    @Argument(help: "The job's ID or workdir.")
+    var job: String
+
+    @Flag(name: .long, help: "Print one JSON object: the job's fields, state and history.")
+    var json = false
+
+    func run() throws {
+        try reportingErrors("balsam show") {
+            let listing = try Query(site: try siteOption.open()).find(job)
+            guard let spec = listing.job else {
+                throw SpoolError(.io, "cannot read job.json of job \(listing.id)", path: listing.workdir)
+            }
+            let history: [JSONValue] = (listing.record?.history ?? []).map { e in
+                var o: [String: JSONValue] = [
+                    "state": .string(e.state.rawValue), "time": .string(e.time), "actor": .string(e.actor),
+                ]
+                if let reason = e.reason { o["reason"] = .string(reason) }
+                return .object(o)
+            }
+            if json {
+                guard case .object(var o) = jobJSON(spec, state: listing.state) else { return }
+                o["history"] = .array(history)
+                if let reason = listing.record?.reason { o["state_reason"] = .string(reason) }
+                print(JSONValue.object(o).serialized())
+                return
+            }
+            var text = "id:        \(spec.id)\nstate:     \(listing.state.rawValue)"
+            if let record = listing.record {
+                text += " since \(record.since) by \(record.actor)"
+                if let reason = record.reason { text += "\nreason:    \(reason)" }
+            } else if listing.source == .accepted {
+                text += " (accepted; directory not made yet)"
+            }
+            text += "\napp:       \(spec.app)\nworkdir:   \(spec.workdir)\ncreated:   \(spec.created)\n"
+            text += "\nspec:\n" + spec.json.pretty(indent: 0) + "\n"
+            if let record = listing.record {
+                text += "\nhistory:\n"
+                text += table(["TIME", "STATE", "ACTOR", "REASON"],
+                    record.history.map { [$0.time, $0.state.rawValue, $0.actor, $0.reason ?? ""] }) + "\n"
+            }
+            print(text, terminator: "")
+        }
+    }
+}
+
+struct IngestCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ingest",
+        abstract: "Make directories for accepted bulk submissions and adopt the drop box (plumbing).",
+        discussion: "balsam-watch does this continuously; run it by hand on a site without a watcher.")
+
+    @OptionGroup var siteOption: SiteOption
+
+    func run() throws {
+        try reportingErrors("balsam ingest") {
+            let report = try Ingest(site: try siteOption.open()).run()
+            for (name, reason) in report.rejected { printError("balsam ingest: rejected queue/new/\(name): \(reason)") }
+            for id in report.conflicts { printError("balsam ingest: job \(id) FAILED: its workdir was taken") }
+            print("materialized \(report.materialized) jobs from \(report.batches) batches; adopted \(report.adopted.count); rejected \(report.rejected.count)")
+        }
+    }
+}
