@@ -100,15 +100,12 @@ public struct Ingest {
     /// it and return true; if it belongs to something else, return false.
     private func resume(_ line: Batch.Line, in dir: String, jobBytes: [UInt8], time: String) throws(SpoolError) -> Bool {
         let existing = try? Posix.readFile(dir + "/job.json", limit: Job.Limits.fileBytes)
-        if let existing, existing != jobBytes {
-            guard case .object(let o)? = try? JSONValue.parse(existing), o["id"]?.stringValue == line.id else {
-                return false
-            }
-        }
-        if existing == nil {
-            // Empty or torn leftovers of an interrupted pass hold nothing but what the batch has.
+        let existingID = existing.flatMap { try? JSONValue.parse($0) }?.objectValue?["id"]?.stringValue
+        if existingID != line.id {
+            // Not this job's spec: it is ours only if the directory holds nothing but torn leftovers
+            // (job.json and state are written in place, so a crash can cut them short).
             let names = (try? Posix.listDirectory(dir)) ?? []
-            guard names.allSatisfy({ $0 == "job.json" || $0 == "state" }) else { return false }
+            guard existingID == nil, names.allSatisfy({ $0 == "job.json" || $0 == "state" }) else { return false }
             try Posix.replaceFile(dir + "/job.json", jobBytes, sync: false)
         }
         let statePath = dir + "/state"

@@ -14,6 +14,8 @@ public struct Submission {
     let index: SiteIndex
     private var apps: [String: App] = [:]
     private var pendingWorkdirs: Set<String>?
+    /// Every proper ancestor of a pending or claimed workdir: a new workdir must not be one of them.
+    private var reservedAncestors = Set<String>()
     private var pendingStates: [String: JobState]?
     private var finalStates: [String: JobState]?
 
@@ -66,6 +68,29 @@ public struct Submission {
         if pendingWorkdirs?.contains(workdir) == true {
             throw SpoolError(.cannotCreate, "workdir '\(workdir)' belongs to an accepted job whose directory is not made yet")
         }
+        // One job's directory never holds another's: cleanup globs and hooks of the outer job would reach in.
+        var ancestor = Substring(workdir)
+        while let slash = ancestor.lastIndex(of: "/") {
+            ancestor = ancestor[..<slash]
+            let name = String(ancestor)
+            if claimedWorkdirs.contains(name) || pendingWorkdirs?.contains(name) == true
+                || Posix.exists(site.jobDirectory(name) + "/job.json")
+            {
+                throw SpoolError(.cannotCreate, "workdir '\(workdir)' would be inside the directory of job '\(name)'")
+            }
+        }
+        if reservedAncestors.contains(workdir) {
+            throw SpoolError(.cannotCreate, "workdir '\(workdir)' would contain the directory of another job")
+        }
+    }
+
+    /// Records the ancestors of a workdir that is now taken (pending, or claimed in this call).
+    mutating func reserveAncestors(of workdir: String) {
+        var ancestor = Substring(workdir)
+        while let slash = ancestor.lastIndex(of: "/") {
+            ancestor = ancestor[..<slash]
+            if !reservedAncestors.insert(String(ancestor)).inserted { break }
+        }
     }
 
     mutating func loadPending() throws(SpoolError) {
@@ -74,6 +99,7 @@ public struct Submission {
         for name in try index.batchNames() {
             for line in try index.readBatch(name).lines {
                 workdirs.insert(line.workdir)
+                reserveAncestors(of: line.workdir)
                 states[line.id] = line.state
             }
         }
@@ -213,6 +239,9 @@ public struct Submission {
     /// ``Ingest/materializePending()`` makes their directories.
     public mutating func accept(_ input: [UInt8], maxFailures: Int = 1000) throws(SpoolError) -> BulkResult {
         var result = BulkResult()
+        if pendingWorkdirs == nil { try loadPending() }
+        let reservedBefore = reservedAncestors
+        defer { reservedAncestors = reservedBefore }
         var jobs: [(Job, JobState)] = []
         var claimed = Set<String>()
         var lineNumber = 0
@@ -232,6 +261,7 @@ public struct Submission {
                 if !job.id.isEmpty { throw fieldError("id", "must not be given; IDs are assigned at submission") }
                 let state = try check(job, claimedWorkdirs: claimed)
                 claimed.insert(job.workdir)
+                reserveAncestors(of: job.workdir)
                 jobs.append((job, state))
             } catch {
                 result.failures.append((lineNumber, error))

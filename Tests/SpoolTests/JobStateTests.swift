@@ -1,0 +1,102 @@
+import Testing
+
+@testable import Spool
+
+/// The legal transitions, written out independently of the implementation's table.
+let legalPairs: Set<String> = [
+    "CREATED>AWAITING_PARENTS", "CREATED>READY",
+    "AWAITING_PARENTS>READY", "AWAITING_PARENTS>FAILED",
+    "READY>STAGED_IN", "READY>FAILED",
+    "STAGED_IN>PREPROCESSED", "STAGED_IN>FAILED",
+    "PREPROCESSED>RUNNING", "PREPROCESSED>FAILED",
+    "RUNNING>RUN_DONE", "RUNNING>RUN_ERROR", "RUNNING>RUN_TIMEOUT", "RUNNING>FAILED",
+    "RUN_DONE>POSTPROCESSED", "RUN_DONE>RESTART_READY", "RUN_DONE>FAILED",
+    "RUN_ERROR>RESTART_READY", "RUN_ERROR>POSTPROCESSED", "RUN_ERROR>FAILED",
+    "RUN_TIMEOUT>RESTART_READY", "RUN_TIMEOUT>POSTPROCESSED", "RUN_TIMEOUT>FAILED",
+    "RESTART_READY>RUNNING", "RESTART_READY>FAILED",
+    "POSTPROCESSED>STAGED_OUT", "POSTPROCESSED>FAILED",
+    "STAGED_OUT>JOB_FINISHED", "STAGED_OUT>FAILED",
+    "FAILED>READY", "FAILED>RESTART_READY",
+]
+
+@Suite struct JobStateTests {
+    @Test func thereAreFourteenStatesSpelledAsBalsam() {
+        #expect(JobState.allCases.count == 14)
+        #expect(JobState.allCases.map(\.rawValue).joined(separator: " ")
+            == "CREATED AWAITING_PARENTS READY STAGED_IN PREPROCESSED RUNNING RUN_DONE RUN_ERROR RUN_TIMEOUT "
+            + "RESTART_READY POSTPROCESSED STAGED_OUT JOB_FINISHED FAILED")
+    }
+
+    @Test(arguments: JobState.allCases)
+    func everyPairMatchesTheTable(from: JobState) {
+        for to in JobState.allCases {
+            let legal = legalPairs.contains("\(from.rawValue)>\(to.rawValue)")
+            #expect(from.canTransition(to: to) == legal, "\(from.rawValue) -> \(to.rawValue)")
+            do {
+                try from.validateTransition(to: to)
+                #expect(legal, "\(from.rawValue) -> \(to.rawValue) was accepted")
+            } catch {
+                #expect(!legal, "\(from.rawValue) -> \(to.rawValue) was refused")
+                #expect(error.description.contains(from.rawValue) && error.description.contains(to.rawValue))
+                #expect(error.code == .invalidInput)
+            }
+        }
+    }
+
+    @Test func runnableAndFinalSets() {
+        #expect(JobState.runnable == [.preprocessed, .restartReady])
+        #expect(JobState.final == [.jobFinished, .failed])
+        #expect(!JobState.stored.contains(.created))
+        #expect(JobState.active.count == 11)
+    }
+
+    @Test func everyStateIsReachableAndEveryActiveStateCanEnd() {
+        var reached: Set<JobState> = [.created]
+        var frontier: [JobState] = [.created]
+        while let s = frontier.popLast() {
+            for n in s.successors where reached.insert(n).inserted { frontier.append(n) }
+        }
+        #expect(reached == Set(JobState.allCases))
+        for state in JobState.active {
+            #expect(state.canTransition(to: .failed), "\(state) cannot be killed")
+            // Some path leads to JOB_FINISHED.
+            var seen: Set<JobState> = [state]
+            var stack = [state]
+            while let s = stack.popLast() { for n in s.successors where seen.insert(n).inserted { stack.append(n) } }
+            #expect(seen.contains(.jobFinished), "\(state) can never finish")
+        }
+        #expect(JobState.jobFinished.successors.isEmpty)
+    }
+
+    @Test func initialStateWaitsForUnfinishedParents() {
+        #expect(JobState.initial(parentStates: []) == .ready)
+        #expect(JobState.initial(parentStates: [.jobFinished, .jobFinished]) == .ready)
+        for state in JobState.allCases where state != .jobFinished {
+            #expect(JobState.initial(parentStates: [.jobFinished, state]) == .awaitingParents)
+        }
+    }
+
+    @Test func randomWalksOnlyTakeLegalSteps() throws {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<200 {
+            var record = StateRecord(initial: .ready, actor: "test")
+            for _ in 0..<30 {
+                let target = JobState.allCases.randomElement(using: &rng) ?? .failed
+                let before = record.state
+                if let next = try? record.moved(to: target, actor: "test", reason: nil) {
+                    #expect(legalPairs.contains("\(before.rawValue)>\(target.rawValue)"))
+                    #expect(next.history.last?.state == target)
+                    record = next
+                } else {
+                    #expect(record.state == before)
+                }
+            }
+            #expect(record.history.count <= StateRecord.historyLimit)
+        }
+    }
+
+    @Test func parseIsCaseInsensitiveAndNamesTheStatesOnError() throws {
+        #expect(try JobState.parse("run_done") == .runDone)
+        #expect(throws: SpoolError.self) { try JobState.parse("DONE") }
+    }
+}

@@ -1,0 +1,113 @@
+import Foundation
+import Testing
+
+@testable import Spool
+
+/// A fresh temporary directory per test, removed afterwards: tests run in parallel.
+final class TempDir {
+    let path: String
+
+    init() throws {
+        let base = FileManager.default.temporaryDirectory.path + "/balsam-test-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        path = base
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    func file(_ name: String, _ text: String) throws {
+        let full = path + "/" + name
+        try FileManager.default.createDirectory(
+            atPath: (full as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try text.write(toFile: full, atomically: false, encoding: .utf8)
+    }
+}
+
+/// A new site with a `hello` app (`echo hello {{ name }}`) in a temporary directory.
+func makeSite(_ dir: TempDir, name: String = "site") throws -> Site {
+    let site = try Site.create(at: dir.path + "/" + name)
+    try site.createApp(App(name: "hello", commandTemplate: "echo hello {{ name }}", parameters: ["name": .init(required: true)]))
+    return site
+}
+
+func helloJob(_ workdir: String, name: String = "world") -> Job {
+    var job = Job(workdir: workdir, app: "hello")
+    job.parameters = ["name": .string(name)]
+    return job
+}
+
+func read(_ path: String) throws -> String {
+    try String(contentsOfFile: path, encoding: .utf8)
+}
+
+func exists(_ path: String) -> Bool {
+    var st = stat()
+    return lstat(path, &st) == 0
+}
+
+func entries(_ path: String) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
+}
+
+/// Runs a program to completion, returning its exit status and outputs.
+@discardableResult
+func run(_ program: String, _ args: [String], stdin: Data? = nil, env: [String: String] = [:], cwd: String? = nil)
+    throws -> (status: Int32, stdout: String, stderr: String)
+{
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: program)
+    process.arguments = args
+    var environment = ProcessInfo.processInfo.environment
+    environment["BALSAM_SITE"] = nil
+    for (k, v) in env { environment[k] = v }
+    process.environment = environment
+    if let cwd { process.currentDirectoryURL = URL(fileURLWithPath: cwd) }
+    let out = Pipe()
+    let err = Pipe()
+    let input = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = input
+    try process.run()
+    let writer = Thread {
+        if let stdin { input.fileHandleForWriting.write(stdin) }
+        try? input.fileHandleForWriting.close()
+    }
+    writer.start()
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    let errData = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+}
+
+/// Whether this process may mount filesystems (root): the tests of full and read-only filesystems need it.
+let canMount: Bool = getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/bin/mount")
+
+/// A small tmpfs mounted for one test, unmounted afterwards.
+final class SmallFilesystem {
+    let path: String
+    private let dir: TempDir
+
+    init(size: String, inodes: Int = 4096) throws {
+        dir = try TempDir()
+        path = dir.path + "/mnt"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        let r = try run("/bin/mount", ["-t", "tmpfs", "-o", "size=\(size),nr_inodes=\(inodes)", "tmpfs", path])
+        if r.status != 0 { throw SpoolError(.io, "mount failed: \(r.stderr)") }
+    }
+
+    func remountReadOnly() throws {
+        let r = try run("/bin/mount", ["-o", "remount,ro", path])
+        if r.status != 0 { throw SpoolError(.io, "remount failed: \(r.stderr)") }
+    }
+
+    /// Writes a file until the filesystem is full.
+    func fill() {
+        let fd = open(path + "/filler", O_WRONLY | O_CREAT, 0o644)
+        let block = [UInt8](repeating: 0x55, count: 4096)
+        while block.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) > 0 {}
+        close(fd)
+    }
+
+    deinit { _ = try? run("/bin/umount", ["-l", path]) }
+}
