@@ -34,8 +34,10 @@ let package = Package(
         ),
         .executableTarget(name: "balsam", dependencies: ["BalsamCLI", "Spool"]),
         .executableTarget(name: "balsam-submit", dependencies: ["BalsamCLI", "Spool"]),
-        .testTarget(name: "SpoolTests", dependencies: ["Spool"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Spool"]),
+        // Temporary sites, small filesystems, running the built binaries.
+        .target(name: "TestSupport", dependencies: ["Spool"], path: "Tests/TestSupport"),
+        .testTarget(name: "SpoolTests", dependencies: ["Spool", "TestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Spool", "TestSupport"]),
     ]
 )
 

@@ -115,7 +115,8 @@ struct List: ParsableCommand {
             if byState {
                 let counts = try query.countByState()
                 if json {
-                    print(JSONValue.object(counts.reduce(into: [:]) { $0[$1.key.rawValue] = .int($1.value) }).serialized())
+                    let all = JobState.stored.reduce(into: [String: JSONValue]()) { $0[$1.rawValue] = .int(counts[$1] ?? 0) }
+                    print(JSONValue.object(all).serialized())
                 } else {
                     let rows = JobState.stored.compactMap { s in counts[s].flatMap { $0 > 0 ? [s.rawValue, String($0)] : nil } }
                     print(table(["STATE", "COUNT"], rows + [["total", String(counts.values.reduce(0, +))]]))

@@ -1,6 +1,7 @@
 import Testing
 
 @testable import Spool
+import TestSupport
 
 @Suite struct JSONTests {
     @Test func roundTripsWithSortedKeys() throws {

@@ -1,6 +1,7 @@
 import Testing
 
 @testable import Spool
+import TestSupport
 
 /// The legal transitions, written out independently of the implementation's table.
 let legalPairs: Set<String> = [

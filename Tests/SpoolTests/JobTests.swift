@@ -1,6 +1,7 @@
 import Testing
 
 @testable import Spool
+import TestSupport
 
 @Suite struct JobTests {
     func parse(_ text: String) throws -> Job { try Job(bytes: Array(text.utf8)) }

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import Spool
+import TestSupport
 
 @Suite struct SiteTests {
     @Test func initMakesTheWholeLayout() throws {

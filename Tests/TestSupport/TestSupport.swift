@@ -1,13 +1,15 @@
 import Foundation
-import Testing
+import Spool
 
-@testable import Spool
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// A fresh temporary directory per test, removed afterwards: tests run in parallel.
-final class TempDir {
-    let path: String
+public final class TempDir {
+    public let path: String
 
-    init() throws {
+    public init() throws {
         let base = FileManager.default.temporaryDirectory.path + "/balsam-test-" + UUID().uuidString.prefix(8)
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
         path = base
@@ -15,7 +17,7 @@ final class TempDir {
 
     deinit { try? FileManager.default.removeItem(atPath: path) }
 
-    func file(_ name: String, _ text: String) throws {
+    public func file(_ name: String, _ text: String) throws {
         let full = path + "/" + name
         try FileManager.default.createDirectory(
             atPath: (full as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
@@ -24,34 +26,34 @@ final class TempDir {
 }
 
 /// A new site with a `hello` app (`echo hello {{ name }}`) in a temporary directory.
-func makeSite(_ dir: TempDir, name: String = "site") throws -> Site {
+public func makeSite(_ dir: TempDir, name: String = "site") throws -> Site {
     let site = try Site.create(at: dir.path + "/" + name)
     try site.createApp(App(name: "hello", commandTemplate: "echo hello {{ name }}", parameters: ["name": .init(required: true)]))
     return site
 }
 
-func helloJob(_ workdir: String, name: String = "world") -> Job {
+public func helloJob(_ workdir: String, name: String = "world") -> Job {
     var job = Job(workdir: workdir, app: "hello")
     job.parameters = ["name": .string(name)]
     return job
 }
 
-func read(_ path: String) throws -> String {
+public func read(_ path: String) throws -> String {
     try String(contentsOfFile: path, encoding: .utf8)
 }
 
-func exists(_ path: String) -> Bool {
+public func exists(_ path: String) -> Bool {
     var st = stat()
     return lstat(path, &st) == 0
 }
 
-func entries(_ path: String) -> [String] {
+public func entries(_ path: String) -> [String] {
     ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
 }
 
 /// Runs a program to completion, returning its exit status and outputs.
 @discardableResult
-func run(_ program: String, _ args: [String], stdin: Data? = nil, env: [String: String] = [:], cwd: String? = nil)
+public func run(_ program: String, _ args: [String], stdin: Data? = nil, env: [String: String] = [:], cwd: String? = nil)
     throws -> (status: Int32, stdout: String, stderr: String)
 {
     let process = Process()
@@ -81,14 +83,14 @@ func run(_ program: String, _ args: [String], stdin: Data? = nil, env: [String: 
 }
 
 /// Whether this process may mount filesystems (root): the tests of full and read-only filesystems need it.
-let canMount: Bool = getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/bin/mount")
+public let canMount: Bool = getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/bin/mount")
 
 /// A small tmpfs mounted for one test, unmounted afterwards.
-final class SmallFilesystem {
-    let path: String
+public final class SmallFilesystem {
+    public let path: String
     private let dir: TempDir
 
-    init(size: String, inodes: Int = 4096) throws {
+    public init(size: String, inodes: Int = 4096) throws {
         dir = try TempDir()
         path = dir.path + "/mnt"
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
@@ -96,13 +98,13 @@ final class SmallFilesystem {
         if r.status != 0 { throw SpoolError(.io, "mount failed: \(r.stderr)") }
     }
 
-    func remountReadOnly() throws {
+    public func remountReadOnly() throws {
         let r = try run("/bin/mount", ["-o", "remount,ro", path])
         if r.status != 0 { throw SpoolError(.io, "remount failed: \(r.stderr)") }
     }
 
     /// Writes a file until the filesystem is full.
-    func fill() {
+    public func fill() {
         let fd = open(path + "/filler", O_WRONLY | O_CREAT, 0o644)
         let block = [UInt8](repeating: 0x55, count: 4096)
         while block.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) > 0 {}
@@ -110,4 +112,32 @@ final class SmallFilesystem {
     }
 
     deinit { _ = try? run("/bin/umount", ["-l", path]) }
+}
+
+/// The built executables, found beside the test bundle.
+public let binDirectory: String = {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    var dir = String(decoding: buffer[0..<max(n, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    while !dir.isEmpty && !FileManager.default.isExecutableFile(atPath: dir + "/balsam") {
+        guard let slash = dir.lastIndex(of: "/") else { break }
+        dir = String(dir[..<slash])
+    }
+    return dir
+}()
+
+/// Runs `balsam` or `balsam-submit` with the given site.
+@discardableResult
+public func balsam(_ args: [String], site: String? = nil, stdin: Data? = nil, cwd: String? = nil)
+    throws -> (status: Int32, stdout: String, stderr: String)
+{
+    try run(binDirectory + "/balsam", args, stdin: stdin, env: site.map { ["BALSAM_SITE": $0] } ?? [:], cwd: cwd)
+}
+
+/// Runs `balsam-submit` with the given site.
+@discardableResult
+public func balsamSubmit(_ args: [String], site: String? = nil, stdin: Data? = nil)
+    throws -> (status: Int32, stdout: String, stderr: String)
+{
+    try run(binDirectory + "/balsam-submit", args, stdin: stdin, env: site.map { ["BALSAM_SITE": $0] } ?? [:])
 }

@@ -1,0 +1,205 @@
+import Foundation
+import Spool
+import TestSupport
+import Testing
+
+/// End-to-end tests: the real `balsam` and `balsam-submit` binaries against a real site on disk.
+@Suite struct CommandTests {
+    let dir: TempDir
+    let site: String
+
+    init() throws {
+        dir = try TempDir()
+        site = dir.path + "/site"
+        let r = try balsam(["init", site, "--name", "demo"])
+        #expect(r.status == 0 && r.stdout == site + "\n")
+        let a = try balsam(["app", "create", "hello", "--command-template", "echo hello {{ name }}"], site: site)
+        #expect(a.status == 0, "\(a.stderr)")
+    }
+
+    @Test func submitListShowRoundTrip() throws {
+        let s = try balsamSubmit(["-a", "hello", "-w", "runs/1", "-p", "name=world", "--tag", "exp=a", "-n", "2", "-rpn", "4", "-t", "5"], site: site)
+        #expect(s.status == 0, "\(s.stderr)")
+        let id = s.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(JobID.isValid(id))
+        let via = try balsam(["submit", "-a", "hello", "-w", "runs/2", "-p", "name=you", "--tag", "exp=b"], site: site)
+        #expect(via.status == 0, "balsam submit dispatches to balsam-submit: \(via.stderr)")
+
+        let ls = try balsam(["ls"], site: site)
+        #expect(ls.status == 0)
+        let lines = ls.stdout.split(separator: "\n")
+        #expect(lines.count == 3 && lines[0].hasPrefix("ID") && lines[1].contains(id) && lines[1].contains("READY"))
+        #expect(lines[1].contains("runs/1") && lines[1].contains("exp=a"))
+
+        let json = try balsam(["ls", "--json", "--tag", "exp=a"], site: site)
+        let objects = json.stdout.split(separator: "\n").map { try? JSONValue.parse(String($0)) }
+        #expect(objects.count == 1)
+        let o = try #require(objects[0]?.objectValue)
+        #expect(o["id"] == .string(id) && o["state"] == .string("READY") && o["num_nodes"] == .int(2))
+        #expect(o["ranks_per_node"] == .int(4) && o["wall_time_min"] == .int(5) && o["parameters"] == .object(["name": .string("world")]))
+
+        let show = try balsam(["show", id], site: site)
+        #expect(show.status == 0 && show.stdout.contains("state:     READY") && show.stdout.contains("history:"))
+        let byWorkdir = try balsam(["show", "runs/2", "--json"], site: site)
+        #expect(try JSONValue.parse(byWorkdir.stdout).objectValue?["workdir"] == .string("runs/2"))
+        let missing = try balsam(["show", "nope"], site: site)
+        #expect(missing.status == 66)
+    }
+
+    @Test func listFilters() throws {
+        let input = (0..<6).map { i in
+            #"{"app":"hello","workdir":"w/\#(i)","parameters":{"name":"n"},"tags":{"parity":"\#(i % 2 == 0 ? "even" : "odd")"}}"#
+        }.joined(separator: "\n")
+        let s = try balsamSubmit(["--from", "-"], site: site, stdin: Data(input.utf8))
+        #expect(s.status == 0, "\(s.stderr)")
+        let ids = s.stdout.split(separator: "\n").map(String.init)
+        #expect(ids.count == 6)
+        func count(_ args: [String]) throws -> Int {
+            let r = try balsam(["ls", "--json"] + args, site: site)
+            #expect(r.status == 0, "\(r.stderr)")
+            return r.stdout.split(separator: "\n").count
+        }
+        #expect(try count([]) == 6)
+        #expect(try count(["--tag", "parity=even"]) == 3)
+        #expect(try count(["--state", "READY"]) == 6)
+        #expect(try count(["--state", "RUNNING"]) == 0)
+        #expect(try count(["--exclude-state", "READY"]) == 0)
+        #expect(try count(["--app", "hello"]) == 6)
+        #expect(try count(["--app", "other"]) == 0)
+        #expect(try count(["--workdir", "w/3"]) == 1)
+        #expect(try count(["--id", ids[2], "--id", ids[4]]) == 2)
+        let byState = try balsam(["ls", "--by-state", "--json"], site: site)
+        #expect(try JSONValue.parse(byState.stdout).objectValue?["READY"] == .int(6))
+        let ingest = try balsam(["ingest"], site: site)
+        #expect(ingest.status == 0 && ingest.stdout.contains("materialized 6"))
+        #expect(try count(["--tag", "parity=odd"]) == 3)
+        #expect(FileManager.default.fileExists(atPath: site + "/data/w/5/job.json"))
+        let bad = try balsam(["ls", "--state", "DONE"], site: site)
+        #expect(bad.status == 64 && bad.stderr.contains("unknown state 'DONE'"))
+    }
+
+    @Test func bulkFailuresNameTheLinesAndSubmitNothing() throws {
+        var input = Data()
+        input.append(Data(#"{"app":"hello","workdir":"ok","parameters":{"name":"n"}}"#.utf8 + [0x0A]))
+        input.append(Data(#"{"app":"hello","workdir":"bad","parameters":{"name":""#.utf8 + [0xC3, 0x28] + #""}}"#.utf8 + [0x0A]))
+        input.append(Data("{broken\n".utf8))
+        input.append(Data(#"{"app":"hello","workdir":"../x","parameters":{"name":"n"}}"#.utf8 + [0x0A]))
+        let path = dir.path + "/jobs.jsonl"
+        try input.write(to: URL(fileURLWithPath: path))
+        let r = try balsamSubmit(["--from", path], site: site)
+        #expect(r.status == 65)
+        #expect(r.stderr.contains("jobs.jsonl:2: malformed JSON: invalid UTF-8"))
+        #expect(r.stderr.contains("jobs.jsonl:3: malformed JSON"))
+        #expect(r.stderr.contains("jobs.jsonl:4: field 'workdir'"))
+        #expect(r.stderr.contains("3 line(s) failed; nothing from"))
+        #expect(r.stdout.isEmpty)
+        #expect(try stateCounts(site) == [:])
+    }
+
+    @Test(arguments: [
+        (["-a", "nope", "-w", "x"], 66, "no app 'nope'"),
+        (["-a", "hello", "-w", "x"], 65, "missing required parameter 'name'"),
+        (["-a", "hello", "-w", "x", "-p", "name=a", "-p", "extra=1"], 65, "no parameter 'extra'"),
+        (["-a", "hello", "-w", "/abs", "-p", "name=a"], 65, "must be relative"),
+        (["-a", "hello", "-w", "a/../b", "-p", "name=a"], 65, "must not contain '..'"),
+        (["-a", "hello", "-w", "x", "-p", "name=a", "--parent", "01M891VR1Q54AF41C3ME0190FN"], 65, "unknown parent"),
+        (["-a", "hello", "-w", "x", "-p", "name=a", "-n", "0"], 65, "'num_nodes'"),
+        (["-a", "hello", "-w", "x", "-p", "noequals"], 64, "KEY=VALUE"),
+        (["-a", "hello"], 64, "-w/--workdir"),
+        ([], 64, "Give -a APP"),
+    ])
+    func badSubmissionsExitWithSysexits(args: [String], status: Int32, message: String) throws {
+        let r = try balsamSubmit(args, site: site)
+        #expect(r.status == status, "\(r.stderr)")
+        #expect(r.stderr.contains(message), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: site + "/data/x"))
+    }
+
+    @Test func existingWorkdirIsRefused() throws {
+        #expect(try balsamSubmit(["-a", "hello", "-w", "x", "-p", "name=a"], site: site).status == 0)
+        let r = try balsamSubmit(["-a", "hello", "-w", "x", "-p", "name=b"], site: site)
+        #expect(r.status == 73 && r.stderr.contains("workdir 'x' already exists"))
+        #expect(try stateCounts(site) == ["READY": 1])
+    }
+
+    @Test func handMadeDirectoriesAndSymlinks() throws {
+        try dir.file("made/job.json", #"{"app":"hello","parameters":{"name":"dir"}}"#)
+        try dir.file("made/input.txt", "data")
+        let r = try balsamSubmit([dir.path + "/made", "--json"], site: site)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try JSONValue.parse(r.stdout).objectValue?["workdir"] == .string("made"))
+        #expect(FileManager.default.fileExists(atPath: site + "/data/made/input.txt"))
+        try FileManager.default.createDirectory(atPath: dir.path + "/real", withIntermediateDirectories: true)
+        try dir.file("real/job.json", #"{"app":"hello","parameters":{"name":"dir"}}"#)
+        try FileManager.default.createSymbolicLink(atPath: dir.path + "/alias", withDestinationPath: dir.path + "/real")
+        let l = try balsamSubmit([dir.path + "/alias"], site: site)
+        #expect(l.status == 65 && l.stderr.contains("symbolic link"))
+        #expect(FileManager.default.fileExists(atPath: dir.path + "/real/job.json"))
+    }
+
+    @Test func siteDiscoveryAndNonSites() throws {
+        let inside = site + "/data"
+        let r = try run(binDirectory + "/balsam", ["ls", "--by-state"], cwd: inside)
+        #expect(r.status == 0, "walks up from the current directory: \(r.stderr)")
+        let notSite = try run(binDirectory + "/balsam", ["ls", "--site", dir.path])
+        #expect(notSite.status == 66 && notSite.stderr.contains("not a Balsam site"))
+        let nowhere = try run(binDirectory + "/balsam", ["ls"], cwd: "/")
+        #expect(nowhere.status == 66 && nowhere.stderr.contains("BALSAM_SITE"))
+        let unknown = try balsam(["frobnicate"], site: site)
+        #expect(unknown.status == 64 && unknown.stderr.contains("balsam-frobnicate"))
+        let again = try balsam(["init", site])
+        #expect(again.status == 73)
+    }
+
+    @Test func appCommands() throws {
+        let c = try balsam(["app", "create", "sim", "--command-template", "sim -n {{ n }} -o {{ out }}", "--param", "out=result.txt", "--env", "OMP=1"], site: site)
+        #expect(c.status == 0, "\(c.stderr)")
+        let ls = try balsam(["app", "ls"], site: site)
+        #expect(ls.stdout.contains("hello") && ls.stdout.contains("sim -n {{ n }}"))
+        let show = try balsam(["app", "show", "sim", "--json"], site: site)
+        let o = try #require(try JSONValue.parse(show.stdout).objectValue)
+        #expect(o["parameters"]?.objectValue?["n"]?.objectValue?["required"] == .bool(true))
+        #expect(o["parameters"]?.objectValue?["out"]?.objectValue?["default"] == .string("result.txt"))
+        #expect(o["environment_variables"] == .object(["OMP": .string("1")]))
+        let bad = try balsam(["app", "create", "x", "--command-template", "echo {{ a", ], site: site)
+        #expect(bad.status == 65 && bad.stderr.contains("closing"))
+        let dup = try balsam(["app", "create", "sim", "--command-template", "echo"], site: site)
+        #expect(dup.status == 73)
+        let missing = try balsam(["app", "show", "nope"], site: site)
+        #expect(missing.status == 66)
+    }
+
+    @Test(.enabled(if: canMount)) func readOnlySiteExitsWithIOError() throws {
+        let fs = try SmallFilesystem(size: "2m")
+        let roSite = fs.path + "/site"
+        #expect(try balsam(["init", roSite]).status == 0)
+        #expect(try balsam(["app", "create", "hello", "--command-template", "echo {{ name }}"], site: roSite).status == 0)
+        try fs.remountReadOnly()
+        let r = try balsamSubmit(["-a", "hello", "-w", "x", "-p", "name=a"], site: roSite)
+        #expect(r.status == 74 && r.stderr.contains("Read-only file system"), "\(r.stderr)")
+        let ls = try balsam(["ls"], site: roSite)
+        #expect(ls.status == 0, "queries work on a read-only site")
+    }
+
+    @Test(.enabled(if: canMount)) func fullFilesystemExitsWithIOErrorAndKeepsJobs() throws {
+        let fs = try SmallFilesystem(size: "1m")
+        let small = fs.path + "/site"
+        #expect(try balsam(["init", small]).status == 0)
+        #expect(try balsam(["app", "create", "hello", "--command-template", "echo {{ name }}"], site: small).status == 0)
+        #expect(try balsamSubmit(["-a", "hello", "-w", "kept", "-p", "name=a"], site: small).status == 0)
+        fs.fill()
+        let big = (0..<100).map { #"{"app":"hello","workdir":"m/\#($0)","parameters":{"name":"\#(String(repeating: "z", count: 4000))"}}"# }
+        let r = try balsamSubmit(["--from", "-"], site: small, stdin: Data(big.joined(separator: "\n").utf8))
+        #expect(r.status == 74 && r.stderr.contains("No space left"), "\(r.stderr)")
+        #expect(try stateCounts(small) == ["READY": 1])
+        #expect(entries(small + "/tmp").isEmpty)
+    }
+}
+
+/// `balsam ls --by-state --json`, without the states that have no jobs.
+func stateCounts(_ site: String) throws -> [String: Int] {
+    let r = try balsam(["ls", "--by-state", "--json"], site: site)
+    let counts = try JSONValue.parse(r.stdout).objectValue ?? [:]
+    #expect(counts.count == JobState.stored.count, "every stored state is reported")
+    return counts.compactMapValues { $0.intValue }.filter { $0.value > 0 }
+}
