@@ -18,7 +18,9 @@ struct SubmitCommand: ParsableCommand {
     @Argument(help: "A job directory holding a job.json, adopted into the site (moved to data/WORKDIR).")
     var directory: String?
 
-    @Option(name: .long, help: ArgumentHelp("Submit every JSON line of this file (- for standard input).", valueName: "file"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Submit every JSON line of this file (- for standard input).", valueName: "file"))
     var from: String?
 
     @Option(name: [.short, .long], help: "The app the job runs.")
@@ -27,31 +29,42 @@ struct SubmitCommand: ParsableCommand {
     @Option(name: [.short, .long], help: "The job's directory, relative to the site's data/.")
     var workdir: String?
 
-    @Option(name: [.short, .customLong("param")], help: ArgumentHelp("A parameter, KEY=VALUE; VALUE is JSON if it parses as JSON, else text.", valueName: "key=value"))
+    @Option(
+        name: [.short, .customLong("param")],
+        help: ArgumentHelp(
+            "A parameter, KEY=VALUE; VALUE is JSON if it parses as JSON, else text.", valueName: "key=value"))
     var param: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("A tag, KEY=VALUE.", valueName: "key=value"))
     var tag: [String] = []
 
-    @Option(name: .customLong("data"), help: ArgumentHelp("A data entry, KEY=VALUE (JSON if it parses).", valueName: "key=value"))
+    @Option(
+        name: .customLong("data"),
+        help: ArgumentHelp("A data entry, KEY=VALUE (JSON if it parses).", valueName: "key=value"))
     var dataEntries: [String] = []
 
     @Option(name: [.short, .long], help: "Nodes the job spans.")
     var numNodes: Int?
 
-    @Option(name: [.customLong("ranks-per-node"), .customLong("rpn", withSingleDash: true)], help: "MPI ranks per node.")
+    @Option(
+        name: [.customLong("ranks-per-node"), .customLong("rpn", withSingleDash: true)], help: "MPI ranks per node.")
     var ranksPerNode: Int?
 
-    @Option(name: [.customLong("threads-per-rank"), .customLong("tpr", withSingleDash: true)], help: "Threads per rank.")
+    @Option(
+        name: [.customLong("threads-per-rank"), .customLong("tpr", withSingleDash: true)], help: "Threads per rank.")
     var threadsPerRank: Int?
 
-    @Option(name: [.customLong("threads-per-core"), .customLong("tpc", withSingleDash: true)], help: "Hardware threads per core.")
+    @Option(
+        name: [.customLong("threads-per-core"), .customLong("tpc", withSingleDash: true)],
+        help: "Hardware threads per core.")
     var threadsPerCore: Int?
 
     @Option(name: [.customShort("g"), .customLong("gpus-per-rank")], help: "GPUs per rank.")
     var gpusPerRank: Double?
 
-    @Option(name: [.customLong("node-packing-count"), .customLong("npc", withSingleDash: true)], help: "Jobs that may share one node.")
+    @Option(
+        name: [.customLong("node-packing-count"), .customLong("npc", withSingleDash: true)],
+        help: "Jobs that may share one node.")
     var nodePackingCount: Int?
 
     @Option(name: [.customShort("t"), .customLong("wall-time-min")], help: "Expected run time in minutes.")
@@ -60,7 +73,9 @@ struct SubmitCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("An option for the MPI launch command, KEY=VALUE.", valueName: "key=value"))
     var launchParam: [String] = []
 
-    @Option(name: [.customLong("parent"), .customLong("parent-id")], help: ArgumentHelp("A job that must finish first (repeatable).", valueName: "id"))
+    @Option(
+        name: [.customLong("parent"), .customLong("parent-id")],
+        help: ArgumentHelp("A job that must finish first (repeatable).", valueName: "id"))
     var parent: [String] = []
 
     @Flag(name: .long, help: "Print the created jobs as JSON lines instead of IDs.")

@@ -83,13 +83,17 @@ struct AppCreate: ParsableCommand {
     @Option(name: .long, help: "The shell command, with {{ name }} placeholders.")
     var commandTemplate: String
 
-    @Option(name: .long, help: ArgumentHelp("A parameter: NAME (required) or NAME=DEFAULT (optional). Repeatable.", valueName: "name[=default]"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "A parameter: NAME (required) or NAME=DEFAULT (optional). Repeatable.", valueName: "name[=default]"))
     var param: [String] = []
 
     @Option(name: .long, help: "What the app does.")
     var description: String = ""
 
-    @Option(name: .long, help: ArgumentHelp("An environment variable for every run, KEY=VALUE.", valueName: "key=value"))
+    @Option(
+        name: .long, help: ArgumentHelp("An environment variable for every run, KEY=VALUE.", valueName: "key=value"))
     var env: [String] = []
 
     @Option(name: .long, help: "Retries after RUN_ERROR before FAILED.")

@@ -53,7 +53,8 @@ struct Balsam: ParsableCommand {
                 execvp(candidate, &cArgs)
             }
         }
-        printError("balsam: '\(args[1])' is not a balsam command and no \(name) program was found (see 'balsam --help')")
+        printError(
+            "balsam: '\(args[1])' is not a balsam command and no \(name) program was found (see 'balsam --help')")
         Glibc.exit(ExitStatus.usage)
     }
 }
@@ -115,10 +116,14 @@ struct List: ParsableCommand {
             if byState {
                 let counts = try query.countByState()
                 if json {
-                    let all = JobState.stored.reduce(into: [String: JSONValue]()) { $0[$1.rawValue] = .int(counts[$1] ?? 0) }
+                    let all = JobState.stored.reduce(into: [String: JSONValue]()) {
+                        $0[$1.rawValue] = .int(counts[$1] ?? 0)
+                    }
                     print(JSONValue.object(all).serialized())
                 } else {
-                    let rows = JobState.stored.compactMap { s in counts[s].flatMap { $0 > 0 ? [s.rawValue, String($0)] : nil } }
+                    let rows = JobState.stored.compactMap { s in
+                        counts[s].flatMap { $0 > 0 ? [s.rawValue, String($0)] : nil }
+                    }
                     print(table(["STATE", "COUNT"], rows + [["total", String(counts.values.reduce(0, +))]]))
                 }
                 return
@@ -147,8 +152,11 @@ struct List: ParsableCommand {
                 print(out, terminator: "")
             } else {
                 let rows = jobs.map { l in
-                    [l.id, l.state.rawValue, l.app, l.workdir,
-                     (l.job?.tags ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")]
+                    [
+                        l.id, l.state.rawValue, l.app, l.workdir,
+                        (l.job?.tags ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(
+                            separator: ","),
+                    ]
                 }
                 print(table(["ID", "STATE", "APP", "WORKDIR", "TAGS"], rows))
             }
@@ -199,8 +207,10 @@ struct Show: ParsableCommand {
             text += "\nspec:\n" + spec.json.pretty(indent: 0) + "\n"
             if let record = listing.record {
                 text += "\nhistory:\n"
-                text += table(["TIME", "STATE", "ACTOR", "REASON"],
-                    record.history.map { [$0.time, $0.state.rawValue, $0.actor, $0.reason ?? ""] }) + "\n"
+                text +=
+                    table(
+                        ["TIME", "STATE", "ACTOR", "REASON"],
+                        record.history.map { [$0.time, $0.state.rawValue, $0.actor, $0.reason ?? ""] }) + "\n"
             }
             print(text, terminator: "")
         }
@@ -220,7 +230,9 @@ struct IngestCommand: ParsableCommand {
             let report = try Ingest(site: try siteOption.open()).run()
             for (name, reason) in report.rejected { printError("balsam ingest: rejected queue/new/\(name): \(reason)") }
             for id in report.conflicts { printError("balsam ingest: job \(id) FAILED: its workdir was taken") }
-            print("materialized \(report.materialized) jobs from \(report.batches) batches; adopted \(report.adopted.count); rejected \(report.rejected.count)")
+            print(
+                "materialized \(report.materialized) jobs from \(report.batches) batches; adopted \(report.adopted.count); rejected \(report.rejected.count)"
+            )
         }
     }
 }

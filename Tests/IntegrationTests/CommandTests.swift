@@ -18,7 +18,9 @@ import Testing
     }
 
     @Test func submitListShowRoundTrip() throws {
-        let s = try balsamSubmit(["-a", "hello", "-w", "runs/1", "-p", "name=world", "--tag", "exp=a", "-n", "2", "-rpn", "4", "-t", "5"], site: site)
+        let s = try balsamSubmit(
+            ["-a", "hello", "-w", "runs/1", "-p", "name=world", "--tag", "exp=a", "-n", "2", "-rpn", "4", "-t", "5"],
+            site: site)
         #expect(s.status == 0, "\(s.stderr)")
         let id = s.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(JobID.isValid(id))
@@ -36,7 +38,9 @@ import Testing
         #expect(objects.count == 1)
         let o = try #require(objects[0]?.objectValue)
         #expect(o["id"] == .string(id) && o["state"] == .string("READY") && o["num_nodes"] == .int(2))
-        #expect(o["ranks_per_node"] == .int(4) && o["wall_time_min"] == .int(5) && o["parameters"] == .object(["name": .string("world")]))
+        #expect(
+            o["ranks_per_node"] == .int(4) && o["wall_time_min"] == .int(5)
+                && o["parameters"] == .object(["name": .string("world")]))
 
         let show = try balsam(["show", id], site: site)
         #expect(show.status == 0 && show.stdout.contains("state:     READY") && show.stdout.contains("history:"))
@@ -81,7 +85,8 @@ import Testing
     @Test func bulkFailuresNameTheLinesAndSubmitNothing() throws {
         var input = Data()
         input.append(Data(#"{"app":"hello","workdir":"ok","parameters":{"name":"n"}}"#.utf8 + [0x0A]))
-        input.append(Data(#"{"app":"hello","workdir":"bad","parameters":{"name":""#.utf8 + [0xC3, 0x28] + #""}}"#.utf8 + [0x0A]))
+        input.append(
+            Data(#"{"app":"hello","workdir":"bad","parameters":{"name":""#.utf8 + [0xC3, 0x28] + #""}}"#.utf8 + [0x0A]))
         input.append(Data("{broken\n".utf8))
         input.append(Data(#"{"app":"hello","workdir":"../x","parameters":{"name":"n"}}"#.utf8 + [0x0A]))
         let path = dir.path + "/jobs.jsonl"
@@ -152,7 +157,11 @@ import Testing
     }
 
     @Test func appCommands() throws {
-        let c = try balsam(["app", "create", "sim", "--command-template", "sim -n {{ n }} -o {{ out }}", "--param", "out=result.txt", "--env", "OMP=1"], site: site)
+        let c = try balsam(
+            [
+                "app", "create", "sim", "--command-template", "sim -n {{ n }} -o {{ out }}", "--param",
+                "out=result.txt", "--env", "OMP=1",
+            ], site: site)
         #expect(c.status == 0, "\(c.stderr)")
         let ls = try balsam(["app", "ls"], site: site)
         #expect(ls.stdout.contains("hello") && ls.stdout.contains("sim -n {{ n }}"))
@@ -161,7 +170,7 @@ import Testing
         #expect(o["parameters"]?.objectValue?["n"]?.objectValue?["required"] == .bool(true))
         #expect(o["parameters"]?.objectValue?["out"]?.objectValue?["default"] == .string("result.txt"))
         #expect(o["environment_variables"] == .object(["OMP": .string("1")]))
-        let bad = try balsam(["app", "create", "x", "--command-template", "echo {{ a", ], site: site)
+        let bad = try balsam(["app", "create", "x", "--command-template", "echo {{ a"], site: site)
         #expect(bad.status == 65 && bad.stderr.contains("closing"))
         let dup = try balsam(["app", "create", "sim", "--command-template", "echo"], site: site)
         #expect(dup.status == 73)
@@ -173,7 +182,8 @@ import Testing
         let fs = try SmallFilesystem(size: "2m")
         let roSite = fs.path + "/site"
         #expect(try balsam(["init", roSite]).status == 0)
-        #expect(try balsam(["app", "create", "hello", "--command-template", "echo {{ name }}"], site: roSite).status == 0)
+        #expect(
+            try balsam(["app", "create", "hello", "--command-template", "echo {{ name }}"], site: roSite).status == 0)
         try fs.remountReadOnly()
         let r = try balsamSubmit(["-a", "hello", "-w", "x", "-p", "name=a"], site: roSite)
         #expect(r.status == 74 && r.stderr.contains("Read-only file system"), "\(r.stderr)")
@@ -185,10 +195,13 @@ import Testing
         let fs = try SmallFilesystem(size: "1m")
         let small = fs.path + "/site"
         #expect(try balsam(["init", small]).status == 0)
-        #expect(try balsam(["app", "create", "hello", "--command-template", "echo {{ name }}"], site: small).status == 0)
+        #expect(
+            try balsam(["app", "create", "hello", "--command-template", "echo {{ name }}"], site: small).status == 0)
         #expect(try balsamSubmit(["-a", "hello", "-w", "kept", "-p", "name=a"], site: small).status == 0)
         fs.fill()
-        let big = (0..<100).map { #"{"app":"hello","workdir":"m/\#($0)","parameters":{"name":"\#(String(repeating: "z", count: 4000))"}}"# }
+        let big = (0..<100).map {
+            #"{"app":"hello","workdir":"m/\#($0)","parameters":{"name":"\#(String(repeating: "z", count: 4000))"}}"#
+        }
         let r = try balsamSubmit(["--from", "-"], site: small, stdin: Data(big.joined(separator: "\n").utf8))
         #expect(r.status == 74 && r.stderr.contains("No space left"), "\(r.stderr)")
         #expect(try stateCounts(small) == ["READY": 1])

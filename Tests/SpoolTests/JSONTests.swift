@@ -1,7 +1,7 @@
+import TestSupport
 import Testing
 
 @testable import Spool
-import TestSupport
 
 @Suite struct JSONTests {
     @Test func roundTripsWithSortedKeys() throws {
@@ -13,8 +13,10 @@ import TestSupport
 
     @Test(arguments: [
         ("{", "expected a key"), ("{\"a\":1,}", "expected a key"), ("[1 2]", "expected ','"),
-        ("{\"a\":1} x", "after the JSON value"), ("\"\u{1}\"", "control character"), ("{\"a\":1,\"a\":2}", "duplicate key"),
-        ("01", "after the JSON value"), ("tru", "unexpected end"), ("trux", "invalid literal"), ("\"\\ud800\"", "surrogate"),
+        ("{\"a\":1} x", "after the JSON value"), ("\"\u{1}\"", "control character"),
+        ("{\"a\":1,\"a\":2}", "duplicate key"),
+        ("01", "after the JSON value"), ("tru", "unexpected end"), ("trux", "invalid literal"),
+        ("\"\\ud800\"", "surrogate"),
     ])
     func malformedInputSaysWhy(text: String, reason: String) {
         #expect {

@@ -1,7 +1,7 @@
+import TestSupport
 import Testing
 
 @testable import Spool
-import TestSupport
 
 /// The legal transitions, written out independently of the implementation's table.
 let legalPairs: Set<String> = [
@@ -23,9 +23,10 @@ let legalPairs: Set<String> = [
 @Suite struct JobStateTests {
     @Test func thereAreFourteenStatesSpelledAsBalsam() {
         #expect(JobState.allCases.count == 14)
-        #expect(JobState.allCases.map(\.rawValue).joined(separator: " ")
-            == "CREATED AWAITING_PARENTS READY STAGED_IN PREPROCESSED RUNNING RUN_DONE RUN_ERROR RUN_TIMEOUT "
-            + "RESTART_READY POSTPROCESSED STAGED_OUT JOB_FINISHED FAILED")
+        #expect(
+            JobState.allCases.map(\.rawValue).joined(separator: " ")
+                == "CREATED AWAITING_PARENTS READY STAGED_IN PREPROCESSED RUNNING RUN_DONE RUN_ERROR RUN_TIMEOUT "
+                + "RESTART_READY POSTPROCESSED STAGED_OUT JOB_FINISHED FAILED")
     }
 
     @Test(arguments: JobState.allCases)

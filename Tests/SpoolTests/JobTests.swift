@@ -1,7 +1,7 @@
+import TestSupport
 import Testing
 
 @testable import Spool
-import TestSupport
 
 @Suite struct JobTests {
     func parse(_ text: String) throws -> Job { try Job(bytes: Array(text.utf8)) }
@@ -86,8 +86,9 @@ import TestSupport
 
     @Test func rendersWithDefaultsAndQuotesEveryValue() throws {
         #expect(try app.render(["n": .int(3)]) == "run --n 3 --label 'a b' 3")
-        #expect(try app.render(["n": .string("$(rm -rf ~); echo 'x'")])
-            == #"run --n '$(rm -rf ~); echo '"'"'x'"'"'' --label 'a b' '$(rm -rf ~); echo '"'"'x'"'"''"#)
+        #expect(
+            try app.render(["n": .string("$(rm -rf ~); echo 'x'")])
+                == #"run --n '$(rm -rf ~); echo '"'"'x'"'"'' --label 'a b' '$(rm -rf ~); echo '"'"'x'"'"''"#)
         #expect(try app.render(["n": .string(""), "label": .array([.int(1)])]) == "run --n '' --label '[1]' ''")
     }
 
@@ -120,7 +121,9 @@ import TestSupport
         #expect { _ = try App.parse(yaml: "command_template: echo\nbogus: 1\n", name: "a") } throws: {
             "\($0)".contains("unknown key 'bogus'")
         }
-        #expect { _ = try App.parse(yaml: "description: x\n", name: "a") } throws: { "\($0)".contains("command_template") }
+        #expect { _ = try App.parse(yaml: "description: x\n", name: "a") } throws: {
+            "\($0)".contains("command_template")
+        }
         #expect { _ = try App.parse(yaml: "command_template: [\n", name: "a") } throws: { "\($0)".contains("YAML") }
         #expect { _ = try App.parse(yaml: "command_template: echo\non_error: {retries: -1}\n", name: "a") } throws: {
             "\($0)".contains("on_error.retries")

@@ -1,8 +1,8 @@
 import Foundation
+import TestSupport
 import Testing
 
 @testable import Spool
-import TestSupport
 
 @Suite struct SiteTests {
     @Test func initMakesTheWholeLayout() throws {
@@ -16,7 +16,9 @@ import TestSupport
         #expect(settings.contains("name: \"alpha\"") && settings.contains("# "))
         #expect(try YAML.parse(settings).objectValue?["launcher"]?.objectValue?["idle_ttl_sec"] == .int(60))
         #expect(throws: SpoolError.self) { try Site.create(at: site.root) }
-        #expect { _ = try Site.create(at: dir.path + "/missing/parent/s") } throws: { ($0 as? SpoolError)?.code == .notFound }
+        #expect { _ = try Site.create(at: dir.path + "/missing/parent/s") } throws: {
+            ($0 as? SpoolError)?.code == .notFound
+        }
         #expect(entries(dir.path) == ["s"])  // no staging leftovers
     }
 
@@ -140,7 +142,10 @@ import TestSupport
         #expect(try query.countByState()[.ready] == 50)
         var filter = JobFilter()
         filter.workdirFragment = "d/4"
-        #expect(try query.list(filter, load: true).map(\.workdir) == ["d/4", "d/40", "d/41", "d/42", "d/43", "d/44", "d/45", "d/46", "d/47", "d/48", "d/49"])
+        #expect(
+            try query.list(filter, load: true).map(\.workdir) == [
+                "d/4", "d/40", "d/41", "d/42", "d/43", "d/44", "d/45", "d/46", "d/47", "d/48", "d/49",
+            ])
         // A pending workdir cannot be taken by a later submission.
         var other = Submission(site: site)
         #expect { _ = try other.submit(helloJob("d/7")) } throws: { "\($0)".contains("not made yet") }
@@ -163,7 +168,8 @@ import TestSupport
         // Simulate a crash: r/0 fully made, r/1 made with a torn job.json and no state, r/2 taken by a stranger.
         let batch = try SiteIndex(site: site).readBatch(try SiteIndex(site: site).batchNames()[0])
         try FileManager.default.createDirectory(atPath: site.jobDirectory("r/0"), withIntermediateDirectories: true)
-        try Data(batch.lines[0].jobJSON + [0x0A]).write(to: URL(fileURLWithPath: site.jobDirectory("r/0") + "/job.json"))
+        try Data(batch.lines[0].jobJSON + [0x0A]).write(
+            to: URL(fileURLWithPath: site.jobDirectory("r/0") + "/job.json"))
         try StateRecord(initial: .ready, actor: "x").fileBytes().withUnsafeBytes {
             try Data($0).write(to: URL(fileURLWithPath: site.jobDirectory("r/0") + "/state"))
         }
@@ -200,12 +206,16 @@ import TestSupport
 
         let original = #"{"app":"hello","workdir":"mine","parameters":{"name":"again"}}"#
         try dir.file("dup/job.json", original)
-        #expect { _ = try submission.adopt(directory: dir.path + "/dup") } throws: { "\($0)".contains("already exists") }
+        #expect { _ = try submission.adopt(directory: dir.path + "/dup") } throws: {
+            "\($0)".contains("already exists")
+        }
         #expect(try read(dir.path + "/dup/job.json") == original)
         #expect(entries(dir.path + "/dup") == ["job.json"])
 
         try FileManager.default.createSymbolicLink(atPath: dir.path + "/link", withDestinationPath: dir.path + "/dup")
-        #expect { _ = try submission.adopt(directory: dir.path + "/link") } throws: { "\($0)".contains("symbolic link") }
+        #expect { _ = try submission.adopt(directory: dir.path + "/link") } throws: {
+            "\($0)".contains("symbolic link")
+        }
     }
 
     @Test func dropBoxAdoptsGoodDirectoriesAndRejectsBadOnesWithAReason() throws {
@@ -242,14 +252,17 @@ import TestSupport
     @Test(.enabled(if: canMount)) func aFullFilesystemFailsCleanlyAndLosesNothing() throws {
         let fs = try SmallFilesystem(size: "2m")
         let small = try Site.create(at: fs.path + "/site")
-        try small.createApp(App(name: "hello", commandTemplate: "echo {{ name }}", parameters: ["name": .init(required: true)]))
+        try small.createApp(
+            App(name: "hello", commandTemplate: "echo {{ name }}", parameters: ["name": .init(required: true)]))
         var submission = Submission(site: small)
         let (kept, _) = try submission.submit(helloJob("kept"))
         fs.fill()
         #expect {
             _ = try submission.submit(helloJob("new", name: String(repeating: "x", count: 8000)))
         } throws: { ($0 as? SpoolError)?.code == .io && "\($0)".contains("No space left") }
-        let many = (0..<200).map { #"{"app":"hello","workdir":"m/\#($0)","parameters":{"name":"\#(String(repeating: "y", count: 2000))"}}"# }
+        let many = (0..<200).map {
+            #"{"app":"hello","workdir":"m/\#($0)","parameters":{"name":"\#(String(repeating: "y", count: 2000))"}}"#
+        }
         #expect { _ = try submission.accept(Array(many.joined(separator: "\n").utf8)) } throws: {
             ($0 as? SpoolError)?.code == .io
         }
@@ -262,7 +275,8 @@ import TestSupport
     @Test(.enabled(if: canMount)) func aReadOnlySiteIsReportedAsAnIOError() throws {
         let fs = try SmallFilesystem(size: "2m")
         let site = try Site.create(at: fs.path + "/site")
-        try site.createApp(App(name: "hello", commandTemplate: "echo {{ name }}", parameters: ["name": .init(required: true)]))
+        try site.createApp(
+            App(name: "hello", commandTemplate: "echo {{ name }}", parameters: ["name": .init(required: true)]))
         try fs.remountReadOnly()
         var submission = Submission(site: site)
         #expect {

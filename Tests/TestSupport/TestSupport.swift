@@ -28,7 +28,8 @@ public final class TempDir {
 /// A new site with a `hello` app (`echo hello {{ name }}`) in a temporary directory.
 public func makeSite(_ dir: TempDir, name: String = "site") throws -> Site {
     let site = try Site.create(at: dir.path + "/" + name)
-    try site.createApp(App(name: "hello", commandTemplate: "echo hello {{ name }}", parameters: ["name": .init(required: true)]))
+    try site.createApp(
+        App(name: "hello", commandTemplate: "echo hello {{ name }}", parameters: ["name": .init(required: true)]))
     return site
 }
 
@@ -53,7 +54,9 @@ public func entries(_ path: String) -> [String] {
 
 /// Runs a program to completion, returning its exit status and outputs.
 @discardableResult
-public func run(_ program: String, _ args: [String], stdin: Data? = nil, env: [String: String] = [:], cwd: String? = nil)
+public func run(
+    _ program: String, _ args: [String], stdin: Data? = nil, env: [String: String] = [:], cwd: String? = nil
+)
     throws -> (status: Int32, stdout: String, stderr: String)
 {
     let process = Process()
@@ -79,7 +82,9 @@ public func run(_ program: String, _ args: [String], stdin: Data? = nil, env: [S
     let outData = out.fileHandleForReading.readDataToEndOfFile()
     let errData = err.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    return (
+        process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self)
+    )
 }
 
 /// Whether this process may mount filesystems (root): the tests of full and read-only filesystems need it.

@@ -145,7 +145,8 @@ extension JSONValue {
             return "[\n" + items.map { pad + $0.pretty(indent: indent + 1) }.joined(separator: ",\n") + "\n\(closePad)]"
         case .object(let members) where !members.isEmpty:
             let lines = members.keys.sorted().map { key in
-                pad + JSONValue.string(key).serialized() + ": " + members[key, default: .null].pretty(indent: indent + 1)
+                pad + JSONValue.string(key).serialized() + ": "
+                    + members[key, default: .null].pretty(indent: indent + 1)
             }
             return "{\n" + lines.joined(separator: ",\n") + "\n\(closePad)}"
         default:
@@ -400,7 +401,9 @@ struct JSONParser {
         }
         let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
         if isInteger, let i = Int(text) { return .int(i) }
-        guard let d = Double(text), d.isFinite else { throw JSONParseError(offset: start, reason: "number out of range") }
+        guard let d = Double(text), d.isFinite else {
+            throw JSONParseError(offset: start, reason: "number out of range")
+        }
         return .double(d)
     }
 }

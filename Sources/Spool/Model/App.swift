@@ -177,7 +177,8 @@ public struct App: Sendable, Equatable {
                     default: throw fieldError("parameters.\(param).required", "must be true or false")
                     }
                     let def = s["default"].flatMap { $0 == .null ? nil : $0 }
-                    parameters[param] = Parameter(required: required, defaultValue: def, help: s["help"]?.stringValue ?? "")
+                    parameters[param] = Parameter(
+                        required: required, defaultValue: def, help: s["help"]?.stringValue ?? "")
                 default:
                     throw fieldError("parameters.\(param)", "must be a mapping with required, default and help")
                 }

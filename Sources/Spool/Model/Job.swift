@@ -162,9 +162,12 @@ public struct Job: Sendable, Equatable {
     public func validate() throws(SpoolError) {
         try Job.validateWorkdir(workdir)
         if app.isEmpty { throw fieldError("app", "must not be empty") }
-        if tags.count > Limits.tags { throw fieldError("tags", "has \(tags.count) entries; the limit is \(Limits.tags)") }
+        if tags.count > Limits.tags {
+            throw fieldError("tags", "has \(tags.count) entries; the limit is \(Limits.tags)")
+        }
         for (k, v) in tags where k.utf8.count > Limits.tagBytes || v.utf8.count > Limits.tagBytes || k.isEmpty {
-            throw fieldError("tags.\(k)", "keys must be 1 to \(Limits.tagBytes) bytes and values at most \(Limits.tagBytes)")
+            throw fieldError(
+                "tags.\(k)", "keys must be 1 to \(Limits.tagBytes) bytes and values at most \(Limits.tagBytes)")
         }
         let parametersSize = JSONValue.object(parameters).serialized().utf8.count
         if parametersSize > Limits.parametersBytes {
@@ -225,7 +228,9 @@ public struct Job: Sendable, Equatable {
             default: break
             }
         }
-        if workdir.hasPrefix(".balsam") { throw fieldError("workdir", "'\(workdir)': names starting .balsam are reserved") }
+        if workdir.hasPrefix(".balsam") {
+            throw fieldError("workdir", "'\(workdir)': names starting .balsam are reserved")
+        }
     }
 
     /// The job as a JSON object with the original's snake_case field names.

@@ -73,7 +73,8 @@ public struct SiteIndex: Sendable {
         guard !lines.isEmpty else { return }
         var out: [UInt8] = []
         for line in lines {
-            out.append(contentsOf: "\(line.id)\t\(line.state.rawValue)\t\(line.workdir)\t\(line.app)\t\(line.time)\n".utf8)
+            out.append(
+                contentsOf: "\(line.id)\t\(line.state.rawValue)\t\(line.workdir)\t\(line.app)\t\(line.time)\n".utf8)
         }
         try appendToHostFile(directory: site.finalIndexPath, suffix: ".tsv", out, sync: sync)
     }
@@ -93,7 +94,8 @@ public struct SiteIndex: Sendable {
                     FinalLine(
                         id: String(decoding: fields[0], as: UTF8.self), state: state,
                         workdir: String(decoding: fields[2], as: UTF8.self),
-                        app: String(decoding: fields[3], as: UTF8.self), time: String(decoding: fields[4], as: UTF8.self)))
+                        app: String(decoding: fields[3], as: UTF8.self),
+                        time: String(decoding: fields[4], as: UTF8.self)))
             }
         }
         return result
@@ -217,7 +219,8 @@ public struct Batch: Sendable {
             lines.append(
                 Line(
                     id: String(decoding: fields[0], as: UTF8.self), state: state,
-                    workdir: String(decoding: fields[2], as: UTF8.self), app: String(decoding: fields[3], as: UTF8.self),
+                    workdir: String(decoding: fields[2], as: UTF8.self),
+                    app: String(decoding: fields[3], as: UTF8.self),
                     jobJSON: fields[4]))
         }
         if bad > 0 { throw SpoolError(.invalidInput, "\(bad) malformed lines in batch file", path: path) }

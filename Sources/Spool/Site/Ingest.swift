@@ -53,7 +53,8 @@ public struct Ingest {
             var finals: [SiteIndex.FinalLine] = []
             var events: [Event] = []
             for line in batch.lines {
-                try materialize(line, time: batch.header.time, knownParents: &knownParents, finals: &finals,
+                try materialize(
+                    line, time: batch.header.time, knownParents: &knownParents, finals: &finals,
                     events: &events, report: &report)
             }
             try Posix.syncFilesystem(site.dataPath)
@@ -98,7 +99,8 @@ public struct Ingest {
 
     /// A directory already at the workdir: if it is this job's (an earlier pass was interrupted), complete
     /// it and return true; if it belongs to something else, return false.
-    private func resume(_ line: Batch.Line, in dir: String, jobBytes: [UInt8], time: String) throws(SpoolError) -> Bool {
+    private func resume(_ line: Batch.Line, in dir: String, jobBytes: [UInt8], time: String) throws(SpoolError) -> Bool
+    {
         let existing = try? Posix.readFile(dir + "/job.json", limit: Job.Limits.fileBytes)
         let existingID = existing.flatMap { try? JSONValue.parse($0) }?.objectValue?["id"]?.stringValue
         if existingID != line.id {
@@ -135,9 +137,11 @@ public struct Ingest {
         let record = try StateRecord(initial: line.state, actor: "balsam-submit", time: time)
             .moved(to: .failed, actor: actor, reason: reason)
         try Posix.replaceFile(dir + "/state", record.fileBytes(), sync: false)
-        finals.append(SiteIndex.FinalLine(id: line.id, state: .failed, workdir: workdir, app: line.app, time: record.since))
+        finals.append(
+            SiteIndex.FinalLine(id: line.id, state: .failed, workdir: workdir, app: line.app, time: record.since))
         events.append(
-            Event(time: record.since, jobID: line.id, from: line.state, to: .failed, actor: actor,
+            Event(
+                time: record.since, jobID: line.id, from: line.state, to: .failed, actor: actor,
                 data: ["reason": .string(reason)]))
     }
 

@@ -138,8 +138,10 @@ public struct Query: Sendable {
                 if let bytes = acceptedJSON[id] {
                     listing.job = try? Job(bytes: Array(bytes))
                 } else {
-                    listing.job = try? Job(bytes: Posix.readFile(site.jobDirectory(listing.workdir) + "/job.json",
-                        limit: Job.Limits.fileBytes))
+                    listing.job = try? Job(
+                        bytes: Posix.readFile(
+                            site.jobDirectory(listing.workdir) + "/job.json",
+                            limit: Job.Limits.fileBytes))
                     if needLoad && listing.record == nil { listing.record = try? readRecord(workdir: listing.workdir) }
                 }
                 if let job = listing.job { listing.app = job.app }
@@ -148,7 +150,9 @@ public struct Query: Sendable {
                 continue
             }
             if !filter.tags.isEmpty {
-                guard let tags = listing.job?.tags, filter.tags.allSatisfy({ tags[$0.key] == $0.value }) else { continue }
+                guard let tags = listing.job?.tags, filter.tags.allSatisfy({ tags[$0.key] == $0.value }) else {
+                    continue
+                }
             }
             result.append(listing)
         }

@@ -54,7 +54,9 @@ public struct Site: Sendable {
         if siteName.isEmpty || siteName.utf8.contains(where: { $0 < 0x20 }) {
             throw SpoolError(.usage, "site name '\(siteName)' must be non-empty and printable")
         }
-        if Posix.exists(root) { throw SpoolError(.cannotCreate, "already exists; a new site needs a new directory", path: root) }
+        if Posix.exists(root) {
+            throw SpoolError(.cannotCreate, "already exists; a new site needs a new directory", path: root)
+        }
         let parent = Posix.parentPath(root)
         if !Posix.isDirectory(parent) { throw SpoolError(.notFound, "parent directory does not exist", path: parent) }
         let staging = parent + "/." + Posix.lastComponent(root) + ".creating.\(getpid())"
@@ -82,7 +84,8 @@ public struct Site: Sendable {
         let bytes: [UInt8]
         do { bytes = try Posix.readFile(marker, limit: 65536) } catch {
             if error.code == .notFound {
-                throw SpoolError(.notFound, "not a Balsam site (no \(markerName); create one with 'balsam init')", path: root)
+                throw SpoolError(
+                    .notFound, "not a Balsam site (no \(markerName); create one with 'balsam init')", path: root)
             }
             throw error
         }
@@ -96,7 +99,8 @@ public struct Site: Sendable {
                 path: root)
         }
         if !Posix.isDirectory(root + "/jobs/final") || !Posix.isDirectory(root + "/data") {
-            throw SpoolError(.invalidInput, "site is incomplete (jobs/final or data missing); run 'balsam fsck'", path: root)
+            throw SpoolError(
+                .invalidInput, "site is incomplete (jobs/final or data missing); run 'balsam fsck'", path: root)
         }
         return Site(root: root, name: o["name"]?.stringValue ?? Posix.lastComponent(root))
     }
@@ -116,7 +120,8 @@ public struct Site: Sendable {
             dir = parent
         }
         throw SpoolError(
-            .notFound, "no Balsam site here or above; give --site DIR or set BALSAM_SITE", path: Posix.absolute(directory))
+            .notFound, "no Balsam site here or above; give --site DIR or set BALSAM_SITE",
+            path: Posix.absolute(directory))
     }
 
     // MARK: - Apps

@@ -62,11 +62,13 @@ public struct Submission {
             throw SpoolError(.cannotCreate, "workdir '\(workdir)' already exists", path: path)
         }
         if errno == ENOTDIR {
-            throw SpoolError(.cannotCreate, "workdir '\(workdir)': a parent of it is a file, not a directory", path: path)
+            throw SpoolError(
+                .cannotCreate, "workdir '\(workdir)': a parent of it is a file, not a directory", path: path)
         }
         if pendingWorkdirs == nil { try loadPending() }
         if pendingWorkdirs?.contains(workdir) == true {
-            throw SpoolError(.cannotCreate, "workdir '\(workdir)' belongs to an accepted job whose directory is not made yet")
+            throw SpoolError(
+                .cannotCreate, "workdir '\(workdir)' belongs to an accepted job whose directory is not made yet")
         }
         // One job's directory never holds another's: cleanup globs and hooks of the outer job would reach in.
         var ancestor = Substring(workdir)
@@ -207,7 +209,9 @@ public struct Submission {
             throw SpoolError(.invalidInput, "\(error)", path: specPath)
         }
         let state: JobState
-        do { state = try check(job) } catch { throw SpoolError(error.code, error.message, path: specPath, cause: error.cause) }
+        do { state = try check(job) } catch {
+            throw SpoolError(error.code, error.message, path: specPath, cause: error.cause)
+        }
         job.id = JobID.make()
         job.created = Timestamp.now()
         do {

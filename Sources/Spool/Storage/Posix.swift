@@ -105,7 +105,9 @@ public enum Posix {
     }
 
     /// Write new, then rename: readers see the old file or the new one, never a torn one.
-    static func replaceFile(_ path: String, _ bytes: [UInt8], sync: Bool, tempDirectory: String? = nil) throws(SpoolError) {
+    static func replaceFile(_ path: String, _ bytes: [UInt8], sync: Bool, tempDirectory: String? = nil)
+        throws(SpoolError)
+    {
         let temp = (tempDirectory.map { $0 + "/" + lastComponent(path) } ?? path) + ".tmp.\(getpid())"
         try createFile(temp, bytes, sync: sync, exclusive: false)
         do { try rename(temp, path) } catch {
