@@ -15,7 +15,7 @@ struct Balsam: ParsableCommand {
             Subcommands not listed here run the program balsam-NAME (as git does): 'balsam submit ...' runs \
             balsam-submit. See balsam(1) and balsam-spool(5).
             """,
-        subcommands: [Init.self, List.self, Show.self, AppCommand.self, IngestCommand.self])
+        subcommands: [Init.self, List.self, Show.self, AppCommand.self, IngestCommand.self, FsckCommand.self])
 
     static func main() {
         dispatchExternal()
@@ -233,6 +233,34 @@ struct IngestCommand: ParsableCommand {
             print(
                 "materialized \(report.materialized) jobs from \(report.batches) batches; adopted \(report.adopted.count); rejected \(report.rejected.count)"
             )
+        }
+    }
+}
+
+struct FsckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fsck",
+        abstract: "Check that the site's indexes agree with its job directories; repair with --repair.",
+        discussion: """
+            Walks every job directory under data/, so it takes time on a large site. Without --repair it \
+            changes nothing. Exits 0 when the site is consistent (or was repaired), 65 when problems remain.
+            """)
+
+    @OptionGroup var siteOption: SiteOption
+
+    @Flag(name: .long, help: "Fix what is found: recreate missing entries and final-index lines, remove stale ones.")
+    var repair = false
+
+    func run() throws {
+        try reportingErrors("balsam fsck") {
+            let report = try Fsck(site: try siteOption.open()).run(repair: repair)
+            for problem in report.problems { print(problem.description) }
+            let open = report.problems.filter { !$0.repaired }.count
+            printError("balsam fsck: \(report.jobs) jobs, \(report.problems.count) problems, \(open) not repaired")
+            if open > 0 {
+                throw SpoolError(
+                    .invalidInput, "the site's indexes disagree with its job directories; run with --repair")
+            }
         }
     }
 }
