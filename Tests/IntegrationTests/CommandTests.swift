@@ -205,7 +205,7 @@ import Testing
         let r = try balsamSubmit(["--from", "-"], site: small, stdin: Data(big.joined(separator: "\n").utf8))
         #expect(r.status == 74 && r.stderr.contains("No space left"), "\(r.stderr)")
         #expect(try stateCounts(small) == ["READY": 1])
-        #expect(entries(small + "/tmp").isEmpty)
+        #expect(entries(small + "/tmp").isEmpty && entries(small + "/data/.balsam-staging").isEmpty)
     }
 }
 

@@ -17,9 +17,9 @@ import Testing
         for id in ids { unlink(site.activePath(.ready) + "/" + id) }
         let record = try Query(site: site).readRecord(workdir: "j/2").moved(to: .failed, actor: "test", reason: "x")
         try Data(record.fileBytes()).write(to: URL(fileURLWithPath: site.jobDirectory("j/2") + "/state"))
-        symlink("../../data/gone", site.activePath(.running) + "/" + JobID.make())
+        symlink("../../data/gone/job.json", site.activePath(.running) + "/" + JobID.make())
         try FileManager.default.createDirectory(
-            atPath: site.tmpPath + "/" + JobID.make(), withIntermediateDirectories: true)
+            atPath: site.stagingPath + "/" + JobID.make(), withIntermediateDirectories: true)
 
         let check = try Fsck(site: site).run(repair: false)
         #expect(check.jobs == 3)
@@ -31,7 +31,7 @@ import Testing
         #expect(repaired.problems.count == 5 && repaired.problems.allSatisfy(\.repaired))
         #expect(try Set(SiteIndex(site: site).activeIDs(.ready)) == Set(ids[0..<2]))
         #expect(try SiteIndex(site: site).activeIDs(.running).isEmpty)
-        #expect(entries(site.tmpPath).isEmpty)
+        #expect(entries(site.stagingPath).isEmpty)
         let counts = try Query(site: site).countByState()
         #expect(counts[.ready] == 2 && counts[.failed] == 1)
         #expect(try Fsck(site: site).run(repair: false).problems.isEmpty, "idempotent")
@@ -46,6 +46,6 @@ import Testing
             atPath: site.activePath(.ready) + "/" + job.id, toPath: site.activePath(.stagedIn) + "/" + job.id)
         let report = try Fsck(site: site).run(repair: true)
         #expect(report.problems.count == 2)
-        #expect(try SiteIndex(site: site).activeEntry(of: job.id)?.state == .ready)
+        #expect(SiteIndex(site: site).activeState(of: job.id) == .ready)
     }
 }

@@ -57,9 +57,12 @@ import Testing
         let record = try StateRecord(bytes: Array(read(jobDir + "/state").utf8), path: "")
         #expect(record.state == .ready && record.history.count == 1)
         #expect(try read(jobDir + "/state").hasPrefix(#"{"state":"READY""#))
-        let link = try FileManager.default.destinationOfSymbolicLink(atPath: site.activePath(.ready) + "/" + job.id)
-        #expect(link == "../../data/runs/one")
-        #expect(entries(site.tmpPath).isEmpty)
+        // The entry is the job's job.json under a second name: same inode, no inode of its own.
+        var entry = stat()
+        var spec = stat()
+        #expect(stat(site.activePath(.ready) + "/" + job.id, &entry) == 0 && stat(jobDir + "/job.json", &spec) == 0)
+        #expect(entry.st_ino == spec.st_ino && spec.st_nlink == 2)
+        #expect(entries(site.stagingPath).isEmpty)
         let events = try read(site.eventsPath + "/" + Posix.hostName() + ".jsonl")
         #expect(events.contains(#""from":"CREATED""#) && events.contains(job.id))
     }
@@ -92,9 +95,9 @@ import Testing
                 return error.code == code && error.description.contains(message)
             }
         }
-        #expect(entries(site.dataPath) == ["afile", "taken"])
+        #expect(visibleEntries(site.dataPath) == ["afile", "taken"])
         #expect(try SiteIndex(site: site).activeIDs(.ready).count == 1)
-        #expect(entries(site.tmpPath).isEmpty)
+        #expect(entries(site.stagingPath).isEmpty)
     }
 
     @Test func childrenWaitForUnfinishedParents() throws {
@@ -130,7 +133,7 @@ import Testing
         #expect(result.accepted.isEmpty)
         #expect(result.failures.map(\.line) == [2, 3, 5])
         #expect(result.failures[0].error.message.contains("used by another job of this submission"))
-        #expect(entries(site.acceptedPath).isEmpty && entries(site.tmpPath).isEmpty)
+        #expect(entries(site.acceptedPath).isEmpty && entries(site.stagingPath).isEmpty)
 
         let good = (0..<50).map { #"{"app":"hello","workdir":"d/\#($0)","parameters":{"name":"n\#($0)"}}"# }
             .joined(separator: "\n")
@@ -246,7 +249,7 @@ import Testing
         #expect { _ = try submission.adopt(directory: dir.path + "/huge") } throws: {
             ($0 as? SpoolError)?.code == .invalidInput && "\($0)".contains("limit")
         }
-        #expect(entries(site.dataPath).isEmpty)
+        #expect(visibleEntries(site.dataPath).isEmpty)
     }
 
     @Test(.enabled(if: canMount)) func aFullFilesystemFailsCleanlyAndLosesNothing() throws {
@@ -266,8 +269,8 @@ import Testing
         #expect { _ = try submission.accept(Array(many.joined(separator: "\n").utf8)) } throws: {
             ($0 as? SpoolError)?.code == .io
         }
-        #expect(entries(small.dataPath) == ["kept"])
-        #expect(entries(small.tmpPath).isEmpty && entries(small.acceptedPath).isEmpty)
+        #expect(visibleEntries(small.dataPath) == ["kept"])
+        #expect(entries(small.stagingPath).isEmpty && entries(small.acceptedPath).isEmpty)
         #expect(try SiteIndex(site: small).activeIDs(.ready) == [kept.id])
         #expect(try read(small.jobDirectory("kept") + "/job.json").contains(kept.id))
     }
@@ -283,5 +286,46 @@ import Testing
             _ = try submission.submit(helloJob("x"))
         } throws: { ($0 as? SpoolError)?.code == .io && "\($0)".contains("Read-only") }
         #expect(try Query(site: site).countByState().values.reduce(0, +) == 0)
+    }
+}
+
+@Suite struct SeparateDataFilesystemTests {
+    @Test(.enabled(if: canMount)) func dataOnAnotherFilesystemUsesSymlinkEntries() throws {
+        let dir = try TempDir()
+        let site = try makeSite(dir)
+        let fs = try SmallFilesystem(size: "4m")
+        try FileManager.default.removeItem(atPath: site.dataPath)
+        try FileManager.default.createDirectory(
+            atPath: fs.path + "/data/.balsam-staging", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: site.dataPath, withDestinationPath: fs.path + "/data")
+        var submission = Submission(site: site)
+        let (job, _) = try submission.submit(helloJob("on/scratch"))
+        let entry = site.activePath(.ready) + "/" + job.id
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: entry) == "../../data/on/scratch/job.json")
+        let listed = try Query(site: site).list(JobFilter(), load: false)
+        #expect(listed.map(\.workdir) == ["on/scratch"] && listed[0].job?.id == job.id)
+        #expect(try Fsck(site: site).run(repair: false).problems.isEmpty)
+    }
+}
+
+@Suite struct CountTests {
+    @Test func aJobIsCountedOnceWhateverTheFinalIndexSays() throws {
+        let dir = try TempDir()
+        let site = try makeSite(dir)
+        var submission = Submission(site: site)
+        let (retried, _) = try submission.submit(helloJob("retried"))
+        let index = SiteIndex(site: site)
+        let other = JobID.make()
+        let now = Timestamp.now()
+        // `retried` ended FAILED, then was retried (it is READY again); `other` failed, was retried, and finished.
+        try index.appendFinal(
+            [
+                .init(id: retried.id, state: .failed, workdir: "retried", app: "hello", time: now),
+                .init(id: other, state: .failed, workdir: "other", app: "hello", time: now),
+                .init(id: other, state: .jobFinished, workdir: "other", app: "hello", time: now),
+            ], sync: false)
+        let counts = try Query(site: site).countByState()
+        #expect(counts[.ready] == 1 && counts[.failed, default: 0] == 0 && counts[.jobFinished] == 1)
+        #expect(JobKey(retried.id.utf8) != JobKey(other.utf8) && JobKey("not-an-id".utf8) == nil)
     }
 }

@@ -48,6 +48,11 @@ public func exists(_ path: String) -> Bool {
     return lstat(path, &st) == 0
 }
 
+/// Directory entries not starting with a dot.
+public func visibleEntries(_ path: String) -> [String] {
+    entries(path).filter { !$0.hasPrefix(".") }
+}
+
 public func entries(_ path: String) -> [String] {
     ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
 }

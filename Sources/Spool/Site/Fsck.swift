@@ -46,8 +46,8 @@ public struct Fsck {
         }
 
         // 1. Leftovers of interrupted submissions: never reported as submitted, safe to remove.
-        for name in try Posix.listDirectory(site.tmpPath) {
-            let path = site.tmpPath + "/" + name
+        let staging = try Posix.listDirectory(site.stagingPath).map { site.stagingPath + "/" + $0 }
+        for path in try Posix.listDirectory(site.tmpPath).map({ site.tmpPath + "/" + $0 }) + staging {
             try note("leftover of an interrupted write", path) { Posix.removeTree(path) }
         }
 
@@ -82,11 +82,13 @@ public struct Fsck {
                     try note("entry for a job whose directory is gone", path) { Posix.unlink(path) }
                     continue
                 }
-                if truth.state != state || entered.contains(id) || index.readWorkdir(linkAt: path) != truth.workdir {
-                    try note("entry says \(state.rawValue) but the job's state file says \(truth.state.rawValue)", path)
-                    {
-                        Posix.unlink(path)
-                    }
+                if truth.state != state || entered.contains(id) {
+                    let message = "entry says \(state.rawValue) but the job's state file says \(truth.state.rawValue)"
+                    try note(message, path) { Posix.unlink(path) }
+                    continue
+                }
+                if !index.entryIsCurrent(path, workdir: truth.workdir) {
+                    try note("entry is not the job's current job.json", path) { Posix.unlink(path) }
                     continue
                 }
                 entered.insert(id)
@@ -128,7 +130,7 @@ public struct Fsck {
     /// Calls `body` for every job directory (one holding `job.json`) below `path`; does not descend into them.
     private func walk(_ path: String, relative: String, _ body: (String) throws(SpoolError) -> Void) throws(SpoolError)
     {
-        for name in try Posix.listDirectory(path).sorted() {
+        for name in try Posix.listDirectory(path).sorted() where !(relative.isEmpty && name == ".balsam-staging") {
             let child = path + "/" + name
             guard let st = try Posix.lstatIfExists(child), (st.st_mode & S_IFMT) == S_IFDIR else { continue }
             let workdir = relative.isEmpty ? name : relative + "/" + name

@@ -4,8 +4,9 @@
 
 /// The spool's indexes, which let commands find and count jobs without reading every job directory:
 ///
-/// - an **active entry** per job that has not ended: the symlink `jobs/STATE/ID -> ../../data/WORKDIR`.
-///   The directory names the state; the link names the job directory; `readlink` is the only read.
+/// - an **active entry** per job that has not ended: `jobs/STATE/ID`, a hard link to the job's `job.json`
+///   (a symlink to it where hard links cannot be made). The directory names the state; opening the entry
+///   reads the job's spec, workdir included, without knowing where the job directory is.
 /// - **accepted batches** `queue/accepted/BATCH.tsv`: bulk submissions whose directories are not made yet.
 /// - the **final index** `jobs/final/HOST.tsv`: one line per job that ended, since its entry is removed.
 ///
@@ -17,39 +18,48 @@ public struct SiteIndex: Sendable {
     /// Makes an index reader/writer for `site`.
     public init(site: Site) { self.site = site }
 
-    static let linkPrefix = "../../data/"
-
     /// Path of a job's active entry.
     public func entryPath(_ state: JobState, _ id: String) -> String { site.activePath(state) + "/" + id }
 
-    /// Creates the active entry for a job (a symlink, made atomically with its target).
+    /// Creates the active entry for a job whose `job.json` is complete: a hard link to it, which costs no
+    /// inode and appears atomically with its contents. Where the job directory is on another filesystem or
+    /// hard links are not supported, a symlink to `job.json` instead; readers open either the same way.
     func createEntry(_ state: JobState, id: String, workdir: String) throws(SpoolError) {
         let path = entryPath(state, id)
-        if symlink(SiteIndex.linkPrefix + workdir, path) != 0 {
-            throw .system("create index entry", path: path, errno: errno)
+        let spec = site.jobDirectory(workdir) + "/job.json"
+        if link(spec, path) == 0 { return }
+        let err = errno
+        if err == EXDEV || err == EPERM || err == EMLINK {
+            if symlink("../../data/" + workdir + "/job.json", path) == 0 { return }
         }
+        throw .system("create index entry", path: path, errno: err)
     }
 
-    /// The workdir an active entry points at, or nil if there is no such entry.
-    func entryWorkdir(_ state: JobState, id: String) -> String? {
-        readWorkdir(linkAt: entryPath(state, id))
+    /// The job an active entry names, or nil if there is no such entry (or it cannot be read).
+    func readEntry(_ state: JobState, id: String) -> Job? {
+        readEntry(at: entryPath(state, id))
     }
 
-    func readWorkdir(linkAt path: String) -> String? {
-        var buffer = [CChar](repeating: 0, count: 1024)
-        let n = readlink(path, &buffer, buffer.count - 1)
-        guard n > 0 else { return nil }
-        let target = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        guard target.hasPrefix(SiteIndex.linkPrefix) else { return nil }
-        return String(target.dropFirst(SiteIndex.linkPrefix.count))
-    }
-
-    /// The active state and workdir of a job, found with at most one `readlink` per active state.
-    public func activeEntry(of id: String) -> (state: JobState, workdir: String)? {
-        for state in JobState.active {
-            if let workdir = entryWorkdir(state, id: id) { return (state, workdir) }
+    func readEntry(at path: String) -> Job? {
+        guard let fd = try? Posix.open(path, O_RDONLY) else { return nil }
+        defer { Posix.close(fd) }
+        guard let bytes = try? Posix.readToEnd(fd, path: path, limit: Job.Limits.fileBytes, sizeHint: 1024) else {
+            return nil
         }
-        return nil
+        return try? Job(bytes: bytes)
+    }
+
+    /// Whether an entry is the current `job.json` of the job in `workdir` (the same file, or a symlink to it).
+    func entryIsCurrent(_ path: String, workdir: String) -> Bool {
+        var entry = stat()
+        var spec = stat()
+        guard stat(path, &entry) == 0, stat(site.jobDirectory(workdir) + "/job.json", &spec) == 0 else { return false }
+        return entry.st_dev == spec.st_dev && entry.st_ino == spec.st_ino
+    }
+
+    /// The active state of a job: one `lstat` per active state, no file read.
+    public func activeState(of id: String) -> JobState? {
+        JobState.active.first { Posix.exists(entryPath($0, id)) }
     }
 
     /// IDs with an entry in `state`'s directory (a `readdir`; no file is read).
@@ -99,6 +109,27 @@ public struct SiteIndex: Sendable {
             }
         }
         return result
+    }
+
+    /// Jobs per final state in the final index, each job counted once (its last line), leaving out `active`
+    /// ones (retried since). Parses IDs into 128-bit keys rather than strings: this is the one query that
+    /// reads the whole final index, so it is kept lean.
+    func finalCounts(excluding active: Set<JobKey>) throws(SpoolError) -> [JobState: Int] {
+        var last: [JobKey: Bool] = [:]  // true: JOB_FINISHED, false: FAILED
+        let finished = Array(JobState.jobFinished.rawValue.utf8)
+        for name in try Posix.listDirectory(site.finalIndexPath).sorted() where name.hasSuffix(".tsv") {
+            let bytes = try Posix.readFile(site.finalIndexPath + "/" + name, limit: Int.max)
+            forEachLine(bytes) { line in
+                guard line.count > 28, line[line.startIndex + 26] == UInt8(ascii: "\t"),
+                    let key = JobKey(line[line.startIndex..<line.startIndex + 26]), !active.contains(key)
+                else { return }
+                let rest = line[(line.startIndex + 27)...]
+                last[key] = rest.starts(with: finished)
+            }
+        }
+        var counts: [JobState: Int] = [:]
+        for isFinished in last.values { counts[isFinished ? .jobFinished : .failed, default: 0] += 1 }
+        return counts
     }
 
     /// Appends to `DIRECTORY/HOST.SUFFIX` with `O_APPEND`: one writer file per host, so appends from
@@ -248,4 +279,30 @@ func forEachLine(_ bytes: some RandomAccessCollection<UInt8>, _ body: (ArraySlic
         if end > start { body(array[start..<end]) }
         start = end + 1
     }
+}
+
+/// A job ID as a 128-bit number (26 base32 digits carry 130 bits, the top two always zero): a cheap
+/// dictionary key when a query handles millions of IDs.
+struct JobKey: Hashable, Sendable {
+    var high: UInt64
+    var low: UInt64
+
+    init?(_ id: some Collection<UInt8>) {
+        guard id.count == 26 else { return nil }
+        var high: UInt64 = 0
+        var low: UInt64 = 0
+        for c in id {
+            guard let digit = JobKey.digits[Int(c)] else { return nil }
+            high = (high << 5) | (low >> 59)
+            low = (low << 5) | UInt64(digit)
+        }
+        self.high = high
+        self.low = low
+    }
+
+    static let digits: [UInt8?] = {
+        var table = [UInt8?](repeating: nil, count: 256)
+        for (i, c) in JobID.alphabet.enumerated() { table[Int(c)] = UInt8(i) }
+        return table
+    }()
 }

@@ -119,7 +119,7 @@ public struct Ingest {
             let record = StateRecord(initial: line.state, actor: "balsam-submit", time: time)
             try Posix.replaceFile(statePath, record.fileBytes(), sync: false)
         }
-        if !state.isFinal && index.activeEntry(of: line.id) == nil {
+        if !state.isFinal && index.activeState(of: line.id) == nil {
             try index.createEntry(state, id: line.id, workdir: line.workdir)
         }
         return true

@@ -69,35 +69,34 @@ public struct Query: Sendable {
     /// site has ended jobs) one read of the final index.
     public func countByState() throws(SpoolError) -> [JobState: Int] {
         var counts: [JobState: Int] = [:]
-        var activeIDs = Set<String>()
+        var activeKeys = Set<JobKey>()
         for state in JobState.active {
             let ids = try index.activeIDs(state)
             counts[state, default: 0] += ids.count
-            activeIDs.formUnion(ids)
+            for id in ids { if let key = JobKey(id.utf8) { activeKeys.insert(key) } }
         }
         for name in try index.batchNames() {
             for (state, n) in try index.readBatchHeader(name).counts { counts[state, default: 0] += n }
         }
-        var finalStates: [String: JobState] = [:]
-        for line in try index.finalLines() where !activeIDs.contains(line.id) { finalStates[line.id] = line.state }
-        for state in finalStates.values { counts[state, default: 0] += 1 }
+        for (state, n) in try index.finalCounts(excluding: activeKeys) { counts[state, default: 0] += n }
         return counts
     }
 
-    /// The jobs `filter` selects, oldest first. `load` reads each selected job's `job.json` and `state`;
-    /// it is implied when the filter has tags.
+    /// The jobs `filter` selects, oldest first, each with its spec (active entries and accepted batches hold
+    /// it; an ended job's `job.json` is read). `load` also reads each job's `state` file.
     public func list(_ filter: JobFilter, load: Bool) throws(SpoolError) -> [JobListing] {
         var found: [String: JobListing] = [:]
         for state in JobState.active where filter.allows(state) {
             let ids: [String]
             if let wanted = filter.ids {
-                ids = wanted.filter { index.entryWorkdir(state, id: $0) != nil }
+                ids = wanted.filter { Posix.exists(index.entryPath(state, $0)) }
             } else {
                 ids = try index.activeIDs(state)
             }
             for id in ids {
-                guard let workdir = index.entryWorkdir(state, id: id) else { continue }  // moved meanwhile
-                found[id] = JobListing(id: id, state: state, workdir: workdir, app: "", source: .active)
+                guard let job = index.readEntry(state, id: id) else { continue }  // moved meanwhile
+                found[id] = JobListing(
+                    id: id, state: state, workdir: job.workdir, app: job.app, source: .active, job: job)
             }
         }
         var acceptedJSON: [String: ArraySlice<UInt8>] = [:]
@@ -131,23 +130,20 @@ public struct Query: Sendable {
             }
         }
         var result: [JobListing] = []
-        let needLoad = load || !filter.tags.isEmpty
         for id in found.keys.sorted() {
-            guard var listing = found[id] else { continue }
-            if needLoad || listing.source == .active {
+            guard var listing = found[id],
+                filter.allowsCheap(id: id, state: listing.state, workdir: listing.workdir, app: listing.app)
+            else { continue }
+            if listing.job == nil {
                 if let bytes = acceptedJSON[id] {
                     listing.job = try? Job(bytes: Array(bytes))
                 } else {
-                    listing.job = try? Job(
-                        bytes: Posix.readFile(
-                            site.jobDirectory(listing.workdir) + "/job.json",
-                            limit: Job.Limits.fileBytes))
-                    if needLoad && listing.record == nil { listing.record = try? readRecord(workdir: listing.workdir) }
+                    let path = site.jobDirectory(listing.workdir) + "/job.json"
+                    listing.job = try? Job(bytes: Posix.readFile(path, limit: Job.Limits.fileBytes))
                 }
-                if let job = listing.job { listing.app = job.app }
             }
-            guard filter.allowsCheap(id: id, state: listing.state, workdir: listing.workdir, app: listing.app) else {
-                continue
+            if load && listing.record == nil && listing.source != .accepted {
+                listing.record = try? readRecord(workdir: listing.workdir)
             }
             if !filter.tags.isEmpty {
                 guard let tags = listing.job?.tags, filter.tags.allSatisfy({ tags[$0.key] == $0.value }) else {

@@ -27,6 +27,9 @@ public struct Site: Sendable {
     public var eventsPath: String { root + "/events" }
     public var rejectedPath: String { root + "/rejected" }
     public var tmpPath: String { root + "/tmp" }
+    /// Where new job directories are assembled: inside `data/`, so the final rename never crosses filesystems
+    /// even when `data/` is a link to another one.
+    public var stagingPath: String { root + "/data/.balsam-staging" }
     public var logPath: String { root + "/log" }
 
     /// The directory of entries for jobs in an active (non-final) state.
@@ -36,7 +39,7 @@ public struct Site: Sendable {
 
     /// Every directory a site has, relative to its root, in creation order.
     static let directories: [String] =
-        ["apps", "data", "jobs"] + JobState.active.map { "jobs/" + $0.rawValue }
+        ["apps", "data", "data/.balsam-staging", "jobs"] + JobState.active.map { "jobs/" + $0.rawValue }
         + ["jobs/final", "queue", "queue/new", "queue/accepted", "queue/control", "events", "rejected", "tmp", "log"]
 
     init(root: String, name: String) {

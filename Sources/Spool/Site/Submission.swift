@@ -112,7 +112,7 @@ public struct Submission {
     /// The current state of any job, looked up in the active entries, then accepted batches, then the final
     /// index (read once, only if needed).
     mutating func state(of id: String) throws(SpoolError) -> JobState? {
-        if let (state, _) = index.activeEntry(of: id) { return state }
+        if let state = index.activeState(of: id) { return state }
         if pendingStates == nil { try loadPending() }
         if let state = pendingStates?[id] { return state }
         if finalStates == nil {
@@ -132,7 +132,7 @@ public struct Submission {
         let state = try check(job)
         job.id = JobID.make()
         job.created = Timestamp.now()
-        let staging = site.tmpPath + "/" + job.id
+        let staging = site.stagingPath + "/" + job.id
         do {
             try Posix.mkdir(staging)
             try Posix.createFile(staging + "/job.json", job.fileBytes(), sync: true)
