@@ -1,3 +1,4 @@
+import Foundation
 import TestSupport
 import Testing
 
@@ -128,5 +129,20 @@ import Testing
         #expect { _ = try App.parse(yaml: "command_template: echo\non_error: {retries: -1}\n", name: "a") } throws: {
             "\($0)".contains("on_error.retries")
         }
+    }
+}
+
+@Suite struct HookTests {
+    @Test func executableHooksBesideAppYAMLAreRecognised() throws {
+        let dir = try TempDir()
+        let site = try makeSite(dir)
+        let appDir = site.appsPath + "/hello"
+        for (name, mode) in [("preprocess", 0o755), ("on-error", 0o755), ("postprocess", 0o644), ("README", 0o755)] {
+            try dir.file("site/apps/hello/" + name, "#!/bin/sh\nexit 0\n")
+            _ = chmod(appDir + "/" + name, UInt32(mode))
+        }
+        #expect(try site.app("hello").hooks == [.preprocess, .onError])
+        #expect(
+            try site.app("hello").json.objectValue?["hooks"] == .array([.string("on-error"), .string("preprocess")]))
     }
 }
