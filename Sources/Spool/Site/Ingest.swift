@@ -48,7 +48,10 @@ public struct Ingest {
     public func materializePending() throws(SpoolError) -> Report {
         var report = Report()
         for name in try index.batchNames() {
-            let batch = try index.readBatch(name)
+            let batch: Batch
+            do { batch = try index.readBatch(name) } catch  where error.code == .notFound {
+                continue  // another ingest pass finished it meanwhile
+            }
             var knownParents = Set<String>()
             var finals: [SiteIndex.FinalLine] = []
             var events: [Event] = []
@@ -120,7 +123,9 @@ public struct Ingest {
             try Posix.replaceFile(statePath, record.fileBytes(), sync: false)
         }
         if !state.isFinal && index.activeState(of: line.id) == nil {
-            try index.createEntry(state, id: line.id, workdir: line.workdir)
+            do { try index.createEntry(state, id: line.id, workdir: line.workdir) } catch  where error.cause == EEXIST {
+                // Another pass made it between our look and our link.
+            }
         }
         return true
     }
