@@ -69,6 +69,18 @@ public func keyValue(_ text: String, option: String) throws(SpoolError) -> (Stri
     return (String(text[..<eq]), String(text[text.index(after: eq)...]))
 }
 
+/// Repeated `KEY=VALUE` options as a JSON object, each value converted by `value`.
+public func keyValueObject(_ items: [String], option: String, value: (String) -> JSONValue) throws(SpoolError)
+    -> JSONValue
+{
+    var object: [String: JSONValue] = [:]
+    for item in items {
+        let (k, v) = try keyValue(item, option: option)
+        object[k] = value(v)
+    }
+    return .object(object)
+}
+
 /// A parameter value from the command line: JSON if it parses as JSON, otherwise the text itself.
 public func parameterValue(_ text: String) -> JSONValue {
     (try? JSONValue.parse(text)) ?? .string(text)

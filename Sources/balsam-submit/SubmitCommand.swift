@@ -118,30 +118,10 @@ struct SubmitCommand: ParsableCommand {
 
     func jobFromOptions() throws(SpoolError) -> Job {
         var o: [String: JSONValue] = ["app": .string(app ?? ""), "workdir": .string(workdir ?? "")]
-        var params: [String: JSONValue] = [:]
-        for p in param {
-            let (k, v) = try keyValue(p, option: "-p/--param")
-            params[k] = parameterValue(v)
-        }
-        o["parameters"] = .object(params)
-        var tags: [String: JSONValue] = [:]
-        for t in tag {
-            let (k, v) = try keyValue(t, option: "--tag")
-            tags[k] = .string(v)
-        }
-        o["tags"] = .object(tags)
-        var data: [String: JSONValue] = [:]
-        for d in dataEntries {
-            let (k, v) = try keyValue(d, option: "--data")
-            data[k] = parameterValue(v)
-        }
-        o["data"] = .object(data)
-        var launch: [String: JSONValue] = [:]
-        for l in launchParam {
-            let (k, v) = try keyValue(l, option: "--launch-param")
-            launch[k] = .string(v)
-        }
-        o["launch_params"] = .object(launch)
+        o["parameters"] = try keyValueObject(param, option: "-p/--param", value: parameterValue)
+        o["tags"] = try keyValueObject(tag, option: "--tag", value: JSONValue.string)
+        o["data"] = try keyValueObject(dataEntries, option: "--data", value: parameterValue)
+        o["launch_params"] = try keyValueObject(launchParam, option: "--launch-param", value: JSONValue.string)
         o["parent_ids"] = .array(parent.map { .string($0) })
         o["num_nodes"] = numNodes.map { .int($0) }
         o["ranks_per_node"] = ranksPerNode.map { .int($0) }
