@@ -31,6 +31,7 @@ public enum ExitStatus {
     public static let unavailable: Int32 = 69
     public static let cannotCreate: Int32 = 73
     public static let ioError: Int32 = 74
+    public static let tryAgain: Int32 = 75
 
     /// The status for an error code.
     public static func status(for code: SpoolError.Code) -> Int32 {
@@ -40,6 +41,7 @@ public enum ExitStatus {
         case .notFound: noInput
         case .unavailable: unavailable
         case .cannotCreate: cannotCreate
+        case .conflict: tryAgain
         default: ioError
         }
     }

@@ -253,7 +253,7 @@ struct FsckCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors("balsam fsck") {
-            let report = try Fsck(site: try siteOption.open()).run(repair: repair)
+            let report = try Fsck(site: try siteOption.open()).run(repair: repair, full: true)
             for problem in report.problems { print(problem.description) }
             let open = report.problems.filter { !$0.repaired }.count
             printError("balsam fsck: \(report.jobs) jobs, \(report.problems.count) problems, \(open) not repaired")

@@ -21,6 +21,8 @@ public struct SpoolError: Error, Sendable, CustomStringConvertible {
         public static let cannotCreate = Code(rawValue: "cannot create")
         /// Reading or writing failed: full disk, read-only filesystem, I/O error; `EX_IOERR` (74).
         public static let io = Code(rawValue: "I/O error")
+        /// Someone else changed the job first; look again and retry; `EX_TEMPFAIL` (75).
+        public static let conflict = Code(rawValue: "conflict")
 
         public var description: String { rawValue }
     }

@@ -27,6 +27,12 @@ public struct StateRecord: Sendable, Equatable {
     public var reason: String?
     /// Every transition so far, the current one last.
     public var history: [Entry]
+    /// Runs started (transitions to `RUNNING`).
+    public var attempts = 0
+    /// Retries spent after `RUN_ERROR`, counted against the app's `on_error` policy.
+    public var errorRetries = 0
+    /// Retries spent after `RUN_TIMEOUT`, counted against the app's `on_timeout` policy.
+    public var timeoutRetries = 0
 
     /// A first record, for a newly submitted job.
     public init(initial state: JobState, actor: String, reason: String? = nil, time: String = Timestamp.now()) {
@@ -48,6 +54,7 @@ public struct StateRecord: Sendable, Equatable {
         record.actor = actor
         record.reason = reason
         record.history.append(Entry(state: next, time: time, actor: actor, reason: reason))
+        if next == .running { record.attempts += 1 }
         if record.history.count > StateRecord.historyLimit {
             record.history.removeFirst(record.history.count - StateRecord.historyLimit)
         }
@@ -67,6 +74,10 @@ public struct StateRecord: Sendable, Equatable {
         if let reason {
             out.append(contentsOf: ",\"reason\":".utf8)
             JSONValue.writeString(reason, to: &out)
+        }
+        if attempts > 0 || errorRetries > 0 || timeoutRetries > 0 {
+            out.append(contentsOf: ",\"attempts\":\(attempts),\"error_retries\":\(errorRetries)".utf8)
+            out.append(contentsOf: ",\"timeout_retries\":\(timeoutRetries)".utf8)
         }
         out.append(contentsOf: ",\"history\":[".utf8)
         for (i, entry) in history.enumerated() {
@@ -111,6 +122,9 @@ public struct StateRecord: Sendable, Equatable {
             }
         }
         history = entries
+        attempts = o["attempts"]?.intValue ?? 0
+        errorRetries = o["error_retries"]?.intValue ?? 0
+        timeoutRetries = o["timeout_retries"]?.intValue ?? 0
     }
 }
 

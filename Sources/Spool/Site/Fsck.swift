@@ -2,10 +2,13 @@
     import Glibc
 #endif
 
-/// The recovery pass: makes the indexes agree with the job directories, whose `job.json` and `state` files are
-/// the truth. Read-only unless asked to repair; idempotent; reports everything it finds.
+/// The recovery pass: makes the indexes agree with the job directories, whose `state` files are the truth.
+/// Read-only unless asked to repair; idempotent; reports everything it finds.
 ///
-/// It walks all of `data/`, so it is for start-up and on-demand checks, never for steady state.
+/// The quick pass (the watcher's start-up) checks what can be wrong after a crash: moves and submissions cut
+/// short in `tmp/` and `data/.balsam-staging/`, and every active entry against its job's state file. It reads
+/// the final index once but no ended job's files. The full pass (`balsam fsck`) also walks all of `data/` to
+/// find jobs that have no entry or final-index line at all (lost indexes).
 public struct Fsck {
     /// The site checked.
     public let site: Site
@@ -31,113 +34,203 @@ public struct Fsck {
 
     /// What a pass saw.
     public struct Report: Sendable {
-        /// Job directories found under `data/`.
+        /// Jobs checked: active entries, plus (full pass) job directories under `data/`.
         public var jobs = 0
         /// Disagreements, in the order found.
         public var problems: [Problem] = []
     }
 
-    /// Checks the site; with `repair`, fixes what it finds.
-    public func run(repair: Bool) throws(SpoolError) -> Report {
+    /// Checks the site; with `repair`, fixes what it finds; with `full`, walks every job directory.
+    public func run(repair: Bool, full: Bool = true) throws(SpoolError) -> Report {
         var report = Report()
-        func note(_ message: String, _ path: String, _ fix: () throws(SpoolError) -> Void) throws(SpoolError) {
-            if repair { try fix() }
-            report.problems.append(Problem(message: message, path: path, repaired: repair))
+        var pass = Pass(fsck: self, repair: repair)
+        try pass.interruptedWrites()
+        try pass.activeEntries()
+        if full { try pass.jobDirectories() }
+        if repair { try index.appendFinal(pass.missingFinal, sync: true) }
+        report.jobs = pass.checked
+        report.problems = pass.problems
+        return report
+    }
+
+    /// The state of one pass.
+    struct Pass {
+        let fsck: Fsck
+        let repair: Bool
+        var problems: [Problem] = []
+        var checked = 0
+        var entered = Set<String>()
+        var missingFinal: [SiteIndex.FinalLine] = []
+        private var finalStates: [JobKey: JobState]?
+        private var pending: Set<String>?
+
+        init(fsck: Fsck, repair: Bool) {
+            self.fsck = fsck
+            self.repair = repair
         }
 
-        // 1. Leftovers of interrupted submissions: never reported as submitted, safe to remove.
-        let staging = try Posix.listDirectory(site.stagingPath).map { site.stagingPath + "/" + $0 }
-        for path in try Posix.listDirectory(site.tmpPath).map({ site.tmpPath + "/" + $0 }) + staging {
-            try note("leftover of an interrupted write", path) { Posix.removeTree(path) }
+        var site: Site { fsck.site }
+        var index: SiteIndex { fsck.index }
+
+        mutating func note(
+            _ message: String, _ path: String, repairable: Bool = true, _ fix: () throws(SpoolError) -> Void
+        )
+            throws(SpoolError)
+        {
+            if repair && repairable { try fix() }
+            problems.append(Problem(message: message, path: path, repaired: repair && repairable))
         }
 
-        // 2. The truth: every job directory under data/.
-        var jobs: [String: (workdir: String, state: JobState, app: String, since: String)] = [:]
-        try walk(site.dataPath, relative: "") { (workdir) throws(SpoolError) in
+        mutating func pendingIDs() throws(SpoolError) -> Set<String> {
+            if let pending { return pending }
+            var ids = Set<String>()
+            for name in try index.batchNames() { for line in try index.readBatch(name).lines { ids.insert(line.id) } }
+            pending = ids
+            return ids
+        }
+
+        mutating func finalState(of id: String) throws(SpoolError) -> JobState? {
+            if finalStates == nil {
+                var states: [JobKey: JobState] = [:]
+                for line in try index.finalLines() { if let key = JobKey(line.id.utf8) { states[key] = line.state } }
+                finalStates = states
+            }
+            return JobKey(id.utf8).flatMap { finalStates?[$0] }
+        }
+
+        /// A job known to have ended: make sure the final index says so.
+        mutating func ensureFinal(_ job: Job, _ record: StateRecord) throws(SpoolError) {
+            guard try finalState(of: job.id) != record.state else { return }
+            if let key = JobKey(job.id.utf8) { finalStates?[key] = record.state }
+            missingFinal.append(
+                .init(id: job.id, state: record.state, workdir: job.workdir, app: job.app, time: record.since))
+            problems.append(
+                Problem(
+                    message: "ended \(record.state.rawValue) but is not in the final index",
+                    path: site.jobDirectory(job.workdir), repaired: repair))
+        }
+
+        /// Moves cut short (`tmp/ID.moving`) are finished from the job's state file; other leftovers of
+        /// interrupted writes were never reported as done and are removed.
+        mutating func interruptedWrites() throws(SpoolError) {
+            for name in try Posix.listDirectory(site.tmpPath).sorted() {
+                let path = site.tmpPath + "/" + name
+                guard name.hasSuffix(".moving"), let job = index.readEntry(at: path),
+                    let record = try? Query(site: site).readRecord(workdir: job.workdir)
+                else {
+                    try note("leftover of an interrupted write", path) { Posix.removeTree(path) }
+                    continue
+                }
+                if record.state.isFinal {
+                    try ensureFinal(job, record)
+                    try note("move of job \(job.id) to \(record.state.rawValue) was cut short", path) {
+                        Posix.unlink(path)
+                    }
+                } else {
+                    let entry = index.entryPath(record.state, job.id)
+                    try note("move of job \(job.id) was cut short; it is \(record.state.rawValue)", path) {
+                        () throws(SpoolError) in
+                        if Posix.exists(entry) { Posix.unlink(path) } else { try Posix.rename(path, entry) }
+                    }
+                }
+            }
+            for name in try Posix.listDirectory(site.stagingPath) {
+                let path = site.stagingPath + "/" + name
+                try note("leftover of an interrupted submission", path) { Posix.removeTree(path) }
+            }
+        }
+
+        /// Every active entry must be the current `job.json` of a job whose state file names that state.
+        mutating func activeEntries() throws(SpoolError) {
+            for state in JobState.active {
+                for id in try index.activeIDs(state).sorted() {
+                    let path = index.entryPath(state, id)
+                    guard Posix.exists(path) else { continue }
+                    guard let job = index.readEntry(at: path), job.id == id else {
+                        if try pendingIDs().contains(id) { continue }
+                        try note("entry does not lead to a readable job.json of job \(id)", path) { Posix.unlink(path) }
+                        continue
+                    }
+                    checked += 1
+                    guard let record = try? Query(site: site).readRecord(workdir: job.workdir) else {
+                        if try pendingIDs().contains(id) { continue }
+                        try note(
+                            "state file of job \(id) is missing or unreadable", site.jobDirectory(job.workdir),
+                            repairable: false
+                        ) {}
+                        continue
+                    }
+                    if entered.contains(id) {
+                        try note("second entry of job \(id)", path) { Posix.unlink(path) }
+                        continue
+                    }
+                    if record.state != state {
+                        let message =
+                            "entry says \(state.rawValue) but the job's state file says \(record.state.rawValue)"
+                        if record.state.isFinal {
+                            try ensureFinal(job, record)
+                            try note(message, path) { Posix.unlink(path) }
+                        } else {
+                            let right = index.entryPath(record.state, id)
+                            try note(message, path) { () throws(SpoolError) in
+                                if Posix.exists(right) { Posix.unlink(path) } else { try Posix.rename(path, right) }
+                            }
+                            entered.insert(id)
+                        }
+                        continue
+                    }
+                    entered.insert(id)
+                    if !index.entryIsCurrent(path, workdir: job.workdir) {
+                        let index = self.index
+                        try note("entry is not the job's current job.json", path) { () throws(SpoolError) in
+                            Posix.unlink(path)
+                            try index.createEntry(state, id: id, workdir: job.workdir)
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Every job directory under `data/` has its entry (active) or final-index line (ended).
+        mutating func jobDirectories() throws(SpoolError) {
+            try walk(site.dataPath, relative: "")
+        }
+
+        private mutating func walk(_ path: String, relative: String) throws(SpoolError) {
+            for name in try Posix.listDirectory(path).sorted() where !(relative.isEmpty && name == ".balsam-staging") {
+                let child = path + "/" + name
+                guard let st = try Posix.lstatIfExists(child), (st.st_mode & S_IFMT) == S_IFDIR else { continue }
+                let workdir = relative.isEmpty ? name : relative + "/" + name
+                if Posix.exists(child + "/job.json") {
+                    try checkDirectory(workdir)
+                } else {
+                    try walk(child, relative: workdir)
+                }
+            }
+        }
+
+        private mutating func checkDirectory(_ workdir: String) throws(SpoolError) {
             let dir = site.jobDirectory(workdir)
             guard let job = try? Job(bytes: Posix.readFile(dir + "/job.json", limit: Job.Limits.fileBytes)),
                 JobID.isValid(job.id)
             else {
-                report.problems.append(
-                    Problem(message: "job.json is unreadable or has no id", path: dir, repaired: false))
+                problems.append(Problem(message: "job.json is unreadable or has no id", path: dir, repaired: false))
                 return
             }
             guard let record = try? Query(site: site).readRecord(workdir: workdir) else {
                 if try pendingIDs().contains(job.id) { return }  // the next ingest pass completes it
-                report.problems.append(
-                    Problem(message: "state file is missing or unreadable", path: dir, repaired: false))
+                problems.append(Problem(message: "state file is missing or unreadable", path: dir, repaired: false))
                 return
             }
-            report.jobs += 1
-            jobs[job.id] = (workdir, record.state, job.app, record.since)
-        }
-
-        // 3. Active entries must point at a job in that state.
-        var entered = Set<String>()
-        for state in JobState.active {
-            for id in try index.activeIDs(state) {
-                let path = index.entryPath(state, id)
-                guard let truth = jobs[id] else {
-                    if try pendingIDs().contains(id) { continue }
-                    try note("entry for a job whose directory is gone", path) { Posix.unlink(path) }
-                    continue
+            if !entered.contains(job.id) { checked += 1 }
+            if record.state.isFinal {
+                try ensureFinal(job, record)
+            } else if !entered.contains(job.id) {
+                entered.insert(job.id)
+                let index = self.index
+                try note("has no index entry for \(record.state.rawValue)", dir) { () throws(SpoolError) in
+                    try index.createEntry(record.state, id: job.id, workdir: workdir)
                 }
-                if truth.state != state || entered.contains(id) {
-                    let message = "entry says \(state.rawValue) but the job's state file says \(truth.state.rawValue)"
-                    try note(message, path) { Posix.unlink(path) }
-                    continue
-                }
-                if !index.entryIsCurrent(path, workdir: truth.workdir) {
-                    try note("entry is not the job's current job.json", path) { Posix.unlink(path) }
-                    continue
-                }
-                entered.insert(id)
-            }
-        }
-
-        // 4. Every job has its entry (active) or its final-index line (ended).
-        let finalLines = try index.finalLines()
-        var finalState: [String: JobState] = [:]
-        for line in finalLines { finalState[line.id] = line.state }
-        var missingFinal: [SiteIndex.FinalLine] = []
-        for (id, truth) in jobs.sorted(by: { $0.key < $1.key }) {
-            if truth.state.isFinal {
-                if finalState[id] != truth.state {
-                    missingFinal.append(
-                        .init(id: id, state: truth.state, workdir: truth.workdir, app: truth.app, time: truth.since))
-                    report.problems.append(
-                        Problem(
-                            message: "ended \(truth.state.rawValue) but is not in the final index",
-                            path: site.jobDirectory(truth.workdir), repaired: repair))
-                }
-            } else if !entered.contains(id) {
-                try note("has no index entry for \(truth.state.rawValue)", site.jobDirectory(truth.workdir)) {
-                    () throws(SpoolError) in
-                    try index.createEntry(truth.state, id: id, workdir: truth.workdir)
-                }
-            }
-        }
-        if repair && !missingFinal.isEmpty { try index.appendFinal(missingFinal, sync: true) }
-        return report
-    }
-
-    private func pendingIDs() throws(SpoolError) -> Set<String> {
-        var ids = Set<String>()
-        for name in try index.batchNames() { for line in try index.readBatch(name).lines { ids.insert(line.id) } }
-        return ids
-    }
-
-    /// Calls `body` for every job directory (one holding `job.json`) below `path`; does not descend into them.
-    private func walk(_ path: String, relative: String, _ body: (String) throws(SpoolError) -> Void) throws(SpoolError)
-    {
-        for name in try Posix.listDirectory(path).sorted() where !(relative.isEmpty && name == ".balsam-staging") {
-            let child = path + "/" + name
-            guard let st = try Posix.lstatIfExists(child), (st.st_mode & S_IFMT) == S_IFDIR else { continue }
-            let workdir = relative.isEmpty ? name : relative + "/" + name
-            if Posix.exists(child + "/job.json") {
-                try body(workdir)
-            } else {
-                try walk(child, relative: workdir, body)
             }
         }
     }

@@ -25,7 +25,11 @@ public struct SiteIndex: Sendable {
     /// inode and appears atomically with its contents. Where the job directory is on another filesystem or
     /// hard links are not supported, a symlink to `job.json` instead; readers open either the same way.
     func createEntry(_ state: JobState, id: String, workdir: String) throws(SpoolError) {
-        let path = entryPath(state, id)
+        try makeEntry(at: entryPath(state, id), workdir: workdir)
+    }
+
+    /// Makes an entry for the job in `workdir` at `path`, which must be two levels below the site root.
+    func makeEntry(at path: String, workdir: String) throws(SpoolError) {
         let spec = site.jobDirectory(workdir) + "/job.json"
         if link(spec, path) == 0 { return }
         let err = errno

@@ -1,0 +1,123 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Moves jobs between states: the one way every program changes a job that exists.
+///
+/// A move is a compare-and-swap on the job's entry: `rename(2)` from `jobs/FROM/ID` to `jobs/TO/ID` succeeds for
+/// exactly one mover; anyone who finds the entry gone has lost the race and gets a `.conflict` error. Then the
+/// event is logged, `job.json` rewritten if the move changes it, and the `state` file (the truth) written. A
+/// crash between the rename and the state file leaves the entry ahead of the state; recovery puts it back and
+/// the step is done again, so a step may run twice, never zero times. Events are written before the state file
+/// for the same reason: after a crash an event may appear twice, never be missing.
+public struct JobStore: Sendable {
+    /// The site.
+    public let site: Site
+    /// Recorded as the actor of every move.
+    public var actor: String
+    let index: SiteIndex
+
+    /// Makes a store acting as `actor`.
+    public init(site: Site, actor: String) {
+        self.site = site
+        self.actor = actor
+        self.index = SiteIndex(site: site)
+    }
+
+    /// A job as loaded for a move: its spec and its state record.
+    public struct Loaded: Sendable {
+        public var job: Job
+        public var record: StateRecord
+        /// The job's directory.
+        public var directory: String
+    }
+
+    /// Loads the active job with entry `jobs/STATE/ID`. Returns nil when there is no such entry or the job is in
+    /// the middle of a move (its state file does not say `state` yet); throws when its files are unreadable.
+    public func load(_ id: String, in state: JobState) throws(SpoolError) -> Loaded? {
+        let entry = index.entryPath(state, id)
+        guard Posix.exists(entry) else { return nil }
+        guard let job = index.readEntry(at: entry) else {
+            if !Posix.exists(entry) { return nil }
+            throw SpoolError(.invalidInput, "job.json of job \(id) is unreadable", path: entry)
+        }
+        let record: StateRecord
+        do { record = try Query(site: site).readRecord(workdir: job.workdir) } catch {
+            if !Posix.exists(entry) { return nil }
+            throw error
+        }
+        guard record.state == state else { return nil }
+        return Loaded(job: job, record: record, directory: site.jobDirectory(job.workdir))
+    }
+
+    /// Loads a job by ID wherever it is: active entries, then the final index.
+    public func load(_ id: String) throws(SpoolError) -> Loaded? {
+        if let state = index.activeState(of: id) { return try load(id, in: state) }
+        var filter = JobFilter()
+        filter.ids = [id]
+        guard let listing = try Query(site: site).list(filter, load: false).first, listing.source == .final,
+            let job = listing.job
+        else { return nil }
+        let record = try Query(site: site).readRecord(workdir: job.workdir)
+        return Loaded(job: job, record: record, directory: site.jobDirectory(job.workdir))
+    }
+
+    /// Moves `loaded` from its current state to `to`. `update` may change the spec (`data`, say) and the record's
+    /// counters. Throws `.conflict` if another program moved the job first, and the transition error if `to` is
+    /// not a legal successor.
+    @discardableResult
+    public func move(
+        _ loaded: Loaded, to next: JobState, reason: String? = nil, eventData: [String: JSONValue] = [:],
+        update: ((inout Job, inout StateRecord) -> Void)? = nil
+    ) throws(SpoolError) -> Loaded {
+        let from = loaded.record.state
+        var record = try loaded.record.moved(to: next, actor: actor, reason: reason)
+        var job = loaded.job
+        update?(&job, &record)
+        let id = job.id
+        let dir = loaded.directory
+
+        // 1. The compare-and-swap. A job that ends leaves the active index: its entry goes to tmp/ until the
+        //    final-index line is written. A job that had ended has no entry: a new one is claimed in tmp/.
+        let claim = site.tmpPath + "/" + id + ".moving"
+        let source = from.isFinal ? nil : index.entryPath(from, id)
+        do {
+            if let source {
+                try Posix.renameNoReplace(source, claim)
+            } else {
+                try index.makeEntry(at: claim, workdir: job.workdir)
+            }
+        } catch {
+            if error.cause == ENOENT || error.cause == EEXIST {
+                throw SpoolError(.conflict, "job \(id) changed while \(actor) was moving it from \(from.rawValue)")
+            }
+            throw error
+        }
+        do {
+            // 2. The event, 3. the spec, 4. the state: the truth, written last.
+            var data = eventData
+            if let reason { data["reason"] = .string(reason) }
+            try EventLog(site: site).append(
+                [Event(time: record.since, jobID: id, from: from, to: next, actor: actor, data: data)], sync: false)
+            if job != loaded.job {
+                try Posix.replaceFile(dir + "/job.json", job.fileBytes(), sync: false)
+                Posix.unlink(claim)
+                try index.makeEntry(at: claim, workdir: job.workdir)
+            }
+            try Posix.replaceFile(dir + "/state", record.fileBytes(), sync: false)
+        } catch {
+            // Undo the claim: the job stays where it was.
+            if let source { _ = rename(claim, source) } else { Posix.unlink(claim) }
+            throw error
+        }
+        // 5. Publish the entry in its new place, or record the end.
+        if next.isFinal {
+            try index.appendFinal(
+                [.init(id: id, state: next, workdir: job.workdir, app: job.app, time: record.since)], sync: false)
+            Posix.unlink(claim)
+        } else {
+            try Posix.rename(claim, index.entryPath(next, id))
+        }
+        return Loaded(job: job, record: record, directory: dir)
+    }
+}
