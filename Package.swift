@@ -32,11 +32,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The watcher's lifecycle services: ingest, dependencies, stages, hooks, policies, leases, cleanup.
+        .target(name: "Lifecycle", dependencies: ["Spool"]),
         .executableTarget(name: "balsam", dependencies: ["BalsamCLI", "Spool"]),
         .executableTarget(name: "balsam-submit", dependencies: ["BalsamCLI", "Spool"]),
         // Temporary sites, small filesystems, running the built binaries.
         .target(name: "TestSupport", dependencies: ["Spool"], path: "Tests/TestSupport"),
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "TestSupport"]),
+        .testTarget(name: "LifecycleTests", dependencies: ["Lifecycle", "Spool", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Spool", "TestSupport"]),
     ]
 )

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
+#include <spawn.h>
 #include <unistd.h>
 #include "clinux.h"
 
@@ -9,3 +10,7 @@ int clinux_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, con
 }
 
 int clinux_syncfs(int fd) { return syncfs(fd); }
+
+int clinux_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path) {
+    return posix_spawn_file_actions_addchdir_np(actions, path);
+}

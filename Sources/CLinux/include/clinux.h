@@ -9,4 +9,9 @@ int clinux_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, con
 /// syncfs(2): flush one filesystem once instead of fsyncing every file of a batch.
 int clinux_syncfs(int fd);
 
+#include <spawn.h>
+
+/// posix_spawn_file_actions_addchdir_np(3): start a child in a directory without a shell in between.
+int clinux_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path);
+
 #endif

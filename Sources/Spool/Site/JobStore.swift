@@ -120,4 +120,35 @@ public struct JobStore: Sendable {
         }
         return Loaded(job: job, record: record, directory: dir)
     }
+
+    /// Fails a job whose files cannot be used (a state file edited into nonsense, say): its entry leaves the
+    /// active index, its state file is kept as `state.broken`, and a new `FAILED` record says why. An entry that
+    /// does not even lead to a readable `job.json` is moved to `rejected/ID.entry` with a reason file.
+    public func forceFail(_ id: String, in state: JobState, reason: String) throws(SpoolError) {
+        let entry = index.entryPath(state, id)
+        guard let job = index.readEntry(at: entry) else {
+            let target = site.rejectedPath + "/" + id + ".entry"
+            try Posix.createFile(target + ".reason", Array((Timestamp.now() + " " + reason + "\n").utf8), sync: true)
+            try Posix.rename(entry, target)
+            return
+        }
+        let claim = site.tmpPath + "/" + id + ".moving"
+        do { try Posix.renameNoReplace(entry, claim) } catch {
+            throw SpoolError(.conflict, "job \(id) changed while \(actor) was failing it")
+        }
+        let dir = site.jobDirectory(job.workdir)
+        if Posix.exists(dir + "/state") { _ = rename(dir + "/state", dir + "/state.broken") }
+        let record = StateRecord(initial: .failed, actor: actor, reason: reason)
+        try EventLog(site: site).append(
+            [
+                Event(
+                    time: record.since, jobID: id, from: state, to: .failed, actor: actor,
+                    data: ["reason": .string(reason)])
+            ],
+            sync: false)
+        try Posix.replaceFile(dir + "/state", record.fileBytes(), sync: false)
+        try index.appendFinal(
+            [.init(id: id, state: .failed, workdir: job.workdir, app: job.app, time: record.since)], sync: false)
+        Posix.unlink(claim)
+    }
 }

@@ -184,8 +184,11 @@ public enum Settings {
           idle_ttl_sec: 60
           # Seconds between a launcher's polls of the ready queue.
           delay_sec: 1
-          # Lines of job.out kept in a RUN_ERROR reason.
+          # Lines of output kept in a failure reason (job.out after RUN_ERROR, balsam.log after a failed hook).
           error_tail_num_lines: 10
+          # Seconds after a launcher's last heartbeat that its lease expires: its running jobs become
+          # RUN_TIMEOUT and its unstarted ones go back to be claimed again.
+          lease_timeout_sec: 120
           # Most jobs a launcher runs at once.
           max_concurrent_mpiruns: 1000
           # Command that starts a multi-node job: mpirun (OpenMPI), mpiexec or srun.

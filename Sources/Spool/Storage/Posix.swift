@@ -7,7 +7,7 @@ import CLinux
 /// Thin wrappers over the system calls the spool uses: each retries `EINTR` and throws `SpoolError` with
 /// the path and `errno`. Paths are plain strings; the spool never needs more.
 public enum Posix {
-    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws(SpoolError) -> Int32 {
+    package static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws(SpoolError) -> Int32 {
         while true {
             let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
             if fd >= 0 { return fd }
@@ -16,11 +16,11 @@ public enum Posix {
         }
     }
 
-    static func close(_ fd: Int32) {
+    package static func close(_ fd: Int32) {
         _ = Glibc.close(fd)
     }
 
-    static func write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws(SpoolError) {
+    package static func write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws(SpoolError) {
         var offset = 0
         while offset < bytes.count {
             let base = bytes.baseAddress.map { $0 + offset }
@@ -33,14 +33,14 @@ public enum Posix {
         }
     }
 
-    static func write(_ fd: Int32, _ bytes: [UInt8], path: String) throws(SpoolError) {
+    package static func write(_ fd: Int32, _ bytes: [UInt8], path: String) throws(SpoolError) {
         let result = bytes.withUnsafeBytes { buffer in
             Result { () throws(SpoolError) in try write(fd, buffer, path: path) }
         }
         try result.get()
     }
 
-    static func fsync(_ fd: Int32, path: String) throws(SpoolError) {
+    package static func fsync(_ fd: Int32, path: String) throws(SpoolError) {
         while Glibc.fsync(fd) != 0 {
             if errno == EINTR { continue }
             throw .system("fsync", path: path, errno: errno)
@@ -48,14 +48,14 @@ public enum Posix {
     }
 
     /// fsync a directory, so the names created or renamed in it survive a crash.
-    static func fsyncDirectory(_ path: String) throws(SpoolError) {
+    package static func fsyncDirectory(_ path: String) throws(SpoolError) {
         let fd = try open(path, O_RDONLY | O_DIRECTORY)
         defer { close(fd) }
         try fsync(fd, path: path)
     }
 
     /// syncfs(2) on the filesystem holding `path`: one flush for a whole batch of new files.
-    static func syncFilesystem(_ path: String) throws(SpoolError) {
+    package static func syncFilesystem(_ path: String) throws(SpoolError) {
         let fd = try open(path, O_RDONLY | O_DIRECTORY)
         defer { close(fd) }
         if clinux_syncfs(fd) != 0 { throw .system("syncfs", path: path, errno: errno) }
@@ -77,7 +77,9 @@ public enum Posix {
         return try readToEnd(fd, path: path, limit: limit, sizeHint: Int(st.st_size))
     }
 
-    static func readToEnd(_ fd: Int32, path: String, limit: Int, sizeHint: Int = 65536) throws(SpoolError) -> [UInt8] {
+    package static func readToEnd(_ fd: Int32, path: String, limit: Int, sizeHint: Int = 65536) throws(SpoolError)
+        -> [UInt8]
+    {
         var result = [UInt8]()
         result.reserveCapacity(sizeHint + 1)
         var chunk = [UInt8](repeating: 0, count: max(4096, min(sizeHint + 1, 1 << 20)))
@@ -96,7 +98,9 @@ public enum Posix {
     }
 
     /// Creates a file that must not exist yet, writes `bytes`, optionally fsyncs, closes.
-    static func createFile(_ path: String, _ bytes: [UInt8], sync: Bool, exclusive: Bool = true) throws(SpoolError) {
+    package static func createFile(_ path: String, _ bytes: [UInt8], sync: Bool, exclusive: Bool = true)
+        throws(SpoolError)
+    {
         let flags = O_WRONLY | O_CREAT | (exclusive ? O_EXCL : O_TRUNC) | O_NOFOLLOW
         let fd = try open(path, flags)
         defer { close(fd) }
@@ -105,7 +109,7 @@ public enum Posix {
     }
 
     /// Write new, then rename: readers see the old file or the new one, never a torn one.
-    static func replaceFile(_ path: String, _ bytes: [UInt8], sync: Bool, tempDirectory: String? = nil)
+    package static func replaceFile(_ path: String, _ bytes: [UInt8], sync: Bool, tempDirectory: String? = nil)
         throws(SpoolError)
     {
         let temp = (tempDirectory.map { $0 + "/" + lastComponent(path) } ?? path) + ".tmp.\(getpid())"
@@ -116,23 +120,23 @@ public enum Posix {
         }
     }
 
-    static func rename(_ from: String, _ to: String) throws(SpoolError) {
+    package static func rename(_ from: String, _ to: String) throws(SpoolError) {
         if Glibc.rename(from, to) != 0 { throw .system("rename to \(to)", path: from, errno: errno) }
     }
 
     /// rename(2) that fails with EEXIST instead of replacing an existing (even empty) target.
-    static func renameNoReplace(_ from: String, _ to: String) throws(SpoolError) {
+    package static func renameNoReplace(_ from: String, _ to: String) throws(SpoolError) {
         if clinux_rename_noreplace(AT_FDCWD, from, AT_FDCWD, to) != 0 {
             throw .system("rename to \(to)", path: from, errno: errno)
         }
     }
 
-    static func mkdir(_ path: String, mode: mode_t = 0o755) throws(SpoolError) {
+    package static func mkdir(_ path: String, mode: mode_t = 0o755) throws(SpoolError) {
         if Glibc.mkdir(path, mode) != 0 { throw .system("create directory", path: path, errno: errno) }
     }
 
     /// mkdir -p; returns normally when the directory already exists.
-    static func makeDirectories(_ path: String) throws(SpoolError) {
+    package static func makeDirectories(_ path: String) throws(SpoolError) {
         if Glibc.mkdir(path, 0o755) == 0 { return }
         let err = errno
         if err == EEXIST {
@@ -149,14 +153,14 @@ public enum Posix {
     }
 
     @discardableResult
-    static func unlink(_ path: String) -> Bool { Glibc.unlink(path) == 0 }
+    package static func unlink(_ path: String) -> Bool { Glibc.unlink(path) == 0 }
 
-    static func unlinkChecked(_ path: String) throws(SpoolError) {
+    package static func unlinkChecked(_ path: String) throws(SpoolError) {
         if Glibc.unlink(path) != 0 && errno != ENOENT { throw .system("remove", path: path, errno: errno) }
     }
 
     /// Removes a directory tree this process made (cleanup after a failed step); never follows symlinks.
-    static func removeTree(_ path: String) {
+    package static func removeTree(_ path: String) {
         var st = stat()
         guard lstat(path, &st) == 0 else { return }
         if (st.st_mode & S_IFMT) == S_IFDIR {
@@ -168,25 +172,25 @@ public enum Posix {
     }
 
     /// lstat(2); nil when the path does not exist.
-    static func lstatIfExists(_ path: String) throws(SpoolError) -> stat? {
+    package static func lstatIfExists(_ path: String) throws(SpoolError) -> stat? {
         var st = stat()
         if Glibc.lstat(path, &st) == 0 { return st }
         if errno == ENOENT { return nil }
         throw .system("stat", path: path, errno: errno)
     }
 
-    static func exists(_ path: String) -> Bool {
+    package static func exists(_ path: String) -> Bool {
         var st = stat()
         return Glibc.lstat(path, &st) == 0
     }
 
-    static func isDirectory(_ path: String) -> Bool {
+    package static func isDirectory(_ path: String) -> Bool {
         var st = stat()
         return fstatat(AT_FDCWD, path, &st, 0) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
     }
 
     /// The names in a directory, without `.` and `..`, in no particular order.
-    static func listDirectory(_ path: String) throws(SpoolError) -> [String] {
+    package static func listDirectory(_ path: String) throws(SpoolError) -> [String] {
         guard let dir = opendir(path) else { throw .system("list directory", path: path, errno: errno) }
         defer { closedir(dir) }
         var names: [String] = []
@@ -200,37 +204,37 @@ public enum Posix {
         return names
     }
 
-    static func lastComponent(_ path: String) -> String {
+    package static func lastComponent(_ path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return path }
         return String(path[path.index(after: slash)...])
     }
 
-    static func parentPath(_ path: String) -> String {
+    package static func parentPath(_ path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }
         if slash == path.startIndex { return "/" }
         return String(path[..<slash])
     }
 
-    static func currentDirectory() -> String {
+    package static func currentDirectory() -> String {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         guard getcwd(&buffer, buffer.count) != nil else { return "." }
         return cString(buffer)
     }
 
-    static func absolute(_ path: String) -> String {
+    package static func absolute(_ path: String) -> String {
         if path.hasPrefix("/") { return path }
         let cwd = currentDirectory()
         return path == "." ? cwd : cwd + "/" + path
     }
 
-    static func hostName() -> String {
+    package static func hostName() -> String {
         var buffer = [CChar](repeating: 0, count: 256)
         guard gethostname(&buffer, buffer.count) == 0 else { return "localhost" }
         return cString(buffer)
     }
 
     /// A NUL-terminated C string in a buffer, as a Swift string.
-    static func cString(_ buffer: [CChar]) -> String {
+    package static func cString(_ buffer: [CChar]) -> String {
         String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
@@ -239,5 +243,43 @@ extension Posix {
     /// Reads standard input to its end (at most `limit` bytes).
     public static func readStandardInput(limit: Int) throws(SpoolError) -> [UInt8] {
         try readToEnd(0, path: "<stdin>", limit: limit)
+    }
+}
+
+extension Posix {
+    /// Starts `executable` in `directory` in a new process group, standard input from /dev/null and standard
+    /// output and error on `outputFD`, with exactly `environment`. Signal mask and dispositions are reset.
+    package static func spawn(
+        _ executable: String, arguments: [String], environment: [String: String], directory: String, outputFD: Int32
+    ) throws(SpoolError) -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, outputFD, 1)
+        posix_spawn_file_actions_adddup2(&actions, outputFD, 2)
+        clinux_spawn_addchdir(&actions, directory)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        posix_spawnattr_setflags(
+            &attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        posix_spawnattr_setpgroup(&attributes, 0)
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        if rc != 0 { throw .system("run", path: executable, errno: rc) }
+        return pid
     }
 }

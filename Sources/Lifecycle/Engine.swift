@@ -1,0 +1,341 @@
+import Spool
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The watcher's lifecycle services, as one synchronous pass over the site's small queue directories:
+/// ingest, stages, hooks, retry policies, dependencies and cleanup. Each pass reads only the directories of
+/// active states (never the files of ended jobs) and moves every job it can; `balsam-watch` runs passes when
+/// inotify reports a change and on a timer.
+public final class Engine {
+    /// The site driven.
+    public let site: Site
+    /// Settings in force (reloaded on SIGHUP).
+    public private(set) var settings: SiteSettings
+    /// Where messages go: a level and a line.
+    public var log: @Sendable (LogLevel, String) -> Void
+    let store: JobStore
+    let index: SiteIndex
+    private var apps: [String: App] = [:]
+    private var missingApps: [String: String] = [:]
+    private var finalStates: [String: JobState]?
+
+    /// Levels of the engine's messages.
+    public enum LogLevel: String, Sendable { case debug, info, warning, error }
+
+    /// What one pass did.
+    public struct Report: Sendable {
+        /// Transitions made.
+        public var moves = 0
+        /// Jobs made or adopted by ingest.
+        public var ingested = 0
+        /// Problems that did not stop the pass (a job that could not be read, a full disk).
+        public var errors: [String] = []
+    }
+
+    /// Makes an engine for `site` with its current settings.
+    public init(site: Site, log: @escaping @Sendable (LogLevel, String) -> Void = { _, _ in }) throws(SpoolError) {
+        self.site = site
+        self.settings = try SiteSettings.load(site)
+        self.log = log
+        self.store = JobStore(site: site, actor: "balsam-watch")
+        self.index = SiteIndex(site: site)
+    }
+
+    /// Rereads `settings.yml` and forgets cached apps (SIGHUP).
+    public func reload() throws(SpoolError) {
+        settings = try SiteSettings.load(site)
+        apps = [:]
+        missingApps = [:]
+    }
+
+    /// Runs sweeps until one moves nothing (at most `maxSweeps`), after ingesting new work.
+    @discardableResult
+    public func pass(maxSweeps: Int = 8) -> Report {
+        var report = Report()
+        do {
+            let ingest = try Ingest(site: site, actor: "balsam-watch").run()
+            report.ingested = ingest.materialized + ingest.adopted.count
+            for (name, reason) in ingest.rejected { log(.warning, "rejected queue/new/\(name): \(reason)") }
+            for id in ingest.conflicts { log(.warning, "job \(id) FAILED: its workdir was taken before it was made") }
+        } catch {
+            report.errors.append("ingest: \(error)")
+            log(.error, "ingest: \(error)")
+        }
+        for _ in 0..<maxSweeps {
+            let before = report.moves
+            sweep(&report)
+            if report.moves == before { break }
+        }
+        return report
+    }
+
+    /// The steps, in lifecycle order, so that a job can go through several in one sweep.
+    private func sweep(_ report: inout Report) {
+        step(.ready, &report) { (loaded) throws(SpoolError) in
+            try self.move(loaded, to: .stagedIn, reason: "no stage-in")
+        }
+        step(.stagedIn, &report) { (loaded) throws(SpoolError) in
+            try self.runHook(.preprocess, loaded, default: .preprocessed)
+        }
+        step(.runDone, &report) { (loaded) throws(SpoolError) in
+            try self.runHook(.postprocess, loaded, default: .postprocessed)
+        }
+        step(.runError, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onError) }
+        step(.runTimeout, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onTimeout) }
+        step(.postprocessed, &report) { (loaded) throws(SpoolError) in
+            try self.move(loaded, to: .stagedOut, reason: "no stage-out")
+        }
+        step(.stagedOut, &report) { (loaded) throws(SpoolError) in
+            let done = try self.move(loaded, to: .jobFinished, reason: nil)
+            self.cleanup(done)
+        }
+        step(.awaitingParents, &report) { (loaded) throws(SpoolError) in try self.checkParents(loaded) }
+    }
+
+    /// Applies `body` to every job in `state`, oldest first. A job another program moved meanwhile is skipped;
+    /// a job whose files are broken is failed with the reason; an I/O error is reported and the pass goes on.
+    private func step(_ state: JobState, _ report: inout Report, _ body: (JobStore.Loaded) throws(SpoolError) -> Void) {
+        let ids: [String]
+        do { ids = try index.activeIDs(state).sorted() } catch {
+            report.errors.append("\(error)")
+            return
+        }
+        for id in ids {
+            do {
+                guard let loaded = try store.load(id, in: state) else { continue }
+                guard selected(loaded.job) else { continue }
+                try body(loaded)
+                report.moves += 1
+            } catch  where error.code == .conflict {
+                log(.debug, "job \(id) moved meanwhile: \(error.message)")
+            } catch  where error.code == .invalidInput || error.code == .notFound {
+                log(.error, "job \(id): \(error)")
+                quarantine(id, in: state, reason: error.description, &report)
+            } catch {
+                report.errors.append("job \(id): \(error)")
+                log(.error, "job \(id): \(error)")
+            }
+        }
+    }
+
+    private func selected(_ job: Job) -> Bool {
+        settings.filterTags.allSatisfy { job.tags[$0.key] == $0.value }
+    }
+
+    private func quarantine(_ id: String, in state: JobState, reason: String, _ report: inout Report) {
+        do {
+            try store.forceFail(id, in: state, reason: "quarantined: \(reason)")
+            finalStates?[id] = .failed
+            report.moves += 1
+        } catch {
+            report.errors.append("job \(id): cannot quarantine: \(error)")
+            log(.error, "job \(id): cannot quarantine: \(error)")
+        }
+    }
+
+    @discardableResult
+    private func move(
+        _ loaded: JobStore.Loaded, to next: JobState, reason: String?,
+        update: ((inout Job, inout StateRecord) -> Void)? = nil
+    ) throws(SpoolError) -> JobStore.Loaded {
+        let moved = try store.move(loaded, to: next, reason: reason, update: update)
+        if next.isFinal { finalStates?[loaded.job.id] = next }
+        log(.debug, "job \(loaded.job.id) \(loaded.record.state.rawValue) -> \(next.rawValue)")
+        return moved
+    }
+
+    // MARK: - Apps and hooks
+
+    private func app(_ name: String) throws(SpoolError) -> App {
+        if let app = apps[name] { return app }
+        if let message = missingApps[name] { throw SpoolError(.notFound, message) }
+        do {
+            let app = try site.app(name)
+            apps[name] = app
+            return app
+        } catch {
+            missingApps[name] = error.description
+            throw error
+        }
+    }
+
+    /// Runs `hook` if the job's app has it, then moves the job where the hook chose, or to `fallback`.
+    private func runHook(_ hook: App.Hook, _ loaded: JobStore.Loaded, default fallback: JobState) throws(SpoolError) {
+        let app = try self.app(loaded.job.app)
+        let path = site.appsPath + "/" + app.name + "/" + hook.rawValue
+        guard app.hooks.contains(hook) else {
+            if Posix.exists(path) {
+                try move(loaded, to: .failed, reason: "hook \(hook.rawValue) of app \(app.name) is not executable")
+            } else {
+                try move(loaded, to: fallback, reason: nil)
+            }
+            return
+        }
+        let runner = HookRunner(timeoutSeconds: settings.hookTimeoutSeconds, tailLines: settings.errorTailLines)
+        let outcome = try runner.run(
+            path, hook: hook.rawValue, directory: loaded.directory, environment: environment(for: loaded, app: app))
+        let name = "hook \(hook.rawValue)"
+        switch outcome.status {
+        case .exited(0):
+            break
+        case .exited(let code):
+            try move(loaded, to: .failed, reason: "\(name) exited with status \(code)" + tail(outcome.tail))
+            return
+        case .signaled(let signal):
+            try move(loaded, to: .failed, reason: "\(name) was killed by signal \(signal)" + tail(outcome.tail))
+            return
+        case .timedOut:
+            let limit = Int(settings.hookTimeoutSeconds)
+            try move(loaded, to: .failed, reason: "\(name) did not finish within \(limit) s" + tail(outcome.tail))
+            return
+        }
+        var next = fallback
+        var reason: String?
+        var dataUpdate: [String: JSONValue] = [:]
+        switch outcome.result {
+        case nil: break
+        case .object(let o)?:
+            if let requested = o["state"], requested != .null {
+                guard let text = requested.stringValue, let state = JobState(rawValue: text),
+                    loaded.record.state.canTransition(to: state)
+                else {
+                    try move(
+                        loaded, to: .failed,
+                        reason: "\(name) asked for state \(requested.serialized()), "
+                            + "not a legal successor of \(loaded.record.state.rawValue)")
+                    return
+                }
+                next = state
+            }
+            reason = o["reason"]?.stringValue
+            if case .object(let d)? = o["data"] { dataUpdate = d }
+        case .string(let problem)?:
+            try move(loaded, to: .failed, reason: "\(name): \(problem)")
+            return
+        case let other?:
+            try move(loaded, to: .failed, reason: "\(name): result must be a JSON object, not \(other.kindName)")
+            return
+        }
+        try move(loaded, to: next, reason: reason ?? "\(name) chose \(next.rawValue)") { job, record in
+            for (key, value) in dataUpdate {
+                if value == .null { job.data[key] = nil } else { job.data[key] = value }
+            }
+            if next == .restartReady && loaded.record.state == .runError { record.errorRetries += 1 }
+            if next == .restartReady && loaded.record.state == .runTimeout { record.timeoutRetries += 1 }
+        }
+    }
+
+    private func tail(_ text: String) -> String { text.isEmpty ? "" : "; last output:\n" + text }
+
+    /// After RUN_ERROR or RUN_TIMEOUT: the app's hook if it has one, else its retry policy.
+    private func afterRun(_ loaded: JobStore.Loaded, hook: App.Hook) throws(SpoolError) {
+        let app = try self.app(loaded.job.app)
+        let isError = hook == .onError
+        let policy = isError ? app.onError : app.onTimeout
+        let spent = isError ? loaded.record.errorRetries : loaded.record.timeoutRetries
+        let what = isError ? "RUN_ERROR" : "RUN_TIMEOUT"
+        let fallback: JobState = spent < policy.retries ? .restartReady : .failed
+        if app.hooks.contains(hook) || Posix.exists(site.appsPath + "/" + app.name + "/" + hook.rawValue) {
+            try runHook(hook, loaded, default: fallback)
+            return
+        }
+        if fallback == .restartReady {
+            try move(loaded, to: .restartReady, reason: "\(what): retry \(spent + 1) of \(policy.retries)") {
+                _, record in
+                if isError { record.errorRetries += 1 } else { record.timeoutRetries += 1 }
+            }
+        } else {
+            let code = loaded.job.returnCode.map { " (return code \($0))" } ?? ""
+            try move(loaded, to: .failed, reason: "\(what)\(code) and no retries left (\(policy.retries) allowed)")
+        }
+    }
+
+    private func environment(for loaded: JobStore.Loaded, app: App) -> [String: String] {
+        var env: [String: String] = [:]
+        for key in ["PATH", "HOME", "USER", "LANG", "TMPDIR"] {
+            if let value = getenv(key) { env[key] = String(cString: value) }
+        }
+        for (k, v) in app.environmentVariables { env[k] = v }
+        let job = loaded.job
+        env["BALSAM_SITE"] = site.root
+        env["BALSAM_JOB_ID"] = job.id
+        env["BALSAM_JOB_DIR"] = loaded.directory
+        env["BALSAM_WORKDIR"] = job.workdir
+        env["BALSAM_APP"] = job.app
+        env["BALSAM_STATE"] = loaded.record.state.rawValue
+        env["BALSAM_ATTEMPT"] = String(loaded.record.attempts)
+        env["BALSAM_PARAMETERS"] = JSONValue.object(job.parameters).serialized()
+        env["BALSAM_DATA"] = JSONValue.object(job.data).serialized()
+        if let rc = job.returnCode { env["BALSAM_RETURN_CODE"] = String(rc) }
+        return env
+    }
+
+    // MARK: - Dependencies
+
+    private func checkParents(_ loaded: JobStore.Loaded) throws(SpoolError) {
+        var waiting = false
+        for parent in loaded.job.parentIDs {
+            switch try parentState(parent) {
+            case .jobFinished?: continue
+            case .failed?:
+                try move(loaded, to: .failed, reason: "parent \(parent) ended FAILED")
+                return
+            case nil:
+                try move(loaded, to: .failed, reason: "parent \(parent) no longer exists")
+                return
+            default:
+                waiting = true
+            }
+        }
+        if !waiting { try move(loaded, to: .ready, reason: "all parents finished") }
+    }
+
+    /// A parent's state: active, accepted (not made yet: READY or waiting), or ended. nil: it does not exist.
+    private func parentState(_ id: String) throws(SpoolError) -> JobState? {
+        if let state = index.activeState(of: id) { return state }
+        if let state = finalStates?[id] { return state }
+        // Not seen yet: an accepted batch, or a job that ended through another program. Read the final index.
+        for name in try index.batchNames() where try index.readBatch(name).lines.contains(where: { $0.id == id }) {
+            return .awaitingParents
+        }
+        var states: [String: JobState] = [:]
+        for line in try index.finalLines() { states[line.id] = line.state }
+        finalStates = states
+        if let state = states[id] { return state }
+        return index.activeState(of: id)
+    }
+
+    // MARK: - Cleanup
+
+    /// Deletes the app's `cleanup_files` globs from the finished job's directory: regular files only, and only
+    /// files whose real path is inside that directory.
+    private func cleanup(_ loaded: JobStore.Loaded) {
+        guard let app = try? self.app(loaded.job.app), !app.cleanupFiles.isEmpty else { return }
+        guard let root = realPath(loaded.directory) else { return }
+        for pattern in app.cleanupFiles {
+            if pattern.hasPrefix("/") || pattern.split(separator: "/").contains("..") {
+                log(.warning, "app \(app.name): cleanup glob '\(pattern)' may not leave the job directory; skipped")
+                continue
+            }
+            var matches = glob_t()
+            defer { globfree(&matches) }
+            guard glob(loaded.directory + "/" + pattern, 0, nil, &matches) == 0 else { continue }
+            for i in 0..<Int(matches.gl_pathc) {
+                guard let cPath = matches.gl_pathv[i] else { continue }
+                let path = String(cString: cPath)
+                guard let real = realPath(path), real.hasPrefix(root + "/"),
+                    let st = try? Posix.lstatIfExists(path), (st.st_mode & S_IFMT) == S_IFREG
+                else { continue }
+                Posix.unlink(path)
+            }
+        }
+    }
+
+    private func realPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+}

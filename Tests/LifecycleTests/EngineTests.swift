@@ -1,0 +1,245 @@
+import Foundation
+import Lifecycle
+import Spool
+import TestSupport
+import Testing
+
+/// A site with apps and a way to play the launcher's part through the library.
+struct Fixture {
+    let dir: TempDir
+    let site: Site
+    let engine: Engine
+
+    init(settings: String? = nil) throws {
+        dir = try TempDir()
+        site = try makeSite(dir)
+        if let settings { try settings.write(toFile: site.settingsPath, atomically: false, encoding: .utf8) }
+        engine = try Engine(site: site)
+    }
+
+    /// An app `name` running `true`, with hook scripts and extra app.yml lines.
+    func app(_ name: String, hooks: [String: String] = [:], yaml: String = "", mode: Int = 0o755) throws {
+        var app = try App(name: name, commandTemplate: "true")
+        app.description = name
+        try site.createApp(app)
+        let dir = site.appsPath + "/" + name
+        if !yaml.isEmpty {
+            let text = try read(dir + "/app.yml") + yaml
+            try text.write(toFile: dir + "/app.yml", atomically: false, encoding: .utf8)
+        }
+        for (hook, body) in hooks {
+            try ("#!/bin/sh\n" + body + "\n").write(toFile: dir + "/" + hook, atomically: false, encoding: .utf8)
+            chmod(dir + "/" + hook, mode_t(mode))
+        }
+    }
+
+    @discardableResult
+    func submit(_ workdir: String, app: String = "hello", parents: [String] = []) throws -> String {
+        var job = app == "hello" ? helloJob(workdir) : Job(workdir: workdir, app: app)
+        job.parentIDs = parents
+        var submission = Submission(site: site)
+        return try submission.submit(job).0.id
+    }
+
+    func state(_ id: String) throws -> JobState { try Query(site: site).find(id).state }
+
+    func record(_ id: String) throws -> StateRecord {
+        try #require(try Query(site: site).find(id).record)
+    }
+
+    /// What a launcher does: claim a runnable job, run it, report how it ended.
+    func run(_ id: String, ending: JobState, returnCode: Int? = nil) throws {
+        let launcher = JobStore(site: site, actor: "test-launcher")
+        let state = try self.state(id)
+        let loaded = try #require(try launcher.load(id, in: state))
+        let running = try launcher.move(loaded, to: .running)
+        try launcher.move(running, to: ending) { job, _ in job.returnCode = returnCode }
+    }
+}
+
+@Suite struct EngineTests {
+    @Test func aJobGoesFromSubmissionToTheReadyQueueAndFromRunDoneToFinished() throws {
+        let f = try Fixture()
+        let id = try f.submit("a")
+        let report = f.engine.pass()
+        #expect(report.moves == 2 && report.errors.isEmpty)
+        #expect(try f.state(id) == .preprocessed)
+        #expect(SiteIndex(site: f.site).activeState(of: id) == .preprocessed)
+        try f.run(id, ending: .runDone, returnCode: 0)
+        f.engine.pass()
+        #expect(try f.state(id) == .jobFinished)
+        let states = try f.record(id).history.map(\.state)
+        #expect(
+            states == [.ready, .stagedIn, .preprocessed, .running, .runDone, .postprocessed, .stagedOut, .jobFinished])
+        let events = try read(f.site.eventsPath + "/" + Posix.hostName() + ".jsonl").split(separator: "\n")
+            .filter { $0.contains(id) }
+        #expect(events.count == states.count, "one event per transition, creation included")
+        #expect(try Fsck(site: f.site).run(repair: false).problems.isEmpty)
+    }
+
+    @Test func childrenWaitForParentsAndFailWithThem() throws {
+        let f = try Fixture()
+        let good = try f.submit("good")
+        let bad = try f.submit("bad")
+        let child = try f.submit("child", parents: [good])
+        let orphan = try f.submit("orphan", parents: [good, bad])
+        let grandchild = try f.submit("grandchild", parents: [orphan])
+        f.engine.pass()
+        #expect(try f.state(child) == .awaitingParents && f.state(grandchild) == .awaitingParents)
+        try f.run(good, ending: .runDone)
+        try f.run(bad, ending: .runError, returnCode: 2)
+        f.engine.pass()
+        #expect(try f.state(good) == .jobFinished && f.state(bad) == .failed)
+        #expect(try f.state(child) == .preprocessed)
+        #expect(try f.state(orphan) == .failed && f.record(orphan).reason == "parent \(bad) ended FAILED")
+        #expect(try f.state(grandchild) == .failed)
+        #expect(try f.record(grandchild).reason == "parent \(orphan) ended FAILED")
+    }
+
+    @Test func hooksSeeTheJobAndMayChooseTheStateAndUpdateData() throws {
+        let f = try Fixture()
+        try f.app(
+            "hooked",
+            hooks: [
+                "preprocess": """
+                echo "pre $BALSAM_JOB_ID $BALSAM_STATE $(pwd)"
+                echo '{"data": {"prepared": true, "n": 3}, "reason": "inputs ready"}' > "$BALSAM_HOOK_RESULT"
+                """,
+                "postprocess": """
+                echo "post rc=$BALSAM_RETURN_CODE data=$BALSAM_DATA"
+                [ -e again ] && exit 0
+                touch again
+                echo '{"state": "RESTART_READY"}' > "$BALSAM_HOOK_RESULT"
+                """,
+            ])
+        let id = try f.submit("h", app: "hooked")
+        f.engine.pass()
+        let dir = f.site.jobDirectory("h")
+        #expect(try f.state(id) == .preprocessed)
+        let listing = try Query(site: f.site).find(id)
+        #expect(listing.job?.data == ["prepared": .bool(true), "n": .int(3)])
+        #expect(listing.record?.reason == "inputs ready")
+        let log = try read(dir + "/balsam.log")
+        #expect(log.contains("pre \(id) STAGED_IN \(dir)"))
+        try f.run(id, ending: .runDone, returnCode: 0)
+        f.engine.pass()
+        #expect(try f.state(id) == .restartReady, "postprocess asked for a rerun")
+        #expect(try read(dir + "/balsam.log").contains(#"post rc=0 data={"n":3,"prepared":true}"#))
+        try f.run(id, ending: .runDone, returnCode: 0)
+        f.engine.pass()
+        #expect(try f.state(id) == .jobFinished)
+        #expect(try f.record(id).attempts == 2)
+    }
+
+    @Test func failingHangingAndBrokenHooksFailTheJobWithTheReason() throws {
+        let f = try Fixture(settings: "processing:\n  hook_timeout_sec: 0.5\n")
+        try f.app("exits", hooks: ["preprocess": "echo 'cannot find input.dat' >&2; exit 3"])
+        try f.app("hangs", hooks: ["preprocess": "echo started; sleep 30"])
+        try f.app("asks", hooks: ["preprocess": #"echo '{"state": "JOB_FINISHED"}' > "$BALSAM_HOOK_RESULT""#])
+        try f.app("garbled", hooks: ["preprocess": #"echo 'not json' > "$BALSAM_HOOK_RESULT""#])
+        try f.app("plain", hooks: ["preprocess": "exit 0"], mode: 0o644)
+        let exits = try f.submit("e", app: "exits")
+        let hangs = try f.submit("h", app: "hangs")
+        let asks = try f.submit("a", app: "asks")
+        let garbled = try f.submit("g", app: "garbled")
+        let plain = try f.submit("p", app: "plain")
+        let started = Date()
+        f.engine.pass()
+        #expect(Date().timeIntervalSince(started) < 20, "the hanging hook was killed")
+        for id in [exits, hangs, asks, garbled, plain] { #expect(try f.state(id) == .failed) }
+        let reason = { (id: String) in (try? f.record(id).reason) ?? "" }
+        #expect(
+            reason(exits).contains("hook preprocess exited with status 3")
+                && reason(exits).contains("cannot find input.dat"))
+        #expect(reason(hangs).contains("did not finish within 0 s") && reason(hangs).contains("started"))
+        #expect(reason(asks).contains("not a legal successor of STAGED_IN"))
+        #expect(reason(garbled).contains("malformed"))
+        #expect(reason(plain).contains("not executable"))
+    }
+
+    @Test func retryPoliciesBoundRetries() throws {
+        let f = try Fixture()
+        try f.app("flaky", yaml: "")
+        let appYAML = f.site.appsPath + "/flaky/app.yml"
+        let text = try read(appYAML).replacingOccurrences(of: "on_error: {retries: 0}", with: "on_error: {retries: 2}")
+            .replacingOccurrences(of: "on_timeout: {retries: 3}", with: "on_timeout: {retries: 1}")
+        try text.write(toFile: appYAML, atomically: false, encoding: .utf8)
+        let id = try f.submit("f", app: "flaky")
+        f.engine.pass()
+        for attempt in 1...2 {
+            try f.run(id, ending: .runError, returnCode: 1)
+            f.engine.pass()
+            #expect(try f.state(id) == .restartReady, "retry \(attempt)")
+            #expect(try f.record(id).errorRetries == attempt)
+        }
+        try f.run(id, ending: .runTimeout)
+        f.engine.pass()
+        #expect(try f.state(id) == .restartReady && f.record(id).timeoutRetries == 1)
+        try f.run(id, ending: .runError, returnCode: 1)
+        f.engine.pass()
+        #expect(try f.state(id) == .failed)
+        #expect(try f.record(id).reason == "RUN_ERROR (return code 1) and no retries left (2 allowed)")
+        #expect(try f.record(id).attempts == 4)
+
+        let defaults = try f.submit("d")
+        f.engine.pass()
+        try f.run(defaults, ending: .runError, returnCode: 7)
+        f.engine.pass()
+        #expect(try f.state(defaults) == .failed, "by default an error is not retried")
+    }
+
+    @Test func cleanupDeletesMatchingFilesInsideTheJobDirectoryOnly() throws {
+        let f = try Fixture()
+        try f.app("tidy", yaml: "")
+        let appYAML = f.site.appsPath + "/tidy/app.yml"
+        let text = try read(appYAML).replacingOccurrences(
+            of: "cleanup_files: []", with: #"cleanup_files: ["*.tmp", "scratch/*", "../*.keep"]"#)
+        try text.write(toFile: appYAML, atomically: false, encoding: .utf8)
+        let id = try f.submit("t", app: "tidy")
+        let dir = f.site.jobDirectory("t")
+        try "x".write(toFile: dir + "/a.tmp", atomically: false, encoding: .utf8)
+        try "x".write(toFile: dir + "/result.dat", atomically: false, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: dir + "/scratch", withIntermediateDirectories: true)
+        try "x".write(toFile: dir + "/scratch/big", atomically: false, encoding: .utf8)
+        try "outside".write(toFile: f.dir.path + "/precious.tmp", atomically: false, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(
+            atPath: dir + "/link.tmp", withDestinationPath: f.dir.path + "/precious.tmp")
+        f.engine.pass()
+        try f.run(id, ending: .runDone)
+        f.engine.pass()
+        #expect(try f.state(id) == .jobFinished)
+        #expect(visibleEntries(dir) == ["job.json", "link.tmp", "result.dat", "scratch", "state"])
+        #expect(visibleEntries(dir + "/scratch").isEmpty)
+        #expect(try read(f.dir.path + "/precious.tmp") == "outside")
+    }
+
+    @Test func brokenJobsAreQuarantinedAndTheRestGoOn() throws {
+        let f = try Fixture()
+        let broken = try f.submit("broken")
+        let fine = try f.submit("fine")
+        try "{\"state\": \"WHATEVER\"".write(
+            toFile: f.site.jobDirectory("broken") + "/state", atomically: false, encoding: .utf8)
+        try FileManager.default.removeItem(atPath: f.site.appsPath + "/hello")
+        try f.app("other")
+        let missingApp = try f.submit("m", app: "other")
+        try FileManager.default.removeItem(atPath: f.site.appsPath + "/other")
+        let report = f.engine.pass()
+        #expect(try f.state(broken) == .failed)
+        #expect(try f.record(broken).reason?.contains("quarantined") == true)
+        #expect(FileManager.default.fileExists(atPath: f.site.jobDirectory("broken") + "/state.broken"))
+        #expect(try f.state(fine) == .stagedIn || f.state(fine) == .failed)
+        #expect(try f.state(missingApp) == .failed)
+        #expect(try f.record(missingApp).reason?.contains("no app 'other'") == true)
+        _ = report
+    }
+
+    @Test func droppedDirectoriesAreAdoptedByAPass() throws {
+        let f = try Fixture()
+        try f.dir.file("site/queue/new/dropped/job.json", #"{"app":"hello","parameters":{"name":"drop"}}"#)
+        try f.dir.file("site/queue/new/junk/job.json", "{")
+        let report = f.engine.pass()
+        #expect(report.ingested == 1)
+        #expect(try Query(site: f.site).find("dropped").state == .preprocessed)
+        #expect(FileManager.default.fileExists(atPath: f.site.rejectedPath + "/junk.reason"))
+    }
+}
