@@ -8,10 +8,13 @@ let package = Package(
         .library(name: "Spool", targets: ["Spool"]),
         .executable(name: "balsam", targets: ["balsam"]),
         .executable(name: "balsam-submit", targets: ["balsam-submit"]),
+        .executable(name: "balsam-watch", targets: ["balsam-watch"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // Linux calls Swift's Glibc module does not import (renameat2, syncfs).
@@ -33,7 +36,25 @@ let package = Package(
             ]
         ),
         // The watcher's lifecycle services: ingest, dependencies, stages, hooks, policies, leases, cleanup.
-        .target(name: "Lifecycle", dependencies: ["Spool"]),
+        .target(
+            name: "Lifecycle",
+            dependencies: [
+                "Spool",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "balsam-watch",
+            dependencies: [
+                "BalsamCLI", "Lifecycle", "Spool",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(name: "balsam", dependencies: ["BalsamCLI", "Spool"]),
         .executableTarget(name: "balsam-submit", dependencies: ["BalsamCLI", "Spool"]),
         // Temporary sites, small filesystems, running the built binaries.

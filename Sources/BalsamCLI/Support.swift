@@ -57,6 +57,16 @@ public func reportingErrors(_ program: String, _ body: () throws -> Void) throws
     }
 }
 
+/// Runs an async command body, turning a `SpoolError` into a message on stderr and its sysexits status.
+public func reportingErrors(_ program: String, _ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as SpoolError {
+        printError("\(program): \(error)")
+        throw ExitCode(ExitStatus.status(for: error.code))
+    }
+}
+
 /// Writes a line to standard error.
 public func printError(_ line: String) {
     var bytes = Array((line + "\n").utf8)

@@ -15,6 +15,9 @@ public final class Engine {
     public private(set) var settings: SiteSettings
     /// Where messages go: a level and a line.
     public var log: @Sendable (LogLevel, String) -> Void
+    /// Asked between jobs and while a hook runs: when it says true, the pass stops and a running hook is killed,
+    /// leaving its job where it was (it is done again next time).
+    public var shouldStop: @Sendable () -> Bool = { false }
     let store: JobStore
     let index: SiteIndex
     private var apps: [String: App] = [:]
@@ -63,7 +66,7 @@ public final class Engine {
             report.errors.append("ingest: \(error)")
             log(.error, "ingest: \(error)")
         }
-        for _ in 0..<maxSweeps {
+        for _ in 0..<maxSweeps where !shouldStop() {
             let before = report.moves
             sweep(&report)
             if report.moves == before { break }
@@ -103,6 +106,7 @@ public final class Engine {
             return
         }
         for id in ids {
+            if shouldStop() { return }
             do {
                 guard let loaded = try store.load(id, in: state) else { continue }
                 guard selected(loaded.job) else { continue }
@@ -173,13 +177,16 @@ public final class Engine {
             }
             return
         }
-        let runner = HookRunner(timeoutSeconds: settings.hookTimeoutSeconds, tailLines: settings.errorTailLines)
+        let runner = HookRunner(
+            timeoutSeconds: settings.hookTimeoutSeconds, tailLines: settings.errorTailLines, shouldStop: shouldStop)
         let outcome = try runner.run(
             path, hook: hook.rawValue, directory: loaded.directory, environment: environment(for: loaded, app: app))
         let name = "hook \(hook.rawValue)"
         switch outcome.status {
         case .exited(0):
             break
+        case .abandoned:
+            throw SpoolError(.conflict, "\(name) of job \(loaded.job.id) was stopped by a shutdown; it runs again")
         case .exited(let code):
             try move(loaded, to: .failed, reason: "\(name) exited with status \(code)" + tail(outcome.tail))
             return

@@ -16,6 +16,8 @@ struct HookRunner {
             case exited(Int32)
             case signaled(Int32)
             case timedOut
+            /// Killed because the watcher is stopping.
+            case abandoned
         }
 
         var status: Status
@@ -32,6 +34,7 @@ struct HookRunner {
 
     var timeoutSeconds: Double
     var tailLines: Int
+    var shouldStop: @Sendable () -> Bool = { false }
 
     func run(_ executable: String, hook: String, directory: String, environment: [String: String]) throws(SpoolError)
         -> Outcome
@@ -70,10 +73,12 @@ struct HookRunner {
     /// Waits for the hook, killing its whole process group at the deadline (SIGTERM, then SIGKILL 2 s later).
     private func wait(_ pid: pid_t, deadline: Double) -> Outcome.Status {
         var killedAt: Double?
+        var abandoned = false
         while true {
             var status: Int32 = 0
             let r = waitpid(pid, &status, WNOHANG)
             if r == pid {
+                if abandoned { return .abandoned }
                 if killedAt != nil { return .timedOut }
                 let signal = status & 0x7F
                 return signal == 0 ? .exited((status >> 8) & 0xFF) : .signaled(signal)
@@ -82,7 +87,8 @@ struct HookRunner {
             let now = monotonicSeconds()
             if let at = killedAt {
                 if now > at + 2 { kill(-pid, SIGKILL) }
-            } else if now > deadline {
+            } else if now > deadline || shouldStop() {
+                abandoned = now <= deadline
                 kill(-pid, SIGTERM)
                 killedAt = now
             }

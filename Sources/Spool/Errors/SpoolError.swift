@@ -45,7 +45,7 @@ public struct SpoolError: Error, Sendable, CustomStringConvertible {
     }
 
     /// Makes an error for a failed system call, classifying `errno` into a code.
-    static func system(_ operation: String, path: String, errno err: Int32) -> SpoolError {
+    package static func system(_ operation: String, path: String, errno err: Int32) -> SpoolError {
         let code: Code
         switch err {
         case EEXIST, ENOTEMPTY: code = .cannotCreate

@@ -1,0 +1,151 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import Spool
+import Synchronization
+import UnixSignals
+
+/// `balsam-watch`'s main loop: claim the site, repair what a crash left, then run engine passes whenever inotify
+/// reports a change and at least every poll interval, until asked to stop.
+public final class Watcher: Sendable {
+    /// How the watcher runs.
+    public struct Options: Sendable {
+        /// Seconds between rescans when nothing is reported (changes from other nodes raise no events).
+        public var pollInterval: Double = 1
+        /// Whether to use inotify at all.
+        public var inotify = true
+        /// Run one pass and return.
+        public var once = false
+
+        public init() {}
+    }
+
+    private struct Flags {
+        var stop = false
+        var reload = false
+    }
+
+    /// The site watched.
+    public let site: Site
+    let options: Options
+    let logger: Logger
+    private let flags = Mutex(Flags())
+    private let monitor: Mutex<ChangeMonitor?> = Mutex(nil)
+
+    /// Prepares a watcher; nothing happens until `run()`.
+    public init(site: Site, options: Options, logger: Logger) {
+        self.site = site
+        self.options = options
+        self.logger = logger
+    }
+
+    /// Asks the loop to stop after the current job (a running hook is killed; its job is redone next time).
+    public func requestStop() {
+        flags.withLock { $0.stop = true }
+        monitor.withLock { $0?.wake() }
+    }
+
+    /// Asks the loop to reread settings and apps before its next pass.
+    public func requestReload() {
+        flags.withLock { $0.reload = true }
+        monitor.withLock { $0?.wake() }
+    }
+
+    private var stopping: Bool { flags.withLock { $0.stop } }
+
+    /// Runs until stopped (blocking). Throws if the site cannot be claimed or watched.
+    public func run() throws(SpoolError) {
+        let claim = WatcherClaim(site: site, expirySeconds: max(30, options.pollInterval * 10))
+        try claim.acquire()
+        defer { claim.release() }
+        logger.info("watching \(site.root) as pid \(claim.me.pid) on \(claim.me.host)")
+
+        let recovery = try Fsck(site: site).run(repair: true, full: false)
+        for problem in recovery.problems { logger.warning("recovery: \(problem)") }
+        logger.info("recovery: \(recovery.jobs) active jobs checked, \(recovery.problems.count) repaired")
+
+        let changes = try ChangeMonitor(site: site, inotify: options.inotify)
+        monitor.withLock { $0 = changes }
+        defer { monitor.withLock { $0 = nil } }
+        let logger = self.logger
+        let engine = try Engine(site: site) { level, message in
+            switch level {
+            case .debug: logger.debug("\(message)")
+            case .info: logger.info("\(message)")
+            case .warning: logger.warning("\(message)")
+            case .error: logger.error("\(message)")
+            }
+        }
+        engine.shouldStop = { [weak self] in self?.stopping ?? true }
+
+        var backoff = 0.0
+        var lastBeat = 0.0
+        while !stopping {
+            if flags.withLock({ f in
+                defer { f.reload = false }; return f.reload
+            }) {
+                do {
+                    try engine.reload()
+                    logger.info("reloaded settings.yml and apps")
+                } catch {
+                    logger.error("reload failed, keeping the old settings: \(error)")
+                }
+            }
+            let report = engine.pass()
+            if report.moves > 0 || report.ingested > 0 {
+                logger.debug("pass: \(report.ingested) ingested, \(report.moves) moves")
+            }
+            let now = monotonicSeconds()
+            if now - lastBeat >= 1 {
+                guard claim.heartbeat() else {
+                    throw SpoolError(
+                        .unavailable, "lost the claim on the site to \(claim.holder().map(\.description) ?? "nobody")")
+                }
+                lastBeat = now
+            }
+            if options.once { break }
+            // Errors (a full disk, say) back off: 1, 2, 4 ... 30 s, and retry; no job is lost meanwhile.
+            backoff = report.errors.isEmpty ? 0 : min(30, max(1, backoff * 2))
+            if backoff > 0 {
+                logger.warning("\(report.errors.count) errors in the last pass; retrying in \(backoff) s")
+            }
+            _ = changes.wait(seconds: max(backoff, options.pollInterval))
+        }
+        logger.info("stopped")
+    }
+}
+
+/// The watcher as a service of a swift-service-lifecycle group: SIGTERM and SIGINT stop it gracefully, SIGHUP
+/// reloads settings and apps.
+public struct WatchService: Service {
+    let watcher: Watcher
+
+    /// Wraps `watcher`.
+    public init(_ watcher: Watcher) { self.watcher = watcher }
+
+    public func run() async throws {
+        let watcher = self.watcher
+        try await withGracefulShutdownHandler {
+            async let hangups: Void = {
+                for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+                    watcher.requestReload()
+                }
+            }()
+            // The loop blocks (poll, hooks), so it gets a thread of its own rather than one of the pool's two.
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                Thread {
+                    do {
+                        try watcher.run()
+                        continuation.resume()
+                    } catch {
+                        continuation.resume(throwing: error)
+                    }
+                }.start()
+            }
+            watcher.requestStop()
+            _ = await hangups
+        } onGracefulShutdown: {
+            watcher.requestStop()
+        }
+    }
+}

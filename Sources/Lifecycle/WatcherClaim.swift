@@ -1,0 +1,110 @@
+import Spool
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The claim that makes one `balsam-watch` the site's watcher: `SITE/watcher.json` with the holder's host, pid
+/// and start time, its mtime refreshed as a heartbeat. It is created with `link(2)` (atomic, fails if present)
+/// and taken over only when its holder is gone: on this host, no such process; on another host, no heartbeat
+/// for `expirySeconds`. No `flock`/`fcntl` lock is involved, so it works on NFS and Lustre.
+public struct WatcherClaim: Sendable {
+    /// Who holds a claim.
+    public struct Holder: Sendable, Equatable, CustomStringConvertible {
+        public var host: String
+        public var pid: Int32
+        public var since: String
+
+        public var description: String { "balsam-watch pid \(pid) on \(host), running since \(since)" }
+    }
+
+    /// The site claimed.
+    public let site: Site
+    /// A heartbeat older than this frees a claim held from another host.
+    public var expirySeconds: Double
+    /// This process, as it appears in the claim.
+    public let me: Holder
+
+    /// The claim file.
+    public var path: String { site.root + "/watcher.json" }
+
+    /// Prepares to claim `site` for this process.
+    public init(site: Site, expirySeconds: Double = 30) {
+        self.site = site
+        self.expirySeconds = expirySeconds
+        self.me = Holder(host: Posix.hostName(), pid: getpid(), since: Timestamp.now())
+    }
+
+    /// Reads the current claim, if any.
+    public func holder() -> Holder? {
+        guard let bytes = try? Posix.readFile(path, limit: 65536), case .object(let o)? = try? JSONValue.parse(bytes),
+            let host = o["host"]?.stringValue, let pid = o["pid"]?.intValue
+        else { return nil }
+        return Holder(host: host, pid: Int32(pid), since: o["since"]?.stringValue ?? "")
+    }
+
+    /// Whether a claim's holder is still there.
+    public func isAlive(_ holder: Holder) -> Bool {
+        if holder.host == me.host {
+            return kill(holder.pid, 0) == 0 || errno == EPERM
+        }
+        guard let st = try? Posix.lstatIfExists(path) else { return false }
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Double(now.tv_sec - st.st_mtim.tv_sec) < expirySeconds
+    }
+
+    /// Takes the claim, or throws `.unavailable` naming the watcher that holds it.
+    public func acquire() throws(SpoolError) {
+        let bytes = Array(
+            (JSONValue.object([
+                "host": .string(me.host), "pid": .int(Int(me.pid)), "since": .string(me.since),
+            ]).serialized() + "\n").utf8)
+        let staging = site.tmpPath + "/watcher.\(me.pid).json"
+        try Posix.createFile(staging, bytes, sync: true, exclusive: false)
+        defer { Posix.unlink(staging) }
+        for _ in 0..<5 {
+            if link(staging, path) == 0 { return }
+            guard errno == EEXIST else { throw .system("claim the site", path: path, errno: errno) }
+            guard let current = holder() else {
+                // Unreadable or half-written by a crashed writer: treat as stale below.
+                try takeOver(expected: nil)
+                continue
+            }
+            if current == me { return }
+            if isAlive(current) {
+                throw SpoolError(.unavailable, "the site is already watched by \(current)", path: path)
+            }
+            try takeOver(expected: current)
+        }
+        throw SpoolError(.unavailable, "could not claim the site: it kept changing hands", path: path)
+    }
+
+    /// Moves a stale claim aside; if what was moved turns out to be a fresh claim of another watcher (it won the
+    /// race), puts it back.
+    private func takeOver(expected: Holder?) throws(SpoolError) {
+        let aside = site.tmpPath + "/watcher.stale.\(me.pid)"
+        guard rename(path, aside) == 0 else { return }  // someone else moved it first
+        defer { Posix.unlink(aside) }
+        let moved = (try? Posix.readFile(aside, limit: 65536)).flatMap { try? JSONValue.parse($0) }
+        let movedHolder = moved?.objectValue.flatMap { o -> Holder? in
+            guard let host = o["host"]?.stringValue, let pid = o["pid"]?.intValue else { return nil }
+            return Holder(host: host, pid: Int32(pid), since: o["since"]?.stringValue ?? "")
+        }
+        if movedHolder != expected, let movedHolder, isAlive(movedHolder) {
+            _ = link(aside, path)
+            throw SpoolError(.unavailable, "the site is already watched by \(movedHolder)", path: path)
+        }
+    }
+
+    /// Refreshes the heartbeat; returns false if the claim is no longer this process's (someone took it over).
+    public func heartbeat() -> Bool {
+        guard holder() == me else { return false }
+        return utimensat(AT_FDCWD, path, nil, 0) == 0
+    }
+
+    /// Gives the claim up, if it is still this process's.
+    public func release() {
+        if holder() == me { Posix.unlink(path) }
+    }
+}
