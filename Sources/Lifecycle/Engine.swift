@@ -15,6 +15,8 @@ public final class Engine {
     public private(set) var settings: SiteSettings
     /// Where messages go: a level and a line.
     public var log: @Sendable (LogLevel, String) -> Void
+    /// Seconds a failing drop is given to finish being copied in before it is rejected.
+    public var dropSettleSeconds: Double = 2
     /// Asked between jobs and while a hook runs: when it says true, the pass stops and a running hook is killed,
     /// leaving its job where it was (it is done again next time).
     public var shouldStop: @Sendable () -> Bool = { false }
@@ -58,7 +60,9 @@ public final class Engine {
     public func pass(maxSweeps: Int = 8) -> Report {
         var report = Report()
         do {
-            let ingest = try Ingest(site: site, actor: "balsam-watch").run()
+            var ingester = Ingest(site: site, actor: "balsam-watch")
+            ingester.settleSeconds = dropSettleSeconds
+            let ingest = try ingester.run()
             report.ingested = ingest.materialized + ingest.adopted.count
             for (name, reason) in ingest.rejected { log(.warning, "rejected queue/new/\(name): \(reason)") }
             for id in ingest.conflicts { log(.warning, "job \(id) FAILED: its workdir was taken before it was made") }

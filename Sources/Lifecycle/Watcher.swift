@@ -126,24 +126,23 @@ public struct WatchService: Service {
     public func run() async throws {
         let watcher = self.watcher
         try await withGracefulShutdownHandler {
-            async let hangups: Void = {
-                for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
-                    watcher.requestReload()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await _ in await UnixSignalsSequence(trapping: .sighup) { watcher.requestReload() }
                 }
-            }()
-            // The loop blocks (poll, hooks), so it gets a thread of its own rather than one of the pool's two.
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                Thread {
-                    do {
-                        try watcher.run()
-                        continuation.resume()
-                    } catch {
-                        continuation.resume(throwing: error)
-                    }
-                }.start()
+                // The loop blocks (poll, hooks), so it gets a thread of its own rather than one of the pool's two.
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                    Thread {
+                        do {
+                            try watcher.run()
+                            continuation.resume()
+                        } catch {
+                            continuation.resume(throwing: error)
+                        }
+                    }.start()
+                }
+                group.cancelAll()
             }
-            watcher.requestStop()
-            _ = await hangups
         } onGracefulShutdown: {
             watcher.requestStop()
         }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import BalsamCLI
+import Foundation
 import Lifecycle
 import Logging
 import ServiceLifecycle
@@ -107,35 +108,37 @@ struct WatchCommand: AsyncParsableCommand {
         print("stopped \(holder)")
     }
 
-    /// Forks; the parent waits until the child holds the site's claim, prints its pid, and exits.
-    func detach(_ site: Site) throws(SpoolError) {
+    /// Starts a copy of this command without `--daemon` in its own process group, logging to the log file, and
+    /// waits until it holds the site's claim. (A re-exec, not fork(): this process already runs threads.)
+    func detach(_ site: Site) throws(SpoolError) -> Never {
         let claim = WatcherClaim(site: site)
         if let holder = claim.holder(), claim.isAlive(holder) {
             throw SpoolError(.unavailable, "the site is already watched by \(holder)")
         }
-        let pid = fork()
-        if pid < 0 { throw SpoolError(.io, "cannot fork", cause: errno) }
-        if pid == 0 {
-            setsid()
-            let devnull = open("/dev/null", O_RDWR)
-            dup2(devnull, 0)
-            dup2(devnull, 1)
-            return
-        }
+        let logPath = Posix.absolute(log ?? site.logPath + "/balsam-watch.log")
+        var arguments = Array(CommandLine.arguments.dropFirst().filter { $0 != "--daemon" })
+        arguments += ["--site", site.root, "--log", logPath]
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        let executable = n > 0 ? Posix.cString(Array(buffer[0..<n]) + [0]) : CommandLine.arguments[0]
+        let devnull = open("/dev/null", O_WRONLY | O_CLOEXEC)
+        defer { close(devnull) }
+        let pid = try Posix.spawn(
+            executable, arguments: arguments, environment: ProcessInfo.processInfo.environment,
+            directory: Posix.currentDirectory(), outputFD: devnull)
         let deadline = time(nil) + 30
         while time(nil) <= deadline {
             if let holder = claim.holder(), holder.pid == pid {
-                print("balsam-watch running as pid \(pid); log: \(log ?? site.logPath + "/balsam-watch.log")")
+                print("balsam-watch running as pid \(pid); log: \(logPath)")
                 Glibc.exit(0)
             }
             var status: Int32 = 0
             if waitpid(pid, &status, WNOHANG) == pid {
-                throw SpoolError(
-                    .unavailable, "the watcher exited at start; see \(log ?? site.logPath + "/balsam-watch.log")")
+                throw SpoolError(.unavailable, "the watcher exited at start; see \(logPath)")
             }
             usleep(20_000)
         }
-        throw SpoolError(.unavailable, "the watcher (pid \(pid)) did not claim the site within 30 s")
+        throw SpoolError(.unavailable, "the watcher (pid \(pid)) did not claim the site within 30 s; see \(logPath)")
     }
 
     func redirectStandardError(to path: String) throws(SpoolError) {

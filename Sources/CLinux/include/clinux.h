@@ -14,4 +14,8 @@ int clinux_syncfs(int fd);
 /// posix_spawn_file_actions_addchdir_np(3): start a child in a directory without a shell in between.
 int clinux_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path);
 
+/// posix_spawn_file_actions_addclosefrom_np(3): a child inherits no descriptor from `from` upward, whatever
+/// the parent forgot to mark close-on-exec (a test harness's pipes, say).
+int clinux_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from);
+
 #endif

@@ -10,6 +10,9 @@ public struct Ingest {
     public let site: Site
     /// Recorded as the actor of events this writes.
     public var actor: String
+    /// A drop that fails to adopt but changed less than this many seconds ago is left for the next pass rather
+    /// than rejected: it may still be being copied in. 0 (the default for `balsam ingest`) rejects at once.
+    public var settleSeconds: Double = 0
     let index: SiteIndex
 
     /// Prepares to ingest into `site`.
@@ -161,11 +164,25 @@ public struct Ingest {
             do {
                 _ = try submission.adopt(directory: path, defaultWorkdir: name)
                 report.adopted.append(name)
+            } catch  where error.code == .io {
+                throw error  // a full or failing disk: leave the drop where it is and try again later
             } catch {
+                if settleSeconds > 0 && isYoung(path) { continue }  // perhaps still being copied in
                 try reject(name, reason: error.description)
                 report.rejected.append((name, error.description))
             }
         }
+    }
+
+    /// Whether the directory or its job.json changed within the last `settleSeconds`.
+    private func isYoung(_ path: String) -> Bool {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let times = [path, path + "/job.json"].compactMap { try? Posix.lstatIfExists($0) }.map {
+            Double($0.st_mtim.tv_sec) + Double($0.st_mtim.tv_nsec) / 1e9
+        }
+        let newest = times.max() ?? 0
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9 - newest < settleSeconds
     }
 
     private func reject(_ name: String, reason: String) throws(SpoolError) {

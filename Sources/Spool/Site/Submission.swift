@@ -244,8 +244,8 @@ public struct Submission {
     public mutating func accept(_ input: [UInt8], maxFailures: Int = 1000) throws(SpoolError) -> BulkResult {
         var result = BulkResult()
         if pendingWorkdirs == nil { try loadPending() }
+        // Ancestors reserved by lines of this call count only if the call succeeds.
         let reservedBefore = reservedAncestors
-        defer { reservedAncestors = reservedBefore }
         var jobs: [(Job, JobState)] = []
         var claimed = Set<String>()
         var lineNumber = 0
@@ -271,8 +271,10 @@ public struct Submission {
                 result.failures.append((lineNumber, error))
             }
         }
-        if !result.failures.isEmpty { return result }
-        if jobs.isEmpty { return result }
+        if !result.failures.isEmpty || jobs.isEmpty {
+            reservedAncestors = reservedBefore
+            return result
+        }
 
         let time = Timestamp.now()
         var counts: [JobState: Int] = [:]
@@ -308,6 +310,10 @@ public struct Submission {
             throw error
         }
         result.accepted = jobs.map { (job: $0.0, state: $0.1) }
+        for (job, state) in jobs {
+            pendingWorkdirs?.insert(job.workdir)
+            pendingStates?[job.id] = state
+        }
         return result
     }
 }

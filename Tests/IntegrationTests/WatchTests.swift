@@ -1,0 +1,222 @@
+import Foundation
+import Spool
+import TestSupport
+import Testing
+
+/// A `balsam-watch` process under test.
+final class WatchProcess {
+    let process = Process()
+    let stderrPath: String
+
+    init(site: String, _ args: [String] = [], logDirectory: String) throws {
+        stderrPath = logDirectory + "/watch-\(UUID().uuidString.prefix(6)).log"
+        FileManager.default.createFile(atPath: stderrPath, contents: nil)
+        process.executableURL = URL(fileURLWithPath: binDirectory + "/balsam-watch")
+        process.arguments = ["--site", site, "--poll-interval", "0.2"] + args
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    var log: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
+
+    func terminate() -> Int32 {
+        if process.isRunning { kill(process.processIdentifier, SIGTERM) }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    func kill9() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    deinit { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+}
+
+/// Waits for `condition` with a deadline, polling; fails the test if the deadline passes.
+func waitUntil(_ what: String, timeout: Double = 30, _ condition: () throws -> Bool) rethrows {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if try condition() { return }
+        usleep(20_000)
+    }
+    Issue.record("timed out after \(timeout) s waiting until \(what)")
+}
+
+@Suite(.serialized) struct WatchTests {
+    let dir: TempDir
+    let site: Site
+
+    init() throws {
+        dir = try TempDir()
+        site = try makeSite(dir)
+    }
+
+    func state(_ id: String) -> JobState? { try? Query(site: site).find(id).state }
+
+    @Test func jobsMoveToTheReadyQueueAndOnToTheEnd() throws {
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        var submission = Submission(site: site)
+        let id = try submission.submit(helloJob("a")).0.id
+        try waitUntil("the job is PREPROCESSED") {
+            FileManager.default.fileExists(atPath: site.activePath(.preprocessed) + "/" + id)
+        }
+        try dir.file("site/queue/new/dropped/job.json", #"{"app":"hello","parameters":{"name":"d"}}"#)
+        try waitUntil("the drop is adopted") { (try? Query(site: site).find("dropped").state) == .preprocessed }
+        // Play the launcher.
+        let launcher = JobStore(site: site, actor: "test-launcher")
+        let running = try launcher.move(try #require(try launcher.load(id, in: .preprocessed)), to: .running)
+        try launcher.move(running, to: .runDone)
+        try waitUntil("the job is finished") { state(id) == .jobFinished }
+        #expect(watcher.terminate() == 0)
+        #expect(!FileManager.default.fileExists(atPath: site.root + "/watcher.json"), "the claim is released")
+        #expect(watcher.log.contains("stopped"))
+    }
+
+    @Test func twoWatchersStartedTogetherLeaveExactlyOneRunning() throws {
+        let a = try WatchProcess(site: site.root, logDirectory: dir.path)
+        let b = try WatchProcess(site: site.root, logDirectory: dir.path)
+        try waitUntil("one of them exits") { !a.process.isRunning || !b.process.isRunning }
+        let (loser, winner) = a.process.isRunning ? (b, a) : (a, b)
+        #expect(loser.process.terminationStatus == 69)
+        #expect(loser.log.contains("already watched by balsam-watch pid \(winner.process.processIdentifier)"))
+        #expect(winner.process.isRunning)
+        #expect(winner.terminate() == 0)
+    }
+
+    @Test func aClaimLeftByADeadWatcherIsTakenOver() throws {
+        let dead = Process()
+        dead.executableURL = URL(fileURLWithPath: "/bin/true")
+        try dead.run()
+        dead.waitUntilExit()
+        let claim =
+            #"{"host":"\#(Posix.hostName())","pid":\#(dead.processIdentifier),"since":"2026-01-01T00:00:00.000Z"}"#
+        try claim.write(toFile: site.root + "/watcher.json", atomically: false, encoding: .utf8)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        try waitUntil("the new watcher holds the claim") {
+            (try? read(site.root + "/watcher.json"))?.contains("\"pid\":\(watcher.process.processIdentifier)") == true
+        }
+        #expect(watcher.terminate() == 0)
+    }
+
+    @Test func onceDaemonAndStop() throws {
+        var submission = Submission(site: site)
+        let id = try submission.submit(helloJob("o")).0.id
+        let once = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once"])
+        #expect(once.status == 0 && state(id) == .preprocessed)
+
+        let started = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--daemon"])
+        #expect(started.status == 0 && started.stdout.contains("balsam-watch running as pid"), "\(started.stderr)")
+        let again = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--daemon"])
+        #expect(again.status == 69 && again.stderr.contains("already watched"))
+        let stopped = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--stop"])
+        #expect(stopped.status == 0 && stopped.stdout.contains("stopped"))
+        #expect(!FileManager.default.fileExists(atPath: site.root + "/watcher.json"))
+        #expect(try read(site.logPath + "/balsam-watch.log").contains("watching"))
+        let none = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--stop"])
+        #expect(none.status == 0 && none.stdout.contains("no watcher"))
+    }
+
+    /// Kill -9 the watcher at random moments while jobs flow through hooks, retries and dependencies, restarting
+    /// it each time: every job ends exactly once, in a state its history leads to legally.
+    @Test func killNineAtRandomMomentsLosesNothing() throws {
+        let jobCount = ProcessInfo.processInfo.environment["BALSAM_CRASH_JOBS"].flatMap(Int.init) ?? 300
+        let kills = ProcessInfo.processInfo.environment["BALSAM_CRASH_KILLS"].flatMap(Int.init) ?? 20
+        var app = try App(name: "slow", commandTemplate: "true")
+        app.onError = .init(retries: 1)
+        try site.createApp(app)
+        try "#!/bin/sh\nsleep 0.05\n".write(
+            toFile: site.appsPath + "/slow/preprocess", atomically: false, encoding: .utf8)
+        chmod(site.appsPath + "/slow/preprocess", 0o755)
+        var lines: [String] = []
+        for i in 0..<jobCount {
+            let app = i % 4 == 0 ? "slow" : "hello"
+            let params = app == "hello" ? #","parameters":{"name":"n"}"# : ""
+            lines.append(#"{"app":"\#(app)","workdir":"c/\#(i)"\#(params)}"#)
+        }
+        var submission = Submission(site: site)
+        let accepted = try submission.accept(Array(lines.joined(separator: "\n").utf8))
+        let ids = accepted.accepted.map(\.job.id)
+        #expect(ids.count == jobCount)
+        // Children of the first ten jobs, submitted one by one.
+        var children: [String] = []
+        for i in 0..<10 {
+            var child = helloJob("child/\(i)")
+            child.parentIDs = [ids[i]]
+            children.append(try submission.submit(child).0.id)
+        }
+
+        let stop = LockedFlag()
+        let site = self.site
+        let launcher = Thread {
+            let store = JobStore(site: site, actor: "test-launcher")
+            var rng = SystemRandomNumberGenerator()
+            while !stop.value {
+                for state in [JobState.preprocessed, .restartReady] {
+                    for id in (try? SiteIndex(site: site).activeIDs(state)) ?? [] {
+                        guard let loaded = try? store.load(id, in: state),
+                            let running = try? store.move(loaded, to: .running)
+                        else { continue }
+                        let fail = Int.random(in: 0..<10, using: &rng) == 0
+                        _ = try? store.move(running, to: fail ? .runError : .runDone) { job, _ in
+                            job.returnCode = fail ? 1 : 0
+                        }
+                    }
+                }
+                usleep(5_000)
+            }
+        }
+        launcher.start()
+        defer { stop.value = true }
+
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<kills {
+            let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+            usleep(UInt32.random(in: 50_000...400_000, using: &rng))
+            watcher.kill9()
+        }
+        let last = try WatchProcess(site: site.root, logDirectory: dir.path)
+        let everything = ids + children
+        try waitUntil("every job has ended", timeout: 120) {
+            let counts = try Query(site: site).countByState()
+            return (counts[.jobFinished] ?? 0) + (counts[.failed] ?? 0) == everything.count
+        }
+        stop.value = true
+        #expect(last.terminate() == 0)
+
+        // Exactly one final-index line per job, no active entries, nothing left in tmp/.
+        let finalLines = try SiteIndex(site: site).finalLines()
+        #expect(finalLines.count == everything.count)
+        #expect(Set(finalLines.map(\.id)) == Set(everything))
+        for state in JobState.active { #expect(try SiteIndex(site: site).activeIDs(state).isEmpty) }
+        #expect(try Fsck(site: site).run(repair: false).problems.isEmpty)
+        // Every history is a legal path; the event log holds every transition (a redone step may repeat).
+        let events = try read(site.eventsPath + "/" + Posix.hostName() + ".jsonl").split(separator: "\n")
+        var eventsByJob: [String: [(JobState, JobState)]] = [:]
+        for line in events {
+            guard case .object(let o) = try JSONValue.parse(String(line)), let job = o["job"]?.stringValue,
+                let from = o["from"]?.stringValue.flatMap(JobState.init(rawValue:)),
+                let to = o["to"]?.stringValue.flatMap(JobState.init(rawValue:))
+            else { continue }
+            eventsByJob[job, default: []].append((from, to))
+        }
+        for id in everything {
+            let listing = try Query(site: site).find(id)
+            let history = try #require(listing.record).history.map(\.state)
+            for (a, b) in zip(history, history.dropFirst()) { #expect(a.canTransition(to: b), "\(id): \(a) -> \(b)") }
+            let logged = eventsByJob[id] ?? []
+            #expect(logged.first?.0 == .created && logged.last?.1 == listing.state, "\(id) events \(logged)")
+            for (from, to) in logged { #expect(from.canTransition(to: to)) }
+        }
+    }
+}
+
+final class LockedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var flag = false
+    var value: Bool {
+        get { lock.withLock { flag } }
+        set { lock.withLock { flag = newValue } }
+    }
+}
