@@ -70,6 +70,7 @@ public final class Engine {
             report.errors.append("ingest: \(error)")
             log(.error, "ingest: \(error)")
         }
+        reapExpiredLeases(&report)
         for _ in 0..<maxSweeps where !shouldStop() {
             let before = report.moves
             sweep(&report)
@@ -152,6 +153,39 @@ public final class Engine {
         if next.isFinal { finalStates?[loaded.job.id] = next }
         log(.debug, "job \(loaded.job.id) \(loaded.record.state.rawValue) -> \(next.rawValue)")
         return moved
+    }
+
+    // MARK: - Leases
+
+    /// Ends leases whose launcher stopped heartbeating: running jobs become RUN_TIMEOUT, claimed jobs not yet
+    /// started go back to be claimed again, and the lease is removed.
+    private func reapExpiredLeases(_ report: inout Report) {
+        guard let leases = try? Lease.all(site) else { return }
+        for lease in leases {
+            let age = lease.age()
+            guard age > settings.leaseTimeoutSeconds else { continue }
+            let seconds = age.isFinite ? "\(Int(age)) s" : "ever"
+            log(.warning, "lease \(lease.name) expired (no heartbeat for \(seconds)); taking its jobs back")
+            for id in (try? lease.jobIDs()) ?? [] {
+                let path = lease.path + "/" + id
+                do {
+                    guard let loaded = try store.load(entryAt: path) else { continue }
+                    switch loaded.record.state {
+                    case .running:
+                        try move(loaded, to: .runTimeout, reason: "lease \(lease.name) expired while the job ran")
+                    case let state where !state.isFinal:
+                        try Posix.rename(path, index.entryPath(state, id))
+                    default:
+                        Posix.unlink(path)
+                    }
+                    report.moves += 1
+                } catch {
+                    report.errors.append("lease \(lease.name), job \(id): \(error)")
+                    log(.error, "lease \(lease.name), job \(id): \(error)")
+                }
+            }
+            if ((try? lease.jobIDs()) ?? []).isEmpty { lease.remove() }
+        }
     }
 
     // MARK: - Apps and hooks

@@ -248,3 +248,39 @@ struct Fixture {
         #expect(FileManager.default.fileExists(atPath: f.site.rejectedPath + "/junk.reason"))
     }
 }
+
+@Suite struct LeaseTests {
+    @Test func anExpiredLeaseGivesItsJobsBack() throws {
+        let f = try Fixture()
+        let running = try f.submit("r")
+        let claimed = try f.submit("c")
+        let child = try f.submit("child", parents: [running])
+        f.engine.pass()
+        let lease = try Lease.create(f.site, info: ["batch_job": .string("test")])
+        #expect(lease.claim(running, from: .preprocessed, site: f.site))
+        #expect(lease.claim(claimed, from: .preprocessed, site: f.site))
+        #expect(!lease.claim(claimed, from: .preprocessed, site: f.site), "a job is claimed once")
+        let store = JobStore(site: f.site, actor: "test-launcher")
+        let loaded = try #require(try store.load(entryAt: lease.path + "/" + running))
+        try store.move(loaded, to: .running, entryAt: lease.path + "/" + running)
+        #expect(try lease.jobIDs() == [claimed, running].sorted())
+
+        // While the lease is alive, its jobs are listed and the child keeps waiting.
+        f.engine.pass()
+        let counts = try Query(site: f.site).countByState()
+        #expect(counts[.running] == 1 && counts[.preprocessed] == 1 && counts[.awaitingParents] == 1)
+        #expect(try f.state(child) == .awaitingParents)
+        #expect(try f.state(running) == .running)
+
+        // The launcher dies: its heartbeat stops.
+        var old = [timespec(tv_sec: time(nil) - 3600, tv_nsec: 0), timespec(tv_sec: time(nil) - 3600, tv_nsec: 0)]
+        #expect(utimensat(AT_FDCWD, lease.path + "/.lease", &old, 0) == 0)
+        f.engine.pass()
+        #expect(try f.state(running) == .restartReady, "RUN_TIMEOUT, then the default timeout policy retries")
+        #expect(try f.record(running).history.map(\.state).suffix(3) == [.running, .runTimeout, .restartReady])
+        #expect(try f.state(claimed) == .preprocessed)
+        #expect(SiteIndex(site: f.site).activeState(of: claimed) == .preprocessed)
+        #expect(!FileManager.default.fileExists(atPath: lease.path))
+        #expect(try Fsck(site: f.site).run(repair: false).problems.isEmpty)
+    }
+}

@@ -142,6 +142,8 @@ public struct Fsck {
 
         /// Every active entry must be the current `job.json` of a job whose state file names that state.
         mutating func activeEntries() throws(SpoolError) {
+            // Jobs held by launchers are theirs; the watcher's lease reaper handles expired leases.
+            for leased in try index.leasedJobs() { entered.insert(leased.id) }
             for state in JobState.active {
                 for id in try index.activeIDs(state).sorted() {
                     let path = index.entryPath(state, id)

@@ -61,9 +61,29 @@ public struct SiteIndex: Sendable {
         return entry.st_dev == spec.st_dev && entry.st_ino == spec.st_ino
     }
 
-    /// The active state of a job: one `lstat` per active state, no file read.
+    /// The active state of a job: one `lstat` per active state; if none has it, the leases are looked in (a
+    /// claimed or running job), and then its state file says.
     public func activeState(of id: String) -> JobState? {
-        JobState.active.first { Posix.exists(entryPath($0, id)) }
+        if let state = JobState.active.first(where: { Posix.exists(entryPath($0, id)) }) { return state }
+        for lease in (try? Lease.all(site)) ?? [] where Posix.exists(lease.path + "/" + id) {
+            guard let job = readEntry(at: lease.path + "/" + id) else { continue }
+            return (try? Query(site: site).readRecord(workdir: job.workdir))?.state
+        }
+        return nil
+    }
+
+    /// Jobs whose entries are in leases, with their states (read from their state files).
+    public func leasedJobs() throws(SpoolError) -> [(id: String, state: JobState, job: Job)] {
+        var result: [(String, JobState, Job)] = []
+        for lease in try Lease.all(site) {
+            for id in try lease.jobIDs() {
+                guard let job = readEntry(at: lease.path + "/" + id),
+                    let record = try? Query(site: site).readRecord(workdir: job.workdir)
+                else { continue }
+                result.append((id, record.state, job))
+            }
+        }
+        return result
     }
 
     /// IDs with an entry in `state`'s directory (a `readdir`; no file is read).

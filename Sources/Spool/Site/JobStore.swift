@@ -30,6 +30,8 @@ public struct JobStore: Sendable {
         public var record: StateRecord
         /// The job's directory.
         public var directory: String
+        /// Where its entry is (`jobs/STATE/ID` or in a lease); nil for a job that has ended.
+        public var entry: String?
     }
 
     /// Loads the active job with entry `jobs/STATE/ID`. Returns nil when there is no such entry or the job is in
@@ -47,28 +49,42 @@ public struct JobStore: Sendable {
             throw error
         }
         guard record.state == state else { return nil }
-        return Loaded(job: job, record: record, directory: site.jobDirectory(job.workdir))
+        return Loaded(job: job, record: record, directory: site.jobDirectory(job.workdir), entry: entry)
     }
 
     /// Loads a job by ID wherever it is: active entries, then the final index.
     public func load(_ id: String) throws(SpoolError) -> Loaded? {
         if let state = index.activeState(of: id) { return try load(id, in: state) }
+        for lease in try Lease.all(site) where Posix.exists(lease.path + "/" + id) {
+            return try load(entryAt: lease.path + "/" + id)
+        }
         var filter = JobFilter()
         filter.ids = [id]
         guard let listing = try Query(site: site).list(filter, load: false).first, listing.source == .final,
             let job = listing.job
         else { return nil }
         let record = try Query(site: site).readRecord(workdir: job.workdir)
-        return Loaded(job: job, record: record, directory: site.jobDirectory(job.workdir))
+        return Loaded(job: job, record: record, directory: site.jobDirectory(job.workdir), entry: nil)
+    }
+
+    /// Loads the job whose entry is at `path` (in a lease, say); nil if the entry is gone.
+    public func load(entryAt path: String) throws(SpoolError) -> Loaded? {
+        guard let job = index.readEntry(at: path) else {
+            if !Posix.exists(path) { return nil }
+            throw SpoolError(.invalidInput, "entry does not lead to a readable job.json", path: path)
+        }
+        let record = try Query(site: site).readRecord(workdir: job.workdir)
+        return Loaded(job: job, record: record, directory: site.jobDirectory(job.workdir), entry: path)
     }
 
     /// Moves `loaded` from its current state to `to`. `update` may change the spec (`data`, say) and the record's
-    /// counters. Throws `.conflict` if another program moved the job first, and the transition error if `to` is
-    /// not a legal successor.
+    /// counters. The entry goes to `jobs/TO/ID`, or to `entryAt` (a launcher keeps its running jobs in its lease).
+    /// Throws `.conflict` if another program moved the job first, and the transition error if `to` is not a legal
+    /// successor.
     @discardableResult
     public func move(
         _ loaded: Loaded, to next: JobState, reason: String? = nil, eventData: [String: JSONValue] = [:],
-        update: ((inout Job, inout StateRecord) -> Void)? = nil
+        entryAt target: String? = nil, update: ((inout Job, inout StateRecord) -> Void)? = nil
     ) throws(SpoolError) -> Loaded {
         let from = loaded.record.state
         var record = try loaded.record.moved(to: next, actor: actor, reason: reason)
@@ -80,7 +96,7 @@ public struct JobStore: Sendable {
         // 1. The compare-and-swap. A job that ends leaves the active index: its entry goes to tmp/ until the
         //    final-index line is written. A job that had ended has no entry: a new one is claimed in tmp/.
         let claim = site.tmpPath + "/" + id + ".moving"
-        let source = from.isFinal ? nil : index.entryPath(from, id)
+        let source = from.isFinal ? nil : (loaded.entry ?? index.entryPath(from, id))
         do {
             if let source {
                 try Posix.renameNoReplace(source, claim)
@@ -111,14 +127,15 @@ public struct JobStore: Sendable {
             throw error
         }
         // 5. Publish the entry in its new place, or record the end.
-        if next.isFinal {
+        let entry = next.isFinal ? nil : (target ?? index.entryPath(next, id))
+        if let entry {
+            try Posix.rename(claim, entry)
+        } else {
             try index.appendFinal(
                 [.init(id: id, state: next, workdir: job.workdir, app: job.app, time: record.since)], sync: false)
             Posix.unlink(claim)
-        } else {
-            try Posix.rename(claim, index.entryPath(next, id))
         }
-        return Loaded(job: job, record: record, directory: dir)
+        return Loaded(job: job, record: record, directory: dir, entry: entry)
     }
 
     /// Fails a job whose files cannot be used (a state file edited into nonsense, say): its entry leaves the

@@ -75,6 +75,10 @@ public struct Query: Sendable {
             counts[state, default: 0] += ids.count
             for id in ids { if let key = JobKey(id.utf8) { activeKeys.insert(key) } }
         }
+        for leased in try index.leasedJobs() {
+            counts[leased.state, default: 0] += 1
+            if let key = JobKey(leased.id.utf8) { activeKeys.insert(key) }
+        }
         for name in try index.batchNames() {
             for (state, n) in try index.readBatchHeader(name).counts { counts[state, default: 0] += n }
         }
@@ -98,6 +102,12 @@ public struct Query: Sendable {
                 found[id] = JobListing(
                     id: id, state: state, workdir: job.workdir, app: job.app, source: .active, job: job)
             }
+        }
+        for leased in try index.leasedJobs() where filter.allows(leased.state) {
+            if let wanted = filter.ids, !wanted.contains(leased.id) { continue }
+            found[leased.id] = JobListing(
+                id: leased.id, state: leased.state, workdir: leased.job.workdir, app: leased.job.app, source: .active,
+                job: leased.job)
         }
         var acceptedJSON: [String: ArraySlice<UInt8>] = [:]
         for name in try index.batchNames() {

@@ -1,0 +1,77 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What one launcher holds: the directory `jobs/lease.NAME/` with a `.lease` file describing the holder, whose
+/// mtime is the lease's heartbeat, and the entries of the jobs it has claimed (moved in by `rename(2)` from
+/// `jobs/PREPROCESSED/` or `jobs/RESTART_READY/`) or is running (state `RUNNING`, entry kept here).
+///
+/// When the heartbeat is older than the site's `launcher.lease_timeout_sec`, the watcher ends the lease: running
+/// jobs become `RUN_TIMEOUT` (then their app's policy applies), claimed jobs not yet started go back to their
+/// state's directory, and the lease directory is removed.
+public struct Lease: Sendable, Equatable {
+    /// The lease's name (`HOST.PID.ID`).
+    public let name: String
+    /// Its directory.
+    public let path: String
+
+    static let prefix = "lease."
+    static let holderFile = ".lease"
+
+    init(site: Site, name: String) {
+        self.name = name
+        self.path = site.jobsPath + "/" + Lease.prefix + name
+    }
+
+    /// Every lease of the site.
+    public static func all(_ site: Site) throws(SpoolError) -> [Lease] {
+        try Posix.listDirectory(site.jobsPath).filter { $0.hasPrefix(prefix) }.sorted()
+            .map { Lease(site: site, name: String($0.dropFirst(prefix.count))) }
+    }
+
+    /// Creates a new lease for this process; `info` is recorded in `.lease` (batch job ID, nodes, ...).
+    public static func create(_ site: Site, info: [String: JSONValue] = [:]) throws(SpoolError) -> Lease {
+        let lease = Lease(site: site, name: "\(Posix.hostName()).\(getpid()).\(JobID.make())")
+        try Posix.mkdir(lease.path)
+        var holder = info
+        holder["host"] = .string(Posix.hostName())
+        holder["pid"] = .int(Int(getpid()))
+        holder["created"] = .string(Timestamp.now())
+        try Posix.createFile(
+            lease.path + "/" + holderFile, Array((JSONValue.object(holder).serialized() + "\n").utf8), sync: true)
+        try Posix.fsyncDirectory(site.jobsPath)
+        return lease
+    }
+
+    /// Refreshes the heartbeat.
+    public func heartbeat() throws(SpoolError) {
+        if utimensat(AT_FDCWD, path + "/" + Lease.holderFile, nil, 0) != 0 {
+            throw .system("refresh lease", path: path, errno: errno)
+        }
+    }
+
+    /// Seconds since the last heartbeat (infinity if the lease has no holder file).
+    public func age() -> Double {
+        guard let st = try? Posix.lstatIfExists(path + "/" + Lease.holderFile) else { return .infinity }
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Double(now.tv_sec - st.st_mtim.tv_sec) + Double(now.tv_nsec - st.st_mtim.tv_nsec) / 1e9
+    }
+
+    /// IDs of the jobs whose entries are in the lease.
+    public func jobIDs() throws(SpoolError) -> [String] {
+        try Posix.listDirectory(path).filter { !$0.hasPrefix(".") }.sorted()
+    }
+
+    /// Claims a runnable job: renames its entry from `jobs/STATE/ID` into the lease. False if another launcher
+    /// (or the watcher) took it first.
+    public func claim(_ id: String, from state: JobState, site: Site) -> Bool {
+        rename(SiteIndex(site: site).entryPath(state, id), path + "/" + id) == 0
+    }
+
+    /// Removes an emptied lease.
+    public func remove() {
+        Posix.unlink(path + "/" + Lease.holderFile)
+        rmdir(path)
+    }
+}
