@@ -60,7 +60,7 @@ public struct WatcherClaim: Sendable {
             (JSONValue.object([
                 "host": .string(me.host), "pid": .int(Int(me.pid)), "since": .string(me.since),
             ]).serialized() + "\n").utf8)
-        let staging = site.tmpPath + "/watcher.\(me.pid).json"
+        let staging = site.tmpPath + "/watcher" + Site.ownerSuffix
         try Posix.createFile(staging, bytes, sync: true, exclusive: false)
         defer { Posix.unlink(staging) }
         for _ in 0..<5 {
@@ -83,7 +83,7 @@ public struct WatcherClaim: Sendable {
     /// Moves a stale claim aside; if what was moved turns out to be a fresh claim of another watcher (it won the
     /// race), puts it back.
     private func takeOver(expected: Holder?) throws(SpoolError) {
-        let aside = site.tmpPath + "/watcher.stale.\(me.pid)"
+        let aside = site.tmpPath + "/watcher.stale" + Site.ownerSuffix
         guard rename(path, aside) == 0 else { return }  // someone else moved it first
         defer { Posix.unlink(aside) }
         let moved = (try? Posix.readFile(aside, limit: 65536)).flatMap { try? JSONValue.parse($0) }

@@ -15,7 +15,10 @@ struct Balsam: ParsableCommand {
             Subcommands not listed here run the program balsam-NAME (as git does): 'balsam submit ...' runs \
             balsam-submit. See balsam(1) and balsam-spool(5).
             """,
-        subcommands: [Init.self, List.self, Show.self, AppCommand.self, IngestCommand.self, FsckCommand.self])
+        subcommands: [
+            Init.self, List.self, Show.self, Kill.self, Retry.self, Remove.self, Modify.self, AppCommand.self,
+            IngestCommand.self, FsckCommand.self,
+        ])
 
     static func main() {
         dispatchExternal()

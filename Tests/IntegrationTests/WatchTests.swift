@@ -10,7 +10,7 @@ final class WatchProcess {
 
     init(site: String, _ args: [String] = [], logDirectory: String) throws {
         stderrPath = logDirectory + "/watch-\(UUID().uuidString.prefix(6)).log"
-        FileManager.default.createFile(atPath: stderrPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
         process.executableURL = URL(fileURLWithPath: binDirectory + "/balsam-watch")
         process.arguments = ["--site", site, "--poll-interval", "0.2"] + args
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))
@@ -35,7 +35,7 @@ final class WatchProcess {
 }
 
 /// Waits for `condition` with a deadline, polling; fails the test if the deadline passes.
-func waitUntil(_ what: String, timeout: Double = 30, _ condition: () throws -> Bool) rethrows {
+func waitUntil(_ what: String, timeout: Double = 30, _ condition: () throws -> Bool) throws {
     let deadline = Date().addingTimeInterval(timeout)
     while Date() < deadline {
         if try condition() { return }

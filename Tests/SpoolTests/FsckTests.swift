@@ -19,7 +19,7 @@ import Testing
         try Data(record.fileBytes()).write(to: URL(fileURLWithPath: site.jobDirectory("j/2") + "/state"))
         symlink("../../data/gone/job.json", site.activePath(.running) + "/" + JobID.make())
         try FileManager.default.createDirectory(
-            atPath: site.stagingPath + "/" + JobID.make(), withIntermediateDirectories: true)
+            atPath: site.stagingPath + "/" + JobID.make() + (try deadOwnerSuffix()), withIntermediateDirectories: true)
 
         let check = try Fsck(site: site).run(repair: false)
         #expect(check.jobs == 3)

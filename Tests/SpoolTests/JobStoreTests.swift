@@ -76,7 +76,8 @@ import Testing
     @Test func aMoveCutShortByACrashIsFinishedByTheQuickPass() throws {
         // The claim happened (entry renamed into tmp/), the state file was never written.
         try FileManager.default.moveItem(
-            atPath: site.activePath(.ready) + "/" + id, toPath: site.tmpPath + "/" + id + ".moving")
+            atPath: site.activePath(.ready) + "/" + id,
+            toPath: site.tmpPath + "/" + id + (try deadOwnerSuffix()) + ".moving")
         #expect(SiteIndex(site: site).activeState(of: id) == nil)
         let report = try Fsck(site: site).run(repair: true, full: false)
         #expect(report.problems.count == 1 && report.problems[0].repaired)

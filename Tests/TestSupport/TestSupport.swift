@@ -151,3 +151,17 @@ public func balsamSubmit(_ args: [String], site: String? = nil, stdin: Data? = n
 {
     try run(binDirectory + "/balsam-submit", args, stdin: stdin, env: site.map { ["BALSAM_SITE": $0] } ?? [:])
 }
+
+/// The pid of a process that has exited (for leftovers "written by a dead process").
+public func deadPID() throws -> Int32 {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/true")
+    try process.run()
+    process.waitUntilExit()
+    return process.processIdentifier
+}
+
+/// The `.HOST.PID` suffix of a temporary name written by a process that is gone.
+public func deadOwnerSuffix() throws -> String {
+    ".\(Posix.hostName()).\(try deadPID())"
+}

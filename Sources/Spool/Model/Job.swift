@@ -161,6 +161,17 @@ public struct Job: Sendable, Equatable {
     /// Checks what does not need the site: workdir shape, sizes, parent ID shape, transfer shape.
     public func validate() throws(SpoolError) {
         try Job.validateWorkdir(workdir)
+        let counts = [
+            ("num_nodes", numNodes, 1), ("ranks_per_node", ranksPerNode, 1), ("threads_per_rank", threadsPerRank, 1),
+            ("threads_per_core", threadsPerCore, 1), ("node_packing_count", nodePackingCount, 1),
+            ("wall_time_min", wallTimeMin, 0),
+        ]
+        for (name, value, minimum) in counts where value < minimum || value > Limits.count {
+            throw fieldError(name, "must be between \(minimum) and \(Limits.count), not \(value)")
+        }
+        if gpusPerRank < 0 || gpusPerRank > 1024 || !gpusPerRank.isFinite {
+            throw fieldError("gpus_per_rank", "must be a number from 0 to 1024, not \(gpusPerRank)")
+        }
         if app.isEmpty { throw fieldError("app", "must not be empty") }
         if tags.count > Limits.tags {
             throw fieldError("tags", "has \(tags.count) entries; the limit is \(Limits.tags)")

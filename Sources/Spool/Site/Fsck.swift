@@ -53,6 +53,24 @@ public struct Fsck {
         return report
     }
 
+    /// Whether a temporary file or claim was left by a writer that is gone: its name ends in `.HOST.PID`
+    /// (before an optional `.moving`) and that process is not running on this host; or, written elsewhere or
+    /// unnamed, it is older than two minutes (no write takes that long).
+    static func isAbandoned(name: String, path: String) -> Bool {
+        var base = Substring(name)
+        if base.hasSuffix(".moving") { base = base.dropLast(".moving".count) }
+        if let dot = base.lastIndex(of: "."), let pid = Int32(base[base.index(after: dot)...]),
+            base[..<dot].hasSuffix("." + Posix.hostName())
+        {
+            if pid == getpid() { return false }
+            return kill(pid, 0) != 0 && errno == ESRCH
+        }
+        guard let st = try? Posix.lstatIfExists(path) else { return false }
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return now.tv_sec - st.st_mtim.tv_sec > 120
+    }
+
     /// The state of one pass.
     struct Pass {
         let fsck: Fsck
@@ -115,6 +133,7 @@ public struct Fsck {
         mutating func interruptedWrites() throws(SpoolError) {
             for name in try Posix.listDirectory(site.tmpPath).sorted() {
                 let path = site.tmpPath + "/" + name
+                guard Fsck.isAbandoned(name: name, path: path) else { continue }  // a write still under way
                 guard name.hasSuffix(".moving"), let job = index.readEntry(at: path),
                     let record = try? Query(site: site).readRecord(workdir: job.workdir)
                 else {
@@ -136,6 +155,7 @@ public struct Fsck {
             }
             for name in try Posix.listDirectory(site.stagingPath) {
                 let path = site.stagingPath + "/" + name
+                guard Fsck.isAbandoned(name: name, path: path) else { continue }
                 try note("leftover of an interrupted submission", path) { Posix.removeTree(path) }
             }
         }

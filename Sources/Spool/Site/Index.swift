@@ -117,13 +117,19 @@ public struct SiteIndex: Sendable {
     /// several lines; its active entry, or the latest line, tells the truth.
     public func finalLines() throws(SpoolError) -> [FinalLine] {
         var result: [FinalLine] = []
+        var removed = Set<String>()
         for name in try Posix.listDirectory(site.finalIndexPath).sorted() where name.hasSuffix(".tsv") {
             let path = site.finalIndexPath + "/" + name
             let bytes = try Posix.readFile(path, limit: Int.max)
             forEachLine(bytes) { line in
                 let fields = line.split(separator: UInt8(ascii: "\t"), omittingEmptySubsequences: false)
-                guard fields.count >= 5, let state = JobState(rawValue: String(decoding: fields[1], as: UTF8.self))
-                else { return }
+                guard fields.count >= 5 else { return }
+                guard let state = JobState(rawValue: String(decoding: fields[1], as: UTF8.self)) else {
+                    if fields[1].elementsEqual(SiteIndex.removedMark.utf8) {
+                        removed.insert(String(decoding: fields[0], as: UTF8.self))
+                    }
+                    return
+                }
                 result.append(
                     FinalLine(
                         id: String(decoding: fields[0], as: UTF8.self), state: state,
@@ -132,15 +138,30 @@ public struct SiteIndex: Sendable {
                         time: String(decoding: fields[4], as: UTF8.self)))
             }
         }
-        return result
+        return removed.isEmpty ? result : result.filter { !removed.contains($0.id) }
+    }
+
+    /// The state column of a tombstone: the job was removed with `balsam rm`; earlier lines no longer count.
+    static let removedMark = "REMOVED"
+
+    /// Appends a tombstone for removed jobs.
+    func appendRemoved(_ ids: [(id: String, workdir: String, app: String)]) throws(SpoolError) {
+        guard !ids.isEmpty else { return }
+        var out: [UInt8] = []
+        let now = Timestamp.now()
+        for job in ids {
+            out.append(contentsOf: "\(job.id)\t\(SiteIndex.removedMark)\t\(job.workdir)\t\(job.app)\t\(now)\n".utf8)
+        }
+        try appendToHostFile(directory: site.finalIndexPath, suffix: ".tsv", out, sync: true)
     }
 
     /// Jobs per final state in the final index, each job counted once (its last line), leaving out `active`
     /// ones (retried since). Parses IDs into 128-bit keys rather than strings: this is the one query that
     /// reads the whole final index, so it is kept lean.
     func finalCounts(excluding active: Set<JobKey>) throws(SpoolError) -> [JobState: Int] {
-        var last: [JobKey: Bool] = [:]  // true: JOB_FINISHED, false: FAILED
+        var last: [JobKey: UInt8] = [:]  // 1: JOB_FINISHED, 2: FAILED, 0: removed
         let finished = Array(JobState.jobFinished.rawValue.utf8)
+        let removed = Array(SiteIndex.removedMark.utf8)
         for name in try Posix.listDirectory(site.finalIndexPath).sorted() where name.hasSuffix(".tsv") {
             let bytes = try Posix.readFile(site.finalIndexPath + "/" + name, limit: Int.max)
             forEachLine(bytes) { line in
@@ -148,11 +169,11 @@ public struct SiteIndex: Sendable {
                     let key = JobKey(line[line.startIndex..<line.startIndex + 26]), !active.contains(key)
                 else { return }
                 let rest = line[(line.startIndex + 27)...]
-                last[key] = rest.starts(with: finished)
+                last[key] = rest.starts(with: finished) ? 1 : rest.starts(with: removed) ? 0 : 2
             }
         }
         var counts: [JobState: Int] = [:]
-        for isFinished in last.values { counts[isFinished ? .jobFinished : .failed, default: 0] += 1 }
+        for kind in last.values where kind != 0 { counts[kind == 1 ? .jobFinished : .failed, default: 0] += 1 }
         return counts
     }
 

@@ -54,7 +54,9 @@ public struct JobStore: Sendable {
 
     /// Loads a job by ID wherever it is: active entries, then the final index.
     public func load(_ id: String) throws(SpoolError) -> Loaded? {
-        if let state = index.activeState(of: id) { return try load(id, in: state) }
+        if let state = JobState.active.first(where: { Posix.exists(index.entryPath($0, id)) }) {
+            return try load(id, in: state)
+        }
         for lease in try Lease.all(site) where Posix.exists(lease.path + "/" + id) {
             return try load(entryAt: lease.path + "/" + id)
         }
@@ -95,7 +97,7 @@ public struct JobStore: Sendable {
 
         // 1. The compare-and-swap. A job that ends leaves the active index: its entry goes to tmp/ until the
         //    final-index line is written. A job that had ended has no entry: a new one is claimed in tmp/.
-        let claim = site.tmpPath + "/" + id + ".moving"
+        let claim = site.claimPath(id)
         let source = from.isFinal ? nil : (loaded.entry ?? index.entryPath(from, id))
         do {
             if let source {
@@ -149,7 +151,7 @@ public struct JobStore: Sendable {
             try Posix.rename(entry, target)
             return
         }
-        let claim = site.tmpPath + "/" + id + ".moving"
+        let claim = site.claimPath(id)
         do { try Posix.renameNoReplace(entry, claim) } catch {
             throw SpoolError(.conflict, "job \(id) changed while \(actor) was failing it")
         }

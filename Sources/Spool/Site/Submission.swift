@@ -132,7 +132,7 @@ public struct Submission {
         let state = try check(job)
         job.id = JobID.make()
         job.created = Timestamp.now()
-        let staging = site.stagingPath + "/" + job.id
+        let staging = site.stagingPath + "/" + job.id + Site.ownerSuffix
         do {
             try Posix.mkdir(staging)
             try Posix.createFile(staging + "/job.json", job.fileBytes(), sync: true)
@@ -294,7 +294,7 @@ public struct Submission {
         }
         let batch = Batch(header: Batch.Header(time: time, counts: counts), lines: lines)
         let name = jobs[0].0.id + ".tsv"
-        let staging = site.tmpPath + "/" + name
+        let staging = site.tmpPath + "/" + name + Site.ownerSuffix
         do {
             try Posix.createFile(staging, batch.fileBytes(), sync: true)
             try Posix.renameNoReplace(staging, site.acceptedPath + "/" + name)

@@ -1,0 +1,204 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What users do to jobs that exist: kill, retry, remove, modify. These work with or without a watcher running,
+/// through the same compare-and-swap moves the watcher uses. Nothing is skipped silently: every selected job is
+/// reported as done, requested (its launcher will act), or not done and why.
+public struct Control {
+    /// The site.
+    public let site: Site
+    /// Recorded as the actor of the changes (`balsam kill`, ...).
+    public var actor: String
+    let index: SiteIndex
+
+    /// Prepares control of `site` as `actor`.
+    public init(site: Site, actor: String) {
+        self.site = site
+        self.actor = actor
+        self.index = SiteIndex(site: site)
+    }
+
+    /// What happened to one selected job.
+    public struct Outcome: Sendable, CustomStringConvertible {
+        public enum Kind: String, Sendable {
+            /// Done now.
+            case done
+            /// Handed to the job's launcher, which acts on it when it next looks.
+            case requested
+            /// Nothing to do (already ended, say): reported, not an error.
+            case unchanged
+            /// Could not be done now (the job is held by a launcher, or kept changing): try again.
+            case notNow = "not now"
+        }
+
+        public var id: String
+        public var kind: Kind
+        public var message: String
+        public var description: String { "\(id) \(kind.rawValue): \(message)" }
+    }
+
+    /// Jobs matching `filter`, after making the directories of accepted bulk submissions (so every job can be
+    /// acted on).
+    public func select(_ filter: JobFilter) throws(SpoolError) -> [JobListing] {
+        _ = try Ingest(site: site, actor: actor).materializePending()
+        return try Query(site: site).list(filter, load: false)
+    }
+
+    /// Kills jobs: `FAILED` at once, with `reason`; a job held by a launcher (claimed or running) gets a kill
+    /// request in `queue/control/` that its launcher carries out. The watcher then fails its waiting children.
+    public func kill(_ jobs: [JobListing], reason: String = "killed by the user") -> [Outcome] {
+        jobs.map { listing in
+            act(listing) { (store, loaded) throws(SpoolError) -> Outcome in
+                if loaded.record.state.isFinal {
+                    return Outcome(
+                        id: listing.id, kind: .unchanged, message: "already ended \(loaded.record.state.rawValue)")
+                }
+                if isLeased(loaded) || loaded.record.state == .running {
+                    try requestKill(listing.id, reason: reason)
+                    return Outcome(
+                        id: listing.id, kind: .requested,
+                        message: "\(loaded.record.state.rawValue) under a launcher; it stops the job and fails it")
+                }
+                try store.move(loaded, to: .failed, reason: reason)
+                return Outcome(id: listing.id, kind: .done, message: "FAILED")
+            }
+        }
+    }
+
+    /// Retries `FAILED` jobs: to `READY` (preprocess again), or with `restart` to `RESTART_READY` (run again
+    /// directly). Their retry counters start over.
+    public func retry(_ jobs: [JobListing], restart: Bool) -> [Outcome] {
+        let target: JobState = restart ? .restartReady : .ready
+        return jobs.map { listing in
+            act(listing) { (store, loaded) throws(SpoolError) -> Outcome in
+                guard loaded.record.state == .failed else {
+                    return Outcome(
+                        id: listing.id, kind: .unchanged, message: "is \(loaded.record.state.rawValue), not FAILED")
+                }
+                try store.move(loaded, to: target, reason: "retried by the user") { _, record in
+                    record.errorRetries = 0
+                    record.timeoutRetries = 0
+                }
+                return Outcome(id: listing.id, kind: .done, message: target.rawValue)
+            }
+        }
+    }
+
+    /// Removes jobs not held by a launcher: out of the indexes, and their directories deleted (or, with
+    /// `keepFiles`, left with `job.json` and `state` renamed to `*.removed`, so they are no longer jobs).
+    public func remove(_ jobs: [JobListing], keepFiles: Bool) -> [Outcome] {
+        jobs.map { listing in
+            act(listing) { (_, loaded) throws(SpoolError) -> Outcome in
+                if isLeased(loaded) || loaded.record.state == .running {
+                    return Outcome(
+                        id: listing.id, kind: .notNow,
+                        message: "\(loaded.record.state.rawValue) under a launcher; kill it first, then remove it")
+                }
+                let claim = site.claimPath(listing.id)
+                if let entry = loaded.entry {
+                    do { try Posix.renameNoReplace(entry, claim) } catch {
+                        throw SpoolError(.conflict, "changed while being removed")
+                    }
+                }
+                defer { Posix.unlink(claim) }
+                try EventLog(site: site).appendRemoval(id: listing.id, from: loaded.record.state, actor: actor)
+                if keepFiles {
+                    _ = rename(loaded.directory + "/job.json", loaded.directory + "/job.json.removed")
+                    _ = rename(loaded.directory + "/state", loaded.directory + "/state.removed")
+                } else {
+                    Posix.removeTree(loaded.directory)
+                }
+                try index.appendRemoved([(listing.id, loaded.job.workdir, loaded.job.app)])
+                return Outcome(id: listing.id, kind: .done, message: keepFiles ? "removed (files kept)" : "removed")
+            }
+        }
+    }
+
+    /// Changes the spec of jobs not held by a launcher (tags, data, parameters, resources); the result must
+    /// still be a valid job for its app.
+    public func modify(_ jobs: [JobListing], change: (inout Job) throws(SpoolError) -> Void) -> [Outcome] {
+        var apps: [String: App] = [:]
+        return jobs.map { listing in
+            act(listing) { (_, loaded) throws(SpoolError) -> Outcome in
+                if isLeased(loaded) || loaded.record.state == .running {
+                    return Outcome(
+                        id: listing.id, kind: .notNow, message: "\(loaded.record.state.rawValue) under a launcher")
+                }
+                var job = loaded.job
+                try change(&job)
+                try job.validate()
+                if apps[job.app] == nil { apps[job.app] = try site.app(job.app) }
+                try apps[job.app]?.checkParameters(job.parameters)
+                if job == loaded.job { return Outcome(id: listing.id, kind: .unchanged, message: "no change") }
+                try rewrite(loaded, job)
+                return Outcome(id: listing.id, kind: .done, message: "modified")
+            }
+        }
+    }
+
+    // MARK: - Helpers
+
+    /// Loads the job and applies `body`, retrying once on a conflict; errors become outcomes.
+    private func act(_ listing: JobListing, _ body: (JobStore, JobStore.Loaded) throws(SpoolError) -> Outcome)
+        -> Outcome
+    {
+        let store = JobStore(site: site, actor: actor)
+        var lastError: SpoolError?
+        for _ in 0..<3 {
+            do {
+                guard let loaded = try store.load(listing.id) else {
+                    return Outcome(id: listing.id, kind: .unchanged, message: "no longer exists")
+                }
+                return try body(store, loaded)
+            } catch  where error.code == .conflict {
+                lastError = error
+            } catch {
+                return Outcome(id: listing.id, kind: .notNow, message: error.description)
+            }
+        }
+        return Outcome(id: listing.id, kind: .notNow, message: lastError?.message ?? "kept changing")
+    }
+
+    private func isLeased(_ loaded: JobStore.Loaded) -> Bool {
+        loaded.entry?.contains("/jobs/lease.") ?? false
+    }
+
+    /// A request for the job's launcher: `queue/control/kill.ID`.
+    private func requestKill(_ id: String, reason: String) throws(SpoolError) {
+        let text = JSONValue.object(["reason": .string(reason), "time": .string(Timestamp.now()), "by": .string(actor)])
+        try Posix.replaceFile(site.controlPath + "/kill." + id, Array((text.serialized() + "\n").utf8), sync: true)
+    }
+
+    /// Replaces `job.json` under the entry's compare-and-swap, then points the entry at the new file.
+    private func rewrite(_ loaded: JobStore.Loaded, _ job: Job) throws(SpoolError) {
+        let spec = loaded.directory + "/job.json"
+        guard let entry = loaded.entry else {
+            try Posix.replaceFile(spec, job.fileBytes(), sync: true)
+            return
+        }
+        let claim = site.claimPath(job.id)
+        do { try Posix.renameNoReplace(entry, claim) } catch { throw SpoolError(.conflict, "changed while modified") }
+        do {
+            try Posix.replaceFile(spec, job.fileBytes(), sync: true)
+        } catch {
+            _ = rename(claim, entry)
+            throw error
+        }
+        Posix.unlink(claim)
+        try index.makeEntry(at: entry, workdir: job.workdir)
+    }
+}
+
+extension EventLog {
+    /// Logs that a job was removed (`"to": "REMOVED"`).
+    func appendRemoval(id: String, from: JobState, actor: String) throws(SpoolError) {
+        var out: [UInt8] = []
+        JSONValue.object([
+            "t": .string(Timestamp.now()), "job": .string(id), "from": .string(from.rawValue),
+            "to": .string(SiteIndex.removedMark), "actor": .string(actor), "data": .object([:]),
+        ]).write(to: &out)
+        out.append(0x0A)
+        try SiteIndex(site: site).appendToHostFile(directory: site.eventsPath, suffix: ".jsonl", out, sync: true)
+    }
+}

@@ -1,0 +1,181 @@
+import ArgumentParser
+import BalsamCLI
+import Spool
+
+/// Which jobs a control command acts on: IDs, and the filters of `balsam ls`. Something must be given; `--all`
+/// selects every job.
+struct JobSelection: ParsableArguments {
+    @Argument(help: "Job IDs.")
+    var ids: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Jobs with this tag, KEY=VALUE (repeatable).", valueName: "key=value"))
+    var tag: [String] = []
+
+    @Option(name: [.short, .long], help: "Jobs in this state (repeatable).")
+    var state: [String] = []
+
+    @Option(name: [.short, .long], help: "Jobs of this app.")
+    var app: String?
+
+    @Option(name: [.short, .long], help: "Jobs whose workdir contains this text.")
+    var workdir: String?
+
+    @Flag(name: .long, help: "Every job of the site (needed when no ID or filter is given).")
+    var all = false
+
+    func validate() throws {
+        if ids.isEmpty && tag.isEmpty && state.isEmpty && app == nil && workdir == nil && !all {
+            throw ValidationError("Name jobs by ID or filter (--tag, --state, --app, --workdir), or give --all.")
+        }
+    }
+
+    func filter() throws(SpoolError) -> JobFilter {
+        var filter = JobFilter()
+        if !ids.isEmpty {
+            for id in ids where !JobID.isValid(id) { throw SpoolError(.usage, "'\(id)' is not a job ID") }
+            filter.ids = Set(ids)
+        }
+        if !state.isEmpty {
+            var states = Set<JobState>()
+            for s in state { states.insert(try JobState.parse(s)) }
+            filter.states = states
+        }
+        for t in tag {
+            let (k, v) = try keyValue(t, option: "--tag")
+            filter.tags[k] = v
+        }
+        filter.app = app
+        filter.workdirFragment = workdir
+        return filter
+    }
+}
+
+/// Runs a control action over the selected jobs, prints one line per job, and exits 75 if some could not be done
+/// now (66 if nothing matched).
+func control(
+    _ name: String, _ siteOption: SiteOption, _ selection: JobSelection,
+    _ action: (Control, [JobListing]) throws(SpoolError) -> [Control.Outcome]
+) throws {
+    try reportingErrors("balsam \(name)") {
+        let site = try siteOption.open()
+        let control = Control(site: site, actor: "balsam \(name)")
+        let jobs = try control.select(selection.filter())
+        if jobs.isEmpty { throw SpoolError(.notFound, "no job matches") }
+        let outcomes = try action(control, jobs)
+        print(outcomes.map(\.description).joined(separator: "\n"))
+        let notNow = outcomes.filter { $0.kind == .notNow }.count
+        if notNow > 0 { throw SpoolError(.conflict, "\(notNow) of \(outcomes.count) jobs could not be changed now") }
+    }
+}
+
+struct Kill: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Fail jobs now; jobs held by a launcher are stopped and failed by it.",
+        discussion: "Their waiting children then fail too (balsam-watch does that).")
+
+    @OptionGroup var siteOption: SiteOption
+    @OptionGroup var selection: JobSelection
+
+    @Option(name: .long, help: "The reason recorded in the jobs' state.")
+    var reason = "killed by the user"
+
+    func run() throws {
+        try control("kill", siteOption, selection) { c, jobs in c.kill(jobs, reason: reason) }
+    }
+}
+
+struct Retry: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run FAILED jobs again, from READY (or RESTART_READY with --restart); retry counts start over.")
+
+    @OptionGroup var siteOption: SiteOption
+    @OptionGroup var selection: JobSelection
+
+    @Flag(name: .long, help: "Go straight to RESTART_READY: run again without preprocessing.")
+    var restart = false
+
+    func run() throws {
+        try control("retry", siteOption, selection) { c, jobs in c.retry(jobs, restart: restart) }
+    }
+}
+
+struct Remove: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rm",
+        abstract: "Remove jobs and delete their directories (jobs held by a launcher are reported, not removed).")
+
+    @OptionGroup var siteOption: SiteOption
+    @OptionGroup var selection: JobSelection
+
+    @Flag(name: .long, help: "Keep the job directories; rename job.json and state to *.removed.")
+    var keepFiles = false
+
+    func run() throws {
+        try control("rm", siteOption, selection) { c, jobs in c.remove(jobs, keepFiles: keepFiles) }
+    }
+}
+
+struct Modify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Change tags, data, parameters or resources of jobs not held by a launcher.")
+
+    @OptionGroup var siteOption: SiteOption
+    @OptionGroup var selection: JobSelection
+
+    @Option(name: .customLong("set-tag"), help: ArgumentHelp("Set a tag, KEY=VALUE.", valueName: "key=value"))
+    var setTag: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Remove a tag.", valueName: "key"))
+    var removeTag: [String] = []
+
+    @Option(
+        name: .customLong("set-data"),
+        help: ArgumentHelp("Set a data entry, KEY=VALUE (JSON if it parses).", valueName: "key=value"))
+    var setData: [String] = []
+
+    @Option(
+        name: .customLong("set-param"),
+        help: ArgumentHelp("Set a parameter, KEY=VALUE (JSON if it parses).", valueName: "key=value"))
+    var setParam: [String] = []
+
+    @Option(name: .long, help: "Nodes the job spans.")
+    var numNodes: Int?
+
+    @Option(name: .long, help: "MPI ranks per node.")
+    var ranksPerNode: Int?
+
+    @Option(name: .long, help: "Threads per rank.")
+    var threadsPerRank: Int?
+
+    @Option(name: .long, help: "GPUs per rank.")
+    var gpusPerRank: Double?
+
+    @Option(name: .long, help: "Jobs that may share one node.")
+    var nodePackingCount: Int?
+
+    @Option(name: .long, help: "Expected run time in minutes.")
+    var wallTimeMin: Int?
+
+    func run() throws {
+        try control("modify", siteOption, selection) { (c, jobs) throws(SpoolError) in
+            var tags: [(String, String)] = []
+            for t in setTag { tags.append(try keyValue(t, option: "--set-tag")) }
+            var data: [(String, String)] = []
+            for d in setData { data.append(try keyValue(d, option: "--set-data")) }
+            var params: [(String, String)] = []
+            for p in setParam { params.append(try keyValue(p, option: "--set-param")) }
+            return c.modify(jobs) { job in
+                for (k, v) in tags { job.tags[k] = v }
+                for k in removeTag { job.tags[k] = nil }
+                for (k, v) in data { job.data[k] = parameterValue(v) }
+                for (k, v) in params { job.parameters[k] = parameterValue(v) }
+                if let numNodes { job.numNodes = numNodes }
+                if let ranksPerNode { job.ranksPerNode = ranksPerNode }
+                if let threadsPerRank { job.threadsPerRank = threadsPerRank }
+                if let gpusPerRank { job.gpusPerRank = gpusPerRank }
+                if let nodePackingCount { job.nodePackingCount = nodePackingCount }
+                if let wallTimeMin { job.wallTimeMin = wallTimeMin }
+            }
+        }
+    }
+}
