@@ -82,7 +82,13 @@ public final class Engine {
     /// The steps, in lifecycle order, so that a job can go through several in one sweep.
     private func sweep(_ report: inout Report) {
         step(.ready, &report) { (loaded) throws(SpoolError) in
-            try self.move(loaded, to: .stagedIn, reason: "no stage-in")
+            // Without a preprocess hook there is nothing to wait for: straight through to the ready queue.
+            let app = try self.app(loaded.job.app)
+            if Posix.exists(self.site.appsPath + "/" + app.name + "/" + App.Hook.preprocess.rawValue) {
+                try self.move(loaded, to: .stagedIn, reason: "no stage-in")
+            } else {
+                try self.store.move(loaded, through: [(.stagedIn, "no stage-in"), (.preprocessed, nil)])
+            }
         }
         step(.stagedIn, &report) { (loaded) throws(SpoolError) in
             try self.runHook(.preprocess, loaded, default: .preprocessed)
@@ -93,7 +99,9 @@ public final class Engine {
         step(.runError, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onError) }
         step(.runTimeout, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onTimeout) }
         step(.postprocessed, &report) { (loaded) throws(SpoolError) in
-            try self.move(loaded, to: .stagedOut, reason: "no stage-out")
+            let done = try self.store.move(loaded, through: [(.stagedOut, "no stage-out"), (.jobFinished, nil)])
+            self.finalStates?[loaded.job.id] = .jobFinished
+            self.cleanup(done)
         }
         step(.stagedOut, &report) { (loaded) throws(SpoolError) in
             let done = try self.move(loaded, to: .jobFinished, reason: nil)

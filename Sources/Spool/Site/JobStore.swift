@@ -88,8 +88,29 @@ public struct JobStore: Sendable {
         _ loaded: Loaded, to next: JobState, reason: String? = nil, eventData: [String: JSONValue] = [:],
         entryAt target: String? = nil, update: ((inout Job, inout StateRecord) -> Void)? = nil
     ) throws(SpoolError) -> Loaded {
+        try move(loaded, through: [(next, reason)], eventData: eventData, entryAt: target, update: update)
+    }
+
+    /// Moves `loaded` through several states in one step (`READY -> STAGED_IN -> PREPROCESSED` when there is
+    /// nothing to do in between): every transition is checked, recorded in the history and logged as an event,
+    /// but the entry is renamed and the state file written once.
+    @discardableResult
+    public func move(
+        _ loaded: Loaded, through steps: [(state: JobState, reason: String?)], eventData: [String: JSONValue] = [:],
+        entryAt target: String? = nil, update: ((inout Job, inout StateRecord) -> Void)? = nil
+    ) throws(SpoolError) -> Loaded {
+        guard let next = steps.last?.state else { return loaded }
         let from = loaded.record.state
-        var record = try loaded.record.moved(to: next, actor: actor, reason: reason)
+        var record = loaded.record
+        var events: [Event] = []
+        for (state, reason) in steps {
+            let before = record.state
+            record = try record.moved(to: state, actor: actor, reason: reason)
+            var data = eventData
+            if let reason { data["reason"] = .string(reason) }
+            events.append(
+                Event(time: record.since, jobID: loaded.job.id, from: before, to: state, actor: actor, data: data))
+        }
         var job = loaded.job
         update?(&job, &record)
         let id = job.id
@@ -113,10 +134,7 @@ public struct JobStore: Sendable {
         }
         do {
             // 2. The event, 3. the spec, 4. the state: the truth, written last.
-            var data = eventData
-            if let reason { data["reason"] = .string(reason) }
-            try EventLog(site: site).append(
-                [Event(time: record.since, jobID: id, from: from, to: next, actor: actor, data: data)], sync: false)
+            try EventLog(site: site).append(events, sync: false)
             if job != loaded.job {
                 try Posix.replaceFile(dir + "/job.json", job.fileBytes(), sync: false)
                 Posix.unlink(claim)
