@@ -14,6 +14,8 @@ public struct WatcherClaim: Sendable {
         public var host: String
         public var pid: Int32
         public var since: String
+        /// The process's start time (clock ticks since boot), so a reused pid is not mistaken for the holder.
+        public var start: UInt64?
 
         public var description: String { "balsam-watch pid \(pid) on \(host), running since \(since)" }
     }
@@ -32,7 +34,8 @@ public struct WatcherClaim: Sendable {
     public init(site: Site, expirySeconds: Double = 30) {
         self.site = site
         self.expirySeconds = expirySeconds
-        self.me = Holder(host: Posix.hostName(), pid: getpid(), since: Timestamp.now())
+        self.me = Holder(
+            host: Posix.hostName(), pid: getpid(), since: Timestamp.now(), start: Posix.processStartTime(getpid()))
     }
 
     /// Reads the current claim, if any.
@@ -40,12 +43,15 @@ public struct WatcherClaim: Sendable {
         guard let bytes = try? Posix.readFile(path, limit: 65536), case .object(let o)? = try? JSONValue.parse(bytes),
             let host = o["host"]?.stringValue, let pid = o["pid"]?.intValue
         else { return nil }
-        return Holder(host: host, pid: Int32(pid), since: o["since"]?.stringValue ?? "")
+        return Holder(
+            host: host, pid: Int32(pid), since: o["since"]?.stringValue ?? "",
+            start: o["start"]?.intValue.map { UInt64($0) })
     }
 
     /// Whether a claim's holder is still there.
     public func isAlive(_ holder: Holder) -> Bool {
         if holder.host == me.host {
+            if let start = holder.start { return Posix.isRunning(holder.pid, startedAt: start) }
             return kill(holder.pid, 0) == 0 || errno == EPERM
         }
         guard let st = try? Posix.lstatIfExists(path) else { return false }
@@ -59,6 +65,7 @@ public struct WatcherClaim: Sendable {
         let bytes = Array(
             (JSONValue.object([
                 "host": .string(me.host), "pid": .int(Int(me.pid)), "since": .string(me.since),
+                "start": me.start.map { .int(Int($0)) } ?? .null,
             ]).serialized() + "\n").utf8)
         let staging = site.tmpPath + "/watcher" + Site.ownerSuffix
         try Posix.createFile(staging, bytes, sync: true, exclusive: false)
@@ -89,7 +96,9 @@ public struct WatcherClaim: Sendable {
         let moved = (try? Posix.readFile(aside, limit: 65536)).flatMap { try? JSONValue.parse($0) }
         let movedHolder = moved?.objectValue.flatMap { o -> Holder? in
             guard let host = o["host"]?.stringValue, let pid = o["pid"]?.intValue else { return nil }
-            return Holder(host: host, pid: Int32(pid), since: o["since"]?.stringValue ?? "")
+            return Holder(
+                host: host, pid: Int32(pid), since: o["since"]?.stringValue ?? "",
+                start: o["start"]?.intValue.map { UInt64($0) })
         }
         if movedHolder != expected, let movedHolder, isAlive(movedHolder) {
             _ = link(aside, path)

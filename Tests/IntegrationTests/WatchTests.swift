@@ -184,6 +184,18 @@ func waitUntil(_ what: String, timeout: Double = 30, _ condition: () throws -> B
         }
         stop.value = true
         #expect(last.terminate() == 0)
+        let lost = Set(everything).subtracting(try SiteIndex(site: site).finalLines().map(\.id))
+        if !lost.isEmpty {
+            // Say where the unfinished jobs are, for the failure report.
+            let tmp = entries(site.tmpPath).joined(separator: " ")
+            let states = lost.map { id in
+                let line =
+                    (try? String(contentsOfFile: site.eventsPath + "/" + Posix.hostName() + ".jsonl", encoding: .utf8))?
+                    .split(separator: "\n").filter { $0.contains(id) }.suffix(2).joined(separator: " | ") ?? ""
+                return "\(id): \(line)"
+            }
+            Issue.record("jobs without an end: \(states); tmp/: \(tmp); watcher log: \(last.log.suffix(2000))")
+        }
 
         // Exactly one final-index line per job, no active entries, nothing left in tmp/.
         let finalLines = try SiteIndex(site: site).finalLines()

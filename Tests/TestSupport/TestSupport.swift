@@ -163,5 +163,5 @@ public func deadPID() throws -> Int32 {
 
 /// The `.HOST.PID` suffix of a temporary name written by a process that is gone.
 public func deadOwnerSuffix() throws -> String {
-    ".\(Posix.hostName()).\(try deadPID())"
+    ".\(Posix.hostName()).\(try deadPID())-12345"
 }

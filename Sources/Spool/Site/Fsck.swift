@@ -53,17 +53,18 @@ public struct Fsck {
         return report
     }
 
-    /// Whether a temporary file or claim was left by a writer that is gone: its name ends in `.HOST.PID`
-    /// (before an optional `.moving`) and that process is not running on this host; or, written elsewhere or
-    /// unnamed, it is older than two minutes (no write takes that long).
+    /// Whether a temporary file or claim was left by a writer that is gone: its name ends in `.HOST.PID-START`
+    /// (before an optional `.moving`) and no process with that pid and start time runs on this host; or,
+    /// written elsewhere or unnamed, it is older than two minutes (no write takes that long).
     static func isAbandoned(name: String, path: String) -> Bool {
         var base = Substring(name)
         if base.hasSuffix(".moving") { base = base.dropLast(".moving".count) }
-        if let dot = base.lastIndex(of: "."), let pid = Int32(base[base.index(after: dot)...]),
-            base[..<dot].hasSuffix("." + Posix.hostName())
-        {
-            if pid == getpid() { return false }
-            return kill(pid, 0) != 0 && errno == ESRCH
+        if let dot = base.lastIndex(of: "."), base[..<dot].hasSuffix("." + Posix.hostName()) {
+            let owner = base[base.index(after: dot)...].split(separator: "-")
+            if owner.count == 2, let pid = Int32(owner[0]), let start = UInt64(owner[1]) {
+                if pid == getpid() { return false }
+                return !Posix.isRunning(pid, startedAt: start)  // gone, or its pid now belongs to another
+            }
         }
         guard let st = try? Posix.lstatIfExists(path) else { return false }
         var now = timespec()
@@ -78,6 +79,7 @@ public struct Fsck {
         var problems: [Problem] = []
         var checked = 0
         var entered = Set<String>()
+        var enteredAt: [String: String] = [:]
         var missingFinal: [SiteIndex.FinalLine] = []
         private var finalStates: [JobKey: JobState]?
         private var pending: Set<String>?
@@ -182,7 +184,8 @@ public struct Fsck {
                         ) {}
                         continue
                     }
-                    if entered.contains(id) {
+                    // An entry this pass moved into place is not a second entry when the loop reaches it.
+                    if let accepted = enteredAt[id], accepted != path {
                         try note("second entry of job \(id)", path) { Posix.unlink(path) }
                         continue
                     }
@@ -193,24 +196,29 @@ public struct Fsck {
                             try ensureFinal(job, record)
                             try note(message, path) { Posix.unlink(path) }
                         } else {
+                            // If the right entry exists (another program moved the job meanwhile, say), this one is
+                            // stale; otherwise move it there. An entry that vanished meanwhile is left alone.
                             let right = index.entryPath(record.state, id)
-                            try note(message, path) { () throws(SpoolError) in
-                                if Posix.exists(right) { Posix.unlink(path) } else { try Posix.rename(path, right) }
+                            let moved = !Posix.exists(right)
+                            try note(message, path) {
+                                if moved { _ = rename(path, right) } else { Posix.unlink(path) }
                             }
-                            entered.insert(id)
+                            if moved && repair { enteredAt[id] = right }
                         }
                         continue
                     }
+                    enteredAt[id] = path
                     entered.insert(id)
                     if !index.entryIsCurrent(path, workdir: job.workdir) {
                         let index = self.index
                         try note("entry is not the job's current job.json", path) { () throws(SpoolError) in
-                            Posix.unlink(path)
-                            try index.createEntry(state, id: id, workdir: job.workdir)
+                            // Only if the entry is still here: a mover may have just claimed it.
+                            if unlink(path) == 0 { try index.createEntry(state, id: id, workdir: job.workdir) }
                         }
                     }
                 }
             }
+            for (id, _) in enteredAt { entered.insert(id) }
         }
 
         /// Every job directory under `data/` has its entry (active) or final-index line (ended).
