@@ -148,6 +148,7 @@ func waitUntil(_ what: String, timeout: Double = 30, _ condition: () throws -> B
         }
 
         let stop = LockedFlag()
+        let launcherErrors = LockedList()
         let site = self.site
         let launcher = Thread {
             let store = JobStore(site: site, actor: "test-launcher")
@@ -159,8 +160,12 @@ func waitUntil(_ what: String, timeout: Double = 30, _ condition: () throws -> B
                             let running = try? store.move(loaded, to: .running)
                         else { continue }
                         let fail = Int.random(in: 0..<10, using: &rng) == 0
-                        _ = try? store.move(running, to: fail ? .runError : .runDone) { job, _ in
-                            job.returnCode = fail ? 1 : 0
+                        do {
+                            try store.move(running, to: fail ? .runError : .runDone) { job, _ in
+                                job.returnCode = fail ? 1 : 0
+                            }
+                        } catch {
+                            launcherErrors.append("\(id): \(error)")
                         }
                     }
                 }
@@ -199,7 +204,10 @@ func waitUntil(_ what: String, timeout: Double = 30, _ condition: () throws -> B
                         .split(separator: "\n").filter { $0.contains(id) }.suffix(2).joined(separator: " | ") ?? ""
                     return "\(id): \(line)"
                 }
-                Issue.record("jobs without an end: \(states); tmp/: \(tmp); watcher log: \(last.log.suffix(2000))")
+                let report =
+                    "jobs without an end: \(states); launcher errors: \(launcherErrors.items); tmp/: \(tmp); rejected/: \(entries(site.rejectedPath)); "
+                    + "watcher log: \(last.log.suffix(2000))"
+                Issue.record("\(report)")
             }
 
             // Exactly one final-index line per job, no active entries, nothing left in tmp/.
@@ -239,4 +247,11 @@ final class LockedFlag: @unchecked Sendable {
         get { lock.withLock { flag } }
         set { lock.withLock { flag = newValue } }
     }
+}
+
+final class LockedList: @unchecked Sendable {
+    private let lock = NSLock()
+    private var list: [String] = []
+    var items: [String] { lock.withLock { list } }
+    func append(_ item: String) { lock.withLock { list.append(item) } }
 }

@@ -47,7 +47,7 @@ public struct Fsck {
         try pass.interruptedWrites()
         try pass.activeEntries()
         if full { try pass.jobDirectories() }
-        if repair { try index.appendFinal(pass.missingFinal, sync: true) }
+        if repair { try index.appendFinal(pass.missingFinal, sync: true) }  // (empty: repairs append at once)
         report.jobs = pass.checked
         report.problems = pass.problems
         return report
@@ -122,8 +122,11 @@ public struct Fsck {
         mutating func ensureFinal(_ job: Job, _ record: StateRecord) throws(SpoolError) {
             guard try finalState(of: job.id) != record.state else { return }
             if let key = JobKey(job.id.utf8) { finalStates?[key] = record.state }
-            missingFinal.append(
-                .init(id: job.id, state: record.state, workdir: job.workdir, app: job.app, time: record.since))
+            let line = SiteIndex.FinalLine(
+                id: job.id, state: record.state, workdir: job.workdir, app: job.app, time: record.since)
+            // Written at once, before the caller removes the job's last entry or claim: a recovery killed in
+            // between must not leave the job in no index at all.
+            if repair { try index.appendFinal([line], sync: true) } else { missingFinal.append(line) }
             problems.append(
                 Problem(
                     message: "ended \(record.state.rawValue) but is not in the final index",
@@ -211,9 +214,12 @@ public struct Fsck {
                     entered.insert(id)
                     if !index.entryIsCurrent(path, workdir: job.workdir) {
                         let index = self.index
+                        let fresh = site.tmpPath + "/" + id + Site.ownerSuffix + ".relink"
                         try note("entry is not the job's current job.json", path) { () throws(SpoolError) in
-                            // Only if the entry is still here: a mover may have just claimed it.
-                            if unlink(path) == 0 { try index.createEntry(state, id: id, workdir: job.workdir) }
+                            // A new link under a temporary name, renamed over the entry (only if it is still there:
+                            // a mover may have just claimed it), so the job is never without an entry.
+                            try index.makeEntry(at: fresh, workdir: job.workdir)
+                            if !Posix.exists(path) || rename(fresh, path) != 0 { Posix.unlink(fresh) }
                         }
                     }
                 }
