@@ -47,7 +47,6 @@ public struct Fsck {
         try pass.interruptedWrites()
         try pass.activeEntries()
         if full { try pass.jobDirectories() }
-        if repair { try index.appendFinal(pass.missingFinal, sync: true) }  // (empty: repairs append at once)
         report.jobs = pass.checked
         report.problems = pass.problems
         return report
@@ -80,7 +79,6 @@ public struct Fsck {
         var checked = 0
         var entered = Set<String>()
         var enteredAt: [String: String] = [:]
-        var missingFinal: [SiteIndex.FinalLine] = []
         private var finalStates: [JobKey: JobState]?
         private var pending: Set<String>?
 
@@ -126,7 +124,7 @@ public struct Fsck {
                 id: job.id, state: record.state, workdir: job.workdir, app: job.app, time: record.since)
             // Written at once, before the caller removes the job's last entry or claim: a recovery killed in
             // between must not leave the job in no index at all.
-            if repair { try index.appendFinal([line], sync: true) } else { missingFinal.append(line) }
+            if repair { try index.appendFinal([line], sync: true) }
             problems.append(
                 Problem(
                     message: "ended \(record.state.rawValue) but is not in the final index",
