@@ -78,7 +78,6 @@ public struct Fsck {
         var problems: [Problem] = []
         var checked = 0
         var entered = Set<String>()
-        var enteredAt: [String: String] = [:]
         private var finalStates: [JobKey: JobState]?
         private var pending: Set<String>?
 
@@ -152,7 +151,7 @@ public struct Fsck {
                     let entry = index.entryPath(record.state, job.id)
                     try note("move of job \(job.id) was cut short; it is \(record.state.rawValue)", path) {
                         () throws(SpoolError) in
-                        if Posix.exists(entry) { Posix.unlink(path) } else { try Posix.rename(path, entry) }
+                        if (try? Posix.renameNoReplace(path, entry)) == nil { Posix.unlink(path) }
                     }
                 }
             }
@@ -164,6 +163,11 @@ public struct Fsck {
         }
 
         /// Every active entry must be the current `job.json` of a job whose state file names that state.
+        ///
+        /// Other programs (launchers, `balsam` commands) may move jobs while this runs, so what one look at an
+        /// entry and a state file shows can be a move half seen rather than damage. An entry that looks wrong is
+        /// therefore first claimed the way a move claims it (renamed into `tmp/`), and judged on the state file
+        /// as it is once nobody else can move the job; a mover that got there first has taken the entry away.
         mutating func activeEntries() throws(SpoolError) {
             // Jobs held by launchers are theirs; the watcher's lease reaper handles expired leases.
             for leased in try index.leasedJobs() { entered.insert(leased.id) }
@@ -171,58 +175,70 @@ public struct Fsck {
                 for id in try index.activeIDs(state).sorted() {
                     let path = index.entryPath(state, id)
                     guard Posix.exists(path) else { continue }
-                    guard let job = index.readEntry(at: path), job.id == id else {
-                        if try pendingIDs().contains(id) { continue }
-                        try note("entry does not lead to a readable job.json of job \(id)", path) { Posix.unlink(path) }
+                    if let job = index.readEntry(at: path), job.id == id,
+                        let record = try? Query(site: site).readRecord(workdir: job.workdir), record.state == state,
+                        index.entryIsCurrent(path, workdir: job.workdir)
+                    {
+                        checked += 1
+                        entered.insert(id)
                         continue
                     }
-                    checked += 1
-                    guard let record = try? Query(site: site).readRecord(workdir: job.workdir) else {
-                        if try pendingIDs().contains(id) { continue }
-                        try note(
-                            "state file of job \(id) is missing or unreadable", site.jobDirectory(job.workdir),
-                            repairable: false
-                        ) {}
-                        continue
-                    }
-                    // An entry this pass moved into place is not a second entry when the loop reaches it.
-                    if let accepted = enteredAt[id], accepted != path {
-                        try note("second entry of job \(id)", path) { Posix.unlink(path) }
-                        continue
-                    }
-                    if record.state != state {
-                        let message =
-                            "entry says \(state.rawValue) but the job's state file says \(record.state.rawValue)"
-                        if record.state.isFinal {
-                            try ensureFinal(job, record)
-                            try note(message, path) { Posix.unlink(path) }
-                        } else {
-                            // If the right entry exists (another program moved the job meanwhile, say), this one is
-                            // stale; otherwise move it there. An entry that vanished meanwhile is left alone.
-                            let right = index.entryPath(record.state, id)
-                            let moved = !Posix.exists(right)
-                            try note(message, path) {
-                                if moved { _ = rename(path, right) } else { Posix.unlink(path) }
-                            }
-                            if moved && repair { enteredAt[id] = right }
-                        }
-                        continue
-                    }
-                    enteredAt[id] = path
-                    entered.insert(id)
-                    if !index.entryIsCurrent(path, workdir: job.workdir) {
-                        let index = self.index
-                        let fresh = site.tmpPath + "/" + id + Site.ownerSuffix + ".relink"
-                        try note("entry is not the job's current job.json", path) { () throws(SpoolError) in
-                            // A new link under a temporary name, renamed over the entry (only if it is still there:
-                            // a mover may have just claimed it), so the job is never without an entry.
-                            try index.makeEntry(at: fresh, workdir: job.workdir)
-                            if !Posix.exists(path) || rename(fresh, path) != 0 { Posix.unlink(fresh) }
-                        }
-                    }
+                    try settle(path, id: id, state: state)
                 }
             }
-            for (id, _) in enteredAt { entered.insert(id) }
+        }
+
+        /// Judges an entry that looked wrong (see `activeEntries`). Without `repair`, reports what it sees.
+        private mutating func settle(_ path: String, id: String, state: JobState) throws(SpoolError) {
+            var held = path  // where the entry is while it is judged
+            if repair {
+                held = site.claimPath(id)
+                do { try Posix.renameNoReplace(path, held) } catch { return }  // moved meanwhile: not ours to judge
+            }
+            // Puts the entry back where it was (repairing) — it turned out to be right, or cannot be judged.
+            func putBack() { if held != path && (try? Posix.renameNoReplace(held, path)) == nil { Posix.unlink(held) } }
+
+            guard let job = index.readEntry(at: held), job.id == id else {
+                if try pendingIDs().contains(id) { return putBack() }
+                return try note("entry does not lead to a readable job.json of job \(id)", path) { Posix.unlink(held) }
+            }
+            checked += 1
+            guard let record = try? Query(site: site).readRecord(workdir: job.workdir) else {
+                putBack()
+                if try pendingIDs().contains(id) { return }
+                return try note(
+                    "state file of job \(id) is missing or unreadable", site.jobDirectory(job.workdir),
+                    repairable: false
+                ) {}
+            }
+            if record.state == state {
+                entered.insert(id)
+                if !index.entryIsCurrent(held, workdir: job.workdir) {
+                    let index = self.index
+                    let fresh = site.tmpPath + "/" + id + Site.ownerSuffix + ".relink"
+                    do {
+                        try note("entry is not the job's current job.json", path) { () throws(SpoolError) in
+                            try index.makeEntry(at: fresh, workdir: job.workdir)
+                            try Posix.rename(fresh, held)
+                        }
+                    } catch {
+                        Posix.unlink(fresh)
+                        putBack()
+                        throw error
+                    }
+                }
+                return putBack()
+            }
+            let message = "entry says \(state.rawValue) but the job's state file says \(record.state.rawValue)"
+            if record.state.isFinal {
+                try ensureFinal(job, record)
+                try note(message, path) { Posix.unlink(held) }
+            } else {
+                // Moved to the state's entry unless that exists (a duplicate); the loop checks it when it gets there.
+                let right = index.entryPath(record.state, id)
+                try note(message, path) { if (try? Posix.renameNoReplace(held, right)) == nil { Posix.unlink(held) } }
+                entered.insert(id)
+            }
         }
 
         /// Every job directory under `data/` has its entry (active) or final-index line (ended).
