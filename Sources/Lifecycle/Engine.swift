@@ -62,6 +62,14 @@ public final class Engine {
         do {
             var ingester = Ingest(site: site, actor: "balsam-watch")
             ingester.settleSeconds = dropSettleSeconds
+            var hasPreprocess: [String: Bool] = [:]
+            ingester.advance = { name, state in
+                // Only what the READY step below would do at once; a missing app is left to that step.
+                guard state == .ready, (try? self.app(name)) != nil else { return [] }
+                let hook = hasPreprocess[name] ?? self.hasHook(.preprocess, app: name)
+                hasPreprocess[name] = hook
+                return hook ? [(.stagedIn, "no stage-in")] : [(.stagedIn, "no stage-in"), (.preprocessed, nil)]
+            }
             let ingest = try ingester.run()
             report.ingested = ingest.materialized + ingest.adopted.count
             for (name, reason) in ingest.rejected { log(.warning, "rejected queue/new/\(name): \(reason)") }
@@ -79,12 +87,16 @@ public final class Engine {
         return report
     }
 
+    private func hasHook(_ hook: App.Hook, app name: String) -> Bool {
+        Posix.exists(site.appsPath + "/" + name + "/" + hook.rawValue)
+    }
+
     /// The steps, in lifecycle order, so that a job can go through several in one sweep.
     private func sweep(_ report: inout Report) {
         step(.ready, &report) { (loaded) throws(SpoolError) in
             // Without a preprocess hook there is nothing to wait for: straight through to the ready queue.
             let app = try self.app(loaded.job.app)
-            if Posix.exists(self.site.appsPath + "/" + app.name + "/" + App.Hook.preprocess.rawValue) {
+            if self.hasHook(.preprocess, app: app.name) {
                 try self.move(loaded, to: .stagedIn, reason: "no stage-in")
             } else {
                 try self.store.move(loaded, through: [(.stagedIn, "no stage-in"), (.preprocessed, nil)])
@@ -175,7 +187,10 @@ public final class Engine {
             let seconds = age.isFinite ? "\(Int(age)) s" : "ever"
             log(.warning, "lease \(lease.name) expired (no heartbeat for \(seconds)); taking its jobs back")
             for id in (try? lease.jobIDs()) ?? [] {
-                let path = lease.path + "/" + id
+                var path = lease.entryPath(id)
+                if path != lease.path + "/" + id, rename(path, lease.path + "/" + id) == 0 {
+                    path = lease.path + "/" + id  // a move its launcher did not finish: judged by the state file
+                }
                 do {
                     guard let loaded = try store.load(entryAt: path) else { continue }
                     switch loaded.record.state {

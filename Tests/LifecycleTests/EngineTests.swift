@@ -77,6 +77,43 @@ struct Fixture {
         #expect(try Fsck(site: f.site).run(repair: false).problems.isEmpty)
     }
 
+    @Test func aBulkSubmissionIsAdvancedAsItsDirectoriesAreMadeWithEveryStepLogged() throws {
+        let f = try Fixture()
+        try f.app("hooked", hooks: ["preprocess": "exit 0"])
+        var submission = Submission(site: f.site)
+        let lines = (0..<6).map { i in
+            i % 2 == 0
+                ? #"{"app":"hello","workdir":"b/\#(i)","parameters":{"name":"n"}}"#
+                : #"{"app":"hooked","workdir":"b/\#(i)"}"#
+        }
+        let ids = try submission.accept(Array(lines.joined(separator: "\n").utf8)).accepted.map(\.job.id)
+        let parent = try #require(ids.first)
+        let child = try f.submit("child", parents: [parent])
+        var ingest = Ingest(site: f.site, actor: "balsam-watch")
+        ingest.advance = { app, state in
+            state == .ready && app == "hello" ? [(.stagedIn, "no stage-in"), (.preprocessed, nil)] : []
+        }
+        #expect(try ingest.run().materialized == 6)
+        for (i, id) in ids.enumerated() {
+            let expected: [JobState] = i % 2 == 0 ? [.ready, .stagedIn, .preprocessed] : [.ready]
+            #expect(try f.record(id).history.map(\.state) == expected)
+            #expect(SiteIndex(site: f.site).activeState(of: id) == expected.last)
+            let events = try read(f.site.eventsPath + "/" + Posix.hostName() + ".jsonl").split(separator: "\n")
+                .filter { $0.contains(id) }
+            #expect(events.count == expected.count, "one event per transition, creation included: \(events)")
+        }
+        #expect(try f.state(child) == .awaitingParents)
+        #expect(try Fsck(site: f.site).run(repair: false).problems.isEmpty)
+
+        // The watcher's engine does the same (a hooked app stops at STAGED_IN for its hook).
+        let more = try submission.accept(
+            Array(lines.joined(separator: "\n").replacingOccurrences(of: "b/", with: "c/").utf8))
+        f.engine.pass()
+        for id in more.accepted.map(\.job.id) {
+            #expect(try f.record(id).history.map(\.state).prefix(3) == [.ready, .stagedIn, .preprocessed])
+        }
+    }
+
     @Test func childrenWaitForParentsAndFailWithThem() throws {
         let f = try Fixture()
         let good = try f.submit("good")

@@ -65,8 +65,8 @@ public struct SiteIndex: Sendable {
     /// claimed or running job), and then its state file says.
     public func activeState(of id: String) -> JobState? {
         if let state = JobState.active.first(where: { Posix.exists(entryPath($0, id)) }) { return state }
-        for lease in (try? Lease.all(site)) ?? [] where Posix.exists(lease.path + "/" + id) {
-            guard let job = readEntry(at: lease.path + "/" + id) else { continue }
+        for lease in (try? Lease.all(site)) ?? [] where (try? lease.jobIDs())?.contains(id) == true {
+            guard let job = readEntry(at: lease.entryPath(id)) else { continue }
             return (try? Query(site: site).readRecord(workdir: job.workdir))?.state
         }
         return nil
@@ -77,7 +77,7 @@ public struct SiteIndex: Sendable {
         var result: [(String, JobState, Job)] = []
         for lease in try Lease.all(site) {
             for id in try lease.jobIDs() {
-                guard let job = readEntry(at: lease.path + "/" + id),
+                guard let job = readEntry(at: lease.entryPath(id)),
                     let record = try? Query(site: site).readRecord(workdir: job.workdir)
                 else { continue }
                 result.append((id, record.state, job))

@@ -13,6 +13,12 @@ public struct Ingest {
     /// A drop that fails to adopt but changed less than this many seconds ago is left for the next pass rather
     /// than rejected: it may still be being copied in. 0 (the default for `balsam ingest`) rejects at once.
     public var settleSeconds: Double = 0
+    /// The first lifecycle steps to take as a job's directory is made, given its app and initial state: the
+    /// watcher passes `READY -> STAGED_IN -> PREPROCESSED` when there is nothing to do in between (no stage-in,
+    /// no preprocess hook), so a bulk submission reaches the ready queue with one write of each file per job.
+    /// Every step is checked, kept in the job's history and logged as an event, before any directory is made.
+    /// nil (the default for `balsam ingest`) leaves new jobs in their initial state.
+    public var advance: ((_ app: String, _ state: JobState) -> [(state: JobState, reason: String?)])?
     let index: SiteIndex
 
     /// Prepares to ingest into `site`.
@@ -57,10 +63,11 @@ public struct Ingest {
             }
             var knownParents = Set<String>()
             var finals: [SiteIndex.FinalLine] = []
+            let records = try advanced(batch)
             var events: [Event] = []
-            for line in batch.lines {
+            for (line, record) in zip(batch.lines, records) {
                 try materialize(
-                    line, time: batch.header.time, knownParents: &knownParents, finals: &finals,
+                    line, record: record, time: batch.header.time, knownParents: &knownParents, finals: &finals,
                     events: &events, report: &report)
             }
             try Posix.syncFilesystem(site.dataPath)
@@ -73,9 +80,36 @@ public struct Ingest {
         return report
     }
 
+    /// The state record each line of `batch` starts with: its initial state, then the steps `advance` gives.
+    /// The events of those steps are logged (and flushed) here, before any directory says the job took them:
+    /// after a crash an event may appear twice, never be missing. A line whose directory exists already (an
+    /// interrupted pass, or a workdir taken) is not advanced.
+    private func advanced(_ batch: Batch) throws(SpoolError) -> [StateRecord] {
+        let now = Timestamp.now()
+        var events: [Event] = []
+        var records: [StateRecord] = []
+        records.reserveCapacity(batch.lines.count)
+        for line in batch.lines {
+            var record = StateRecord(initial: line.state, actor: "balsam-submit", time: batch.header.time)
+            if let advance, !Posix.exists(site.jobDirectory(line.workdir)) {
+                for (state, reason) in advance(line.app, line.state) {
+                    let before = record.state
+                    record = try record.moved(to: state, actor: actor, reason: reason, time: now)
+                    events.append(
+                        Event(
+                            time: now, jobID: line.id, from: before, to: state, actor: actor,
+                            data: reason.map { ["reason": .string($0)] } ?? [:]))
+                }
+            }
+            records.append(record)
+        }
+        if !events.isEmpty { try EventLog(site: site).append(events, sync: true) }
+        return records
+    }
+
     private func materialize(
-        _ line: Batch.Line, time: String, knownParents: inout Set<String>, finals: inout [SiteIndex.FinalLine],
-        events: inout [Event], report: inout Report
+        _ line: Batch.Line, record: StateRecord, time: String, knownParents: inout Set<String>,
+        finals: inout [SiteIndex.FinalLine], events: inout [Event], report: inout Report
     ) throws(SpoolError) {
         let dir = site.jobDirectory(line.workdir)
         let parent = Posix.parentPath(dir)
@@ -92,14 +126,13 @@ public struct Ingest {
                 report.materialized += 1
                 return
             }
-            try conflict(line, jobBytes: jobBytes, time: time, finals: &finals, events: &events)
+            try conflict(line, record: record, jobBytes: jobBytes, finals: &finals, events: &events)
             report.conflicts.append(line.id)
             return
         }
         try Posix.createFile(dir + "/job.json", jobBytes, sync: false)
-        let record = StateRecord(initial: line.state, actor: "balsam-submit", time: time)
         try Posix.createFile(dir + "/state", record.fileBytes(), sync: false)
-        try index.createEntry(line.state, id: line.id, workdir: line.workdir)
+        try index.createEntry(record.state, id: line.id, workdir: line.workdir)
         report.materialized += 1
     }
 
@@ -135,21 +168,21 @@ public struct Ingest {
 
     /// The job's workdir was taken after it was accepted: keep the job, FAILED, under a reserved name.
     private func conflict(
-        _ line: Batch.Line, jobBytes: [UInt8], time: String, finals: inout [SiteIndex.FinalLine], events: inout [Event]
+        _ line: Batch.Line, record initial: StateRecord, jobBytes: [UInt8], finals: inout [SiteIndex.FinalLine],
+        events: inout [Event]
     ) throws(SpoolError) {
         let workdir = ".balsam-conflicts/" + line.id
         let dir = site.jobDirectory(workdir)
         try Posix.makeDirectories(dir)
         try Posix.replaceFile(dir + "/job.json", jobBytes, sync: false)
         let reason = "workdir '\(line.workdir)' was taken by another job or file before this job's directory was made"
-        let record = try StateRecord(initial: line.state, actor: "balsam-submit", time: time)
-            .moved(to: .failed, actor: actor, reason: reason)
+        let record = try initial.moved(to: .failed, actor: actor, reason: reason)
         try Posix.replaceFile(dir + "/state", record.fileBytes(), sync: false)
         finals.append(
             SiteIndex.FinalLine(id: line.id, state: .failed, workdir: workdir, app: line.app, time: record.since))
         events.append(
             Event(
-                time: record.since, jobID: line.id, from: line.state, to: .failed, actor: actor,
+                time: record.since, jobID: line.id, from: initial.state, to: .failed, actor: actor,
                 data: ["reason": .string(reason)]))
     }
 

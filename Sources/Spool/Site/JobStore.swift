@@ -57,8 +57,8 @@ public struct JobStore: Sendable {
         if let state = JobState.active.first(where: { Posix.exists(index.entryPath($0, id)) }) {
             return try load(id, in: state)
         }
-        for lease in try Lease.all(site) where Posix.exists(lease.path + "/" + id) {
-            return try load(entryAt: lease.path + "/" + id)
+        for lease in try Lease.all(site) where Posix.exists(lease.entryPath(id)) {
+            return try load(entryAt: lease.entryPath(id))
         }
         var filter = JobFilter()
         filter.ids = [id]
@@ -118,8 +118,8 @@ public struct JobStore: Sendable {
 
         // 1. The compare-and-swap. A job that ends leaves the active index: its entry goes to tmp/ until the
         //    final-index line is written. A job that had ended has no entry: a new one is claimed in tmp/.
-        let claim = site.claimPath(id)
         let source = from.isFinal ? nil : (loaded.entry ?? index.entryPath(from, id))
+        let claim = source.flatMap(Lease.movingClaim(for:)) ?? site.claimPath(id)
         do {
             if let source {
                 try Posix.renameNoReplace(source, claim)

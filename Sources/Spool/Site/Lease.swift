@@ -58,10 +58,33 @@ public struct Lease: Sendable, Equatable {
         return Double(now.tv_sec - st.st_mtim.tv_sec) + Double(now.tv_nsec - st.st_mtim.tv_nsec) / 1e9
     }
 
-    /// IDs of the jobs whose entries are in the lease.
+    /// IDs of the jobs whose entries are in the lease, including those in the middle of a move
+    /// (`ID.moving`, see `entryPath(_:)`).
     public func jobIDs() throws(SpoolError) -> [String] {
-        try Posix.listDirectory(path).filter { !$0.hasPrefix(".") }.sorted()
+        var ids = Set<String>()
+        for name in try Posix.listDirectory(path) where !name.hasPrefix(".") {
+            ids.insert(name.hasSuffix(Lease.movingSuffix) ? String(name.dropLast(Lease.movingSuffix.count)) : name)
+        }
+        return ids.sorted()
     }
+
+    /// Where the entry of job `id` is: `ID`, or `ID.moving` while its holder moves it. A move of a leased job
+    /// claims the entry under that name inside the lease rather than in `tmp/`, so that if the launcher dies
+    /// mid-move the job is still found in its lease when the lease expires.
+    public func entryPath(_ id: String) -> String {
+        let plain = path + "/" + id
+        if !Posix.exists(plain), Posix.exists(plain + Lease.movingSuffix) { return plain + Lease.movingSuffix }
+        return plain
+    }
+
+    /// The claim name of a move of a job whose entry is at `entry`, when that entry is in a lease.
+    static func movingClaim(for entry: String) -> String? {
+        let parent = Posix.parentPath(entry)
+        guard Posix.lastComponent(parent).hasPrefix(prefix) else { return nil }
+        return entry + movingSuffix
+    }
+
+    static let movingSuffix = ".moving"
 
     /// Claims a runnable job: renames its entry from `jobs/STATE/ID` into the lease. False if another launcher
     /// (or the watcher) took it first.
