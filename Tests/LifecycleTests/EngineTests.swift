@@ -309,6 +309,11 @@ struct Fixture {
         #expect(try f.state(child) == .awaitingParents)
         #expect(try f.state(running) == .running)
 
+        // The launcher dies in the middle of a move of the claimed job: the entry is left under its claim name.
+        #expect(rename(lease.path + "/" + claimed, lease.path + "/" + claimed + ".moving") == 0)
+        #expect(try lease.jobIDs() == [claimed, running].sorted(), "a job being moved is still the lease's")
+        #expect(SiteIndex(site: f.site).activeState(of: claimed) == .preprocessed)
+
         // The launcher dies: its heartbeat stops.
         var old = [timespec(tv_sec: time(nil) - 3600, tv_nsec: 0), timespec(tv_sec: time(nil) - 3600, tv_nsec: 0)]
         #expect(utimensat(AT_FDCWD, lease.path + "/.lease", &old, 0) == 0)
