@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "balsam", targets: ["balsam"]),
         .executable(name: "balsam-submit", targets: ["balsam-submit"]),
         .executable(name: "balsam-watch", targets: ["balsam-watch"]),
+        .executable(name: "balsam-launcher", targets: ["balsam-launcher"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -55,17 +56,31 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
+        // Open MPI, as Swift sees it: the handles mpi.h hides behind cast macros.
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        // The one wrapper over MPI: init, gather, non-blocking messages, checked return codes.
+        .target(name: "MessagePassing", dependencies: ["CMPI"]),
+        // The launcher's work, free of MPI: nodes and placement, commands, tasks, claiming and recording.
+        .target(name: "Launcher", dependencies: ["Spool"]),
+        .executableTarget(
+            name: "balsam-launcher",
+            dependencies: [
+                "BalsamCLI", "Launcher", "MessagePassing", "Spool",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         .executableTarget(name: "balsam", dependencies: ["BalsamCLI", "Spool"]),
         .executableTarget(name: "balsam-submit", dependencies: ["BalsamCLI", "Spool"]),
         // Temporary sites, small filesystems, running the built binaries.
         .target(name: "TestSupport", dependencies: ["Spool"], path: "Tests/TestSupport"),
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "TestSupport"]),
         .testTarget(name: "LifecycleTests", dependencies: ["Lifecycle", "Spool", "TestSupport"]),
+        .testTarget(name: "LauncherTests", dependencies: ["Launcher", "Spool", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Spool", "TestSupport"]),
     ]
 )
 
-for target in package.targets where target.type != .system && target.name != "CLinux" {
+for target in package.targets where target.type != .system && target.name != "CLinux" && target.name != "CMPI" {
     target.swiftSettings =
         (target.swiftSettings ?? []) + [
             .enableUpcomingFeature("ExistentialAny"),

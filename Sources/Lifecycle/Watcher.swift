@@ -64,7 +64,10 @@ public final class Watcher: Sendable {
         for problem in recovery.problems { logger.warning("recovery: \(problem)") }
         logger.info("recovery: \(recovery.jobs) active jobs checked, \(recovery.problems.count) repaired")
 
-        let changes = try ChangeMonitor(site: site, inotify: options.inotify)
+        let changes = try ChangeMonitor(
+            directories: [site.dropBoxPath, site.acceptedPath, site.controlPath]
+                + JobState.active.map { site.activePath($0) },
+            inotify: options.inotify)
         monitor.withLock { $0 = changes }
         defer { monitor.withLock { $0 = nil } }
         let logger = self.logger

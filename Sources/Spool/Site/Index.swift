@@ -40,11 +40,11 @@ public struct SiteIndex: Sendable {
     }
 
     /// The job an active entry names, or nil if there is no such entry (or it cannot be read).
-    func readEntry(_ state: JobState, id: String) -> Job? {
+    package func readEntry(_ state: JobState, id: String) -> Job? {
         readEntry(at: entryPath(state, id))
     }
 
-    func readEntry(at path: String) -> Job? {
+    package func readEntry(at path: String) -> Job? {
         guard let fd = try? Posix.open(path, O_RDONLY) else { return nil }
         defer { Posix.close(fd) }
         guard let bytes = try? Posix.readToEnd(fd, path: path, limit: Job.Limits.fileBytes, sizeHint: 1024) else {

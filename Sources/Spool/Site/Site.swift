@@ -199,10 +199,18 @@ public enum Settings {
           lease_timeout_sec: 120
           # Most jobs a launcher runs at once.
           max_concurrent_mpiruns: 1000
-          # Command that starts a multi-node job: mpirun (OpenMPI), mpiexec or srun.
+          # Command that starts a multi-node job: mpirun (Open MPI), mpiexec (MPICH) or srun, or a template
+          # (see balsam-launcher(1)).
           mpi_launcher: mpirun
           # Whether several single-node jobs may share a node (node_packing_count).
           mpirun_allows_node_packing: true
+          # CPUs per node (null: each launcher rank counts its node's), GPU IDs per node, and the variable that
+          # tells a job its GPUs.
+          cpus_per_node: null
+          gpu_ids: []
+          gpu_variable: CUDA_VISIBLE_DEVICES
+          # Seconds between SIGTERM and SIGKILL when a launcher stops a job (a kill, the end of its wall time).
+          kill_grace_sec: 0.5
 
         scheduler:
           # local, slurm, pbs, lsf or cobalt.

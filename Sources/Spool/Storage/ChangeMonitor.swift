@@ -1,10 +1,8 @@
-import Spool
-
 #if canImport(Glibc)
     import Glibc
 #endif
 
-/// Wakes the watcher when something changes in the site's queue directories on this node.
+/// Wakes a daemon (the watcher, a launcher) when something changes in some of the site's directories on this node.
 ///
 /// Raw inotify with `poll(2)`, not libinotifytools: the library's `inotifytools_next_event(0)` blocks forever on
 /// an empty queue (measured here), so it can neither drain a burst of events without blocking nor wait less than
@@ -12,18 +10,19 @@ import Spool
 /// made on other nodes of a shared filesystem never raise events, so the watcher also rescans on a timer, and an
 /// overflowed queue just means "rescan".
 /// `@unchecked Sendable`: only `wake()` (one write to a pipe) is called from other threads.
-final class ChangeMonitor: @unchecked Sendable {
+package final class ChangeMonitor: @unchecked Sendable {
     private let inotifyFD: Int32
     private let wakeFD: Int32
     private let wakeWriteFD: Int32
     /// Events read so far (for tests and statistics).
-    private(set) var eventCount = 0
+    package private(set) var eventCount = 0
     /// Overflows seen (the kernel dropped events; a rescan covers them).
-    private(set) var overflows = 0
+    package private(set) var overflows = 0
 
-    init(site: Site, inotify: Bool) throws(SpoolError) {
+    /// Watches `directories` (with `inotify` false, only `wake()` and timeouts end a wait).
+    package init(directories: [String], inotify: Bool) throws(SpoolError) {
         var pipeFDs: [Int32] = [0, 0]
-        if pipe(&pipeFDs) != 0 { throw .system("create a pipe", path: site.root, errno: errno) }
+        if pipe(&pipeFDs) != 0 { throw .system("create a pipe", path: directories.first ?? "", errno: errno) }
         for fd in pipeFDs {
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
@@ -35,10 +34,8 @@ final class ChangeMonitor: @unchecked Sendable {
             return
         }
         inotifyFD = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
-        if inotifyFD < 0 { throw .system("initialize inotify", path: site.root, errno: errno) }
+        if inotifyFD < 0 { throw .system("initialize inotify", path: directories.first ?? "", errno: errno) }
         let mask = UInt32(IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE | IN_ATTRIB)
-        let directories =
-            [site.dropBoxPath, site.acceptedPath, site.controlPath] + JobState.active.map { site.activePath($0) }
         for dir in directories where inotify_add_watch(inotifyFD, dir, mask) < 0 {
             throw .system("watch", path: dir, errno: errno)
         }
@@ -52,7 +49,7 @@ final class ChangeMonitor: @unchecked Sendable {
 
     /// Waits until a change is reported, `wake()` is called, or `seconds` pass; drains every queued event.
     /// Returns true when woken by a change or `wake()`, false on timeout.
-    func wait(seconds: Double) -> Bool {
+    package func wait(seconds: Double) -> Bool {
         var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
         if inotifyFD >= 0 { fds.append(pollfd(fd: inotifyFD, events: Int16(POLLIN), revents: 0)) }
         let ready = poll(&fds, nfds_t(fds.count), Int32(max(0, seconds * 1000)))
@@ -62,7 +59,7 @@ final class ChangeMonitor: @unchecked Sendable {
     }
 
     /// Makes a pending or future `wait` return now (async-signal-safe: one write).
-    func wake() {
+    package func wake() {
         var one: UInt8 = 1
         _ = write(wakeWriteFD, &one, 1)
     }

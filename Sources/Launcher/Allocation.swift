@@ -1,0 +1,120 @@
+import Spool
+
+/// One node of the allocation: a launcher rank runs there.
+public struct Node: Sendable, Equatable {
+    /// Its index, which is also the rank that runs jobs on it.
+    public var index: Int
+    /// Its host name, as multi-node launch commands need it.
+    public var host: String
+    /// CPUs it has.
+    public var cpus: Int
+    /// IDs of its GPUs.
+    public var gpus: [String]
+
+    public init(index: Int, host: String, cpus: Int, gpus: [String]) {
+        self.index = index
+        self.host = host
+        self.cpus = max(1, cpus)
+        self.gpus = gpus
+    }
+}
+
+/// What a job needs, from its resource fields (the original's node manager rules).
+public struct Need: Sendable, Equatable {
+    /// Nodes; more than one means whole idle nodes.
+    public var nodes: Int
+    /// CPUs on its node (single-node jobs): `max(1, ranks_per_node × threads_per_rank / threads_per_core)`.
+    public var cpus: Int
+    /// GPUs on its node (single-node jobs): `ranks_per_node × gpus_per_rank`, rounded up.
+    public var gpus: Int
+    /// Share of its node: `1 / node_packing_count`, or all of it when packing is off.
+    public var occupancy: Double
+
+    public init(_ job: Job, packing: Bool) {
+        nodes = max(1, job.numNodes)
+        cpus = max(1, job.ranksPerNode * job.threadsPerRank / max(1, job.threadsPerCore))
+        gpus = Int((Double(job.ranksPerNode) * job.gpusPerRank).rounded(.up))
+        occupancy = packing && nodes == 1 ? 1 / Double(max(1, job.nodePackingCount)) : 1
+    }
+}
+
+/// Where a placed job runs and what it holds there.
+public struct Assignment: Sendable, Equatable {
+    /// Its nodes (indexes); the job is started from the first.
+    public var nodes: [Int]
+    /// CPUs held on each node (single-node jobs; whole nodes otherwise).
+    public var cpus: Int
+    /// GPU IDs held (single-node jobs).
+    public var gpus: [String]
+    /// Occupancy held on each node.
+    public var occupancy: Double
+}
+
+/// The allocation's nodes and what is in use on each: first-fit placement of jobs, and release when they end.
+public struct Allocation: Sendable {
+    /// The nodes, in rank order.
+    public private(set) var nodes: [Node]
+    private var occupancy: [Double]
+    private var busyCPUs: [Int]
+    private var freeGPUs: [[String]]
+
+    /// Slack for floating-point sums of occupancies (three jobs of 1/3 fill a node).
+    static let epsilon = 0.001
+
+    public init(nodes: [Node]) {
+        self.nodes = nodes
+        occupancy = nodes.map { _ in 0 }
+        busyCPUs = nodes.map { _ in 0 }
+        freeGPUs = nodes.map(\.gpus)
+    }
+
+    /// Whether nothing runs anywhere.
+    public var isIdle: Bool { occupancy.allSatisfy { $0 < Allocation.epsilon } }
+
+    /// Whether some node has room left for at least a small job.
+    public var hasRoom: Bool {
+        nodes.indices.contains { occupancy[$0] < 1 - Allocation.epsilon && busyCPUs[$0] < nodes[$0].cpus }
+    }
+
+    /// Whether a job with this need could ever run here (on an empty allocation).
+    public func canEverFit(_ need: Need) -> Bool {
+        if need.nodes > 1 { return need.nodes <= nodes.count }
+        return nodes.contains { need.cpus <= $0.cpus && need.gpus <= $0.gpus.count }
+    }
+
+    /// Places a job now (first fit in node order) and marks its resources used; nil when it does not fit now.
+    public mutating func place(_ need: Need) -> Assignment? {
+        if need.nodes > 1 {
+            let idle = nodes.indices.filter { occupancy[$0] < Allocation.epsilon }
+            guard idle.count >= need.nodes else { return nil }
+            let chosen = Array(idle.prefix(need.nodes))
+            for i in chosen {
+                occupancy[i] = 1
+                busyCPUs[i] = nodes[i].cpus
+            }
+            return Assignment(nodes: chosen, cpus: 0, gpus: [], occupancy: 1)
+        }
+        for i in nodes.indices
+        where occupancy[i] + need.occupancy <= 1 + Allocation.epsilon && busyCPUs[i] + need.cpus <= nodes[i].cpus
+            && freeGPUs[i].count >= need.gpus
+        {
+            occupancy[i] += need.occupancy
+            busyCPUs[i] += need.cpus
+            let gpus = Array(freeGPUs[i].prefix(need.gpus))
+            freeGPUs[i].removeFirst(need.gpus)
+            return Assignment(nodes: [i], cpus: need.cpus, gpus: gpus, occupancy: need.occupancy)
+        }
+        return nil
+    }
+
+    /// Gives back what `assignment` held.
+    public mutating func release(_ assignment: Assignment) {
+        for i in assignment.nodes {
+            occupancy[i] = max(0, occupancy[i] - assignment.occupancy)
+            busyCPUs[i] = max(0, busyCPUs[i] - (assignment.nodes.count > 1 ? nodes[i].cpus : assignment.cpus))
+            // GPUs go back in the node's own order, so the next job gets the lowest free IDs.
+            let returned = Set(assignment.gpus)
+            freeGPUs[i] = nodes[i].gpus.filter { returned.contains($0) || freeGPUs[i].contains($0) }
+        }
+    }
+}

@@ -1,0 +1,426 @@
+import Spool
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Rank 0 of a launcher: claims runnable jobs into its lease, places them on the allocation's nodes, tells each
+/// node's rank what to start, records how jobs end, carries out kill requests, and ends cleanly at its wall time,
+/// on request, or when idle.
+///
+/// Claiming is placement-driven: a job is claimed only when it fits on free resources now, and is marked
+/// `RUNNING` in the same step, so a launcher never hoards jobs other launchers could run. Everything is done on
+/// one thread, synchronously (MPI handles are not Sendable); waits are short `poll(2)`s on inotify of the ready
+/// queue, so a job made runnable while the launcher is idle starts within milliseconds.
+public final class Coordinator {
+    /// How this launcher was asked to run.
+    public struct Options: Sendable {
+        /// Minutes the launcher may run (its allocation's wall time, less any margin the batch script keeps).
+        public var wallTimeMinutes: Double
+        /// Seconds with nothing running and nothing to claim before it exits (nil: `launcher.idle_ttl_sec`).
+        public var idleTimeout: Double?
+        /// Only jobs whose tags include all of these.
+        public var tags: [String: String] = [:]
+        /// Benchmark only: jobs "end" with status 0 as soon as they are placed, without being started.
+        public var noSpawn = false
+        /// Extra facts for the lease's `.lease` file (batch job ID, scheduler's node list).
+        public var leaseInfo: [String: JSONValue] = [:]
+
+        public init(wallTimeMinutes: Double) { self.wallTimeMinutes = wallTimeMinutes }
+    }
+
+    /// What a launcher did.
+    public struct Summary: Sendable, Equatable {
+        public var started = 0
+        public var done = 0
+        public var errors = 0
+        public var timedOut = 0
+        public var killed = 0
+        public var failedToStart = 0
+        /// Why it stopped: "wall time", "signal", "idle".
+        public var reason = ""
+    }
+
+    struct Running {
+        var loaded: JobStore.Loaded
+        var assignment: Assignment
+    }
+
+    public let site: Site
+    public let settings: SiteSettings
+    public let options: Options
+    /// Where messages go (one line each).
+    public var log: (String) -> Void = { _ in }
+    /// Asked every loop: true ends the launcher as at its wall time (SIGTERM, SIGINT).
+    public var stopRequested: () -> Bool = { false }
+
+    let transport: any Transport
+    let nodes: [Node]
+    var allocation: Allocation
+    let runner: TaskRunner
+    let command: TaskCommand
+    let index: SiteIndex
+    var store: JobStore
+    private(set) var lease: Lease?
+    private var running: [String: Running] = [:]
+    private var killRequests: [String: String] = [:]
+    private var skipped = Set<String>()
+    private var candidates: [(id: String, state: JobState)] = []
+    private var candidatesStale = true
+    private var apps: [String: App] = [:]
+    private var summary = Summary()
+    private var stopping: String?
+    private let started: Double
+    private let deadline: Double
+
+    /// A coordinator over `nodes` (index = rank), reaching other ranks through `transport`.
+    public init(
+        site: Site, settings: SiteSettings, nodes: [Node], transport: any Transport, options: Options,
+        environment: [String: String]
+    ) {
+        self.site = site
+        self.settings = settings
+        self.nodes = nodes
+        self.transport = transport
+        self.options = options
+        self.allocation = Allocation(nodes: nodes)
+        self.runner = TaskRunner(grace: settings.launcher.killGraceSeconds)
+        self.command = TaskCommand(site: site, settings: settings.launcher, environment: environment)
+        self.index = SiteIndex(site: site)
+        self.store = JobStore(site: site, actor: "balsam-launcher")
+        started = Coordinator.now()
+        // Stop early enough to end every job and release the lease inside the allocation: a tenth of the wall
+        // time (at most 2 minutes) plus the kill grace period.
+        let wall = options.wallTimeMinutes * 60
+        deadline = started + wall - min(120, wall / 10) - settings.launcher.killGraceSeconds
+    }
+
+    static func now() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+    }
+
+    /// Minutes left before the launcher starts ending.
+    var minutesLeft: Double { (deadline - Coordinator.now()) / 60 }
+
+    /// Runs until the wall time, a stop request or the idle timeout; returns what it did.
+    public func run() throws(SpoolError) -> Summary {
+        var info = options.leaseInfo
+        info["nodes"] = .array(nodes.map { .string($0.host) })
+        info["wall_time_min"] = .double(options.wallTimeMinutes)
+        let lease = try Lease.create(site, info: info)
+        self.lease = lease
+        store.actor = "balsam-launcher " + lease.name
+        let cpus = nodes.map(\.cpus).reduce(0, +)
+        let gpus = nodes.map(\.gpus.count).reduce(0, +)
+        log(
+            "lease \(lease.name): \(nodes.count) node(s), \(cpus) CPUs, \(gpus) GPUs, wall time \(options.wallTimeMinutes) min"
+        )
+        let monitor = try ChangeMonitor(
+            directories: [site.activePath(.preprocessed), site.activePath(.restartReady), site.controlPath],
+            inotify: true)
+        let idleTimeout = options.idleTimeout ?? settings.launcher.idleSeconds
+        let heartbeatEvery = max(0.25, settings.leaseTimeoutSeconds / 4)
+        var lastHeartbeat = Coordinator.now()
+        var lastControl = 0.0
+        var lastRescan = 0.0
+        var idleSince: Double? = nil
+
+        while stopping == nil {
+            let now = Coordinator.now()
+            if stopRequested() {
+                stopping = "signal"
+                break
+            }
+            if now >= deadline {
+                stopping = "wall time"
+                break
+            }
+            var active = false
+            if try collectEndings() { active = true }
+            if now - lastHeartbeat >= heartbeatEvery {
+                do { try lease.heartbeat() } catch { log("cannot refresh the lease: \(error)") }
+                lastHeartbeat = now
+            }
+            if now - lastControl >= 0.1 {
+                checkKillRequests()
+                lastControl = now
+            }
+            if now - lastRescan >= settings.launcher.pollSeconds { candidatesStale = true }
+            if candidatesStale && allocation.hasRoom && running.count < settings.launcher.maxConcurrent {
+                lastRescan = now
+                if fill() { active = true }
+            }
+            if running.isEmpty {
+                if idleSince == nil { idleSince = now }
+                if let since = idleSince, now - since >= idleTimeout {
+                    stopping = "idle"
+                    break
+                }
+            } else {
+                idleSince = nil
+            }
+            if !active && monitor.wait(seconds: 0.002) { candidatesStale = true }
+        }
+        try shutdown(reason: stopping ?? "signal")
+        return summary
+    }
+
+    // MARK: - Claiming and placing
+
+    /// Claims and starts every candidate that fits now, oldest first. True if it started any.
+    private func fill() -> Bool {
+        if candidatesStale {
+            candidates = listCandidates()
+            candidatesStale = false
+        }
+        var startedAny = false
+        var kept: [(id: String, state: JobState)] = []
+        var i = 0
+        while i < candidates.count {
+            let (id, state) = candidates[i]
+            i += 1
+            guard allocation.hasRoom || allocation.isIdle, running.count < settings.launcher.maxConcurrent else {
+                kept.append((id, state))
+                continue
+            }
+            if skipped.contains(id) { continue }
+            guard let job = index.readEntry(state, id: id) else { continue }  // gone: claimed elsewhere
+            if let why = unsuitable(job) {
+                skipped.insert(id)
+                log("job \(id) left for other launchers: \(why)")
+                continue
+            }
+            let need = Need(job, packing: settings.launcher.nodePacking)
+            guard let assignment = allocation.place(need) else {
+                kept.append((id, state))
+                continue
+            }
+            if start(id, from: state, job: job, assignment: assignment) {
+                startedAny = true
+            } else {
+                allocation.release(assignment)
+            }
+        }
+        candidates = kept
+        return startedAny
+    }
+
+    /// Runnable jobs, oldest first (IDs sort by creation time).
+    private func listCandidates() -> [(id: String, state: JobState)] {
+        var all: [(id: String, state: JobState)] = []
+        for state in [JobState.preprocessed, .restartReady] {
+            for id in (try? index.activeIDs(state)) ?? [] where !skipped.contains(id) { all.append((id, state)) }
+        }
+        return all.sorted { $0.id < $1.id }
+    }
+
+    /// Why this launcher will never run `job`, or nil.
+    private func unsuitable(_ job: Job) -> String? {
+        for (key, value) in options.tags where job.tags[key] != value {
+            return "its tags lack \(key)=\(value)"
+        }
+        if job.wallTimeMin > 0 && Double(job.wallTimeMin) > minutesLeft {
+            return "it needs \(job.wallTimeMin) min and \(Int(minutesLeft)) min are left"
+        }
+        if !allocation.canEverFit(Need(job, packing: settings.launcher.nodePacking)) {
+            return "it needs more than this allocation has (\(job.numNodes) node(s), "
+                + "\(Need(job, packing: true).cpus) CPUs, \(Need(job, packing: true).gpus) GPUs per node)"
+        }
+        return nil
+    }
+
+    /// Claims one job into the lease, marks it RUNNING and tells its first node's rank to start it.
+    private func start(_ id: String, from state: JobState, job: Job, assignment: Assignment) -> Bool {
+        guard let lease, lease.claim(id, from: state, site: site) else { return false }
+        let entry = lease.path + "/" + id
+        do {
+            guard let loaded = try store.load(entryAt: entry), loaded.record.state == state else {
+                // Moved on between our look and our claim (a kill, say): its entry goes where its state says.
+                giveBack(entry, id: id)
+                return false
+            }
+            let spec: TaskSpec
+            do {
+                let app = try self.app(loaded.job.app)
+                spec = try command.spec(loaded.job, app: app, assignment: assignment, nodes: nodes)
+            } catch {
+                try store.move(loaded, to: .failed, reason: "cannot launch: \(error.message)")
+                log("job \(id) FAILED: cannot launch: \(error.message)")
+                summary.failedToStart += 1
+                return false
+            }
+            let host = nodes[assignment.nodes[0]].host
+            var data: [String: JSONValue] = ["host": .string(host), "nodes": .int(assignment.nodes.count)]
+            if !assignment.gpus.isEmpty { data["gpus"] = .string(assignment.gpus.joined(separator: ",")) }
+            let moved = try store.move(loaded, to: .running, eventData: data, entryAt: entry)
+            running[id] = Running(loaded: moved, assignment: assignment)
+            summary.started += 1
+            deliver(.start(spec), to: assignment.nodes[0])
+            return true
+        } catch {
+            log("job \(id): cannot start: \(error)")
+            giveBack(entry, id: id)
+            return false
+        }
+    }
+
+    /// Puts a claimed entry back where the job's state file says it belongs.
+    private func giveBack(_ entry: String, id: String) {
+        guard let job = index.readEntry(at: entry), let record = try? Query(site: site).readRecord(workdir: job.workdir)
+        else { return }
+        if record.state.isFinal {
+            Posix.unlink(entry)
+        } else if (try? Posix.renameNoReplace(entry, index.entryPath(record.state, id))) == nil {
+            Posix.unlink(entry)  // the state's entry exists already
+        }
+    }
+
+    private func app(_ name: String) throws(SpoolError) -> App {
+        if let app = apps[name] { return app }
+        let app = try App.load(directory: site.appsPath + "/" + name, name: name)
+        apps[name] = app
+        return app
+    }
+
+    private func deliver(_ message: Message, to rank: Int) {
+        if options.noSpawn, case .start(let spec) = message {
+            record(TaskRunner.Ended(id: spec.id, status: 0, error: nil))
+            return
+        }
+        if rank == transport.rank {
+            switch message {
+            case .start(let spec): if let ended = runner.start(spec) { record(ended) }
+            case .kill(let id): runner.kill(id)
+            default: break
+            }
+            return
+        }
+        do { try transport.send(message, to: rank) } catch { log("cannot reach rank \(rank): \(error)") }
+    }
+
+    // MARK: - Endings
+
+    /// Records jobs that ended here or on other ranks. True if any did.
+    private func collectEndings() throws(SpoolError) -> Bool {
+        var any = false
+        for ended in runner.poll() {
+            record(ended)
+            any = true
+        }
+        while let (source, message) = try transport.receive() {
+            any = true
+            switch message {
+            case .ended(let ended): record(ended)
+            case .stopped: stoppedRanks.insert(source)
+            default: log("unexpected message from rank \(source): \(message)")
+            }
+        }
+        return any
+    }
+
+    private var stoppedRanks = Set<Int>()
+
+    /// Moves an ended job on: RUN_DONE, RUN_ERROR (status and output tail), RUN_TIMEOUT (the launcher is
+    /// ending) or FAILED (killed on request).
+    private func record(_ ended: TaskRunner.Ended) {
+        guard let job = running.removeValue(forKey: ended.id) else { return }
+        allocation.release(job.assignment)
+        candidatesStale = candidatesStale || !candidates.isEmpty || true
+        let status = Int(ended.status)
+        do {
+            if let reason = killRequests.removeValue(forKey: ended.id) {
+                try store.move(job.loaded, to: .failed, reason: reason, eventData: ["return_code": .int(status)]) {
+                    job, _ in job.returnCode = status
+                }
+                Posix.unlink(site.controlPath + "/kill." + ended.id)
+                summary.killed += 1
+                log("job \(ended.id) killed: \(reason)")
+            } else if let why = stopping {
+                try store.move(
+                    job.loaded, to: .runTimeout, reason: "stopped by the launcher (\(why))",
+                    eventData: ["return_code": .int(status)])
+                summary.timedOut += 1
+            } else if status == 0 && ended.error == nil {
+                try store.move(job.loaded, to: .runDone) { job, _ in job.returnCode = 0 }
+                summary.done += 1
+            } else {
+                let tail = ended.error ?? outputTail(job.loaded.directory)
+                try store.move(
+                    job.loaded, to: .runError, reason: "exit status \(status)",
+                    eventData: ["return_code": .int(status), "tail": .string(tail)]
+                ) { job, _ in job.returnCode = status }
+                summary.errors += 1
+            }
+        } catch {
+            log("job \(ended.id): cannot record its end (status \(status)): \(error)")
+        }
+    }
+
+    /// The last lines of a job's output.
+    private func outputTail(_ directory: String) -> String {
+        let path = directory + "/job.out"
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return "" }
+        let size = Int(st.st_size)
+        let window = min(size, 16 * 1024)
+        var bytes = [UInt8](repeating: 0, count: window)
+        let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, window, off_t(size - window)) }
+        guard n > 0 else { return "" }
+        let lines = String(decoding: bytes.prefix(n), as: UTF8.self).split(
+            separator: "\n", omittingEmptySubsequences: false)
+        return lines.suffix(settings.errorTailLines + 1).joined(separator: "\n")
+    }
+
+    // MARK: - Kill requests
+
+    /// Carries out `queue/control/kill.ID` requests for jobs this launcher runs.
+    private func checkKillRequests() {
+        guard !running.isEmpty, let names = try? Posix.listDirectory(site.controlPath) else { return }
+        for name in names where name.hasPrefix("kill.") {
+            let id = String(name.dropFirst(5))
+            guard let job = running[id], killRequests[id] == nil else { continue }
+            var reason = "killed by the user"
+            if let bytes = try? Posix.readFile(site.controlPath + "/" + name, limit: 64 * 1024),
+                let text = (try? JSONValue.parse(bytes))?.objectValue?["reason"]?.stringValue
+            {
+                reason = text
+            }
+            killRequests[id] = reason
+            log("job \(id): stopping it (\(reason))")
+            deliver(.kill(id: id), to: job.assignment.nodes[0])
+        }
+    }
+
+    // MARK: - Ending
+
+    /// Stops every job (RUN_TIMEOUT), lets the other ranks go, gives back anything unstarted, releases the lease.
+    private func shutdown(reason: String) throws(SpoolError) {
+        stopping = reason
+        summary.reason = reason
+        log("stopping (\(reason)): \(running.count) job(s) running")
+        runner.killAll()
+        let others = (0..<transport.size).filter { $0 != transport.rank }
+        for rank in others { deliver(.stop, to: rank) }
+        // Every rank stops its jobs within the grace period; a rank that does not answer is given a while more.
+        let limit = Coordinator.now() + settings.launcher.killGraceSeconds + 30
+        while (runner.count > 0 || stoppedRanks.count < others.count) && Coordinator.now() < limit {
+            if try !collectEndings() { usleep(1000) }
+        }
+        for id in Array(running.keys) {
+            log("job \(id): no word from its rank; recorded as timed out")
+            record(TaskRunner.Ended(id: id, status: 137, error: "no answer from its launcher rank"))
+        }
+        if let lease {
+            for id in (try? lease.jobIDs()) ?? [] { giveBack(lease.entryPath(id), id: id) }
+            lease.remove()
+        }
+        log(
+            "done: \(summary.started) started, \(summary.done) RUN_DONE, \(summary.errors) RUN_ERROR, "
+                + "\(summary.timedOut) RUN_TIMEOUT, \(summary.killed) killed")
+    }
+}

@@ -1,0 +1,121 @@
+import Spool
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What launcher ranks say to each other: rank 0 tells a node's rank what to start or stop; ranks tell rank 0
+/// how jobs ended. One JSON object per MPI message.
+public enum Message: Sendable, Equatable {
+    /// Start a job (to the rank of its first node).
+    case start(TaskSpec)
+    /// Stop a job (SIGTERM to its process group, grace, SIGKILL); it then ends with `.ended`.
+    case kill(id: String)
+    /// Stop every job and report; then say `.stopped` and exit.
+    case stop
+    /// A job's process ended.
+    case ended(TaskRunner.Ended)
+    /// The rank has no job left and leaves.
+    case stopped
+
+    /// The message as bytes.
+    public func encoded() -> [UInt8] {
+        var o: [String: JSONValue]
+        switch self {
+        case .start(let spec):
+            o = [
+                "op": .string("start"), "id": .string(spec.id), "dir": .string(spec.directory),
+                "script": .string(spec.script),
+                "env": .object(spec.environment.mapValues { .string($0) }),
+            ]
+        case .kill(let id): o = ["op": .string("kill"), "id": .string(id)]
+        case .stop: o = ["op": .string("stop")]
+        case .ended(let e):
+            o = ["op": .string("ended"), "id": .string(e.id), "status": .int(Int(e.status))]
+            if let error = e.error { o["error"] = .string(error) }
+        case .stopped: o = ["op": .string("stopped")]
+        }
+        return Array(JSONValue.object(o).serialized().utf8)
+    }
+
+    /// Reads a message; throws on anything else (a rank of another program, a version mismatch).
+    public init(bytes: [UInt8]) throws(SpoolError) {
+        guard let value = try? JSONValue.parse(bytes), case .object(let o) = value, let op = o["op"]?.stringValue
+        else {
+            throw SpoolError(.invalidInput, "unreadable launcher message: \(String(decoding: bytes, as: UTF8.self))")
+        }
+        func string(_ key: String) throws(SpoolError) -> String {
+            guard let s = o[key]?.stringValue else {
+                throw SpoolError(.invalidInput, "launcher message \(op) without \(key)")
+            }
+            return s
+        }
+        switch op {
+        case "start":
+            let env = (o["env"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+            self = .start(
+                TaskSpec(
+                    id: try string("id"), directory: try string("dir"), script: try string("script"), environment: env))
+        case "kill": self = .kill(id: try string("id"))
+        case "stop": self = .stop
+        case "ended":
+            self = .ended(
+                TaskRunner.Ended(
+                    id: try string("id"), status: Int32(o["status"]?.intValue ?? 125), error: o["error"]?.stringValue))
+        case "stopped": self = .stopped
+        default: throw SpoolError(.invalidInput, "unknown launcher message '\(op)'")
+        }
+    }
+}
+
+/// How ranks reach each other: MPI in `balsam-launcher`. Calls come from one thread.
+public protocol Transport: AnyObject {
+    /// This rank.
+    var rank: Int { get }
+    /// Number of ranks (nodes).
+    var size: Int { get }
+    /// Sends without waiting.
+    func send(_ message: Message, to rank: Int) throws(SpoolError)
+    /// A message that has arrived, if any (never waits).
+    func receive() throws(SpoolError) -> (source: Int, message: Message)?
+}
+
+/// A rank other than 0: runs what rank 0 places on its node and reports how each job ended.
+public struct WorkerLoop {
+    let transport: any Transport
+    let runner: TaskRunner
+
+    public init(transport: any Transport, grace: Double) {
+        self.transport = transport
+        self.runner = TaskRunner(grace: grace)
+    }
+
+    /// Runs until rank 0 says stop and every job here has ended.
+    public func run() throws(SpoolError) {
+        var stopping = false
+        while true {
+            var active = false
+            while let (_, message) = try transport.receive() {
+                active = true
+                switch message {
+                case .start(let spec):
+                    if let ended = runner.start(spec) { try transport.send(.ended(ended), to: 0) }
+                case .kill(let id): runner.kill(id)
+                case .stop:
+                    stopping = true
+                    runner.killAll()
+                default: break
+                }
+            }
+            for ended in runner.poll() {
+                active = true
+                try transport.send(.ended(ended), to: 0)
+            }
+            if stopping && runner.count == 0 {
+                try transport.send(.stopped, to: 0)
+                return
+            }
+            if !active { usleep(1000) }
+        }
+    }
+}

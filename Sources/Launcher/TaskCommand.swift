@@ -1,0 +1,114 @@
+import Spool
+
+/// Turns a placed job into what its node runs: the app's shell preamble, then its rendered command, started
+/// directly (one rank on one node) or through the platform's MPI launch command (several ranks or nodes).
+public struct TaskCommand: Sendable {
+    /// The site.
+    public let site: Site
+    /// Launch settings (`launcher.*`).
+    public let settings: SiteSettings.Launcher
+    /// The environment jobs start from: the launcher's own, without the MPI runtime's variables (a job's own
+    /// `mpirun` would otherwise take itself for one of the launcher's ranks).
+    public let baseEnvironment: [String: String]
+
+    public init(site: Site, settings: SiteSettings.Launcher, environment: [String: String]) {
+        self.site = site
+        self.settings = settings
+        self.baseEnvironment = environment.filter { !TaskCommand.isMPIRuntimeVariable($0.key) }
+    }
+
+    /// Variables the MPI runtime sets in a rank's environment; Open MPI's run-as-root switches stay.
+    static func isMPIRuntimeVariable(_ name: String) -> Bool {
+        if name.hasPrefix("OMPI_ALLOW_RUN_AS_ROOT") { return false }
+        return ["OMPI_", "PMIX_", "PMI_", "PRTE_", "OPAL_", "HYDRA_", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"].contains {
+            name.hasPrefix($0)
+        }
+    }
+
+    /// The built-in launch templates, by `launcher.mpi_launcher` name.
+    public static let templates: [String: String] = [
+        "mpirun":
+            "mpirun -n {{ ranks }} --map-by ppr:{{ ranks_per_node }}:node --host {{ host_slots }} {{ env_flags }} {{ launch_params }} {{ command }}",
+        "mpiexec":
+            "mpiexec -n {{ ranks }} --ppn {{ ranks_per_node }} --hosts {{ hosts }} {{ env_flags }} {{ launch_params }} {{ command }}",
+        "srun":
+            "srun -n {{ ranks }} --ntasks-per-node {{ ranks_per_node }} --nodelist {{ hosts }} --nodes {{ num_nodes }} --cpus-per-task {{ threads_per_rank }} {{ launch_params }} {{ command }}",
+    ]
+
+    /// The launch template in force: a built-in one by name, or the setting itself.
+    public var launchTemplate: String { TaskCommand.templates[settings.mpiLauncher] ?? settings.mpiLauncher }
+
+    /// What runs job `job` of `app`, placed by `assignment` on `nodes`.
+    public func spec(_ job: Job, app: App, assignment: Assignment, nodes: [Node]) throws(SpoolError) -> TaskSpec {
+        let directory = site.jobDirectory(job.workdir)
+        var environment = baseEnvironment
+        for (key, value) in app.environmentVariables { environment[key] = value }
+        environment["BALSAM_JOB_ID"] = job.id
+        environment["BALSAM_JOB_DIR"] = directory
+        environment["BALSAM_SITE"] = site.root
+        environment["OMP_NUM_THREADS"] = String(job.threadsPerRank)
+        if !assignment.gpus.isEmpty {
+            environment[settings.gpuVariable] = assignment.gpus.joined(separator: ",")
+            if settings.gpuVariable == "CUDA_VISIBLE_DEVICES" { environment["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID" }
+        }
+        var command = try app.render(job.parameters)
+        if assignment.nodes.count > 1 || job.ranksPerNode > 1 {
+            let exported = Set(app.environmentVariables.keys).union([
+                "BALSAM_JOB_ID", "BALSAM_JOB_DIR", "OMP_NUM_THREADS",
+            ])
+            .union(assignment.gpus.isEmpty ? [] : [settings.gpuVariable]).sorted()
+            let hosts = assignment.nodes.map { nodes[$0].host }
+            let values: [String: String] = [
+                "ranks": String(assignment.nodes.count * job.ranksPerNode),
+                "ranks_per_node": String(job.ranksPerNode),
+                "num_nodes": String(assignment.nodes.count),
+                "threads_per_rank": String(job.threadsPerRank),
+                "hosts": hosts.joined(separator: ","),
+                "host_slots": hosts.map { "\($0):\(job.ranksPerNode)" }.joined(separator: ","),
+                "env_flags": envFlags(exported),
+                "launch_params": job.launchParams.sorted { $0.key < $1.key }.map { key, value in
+                    let flag = key.hasPrefix("-") ? key : (key.count == 1 ? "-" : "--") + key
+                    return value.isEmpty ? flag : flag + " " + CommandTemplate.shellQuote(value)
+                }.joined(separator: " "),
+                "command": command,
+            ]
+            command = try TaskCommand.render(launchTemplate, values)
+        }
+        let preamble = site.appsPath + "/" + app.name + "/" + App.Hook.shellPreamble.rawValue
+        let script = Posix.exists(preamble) ? ". " + CommandTemplate.shellQuote(preamble) + " && " + command : command
+        return TaskSpec(id: job.id, directory: directory, script: script, environment: environment)
+    }
+
+    private func envFlags(_ names: [String]) -> String {
+        switch settings.mpiLauncher {
+        case "mpirun": return names.map { "-x " + $0 }.joined(separator: " ")
+        case "mpiexec": return "-genvlist " + names.joined(separator: ",")
+        default: return ""
+        }
+    }
+
+    /// Substitutes `{{ name }}` in a launch template; an unknown name is an error naming it and the choices.
+    static func render(_ template: String, _ values: [String: String]) throws(SpoolError) -> String {
+        var out = ""
+        var rest = Substring(template)
+        while let open = rest.firstRange(of: "{{") {
+            out += rest[..<open.lowerBound]
+            guard let close = rest[open.upperBound...].firstRange(of: "}}") else {
+                throw SpoolError(.invalidInput, "launcher.mpi_launcher: '{{' without '}}' in \"\(template)\"")
+            }
+            let name = String(rest[open.upperBound..<close.lowerBound].filter { $0 != " " })
+            guard let value = values[name] else {
+                throw SpoolError(
+                    .invalidInput,
+                    "launcher.mpi_launcher: unknown placeholder '\(name)'; known: "
+                        + values.keys.sorted().joined(separator: ", "))
+            }
+            out += value
+            rest = rest[close.upperBound...]
+        }
+        out += rest
+        // Empty placeholders leave double spaces; they do not matter to a shell but read badly in logs.
+        while out.contains("  ") { out = out.replacing("  ", with: " ") }
+        return String(out.drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
+    }
+}

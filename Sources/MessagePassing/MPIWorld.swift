@@ -1,0 +1,149 @@
+import CMPI
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// An MPI call that failed: which call, and MPI's own words for its error code.
+public struct MPIError: Error, CustomStringConvertible {
+    /// The MPI function.
+    public var call: String
+    /// Its return code.
+    public var code: Int32
+    /// `MPI_Error_string` of the code.
+    public var message: String
+
+    public var description: String { "\(call) failed: \(message) (MPI error \(code))" }
+}
+
+/// This process's MPI world (`MPI_COMM_WORLD`), made with `MPI_Init_thread` and ended with `finalize()`.
+///
+/// MPI handles are not `Sendable`, so neither is this: make it and call it on one thread only
+/// (`MPI_THREAD_FUNNELED`). Every call's return code is checked (errors return rather than abort) and turned into
+/// an `MPIError`. Waits never block in MPI: Open MPI's blocking calls busy-poll a whole core, which on a node
+/// packed with jobs steals their CPU. Sends are `MPI_Isend` (completed by `progress()`), receives are
+/// `MPI_Iprobe` first, and `barrier()` tests an `MPI_Ibarrier` between short sleeps.
+public final class MPIWorld {
+    /// This process's rank.
+    public let rank: Int
+    /// Number of ranks.
+    public let size: Int
+    private let comm: MPI_Comm
+    private var sends: [(request: MPI_Request?, buffer: UnsafeMutableRawPointer)] = []
+    private var finalized = false
+
+    /// Initializes MPI (as a singleton when the process was not started by `mpirun`).
+    public init() throws(MPIError) {
+        var provided: Int32 = 0
+        try MPIWorld.check(MPI_Init_thread(nil, nil, Int32(MPI_THREAD_FUNNELED), &provided), "MPI_Init_thread")
+        comm = cmpi_comm_world()
+        try MPIWorld.check(MPI_Comm_set_errhandler(comm, cmpi_errors_return()), "MPI_Comm_set_errhandler")
+        var r: Int32 = 0
+        var s: Int32 = 0
+        try MPIWorld.check(MPI_Comm_rank(comm, &r), "MPI_Comm_rank")
+        try MPIWorld.check(MPI_Comm_size(comm, &s), "MPI_Comm_size")
+        rank = Int(r)
+        size = Int(s)
+    }
+
+    deinit {
+        for send in sends { free(send.buffer) }
+    }
+
+    /// Every rank's `value` (at most `width` bytes; longer values are cut), in rank order, on every rank.
+    public func allGather(_ value: [UInt8], width: Int = 256) throws(MPIError) -> [[UInt8]] {
+        var mine = [UInt8](repeating: 0, count: width)
+        let n = min(value.count, width - 1)
+        mine.replaceSubrange(0..<n, with: value.prefix(n))
+        var all = [UInt8](repeating: 0, count: width * size)
+        try MPIWorld.check(
+            MPI_Allgather(&mine, Int32(width), cmpi_byte(), &all, Int32(width), cmpi_byte(), comm), "MPI_Allgather")
+        return (0..<size).map { r in Array(all[(r * width)..<((r + 1) * width)].prefix(while: { $0 != 0 })) }
+    }
+
+    /// Sends `bytes` to `destination` without waiting; the buffer is kept until MPI is done with it.
+    public func send(_ bytes: [UInt8], to destination: Int, tag: Int32 = 0) throws(MPIError) {
+        let buffer = malloc(max(1, bytes.count))!
+        bytes.withUnsafeBytes { if let base = $0.baseAddress { buffer.copyMemory(from: base, byteCount: $0.count) } }
+        var request: MPI_Request? = cmpi_request_null()
+        let rc = MPI_Isend(buffer, Int32(bytes.count), cmpi_byte(), Int32(destination), tag, comm, &request)
+        if rc != MPI_SUCCESS {
+            free(buffer)
+            try MPIWorld.check(rc, "MPI_Isend")
+        }
+        sends.append((request, buffer))
+        try progress()
+    }
+
+    /// Completes the sends MPI has finished with, freeing their buffers.
+    public func progress() throws(MPIError) {
+        var i = 0
+        while i < sends.count {
+            var done: Int32 = 0
+            try MPIWorld.check(MPI_Test(&sends[i].request, &done, cmpi_status_ignore()), "MPI_Test")
+            if done != 0 {
+                free(sends[i].buffer)
+                sends.remove(at: i)
+            } else {
+                i += 1
+            }
+        }
+    }
+
+    /// Whether sends are still in flight.
+    public var sending: Bool { !sends.isEmpty }
+
+    /// A message that has arrived, if any (never waits): its source, tag and bytes.
+    public func receive() throws(MPIError) -> (source: Int, tag: Int32, bytes: [UInt8])? {
+        var flag: Int32 = 0
+        var status = MPI_Status()
+        try MPIWorld.check(MPI_Iprobe(cmpi_any_source(), cmpi_any_tag(), comm, &flag, &status), "MPI_Iprobe")
+        guard flag != 0 else { return nil }
+        var count: Int32 = 0
+        try MPIWorld.check(MPI_Get_count(&status, cmpi_byte(), &count), "MPI_Get_count")
+        var bytes = [UInt8](repeating: 0, count: Int(count))
+        try MPIWorld.check(
+            MPI_Recv(&bytes, count, cmpi_byte(), status.MPI_SOURCE, status.MPI_TAG, comm, cmpi_status_ignore()),
+            "MPI_Recv")
+        return (Int(status.MPI_SOURCE), status.MPI_TAG, bytes)
+    }
+
+    /// Waits until every rank has called it, sleeping `pollMicroseconds` between tests.
+    public func barrier(pollMicroseconds: UInt32 = 1000) throws(MPIError) {
+        var request: MPI_Request? = cmpi_request_null()
+        try MPIWorld.check(MPI_Ibarrier(comm, &request), "MPI_Ibarrier")
+        while true {
+            var done: Int32 = 0
+            try MPIWorld.check(MPI_Test(&request, &done, cmpi_status_ignore()), "MPI_Test")
+            if done != 0 { return }
+            try progress()
+            usleep(pollMicroseconds)
+        }
+    }
+
+    /// Ends MPI. Pending sends are completed first.
+    public func finalize() throws(MPIError) {
+        guard !finalized else { return }
+        while sending {
+            try progress()
+            if sending { usleep(1000) }
+        }
+        finalized = true
+        try MPIWorld.check(MPI_Finalize(), "MPI_Finalize")
+    }
+
+    /// Ends every rank of the job at once (a rank that cannot go on).
+    public func abort(_ code: Int32) -> Never {
+        MPI_Abort(comm, code)
+        exit(code)
+    }
+
+    private static func check(_ rc: Int32, _ call: String) throws(MPIError) {
+        guard rc != MPI_SUCCESS else { return }
+        var text = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
+        var length: Int32 = 0
+        _ = MPI_Error_string(rc, &text, &length)
+        let message = String(decoding: text.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        throw MPIError(call: call, code: rc, message: message)
+    }
+}
