@@ -48,6 +48,13 @@ public struct Assignment: Sendable, Equatable {
     public var gpus: [String]
     /// Occupancy held on each node.
     public var occupancy: Double
+
+    public init(nodes: [Int], cpus: Int, gpus: [String], occupancy: Double) {
+        self.nodes = nodes
+        self.cpus = cpus
+        self.gpus = gpus
+        self.occupancy = occupancy
+    }
 }
 
 /// The allocation's nodes and what is in use on each: first-fit placement of jobs, and release when they end.

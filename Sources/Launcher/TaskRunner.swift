@@ -35,6 +35,12 @@ public final class TaskRunner {
         public var status: Int32
         /// Why it could not be started, when it could not.
         public var error: String?
+
+        public init(id: String, status: Int32, error: String? = nil) {
+            self.id = id
+            self.status = status
+            self.error = error
+        }
     }
 
     private var running: [String: pid_t] = [:]

@@ -63,7 +63,9 @@ public final class MPIWorld {
 
     /// Sends `bytes` to `destination` without waiting; the buffer is kept until MPI is done with it.
     public func send(_ bytes: [UInt8], to destination: Int, tag: Int32 = 0) throws(MPIError) {
-        let buffer = malloc(max(1, bytes.count))!
+        guard let buffer = malloc(max(1, bytes.count)) else {
+            throw MPIError(call: "malloc", code: -1, message: "out of memory for a message of \(bytes.count) bytes")
+        }
         bytes.withUnsafeBytes { if let base = $0.baseAddress { buffer.copyMemory(from: base, byteCount: $0.count) } }
         var request: MPI_Request? = cmpi_request_null()
         let rc = MPI_Isend(buffer, Int32(bytes.count), cmpi_byte(), Int32(destination), tag, comm, &request)

@@ -32,6 +32,9 @@ public struct SiteSettings: Sendable, Equatable {
         public var gpuVariable = "CUDA_VISIBLE_DEVICES"
         /// Seconds between SIGTERM and SIGKILL when a job is stopped (`kill_grace_sec`).
         public var killGraceSeconds: Double = 0.5
+
+        /// The defaults.
+        public init() {}
     }
 
     /// The defaults of a new site.

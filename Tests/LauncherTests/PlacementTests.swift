@@ -1,0 +1,189 @@
+import Foundation
+import Launcher
+import Spool
+import TestSupport
+import Testing
+
+@Suite struct PlacementTests {
+    func job(nodes: Int = 1, rpn: Int = 1, tpr: Int = 1, gpr: Double = 0, npc: Int = 1) -> Job {
+        var job = Job(workdir: "w", app: "a")
+        job.numNodes = nodes
+        job.ranksPerNode = rpn
+        job.threadsPerRank = tpr
+        job.gpusPerRank = gpr
+        job.nodePackingCount = npc
+        return job
+    }
+
+    func nodes(_ n: Int, cpus: Int = 16, gpus: [String] = []) -> [Node] {
+        (0..<n).map { Node(index: $0, host: "h\($0)", cpus: cpus, gpus: gpus) }
+    }
+
+    @Test func singleNodeJobsArePackedFirstFitByOccupancy() {
+        var a = Allocation(nodes: nodes(2))
+        let quarter = Need(job(npc: 4), packing: true)
+        let places = (0..<8).compactMap { _ in a.place(quarter)?.nodes }
+        #expect(places == [[0], [0], [0], [0], [1], [1], [1], [1]])
+        #expect(a.place(quarter) == nil, "two nodes hold eight jobs of a quarter node")
+        // A half-node job fits once two quarters are released from one node.
+        let half = Need(job(npc: 2), packing: true)
+        #expect(a.place(half) == nil)
+        a.release(Assignment(nodes: [1], cpus: 1, gpus: [], occupancy: 0.25))
+        a.release(Assignment(nodes: [1], cpus: 1, gpus: [], occupancy: 0.25))
+        #expect(a.place(half)?.nodes == [1])
+        // Without packing every job takes a whole node.
+        #expect(Need(job(npc: 4), packing: false).occupancy == 1)
+    }
+
+    @Test func cpusLimitPackingAndNeverFittingJobsAreRecognized() {
+        var a = Allocation(nodes: nodes(1, cpus: 4))
+        let need = Need(job(rpn: 2, tpr: 2, npc: 8), packing: true)
+        #expect(need.cpus == 4)
+        #expect(a.place(need) != nil)
+        #expect(a.place(need) == nil, "the node's 4 CPUs are taken although occupancy is 1/8")
+        #expect(!a.canEverFit(Need(job(rpn: 8), packing: true)), "8 CPUs on a 4-CPU node")
+        #expect(!a.canEverFit(Need(job(nodes: 2), packing: true)), "2 nodes in a 1-node allocation")
+        #expect(!a.canEverFit(Need(job(gpr: 1), packing: true)), "a GPU on a node without GPUs")
+    }
+
+    @Test func multiNodeJobsTakeWholeIdleNodesWhileOthersKeepRunning() {
+        var a = Allocation(nodes: nodes(4))
+        let small = a.place(Need(job(npc: 4), packing: true))
+        #expect(small?.nodes == [0])
+        let wide = a.place(Need(job(nodes: 2), packing: true))
+        #expect(wide?.nodes == [1, 2], "node 0 is busy, so the first two idle nodes")
+        #expect(a.place(Need(job(nodes: 2), packing: true)) == nil, "only node 3 is idle")
+        #expect(a.place(Need(job(npc: 4), packing: true))?.nodes == [0], "small jobs still pack beside")
+        if let wide { a.release(wide) }
+        #expect(a.place(Need(job(nodes: 4), packing: true)) == nil, "node 0 is still in use")
+        #expect(a.place(Need(job(nodes: 2), packing: true))?.nodes == [1, 2])
+    }
+
+    @Test func gpusAreAssignedWithoutOverlapAndReturned() {
+        var a = Allocation(nodes: nodes(1, gpus: ["0", "1", "2", "3"]))
+        let one = a.place(Need(job(gpr: 1, npc: 4), packing: true))
+        let two = a.place(Need(job(rpn: 2, gpr: 1, npc: 4), packing: true))
+        #expect(one?.gpus == ["0"] && two?.gpus == ["1", "2"])
+        #expect(a.place(Need(job(rpn: 2, gpr: 1, npc: 4), packing: true)) == nil, "one GPU is left")
+        if let one { a.release(one) }
+        #expect(a.place(Need(job(rpn: 2, gpr: 1, npc: 4), packing: true))?.gpus == ["0", "3"])
+    }
+
+    @Test func slurmNodeListsExpand() {
+        #expect(
+            SchedulerNodes.expandSlurm("nid[008-010,012],login1") == ["nid008", "nid009", "nid010", "nid012", "login1"])
+        #expect(SchedulerNodes.expandSlurm("a1,b[1-2]") == ["a1", "b1", "b2"])
+        #expect(SchedulerNodes.hosts(environment: ["LSB_HOSTS": "h1 h1 h2"])?.hosts == ["h1", "h2"])
+    }
+}
+
+@Suite struct CommandTests {
+    @Test func singleAndMultiNodeCommandsAndEnvironment() throws {
+        let dir = try TempDir()
+        let site = try makeSite(dir)
+        var app = try App(name: "sim", commandTemplate: "simulate {{ n }}", parameters: ["n": .init(required: true)])
+        app.environmentVariables = ["SIM_MODE": "fast"]
+        try site.createApp(app)
+        try "module load x\n".write(toFile: site.appsPath + "/sim/shell-preamble", atomically: false, encoding: .utf8)
+        var settings = SiteSettings.Launcher()
+        settings.gpuIDs = ["0", "1"]
+        let env = ["PATH": "/bin", "OMPI_COMM_WORLD_RANK": "1", "PMIX_RANK": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1"]
+        let command = TaskCommand(site: site, settings: settings, environment: env)
+        var job = Job(workdir: "j", app: "sim")
+        job.id = "01J00000000000000000000000"
+        job.parameters = ["n": .int(3)]
+        job.threadsPerRank = 4
+        let nodes = [
+            Node(index: 0, host: "n0", cpus: 8, gpus: ["0", "1"]), Node(index: 1, host: "n1", cpus: 8, gpus: []),
+        ]
+
+        let single = try command.spec(
+            job, app: app, assignment: Assignment(nodes: [0], cpus: 4, gpus: ["1"], occupancy: 1), nodes: nodes)
+        #expect(single.script == ". \(site.appsPath)/sim/shell-preamble && simulate 3")
+        #expect(single.environment["CUDA_VISIBLE_DEVICES"] == "1" && single.environment["OMP_NUM_THREADS"] == "4")
+        #expect(single.environment["SIM_MODE"] == "fast" && single.environment["BALSAM_JOB_ID"] == job.id)
+        #expect(single.environment["OMPI_COMM_WORLD_RANK"] == nil && single.environment["PMIX_RANK"] == nil)
+        #expect(single.environment["OMPI_ALLOW_RUN_AS_ROOT"] == "1")
+
+        job.numNodes = 2
+        job.ranksPerNode = 4
+        job.launchParams = ["bind-to": "core"]
+        let wide = try command.spec(
+            job, app: app, assignment: Assignment(nodes: [0, 1], cpus: 0, gpus: [], occupancy: 1), nodes: nodes)
+        #expect(
+            wide.script.hasSuffix(
+                "mpirun -n 8 --map-by ppr:4:node --host n0:4,n1:4 -x BALSAM_JOB_DIR -x BALSAM_JOB_ID "
+                    + "-x OMP_NUM_THREADS -x SIM_MODE --bind-to core simulate 3"))
+
+        settings.mpiLauncher = "srun"
+        let srun = try TaskCommand(site: site, settings: settings, environment: env).spec(
+            job, app: app, assignment: Assignment(nodes: [0, 1], cpus: 0, gpus: [], occupancy: 1), nodes: nodes)
+        #expect(
+            srun.script.hasSuffix(
+                "srun -n 8 --ntasks-per-node 4 --nodelist n0,n1 --nodes 2 --cpus-per-task 4 --bind-to core simulate 3"))
+        settings.mpiLauncher = "launch {{ rank }}"
+        #expect(throws: SpoolError.self) {
+            try TaskCommand(site: site, settings: settings, environment: env).spec(
+                job, app: app, assignment: Assignment(nodes: [0, 1], cpus: 0, gpus: [], occupancy: 1), nodes: nodes)
+        }
+    }
+
+    @Test func messagesRoundTrip() throws {
+        let messages: [Message] = [
+            .start(TaskSpec(id: "a", directory: "/d", script: "echo 'x'", environment: ["K": "v=1"])),
+            .kill(id: "a"), .stop, .ended(TaskRunner.Ended(id: "a", status: 143, error: "why")), .stopped,
+        ]
+        for message in messages { #expect(try Message(bytes: message.encoded()) == message) }
+        #expect(throws: SpoolError.self) { try Message(bytes: Array("{}".utf8)) }
+    }
+}
+
+@Suite struct TaskRunnerTests {
+    func waitForEnd(_ runner: TaskRunner, timeout: Double = 20) -> [TaskRunner.Ended] {
+        let deadline = Date().addingTimeInterval(timeout)
+        var ended: [TaskRunner.Ended] = []
+        while runner.count > 0 && Date() < deadline {
+            ended += runner.poll()
+            usleep(5_000)
+        }
+        return ended
+    }
+
+    @Test func jobsRunInTheirDirectoryAndAppendTheirOutput() throws {
+        let dir = try TempDir()
+        let runner = TaskRunner(grace: 0.5)
+        let env = ["PATH": "/usr/bin:/bin", "X": "42"]
+        #expect(
+            runner.start(TaskSpec(id: "a", directory: dir.path, script: "echo $X; pwd; exit 3", environment: env))
+                == nil)
+        #expect(waitForEnd(runner) == [TaskRunner.Ended(id: "a", status: 3, error: nil)])
+        #expect(runner.start(TaskSpec(id: "a", directory: dir.path, script: "echo again", environment: env)) == nil)
+        #expect(waitForEnd(runner).first?.status == 0)
+        let out = try read(dir.path + "/job.out")
+        #expect(out.hasPrefix("42\n\(dir.path)\n"))
+        #expect(out.contains("==> balsam-launcher: run again at ") && out.hasSuffix("again\n"))
+
+        let missing = runner.start(TaskSpec(id: "b", directory: dir.path + "/nope", script: "true", environment: env))
+        #expect(missing?.status == 126, "job.out cannot be opened in a missing directory")
+    }
+
+    @Test func aKillStopsTheWholeProcessGroupAfterTheGracePeriod() throws {
+        let dir = try TempDir()
+        let runner = TaskRunner(grace: 0.3)
+        // The job ignores SIGTERM and starts a child that does too: only SIGKILL of the group ends them.
+        let script = "trap '' TERM; (trap '' TERM; sleep 60) & echo $! > child.pid; sleep 60"
+        #expect(
+            runner.start(TaskSpec(id: "k", directory: dir.path, script: script, environment: ["PATH": "/usr/bin:/bin"]))
+                == nil)
+        let pidFile = dir.path + "/child.pid"
+        let deadline = Date().addingTimeInterval(10)
+        while (try? read(pidFile))?.isEmpty ?? true, Date() < deadline { usleep(5_000) }
+        let child = try #require(Int32(try read(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)))
+        runner.kill("k")
+        let ended = waitForEnd(runner)
+        #expect(ended.first?.status == 128 + SIGKILL)
+        // Gone, or a zombie waiting for whoever inherited it to reap it: either way no longer running.
+        let state = (try? read("/proc/\(child)/stat"))?.split(separator: ")").last?.split(separator: " ").first
+        #expect(state == nil || state == "Z", "the job's child is gone too (state \(state ?? "none"))")
+    }
+}
