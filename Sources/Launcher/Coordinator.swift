@@ -252,7 +252,7 @@ public final class Coordinator {
                 return false
             }
             let host = nodes[assignment.nodes[0]].host
-            var data: [String: JSONValue] = ["host": .string(host), "nodes": .int(assignment.nodes.count)]
+            var data: [String: JSONValue] = ["host": .string(host), "nodes": .array(assignment.nodes.map { .int($0) })]
             if !assignment.gpus.isEmpty { data["gpus"] = .string(assignment.gpus.joined(separator: ",")) }
             let moved = try store.move(loaded, to: .running, eventData: data, entryAt: entry)
             running[id] = Running(loaded: moved, assignment: assignment)
@@ -327,7 +327,7 @@ public final class Coordinator {
     private func record(_ ended: TaskRunner.Ended) {
         guard let job = running.removeValue(forKey: ended.id) else { return }
         allocation.release(job.assignment)
-        candidatesStale = candidatesStale || !candidates.isEmpty || true
+        candidatesStale = true  // room was freed: look at the ready queue again
         let status = Int(ended.status)
         do {
             if let reason = killRequests.removeValue(forKey: ended.id) {

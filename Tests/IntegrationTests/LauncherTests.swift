@@ -1,0 +1,302 @@
+import Foundation
+import Spool
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// `balsam-launcher`, run for real: under `mpirun` (several ranks on this machine stand for several nodes) or
+/// alone (one rank, the local machine).
+final class LauncherProcess {
+    let process = Process()
+    let logPath: String
+
+    init(site: String, ranks: Int?, _ args: [String] = [], logDirectory: String) throws {
+        logPath = logDirectory + "/launcher-\(UUID().uuidString.prefix(6)).log"
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let launcher = [binDirectory + "/balsam-launcher", "--site", site] + args
+        var environment = ProcessInfo.processInfo.environment
+        environment["BALSAM_SITE"] = nil
+        if let ranks {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/mpirun")
+            process.arguments = ["--oversubscribe", "--bind-to", "none", "-n", String(ranks)] + launcher
+            // Root in CI; no ssh: every rank is local.
+            environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+            environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+            environment["OMPI_MCA_plm_rsh_agent"] = "false"
+        } else {
+            process.executableURL = URL(fileURLWithPath: launcher[0])
+            process.arguments = Array(launcher.dropFirst())
+        }
+        process.environment = environment
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        process.standardOutput = process.standardError
+        try process.run()
+    }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// Waits for the launcher to exit; its status, or nil (and the test fails) after `timeout` seconds.
+    func wait(timeout: Double = 60) -> Int32? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning {
+            Issue.record("the launcher did not exit within \(timeout) s; log:\n\(log)")
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            return nil
+        }
+        return process.terminationStatus
+    }
+
+    deinit { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+}
+
+/// One line of the event log.
+struct LoggedEvent {
+    var job: String
+    var from: JobState
+    var to: JobState
+    var time: String
+    var data: [String: JSONValue]
+}
+
+func loggedEvents(_ site: Site) throws -> [LoggedEvent] {
+    try read(site.eventsPath + "/" + Posix.hostName() + ".jsonl").split(separator: "\n").compactMap { line in
+        guard case .object(let o) = try JSONValue.parse(String(line)), let job = o["job"]?.stringValue,
+            let from = o["from"]?.stringValue.flatMap(JobState.init(rawValue:)),
+            let to = o["to"]?.stringValue.flatMap(JobState.init(rawValue:)), let time = o["t"]?.stringValue
+        else { return nil }
+        return LoggedEvent(job: job, from: from, to: to, time: time, data: o["data"]?.objectValue ?? [:])
+    }
+}
+
+/// A job's run as the event log tells it: from RUNNING to the next event.
+struct Run {
+    var job: String
+    var nodes: [Int]
+    var gpus: [String]
+    var start: String
+    var end: String
+
+    func overlaps(_ other: Run) -> Bool { start < other.end && other.start < end }
+}
+
+func runs(_ site: Site) throws -> [Run] {
+    var open: [String: Run] = [:]
+    var done: [Run] = []
+    for e in try loggedEvents(site) {
+        if e.to == .running {
+            var nodes: [Int] = []
+            if case .array(let list)? = e.data["nodes"] { nodes = list.compactMap(\.intValue) }
+            let gpus = e.data["gpus"]?.stringValue?.split(separator: ",").map(String.init) ?? []
+            open[e.job] = Run(job: e.job, nodes: nodes, gpus: gpus, start: e.time, end: "")
+        } else if e.from == .running, var run = open.removeValue(forKey: e.job) {
+            run.end = e.time
+            done.append(run)
+        }
+    }
+    return done
+}
+
+@Suite(.serialized) struct LauncherTests {
+    let dir: TempDir
+    let site: Site
+
+    init() throws {
+        dir = try TempDir()
+        site = try makeSite(dir)
+    }
+
+    /// Writes settings.yml: the launcher keys given, the rest defaults.
+    func configure(_ launcher: String, processing: String = "") throws {
+        try "launcher:\n\(launcher)\n\(processing)".write(toFile: site.settingsPath, atomically: false, encoding: .utf8)
+    }
+
+    func app(_ name: String, _ command: String) throws {
+        try site.createApp(try App(name: name, commandTemplate: command))
+    }
+
+    /// Submits jobs (JSON lines) and makes them runnable the way the watcher does.
+    @discardableResult
+    func submit(_ lines: [String]) throws -> [String] {
+        var submission = Submission(site: site)
+        let ids = try submission.accept(Array(lines.joined(separator: "\n").utf8)).accepted.map(\.job.id)
+        var ingest = Ingest(site: site, actor: "test")
+        ingest.advance = { _, state in state == .ready ? [(.stagedIn, nil), (.preprocessed, nil)] : [] }
+        _ = try ingest.run()
+        return ids
+    }
+
+    func state(_ id: String) -> JobState? { try? Query(site: site).find(id).state }
+
+    @Test func twoRanksPackSingleNodeJobsByNodePackingCount() throws {
+        try configure("  cpus_per_node: 16")
+        try app("nap", "sleep 0.4")
+        let quarter = (0..<12).map { #"{"app":"nap","workdir":"q/\#($0)","node_packing_count":4}"# }
+        let half = (0..<6).map { #"{"app":"nap","workdir":"h/\#($0)","node_packing_count":2}"# }
+        let ids = try submit(quarter + half)
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: 2, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+        for id in ids { #expect(state(id) == .runDone) }
+
+        let all = try runs(site)
+        #expect(all.count == ids.count)
+        let occupancy = Dictionary(uniqueKeysWithValues: ids.enumerated().map { ($1, $0 < 12 ? 0.25 : 0.5) })
+        var mostAtOnce = [0, 0]
+        for run in all {
+            #expect(run.nodes.count == 1)
+            let node = run.nodes[0]
+            let together = all.filter { $0.nodes == [node] && $0.start <= run.start && run.start < $0.end }
+            let used = together.map { occupancy[$0.job] ?? 1 }.reduce(0, +)
+            #expect(used <= 1.001, "node \(node) over-packed at \(run.start): \(used)")
+            mostAtOnce[node] = max(mostAtOnce[node], together.count)
+        }
+        #expect(mostAtOnce.allSatisfy { $0 >= 2 }, "both nodes ran several jobs at once: \(mostAtOnce)")
+    }
+
+    @Test func aTwoNodeJobRunsOverTwoRanksWhileSingleNodeJobsRunOnTheOthers() throws {
+        try configure(
+            """
+              cpus_per_node: 4
+              mpi_launcher: "mpirun --oversubscribe --bind-to none -n {{ ranks }} --host {{ host_slots }} {{ env_flags }} {{ command }}"
+            """)
+        try app(
+            "wide", #"sh -c 'echo rank=$OMPI_COMM_WORLD_RANK of $OMPI_COMM_WORLD_SIZE job=$BALSAM_JOB_ID; sleep 1'"#)
+        try app("nap", "sleep 0.5")
+        let ids = try submit(
+            (0..<2).map { #"{"app":"nap","workdir":"s/\#($0)"}"# } + [#"{"app":"wide","workdir":"w","num_nodes":2}"#]
+                + (2..<6).map { #"{"app":"nap","workdir":"s/\#($0)"}"# })
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: 4, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+        for id in ids { #expect(state(id) == .runDone, "\(id)") }
+        let out = try read(site.jobDirectory("w") + "/job.out")
+        #expect(out.contains("rank=0 of 2 job=\(ids[2])") && out.contains("rank=1 of 2 job=\(ids[2])"), "\(out)")
+        let all = try runs(site)
+        let wide = try #require(all.first { $0.job == ids[2] })
+        #expect(wide.nodes.count == 2)
+        let beside = all.filter { $0.job != wide.job && $0.overlaps(wide) }
+        #expect(!beside.isEmpty, "single-node jobs ran while the two-node job did")
+        for run in beside { #expect(Set(run.nodes).isDisjoint(with: wide.nodes), "\(run.job) on \(run.nodes)") }
+    }
+
+    @Test func gpusAreAssignedWithoutOverlap() throws {
+        try configure("  cpus_per_node: 16\n  gpu_ids: [0, 1, 2, 3]")
+        try app("gpu", #"sh -c 'echo gpus=$CUDA_VISIBLE_DEVICES; sleep 0.3'"#)
+        let one = (0..<6).map { #"{"app":"gpu","workdir":"one/\#($0)","gpus_per_rank":1,"node_packing_count":4}"# }
+        let two = (0..<4).map {
+            #"{"app":"gpu","workdir":"two/\#($0)","gpus_per_rank":2,"node_packing_count":4}"#
+        }
+        let ids = try submit(one + two)
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+        let all = try runs(site)
+        #expect(all.count == ids.count)
+        for (i, id) in ids.enumerated() {
+            let run = try #require(all.first { $0.job == id })
+            #expect(run.gpus.count == (i < 6 ? 1 : 2))
+            let listing = try Query(site: site).find(id)
+            let out = try read(site.jobDirectory(listing.workdir) + "/job.out")
+            #expect(out.contains("gpus=" + run.gpus.joined(separator: ",")), "\(out)")
+            for other in all where other.job != id && other.overlaps(run) {
+                #expect(Set(other.gpus).isDisjoint(with: run.gpus), "\(id) and \(other.job) share a GPU")
+            }
+        }
+        #expect(all.contains { run in all.contains { $0.job != run.job && $0.overlaps(run) } }, "jobs shared the node")
+    }
+
+    @Test func aJobThatOutlivesTheLauncherTimesOutAndIsRetriedUnderTheNext() throws {
+        try configure("  kill_grace_sec: 0.5")
+        try app("long", "if [ -e first ]; then echo second run; else touch first; echo first run; sleep 60; fi")
+        let id = try #require(try submit([#"{"app":"long","workdir":"l"}"#]).first)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        let first = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "0.05", "--idle-timeout", "30"], logDirectory: dir.path)
+        #expect(first.wait() == 0, "\(first.log)")
+        try waitUntil("the watcher's timeout policy makes the job RESTART_READY") { state(id) == .restartReady }
+        let second = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
+        #expect(second.wait() == 0, "\(second.log)")
+        try waitUntil("the job finishes") { state(id) == .jobFinished }
+        #expect(watcher.terminate() == 0)
+        let history = try #require(try Query(site: site).find(id).record).history.map(\.state)
+        #expect(history.contains(.runTimeout) && history.filter { $0 == .running }.count == 2, "\(history)")
+        let out = try read(site.jobDirectory("l") + "/job.out")
+        #expect(out.hasPrefix("first run\n") && out.contains("==> balsam-launcher: run again at "), "\(out)")
+        #expect(out.hasSuffix("second run\n"))
+    }
+
+    @Test func aKillRequestStopsARunningJob() throws {
+        try configure("  kill_grace_sec: 0.5")
+        try app("forever", "echo $$ > pid; sleep 600")
+        let id = try #require(try submit([#"{"app":"forever","workdir":"f"}"#]).first)
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: 2, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
+        let pidFile = site.jobDirectory("f") + "/pid"
+        try waitUntil("the job runs") { state(id) == .running && !((try? read(pidFile)) ?? "").isEmpty }
+        let pid = try #require(Int32(try read(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)))
+        let r = try balsam(["kill", id], site: site.root)
+        #expect(r.status == 0 && r.stdout.contains("requested"), "\(r)")
+        try waitUntil("the job is FAILED", timeout: 10) { state(id) == .failed }
+        #expect(try Query(site: site).find(id).record?.reason == "killed by the user")
+        #expect(kill(pid, 0) != 0 || (try? read("/proc/\(pid)/stat"))?.contains(") Z ") == true, "the job stopped")
+        #expect(!exists(site.controlPath + "/kill." + id), "the request is done")
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+    }
+
+    @Test func twoLaunchersOnOneSiteRunEachJobExactlyOnce() throws {
+        let count = ProcessInfo.processInfo.environment["BALSAM_LAUNCH_JOBS"].flatMap(Int.init) ?? 2000
+        try configure("  cpus_per_node: 4")
+        try app("mark", #"echo $BALSAM_JOB_ID >> "$BALSAM_SITE/runs.log""#)
+        let ids = try submit((0..<count).map { #"{"app":"mark","workdir":"m/\#($0)","node_packing_count":4}"# })
+        let args = ["--wall-time-min", "5", "--idle-timeout", "2"]
+        let a = try LauncherProcess(site: site.root, ranks: nil, args, logDirectory: dir.path)
+        let b = try LauncherProcess(site: site.root, ranks: 2, args, logDirectory: dir.path)
+        #expect(a.wait(timeout: 300) == 0, "\(a.log)")
+        #expect(b.wait(timeout: 300) == 0, "\(b.log)")
+        let lines = try read(site.root + "/runs.log").split(separator: "\n").map(String.init)
+        #expect(lines.count == count, "every job ran once")
+        #expect(Set(lines) == Set(ids))
+        let counts = try Query(site: site).countByState()
+        #expect(counts[.runDone] == count)
+        #expect(try Lease.all(site).isEmpty, "both leases were released")
+    }
+
+    @Test func afterALauncherIsKilledEveryJobEndsAndNoneRunsTwiceAtOnce() throws {
+        try configure("  cpus_per_node: 4\n  lease_timeout_sec: 2\n  kill_grace_sec: 0.3")
+        // A job holds a lock while it runs: a second copy running at the same time finds it taken.
+        try app(
+            "locked",
+            #"exec 9>>lock; flock -n 9 || echo "$BALSAM_JOB_ID" >> "$BALSAM_SITE/double"; sleep 1; echo ok"#)
+        let ids = try submit((0..<16).map { #"{"app":"locked","workdir":"k/\#($0)","node_packing_count":4}"# })
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        let first = try LauncherProcess(
+            site: site.root, ranks: 2, ["--wall-time-min", "5", "--idle-timeout", "30"], logDirectory: dir.path)
+        try waitUntil("jobs run") { (try Query(site: site).countByState()[.running] ?? 0) >= 4 }
+        let lease = try #require(try Lease.all(site).first)
+        let rank0 = try #require(Int32(lease.name.split(separator: ".").dropLast().last ?? ""))
+        kill(rank0, SIGKILL)
+        #expect(first.wait() != 0, "mpirun reports the dead rank")
+        try waitUntil("the watcher ends the expired lease", timeout: 30) { try Lease.all(site).isEmpty }
+        let second = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "2"], logDirectory: dir.path)
+        try waitUntil("every job has finished", timeout: 90) {
+            ids.allSatisfy { state($0) == .jobFinished }
+        }
+        #expect(second.wait() == 0, "\(second.log)")
+        #expect(watcher.terminate() == 0)
+        #expect(
+            !exists(site.root + "/double"),
+            "no job ran twice at the same time: \((try? read(site.root + "/double")) ?? "")")
+        let timedOut = try ids.filter {
+            try Query(site: site).find($0).record?.history.contains { $0.state == .runTimeout } == true
+        }
+        #expect(!timedOut.isEmpty, "the killed launcher's running jobs timed out and ran again")
+        #expect(try Fsck(site: site).run(repair: false).problems.isEmpty)
+    }
+}
