@@ -126,6 +126,7 @@ public final class Coordinator {
         var lastControl = 0.0
         var lastRescan = 0.0
         var idleSince: Double? = nil
+        var readyChanged = false
 
         while stopping == nil {
             let now = Coordinator.now()
@@ -147,9 +148,18 @@ public final class Coordinator {
                 checkKillRequests()
                 lastControl = now
             }
+            // The ready queue is listed again when inotify reports new entries (at most every 50 ms while
+            // listed candidates remain: a burst of submissions must not make every loop read a big directory),
+            // when the candidates run out, and every launcher.delay_sec for changes made on other nodes.
             if now - lastRescan >= settings.launcher.pollSeconds { candidatesStale = true }
-            if candidatesStale && allocation.hasRoom && running.count < settings.launcher.maxConcurrent {
-                lastRescan = now
+            if readyChanged && (candidates.isEmpty || now - lastRescan >= 0.05) {
+                candidatesStale = true
+                readyChanged = false
+            }
+            if allocation.hasRoom && running.count < settings.launcher.maxConcurrent
+                && (candidatesStale || !candidates.isEmpty)
+            {
+                if candidatesStale { lastRescan = now }
                 if fill() { active = true }
             }
             if running.isEmpty {
@@ -161,7 +171,7 @@ public final class Coordinator {
             } else {
                 idleSince = nil
             }
-            if !active && monitor.wait(seconds: 0.002) { candidatesStale = true }
+            if monitor.wait(seconds: active ? 0 : 0.002) { readyChanged = true }
         }
         try shutdown(reason: stopping ?? "signal")
         return summary
@@ -179,12 +189,9 @@ public final class Coordinator {
         var kept: [(id: String, state: JobState)] = []
         var i = 0
         while i < candidates.count {
+            guard allocation.hasRoom, running.count < settings.launcher.maxConcurrent else { break }
             let (id, state) = candidates[i]
             i += 1
-            guard allocation.hasRoom || allocation.isIdle, running.count < settings.launcher.maxConcurrent else {
-                kept.append((id, state))
-                continue
-            }
             if skipped.contains(id) { continue }
             guard let job = index.readEntry(state, id: id) else { continue }  // gone: claimed elsewhere
             if let why = unsuitable(job) {
@@ -203,7 +210,7 @@ public final class Coordinator {
                 allocation.release(assignment)
             }
         }
-        candidates = kept
+        candidates = kept + candidates[i...]
         return startedAny
     }
 
@@ -327,7 +334,6 @@ public final class Coordinator {
     private func record(_ ended: TaskRunner.Ended) {
         guard let job = running.removeValue(forKey: ended.id) else { return }
         allocation.release(job.assignment)
-        candidatesStale = true  // room was freed: look at the ready queue again
         let status = Int(ended.status)
         do {
             if let reason = killRequests.removeValue(forKey: ended.id) {
