@@ -338,7 +338,7 @@ public final class Coordinator {
         do {
             if let reason = killRequests.removeValue(forKey: ended.id) {
                 try store.move(job.loaded, to: .failed, reason: reason, eventData: ["return_code": .int(status)]) {
-                    job, _ in job.returnCode = status
+                    _, record in record.returnCode = status
                 }
                 Posix.unlink(site.controlPath + "/kill." + ended.id)
                 summary.killed += 1
@@ -346,17 +346,18 @@ public final class Coordinator {
             } else if let why = stopping {
                 try store.move(
                     job.loaded, to: .runTimeout, reason: "stopped by the launcher (\(why))",
-                    eventData: ["return_code": .int(status)])
+                    eventData: ["return_code": .int(status)]
+                ) { _, record in record.returnCode = status }
                 summary.timedOut += 1
             } else if status == 0 && ended.error == nil {
-                try store.move(job.loaded, to: .runDone) { job, _ in job.returnCode = 0 }
+                try store.move(job.loaded, to: .runDone) { _, record in record.returnCode = 0 }
                 summary.done += 1
             } else {
                 let tail = ended.error ?? outputTail(job.loaded.directory)
                 try store.move(
                     job.loaded, to: .runError, reason: "exit status \(status)",
                     eventData: ["return_code": .int(status), "tail": .string(tail)]
-                ) { job, _ in job.returnCode = status }
+                ) { _, record in record.returnCode = status }
                 summary.errors += 1
             }
         } catch {

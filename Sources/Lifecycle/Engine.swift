@@ -315,7 +315,7 @@ public final class Engine {
                 if isError { record.errorRetries += 1 } else { record.timeoutRetries += 1 }
             }
         } else {
-            let code = loaded.job.returnCode.map { " (return code \($0))" } ?? ""
+            let code = loaded.record.returnCode.map { " (return code \($0))" } ?? ""
             try move(loaded, to: .failed, reason: "\(what)\(code) and no retries left (\(policy.retries) allowed)")
         }
     }
@@ -336,7 +336,7 @@ public final class Engine {
         env["BALSAM_ATTEMPT"] = String(loaded.record.attempts)
         env["BALSAM_PARAMETERS"] = JSONValue.object(job.parameters).serialized()
         env["BALSAM_DATA"] = JSONValue.object(job.data).serialized()
-        if let rc = job.returnCode { env["BALSAM_RETURN_CODE"] = String(rc) }
+        if let rc = loaded.record.returnCode { env["BALSAM_RETURN_CODE"] = String(rc) }
         return env
     }
 

@@ -196,6 +196,10 @@ struct Show: ParsableCommand {
                 guard case .object(var o) = jobJSON(spec, state: listing.state) else { return }
                 o["history"] = .array(history)
                 if let reason = listing.record?.reason { o["state_reason"] = .string(reason) }
+                if let record = listing.record {
+                    o["attempts"] = .int(record.attempts)
+                    o["return_code"] = record.returnCode.map { .int($0) } ?? .null
+                }
                 print(JSONValue.object(o).serialized())
                 return
             }
@@ -203,6 +207,10 @@ struct Show: ParsableCommand {
             if let record = listing.record {
                 text += " since \(record.since) by \(record.actor)"
                 if let reason = record.reason { text += "\nreason:    \(reason)" }
+                if record.attempts > 0 {
+                    text += "\nruns:      \(record.attempts)"
+                    if let rc = record.returnCode { text += ", last exit status \(rc)" }
+                }
             } else if listing.source == .accepted {
                 text += " (accepted; directory not made yet)"
             }

@@ -161,8 +161,8 @@ func waitUntil(_ what: String, timeout: Double = 30, _ condition: () throws -> B
                         else { continue }
                         let fail = Int.random(in: 0..<10, using: &rng) == 0
                         do {
-                            try store.move(running, to: fail ? .runError : .runDone) { job, _ in
-                                job.returnCode = fail ? 1 : 0
+                            try store.move(running, to: fail ? .runError : .runDone) { _, record in
+                                record.returnCode = fail ? 1 : 0
                             }
                         } catch {
                             launcherErrors.append("\(id): \(error)")

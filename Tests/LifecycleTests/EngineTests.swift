@@ -53,7 +53,7 @@ struct Fixture {
         let state = try self.state(id)
         let loaded = try #require(try launcher.load(id, in: state))
         let running = try launcher.move(loaded, to: .running)
-        try launcher.move(running, to: ending) { job, _ in job.returnCode = returnCode }
+        try launcher.move(running, to: ending) { _, record in record.returnCode = returnCode }
     }
 }
 

@@ -1,3 +1,4 @@
+import Foundation
 import TestSupport
 import Testing
 
@@ -93,8 +94,41 @@ let legalPairs: Set<String> = [
                     #expect(record.state == before)
                 }
             }
-            #expect(record.history.count <= StateRecord.historyLimit)
+            let parsed = try StateRecord(bytes: record.fileBytes(), path: "state")
+            #expect(parsed.history == record.history && parsed.state == record.state)
         }
+    }
+
+    /// The state file is appended to: the last valid line is the current state, and a line cut short by a crash
+    /// is skipped, also when a later append follows it.
+    @Test func stateFilesAreAppendedAndSurviveTornLines() throws {
+        let dir = try TempDir()
+        let path = dir.path + "/state"
+        var record = StateRecord(initial: .ready, actor: "submit")
+        try Data(record.fileBytes()).write(to: URL(fileURLWithPath: path))
+        record = try record.moved(to: .stagedIn, actor: "w", reason: "no stage-in")
+        try Posix.appendLines(path, record.line(), sync: false)
+        // A crash cuts the next write short.
+        let torn = try record.moved(to: .preprocessed, actor: "w", reason: nil).line().dropLast(9)
+        let fd = open(path, O_WRONLY | O_APPEND)
+        _ = Array(torn).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        var parsed = try StateRecord(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: path))), path: path)
+        #expect(parsed.state == .stagedIn && parsed.history.map(\.state) == [.ready, .stagedIn])
+        // The next writer ends the fragment first, so its own line is whole.
+        record = try record.moved(to: .preprocessed, actor: "w", reason: nil)
+        record = try record.moved(to: .running, actor: "l", reason: nil)
+        record.returnCode = 3
+        try Posix.appendLines(path, record.line(), sync: false)
+        parsed = try StateRecord(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: path))), path: path)
+        #expect(parsed.state == .running && parsed.attempts == 1 && parsed.returnCode == 3)
+        #expect(parsed.history.map(\.state) == [.ready, .stagedIn, .running], "the torn line is not history")
+        #expect(throws: SpoolError.self) { try StateRecord(bytes: Array("{\"state\":\"RUN".utf8), path: path) }
+        // A file of the first format (one object with its history) still reads.
+        let old =
+            #"{"state":"RUN_DONE","since":"t2","actor":"l","attempts":1,"history":[{"state":"READY","time":"t0","actor":"s"},{"state":"RUN_DONE","time":"t2","actor":"l"}]}"#
+        let first = try StateRecord(bytes: Array(old.utf8), path: path)
+        #expect(first.state == .runDone && first.since == "t2" && first.attempts == 1 && first.history.count == 2)
     }
 
     @Test func parseIsCaseInsensitiveAndNamesTheStatesOnError() throws {

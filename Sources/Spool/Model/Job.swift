@@ -35,8 +35,6 @@ public struct Job: Sendable, Equatable {
     public var wallTimeMin: Int = 0
     /// Transfer slots: slot name → `{location_alias, path}`; stored now, used by stage-in/out later.
     public var transfers: [String: JSONValue] = [:]
-    /// The app's exit status once it has run.
-    public var returnCode: Int?
 
     /// A job with the required fields and defaults for the rest.
     public init(workdir: String, app: String) {
@@ -142,10 +140,8 @@ public struct Job: Sendable, Equatable {
             }
             gpusPerRank = g
         }
-        if let v = o["return_code"], v != .null {
-            guard let rc = v.intValue else { throw fieldError("return_code", "must be an integer or null") }
-            returnCode = rc
-        }
+        // "return_code" (written by earlier versions) is accepted and ignored: a run's exit status is in the
+        // job's state file now.
         try validate()
     }
 
@@ -255,7 +251,7 @@ public struct Job: Sendable, Equatable {
             "launch_params": .object(launchParams.mapValues { .string($0) }),
             "gpus_per_rank": gpusPerRank.rounded() == gpusPerRank ? .int(Int(gpusPerRank)) : .double(gpusPerRank),
             "node_packing_count": .int(nodePackingCount), "wall_time_min": .int(wallTimeMin),
-            "transfers": .object(transfers), "return_code": returnCode.map { .int($0) } ?? .null,
+            "transfers": .object(transfers),
         ]
         if id.isEmpty { o["id"] = nil }
         if created.isEmpty { o["created"] = nil }

@@ -6,7 +6,7 @@
 ///
 /// A move is a compare-and-swap on the job's entry: `rename(2)` from `jobs/FROM/ID` to `jobs/TO/ID` succeeds for
 /// exactly one mover; anyone who finds the entry gone has lost the race and gets a `.conflict` error. Then the
-/// event is logged, `job.json` rewritten if the move changes it, and the `state` file (the truth) written. A
+/// event is logged, `job.json` rewritten if the move changes it, and the `state` file (the truth) appended to. A
 /// crash between the rename and the state file leaves the entry ahead of the state; recovery puts it back and
 /// the step is done again, so a step may run twice, never zero times. Events are written before the state file
 /// for the same reason: after a crash an event may appear twice, never be missing.
@@ -103,16 +103,19 @@ public struct JobStore: Sendable {
         let from = loaded.record.state
         var record = loaded.record
         var events: [Event] = []
-        for (state, reason) in steps {
+        var lines: [UInt8] = []
+        for (i, (state, reason)) in steps.enumerated() {
             let before = record.state
             record = try record.moved(to: state, actor: actor, reason: reason)
             var data = eventData
             if let reason { data["reason"] = .string(reason) }
             events.append(
                 Event(time: record.since, jobID: loaded.job.id, from: before, to: state, actor: actor, data: data))
+            if i < steps.count - 1 { lines += record.line() }
         }
         var job = loaded.job
         update?(&job, &record)
+        lines += record.line()
         let id = job.id
         let dir = loaded.directory
 
@@ -140,7 +143,7 @@ public struct JobStore: Sendable {
                 Posix.unlink(claim)
                 try index.makeEntry(at: claim, workdir: job.workdir)
             }
-            try Posix.replaceFile(dir + "/state", record.fileBytes(), sync: false)
+            try Posix.appendLines(dir + "/state", lines, sync: false)
         } catch {
             // Undo the claim: the job stays where it was.
             if let source { _ = rename(claim, source) } else { Posix.unlink(claim) }

@@ -108,6 +108,21 @@ public enum Posix {
         if sync { try fsync(fd, path: path) }
     }
 
+    /// Appends complete lines to an existing file. If the file does not end with a newline (a write cut short
+    /// by a crash), one is written first, so the fragment stays a line of its own that readers skip.
+    package static func appendLines(_ path: String, _ bytes: [UInt8], sync: Bool) throws(SpoolError) {
+        let fd = try open(path, O_RDWR | O_APPEND | O_NOFOLLOW)
+        defer { close(fd) }
+        var st = stat()
+        if fstat(fd, &st) != 0 { throw .system("stat", path: path, errno: errno) }
+        var last: UInt8 = 0x0A
+        if st.st_size > 0 && pread(fd, &last, 1, st.st_size - 1) != 1 {
+            throw .system("read", path: path, errno: errno)
+        }
+        try write(fd, last == 0x0A ? bytes : [0x0A] + bytes, path: path)
+        if sync { try fsync(fd, path: path) }
+    }
+
     /// Write new, then rename: readers see the old file or the new one, never a torn one.
     package static func replaceFile(_ path: String, _ bytes: [UInt8], sync: Bool, tempDirectory: String? = nil)
         throws(SpoolError)
