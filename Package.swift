@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "balsam-submit", targets: ["balsam-submit"]),
         .executable(name: "balsam-watch", targets: ["balsam-watch"]),
         .executable(name: "balsam-launcher", targets: ["balsam-launcher"]),
+        .executable(name: "balsam-task-guard", targets: ["balsam-task-guard"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -60,6 +61,8 @@ let package = Package(
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         // The one wrapper over MPI: init, gather, non-blocking messages, checked return codes.
         .target(name: "MessagePassing", dependencies: ["CMPI"]),
+        // Runs one job for the launcher and stops it with its launcher (a small C program: spawned per job).
+        .executableTarget(name: "balsam-task-guard"),
         // The launcher's work, free of MPI: nodes and placement, commands, tasks, claiming and recording.
         .target(name: "Launcher", dependencies: ["Spool"]),
         .executableTarget(
@@ -80,7 +83,7 @@ let package = Package(
     ]
 )
 
-for target in package.targets where target.type != .system && target.name != "CLinux" && target.name != "CMPI" {
+for target in package.targets where target.type != .system && !["CLinux", "CMPI", "balsam-task-guard"].contains(target.name) {
     target.swiftSettings =
         (target.swiftSettings ?? []) + [
             .enableUpcomingFeature("ExistentialAny"),

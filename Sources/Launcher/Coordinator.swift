@@ -84,7 +84,7 @@ public final class Coordinator {
         self.transport = transport
         self.options = options
         self.allocation = Allocation(nodes: nodes)
-        self.runner = TaskRunner(grace: settings.launcher.killGraceSeconds)
+        self.runner = TaskRunner(grace: settings.launcher.killGraceSeconds, guardPath: TaskRunner.defaultGuardPath)
         self.command = TaskCommand(site: site, settings: settings.launcher, environment: environment)
         self.index = SiteIndex(site: site)
         self.store = JobStore(site: site, actor: "balsam-launcher")
@@ -127,6 +127,7 @@ public final class Coordinator {
         var lastRescan = 0.0
         var idleSince: Double? = nil
         var readyChanged = false
+        var lastActivity = 0.0
 
         while stopping == nil {
             let now = Coordinator.now()
@@ -171,7 +172,11 @@ public final class Coordinator {
             } else {
                 idleSince = nil
             }
-            if monitor.wait(seconds: active ? 0 : 0.002) { readyChanged = true }
+            // Waits are short: endings on other ranks arrive as MPI messages, which cannot wake a poll(2). Just
+            // after activity (jobs are ending and starting) they are shorter still.
+            if active { lastActivity = now }
+            let pause = active ? 0 : (now - lastActivity < 0.05 ? 0.0002 : 0.002)
+            if monitor.wait(seconds: pause) { readyChanged = true }
         }
         try shutdown(reason: stopping ?? "signal")
         return summary

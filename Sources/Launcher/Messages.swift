@@ -85,14 +85,15 @@ public struct WorkerLoop {
     let transport: any Transport
     let runner: TaskRunner
 
-    public init(transport: any Transport, grace: Double) {
+    public init(transport: any Transport, grace: Double, guardPath: String = TaskRunner.defaultGuardPath) {
         self.transport = transport
-        self.runner = TaskRunner(grace: grace)
+        self.runner = TaskRunner(grace: grace, guardPath: guardPath)
     }
 
     /// Runs until rank 0 says stop and every job here has ended.
     public func run() throws(SpoolError) {
         var stopping = false
+        var lastActivity = 0.0
         while true {
             var active = false
             while let (_, message) = try transport.receive() {
@@ -115,7 +116,9 @@ public struct WorkerLoop {
                 try transport.send(.stopped, to: 0)
                 return
             }
-            if !active { usleep(1000) }
+            // Short sleeps right after activity (a start often follows an ending), longer ones when quiet.
+            let now = Coordinator.now()
+            if active { lastActivity = now } else { usleep(now - lastActivity < 0.05 ? 100 : 1000) }
         }
     }
 }

@@ -151,7 +151,7 @@ import Testing
 
     @Test func jobsRunInTheirDirectoryAndAppendTheirOutput() throws {
         let dir = try TempDir()
-        let runner = TaskRunner(grace: 0.5)
+        let runner = TaskRunner(grace: 0.5, guardPath: binDirectory + "/balsam-task-guard")
         let env = ["PATH": "/usr/bin:/bin", "X": "42"]
         #expect(
             runner.start(TaskSpec(id: "a", directory: dir.path, script: "echo $X; pwd; exit 3", environment: env))
@@ -169,7 +169,7 @@ import Testing
 
     @Test func aKillStopsTheWholeProcessGroupAfterTheGracePeriod() throws {
         let dir = try TempDir()
-        let runner = TaskRunner(grace: 0.3)
+        let runner = TaskRunner(grace: 0.3, guardPath: binDirectory + "/balsam-task-guard")
         // The job ignores SIGTERM and starts a child that does too: only SIGKILL of the group ends them.
         let script = "trap '' TERM; (trap '' TERM; sleep 60) & echo $! > child.pid; sleep 60"
         #expect(

@@ -52,7 +52,12 @@ package final class ChangeMonitor: @unchecked Sendable {
     package func wait(seconds: Double) -> Bool {
         var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
         if inotifyFD >= 0 { fds.append(pollfd(fd: inotifyFD, events: Int16(POLLIN), revents: 0)) }
-        let ready = poll(&fds, nfds_t(fds.count), Int32(max(0, seconds * 1000)))
+        var ready = poll(&fds, nfds_t(fds.count), Int32(max(0, seconds * 1000)))
+        if ready == 0 && seconds > 0 && seconds < 0.001 {
+            // poll(2) counts whole milliseconds: a shorter wait is a sleep, then another look.
+            usleep(UInt32(seconds * 1e6))
+            ready = poll(&fds, nfds_t(fds.count), 0)
+        }
         guard ready > 0 else { return false }
         drain()
         return true
