@@ -62,7 +62,8 @@ let package = Package(
         // The one wrapper over MPI: init, gather, non-blocking messages, checked return codes.
         .target(name: "MessagePassing", dependencies: ["CMPI"]),
         // Runs one job for the launcher and stops it with its launcher (a small C program: spawned per job).
-        .executableTarget(name: "balsam-task-guard"),
+        // Linked statically: it is exec'd once per job, and a dynamic one spent most of its time in the loader.
+        .executableTarget(name: "balsam-task-guard", linkerSettings: [.unsafeFlags(["-static-executable"])]),
         // The launcher's work, free of MPI: nodes and placement, commands, tasks, claiming and recording.
         .target(name: "Launcher", dependencies: ["Spool"]),
         .executableTarget(
@@ -83,7 +84,8 @@ let package = Package(
     ]
 )
 
-for target in package.targets where target.type != .system && !["CLinux", "CMPI", "balsam-task-guard"].contains(target.name) {
+for target in package.targets
+where target.type != .system && !["CLinux", "CMPI", "balsam-task-guard"].contains(target.name) {
     target.swiftSettings =
         (target.swiftSettings ?? []) + [
             .enableUpcomingFeature("ExistentialAny"),

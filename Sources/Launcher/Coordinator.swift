@@ -71,6 +71,11 @@ public final class Coordinator {
     private var summary = Summary()
     private var stopping: String?
     private let started: Double
+    private var lastHeartbeat = 0.0
+
+    /// Whether the lease is surely alive (its heartbeat well within the timeout), so that moves of its jobs
+    /// need no claim: no one else may move them.
+    private var leaseFresh: Bool { Coordinator.now() - lastHeartbeat < settings.leaseTimeoutSeconds / 2 }
     private let deadline: Double
 
     /// A coordinator over `nodes` (index = rank), reaching other ranks through `transport`.
@@ -122,7 +127,8 @@ public final class Coordinator {
             inotify: true)
         let idleTimeout = options.idleTimeout ?? settings.launcher.idleSeconds
         let heartbeatEvery = max(0.25, settings.leaseTimeoutSeconds / 4)
-        var lastHeartbeat = Coordinator.now()
+        lastHeartbeat = Coordinator.now()
+        var lastHeartbeatTry = lastHeartbeat
         var lastControl = 0.0
         var lastRescan = 0.0
         var idleSince: Double? = nil
@@ -141,9 +147,14 @@ public final class Coordinator {
             }
             var active = false
             if try collectEndings() { active = true }
-            if now - lastHeartbeat >= heartbeatEvery {
-                do { try lease.heartbeat() } catch { log("cannot refresh the lease: \(error)") }
-                lastHeartbeat = now
+            if now - lastHeartbeat >= heartbeatEvery && now - lastHeartbeatTry >= heartbeatEvery {
+                lastHeartbeatTry = now
+                do {
+                    try lease.heartbeat()
+                    lastHeartbeat = now
+                } catch {
+                    log("cannot refresh the lease: \(error)")
+                }
             }
             if now - lastControl >= 0.1 {
                 checkKillRequests()
@@ -266,7 +277,7 @@ public final class Coordinator {
             let host = nodes[assignment.nodes[0]].host
             var data: [String: JSONValue] = ["host": .string(host), "nodes": .array(assignment.nodes.map { .int($0) })]
             if !assignment.gpus.isEmpty { data["gpus"] = .string(assignment.gpus.joined(separator: ",")) }
-            let moved = try store.move(loaded, to: .running, eventData: data, entryAt: entry)
+            let moved = try store.move(loaded, to: .running, eventData: data, entryAt: entry, leaseHeld: leaseFresh)
             running[id] = Running(loaded: moved, assignment: assignment)
             summary.started += 1
             deliver(.start(spec), to: assignment.nodes[0])
@@ -342,7 +353,10 @@ public final class Coordinator {
         let status = Int(ended.status)
         do {
             if let reason = killRequests.removeValue(forKey: ended.id) {
-                try store.move(job.loaded, to: .failed, reason: reason, eventData: ["return_code": .int(status)]) {
+                try store.move(
+                    job.loaded, to: .failed, reason: reason, eventData: ["return_code": .int(status)],
+                    leaseHeld: leaseFresh
+                ) {
                     _, record in record.returnCode = status
                 }
                 Posix.unlink(site.controlPath + "/kill." + ended.id)
@@ -351,17 +365,17 @@ public final class Coordinator {
             } else if let why = stopping {
                 try store.move(
                     job.loaded, to: .runTimeout, reason: "stopped by the launcher (\(why))",
-                    eventData: ["return_code": .int(status)]
+                    eventData: ["return_code": .int(status)], leaseHeld: leaseFresh
                 ) { _, record in record.returnCode = status }
                 summary.timedOut += 1
             } else if status == 0 && ended.error == nil {
-                try store.move(job.loaded, to: .runDone) { _, record in record.returnCode = 0 }
+                try store.move(job.loaded, to: .runDone, leaseHeld: leaseFresh) { _, record in record.returnCode = 0 }
                 summary.done += 1
             } else {
                 let tail = ended.error ?? outputTail(job.loaded.directory)
                 try store.move(
                     job.loaded, to: .runError, reason: "exit status \(status)",
-                    eventData: ["return_code": .int(status), "tail": .string(tail)]
+                    eventData: ["return_code": .int(status), "tail": .string(tail)], leaseHeld: leaseFresh
                 ) { _, record in record.returnCode = status }
                 summary.errors += 1
             }

@@ -40,6 +40,9 @@ public struct StateRecord: Sendable, Equatable {
     public var timeoutRetries = 0
     /// The exit status of the job's last run (128 + a signal that ended it), once a run has ended.
     public var returnCode: Int?
+    /// Whether the file this was read from ends with a newline (no line cut short at its end): the next append
+    /// then needs no look at the file first. Not part of the record's value.
+    public var fileEndsWithNewline = false
 
     /// A first record, for a newly submitted job.
     public init(initial state: JobState, actor: String, reason: String? = nil, time: String = Timestamp.now()) {
@@ -148,6 +151,13 @@ public struct StateRecord: Sendable, Equatable {
         errorRetries = o["error_retries"]?.intValue ?? 0
         timeoutRetries = o["timeout_retries"]?.intValue ?? 0
         returnCode = o["return_code"]?.intValue
+        fileEndsWithNewline = bytes.last == 0x0A
+    }
+
+    public static func == (a: StateRecord, b: StateRecord) -> Bool {
+        a.state == b.state && a.since == b.since && a.actor == b.actor && a.reason == b.reason
+            && a.history == b.history && a.attempts == b.attempts && a.errorRetries == b.errorRetries
+            && a.timeoutRetries == b.timeoutRetries && a.returnCode == b.returnCode
     }
 }
 

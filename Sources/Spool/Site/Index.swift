@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -181,10 +183,7 @@ public struct SiteIndex: Sendable {
     /// different nodes of a shared filesystem never interleave.
     func appendToHostFile(directory: String, suffix: String, _ bytes: [UInt8], sync: Bool) throws(SpoolError) {
         let path = directory + "/" + Posix.hostName() + suffix
-        let fd = try Posix.open(path, O_WRONLY | O_APPEND | O_CREAT)
-        defer { Posix.close(fd) }
-        try Posix.write(fd, bytes, path: path)
-        if sync { try Posix.fsync(fd, path: path) }
+        try AppendFiles.shared.append(path, bytes, sync: sync)
     }
 
     // MARK: - Accepted batches
@@ -350,4 +349,41 @@ struct JobKey: Hashable, Sendable {
         for (i, c) in JobID.alphabet.enumerated() { table[Int(c)] = UInt8(i) }
         return table
     }()
+}
+
+/// The host's append-only files (event log, final index), kept open between appends: a daemon appends to them
+/// for every job, and an open by path costs more than the write. A file found removed (no links left) is opened
+/// again, so nothing is appended to a file nobody will read. (Nothing replaces these files: they only grow.)
+final class AppendFiles: @unchecked Sendable {
+    static let shared = AppendFiles()
+    private let lock = Mutex<[String: Int32]>([:])
+
+    func append(_ path: String, _ bytes: [UInt8], sync: Bool) throws(SpoolError) {
+        let fd = try descriptor(path)
+        try Posix.write(fd, bytes, path: path)
+        if sync { try Posix.fsync(fd, path: path) }
+    }
+
+    private func descriptor(_ path: String) throws(SpoolError) -> Int32 {
+        let result: Result<Int32, SpoolError> = lock.withLock { files in
+            if let fd = files[path] {
+                var st = stat()
+                if fstat(fd, &st) == 0, st.st_nlink > 0 { return .success(fd) }
+                Posix.close(fd)
+                files[path] = nil
+            }
+            if files.count >= 64 {  // a process that works on many sites (tests) does not keep them all open
+                for fd in files.values { Posix.close(fd) }
+                files = [:]
+            }
+            do throws(SpoolError) {
+                let fd = try Posix.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC)
+                files[path] = fd
+                return .success(fd)
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
 }

@@ -83,12 +83,20 @@ public struct JobStore: Sendable {
     /// counters. The entry goes to `jobs/TO/ID`, or to `entryAt` (a launcher keeps its running jobs in its lease).
     /// Throws `.conflict` if another program moved the job first, and the transition error if `to` is not a legal
     /// successor.
+    ///
+    /// `leaseHeld`: the entry is in a lease the caller holds and keeps alive (a launcher whose heartbeat is
+    /// fresh), so no one else can move the job (the watcher only takes back jobs of expired leases) and the
+    /// compare-and-swap claim is skipped: the event, `job.json` and `state` are written with the entry where it
+    /// is, then the entry is renamed to its new place. If the launcher dies in between, the lease's reaper finds
+    /// the entry in the lease and goes by the state file.
     @discardableResult
     public func move(
         _ loaded: Loaded, to next: JobState, reason: String? = nil, eventData: [String: JSONValue] = [:],
-        entryAt target: String? = nil, update: ((inout Job, inout StateRecord) -> Void)? = nil
+        entryAt target: String? = nil, leaseHeld: Bool = false, update: ((inout Job, inout StateRecord) -> Void)? = nil
     ) throws(SpoolError) -> Loaded {
-        try move(loaded, through: [(next, reason)], eventData: eventData, entryAt: target, update: update)
+        try move(
+            loaded, through: [(next, reason)], eventData: eventData, entryAt: target, leaseHeld: leaseHeld,
+            update: update)
     }
 
     /// Moves `loaded` through several states in one step (`READY -> STAGED_IN -> PREPROCESSED` when there is
@@ -97,7 +105,7 @@ public struct JobStore: Sendable {
     @discardableResult
     public func move(
         _ loaded: Loaded, through steps: [(state: JobState, reason: String?)], eventData: [String: JSONValue] = [:],
-        entryAt target: String? = nil, update: ((inout Job, inout StateRecord) -> Void)? = nil
+        entryAt target: String? = nil, leaseHeld: Bool = false, update: ((inout Job, inout StateRecord) -> Void)? = nil
     ) throws(SpoolError) -> Loaded {
         guard let next = steps.last?.state else { return loaded }
         let from = loaded.record.state
@@ -118,6 +126,11 @@ public struct JobStore: Sendable {
         lines += record.line()
         let id = job.id
         let dir = loaded.directory
+        if leaseHeld, !from.isFinal, let source = loaded.entry, Lease.movingClaim(for: source) != nil {
+            return try moveHeld(
+                loaded, job: job, record: record, events: events, lines: lines, source: source,
+                next: next, target: target)
+        }
 
         // 1. The compare-and-swap. A job that ends leaves the active index: its entry goes to tmp/ until the
         //    final-index line is written. A job that had ended has no entry: a new one is claimed in tmp/.
@@ -143,7 +156,8 @@ public struct JobStore: Sendable {
                 Posix.unlink(claim)
                 try index.makeEntry(at: claim, workdir: job.workdir)
             }
-            try Posix.appendLines(dir + "/state", lines, sync: false)
+            try Posix.appendLines(
+                dir + "/state", lines, sync: false, endsWithNewline: loaded.record.fileEndsWithNewline)
         } catch {
             // Undo the claim: the job stays where it was.
             if let source { _ = rename(claim, source) } else { Posix.unlink(claim) }
@@ -157,6 +171,34 @@ public struct JobStore: Sendable {
             try index.appendFinal(
                 [.init(id: id, state: next, workdir: job.workdir, app: job.app, time: record.since)], sync: false)
             Posix.unlink(claim)
+        }
+        record.fileEndsWithNewline = true
+        return Loaded(job: job, record: record, directory: dir, entry: entry)
+    }
+
+    /// A move of a job in a lease the caller holds (see `move(_:to:...)`): no claim.
+    private func moveHeld(
+        _ loaded: Loaded, job: Job, record: StateRecord, events: [Event], lines: [UInt8], source: String,
+        next: JobState, target: String?
+    ) throws(SpoolError) -> Loaded {
+        let dir = loaded.directory
+        try EventLog(site: site).append(events, sync: false)
+        if job != loaded.job {
+            try Posix.replaceFile(dir + "/job.json", job.fileBytes(), sync: false)
+            let fresh = source + ".relink"
+            try index.makeEntry(at: fresh, workdir: job.workdir)
+            try Posix.rename(fresh, source)
+        }
+        try Posix.appendLines(dir + "/state", lines, sync: false, endsWithNewline: loaded.record.fileEndsWithNewline)
+        var record = record
+        record.fileEndsWithNewline = true
+        let entry = next.isFinal ? nil : (target ?? index.entryPath(next, job.id))
+        if let entry {
+            if entry != source { try Posix.rename(source, entry) }
+        } else {
+            try index.appendFinal(
+                [.init(id: job.id, state: next, workdir: job.workdir, app: job.app, time: record.since)], sync: false)
+            Posix.unlink(source)
         }
         return Loaded(job: job, record: record, directory: dir, entry: entry)
     }

@@ -110,14 +110,20 @@ public enum Posix {
 
     /// Appends complete lines to an existing file. If the file does not end with a newline (a write cut short
     /// by a crash), one is written first, so the fragment stays a line of its own that readers skip.
-    package static func appendLines(_ path: String, _ bytes: [UInt8], sync: Bool) throws(SpoolError) {
-        let fd = try open(path, O_RDWR | O_APPEND | O_NOFOLLOW)
+    /// `endsWithNewline`: the caller has just read the file and knows it ends with a newline, and no one else
+    /// writes it meanwhile (a job's owner appending to its state file), so the look is skipped.
+    package static func appendLines(_ path: String, _ bytes: [UInt8], sync: Bool, endsWithNewline: Bool = false)
+        throws(SpoolError)
+    {
+        let fd = try open(path, (endsWithNewline ? O_WRONLY : O_RDWR) | O_APPEND | O_NOFOLLOW)
         defer { close(fd) }
-        var st = stat()
-        if fstat(fd, &st) != 0 { throw .system("stat", path: path, errno: errno) }
         var last: UInt8 = 0x0A
-        if st.st_size > 0 && pread(fd, &last, 1, st.st_size - 1) != 1 {
-            throw .system("read", path: path, errno: errno)
+        if !endsWithNewline {
+            var st = stat()
+            if fstat(fd, &st) != 0 { throw .system("stat", path: path, errno: errno) }
+            if st.st_size > 0 && pread(fd, &last, 1, st.st_size - 1) != 1 {
+                throw .system("read", path: path, errno: errno)
+            }
         }
         try write(fd, last == 0x0A ? bytes : [0x0A] + bytes, path: path)
         if sync { try fsync(fd, path: path) }
@@ -242,11 +248,14 @@ public enum Posix {
         return path == "." ? cwd : cwd + "/" + path
     }
 
-    package static func hostName() -> String {
+    /// This host's name (read once: names of temporary files, event logs and leases are made from it often).
+    package static func hostName() -> String { cachedHostName }
+
+    private static let cachedHostName: String = {
         var buffer = [CChar](repeating: 0, count: 256)
         guard gethostname(&buffer, buffer.count) == 0 else { return "localhost" }
         return cString(buffer)
-    }
+    }()
 
     /// A NUL-terminated C string in a buffer, as a Swift string.
     package static func cString(_ buffer: [CChar]) -> String {
