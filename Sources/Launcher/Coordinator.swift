@@ -174,6 +174,7 @@ public final class Coordinator {
                 if candidatesStale { lastRescan = now }
                 if fill() { active = true }
             }
+            recordEndings()
             if running.isEmpty {
                 if idleSince == nil { idleSince = now }
                 if let since = idleSince, now - since >= idleTimeout {
@@ -186,7 +187,7 @@ public final class Coordinator {
             // Waits are short: endings on other ranks arrive as MPI messages, which cannot wake a poll(2). Just
             // after activity (jobs are ending and starting) they are shorter still.
             if active { lastActivity = now }
-            let pause = active ? 0 : (now - lastActivity < 0.05 ? 0.0002 : 0.002)
+            let pause = active ? 0 : (now - lastActivity < 0.05 ? 0.00005 : 0.002)
             if monitor.wait(seconds: pause) { readyChanged = true }
         }
         try shutdown(reason: stopping ?? "signal")
@@ -347,9 +348,25 @@ public final class Coordinator {
 
     /// Moves an ended job on: RUN_DONE, RUN_ERROR (status and output tail), RUN_TIMEOUT (the launcher is
     /// ending) or FAILED (killed on request).
+    ///
+    /// The job's resources are free at once; the move itself waits in `ended` until `recordEndings()`, so that
+    /// the next job can be started first (a free slot should not wait for bookkeeping).
     private func record(_ ended: TaskRunner.Ended) {
         guard let job = running.removeValue(forKey: ended.id) else { return }
         allocation.release(job.assignment)
+        endings.append((job, ended))
+    }
+
+    private var endings: [(Running, TaskRunner.Ended)] = []
+
+    /// Records the endings collected so far.
+    private func recordEndings() {
+        let batch = endings
+        endings = []
+        for (job, ended) in batch { recordEnding(job, ended) }
+    }
+
+    private func recordEnding(_ job: Running, _ ended: TaskRunner.Ended) {
         let status = Int(ended.status)
         do {
             if let reason = killRequests.removeValue(forKey: ended.id) {
@@ -436,11 +453,13 @@ public final class Coordinator {
         let limit = Coordinator.now() + settings.launcher.killGraceSeconds + 30
         while (runner.count > 0 || stoppedRanks.count < others.count) && Coordinator.now() < limit {
             if try !collectEndings() { usleep(1000) }
+            recordEndings()
         }
         for id in Array(running.keys) {
             log("job \(id): no word from its rank; recorded as timed out")
             record(TaskRunner.Ended(id: id, status: 137, error: "no answer from its launcher rank"))
         }
+        recordEndings()
         if let lease {
             for id in (try? lease.jobIDs()) ?? [] { giveBack(lease.entryPath(id), id: id) }
             lease.remove()

@@ -118,7 +118,7 @@ public struct WorkerLoop {
             }
             // Short sleeps right after activity (a start often follows an ending), longer ones when quiet.
             let now = Coordinator.now()
-            if active { lastActivity = now } else { usleep(now - lastActivity < 0.05 ? 100 : 1000) }
+            if active { lastActivity = now } else { usleep(now - lastActivity < 0.05 ? 50 : 1000) }
         }
     }
 }
