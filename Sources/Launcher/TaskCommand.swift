@@ -75,7 +75,10 @@ public struct TaskCommand: Sendable {
             command = try TaskCommand.render(launchTemplate, values)
         }
         let preamble = site.appsPath + "/" + app.name + "/" + App.Hook.shellPreamble.rawValue
-        let script = Posix.exists(preamble) ? ". " + CommandTemplate.shellQuote(preamble) + " && " + command : command
+        // The app as loaded says which hook files it has (the launcher caches apps: no stat per job).
+        let script =
+            app.hooks.contains(.shellPreamble)
+            ? ". " + CommandTemplate.shellQuote(preamble) + " && " + command : command
         return TaskSpec(id: job.id, directory: directory, script: script, environment: environment)
     }
 

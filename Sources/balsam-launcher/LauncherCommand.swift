@@ -57,9 +57,15 @@ struct LauncherCommand: ParsableCommand {
             throw ExitCode(ExitStatus.unavailable)
         }
         let transport = MPITransport(world: world)
+        // A parent may have left these blocked (a test harness, a batch system's wrapper): unblock them, or a
+        // SIGTERM at the end of the allocation would never reach the handler.
+        var handled = sigset_t()
+        sigemptyset(&handled)
         for sig in [SIGTERM, SIGINT] {
             signal(sig) { _ in stopSignal.store(1, ordering: .relaxed) }
+            sigaddset(&handled, sig)
         }
+        pthread_sigmask(SIG_UNBLOCK, &handled, nil)
         do {
             try reportingErrors("balsam-launcher" + (world.size > 1 ? " (rank \(world.rank))" : "")) {
                 try runRank(world: world, transport: transport)

@@ -73,32 +73,37 @@ func loggedEvents(_ site: Site) throws -> [LoggedEvent] {
     }
 }
 
-/// A job's run as the event log tells it: from RUNNING to the next event.
+/// A job's run: where the event log says it was placed, and when its command says it started and ended (the
+/// commands of these tests print `start NS` and `end NS` from the clock; the launcher may record one job's end
+/// after it started the next, so event times would overlap where the processes did not).
 struct Run {
     var job: String
     var nodes: [Int]
     var gpus: [String]
-    var start: String
-    var end: String
+    var start: Int
+    var end: Int
 
     func overlaps(_ other: Run) -> Bool { start < other.end && other.start < end }
 }
 
+/// Wraps a command so that it prints its start and end times (nanoseconds) into job.out.
+func timed(_ command: String) -> String { "echo start $(date +%s%N); \(command); echo end $(date +%s%N)" }
+
 func runs(_ site: Site) throws -> [Run] {
-    var open: [String: Run] = [:]
-    var done: [Run] = []
-    for e in try loggedEvents(site) {
-        if e.to == .running {
-            var nodes: [Int] = []
-            if case .array(let list)? = e.data["nodes"] { nodes = list.compactMap(\.intValue) }
-            let gpus = e.data["gpus"]?.stringValue?.split(separator: ",").map(String.init) ?? []
-            open[e.job] = Run(job: e.job, nodes: nodes, gpus: gpus, start: e.time, end: "")
-        } else if e.from == .running, var run = open.removeValue(forKey: e.job) {
-            run.end = e.time
-            done.append(run)
-        }
+    var placed: [String: (nodes: [Int], gpus: [String])] = [:]
+    for e in try loggedEvents(site) where e.to == .running {
+        var nodes: [Int] = []
+        if case .array(let list)? = e.data["nodes"] { nodes = list.compactMap(\.intValue) }
+        placed[e.job] = (nodes, e.data["gpus"]?.stringValue?.split(separator: ",").map(String.init) ?? [])
     }
-    return done
+    return try placed.map { id, where_ in
+        let out = try read(site.jobDirectory(try Query(site: site).find(id).workdir) + "/job.out")
+        func time(_ word: String) -> Int {
+            out.split(separator: "\n").first { $0.hasPrefix(word + " ") }.flatMap { Int($0.dropFirst(word.count + 1)) }
+                ?? 0
+        }
+        return Run(job: id, nodes: where_.nodes, gpus: where_.gpus, start: time("start"), end: time("end"))
+    }
 }
 
 @Suite(.serialized) struct LauncherTests {
@@ -134,7 +139,7 @@ func runs(_ site: Site) throws -> [Run] {
 
     @Test func twoRanksPackSingleNodeJobsByNodePackingCount() throws {
         try configure("  cpus_per_node: 16")
-        try app("nap", "sleep 0.4")
+        try app("nap", timed("sleep 0.4"))
         let quarter = (0..<12).map { #"{"app":"nap","workdir":"q/\#($0)","node_packing_count":4}"# }
         let half = (0..<6).map { #"{"app":"nap","workdir":"h/\#($0)","node_packing_count":2}"# }
         let ids = try submit(quarter + half)
@@ -165,8 +170,10 @@ func runs(_ site: Site) throws -> [Run] {
               mpi_launcher: "mpirun --oversubscribe --bind-to none -n {{ ranks }} --host {{ host_slots }} {{ env_flags }} {{ command }}"
             """)
         try app(
-            "wide", #"sh -c 'echo rank=$OMPI_COMM_WORLD_RANK of $OMPI_COMM_WORLD_SIZE job=$BALSAM_JOB_ID; sleep 1'"#)
-        try app("nap", "sleep 0.5")
+            "wide",
+            #"sh -c 'echo start $(date +%s%N); echo rank=$OMPI_COMM_WORLD_RANK of $OMPI_COMM_WORLD_SIZE job=$BALSAM_JOB_ID; sleep 1; echo end $(date +%s%N)'"#
+        )
+        try app("nap", timed("sleep 0.5"))
         let ids = try submit(
             (0..<2).map { #"{"app":"nap","workdir":"s/\#($0)"}"# } + [#"{"app":"wide","workdir":"w","num_nodes":2}"#]
                 + (2..<6).map { #"{"app":"nap","workdir":"s/\#($0)"}"# })
@@ -186,7 +193,7 @@ func runs(_ site: Site) throws -> [Run] {
 
     @Test func gpusAreAssignedWithoutOverlap() throws {
         try configure("  cpus_per_node: 16\n  gpu_ids: [0, 1, 2, 3]")
-        try app("gpu", #"sh -c 'echo gpus=$CUDA_VISIBLE_DEVICES; sleep 0.3'"#)
+        try app("gpu", timed(#"sh -c 'echo gpus=$CUDA_VISIBLE_DEVICES; sleep 0.3'"#))
         let one = (0..<6).map { #"{"app":"gpu","workdir":"one/\#($0)","gpus_per_rank":1,"node_packing_count":4}"# }
         let two = (0..<4).map {
             #"{"app":"gpu","workdir":"two/\#($0)","gpus_per_rank":2,"node_packing_count":4}"#
@@ -229,6 +236,23 @@ func runs(_ site: Site) throws -> [Run] {
         let out = try read(site.jobDirectory("l") + "/job.out")
         #expect(out.hasPrefix("first run\n") && out.contains("==> balsam-launcher: run again at "), "\(out)")
         #expect(out.hasSuffix("second run\n"))
+    }
+
+    @Test func sigtermEndsTheLauncherCleanly() throws {
+        try configure("  kill_grace_sec: 0.5\n  cpus_per_node: 4")
+        try app("forever", "sleep 600")
+        let ids = try submit((0..<3).map { #"{"app":"forever","workdir":"t/\#($0)","node_packing_count":4}"# })
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "60"], logDirectory: dir.path)
+        try waitUntil("the jobs run") { ids.allSatisfy { state($0) == .running } }
+        kill(launcher.process.processIdentifier, SIGTERM)
+        #expect(launcher.wait(timeout: 20) == 0, "\(launcher.log)")
+        for id in ids {
+            #expect(state(id) == .runTimeout)
+            #expect(try Query(site: site).find(id).record?.reason == "stopped by the launcher (signal)")
+        }
+        #expect(try Lease.all(site).isEmpty, "the lease is released")
+        #expect(SiteIndex(site: site).activeState(of: ids[0]) == .runTimeout)
     }
 
     @Test func aKillRequestStopsARunningJob() throws {

@@ -85,6 +85,8 @@ import Testing
         app.environmentVariables = ["SIM_MODE": "fast"]
         try site.createApp(app)
         try "module load x\n".write(toFile: site.appsPath + "/sim/shell-preamble", atomically: false, encoding: .utf8)
+        app = try App.load(directory: site.appsPath + "/sim", name: "sim")
+        #expect(app.hooks.contains(.shellPreamble), "a readable preamble counts; it is sourced, not run")
         var settings = SiteSettings.Launcher()
         settings.gpuIDs = ["0", "1"]
         let env = ["PATH": "/bin", "OMPI_COMM_WORLD_RANK": "1", "PMIX_RANK": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1"]

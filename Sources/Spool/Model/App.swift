@@ -140,7 +140,9 @@ public struct App: Sendable, Equatable {
         do { app = try parse(yaml: text, name: name) } catch {
             throw SpoolError(error.code, error.message, path: path, cause: error.cause)
         }
-        for hook in Hook.allCases where access(directory + "/" + hook.rawValue, X_OK) == 0 {
+        // Hooks are run, so they must be executable; the shell preamble is sourced, so it need only be readable.
+        for hook in Hook.allCases
+        where access(directory + "/" + hook.rawValue, hook == .shellPreamble ? R_OK : X_OK) == 0 {
             app.hooks.insert(hook)
         }
         return app

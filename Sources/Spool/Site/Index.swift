@@ -356,7 +356,7 @@ struct JobKey: Hashable, Sendable {
 /// again, so nothing is appended to a file nobody will read. (Nothing replaces these files: they only grow.)
 final class AppendFiles: @unchecked Sendable {
     static let shared = AppendFiles()
-    private let lock = Mutex<[String: Int32]>([:])
+    private let lock = Mutex<[String: (fd: Int32, checked: Int)]>([:])
 
     func append(_ path: String, _ bytes: [UInt8], sync: Bool) throws(SpoolError) {
         let fd = try descriptor(path)
@@ -366,19 +366,25 @@ final class AppendFiles: @unchecked Sendable {
 
     private func descriptor(_ path: String) throws(SpoolError) -> Int32 {
         let result: Result<Int32, SpoolError> = lock.withLock { files in
-            if let fd = files[path] {
+            if let (fd, checked) = files[path] {
+                // Whether the file still has a name is checked once a second, not at every append.
+                let now = Int(time(nil))
+                if now == checked { return .success(fd) }
                 var st = stat()
-                if fstat(fd, &st) == 0, st.st_nlink > 0 { return .success(fd) }
+                if fstat(fd, &st) == 0, st.st_nlink > 0 {
+                    files[path] = (fd, now)
+                    return .success(fd)
+                }
                 Posix.close(fd)
                 files[path] = nil
             }
             if files.count >= 64 {  // a process that works on many sites (tests) does not keep them all open
-                for fd in files.values { Posix.close(fd) }
+                for open in files.values { Posix.close(open.fd) }
                 files = [:]
             }
             do throws(SpoolError) {
                 let fd = try Posix.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC)
-                files[path] = fd
+                files[path] = (fd, Int(time(nil)))
                 return .success(fd)
             } catch {
                 return .failure(error)
