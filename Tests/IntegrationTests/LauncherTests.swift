@@ -255,22 +255,56 @@ func runs(_ site: Site) throws -> [Run] {
         #expect(SiteIndex(site: site).activeState(of: ids[0]) == .runTimeout)
     }
 
-    @Test func aKillRequestStopsARunningJob() throws {
+    @Test func aKillRequestStopsRunningJobsOnEveryRank() throws {
         try configure("  kill_grace_sec: 0.5")
         try app("forever", "echo $$ > pid; sleep 600")
-        let id = try #require(try submit([#"{"app":"forever","workdir":"f"}"#]).first)
+        // Each job takes a whole node: the first runs on rank 0's node, the second on rank 1's.
+        let ids = try submit([#"{"app":"forever","workdir":"f0"}"#, #"{"app":"forever","workdir":"f1"}"#])
         let launcher = try LauncherProcess(
             site: site.root, ranks: 2, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
-        let pidFile = site.jobDirectory("f") + "/pid"
-        try waitUntil("the job runs") { state(id) == .running && !((try? read(pidFile)) ?? "").isEmpty }
-        let pid = try #require(Int32(try read(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)))
-        let r = try balsam(["kill", id], site: site.root)
+        let pidFiles = ["f0", "f1"].map { site.jobDirectory($0) + "/pid" }
+        try waitUntil("the jobs run") {
+            ids.allSatisfy { state($0) == .running } && pidFiles.allSatisfy { !((try? read($0)) ?? "").isEmpty }
+        }
+        #expect(Set(try runs(site).flatMap(\.nodes)) == [0, 1], "one job per rank")
+        let pids = try pidFiles.map {
+            try #require(Int32(try read($0).trimmingCharacters(in: .whitespacesAndNewlines)))
+        }
+        let r = try balsam(["kill"] + ids, site: site.root)
         #expect(r.status == 0 && r.stdout.contains("requested"), "\(r)")
-        try waitUntil("the job is FAILED", timeout: 10) { state(id) == .failed }
-        #expect(try Query(site: site).find(id).record?.reason == "killed by the user")
-        #expect(kill(pid, 0) != 0 || (try? read("/proc/\(pid)/stat"))?.contains(") Z ") == true, "the job stopped")
-        #expect(!exists(site.controlPath + "/kill." + id), "the request is done")
+        try waitUntil("the jobs are FAILED", timeout: 10) { ids.allSatisfy { state($0) == .failed } }
+        for (id, pid) in zip(ids, pids) {
+            #expect(try Query(site: site).find(id).record?.reason == "killed by the user")
+            #expect(kill(pid, 0) != 0 || (try? read("/proc/\(pid)/stat"))?.contains(") Z ") == true, "\(id) stopped")
+            #expect(!exists(site.controlPath + "/kill." + id), "the request is done")
+        }
         #expect(launcher.wait() == 0, "\(launcher.log)")
+    }
+
+    @Test func jobsTooLongForTheTimeLeftOrWithoutTheTagsAreLeftAlone() throws {
+        try configure("  cpus_per_node: 4")
+        try app("nap", timed("true"))
+        let ids = try submit([
+            #"{"app":"nap","workdir":"long","wall_time_min":30}"#,
+            #"{"app":"nap","workdir":"untagged","node_packing_count":4}"#,
+            #"{"app":"nap","workdir":"fits","wall_time_min":1,"tags":{"run":"yes"},"node_packing_count":4}"#,
+            #"{"app":"nap","workdir":"huge","num_nodes":3,"tags":{"run":"yes"}}"#,
+        ])
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "10", "--idle-timeout", "1", "--tag", "run=yes"],
+            logDirectory: dir.path)
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+        #expect(state(ids[0]) == .preprocessed && state(ids[1]) == .preprocessed && state(ids[3]) == .preprocessed)
+        #expect(state(ids[2]) == .runDone)
+        let log = launcher.log
+        #expect(log.contains("job \(ids[0]) left for other launchers: its tags lack run=yes"), "\(log)")
+        #expect(log.contains("job \(ids[3]) left for other launchers: it needs more than this allocation has"))
+        // With the tag, the 30-minute job is still too long for 10 minutes less the ending margin.
+        let second = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "10", "--idle-timeout", "1"], logDirectory: dir.path)
+        #expect(second.wait() == 0)
+        #expect(second.log.contains("job \(ids[0]) left for other launchers: it needs 30 min and 8 min are left"))
+        #expect(state(ids[0]) == .preprocessed && state(ids[1]) == .runDone)
     }
 
     @Test func twoLaunchersOnOneSiteRunEachJobExactlyOnce() throws {
