@@ -210,7 +210,8 @@ public final class Coordinator {
             let (id, state) = candidates[i]
             i += 1
             if skipped.contains(id) { continue }
-            guard let job = index.readEntry(state, id: id) else { continue }  // gone: claimed elsewhere
+            // gone: claimed elsewhere
+            guard let (job, inode) = index.readEntryAndInode(at: index.entryPath(state, id)) else { continue }
             if let why = unsuitable(job) {
                 skipped.insert(id)
                 log("job \(id) left for other launchers: \(why)")
@@ -221,7 +222,7 @@ public final class Coordinator {
                 kept.append((id, state))
                 continue
             }
-            if start(id, from: state, job: job, assignment: assignment) {
+            if start(id, from: state, job: job, inode: inode, assignment: assignment) {
                 startedAny = true
             } else {
                 allocation.release(assignment)
@@ -256,13 +257,16 @@ public final class Coordinator {
     }
 
     /// Claims one job into the lease, marks it RUNNING and tells its first node's rank to start it.
-    private func start(_ id: String, from state: JobState, job: Job, assignment: Assignment) -> Bool {
+    private func start(_ id: String, from state: JobState, job: Job, inode: UInt64, assignment: Assignment) -> Bool {
         guard let lease, lease.claim(id, from: state, site: site) else { return false }
         let entry = lease.path + "/" + id
         do {
-            guard let loaded = try store.load(entryAt: entry), loaded.record.state == state else {
+            // The spec read before the claim is used if the entry is still the same file (else it was modified
+            // meanwhile, and may need other resources: it goes back, to be looked at again).
+            guard let loaded = try store.load(job, inode: inode, entryAt: entry), loaded.record.state == state else {
                 // Moved on between our look and our claim (a kill, say): its entry goes where its state says.
                 giveBack(entry, id: id)
+                candidatesStale = true
                 return false
             }
             let spec: TaskSpec

@@ -46,6 +46,20 @@ public struct SiteIndex: Sendable {
         readEntry(at: entryPath(state, id))
     }
 
+    /// The job an entry names and the inode of the `job.json` it is (a `job.json` is only ever replaced,
+    /// never changed in place, so the same inode later means the same spec).
+    package func readEntryAndInode(at path: String) -> (job: Job, inode: UInt64)? {
+        guard let fd = try? Posix.open(path, O_RDONLY) else { return nil }
+        defer { Posix.close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_size <= Job.Limits.fileBytes,
+            let bytes = try? Posix.readToEnd(
+                fd, path: path, limit: Job.Limits.fileBytes, sizeHint: Int(st.st_size) + 1),
+            let job = try? Job(bytes: bytes)
+        else { return nil }
+        return (job, UInt64(st.st_ino))
+    }
+
     package func readEntry(at path: String) -> Job? {
         guard let fd = try? Posix.open(path, O_RDONLY) else { return nil }
         defer { Posix.close(fd) }

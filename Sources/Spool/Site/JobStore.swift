@@ -69,6 +69,14 @@ public struct JobStore: Sendable {
         return Loaded(job: job, record: record, directory: site.jobDirectory(job.workdir), entry: nil)
     }
 
+    /// Loads a job whose spec the caller read from the entry at `path` before, provided the entry is still that
+    /// same file (inode `inode`): only its state file is read. nil if the entry is gone or is another file now.
+    public func load(_ job: Job, inode: UInt64, entryAt path: String) throws(SpoolError) -> Loaded? {
+        guard let st = try Posix.statIfExists(path), UInt64(st.st_ino) == inode else { return nil }
+        let record = try Query(site: site).readRecord(workdir: job.workdir)
+        return Loaded(job: job, record: record, directory: site.jobDirectory(job.workdir), entry: path)
+    }
+
     /// Loads the job whose entry is at `path` (in a lease, say); nil if the entry is gone.
     public func load(entryAt path: String) throws(SpoolError) -> Loaded? {
         guard let job = index.readEntry(at: path) else {

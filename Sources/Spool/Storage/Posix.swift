@@ -193,6 +193,14 @@ public enum Posix {
     }
 
     /// lstat(2); nil when the path does not exist.
+    /// stat(2) (following a symlink); nil if there is nothing at `path`.
+    package static func statIfExists(_ path: String) throws(SpoolError) -> stat? {
+        var st = stat()
+        if fstatat(AT_FDCWD, path, &st, 0) == 0 { return st }
+        if errno == ENOENT { return nil }
+        throw .system("stat", path: path, errno: errno)
+    }
+
     package static func lstatIfExists(_ path: String) throws(SpoolError) -> stat? {
         var st = stat()
         if Glibc.lstat(path, &st) == 0 { return st }
