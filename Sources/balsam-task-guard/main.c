@@ -1,92 +1,259 @@
-// balsam-task-guard PARENT GRACE_MS PROGRAM [ARGS...]
+// balsam-task-guard PARENT GRACE_MS
 //
-// Runs one job for balsam-launcher and makes sure it never outlives the launcher. The launcher starts this small
-// program with posix_spawn (cheap, whatever the launcher's size) in the job's directory, in a process group of its
-// own, output on job.out. The guard sets PR_SET_PDEATHSIG = SIGTERM (and exits if PARENT is already gone), then
-// forks PROGRAM in a process group of its own and waits. SIGTERM, SIGINT or SIGHUP to the guard (a kill request,
-// the end of the wall time, or its launcher's death) sends SIGTERM to the job's group, waits GRACE_MS, then
-// SIGKILLs the group. The guard exits with the job's exit status, or 128 + the signal that ended it; 127 if
-// PROGRAM cannot be run, 125 if the guard itself cannot work.
+// The task server of one balsam-launcher rank: it starts that rank's jobs, reports how they end, stops them on
+// request, and makes sure none outlives the launcher. One per rank, started once; each job is then one
+// posix_spawn of bash from this small process (cheap, whatever the launcher's size), with no program run per
+// job in between.
+//
+// Requests arrive on standard input, each "LENGTH\n" then LENGTH bytes of NUL-terminated fields:
+//   start ID DIR OUTPUT SEPARATOR NENV ENV... SCRIPT   run `bash -c SCRIPT` in DIR, in a process group of its
+//                                                     own, stdin /dev/null, stdout and stderr appended to
+//                                                     OUTPUT (SEPARATOR written first if OUTPUT is not empty)
+//   kill ID                                           SIGTERM to the job's group; SIGKILL after GRACE_MS
+// Replies go to standard output, one line per job that ended: "ID STATUS" (the exit status, or 128 + the
+// signal that ended it), or "ID 126 why" when it could not be started.
+//
+// When the launcher goes away (standard input closes, or SIGTERM: PR_SET_PDEATHSIG is set to it, and the server
+// exits at once if PARENT is already gone), every job still running is stopped the same way and the server
+// exits. It runs in its own process group and ignores SIGINT, so a terminal's ^C reaches only the launcher,
+// which then stops its jobs in order.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-static int exit_status(int status) {
-    if (WIFEXITED(status)) return WEXITSTATUS(status);
-    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-    return 125;
+struct task {
+    pid_t pid;
+    char *id;
+    long long kill_at;  // ms on CLOCK_MONOTONIC when SIGKILL is due; 0: not being stopped
+};
+
+static struct task *tasks;
+static size_t ntasks, cap;
+static long grace_ms;
+
+static long long now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static void reply(const char *id, int status, const char *why) {
+    char line[4096];
+    int n = why ? snprintf(line, sizeof line, "%s %d %s\n", id, status, why)
+                : snprintf(line, sizeof line, "%s %d\n", id, status);
+    if (n > (int)sizeof line - 1) {
+        n = sizeof line - 1;
+        line[n - 1] = '\n';
+    }
+    for (int off = 0; off < n;) {
+        ssize_t w = write(1, line + off, n - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return;  // the launcher is gone
+        off += w;
+    }
+}
+
+static void stop(struct task *t) {
+    if (t->kill_at) return;
+    kill(-t->pid, SIGTERM);
+    t->kill_at = now_ms() + grace_ms;
+    if (t->kill_at == 0) t->kill_at = 1;
+}
+
+static void start(char **f, size_t nf) {
+    // f: "start" ID DIR OUTPUT SEPARATOR NENV ENV... SCRIPT
+    if (nf < 7) return;
+    const char *id = f[1], *dir = f[2], *output = f[3], *separator = f[4];
+    long nenv = atol(f[5]);
+    if (nenv < 0 || (size_t)(6 + nenv + 1) != nf) {
+        reply(id, 126, "malformed start request");
+        return;
+    }
+    char **env = f + 6;
+    char *script = f[6 + nenv];
+    int fd = open(output, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        char why[512];
+        snprintf(why, sizeof why, "cannot open %s: %s", output, strerror(errno));
+        reply(id, 126, why);
+        return;
+    }
+    struct stat st;
+    if (*separator && fstat(fd, &st) == 0 && st.st_size > 0) (void)!write(fd, separator, strlen(separator));
+
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&actions, fd, 1);
+    posix_spawn_file_actions_adddup2(&actions, fd, 2);
+    posix_spawn_file_actions_addchdir_np(&actions, dir);
+    posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    posix_spawnattr_setpgroup(&attr, 0);
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    char *argv[] = {"bash", "-c", script, NULL};
+    // posix_spawn wants a NULL-terminated environment: the request's ENV fields are followed by SCRIPT, so
+    // copy the pointers.
+    char **envp = malloc(sizeof(char *) * (nenv + 1));
+    if (!envp) {
+        reply(id, 126, "out of memory");
+        close(fd);
+        return;
+    }
+    memcpy(envp, env, sizeof(char *) * nenv);
+    envp[nenv] = NULL;
+    pid_t pid;
+    int rc = posix_spawn(&pid, "/bin/bash", &actions, &attr, argv, envp);
+    free(envp);
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    close(fd);
+    if (rc != 0) {
+        char why[512];
+        snprintf(why, sizeof why, "cannot start bash in %s: %s", dir, strerror(rc));
+        reply(id, rc == ENOENT ? 127 : 126, why);
+        return;
+    }
+    if (ntasks == cap) {
+        cap = cap ? cap * 2 : 64;
+        tasks = realloc(tasks, cap * sizeof *tasks);
+        if (!tasks) abort();
+    }
+    tasks[ntasks++] = (struct task){pid, strdup(id), 0};
+}
+
+static void kill_request(char **f, size_t nf) {
+    if (nf < 2) return;
+    for (size_t i = 0; i < ntasks; i++)
+        if (strcmp(tasks[i].id, f[1]) == 0) stop(&tasks[i]);
+}
+
+static void reap(void) {
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (size_t i = 0; i < ntasks; i++) {
+            if (tasks[i].pid != pid) continue;
+            if (tasks[i].kill_at) kill(-pid, SIGKILL);  // whatever a stopped job left behind in its group
+            int code = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 125;
+            reply(tasks[i].id, code, NULL);
+            free(tasks[i].id);
+            tasks[i] = tasks[--ntasks];
+            break;
+        }
+    }
+}
+
+// Parses complete requests at the start of buf; returns the bytes used.
+static size_t handle(char *buf, size_t len) {
+    size_t used = 0;
+    for (;;) {
+        char *nl = memchr(buf + used, '\n', len - used);
+        if (!nl) return used;
+        size_t size = strtoul(buf + used, NULL, 10);
+        size_t body = (size_t)(nl - buf) + 1;
+        if (len - body < size) return used;
+        char *fields[65536];
+        size_t nf = 0;
+        for (size_t p = body; p < body + size && nf < 65536;) {
+            fields[nf++] = buf + p;
+            char *end = memchr(buf + p, '\0', body + size - p);
+            if (!end) break;
+            p = (size_t)(end - buf) + 1;
+        }
+        if (nf > 0 && strcmp(fields[0], "start") == 0) start(fields, nf);
+        if (nf > 0 && strcmp(fields[0], "kill") == 0) kill_request(fields, nf);
+        used = body + size;
+    }
 }
 
 int main(int argc, char **argv) {
-    if (argc < 4) {
-        fprintf(stderr, "usage: balsam-task-guard PARENT GRACE_MS PROGRAM [ARGS...]\n");
-        return 125;
+    if (argc != 3) {
+        fprintf(stderr, "usage: balsam-task-guard PARENT GRACE_MS (started by balsam-launcher)\n");
+        return 64;
     }
     pid_t parent = (pid_t)atol(argv[1]);
-    long grace_ms = atol(argv[2]);
+    grace_ms = atol(argv[2]);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent) return 125;  // the launcher died before the line above
-
-    sigset_t waited;
-    sigemptyset(&waited);
-    sigaddset(&waited, SIGCHLD);
-    sigaddset(&waited, SIGTERM);
-    sigaddset(&waited, SIGINT);
-    sigaddset(&waited, SIGHUP);
-    sigprocmask(SIG_BLOCK, &waited, NULL);
-
-    pid_t task = fork();
-    if (task < 0) {
-        fprintf(stderr, "balsam-task-guard: cannot fork: %s\n", strerror(errno));
-        return 125;
+    if (getppid() != parent) return 0;  // the launcher died before the line above
+    signal(SIGINT, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t handled;
+    sigemptyset(&handled);
+    sigaddset(&handled, SIGCHLD);
+    sigaddset(&handled, SIGTERM);
+    sigaddset(&handled, SIGHUP);
+    sigprocmask(SIG_BLOCK, &handled, NULL);
+    int sfd = signalfd(-1, &handled, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0) {
+        perror("balsam-task-guard: signalfd");
+        return 70;
     }
-    if (task == 0) {
-        setpgid(0, 0);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        execvp(argv[3], argv + 3);
-        fprintf(stderr, "balsam-launcher: cannot run %s: %s\n", argv[3], strerror(errno));
-        _exit(127);
-    }
-    setpgid(task, task);
-
-    int status = 0;
+    size_t bufcap = 1 << 20, buflen = 0;
+    char *buf = malloc(bufcap);
+    if (!buf) return 70;
+    int leaving = 0;
     for (;;) {
-        siginfo_t info;
-        int sig = sigwaitinfo(&waited, &info);
-        if (sig < 0) continue;
-        if (sig == SIGCHLD) {
-            if (waitpid(task, &status, WNOHANG) == task) return exit_status(status);
-            continue;
-        }
-        // Stop the job: SIGTERM to its group, up to grace_ms for it to end, then SIGKILL.
-        kill(-task, SIGTERM);
-        struct timespec start, now;
-        clock_gettime(CLOCK_MONOTONIC, &start);
-        sigset_t child;
-        sigemptyset(&child);
-        sigaddset(&child, SIGCHLD);
-        for (;;) {
-            if (waitpid(task, &status, WNOHANG) == task) {
-                kill(-task, SIGKILL);  // whatever it left behind in its group
-                return exit_status(status);
+        long long timeout = -1, now = now_ms();
+        for (size_t i = 0; i < ntasks; i++) {
+            if (!tasks[i].kill_at) continue;
+            if (tasks[i].kill_at <= now) {
+                kill(-tasks[i].pid, SIGKILL);
+                tasks[i].kill_at = now + 3600 * 1000;  // killed; just wait for it now
+                continue;
             }
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            long left = grace_ms - ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000);
-            if (left <= 0) break;
-            struct timespec wait = {left / 1000, (left % 1000) * 1000000};
-            sigtimedwait(&child, &info, &wait);
+            long long left = tasks[i].kill_at - now;
+            if (timeout < 0 || left < timeout) timeout = left;
         }
-        kill(-task, SIGKILL);
-        waitpid(task, &status, 0);
-        return exit_status(status);
+        if (leaving && ntasks == 0) return 0;
+        struct pollfd fds[2] = {{sfd, POLLIN, 0}, {leaving ? -1 : 0, POLLIN, 0}};
+        if (poll(fds, 2, (int)timeout) < 0 && errno != EINTR) return 70;
+        if (fds[0].revents & POLLIN) {
+            struct signalfd_siginfo info;
+            int term = 0;
+            while (read(sfd, &info, sizeof info) == sizeof info)
+                if (info.ssi_signo != SIGCHLD) term = 1;
+            reap();
+            if (term && !leaving) {
+                leaving = 1;
+                for (size_t i = 0; i < ntasks; i++) stop(&tasks[i]);
+            }
+        }
+        if (!leaving && (fds[1].revents & (POLLIN | POLLHUP))) {
+            if (buflen == bufcap) {
+                bufcap *= 2;
+                buf = realloc(buf, bufcap);
+                if (!buf) abort();
+            }
+            ssize_t n = read(0, buf + buflen, bufcap - buflen);
+            if (n <= 0) {
+                if (n < 0 && errno == EINTR) continue;
+                leaving = 1;  // the launcher closed its end: it is gone
+                for (size_t i = 0; i < ntasks; i++) stop(&tasks[i]);
+                continue;
+            }
+            buflen += n;
+            size_t used = handle(buf, buflen);
+            memmove(buf, buf + used, buflen - used);
+            buflen -= used;
+        }
     }
 }

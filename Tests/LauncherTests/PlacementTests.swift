@@ -165,8 +165,19 @@ import Testing
         #expect(out.hasPrefix("42\n\(dir.path)\n"))
         #expect(out.contains("==> balsam-launcher: run again at ") && out.hasSuffix("again\n"))
 
-        let missing = runner.start(TaskSpec(id: "b", directory: dir.path + "/nope", script: "true", environment: env))
+        #expect(runner.start(TaskSpec(id: "b", directory: dir.path + "/nope", script: "true", environment: env)) == nil)
+        let missing = waitForEnd(runner).first
         #expect(missing?.status == 126, "job.out cannot be opened in a missing directory")
+        #expect(missing?.error?.contains("nope/job.out") == true, "\(String(describing: missing))")
+
+        // Several at once, each reported once.
+        for i in 0..<20 {
+            #expect(
+                runner.start(TaskSpec(id: "m\(i)", directory: dir.path, script: "exit \(i)", environment: env)) == nil)
+        }
+        let all = waitForEnd(runner)
+        #expect(Set(all.map(\.id)) == Set((0..<20).map { "m\($0)" }))
+        #expect(all.allSatisfy { $0.status == Int32($0.id.dropFirst())! })
     }
 
     @Test func aKillStopsTheWholeProcessGroupAfterTheGracePeriod() throws {

@@ -281,15 +281,21 @@ extension Posix {
 extension Posix {
     /// Starts `executable` in `directory` in a new process group, standard input from /dev/null and standard
     /// output and error on `outputFD`, with exactly `environment`. Signal mask and dispositions are reset.
+    /// `inputFD` replaces /dev/null as standard input, `errorFD` the output descriptor as standard error.
     package static func spawn(
-        _ executable: String, arguments: [String], environment: [String: String], directory: String, outputFD: Int32
+        _ executable: String, arguments: [String], environment: [String: String], directory: String, outputFD: Int32,
+        inputFD: Int32? = nil, errorFD: Int32? = nil
     ) throws(SpoolError) -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        if let inputFD {
+            posix_spawn_file_actions_adddup2(&actions, inputFD, 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
         posix_spawn_file_actions_adddup2(&actions, outputFD, 1)
-        posix_spawn_file_actions_adddup2(&actions, outputFD, 2)
+        posix_spawn_file_actions_adddup2(&actions, errorFD ?? outputFD, 2)
         clinux_spawn_addchdir(&actions, directory)
         clinux_spawn_addclosefrom(&actions, 3)
         var attributes = posix_spawnattr_t()
