@@ -68,6 +68,26 @@ public struct StateRecord: Sendable, Equatable {
         return record
     }
 
+    /// The record after several legal transitions, with the event of each (`eventData` plus the step's
+    /// reason) and the state-file lines of all but the last step (the caller may still change the last).
+    public func moved(
+        through steps: [(state: JobState, reason: String?)], jobID: String, actor: String,
+        eventData: [String: JSONValue] = [:], time: String? = nil
+    ) throws(SpoolError) -> (record: StateRecord, events: [Event], lines: [UInt8]) {
+        var record = self
+        var events: [Event] = []
+        var lines: [UInt8] = []
+        for (i, (state, reason)) in steps.enumerated() {
+            let before = record.state
+            record = try record.moved(to: state, actor: actor, reason: reason, time: time ?? Timestamp.now())
+            var data = eventData
+            if let reason { data["reason"] = .string(reason) }
+            events.append(Event(time: record.since, jobID: jobID, from: before, to: state, actor: actor, data: data))
+            if i < steps.count - 1 { lines += record.line() }
+        }
+        return (record, events, lines)
+    }
+
     /// The current state as one line (with its newline).
     public func line() -> [UInt8] {
         var out: [UInt8] = []

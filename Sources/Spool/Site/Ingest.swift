@@ -92,14 +92,10 @@ public struct Ingest {
         for line in batch.lines {
             var record = StateRecord(initial: line.state, actor: "balsam-submit", time: batch.header.time)
             if let advance, !Posix.exists(site.jobDirectory(line.workdir)) {
-                for (state, reason) in advance(line.app, line.state) {
-                    let before = record.state
-                    record = try record.moved(to: state, actor: actor, reason: reason, time: now)
-                    events.append(
-                        Event(
-                            time: now, jobID: line.id, from: before, to: state, actor: actor,
-                            data: reason.map { ["reason": .string($0)] } ?? [:]))
-                }
+                let moved = try record.moved(
+                    through: advance(line.app, line.state), jobID: line.id, actor: actor, time: now)
+                record = moved.record
+                events += moved.events
             }
             records.append(record)
         }

@@ -117,97 +117,70 @@ public struct JobStore: Sendable {
     ) throws(SpoolError) -> Loaded {
         guard let next = steps.last?.state else { return loaded }
         let from = loaded.record.state
-        var record = loaded.record
-        var events: [Event] = []
-        var lines: [UInt8] = []
-        for (i, (state, reason)) in steps.enumerated() {
-            let before = record.state
-            record = try record.moved(to: state, actor: actor, reason: reason)
-            var data = eventData
-            if let reason { data["reason"] = .string(reason) }
-            events.append(
-                Event(time: record.since, jobID: loaded.job.id, from: before, to: state, actor: actor, data: data))
-            if i < steps.count - 1 { lines += record.line() }
-        }
+        var (record, events, lines) = try loaded.record.moved(
+            through: steps, jobID: loaded.job.id, actor: actor, eventData: eventData)
         var job = loaded.job
         update?(&job, &record)
         lines += record.line()
         let id = job.id
         let dir = loaded.directory
-        if leaseHeld, !from.isFinal, let source = loaded.entry, Lease.movingClaim(for: source) != nil {
-            return try moveHeld(
-                loaded, job: job, record: record, events: events, lines: lines, source: source,
-                next: next, target: target)
-        }
 
         // 1. The compare-and-swap. A job that ends leaves the active index: its entry goes to tmp/ until the
-        //    final-index line is written. A job that had ended has no entry: a new one is claimed in tmp/.
+        //    final-index line is written. A job that had ended has no entry: a new one is claimed in tmp/. A job in
+        //    a lease the caller holds is not claimed: nobody else may move it.
         let source = from.isFinal ? nil : (loaded.entry ?? index.entryPath(from, id))
-        let claim = source.flatMap(Lease.movingClaim(for:)) ?? site.claimPath(id)
-        do {
-            if let source {
-                try Posix.renameNoReplace(source, claim)
-            } else {
-                try index.makeEntry(at: claim, workdir: job.workdir)
+        let held: String
+        if leaseHeld, let source, Lease.movingClaim(for: source) != nil {
+            held = source
+        } else {
+            held = source.flatMap(Lease.movingClaim(for:)) ?? site.claimPath(id)
+            do {
+                if let source {
+                    try Posix.renameNoReplace(source, held)
+                } else {
+                    try index.makeEntry(at: held, workdir: job.workdir)
+                }
+            } catch {
+                if error.cause == ENOENT || error.cause == EEXIST {
+                    throw SpoolError(
+                        .conflict, "job \(id) changed while \(actor) was moving it from \(from.rawValue)")
+                }
+                throw error
             }
-        } catch {
-            if error.cause == ENOENT || error.cause == EEXIST {
-                throw SpoolError(.conflict, "job \(id) changed while \(actor) was moving it from \(from.rawValue)")
-            }
-            throw error
         }
-        do {
-            // 2. The event, 3. the spec, 4. the state: the truth, written last.
+        do throws(SpoolError) {
+            // 2. The event, 3. the spec (the entry relinked to the new file), 4. the state: the truth, written last.
             try EventLog(site: site).append(events, sync: false)
             if job != loaded.job {
                 try Posix.replaceFile(dir + "/job.json", job.fileBytes(), sync: false)
-                Posix.unlink(claim)
-                try index.makeEntry(at: claim, workdir: job.workdir)
+                let fresh = Posix.parentPath(held) + "/." + Posix.lastComponent(held) + ".relink"
+                do throws(SpoolError) {
+                    try index.makeEntry(at: fresh, workdir: job.workdir)
+                    try Posix.rename(fresh, held)
+                } catch {
+                    Posix.unlink(fresh)
+                    throw error
+                }
             }
             try Posix.appendLines(
                 dir + "/state", lines, sync: false, endsWithNewline: loaded.record.fileEndsWithNewline)
         } catch {
             // Undo the claim: the job stays where it was.
-            if let source { _ = rename(claim, source) } else { Posix.unlink(claim) }
+            if held != source {
+                if let source { _ = rename(held, source) } else { Posix.unlink(held) }
+            }
             throw error
         }
         // 5. Publish the entry in its new place, or record the end.
         let entry = next.isFinal ? nil : (target ?? index.entryPath(next, id))
         if let entry {
-            try Posix.rename(claim, entry)
+            if entry != held { try Posix.rename(held, entry) }
         } else {
             try index.appendFinal(
                 [.init(id: id, state: next, workdir: job.workdir, app: job.app, time: record.since)], sync: false)
-            Posix.unlink(claim)
+            Posix.unlink(held)
         }
         record.fileEndsWithNewline = true
-        return Loaded(job: job, record: record, directory: dir, entry: entry)
-    }
-
-    /// A move of a job in a lease the caller holds (see `move(_:to:...)`): no claim.
-    private func moveHeld(
-        _ loaded: Loaded, job: Job, record: StateRecord, events: [Event], lines: [UInt8], source: String,
-        next: JobState, target: String?
-    ) throws(SpoolError) -> Loaded {
-        let dir = loaded.directory
-        try EventLog(site: site).append(events, sync: false)
-        if job != loaded.job {
-            try Posix.replaceFile(dir + "/job.json", job.fileBytes(), sync: false)
-            let fresh = source + ".relink"
-            try index.makeEntry(at: fresh, workdir: job.workdir)
-            try Posix.rename(fresh, source)
-        }
-        try Posix.appendLines(dir + "/state", lines, sync: false, endsWithNewline: loaded.record.fileEndsWithNewline)
-        var record = record
-        record.fileEndsWithNewline = true
-        let entry = next.isFinal ? nil : (target ?? index.entryPath(next, job.id))
-        if let entry {
-            if entry != source { try Posix.rename(source, entry) }
-        } else {
-            try index.appendFinal(
-                [.init(id: job.id, state: next, workdir: job.workdir, app: job.app, time: record.since)], sync: false)
-            Posix.unlink(source)
-        }
         return Loaded(job: job, record: record, directory: dir, entry: entry)
     }
 
