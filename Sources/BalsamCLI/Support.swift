@@ -67,6 +67,14 @@ public func reportingErrors(_ program: String, _ body: () async throws -> Void) 
     }
 }
 
+/// Points standard error at `path` (appending): a daemon's or launcher's `--log`.
+public func redirectStandardError(to path: String) throws(SpoolError) {
+    let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+    if fd < 0 { throw SpoolError(.cannotCreate, "cannot open the log", path: path, cause: errno) }
+    dup2(fd, 2)
+    close(fd)
+}
+
 /// Writes a line to standard error.
 public func printError(_ line: String) {
     var bytes = Array((line + "\n").utf8)

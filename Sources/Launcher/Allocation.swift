@@ -75,9 +75,6 @@ public struct Allocation: Sendable {
         freeGPUs = nodes.map(\.gpus)
     }
 
-    /// Whether nothing runs anywhere.
-    public var isIdle: Bool { occupancy.allSatisfy { $0 < Allocation.epsilon } }
-
     /// Whether some node has room left for at least a small job.
     public var hasRoom: Bool {
         nodes.indices.contains { occupancy[$0] < 1 - Allocation.epsilon && busyCPUs[$0] < nodes[$0].cpus }

@@ -75,7 +75,7 @@ public final class Coordinator {
 
     /// Whether the lease is surely alive (its heartbeat well within the timeout), so that moves of its jobs
     /// need no claim: no one else may move them.
-    private var leaseFresh: Bool { Coordinator.now() - lastHeartbeat < settings.leaseTimeoutSeconds / 2 }
+    private var leaseFresh: Bool { Posix.monotonicSeconds() - lastHeartbeat < settings.leaseTimeoutSeconds / 2 }
     private let deadline: Double
 
     /// A coordinator over `nodes` (index = rank), reaching other ranks through `transport`.
@@ -93,21 +93,15 @@ public final class Coordinator {
         self.command = TaskCommand(site: site, settings: settings.launcher, environment: environment)
         self.index = SiteIndex(site: site)
         self.store = JobStore(site: site, actor: "balsam-launcher")
-        started = Coordinator.now()
+        started = Posix.monotonicSeconds()
         // Stop early enough to end every job and release the lease inside the allocation: a tenth of the wall
         // time (at most 2 minutes) plus the kill grace period.
         let wall = options.wallTimeMinutes * 60
         deadline = started + wall - min(120, wall / 10) - settings.launcher.killGraceSeconds
     }
 
-    static func now() -> Double {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
-    }
-
     /// Minutes left before the launcher starts ending.
-    var minutesLeft: Double { (deadline - Coordinator.now()) / 60 }
+    var minutesLeft: Double { (deadline - Posix.monotonicSeconds()) / 60 }
 
     /// Runs until the wall time, a stop request or the idle timeout; returns what it did.
     public func run() throws(SpoolError) -> Summary {
@@ -127,7 +121,7 @@ public final class Coordinator {
             inotify: true)
         let idleTimeout = options.idleTimeout ?? settings.launcher.idleSeconds
         let heartbeatEvery = max(0.25, settings.leaseTimeoutSeconds / 4)
-        lastHeartbeat = Coordinator.now()
+        lastHeartbeat = Posix.monotonicSeconds()
         var lastHeartbeatTry = lastHeartbeat
         var lastControl = 0.0
         var lastRescan = 0.0
@@ -136,7 +130,7 @@ public final class Coordinator {
         var lastActivity = 0.0
 
         while stopping == nil {
-            let now = Coordinator.now()
+            let now = Posix.monotonicSeconds()
             if stopRequested() {
                 stopping = "signal"
                 break
@@ -210,14 +204,15 @@ public final class Coordinator {
             let (id, state) = candidates[i]
             i += 1
             if skipped.contains(id) { continue }
-            // gone: claimed elsewhere
-            guard let (job, inode) = index.readEntryAndInode(at: index.entryPath(state, id)) else { continue }
-            if let why = unsuitable(job) {
+            guard let (job, inode) = index.readEntryAndInode(at: index.entryPath(state, id)) else {
+                continue  // gone: claimed elsewhere
+            }
+            let need = Need(job, packing: settings.launcher.nodePacking)
+            if let why = unsuitable(job, need) {
                 skipped.insert(id)
                 log("job \(id) left for other launchers: \(why)")
                 continue
             }
-            let need = Need(job, packing: settings.launcher.nodePacking)
             guard let assignment = allocation.place(need) else {
                 kept.append((id, state))
                 continue
@@ -242,16 +237,16 @@ public final class Coordinator {
     }
 
     /// Why this launcher will never run `job`, or nil.
-    private func unsuitable(_ job: Job) -> String? {
+    private func unsuitable(_ job: Job, _ need: Need) -> String? {
         for (key, value) in options.tags where job.tags[key] != value {
             return "its tags lack \(key)=\(value)"
         }
         if job.wallTimeMin > 0 && Double(job.wallTimeMin) > minutesLeft {
             return "it needs \(job.wallTimeMin) min and \(Int(minutesLeft)) min are left"
         }
-        if !allocation.canEverFit(Need(job, packing: settings.launcher.nodePacking)) {
-            return "it needs more than this allocation has (\(job.numNodes) node(s), "
-                + "\(Need(job, packing: true).cpus) CPUs, \(Need(job, packing: true).gpus) GPUs per node)"
+        if !allocation.canEverFit(need) {
+            return "it needs more than this allocation has (\(need.nodes) node(s), "
+                + "\(need.cpus) CPUs, \(need.gpus) GPUs per node)"
         }
         return nil
     }
@@ -393,7 +388,7 @@ public final class Coordinator {
                 try store.move(job.loaded, to: .runDone, leaseHeld: leaseFresh) { _, record in record.returnCode = 0 }
                 summary.done += 1
             } else {
-                let tail = ended.error ?? outputTail(job.loaded.directory)
+                let tail = ended.error ?? Posix.tail(job.loaded.directory + "/job.out", lines: settings.errorTailLines)
                 try store.move(
                     job.loaded, to: .runError, reason: "exit status \(status)",
                     eventData: ["return_code": .int(status), "tail": .string(tail)], leaseHeld: leaseFresh
@@ -403,24 +398,6 @@ public final class Coordinator {
         } catch {
             log("job \(ended.id): cannot record its end (status \(status)): \(error)")
         }
-    }
-
-    /// The last lines of a job's output.
-    private func outputTail(_ directory: String) -> String {
-        let path = directory + "/job.out"
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return "" }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { return "" }
-        let size = Int(st.st_size)
-        let window = min(size, 16 * 1024)
-        var bytes = [UInt8](repeating: 0, count: window)
-        let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, window, off_t(size - window)) }
-        guard n > 0 else { return "" }
-        let lines = String(decoding: bytes.prefix(n), as: UTF8.self).split(
-            separator: "\n", omittingEmptySubsequences: false)
-        return lines.suffix(settings.errorTailLines + 1).joined(separator: "\n")
     }
 
     // MARK: - Kill requests
@@ -454,8 +431,8 @@ public final class Coordinator {
         let others = (0..<transport.size).filter { $0 != transport.rank }
         for rank in others { deliver(.stop, to: rank) }
         // Every rank stops its jobs within the grace period; a rank that does not answer is given a while more.
-        let limit = Coordinator.now() + settings.launcher.killGraceSeconds + 30
-        while (runner.count > 0 || stoppedRanks.count < others.count) && Coordinator.now() < limit {
+        let limit = Posix.monotonicSeconds() + settings.launcher.killGraceSeconds + 30
+        while (runner.count > 0 || stoppedRanks.count < others.count) && Posix.monotonicSeconds() < limit {
             if try !collectEndings() { usleep(1000) }
             recordEndings()
         }

@@ -117,7 +117,7 @@ public struct WorkerLoop {
                 return
             }
             // Short sleeps right after activity (a start often follows an ending), longer ones when quiet.
-            let now = Coordinator.now()
+            let now = Posix.monotonicSeconds()
             if active { lastActivity = now } else { usleep(now - lastActivity < 0.05 ? 50 : 1000) }
         }
     }

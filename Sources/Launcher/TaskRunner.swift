@@ -69,16 +69,11 @@ public final class TaskRunner {
 
     /// `balsam-task-guard` beside the running executable.
     public static var defaultGuardPath: String {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        let exe = String(decoding: buffer.prefix(max(0, n)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return Posix.parentPath(exe) + "/balsam-task-guard"
+        Posix.parentPath(Posix.executablePath() ?? "./balsam-launcher") + "/balsam-task-guard"
     }
 
     /// Jobs running.
     public var count: Int { running.count }
-    /// Their IDs.
-    public var ids: [String] { Array(running) }
 
     /// Starts a job. It ends through `poll()`, also when it could not be started (status 126 or 127, with why).
     public func start(_ spec: TaskSpec) -> Ended? {

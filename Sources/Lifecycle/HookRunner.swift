@@ -58,8 +58,8 @@ struct HookRunner {
             throw SpoolError(error.code, "cannot run hook \(hook)", path: executable, cause: error.cause)
         }
         Posix.close(logFD)
-        let status = wait(pid, deadline: monotonicSeconds() + timeoutSeconds)
-        let tail = readTail(logPath, from: Int(startOffset) + header.utf8.count)
+        let status = wait(pid, deadline: Posix.monotonicSeconds() + timeoutSeconds)
+        let tail = Posix.tail(logPath, lines: tailLines, from: Int(startOffset) + header.utf8.count)
         var result: JSONValue?
         if status == .exited(0), let bytes = try? Posix.readFile(resultPath, limit: 1 << 20) {
             do { result = try JSONValue.parse(bytes) } catch {
@@ -84,7 +84,7 @@ struct HookRunner {
                 return signal == 0 ? .exited((status >> 8) & 0xFF) : .signaled(signal)
             }
             if r < 0 && errno != EINTR { return .signaled(SIGKILL) }
-            let now = monotonicSeconds()
+            let now = Posix.monotonicSeconds()
             if let at = killedAt {
                 if now > at + 2 { kill(-pid, SIGKILL) }
             } else if now > deadline || shouldStop() {
@@ -95,16 +95,4 @@ struct HookRunner {
             usleep(2_000)
         }
     }
-
-    private func readTail(_ path: String, from offset: Int) -> String {
-        guard let bytes = try? Posix.readFile(path, limit: 64 << 20), bytes.count > offset else { return "" }
-        let text = String(decoding: bytes[offset...].suffix(8192), as: UTF8.self)
-        return text.split(separator: "\n", omittingEmptySubsequences: true).suffix(tailLines).joined(separator: "\n")
-    }
-}
-
-func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

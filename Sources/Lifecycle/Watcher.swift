@@ -98,7 +98,7 @@ public final class Watcher: Sendable {
             if report.moves > 0 || report.ingested > 0 {
                 logger.debug("pass: \(report.ingested) ingested, \(report.moves) moves")
             }
-            let now = monotonicSeconds()
+            let now = Posix.monotonicSeconds()
             if now - lastBeat >= 1 {
                 guard claim.heartbeat() else {
                     throw SpoolError(

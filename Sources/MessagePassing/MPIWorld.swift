@@ -22,7 +22,7 @@ public struct MPIError: Error, CustomStringConvertible {
 /// (`MPI_THREAD_FUNNELED`). Every call's return code is checked (errors return rather than abort) and turned into
 /// an `MPIError`. Waits never block in MPI: Open MPI's blocking calls busy-poll a whole core, which on a node
 /// packed with jobs steals their CPU. Sends are `MPI_Isend` (completed by `progress()`), receives are
-/// `MPI_Iprobe` first, and `barrier()` tests an `MPI_Ibarrier` between short sleeps.
+/// `MPI_Iprobe` first.
 public final class MPIWorld {
     /// This process's rank.
     public let rank: Int
@@ -108,19 +108,6 @@ public final class MPIWorld {
             MPI_Recv(&bytes, count, cmpi_byte(), status.MPI_SOURCE, status.MPI_TAG, comm, cmpi_status_ignore()),
             "MPI_Recv")
         return (Int(status.MPI_SOURCE), status.MPI_TAG, bytes)
-    }
-
-    /// Waits until every rank has called it, sleeping `pollMicroseconds` between tests.
-    public func barrier(pollMicroseconds: UInt32 = 1000) throws(MPIError) {
-        var request: MPI_Request? = cmpi_request_null()
-        try MPIWorld.check(MPI_Ibarrier(comm, &request), "MPI_Ibarrier")
-        while true {
-            var done: Int32 = 0
-            try MPIWorld.check(MPI_Test(&request, &done, cmpi_status_ignore()), "MPI_Test")
-            if done != 0 { return }
-            try progress()
-            usleep(pollMicroseconds)
-        }
     }
 
     /// Ends MPI. Pending sends are completed first.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import BalsamCLI
+import Foundation
 import Launcher
 import MessagePassing
 import Spool
@@ -81,7 +82,7 @@ struct LauncherCommand: ParsableCommand {
     private func runRank(world: MPIWorld, transport: MPITransport) throws {
         let site = try siteOption.open()
         let settings = try SiteSettings.load(site)
-        let environment = ProcessInfoEnvironment.current()
+        let environment = ProcessInfo.processInfo.environment
         // Every rank says where it is and how many CPUs its node has.
         let cpus = settings.launcher.cpusPerNode ?? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         let me = Array("\(Posix.hostName())\t\(cpus)".utf8)
@@ -130,30 +131,6 @@ struct LauncherCommand: ParsableCommand {
 /// A log line on standard error, with the time.
 func logLine(_ text: String) {
     printError("\(Timestamp.now()) balsam-launcher: \(text)")
-}
-
-/// Points standard error at `path` (appending).
-func redirectStandardError(to path: String) throws(SpoolError) {
-    let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-    if fd < 0 { throw .system("open the log", path: path, errno: errno) }
-    dup2(fd, 2)
-    close(fd)
-}
-
-/// The process environment as a dictionary.
-enum ProcessInfoEnvironment {
-    static func current() -> [String: String] {
-        var result: [String: String] = [:]
-        var p = environ
-        while let entry = p.pointee {
-            let text = String(cString: entry)
-            if let eq = text.firstIndex(of: "=") {
-                result[String(text[..<eq])] = String(text[text.index(after: eq)...])
-            }
-            p += 1
-        }
-        return result
-    }
 }
 
 /// MPI as the launcher's transport.

@@ -118,9 +118,7 @@ struct WatchCommand: AsyncParsableCommand {
         let logPath = Posix.absolute(log ?? site.logPath + "/balsam-watch.log")
         var arguments = Array(CommandLine.arguments.dropFirst().filter { $0 != "--daemon" })
         arguments += ["--site", site.root, "--log", logPath]
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        let executable = n > 0 ? Posix.cString(Array(buffer[0..<n]) + [0]) : CommandLine.arguments[0]
+        let executable = Posix.executablePath() ?? CommandLine.arguments[0]
         let devnull = open("/dev/null", O_WRONLY | O_CLOEXEC)
         defer { close(devnull) }
         let pid = try Posix.spawn(
@@ -139,12 +137,5 @@ struct WatchCommand: AsyncParsableCommand {
             usleep(20_000)
         }
         throw SpoolError(.unavailable, "the watcher (pid \(pid)) did not claim the site within 30 s; see \(logPath)")
-    }
-
-    func redirectStandardError(to path: String) throws(SpoolError) {
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-        if fd < 0 { throw SpoolError(.cannotCreate, "cannot open the log", path: path, cause: errno) }
-        dup2(fd, 2)
-        close(fd)
     }
 }

@@ -39,12 +39,7 @@ struct Balsam: ParsableCommand {
         if builtIn.contains(args[1]) { return }
         let name = "balsam-" + args[1]
         var candidates: [String] = []
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        if n > 0 {
-            let exe = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if let slash = exe.lastIndex(of: "/") { candidates.append(String(exe[..<slash]) + "/" + name) }
-        }
+        if let exe = Posix.executablePath() { candidates.append(Posix.parentPath(exe) + "/" + name) }
         candidates.append(name)
         let argv = [name] + args.dropFirst(2)
         var cArgs = argv.map { strdup($0) }

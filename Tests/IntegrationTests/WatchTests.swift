@@ -181,59 +181,57 @@ func waitUntil(_ what: String, timeout: Double = 30, _ condition: () throws -> B
             usleep(UInt32.random(in: 50_000...400_000, using: &rng))
             watcher.kill9()
         }
-        do {
-            let last = try WatchProcess(site: site.root, logDirectory: dir.path)
-            let everything = ids + children
-            try waitUntil("every job has ended", timeout: 60) {
-                let counts = try Query(site: site).countByState()
-                return (counts[.jobFinished] ?? 0) + (counts[.failed] ?? 0) == everything.count
+        let last = try WatchProcess(site: site.root, logDirectory: dir.path)
+        let everything = ids + children
+        try waitUntil("every job has ended", timeout: 60) {
+            let counts = try Query(site: site).countByState()
+            return (counts[.jobFinished] ?? 0) + (counts[.failed] ?? 0) == everything.count
+        }
+        stop.value = true
+        #expect(last.terminate() == 0)
+        #expect(launcherErrors.items.isEmpty, "the launcher's moves must not be disturbed by recovery")
+        let lost = Set(everything).subtracting(try SiteIndex(site: site).finalLines().map(\.id))
+        if !lost.isEmpty {
+            // Say where the unfinished jobs are, for the failure report.
+            let tmp = entries(site.tmpPath).joined(separator: " ")
+            let states = lost.map { id in
+                let line =
+                    (try? String(
+                        contentsOfFile: site.eventsPath + "/" + Posix.hostName() + ".jsonl", encoding: .utf8))?
+                    .split(separator: "\n").filter { $0.contains(id) }.suffix(2).joined(separator: " | ") ?? ""
+                return "\(id): \(line)"
             }
-            stop.value = true
-            #expect(last.terminate() == 0)
-            #expect(launcherErrors.items.isEmpty, "the launcher's moves must not be disturbed by recovery")
-            let lost = Set(everything).subtracting(try SiteIndex(site: site).finalLines().map(\.id))
-            if !lost.isEmpty {
-                // Say where the unfinished jobs are, for the failure report.
-                let tmp = entries(site.tmpPath).joined(separator: " ")
-                let states = lost.map { id in
-                    let line =
-                        (try? String(
-                            contentsOfFile: site.eventsPath + "/" + Posix.hostName() + ".jsonl", encoding: .utf8))?
-                        .split(separator: "\n").filter { $0.contains(id) }.suffix(2).joined(separator: " | ") ?? ""
-                    return "\(id): \(line)"
-                }
-                let report =
-                    "jobs without an end: \(states); launcher errors: \(launcherErrors.items); tmp/: \(tmp); rejected/: \(entries(site.rejectedPath)); "
-                    + "watcher log: \(last.log.suffix(2000))"
-                Issue.record("\(report)")
-            }
+            let report =
+                "jobs without an end: \(states); launcher errors: \(launcherErrors.items); tmp/: \(tmp); rejected/: \(entries(site.rejectedPath)); "
+                + "watcher log: \(last.log.suffix(2000))"
+            Issue.record("\(report)")
+        }
 
-            // Exactly one final-index line per job, no active entries, nothing left in tmp/.
-            let finalLines = try SiteIndex(site: site).finalLines()
-            #expect(finalLines.count == everything.count)
-            #expect(Set(finalLines.map(\.id)) == Set(everything))
-            for state in JobState.active { #expect(try SiteIndex(site: site).activeIDs(state).isEmpty) }
-            #expect(try Fsck(site: site).run(repair: false).problems.isEmpty)
-            // Every history is a legal path; the event log holds every transition (a redone step may repeat).
-            let events = try read(site.eventsPath + "/" + Posix.hostName() + ".jsonl").split(separator: "\n")
-            var eventsByJob: [String: [(JobState, JobState)]] = [:]
-            for line in events {
-                guard case .object(let o) = try JSONValue.parse(String(line)), let job = o["job"]?.stringValue,
-                    let from = o["from"]?.stringValue.flatMap(JobState.init(rawValue:)),
-                    let to = o["to"]?.stringValue.flatMap(JobState.init(rawValue:))
-                else { continue }
-                eventsByJob[job, default: []].append((from, to))
+        // Exactly one final-index line per job, no active entries, nothing left in tmp/.
+        let finalLines = try SiteIndex(site: site).finalLines()
+        #expect(finalLines.count == everything.count)
+        #expect(Set(finalLines.map(\.id)) == Set(everything))
+        for state in JobState.active { #expect(try SiteIndex(site: site).activeIDs(state).isEmpty) }
+        #expect(try Fsck(site: site).run(repair: false).problems.isEmpty)
+        // Every history is a legal path; the event log holds every transition (a redone step may repeat).
+        let events = try read(site.eventsPath + "/" + Posix.hostName() + ".jsonl").split(separator: "\n")
+        var eventsByJob: [String: [(JobState, JobState)]] = [:]
+        for line in events {
+            guard case .object(let o) = try JSONValue.parse(String(line)), let job = o["job"]?.stringValue,
+                let from = o["from"]?.stringValue.flatMap(JobState.init(rawValue:)),
+                let to = o["to"]?.stringValue.flatMap(JobState.init(rawValue:))
+            else { continue }
+            eventsByJob[job, default: []].append((from, to))
+        }
+        for id in everything {
+            let listing = try Query(site: site).find(id)
+            let history = try #require(listing.record).history.map(\.state)
+            for (a, b) in zip(history, history.dropFirst()) {
+                #expect(a.canTransition(to: b), "\(id): \(a) -> \(b)")
             }
-            for id in everything {
-                let listing = try Query(site: site).find(id)
-                let history = try #require(listing.record).history.map(\.state)
-                for (a, b) in zip(history, history.dropFirst()) {
-                    #expect(a.canTransition(to: b), "\(id): \(a) -> \(b)")
-                }
-                let logged = eventsByJob[id] ?? []
-                #expect(logged.first?.0 == .created && logged.last?.1 == listing.state, "\(id) events \(logged)")
-                for (from, to) in logged { #expect(from.canTransition(to: to)) }
-            }
+            let logged = eventsByJob[id] ?? []
+            #expect(logged.first?.0 == .created && logged.last?.1 == listing.state, "\(id) events \(logged)")
+            for (from, to) in logged { #expect(from.canTransition(to: to)) }
         }
     }
 }

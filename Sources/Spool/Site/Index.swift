@@ -42,7 +42,7 @@ public struct SiteIndex: Sendable {
     }
 
     /// The job an active entry names, or nil if there is no such entry (or it cannot be read).
-    package func readEntry(_ state: JobState, id: String) -> Job? {
+    func readEntry(_ state: JobState, id: String) -> Job? {
         readEntry(at: entryPath(state, id))
     }
 
@@ -81,7 +81,7 @@ public struct SiteIndex: Sendable {
     /// claimed or running job), and then its state file says.
     public func activeState(of id: String) -> JobState? {
         if let state = JobState.active.first(where: { Posix.exists(entryPath($0, id)) }) { return state }
-        for lease in (try? Lease.all(site)) ?? [] where (try? lease.jobIDs())?.contains(id) == true {
+        for lease in (try? Lease.all(site)) ?? [] where Posix.exists(lease.entryPath(id)) {
             guard let job = readEntry(at: lease.entryPath(id)) else { continue }
             return (try? Query(site: site).readRecord(workdir: job.workdir))?.state
         }

@@ -256,6 +256,38 @@ public enum Posix {
         return path == "." ? cwd : cwd + "/" + path
     }
 
+    /// Seconds on CLOCK_MONOTONIC: for deadlines and intervals, never for timestamps.
+    package static func monotonicSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    /// The running program's own path (`/proc/self/exe`), or nil.
+    package static func executablePath() -> String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        return n > 0 ? cString(Array(buffer[0..<n]) + [0]) : nil
+    }
+
+    /// The last `lines` non-empty lines of a file, reading at most its last 16 KiB and nothing before byte
+    /// `offset` (what a run or a hook wrote, say); "" if the file cannot be read.
+    package static func tail(_ path: String, lines: Int, from offset: Int = 0) -> String {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "" }
+        defer { Glibc.close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return "" }
+        let size = Int(st.st_size)
+        let start = max(offset, size - 16 * 1024)
+        guard size > start else { return "" }
+        var bytes = [UInt8](repeating: 0, count: size - start)
+        let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(start)) }
+        guard n > 0 else { return "" }
+        return String(decoding: bytes.prefix(n), as: UTF8.self).split(separator: "\n").suffix(lines)
+            .joined(separator: "\n")
+    }
+
     /// This host's name (read once: names of temporary files, event logs and leases are made from it often).
     package static func hostName() -> String { cachedHostName }
 
