@@ -1,5 +1,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <poll.h>
+#include <time.h>
 #include <stdio.h>
 #include <spawn.h>
 #include <unistd.h>
@@ -10,6 +12,11 @@ int clinux_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, con
 }
 
 int clinux_syncfs(int fd) { return syncfs(fd); }
+
+int clinux_ppoll_ns(struct pollfd *fds, nfds_t count, long nanoseconds) {
+    struct timespec timeout = {nanoseconds / 1000000000L, nanoseconds % 1000000000L};
+    return ppoll(fds, count, &timeout, NULL);
+}
 
 int clinux_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path) {
     return posix_spawn_file_actions_addchdir_np(actions, path);

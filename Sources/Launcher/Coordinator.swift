@@ -65,7 +65,11 @@ public final class Coordinator {
     private var running: [String: Running] = [:]
     private var killRequests: [String: String] = [:]
     private var skipped = Set<String>()
+    /// Runnable jobs listed, oldest first; those before `candidateStart` are done with (a cursor, so that taking
+    /// a few from a long list never copies the rest).
     private var candidates: [(id: String, state: JobState)] = []
+    private var candidateStart = 0
+    private var hasCandidates: Bool { candidateStart < candidates.count }
     private var candidatesStale = true
     private var apps: [String: App] = [:]
     private var summary = Summary()
@@ -158,12 +162,12 @@ public final class Coordinator {
             // listed candidates remain: a burst of submissions must not make every loop read a big directory),
             // when the candidates run out, and every launcher.delay_sec for changes made on other nodes.
             if now - lastRescan >= settings.launcher.pollSeconds { candidatesStale = true }
-            if readyChanged && (candidates.isEmpty || now - lastRescan >= 0.05) {
+            if readyChanged && (!hasCandidates || now - lastRescan >= 0.05) {
                 candidatesStale = true
                 readyChanged = false
             }
             if allocation.hasRoom && running.count < settings.launcher.maxConcurrent
-                && (candidatesStale || !candidates.isEmpty)
+                && (candidatesStale || hasCandidates)
             {
                 if candidatesStale { lastRescan = now }
                 if fill() { active = true }
@@ -178,11 +182,15 @@ public final class Coordinator {
             } else {
                 idleSince = nil
             }
-            // Waits are short: endings on other ranks arrive as MPI messages, which cannot wake a poll(2). Just
-            // after activity (jobs are ending and starting) they are shorter still.
+            // A wait ends when a job here ends or the ready queue changes. With other ranks it is short: their
+            // endings arrive as MPI messages, which cannot wake a poll(2); just after activity (jobs are ending and
+            // starting) shorter still. Alone, it lasts until the next periodic duty (kill requests every 0.1 s).
             if active { lastActivity = now }
-            let pause = active ? 0 : (now - lastActivity < 0.05 ? 0.00005 : 0.002)
-            if monitor.wait(seconds: pause) { readyChanged = true }
+            let pause =
+                active ? 0 : transport.size == 1 ? 0.1 : (now - lastActivity < 0.05 ? 0.00005 : 0.002)
+            if monitor.wait(seconds: min(pause, max(0, deadline - now)), alsoReadable: [runner.replyFD]) {
+                readyChanged = true
+            }
         }
         try shutdown(reason: stopping ?? "signal")
         return summary
@@ -194,11 +202,12 @@ public final class Coordinator {
     private func fill() -> Bool {
         if candidatesStale {
             candidates = listCandidates()
+            candidateStart = 0
             candidatesStale = false
         }
         var startedAny = false
         var kept: [(id: String, state: JobState)] = []
-        var i = 0
+        var i = candidateStart
         while i < candidates.count {
             guard allocation.hasRoom, running.count < settings.launcher.maxConcurrent else { break }
             let (id, state) = candidates[i]
@@ -223,7 +232,9 @@ public final class Coordinator {
                 allocation.release(assignment)
             }
         }
-        candidates = kept + candidates[i...]
+        // The ones that did not fit go back just before the first one not looked at, in order.
+        candidateStart = i - kept.count
+        for (k, item) in kept.enumerated() { candidates[candidateStart + k] = item }
         return startedAny
     }
 

@@ -118,7 +118,11 @@ public struct WorkerLoop {
             }
             // Short sleeps right after activity (a start often follows an ending), longer ones when quiet.
             let now = Posix.monotonicSeconds()
-            if active { lastActivity = now } else { usleep(now - lastActivity < 0.05 ? 50 : 1000) }
+            if active {
+                lastActivity = now
+            } else {
+                Posix.waitReadable([runner.replyFD], seconds: now - lastActivity < 0.05 ? 0.00005 : 0.001)
+            }
         }
     }
 }

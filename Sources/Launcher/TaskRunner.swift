@@ -75,6 +75,9 @@ public final class TaskRunner {
     /// Jobs running.
     public var count: Int { running.count }
 
+    /// Readable when the task server has replied (a job ended): a wait can end on it. -1 before the first start.
+    public var replyFD: Int32 { server?.replies ?? -1 }
+
     /// Starts a job. It ends through `poll()`, also when it could not be started (status 126 or 127, with why).
     public func start(_ spec: TaskSpec) -> Ended? {
         let env = spec.environment.map { "\($0.key)=\($0.value)" }

@@ -106,7 +106,17 @@ public final class Engine {
             try self.runHook(.preprocess, loaded, default: .preprocessed)
         }
         step(.runDone, &report) { (loaded) throws(SpoolError) in
-            try self.runHook(.postprocess, loaded, default: .postprocessed)
+            // Without a postprocess hook (and no stage-out) nothing is left to wait for: straight to the end in
+            // one move, each step still recorded.
+            let app = try self.app(loaded.job.app)
+            if app.hooks.contains(.postprocess) || self.hasHook(.postprocess, app: app.name) {
+                try self.runHook(.postprocess, loaded, default: .postprocessed)
+            } else {
+                let done = try self.store.move(
+                    loaded, through: [(.postprocessed, nil), (.stagedOut, "no stage-out"), (.jobFinished, nil)])
+                self.finalStates?[loaded.job.id] = .jobFinished
+                self.cleanup(done)
+            }
         }
         step(.runError, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onError) }
         step(.runTimeout, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onTimeout) }

@@ -9,6 +9,12 @@ int clinux_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, con
 /// syncfs(2): flush one filesystem once instead of fsyncing every file of a batch.
 int clinux_syncfs(int fd);
 
+#include <poll.h>
+
+/// ppoll(2) with a timeout in nanoseconds: poll(2) counts whole milliseconds, too coarse for a launcher waiting
+/// between jobs that last about one.
+int clinux_ppoll_ns(struct pollfd *fds, nfds_t count, long nanoseconds);
+
 #include <spawn.h>
 
 /// posix_spawn_file_actions_addchdir_np(3): start a child in a directory without a shell in between.

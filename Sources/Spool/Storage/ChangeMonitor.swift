@@ -1,3 +1,5 @@
+import CLinux
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -47,18 +49,18 @@ package final class ChangeMonitor: @unchecked Sendable {
         close(wakeWriteFD)
     }
 
-    /// Waits until a change is reported, `wake()` is called, or `seconds` pass; drains every queued event.
-    /// Returns true when woken by a change or `wake()`, false on timeout.
-    package func wait(seconds: Double) -> Bool {
+    /// Waits until a change is reported, `wake()` is called, one of `alsoReadable` can be read (a child's
+    /// replies, say), or `seconds` pass; drains every queued change. Returns true when woken by a change or
+    /// `wake()`, false otherwise.
+    package func wait(seconds: Double, alsoReadable: [Int32] = []) -> Bool {
         var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
         if inotifyFD >= 0 { fds.append(pollfd(fd: inotifyFD, events: Int16(POLLIN), revents: 0)) }
-        var ready = poll(&fds, nfds_t(fds.count), Int32(max(0, seconds * 1000)))
-        if ready == 0 && seconds > 0 && seconds < 0.001 {
-            // poll(2) counts whole milliseconds: a shorter wait is a sleep, then another look.
-            usleep(UInt32(seconds * 1e6))
-            ready = poll(&fds, nfds_t(fds.count), 0)
-        }
-        guard ready > 0 else { return false }
+        let own = fds.count
+        for fd in alsoReadable where fd >= 0 { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+        let nanoseconds = Int(max(0, min(seconds, 3600)) * 1e9)
+        guard clinux_ppoll_ns(&fds, nfds_t(fds.count), nanoseconds) > 0,
+            fds[..<own].contains(where: { $0.revents != 0 })
+        else { return false }
         drain()
         return true
     }

@@ -40,6 +40,13 @@ public enum Posix {
         try result.get()
     }
 
+    /// Waits until one of `fds` can be read or `seconds` pass (nanosecond timeout, unlike poll(2)).
+    @discardableResult
+    package static func waitReadable(_ fds: [Int32], seconds: Double) -> Bool {
+        var polled = fds.filter { $0 >= 0 }.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        return clinux_ppoll_ns(&polled, nfds_t(polled.count), Int(max(0, min(seconds, 3600)) * 1e9)) > 0
+    }
+
     package static func fsync(_ fd: Int32, path: String) throws(SpoolError) {
         while Glibc.fsync(fd) != 0 {
             if errno == EINTR { continue }
