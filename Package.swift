@@ -37,11 +37,13 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Batch schedulers (Slurm, PBS, LSF, Cobalt, local), the scheduler service and the elastic queue.
+        .target(name: "Batch", dependencies: ["Spool"]),
         // The watcher's lifecycle services: ingest, dependencies, stages, hooks, policies, leases, cleanup.
         .target(
             name: "Lifecycle",
             dependencies: [
-                "Spool",
+                "Batch", "Spool",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -73,13 +75,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .executableTarget(name: "balsam", dependencies: ["BalsamCLI", "Spool"]),
+        .executableTarget(name: "balsam", dependencies: ["Batch", "BalsamCLI", "Spool"]),
         .executableTarget(name: "balsam-submit", dependencies: ["BalsamCLI", "Spool"]),
         // Temporary sites, small filesystems, running the built binaries.
         .target(name: "TestSupport", dependencies: ["Spool"], path: "Tests/TestSupport"),
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "TestSupport"]),
         .testTarget(name: "LifecycleTests", dependencies: ["Lifecycle", "Spool", "TestSupport"]),
         .testTarget(name: "LauncherTests", dependencies: ["Launcher", "Spool", "TestSupport"]),
+        .testTarget(name: "BatchTests", dependencies: ["Batch", "Spool", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Spool", "TestSupport"]),
     ]
 )

@@ -13,6 +13,12 @@ int clinux_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, con
 
 int clinux_syncfs(int fd) { return syncfs(fd); }
 
+const char *clinux_strptime(const char *text, const char *format, struct tm *parts) {
+    return strptime(text, format, parts);
+}
+
+time_t clinux_timegm(struct tm *parts) { return timegm(parts); }
+
 int clinux_ppoll_ns(struct pollfd *fds, nfds_t count, long nanoseconds) {
     struct timespec timeout = {nanoseconds / 1000000000L, nanoseconds % 1000000000L};
     return ppoll(fds, count, &timeout, NULL);

@@ -15,6 +15,14 @@ int clinux_syncfs(int fd);
 /// between jobs that last about one.
 int clinux_ppoll_ns(struct pollfd *fds, nfds_t count, long nanoseconds);
 
+#include <time.h>
+
+/// strptime(3): parse a time as schedulers print it.
+const char *clinux_strptime(const char *text, const char *format, struct tm *parts);
+
+/// timegm(3): a broken-down UTC time as seconds since the epoch.
+time_t clinux_timegm(struct tm *parts);
+
 #include <spawn.h>
 
 /// posix_spawn_file_actions_addchdir_np(3): start a child in a directory without a shell in between.

@@ -48,6 +48,16 @@ public struct CommandTemplate: Sendable, Equatable {
     /// The command with each placeholder replaced by its shell-quoted value. A placeholder without a value
     /// is an error naming it.
     public func render(_ values: [String: JSONValue]) throws(SpoolError) -> String {
+        try render(values, quoting: true)
+    }
+
+    /// The text with each placeholder replaced by its value as it is, for the caller that has checked every
+    /// value (a batch job's script, whose `#SBATCH` lines a shell never reads).
+    public func renderUnquoted(_ values: [String: String]) throws(SpoolError) -> String {
+        try render(values.mapValues { .string($0) }, quoting: false)
+    }
+
+    private func render(_ values: [String: JSONValue], quoting: Bool) throws(SpoolError) -> String {
         var out = ""
         for piece in pieces {
             switch piece {
@@ -56,7 +66,8 @@ public struct CommandTemplate: Sendable, Equatable {
                 guard let value = values[name] else {
                     throw SpoolError(.invalidInput, "no value for placeholder '{{ \(name) }}'")
                 }
-                out += CommandTemplate.shellQuote(CommandTemplate.text(of: value))
+                let text = CommandTemplate.text(of: value)
+                out += quoting ? CommandTemplate.shellQuote(text) : text
             }
         }
         return out
@@ -75,12 +86,17 @@ public struct CommandTemplate: Sendable, Equatable {
     /// goes in single quotes.
     public static func shellQuote(_ word: String) -> String {
         if word.isEmpty { return "''" }
-        let safe = word.utf8.allSatisfy { c in
-            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)
-                || "@%+=:,./-_".utf8.contains(c)
-        }
-        if safe { return word }
+        if isSafeWord(word) { return word }
         return "'" + word.replacingAll("'", with: "'\"'\"'") + "'"
+    }
+
+    /// Whether `word` means the same to a shell without quotes: letters, digits and `@%+=:,./-_` only.
+    public static func isSafeWord(_ word: String) -> Bool {
+        !word.isEmpty
+            && word.utf8.allSatisfy { c in
+                (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)
+                    || "@%+=:,./-_".utf8.contains(c)
+            }
     }
 
     static func isIdentifier(_ name: Substring) -> Bool {

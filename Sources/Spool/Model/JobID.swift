@@ -1,3 +1,4 @@
+import CLinux
 import Synchronization
 
 #if canImport(Glibc)
@@ -71,7 +72,23 @@ public enum Timestamp {
         return format(seconds: Int(ts.tv_sec), millis: Int(ts.tv_nsec) / 1_000_000)
     }
 
-    static func format(seconds: Int, millis: Int) -> String {
+    /// Seconds since the epoch of a timestamp in this format; nil if it is not one.
+    package static func epochSeconds(_ text: String) -> Double? {
+        var parts = tm()
+        guard
+            let rest = text.withCString({ p -> String? in
+                guard let end = clinux_strptime(p, "%Y-%m-%dT%H:%M:%S", &parts) else { return nil }
+                return String(cString: end)
+            })
+        else { return nil }
+        var seconds = Double(clinux_timegm(&parts))
+        if rest.hasPrefix("."), let fraction = Double("0" + rest.dropLast(rest.hasSuffix("Z") ? 1 : 0)) {
+            seconds += fraction
+        }
+        return seconds
+    }
+
+    package static func format(seconds: Int, millis: Int) -> String {
         var t = time_t(seconds)
         var parts = tm()
         gmtime_r(&t, &parts)

@@ -10,6 +10,67 @@ public struct SiteSettings: Sendable, Equatable {
     public var filterTags: [String: String] = [:]
     /// How launchers run jobs (`launcher.*`).
     public var launcher = Launcher()
+    /// The batch scheduler and what may be asked of it (`scheduler.*`).
+    public var scheduler = Scheduler()
+    /// Automatic batch jobs sized to the backlog (`elastic_queue`; nil: off).
+    public var elasticQueue: ElasticQueue?
+
+    /// The `scheduler:` section.
+    public struct Scheduler: Sendable, Equatable {
+        /// `local`, `slurm`, `pbs`, `lsf` or `cobalt` (`scheduler_class`).
+        public var kind = "local"
+        /// Seconds between polls of the scheduler (`sync_period`).
+        public var syncSeconds: Double = 10
+        /// Queues batch jobs may go to, with their limits (`allowed_queues`).
+        public var allowedQueues: [String: QueuePolicy] = [
+            "local": QueuePolicy(maxNodes: 1, maxWallTimeMinutes: 1440, maxQueuedJobs: 1)
+        ]
+        /// Projects (accounts) batch jobs may be charged to (`allowed_projects`).
+        public var allowedProjects: [String] = ["local"]
+        /// Extra parameters `-x KEY=VALUE` may set, with their defaults (`optional_batch_job_params`).
+        public var optionalParams: [String: String] = [:]
+        /// The script template, relative to the site (`job_template_path`).
+        public var jobTemplate = "job-template.sh"
+        /// Seconds a scheduler command may take before it is killed and counted as failed.
+        public var commandTimeoutSeconds: Double = 60
+
+        public init() {}
+    }
+
+    /// The limits of one queue.
+    public struct QueuePolicy: Sendable, Equatable {
+        public var maxNodes: Int
+        public var maxWallTimeMinutes: Int
+        /// Batch jobs of this site queued or running in it at once.
+        public var maxQueuedJobs: Int
+
+        public init(maxNodes: Int, maxWallTimeMinutes: Int, maxQueuedJobs: Int) {
+            self.maxNodes = maxNodes
+            self.maxWallTimeMinutes = maxWallTimeMinutes
+            self.maxQueuedJobs = maxQueuedJobs
+        }
+    }
+
+    /// The `elastic_queue:` section (the original's keys).
+    public struct ElasticQueue: Sendable, Equatable {
+        public var periodSeconds: Double = 60
+        public var project = "local"
+        public var queue = "local"
+        /// Size batch jobs to the scheduler's backfill windows where it reports them.
+        public var useBackfill = false
+        public var minWallTimeMinutes = 10
+        public var maxWallTimeMinutes = 60
+        /// Minutes taken off a backfill window's length.
+        public var wallTimePadMinutes = 5
+        public var minNodes = 1
+        public var maxNodes = 1
+        /// A batch job queued longer than this is deleted (the backlog is asked for again).
+        public var maxQueueWaitMinutes = 10
+        /// Most elastic batch jobs queued or running at once.
+        public var maxQueuedJobs = 1
+
+        public init() {}
+    }
 
     /// The `launcher:` section.
     public struct Launcher: Sendable, Equatable {
@@ -96,9 +157,136 @@ public struct SiteSettings: Sendable, Equatable {
             }
             settings.launcher.gpuIDs = ids.map { $0.stringValue ?? $0.serialized() }
         }
+        settings.scheduler = try parseScheduler(o["scheduler"], path: path)
+        settings.elasticQueue = try parseElasticQueue(o["elastic_queue"], path: path)
         if case .object(let tags)? = o["filter_tags"] {
             settings.filterTags = tags.compactMapValues { $0.stringValue ?? ($0 == .null ? nil : $0.serialized()) }
         }
         return settings
+    }
+
+    /// The schedulers `scheduler_class` may name.
+    public static let schedulerKinds = ["local", "slurm", "pbs", "lsf", "cobalt"]
+
+    private static func parseScheduler(_ value: JSONValue?, path: String) throws(SpoolError) -> Scheduler {
+        var scheduler = Scheduler()
+        guard let value, value != .null else { return scheduler }
+        let section = try Fields(value, "scheduler", path: path)
+        if let kind = try section.string("scheduler_class") {
+            // The original named Python classes (balsam.platform.scheduler.SlurmScheduler): accept those too.
+            let short = kind.lowercased().split(separator: ".").last.map(String.init) ?? kind
+            guard
+                let name = schedulerKinds.first(where: { short == $0 || short == $0 + "scheduler" })
+                    ?? (short == "localprocessscheduler" ? "local" : nil)
+            else {
+                throw SpoolError(
+                    .invalidInput,
+                    "scheduler.scheduler_class '\(kind)' is not one of \(schedulerKinds.joined(separator: ", "))",
+                    path: path)
+            }
+            scheduler.kind = name
+        }
+        scheduler.syncSeconds = try section.number("sync_period") ?? scheduler.syncSeconds
+        scheduler.commandTimeoutSeconds = try section.number("command_timeout_sec") ?? scheduler.commandTimeoutSeconds
+        scheduler.jobTemplate = try section.string("job_template_path") ?? scheduler.jobTemplate
+        if let queues = try section.object("allowed_queues") {
+            scheduler.allowedQueues = [:]
+            for (name, limits) in queues {
+                let q = try Fields(limits, "scheduler.allowed_queues.\(name)", path: path)
+                scheduler.allowedQueues[name] = QueuePolicy(
+                    maxNodes: try q.integer("max_nodes") ?? 1, maxWallTimeMinutes: try q.integer("max_walltime") ?? 60,
+                    maxQueuedJobs: try q.integer("max_queued_jobs") ?? 1)
+            }
+        }
+        if let v = section.o["allowed_projects"], v != .null {
+            guard case .array(let items) = v, let names = Optional(items.compactMap(\.stringValue)),
+                names.count == items.count
+            else {
+                throw SpoolError(.invalidInput, "scheduler.allowed_projects must be a list of names", path: path)
+            }
+            scheduler.allowedProjects = names
+        }
+        if let params = try section.object("optional_batch_job_params") {
+            scheduler.optionalParams = params.mapValues { $0.stringValue ?? ($0 == .null ? "" : $0.serialized()) }
+        }
+        return scheduler
+    }
+
+    private static func parseElasticQueue(_ value: JSONValue?, path: String) throws(SpoolError) -> ElasticQueue? {
+        guard let value, value != .null else { return nil }
+        let section = try Fields(value, "elastic_queue", path: path)
+        if case .bool(false)? = section.o["enabled"] { return nil }
+        var e = ElasticQueue()
+        e.periodSeconds = try section.number("service_period") ?? e.periodSeconds
+        e.project = try section.string("submit_project") ?? e.project
+        e.queue = try section.string("submit_queue") ?? e.queue
+        if let v = section.o["use_backfill"], v != .null {
+            guard case .bool(let b) = v else {
+                throw SpoolError(.invalidInput, "elastic_queue.use_backfill must be true or false", path: path)
+            }
+            e.useBackfill = b
+        }
+        e.minWallTimeMinutes = try section.integer("min_wall_time_min") ?? e.minWallTimeMinutes
+        e.maxWallTimeMinutes = try section.integer("max_wall_time_min") ?? e.maxWallTimeMinutes
+        e.wallTimePadMinutes = try section.integer("wall_time_pad_min", allowZero: true) ?? e.wallTimePadMinutes
+        e.minNodes = try section.integer("min_num_nodes") ?? e.minNodes
+        e.maxNodes = try section.integer("max_num_nodes") ?? e.maxNodes
+        e.maxQueueWaitMinutes = try section.integer("max_queue_wait_time_min") ?? e.maxQueueWaitMinutes
+        e.maxQueuedJobs = try section.integer("max_queued_jobs") ?? e.maxQueuedJobs
+        guard e.minNodes <= e.maxNodes, e.minWallTimeMinutes <= e.maxWallTimeMinutes else {
+            throw SpoolError(
+                .invalidInput, "elastic_queue: min_num_nodes and min_wall_time_min must not exceed their max_",
+                path: path)
+        }
+        return e
+    }
+
+    /// The keys of one settings section, read with errors that name the key.
+    private struct Fields {
+        let o: [String: JSONValue]
+        let section: String
+        let path: String
+
+        init(_ value: JSONValue, _ section: String, path: String) throws(SpoolError) {
+            guard case .object(let o) = value else {
+                throw SpoolError(.invalidInput, "\(section) must be a mapping of keys to values", path: path)
+            }
+            self.o = o
+            self.section = section
+            self.path = path
+        }
+
+        func number(_ key: String) throws(SpoolError) -> Double? {
+            guard let v = o[key], v != .null else { return nil }
+            guard let d = v.doubleValue, d > 0 else {
+                throw SpoolError(.invalidInput, "\(section).\(key) must be a positive number", path: path)
+            }
+            return d
+        }
+
+        func integer(_ key: String, allowZero: Bool = false) throws(SpoolError) -> Int? {
+            guard let v = o[key], v != .null else { return nil }
+            guard let i = v.intValue, i > 0 || (allowZero && i == 0) else {
+                let what = allowZero ? "a whole number, 0 or more" : "a positive whole number"
+                throw SpoolError(.invalidInput, "\(section).\(key) must be \(what)", path: path)
+            }
+            return i
+        }
+
+        func string(_ key: String) throws(SpoolError) -> String? {
+            guard let v = o[key], v != .null else { return nil }
+            guard let s = v.stringValue ?? v.intValue.map(String.init) else {
+                throw SpoolError(.invalidInput, "\(section).\(key) must be a string", path: path)
+            }
+            return s
+        }
+
+        func object(_ key: String) throws(SpoolError) -> [String: JSONValue]? {
+            guard let v = o[key], v != .null else { return nil }
+            guard case .object(let d) = v else {
+                throw SpoolError(.invalidInput, "\(section).\(key) must be a mapping", path: path)
+            }
+            return d
+        }
     }
 }

@@ -1,0 +1,203 @@
+import Spool
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The watcher's scheduler service: submits `pending_submission` batch jobs, follows them through the scheduler's
+/// states, cancels those asked to be deleted, records start and end times and how each ended; and, when the site
+/// has an `elastic_queue`, asks for batch jobs sized to the backlog. One `sync()` is one round; the watcher calls it
+/// every `scheduler.sync_period` seconds on a thread of its own (a slow scheduler never holds up jobs).
+///
+/// Never twice: before a submission the record is saved with its submit time, and the job carries a name unique to
+/// the record; if the watcher dies between the scheduler's answer and saving it, the next round finds the job by
+/// that name instead of submitting again.
+public final class BatchService {
+    public let site: Site
+    public private(set) var settings: SiteSettings
+    let store: BatchJobStore
+    let scheduler: any Scheduler
+    /// Where `balsam-launcher` is (the watcher's own directory).
+    let binDirectory: String
+    /// Where messages go: a level ("info", "warning", "error") and a line.
+    public var log: (String, String) -> Void
+    var lastElastic = -Double.infinity
+    var reportedProblems = Set<String>()
+    /// Nodes each backlog job needs, from the last count (job files are read once).
+    var footprints: [String: Double] = [:]
+
+    /// A service for `site` using the scheduler its settings name (or `scheduler`, for tests).
+    public init(
+        site: Site, settings: SiteSettings, binDirectory: String, scheduler: (any Scheduler)? = nil,
+        log: @escaping (String, String) -> Void = { _, _ in }
+    ) throws(SpoolError) {
+        self.site = site
+        self.settings = settings
+        self.store = BatchJobStore(site: site)
+        if let scheduler {
+            self.scheduler = scheduler
+        } else {
+            self.scheduler = try makeScheduler(
+                kind: settings.scheduler.kind, site: site, timeoutSeconds: settings.scheduler.commandTimeoutSeconds)
+        }
+        self.binDirectory = binDirectory
+        self.log = log
+    }
+
+    /// One round: submit, follow, cancel; the elastic queue when its period has passed.
+    public func sync() {
+        let now = Posix.monotonicSeconds()
+        if let elastic = settings.elasticQueue, now - lastElastic >= elastic.periodSeconds {
+            lastElastic = now
+            runElasticQueue(elastic)
+        }
+        let records: [BatchJob]
+        do {
+            let (all, problems) = try store.all()
+            for problem in problems where reportedProblems.insert(problem).inserted {
+                log("error", "batch job record: \(problem)")
+            }
+            records = all.filter { !$0.state.isFinal }
+        } catch {
+            log("error", "cannot read batch jobs: \(error)")
+            return
+        }
+        guard !records.isEmpty else { return }
+        var listing: [SchedulerStatus]?
+        if records.contains(where: { $0.state != .pendingSubmission || $0.submitTime != nil }) {
+            do { listing = try scheduler.list() } catch {
+                log("error", "cannot poll the \(scheduler.kind) scheduler: \(error.message)")
+                for var job in records where job.state != .pendingSubmission {
+                    job.message = "cannot poll the scheduler: \(error.message)"
+                    save(job, was: nil)
+                }
+            }
+        }
+        for job in records {
+            var updated = job
+            follow(&updated, listing: listing)
+            save(updated, was: job)
+        }
+    }
+
+    private func save(_ job: BatchJob, was before: BatchJob?) {
+        guard job != before else { return }
+        do { try store.save(job) } catch { log("error", "cannot save batch job \(job.id): \(error)") }
+        if let before, before.state != job.state {
+            log(
+                "info",
+                "batch job \(job.id): \(before.state.rawValue) -> \(job.state.rawValue)"
+                    + (job.message.map { ": " + $0 } ?? ""))
+        }
+    }
+
+    private func outputPath(_ name: String) -> String { store.scriptsPath + "/" + name + ".out" }
+
+    /// One record's round.
+    private func follow(_ job: inout BatchJob, listing: [SchedulerStatus]?) {
+        let name = job.schedulerName(site: site)
+        // A submission that may have reached the scheduler before the watcher died: find it by name first.
+        if job.state == .pendingSubmission, job.submitTime != nil {
+            guard let listing else { return }
+            if let found = listing.first(where: { $0.name == name }) {
+                job.schedulerID = found.id
+                job.move(to: .queued, message: "found after a restart as \(scheduler.kind) job \(found.id)")
+            }
+        }
+        if store.deletionRequested(job.id) {
+            switch job.state {
+            case .pendingSubmission:
+                job.finish(.cancelled, message: "deleted before it was submitted")
+                store.clearDeletionRequest(job.id)
+                return
+            case .queued, .running:
+                guard let id = job.schedulerID else { break }
+                do {
+                    try scheduler.cancel(id: id)
+                    job.move(to: .pendingDeletion, message: "cancel asked of the scheduler (balsam queue rm)")
+                    store.clearDeletionRequest(job.id)
+                } catch {
+                    job.message = "cannot cancel yet: \(error.message)"
+                }
+            default:
+                store.clearDeletionRequest(job.id)
+            }
+        }
+        switch job.state {
+        case .pendingSubmission: submit(&job, name: name)
+        case .queued, .running, .pendingDeletion:
+            guard let listing, let id = job.schedulerID else { return }
+            if let status = listing.first(where: { $0.id == id }) {
+                apply(status, to: &job, name: name)
+            } else {
+                do {
+                    if let status = try scheduler.lookUp(id: id, outputPath: outputPath(name)) {
+                        apply(status, to: &job, name: name)
+                    } else if job.state == .pendingDeletion {
+                        job.finish(.cancelled, message: "cancelled (balsam queue rm); gone from the scheduler")
+                    } else {
+                        job.finish(
+                            .lost,
+                            message: "\(scheduler.kind) job \(id) is no longer known to the scheduler, which kept "
+                                + "no record of how it ended")
+                    }
+                } catch {
+                    job.message = "cannot look up \(scheduler.kind) job \(id): \(error.message)"
+                }
+            }
+        case .finished, .submitFailed: return
+        }
+    }
+
+    private func submit(_ job: inout BatchJob, name: String) {
+        let script = store.scriptsPath + "/" + name + ".sh"
+        do {
+            try store.ensureDirectories()
+            let (template, path) = try JobScript.template(site: site, settings: settings)
+            let text = try JobScript.render(
+                template, templatePath: path, job: job, name: name, site: site, binDirectory: binDirectory)
+            try Posix.replaceFile(script, Array(text.utf8), sync: false)
+            chmod(script, 0o755)
+            job.submitTime = Timestamp.now()
+            try store.save(job)  // from here on, a restart looks for `name` before submitting again
+            let id = try scheduler.submit(script: script, name: name, job: job, outputPath: outputPath(name))
+            job.schedulerID = id
+            job.move(to: .queued, message: "submitted to \(scheduler.kind) as job \(id)")
+        } catch {
+            job.move(to: .submitFailed, message: error.message + (error.path.map { " (\($0))" } ?? ""))
+        }
+    }
+
+    private func apply(_ status: SchedulerStatus, to job: inout BatchJob, name: String) {
+        let deleting = job.state == .pendingDeletion
+        switch status.phase {
+        case .queued:
+            if !deleting { job.move(to: .queued) }
+            job.message = status.reason.map { "queued: \($0)" } ?? job.message
+        case .running:
+            if job.startTime == nil { job.startTime = status.startTime ?? Timestamp.now() }
+            if !deleting { job.move(to: .running, message: "running as \(scheduler.kind) job \(status.id)") }
+        case .ended(let outcome):
+            var status = status
+            if status.exitCode == nil, let detail = try? scheduler.lookUp(id: status.id, outputPath: outputPath(name)),
+                detail.phase == status.phase
+            {
+                status = detail
+            }
+            if job.startTime == nil { job.startTime = status.startTime }
+            job.endTime = status.endTime ?? Timestamp.now()
+            job.exitCode = status.exitCode
+            let code = status.exitCode.map { " (exit code \($0))" } ?? ""
+            let message: String
+            switch outcome {
+            case .completed: message = "completed" + code
+            case .cancelled: message = deleting ? "cancelled (balsam queue rm)" : "cancelled through the scheduler"
+            case .failed:
+                message = "failed: \(status.rawState)" + code + (status.reason.map { ", \($0)" } ?? "")
+            case .timedOut: message = "timed out at its wall time of \(job.wallTimeMinutes) min"
+            case .lost: message = "lost"
+            }
+            job.finish(outcome, message: message, time: job.endTime ?? Timestamp.now())
+        }
+    }
+}

@@ -1,0 +1,114 @@
+import Spool
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The backlog the elastic queue serves, in nodes.
+public struct Backlog: Sendable, Equatable {
+    /// Nodes the runnable jobs need: a multi-node job its `num_nodes`, a single-node job
+    /// `1 / node_packing_count`.
+    public var runnable: Double
+    /// Nodes the running jobs hold, counted the same way.
+    public var running: Double
+}
+
+extension BatchService {
+    /// The states counted as backlog: runnable (PREPROCESSED, RESTART_READY) and about to be (READY, STAGED_IN:
+    /// only the watcher's own steps are left). Jobs waiting for parents are not counted: they may never run.
+    public static let backlogStates: [JobState] = [.ready, .stagedIn, .preprocessed, .restartReady]
+
+    /// Measures the backlog of jobs this site launches (its `filter_tags`).
+    func measureBacklog() -> Backlog {
+        let index = SiteIndex(site: site)
+        var seen: [String: Double] = [:]
+        var backlog = Backlog(runnable: 0, running: 0)
+        for state in BatchService.backlogStates + [.running] {
+            for id in (try? index.activeIDs(state)) ?? [] {
+                let need: Double
+                if let known = footprints[id] {
+                    need = known
+                } else {
+                    guard let job = index.readEntry(at: index.entryPath(state, id)) else { continue }
+                    guard settings.filterTags.allSatisfy({ job.tags[$0.key] == $0.value }) else {
+                        seen[id] = 0
+                        continue
+                    }
+                    need = job.numNodes > 1 ? Double(job.numNodes) : 1 / Double(max(1, job.nodePackingCount))
+                }
+                seen[id] = need
+                if state == .running { backlog.running += need } else { backlog.runnable += need }
+            }
+        }
+        // Running jobs held in launchers' leases are not in jobs/RUNNING: count them from the leases.
+        for (id, state, job) in (try? index.leasedJobs()) ?? [] where state == .running && seen[id] == nil {
+            guard settings.filterTags.allSatisfy({ job.tags[$0.key] == $0.value }) else { continue }
+            let need = job.numNodes > 1 ? Double(job.numNodes) : 1 / Double(max(1, job.nodePackingCount))
+            seen[id] = need
+            backlog.running += need
+        }
+        footprints = seen
+        return backlog
+    }
+
+    /// One elastic round (reference §6.5, with the documented behaviour where code and docs disagree): delete
+    /// batch jobs queued too long; then, if the runnable backlog exceeds what queued and running batch jobs leave
+    /// idle, ask for one batch job sized to the difference, within the node and wall-time bounds and
+    /// `max_queued_jobs`.
+    func runElasticQueue(_ e: SiteSettings.ElasticQueue) {
+        let records: [BatchJob]
+        do { records = try store.all().jobs.filter { !$0.state.isFinal && $0.queue == e.queue } } catch {
+            log("error", "elastic queue: cannot read batch jobs: \(error)")
+            return
+        }
+        let now = time(nil)
+        for job in records where job.state == .queued && job.origin == BatchService.elasticOrigin {
+            guard let submitted = job.submitTime.flatMap(Timestamp.epochSeconds),
+                Double(now) - submitted > Double(e.maxQueueWaitMinutes * 60), !store.deletionRequested(job.id)
+            else { continue }
+            log("info", "elastic queue: batch job \(job.id) queued over \(e.maxQueueWaitMinutes) min; deleting it")
+            try? store.requestDeletion(job.id)
+        }
+        let live = records.filter { !store.deletionRequested($0.id) }
+        guard live.count < e.maxQueuedJobs else { return }
+        let backlog = measureBacklog()
+        guard backlog.runnable > 0 else { return }
+        let reserved = Double(live.reduce(0) { $0 + $1.numNodes })
+        let idle = max(0, reserved - backlog.running)
+        guard backlog.runnable > idle else { return }
+        var window = BackfillWindow(nodes: e.maxNodes, minutes: e.maxWallTimeMinutes)
+        if e.useBackfill {
+            let windows = ((try? scheduler.backfillWindows(queue: e.queue)) ?? [])
+                .filter { $0.minutes - e.wallTimePadMinutes >= e.minWallTimeMinutes && $0.nodes >= e.minNodes }
+                .map {
+                    BackfillWindow(
+                        nodes: $0.nodes, minutes: min($0.minutes - e.wallTimePadMinutes, e.maxWallTimeMinutes))
+                }
+            // No windows reported (Slurm, PBS here say none): fall back to the fixed size rather than never asking.
+            if let best = windows.max(by: { $0.nodes * $0.minutes < $1.nodes * $1.minutes }) { window = best }
+        }
+        let wanted = Int((backlog.runnable - idle).rounded(.up))
+        let nodes = min(max(e.minNodes, wanted), window.nodes, e.maxNodes)
+        var job = BatchJob(project: e.project, queue: e.queue, numNodes: nodes, wallTimeMinutes: window.minutes)
+        job.filterTags = settings.filterTags
+        job.origin = BatchService.elasticOrigin
+        do {
+            try job.validate(against: settings.scheduler, active: try store.all().jobs.filter { !$0.state.isFinal })
+            let made = try store.create(job)
+            log(
+                "info",
+                "elastic queue: backlog \(format(backlog.runnable)) nodes, \(format(idle)) idle in queued and running "
+                    + "batch jobs: asked for batch job \(made.id) of \(nodes) nodes for \(window.minutes) min")
+        } catch {
+            let text = "elastic queue: cannot ask for a batch job: \(error.message)"
+            if reportedProblems.insert(text).inserted { log("warning", text) }
+        }
+    }
+
+    /// The `origin` of the elastic queue's batch jobs.
+    public static let elasticOrigin = "elastic queue"
+
+    private func format(_ nodes: Double) -> String {
+        nodes == nodes.rounded() ? String(Int(nodes)) : String(Double(Int(nodes * 100)) / 100)
+    }
+}
