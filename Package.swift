@@ -82,7 +82,7 @@ let package = Package(
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "TestSupport"]),
         .testTarget(name: "LifecycleTests", dependencies: ["Lifecycle", "Spool", "TestSupport"]),
         .testTarget(name: "LauncherTests", dependencies: ["Launcher", "Spool", "TestSupport"]),
-        .testTarget(name: "BatchTests", dependencies: ["Batch", "Spool", "TestSupport"]),
+        .testTarget(name: "BatchTests", dependencies: ["Batch", "Spool", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Spool", "TestSupport"]),
     ]
 )

@@ -124,9 +124,11 @@ enum SchedulerTime {
             days = d
             rest = rest[rest.index(after: dash)...]
         }
-        let fields = rest.split(separator: ":").map { Int($0) }
-        guard !fields.isEmpty, fields.allSatisfy({ $0 != nil }) else { return nil }
-        let f = fields.map { $0! }
+        var f: [Int] = []
+        for field in rest.split(separator: ":") {
+            guard let value = Int(field) else { return nil }
+            f.append(value)
+        }
         let minutes: Int
         switch f.count {
         case 1: minutes = f[0]

@@ -1,3 +1,4 @@
+import Batch
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -52,6 +53,42 @@ public final class Watcher: Sendable {
     }
 
     private var stopping: Bool { flags.withLock { $0.stop } }
+    private let batchStopped = DispatchSemaphore(value: 0)
+
+    /// The scheduler service (batch jobs, elastic queue), on a thread of its own so that a slow scheduler command
+    /// never holds up jobs: a round every `scheduler.sync_period` seconds, settings reread each round.
+    private func runBatchService(once: Bool) {
+        defer { if !once { batchStopped.signal() } }
+        let logger = self.logger
+        let binDirectory = Posix.parentPath(Posix.executablePath() ?? "./balsam-watch")
+        var service: BatchService?
+        var lastProblem = ""
+        while !stopping {
+            let started = Posix.monotonicSeconds()
+            do {
+                let settings = try SiteSettings.load(site)
+                if service?.settings != settings {
+                    service = try BatchService(site: site, settings: settings, binDirectory: binDirectory) {
+                        level, message in
+                        switch level {
+                        case "error": logger.error("\(message)")
+                        case "warning": logger.warning("\(message)")
+                        default: logger.info("\(message)")
+                        }
+                    }
+                }
+                service?.sync()
+                lastProblem = ""
+            } catch {
+                let text = "scheduler service: \(error)"
+                if text != lastProblem { logger.error("\(text)") }
+                lastProblem = text
+            }
+            if once { return }
+            let period = service?.settings.scheduler.syncSeconds ?? 10
+            while !stopping && Posix.monotonicSeconds() - started < period { usleep(50_000) }
+        }
+    }
 
     /// Runs until stopped (blocking). Throws if the site cannot be claimed or watched.
     public func run() throws(SpoolError) {
@@ -80,6 +117,18 @@ public final class Watcher: Sendable {
             }
         }
         engine.shouldStop = { [weak self] in self?.stopping ?? true }
+
+        if options.once {
+            runBatchService(once: true)
+        } else {
+            Thread { [self] in runBatchService(once: false) }.start()
+        }
+        defer {
+            if !options.once {
+                flags.withLock { $0.stop = true }
+                batchStopped.wait()
+            }
+        }
 
         var backoff = 0.0
         var lastBeat = 0.0

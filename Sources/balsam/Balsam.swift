@@ -1,5 +1,6 @@
 import ArgumentParser
 import BalsamCLI
+import Batch
 import Spool
 
 #if canImport(Glibc)
@@ -17,7 +18,7 @@ struct Balsam: ParsableCommand {
             """,
         subcommands: [
             Init.self, List.self, Show.self, Kill.self, Retry.self, Remove.self, Modify.self, AppCommand.self,
-            IngestCommand.self, FsckCommand.self,
+            IngestCommand.self, FsckCommand.self, QueueCommand.self,
         ])
 
     static func main() {
@@ -68,9 +69,26 @@ struct Init: ParsableCommand {
     @Option(name: [.short, .long], help: "The site's name (default: the directory's name).")
     var name: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The batch scheduler: local, slurm, pbs, lsf or cobalt. Its defaults go into settings.yml and "
+                + "job-template.sh.", valueName: "name"))
+    var scheduler = "local"
+
+    func validate() throws {
+        guard SiteSettings.schedulerKinds.contains(scheduler) else {
+            throw ValidationError(
+                "--scheduler must be one of \(SiteSettings.schedulerKinds.joined(separator: ", ")), not '\(scheduler)'."
+            )
+        }
+    }
+
     func run() throws {
         try reportingErrors("balsam init") {
-            let site = try Site.create(at: path, name: name)
+            let site = try Site.create(at: path, name: name, scheduler: scheduler)
+            try Posix.createFile(
+                site.root + "/job-template.sh", Array(JobScript.defaultTemplate(for: scheduler).utf8), sync: true)
             print(site.root)
         }
     }

@@ -49,6 +49,7 @@ public struct Site: Sendable {
     static let directories: [String] =
         ["apps", "data", "data/.balsam-staging", "jobs"] + JobState.active.map { "jobs/" + $0.rawValue }
         + ["jobs/final", "queue", "queue/new", "queue/accepted", "queue/control", "events", "rejected", "tmp", "log"]
+        + ["batchjobs", "batchjobs/scripts"]
 
     init(root: String, name: String) {
         self.root = root
@@ -59,7 +60,9 @@ public struct Site: Sendable {
 
     /// Creates a new site at `path` (which must not exist; its parent must). The site is built under a
     /// temporary name and renamed into place, so a failure leaves nothing behind.
-    public static func create(at path: String, name: String? = nil) throws(SpoolError) -> Site {
+    public static func create(at path: String, name: String? = nil, scheduler: String = "local") throws(SpoolError)
+        -> Site
+    {
         let root = Posix.absolute(path)
         let siteName = name ?? Posix.lastComponent(root)
         if siteName.isEmpty || siteName.utf8.contains(where: { $0 < 0x20 }) {
@@ -74,7 +77,9 @@ public struct Site: Sendable {
         do {
             try Posix.mkdir(staging)
             for dir in directories { try Posix.mkdir(staging + "/" + dir) }
-            try Posix.createFile(staging + "/settings.yml", Array(Settings.template(name: siteName).utf8), sync: true)
+            try Posix.createFile(
+                staging + "/settings.yml", Array(Settings.template(name: siteName, scheduler: scheduler).utf8),
+                sync: true)
             let marker = JSONValue.object([
                 "format": .int(formatVersion), "name": .string(siteName), "created": .string(Timestamp.now()),
             ])
@@ -175,7 +180,7 @@ public struct Site: Sendable {
 /// Site settings (`settings.yml`).
 public enum Settings {
     /// The commented `settings.yml` a new site starts with. Key names follow the original Balsam's.
-    public static func template(name: String) -> String {
+    public static func template(name: String, scheduler: String = "local") -> String {
         """
         # Balsam site settings. Key names follow the original Balsam where it has them.
         # Changes take effect when balsam-watch starts or receives SIGHUP.
@@ -213,24 +218,29 @@ public enum Settings {
           kill_grace_sec: 0.5
 
         scheduler:
-          # local, slurm, pbs, lsf or cobalt.
-          scheduler_class: local
-          # Seconds between polls of the batch scheduler.
-          sync_period: 10
-          allowed_queues:
-            local:
-              max_nodes: 1
-              max_walltime: 1440
-              max_queued_jobs: 1
-          allowed_projects: [local]
-          optional_batch_job_params: {}
+        \(schedulerSection(scheduler))
 
         processing:
           # Seconds a pre- or post-processing hook may run before it is killed.
           hook_timeout_sec: 600
 
-        # Automatic submission of batch jobs as work arrives (null: off).
+        # Automatic batch jobs sized to the backlog (null: off). Every service_period seconds: if the runnable
+        # backlog (jobs READY, STAGED_IN, PREPROCESSED or RESTART_READY; a single-node job counts
+        # 1/node_packing_count nodes) exceeds what this site's queued and running batch jobs in submit_queue leave
+        # idle, one batch job of min_num_nodes..max_num_nodes for max_wall_time_min is asked for, up to
+        # max_queued_jobs; one queued longer than max_queue_wait_time_min is deleted. See balsam-queue(1).
         elastic_queue: null
+        #  service_period: 60
+        #  submit_project: \(scheduler == "local" ? "local" : "default")
+        #  submit_queue: \(defaultQueue(scheduler))
+        #  use_backfill: false
+        #  min_wall_time_min: 10
+        #  max_wall_time_min: 60
+        #  wall_time_pad_min: 5
+        #  min_num_nodes: 1
+        #  max_num_nodes: \(scheduler == "local" ? 1 : 4)
+        #  max_queue_wait_time_min: 10
+        #  max_queued_jobs: 1
 
         # Deletion of each app's cleanup_files from finished jobs (null: off).
         file_cleaner:
@@ -238,5 +248,42 @@ public enum Settings {
           service_period: 30
 
         """
+    }
+
+    /// The queue a new site of `scheduler` allows.
+    static func defaultQueue(_ scheduler: String) -> String {
+        switch scheduler {
+        case "local": "local"
+        case "lsf": "batch"
+        case "cobalt": "default"
+        default: "debug"
+        }
+    }
+
+    /// The `scheduler:` section of a new site's settings, after its first line.
+    static func schedulerSection(_ scheduler: String) -> String {
+        let local = scheduler == "local"
+        let queue = defaultQueue(scheduler)
+        return """
+              # local, slurm, pbs, lsf or cobalt (balsam init --scheduler).
+              scheduler_class: \(scheduler)
+              # Seconds between polls of the batch scheduler.
+              sync_period: \(local ? 2 : 10)
+              # Seconds a scheduler command (sbatch, squeue, ...) may take before it is killed.
+              command_timeout_sec: 60
+              # The script each batch job runs, relative to the site: {{ name }} placeholders (balsam-queue(1)).
+              job_template_path: job-template.sh
+              # Queues batch jobs may go to, and their limits (max_queued_jobs: of this site's batch jobs).
+              allowed_queues:
+                \(queue):
+                  max_nodes: \(local ? 1 : 4)
+                  max_walltime: \(local ? 1440 : 60)
+                  max_queued_jobs: \(local ? 1 : 4)
+              # Projects (accounts) batch jobs may be charged to.
+              allowed_projects: [\(local ? "local" : "default")]
+              # Extra parameters 'balsam queue submit -x KEY=VALUE' may set, with their defaults; each is a
+              # placeholder of the job template.
+              optional_batch_job_params: {}
+            """
     }
 }
