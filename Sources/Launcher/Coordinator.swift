@@ -93,8 +93,10 @@ public final class Coordinator {
         self.transport = transport
         self.options = options
         self.allocation = Allocation(nodes: nodes)
-        self.runner = TaskRunner(grace: settings.launcher.killGraceSeconds, guardPath: TaskRunner.defaultGuardPath)
-        self.command = TaskCommand(site: site, settings: settings.launcher, environment: environment)
+        self.runner = TaskRunner(
+            grace: settings.launcher.killGraceSeconds, guardPath: TaskRunner.defaultGuardPath,
+            baseEnvironment: TaskCommand.baseEnvironment(environment))
+        self.command = TaskCommand(site: site, settings: settings.launcher)
         self.index = SiteIndex(site: site)
         self.store = JobStore(site: site, actor: "balsam-launcher")
         started = Posix.monotonicSeconds()

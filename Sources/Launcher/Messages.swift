@@ -85,9 +85,14 @@ public struct WorkerLoop {
     let transport: any Transport
     let runner: TaskRunner
 
-    public init(transport: any Transport, grace: Double, guardPath: String = TaskRunner.defaultGuardPath) {
+    /// `environment`: this rank's own, which its jobs start from.
+    public init(
+        transport: any Transport, grace: Double, environment: [String: String],
+        guardPath: String = TaskRunner.defaultGuardPath
+    ) {
         self.transport = transport
-        self.runner = TaskRunner(grace: grace, guardPath: guardPath)
+        self.runner = TaskRunner(
+            grace: grace, guardPath: guardPath, baseEnvironment: TaskCommand.baseEnvironment(environment))
     }
 
     /// Runs until rank 0 says stop and every job here has ended.

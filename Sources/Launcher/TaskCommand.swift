@@ -7,14 +7,16 @@ public struct TaskCommand: Sendable {
     public let site: Site
     /// Launch settings (`launcher.*`).
     public let settings: SiteSettings.Launcher
-    /// The environment jobs start from: the launcher's own, without the MPI runtime's variables (a job's own
-    /// `mpirun` would otherwise take itself for one of the launcher's ranks).
-    public let baseEnvironment: [String: String]
-
-    public init(site: Site, settings: SiteSettings.Launcher, environment: [String: String]) {
+    public init(site: Site, settings: SiteSettings.Launcher) {
         self.site = site
         self.settings = settings
-        self.baseEnvironment = environment.filter { !TaskCommand.isMPIRuntimeVariable($0.key) }
+    }
+
+    /// The environment jobs start from on a node: its rank's own (so node-local variables such as
+    /// `SLURMD_NODENAME` are right), without the MPI runtime's variables (a job's own `mpirun` would otherwise take
+    /// itself for one of the launcher's ranks). A spec's environment is laid over it.
+    public static func baseEnvironment(_ rankEnvironment: [String: String]) -> [String: String] {
+        rankEnvironment.filter { !isMPIRuntimeVariable($0.key) }
     }
 
     /// Variables the MPI runtime sets in a rank's environment; Open MPI's run-as-root switches stay.
@@ -38,10 +40,11 @@ public struct TaskCommand: Sendable {
     /// The launch template in force: a built-in one by name, or the setting itself.
     public var launchTemplate: String { TaskCommand.templates[settings.mpiLauncher] ?? settings.mpiLauncher }
 
-    /// What runs job `job` of `app`, placed by `assignment` on `nodes`.
+    /// What runs job `job` of `app`, placed by `assignment` on `nodes`. Its environment holds what the job adds
+    /// to its node's base environment (see `baseEnvironment`).
     public func spec(_ job: Job, app: App, assignment: Assignment, nodes: [Node]) throws(SpoolError) -> TaskSpec {
         let directory = site.jobDirectory(job.workdir)
-        var environment = baseEnvironment
+        var environment: [String: String] = [:]
         for (key, value) in app.environmentVariables { environment[key] = value }
         environment["BALSAM_JOB_ID"] = job.id
         environment["BALSAM_JOB_DIR"] = directory

@@ -48,14 +48,17 @@ public final class TaskRunner {
     private var running = Set<String>()
     private let graceMilliseconds: Int
     private let guardPath: String
+    private let baseEnvironment: [String: String]
     private var server: (pid: pid_t, requests: Int32, replies: Int32)?
     private var pending: [UInt8] = []
 
     /// A runner whose kills give jobs `grace` seconds between SIGTERM and SIGKILL; `guardPath` is the
-    /// `balsam-task-guard` executable (installed beside `balsam-launcher`).
-    public init(grace: Double, guardPath: String) {
+    /// `balsam-task-guard` executable (installed beside `balsam-launcher`); jobs get `baseEnvironment` (see
+    /// `TaskCommand.baseEnvironment`) with their spec's environment laid over it.
+    public init(grace: Double, guardPath: String, baseEnvironment: [String: String] = [:]) {
         graceMilliseconds = Int(max(0, grace * 1000))
         self.guardPath = guardPath
+        self.baseEnvironment = baseEnvironment
     }
 
     deinit {
@@ -80,7 +83,7 @@ public final class TaskRunner {
 
     /// Starts a job. It ends through `poll()`, also when it could not be started (status 126 or 127, with why).
     public func start(_ spec: TaskSpec) -> Ended? {
-        let env = spec.environment.map { "\($0.key)=\($0.value)" }
+        let env = baseEnvironment.merging(spec.environment) { _, job in job }.map { "\($0.key)=\($0.value)" }
         let separator = "\n==> balsam-launcher: run again at \(Timestamp.now()) <==\n"
         let fields =
             ["start", spec.id, spec.directory, spec.directory + "/job.out", separator, String(env.count)] + env

@@ -85,7 +85,8 @@ struct LauncherCommand: ParsableCommand {
         let environment = ProcessInfo.processInfo.environment
         // Every rank says where it is and how many CPUs its node has.
         let cpus = settings.launcher.cpusPerNode ?? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        let me = Array("\(Posix.hostName())\t\(cpus)".utf8)
+        // Slurm's name for this node where there is one (what its node list says; emulated nodes share a host).
+        let me = Array("\(environment["SLURMD_NODENAME"] ?? Posix.hostName())\t\(cpus)".utf8)
         let gathered: [[UInt8]]
         do { gathered = try world.allGather(me) } catch { throw SpoolError(.unavailable, "\(error)") }
         let nodes = gathered.enumerated().map { rank, bytes in
@@ -95,7 +96,8 @@ struct LauncherCommand: ParsableCommand {
                 cpus: fields.count > 1 ? Int(fields[1]) ?? 1 : 1, gpus: settings.launcher.gpuIDs)
         }
         guard world.rank == 0 else {
-            try WorkerLoop(transport: transport, grace: settings.launcher.killGraceSeconds).run()
+            try WorkerLoop(transport: transport, grace: settings.launcher.killGraceSeconds, environment: environment)
+                .run()
             return
         }
         if let log { try redirectStandardError(to: log) }

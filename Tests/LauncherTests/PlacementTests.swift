@@ -90,7 +90,7 @@ import Testing
         var settings = SiteSettings.Launcher()
         settings.gpuIDs = ["0", "1"]
         let env = ["PATH": "/bin", "OMPI_COMM_WORLD_RANK": "1", "PMIX_RANK": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1"]
-        let command = TaskCommand(site: site, settings: settings, environment: env)
+        let command = TaskCommand(site: site, settings: settings)
         var job = Job(workdir: "j", app: "sim")
         job.id = "01J00000000000000000000000"
         job.parameters = ["n": .int(3)]
@@ -104,8 +104,10 @@ import Testing
         #expect(single.script == ". \(site.appsPath)/sim/shell-preamble && simulate 3")
         #expect(single.environment["CUDA_VISIBLE_DEVICES"] == "1" && single.environment["OMP_NUM_THREADS"] == "4")
         #expect(single.environment["SIM_MODE"] == "fast" && single.environment["BALSAM_JOB_ID"] == job.id)
-        #expect(single.environment["OMPI_COMM_WORLD_RANK"] == nil && single.environment["PMIX_RANK"] == nil)
-        #expect(single.environment["OMPI_ALLOW_RUN_AS_ROOT"] == "1")
+        #expect(single.environment["PATH"] == nil, "the node's own environment is the base, not rank 0's")
+        let base = TaskCommand.baseEnvironment(env)
+        #expect(base["OMPI_COMM_WORLD_RANK"] == nil && base["PMIX_RANK"] == nil)
+        #expect(base["OMPI_ALLOW_RUN_AS_ROOT"] == "1" && base["PATH"] == "/bin")
 
         job.numNodes = 2
         job.ranksPerNode = 4
@@ -118,14 +120,14 @@ import Testing
                     + "-x OMP_NUM_THREADS -x SIM_MODE --bind-to core simulate 3"))
 
         settings.mpiLauncher = "srun"
-        let srun = try TaskCommand(site: site, settings: settings, environment: env).spec(
+        let srun = try TaskCommand(site: site, settings: settings).spec(
             job, app: app, assignment: Assignment(nodes: [0, 1], cpus: 0, gpus: [], occupancy: 1), nodes: nodes)
         #expect(
             srun.script.hasSuffix(
                 "srun -n 8 --ntasks-per-node 4 --nodelist n0,n1 --nodes 2 --cpus-per-task 4 --bind-to core simulate 3"))
         settings.mpiLauncher = "launch {{ rank }}"
         #expect(throws: SpoolError.self) {
-            try TaskCommand(site: site, settings: settings, environment: env).spec(
+            try TaskCommand(site: site, settings: settings).spec(
                 job, app: app, assignment: Assignment(nodes: [0, 1], cpus: 0, gpus: [], occupancy: 1), nodes: nodes)
         }
     }
