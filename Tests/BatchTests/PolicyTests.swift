@@ -1,0 +1,113 @@
+import Foundation
+import Spool
+import TestSupport
+import Testing
+
+@testable import Batch
+
+/// Batch job records, the site's policy, and job scripts.
+@Suite struct PolicyTests {
+    let dir: TempDir
+
+    init() throws { dir = try TempDir() }
+
+    func site(scheduler: String = "slurm", extra: String = "") throws -> (String, Site) {
+        let site = try Site.create(
+            at: dir.path + "/site-" + scheduler + "-\(UUID().uuidString.prefix(6))", scheduler: scheduler)
+        if !extra.isEmpty {
+            let path = site.settingsPath
+            let text = try String(contentsOfFile: path, encoding: .utf8) + extra
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+        }
+        return (site.root, site)
+    }
+
+    @Test func newSitesCarryTheirSchedulersDefaults() throws {
+        for kind in SiteSettings.schedulerKinds {
+            let (_, site) = try self.site(scheduler: kind)
+            let settings = try SiteSettings.load(site)
+            #expect(settings.scheduler.kind == kind)
+            #expect(settings.scheduler.allowedQueues.count == 1 && settings.elasticQueue == nil)
+            let template = JobScript.defaultTemplate(for: kind)
+            var job = BatchJob(project: "p", queue: "q", numNodes: 2, wallTimeMinutes: 30)
+            job.filterTags = ["exp": "a1"]
+            let script = try JobScript.render(
+                template, templatePath: nil, job: job, name: "balsam-x-1", site: site, binDirectory: "/opt/b")
+            #expect(script.contains("/opt/b/balsam-launcher --site \(site.root) --wall-time-min 30 --tag exp=a1"))
+            #expect(!script.contains("{{"))
+        }
+    }
+
+    @Test func submissionsOutsideThePolicyAreRefusedWithWhatIsAllowed() throws {
+        let (_, site) = try self.site()
+        let policy = try SiteSettings.load(site).scheduler
+        func check(_ change: (inout BatchJob) -> Void, active: [BatchJob] = []) -> String? {
+            var job = BatchJob(project: "default", queue: "debug", numNodes: 2, wallTimeMinutes: 30)
+            change(&job)
+            do {
+                try job.validate(against: policy, active: active)
+                return nil
+            } catch { return error.message }
+        }
+        #expect(check { _ in } == nil)
+        #expect(
+            check { $0.queue = "prod" }?.contains("queue 'prod' is not allowed on this site (allowed: debug") == true)
+        #expect(check { $0.project = "x" }?.contains("project 'x' is not allowed") == true)
+        #expect(check { $0.numNodes = 9 }?.contains("allows 1 to 4") == true)
+        #expect(check { $0.wallTimeMinutes = 61 }?.contains("allows 1 to 60") == true)
+        #expect(check { $0.optionalParams["gpus"] = "1" }?.contains("unknown parameter 'gpus'") == true)
+        #expect(check { $0.filterTags["k"] = "a b" }?.contains("may hold only") == true)
+        let four = (0..<4).map { _ in BatchJob(project: "default", queue: "debug", numNodes: 1, wallTimeMinutes: 5) }
+        #expect(check({ _ in }, active: four)?.contains("max_queued_jobs") == true)
+    }
+
+    @Test func badSettingsNameTheKey() throws {
+        let (_, site) = try self.site(extra: "")
+        var text = try String(contentsOfFile: site.settingsPath, encoding: .utf8)
+        text = text.replacingOccurrences(of: "scheduler_class: slurm", with: "scheduler_class: condor")
+        try text.write(toFile: site.settingsPath, atomically: true, encoding: .utf8)
+        #expect { try SiteSettings.load(site) } throws: { ($0 as? SpoolError)?.message.contains("condor") == true }
+        text = text.replacingOccurrences(of: "scheduler_class: condor", with: "scheduler_class: slurm")
+            .replacingOccurrences(of: "elastic_queue: null", with: "elastic_queue:\n  max_num_nodes: 0")
+        try text.write(toFile: site.settingsPath, atomically: true, encoding: .utf8)
+        #expect { try SiteSettings.load(site) } throws: {
+            ($0 as? SpoolError)?.message.contains("elastic_queue.max_num_nodes") == true
+        }
+    }
+
+    @Test func recordsGetNumbersAndSurviveARoundTrip() throws {
+        let (_, site) = try self.site()
+        let store = BatchJobStore(site: site)
+        var job = BatchJob(project: "default", queue: "debug", numNodes: 2, wallTimeMinutes: 30)
+        job.optionalParams = ["x": "1"]
+        let a = try store.create(job)
+        let b = try store.create(job)
+        #expect(a.id == 1 && b.id == 2)
+        var loaded = try #require(try store.load(1))
+        #expect(loaded == a)
+        loaded.schedulerID = "77"
+        loaded.move(to: .queued, message: "submitted")
+        loaded.finish(.timedOut, message: "timed out")
+        try store.save(loaded)
+        #expect(try store.load(1) == loaded)
+        #expect(loaded.history.map(\.state) == [.pendingSubmission, .queued, .finished])
+        #expect(a.schedulerName(site: site) != b.schedulerName(site: site))
+        try store.requestDeletion(2)
+        #expect(store.deletionRequested(2))
+        #expect(throws: SpoolError.self) { try store.requestDeletion(1) }  // already ended
+        #expect(throws: SpoolError.self) { try store.requestDeletion(9) }  // no such record
+        try "{\"id\": 3}".write(toFile: store.path + "/3.json", atomically: true, encoding: .utf8)
+        let (jobs, problems) = try store.all()
+        #expect(jobs.count == 2 && problems.count == 1 && problems[0].contains("3.json"))
+    }
+
+    @Test func aTemplateWithAnUnknownPlaceholderIsAnError() throws {
+        let (_, site) = try self.site()
+        let job = BatchJob(project: "p", queue: "q", numNodes: 1, wallTimeMinutes: 5)
+        #expect {
+            try JobScript.render(
+                "#!/bin/bash\n{{ nonsense }}\n", templatePath: "/t.sh", job: job, name: "n", site: site,
+                binDirectory: "/b")
+        } throws: { ($0 as? SpoolError)?.message.contains("nonsense") == true }
+    }
+}
