@@ -184,7 +184,11 @@ public final class BatchService {
             {
                 status = detail
             }
-            if job.startTime == nil { job.startTime = status.startTime }
+            // A job cancelled while it waited never started (Slurm then gives it equal start and end times).
+            let neverRan =
+                outcome == .cancelled && !job.history.contains { $0.state == .running }
+                && (status.startTime == nil || status.startTime == status.endTime)
+            if job.startTime == nil && !neverRan { job.startTime = status.startTime }
             job.endTime = status.endTime ?? Timestamp.now()
             job.exitCode = status.exitCode
             let code = status.exitCode.map { " (exit code \($0))" } ?? ""

@@ -70,12 +70,21 @@ extension BatchService {
             try? store.requestDeletion(job.id)
         }
         let live = records.filter { !store.deletionRequested($0.id) }
-        guard live.count < e.maxQueuedJobs else { return }
+        guard live.count < e.maxQueuedJobs else {
+            log(
+                "debug",
+                "elastic queue: \(live.count) batch jobs queued or running (max_queued_jobs \(e.maxQueuedJobs))")
+            return
+        }
         let backlog = measureBacklog()
-        guard backlog.runnable > 0 else { return }
         let reserved = Double(live.reduce(0) { $0 + $1.numNodes })
         let idle = max(0, reserved - backlog.running)
-        guard backlog.runnable > idle else { return }
+        guard backlog.runnable > idle else {
+            log(
+                "debug",
+                "elastic queue: backlog \(format(backlog.runnable)) nodes, \(format(idle)) idle: nothing to ask for")
+            return
+        }
         var window = BackfillWindow(nodes: e.maxNodes, minutes: e.maxWallTimeMinutes)
         if e.useBackfill {
             let windows = ((try? scheduler.backfillWindows(queue: e.queue)) ?? [])

@@ -73,6 +73,7 @@ public final class Watcher: Sendable {
                         switch level {
                         case "error": logger.error("\(message)")
                         case "warning": logger.warning("\(message)")
+                        case "debug": logger.debug("\(message)")
                         default: logger.info("\(message)")
                         }
                     }

@@ -8,10 +8,16 @@ final class WatchProcess {
     let process = Process()
     let stderrPath: String
 
-    init(site: String, _ args: [String] = [], logDirectory: String) throws {
+    init(site: String, _ args: [String] = [], logDirectory: String, env: [String: String] = [:]) throws {
         stderrPath = logDirectory + "/watch-\(UUID().uuidString.prefix(6)).log"
         _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
         process.executableURL = URL(fileURLWithPath: binDirectory + "/balsam-watch")
+        if !env.isEmpty {
+            var environment = ProcessInfo.processInfo.environment
+            environment["BALSAM_SITE"] = nil
+            for (key, value) in env { environment[key] = value }
+            process.environment = environment
+        }
         process.arguments = ["--site", site, "--poll-interval", "0.2"] + args
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))
         process.standardOutput = FileHandle.nullDevice

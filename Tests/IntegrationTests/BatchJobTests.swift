@@ -1,0 +1,312 @@
+import Foundation
+import Spool
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Whether a Slurm cluster answers (dev/test starts one and exports SLURM_CONF).
+let slurmAvailable: Bool = {
+    guard ProcessInfo.processInfo.environment["SLURM_CONF"] != nil,
+        let r = try? run("/usr/bin/sinfo", ["-h", "-o", "%D"])
+    else { return false }
+    return r.status == 0 && !r.stdout.isEmpty
+}()
+
+/// Open MPI as root, as in CI.
+let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
+
+/// Batch jobs end to end: `balsam queue`, the watcher's scheduler service, the local scheduler and a real Slurm
+/// cluster (several emulated nodes, started by dev/test), and the elastic queue.
+@Suite(.serialized) struct BatchJobTests {
+    let dir: TempDir
+
+    init() throws { dir = try TempDir() }
+
+    /// A new site of `scheduler` with quick rounds, and an app `name` running `command`.
+    func makeSite(_ scheduler: String, app command: String = "echo node=$SLURMD_NODENAME") throws -> Site {
+        let path = dir.path + "/" + scheduler + "-\(UUID().uuidString.prefix(6))"
+        let r = try balsam(["init", "--scheduler", scheduler, path])
+        #expect(r.status == 0, "\(r.stderr)")
+        try edit(path, ["sync_period": "0.2", "idle_ttl_sec": "1", "kill_grace_sec": "0.2"])
+        try #require(try balsam(["app", "create", "work", "--command-template", command], site: path).status == 0)
+        return try Site.open(path)
+    }
+
+    /// Sets `key: value` in settings.yml, where the key is first written.
+    func edit(_ site: String, _ values: [String: String]) throws {
+        var lines = try read(site + "/settings.yml").split(separator: "\n", omittingEmptySubsequences: false)
+            .map(String.init)
+        for (key, value) in values {
+            let i = try #require(lines.firstIndex { $0.trimmingCharacters(in: .whitespaces).hasPrefix(key + ":") })
+            let indent = lines[i].prefix { $0 == " " }
+            lines[i] = indent + key + ": " + value
+        }
+        try lines.joined(separator: "\n").write(toFile: site + "/settings.yml", atomically: true, encoding: .utf8)
+    }
+
+    func submitJobs(_ site: Site, _ count: Int) throws {
+        let lines = (0..<count).map { "{\"app\":\"work\",\"workdir\":\"w/\($0)\"}" }.joined(separator: "\n")
+        let r = try balsamSubmit(["--from", "-"], site: site.root, stdin: Data((lines + "\n").utf8))
+        try #require(r.status == 0, "\(r.stderr)")
+    }
+
+    func batchJobs(_ site: Site) throws -> [BatchJob] { try BatchJobStore(site: site).all().jobs }
+
+    func batchJob(_ site: Site, _ id: Int) -> BatchJob? { try? BatchJobStore(site: site).load(id) }
+
+    func finishedJobs(_ site: Site) -> Int { (try? Query(site: site).countByState()[.jobFinished]) ?? 0 }
+
+    func queueSubmit(_ site: Site, _ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+        try balsam(["queue", "submit"] + args, site: site.root)
+    }
+
+    // MARK: - Local scheduler
+
+    @Test func aLocalBatchJobRunsTheSitesJobsAndEndsCompleted() throws {
+        let site = try makeSite("local", app: "echo hi")
+        try submitJobs(site, 5)
+        let r = try queueSubmit(site, ["-n", "1", "-t", "5"])
+        #expect(r.status == 0 && r.stdout == "1\n", "\(r.stderr)")
+        #expect(batchJob(site, 1)?.state == .pendingSubmission)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
+        try waitUntil("the batch job ends", timeout: 60) { batchJob(site, 1)?.state == .finished }
+        let job = try #require(batchJob(site, 1))
+        #expect(job.outcome == .completed && job.exitCode == 0, "\(job.message ?? "")\n\(watcher.log)")
+        #expect(job.startTime != nil && job.endTime != nil && job.submitTime != nil)
+        #expect(job.schedulerID.flatMap { Int32($0) } != nil)
+        #expect(job.history.map(\.state).contains(.queued))
+        #expect(finishedJobs(site) == 5)
+        let listing = try balsam(["queue", "ls", "--history"], site: site.root)
+        #expect(listing.stdout.contains("finished(completed)"))
+        #expect(try balsam(["queue", "ls"], site: site.root).stdout.split(separator: "\n").count == 1)
+        #expect(watcher.terminate() == 0)
+    }
+
+    @Test func submissionsOutsideTheSitesPolicyAreRefusedAndNothingIsMade() throws {
+        let site = try makeSite("local")
+        let cases: [([String], Int32, String)] = [
+            (["-n", "2", "-t", "5"], 64, "2 nodes: queue 'local' allows 1 to 1"),
+            (["-n", "1", "-t", "5000"], 64, "allows 1 to 1440"),
+            (["-n", "1", "-t", "5", "-q", "prod"], 64, "queue 'prod' is not allowed on this site (allowed: local"),
+            (["-n", "1", "-t", "5", "-A", "other"], 64, "project 'other' is not allowed"),
+            (["-n", "1", "-t", "5", "-x", "gpus=2"], 64, "unknown parameter 'gpus'"),
+        ]
+        for (args, status, message) in cases {
+            let r = try queueSubmit(site, args)
+            #expect(r.status == status && r.stderr.contains(message), "\(args): \(r.status) \(r.stderr)")
+        }
+        #expect(try batchJobs(site).isEmpty)
+        #expect(try queueSubmit(site, ["-n", "1", "-t", "5"]).status == 0)
+        let full = try queueSubmit(site, ["-n", "1", "-t", "5"])
+        #expect(full.status == 75 && full.stderr.contains("max_queued_jobs"), "\(full.stderr)")
+        #expect(try batchJobs(site).count == 1)
+    }
+
+    @Test func aBatchJobRemovedBeforeSubmissionIsDroppedAndNeverSubmitted() throws {
+        let site = try makeSite("local")
+        #expect(try queueSubmit(site, ["-n", "1", "-t", "5"]).status == 0)
+        #expect(try balsam(["queue", "rm", "1"], site: site.root).status == 0)
+        let once = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once"])
+        #expect(once.status == 0, "\(once.stderr)")
+        let job = try #require(batchJob(site, 1))
+        #expect(job.state == .finished && job.outcome == .cancelled && job.schedulerID == nil)
+        #expect(entries(site.root + "/batchjobs/scripts").isEmpty)
+        let again = try balsam(["queue", "rm", "1"], site: site.root)
+        #expect(again.status == 75 && again.stderr.contains("already ended"))
+        let missing = try balsam(["queue", "rm", "9"], site: site.root)
+        #expect(missing.status == 66 && missing.stderr.contains("no batch job 9"))
+    }
+
+    @Test func cancellingARunningLocalBatchJobStopsItsLauncherAndItsJobs() throws {
+        let site = try makeSite("local", app: "sleep 300")
+        try submitJobs(site, 2)
+        #expect(try queueSubmit(site, ["-n", "1", "-t", "30"]).status == 0)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
+        try waitUntil("a job runs", timeout: 60) {
+            ((try? Lease.all(site)) ?? []).contains { !((try? $0.jobIDs()) ?? []).isEmpty }
+        }
+        let pid = try #require(batchJob(site, 1)?.schedulerID.flatMap { Int32($0) })
+        #expect(batchJob(site, 1)?.state == .running)
+        #expect(try balsam(["queue", "rm", "1"], site: site.root).status == 0)
+        try waitUntil("the batch job ends", timeout: 60) { batchJob(site, 1)?.state == .finished }
+        #expect(batchJob(site, 1)?.outcome == .cancelled, "\(batchJob(site, 1)?.message ?? "")")
+        #expect(kill(pid, 0) != 0, "the batch job's processes are gone")
+        try waitUntil("the launcher's lease is released", timeout: 30) { ((try? Lease.all(site)) ?? []).isEmpty }
+        #expect(watcher.terminate() == 0)
+    }
+
+    // MARK: - Faults
+
+    /// A directory holding fake scheduler commands (fault injection: a real Slurm never prints garbage on demand).
+    func fakeCommands(_ scripts: [String: String]) throws -> String {
+        let bin = dir.path + "/fake-\(UUID().uuidString.prefix(6))"
+        try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
+        for (name, body) in scripts {
+            try ("#!/bin/sh\n" + body + "\n").write(toFile: bin + "/" + name, atomically: true, encoding: .utf8)
+            chmod(bin + "/" + name, 0o755)
+        }
+        return bin
+    }
+
+    @Test func schedulerFaultsLeaveAClearStateAndMessage() throws {
+        let cases: [(String, [String: String], String)] = [
+            ("missing", [:], "sbatch: not found in PATH"),
+            ("garbage", ["sbatch": "echo 'hello there'"], "sbatch printed no job ID: hello there"),
+            (
+                "error", ["sbatch": "echo 'sbatch: error: invalid partition specified: debug' >&2; exit 1"],
+                "exited with status 1: sbatch: error: invalid partition specified"
+            ),
+        ]
+        for (what, scripts, message) in cases {
+            let site = try makeSite("slurm")
+            #expect(try queueSubmit(site, ["-n", "1", "-t", "5"]).status == 0)
+            let bin = try fakeCommands(scripts)
+            let once = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once"], env: ["PATH": bin])
+            #expect(once.status == 0, "\(what): \(once.stderr)")
+            let job = try #require(batchJob(site, 1))
+            #expect(job.state == .submitFailed, "\(what)")
+            #expect(job.message?.contains(message) == true, "\(what): \(job.message ?? "no message")")
+        }
+
+        // Submitted, then the scheduler's listing cannot be read: the record stays, with the reason.
+        let site = try makeSite("slurm")
+        #expect(try queueSubmit(site, ["-n", "1", "-t", "5"]).status == 0)
+        let bin = try fakeCommands(["sbatch": "echo 42", "squeue": "echo 'garbage'"])
+        let first = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once"], env: ["PATH": bin])
+        #expect(first.status == 0 && batchJob(site, 1)?.state == .queued, "\(first.stderr)")
+        let second = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once"], env: ["PATH": bin])
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(second.stderr.contains("cannot read squeue's line 'garbage'"), "\(second.stderr)")
+        let job = try #require(batchJob(site, 1))
+        #expect(job.state == .queued && job.schedulerID == "42")
+        #expect(job.message?.contains("cannot poll the scheduler") == true, "\(job.message ?? "")")
+    }
+
+    // MARK: - Slurm (a real cluster of emulated nodes)
+
+    @Test func continuousIntegrationHasASlurmCluster() {
+        if ProcessInfo.processInfo.environment["CI"] == "true" {
+            #expect(slurmAvailable, "dev/test starts a Slurm cluster and exports SLURM_CONF")
+        }
+    }
+
+    @Test(.enabled(if: slurmAvailable)) func aSlurmBatchJobRunsTheSitesJobsAcrossTwoNodes() throws {
+        let site = try makeSite("slurm", app: "echo node=$SLURMD_NODENAME; sleep 0.3")
+        try submitJobs(site, 12)
+        #expect(try queueSubmit(site, ["-n", "2", "-t", "5", "-q", "debug", "-A", "default"]).status == 0)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
+        try waitUntil("the batch job ends", timeout: 90) { batchJob(site, 1)?.state == .finished }
+        let job = try #require(batchJob(site, 1))
+        #expect(job.outcome == .completed && job.exitCode == 0, "\(job.message ?? "")\n\(watcher.log)")
+        #expect(job.startTime != nil && job.endTime != nil && job.history.map(\.state).contains(.running))
+        #expect(finishedJobs(site) == 12)
+        var nodes = Set<String>()
+        for i in 0..<12 { nodes.insert(try read(site.dataPath + "/w/\(i)/job.out").trimmingCharacters(in: .newlines)) }
+        #expect(nodes == ["node=n1", "node=n2"], "one launcher rank on each of the allocation's two nodes")
+        #expect(watcher.terminate() == 0)
+    }
+
+    @Test(.enabled(if: slurmAvailable)) func queuedAndRunningSlurmBatchJobsAreCancelled() throws {
+        let site = try makeSite("slurm", app: "sleep 300")
+        try submitJobs(site, 1)
+        // Something else holds every node, so the first batch job waits in the queue.
+        let blocker = try run(
+            "/usr/bin/sbatch", ["--parsable", "-N", "4", "--exclusive", "-o", "/dev/null", "--wrap", "sleep 300"])
+        try #require(blocker.status == 0, "\(blocker.stderr)")
+        let blockerID = blocker.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { _ = try? run("/usr/bin/scancel", [blockerID]) }
+        #expect(try queueSubmit(site, ["-n", "1", "-t", "5"]).status == 0)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
+        try waitUntil("batch job 1 is queued", timeout: 30) { batchJob(site, 1)?.state == .queued }
+        #expect(try balsam(["queue", "rm", "1"], site: site.root).status == 0)
+        try waitUntil("batch job 1 ends", timeout: 30) { batchJob(site, 1)?.state == .finished }
+        #expect(batchJob(site, 1)?.outcome == .cancelled && batchJob(site, 1)?.startTime == nil)
+
+        _ = try run("/usr/bin/scancel", [blockerID])
+        #expect(try queueSubmit(site, ["-n", "1", "-t", "5"]).status == 0)
+        try waitUntil("batch job 2 runs its job", timeout: 60) {
+            batchJob(site, 2)?.state == .running
+                && ((try? Lease.all(site)) ?? []).contains { !((try? $0.jobIDs()) ?? []).isEmpty }
+        }
+        #expect(try balsam(["queue", "rm", "2"], site: site.root).status == 0)
+        try waitUntil("batch job 2 ends", timeout: 60) { batchJob(site, 2)?.state == .finished }
+        let second = try #require(batchJob(site, 2))
+        #expect(
+            second.outcome == .cancelled && second.startTime != nil && second.endTime != nil, "\(second.message ?? "")")
+        let left = try run("/usr/bin/squeue", ["-h", "-j", second.schedulerID ?? "0", "-o", "%T"])
+        #expect(!left.stdout.contains("RUNNING") && !left.stdout.contains("PENDING"))
+        #expect(watcher.terminate() == 0)
+    }
+
+    @Test(.enabled(if: slurmAvailable)) func aSlurmBatchJobPastItsTimeLimitEndsTimedOut() throws {
+        let site = try makeSite("slurm")
+        try "#!/bin/bash\n# Ignores the launcher: runs past its time limit.\nsleep 600\n".write(
+            toFile: site.root + "/job-template.sh", atomically: true, encoding: .utf8)
+        #expect(try queueSubmit(site, ["-n", "1", "-t", "1"]).status == 0)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
+        try waitUntil("the batch job ends", timeout: 150) { batchJob(site, 1)?.state == .finished }
+        let job = try #require(batchJob(site, 1))
+        #expect(job.outcome == .timedOut, "\(job.message ?? "")")
+        #expect(job.message?.contains("timed out at its wall time of 1 min") == true)
+        #expect(watcher.terminate() == 0)
+    }
+
+    @Test(.enabled(if: slurmAvailable)) func aRestartedWatcherFindsItsSubmissionInsteadOfSubmittingTwice() throws {
+        let site = try makeSite("slurm")
+        // The watcher died between the scheduler's answer and recording it: the record says a submission began.
+        var record = BatchJob(project: "default", queue: "debug", numNodes: 1, wallTimeMinutes: 5)
+        record = try BatchJobStore(site: site).create(record)
+        record.submitTime = Timestamp.now()
+        try BatchJobStore(site: site).save(record)
+        let name = record.schedulerName(site: site)
+        let submitted = try run("/usr/bin/sbatch", ["--parsable", "-J", name, "-o", "/dev/null", "--wrap", "sleep 60"])
+        try #require(submitted.status == 0, "\(submitted.stderr)")
+        let id = submitted.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { _ = try? run("/usr/bin/scancel", [id]) }
+        let once = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once"])
+        #expect(once.status == 0, "\(once.stderr)")
+        let job = try #require(batchJob(site, 1))
+        #expect(job.schedulerID == id && (job.state == .queued || job.state == .running), "\(job.message ?? "")")
+        let named = try run("/usr/bin/squeue", ["-h", "--name", name, "-o", "%i"])
+        #expect(named.stdout.split(separator: "\n") == [Substring(id)], "exactly one job of that name")
+    }
+
+    @Test(.enabled(if: slurmAvailable)) func theElasticQueueServesTheBacklogThenStops() throws {
+        let site = try makeSite("slurm", app: "sleep 0.2")
+        var text = try read(site.settingsPath)
+        text = text.replacingOccurrences(
+            of: "elastic_queue: null",
+            with: """
+                elastic_queue:
+                  service_period: 0.5
+                  submit_project: default
+                  submit_queue: debug
+                  min_num_nodes: 1
+                  max_num_nodes: 2
+                  min_wall_time_min: 1
+                  max_wall_time_min: 5
+                  max_queue_wait_time_min: 10
+                  max_queued_jobs: 1
+                """)
+        try text.write(toFile: site.settingsPath, atomically: true, encoding: .utf8)
+        try submitJobs(site, 10)
+        let watcher = try WatchProcess(site: site.root, ["--verbose"], logDirectory: dir.path, env: mpiRootEnvironment)
+        try waitUntil("every job finished", timeout: 120) { finishedJobs(site) == 10 }
+        let asked = try batchJobs(site)
+        #expect(asked.count == 1 && asked.first?.origin == "elastic queue", "\(asked.map(\.json))")
+        #expect(asked.first?.numNodes == 2 && asked.first?.wallTimeMinutes == 5)
+        try waitUntil("the elastic batch job ends (its launcher idles out)", timeout: 60) {
+            batchJob(site, 1)?.state == .finished
+        }
+        // With the backlog served, later rounds ask for nothing more.
+        let rounds = watcher.log.components(separatedBy: "nothing to ask for").count
+        try waitUntil("three more elastic rounds", timeout: 30) {
+            watcher.log.components(separatedBy: "nothing to ask for").count >= rounds + 3
+        }
+        #expect(try batchJobs(site).count == 1)
+        #expect(watcher.terminate() == 0)
+    }
+}
