@@ -17,9 +17,9 @@ const char *clinux_strptime(const char *text, const char *format, struct tm *par
     return strptime(text, format, parts);
 }
 
-time_t clinux_timegm(struct tm *parts) { return timegm(parts); }
+long long clinux_timegm(struct tm *parts) { return timegm(parts); }
 
-int clinux_ppoll_ns(struct pollfd *fds, nfds_t count, long nanoseconds) {
+int clinux_ppoll_ns(struct pollfd *fds, unsigned long count, long nanoseconds) {
     struct timespec timeout = {nanoseconds / 1000000000L, nanoseconds % 1000000000L};
     return ppoll(fds, count, &timeout, NULL);
 }

@@ -9,19 +9,20 @@ int clinux_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, con
 /// syncfs(2): flush one filesystem once instead of fsyncing every file of a batch.
 int clinux_syncfs(int fd);
 
-#include <poll.h>
+// Structs declared, not included: this header brings in no more of the C library than it must.
+struct pollfd;
 
 /// ppoll(2) with a timeout in nanoseconds: poll(2) counts whole milliseconds, too coarse for a launcher waiting
 /// between jobs that last about one.
-int clinux_ppoll_ns(struct pollfd *fds, nfds_t count, long nanoseconds);
+int clinux_ppoll_ns(struct pollfd *fds, unsigned long count, long nanoseconds);
 
-#include <time.h>
+struct tm;
 
 /// strptime(3): parse a time as schedulers print it.
 const char *clinux_strptime(const char *text, const char *format, struct tm *parts);
 
 /// timegm(3): a broken-down UTC time as seconds since the epoch.
-time_t clinux_timegm(struct tm *parts);
+long long clinux_timegm(struct tm *parts);
 
 #include <spawn.h>
 
