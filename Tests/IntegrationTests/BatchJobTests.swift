@@ -140,6 +140,24 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
 
     // MARK: - Faults
 
+    @Test func aBatchJobThatVanishesFromTheSchedulerEndsLost() throws {
+        let site = try makeSite("local", app: "sleep 300")
+        try submitJobs(site, 1)
+        #expect(try queueSubmit(site, ["-n", "1", "-t", "30"]).status == 0)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
+        try waitUntil("the batch job runs", timeout: 60) { batchJob(site, 1)?.state == .running }
+        let pid = try #require(batchJob(site, 1)?.schedulerID.flatMap { Int32($0) })
+        // The scheduler forgets it: its processes die and its records go.
+        for file in entries(site.root + "/batchjobs/local") {
+            try FileManager.default.removeItem(atPath: site.root + "/batchjobs/local/" + file)
+        }
+        kill(-pid, SIGKILL)
+        try waitUntil("the batch job ends", timeout: 30) { batchJob(site, 1)?.state == .finished }
+        let job = try #require(batchJob(site, 1))
+        #expect(job.outcome == .lost && job.message?.contains("no longer known to the scheduler") == true)
+        #expect(watcher.terminate() == 0)
+    }
+
     /// A directory holding fake scheduler commands (fault injection: a real Slurm never prints garbage on demand).
     func fakeCommands(_ scripts: [String: String]) throws -> String {
         let bin = dir.path + "/fake-\(UUID().uuidString.prefix(6))"
