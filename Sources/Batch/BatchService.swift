@@ -177,13 +177,15 @@ public final class BatchService {
         case .running:
             if job.startTime == nil { job.startTime = status.startTime ?? Timestamp.now() }
             if !deleting { job.move(to: .running, message: "running as \(scheduler.kind) job \(status.id)") }
-        case .ended(let outcome):
+        case .ended(var outcome):
             var status = status
             if status.exitCode == nil, let detail = try? scheduler.lookUp(id: status.id, outputPath: outputPath(name)),
                 detail.phase == status.phase
             {
                 status = detail
             }
+            // Torque-style schedulers say only "completed" of a job they cancelled.
+            if deleting && outcome == .completed && status.exitCode == nil { outcome = .cancelled }
             // A job cancelled while it waited never started (Slurm then gives it equal start and end times).
             let neverRan =
                 outcome == .cancelled && !job.history.contains { $0.state == .running }

@@ -56,12 +56,22 @@ import Testing
             statuses[0].phase == .running && statuses[0].startTime == PBSScheduler.ctime("Wed Nov 25 08:31:15 2026"))
         #expect(statuses[1].phase == .queued && statuses[1].reason?.hasPrefix("Not Running") == true)
         let finished = try PBSScheduler.parseJSON(try fixture("pbs-qstat-x-finished.txt"), owner: nil)
-        #expect(finished.first?.phase == .ended(.timedOut) && finished.first?.exitCode == -29)
+        #expect(finished.first?.phase == .ended(.timedOut) && finished.first?.exitCode == -29, "\(finished)")
         #expect(try PBSScheduler.parseJSON(#"{"timestamp":1,"pbs_version":"x","pbs_server":"s"}"#, owner: nil).isEmpty)
         #expect(throws: SpoolError.self) { try PBSScheduler.parseJSON("qstat: Unknown Job Id 9", owner: nil) }
         #expect(throws: SpoolError.self) {
             try PBSScheduler.parseJSON(#"{"Jobs":{"1.s":{"job_state":"Z"}}}"#, owner: nil)
         }
+    }
+
+    @Test func pbsTextOfTorqueStyleQstat() throws {
+        let statuses = try PBSScheduler.parseText(try fixture("pbs-torque-qstat-f.txt"), owner: "root")
+        #expect(statuses.count == 6)
+        #expect(statuses.filter { $0.phase == .running }.map(\.name) == ["torque-run"])
+        #expect(statuses.filter { $0.phase == .ended(.completed) }.count == 5)
+        #expect(try PBSScheduler.parseText(try fixture("pbs-torque-qstat-f.txt"), owner: "alice").isEmpty)
+        #expect(throws: SpoolError.self) { try PBSScheduler.parseText("garbage\n", owner: nil) }
+        #expect(throws: SpoolError.self) { try PBSScheduler.parseText("Job Id: 1\n\tjob_state = Z\n", owner: nil) }
     }
 
     @Test func lsfJSONAndSubmission() throws {

@@ -61,6 +61,19 @@ import Testing
         #expect(check({ _ in }, active: four)?.contains("max_queued_jobs") == true)
     }
 
+    @Test func elasticQueueSettingsAreRead() throws {
+        let (_, site) = try self.site(extra: "")
+        var text = try String(contentsOfFile: site.settingsPath, encoding: .utf8)
+        text = text.replacingOccurrences(
+            of: "elastic_queue: null",
+            with:
+                "elastic_queue:\n  submit_project: 12345\n  submit_queue: debug\n  max_num_nodes: 3\n  use_backfill: true"
+        )
+        try text.write(toFile: site.settingsPath, atomically: true, encoding: .utf8)
+        let elastic = try #require(try SiteSettings.load(site).elasticQueue)
+        #expect(elastic.project == "12345" && elastic.queue == "debug" && elastic.maxNodes == 3 && elastic.useBackfill)
+    }
+
     @Test func badSettingsNameTheKey() throws {
         let (_, site) = try self.site(extra: "")
         var text = try String(contentsOfFile: site.settingsPath, encoding: .utf8)

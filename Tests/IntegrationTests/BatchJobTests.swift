@@ -227,6 +227,35 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         #expect(watcher.terminate() == 0)
     }
 
+    @Test(.enabled(if: slurmAvailable && FileManager.default.isExecutableFile(atPath: "/usr/bin/qsub")))
+    func aPBSBatchJobThroughTheTorqueWrappersRunsAcrossTwoNodesAndOneIsCancelled() throws {
+        let site = try makeSite("pbs", app: "echo node=$SLURMD_NODENAME; sleep 0.3")
+        try submitJobs(site, 8)
+        #expect(try queueSubmit(site, ["-n", "2", "-t", "5"]).status == 0)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
+        try waitUntil("the batch job ends", timeout: 90) { batchJob(site, 1)?.state == .finished }
+        let job = try #require(batchJob(site, 1))
+        #expect(job.outcome == .completed, "\(job.message ?? "")\n\(watcher.log)")
+        #expect(finishedJobs(site) == 8)
+        var nodes = Set<String>()
+        for i in 0..<8 { nodes.insert(try read(site.dataPath + "/w/\(i)/job.out").trimmingCharacters(in: .newlines)) }
+        #expect(nodes == ["node=n1", "node=n2"], "qsub -l select=2 gave two nodes")
+
+        try #require(
+            try balsam(["app", "create", "long", "--command-template", "sleep 300"], site: site.root).status == 0)
+        let lines = "{\"app\":\"long\",\"workdir\":\"long/0\"}\n"
+        try #require(try balsamSubmit(["--from", "-"], site: site.root, stdin: Data(lines.utf8)).status == 0)
+        #expect(try queueSubmit(site, ["-n", "1", "-t", "5"]).status == 0)
+        try waitUntil("batch job 2 runs its job", timeout: 60) {
+            batchJob(site, 2)?.state == .running
+                && ((try? Lease.all(site)) ?? []).contains { !((try? $0.jobIDs()) ?? []).isEmpty }
+        }
+        #expect(try balsam(["queue", "rm", "2"], site: site.root).status == 0)
+        try waitUntil("batch job 2 ends", timeout: 60) { batchJob(site, 2)?.state == .finished }
+        #expect(batchJob(site, 2)?.outcome == .cancelled, "\(batchJob(site, 2)?.message ?? "")")
+        #expect(watcher.terminate() == 0)
+    }
+
     @Test(.enabled(if: slurmAvailable)) func queuedAndRunningSlurmBatchJobsAreCancelled() throws {
         let site = try makeSite("slurm", app: "sleep 300")
         try submitJobs(site, 1)
