@@ -138,6 +138,22 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         #expect(watcher.terminate() == 0)
     }
 
+    @Test func aWatcherRestartedWhileABatchJobRunsFollowsItToTheEnd() throws {
+        let site = try makeSite("local", app: "sleep 1")
+        try submitJobs(site, 4)
+        #expect(try queueSubmit(site, ["-n", "1", "-t", "5"]).status == 0)
+        let first = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
+        try waitUntil("the batch job runs", timeout: 60) { batchJob(site, 1)?.state == .running }
+        first.kill9()
+        let second = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
+        try waitUntil("the batch job ends", timeout: 60) { batchJob(site, 1)?.state == .finished }
+        let job = try #require(batchJob(site, 1))
+        #expect(job.outcome == .completed && job.exitCode == 0, "\(job.message ?? "")\n\(second.log)")
+        #expect(entries(site.root + "/batchjobs/scripts").filter { $0.hasSuffix(".sh") }.count == 1, "submitted once")
+        try waitUntil("every job finished", timeout: 30) { finishedJobs(site) == 4 }
+        #expect(second.terminate() == 0)
+    }
+
     // MARK: - Faults
 
     @Test func aBatchJobThatVanishesFromTheSchedulerEndsLost() throws {
