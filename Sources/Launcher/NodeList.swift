@@ -2,7 +2,8 @@ import Spool
 
 /// The allocation's hosts as the batch scheduler tells them, for checking that the launcher's ranks cover the
 /// allocation: Slurm's `SLURM_JOB_NODELIST` (`nid[001-003,007],login1`), PBS's `PBS_NODEFILE` (a file, one
-/// line per slot), LSF's `LSB_HOSTS` (one word per slot). nil when none is set.
+/// line per slot), LSF's `LSB_HOSTS` (one word per slot), Cobalt's `COBALT_PARTNAME` (node numbers on a Cray:
+/// `3835-3837,3840` are nid03835 ... nid03840). nil when none is set.
 public enum SchedulerNodes {
     public static func hosts(environment: [String: String]) -> (source: String, hosts: [String])? {
         if let list = environment["SLURM_JOB_NODELIST"] ?? environment["SLURM_NODELIST"], !list.isEmpty {
@@ -16,7 +17,14 @@ public enum SchedulerNodes {
         if let list = environment["LSB_HOSTS"], !list.isEmpty {
             return ("LSB_HOSTS", unique(list.split(separator: " ")))
         }
+        if let list = environment["COBALT_PARTNAME"], !list.isEmpty {
+            return ("COBALT_PARTNAME", expandSlurm("nid[" + list + "]").map { "nid" + pad5($0.dropFirst(3)) })
+        }
         return nil
+    }
+
+    private static func pad5(_ digits: Substring) -> String {
+        String(repeating: "0", count: max(0, 5 - digits.count)) + digits
     }
 
     static func unique(_ words: [Substring]) -> [String] {

@@ -74,6 +74,10 @@ import Testing
             SchedulerNodes.expandSlurm("nid[008-010,012],login1") == ["nid008", "nid009", "nid010", "nid012", "login1"])
         #expect(SchedulerNodes.expandSlurm("a1,b[1-2]") == ["a1", "b1", "b2"])
         #expect(SchedulerNodes.hosts(environment: ["LSB_HOSTS": "h1 h1 h2"])?.hosts == ["h1", "h2"])
+        #expect(
+            SchedulerNodes.hosts(environment: ["COBALT_PARTNAME": "3835-3837,12"])?.hosts == [
+                "nid03835", "nid03836", "nid03837", "nid00012",
+            ])
     }
 }
 
