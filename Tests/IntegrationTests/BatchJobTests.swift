@@ -63,6 +63,20 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         try balsam(["queue", "submit"] + args, site: site.root)
     }
 
+    /// A local site with `jobs` jobs of `command`, a batch job for them, and a watcher, once the batch job runs.
+    func runningLocalBatchJob(_ command: String, jobs: Int, minutes: Int = 30) throws -> (Site, WatchProcess) {
+        let site = try makeSite("local", app: command)
+        try submitJobs(site, jobs)
+        #expect(try queueSubmit(site, ["-n", "1", "-t", String(minutes)]).status == 0)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
+        try waitUntil("the batch job runs", timeout: 60) { batchJob(site, 1)?.state == .running }
+        return (site, watcher)
+    }
+
+    func leasedJobs(_ site: Site) -> Int {
+        ((try? Lease.all(site)) ?? []).reduce(0) { $0 + ((try? $1.jobIDs()) ?? []).count }
+    }
+
     // MARK: - Local scheduler
 
     @Test func aLocalBatchJobRunsTheSitesJobsAndEndsCompleted() throws {
@@ -121,13 +135,8 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
     }
 
     @Test func cancellingARunningLocalBatchJobStopsItsLauncherAndItsJobs() throws {
-        let site = try makeSite("local", app: "sleep 300")
-        try submitJobs(site, 2)
-        #expect(try queueSubmit(site, ["-n", "1", "-t", "30"]).status == 0)
-        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
-        try waitUntil("a job runs", timeout: 60) {
-            ((try? Lease.all(site)) ?? []).contains { !((try? $0.jobIDs()) ?? []).isEmpty }
-        }
+        let (site, watcher) = try runningLocalBatchJob("sleep 300", jobs: 2)
+        try waitUntil("a job runs", timeout: 60) { leasedJobs(site) > 0 }
         let pid = try #require(batchJob(site, 1)?.schedulerID.flatMap { Int32($0) })
         #expect(batchJob(site, 1)?.state == .running)
         #expect(try balsam(["queue", "rm", "1"], site: site.root).status == 0)
@@ -139,11 +148,7 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
     }
 
     @Test func aWatcherRestartedWhileABatchJobRunsFollowsItToTheEnd() throws {
-        let site = try makeSite("local", app: "sleep 1")
-        try submitJobs(site, 4)
-        #expect(try queueSubmit(site, ["-n", "1", "-t", "5"]).status == 0)
-        let first = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
-        try waitUntil("the batch job runs", timeout: 60) { batchJob(site, 1)?.state == .running }
+        let (site, first) = try runningLocalBatchJob("sleep 1", jobs: 4, minutes: 5)
         first.kill9()
         let second = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
         try waitUntil("the batch job ends", timeout: 60) { batchJob(site, 1)?.state == .finished }
@@ -157,11 +162,7 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
     // MARK: - Faults
 
     @Test func aBatchJobThatVanishesFromTheSchedulerEndsLost() throws {
-        let site = try makeSite("local", app: "sleep 300")
-        try submitJobs(site, 1)
-        #expect(try queueSubmit(site, ["-n", "1", "-t", "30"]).status == 0)
-        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
-        try waitUntil("the batch job runs", timeout: 60) { batchJob(site, 1)?.state == .running }
+        let (site, watcher) = try runningLocalBatchJob("sleep 300", jobs: 1)
         let pid = try #require(batchJob(site, 1)?.schedulerID.flatMap { Int32($0) })
         // The scheduler forgets it: its processes die and its records go.
         for file in entries(site.root + "/batchjobs/local") {
@@ -263,8 +264,7 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         try #require(try balsamSubmit(["--from", "-"], site: site.root, stdin: Data(lines.utf8)).status == 0)
         #expect(try queueSubmit(site, ["-n", "1", "-t", "5"]).status == 0)
         try waitUntil("batch job 2 runs its job", timeout: 60) {
-            batchJob(site, 2)?.state == .running
-                && ((try? Lease.all(site)) ?? []).contains { !((try? $0.jobIDs()) ?? []).isEmpty }
+            batchJob(site, 2)?.state == .running && leasedJobs(site) > 0
         }
         #expect(try balsam(["queue", "rm", "2"], site: site.root).status == 0)
         try waitUntil("batch job 2 ends", timeout: 60) { batchJob(site, 2)?.state == .finished }
@@ -291,8 +291,7 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         _ = try run("/usr/bin/scancel", [blockerID])
         #expect(try queueSubmit(site, ["-n", "1", "-t", "5"]).status == 0)
         try waitUntil("batch job 2 runs its job", timeout: 60) {
-            batchJob(site, 2)?.state == .running
-                && ((try? Lease.all(site)) ?? []).contains { !((try? $0.jobIDs()) ?? []).isEmpty }
+            batchJob(site, 2)?.state == .running && leasedJobs(site) > 0
         }
         #expect(try balsam(["queue", "rm", "2"], site: site.root).status == 0)
         try waitUntil("batch job 2 ends", timeout: 60) { batchJob(site, 2)?.state == .finished }
