@@ -87,14 +87,26 @@ extension BatchService {
         }
         var window = BackfillWindow(nodes: e.maxNodes, minutes: e.maxWallTimeMinutes)
         if e.useBackfill {
-            let windows = ((try? scheduler.backfillWindows(queue: e.queue)) ?? [])
-                .filter { $0.minutes - e.wallTimePadMinutes >= e.minWallTimeMinutes && $0.nodes >= e.minNodes }
-                .map {
+            let reported: [BackfillWindow]?
+            do { reported = try scheduler.backfillWindows(queue: e.queue) } catch {
+                log("warning", "elastic queue: cannot read backfill windows: \(error.message)")
+                return
+            }
+            // A scheduler that does not say (nil): the fixed size. One that says: the largest window that fits,
+            // or nothing this round.
+            if let reported {
+                let usable = reported.map {
                     BackfillWindow(
-                        nodes: $0.nodes, minutes: min($0.minutes - e.wallTimePadMinutes, e.maxWallTimeMinutes))
+                        nodes: $0.nodes,
+                        minutes: $0.minutes >= BackfillWindow.unlimited
+                            ? e.maxWallTimeMinutes : min($0.minutes - e.wallTimePadMinutes, e.maxWallTimeMinutes))
+                }.filter { $0.minutes >= e.minWallTimeMinutes && $0.nodes >= e.minNodes }
+                guard let best = usable.max(by: { $0.nodes * $0.minutes < $1.nodes * $1.minutes }) else {
+                    log("debug", "elastic queue: no backfill window of \(e.minNodes)+ nodes: nothing to ask for")
+                    return
                 }
-            // No windows reported (Slurm, PBS here say none): fall back to the fixed size rather than never asking.
-            if let best = windows.max(by: { $0.nodes * $0.minutes < $1.nodes * $1.minutes }) { window = best }
+                window = best
+            }
         }
         let wanted = Int((backlog.runnable - idle).rounded(.up))
         let nodes = min(max(e.minNodes, wanted), window.nodes, e.maxNodes)

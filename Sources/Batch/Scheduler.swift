@@ -45,8 +45,12 @@ public struct SchedulerStatus: Sendable, Equatable {
     }
 }
 
-/// A free stretch of the machine a job can start in at once: this many nodes for this many minutes.
+/// A free stretch of the machine a job can start in at once: this many nodes for this many minutes
+/// (`BackfillWindow.unlimited` where the queue has no time limit).
 public struct BackfillWindow: Sendable, Equatable {
+    /// The minutes of a window without a time limit.
+    public static let unlimited = Int.max / 2
+
     public var nodes: Int
     public var minutes: Int
 
@@ -71,12 +75,12 @@ public protocol Scheduler: Sendable {
     func lookUp(id: String, outputPath: String) throws(SpoolError) -> SchedulerStatus?
     /// Asks the scheduler to cancel a job (queued or running).
     func cancel(id: String) throws(SpoolError)
-    /// Where a job could start now in `queue`; empty where the scheduler does not say.
-    func backfillWindows(queue: String) throws(SpoolError) -> [BackfillWindow]
+    /// Where a job could start now in `queue`: nil where the scheduler does not say, empty where nothing is free.
+    func backfillWindows(queue: String) throws(SpoolError) -> [BackfillWindow]?
 }
 
 extension Scheduler {
-    public func backfillWindows(queue: String) throws(SpoolError) -> [BackfillWindow] { [] }
+    public func backfillWindows(queue: String) throws(SpoolError) -> [BackfillWindow]? { nil }
 }
 
 /// Makes the adapter a site's settings name.

@@ -43,6 +43,15 @@ public struct SlurmScheduler: Scheduler {
         _ = try command.run(["scancel", id])
     }
 
+    /// The partition's idle nodes, for its time limit: where a batch job would start at once. (Slurm does not
+    /// publish its backfill plan; nodes partly in use are not counted.)
+    public func backfillWindows(queue: String) throws(SpoolError) -> [BackfillWindow]? {
+        let result = try command.run([
+            "sinfo", "--noheader", "--partition", queue, "--states", "idle", "--format", "%D|%l",
+        ])
+        return try SlurmScheduler.parseIdle(result.output)
+    }
+
     // MARK: - Parsing (static, so that tests can feed captured output)
 
     /// `sbatch --parsable`: `ID` or `ID;CLUSTER`.
@@ -127,6 +136,23 @@ public struct SlurmScheduler: Scheduler {
                 startTime: field(5), endTime: field(6))
         }
         return nil
+    }
+
+    /// `sinfo --states idle --format '%D|%l'`: node counts and time limits (`infinite`, `1:00:00`, `1-00:00:00`).
+    static func parseIdle(_ output: String) throws(SpoolError) -> [BackfillWindow] {
+        var windows: [BackfillWindow] = []
+        for line in output.split(separator: "\n") where !line.allSatisfy(\.isWhitespace) {
+            let f = line.split(separator: "|").map { $0.trimmingCharacters(in: " \t\r") }
+            guard f.count == 2, let nodes = Int(f[0]) else {
+                throw SpoolError(.unavailable, "cannot read sinfo's line '\(line)' (expected %D|%l)")
+            }
+            let unlimited = ["infinite", "unlimited", "n/a"].contains(f[1].lowercased())
+            guard let minutes = unlimited ? BackfillWindow.unlimited : SchedulerTime.minutes(f[1]) else {
+                throw SpoolError(.unavailable, "cannot read sinfo's time limit '\(f[1])'")
+            }
+            windows.append(BackfillWindow(nodes: nodes, minutes: minutes))
+        }
+        return windows
     }
 
     /// `3:0` (exit code 3, no signal) → 3; `0:15` (killed by signal 15) → 143.

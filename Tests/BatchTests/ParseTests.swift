@@ -49,6 +49,13 @@ import Testing
         #expect(SlurmScheduler.exitCode("0:15") == 143 && SlurmScheduler.exitCode("3:0") == 3)
     }
 
+    @Test func slurmIdleNodesAreTheBackfillWindows() throws {
+        #expect(try SlurmScheduler.parseIdle(try fixture("slurm-sinfo-idle.txt")) == [.init(nodes: 3, minutes: 60)])
+        #expect(try SlurmScheduler.parseIdle("4|infinite\n") == [.init(nodes: 4, minutes: BackfillWindow.unlimited)])
+        #expect(try SlurmScheduler.parseIdle("") == [])
+        #expect(throws: SpoolError.self) { try SlurmScheduler.parseIdle("four nodes\n") }
+    }
+
     @Test func pbsJSONKeepsOnlyOurJobsAndReadsEndings() throws {
         let statuses = try PBSScheduler.parseJSON(try fixture("pbs-qstat-f-F-json.txt"), owner: "root")
         #expect(statuses.map(\.id) == ["101.polaris-pbs-01", "102.polaris-pbs-01"])

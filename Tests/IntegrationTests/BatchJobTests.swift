@@ -346,6 +346,7 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
                   service_period: 0.5
                   submit_project: default
                   submit_queue: debug
+                  use_backfill: true
                   min_num_nodes: 1
                   max_num_nodes: 2
                   min_wall_time_min: 1
@@ -354,8 +355,22 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
                   max_queued_jobs: 1
                 """)
         try text.write(toFile: site.settingsPath, atomically: true, encoding: .utf8)
+        // Every node busy: no backfill window, so nothing is asked for however large the backlog.
+        let blocker = try run(
+            "/usr/bin/sbatch", ["--parsable", "-N", "4", "--exclusive", "-o", "/dev/null", "--wrap", "sleep 300"])
+        try #require(blocker.status == 0, "\(blocker.stderr)")
+        let blockerID = blocker.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { _ = try? run("/usr/bin/scancel", [blockerID]) }
+        try waitUntil("the blocker runs", timeout: 30) {
+            (try? run("/usr/bin/squeue", ["-h", "-j", blockerID, "-o", "%T"]))?.stdout.contains("RUNNING") == true
+        }
         try submitJobs(site, 10)
         let watcher = try WatchProcess(site: site.root, ["--verbose"], logDirectory: dir.path, env: mpiRootEnvironment)
+        try waitUntil("two elastic rounds without a window", timeout: 30) {
+            watcher.log.components(separatedBy: "no backfill window").count >= 3
+        }
+        #expect(try batchJobs(site).isEmpty)
+        _ = try run("/usr/bin/scancel", [blockerID])
         try waitUntil("every job finished", timeout: 120) { finishedJobs(site) == 10 }
         let asked = try batchJobs(site)
         #expect(asked.count == 1 && asked.first?.origin == "elastic queue", "\(asked.map(\.json))")
