@@ -67,9 +67,10 @@ public final class BatchService {
         if records.contains(where: { $0.state != .pendingSubmission || $0.submitTime != nil }) {
             do { listing = try scheduler.list() } catch {
                 log("error", "cannot poll the \(scheduler.kind) scheduler: \(error.message)")
-                for var job in records where job.state != .pendingSubmission {
-                    job.message = "cannot poll the scheduler: \(error.message)"
-                    save(job, was: nil)
+                for job in records where job.state != .pendingSubmission || job.submitTime != nil {
+                    var updated = job
+                    updated.message = "cannot poll the scheduler: \(error.message)"
+                    save(updated, was: job)
                 }
             }
         }
@@ -96,12 +97,21 @@ public final class BatchService {
     /// One record's round.
     private func follow(_ job: inout BatchJob, listing: [SchedulerStatus]?) {
         let name = job.schedulerName(site: site)
-        // A submission that may have reached the scheduler before the watcher died: find it by name first.
+        // A submission that may have reached the scheduler (the watcher died, or the answer was lost): find it by
+        // name first. Not there: a lost answer means it was refused; a crash may have come before the submission.
         if job.state == .pendingSubmission, job.submitTime != nil {
             guard let listing else { return }
             if let found = listing.first(where: { $0.name == name }) {
                 job.schedulerID = found.id
-                job.move(to: .queued, message: "found after a restart as \(scheduler.kind) job \(found.id)")
+                job.submitUncertain = false
+                job.move(to: .queued, message: "found by its name as \(scheduler.kind) job \(found.id)")
+            } else if job.submitUncertain {
+                job.submitUncertain = false
+                job.move(
+                    to: .submitFailed,
+                    message: (job.message ?? "the submission's answer was lost")
+                        + "; the scheduler shows no job named \(name)")
+                return
             }
         }
         if store.deletionRequested(job.id) {
@@ -164,7 +174,18 @@ public final class BatchService {
             job.schedulerID = id
             job.move(to: .queued, message: "submitted to \(scheduler.kind) as job \(id)")
         } catch {
-            job.move(to: .submitFailed, message: error.message + (error.path.map { " (\($0))" } ?? ""))
+            let why = error.message + (error.path.map { " (\($0))" } ?? "")
+            // Refused (the tool is missing, or it said no with a non-zero status): failed. Otherwise (no answer in
+            // time, an answer that cannot be read) the scheduler may have the job: look for it next round.
+            let refused =
+                job.submitTime == nil || error.code == .notFound || error.code == .invalidInput
+                || error.message.contains("exited with status")
+            if refused {
+                job.move(to: .submitFailed, message: why)
+            } else {
+                job.submitUncertain = true
+                job.message = why + "; looking for job \(name) at the next round"
+            }
         }
     }
 

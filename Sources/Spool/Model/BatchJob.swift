@@ -51,6 +51,9 @@ public struct BatchJob: Sendable, Equatable {
     public var origin: String = "balsam queue submit"
     public var createdTime: String = Timestamp.now()
     public var submitTime: String?
+    /// The scheduler may or may not have taken the submission (its answer timed out or could not be read): the
+    /// next round looks for the job by name, and ends the record `submit_failed` if it is not there.
+    public var submitUncertain = false
     public var startTime: String?
     public var endTime: String?
     /// State changes, oldest first: time, state, message.
@@ -117,6 +120,7 @@ public struct BatchJob: Sendable, Equatable {
             ("scheduler_id", schedulerID.map { .string($0) }), ("outcome", outcome.map { .string($0.rawValue) }),
             ("exit_code", exitCode.map { .int($0) }), ("message", message.map { .string($0) }),
             ("submit_time", submitTime.map { .string($0) }), ("start_time", startTime.map { .string($0) }),
+            ("submit_uncertain", submitUncertain ? .bool(true) : nil),
             ("end_time", endTime.map { .string($0) }),
         ]
         for (key, value) in optional { o[key] = value ?? .null }
@@ -180,6 +184,7 @@ public struct BatchJob: Sendable, Equatable {
         origin = try optionalString("origin") ?? origin
         createdTime = try optionalString("created_time") ?? ""
         submitTime = try optionalString("submit_time")
+        if case .bool(true)? = o["submit_uncertain"] { submitUncertain = true }
         startTime = try optionalString("start_time")
         endTime = try optionalString("end_time")
         if case .array(let entries)? = o["history"] {
