@@ -3,6 +3,10 @@ import BalsamCLI
 import Batch
 import Spool
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 struct QueueCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "queue",
@@ -13,6 +17,17 @@ struct QueueCommand: ParsableCommand {
             See balsam-queue(1).
             """,
         subcommands: [QueueSubmit.self, QueueList.self, QueueRemove.self])
+}
+
+/// Batch jobs move only while the site's watcher runs: say so on standard error when its claim has no fresh
+/// heartbeat (it refreshes `watcher.json` every second).
+func warnIfNoWatcher(_ site: Site, _ program: String) {
+    let claim = site.root + "/watcher.json"
+    var st = stat()
+    if stat(claim, &st) == 0, Double(time(nil) - st.st_mtim.tv_sec) < 30 { return }
+    printError(
+        "\(program): no balsam-watch is running for this site (no heartbeat in \(claim)); batch jobs are submitted "
+            + "and followed by it: start it with 'balsam-watch --daemon'")
 }
 
 struct QueueSubmit: ParsableCommand {
@@ -80,6 +95,7 @@ struct QueueSubmit: ParsableCommand {
             try job.validate(against: policy, active: try store.all().jobs.filter { !$0.state.isFinal })
             let made = try store.create(job)
             print(json ? made.json.serialized() : String(made.id))
+            warnIfNoWatcher(site, "balsam queue submit")
         }
     }
 }
@@ -99,10 +115,12 @@ struct QueueList: ParsableCommand {
 
     func run() throws {
         try reportingErrors("balsam queue ls") {
-            let store = BatchJobStore(site: try siteOption.open())
+            let site = try siteOption.open()
+            let store = BatchJobStore(site: site)
             let (all, problems) = try store.all()
             for problem in problems { printError("balsam queue ls: \(problem)") }
             let jobs = all.filter { history || !$0.state.isFinal }
+            if jobs.contains(where: { !$0.state.isFinal }) { warnIfNoWatcher(site, "balsam queue ls") }
             if json {
                 print(jobs.map { $0.json.serialized() + "\n" }.joined(), terminator: "")
                 return
@@ -147,8 +165,10 @@ struct QueueRemove: ParsableCommand {
 
     func run() throws {
         try reportingErrors("balsam queue rm") {
-            let store = BatchJobStore(site: try siteOption.open())
+            let site = try siteOption.open()
+            let store = BatchJobStore(site: site)
             for id in ids { try store.requestDeletion(id) }
+            warnIfNoWatcher(site, "balsam queue rm")
         }
     }
 }
