@@ -15,10 +15,11 @@ import UnixSignals
 struct WatchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "balsam-watch",
-        abstract: "Drive every job of a Balsam site through its lifecycle.",
+        abstract: "Drive every job of a Balsam site through its lifecycle, and its batch jobs through the scheduler.",
         discussion: """
             Runs in the foreground, logging to standard error, until SIGTERM or SIGINT; SIGHUP rereads \
-            settings.yml and the apps. One watcher per site. See balsam-watch(1).
+            settings.yml and the apps. Submits and follows the site's batch jobs (balsam queue) and runs the \
+            elastic queue. One watcher per site. See balsam-watch(1) and balsam-queue(1).
             """)
 
     @OptionGroup var siteOption: SiteOption
