@@ -24,7 +24,7 @@ public final class Engine {
     let index: SiteIndex
     private var apps: [String: App] = [:]
     private var missingApps: [String: String] = [:]
-    private var finalStates: [String: JobState]?
+    private var finalStates: FinalStates
 
     /// Levels of the engine's messages.
     public enum LogLevel: String, Sendable { case debug, info, warning, error }
@@ -46,6 +46,7 @@ public final class Engine {
         self.log = log
         self.store = JobStore(site: site, actor: "balsam-watch")
         self.index = SiteIndex(site: site)
+        self.finalStates = FinalStates(index: index)
     }
 
     /// Rereads `settings.yml` and forgets cached apps (SIGHUP).
@@ -114,7 +115,7 @@ public final class Engine {
             } else {
                 let done = try self.store.move(
                     loaded, through: [(.postprocessed, nil), (.stagedOut, "no stage-out"), (.jobFinished, nil)])
-                self.finalStates?[loaded.job.id] = .jobFinished
+                self.finalStates.record(loaded.job.id, .jobFinished)
                 self.cleanup(done)
             }
         }
@@ -122,7 +123,7 @@ public final class Engine {
         step(.runTimeout, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onTimeout) }
         step(.postprocessed, &report) { (loaded) throws(SpoolError) in
             let done = try self.store.move(loaded, through: [(.stagedOut, "no stage-out"), (.jobFinished, nil)])
-            self.finalStates?[loaded.job.id] = .jobFinished
+            self.finalStates.record(loaded.job.id, .jobFinished)
             self.cleanup(done)
         }
         step(.stagedOut, &report) { (loaded) throws(SpoolError) in
@@ -166,7 +167,7 @@ public final class Engine {
     private func quarantine(_ id: String, in state: JobState, reason: String, _ report: inout Report) {
         do {
             try store.forceFail(id, in: state, reason: "quarantined: \(reason)")
-            finalStates?[id] = .failed
+            finalStates.record(id, .failed)
             report.moves += 1
         } catch {
             report.errors.append("job \(id): cannot quarantine: \(error)")
@@ -180,7 +181,7 @@ public final class Engine {
         update: ((inout Job, inout StateRecord) -> Void)? = nil
     ) throws(SpoolError) -> JobStore.Loaded {
         let moved = try store.move(loaded, to: next, reason: reason, update: update)
-        if next.isFinal { finalStates?[loaded.job.id] = next }
+        if next.isFinal { finalStates.record(loaded.job.id, next) }
         log(.debug, "job \(loaded.job.id) \(loaded.record.state.rawValue) -> \(next.rawValue)")
         return moved
     }
@@ -373,15 +374,12 @@ public final class Engine {
     /// A parent's state: active, accepted (not made yet: READY or waiting), or ended. nil: it does not exist.
     private func parentState(_ id: String) throws(SpoolError) -> JobState? {
         if let state = index.activeState(of: id) { return state }
-        if let state = finalStates?[id] { return state }
+        if let state = try finalStates.state(of: id) { return state }
         // Not seen yet: an accepted batch, or a job that ended through another program. Read the final index.
         for name in try index.batchNames() where try index.readBatch(name).lines.contains(where: { $0.id == id }) {
             return .awaitingParents
         }
-        var states: [String: JobState] = [:]
-        for line in try index.finalLines() { states[line.id] = line.state }
-        finalStates = states
-        if let state = states[id] { return state }
+        if let state = try finalStates.state(of: id, reread: true) { return state }
         return index.activeState(of: id)
     }
 

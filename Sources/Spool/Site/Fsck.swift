@@ -80,12 +80,13 @@ public struct Fsck {
         var problems: [Problem] = []
         var checked = 0
         var entered = Set<String>()
-        private var finalStates: [JobKey: JobState]?
+        private var finalStates: FinalStates
         private var pending: Set<String>?
 
         init(fsck: Fsck, repair: Bool) {
             self.fsck = fsck
             self.repair = repair
+            self.finalStates = FinalStates(index: fsck.index)
         }
 
         var site: Site { fsck.site }
@@ -108,19 +109,12 @@ public struct Fsck {
             return ids
         }
 
-        mutating func finalState(of id: String) throws(SpoolError) -> JobState? {
-            if finalStates == nil {
-                var states: [JobKey: JobState] = [:]
-                for line in try index.finalLines() { if let key = JobKey(line.id.utf8) { states[key] = line.state } }
-                finalStates = states
-            }
-            return JobKey(id.utf8).flatMap { finalStates?[$0] }
-        }
+        mutating func finalState(of id: String) throws(SpoolError) -> JobState? { try finalStates.state(of: id) }
 
         /// A job known to have ended: make sure the final index says so.
         mutating func ensureFinal(_ job: Job, _ record: StateRecord) throws(SpoolError) {
             guard try finalState(of: job.id) != record.state else { return }
-            if let key = JobKey(job.id.utf8) { finalStates?[key] = record.state }
+            finalStates.record(job.id, record.state)
             let line = SiteIndex.FinalLine(
                 id: job.id, state: record.state, workdir: job.workdir, app: job.app, time: record.since)
             // Written at once, before the caller removes the job's last entry or claim: a recovery killed in

@@ -328,6 +328,57 @@ public struct Batch: Sendable {
     }
 }
 
+/// The states of ended jobs, read from the final index once (keyed compactly: a million ended jobs cost 16 bytes
+/// of key each, not a string) and kept up to date by its owner's own moves. Shared by submission (a new job's
+/// parents), the watcher (dependencies) and recovery.
+package struct FinalStates {
+    let index: SiteIndex
+    private var states: [JobKey: JobState]?
+
+    package init(index: SiteIndex) { self.index = index }
+
+    /// The state of ended job `id`, or nil if the final index does not have it. `reread`: read the index again
+    /// first (a job may have ended through another program since).
+    package mutating func state(of id: String, reread: Bool = false) throws(SpoolError) -> JobState? {
+        guard let key = JobKey(id.utf8) else { return nil }
+        if states == nil || reread {
+            var all: [JobKey: JobState] = [:]
+            var removed: [JobKey] = []
+            try index.forEachFinal { key, state in
+                if let state { all[key] = state } else { removed.append(key) }
+            }
+            for key in removed { all[key] = nil }  // a removal wins, wherever its line is (as finalLines())
+            states = all
+        }
+        return states?[key]
+    }
+
+    /// Records that `id` ended in `state` (only if the index has been read: otherwise reading it will tell).
+    package mutating func record(_ id: String, _ state: JobState) {
+        guard states != nil, let key = JobKey(id.utf8) else { return }
+        states?[key] = state
+    }
+}
+
+extension SiteIndex {
+    /// Calls `body` with every final-index line's job key and state in file order, nil for a removal mark.
+    func forEachFinal(_ body: (JobKey, JobState?) -> Void) throws(SpoolError) {
+        for name in try Posix.listDirectory(site.finalIndexPath).sorted() where name.hasSuffix(".tsv") {
+            let bytes = try Posix.readFile(site.finalIndexPath + "/" + name, limit: Int.max)
+            forEachLine(bytes) { line in
+                guard let tab = line.firstIndex(of: UInt8(ascii: "\t")), let key = JobKey(line[..<tab]) else { return }
+                let rest = line[(tab + 1)...]
+                let field = rest[..<(rest.firstIndex(of: UInt8(ascii: "\t")) ?? rest.endIndex)]
+                if let state = JobState(rawValue: String(decoding: field, as: UTF8.self)) {
+                    body(key, state)
+                } else if field.elementsEqual(SiteIndex.removedMark.utf8) {
+                    body(key, nil)
+                }
+            }
+        }
+    }
+}
+
 /// Calls `body` with each non-empty line of `bytes`, without the newline.
 func forEachLine(_ bytes: some RandomAccessCollection<UInt8>, _ body: (ArraySlice<UInt8>) -> Void) {
     let array = Array(bytes)

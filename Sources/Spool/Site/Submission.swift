@@ -17,7 +17,7 @@ public struct Submission {
     /// Every proper ancestor of a pending or claimed workdir: a new workdir must not be one of them.
     private var reservedAncestors = Set<String>()
     private var pendingStates: [String: JobState]?
-    private var finalStates: [String: JobState]?
+    private var finalStates: FinalStates
 
     /// Largest `--from` input accepted in one call.
     public static let bulkInputLimit = 1 << 31
@@ -27,6 +27,7 @@ public struct Submission {
         self.site = site
         self.actor = actor
         self.index = SiteIndex(site: site)
+        self.finalStates = FinalStates(index: index)
     }
 
     // MARK: - Validation against the site
@@ -115,12 +116,7 @@ public struct Submission {
         if let state = index.activeState(of: id) { return state }
         if pendingStates == nil { try loadPending() }
         if let state = pendingStates?[id] { return state }
-        if finalStates == nil {
-            var states: [String: JobState] = [:]
-            for line in try index.finalLines() { states[line.id] = line.state }
-            finalStates = states
-        }
-        return finalStates?[id]
+        return try finalStates.state(of: id)
     }
 
     // MARK: - One job
