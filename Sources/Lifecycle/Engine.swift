@@ -24,6 +24,8 @@ public final class Engine {
     let index: SiteIndex
     private var apps: [String: App] = [:]
     private var missingApps: [String: String] = [:]
+    /// Whether each app's hook files exist, looked at once like the apps themselves (forgotten on SIGHUP).
+    private var hookFiles: [String: Bool] = [:]
     private var finalStates: FinalStates
 
     /// Levels of the engine's messages.
@@ -54,6 +56,7 @@ public final class Engine {
         settings = try SiteSettings.load(site)
         apps = [:]
         missingApps = [:]
+        hookFiles = [:]
     }
 
     /// Runs sweeps until one moves nothing (at most `maxSweeps`), after ingesting new work.
@@ -63,13 +66,11 @@ public final class Engine {
         do {
             var ingester = Ingest(site: site, actor: "balsam-watch")
             ingester.settleSeconds = dropSettleSeconds
-            var hasPreprocess: [String: Bool] = [:]
             ingester.advance = { name, state in
                 // Only what the READY step below would do at once; a missing app is left to that step.
                 guard state == .ready, (try? self.app(name)) != nil else { return [] }
-                let hook = hasPreprocess[name] ?? self.hasHook(.preprocess, app: name)
-                hasPreprocess[name] = hook
-                return hook ? [(.stagedIn, "no stage-in")] : [(.stagedIn, "no stage-in"), (.preprocessed, nil)]
+                return self.hasHook(.preprocess, app: name)
+                    ? [(.stagedIn, "no stage-in")] : [(.stagedIn, "no stage-in"), (.preprocessed, nil)]
             }
             let ingest = try ingester.run()
             report.ingested = ingest.materialized + ingest.adopted.count
@@ -88,8 +89,13 @@ public final class Engine {
         return report
     }
 
+    /// Whether the app has a file for `hook` (executable or not: one that is not is an error when it would run).
     private func hasHook(_ hook: App.Hook, app name: String) -> Bool {
-        Posix.exists(site.appsPath + "/" + name + "/" + hook.rawValue)
+        let key = name + "/" + hook.rawValue
+        if let known = hookFiles[key] { return known }
+        let exists = Posix.exists(site.appsPath + "/" + key)
+        hookFiles[key] = exists
+        return exists
     }
 
     /// The steps, in lifecycle order, so that a job can go through several in one sweep.
@@ -110,7 +116,7 @@ public final class Engine {
             // Without a postprocess hook (and no stage-out) nothing is left to wait for: straight to the end in
             // one move, each step still recorded.
             let app = try self.app(loaded.job.app)
-            if app.hooks.contains(.postprocess) || self.hasHook(.postprocess, app: app.name) {
+            if self.hasHook(.postprocess, app: app.name) {
                 try self.runHook(.postprocess, loaded, default: .postprocessed)
             } else {
                 let done = try self.store.move(
@@ -316,7 +322,7 @@ public final class Engine {
         let spent = isError ? loaded.record.errorRetries : loaded.record.timeoutRetries
         let what = isError ? "RUN_ERROR" : "RUN_TIMEOUT"
         let fallback: JobState = spent < policy.retries ? .restartReady : .failed
-        if app.hooks.contains(hook) || Posix.exists(site.appsPath + "/" + app.name + "/" + hook.rawValue) {
+        if app.hooks.contains(hook) || hasHook(hook, app: app.name) {
             try runHook(hook, loaded, default: fallback)
             return
         }
