@@ -82,7 +82,7 @@ public struct LocalScheduler: Scheduler {
         var ignored: Int32 = 0
         _ = waitpid(pid, &ignored, WNOHANG)  // reap it if this process started it
         let cancelledAt = (try? Posix.statIfExists(base + ".cancelled"))??.st_mtim.tv_sec
-        if Posix.isRunning(pid, startedAt: start) && !isZombie(pid) {
+        if Posix.isRunning(pid, startedAt: start) {
             if let at = cancelledAt, Double(time(nil) - at) > killGraceSeconds { kill(-pid, SIGKILL) }
             return status
         }
@@ -109,12 +109,5 @@ public struct LocalScheduler: Scheduler {
             status.rawState = "ended without an exit status (killed?)"
         }
         return status
-    }
-
-    private func isZombie(_ pid: pid_t) -> Bool {
-        guard let bytes = try? Posix.readFile("/proc/\(pid)/stat", limit: 4096),
-            let close = bytes.lastIndex(of: UInt8(ascii: ")")), close + 2 < bytes.count
-        else { return true }
-        return bytes[close + 2] == UInt8(ascii: "Z")
     }
 }

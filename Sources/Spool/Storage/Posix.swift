@@ -365,18 +365,25 @@ extension Posix {
 extension Posix {
     /// When a process started, in clock ticks since boot (`/proc/PID/stat`, field 22); nil if there is no such
     /// process. With the pid it names a process uniquely even after its pid is reused (pid_max is 32768 here).
-    package static func processStartTime(_ pid: Int32) -> UInt64? {
+    package static func processStartTime(_ pid: Int32) -> UInt64? { processStat(pid)?.start }
+
+    /// Whether the process that was `pid` and started at `start` is still running: it exists and has not exited
+    /// (a zombie, not yet reaped by its parent, has).
+    package static func isRunning(_ pid: Int32, startedAt start: UInt64) -> Bool {
+        guard let stat = processStat(pid) else { return false }
+        return stat.start == start && stat.state != UInt8(ascii: "Z")
+    }
+
+    /// The state letter (field 3) and start time (field 22) of `/proc/PID/stat`.
+    private static func processStat(_ pid: Int32) -> (state: UInt8, start: UInt64)? {
         guard let bytes = try? readFile("/proc/\(pid)/stat", limit: 4096),
             let close = bytes.lastIndex(of: UInt8(ascii: ")"))
         else { return nil }
         let fields = bytes[(close + 1)...].split(separator: UInt8(ascii: " "))
         // After "pid (comm)", fields start at 3 (state); starttime is field 22.
-        guard fields.count > 19 else { return nil }
-        return UInt64(String(decoding: fields[19], as: UTF8.self))
-    }
-
-    /// Whether the process that was `pid` and started at `start` is still running.
-    package static func isRunning(_ pid: Int32, startedAt start: UInt64) -> Bool {
-        processStartTime(pid) == start
+        guard fields.count > 19, let state = fields[0].first,
+            let start = UInt64(String(decoding: fields[19], as: UTF8.self))
+        else { return nil }
+        return (state, start)
     }
 }
