@@ -3,10 +3,6 @@ import BalsamCLI
 import Batch
 import Spool
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 struct QueueCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "queue",
@@ -19,15 +15,13 @@ struct QueueCommand: ParsableCommand {
         subcommands: [QueueSubmit.self, QueueList.self, QueueRemove.self])
 }
 
-/// Batch jobs move only while the site's watcher runs: say so on standard error when its claim has no fresh
-/// heartbeat (it refreshes `watcher.json` every second).
+/// Batch jobs move only while the site's watcher runs: say so on standard error when its claim has no live holder.
 func warnIfNoWatcher(_ site: Site, _ program: String) {
-    let claim = site.root + "/watcher.json"
-    var st = stat()
-    if stat(claim, &st) == 0, Double(time(nil) - st.st_mtim.tv_sec) < 30 { return }
+    let claim = WatcherClaim(site: site)
+    if let holder = claim.holder(), claim.isAlive(holder) { return }
     printError(
-        "\(program): no balsam-watch is running for this site (no heartbeat in \(claim)); batch jobs are submitted "
-            + "and followed by it: start it with 'balsam-watch --daemon'")
+        "\(program): no balsam-watch is running for this site (no live claim in \(claim.path)); batch jobs are "
+            + "submitted and followed by it: start it with 'balsam-watch --daemon'")
 }
 
 struct QueueSubmit: ParsableCommand {

@@ -1,5 +1,3 @@
-import Spool
-
 #if canImport(Glibc)
     import Glibc
 #endif
