@@ -93,19 +93,7 @@ public struct LSFScheduler: Scheduler {
 
     /// LSF's times: `Nov 25 08:32` or `Nov 25 08:32:35 2026` (local; a trailing ` L`, ` E` marks estimates).
     static func time(_ text: String) -> String? {
-        let words = text.split(separator: " ").map(String.init).filter { !["L", "E", "X"].contains($0) }
-        let clean: String = words.joined(separator: " ")
-        var parts = tm()
-        if clean.withCString({ clinux_strptime($0, "%b %d %H:%M:%S %Y", &parts) }) == nil {
-            parts = tm()
-            guard clean.withCString({ clinux_strptime($0, "%b %d %H:%M", &parts) }) != nil else { return nil }
-            var now = time_t(Glibc.time(nil))
-            var today = tm()
-            localtime_r(&now, &today)
-            parts.tm_year = today.tm_year
-        }
-        parts.tm_isdst = -1
-        let t = mktime(&parts)
-        return t == -1 ? nil : SchedulerTime.epoch(Int(t))
+        let clean = text.split(separator: " ").filter { !["L", "E", "X"].contains($0) }.joined(separator: " ")
+        return SchedulerTime.local(clean, formats: ["%b %d %H:%M:%S %Y", "%b %d %H:%M"])
     }
 }

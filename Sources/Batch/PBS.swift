@@ -143,13 +143,7 @@ public struct PBSScheduler: Scheduler {
     }
 
     /// PBS's times: `Wed Nov 25 08:32:32 2026`, local time.
-    static func ctime(_ text: String) -> String? {
-        var parts = tm()
-        guard text.withCString({ clinux_strptime($0, "%a %b %d %H:%M:%S %Y", &parts) }) != nil else { return nil }
-        parts.tm_isdst = -1
-        let t = mktime(&parts)
-        return t == -1 ? nil : SchedulerTime.epoch(Int(t))
-    }
+    static func ctime(_ text: String) -> String? { SchedulerTime.local(text, formats: ["%a %b %d %H:%M:%S %Y"]) }
 }
 
 /// The user running this process.

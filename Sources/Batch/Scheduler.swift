@@ -102,18 +102,25 @@ public func makeScheduler(
 
 /// Times as schedulers print them, turned into Balsam's UTC timestamps.
 enum SchedulerTime {
-    /// `2026-11-25T08:32:35` (or with a space) in the machine's local time zone; nil for `N/A`, `Unknown`, `None`.
-    static func local(_ text: String) -> String? {
-        var parts = tm()
+    /// A time in the machine's local time zone, in the first of `formats` (strptime(3)) it matches, as a UTC
+    /// timestamp; nil for `N/A`, `Unknown`, `None`. A format without a year (`%Y`) means this year. By default
+    /// Slurm's `2026-11-25T08:32:35` (or with a space).
+    static func local(_ text: String, formats: [String] = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]) -> String? {
         let trimmed = text.trimmingCharacters(in: " \t")
-        let ok =
-            trimmed.withCString { clinux_strptime($0, "%Y-%m-%dT%H:%M:%S", &parts) } != nil
-            || trimmed.withCString { clinux_strptime($0, "%Y-%m-%d %H:%M:%S", &parts) } != nil
-        guard ok else { return nil }
-        parts.tm_isdst = -1
-        let t = mktime(&parts)
-        guard t != -1 else { return nil }
-        return Timestamp.format(seconds: Int(t), millis: 0)
+        for format in formats {
+            var parts = tm()
+            guard trimmed.withCString({ clinux_strptime($0, format, &parts) }) != nil else { continue }
+            if !format.contains("%Y") {
+                var now = time(nil)
+                var today = tm()
+                localtime_r(&now, &today)
+                parts.tm_year = today.tm_year
+            }
+            parts.tm_isdst = -1
+            let t = mktime(&parts)
+            return t == -1 ? nil : epoch(Int(t))
+        }
+        return nil
     }
 
     /// Seconds since the epoch.

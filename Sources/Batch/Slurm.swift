@@ -116,9 +116,9 @@ public struct SlurmScheduler: Scheduler {
             id: id, name: fields["JobName"], phase: phase, rawState: state,
             exitCode: fields["ExitCode"].flatMap(exitCode),
             reason: fields["Reason"].flatMap { $0 == "None" ? nil : $0 },
-            submitTime: fields["SubmitTime"].flatMap(SchedulerTime.local))
-        if phase != .queued { status.startTime = fields["StartTime"].flatMap(SchedulerTime.local) }
-        if case .ended = phase { status.endTime = fields["EndTime"].flatMap(SchedulerTime.local) }
+            submitTime: fields["SubmitTime"].flatMap { SchedulerTime.local($0) })
+        if phase != .queued { status.startTime = fields["StartTime"].flatMap { SchedulerTime.local($0) } }
+        if case .ended = phase { status.endTime = fields["EndTime"].flatMap { SchedulerTime.local($0) } }
         return status
     }
 
