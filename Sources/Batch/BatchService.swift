@@ -46,12 +46,7 @@ public final class BatchService {
 
     /// One round: submit, follow, cancel; the elastic queue when its period has passed.
     public func sync() {
-        let now = Posix.monotonicSeconds()
-        if let elastic = settings.elasticQueue, now - lastElastic >= elastic.periodSeconds {
-            lastElastic = now
-            runElasticQueue(elastic)
-        }
-        let records: [BatchJob]
+        var records: [BatchJob]
         do {
             let (all, problems) = try store.all()
             for problem in problems where reportedProblems.insert(problem).inserted {
@@ -61,6 +56,11 @@ public final class BatchService {
         } catch {
             log("error", "cannot read batch jobs: \(error)")
             return
+        }
+        let now = Posix.monotonicSeconds()
+        if let elastic = settings.elasticQueue, now - lastElastic >= elastic.periodSeconds {
+            lastElastic = now
+            if let made = runElasticQueue(elastic, active: records) { records.append(made) }
         }
         guard !records.isEmpty else { return }
         var listing: [SchedulerStatus]?

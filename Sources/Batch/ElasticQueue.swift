@@ -54,13 +54,9 @@ extension BatchService {
     /// One elastic round (reference §6.5, with the documented behaviour where code and docs disagree): delete
     /// batch jobs queued too long; then, if the runnable backlog exceeds what queued and running batch jobs leave
     /// idle, ask for one batch job sized to the difference, within the node and wall-time bounds and
-    /// `max_queued_jobs`.
-    func runElasticQueue(_ e: SiteSettings.ElasticQueue) {
-        let records: [BatchJob]
-        do { records = try store.all().jobs.filter { !$0.state.isFinal && $0.queue == e.queue } } catch {
-            log("error", "elastic queue: cannot read batch jobs: \(error)")
-            return
-        }
+    /// `max_queued_jobs`. `active`: the site's batch jobs not yet ended. Returns the batch job it asked for.
+    func runElasticQueue(_ e: SiteSettings.ElasticQueue, active: [BatchJob]) -> BatchJob? {
+        let records = active.filter { $0.queue == e.queue }
         let now = time(nil)
         for job in records where job.state == .queued && job.origin == BatchService.elasticOrigin {
             guard let submitted = job.submitTime.flatMap(Timestamp.epochSeconds),
@@ -74,7 +70,7 @@ extension BatchService {
             log(
                 "debug",
                 "elastic queue: \(live.count) batch jobs queued or running (max_queued_jobs \(e.maxQueuedJobs))")
-            return
+            return nil
         }
         let backlog = measureBacklog()
         let reserved = Double(live.reduce(0) { $0 + $1.numNodes })
@@ -83,14 +79,14 @@ extension BatchService {
             log(
                 "debug",
                 "elastic queue: backlog \(format(backlog.runnable)) nodes, \(format(idle)) idle: nothing to ask for")
-            return
+            return nil
         }
         var window = BackfillWindow(nodes: e.maxNodes, minutes: e.maxWallTimeMinutes)
         if e.useBackfill {
             let reported: [BackfillWindow]?
             do { reported = try scheduler.backfillWindows(queue: e.queue) } catch {
                 log("warning", "elastic queue: cannot read backfill windows: \(error.message)")
-                return
+                return nil
             }
             // A scheduler that does not say (nil): the fixed size. One that says: the largest window that fits,
             // or nothing this round.
@@ -103,7 +99,7 @@ extension BatchService {
                 }.filter { $0.minutes >= e.minWallTimeMinutes && $0.nodes >= e.minNodes }
                 guard let best = usable.max(by: { $0.nodes * $0.minutes < $1.nodes * $1.minutes }) else {
                     log("debug", "elastic queue: no backfill window of \(e.minNodes)+ nodes: nothing to ask for")
-                    return
+                    return nil
                 }
                 window = best
             }
@@ -114,15 +110,17 @@ extension BatchService {
         job.filterTags = settings.filterTags
         job.origin = BatchService.elasticOrigin
         do {
-            try job.validate(against: settings.scheduler, active: try store.all().jobs.filter { !$0.state.isFinal })
+            try job.validate(against: settings.scheduler, active: active)
             let made = try store.create(job)
             log(
                 "info",
                 "elastic queue: backlog \(format(backlog.runnable)) nodes, \(format(idle)) idle in queued and running "
                     + "batch jobs: asked for batch job \(made.id) of \(nodes) nodes for \(window.minutes) min")
+            return made
         } catch {
             let text = "elastic queue: cannot ask for a batch job: \(error.message)"
             if reportedProblems.insert(text).inserted { log("warning", text) }
+            return nil
         }
     }
 

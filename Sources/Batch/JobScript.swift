@@ -52,22 +52,22 @@ public enum JobScript {
 
     /// The values of a batch job's placeholders.
     public static func values(job: BatchJob, name: String, site: Site, binDirectory: String) -> [String: String] {
-        var launcherArgs = ["--site", site.root, "--wall-time-min", String(job.wallTimeMinutes)]
-        for (key, value) in job.filterTags.sorted(by: { $0.key < $1.key }) {
-            launcherArgs += ["--tag", "\(key)=\(value)"]
-        }
+        let tags = job.filterTags.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" }
+        let launcherArgs =
+            ["--site", site.root, "--wall-time-min", String(job.wallTimeMinutes)]
+            + tags.flatMap {
+                ["--tag", $0]
+            }
         var values = job.optionalParams
         values.merge(
             [
-                "batch_job_id": String(job.id), "name": name, "site_path": site.root, "project": job.project,
-                "queue": job.queue, "num_nodes": String(job.numNodes), "wall_time_min": String(job.wallTimeMinutes),
-                "filter_tags": job.filterTags.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" }
-                    .joined(separator: ","),
+                "batch_job_id": String(job.id), "name": name, "site_path": CommandTemplate.shellQuote(site.root),
+                "project": job.project, "queue": job.queue, "num_nodes": String(job.numNodes),
+                "wall_time_min": String(job.wallTimeMinutes), "filter_tags": tags.joined(separator: ","),
                 "launcher": CommandTemplate.shellQuote(binDirectory + "/balsam-launcher"),
                 "launcher_args": launcherArgs.map(CommandTemplate.shellQuote).joined(separator: " "),
                 "balsam_bin": CommandTemplate.shellQuote(binDirectory),
             ], uniquingKeysWith: { _, builtIn in builtIn })
-        values["site_path"] = CommandTemplate.shellQuote(site.root)
         return values
     }
 
