@@ -1,4 +1,3 @@
-import CLinux
 import Spool
 
 #if canImport(Glibc)

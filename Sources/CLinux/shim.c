@@ -24,11 +24,11 @@ int clinux_ppoll_ns(struct pollfd *fds, unsigned long count, long nanoseconds) {
     return ppoll(fds, count, &timeout, NULL);
 }
 
-int clinux_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path) {
+int clinux_spawn_addchdir(void *actions, const char *path) {
     return posix_spawn_file_actions_addchdir_np(actions, path);
 }
 
-int clinux_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from) {
+int clinux_spawn_addclosefrom(void *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }
 

@@ -9,7 +9,7 @@ int clinux_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, con
 /// syncfs(2): flush one filesystem once instead of fsyncing every file of a batch.
 int clinux_syncfs(int fd);
 
-// Structs declared, not included: this header brings in no more of the C library than it must.
+// Structs declared, not included: see clinux_spawn_addchdir.
 struct pollfd;
 
 /// ppoll(2) with a timeout in nanoseconds: poll(2) counts whole milliseconds, too coarse for a launcher waiting
@@ -24,13 +24,13 @@ const char *clinux_strptime(const char *text, const char *format, struct tm *par
 /// timegm(3): a broken-down UTC time as seconds since the epoch.
 long long clinux_timegm(struct tm *parts);
 
-#include <spawn.h>
-
 /// posix_spawn_file_actions_addchdir_np(3): start a child in a directory without a shell in between.
-int clinux_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path);
+/// `actions` is a `posix_spawn_file_actions_t *` (declared as void * so that this header includes nothing
+/// of the C library: its types would then seem to belong to this module, `timespec` among them).
+int clinux_spawn_addchdir(void *actions, const char *path);
 
 /// posix_spawn_file_actions_addclosefrom_np(3): a child inherits no descriptor from `from` upward, whatever
 /// the parent forgot to mark close-on-exec (a test harness's pipes, say).
-int clinux_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from);
+int clinux_spawn_addclosefrom(void *actions, int from);
 
 #endif

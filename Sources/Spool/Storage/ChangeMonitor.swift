@@ -1,5 +1,3 @@
-import CLinux
-
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -53,14 +51,8 @@ package final class ChangeMonitor: @unchecked Sendable {
     /// replies, say), or `seconds` pass; drains every queued change. Returns true when woken by a change or
     /// `wake()`, false otherwise.
     package func wait(seconds: Double, alsoReadable: [Int32] = []) -> Bool {
-        var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
-        if inotifyFD >= 0 { fds.append(pollfd(fd: inotifyFD, events: Int16(POLLIN), revents: 0)) }
-        let own = fds.count
-        for fd in alsoReadable where fd >= 0 { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
-        let nanoseconds = Int(max(0, min(seconds, 3600)) * 1e9)
-        guard clinux_ppoll_ns(&fds, nfds_t(fds.count), nanoseconds) > 0,
-            fds[..<own].contains(where: { $0.revents != 0 })
-        else { return false }
+        let ready = Posix.readable([wakeFD, inotifyFD] + alsoReadable, seconds: seconds)
+        guard ready[0] || ready[1] else { return false }
         drain()
         return true
     }

@@ -43,8 +43,16 @@ public enum Posix {
     /// Waits until one of `fds` can be read or `seconds` pass (nanosecond timeout, unlike poll(2)).
     @discardableResult
     package static func waitReadable(_ fds: [Int32], seconds: Double) -> Bool {
-        var polled = fds.filter { $0 >= 0 }.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        return clinux_ppoll_ns(&polled, nfds_t(polled.count), Int(max(0, min(seconds, 3600)) * 1e9)) > 0
+        readable(fds, seconds: seconds).contains(true)
+    }
+
+    /// Waits as `waitReadable` does and says which of `fds` can be read (false for negative ones).
+    package static func readable(_ fds: [Int32], seconds: Double) -> [Bool] {
+        var polled = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }  // poll(2) skips fd < 0
+        guard clinux_ppoll_ns(&polled, nfds_t(polled.count), Int(max(0, min(seconds, 3600)) * 1e9)) > 0 else {
+            return Array(repeating: false, count: fds.count)
+        }
+        return polled.map { $0.revents != 0 }
     }
 
     package static func fsync(_ fd: Int32, path: String) throws(SpoolError) {
