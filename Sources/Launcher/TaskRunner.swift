@@ -48,7 +48,8 @@ public final class TaskRunner {
     private var running = Set<String>()
     private let graceMilliseconds: Int
     private let guardPath: String
-    private let baseEnvironment: [String: String]
+    /// The base environment as `KEY=VALUE` fields, made once: a job only adds its own few on top.
+    private let baseFields: [(key: String, field: String)]
     private var server: (pid: pid_t, requests: Int32, replies: Int32)?
     private var pending: [UInt8] = []
 
@@ -58,7 +59,7 @@ public final class TaskRunner {
     public init(grace: Double, guardPath: String, baseEnvironment: [String: String] = [:]) {
         graceMilliseconds = Int(max(0, grace * 1000))
         self.guardPath = guardPath
-        self.baseEnvironment = baseEnvironment
+        self.baseFields = baseEnvironment.sorted { $0.key < $1.key }.map { ($0.key, "\($0.key)=\($0.value)") }
     }
 
     deinit {
@@ -83,7 +84,8 @@ public final class TaskRunner {
 
     /// Starts a job. It ends through `poll()`, also when it could not be started (status 126 or 127, with why).
     public func start(_ spec: TaskSpec) -> Ended? {
-        let env = baseEnvironment.merging(spec.environment) { _, job in job }.map { "\($0.key)=\($0.value)" }
+        var env = baseFields.compactMap { spec.environment[$0.key] == nil ? $0.field : nil }
+        for (key, value) in spec.environment { env.append(key + "=" + value) }
         let separator = "\n==> balsam-launcher: run again at \(Timestamp.now()) <==\n"
         let fields =
             ["start", spec.id, spec.directory, spec.directory + "/job.out", separator, String(env.count)] + env
