@@ -6,8 +6,8 @@ import Spool
 
 /// The backlog the elastic queue serves, in nodes.
 public struct Backlog: Sendable, Equatable {
-    /// Nodes the runnable jobs need: a multi-node job its `num_nodes`, a single-node job
-    /// `1 / node_packing_count`.
+    /// Nodes the runnable jobs need (`Job.nodeFootprint`): a multi-node job its `num_nodes`, a single-node job
+    /// `1 / node_packing_count` where the launcher packs nodes.
     public var runnable: Double
     /// Nodes the running jobs hold, counted the same way.
     public var running: Double
@@ -23,6 +23,7 @@ extension BatchService {
         let index = SiteIndex(site: site)
         var seen: [String: Double] = [:]
         var backlog = Backlog(runnable: 0, running: 0)
+        let packing = settings.launcher.nodePacking
         for state in BatchService.backlogStates + [.running] {
             for id in (try? index.activeIDs(state)) ?? [] {
                 let need: Double
@@ -30,11 +31,7 @@ extension BatchService {
                     need = known
                 } else {
                     guard let job = index.readEntry(at: index.entryPath(state, id)) else { continue }
-                    guard settings.filterTags.allSatisfy({ job.tags[$0.key] == $0.value }) else {
-                        seen[id] = 0
-                        continue
-                    }
-                    need = job.numNodes > 1 ? Double(job.numNodes) : 1 / Double(max(1, job.nodePackingCount))
+                    need = job.hasTags(settings.filterTags) ? job.nodeFootprint(packing: packing) : 0
                 }
                 seen[id] = need
                 if state == .running { backlog.running += need } else { backlog.runnable += need }
@@ -42,8 +39,7 @@ extension BatchService {
         }
         // Running jobs held in launchers' leases are not in jobs/RUNNING: count them from the leases.
         for (id, state, job) in (try? index.leasedJobs()) ?? [] where state == .running && seen[id] == nil {
-            guard settings.filterTags.allSatisfy({ job.tags[$0.key] == $0.value }) else { continue }
-            let need = job.numNodes > 1 ? Double(job.numNodes) : 1 / Double(max(1, job.nodePackingCount))
+            let need = job.hasTags(settings.filterTags) ? job.nodeFootprint(packing: packing) : 0
             seen[id] = need
             backlog.running += need
         }

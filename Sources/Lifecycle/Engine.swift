@@ -167,7 +167,7 @@ public final class Engine {
     }
 
     private func selected(_ job: Job) -> Bool {
-        settings.filterTags.allSatisfy { job.tags[$0.key] == $0.value }
+        job.hasTags(settings.filterTags)
     }
 
     private func quarantine(_ id: String, in state: JobState, reason: String, _ report: inout Report) {

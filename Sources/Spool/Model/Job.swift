@@ -11,6 +11,15 @@ public struct Job: Sendable, Equatable {
     public var app: String
     /// Free-form string labels, used to filter.
     public var tags: [String: String] = [:]
+
+    /// Whether the job's tags include all of `wanted` (a site's or a launcher's filter tags).
+    public func hasTags(_ wanted: [String: String]) -> Bool { wanted.allSatisfy { tags[$0.key] == $0.value } }
+
+    /// The nodes the job holds: `num_nodes` for a multi-node job; `1 / node_packing_count` of one for a
+    /// single-node job when nodes are shared (`packing`), else the whole node.
+    public func nodeFootprint(packing: Bool) -> Double {
+        numNodes > 1 ? Double(numNodes) : packing ? 1 / Double(max(1, nodePackingCount)) : 1
+    }
     /// Values for the app's command template; any JSON value.
     public var parameters: [String: JSONValue] = [:]
     /// Free-form data the job and its hooks may keep.

@@ -156,9 +156,7 @@ public struct Query: Sendable {
                 listing.record = try? readRecord(workdir: listing.workdir)
             }
             if !filter.tags.isEmpty {
-                guard let tags = listing.job?.tags, filter.tags.allSatisfy({ tags[$0.key] == $0.value }) else {
-                    continue
-                }
+                guard listing.job?.hasTags(filter.tags) == true else { continue }
             }
             result.append(listing)
         }
