@@ -106,7 +106,7 @@ public final class Engine {
             if self.hasHook(.preprocess, app: app.name) {
                 try self.move(loaded, to: .stagedIn, reason: "no stage-in")
             } else {
-                try self.store.move(loaded, through: [(.stagedIn, "no stage-in"), (.preprocessed, nil)])
+                try self.move(loaded, through: [(.stagedIn, "no stage-in"), (.preprocessed, nil)])
             }
         }
         step(.stagedIn, &report) { (loaded) throws(SpoolError) in
@@ -119,22 +119,18 @@ public final class Engine {
             if self.hasHook(.postprocess, app: app.name) {
                 try self.runHook(.postprocess, loaded, default: .postprocessed)
             } else {
-                let done = try self.store.move(
-                    loaded, through: [(.postprocessed, nil), (.stagedOut, "no stage-out"), (.jobFinished, nil)])
-                self.finalStates.record(loaded.job.id, .jobFinished)
-                self.cleanup(done)
+                self.cleanup(
+                    try self.move(
+                        loaded, through: [(.postprocessed, nil), (.stagedOut, "no stage-out"), (.jobFinished, nil)]))
             }
         }
         step(.runError, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onError) }
         step(.runTimeout, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onTimeout) }
         step(.postprocessed, &report) { (loaded) throws(SpoolError) in
-            let done = try self.store.move(loaded, through: [(.stagedOut, "no stage-out"), (.jobFinished, nil)])
-            self.finalStates.record(loaded.job.id, .jobFinished)
-            self.cleanup(done)
+            self.cleanup(try self.move(loaded, through: [(.stagedOut, "no stage-out"), (.jobFinished, nil)]))
         }
         step(.stagedOut, &report) { (loaded) throws(SpoolError) in
-            let done = try self.move(loaded, to: .jobFinished, reason: nil)
-            self.cleanup(done)
+            self.cleanup(try self.move(loaded, to: .jobFinished, reason: nil))
         }
         step(.awaitingParents, &report) { (loaded) throws(SpoolError) in try self.checkParents(loaded) }
     }
@@ -186,7 +182,17 @@ public final class Engine {
         _ loaded: JobStore.Loaded, to next: JobState, reason: String?,
         update: ((inout Job, inout StateRecord) -> Void)? = nil
     ) throws(SpoolError) -> JobStore.Loaded {
-        let moved = try store.move(loaded, to: next, reason: reason, update: update)
+        try move(loaded, through: [(next, reason)], update: update)
+    }
+
+    /// Moves through steps with nothing to do between them in one move; a final state is remembered.
+    @discardableResult
+    private func move(
+        _ loaded: JobStore.Loaded, through steps: [(state: JobState, reason: String?)],
+        update: ((inout Job, inout StateRecord) -> Void)? = nil
+    ) throws(SpoolError) -> JobStore.Loaded {
+        let moved = try store.move(loaded, through: steps, update: update)
+        let next = moved.record.state
         if next.isFinal { finalStates.record(loaded.job.id, next) }
         log(.debug, "job \(loaded.job.id) \(loaded.record.state.rawValue) -> \(next.rawValue)")
         return moved
