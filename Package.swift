@@ -35,6 +35,7 @@ let package = Package(
             dependencies: [
                 "Spool",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Batch schedulers (Slurm, PBS, LSF, Cobalt, local), the scheduler service and the elastic queue.
@@ -61,18 +62,21 @@ let package = Package(
         ),
         // Open MPI, as Swift sees it: the handles mpi.h hides behind cast macros.
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
-        // The one wrapper over MPI: init, gather, non-blocking messages, checked return codes.
-        .target(name: "MessagePassing", dependencies: ["CMPI"]),
         // Runs one job for the launcher and stops it with its launcher (a small C program: spawned per job).
         // Linked statically: it is exec'd once per job, and a dynamic one spent most of its time in the loader.
         .executableTarget(name: "balsam-task-guard", linkerSettings: [.unsafeFlags(["-static-executable"])]),
-        // The launcher's work, free of MPI: nodes and placement, commands, tasks, claiming and recording.
-        .target(name: "Launcher", dependencies: ["Spool"]),
+        // The launcher: node discovery, placement, claiming and recording, task running, rank roles, and the one
+        // wrapper over MPI (the only module that imports CMPI).
+        .target(
+            name: "MPILauncher",
+            dependencies: ["CMPI", "Spool", .product(name: "Logging", package: "swift-log")]
+        ),
         .executableTarget(
             name: "balsam-launcher",
             dependencies: [
-                "BalsamCLI", "Launcher", "MessagePassing", "Spool",
+                "BalsamCLI", "MPILauncher", "Spool",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(name: "balsam", dependencies: ["Batch", "BalsamCLI", "Spool"]),
@@ -81,7 +85,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["Spool"], path: "Tests/TestSupport"),
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "TestSupport"]),
         .testTarget(name: "LifecycleTests", dependencies: ["Lifecycle", "Spool", "TestSupport"]),
-        .testTarget(name: "LauncherTests", dependencies: ["Launcher", "Spool", "TestSupport"]),
+        .testTarget(name: "MPILauncherTests", dependencies: ["MPILauncher", "Spool", "TestSupport"]),
         .testTarget(name: "BatchTests", dependencies: ["Batch", "Spool", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Spool", "TestSupport"]),
     ]

@@ -24,20 +24,8 @@ public struct SchedulerCommand: Sendable {
 
     public init(timeoutSeconds: Double, environment: [String: String]? = nil, directory: String = "/") {
         self.timeoutSeconds = timeoutSeconds
-        self.environment = environment ?? SchedulerCommand.currentEnvironment()
+        self.environment = environment ?? Posix.environment()
         self.directory = directory
-    }
-
-    /// The calling process's environment.
-    public static func currentEnvironment() -> [String: String] {
-        var env: [String: String] = [:]
-        var p = environ
-        while let entry = p.pointee {
-            let text = String(cString: entry)
-            if let eq = text.firstIndex(of: "=") { env[String(text[..<eq])] = String(text[text.index(after: eq)...]) }
-            p += 1
-        }
-        return env
     }
 
     /// Runs `arguments` (the first is the tool, looked up in PATH); throws unless it exits 0.

@@ -319,6 +319,18 @@ public enum Posix {
 }
 
 extension Posix {
+    /// The calling process's environment.
+    public static func environment() -> [String: String] {
+        var env: [String: String] = [:]
+        var p = environ
+        while let entry = p.pointee {
+            let text = String(cString: entry)
+            if let eq = text.firstIndex(of: "=") { env[String(text[..<eq])] = String(text[text.index(after: eq)...]) }
+            p += 1
+        }
+        return env
+    }
+
     /// Reads standard input to its end (at most `limit` bytes).
     public static func readStandardInput(limit: Int) throws(SpoolError) -> [UInt8] {
         try readToEnd(0, path: "<stdin>", limit: limit)

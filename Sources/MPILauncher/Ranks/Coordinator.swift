@@ -1,3 +1,4 @@
+import Logging
 import Spool
 
 #if canImport(Glibc)
@@ -49,8 +50,8 @@ public final class Coordinator {
     public let site: Site
     public let settings: SiteSettings
     public let options: Options
-    /// Where messages go (one line each).
-    public var log: (String) -> Void = { _ in }
+    /// Where messages go; a job's id is in its message and under `job.id`.
+    public let logger: Logger
     /// Asked every loop: true ends the launcher as at its wall time (SIGTERM, SIGINT).
     public var stopRequested: () -> Bool = { false }
 
@@ -85,8 +86,9 @@ public final class Coordinator {
     /// A coordinator over `nodes` (index = rank), reaching other ranks through `transport`.
     public init(
         site: Site, settings: SiteSettings, nodes: [Node], transport: any Transport, options: Options,
-        environment: [String: String]
+        environment: [String: String], logger: Logger
     ) {
+        self.logger = logger
         self.site = site
         self.settings = settings
         self.nodes = nodes
@@ -119,7 +121,7 @@ public final class Coordinator {
         store.actor = "balsam-launcher " + lease.name
         let cpus = nodes.map(\.cpus).reduce(0, +)
         let gpus = nodes.map(\.gpus.count).reduce(0, +)
-        log(
+        logger.info(
             "lease \(lease.name): \(nodes.count) node(s), \(cpus) CPUs, \(gpus) GPUs, wall time \(options.wallTimeMinutes) min"
         )
         let monitor = try ChangeMonitor(
@@ -153,7 +155,7 @@ public final class Coordinator {
                     try lease.heartbeat()
                     lastHeartbeat = now
                 } catch {
-                    log("cannot refresh the lease: \(error)")
+                    logger.error("cannot refresh the lease: \(error)")
                 }
             }
             if now - lastControl >= 0.1 {
@@ -221,7 +223,7 @@ public final class Coordinator {
             let need = Need(job, packing: settings.launcher.nodePacking)
             if let why = unsuitable(job, need) {
                 skipped.insert(id)
-                log("job \(id) left for other launchers: \(why)")
+                logger.info("job \(id) left for other launchers: \(why)", metadata: ["job.id": "\(id)"])
                 continue
             }
             guard let assignment = allocation.place(need) else {
@@ -283,7 +285,7 @@ public final class Coordinator {
                 spec = try command.spec(loaded.job, app: app, assignment: assignment, nodes: nodes)
             } catch {
                 try store.move(loaded, to: .failed, reason: "cannot launch: \(error.message)")
-                log("job \(id) FAILED: cannot launch: \(error.message)")
+                logger.error("job \(id) FAILED: cannot launch: \(error.message)", metadata: ["job.id": "\(id)"])
                 summary.failedToStart += 1
                 return false
             }
@@ -296,7 +298,7 @@ public final class Coordinator {
             deliver(.start(spec), to: assignment.nodes[0])
             return true
         } catch {
-            log("job \(id): cannot start: \(error)")
+            logger.error("job \(id): cannot start: \(error)", metadata: ["job.id": "\(id)"])
             giveBack(entry, id: id)
             return false
         }
@@ -333,7 +335,7 @@ public final class Coordinator {
             }
             return
         }
-        do { try transport.send(message, to: rank) } catch { log("cannot reach rank \(rank): \(error)") }
+        do { try transport.send(message, to: rank) } catch { logger.error("cannot reach rank \(rank): \(error)", metadata: ["rank": "\(rank)"]) }
     }
 
     // MARK: - Endings
@@ -350,7 +352,7 @@ public final class Coordinator {
             switch message {
             case .ended(let ended): record(ended)
             case .stopped: stoppedRanks.insert(source)
-            default: log("unexpected message from rank \(source): \(message)")
+            default: logger.warning("unexpected message from rank \(source): \(message)", metadata: ["rank": "\(source)"])
             }
         }
         return any
@@ -390,7 +392,7 @@ public final class Coordinator {
                 }
                 Posix.unlink(site.controlPath + "/kill." + ended.id)
                 summary.killed += 1
-                log("job \(ended.id) killed: \(reason)")
+                logger.info("job \(ended.id) killed: \(reason)", metadata: ["job.id": "\(ended.id)"])
             } else if let why = stopping {
                 try store.move(
                     job.loaded, to: .runTimeout, reason: "stopped by the launcher (\(why))",
@@ -409,7 +411,8 @@ public final class Coordinator {
                 summary.errors += 1
             }
         } catch {
-            log("job \(ended.id): cannot record its end (status \(status)): \(error)")
+            logger.error(
+                "job \(ended.id): cannot record its end (status \(status)): \(error)", metadata: ["job.id": "\(ended.id)"])
         }
     }
 
@@ -428,7 +431,7 @@ public final class Coordinator {
                 reason = text
             }
             killRequests[id] = reason
-            log("job \(id): stopping it (\(reason))")
+            logger.info("job \(id): stopping it (\(reason))", metadata: ["job.id": "\(id)"])
             deliver(.kill(id: id), to: job.assignment.nodes[0])
         }
     }
@@ -439,7 +442,7 @@ public final class Coordinator {
     private func shutdown(reason: String) throws(SpoolError) {
         stopping = reason
         summary.reason = reason
-        log("stopping (\(reason)): \(running.count) job(s) running")
+        logger.info("stopping (\(reason)): \(running.count) job(s) running")
         runner.killAll()
         let others = (0..<transport.size).filter { $0 != transport.rank }
         for rank in others { deliver(.stop, to: rank) }
@@ -450,7 +453,7 @@ public final class Coordinator {
             recordEndings()
         }
         for id in Array(running.keys) {
-            log("job \(id): no word from its rank; recorded as timed out")
+            logger.warning("job \(id): no word from its rank; recorded as timed out", metadata: ["job.id": "\(id)"])
             record(TaskRunner.Ended(id: id, status: 137, error: "no answer from its launcher rank"))
         }
         recordEndings()
@@ -458,8 +461,10 @@ public final class Coordinator {
             for id in (try? lease.jobIDs()) ?? [] { giveBack(lease.entryPath(id), id: id) }
             lease.remove()
         }
-        log(
-            "done: \(summary.started) started, \(summary.done) RUN_DONE, \(summary.errors) RUN_ERROR, "
-                + "\(summary.timedOut) RUN_TIMEOUT, \(summary.killed) killed")
+        logger.info(
+            """
+            done: \(summary.started) started, \(summary.done) RUN_DONE, \(summary.errors) RUN_ERROR, \
+            \(summary.timedOut) RUN_TIMEOUT, \(summary.killed) killed
+            """)
     }
 }

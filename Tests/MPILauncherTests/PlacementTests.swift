@@ -1,5 +1,5 @@
 import Foundation
-import Launcher
+import MPILauncher
 import Spool
 import TestSupport
 import Testing

@@ -23,6 +23,12 @@ public enum SchedulerNodes {
         return nil
     }
 
+    /// The scheduler's hosts no rank runs on (a host matches a node by its full or its short name).
+    static func uncovered(_ hosts: [String], by nodes: [Node]) -> [String] {
+        let covered = Set(nodes.map(\.host))
+        return hosts.filter { !covered.contains($0) && !covered.contains(String($0.prefix { $0 != "." })) }
+    }
+
     private static func pad5(_ digits: Substring) -> String {
         String(repeating: "0", count: max(0, 5 - digits.count)) + digits
     }

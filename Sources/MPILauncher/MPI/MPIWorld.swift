@@ -1,11 +1,11 @@
-import CMPI
+internal import CMPI
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
 /// An MPI call that failed: which call, and MPI's own words for its error code.
-public struct MPIError: Error, CustomStringConvertible {
+struct MPIError: Error, CustomStringConvertible {
     /// The MPI function.
     public var call: String
     /// Its return code.
@@ -23,7 +23,7 @@ public struct MPIError: Error, CustomStringConvertible {
 /// an `MPIError`. Waits never block in MPI: Open MPI's blocking calls busy-poll a whole core, which on a node
 /// packed with jobs steals their CPU. Sends are `MPI_Isend` (completed by `progress()`), receives are
 /// `MPI_Iprobe` first.
-public final class MPIWorld {
+final class MPIWorld {
     /// This process's rank.
     public let rank: Int
     /// Number of ranks.

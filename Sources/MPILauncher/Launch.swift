@@ -1,0 +1,140 @@
+import Logging
+import Spool
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Set by SIGTERM and SIGINT; rank 0 then ends as at its wall time.
+private let stopSignal = Atomic<Int32>(0)
+
+/// One launcher process: MPI started, every rank's node discovered, then rank 0 coordinates and the other ranks
+/// run what it places on their nodes. What `balsam-launcher` runs after parsing its arguments.
+public struct Launch {
+    /// How the launcher was asked to run.
+    public struct Options: Sendable {
+        /// Minutes the launcher may run.
+        public var wallTimeMinutes: Double
+        /// Seconds with nothing to run before it exits (nil: `launcher.idle_ttl_sec`).
+        public var idleTimeout: Double?
+        /// Only jobs with all of these tags.
+        public var tags: [String: String] = [:]
+        /// Benchmark only: jobs "end" as soon as they are placed.
+        public var noSpawn = false
+
+        /// Options for a launcher of `wallTimeMinutes`.
+        public init(wallTimeMinutes: Double) { self.wallTimeMinutes = wallTimeMinutes }
+    }
+
+    /// Why a launcher could not start or went on: an MPI failure is `.unavailable`.
+    public struct Failure: Error {
+        /// What went wrong.
+        public var error: SpoolError
+        /// The rank it happened on, when MPI was up.
+        public var rank: Int?
+    }
+
+    let options: Options
+    let openSite: () throws(SpoolError) -> Site
+
+    /// A launch of the site `openSite` finds (called after MPI is up, on every rank).
+    public init(options: Options, openSite: @escaping () throws(SpoolError) -> Site) {
+        self.options = options
+        self.openSite = openSite
+    }
+
+    /// Starts MPI and runs this rank's role to its end. `prepareRankZero` is called on rank 0 only, before its
+    /// first log line (where the executable points its log); `makeLogger` gives each rank its logger.
+    /// A rank that fails ends every rank (`MPI_Abort`): the others would wait for it forever.
+    public func run(prepareRankZero: () throws(SpoolError) -> Void, makeLogger: (_ rank: Int, _ size: Int) -> Logger)
+        throws(Failure)
+    {
+        let world: MPIWorld
+        do { world = try MPIWorld() } catch {
+            throw Failure(error: SpoolError(.unavailable, "cannot start MPI: \(error)"), rank: nil)
+        }
+        Launch.trapStopSignals()
+        do {
+            try runRank(world: world, prepareRankZero: prepareRankZero, makeLogger: makeLogger)
+        } catch {
+            if world.size > 1 {
+                makeLogger(world.rank, world.size).critical("\(error); ending every rank")
+                world.abort(1)
+            }
+            throw Failure(error: error, rank: world.rank)
+        }
+        try? world.finalize()
+    }
+
+    /// A parent may have left SIGTERM and SIGINT blocked (a test harness, a batch system's wrapper): unblock them,
+    /// or a SIGTERM at the end of the allocation would never reach the handler.
+    private static func trapStopSignals() {
+        var handled = sigset_t()
+        sigemptyset(&handled)
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig) { _ in stopSignal.store(1, ordering: .relaxed) }
+            sigaddset(&handled, sig)
+        }
+        pthread_sigmask(SIG_UNBLOCK, &handled, nil)
+    }
+
+    private func runRank(
+        world: MPIWorld, prepareRankZero: () throws(SpoolError) -> Void,
+        makeLogger: (_ rank: Int, _ size: Int) -> Logger
+    ) throws(SpoolError) {
+        let transport = MPITransport(world: world)
+        let site = try openSite()
+        let settings = try SiteSettings.load(site)
+        let environment = Posix.environment()
+        let nodes = try discoverNodes(world: world, settings: settings, environment: environment)
+        guard world.rank == 0 else {
+            try WorkerLoop(transport: transport, grace: settings.launcher.killGraceSeconds, environment: environment)
+                .run()
+            return
+        }
+        try prepareRankZero()
+        let logger = makeLogger(0, world.size)
+        var coordinatorOptions = Coordinator.Options(wallTimeMinutes: options.wallTimeMinutes)
+        coordinatorOptions.idleTimeout = options.idleTimeout
+        coordinatorOptions.noSpawn = options.noSpawn
+        coordinatorOptions.tags = options.tags
+        if let (source, hosts) = SchedulerNodes.hosts(environment: environment) {
+            coordinatorOptions.leaseInfo["scheduler_nodes"] = .array(hosts.map { .string($0) })
+            let missing = SchedulerNodes.uncovered(hosts, by: nodes)
+            if !missing.isEmpty {
+                let named = missing.prefix(5).joined(separator: ", ")
+                logger.warning(
+                    """
+                    \(source) lists \(hosts.count) node(s) but no rank runs on \(named); \
+                    start one rank per node: mpirun -n \(hosts.count) --map-by ppr:1:node ...
+                    """)
+            }
+        }
+        for key in ["SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "COBALT_JOBID"] {
+            if let id = environment[key] { coordinatorOptions.leaseInfo["batch_job"] = .string(id) }
+        }
+        let coordinator = Coordinator(
+            site: site, settings: settings, nodes: nodes, transport: transport, options: coordinatorOptions,
+            environment: environment, logger: logger)
+        coordinator.stopRequested = { stopSignal.load(ordering: .relaxed) != 0 }
+        _ = try coordinator.run()
+    }
+
+    /// Every rank says where it is and how many CPUs its node has; all learn the whole allocation.
+    private func discoverNodes(world: MPIWorld, settings: SiteSettings, environment: [String: String])
+        throws(SpoolError) -> [Node]
+    {
+        let cpus = settings.launcher.cpusPerNode ?? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        // Slurm's name for this node where there is one (what its node list says; emulated nodes share a host).
+        let me = Array("\(environment["SLURMD_NODENAME"] ?? Posix.hostName())\t\(cpus)".utf8)
+        let gathered: [[UInt8]]
+        do { gathered = try world.allGather(me) } catch { throw SpoolError(.unavailable, "\(error)") }
+        return gathered.enumerated().map { rank, bytes in
+            let fields = String(decoding: bytes, as: UTF8.self).split(separator: "\t")
+            return Node(
+                index: rank, host: fields.first.map(String.init) ?? "localhost",
+                cpus: fields.count > 1 ? Int(fields[1]) ?? 1 : 1, gpus: settings.launcher.gpuIDs)
+        }
+    }
+}
