@@ -47,7 +47,8 @@ public struct LineLogHandler: LogHandler {
         }
         line += event.message.description
         if !fields.isEmpty {
-            line += " [" + fields.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") + "]"
+            line +=
+                " [" + fields.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") + "]"
         }
         var bytes = Array((line + "\n").utf8)
         _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }

@@ -335,7 +335,9 @@ public final class Coordinator {
             }
             return
         }
-        do { try transport.send(message, to: rank) } catch { logger.error("cannot reach rank \(rank): \(error)", metadata: ["rank": "\(rank)"]) }
+        do { try transport.send(message, to: rank) } catch {
+            logger.error("cannot reach rank \(rank): \(error)", metadata: ["rank": "\(rank)"])
+        }
     }
 
     // MARK: - Endings
@@ -352,7 +354,8 @@ public final class Coordinator {
             switch message {
             case .ended(let ended): record(ended)
             case .stopped: stoppedRanks.insert(source)
-            default: logger.warning("unexpected message from rank \(source): \(message)", metadata: ["rank": "\(source)"])
+            default:
+                logger.warning("unexpected message from rank \(source): \(message)", metadata: ["rank": "\(source)"])
             }
         }
         return any
@@ -412,7 +415,8 @@ public final class Coordinator {
             }
         } catch {
             logger.error(
-                "job \(ended.id): cannot record its end (status \(status)): \(error)", metadata: ["job.id": "\(ended.id)"])
+                "job \(ended.id): cannot record its end (status \(status)): \(error)",
+                metadata: ["job.id": "\(ended.id)"])
         }
     }
 
