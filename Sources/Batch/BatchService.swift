@@ -1,3 +1,4 @@
+import Logging
 import Spool
 
 #if canImport(Glibc)
@@ -19,8 +20,8 @@ public final class BatchService {
     let scheduler: any Scheduler
     /// Where `balsam-launcher` is (the watcher's own directory).
     let binDirectory: String
-    /// Where messages go: a level ("info", "warning", "error") and a line.
-    public var log: (String, String) -> Void
+    /// Where messages go; a batch job's id is in its message and under `batch_job.id`.
+    public let logger: Logger
     var lastElastic = -Double.infinity
     var reportedProblems = Set<String>()
     /// Nodes each backlog job needs, from the last count (job files are read once).
@@ -29,7 +30,7 @@ public final class BatchService {
     /// A service for `site` using the scheduler its settings name (or `scheduler`, for tests).
     public init(
         site: Site, settings: SiteSettings, binDirectory: String, scheduler: (any Scheduler)? = nil,
-        log: @escaping (String, String) -> Void = { _, _ in }
+        logger: Logger = Logger(label: "balsam-watch")
     ) throws(SpoolError) {
         self.site = site
         self.settings = settings
@@ -41,7 +42,7 @@ public final class BatchService {
                 kind: settings.scheduler.kind, site: site, timeoutSeconds: settings.scheduler.commandTimeoutSeconds)
         }
         self.binDirectory = binDirectory
-        self.log = log
+        self.logger = logger
     }
 
     /// One round: submit, follow, cancel; the elastic queue when its period has passed.
@@ -50,11 +51,11 @@ public final class BatchService {
         do {
             let (all, problems) = try store.all()
             for problem in problems where reportedProblems.insert(problem).inserted {
-                log("error", "batch job record: \(problem)")
+                logger.error("batch job record: \(problem)")
             }
             records = all.filter { !$0.state.isFinal }
         } catch {
-            log("error", "cannot read batch jobs: \(error)")
+            logger.error("cannot read batch jobs: \(error)")
             return
         }
         let now = Posix.monotonicSeconds()
@@ -66,7 +67,7 @@ public final class BatchService {
         var listing: [SchedulerStatus]?
         if records.contains(where: { $0.state != .pendingSubmission || $0.submitTime != nil }) {
             do { listing = try scheduler.list() } catch {
-                log("error", "cannot poll the \(scheduler.kind) scheduler: \(error.message)")
+                logger.error("cannot poll the \(scheduler.kind) scheduler: \(error.message)")
                 for job in records where job.state != .pendingSubmission || job.submitTime != nil {
                     var updated = job
                     updated.message = "cannot poll the scheduler: \(error.message)"
@@ -83,12 +84,14 @@ public final class BatchService {
 
     private func save(_ job: BatchJob, was before: BatchJob?) {
         guard job != before else { return }
-        do { try store.save(job) } catch { log("error", "cannot save batch job \(job.id): \(error)") }
+        do { try store.save(job) } catch {
+            logger.error("cannot save batch job \(job.id): \(error)", metadata: ["batch_job.id": "\(job.id)"])
+        }
         if let before, before.state != job.state {
-            log(
-                "info",
-                "batch job \(job.id): \(before.state.rawValue) -> \(job.state.rawValue)"
-                    + (job.message.map { ": " + $0 } ?? ""))
+            let message = job.message.map { ": " + $0 } ?? ""
+            logger.info(
+                "batch job \(job.id): \(before.state.rawValue) -> \(job.state.rawValue)\(message)",
+                metadata: ["batch_job.id": "\(job.id)"])
         }
     }
 

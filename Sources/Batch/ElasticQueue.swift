@@ -1,3 +1,4 @@
+import Logging
 import Spool
 
 #if canImport(Glibc)
@@ -58,13 +59,14 @@ extension BatchService {
             guard let submitted = job.submitTime.flatMap(Timestamp.epochSeconds),
                 Double(now) - submitted > Double(e.maxQueueWaitMinutes * 60), !store.deletionRequested(job.id)
             else { continue }
-            log("info", "elastic queue: batch job \(job.id) queued over \(e.maxQueueWaitMinutes) min; deleting it")
+            logger.info(
+                "elastic queue: batch job \(job.id) queued over \(e.maxQueueWaitMinutes) min; deleting it",
+                metadata: ["batch_job.id": "\(job.id)"])
             try? store.requestDeletion(job.id)
         }
         let live = records.filter { !store.deletionRequested($0.id) }
         guard live.count < e.maxQueuedJobs else {
-            log(
-                "debug",
+            logger.debug(
                 "elastic queue: \(live.count) batch jobs queued or running (max_queued_jobs \(e.maxQueuedJobs))")
             return nil
         }
@@ -72,8 +74,7 @@ extension BatchService {
         let reserved = Double(live.reduce(0) { $0 + $1.numNodes })
         let idle = max(0, reserved - backlog.running)
         guard backlog.runnable > idle else {
-            log(
-                "debug",
+            logger.debug(
                 "elastic queue: backlog \(format(backlog.runnable)) nodes, \(format(idle)) idle: nothing to ask for")
             return nil
         }
@@ -81,7 +82,7 @@ extension BatchService {
         if e.useBackfill {
             let reported: [BackfillWindow]?
             do { reported = try scheduler.backfillWindows(queue: e.queue) } catch {
-                log("warning", "elastic queue: cannot read backfill windows: \(error.message)")
+                logger.warning("elastic queue: cannot read backfill windows: \(error.message)")
                 return nil
             }
             // A scheduler that does not say (nil): the fixed size. One that says: the largest window that fits,
@@ -94,7 +95,7 @@ extension BatchService {
                             ? e.maxWallTimeMinutes : min($0.minutes - e.wallTimePadMinutes, e.maxWallTimeMinutes))
                 }.filter { $0.minutes >= e.minWallTimeMinutes && $0.nodes >= e.minNodes }
                 guard let best = usable.max(by: { $0.nodes * $0.minutes < $1.nodes * $1.minutes }) else {
-                    log("debug", "elastic queue: no backfill window of \(e.minNodes)+ nodes: nothing to ask for")
+                    logger.debug("elastic queue: no backfill window of \(e.minNodes)+ nodes: nothing to ask for")
                     return nil
                 }
                 window = best
@@ -108,14 +109,15 @@ extension BatchService {
         do {
             try job.validate(against: settings.scheduler, active: active)
             let made = try store.create(job)
-            log(
-                "info",
-                "elastic queue: backlog \(format(backlog.runnable)) nodes, \(format(idle)) idle in queued and running "
-                    + "batch jobs: asked for batch job \(made.id) of \(nodes) nodes for \(window.minutes) min")
+            logger.info(
+                """
+                elastic queue: backlog \(format(backlog.runnable)) nodes, \(format(idle)) idle in queued and running \
+                batch jobs: asked for batch job \(made.id) of \(nodes) nodes for \(window.minutes) min
+                """, metadata: ["batch_job.id": "\(made.id)"])
             return made
         } catch {
             let text = "elastic queue: cannot ask for a batch job: \(error.message)"
-            if reportedProblems.insert(text).inserted { log("warning", text) }
+            if reportedProblems.insert(text).inserted { logger.warning("\(text)") }
             return nil
         }
     }

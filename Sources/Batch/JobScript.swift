@@ -4,6 +4,17 @@ import Spool
 /// placeholders filled in. The scheduler's own options (nodes, time, queue, project, name, output) go on the
 /// submit command line, so a template needs only the environment and the launcher's start.
 public enum JobScript {
+    /// The template's name in a site.
+    public static let templateName = "job-template.sh"
+
+    /// Creates a site for `scheduler` (see `Site.create`) with the scheduler's default job template in it,
+    /// written before the site is renamed into place: a site never exists without its template.
+    public static func createSite(at path: String, name: String?, scheduler: String) throws(SpoolError) -> Site {
+        try Site.create(
+            at: path, name: name, scheduler: scheduler,
+            files: [templateName: Array(defaultTemplate(for: scheduler).utf8)])
+    }
+
     /// The default template for `scheduler` (written to `SITE/job-template.sh` by `balsam init`).
     public static func defaultTemplate(for scheduler: String) -> String {
         let header = """

@@ -1,3 +1,4 @@
+import Logging
 import Spool
 
 #if canImport(Glibc)
@@ -13,8 +14,8 @@ public final class Engine {
     public let site: Site
     /// Settings in force (reloaded on SIGHUP).
     public private(set) var settings: SiteSettings
-    /// Where messages go: a level and a line.
-    public var log: @Sendable (LogLevel, String) -> Void
+    /// Where messages go; a job's id is in its message and under `job.id`.
+    public let logger: Logger
     /// Seconds a failing drop is given to finish being copied in before it is rejected.
     public var dropSettleSeconds: Double = 2
     /// Asked between jobs and while a hook runs: when it says true, the pass stops and a running hook is killed,
@@ -28,9 +29,6 @@ public final class Engine {
     private var hookFiles: [String: Bool] = [:]
     private var finalStates: FinalStates
 
-    /// Levels of the engine's messages.
-    public enum LogLevel: String, Sendable { case debug, info, warning, error }
-
     /// What one pass did.
     public struct Report: Sendable {
         /// Transitions made.
@@ -42,10 +40,10 @@ public final class Engine {
     }
 
     /// Makes an engine for `site` with its current settings.
-    public init(site: Site, log: @escaping @Sendable (LogLevel, String) -> Void = { _, _ in }) throws(SpoolError) {
+    public init(site: Site, logger: Logger = Logger(label: "balsam-watch")) throws(SpoolError) {
         self.site = site
         self.settings = try SiteSettings.load(site)
-        self.log = log
+        self.logger = logger
         self.store = JobStore(site: site, actor: "balsam-watch")
         self.index = SiteIndex(site: site)
         self.finalStates = FinalStates(index: index)
@@ -74,11 +72,14 @@ public final class Engine {
             }
             let ingest = try ingester.run()
             report.ingested = ingest.materialized + ingest.adopted.count
-            for (name, reason) in ingest.rejected { log(.warning, "rejected queue/new/\(name): \(reason)") }
-            for id in ingest.conflicts { log(.warning, "job \(id) FAILED: its workdir was taken before it was made") }
+            for (name, reason) in ingest.rejected { logger.warning("rejected queue/new/\(name): \(reason)") }
+            for id in ingest.conflicts {
+                logger.warning(
+                    "job \(id) FAILED: its workdir was taken before it was made", metadata: ["job.id": "\(id)"])
+            }
         } catch {
             report.errors.append("ingest: \(error)")
-            log(.error, "ingest: \(error)")
+            logger.error("ingest: \(error)")
         }
         reapExpiredLeases(&report)
         for _ in 0..<maxSweeps where !shouldStop() {
@@ -151,13 +152,13 @@ public final class Engine {
                 try body(loaded)
                 report.moves += 1
             } catch  where error.code == .conflict {
-                log(.debug, "job \(id) moved meanwhile: \(error.message)")
+                logger.debug("job \(id) moved meanwhile: \(error.message)", metadata: ["job.id": "\(id)"])
             } catch  where error.code == .invalidInput || error.code == .notFound {
-                log(.error, "job \(id): \(error)")
+                logger.error("job \(id): \(error)", metadata: ["job.id": "\(id)"])
                 quarantine(id, in: state, reason: error.description, &report)
             } catch {
                 report.errors.append("job \(id): \(error)")
-                log(.error, "job \(id): \(error)")
+                logger.error("job \(id): \(error)", metadata: ["job.id": "\(id)"])
             }
         }
     }
@@ -173,7 +174,7 @@ public final class Engine {
             report.moves += 1
         } catch {
             report.errors.append("job \(id): cannot quarantine: \(error)")
-            log(.error, "job \(id): cannot quarantine: \(error)")
+            logger.error("job \(id): cannot quarantine: \(error)", metadata: ["job.id": "\(id)"])
         }
     }
 
@@ -194,7 +195,9 @@ public final class Engine {
         let moved = try store.move(loaded, through: steps, update: update)
         let next = moved.record.state
         if next.isFinal { finalStates.record(loaded.job.id, next) }
-        log(.debug, "job \(loaded.job.id) \(loaded.record.state.rawValue) -> \(next.rawValue)")
+        logger.debug(
+            "job \(loaded.job.id) \(loaded.record.state.rawValue) -> \(next.rawValue)",
+            metadata: ["job.id": "\(loaded.job.id)"])
         return moved
     }
 
@@ -208,7 +211,7 @@ public final class Engine {
             let age = lease.age()
             guard age > settings.leaseTimeoutSeconds else { continue }
             let seconds = age.isFinite ? "\(Int(age)) s" : "ever"
-            log(.warning, "lease \(lease.name) expired (no heartbeat for \(seconds)); taking its jobs back")
+            logger.warning("lease \(lease.name) expired (no heartbeat for \(seconds)); taking its jobs back")
             for id in (try? lease.jobIDs()) ?? [] {
                 var path = lease.entryPath(id)
                 if path != lease.path + "/" + id, rename(path, lease.path + "/" + id) == 0 {
@@ -227,7 +230,7 @@ public final class Engine {
                     report.moves += 1
                 } catch {
                     report.errors.append("lease \(lease.name), job \(id): \(error)")
-                    log(.error, "lease \(lease.name), job \(id): \(error)")
+                    logger.error("lease \(lease.name), job \(id): \(error)", metadata: ["job.id": "\(id)"])
                 }
             }
             if ((try? lease.jobIDs()) ?? []).isEmpty { lease.remove() }
@@ -404,7 +407,7 @@ public final class Engine {
         guard let root = realPath(loaded.directory) else { return }
         for pattern in app.cleanupFiles {
             if pattern.hasPrefix("/") || pattern.split(separator: "/").contains("..") {
-                log(.warning, "app \(app.name): cleanup glob '\(pattern)' may not leave the job directory; skipped")
+                logger.warning("app \(app.name): cleanup glob '\(pattern)' may not leave the job directory; skipped")
                 continue
             }
             var matches = glob_t()

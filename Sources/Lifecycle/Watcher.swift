@@ -68,15 +68,8 @@ public final class Watcher: Sendable {
             do {
                 let settings = try SiteSettings.load(site)
                 if service?.settings != settings {
-                    service = try BatchService(site: site, settings: settings, binDirectory: binDirectory) {
-                        level, message in
-                        switch level {
-                        case "error": logger.error("\(message)")
-                        case "warning": logger.warning("\(message)")
-                        case "debug": logger.debug("\(message)")
-                        default: logger.info("\(message)")
-                        }
-                    }
+                    service = try BatchService(
+                        site: site, settings: settings, binDirectory: binDirectory, logger: logger)
                 }
                 service?.sync()
                 lastProblem = ""
@@ -108,15 +101,7 @@ public final class Watcher: Sendable {
             inotify: options.inotify)
         monitor.withLock { $0 = changes }
         defer { monitor.withLock { $0 = nil } }
-        let logger = self.logger
-        let engine = try Engine(site: site) { level, message in
-            switch level {
-            case .debug: logger.debug("\(message)")
-            case .info: logger.info("\(message)")
-            case .warning: logger.warning("\(message)")
-            case .error: logger.error("\(message)")
-            }
-        }
+        let engine = try Engine(site: site, logger: logger)
         engine.shouldStop = { [weak self] in self?.stopping ?? true }
 
         if options.once {

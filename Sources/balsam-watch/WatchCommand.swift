@@ -1,15 +1,10 @@
 import ArgumentParser
 import BalsamCLI
-import Foundation
 import Lifecycle
 import Logging
 import ServiceLifecycle
 import Spool
 import UnixSignals
-
-#if canImport(Glibc)
-    import Glibc
-#endif
 
 @main
 struct WatchCommand: AsyncParsableCommand {
@@ -57,19 +52,26 @@ struct WatchCommand: AsyncParsableCommand {
         try await reportingErrors("balsam-watch") {
             let site = try siteOption.open()
             if stop {
-                try stopWatcher(site)
+                switch try WatcherDaemon.stop(site) {
+                case .notRunning: print("no watcher is running for \(site.root)")
+                case .stopped(let holder): print("stopped \(holder)")
+                }
                 return
             }
-            if daemon { try detach(site) }
-            if let path = log ?? (daemon ? site.logPath + "/balsam-watch.log" : nil) {
-                try redirectStandardError(to: path)
+            if daemon {
+                let logPath = Posix.absolute(log ?? site.logPath + "/balsam-watch.log")
+                let arguments =
+                    CommandLine.arguments.dropFirst().filter { $0 != "--daemon" } + [
+                        "--site", site.root, "--log", logPath,
+                    ]
+                let pid = try WatcherDaemon.start(
+                    site, executable: Posix.executablePath() ?? CommandLine.arguments[0], arguments: arguments,
+                    logPath: logPath)
+                print("balsam-watch running as pid \(pid); log: \(logPath)")
+                return
             }
-            let level: Logger.Level = verbose ? .debug : .info
-            LoggingSystem.bootstrap { label in
-                var handler = StreamLogHandler.standardError(label: label)
-                handler.logLevel = level
-                return handler
-            }
+            if let log { try redirectStandardError(to: log) }
+            LineLogHandler.bootstrap(program: "balsam-watch", level: verbose ? .debug : .info)
             var options = Watcher.Options()
             options.pollInterval = pollInterval
             options.inotify = !noInotify
@@ -86,57 +88,5 @@ struct WatchCommand: AsyncParsableCommand {
                 throw SpoolError(.io, "\(error)")
             }
         }
-    }
-
-    /// Sends SIGTERM to the watcher named in the site's claim and waits until it has let go.
-    func stopWatcher(_ site: Site) throws(SpoolError) {
-        let claim = WatcherClaim(site: site)
-        guard let holder = claim.holder(), claim.isAlive(holder) else {
-            print("no watcher is running for \(site.root)")
-            return
-        }
-        guard holder.host == claim.me.host else {
-            throw SpoolError(.unavailable, "the watcher runs on \(holder.host) (pid \(holder.pid)); stop it there")
-        }
-        kill(holder.pid, SIGTERM)
-        let deadline = time(nil) + 60
-        while claim.holder() == holder && kill(holder.pid, 0) == 0 {
-            if time(nil) > deadline {
-                throw SpoolError(.conflict, "watcher pid \(holder.pid) did not stop within 60 s")
-            }
-            usleep(20_000)
-        }
-        print("stopped \(holder)")
-    }
-
-    /// Starts a copy of this command without `--daemon` in its own process group, logging to the log file, and
-    /// waits until it holds the site's claim. (A re-exec, not fork(): this process already runs threads.)
-    func detach(_ site: Site) throws(SpoolError) -> Never {
-        let claim = WatcherClaim(site: site)
-        if let holder = claim.holder(), claim.isAlive(holder) {
-            throw SpoolError(.unavailable, "the site is already watched by \(holder)")
-        }
-        let logPath = Posix.absolute(log ?? site.logPath + "/balsam-watch.log")
-        var arguments = Array(CommandLine.arguments.dropFirst().filter { $0 != "--daemon" })
-        arguments += ["--site", site.root, "--log", logPath]
-        let executable = Posix.executablePath() ?? CommandLine.arguments[0]
-        let devnull = open("/dev/null", O_WRONLY | O_CLOEXEC)
-        defer { close(devnull) }
-        let pid = try Posix.spawn(
-            executable, arguments: arguments, environment: ProcessInfo.processInfo.environment,
-            directory: Posix.currentDirectory(), outputFD: devnull)
-        let deadline = time(nil) + 30
-        while time(nil) <= deadline {
-            if let holder = claim.holder(), holder.pid == pid {
-                print("balsam-watch running as pid \(pid); log: \(logPath)")
-                Glibc.exit(0)
-            }
-            var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid {
-                throw SpoolError(.unavailable, "the watcher exited at start; see \(logPath)")
-            }
-            usleep(20_000)
-        }
-        throw SpoolError(.unavailable, "the watcher (pid \(pid)) did not claim the site within 30 s; see \(logPath)")
     }
 }

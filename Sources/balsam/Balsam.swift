@@ -61,7 +61,7 @@ struct Balsam: ParsableCommand {
 struct Init: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Create a new site directory.",
-        discussion: "The directory must not exist; its parent must. Prints the site's path.")
+        discussion: "The directory must not exist; missing parent directories are made. Prints the site's path.")
 
     @Argument(help: "Where to create the site.")
     var path: String
@@ -86,9 +86,7 @@ struct Init: ParsableCommand {
 
     func run() throws {
         try reportingErrors("balsam init") {
-            let site = try Site.create(at: path, name: name, scheduler: scheduler)
-            try Posix.createFile(
-                site.root + "/job-template.sh", Array(JobScript.defaultTemplate(for: scheduler).utf8), sync: true)
+            let site = try JobScript.createSite(at: path, name: name, scheduler: scheduler)
             print(site.root)
         }
     }

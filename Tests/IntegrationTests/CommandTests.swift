@@ -156,6 +156,25 @@ import Testing
         #expect(again.status == 73)
     }
 
+    @Test func initMakesMissingParentsWithTheJobTemplate() throws {
+        let deep = dir.path + "/new/path/site"
+        let r = try balsam(["init", deep, "--scheduler", "slurm"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == deep + "\n")
+        #expect(try read(deep + "/job-template.sh").contains("mpirun -n {{ num_nodes }}"))
+        #expect(try read(deep + "/settings.yml").contains("slurm"))
+        let underFile = try balsam(["init", site + "/settings.yml/x/site"])
+        #expect(underFile.status == 73 && underFile.stderr.contains("not a directory"), "\(underFile.stderr)")
+    }
+
+    @Test(.enabled(if: canMount)) func aFailedInitLeavesNothingBehindNotEvenTheParentsItMade() throws {
+        // Room for the parents and a few of the site's directories, not all of them.
+        let fs = try SmallFilesystem(size: "1m", inodes: 12)
+        let r = try balsam(["init", fs.path + "/a/b/site"])
+        #expect(r.status == 74 && r.stderr.contains("No space left"), "\(r.stderr)")
+        #expect(entries(fs.path).isEmpty, "left behind: \(entries(fs.path))")
+    }
+
     @Test func appCommands() throws {
         let c = try balsam(
             [

@@ -57,10 +57,21 @@ public func entries(_ path: String) -> [String] {
     ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
 }
 
-/// Runs a program to completion, returning its exit status and outputs.
+/// What a pipe delivered, filled by its reader thread.
+private final class Drained: @unchecked Sendable {
+    private let lock = NSLock()
+    private var data = Data()
+    func append(_ more: Data) { lock.withLock { data.append(more) } }
+    var text: String { lock.withLock { String(decoding: data, as: UTF8.self) } }
+}
+
+/// Runs a program to completion, returning its exit status and outputs. Both pipes are drained at once (a
+/// program that fills standard error before writing its output cannot stall), and every wait has a deadline:
+/// a program still running after `timeout` seconds is killed and the call throws with what it had printed.
 @discardableResult
 public func run(
-    _ program: String, _ args: [String], stdin: Data? = nil, env: [String: String] = [:], cwd: String? = nil
+    _ program: String, _ args: [String], stdin: Data? = nil, env: [String: String] = [:], cwd: String? = nil,
+    timeout: Double = 180
 )
     throws -> (status: Int32, stdout: String, stderr: String)
 {
@@ -78,18 +89,38 @@ public func run(
     process.standardOutput = out
     process.standardError = err
     process.standardInput = input
+    let exited = DispatchSemaphore(value: 0)
+    process.terminationHandler = { _ in exited.signal() }
     try process.run()
     let writer = Thread {
-        if let stdin { input.fileHandleForWriting.write(stdin) }
+        if let stdin { try? input.fileHandleForWriting.write(contentsOf: stdin) }
         try? input.fileHandleForWriting.close()
     }
     writer.start()
-    let outData = out.fileHandleForReading.readDataToEndOfFile()
-    let errData = err.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (
-        process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self)
-    )
+    let drained = DispatchGroup()
+    let outputs = [Drained(), Drained()]
+    for (pipe, sink) in zip([out, err], outputs) {
+        drained.enter()
+        Thread {
+            while case let chunk = pipe.fileHandleForReading.availableData, !chunk.isEmpty { sink.append(chunk) }
+            drained.leave()
+        }.start()
+    }
+    let describe = { "\(program) \(args.joined(separator: " "))" }
+    if exited.wait(timeout: .now() + timeout) == .timedOut {
+        kill(process.processIdentifier, SIGKILL)
+        _ = exited.wait(timeout: .now() + 10)
+        throw SpoolError(
+            .unavailable,
+            "'\(describe())' did not finish within \(Int(timeout)) s; it printed: \(outputs[0].text) \(outputs[1].text)"
+        )
+    }
+    // A child it left running may hold the pipes open: give them a while, then report it.
+    if drained.wait(timeout: .now() + 30) == .timedOut {
+        throw SpoolError(
+            .unavailable, "'\(describe())' exited, but something it started still holds its output open")
+    }
+    return (process.terminationStatus, outputs[0].text, outputs[1].text)
 }
 
 /// Whether this process may mount filesystems (root): the tests of full and read-only filesystems need it.

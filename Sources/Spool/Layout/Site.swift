@@ -58,11 +58,12 @@ public struct Site: Sendable {
 
     // MARK: - Creating and finding sites
 
-    /// Creates a new site at `path` (which must not exist; its parent must). The site is built under a
-    /// temporary name and renamed into place, so a failure leaves nothing behind.
-    public static func create(at path: String, name: String? = nil, scheduler: String = "local") throws(SpoolError)
-        -> Site
-    {
+    /// Creates a new site at `path` (which must not exist), making missing parent directories as `mkdir -p`
+    /// does. The site is built under a temporary name, with `files` (name relative to the site: contents) beside
+    /// its own, and renamed into place, so a failure leaves nothing behind: not even the parents it made.
+    public static func create(
+        at path: String, name: String? = nil, scheduler: String = "local", files: [String: [UInt8]] = [:]
+    ) throws(SpoolError) -> Site {
         let root = Posix.absolute(path)
         let siteName = name ?? Posix.lastComponent(root)
         if siteName.isEmpty || siteName.utf8.contains(where: { $0 < 0x20 }) {
@@ -72,14 +73,24 @@ public struct Site: Sendable {
             throw SpoolError(.cannotCreate, "already exists; a new site needs a new directory", path: root)
         }
         let parent = Posix.parentPath(root)
-        if !Posix.isDirectory(parent) { throw SpoolError(.notFound, "parent directory does not exist", path: parent) }
+        var madeParents: [String] = []
+        var ancestor = parent
+        while !Posix.exists(ancestor) && ancestor != "/" {
+            madeParents.insert(ancestor, at: 0)
+            ancestor = Posix.parentPath(ancestor)
+        }
+        if !Posix.isDirectory(ancestor) { throw SpoolError(.cannotCreate, "is not a directory", path: ancestor) }
         let staging = parent + "/." + Posix.lastComponent(root) + ".creating.\(getpid())"
         do {
+            for dir in madeParents { try Posix.mkdir(dir) }
             try Posix.mkdir(staging)
             for dir in directories { try Posix.mkdir(staging + "/" + dir) }
             try Posix.createFile(
                 staging + "/settings.yml", Array(Settings.template(name: siteName, scheduler: scheduler).utf8),
                 sync: true)
+            for (name, bytes) in files.sorted(by: { $0.key < $1.key }) {
+                try Posix.createFile(staging + "/" + name, bytes, sync: true)
+            }
             let marker = JSONValue.object([
                 "format": .int(formatVersion), "name": .string(siteName), "created": .string(Timestamp.now()),
             ])
@@ -88,6 +99,8 @@ public struct Site: Sendable {
             try Posix.fsyncDirectory(parent)
         } catch {
             Posix.removeTree(staging)
+            // Only the directories this call made, innermost first; rmdir leaves any another process filled.
+            for dir in madeParents.reversed() { _ = rmdir(dir) }
             throw error
         }
         return Site(root: root, name: siteName)

@@ -319,6 +319,24 @@ public enum Posix {
 }
 
 extension Posix {
+    /// Sleeps for `seconds` (nanosleep, resumed after a signal).
+    package static func sleep(seconds: Double) {
+        var left = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - Double(Int(seconds))) * 1e9))
+        var rest = timespec()
+        while nanosleep(&left, &rest) != 0 && errno == EINTR { left = rest }
+    }
+
+    /// Reaps `pid` if it has ended, without waiting: its wait status, or nil while it runs (or is not our child).
+    package static func reap(_ pid: Int32) -> Int32? {
+        var status: Int32 = 0
+        while true {
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { return status }
+            if r < 0 && errno == EINTR { continue }
+            return nil
+        }
+    }
+
     /// The calling process's environment.
     public static func environment() -> [String: String] {
         var env: [String: String] = [:]
