@@ -17,6 +17,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2", traits: []),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         // Linux calls Swift's Glibc module does not import (renameat2, syncfs).
@@ -38,13 +40,25 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Short-lived child processes (hooks, scheduler commands) through swift-subprocess, with deadlines.
+        .target(
+            name: "Processes",
+            dependencies: [
+                "Spool",
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         // Batch schedulers (Slurm, PBS, LSF, Cobalt, local), the scheduler service and the elastic queue.
-        .target(name: "Batch", dependencies: ["Spool"]),
+        .target(
+            name: "Batch",
+            dependencies: ["Processes", "Spool", .product(name: "Logging", package: "swift-log")]
+        ),
         // The watcher's lifecycle services: ingest, dependencies, stages, hooks, policies, leases, cleanup.
         .target(
             name: "Lifecycle",
             dependencies: [
-                "Batch", "Spool",
+                "Batch", "Processes", "Spool",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),

@@ -1,3 +1,4 @@
+import Processes
 import Spool
 
 #if canImport(Glibc)
@@ -48,62 +49,25 @@ public struct SchedulerCommand: Sendable {
                 .notFound,
                 "\(tool): not found in PATH (\(environment["PATH"] ?? "unset")); is the scheduler's client installed?")
         }
-        var outPipe: [Int32] = [0, 0]
-        var errPipe: [Int32] = [0, 0]
-        guard pipe(&outPipe) == 0 else { throw .system("create a pipe", path: tool, errno: errno) }
-        guard pipe(&errPipe) == 0 else {
-            Posix.close(outPipe[0])
-            Posix.close(outPipe[1])
-            throw .system("create a pipe", path: tool, errno: errno)
+        let child = ChildProcess(
+            executable: executable, arguments: Array(arguments.dropFirst()), environment: environment,
+            directory: directory, timeoutSeconds: timeoutSeconds)
+        let outcome = try child.run(output: .capture(limit: SchedulerCommand.outputLimit))
+        let status: Int32
+        switch outcome.ending {
+        case .exited(let code): status = code
+        case .signaled(let signal): status = 128 + signal
+        case .timedOut, .stopped:
+            throw SpoolError(
+                .unavailable, "'\(arguments.joined(separator: " "))' did not finish within \(Int(timeoutSeconds)) s")
         }
-        let pid: pid_t
-        do {
-            pid = try Posix.spawn(
-                executable, arguments: Array(arguments.dropFirst()), environment: environment, directory: directory,
-                outputFD: outPipe[1], errorFD: errPipe[1])
-        } catch {
-            for fd in outPipe + errPipe { Posix.close(fd) }
-            throw error
-        }
-        Posix.close(outPipe[1])
-        Posix.close(errPipe[1])
-        for fd in [outPipe[0], errPipe[0]] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
-        defer {
-            Posix.close(outPipe[0])
-            Posix.close(errPipe[0])
-        }
-        var output: [UInt8] = []
-        var errors: [UInt8] = []
-        var open = [outPipe[0], errPipe[0]]
-        let deadline = Posix.monotonicSeconds() + timeoutSeconds
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while !open.isEmpty {
-            let left = deadline - Posix.monotonicSeconds()
-            if left <= 0 {
-                kill(-pid, SIGKILL)
-                var status: Int32 = 0
-                waitpid(pid, &status, 0)
-                throw SpoolError(
-                    .unavailable, "'\(arguments.joined(separator: " "))' did not finish within \(Int(timeoutSeconds)) s"
-                )
-            }
-            Posix.waitReadable(open, seconds: min(left, 1))
-            for fd in open {
-                let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-                if n > 0 {
-                    if fd == outPipe[0] { output += buffer[..<n] } else { errors += buffer[..<n] }
-                } else if n == 0 || (errno != EAGAIN && errno != EINTR) {
-                    open.removeAll { $0 == fd }
-                }
-            }
-        }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let signal = status & 0x7F
         return Result(
-            status: signal == 0 ? (status >> 8) & 0xFF : 128 + signal, output: String(decoding: output, as: UTF8.self),
-            errors: String(decoding: errors, as: UTF8.self))
+            status: status, output: String(decoding: outcome.output, as: UTF8.self),
+            errors: String(decoding: outcome.errors, as: UTF8.self))
     }
+
+    /// Bytes of each output kept (a scheduler's listing of a large machine fits many times over).
+    static let outputLimit = 16 << 20
 
     /// The absolute path of `tool` (itself if it has a slash), or nil.
     public func find(_ tool: String) -> String? {

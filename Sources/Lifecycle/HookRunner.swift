@@ -1,3 +1,4 @@
+import Processes
 import Spool
 
 #if canImport(Glibc)
@@ -6,9 +7,8 @@ import Spool
 
 /// Runs one hook executable in a job's directory, with the job described in its environment, output appended to
 /// the job's `balsam.log`, and a time limit.
-///
-/// `posix_spawn` rather than swift-subprocess: the watcher's passes are synchronous, and a hook needs only a new
-/// process group (so a timeout kills everything it started), a working directory, and its output on a file.
+/// The hook runs as a `ChildProcess`: a process group of its own, so that a timeout or the watcher's stop ends
+/// everything it started (SIGTERM, then SIGKILL 2 s later).
 struct HookRunner {
     /// How a hook ended.
     struct Outcome {
@@ -45,20 +45,30 @@ struct HookRunner {
         let startOffset = (try? Posix.lstatIfExists(logPath))??.st_size ?? 0
         let header = "==> \(Timestamp.now()) \(hook) (\(executable))\n"
         let logFD = try Posix.open(logPath, O_WRONLY | O_APPEND | O_CREAT)
-        try Posix.write(logFD, Array(header.utf8), path: logPath)
+        do { try Posix.write(logFD, Array(header.utf8), path: logPath) } catch {
+            Posix.close(logFD)
+            throw error
+        }
 
         var env = environment
         env["BALSAM_HOOK"] = hook
         env["BALSAM_HOOK_RESULT"] = resultPath
-        let pid: pid_t
+        var child = ChildProcess(
+            executable: executable, environment: env, directory: directory, timeoutSeconds: timeoutSeconds)
+        child.shouldStop = shouldStop
+        let status: Outcome.Status
         do {
-            pid = try Posix.spawn(executable, arguments: [], environment: env, directory: directory, outputFD: logFD)
+            defer { Posix.close(logFD) }
+            switch try child.run(output: .file(logFD)).ending {
+            case .exited(let code): status = .exited(code)
+            case .signaled(let signal): status = .signaled(signal)
+            case .timedOut: status = .timedOut
+            case .stopped: status = .abandoned
+            }
         } catch {
-            Posix.close(logFD)
-            throw SpoolError(error.code, "cannot run hook \(hook)", path: executable, cause: error.cause)
+            throw SpoolError(
+                error.code, "cannot run hook \(hook): \(error.message)", path: executable, cause: error.cause)
         }
-        Posix.close(logFD)
-        let status = wait(pid, deadline: Posix.monotonicSeconds() + timeoutSeconds)
         let tail = Posix.tail(logPath, lines: tailLines, from: Int(startOffset) + header.utf8.count)
         var result: JSONValue?
         if status == .exited(0), let bytes = try? Posix.readFile(resultPath, limit: 1 << 20) {
@@ -68,31 +78,5 @@ struct HookRunner {
         }
         Posix.unlink(resultPath)
         return Outcome(status: status, tail: tail, result: result)
-    }
-
-    /// Waits for the hook, killing its whole process group at the deadline (SIGTERM, then SIGKILL 2 s later).
-    private func wait(_ pid: pid_t, deadline: Double) -> Outcome.Status {
-        var killedAt: Double?
-        var abandoned = false
-        while true {
-            var status: Int32 = 0
-            let r = waitpid(pid, &status, WNOHANG)
-            if r == pid {
-                if abandoned { return .abandoned }
-                if killedAt != nil { return .timedOut }
-                let signal = status & 0x7F
-                return signal == 0 ? .exited((status >> 8) & 0xFF) : .signaled(signal)
-            }
-            if r < 0 && errno != EINTR { return .signaled(SIGKILL) }
-            let now = Posix.monotonicSeconds()
-            if let at = killedAt {
-                if now > at + 2 { kill(-pid, SIGKILL) }
-            } else if now > deadline || shouldStop() {
-                abandoned = now <= deadline
-                kill(-pid, SIGTERM)
-                killedAt = now
-            }
-            usleep(2_000)
-        }
     }
 }

@@ -4,6 +4,12 @@ import Spool
 import TestSupport
 import Testing
 
+/// Hands a non-Sendable value to the one thread that uses it while the test awaits.
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
 /// A site with apps and a way to play the launcher's part through the library.
 struct Fixture {
     let dir: TempDir
@@ -41,6 +47,16 @@ struct Fixture {
         return try submission.submit(job).0.id
     }
 
+    /// One engine pass, on a thread of its own: hooks run through swift-subprocess, which finishes each run in a
+    /// task of the cooperative pool, so a pass must not block one of the pool's threads while it waits.
+    @discardableResult
+    func pass() async -> Engine.Report {
+        let engine = UncheckedBox(engine)
+        return await withCheckedContinuation { continuation in
+            Thread { continuation.resume(returning: engine.value.pass()) }.start()
+        }
+    }
+
     func state(_ id: String) throws -> JobState { try Query(site: site).find(id).state }
 
     func record(_ id: String) throws -> StateRecord {
@@ -58,15 +74,15 @@ struct Fixture {
 }
 
 @Suite struct EngineTests {
-    @Test func aJobGoesFromSubmissionToTheReadyQueueAndFromRunDoneToFinished() throws {
+    @Test func aJobGoesFromSubmissionToTheReadyQueueAndFromRunDoneToFinished() async throws {
         let f = try Fixture()
         let id = try f.submit("a")
-        let report = f.engine.pass()
+        let report = await f.pass()
         #expect(report.moves == 1 && report.errors.isEmpty, "one move through STAGED_IN to PREPROCESSED: \(report)")
         #expect(try f.state(id) == .preprocessed)
         #expect(SiteIndex(site: f.site).activeState(of: id) == .preprocessed)
         try f.run(id, ending: .runDone, returnCode: 0)
-        f.engine.pass()
+        await f.pass()
         #expect(try f.state(id) == .jobFinished)
         let states = try f.record(id).history.map(\.state)
         #expect(
@@ -77,7 +93,7 @@ struct Fixture {
         #expect(try Fsck(site: f.site).run(repair: false).problems.isEmpty)
     }
 
-    @Test func aBulkSubmissionIsAdvancedAsItsDirectoriesAreMadeWithEveryStepLogged() throws {
+    @Test func aBulkSubmissionIsAdvancedAsItsDirectoriesAreMadeWithEveryStepLogged() async throws {
         let f = try Fixture()
         try f.app("hooked", hooks: ["preprocess": "exit 0"])
         var submission = Submission(site: f.site)
@@ -108,24 +124,24 @@ struct Fixture {
         // The watcher's engine does the same (a hooked app stops at STAGED_IN for its hook).
         let more = try submission.accept(
             Array(lines.joined(separator: "\n").replacingOccurrences(of: "b/", with: "c/").utf8))
-        f.engine.pass()
+        await f.pass()
         for id in more.accepted.map(\.job.id) {
             #expect(try f.record(id).history.map(\.state).prefix(3) == [.ready, .stagedIn, .preprocessed])
         }
     }
 
-    @Test func childrenWaitForParentsAndFailWithThem() throws {
+    @Test func childrenWaitForParentsAndFailWithThem() async throws {
         let f = try Fixture()
         let good = try f.submit("good")
         let bad = try f.submit("bad")
         let child = try f.submit("child", parents: [good])
         let orphan = try f.submit("orphan", parents: [good, bad])
         let grandchild = try f.submit("grandchild", parents: [orphan])
-        f.engine.pass()
+        await f.pass()
         #expect(try f.state(child) == .awaitingParents && f.state(grandchild) == .awaitingParents)
         try f.run(good, ending: .runDone)
         try f.run(bad, ending: .runError, returnCode: 2)
-        f.engine.pass()
+        await f.pass()
         #expect(try f.state(good) == .jobFinished && f.state(bad) == .failed)
         #expect(try f.state(child) == .preprocessed)
         #expect(try f.state(orphan) == .failed && f.record(orphan).reason == "parent \(bad) ended FAILED")
@@ -133,7 +149,7 @@ struct Fixture {
         #expect(try f.record(grandchild).reason == "parent \(orphan) ended FAILED")
     }
 
-    @Test func hooksSeeTheJobAndMayChooseTheStateAndUpdateData() throws {
+    @Test func hooksSeeTheJobAndMayChooseTheStateAndUpdateData() async throws {
         let f = try Fixture()
         try f.app(
             "hooked",
@@ -150,7 +166,7 @@ struct Fixture {
                 """,
             ])
         let id = try f.submit("h", app: "hooked")
-        f.engine.pass()
+        await f.pass()
         let dir = f.site.jobDirectory("h")
         #expect(try f.state(id) == .preprocessed)
         let listing = try Query(site: f.site).find(id)
@@ -159,16 +175,16 @@ struct Fixture {
         let log = try read(dir + "/balsam.log")
         #expect(log.contains("pre \(id) STAGED_IN \(dir)"))
         try f.run(id, ending: .runDone, returnCode: 0)
-        f.engine.pass()
+        await f.pass()
         #expect(try f.state(id) == .restartReady, "postprocess asked for a rerun")
         #expect(try read(dir + "/balsam.log").contains(#"post rc=0 data={"n":3,"prepared":true}"#))
         try f.run(id, ending: .runDone, returnCode: 0)
-        f.engine.pass()
+        await f.pass()
         #expect(try f.state(id) == .jobFinished)
         #expect(try f.record(id).attempts == 2)
     }
 
-    @Test func failingHangingAndBrokenHooksFailTheJobWithTheReason() throws {
+    @Test func failingHangingAndBrokenHooksFailTheJobWithTheReason() async throws {
         let f = try Fixture(settings: "processing:\n  hook_timeout_sec: 0.5\n")
         try f.app("exits", hooks: ["preprocess": "echo 'cannot find input.dat' >&2; exit 3"])
         try f.app("hangs", hooks: ["preprocess": "echo started; sleep 30"])
@@ -181,7 +197,7 @@ struct Fixture {
         let garbled = try f.submit("g", app: "garbled")
         let plain = try f.submit("p", app: "plain")
         let started = Date()
-        f.engine.pass()
+        await f.pass()
         #expect(Date().timeIntervalSince(started) < 20, "the hanging hook was killed")
         for id in [exits, hangs, asks, garbled, plain] { #expect(try f.state(id) == .failed) }
         let reason = { (id: String) in (try? f.record(id).reason) ?? "" }
@@ -194,7 +210,7 @@ struct Fixture {
         #expect(reason(plain).contains("not executable"))
     }
 
-    @Test func retryPoliciesBoundRetries() throws {
+    @Test func retryPoliciesBoundRetries() async throws {
         let f = try Fixture()
         try f.app("flaky", yaml: "")
         let appYAML = f.site.appsPath + "/flaky/app.yml"
@@ -202,30 +218,30 @@ struct Fixture {
             .replacingOccurrences(of: "on_timeout: {retries: 3}", with: "on_timeout: {retries: 1}")
         try text.write(toFile: appYAML, atomically: false, encoding: .utf8)
         let id = try f.submit("f", app: "flaky")
-        f.engine.pass()
+        await f.pass()
         for attempt in 1...2 {
             try f.run(id, ending: .runError, returnCode: 1)
-            f.engine.pass()
+            await f.pass()
             #expect(try f.state(id) == .restartReady, "retry \(attempt)")
             #expect(try f.record(id).errorRetries == attempt)
         }
         try f.run(id, ending: .runTimeout)
-        f.engine.pass()
+        await f.pass()
         #expect(try f.state(id) == .restartReady && f.record(id).timeoutRetries == 1)
         try f.run(id, ending: .runError, returnCode: 1)
-        f.engine.pass()
+        await f.pass()
         #expect(try f.state(id) == .failed)
         #expect(try f.record(id).reason == "RUN_ERROR (return code 1) and no retries left (2 allowed)")
         #expect(try f.record(id).attempts == 4)
 
         let defaults = try f.submit("d")
-        f.engine.pass()
+        await f.pass()
         try f.run(defaults, ending: .runError, returnCode: 7)
-        f.engine.pass()
+        await f.pass()
         #expect(try f.state(defaults) == .failed, "by default an error is not retried")
     }
 
-    @Test func cleanupDeletesMatchingFilesInsideTheJobDirectoryOnly() throws {
+    @Test func cleanupDeletesMatchingFilesInsideTheJobDirectoryOnly() async throws {
         let f = try Fixture()
         try f.app("tidy", yaml: "")
         let appYAML = f.site.appsPath + "/tidy/app.yml"
@@ -241,16 +257,16 @@ struct Fixture {
         try "outside".write(toFile: f.dir.path + "/precious.tmp", atomically: false, encoding: .utf8)
         try FileManager.default.createSymbolicLink(
             atPath: dir + "/link.tmp", withDestinationPath: f.dir.path + "/precious.tmp")
-        f.engine.pass()
+        await f.pass()
         try f.run(id, ending: .runDone)
-        f.engine.pass()
+        await f.pass()
         #expect(try f.state(id) == .jobFinished)
         #expect(visibleEntries(dir) == ["job.json", "link.tmp", "result.dat", "scratch", "state"])
         #expect(visibleEntries(dir + "/scratch").isEmpty)
         #expect(try read(f.dir.path + "/precious.tmp") == "outside")
     }
 
-    @Test func brokenJobsAreQuarantinedAndTheRestGoOn() throws {
+    @Test func brokenJobsAreQuarantinedAndTheRestGoOn() async throws {
         let f = try Fixture()
         let broken = try f.submit("broken")
         let fine = try f.submit("fine")
@@ -260,7 +276,7 @@ struct Fixture {
         try f.app("other")
         let missingApp = try f.submit("m", app: "other")
         try FileManager.default.removeItem(atPath: f.site.appsPath + "/other")
-        let report = f.engine.pass()
+        let report = await f.pass()
         #expect(try f.state(broken) == .failed)
         #expect(try f.record(broken).reason?.contains("quarantined") == true)
         #expect(FileManager.default.fileExists(atPath: f.site.jobDirectory("broken") + "/state.broken"))
@@ -270,16 +286,16 @@ struct Fixture {
         _ = report
     }
 
-    @Test func droppedDirectoriesAreAdoptedByAPass() throws {
+    @Test func droppedDirectoriesAreAdoptedByAPass() async throws {
         let f = try Fixture()
         try f.dir.file("site/queue/new/dropped/job.json", #"{"app":"hello","parameters":{"name":"drop"}}"#)
         try f.dir.file("site/queue/new/junk/job.json", "{")
-        let young = f.engine.pass()
+        let young = await f.pass()
         #expect(
             young.ingested == 1 && !FileManager.default.fileExists(atPath: f.site.rejectedPath + "/junk.reason"),
             "a broken drop that just changed may still be being copied in")
         f.engine.dropSettleSeconds = 0
-        let report = f.engine.pass()
+        let report = await f.pass()
         #expect(report.ingested == 0)
         #expect(try Query(site: f.site).find("dropped").state == .preprocessed)
         #expect(FileManager.default.fileExists(atPath: f.site.rejectedPath + "/junk.reason"))
@@ -287,12 +303,12 @@ struct Fixture {
 }
 
 @Suite struct LeaseTests {
-    @Test func anExpiredLeaseGivesItsJobsBack() throws {
+    @Test func anExpiredLeaseGivesItsJobsBack() async throws {
         let f = try Fixture()
         let running = try f.submit("r")
         let claimed = try f.submit("c")
         let child = try f.submit("child", parents: [running])
-        f.engine.pass()
+        await f.pass()
         let lease = try Lease.create(f.site, info: ["batch_job": .string("test")])
         #expect(lease.claim(running, from: .preprocessed, site: f.site))
         #expect(lease.claim(claimed, from: .preprocessed, site: f.site))
@@ -303,7 +319,7 @@ struct Fixture {
         #expect(try lease.jobIDs() == [claimed, running].sorted())
 
         // While the lease is alive, its jobs are listed and the child keeps waiting.
-        f.engine.pass()
+        await f.pass()
         let counts = try Query(site: f.site).countByState()
         #expect(counts[.running] == 1 && counts[.preprocessed] == 1 && counts[.awaitingParents] == 1)
         #expect(try f.state(child) == .awaitingParents)
@@ -317,7 +333,7 @@ struct Fixture {
         // The launcher dies: its heartbeat stops.
         var old = [timespec(tv_sec: time(nil) - 3600, tv_nsec: 0), timespec(tv_sec: time(nil) - 3600, tv_nsec: 0)]
         #expect(utimensat(AT_FDCWD, lease.path + "/.lease", &old, 0) == 0)
-        f.engine.pass()
+        await f.pass()
         #expect(try f.state(running) == .restartReady, "RUN_TIMEOUT, then the default timeout policy retries")
         #expect(try f.record(running).history.map(\.state).suffix(3) == [.running, .runTimeout, .restartReady])
         #expect(try f.state(claimed) == .preprocessed)
