@@ -17,8 +17,6 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
-        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2", traits: []),
-        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         // Linux calls Swift's Glibc module does not import (renameat2, syncfs).
@@ -40,15 +38,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Short-lived child processes (hooks, scheduler commands) through swift-subprocess, with deadlines.
-        .target(
-            name: "Processes",
-            dependencies: [
-                "Spool",
-                .product(name: "Subprocess", package: "swift-subprocess"),
-                .product(name: "SystemPackage", package: "swift-system"),
-            ]
-        ),
+        // Short-lived child processes (hooks, scheduler commands): process groups, deadlines, bounded output.
+        .target(name: "Processes", dependencies: ["Spool"]),
         // Batch schedulers (Slurm, PBS, LSF, Cobalt, local), the scheduler service and the elastic queue.
         .target(
             name: "Batch",
@@ -98,6 +89,7 @@ let package = Package(
         // Temporary sites, small filesystems, running the built binaries.
         .target(name: "TestSupport", dependencies: ["Spool"], path: "Tests/TestSupport"),
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "TestSupport"]),
+        .testTarget(name: "ProcessesTests", dependencies: ["Processes", "Spool", "TestSupport"]),
         .testTarget(name: "LifecycleTests", dependencies: ["Lifecycle", "Spool", "TestSupport"]),
         .testTarget(name: "MPILauncherTests", dependencies: ["MPILauncher", "Spool", "TestSupport"]),
         .testTarget(name: "BatchTests", dependencies: ["Batch", "Spool", "TestSupport"], exclude: ["Fixtures"]),

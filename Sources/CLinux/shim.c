@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <spawn.h>
 #include <unistd.h>
+#include <sys/syscall.h>
 #include "clinux.h"
 
 int clinux_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath) {
@@ -32,3 +33,5 @@ int clinux_spawn_addclosefrom(void *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }
 
+
+int clinux_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }

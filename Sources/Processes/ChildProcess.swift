@@ -1,7 +1,4 @@
-import Dispatch
 import Spool
-import Subprocess
-import SystemPackage
 
 #if canImport(Glibc)
     import Glibc
@@ -9,15 +6,20 @@ import SystemPackage
 
 /// One way to run a short-lived child process to its end: hooks and scheduler commands.
 ///
-/// Through swift-subprocess: the child gets a process group of its own, exactly the environment given, a working
-/// directory, standard input from /dev/null, and its output on file descriptors. Every wait has a deadline: at
-/// `timeoutSeconds`, or as soon as `shouldStop` says so, the whole group gets SIGTERM, and SIGKILL
-/// `graceSeconds` later. Captured output goes to unlinked temporary files and is read back up to a limit, so a
-/// chatty command costs no memory and a background process that keeps the output open cannot hold up the wait.
+/// The child gets a process group of its own, exactly the environment given, a working directory, standard
+/// input from /dev/null, no other inherited descriptor, default signal handling, and its output on file
+/// descriptors. Every wait has a deadline: at `timeoutSeconds`, or as soon as `shouldStop` says so, the whole
+/// group gets SIGTERM, and SIGKILL `graceSeconds` later. The wait is a `poll(2)` on a pidfd, so the caller wakes
+/// the moment the child exits. Captured output goes to unlinked temporary files and is read back up to a limit,
+/// so a chatty command costs no memory and a background process that keeps the output open cannot hold up the
+/// wait.
 ///
-/// Long-lived children are not run here: swift-subprocess always waits for its child, so the watcher's daemon
-/// start and the local scheduler's launchers use `Posix.spawn`, and the launcher's per-job task server stays its
-/// own (its cost is measured in BENCHMARKS.md).
+/// Why not swift-subprocess: its `run` is async only, and finishes every run in an unstructured task on Swift's
+/// cooperative pool (`withUncancelledTask`), whatever executor the caller prefers. The watcher's engine and
+/// scheduler service are synchronous, on threads of their own, and wait for their children there; bridged to
+/// swift-subprocess they stalled whenever the pool's threads were busy (on 2 cores a few blocked callers hang it
+/// for good: `ChildProcessTests` shows the case), and a child that had exited was then reported as timed out.
+/// `posix_spawn` plus a pidfd expresses the same contract without that dependence.
 public struct ChildProcess: Sendable {
     /// How a child ended.
     public enum Ending: Sendable, Equatable, CustomStringConvertible {
@@ -44,7 +46,7 @@ public struct ChildProcess: Sendable {
     public enum Output: Sendable {
         /// Both onto this descriptor (appended; the caller keeps it open).
         case file(Int32)
-        /// Each captured, up to this many bytes (what is beyond is dropped and said so).
+        /// Each captured, up to this many bytes (what is beyond is dropped, and said so).
         case capture(limit: Int)
     }
 
@@ -85,97 +87,67 @@ public struct ChildProcess: Sendable {
         self.timeoutSeconds = timeoutSeconds
     }
 
-    /// Runs the child to its end, blocking the calling thread: the watcher's own threads, a command's main thread.
-    ///
-    /// Never from a task of Swift's cooperative pool: swift-subprocess finishes every run in an unstructured task
-    /// on that pool (`withUncancelledTask`), so callers blocking all of its threads would wait for ever (seen in
-    /// tests on 2 cores). Async code calls `runAsync`.
+    /// Runs the child to its end, blocking the calling thread.
     public func run(output: Output) throws(SpoolError) -> Outcome {
-        let done = DispatchSemaphore(value: 0)
-        let box = ResultBox()
-        let child = self
-        Task {
-            do throws(SpoolError) { box.result = .success(try await child.runAsync(output: output)) } catch {
-                box.result = .failure(error)
-            }
-            done.signal()
-        }
-        done.wait()
-        guard let result = box.result else { throw SpoolError(.io, "the child process vanished", path: executable) }
-        return try result.get()
-    }
-
-    /// Runs the child to its end.
-    public func runAsync(output: Output) async throws(SpoolError) -> Outcome {
         switch output {
         case .file(let fd):
-            return Outcome(ending: try await runToEnd(outputFD: fd, errorFD: fd))
+            return Outcome(ending: try runToEnd(outputFD: fd, errorFD: fd))
         case .capture(let limit):
             let out = try ChildProcess.temporaryFile()
             defer { Posix.close(out) }
             let err = try ChildProcess.temporaryFile()
             defer { Posix.close(err) }
-            let ending = try await runToEnd(outputFD: out, errorFD: err)
+            let ending = try runToEnd(outputFD: out, errorFD: err)
             return Outcome(
                 ending: ending, output: try ChildProcess.readBack(out, limit: limit),
                 errors: try ChildProcess.readBack(err, limit: limit))
         }
     }
 
-    private enum Finish: Sendable {
-        case ended(Ending)
-        case deadline(Ending)
+    private func runToEnd(outputFD: Int32, errorFD: Int32) throws(SpoolError) -> Ending {
+        let pid = try Posix.spawn(
+            executable, arguments: arguments, environment: environment, directory: directory, outputFD: outputFD,
+            errorFD: errorFD)
+        let pidFD: Int32
+        do { pidFD = try Posix.processDescriptor(pid) } catch {
+            // Without a pidfd it cannot be waited for with a deadline: end it rather than leave it unwatched.
+            stop(pid, pidFD: -1)
+            throw error
+        }
+        defer { Posix.close(pidFD) }
+        let deadline = Posix.monotonicSeconds() + max(0, timeoutSeconds)
+        while true {
+            let left = deadline - Posix.monotonicSeconds()
+            if let status = Posix.waitExit(pid, pidFD: pidFD, seconds: min(0.1, max(0, left))) {
+                let signal = status & 0x7F
+                return signal == 0 ? .exited((status >> 8) & 0xFF) : .signaled(signal)
+            }
+            if shouldStop() {
+                stop(pid, pidFD: pidFD)
+                return .stopped
+            }
+            if left <= 0 {
+                stop(pid, pidFD: pidFD)
+                return .timedOut
+            }
+        }
     }
 
-    private func runToEnd(outputFD: Int32, errorFD: Int32) async throws(SpoolError) -> Ending {
-        let grace = Duration.milliseconds(Int64(max(0, graceSeconds) * 1000))
-        let environment = Environment.custom(
-            Dictionary(
-                uniqueKeysWithValues: self.environment.map { (Environment.Key(stringLiteral: $0.key), $0.value) })
-        )
-        let executable = self.executable
-        let arguments = Arguments(self.arguments)
-        let directory = FilePath(self.directory)
-        let deadline = ContinuousClock.now + .milliseconds(Int64(max(0, timeoutSeconds) * 1000))
-        let shouldStop = self.shouldStop
-        do {
-            return try await withThrowingTaskGroup(of: Finish.self) { group in
-                group.addTask {
-                    var options = PlatformOptions()
-                    options.processGroupID = 0
-                    options.teardownSequence = [
-                        .gracefulShutDown(toProcessGroup: true, allowedDurationToNextStep: grace),
-                        .send(signal: .kill, toProcessGroup: true, allowedDurationToNextStep: .seconds(1)),
-                    ]
-                    let result = try await Subprocess.run(
-                        .path(FilePath(executable)), arguments: arguments, environment: environment,
-                        workingDirectory: directory, platformOptions: options, input: .none,
-                        output: .fileDescriptor(FileDescriptor(rawValue: outputFD), closeAfterSpawningProcess: false),
-                        error: .fileDescriptor(FileDescriptor(rawValue: errorFD), closeAfterSpawningProcess: false))
-                    switch result.terminationStatus {
-                    case .exited(let code): return .ended(.exited(code))
-                    case .signaled(let signal): return .ended(.signaled(signal))
-                    }
-                }
-                group.addTask {
-                    while true {
-                        if shouldStop() { return .deadline(.stopped) }
-                        let left = deadline - ContinuousClock.now
-                        if left <= .zero { return .deadline(.timedOut) }
-                        try await Task.sleep(for: min(left, .milliseconds(100)))
-                    }
-                }
-                guard let first = try await group.next() else { return .timedOut }
-                // Cancelling the run tears the child's group down (SIGTERM, grace, SIGKILL); the group waits for it.
-                group.cancelAll()
-                switch first {
-                case .ended(let ending), .deadline(let ending): return ending
-                }
+    /// SIGTERM to the child's group, SIGKILL after the grace period, then reaps the child (waiting at most 5 s more
+    /// for an uninterruptible one, which is then left to exit on its own).
+    private func stop(_ pid: Int32, pidFD: Int32) {
+        // kill(2) of our own child's group: ESRCH only means everything in it has exited already.
+        _ = kill(-pid, SIGTERM)
+        if pidFD >= 0, Posix.waitExit(pid, pidFD: pidFD, seconds: graceSeconds) != nil { return }
+        _ = kill(-pid, SIGKILL)
+        let until = Posix.monotonicSeconds() + 5
+        while Posix.monotonicSeconds() < until {
+            if pidFD >= 0 {
+                if Posix.waitExit(pid, pidFD: pidFD, seconds: 0.1) != nil { return }
+            } else {
+                if Posix.reap(pid) != nil { return }
+                Posix.sleep(seconds: 0.01)
             }
-        } catch let error as SubprocessError {
-            throw SpoolError(.unavailable, "cannot run: \(error)", path: executable)
-        } catch {
-            throw SpoolError(.io, "cannot run: \(error)", path: executable)
         }
     }
 
@@ -183,34 +155,29 @@ public struct ChildProcess: Sendable {
     private static func temporaryFile() throws(SpoolError) -> Int32 {
         let directory = Posix.environment()["TMPDIR"] ?? "/tmp"
         var template = Array((directory + "/balsam-child.XXXXXX").utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.map { mkstemp($0) } ?? -1 }
-        if fd < 0 { throw .system("create a temporary file", path: directory, errno: errno) }
+        let fd = try Posix.call("create a temporary file", path: directory) {
+            template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.map { mkstemp($0) } ?? -1 }
+        }
         // Close-on-exec so that children started meanwhile by other threads do not inherit it.
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        _ = try? Posix.call("set close-on-exec", path: directory) { fcntl(fd, F_SETFD, FD_CLOEXEC) }
         Posix.unlink(Posix.cString(template))
         return fd
     }
 
     /// What the child wrote into `fd`, at most `limit` bytes (with a note when there was more).
     private static func readBack(_ fd: Int32, limit: Int) throws(SpoolError) -> [UInt8] {
-        guard lseek(fd, 0, SEEK_SET) == 0 else { throw .system("rewind", path: "<captured output>", errno: errno) }
         var bytes = [UInt8](repeating: 0, count: limit + 1)
         var filled = 0
         while filled <= limit {
-            let n = bytes.withUnsafeMutableBytes { buffer in
-                buffer.baseAddress.map { read(fd, $0 + filled, buffer.count - filled) } ?? 0
+            let n = try Posix.call("read", path: "<captured output>") {
+                bytes.withUnsafeMutableBytes { buffer in
+                    buffer.baseAddress.map { pread(fd, $0 + filled, buffer.count - filled, off_t(filled)) } ?? 0
+                }
             }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { throw .system("read", path: "<captured output>", errno: errno) }
             if n == 0 { break }
             filled += n
         }
         if filled > limit { return Array(bytes[..<limit]) + Array("\n[output cut at \(limit) bytes]\n".utf8) }
         return Array(bytes[..<filled])
     }
-}
-
-/// Carries a result from the task to the waiting thread (written once, read after the semaphore).
-private final class ResultBox: @unchecked Sendable {
-    var result: Result<ChildProcess.Outcome, SpoolError>?
 }

@@ -16,10 +16,15 @@ import Testing
         #expect(settings.contains("name: \"alpha\"") && settings.contains("# "))
         #expect(try YAML.parse(settings).objectValue?["launcher"]?.objectValue?["idle_ttl_sec"] == .int(60))
         #expect(throws: SpoolError.self) { try Site.create(at: site.root) }
-        #expect { _ = try Site.create(at: dir.path + "/missing/parent/s") } throws: {
-            ($0 as? SpoolError)?.code == .notFound
+        try FileManager.default.createDirectory(atPath: dir.path + "/file-parent", withIntermediateDirectories: false)
+        try "x".write(toFile: dir.path + "/file-parent/f", atomically: false, encoding: .utf8)
+        #expect { _ = try Site.create(at: dir.path + "/file-parent/f/s") } throws: {
+            ($0 as? SpoolError)?.code == .cannotCreate
         }
-        #expect(entries(dir.path) == ["s"])  // no staging leftovers
+        let nested = try Site.create(at: dir.path + "/missing/parent/s")
+        #expect(Site.directories.allSatisfy { FileManager.default.fileExists(atPath: nested.root + "/" + $0) })
+        #expect(entries(dir.path) == ["file-parent", "missing", "s"])  // no staging leftovers
+        #expect(entries(dir.path + "/missing/parent") == ["s"])
     }
 
     @Test func openRefusesDirectoriesThatAreNotSitesAndNewerFormats() throws {

@@ -33,4 +33,8 @@ int clinux_spawn_addchdir(void *actions, const char *path);
 /// the parent forgot to mark close-on-exec (a test harness's pipes, say).
 int clinux_spawn_addclosefrom(void *actions, int from);
 
+/// pidfd_open(2) (a raw syscall: glibc 2.36 has no wrapper Swift can see): a descriptor that polls readable when
+/// the child exits, so a wait with a deadline needs neither a busy loop nor a signal handler.
+int clinux_pidfd_open(int pid);
+
 #endif

@@ -4,16 +4,33 @@ import CLinux
     import Glibc
 #endif
 
-/// Thin wrappers over the system calls the spool uses: each retries `EINTR` and throws `SpoolError` with
-/// the path and `errno`. Paths are plain strings; the spool never needs more.
+/// Thin wrappers over the system calls the spool uses: each goes through `call` (or `check`), which retries
+/// `EINTR` and throws `SpoolError` with the path and `errno`. Paths are plain strings; the spool never needs more.
+/// Direct libc calls elsewhere are the ones whose failure is an answer, not an error (`kill(pid, 0)`, a `link`
+/// that may find its name taken, an `unlink` of what may be gone); each says so where it is made.
 public enum Posix {
-    package static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws(SpoolError) -> Int32 {
+    /// The one way to make a system call that fails with -1 and `errno`: retried while it fails with `EINTR`;
+    /// any other failure throws a `SpoolError` saying what was done (`what`), to which path, and the errno.
+    @discardableResult
+    package static func call<Result: BinaryInteger>(_ what: String, path: String, _ body: () -> Result)
+        throws(SpoolError) -> Result
+    {
         while true {
-            let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
-            if fd >= 0 { return fd }
-            if errno == EINTR { continue }
-            throw .system("open", path: path, errno: errno)
+            let result = body()
+            if result != -1 { return result }
+            let err = errno
+            if err == EINTR { continue }
+            throw .system(what, path: path, errno: err)
         }
+    }
+
+    /// For calls that return their error number instead of setting `errno` (`posix_spawn` and its helpers).
+    package static func check(_ what: String, path: String, _ rc: Int32) throws(SpoolError) {
+        if rc != 0 { throw .system(what, path: path, errno: rc) }
+    }
+
+    package static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws(SpoolError) -> Int32 {
+        try call("open", path: path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
     }
 
     package static func close(_ fd: Int32) {
@@ -24,12 +41,7 @@ public enum Posix {
         var offset = 0
         while offset < bytes.count {
             let base = bytes.baseAddress.map { $0 + offset }
-            let n = Glibc.write(fd, base, bytes.count - offset)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw .system("write", path: path, errno: errno)
-            }
-            offset += n
+            offset += try call("write", path: path) { Glibc.write(fd, base, bytes.count - offset) }
         }
     }
 
@@ -56,10 +68,7 @@ public enum Posix {
     }
 
     package static func fsync(_ fd: Int32, path: String) throws(SpoolError) {
-        while Glibc.fsync(fd) != 0 {
-            if errno == EINTR { continue }
-            throw .system("fsync", path: path, errno: errno)
-        }
+        try call("fsync", path: path) { Glibc.fsync(fd) }
     }
 
     /// fsync a directory, so the names created or renamed in it survive a crash.
@@ -73,7 +82,7 @@ public enum Posix {
     package static func syncFilesystem(_ path: String) throws(SpoolError) {
         let fd = try open(path, O_RDONLY | O_DIRECTORY)
         defer { close(fd) }
-        if clinux_syncfs(fd) != 0 { throw .system("syncfs", path: path, errno: errno) }
+        try call("syncfs", path: path) { clinux_syncfs(fd) }
     }
 
     /// Reads a whole regular file, refusing symlinks, non-regular files, and files over `limit` bytes
@@ -82,7 +91,7 @@ public enum Posix {
         let fd = try open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK)
         defer { close(fd) }
         var st = stat()
-        if fstat(fd, &st) != 0 { throw .system("stat", path: path, errno: errno) }
+        try call("stat", path: path) { fstat(fd, &st) }
         if (st.st_mode & S_IFMT) != S_IFREG {
             throw SpoolError(.invalidInput, "not a regular file", path: path)
         }
@@ -99,10 +108,8 @@ public enum Posix {
         result.reserveCapacity(sizeHint + 1)
         var chunk = [UInt8](repeating: 0, count: max(4096, min(sizeHint + 1, 1 << 20)))
         while true {
-            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw .system("read", path: path, errno: errno)
+            let n = try call("read", path: path) {
+                chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             }
             if n == 0 { return result }
             result.append(contentsOf: chunk[0..<n])
@@ -135,9 +142,10 @@ public enum Posix {
         var last: UInt8 = 0x0A
         if !endsWithNewline {
             var st = stat()
-            if fstat(fd, &st) != 0 { throw .system("stat", path: path, errno: errno) }
-            if st.st_size > 0 && pread(fd, &last, 1, st.st_size - 1) != 1 {
-                throw .system("read", path: path, errno: errno)
+            try call("stat", path: path) { fstat(fd, &st) }
+            if st.st_size > 0 {
+                let n = try call("read", path: path) { pread(fd, &last, 1, st.st_size - 1) }
+                if n != 1 { throw SpoolError(.io, "cannot read its last byte", path: path) }
             }
         }
         try write(fd, last == 0x0A ? bytes : [0x0A] + bytes, path: path)
@@ -157,18 +165,16 @@ public enum Posix {
     }
 
     package static func rename(_ from: String, _ to: String) throws(SpoolError) {
-        if Glibc.rename(from, to) != 0 { throw .system("rename to \(to)", path: from, errno: errno) }
+        try call("rename to \(to)", path: from) { Glibc.rename(from, to) }
     }
 
     /// rename(2) that fails with EEXIST instead of replacing an existing (even empty) target.
     package static func renameNoReplace(_ from: String, _ to: String) throws(SpoolError) {
-        if clinux_rename_noreplace(AT_FDCWD, from, AT_FDCWD, to) != 0 {
-            throw .system("rename to \(to)", path: from, errno: errno)
-        }
+        try call("rename to \(to)", path: from) { clinux_rename_noreplace(AT_FDCWD, from, AT_FDCWD, to) }
     }
 
     package static func mkdir(_ path: String, mode: mode_t = 0o755) throws(SpoolError) {
-        if Glibc.mkdir(path, mode) != 0 { throw .system("create directory", path: path, errno: errno) }
+        try call("create directory", path: path) { Glibc.mkdir(path, mode) }
     }
 
     /// mkdir -p; returns normally when the directory already exists.
@@ -188,11 +194,12 @@ public enum Posix {
         }
     }
 
+    /// Removes a file that may already be gone (cleanup): whether it was there is the answer, not an error.
     @discardableResult
     package static func unlink(_ path: String) -> Bool { Glibc.unlink(path) == 0 }
 
     package static func unlinkChecked(_ path: String) throws(SpoolError) {
-        if Glibc.unlink(path) != 0 && errno != ENOENT { throw .system("remove", path: path, errno: errno) }
+        do { try call("remove", path: path) { Glibc.unlink(path) } } catch  where error.cause == ENOENT {}
     }
 
     /// Removes a directory tree this process made (cleanup after a failed step); never follows symlinks.
@@ -207,20 +214,20 @@ public enum Posix {
         }
     }
 
-    /// lstat(2); nil when the path does not exist.
     /// stat(2) (following a symlink); nil if there is nothing at `path`.
     package static func statIfExists(_ path: String) throws(SpoolError) -> stat? {
         var st = stat()
-        if fstatat(AT_FDCWD, path, &st, 0) == 0 { return st }
-        if errno == ENOENT { return nil }
-        throw .system("stat", path: path, errno: errno)
+        do { try call("stat", path: path) { fstatat(AT_FDCWD, path, &st, 0) } } catch  where error.cause == ENOENT {
+            return nil
+        }
+        return st
     }
 
+    /// lstat(2); nil when the path does not exist.
     package static func lstatIfExists(_ path: String) throws(SpoolError) -> stat? {
         var st = stat()
-        if Glibc.lstat(path, &st) == 0 { return st }
-        if errno == ENOENT { return nil }
-        throw .system("stat", path: path, errno: errno)
+        do { try call("stat", path: path) { Glibc.lstat(path, &st) } } catch  where error.cause == ENOENT { return nil }
+        return st
     }
 
     package static func exists(_ path: String) -> Bool {
@@ -326,6 +333,19 @@ extension Posix {
         while nanosleep(&left, &rest) != 0 && errno == EINTR { left = rest }
     }
 
+    /// A descriptor that becomes readable when the child `pid` exits (pidfd_open(2)).
+    package static func processDescriptor(_ pid: Int32) throws(SpoolError) -> Int32 {
+        try call("watch process \(pid)", path: "/proc/\(pid)") { clinux_pidfd_open(pid) }
+    }
+
+    /// Waits up to `seconds` for the child `pid` (watched by `pidFD`) to exit, and reaps it: its wait status, or
+    /// nil if it still runs.
+    package static func waitExit(_ pid: Int32, pidFD: Int32, seconds: Double) -> Int32? {
+        if let status = reap(pid) { return status }
+        waitReadable([pidFD], seconds: seconds)
+        return reap(pid)
+    }
+
     /// Reaps `pid` if it has ended, without waiting: its wait status, or nil while it runs (or is not our child).
     package static func reap(_ pid: Int32) -> Int32? {
         var status: Int32 = 0
@@ -364,29 +384,32 @@ extension Posix {
         inputFD: Int32? = nil, errorFD: Int32? = nil
     ) throws(SpoolError) -> pid_t {
         var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
+        try check("prepare to run", path: executable, posix_spawn_file_actions_init(&actions))
         defer { posix_spawn_file_actions_destroy(&actions) }
         if let inputFD {
-            posix_spawn_file_actions_adddup2(&actions, inputFD, 0)
+            try check("prepare to run", path: executable, posix_spawn_file_actions_adddup2(&actions, inputFD, 0))
         } else {
-            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+            try check(
+                "prepare to run", path: executable,
+                posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0))
         }
-        posix_spawn_file_actions_adddup2(&actions, outputFD, 1)
-        posix_spawn_file_actions_adddup2(&actions, errorFD ?? outputFD, 2)
-        clinux_spawn_addchdir(&actions, directory)
-        clinux_spawn_addclosefrom(&actions, 3)
+        try check("prepare to run", path: executable, posix_spawn_file_actions_adddup2(&actions, outputFD, 1))
+        try check(
+            "prepare to run", path: executable, posix_spawn_file_actions_adddup2(&actions, errorFD ?? outputFD, 2))
+        try check("prepare to run", path: executable, clinux_spawn_addchdir(&actions, directory))
+        try check("prepare to run", path: executable, clinux_spawn_addclosefrom(&actions, 3))
         var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
+        try check("prepare to run", path: executable, posix_spawnattr_init(&attributes))
         defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(
-            &attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        posix_spawnattr_setpgroup(&attributes, 0)
+        let flags = Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)
+        try check("prepare to run", path: executable, posix_spawnattr_setflags(&attributes, flags))
+        try check("prepare to run", path: executable, posix_spawnattr_setpgroup(&attributes, 0))
         var empty = sigset_t()
         sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
+        try check("prepare to run", path: executable, posix_spawnattr_setsigmask(&attributes, &empty))
         var all = sigset_t()
         sigfillset(&all)
-        posix_spawnattr_setsigdefault(&attributes, &all)
+        try check("prepare to run", path: executable, posix_spawnattr_setsigdefault(&attributes, &all))
         let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
@@ -394,8 +417,7 @@ extension Posix {
             envp.forEach { free($0) }
         }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
-        if rc != 0 { throw .system("run", path: executable, errno: rc) }
+        try check("run", path: executable, posix_spawn(&pid, executable, &actions, &attributes, argv, envp))
         return pid
     }
 }
