@@ -69,10 +69,9 @@ public func reportingErrors(_ program: String, _ body: () async throws -> Void) 
 
 /// Points standard error at `path` (appending): a daemon's or launcher's `--log`.
 public func redirectStandardError(to path: String) throws(SpoolError) {
-    let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-    if fd < 0 { throw SpoolError(.cannotCreate, "cannot open the log", path: path, cause: errno) }
-    dup2(fd, 2)
-    close(fd)
+    let fd = try Posix.call("open the log", path: path) { open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644) }
+    defer { close(fd) }
+    try Posix.call("send standard error to the log", path: path) { dup2(fd, 2) }
 }
 
 /// Writes a line to standard error.

@@ -79,11 +79,13 @@ public struct LocalScheduler: Scheduler {
             id: String(pid), name: name, phase: .running, rawState: "running",
             submitTime: submitted.map { SchedulerTime.epoch(Int($0)) })
         status.startTime = status.submitTime
-        var ignored: Int32 = 0
-        _ = waitpid(pid, &ignored, WNOHANG)  // reap it if this process started it
+        Posix.reap(pid)  // if this process started it
         let cancelledAt = (try? Posix.statIfExists(base + ".cancelled"))??.st_mtim.tv_sec
         if Posix.isRunning(pid, startedAt: start) {
-            if let at = cancelledAt, Double(time(nil) - at) > killGraceSeconds { kill(-pid, SIGKILL) }
+            if let at = cancelledAt, Double(time(nil) - at) > killGraceSeconds {
+                // Its group may have ended in between (ESRCH): the next poll sees it gone.
+                _ = kill(-pid, SIGKILL)
+            }
             return status
         }
         let exitText = (try? Posix.readFile(base + ".exit", limit: 64)).map { String(decoding: $0, as: UTF8.self) }

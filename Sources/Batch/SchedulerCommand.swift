@@ -71,6 +71,7 @@ public struct SchedulerCommand: Sendable {
 
     /// The absolute path of `tool` (itself if it has a slash), or nil.
     public func find(_ tool: String) -> String? {
+        // access(2) answers whether a candidate is executable; a failure just means "look further".
         if tool.contains("/") { return access(tool, X_OK) == 0 ? tool : nil }
         for dir in (environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
             let candidate = dir + "/" + tool

@@ -141,6 +141,7 @@ public struct App: Sendable, Equatable {
             throw SpoolError(error.code, error.message, path: path, cause: error.cause)
         }
         // Hooks are run, so they must be executable; the shell preamble is sourced, so it need only be readable.
+        // access(2) answers whether it is; its failure means "no hook", not an error.
         for hook in Hook.allCases
         where access(directory + "/" + hook.rawValue, hook == .shellPreamble ? R_OK : X_OK) == 0 {
             app.hooks.insert(hook)

@@ -20,8 +20,7 @@ public enum JobID {
 
     /// A new identifier, greater than every one this process made before.
     public static func make() -> String {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
+        let ts = Posix.wallClock()
         let now = UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
         let (millis, high, low) = state.withLock { s -> (UInt64, UInt16, UInt64) in
             if now > s.lastMillis {
@@ -67,8 +66,7 @@ public enum JobID {
 public enum Timestamp {
     /// The current time, formatted.
     public static func now() -> String {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
+        let ts = Posix.wallClock()
         return format(seconds: Int(ts.tv_sec), millis: Int(ts.tv_nsec) / 1_000_000)
     }
 

@@ -104,6 +104,7 @@ public struct Control {
                 defer { Posix.unlink(claim) }
                 try EventLog(site: site).appendRemoval(id: listing.id, from: loaded.record.state, actor: actor)
                 if keepFiles {
+                    // Best effort: the job is removed from every index already; these renames only mark it.
                     _ = rename(loaded.directory + "/job.json", loaded.directory + "/job.json.removed")
                     _ = rename(loaded.directory + "/state", loaded.directory + "/state.removed")
                 } else {
@@ -182,6 +183,7 @@ public struct Control {
         do {
             try Posix.replaceFile(spec, job.fileBytes(), sync: true)
         } catch {
+            // Hand the entry back; if even that fails, the next watcher pass repairs it from tmp/ (recovery).
             _ = rename(claim, entry)
             throw error
         }

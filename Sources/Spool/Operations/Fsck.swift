@@ -66,8 +66,7 @@ public struct Fsck {
             }
         }
         guard let st = try? Posix.lstatIfExists(path) else { return false }
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
+        let now = Posix.wallClock()
         return now.tv_sec - st.st_mtim.tv_sec > 120
     }
 

@@ -115,6 +115,7 @@ public struct Ingest {
         }
         var jobBytes = Array(line.jobJSON)
         jobBytes.append(0x0A)
+        // mkdir(2) is the test of whether the workdir is free: EEXIST is an answer (resume or conflict).
         if mkdir(dir, 0o755) != 0 {
             let err = errno
             guard err == EEXIST else { throw .system("create job directory", path: dir, errno: err) }
@@ -205,8 +206,7 @@ public struct Ingest {
 
     /// Whether the directory or its job.json changed within the last `settleSeconds`.
     private func isYoung(_ path: String) -> Bool {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
+        let now = Posix.wallClock()
         let times = [path, path + "/job.json"].compactMap { try? Posix.lstatIfExists($0) }.map {
             Double($0.st_mtim.tv_sec) + Double($0.st_mtim.tv_nsec) / 1e9
         }

@@ -59,6 +59,7 @@ public struct Submission {
         }
         let path = site.jobDirectory(workdir)
         var st = stat()
+        // lstat(2) asks whether the workdir is free: ENOENT is the answer wanted, ENOTDIR is handled below.
         if lstat(path, &st) == 0 {
             throw SpoolError(.cannotCreate, "workdir '\(workdir)' already exists", path: path)
         }
@@ -166,7 +167,7 @@ public struct Submission {
                 [Event(time: job.created, jobID: job.id, from: .created, to: state, actor: actor)], sync: true)
         } catch {
             // Undo the publication so a failed submit leaves no job behind.
-            unlink(index.entryPath(state, job.id))
+            Posix.unlink(index.entryPath(state, job.id))
             if rename(target, directory) != 0 { Posix.removeTree(target) }
             throw error
         }
@@ -216,7 +217,7 @@ public struct Submission {
             try Posix.createFile(dir + "/state", record.fileBytes(), sync: true)
             try publish(dir, job: job, state: state)
         } catch {
-            unlink(dir + "/state")
+            Posix.unlink(dir + "/state")
             try? Posix.replaceFile(specPath, original, sync: true)
             throw error
         }
@@ -295,14 +296,14 @@ public struct Submission {
             try Posix.createFile(staging, batch.fileBytes(), sync: true)
             try Posix.renameNoReplace(staging, site.acceptedPath + "/" + name)
         } catch {
-            unlink(staging)
+            Posix.unlink(staging)
             throw error
         }
         do {
             try Posix.fsyncDirectory(site.acceptedPath)
             try index.appendToHostFile(directory: site.eventsPath, suffix: ".jsonl", events, sync: true)
         } catch {
-            unlink(site.acceptedPath + "/" + name)
+            Posix.unlink(site.acceptedPath + "/" + name)
             throw error
         }
         result.accepted = jobs.map { (job: $0.0, state: $0.1) }

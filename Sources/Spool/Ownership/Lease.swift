@@ -53,8 +53,7 @@ public struct Lease: Sendable, Equatable {
     /// Seconds since the last heartbeat (infinity if the lease has no holder file).
     public func age() -> Double {
         guard let st = try? Posix.lstatIfExists(path + "/" + Lease.holderFile) else { return .infinity }
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
+        let now = Posix.wallClock()
         return Double(now.tv_sec - st.st_mtim.tv_sec) + Double(now.tv_nsec - st.st_mtim.tv_nsec) / 1e9
     }
 
@@ -89,12 +88,14 @@ public struct Lease: Sendable, Equatable {
     /// Claims a runnable job: renames its entry from `jobs/STATE/ID` into the lease. False if another launcher
     /// (or the watcher) took it first.
     public func claim(_ id: String, from state: JobState, site: Site) -> Bool {
+        // rename(2) is the claim: its failure (ENOENT: someone else took the job) is the answer.
         rename(SiteIndex(site: site).entryPath(state, id), path + "/" + id) == 0
     }
 
     /// Removes an emptied lease.
     public func remove() {
         Posix.unlink(path + "/" + Lease.holderFile)
+        // ENOTEMPTY: a job was handed in meanwhile; the lease stays for the watcher's reaper.
         rmdir(path)
     }
 }

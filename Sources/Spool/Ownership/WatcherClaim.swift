@@ -50,12 +50,11 @@ public struct WatcherClaim: Sendable {
     public func isAlive(_ holder: Holder) -> Bool {
         if holder.host == me.host {
             if let start = holder.start { return Posix.isRunning(holder.pid, startedAt: start) }
+            // kill(2) with signal 0 asks whether the pid exists: its failure (ESRCH) is the answer.
             return kill(holder.pid, 0) == 0 || errno == EPERM
         }
         guard let st = try? Posix.lstatIfExists(path) else { return false }
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        return Double(now.tv_sec - st.st_mtim.tv_sec) < expirySeconds
+        return Double(Posix.wallClock().tv_sec - st.st_mtim.tv_sec) < expirySeconds
     }
 
     /// Takes the claim, or throws `.unavailable` naming the watcher that holds it.
@@ -69,6 +68,7 @@ public struct WatcherClaim: Sendable {
         try Posix.createFile(staging, bytes, sync: true, exclusive: false)
         defer { Posix.unlink(staging) }
         for _ in 0..<5 {
+            // link(2) is the compare-and-swap: EEXIST (someone holds the claim) is an answer, handled below.
             if link(staging, path) == 0 { return }
             guard errno == EEXIST else { throw .system("claim the site", path: path, errno: errno) }
             guard let current = holder() else {
@@ -99,6 +99,7 @@ public struct WatcherClaim: Sendable {
                 start: o["start"]?.intValue.map { UInt64($0) })
         }
         if movedHolder != expected, let movedHolder, isAlive(movedHolder) {
+            // Put the live holder's claim back; if a third watcher took the name meanwhile, it holds the site.
             _ = link(aside, path)
             throw SpoolError(.unavailable, "the site is already watched by \(movedHolder)", path: path)
         }

@@ -33,6 +33,7 @@ public struct SiteIndex: Sendable {
     /// Makes an entry for the job in `workdir` at `path`, which must be two levels below the site root.
     func makeEntry(at path: String, workdir: String) throws(SpoolError) {
         let spec = site.jobDirectory(workdir) + "/job.json"
+        // link(2), else symlink(2) where hard links are not allowed: the errno picks the fallback.
         if link(spec, path) == 0 { return }
         let err = errno
         if err == EXDEV || err == EPERM || err == EMLINK {
@@ -52,7 +53,7 @@ public struct SiteIndex: Sendable {
         guard let fd = try? Posix.open(path, O_RDONLY) else { return nil }
         defer { Posix.close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0, st.st_size <= Job.Limits.fileBytes,
+        guard (try? Posix.call("stat", path: path) { fstat(fd, &st) }) != nil, st.st_size <= Job.Limits.fileBytes,
             let bytes = try? Posix.readToEnd(
                 fd, path: path, limit: Job.Limits.fileBytes, sizeHint: Int(st.st_size) + 1),
             let job = try? Job(bytes: bytes)
@@ -71,9 +72,9 @@ public struct SiteIndex: Sendable {
 
     /// Whether an entry is the current `job.json` of the job in `workdir` (the same file, or a symlink to it).
     func entryIsCurrent(_ path: String, workdir: String) -> Bool {
-        var entry = stat()
-        var spec = stat()
-        guard stat(path, &entry) == 0, stat(site.jobDirectory(workdir) + "/job.json", &spec) == 0 else { return false }
+        guard let entry = try? Posix.statIfExists(path),
+            let spec = try? Posix.statIfExists(site.jobDirectory(workdir) + "/job.json")
+        else { return false }
         return entry.st_dev == spec.st_dev && entry.st_ino == spec.st_ino
     }
 
@@ -219,7 +220,9 @@ public struct SiteIndex: Sendable {
         let fd = try Posix.open(path, O_RDONLY)
         defer { Posix.close(fd) }
         var buffer = [UInt8](repeating: 0, count: 4096)
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        let n = try Posix.call("read", path: path) {
+            buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        }
         guard n > 0, let newline = buffer[0..<n].firstIndex(of: 0x0A) else {
             throw SpoolError(.invalidInput, "malformed batch header", path: path)
         }
@@ -436,6 +439,7 @@ final class AppendFiles: @unchecked Sendable {
                 let now = Int(time(nil))
                 if now == checked { return .success(fd) }
                 var st = stat()
+                // A failed fstat is treated like a removed file: the descriptor is reopened below.
                 if fstat(fd, &st) == 0, st.st_nlink > 0 {
                     files[path] = (fd, now)
                     return .success(fd)

@@ -22,10 +22,11 @@ package final class ChangeMonitor: @unchecked Sendable {
     /// Watches `directories` (with `inotify` false, only `wake()` and timeouts end a wait).
     package init(directories: [String], inotify: Bool) throws(SpoolError) {
         var pipeFDs: [Int32] = [0, 0]
-        if pipe(&pipeFDs) != 0 { throw .system("create a pipe", path: directories.first ?? "", errno: errno) }
+        try Posix.call("create a pipe", path: directories.first ?? "") { pipe(&pipeFDs) }
         for fd in pipeFDs {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            let flags = try Posix.call("set up a pipe", path: directories.first ?? "") { fcntl(fd, F_GETFL) }
+            try Posix.call("set up a pipe", path: directories.first ?? "") { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+            try Posix.call("set up a pipe", path: directories.first ?? "") { fcntl(fd, F_SETFD, FD_CLOEXEC) }
         }
         wakeFD = pipeFDs[0]
         wakeWriteFD = pipeFDs[1]
@@ -60,15 +61,19 @@ package final class ChangeMonitor: @unchecked Sendable {
     /// Makes a pending or future `wait` return now (async-signal-safe: one write).
     package func wake() {
         var one: UInt8 = 1
+        // Direct: Posix.call allocates nothing but may throw, and this runs in signal handlers. A full pipe
+        // (EAGAIN) means a wake is already pending, which is all a wake needs.
         _ = write(wakeWriteFD, &one, 1)
     }
 
     private func drain() {
         var bytes = [UInt8](repeating: 0, count: 64)
+        // Non-blocking reads until EAGAIN: the end of what is pending is the expected way out, not an error.
         while read(wakeFD, &bytes, bytes.count) > 0 {}
         guard inotifyFD >= 0 else { return }
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
+            // EAGAIN ends the drain; any other failure too: inotify is a hint, and the rescan timer covers it.
             let n = buffer.withUnsafeMutableBytes { read(inotifyFD, $0.baseAddress, $0.count) }
             if n <= 0 { return }
             var offset = 0

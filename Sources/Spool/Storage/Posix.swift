@@ -278,9 +278,18 @@ public enum Posix {
         return path == "." ? cwd : cwd + "/" + path
     }
 
+    /// The time of day (CLOCK_REALTIME): for timestamps and file ages, never for intervals.
+    package static func wallClock() -> timespec {
+        var ts = timespec()
+        // clock_gettime(2) fails only for an unknown clock or a bad pointer, neither possible here.
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return ts
+    }
+
     /// Seconds on CLOCK_MONOTONIC: for deadlines and intervals, never for timestamps.
     package static func monotonicSeconds() -> Double {
         var ts = timespec()
+        // Cannot fail: CLOCK_MONOTONIC always exists and the pointer is ours.
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
@@ -347,6 +356,7 @@ extension Posix {
     }
 
     /// Reaps `pid` if it has ended, without waiting: its wait status, or nil while it runs (or is not our child).
+    @discardableResult
     package static func reap(_ pid: Int32) -> Int32? {
         var status: Int32 = 0
         while true {
