@@ -97,6 +97,16 @@ public final class BatchService {
 
     private func outputPath(_ name: String) -> String { store.scriptsPath + "/" + name + ".out" }
 
+    /// `; its output (PATH) ends: LINE | LINE ...` for a batch job that failed: the reason is usually there (an
+    /// mpirun that refuses to run as root, a module that does not load), and the message is all `balsam queue ls`
+    /// shows. Empty when the scheduler kept no output.
+    private func outputTail(_ name: String) -> String {
+        let path = outputPath(name)
+        let tail = Posix.tail(path, lines: 5).split(separator: "\n")
+        guard !tail.isEmpty else { return "" }
+        return "; its output (\(path)) ends: " + tail.joined(separator: " | ")
+    }
+
     /// One record's round.
     private func follow(_ job: inout BatchJob, listing: [SchedulerStatus]?) {
         let name = job.schedulerName(site: site)
@@ -223,7 +233,9 @@ public final class BatchService {
             case .completed: message = "completed" + code
             case .cancelled: message = deleting ? "cancelled (balsam queue rm)" : "cancelled through the scheduler"
             case .failed:
-                message = "failed: \(status.rawState)" + code + (status.reason.map { ", \($0)" } ?? "")
+                message =
+                    "failed: \(status.rawState)" + code + (status.reason.map { ", \($0)" } ?? "")
+                    + outputTail(name)
             case .timedOut: message = "timed out at its wall time of \(job.wallTimeMinutes) min"
             case .lost: message = "lost"
             }

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import Spool
 
@@ -374,7 +375,7 @@ public final class Engine {
             switch try parentState(parent) {
             case .jobFinished?: continue
             case .failed?:
-                try move(loaded, to: .failed, reason: "parent \(parent) ended FAILED")
+                try move(loaded, to: .failed, reason: Engine.dependencyFailure(parent: parent, site: site))
                 return
             case nil:
                 try move(loaded, to: .failed, reason: "parent \(parent) no longer exists")
@@ -384,6 +385,23 @@ public final class Engine {
             }
         }
         if !waiting { try move(loaded, to: .ready, reason: "all parents finished") }
+    }
+
+    /// Why a job fails with its parent: the job that failed first (id, workdir, its own reason), so a user with a
+    /// deep DAG finds the cause in one look, and the parent it came through.
+    /// `parent P (workdir W) ended FAILED: REASON` when P failed on its own;
+    /// `ancestor A (workdir V) ended FAILED: REASON (through parent P)` when P failed because of A.
+    static func dependencyFailure(parent: String, site: Site) -> String {
+        guard let listing = try? Query(site: site).find(parent) else { return "parent \(parent) ended FAILED" }
+        let own = listing.record?.reason ?? ""
+        let inherited = ["parent ", "ancestor "].first { own.hasPrefix($0) }
+        guard let inherited else {
+            let reason = own.isEmpty ? "" : ": " + String(own.prefix(300))
+            return "parent \(parent) (workdir \(listing.workdir)) ended FAILED\(reason)"
+        }
+        var root = own.dropFirst(inherited.count)
+        if let through = root.range(of: " (through parent ", options: .backwards) { root = root[..<through.lowerBound] }
+        return "ancestor \(root) (through parent \(parent))"
     }
 
     /// A parent's state: active, accepted (not made yet: READY or waiting), or ended. nil: it does not exist.

@@ -100,6 +100,23 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         #expect(watcher.terminate() == 0)
     }
 
+    @Test func aBatchJobThatFailsAtOnceShowsTheEndOfItsOutput() throws {
+        let site = try makeSite("local", app: "echo hi")
+        try "#!/bin/bash\necho 'loading modules'\necho 'mpirun has detected an attempt to run as root' >&2\nexit 1\n"
+            .write(toFile: site.root + "/job-template.sh", atomically: false, encoding: .utf8)
+        #expect(try queueSubmit(site, ["-n", "1", "-t", "5"]).status == 0)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
+        try waitUntil("the batch job ends", timeout: 60) { batchJob(site, 1)?.state == .finished }
+        let job = try #require(batchJob(site, 1))
+        let message = job.message ?? ""
+        #expect(job.outcome == .failed && message.contains("exit code 1"), "\(message)")
+        #expect(message.contains("attempt to run as root") && message.contains("loading modules"), "\(message)")
+        #expect(message.contains(site.root + "/batchjobs/scripts/"), "names the output file: \(message)")
+        let listing = try balsam(["queue", "ls", "--history"], site: site.root)
+        #expect(listing.stdout.contains("attempt to run as root"), "\(listing.stdout)")
+        #expect(watcher.terminate() == 0)
+    }
+
     @Test func submissionsOutsideTheSitesPolicyAreRefusedAndNothingIsMade() throws {
         let site = try makeSite("local")
         let cases: [([String], Int32, String)] = [

@@ -137,6 +137,7 @@ struct Fixture {
         let child = try f.submit("child", parents: [good])
         let orphan = try f.submit("orphan", parents: [good, bad])
         let grandchild = try f.submit("grandchild", parents: [orphan])
+        let greatGrandchild = try f.submit("great", parents: [grandchild])
         await f.pass()
         #expect(try f.state(child) == .awaitingParents && f.state(grandchild) == .awaitingParents)
         try f.run(good, ending: .runDone)
@@ -144,9 +145,17 @@ struct Fixture {
         await f.pass()
         #expect(try f.state(good) == .jobFinished && f.state(bad) == .failed)
         #expect(try f.state(child) == .preprocessed)
-        #expect(try f.state(orphan) == .failed && f.record(orphan).reason == "parent \(bad) ended FAILED")
-        #expect(try f.state(grandchild) == .failed)
-        #expect(try f.record(grandchild).reason == "parent \(orphan) ended FAILED")
+        let badReason = try #require(try f.record(bad).reason)
+        #expect(badReason.contains("return code 2"))
+        #expect(try f.state(orphan) == .failed)
+        #expect(try f.record(orphan).reason == "parent \(bad) (workdir bad) ended FAILED: \(badReason)")
+        // Every descendant names the job that failed first, with its workdir and reason.
+        for (id, through) in [(grandchild, orphan), (greatGrandchild, grandchild)] {
+            #expect(try f.state(id) == .failed)
+            #expect(
+                try f.record(id).reason
+                    == "ancestor \(bad) (workdir bad) ended FAILED: \(badReason) (through parent \(through))")
+        }
     }
 
     @Test func hooksSeeTheJobAndMayChooseTheStateAndUpdateData() async throws {
