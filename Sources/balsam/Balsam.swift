@@ -14,7 +14,8 @@ struct Balsam: ParsableCommand {
         abstract: "Manage a Balsam site: its jobs and apps.",
         discussion: """
             Subcommands not listed here run the program balsam-NAME (as git does): 'balsam submit ...' runs \
-            balsam-submit. See balsam(1) and balsam-spool(5).
+            balsam-submit. The original Balsam's spellings work too: balsam site init|start|stop, balsam job \
+            create|ls|rm|modify, balsam app ls, balsam queue submit|ls. See balsam(1) and balsam-spool(5).
             """,
         subcommands: [
             Init.self, List.self, Show.self, Kill.self, Retry.self, Remove.self, Modify.self, AppCommand.self,
@@ -22,29 +23,43 @@ struct Balsam: ParsableCommand {
         ])
 
     static func main() {
-        dispatchExternal()
+        var arguments = Array(CommandLine.arguments.dropFirst())
         do {
-            var command = try parseAsRoot()
+            switch try OriginalSpellings.translate(arguments) {
+            case .builtin(let translated)?: arguments = translated
+            case .program(let name, let translated)?: execute(name, translated)
+            case nil: break
+            }
+        } catch {
+            printError("balsam: \(error)")
+            Glibc.exit(ExitStatus.usage)
+        }
+        dispatchExternal(arguments)
+        do {
+            var command = try parseAsRoot(arguments)
             try command.run()
         } catch {
             exit(withError: error)
         }
     }
 
-    /// `balsam NAME ARGS...` for a NAME that is not built in: exec `balsam-NAME` from this program's
-    /// directory, else from PATH.
-    static func dispatchExternal() {
-        let args = CommandLine.arguments
-        guard args.count > 1, !args[1].hasPrefix("-") else { return }
+    /// `balsam NAME ARGS...` for a NAME that is not built in: exec `balsam-NAME`.
+    static func dispatchExternal(_ arguments: [String]) {
+        guard let first = arguments.first, !first.hasPrefix("-") else { return }
         let builtIn = configuration.subcommands.map { $0._commandName } + ["help"]
-        if builtIn.contains(args[1]) { return }
-        let name = "balsam-" + args[1]
+        if builtIn.contains(first) { return }
+        execute("balsam-" + first, Array(arguments.dropFirst()))
+    }
+
+    /// Replaces this process with `name` (from this program's directory, else from PATH); exits 64 if there is
+    /// no such program.
+    static func execute(_ name: String, _ arguments: [String]) -> Never {
         var candidates: [String] = []
         if let exe = Posix.executablePath() { candidates.append(Posix.parentPath(exe) + "/" + name) }
         candidates.append(name)
-        let argv = [name] + args.dropFirst(2)
-        var cArgs = argv.map { strdup($0) }
+        var cArgs = ([name] + arguments).map { strdup($0) }
         cArgs.append(nil)
+        // execv(2) returns only on failure; the next candidate, then the message below, is the answer to it.
         for candidate in candidates {
             if candidate.contains("/") {
                 if access(candidate, X_OK) == 0 { execv(candidate, &cArgs) }
@@ -52,8 +67,9 @@ struct Balsam: ParsableCommand {
                 execvp(candidate, &cArgs)
             }
         }
+        let command = name.hasPrefix("balsam-") ? String(name.dropFirst(7)) : name
         printError(
-            "balsam: '\(args[1])' is not a balsam command and no \(name) program was found (see 'balsam --help')")
+            "balsam: '\(command)' is not a balsam command and no \(name) program was found (see 'balsam --help')")
         Glibc.exit(ExitStatus.usage)
     }
 }

@@ -54,7 +54,7 @@ struct QueueSubmit: ParsableCommand {
     var tag: [String] = []
 
     @Option(
-        name: .customShort("x"),
+        name: [.customShort("x"), .customLong("extra-param")],
         help: ArgumentHelp("An optional parameter of the site's job template (repeatable).", valueName: "key=value"))
     var parameters: [String] = []
 

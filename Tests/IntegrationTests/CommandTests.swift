@@ -175,6 +175,44 @@ import Testing
         #expect(entries(fs.path).isEmpty, "left behind: \(entries(fs.path))")
     }
 
+    @Test func theOriginalBalsamSpellingsWork() throws {
+        let other = dir.path + "/original"
+        let initialized = try balsam(["site", "init", other, "-n", "orig"])
+        #expect(initialized.status == 0 && initialized.stdout == other + "\n", "\(initialized.stderr)")
+        #expect(try Site.open(other).name == "orig")
+        let created = try balsam(
+            [
+                "job", "create", "-w", "o/1", "-a", "hello", "-p", "name=x", "--tag", "exp=a", "-n", "1", "-rpn", "2",
+                "-lp", "cpu-bind=none", "-t", "5", "-y",
+            ], site: site)
+        #expect(created.status == 0, "\(created.stderr)")
+        let id = created.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let child = try balsam(["job", "create", "-w", "o/2", "-a", "hello", "-p", "name=y", "-pid", id], site: site)
+        #expect(child.status == 0, "\(child.stderr)")
+        let listed = try balsam(["job", "ls", "-t", "exp=a", "-v"], site: site)
+        let job = try #require(try JSONValue.parse(listed.stdout).objectValue, "\(listed.stderr)")
+        #expect(job["id"] == .string(id) && job["ranks_per_node"] == .int(2))
+        #expect(job["launch_params"]?.objectValue?["cpu-bind"] == .string("none"))
+        #expect(try balsam(["job", "ls", "-ns", "READY", "-t", "exp=a"], site: site).stdout.contains(id) == false)
+        let killed = try balsam(["job", "modify", "-i", id, "-s", "FAILED"], site: site)
+        #expect(killed.status == 0, "\(killed.stderr)")
+        #expect(try balsam(["show", id, "--json"], site: site).stdout.contains("\"state\":\"FAILED\""))
+        let retried = try balsam(["job", "modify", "-t", "exp=a", "-s", "READY"], site: site)
+        #expect(retried.status == 0, "\(retried.stderr)")
+        let odd = try balsam(["job", "modify", "-i", id, "-s", "RUNNING"], site: site)
+        #expect(odd.status == 64 && odd.stderr.contains("balsam retry"), "\(odd.stderr)")
+        let removed = try balsam(["job", "rm", "-i", id, "-y"], site: site)
+        #expect(removed.status == 0, "\(removed.stderr)")
+        #expect(try balsam(["show", id], site: site).status == 66)
+        #expect(try balsam(["app", "ls", "-v"], site: site).stdout.contains("\"name\":\"hello\""))
+        let queued = try balsam(["queue", "submit", "-n", "1", "-t", "5", "-j", "mpi", "-A", "local"], site: site)
+        #expect(queued.status == 0, "\(queued.stderr)")
+        #expect(try balsam(["queue", "ls", "-h"], site: site).stdout.contains("pending_submission"))
+        let staged = try balsam(["job", "create", "-w", "o/3", "-a", "hello", "-s", "in=x:/y"], site: site)
+        #expect(staged.status == 64 && staged.stderr.contains("not supported"), "\(staged.stderr)")
+        #expect(try balsam(["job", "frob"], site: site).status == 64)
+    }
+
     @Test func appCommands() throws {
         let c = try balsam(
             [
