@@ -35,6 +35,7 @@ public struct LocalScheduler: Scheduler {
         defer { Posix.close(fd) }
         var environment = command.environment
         environment["BALSAM_BATCH_JOB_NAME"] = name
+        // Posix.spawn, not ChildProcess: a batch job outlives this call and is followed through its pid file.
         let pid = try Posix.spawn(
             "/bin/bash",
             arguments: ["-c", wrapper, "balsam-local-batch", script, "\(job.wallTimeMinutes * 60)s", base],
