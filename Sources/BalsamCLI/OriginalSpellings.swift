@@ -29,6 +29,14 @@ public enum OriginalSpellings {
 
     /// The translation of `arguments` (without the program name), or nil when they are not an original spelling.
     public static func translate(_ arguments: [String]) throws(SpoolError) -> Translation? {
+        let verbs = ["site": "init, start or stop", "job": "create, ls, rm or modify"]
+        if let group = arguments.first, let named = verbs[group],
+            arguments.count == 1 || arguments[1].hasPrefix("-")
+                || !["init", "start", "stop", "create", "ls", "rm", "modify"].contains(arguments[1])
+        {
+            let given = arguments.count > 1 ? "'\(arguments[1])' is not one of them; " : ""
+            throw SpoolError(.usage, "\(group): \(given)give a command: \(named) (see balsam(1))")
+        }
         guard arguments.count >= 2 else { return nil }
         let rest = Array(arguments.dropFirst(2))
         switch (arguments[0], arguments[1]) {
@@ -72,9 +80,9 @@ public enum OriginalSpellings {
                         ])))
         case ("job", "modify"):
             return .builtin(try modify(rest))
-        case ("job", let verb):
+        case ("job", _), ("site", _):
             throw SpoolError(
-                .usage, "'balsam job \(verb)' is not a command; the job commands are create, ls, rm and modify")
+                .usage, "\(arguments[0]): '\(arguments[1])' is not one of its commands (see balsam(1))")
         case ("app", "ls"):
             return .builtin(
                 ["app", "ls"]
@@ -120,7 +128,7 @@ public enum OriginalSpellings {
             let value = i + 1 < arguments.count ? arguments[i + 1] : nil
             switch word {
             case "-i", "--id", "-t", "--tag", "-s", "--state":
-                guard let value else { throw SpoolError(.usage, "balsam job modify: \(word) needs a value") }
+                guard let value else { throw SpoolError(.usage, "job modify: \(word) needs a value") }
                 if word == "-s" || word == "--state" {
                     state = value
                 } else {
@@ -134,7 +142,7 @@ public enum OriginalSpellings {
                 i += 1
             }
         }
-        guard let state else { throw SpoolError(.usage, "balsam job modify: -s/--state STATE is required") }
+        guard let state else { throw SpoolError(.usage, "job modify: -s/--state STATE is required") }
         switch state.uppercased() {
         case "READY", "PREPROCESSED": return ["retry"] + selection
         case "RESTART_READY": return ["retry", "--restart"] + selection
@@ -142,7 +150,7 @@ public enum OriginalSpellings {
         default:
             throw SpoolError(
                 .usage,
-                "balsam job modify: jobs move to \(state) only through their lifecycle here; "
+                "job modify: jobs move to \(state) only through their lifecycle here; "
                     + "-s READY or RESTART_READY runs them again (balsam retry), -s FAILED ends them (balsam kill), "
                     + "and balsam modify changes their fields")
         }
@@ -174,12 +182,12 @@ public enum OriginalSpellings {
                 i += takesValue ? 2 : 1
             case .positional:
                 guard let value = inline ?? (takesValue ? arguments[i + 1] : nil) else {
-                    throw SpoolError(.usage, "balsam \(command): \(word) needs a value")
+                    throw SpoolError(.usage, "\(command): \(word) needs a value")
                 }
                 out.append(value)
                 i += inline == nil ? 2 : 1
             case .refuse(let instead):
-                throw SpoolError(.usage, "balsam \(command): \(word) is not supported here: \(instead)")
+                throw SpoolError(.usage, "\(command): \(word) is not supported here: \(instead)")
             }
         }
         return out
