@@ -63,6 +63,11 @@ func control(
         if jobs.isEmpty { throw SpoolError(.notFound, "no job matches") }
         let outcomes = try action(control, jobs)
         print(outcomes.map(\.description).joined(separator: "\n"))
+        // Exit status by the gravest outcome: a failure for good (bad values 65, I/O 74) before "try again" (75).
+        let failed = outcomes.filter { $0.kind == .failed }
+        if let first = failed.first {
+            throw SpoolError(first.code ?? .io, "\(failed.count) of \(outcomes.count) jobs could not be changed")
+        }
         let notNow = outcomes.filter { $0.kind == .notNow }.count
         if notNow > 0 { throw SpoolError(.conflict, "\(notNow) of \(outcomes.count) jobs could not be changed now") }
     }

@@ -23,6 +23,48 @@ import Testing
 
     func state(_ id: String) throws -> JobState { try Query(site: site).find(id).state }
 
+    /// Starts `balsam` with `args` without waiting (so several run at once); `wait()` gives the status.
+    func start(_ args: [String]) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binDirectory + "/balsam")
+        process.arguments = args
+        process.environment = ["BALSAM_SITE": site.root, "PATH": "/usr/bin:/bin"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    /// Two commands on the same ended jobs at once: each job is changed by one of them, legally, never twice.
+    @Test(arguments: [["retry", "--all"], ["rm", "--all"]])
+    func concurrentControlsOnEndedJobsTakeEachJobOnce(second: [String]) throws {
+        var submission = Submission(site: site)
+        let lines = (0..<150).map { #"{"app":"hello","workdir":"c/\#($0)","parameters":{"name":"x"}}"# }
+        let ids = try submission.accept(Array(lines.joined(separator: "\n").utf8)).accepted.map(\.job.id)
+        #expect(try balsam(["kill", "--all"], site: site.root).status == 0)
+        let first = try start(["retry", "--all"])
+        let other = try start(second)
+        first.waitUntilExit()
+        other.waitUntilExit()
+        for (i, id) in ids.enumerated() {
+            let listing = try? Query(site: site).find(id)
+            guard let listing else {
+                // Removed: gone from the listing and from disk.
+                #expect(second == ["rm", "--all"])
+                #expect(!FileManager.default.fileExists(atPath: site.jobDirectory("c/\(i)")))
+                continue
+            }
+            let history = try #require(listing.record?.history.map(\.state))
+            #expect(history.filter { $0 == .ready }.count == 2, "\(id): \(history)")  // submitted, retried once
+            #expect(listing.state == .ready)
+            #expect(FileManager.default.fileExists(atPath: site.jobDirectory(listing.workdir) + "/state"))
+        }
+        #expect(try Fsck(site: site).run(repair: false).problems.isEmpty)
+        #expect(
+            try balsam(["ls", "--json"], site: site.root).stdout.split(separator: "\n").count
+                == (try Query(site: site).countByState().values.reduce(0, +)))
+    }
+
     @Test func killRetryAndTheirReports() throws {
         let a = try submit("a", tags: ["grp": "x"])
         let b = try submit("b", tags: ["grp": "x"])
@@ -84,9 +126,9 @@ import Testing
         #expect(job.numNodes == 4)
         #expect(try Fsck(site: site).run(repair: false).problems.isEmpty, "the entry follows the new job.json")
         let bad = try balsam(["modify", id, "--set-param", "bogus=1"], site: site.root)
-        #expect(bad.status == 75 && bad.stdout.contains("no parameter 'bogus'"))
+        #expect(bad.status == 65 && bad.stdout.contains("no parameter 'bogus'"), "bad data, not 'try again'")
         let zero = try balsam(["modify", id, "--num-nodes", "0"], site: site.root)
-        #expect(zero.stdout.contains("'num_nodes' must be between 1"))
+        #expect(zero.status == 65 && zero.stdout.contains("'num_nodes' must be between 1"))
         #expect(try Query(site: site).find(id).job?.numNodes == 4)
     }
 

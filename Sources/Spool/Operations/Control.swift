@@ -30,12 +30,24 @@ public struct Control {
             case unchanged
             /// Could not be done now (the job is held by a launcher, or kept changing): try again.
             case notNow = "not now"
+            /// Refused or failed for good: bad values (`code` .invalidInput), a full disk (.io), ...
+            case failed
         }
 
         public var id: String
         public var kind: Kind
         public var message: String
+        /// Why it failed, when `kind` is `.failed`.
+        public var code: SpoolError.Code?
         public var description: String { "\(id) \(kind.rawValue): \(message)" }
+
+        /// An outcome of `kind`.
+        public init(id: String, kind: Kind, message: String, code: SpoolError.Code? = nil) {
+            self.id = id
+            self.kind = kind
+            self.message = message
+            self.code = code
+        }
     }
 
     /// Jobs matching `filter`, after making the directories of accepted bulk submissions (so every job can be
@@ -95,11 +107,16 @@ public struct Control {
                         id: listing.id, kind: .notNow,
                         message: "\(loaded.record.state.rawValue) under a launcher; kill it first, then remove it")
                 }
-                let claim = site.claimPath(listing.id)
+                // Claimed as every move claims it: an active entry renamed into tmp/, an ended job through the
+                // shared claim of ended jobs (so a retry at the same moment cannot revive what is being removed).
+                let claim: String
                 if let entry = loaded.entry {
+                    claim = site.claimPath(listing.id)
                     do { try Posix.renameNoReplace(entry, claim) } catch {
                         throw SpoolError(.conflict, "changed while being removed")
                     }
+                } else {
+                    claim = try JobStore(site: site, actor: actor).claimEnded(loaded)
                 }
                 defer { Posix.unlink(claim) }
                 try EventLog(site: site).appendRemoval(id: listing.id, from: loaded.record.state, actor: actor)
@@ -155,7 +172,7 @@ public struct Control {
             } catch  where error.code == .conflict {
                 lastError = error
             } catch {
-                return Outcome(id: listing.id, kind: .notNow, message: error.description)
+                return Outcome(id: listing.id, kind: .failed, message: error.description, code: error.code)
             }
         }
         return Outcome(id: listing.id, kind: .notNow, message: lastError?.message ?? "kept changing")

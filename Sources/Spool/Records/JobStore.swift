@@ -132,14 +132,12 @@ public struct JobStore: Sendable {
         let held: String
         if leaseHeld, let source, Lease.movingClaim(for: source) != nil {
             held = source
+        } else if source == nil {
+            held = try claimEnded(loaded)
         } else {
             held = source.flatMap(Lease.movingClaim(for:)) ?? site.claimPath(id)
             do {
-                if let source {
-                    try Posix.renameNoReplace(source, held)
-                } else {
-                    try index.makeEntry(at: held, workdir: job.workdir)
-                }
+                if let source { try Posix.renameNoReplace(source, held) }
             } catch {
                 if error.cause == ENOENT || error.cause == EEXIST {
                     throw SpoolError(
@@ -182,6 +180,34 @@ public struct JobStore: Sendable {
         }
         record.fileEndsWithNewline = true
         return Loaded(job: job, record: record, directory: dir, entry: entry)
+    }
+
+    /// Claims a job that has ended (it has no entry to rename): an entry is made under this process's own name,
+    /// then renamed, without replacing, to `tmp/ID.moving`, the one name every writer of an ended job uses; of
+    /// two at once (two `balsam retry`, a `retry` beside an `rm`), one gets it and the other gets a conflict. The
+    /// state file is then read again: if the job moved since `loaded` was read (a retry that finished in between),
+    /// the claim is given back and the caller gets a conflict. Returns the claim's path; `release` (or the move's
+    /// publishing rename) ends it. A claim left by a crash is finished by recovery from the state file.
+    public func claimEnded(_ loaded: Loaded) throws(SpoolError) -> String {
+        let id = loaded.job.id
+        let mine = site.claimPath(id)
+        let shared = site.tmpPath + "/" + id + ".moving"
+        try index.makeEntry(at: mine, workdir: loaded.job.workdir)
+        do { try Posix.renameNoReplace(mine, shared) } catch {
+            Posix.unlink(mine)
+            if error.cause == EEXIST {
+                throw SpoolError(.conflict, "job \(id) is being changed by another command; try again")
+            }
+            throw error
+        }
+        let current = try? Query(site: site).readRecord(workdir: loaded.job.workdir)
+        guard let current, current.state.isFinal, current.state == loaded.record.state,
+            current.history.count == loaded.record.history.count
+        else {
+            Posix.unlink(shared)
+            throw SpoolError(.conflict, "job \(id) changed while \(actor) was moving it")
+        }
+        return shared
     }
 
     /// Fails a job whose files cannot be used (a state file edited into nonsense, say): its entry leaves the
