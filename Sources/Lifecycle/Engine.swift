@@ -435,12 +435,19 @@ public final class Engine {
                 guard let cPath = matches.gl_pathv[i] else { continue }
                 let path = String(cString: cPath)
                 guard let real = realPath(path), real.hasPrefix(root + "/"),
+                    !Engine.spoolFiles.contains(String(real.dropFirst(root.count + 1))),
                     let st = try? Posix.lstatIfExists(path), (st.st_mode & S_IFMT) == S_IFREG
                 else { continue }
                 Posix.unlink(path)
             }
         }
     }
+
+    /// The files of a job directory that belong to the spool, never cleanup targets whatever the globs say:
+    /// without them the job could not be listed, shown or checked.
+    static let spoolFiles: Set<String> = [
+        "job.json", "state", "job.out", HookRunner.logName, HookRunner.resultName, "state.broken",
+    ]
 
     private func realPath(_ path: String) -> String? {
         guard let resolved = realpath(path, nil) else { return nil }

@@ -250,6 +250,26 @@ struct Fixture {
         #expect(try f.state(defaults) == .failed, "by default an error is not retried")
     }
 
+    @Test func cleanupNeverDeletesTheSpoolsOwnFiles() async throws {
+        let f = try Fixture()
+        try f.app("greedy", yaml: "")
+        let appYAML = f.site.appsPath + "/greedy/app.yml"
+        let text = try read(appYAML).replacingOccurrences(of: "cleanup_files: []", with: #"cleanup_files: ["*"]"#)
+        try text.write(toFile: appYAML, atomically: false, encoding: .utf8)
+        let id = try f.submit("g", app: "greedy")
+        let dir = f.site.jobDirectory("g")
+        for name in ["job.out", "balsam.log", "output.dat"] {
+            try "x".write(toFile: dir + "/" + name, atomically: false, encoding: .utf8)
+        }
+        await f.pass()
+        try f.run(id, ending: .runDone)
+        await f.pass()
+        #expect(try f.state(id) == .jobFinished)
+        #expect(visibleEntries(dir) == ["balsam.log", "job.json", "job.out", "state"], "output.dat alone goes")
+        #expect(try Query(site: f.site).find(id).job?.id == id, "the job can still be shown")
+        #expect(try Fsck(site: f.site).run(repair: false).problems.isEmpty)
+    }
+
     @Test func cleanupDeletesMatchingFilesInsideTheJobDirectoryOnly() async throws {
         let f = try Fixture()
         try f.app("tidy", yaml: "")
@@ -308,6 +328,22 @@ struct Fixture {
         #expect(report.ingested == 0)
         #expect(try Query(site: f.site).find("dropped").state == .preprocessed)
         #expect(FileManager.default.fileExists(atPath: f.site.rejectedPath + "/junk.reason"))
+    }
+
+    @Test func aSymlinkedJobJSONIsRejectedAndHoldsUpNoOtherDrop() async throws {
+        let f = try Fixture()
+        f.engine.dropSettleSeconds = 0
+        try f.dir.file("elsewhere.json", #"{"app":"hello","parameters":{"name":"x"}}"#)
+        try FileManager.default.createDirectory(
+            atPath: f.site.dropBoxPath + "/a-linked", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(
+            atPath: f.site.dropBoxPath + "/a-linked/job.json", withDestinationPath: f.dir.path + "/elsewhere.json")
+        try f.dir.file("site/queue/new/b-fine/job.json", #"{"app":"hello","parameters":{"name":"b"}}"#)
+        await f.pass()
+        #expect(try Query(site: f.site).find("b-fine").state == .preprocessed, "the drop sorting after it went in")
+        let reason = try read(f.site.rejectedPath + "/a-linked.reason")
+        #expect(reason.contains("symbolic link"), "\(reason)")
+        #expect(visibleEntries(f.site.dropBoxPath).isEmpty)
     }
 }
 

@@ -63,6 +63,9 @@ public struct Ingest {
             }
             var knownParents = Set<String>()
             var finals: [SiteIndex.FinalLine] = []
+            // Counts read the batch's lines instead of its header from here on (some jobs get entries before
+            // the batch file goes); a marker left by a crash only makes them read more.
+            try Posix.createFile(index.materializingMarker(name), [], sync: false, exclusive: false)
             let records = try advanced(batch)
             var events: [Event] = []
             for (line, record) in zip(batch.lines, records) {
@@ -75,6 +78,7 @@ public struct Ingest {
             try EventLog(site: site).append(events, sync: true)
             try Posix.unlinkChecked(site.acceptedPath + "/" + name)
             try Posix.fsyncDirectory(site.acceptedPath)
+            Posix.unlink(index.materializingMarker(name))
             report.batches += 1
         }
         return report
@@ -189,19 +193,23 @@ public struct Ingest {
     /// are skipped). One that cannot be adopted is moved to `rejected/NAME` with `rejected/NAME.reason`.
     public func adoptDropBox(into report: inout Report) throws(SpoolError) {
         var submission = Submission(site: site, actor: actor)
+        var failure: SpoolError?
         for name in try Posix.listDirectory(site.dropBoxPath).sorted() where !name.hasPrefix(".") {
             let path = site.dropBoxPath + "/" + name
             do {
                 _ = try submission.adopt(directory: path, defaultWorkdir: name)
                 report.adopted.append(name)
             } catch  where error.code == .io {
-                throw error  // a full or failing disk: leave the drop where it is and try again later
+                // A full or failing disk: leave this drop where it is for the next pass, but go on with the
+                // others (one unreadable drop must not hold up the rest); the first such error is reported.
+                if failure == nil { failure = error }
             } catch {
                 if settleSeconds > 0 && isYoung(path) { continue }  // perhaps still being copied in
                 try reject(name, reason: error.description)
                 report.rejected.append((name, error.description))
             }
         }
+        if let failure { throw failure }
     }
 
     /// Whether the directory or its job.json changed within the last `settleSeconds`.

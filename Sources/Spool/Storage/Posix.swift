@@ -88,7 +88,11 @@ public enum Posix {
     /// Reads a whole regular file, refusing symlinks, non-regular files, and files over `limit` bytes
     /// (checked before reading, so a huge file costs one `fstat`).
     public static func readFile(_ path: String, limit: Int) throws(SpoolError) -> [UInt8] {
-        let fd = try open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK)
+        let fd: Int32
+        do { fd = try open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK) } catch  where error.cause == ELOOP {
+            // O_NOFOLLOW's answer for a symbolic link: bad data, not a failing disk.
+            throw SpoolError(.invalidInput, "is a symbolic link; spool files must be regular files", path: path)
+        }
         defer { close(fd) }
         var st = stat()
         try call("stat", path: path) { fstat(fd, &st) }
@@ -99,6 +103,17 @@ public enum Posix {
             throw SpoolError(.invalidInput, "file is \(st.st_size) bytes; the limit is \(limit)", path: path)
         }
         return try readToEnd(fd, path: path, limit: limit, sizeHint: Int(st.st_size))
+    }
+
+    /// Reads a user's input file (not a spool file): symlinks are followed and pipes are fine; at most `limit`
+    /// bytes.
+    public static func readInput(_ path: String, limit: Int) throws(SpoolError) -> [UInt8] {
+        let fd = try open(path, O_RDONLY)
+        defer { close(fd) }
+        var st = stat()
+        try call("stat", path: path) { fstat(fd, &st) }
+        if (st.st_mode & S_IFMT) == S_IFDIR { throw SpoolError(.invalidInput, "is a directory", path: path) }
+        return try readToEnd(fd, path: path, limit: limit)
     }
 
     package static func readToEnd(_ fd: Int32, path: String, limit: Int, sizeHint: Int = 65536) throws(SpoolError)
