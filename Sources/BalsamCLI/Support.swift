@@ -95,6 +95,7 @@ public func keyValueObject(_ items: [String], option: String, value: (String) ->
     var object: [String: JSONValue] = [:]
     for item in items {
         let (k, v) = try keyValue(item, option: option)
+        if object[k] != nil { throw SpoolError(.usage, "\(option) gives '\(k)' twice; give each key once") }
         object[k] = value(v)
     }
     return .object(object)
@@ -137,5 +138,18 @@ extension String {
         var s = self[...]
         while s.last == character { s = s.dropLast() }
         return s
+    }
+}
+
+/// Refuses arguments that are not valid UTF-8 (exit 65, naming the argument): Swift would turn their bytes into
+/// U+FFFD, and a job would silently get a workdir or a parameter the user never typed.
+public func refuseInvalidUTF8Arguments(_ program: String) throws {
+    for i in 1..<Int(CommandLine.argc) {
+        guard let raw = CommandLine.unsafeArgv[i] else { continue }
+        if String(validatingCString: raw) == nil {
+            let shown = String(decoding: UnsafeRawBufferPointer(start: raw, count: strlen(raw)), as: UTF8.self)
+            printError("\(program): argument \(i) ('\(shown)') is not valid UTF-8")
+            throw ExitCode(ExitStatus.dataError)
+        }
     }
 }

@@ -101,6 +101,7 @@ struct SubmitCommand: ParsableCommand {
     }
 
     func run() throws {
+        try refuseInvalidUTF8Arguments("balsam-submit")
         try reportingErrors("balsam-submit") {
             let site = try siteOption.open()
             var submission = Submission(site: site)
@@ -139,9 +140,13 @@ struct SubmitCommand: ParsableCommand {
         if path == "-" {
             input = try Posix.readStandardInput(limit: Submission.bulkInputLimit)
         } else {
-            input = try Posix.readFile(path, limit: Submission.bulkInputLimit)
+            // Not a spool file: symlinks are followed (/dev/stdin, a process substitution, a link to the data).
+            input = try Posix.readInput(path, limit: Submission.bulkInputLimit)
         }
         let result = try submission.accept(input)
+        if result.accepted.isEmpty && result.failures.isEmpty {
+            printError("balsam-submit: \(name) holds no job lines; nothing was submitted")
+        }
         if !result.failures.isEmpty {
             for failure in result.failures.prefix(100) {
                 printError("balsam-submit: \(name):\(failure.line): \(failure.error)")

@@ -110,6 +110,7 @@ import Testing
         (["-a", "hello", "-w", "x", "-p", "name=a", "--parent", "01M891VR1Q54AF41C3ME0190FN"], 65, "unknown parent"),
         (["-a", "hello", "-w", "x", "-p", "name=a", "-n", "0"], 65, "'num_nodes'"),
         (["-a", "hello", "-w", "x", "-p", "noequals"], 64, "KEY=VALUE"),
+        (["-a", "hello", "-w", "x", "-p", "name=x", "-p", "name=y"], 64, "'name' twice"),
         (["-a", "hello"], 64, "-w/--workdir"),
         ([], 64, "Give -a APP"),
     ])
@@ -211,6 +212,43 @@ import Testing
         let staged = try balsam(["job", "create", "-w", "o/3", "-a", "hello", "-s", "in=x:/y"], site: site)
         #expect(staged.status == 64 && staged.stderr.contains("not supported"), "\(staged.stderr)")
         #expect(try balsam(["job", "frob"], site: site).status == 64)
+    }
+
+    @Test func adoptingADirectoryWhoseJobJSONIsASymlinkIsBadData() throws {
+        try dir.file("real.json", #"{"app":"hello","parameters":{"name":"x"}}"#)
+        try FileManager.default.createDirectory(atPath: dir.path + "/linked", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(
+            atPath: dir.path + "/linked/job.json", withDestinationPath: dir.path + "/real.json")
+        let r = try balsamSubmit([dir.path + "/linked"], site: site)
+        #expect(r.status == 65 && r.stderr.contains("symbolic link"), "\(r.status) \(r.stderr)")
+    }
+
+    @Test func argumentsThatAreNotUTF8AreBadData() throws {
+        for (option, value) in [("-w", "a\\377b"), ("-p", "name=\\377")] {
+            let other = option == "-w" ? "-p name=x" : "-w utf"
+            let script = "exec \"$0\" -a hello \(other) \(option) \"$(printf '\(value)')\""
+            let r = try run("/bin/sh", ["-c", script, binDirectory + "/balsam-submit"], env: ["BALSAM_SITE": site])
+            #expect(r.status == 65 && r.stderr.contains("not valid UTF-8"), "\(option): \(r.status) \(r.stderr)")
+        }
+        #expect(try stateCounts(site) == [:], "nothing was submitted")
+    }
+
+    @Test func bulkInputEdgeCases() throws {
+        let nul = #"{"app":"hello","workdir":"n","parameters":{"name":"a\u0000b"}}"#
+        let r = try balsamSubmit(["--from", "-"], site: site, stdin: Data(nul.utf8))
+        #expect(r.status == 65 && r.stderr.contains("parameters.name") && r.stderr.contains("NUL"), "\(r.stderr)")
+        let empty = try balsamSubmit(["--from", "-"], site: site, stdin: Data())
+        #expect(empty.status == 0 && empty.stderr.contains("nothing was submitted"), "\(empty.stderr)")
+        // An input that is a symlink (as /dev/stdin is) is followed: it is not a spool file.
+        try dir.file("jobs.jsonl", #"{"app":"hello","workdir":"via-link","parameters":{"name":"l"}}"# + "\n")
+        try FileManager.default.createSymbolicLink(atPath: dir.path + "/link.jsonl", withDestinationPath: "jobs.jsonl")
+        let linked = try balsamSubmit(["--from", dir.path + "/link.jsonl"], site: site)
+        #expect(linked.status == 0, "\(linked.stderr)")
+        let piped = try balsamSubmit(
+            ["--from", "/dev/stdin"], site: site,
+            stdin: Data(#"{"app":"hello","workdir":"via-stdin","parameters":{"name":"s"}}"#.utf8))
+        #expect(piped.status == 0, "\(piped.stderr)")
+        #expect(try stateCounts(site) == ["READY": 2])
     }
 
     @Test func appCommands() throws {

@@ -137,6 +137,31 @@ func runs(_ site: Site) throws -> [Run] {
 
     func state(_ id: String) -> JobState? { try? Query(site: site).find(id).state }
 
+    @Test func aLauncherThatLostItsLeaseStopsItsJobsAndExits() throws {
+        try configure("  lease_timeout_sec: 1")
+        try app("long", "echo $$ > pid; exec sleep 60")
+        let ids = try submit([#"{"app":"long","workdir":"l"}"#])
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "60"], logDirectory: dir.path)
+        let pidFile = site.jobDirectory("l") + "/pid"
+        try waitUntil("the job runs") { (try? read(pidFile))?.hasSuffix("\n") ?? false }
+        let jobPID = try #require(Int32(try read(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)))
+        kill(launcher.process.processIdentifier, SIGSTOP)
+        defer { kill(launcher.process.processIdentifier, SIGCONT) }
+        // Stopped past its lease: the watcher's pass reaps the lease and takes the job back.
+        try waitUntil("the lease is reaped", timeout: 30) {
+            _ = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once"])
+            return try Lease.all(site).isEmpty
+        }
+        let takenBack = try #require(state(ids[0]))
+        kill(launcher.process.processIdentifier, SIGCONT)
+        let status = launcher.wait(timeout: 30)
+        #expect(status != nil && status != 0, "it says it did not end well: \(launcher.log)")
+        #expect(launcher.log.contains("lost the lease"), "\(launcher.log)")
+        try waitUntil("the job's process is stopped", timeout: 15) { kill(jobPID, 0) != 0 }
+        #expect(state(ids[0]) == takenBack, "the launcher recorded nothing for a job no longer its own")
+    }
+
     @Test func twoRanksPackSingleNodeJobsByNodePackingCount() throws {
         try configure("  cpus_per_node: 16")
         try app("nap", timed("sleep 0.4"))

@@ -167,6 +167,33 @@ import Testing
         #expect(try Job(bytes: Array(read(site.jobDirectory("d/0") + "/job.json").utf8)) == first)
     }
 
+    @Test func countsAgreeWithTheListingWhileABatchIsBeingMade() throws {
+        let dir = try TempDir()
+        let site = try makeSite(dir)
+        var submission = Submission(site: site)
+        let lines = (0..<10).map { #"{"app":"hello","workdir":"half/\#($0)","parameters":{"name":"x"}}"# }
+        let accepted = try submission.accept(Array(lines.joined(separator: "\n").utf8))
+        let name = try #require(try SiteIndex(site: site).batchNames().first)
+        let saved = try Data(contentsOf: URL(fileURLWithPath: site.acceptedPath + "/" + name))
+        _ = try Ingest(site: site).materializePending()
+        // As an ingest pass sees it midway (or after a crash before the batch file went): every job has its
+        // directory and entry, and the batch is still there.
+        try saved.write(to: URL(fileURLWithPath: site.acceptedPath + "/" + name))
+        try Data().write(to: URL(fileURLWithPath: site.acceptedPath + "/." + name + ".materializing"))
+        let query = Query(site: site)
+        let counts = { try query.countByState().filter { $0.value > 0 } }
+        #expect(try counts() == [.ready: 10], "not 20")
+        #expect(try query.list(JobFilter(), load: false).count == 10)
+        // One of them ended meanwhile: counted once, from the final index.
+        let store = JobStore(site: site, actor: "test")
+        let loaded = try #require(try store.load(accepted.accepted[0].job.id))
+        try store.move(loaded, to: .failed, reason: "test")
+        #expect(try counts() == [.ready: 9, .failed: 1])
+        _ = try Ingest(site: site).materializePending()
+        #expect(try counts() == [.ready: 9, .failed: 1])
+        #expect(entries(site.acceptedPath).isEmpty, "the resumed pass removed the batch and its marker")
+    }
+
     @Test func ingestResumesAfterAnInterruptedPassAndFailsConflicts() throws {
         let dir = try TempDir()
         let site = try makeSite(dir)

@@ -154,6 +154,14 @@ public final class Coordinator {
                 do {
                     try lease.heartbeat()
                     lastHeartbeat = now
+                } catch  where error.cause == ENOENT {
+                    // The watcher reaped the lease (this launcher was stopped or cut off past the lease timeout)
+                    // and its jobs went back to be run elsewhere: stop them at once and leave.
+                    logger.error(
+                        "lost the lease \(lease.name) (reaped after \(Int(now - lastHeartbeat)) s without a heartbeat); stopping every job"
+                    )
+                    stopping = "lost its lease"
+                    break
                 } catch {
                     logger.error("cannot refresh the lease: \(error)")
                 }
@@ -197,6 +205,10 @@ public final class Coordinator {
             }
         }
         try shutdown(reason: stopping ?? "signal")
+        if summary.reason == "lost its lease" {
+            throw SpoolError(
+                .unavailable, "lost its lease \(lease.name): its jobs were taken back and may run elsewhere")
+        }
         return summary
     }
 
@@ -284,8 +296,8 @@ public final class Coordinator {
                 let app = try self.app(loaded.job.app)
                 spec = try command.spec(loaded.job, app: app, assignment: assignment, nodes: nodes)
             } catch {
-                try store.move(loaded, to: .failed, reason: "cannot launch: \(error.message)")
-                logger.error("job \(id) FAILED: cannot launch: \(error.message)", metadata: ["job.id": "\(id)"])
+                try store.move(loaded, to: .failed, reason: "cannot launch: \(error)")
+                logger.error("job \(id) FAILED: cannot launch: \(error)", metadata: ["job.id": "\(id)"])
                 summary.failedToStart += 1
                 return false
             }
@@ -371,6 +383,8 @@ public final class Coordinator {
     private func record(_ ended: TaskRunner.Ended) {
         guard let job = running.removeValue(forKey: ended.id) else { return }
         allocation.release(job.assignment)
+        // After a lost lease the job is no longer this launcher's: whoever took it back records it.
+        if stopping == "lost its lease" { return }
         endings.append((job, ended))
     }
 

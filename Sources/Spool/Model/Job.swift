@@ -185,6 +185,18 @@ public struct Job: Sendable, Equatable {
             throw fieldError(
                 "tags.\(k)", "keys must be 1 to \(Limits.tagBytes) bytes and values at most \(Limits.tagBytes)")
         }
+        // A NUL cannot reach a command line or an environment variable: refused here, not when the job runs.
+        for (field, values) in [
+            ("parameters", parameters), ("launch_params", launchParams.mapValues(JSONValue.string)),
+        ] {
+            if let path = Job.nulPath(.object(values), at: field) {
+                throw fieldError(path, "contains a NUL character, which no command line or environment can carry")
+            }
+        }
+        for (k, v) in tags where k.utf8.contains(0) || v.utf8.contains(0) {
+            throw fieldError("tags.\(k)", "contains a NUL character")
+        }
+        if app.utf8.contains(0) { throw fieldError("app", "contains a NUL character") }
         let parametersSize = JSONValue.object(parameters).serialized().utf8.count
         if parametersSize > Limits.parametersBytes {
             throw fieldError("parameters", "is \(parametersSize) bytes; the limit is \(Limits.parametersBytes)")
@@ -202,6 +214,23 @@ public struct Job: Sendable, Equatable {
         if !id.isEmpty && !JobID.isValid(id) { throw fieldError("id", "'\(id)' is not a job ID") }
         for (slot, item) in transfers {
             try Job.validateTransfer(slot: slot, item)
+        }
+    }
+
+    /// Where in `value` (a dotted path from `path`) a string or key holds a NUL, if anywhere.
+    static func nulPath(_ value: JSONValue, at path: String) -> String? {
+        switch value {
+        case .string(let s): return s.utf8.contains(0) ? path : nil
+        case .array(let a):
+            for (i, item) in a.enumerated() { if let found = nulPath(item, at: "\(path)[\(i)]") { return found } }
+            return nil
+        case .object(let o):
+            for (key, item) in o.sorted(by: { $0.key < $1.key }) {
+                if key.utf8.contains(0) { return path + "." + key }
+                if let found = nulPath(item, at: path + "." + key) { return found }
+            }
+            return nil
+        default: return nil
         }
     }
 

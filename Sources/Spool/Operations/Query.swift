@@ -79,10 +79,25 @@ public struct Query: Sendable {
             counts[leased.state, default: 0] += 1
             if let key = JobKey(leased.id.utf8) { activeKeys.insert(key) }
         }
+        var seen = activeKeys
         for name in try index.batchNames() {
-            for (state, n) in try index.readBatchHeader(name).counts { counts[state, default: 0] += n }
+            guard index.isMaterializing(name) else {
+                for (state, n) in try index.readBatchHeader(name).counts { counts[state, default: 0] += n }
+                continue
+            }
+            // Half made: a job with an entry is counted there; one whose directory holds a state file but has no
+            // entry has ended (or its workdir was taken) and is counted from the final index; the rest by the
+            // state its line gives (one stat each, only while a batch is being made).
+            let batch: Batch
+            do { batch = try index.readBatch(name) } catch  where error.code == .notFound { continue }  // just done
+            for line in batch.lines {
+                guard let key = JobKey(line.id.utf8), !seen.contains(key) else { continue }
+                if Posix.exists(site.jobDirectory(line.workdir) + "/state") { continue }
+                seen.insert(key)
+                counts[line.state, default: 0] += 1
+            }
         }
-        for (state, n) in try index.finalCounts(excluding: activeKeys) { counts[state, default: 0] += n }
+        for (state, n) in try index.finalCounts(excluding: seen) { counts[state, default: 0] += n }
         return counts
     }
 

@@ -208,6 +208,13 @@ public struct SiteIndex: Sendable {
         try Posix.listDirectory(site.acceptedPath).filter { $0.hasSuffix(".tsv") && !$0.hasPrefix(".") }.sorted()
     }
 
+    /// The marker an ingest pass leaves beside a batch while it makes the batch's directories: until the batch
+    /// file is removed, some of its jobs may already have entries, so counts must look at its lines.
+    func materializingMarker(_ name: String) -> String { site.acceptedPath + "/." + name + ".materializing" }
+
+    /// Whether an ingest pass has begun on the batch (and perhaps died in it).
+    func isMaterializing(_ name: String) -> Bool { Posix.exists(materializingMarker(name)) }
+
     /// Reads one accepted batch.
     public func readBatch(_ name: String) throws(SpoolError) -> Batch {
         let path = site.acceptedPath + "/" + name
