@@ -210,6 +210,13 @@ struct Show: ParsableCommand {
         try reportingErrors("balsam show") {
             let listing = try Query(site: try siteOption.open()).find(job)
             guard let spec = listing.job else {
+                let dir = try siteOption.open().jobDirectory(listing.workdir)
+                if !Posix.exists(dir) {
+                    throw SpoolError(
+                        .notFound,
+                        "job \(listing.id) is \(listing.state.rawValue); its directory is gone (deleted or renamed by hand)",
+                        path: dir)
+                }
                 throw SpoolError(.io, "cannot read job.json of job \(listing.id)", path: listing.workdir)
             }
             let history: [JSONValue] = (listing.record?.history ?? []).map { e in

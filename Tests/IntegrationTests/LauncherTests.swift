@@ -162,6 +162,36 @@ func runs(_ site: Site) throws -> [Run] {
         #expect(state(ids[0]) == takenBack, "the launcher recorded nothing for a job no longer its own")
     }
 
+    @Test func aJobWhoseDirectoryWasDeletedIsFailedNotRetriedForEver() throws {
+        try app("quick", "true")
+        let ids = try submit([#"{"app":"quick","workdir":"gone"}"#, #"{"app":"quick","workdir":"kept"}"#])
+        try FileManager.default.removeItem(atPath: site.jobDirectory("gone"))
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+        #expect(state(ids[0]) == .failed && state(ids[1]) == .runDone)
+        #expect(try Lease.all(site).isEmpty)
+        #expect(try read(site.rejectedPath + "/\(ids[0]).entry.reason").contains("data/gone is gone"))
+        #expect(try loggedEvents(site).contains { $0.job == ids[0] && $0.to == .failed })
+        #expect(launcher.log.components(separatedBy: "is gone").count == 2, "said once: \(launcher.log)")
+        let show = try balsam(["show", ids[0]], site: site.root)
+        #expect(show.status == 66 && show.stderr.contains("FAILED; its directory is gone"), "\(show.stderr)")
+    }
+
+    @Test func fsckReportsAndFailsAWaitingJobWhoseDirectoryIsGone() throws {
+        try app("quick", "true")
+        let ids = try submit([#"{"app":"quick","workdir":"vanished"}"#])
+        try FileManager.default.moveItem(
+            atPath: site.jobDirectory("vanished"), toPath: site.jobDirectory("renamed-by-hand"))
+        let check = try balsam(["fsck"], site: site.root)
+        #expect(check.status == 65 && check.stdout.contains("directory is gone"), "\(check.stdout) \(check.stderr)")
+        #expect(check.stdout.contains("moved or renamed by hand"), "the renamed copy is reported too")
+        let repair = try balsam(["fsck", "--repair"], site: site.root)
+        #expect(repair.stdout.contains("directory is gone (deleted or renamed by hand) (repaired)"), "\(repair.stdout)")
+        #expect(state(ids[0]) == .failed, "not brought back by the renamed copy")
+        #expect(try balsam(["ls", "--state", "READY"], site: site.root).stdout.contains(ids[0]) == false)
+    }
+
     @Test func twoRanksPackSingleNodeJobsByNodePackingCount() throws {
         try configure("  cpus_per_node: 16")
         try app("nap", timed("sleep 0.4"))

@@ -310,8 +310,26 @@ public final class Coordinator {
             deliver(.start(spec), to: assignment.nodes[0])
             return true
         } catch {
+            if failIfDirectoryGone(id, workdir: job.workdir, entry: entry, from: state) { return false }
             logger.error("job \(id): cannot start: \(error)", metadata: ["job.id": "\(id)"])
             giveBack(entry, id: id)
+            return false
+        }
+    }
+
+    /// A job whose directory was deleted or renamed by hand can never be started or recorded: it is failed with
+    /// that reason (its entry kept in `rejected/`), instead of being given back to fail again for ever.
+    private func failIfDirectoryGone(_ id: String, workdir: String, entry: String, from state: JobState) -> Bool {
+        guard !Posix.isDirectory(site.jobDirectory(workdir)), Posix.exists(entry) else { return false }
+        do {
+            try store.forceFail(id, entryAt: entry, from: state, reason: "job directory gone")
+            logger.error(
+                "job \(id) FAILED: its directory data/\(workdir) is gone (deleted or renamed)",
+                metadata: ["job.id": "\(id)"])
+            return true
+        } catch {
+            logger.error(
+                "job \(id): its directory is gone and it cannot be failed: \(error)", metadata: ["job.id": "\(id)"])
             return false
         }
     }
@@ -428,6 +446,11 @@ public final class Coordinator {
                 summary.errors += 1
             }
         } catch {
+            if let entry = job.loaded.entry,
+                failIfDirectoryGone(ended.id, workdir: job.loaded.job.workdir, entry: entry, from: .running)
+            {
+                return
+            }
             logger.error(
                 "job \(ended.id): cannot record its end (status \(status)): \(error)",
                 metadata: ["job.id": "\(ended.id)"])

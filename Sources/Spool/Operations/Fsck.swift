@@ -163,7 +163,16 @@ public struct Fsck {
         /// as it is once nobody else can move the job; a mover that got there first has taken the entry away.
         mutating func activeEntries() throws(SpoolError) {
             // Jobs held by launchers are theirs; the watcher's lease reaper handles expired leases.
-            for leased in try index.leasedJobs() { entered.insert(leased.id) }
+            for leased in try index.leasedJobs() {
+                entered.insert(leased.id)
+                if !Posix.isDirectory(site.jobDirectory(leased.job.workdir)) {
+                    // Its launcher fails it when it next touches it; an expired lease's reaper does.
+                    try note(
+                        "job \(leased.id), held by a launcher, has no directory (deleted or renamed by hand)",
+                        site.jobDirectory(leased.job.workdir), repairable: false
+                    ) {}
+                }
+            }
             for state in JobState.active {
                 for id in try index.activeIDs(state).sorted() {
                     let path = index.entryPath(state, id)
@@ -197,6 +206,15 @@ public struct Fsck {
             }
             checked += 1
             guard let record = try? Query(site: site).readRecord(workdir: job.workdir) else {
+                if !Posix.isDirectory(site.jobDirectory(job.workdir)) {
+                    let store = JobStore(site: site, actor: "balsam fsck")
+                    return try note(
+                        "job \(id) is \(state.rawValue) but its directory is gone (deleted or renamed by hand)",
+                        site.jobDirectory(job.workdir)
+                    ) { () throws(SpoolError) in
+                        try store.forceFail(id, entryAt: held, from: state, reason: "job directory gone")
+                    }
+                }
                 putBack()
                 if try pendingIDs().contains(id) { return }
                 return try note(
@@ -266,6 +284,15 @@ public struct Fsck {
                 return
             }
             if !entered.contains(job.id) { checked += 1 }
+            if job.workdir != workdir {
+                // Moved or renamed by hand: its job (if any still is) lives at its own workdir; this copy is not
+                // a job of the site until the user moves it back or resubmits it.
+                problems.append(
+                    Problem(
+                        message: "holds job \(job.id) of workdir '\(job.workdir)' (moved or renamed by hand?); "
+                            + "not a job here: move it back or resubmit it", path: dir, repaired: false))
+                return
+            }
             if record.state.isFinal {
                 try ensureFinal(job, record)
             } else if !entered.contains(job.id) {

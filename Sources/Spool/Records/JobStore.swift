@@ -214,7 +214,16 @@ public struct JobStore: Sendable {
     /// active index, its state file is kept as `state.broken`, and a new `FAILED` record says why. An entry that
     /// does not even lead to a readable `job.json` is moved to `rejected/ID.entry` with a reason file.
     public func forceFail(_ id: String, in state: JobState, reason: String) throws(SpoolError) {
-        let entry = index.entryPath(state, id)
+        try forceFail(id, entryAt: index.entryPath(state, id), from: state, reason: reason)
+    }
+
+    /// `forceFail` of the job whose entry is at `entry` (an active directory's or a lease's). A job whose
+    /// directory is gone (deleted or renamed by hand) cannot have a state file: its entry, still a link to its
+    /// spec, is kept as `rejected/ID.entry` with the reason, and the event log and final index record it
+    /// `FAILED`.
+    public func forceFail(_ id: String, entryAt entry: String, from state: JobState, reason: String)
+        throws(SpoolError)
+    {
         guard let job = index.readEntry(at: entry) else {
             let target = site.rejectedPath + "/" + id + ".entry"
             try Posix.createFile(target + ".reason", Array((Timestamp.now() + " " + reason + "\n").utf8), sync: true)
@@ -222,10 +231,29 @@ public struct JobStore: Sendable {
             return
         }
         let claim = site.claimPath(id)
-        do { try Posix.renameNoReplace(entry, claim) } catch {
-            throw SpoolError(.conflict, "job \(id) changed while \(actor) was failing it")
+        if entry != claim {  // fsck --repair has claimed it already
+            do { try Posix.renameNoReplace(entry, claim) } catch {
+                throw SpoolError(.conflict, "job \(id) changed while \(actor) was failing it")
+            }
         }
         let dir = site.jobDirectory(job.workdir)
+        if !Posix.isDirectory(dir) {
+            let reason = "job directory data/\(job.workdir) is gone (deleted or renamed)"
+            let target = site.rejectedPath + "/" + id + ".entry"
+            try Posix.createFile(target + ".reason", Array((Timestamp.now() + " " + reason + "\n").utf8), sync: true)
+            let time = Timestamp.now()
+            try EventLog(site: site).append(
+                [
+                    Event(
+                        time: time, jobID: id, from: state, to: .failed, actor: actor, data: ["reason": .string(reason)]
+                    )
+                ],
+                sync: false)
+            try index.appendFinal(
+                [.init(id: id, state: .failed, workdir: job.workdir, app: job.app, time: time)], sync: false)
+            try Posix.rename(claim, target)
+            return
+        }
         if Posix.exists(dir + "/state") { _ = rename(dir + "/state", dir + "/state.broken") }
         let record = StateRecord(initial: .failed, actor: actor, reason: reason)
         try EventLog(site: site).append(
