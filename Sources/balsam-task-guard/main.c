@@ -65,6 +65,18 @@ static void reply(const char *id, int status, const char *why) {
     }
 }
 
+static void started(const char *id, pid_t pid) {
+    char line[4096];
+    int n = snprintf(line, sizeof line, "%s +%d\n", id, (int)pid);
+    if (n > (int)sizeof line - 1) return;  // ids are short; never happens
+    for (int off = 0; off < n;) {
+        ssize_t w = write(1, line + off, n - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return;
+        off += w;
+    }
+}
+
 static void stop(struct task *t) {
     if (t->kill_at) return;
     kill(-t->pid, SIGTERM);
@@ -138,6 +150,8 @@ static void start(char **f, size_t nf) {
         if (!tasks) abort();
     }
     tasks[ntasks++] = (struct task){pid, strdup(id), 0};
+    // "ID +PID": the job's process group, so that the launcher can still stop it should this server die.
+    started(id, pid);
 }
 
 static void kill_request(char **f, size_t nf) {

@@ -192,6 +192,25 @@ func runs(_ site: Site) throws -> [Run] {
         #expect(try balsam(["ls", "--state", "READY"], site: site.root).stdout.contains(ids[0]) == false)
     }
 
+    @Test func aKilledTaskServerHasItsJobsStoppedBeforeTheyAreRecordedEnded() throws {
+        try app("long", "echo $$ > pid; exec sleep 60")
+        let ids = try submit([#"{"app":"long","workdir":"orphan"}"#])
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
+        let pidFile = site.jobDirectory("orphan") + "/pid"
+        try waitUntil("the job runs") { (try? read(pidFile))?.hasSuffix("\n") ?? false }
+        let jobPID = try #require(Int32(try read(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)))
+        let found = try run("/usr/bin/pgrep", ["-P", String(launcher.process.processIdentifier), "balsam-task-gua"])
+        let guardPID = try #require(Int32(found.stdout.split(separator: "\n").first ?? ""), "\(found)")
+        kill(guardPID, SIGKILL)
+        try waitUntil("the job's end is recorded", timeout: 30) { state(ids[0]) != .running }
+        #expect(kill(jobPID, 0) != 0, "its process was stopped before its end was recorded")
+        #expect(state(ids[0]) == .failed || state(ids[0]) == .runError)
+        let ended = try loggedEvents(site).first { $0.job == ids[0] && $0.to == .runError }
+        #expect(ended?.data["tail"]?.stringValue?.contains("task server died; its processes were stopped") == true)
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+    }
+
     @Test func twoRanksPackSingleNodeJobsByNodePackingCount() throws {
         try configure("  cpus_per_node: 16")
         try app("nap", timed("sleep 0.4"))

@@ -46,6 +46,9 @@ public final class TaskRunner {
     }
 
     private var running = Set<String>()
+    /// Each started job's process group (its pid), as the server reports it: what this rank stops itself when the
+    /// server dies.
+    private var groups: [String: pid_t] = [:]
     private let graceMilliseconds: Int
     private let guardPath: String
     /// The base environment as `KEY=VALUE` fields, made once: a job only adds its own few on top.
@@ -117,25 +120,61 @@ public final class TaskRunner {
                 continue
             }
             if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) {
-                // The server is gone (killed?): its jobs went with it.
-                for id in running { ended.append(Ended(id: id, status: 125, error: "the task server died")) }
+                // The server is gone (killed?). Its jobs are not: each has a process group of its own. Read what
+                // it said before dying, stop every group it reported, and only then call the jobs ended, so
+                // that no job is run again while its first run lives.
+                consumeReplies(into: &ended)
+                let stopped = stopOrphans()
+                for id in running {
+                    let why = stopped.contains(id) ? "its processes were stopped" : "it may not have started"
+                    ended.append(Ended(id: id, status: 125, error: "the task server died; \(why)"))
+                }
                 running = []
+                groups = [:]
                 close(server.requests)
                 close(server.replies)
                 var status: Int32 = 0
                 waitpid(server.pid, &status, 0)
                 self.server = nil
+                return ended
             }
             break
         }
+        consumeReplies(into: &ended)
+        return ended
+    }
+
+    /// Stops the process groups of the running jobs whose server died: SIGTERM, SIGKILL after the grace period,
+    /// then waits (at most 10 s more) until no process of the group is left. Returns the jobs it stopped.
+    private func stopOrphans() -> Set<String> {
+        let orphans = running.compactMap { id in groups[id].map { (id, $0) } }
+        guard !orphans.isEmpty else { return [] }
+        // kill(2) of a group that has ended fails with ESRCH: that is the answer "gone", not an error.
+        for (_, group) in orphans { _ = Glibc.kill(-group, SIGTERM) }
+        let alive = { orphans.contains { Glibc.kill(-$0.1, 0) == 0 } }
+        var until = Posix.monotonicSeconds() + Double(graceMilliseconds) / 1000
+        while alive() && Posix.monotonicSeconds() < until { Posix.sleep(seconds: 0.01) }
+        for (_, group) in orphans { _ = Glibc.kill(-group, SIGKILL) }
+        until = Posix.monotonicSeconds() + 10
+        while alive() && Posix.monotonicSeconds() < until { Posix.sleep(seconds: 0.01) }
+        return Set(orphans.map(\.0))
+    }
+
+    /// Parses the complete reply lines read so far: `ID +PID` when a job started, `ID STATUS [why]` when it ended.
+    private func consumeReplies(into ended: inout [Ended]) {
         while let newline = pending.firstIndex(of: 0x0A) {
             let line = String(decoding: pending[..<newline], as: UTF8.self)
             pending.removeSubrange(...newline)
             let parts = line.split(separator: " ", maxSplits: 2).map(String.init)
-            guard parts.count >= 2, let status = Int32(parts[1]), running.remove(parts[0]) != nil else { continue }
+            guard parts.count >= 2 else { continue }
+            if parts[1].hasPrefix("+") {
+                if let pid = pid_t(parts[1].dropFirst()), running.contains(parts[0]) { groups[parts[0]] = pid }
+                continue
+            }
+            guard let status = Int32(parts[1]), running.remove(parts[0]) != nil else { continue }
+            groups[parts[0]] = nil
             ended.append(Ended(id: parts[0], status: status, error: parts.count > 2 ? parts[2] : nil))
         }
-        return ended
     }
 
     /// Writes one request; returns why it could not.
