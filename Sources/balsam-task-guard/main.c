@@ -16,7 +16,9 @@
 // When the launcher goes away (standard input closes, or SIGTERM: PR_SET_PDEATHSIG is set to it, and the server
 // exits at once if PARENT is already gone), every job still running is stopped the same way and the server
 // exits. It runs in its own process group and ignores SIGINT, so a terminal's ^C reaches only the launcher,
-// which then stops its jobs in order.
+// which then stops its jobs in order. It is a child subreaper: a job's processes that escaped its group
+// (setsid) and outlived it are adopted here and killed when the server leaves. What it cannot contain: an
+// escaped process whose job is still running when this server is SIGKILLed (nothing runs here then).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -160,6 +162,24 @@ static void kill_request(char **f, size_t nf) {
         if (strcmp(tasks[i].id, f[1]) == 0) stop(&tasks[i]);
 }
 
+// Processes this server did not start but adopted: what a job left behind outside its process group (setsid, a
+// double fork) when its own process ended, reparented here because this server is a child subreaper. Each is
+// killed with its group; returns how many there were.
+static int kill_orphans(void) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    int n = 0, pid;
+    while (fscanf(f, "%d", &pid) == 1) {
+        kill(-pid, SIGKILL);  // its group, if it made one (ESRCH if not)
+        kill(pid, SIGKILL);
+        n++;
+    }
+    fclose(f);
+    return n;
+}
+
 static void reap(void) {
     int status;
     pid_t pid;
@@ -208,6 +228,9 @@ int main(int argc, char **argv) {
     grace_ms = atol(argv[2]);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) return 0;  // the launcher died before the line above
+    // Orphans of jobs (processes that left the job's group, then lost their parent) become this server's
+    // children instead of init's, so that it can stop them when it leaves (see kill_orphans).
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
     signal(SIGINT, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
     sigset_t handled;
@@ -237,7 +260,14 @@ int main(int argc, char **argv) {
             long long left = tasks[i].kill_at - now;
             if (timeout < 0 || left < timeout) timeout = left;
         }
-        if (leaving && ntasks == 0) return 0;
+        if (leaving && ntasks == 0) {
+            long long until = now_ms() + 5000;
+            while (kill_orphans() > 0 && now_ms() < until) {
+                usleep(10000);
+                while (waitpid(-1, NULL, WNOHANG) > 0) {}
+            }
+            return 0;
+        }
         struct pollfd fds[2] = {{sfd, POLLIN, 0}, {leaving ? -1 : 0, POLLIN, 0}};
         if (poll(fds, 2, (int)timeout) < 0 && errno != EINTR) return 70;
         if (fds[0].revents & POLLIN) {

@@ -211,6 +211,19 @@ func runs(_ site: Site) throws -> [Run] {
         #expect(launcher.wait() == 0, "\(launcher.log)")
     }
 
+    @Test func aJobThatEscapesItsProcessGroupDiesWithItsKilledLauncher() throws {
+        try app("escape", "setsid sleep 60 & echo $! > pid; wait")
+        _ = try submit([#"{"app":"escape","workdir":"esc"}"#])
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "60"], logDirectory: dir.path)
+        let pidFile = site.jobDirectory("esc") + "/pid"
+        try waitUntil("the job runs") { (try? read(pidFile))?.hasSuffix("\n") ?? false }
+        let escaped = try #require(Int32(try read(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(getpgid(escaped) == escaped, "it left the job's process group")
+        kill(launcher.process.processIdentifier, SIGKILL)
+        try waitUntil("the escaped process is stopped", timeout: 30) { kill(escaped, 0) != 0 }
+    }
+
     @Test func twoRanksPackSingleNodeJobsByNodePackingCount() throws {
         try configure("  cpus_per_node: 16")
         try app("nap", timed("sleep 0.4"))
