@@ -29,6 +29,9 @@ public final class Engine {
     /// Whether each app's hook files exist, looked at once like the apps themselves (forgotten on SIGHUP).
     private var hookFiles: [String: Bool] = [:]
     private var finalStates: FinalStates
+    /// Whether the last pass met errors (then the next one finishes moves they cut short).
+    private var hadErrors = false
+    private var lastMoveCheck = 0.0
 
     /// What one pass did.
     public struct Report: Sendable {
@@ -62,6 +65,7 @@ public final class Engine {
     @discardableResult
     public func pass(maxSweeps: Int = 8) -> Report {
         var report = Report()
+        defer { hadErrors = !report.errors.isEmpty }
         do {
             var ingester = Ingest(site: site, actor: "balsam-watch")
             ingester.settleSeconds = dropSettleSeconds
@@ -83,6 +87,7 @@ public final class Engine {
             logger.error("ingest: \(error)")
         }
         reapExpiredLeases(&report)
+        finishInterruptedMoves(&report)
         for _ in 0..<maxSweeps where !shouldStop() {
             let before = report.moves
             sweep(&report)
@@ -125,6 +130,12 @@ public final class Engine {
                     try self.move(
                         loaded, through: [(.postprocessed, nil), (.stagedOut, "no stage-out"), (.jobFinished, nil)]))
             }
+        }
+        // A RUNNING job's entry lives in its launcher's lease; one in jobs/RUNNING/ was given back by a launcher
+        // that could not record its end (a full disk): nobody runs it, so it is handled like a run cut short.
+        step(.running, &report) { (loaded) throws(SpoolError) in
+            try self.move(
+                loaded, to: .runTimeout, reason: "its launcher left without recording its end (given back RUNNING)")
         }
         step(.runError, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onError) }
         step(.runTimeout, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onTimeout) }
@@ -200,6 +211,23 @@ public final class Engine {
             "job \(loaded.job.id) \(loaded.record.state.rawValue) -> \(next.rawValue)",
             metadata: ["job.id": "\(loaded.job.id)"])
         return moved
+    }
+
+    /// After a pass with errors (a full disk, say) and every 30 s: moves of this watcher cut short after their
+    /// claim are finished from the jobs' state files, so a job whose end could not be recorded reappears as soon
+    /// as the disk has room, without a restart.
+    private func finishInterruptedMoves(_ report: inout Report) {
+        let now = Posix.monotonicSeconds()
+        guard hadErrors || now - lastMoveCheck >= 30 else { return }
+        lastMoveCheck = now
+        do {
+            for problem in try Fsck(site: site).finishOwnInterruptedMoves() {
+                logger.warning("finished a move cut short: \(problem)")
+                report.moves += 1
+            }
+        } catch {
+            report.errors.append("finishing moves cut short: \(error)")
+        }
     }
 
     // MARK: - Leases

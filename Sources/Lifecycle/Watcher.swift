@@ -151,7 +151,16 @@ public final class Watcher: Sendable {
             // spends more on looking at every queue than on moving jobs: after a pass that moved something, let
             // a millisecond of changes gather first. An idle watcher still wakes at once.
             if report.moves > 0 || report.ingested > 0 { usleep(1000) }
-            _ = changes.wait(seconds: max(backoff, options.pollInterval))
+            if backoff > 0 {
+                // Sit the backoff out whatever changes meanwhile (a launcher keeps writing): a pass now would meet
+                // the same error and log it again. A stop or reload request still ends the wait.
+                let until = Posix.monotonicSeconds() + backoff
+                while !stopping && !flags.withLock({ $0.reload }) && Posix.monotonicSeconds() < until {
+                    _ = changes.wait(seconds: until - Posix.monotonicSeconds())
+                }
+            } else {
+                _ = changes.wait(seconds: options.pollInterval)
+            }
         }
         logger.info("stopped")
     }

@@ -216,6 +216,7 @@ public final class Coordinator {
 
     /// Claims and starts every candidate that fits now, oldest first. True if it started any.
     private func fill() -> Bool {
+        if Posix.monotonicSeconds() < claimPausedUntil { return false }
         if candidatesStale {
             candidates = listCandidates()
             candidateStart = 0
@@ -308,14 +309,38 @@ public final class Coordinator {
             running[id] = Running(loaded: moved, assignment: assignment)
             summary.started += 1
             deliver(.start(spec), to: assignment.nodes[0])
-            return true
         } catch {
             if failIfDirectoryGone(id, workdir: job.workdir, entry: entry, from: state) { return false }
-            logger.error("job \(id): cannot start: \(error)", metadata: ["job.id": "\(id)"])
             giveBack(entry, id: id)
+            if error.code == .io {
+                // A full or failing disk: every other job would fail the same way now. Pause claiming (1 s,
+                // doubling to 30 s while it lasts) and say so once per distinct error.
+                let text = "\(error)"
+                if text != lastStartError {
+                    logger.error(
+                        "cannot start jobs: \(error); claiming paused, retried every 1 to 30 s",
+                        metadata: ["job.id": "\(id)"])
+                    lastStartError = text
+                }
+                claimPause = claimPause == 0 ? 1 : min(30, claimPause * 2)
+                claimPausedUntil = Posix.monotonicSeconds() + claimPause
+                return false
+            }
+            logger.error("job \(id): cannot start: \(error)", metadata: ["job.id": "\(id)"])
             return false
         }
+        if claimPause > 0 {
+            logger.info("starting jobs again")
+            claimPause = 0
+            lastStartError = ""
+        }
+        return true
     }
+
+    /// Claiming paused after an I/O error at a start (see `start`).
+    private var claimPausedUntil = 0.0
+    private var claimPause = 0.0
+    private var lastStartError = ""
 
     /// A job whose directory was deleted or renamed by hand can never be started or recorded: it is failed with
     /// that reason (its entry kept in `rejected/`), instead of being given back to fail again for ever.
@@ -403,28 +428,65 @@ public final class Coordinator {
         allocation.release(job.assignment)
         // After a lost lease the job is no longer this launcher's: whoever took it back records it.
         if stopping == "lost its lease" { return }
-        endings.append((job, ended))
+        endings.append((job, ended, stopping))
     }
 
-    private var endings: [(Running, TaskRunner.Ended)] = []
+    /// A job that ended, and why the launcher was stopping then (nil: it was not), to be recorded.
+    private typealias Ending = (job: Running, ended: TaskRunner.Ended, stopping: String?)
+    private var endings: [Ending] = []
+    /// Endings that could not be written (a full disk): tried again after `recordPause`, which doubles (1 to
+    /// 30 s) while they keep failing; one log line per distinct error.
+    private var unrecorded: [Ending] = []
+    private var nextRecordTry = 0.0
+    private var recordPause = 1.0
+    private var lastRecordError = ""
 
-    /// Records the endings collected so far.
+    /// Records the endings collected so far (and, when their pause is over, those that failed before).
     private func recordEndings() {
-        let batch = endings
+        var batch = endings
         endings = []
-        for (job, ended) in batch { recordEnding(job, ended) }
+        let now = Posix.monotonicSeconds()
+        if !unrecorded.isEmpty && now >= nextRecordTry {
+            batch = unrecorded + batch
+            unrecorded = []
+        }
+        var failure: SpoolError?
+        for ending in batch {
+            if let error = recordEnding(ending.job, ending.ended, stopping: ending.stopping) {
+                unrecorded.append(ending)
+                failure = failure ?? error
+            }
+        }
+        if let failure {
+            let text = "\(failure)"
+            if text != lastRecordError {
+                logger.error(
+                    "cannot record the end of \(unrecorded.count) job(s): \(failure); trying again while the disk has no room"
+                )
+                lastRecordError = text
+            }
+            recordPause = batch.count > unrecorded.count ? 1 : min(30, recordPause * 2)
+            nextRecordTry = now + recordPause
+        } else if !batch.isEmpty && unrecorded.isEmpty && !lastRecordError.isEmpty {
+            logger.info("recording job endings again")
+            lastRecordError = ""
+            recordPause = 1
+        }
     }
 
-    private func recordEnding(_ job: Running, _ ended: TaskRunner.Ended) {
+    /// Records one ending; returns the I/O error it met if it should be tried again (other errors are logged:
+    /// the job was moved by someone else, or its directory is gone).
+    private func recordEnding(_ job: Running, _ ended: TaskRunner.Ended, stopping: String?) -> SpoolError? {
         let status = Int(ended.status)
         do {
-            if let reason = killRequests.removeValue(forKey: ended.id) {
+            if let reason = killRequests[ended.id] {
                 try store.move(
                     job.loaded, to: .failed, reason: reason, eventData: ["return_code": .int(status)],
                     leaseHeld: leaseFresh
                 ) {
                     _, record in record.returnCode = status
                 }
+                killRequests[ended.id] = nil
                 Posix.unlink(site.controlPath + "/kill." + ended.id)
                 summary.killed += 1
                 logger.info("job \(ended.id) killed: \(reason)", metadata: ["job.id": "\(ended.id)"])
@@ -449,12 +511,14 @@ public final class Coordinator {
             if let entry = job.loaded.entry,
                 failIfDirectoryGone(ended.id, workdir: job.loaded.job.workdir, entry: entry, from: .running)
             {
-                return
+                return nil
             }
+            if error.code == .io { return error }
             logger.error(
                 "job \(ended.id): cannot record its end (status \(status)): \(error)",
                 metadata: ["job.id": "\(ended.id)"])
         }
+        return nil
     }
 
     // MARK: - Kill requests
@@ -498,6 +562,19 @@ public final class Coordinator {
             record(TaskRunner.Ended(id: id, status: 137, error: "no answer from its launcher rank"))
         }
         recordEndings()
+        // Endings the disk had no room for: tried for another minute (the lease kept alive meanwhile), then
+        // given back RUNNING, which the watcher treats as a run cut short.
+        let recordLimit = Posix.monotonicSeconds() + 60
+        while !unrecorded.isEmpty && Posix.monotonicSeconds() < recordLimit {
+            try? lease?.heartbeat()
+            Posix.sleep(seconds: 0.5)
+            nextRecordTry = 0
+            recordEndings()
+        }
+        if !unrecorded.isEmpty {
+            logger.error(
+                "\(unrecorded.count) job ending(s) could not be recorded; given back RUNNING for the watcher to retry")
+        }
         if let lease {
             for id in (try? lease.jobIDs()) ?? [] { giveBack(lease.entryPath(id), id: id) }
             lease.remove()

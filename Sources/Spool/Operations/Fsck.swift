@@ -52,6 +52,15 @@ public struct Fsck {
         return report
     }
 
+    /// Finishes moves this process itself left in `tmp/` (`ID.HOST.PID-START.moving`) when one of its writes
+    /// failed after the claim (a full disk): judged on the job's state file as recovery judges a dead writer's.
+    /// Call it between passes, when no move of this process is under way. Returns what it repaired.
+    public func finishOwnInterruptedMoves() throws(SpoolError) -> [Problem] {
+        var pass = Pass(fsck: self, repair: true)
+        try pass.interruptedWrites(ownOnly: true)
+        return pass.problems
+    }
+
     /// Whether a temporary file or claim was left by a writer that is gone: its name ends in `.HOST.PID-START`
     /// (before an optional `.moving`) and no process with that pid and start time runs on this host; or,
     /// written elsewhere or unnamed, it is older than two minutes (no write takes that long).
@@ -125,10 +134,14 @@ public struct Fsck {
 
         /// Moves cut short (`tmp/ID.moving`) are finished from the job's state file; other leftovers of
         /// interrupted writes were never reported as done and are removed.
-        mutating func interruptedWrites() throws(SpoolError) {
+        mutating func interruptedWrites(ownOnly: Bool = false) throws(SpoolError) {
             for name in try Posix.listDirectory(site.tmpPath).sorted() {
                 let path = site.tmpPath + "/" + name
-                guard Fsck.isAbandoned(name: name, path: path) else { continue }  // a write still under way
+                if ownOnly {
+                    guard name.hasSuffix(Site.ownerSuffix + ".moving") else { continue }
+                } else {
+                    guard Fsck.isAbandoned(name: name, path: path) else { continue }  // a write still under way
+                }
                 guard name.hasSuffix(".moving"), let job = index.readEntry(at: path),
                     let record = try? Query(site: site).readRecord(workdir: job.workdir)
                 else {
@@ -148,6 +161,7 @@ public struct Fsck {
                     }
                 }
             }
+            if ownOnly { return }
             for name in try Posix.listDirectory(site.stagingPath) {
                 let path = site.stagingPath + "/" + name
                 guard Fsck.isAbandoned(name: name, path: path) else { continue }

@@ -1,0 +1,46 @@
+import Foundation
+import Spool
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A site whose filesystem fills up for a while under a running watcher and launcher: every job must still end,
+/// without a restart, and the logs must stay small meanwhile.
+@Suite(.serialized) struct FullDiskTests {
+    @Test(.enabled(if: canMount)) func aTransientlyFullDiskStrandsNoJob() throws {
+        let fs = try SmallFilesystem(size: "16m", inodes: 8192)
+        let logs = try TempDir()
+        let root = fs.path + "/site"
+        #expect(try balsam(["init", root]).status == 0)
+        #expect(try balsam(["app", "create", "nap", "--command-template", "sleep 0.3"], site: root).status == 0)
+        let lines = (0..<40).map { #"{"app":"nap","workdir":"j/\#($0)"}"# }.joined(separator: "\n")
+        #expect(try balsamSubmit(["--from", "-"], site: root, stdin: Data(lines.utf8)).status == 0)
+        let site = try Site.open(root)
+        let watcher = try WatchProcess(site: root, logDirectory: logs.path)
+        let launcher = try LauncherProcess(
+            site: root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "30"], logDirectory: logs.path)
+        let counts = { (try? Query(site: site).countByState()) ?? [:] }
+        try waitUntil("jobs run", timeout: 60) { (counts()[.running] ?? 0) + (counts()[.jobFinished] ?? 0) >= 4 }
+        fs.fill()
+        try waitUntil("the full disk is met", timeout: 30) {
+            launcher.log.contains("No space left") || watcher.log.contains("No space left")
+        }
+        // Full for a few seconds more, as long as a short-lived filler on a scratch filesystem lasts.
+        let fullUntil = Date().addingTimeInterval(4)
+        try waitUntil("the disk stays full for a while", timeout: 10) { Date() >= fullUntil }
+        #expect(unlink(fs.path + "/filler") == 0)
+        try waitUntil("every job ends", timeout: 120) { counts()[.jobFinished] == 40 }
+        #expect(counts().filter { $0.value > 0 } == [.jobFinished: 40], "nothing stranded: \(counts())")
+        #expect(try Fsck(site: site).run(repair: false).problems.isEmpty)
+        #expect(entries(site.tmpPath).isEmpty, "no move left unfinished: \(entries(site.tmpPath))")
+        let launcherLines = launcher.log.split(separator: "\n").count
+        let watcherLines = watcher.log.split(separator: "\n").count
+        #expect(launcherLines < 100, "launcher log: \(launcherLines) lines\n\(launcher.log.suffix(3000))")
+        #expect(watcherLines < 200, "watcher log: \(watcherLines) lines\n\(watcher.log.suffix(3000))")
+        #expect(watcher.terminate() == 0)
+        _ = launcher.wait(timeout: 60)
+    }
+}
