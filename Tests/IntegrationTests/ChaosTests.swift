@@ -1,0 +1,107 @@
+import Foundation
+import Spool
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The site under SIGKILLs of every process kind at once: the watcher, launchers' task servers, and single MPI
+/// ranks (which end their whole launcher), each restarted as an operator or a batch system would. Every job must
+/// end (none lost or stuck) and none may run twice at the same time: each job's command holds a lock on a file
+/// in its directory while it runs, and a second copy that finds the lock taken says so in SITE/double.
+///
+/// `BALSAM_CHAOS_JOBS` and `BALSAM_CHAOS_KILLS` (per kind) make the long version by hand, e.g. 10,000 and 40.
+@Suite(.serialized) struct ChaosTests {
+    static let jobs = Int(ProcessInfo.processInfo.environment["BALSAM_CHAOS_JOBS"] ?? "") ?? 300
+    static let killsPerKind = Int(ProcessInfo.processInfo.environment["BALSAM_CHAOS_KILLS"] ?? "") ?? 20
+
+    /// Pids of the running processes called `name` (exact name, as `pgrep -x` matches it).
+    func pids(_ name: String) -> [Int32] {
+        let found = (try? run("/usr/bin/pgrep", ["-x", name], timeout: 10))?.stdout ?? ""
+        return found.split(separator: "\n").compactMap { Int32($0) }
+    }
+
+    @Test func killsOfEveryKindLoseNoJobAndNeverRunOneTwiceAtOnce() throws {
+        let dir = try TempDir()
+        let root = dir.path + "/site"
+        #expect(try balsam(["init", root]).status == 0)
+        let site = try Site.open(root)
+        var settings = try read(site.settingsPath)
+        for (key, value) in [
+            ("lease_timeout_sec", "1.5"), ("kill_grace_sec", "0.2"), ("idle_ttl_sec", "3"), ("cpus_per_node", "4"),
+        ] {
+            settings = settings.replacingOccurrences(
+                of: #"(?m)^(\s*)#?\s*\#(key):.*$"#, with: "$1\(key): \(value)", options: .regularExpression)
+        }
+        try settings.write(toFile: site.settingsPath, atomically: true, encoding: .utf8)
+        let command = #"exec 9>>lock; flock -n 9 || echo "$BALSAM_JOB_ID" >> "$BALSAM_SITE/double"; sleep 0.2"#
+        let created = try balsam(
+            [
+                "app", "create", "locked", "--command-template", command, "--on-error-retries", "50",
+                "--on-timeout-retries", "50",
+            ], site: root)
+        #expect(created.status == 0, "\(created.stderr)")
+        let lines = (0..<Self.jobs).map { #"{"app":"locked","workdir":"c/\#($0)","node_packing_count":4}"# }
+        let submitted = try balsamSubmit(["--from", "-"], site: root, stdin: Data(lines.joined(separator: "\n").utf8))
+        let ids = submitted.stdout.split(separator: "\n").map(String.init)
+        #expect(ids.count == Self.jobs, "\(submitted.stderr)")
+
+        var watcher = try WatchProcess(site: root, logDirectory: dir.path)
+        var launcher = try LauncherProcess(
+            site: root, ranks: 2, ["--wall-time-min", "30", "--idle-timeout", "3"], logDirectory: dir.path)
+        func keepLauncher() throws {
+            if !launcher.process.isRunning {
+                launcher = try LauncherProcess(
+                    site: root, ranks: 2, ["--wall-time-min", "30", "--idle-timeout", "3"], logDirectory: dir.path)
+            }
+        }
+        let finals = { () -> Int in
+            let counts = (try? Query(site: site).countByState()) ?? [:]
+            return (counts[.jobFinished] ?? 0) + (counts[.failed] ?? 0)
+        }
+        var kills = ["watcher": 0, "task server": 0, "rank": 0]
+        var rng = SystemRandomNumberGenerator()
+        let started = Date()
+        while kills.values.contains(where: { $0 < Self.killsPerKind }) && finals() < Self.jobs
+            && Date().timeIntervalSince(started) < 600
+        {
+            try keepLauncher()
+            let pause = Date().addingTimeInterval(Double.random(in: 0.2...0.6, using: &rng))
+            try waitUntil("a moment", timeout: 5) { Date() >= pause }
+            let kind = kills.filter { $0.value < Self.killsPerKind }.keys.randomElement(using: &rng) ?? "watcher"
+            switch kind {
+            case "watcher":
+                watcher.kill9()
+                watcher = try WatchProcess(site: root, logDirectory: dir.path)
+            case "task server":
+                guard let target = pids("balsam-task-gua").randomElement(using: &rng) else { continue }
+                kill(target, SIGKILL)
+            default:
+                guard let target = pids("balsam-launcher").randomElement(using: &rng) else { continue }
+                kill(target, SIGKILL)
+            }
+            kills[kind, default: 0] += 1
+        }
+        try waitUntil("every job has ended", timeout: 300) {
+            try keepLauncher()
+            return finals() == Self.jobs
+        }
+        #expect(watcher.terminate() == 0)
+        _ = launcher.wait(timeout: 60)
+        let counts = try Query(site: site).countByState().filter { $0.value > 0 }
+        let double = (try? read(root + "/double")) ?? ""
+        print(
+            "chaos: \(Self.jobs) jobs, kills \(kills), ended \(counts), concurrent runs \(double.split(separator: "\n").count), \(Int(Date().timeIntervalSince(started))) s"
+        )
+        #expect(kills.values.allSatisfy { $0 >= Self.killsPerKind }, "kills made: \(kills)")
+        #expect(finals() == Self.jobs, "lost or stuck: \(counts)")
+        #expect(double.isEmpty, "jobs that ran twice at the same time: \(double)")
+        #expect(try Fsck(site: site).run(repair: false).problems.isEmpty)
+        for id in ids {
+            let history = try #require(try Query(site: site).find(id).record).history.map(\.state)
+            for (a, b) in zip(history, history.dropFirst()) { #expect(a.canTransition(to: b), "\(id): \(a) -> \(b)") }
+        }
+    }
+}
