@@ -137,15 +137,20 @@ func runs(_ site: Site) throws -> [Run] {
 
     func state(_ id: String) -> JobState? { try? Query(site: site).find(id).state }
 
+    /// Waits until the job in `workdir`, whose command writes its pid to `pid` first, runs; its pid.
+    func runningPID(_ workdir: String) throws -> Int32 {
+        let pidFile = site.jobDirectory(workdir) + "/pid"
+        try waitUntil("the job runs") { (try? read(pidFile))?.hasSuffix("\n") ?? false }
+        return try #require(Int32(try read(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)))
+    }
+
     @Test func aLauncherThatLostItsLeaseStopsItsJobsAndExits() throws {
         try configure("  lease_timeout_sec: 1")
         try app("long", "echo $$ > pid; exec sleep 60")
         let ids = try submit([#"{"app":"long","workdir":"l"}"#])
         let launcher = try LauncherProcess(
             site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "60"], logDirectory: dir.path)
-        let pidFile = site.jobDirectory("l") + "/pid"
-        try waitUntil("the job runs") { (try? read(pidFile))?.hasSuffix("\n") ?? false }
-        let jobPID = try #require(Int32(try read(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)))
+        let jobPID = try runningPID("l")
         kill(launcher.process.processIdentifier, SIGSTOP)
         defer { kill(launcher.process.processIdentifier, SIGCONT) }
         // Stopped past its lease: the watcher's pass reaps the lease and takes the job back.
@@ -197,9 +202,7 @@ func runs(_ site: Site) throws -> [Run] {
         let ids = try submit([#"{"app":"long","workdir":"orphan"}"#])
         let launcher = try LauncherProcess(
             site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
-        let pidFile = site.jobDirectory("orphan") + "/pid"
-        try waitUntil("the job runs") { (try? read(pidFile))?.hasSuffix("\n") ?? false }
-        let jobPID = try #require(Int32(try read(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)))
+        let jobPID = try runningPID("orphan")
         let found = try run("/usr/bin/pgrep", ["-P", String(launcher.process.processIdentifier), "balsam-task-gua"])
         let guardPID = try #require(Int32(found.stdout.split(separator: "\n").first ?? ""), "\(found)")
         kill(guardPID, SIGKILL)
@@ -216,9 +219,7 @@ func runs(_ site: Site) throws -> [Run] {
         _ = try submit([#"{"app":"escape","workdir":"esc"}"#])
         let launcher = try LauncherProcess(
             site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "60"], logDirectory: dir.path)
-        let pidFile = site.jobDirectory("esc") + "/pid"
-        try waitUntil("the job runs") { (try? read(pidFile))?.hasSuffix("\n") ?? false }
-        let escaped = try #require(Int32(try read(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)))
+        let escaped = try runningPID("esc")
         #expect(getpgid(escaped) == escaped, "it left the job's process group")
         kill(launcher.process.processIdentifier, SIGKILL)
         try waitUntil("the escaped process is stopped", timeout: 30) { kill(escaped, 0) != 0 }

@@ -194,6 +194,56 @@ import Testing
         #expect(entries(site.acceptedPath).isEmpty, "the resumed pass removed the batch and its marker")
     }
 
+    /// Two submitters at once each pass the submission's check (neither sees the other's batch); ingest refuses
+    /// the directory that would land inside another job's, in either order.
+    @Test(arguments: [false, true])
+    func concurrentSubmissionsNeverNestJobDirectories(innerFirst: Bool) throws {
+        let dir = try TempDir()
+        let site = try makeSite(dir)
+        let outer = (0..<10).map { #"{"app":"hello","workdir":"n/\#($0)","parameters":{"name":"o"}}"# }
+        let inner = (0..<10).map { #"{"app":"hello","workdir":"n/\#($0)/sub","parameters":{"name":"i"}}"# }
+        var late = Submission(site: site)
+        try late.checkWorkdirFree("unrelated", claimedWorkdirs: [])  // it looked before the other wrote its batch
+        var early = Submission(site: site)
+        let first = innerFirst ? inner : outer
+        let second = innerFirst ? outer : inner
+        #expect(try early.accept(Array(first.joined(separator: "\n").utf8)).accepted.count == 10)
+        #expect(try late.accept(Array(second.joined(separator: "\n").utf8)).accepted.count == 10)
+        let report = try Ingest(site: site).materializePending()
+        #expect(report.conflicts.count == 10)
+        let counts = try Query(site: site).countByState().filter { $0.value > 0 }
+        #expect(counts == [.ready: 10, .failed: 10])
+        for i in 0..<10 {
+            let made = try Query(site: site).find("n/\(i)" + (innerFirst ? "/sub" : ""))
+            #expect(made.state == .ready)
+        }
+        if !innerFirst {
+            #expect(!exists(site.jobDirectory("n/0/sub")), "no directory was made inside another job's")
+            let failed = try Query(site: site).list(JobFilter(), load: true).filter { $0.state == .failed }
+            #expect(failed.allSatisfy { $0.record?.reason?.contains("inside the directory of job 'n/") == true })
+        }
+        let problems = try Fsck(site: site).run(repair: false).problems
+        #expect(problems.isEmpty, "\(problems)")
+    }
+
+    @Test func fsckReportsAJobInsideAnotherJobsDirectory() throws {
+        let dir = try TempDir()
+        let site = try makeSite(dir)
+        var submission = Submission(site: site)
+        _ = try submission.submit(helloJob("outer"))
+        let (moved, _) = try submission.submit(helloJob("x"))
+        // Nested by hand, as an older version could leave it: the directory moved in, its spec rewritten in place.
+        try FileManager.default.moveItem(atPath: site.jobDirectory("x"), toPath: site.jobDirectory("outer/x"))
+        var spec = moved
+        spec.workdir = "outer/x"
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: site.jobDirectory("outer/x") + "/job.json"))
+        try handle.truncate(atOffset: 0)
+        try handle.write(contentsOf: Data(spec.fileBytes()))
+        try handle.close()
+        let problems = try Fsck(site: site).run(repair: false).problems
+        #expect(problems.count == 1 && problems[0].message.contains("lies inside the directory of job"), "\(problems)")
+    }
+
     @Test func ingestResumesAfterAnInterruptedPassAndFailsConflicts() throws {
         let dir = try TempDir()
         let site = try makeSite(dir)

@@ -46,7 +46,10 @@ public struct Fsck {
         var pass = Pass(fsck: self, repair: repair)
         try pass.interruptedWrites()
         try pass.activeEntries()
-        if full { try pass.jobDirectories() }
+        if full {
+            try pass.jobDirectories()
+            try pass.nesting()
+        }
         report.jobs = pass.checked
         report.problems = pass.problems
         return report
@@ -266,6 +269,37 @@ public struct Fsck {
             }
         }
 
+        /// No job's directory holds another job's (hooks and cleanup globs of the outer job would reach the
+        /// inner one's files, and removing the outer job would delete them). Reported, not repaired: which of
+        /// the two should move is the user's call.
+        mutating func nesting() throws(SpoolError) {
+            var workdirs: [String: String] = [:]
+            for state in JobState.active {
+                for id in try index.activeIDs(state) {
+                    if let job = index.readEntry(state, id: id) { workdirs[job.workdir] = id }
+                }
+            }
+            for leased in try index.leasedJobs() { workdirs[leased.job.workdir] = leased.id }
+            for line in try index.finalLines() where !line.workdir.hasPrefix(".balsam") {
+                workdirs[line.workdir] = line.id
+            }
+            for (workdir, id) in workdirs.sorted(by: { $0.key < $1.key }) {
+                var ancestor = Substring(workdir)
+                while let slash = ancestor.lastIndex(of: "/") {
+                    ancestor = ancestor[..<slash]
+                    guard let outer = workdirs[String(ancestor)],
+                        Posix.exists(site.jobDirectory(String(ancestor)) + "/job.json")
+                    else { continue }
+                    problems.append(
+                        Problem(
+                            message: "job \(id) lies inside the directory of job \(outer) (workdir '\(ancestor)'): "
+                                + "move one of them; balsam rm of the outer job would delete the inner one's files",
+                            path: site.jobDirectory(workdir), repaired: false))
+                    break
+                }
+            }
+        }
+
         /// Every job directory under `data/` has its entry (active) or final-index line (ended).
         mutating func jobDirectories() throws(SpoolError) {
             try walk(site.dataPath, relative: "")
@@ -298,7 +332,7 @@ public struct Fsck {
                 return
             }
             if !entered.contains(job.id) { checked += 1 }
-            if job.workdir != workdir {
+            if job.workdir != workdir && !workdir.hasPrefix(".balsam-conflicts/") {
                 // Moved or renamed by hand: its job (if any still is) lives at its own workdir; this copy is not
                 // a job of the site until the user moves it back or resubmits it.
                 problems.append(

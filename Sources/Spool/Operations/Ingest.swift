@@ -113,12 +113,21 @@ public struct Ingest {
     ) throws(SpoolError) {
         let dir = site.jobDirectory(line.workdir)
         let parent = Posix.parentPath(dir)
+        var jobBytes = Array(line.jobJSON)
+        jobBytes.append(0x0A)
         if !knownParents.contains(parent) {
+            // One job's directory never holds another's. Submission checks it, but two submitters at once each
+            // see only their own jobs: the later directory is refused here, when it is made.
+            if let outer = enclosingJob(of: line.workdir) {
+                try conflict(
+                    line, record: record, jobBytes: jobBytes, finals: &finals, events: &events,
+                    reason: "workdir '\(line.workdir)' would be inside the directory of job '\(outer)'")
+                report.conflicts.append(line.id)
+                return
+            }
             if parent != site.dataPath { try Posix.makeDirectories(parent) }
             knownParents.insert(parent)
         }
-        var jobBytes = Array(line.jobJSON)
-        jobBytes.append(0x0A)
         // mkdir(2) is the test of whether the workdir is free: EEXIST is an answer (resume or conflict).
         if mkdir(dir, 0o755) != 0 {
             let err = errno
@@ -168,15 +177,27 @@ public struct Ingest {
     }
 
     /// The job's workdir was taken after it was accepted: keep the job, FAILED, under a reserved name.
+    /// The workdir of a job whose directory would hold `workdir`'s (an ancestor with a `job.json`), if any.
+    private func enclosingJob(of workdir: String) -> String? {
+        var ancestor = Substring(workdir)
+        while let slash = ancestor.lastIndex(of: "/") {
+            ancestor = ancestor[..<slash]
+            if Posix.exists(site.jobDirectory(String(ancestor)) + "/job.json") { return String(ancestor) }
+        }
+        return nil
+    }
+
     private func conflict(
         _ line: Batch.Line, record initial: StateRecord, jobBytes: [UInt8], finals: inout [SiteIndex.FinalLine],
-        events: inout [Event]
+        events: inout [Event],
+        reason: String? = nil
     ) throws(SpoolError) {
         let workdir = ".balsam-conflicts/" + line.id
         let dir = site.jobDirectory(workdir)
         try Posix.makeDirectories(dir)
         try Posix.replaceFile(dir + "/job.json", jobBytes, sync: false)
-        let reason = "workdir '\(line.workdir)' was taken by another job or file before this job's directory was made"
+        let reason =
+            reason ?? "workdir '\(line.workdir)' was taken by another job or file before this job's directory was made"
         let record = try initial.moved(to: .failed, actor: actor, reason: reason)
         try Posix.replaceFile(dir + "/state", record.fileBytes(), sync: false)
         finals.append(
