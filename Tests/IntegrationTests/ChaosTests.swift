@@ -23,7 +23,7 @@ import Testing
         return found.split(separator: "\n").compactMap { Int32($0) }
     }
 
-    @Test func killsOfEveryKindLoseNoJobAndNeverRunOneTwiceAtOnce() throws {
+    @Test func killsOfEveryKindLoseNoJobAndNeverRunOneTwiceAtOnce() async throws {
         let dir = try TempDir()
         let root = dir.path + "/site"
         #expect(try balsam(["init", root]).status == 0)
@@ -69,7 +69,7 @@ import Testing
         {
             try keepLauncher()
             let pause = Date().addingTimeInterval(Double.random(in: 0.2...0.6, using: &rng))
-            try waitUntil("a moment", timeout: 5) { Date() >= pause }
+            try await waitFor("a moment", timeout: 5) { Date() >= pause }
             let kind = kills.filter { $0.value < Self.killsPerKind }.keys.randomElement(using: &rng) ?? "watcher"
             switch kind {
             case "watcher":
@@ -84,7 +84,7 @@ import Testing
             }
             kills[kind, default: 0] += 1
         }
-        try waitUntil("every job has ended", timeout: 300) {
+        try await waitFor("every job has ended", timeout: 300) {
             try keepLauncher()
             return finals() == Self.jobs
         }

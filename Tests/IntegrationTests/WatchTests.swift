@@ -50,6 +50,17 @@ func waitUntil(_ what: String, timeout: Double = 30, _ condition: () throws -> B
     Issue.record("timed out after \(timeout) s waiting until \(what)")
 }
 
+/// `waitUntil` for long async tests: it sleeps with `Task.sleep`, so a test that waits minutes does not hold one
+/// of the cooperative pool's few threads (other tests need them to resume).
+func waitFor(_ what: String, timeout: Double = 30, _ condition: () throws -> Bool) async throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if try condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    Issue.record("timed out after \(timeout) s waiting until \(what)")
+}
+
 @Suite(.serialized) struct WatchTests {
     let dir: TempDir
     let site: Site

@@ -185,7 +185,7 @@ public final class Coordinator {
                 if fill() { active = true }
             }
             recordEndings()
-            if running.isEmpty {
+            if running.isEmpty && claimPause == 0 {  // waiting for a full disk to have room is not idleness
                 if idleSince == nil { idleSince = now }
                 if let since = idleSince, now - since >= idleTimeout {
                     stopping = "idle"
