@@ -242,19 +242,21 @@ public final class Engine {
             let seconds = age.isFinite ? "\(Int(age)) s" : "ever"
             logger.warning("lease \(lease.name) expired (no heartbeat for \(seconds)); taking its jobs back")
             for id in (try? lease.jobIDs()) ?? [] {
-                var path = lease.entryPath(id)
-                if path != lease.path + "/" + id, rename(path, lease.path + "/" + id) == 0 {
-                    path = lease.path + "/" + id  // a move its launcher did not finish: judged by the state file
-                }
+                // The entry (or a move its launcher did not finish, ID.moving) leaves the lease first, under the
+                // name its state file gives it: a launcher that is only slow, not dead, then finds its claim gone
+                // before it commits a step (see JobStore.move) instead of recording over the reaper.
+                let path = lease.entryPath(id)
                 do {
                     guard let loaded = try store.load(entryAt: path) else { continue }
-                    switch loaded.record.state {
-                    case .running:
-                        try move(loaded, to: .runTimeout, reason: "lease \(lease.name) expired while the job ran")
-                    case let state where !state.isFinal:
-                        try Posix.rename(path, index.entryPath(state, id))
-                    default:
+                    let state = loaded.record.state
+                    if state.isFinal {
                         Posix.unlink(path)
+                        continue
+                    }
+                    let entry = index.entryPath(state, id)
+                    do { try Posix.renameNoReplace(path, entry) } catch  where error.cause == ENOENT { continue }
+                    if state == .running, let taken = try store.load(entryAt: entry) {
+                        try move(taken, to: .runTimeout, reason: "lease \(lease.name) expired while the job ran")
                     }
                     report.moves += 1
                 } catch {

@@ -17,10 +17,21 @@ import Testing
     static let jobs = Int(ProcessInfo.processInfo.environment["BALSAM_CHAOS_JOBS"] ?? "") ?? 300
     static let killsPerKind = Int(ProcessInfo.processInfo.environment["BALSAM_CHAOS_KILLS"] ?? "") ?? 20
 
-    /// Pids of the running processes called `name` (exact name, as `pgrep -x` matches it).
-    func pids(_ name: String) -> [Int32] {
-        let found = (try? run("/usr/bin/pgrep", ["-x", name], timeout: 10))?.stdout ?? ""
+    /// Pids `pgrep` finds with `arguments`.
+    func pgrep(_ arguments: [String]) -> [Int32] {
+        let found = (try? run("/usr/bin/pgrep", arguments, timeout: 10))?.stdout ?? ""
         return found.split(separator: "\n").compactMap { Int32($0) }
+    }
+
+    /// This test's launcher ranks (never another test's: the suites run side by side).
+    func ranks(of root: String) -> [Int32] {
+        let mine = Set(pgrep(["-f", "--", "--site " + root]))
+        return pgrep(["-x", "balsam-launcher"]).filter { mine.contains($0) }
+    }
+
+    /// The task servers of this test's ranks.
+    func taskServers(of root: String) -> [Int32] {
+        ranks(of: root).flatMap { pgrep(["-P", String($0), "-x", "balsam-task-gua"]) }
     }
 
     @Test func killsOfEveryKindLoseNoJobAndNeverRunOneTwiceAtOnce() async throws {
@@ -76,10 +87,10 @@ import Testing
                 watcher.kill9()
                 watcher = try WatchProcess(site: root, logDirectory: dir.path)
             case "task server":
-                guard let target = pids("balsam-task-gua").randomElement(using: &rng) else { continue }
+                guard let target = taskServers(of: root).randomElement(using: &rng) else { continue }
                 kill(target, SIGKILL)
             default:
-                guard let target = pids("balsam-launcher").randomElement(using: &rng) else { continue }
+                guard let target = ranks(of: root).randomElement(using: &rng) else { continue }
                 kill(target, SIGKILL)
             }
             kills[kind, default: 0] += 1

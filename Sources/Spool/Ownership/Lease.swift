@@ -85,6 +85,11 @@ public struct Lease: Sendable, Equatable {
 
     static let movingSuffix = ".moving"
 
+    /// Whether `path` is an entry or a claim inside a lease directory.
+    static func isLeasePath(_ path: String) -> Bool {
+        Posix.lastComponent(Posix.parentPath(path)).hasPrefix(prefix)
+    }
+
     /// Claims a runnable job: renames its entry from `jobs/STATE/ID` into the lease. False if another launcher
     /// (or the watcher) took it first.
     public func claim(_ id: String, from state: JobState, site: Site) -> Bool {

@@ -160,6 +160,12 @@ public struct JobStore: Sendable {
                     throw error
                 }
             }
+            // A claim inside a launcher's lease can be taken back by the watcher's reaper if the lease expires
+            // meanwhile (the launcher stopped or starved past the lease timeout): look again just before the
+            // commit, so that a launcher never records a step the reaper has already taken the job away from.
+            if Lease.isLeasePath(held), !Posix.exists(held) {
+                throw SpoolError(.conflict, "job \(id) was taken back from \(actor)'s expired lease")
+            }
             try Posix.appendLines(
                 dir + "/state", lines, sync: false, endsWithNewline: loaded.record.fileEndsWithNewline)
         } catch {
