@@ -215,12 +215,13 @@ func runs(_ site: Site) throws -> [Run] {
     }
 
     @Test func aJobThatEscapesItsProcessGroupDiesWithItsKilledLauncher() throws {
-        try app("escape", "setsid sleep 60 & echo $! > pid; wait")
+        // The escaped process says its own pid (setsid may fork first): `$!` could name a process already gone.
+        try app("escape", #"setsid sh -c 'echo $$ > pid.tmp; mv pid.tmp pid; exec sleep 60' & wait"#)
         _ = try submit([#"{"app":"escape","workdir":"esc"}"#])
         let launcher = try LauncherProcess(
             site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "60"], logDirectory: dir.path)
         let escaped = try runningPID("esc")
-        #expect(getpgid(escaped) == escaped, "it left the job's process group")
+        #expect(getsid(escaped) == escaped, "it left the job's session and process group")
         kill(launcher.process.processIdentifier, SIGKILL)
         try waitUntil("the escaped process is stopped", timeout: 30) { kill(escaped, 0) != 0 }
     }
