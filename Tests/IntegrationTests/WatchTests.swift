@@ -133,6 +133,11 @@ func waitFor(_ what: String, timeout: Double = 30, _ condition: () throws -> Boo
         #expect(try read(site.logPath + "/balsam-watch.log").contains("watching"))
         let none = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--stop"])
         #expect(none.status == 0 && none.stdout.contains("no watcher"))
+        // The original Balsam's spellings of the same.
+        let siteStart = try balsam(["site", "start"], site: site.root)
+        #expect(siteStart.status == 0 && siteStart.stdout.contains("running as pid"), "\(siteStart.stderr)")
+        let siteStop = try balsam(["site", "stop"], site: site.root)
+        #expect(siteStop.status == 0 && siteStop.stdout.contains("stopped"), "\(siteStop.stderr)")
     }
 
     /// Kill -9 the watcher at random moments while jobs flow through hooks, retries and dependencies, restarting
