@@ -12,21 +12,6 @@ private let stopSignal = Atomic<Int32>(0)
 /// One launcher process: MPI started, every rank's node discovered, then rank 0 coordinates and the other ranks
 /// run what it places on their nodes. What `balsam-launcher` runs after parsing its arguments.
 public struct Launch {
-    /// How the launcher was asked to run.
-    public struct Options: Sendable {
-        /// Minutes the launcher may run.
-        public var wallTimeMinutes: Double
-        /// Seconds with nothing to run before it exits (nil: `launcher.idle_ttl_sec`).
-        public var idleTimeout: Double?
-        /// Only jobs with all of these tags.
-        public var tags: [String: String] = [:]
-        /// Benchmark only: jobs "end" as soon as they are placed.
-        public var noSpawn = false
-
-        /// Options for a launcher of `wallTimeMinutes`.
-        public init(wallTimeMinutes: Double) { self.wallTimeMinutes = wallTimeMinutes }
-    }
-
     /// Why a launcher could not start or went on: an MPI failure is `.unavailable`.
     public struct Failure: Error {
         /// What went wrong.
@@ -35,11 +20,12 @@ public struct Launch {
         public var rank: Int?
     }
 
-    let options: Options
+    let options: Coordinator.Options
     let openSite: () throws(SpoolError) -> Site
 
-    /// A launch of the site `openSite` finds (called after MPI is up, on every rank).
-    public init(options: Options, openSite: @escaping () throws(SpoolError) -> Site) {
+    /// A launch of the site `openSite` finds (called after MPI is up, on every rank), run by rank 0 with `options`
+    /// (the scheduler's facts are added to its `leaseInfo` here).
+    public init(options: Coordinator.Options, openSite: @escaping () throws(SpoolError) -> Site) {
         self.options = options
         self.openSite = openSite
     }
@@ -95,10 +81,7 @@ public struct Launch {
         }
         try prepareRankZero()
         let logger = makeLogger(0, world.size)
-        var coordinatorOptions = Coordinator.Options(wallTimeMinutes: options.wallTimeMinutes)
-        coordinatorOptions.idleTimeout = options.idleTimeout
-        coordinatorOptions.noSpawn = options.noSpawn
-        coordinatorOptions.tags = options.tags
+        var coordinatorOptions = options
         if let (source, hosts) = SchedulerNodes.hosts(environment: environment) {
             coordinatorOptions.leaseInfo["scheduler_nodes"] = .array(hosts.map { .string($0) })
             let missing = SchedulerNodes.uncovered(hosts, by: nodes)

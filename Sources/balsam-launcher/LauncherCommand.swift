@@ -46,7 +46,7 @@ struct LauncherCommand: ParsableCommand {
     }
 
     func run() throws {
-        var options = Launch.Options(wallTimeMinutes: wallTimeMinutes)
+        var options = Coordinator.Options(wallTimeMinutes: wallTimeMinutes)
         options.idleTimeout = idleTimeout
         options.noSpawn = noSpawn
         for item in tag {

@@ -108,6 +108,9 @@ public final class Coordinator {
         deadline = started + wall - min(120, wall / 10) - settings.launcher.killGraceSeconds
     }
 
+    /// The stop reason of a launcher whose lease the watcher reaped.
+    static let lostLease = "lost its lease"
+
     /// Minutes left before the launcher starts ending.
     var minutesLeft: Double { (deadline - Posix.monotonicSeconds()) / 60 }
 
@@ -160,7 +163,7 @@ public final class Coordinator {
                     logger.error(
                         "lost the lease \(lease.name) (reaped after \(Int(now - lastHeartbeat)) s without a heartbeat); stopping every job"
                     )
-                    stopping = "lost its lease"
+                    stopping = Coordinator.lostLease
                     break
                 } catch {
                     logger.error("cannot refresh the lease: \(error)")
@@ -185,7 +188,7 @@ public final class Coordinator {
                 if fill() { active = true }
             }
             recordEndings()
-            if running.isEmpty && claimPause == 0 {  // waiting for a full disk to have room is not idleness
+            if running.isEmpty && !startBackoff.isFailing {  // waiting for a full disk to have room is not idleness
                 if idleSince == nil { idleSince = now }
                 if let since = idleSince, now - since >= idleTimeout {
                     stopping = "idle"
@@ -205,7 +208,7 @@ public final class Coordinator {
             }
         }
         try shutdown(reason: stopping ?? "signal")
-        if summary.reason == "lost its lease" {
+        if summary.reason == Coordinator.lostLease {
             throw SpoolError(
                 .unavailable, "lost its lease \(lease.name): its jobs were taken back and may run elsewhere")
         }
@@ -216,7 +219,7 @@ public final class Coordinator {
 
     /// Claims and starts every candidate that fits now, oldest first. True if it started any.
     private func fill() -> Bool {
-        if Posix.monotonicSeconds() < claimPausedUntil { return false }
+        if !startBackoff.isOver(Posix.monotonicSeconds()) { return false }
         if candidatesStale {
             candidates = listCandidates()
             candidateStart = 0
@@ -313,34 +316,23 @@ public final class Coordinator {
             if failIfDirectoryGone(id, workdir: job.workdir, entry: entry, from: state) { return false }
             giveBack(entry, id: id)
             if error.code == .io {
-                // A full or failing disk: every other job would fail the same way now. Pause claiming (1 s,
-                // doubling to 30 s while it lasts) and say so once per distinct error.
-                let text = "\(error)"
-                if text != lastStartError {
+                // A full or failing disk: every other job would fail the same way now. Pause claiming.
+                if startBackoff.failed("\(error)", now: Posix.monotonicSeconds()) {
                     logger.error(
                         "cannot start jobs: \(error); claiming paused, retried every 1 to 30 s",
                         metadata: ["job.id": "\(id)"])
-                    lastStartError = text
                 }
-                claimPause = claimPause == 0 ? 1 : min(30, claimPause * 2)
-                claimPausedUntil = Posix.monotonicSeconds() + claimPause
                 return false
             }
             logger.error("job \(id): cannot start: \(error)", metadata: ["job.id": "\(id)"])
             return false
         }
-        if claimPause > 0 {
-            logger.info("starting jobs again")
-            claimPause = 0
-            lastStartError = ""
-        }
+        if startBackoff.succeeded() { logger.info("starting jobs again") }
         return true
     }
 
     /// Claiming paused after an I/O error at a start (see `start`).
-    private var claimPausedUntil = 0.0
-    private var claimPause = 0.0
-    private var lastStartError = ""
+    private var startBackoff = IOBackoff()
 
     /// A job whose directory was deleted or renamed by hand can never be started or recorded: it is failed with
     /// that reason (its entry kept in `rejected/`), instead of being given back to fail again for ever.
@@ -427,26 +419,23 @@ public final class Coordinator {
         guard let job = running.removeValue(forKey: ended.id) else { return }
         allocation.release(job.assignment)
         // After a lost lease the job is no longer this launcher's: whoever took it back records it.
-        if stopping == "lost its lease" { return }
+        if stopping == Coordinator.lostLease { return }
         endings.append((job, ended, stopping))
     }
 
     /// A job that ended, and why the launcher was stopping then (nil: it was not), to be recorded.
     private typealias Ending = (job: Running, ended: TaskRunner.Ended, stopping: String?)
     private var endings: [Ending] = []
-    /// Endings that could not be written (a full disk): tried again after `recordPause`, which doubles (1 to
-    /// 30 s) while they keep failing; one log line per distinct error.
+    /// Endings that could not be written (a full disk): tried again when `recordBackoff` says.
     private var unrecorded: [Ending] = []
-    private var nextRecordTry = 0.0
-    private var recordPause = 1.0
-    private var lastRecordError = ""
+    private var recordBackoff = IOBackoff()
 
     /// Records the endings collected so far (and, when their pause is over, those that failed before).
     private func recordEndings() {
         var batch = endings
         endings = []
         let now = Posix.monotonicSeconds()
-        if !unrecorded.isEmpty && now >= nextRecordTry {
+        if !unrecorded.isEmpty && recordBackoff.isOver(now) {
             batch = unrecorded + batch
             unrecorded = []
         }
@@ -458,19 +447,13 @@ public final class Coordinator {
             }
         }
         if let failure {
-            let text = "\(failure)"
-            if text != lastRecordError {
+            if recordBackoff.failed("\(failure)", now: now, progressed: batch.count > unrecorded.count) {
                 logger.error(
                     "cannot record the end of \(unrecorded.count) job(s): \(failure); trying again while the disk has no room"
                 )
-                lastRecordError = text
             }
-            recordPause = batch.count > unrecorded.count ? 1 : min(30, recordPause * 2)
-            nextRecordTry = now + recordPause
-        } else if !batch.isEmpty && unrecorded.isEmpty && !lastRecordError.isEmpty {
+        } else if !batch.isEmpty && unrecorded.isEmpty && recordBackoff.succeeded() {
             logger.info("recording job endings again")
-            lastRecordError = ""
-            recordPause = 1
         }
     }
 
@@ -568,7 +551,7 @@ public final class Coordinator {
         while !unrecorded.isEmpty && Posix.monotonicSeconds() < recordLimit {
             try? lease?.heartbeat()
             Posix.sleep(seconds: 0.5)
-            nextRecordTry = 0
+            recordBackoff.retryNow()
             recordEndings()
         }
         if !unrecorded.isEmpty {
@@ -584,5 +567,37 @@ public final class Coordinator {
             done: \(summary.started) started, \(summary.done) RUN_DONE, \(summary.errors) RUN_ERROR, \
             \(summary.timedOut) RUN_TIMEOUT, \(summary.killed) killed
             """)
+    }
+}
+
+/// A pause after I/O failures (a full disk) that doubles from 1 to 30 s while they last, and says each distinct
+/// failure once: the launcher's claiming and its recording of job endings both wait this way.
+struct IOBackoff {
+    private var until = 0.0
+    private var pause = 0.0
+    private var lastMessage = ""
+
+    /// Whether failures are under way (the last attempt failed).
+    var isFailing: Bool { pause > 0 }
+
+    /// Whether the pause is over at `now` (always, when nothing failed).
+    func isOver(_ now: Double) -> Bool { now >= until }
+
+    /// Records a failure and starts the next pause (back at 1 s if some work still got done); true when `message`
+    /// is new, so the caller logs it.
+    mutating func failed(_ message: String, now: Double, progressed: Bool = false) -> Bool {
+        pause = pause == 0 || progressed ? 1 : min(30, pause * 2)
+        until = now + pause
+        defer { lastMessage = message }
+        return message != lastMessage
+    }
+
+    /// Ends the pause early: one more try now.
+    mutating func retryNow() { until = 0 }
+
+    /// Records a success; true when it ends a run of failures, so the caller says so.
+    mutating func succeeded() -> Bool {
+        defer { self = IOBackoff() }
+        return pause > 0
     }
 }
