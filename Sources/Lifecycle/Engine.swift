@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Processes
 import Spool
 
 #if canImport(Glibc)
@@ -303,7 +304,7 @@ public final class Engine {
         switch outcome.status {
         case .exited(0):
             break
-        case .abandoned:
+        case .stopped:
             throw SpoolError(.conflict, "\(name) of job \(loaded.job.id) was stopped by a shutdown; it runs again")
         case .exited(let code):
             try move(loaded, to: .failed, reason: "\(name) exited with status \(code)" + tail(outcome.tail))

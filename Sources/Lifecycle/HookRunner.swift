@@ -12,15 +12,8 @@ import Spool
 struct HookRunner {
     /// How a hook ended.
     struct Outcome {
-        enum Status: Equatable {
-            case exited(Int32)
-            case signaled(Int32)
-            case timedOut
-            /// Killed because the watcher is stopping.
-            case abandoned
-        }
-
-        var status: Status
+        /// How its process ended (`.stopped`: killed because the watcher is stopping).
+        var status: ChildProcess.Ending
         /// The last lines the hook wrote to `balsam.log`.
         var tail: String
         /// What the hook asked for in its result file, if it wrote one.
@@ -56,15 +49,10 @@ struct HookRunner {
         var child = ChildProcess(
             executable: executable, environment: env, directory: directory, timeoutSeconds: timeoutSeconds)
         child.shouldStop = shouldStop
-        let status: Outcome.Status
+        let status: ChildProcess.Ending
         do {
             defer { Posix.close(logFD) }
-            switch try child.run(output: .file(logFD)).ending {
-            case .exited(let code): status = .exited(code)
-            case .signaled(let signal): status = .signaled(signal)
-            case .timedOut: status = .timedOut
-            case .stopped: status = .abandoned
-            }
+            status = try child.run(output: .file(logFD)).ending
         } catch {
             throw SpoolError(
                 error.code, "cannot run hook \(hook): \(error.message)", path: executable, cause: error.cause)
