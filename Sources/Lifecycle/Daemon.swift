@@ -38,8 +38,8 @@ public enum WatcherDaemon {
     /// Starts `executable` with `arguments` (a watcher in the foreground, logging to `logPath`) in its own process
     /// group, and waits (at most `timeout` seconds) until it holds the site's claim; returns its pid.
     ///
-    /// A re-exec rather than fork(): the caller already runs threads. Through `Posix.spawn`, not swift-subprocess,
-    /// whose `run` always waits for the child to end: a daemon must outlive the command that started it.
+    /// A re-exec rather than fork(): the caller already runs threads. Through `Posix.spawn`, not `ChildProcess`,
+    /// which waits for its child to end: a daemon must outlive the command that started it.
     public static func start(
         _ site: Site, executable: String, arguments: [String], logPath: String, timeout: Double = 30
     ) throws(SpoolError) -> Int32 {

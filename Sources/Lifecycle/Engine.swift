@@ -1,4 +1,3 @@
-import Foundation
 import Logging
 import Processes
 import Spool
@@ -256,7 +255,9 @@ public final class Engine {
                     }
                     let entry = index.entryPath(state, id)
                     do { try Posix.renameNoReplace(path, entry) } catch  where error.cause == ENOENT { continue }
-                    if state == .running, let taken = try store.load(entryAt: entry) {
+                    if state == .running {
+                        var taken = loaded
+                        taken.entry = entry
                         try move(taken, to: .runTimeout, reason: "lease \(lease.name) expired while the job ran")
                     }
                     report.moves += 1
@@ -431,7 +432,7 @@ public final class Engine {
             return "parent \(parent) (workdir \(listing.workdir)) ended FAILED\(reason)"
         }
         var root = own.dropFirst(inherited.count)
-        if let through = root.range(of: " (through parent ", options: .backwards) { root = root[..<through.lowerBound] }
+        if let through = root.ranges(of: " (through parent ").last { root = root[..<through.lowerBound] }
         return "ancestor \(root) (through parent \(parent))"
     }
 

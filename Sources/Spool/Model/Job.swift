@@ -186,17 +186,16 @@ public struct Job: Sendable, Equatable {
                 "tags.\(k)", "keys must be 1 to \(Limits.tagBytes) bytes and values at most \(Limits.tagBytes)")
         }
         // A NUL cannot reach a command line or an environment variable: refused here, not when the job runs.
-        for (field, values) in [
-            ("parameters", parameters), ("launch_params", launchParams.mapValues(JSONValue.string)),
-        ] {
-            if let path = Job.nulPath(.object(values), at: field) {
+        let texts: [(String, JSONValue)] = [
+            ("app", .string(app)), ("parameters", .object(parameters)),
+            ("launch_params", .object(launchParams.mapValues(JSONValue.string))),
+            ("tags", .object(tags.mapValues(JSONValue.string))),
+        ]
+        for (field, value) in texts {
+            if let path = Job.nulPath(value, at: field) {
                 throw fieldError(path, "contains a NUL character, which no command line or environment can carry")
             }
         }
-        for (k, v) in tags where k.utf8.contains(0) || v.utf8.contains(0) {
-            throw fieldError("tags.\(k)", "contains a NUL character")
-        }
-        if app.utf8.contains(0) { throw fieldError("app", "contains a NUL character") }
         let parametersSize = JSONValue.object(parameters).serialized().utf8.count
         if parametersSize > Limits.parametersBytes {
             throw fieldError("parameters", "is \(parametersSize) bytes; the limit is \(Limits.parametersBytes)")
@@ -215,6 +214,17 @@ public struct Job: Sendable, Equatable {
         for (slot, item) in transfers {
             try Job.validateTransfer(slot: slot, item)
         }
+    }
+
+    /// The workdirs whose directories would hold `workdir`'s, innermost first: `a/b/c` gives `a/b`, `a`.
+    static func enclosingWorkdirs(of workdir: String) -> [String] {
+        var result: [String] = []
+        var ancestor = Substring(workdir)
+        while let slash = ancestor.lastIndex(of: "/") {
+            ancestor = ancestor[..<slash]
+            result.append(String(ancestor))
+        }
+        return result
     }
 
     /// Where in `value` (a dotted path from `path`) a string or key holds a NUL, if anywhere.

@@ -89,6 +89,8 @@ public struct Fsck {
         var problems: [Problem] = []
         var checked = 0
         var entered = Set<String>()
+        /// Workdir -> ID of every active job seen (entries and leases), for `nesting`.
+        var workdirs: [String: String] = [:]
         private var finalStates: FinalStates
         private var pending: Set<String>?
 
@@ -182,6 +184,7 @@ public struct Fsck {
             // Jobs held by launchers are theirs; the watcher's lease reaper handles expired leases.
             for leased in try index.leasedJobs() {
                 entered.insert(leased.id)
+                workdirs[leased.job.workdir] = leased.id
                 if !Posix.isDirectory(site.jobDirectory(leased.job.workdir)) {
                     // Its launcher fails it when it next touches it; an expired lease's reaper does.
                     try note(
@@ -200,6 +203,7 @@ public struct Fsck {
                     {
                         checked += 1
                         entered.insert(id)
+                        workdirs[job.workdir] = id
                         continue
                     }
                     try settle(path, id: id, state: state)
@@ -221,6 +225,7 @@ public struct Fsck {
                 if try pendingIDs().contains(id) { return putBack() }
                 return try note("entry does not lead to a readable job.json of job \(id)", path) { Posix.unlink(held) }
             }
+            workdirs[job.workdir] = id
             checked += 1
             guard let record = try? Query(site: site).readRecord(workdir: job.workdir) else {
                 if !Posix.isDirectory(site.jobDirectory(job.workdir)) {
@@ -272,23 +277,15 @@ public struct Fsck {
         /// No job's directory holds another job's (hooks and cleanup globs of the outer job would reach the
         /// inner one's files, and removing the outer job would delete them). Reported, not repaired: which of
         /// the two should move is the user's call.
+        /// Uses the active jobs `activeEntries` saw and the final index.
         mutating func nesting() throws(SpoolError) {
-            var workdirs: [String: String] = [:]
-            for state in JobState.active {
-                for id in try index.activeIDs(state) {
-                    if let job = index.readEntry(state, id: id) { workdirs[job.workdir] = id }
-                }
-            }
-            for leased in try index.leasedJobs() { workdirs[leased.job.workdir] = leased.id }
+            var workdirs = self.workdirs
             for line in try index.finalLines() where !line.workdir.hasPrefix(".balsam") {
                 workdirs[line.workdir] = line.id
             }
             for (workdir, id) in workdirs.sorted(by: { $0.key < $1.key }) {
-                var ancestor = Substring(workdir)
-                while let slash = ancestor.lastIndex(of: "/") {
-                    ancestor = ancestor[..<slash]
-                    guard let outer = workdirs[String(ancestor)],
-                        Posix.exists(site.jobDirectory(String(ancestor)) + "/job.json")
+                for ancestor in Job.enclosingWorkdirs(of: workdir) {
+                    guard let outer = workdirs[ancestor], Posix.exists(site.jobDirectory(ancestor) + "/job.json")
                     else { continue }
                     problems.append(
                         Problem(

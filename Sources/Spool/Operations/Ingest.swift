@@ -176,17 +176,13 @@ public struct Ingest {
         return true
     }
 
-    /// The job's workdir was taken after it was accepted: keep the job, FAILED, under a reserved name.
     /// The workdir of a job whose directory would hold `workdir`'s (an ancestor with a `job.json`), if any.
     private func enclosingJob(of workdir: String) -> String? {
-        var ancestor = Substring(workdir)
-        while let slash = ancestor.lastIndex(of: "/") {
-            ancestor = ancestor[..<slash]
-            if Posix.exists(site.jobDirectory(String(ancestor)) + "/job.json") { return String(ancestor) }
-        }
-        return nil
+        Job.enclosingWorkdirs(of: workdir).first { Posix.exists(site.jobDirectory($0) + "/job.json") }
     }
 
+    /// The job's workdir was taken after it was accepted (or lies inside another job's directory): keep the job,
+    /// FAILED, under a reserved name.
     private func conflict(
         _ line: Batch.Line, record initial: StateRecord, jobBytes: [UInt8], finals: inout [SiteIndex.FinalLine],
         events: inout [Event],

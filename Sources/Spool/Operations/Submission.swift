@@ -73,15 +73,11 @@ public struct Submission {
                 .cannotCreate, "workdir '\(workdir)' belongs to an accepted job whose directory is not made yet")
         }
         // One job's directory never holds another's: cleanup globs and hooks of the outer job would reach in.
-        var ancestor = Substring(workdir)
-        while let slash = ancestor.lastIndex(of: "/") {
-            ancestor = ancestor[..<slash]
-            let name = String(ancestor)
-            if claimedWorkdirs.contains(name) || pendingWorkdirs?.contains(name) == true
-                || Posix.exists(site.jobDirectory(name) + "/job.json")
-            {
-                throw SpoolError(.cannotCreate, "workdir '\(workdir)' would be inside the directory of job '\(name)'")
-            }
+        for name in Job.enclosingWorkdirs(of: workdir)
+        where claimedWorkdirs.contains(name) || pendingWorkdirs?.contains(name) == true
+            || Posix.exists(site.jobDirectory(name) + "/job.json")
+        {
+            throw SpoolError(.cannotCreate, "workdir '\(workdir)' would be inside the directory of job '\(name)'")
         }
         if reservedAncestors.contains(workdir) {
             throw SpoolError(.cannotCreate, "workdir '\(workdir)' would contain the directory of another job")

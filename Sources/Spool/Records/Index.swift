@@ -53,7 +53,8 @@ public struct SiteIndex: Sendable {
         guard let fd = try? Posix.open(path, O_RDONLY) else { return nil }
         defer { Posix.close(fd) }
         var st = stat()
-        guard (try? Posix.call("stat", path: path) { fstat(fd, &st) }) != nil, st.st_size <= Job.Limits.fileBytes,
+        // A failed fstat, like any failure here, means "no readable entry" (nil).
+        guard fstat(fd, &st) == 0, st.st_size <= Job.Limits.fileBytes,
             let bytes = try? Posix.readToEnd(
                 fd, path: path, limit: Job.Limits.fileBytes, sizeHint: Int(st.st_size) + 1),
             let job = try? Job(bytes: bytes)

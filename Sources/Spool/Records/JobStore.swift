@@ -130,21 +130,19 @@ public struct JobStore: Sendable {
         //    a lease the caller holds is not claimed: nobody else may move it.
         let source = from.isFinal ? nil : (loaded.entry ?? index.entryPath(from, id))
         let held: String
-        if leaseHeld, let source, Lease.movingClaim(for: source) != nil {
+        if let source, leaseHeld, Lease.movingClaim(for: source) != nil {
             held = source
-        } else if source == nil {
-            held = try claimEnded(loaded)
-        } else {
-            held = source.flatMap(Lease.movingClaim(for:)) ?? site.claimPath(id)
-            do {
-                if let source { try Posix.renameNoReplace(source, held) }
-            } catch {
+        } else if let source {
+            held = Lease.movingClaim(for: source) ?? site.claimPath(id)
+            do { try Posix.renameNoReplace(source, held) } catch {
                 if error.cause == ENOENT || error.cause == EEXIST {
                     throw SpoolError(
                         .conflict, "job \(id) changed while \(actor) was moving it from \(from.rawValue)")
                 }
                 throw error
             }
+        } else {
+            held = try claimEnded(loaded)
         }
         do throws(SpoolError) {
             // 2. The event, 3. the spec (the entry relinked to the new file), 4. the state: the truth, written last.
@@ -192,8 +190,9 @@ public struct JobStore: Sendable {
     /// then renamed, without replacing, to `tmp/ID.moving`, the one name every writer of an ended job uses; of
     /// two at once (two `balsam retry`, a `retry` beside an `rm`), one gets it and the other gets a conflict. The
     /// state file is then read again: if the job moved since `loaded` was read (a retry that finished in between),
-    /// the claim is given back and the caller gets a conflict. Returns the claim's path; `release` (or the move's
-    /// publishing rename) ends it. A claim left by a crash is finished by recovery from the state file.
+    /// the claim is given back and the caller gets a conflict. Returns the claim's path, which the caller removes
+    /// (or the move's publishing rename takes away). A claim left by a crash is finished by recovery from the state
+    /// file.
     public func claimEnded(_ loaded: Loaded) throws(SpoolError) -> String {
         let id = loaded.job.id
         let mine = site.claimPath(id)
@@ -231,9 +230,7 @@ public struct JobStore: Sendable {
         throws(SpoolError)
     {
         guard let job = index.readEntry(at: entry) else {
-            let target = site.rejectedPath + "/" + id + ".entry"
-            try Posix.createFile(target + ".reason", Array((Timestamp.now() + " " + reason + "\n").utf8), sync: true)
-            try Posix.rename(entry, target)
+            try keepRejected(entry, id: id, reason: reason)
             return
         }
         let claim = site.claimPath(id)
@@ -245,8 +242,6 @@ public struct JobStore: Sendable {
         let dir = site.jobDirectory(job.workdir)
         if !Posix.isDirectory(dir) {
             let reason = "job directory data/\(job.workdir) is gone (deleted or renamed)"
-            let target = site.rejectedPath + "/" + id + ".entry"
-            try Posix.createFile(target + ".reason", Array((Timestamp.now() + " " + reason + "\n").utf8), sync: true)
             let time = Timestamp.now()
             try EventLog(site: site).append(
                 [
@@ -257,7 +252,7 @@ public struct JobStore: Sendable {
                 sync: false)
             try index.appendFinal(
                 [.init(id: id, state: .failed, workdir: job.workdir, app: job.app, time: time)], sync: false)
-            try Posix.rename(claim, target)
+            try keepRejected(claim, id: id, reason: reason)
             return
         }
         if Posix.exists(dir + "/state") { _ = rename(dir + "/state", dir + "/state.broken") }
@@ -273,5 +268,12 @@ public struct JobStore: Sendable {
         try index.appendFinal(
             [.init(id: id, state: .failed, workdir: job.workdir, app: job.app, time: record.since)], sync: false)
         Posix.unlink(claim)
+    }
+
+    /// Keeps an entry that can no longer be a job's as `rejected/ID.entry`, with `rejected/ID.entry.reason`.
+    private func keepRejected(_ entry: String, id: String, reason: String) throws(SpoolError) {
+        let target = site.rejectedPath + "/" + id + ".entry"
+        try Posix.createFile(target + ".reason", Array((Timestamp.now() + " " + reason + "\n").utf8), sync: true)
+        try Posix.rename(entry, target)
     }
 }
