@@ -30,12 +30,8 @@ public enum OriginalSpellings {
     /// The translation of `arguments` (without the program name), or nil when they are not an original spelling.
     public static func translate(_ arguments: [String]) throws(SpoolError) -> Translation? {
         let verbs = ["site": "init, start or stop", "job": "create, ls, rm or modify"]
-        if let group = arguments.first, let named = verbs[group],
-            arguments.count == 1 || arguments[1].hasPrefix("-")
-                || !["init", "start", "stop", "create", "ls", "rm", "modify"].contains(arguments[1])
-        {
-            let given = arguments.count > 1 ? "'\(arguments[1])' is not one of them; " : ""
-            throw SpoolError(.usage, "\(group): \(given)give a command: \(named) (see balsam(1))")
+        if let group = arguments.first, let named = verbs[group], arguments.count == 1 || arguments[1].hasPrefix("-") {
+            throw SpoolError(.usage, "\(group): give a command: \(named) (see balsam(1))")
         }
         guard arguments.count >= 2 else { return nil }
         let rest = Array(arguments.dropFirst(2))
@@ -82,7 +78,9 @@ public enum OriginalSpellings {
             return .builtin(try modify(rest))
         case ("job", _), ("site", _):
             throw SpoolError(
-                .usage, "\(arguments[0]): '\(arguments[1])' is not one of its commands (see balsam(1))")
+                .usage,
+                "\(arguments[0]): '\(arguments[1])' is not one of its commands: \(verbs[arguments[0]] ?? "")"
+                    + " (see balsam(1))")
         case ("app", "ls"):
             return .builtin(
                 ["app", "ls"]

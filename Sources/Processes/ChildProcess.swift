@@ -153,13 +153,12 @@ public struct ChildProcess: Sendable {
 
     /// An unlinked temporary file: the child writes it through its descriptor, no name is left behind.
     private static func temporaryFile() throws(SpoolError) -> Int32 {
-        let directory = Posix.environment()["TMPDIR"] ?? "/tmp"
+        let directory = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
         var template = Array((directory + "/balsam-child.XXXXXX").utf8CString)
         let fd = try Posix.call("create a temporary file", path: directory) {
             template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.map { mkstemp($0) } ?? -1 }
         }
-        // Close-on-exec so that children started meanwhile by other threads do not inherit it.
-        _ = try? Posix.call("set close-on-exec", path: directory) { fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        try? Posix.setDescriptorFlags(fd, nonBlocking: false, path: directory)
         Posix.unlink(Posix.cString(template))
         return fd
     }

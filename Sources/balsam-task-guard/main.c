@@ -51,14 +51,8 @@ static long long now_ms(void) {
     return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-static void reply(const char *id, int status, const char *why) {
-    char line[4096];
-    int n = why ? snprintf(line, sizeof line, "%s %d %s\n", id, status, why)
-                : snprintf(line, sizeof line, "%s %d\n", id, status);
-    if (n > (int)sizeof line - 1) {
-        n = sizeof line - 1;
-        line[n - 1] = '\n';
-    }
+// Writes one reply line to the launcher, whole (a line is never torn by a short write).
+static void write_line(const char *line, int n) {
     for (int off = 0; off < n;) {
         ssize_t w = write(1, line + off, n - off);
         if (w < 0 && errno == EINTR) continue;
@@ -67,16 +61,22 @@ static void reply(const char *id, int status, const char *why) {
     }
 }
 
+static void reply(const char *id, int status, const char *why) {
+    char line[4096];
+    int n = why ? snprintf(line, sizeof line, "%s %d %s\n", id, status, why)
+                : snprintf(line, sizeof line, "%s %d\n", id, status);
+    if (n > (int)sizeof line - 1) {
+        n = sizeof line - 1;
+        line[n - 1] = '\n';
+    }
+    write_line(line, n);
+}
+
+// "ID +PID": the job's process group, so that the launcher can still stop it should this server die.
 static void started(const char *id, pid_t pid) {
     char line[4096];
     int n = snprintf(line, sizeof line, "%s +%d\n", id, (int)pid);
-    if (n > (int)sizeof line - 1) return;  // ids are short; never happens
-    for (int off = 0; off < n;) {
-        ssize_t w = write(1, line + off, n - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return;
-        off += w;
-    }
+    if (n < (int)sizeof line) write_line(line, n);  // ids are short: always
 }
 
 static void stop(struct task *t) {
@@ -152,7 +152,6 @@ static void start(char **f, size_t nf) {
         if (!tasks) abort();
     }
     tasks[ntasks++] = (struct task){pid, strdup(id), 0};
-    // "ID +PID": the job's process group, so that the launcher can still stop it should this server die.
     started(id, pid);
 }
 

@@ -194,27 +194,34 @@ public final class TaskRunner {
     }
 
     private func startServer() -> String? {
-        var requests: [Int32] = [0, 0]
-        var replies: [Int32] = [0, 0]
-        guard pipe(&requests) == 0, pipe(&replies) == 0 else {
-            return "cannot make pipes: \(String(cString: strerror(errno)))"
+        let requests: (read: Int32, write: Int32)
+        let replies: (read: Int32, write: Int32)
+        do {
+            requests = try Posix.makePipe(nonBlocking: false, path: guardPath)
+            do { replies = try Posix.makePipe(nonBlocking: false, path: guardPath) } catch {
+                close(requests.read)
+                close(requests.write)
+                throw error
+            }
+        } catch {
+            return "cannot make pipes: \(error)"
         }
-        for fd in requests + replies { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         defer {
-            close(requests[0])
-            close(replies[1])
+            close(requests.read)
+            close(replies.write)
         }
         do {
+            // Only this end is non-blocking (a file description of its own): the server writes replies blocking.
+            try Posix.setDescriptorFlags(replies.read, nonBlocking: true, path: guardPath)
             let pid = try Posix.spawn(
                 guardPath, arguments: [String(getpid()), String(graceMilliseconds)],
-                environment: ["PATH": "/usr/bin:/bin"], directory: "/", outputFD: replies[1], inputFD: requests[0],
-                errorFD: 2)
-            _ = fcntl(replies[0], F_SETFL, fcntl(replies[0], F_GETFL) | O_NONBLOCK)
-            server = (pid, requests[1], replies[0])
+                environment: ["PATH": "/usr/bin:/bin"], directory: "/", outputFD: replies.write,
+                inputFD: requests.read, errorFD: 2)
+            server = (pid, requests.write, replies.read)
             return nil
         } catch {
-            close(requests[1])
-            close(replies[0])
+            close(requests.write)
+            close(replies.read)
             return "cannot start \(guardPath): \(error)"
         }
     }

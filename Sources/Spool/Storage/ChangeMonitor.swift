@@ -21,15 +21,7 @@ package final class ChangeMonitor: @unchecked Sendable {
 
     /// Watches `directories` (with `inotify` false, only `wake()` and timeouts end a wait).
     package init(directories: [String], inotify: Bool) throws(SpoolError) {
-        var pipeFDs: [Int32] = [0, 0]
-        try Posix.call("create a pipe", path: directories.first ?? "") { pipe(&pipeFDs) }
-        for fd in pipeFDs {
-            let flags = try Posix.call("set up a pipe", path: directories.first ?? "") { fcntl(fd, F_GETFL) }
-            try Posix.call("set up a pipe", path: directories.first ?? "") { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
-            try Posix.call("set up a pipe", path: directories.first ?? "") { fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        }
-        wakeFD = pipeFDs[0]
-        wakeWriteFD = pipeFDs[1]
+        (wakeFD, wakeWriteFD) = try Posix.makePipe(nonBlocking: true, path: directories.first ?? "")
         guard inotify else {
             inotifyFD = -1
             return

@@ -52,6 +52,28 @@ public enum Posix {
         try result.get()
     }
 
+    /// Marks `fd` close-on-exec (children started by other threads must not inherit it), and non-blocking when
+    /// asked.
+    package static func setDescriptorFlags(_ fd: Int32, nonBlocking: Bool, path: String) throws(SpoolError) {
+        try call("set close-on-exec", path: path) { fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        guard nonBlocking else { return }
+        let flags = try call("read descriptor flags", path: path) { fcntl(fd, F_GETFL) }
+        try call("set non-blocking", path: path) { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+    }
+
+    /// A pipe whose ends are close-on-exec, and non-blocking when asked; `path` names its use in errors.
+    package static func makePipe(nonBlocking: Bool, path: String) throws(SpoolError) -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [0, 0]
+        try call("create a pipe", path: path) { pipe(&fds) }
+        do {
+            for fd in fds { try setDescriptorFlags(fd, nonBlocking: nonBlocking, path: path) }
+        } catch {
+            for fd in fds { close(fd) }
+            throw error
+        }
+        return (fds[0], fds[1])
+    }
+
     /// Waits until one of `fds` can be read or `seconds` pass (nanosecond timeout, unlike poll(2)).
     @discardableResult
     package static func waitReadable(_ fds: [Int32], seconds: Double) -> Bool {
@@ -408,33 +430,32 @@ extension Posix {
         _ executable: String, arguments: [String], environment: [String: String], directory: String, outputFD: Int32,
         inputFD: Int32? = nil, errorFD: Int32? = nil
     ) throws(SpoolError) -> pid_t {
+        // Every helper below returns an error number (no errno); a failure names the program.
+        func prepare(_ rc: Int32) throws(SpoolError) { try check("prepare to run", path: executable, rc) }
         var actions = posix_spawn_file_actions_t()
-        try check("prepare to run", path: executable, posix_spawn_file_actions_init(&actions))
+        try prepare(posix_spawn_file_actions_init(&actions))
         defer { posix_spawn_file_actions_destroy(&actions) }
         if let inputFD {
-            try check("prepare to run", path: executable, posix_spawn_file_actions_adddup2(&actions, inputFD, 0))
+            try prepare(posix_spawn_file_actions_adddup2(&actions, inputFD, 0))
         } else {
-            try check(
-                "prepare to run", path: executable,
-                posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0))
+            try prepare(posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0))
         }
-        try check("prepare to run", path: executable, posix_spawn_file_actions_adddup2(&actions, outputFD, 1))
-        try check(
-            "prepare to run", path: executable, posix_spawn_file_actions_adddup2(&actions, errorFD ?? outputFD, 2))
-        try check("prepare to run", path: executable, clinux_spawn_addchdir(&actions, directory))
-        try check("prepare to run", path: executable, clinux_spawn_addclosefrom(&actions, 3))
+        try prepare(posix_spawn_file_actions_adddup2(&actions, outputFD, 1))
+        try prepare(posix_spawn_file_actions_adddup2(&actions, errorFD ?? outputFD, 2))
+        try prepare(clinux_spawn_addchdir(&actions, directory))
+        try prepare(clinux_spawn_addclosefrom(&actions, 3))
         var attributes = posix_spawnattr_t()
-        try check("prepare to run", path: executable, posix_spawnattr_init(&attributes))
+        try prepare(posix_spawnattr_init(&attributes))
         defer { posix_spawnattr_destroy(&attributes) }
         let flags = Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)
-        try check("prepare to run", path: executable, posix_spawnattr_setflags(&attributes, flags))
-        try check("prepare to run", path: executable, posix_spawnattr_setpgroup(&attributes, 0))
+        try prepare(posix_spawnattr_setflags(&attributes, flags))
+        try prepare(posix_spawnattr_setpgroup(&attributes, 0))
         var empty = sigset_t()
         sigemptyset(&empty)
-        try check("prepare to run", path: executable, posix_spawnattr_setsigmask(&attributes, &empty))
+        try prepare(posix_spawnattr_setsigmask(&attributes, &empty))
         var all = sigset_t()
         sigfillset(&all)
-        try check("prepare to run", path: executable, posix_spawnattr_setsigdefault(&attributes, &all))
+        try prepare(posix_spawnattr_setsigdefault(&attributes, &all))
         let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
