@@ -88,6 +88,13 @@ public final class Engine {
         }
         reapExpiredLeases(&report)
         finishInterruptedMoves(&report)
+        // A RUNNING job's entry lives in its launcher's lease; one in jobs/RUNNING/ was given back by a launcher
+        // that could not record its end (a full disk): nobody runs it, so it is handled like a run cut short. Once
+        // a pass, with the leases, not in every sweep: such jobs are rare and nothing in a sweep makes them.
+        step(.running, &report) { (loaded) throws(SpoolError) in
+            try self.move(
+                loaded, to: .runTimeout, reason: "its launcher left without recording its end (given back RUNNING)")
+        }
         for _ in 0..<maxSweeps where !shouldStop() {
             let before = report.moves
             sweep(&report)
@@ -130,12 +137,6 @@ public final class Engine {
                     try self.move(
                         loaded, through: [(.postprocessed, nil), (.stagedOut, "no stage-out"), (.jobFinished, nil)]))
             }
-        }
-        // A RUNNING job's entry lives in its launcher's lease; one in jobs/RUNNING/ was given back by a launcher
-        // that could not record its end (a full disk): nobody runs it, so it is handled like a run cut short.
-        step(.running, &report) { (loaded) throws(SpoolError) in
-            try self.move(
-                loaded, to: .runTimeout, reason: "its launcher left without recording its end (given back RUNNING)")
         }
         step(.runError, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onError) }
         step(.runTimeout, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onTimeout) }
