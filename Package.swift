@@ -11,12 +11,18 @@ let package = Package(
         .executable(name: "balsam-watch", targets: ["balsam-watch"]),
         .executable(name: "balsam-launcher", targets: ["balsam-launcher"]),
         .executable(name: "balsam-task-guard", targets: ["balsam-task-guard"]),
+        .executable(name: "balsam-server", targets: ["balsam-server"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // The server's HTTP layer. No traits: swift-configuration and full Foundation are not needed, and the
+        // clean build stays near 85 s for Hummingbird and SwiftNIO (measured; see docs/design-notes.md).
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        // Already built for Hummingbird; the server takes its thread pool for the databases' blocking calls.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // Linux calls Swift's Glibc module does not import (renameat2, syncfs).
@@ -84,6 +90,30 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The server's C libraries, from Debian: SQLite (embedded store), libpq (PostgreSQL), libcrypto (secrets).
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CPostgres", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        // The REST control plane: the original Balsam API over one store interface (SQLite or PostgreSQL).
+        .target(
+            name: "Server",
+            dependencies: [
+                "CCrypto", "CPostgres", "CSQLite", "Spool",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
+            name: "balsam-server",
+            dependencies: [
+                "BalsamCLI", "Server", "Spool",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(name: "balsam", dependencies: ["Batch", "BalsamCLI", "Spool"]),
         .executableTarget(name: "balsam-submit", dependencies: ["BalsamCLI", "Spool"]),
         // Temporary sites, small filesystems, running the built binaries.
@@ -94,6 +124,7 @@ let package = Package(
         .testTarget(name: "MPILauncherTests", dependencies: ["MPILauncher", "Spool", "TestSupport"]),
         .testTarget(name: "BatchTests", dependencies: ["Batch", "Spool", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Spool", "TestSupport"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Spool", "TestSupport"]),
     ]
 )
 

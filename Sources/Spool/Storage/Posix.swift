@@ -157,11 +157,11 @@ public enum Posix {
     }
 
     /// Creates a file that must not exist yet, writes `bytes`, optionally fsyncs, closes.
-    package static func createFile(_ path: String, _ bytes: [UInt8], sync: Bool, exclusive: Bool = true)
-        throws(SpoolError)
-    {
+    package static func createFile(
+        _ path: String, _ bytes: [UInt8], sync: Bool, exclusive: Bool = true, mode: mode_t = 0o644
+    ) throws(SpoolError) {
         let flags = O_WRONLY | O_CREAT | (exclusive ? O_EXCL : O_TRUNC) | O_NOFOLLOW
-        let fd = try open(path, flags)
+        let fd = try open(path, flags, mode: mode)
         defer { close(fd) }
         try write(fd, bytes, path: path)
         if sync { try fsync(fd, path: path) }

@@ -1,0 +1,176 @@
+import Spool
+
+/// `/apps/`: the apps registered at a user's sites (the original's `ApplicationDefinition` classes).
+enum Apps {
+    static let columns = "id, site_id, name, serialized_class, source_code, description, parameters, transfers"
+
+    static func write(_ r: SQLRow, to out: inout JSONWriter) {
+        out.beginObject()
+        out.field("id", r.int(0))
+        out.field("site_id", r.int(1))
+        out.field("name", r.text(2))
+        out.field("serialized_class", r.text(3))
+        out.field("source_code", r.text(4))
+        out.field("description", r.text(5))
+        out.raw("parameters", r.text(6))
+        out.raw("transfers", r.text(7))
+        out.endObject()
+    }
+
+    /// An app name is a Python identifier (the original's rule: it names a class).
+    static func validateName(_ name: String, input: Input) throws(ServerError) {
+        let bytes = Array(name.utf8)
+        let ok =
+            !bytes.isEmpty && bytes.count <= 128 && !(bytes[0] >= 0x30 && bytes[0] <= 0x39)
+            && bytes.allSatisfy { c in
+                (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A) || c == UInt8(ascii: "_")
+            }
+        if !ok { throw input.bad("name", "'\(name)' is not a valid class name (letters, digits, '_')") }
+    }
+
+    /// `parameters`: `{name: {required, default, help}}`; a parameter is required or has a default, not both.
+    static func checkParameters(_ value: [String: JSONValue], input: Input) throws(ServerError) {
+        for (name, spec) in value {
+            var p = try Input(spec, prefix: input.name("parameters.\(name)"))
+            let required = try p.bool("required") ?? true
+            let fallback = p.value("default")
+            _ = try p.string("help", maxBytes: 4096)
+            try p.finish()
+            let hasDefault = fallback.map { $0 != .string("") } ?? false
+            if required && hasDefault { throw p.bad("default", "a required parameter cannot have a default") }
+            if !required && !hasDefault { throw p.bad("default", "an optional parameter needs a default") }
+        }
+    }
+
+    /// `transfers`: `{slot: {required, direction: in|out, local_path (relative), description, recursive}}`.
+    static func checkTransfers(_ value: [String: JSONValue], input: Input) throws(ServerError) {
+        for (slot, spec) in value {
+            var t = try Input(spec, prefix: input.name("transfers.\(slot)"))
+            _ = try t.bool("required")
+            let direction = try t.requiredString("direction", maxBytes: 8)
+            if direction != "in" && direction != "out" { throw t.bad("direction", "must be 'in' or 'out'") }
+            let local = try t.requiredString("local_path")
+            if local.hasPrefix("/") { throw t.bad("local_path", "must be relative to the job's directory") }
+            _ = try t.string("description")
+            _ = try t.bool("recursive")
+            try t.finish()
+        }
+    }
+
+    private static func members(_ input: inout Input, creating: Bool, call: Call) throws -> [(String, SQLValue)] {
+        var out: [(String, SQLValue)] = []
+        let siteID = creating ? try input.requiredInt("site_id", in: 1...Int.max) : try input.int("site_id", in: 1...Int.max)
+        if let siteID {
+            guard
+                try call.connection.scalar(
+                    "SELECT id FROM sites WHERE id = ? AND owner_id = ?", [.of(siteID), .of(call.user.id)]) != nil
+            else { throw ServerError.notFound("site \(siteID)") }
+            out.append(("site_id", .of(siteID)))
+        }
+        let name = creating ? try input.requiredString("name") : try input.string("name")
+        if let name {
+            try validateName(name, input: input)
+            out.append(("name", .text(name)))
+        }
+        for key in ["serialized_class", "source_code"] {
+            let limit = key == "serialized_class" ? 262_144 : 1 << 20
+            if let text = try input.string(key, maxBytes: limit) {
+                out.append((key, .text(text)))
+            } else if creating {
+                throw input.bad(key, "is required")
+            }
+        }
+        if let description = try input.string("description", maxBytes: 65_536) {
+            out.append(("description", .text(description)))
+        } else if creating {
+            out.append(("description", .text("")))
+        }
+        if let parameters = try input.object("parameters") {
+            try checkParameters(parameters, input: input)
+            out.append(("parameters", .text(jsonText(parameters))))
+        } else if creating {
+            out.append(("parameters", .text("{}")))
+        }
+        if let transfers = try input.object("transfers") {
+            try checkTransfers(transfers, input: input)
+            out.append(("transfers", .text(jsonText(transfers))))
+        } else if creating {
+            out.append(("transfers", .text("{}")))
+        }
+        _ = input.value("id")
+        try input.finish()
+        return out
+    }
+
+    static func list(_ call: inout Call) throws -> Reply {
+        var conditions = Conditions(owner: call.user.id, column: "a.owner_id")
+        if let ids = try call.query.ints("site_id") { conditions.any("a.site_id", ids.map { .of($0) }) }
+        if let ids = try call.query.ints("id") { conditions.any("a.id", ids.map { .of($0) }) }
+        if let name = try call.query.string("name") { conditions.add("a.name = ?", .text(name)) }
+        if let path = try call.query.string("site_path") { conditions.add(call.dialect.contains("s.path"), .text(path)) }
+        if let name = try call.query.string("site_name") { conditions.add("s.name = ?", .text(name)) }
+        let columns = Apps.columns.split(separator: ",").map { "a." + $0.trimmed(of: " ") }
+        return try page(
+            call: &call, table: "apps a JOIN sites s ON s.id = a.site_id", columns: columns.joined(separator: ", "),
+            conditions: conditions, ordering: "a.id ASC", write)
+    }
+
+    static func create(_ call: inout Call) throws -> Reply {
+        var input = try Input(try call.json())
+        let all = try members(&input, creating: true, call: call) + [("owner_id", .of(call.user.id))]
+        let rows = try refusingDuplicate("the site already has an app with this name") {
+            try call.connection.query(
+                "INSERT INTO apps (\(all.map(\.0).joined(separator: ", "))) VALUES (\(placeholders(all.count))) RETURNING \(columns)",
+                all.map(\.1))
+        }
+        var out = JSONWriter()
+        if let row = rows.first { write(row, to: &out) }
+        return .json(out, status: 201)
+    }
+
+    static func one(_ call: inout Call) throws -> Reply {
+        try detail(call, table: "apps", columns: columns, what: "app", write)
+    }
+
+    static func update(_ call: inout Call) throws -> Reply {
+        let id = try call.requiredID()
+        var input = try Input(try call.json())
+        let members = try members(&input, creating: false, call: call)
+        guard
+            try call.connection.scalar("SELECT id FROM apps WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
+                != nil
+        else { throw ServerError.notFound("app \(id)") }
+        try refusingDuplicate("the site already has an app with this name") {
+            try call.connection.transaction {
+                if !members.isEmpty {
+                    try call.connection.execute(
+                        "UPDATE apps SET \(members.map { "\($0.0) = ?" }.joined(separator: ", ")) WHERE id = ?",
+                        members.map(\.1) + [.of(id)])
+                }
+                // Jobs carry their site for fast filtering: they follow an app that moves.
+                if let site = members.first(where: { $0.0 == "site_id" }) {
+                    try call.connection.execute("UPDATE jobs SET site_id = ? WHERE app_id = ?", [site.1, .of(id)])
+                }
+            }
+        }
+        return try one(&call)
+    }
+
+    /// `DELETE /apps/{id}`: the app and its jobs.
+    static func delete(_ call: inout Call) throws -> Reply {
+        let id = try call.requiredID()
+        let deleted = try call.connection.execute(
+            "DELETE FROM apps WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
+        if deleted == 0 { throw ServerError.notFound("app \(id)") }
+        return .noContent
+    }
+}
+
+extension StringProtocol {
+    func trimmed(of set: String) -> String {
+        var s = Substring(self)
+        while let c = s.first, set.contains(c) { s.removeFirst() }
+        while let c = s.last, set.contains(c) { s.removeLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,209 @@
+import Spool
+
+/// `/events/`: every state change of the caller's jobs, read-only.
+enum Events {
+    static let columns = "e.id, e.job_id, e.timestamp, e.from_state, e.to_state, e.data"
+
+    static func write(_ r: SQLRow, to out: inout JSONWriter) {
+        out.beginObject()
+        out.field("id", r.int(0))
+        out.field("job_id", r.int(1))
+        out.field("timestamp", ServerClock.iso(Int64(r.int(2))))
+        out.field("from_state", r.text(3))
+        out.field("to_state", r.text(4))
+        out.raw("data", r.text(5))
+        out.endObject()
+    }
+
+    static func list(_ call: inout Call) throws -> Reply {
+        var c = Conditions(owner: call.user.id, column: "e.owner_id")
+        var table = "events e"
+        if let ids = try call.query.ints("id") { c.any("e.id", ids.map { .of($0) }) }
+        if let ids = try call.query.ints("job_id") { c.any("e.job_id", ids.map { .of($0) }) }
+        let batch = try call.query.int("batch_job_id")
+        let scheduler = try call.query.int("scheduler_id")
+        let tags = try call.query.pairsOf("tags")
+        if batch != nil || scheduler != nil || tags != nil {
+            table += " JOIN jobs j ON j.id = e.job_id"
+        }
+        if let batch { c.add("j.batch_job_id = ?", .of(batch)) }
+        if let scheduler {
+            c.add("j.batch_job_id IN (SELECT id FROM batch_jobs WHERE owner_id = ? AND scheduler_id = ?)",
+                .of(call.user.id), .of(scheduler))
+        }
+        for (key, value) in tags ?? [] {
+            let (clause, values) = Jobs.tagCondition(key: key, value: value, dialect: call.dialect, column: "j.tags")
+            c.add(clause, values: values)
+        }
+        for (key, value) in try call.query.pairsOf("data") ?? [] {
+            let (clause, values) = jsonContains("e.data", key: key, value: value, dialect: call.dialect, jsonb: false)
+            c.add(clause, values: values)
+        }
+        if let t = try call.query.time("timestamp_before") { c.add("e.timestamp < ?", .int(t)) }
+        if let t = try call.query.time("timestamp_after") { c.add("e.timestamp > ?", .int(t)) }
+        if let state = try call.query.string("from_state") {
+            c.add("e.from_state = ?", .text(try parseJobState(state, field: "from_state").rawValue))
+        }
+        if let state = try call.query.string("to_state") {
+            c.add("e.to_state = ?", .text(try parseJobState(state, field: "to_state").rawValue))
+        }
+        let ordering = try call.query.ordering(["timestamp": "e.timestamp"], default: "e.timestamp DESC, e.id DESC")
+            .replacingID("e.id")
+        return try page(call: &call, table: table, columns: columns, conditions: c, ordering: ordering, write)
+    }
+}
+
+/// `/transfers/`: the stage-in and stage-out items of the caller's jobs. Sites report progress through
+/// `PUT`/`PATCH`; a job whose stage-ins are all done moves on to `STAGED_IN`, and one whose stage-outs are
+/// all done to `JOB_FINISHED` (releasing its children, which the original forgot on this path).
+enum Transfers {
+    static let columns = """
+        t.id, t.job_id, t.direction, t.local_path, t.remote_path, t.location_alias, t.recursive, t.state, \
+        t.task_id, t.transfer_info
+        """
+
+    static let states = ["awaiting_job", "pending", "active", "inactive", "done", "error"]
+
+    static func write(_ r: SQLRow, to out: inout JSONWriter) {
+        out.beginObject()
+        out.field("id", r.int(0))
+        out.field("job_id", r.int(1))
+        out.field("direction", r.text(2))
+        out.field("local_path", r.text(3))
+        out.field("remote_path", r.text(4))
+        out.field("location_alias", r.text(5))
+        out.field("recursive", r.bool(6))
+        out.field("state", r.text(7))
+        out.field("task_id", r.text(8))
+        out.raw("transfer_info", r.text(9))
+        out.endObject()
+    }
+
+    static func list(_ call: inout Call) throws -> Reply {
+        var c = Conditions(owner: call.user.id, column: "t.owner_id")
+        if let ids = try call.query.ints("id") { c.any("t.id", ids.map { .of($0) }) }
+        if let site = try call.query.int("site_id") { c.add("j.site_id = ?", .of(site)) }
+        if let ids = try call.query.ints("job_id") { c.any("t.job_id", ids.map { .of($0) }) }
+        if let states = call.query.all("state") {
+            for s in states where !Transfers.states.contains(s) {
+                throw ServerError.badRequest("'\(s)' is not a transfer item state", field: "state")
+            }
+            c.any("t.state", states.map { .text($0) })
+        }
+        if let direction = try call.query.string("direction") {
+            guard direction == "in" || direction == "out" else {
+                throw ServerError.badRequest("must be 'in' or 'out'", field: "direction")
+            }
+            c.add("t.direction = ?", .text(direction))
+        }
+        if let state = try call.query.string("job_state") {
+            c.add("j.state = ?", .text(try parseJobState(state, field: "job_state").rawValue))
+        }
+        for (key, value) in try call.query.pairsOf("tags") ?? [] {
+            let (clause, values) = Jobs.tagCondition(key: key, value: value, dialect: call.dialect, column: "j.tags")
+            c.add(clause, values: values)
+        }
+        return try page(
+            call: &call, table: "transfer_items t JOIN jobs j ON j.id = t.job_id", columns: columns, conditions: c,
+            ordering: "t.id ASC", write)
+    }
+
+    static func one(_ call: inout Call) throws -> Reply {
+        let id = try call.requiredID()
+        let rows = try call.connection.query(
+            "SELECT \(columns) FROM transfer_items t WHERE t.id = ? AND t.owner_id = ?", [.of(id), .of(call.user.id)])
+        guard let row = rows.first else { throw ServerError.notFound("transfer item \(id)") }
+        var out = JSONWriter()
+        write(row, to: &out)
+        return .json(out)
+    }
+
+    static func updates(_ input: inout Input) throws(ServerError) -> [(String, SQLValue)] {
+        var sets: [(String, SQLValue)] = []
+        if let state = try input.string("state", maxBytes: 32) {
+            guard states.contains(state) else {
+                throw input.bad("state", "'\(state)' is not one of \(states.joined(separator: ", "))")
+            }
+            sets.append(("state", .text(state)))
+        }
+        if let task = try input.string("task_id", maxBytes: 1024) { sets.append(("task_id", .text(task))) }
+        if let info = try input.object("transfer_info", maxBytes: 65_536) {
+            sets.append(("transfer_info", .text(jsonText(info))))
+        }
+        try input.finish()
+        return sets
+    }
+
+    /// Applies item updates, then moves the jobs whose transfers are now all done.
+    static func apply(_ changes: [(Int, [(String, SQLValue)])], call: Call) throws {
+        let c = call.connection
+        try c.transaction {
+            var jobs = Set<Int>()
+            for (id, sets) in changes {
+                guard
+                    let job = try c.scalar(
+                        "SELECT job_id FROM transfer_items WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
+                else { throw ServerError.notFound("transfer item \(id)") }
+                jobs.insert(job)
+                guard !sets.isEmpty else { continue }
+                try c.execute(
+                    "UPDATE transfer_items SET \(sets.map { "\($0.0) = ?" }.joined(separator: ", ")) WHERE id = ?",
+                    sets.map(\.1) + [.of(id)])
+            }
+            let ids = Array(jobs)
+            let waiting = try Jobs.unfinishedTransfers(ids, call: call)
+            let current = try Jobs.states(ids, call: call, lock: true)
+            let now = ServerClock.microseconds()
+            var events: [(Int, String, String, String, Int64)] = []
+            var finished: [Int] = []
+            for (id, state) in current.sorted(by: { $0.key < $1.key }) {
+                let next: JobState
+                if state == .ready && !waiting.stageIns.contains(id) {
+                    next = .stagedIn
+                } else if state == .postprocessed && !waiting.stageOuts.contains(id) {
+                    next = .jobFinished
+                    finished.append(id)
+                } else {
+                    continue
+                }
+                try c.execute(
+                    "UPDATE jobs SET state = ?, last_update = \(c.dialect.greatest)(last_update + 1, ?) WHERE id = ?",
+                    [.text(next.rawValue), .int(now), .of(id)])
+                events.append((id, state.rawValue, next.rawValue, "{}", now))
+            }
+            try Jobs.insertEvents(events, owner: call.user.id, connection: c)
+            try Jobs.releaseChildren(of: finished, call: call, now: now)
+        }
+    }
+
+    static func update(_ call: inout Call) throws -> Reply {
+        let id = try call.requiredID()
+        var input = try Input(try call.json())
+        try apply([(id, try updates(&input))], call: call)
+        return try one(&call)
+    }
+
+    static func bulkUpdate(_ call: inout Call) throws -> Reply {
+        let items = try call.jsonList()
+        var changes: [(Int, [(String, SQLValue)])] = []
+        for (i, item) in items.enumerated() {
+            var input = try Input(item, prefix: "[\(i)]")
+            let id = try input.requiredInt("id", in: 1...Int.max)
+            changes.append((id, try updates(&input)))
+        }
+        try apply(changes, call: call)
+        return .json(.int(changes.count))
+    }
+}
+
+extension String {
+    /// An ORDER BY whose tie-break names `id` without a table: qualified for joined queries.
+    func replacingID(_ qualified: String) -> String {
+        var parts = split(separator: ",").map { $0.trimmed(of: " ") }
+        parts = parts.map { part in
+            if part.hasPrefix("id ") { return qualified + part.dropFirst(2) }
+            return part
+        }
+        return parts.joined(separator: ", ")
+    }
+}

@@ -1,0 +1,146 @@
+import Spool
+
+/// Reads the members of one JSON object of a request, each check naming the field (with its place in a bulk
+/// request: `[3].num_nodes`). Members not read are refused: a misspelt field is an error, not silently dropped.
+struct Input {
+    let members: [String: JSONValue]
+    let prefix: String
+    private(set) var read: Set<String> = []
+
+    init(_ value: JSONValue, prefix: String = "") throws(ServerError) {
+        guard let members = value.objectValue else {
+            throw .badRequest("must be a JSON object, not \(value.kindName)", field: prefix.isEmpty ? nil : prefix)
+        }
+        self.members = members
+        self.prefix = prefix
+    }
+
+    func name(_ key: String) -> String { prefix.isEmpty ? key : "\(prefix).\(key)" }
+
+    func bad(_ key: String, _ message: String) -> ServerError { .badRequest(message, field: name(key)) }
+
+    /// Whether the member is present (and not null).
+    func has(_ key: String) -> Bool {
+        if let value = members[key], value != .null { return true }
+        return false
+    }
+
+    /// The raw value, if present and not null.
+    mutating func value(_ key: String) -> JSONValue? {
+        read.insert(key)
+        guard let value = members[key], value != .null else { return nil }
+        return value
+    }
+
+    mutating func string(_ key: String, maxBytes: Int = 4096) throws(ServerError) -> String? {
+        guard let value = value(key) else { return nil }
+        guard case .string(let s) = value else { throw bad(key, "must be a string, not \(value.kindName)") }
+        if s.utf8.count > maxBytes { throw bad(key, "is \(s.utf8.count) bytes; the limit is \(maxBytes)") }
+        return s
+    }
+
+    mutating func requiredString(_ key: String, maxBytes: Int = 4096) throws(ServerError) -> String {
+        guard let s = try string(key, maxBytes: maxBytes) else { throw bad(key, "is required") }
+        return s
+    }
+
+    mutating func int(_ key: String, in range: ClosedRange<Int>) throws(ServerError) -> Int? {
+        guard let value = value(key) else { return nil }
+        var number = value.intValue
+        if number == nil, case .string(let s) = value { number = Int(s) }
+        guard let number else { throw bad(key, "must be an integer, not \(value.kindName)") }
+        guard range.contains(number) else {
+            throw bad(key, "must be between \(range.lowerBound) and \(range.upperBound), not \(number)")
+        }
+        return number
+    }
+
+    mutating func requiredInt(_ key: String, in range: ClosedRange<Int>) throws(ServerError) -> Int {
+        guard let n = try int(key, in: range) else { throw bad(key, "is required") }
+        return n
+    }
+
+    mutating func double(_ key: String, in range: ClosedRange<Double>) throws(ServerError) -> Double? {
+        guard let value = value(key) else { return nil }
+        guard let number = value.doubleValue, number.isFinite else {
+            throw bad(key, "must be a number, not \(value.kindName)")
+        }
+        guard range.contains(number) else {
+            throw bad(key, "must be between \(range.lowerBound) and \(range.upperBound), not \(number)")
+        }
+        return number
+    }
+
+    mutating func bool(_ key: String) throws(ServerError) -> Bool? {
+        guard let value = value(key) else { return nil }
+        switch value {
+        case .bool(let b): return b
+        case .int(0), .string("false"), .string("False"): return false
+        case .int(1), .string("true"), .string("True"): return true
+        default: throw bad(key, "must be true or false, not \(value.kindName)")
+        }
+    }
+
+    /// A JSON object, stored as its compact text; at most `maxBytes`.
+    mutating func object(_ key: String, maxBytes: Int = 512_000) throws(ServerError) -> [String: JSONValue]? {
+        guard let value = value(key) else { return nil }
+        guard let object = value.objectValue else { throw bad(key, "must be an object, not \(value.kindName)") }
+        let size = value.serialized().utf8.count
+        if size > maxBytes { throw bad(key, "is \(size) bytes; the limit is \(maxBytes)") }
+        return object
+    }
+
+    /// An object of strings; numbers and booleans are turned into their text, as the original did.
+    mutating func stringMap(_ key: String, maxEntries: Int = 1000, maxBytes: Int = 4096) throws(ServerError)
+        -> [String: String]?
+    {
+        guard let object = try object(key) else { return nil }
+        if object.count > maxEntries { throw bad(key, "has \(object.count) entries; the limit is \(maxEntries)") }
+        var out: [String: String] = [:]
+        for (k, v) in object {
+            if k.utf8.count > maxBytes { throw bad(key, "has a key longer than \(maxBytes) bytes") }
+            switch v {
+            case .string(let s): out[k] = s
+            case .int, .double, .bool: out[k] = v.serialized()
+            default: throw bad("\(key).\(k)", "must be a string, not \(v.kindName)")
+            }
+            if out[k, default: ""].utf8.count > maxBytes {
+                throw bad("\(key).\(k)", "is longer than \(maxBytes) bytes")
+            }
+        }
+        return out
+    }
+
+    /// A list of integers.
+    mutating func intList(_ key: String, maxCount: Int) throws(ServerError) -> [Int]? {
+        guard let value = value(key) else { return nil }
+        guard case .array(let items) = value else { throw bad(key, "must be a list, not \(value.kindName)") }
+        if items.count > maxCount { throw bad(key, "has \(items.count) entries; the limit is \(maxCount)") }
+        var out: [Int] = []
+        for item in items {
+            guard let n = item.intValue else { throw bad(key, "must hold integers, not \(item.kindName)") }
+            out.append(n)
+        }
+        return out
+    }
+
+    /// A time in ISO 8601, as microseconds since the epoch.
+    mutating func time(_ key: String) throws(ServerError) -> Int64? {
+        guard let text = try string(key, maxBytes: 64) else { return nil }
+        guard let micros = ServerClock.parse(text) else { throw bad(key, "'\(text)' is not an ISO 8601 date and time") }
+        return micros
+    }
+
+    /// Refuses members that no reader asked for.
+    func finish() throws(ServerError) {
+        for key in members.keys.sorted() where !read.contains(key) {
+            throw bad(key, "is not a field of this resource")
+        }
+    }
+}
+
+/// Stored JSON text of a string map (sorted keys).
+func jsonText(_ map: [String: String]) -> String { JSONValue.object(map.mapValues(JSONValue.string)).serialized() }
+
+/// Stored JSON text of an object.
+func jsonText(_ object: [String: JSONValue]) -> String { JSONValue.object(object).serialized() }

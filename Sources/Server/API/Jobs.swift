@@ -1,0 +1,638 @@
+import Spool
+
+/// `/jobs/`: bulk create, list with filters, bulk and query updates, deletion; the state rules the original
+/// client expects at creation, plus the site's validated transitions on every change.
+enum Jobs {
+    static let columns = """
+        id, app_id, workdir, tags, serialized_parameters, data, return_code, num_nodes, ranks_per_node, \
+        threads_per_rank, threads_per_core, launch_params, gpus_per_rank, node_packing_count, wall_time_min, \
+        parent_ids, batch_job_id, state, last_update, pending_file_cleanup, serialized_return_value, \
+        serialized_exception
+        """
+
+    static func write(_ r: SQLRow, to out: inout JSONWriter) {
+        out.beginObject()
+        out.field("id", r.int(0))
+        out.field("app_id", r.int(1))
+        out.field("workdir", r.text(2))
+        out.raw("tags", r.text(3))
+        out.field("serialized_parameters", r.text(4))
+        out.raw("data", r.text(5))
+        out.field("return_code", r.optionalInt(6))
+        out.field("num_nodes", r.int(7))
+        out.field("ranks_per_node", r.int(8))
+        out.field("threads_per_rank", r.int(9))
+        out.field("threads_per_core", r.int(10))
+        out.raw("launch_params", r.text(11))
+        out.field("gpus_per_rank", r.double(12))
+        out.field("node_packing_count", r.int(13))
+        out.field("wall_time_min", r.int(14))
+        out.raw("parent_ids", r.text(15))
+        out.field("batch_job_id", r.optionalInt(16))
+        out.field("state", r.text(17))
+        out.field("last_update", ServerClock.iso(Int64(r.int(18)), zone: true))
+        out.field("pending_file_cleanup", r.bool(19))
+        out.field("serialized_return_value", r.text(20))
+        out.field("serialized_exception", r.text(21))
+        out.endObject()
+    }
+
+    static let maxCount = Job.Limits.count
+    static let payloadBytes = Job.Limits.parametersBytes
+
+    // MARK: - Filters
+
+    /// The list filters of `GET`, `PUT` and `DELETE /jobs/`.
+    static func conditions(_ call: inout Call) throws -> Conditions {
+        var c = Conditions(owner: call.user.id)
+        if let ids = try call.query.ints("id") { c.any("id", ids.map { .of($0) }) }
+        if let parents = try call.query.ints("parent_id") {
+            if parents.isEmpty {
+                c.add("1 = 0")
+            } else {
+                c.add(
+                    "id IN (SELECT job_id FROM job_parents WHERE parent_id IN (\(placeholders(parents.count))))",
+                    values: parents.map { .of($0) })
+            }
+        }
+        if let app = try call.query.int("app_id") { c.add("app_id = ?", .of(app)) }
+        if let sites = try call.query.ints("site_id") { c.any("site_id", sites.map { .of($0) }) }
+        if let batch = try call.query.int("batch_job_id") { c.add("batch_job_id = ?", .of(batch)) }
+        if let t = try call.query.time("last_update_before") { c.add("last_update < ?", .int(t)) }
+        if let t = try call.query.time("last_update_after") { c.add("last_update > ?", .int(t)) }
+        if let text = try call.query.string("workdir__contains") { c.add(call.dialect.contains("workdir"), .text(text)) }
+        if let states = try call.query.jobStates("state") { c.any("state", states.map { .text($0.rawValue) }) }
+        if let ne = try call.query.jobStates("state__ne") {
+            for state in ne { c.add("state <> ?", .text(state.rawValue)) }
+        }
+        if let tags = try call.query.pairsOf("tags") {
+            for (key, value) in tags {
+                let (clause, values) = tagCondition(key: key, value: value, dialect: call.dialect)
+                c.add(clause, values: values)
+            }
+        }
+        if let pending = try call.query.bool("pending_file_cleanup") {
+            c.add("pending_file_cleanup = ?", .of(pending))
+        }
+        return c
+    }
+
+    /// Tag containment: the GIN index serves it on PostgreSQL.
+    static func tagCondition(key: String, value: String, dialect: SQLDialect, column: String = "tags") -> (
+        String, [SQLValue]
+    ) {
+        switch dialect {
+        case .postgresql:
+            return ("\(column) @> jsonb_build_object(CAST(? AS TEXT), CAST(? AS TEXT))", [.text(key), .text(value)])
+        case .sqlite:
+            return jsonContains(column, key: key, value: value, dialect: dialect, jsonb: false)
+        }
+    }
+
+    static let orderings = ["last_update": "last_update", "id": "id", "state": "state", "workdir": "workdir"]
+
+    static func list(_ call: inout Call) throws -> Reply {
+        let c = try conditions(&call)
+        let ordering = try call.query.ordering(orderings, default: "id ASC")
+        return try page(call: &call, table: "jobs", columns: columns, conditions: c, ordering: ordering, write)
+    }
+
+    static func one(_ call: inout Call) throws -> Reply {
+        try detail(call, table: "jobs", columns: columns, what: "job", write)
+    }
+
+    // MARK: - Create
+
+    /// One job of a bulk create, checked.
+    struct NewJob {
+        var appID = 0
+        var workdir = ""
+        var tags: [String: String] = [:]
+        var serializedParameters = ""
+        var data = "{}"
+        var returnCode: Int?
+        var numNodes = 1
+        var ranksPerNode = 1
+        var threadsPerRank = 1
+        var threadsPerCore = 1
+        var launchParams: [String: String] = [:]
+        var gpusPerRank = 0.0
+        var nodePackingCount = 1
+        var wallTimeMin = 0
+        var parentIDs: [Int] = []
+        var transfers: [(slot: String, alias: String, path: String)] = []
+        var state = JobState.stagedIn
+        var siteID = 0
+    }
+
+    static func parseNew(_ value: JSONValue, index: Int) throws -> NewJob {
+        var input = try Input(value, prefix: "[\(index)]")
+        var job = NewJob()
+        job.appID = try input.requiredInt("app_id", in: 1...Int.max)
+        job.workdir = try input.requiredString("workdir", maxBytes: Job.Limits.workdirBytes)
+        do { try Job.validateWorkdir(job.workdir) } catch { throw input.bad("workdir", error.message) }
+        job.tags = try input.stringMap("tags", maxEntries: Job.Limits.tags, maxBytes: Job.Limits.tagBytes) ?? [:]
+        job.serializedParameters = try input.string("serialized_parameters", maxBytes: payloadBytes) ?? ""
+        if let data = try input.object("data", maxBytes: Job.Limits.dataBytes) { job.data = jsonText(data) }
+        job.returnCode = try input.int("return_code", in: Int(Int32.min)...Int(Int32.max))
+        job.numNodes = try input.int("num_nodes", in: 1...maxCount) ?? 1
+        job.ranksPerNode = try input.int("ranks_per_node", in: 1...maxCount) ?? 1
+        job.threadsPerRank = try input.int("threads_per_rank", in: 1...maxCount) ?? 1
+        job.threadsPerCore = try input.int("threads_per_core", in: 1...maxCount) ?? 1
+        job.launchParams = try input.stringMap("launch_params") ?? [:]
+        job.gpusPerRank = try input.double("gpus_per_rank", in: 0...1024) ?? 0
+        job.nodePackingCount = try input.int("node_packing_count", in: 1...maxCount) ?? 1
+        job.wallTimeMin = try input.int("wall_time_min", in: 0...maxCount) ?? 0
+        job.parentIDs = Array(Set(try input.intList("parent_ids", maxCount: Job.Limits.parents) ?? [])).sorted()
+        if let transfers = try input.object("transfers") {
+            for (slot, item) in transfers.sorted(by: { $0.key < $1.key }) {
+                let field = "transfers.\(slot)"
+                var alias: String
+                var path: String
+                switch item {
+                case .string(let text):
+                    guard let colon = text.firstIndex(of: ":") else { throw input.bad(field, "must be ALIAS:/path") }
+                    alias = String(text[..<colon])
+                    path = String(text[text.index(after: colon)...])
+                default:
+                    var t = try Input(item, prefix: input.name(field))
+                    alias = try t.requiredString("location_alias")
+                    path = try t.requiredString("path")
+                    try t.finish()
+                }
+                if !path.hasPrefix("/") { throw input.bad(field, "the remote path '\(path)' must be absolute") }
+                job.transfers.append((slot, alias, path))
+            }
+        }
+        // Sent by the original client on every create; the server decides them.
+        for ignored in ["parameters", "site_name", "state", "id", "last_update", "batch_job_id"] {
+            _ = input.value(ignored)
+        }
+        try input.finish()
+        return job
+    }
+
+    /// What the checks need of each app named in a bulk create.
+    struct AppFacts {
+        var siteID: Int
+        var parameters: [String: JSONValue]
+        var slots: [String: JSONValue]
+        var locations: [String: JSONValue]
+    }
+
+    static func appFacts(_ ids: Set<Int>, call: Call) throws -> [Int: AppFacts] {
+        var facts: [Int: AppFacts] = [:]
+        for chunk in Array(ids).chunked(1000) {
+            let rows = try call.connection.query(
+                """
+                SELECT a.id, a.site_id, a.parameters, a.transfers, s.transfer_locations FROM apps a
+                JOIN sites s ON s.id = a.site_id WHERE a.owner_id = ? AND a.id IN (\(placeholders(chunk.count)))
+                """, [.of(call.user.id)] + chunk.map { .of($0) })
+            for r in rows {
+                facts[r.int(0)] = AppFacts(
+                    siteID: r.int(1), parameters: (try? JSONValue.parse(r.text(2)).objectValue) ?? [:],
+                    slots: (try? JSONValue.parse(r.text(3)).objectValue) ?? [:],
+                    locations: (try? JSONValue.parse(r.text(4)).objectValue) ?? [:])
+            }
+        }
+        return facts
+    }
+
+    /// The states of `ids` owned by the caller.
+    static func states(_ ids: [Int], call: Call, lock: Bool = false) throws -> [Int: JobState] {
+        var states: [Int: JobState] = [:]
+        for chunk in ids.chunked(10_000) {
+            let rows = try call.connection.query(
+                "SELECT id, state FROM jobs WHERE owner_id = ? AND id IN (\(placeholders(chunk.count))) ORDER BY id"
+                    + (lock ? call.dialect.forUpdate : ""),
+                [.of(call.user.id)] + chunk.map { .of($0) })
+            for r in rows { states[r.int(0)] = JobState(rawValue: r.text(1)) ?? .failed }
+        }
+        return states
+    }
+
+    /// Checks a job's parameters against its app when they can be read (the plain values a shell app takes);
+    /// a Python app's parameters (objects only Python can load) are the site's to check.
+    static func checkParameters(_ job: NewJob, _ app: AppFacts, index: Int) throws {
+        guard !app.parameters.isEmpty || !job.serializedParameters.isEmpty else { return }
+        guard case .object(let given)? = try? Pickle.decodeBase64(job.serializedParameters) else { return }
+        let field = "[\(index)].parameters"
+        for (name, spec) in app.parameters.sorted(by: { $0.key < $1.key }) {
+            let required = spec.objectValue?["required"].map { $0 != .bool(false) } ?? true
+            if required && given[name] == nil {
+                throw ServerError.badRequest("the app's required parameter '\(name)' is missing", field: field)
+            }
+        }
+        if !app.parameters.isEmpty {
+            for name in given.keys.sorted() where app.parameters[name] == nil {
+                let known = app.parameters.keys.sorted().joined(separator: ", ")
+                throw ServerError.badRequest("the app has no parameter '\(name)' (its parameters: \(known))", field: field)
+            }
+        }
+    }
+
+    /// `POST /jobs/`: a list of jobs, created together or not at all. Each starts `AWAITING_PARENTS` while a
+    /// parent has not finished, else `READY` when it has stage-ins, else `STAGED_IN`, with one `CREATED` event.
+    static func create(_ call: inout Call) throws -> Reply {
+        let items = try call.jsonList()
+        var jobs = try items.enumerated().map { try parseNew($1, index: $0) }
+        var seen = Set<String>()
+        for (i, job) in jobs.enumerated() where !seen.insert(job.workdir).inserted {
+            throw ServerError.badRequest(
+                "workdir '\(job.workdir)' appears twice in this request; workdirs must be unique in each bulk create",
+                field: "[\(i)].workdir")
+        }
+        let now = ServerClock.microseconds()
+        let c = call.connection
+        let created: [Int] = try c.transaction {
+            let facts = try appFacts(Set(jobs.map(\.appID)), call: call)
+            let parentStates = try states(Array(Set(jobs.flatMap(\.parentIDs))), call: call)
+            for (i, job) in jobs.enumerated() {
+                guard let app = facts[job.appID] else { throw ServerError.notFound("app \(job.appID) of [\(i)]") }
+                try checkParameters(job, app, index: i)
+                var hasStageIn = false
+                for t in job.transfers {
+                    let field = "[\(i)].transfers.\(t.slot)"
+                    guard let slot = app.slots[t.slot]?.objectValue else {
+                        let known = app.slots.keys.sorted().joined(separator: ", ")
+                        throw ServerError.badRequest(
+                            "the app has no transfer slot '\(t.slot)' (its slots: \(known.isEmpty ? "none" : known))",
+                            field: field)
+                    }
+                    guard app.locations[t.alias] != nil else {
+                        throw ServerError.badRequest(
+                            "the site has no transfer location '\(t.alias)'", field: field)
+                    }
+                    if slot["direction"]?.stringValue == "in" { hasStageIn = true }
+                }
+                var parentsDone = true
+                for parent in job.parentIDs {
+                    guard let state = parentStates[parent] else {
+                        throw ServerError.notFound("parent job \(parent) of [\(i)]")
+                    }
+                    if state != .jobFinished { parentsDone = false }
+                }
+                jobs[i].siteID = app.siteID
+                jobs[i].state = !parentsDone ? .awaitingParents : hasStageIn ? .ready : .stagedIn
+            }
+            let ids = try insert(jobs, owner: call.user.id, now: now, connection: c)
+            try insertEvents(
+                jobs.indices.map { (ids[$0], JobState.created.rawValue, jobs[$0].state.rawValue, "{}") },
+                owner: call.user.id, time: now, connection: c)
+            try insertParentsAndTransfers(jobs, ids: ids, facts: facts, owner: call.user.id, connection: c)
+            return ids
+        }
+        var out = JSONWriter(capacity: jobs.count * 512)
+        out.beginArray()
+        for (i, job) in jobs.enumerated() {
+            out.beginObject()
+            out.field("id", created[i])
+            out.field("app_id", job.appID)
+            out.field("workdir", job.workdir)
+            out.raw("tags", jsonText(job.tags))
+            out.field("serialized_parameters", job.serializedParameters)
+            out.raw("data", job.data)
+            out.field("return_code", job.returnCode)
+            out.field("num_nodes", job.numNodes)
+            out.field("ranks_per_node", job.ranksPerNode)
+            out.field("threads_per_rank", job.threadsPerRank)
+            out.field("threads_per_core", job.threadsPerCore)
+            out.raw("launch_params", jsonText(job.launchParams))
+            out.field("gpus_per_rank", job.gpusPerRank)
+            out.field("node_packing_count", job.nodePackingCount)
+            out.field("wall_time_min", job.wallTimeMin)
+            out.value("parent_ids", .array(job.parentIDs.map { .int($0) }))
+            out.field("batch_job_id", nil as Int?)
+            out.field("state", job.state.rawValue)
+            out.field("last_update", ServerClock.iso(now, zone: true))
+            out.field("pending_file_cleanup", true)
+            out.field("serialized_return_value", "")
+            out.field("serialized_exception", "")
+            out.endObject()
+        }
+        out.endArray()
+        return .json(out, status: 201)
+    }
+
+    private static let insertColumns = [
+        "owner_id", "site_id", "app_id", "workdir", "tags", "serialized_parameters", "data", "return_code",
+        "num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "launch_params", "gpus_per_rank",
+        "node_packing_count", "wall_time_min", "parent_ids", "state", "last_update", "pending_file_cleanup",
+        "serialized_return_value", "serialized_exception",
+    ]
+
+    /// Multi-row INSERTs; ids come back by workdir (unique in a request), so row order does not matter.
+    static func insert(_ jobs: [NewJob], owner: Int, now: Int64, connection c: any SQLConnection) throws -> [Int] {
+        let perStatement = c.rowsPerStatement(columns: insertColumns.count)
+        var ids: [Int] = []
+        ids.reserveCapacity(jobs.count)
+        for chunk in jobs.chunked(perStatement) {
+            var parameters: [SQLValue] = []
+            parameters.reserveCapacity(chunk.count * insertColumns.count)
+            for job in chunk {
+                parameters += [
+                    .of(owner), .of(job.siteID), .of(job.appID), .text(job.workdir), .text(jsonText(job.tags)),
+                    .text(job.serializedParameters), .text(job.data), .of(job.returnCode), .of(job.numNodes),
+                    .of(job.ranksPerNode), .of(job.threadsPerRank), .of(job.threadsPerCore),
+                    .text(jsonText(job.launchParams)), .double(job.gpusPerRank), .of(job.nodePackingCount),
+                    .of(job.wallTimeMin), .text(JSONValue.array(job.parentIDs.map { .int($0) }).serialized()),
+                    .text(job.state.rawValue), .int(now), .of(true), .text(""), .text(""),
+                ]
+            }
+            let rows = try c.query(
+                "INSERT INTO jobs (\(insertColumns.joined(separator: ", "))) VALUES "
+                    + valuesList(rows: chunk.count, columns: insertColumns.count) + " RETURNING id, workdir",
+                parameters)
+            var byWorkdir: [String: Int] = [:]
+            for r in rows { byWorkdir[r.text(1)] = r.int(0) }
+            for job in chunk { ids.append(byWorkdir[job.workdir] ?? 0) }
+        }
+        return ids
+    }
+
+    /// Events `(job, from, to, data JSON)` at `time`.
+    static func insertEvents(
+        _ events: [(Int, String, String, String)], owner: Int, time: Int64, connection c: any SQLConnection
+    ) throws {
+        try insertEvents(events.map { ($0.0, $0.1, $0.2, $0.3, time) }, owner: owner, connection: c)
+    }
+
+    /// Events `(job, from, to, data JSON, time)`.
+    static func insertEvents(
+        _ events: [(Int, String, String, String, Int64)], owner: Int, connection c: any SQLConnection
+    ) throws {
+        let perStatement = c.rowsPerStatement(columns: 6)
+        for chunk in events.chunked(perStatement) {
+            var parameters: [SQLValue] = []
+            parameters.reserveCapacity(chunk.count * 6)
+            for e in chunk { parameters += [.of(owner), .of(e.0), .int(e.4), .text(e.1), .text(e.2), .text(e.3)] }
+            try c.execute(
+                "INSERT INTO events (owner_id, job_id, timestamp, from_state, to_state, data) VALUES "
+                    + valuesList(rows: chunk.count, columns: 6), parameters)
+        }
+    }
+
+    private static func insertParentsAndTransfers(
+        _ jobs: [NewJob], ids: [Int], facts: [Int: AppFacts], owner: Int, connection c: any SQLConnection
+    ) throws {
+        var links: [SQLValue] = []
+        var items: [[SQLValue]] = []
+        for (i, job) in jobs.enumerated() {
+            for parent in job.parentIDs { links += [.of(ids[i]), .of(parent)] }
+            for t in job.transfers {
+                let slot = facts[job.appID]?.slots[t.slot]?.objectValue ?? [:]
+                let direction = slot["direction"]?.stringValue ?? "in"
+                items.append([
+                    .of(owner), .of(ids[i]), .text(direction), .text(slot["local_path"]?.stringValue ?? "."),
+                    .text(t.path), .text(t.alias), .of(slot["recursive"] == .bool(true)),
+                    .text(direction == "in" ? "pending" : "awaiting_job"), .text(""), .text("{}"),
+                ])
+            }
+        }
+        for chunk in links.chunked(c.rowsPerStatement(columns: 2) * 2) {
+            try c.execute(
+                "INSERT INTO job_parents (job_id, parent_id) VALUES " + valuesList(rows: chunk.count / 2, columns: 2),
+                Array(chunk))
+        }
+        for chunk in items.chunked(c.rowsPerStatement(columns: 10)) {
+            try c.execute(
+                """
+                INSERT INTO transfer_items (owner_id, job_id, direction, local_path, remote_path, location_alias,
+                recursive, state, task_id, transfer_info) VALUES
+                """ + valuesList(rows: chunk.count, columns: 10), chunk.flatMap { $0 })
+        }
+    }
+
+    // MARK: - Update
+
+    /// The changes one update asks for.
+    struct Patch {
+        var sets: [(String, SQLValue)] = []
+        var state: JobState?
+        var stateTimestamp: Int64?
+        var stateData = "{}"
+    }
+
+    static func parsePatch(_ input: inout Input) throws -> Patch {
+        var p = Patch()
+        if let workdir = try input.string("workdir", maxBytes: Job.Limits.workdirBytes) {
+            do { try Job.validateWorkdir(workdir) } catch { throw input.bad("workdir", error.message) }
+            p.sets.append(("workdir", .text(workdir)))
+        }
+        if let tags = try input.stringMap("tags", maxEntries: Job.Limits.tags, maxBytes: Job.Limits.tagBytes) {
+            p.sets.append(("tags", .text(jsonText(tags))))
+        }
+        for key in ["serialized_parameters", "serialized_return_value", "serialized_exception"] {
+            if let text = try input.string(key, maxBytes: payloadBytes) { p.sets.append((key, .text(text))) }
+        }
+        if let data = try input.object("data", maxBytes: Job.Limits.dataBytes) {
+            p.sets.append(("data", .text(jsonText(data))))
+        }
+        if input.has("return_code") {
+            p.sets.append(("return_code", .of(try input.int("return_code", in: Int(Int32.min)...Int(Int32.max)))))
+        } else {
+            _ = input.value("return_code")
+        }
+        for key in ["num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "node_packing_count"] {
+            if let n = try input.int(key, in: 1...maxCount) { p.sets.append((key, .of(n))) }
+        }
+        if let n = try input.int("wall_time_min", in: 0...maxCount) { p.sets.append(("wall_time_min", .of(n))) }
+        if let gpus = try input.double("gpus_per_rank", in: 0...1024) { p.sets.append(("gpus_per_rank", .double(gpus))) }
+        if let params = try input.stringMap("launch_params") {
+            p.sets.append(("launch_params", .text(jsonText(params))))
+        }
+        if let batch = try input.int("batch_job_id", in: 1...Int.max) { p.sets.append(("batch_job_id", .of(batch))) }
+        if let pending = try input.bool("pending_file_cleanup") {
+            p.sets.append(("pending_file_cleanup", .of(pending)))
+        }
+        if let state = try input.string("state", maxBytes: 32) { p.state = try parseJobState(state, field: input.name("state")) }
+        p.stateTimestamp = try input.time("state_timestamp")
+        if let data = try input.object("state_data", maxBytes: Job.Limits.dataBytes) { p.stateData = jsonText(data) }
+        // Read-only members the client may echo back.
+        for ignored in ["id", "app_id", "parent_ids", "last_update", "parameters", "transfers", "site_name"] {
+            _ = input.value(ignored)
+        }
+        try input.finish()
+        return p
+    }
+
+    /// Applies updates to the caller's jobs in one transaction; every requested state change must be a legal
+    /// transition (else 400 naming the job and both states). Returns how many jobs were updated.
+    @discardableResult
+    static func apply(_ updates: [(id: Int, patch: Patch)], call: Call) throws -> Int {
+        let c = call.connection
+        let owner = call.user.id
+        return try c.transaction {
+            let current = try states(updates.map(\.id).sorted(), call: call, lock: true)
+            let now = ServerClock.microseconds()
+            // The batch job a patch names must be the caller's.
+            let batchIDs = Set(updates.flatMap { u in u.patch.sets.filter { $0.0 == "batch_job_id" }.map { $0.1 } })
+            for case .int(let batch) in batchIDs {
+                guard
+                    try c.scalar("SELECT id FROM batch_jobs WHERE id = ? AND owner_id = ?", [.int(batch), .of(owner)])
+                        != nil
+                else { throw ServerError.notFound("batch job \(batch)") }
+            }
+            var targets: [Int: JobState] = [:]
+            for u in updates {
+                guard let from = current[u.id] else { throw ServerError.notFound("job \(u.id)") }
+                guard let to = u.patch.state, to != from else { continue }
+                do { try from.validateTransition(to: to) } catch let error as SpoolError {
+                    throw ServerError.badRequest("job \(u.id): \(error.message)", field: "state")
+                }
+                targets[u.id] = to
+            }
+            let waiting = try unfinishedTransfers(Array(targets.keys), call: call)
+            var events: [(Int, String, String, String, Int64)] = []
+            var finished: [Int] = []
+            var stageOutsDue: [Int] = []
+            for u in updates {
+                var sets = u.patch.sets
+                if let to = targets[u.id], let from = current[u.id] {
+                    let final = advance(to, id: u.id, waiting: waiting)
+                    if to == .postprocessed && final == .postprocessed { stageOutsDue.append(u.id) }
+                    if final == .jobFinished { finished.append(u.id) }
+                    sets.append(("state", .text(final.rawValue)))
+                    events.append((u.id, from.rawValue, final.rawValue, u.patch.stateData, u.patch.stateTimestamp ?? now))
+                }
+                let assignments = sets.map { "\($0.0) = ?" } + ["last_update = \(c.dialect.greatest)(last_update + 1, ?)"]
+                try c.execute(
+                    "UPDATE jobs SET \(assignments.joined(separator: ", ")) WHERE id = ?",
+                    sets.map(\.1) + [.int(now), .of(u.id)])
+            }
+            try insertEvents(events, owner: owner, connection: c)
+            for chunk in stageOutsDue.chunked(10_000) {
+                try c.execute(
+                    "UPDATE transfer_items SET state = 'pending' WHERE direction = 'out' AND state = 'awaiting_job' AND job_id IN (\(placeholders(chunk.count)))",
+                    chunk.map { .of($0) })
+            }
+            try releaseChildren(of: finished, call: call, now: now)
+            return updates.count
+        }
+    }
+
+    /// Where a job that was asked to enter `state` ends up: `READY` with every stage-in done (or none) is
+    /// `STAGED_IN`; `POSTPROCESSED` with every stage-out done is `JOB_FINISHED`, passing `STAGED_OUT`, which is
+    /// how the original server reports it.
+    static func advance(_ state: JobState, id: Int, waiting: (stageIns: Set<Int>, stageOuts: Set<Int>)) -> JobState {
+        switch state {
+        case .ready where !waiting.stageIns.contains(id): .stagedIn
+        case .postprocessed where !waiting.stageOuts.contains(id): .jobFinished
+        case .stagedOut: .jobFinished
+        default: state
+        }
+    }
+
+    /// Jobs among `ids` with a stage-in, or a stage-out, not yet done.
+    static func unfinishedTransfers(_ ids: [Int], call: Call) throws -> (stageIns: Set<Int>, stageOuts: Set<Int>) {
+        var ins = Set<Int>()
+        var outs = Set<Int>()
+        for chunk in ids.chunked(10_000) where !chunk.isEmpty {
+            let rows = try call.connection.query(
+                "SELECT DISTINCT job_id, direction FROM transfer_items WHERE state <> 'done' AND job_id IN (\(placeholders(chunk.count)))",
+                chunk.map { .of($0) })
+            for r in rows {
+                if r.text(1) == "in" { ins.insert(r.int(0)) } else { outs.insert(r.int(0)) }
+            }
+        }
+        return (ins, outs)
+    }
+
+    /// Children waiting on `finished` jobs whose parents have now all finished become `READY` (or `STAGED_IN`),
+    /// with an event "All parents finished". A deleted parent counts as not finished.
+    static func releaseChildren(of finished: [Int], call: Call, now: Int64) throws {
+        let c = call.connection
+        for chunk in finished.chunked(10_000) where !chunk.isEmpty {
+            let candidates = try c.query(
+                """
+                SELECT DISTINCT p.job_id FROM job_parents p JOIN jobs j ON j.id = p.job_id
+                WHERE j.state = 'AWAITING_PARENTS' AND p.parent_id IN (\(placeholders(chunk.count)))
+                """, chunk.map { .of($0) }
+            ).map { $0.int(0) }
+            guard !candidates.isEmpty else { continue }
+            let blocked = Set(
+                try c.query(
+                    """
+                    SELECT DISTINCT p.job_id FROM job_parents p LEFT JOIN jobs j ON j.id = p.parent_id
+                    WHERE p.job_id IN (\(placeholders(candidates.count))) AND (j.id IS NULL OR j.state <> 'JOB_FINISHED')
+                    """, candidates.map { .of($0) }
+                ).map { $0.int(0) })
+            let ready = candidates.filter { !blocked.contains($0) }
+            let waiting = try unfinishedTransfers(ready, call: call)
+            var events: [(Int, String, String, String, Int64)] = []
+            for id in ready {
+                let state = advance(.ready, id: id, waiting: waiting)
+                try c.execute(
+                    "UPDATE jobs SET state = ?, last_update = \(c.dialect.greatest)(last_update + 1, ?) WHERE id = ?",
+                    [.text(state.rawValue), .int(now), .of(id)])
+                events.append(
+                    (id, JobState.awaitingParents.rawValue, state.rawValue, #"{"message":"All parents finished"}"#, now))
+            }
+            try insertEvents(events, owner: call.user.id, connection: c)
+        }
+    }
+
+    /// `PATCH /jobs/`: a list of `{id, ...changes}`; ids unique. Replies with the number of jobs updated.
+    static func bulkUpdate(_ call: inout Call) throws -> Reply {
+        let items = try call.jsonList()
+        var updates: [(id: Int, patch: Patch)] = []
+        var seen = Set<Int>()
+        for (i, item) in items.enumerated() {
+            var input = try Input(item, prefix: "[\(i)]")
+            let id = try input.requiredInt("id", in: 1...Int.max)
+            if !seen.insert(id).inserted {
+                throw ServerError.badRequest("job \(id) appears twice; each job once per request", field: "[\(i)].id")
+            }
+            updates.append((id, try parsePatch(&input)))
+        }
+        return .json(.int(try apply(updates, call: call)))
+    }
+
+    /// `PUT /jobs/?filters`: the same change to every matching job (at most the bulk limit).
+    static func queryUpdate(_ call: inout Call) throws -> Reply {
+        var input = try Input(try call.json())
+        let patch = try parsePatch(&input)
+        let c = try conditions(&call)
+        try call.query.finish()
+        let ids = try call.connection.query(
+            "SELECT id FROM jobs WHERE \(c.sql) ORDER BY id LIMIT ?", c.parameters + [.of(call.limits.bulkItems + 1)]
+        ).map { $0.int(0) }
+        if ids.count > call.limits.bulkItems {
+            throw ServerError.badRequest(
+                "the filters match more than \(call.limits.bulkItems) jobs; narrow them (for example by id)")
+        }
+        return .json(.int(try apply(ids.map { ($0, patch) }, call: call)))
+    }
+
+    /// `PUT /jobs/{id}`.
+    static func update(_ call: inout Call) throws -> Reply {
+        let id = try call.requiredID()
+        var input = try Input(try call.json())
+        try apply([(id, try parsePatch(&input))], call: call)
+        return try one(&call)
+    }
+
+    /// `DELETE /jobs/?filters`: deletes every matching job (their events and transfer items with them).
+    static func queryDelete(_ call: inout Call) throws -> Reply {
+        let c = try conditions(&call)
+        try call.query.finish()
+        try call.connection.execute("DELETE FROM jobs WHERE \(c.sql)", c.parameters)
+        return .noContent
+    }
+
+    /// `DELETE /jobs/{id}`.
+    static func delete(_ call: inout Call) throws -> Reply {
+        let id = try call.requiredID()
+        let deleted = try call.connection.execute(
+            "DELETE FROM jobs WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
+        if deleted == 0 { throw ServerError.notFound("job \(id)") }
+        return .noContent
+    }
+}
+
+extension Array {
+    /// Consecutive slices of at most `size` elements.
+    func chunked(_ size: Int) -> [ArraySlice<Element>] {
+        stride(from: 0, to: count, by: Swift.max(1, size)).map { self[$0..<Swift.min($0 + size, count)] }
+    }
+}

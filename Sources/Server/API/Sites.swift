@@ -1,0 +1,177 @@
+import Spool
+
+/// `/sites/`: a user's sites, each a directory on some cluster that syncs with this server.
+enum Sites {
+    static let columns = """
+        id, name, path, globus_endpoint_id, backfill_windows, queued_jobs, optional_batch_job_params, \
+        allowed_projects, allowed_queues, transfer_locations, last_refresh, creation_date
+        """
+
+    static func write(_ r: SQLRow, to out: inout JSONWriter) {
+        out.beginObject()
+        out.field("id", r.int(0))
+        out.field("name", r.text(1))
+        out.field("path", r.text(2))
+        out.field("globus_endpoint_id", r.optionalText(3))
+        out.raw("backfill_windows", r.text(4))
+        out.raw("queued_jobs", r.text(5))
+        out.raw("optional_batch_job_params", r.text(6))
+        out.raw("allowed_projects", r.text(7))
+        out.raw("allowed_queues", r.text(8))
+        out.raw("transfer_locations", r.text(9))
+        out.field("last_refresh", ServerClock.iso(Int64(r.int(10))))
+        out.field("creation_date", ServerClock.iso(Int64(r.int(11))))
+        out.endObject()
+    }
+
+    /// The JSON members a site may set, with their column and default.
+    private static let jsonMembers: [(String, String)] = [
+        ("backfill_windows", "{}"), ("queued_jobs", "{}"), ("optional_batch_job_params", "{}"),
+        ("allowed_projects", "[]"), ("allowed_queues", "{}"), ("transfer_locations", "{}"),
+    ]
+
+    /// The site's settable members from a request body: (column, value) pairs.
+    private static func members(_ input: inout Input, creating: Bool) throws(ServerError) -> [(String, SQLValue)] {
+        var out: [(String, SQLValue)] = []
+        let name = creating ? try input.requiredString("name", maxBytes: 128) : try input.string("name", maxBytes: 128)
+        if let name {
+            if name.isEmpty || name.utf8.contains(where: { $0 < 0x20 }) {
+                throw input.bad("name", "must be a non-empty name without control characters")
+            }
+            out.append(("name", .text(name)))
+        }
+        let path = creating ? try input.requiredString("path") : try input.string("path")
+        if let path {
+            if !path.hasPrefix("/") { throw input.bad("path", "'\(path)' must be an absolute path") }
+            out.append(("path", .text(path)))
+        }
+        if let endpoint = try input.string("globus_endpoint_id", maxBytes: 64) {
+            out.append(("globus_endpoint_id", .text(endpoint)))
+        } else if creating {
+            out.append(("globus_endpoint_id", .null))
+        }
+        for (key, fallback) in jsonMembers {
+            if let value = input.value(key) {
+                let isList = fallback == "[]"
+                switch value {
+                case .array where isList, .object where !isList: break
+                default: throw input.bad(key, "must be \(isList ? "a list" : "an object"), not \(value.kindName)")
+                }
+                if key == "transfer_locations", let object = value.objectValue {
+                    for (alias, url) in object {
+                        guard let text = url.stringValue, text.contains("://") else {
+                            throw input.bad("transfer_locations.\(alias)", "must be a URL such as globus://ENDPOINT")
+                        }
+                    }
+                }
+                let text = value.serialized()
+                if text.utf8.count > 1 << 20 { throw input.bad(key, "is larger than 1 MiB") }
+                out.append((key, .text(text)))
+            } else if creating {
+                out.append((key, .text(fallback)))
+            }
+        }
+        for ignored in ["id", "last_refresh", "creation_date"] { _ = input.value(ignored) }
+        try input.finish()
+        return out
+    }
+
+    static func list(_ call: inout Call) throws -> Reply {
+        var conditions = Conditions(owner: call.user.id)
+        if let name = try call.query.string("name") { conditions.add("name = ?", .text(name)) }
+        if let path = try call.query.string("path") { conditions.add(call.dialect.contains("path"), .text(path)) }
+        if let ids = try call.query.ints("id") { conditions.any("id", ids.map { .of($0) }) }
+        if let after = try call.query.time("last_refresh_after") { conditions.add("last_refresh > ?", .int(after)) }
+        return try page(call: &call, table: "sites", columns: columns, conditions: conditions, ordering: "id ASC", write)
+    }
+
+    static func create(_ call: inout Call) throws -> Reply {
+        var input = try Input(try call.json())
+        let members = try members(&input, creating: true)
+        let now = ServerClock.microseconds()
+        let all = members + [("owner_id", .of(call.user.id)), ("last_refresh", .int(now)), ("creation_date", .int(now))]
+        let rows = try refusingDuplicate("you already have a site with this name") {
+            try call.connection.query(
+                "INSERT INTO sites (\(all.map(\.0).joined(separator: ", "))) VALUES (\(placeholders(all.count))) RETURNING \(columns)",
+                all.map(\.1))
+        }
+        var out = JSONWriter()
+        if let row = rows.first { write(row, to: &out) }
+        return .json(out, status: 201)
+    }
+
+    static func one(_ call: inout Call) throws -> Reply {
+        try detail(call, table: "sites", columns: columns, what: "site", write)
+    }
+
+    /// `PUT /sites/{id}`: changes the given members and marks the site as heard from now.
+    static func update(_ call: inout Call) throws -> Reply {
+        let id = try call.requiredID()
+        var input = try Input(try call.json())
+        let members = try members(&input, creating: false) + [("last_refresh", .int(ServerClock.microseconds()))]
+        let rows = try refusingDuplicate("you already have a site with this name") {
+            try call.connection.query(
+                "UPDATE sites SET \(members.map { "\($0.0) = ?" }.joined(separator: ", ")) WHERE id = ? AND owner_id = ? RETURNING \(columns)",
+                members.map(\.1) + [.of(id), .of(call.user.id)])
+        }
+        guard let row = rows.first else { throw ServerError.notFound("site \(id)") }
+        var out = JSONWriter()
+        write(row, to: &out)
+        return .json(out)
+    }
+
+    /// `DELETE /sites/{id}`: the site and everything under it (apps, jobs, events, batch jobs, transfers).
+    static func delete(_ call: inout Call) throws -> Reply {
+        let id = try call.requiredID()
+        let deleted = try call.connection.execute(
+            "DELETE FROM sites WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
+        if deleted == 0 { throw ServerError.notFound("site \(id)") }
+        return .noContent
+    }
+}
+
+/// Runs `body`; a unique key taken becomes a 400 on `name` saying `message`.
+func refusingDuplicate<T>(_ message: String, _ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let error as StoreError where error.kind == .constraint {
+        throw ServerError.badRequest(message, field: "name")
+    }
+}
+
+/// A `{count, results}` page of `table` rows matching `conditions`.
+func page(
+    call: inout Call, table: String, columns: String, conditions: Conditions, ordering: String,
+    _ write: (SQLRow, inout JSONWriter) -> Void
+) throws -> Reply {
+    let (limit, offset) = try call.query.page()
+    try call.query.finish()
+    let count =
+        try call.connection.scalar("SELECT count(*) FROM \(table) WHERE \(conditions.sql)", conditions.parameters) ?? 0
+    var out = JSONWriter(capacity: 64 + min(limit, count) * 256)
+    out.beginObject()
+    out.field("count", count)
+    out.beginArray("results")
+    if limit > 0 && offset < count {
+        let rows = try call.connection.query(
+            "SELECT \(columns) FROM \(table) WHERE \(conditions.sql) ORDER BY \(ordering) LIMIT ? OFFSET ?",
+            conditions.parameters + [.of(limit), .of(offset)])
+        for row in rows { write(row, &out) }
+    }
+    out.endArray()
+    out.endObject()
+    return .json(out)
+}
+
+/// One row of `table` by the route's id, owned by the caller; 404 otherwise.
+func detail(
+    _ call: Call, table: String, columns: String, what: String, _ write: (SQLRow, inout JSONWriter) -> Void
+) throws -> Reply {
+    let id = try call.requiredID()
+    let rows = try call.connection.query(
+        "SELECT \(columns) FROM \(table) WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
+    guard let row = rows.first else { throw ServerError.notFound("\(what) \(id)") }
+    var out = JSONWriter()
+    write(row, &out)
+    return .json(out)
+}

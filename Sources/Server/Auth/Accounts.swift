@@ -1,0 +1,287 @@
+import Spool
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Who made a request: the user behind a valid token.
+public struct User: Sendable, Equatable {
+    /// The user's id.
+    public var id: Int
+    /// The user's name.
+    public var name: String
+}
+
+/// One issued token, as `balsam-server token ls` shows it.
+public struct TokenRecord: Sendable, Equatable {
+    /// The token's id (its `jti` claim).
+    public var id: String
+    /// The user it acts for.
+    public var username: String
+    /// `login` (a password login, expires) or `site` (made by an operator for a site daemon, long-lived).
+    public var kind: String
+    /// The site it was made for, for site tokens.
+    public var siteName: String?
+    /// When it was made, microseconds since the epoch.
+    public var created: Int64
+    /// When it expires, or nil for never.
+    public var expires: Int64?
+    /// When it was revoked, or nil.
+    public var revoked: Int64?
+}
+
+/// Users, passwords and tokens.
+///
+/// Tokens are JWTs (HS256) signed with the server's secret, and each is also a row of `tokens`: a request is
+/// accepted only when the signature holds, the token has not expired, and its row is there and not revoked. So
+/// an operator revokes any token at once, and a site's token can live for months without being a risk that
+/// cannot be taken back.
+public struct Accounts: Sendable {
+    let database: Database
+    let secret: [UInt8]
+    /// Lifetime of login tokens.
+    public var loginTokenSeconds: Int64 = 48 * 3600
+
+    /// Accounts over `database`, signing with `secret`.
+    public init(database: Database, secret: [UInt8]) {
+        self.database = database
+        self.secret = secret
+    }
+
+    // MARK: - Users
+
+    /// A user name: 1 to 64 letters, digits, `_`, `-`, `.` or `@`.
+    static func validateUsername(_ name: String) throws(ServerError) {
+        let ok =
+            !name.isEmpty && name.utf8.count <= 64
+            && name.utf8.allSatisfy { c in
+                (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A) || "_-.@".utf8.contains(c)
+            }
+        if !ok {
+            throw .badRequest("a user name is 1 to 64 letters, digits, '_', '-', '.' or '@'", field: "username")
+        }
+    }
+
+    /// A password: at least 8 characters, at most 1024 bytes.
+    static func validatePassword(_ password: String) throws(ServerError) {
+        if password.count < 8 || password.utf8.count > 1024 {
+            throw .badRequest("a password has 8 to 1024 characters", field: "password")
+        }
+    }
+
+    /// Stored form of a password: `scrypt$N$r$p$SALT$HASH` (base64).
+    static func hashPassword(_ password: String) throws(ServerError) -> String {
+        let salt = try Crypto.randomBytes(16)
+        let hash = try Crypto.scrypt(password, salt: salt, n: Crypto.scryptN, r: Crypto.scryptR, p: Crypto.scryptP)
+        return "scrypt$\(Crypto.scryptN)$\(Crypto.scryptR)$\(Crypto.scryptP)$"
+            + Base64.urlEncode(salt) + "$" + Base64.urlEncode(hash)
+    }
+
+    /// Whether `password` matches a stored hash.
+    static func verifyPassword(_ password: String, stored: String) -> Bool {
+        let parts = stored.split(separator: "$")
+        guard parts.count == 6, parts[0] == "scrypt", let n = UInt64(parts[1]), let r = UInt64(parts[2]),
+            let p = UInt64(parts[3]), let salt = Base64.decode(parts[4]), let hash = Base64.decode(parts[5]),
+            let computed = try? Crypto.scrypt(password, salt: salt, n: n, r: r, p: p)
+        else { return false }
+        return Crypto.constantTimeEqual(computed, hash)
+    }
+
+    /// A hash no password matches, checked for unknown user names so that they take as long as known ones.
+    private static let decoyHash: String = (try? hashPassword("decoy password, never used")) ?? ""
+
+    /// Adds a user; a name taken is a 400.
+    @discardableResult
+    public func addUser(_ username: String, password: String) throws -> User {
+        try addUser(username, password: password, connection: nil)
+    }
+
+    func addUser(_ username: String, password: String, connection: (any SQLConnection)?) throws -> User {
+        try Accounts.validateUsername(username)
+        try Accounts.validatePassword(password)
+        let hash = try Accounts.hashPassword(password)
+        let insert = { (c: any SQLConnection) throws -> User in
+            do {
+                let rows = try c.query(
+                    "INSERT INTO users (username, password_hash, created) VALUES (?, ?, ?) RETURNING id",
+                    [.text(username), .text(hash), .int(ServerClock.microseconds())])
+                return User(id: rows.first?.int(0) ?? 0, name: username)
+            } catch let error as StoreError where error.kind == .constraint {
+                throw ServerError.badRequest("the user name '\(username)' is taken", field: "username")
+            }
+        }
+        if let connection { return try insert(connection) }
+        return try database.withConnection(insert)
+    }
+
+    /// Sets a user's password.
+    public func setPassword(_ username: String, password: String) throws {
+        try Accounts.validatePassword(password)
+        let hash = try Accounts.hashPassword(password)
+        let changed = try database.withConnection { c in
+            try c.execute("UPDATE users SET password_hash = ? WHERE username = ?", [.text(hash), .text(username)])
+        }
+        if changed == 0 { throw ServerError.notFound("user '\(username)'") }
+    }
+
+    /// The outcome of a password check: the user, or how long the failed attempt should be held before the
+    /// reply (grows with the recent failures for that name, so guessing is slow; the same for unknown names).
+    enum LoginOutcome {
+        case success(User)
+        case failure(holdSeconds: Double)
+    }
+
+    /// Checks a password. Failures are counted per user name (known or not) for ten minutes.
+    func checkPassword(_ username: String, _ password: String, connection c: any SQLConnection) throws -> LoginOutcome {
+        let rows = try c.query("SELECT id, password_hash FROM users WHERE username = ?", [.text(username)])
+        let stored = rows.first?.text(1) ?? Accounts.decoyHash
+        let ok = Accounts.verifyPassword(password, stored: stored) && !rows.isEmpty
+        let now = ServerClock.microseconds()
+        if ok, let row = rows.first {
+            try c.execute("DELETE FROM login_failures WHERE username = ?", [.text(username)])
+            return .success(User(id: row.int(0), name: username))
+        }
+        let window: Int64 = 600_000_000
+        let failures = try c.transaction { () throws -> Int in
+            let previous = try c.query(
+                "SELECT failures, last_failure FROM login_failures WHERE username = ?", [.text(username)]
+            ).first
+            let count = (previous.map { now - Int64($0.int(1)) < window ? $0.int(0) : 0 } ?? 0) + 1
+            try c.execute("DELETE FROM login_failures WHERE username = ?", [.text(username)])
+            try c.execute(
+                "INSERT INTO login_failures (username, failures, last_failure) VALUES (?, ?, ?)",
+                [.text(username), .of(count), .int(now)])
+            return count
+        }
+        // Free for the first three, then 0.5 s doubling per failure up to 8 s.
+        let hold = failures <= 3 ? 0 : min(8.0, 0.5 * Double(1 << min(failures - 4, 8)))
+        return .failure(holdSeconds: hold)
+    }
+
+    // MARK: - Tokens
+
+    /// Issues a token: a JWT whose `jti` is recorded in `tokens`. `seconds` nil means it never expires.
+    func issueToken(
+        for user: User, kind: String, siteName: String? = nil, seconds: Int64?, connection c: any SQLConnection
+    ) throws -> (token: String, expires: Int64?) {
+        let id = Base64.urlEncode(try Crypto.randomBytes(16))
+        let now = ServerClock.microseconds()
+        let expires = seconds.map { now + $0 * 1_000_000 }
+        try c.execute(
+            "INSERT INTO tokens (id, owner_id, kind, site_name, created, expires) VALUES (?, ?, ?, ?, ?, ?)",
+            [.text(id), .of(user.id), .text(kind), siteName.map { .text($0) } ?? .null, .int(now),
+             expires.map { .int($0) } ?? .null])
+        var claims: [String: JSONValue] = [
+            "sub": .string(String(user.id)), "username": .string(user.name), "jti": .string(id),
+            "kind": .string(kind), "iat": .int(Int(now / 1_000_000)),
+        ]
+        if let expires { claims["exp"] = .int(Int(expires / 1_000_000)) }
+        let header = Base64.urlEncode(Array(#"{"alg":"HS256","typ":"JWT"}"#.utf8))
+        let payload = Base64.urlEncode(Array(JSONValue.object(claims).serialized().utf8))
+        let signature = Base64.urlEncode(Crypto.hmacSHA256(key: secret, message: Array("\(header).\(payload)".utf8)))
+        return ("\(header).\(payload).\(signature)", expires)
+    }
+
+    /// Makes a long-lived token for `username`'s site daemon (`balsam-server token create`).
+    public func createSiteToken(username: String, siteName: String, days: Int?) throws -> (id: String, token: String) {
+        try database.withConnection { c in
+            guard let row = try c.query("SELECT id FROM users WHERE username = ?", [.text(username)]).first else {
+                throw ServerError.notFound("user '\(username)'")
+            }
+            let user = User(id: row.int(0), name: username)
+            let issued = try issueToken(
+                for: user, kind: "site", siteName: siteName, seconds: days.map { Int64($0) * 86_400 }, connection: c)
+            let id = try Accounts.claims(of: issued.token)?["jti"]?.stringValue ?? ""
+            return (id, issued.token)
+        }
+    }
+
+    /// Revokes tokens by id, or every token of a user; returns how many were revoked.
+    public func revoke(tokenID: String?, username: String?) throws -> Int {
+        try database.withConnection { c in
+            let now = ServerClock.microseconds()
+            if let tokenID {
+                return try c.execute(
+                    "UPDATE tokens SET revoked = ? WHERE id = ? AND revoked IS NULL", [.int(now), .text(tokenID)])
+            }
+            return try c.execute(
+                "UPDATE tokens SET revoked = ? WHERE revoked IS NULL AND owner_id = (SELECT id FROM users WHERE username = ?)",
+                [.int(now), .text(username ?? "")])
+        }
+    }
+
+    /// Every token, newest first.
+    public func tokens() throws -> [TokenRecord] {
+        try database.withConnection { c in
+            try c.query(
+                """
+                SELECT t.id, u.username, t.kind, t.site_name, t.created, t.expires, t.revoked
+                FROM tokens t JOIN users u ON u.id = t.owner_id ORDER BY t.created DESC
+                """, []
+            ).map { r in
+                TokenRecord(
+                    id: r.text(0), username: r.text(1), kind: r.text(2), siteName: r.optionalText(3),
+                    created: Int64(r.int(4)), expires: r.optionalInt(5).map(Int64.init),
+                    revoked: r.optionalInt(6).map(Int64.init))
+            }
+        }
+    }
+
+    /// The claims of a well-formed token whose signature holds; nil otherwise.
+    static func claims(of token: String, secret: [UInt8]? = nil) throws -> [String: JSONValue]? {
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, let payload = Base64.decode(parts[1]) else { return nil }
+        if let secret {
+            guard let signature = Base64.decode(parts[2]) else { return nil }
+            let expected = Crypto.hmacSHA256(key: secret, message: Array("\(parts[0]).\(parts[1])".utf8))
+            guard Crypto.constantTimeEqual(signature, expected) else { return nil }
+        }
+        return try? JSONValue.parse(payload).objectValue
+    }
+
+    /// The user behind a bearer token, checked against its signature, expiry and row; nil for any failure.
+    func authenticate(_ token: String, connection c: any SQLConnection) throws -> User? {
+        guard token.utf8.count < 4096, let claims = try Accounts.claims(of: token, secret: secret),
+            let id = claims["jti"]?.stringValue, let sub = claims["sub"]?.stringValue, let userID = Int(sub)
+        else { return nil }
+        let now = ServerClock.microseconds()
+        let rows = try c.query(
+            """
+            SELECT u.id, u.username FROM tokens t JOIN users u ON u.id = t.owner_id
+            WHERE t.id = ? AND t.owner_id = ? AND t.revoked IS NULL AND (t.expires IS NULL OR t.expires > ?)
+            """, [.text(id), .of(userID), .int(now)])
+        return rows.first.map { User(id: $0.int(0), name: $0.text(1)) }
+    }
+}
+
+/// The secret that signs tokens: a file of 32 random bytes (base64), made mode 0600 on first start.
+public enum ServerSecret {
+    /// Reads the secret at `path`, or creates it. Refuses a file others can read.
+    public static func loadOrCreate(_ path: String) throws -> [UInt8] {
+        if let st = try Posix.statIfExists(path) {
+            if st.st_mode & 0o077 != 0 {
+                throw ServerError.internal(
+                    "\(path): the token secret is readable by others (mode \(String(st.st_mode & 0o777, radix: 8))); chmod 600 it"
+                )
+            }
+            let text = String(decoding: try Posix.readFile(path, limit: 4096), as: UTF8.self)
+            guard let bytes = Base64.decode(text.trimmingCharacters()), bytes.count >= 32 else {
+                throw ServerError.internal("\(path): the token secret must be at least 32 bytes in base64")
+            }
+            return bytes
+        }
+        try Posix.makeDirectories(Posix.parentPath(path))
+        let bytes = try Crypto.randomBytes(32)
+        try Posix.createFile(path, Array((Base64.urlEncode(bytes) + "\n").utf8), sync: true, mode: 0o600)
+        return bytes
+    }
+}
+
+extension String {
+    func trimmingCharacters() -> String {
+        var s = Substring(self)
+        while let c = s.first, c.isWhitespace { s.removeFirst() }
+        while let c = s.last, c.isWhitespace { s.removeLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,105 @@
+import Hummingbird
+import Logging
+import NIOCore
+import Spool
+
+/// The REST control plane: the original Balsam API on Hummingbird, over one database.
+///
+/// `application()` gives a Hummingbird `Application`, which is a swift-service-lifecycle `Service`: run it in a
+/// `ServiceGroup` (or with `runService()`) and SIGTERM or SIGINT stop it gracefully, letting requests finish.
+public struct BalsamServer: Sendable {
+    /// The database.
+    public let database: Database
+    /// Users and tokens.
+    public private(set) var accounts: Accounts
+    /// Request limits.
+    public let limits: ServerLimits
+    let logger: Logger
+
+    /// A server over `database`, signing tokens with `secret`.
+    public init(database: Database, secret: [UInt8], limits: ServerLimits = ServerLimits(), logger: Logger) {
+        self.database = database
+        self.accounts = Accounts(database: database, secret: secret)
+        self.limits = limits
+        self.logger = logger
+    }
+
+    /// Sets how long a password login's token lasts.
+    public mutating func setLoginTokenHours(_ hours: Int) { accounts.loginTokenSeconds = Int64(hours) * 3600 }
+
+    /// The router with every route.
+    func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        let e = Endpoints(database: database, accounts: accounts, limits: limits, logger: logger)
+        let accounts = accounts
+
+        func route(
+            _ method: HTTPRequest.Method, _ path: RouterPath, _ name: String, authenticated: Bool = true,
+            _ handler: @escaping Endpoints.Handler
+        ) {
+            let hasID = name.contains("{id}")
+            router.on(path, method: method) { request, context in
+                await e.serve(request, context, route: name, authenticated: authenticated, hasID: hasID, handler)
+            }
+        }
+
+        route(.get, "auth/how", "/auth/how", authenticated: false, AuthRoutes.how)
+        route(.post, "auth/password/register", "/auth/password/register", authenticated: false,
+            AuthRoutes.register(accounts))
+        route(.post, "auth/password/login", "/auth/password/login", authenticated: false, AuthRoutes.login(accounts))
+        route(.get, "auth/password/me", "/auth/password/me", AuthRoutes.me)
+
+        route(.get, "sites", "/sites/", Sites.list)
+        route(.post, "sites", "/sites/", Sites.create)
+        route(.get, "sites/{id}", "/sites/{id}", Sites.one)
+        route(.put, "sites/{id}", "/sites/{id}", Sites.update)
+        route(.delete, "sites/{id}", "/sites/{id}", Sites.delete)
+
+        route(.get, "apps", "/apps/", Apps.list)
+        route(.post, "apps", "/apps/", Apps.create)
+        route(.get, "apps/{id}", "/apps/{id}", Apps.one)
+        route(.put, "apps/{id}", "/apps/{id}", Apps.update)
+        route(.delete, "apps/{id}", "/apps/{id}", Apps.delete)
+
+        route(.get, "jobs", "/jobs/", Jobs.list)
+        route(.post, "jobs", "/jobs/", Jobs.create)
+        route(.patch, "jobs", "/jobs/", Jobs.bulkUpdate)
+        route(.put, "jobs", "/jobs/", Jobs.queryUpdate)
+        route(.delete, "jobs", "/jobs/", Jobs.queryDelete)
+        route(.get, "jobs/{id}", "/jobs/{id}", Jobs.one)
+        route(.put, "jobs/{id}", "/jobs/{id}", Jobs.update)
+        route(.delete, "jobs/{id}", "/jobs/{id}", Jobs.delete)
+
+        route(.get, "batch-jobs", "/batch-jobs/", BatchJobs.list)
+        route(.post, "batch-jobs", "/batch-jobs/", BatchJobs.create)
+        route(.patch, "batch-jobs", "/batch-jobs/", BatchJobs.bulkUpdate)
+        route(.get, "batch-jobs/{id}", "/batch-jobs/{id}", BatchJobs.one)
+        route(.put, "batch-jobs/{id}", "/batch-jobs/{id}", BatchJobs.update)
+        route(.delete, "batch-jobs/{id}", "/batch-jobs/{id}", BatchJobs.delete)
+
+        route(.get, "events", "/events/", Events.list)
+
+        route(.get, "transfers", "/transfers/", Transfers.list)
+        route(.patch, "transfers", "/transfers/", Transfers.bulkUpdate)
+        route(.get, "transfers/{id}", "/transfers/{id}", Transfers.one)
+        route(.put, "transfers/{id}", "/transfers/{id}", Transfers.update)
+
+        router.get("openapi.json") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "application/json"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: OpenAPI.document)))
+        }
+        return router
+    }
+
+    /// The application listening on `host:port` (port 0: any free port). `onListening` gets the bound port.
+    public func application(
+        host: String, port: Int, onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) -> Application<RouterResponder<BasicRequestContext>> {
+        Application(
+            router: router(),
+            configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: "balsam-server"),
+            onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) },
+            logger: logger)
+    }
+}

@@ -1,0 +1,131 @@
+import Logging
+import NIOPosix
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Where the server's data lives: `sqlite:PATH` (one file, the default) or `postgresql://...` (a facility's).
+public enum DatabaseLocation: Sendable, Equatable, CustomStringConvertible {
+    case sqlite(path: String)
+    case postgresql(url: String)
+
+    /// Parses `sqlite:PATH`, `sqlite://PATH`, `postgresql://...` or `postgres://...`.
+    public init(parsing text: String) throws(StoreError) {
+        if text.hasPrefix("sqlite://") {
+            self = .sqlite(path: String(text.dropFirst("sqlite://".count)))
+        } else if text.hasPrefix("sqlite:") {
+            self = .sqlite(path: String(text.dropFirst("sqlite:".count)))
+        } else if text.hasPrefix("postgresql://") || text.hasPrefix("postgres://") {
+            self = .postgresql(url: text)
+        } else {
+            throw StoreError(
+                .unavailable, "unknown database '\(redacted(text))': use sqlite:PATH or postgresql://USER@HOST/DB")
+        }
+        if case .sqlite(let path) = self, path.isEmpty {
+            throw StoreError(.unavailable, "sqlite: needs a file path (sqlite:/var/lib/balsam/server.db)")
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .sqlite(let path): "sqlite:\(path)"
+        case .postgresql(let url): redacted(url)
+        }
+    }
+}
+
+/// The server's database: a small pool of connections, each used by one thread of a dedicated thread pool, so
+/// the blocking C calls of SQLite and libpq never run on Swift's cooperative threads.
+///
+/// The server keeps no state of its own in memory: everything is in the database, so several server processes
+/// can share one PostgreSQL database.
+public final class Database: Sendable {
+    /// The database's location.
+    public let location: DatabaseLocation
+    let dialect: SQLDialect
+    private let threads: NIOThreadPool
+    private let idle: Mutex<[any SQLConnection]>
+
+    /// Opens the database with `threads` worker threads (and as many connections, made when first needed).
+    public init(_ location: DatabaseLocation, threads: Int = 4) throws(StoreError) {
+        self.location = location
+        switch location {
+        case .sqlite: dialect = .sqlite
+        case .postgresql: dialect = .postgresql
+        }
+        // One connection now: a wrong path or an unreachable server is reported at start, not on a request.
+        let first = try Database.connect(location)
+        idle = Mutex([first])
+        self.threads = NIOThreadPool(numberOfThreads: max(1, threads))
+        self.threads.start()
+    }
+
+    /// Stops the worker threads.
+    public func close() async {
+        try? await threads.shutdownGracefully()
+    }
+
+    private static func connect(_ location: DatabaseLocation) throws(StoreError) -> any SQLConnection {
+        switch location {
+        case .sqlite(let path): return try SQLiteConnection(path: path)
+        case .postgresql(let url): return try PostgresConnection(url: url)
+        }
+    }
+
+    /// Applies the missing schema migrations; returns their versions.
+    @discardableResult
+    public func migrate() throws -> [Int] { try withConnection { try Schema.migrate($0) } }
+
+    /// The schema version this server needs.
+    public var schemaVersionKnown: Int { Schema.latest }
+
+    /// Refuses a database whose schema is older or newer than this server's.
+    public func checkSchema() throws {
+        let version = try withConnection { try Schema.version($0) }
+        if version < Schema.latest {
+            throw StoreError(
+                .unavailable,
+                "the database \(location) is at schema version \(version); this server needs \(Schema.latest): run balsam-server migrate"
+            )
+        }
+        if version > Schema.latest {
+            throw StoreError(
+                .unavailable, "the database is at schema version \(version), newer than this server's \(Schema.latest)")
+        }
+    }
+
+    /// Runs `body` with a connection on a worker thread. A connection that broke is dropped, not reused.
+    func run<T: Sendable>(_ body: @escaping @Sendable (any SQLConnection) throws -> T) async throws -> T {
+        try await threads.runIfActive { [self] in try withConnection(body) }
+    }
+
+    /// Runs `body` with a connection on the calling thread (commands such as `migrate` and `user add`).
+    func withConnection<T>(_ body: (any SQLConnection) throws -> T) throws -> T {
+        let connection = try idle.withLock { $0.popLast() } ?? Database.connect(location)
+        defer {
+            if connection.isHealthy { idle.withLock { $0.append(connection) } }
+        }
+        return try body(connection)
+    }
+}
+
+/// A lock around a value: the pool's idle connections (Glibc's mutex; `Synchronization.Mutex` needs a newer
+/// deployment target on macOS than this package declares).
+final class Mutex<Value>: @unchecked Sendable {
+    private var value: Value
+    private var lock = pthread_mutex_t()
+
+    init(_ value: Value) {
+        self.value = value
+        pthread_mutex_init(&lock, nil)
+    }
+
+    deinit { pthread_mutex_destroy(&lock) }
+
+    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        return try body(&value)
+    }
+}

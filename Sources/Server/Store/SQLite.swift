@@ -1,0 +1,125 @@
+internal import CSQLite
+
+/// A connection to one SQLite file, in WAL mode (readers never wait for the writer) with foreign keys on.
+/// Prepared statements are cached by their text: bulk inserts reuse one statement per chunk size.
+final class SQLiteConnection: SQLConnection {
+    let dialect = SQLDialect.sqlite
+    private var db: OpaquePointer?
+    private var statements: [String: OpaquePointer] = [:]
+    private(set) var isHealthy = true
+
+    /// Opens (creating) the database file.
+    init(path: String) throws(StoreError) {
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        let rc = sqlite3_open_v2(path, &db, flags, nil)
+        guard rc == SQLITE_OK, db != nil else {
+            let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            sqlite3_close(db)
+            throw StoreError(.unavailable, "cannot open SQLite database \(path): \(message)")
+        }
+        // A writer waits up to 10 s for another process's write lock instead of failing at once.
+        sqlite3_busy_timeout(db, 10_000)
+        try executeScript(
+            """
+            PRAGMA journal_mode = WAL;
+            PRAGMA synchronous = NORMAL;
+            PRAGMA foreign_keys = ON;
+            PRAGMA cache_size = -65536;
+            """)
+    }
+
+    deinit {
+        for statement in statements.values { sqlite3_finalize(statement) }
+        sqlite3_close(db)
+    }
+
+    private func error(_ sql: String) -> StoreError {
+        let code = sqlite3_errcode(db)
+        let message = String(cString: sqlite3_errmsg(db))
+        let kind: StoreError.Kind = (code & 0xFF) == SQLITE_CONSTRAINT ? .constraint : .failed
+        if (code & 0xFF) == SQLITE_CORRUPT || (code & 0xFF) == SQLITE_NOTADB { isHealthy = false }
+        return StoreError(kind, "\(message) (in: \(sql.prefix(60)))")
+    }
+
+    private func prepared(_ sql: String) throws(StoreError) -> OpaquePointer {
+        if let statement = statements[sql] { return statement }
+        var statement: OpaquePointer?
+        guard sqlite3_prepare_v3(db, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil) == SQLITE_OK,
+            let statement
+        else { throw error(sql) }
+        // Keep the cache small: chunked inserts make at most a few distinct texts per table.
+        if statements.count > 200 {
+            for old in statements.values { sqlite3_finalize(old) }
+            statements.removeAll()
+        }
+        statements[sql] = statement
+        return statement
+    }
+
+    private func bind(_ statement: OpaquePointer, _ parameters: [SQLValue], _ sql: String) throws(StoreError) {
+        for (index, value) in parameters.enumerated() {
+            let i = Int32(index + 1)
+            let rc: Int32
+            switch value {
+            case .null: rc = sqlite3_bind_null(statement, i)
+            case .int(let v): rc = sqlite3_bind_int64(statement, i, v)
+            case .double(let d): rc = sqlite3_bind_double(statement, i, d)
+            case .text(let s): rc = sqlite3_bind_text(statement, i, s, -1, csqlite_transient())
+            }
+            guard rc == SQLITE_OK else { throw error(sql) }
+        }
+    }
+
+    func query(_ sql: String, _ parameters: [SQLValue]) throws(StoreError) -> [SQLRow] {
+        let statement = try prepared(sql)
+        defer {
+            sqlite3_reset(statement)
+            sqlite3_clear_bindings(statement)
+        }
+        try bind(statement, parameters, sql)
+        var rows: [SQLRow] = []
+        let columns = sqlite3_column_count(statement)
+        while true {
+            let rc = sqlite3_step(statement)
+            if rc == SQLITE_DONE { break }
+            guard rc == SQLITE_ROW else { throw error(sql) }
+            var values: [SQLValue] = []
+            values.reserveCapacity(Int(columns))
+            for c in 0..<columns {
+                switch sqlite3_column_type(statement, c) {
+                case SQLITE_INTEGER: values.append(.int(sqlite3_column_int64(statement, c)))
+                case SQLITE_FLOAT: values.append(.double(sqlite3_column_double(statement, c)))
+                case SQLITE_NULL: values.append(.null)
+                default:
+                    if let text = sqlite3_column_text(statement, c) {
+                        values.append(.text(String(cString: text)))
+                    } else {
+                        values.append(.null)
+                    }
+                }
+            }
+            rows.append(SQLRow(values: values))
+        }
+        return rows
+    }
+
+    func execute(_ sql: String, _ parameters: [SQLValue]) throws(StoreError) -> Int {
+        _ = try query(sql, parameters)
+        return Int(sqlite3_changes(db))
+    }
+
+    func executeScript(_ sql: String) throws(StoreError) {
+        var message: UnsafeMutablePointer<CChar>?
+        guard sqlite3_exec(db, sql, nil, nil, &message) == SQLITE_OK else {
+            let text = message.map { String(cString: $0) } ?? "unknown error"
+            sqlite3_free(message)
+            throw StoreError(.failed, "\(text) (in: \(sql.prefix(60)))")
+        }
+    }
+
+    func begin() throws(StoreError) { try executeScript("BEGIN IMMEDIATE") }
+    func commit() throws(StoreError) { try executeScript("COMMIT") }
+    func rollback() {
+        if sqlite3_get_autocommit(db) == 0 { try? executeScript("ROLLBACK") }
+    }
+}

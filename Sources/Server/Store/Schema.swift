@@ -1,0 +1,193 @@
+/// The database schema, as numbered migrations. `balsam-server migrate` applies the missing ones in order, each
+/// in its own transaction, and records it in `schema_migrations`; SQLite databases are migrated at start.
+///
+/// Every table carries `owner_id`: each query filters on it, so per-user isolation is one predicate that no query
+/// can forget to join for. Times are microseconds since the epoch (UTC); JSON is text (`jsonb` for the tags that
+/// PostgreSQL indexes); booleans are 0 and 1.
+enum Schema {
+    /// The migrations, oldest first; never edit one that has shipped, add another.
+    static let migrations: [(version: Int, name: String, sql: @Sendable (SQLDialect) -> String)] = [
+        (1, "initial schema", initial)
+    ]
+
+    /// The newest version this server knows.
+    static var latest: Int { migrations.last?.version ?? 0 }
+
+    private static func initial(_ d: SQLDialect) -> String {
+        let id = d == .sqlite ? "INTEGER PRIMARY KEY" : "BIGSERIAL PRIMARY KEY"
+        let big = d == .sqlite ? "INTEGER" : "BIGINT"
+        let json = d == .sqlite ? "TEXT" : "JSONB"
+        var sql = """
+            CREATE TABLE users (
+                id \(id),
+                username TEXT NOT NULL UNIQUE,
+                password_hash TEXT NOT NULL,
+                created \(big) NOT NULL
+            );
+            CREATE TABLE tokens (
+                id TEXT PRIMARY KEY,
+                owner_id \(big) NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                kind TEXT NOT NULL,
+                site_name TEXT,
+                created \(big) NOT NULL,
+                expires \(big),
+                revoked \(big)
+            );
+            CREATE TABLE login_failures (
+                username TEXT PRIMARY KEY,
+                failures \(big) NOT NULL,
+                last_failure \(big) NOT NULL
+            );
+            CREATE TABLE sites (
+                id \(id),
+                owner_id \(big) NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                path TEXT NOT NULL,
+                globus_endpoint_id TEXT,
+                backfill_windows TEXT NOT NULL,
+                queued_jobs TEXT NOT NULL,
+                optional_batch_job_params TEXT NOT NULL,
+                allowed_projects TEXT NOT NULL,
+                allowed_queues TEXT NOT NULL,
+                transfer_locations TEXT NOT NULL,
+                last_refresh \(big) NOT NULL,
+                creation_date \(big) NOT NULL,
+                UNIQUE (owner_id, name)
+            );
+            CREATE TABLE apps (
+                id \(id),
+                owner_id \(big) NOT NULL,
+                site_id \(big) NOT NULL REFERENCES sites(id) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                serialized_class TEXT NOT NULL,
+                source_code TEXT NOT NULL,
+                description TEXT NOT NULL,
+                parameters TEXT NOT NULL,
+                transfers TEXT NOT NULL,
+                UNIQUE (site_id, name)
+            );
+            CREATE TABLE batch_jobs (
+                id \(id),
+                owner_id \(big) NOT NULL,
+                site_id \(big) NOT NULL REFERENCES sites(id) ON DELETE CASCADE,
+                scheduler_id \(big),
+                project TEXT NOT NULL,
+                queue TEXT NOT NULL,
+                num_nodes \(big) NOT NULL,
+                wall_time_min \(big) NOT NULL,
+                job_mode TEXT NOT NULL,
+                optional_params TEXT NOT NULL,
+                filter_tags \(json) NOT NULL,
+                partitions TEXT,
+                state TEXT NOT NULL,
+                status_info TEXT NOT NULL,
+                start_time \(big),
+                end_time \(big)
+            );
+            CREATE INDEX batch_jobs_owner ON batch_jobs (owner_id, site_id);
+            CREATE TABLE jobs (
+                id \(id),
+                owner_id \(big) NOT NULL,
+                site_id \(big) NOT NULL,
+                app_id \(big) NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+                workdir TEXT NOT NULL,
+                tags \(json) NOT NULL,
+                serialized_parameters TEXT NOT NULL,
+                data TEXT NOT NULL,
+                return_code \(big),
+                num_nodes \(big) NOT NULL,
+                ranks_per_node \(big) NOT NULL,
+                threads_per_rank \(big) NOT NULL,
+                threads_per_core \(big) NOT NULL,
+                launch_params TEXT NOT NULL,
+                gpus_per_rank DOUBLE PRECISION NOT NULL,
+                node_packing_count \(big) NOT NULL,
+                wall_time_min \(big) NOT NULL,
+                parent_ids TEXT NOT NULL,
+                batch_job_id \(big) REFERENCES batch_jobs(id) ON DELETE SET NULL,
+                state TEXT NOT NULL,
+                last_update \(big) NOT NULL,
+                pending_file_cleanup \(big) NOT NULL,
+                serialized_return_value TEXT NOT NULL,
+                serialized_exception TEXT NOT NULL
+            );
+            CREATE INDEX jobs_owner_state ON jobs (owner_id, state, id);
+            CREATE INDEX jobs_site_state ON jobs (site_id, state);
+            CREATE INDEX jobs_app ON jobs (app_id);
+            CREATE INDEX jobs_batch_job ON jobs (batch_job_id);
+            CREATE INDEX jobs_owner_update ON jobs (owner_id, last_update);
+            CREATE TABLE job_parents (
+                job_id \(big) NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+                parent_id \(big) NOT NULL,
+                PRIMARY KEY (job_id, parent_id)
+            );
+            CREATE INDEX job_parents_parent ON job_parents (parent_id);
+            CREATE TABLE events (
+                id \(id),
+                owner_id \(big) NOT NULL,
+                job_id \(big) NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+                timestamp \(big) NOT NULL,
+                from_state TEXT NOT NULL,
+                to_state TEXT NOT NULL,
+                data TEXT NOT NULL
+            );
+            CREATE INDEX events_job ON events (job_id);
+            CREATE INDEX events_owner_time ON events (owner_id, timestamp);
+            CREATE TABLE transfer_items (
+                id \(id),
+                owner_id \(big) NOT NULL,
+                job_id \(big) NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+                direction TEXT NOT NULL,
+                local_path TEXT NOT NULL,
+                remote_path TEXT NOT NULL,
+                location_alias TEXT NOT NULL,
+                recursive \(big) NOT NULL,
+                state TEXT NOT NULL,
+                task_id TEXT NOT NULL,
+                transfer_info TEXT NOT NULL
+            );
+            CREATE INDEX transfer_items_job ON transfer_items (job_id);
+            CREATE INDEX transfer_items_owner_state ON transfer_items (owner_id, state);
+            """
+        if d == .postgresql {
+            sql += "\nCREATE INDEX jobs_tags ON jobs USING GIN (tags jsonb_path_ops);"
+        }
+        return sql
+    }
+
+    /// The version the database is at (0 for an empty database).
+    static func version(_ connection: any SQLConnection) throws -> Int {
+        try connection.executeScript(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied BIGINT NOT NULL)"
+        )
+        return try connection.scalar("SELECT max(version) FROM schema_migrations", []) ?? 0
+    }
+
+    /// Applies every missing migration; returns the versions applied. Concurrent `migrate` runs on one
+    /// PostgreSQL database are serialized by an advisory lock.
+    @discardableResult
+    static func migrate(_ connection: any SQLConnection) throws -> [Int] {
+        if connection.dialect == .postgresql {
+            try connection.executeScript("SELECT pg_advisory_lock(4242420)")
+        }
+        defer {
+            if connection.dialect == .postgresql { try? connection.executeScript("SELECT pg_advisory_unlock(4242420)") }
+        }
+        let current = try version(connection)
+        guard current <= latest else {
+            throw StoreError(
+                .unavailable, "the database is at schema version \(current), newer than this server's \(latest)")
+        }
+        var applied: [Int] = []
+        for migration in migrations where migration.version > current {
+            try connection.transaction {
+                try connection.executeScript(migration.sql(connection.dialect))
+                try connection.execute(
+                    "INSERT INTO schema_migrations (version, name, applied) VALUES (?, ?, ?)",
+                    [.of(migration.version), .text(migration.name), .int(ServerClock.microseconds())])
+            }
+            applied.append(migration.version)
+        }
+        return applied
+    }
+}

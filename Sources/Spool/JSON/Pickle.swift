@@ -1,0 +1,125 @@
+/// Reads the plain-value subset of Python's pickle format: what the original client sends as a shell app's
+/// parameters (`serialized_parameters` = base64 of `dill.dumps(dict)`, protocol 4).
+///
+/// Strings, integers, floats, booleans, None, and lists, tuples and dicts of them are values; anything else
+/// (a class instance, a numpy array: the parameters of a Python app) is refused with the opcode named, and
+/// nothing is ever executed. See `reference/balsam-client-facts.md` for the opcode list.
+public enum Pickle {
+    /// Why a payload could not be read.
+    public struct Unsupported: Error, CustomStringConvertible, Sendable {
+        /// What was found.
+        public var description: String
+    }
+
+    /// Decodes base64 text holding a pickle; an empty text is an empty dictionary (the original's default).
+    public static func decodeBase64(_ text: String) throws(Unsupported) -> JSONValue {
+        if text.isEmpty { return .object([:]) }
+        guard let bytes = Base64.decode(text) else { throw Unsupported(description: "not base64 text") }
+        return try decode(bytes)
+    }
+
+    /// Decodes pickle bytes into a JSON value.
+    public static func decode(_ bytes: [UInt8]) throws(Unsupported) -> JSONValue {
+        var stack: [JSONValue] = []
+        var marks: [Int] = []
+        var memo: [Int: JSONValue] = [:]
+        var i = 0
+        func fail(_ what: String) -> Unsupported { Unsupported(description: what) }
+        func take(_ n: Int) throws(Unsupported) -> ArraySlice<UInt8> {
+            guard n >= 0, i + n <= bytes.count else { throw fail("the pickle ends early") }
+            defer { i += n }
+            return bytes[i..<i + n]
+        }
+        func little(_ slice: ArraySlice<UInt8>) -> Int {
+            slice.reversed().reduce(0) { $0 << 8 | Int($1) }
+        }
+        func text(_ n: Int) throws(Unsupported) -> JSONValue {
+            let raw = try take(n)
+            guard let s = String(validating: raw, as: UTF8.self) else { throw fail("a string is not UTF-8") }
+            return .string(s)
+        }
+        func pop() throws(Unsupported) -> JSONValue {
+            guard let top = stack.popLast() else { throw fail("the pickle's stack is empty") }
+            return top
+        }
+        func popMark() throws(Unsupported) -> [JSONValue] {
+            guard let mark = marks.popLast(), mark <= stack.count else { throw fail("a MARK is missing") }
+            defer { stack.removeSubrange(mark...) }
+            return Array(stack[mark...])
+        }
+        func setItems(_ items: [JSONValue]) throws(Unsupported) {
+            guard items.count % 2 == 0, case .object(var dict) = try pop() else { throw fail("SETITEMS on a non-dict") }
+            for k in stride(from: 0, to: items.count, by: 2) {
+                guard case .string(let key) = items[k] else { throw fail("a dict key that is not a string") }
+                dict[key] = items[k + 1]
+            }
+            stack.append(.object(dict))
+        }
+        func appendItems(_ items: [JSONValue]) throws(Unsupported) {
+            guard case .array(var list) = try pop() else { throw fail("APPENDS on a non-list") }
+            list.append(contentsOf: items)
+            stack.append(.array(list))
+        }
+        while i < bytes.count {
+            let op = bytes[i]
+            i += 1
+            switch op {
+            case 0x80: _ = try take(1)  // PROTO
+            case 0x95: _ = try take(8)  // FRAME
+            case UInt8(ascii: "}"): stack.append(.object([:]))
+            case UInt8(ascii: "]"), UInt8(ascii: ")"): stack.append(.array([]))
+            case UInt8(ascii: "("): marks.append(stack.count)
+            case UInt8(ascii: "u"): try setItems(try popMark())
+            case UInt8(ascii: "s"):
+                let value = try pop()
+                let key = try pop()
+                try setItems([key, value])
+            case UInt8(ascii: "e"): try appendItems(try popMark())
+            case UInt8(ascii: "a"): try appendItems([try pop()])
+            case UInt8(ascii: "t"): stack.append(.array(try popMark()))
+            case 0x85, 0x86, 0x87:  // TUPLE1, TUPLE2, TUPLE3
+                let n = Int(op - 0x84)
+                guard stack.count >= n else { throw fail("a tuple of missing items") }
+                let items = Array(stack.suffix(n))
+                stack.removeLast(n)
+                stack.append(.array(items))
+            case 0x8C: stack.append(try text(Int(try take(1).first ?? 0)))  // SHORT_BINUNICODE
+            case UInt8(ascii: "X"): stack.append(try text(little(try take(4))))  // BINUNICODE
+            case 0x8D: stack.append(try text(little(try take(8))))  // BINUNICODE8
+            case UInt8(ascii: "K"): stack.append(.int(Int(try take(1).first ?? 0)))  // BININT1
+            case UInt8(ascii: "M"): stack.append(.int(little(try take(2))))  // BININT2
+            case UInt8(ascii: "J"): stack.append(.int(Int(Int32(truncatingIfNeeded: little(try take(4))))))
+            case 0x8A:  // LONG1: little-endian two's complement, up to 8 bytes here
+                let n = Int(try take(1).first ?? 0)
+                guard n <= 8 else { throw fail("an integer larger than 64 bits") }
+                let raw = try take(n)
+                var value = little(raw)
+                if n > 0 && n < 8, let last = raw.last, last & 0x80 != 0 { value -= 1 << (8 * n) }
+                stack.append(.int(value))
+            case UInt8(ascii: "G"):  // BINFLOAT, big-endian
+                let raw = try take(8)
+                stack.append(.double(Double(bitPattern: raw.reduce(UInt64(0)) { $0 << 8 | UInt64($1) })))
+            case UInt8(ascii: "N"): stack.append(.null)
+            case 0x88: stack.append(.bool(true))
+            case 0x89: stack.append(.bool(false))
+            case 0x94:  // MEMOIZE
+                guard let top = stack.last else { throw fail("MEMOIZE on an empty stack") }
+                memo[memo.count] = top
+            case UInt8(ascii: "q"), UInt8(ascii: "r"):  // BINPUT, LONG_BINPUT
+                let key = little(try take(op == UInt8(ascii: "q") ? 1 : 4))
+                guard let top = stack.last else { throw fail("PUT on an empty stack") }
+                memo[key] = top
+            case UInt8(ascii: "h"), UInt8(ascii: "j"):  // BINGET, LONG_BINGET
+                let key = little(try take(op == UInt8(ascii: "h") ? 1 : 4))
+                guard let value = memo[key] else { throw fail("GET of an unknown memo entry") }
+                stack.append(value)
+            case UInt8(ascii: "."):
+                guard stack.count == 1, let value = stack.first else { throw fail("STOP with \(stack.count) values") }
+                return value
+            default:
+                throw fail("opcode 0x\(String(op, radix: 16)) (not a plain value: an object only Python can load)")
+            }
+        }
+        throw fail("the pickle has no STOP")
+    }
+}

@@ -1,0 +1,348 @@
+import ArgumentParser
+import BalsamCLI
+import Logging
+import Server
+import ServiceLifecycle
+import Spool
+import UnixSignals
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+@main
+struct ServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "balsam-server",
+        abstract: "The Balsam REST control plane: sites, apps, jobs and batch jobs, for the original Python client.",
+        discussion: """
+            Serves the original Balsam REST API over SQLite (one file, the default) or PostgreSQL. Without --db, \
+            the database is ~/.balsam/server/balsam.db and the token secret ~/.balsam/server/secret (made on \
+            first start, mode 0600). See balsam-server(8).
+            """,
+        subcommands: [Serve.self, Migrate.self, UserCommand.self, TokenCommand.self],
+        defaultSubcommand: Serve.self)
+}
+
+/// Where the database and the secret are, shared by every subcommand.
+struct StoreOptions: ParsableArguments {
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The database: sqlite:PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB. Default: $BALSAM_SERVER_DB, else sqlite:~/.balsam/server/balsam.db.",
+            valueName: "url"))
+    var db: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The file holding the token-signing secret (made, mode 0600, when missing). Default: $BALSAM_SERVER_SECRET_FILE, else secret beside a SQLite database, else ~/.balsam/server/secret.",
+            valueName: "file"))
+    var secretFile: String?
+
+    static var home: String { getenv("HOME").map { String(cString: $0) } ?? "/tmp" }
+
+    static func environment(_ name: String) -> String? {
+        guard let value = getenv(name) else { return nil }
+        let text = String(cString: value)
+        return text.isEmpty ? nil : text
+    }
+
+    func location() throws -> DatabaseLocation {
+        let text = db ?? StoreOptions.environment("BALSAM_SERVER_DB") ?? "sqlite:\(StoreOptions.home)/.balsam/server/balsam.db"
+        let location = try DatabaseLocation(parsing: text)
+        if case .sqlite(let path) = location { try Posix.makeDirectories(Posix.parentPath(Posix.absolute(path))) }
+        return location
+    }
+
+    func secretPath(for location: DatabaseLocation) -> String {
+        if let secretFile { return secretFile }
+        if let env = StoreOptions.environment("BALSAM_SERVER_SECRET_FILE") { return env }
+        if case .sqlite(let path) = location { return Posix.parentPath(Posix.absolute(path)) + "/secret" }
+        return "\(StoreOptions.home)/.balsam/server/secret"
+    }
+
+    /// Opens the database; SQLite databases are migrated here (one file, one owner).
+    func open(threads: Int = 1, migrateSQLite: Bool = true) throws -> Database {
+        let location = try location()
+        let database = try Database(location, threads: threads)
+        if case .sqlite = location, migrateSQLite { try database.migrate() }
+        try database.checkSchema()
+        return database
+    }
+}
+
+/// Runs a command body; the server's and the store's errors become one line on stderr and a sysexits status.
+func reporting(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as ServerError {
+        printError("balsam-server: \(error)")
+        throw ExitCode(error.status == 404 ? ExitStatus.noInput : error.status < 500 ? ExitStatus.dataError : 70)
+    } catch let error as StoreError {
+        printError("balsam-server: \(error)")
+        throw ExitCode(error.kind == .unavailable ? ExitStatus.unavailable : ExitStatus.ioError)
+    } catch let error as SpoolError {
+        printError("balsam-server: \(error)")
+        throw ExitCode(ExitStatus.status(for: error.code))
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve the API until SIGTERM or SIGINT (the default subcommand).")
+
+    @OptionGroup var store: StoreOptions
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The address to listen on; loopback unless told otherwise (put a TLS proxy in front for others).",
+            valueName: "host:port"))
+    var listen = "127.0.0.1:8080"
+
+    @Option(name: .long, help: ArgumentHelp("Write the port listened on to this file once ready.", valueName: "file"))
+    var portFile: String?
+
+    @Option(name: .long, help: "Database worker threads (and connections).")
+    var threads = 4
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Whether anyone may register a user through the API: open or closed. Default: open when listening on loopback, else closed.",
+            valueName: "open|closed"))
+    var registration: String?
+
+    @Option(name: .long, help: "Hours a password login's token lasts.")
+    var tokenHours = 48
+
+    @Option(name: .long, help: "Largest bulk request, in items.")
+    var maxBulkItems = 5000
+
+    @Option(name: .long, help: "Largest request body, in MiB.")
+    var maxBodyMib = 64
+
+    @Flag(name: [.short, .long], help: "Log at debug level.")
+    var verbose = false
+
+    @Flag(name: .long, help: "Do not log each request.")
+    var quiet = false
+
+    func validate() throws {
+        guard parseListen() != nil else { throw ValidationError("--listen needs HOST:PORT, not '\(listen)'.") }
+        if let registration, registration != "open" && registration != "closed" {
+            throw ValidationError("--registration is open or closed, not '\(registration)'.")
+        }
+        if !(1...64).contains(threads) { throw ValidationError("--threads must be between 1 and 64.") }
+        if !(1...1_000_000).contains(tokenHours) { throw ValidationError("--token-hours must be at least 1.") }
+        if !(1...100_000).contains(maxBulkItems) { throw ValidationError("--max-bulk-items must be 1 to 100000.") }
+        if !(1...4096).contains(maxBodyMib) { throw ValidationError("--max-body-mib must be 1 to 4096.") }
+    }
+
+    func parseListen() -> (String, Int)? {
+        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]),
+            (0...65535).contains(port)
+        else { return nil }
+        var host = String(listen[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return host.isEmpty ? nil : (host, port)
+    }
+
+    func run() async throws {
+        try await reporting {
+            LineLogHandler.bootstrap(program: "balsam-server", level: verbose ? .debug : quiet ? .warning : .info)
+            let logger = Logger(label: "balsam-server")
+            guard let (host, port) = parseListen() else { return }
+            let database = try store.open(threads: threads)
+            let secret = try ServerSecret.loadOrCreate(store.secretPath(for: database.location))
+            var limits = ServerLimits()
+            limits.bulkItems = maxBulkItems
+            limits.bodyBytes = maxBodyMib << 20
+            let loopback = host == "127.0.0.1" || host == "::1" || host == "localhost"
+            limits.openRegistration = registration.map { $0 == "open" } ?? loopback
+            let registrationOpen = limits.openRegistration
+            var server = BalsamServer(database: database, secret: secret, limits: limits, logger: logger)
+            server.setLoginTokenHours(tokenHours)
+            let portFile = portFile
+            let app = server.application(host: host, port: port) { bound in
+                logger.notice(
+                    "listening",
+                    metadata: [
+                        "url": "http://\(host.contains(":") ? "[\(host)]" : host):\(bound)",
+                        "db": "\(database.location)", "registration": "\(registrationOpen ? "open" : "closed")",
+                    ])
+                if let portFile {
+                    try? Posix.replaceFile(portFile, Array("\(bound)\n".utf8), sync: false)
+                }
+            }
+            let group = ServiceGroup(
+                configuration: ServiceGroupConfiguration(
+                    services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
+            await database.close()
+        }
+    }
+}
+
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Bring the database's schema up to this server's version (PostgreSQL needs it before serve).")
+
+    @OptionGroup var store: StoreOptions
+
+    func run() async throws {
+        try await reporting {
+            let database = try Database(try store.location(), threads: 1)
+            let applied = try database.migrate()
+            print(
+                applied.isEmpty
+                    ? "the schema is up to date (version \(database.schemaVersionKnown))"
+                    : "applied migration\(applied.count == 1 ? "" : "s") \(applied.map(String.init).joined(separator: ", "))")
+            await database.close()
+        }
+    }
+}
+
+struct UserCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "user", abstract: "Add users and set their passwords.", subcommands: [Add.self, Password.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add a user (the password is asked for).")
+        @OptionGroup var store: StoreOptions
+        @Argument(help: "The user name: letters, digits, '_', '-', '.' or '@'.") var name: String
+        @Option(name: .long, help: ArgumentHelp("Read the password from this file's first line.", valueName: "file"))
+        var passwordFile: String?
+
+        func run() async throws {
+            try await reporting {
+                let password = try readPassword(file: passwordFile, confirm: true)
+                let database = try store.open()
+                let accounts = Accounts(database: database, secret: [])
+                let user = try accounts.addUser(name, password: password)
+                print("added user \(user.name) (id \(user.id))")
+                await database.close()
+            }
+        }
+    }
+
+    struct Password: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "passwd", abstract: "Set a user's password.")
+        @OptionGroup var store: StoreOptions
+        @Argument(help: "The user name.") var name: String
+        @Option(name: .long, help: ArgumentHelp("Read the password from this file's first line.", valueName: "file"))
+        var passwordFile: String?
+
+        func run() async throws {
+            try await reporting {
+                let password = try readPassword(file: passwordFile, confirm: true)
+                let database = try store.open()
+                try Accounts(database: database, secret: []).setPassword(name, password: password)
+                print("password of \(name) set")
+                await database.close()
+            }
+        }
+    }
+}
+
+struct TokenCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "token", abstract: "Long-lived tokens for site daemons: create, list, revoke.",
+        subcommands: [Create.self, List.self, Revoke.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make a token for a user's site and print it (store it mode 0600 at the site).")
+        @OptionGroup var store: StoreOptions
+        @Option(name: .long, help: "The user the token acts for.") var user: String
+        @Option(name: .long, help: "The site it is for (a label shown by token ls).") var site: String
+        @Option(name: .long, help: "Days until it expires; without it, it lasts until revoked.") var days: Int?
+
+        func validate() throws {
+            if let days, days < 1 { throw ValidationError("--days must be at least 1.") }
+        }
+
+        func run() async throws {
+            try await reporting {
+                let database = try store.open()
+                let secret = try ServerSecret.loadOrCreate(store.secretPath(for: database.location))
+                let made = try Accounts(database: database, secret: secret).createSiteToken(
+                    username: user, siteName: site, days: days)
+                printError("balsam-server: token \(made.id) for \(user) at site \(site)")
+                print(made.token)
+                await database.close()
+            }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List tokens, newest first.")
+        @OptionGroup var store: StoreOptions
+
+        func run() async throws {
+            try await reporting {
+                let database = try store.open()
+                let rows = try Accounts(database: database, secret: []).tokens().map { t in
+                    [
+                        t.id, t.username, t.kind, t.siteName ?? "-", isoDate(t.created),
+                        t.expires.map(isoDate) ?? "never", t.revoked.map { "revoked " + isoDate($0) } ?? "active",
+                    ]
+                }
+                print(table(["ID", "USER", "KIND", "SITE", "CREATED", "EXPIRES", "STATUS"], rows), terminator: "")
+                await database.close()
+            }
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Revoke a token by id, or every token of a user; it stops working at once.")
+        @OptionGroup var store: StoreOptions
+        @Argument(help: "The token's id (from token ls).") var id: String?
+        @Option(name: .long, help: "Revoke every token of this user.") var user: String?
+
+        func validate() throws {
+            if (id == nil) == (user == nil) { throw ValidationError("Give a token id or --user, not both.") }
+        }
+
+        func run() async throws {
+            try await reporting {
+                let database = try store.open()
+                let count = try Accounts(database: database, secret: []).revoke(tokenID: id, username: user)
+                if count == 0 && id != nil { throw ServerError(status: 404, "no active token \(id ?? "")") }
+                print("revoked \(count) token\(count == 1 ? "" : "s")")
+                await database.close()
+            }
+        }
+    }
+}
+
+func isoDate(_ micros: Int64) -> String {
+    String(ServerClock.iso(micros).prefix(19)) + "Z"
+}
+
+/// A password from a file's first line, or from the terminal without echo (asked twice when `confirm`), or from
+/// standard input's first line when it is not a terminal.
+func readPassword(file: String?, confirm: Bool) throws -> String {
+    if let file {
+        let text = String(decoding: try Posix.readInput(file, limit: 4096), as: UTF8.self)
+        return String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
+    }
+    guard isatty(0) == 1 else { return readLine(strippingNewline: true) ?? "" }
+    func ask(_ prompt: String) -> String {
+        printError(prompt)
+        var saved = termios()
+        tcgetattr(0, &saved)
+        var quiet = saved
+        quiet.c_lflag &= ~tcflag_t(ECHO)
+        tcsetattr(0, TCSAFLUSH, &quiet)
+        defer { tcsetattr(0, TCSAFLUSH, &saved) }
+        return readLine(strippingNewline: true) ?? ""
+    }
+    let first = ask("Password: ")
+    if confirm && ask("Again: ") != first {
+        throw ServerError(status: 400, "the two passwords differ")
+    }
+    return first
+}
