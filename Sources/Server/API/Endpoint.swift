@@ -136,7 +136,7 @@ struct Endpoints: Sendable {
             "request",
             metadata: [
                 "method": "\(request.method)", "route": "\(route)", "status": "\(reply.status)",
-                "user": "\(userName)", "ms": "\(Int(ms * 10) / 10)",
+                "user": "\(userName)", "ms": "\(Double(Int(ms * 10)) / 10)",
             ])
         var headers = HTTPFields()
         if reply.body != nil { headers[.contentType] = "application/json" }
