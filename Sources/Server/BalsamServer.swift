@@ -25,7 +25,9 @@ public struct BalsamServer: Sendable {
     }
 
     /// Sets how long a password login's token lasts.
-    public mutating func setLoginTokenHours(_ hours: Int) { accounts.loginTokenSeconds = Int64(hours) * 3600 }
+    public mutating func setLoginTokenHours(_ hours: Double) {
+        accounts.loginTokenSeconds = max(1, Int64(hours * 3600))
+    }
 
     /// The router with every route.
     func router() -> Router<BasicRequestContext> {
@@ -44,7 +46,8 @@ public struct BalsamServer: Sendable {
         }
 
         route(.get, "auth/how", "/auth/how", authenticated: false, AuthRoutes.how)
-        route(.post, "auth/password/register", "/auth/password/register", authenticated: false,
+        route(
+            .post, "auth/password/register", "/auth/password/register", authenticated: false,
             AuthRoutes.register(accounts))
         route(.post, "auth/password/login", "/auth/password/login", authenticated: false, AuthRoutes.login(accounts))
         route(.get, "auth/password/me", "/auth/password/me", AuthRoutes.me)

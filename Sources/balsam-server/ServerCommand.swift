@@ -49,7 +49,8 @@ struct StoreOptions: ParsableArguments {
     }
 
     func location() throws -> DatabaseLocation {
-        let text = db ?? StoreOptions.environment("BALSAM_SERVER_DB") ?? "sqlite:\(StoreOptions.home)/.balsam/server/balsam.db"
+        let text =
+            db ?? StoreOptions.environment("BALSAM_SERVER_DB") ?? "sqlite:\(StoreOptions.home)/.balsam/server/balsam.db"
         let location = try DatabaseLocation(parsing: text)
         if case .sqlite(let path) = location { try Posix.makeDirectories(Posix.parentPath(Posix.absolute(path))) }
         return location
@@ -114,8 +115,8 @@ struct Serve: AsyncParsableCommand {
             valueName: "open|closed"))
     var registration: String?
 
-    @Option(name: .long, help: "Hours a password login's token lasts.")
-    var tokenHours = 48
+    @Option(name: .long, help: "Hours a password login's token lasts (fractions allowed).")
+    var tokenHours = 48.0
 
     @Option(name: .long, help: "Largest bulk request, in items.")
     var maxBulkItems = 5000
@@ -135,7 +136,7 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--registration is open or closed, not '\(registration)'.")
         }
         if !(1...64).contains(threads) { throw ValidationError("--threads must be between 1 and 64.") }
-        if !(1...1_000_000).contains(tokenHours) { throw ValidationError("--token-hours must be at least 1.") }
+        if !(0.0001...1_000_000).contains(tokenHours) { throw ValidationError("--token-hours must be positive.") }
         if !(1...100_000).contains(maxBulkItems) { throw ValidationError("--max-bulk-items must be 1 to 100000.") }
         if !(1...4096).contains(maxBodyMib) { throw ValidationError("--max-body-mib must be 1 to 4096.") }
     }
@@ -198,7 +199,8 @@ struct Migrate: AsyncParsableCommand {
             print(
                 applied.isEmpty
                     ? "the schema is up to date (version \(database.schemaVersionKnown))"
-                    : "applied migration\(applied.count == 1 ? "" : "s") \(applied.map(String.init).joined(separator: ", "))")
+                    : "applied migration\(applied.count == 1 ? "" : "s") \(applied.map(String.init).joined(separator: ", "))"
+            )
             await database.close()
         }
     }

@@ -59,7 +59,8 @@ enum Apps {
 
     private static func members(_ input: inout Input, creating: Bool, call: Call) throws -> [(String, SQLValue)] {
         var out: [(String, SQLValue)] = []
-        let siteID = creating ? try input.requiredInt("site_id", in: 1...Int.max) : try input.int("site_id", in: 1...Int.max)
+        let siteID =
+            creating ? try input.requiredInt("site_id", in: 1...Int.max) : try input.int("site_id", in: 1...Int.max)
         if let siteID {
             guard
                 try call.connection.scalar(
@@ -107,7 +108,9 @@ enum Apps {
         if let ids = try call.query.ints("site_id") { conditions.any("a.site_id", ids.map { .of($0) }) }
         if let ids = try call.query.ints("id") { conditions.any("a.id", ids.map { .of($0) }) }
         if let name = try call.query.string("name") { conditions.add("a.name = ?", .text(name)) }
-        if let path = try call.query.string("site_path") { conditions.add(call.dialect.contains("s.path"), .text(path)) }
+        if let path = try call.query.string("site_path") {
+            conditions.add(call.dialect.contains("s.path"), .text(path))
+        }
         if let name = try call.query.string("site_name") { conditions.add("s.name = ?", .text(name)) }
         let columns = Apps.columns.split(separator: ",").map { "a." + $0.trimmed(of: " ") }
         return try page(
@@ -137,7 +140,8 @@ enum Apps {
         var input = try Input(try call.json())
         let members = try members(&input, creating: false, call: call)
         guard
-            try call.connection.scalar("SELECT id FROM apps WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
+            try call.connection.scalar(
+                "SELECT id FROM apps WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
                 != nil
         else { throw ServerError.notFound("app \(id)") }
         try refusingDuplicate("the site already has an app with this name") {

@@ -28,7 +28,8 @@ enum Events {
         }
         if let batch { c.add("j.batch_job_id = ?", .of(batch)) }
         if let scheduler {
-            c.add("j.batch_job_id IN (SELECT id FROM batch_jobs WHERE owner_id = ? AND scheduler_id = ?)",
+            c.add(
+                "j.batch_job_id IN (SELECT id FROM batch_jobs WHERE owner_id = ? AND scheduler_id = ?)",
                 .of(call.user.id), .of(scheduler))
         }
         for (key, value) in tags ?? [] {

@@ -60,7 +60,9 @@ enum Jobs {
         if let batch = try call.query.int("batch_job_id") { c.add("batch_job_id = ?", .of(batch)) }
         if let t = try call.query.time("last_update_before") { c.add("last_update < ?", .int(t)) }
         if let t = try call.query.time("last_update_after") { c.add("last_update > ?", .int(t)) }
-        if let text = try call.query.string("workdir__contains") { c.add(call.dialect.contains("workdir"), .text(text)) }
+        if let text = try call.query.string("workdir__contains") {
+            c.add(call.dialect.contains("workdir"), .text(text))
+        }
         if let states = try call.query.jobStates("state") { c.any("state", states.map { .text($0.rawValue) }) }
         if let ne = try call.query.jobStates("state__ne") {
             for state in ne { c.add("state <> ?", .text(state.rawValue)) }
@@ -226,7 +228,8 @@ enum Jobs {
         if !app.parameters.isEmpty {
             for name in given.keys.sorted() where app.parameters[name] == nil {
                 let known = app.parameters.keys.sorted().joined(separator: ", ")
-                throw ServerError.badRequest("the app has no parameter '\(name)' (its parameters: \(known))", field: field)
+                throw ServerError.badRequest(
+                    "the app has no parameter '\(name)' (its parameters: \(known))", field: field)
             }
         }
     }
@@ -437,7 +440,9 @@ enum Jobs {
             if let n = try input.int(key, in: 1...maxCount) { p.sets.append((key, .of(n))) }
         }
         if let n = try input.int("wall_time_min", in: 0...maxCount) { p.sets.append(("wall_time_min", .of(n))) }
-        if let gpus = try input.double("gpus_per_rank", in: 0...1024) { p.sets.append(("gpus_per_rank", .double(gpus))) }
+        if let gpus = try input.double("gpus_per_rank", in: 0...1024) {
+            p.sets.append(("gpus_per_rank", .double(gpus)))
+        }
         if let params = try input.stringMap("launch_params") {
             p.sets.append(("launch_params", .text(jsonText(params))))
         }
@@ -445,7 +450,9 @@ enum Jobs {
         if let pending = try input.bool("pending_file_cleanup") {
             p.sets.append(("pending_file_cleanup", .of(pending)))
         }
-        if let state = try input.string("state", maxBytes: 32) { p.state = try parseJobState(state, field: input.name("state")) }
+        if let state = try input.string("state", maxBytes: 32) {
+            p.state = try parseJobState(state, field: input.name("state"))
+        }
         p.stateTimestamp = try input.time("state_timestamp")
         if let data = try input.object("state_data", maxBytes: Job.Limits.dataBytes) { p.stateData = jsonText(data) }
         // Read-only members the client may echo back.
@@ -493,9 +500,11 @@ enum Jobs {
                     if to == .postprocessed && final == .postprocessed { stageOutsDue.append(u.id) }
                     if final == .jobFinished { finished.append(u.id) }
                     sets.append(("state", .text(final.rawValue)))
-                    events.append((u.id, from.rawValue, final.rawValue, u.patch.stateData, u.patch.stateTimestamp ?? now))
+                    events.append(
+                        (u.id, from.rawValue, final.rawValue, u.patch.stateData, u.patch.stateTimestamp ?? now))
                 }
-                let assignments = sets.map { "\($0.0) = ?" } + ["last_update = \(c.dialect.greatest)(last_update + 1, ?)"]
+                let assignments =
+                    sets.map { "\($0.0) = ?" } + ["last_update = \(c.dialect.greatest)(last_update + 1, ?)"]
                 try c.execute(
                     "UPDATE jobs SET \(assignments.joined(separator: ", ")) WHERE id = ?",
                     sets.map(\.1) + [.int(now), .of(u.id)])
@@ -566,7 +575,8 @@ enum Jobs {
                     "UPDATE jobs SET state = ?, last_update = \(c.dialect.greatest)(last_update + 1, ?) WHERE id = ?",
                     [.text(state.rawValue), .int(now), .of(id)])
                 events.append(
-                    (id, JobState.awaitingParents.rawValue, state.rawValue, #"{"message":"All parents finished"}"#, now))
+                    (id, JobState.awaitingParents.rawValue, state.rawValue, #"{"message":"All parents finished"}"#, now)
+                )
             }
             try insertEvents(events, owner: call.user.id, connection: c)
         }

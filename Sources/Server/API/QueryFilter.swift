@@ -149,8 +149,10 @@ func jsonContains(_ column: String, key: String, value: String, dialect: SQLDial
 ) {
     switch dialect {
     case .sqlite:
-        return ("EXISTS (SELECT 1 FROM json_each(\(column)) WHERE key = ? AND CAST(value AS TEXT) = ?)",
-            [.text(key), .text(value)])
+        return (
+            "EXISTS (SELECT 1 FROM json_each(\(column)) WHERE key = ? AND CAST(value AS TEXT) = ?)",
+            [.text(key), .text(value)]
+        )
     case .postgresql:
         let target = jsonb ? column : "CAST(\(column) AS JSONB)"
         return ("\(target) ->> CAST(? AS TEXT) = CAST(? AS TEXT)", [.text(key), .text(value)])

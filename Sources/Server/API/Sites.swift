@@ -82,14 +82,16 @@ enum Sites {
         if let path = try call.query.string("path") { conditions.add(call.dialect.contains("path"), .text(path)) }
         if let ids = try call.query.ints("id") { conditions.any("id", ids.map { .of($0) }) }
         if let after = try call.query.time("last_refresh_after") { conditions.add("last_refresh > ?", .int(after)) }
-        return try page(call: &call, table: "sites", columns: columns, conditions: conditions, ordering: "id ASC", write)
+        return try page(
+            call: &call, table: "sites", columns: columns, conditions: conditions, ordering: "id ASC", write)
     }
 
     static func create(_ call: inout Call) throws -> Reply {
         var input = try Input(try call.json())
         let members = try members(&input, creating: true)
         let now = ServerClock.microseconds()
-        let all = members + [("owner_id", .of(call.user.id)), ("last_refresh", .int(now)), ("creation_date", .int(now))]
+        let all =
+            members + [("owner_id", .of(call.user.id)), ("last_refresh", .int(now)), ("creation_date", .int(now))]
         let rows = try refusingDuplicate("you already have a site with this name") {
             try call.connection.query(
                 "INSERT INTO sites (\(all.map(\.0).joined(separator: ", "))) VALUES (\(placeholders(all.count))) RETURNING \(columns)",

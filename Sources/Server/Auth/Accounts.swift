@@ -169,8 +169,10 @@ public struct Accounts: Sendable {
         let expires = seconds.map { now + $0 * 1_000_000 }
         try c.execute(
             "INSERT INTO tokens (id, owner_id, kind, site_name, created, expires) VALUES (?, ?, ?, ?, ?, ?)",
-            [.text(id), .of(user.id), .text(kind), siteName.map { .text($0) } ?? .null, .int(now),
-             expires.map { .int($0) } ?? .null])
+            [
+                .text(id), .of(user.id), .text(kind), siteName.map { .text($0) } ?? .null, .int(now),
+                expires.map { .int($0) } ?? .null,
+            ])
         var claims: [String: JSONValue] = [
             "sub": .string(String(user.id)), "username": .string(user.name), "jti": .string(id),
             "kind": .string(kind), "iat": .int(Int(now / 1_000_000)),

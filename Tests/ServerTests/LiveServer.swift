@@ -1,0 +1,217 @@
+import Foundation
+import TestSupport
+import Testing
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Where a test's server keeps its data.
+enum Backend: String, CustomStringConvertible, Sendable {
+    case sqlite, postgresql
+
+    var description: String { rawValue }
+
+    /// The test PostgreSQL's base URL (`postgresql://postgres@127.0.0.1:PORT`), set by dev/test.
+    static let postgresBase: String? = ProcessInfo.processInfo.environment["BALSAM_TEST_POSTGRES"]
+
+    /// Backends to run on: PostgreSQL when dev/test started one (and always in CI, where a missing one fails).
+    static let available: [Backend] = {
+        if postgresBase != nil || ProcessInfo.processInfo.environment["CI"] != nil { return [.sqlite, .postgresql] }
+        return [.sqlite]
+    }()
+}
+
+/// A reply: status, headers, body.
+struct HTTPReply: Sendable {
+    var status: Int
+    var body: Data
+    var headers: [String: String]
+
+    var json: Any? { try? JSONSerialization.jsonObject(with: body, options: [.fragmentsAllowed]) }
+    var object: [String: Any] { json as? [String: Any] ?? [:] }
+    var list: [[String: Any]] { json as? [[String: Any]] ?? [] }
+    var text: String { String(decoding: body, as: UTF8.self) }
+}
+
+struct ServerTestError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// A database for one test: a SQLite file in the test's directory, or a new PostgreSQL database.
+func makeDatabase(_ backend: Backend, dir: TempDir) throws -> String {
+    switch backend {
+    case .sqlite:
+        return "sqlite:\(dir.path)/server.db"
+    case .postgresql:
+        guard let base = Backend.postgresBase else {
+            throw ServerTestError(description: "BALSAM_TEST_POSTGRES is not set: run the tests through dev/test")
+        }
+        let name = "balsam_test_" + UUID().uuidString.prefix(12).lowercased().replacingOccurrences(of: "-", with: "")
+        let url = base + "/postgres"
+        let created = try run("/usr/bin/psql", [url, "-q", "-c", "CREATE DATABASE \(name)"])
+        guard created.status == 0 else { throw ServerTestError(description: "createdb failed: \(created.stderr)") }
+        let db = base + "/" + name
+        let migrated = try run(binDirectory + "/balsam-server", ["migrate", "--db", db])
+        guard migrated.status == 0 else { throw ServerTestError(description: "migrate failed: \(migrated.stderr)") }
+        return db
+    }
+}
+
+/// A `balsam-server` process on a free loopback port, stopped (SIGTERM) by `stop()`.
+final class LiveServer: @unchecked Sendable {
+    let dir: TempDir
+    let db: String
+    let process: Process
+    let url: String
+    let logPath: String
+
+    /// Starts a server over `db` (made for `backend` when nil) with `arguments` added to `serve`.
+    init(_ backend: Backend, db existing: String? = nil, dir: TempDir? = nil, arguments: [String] = []) async throws {
+        let dir = try dir ?? TempDir()
+        self.dir = dir
+        db = try existing ?? makeDatabase(backend, dir: dir)
+        let portFile = dir.path + "/port-" + UUID().uuidString.prefix(6)
+        logPath = portFile + ".log"
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: binDirectory + "/balsam-server")
+        process.arguments =
+            [
+                "serve", "--db", db, "--secret-file", dir.path + "/secret", "--listen", "127.0.0.1:0",
+                "--port-file", portFile,
+            ] + arguments
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        process.standardError = FileHandle(forWritingAtPath: logPath)
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(30)
+        var port: Int?
+        while Date() < deadline, process.isRunning {
+            if let text = try? String(contentsOfFile: portFile, encoding: .utf8),
+                let value = Int(text.trimmingCharacters(in: .whitespacesAndNewlines))
+            {
+                port = value
+                break
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        guard let port else {
+            process.terminate()
+            let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+            throw ServerTestError(description: "balsam-server did not start: \(log)")
+        }
+        url = "http://127.0.0.1:\(port)"
+    }
+
+    /// What the server logged.
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// Stops the server with SIGTERM and waits (with a deadline) for it to exit; returns its exit status.
+    @discardableResult
+    func stop() async throws -> Int32 {
+        if process.isRunning { kill(process.processIdentifier, SIGTERM) }
+        let deadline = Date().addingTimeInterval(30)
+        while process.isRunning && Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            throw ServerTestError(description: "balsam-server did not stop on SIGTERM within 30 s")
+        }
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+
+    /// One request; `json` is serialized as the body.
+    func request(
+        _ method: String, _ path: String, json: Any? = nil, body: Data? = nil, token: String? = nil,
+        contentType: String = "application/json"
+    ) async throws -> HTTPReply {
+        var request = URLRequest(url: URL(string: url + path)!)
+        request.httpMethod = method
+        request.timeoutInterval = 120
+        if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+        if let json {
+            request.httpBody = try JSONSerialization.data(withJSONObject: json, options: [.fragmentsAllowed])
+            request.setValue(contentType, forHTTPHeaderField: "Content-Type")
+        } else if let body {
+            request.httpBody = body
+            request.setValue(contentType, forHTTPHeaderField: "Content-Type")
+        }
+        let (data, response) = try await URLSession.shared.data(for: request)
+        guard let http = response as? HTTPURLResponse else { throw ServerTestError(description: "not HTTP") }
+        var headers: [String: String] = [:]
+        for (k, v) in http.allHeaderFields { headers["\(k)".lowercased()] = "\(v)" }
+        return HTTPReply(status: http.statusCode, body: data, headers: headers)
+    }
+
+    /// Registers `user` (password `user-password`) and returns a login token.
+    func user(_ name: String) async throws -> String {
+        let registered = try await request(
+            "POST", "/auth/password/register", json: ["username": name, "password": "\(name)-password"])
+        guard registered.status == 201 else { throw ServerTestError(description: "register: \(registered.text)") }
+        return try await login(name, "\(name)-password")
+    }
+
+    func login(_ name: String, _ password: String) async throws -> String {
+        let form = "username=\(name)&password=\(password)"
+        let reply = try await request(
+            "POST", "/auth/password/login", body: Data(form.utf8), contentType: "application/x-www-form-urlencoded")
+        guard reply.status == 200, let token = reply.object["access_token"] as? String else {
+            throw ServerTestError(description: "login: \(reply.status) \(reply.text)")
+        }
+        return token
+    }
+
+    /// A site, and an app with a required `name` parameter; returns (site id, app id).
+    func siteAndApp(_ token: String, site: String = "laptop", transfers: [String: Any] = [:]) async throws -> (
+        Int, Int
+    ) {
+        let s = try await request(
+            "POST", "/sites/",
+            json: [
+                "name": site, "path": "/tmp/\(site)",
+                "transfer_locations": ["aps": "globus://aps-dtn", "cluster": "rsync://user@host"],
+            ], token: token)
+        guard s.status == 201, let siteID = s.object["id"] as? Int else {
+            throw ServerTestError(description: "site: \(s.text)")
+        }
+        let a = try await request(
+            "POST", "/apps/",
+            json: [
+                "site_id": siteID, "name": "Hello", "serialized_class": "", "source_code": "echo",
+                "parameters": ["name": ["required": true, "default": NSNull(), "help": ""]], "transfers": transfers,
+            ], token: token)
+        guard a.status == 201, let appID = a.object["id"] as? Int else {
+            throw ServerTestError(description: "app: \(a.text)")
+        }
+        return (siteID, appID)
+    }
+}
+
+/// `{"name": VALUE}` pickled as the original client sends it (protocol 4, as dill writes a small dict).
+func pickledName(_ value: String) -> String {
+    var bytes: [UInt8] = [0x80, 0x04, 0x95]
+    var body: [UInt8] = [0x7D, 0x94, 0x8C, 4] + Array("name".utf8) + [0x94, 0x8C, UInt8(value.utf8.count)]
+    body += Array(value.utf8) + [0x94, 0x73, 0x2E]
+    var length = UInt64(body.count)
+    for _ in 0..<8 {
+        bytes.append(UInt8(length & 0xFF))
+        length >>= 8
+    }
+    return Data(bytes + body).base64EncodedString()
+}
+
+/// Waits until `condition` holds, polling; records an issue at the deadline.
+func waitFor(_ what: String, timeout: Double = 30, _ condition: () async throws -> Bool) async throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    Issue.record("timed out after \(timeout) s waiting until \(what)")
+}
