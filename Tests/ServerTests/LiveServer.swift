@@ -131,7 +131,8 @@ final class LiveServer: @unchecked Sendable {
         _ method: String, _ path: String, json: Any? = nil, body: Data? = nil, token: String? = nil,
         contentType: String = "application/json"
     ) async throws -> HTTPReply {
-        var request = URLRequest(url: URL(string: url + path)!)
+        guard let target = URL(string: url + path) else { throw ServerTestError(description: "bad URL \(path)") }
+        var request = URLRequest(url: target)
         request.httpMethod = method
         request.timeoutInterval = 120
         if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }

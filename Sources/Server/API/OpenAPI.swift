@@ -19,7 +19,12 @@ enum OpenAPI {
     private static let integer = type("integer")
     private static let anyObject: JSONValue = .object(["type": .string("object"), "additionalProperties": .bool(true)])
     private static let stringMap: JSONValue = .object(["type": .string("object"), "additionalProperties": string])
+    /// A time with its zone (`last_update`, which the client compares with an aware time).
     private static let dateTime: JSONValue = .object(["type": .string("string"), "format": .string("date-time")])
+    /// A naive UTC time, as the original client expects most times (no zone, so not RFC 3339's `date-time`).
+    private static let naiveTime: JSONValue = .object([
+        "type": .string("string"), "description": .string("UTC, ISO 8601 without a zone"),
+    ])
 
     private static func object(_ properties: [String: JSONValue], required: [String]? = nil) -> JSONValue {
         .object([
@@ -44,7 +49,7 @@ enum OpenAPI {
                 "id": integer, "name": string, "path": string, "globus_endpoint_id": type("string", nullable: true),
                 "backfill_windows": anyObject, "queued_jobs": anyObject, "optional_batch_job_params": anyObject,
                 "allowed_projects": list(.object([:])), "allowed_queues": anyObject, "transfer_locations": anyObject,
-                "last_refresh": dateTime, "creation_date": dateTime,
+                "last_refresh": naiveTime, "creation_date": naiveTime,
             ]),
             "App": object([
                 "id": integer, "site_id": integer, "name": string, "serialized_class": string, "source_code": string,
@@ -70,7 +75,7 @@ enum OpenAPI {
                 "end_time": .object(["type": .string("string"), "nullable": .bool(true)]),
             ]),
             "Event": object([
-                "id": integer, "job_id": integer, "timestamp": dateTime, "from_state": string, "to_state": string,
+                "id": integer, "job_id": integer, "timestamp": naiveTime, "from_state": string, "to_state": string,
                 "data": anyObject,
             ]),
             "TransferItem": object([
@@ -114,6 +119,9 @@ enum OpenAPI {
         if authenticated {
             responses["401"] = response("No valid bearer token.", ref("Error"))
             responses["404"] = response("No such object of yours.", ref("Error"))
+        } else {
+            responses["401"] = response("Wrong user name or password.", ref("Error"))
+            responses["403"] = response("Registration is closed.", ref("Error"))
         }
         var o: [String: JSONValue] = ["summary": .string(summary), "responses": .object(responses)]
         var parameters = query.map { parameter($0.0, $0.1) }
@@ -157,7 +165,7 @@ enum OpenAPI {
             ], required: ["app_id", "workdir"])
         let jobUpdate = object(
             [
-                "state": jobStates, "state_timestamp": dateTime, "state_data": anyObject, "data": anyObject,
+                "state": jobStates, "state_timestamp": naiveTime, "state_data": anyObject, "data": anyObject,
                 "tags": stringMap, "return_code": integer, "batch_job_id": integer,
                 "pending_file_cleanup": type("boolean"), "serialized_return_value": string,
                 "serialized_exception": string,
@@ -182,7 +190,7 @@ enum OpenAPI {
                 "project": string, "queue": string, "optional_params": stringMap, "filter_tags": stringMap,
             ], required: ["site_id", "num_nodes", "wall_time_min", "job_mode", "project", "queue"])
         let batchUpdate = object(
-            ["scheduler_id": integer, "state": string, "status_info": anyObject, "start_time": dateTime],
+            ["scheduler_id": integer, "state": string, "status_info": anyObject, "start_time": naiveTime],
             required: [])
         let transferUpdate = object(["state": string, "task_id": string, "transfer_info": anyObject], required: [])
         let paths: [String: JSONValue] = [

@@ -79,7 +79,7 @@ final class PostgresConnection: SQLConnection {
 
     private func run(_ sql: String, _ parameters: [SQLValue]) throws(StoreError) -> OpaquePointer {
         let name = try statementName(sql)
-        var strings: [UnsafeMutablePointer<CChar>?] = parameters.map { value in
+        let strings: [UnsafeMutablePointer<CChar>?] = parameters.map { value in
             switch value {
             case .null: return nil
             case .int(let v): return strdup(String(v))
@@ -88,11 +88,8 @@ final class PostgresConnection: SQLConnection {
             }
         }
         defer { for s in strings { free(s) } }
-        let result = strings.withUnsafeMutableBufferPointer { buffer in
-            buffer.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buffer.count) { base in
-                PQexecPrepared(connection, name, Int32(parameters.count), base, nil, nil, 0)
-            }
-        }
+        let values: [UnsafePointer<CChar>?] = strings.map { $0.map { UnsafePointer($0) } }
+        let result = PQexecPrepared(connection, name, Int32(parameters.count), values, nil, nil, 0)
         guard let result else { throw failure(nil, sql) }
         let status = PQresultStatus(result)
         guard status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK else {
