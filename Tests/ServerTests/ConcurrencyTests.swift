@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import TestSupport
+import Testing
 
 /// Several server processes on one PostgreSQL database: the server keeps no state of its own, so concurrent
 /// bulk updates through either lose nothing.
@@ -18,7 +18,9 @@ import TestSupport
         let count = 400
         let created = try await second.request(
             "POST", "/jobs/",
-            json: (0..<count).map { ["app_id": appID, "workdir": "c/\($0)", "serialized_parameters": pickledName("v")] },
+            json: (0..<count).map {
+                ["app_id": appID, "workdir": "c/\($0)", "serialized_parameters": pickledName("v")]
+            },
             token: token)
         #expect(created.status == 201)
         let ids = created.list.compactMap { $0["id"] as? Int }
