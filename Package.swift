@@ -114,7 +114,11 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
-        .executableTarget(name: "balsam", dependencies: ["Batch", "BalsamCLI", "Spool"]),
+        // libcurl, for the sync's HTTP client (the only module that links it).
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        // The site's side of the server: the HTTP client, the client file, login (and, next, the sync service).
+        .target(name: "Sync", dependencies: ["CCurl", "Spool", .product(name: "Yams", package: "Yams")]),
+        .executableTarget(name: "balsam", dependencies: ["Batch", "BalsamCLI", "Spool", "Sync"]),
         .executableTarget(name: "balsam-submit", dependencies: ["BalsamCLI", "Spool"]),
         // Temporary sites, small filesystems, running the built binaries.
         .target(name: "TestSupport", dependencies: ["Spool"], path: "Tests/TestSupport"),

@@ -323,28 +323,3 @@ struct TokenCommand: AsyncParsableCommand {
 func isoDate(_ micros: Int64) -> String {
     String(ServerClock.iso(micros).prefix(19)) + "Z"
 }
-
-/// A password from a file's first line, or from the terminal without echo (asked twice when `confirm`), or from
-/// standard input's first line when it is not a terminal.
-func readPassword(file: String?, confirm: Bool) throws -> String {
-    if let file {
-        let text = String(decoding: try Posix.readInput(file, limit: 4096), as: UTF8.self)
-        return String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
-    }
-    guard isatty(0) == 1 else { return readLine(strippingNewline: true) ?? "" }
-    func ask(_ prompt: String) -> String {
-        printError(prompt)
-        var saved = termios()
-        tcgetattr(0, &saved)
-        var quiet = saved
-        quiet.c_lflag &= ~tcflag_t(ECHO)
-        tcsetattr(0, TCSAFLUSH, &quiet)
-        defer { tcsetattr(0, TCSAFLUSH, &saved) }
-        return readLine(strippingNewline: true) ?? ""
-    }
-    let first = ask("Password: ")
-    if confirm && ask("Again: ") != first {
-        throw ServerError(status: 400, "the two passwords differ")
-    }
-    return first
-}

@@ -190,11 +190,11 @@ public enum Posix {
     }
 
     /// Write new, then rename: readers see the old file or the new one, never a torn one.
-    package static func replaceFile(_ path: String, _ bytes: [UInt8], sync: Bool, tempDirectory: String? = nil)
-        throws(SpoolError)
-    {
+    package static func replaceFile(
+        _ path: String, _ bytes: [UInt8], sync: Bool, tempDirectory: String? = nil, mode: mode_t = 0o644
+    ) throws(SpoolError) {
         let temp = (tempDirectory.map { $0 + "/" + lastComponent(path) } ?? path) + ".tmp.\(getpid())"
-        try createFile(temp, bytes, sync: sync, exclusive: false)
+        try createFile(temp, bytes, sync: sync, exclusive: false, mode: mode)
         do { try rename(temp, path) } catch {
             unlink(temp)
             throw error

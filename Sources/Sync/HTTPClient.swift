@@ -1,0 +1,164 @@
+internal import CCurl
+import Spool
+
+/// The failure of an HTTP exchange: a transport error (no reply) or a reply with an error status.
+public struct SyncError: Error, Sendable, CustomStringConvertible {
+    /// The HTTP status, or nil when no reply came (connection refused, timeout, TLS).
+    public var status: Int?
+    /// What went wrong: libcurl's message, or the server's `detail`.
+    public var message: String
+    /// The request, `METHOD URL`.
+    public var request: String
+
+    public var description: String {
+        if let status { return "\(request): HTTP \(status): \(message)" }
+        return "\(request): \(message)"
+    }
+}
+
+/// A reply.
+public struct HTTPResponse: Sendable {
+    /// The status code.
+    public var status: Int
+    /// The body.
+    public var body: [UInt8]
+
+    /// The body as JSON.
+    public func json() throws -> JSONValue { try JSONValue.parse(body) }
+}
+
+/// An HTTP/1.1 client over libcurl: one connection kept alive between requests, HTTPS with the system's CA
+/// store or a given CA file, timeouts on connecting and on the whole transfer, gzip accepted. One thread at a
+/// time (a libcurl easy handle is not shared between threads).
+public final class HTTPClient {
+    /// The server's root URL, without a trailing slash.
+    public let root: String
+    /// The bearer token sent with every request, when set.
+    public var token: String?
+    private let handle: UnsafeMutableRawPointer
+    private let caFile: String?
+    /// Seconds to wait for a connection.
+    public var connectTimeout = 10
+    /// Seconds a whole request may take.
+    public var timeout = 120
+
+    private static let initialized: Bool = { curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK }()
+
+    /// A client for the server at `root` (`https://host:port` or `http://127.0.0.1:8080`).
+    public init(root: String, token: String? = nil, caFile: String? = nil) throws(SyncError) {
+        var root = root
+        while root.hasSuffix("/") { root.removeLast() }
+        guard root.hasPrefix("http://") || root.hasPrefix("https://") else {
+            throw SyncError(status: nil, message: "the server URL must start with http:// or https://", request: root)
+        }
+        guard HTTPClient.initialized, let handle = curl_easy_init() else {
+            throw SyncError(status: nil, message: "libcurl could not be initialized", request: root)
+        }
+        self.root = root
+        self.token = token
+        self.handle = handle
+        self.caFile = caFile
+    }
+
+    deinit { curl_easy_cleanup(handle) }
+
+    /// Collects the reply body; the pointer is the `Collector` passed as user data.
+    private final class Collector {
+        var bytes: [UInt8] = []
+        let limit: Int
+        init(limit: Int) { self.limit = limit }
+    }
+
+    /// Sends one request. `form` sends `application/x-www-form-urlencoded`, else `body` is JSON. A reply of
+    /// 400 or more throws with the server's `detail` when it gave one.
+    @discardableResult
+    public func send(
+        _ method: String, _ path: String, json body: JSONValue? = nil, form: [(String, String)]? = nil,
+        limit: Int = 1 << 30
+    ) throws(SyncError) -> HTTPResponse {
+        let url = root + (path.hasPrefix("/") ? path : "/" + path)
+        let what = "\(method) \(url)"
+        func check(_ code: CURLcode) throws(SyncError) {
+            if code != CURLE_OK {
+                throw SyncError(status: nil, message: String(cString: curl_easy_strerror(code)), request: what)
+            }
+        }
+        curl_easy_reset(handle)
+        var payload: [UInt8]?
+        var headers: [String] = ["Accept: application/json", "Expect:"]
+        if let token { headers.append("Authorization: Bearer \(token)") }
+        if let form {
+            payload = Array(form.map { "\(formEncode($0.0))=\(formEncode($0.1))" }.joined(separator: "&").utf8)
+            headers.append("Content-Type: application/x-www-form-urlencoded")
+        } else if let body {
+            var bytes: [UInt8] = []
+            body.write(to: &bytes)
+            payload = bytes
+            headers.append("Content-Type: application/json")
+        }
+        var list: UnsafeMutablePointer<curl_slist>?
+        for header in headers { list = curl_slist_append(list, header) }
+        defer { curl_slist_free_all(list) }
+        let collector = Collector(limit: limit)
+        let unmanaged = Unmanaged.passRetained(collector)
+        defer { unmanaged.release() }
+        try check(ccurl_setopt_string(handle, CURLOPT_URL, url))
+        try check(ccurl_setopt_string(handle, CURLOPT_CUSTOMREQUEST, method))
+        try check(ccurl_setopt_pointer(handle, CURLOPT_HTTPHEADER, UnsafeMutableRawPointer(list)))
+        try check(ccurl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT, connectTimeout))
+        try check(ccurl_setopt_long(handle, CURLOPT_TIMEOUT, timeout))
+        try check(ccurl_setopt_long(handle, CURLOPT_NOSIGNAL, 1))
+        try check(ccurl_setopt_string(handle, CURLOPT_ACCEPT_ENCODING, ""))
+        if let caFile { try check(ccurl_setopt_string(handle, CURLOPT_CAINFO, caFile)) }
+        try check(ccurl_setopt_pointer(handle, CURLOPT_WRITEDATA, unmanaged.toOpaque()))
+        try check(
+            ccurl_setopt_write_function(handle) { data, size, count, user in
+                guard let user, let data else { return 0 }
+                let collector = Unmanaged<Collector>.fromOpaque(user).takeUnretainedValue()
+                let n = size * count
+                if collector.bytes.count + n > collector.limit { return 0 }
+                data.withMemoryRebound(to: UInt8.self, capacity: n) { bytes in
+                    collector.bytes.append(contentsOf: UnsafeBufferPointer(start: bytes, count: n))
+                }
+                return n
+            })
+        let code: CURLcode =
+            if var payload {
+                payload.withUnsafeMutableBytes { buffer in
+                    _ = ccurl_setopt_long(handle, CURLOPT_POSTFIELDSIZE, buffer.count)
+                    _ = ccurl_setopt_pointer(handle, CURLOPT_POSTFIELDS, buffer.baseAddress)
+                    return curl_easy_perform(handle)
+                }
+            } else {
+                curl_easy_perform(handle)
+            }
+        try check(code)
+        var status = 0
+        try check(ccurl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status))
+        let response = HTTPResponse(status: status, body: collector.bytes)
+        if status >= 400 {
+            let detail = (try? response.json())?.objectValue?["detail"]?.stringValue
+            throw SyncError(
+                status: status, message: detail ?? String(decoding: collector.bytes.prefix(300), as: UTF8.self),
+                request: what)
+        }
+        return response
+    }
+}
+
+/// `application/x-www-form-urlencoded` escaping: letters, digits and `-._~` stay, everything else is `%XX`.
+func formEncode(_ text: String) -> String {
+    var out = ""
+    for byte in text.utf8 {
+        switch byte {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"),
+            UInt8(ascii: "~"):
+            out.append(Character(Unicode.Scalar(byte)))
+        default:
+            let hex = String(byte, radix: 16, uppercase: true)
+            out += "%" + (hex.count == 1 ? "0" + hex : hex)
+        }
+    }
+    return out
+}

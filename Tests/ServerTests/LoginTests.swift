@@ -1,0 +1,73 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// `balsam login`: the client file the original client reads, and clear failures.
+@Suite struct LoginTests {
+    @Test("balsam login writes a 0600 client file that the original client and a site token work with")
+    func login() async throws {
+        let server = try await LiveServer(.sqlite)
+        defer { Task { try? await server.stop() } }
+        let dir = server.dir
+        try dir.file("pw", "judy-password\n")
+        let clientFile = dir.path + "/home/.balsam/client.yml"
+        let balsam = binDirectory + "/balsam"
+        let made = try await runOffPool(
+            balsam,
+            [
+                "login", server.url, "--user", "judy", "--password-file", dir.path + "/pw", "--register",
+                "--client-file", clientFile,
+            ])
+        #expect(made.status == 0, "\(made.stderr)")
+        #expect(made.stdout.contains("logged in to \(server.url) as judy"))
+        var st = stat()
+        #expect(stat(clientFile, &st) == 0 && st.st_mode & 0o777 == 0o600)
+        let text = try read(clientFile)
+        #expect(text.contains("api_root: \(server.url)") && text.contains("token: ey"))
+        #expect(text.contains("client_class: balsam.client.BasicAuthRequestsClient"))
+
+        if let python = PythonTools.clientPython {
+            let listed = try await runOffPool(
+                python,
+                [
+                    "-c",
+                    "from balsam.api import Site; Site.objects.create(name='s', path='/s'); print(Site.objects.count())",
+                ],
+                env: ["BALSAM_CLIENT_PATH": clientFile])
+            #expect(
+                listed.status == 0 && listed.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "1",
+                "\(listed.stdout) \(listed.stderr)")
+        }
+
+        // A site token instead of a password.
+        let args = ["--db", server.db, "--secret-file", dir.path + "/secret"]
+        let token = try run(
+            binDirectory + "/balsam-server", ["token", "create", "--user", "judy", "--site", "s"] + args)
+        try dir.file("token", token.stdout)
+        let withToken = try await runOffPool(
+            balsam, ["login", server.url, "--token-file", dir.path + "/token", "--client-file", dir.path + "/c2.yml"])
+        #expect(withToken.status == 0, "\(withToken.stderr)")
+        #expect(try read(dir.path + "/c2.yml").contains(token.stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
+
+        // A wrong password: status 65 and the server's reason; nothing written.
+        try dir.file("bad", "wrong-password\n")
+        let wrong = try await runOffPool(
+            balsam,
+            [
+                "login", server.url, "--user", "judy", "--password-file", dir.path + "/bad", "--client-file",
+                dir.path + "/c3.yml",
+            ])
+        #expect(wrong.status == 65 && wrong.stderr.contains("incorrect user name or password"), "\(wrong.stderr)")
+        #expect(!exists(dir.path + "/c3.yml"))
+
+        // No server there: status 69 naming the URL.
+        try await server.stop()
+        let gone = try await runOffPool(
+            balsam,
+            [
+                "login", server.url, "--user", "judy", "--password-file", dir.path + "/pw", "--client-file",
+                dir.path + "/c4.yml",
+            ])
+        #expect(gone.status == 69 && gone.stderr.contains(server.url), "\(gone.stderr)")
+    }
+}
