@@ -89,6 +89,8 @@ struct Endpoints: Sendable {
         var reply: Reply
         var userName = "-"
         do {
+            // No token, no body read: an anonymous client cannot make the server buffer megabytes.
+            if authenticated && bearerToken(request) == nil { throw ServerError.unauthorized }
             let body: [UInt8]
             do {
                 body = Array(buffer: try await request.collectBody(upTo: limits.bodyBytes))

@@ -493,6 +493,8 @@ enum Jobs {
             var events: [(Int, String, String, String, Int64)] = []
             var finished: [Int] = []
             var stageOutsDue: [Int] = []
+            // Updates that set the same columns go together, one UPDATE per chunk: the rows are locked already.
+            var groups: [[String]: [(Int, [SQLValue])]] = [:]
             for u in updates {
                 var sets = u.patch.sets
                 if let to = targets[u.id], let from = current[u.id] {
@@ -503,11 +505,10 @@ enum Jobs {
                     events.append(
                         (u.id, from.rawValue, final.rawValue, u.patch.stateData, u.patch.stateTimestamp ?? now))
                 }
-                let assignments =
-                    sets.map { "\($0.0) = ?" } + ["last_update = \(c.dialect.greatest)(last_update + 1, ?)"]
-                try c.execute(
-                    "UPDATE jobs SET \(assignments.joined(separator: ", ")) WHERE id = ?",
-                    sets.map(\.1) + [.int(now), .of(u.id)])
+                groups[sets.map(\.0), default: []].append((u.id, sets.map(\.1)))
+            }
+            for (columns, rows) in groups {
+                try updateRows(columns: columns, rows: rows, now: now, connection: c)
             }
             try insertEvents(events, owner: owner, connection: c)
             for chunk in stageOutsDue.chunked(10_000) {
@@ -517,6 +518,43 @@ enum Jobs {
             }
             try releaseChildren(of: finished, call: call, now: now)
             return updates.count
+        }
+    }
+
+    /// Columns whose values need a cast from the text PostgreSQL infers for a VALUES list.
+    private static let integerColumns: Set<String> = [
+        "return_code", "num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "node_packing_count",
+        "wall_time_min", "batch_job_id", "pending_file_cleanup",
+    ]
+
+    /// Sets `columns` of many jobs at once, `UPDATE ... FROM (VALUES ...)`, and moves their `last_update` on.
+    static func updateRows(
+        columns: [String], rows: [(Int, [SQLValue])], now: Int64, connection c: any SQLConnection
+    ) throws {
+        let d = c.dialect
+        func cast(_ expression: String, _ column: String) -> String {
+            if integerColumns.contains(column) { return "CAST(\(expression) AS BIGINT)" }
+            if column == "gpus_per_rank" { return "CAST(\(expression) AS DOUBLE PRECISION)" }
+            if column == "tags" && d == .postgresql { return "CAST(\(expression) AS JSONB)" }
+            return expression
+        }
+        let selected =
+            ["CAST(column1 AS BIGINT) AS id"]
+            + columns.enumerated().map { "\(cast("column\($0.offset + 2)", $0.element)) AS \($0.element)" }
+        let assignments =
+            columns.map { "\($0) = v.\($0)" } + ["last_update = \(d.greatest)(jobs.last_update + 1, ?)"]
+        for chunk in rows.chunked(c.rowsPerStatement(columns: columns.count + 1)) {
+            var parameters: [SQLValue] = [.int(now)]
+            parameters.reserveCapacity(1 + chunk.count * (columns.count + 1))
+            for (id, values) in chunk {
+                parameters.append(.of(id))
+                parameters.append(contentsOf: values)
+            }
+            try c.execute(
+                "UPDATE jobs SET \(assignments.joined(separator: ", ")) FROM (SELECT \(selected.joined(separator: ", ")) "
+                    + "FROM (VALUES \(valuesList(rows: chunk.count, columns: columns.count + 1))) AS t) AS v "
+                    + "WHERE jobs.id = v.id",
+                parameters)
         }
     }
 

@@ -8,7 +8,8 @@ final class SQLiteConnection: SQLConnection {
     private var statements: [String: OpaquePointer] = [:]
     private(set) var isHealthy = true
 
-    /// Opens (creating) the database file.
+    /// Opens (creating) the database file. Each connection caches 16 MiB of pages (four connections stay well
+    /// under the server's memory budget with a million jobs stored).
     init(path: String) throws(StoreError) {
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
         let rc = sqlite3_open_v2(path, &db, flags, nil)
@@ -24,7 +25,7 @@ final class SQLiteConnection: SQLConnection {
             PRAGMA journal_mode = WAL;
             PRAGMA synchronous = NORMAL;
             PRAGMA foreign_keys = ON;
-            PRAGMA cache_size = -65536;
+            PRAGMA cache_size = -16384;
             """)
     }
 
