@@ -86,8 +86,8 @@ struct Input {
     mutating func object(_ key: String, maxBytes: Int = 512_000) throws(ServerError) -> [String: JSONValue]? {
         guard let value = value(key) else { return nil }
         guard let object = value.objectValue else { throw bad(key, "must be an object, not \(value.kindName)") }
-        let size = value.serialized().utf8.count
-        if size > maxBytes { throw bad(key, "is \(size) bytes; the limit is \(maxBytes)") }
+        let size = value.approximateSize
+        if size > maxBytes { throw bad(key, "is about \(size) bytes; the limit is \(maxBytes)") }
         return object
     }
 
@@ -141,8 +141,19 @@ struct Input {
     }
 }
 
-/// Stored JSON text of a string map (sorted keys).
-func jsonText(_ map: [String: String]) -> String { JSONValue.object(map.mapValues(JSONValue.string)).serialized() }
+/// Stored JSON text of a string map (sorted keys), written directly: tags are on every job.
+func jsonText(_ map: [String: String]) -> String {
+    if map.isEmpty { return "{}" }
+    var out: [UInt8] = [UInt8(ascii: "{")]
+    for (i, key) in map.keys.sorted().enumerated() {
+        if i > 0 { out.append(UInt8(ascii: ",")) }
+        JSONValue.writeString(key, to: &out)
+        out.append(UInt8(ascii: ":"))
+        JSONValue.writeString(map[key, default: ""], to: &out)
+    }
+    out.append(UInt8(ascii: "}"))
+    return String(decoding: out, as: UTF8.self)
+}
 
 /// Stored JSON text of an object.
 func jsonText(_ object: [String: JSONValue]) -> String { JSONValue.object(object).serialized() }

@@ -109,7 +109,8 @@ enum Jobs {
     struct NewJob {
         var appID = 0
         var workdir = ""
-        var tags: [String: String] = [:]
+        /// Tags and launch parameters as the JSON text stored and replied.
+        var tags = "{}"
         var serializedParameters = ""
         var data = "{}"
         var returnCode: Int?
@@ -117,7 +118,7 @@ enum Jobs {
         var ranksPerNode = 1
         var threadsPerRank = 1
         var threadsPerCore = 1
-        var launchParams: [String: String] = [:]
+        var launchParams = "{}"
         var gpusPerRank = 0.0
         var nodePackingCount = 1
         var wallTimeMin = 0
@@ -133,7 +134,8 @@ enum Jobs {
         job.appID = try input.requiredInt("app_id", in: 1...Int.max)
         job.workdir = try input.requiredString("workdir", maxBytes: Job.Limits.workdirBytes)
         do { try Job.validateWorkdir(job.workdir) } catch { throw input.bad("workdir", error.message) }
-        job.tags = try input.stringMap("tags", maxEntries: Job.Limits.tags, maxBytes: Job.Limits.tagBytes) ?? [:]
+        job.tags = jsonText(
+            try input.stringMap("tags", maxEntries: Job.Limits.tags, maxBytes: Job.Limits.tagBytes) ?? [:])
         job.serializedParameters = try input.string("serialized_parameters", maxBytes: payloadBytes) ?? ""
         if let data = try input.object("data", maxBytes: Job.Limits.dataBytes) { job.data = jsonText(data) }
         job.returnCode = try input.int("return_code", in: Int(Int32.min)...Int(Int32.max))
@@ -141,7 +143,7 @@ enum Jobs {
         job.ranksPerNode = try input.int("ranks_per_node", in: 1...maxCount) ?? 1
         job.threadsPerRank = try input.int("threads_per_rank", in: 1...maxCount) ?? 1
         job.threadsPerCore = try input.int("threads_per_core", in: 1...maxCount) ?? 1
-        job.launchParams = try input.stringMap("launch_params") ?? [:]
+        job.launchParams = jsonText(try input.stringMap("launch_params") ?? [:])
         job.gpusPerRank = try input.double("gpus_per_rank", in: 0...1024) ?? 0
         job.nodePackingCount = try input.int("node_packing_count", in: 1...maxCount) ?? 1
         job.wallTimeMin = try input.int("wall_time_min", in: 0...maxCount) ?? 0
@@ -250,11 +252,13 @@ enum Jobs {
         let created: [Int] = try c.transaction {
             let facts = try appFacts(Set(jobs.map(\.appID)), call: call)
             let parentStates = try states(Array(Set(jobs.flatMap(\.parentIDs))), call: call)
-            for (i, job) in jobs.enumerated() {
-                guard let app = facts[job.appID] else { throw ServerError.notFound("app \(job.appID) of [\(i)]") }
-                try checkParameters(job, app, index: i)
+            for i in jobs.indices {
+                guard let app = facts[jobs[i].appID] else {
+                    throw ServerError.notFound("app \(jobs[i].appID) of [\(i)]")
+                }
+                try checkParameters(jobs[i], app, index: i)
                 var hasStageIn = false
-                for t in job.transfers {
+                for t in jobs[i].transfers {
                     let field = "[\(i)].transfers.\(t.slot)"
                     guard let slot = app.slots[t.slot]?.objectValue else {
                         let known = app.slots.keys.sorted().joined(separator: ", ")
@@ -269,7 +273,7 @@ enum Jobs {
                     if slot["direction"]?.stringValue == "in" { hasStageIn = true }
                 }
                 var parentsDone = true
-                for parent in job.parentIDs {
+                for parent in jobs[i].parentIDs {
                     guard let state = parentStates[parent] else {
                         throw ServerError.notFound("parent job \(parent) of [\(i)]")
                     }
@@ -286,13 +290,15 @@ enum Jobs {
             return ids
         }
         var out = JSONWriter(capacity: jobs.count * 512)
+        let lastUpdate = ServerClock.iso(now, zone: true)
         out.beginArray()
-        for (i, job) in jobs.enumerated() {
+        for i in jobs.indices {
+            let job = jobs[i]
             out.beginObject()
             out.field("id", created[i])
             out.field("app_id", job.appID)
             out.field("workdir", job.workdir)
-            out.raw("tags", jsonText(job.tags))
+            out.raw("tags", job.tags)
             out.field("serialized_parameters", job.serializedParameters)
             out.raw("data", job.data)
             out.field("return_code", job.returnCode)
@@ -300,14 +306,14 @@ enum Jobs {
             out.field("ranks_per_node", job.ranksPerNode)
             out.field("threads_per_rank", job.threadsPerRank)
             out.field("threads_per_core", job.threadsPerCore)
-            out.raw("launch_params", jsonText(job.launchParams))
+            out.raw("launch_params", job.launchParams)
             out.field("gpus_per_rank", job.gpusPerRank)
             out.field("node_packing_count", job.nodePackingCount)
             out.field("wall_time_min", job.wallTimeMin)
             out.value("parent_ids", .array(job.parentIDs.map { .int($0) }))
             out.field("batch_job_id", nil as Int?)
             out.field("state", job.state.rawValue)
-            out.field("last_update", ServerClock.iso(now, zone: true))
+            out.field("last_update", lastUpdate)
             out.field("pending_file_cleanup", true)
             out.field("serialized_return_value", "")
             out.field("serialized_exception", "")
@@ -334,10 +340,10 @@ enum Jobs {
             parameters.reserveCapacity(chunk.count * insertColumns.count)
             for job in chunk {
                 parameters += [
-                    .of(owner), .of(job.siteID), .of(job.appID), .text(job.workdir), .text(jsonText(job.tags)),
+                    .of(owner), .of(job.siteID), .of(job.appID), .text(job.workdir), .text(job.tags),
                     .text(job.serializedParameters), .text(job.data), .of(job.returnCode), .of(job.numNodes),
                     .of(job.ranksPerNode), .of(job.threadsPerRank), .of(job.threadsPerCore),
-                    .text(jsonText(job.launchParams)), .double(job.gpusPerRank), .of(job.nodePackingCount),
+                    .text(job.launchParams), .double(job.gpusPerRank), .of(job.nodePackingCount),
                     .of(job.wallTimeMin), .text(JSONValue.array(job.parentIDs.map { .int($0) }).serialized()),
                     .text(job.state.rawValue), .int(now), .of(true), .text(""), .text(""),
                 ]
