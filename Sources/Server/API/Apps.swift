@@ -121,14 +121,9 @@ enum Apps {
     static func create(_ call: inout Call) throws -> Reply {
         var input = try Input(try call.json())
         let all = try members(&input, creating: true, call: call) + [("owner_id", .of(call.user.id))]
-        let rows = try refusingDuplicate("the site already has an app with this name") {
-            try call.connection.query(
-                "INSERT INTO apps (\(all.map(\.0).joined(separator: ", "))) VALUES (\(placeholders(all.count))) RETURNING \(columns)",
-                all.map(\.1))
-        }
-        var out = JSONWriter()
-        if let row = rows.first { write(row, to: &out) }
-        return .json(out, status: 201)
+        return try insertOne(
+            call, table: "apps", members: all, columns: columns,
+            duplicate: "the site already has an app with this name", write)
     }
 
     static func one(_ call: inout Call) throws -> Reply {
@@ -161,13 +156,7 @@ enum Apps {
     }
 
     /// `DELETE /apps/{id}`: the app and its jobs.
-    static func delete(_ call: inout Call) throws -> Reply {
-        let id = try call.requiredID()
-        let deleted = try call.connection.execute(
-            "DELETE FROM apps WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
-        if deleted == 0 { throw ServerError.notFound("app \(id)") }
-        return .noContent
-    }
+    static func delete(_ call: inout Call) throws -> Reply { try deleteOwned(call, table: "apps", what: "app") }
 }
 
 extension StringProtocol {

@@ -186,13 +186,7 @@ enum BatchJobs {
 
     /// `PATCH /batch-jobs/`: `[{id, ...}]` → the updated batch jobs.
     static func bulkUpdate(_ call: inout Call) throws -> Reply {
-        let items = try call.jsonList()
-        var changes: [(Int, [(String, SQLValue)])] = []
-        for (i, item) in items.enumerated() {
-            var input = try Input(item, prefix: "[\(i)]")
-            let id = try input.requiredInt("id", in: 1...Int.max)
-            changes.append((id, try updates(&input)))
-        }
+        let changes = try bulkChanges(call) { (input: inout Input) in try updates(&input) }
         try call.connection.transaction {
             for (id, sets) in changes { try apply(id, sets, call: call) }
         }
@@ -210,10 +204,6 @@ enum BatchJobs {
 
     /// `DELETE /batch-jobs/{id}`: removes the record (jobs that ran in it keep their history).
     static func delete(_ call: inout Call) throws -> Reply {
-        let id = try call.requiredID()
-        let deleted = try call.connection.execute(
-            "DELETE FROM batch_jobs WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
-        if deleted == 0 { throw ServerError.notFound("batch job \(id)") }
-        return .noContent
+        try deleteOwned(call, table: "batch_jobs", what: "batch job")
     }
 }

@@ -155,25 +155,16 @@ enum Transfers {
             let waiting = try Jobs.unfinishedTransfers(ids, call: call)
             let current = try Jobs.states(ids, call: call, lock: true)
             let now = ServerClock.microseconds()
-            var events: [(Int, String, String, String, Int64)] = []
-            var finished: [Int] = []
+            var moves: [(Int, JobState, JobState)] = []
             for (id, state) in current.sorted(by: { $0.key < $1.key }) {
-                let next: JobState
                 if state == .ready && !waiting.stageIns.contains(id) {
-                    next = .stagedIn
+                    moves.append((id, state, .stagedIn))
                 } else if state == .postprocessed && !waiting.stageOuts.contains(id) {
-                    next = .jobFinished
-                    finished.append(id)
-                } else {
-                    continue
+                    moves.append((id, state, .jobFinished))
                 }
-                try c.execute(
-                    "UPDATE jobs SET state = ?, last_update = \(c.dialect.greatest)(last_update + 1, ?) WHERE id = ?",
-                    [.text(next.rawValue), .int(now), .of(id)])
-                events.append((id, state.rawValue, next.rawValue, "{}", now))
             }
-            try Jobs.insertEvents(events, owner: call.user.id, connection: c)
-            try Jobs.releaseChildren(of: finished, call: call, now: now)
+            try Jobs.move(moves, data: "{}", now: now, call: call)
+            try Jobs.releaseChildren(of: moves.filter { $0.2 == .jobFinished }.map(\.0), call: call, now: now)
         }
     }
 
@@ -185,14 +176,8 @@ enum Transfers {
     }
 
     static func bulkUpdate(_ call: inout Call) throws -> Reply {
-        let items = try call.jsonList()
-        var changes: [(Int, [(String, SQLValue)])] = []
-        for (i, item) in items.enumerated() {
-            var input = try Input(item, prefix: "[\(i)]")
-            let id = try input.requiredInt("id", in: 1...Int.max)
-            changes.append((id, try updates(&input)))
-        }
-        try apply(changes, call: call)
+        let changes = try bulkChanges(call) { (input: inout Input) in try updates(&input) }
+        try apply(changes.map { ($0.id, $0.change) }, call: call)
         return .json(.int(changes.count))
     }
 }

@@ -612,34 +612,35 @@ enum Jobs {
                 ).map { $0.int(0) })
             let ready = candidates.filter { !blocked.contains($0) }
             let waiting = try unfinishedTransfers(ready, call: call)
-            var events: [(Int, String, String, String, Int64)] = []
-            for id in ready {
-                let state = advance(.ready, id: id, waiting: waiting)
-                try c.execute(
-                    "UPDATE jobs SET state = ?, last_update = \(c.dialect.greatest)(last_update + 1, ?) WHERE id = ?",
-                    [.text(state.rawValue), .int(now), .of(id)])
-                events.append(
-                    (id, JobState.awaitingParents.rawValue, state.rawValue, #"{"message":"All parents finished"}"#, now)
-                )
-            }
-            try insertEvents(events, owner: call.user.id, connection: c)
+            try move(
+                ready.map { ($0, .awaitingParents, advance(.ready, id: $0, waiting: waiting)) },
+                data: #"{"message":"All parents finished"}"#, now: now, call: call)
         }
+    }
+
+    /// The server's own moves `(job, from, to)` (no client asked for them): the state, `last_update` and one
+    /// event each.
+    static func move(_ moves: [(Int, JobState, JobState)], data: String, now: Int64, call: Call) throws {
+        guard !moves.isEmpty else { return }
+        var byState: [JobState: [(Int, [SQLValue])]] = [:]
+        for (id, _, to) in moves { byState[to, default: []].append((id, [.text(to.rawValue)])) }
+        for (_, rows) in byState {
+            try updateRows(columns: ["state"], rows: rows, now: now, connection: call.connection)
+        }
+        try insertEvents(
+            moves.map { ($0.0, $0.1.rawValue, $0.2.rawValue, data) }, owner: call.user.id, time: now,
+            connection: call.connection)
     }
 
     /// `PATCH /jobs/`: a list of `{id, ...changes}`; ids unique. Replies with the number of jobs updated.
     static func bulkUpdate(_ call: inout Call) throws -> Reply {
-        let items = try call.jsonList()
-        var updates: [(id: Int, patch: Patch)] = []
+        let updates = try bulkChanges(call) { (input: inout Input) in try parsePatch(&input) }
         var seen = Set<Int>()
-        for (i, item) in items.enumerated() {
-            var input = try Input(item, prefix: "[\(i)]")
-            let id = try input.requiredInt("id", in: 1...Int.max)
-            if !seen.insert(id).inserted {
-                throw ServerError.badRequest("job \(id) appears twice; each job once per request", field: "[\(i)].id")
-            }
-            updates.append((id, try parsePatch(&input)))
+        for (i, update) in updates.enumerated() where !seen.insert(update.id).inserted {
+            throw ServerError.badRequest(
+                "job \(update.id) appears twice; each job once per request", field: "[\(i)].id")
         }
-        return .json(.int(try apply(updates, call: call)))
+        return .json(.int(try apply(updates.map { ($0.id, $0.change) }, call: call)))
     }
 
     /// `PUT /jobs/?filters`: the same change to every matching job (at most the bulk limit).
@@ -675,13 +676,7 @@ enum Jobs {
     }
 
     /// `DELETE /jobs/{id}`.
-    static func delete(_ call: inout Call) throws -> Reply {
-        let id = try call.requiredID()
-        let deleted = try call.connection.execute(
-            "DELETE FROM jobs WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
-        if deleted == 0 { throw ServerError.notFound("job \(id)") }
-        return .noContent
-    }
+    static func delete(_ call: inout Call) throws -> Reply { try deleteOwned(call, table: "jobs", what: "job") }
 }
 
 extension Array {

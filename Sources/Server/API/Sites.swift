@@ -92,14 +92,9 @@ enum Sites {
         let now = ServerClock.microseconds()
         let all =
             members + [("owner_id", .of(call.user.id)), ("last_refresh", .int(now)), ("creation_date", .int(now))]
-        let rows = try refusingDuplicate("you already have a site with this name") {
-            try call.connection.query(
-                "INSERT INTO sites (\(all.map(\.0).joined(separator: ", "))) VALUES (\(placeholders(all.count))) RETURNING \(columns)",
-                all.map(\.1))
-        }
-        var out = JSONWriter()
-        if let row = rows.first { write(row, to: &out) }
-        return .json(out, status: 201)
+        return try insertOne(
+            call, table: "sites", members: all, columns: columns, duplicate: "you already have a site with this name",
+            write)
     }
 
     static func one(_ call: inout Call) throws -> Reply {
@@ -123,13 +118,42 @@ enum Sites {
     }
 
     /// `DELETE /sites/{id}`: the site and everything under it (apps, jobs, events, batch jobs, transfers).
-    static func delete(_ call: inout Call) throws -> Reply {
-        let id = try call.requiredID()
-        let deleted = try call.connection.execute(
-            "DELETE FROM sites WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
-        if deleted == 0 { throw ServerError.notFound("site \(id)") }
-        return .noContent
+    static func delete(_ call: inout Call) throws -> Reply { try deleteOwned(call, table: "sites", what: "site") }
+}
+
+/// Inserts one row of `members` into `table` and replies 201 with it; a name taken is a 400 saying `duplicate`.
+func insertOne(
+    _ call: Call, table: String, members: [(String, SQLValue)], columns: String, duplicate: String,
+    _ write: (SQLRow, inout JSONWriter) -> Void
+) throws -> Reply {
+    let rows = try refusingDuplicate(duplicate) {
+        try call.connection.query(
+            "INSERT INTO \(table) (\(members.map(\.0).joined(separator: ", "))) VALUES (\(placeholders(members.count))) RETURNING \(columns)",
+            members.map(\.1))
     }
+    var out = JSONWriter()
+    if let row = rows.first { write(row, &out) }
+    return .json(out, status: 201)
+}
+
+/// `DELETE /TABLE/{id}` of the caller's row (cascading as the schema says); 404 when there is none.
+func deleteOwned(_ call: Call, table: String, what: String) throws -> Reply {
+    let id = try call.requiredID()
+    let deleted = try call.connection.execute(
+        "DELETE FROM \(table) WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
+    if deleted == 0 { throw ServerError.notFound("\(what) \(id)") }
+    return .noContent
+}
+
+/// The items of a bulk PATCH: each `{id, ...}` read by `parse`, which sees the item's fields with their place.
+func bulkChanges<T>(_ call: Call, _ parse: (inout Input) throws -> T) throws -> [(id: Int, change: T)] {
+    var changes: [(id: Int, change: T)] = []
+    for (i, item) in try call.jsonList().enumerated() {
+        var input = try Input(item, prefix: "[\(i)]")
+        let id = try input.requiredInt("id", in: 1...Int.max)
+        changes.append((id, try parse(&input)))
+    }
+    return changes
 }
 
 /// Runs `body`; a unique key taken becomes a 400 on `name` saying `message`.
