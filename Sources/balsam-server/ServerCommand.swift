@@ -206,43 +206,55 @@ struct Migrate: AsyncParsableCommand {
     }
 }
 
+/// Opens the database, runs `body` with its accounts (signing tokens when `signing`), and closes it.
+func withAccounts(_ store: StoreOptions, signing: Bool = false, _ body: (Accounts) throws -> Void) async throws {
+    try await reporting {
+        let database = try store.open()
+        do {
+            let secret = signing ? try ServerSecret.loadOrCreate(store.secretPath(for: database.location)) : []
+            try body(Accounts(database: database, secret: secret))
+        } catch {
+            await database.close()
+            throw error
+        }
+        await database.close()
+    }
+}
+
+/// A user's name and where the password comes from.
+struct UserArguments: ParsableArguments {
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The user name: letters, digits, '_', '-', '.' or '@'.") var name: String
+    @Option(name: .long, help: ArgumentHelp("Read the password from this file's first line.", valueName: "file"))
+    var passwordFile: String?
+}
+
 struct UserCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "user", abstract: "Add users and set their passwords.", subcommands: [Add.self, Password.self])
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add a user (the password is asked for).")
-        @OptionGroup var store: StoreOptions
-        @Argument(help: "The user name: letters, digits, '_', '-', '.' or '@'.") var name: String
-        @Option(name: .long, help: ArgumentHelp("Read the password from this file's first line.", valueName: "file"))
-        var passwordFile: String?
+        @OptionGroup var user: UserArguments
 
         func run() async throws {
-            try await reporting {
-                let password = try readPassword(file: passwordFile, confirm: true)
-                let database = try store.open()
-                let accounts = Accounts(database: database, secret: [])
-                let user = try accounts.addUser(name, password: password)
-                print("added user \(user.name) (id \(user.id))")
-                await database.close()
+            try await withAccounts(user.store) { accounts in
+                let password = try readPassword(file: user.passwordFile, confirm: true)
+                let added = try accounts.addUser(user.name, password: password)
+                print("added user \(added.name) (id \(added.id))")
             }
         }
     }
 
     struct Password: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "passwd", abstract: "Set a user's password.")
-        @OptionGroup var store: StoreOptions
-        @Argument(help: "The user name.") var name: String
-        @Option(name: .long, help: ArgumentHelp("Read the password from this file's first line.", valueName: "file"))
-        var passwordFile: String?
+        @OptionGroup var user: UserArguments
 
         func run() async throws {
-            try await reporting {
-                let password = try readPassword(file: passwordFile, confirm: true)
-                let database = try store.open()
-                try Accounts(database: database, secret: []).setPassword(name, password: password)
-                print("password of \(name) set")
-                await database.close()
+            try await withAccounts(user.store) { accounts in
+                let password = try readPassword(file: user.passwordFile, confirm: true)
+                try accounts.setPassword(user.name, password: password)
+                print("password of \(user.name) set")
             }
         }
     }
@@ -266,14 +278,10 @@ struct TokenCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            try await reporting {
-                let database = try store.open()
-                let secret = try ServerSecret.loadOrCreate(store.secretPath(for: database.location))
-                let made = try Accounts(database: database, secret: secret).createSiteToken(
-                    username: user, siteName: site, days: days)
+            try await withAccounts(store, signing: true) { accounts in
+                let made = try accounts.createSiteToken(username: user, siteName: site, days: days)
                 printError("balsam-server: token \(made.id) for \(user) at site \(site)")
                 print(made.token)
-                await database.close()
             }
         }
     }
@@ -283,16 +291,14 @@ struct TokenCommand: AsyncParsableCommand {
         @OptionGroup var store: StoreOptions
 
         func run() async throws {
-            try await reporting {
-                let database = try store.open()
-                let rows = try Accounts(database: database, secret: []).tokens().map { t in
+            try await withAccounts(store) { accounts in
+                let rows = try accounts.tokens().map { t in
                     [
                         t.id, t.username, t.kind, t.siteName ?? "-", isoDate(t.created),
                         t.expires.map(isoDate) ?? "never", t.revoked.map { "revoked " + isoDate($0) } ?? "active",
                     ]
                 }
                 print(table(["ID", "USER", "KIND", "SITE", "CREATED", "EXPIRES", "STATUS"], rows), terminator: "")
-                await database.close()
             }
         }
     }
@@ -309,12 +315,10 @@ struct TokenCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            try await reporting {
-                let database = try store.open()
-                let count = try Accounts(database: database, secret: []).revoke(tokenID: id, username: user)
+            try await withAccounts(store) { accounts in
+                let count = try accounts.revoke(tokenID: id, username: user)
                 if count == 0 && id != nil { throw ServerError(status: 404, "no active token \(id ?? "")") }
                 print("revoked \(count) token\(count == 1 ? "" : "s")")
-                await database.close()
             }
         }
     }

@@ -70,4 +70,31 @@ import Testing
             ])
         #expect(gone.status == 69 && gone.stderr.contains(server.url), "\(gone.stderr)")
     }
+
+    @Test("balsam-server user add and passwd; closed registration refuses the API's register")
+    func operatorCommands() async throws {
+        let server = try await LiveServer(.sqlite, arguments: ["--registration", "closed"])
+        defer { Task { try? await server.stop() } }
+        let dir = server.dir
+        try dir.file("pw", "kate-password\n")
+        try dir.file("pw2", "kate-password-2\n")
+        let tool = binDirectory + "/balsam-server"
+        let args = ["--db", server.db]
+        let added = try run(tool, ["user", "add", "kate", "--password-file", dir.path + "/pw"] + args)
+        #expect(added.status == 0 && added.stdout.contains("added user kate"), "\(added.stderr)")
+        let again = try run(tool, ["user", "add", "kate", "--password-file", dir.path + "/pw"] + args)
+        #expect(again.status == 65 && again.stderr.contains("taken"), "\(again.stderr)")
+        try dir.file("short", "short\n")
+        let weak = try run(tool, ["user", "add", "leo", "--password-file", dir.path + "/short"] + args)
+        #expect(weak.status == 65 && weak.stderr.contains("8 to 1024"), "\(weak.stderr)")
+        _ = try await server.login("kate", "kate-password")
+        let changed = try run(tool, ["user", "passwd", "kate", "--password-file", dir.path + "/pw2"] + args)
+        #expect(changed.status == 0, "\(changed.stderr)")
+        _ = try await server.login("kate", "kate-password-2")
+        let register = try await server.request(
+            "POST", "/auth/password/register", json: ["username": "mallory", "password": "mallory-password"])
+        #expect(register.status == 403)
+        let badDB = try run(tool, ["migrate", "--db", "mysql://nope"])
+        #expect(badDB.status == 69 && badDB.stderr.contains("sqlite:PATH"), "\(badDB.stderr)")
+    }
 }
