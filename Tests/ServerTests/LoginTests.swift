@@ -96,5 +96,10 @@ import Testing
         #expect(register.status == 403)
         let badDB = try run(tool, ["migrate", "--db", "mysql://nope"])
         #expect(badDB.status == 69 && badDB.stderr.contains("sqlite:PATH"), "\(badDB.stderr)")
+        // No PostgreSQL there: serve does not start, and says why (the password is not echoed).
+        let noServer = try run(
+            tool, ["serve", "--db", "postgresql://u:secret-pw@127.0.0.1:1/x", "--listen", "127.0.0.1:0"], timeout: 60)
+        #expect(noServer.status == 69 && noServer.stderr.contains("cannot connect to PostgreSQL"), "\(noServer.stderr)")
+        #expect(!noServer.stderr.contains("secret-pw"), "\(noServer.stderr)")
     }
 }

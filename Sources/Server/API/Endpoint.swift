@@ -127,6 +127,10 @@ struct Endpoints: Sendable {
             reply = Endpoints.errorReply(error)
         } catch let error as StoreError where error.kind == .constraint {
             reply = Endpoints.errorReply(.badRequest("refused by the database: \(error.message)"))
+        } catch let error as StoreError where error.kind == .unavailable {
+            logger.error("database unavailable", metadata: ["route": "\(route)", "error": "\(error)"])
+            reply = Endpoints.errorReply(
+                ServerError(status: 503, "the server's database cannot be reached; try again shortly"))
         } catch {
             logger.error("request failed", metadata: ["route": "\(route)", "error": "\(error)"])
             reply = Endpoints.errorReply(.internal("the server could not complete the request; see its log"))
