@@ -24,6 +24,13 @@ public enum Base64 {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// Standard base64 with padding (what Python's `base64.b64encode` writes).
+    public static func encode(_ bytes: [UInt8]) -> String {
+        var text = urlEncode(bytes).replacingCharacters(["-": "+", "_": "/"])
+        while text.utf8.count % 4 != 0 { text += "=" }
+        return text
+    }
+
     /// Decodes base64 or base64url, padded or not; nil on any other character.
     public static func decode(_ text: some StringProtocol) -> [UInt8]? {
         var out: [UInt8] = []
@@ -48,5 +55,11 @@ public enum Base64 {
             }
         }
         return out
+    }
+}
+
+extension String {
+    fileprivate func replacingCharacters(_ map: [Character: Character]) -> String {
+        String(self.map { map[$0] ?? $0 })
     }
 }

@@ -1,5 +1,6 @@
-/// Reads the plain-value subset of Python's pickle format: what the original client sends as a shell app's
-/// parameters (`serialized_parameters` = base64 of `dill.dumps(dict)`, protocol 4).
+/// Reads and writes the plain-value subset of Python's pickle format: what the original client sends as a shell
+/// app's parameters (`serialized_parameters` = base64 of `dill.dumps(dict)`, protocol 4), and what a site sends
+/// back for jobs it made, so that the client's `job.get_parameters()` reads them.
 ///
 /// Strings, integers, floats, booleans, None, and lists, tuples and dicts of them are values; anything else
 /// (a class instance, a numpy array: the parameters of a Python app) is refused with the opcode named, and
@@ -9,6 +10,66 @@ public enum Pickle {
     public struct Unsupported: Error, CustomStringConvertible, Sendable {
         /// What was found.
         public var description: String
+    }
+
+    /// Pickles a JSON value with protocol 4 (no frames, no memo: both optional for readers), as base64.
+    public static func encodeBase64(_ value: JSONValue) -> String {
+        var out: [UInt8] = [0x80, 4]
+        write(value, to: &out)
+        out.append(UInt8(ascii: "."))
+        return Base64.encode(out)
+    }
+
+    private static func little(_ value: Int, bytes: Int, to out: inout [UInt8]) {
+        for k in 0..<bytes { out.append(UInt8(truncatingIfNeeded: value >> (8 * k))) }
+    }
+
+    private static func write(_ value: JSONValue, to out: inout [UInt8]) {
+        switch value {
+        case .null: out.append(UInt8(ascii: "N"))
+        case .bool(let b): out.append(b ? 0x88 : 0x89)
+        case .int(let i):
+            if i >= 0 && i < 256 {
+                out += [UInt8(ascii: "K"), UInt8(i)]
+            } else if i >= 0 && i < 65536 {
+                out.append(UInt8(ascii: "M"))
+                little(i, bytes: 2, to: &out)
+            } else if i >= Int(Int32.min) && i <= Int(Int32.max) {
+                out.append(UInt8(ascii: "J"))
+                little(i, bytes: 4, to: &out)
+            } else {
+                out += [0x8A, 8]  // LONG1 with 8 bytes of two's complement
+                little(i, bytes: 8, to: &out)
+            }
+        case .double(let d):
+            out.append(UInt8(ascii: "G"))
+            let bits = d.bitPattern
+            for k in (0..<8).reversed() { out.append(UInt8(truncatingIfNeeded: bits >> (8 * UInt64(k)))) }
+        case .string(let s):
+            let bytes = Array(s.utf8)
+            if bytes.count < 256 {
+                out += [0x8C, UInt8(bytes.count)]
+            } else {
+                out.append(UInt8(ascii: "X"))
+                little(bytes.count, bytes: 4, to: &out)
+            }
+            out += bytes
+        case .array(let items):
+            out.append(UInt8(ascii: "]"))
+            guard !items.isEmpty else { return }
+            out.append(UInt8(ascii: "("))
+            for item in items { write(item, to: &out) }
+            out.append(UInt8(ascii: "e"))
+        case .object(let members):
+            out.append(UInt8(ascii: "}"))
+            guard !members.isEmpty else { return }
+            out.append(UInt8(ascii: "("))
+            for key in members.keys.sorted() {
+                write(.string(key), to: &out)
+                write(members[key, default: .null], to: &out)
+            }
+            out.append(UInt8(ascii: "u"))
+        }
     }
 
     /// Decodes base64 text holding a pickle; an empty text is an empty dictionary (the original's default).
