@@ -82,6 +82,8 @@ public struct BalsamServer: Sendable {
 
         route(.get, "events", "/events/", Events.list)
 
+        route(.post, "sync/push", "/sync/push", SyncRoutes.push)
+
         route(.get, "transfers", "/transfers/", Transfers.list)
         route(.patch, "transfers", "/transfers/", Transfers.bulkUpdate)
         route(.get, "transfers/{id}", "/transfers/{id}", Transfers.one)

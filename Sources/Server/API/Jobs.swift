@@ -7,7 +7,7 @@ enum Jobs {
         id, app_id, workdir, tags, serialized_parameters, data, return_code, num_nodes, ranks_per_node, \
         threads_per_rank, threads_per_core, launch_params, gpus_per_rank, node_packing_count, wall_time_min, \
         parent_ids, batch_job_id, state, last_update, pending_file_cleanup, serialized_return_value, \
-        serialized_exception
+        serialized_exception, site_job_id
         """
 
     static func write(_ r: SQLRow, to out: inout JSONWriter) {
@@ -34,6 +34,7 @@ enum Jobs {
         out.field("pending_file_cleanup", r.bool(19))
         out.field("serialized_return_value", r.text(20))
         out.field("serialized_exception", r.text(21))
+        out.field("site_job_id", r.optionalText(22))
         out.endObject()
     }
 
@@ -317,6 +318,7 @@ enum Jobs {
             out.field("pending_file_cleanup", true)
             out.field("serialized_return_value", "")
             out.field("serialized_exception", "")
+            out.field("site_job_id", nil as String?)
             out.endObject()
         }
         out.endArray()

@@ -63,7 +63,7 @@ enum OpenAPI {
                 "node_packing_count": integer, "wall_time_min": integer, "parent_ids": list(integer),
                 "batch_job_id": type("integer", nullable: true), "state": jobStates, "last_update": dateTime,
                 "pending_file_cleanup": type("boolean"), "serialized_return_value": string,
-                "serialized_exception": string,
+                "serialized_exception": string, "site_job_id": type("string", nullable: true),
             ]),
             "BatchJob": object([
                 "id": integer, "site_id": integer, "scheduler_id": type("integer", nullable: true), "project": string,
@@ -283,6 +283,18 @@ enum OpenAPI {
                         ("tags", list(string)),
                     ], reply: page("TransferItem")),
                 "patch": operation("Update transfer items", body: list(transferUpdate), reply: count),
+            ]),
+            "/sync/push": .object([
+                "post": operation(
+                    "A site mirrors itself: registration, apps, jobs and events, idempotent",
+                    body: object(
+                        [
+                            "site": object(["name": string, "path": string]), "apps": list(anyObject),
+                            "jobs": list(anyObject), "events": list(anyObject),
+                        ], required: ["site"]),
+                    reply: object([
+                        "site_id": integer, "apps": anyObject, "jobs": anyObject, "events": integer,
+                    ]))
             ]),
             "/transfers/{id}": .object([
                 "get": operation("One transfer item", id: true, reply: ref("TransferItem")),

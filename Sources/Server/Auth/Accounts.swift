@@ -164,7 +164,11 @@ public struct Accounts: Sendable {
     func issueToken(
         for user: User, kind: String, siteName: String? = nil, seconds: Int64?, connection c: any SQLConnection
     ) throws -> (token: String, expires: Int64?) {
-        let id = Base64.urlEncode(try Crypto.randomBytes(16))
+        // Hex: an id is typed on command lines (`token revoke ID`), where a leading '-' would read as an option.
+        let id = try Crypto.randomBytes(16).map {
+            String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16)
+        }
+        .joined()
         let now = ServerClock.microseconds()
         let expires = seconds.map { now + $0 * 1_000_000 }
         try c.execute(

@@ -7,7 +7,8 @@
 enum Schema {
     /// The migrations, oldest first; never edit one that has shipped, add another.
     static let migrations: [(version: Int, name: String, sql: @Sendable (SQLDialect) -> String)] = [
-        (1, "initial schema", initial)
+        (1, "initial schema", initial),
+        (2, "sites' own job ids, for idempotent pushes", siteJobIDs),
     ]
 
     /// The newest version this server knows.
@@ -153,6 +154,14 @@ enum Schema {
             sql += "\nCREATE INDEX jobs_tags ON jobs USING GIN (tags jsonb_path_ops);"
         }
         return sql
+    }
+
+    private static func siteJobIDs(_ d: SQLDialect) -> String {
+        """
+        ALTER TABLE jobs ADD COLUMN site_job_id TEXT;
+        CREATE UNIQUE INDEX jobs_site_job ON jobs (site_id, site_job_id);
+        CREATE INDEX events_job_time ON events (job_id, timestamp);
+        """
     }
 
     /// The version the database is at (0 for an empty database).

@@ -1,0 +1,242 @@
+import Spool
+
+/// `POST /sync/push`: a site mirrors itself. An extension of the original API (our additions are extra routes,
+/// never changed ones): one request registers or refreshes the site, upserts its apps, creates the jobs made at
+/// the site, and records the site's events with the site's own times. Idempotent: a push repeated after a crash
+/// creates no job and no event twice. The site owns its jobs' lifecycle, so the events are recorded as the site
+/// reports them (no transition check, none of the server's automatic steps), and each job's state becomes the
+/// `to` of its latest event.
+///
+/// Body: `{"site": {"name", "path"}, "apps": [{name, description, parameters, source_code}], "jobs": [{site_job_id,
+/// app, workdir, tags, parameters, data, num_nodes, ..., parent_site_ids, state}], "events": [{site_job_id, t,
+/// from, to, data}]}`. Reply: `{"site_id", "apps": {name: id}, "jobs": {site_job_id: id}, "events": inserted}`.
+enum SyncRoutes {
+    static func push(_ call: inout Call) throws -> Reply {
+        var input = try Input(try call.json())
+        guard case .object(let siteObject)? = input.value("site") else {
+            throw ServerError.badRequest("the push needs the site: {name, path}", field: "site")
+        }
+        var site = try Input(.object(siteObject), prefix: "site")
+        let siteName = try site.requiredString("name", maxBytes: 128)
+        let sitePath = try site.requiredString("path")
+        try site.finish()
+        let apps = try list(&input, "apps")
+        let jobs = try list(&input, "jobs")
+        let events = try list(&input, "events")
+        try input.finish()
+        if jobs.count + events.count + apps.count > call.limits.bulkItems * 4 {
+            throw ServerError.badRequest("a push holds at most \(call.limits.bulkItems * 4) apps, jobs and events")
+        }
+        let c = call.connection
+        let owner = call.user.id
+        let now = ServerClock.microseconds()
+        return try c.transaction {
+            let siteID = try upsertSite(name: siteName, path: sitePath, call: call, now: now)
+            var appIDs = try existingApps(siteID: siteID, call: call)
+            for (i, app) in apps.enumerated() {
+                var a = try Input(app, prefix: "apps[\(i)]")
+                let name = try a.requiredString("name", maxBytes: 128)
+                try Apps.validateName(name, input: a)
+                let description = try a.string("description", maxBytes: 65_536) ?? ""
+                let parameters = try a.object("parameters") ?? [:]
+                try Apps.checkParameters(parameters, input: a)
+                let source = try a.string("source_code", maxBytes: 1 << 20) ?? ""
+                try a.finish()
+                let values: [SQLValue] = [.text(description), .text(jsonText(parameters)), .text(source)]
+                if let id = appIDs[name] {
+                    try c.execute(
+                        "UPDATE apps SET description = ?, parameters = ?, source_code = ? WHERE id = ?",
+                        values + [.of(id)])
+                } else {
+                    appIDs[name] = try c.scalar(
+                        """
+                        INSERT INTO apps (owner_id, site_id, name, serialized_class, description, parameters,
+                        source_code, transfers) VALUES (?, ?, ?, '', ?, ?, ?, '{}') RETURNING id
+                        """, [.of(owner), .of(siteID), .text(name)] + values)
+                }
+            }
+            let jobIDs = try createJobs(jobs, siteID: siteID, appIDs: appIDs, call: call, now: now)
+            let inserted = try recordEvents(events, siteID: siteID, jobIDs: jobIDs, call: call, now: now)
+            var out = JSONWriter()
+            out.beginObject()
+            out.field("site_id", siteID)
+            out.value("apps", .object(appIDs.mapValues { .int($0) }))
+            out.value("jobs", .object(jobIDs.mapValues { .int($0) }))
+            out.field("events", inserted)
+            out.endObject()
+            return .json(out)
+        }
+    }
+
+    private static func list(_ input: inout Input, _ key: String) throws(ServerError) -> [JSONValue] {
+        guard let value = input.value(key) else { return [] }
+        guard case .array(let items) = value else { throw input.bad(key, "must be a list") }
+        return items
+    }
+
+    /// The caller's site of that name, made if missing; its path and `last_refresh` are brought up to date.
+    static func upsertSite(name: String, path: String, call: Call, now: Int64) throws -> Int {
+        guard path.hasPrefix("/") else { throw ServerError.badRequest("must be absolute", field: "site.path") }
+        let c = call.connection
+        if let id = try c.scalar(
+            "SELECT id FROM sites WHERE owner_id = ? AND name = ?" + c.dialect.forUpdate,
+            [.of(call.user.id), .text(name)])
+        {
+            try c.execute(
+                "UPDATE sites SET path = ?, last_refresh = ? WHERE id = ?", [.text(path), .int(now), .of(id)])
+            return id
+        }
+        return try c.scalar(
+            """
+            INSERT INTO sites (owner_id, name, path, globus_endpoint_id, backfill_windows, queued_jobs,
+            optional_batch_job_params, allowed_projects, allowed_queues, transfer_locations, last_refresh,
+            creation_date) VALUES (?, ?, ?, NULL, '{}', '{}', '{}', '[]', '{}', '{}', ?, ?) RETURNING id
+            """, [.of(call.user.id), .text(name), .text(path), .int(now), .int(now)]) ?? 0
+    }
+
+    private static func existingApps(siteID: Int, call: Call) throws -> [String: Int] {
+        var ids: [String: Int] = [:]
+        for r in try call.connection.query("SELECT name, id FROM apps WHERE site_id = ?", [.of(siteID)]) {
+            ids[r.text(0)] = r.int(1)
+        }
+        return ids
+    }
+
+    /// The server ids of `siteJobIDs` at the site, for those it has.
+    static func serverIDs(_ siteJobIDs: [String], siteID: Int, call: Call) throws -> [String: Int] {
+        var ids: [String: Int] = [:]
+        for chunk in siteJobIDs.chunked(5000) where !chunk.isEmpty {
+            let rows = try call.connection.query(
+                "SELECT site_job_id, id FROM jobs WHERE site_id = ? AND site_job_id IN (\(placeholders(chunk.count)))",
+                [.of(siteID)] + chunk.map { .text($0) })
+            for r in rows { ids[r.text(0)] = r.int(1) }
+        }
+        return ids
+    }
+
+    /// Creates the jobs the server does not have yet (by the site's id); returns every pushed job's server id.
+    private static func createJobs(
+        _ items: [JSONValue], siteID: Int, appIDs: [String: Int], call: Call, now: Int64
+    ) throws -> [String: Int] {
+        var parsed: [(siteJobID: String, job: Jobs.NewJob, parents: [String])] = []
+        for (i, item) in items.enumerated() {
+            var j = try Input(item, prefix: "jobs[\(i)]")
+            let siteJobID = try j.requiredString("site_job_id", maxBytes: 64)
+            let app = try j.requiredString("app", maxBytes: 128)
+            guard let appID = appIDs[app] else { throw j.bad("app", "the site has no app '\(app)' on the server") }
+            var job = Jobs.NewJob()
+            job.appID = appID
+            job.siteID = siteID
+            job.workdir = try j.requiredString("workdir", maxBytes: Job.Limits.workdirBytes)
+            job.tags = jsonText(try j.stringMap("tags") ?? [:])
+            job.serializedParameters = Pickle.encodeBase64(.object(try j.object("parameters") ?? [:]))
+            job.data = jsonText(try j.object("data") ?? [:])
+            job.numNodes = try j.int("num_nodes", in: 1...Jobs.maxCount) ?? 1
+            job.ranksPerNode = try j.int("ranks_per_node", in: 1...Jobs.maxCount) ?? 1
+            job.threadsPerRank = try j.int("threads_per_rank", in: 1...Jobs.maxCount) ?? 1
+            job.threadsPerCore = try j.int("threads_per_core", in: 1...Jobs.maxCount) ?? 1
+            job.launchParams = jsonText(try j.stringMap("launch_params") ?? [:])
+            job.gpusPerRank = try j.double("gpus_per_rank", in: 0...1024) ?? 0
+            job.nodePackingCount = try j.int("node_packing_count", in: 1...Jobs.maxCount) ?? 1
+            job.wallTimeMin = try j.int("wall_time_min", in: 0...Jobs.maxCount) ?? 0
+            let state = try j.requiredString("state", maxBytes: 32)
+            job.state = try parseJobState(state, field: j.name("state"))
+            let parents = j.value("parent_site_ids")?.arrayOfStrings() ?? []
+            try j.finish()
+            parsed.append((siteJobID, job, parents))
+        }
+        var ids = try serverIDs(parsed.map(\.siteJobID), siteID: siteID, call: call)
+        let missing = parsed.filter { ids[$0.siteJobID] == nil }
+        guard !missing.isEmpty else { return ids }
+        // Made in the order given; workdirs of one site are unique at the site, so the RETURNING map holds.
+        let created = try Jobs.insert(missing.map(\.job), owner: call.user.id, now: now, connection: call.connection)
+        for (k, item) in missing.enumerated() { ids[item.siteJobID] = created[k] }
+        var sets: [(Int, [SQLValue])] = []
+        for (k, item) in missing.enumerated() { sets.append((created[k], [.text(item.siteJobID)])) }
+        try Jobs.updateRows(columns: ["site_job_id"], rows: sets, now: now, connection: call.connection)
+        // Parents the server knows; the rest arrive with a later push and are linked then by the site's ids.
+        let parentIDs = try serverIDs(Array(Set(missing.flatMap(\.parents))), siteID: siteID, call: call).merging(
+            ids, uniquingKeysWith: { a, _ in a })
+        var links: [SQLValue] = []
+        for (k, item) in missing.enumerated() {
+            let known = item.parents.compactMap { parentIDs[$0] }
+            for parent in known { links += [.of(created[k]), .of(parent)] }
+            if !known.isEmpty {
+                try call.connection.execute(
+                    "UPDATE jobs SET parent_ids = ? WHERE id = ?",
+                    [.text(JSONValue.array(known.map { .int($0) }).serialized()), .of(created[k])])
+            }
+        }
+        for chunk in links.chunked(call.connection.rowsPerStatement(columns: 2) * 2) where !chunk.isEmpty {
+            try call.connection.execute(
+                "INSERT INTO job_parents (job_id, parent_id) VALUES " + valuesList(rows: chunk.count / 2, columns: 2),
+                Array(chunk))
+        }
+        return ids
+    }
+
+    /// Records the site's events not recorded yet; each affected job takes the state of its latest event.
+    private static func recordEvents(
+        _ items: [JSONValue], siteID: Int, jobIDs known: [String: Int], call: Call, now: Int64
+    ) throws -> Int {
+        guard !items.isEmpty else { return 0 }
+        var pending: [(siteJobID: String, time: Int64, from: JobState, to: JobState, data: String)] = []
+        for (i, item) in items.enumerated() {
+            var e = try Input(item, prefix: "events[\(i)]")
+            let siteJobID = try e.requiredString("site_job_id", maxBytes: 64)
+            guard let time = try e.time("t") else { throw e.bad("t", "is required") }
+            let from = try parseJobState(try e.requiredString("from", maxBytes: 32), field: e.name("from"))
+            let to = try parseJobState(try e.requiredString("to", maxBytes: 32), field: e.name("to"))
+            let data = jsonText(try e.object("data") ?? [:])
+            try e.finish()
+            pending.append((siteJobID, time, from, to, data))
+        }
+        var ids = known
+        let unknown = Array(Set(pending.map(\.siteJobID)).filter { ids[$0] == nil })
+        ids.merge(try serverIDs(unknown, siteID: siteID, call: call), uniquingKeysWith: { a, _ in a })
+        for (i, e) in pending.enumerated() where ids[e.siteJobID] == nil {
+            throw ServerError.badRequest(
+                "job \(e.siteJobID) is not on the server: push it (in jobs) first", field: "events[\(i)].site_job_id")
+        }
+        // What is recorded already (a repeated push) is not recorded again.
+        let jobs = Array(Set(pending.compactMap { ids[$0.siteJobID] }))
+        var seen = Set<String>()
+        for chunk in jobs.chunked(5000) {
+            let rows = try call.connection.query(
+                "SELECT job_id, timestamp, from_state, to_state FROM events WHERE job_id IN (\(placeholders(chunk.count)))",
+                chunk.map { .of($0) })
+            for r in rows { seen.insert("\(r.int(0)) \(r.int(1)) \(r.text(2)) \(r.text(3))") }
+        }
+        var fresh: [(Int, String, String, String, Int64)] = []
+        for e in pending {
+            guard let job = ids[e.siteJobID] else { continue }
+            let key = "\(job) \(e.time) \(e.from.rawValue) \(e.to.rawValue)"
+            if seen.insert(key).inserted { fresh.append((job, e.from.rawValue, e.to.rawValue, e.data, e.time)) }
+        }
+        try Jobs.insertEvents(fresh, owner: call.user.id, connection: call.connection)
+        // Each job's state is its latest event's, whatever order the site's hosts pushed them in.
+        var latest: [String: [(Int, [SQLValue])]] = [:]
+        for chunk in Set(fresh.map(\.0)).map({ $0 }).chunked(5000) where !chunk.isEmpty {
+            let rows = try call.connection.query(
+                """
+                SELECT e.job_id, e.to_state FROM events e WHERE e.job_id IN (\(placeholders(chunk.count)))
+                AND e.id = (SELECT e2.id FROM events e2 WHERE e2.job_id = e.job_id
+                ORDER BY e2.timestamp DESC, e2.id DESC LIMIT 1)
+                """, chunk.map { .of($0) })
+            for r in rows { latest[r.text(1), default: []].append((r.int(0), [.text(r.text(1))])) }
+        }
+        for (_, rows) in latest {
+            try Jobs.updateRows(columns: ["state"], rows: rows, now: now, connection: call.connection)
+        }
+        return fresh.count
+    }
+}
+
+extension JSONValue {
+    /// The strings of a list of strings; nil for anything else.
+    func arrayOfStrings() -> [String]? {
+        guard case .array(let items) = self else { return nil }
+        let strings = items.compactMap(\.stringValue)
+        return strings.count == items.count ? strings : nil
+    }
+}

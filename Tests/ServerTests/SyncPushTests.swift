@@ -1,0 +1,86 @@
+import Foundation
+import Spool
+import TestSupport
+import Testing
+
+/// `POST /sync/push`, the route a site mirrors itself through.
+@Suite struct SyncPushTests {
+    func event(_ id: String, _ t: String, _ from: String, _ to: String) -> [String: Any] {
+        ["site_job_id": id, "t": t, "from": from, "to": to, "data": [:] as [String: Any]]
+    }
+
+    @Test(
+        "a push registers the site, its apps, jobs and events; repeated, it adds nothing", arguments: Backend.available)
+    func pushIsIdempotent(_ backend: Backend) async throws {
+        let server = try await LiveServer(backend)
+        defer { Task { try? await server.stop() } }
+        let token = try await server.user("nina")
+        let body: [String: Any] = [
+            "site": ["name": "cluster", "path": "/scratch/site"],
+            "apps": [
+                [
+                    "name": "hello", "description": "says hello", "source_code": "command_template: echo {{ name }}",
+                    "parameters": ["name": ["required": true, "default": NSNull(), "help": ""]],
+                ]
+            ],
+            "jobs": [
+                [
+                    "site_job_id": "01AAA", "app": "hello", "workdir": "a", "parameters": ["name": "world!"],
+                    "tags": ["k": "v"], "state": "RUNNING",
+                ],
+                [
+                    "site_job_id": "01BBB", "app": "hello", "workdir": "b", "parameters": ["name": "two"],
+                    "parent_site_ids": ["01AAA"], "state": "AWAITING_PARENTS",
+                ],
+            ],
+            "events": [
+                // The launcher host's file pushed before the watcher's: the latest event still wins.
+                event("01AAA", "2026-11-29T10:00:02.000Z", "PREPROCESSED", "RUNNING"),
+                event("01AAA", "2026-11-29T10:00:00.000Z", "CREATED", "STAGED_IN"),
+                event("01AAA", "2026-11-29T10:00:01.000Z", "STAGED_IN", "PREPROCESSED"),
+                event("01BBB", "2026-11-29T10:00:00.500Z", "CREATED", "AWAITING_PARENTS"),
+            ],
+        ]
+        let first = try await server.request("POST", "/sync/push", json: body, token: token)
+        #expect(first.status == 200, "\(first.text)")
+        #expect(first.object["events"] as? Int == 4)
+        let ids = try #require(first.object["jobs"] as? [String: Int])
+        let a = try #require(ids["01AAA"])
+        let again = try await server.request("POST", "/sync/push", json: body, token: token)
+        #expect(again.status == 200 && again.object["events"] as? Int == 0, "\(again.text)")
+        #expect((again.object["jobs"] as? [String: Int]) == ids)
+
+        let job = try await server.request("GET", "/jobs/\(a)", token: token)
+        #expect(job.object["state"] as? String == "RUNNING")
+        #expect(job.object["site_job_id"] as? String == "01AAA")
+        let params = try Pickle.decodeBase64(job.object["serialized_parameters"] as? String ?? "")
+        #expect(params == .object(["name": .string("world!")]))
+        let child = try await server.request("GET", "/jobs/\(ids["01BBB"] ?? 0)", token: token)
+        #expect(child.object["parent_ids"] as? [Int] == [a])
+        let events = try await server.request("GET", "/events/?job_id=\(a)&ordering=timestamp", token: token)
+        let stamps = (events.object["results"] as? [[String: Any]] ?? []).map { $0["timestamp"] as? String ?? "" }
+        #expect(
+            stamps == ["2026-11-29T10:00:00.000000", "2026-11-29T10:00:01.000000", "2026-11-29T10:00:02.000000"])
+        let sites = try await server.request("GET", "/sites/?name=cluster", token: token)
+        #expect(sites.object["count"] as? Int == 1)
+        let apps = try await server.request("GET", "/apps/?site_name=cluster", token: token)
+        #expect(apps.object["count"] as? Int == 1)
+
+        // An event of a job the server has not got: 400, nothing recorded.
+        let orphan = try await server.request(
+            "POST", "/sync/push",
+            json: [
+                "site": ["name": "cluster", "path": "/scratch/site"],
+                "events": [event("01ZZZ", "2026-11-29T10:00:03.000Z", "CREATED", "STAGED_IN")],
+            ],
+            token: token)
+        #expect(orphan.status == 400 && orphan.object["field"] as? String == "events[0].site_job_id")
+
+        // Another user's push of a site with the same name is another site.
+        let other = try await server.user("omar")
+        let theirs = try await server.request(
+            "POST", "/sync/push", json: ["site": ["name": "cluster", "path": "/other"]], token: other)
+        #expect(theirs.status == 200 && theirs.object["site_id"] as? Int != first.object["site_id"] as? Int)
+        #expect(try await server.request("GET", "/jobs/\(a)", token: other).status == 404)
+    }
+}
