@@ -14,6 +14,24 @@ public struct SiteSettings: Sendable, Equatable {
     public var scheduler = Scheduler()
     /// Automatic batch jobs sized to the backlog (`elastic_queue`; nil: off).
     public var elasticQueue: ElasticQueue?
+    /// The server this site mirrors itself to (`sync`; nil: none).
+    public var sync: Sync?
+
+    /// The `sync:` section: where the site's REST server is and how to reach it.
+    public struct Sync: Sendable, Equatable {
+        /// The server's URL (`url`).
+        public var url: String
+        /// The site's name on the server (`site_name`; default: the site's own name).
+        public var siteName: String?
+        /// A file holding the bearer token (`token_file`; default: the token of `~/.balsam/client.yml`).
+        public var tokenFile: String?
+        /// A CA bundle for HTTPS (`ca_file`).
+        public var caFile: String?
+        /// Seconds between rounds (`period`).
+        public var periodSeconds: Double = 1
+
+        public init(url: String) { self.url = url }
+    }
 
     /// The `scheduler:` section.
     public struct Scheduler: Sendable, Equatable {
@@ -159,6 +177,7 @@ public struct SiteSettings: Sendable, Equatable {
         }
         settings.scheduler = try parseScheduler(o["scheduler"], path: path)
         settings.elasticQueue = try parseElasticQueue(o["elastic_queue"], path: path)
+        settings.sync = try parseSync(o["sync"], path: path)
         if case .object(let tags)? = o["filter_tags"] {
             settings.filterTags = tags.compactMapValues { $0.stringValue ?? ($0 == .null ? nil : $0.serialized()) }
         }
@@ -210,6 +229,23 @@ public struct SiteSettings: Sendable, Equatable {
             scheduler.optionalParams = params.mapValues { $0.stringValue ?? ($0 == .null ? "" : $0.serialized()) }
         }
         return scheduler
+    }
+
+    private static func parseSync(_ value: JSONValue?, path: String) throws(SpoolError) -> Sync? {
+        guard let value, value != .null else { return nil }
+        let section = try Fields(value, "sync", path: path)
+        guard let url = try section.string("url"), url.hasPrefix("http://") || url.hasPrefix("https://") else {
+            throw SpoolError(.invalidInput, "sync.url must be the server's http:// or https:// URL", path: path)
+        }
+        var sync = Sync(url: url)
+        sync.siteName = try section.string("site_name")
+        sync.tokenFile = try section.string("token_file")
+        sync.caFile = try section.string("ca_file")
+        sync.periodSeconds = try section.number("period") ?? sync.periodSeconds
+        if sync.periodSeconds <= 0 || sync.periodSeconds > 3600 {
+            throw SpoolError(.invalidInput, "sync.period must be between 0 and 3600 seconds", path: path)
+        }
+        return sync
     }
 
     private static func parseElasticQueue(_ value: JSONValue?, path: String) throws(SpoolError) -> ElasticQueue? {

@@ -1,0 +1,296 @@
+import Spool
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What the site's sync remembers between rounds, in `SITE/sync/state.json` (written whole, fsynced, renamed
+/// into place): the site's id on the server, how far into each event log the server has everything, and when
+/// the last round succeeded or failed.
+public struct SyncState: Sendable, Equatable {
+    /// The site's id on the server, once registered.
+    public var siteID: Int?
+    /// Bytes of each `events/*.jsonl` the server holds.
+    public var cursor: [String: Int] = [:]
+    /// The apps as last pushed (pushed again when they change).
+    public var appsDigest = ""
+    /// When the last round succeeded, and what it pushed.
+    public var lastSuccess: String?
+    public var lastPushed = 0
+    /// The last failure (cleared by a success), and when it happened.
+    public var lastError: String?
+    public var lastErrorTime: String?
+
+    /// The state file of `site`.
+    public static func path(_ site: Site) -> String { site.root + "/sync/state.json" }
+
+    /// Reads the state (empty when the site never synced).
+    public static func load(_ site: Site) throws(SpoolError) -> SyncState {
+        let path = path(site)
+        guard Posix.exists(path) else { return SyncState() }
+        let value: JSONValue
+        do { value = try JSONValue.parse(try Posix.readFile(path, limit: 16 << 20)) } catch let error as SpoolError {
+            throw error
+        } catch {
+            throw SpoolError(.invalidInput, "malformed sync state: \(error)", path: path)
+        }
+        let o = value.objectValue ?? [:]
+        var state = SyncState()
+        state.siteID = o["site_id"]?.intValue
+        state.cursor = (o["cursor"]?.objectValue ?? [:]).compactMapValues(\.intValue)
+        state.appsDigest = o["apps_digest"]?.stringValue ?? ""
+        state.lastSuccess = o["last_success"]?.stringValue
+        state.lastPushed = o["last_pushed"]?.intValue ?? 0
+        state.lastError = o["last_error"]?.stringValue
+        state.lastErrorTime = o["last_error_time"]?.stringValue
+        return state
+    }
+
+    /// Writes the state durably: a cursor that went back would push events twice (the server drops them), one
+    /// that went forward without the server having them would lose them.
+    public func save(_ site: Site) throws(SpoolError) {
+        var o: [String: JSONValue] = [
+            "cursor": .object(cursor.mapValues { .int($0) }), "apps_digest": .string(appsDigest),
+            "last_pushed": .int(lastPushed),
+        ]
+        if let siteID { o["site_id"] = .int(siteID) }
+        if let lastSuccess { o["last_success"] = .string(lastSuccess) }
+        if let lastError { o["last_error"] = .string(lastError) }
+        if let lastErrorTime { o["last_error_time"] = .string(lastErrorTime) }
+        let path = SyncState.path(site)
+        try Posix.makeDirectories(Posix.parentPath(path))
+        try Posix.replaceFile(path, Array((JSONValue.object(o).serialized() + "\n").utf8), sync: true)
+    }
+}
+
+/// Pushes the site to its server from the site's own records: its event logs are the changelog, read from the
+/// durable cursor in `SITE/sync/state.json`. One request per round carries the site's registration, its apps
+/// when they changed, the jobs made since (their specs) and their events, with the site's own times.
+public final class Pusher {
+    /// The site pushed.
+    public let site: Site
+    let settings: SiteSettings.Sync
+    let client: HTTPClient
+    /// Most events per round (the server takes up to four times its bulk limit of items per push).
+    public var maxEvents = 10_000
+
+    /// A pusher for `site` with its `sync:` settings; the token comes from `token_file`, else the client file.
+    public init(site: Site, settings: SiteSettings.Sync) throws {
+        self.site = site
+        self.settings = settings
+        let token: String
+        if let file = settings.tokenFile {
+            let text = String(decoding: try Posix.readInput(file, limit: 16_384), as: UTF8.self)
+            token = String(text.split(whereSeparator: \.isWhitespace).first ?? "")
+        } else {
+            token = try ClientFile.read(ClientFile.defaultPath).token
+        }
+        if token.isEmpty { throw SpoolError(.invalidInput, "sync: the token file holds no token") }
+        client = try HTTPClient(root: settings.url, token: token, caFile: settings.caFile)
+    }
+
+    /// What one round did.
+    public struct Round: Sendable {
+        /// Events the server recorded (a repeated push records none).
+        public var events = 0
+        /// Events read from the logs and sent.
+        public var sent = 0
+        /// Jobs sent with their specs.
+        public var jobs = 0
+        /// Whether the logs were read to their end (false: more is waiting for the next round).
+        public var caughtUp = true
+
+        /// An empty round.
+        public init() {}
+    }
+
+    /// One event line as the site logged it, with where its line ends.
+    struct Line {
+        var file: String
+        var end: Int
+        var event: JSONValue
+    }
+
+    /// The site's name on the server: letters, digits and `_` (an app name must be a Python identifier for the
+    /// original client; a site app's `-` and `.` become `_`).
+    static func serverAppName(_ name: String) -> String {
+        var out = String(
+            name.map { c -> Character in
+                c.isASCII && (c.isLetter || c.isNumber || c == "_") ? c : "_"
+            })
+        if let first = out.first, first.isNumber { out = "_" + out }
+        return out
+    }
+
+    /// The apps as the server takes them.
+    func appsJSON() throws -> JSONValue {
+        var apps: [JSONValue] = []
+        for name in try site.appNames() {
+            let app = try site.app(name)
+            var parameters: [String: JSONValue] = [:]
+            for (key, p) in app.parameters {
+                let fallback: JSONValue = p.defaultValue.map { .string($0.stringValue ?? $0.serialized()) } ?? .null
+                parameters[key] = .object(["required": .bool(p.required), "default": fallback, "help": .string(p.help)])
+            }
+            apps.append(
+                .object([
+                    "name": .string(Pusher.serverAppName(name)), "description": .string(app.description),
+                    "parameters": .object(parameters), "source_code": .string(app.yamlText()),
+                ]))
+        }
+        return .array(apps)
+    }
+
+    /// Reads complete lines after the cursor, at most `maxEvents`, oldest file first.
+    func readEvents(_ state: SyncState) throws -> (lines: [Line], caughtUp: Bool) {
+        var lines: [Line] = []
+        var caughtUp = true
+        let names = try Posix.listDirectory(site.eventsPath).filter { $0.hasSuffix(".jsonl") }.sorted()
+        for name in names {
+            let path = site.eventsPath + "/" + name
+            let offset = state.cursor[name] ?? 0
+            let bytes = try readFrom(path, offset: offset, limit: 32 << 20)
+            var start = 0
+            var k = 0
+            while k < bytes.count {
+                if bytes[k] == 0x0A {
+                    let line = bytes[start..<k]
+                    start = k + 1
+                    // A line cut short by a crash, then completed by a newline, is not JSON: skipped, as readers do.
+                    if let event = try? JSONValue.parse(line), event.objectValue != nil {
+                        lines.append(Line(file: name, end: offset + start, event: event))
+                    } else {
+                        lines.append(Line(file: name, end: offset + start, event: .null))
+                    }
+                    if lines.count >= maxEvents {
+                        caughtUp = false
+                        return (lines, caughtUp)
+                    }
+                }
+                k += 1
+            }
+        }
+        return (lines, caughtUp)
+    }
+
+    private func readFrom(_ path: String, offset: Int, limit: Int) throws -> [UInt8] {
+        let fd = try Posix.open(path, O_RDONLY)
+        defer { Posix.close(fd) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        var position = offset
+        while out.count < limit {
+            let n = try Posix.call("read", path: path) {
+                chunk.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(position)) }
+            }
+            if n == 0 { break }
+            out.append(contentsOf: chunk[0..<n])
+            position += n
+        }
+        return out
+    }
+
+    /// The specs of `ids`, as the server takes them (jobs no longer at the site are left out).
+    func jobsJSON(_ ids: Set<String>) throws -> [String: JSONValue] {
+        guard !ids.isEmpty else { return [:] }
+        var filter = JobFilter()
+        filter.ids = ids
+        var out: [String: JSONValue] = [:]
+        for listing in try Query(site: site).list(filter, load: false) {
+            guard let job = listing.job else { continue }
+            out[listing.id] = .object([
+                "site_job_id": .string(listing.id), "app": .string(Pusher.serverAppName(job.app)),
+                "workdir": .string(job.workdir), "tags": .object(job.tags.mapValues { .string($0) }),
+                "parameters": .object(job.parameters), "data": .object(job.data), "num_nodes": .int(job.numNodes),
+                "ranks_per_node": .int(job.ranksPerNode), "threads_per_rank": .int(job.threadsPerRank),
+                "threads_per_core": .int(job.threadsPerCore),
+                "launch_params": .object(job.launchParams.mapValues { .string($0) }),
+                "gpus_per_rank": .double(job.gpusPerRank), "node_packing_count": .int(job.nodePackingCount),
+                "wall_time_min": .int(job.wallTimeMin), "parent_site_ids": .array(job.parentIDs.map { .string($0) }),
+                "state": .string(listing.state.rawValue),
+            ])
+        }
+        return out
+    }
+
+    /// One round: read what the server lacks, push it in one request, move the cursor. Throws (and records the
+    /// failure in the state file) when the server cannot be reached or refuses; the cursor then stays.
+    @discardableResult
+    public func round() throws -> Round {
+        var state = try SyncState.load(site)
+        do {
+            let result = try push(&state)
+            state.lastSuccess = Timestamp.now()
+            state.lastPushed = result.events
+            state.lastError = nil
+            state.lastErrorTime = nil
+            try state.save(site)
+            return result
+        } catch {
+            var failed = try SyncState.load(site)
+            failed.lastError = "\(error)"
+            failed.lastErrorTime = Timestamp.now()
+            try? failed.save(site)
+            throw error
+        }
+    }
+
+    private func push(_ state: inout SyncState) throws -> Round {
+        var round = Round()
+        let (lines, caughtUp) = try readEvents(state)
+        round.caughtUp = caughtUp
+        var events: [JSONValue] = []
+        var created = Set<String>()
+        for line in lines {
+            guard let o = line.event.objectValue, let job = o["job"]?.stringValue, let t = o["t"]?.stringValue,
+                let from = o["from"]?.stringValue, let to = o["to"]?.stringValue
+            else { continue }
+            if from == JobState.created.rawValue { created.insert(job) }
+            var data = o["data"]?.objectValue ?? [:]
+            if let actor = o["actor"]?.stringValue { data["actor"] = .string(actor) }
+            events.append(
+                .object([
+                    "site_job_id": .string(job), "t": .string(t), "from": .string(from), "to": .string(to),
+                    "data": .object(data),
+                ]))
+        }
+        let apps = try appsJSON()
+        let digest = apps.serialized()
+        func body(jobs: [String: JSONValue], events: [JSONValue]) -> JSONValue {
+            var o: [String: JSONValue] = [
+                "site": .object(["name": .string(settings.siteName ?? site.name), "path": .string(site.root)]),
+                "jobs": .array(jobs.keys.sorted().compactMap { jobs[$0] }), "events": .array(events),
+            ]
+            if digest != state.appsDigest || state.siteID == nil { o["apps"] = apps }
+            return .object(o)
+        }
+        var jobs = try jobsJSON(created)
+        // Events of jobs gone from the site before the server had them cannot be placed: left out.
+        var sendable = events.filter { e in
+            let id = e.objectValue?["site_job_id"]?.stringValue ?? ""
+            return !created.contains(id) || jobs[id] != nil
+        }
+        // Untyped, so that one failure kind can be caught below (a typed-throws catch with a condition crashes
+        // this compiler).
+        func send(_ body: JSONValue) throws -> HTTPResponse { try client.send("POST", "/sync/push", json: body) }
+        var reply: HTTPResponse
+        do {
+            reply = try send(body(jobs: jobs, events: sendable))
+        } catch let error as SyncError where error.status == 400 && error.message.contains("is not on the server") {
+            // The server lacks jobs made before (a new server, or a database restored from a backup): send the
+            // spec of every job of this round.
+            let ids = Set(events.compactMap { $0.objectValue?["site_job_id"]?.stringValue })
+            jobs = try jobsJSON(ids)
+            sendable = events.filter { jobs[$0.objectValue?["site_job_id"]?.stringValue ?? ""] != nil }
+            reply = try send(body(jobs: jobs, events: sendable))
+        }
+        let o = (try? reply.json())?.objectValue ?? [:]
+        state.siteID = o["site_id"]?.intValue ?? state.siteID
+        state.appsDigest = digest
+        for line in lines { state.cursor[line.file] = max(state.cursor[line.file] ?? 0, line.end) }
+        round.events = o["events"]?.intValue ?? 0
+        round.sent = sendable.count
+        round.jobs = jobs.count
+        return round
+    }
+}

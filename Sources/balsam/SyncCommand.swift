@@ -1,0 +1,96 @@
+import ArgumentParser
+import BalsamCLI
+import Spool
+import Sync
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+struct SyncCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sync",
+        abstract: "Mirror this site to its balsam-server (the sync: section of settings.yml).",
+        discussion: """
+            The site's event logs are the changelog: 'balsam sync push' sends what the server lacks, from the \
+            cursor in SITE/sync/state.json, and moves the cursor once the server has it. See balsam(1).
+            """,
+        subcommands: [SyncPush.self, SyncStatus.self])
+}
+
+/// The site and its `sync:` settings, or a clear error when there are none.
+func syncSettings(_ siteOption: SiteOption) throws(SpoolError) -> (Site, SiteSettings.Sync) {
+    let site = try siteOption.open()
+    guard let sync = try SiteSettings.load(site).sync else {
+        throw SpoolError(
+            .unavailable, "settings.yml has no sync: section (sync: {url: https://..., token_file: ...})",
+            path: site.settingsPath)
+    }
+    return (site, sync)
+}
+
+struct SyncPush: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "push", abstract: "Push what the server lacks, until it has everything (or one round).")
+
+    @OptionGroup var siteOption: SiteOption
+
+    @Flag(name: .long, help: "One round only (at most 10,000 events).")
+    var once = false
+
+    func run() throws {
+        try reportingErrors("balsam sync push") {
+            let (site, settings) = try syncSettings(siteOption)
+            do {
+                let pusher = try Pusher(site: site, settings: settings)
+                var total = Pusher.Round()
+                while true {
+                    let round = try pusher.round()
+                    total.events += round.events
+                    total.sent += round.sent
+                    total.jobs += round.jobs
+                    if once || round.caughtUp { break }
+                }
+                print("pushed \(total.sent) events (\(total.events) new to the server) and \(total.jobs) jobs")
+            } catch let error as SyncError {
+                throw SpoolError(error.status == nil ? .unavailable : .invalidInput, error.description)
+            }
+        }
+    }
+}
+
+struct SyncStatus: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "When the sync last succeeded, what it pushed, and its last error.")
+
+    @OptionGroup var siteOption: SiteOption
+
+    @Flag(name: .long, help: "Print JSON.")
+    var json = false
+
+    func run() throws {
+        try reportingErrors("balsam sync status") {
+            let (site, settings) = try syncSettings(siteOption)
+            let state = try SyncState.load(site)
+            var pending = 0
+            for name in try Posix.listDirectory(site.eventsPath) where name.hasSuffix(".jsonl") {
+                let size = Int(try Posix.statIfExists(site.eventsPath + "/" + name)?.st_size ?? 0)
+                pending += max(0, size - (state.cursor[name] ?? 0))
+            }
+            let fields: [(String, JSONValue)] = [
+                ("server", .string(settings.url)), ("site_id", state.siteID.map { .int($0) } ?? .null),
+                ("last_success", state.lastSuccess.map { .string($0) } ?? .null),
+                ("last_pushed_events", .int(state.lastPushed)), ("unpushed_log_bytes", .int(pending)),
+                ("last_error", state.lastError.map { .string($0) } ?? .null),
+                ("last_error_time", state.lastErrorTime.map { .string($0) } ?? .null),
+            ]
+            if json {
+                print(JSONValue.object(Dictionary(uniqueKeysWithValues: fields)).serialized())
+            } else {
+                for (key, value) in fields {
+                    print("\(key): \(value.stringValue ?? (value == .null ? "-" : value.serialized()))")
+                }
+            }
+        }
+    }
+}
