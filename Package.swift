@@ -55,7 +55,7 @@ let package = Package(
         .target(
             name: "Lifecycle",
             dependencies: [
-                "Batch", "Processes", "Spool",
+                "Batch", "Processes", "Spool", "Sync",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),

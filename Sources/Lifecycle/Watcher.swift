@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import Spool
+import Sync
 import Synchronization
 import UnixSignals
 
@@ -53,34 +54,76 @@ public final class Watcher: Sendable {
     }
 
     private var stopping: Bool { flags.withLock { $0.stop } }
-    private let batchStopped = DispatchSemaphore(value: 0)
+    private let servicesStopped = DispatchSemaphore(value: 0)
+
+    /// Runs `round` until the watcher stops (once with `once`), waiting the seconds it returns between rounds. A
+    /// failure is logged when it first happens and when it changes, not at every round (a server away for an
+    /// hour is one line, and one more when it is back), and waits `retry` seconds.
+    private func runPeriodic(_ name: String, once: Bool, retry: @escaping () -> Double, _ round: () throws -> Double) {
+        defer { if !once { servicesStopped.signal() } }
+        var lastProblem = ""
+        var failingSince = 0.0
+        while !stopping {
+            let started = Posix.monotonicSeconds()
+            var wait: Double
+            do {
+                wait = try round()
+                if !lastProblem.isEmpty {
+                    logger.notice("\(name): working again after \(Int(started - failingSince)) s")
+                }
+                lastProblem = ""
+            } catch {
+                let text = "\(name): \(error)"
+                if text != lastProblem { logger.error("\(text)") }
+                if lastProblem.isEmpty { failingSince = started }
+                lastProblem = text
+                wait = retry()
+            }
+            if once { return }
+            while !stopping && Posix.monotonicSeconds() - started < wait { usleep(20_000) }
+        }
+    }
 
     /// The scheduler service (batch jobs, elastic queue), on a thread of its own so that a slow scheduler command
     /// never holds up jobs: a round every `scheduler.sync_period` seconds, settings reread each round.
     private func runBatchService(once: Bool) {
-        defer { if !once { batchStopped.signal() } }
-        let logger = self.logger
         let binDirectory = Posix.parentPath(Posix.executablePath() ?? "./balsam-watch")
         var service: BatchService?
-        var lastProblem = ""
-        while !stopping {
-            let started = Posix.monotonicSeconds()
-            do {
-                let settings = try SiteSettings.load(site)
-                if service?.settings != settings {
-                    service = try BatchService(
-                        site: site, settings: settings, binDirectory: binDirectory, logger: logger)
-                }
-                service?.sync()
-                lastProblem = ""
-            } catch {
-                let text = "scheduler service: \(error)"
-                if text != lastProblem { logger.error("\(text)") }
-                lastProblem = text
+        runPeriodic("scheduler service", once: once, retry: { service?.settings.scheduler.syncSeconds ?? 10 }) {
+            let settings = try SiteSettings.load(site)
+            if service?.settings != settings {
+                service = try BatchService(site: site, settings: settings, binDirectory: binDirectory, logger: logger)
             }
-            if once { return }
-            let period = service?.settings.scheduler.syncSeconds ?? 10
-            while !stopping && Posix.monotonicSeconds() - started < period { usleep(50_000) }
+            service?.sync()
+            return service?.settings.scheduler.syncSeconds ?? 10
+        }
+    }
+
+    /// The sync service, on a thread of its own: while `settings.yml` names a server, push what it lacks every
+    /// `sync.period` seconds (at once again while a backlog remains). A server away or refusing leaves every job
+    /// running here; the pushes back off, doubling up to a minute, and catch up when it answers.
+    private func runSyncService(once: Bool) {
+        var pusher: (settings: SiteSettings.Sync, pusher: Pusher)?
+        var backoff = 0.0
+        runPeriodic(
+            "sync", once: once,
+            retry: {
+                backoff = min(60, max(backoff * 2, pusher?.settings.periodSeconds ?? 1))
+                return backoff
+            }
+        ) {
+            guard let settings = try SiteSettings.load(site).sync else {
+                pusher = nil
+                return 5
+            }
+            if pusher?.settings != settings { pusher = (settings, try Pusher(site: site, settings: settings)) }
+            guard let current = pusher else { return 5 }
+            let round = try current.pusher.round()
+            backoff = 0
+            if round.events > 0 {
+                logger.debug("sync: \(round.events) events and \(round.jobs) jobs pushed")
+            }
+            return round.caughtUp ? settings.periodSeconds : 0
         }
     }
 
@@ -106,13 +149,16 @@ public final class Watcher: Sendable {
 
         if options.once {
             runBatchService(once: true)
+            runSyncService(once: true)
         } else {
             Thread { [self] in runBatchService(once: false) }.start()
+            Thread { [self] in runSyncService(once: false) }.start()
         }
         defer {
             if !options.once {
                 flags.withLock { $0.stop = true }
-                batchStopped.wait()
+                servicesStopped.wait()
+                servicesStopped.wait()
             }
         }
 

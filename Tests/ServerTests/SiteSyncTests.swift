@@ -111,4 +111,56 @@ import Testing
         let cleared = try JSONValue.parse(try balsam(["sync", "status", "--json"], site: site.root).stdout)
         #expect(cleared.objectValue?["last_error"] == .null)
     }
+
+    @Test("balsam-watch's sync service mirrors the site as it moves, and says once that the server is away")
+    func watcherSyncs() async throws {
+        let server = try await LiveServer(.sqlite)
+        let dir = server.dir
+        let token = try await server.user("quinn")
+        let site = try makeSite(dir)
+        let clientFile = dir.path + "/client.yml"
+        try dir.file(
+            "client.yml",
+            "api_root: \(server.url)\nclient_class: balsam.client.BasicAuthRequestsClient\ntoken: \(token)\n")
+        let settings = try read(site.settingsPath)
+        try dir.file("site/settings.yml", settings + "\nsync:\n  url: \(server.url)\n  period: 0.2\n")
+        let watcher = Process()
+        watcher.executableURL = URL(fileURLWithPath: binDirectory + "/balsam-watch")
+        watcher.arguments = ["--site", site.root, "--log", dir.path + "/watch.log"]
+        watcher.environment = ProcessInfo.processInfo.environment.merging(
+            ["BALSAM_CLIENT_PATH": clientFile], uniquingKeysWith: { _, b in b })
+        try watcher.run()
+        defer {
+            kill(watcher.processIdentifier, SIGTERM)
+            watcher.waitUntilExit()
+        }
+        let lines = (0..<20).map { #"{"app":"hello","workdir":"s/\#($0)","parameters":{"name":"n"}}"# }
+        #expect(
+            try balsamSubmit(["--from", "-"], site: site.root, stdin: Data(lines.joined(separator: "\n").utf8)).status
+                == 0)
+        try await waitFor("the server has the 20 jobs in the site's states", timeout: 60) {
+            let onServer = try await serverStates(server, token)
+            let atSite = try siteStates(site)
+            return onServer.count == 20 && onServer == atSite
+        }
+
+        // The server away: the watcher goes on and says so once; back, it catches up and says so.
+        try await server.stop()
+        _ = try balsam(["kill", "--all"], site: site.root)
+        try await waitFor("the watcher reports the server away", timeout: 60) {
+            (try? read(dir.path + "/watch.log"))?.contains("sync: POST \(server.url)/sync/push") == true
+        }
+        let back = try await LiveServer(.sqlite, db: server.db, dir: dir)
+        defer { Task { try? await back.stop() } }
+        try dir.file("site/settings.yml", settings + "\nsync:\n  url: \(back.url)\n  period: 0.2\n")
+        try await waitFor("the server has every job FAILED, as the site", timeout: 120) {
+            let onServer = try await serverStates(back, token)
+            return onServer.count == 20 && Set(onServer.values) == ["FAILED"]
+        }
+        let log = try read(dir.path + "/watch.log")
+        let failures = log.split(separator: "\n").filter { $0.contains("sync: POST") }
+        #expect(failures.count <= 2, "one line per condition, not per attempt:\n\(failures.joined(separator: "\n"))")
+        #expect(log.contains("sync: working again"))
+        #expect(watcher.isRunning)
+    }
 }
