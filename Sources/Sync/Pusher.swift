@@ -20,6 +20,10 @@ public struct SyncState: Sendable, Equatable {
     /// The last failure (cleared by a success), and when it happened.
     public var lastError: String?
     public var lastErrorTime: String?
+    /// Jobs made through the server's API that this site has taken, by server id, until the server knows.
+    public var adopted: [String: String] = [:]
+    /// Jobs made through the API that this site refused, with the reason, until the server knows.
+    public var rejected: [String: String] = [:]
 
     /// The state file of `site`.
     public static func path(_ site: Site) -> String { site.root + "/sync/state.json" }
@@ -43,6 +47,8 @@ public struct SyncState: Sendable, Equatable {
         state.lastPushed = o["last_pushed"]?.intValue ?? 0
         state.lastError = o["last_error"]?.stringValue
         state.lastErrorTime = o["last_error_time"]?.stringValue
+        state.adopted = (o["adopted"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+        state.rejected = (o["rejected"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
         return state
     }
 
@@ -51,7 +57,8 @@ public struct SyncState: Sendable, Equatable {
     public func save(_ site: Site) throws(SpoolError) {
         var o: [String: JSONValue] = [
             "cursor": .object(cursor.mapValues { .int($0) }), "apps_digest": .string(appsDigest),
-            "last_pushed": .int(lastPushed),
+            "last_pushed": .int(lastPushed), "adopted": .object(adopted.mapValues { .string($0) }),
+            "rejected": .object(rejected.mapValues { .string($0) }),
         ]
         if let siteID { o["site_id"] = .int(siteID) }
         if let lastSuccess { o["last_success"] = .string(lastSuccess) }
@@ -99,6 +106,9 @@ public final class Pusher {
         public var jobs = 0
         /// Whether the logs were read to their end (false: more is waiting for the next round).
         public var caughtUp = true
+        /// Jobs made through the server's API that this round took into the site, and refused.
+        public var adopted = 0
+        public var refused = 0
 
         /// An empty round.
         public init() {}
@@ -256,10 +266,20 @@ public final class Pusher {
         }
         let apps = try appsJSON()
         let digest = apps.serialized()
+        let serverIDs = Dictionary(state.adopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
         func body(jobs: [String: JSONValue], events: [JSONValue]) -> JSONValue {
+            let specs = jobs.keys.sorted().compactMap { id -> JSONValue? in
+                guard var spec = jobs[id]?.objectValue else { return nil }
+                if let serverID = serverIDs[id].flatMap(Int.init) { spec["server_id"] = .int(serverID) }
+                return .object(spec)
+            }
             var o: [String: JSONValue] = [
                 "site": .object(["name": .string(settings.siteName ?? site.name), "path": .string(site.root)]),
-                "jobs": .array(jobs.keys.sorted().compactMap { jobs[$0] }), "events": .array(events),
+                "jobs": .array(specs), "events": .array(events),
+                "rejected": .array(
+                    state.rejected.sorted(by: { $0.key < $1.key }).compactMap { id, reason in
+                        Int(id).map { .object(["server_id": .int($0), "reason": .string(reason)]) }
+                    }),
             ]
             if digest != state.appsDigest || state.siteID == nil { o["apps"] = apps }
             return .object(o)
@@ -291,6 +311,104 @@ public final class Pusher {
         round.events = o["events"]?.intValue ?? 0
         round.sent = sendable.count
         round.jobs = jobs.count
+        // What the server now knows is forgotten here; what it sent to do is done.
+        let known = Set((o["jobs"]?.objectValue ?? [:]).keys)
+        state.adopted = state.adopted.filter { !known.contains($0.value) }
+        state.rejected = [:]
+        let (adopted, refused) = try take(o["remote_jobs"]?.arrayValue ?? [], state: &state)
+        round.adopted = adopted
+        round.refused = refused
+        if adopted + refused > 0 { round.caughtUp = false }
         return round
+    }
+
+    /// Takes jobs made through the server's API into the site, through the same checks as `balsam-submit`. A
+    /// job the site cannot take (no such app, parameters only Python can read, a bad workdir) is refused with
+    /// the reason, which the next push carries to the server. Each taking is recorded durably before the
+    /// next, so a crash never makes a job twice: its workdir would be taken, and the job there is recognized by
+    /// the server id in its data.
+    func take(_ remote: [JSONValue], state: inout SyncState) throws -> (Int, Int) {
+        guard !remote.isEmpty else { return (0, 0) }
+        var submission = Submission(site: site, actor: "balsam-sync")
+        let names = try site.appNames()
+        let apps = Dictionary(names.map { (Pusher.serverAppName($0), $0) }, uniquingKeysWith: { a, _ in a })
+        var adopted = 0
+        var refused = 0
+        for item in remote {
+            guard let o = item.objectValue, let serverID = o["id"]?.intValue else { continue }
+            let key = String(serverID)
+            if state.adopted[key] != nil || state.rejected[key] != nil { continue }
+            func refuse(_ reason: String) throws {
+                state.rejected[key] = reason
+                try state.save(site)
+                refused += 1
+            }
+            let appName = o["app"]?.stringValue ?? ""
+            guard let app = apps[appName] else {
+                try refuse(
+                    "site \(site.name) has no app '\(appName)' (its apps: \(names.isEmpty ? "none" : names.joined(separator: ", ")))"
+                )
+                continue
+            }
+            let decoded: JSONValue
+            do { decoded = try Pickle.decodeBase64(o["serialized_parameters"]?.stringValue ?? "") } catch {
+                try refuse(
+                    "its parameters are not plain values (\(error)): a shell app takes strings, numbers, booleans, "
+                        + "None, lists and dicts; objects only Python can load need a Python app")
+                continue
+            }
+            guard case .object(let parameters) = decoded else {
+                try refuse("its parameters are not a dict of names to values")
+                continue
+            }
+            var parents: [String] = []
+            var waiting = false
+            let parentSiteIDs = o["parent_site_ids"]?.objectValue ?? [:]
+            for parent in (o["parent_ids"]?.arrayValue ?? []).compactMap(\.intValue) {
+                if let id = parentSiteIDs[String(parent)]?.stringValue ?? state.adopted[String(parent)] {
+                    parents.append(id)
+                } else {
+                    waiting = true
+                }
+            }
+            if waiting { continue }  // a parent not at the site yet: taken with a later round
+            var job = Job(workdir: o["workdir"]?.stringValue ?? "", app: app)
+            job.tags = (o["tags"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+            job.parameters = parameters
+            job.data = (o["data"]?.objectValue ?? [:]).merging(["balsam_server_id": .int(serverID)]) { _, b in b }
+            job.numNodes = o["num_nodes"]?.intValue ?? 1
+            job.ranksPerNode = o["ranks_per_node"]?.intValue ?? 1
+            job.threadsPerRank = o["threads_per_rank"]?.intValue ?? 1
+            job.threadsPerCore = o["threads_per_core"]?.intValue ?? 1
+            job.launchParams = (o["launch_params"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+            job.gpusPerRank = o["gpus_per_rank"]?.doubleValue ?? 0
+            job.nodePackingCount = o["node_packing_count"]?.intValue ?? 1
+            job.wallTimeMin = o["wall_time_min"]?.intValue ?? 0
+            job.parentIDs = parents
+            do {
+                let (made, _) = try submission.submit(job)
+                state.adopted[key] = made.id
+                try state.save(site)
+                adopted += 1
+            } catch {
+                if let existing = try madeBefore(workdir: job.workdir, serverID: serverID) {
+                    state.adopted[key] = existing
+                    try state.save(site)
+                    adopted += 1
+                } else {
+                    try refuse("\(error)")
+                }
+            }
+        }
+        return (adopted, refused)
+    }
+
+    /// The site's job at `workdir` made from server job `serverID` before a crash, if there is one.
+    private func madeBefore(workdir: String, serverID: Int) throws -> String? {
+        var filter = JobFilter()
+        filter.workdirFragment = workdir
+        return try Query(site: site).list(filter, load: false).first {
+            $0.workdir == workdir && $0.job?.data["balsam_server_id"]?.intValue == serverID
+        }?.id
     }
 }

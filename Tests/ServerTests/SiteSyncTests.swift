@@ -163,4 +163,65 @@ import Testing
         #expect(log.contains("sync: working again"))
         #expect(watcher.isRunning)
     }
+
+    @Test("jobs made through the API are taken into the site, or refused on the server with the reason")
+    func remoteJobsAreTaken() async throws {
+        let server = try await LiveServer(.sqlite)
+        defer { Task { try? await server.stop() } }
+        let dir = server.dir
+        let token = try await server.user("rita")
+        try dir.file("token", token)
+        let site = try makeSite(dir)
+        try dir.file(
+            "site/settings.yml",
+            try read(site.settingsPath) + "\nsync:\n  url: \(server.url)\n  token_file: \(dir.path)/token\n")
+        let push = { try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root]) }
+        #expect(try await push().status == 0)
+        let apps = try await server.request("GET", "/apps/?site_name=site", token: token)
+        let appID = try #require((apps.object["results"] as? [[String: Any]])?.first?["id"] as? Int)
+
+        let parent = try await server.request(
+            "POST", "/jobs/",
+            json: [["app_id": appID, "workdir": "remote/p", "serialized_parameters": pickledName("p")]],
+            token: token)
+        let parentID = try #require(parent.list.first?["id"] as? Int)
+        // A complex number: a pickle only Python can load; the server cannot check it, the site refuses it.
+        let complex = "gASVLgAAAAAAAACMCGJ1aWx0aW5zlIwHY29tcGxleJSTlEc/8AAAAAAAAEdAAAAAAAAAAIaUUpQu"
+        let more = try await server.request(
+            "POST", "/jobs/",
+            json: [
+                [
+                    "app_id": appID, "workdir": "remote/c", "serialized_parameters": pickledName("c"),
+                    "parent_ids": [parentID],
+                ],
+                ["app_id": appID, "workdir": "remote/bad", "serialized_parameters": complex],
+            ], token: token)
+        #expect(more.status == 201, "\(more.text)")
+        let childID = try #require(more.list.first?["id"] as? Int)
+        let badID = try #require(more.list.last?["id"] as? Int)
+
+        // One push takes them (its reply carries them), the next tells the server.
+        #expect(try await push().status == 0)
+        #expect(try await push().status == 0)
+        let atSite = try siteStates(site)
+        #expect(atSite.count == 2, "\(atSite)")
+        let p = try await server.request("GET", "/jobs/\(parentID)", token: token)
+        let c = try await server.request("GET", "/jobs/\(childID)", token: token)
+        let pSite = try #require(p.object["site_job_id"] as? String)
+        let cSite = try #require(c.object["site_job_id"] as? String)
+        #expect(atSite[pSite] == p.object["state"] as? String && atSite[cSite] == c.object["state"] as? String)
+        let shown = try balsam(["show", cSite, "--json"], site: site.root)
+        #expect(shown.stdout.contains(pSite) && shown.stdout.contains("\"name\":\"c\""), "\(shown.stdout)")
+        let bad = try await server.request("GET", "/jobs/\(badID)", token: token)
+        #expect(bad.object["state"] as? String == "FAILED")
+        let why = try await server.request("GET", "/events/?job_id=\(badID)&to_state=FAILED", token: token)
+        #expect(why.text.contains("not plain values"), "\(why.text)")
+        // The server's history of a taken job is the site's.
+        let history = try await server.request("GET", "/events/?job_id=\(parentID)&ordering=timestamp", token: token)
+        let first = (history.object["results"] as? [[String: Any]])?.first
+        #expect((first?["data"] as? [String: Any])?["actor"] as? String == "balsam-sync", "\(history.text)")
+        // Nothing is taken twice.
+        #expect(try await push().status == 0)
+        #expect(try siteStates(site).count == 2)
+    }
 }

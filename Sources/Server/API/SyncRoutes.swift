@@ -23,6 +23,7 @@ enum SyncRoutes {
         let apps = try list(&input, "apps")
         let jobs = try list(&input, "jobs")
         let events = try list(&input, "events")
+        let rejected = try list(&input, "rejected")
         try input.finish()
         if jobs.count + events.count + apps.count > call.limits.bulkItems * 4 {
             throw ServerError.badRequest("a push holds at most \(call.limits.bulkItems * 4) apps, jobs and events")
@@ -57,14 +58,97 @@ enum SyncRoutes {
             }
             let jobIDs = try createJobs(jobs, siteID: siteID, appIDs: appIDs, call: call, now: now)
             let inserted = try recordEvents(events, siteID: siteID, jobIDs: jobIDs, call: call, now: now)
+            try reject(rejected, siteID: siteID, call: call, now: now)
             var out = JSONWriter()
             out.beginObject()
             out.field("site_id", siteID)
             out.value("apps", .object(appIDs.mapValues { .int($0) }))
             out.value("jobs", .object(jobIDs.mapValues { .int($0) }))
             out.field("events", inserted)
+            try writeRemoteJobs(siteID: siteID, call: call, to: &out)
             out.endObject()
             return .json(out)
+        }
+    }
+
+    /// Jobs made through the API for this site that the site has not adopted yet (oldest first, so parents come
+    /// before their children), as `remote_jobs`: the reply to every push, so one round trip a period carries both
+    /// directions. Each names its app and its parents by the server's ids and, where adopted, the site's.
+    static func writeRemoteJobs(siteID: Int, call: Call, to out: inout JSONWriter) throws {
+        let rows = try call.connection.query(
+            """
+            SELECT j.id, a.name, j.workdir, j.tags, j.serialized_parameters, j.data, j.num_nodes, j.ranks_per_node,
+            j.threads_per_rank, j.threads_per_core, j.launch_params, j.gpus_per_rank, j.node_packing_count,
+            j.wall_time_min, j.parent_ids FROM jobs j JOIN apps a ON a.id = j.app_id
+            WHERE j.site_id = ? AND j.owner_id = ? AND j.site_job_id IS NULL AND j.state NOT IN ('FAILED', 'JOB_FINISHED')
+            ORDER BY j.id LIMIT 1000
+            """, [.of(siteID), .of(call.user.id)])
+        var parents = Set<Int>()
+        for r in rows {
+            for case .int(let p) in (try? JSONValue.parse(r.text(14)))?.arrayValue ?? [] { parents.insert(p) }
+        }
+        var parentSiteIDs: [Int: String] = [:]
+        for chunk in Array(parents).chunked(5000) where !chunk.isEmpty {
+            for r in try call.connection.query(
+                "SELECT id, site_job_id FROM jobs WHERE site_job_id IS NOT NULL AND id IN (\(placeholders(chunk.count)))",
+                chunk.map { .of($0) })
+            {
+                parentSiteIDs[r.int(0)] = r.text(1)
+            }
+        }
+        out.beginArray("remote_jobs")
+        for r in rows {
+            out.beginObject()
+            out.field("id", r.int(0))
+            out.field("app", r.text(1))
+            out.field("workdir", r.text(2))
+            out.raw("tags", r.text(3))
+            out.field("serialized_parameters", r.text(4))
+            out.raw("data", r.text(5))
+            out.field("num_nodes", r.int(6))
+            out.field("ranks_per_node", r.int(7))
+            out.field("threads_per_rank", r.int(8))
+            out.field("threads_per_core", r.int(9))
+            out.raw("launch_params", r.text(10))
+            out.field("gpus_per_rank", r.double(11))
+            out.field("node_packing_count", r.int(12))
+            out.field("wall_time_min", r.int(13))
+            out.raw("parent_ids", r.text(14))
+            let ids = ((try? JSONValue.parse(r.text(14)))?.arrayValue ?? []).compactMap(\.intValue)
+            out.value(
+                "parent_site_ids",
+                .object(
+                    Dictionary(
+                        uniqueKeysWithValues: ids.compactMap { id in
+                            parentSiteIDs[id].map { (String(id), JSONValue.string($0)) }
+                        })))
+            out.endObject()
+        }
+        out.endArray()
+    }
+
+    /// Remote jobs the site could not take (`[{server_id, reason}]`): FAILED, with the reason as the event's
+    /// message, so the user sees why.
+    static func reject(_ items: [JSONValue], siteID: Int, call: Call, now: Int64) throws {
+        var reasons: [Int: String] = [:]
+        for (i, item) in items.enumerated() {
+            var r = try Input(item, prefix: "rejected[\(i)]")
+            let id = try r.requiredInt("server_id", in: 1...Int.max)
+            reasons[id] = try r.requiredString("reason", maxBytes: 4096)
+            try r.finish()
+        }
+        // Only this site's jobs that it has not taken.
+        var mine = Set<Int>()
+        for chunk in Array(reasons.keys).sorted().chunked(5000) where !chunk.isEmpty {
+            let rows = try call.connection.query(
+                "SELECT id FROM jobs WHERE site_id = ? AND site_job_id IS NULL AND id IN (\(placeholders(chunk.count)))",
+                [.of(siteID)] + chunk.map { .of($0) })
+            for r in rows { mine.insert(r.int(0)) }
+        }
+        let states = try Jobs.states(mine.sorted(), call: call, lock: true)
+        for (id, state) in states.sorted(by: { $0.key < $1.key }) where !state.isFinal {
+            let data = JSONValue.object(["message": .string(reasons[id] ?? "")]).serialized()
+            try Jobs.move([(id, state, .failed)], data: data, now: now, call: call)
         }
     }
 
@@ -119,9 +203,23 @@ enum SyncRoutes {
         _ items: [JSONValue], siteID: Int, appIDs: [String: Int], call: Call, now: Int64
     ) throws -> [String: Int] {
         var parsed: [(siteJobID: String, job: Jobs.NewJob, parents: [String])] = []
+        var adopted: [String: Int] = [:]
         for (i, item) in items.enumerated() {
             var j = try Input(item, prefix: "jobs[\(i)]")
             let siteJobID = try j.requiredString("site_job_id", maxBytes: 64)
+            // A job made through the API and taken by the site: it gets the site's id, and its history becomes
+            // the site's (the server's creation event goes; the site's own follows in events).
+            if let serverID = try j.int("server_id", in: 1...Int.max) {
+                let taken = try call.connection.execute(
+                    "UPDATE jobs SET site_job_id = ? WHERE id = ? AND site_id = ? AND owner_id = ? AND site_job_id IS NULL",
+                    [.text(siteJobID), .of(serverID), .of(siteID), .of(call.user.id)])
+                if taken == 1 {
+                    try call.connection.execute("DELETE FROM events WHERE job_id = ?", [.of(serverID)])
+                }
+                adopted[siteJobID] = serverID
+                for key in j.members.keys { _ = j.value(key) }
+                continue
+            }
             let app = try j.requiredString("app", maxBytes: 128)
             guard let appID = appIDs[app] else { throw j.bad("app", "the site has no app '\(app)' on the server") }
             var job = Jobs.NewJob()
@@ -145,7 +243,7 @@ enum SyncRoutes {
             try j.finish()
             parsed.append((siteJobID, job, parents))
         }
-        var ids = try serverIDs(parsed.map(\.siteJobID), siteID: siteID, call: call)
+        var ids = try serverIDs(parsed.map(\.siteJobID) + adopted.keys, siteID: siteID, call: call)
         let missing = parsed.filter { ids[$0.siteJobID] == nil }
         guard !missing.isEmpty else { return ids }
         // Made in the order given; workdirs of one site are unique at the site, so the RETURNING map holds.
