@@ -24,6 +24,8 @@ public struct SyncState: Sendable, Equatable {
     public var adopted: [String: String] = [:]
     /// Jobs made through the API that this site refused, with the reason, until the server knows.
     public var rejected: [String: String] = [:]
+    /// Apps defined through the API (in Python, with a command template) as last written here, by digest.
+    public var remoteApps: [String: String] = [:]
 
     /// The state file of `site`.
     public static func path(_ site: Site) -> String { site.root + "/sync/state.json" }
@@ -49,6 +51,7 @@ public struct SyncState: Sendable, Equatable {
         state.lastErrorTime = o["last_error_time"]?.stringValue
         state.adopted = (o["adopted"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
         state.rejected = (o["rejected"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+        state.remoteApps = (o["remote_apps"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
         return state
     }
 
@@ -59,6 +62,7 @@ public struct SyncState: Sendable, Equatable {
             "cursor": .object(cursor.mapValues { .int($0) }), "apps_digest": .string(appsDigest),
             "last_pushed": .int(lastPushed), "adopted": .object(adopted.mapValues { .string($0) }),
             "rejected": .object(rejected.mapValues { .string($0) }),
+            "remote_apps": .object(remoteApps.mapValues { .string($0) }),
         ]
         if let siteID { o["site_id"] = .int(siteID) }
         if let lastSuccess { o["last_success"] = .string(lastSuccess) }
@@ -133,9 +137,10 @@ public final class Pusher {
     }
 
     /// The apps as the server takes them.
-    func appsJSON() throws -> JSONValue {
+    func appsJSON(except fromServer: Set<String>) throws -> JSONValue {
         var apps: [JSONValue] = []
-        for name in try site.appNames() {
+        // Apps that came from the server (defined in Python) are not sent back: the server holds their class.
+        for name in try site.appNames() where !fromServer.contains(name) {
             let app = try site.app(name)
             var parameters: [String: JSONValue] = [:]
             for (key, p) in app.parameters {
@@ -264,7 +269,7 @@ public final class Pusher {
                     "data": .object(data),
                 ]))
         }
-        let apps = try appsJSON()
+        let apps = try appsJSON(except: Set(state.remoteApps.keys))
         let digest = apps.serialized()
         let serverIDs = Dictionary(state.adopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
         func body(jobs: [String: JSONValue], events: [JSONValue]) -> JSONValue {
@@ -276,6 +281,7 @@ public final class Pusher {
             var o: [String: JSONValue] = [
                 "site": .object(["name": .string(settings.siteName ?? site.name), "path": .string(site.root)]),
                 "jobs": .array(specs), "events": .array(events),
+                "app_digests": .object(state.remoteApps.mapValues { .string($0) }),
                 "rejected": .array(
                     state.rejected.sorted(by: { $0.key < $1.key }).compactMap { id, reason in
                         Int(id).map { .object(["server_id": .int($0), "reason": .string(reason)]) }
@@ -315,11 +321,45 @@ public final class Pusher {
         let known = Set((o["jobs"]?.objectValue ?? [:]).keys)
         state.adopted = state.adopted.filter { !known.contains($0.value) }
         state.rejected = [:]
+        try takeApps(o["remote_apps"]?.arrayValue ?? [], state: &state)
         let (adopted, refused) = try take(o["remote_jobs"]?.arrayValue ?? [], state: &state)
         round.adopted = adopted
         round.refused = refused
         if adopted + refused > 0 { round.caughtUp = false }
         return round
+    }
+
+    /// Writes `apps/NAME/app.yml` for apps defined in Python through the API with a `command_template` (the
+    /// seed's `class Hello(ApplicationDefinition)`), replacing the file when the definition changed. An app that
+    /// does not make a valid app here is logged in the state's last error and skipped, not fatal to the round.
+    func takeApps(_ remote: [JSONValue], state: inout SyncState) throws {
+        for item in remote {
+            guard let o = item.objectValue, let name = o["name"]?.stringValue,
+                let template = o["command_template"]?.stringValue, let digest = o["digest"]?.stringValue
+            else { continue }
+            var parameters: [String: App.Parameter] = [:]
+            for (key, spec) in o["parameters"]?.objectValue ?? [:] {
+                let s = spec.objectValue ?? [:]
+                let required = s["required"] != .bool(false)
+                let fallback = s["default"].flatMap { $0 == .null ? nil : $0 }
+                parameters[key] = App.Parameter(
+                    required: required, defaultValue: required ? nil : fallback, help: s["help"]?.stringValue ?? "")
+            }
+            do {
+                var app = try App(name: name, commandTemplate: template, parameters: parameters)
+                app.description = o["description"]?.stringValue ?? ""
+                let directory = site.appsPath + "/" + name
+                if Posix.exists(directory + "/app.yml") {
+                    try Posix.replaceFile(directory + "/app.yml", Array(app.yamlText().utf8), sync: true)
+                } else {
+                    try site.createApp(app)
+                }
+                state.remoteApps[name] = digest
+                try state.save(site)
+            } catch {
+                state.lastError = "app \(name) from the server: \(error)"
+            }
+        }
     }
 
     /// Takes jobs made through the server's API into the site, through the same checks as `balsam-submit`. A

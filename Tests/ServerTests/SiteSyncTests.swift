@@ -224,4 +224,59 @@ import Testing
         #expect(try await push().status == 0)
         #expect(try siteStates(site).count == 2)
     }
+
+    @Test(
+        "the seed's remote example: the original client defines Hello and creates the job; the site runs it",
+        .enabled(if: PythonTools.clientPython != nil || PythonTools.required, "dev/test makes the client's venv"),
+        arguments: Backend.available)
+    func seedRemoteExample(_ backend: Backend) async throws {
+        let python = try #require(PythonTools.clientPython, "BALSAM_CLIENT_PYTHON is not set (dev/test sets it)")
+        let server = try await LiveServer(backend)
+        defer { Task { try? await server.stop() } }
+        let dir = server.dir
+        let token = try await server.user("sam")
+        try dir.file("token", token)
+        let site = try Site.create(at: dir.path + "/site")
+        try dir.file(
+            "site/settings.yml",
+            try read(site.settingsPath)
+                + "\nsync:\n  url: \(server.url)\n  token_file: \(dir.path)/token\n  period: 0.2\n")
+        // The site registers itself; then the user, elsewhere, uses only the original client.
+        #expect(try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root]).status == 0)
+        var processes: [Process] = []
+        defer {
+            for p in processes where p.isRunning {
+                kill(p.processIdentifier, SIGTERM)
+                p.waitUntilExit()
+            }
+        }
+        for (program, args) in [
+            ("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"]),
+            ("balsam-launcher", ["--site", site.root, "--wall-time-min", "10", "--idle-timeout", "300"]),
+        ] {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: binDirectory + "/" + program)
+            p.arguments = args
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle(forWritingAtPath: dir.path + "/watch.log") ?? FileHandle.nullDevice
+            try p.run()
+            processes.append(p)
+        }
+        let script = URL(fileURLWithPath: PythonTools.scriptPath).deletingLastPathComponent()
+            .appendingPathComponent("seed_remote_test.py").path
+        let result = try await runOffPool(
+            python, [script],
+            env: ["BALSAM_TEST_SERVER": server.url, "BALSAM_TEST_TOKEN": token, "BALSAM_TEST_SITE": site.name])
+        #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)\n\((try? read(dir.path + "/watch.log")) ?? "")")
+        #expect(try read(site.jobDirectory("test/say-hello") + "/job.out").contains("hello world!"))
+        #expect(try read(site.appsPath + "/Hello/app.yml").contains("echo hello {{ name }}"))
+        // The history the client sees is the site's, transition for transition.
+        let shown = try JSONValue.parse(try balsam(["show", "test/say-hello", "--json"], site: site.root).stdout)
+        let states = (shown.objectValue?["history"]?.arrayValue ?? []).compactMap {
+            $0.objectValue?["state"]?.stringValue
+        }
+        let history = zip(["CREATED"] + states, states).map { "EVENT \($0) \($1)" }
+        let seen = result.stdout.split(separator: "\n").filter { $0.hasPrefix("EVENT") }.map(String.init)
+        #expect(!history.isEmpty && seen == history, "server: \(seen)\nsite: \(history)")
+    }
 }

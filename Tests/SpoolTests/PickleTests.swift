@@ -52,3 +52,22 @@ import Testing
         #expect(throws: Pickle.Unsupported.self) { try Pickle.decodeBase64("gAR9lA==") }  // no STOP
     }
 }
+
+@Suite struct PickleClassTests {
+    @Test("the command_template of a class the original client pickled is read without running anything")
+    func readsCommandTemplate() throws {
+        // What dill wrote for: class Hello(ApplicationDefinition): site = "my-laptop";
+        // command_template = "echo hello {{ name }}"; def handle_timeout(self): self.job.state = "RESTART_READY"
+        // (the opening of the pickle, with the class dict; the rest is the method's code).
+        var bytes: [UInt8] = [0x80, 4, 0x95, 0, 0, 0, 0, 0, 0, 0, 0]
+        for text in ["__module__", "__main__", "site", "my-laptop", "command_template", "echo hello {{ name }}"] {
+            bytes += [0x8C, UInt8(text.utf8.count)] + Array(text.utf8) + [0x94]
+        }
+        bytes += [0x8C, 4] + Array("job".utf8) + [0x8C, 5] + Array("state".utf8) + [UInt8(ascii: ".")]
+        let text = Data(bytes).base64EncodedString()
+        #expect(Pickle.classAttribute("command_template", inBase64: text) == "echo hello {{ name }}")
+        #expect(Pickle.classAttribute("site", inBase64: text) == "my-laptop")
+        #expect(Pickle.classAttribute("run", inBase64: text) == nil)
+        #expect(Pickle.classAttribute("command_template", inBase64: "") == nil)
+    }
+}

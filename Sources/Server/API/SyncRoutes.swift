@@ -24,6 +24,7 @@ enum SyncRoutes {
         let jobs = try list(&input, "jobs")
         let events = try list(&input, "events")
         let rejected = try list(&input, "rejected")
+        let appDigests = (try input.object("app_digests") ?? [:]).compactMapValues(\.stringValue)
         try input.finish()
         if jobs.count + events.count + apps.count > call.limits.bulkItems * 4 {
             throw ServerError.badRequest("a push holds at most \(call.limits.bulkItems * 4) apps, jobs and events")
@@ -66,6 +67,7 @@ enum SyncRoutes {
             out.value("jobs", .object(jobIDs.mapValues { .int($0) }))
             out.field("events", inserted)
             try writeRemoteJobs(siteID: siteID, call: call, to: &out)
+            try writeRemoteApps(siteID: siteID, known: appDigests, call: call, to: &out)
             out.endObject()
             return .json(out)
         }
@@ -125,6 +127,41 @@ enum SyncRoutes {
             out.endObject()
         }
         out.endArray()
+    }
+
+    /// Apps defined in Python through the API (a pickled class) whose `command_template` the site should run,
+    /// as `remote_apps`, only those whose digest differs from the site's `app_digests`: `{name, command_template,
+    /// parameters, description, digest}`. The template is read out of the pickle without running it
+    /// (`Pickle.classAttribute`); an app without one (a Python app's `run()`) is left to issue #14.
+    static func writeRemoteApps(siteID: Int, known: [String: String], call: Call, to out: inout JSONWriter) throws {
+        let rows = try call.connection.query(
+            "SELECT name, serialized_class, parameters, description FROM apps WHERE site_id = ? AND serialized_class <> ''",
+            [.of(siteID)])
+        out.beginArray("remote_apps")
+        for r in rows {
+            let digest = fnv1a(r.text(1) + "\u{0}" + r.text(2))
+            guard known[r.text(0)] != digest,
+                let template = Pickle.classAttribute("command_template", inBase64: r.text(1))
+            else { continue }
+            out.beginObject()
+            out.field("name", r.text(0))
+            out.field("command_template", template)
+            out.raw("parameters", r.text(2))
+            out.field("description", r.text(3))
+            out.field("digest", digest)
+            out.endObject()
+        }
+        out.endArray()
+    }
+
+    /// FNV-1a, 64 bits, in hex: enough to tell whether an app changed (not a security check).
+    static func fnv1a(_ text: String) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in text.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x100_0000_01b3
+        }
+        return String(hash, radix: 16)
     }
 
     /// Remote jobs the site could not take (`[{server_id, reason}]`): FAILED, with the reason as the event's

@@ -72,6 +72,71 @@ public enum Pickle {
         }
     }
 
+    /// The string value stored under attribute `name` in a pickled class (the original client's
+    /// `serialized_class`, dill pickling the class by value): its `command_template`, for instance. The
+    /// pickle is walked opcode by opcode, never executed; the first `name` string directly followed by a string
+    /// is the attribute (a class body's attributes come before its methods' code). nil if there is none.
+    public static func classAttribute(_ name: String, inBase64 text: String) -> String? {
+        guard let bytes = Base64.decode(text) else { return nil }
+        var i = 0
+        var previousString: String?
+        func fixed(_ op: UInt8) -> Int? {
+            switch op {
+            case 0x80, UInt8(ascii: "K"), UInt8(ascii: "q"), UInt8(ascii: "h"), 0x82: return 1
+            case UInt8(ascii: "M"), 0x83: return 2
+            case UInt8(ascii: "J"), UInt8(ascii: "r"), UInt8(ascii: "j"), 0x84: return 4
+            case 0x95, UInt8(ascii: "G"): return 8
+            default: return nil
+            }
+        }
+        func lengthBytes(_ op: UInt8) -> Int? {
+            switch op {
+            case 0x8C, UInt8(ascii: "U"), UInt8(ascii: "C"), 0x8A: return 1
+            case UInt8(ascii: "X"), UInt8(ascii: "T"), UInt8(ascii: "B"), 0x8B: return 4
+            case 0x8D, 0x8E, 0x96: return 8
+            default: return nil
+            }
+        }
+        while i < bytes.count {
+            let op = bytes[i]
+            i += 1
+            if op == 0x94 || op == UInt8(ascii: "q") || op == UInt8(ascii: "r") {  // memo ops keep the string
+                i += op == 0x94 ? 0 : (op == UInt8(ascii: "q") ? 1 : 4)
+                continue
+            }
+            if let n = fixed(op) {
+                i += n
+                previousString = nil
+            } else if let n = lengthBytes(op) {
+                guard i + n <= bytes.count else { return nil }
+                var length = 0
+                for k in (0..<n).reversed() { length = length << 8 | Int(bytes[i + k]) }
+                i += n
+                guard length >= 0, i + length <= bytes.count else { return nil }
+                let isText = op == 0x8C || op == UInt8(ascii: "X") || op == 0x8D
+                let text = isText ? String(validating: bytes[i..<i + length], as: UTF8.self) : nil
+                i += length
+                if let text, previousString == name { return text }
+                previousString = text
+            } else if "ILFSVpgP".utf8.contains(op) {
+                while i < bytes.count && bytes[i] != 0x0A { i += 1 }
+                i += 1
+                previousString = nil
+            } else if op == UInt8(ascii: "c") || op == UInt8(ascii: "i") {
+                for _ in 0..<2 {
+                    while i < bytes.count && bytes[i] != 0x0A { i += 1 }
+                    i += 1
+                }
+                previousString = nil
+            } else if op == UInt8(ascii: ".") {
+                return nil
+            } else {
+                previousString = nil
+            }
+        }
+        return nil
+    }
+
     /// Decodes base64 text holding a pickle; an empty text is an empty dictionary (the original's default).
     public static func decodeBase64(_ text: String) throws(Unsupported) -> JSONValue {
         if text.isEmpty { return .object([:]) }
