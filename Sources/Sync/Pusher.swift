@@ -82,8 +82,10 @@ public final class Pusher {
     public let site: Site
     let settings: SiteSettings.Sync
     let client: HTTPClient
-    /// Most events per round (the server takes up to four times its bulk limit of items per push).
-    public var maxEvents = 10_000
+    /// Most event lines read per round.
+    public var maxEvents = 100_000
+    /// Most event lines per request (with their jobs' specs, under the server's limit of items per push).
+    public var requestEvents = 5_000
 
     /// A pusher for `site` with its `sync:` settings; the token comes from `token_file`, else the client file.
     public init(site: Site, settings: SiteSettings.Sync) throws {
@@ -209,9 +211,11 @@ public final class Pusher {
     func jobsJSON(_ ids: Set<String>) throws -> [String: JSONValue] {
         guard !ids.isEmpty else { return [:] }
         var filter = JobFilter()
-        filter.ids = ids
+        // Asked by id, a query looks for each id in every state's directory: for many ids one walk of the
+        // site's indexes costs less (100,000 new jobs: 1.3 million stat calls saved).
+        if ids.count <= 2000 { filter.ids = ids }
         var out: [String: JSONValue] = [:]
-        for listing in try Query(site: site).list(filter, load: false) {
+        for listing in try Query(site: site).list(filter, load: false) where ids.contains(listing.id) {
             guard let job = listing.job else { continue }
             out[listing.id] = .object([
                 "site_job_id": .string(listing.id), "app": .string(Pusher.serverAppName(job.app)),
@@ -250,25 +254,27 @@ public final class Pusher {
         }
     }
 
+    /// Reads up to `maxEvents` lines past the cursor, loads the specs of the jobs made since in one pass, and
+    /// pushes them in requests of `requestEvents` lines, saving the cursor after each: a large backlog (the first
+    /// sync of a big site) costs one walk of the site, and a failure part-way keeps what the server took.
     private func push(_ state: inout SyncState) throws -> Round {
         var round = Round()
         let (lines, caughtUp) = try readEvents(state)
         round.caughtUp = caughtUp
-        var events: [JSONValue] = []
-        var created = Set<String>()
-        for line in lines {
+        func event(_ line: Line) -> (id: String, created: Bool, json: JSONValue)? {
             guard let o = line.event.objectValue, let job = o["job"]?.stringValue, let t = o["t"]?.stringValue,
                 let from = o["from"]?.stringValue, let to = o["to"]?.stringValue
-            else { continue }
-            if from == JobState.created.rawValue { created.insert(job) }
+            else { return nil }
             var data = o["data"]?.objectValue ?? [:]
             if let actor = o["actor"]?.stringValue { data["actor"] = .string(actor) }
-            events.append(
-                .object([
-                    "site_job_id": .string(job), "t": .string(t), "from": .string(from), "to": .string(to),
-                    "data": .object(data),
-                ]))
+            let json = JSONValue.object([
+                "site_job_id": .string(job), "t": .string(t), "from": .string(from), "to": .string(to),
+                "data": .object(data),
+            ])
+            return (job, from == JobState.created.rawValue, json)
         }
+        let parsed = lines.map(event)
+        let allJobs = try jobsJSON(Set(parsed.compactMap { $0?.created == true ? $0?.id : nil }))
         let apps = try appsJSON(except: Set(state.remoteApps.keys))
         let digest = apps.serialized()
         let serverIDs = Dictionary(state.adopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
@@ -290,39 +296,45 @@ public final class Pusher {
             if digest != state.appsDigest || state.siteID == nil { o["apps"] = apps }
             return .object(o)
         }
-        var jobs = try jobsJSON(created)
-        // Events of jobs gone from the site before the server had them cannot be placed: left out.
-        var sendable = events.filter { e in
-            let id = e.objectValue?["site_job_id"]?.stringValue ?? ""
-            return !created.contains(id) || jobs[id] != nil
-        }
         // Untyped, so that one failure kind can be caught below (a typed-throws catch with a condition crashes
         // this compiler).
         func send(_ body: JSONValue) throws -> HTTPResponse { try client.send("POST", "/sync/push", json: body) }
-        var reply: HTTPResponse
-        do {
-            reply = try send(body(jobs: jobs, events: sendable))
-        } catch let error as SyncError where error.status == 400 && error.message.contains("is not on the server") {
-            // The server lacks jobs made before (a new server, or a database restored from a backup): send the
-            // spec of every job of this round.
-            let ids = Set(events.compactMap { $0.objectValue?["site_job_id"]?.stringValue })
-            jobs = try jobsJSON(ids)
-            sendable = events.filter { jobs[$0.objectValue?["site_job_id"]?.stringValue ?? ""] != nil }
-            reply = try send(body(jobs: jobs, events: sendable))
-        }
-        let o = (try? reply.json())?.objectValue ?? [:]
-        state.siteID = o["site_id"]?.intValue ?? state.siteID
-        state.appsDigest = digest
-        for line in lines { state.cursor[line.file] = max(state.cursor[line.file] ?? 0, line.end) }
-        round.events = o["events"]?.intValue ?? 0
-        round.sent = sendable.count
-        round.jobs = jobs.count
-        // What the server now knows is forgotten here; what it sent to do is done.
-        let known = Set((o["jobs"]?.objectValue ?? [:]).keys)
-        state.adopted = state.adopted.filter { !known.contains($0.value) }
-        state.rejected = [:]
-        try takeApps(o["remote_apps"]?.arrayValue ?? [], state: &state)
-        let (adopted, refused) = try take(o["remote_jobs"]?.arrayValue ?? [], state: &state)
+        var last: [String: JSONValue] = [:]
+        var start = 0
+        repeat {
+            let end = min(lines.count, start + requestEvents)
+            let chunk = parsed[start..<end].compactMap { $0 }
+            let createdHere = Set(chunk.filter(\.created).map(\.id))
+            var jobs = allJobs.filter { createdHere.contains($0.key) }
+            // Events of jobs gone from the site before the server had them cannot be placed: left out.
+            var sendable = chunk.filter { !$0.created || jobs[$0.id] != nil }.map(\.json)
+            var reply: HTTPResponse
+            do {
+                reply = try send(body(jobs: jobs, events: sendable))
+            } catch let error as SyncError where error.status == 400 && error.message.contains("is not on the server") {
+                // The server lacks jobs made before (a new server, or a database restored from a backup): send
+                // the spec of every job of these events.
+                jobs = try jobsJSON(Set(chunk.map(\.id)))
+                sendable = chunk.filter { jobs[$0.id] != nil }.map(\.json)
+                reply = try send(body(jobs: jobs, events: sendable))
+            }
+            last = (try? reply.json())?.objectValue ?? [:]
+            state.siteID = last["site_id"]?.intValue ?? state.siteID
+            state.appsDigest = digest
+            for line in lines[start..<end] { state.cursor[line.file] = max(state.cursor[line.file] ?? 0, line.end) }
+            // What the server now knows is forgotten here.
+            let known = Set((last["jobs"]?.objectValue ?? [:]).keys)
+            state.adopted = state.adopted.filter { !known.contains($0.value) }
+            state.rejected = [:]
+            try state.save(site)
+            round.events += last["events"]?.intValue ?? 0
+            round.sent += sendable.count
+            round.jobs += jobs.count
+            start = end
+        } while start < lines.count
+        // What the server sent to do is done.
+        try takeApps(last["remote_apps"]?.arrayValue ?? [], state: &state)
+        let (adopted, refused) = try take(last["remote_jobs"]?.arrayValue ?? [], state: &state)
         round.adopted = adopted
         round.refused = refused
         if adopted + refused > 0 { round.caughtUp = false }

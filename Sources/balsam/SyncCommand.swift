@@ -35,7 +35,7 @@ struct SyncPush: ParsableCommand {
 
     @OptionGroup var siteOption: SiteOption
 
-    @Flag(name: .long, help: "One round only (at most 10,000 events).")
+    @Flag(name: .long, help: "One round only (at most 100,000 events, in requests of 5,000).")
     var once = false
 
     func run() throws {
