@@ -26,6 +26,12 @@ public struct SyncState: Sendable, Equatable {
     public var rejected: [String: String] = [:]
     /// Apps defined through the API (in Python, with a command template) as last written here, by digest.
     public var remoteApps: [String: String] = [:]
+    /// Batch jobs asked for through the API and made here, server id to site id, until the server knows.
+    public var batchAdopted: [String: Int] = [:]
+    /// Batch job requests refused here, with the reason, until the server knows.
+    public var batchRejected: [String: String] = [:]
+    /// Each batch job's record as last pushed, by site id (pushed again when it changes).
+    public var batchDigests: [String: String] = [:]
 
     /// The state file of `site`.
     public static func path(_ site: Site) -> String { site.root + "/sync/state.json" }
@@ -52,6 +58,9 @@ public struct SyncState: Sendable, Equatable {
         state.adopted = (o["adopted"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
         state.rejected = (o["rejected"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
         state.remoteApps = (o["remote_apps"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+        state.batchAdopted = (o["batch_adopted"]?.objectValue ?? [:]).compactMapValues(\.intValue)
+        state.batchRejected = (o["batch_rejected"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+        state.batchDigests = (o["batch_digests"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
         return state
     }
 
@@ -63,6 +72,9 @@ public struct SyncState: Sendable, Equatable {
             "last_pushed": .int(lastPushed), "adopted": .object(adopted.mapValues { .string($0) }),
             "rejected": .object(rejected.mapValues { .string($0) }),
             "remote_apps": .object(remoteApps.mapValues { .string($0) }),
+            "batch_adopted": .object(batchAdopted.mapValues { .int($0) }),
+            "batch_rejected": .object(batchRejected.mapValues { .string($0) }),
+            "batch_digests": .object(batchDigests.mapValues { .string($0) }),
         ]
         if let siteID { o["site_id"] = .int(siteID) }
         if let lastSuccess { o["last_success"] = .string(lastSuccess) }
@@ -296,9 +308,37 @@ public final class Pusher {
             if digest != state.appsDigest || state.siteID == nil { o["apps"] = apps }
             return .object(o)
         }
+        // Batch jobs whose record changed since the last push (with the server's id for those asked remotely).
+        let store = BatchJobStore(site: site)
+        let batchServerIDs = Dictionary(state.batchAdopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
+        var changedBatches: [(String, String, JSONValue)] = []
+        for job in try store.all().jobs {
+            var o: [String: JSONValue] = [
+                "site_batch_id": .int(job.id), "project": .string(job.project), "queue": .string(job.queue),
+                "num_nodes": .int(job.numNodes), "wall_time_min": .int(job.wallTimeMinutes),
+                "filter_tags": .object(job.filterTags.mapValues { .string($0) }),
+                "optional_params": .object(job.optionalParams.mapValues { .string($0) }),
+                "state": .string(job.state.rawValue),
+            ]
+            if let id = job.schedulerID { o["scheduler_id"] = .string(id) }
+            if let t = job.startTime { o["start_time"] = .string(t) }
+            if let t = job.endTime { o["end_time"] = .string(t) }
+            if let m = job.message { o["message"] = .string(m) }
+            if let serverID = batchServerIDs[job.id].flatMap(Int.init) { o["server_id"] = .int(serverID) }
+            let text = JSONValue.object(o).serialized()
+            if state.batchDigests[String(job.id)] != text { changedBatches.append((String(job.id), text, .object(o))) }
+        }
         // Untyped, so that one failure kind can be caught below (a typed-throws catch with a condition crashes
         // this compiler).
-        func send(_ body: JSONValue) throws -> HTTPResponse { try client.send("POST", "/sync/push", json: body) }
+        func send(_ body: JSONValue) throws -> HTTPResponse {
+            guard case .object(var o) = body else { return try client.send("POST", "/sync/push", json: body) }
+            o["batch_jobs"] = .array(changedBatches.map(\.2))
+            o["rejected_batch_jobs"] = .array(
+                state.batchRejected.sorted(by: { $0.key < $1.key }).compactMap { id, reason in
+                    Int(id).map { .object(["server_id": .int($0), "reason": .string(reason)]) }
+                })
+            return try client.send("POST", "/sync/push", json: .object(o))
+        }
         var last: [String: JSONValue] = [:]
         var start = 0
         repeat {
@@ -326,6 +366,10 @@ public final class Pusher {
             let known = Set((last["jobs"]?.objectValue ?? [:]).keys)
             state.adopted = state.adopted.filter { !known.contains($0.value) }
             state.rejected = [:]
+            for (id, text, _) in changedBatches { state.batchDigests[id] = text }
+            changedBatches = []
+            state.batchAdopted = [:]
+            state.batchRejected = [:]
             try state.save(site)
             round.events += last["events"]?.intValue ?? 0
             round.sent += sendable.count
@@ -334,6 +378,7 @@ public final class Pusher {
         } while start < lines.count
         // What the server sent to do is done.
         try takeApps(last["remote_apps"]?.arrayValue ?? [], state: &state)
+        try takeBatchJobs(last, state: &state)
         let (adopted, refused) = try take(last["remote_jobs"]?.arrayValue ?? [], state: &state)
         round.adopted = adopted
         round.refused = refused
@@ -371,6 +416,41 @@ public final class Pusher {
             } catch {
                 state.lastError = "app \(name) from the server: \(error)"
             }
+        }
+    }
+
+    /// Batch jobs asked for through the API go through `balsam queue submit`'s checks against the site's policy
+    /// (queues, projects, sizes, optional parameters) and into `batchjobs/`, where the scheduler service submits
+    /// them; refused ones are reported with the reason. Deletions asked through the API become the site's own
+    /// deletion requests.
+    func takeBatchJobs(_ reply: [String: JSONValue], state: inout SyncState) throws {
+        let store = BatchJobStore(site: site)
+        let remote = reply["remote_batch_jobs"]?.arrayValue ?? []
+        if !remote.isEmpty {
+            let policy = try SiteSettings.load(site).scheduler
+            for item in remote {
+                guard let o = item.objectValue, let serverID = o["id"]?.intValue else { continue }
+                let key = String(serverID)
+                if state.batchAdopted[key] != nil || state.batchRejected[key] != nil { continue }
+                var job = BatchJob(
+                    project: o["project"]?.stringValue ?? "", queue: o["queue"]?.stringValue ?? "",
+                    numNodes: o["num_nodes"]?.intValue ?? 1, wallTimeMinutes: o["wall_time_min"]?.intValue ?? 1)
+                job.filterTags = (o["filter_tags"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+                job.optionalParams = (o["optional_params"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+                job.origin = "balsam-server (batch job \(serverID))"
+                do {
+                    try job.validate(against: policy, active: try store.all().jobs.filter { !$0.state.isFinal })
+                    let made = try store.create(job)
+                    state.batchAdopted[key] = made.id
+                } catch {
+                    state.batchRejected[key] = "\(error)"
+                }
+                try state.save(site)
+            }
+        }
+        for case .int(let id) in reply["batch_deletions"]?.arrayValue ?? [] {
+            guard let job = try store.load(id), !job.state.isFinal, !store.deletionRequested(id) else { continue }
+            try store.requestDeletion(id)
         }
     }
 

@@ -252,10 +252,8 @@ import Testing
                 p.waitUntilExit()
             }
         }
-        for (program, args) in [
-            ("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"]),
-            ("balsam-launcher", ["--site", site.root, "--wall-time-min", "10", "--idle-timeout", "300"]),
-        ] {
+        // Only the watcher: the user's BatchJob goes through the site's scheduler (local), which starts the launcher.
+        for (program, args) in [("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"])] {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: binDirectory + "/" + program)
             p.arguments = args
@@ -272,6 +270,8 @@ import Testing
         #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)\n\((try? read(dir.path + "/watch.log")) ?? "")")
         #expect(try read(site.jobDirectory("test/say-hello") + "/job.out").contains("hello world!"))
         #expect(try read(site.appsPath + "/Hello/app.yml").contains("echo hello {{ name }}"))
+        let queued = try balsam(["queue", "ls", "--history", "--json"], site: site.root)
+        #expect(queued.stdout.contains("balsam-server (batch job"), "\(queued.stdout)")
         // The history the client sees is the site's, transition for transition.
         let shown = try JSONValue.parse(try balsam(["show", "test/say-hello", "--json"], site: site.root).stdout)
         let states = (shown.objectValue?["history"]?.arrayValue ?? []).compactMap {

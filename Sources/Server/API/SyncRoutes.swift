@@ -25,6 +25,8 @@ enum SyncRoutes {
         let events = try list(&input, "events")
         let rejected = try list(&input, "rejected")
         let appDigests = (try input.object("app_digests") ?? [:]).compactMapValues(\.stringValue)
+        let batchJobs = try list(&input, "batch_jobs")
+        let rejectedBatchJobs = try list(&input, "rejected_batch_jobs")
         try input.finish()
         if jobs.count + events.count + apps.count > call.limits.bulkItems * 4 {
             throw ServerError.badRequest("a push holds at most \(call.limits.bulkItems * 4) apps, jobs and events")
@@ -60,6 +62,7 @@ enum SyncRoutes {
             let jobIDs = try createJobs(jobs, siteID: siteID, appIDs: appIDs, call: call, now: now)
             let inserted = try recordEvents(events, siteID: siteID, jobIDs: jobIDs, call: call, now: now)
             try reject(rejected, siteID: siteID, call: call, now: now)
+            try recordBatchJobs(batchJobs, rejectedBatchJobs, siteID: siteID, call: call)
             var out = JSONWriter()
             out.beginObject()
             out.field("site_id", siteID)
@@ -68,6 +71,7 @@ enum SyncRoutes {
             out.field("events", inserted)
             try writeRemoteJobs(siteID: siteID, call: call, to: &out)
             try writeRemoteApps(siteID: siteID, known: appDigests, call: call, to: &out)
+            try writeRemoteBatchJobs(siteID: siteID, call: call, to: &out)
             out.endObject()
             return .json(out)
         }
@@ -152,6 +156,109 @@ enum SyncRoutes {
             out.endObject()
         }
         out.endArray()
+    }
+
+    /// The site's batch jobs as it reports them (`{site_batch_id, server_id?, project, queue, num_nodes,
+    /// wall_time_min, filter_tags, optional_params, state, scheduler_id, start_time, end_time, message}`), made or
+    /// updated by the site's id; and requests it refused (`{server_id, reason}`), which become `submit_failed`.
+    /// A batch job a user asked to delete stays `pending_deletion` until the site reports it ended (the
+    /// original's rule).
+    static func recordBatchJobs(_ items: [JSONValue], _ refused: [JSONValue], siteID: Int, call: Call) throws {
+        let c = call.connection
+        for (i, item) in items.enumerated() {
+            var b = try Input(item, prefix: "batch_jobs[\(i)]")
+            let siteBatchID = try b.requiredInt("site_batch_id", in: 1...Int.max)
+            let serverID = try b.int("server_id", in: 1...Int.max)
+            let state = try b.requiredString("state", maxBytes: 32)
+            guard BatchJobs.states.contains(state) else { throw b.bad("state", "'\(state)' is not a batch job state") }
+            let schedulerText = try b.string("scheduler_id", maxBytes: 64)
+            let schedulerID = schedulerText.flatMap { Int($0.prefix { $0.isNumber }) }
+            let start = try b.time("start_time")
+            let end = try b.time("end_time")
+            let message = try b.string("message", maxBytes: 4096)
+            let project = try b.requiredString("project", maxBytes: 256)
+            let queue = try b.requiredString("queue", maxBytes: 256)
+            let nodes = try b.requiredInt("num_nodes", in: 1...1_000_000)
+            let minutes = try b.requiredInt("wall_time_min", in: 1...1_000_000)
+            let filterTags = jsonText(try b.stringMap("filter_tags") ?? [:])
+            let optional = jsonText(try b.stringMap("optional_params") ?? [:])
+            try b.finish()
+            if let serverID {
+                try c.execute(
+                    "UPDATE batch_jobs SET site_batch_id = ? WHERE id = ? AND site_id = ? AND owner_id = ? AND site_batch_id IS NULL",
+                    [.of(siteBatchID), .of(serverID), .of(siteID), .of(call.user.id)])
+            }
+            let info = jsonText(message.map { ["message": JSONValue.string($0)] } ?? [:])
+            let existing = try c.query(
+                "SELECT id, state FROM batch_jobs WHERE site_id = ? AND site_batch_id = ?" + c.dialect.forUpdate,
+                [.of(siteID), .of(siteBatchID)]
+            ).first
+            if let existing {
+                let keep = existing.text(1) == "pending_deletion" && state != "finished" && state != "submit_failed"
+                try c.execute(
+                    """
+                    UPDATE batch_jobs SET state = ?, scheduler_id = ?, start_time = ?, end_time = ?, status_info = ?
+                    WHERE id = ?
+                    """,
+                    [
+                        .text(keep ? "pending_deletion" : state), .of(schedulerID), start.map { .int($0) } ?? .null,
+                        end.map { .int($0) } ?? .null, .text(info), .of(existing.int(0)),
+                    ])
+            } else {
+                try c.execute(
+                    """
+                    INSERT INTO batch_jobs (owner_id, site_id, site_batch_id, scheduler_id, project, queue, num_nodes,
+                    wall_time_min, job_mode, optional_params, filter_tags, partitions, state, status_info, start_time,
+                    end_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'mpi', ?, ?, NULL, ?, ?, ?, ?)
+                    """,
+                    [
+                        .of(call.user.id), .of(siteID), .of(siteBatchID), .of(schedulerID), .text(project),
+                        .text(queue), .of(nodes), .of(minutes), .text(optional), .text(filterTags), .text(state),
+                        .text(info), start.map { .int($0) } ?? .null, end.map { .int($0) } ?? .null,
+                    ])
+            }
+        }
+        for (i, item) in refused.enumerated() {
+            var r = try Input(item, prefix: "rejected_batch_jobs[\(i)]")
+            let id = try r.requiredInt("server_id", in: 1...Int.max)
+            let reason = try r.requiredString("reason", maxBytes: 4096)
+            try r.finish()
+            try c.execute(
+                """
+                UPDATE batch_jobs SET state = 'submit_failed', status_info = ?
+                WHERE id = ? AND site_id = ? AND owner_id = ? AND site_batch_id IS NULL
+                """,
+                [.text(jsonText(["error": .string(reason)])), .of(id), .of(siteID), .of(call.user.id)])
+        }
+    }
+
+    /// Batch jobs asked for through the API that the site has not taken (`remote_batch_jobs`), and the site's
+    /// batch jobs a user asked to delete (`batch_deletions`, by the site's ids).
+    static func writeRemoteBatchJobs(siteID: Int, call: Call, to out: inout JSONWriter) throws {
+        let rows = try call.connection.query(
+            """
+            SELECT id, project, queue, num_nodes, wall_time_min, job_mode, filter_tags, optional_params
+            FROM batch_jobs WHERE site_id = ? AND owner_id = ? AND site_batch_id IS NULL
+            AND state = 'pending_submission' ORDER BY id LIMIT 100
+            """, [.of(siteID), .of(call.user.id)])
+        out.beginArray("remote_batch_jobs")
+        for r in rows {
+            out.beginObject()
+            out.field("id", r.int(0))
+            out.field("project", r.text(1))
+            out.field("queue", r.text(2))
+            out.field("num_nodes", r.int(3))
+            out.field("wall_time_min", r.int(4))
+            out.field("job_mode", r.text(5))
+            out.raw("filter_tags", r.text(6))
+            out.raw("optional_params", r.text(7))
+            out.endObject()
+        }
+        out.endArray()
+        let deletions = try call.connection.query(
+            "SELECT site_batch_id FROM batch_jobs WHERE site_id = ? AND state = 'pending_deletion' AND site_batch_id IS NOT NULL",
+            [.of(siteID)])
+        out.value("batch_deletions", .array(deletions.map { .int($0.int(0)) }))
     }
 
     /// FNV-1a, 64 bits, in hex: enough to tell whether an app changed (not a security check).

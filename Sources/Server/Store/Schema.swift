@@ -9,6 +9,7 @@ enum Schema {
     static let migrations: [(version: Int, name: String, sql: @Sendable (SQLDialect) -> String)] = [
         (1, "initial schema", initial),
         (2, "sites' own job ids, for idempotent pushes", siteJobIDs),
+        (3, "sites' own batch job ids", siteBatchIDs),
     ]
 
     /// The newest version this server knows.
@@ -162,6 +163,14 @@ enum Schema {
         CREATE UNIQUE INDEX jobs_site_job ON jobs (site_id, site_job_id);
         CREATE INDEX events_job_time ON events (job_id, timestamp);
         """
+    }
+
+    private static func siteBatchIDs(_ d: SQLDialect) -> String {
+        let big = d == .sqlite ? "INTEGER" : "BIGINT"
+        return """
+            ALTER TABLE batch_jobs ADD COLUMN site_batch_id \(big);
+            CREATE UNIQUE INDEX batch_jobs_site_batch ON batch_jobs (site_id, site_batch_id);
+            """
     }
 
     /// The version the database is at (0 for an empty database).
