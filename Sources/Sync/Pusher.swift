@@ -32,6 +32,8 @@ public struct SyncState: Sendable, Equatable {
     public var batchRejected: [String: String] = [:]
     /// Each batch job's record as last pushed, by site id (pushed again when it changes).
     public var batchDigests: [String: String] = [:]
+    /// Users' requests carried out or refused here, by request id, until the server knows.
+    public var requestsDone: [String: JSONValue] = [:]
 
     /// The state file of `site`.
     public static func path(_ site: Site) -> String { site.root + "/sync/state.json" }
@@ -61,6 +63,7 @@ public struct SyncState: Sendable, Equatable {
         state.batchAdopted = (o["batch_adopted"]?.objectValue ?? [:]).compactMapValues(\.intValue)
         state.batchRejected = (o["batch_rejected"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
         state.batchDigests = (o["batch_digests"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+        state.requestsDone = o["requests_done"]?.objectValue ?? [:]
         return state
     }
 
@@ -75,6 +78,7 @@ public struct SyncState: Sendable, Equatable {
             "batch_adopted": .object(batchAdopted.mapValues { .int($0) }),
             "batch_rejected": .object(batchRejected.mapValues { .string($0) }),
             "batch_digests": .object(batchDigests.mapValues { .string($0) }),
+            "requests_done": .object(requestsDone),
         ]
         if let siteID { o["site_id"] = .int(siteID) }
         if let lastSuccess { o["last_success"] = .string(lastSuccess) }
@@ -277,6 +281,9 @@ public final class Pusher {
             guard let o = line.event.objectValue, let job = o["job"]?.stringValue, let t = o["t"]?.stringValue,
                 let from = o["from"]?.stringValue, let to = o["to"]?.stringValue
             else { return nil }
+            // A removal (`balsam rm`) is not a state: the server deletes the job.
+            if to == "REMOVED" { return (job, false, .object(["site_job_id": .string(job), "removed": .bool(true)])) }
+            guard JobState(rawValue: from) != nil, JobState(rawValue: to) != nil else { return nil }
             var data = o["data"]?.objectValue ?? [:]
             if let actor = o["actor"]?.stringValue { data["actor"] = .string(actor) }
             let json = JSONValue.object([
@@ -290,7 +297,7 @@ public final class Pusher {
         let apps = try appsJSON(except: Set(state.remoteApps.keys))
         let digest = apps.serialized()
         let serverIDs = Dictionary(state.adopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
-        func body(jobs: [String: JSONValue], events: [JSONValue]) -> JSONValue {
+        func body(jobs: [String: JSONValue], events: [JSONValue], removed: Set<String>) -> JSONValue {
             let specs = jobs.keys.sorted().compactMap { id -> JSONValue? in
                 guard var spec = jobs[id]?.objectValue else { return nil }
                 if let serverID = serverIDs[id].flatMap(Int.init) { spec["server_id"] = .int(serverID) }
@@ -299,6 +306,7 @@ public final class Pusher {
             var o: [String: JSONValue] = [
                 "site": .object(["name": .string(settings.siteName ?? site.name), "path": .string(site.root)]),
                 "jobs": .array(specs), "events": .array(events),
+                "removed": .array(removed.sorted().map { .string($0) }),
                 "app_digests": .object(state.remoteApps.mapValues { .string($0) }),
                 "rejected": .array(
                     state.rejected.sorted(by: { $0.key < $1.key }).compactMap { id, reason in
@@ -333,6 +341,7 @@ public final class Pusher {
         func send(_ body: JSONValue) throws -> HTTPResponse {
             guard case .object(var o) = body else { return try client.send("POST", "/sync/push", json: body) }
             o["batch_jobs"] = .array(changedBatches.map(\.2))
+            o["requests_done"] = .array(state.requestsDone.sorted(by: { $0.key < $1.key }).map(\.value))
             o["rejected_batch_jobs"] = .array(
                 state.batchRejected.sorted(by: { $0.key < $1.key }).compactMap { id, reason in
                     Int(id).map { .object(["server_id": .int($0), "reason": .string(reason)]) }
@@ -347,16 +356,18 @@ public final class Pusher {
             let createdHere = Set(chunk.filter(\.created).map(\.id))
             var jobs = allJobs.filter { createdHere.contains($0.key) }
             // Events of jobs gone from the site before the server had them cannot be placed: left out.
-            var sendable = chunk.filter { !$0.created || jobs[$0.id] != nil }.map(\.json)
+            let removed = Set(chunk.filter { $0.json.objectValue?["removed"] != nil }.map(\.id))
+            let placed = chunk.filter { $0.json.objectValue?["removed"] == nil && !removed.contains($0.id) }
+            var sendable = placed.filter { !$0.created || jobs[$0.id] != nil }.map(\.json)
             var reply: HTTPResponse
             do {
-                reply = try send(body(jobs: jobs, events: sendable))
+                reply = try send(body(jobs: jobs, events: sendable, removed: removed))
             } catch let error as SyncError where error.status == 400 && error.message.contains("is not on the server") {
                 // The server lacks jobs made before (a new server, or a database restored from a backup): send
                 // the spec of every job of these events.
-                jobs = try jobsJSON(Set(chunk.map(\.id)))
-                sendable = chunk.filter { jobs[$0.id] != nil }.map(\.json)
-                reply = try send(body(jobs: jobs, events: sendable))
+                jobs = try jobsJSON(Set(placed.map(\.id)))
+                sendable = placed.filter { jobs[$0.id] != nil }.map(\.json)
+                reply = try send(body(jobs: jobs, events: sendable, removed: removed))
             }
             last = (try? reply.json())?.objectValue ?? [:]
             state.siteID = last["site_id"]?.intValue ?? state.siteID
@@ -370,6 +381,7 @@ public final class Pusher {
             changedBatches = []
             state.batchAdopted = [:]
             state.batchRejected = [:]
+            state.requestsDone = [:]
             try state.save(site)
             round.events += last["events"]?.intValue ?? 0
             round.sent += sendable.count
@@ -379,6 +391,8 @@ public final class Pusher {
         // What the server sent to do is done.
         try takeApps(last["remote_apps"]?.arrayValue ?? [], state: &state)
         try takeBatchJobs(last, state: &state)
+        let answered = try carryOut(last["requests"]?.arrayValue ?? [], state: &state)
+        if answered > 0 { round.caughtUp = false }
         let (adopted, refused) = try take(last["remote_jobs"]?.arrayValue ?? [], state: &state)
         round.adopted = adopted
         round.refused = refused
@@ -417,6 +431,59 @@ public final class Pusher {
                 state.lastError = "app \(name) from the server: \(error)"
             }
         }
+    }
+
+    /// Carries out users' requests about this site's jobs with the site's own control operations: a kill
+    /// (`FAILED`), a retry (`READY` or `RESTART_READY` from `FAILED`), a deletion. What cannot be done now (a job
+    /// under a launcher, for a deletion) waits for a later round; what cannot be done at all (a kill of an ended
+    /// job, any other state) is refused with the reason. Returns how many were answered.
+    func carryOut(_ requests: [JSONValue], state: inout SyncState) throws -> Int {
+        guard !requests.isEmpty else { return 0 }
+        let control = Control(site: site, actor: "balsam-sync")
+        var answered = 0
+        for item in requests {
+            guard let o = item.objectValue, let id = o["id"]?.intValue, let job = o["site_job_id"]?.stringValue,
+                let kind = o["kind"]?.stringValue
+            else { continue }
+            let key = String(id)
+            if state.requestsDone[key] != nil { continue }
+            func answer(_ outcome: String, _ reason: String?) throws {
+                var a: [String: JSONValue] = ["id": .int(id), "outcome": .string(outcome)]
+                if let reason { a["reason"] = .string(reason) }
+                state.requestsDone[key] = .object(a)
+                try state.save(site)
+                answered += 1
+            }
+            var filter = JobFilter()
+            filter.ids = [job]
+            let selected = try control.select(filter)
+            guard !selected.isEmpty else {
+                try answer("refused", "job \(job) is no longer at site \(site.name)")
+                continue
+            }
+            let target = o["target"]?.stringValue
+            let outcomes: [Control.Outcome]
+            switch (kind, target) {
+            case ("state", JobState.failed.rawValue?):
+                outcomes = control.kill(selected, reason: "killed through the API")
+            case ("state", JobState.ready.rawValue?): outcomes = control.retry(selected, restart: false)
+            case ("state", JobState.restartReady.rawValue?): outcomes = control.retry(selected, restart: true)
+            case ("delete", _): outcomes = control.remove(selected, keepFiles: false)
+            default:
+                try answer(
+                    "refused",
+                    "site \(site.name) moves its jobs itself; through the API it takes kills (FAILED), retries "
+                        + "(READY, RESTART_READY) and deletions, not \(target ?? kind)")
+                continue
+            }
+            guard let outcome = outcomes.first else { continue }
+            switch outcome.kind {
+            case .done, .requested: try answer("done", nil)
+            case .notNow: continue
+            case .unchanged, .failed: try answer("refused", outcome.message)
+            }
+        }
+        return answered
     }
 
     /// Batch jobs asked for through the API go through `balsam queue submit`'s checks against the site's policy

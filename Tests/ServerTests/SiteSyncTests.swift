@@ -281,4 +281,69 @@ import Testing
         let seen = result.stdout.split(separator: "\n").filter { $0.hasPrefix("EVENT") }.map(String.init)
         #expect(!history.isEmpty && seen == history, "server: \(seen)\nsite: \(history)")
     }
+
+    @Test("a remote kill, retry and delete take effect at the site; what the site cannot do is refused visibly")
+    func remoteRequests() async throws {
+        let server = try await LiveServer(.sqlite)
+        defer { Task { try? await server.stop() } }
+        let dir = server.dir
+        let token = try await server.user("tina")
+        try dir.file("token", token)
+        let site = try makeSite(dir)
+        try dir.file(
+            "site/settings.yml",
+            try read(site.settingsPath) + "\nsync:\n  url: \(server.url)\n  token_file: \(dir.path)/token\n")
+        let lines = ["a", "b", "c"].map { #"{"app":"hello","workdir":"\#($0)","parameters":{"name":"n"}}"# }
+        #expect(
+            try balsamSubmit(["--from", "-"], site: site.root, stdin: Data(lines.joined(separator: "\n").utf8)).status
+                == 0)
+        let push = { try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root]) }
+        #expect(try await push().status == 0)
+        var ids: [String: Int] = [:]
+        var siteIDs: [String: String] = [:]
+        for job in (try await server.request("GET", "/jobs/", token: token)).object["results"] as? [[String: Any]] ?? []
+        {
+            ids[job["workdir"] as? String ?? ""] = job["id"] as? Int
+            siteIDs[job["workdir"] as? String ?? ""] = job["site_job_id"] as? String
+        }
+        let a = try #require(ids["a"])
+        let b = try #require(ids["b"])
+        let c = try #require(ids["c"])
+        func serverState(_ id: Int) async throws -> String? {
+            try await server.request("GET", "/jobs/\(id)", token: token).object["state"] as? String
+        }
+
+        // Kill: held as a request (the job here unchanged), carried out at the site, then reported.
+        let kill = try await server.request("PATCH", "/jobs/", json: [["id": a, "state": "FAILED"]], token: token)
+        #expect(kill.status == 200)
+        #expect(try await serverState(a) == "READY")
+        #expect(try await push().status == 0)
+        #expect(try await push().status == 0)
+        #expect(try siteStates(site)[siteIDs["a"] ?? ""] == "FAILED")
+        #expect(try await serverState(a) == "FAILED")
+
+        // Retry of the failed job.
+        _ = try await server.request("PATCH", "/jobs/", json: [["id": a, "state": "RESTART_READY"]], token: token)
+        #expect(try await push().status == 0)
+        #expect(try await push().status == 0)
+        #expect(try siteStates(site)[siteIDs["a"] ?? ""] == "RESTART_READY")
+        #expect(try await serverState(a) == "RESTART_READY")
+
+        // Delete: the site removes it, and then the server does.
+        #expect(try await server.request("DELETE", "/jobs/\(b)", token: token).status == 204)
+        #expect(try await server.request("GET", "/jobs/\(b)", token: token).status == 200)
+        #expect(try await push().status == 0)
+        #expect(try await push().status == 0)
+        #expect(try siteStates(site)[siteIDs["b"] ?? ""] == nil)
+        #expect(try await server.request("GET", "/jobs/\(b)", token: token).status == 404)
+
+        // A move the site makes itself: refused, with the reason in the job's data.
+        _ = try await server.request("PATCH", "/jobs/", json: [["id": c, "state": "STAGED_IN"]], token: token)
+        #expect(try await push().status == 0)
+        #expect(try await push().status == 0)
+        let refused = try await server.request("GET", "/jobs/\(c)", token: token)
+        let reason = (refused.object["data"] as? [String: Any])?["balsam_request_refused"] as? String
+        #expect(reason?.contains("moves its jobs itself") == true, "\(refused.text)")
+        #expect(try siteStates(site)[siteIDs["c"] ?? ""] == "READY")
+    }
 }

@@ -489,11 +489,18 @@ enum Jobs {
                 else { throw ServerError.notFound("batch job \(batch)") }
             }
             var targets: [Int: JobState] = [:]
+            let siteOwned = try siteOwnedJobs(updates.map(\.id), call: call)
             for u in updates {
                 guard let from = current[u.id] else { throw ServerError.notFound("job \(u.id)") }
                 guard let to = u.patch.state, to != from else { continue }
                 do { try from.validateTransition(to: to) } catch let error as SpoolError {
                     throw ServerError.badRequest("job \(u.id): \(error.message)", field: "state")
+                }
+                // A site's job moves at its site: the change is held as a request the site carries out (kill,
+                // retry) and then reports; the job here changes when the site says so.
+                if let site = siteOwned[u.id] {
+                    try request(job: u.id, site: site, kind: "state", target: to.rawValue, call: call, now: now)
+                    continue
                 }
                 targets[u.id] = to
             }
@@ -673,12 +680,54 @@ enum Jobs {
     static func queryDelete(_ call: inout Call) throws -> Reply {
         let c = try conditions(&call)
         try call.query.finish()
-        try call.connection.execute("DELETE FROM jobs WHERE \(c.sql)", c.parameters)
+        try call.connection.transaction {
+            try requestSiteDeletions(where: c.sql, c.parameters, call: call)
+            try call.connection.execute("DELETE FROM jobs WHERE site_job_id IS NULL AND \(c.sql)", c.parameters)
+        }
         return .noContent
     }
 
     /// `DELETE /jobs/{id}`.
-    static func delete(_ call: inout Call) throws -> Reply { try deleteOwned(call, table: "jobs", what: "job") }
+    static func delete(_ call: inout Call) throws -> Reply {
+        let id = try call.requiredID()
+        guard
+            try call.connection.scalar(
+                "SELECT id FROM jobs WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
+                != nil
+        else { throw ServerError.notFound("job \(id)") }
+        try call.connection.transaction {
+            try requestSiteDeletions(where: "owner_id = ? AND id = ?", [.of(call.user.id), .of(id)], call: call)
+            try call.connection.execute("DELETE FROM jobs WHERE id = ? AND site_job_id IS NULL", [.of(id)])
+        }
+        return .noContent
+    }
+
+    /// Jobs among `ids` that a site owns (pushed by it), with their site.
+    static func siteOwnedJobs(_ ids: [Int], call: Call) throws -> [Int: Int] {
+        var owned: [Int: Int] = [:]
+        for chunk in ids.chunked(10_000) where !chunk.isEmpty {
+            let rows = try call.connection.query(
+                "SELECT id, site_id FROM jobs WHERE site_job_id IS NOT NULL AND id IN (\(placeholders(chunk.count)))",
+                chunk.map { .of($0) })
+            for r in rows { owned[r.int(0)] = r.int(1) }
+        }
+        return owned
+    }
+
+    /// Holds a user's request about a site's job for the site (`kind` `state` with a target, or `delete`).
+    static func request(job: Int, site: Int, kind: String, target: String?, call: Call, now: Int64) throws {
+        try call.connection.execute(
+            "INSERT INTO job_requests (owner_id, site_id, job_id, kind, target, created) VALUES (?, ?, ?, ?, ?, ?)",
+            [.of(call.user.id), .of(site), .of(job), .text(kind), target.map { .text($0) } ?? .null, .int(now)])
+    }
+
+    /// Deleting a site's jobs is asked of the site: it removes them and reports, and they go here then.
+    static func requestSiteDeletions(where clause: String, _ parameters: [SQLValue], call: Call) throws {
+        let now = ServerClock.microseconds()
+        let rows = try call.connection.query(
+            "SELECT id, site_id FROM jobs WHERE site_job_id IS NOT NULL AND \(clause)", parameters)
+        for r in rows { try request(job: r.int(0), site: r.int(1), kind: "delete", target: nil, call: call, now: now) }
+    }
 }
 
 extension Array {

@@ -25,6 +25,8 @@ enum SyncRoutes {
         let events = try list(&input, "events")
         let rejected = try list(&input, "rejected")
         let appDigests = (try input.object("app_digests") ?? [:]).compactMapValues(\.stringValue)
+        let removed = try list(&input, "removed").compactMap(\.stringValue)
+        let requestsDone = try list(&input, "requests_done")
         let batchJobs = try list(&input, "batch_jobs")
         let rejectedBatchJobs = try list(&input, "rejected_batch_jobs")
         try input.finish()
@@ -62,7 +64,14 @@ enum SyncRoutes {
             let jobIDs = try createJobs(jobs, siteID: siteID, appIDs: appIDs, call: call, now: now)
             let inserted = try recordEvents(events, siteID: siteID, jobIDs: jobIDs, call: call, now: now)
             try reject(rejected, siteID: siteID, call: call, now: now)
+            // Jobs removed at the site (`balsam rm`) go here too, with their events.
+            for chunk in removed.chunked(5000) where !chunk.isEmpty {
+                try c.execute(
+                    "DELETE FROM jobs WHERE site_id = ? AND owner_id = ? AND site_job_id IN (\(placeholders(chunk.count)))",
+                    [.of(siteID), .of(owner)] + chunk.map { .text($0) })
+            }
             try recordBatchJobs(batchJobs, rejectedBatchJobs, siteID: siteID, call: call)
+            try closeRequests(requestsDone, siteID: siteID, call: call)
             var out = JSONWriter()
             out.beginObject()
             out.field("site_id", siteID)
@@ -72,6 +81,20 @@ enum SyncRoutes {
             try writeRemoteJobs(siteID: siteID, call: call, to: &out)
             try writeRemoteApps(siteID: siteID, known: appDigests, call: call, to: &out)
             try writeRemoteBatchJobs(siteID: siteID, call: call, to: &out)
+            let requests = try c.query(
+                """
+                SELECT r.id, j.site_job_id, r.kind, r.target FROM job_requests r JOIN jobs j ON j.id = r.job_id
+                WHERE r.site_id = ? AND r.owner_id = ? ORDER BY r.id LIMIT 1000
+                """, [.of(siteID), .of(owner)])
+            out.value(
+                "requests",
+                .array(
+                    requests.map { r in
+                        .object([
+                            "id": .int(r.int(0)), "site_job_id": .string(r.text(1)), "kind": .string(r.text(2)),
+                            "target": r.optionalText(3).map { .string($0) } ?? .null,
+                        ])
+                    }))
             out.endObject()
             return .json(out)
         }
@@ -259,6 +282,32 @@ enum SyncRoutes {
             "SELECT site_batch_id FROM batch_jobs WHERE site_id = ? AND state = 'pending_deletion' AND site_batch_id IS NOT NULL",
             [.of(siteID)])
         out.value("batch_deletions", .array(deletions.map { .int($0.int(0)) }))
+    }
+
+    /// The site's answers to users' requests (`{id, outcome: done|refused, reason}`): each request is closed; a
+    /// refused one leaves its reason in the job's `data.balsam_request_refused`, where the user sees it.
+    static func closeRequests(_ items: [JSONValue], siteID: Int, call: Call) throws {
+        let c = call.connection
+        for (i, item) in items.enumerated() {
+            var r = try Input(item, prefix: "requests_done[\(i)]")
+            let id = try r.requiredInt("id", in: 1...Int.max)
+            let outcome = try r.requiredString("outcome", maxBytes: 16)
+            let reason = try r.string("reason", maxBytes: 4096)
+            try r.finish()
+            guard
+                let job = try c.scalar(
+                    "SELECT job_id FROM job_requests WHERE id = ? AND site_id = ? AND owner_id = ?",
+                    [.of(id), .of(siteID), .of(call.user.id)])
+            else { continue }
+            try c.execute("DELETE FROM job_requests WHERE id = ?", [.of(id)])
+            if outcome == "refused", let row = try c.query("SELECT data FROM jobs WHERE id = ?", [.of(job)]).first {
+                var data = (try? JSONValue.parse(row.text(0)))?.objectValue ?? [:]
+                data["balsam_request_refused"] = .string(reason ?? "refused by the site")
+                try c.execute(
+                    "UPDATE jobs SET data = ?, last_update = \(c.dialect.greatest)(last_update + 1, ?) WHERE id = ?",
+                    [.text(jsonText(data)), .int(ServerClock.microseconds()), .of(job)])
+            }
+        }
     }
 
     /// FNV-1a, 64 bits, in hex: enough to tell whether an app changed (not a security check).

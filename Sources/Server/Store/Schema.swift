@@ -10,6 +10,7 @@ enum Schema {
         (1, "initial schema", initial),
         (2, "sites' own job ids, for idempotent pushes", siteJobIDs),
         (3, "sites' own batch job ids", siteBatchIDs),
+        (4, "users' requests to sites", jobRequests),
     ]
 
     /// The newest version this server knows.
@@ -170,6 +171,23 @@ enum Schema {
         return """
             ALTER TABLE batch_jobs ADD COLUMN site_batch_id \(big);
             CREATE UNIQUE INDEX batch_jobs_site_batch ON batch_jobs (site_id, site_batch_id);
+            """
+    }
+
+    private static func jobRequests(_ d: SQLDialect) -> String {
+        let id = d == .sqlite ? "INTEGER PRIMARY KEY" : "BIGSERIAL PRIMARY KEY"
+        let big = d == .sqlite ? "INTEGER" : "BIGINT"
+        return """
+            CREATE TABLE job_requests (
+                id \(id),
+                owner_id \(big) NOT NULL,
+                site_id \(big) NOT NULL REFERENCES sites(id) ON DELETE CASCADE,
+                job_id \(big) NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+                kind TEXT NOT NULL,
+                target TEXT,
+                created \(big) NOT NULL
+            );
+            CREATE INDEX job_requests_site ON job_requests (site_id);
             """
     }
 
