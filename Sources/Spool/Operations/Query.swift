@@ -101,6 +101,38 @@ public struct Query: Sendable {
         return counts
     }
 
+    /// The jobs with these IDs, each with its spec, found the cheap way first: each ID's entry is looked for in
+    /// the active directories (most likely first, stopping at the first found), then only the IDs still missing
+    /// are looked for in accepted batches and, last, the final index. `list` with `ids` reads every batch and
+    /// the whole final index whatever it finds; the sync, which asks for the jobs just made, cannot afford that
+    /// on a large site. Jobs not found (removed) are left out.
+    public func lookup(_ ids: Set<String>) throws(SpoolError) -> [JobListing] {
+        let order: [JobState] =
+            [.ready, .awaitingParents, .stagedIn, .preprocessed, .running, .restartReady]
+            + JobState.active.filter {
+                ![.ready, .awaitingParents, .stagedIn, .preprocessed, .running, .restartReady].contains($0)
+            }
+        var found: [JobListing] = []
+        var missing = Set<String>()
+        for id in ids {
+            var hit = false
+            for state in order where Posix.exists(index.entryPath(state, id)) {
+                guard let job = index.readEntry(state, id: id) else { continue }  // moved meanwhile
+                found.append(
+                    JobListing(id: id, state: state, workdir: job.workdir, app: job.app, source: .active, job: job))
+                hit = true
+                break
+            }
+            if !hit { missing.insert(id) }
+        }
+        if !missing.isEmpty {
+            var filter = JobFilter()
+            filter.ids = missing
+            found += try list(filter, load: false)
+        }
+        return found
+    }
+
     /// The jobs `filter` selects, oldest first, each with its spec (active entries and accepted batches hold
     /// it; an ended job's `job.json` is read). `load` also reads each job's `state` file.
     public func list(_ filter: JobFilter, load: Bool) throws(SpoolError) -> [JobListing] {
