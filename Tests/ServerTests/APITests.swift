@@ -80,11 +80,11 @@ import Testing
 
     @Test("tokens: an expired login and a revoked site token are refused", arguments: Backend.available)
     func tokenLifetimes(_ backend: Backend) async throws {
-        let server = try await LiveServer(backend, arguments: ["--token-hours", "0.0005"])
+        let server = try await LiveServer(backend, arguments: ["--token-hours", "0.003"])
         defer { Task { try? await server.stop() } }
         let token = try await server.user("carol")
         #expect(try await server.request("GET", "/sites/", token: token).status == 200)
-        try await waitFor("the 2-second token expires", timeout: 30) {
+        try await waitFor("the 11-second token expires", timeout: 90) {
             try await server.request("GET", "/sites/", token: token).status == 401
         }
 

@@ -83,4 +83,24 @@ import Testing
         #expect(theirs.status == 200 && theirs.object["site_id"] as? Int != first.object["site_id"] as? Int)
         #expect(try await server.request("GET", "/jobs/\(a)", token: other).status == 404)
     }
+
+    @Test("a site token pushes only as its own site", arguments: [Backend.sqlite])
+    func siteTokensAreBound(_ backend: Backend) async throws {
+        let server = try await LiveServer(backend)
+        defer { Task { try? await server.stop() } }
+        _ = try await server.user("uma")
+        let made = try run(
+            binDirectory + "/balsam-server",
+            [
+                "token", "create", "--user", "uma", "--site", "polaris", "--db", server.db, "--secret-file",
+                server.dir.path + "/secret",
+            ])
+        let token = made.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let mine = try await server.request(
+            "POST", "/sync/push", json: ["site": ["name": "polaris", "path": "/p"]], token: token)
+        #expect(mine.status == 200, "\(mine.text)")
+        let other = try await server.request(
+            "POST", "/sync/push", json: ["site": ["name": "aurora", "path": "/a"]], token: token)
+        #expect(other.status == 403 && other.object["field"] as? String == "site.name", "\(other.text)")
+    }
 }

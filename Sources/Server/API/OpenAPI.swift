@@ -116,6 +116,7 @@ enum OpenAPI {
             "400": response("The request is wrong; detail says why and field where.", ref("Error")),
             "413": response("The body is too large.", ref("Error")),
             "503": response("The database cannot be reached.", ref("Error")),
+            "403": response("Not allowed to this token (a site token pushing as another site).", ref("Error")),
         ]
         if authenticated {
             responses["401"] = response("No valid bearer token.", ref("Error"))

@@ -18,6 +18,11 @@ enum SyncRoutes {
         }
         var site = try Input(.object(siteObject), prefix: "site")
         let siteName = try site.requiredString("name", maxBytes: 128)
+        if let bound = call.user.siteName, bound != siteName {
+            throw ServerError(
+                status: 403, "this token was made for site '\(bound)'; it cannot push as site '\(siteName)'",
+                field: "site.name")
+        }
         let sitePath = try site.requiredString("path")
         try site.finish()
         let apps = try list(&input, "apps")

@@ -10,6 +10,8 @@ public struct User: Sendable, Equatable {
     public var id: Int
     /// The user's name.
     public var name: String
+    /// The site a site token was made for (nil for a password login's token): it may push only as that site.
+    public var siteName: String? = nil
 }
 
 /// One issued token, as `balsam-server token ls` shows it.
@@ -253,10 +255,12 @@ public struct Accounts: Sendable {
         let now = ServerClock.microseconds()
         let rows = try c.query(
             """
-            SELECT u.id, u.username FROM tokens t JOIN users u ON u.id = t.owner_id
+            SELECT u.id, u.username, t.kind, t.site_name FROM tokens t JOIN users u ON u.id = t.owner_id
             WHERE t.id = ? AND t.owner_id = ? AND t.revoked IS NULL AND (t.expires IS NULL OR t.expires > ?)
             """, [.text(id), .of(userID), .int(now)])
-        return rows.first.map { User(id: $0.int(0), name: $0.text(1)) }
+        return rows.first.map { r in
+            User(id: r.int(0), name: r.text(1), siteName: r.text(2) == "site" ? r.optionalText(3) : nil)
+        }
     }
 }
 
