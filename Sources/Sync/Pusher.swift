@@ -98,6 +98,8 @@ public final class Pusher {
     public let site: Site
     let settings: SiteSettings.Sync
     let client: HTTPClient
+    /// When each job made but not found was first missed (see `push`).
+    private var missingSince: [String: Double] = [:]
     /// Most event lines read per round.
     public var maxEvents = 100_000
     /// Most event lines per request (with their jobs' specs, under the server's limit of items per push).
@@ -284,8 +286,9 @@ public final class Pusher {
     /// sync of a big site) costs one walk of the site, and a failure part-way keeps what the server took.
     private func push(_ state: inout SyncState) throws -> Round {
         var round = Round()
-        let (lines, caughtUp) = try readEvents(state)
-        round.caughtUp = caughtUp
+        let read = try readEvents(state)
+        var lines = read.lines
+        round.caughtUp = read.caughtUp
         func event(_ line: Line) -> (id: String, created: Bool, json: JSONValue)? {
             guard let o = line.event.objectValue, let job = o["job"]?.stringValue, let t = o["t"]?.stringValue,
                 let from = o["from"]?.stringValue, let to = o["to"]?.stringValue
@@ -301,8 +304,26 @@ public final class Pusher {
             ])
             return (job, from == JobState.created.rawValue, json)
         }
-        let parsed = lines.map(event)
+        var parsed = lines.map(event)
         let allJobs = try jobsJSON(Set(parsed.compactMap { $0?.created == true ? $0?.id : nil }))
+        // A job made but not found is usually in the middle of a move (its entry briefly in tmp/): the round
+        // stops before its creation and the next one looks again. Only a job gone for good (removed, which a
+        // later line says, or missing for a minute) has its events left out.
+        let removedLater = Set(parsed.compactMap { $0?.json.objectValue?["removed"] != nil ? $0?.id : nil })
+        let now = Posix.monotonicSeconds()
+        for (k, p) in parsed.enumerated() {
+            guard let p, p.created, allJobs[p.id] == nil, !removedLater.contains(p.id) else { continue }
+            let since = missingSince[p.id] ?? now
+            missingSince[p.id] = since
+            if now - since < 60 {
+                lines = Array(lines.prefix(k))
+                parsed = Array(parsed.prefix(k))
+                round.caughtUp = false
+                break
+            }
+        }
+        for id in missingSince.keys where allJobs[id] != nil { missingSince[id] = nil }
+        if lines.isEmpty { return round }
         let apps = try appsJSON(except: Set(state.remoteApps.keys))
         let digest = apps.serialized()
         let serverIDs = Dictionary(state.adopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })

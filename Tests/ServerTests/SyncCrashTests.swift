@@ -1,0 +1,74 @@
+import Foundation
+import Spool
+import TestSupport
+import Testing
+
+/// The sync under kill -9: a watcher killed mid-push again and again loses nothing and doubles nothing.
+@Suite struct SyncCrashTests {
+    @Test("the watcher SIGKILLed ten times while it pushes 2,000 jobs: the server ends with exactly the site's history")
+    func killedMidPush() async throws {
+        let server = try await LiveServer(.sqlite)
+        defer { Task { try? await server.stop() } }
+        let dir = server.dir
+        let token = try await server.user("vic")
+        try dir.file("token", token)
+        let site = try makeSite(dir)
+        try dir.file(
+            "site/settings.yml",
+            try read(site.settingsPath)
+                + "\nsync:\n  url: \(server.url)\n  token_file: \(dir.path)/token\n  period: 0.05\n")
+        func startWatcher() throws -> Process {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: binDirectory + "/balsam-watch")
+            p.arguments = ["--site", site.root, "--log", dir.path + "/watch.log"]
+            try p.run()
+            return p
+        }
+        var watcher = try startWatcher()
+        defer { if watcher.isRunning { kill(watcher.processIdentifier, SIGKILL) } }
+        for batch in 0..<10 {
+            let lines = (0..<200).map { #"{"app":"hello","workdir":"k\#(batch)/\#($0)","parameters":{"name":"n"}}"# }
+            #expect(
+                try balsamSubmit(["--from", "-"], site: site.root, stdin: Data(lines.joined(separator: "\n").utf8))
+                    .status == 0)
+            // Let it push part of the batch, then kill it where it stands, and start another.
+            let before = (try? JSONValue.parse(try read(site.root + "/sync/state.json")))?.objectValue?["cursor"]
+            try await waitFor("the watcher pushes something", timeout: 60) {
+                (try? JSONValue.parse(try read(site.root + "/sync/state.json")).objectValue?["cursor"]) != before
+            }
+            kill(watcher.processIdentifier, SIGKILL)
+            watcher.waitUntilExit()
+            watcher = try startWatcher()
+        }
+        kill(watcher.processIdentifier, SIGTERM)
+        watcher.waitUntilExit()
+        // A bulk job's events are logged before its directory is made: what the last watcher left half made
+        // (its events pushed already) is finished here, as the next watcher would.
+        #expect(try balsam(["ingest"], site: site.root).status == 0)
+        let pushed = try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root])
+        #expect(pushed.status == 0, "\(pushed.stderr)")
+
+        let listed = try balsam(["ls", "--json"], site: site.root)
+        var atSite: [String: String] = [:]
+        for line in listed.stdout.split(separator: "\n") {
+            if let o = try? JSONValue.parse(String(line)).objectValue, let id = o["id"]?.stringValue {
+                atSite[id] = o["state"]?.stringValue
+            }
+        }
+        #expect(atSite.count == 2000)
+        let reply = try await server.request("GET", "/jobs/?limit=100000", token: token)
+        var onServer: [String: String] = [:]
+        for job in reply.object["results"] as? [[String: Any]] ?? [] {
+            if let id = job["site_job_id"] as? String { onServer[id] = job["state"] as? String }
+        }
+        let differing = atSite.filter { onServer[$0.key] != $0.value }
+        #expect(
+            onServer.count == atSite.count && differing.isEmpty,
+            "\(differing.count) jobs differ, e.g. \(differing.first.map { "\($0)" } ?? "")")
+        let logged = try entries(site.eventsPath).filter { $0.hasSuffix(".jsonl") }.reduce(0) { total, name in
+            total + (try read(site.eventsPath + "/" + name)).split(separator: "\n").count
+        }
+        let events = try await server.request("GET", "/events/?limit=0", token: token)
+        #expect(events.object["count"] as? Int == logged, "every event once: the server has \(events.text)")
+    }
+}
