@@ -323,7 +323,6 @@ public final class Pusher {
             }
         }
         for id in missingSince.keys where allJobs[id] != nil { missingSince[id] = nil }
-        if lines.isEmpty { return round }
         let apps = try appsJSON(except: Set(state.remoteApps.keys))
         let digest = apps.serialized()
         let serverIDs = Dictionary(state.adopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
