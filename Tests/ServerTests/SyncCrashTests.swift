@@ -72,3 +72,65 @@ import Testing
         #expect(events.object["count"] as? Int == logged, "every event once: the server has \(events.text)")
     }
 }
+
+/// The server away while the site works: every job and transition reaches it once when it is back.
+@Suite struct SyncOutageTests {
+    @Test("the server stopped while 2,000 jobs run to the end, then back: every job and transition arrives once")
+    func serverAwayWhileJobsRun() async throws {
+        let server = try await LiveServer(.sqlite)
+        let dir = server.dir
+        let token = try await server.user("xena")
+        try dir.file("token", token)
+        let site = try makeSite(dir)
+        let settings = try read(site.settingsPath)
+        try dir.file(
+            "site/settings.yml",
+            settings + "\nsync:\n  url: \(server.url)\n  token_file: \(dir.path)/token\n  period: 0.2\n")
+        var processes: [Process] = []
+        defer {
+            for p in processes where p.isRunning {
+                kill(p.processIdentifier, SIGTERM)
+                p.waitUntilExit()
+            }
+        }
+        for (program, args) in [
+            ("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"]),
+            ("balsam-launcher", ["--site", site.root, "--wall-time-min", "20", "--idle-timeout", "600"]),
+        ] {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: binDirectory + "/" + program)
+            p.arguments = args
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            processes.append(p)
+        }
+        let lines = (0..<2000).map { #"{"app":"hello","workdir":"o/\#($0)","parameters":{"name":"n\#($0)"}}"# }
+        #expect(
+            try balsamSubmit(["--from", "-"], site: site.root, stdin: Data(lines.joined(separator: "\n").utf8)).status
+                == 0)
+        try await server.stop()
+        try await waitFor("the site finishes its 2,000 jobs with the server away", timeout: 600) {
+            let counts = try balsam(["ls", "--by-state"], site: site.root).stdout
+            return counts.split(separator: "\n").contains { $0.contains("JOB_FINISHED") && $0.contains("2000") }
+        }
+        let back = try await LiveServer(.sqlite, db: server.db, dir: dir)
+        defer { Task { try? await back.stop() } }
+        try dir.file(
+            "site/settings.yml",
+            settings + "\nsync:\n  url: \(back.url)\n  token_file: \(dir.path)/token\n  period: 0.2\n")
+        let logged = { () throws -> Int in
+            try entries(site.eventsPath).filter { $0.hasSuffix(".jsonl") }.reduce(0) { total, name in
+                total + (try read(site.eventsPath + "/" + name)).split(separator: "\n").count
+            }
+        }
+        try await waitFor("the server holds every event of the site", timeout: 300) {
+            let events = try await back.request("GET", "/events/?limit=0", token: token)
+            return events.object["count"] as? Int == (try logged())
+        }
+        let finished = try await back.request("GET", "/jobs/?state=JOB_FINISHED&limit=0", token: token)
+        #expect(finished.object["count"] as? Int == 2000)
+        let all = try await back.request("GET", "/jobs/?limit=0", token: token)
+        #expect(all.object["count"] as? Int == 2000)
+    }
+}
