@@ -29,7 +29,7 @@ public enum OriginalSpellings {
 
     /// The translation of `arguments` (without the program name), or nil when they are not an original spelling.
     public static func translate(_ arguments: [String]) throws(SpoolError) -> Translation? {
-        let verbs = ["site": "init, start or stop", "job": "create, ls, rm or modify"]
+        let verbs = ["site": "init, start, stop or sync", "job": "create, ls, rm or modify"]
         if let group = arguments.first, let named = verbs[group], arguments.count == 1 || arguments[1].hasPrefix("-") {
             throw SpoolError(.usage, "\(group): give a command: \(named) (see balsam(1))")
         }
@@ -42,6 +42,10 @@ public enum OriginalSpellings {
             return .program("balsam-watch", ["--daemon"] + rest)
         case ("site", "stop"):
             return .program("balsam-watch", ["--stop"] + rest)
+        case ("site", "sync"):
+            // The original stopped the site, pushed its settings and restarted it; here the watcher rereads
+            // settings.yml by itself, and this pushes the site to its server now.
+            return .builtin(["sync", "push"] + rest)
         case ("job", "create"):
             return .program(
                 "balsam-submit",

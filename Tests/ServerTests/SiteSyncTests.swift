@@ -84,7 +84,8 @@ import Testing
         #expect(Set(atSite.values) != ["READY"], "the watcher moved nothing: \(atSite.values)")
         let events = try await server.request("GET", "/events/?limit=0", token: token)
         #expect(events.object["count"] as? Int == (try eventLines(site)))
-        let third = try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root])
+        // The original's spelling, `balsam site sync`, is the same push.
+        let third = try await runOffPool(binDirectory + "/balsam", ["site", "sync", "--site", site.root])
         #expect(third.stdout.contains("(0 new to the server)"), "\(third.stdout)")
 
         // The server away: the push fails (69, the URL named), the status says so, the cursor stays.

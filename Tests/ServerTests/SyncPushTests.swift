@@ -52,6 +52,7 @@ import Testing
 
         let job = try await server.request("GET", "/jobs/\(a)", token: token)
         #expect(job.object["state"] as? String == "RUNNING")
+        #expect(job.object["return_code"] is NSNull)
         #expect(job.object["site_job_id"] as? String == "01AAA")
         let params = try Pickle.decodeBase64(job.object["serialized_parameters"] as? String ?? "")
         #expect(params == .object(["name": .string("world!")]))
@@ -75,6 +76,16 @@ import Testing
             ],
             token: token)
         #expect(orphan.status == 400 && orphan.object["field"] as? String == "events[0].site_job_id")
+
+        // The site's RUN_ERROR event carries the exit status: the job's return_code.
+        var failed = event("01AAA", "2026-11-29T10:00:04.000Z", "RUNNING", "RUN_ERROR")
+        failed["data"] = ["return_code": 3, "tail": "boom"]
+        let ended = try await server.request(
+            "POST", "/sync/push", json: ["site": ["name": "cluster", "path": "/scratch/site"], "events": [failed]],
+            token: token)
+        #expect(ended.status == 200, "\(ended.text)")
+        let erred = try await server.request("GET", "/jobs/\(a)", token: token)
+        #expect(erred.object["state"] as? String == "RUN_ERROR" && erred.object["return_code"] as? Int == 3)
 
         // Another user's push of a site with the same name is another site.
         let other = try await server.user("omar")

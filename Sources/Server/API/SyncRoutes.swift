@@ -524,6 +524,20 @@ enum SyncRoutes {
         for (_, rows) in latest {
             try Jobs.updateRows(columns: ["state"], rows: rows, now: now, connection: call.connection)
         }
+        // A run's exit status, as the site's events give it (RUN_DONE is 0), becomes the job's return_code.
+        var codes: [Int: (Int64, Int)] = [:]
+        for e in fresh {
+            let code: Int? =
+                e.2 == JobState.runDone.rawValue
+                ? 0 : (try? JSONValue.parse(e.3))?.objectValue?["return_code"]?.intValue
+            guard let code else { continue }
+            if codes[e.0].map({ $0.0 <= e.4 }) ?? true { codes[e.0] = (e.4, code) }
+        }
+        if !codes.isEmpty {
+            try Jobs.updateRows(
+                columns: ["return_code"], rows: codes.map { ($0.key, [.of($0.value.1)]) }, now: now,
+                connection: call.connection)
+        }
         return fresh.count
     }
 }
