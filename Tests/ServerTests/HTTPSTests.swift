@@ -117,10 +117,7 @@ import Testing
         let token = try tokenIn(dir.path + "/client.yml")
         try dir.file("token", token)
         let site = try makeSite(dir)
-        try dir.file(
-            "site/settings.yml",
-            try read(site.settingsPath)
-                + "\nsync:\n  url: \(url)\n  token_file: \(dir.path)/token\n  ca_file: \(dir.path)/ca.pem\n")
+        try setSync(site, url: url, tokenFile: dir.path + "/token", caFile: dir.path + "/ca.pem")
         #expect(try balsamSubmit(["-a", "hello", "-w", "tls/1", "-p", "name=x"], site: site.root).status == 0)
         let pushed = try await runOffPool(balsam, ["sync", "push", "--site", site.root])
         #expect(pushed.status == 0, "\(pushed.stderr)")

@@ -1,4 +1,5 @@
 import Foundation
+import Spool
 import TestSupport
 import Testing
 
@@ -215,4 +216,28 @@ func waitFor(_ what: String, timeout: Double = 30, _ condition: () async throws 
         try await Task.sleep(for: .milliseconds(50))
     }
     Issue.record("timed out after \(timeout) s waiting until \(what)")
+}
+
+/// Starts a built program (`balsam-watch`, `balsam-launcher`) in the background; the caller stops it.
+func startBinary(_ program: String, _ args: [String], env: [String: String] = [:]) throws -> Process {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: binDirectory + "/" + program)
+    p.arguments = args
+    p.environment = ProcessInfo.processInfo.environment.merging(env, uniquingKeysWith: { _, b in b })
+    p.standardOutput = FileHandle.nullDevice
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    return p
+}
+
+/// Points the site's `sync:` section at `url` (replacing one written before).
+func setSync(
+    _ site: Site, url: String, tokenFile: String? = nil, period: Double? = nil, caFile: String? = nil
+) throws {
+    let settings = try read(site.settingsPath).components(separatedBy: "\nsync:\n")[0]
+    var section = "\nsync:\n  url: \(url)\n"
+    if let tokenFile { section += "  token_file: \(tokenFile)\n" }
+    if let caFile { section += "  ca_file: \(caFile)\n" }
+    if let period { section += "  period: \(period)\n" }
+    try (settings + section).write(toFile: site.settingsPath, atomically: true, encoding: .utf8)
 }

@@ -49,10 +49,7 @@ import Testing
             ])
         try dir.file("site-token", made.stdout)
         let site = try makeSite(dir)
-        let settings = try read(site.settingsPath)
-        try dir.file(
-            "site/settings.yml",
-            settings + "\nsync:\n  url: \(server.url)\n  token_file: \(dir.path)/site-token\n  period: 1\n")
+        try setSync(site, url: server.url, tokenFile: dir.path + "/site-token", period: 1)
         let lines = (0..<40).map {
             #"{"app":"hello","workdir":"w/\#($0)","parameters":{"name":"n\#($0)"},"tags":{"batch":"x"}}"#
         }
@@ -102,8 +99,7 @@ import Testing
         // holds exactly the site's history.
         let back = try await LiveServer(backend, db: server.db, dir: dir)
         defer { Task { try? await back.stop() } }
-        try dir.file(
-            "site/settings.yml", try read(site.settingsPath).replacingOccurrences(of: server.url, with: back.url))
+        try setSync(site, url: back.url, tokenFile: dir.path + "/site-token", period: 1)
         let caughtUp = try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root])
         #expect(caughtUp.status == 0, "\(caughtUp.stderr)")
         #expect(try await serverStates(back, token) == (try siteStates(site)))
@@ -123,14 +119,10 @@ import Testing
         try dir.file(
             "client.yml",
             "api_root: \(server.url)\nclient_class: balsam.client.BasicAuthRequestsClient\ntoken: \(token)\n")
-        let settings = try read(site.settingsPath)
-        try dir.file("site/settings.yml", settings + "\nsync:\n  url: \(server.url)\n  period: 0.2\n")
-        let watcher = Process()
-        watcher.executableURL = URL(fileURLWithPath: binDirectory + "/balsam-watch")
-        watcher.arguments = ["--site", site.root, "--log", dir.path + "/watch.log"]
-        watcher.environment = ProcessInfo.processInfo.environment.merging(
-            ["BALSAM_CLIENT_PATH": clientFile], uniquingKeysWith: { _, b in b })
-        try watcher.run()
+        try setSync(site, url: server.url, period: 0.2)
+        let watcher = try startBinary(
+            "balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"],
+            env: ["BALSAM_CLIENT_PATH": clientFile])
         defer {
             kill(watcher.processIdentifier, SIGTERM)
             watcher.waitUntilExit()
@@ -153,7 +145,7 @@ import Testing
         }
         let back = try await LiveServer(.sqlite, db: server.db, dir: dir)
         defer { Task { try? await back.stop() } }
-        try dir.file("site/settings.yml", settings + "\nsync:\n  url: \(back.url)\n  period: 0.2\n")
+        try setSync(site, url: back.url, period: 0.2)
         try await waitFor("the server has every job FAILED, as the site", timeout: 120) {
             let onServer = try await serverStates(back, token)
             return onServer.count == 20 && Set(onServer.values) == ["FAILED"]
@@ -175,9 +167,7 @@ import Testing
         let token = try await server.user("rita")
         try dir.file("token", token)
         let site = try makeSite(dir)
-        try dir.file(
-            "site/settings.yml",
-            try read(site.settingsPath) + "\nsync:\n  url: \(server.url)\n  token_file: \(dir.path)/token\n")
+        try setSync(site, url: server.url, tokenFile: dir.path + "/token")
         let push = { try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root]) }
         #expect(try await push().status == 0)
         let apps = try await server.request("GET", "/apps/?site_name=site", token: token)
@@ -240,10 +230,7 @@ import Testing
         let token = try await server.user("sam")
         try dir.file("token", token)
         let site = try Site.create(at: dir.path + "/site")
-        try dir.file(
-            "site/settings.yml",
-            try read(site.settingsPath)
-                + "\nsync:\n  url: \(server.url)\n  token_file: \(dir.path)/token\n  period: 0.2\n")
+        try setSync(site, url: server.url, tokenFile: dir.path + "/token", period: 0.2)
         // The site registers itself; then the user, elsewhere, uses only the original client.
         #expect(try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root]).status == 0)
         var processes: [Process] = []
@@ -254,15 +241,7 @@ import Testing
             }
         }
         // Only the watcher: the user's BatchJob goes through the site's scheduler (local), which starts the launcher.
-        for (program, args) in [("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"])] {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: binDirectory + "/" + program)
-            p.arguments = args
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle(forWritingAtPath: dir.path + "/watch.log") ?? FileHandle.nullDevice
-            try p.run()
-            processes.append(p)
-        }
+        processes.append(try startBinary("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"]))
         let script = URL(fileURLWithPath: PythonTools.scriptPath).deletingLastPathComponent()
             .appendingPathComponent("seed_remote_test.py").path
         let result = try await runOffPool(
@@ -291,9 +270,7 @@ import Testing
         let token = try await server.user("tina")
         try dir.file("token", token)
         let site = try makeSite(dir)
-        try dir.file(
-            "site/settings.yml",
-            try read(site.settingsPath) + "\nsync:\n  url: \(server.url)\n  token_file: \(dir.path)/token\n")
+        try setSync(site, url: server.url, tokenFile: dir.path + "/token")
         let lines = ["a", "b", "c"].map { #"{"app":"hello","workdir":"\#($0)","parameters":{"name":"n"}}"# }
         #expect(
             try balsamSubmit(["--from", "-"], site: site.root, stdin: Data(lines.joined(separator: "\n").utf8)).status

@@ -13,16 +13,9 @@ import Testing
         let token = try await server.user("vic")
         try dir.file("token", token)
         let site = try makeSite(dir)
-        try dir.file(
-            "site/settings.yml",
-            try read(site.settingsPath)
-                + "\nsync:\n  url: \(server.url)\n  token_file: \(dir.path)/token\n  period: 0.05\n")
+        try setSync(site, url: server.url, tokenFile: dir.path + "/token", period: 0.05)
         func startWatcher() throws -> Process {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: binDirectory + "/balsam-watch")
-            p.arguments = ["--site", site.root, "--log", dir.path + "/watch.log"]
-            try p.run()
-            return p
+            try startBinary("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"])
         }
         var watcher = try startWatcher()
         defer { if watcher.isRunning { kill(watcher.processIdentifier, SIGKILL) } }
@@ -42,9 +35,9 @@ import Testing
         }
         kill(watcher.processIdentifier, SIGTERM)
         watcher.waitUntilExit()
-        // A bulk job's events are logged before its directory is made: what the last watcher left half made
-        // (its events pushed already) is finished here, as the next watcher would.
-        #expect(try balsam(["ingest"], site: site.root).status == 0)
+        // A bulk job's events are logged before its directory is made: what the last kill left half made (its
+        // events pushed already) is finished by a watcher, as the next start would.
+        #expect(try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once"]).status == 0)
         let pushed = try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root])
         #expect(pushed.status == 0, "\(pushed.stderr)")
 
@@ -82,10 +75,7 @@ import Testing
         let token = try await server.user("xena")
         try dir.file("token", token)
         let site = try makeSite(dir)
-        let settings = try read(site.settingsPath)
-        try dir.file(
-            "site/settings.yml",
-            settings + "\nsync:\n  url: \(server.url)\n  token_file: \(dir.path)/token\n  period: 0.2\n")
+        try setSync(site, url: server.url, tokenFile: dir.path + "/token", period: 0.2)
         var processes: [Process] = []
         defer {
             for p in processes where p.isRunning {
@@ -93,18 +83,9 @@ import Testing
                 p.waitUntilExit()
             }
         }
-        for (program, args) in [
-            ("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"]),
-            ("balsam-launcher", ["--site", site.root, "--wall-time-min", "20", "--idle-timeout", "600"]),
-        ] {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: binDirectory + "/" + program)
-            p.arguments = args
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            processes.append(p)
-        }
+        processes.append(try startBinary("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"]))
+        processes.append(
+            try startBinary("balsam-launcher", ["--site", site.root, "--wall-time-min", "20", "--idle-timeout", "600"]))
         let lines = (0..<2000).map { #"{"app":"hello","workdir":"o/\#($0)","parameters":{"name":"n\#($0)"}}"# }
         #expect(
             try balsamSubmit(["--from", "-"], site: site.root, stdin: Data(lines.joined(separator: "\n").utf8)).status
@@ -116,9 +97,7 @@ import Testing
         }
         let back = try await LiveServer(.sqlite, db: server.db, dir: dir)
         defer { Task { try? await back.stop() } }
-        try dir.file(
-            "site/settings.yml",
-            settings + "\nsync:\n  url: \(back.url)\n  token_file: \(dir.path)/token\n  period: 0.2\n")
+        try setSync(site, url: back.url, tokenFile: dir.path + "/token", period: 0.2)
         let logged = { () throws -> Int in
             try entries(site.eventsPath).filter { $0.hasSuffix(".jsonl") }.reduce(0) { total, name in
                 total + (try read(site.eventsPath + "/" + name)).split(separator: "\n").count
