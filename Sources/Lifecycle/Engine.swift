@@ -193,19 +193,19 @@ public final class Engine {
 
     @discardableResult
     private func move(
-        _ loaded: JobStore.Loaded, to next: JobState, reason: String?,
+        _ loaded: JobStore.Loaded, to next: JobState, reason: String?, eventData: [String: JSONValue] = [:],
         update: ((inout Job, inout StateRecord) -> Void)? = nil
     ) throws(SpoolError) -> JobStore.Loaded {
-        try move(loaded, through: [(next, reason)], update: update)
+        try move(loaded, through: [(next, reason)], eventData: eventData, update: update)
     }
 
     /// Moves through steps with nothing to do between them in one move; a final state is remembered.
     @discardableResult
     private func move(
         _ loaded: JobStore.Loaded, through steps: [(state: JobState, reason: String?)],
-        update: ((inout Job, inout StateRecord) -> Void)? = nil
+        eventData: [String: JSONValue] = [:], update: ((inout Job, inout StateRecord) -> Void)? = nil
     ) throws(SpoolError) -> JobStore.Loaded {
-        let moved = try store.move(loaded, through: steps, update: update)
+        let moved = try store.move(loaded, through: steps, eventData: eventData, update: update)
         let next = moved.record.state
         if next.isFinal { finalStates.record(loaded.job.id, next) }
         logger.debug(
@@ -346,7 +346,10 @@ public final class Engine {
             try move(loaded, to: .failed, reason: "\(name): result must be a JSON object, not \(other.kindName)")
             return
         }
-        try move(loaded, to: next, reason: reason ?? "\(name) chose \(next.rawValue)") { job, record in
+        // The change of data is in the event too: the event logs are the changelog the sync pushes.
+        let eventData: [String: JSONValue] = dataUpdate.isEmpty ? [:] : ["data": .object(dataUpdate)]
+        try move(loaded, to: next, reason: reason ?? "\(name) chose \(next.rawValue)", eventData: eventData) {
+            job, record in
             for (key, value) in dataUpdate {
                 if value == .null { job.data[key] = nil } else { job.data[key] = value }
             }

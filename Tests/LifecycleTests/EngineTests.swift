@@ -189,6 +189,9 @@ struct Fixture {
         let listing = try Query(site: f.site).find(id)
         #expect(listing.job?.data == ["prepared": .bool(true), "n": .int(3)])
         #expect(listing.record?.reason == "inputs ready")
+        // The change of data is in the event too (the sync pushes it from there).
+        let events = try entries(f.site.eventsPath).map { try read(f.site.eventsPath + "/" + $0) }.joined()
+        #expect(events.contains(#""data":{"data":{"n":3,"prepared":true}"#), "\(events)")
         let log = try read(dir + "/balsam.log")
         #expect(log.contains("pre \(id) STAGED_IN \(dir)"))
         try f.run(id, ending: .runDone, returnCode: 0)

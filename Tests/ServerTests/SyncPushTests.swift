@@ -80,12 +80,17 @@ import Testing
         // The site's RUN_ERROR event carries the exit status: the job's return_code.
         var failed = event("01AAA", "2026-11-29T10:00:04.000Z", "RUNNING", "RUN_ERROR")
         failed["data"] = ["return_code": 3, "tail": "boom"]
+        // A hook's change of data rides in its event's data.
+        var hooked = event("01BBB", "2026-11-29T10:00:05.000Z", "AWAITING_PARENTS", "FAILED")
+        hooked["data"] = ["data": ["energy": -1.5, "gone": NSNull()]]
         let ended = try await server.request(
-            "POST", "/sync/push", json: ["site": ["name": "cluster", "path": "/scratch/site"], "events": [failed]],
-            token: token)
+            "POST", "/sync/push",
+            json: ["site": ["name": "cluster", "path": "/scratch/site"], "events": [failed, hooked]], token: token)
         #expect(ended.status == 200, "\(ended.text)")
         let erred = try await server.request("GET", "/jobs/\(a)", token: token)
         #expect(erred.object["state"] as? String == "RUN_ERROR" && erred.object["return_code"] as? Int == 3)
+        let withData = try await server.request("GET", "/jobs/\(ids["01BBB"] ?? 0)", token: token)
+        #expect((withData.object["data"] as? [String: Any])?["energy"] as? Double == -1.5, "\(withData.text)")
 
         // Another user's push of a site with the same name is another site.
         let other = try await server.user("omar")

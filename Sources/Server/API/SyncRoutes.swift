@@ -524,6 +524,19 @@ enum SyncRoutes {
         for (_, rows) in latest {
             try Jobs.updateRows(columns: ["state"], rows: rows, now: now, connection: call.connection)
         }
+        // A hook's change of the job's data, in its event's `data.data`, is applied in time order (null deletes).
+        let dataChanges = fresh.compactMap { e -> (Int, Int64, [String: JSONValue])? in
+            guard let d = (try? JSONValue.parse(e.3))?.objectValue?["data"]?.objectValue else { return nil }
+            return (e.0, e.4, d)
+        }.sorted { $0.1 < $1.1 }
+        for (job, _, change) in dataChanges {
+            guard let row = try call.connection.query("SELECT data FROM jobs WHERE id = ?", [.of(job)]).first else {
+                continue
+            }
+            var data = (try? JSONValue.parse(row.text(0)))?.objectValue ?? [:]
+            for (key, value) in change { data[key] = value == .null ? nil : value }
+            try call.connection.execute("UPDATE jobs SET data = ? WHERE id = ?", [.text(jsonText(data)), .of(job)])
+        }
         // A run's exit status, as the site's events give it (RUN_DONE is 0), becomes the job's return_code.
         var codes: [Int: (Int64, Int)] = [:]
         for e in fresh {
