@@ -241,3 +241,26 @@ func setSync(
     if let period { section += "  period: \(period)\n" }
     try (settings + section).write(toFile: site.settingsPath, atomically: true, encoding: .utf8)
 }
+
+/// Programs a test runs in the background (a watcher, a launcher), stopped with SIGTERM when it is done with them.
+final class Background {
+    private(set) var processes: [Process] = []
+
+    /// Starts `program` (see `startBinary`) and returns it.
+    @discardableResult
+    func start(_ program: String, _ args: [String], env: [String: String] = [:]) throws -> Process {
+        let p = try startBinary(program, args, env: env)
+        processes.append(p)
+        return p
+    }
+
+    /// Stops every program still running (call it in a `defer`: an object's lifetime may end at its last use).
+    func stop() {
+        for p in processes where p.isRunning {
+            kill(p.processIdentifier, SIGTERM)
+            p.waitUntilExit()
+        }
+    }
+
+    deinit { stop() }
+}

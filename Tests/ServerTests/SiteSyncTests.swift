@@ -120,13 +120,11 @@ import Testing
             "client.yml",
             "api_root: \(server.url)\nclient_class: balsam.client.BasicAuthRequestsClient\ntoken: \(token)\n")
         try setSync(site, url: server.url, period: 0.2)
-        let watcher = try startBinary(
+        let background = Background()
+        defer { background.stop() }
+        let watcher = try background.start(
             "balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"],
             env: ["BALSAM_CLIENT_PATH": clientFile])
-        defer {
-            kill(watcher.processIdentifier, SIGTERM)
-            watcher.waitUntilExit()
-        }
         let lines = (0..<20).map { #"{"app":"hello","workdir":"s/\#($0)","parameters":{"name":"n"}}"# }
         #expect(
             try balsamSubmit(["--from", "-"], site: site.root, stdin: Data(lines.joined(separator: "\n").utf8)).status
@@ -233,15 +231,10 @@ import Testing
         try setSync(site, url: server.url, tokenFile: dir.path + "/token", period: 0.2)
         // The site registers itself; then the user, elsewhere, uses only the original client.
         #expect(try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root]).status == 0)
-        var processes: [Process] = []
-        defer {
-            for p in processes where p.isRunning {
-                kill(p.processIdentifier, SIGTERM)
-                p.waitUntilExit()
-            }
-        }
+        let background = Background()
+        defer { background.stop() }
         // Only the watcher: the user's BatchJob goes through the site's scheduler (local), which starts the launcher.
-        processes.append(try startBinary("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"]))
+        try background.start("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"])
         let script = URL(fileURLWithPath: PythonTools.scriptPath).deletingLastPathComponent()
             .appendingPathComponent("seed_remote_test.py").path
         let result = try await runOffPool(

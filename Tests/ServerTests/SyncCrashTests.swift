@@ -76,16 +76,11 @@ import Testing
         try dir.file("token", token)
         let site = try makeSite(dir)
         try setSync(site, url: server.url, tokenFile: dir.path + "/token", period: 0.2)
-        var processes: [Process] = []
-        defer {
-            for p in processes where p.isRunning {
-                kill(p.processIdentifier, SIGTERM)
-                p.waitUntilExit()
-            }
-        }
-        processes.append(try startBinary("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"]))
-        processes.append(
-            try startBinary("balsam-launcher", ["--site", site.root, "--wall-time-min", "20", "--idle-timeout", "600"]))
+        let background = Background()
+        defer { background.stop() }
+        try background.start("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"])
+        try background.start(
+            "balsam-launcher", ["--site", site.root, "--wall-time-min", "20", "--idle-timeout", "600"])
         let lines = (0..<2000).map { #"{"app":"hello","workdir":"o/\#($0)","parameters":{"name":"n\#($0)"}}"# }
         #expect(
             try balsamSubmit(["--from", "-"], site: site.root, stdin: Data(lines.joined(separator: "\n").utf8)).status
