@@ -308,6 +308,17 @@ import Testing
         #expect(try siteStates(site)[siteIDs["b"] ?? ""] == nil)
         #expect(try await server.request("GET", "/jobs/\(b)", token: token).status == 404)
 
+        // A change of the spec: here at once, and at the site once it has carried it out; a workdir stays.
+        let modified = try await server.request(
+            "PATCH", "/jobs/", json: [["id": c, "tags": ["lane": "fast"], "num_nodes": 1]], token: token)
+        #expect(modified.status == 200, "\(modified.text)")
+        #expect(try await push().status == 0)
+        let shown = try balsam(["show", siteIDs["c"] ?? "", "--json"], site: site.root)
+        #expect(shown.stdout.contains(#""lane":"fast""#), "\(shown.stdout)")
+        let moved = try await server.request(
+            "PATCH", "/jobs/", json: [["id": c, "workdir": "elsewhere"]], token: token)
+        #expect(moved.status == 400 && moved.object["field"] as? String == "workdir")
+
         // A move the site makes itself: refused, with the reason in the job's data.
         _ = try await server.request("PATCH", "/jobs/", json: [["id": c, "state": "STAGED_IN"]], token: token)
         #expect(try await push().status == 0)

@@ -504,6 +504,33 @@ enum Jobs {
                 }
                 targets[u.id] = to
             }
+            // A change of a site's job's spec applies here and goes to the site as a request, which carries it
+            // out with its own `modify` (or refuses it, with the reason).
+            for u in updates {
+                guard let site = siteOwned[u.id] else { continue }
+                if u.patch.sets.contains(where: { $0.0 == "workdir" }) {
+                    throw ServerError.badRequest(
+                        "job \(u.id) belongs to a site: its workdir is a directory there and does not move",
+                        field: "workdir")
+                }
+                var change: [String: JSONValue] = [:]
+                for (column, value) in u.patch.sets where forwardedColumns.contains(column) {
+                    switch (column, value) {
+                    case ("serialized_parameters", .text(let text)):
+                        if case .object(let p)? = try? Pickle.decodeBase64(text) { change["parameters"] = .object(p) }
+                    case (_, .text(let text)): change[column] = (try? JSONValue.parse(text)) ?? .string(text)
+                    case (_, .int(let n)): change[column] = .int(Int(n))
+                    case (_, .double(let d)): change[column] = .double(d)
+                    default: break
+                    }
+                }
+                if !change.isEmpty {
+                    try request(
+                        job: u.id, site: site, kind: "modify", target: JSONValue.object(change).serialized(),
+                        call: call,
+                        now: now)
+                }
+            }
             let waiting = try unfinishedTransfers(Array(targets.keys), call: call)
             var events: [(Int, String, String, String, Int64)] = []
             var finished: [Int] = []
@@ -701,6 +728,12 @@ enum Jobs {
         }
         return .noContent
     }
+
+    /// Spec fields a user may change on a site's job, forwarded to the site.
+    static let forwardedColumns: Set<String> = [
+        "tags", "data", "launch_params", "num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core",
+        "gpus_per_rank", "node_packing_count", "wall_time_min", "serialized_parameters",
+    ]
 
     /// Jobs among `ids` that a site owns (pushed by it), with their site.
     static func siteOwnedJobs(_ ids: [Int], call: Call) throws -> [Int: Int] {
