@@ -19,12 +19,12 @@ enum PythonTools {
 }
 
 /// Runs a program on a thread of its own: a long blocking wait must not hold one of the test pool's threads.
-func runOffPool(_ program: String, _ args: [String], env: [String: String] = [:], timeout: Double = 300) async throws
-    -> (status: Int32, stdout: String, stderr: String)
-{
+func runOffPool(
+    _ program: String, _ args: [String], env: [String: String] = [:], cwd: String? = nil, timeout: Double = 300
+) async throws -> (status: Int32, stdout: String, stderr: String) {
     try await withCheckedThrowingContinuation { continuation in
         Thread {
-            continuation.resume(with: Result { try run(program, args, env: env, timeout: timeout) })
+            continuation.resume(with: Result { try run(program, args, env: env, cwd: cwd, timeout: timeout) })
         }.start()
     }
 }
@@ -58,7 +58,7 @@ func runOffPool(_ program: String, _ args: [String], env: [String: String] = [:]
                 "--checks",
                 "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
                 "--phases", "examples,fuzzing", "--generation-deterministic",
-            ], timeout: 600)
+            ], cwd: server.dir.path, timeout: 600)  // its cache goes into the test's directory, not the package
         #expect(checked.status == 0, "schemathesis found failures:\n\(checked.stdout.suffix(6000))\n\(checked.stderr)")
     }
 }
