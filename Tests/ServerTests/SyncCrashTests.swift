@@ -35,8 +35,8 @@ import Testing
         }
         kill(watcher.processIdentifier, SIGTERM)
         watcher.waitUntilExit()
-        // A bulk job's events are logged before its directory is made: what the last kill left half made (its
-        // events pushed already) is finished by a watcher, as the next start would.
+        // A move's event is logged before its state file says so: what the last kill cut short (its events
+        // pushed already) is finished by a watcher's recovery, as the next start would.
         #expect(try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once"]).status == 0)
         let pushed = try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root])
         #expect(pushed.status == 0, "\(pushed.stderr)")

@@ -64,9 +64,12 @@ public struct Ingest {
             var knownParents = Set<String>()
             var finals: [SiteIndex.FinalLine] = []
             // Counts read the batch's lines instead of its header from here on (some jobs get entries before
-            // the batch file goes); a marker left by a crash only makes them read more.
-            try Posix.createFile(index.materializingMarker(name), [], sync: false, exclusive: false)
-            let records = try advanced(batch)
+            // the batch file goes); a marker left by a crash only makes them read more. The marker also holds
+            // the steps this pass takes each (app, state) through: a later pass, whoever runs it, takes the same
+            // ones, so jobs end where the events logged for them say.
+            let marker = index.materializingMarker(name)
+            let plan = try plannedSteps(batch, marker: marker)
+            let records = try advanced(batch, plan: plan)
             var events: [Event] = []
             for (line, record) in zip(batch.lines, records) {
                 try materialize(
@@ -88,16 +91,19 @@ public struct Ingest {
     /// The events of those steps are logged (and flushed) here, before any directory says the job took them:
     /// after a crash an event may appear twice, never be missing. A line whose directory exists already (an
     /// interrupted pass, or a workdir taken) is not advanced.
-    private func advanced(_ batch: Batch) throws(SpoolError) -> [StateRecord] {
+    private func advanced(_ batch: Batch, plan: [String: [(state: JobState, reason: String?)]]) throws(SpoolError)
+        -> [StateRecord]
+    {
         let now = Timestamp.now()
         var events: [Event] = []
         var records: [StateRecord] = []
         records.reserveCapacity(batch.lines.count)
         for line in batch.lines {
             var record = StateRecord(initial: line.state, actor: "balsam-submit", time: batch.header.time)
-            if let advance, !Posix.exists(site.jobDirectory(line.workdir)) {
-                let moved = try record.moved(
-                    through: advance(line.app, line.state), jobID: line.id, actor: actor, time: now)
+            if let steps = plan[Ingest.planKey(line.app, line.state)], !steps.isEmpty,
+                !Posix.exists(site.jobDirectory(line.workdir))
+            {
+                let moved = try record.moved(through: steps, jobID: line.id, actor: actor, time: now)
                 record = moved.record
                 events += moved.events
             }
@@ -105,6 +111,43 @@ public struct Ingest {
         }
         if !events.isEmpty { try EventLog(site: site).append(events, sync: true) }
         return records
+    }
+
+    static func planKey(_ app: String, _ state: JobState) -> String { app + "\t" + state.rawValue }
+
+    /// The steps each (app, initial state) of `batch` is taken through: those a pass that died in this batch
+    /// recorded in its marker, else this pass's `advance` (recorded now, before any event is logged).
+    private func plannedSteps(_ batch: Batch, marker: String) throws(SpoolError) -> [String: [(
+        state: JobState, reason: String?
+    )]] {
+        if let bytes = try? Posix.readFile(marker, limit: 1 << 20), !bytes.isEmpty,
+            let recorded = try? JSONValue.parse(bytes).objectValue
+        {
+            var plan: [String: [(state: JobState, reason: String?)]] = [:]
+            for (key, value) in recorded {
+                plan[key] = (value.arrayValue ?? []).compactMap { step in
+                    guard let o = step.objectValue, let state = o["state"]?.stringValue.flatMap(JobState.init)
+                    else { return nil }
+                    return (state, o["reason"]?.stringValue)
+                }
+            }
+            return plan
+        }
+        var plan: [String: [(state: JobState, reason: String?)]] = [:]
+        if let advance {
+            for line in batch.lines where plan[Ingest.planKey(line.app, line.state)] == nil {
+                plan[Ingest.planKey(line.app, line.state)] = advance(line.app, line.state)
+            }
+        }
+        let text = JSONValue.object(
+            plan.mapValues { steps in
+                .array(
+                    steps.map {
+                        .object(["state": .string($0.state.rawValue), "reason": $0.reason.map { .string($0) } ?? .null])
+                    })
+            })
+        try Posix.createFile(marker, Array(text.serialized().utf8), sync: true, exclusive: false)
+        return plan
     }
 
     private func materialize(
