@@ -3,6 +3,9 @@ import Spool
 /// `/apps/`: the apps registered at a user's sites (the original's `ApplicationDefinition` classes).
 enum Apps {
     static let columns = "id, site_id, name, serialized_class, source_code, description, parameters, transfers"
+    /// The same, for the list's join with sites.
+    static let joinedColumns =
+        "a.id, a.site_id, a.name, a.serialized_class, a.source_code, a.description, a.parameters, a.transfers"
 
     static func write(_ r: SQLRow, to out: inout JSONWriter) {
         out.beginObject()
@@ -112,9 +115,8 @@ enum Apps {
             conditions.add(call.dialect.contains("s.path"), .text(path))
         }
         if let name = try call.query.string("site_name") { conditions.add("s.name = ?", .text(name)) }
-        let columns = Apps.columns.split(separator: ",").map { "a." + $0.trimmed(of: " ") }
         return try page(
-            call: &call, table: "apps a JOIN sites s ON s.id = a.site_id", columns: columns.joined(separator: ", "),
+            call: &call, table: "apps a JOIN sites s ON s.id = a.site_id", columns: joinedColumns,
             conditions: conditions, ordering: "a.id ASC", write)
     }
 
@@ -157,13 +159,4 @@ enum Apps {
 
     /// `DELETE /apps/{id}`: the app and its jobs.
     static func delete(_ call: inout Call) throws -> Reply { try deleteOwned(call, table: "apps", what: "app") }
-}
-
-extension StringProtocol {
-    func trimmed(of set: String) -> String {
-        var s = Substring(self)
-        while let c = s.first, set.contains(c) { s.removeFirst() }
-        while let c = s.last, set.contains(c) { s.removeLast() }
-        return String(s)
-    }
 }

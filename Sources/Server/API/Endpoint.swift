@@ -90,7 +90,8 @@ struct Endpoints: Sendable {
         var userName = "-"
         do {
             // No token, no body read: an anonymous client cannot make the server buffer megabytes.
-            if authenticated && bearerToken(request) == nil { throw ServerError.unauthorized }
+            let token = bearerToken(request)
+            if authenticated && token == nil { throw ServerError.unauthorized }
             let body: [UInt8]
             do {
                 body = Array(buffer: try await request.collectBody(upTo: limits.bodyBytes))
@@ -105,7 +106,6 @@ struct Endpoints: Sendable {
                 id = value
             }
             let query = QueryParameters(formPairs(request.uri.query ?? ""))
-            let token = bearerToken(request)
             let accounts = accounts
             let limits = limits
             let routeID = id

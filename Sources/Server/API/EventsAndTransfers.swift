@@ -48,8 +48,8 @@ enum Events {
         if let state = try call.query.string("to_state") {
             c.add("e.to_state = ?", .text(try parseJobState(state, field: "to_state").rawValue))
         }
-        let ordering = try call.query.ordering(["timestamp": "e.timestamp"], default: "e.timestamp DESC, e.id DESC")
-            .replacingID("e.id")
+        let ordering = try call.query.ordering(
+            ["timestamp": "e.timestamp"], default: "e.timestamp DESC, e.id DESC", id: "e.id")
         return try page(call: &call, table: table, columns: columns, conditions: c, ordering: ordering, write)
     }
 }
@@ -179,17 +179,5 @@ enum Transfers {
         let changes = try bulkChanges(call) { (input: inout Input) in try updates(&input) }
         try apply(changes.map { ($0.id, $0.change) }, call: call)
         return .json(.int(changes.count))
-    }
-}
-
-extension String {
-    /// An ORDER BY whose tie-break names `id` without a table: qualified for joined queries.
-    func replacingID(_ qualified: String) -> String {
-        var parts = split(separator: ",").map { $0.trimmed(of: " ") }
-        parts = parts.map { part in
-            if part.hasPrefix("id ") { return qualified + part.dropFirst(2) }
-            return part
-        }
-        return parts.joined(separator: ", ")
     }
 }

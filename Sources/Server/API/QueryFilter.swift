@@ -83,7 +83,9 @@ struct QueryParameters {
     }
 
     /// `ordering` among `allowed` (each also with a leading `-`), as an ORDER BY clause.
-    mutating func ordering(_ allowed: [String: String], default fallback: String) throws(ServerError) -> String {
+    mutating func ordering(_ allowed: [String: String], default fallback: String, id: String = "id") throws(ServerError)
+        -> String
+    {
         guard let text = try string("ordering") else { return fallback }
         let descending = text.hasPrefix("-")
         let name = descending ? String(text.dropFirst()) : text
@@ -91,7 +93,7 @@ struct QueryParameters {
             let names = allowed.keys.sorted().flatMap { [$0, "-" + $0] }.joined(separator: ", ")
             throw bad("ordering", "'\(text)' is not one of \(names)")
         }
-        return "\(column) \(descending ? "DESC" : "ASC"), id \(descending ? "DESC" : "ASC")"
+        return "\(column) \(descending ? "DESC" : "ASC"), \(id) \(descending ? "DESC" : "ASC")"
     }
 
     /// Refuses parameters no reader asked for.

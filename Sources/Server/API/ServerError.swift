@@ -35,6 +35,3 @@ public struct ServerError: Error, Sendable, CustomStringConvertible {
         field.map { "\($0): \(message)" } ?? message
     }
 }
-
-/// Kept as a name for the auth code's failures (the same type).
-typealias AuthError = ServerError

@@ -275,7 +275,8 @@ public enum ServerSecret {
                 )
             }
             let text = String(decoding: try Posix.readFile(path, limit: 4096), as: UTF8.self)
-            guard let bytes = Base64.decode(text.trimmingCharacters()), bytes.count >= 32 else {
+            guard let bytes = Base64.decode(text.split(whereSeparator: \.isWhitespace).first ?? ""), bytes.count >= 32
+            else {
                 throw ServerError.internal("\(path): the token secret must be at least 32 bytes in base64")
             }
             return bytes
@@ -284,14 +285,5 @@ public enum ServerSecret {
         let bytes = try Crypto.randomBytes(32)
         try Posix.createFile(path, Array((Base64.urlEncode(bytes) + "\n").utf8), sync: true, mode: 0o600)
         return bytes
-    }
-}
-
-extension String {
-    func trimmingCharacters() -> String {
-        var s = Substring(self)
-        while let c = s.first, c.isWhitespace { s.removeFirst() }
-        while let c = s.last, c.isWhitespace { s.removeLast() }
-        return String(s)
     }
 }

@@ -4,9 +4,9 @@ import Spool
 /// The server's cryptography, all from OpenSSL's libcrypto: nothing here is home-made but the encodings.
 enum Crypto {
     /// `count` bytes from OpenSSL's kernel-seeded generator.
-    static func randomBytes(_ count: Int) throws(AuthError) -> [UInt8] {
+    static func randomBytes(_ count: Int) throws(ServerError) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
-        guard RAND_bytes(&bytes, Int32(count)) == 1 else { throw AuthError.internal("no random bytes from OpenSSL") }
+        guard RAND_bytes(&bytes, Int32(count)) == 1 else { throw ServerError.internal("no random bytes from OpenSSL") }
         return bytes
     }
 
@@ -25,7 +25,7 @@ enum Crypto {
     static let scryptP: UInt64 = 1
 
     /// scrypt of `password` with `salt`, 32 bytes.
-    static func scrypt(_ password: String, salt: [UInt8], n: UInt64, r: UInt64, p: UInt64) throws(AuthError)
+    static func scrypt(_ password: String, salt: [UInt8], n: UInt64, r: UInt64, p: UInt64) throws(ServerError)
         -> [UInt8]
     {
         var out = [UInt8](repeating: 0, count: 32)
@@ -35,7 +35,7 @@ enum Crypto {
                 EVP_PBE_scrypt(chars.baseAddress, chars.count, salt, salt.count, n, r, p, 64 << 20, &out, out.count)
             }
         }
-        guard ok == 1 else { throw AuthError.internal("scrypt failed") }
+        guard ok == 1 else { throw ServerError.internal("scrypt failed") }
         return out
     }
 

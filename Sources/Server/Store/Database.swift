@@ -110,8 +110,8 @@ public final class Database: Sendable {
     }
 }
 
-/// A lock around a value: the pool's idle connections (Glibc's mutex; `Synchronization.Mutex` needs a newer
-/// deployment target on macOS than this package declares).
+/// A lock around a value: the pool's idle connections. Not `Synchronization.Mutex`: its `sending` rules refuse
+/// values that are not `Sendable`, and a connection is not (one thread uses it at a time, which the pool ensures).
 final class Mutex<Value>: @unchecked Sendable {
     private var value: Value
     private var lock = pthread_mutex_t()

@@ -28,7 +28,7 @@ public struct SQLRow: Sendable {
         switch values[i] {
         case .int(let v): return Int(v)
         case .double(let d): return Int(d)
-        case .text(let s): return Int(s) ?? (s == "t" ? 1 : 0)
+        case .text(let s): return Int(s) ?? 0
         case .null: return 0
         }
     }

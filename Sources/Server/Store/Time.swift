@@ -1,3 +1,5 @@
+import Spool
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -7,8 +9,7 @@
 public enum ServerClock {
     /// Now, in microseconds since the epoch.
     public static func microseconds() -> Int64 {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
+        let now = Posix.wallClock()
         return Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec / 1000)
     }
 
