@@ -16,6 +16,11 @@ public struct SyncError: Error, Sendable, CustomStringConvertible {
     }
 }
 
+extension SyncError {
+    /// The failure as the commands report it: no reply is a service unavailable (69), a refusal bad input (65).
+    public var spoolError: SpoolError { SpoolError(status == nil ? .unavailable : .invalidInput, description) }
+}
+
 /// A reply.
 public struct HTTPResponse: Sendable {
     /// The status code.

@@ -98,6 +98,10 @@ public final class Pusher {
     public let site: Site
     let settings: SiteSettings.Sync
     let client: HTTPClient
+    /// Batch jobs that ended and whose last record the server has: they never change again, and are not read.
+    private var settledBatches = Set<Int>()
+    /// The apps' JSON, and the modification times of the `app.yml` files it was made from.
+    private var appsCache: (stamps: [String: Int], json: [String: JSONValue])?
     /// When each job made but not found was first missed (see `push`).
     private var missingSince: [String: Double] = [:]
     /// Most event lines read per round.
@@ -162,22 +166,34 @@ public final class Pusher {
 
     /// The apps as the server takes them.
     func appsJSON(except fromServer: Set<String>) throws -> JSONValue {
-        var apps: [JSONValue] = []
-        // Apps that came from the server (defined in Python) are not sent back: the server holds their class.
-        for name in try site.appNames() where !fromServer.contains(name) {
-            let app = try site.app(name)
-            var parameters: [String: JSONValue] = [:]
-            for (key, p) in app.parameters {
-                let fallback: JSONValue = p.defaultValue.map { .string($0.stringValue ?? $0.serialized()) } ?? .null
-                parameters[key] = .object(["required": .bool(p.required), "default": fallback, "help": .string(p.help)])
-            }
-            apps.append(
-                .object([
-                    "name": .string(Pusher.serverAppName(name)), "description": .string(app.description),
-                    "parameters": .object(parameters), "source_code": .string(app.yamlText()),
-                ]))
+        // Every round asks; an app is read again only when its app.yml changed (one stat each otherwise).
+        var stamps: [String: Int] = [:]
+        for name in try site.appNames() {
+            let st = try Posix.statIfExists(site.appsPath + "/" + name + "/app.yml")
+            stamps[name] = st.map { Int($0.st_mtim.tv_sec) * 1_000_000_000 + Int($0.st_mtim.tv_nsec) ^ Int($0.st_size) }
         }
-        return .array(apps)
+        if appsCache?.stamps != stamps {
+            var json: [String: JSONValue] = [:]
+            for name in stamps.keys { json[name] = try appJSON(name) }
+            appsCache = (stamps, json)
+        }
+        let json = appsCache?.json ?? [:]
+        // Apps that came from the server (defined in Python) are not sent back: the server holds their class.
+        return .array(json.keys.sorted().filter { !fromServer.contains($0) }.compactMap { json[$0] })
+    }
+
+    /// One app as the server takes it.
+    private func appJSON(_ name: String) throws -> JSONValue {
+        let app = try site.app(name)
+        var parameters: [String: JSONValue] = [:]
+        for (key, p) in app.parameters {
+            let fallback: JSONValue = p.defaultValue.map { .string($0.stringValue ?? $0.serialized()) } ?? .null
+            parameters[key] = .object(["required": .bool(p.required), "default": fallback, "help": .string(p.help)])
+        }
+        return .object([
+            "name": .string(Pusher.serverAppName(name)), "description": .string(app.description),
+            "parameters": .object(parameters), "source_code": .string(app.yamlText()),
+        ])
     }
 
     /// Reads complete lines after the cursor, at most `maxEvents`, oldest file first.
@@ -349,7 +365,8 @@ public final class Pusher {
         let store = BatchJobStore(site: site)
         let batchServerIDs = Dictionary(state.batchAdopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
         var changedBatches: [(String, String, JSONValue)] = []
-        for job in try store.all().jobs {
+        for id in try store.ids().sorted() where !settledBatches.contains(id) {
+            guard let job = try? store.load(id) else { continue }
             var o: [String: JSONValue] = [
                 "site_batch_id": .int(job.id), "project": .string(job.project), "queue": .string(job.queue),
                 "num_nodes": .int(job.numNodes), "wall_time_min": .int(job.wallTimeMinutes),
@@ -363,7 +380,11 @@ public final class Pusher {
             if let m = job.message { o["message"] = .string(m) }
             if let serverID = batchServerIDs[job.id].flatMap(Int.init) { o["server_id"] = .int(serverID) }
             let text = JSONValue.object(o).serialized()
-            if state.batchDigests[String(job.id)] != text { changedBatches.append((String(job.id), text, .object(o))) }
+            if state.batchDigests[String(job.id)] != text {
+                changedBatches.append((String(job.id), text, .object(o)))
+            } else if job.state.isFinal {
+                settledBatches.insert(job.id)
+            }
         }
         // Untyped, so that one failure kind can be caught below (a typed-throws catch with a condition crashes
         // this compiler).

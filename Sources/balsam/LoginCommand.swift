@@ -67,8 +67,7 @@ struct LoginCommand: ParsableCommand {
                         url: url, username: who, password: password, register: register, caFile: caFile)
                 }
             } catch let error as SyncError {
-                let code: SpoolError.Code = error.status == nil ? .unavailable : .invalidInput
-                throw SpoolError(code, error.description)
+                throw error.spoolError
             }
             try file.write(to: path)
             print("logged in to \(file.apiRoot) as \(who); wrote \(path)")

@@ -53,7 +53,7 @@ struct SyncPush: ParsableCommand {
                 }
                 print("pushed \(total.sent) events (\(total.events) new to the server) and \(total.jobs) jobs")
             } catch let error as SyncError {
-                throw SpoolError(error.status == nil ? .unavailable : .invalidInput, error.description)
+                throw error.spoolError
             }
         }
     }

@@ -94,7 +94,8 @@ public struct BatchJobStore: Sendable {
     /// Forgets a handled deletion request.
     public func clearDeletionRequest(_ id: Int) { Posix.unlink(deletionPath(id)) }
 
-    private func ids() throws(SpoolError) -> [Int] {
+    /// The IDs of every record.
+    public func ids() throws(SpoolError) -> [Int] {
         guard Posix.isDirectory(path) else { return [] }
         return try Posix.listDirectory(path).compactMap { name in
             name.hasSuffix(".json") ? Int(name.dropLast(5)) : nil
