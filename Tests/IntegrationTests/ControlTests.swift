@@ -24,15 +24,8 @@ import Testing
     func state(_ id: String) throws -> JobState { try Query(site: site).find(id).state }
 
     /// Starts `balsam` with `args` without waiting (so several run at once); `wait()` gives the status.
-    func start(_ args: [String]) throws -> Process {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binDirectory + "/balsam")
-        process.arguments = args
-        process.environment = ["BALSAM_SITE": site.root, "PATH": "/usr/bin:/bin"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        return process
+    func start(_ args: [String]) throws -> Spawned {
+        try Spawned(binDirectory + "/balsam", args, environment: ["BALSAM_SITE": site.root, "PATH": "/usr/bin:/bin"])
     }
 
     /// Two commands on the same ended jobs at once: each job is changed by one of them, legally, never twice.

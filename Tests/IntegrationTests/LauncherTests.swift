@@ -10,48 +10,41 @@ import Testing
 /// `balsam-launcher`, run for real: under `mpirun` (several ranks on this machine stand for several nodes) or
 /// alone (one rank, the local machine).
 final class LauncherProcess {
-    let process = Process()
+    let process: Spawned
     let logPath: String
 
     init(site: String, ranks: Int?, _ args: [String] = [], logDirectory: String) throws {
         logPath = logDirectory + "/launcher-\(UUID().uuidString.prefix(6)).log"
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let launcher = [binDirectory + "/balsam-launcher", "--site", site] + args
         var environment = ProcessInfo.processInfo.environment
         environment["BALSAM_SITE"] = nil
+        let program: String
+        let arguments: [String]
         if let ranks {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/mpirun")
-            process.arguments = ["--oversubscribe", "--bind-to", "none", "-n", String(ranks)] + launcher
+            program = "/usr/bin/mpirun"
+            arguments = ["--oversubscribe", "--bind-to", "none", "-n", String(ranks)] + launcher
             // Root in CI; no ssh: every rank is local.
             environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
             environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
             environment["OMPI_MCA_plm_rsh_agent"] = "false"
         } else {
-            process.executableURL = URL(fileURLWithPath: launcher[0])
-            process.arguments = Array(launcher.dropFirst())
+            program = launcher[0]
+            arguments = Array(launcher.dropFirst())
         }
-        process.environment = environment
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-        process.standardOutput = process.standardError
-        try process.run()
+        process = try Spawned(
+            program, arguments, environment: environment, stdout: .file(logPath), stderr: .file(logPath))
     }
 
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     /// Waits for the launcher to exit; its status, or nil (and the test fails) after `timeout` seconds.
     func wait(timeout: Double = 60) -> Int32? {
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning {
-            Issue.record("the launcher did not exit within \(timeout) s; log:\n\(log)")
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-            return nil
-        }
-        return process.terminationStatus
+        if let status = process.wait(timeout: timeout) { return status }
+        Issue.record("the launcher did not exit within \(timeout) s; log:\n\(log)")
+        process.signal(SIGKILL)
+        process.waitUntilExit()
+        return nil
     }
-
-    deinit { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
 }
 
 /// One line of the event log.

@@ -5,39 +5,30 @@ import Testing
 
 /// A `balsam-watch` process under test.
 final class WatchProcess {
-    let process = Process()
+    let process: Spawned
     let stderrPath: String
 
     init(site: String, _ args: [String] = [], logDirectory: String, env: [String: String] = [:]) throws {
         stderrPath = logDirectory + "/watch-\(UUID().uuidString.prefix(6)).log"
-        _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
-        process.executableURL = URL(fileURLWithPath: binDirectory + "/balsam-watch")
-        if !env.isEmpty {
-            var environment = ProcessInfo.processInfo.environment
-            environment["BALSAM_SITE"] = nil
-            for (key, value) in env { environment[key] = value }
-            process.environment = environment
-        }
-        process.arguments = ["--site", site, "--poll-interval", "0.2"] + args
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        var environment = ProcessInfo.processInfo.environment
+        environment["BALSAM_SITE"] = nil
+        for (key, value) in env { environment[key] = value }
+        process = try Spawned(
+            binDirectory + "/balsam-watch", ["--site", site, "--poll-interval", "0.2"] + args,
+            environment: environment, stderr: .file(stderrPath))
     }
 
     var log: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
 
     func terminate() -> Int32 {
-        if process.isRunning { kill(process.processIdentifier, SIGTERM) }
-        process.waitUntilExit()
-        return process.terminationStatus
+        process.terminate()
+        return process.waitUntilExit()
     }
 
     func kill9() {
-        kill(process.processIdentifier, SIGKILL)
+        process.signal(SIGKILL)
         process.waitUntilExit()
     }
-
-    deinit { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
 }
 
 /// Waits for `condition` with a deadline, polling; fails the test if the deadline passes.
@@ -103,9 +94,7 @@ func waitFor(_ what: String, timeout: Double = 30, _ condition: () throws -> Boo
     }
 
     @Test func aClaimLeftByADeadWatcherIsTakenOver() throws {
-        let dead = Process()
-        dead.executableURL = URL(fileURLWithPath: "/bin/true")
-        try dead.run()
+        let dead = try Spawned("/bin/true", [])
         dead.waitUntilExit()
         let claim =
             #"{"host":"\#(Posix.hostName())","pid":\#(dead.processIdentifier),"since":"2026-01-01T00:00:00.000Z"}"#

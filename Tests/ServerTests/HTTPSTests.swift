@@ -36,7 +36,7 @@ import Testing
     }
 
     /// nginx in `dir`, on a free port, proxying to `backend`; returns the process and the HTTPS URL.
-    func startProxy(_ dir: TempDir, backend: String) async throws -> (Process, String) {
+    func startProxy(_ dir: TempDir, backend: String) async throws -> (Spawned, String) {
         let p = dir.path
         try FileManager.default.createDirectory(atPath: p + "/nginx-tmp", withIntermediateDirectories: true)
         for port in (0..<20).map({ _ in Int.random(in: 20000...40000) }) {
@@ -63,11 +63,7 @@ import Testing
                     }
                 }
                 """)
-            let nginx = Process()
-            nginx.executableURL = URL(fileURLWithPath: "/usr/sbin/nginx")
-            nginx.arguments = ["-p", p, "-c", p + "/nginx.conf", "-e", p + "/nginx-error.log"]
-            nginx.standardError = FileHandle.nullDevice
-            try nginx.run()
+            let nginx = try Spawned("/usr/sbin/nginx", ["-p", p, "-c", p + "/nginx.conf", "-e", p + "/nginx-error.log"])
             let url = "https://127.0.0.1:\(port)"
             let deadline = Date().addingTimeInterval(20)
             while Date() < deadline && nginx.isRunning {

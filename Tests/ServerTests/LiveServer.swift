@@ -66,7 +66,7 @@ func makeDatabase(_ backend: Backend, dir: TempDir) throws -> String {
 final class LiveServer: @unchecked Sendable {
     let dir: TempDir
     let db: String
-    let process: Process
+    let process: Spawned
     let url: String
     let logPath: String
 
@@ -77,17 +77,12 @@ final class LiveServer: @unchecked Sendable {
         db = try existing ?? makeDatabase(backend, dir: dir)
         let portFile = dir.path + "/port-" + UUID().uuidString.prefix(6)
         logPath = portFile + ".log"
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: binDirectory + "/balsam-server")
-        process.arguments =
+        process = try Spawned(
+            binDirectory + "/balsam-server",
             [
                 "serve", "--db", db, "--secret-file", dir.path + "/secret", "--listen", "127.0.0.1:0",
                 "--port-file", portFile,
-            ] + arguments
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        process.standardError = FileHandle(forWritingAtPath: logPath)
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
+            ] + arguments, stderr: .file(logPath))
         let deadline = Date().addingTimeInterval(30)
         var port: Int?
         while Date() < deadline, process.isRunning {
@@ -219,15 +214,10 @@ func waitFor(_ what: String, timeout: Double = 30, _ condition: () async throws 
 }
 
 /// Starts a built program (`balsam-watch`, `balsam-launcher`) in the background; the caller stops it.
-func startBinary(_ program: String, _ args: [String], env: [String: String] = [:]) throws -> Process {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: binDirectory + "/" + program)
-    p.arguments = args
-    p.environment = ProcessInfo.processInfo.environment.merging(env, uniquingKeysWith: { _, b in b })
-    p.standardOutput = FileHandle.nullDevice
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    return p
+func startBinary(_ program: String, _ args: [String], env: [String: String] = [:]) throws -> Spawned {
+    try Spawned(
+        binDirectory + "/" + program, args,
+        environment: ProcessInfo.processInfo.environment.merging(env, uniquingKeysWith: { _, b in b }))
 }
 
 /// Points the site's `sync:` section at `url` (replacing one written before).
@@ -244,11 +234,11 @@ func setSync(
 
 /// Programs a test runs in the background (a watcher, a launcher), stopped with SIGTERM when it is done with them.
 final class Background {
-    private(set) var processes: [Process] = []
+    private(set) var processes: [Spawned] = []
 
     /// Starts `program` (see `startBinary`) and returns it.
     @discardableResult
-    func start(_ program: String, _ args: [String], env: [String: String] = [:]) throws -> Process {
+    func start(_ program: String, _ args: [String], env: [String: String] = [:]) throws -> Spawned {
         let p = try startBinary(program, args, env: env)
         processes.append(p)
         return p

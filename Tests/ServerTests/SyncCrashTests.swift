@@ -14,7 +14,7 @@ import Testing
         try dir.file("token", token)
         let site = try makeSite(dir)
         try setSync(site, url: server.url, tokenFile: dir.path + "/token", period: 0.05)
-        func startWatcher() throws -> Process {
+        func startWatcher() throws -> Spawned {
             try startBinary("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"])
         }
         var watcher = try startWatcher()

@@ -57,17 +57,9 @@ public func entries(_ path: String) -> [String] {
     ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
 }
 
-/// What a pipe delivered, filled by its reader thread.
-private final class Drained: @unchecked Sendable {
-    private let lock = NSLock()
-    private var data = Data()
-    func append(_ more: Data) { lock.withLock { data.append(more) } }
-    var text: String { lock.withLock { String(decoding: data, as: UTF8.self) } }
-}
-
-/// Runs a program to completion, returning its exit status and outputs. Both pipes are drained at once (a
-/// program that fills standard error before writing its output cannot stall), and every wait has a deadline:
-/// a program still running after `timeout` seconds is killed and the call throws with what it had printed.
+/// Runs a program to completion, returning its exit status and outputs (through files, so a program that fills
+/// one output before writing the other cannot stall). Every wait has a deadline: a program still running after
+/// `timeout` seconds is killed and the call throws with what it had printed.
 @discardableResult
 public func run(
     _ program: String, _ args: [String], stdin: Data? = nil, env: [String: String] = [:], cwd: String? = nil,
@@ -75,52 +67,26 @@ public func run(
 )
     throws -> (status: Int32, stdout: String, stderr: String)
 {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: program)
-    process.arguments = args
+    let dir = try TempDir()
     var environment = ProcessInfo.processInfo.environment
     environment["BALSAM_SITE"] = nil
     for (k, v) in env { environment[k] = v }
-    process.environment = environment
-    if let cwd { process.currentDirectoryURL = URL(fileURLWithPath: cwd) }
-    let out = Pipe()
-    let err = Pipe()
-    let input = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    process.standardInput = input
-    let exited = DispatchSemaphore(value: 0)
-    process.terminationHandler = { _ in exited.signal() }
-    try process.run()
-    let writer = Thread {
-        if let stdin { try? input.fileHandleForWriting.write(contentsOf: stdin) }
-        try? input.fileHandleForWriting.close()
-    }
-    writer.start()
-    let drained = DispatchGroup()
-    let outputs = [Drained(), Drained()]
-    for (pipe, sink) in zip([out, err], outputs) {
-        drained.enter()
-        Thread {
-            while case let chunk = pipe.fileHandleForReading.availableData, !chunk.isEmpty { sink.append(chunk) }
-            drained.leave()
-        }.start()
-    }
-    let describe = { "\(program) \(args.joined(separator: " "))" }
-    if exited.wait(timeout: .now() + timeout) == .timedOut {
-        kill(process.processIdentifier, SIGKILL)
-        _ = exited.wait(timeout: .now() + 10)
+    let inputPath = dir.path + "/stdin"
+    FileManager.default.createFile(atPath: inputPath, contents: stdin ?? Data())
+    let process = try Spawned(
+        program, args, environment: environment, directory: cwd, stdout: .file(dir.path + "/stdout"),
+        stderr: .file(dir.path + "/stderr"), stdinFile: inputPath)
+    let outputs = { ((try? read(dir.path + "/stdout")) ?? "", (try? read(dir.path + "/stderr")) ?? "") }
+    guard let status = process.wait(timeout: timeout) else {
+        process.signal(SIGKILL)
+        let (out, err) = outputs()
         throw SpoolError(
             .unavailable,
-            "'\(describe())' did not finish within \(Int(timeout)) s; it printed: \(outputs[0].text) \(outputs[1].text)"
+            "'\(program) \(args.joined(separator: " "))' did not finish within \(Int(timeout)) s; it printed: \(out) \(err)"
         )
     }
-    // A child it left running may hold the pipes open: give them a while, then report it.
-    if drained.wait(timeout: .now() + 30) == .timedOut {
-        throw SpoolError(
-            .unavailable, "'\(describe())' exited, but something it started still holds its output open")
-    }
-    return (process.terminationStatus, outputs[0].text, outputs[1].text)
+    let (out, err) = outputs()
+    return (status, out, err)
 }
 
 /// Whether this process may mount filesystems (root): the tests of full and read-only filesystems need it.
@@ -185,9 +151,7 @@ public func balsamSubmit(_ args: [String], site: String? = nil, stdin: Data? = n
 
 /// The pid of a process that has exited (for leftovers "written by a dead process").
 public func deadPID() throws -> Int32 {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/bin/true")
-    try process.run()
+    let process = try Spawned("/bin/true", [])
     process.waitUntilExit()
     return process.processIdentifier
 }
