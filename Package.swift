@@ -33,7 +33,9 @@ let package = Package(
             dependencies: [
                 "CLinux",
                 .product(name: "Yams", package: "Yams"),
-            ]
+            ],
+            // The site's Python runner, written into each site that has Python apps (SITE/lib/).
+            resources: [.embedInCode("Python/balsam_runner.py")]
         ),
         // What the executables share: site option, error-to-exit-status mapping, output helpers.
         .target(

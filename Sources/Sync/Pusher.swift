@@ -450,14 +450,18 @@ public final class Pusher {
         return round
     }
 
-    /// Writes `apps/NAME/app.yml` for apps defined in Python through the API with a `command_template` (the
-    /// seed's `class Hello(ApplicationDefinition)`), replacing the file when the definition changed. An app that
-    /// does not make a valid app here is logged in the state's last error and skipped, not fatal to the round.
+    /// Makes the apps defined in Python through the API (`class Hello(ApplicationDefinition)`) at the site, or
+    /// replaces them when their definition changed: `app.yml` (a shell app with its `command_template`, or a
+    /// Python app whose `run()` the site's Python runs), the pickled class in `class.b64`, and a hook file for
+    /// each lifecycle method the class defines (see `PythonApps`). An app that does not make a valid app here is
+    /// logged in the state's last error and skipped, not fatal to the round.
     func takeApps(_ remote: [JSONValue], state: inout SyncState) throws {
+        guard !remote.isEmpty else { return }
+        let python = try SiteSettings.load(site).python.executable
         for item in remote {
-            guard let o = item.objectValue, let name = o["name"]?.stringValue,
-                let template = o["command_template"]?.stringValue, let digest = o["digest"]?.stringValue
+            guard let o = item.objectValue, let name = o["name"]?.stringValue, let digest = o["digest"]?.stringValue
             else { continue }
+            let template = o["command_template"]?.stringValue
             var parameters: [String: App.Parameter] = [:]
             for (key, spec) in o["parameters"]?.objectValue ?? [:] {
                 let s = spec.objectValue ?? [:]
@@ -467,11 +471,16 @@ public final class Pusher {
                     required: required, defaultValue: required ? nil : fallback, help: s["help"]?.stringValue ?? "")
             }
             do {
-                var app = try App(name: name, commandTemplate: template, parameters: parameters)
+                var app = try App(name: name, commandTemplate: template ?? "", python: template == nil)
+                app.parameters = parameters
                 app.description = o["description"]?.stringValue ?? ""
-                let directory = site.appsPath + "/" + name
-                if Posix.exists(directory + "/app.yml") {
-                    try Posix.replaceFile(directory + "/app.yml", Array(app.yamlText().utf8), sync: true)
+                try app.validate()
+                if let classText = o["serialized_class"]?.stringValue, !classText.isEmpty {
+                    try PythonApps.install(
+                        app, classText: classText, overridden: PythonApps.overriddenMethods(classText: classText),
+                        site: site, python: python)
+                } else if Posix.exists(site.appsPath + "/" + name + "/app.yml") {
+                    try Posix.replaceFile(site.appsPath + "/" + name + "/app.yml", Array(app.yamlText().utf8), sync: true)
                 } else {
                     try site.createApp(app)
                 }
@@ -605,6 +614,7 @@ public final class Pusher {
         var submission = Submission(site: site, actor: "balsam-sync")
         let names = try site.appNames()
         let apps = Dictionary(names.map { (Pusher.serverAppName($0), $0) }, uniquingKeysWith: { a, _ in a })
+        let pythonApps = Set(names.filter { (try? site.app($0))?.isPython == true })
         var adopted = 0
         var refused = 0
         for item in remote {
@@ -623,15 +633,23 @@ public final class Pusher {
                 )
                 continue
             }
-            let decoded: JSONValue
-            do { decoded = try Pickle.decodeBase64(o["serialized_parameters"]?.stringValue ?? "") } catch {
-                try refuse(
-                    "its parameters are not plain values (\(error)): a shell app takes strings, numbers, booleans, "
-                        + "None, lists and dicts; objects only Python can load need a Python app")
-                continue
-            }
-            guard case .object(let parameters) = decoded else {
+            let pickled = o["serialized_parameters"]?.stringValue ?? ""
+            let parameters: [String: JSONValue]
+            let isPython = pythonApps.contains(app)
+            var decoded: JSONValue?
+            var problem = ""
+            do { decoded = try Pickle.decodeBase64(pickled) } catch { problem = "\(error)" }
+            if case .object(let plain)? = decoded {
+                parameters = plain
+            } else if isPython {
+                parameters = [:]  // only the site's Python reads them (a numpy array, say)
+            } else if decoded != nil {
                 try refuse("its parameters are not a dict of names to values")
+                continue
+            } else {
+                try refuse(
+                    "its parameters are not plain values (\(problem)): a shell app takes strings, numbers, booleans, "
+                        + "None, lists and dicts; objects only Python can load need a Python app")
                 continue
             }
             var parents: [String] = []
@@ -648,6 +666,7 @@ public final class Pusher {
             var job = Job(workdir: o["workdir"]?.stringValue ?? "", app: app)
             job.tags = (o["tags"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
             job.parameters = parameters
+            if isPython { job.serializedParameters = pickled }
             job.data = (o["data"]?.objectValue ?? [:]).merging(["balsam_server_id": .int(serverID)]) { _, b in b }
             job.numNodes = o["num_nodes"]?.intValue ?? 1
             job.ranksPerNode = o["ranks_per_node"]?.intValue ?? 1

@@ -161,23 +161,27 @@ enum SyncRoutes {
         out.endArray()
     }
 
-    /// Apps defined in Python through the API (a pickled class) whose `command_template` the site should run,
-    /// as `remote_apps`, only those whose digest differs from the site's `app_digests`: `{name, command_template,
-    /// parameters, description, digest}`. The template is read out of the pickle without running it
-    /// (`Pickle.classAttribute`); an app without one (a Python app's `run()`) is left to issue #14.
+    /// Apps defined in Python through the API (a pickled class), as `remote_apps`, only those whose digest
+    /// differs from the site's `app_digests`: `{name, serialized_class, command_template, parameters,
+    /// description, digest}`. `command_template` is read out of the pickle without running it
+    /// (`Pickle.classAttribute`); null means a Python app, whose `run()` the site's Python runs.
     static func writeRemoteApps(siteID: Int, known: [String: String], call: Call, to out: inout JSONWriter) throws {
         let rows = try call.connection.query(
             "SELECT name, serialized_class, parameters, description FROM apps WHERE site_id = ? AND serialized_class <> ''",
             [.of(siteID)])
         out.beginArray("remote_apps")
         for r in rows {
-            let digest = fnv1a(r.text(1) + "\u{0}" + r.text(2))
-            guard known[r.text(0)] != digest,
-                let template = Pickle.classAttribute("command_template", inBase64: r.text(1))
-            else { continue }
+            // "2": apps are sent with their class since issue #14 (sites that had only the template get it).
+            let digest = fnv1a("2\u{0}" + r.text(1) + "\u{0}" + r.text(2))
+            guard known[r.text(0)] != digest else { continue }
             out.beginObject()
             out.field("name", r.text(0))
-            out.field("command_template", template)
+            out.field("serialized_class", r.text(1))
+            if let template = Pickle.classAttribute("command_template", inBase64: r.text(1)) {
+                out.field("command_template", template)
+            } else {
+                out.raw("command_template", "null")
+            }
             out.raw("parameters", r.text(2))
             out.field("description", r.text(3))
             out.field("digest", digest)
@@ -477,15 +481,23 @@ enum SyncRoutes {
     ) throws -> Int {
         guard !items.isEmpty else { return 0 }
         var pending: [(siteJobID: String, time: Int64, from: JobState, to: JobState, data: String)] = []
+        // A Python app's return value or exception rides its RUN_DONE / RUN_ERROR event; it goes to the job's
+        // columns, not into the event log.
+        var results: [String: (time: Int64, value: String, exception: String)] = [:]
         for (i, item) in items.enumerated() {
             var e = try Input(item, prefix: "events[\(i)]")
             let siteJobID = try e.requiredString("site_job_id", maxBytes: 64)
             guard let time = try e.time("t") else { throw e.bad("t", "is required") }
             let from = try parseJobState(try e.requiredString("from", maxBytes: 32), field: e.name("from"))
             let to = try parseJobState(try e.requiredString("to", maxBytes: 32), field: e.name("to"))
-            let data = jsonText(try e.object("data") ?? [:])
+            var data = try e.object("data") ?? [:]
             try e.finish()
-            pending.append((siteJobID, time, from, to, data))
+            let value = data.removeValue(forKey: "serialized_return_value")?.stringValue
+            let exception = data.removeValue(forKey: "serialized_exception")?.stringValue
+            if value != nil || exception != nil, results[siteJobID].map({ $0.time <= time }) ?? true {
+                results[siteJobID] = (time, value ?? "", exception ?? "")
+            }
+            pending.append((siteJobID, time, from, to, jsonText(data)))
         }
         var ids = known
         let unknown = Array(Set(pending.map(\.siteJobID)).filter { ids[$0] == nil })
@@ -549,6 +561,14 @@ enum SyncRoutes {
         if !codes.isEmpty {
             try Jobs.updateRows(
                 columns: ["return_code"], rows: codes.map { ($0.key, [.of($0.value.1)]) }, now: now,
+                connection: call.connection)
+        }
+        let resultRows = results.compactMap { siteJobID, r in
+            ids[siteJobID].map { ($0, [SQLValue.text(r.value), .text(r.exception)]) }
+        }
+        if !resultRows.isEmpty {
+            try Jobs.updateRows(
+                columns: ["serialized_return_value", "serialized_exception"], rows: resultRows, now: now,
                 connection: call.connection)
         }
         return fresh.count

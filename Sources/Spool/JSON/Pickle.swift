@@ -77,7 +77,28 @@ public enum Pickle {
     /// pickle is walked opcode by opcode, never executed; the first `name` string directly followed by a string
     /// is the attribute (a class body's attributes come before its methods' code). nil if there is none.
     public static func classAttribute(_ name: String, inBase64 text: String) -> String? {
-        guard let bytes = Base64.decode(text) else { return nil }
+        var found: String?
+        walkStrings(inBase64: text) { string, previous in
+            if previous == name { found = string }
+            return found == nil
+        }
+        return found
+    }
+
+    /// Every text string a pickle holds (names of a class's attributes and methods among them).
+    public static func strings(inBase64 text: String) -> Set<String> {
+        var all = Set<String>()
+        walkStrings(inBase64: text) { string, _ in
+            all.insert(string)
+            return true
+        }
+        return all
+    }
+
+    /// Calls `visit` with each text string of a pickle, in order, and the string just before it (nil when
+    /// another opcode came between them), until it returns false.
+    private static func walkStrings(inBase64 text: String, _ visit: (String, String?) -> Bool) {
+        guard let bytes = Base64.decode(text) else { return }
         var i = 0
         var previousString: String?
         func fixed(_ op: UInt8) -> Int? {
@@ -108,15 +129,15 @@ public enum Pickle {
                 i += n
                 previousString = nil
             } else if let n = lengthBytes(op) {
-                guard i + n <= bytes.count else { return nil }
+                guard i + n <= bytes.count else { return }
                 var length = 0
                 for k in (0..<n).reversed() { length = length << 8 | Int(bytes[i + k]) }
                 i += n
-                guard length >= 0, i + length <= bytes.count else { return nil }
+                guard length >= 0, i + length <= bytes.count else { return }
                 let isText = op == 0x8C || op == UInt8(ascii: "X") || op == 0x8D
                 let text = isText ? String(validating: bytes[i..<i + length], as: UTF8.self) : nil
                 i += length
-                if let text, previousString == name { return text }
+                if let text, !visit(text, previousString) { return }
                 previousString = text
             } else if "ILFSVpgP".utf8.contains(op) {
                 while i < bytes.count && bytes[i] != 0x0A { i += 1 }
@@ -129,12 +150,11 @@ public enum Pickle {
                 }
                 previousString = nil
             } else if op == UInt8(ascii: ".") {
-                return nil
+                return
             } else {
                 previousString = nil
             }
         }
-        return nil
     }
 
     /// Decodes base64 text holding a pickle; an empty text is an empty dictionary (the original's default).

@@ -229,6 +229,16 @@ public enum Settings {
           gpu_variable: CUDA_VISIBLE_DEVICES
           # Seconds between SIGTERM and SIGKILL when a launcher stops a job (a kill, the end of its wall time).
           kill_grace_sec: 0.5
+          # Whether a job may ask for more CPUs per node (ranks_per_node x threads_per_rank / threads_per_core)
+          # than a node has; it then takes the whole node. false: such a job is FAILED with the reason.
+          oversubscribe: false
+
+        # Apps defined as Python classes (the original client's ApplicationDefinition): the Python that runs their
+        # hooks and run() methods (it needs dill and the client package balsam), and whether single-rank run()
+        # jobs use warm workers kept by each launcher rank. See balsam-launcher(1).
+        python:
+          executable: python3
+          warm_workers: true
 
         scheduler:
         \(schedulerSection(scheduler))

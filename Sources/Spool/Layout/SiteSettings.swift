@@ -16,6 +16,19 @@ public struct SiteSettings: Sendable, Equatable {
     public var elasticQueue: ElasticQueue?
     /// The server this site mirrors itself to (`sync`; nil: none).
     public var sync: Sync?
+    /// The Python that runs apps defined as Python classes (`python`).
+    public var python = Python()
+
+    /// The `python:` section.
+    public struct Python: Sendable, Equatable {
+        /// The site's Python for class hooks and `run()` apps (`executable`); it needs `dill` and the original
+        /// client package `balsam`. An app's `python_executable` overrides it.
+        public var executable = "python3"
+        /// Whether single-rank Python apps run in warm workers kept by each launcher rank (`warm_workers`).
+        public var warmWorkers = true
+
+        public init() {}
+    }
 
     /// The `sync:` section: where the site's REST server is and how to reach it.
     public struct Sync: Sendable, Equatable {
@@ -111,6 +124,10 @@ public struct SiteSettings: Sendable, Equatable {
         public var gpuVariable = "CUDA_VISIBLE_DEVICES"
         /// Seconds between SIGTERM and SIGKILL when a job is stopped (`kill_grace_sec`).
         public var killGraceSeconds: Double = 0.5
+        /// Whether a job may ask for more CPUs on a node (`ranks_per_node × threads_per_rank / threads_per_core`)
+        /// than the node has (`oversubscribe`): it then takes the whole node. Off: such a job is FAILED with the
+        /// reason when a launcher places it, instead of waiting for ever.
+        public var oversubscribe = false
 
         /// The defaults.
         public init() {}
@@ -156,12 +173,10 @@ public struct SiteSettings: Sendable, Equatable {
         settings.launcher.cpusPerNode = try number("launcher", "cpus_per_node").map { Int($0) }
         settings.launcher.killGraceSeconds =
             try number("launcher", "kill_grace_sec") ?? settings.launcher.killGraceSeconds
-        if let v = launcherValue("mpirun_allows_node_packing") {
-            guard case .bool(let b) = v else {
-                throw SpoolError(.invalidInput, "launcher.mpirun_allows_node_packing must be true or false", path: path)
-            }
-            settings.launcher.nodePacking = b
-        }
+        let launcherFields = try Fields(o["launcher"] ?? .object([:]), "launcher", path: path)
+        settings.launcher.nodePacking =
+            try launcherFields.bool("mpirun_allows_node_packing") ?? settings.launcher.nodePacking
+        settings.launcher.oversubscribe = try launcherFields.bool("oversubscribe") ?? false
         for (key, keyPath) in [("mpi_launcher", \Launcher.mpiLauncher), ("gpu_variable", \Launcher.gpuVariable)] {
             guard let v = launcherValue(key) else { continue }
             guard let text = v.stringValue, !text.isEmpty else {
@@ -178,6 +193,11 @@ public struct SiteSettings: Sendable, Equatable {
         settings.scheduler = try parseScheduler(o["scheduler"], path: path)
         settings.elasticQueue = try parseElasticQueue(o["elastic_queue"], path: path)
         settings.sync = try parseSync(o["sync"], path: path)
+        if let value = o["python"], value != .null {
+            let python = try Fields(value, "python", path: path)
+            settings.python.executable = try python.string("executable") ?? settings.python.executable
+            settings.python.warmWorkers = try python.bool("warm_workers") ?? settings.python.warmWorkers
+        }
         if case .object(let tags)? = o["filter_tags"] {
             settings.filterTags = tags.compactMapValues { $0.stringValue ?? ($0 == .null ? nil : $0.serialized()) }
         }
@@ -256,12 +276,7 @@ public struct SiteSettings: Sendable, Equatable {
         e.periodSeconds = try section.number("service_period") ?? e.periodSeconds
         e.project = try section.string("submit_project") ?? e.project
         e.queue = try section.string("submit_queue") ?? e.queue
-        if let v = section.o["use_backfill"], v != .null {
-            guard case .bool(let b) = v else {
-                throw SpoolError(.invalidInput, "elastic_queue.use_backfill must be true or false", path: path)
-            }
-            e.useBackfill = b
-        }
+        e.useBackfill = try section.bool("use_backfill") ?? e.useBackfill
         e.minWallTimeMinutes = try section.integer("min_wall_time_min") ?? e.minWallTimeMinutes
         e.maxWallTimeMinutes = try section.integer("max_wall_time_min") ?? e.maxWallTimeMinutes
         e.wallTimePadMinutes = try section.integer("wall_time_pad_min", allowZero: true) ?? e.wallTimePadMinutes
@@ -307,6 +322,14 @@ public struct SiteSettings: Sendable, Equatable {
                 throw SpoolError(.invalidInput, "\(section).\(key) must be \(what)", path: path)
             }
             return i
+        }
+
+        func bool(_ key: String) throws(SpoolError) -> Bool? {
+            guard let v = o[key], v != .null else { return nil }
+            guard case .bool(let b) = v else {
+                throw SpoolError(.invalidInput, "\(section).\(key) must be true or false", path: path)
+            }
+            return b
         }
 
         func string(_ key: String) throws(SpoolError) -> String? {

@@ -61,6 +61,17 @@ public struct App: Sendable, Equatable {
     public var onTimeout = RetryPolicy(retries: 3)
     /// Hook executables present beside `app.yml`.
     public var hooks: Set<Hook> = []
+    /// A Python app (`python_app: true`): a job runs the `run()` method of the class in `class.b64` through the
+    /// site's Python runner, and its return value or exception comes back with the job. No command template.
+    public var isPython = false
+    /// The Python that runs this app's class (`python_executable`; nil: the site's `python.executable`).
+    public var pythonExecutable: String?
+    /// Whether `class.b64` (a pickled `ApplicationDefinition`, as the original client sends it) is beside
+    /// `app.yml`: the app's class hooks and Python runs load it.
+    public var hasClass = false
+
+    /// The pickled class's file name in the app's directory.
+    public static let classFileName = "class.b64"
 
     /// Largest `app.yml` read.
     static let fileLimit = 1 << 20
@@ -71,6 +82,13 @@ public struct App: Sendable, Equatable {
         self.commandTemplate = try CommandTemplate(commandTemplate)
         self.parameters = parameters
         try validate()
+    }
+
+    /// Makes an app, unchecked, a Python app (no template) when `python`; call `validate()` once it is filled in.
+    public init(name: String, commandTemplate: String, python: Bool) throws(SpoolError) {
+        self.name = name
+        self.commandTemplate = try CommandTemplate(commandTemplate)
+        self.isPython = python
     }
 
     /// An app name is a plain file name: letters, digits, `_`, `-` and `.`, not starting with `.` or `-`.
@@ -88,6 +106,12 @@ public struct App: Sendable, Equatable {
     /// Every placeholder is a declared parameter and every parameter is used; optional ones have defaults.
     public func validate() throws(SpoolError) {
         try App.validateName(name)
+        if isPython {
+            if !commandTemplate.source.isEmpty {
+                throw SpoolError(.invalidInput, "app '\(name)': a Python app (python_app: true) has no command_template")
+            }
+            return try validatePolicies()
+        }
         let used = commandTemplate.placeholders
         for placeholder in used where parameters[placeholder] == nil {
             throw SpoolError(
@@ -101,13 +125,19 @@ public struct App: Sendable, Equatable {
                 throw SpoolError(.invalidInput, "app '\(name)': optional parameter '\(param)' needs a default")
             }
         }
+        try validatePolicies()
+    }
+
+    private func validatePolicies() throws(SpoolError) {
         if onError.retries < 0 || onTimeout.retries < 0 {
             throw SpoolError(.invalidInput, "app '\(name)': retries must not be negative")
         }
     }
 
     /// Checks a job's parameters: every required one present, none undeclared. Errors name the parameter.
-    public func checkParameters(_ given: [String: JSONValue]) throws(SpoolError) {
+    /// A Python app's job whose parameters are pickled (`serialized`) is checked by its `run()` call.
+    public func checkParameters(_ given: [String: JSONValue], serialized: Bool = false) throws(SpoolError) {
+        if isPython && serialized { return }
         for key in given.keys.sorted() where parameters[key] == nil {
             let declared = parameters.keys.sorted().joined(separator: ", ")
             throw SpoolError(
@@ -146,12 +176,18 @@ public struct App: Sendable, Equatable {
         where access(directory + "/" + hook.rawValue, hook == .shellPreamble ? R_OK : X_OK) == 0 {
             app.hooks.insert(hook)
         }
+        app.hasClass = access(directory + "/" + classFileName, R_OK) == 0
+        if app.isPython && !app.hasClass {
+            throw SpoolError(
+                .invalidInput, "a Python app (python_app: true) needs its class in \(classFileName) beside app.yml",
+                path: path)
+        }
         return app
     }
 
     static let keys: Set<String> = [
         "description", "command_template", "parameters", "environment_variables", "cleanup_files", "transfers",
-        "on_error", "on_timeout",
+        "on_error", "on_timeout", "python_app", "python_executable",
     ]
 
     /// Parses `app.yml` text.
@@ -162,8 +198,17 @@ public struct App: Sendable, Equatable {
         for key in o.keys where !keys.contains(key) {
             throw SpoolError(.invalidInput, "unknown key '\(key)' (app keys: \(keys.sorted().joined(separator: ", ")))")
         }
-        guard case .string(let template)? = o["command_template"] else {
-            throw fieldError("command_template", "is required and must be a string")
+        let isPython: Bool
+        switch o["python_app"] {
+        case nil, .null?: isPython = false
+        case .bool(let b)?: isPython = b
+        default: throw fieldError("python_app", "must be true or false")
+        }
+        let template: String
+        switch o["command_template"] {
+        case .string(let t)?: template = t
+        case nil, .null?: if isPython { template = "" } else { fallthrough }
+        default: throw fieldError("command_template", "is required and must be a string")
         }
         var parameters: [String: Parameter] = [:]
         if let v = o["parameters"], v != .null {
@@ -188,6 +233,12 @@ public struct App: Sendable, Equatable {
             }
         }
         var app = try App(uncheckedName: name, commandTemplate: template, parameters: parameters)
+        app.isPython = isPython
+        switch o["python_executable"] {
+        case nil, .null?: break
+        case .string(let path)? where !path.isEmpty: app.pythonExecutable = path
+        default: throw fieldError("python_executable", "must be a path to a Python")
+        }
         app.description = o["description"]?.stringValue ?? ""
         if case .object(let env)? = o["environment_variables"] {
             for (k, v) in env where v != .null { app.environmentVariables[k] = v.stringValue ?? v.serialized() }
@@ -227,8 +278,14 @@ public struct App: Sendable, Equatable {
         func q(_ s: String) -> String { JSONValue.string(s).serialized() }
         var text = "# Balsam app '\(name)'. See balsam-spool(5), section APPS.\n"
         text += "description: \(q(description))\n"
-        text += "# {{ name }} placeholders; every value is shell-quoted when a job's command is made.\n"
-        text += "command_template: \(q(commandTemplate.source))\n"
+        if isPython {
+            text += "# A Python app: jobs run the run() method of the class in \(App.classFileName).\n"
+            text += "python_app: true\n"
+        } else {
+            text += "# {{ name }} placeholders; every value is shell-quoted when a job's command is made.\n"
+            text += "command_template: \(q(commandTemplate.source))\n"
+        }
+        if let pythonExecutable { text += "python_executable: \(q(pythonExecutable))\n" }
         text += "parameters:" + (parameters.isEmpty ? " {}\n" : "\n")
         for (param, spec) in parameters.sorted(by: { $0.key < $1.key }) {
             text += "  \(param):\n    required: \(spec.required)\n"
@@ -262,6 +319,8 @@ public struct App: Sendable, Equatable {
             "on_error": .object(["retries": .int(onError.retries)]),
             "on_timeout": .object(["retries": .int(onTimeout.retries)]),
             "hooks": .array(hooks.map(\.rawValue).sorted().map { .string($0) }),
+            "python_app": .bool(isPython), "python_executable": pythonExecutable.map(JSONValue.string) ?? .null,
+            "python_class": .bool(hasClass),
         ])
     }
 }

@@ -22,6 +22,9 @@ public struct Job: Sendable, Equatable {
     }
     /// Values for the app's command template; any JSON value.
     public var parameters: [String: JSONValue] = [:]
+    /// For an app defined as a Python class: its parameters as the original client sends them, base64 of
+    /// `dill.dumps(dict)`, which only the site's Python reads (a numpy array, say). Empty otherwise.
+    public var serializedParameters: String = ""
     /// Free-form data the job and its hooks may keep.
     public var data: [String: JSONValue] = [:]
     /// Jobs that must reach `JOB_FINISHED` before this one runs.
@@ -73,7 +76,7 @@ public struct Job: Sendable, Equatable {
     static let fieldNames: Set<String> = [
         "id", "created", "workdir", "app", "tags", "parameters", "data", "parent_ids", "num_nodes",
         "ranks_per_node", "threads_per_rank", "threads_per_core", "launch_params", "gpus_per_rank",
-        "node_packing_count", "wall_time_min", "transfers", "return_code",
+        "node_packing_count", "wall_time_min", "transfers", "return_code", "serialized_parameters",
     ]
 
     /// Builds a job from a parsed JSON object, checking every field's type and range. `id` and `created` are
@@ -123,6 +126,7 @@ public struct Job: Sendable, Equatable {
         created = try string("created") ?? ""
         tags = try stringMap("tags")
         parameters = try object("parameters")
+        serializedParameters = try string("serialized_parameters") ?? ""
         data = try object("data")
         launchParams = try stringMap("launch_params")
         transfers = try object("transfers")
@@ -196,7 +200,10 @@ public struct Job: Sendable, Equatable {
                 throw fieldError(path, "contains a NUL character, which no command line or environment can carry")
             }
         }
-        let parametersSize = JSONValue.object(parameters).serialized().utf8.count
+        let parametersSize = JSONValue.object(parameters).serialized().utf8.count + serializedParameters.utf8.count
+        if !serializedParameters.isEmpty && Base64.decode(serializedParameters) == nil {
+            throw fieldError("serialized_parameters", "must be base64 (of a pickled dict)")
+        }
         if parametersSize > Limits.parametersBytes {
             throw fieldError("parameters", "is \(parametersSize) bytes; the limit is \(Limits.parametersBytes)")
         }
@@ -303,6 +310,7 @@ public struct Job: Sendable, Equatable {
         ]
         if id.isEmpty { o["id"] = nil }
         if created.isEmpty { o["created"] = nil }
+        if !serializedParameters.isEmpty { o["serialized_parameters"] = .string(serializedParameters) }
         return .object(o)
     }
 

@@ -147,7 +147,7 @@ public struct Control {
                 try change(&job)
                 try job.validate()
                 if apps[job.app] == nil { apps[job.app] = try site.app(job.app) }
-                try apps[job.app]?.checkParameters(job.parameters)
+                try apps[job.app]?.checkParameters(job.parameters, serialized: !job.serializedParameters.isEmpty)
                 if job == loaded.job { return Outcome(id: listing.id, kind: .unchanged, message: "no change") }
                 try rewrite(loaded, job)
                 return Outcome(id: listing.id, kind: .done, message: "modified")

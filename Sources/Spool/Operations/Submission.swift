@@ -41,7 +41,7 @@ public struct Submission {
 
     /// Checks a job against the site (app, parameters, workdir, parents) and returns its initial state.
     mutating func check(_ job: Job, claimedWorkdirs: Set<String> = []) throws(SpoolError) -> JobState {
-        try app(job.app).checkParameters(job.parameters)
+        try app(job.app).checkParameters(job.parameters, serialized: !job.serializedParameters.isEmpty)
         try checkWorkdirFree(job.workdir, claimedWorkdirs: claimedWorkdirs)
         var parentStates: [JobState] = []
         for parent in job.parentIDs {

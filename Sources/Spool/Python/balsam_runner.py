@@ -1,0 +1,504 @@
+"""Balsam for Swift: the site's Python runner for apps defined as Python classes.
+
+Written by the site into SITE/lib/balsam_runner.py (the copy inside the Balsam binaries is the source); run by the
+site's Python, which needs `dill` and the original client package `balsam` (the pickled class refers to
+`balsam._api.app.ApplicationDefinition`). Modes:
+
+    balsam_runner.py check               say whether dill and balsam import here (exit 0), or what is missing (3)
+    balsam_runner.py run                 run the job in the current directory: the class's run(**parameters)
+    balsam_runner.py hook METHOD         call preprocess / postprocess / handle_error / handle_timeout for the job
+                                         in the current directory; write $BALSAM_HOOK_RESULT
+    balsam_runner.py preamble            print the class's shell_preamble() as shell text
+    balsam_runner.py serve PARENT GRACE  a warm worker: forks a child per job (see balsam-launcher(1))
+
+The job is described by job.json (and `state`) in its directory, BALSAM_SITE and BALSAM_APP: the class is
+SITE/apps/APP/class.b64, base64 of dill.dumps(cls), as the original client sends it.
+"""
+
+import base64
+import json
+import os
+import signal
+import sys
+import traceback
+
+RESULT_NAME = ".balsam-result.json"
+MISSING_EXIT = 3
+
+
+def fail(message, status=MISSING_EXIT):
+    sys.stderr.write("balsam_runner: " + message + "\n")
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def need_modules():
+    missing = []
+    try:
+        import dill  # noqa: F401
+    except ImportError:
+        missing.append("dill")
+    try:
+        import balsam._api.app  # noqa: F401
+    except ImportError as exc:
+        missing.append("balsam (the original client, pip install balsam==0.7.0a24: %s)" % exc)
+    if missing:
+        fail(
+            "the site's Python (%s) lacks %s; install it there, or set python.executable in settings.yml "
+            "(or python_executable in the app's app.yml) to a Python that has it" % (sys.executable, " and ".join(missing))
+        )
+
+
+class SiteJob:
+    """What `self.job` is for a class's methods at this site: the job's fields, its parameters, and the state and
+    data the method sets (written back through the hook protocol)."""
+
+    def __init__(self, spec, state, directory):
+        self._spec = spec
+        self.id = (spec.get("data") or {}).get("balsam_server_id", spec.get("id"))
+        self.site_job_id = spec.get("id")
+        self.workdir = spec.get("workdir")
+        self.app = spec.get("app")
+        self.tags = dict(spec.get("tags") or {})
+        self.data = dict(spec.get("data") or {})
+        self.parameters = dict(spec.get("parameters") or {})
+        self.serialized_parameters = spec.get("serialized_parameters") or ""
+        self.num_nodes = spec.get("num_nodes", 1)
+        self.ranks_per_node = spec.get("ranks_per_node", 1)
+        self.threads_per_rank = spec.get("threads_per_rank", 1)
+        self.threads_per_core = spec.get("threads_per_core", 1)
+        self.gpus_per_rank = spec.get("gpus_per_rank", 0)
+        self.node_packing_count = spec.get("node_packing_count", 1)
+        self.wall_time_min = spec.get("wall_time_min", 0)
+        self.launch_params = dict(spec.get("launch_params") or {})
+        self.parent_ids = list(spec.get("parent_ids") or [])
+        self.state = state.get("state")
+        self.return_code = state.get("return_code")
+        self.state_data = {}
+        self.directory = directory
+
+    def get_parameters(self):
+        if self.serialized_parameters:
+            import dill
+
+            return dill.loads(base64.b64decode(self.serialized_parameters))
+        return dict(self.parameters)
+
+    def resolve_workdir(self, data_path=None):
+        from pathlib import Path
+
+        return Path(self.directory)
+
+    def __repr__(self):
+        return "SiteJob(id=%r, workdir=%r, state=%r)" % (self.id, self.workdir, self.state)
+
+
+def read_json(path):
+    with open(path, "rb") as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def load_job(directory):
+    spec = read_json(os.path.join(directory, "job.json"))
+    try:
+        state = read_json(os.path.join(directory, "state"))
+    except (OSError, ValueError):
+        state = {}
+    return SiteJob(spec, state, directory)
+
+
+_classes = {}
+
+
+def class_path(app):
+    site = os.environ.get("BALSAM_SITE")
+    if not site:
+        fail("BALSAM_SITE is not set", 2)
+    return os.path.join(site, "apps", app, "class.b64")
+
+
+def load_class(app):
+    """The app's class, unpickled once per process (and per change of its file)."""
+    path = class_path(app)
+    st = os.stat(path)
+    key = (path, st.st_mtime_ns, st.st_size)
+    cls = _classes.get(key)
+    if cls is None:
+        import dill
+
+        with open(path, "rb") as f:
+            text = f.read()
+        try:
+            cls = dill.loads(base64.b64decode(text))
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError(
+                "cannot load app %s's class here: no module named %r at the site (its Python: %s)"
+                % (app, exc.name, sys.executable),
+                name=exc.name,
+            ) from exc
+        _classes[key] = cls
+    return cls
+
+
+def mpi_rank():
+    for name in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "PALS_RANKID", "MPI_RANK"):
+        value = os.environ.get(name)
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    mpi = getattr(sys.modules.get("mpi4py"), "MPI", None)
+    if mpi is not None:
+        try:
+            return mpi.COMM_WORLD.Get_rank()
+        except Exception:
+            pass
+    return 0
+
+
+def write_atomically(path, payload):
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(json.dumps(payload))
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+def run_job(directory):
+    """Runs the job in `directory`; returns the exit status (0: run() returned; 1: it raised)."""
+    result_path = os.path.join(directory, RESULT_NAME)
+    rank = mpi_rank()
+    if rank == 0:
+        try:
+            os.unlink(result_path)
+        except FileNotFoundError:
+            pass
+    try:
+        job = load_job(directory)
+        cls = load_class(job.app)
+        params = job.get_parameters()
+        app = cls(job)
+        if not callable(getattr(app, "run", None)):
+            raise AttributeError("app %s has no run() method" % job.app)
+        value = app.run(**params)
+    except Exception as exc:
+        traceback.print_exc()
+        sys.stderr.flush()
+        if rank == 0:
+            write_atomically(result_path, exception_payload(exc))
+        return 1
+    if rank == 0:
+        import dill
+
+        try:
+            encoded = base64.b64encode(dill.dumps(value, recurse=True)).decode("ascii")
+        except Exception as exc:
+            traceback.print_exc()
+            write_atomically(result_path, exception_payload(exc))
+            return 1
+        write_atomically(result_path, {"serialized_return_value": encoded})
+    sys.stdout.flush()
+    return 0
+
+
+def exception_payload(exc):
+    payload = {"exception": "%s: %s" % (type(exc).__name__, exc)}
+    try:
+        import dill
+
+        try:
+            from tblib import Traceback
+
+            tb = Traceback(exc.__traceback__)
+        except Exception:
+            tb = None
+        payload["serialized_exception"] = base64.b64encode(dill.dumps((exc, tb), recurse=True)).decode("ascii")
+    except Exception as ser_exc:
+        payload["serialization_error"] = "%s: %s" % (type(ser_exc).__name__, ser_exc)
+    return payload
+
+
+HOOK_METHODS = {
+    "preprocess": "preprocess",
+    "postprocess": "postprocess",
+    "on-error": "handle_error",
+    "on-timeout": "handle_timeout",
+    "handle_error": "handle_error",
+    "handle_timeout": "handle_timeout",
+}
+
+
+def state_name(value):
+    return getattr(value, "value", value)
+
+
+def run_hook(directory, hook):
+    method = HOOK_METHODS.get(hook)
+    if method is None:
+        fail("unknown hook %r" % hook, 2)
+    result_path = os.environ.get("BALSAM_HOOK_RESULT")
+    job = load_job(directory)
+    before_state = job.state
+    before_data = json.dumps(job.data, sort_keys=True, default=str)
+    try:
+        cls = load_class(job.app)
+        app = cls(job)
+        getattr(app, method)()
+    except Exception as exc:
+        traceback.print_exc()
+        payload = {"state": "FAILED", "reason": "%s raised %s: %s" % (method, type(exc).__name__, exc)}
+    else:
+        payload = {}
+        state = state_name(job.state)
+        if state != before_state:
+            payload["state"] = state
+            payload["reason"] = "%s chose %s" % (method, state)
+        if json.dumps(job.data, sort_keys=True, default=str) != before_data:
+            old = json.loads(before_data)
+            changed = {k: v for k, v in job.data.items() if old.get(k, object()) != v}
+            for k in old:
+                if k not in job.data:
+                    changed[k] = None
+            payload["data"] = json.loads(json.dumps(changed, default=str))
+    if result_path:
+        write_atomically(result_path, payload)
+    return 0
+
+
+def preamble(directory):
+    job = load_job(directory)
+    cls = load_class(job.app)
+    text = cls(job).shell_preamble()
+    if isinstance(text, (list, tuple)):
+        text = "\n".join(str(line) for line in text)
+    sys.stdout.write((text or "") + "\n")
+    return 0
+
+
+# --- the warm worker ------------------------------------------------------------------------------------------
+
+
+def set_parent_death_signal():
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def serve(parent, grace_ms):
+    """Speaks balsam-task-guard's protocol on stdin/stdout: requests "LENGTH\\n" + NUL-ended fields (start ID DIR
+    OUTPUT SEPARATOR NENV ENV... SCRIPT, or kill ID); replies "ID +PID" when a job started and "ID STATUS [why]"
+    when it ended. Each job runs in a child forked from this warm interpreter (dill, balsam and the app's class
+    already loaded), in a process group of its own: its crash, its os._exit, its chdir or its globals end with
+    it, and the next job gets a fresh child."""
+    import selectors
+    import time
+
+    import dill  # noqa: F401  (loaded once, for every child)
+    import balsam._api.app  # noqa: F401
+
+    set_parent_death_signal()
+    if parent and os.getppid() != parent:
+        os._exit(0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    tasks = {}  # pid -> [id, kill_at]
+    by_id = {}
+    selector = selectors.DefaultSelector()
+    selector.register(0, selectors.EVENT_READ)
+    selector.register(wake_r, selectors.EVENT_READ)
+    buffer = b""
+    closed = False
+
+    def reply(line):
+        data = (line + "\n").encode("utf-8", "replace")
+        while data:
+            data = data[os.write(1, data) :]
+
+    def now_ms():
+        return time.monotonic() * 1000
+
+    def stop(pid):
+        task = tasks.get(pid)
+        if task is None or task[1]:
+            return
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        task[1] = now_ms() + grace_ms
+
+    def start(fields):
+        job_id, directory, output, separator, nenv = fields[1:6]
+        env_fields = fields[6 : 6 + int(nenv)]
+        if job_id in by_id:
+            reply("%s 126 already running" % job_id)
+            return
+        try:
+            out = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            reply("%s 126 cannot open %s: %s" % (job_id, output, exc.strerror))
+            return
+        try:
+            app = None
+            for field in env_fields:
+                if field.startswith("BALSAM_APP="):
+                    app = field[len("BALSAM_APP=") :]
+            if app:
+                try:
+                    load_class(app)  # warm: the child inherits it; a failure is the child's to report
+                except Exception:
+                    pass
+            pid = os.fork()
+        except OSError as exc:
+            os.close(out)
+            reply("%s 126 cannot fork: %s" % (job_id, exc.strerror))
+            return
+        if pid == 0:
+            status = 1
+            try:
+                os.setpgid(0, 0)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.set_wakeup_fd(-1)
+                os.close(wake_r)
+                os.close(wake_w)
+                if os.fstat(out).st_size > 0:
+                    os.write(out, separator.encode("utf-8", "replace"))
+                null = os.open("/dev/null", os.O_RDONLY)
+                os.dup2(null, 0)
+                os.dup2(out, 1)
+                os.dup2(out, 2)
+                os.close(null)
+                os.close(out)
+                os.chdir(directory)
+                os.environ.clear()
+                for field in env_fields:
+                    key, _, value = field.partition("=")
+                    os.environ[key] = value
+                sys.stdin = open(0, "r", closefd=False)
+                sys.stdout = open(1, "w", buffering=1, closefd=False)
+                sys.stderr = open(2, "w", buffering=1, closefd=False)
+                sys.argv = [sys.argv[0], "run"]
+                status = run_job(directory)
+            except SystemExit as exc:
+                status = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(status)
+        os.close(out)
+        tasks[pid] = [job_id, 0]
+        by_id[job_id] = pid
+        reply("%s +%d" % (job_id, pid))
+
+    def reap():
+        while tasks:
+            try:
+                pid, raw = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            task = tasks.pop(pid, None)
+            if task is None:
+                continue
+            by_id.pop(task[0], None)
+            if os.WIFSIGNALED(raw):
+                status = 128 + os.WTERMSIG(raw)
+            else:
+                status = os.WEXITSTATUS(raw)
+            # The job's leftovers in its group go with it.
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            reply("%s %d" % (task[0], status))
+
+    while True:
+        if stopping or closed:
+            for pid in list(tasks):
+                stop(pid)
+            if not tasks:
+                os._exit(0)
+        due = [t[1] for t in tasks.values() if t[1]]
+        timeout = max(0.0, (min(due) - now_ms()) / 1000) if due else None
+        if closed or stopping:
+            timeout = 0.05 if timeout is None else min(timeout, 0.05)
+        for key, _ in selector.select(timeout):
+            if key.fd == wake_r:
+                try:
+                    while os.read(wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            elif not closed:
+                chunk = os.read(0, 65536)
+                if not chunk:
+                    closed = True
+                    selector.unregister(0)
+                    continue
+                buffer += chunk
+        reap()
+        for pid, task in list(tasks.items()):
+            if task[1] and now_ms() >= task[1]:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        while True:
+            newline = buffer.find(b"\n")
+            if newline < 0:
+                break
+            length = int(buffer[:newline])
+            if len(buffer) < newline + 1 + length:
+                break
+            body = buffer[newline + 1 : newline + 1 + length]
+            buffer = buffer[newline + 1 + length :]
+            fields = [f.decode("utf-8", "surrogateescape") for f in body.split(b"\0")[:-1]]
+            if fields and fields[0] == "start":
+                start(fields)
+            elif fields and fields[0] == "kill":
+                pid = by_id.get(fields[1])
+                if pid is not None:
+                    stop(pid)
+
+
+def main(argv):
+    if len(argv) < 2:
+        fail("usage: balsam_runner.py check|run|hook METHOD|preamble|serve PARENT GRACE_MS", 2)
+    mode = argv[1]
+    need_modules()
+    if mode == "check":
+        print("balsam_runner: %s has dill and balsam" % sys.executable)
+        return 0
+    directory = os.getcwd()
+    if mode == "run":
+        return run_job(directory)
+    if mode == "hook" and len(argv) == 3:
+        return run_hook(directory, argv[2])
+    if mode == "preamble":
+        return preamble(directory)
+    if mode == "serve" and len(argv) == 4:
+        serve(int(argv[2]), int(argv[3]))
+        return 0
+    fail("unknown mode %r" % " ".join(argv[1:]), 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
