@@ -379,7 +379,10 @@ public final class Engine {
             }
         } else {
             let code = loaded.record.returnCode.map { " (return code \($0))" } ?? ""
-            try move(loaded, to: .failed, reason: "\(what)\(code) and no retries left (\(policy.retries) allowed)")
+            // The run's own reason when it says more than its status (a Python app's exception).
+            let why = loaded.record.reason.flatMap { $0.contains(": ") ? ": " + $0 : nil } ?? ""
+            try move(
+                loaded, to: .failed, reason: "\(what)\(code) and no retries left (\(policy.retries) allowed)\(why)")
         }
     }
 

@@ -98,7 +98,7 @@ public final class Coordinator {
         self.runner = TaskRunner(
             grace: settings.launcher.killGraceSeconds, guardPath: TaskRunner.defaultGuardPath,
             baseEnvironment: TaskCommand.baseEnvironment(environment))
-        self.command = TaskCommand(site: site, settings: settings.launcher)
+        self.command = TaskCommand(site: site, settings: settings.launcher, python: settings.python)
         self.index = SiteIndex(site: site)
         self.store = JobStore(site: site, actor: "balsam-launcher")
         started = Posix.monotonicSeconds()
@@ -203,7 +203,7 @@ public final class Coordinator {
             if active { lastActivity = now }
             let pause =
                 active ? 0 : transport.size == 1 ? 0.1 : (now - lastActivity < 0.05 ? 0.00005 : 0.002)
-            if monitor.wait(seconds: min(pause, max(0, deadline - now)), alsoReadable: [runner.replyFD]) {
+            if monitor.wait(seconds: min(pause, max(0, deadline - now)), alsoReadable: runner.replyFDs) {
                 readyChanged = true
             }
         }
@@ -236,7 +236,22 @@ public final class Coordinator {
             guard let (job, inode) = index.readEntryAndInode(at: index.entryPath(state, id)) else {
                 continue  // gone: claimed elsewhere
             }
-            let need = Need(job, packing: settings.launcher.nodePacking)
+            var need = Need(job, packing: settings.launcher.nodePacking)
+            if need.cpus > widestNode {
+                // More ranks × threads than a node has cores: the whole node when allowed, else a clear end
+                // instead of a job that waits for ever.
+                if settings.launcher.oversubscribe {
+                    need.cpus = widestNode
+                } else {
+                    refuse(
+                        id, from: state, job: job, inode: inode,
+                        reason: "it asks for \(need.cpus) CPUs per node (ranks_per_node \(job.ranksPerNode) × "
+                            + "threads_per_rank \(job.threadsPerRank) / threads_per_core \(job.threadsPerCore)) and "
+                            + "this allocation's nodes have \(widestNode); set launcher.oversubscribe: true in "
+                            + "settings.yml to run more ranks than cores")
+                    continue
+                }
+            }
             if let why = unsuitable(job, need) {
                 skipped.insert(id)
                 logger.info("job \(id) left for other launchers: \(why)", metadata: ["job.id": "\(id)"])
@@ -282,17 +297,45 @@ public final class Coordinator {
         return nil
     }
 
+    /// The most CPUs any node of the allocation has.
+    private var widestNode: Int { nodes.map(\.cpus).max() ?? 1 }
+
+    /// Claims a job that can never run on these nodes and fails it with `reason`.
+    private func refuse(_ id: String, from state: JobState, job: Job, inode: UInt64, reason: String) {
+        guard let lease, lease.claim(id, from: state, site: site) else { return }
+        let entry = lease.path + "/" + id
+        do {
+            guard let loaded = try claimed(id, from: state, job: job, inode: inode, entry: entry) else { return }
+            try store.move(loaded, to: .failed, reason: reason)
+            logger.error("job \(id) FAILED: \(reason)", metadata: ["job.id": "\(id)"])
+            summary.failedToStart += 1
+        } catch {
+            giveBack(entry, id: id)
+            logger.error("job \(id): cannot fail it (\(reason)): \(error)", metadata: ["job.id": "\(id)"])
+        }
+    }
+
+    /// The job just claimed into `entry`, if it is still the one looked at: the spec read before the claim is
+    /// used if the entry is still the same file (else it was modified meanwhile, and may need other resources: it
+    /// goes back, to be looked at again).
+    private func claimed(_ id: String, from state: JobState, job: Job, inode: UInt64, entry: String)
+        throws(SpoolError) -> JobStore.Loaded?
+    {
+        guard let loaded = try store.load(job, inode: inode, entryAt: entry), loaded.record.state == state else {
+            // Moved on between our look and our claim (a kill, say): its entry goes where its state says.
+            giveBack(entry, id: id)
+            candidatesStale = true
+            return nil
+        }
+        return loaded
+    }
+
     /// Claims one job into the lease, marks it RUNNING and tells its first node's rank to start it.
     private func start(_ id: String, from state: JobState, job: Job, inode: UInt64, assignment: Assignment) -> Bool {
         guard let lease, lease.claim(id, from: state, site: site) else { return false }
         let entry = lease.path + "/" + id
         do {
-            // The spec read before the claim is used if the entry is still the same file (else it was modified
-            // meanwhile, and may need other resources: it goes back, to be looked at again).
-            guard let loaded = try store.load(job, inode: inode, entryAt: entry), loaded.record.state == state else {
-                // Moved on between our look and our claim (a kill, say): its entry goes where its state says.
-                giveBack(entry, id: id)
-                candidatesStale = true
+            guard let loaded = try claimed(id, from: state, job: job, inode: inode, entry: entry) else {
                 return false
             }
             let spec: TaskSpec
@@ -365,9 +408,16 @@ public final class Coordinator {
     private func app(_ name: String) throws(SpoolError) -> App {
         if let app = apps[name] { return app }
         let app = try App.load(directory: site.appsPath + "/" + name, name: name)
+        // The runner this launcher's binaries carry is the one its Python apps run with.
+        if app.isPython && !runnerInstalled {
+            try PythonApps.installRunner(site)
+            runnerInstalled = true
+        }
         apps[name] = app
         return app
     }
+
+    private var runnerInstalled = false
 
     private func deliver(_ message: Message, to rank: Int) {
         if options.noSpawn, case .start(let spec) = message {
@@ -480,13 +530,18 @@ public final class Coordinator {
                 ) { _, record in record.returnCode = status }
                 summary.timedOut += 1
             } else if status == 0 && ended.error == nil {
-                try store.move(job.loaded, to: .runDone, leaseHeld: leaseFresh) { _, record in record.returnCode = 0 }
+                try store.move(
+                    job.loaded, to: .runDone, eventData: pythonResult(job.loaded).data, leaseHeld: leaseFresh
+                ) { _, record in record.returnCode = 0 }
                 summary.done += 1
             } else {
                 let tail = ended.error ?? Posix.tail(job.loaded.directory + "/job.out", lines: settings.errorTailLines)
+                let result = pythonResult(job.loaded)
                 try store.move(
-                    job.loaded, to: .runError, reason: "exit status \(status)",
-                    eventData: ["return_code": .int(status), "tail": .string(tail)], leaseHeld: leaseFresh
+                    job.loaded, to: .runError,
+                    reason: "exit status \(status)" + (result.exception.map { ": run() raised \($0)" } ?? ""),
+                    eventData: result.data.merging(["return_code": .int(status), "tail": .string(tail)]) { a, _ in a },
+                    leaseHeld: leaseFresh
                 ) { _, record in record.returnCode = status }
                 summary.errors += 1
             }
@@ -503,6 +558,23 @@ public final class Coordinator {
         }
         return nil
     }
+
+    /// What a Python app's run left in its directory (rank 0 writes it; see balsam_runner.py): its pickled
+    /// return value or exception, for the event (the sync takes it to the server, where `job.result()` reads
+    /// it), and the exception's one-line text.
+    private func pythonResult(_ loaded: JobStore.Loaded) -> (data: [String: JSONValue], exception: String?) {
+        guard apps[loaded.job.app]?.isPython == true,
+            let bytes = try? Posix.readFile(loaded.directory + "/" + Coordinator.resultName, limit: Coordinator.resultLimit),
+            case .object(let o)? = try? JSONValue.parse(bytes)
+        else { return ([:], nil) }
+        var data: [String: JSONValue] = [:]
+        for key in ["serialized_return_value", "serialized_exception"] { data[key] = o[key] }
+        return (data, o["exception"]?.stringValue)
+    }
+
+    /// The file a Python app's run leaves its result in, and the largest read.
+    static let resultName = ".balsam-result.json"
+    static let resultLimit = 8 << 20
 
     // MARK: - Kill requests
 

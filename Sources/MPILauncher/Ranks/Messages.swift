@@ -28,6 +28,7 @@ public enum Message: Sendable, Equatable {
                 "script": .string(spec.script),
                 "env": .object(spec.environment.mapValues { .string($0) }),
             ]
+            if !spec.warmWorker.isEmpty { o["worker"] = .array(spec.warmWorker.map { .string($0) }) }
         case .kill(let id): o = ["op": .string("kill"), "id": .string(id)]
         case .stop: o = ["op": .string("stop")]
         case .ended(let e):
@@ -55,7 +56,8 @@ public enum Message: Sendable, Equatable {
             let env = (o["env"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
             self = .start(
                 TaskSpec(
-                    id: try string("id"), directory: try string("dir"), script: try string("script"), environment: env))
+                    id: try string("id"), directory: try string("dir"), script: try string("script"), environment: env,
+                    warmWorker: (o["worker"]?.arrayValue ?? []).compactMap(\.stringValue)))
         case "kill": self = .kill(id: try string("id"))
         case "stop": self = .stop
         case "ended":
@@ -126,7 +128,7 @@ public struct WorkerLoop {
             if active {
                 lastActivity = now
             } else {
-                Posix.waitReadable([runner.replyFD], seconds: now - lastActivity < 0.05 ? 0.00005 : 0.001)
+                Posix.waitReadable(runner.replyFDs, seconds: now - lastActivity < 0.05 ? 0.00005 : 0.001)
             }
         }
     }

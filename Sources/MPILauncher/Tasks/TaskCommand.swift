@@ -7,9 +7,19 @@ public struct TaskCommand: Sendable {
     public let site: Site
     /// Launch settings (`launcher.*`).
     public let settings: SiteSettings.Launcher
-    public init(site: Site, settings: SiteSettings.Launcher) {
+    /// How Python apps run (`python.*`).
+    public let python: SiteSettings.Python
+    public init(site: Site, settings: SiteSettings.Launcher, python: SiteSettings.Python = .init()) {
         self.site = site
         self.settings = settings
+        self.python = python
+    }
+
+    /// Whether a job of `app` runs in a warm Python worker: a Python app's single-rank job on one node, with no
+    /// shell preamble (which needs a shell), when `python.warm_workers` is on.
+    public func runsWarm(_ job: Job, app: App) -> Bool {
+        app.isPython && python.warmWorkers && job.numNodes == 1 && job.ranksPerNode == 1
+            && !app.hooks.contains(.shellPreamble)
     }
 
     /// The environment jobs start from on a node: its rank's own (so node-local variables such as
@@ -54,11 +64,21 @@ public struct TaskCommand: Sendable {
             environment[settings.gpuVariable] = assignment.gpus.joined(separator: ",")
             if settings.gpuVariable == "CUDA_VISIBLE_DEVICES" { environment["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID" }
         }
-        var command = try app.render(job.parameters)
+        var command: String
+        var worker: [String] = []
+        if app.isPython {
+            // The site's runner calls the class's run() (see balsam_runner.py); rank 0 leaves the result.
+            let interpreter = [app.pythonExecutable ?? python.executable, PythonApps.runnerPath(site)]
+            environment["BALSAM_APP"] = app.name
+            command = interpreter.map(CommandTemplate.shellQuote).joined(separator: " ") + " run"
+            if runsWarm(job, app: app) { worker = interpreter }
+        } else {
+            command = try app.render(job.parameters)
+        }
         if assignment.nodes.count > 1 || job.ranksPerNode > 1 {
             let exported = Set(app.environmentVariables.keys).union([
                 "BALSAM_JOB_ID", "BALSAM_JOB_DIR", "OMP_NUM_THREADS",
-            ])
+            ]).union(app.isPython ? ["BALSAM_APP", "BALSAM_SITE"] : [])
             .union(assignment.gpus.isEmpty ? [] : [settings.gpuVariable]).sorted()
             let hosts = assignment.nodes.map { nodes[$0].host }
             let values: [String: String] = [
@@ -82,7 +102,8 @@ public struct TaskCommand: Sendable {
         let script =
             app.hooks.contains(.shellPreamble)
             ? ". " + CommandTemplate.shellQuote(preamble) + " && " + command : command
-        return TaskSpec(id: job.id, directory: directory, script: script, environment: environment)
+        return TaskSpec(
+            id: job.id, directory: directory, script: script, environment: environment, warmWorker: worker)
     }
 
     private func envFlags(_ names: [String]) -> String {

@@ -14,12 +14,17 @@ public struct TaskSpec: Sendable, Equatable {
     public var script: String
     /// The whole environment.
     public var environment: [String: String]
+    /// A warm Python worker's command (the site's Python and its runner) when the job runs there instead of
+    /// through `bash -c SCRIPT`; empty: bash.
+    public var warmWorker: [String] = []
 
-    public init(id: String, directory: String, script: String, environment: [String: String]) {
+    public init(id: String, directory: String, script: String, environment: [String: String], warmWorker: [String] = [])
+    {
         self.id = id
         self.directory = directory
         self.script = script
         self.environment = environment
+        self.warmWorker = warmWorker
     }
 }
 
@@ -45,16 +50,47 @@ public final class TaskRunner {
         }
     }
 
-    private var running = Set<String>()
-    /// Each started job's process group (its pid), as the server reports it: what this rank stops itself when the
-    /// server dies.
-    private var groups: [String: pid_t] = [:]
+    /// A task server: `balsam-task-guard`, or a warm Python worker (`balsam_runner.py serve`), which speaks the
+    /// same protocol and forks a child per job from an interpreter that has its libraries loaded.
+    private final class Server {
+        let name: String
+        let pid: pid_t
+        let requests: Int32
+        let replies: Int32
+        /// The worker's standard error (Python workers only): why it died, if it did.
+        let errors: Int32?
+        var pending: [UInt8] = []
+        var errorText: [UInt8] = []
+        var running = Set<String>()
+        /// Each started job's process group (its pid), as the server reports it: what this rank stops itself
+        /// when the server dies.
+        var groups: [String: pid_t] = [:]
+
+        init(name: String, pid: pid_t, requests: Int32, replies: Int32, errors: Int32?) {
+            self.name = name
+            self.pid = pid
+            self.requests = requests
+            self.replies = replies
+            self.errors = errors
+        }
+
+        func close() {
+            Glibc.close(requests)
+            Glibc.close(replies)
+            if let errors { Glibc.close(errors) }
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+        }
+    }
+
+    /// Servers by their command (`""`: the guard), started on first use.
+    private var servers: [String: Server] = [:]
+    /// Each running job's server.
+    private var serverOf: [String: String] = [:]
     private let graceMilliseconds: Int
     private let guardPath: String
     /// The base environment as `KEY=VALUE` fields, made once: a job only adds its own few on top.
     private let baseFields: [(key: String, field: String)]
-    private var server: (pid: pid_t, requests: Int32, replies: Int32)?
-    private var pending: [UInt8] = []
 
     /// A runner whose kills give jobs `grace` seconds between SIGTERM and SIGKILL; `guardPath` is the
     /// `balsam-task-guard` executable (installed beside `balsam-launcher`); jobs get `baseEnvironment` (see
@@ -66,12 +102,7 @@ public final class TaskRunner {
     }
 
     deinit {
-        if let server {
-            close(server.requests)  // the server stops what is left and exits
-            close(server.replies)
-            var status: Int32 = 0
-            waitpid(server.pid, &status, 0)
-        }
+        for server in servers.values { server.close() }  // each server stops what is left and exits
     }
 
     /// `balsam-task-guard` beside the running executable.
@@ -80,10 +111,10 @@ public final class TaskRunner {
     }
 
     /// Jobs running.
-    public var count: Int { running.count }
+    public var count: Int { serverOf.count }
 
-    /// Readable when the task server has replied (a job ended): a wait can end on it. -1 before the first start.
-    public var replyFD: Int32 { server?.replies ?? -1 }
+    /// Readable when a task server has replied (a job ended): a wait can end on them. Empty before the first start.
+    public var replyFDs: [Int32] { servers.values.map(\.replies) }
 
     /// Starts a job. It ends through `poll()`, also when it could not be started (status 126 or 127, with why).
     public func start(_ spec: TaskSpec) -> Ended? {
@@ -93,61 +124,86 @@ public final class TaskRunner {
         let fields =
             ["start", spec.id, spec.directory, spec.directory + "/job.out", separator, String(env.count)] + env
             + [spec.script]
-        if let error = send(fields) { return Ended(id: spec.id, status: 126, error: error) }
-        running.insert(spec.id)
+        let key = spec.warmWorker.joined(separator: " ")
+        let server: Server
+        if let known = servers[key] {
+            server = known
+        } else {
+            switch startServer(spec.warmWorker) {
+            case .success(let made):
+                servers[key] = made
+                server = made
+            case .failure(let error):
+                return Ended(id: spec.id, status: 126, error: error.message)
+            }
+        }
+        if let error = send(fields, to: server) { return Ended(id: spec.id, status: 126, error: error) }
+        server.running.insert(spec.id)
+        serverOf[spec.id] = key
         return nil
     }
 
     /// Stops a job (SIGTERM to its process group, SIGKILL after the grace period); it ends through `poll()`.
     public func kill(_ id: String) {
-        if running.contains(id) { _ = send(["kill", id]) }
+        if let key = serverOf[id], let server = servers[key] { _ = send(["kill", id], to: server) }
     }
 
     /// Stops every job.
     public func killAll() {
-        for id in running { _ = send(["kill", id]) }
+        for id in serverOf.keys { kill(id) }
     }
 
     /// Jobs that ended since the last call (never waits).
     public func poll() -> [Ended] {
-        guard let server else { return [] }
         var ended: [Ended] = []
+        for (key, server) in servers {
+            if !read(server, into: &ended) {
+                servers[key] = nil
+            }
+        }
+        for job in ended { serverOf[job.id] = nil }
+        return ended
+    }
+
+    /// Reads what `server` replied; false when it is gone (its jobs are then ended, and it is closed).
+    private func read(_ server: Server, into ended: inout [Ended]) -> Bool {
         var buffer = [UInt8](repeating: 0, count: 65536)
+        if let errors = server.errors {
+            while case let n = buffer.withUnsafeMutableBytes({ Glibc.read(errors, $0.baseAddress, $0.count) }), n > 0 {
+                server.errorText = Array((server.errorText + buffer.prefix(n)).suffix(4096))
+            }
+        }
         while true {
-            let n = buffer.withUnsafeMutableBytes { read(server.replies, $0.baseAddress, $0.count) }
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(server.replies, $0.baseAddress, $0.count) }
             if n > 0 {
-                pending += buffer.prefix(n)
+                server.pending += buffer.prefix(n)
                 continue
             }
             if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) {
                 // The server is gone (killed?). Its jobs are not: each has a process group of its own. Read what
                 // it said before dying, stop every group it reported, and only then call the jobs ended, so
                 // that no job is run again while its first run lives.
-                consumeReplies(into: &ended)
-                let stopped = stopOrphans()
-                for id in running {
+                consumeReplies(server, into: &ended)
+                let stopped = stopOrphans(server)
+                let said = String(decoding: server.errorText, as: UTF8.self).split(separator: "\n").last
+                for id in server.running {
                     let why = stopped.contains(id) ? "its processes were stopped" : "it may not have started"
-                    ended.append(Ended(id: id, status: 125, error: "the task server died; \(why)"))
+                    let what = server.name + " died" + (said.map { " (\($0))" } ?? "")
+                    ended.append(Ended(id: id, status: 125, error: "\(what); \(why)"))
                 }
-                running = []
-                groups = [:]
-                close(server.requests)
-                close(server.replies)
-                var status: Int32 = 0
-                waitpid(server.pid, &status, 0)
-                self.server = nil
-                return ended
+                server.close()
+                return false
             }
             break
         }
-        consumeReplies(into: &ended)
-        return ended
+        consumeReplies(server, into: &ended)
+        return true
     }
 
     /// Stops the process groups of the running jobs whose server died: SIGTERM, SIGKILL after the grace period,
     /// then waits (at most 10 s more) until no process of the group is left. Returns the jobs it stopped.
-    private func stopOrphans() -> Set<String> {
-        let orphans = running.compactMap { id in groups[id].map { (id, $0) } }
+    private func stopOrphans(_ server: Server) -> Set<String> {
+        let orphans = server.running.compactMap { id in server.groups[id].map { (id, $0) } }
         guard !orphans.isEmpty else { return [] }
         // kill(2) of a group that has ended fails with ESRCH: that is the answer "gone", not an error.
         for (_, group) in orphans { _ = Glibc.kill(-group, SIGTERM) }
@@ -161,68 +217,74 @@ public final class TaskRunner {
     }
 
     /// Parses the complete reply lines read so far: `ID +PID` when a job started, `ID STATUS [why]` when it ended.
-    private func consumeReplies(into ended: inout [Ended]) {
-        while let newline = pending.firstIndex(of: 0x0A) {
-            let line = String(decoding: pending[..<newline], as: UTF8.self)
-            pending.removeSubrange(...newline)
+    private func consumeReplies(_ server: Server, into ended: inout [Ended]) {
+        while let newline = server.pending.firstIndex(of: 0x0A) {
+            let line = String(decoding: server.pending[..<newline], as: UTF8.self)
+            server.pending.removeSubrange(...newline)
             let parts = line.split(separator: " ", maxSplits: 2).map(String.init)
             guard parts.count >= 2 else { continue }
             if parts[1].hasPrefix("+") {
-                if let pid = pid_t(parts[1].dropFirst()), running.contains(parts[0]) { groups[parts[0]] = pid }
+                if let pid = pid_t(parts[1].dropFirst()), server.running.contains(parts[0]) {
+                    server.groups[parts[0]] = pid
+                }
                 continue
             }
-            guard let status = Int32(parts[1]), running.remove(parts[0]) != nil else { continue }
-            groups[parts[0]] = nil
+            guard let status = Int32(parts[1]), server.running.remove(parts[0]) != nil else { continue }
+            server.groups[parts[0]] = nil
             ended.append(Ended(id: parts[0], status: status, error: parts.count > 2 ? parts[2] : nil))
         }
     }
 
     /// Writes one request; returns why it could not.
-    private func send(_ fields: [String]) -> String? {
-        if server == nil, let error = startServer() { return error }
-        guard let server else { return "no task server" }
+    private func send(_ fields: [String], to server: Server) -> String? {
         var body: [UInt8] = []
         for field in fields {
             body += field.utf8
             body.append(0)
         }
         let bytes = Array("\(body.count)\n".utf8) + body
-        do { try Posix.write(server.requests, bytes, path: "balsam-task-guard") } catch {
-            return "cannot reach the task server: \(error)"
+        do { try Posix.write(server.requests, bytes, path: server.name) } catch {
+            return "cannot reach the \(server.name): \(error)"
         }
         return nil
     }
 
-    private func startServer() -> String? {
-        let requests: (read: Int32, write: Int32)
-        let replies: (read: Int32, write: Int32)
-        do {
-            requests = try Posix.makePipe(nonBlocking: false, path: guardPath)
-            do { replies = try Posix.makePipe(nonBlocking: false, path: guardPath) } catch {
-                close(requests.read)
-                close(requests.write)
-                throw error
+    /// Starts the guard (`worker` empty) or a warm Python worker (`worker`: its Python and runner).
+    private func startServer(_ worker: [String]) -> Result<Server, SpoolError> {
+        let program = worker.first ?? guardPath
+        let name = worker.isEmpty ? "task server" : "warm Python worker (\(worker.joined(separator: " ")))"
+        // Every descriptor made here is closed on the way out except the three this side keeps.
+        var opened: [Int32] = []
+        defer { for fd in opened { Glibc.close(fd) } }
+        do throws(SpoolError) {
+            func pipe() throws(SpoolError) -> (read: Int32, write: Int32) {
+                let p = try Posix.makePipe(nonBlocking: false, path: program)
+                opened += [p.read, p.write]
+                return p
             }
-        } catch {
-            return "cannot make pipes: \(error)"
-        }
-        defer {
-            close(requests.read)
-            close(replies.write)
-        }
-        do {
-            // Only this end is non-blocking (a file description of its own): the server writes replies blocking.
-            try Posix.setDescriptorFlags(replies.read, nonBlocking: true, path: guardPath)
+            let requests = try pipe()
+            let replies = try pipe()
+            let errors = worker.isEmpty ? nil : try pipe()
+            // Only our reading ends are non-blocking (file descriptions of their own): the server writes blocking.
+            try Posix.setDescriptorFlags(replies.read, nonBlocking: true, path: program)
+            if let errors { try Posix.setDescriptorFlags(errors.read, nonBlocking: true, path: program) }
+            var environment = ["PATH": "/usr/bin:/bin"]
+            var arguments = [String(getpid()), String(graceMilliseconds)]
+            if !worker.isEmpty {
+                // A Python worker needs the rank's environment (PYTHONPATH, a venv's variables) to import.
+                environment = [:]
+                for (key, field) in baseFields { environment[key] = String(field.dropFirst(key.utf8.count + 1)) }
+                arguments = Array(worker.dropFirst()) + ["serve"] + arguments
+            }
             let pid = try Posix.spawn(
-                guardPath, arguments: [String(getpid()), String(graceMilliseconds)],
-                environment: ["PATH": "/usr/bin:/bin"], directory: "/", outputFD: replies.write,
-                inputFD: requests.read, errorFD: 2)
-            server = (pid, requests.write, replies.read)
-            return nil
+                program, arguments: arguments, environment: environment, directory: "/", outputFD: replies.write,
+                inputFD: requests.read, errorFD: errors?.write ?? 2)
+            let kept = [requests.write, replies.read, errors?.read ?? -1]
+            opened.removeAll { kept.contains($0) }
+            return .success(
+                Server(name: name, pid: pid, requests: requests.write, replies: replies.read, errors: errors?.read))
         } catch {
-            close(requests.write)
-            close(replies.read)
-            return "cannot start \(guardPath): \(error)"
+            return .failure(SpoolError(error.code, "cannot start the \(name): \(error)"))
         }
     }
 }

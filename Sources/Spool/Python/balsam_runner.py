@@ -110,16 +110,16 @@ def load_job(directory):
 _classes = {}
 
 
-def class_path(app):
-    site = os.environ.get("BALSAM_SITE")
+def class_path(app, site=None):
+    site = site or os.environ.get("BALSAM_SITE")
     if not site:
-        fail("BALSAM_SITE is not set", 2)
+        raise RuntimeError("BALSAM_SITE is not set: the runner cannot find app %s's class" % app)
     return os.path.join(site, "apps", app, "class.b64")
 
 
-def load_class(app):
+def load_class(app, site=None):
     """The app's class, unpickled once per process (and per change of its file)."""
-    path = class_path(app)
+    path = class_path(app, site)
     st = os.stat(path)
     key = (path, st.st_mtime_ns, st.st_size)
     cls = _classes.get(key)
@@ -351,13 +351,11 @@ def serve(parent, grace_ms):
             reply("%s 126 cannot open %s: %s" % (job_id, output, exc.strerror))
             return
         try:
-            app = None
-            for field in env_fields:
-                if field.startswith("BALSAM_APP="):
-                    app = field[len("BALSAM_APP=") :]
-            if app:
+            env = dict(field.partition("=")[::2] for field in env_fields)
+            if env.get("BALSAM_APP"):
                 try:
-                    load_class(app)  # warm: the child inherits it; a failure is the child's to report
+                    # Warm: the child inherits the class; a failure is the child's to report, in its job.out.
+                    load_class(env["BALSAM_APP"], env.get("BALSAM_SITE"))
                 except Exception:
                     pass
             pid = os.fork()
@@ -384,9 +382,7 @@ def serve(parent, grace_ms):
                 os.close(out)
                 os.chdir(directory)
                 os.environ.clear()
-                for field in env_fields:
-                    key, _, value = field.partition("=")
-                    os.environ[key] = value
+                os.environ.update(env)
                 sys.stdin = open(0, "r", closefd=False)
                 sys.stdout = open(1, "w", buffering=1, closefd=False)
                 sys.stderr = open(2, "w", buffering=1, closefd=False)
