@@ -91,5 +91,7 @@ import Testing
         let orphan = try shown(site, "py/orphan")
         #expect(orphan.description.contains("userlib_only_here"), "\(orphan)")
         #expect(try read(site.jobDirectory("py/hello") + "/job.out").contains("hello world!"))
+        let greeted = (try? read(site.jobDirectory("py/preamble") + "/job.out")) ?? ""
+        #expect(greeted.contains("preamble ran") && greeted.contains("salut monde"), "\(greeted)")
     }
 }

@@ -72,7 +72,7 @@ public func run(
     environment["BALSAM_SITE"] = nil
     for (k, v) in env { environment[k] = v }
     let inputPath = dir.path + "/stdin"
-    FileManager.default.createFile(atPath: inputPath, contents: stdin ?? Data())
+    _ = FileManager.default.createFile(atPath: inputPath, contents: stdin ?? Data())
     let process = try Spawned(
         program, args, environment: environment, directory: cwd, stdout: .file(dir.path + "/stdout"),
         stderr: .file(dir.path + "/stderr"), stdinFile: inputPath)

@@ -131,6 +131,22 @@ class Crasher(ApplicationDefinition):
         os._exit(7)
 
 
+class BadHook(ApplicationDefinition):
+    site = SITE
+    command_template = "echo never"
+
+    def preprocess(self):
+        raise RuntimeError("the preprocess hook broke")
+
+
+class Preamble(ApplicationDefinition):
+    site = SITE
+    command_template = "echo $GREETING {{ name }}"
+
+    def shell_preamble(self):
+        return ["export GREETING=salut", "echo preamble ran"]
+
+
 class Plus(ApplicationDefinition):
     site = SITE
 
@@ -148,6 +164,8 @@ orphan = Orphan.submit(workdir="py/orphan")
 sleeper = Sleeper.submit(workdir="py/sleeper", seconds=300)
 segv = Crasher.submit(workdir="py/segv", how="segv")
 exits = Crasher.submit(workdir="py/exit", how="exit")
+badhook = BadHook.submit(workdir="py/badhook")
+preamble = Preamble.submit(workdir="py/preamble", name="monde")
 for name, job in [("hello", hello), ("flaky", flaky), ("sleeper", sleeper), ("myapp0", jobs[0]), ("segv", segv)]:
     print("JOB", name, job.id, flush=True)
 
@@ -191,6 +209,11 @@ check("exit", wait_state(exits, ["FAILED"]) == "FAILED", exits.state)
 check("exit-code", exits.return_code == 7, str(exits.return_code))
 # The workers go on: a job after the crashes and the kill gets its answer.
 check("plus", Plus.submit(workdir="py/plus", x=41).result(timeout=120) == 42)
+
+check("badhook", wait_state(badhook, ["FAILED", "JOB_FINISHED"]) == "FAILED", badhook.state)
+reasons = [str(e.data) for e in EventLog.objects.filter(job_id=badhook.id)]
+check("badhook-reason", any("the preprocess hook broke" in r for r in reasons), str(reasons))
+check("preamble", wait_state(preamble, ["FAILED", "JOB_FINISHED"]) == "JOB_FINISHED", preamble.state)
 
 check("flaky", wait_state(flaky, ["FAILED", "JOB_FINISHED"]) == "FAILED", flaky.state)
 steps = transitions(flaky)

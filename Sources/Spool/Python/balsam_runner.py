@@ -100,10 +100,17 @@ def read_json(path):
 
 def load_job(directory):
     spec = read_json(os.path.join(directory, "job.json"))
+    # The state file is the job's history, a JSON object per line: the last one is now.
+    state = {}
     try:
-        state = read_json(os.path.join(directory, "state"))
+        with open(os.path.join(directory, "state"), "rb") as f:
+            lines = [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
+        if lines:
+            state = json.loads(lines[-1])
     except (OSError, ValueError):
-        state = {}
+        pass
+    if os.environ.get("BALSAM_STATE"):
+        state["state"] = os.environ["BALSAM_STATE"]
     return SiteJob(spec, state, directory)
 
 
@@ -290,16 +297,90 @@ def set_parent_death_signal():
         pass
 
 
+def read_request(fd, buffer):
+    """The next request ("LENGTH\\n" then LENGTH bytes of NUL-ended fields) from `buffer` (refilled from `fd` when
+    `fd` is given, blocking); (fields, rest), or (None, buffer) when it is not complete (None, None at the end)."""
+    while True:
+        newline = buffer.find(b"\n")
+        if newline >= 0:
+            length = int(buffer[:newline])
+            if len(buffer) >= newline + 1 + length:
+                body = buffer[newline + 1 : newline + 1 + length]
+                fields = [f.decode("utf-8", "surrogateescape") for f in body.split(b"\0")[:-1]]
+                return fields, buffer[newline + 1 + length :]
+        if fd is None:
+            return None, buffer
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None, None
+        buffer += chunk
+
+
+def write_all(fd, data):
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def encode_request(fields):
+    body = b"".join(f.encode("utf-8", "surrogateescape") + b"\0" for f in fields)
+    return b"%d\n" % len(body) + body
+
+
+def worker_loop(requests, replies):
+    """A warm worker: runs the jobs it is given one at a time, in this process, each in its own directory, with
+    its own environment and its output in its own job.out; replies each job's exit status."""
+    buffer = b""
+    base_environment = dict(os.environ)
+    null = os.open("/dev/null", os.O_RDWR)
+    while True:
+        fields, buffer = read_request(requests, buffer)
+        if fields is None:
+            os._exit(0)
+        directory, output, separator = fields[0], fields[1], fields[2]
+        env = dict(field.partition("=")[::2] for field in fields[3:])
+        status = 1
+        try:
+            out = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if os.fstat(out).st_size > 0:
+                os.write(out, separator.encode("utf-8", "replace"))
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            os.close(out)
+            os.environ.clear()
+            os.environ.update(env)
+            os.chdir(directory)
+            status = run_job(directory)
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except Exception:
+                pass
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            os.environ.clear()
+            os.environ.update(base_environment)
+            os.chdir("/")
+        write_all(replies, b"%d\n" % status)
+
+
 def serve(parent, grace_ms):
     """Speaks balsam-task-guard's protocol on stdin/stdout: requests "LENGTH\\n" + NUL-ended fields (start ID DIR
     OUTPUT SEPARATOR NENV ENV... SCRIPT, or kill ID); replies "ID +PID" when a job started and "ID STATUS [why]"
-    when it ended. Each job runs in a child forked from this warm interpreter (dill, balsam and the app's class
-    already loaded), in a process group of its own: its crash, its os._exit, its chdir or its globals end with
-    it, and the next job gets a fresh child."""
+    when it ended.
+
+    Jobs run in warm workers: processes forked from this interpreter once dill, balsam and the app's class are
+    loaded, each running one job at a time in-process (its own directory, environment and job.out). A worker
+    whose job crashes, calls os._exit or is killed dies with it, and that job alone ends with the status; the
+    next job gets another worker, forked from here."""
     import selectors
     import time
 
-    import dill  # noqa: F401  (loaded once, for every child)
+    import dill  # noqa: F401  (loaded once, for every worker)
     import balsam._api.app  # noqa: F401
 
     set_parent_death_signal()
@@ -313,8 +394,9 @@ def serve(parent, grace_ms):
     signal.signal(signal.SIGCHLD, lambda *_: None)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    tasks = {}  # pid -> [id, kill_at]
-    by_id = {}
+    workers = {}  # pid -> {"requests", "replies", "job", "kill_at", "buffer"}
+    by_job = {}  # job id -> pid
+    by_reply_fd = {}
     selector = selectors.DefaultSelector()
     selector.register(0, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
@@ -322,117 +404,122 @@ def serve(parent, grace_ms):
     closed = False
 
     def reply(line):
-        data = (line + "\n").encode("utf-8", "replace")
-        while data:
-            data = data[os.write(1, data) :]
+        write_all(1, (line + "\n").encode("utf-8", "replace"))
 
     def now_ms():
         return time.monotonic() * 1000
 
-    def stop(pid):
-        task = tasks.get(pid)
-        if task is None or task[1]:
-            return
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        task[1] = now_ms() + grace_ms
-
-    def start(fields):
-        job_id, directory, output, separator, nenv = fields[1:6]
-        env_fields = fields[6 : 6 + int(nenv)]
-        if job_id in by_id:
-            reply("%s 126 already running" % job_id)
-            return
-        try:
-            out = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        except OSError as exc:
-            reply("%s 126 cannot open %s: %s" % (job_id, output, exc.strerror))
-            return
-        try:
-            env = dict(field.partition("=")[::2] for field in env_fields)
-            if env.get("BALSAM_APP"):
-                try:
-                    # Warm: the child inherits the class; a failure is the child's to report, in its job.out.
-                    load_class(env["BALSAM_APP"], env.get("BALSAM_SITE"))
-                except Exception:
-                    pass
-            pid = os.fork()
-        except OSError as exc:
-            os.close(out)
-            reply("%s 126 cannot fork: %s" % (job_id, exc.strerror))
-            return
+    def new_worker():
+        requests_r, requests_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+        pid = os.fork()
         if pid == 0:
-            status = 1
             try:
                 os.setpgid(0, 0)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 signal.set_wakeup_fd(-1)
-                os.close(wake_r)
-                os.close(wake_w)
-                if os.fstat(out).st_size > 0:
-                    os.write(out, separator.encode("utf-8", "replace"))
-                null = os.open("/dev/null", os.O_RDONLY)
+                keep = {requests_r, replies_w}
+                for fd in [0, wake_r, wake_w, requests_w, replies_r] + [
+                    fd for w in workers.values() for fd in (w["requests"], w["replies"])
+                ]:
+                    if fd not in keep:
+                        os.close(fd)
+                null = os.open("/dev/null", os.O_RDWR)
                 os.dup2(null, 0)
-                os.dup2(out, 1)
-                os.dup2(out, 2)
+                os.dup2(null, 1)
                 os.close(null)
-                os.close(out)
-                os.chdir(directory)
-                os.environ.clear()
-                os.environ.update(env)
-                sys.stdin = open(0, "r", closefd=False)
-                sys.stdout = open(1, "w", buffering=1, closefd=False)
-                sys.stderr = open(2, "w", buffering=1, closefd=False)
-                sys.argv = [sys.argv[0], "run"]
-                status = run_job(directory)
-            except SystemExit as exc:
-                status = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:
-                traceback.print_exc()
+                set_parent_death_signal()
+                worker_loop(requests_r, replies_w)
             finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(status)
-        os.close(out)
-        tasks[pid] = [job_id, 0]
-        by_id[job_id] = pid
+                os._exit(70)
+        os.close(requests_r)
+        os.close(replies_w)
+        os.set_blocking(replies_r, False)
+        workers[pid] = {"requests": requests_w, "replies": replies_r, "job": None, "kill_at": 0, "buffer": b""}
+        by_reply_fd[replies_r] = pid
+        selector.register(replies_r, selectors.EVENT_READ)
+        return pid
+
+    def drop(pid, raw=None):
+        worker = workers.pop(pid)
+        selector.unregister(worker["replies"])
+        del by_reply_fd[worker["replies"]]
+        os.close(worker["requests"])
+        os.close(worker["replies"])
+        try:
+            os.killpg(pid, signal.SIGKILL)  # what its job started goes with it
+        except (ProcessLookupError, PermissionError):
+            pass
+        job = worker["job"]
+        if job is not None:
+            del by_job[job]
+            if raw is None:
+                status = 125
+            elif os.WIFSIGNALED(raw):
+                status = 128 + os.WTERMSIG(raw)
+            else:
+                status = os.WEXITSTATUS(raw)
+            reply("%s %d" % (job, status))
+
+    def start(fields):
+        job_id, directory, output, separator, nenv = fields[1:6]
+        env_fields = fields[6 : 6 + int(nenv)]
+        if job_id in by_job:
+            reply("%s 126 already running" % job_id)
+            return
+        env = dict(field.partition("=")[::2] for field in env_fields)
+        if env.get("BALSAM_APP"):
+            try:
+                # Warm: workers forked from now on have the class; a failure is the job's to report.
+                load_class(env["BALSAM_APP"], env.get("BALSAM_SITE"))
+            except Exception:
+                pass
+        idle = [pid for pid, w in workers.items() if w["job"] is None and not w["kill_at"]]
+        try:
+            pid = idle[0] if idle else new_worker()
+        except OSError as exc:
+            reply("%s 126 cannot start a worker: %s" % (job_id, exc.strerror))
+            return
+        worker = workers[pid]
+        try:
+            write_all(worker["requests"], encode_request([directory, output, separator] + env_fields))
+        except OSError:
+            drop(pid)
+            reply("%s 126 its worker died" % job_id)
+            return
+        worker["job"] = job_id
+        by_job[job_id] = pid
         reply("%s +%d" % (job_id, pid))
 
+    def stop(pid):
+        worker = workers.get(pid)
+        if worker is None or worker["kill_at"]:
+            return
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        worker["kill_at"] = now_ms() + grace_ms
+
     def reap():
-        while tasks:
+        while workers:
             try:
                 pid, raw = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
-            task = tasks.pop(pid, None)
-            if task is None:
-                continue
-            by_id.pop(task[0], None)
-            if os.WIFSIGNALED(raw):
-                status = 128 + os.WTERMSIG(raw)
-            else:
-                status = os.WEXITSTATUS(raw)
-            # The job's leftovers in its group go with it.
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            reply("%s %d" % (task[0], status))
+            if pid in workers:
+                drop(pid, raw)
 
     while True:
         if stopping or closed:
-            for pid in list(tasks):
+            for pid in list(workers):
                 stop(pid)
-            if not tasks:
+            if not workers:
                 os._exit(0)
-        due = [t[1] for t in tasks.values() if t[1]]
+        due = [w["kill_at"] for w in workers.values() if w["kill_at"]]
         timeout = max(0.0, (min(due) - now_ms()) / 1000) if due else None
         if closed or stopping:
             timeout = 0.05 if timeout is None else min(timeout, 0.05)
@@ -443,34 +530,44 @@ def serve(parent, grace_ms):
                         pass
                 except BlockingIOError:
                     pass
-            elif not closed:
+            elif key.fd == 0:
                 chunk = os.read(0, 65536)
                 if not chunk:
                     closed = True
                     selector.unregister(0)
                     continue
                 buffer += chunk
+            else:
+                pid = by_reply_fd.get(key.fd)
+                worker = workers.get(pid)
+                if worker is None:
+                    continue
+                try:
+                    worker["buffer"] += os.read(key.fd, 4096)
+                except BlockingIOError:
+                    pass
+                while b"\n" in worker["buffer"]:
+                    line, _, worker["buffer"] = worker["buffer"].partition(b"\n")
+                    job = worker["job"]
+                    if job is not None:
+                        worker["job"] = None
+                        del by_job[job]
+                        reply("%s %d" % (job, int(line)))
         reap()
-        for pid, task in list(tasks.items()):
-            if task[1] and now_ms() >= task[1]:
+        for pid, worker in list(workers.items()):
+            if worker["kill_at"] and now_ms() >= worker["kill_at"]:
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
         while True:
-            newline = buffer.find(b"\n")
-            if newline < 0:
+            fields, buffer = read_request(None, buffer)
+            if fields is None:
                 break
-            length = int(buffer[:newline])
-            if len(buffer) < newline + 1 + length:
-                break
-            body = buffer[newline + 1 : newline + 1 + length]
-            buffer = buffer[newline + 1 + length :]
-            fields = [f.decode("utf-8", "surrogateescape") for f in body.split(b"\0")[:-1]]
-            if fields and fields[0] == "start":
+            if fields[0] == "start":
                 start(fields)
-            elif fields and fields[0] == "kill":
-                pid = by_id.get(fields[1])
+            elif fields[0] == "kill":
+                pid = by_job.get(fields[1])
                 if pid is not None:
                     stop(pid)
 
