@@ -160,6 +160,41 @@ func runs(_ site: Site) throws -> [Run] {
         #expect(state(ids[0]) == takenBack, "the launcher recorded nothing for a job no longer its own")
     }
 
+    @Test func aJobAskingForMoreCPUsThanANodeHasIsFailedWithTheReasonOrTakesTheWholeNode() throws {
+        try configure("  cpus_per_node: 2")
+        try app("quick", "echo ran")
+        let ids = try submit([#"{"app":"quick","workdir":"wide","ranks_per_node":3,"threads_per_rank":2}"#])
+        var launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+        #expect(state(ids[0]) == .failed)
+        let reason = try balsam(["show", ids[0], "--json"], site: site.root).stdout
+        #expect(reason.contains("asks for 6 CPUs per node") && reason.contains("launcher.oversubscribe"), "\(reason)")
+
+        try configure("  cpus_per_node: 2\n  oversubscribe: true")
+        let more = try submit([#"{"app":"quick","workdir":"wide2","threads_per_rank":3}"#])
+        launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+        #expect(state(more[0]) == .runDone, "\(launcher.log)")
+    }
+
+    @Test func aPythonAppWhoseSitePythonLacksItsLibrariesFailsSayingWhatIsMissing() throws {
+        try configure("  cpus_per_node: 2\npython:\n  executable: /usr/bin/python3")
+        try Posix.makeDirectories(site.appsPath + "/Py")
+        try "python_app: true\nparameters: {x: {required: true}}\n".write(
+            toFile: site.appsPath + "/Py/app.yml", atomically: false, encoding: .utf8)
+        try "gAQu\n".write(toFile: site.appsPath + "/Py/class.b64", atomically: false, encoding: .utf8)
+        let ids = try submit([#"{"app":"Py","workdir":"p","parameters":{"x":1}}"#])
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+        #expect(state(ids[0]) == .runError)
+        let events = try read(site.eventsPath + "/" + entries(site.eventsPath)[0])
+        #expect(events.contains("lacks dill"), "\(events)")
+        #expect(try read(PythonApps.runnerPath(site)).contains("def serve("), "the launcher wrote the runner")
+    }
+
     @Test func aJobWhoseDirectoryWasDeletedIsFailedNotRetriedForEver() throws {
         try app("quick", "true")
         let ids = try submit([#"{"app":"quick","workdir":"gone"}"#, #"{"app":"quick","workdir":"kept"}"#])

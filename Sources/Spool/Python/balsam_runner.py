@@ -98,11 +98,13 @@ def read_json(path):
         return json.loads(f.read().decode("utf-8"))
 
 
-def load_job(directory):
+def load_job(directory, with_state=True):
     spec = read_json(os.path.join(directory, "job.json"))
     # The state file is the job's history, a JSON object per line: the last one is now.
     state = {}
     try:
+        if not with_state:
+            raise FileNotFoundError
         with open(os.path.join(directory, "state"), "rb") as f:
             lines = [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
         if lines:
@@ -165,12 +167,21 @@ def mpi_rank():
 
 
 def write_atomically(path, payload):
+    # Not fsynced: the launcher reads it as soon as the run ends and logs it with the job's event, durably.
     tmp = "%s.%d.tmp" % (path, os.getpid())
     with open(tmp, "w") as f:
         f.write(json.dumps(payload))
-        f.flush()
-        os.fsync(f.fileno())
     os.rename(tmp, path)
+
+
+def set_environment(env):
+    """Makes os.environ equal `env`, touching only what differs (jobs differ in a few variables)."""
+    current = os.environ
+    for key in [key for key in current if key not in env]:
+        del current[key]
+    for key, value in env.items():
+        if current.get(key) != value:
+            current[key] = value
 
 
 def run_job(directory):
@@ -183,7 +194,8 @@ def run_job(directory):
         except FileNotFoundError:
             pass
     try:
-        job = load_job(directory)
+        job = load_job(directory, with_state=False)
+        job.state = "RUNNING"
         cls = load_class(job.app)
         params = job.get_parameters()
         app = cls(job)
@@ -330,7 +342,6 @@ def worker_loop(requests, replies):
     """A warm worker: runs the jobs it is given one at a time, in this process, each in its own directory, with
     its own environment and its output in its own job.out; replies each job's exit status."""
     buffer = b""
-    base_environment = dict(os.environ)
     null = os.open("/dev/null", os.O_RDWR)
     while True:
         fields, buffer = read_request(requests, buffer)
@@ -346,8 +357,7 @@ def worker_loop(requests, replies):
             os.dup2(out, 1)
             os.dup2(out, 2)
             os.close(out)
-            os.environ.clear()
-            os.environ.update(env)
+            set_environment(env)
             os.chdir(directory)
             status = run_job(directory)
         except SystemExit as exc:
@@ -362,8 +372,6 @@ def worker_loop(requests, replies):
                 pass
             os.dup2(null, 1)
             os.dup2(null, 2)
-            os.environ.clear()
-            os.environ.update(base_environment)
             os.chdir("/")
         write_all(replies, b"%d\n" % status)
 
