@@ -480,7 +480,8 @@ public final class Pusher {
                         app, classText: classText, overridden: PythonApps.overriddenMethods(classText: classText),
                         site: site, python: python)
                 } else if Posix.exists(site.appsPath + "/" + name + "/app.yml") {
-                    try Posix.replaceFile(site.appsPath + "/" + name + "/app.yml", Array(app.yamlText().utf8), sync: true)
+                    try Posix.replaceFile(
+                        site.appsPath + "/" + name + "/app.yml", Array(app.yamlText().utf8), sync: true)
                 } else {
                     try site.createApp(app)
                 }

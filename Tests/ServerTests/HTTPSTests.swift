@@ -63,7 +63,8 @@ import Testing
                     }
                 }
                 """)
-            let nginx = try Spawned("/usr/sbin/nginx", ["-p", p, "-c", p + "/nginx.conf", "-e", p + "/nginx-error.log"])
+            let nginx = try Spawned(
+                "/usr/sbin/nginx", ["-p", p, "-c", p + "/nginx.conf", "-e", p + "/nginx-error.log"])
             let url = "https://127.0.0.1:\(port)"
             let deadline = Date().addingTimeInterval(20)
             while Date() < deadline && nginx.isRunning {

@@ -564,7 +564,8 @@ public final class Coordinator {
     /// it), and the exception's one-line text.
     private func pythonResult(_ loaded: JobStore.Loaded) -> (data: [String: JSONValue], exception: String?) {
         guard apps[loaded.job.app]?.isPython == true,
-            let bytes = try? Posix.readFile(loaded.directory + "/" + Coordinator.resultName, limit: Coordinator.resultLimit),
+            let bytes = try? Posix.readFile(
+                loaded.directory + "/" + Coordinator.resultName, limit: Coordinator.resultLimit),
             case .object(let o)? = try? JSONValue.parse(bytes)
         else { return ([:], nil) }
         var data: [String: JSONValue] = [:]

@@ -79,7 +79,7 @@ public struct TaskCommand: Sendable {
             let exported = Set(app.environmentVariables.keys).union([
                 "BALSAM_JOB_ID", "BALSAM_JOB_DIR", "OMP_NUM_THREADS",
             ]).union(app.isPython ? ["BALSAM_APP", "BALSAM_SITE"] : [])
-            .union(assignment.gpus.isEmpty ? [] : [settings.gpuVariable]).sorted()
+                .union(assignment.gpus.isEmpty ? [] : [settings.gpuVariable]).sorted()
             let hosts = assignment.nodes.map { nodes[$0].host }
             let values: [String: String] = [
                 "ranks": String(assignment.nodes.count * job.ranksPerNode),

@@ -108,7 +108,8 @@ public struct App: Sendable, Equatable {
         try App.validateName(name)
         if isPython {
             if !commandTemplate.source.isEmpty {
-                throw SpoolError(.invalidInput, "app '\(name)': a Python app (python_app: true) has no command_template")
+                throw SpoolError(
+                    .invalidInput, "app '\(name)': a Python app (python_app: true) has no command_template")
             }
             return try validatePolicies()
         }
