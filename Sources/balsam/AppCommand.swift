@@ -28,7 +28,8 @@ struct AppList: ParsableCommand {
                     if json {
                         print(app.json.serialized())
                     } else {
-                        rows.append([app.name, app.commandTemplate.source, app.description])
+                        let command = app.isPython ? "(Python: the class's run())" : app.commandTemplate.source
+                        rows.append([app.name, command, app.description])
                     }
                 } catch {
                     printError("balsam app ls: \(error)")
