@@ -53,11 +53,16 @@ let package = Package(
             name: "Batch",
             dependencies: ["Processes", "Spool", .product(name: "Logging", package: "swift-log")]
         ),
+        // Stage-in and stage-out: the transfer service and its backends (local copies, rsync over ssh, Globus).
+        .target(
+            name: "Transfers",
+            dependencies: ["Batch", "CLinux", "Spool", .product(name: "Logging", package: "swift-log")]
+        ),
         // The watcher's lifecycle services: ingest, dependencies, stages, hooks, policies, leases, cleanup.
         .target(
             name: "Lifecycle",
             dependencies: [
-                "Batch", "Processes", "Spool", "Sync",
+                "Batch", "Processes", "Spool", "Sync", "Transfers",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),

@@ -35,3 +35,7 @@ int clinux_spawn_addclosefrom(void *actions, int from) {
 
 
 int clinux_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+long clinux_copy_file_range(int in, int out, unsigned long length) {
+    return (long)copy_file_range(in, NULL, out, NULL, length, 0);
+}

@@ -59,6 +59,7 @@ public final class Engine {
         apps = [:]
         missingApps = [:]
         hookFiles = [:]
+        slotCache = [:]
     }
 
     /// Runs sweeps until one moves nothing (at most `maxSweeps`), after ingesting new work.
@@ -71,7 +72,9 @@ public final class Engine {
             ingester.settleSeconds = dropSettleSeconds
             ingester.advance = { name, state in
                 // Only what the READY step below would do at once; a missing app is left to that step.
-                guard state == .ready, (try? self.app(name)) != nil else { return [] }
+                guard state == .ready, let app = try? self.app(name) else { return [] }
+                // Jobs that may stage in wait in READY for the transfer service.
+                if (try? self.slots(app))?.values.contains(where: { $0.direction == .in }) != false { return [] }
                 return self.hasHook(.preprocess, app: name)
                     ? [(.stagedIn, "no stage-in")] : [(.stagedIn, "no stage-in"), (.preprocessed, nil)]
             }
@@ -115,8 +118,10 @@ public final class Engine {
     /// The steps, in lifecycle order, so that a job can go through several in one sweep.
     private func sweep(_ report: inout Report) {
         step(.ready, &report) { (loaded) throws(SpoolError) in
-            // Without a preprocess hook there is nothing to wait for: straight through to the ready queue.
+            // Without a preprocess hook there is nothing to wait for: straight through to the ready queue. A job
+            // with stage-ins waits here for the transfer service, which moves it on.
             let app = try self.app(loaded.job.app)
+            if try self.stages(.in, loaded.job, app) { return }
             if self.hasHook(.preprocess, app: app.name) {
                 try self.move(loaded, to: .stagedIn, reason: "no stage-in")
             } else {
@@ -132,6 +137,8 @@ public final class Engine {
             let app = try self.app(loaded.job.app)
             if self.hasHook(.postprocess, app: app.name) {
                 try self.runHook(.postprocess, loaded, default: .postprocessed)
+            } else if try self.stages(.out, loaded.job, app) {
+                try self.move(loaded, to: .postprocessed, reason: nil)
             } else {
                 self.cleanup(
                     try self.move(
@@ -141,6 +148,8 @@ public final class Engine {
         step(.runError, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onError) }
         step(.runTimeout, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onTimeout) }
         step(.postprocessed, &report) { (loaded) throws(SpoolError) in
+            // Stage-outs: the transfer service moves the job on once they are done.
+            if try self.stages(.out, loaded.job, try self.app(loaded.job.app)) { return }
             self.cleanup(try self.move(loaded, through: [(.stagedOut, "no stage-out"), (.jobFinished, nil)]))
         }
         step(.stagedOut, &report) { (loaded) throws(SpoolError) in
@@ -272,6 +281,23 @@ public final class Engine {
     }
 
     // MARK: - Apps and hooks
+
+    /// Each app's transfer slots, read once like the apps.
+    private var slotCache: [String: [String: TransferSlot]] = [:]
+
+    private func slots(_ app: App) throws(SpoolError) -> [String: TransferSlot] {
+        if let known = slotCache[app.name] { return known }
+        let slots = try TransferSlot.slots(of: app)
+        slotCache[app.name] = slots
+        return slots
+    }
+
+    /// Whether `job` fills a transfer slot of `direction`.
+    private func stages(_ direction: TransferSlot.Direction, _ job: Job, _ app: App) throws(SpoolError) -> Bool {
+        guard !job.transfers.isEmpty else { return false }
+        let slots = try slots(app)
+        return job.transfers.keys.contains { slots[$0]?.direction == direction }
+    }
 
     private func app(_ name: String) throws(SpoolError) -> App {
         if let app = apps[name] { return app }

@@ -5,6 +5,7 @@ import ServiceLifecycle
 import Spool
 import Sync
 import Synchronization
+import Transfers
 import UnixSignals
 
 /// `balsam-watch`'s main loop: claim the site, repair what a crash left, then run engine passes whenever inotify
@@ -127,6 +128,27 @@ public final class Watcher: Sendable {
         }
     }
 
+    /// The transfer service, on a thread of its own: jobs' stage-ins and stage-outs, a round every
+    /// `transfers.service_period` seconds (at once again while tasks are in flight and moving), settings reread.
+    private func runTransferService(once: Bool) {
+        var service: TransferService?
+        runPeriodic("transfers", once: once, retry: { 5 }) {
+            let settings = try SiteSettings.load(site)
+            if service?.settings != settings {
+                service = TransferService(site: site, settings: settings, logger: logger)
+            }
+            guard let current = service else { return 5 }
+            let round = try current.round()
+            if round.submitted + round.done + round.failed + round.moved > 0 {
+                logger.debug(
+                    "transfers: \(round.submitted) submitted, \(round.done) done, \(round.failed) failed, \(round.moved) jobs moved"
+                )
+            }
+            // While tasks run, look often (a local copy of small files ends in milliseconds).
+            return round.inFlight > 0 ? min(0.05, settings.transfers.periodSeconds) : settings.transfers.periodSeconds
+        }
+    }
+
     /// Runs until stopped (blocking). Throws if the site cannot be claimed or watched.
     public func run() throws(SpoolError) {
         let claim = WatcherClaim(site: site, expirySeconds: max(30, options.pollInterval * 10))
@@ -150,15 +172,16 @@ public final class Watcher: Sendable {
         if options.once {
             runBatchService(once: true)
             runSyncService(once: true)
+            runTransferService(once: true)
         } else {
             Thread { [self] in runBatchService(once: false) }.start()
             Thread { [self] in runSyncService(once: false) }.start()
+            Thread { [self] in runTransferService(once: false) }.start()
         }
         defer {
             if !options.once {
                 flags.withLock { $0.stop = true }
-                servicesStopped.wait()
-                servicesStopped.wait()
+                for _ in 0..<3 { servicesStopped.wait() }
             }
         }
 

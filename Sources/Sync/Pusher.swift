@@ -113,19 +113,15 @@ public final class Pusher {
     public init(site: Site, settings: SiteSettings.Sync) throws {
         self.site = site
         self.settings = settings
-        func expand(_ path: String) -> String {
-            guard path.hasPrefix("~/"), let home = getenv("HOME") else { return path }
-            return String(cString: home) + path.dropFirst()
-        }
         let token: String
-        if let file = settings.tokenFile.map(expand) {
+        if let file = settings.tokenFile.map({ Posix.expandTilde($0) }) {
             let text = String(decoding: try Posix.readInput(file, limit: 16_384), as: UTF8.self)
             token = String(text.split(whereSeparator: \.isWhitespace).first ?? "")
         } else {
             token = try ClientFile.read(ClientFile.defaultPath).token
         }
         if token.isEmpty { throw SpoolError(.invalidInput, "sync: the token file holds no token") }
-        client = try HTTPClient(root: settings.url, token: token, caFile: settings.caFile.map(expand))
+        client = try HTTPClient(root: settings.url, token: token, caFile: settings.caFile.map { Posix.expandTilde($0) })
     }
 
     /// What one round did.

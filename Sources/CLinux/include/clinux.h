@@ -37,4 +37,8 @@ int clinux_spawn_addclosefrom(void *actions, int from);
 /// the child exits, so a wait with a deadline needs neither a busy loop nor a signal handler.
 int clinux_pidfd_open(int pid);
 
+/// copy_file_range(2) of a whole range from one file to another in the kernel (reflinks where the filesystem
+/// can), for the transfer service's local copies.
+long clinux_copy_file_range(int in, int out, unsigned long length);
+
 #endif

@@ -240,6 +240,19 @@ public enum Settings {
           executable: python3
           warm_workers: true
 
+        # Where jobs' transfer slots point ("ALIAS:/path"): file:///path (or a plain path) for a filesystem this
+        # site sees, rsync://[USER@]HOST[:PORT][/path] for rsync over ssh, globus://ENDPOINT_ID[/path] for Globus.
+        transfer_locations: {}
+        # The watcher's transfer service (see balsam-transfer(1)).
+        transfers:
+          transfer_batch_size: 100
+          max_concurrent_transfers: 5
+          service_period: 1
+          on_transfer_error: {retries: 2}
+          ssh_options: []
+          globus_sync_level: size
+          globus_verify_checksum: true
+
         scheduler:
         \(schedulerSection(scheduler))
 

@@ -18,6 +18,33 @@ public struct SiteSettings: Sendable, Equatable {
     public var sync: Sync?
     /// The Python that runs apps defined as Python classes (`python`).
     public var python = Python()
+    /// Where jobs' transfers go, by alias (`transfer_locations: {ALIAS: URL}`).
+    public var transferLocations: [String: TransferLocation] = [:]
+    /// How the watcher's transfer service works (`transfers`).
+    public var transfers = Transfers()
+
+    /// The `transfers:` section.
+    public struct Transfers: Sendable, Equatable {
+        /// Items per task: one rsync, one Globus task, one local copy batch (`transfer_batch_size`).
+        public var batchSize = 100
+        /// Tasks in flight at once (`max_concurrent_transfers`).
+        public var maxConcurrent = 5
+        /// Seconds between rounds of the service (`service_period`).
+        public var periodSeconds: Double = 1
+        /// Failed attempts retried before the job is FAILED (`on_transfer_error: {retries: N}`).
+        public var retries = 2
+        /// Options for ssh, as rsync's `-e` gets them (`ssh_options`: a list, like ["-i", "~/.ssh/dtn"]).
+        public var sshOptions: [String] = []
+        /// Globus: `globus_sync_level` (default `size`, the original's) and `globus_verify_checksum` (true).
+        public var globusSyncLevel = "size"
+        public var globusVerifyChecksum = true
+        /// The Globus CLI (`globus_cli`, default `globus` on PATH).
+        public var globusCLI = "globus"
+        /// This site's own Globus endpoint, the other end of every Globus transfer (`globus_endpoint_id`).
+        public var globusEndpointID: String?
+
+        public init() {}
+    }
 
     /// The `python:` section.
     public struct Python: Sendable, Equatable {
@@ -193,6 +220,45 @@ public struct SiteSettings: Sendable, Equatable {
         settings.scheduler = try parseScheduler(o["scheduler"], path: path)
         settings.elasticQueue = try parseElasticQueue(o["elastic_queue"], path: path)
         settings.sync = try parseSync(o["sync"], path: path)
+        if let value = o["transfer_locations"], value != .null {
+            guard case .object(let locations) = value else {
+                throw SpoolError(.invalidInput, "transfer_locations must be a mapping of ALIAS: URL", path: path)
+            }
+            for (alias, url) in locations {
+                guard let text = url.stringValue else {
+                    throw SpoolError(.invalidInput, "transfer_locations.\(alias) must be a URL", path: path)
+                }
+                do { settings.transferLocations[alias] = try TransferLocation(alias: alias, url: text) } catch {
+                    throw SpoolError(error.code, error.message, path: path)
+                }
+            }
+        }
+        if let value = o["transfers"], value != .null {
+            let t = try Fields(value, "transfers", path: path)
+            settings.transfers.batchSize = try t.integer("transfer_batch_size") ?? settings.transfers.batchSize
+            settings.transfers.maxConcurrent =
+                try t.integer("max_concurrent_transfers") ?? settings.transfers.maxConcurrent
+            settings.transfers.periodSeconds = try t.number("service_period") ?? settings.transfers.periodSeconds
+            if let policy = try t.object("on_transfer_error") {
+                guard let r = policy["retries"]?.intValue, r >= 0 else {
+                    throw SpoolError(
+                        .invalidInput, "transfers.on_transfer_error.retries must be a whole number", path: path)
+                }
+                settings.transfers.retries = r
+            }
+            if let v = t.o["ssh_options"], v != .null {
+                guard case .array(let items) = v, items.allSatisfy({ $0.stringValue != nil }) else {
+                    throw SpoolError(
+                        .invalidInput, "transfers.ssh_options must be a list of strings, like [-i, ~/.ssh/key]",
+                        path: path)
+                }
+                settings.transfers.sshOptions = items.compactMap(\.stringValue)
+            }
+            settings.transfers.globusSyncLevel = try t.string("globus_sync_level") ?? "size"
+            settings.transfers.globusVerifyChecksum = try t.bool("globus_verify_checksum") ?? true
+            settings.transfers.globusCLI = try t.string("globus_cli") ?? "globus"
+            settings.transfers.globusEndpointID = try t.string("globus_endpoint_id")
+        }
         if let value = o["python"], value != .null {
             let python = try Fields(value, "python", path: path)
             settings.python.executable = try python.string("executable") ?? settings.python.executable

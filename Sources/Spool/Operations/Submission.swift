@@ -39,9 +39,28 @@ public struct Submission {
         return app
     }
 
-    /// Checks a job against the site (app, parameters, workdir, parents) and returns its initial state.
+    /// The site's transfer locations, read once.
+    private var locations: [String: TransferLocation]?
+
+    /// Checks a job's transfers: each slot the app's, every required slot given, each alias a location.
+    mutating func checkTransfers(_ job: Job, app: App) throws(SpoolError) {
+        guard !job.transfers.isEmpty || !app.transfers.isEmpty else { return }
+        let items = try TransferItem.items(for: job, app: app)
+        if locations == nil { locations = try SiteSettings.load(site).transferLocations }
+        for item in items where locations?[item.alias] == nil {
+            let known = (locations ?? [:]).keys.sorted().joined(separator: ", ")
+            throw SpoolError(
+                .invalidInput,
+                "transfer slot '\(item.slot)': no transfer location '\(item.alias)' in settings.yml "
+                    + "(transfer_locations: \(known.isEmpty ? "none" : known))")
+        }
+    }
+
+    /// Checks a job against the site (app, parameters, transfers, workdir, parents) and returns its initial state.
     mutating func check(_ job: Job, claimedWorkdirs: Set<String> = []) throws(SpoolError) -> JobState {
-        try app(job.app).checkParameters(job.parameters, serialized: !job.serializedParameters.isEmpty)
+        let app = try app(job.app)
+        try app.checkParameters(job.parameters, serialized: !job.serializedParameters.isEmpty)
+        try checkTransfers(job, app: app)
         try checkWorkdirFree(job.workdir, claimedWorkdirs: claimedWorkdirs)
         var parentStates: [JobState] = []
         for parent in job.parentIDs {

@@ -404,6 +404,12 @@ extension Posix {
         }
     }
 
+    /// `path` with a leading `~/` made `$HOME/`.
+    public static func expandTilde(_ path: String) -> String {
+        guard path.hasPrefix("~/"), let home = getenv("HOME") else { return path }
+        return String(cString: home) + path.dropFirst()
+    }
+
     /// The calling process's environment.
     public static func environment() -> [String: String] {
         var env: [String: String] = [:]

@@ -1,0 +1,241 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One transfer slot of an app (`transfers:` in `app.yml`, the original's keys): a file or directory a job
+/// brings in before it runs or sends out after.
+public struct TransferSlot: Sendable, Equatable {
+    public enum Direction: String, Sendable { case `in`, out }
+
+    public var name: String
+    /// Whether every job must fill the slot.
+    public var required: Bool
+    public var direction: Direction
+    /// Where in the job's directory: relative, inside it (no `..`, not absolute).
+    public var localPath: String
+    public var description: String
+    /// Whether the remote side is a directory, copied whole.
+    public var recursive: Bool
+
+    /// The app's slots from its `transfers` mapping; an error names the slot and key.
+    public static func slots(of app: App) throws(SpoolError) -> [String: TransferSlot] {
+        var slots: [String: TransferSlot] = [:]
+        for (name, value) in app.transfers {
+            func bad(_ key: String, _ problem: String) -> SpoolError {
+                SpoolError(.invalidInput, "app '\(app.name)': transfers.\(name).\(key) \(problem)")
+            }
+            guard case .object(let o) = value else {
+                throw SpoolError(
+                    .invalidInput,
+                    "app '\(app.name)': transfers.\(name) must be a mapping {required, direction, local_path, description, recursive}"
+                )
+            }
+            guard let direction = o["direction"]?.stringValue.flatMap(Direction.init(rawValue:)) else {
+                throw bad("direction", "must be 'in' or 'out'")
+            }
+            guard let localPath = o["local_path"]?.stringValue, !localPath.isEmpty else {
+                throw bad("local_path", "is required: a path inside the job's directory")
+            }
+            if let problem = TransferSlot.unsafeLocalPath(localPath) { throw bad("local_path", problem) }
+            func flag(_ key: String, _ fallback: Bool) throws(SpoolError) -> Bool {
+                switch o[key] {
+                case nil, .null?: return fallback
+                case .bool(let b)?: return b
+                default: throw bad(key, "must be true or false")
+                }
+            }
+            slots[name] = TransferSlot(
+                name: name, required: try flag("required", true), direction: direction, localPath: localPath,
+                description: o["description"]?.stringValue ?? "", recursive: try flag("recursive", false))
+        }
+        return slots
+    }
+
+    /// Why `path` could leave the job's directory (absolute, `..`, empty components), or nil.
+    public static func unsafeLocalPath(_ path: String) -> String? {
+        if path.hasPrefix("/") { return "'\(path)' must be relative to the job's directory" }
+        for component in path.split(separator: "/", omittingEmptySubsequences: false) where component == ".." {
+            return "'\(path)' must not contain '..'"
+        }
+        if path.utf8.contains(0) { return "'\(path)' contains a NUL" }
+        return nil
+    }
+}
+
+/// Where a transfer location (`transfer_locations: {ALIAS: URL}` in settings.yml) is, and by which protocol.
+public struct TransferLocation: Sendable, Equatable {
+    public enum Kind: String, Sendable { case local, rsync, globus }
+
+    public var alias: String
+    public var url: String
+    public var kind: Kind
+    /// `[USER@]HOST[:PORT]` (rsync) or the endpoint ID (globus); empty for local.
+    public var host: String
+    /// A prefix joined to the jobs' remote paths ("" or "/"-less for none).
+    public var basePath: String
+
+    /// `file:///path`, a plain absolute path, `rsync://[USER@]HOST[:PORT][/path]` or `globus://ENDPOINT[/path]`.
+    public init(alias: String, url: String) throws(SpoolError) {
+        self.alias = alias
+        self.url = url
+        func bad(_ why: String) -> SpoolError {
+            SpoolError(.invalidInput, "transfer_locations.\(alias): '\(url)' \(why)")
+        }
+        if url.hasPrefix("/") {
+            kind = .local
+            host = ""
+            basePath = url
+        } else if let scheme = url.firstRange(of: "://") {
+            let name = String(url[..<scheme.lowerBound])
+            let rest = url[scheme.upperBound...]
+            let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+            host = String(rest[..<slash])
+            basePath = String(rest[slash...])
+            switch name {
+            case "file":
+                kind = .local
+                if !host.isEmpty && host != "localhost" { throw bad("names a host; file:// locations are local") }
+                host = ""
+            case "rsync":
+                kind = .rsync
+                if host.isEmpty { throw bad("needs a host: rsync://[USER@]HOST[:PORT][/path]") }
+            case "globus":
+                kind = .globus
+                if host.isEmpty { throw bad("needs an endpoint ID: globus://ENDPOINT[/path]") }
+            default:
+                throw bad("has an unknown scheme '\(name)' (file, rsync or globus)")
+            }
+        } else {
+            throw bad("must be file:///path, an absolute path, rsync://[USER@]HOST/path or globus://ENDPOINT/path")
+        }
+        while basePath.hasSuffix("/") { basePath.removeLast() }
+    }
+
+    /// The full remote path of a job's `path` (absolute) at this location.
+    public func remotePath(_ path: String) -> String { basePath + path }
+}
+
+/// The state of a transfer item (the original's).
+public enum TransferState: String, Sendable, CaseIterable {
+    case awaitingJob = "awaiting_job"
+    case pending, active, inactive, done, error
+}
+
+/// One transfer of one job's slot. A job's items live in `transfers.json` in its directory.
+public struct TransferItem: Sendable, Equatable {
+    public var slot: String
+    public var direction: TransferSlot.Direction
+    /// Relative to the job's directory.
+    public var localPath: String
+    public var alias: String
+    /// Absolute, at the location (before its base path is joined).
+    public var remotePath: String
+    public var recursive: Bool
+    public var state: TransferState
+    /// `PROTOCOL:ID` of the task moving it, while active.
+    public var taskID: String?
+    /// Progress and errors, as the backend says.
+    public var info: [String: JSONValue] = [:]
+    /// Failed attempts so far.
+    public var attempts = 0
+
+    public init(
+        slot: String, direction: TransferSlot.Direction, localPath: String, alias: String, remotePath: String,
+        recursive: Bool, state: TransferState
+    ) {
+        self.slot = slot
+        self.direction = direction
+        self.localPath = localPath
+        self.alias = alias
+        self.remotePath = remotePath
+        self.recursive = recursive
+        self.state = state
+    }
+
+    public var json: JSONValue {
+        .object([
+            "slot": .string(slot), "direction": .string(direction.rawValue), "local_path": .string(localPath),
+            "location_alias": .string(alias), "remote_path": .string(remotePath), "recursive": .bool(recursive),
+            "state": .string(state.rawValue), "task_id": taskID.map(JSONValue.string) ?? .null,
+            "transfer_info": .object(info), "attempts": .int(attempts),
+        ])
+    }
+
+    public init(json: JSONValue) throws(SpoolError) {
+        guard case .object(let o) = json, let slot = o["slot"]?.stringValue,
+            let direction = o["direction"]?.stringValue.flatMap(TransferSlot.Direction.init(rawValue:)),
+            let localPath = o["local_path"]?.stringValue, let alias = o["location_alias"]?.stringValue,
+            let remotePath = o["remote_path"]?.stringValue,
+            let state = o["state"]?.stringValue.flatMap(TransferState.init(rawValue:))
+        else { throw SpoolError(.invalidInput, "malformed transfer item \(json.serialized())") }
+        self.init(
+            slot: slot, direction: direction, localPath: localPath, alias: alias, remotePath: remotePath,
+            recursive: o["recursive"] == .bool(true), state: state)
+        taskID = o["task_id"]?.stringValue
+        info = o["transfer_info"]?.objectValue ?? [:]
+        attempts = o["attempts"]?.intValue ?? 0
+    }
+
+    /// The items of `job` of `app`: one per slot the job fills, stage-ins pending, stage-outs awaiting the job.
+    public static func items(for job: Job, app: App) throws(SpoolError) -> [TransferItem] {
+        let slots = try TransferSlot.slots(of: app)
+        var items: [TransferItem] = []
+        for (slotName, value) in job.transfers.sorted(by: { $0.key < $1.key }) {
+            guard let slot = slots[slotName] else {
+                let known = slots.keys.sorted().joined(separator: ", ")
+                throw SpoolError(
+                    .invalidInput,
+                    "app '\(app.name)' has no transfer slot '\(slotName)' (its slots: \(known.isEmpty ? "none" : known))"
+                )
+            }
+            let (alias, path) = try Job.transferTarget(slot: slotName, value)
+            items.append(
+                TransferItem(
+                    slot: slotName, direction: slot.direction, localPath: slot.localPath, alias: alias,
+                    remotePath: path, recursive: slot.recursive,
+                    state: slot.direction == .in ? .pending : .awaitingJob))
+        }
+        for (name, slot) in slots.sorted(by: { $0.key < $1.key }) where slot.required && job.transfers[name] == nil {
+            throw SpoolError(.invalidInput, "missing required transfer slot '\(name)' of app '\(app.name)'")
+        }
+        return items
+    }
+
+    /// The items file in a job's directory.
+    public static let fileName = "transfers.json"
+
+    /// Reads a job's items (nil: none recorded yet).
+    public static func load(directory: String) throws(SpoolError) -> [TransferItem]? {
+        let path = directory + "/" + fileName
+        guard Posix.exists(path) else { return nil }
+        let value: JSONValue
+        do { value = try JSONValue.parse(try Posix.readFile(path, limit: 1 << 22)) } catch {
+            throw SpoolError(.invalidInput, "malformed \(fileName): \(error)", path: path)
+        }
+        var items: [TransferItem] = []
+        for item in value.objectValue?["items"]?.arrayValue ?? [] { items.append(try TransferItem(json: item)) }
+        return items
+    }
+
+    /// Writes a job's items (write, fsync, rename).
+    public static func save(_ items: [TransferItem], directory: String) throws(SpoolError) {
+        let text = JSONValue.object(["items": .array(items.map(\.json))]).serialized() + "\n"
+        try Posix.replaceFile(directory + "/" + fileName, Array(text.utf8), sync: true)
+    }
+}
+
+extension Job {
+    /// A transfer's `ALIAS:/path` or `{location_alias, path}` as (alias, path).
+    static func transferTarget(slot: String, _ value: JSONValue) throws(SpoolError) -> (String, String) {
+        try validateTransfer(slot: slot, value)
+        switch value {
+        case .string(let s):
+            let colon = s.firstIndex(of: ":")!
+            return (String(s[..<colon]), String(s[s.index(after: colon)...]))
+        case .object(let o):
+            return (o["location_alias"]?.stringValue ?? "", o["path"]?.stringValue ?? "")
+        default:
+            throw fieldError("transfers.\(slot)", "must be \"ALIAS:/absolute/path\" or {location_alias, path}")
+        }
+    }
+}

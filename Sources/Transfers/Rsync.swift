@@ -1,0 +1,181 @@
+import Batch
+import Foundation
+import Spool
+import Synchronization
+
+/// `rsync://[USER@]HOST[:PORT]` locations: one `rsync` over ssh per batch, so a thousand small files are one
+/// connection, not a thousand.
+///
+/// Jobs' files have a path of their own on each side, which one rsync cannot pair up; so a batch goes through a
+/// staging tree under the site's `data/` (the jobs' filesystem): stage-ins are fetched into it under their remote
+/// paths (`--files-from`, paths read from a file: no shell sees them) and each is then renamed into its job's
+/// directory; stage-outs are hard-linked into it (never following a link out of a job's directory) and sent from
+/// it. rsync writes each file under a temporary name and renames it when complete, so a transfer cut short
+/// leaves no file that looks whole. An item whose file did not arrive fails with rsync's own words about it.
+public final class RsyncBackend: TransferBackend {
+    let tasks = ThreadedTasks(prefix: "rsync")
+    let site: Site
+    let sshOptions: [String]
+    /// How many rsyncs ran (each one ssh connection): for the benchmark and the tests.
+    public var runs: Int { runCount.withLock { $0 } }
+    private let runCount = Mutex(0)
+
+    public init(site: Site, sshOptions: [String]) {
+        self.site = site
+        self.sshOptions = sshOptions
+    }
+
+    /// `-e` for rsync: ssh with the site's options, never asking a question, and the location's port.
+    func sshCommand(port: String?) -> String {
+        var words = ["ssh", "-o", "BatchMode=yes"] + sshOptions.map { Posix.expandTilde($0) }
+        if let port { words += ["-p", port] }
+        return words.map(CommandTemplate.shellQuote).joined(separator: " ")
+    }
+
+    public func submit(_ batch: [TransferRequest], direction: TransferSlot.Direction, location: TransferLocation)
+        throws(SpoolError) -> String
+    {
+        var host = location.host
+        var port: String?
+        if let colon = host.lastIndex(of: ":"), !host[host.index(after: colon)...].isEmpty,
+            host[host.index(after: colon)...].allSatisfy(\.isNumber)
+        {
+            port = String(host[host.index(after: colon)...])
+            host = String(host[..<colon])
+        }
+        let ssh = sshCommand(port: port)
+        let remote = host
+        return tasks.start { [self] update in
+            runCount.withLock { $0 += 1 }
+            let staging = site.stagingPath + "/transfer.\(getpid()).\(UInt64(Posix.monotonicSeconds() * 1e6))"
+            defer { Posix.removeTree(staging) }
+            do throws(SpoolError) {
+                try Posix.mkdir(staging)
+                return direction == .in
+                    ? try stageIn(batch, staging: staging, host: remote, ssh: ssh, update: update)
+                    : try stageOut(batch, staging: staging, host: remote, ssh: ssh, update: update)
+            } catch {
+                return Dictionary(uniqueKeysWithValues: batch.map { ($0.key, error.description) })
+            }
+        }
+    }
+
+    public func poll(_ taskID: String) -> TaskStatus? { tasks.status(taskID) }
+
+    /// The relative form of an absolute remote path, as `--files-from` lists it.
+    static func listed(_ path: String) -> String { String(path.drop { $0 == "/" }) }
+
+    private func run(_ arguments: [String], staging: String) throws(SpoolError) -> SchedulerCommand.Result {
+        var environment = Posix.environment()
+        environment["LC_ALL"] = "C"
+        return try SchedulerCommand(timeoutSeconds: 7 * 24 * 3600, environment: environment, directory: staging)
+            .runAllowingFailure(arguments)
+    }
+
+    /// Why `path` is missing, in rsync's words if it said something about it.
+    static func why(_ path: String, _ result: SchedulerCommand.Result) -> String {
+        let lines = result.errors.split(separator: "\n")
+        if let line = lines.first(where: { $0.contains(listed(path)) }) { return "rsync: " + String(line) }
+        let summary = lines.last.map(String.init) ?? "exit status \(result.status)"
+        return "rsync exited with status \(result.status): \(summary)"
+    }
+
+    private func stageIn(
+        _ batch: [TransferRequest], staging: String, host: String, ssh: String,
+        update: @Sendable ([String: JSONValue]) -> Void
+    ) throws(SpoolError) -> [String: String] {
+        let list = Set(batch.map { RsyncBackend.listed($0.remotePath) }).sorted().joined(separator: "\n") + "\n"
+        try Posix.createFile(staging + "/.files", Array(list.utf8), sync: false)
+        try Posix.mkdir(staging + "/tree")
+        let result = try run(
+            [
+                "rsync", "-a", "-r", "--protect-args", "--files-from=" + staging + "/.files", "-e", ssh,
+                host + ":/", staging + "/tree/",
+            ], staging: staging)
+        update(["rsync_status": .int(Int(result.status))])
+        var failures: [String: String] = [:]
+        for request in batch {
+            let fetched = staging + "/tree/" + RsyncBackend.listed(request.remotePath)
+            guard Posix.exists(fetched) else {
+                failures[request.key] = RsyncBackend.why(request.remotePath, result)
+                continue
+            }
+            do throws(SpoolError) {
+                let local = try LocalCopy.checkedLocal(request, direction: .in)
+                // Two jobs may want the same file: the last takes it, the others get copies.
+                if batch.last(where: { $0.remotePath == request.remotePath }) == request {
+                    if Posix.isDirectory(local) { Posix.removeTree(local) }
+                    try Posix.rename(fetched, local)
+                } else {
+                    try LocalCopy.copy(fetched, to: local, recursive: request.recursive)
+                }
+            } catch {
+                failures[request.key] = error.description
+            }
+        }
+        return failures
+    }
+
+    private func stageOut(
+        _ batch: [TransferRequest], staging: String, host: String, ssh: String,
+        update: @Sendable ([String: JSONValue]) -> Void
+    ) throws(SpoolError) -> [String: String] {
+        var failures: [String: String] = [:]
+        var sent: [TransferRequest] = []
+        for request in batch {
+            do throws(SpoolError) {
+                let local = try LocalCopy.checkedLocal(request, direction: .out)
+                let linked = staging + "/tree/" + RsyncBackend.listed(request.remotePath)
+                try Posix.makeDirectories(Posix.parentPath(linked))
+                // The slot itself may be a link (checked to stay inside the job): what it points to is sent.
+                try LocalLinks.link(LocalCopy.realPath(local) ?? local, to: linked, recursive: request.recursive)
+                sent.append(request)
+            } catch {
+                failures[request.key] = error.description
+            }
+        }
+        guard !sent.isEmpty else { return failures }
+        let list = sent.map { RsyncBackend.listed($0.remotePath) }.sorted().joined(separator: "\n") + "\n"
+        try Posix.createFile(staging + "/.files", Array(list.utf8), sync: false)
+        let result = try run(
+            [
+                "rsync", "-a", "-r", "--protect-args", "--files-from=" + staging + "/.files", "-e", ssh,
+                staging + "/tree/", host + ":/",
+            ], staging: staging)
+        update(["rsync_status": .int(Int(result.status))])
+        if result.status != 0 {
+            for request in sent { failures[request.key] = RsyncBackend.why(request.remotePath, result) }
+        }
+        return failures
+    }
+}
+
+/// Hard links of a job's files into a staging tree (same filesystem), links copied as links.
+enum LocalLinks {
+    static func link(_ source: String, to target: String, recursive: Bool) throws(SpoolError) {
+        guard let st = try Posix.lstatIfExists(source) else {
+            throw SpoolError(.notFound, "no such file or directory", path: source)
+        }
+        switch st.st_mode & S_IFMT {
+        case S_IFDIR:
+            guard recursive else {
+                throw SpoolError(.invalidInput, "is a directory, and the slot is not recursive", path: source)
+            }
+            try Posix.mkdir(target)
+            for name in try Posix.listDirectory(source) {
+                try link(source + "/" + name, to: target + "/" + name, recursive: true)
+            }
+        case S_IFREG:
+            try Posix.call("link", path: target) { Glibc.link(source, target) }
+        case S_IFLNK:
+            // Within a tree a link stays a link; at the top it was resolved (and checked) by the caller.
+            var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let n = readlink(source, &buffer, buffer.count - 1)
+            guard n >= 0 else { throw SpoolError.system("readlink", path: source, errno: errno) }
+            let text = String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            try Posix.call("symlink", path: target) { symlink(text, target) }
+        default:
+            return
+        }
+    }
+}

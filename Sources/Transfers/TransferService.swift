@@ -1,0 +1,262 @@
+import Logging
+import Spool
+
+/// The watcher's transfer service: brings jobs' stage-ins in while they wait in `READY` and sends their
+/// stage-outs while they wait in `POSTPROCESSED`, a round every `transfers.service_period` seconds.
+///
+/// A round looks only at the jobs in those two states. Their items live in `transfers.json` in each job's
+/// directory (made from the job's `transfers` and its app's slots the first time). Items in flight are polled;
+/// pending ones are grouped by direction and location, the largest group first, in batches of
+/// `transfer_batch_size`, with at most `max_concurrent_transfers` tasks in flight. A job all of whose items of
+/// the direction are `done` moves on (`STAGED_IN`, `STAGED_OUT`); a failed item is tried again
+/// (`on_transfer_error: {retries: N}`), then the job is FAILED with the transfer's error. An item is marked
+/// `done` only after its data is in place, so a watcher killed in the middle does the unfinished ones again.
+public final class TransferService {
+    public let site: Site
+    public let settings: SiteSettings
+    let logger: Logger
+    let store: JobStore
+    let index: SiteIndex
+    let backends: [TransferLocation.Kind: any TransferBackend]
+
+    /// A job being served: its directory, items, and the state it waits in.
+    struct Served {
+        var directory: String
+        var state: JobState
+        var items: [TransferItem]
+    }
+
+    private var served: [String: Served] = [:]
+    /// Jobs looked at that have nothing to move in their state.
+    private var idle: Set<String> = []
+    /// Tasks in flight: their items as (job, slot).
+    private var tasks: [String: (backend: TransferLocation.Kind, items: [(job: String, slot: String)])] = [:]
+
+    public init(site: Site, settings: SiteSettings, logger: Logger) {
+        self.site = site
+        self.settings = settings
+        self.logger = logger
+        store = JobStore(site: site, actor: "balsam-watch transfers")
+        index = SiteIndex(site: site)
+        backends = [
+            .local: LocalBackend(), .rsync: RsyncBackend(site: site, sshOptions: settings.transfers.sshOptions),
+            .globus: GlobusBackend(settings: settings.transfers),
+        ]
+    }
+
+    /// What a round did.
+    public struct Round: Sendable, Equatable {
+        public var submitted = 0
+        public var done = 0
+        public var failed = 0
+        public var moved = 0
+        /// Tasks still in flight.
+        public var inFlight = 0
+    }
+
+    /// One round. Returns what it did.
+    public func round() throws(SpoolError) -> Round {
+        var round = Round()
+        try look()
+        poll(&round)
+        moveFinished(&round)
+        submit(&round)
+        round.inFlight = tasks.count
+        return round
+    }
+
+    // MARK: - Finding the jobs
+
+    private func look() throws(SpoolError) {
+        var present: [String: JobState] = [:]
+        for state in [JobState.ready, .postprocessed] {
+            for id in try index.activeIDs(state) { present[id] = state }
+        }
+        for id in served.keys where present[id] != served[id]?.state { served[id] = nil }
+        idle = idle.filter { present[$0] != nil }
+        for (id, state) in present where served[id] == nil && !idle.contains(id) {
+            do {
+                if let job = try serve(id, state) { served[id] = job } else { idle.insert(id) }
+            } catch {
+                fail(id, state, reason: "its transfers cannot be read: \(error)")
+            }
+        }
+    }
+
+    private var apps: [String: App] = [:]
+
+    /// The job's items of the direction its state waits for, made and saved the first time; nil if none.
+    private func serve(_ id: String, _ state: JobState) throws(SpoolError) -> Served? {
+        guard let job = index.readEntry(at: index.entryPath(state, id)), !job.transfers.isEmpty else { return nil }
+        let directory = site.jobDirectory(job.workdir)
+        let direction: TransferSlot.Direction = state == .ready ? .in : .out
+        var items: [TransferItem]
+        if let saved = try TransferItem.load(directory: directory) {
+            items = saved
+        } else {
+            if apps[job.app] == nil { apps[job.app] = try site.app(job.app) }
+            items = try TransferItem.items(for: job, app: apps[job.app]!)
+        }
+        guard items.contains(where: { $0.direction == direction }) else { return nil }
+        var changed = !Posix.exists(directory + "/" + TransferItem.fileName)
+        for i in items.indices where items[i].direction == direction {
+            // Stage-outs wait for the job; a task from before a restart is gone: its items go again.
+            if items[i].state == .awaitingJob || items[i].state == .active || items[i].state == .inactive {
+                if items[i].state != .awaitingJob { items[i].info["restarted"] = .bool(true) }
+                items[i].state = .pending
+                items[i].taskID = nil
+                changed = true
+            }
+        }
+        if changed { try TransferItem.save(items, directory: directory) }
+        return Served(directory: directory, state: state, items: items)
+    }
+
+    // MARK: - Tasks
+
+    private func poll(_ round: inout Round) {
+        for (taskID, task) in tasks {
+            guard let backend = backends[task.backend] else { continue }
+            let status = backend.poll(taskID) ?? .finished(failures: ["*": "the task was lost"])
+            guard case .finished(let failures) = status else { continue }
+            tasks[taskID] = nil
+            record(task.items, failures: failures, &round)
+        }
+    }
+
+    /// Records how a task ended for its items: done, or failed (`failures` by `JOB/SLOT`, or `*` for all),
+    /// to be tried again or, with no retries left, in error.
+    private func record(_ items: [(job: String, slot: String)], failures: [String: String], _ round: inout Round) {
+        var touched = Set<String>()
+        for (job, slot) in items {
+            guard var entry = served[job], let i = entry.items.firstIndex(where: { $0.slot == slot }) else {
+                continue  // the job moved on meanwhile (killed, say)
+            }
+            if let why = failures[job + "/" + slot] ?? failures["*"] {
+                entry.items[i].attempts += 1
+                entry.items[i].info["error"] = .string(why)
+                entry.items[i].state = entry.items[i].attempts > settings.transfers.retries ? .error : .pending
+                round.failed += 1
+                logger.warning(
+                    "job \(job): \(entry.items[i].direction == .in ? "stage-in" : "stage-out") of slot \(slot) failed (attempt \(entry.items[i].attempts)): \(why)",
+                    metadata: ["job.id": "\(job)"])
+            } else {
+                entry.items[i].state = .done
+                entry.items[i].info["error"] = nil
+                round.done += 1
+            }
+            entry.items[i].taskID = nil
+            served[job] = entry
+            touched.insert(job)
+        }
+        for job in touched { save(job) }
+    }
+
+    private func save(_ job: String) {
+        guard let entry = served[job] else { return }
+        do { try TransferItem.save(entry.items, directory: entry.directory) } catch {
+            logger.error("job \(job): cannot save its transfer items: \(error)", metadata: ["job.id": "\(job)"])
+        }
+    }
+
+    /// Jobs whose items of their direction are all done move on; one with an item in error fails.
+    private func moveFinished(_ round: inout Round) {
+        for (id, entry) in served {
+            let direction: TransferSlot.Direction = entry.state == .ready ? .in : .out
+            let mine = entry.items.filter { $0.direction == direction }
+            let what = direction == .in ? "stage-in" : "stage-out"
+            if let failed = mine.first(where: { $0.state == .error }) {
+                let why = failed.info["error"]?.stringValue ?? "failed"
+                fail(
+                    id, entry.state,
+                    reason:
+                        "\(what) of slot \(failed.slot) (\(failed.alias):\(failed.remotePath)) failed after \(failed.attempts) attempt(s): \(why)"
+                )
+                served[id] = nil
+                round.moved += 1
+            } else if mine.allSatisfy({ $0.state == .done }) {
+                do {
+                    guard let loaded = try store.load(id, in: entry.state) else {
+                        served[id] = nil
+                        continue
+                    }
+                    try store.move(
+                        loaded, to: entry.state == .ready ? .stagedIn : .stagedOut,
+                        reason: "\(what) done (\(mine.count) item(s))")
+                    round.moved += 1
+                } catch {
+                    logger.error(
+                        "job \(id): cannot move it on after its \(what): \(error)", metadata: ["job.id": "\(id)"])
+                }
+                served[id] = nil
+            }
+        }
+    }
+
+    private func fail(_ id: String, _ state: JobState, reason: String) {
+        do {
+            guard let loaded = try store.load(id, in: state) else { return }
+            try store.move(loaded, to: .failed, reason: reason)
+            logger.error("job \(id) FAILED: \(reason)", metadata: ["job.id": "\(id)"])
+        } catch {
+            logger.error("job \(id): cannot fail it (\(reason)): \(error)", metadata: ["job.id": "\(id)"])
+        }
+        idle.insert(id)
+    }
+
+    /// Pending items go out in batches: by direction and location, the largest group first.
+    private func submit(_ round: inout Round) {
+        guard tasks.count < settings.transfers.maxConcurrent else { return }
+        var groups: [String: [(job: String, slot: String, request: TransferRequest)]] = [:]
+        var locations: [String: (TransferSlot.Direction, TransferLocation)] = [:]
+        for (id, entry) in served.sorted(by: { $0.key < $1.key }) {
+            let direction: TransferSlot.Direction = entry.state == .ready ? .in : .out
+            for item in entry.items where item.direction == direction && item.state == .pending {
+                guard let location = settings.transferLocations[item.alias] else {
+                    fail(id, entry.state, reason: "no transfer location '\(item.alias)' in settings.yml")
+                    served[id] = nil
+                    break
+                }
+                let key = direction.rawValue + " " + item.alias
+                locations[key] = (direction, location)
+                groups[key, default: []].append(
+                    (
+                        id, item.slot,
+                        TransferRequest(
+                            key: id + "/" + item.slot, jobDirectory: entry.directory, localPath: item.localPath,
+                            remotePath: location.remotePath(item.remotePath), recursive: item.recursive)
+                    ))
+            }
+        }
+        var order = groups.keys.sorted { (groups[$0]!.count, $1) > (groups[$1]!.count, $0) }
+        while tasks.count < settings.transfers.maxConcurrent, let key = order.first {
+            var group = groups[key]!
+            let batch = Array(group.prefix(settings.transfers.batchSize))
+            group.removeFirst(batch.count)
+            if group.isEmpty {
+                order.removeFirst()
+            } else {
+                groups[key] = group
+            }
+            let (direction, location) = locations[key]!
+            guard let backend = backends[location.kind] else { continue }
+            do {
+                let taskID = try backend.submit(batch.map(\.request), direction: direction, location: location)
+                tasks[taskID] = (location.kind, batch.map { ($0.job, $0.slot) })
+                var touched = Set<String>()
+                for (job, slot, _) in batch {
+                    guard let i = served[job]?.items.firstIndex(where: { $0.slot == slot }) else { continue }
+                    served[job]?.items[i].state = .active
+                    served[job]?.items[i].taskID = taskID
+                    touched.insert(job)
+                }
+                for job in touched { save(job) }
+                round.submitted += batch.count
+            } catch {
+                // The task could not start (a missing tool, a consent to give): each item's attempt counts.
+                logger.error("cannot start a \(location.kind.rawValue) transfer to \(location.alias): \(error)")
+                record(batch.map { ($0.job, $0.slot) }, failures: ["*": error.description], &round)
+            }
+        }
+    }
+}
