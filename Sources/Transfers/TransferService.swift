@@ -94,8 +94,10 @@ public final class TransferService {
         if let saved = try TransferItem.load(directory: directory) {
             items = saved
         } else {
-            if apps[job.app] == nil { apps[job.app] = try site.app(job.app) }
-            items = try TransferItem.items(for: job, app: apps[job.app]!)
+            let app: App
+            if let known = apps[job.app] { app = known } else { app = try site.app(job.app) }
+            apps[job.app] = app
+            items = try TransferItem.items(for: job, app: app)
         }
         guard items.contains(where: { $0.direction == direction }) else { return nil }
         var changed = !Posix.exists(directory + "/" + TransferItem.fileName)
@@ -207,8 +209,12 @@ public final class TransferService {
     /// Pending items go out in batches: by direction and location, the largest group first.
     private func submit(_ round: inout Round) {
         guard tasks.count < settings.transfers.maxConcurrent else { return }
-        var groups: [String: [(job: String, slot: String, request: TransferRequest)]] = [:]
-        var locations: [String: (TransferSlot.Direction, TransferLocation)] = [:]
+        struct Group {
+            var direction: TransferSlot.Direction
+            var location: TransferLocation
+            var entries: [(job: String, slot: String, request: TransferRequest)] = []
+        }
+        var groups: [String: Group] = [:]
         for (id, entry) in served.sorted(by: { $0.key < $1.key }) {
             let direction: TransferSlot.Direction = entry.state == .ready ? .in : .out
             for item in entry.items where item.direction == direction && item.state == .pending {
@@ -218,27 +224,20 @@ public final class TransferService {
                     break
                 }
                 let key = direction.rawValue + " " + item.alias
-                locations[key] = (direction, location)
-                groups[key, default: []].append(
-                    (
-                        id, item.slot,
-                        TransferRequest(
-                            key: id + "/" + item.slot, jobDirectory: entry.directory, localPath: item.localPath,
-                            remotePath: location.remotePath(item.remotePath), recursive: item.recursive)
-                    ))
+                let request = TransferRequest(
+                    key: id + "/" + item.slot, jobDirectory: entry.directory, localPath: item.localPath,
+                    remotePath: location.remotePath(item.remotePath), recursive: item.recursive)
+                groups[key, default: Group(direction: direction, location: location)].entries.append(
+                    (id, item.slot, request))
             }
         }
-        var order = groups.keys.sorted { (groups[$0]!.count, $1) > (groups[$1]!.count, $0) }
-        while tasks.count < settings.transfers.maxConcurrent, let key = order.first {
-            var group = groups[key]!
-            let batch = Array(group.prefix(settings.transfers.batchSize))
-            group.removeFirst(batch.count)
-            if group.isEmpty {
-                order.removeFirst()
-            } else {
-                groups[key] = group
-            }
-            let (direction, location) = locations[key]!
+        // The largest group first, then by name; each gives batches until the tasks allowed are in flight.
+        var queue = groups.sorted { ($0.value.entries.count, $1.key) > ($1.value.entries.count, $0.key) }.map(\.value)
+        while tasks.count < settings.transfers.maxConcurrent, !queue.isEmpty {
+            let batch = Array(queue[0].entries.prefix(settings.transfers.batchSize))
+            queue[0].entries.removeFirst(batch.count)
+            let (direction, location) = (queue[0].direction, queue[0].location)
+            if queue[0].entries.isEmpty { queue.removeFirst() }
             guard let backend = backends[location.kind] else { continue }
             do {
                 let taskID = try backend.submit(batch.map(\.request), direction: direction, location: location)

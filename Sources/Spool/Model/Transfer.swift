@@ -230,7 +230,7 @@ extension Job {
         try validateTransfer(slot: slot, value)
         switch value {
         case .string(let s):
-            let colon = s.firstIndex(of: ":")!
+            let colon = s.firstIndex(of: ":") ?? s.startIndex
             return (String(s[..<colon]), String(s[s.index(after: colon)...]))
         case .object(let o):
             return (o["location_alias"]?.stringValue ?? "", o["path"]?.stringValue ?? "")
