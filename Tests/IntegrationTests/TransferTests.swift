@@ -1,0 +1,361 @@
+import Foundation
+import Spool
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// An sshd on a loopback port with throw-away keys (the second host of the tests), stopped with the object.
+final class SSHServer {
+    let dir: TempDir
+    let port: Int
+    let process: Spawned
+    /// The ssh options a site needs to reach it as root.
+    let options: [String]
+
+    init() throws {
+        dir = try TempDir()
+        let p = dir.path
+        for key in ["host", "client"] {
+            let made = try run("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", "\(p)/\(key)"])
+            guard made.status == 0 else { throw SpoolError(.io, "ssh-keygen: \(made.stderr)") }
+        }
+        try FileManager.default.copyItem(atPath: p + "/client.pub", toPath: p + "/authorized_keys")
+        // sshd wants its privilege separation directory.
+        try? FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true)
+        var port = 0
+        var started: Spawned?
+        for _ in 0..<20 {
+            port = Int.random(in: 20_000..<60_000)
+            try """
+            ListenAddress 127.0.0.1:\(port)
+            HostKey \(p)/host
+            AuthorizedKeysFile \(p)/authorized_keys
+            PidFile \(p)/sshd.pid
+            PermitRootLogin prohibit-password
+            PasswordAuthentication no
+            UsePAM no
+            StrictModes no
+            LogLevel INFO
+            MaxStartups 100
+            """.write(toFile: p + "/sshd_config", atomically: false, encoding: .utf8)
+            let sshd = try Spawned(
+                "/usr/sbin/sshd", ["-D", "-e", "-f", p + "/sshd_config"], stderr: .file(p + "/sshd.log"))
+            let deadline = Date().addingTimeInterval(10)
+            var listening = false
+            while Date() < deadline && sshd.isRunning {
+                let probe = try run(
+                    "/usr/bin/ssh", Self.clientOptions(p) + ["-p", "\(port)", "root@127.0.0.1", "true"])
+                if probe.status == 0 {
+                    listening = true
+                    break
+                }
+                usleep(50_000)
+            }
+            if listening {
+                started = sshd
+                break
+            }
+            sshd.signal(SIGKILL)
+        }
+        guard let started else {
+            throw SpoolError(.unavailable, "sshd did not start: \((try? read(p + "/sshd.log")) ?? "")")
+        }
+        self.port = port
+        process = started
+        options = Self.clientOptions(p)
+    }
+
+    static func clientOptions(_ p: String) -> [String] {
+        [
+            "-i", p + "/client", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o",
+            "LogLevel=ERROR",
+        ]
+    }
+
+    /// Connections accepted so far.
+    var connections: Int {
+        ((try? read(dir.path + "/sshd.log")) ?? "").components(separatedBy: "Accepted publickey").count - 1
+    }
+
+    deinit { process.signal(SIGKILL) }
+}
+
+/// Stage-in and stage-out through the watcher's transfer service, with real copies and real rsync over ssh.
+@Suite(.serialized) struct TransferTests {
+    let dir: TempDir
+    let site: Site
+    /// The other side: a directory on this machine, reached directly or over ssh.
+    let remote: String
+
+    init() throws {
+        dir = try TempDir()
+        site = try makeSite(dir)
+        remote = dir.path + "/remote"
+        try FileManager.default.createDirectory(atPath: remote + "/in dir", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: remote + "/tree/sub", withIntermediateDirectories: true)
+        try "alpha\n".write(toFile: remote + "/in dir/a b;$x.txt", atomically: false, encoding: .utf8)
+        try "leaf\n".write(toFile: remote + "/tree/sub/leaf.txt", atomically: false, encoding: .utf8)
+        try Posix.makeDirectories(site.appsPath + "/stage")
+        try """
+        command_template: "cat input.txt > result.txt && cat tree/sub/leaf.txt >> result.txt"
+        transfers:
+          input: {required: true, direction: in, local_path: input.txt, description: "a file"}
+          tree: {required: false, direction: in, local_path: tree, recursive: true}
+          result: {required: true, direction: out, local_path: result.txt}
+        """.write(toFile: site.appsPath + "/stage/app.yml", atomically: false, encoding: .utf8)
+    }
+
+    /// Adds `text` to settings.yml (after the template's own keys, which it replaces).
+    func configure(_ text: String) throws {
+        var settings = try read(site.settingsPath)
+        settings = settings.replacingOccurrences(of: "transfer_locations: {}\n", with: "")
+        settings = settings.replacingOccurrences(of: "\ntransfers:\n", with: "\nold_transfers:\n")
+        try (settings + "\n" + text + "\n").write(toFile: site.settingsPath, atomically: false, encoding: .utf8)
+    }
+
+    func submit(_ lines: [String]) throws -> [String] {
+        let result = try balsamSubmit(
+            ["--from", "-"], site: site.root, stdin: Data(lines.joined(separator: "\n").utf8))
+        #expect(result.status == 0, "\(result.stderr)")
+        return result.stdout.split(separator: "\n").map(String.init)
+    }
+
+    func state(_ id: String) -> JobState? { try? Query(site: site).find(id).state }
+
+    func shown(_ id: String) throws -> String { try balsam(["show", id, "--json"], site: site.root).stdout }
+
+    func stageJob(_ name: String, alias: String) -> String {
+        #"{"app":"stage","workdir":"\#(name)","transfers":{"input":"\#(alias):/in dir/a b;$x.txt","tree":"\#(alias):/tree","result":"\#(alias):/out/\#(name) result.txt"}}"#
+    }
+
+    /// Runs the watcher and a launcher until `done` holds for every job (or the deadline).
+    func runSite(until done: @escaping () -> Bool, timeout: Double = 60) throws -> String {
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "3"], logDirectory: dir.path)
+        try waitUntil("the jobs are done", timeout: timeout) { done() }
+        _ = launcher.wait(timeout: 30)
+        #expect(watcher.terminate() == 0)
+        return watcher.log
+    }
+
+    @Test func twoStageInsAndAStageOutThroughLocalCopies() throws {
+        try configure("transfer_locations:\n  here: file://\(remote)")
+        let ids = try submit([stageJob("j1", alias: "here")])
+        let log = try runSite(until: { self.state(ids[0])?.isFinal == true })
+        let first = try shown(ids[0])
+        #expect(state(ids[0]) == .jobFinished, "\(first)\n\(log)")
+        #expect(try read(remote + "/out/j1 result.txt") == "alpha\nleaf\n")
+        #expect(try read(site.jobDirectory("j1") + "/tree/sub/leaf.txt") == "leaf\n")
+        let listed = try balsam(["transfer", "ls", "--json"], site: site.root).stdout
+        #expect(listed.components(separatedBy: #""state":"done""#).count - 1 == 3, "\(listed)")
+        #expect(!entries(site.jobDirectory("j1")).contains { $0.hasPrefix(".balsam-partial") })
+    }
+
+    @Test func rsyncOverSSHMovesTheDataAndAMissingFileFailsTheJobAfterItsRetries() throws {
+        let sshd = try SSHServer()
+        let options = sshd.options.map { "\"\($0)\"" }.joined(separator: ", ")
+        try configure(
+            "transfer_locations:\n  dtn: rsync://root@127.0.0.1:\(sshd.port)\(remote)\n"
+                + "transfers:\n  on_transfer_error: {retries: 1}\n  ssh_options: [\(options)]")
+        let ids = try submit([
+            stageJob("r1", alias: "dtn"),
+            #"{"app":"stage","workdir":"r2","transfers":{"input":"dtn:/in dir/missing.txt","result":"dtn:/out/r2.txt"}}"#,
+        ])
+        let log = try runSite(until: { ids.allSatisfy { self.state($0)?.isFinal == true } })
+        let first = try shown(ids[0])
+        #expect(state(ids[0]) == .jobFinished, "\(first)\n\(log)")
+        #expect(try read(remote + "/out/r1 result.txt") == "alpha\nleaf\n")
+        #expect(state(ids[1]) == .failed)
+        let reason = try shown(ids[1])
+        #expect(reason.contains("stage-in of slot input") && reason.contains("after 2 attempt(s)"), "\(reason)")
+        #expect(reason.contains("missing.txt"), "\(reason)")
+        // No partial file left looking whole, on either side.
+        #expect(!exists(site.jobDirectory("r2") + "/input.txt"))
+    }
+
+    @Test func aThousandJobsGoInBatchesNotAThousandConnections() throws {
+        let sshd = try SSHServer()
+        for i in 0..<1000 {
+            try "\(i)\n".write(toFile: remote + "/in dir/f\(i)", atomically: false, encoding: .utf8)
+        }
+        let options = sshd.options.map { "\"\($0)\"" }.joined(separator: ", ")
+        try configure(
+            "transfer_locations:\n  dtn: rsync://root@127.0.0.1:\(sshd.port)\(remote)\n"
+                + "transfers:\n  transfer_batch_size: 250\n  ssh_options: [\(options)]")
+        try Posix.makeDirectories(site.appsPath + "/one")
+        try """
+        command_template: "true"
+        transfers:
+          input: {required: true, direction: in, local_path: input.txt}
+        """.write(toFile: site.appsPath + "/one/app.yml", atomically: false, encoding: .utf8)
+        let before = sshd.connections
+        let ids = try submit(
+            (0..<1000).map { #"{"app":"one","workdir":"b/\#($0)","transfers":{"input":"dtn:/in dir/f\#($0)"}}"# })
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        try waitUntil("every job is staged in", timeout: 120) {
+            (try? Posix.listDirectory(site.activePath(.preprocessed)).count) == 1000
+        }
+        #expect(watcher.terminate() == 0)
+        #expect(try read(site.jobDirectory("b/999") + "/input.txt") == "999\n")
+        let made = sshd.connections - before
+        #expect(made >= 4 && made <= 8, "\(made) ssh connections for 1,000 files in batches of 250")
+        #expect(state(ids[0]) == .preprocessed)
+    }
+
+    @Test func aWatcherKilledDuringABatchLosesNothingAndMarksNothingDoneWithoutItsData() throws {
+        let sshd = try SSHServer()
+        // Big enough that the kill lands while rsync runs: 300 MB (sparse at the source, whole at the target).
+        let big = remote + "/in dir/big.bin"
+        _ = FileManager.default.createFile(atPath: big, contents: nil)
+        truncate(big, 300 << 20)
+        let options = sshd.options.map { "\"\($0)\"" }.joined(separator: ", ")
+        try configure(
+            "transfer_locations:\n  dtn: rsync://root@127.0.0.1:\(sshd.port)\(remote)\n"
+                + "transfers:\n  ssh_options: [\(options)]")
+        try Posix.makeDirectories(site.appsPath + "/one")
+        try """
+        command_template: "true"
+        transfers:
+          input: {required: true, direction: in, local_path: big.bin}
+        """.write(toFile: site.appsPath + "/one/app.yml", atomically: false, encoding: .utf8)
+        let ids = try submit([#"{"app":"one","workdir":"k","transfers":{"input":"dtn:/in dir/big.bin"}}"#])
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        try waitUntil("the transfer is active", timeout: 30) {
+            ((try? read(site.jobDirectory("k") + "/" + TransferItem.fileName)) ?? "").contains(#""state":"active""#)
+        }
+        watcher.kill9()
+        let items = try TransferItem.load(directory: site.jobDirectory("k")) ?? []
+        #expect(items.first?.state != .done)
+        #expect(!exists(site.jobDirectory("k") + "/big.bin"), "no partial file under the real name")
+        #expect(state(ids[0]) == .ready)
+        let again = try WatchProcess(site: site.root, logDirectory: dir.path)
+        try waitUntil("the job is staged in", timeout: 120) { self.state(ids[0]) == .preprocessed }
+        #expect(again.terminate() == 0)
+        let size = (try FileManager.default.attributesOfItem(atPath: site.jobDirectory("k") + "/big.bin"))[.size]
+        #expect(size as? Int == 300 << 20)
+    }
+
+    @Test func aJobKilledWhileItsTransferRunsStaysFailed() throws {
+        let sshd = try SSHServer()
+        let big = remote + "/in dir/big.bin"
+        _ = FileManager.default.createFile(atPath: big, contents: nil)
+        truncate(big, 300 << 20)
+        let options = sshd.options.map { "\"\($0)\"" }.joined(separator: ", ")
+        try configure(
+            "transfer_locations:\n  dtn: rsync://root@127.0.0.1:\(sshd.port)\(remote)\n"
+                + "transfers:\n  ssh_options: [\(options)]")
+        try Posix.makeDirectories(site.appsPath + "/one")
+        try """
+        command_template: "true"
+        transfers:
+          input: {required: true, direction: in, local_path: big.bin}
+        """.write(toFile: site.appsPath + "/one/app.yml", atomically: false, encoding: .utf8)
+        let ids = try submit([#"{"app":"one","workdir":"kj","transfers":{"input":"dtn:/in dir/big.bin"}}"#])
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        try waitUntil("the transfer is active", timeout: 30) {
+            ((try? read(site.jobDirectory("kj") + "/" + TransferItem.fileName)) ?? "").contains(#""state":"active""#)
+        }
+        #expect(try balsam(["kill", ids[0]], site: site.root).status == 0)
+        // The transfer ends after (its staging tree goes); the job stays as the user left it.
+        try waitUntil("the transfer's task ends", timeout: 120) {
+            !entries(site.stagingPath).contains { $0.hasPrefix("transfer.") }
+        }
+        #expect(state(ids[0]) == .failed)
+        #expect(watcher.terminate() == 0)
+        #expect(state(ids[0]) == .failed)
+    }
+
+    @Test func globusThroughItsCLIAndAConsentErrorAsOneLine() throws {
+        // No Globus service is reachable here: a `globus` that answers with the CLI's documented JSON.
+        let fake = dir.path + "/globus"
+        try """
+        #!/bin/sh
+        log=\(dir.path)/globus.log
+        echo "$@" >> "$log"
+        case "$1 $2" in
+        "transfer "*)
+            if [ -e \(dir.path)/consent ]; then
+                echo "The resource you are trying to access requires you to consent to additional access." >&2
+                echo "Please run:" >&2
+                echo "  globus session consent 'urn:globus:auth:scope:transfer.api.globus.org:all[*https://auth.globus.org/scopes/EP/data_access]'" >&2
+                echo "ConsentRequired" >&2
+                exit 4
+            fi
+            while [ "$1" != "--batch" ]; do shift; done
+            cat "$2" >> \(dir.path)/batches
+            echo '{"DATA_TYPE": "transfer_result", "code": "Accepted", "task_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6"}' ;;
+        "task show")
+            n=$(grep -c "task show" "$log")
+            if [ "$n" -lt 2 ]; then echo '{"status": "ACTIVE", "nice_status": "OK", "bytes_transferred": 10}'
+            else echo '{"status": "SUCCEEDED", "nice_status": null, "bytes_transferred": 20, "fatal_error": null}'; fi ;;
+        *) exit 2 ;;
+        esac
+        """.write(toFile: fake, atomically: false, encoding: .utf8)
+        chmod(fake, 0o755)
+        try configure(
+            "transfer_locations:\n  theta: globus://08925f04-569f-11e7-bef8-22000b9a448b\n"
+                + "transfers:\n  globus_cli: \(fake)\n  globus_endpoint_id: 9d6d994a-6d04-11e5-ba46-22000b92c6ec\n"
+                + "  on_transfer_error: {retries: 0}")
+        try Posix.makeDirectories(site.appsPath + "/one")
+        try """
+        command_template: "true"
+        transfers:
+          input: {required: true, direction: in, local_path: input.dat}
+        """.write(toFile: site.appsPath + "/one/app.yml", atomically: false, encoding: .utf8)
+        let ids = try submit([#"{"app":"one","workdir":"g","transfers":{"input":"theta:/proj/a b.dat"}}"#])
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        try waitUntil("the job is staged in", timeout: 30) { self.state(ids[0]) == .preprocessed }
+        let calls = try read(dir.path + "/globus.log")
+        #expect(calls.contains("transfer 08925f04-569f-11e7-bef8-22000b9a448b 9d6d994a-6d04-11e5-ba46-22000b92c6ec"))
+        #expect(calls.contains("--sync-level size") && calls.contains("--verify-checksum"), "\(calls)")
+        #expect(calls.contains("task show 3fa85f64-5717-4562-b3fc-2c963f66afa6"))
+        #expect(try read(dir.path + "/batches").contains("'/proj/a b.dat' \(site.jobDirectory("g"))/input.dat"))
+
+        try "".write(toFile: dir.path + "/consent", atomically: false, encoding: .utf8)
+        let refused = try submit([#"{"app":"one","workdir":"g2","transfers":{"input":"theta:/proj/x.dat"}}"#])
+        try waitUntil("the job fails", timeout: 30) { self.state(refused[0]) == .failed }
+        #expect(watcher.terminate() == 0)
+        let reason = try shown(refused[0])
+        #expect(reason.contains("Globus needs your consent: run globus session consent"), "\(reason)")
+    }
+
+    @Test func slotsAndPathsThatLeaveTheJobDirectoryAreRefused() throws {
+        try configure("transfer_locations:\n  here: file://\(remote)")
+        try Posix.makeDirectories(site.appsPath + "/bad")
+        try """
+        command_template: "true"
+        transfers:
+          input: {required: true, direction: in, local_path: ../escape.txt}
+        """.write(toFile: site.appsPath + "/bad/app.yml", atomically: false, encoding: .utf8)
+        let bad = try balsamSubmit(
+            ["--from", "-"], site: site.root,
+            stdin: Data(#"{"app":"bad","workdir":"x","transfers":{"input":"here:/a"}}"#.utf8))
+        #expect(bad.status != 0 && bad.stderr.contains("must not contain '..'"), "\(bad.stderr)")
+        let unknown = try balsamSubmit(
+            ["--from", "-"], site: site.root,
+            stdin: Data(
+                #"{"app":"stage","workdir":"y","transfers":{"input":"nowhere:/a","result":"here:/r"}}"#.utf8))
+        #expect(unknown.stderr.contains("no transfer location 'nowhere'"), "\(unknown.stderr)")
+        let slot = try balsamSubmit(
+            ["--from", "-"], site: site.root,
+            stdin: Data(#"{"app":"stage","workdir":"z","transfers":{"inptu":"here:/a","result":"here:/r"}}"#.utf8))
+        #expect(slot.stderr.contains("has no transfer slot 'inptu'"), "\(slot.stderr)")
+
+        // A stage-out whose file is a link out of the job's directory is not followed.
+        try Posix.makeDirectories(site.appsPath + "/leak")
+        try """
+        command_template: "ln -s /etc/hostname result.txt"
+        transfers:
+          result: {required: true, direction: out, local_path: result.txt}
+        """.write(toFile: site.appsPath + "/leak/app.yml", atomically: false, encoding: .utf8)
+        let ids = try submit([#"{"app":"leak","workdir":"l","transfers":{"result":"here:/out/leak.txt"}}"#])
+        _ = try runSite(until: { self.state(ids[0])?.isFinal == true })
+        #expect(state(ids[0]) == .failed)
+        #expect(try shown(ids[0]).contains("leads out of the job's directory"))
+        #expect(!exists(remote + "/out/leak.txt"))
+    }
+}
