@@ -22,6 +22,8 @@ public final class Engine {
     /// Asked between jobs and while a hook runs: when it says true, the pass stops and a running hook is killed,
     /// leaving its job where it was (it is done again next time).
     public var shouldStop: @Sendable () -> Bool = { false }
+    /// Called when a sweep leaves jobs waiting for their transfers (the transfer service then looks at once).
+    public var transfersWanted: @Sendable () -> Void = {}
     let store: JobStore
     let index: SiteIndex
     private var apps: [String: App] = [:]
@@ -121,7 +123,7 @@ public final class Engine {
             // Without a preprocess hook there is nothing to wait for: straight through to the ready queue. A job
             // with stage-ins waits here for the transfer service, which moves it on.
             let app = try self.app(loaded.job.app)
-            if try self.stages(.in, loaded.job, app) { return }
+            if try self.stages(.in, loaded.job, app) { return self.waitForTransfers(loaded) }
             if self.hasHook(.preprocess, app: app.name) {
                 try self.move(loaded, to: .stagedIn, reason: "no stage-in")
             } else {
@@ -139,6 +141,7 @@ public final class Engine {
                 try self.runHook(.postprocess, loaded, default: .postprocessed)
             } else if try self.stages(.out, loaded.job, app) {
                 try self.move(loaded, to: .postprocessed, reason: nil)
+                self.transfersWanted()
             } else {
                 self.cleanup(
                     try self.move(
@@ -149,7 +152,7 @@ public final class Engine {
         step(.runTimeout, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onTimeout) }
         step(.postprocessed, &report) { (loaded) throws(SpoolError) in
             // Stage-outs: the transfer service moves the job on once they are done.
-            if try self.stages(.out, loaded.job, try self.app(loaded.job.app)) { return }
+            if try self.stages(.out, loaded.job, try self.app(loaded.job.app)) { return self.waitForTransfers(loaded) }
             self.cleanup(try self.move(loaded, through: [(.stagedOut, "no stage-out"), (.jobFinished, nil)]))
         }
         step(.stagedOut, &report) { (loaded) throws(SpoolError) in
@@ -166,12 +169,19 @@ public final class Engine {
             report.errors.append("\(error)")
             return
         }
+        // Jobs waiting for the transfer service are not loaded again while they wait.
+        if var waiting = waitingForTransfers[state], !waiting.isEmpty {
+            waiting.formIntersection(ids)
+            waitingForTransfers[state] = waiting
+        }
         for id in ids {
             if shouldStop() { return }
+            if waitingForTransfers[state]?.contains(id) == true { continue }
             do {
                 guard let loaded = try store.load(id, in: state) else { continue }
                 guard selected(loaded.job) else { continue }
                 try body(loaded)
+                if waitingForTransfers[state]?.contains(id) == true { continue }
                 report.moves += 1
             } catch  where error.code == .conflict {
                 logger.debug("job \(id) moved meanwhile: \(error.message)", metadata: ["job.id": "\(id)"])
@@ -281,6 +291,15 @@ public final class Engine {
     }
 
     // MARK: - Apps and hooks
+
+    /// Jobs left in READY or POSTPROCESSED for the transfer service, by state.
+    private var waitingForTransfers: [JobState: Set<String>] = [:]
+
+    /// Leaves `loaded` where it is, for the transfer service, which is told to look.
+    private func waitForTransfers(_ loaded: JobStore.Loaded) {
+        waitingForTransfers[loaded.record.state, default: []].insert(loaded.job.id)
+        transfersWanted()
+    }
 
     /// Each app's transfer slots, read once like the apps.
     private var slotCache: [String: [String: TransferSlot]] = [:]

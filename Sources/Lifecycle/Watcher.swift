@@ -26,6 +26,8 @@ public final class Watcher: Sendable {
     private struct Flags {
         var stop = false
         var reload = false
+        /// The engine left jobs waiting for transfers: the transfer service should look now.
+        var transfersWanted = false
     }
 
     /// The site watched.
@@ -60,7 +62,10 @@ public final class Watcher: Sendable {
     /// Runs `round` until the watcher stops (once with `once`), waiting the seconds it returns between rounds. A
     /// failure is logged when it first happens and when it changes, not at every round (a server away for an
     /// hour is one line, and one more when it is back), and waits `retry` seconds.
-    private func runPeriodic(_ name: String, once: Bool, retry: @escaping () -> Double, _ round: () throws -> Double) {
+    private func runPeriodic(
+        _ name: String, once: Bool, wake: KeyPath<Flags, Bool>? = nil, retry: @escaping () -> Double,
+        _ round: () throws -> Double
+    ) {
         defer { if !once { servicesStopped.signal() } }
         var lastProblem = ""
         var failingSince = 0.0
@@ -81,7 +86,10 @@ public final class Watcher: Sendable {
                 wait = retry()
             }
             if once { return }
-            while !stopping && Posix.monotonicSeconds() - started < wait { usleep(20_000) }
+            while !stopping && Posix.monotonicSeconds() - started < wait {
+                if let wake, flags.withLock({ $0[keyPath: wake] }) { break }
+                usleep(10_000)
+            }
         }
     }
 
@@ -132,7 +140,8 @@ public final class Watcher: Sendable {
     /// `transfers.service_period` seconds (at once again while tasks are in flight and moving), settings reread.
     private func runTransferService(once: Bool) {
         var service: TransferService?
-        runPeriodic("transfers", once: once, retry: { 5 }) {
+        runPeriodic("transfers", once: once, wake: \.transfersWanted, retry: { 5 }) {
+            flags.withLock { $0.transfersWanted = false }
             let settings = try SiteSettings.load(site)
             if service?.settings != settings {
                 service = TransferService(site: site, settings: settings, logger: logger)
@@ -168,6 +177,7 @@ public final class Watcher: Sendable {
         defer { monitor.withLock { $0 = nil } }
         let engine = try Engine(site: site, logger: logger)
         engine.shouldStop = { [weak self] in self?.stopping ?? true }
+        engine.transfersWanted = { [weak self] in self?.flags.withLock { $0.transfersWanted = true } }
 
         if options.once {
             runBatchService(once: true)

@@ -55,7 +55,8 @@ enum LocalCopy {
             let n = try Posix.call("copy", path: target) { clinux_copy_file_range(input, output, 1 << 30) }
             if n == 0 { break }
         }
-        try Posix.fsync(output, path: target)
+        // Not fsynced, as cp and rsync do not: the partial name and the rename keep a copy cut short (a killed
+        // watcher) from passing for the file; a machine that crashes may lose what its page cache held.
     }
 
     /// Copies a directory tree: directories made, files copied, links recreated (not followed).

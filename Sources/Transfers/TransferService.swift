@@ -27,6 +27,10 @@ public final class TransferService {
     }
 
     private var served: [String: Served] = [:]
+    /// Jobs whose items changed since they were last looked at for a move (new ones, ended tasks' ones).
+    private var changed: Set<String> = []
+    /// Jobs with items waiting to be submitted.
+    private var pending: Set<String> = []
     /// Jobs looked at that have nothing to move in their state.
     private var idle: Set<String> = []
     /// Tasks in flight: their items as (job, slot).
@@ -76,7 +80,13 @@ public final class TransferService {
         idle = idle.filter { present[$0] != nil }
         for (id, state) in present where served[id] == nil && !idle.contains(id) {
             do {
-                if let job = try serve(id, state) { served[id] = job } else { idle.insert(id) }
+                if let job = try serve(id, state) {
+                    served[id] = job
+                    changed.insert(id)
+                    pending.insert(id)
+                } else {
+                    idle.insert(id)
+                }
             } catch {
                 fail(id, state, reason: "its transfers cannot be read: \(error)")
             }
@@ -100,14 +110,17 @@ public final class TransferService {
             items = try TransferItem.items(for: job, app: app)
         }
         guard items.contains(where: { $0.direction == direction }) else { return nil }
-        var changed = !Posix.exists(directory + "/" + TransferItem.fileName)
+        // Written when an item first changes (a job's items are made again from its spec until then).
+        var changed = false
         for i in items.indices where items[i].direction == direction {
             // Stage-outs wait for the job; a task from before a restart is gone: its items go again.
             if items[i].state == .awaitingJob || items[i].state == .active || items[i].state == .inactive {
-                if items[i].state != .awaitingJob { items[i].info["restarted"] = .bool(true) }
+                if items[i].state != .awaitingJob {
+                    items[i].info["restarted"] = .bool(true)
+                    changed = true
+                }
                 items[i].state = .pending
                 items[i].taskID = nil
-                changed = true
             }
         }
         if changed { try TransferItem.save(items, directory: directory) }
@@ -148,10 +161,12 @@ public final class TransferService {
                 round.done += 1
             }
             entry.items[i].taskID = nil
+            if entry.items[i].state == .pending { pending.insert(job) }
             served[job] = entry
             touched.insert(job)
         }
         for job in touched { save(job) }
+        changed.formUnion(touched)
     }
 
     private func save(_ job: String) {
@@ -163,7 +178,10 @@ public final class TransferService {
 
     /// Jobs whose items of their direction are all done move on; one with an item in error fails.
     private func moveFinished(_ round: inout Round) {
-        for (id, entry) in served {
+        let candidates = changed
+        changed = []
+        for id in candidates {
+            guard let entry = served[id] else { continue }
             let direction: TransferSlot.Direction = entry.state == .ready ? .in : .out
             let mine = entry.items.filter { $0.direction == direction }
             let what = direction == .in ? "stage-in" : "stage-out"
@@ -215,7 +233,10 @@ public final class TransferService {
             var entries: [(job: String, slot: String, request: TransferRequest)] = []
         }
         var groups: [String: Group] = [:]
-        for (id, entry) in served.sorted(by: { $0.key < $1.key }) {
+        let candidates = pending.sorted()
+        pending = []
+        for id in candidates {
+            guard let entry = served[id] else { continue }
             let direction: TransferSlot.Direction = entry.state == .ready ? .in : .out
             for item in entry.items where item.direction == direction && item.state == .pending {
                 guard let location = settings.transferLocations[item.alias] else {
@@ -242,14 +263,13 @@ public final class TransferService {
             do {
                 let taskID = try backend.submit(batch.map(\.request), direction: direction, location: location)
                 tasks[taskID] = (location.kind, batch.map { ($0.job, $0.slot) })
-                var touched = Set<String>()
+                // Active items are known here only: a file per job per task cost more than the small files
+                // moved (a restart makes such items pending again, as their saved state says).
                 for (job, slot, _) in batch {
                     guard let i = served[job]?.items.firstIndex(where: { $0.slot == slot }) else { continue }
                     served[job]?.items[i].state = .active
                     served[job]?.items[i].taskID = taskID
-                    touched.insert(job)
                 }
-                for job in touched { save(job) }
                 round.submitted += batch.count
             } catch {
                 // The task could not start (a missing tool, a consent to give): each item's attempt counts.
@@ -257,5 +277,7 @@ public final class TransferService {
                 record(batch.map { ($0.job, $0.slot) }, failures: ["*": error.description], &round)
             }
         }
+        // What did not fit in the tasks allowed waits for a later round.
+        for group in queue { pending.formUnion(group.entries.map(\.job)) }
     }
 }

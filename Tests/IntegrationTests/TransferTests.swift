@@ -225,7 +225,7 @@ final class SSHServer {
         let ids = try submit([#"{"app":"one","workdir":"k","transfers":{"input":"dtn:/in dir/big.bin"}}"#])
         let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
         try waitUntil("the transfer is active", timeout: 30) {
-            ((try? read(site.jobDirectory("k") + "/" + TransferItem.fileName)) ?? "").contains(#""state":"active""#)
+            entries(site.stagingPath).contains { $0.hasPrefix("transfer.") }
         }
         watcher.kill9()
         let items = try TransferItem.load(directory: site.jobDirectory("k")) ?? []
@@ -257,7 +257,7 @@ final class SSHServer {
         let ids = try submit([#"{"app":"one","workdir":"kj","transfers":{"input":"dtn:/in dir/big.bin"}}"#])
         let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
         try waitUntil("the transfer is active", timeout: 30) {
-            ((try? read(site.jobDirectory("kj") + "/" + TransferItem.fileName)) ?? "").contains(#""state":"active""#)
+            entries(site.stagingPath).contains { $0.hasPrefix("transfer.") }
         }
         #expect(try balsam(["kill", ids[0]], site: site.root).status == 0)
         // The transfer ends after (its staging tree goes); the job stays as the user left it.

@@ -217,10 +217,11 @@ public struct TransferItem: Sendable, Equatable {
         return items
     }
 
-    /// Writes a job's items (write, fsync, rename).
+    /// Writes a job's items (write, rename; not fsynced: after a machine's crash an item is at worst moved
+    /// again, never marked done before its data is in place).
     public static func save(_ items: [TransferItem], directory: String) throws(SpoolError) {
         let text = JSONValue.object(["items": .array(items.map(\.json))]).serialized() + "\n"
-        try Posix.replaceFile(directory + "/" + fileName, Array(text.utf8), sync: true)
+        try Posix.replaceFile(directory + "/" + fileName, Array(text.utf8), sync: false)
     }
 }
 
