@@ -154,7 +154,8 @@ public final class Watcher: Sendable {
                 )
             }
             // While tasks run, look often (a local copy of small files ends in milliseconds).
-            return round.inFlight > 0 ? min(0.05, settings.transfers.periodSeconds) : settings.transfers.periodSeconds
+            return round.inFlight > 0 || round.holding
+                ? min(0.05, settings.transfers.periodSeconds) : settings.transfers.periodSeconds
         }
     }
 

@@ -86,6 +86,15 @@ enum LocalCopy {
         -> String
     {
         let path = request.localFullPath
+        // A plain name in the job's directory needs no resolving: only a link there could lead out.
+        let plain = !path.dropFirst(request.jobDirectory.utf8.count + 1).contains("/")
+        if plain && path.hasPrefix(request.jobDirectory + "/") {
+            let st = try Posix.lstatIfExists(path)
+            if direction == .in && (st.map { ($0.st_mode & S_IFMT) != S_IFLNK } ?? true) { return path }
+            if direction == .out, let st, (st.st_mode & S_IFMT) == S_IFREG || (st.st_mode & S_IFMT) == S_IFDIR {
+                return path
+            }
+        }
         if direction == .out {
             guard Posix.exists(path) else { throw SpoolError(.notFound, "no such file or directory", path: path) }
             guard isInside(path, request.jobDirectory) else {

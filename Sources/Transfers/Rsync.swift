@@ -62,8 +62,26 @@ public final class RsyncBackend: TransferBackend {
 
     public func poll(_ taskID: String) -> TaskStatus? { tasks.status(taskID) }
 
-    /// The relative form of an absolute remote path, as `--files-from` lists it.
-    static func listed(_ path: String) -> String { String(path.drop { $0 == "/" }) }
+    /// The deepest directory holding every path of a batch: rsync is given it as the remote root and the paths
+    /// relative to it (from `/` with long paths, rsync spent twice as long on the implied directories).
+    static func commonDirectory(_ paths: [String]) -> String {
+        var common: [Substring]?
+        for path in paths {
+            let parent = path.split(separator: "/").dropLast()
+            guard let sofar = common else {
+                common = Array(parent)
+                continue
+            }
+            common = Array(zip(sofar, parent).prefix { $0 == $1 }.map(\.0))
+        }
+        return "/" + (common ?? []).joined(separator: "/")
+    }
+
+    /// `path` relative to `root` (a directory holding it), as `--files-from` lists it.
+    static func listed(_ path: String, under root: String) -> String {
+        let relative = path.hasPrefix(root) ? path.dropFirst(root.utf8.count) : Substring(path)
+        return String(relative.drop { $0 == "/" })
+    }
 
     private func run(_ arguments: [String], staging: String) throws(SpoolError) -> SchedulerCommand.Result {
         var environment = Posix.environment()
@@ -73,9 +91,9 @@ public final class RsyncBackend: TransferBackend {
     }
 
     /// Why `path` is missing, in rsync's words if it said something about it.
-    static func why(_ path: String, _ result: SchedulerCommand.Result) -> String {
+    static func why(_ path: String, under root: String, _ result: SchedulerCommand.Result) -> String {
         let lines = result.errors.split(separator: "\n")
-        if let line = lines.first(where: { $0.contains(listed(path)) }) { return "rsync: " + String(line) }
+        if let line = lines.first(where: { $0.contains(listed(path, under: root)) }) { return "rsync: " + String(line) }
         let summary = lines.last.map(String.init) ?? "exit status \(result.status)"
         return "rsync exited with status \(result.status): \(summary)"
     }
@@ -84,26 +102,29 @@ public final class RsyncBackend: TransferBackend {
         _ batch: [TransferRequest], staging: String, host: String, ssh: String,
         update: @Sendable ([String: JSONValue]) -> Void
     ) throws(SpoolError) -> [String: String] {
-        let list = Set(batch.map { RsyncBackend.listed($0.remotePath) }).sorted().joined(separator: "\n") + "\n"
-        try Posix.createFile(staging + "/.files", Array(list.utf8), sync: false)
+        let root = RsyncBackend.commonDirectory(batch.map(\.remotePath))
+        let list = Set(batch.map { RsyncBackend.listed($0.remotePath, under: root) }).sorted()
+        try Posix.createFile(staging + "/.files", Array((list.joined(separator: "\n") + "\n").utf8), sync: false)
         try Posix.mkdir(staging + "/tree")
         let result = try run(
             [
                 "rsync", "-a", "-r", "--protect-args", "--files-from=" + staging + "/.files", "-e", ssh,
-                host + ":/", staging + "/tree/",
+                host + ":" + root + "/", staging + "/tree/",
             ], staging: staging)
         update(["rsync_status": .int(Int(result.status))])
         var failures: [String: String] = [:]
+        // Two jobs may want the same file: the last takes it, the others get copies.
+        var last: [String: String] = [:]
+        for request in batch { last[request.remotePath] = request.key }
         for request in batch {
-            let fetched = staging + "/tree/" + RsyncBackend.listed(request.remotePath)
+            let fetched = staging + "/tree/" + RsyncBackend.listed(request.remotePath, under: root)
             guard Posix.exists(fetched) else {
-                failures[request.key] = RsyncBackend.why(request.remotePath, result)
+                failures[request.key] = RsyncBackend.why(request.remotePath, under: root, result)
                 continue
             }
             do throws(SpoolError) {
                 let local = try LocalCopy.checkedLocal(request, direction: .in)
-                // Two jobs may want the same file: the last takes it, the others get copies.
-                if batch.last(where: { $0.remotePath == request.remotePath }) == request {
+                if last[request.remotePath] == request.key {
                     if Posix.isDirectory(local) { Posix.removeTree(local) }
                     try Posix.rename(fetched, local)
                 } else {
@@ -122,10 +143,11 @@ public final class RsyncBackend: TransferBackend {
     ) throws(SpoolError) -> [String: String] {
         var failures: [String: String] = [:]
         var sent: [TransferRequest] = []
+        let root = RsyncBackend.commonDirectory(batch.map(\.remotePath))
         for request in batch {
             do throws(SpoolError) {
                 let local = try LocalCopy.checkedLocal(request, direction: .out)
-                let linked = staging + "/tree/" + RsyncBackend.listed(request.remotePath)
+                let linked = staging + "/tree/" + RsyncBackend.listed(request.remotePath, under: root)
                 try Posix.makeDirectories(Posix.parentPath(linked))
                 // The slot itself may be a link (checked to stay inside the job): what it points to is sent.
                 try LocalLinks.link(LocalCopy.realPath(local) ?? local, to: linked, recursive: request.recursive)
@@ -135,16 +157,16 @@ public final class RsyncBackend: TransferBackend {
             }
         }
         guard !sent.isEmpty else { return failures }
-        let list = sent.map { RsyncBackend.listed($0.remotePath) }.sorted().joined(separator: "\n") + "\n"
-        try Posix.createFile(staging + "/.files", Array(list.utf8), sync: false)
+        let list = sent.map { RsyncBackend.listed($0.remotePath, under: root) }.sorted()
+        try Posix.createFile(staging + "/.files", Array((list.joined(separator: "\n") + "\n").utf8), sync: false)
         let result = try run(
             [
-                "rsync", "-a", "-r", "--protect-args", "--files-from=" + staging + "/.files", "-e", ssh,
-                staging + "/tree/", host + ":/",
+                "rsync", "-a", "-r", "--protect-args", "--mkpath", "--files-from=" + staging + "/.files", "-e", ssh,
+                staging + "/tree/", host + ":" + root + "/",
             ], staging: staging)
         update(["rsync_status": .int(Int(result.status))])
         if result.status != 0 {
-            for request in sent { failures[request.key] = RsyncBackend.why(request.remotePath, result) }
+            for request in sent { failures[request.key] = RsyncBackend.why(request.remotePath, under: root, result) }
         }
         return failures
     }

@@ -24,6 +24,8 @@ public final class TransferService {
         var directory: String
         var state: JobState
         var items: [TransferItem]
+        /// Whether the job's app has a preprocess hook (else a staged-in job goes on to PREPROCESSED at once).
+        var preprocesses: Bool
     }
 
     private var served: [String: Served] = [:]
@@ -56,6 +58,8 @@ public final class TransferService {
         public var moved = 0
         /// Tasks still in flight.
         public var inFlight = 0
+        /// Items held back for a fuller batch: the next round should come soon.
+        public var holding = false
     }
 
     /// One round. Returns what it did.
@@ -94,20 +98,26 @@ public final class TransferService {
     }
 
     private var apps: [String: App] = [:]
+    private var slots: [String: [String: TransferSlot]] = [:]
 
     /// The job's items of the direction its state waits for, made and saved the first time; nil if none.
     private func serve(_ id: String, _ state: JobState) throws(SpoolError) -> Served? {
         guard let job = index.readEntry(at: index.entryPath(state, id)), !job.transfers.isEmpty else { return nil }
         let directory = site.jobDirectory(job.workdir)
         let direction: TransferSlot.Direction = state == .ready ? .in : .out
+        let app: App
+        if let known = apps[job.app] {
+            app = known
+        } else {
+            app = try site.app(job.app)
+            apps[job.app] = app
+            slots[job.app] = try TransferSlot.slots(of: app)
+        }
         var items: [TransferItem]
         if let saved = try TransferItem.load(directory: directory) {
             items = saved
         } else {
-            let app: App
-            if let known = apps[job.app] { app = known } else { app = try site.app(job.app) }
-            apps[job.app] = app
-            items = try TransferItem.items(for: job, app: app)
+            items = try TransferItem.items(for: job, app: app, slots: slots[job.app])
         }
         guard items.contains(where: { $0.direction == direction }) else { return nil }
         // Written when an item first changes (a job's items are made again from its spec until then).
@@ -124,7 +134,9 @@ public final class TransferService {
             }
         }
         if changed { try TransferItem.save(items, directory: directory) }
-        return Served(directory: directory, state: state, items: items)
+        let preprocesses =
+            app.hooks.contains(.preprocess) || Posix.exists(site.appsPath + "/" + app.name + "/preprocess")
+        return Served(directory: directory, state: state, items: items, preprocesses: preprocesses)
     }
 
     // MARK: - Tasks
@@ -200,9 +212,12 @@ public final class TransferService {
                         served[id] = nil
                         continue
                     }
-                    try store.move(
-                        loaded, to: entry.state == .ready ? .stagedIn : .stagedOut,
-                        reason: "\(what) done (\(mine.count) item(s))")
+                    // As the engine would next: with no preprocess hook, on to the ready queue in the same move.
+                    var steps: [(state: JobState, reason: String?)] = [
+                        (entry.state == .ready ? .stagedIn : .stagedOut, "\(what) done (\(mine.count) item(s))")
+                    ]
+                    if entry.state == .ready && !entry.preprocesses { steps.append((.preprocessed, nil)) }
+                    try store.move(loaded, through: steps)
                     round.moved += 1
                 } catch {
                     logger.error(
@@ -225,8 +240,24 @@ public final class TransferService {
     }
 
     /// Pending items go out in batches: by direction and location, the largest group first.
+    /// Pending items seen at the last round, and since when their number has been growing: while jobs are still
+    /// arriving (a bulk submission being made), batches wait a little to fill, up to half a second.
+    private var lastPending = 0
+    private var growingSince: Double?
+
     private func submit(_ round: inout Round) {
         guard tasks.count < settings.transfers.maxConcurrent else { return }
+        let now = Posix.monotonicSeconds()
+        if pending.count > lastPending && pending.count < settings.transfers.batchSize {
+            lastPending = pending.count
+            if now - (growingSince ?? now) < 0.5 {
+                growingSince = growingSince ?? now
+                round.holding = true
+                return
+            }
+        }
+        lastPending = 0
+        growingSince = nil
         struct Group {
             var direction: TransferSlot.Direction
             var location: TransferLocation

@@ -78,6 +78,13 @@ struct SubmitCommand: ParsableCommand {
         help: ArgumentHelp("A job that must finish first (repeatable).", valueName: "id"))
     var parent: [String] = []
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "A transfer slot filled, SLOT=ALIAS:/absolute/path (repeatable; see balsam-transfer(1)).",
+            valueName: "slot=alias:/path"))
+    var transfer: [String] = []
+
     @Flag(name: .long, help: "Print the created jobs as JSON lines instead of IDs.")
     var json = false
 
@@ -85,6 +92,7 @@ struct SubmitCommand: ParsableCommand {
         app != nil || workdir != nil || !param.isEmpty || !tag.isEmpty || !dataEntries.isEmpty || numNodes != nil
             || ranksPerNode != nil || threadsPerRank != nil || threadsPerCore != nil || gpusPerRank != nil
             || nodePackingCount != nil || wallTimeMin != nil || !launchParam.isEmpty || !parent.isEmpty
+            || !transfer.isEmpty
     }
 
     func validate() throws {
@@ -124,6 +132,7 @@ struct SubmitCommand: ParsableCommand {
         o["data"] = try keyValueObject(dataEntries, option: "--data", value: parameterValue)
         o["launch_params"] = try keyValueObject(launchParam, option: "--launch-param", value: JSONValue.string)
         o["parent_ids"] = .array(parent.map { .string($0) })
+        o["transfers"] = try keyValueObject(transfer, option: "--transfer", value: JSONValue.string)
         o["num_nodes"] = numNodes.map { .int($0) }
         o["ranks_per_node"] = ranksPerNode.map { .int($0) }
         o["threads_per_rank"] = threadsPerRank.map { .int($0) }

@@ -177,8 +177,12 @@ public struct TransferItem: Sendable, Equatable {
     }
 
     /// The items of `job` of `app`: one per slot the job fills, stage-ins pending, stage-outs awaiting the job.
-    public static func items(for job: Job, app: App) throws(SpoolError) -> [TransferItem] {
-        let slots = try TransferSlot.slots(of: app)
+    /// `slots`: the app's, when the caller has them already.
+    public static func items(for job: Job, app: App, slots known: [String: TransferSlot]? = nil)
+        throws(SpoolError) -> [TransferItem]
+    {
+        let slots: [String: TransferSlot]
+        if let known { slots = known } else { slots = try TransferSlot.slots(of: app) }
         var items: [TransferItem] = []
         for (slotName, value) in job.transfers.sorted(by: { $0.key < $1.key }) {
             guard let slot = slots[slotName] else {
