@@ -189,6 +189,7 @@ public final class Pusher {
         return .object([
             "name": .string(Pusher.serverAppName(name)), "description": .string(app.description),
             "parameters": .object(parameters), "source_code": .string(app.yamlText()),
+            "transfers": .object(app.transfers),
         ])
     }
 
@@ -265,7 +266,7 @@ public final class Pusher {
                 "launch_params": .object(job.launchParams.mapValues { .string($0) }),
                 "gpus_per_rank": .double(job.gpusPerRank), "node_packing_count": .int(job.nodePackingCount),
                 "wall_time_min": .int(job.wallTimeMin), "parent_site_ids": .array(job.parentIDs.map { .string($0) }),
-                "state": .string(listing.state.rawValue),
+                "state": .string(listing.state.rawValue), "transfers": .object(job.transfers),
             ])
         }
         return out
@@ -338,6 +339,7 @@ public final class Pusher {
         let apps = try appsJSON(except: Set(state.remoteApps.keys))
         let digest = apps.serialized()
         let serverIDs = Dictionary(state.adopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
+        let locations = (try? SiteSettings.load(site).transferLocations) ?? [:]
         func body(jobs: [String: JSONValue], events: [JSONValue], removed: Set<String>) -> JSONValue {
             let specs = jobs.keys.sorted().compactMap { id -> JSONValue? in
                 guard var spec = jobs[id]?.objectValue else { return nil }
@@ -345,7 +347,10 @@ public final class Pusher {
                 return .object(spec)
             }
             var o: [String: JSONValue] = [
-                "site": .object(["name": .string(settings.siteName ?? site.name), "path": .string(site.root)]),
+                "site": .object([
+                    "name": .string(settings.siteName ?? site.name), "path": .string(site.root),
+                    "transfer_locations": .object(locations.mapValues { .string($0.url) }),
+                ]),
                 "jobs": .array(specs), "events": .array(events),
                 "removed": .array(removed.sorted().map { .string($0) }),
                 "app_digests": .object(state.remoteApps.mapValues { .string($0) }),
@@ -673,6 +678,7 @@ public final class Pusher {
             job.gpusPerRank = o["gpus_per_rank"]?.doubleValue ?? 0
             job.nodePackingCount = o["node_packing_count"]?.intValue ?? 1
             job.wallTimeMin = o["wall_time_min"]?.intValue ?? 0
+            job.transfers = o["transfers"]?.objectValue ?? [:]
             job.parentIDs = parents
             do {
                 let (made, _) = try submission.submit(job)

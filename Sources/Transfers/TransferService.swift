@@ -202,8 +202,8 @@ public final class TransferService {
                 fail(
                     id, entry.state,
                     reason:
-                        "\(what) of slot \(failed.slot) (\(failed.alias):\(failed.remotePath)) failed after \(failed.attempts) attempt(s): \(why)"
-                )
+                        "\(what) of slot \(failed.slot) (\(failed.alias):\(failed.remotePath)) failed after \(failed.attempts) attempt(s): \(why)",
+                    items: mine)
                 served[id] = nil
                 round.moved += 1
             } else if mine.allSatisfy({ $0.state == .done }) {
@@ -217,7 +217,7 @@ public final class TransferService {
                         (entry.state == .ready ? .stagedIn : .stagedOut, "\(what) done (\(mine.count) item(s))")
                     ]
                     if entry.state == .ready && !entry.preprocesses { steps.append((.preprocessed, nil)) }
-                    try store.move(loaded, through: steps)
+                    try store.move(loaded, through: steps, eventData: TransferService.eventData(mine))
                     round.moved += 1
                 } catch {
                     logger.error(
@@ -228,10 +228,27 @@ public final class TransferService {
         }
     }
 
-    private func fail(_ id: String, _ state: JobState, reason: String) {
+    /// The items' outcome in the event of the move they caused: the sync takes it to the server's items.
+    static func eventData(_ items: [TransferItem]) -> [String: JSONValue] {
+        [
+            "transfers": .array(
+                items.map { item in
+                    var o: [String: JSONValue] = [
+                        "direction": .string(item.direction.rawValue), "local_path": .string(item.localPath),
+                        "remote_path": .string(item.remotePath), "location_alias": .string(item.alias),
+                        "state": .string(item.state.rawValue),
+                    ]
+                    if let error = item.info["error"] { o["error"] = error }
+                    return .object(o)
+                })
+        ]
+    }
+
+    private func fail(_ id: String, _ state: JobState, reason: String, items: [TransferItem] = []) {
         do {
             guard let loaded = try store.load(id, in: state) else { return }
-            try store.move(loaded, to: .failed, reason: reason)
+            try store.move(
+                loaded, to: .failed, reason: reason, eventData: items.isEmpty ? [:] : TransferService.eventData(items))
             logger.error("job \(id) FAILED: \(reason)", metadata: ["job.id": "\(id)"])
         } catch {
             logger.error("job \(id): cannot fail it (\(reason)): \(error)", metadata: ["job.id": "\(id)"])

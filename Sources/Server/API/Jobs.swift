@@ -387,9 +387,23 @@ enum Jobs {
         _ jobs: [NewJob], ids: [Int], facts: [Int: AppFacts], owner: Int, connection c: any SQLConnection
     ) throws {
         var links: [SQLValue] = []
-        var items: [[SQLValue]] = []
         for (i, job) in jobs.enumerated() {
             for parent in job.parentIDs { links += [.of(ids[i]), .of(parent)] }
+        }
+        for chunk in links.chunked(c.rowsPerStatement(columns: 2) * 2) {
+            try c.execute(
+                "INSERT INTO job_parents (job_id, parent_id) VALUES " + valuesList(rows: chunk.count / 2, columns: 2),
+                Array(chunk))
+        }
+        try insertTransfers(jobs, ids: ids, facts: facts, owner: owner, connection: c)
+    }
+
+    /// The jobs' transfer items, from their slots as their apps define them.
+    static func insertTransfers(
+        _ jobs: [NewJob], ids: [Int], facts: [Int: AppFacts], owner: Int, connection c: any SQLConnection
+    ) throws {
+        var items: [[SQLValue]] = []
+        for (i, job) in jobs.enumerated() {
             for t in job.transfers {
                 let slot = facts[job.appID]?.slots[t.slot]?.objectValue ?? [:]
                 let direction = slot["direction"]?.stringValue ?? "in"
@@ -399,11 +413,6 @@ enum Jobs {
                     .text(direction == "in" ? "pending" : "awaiting_job"), .text(""), .text("{}"),
                 ])
             }
-        }
-        for chunk in links.chunked(c.rowsPerStatement(columns: 2) * 2) {
-            try c.execute(
-                "INSERT INTO job_parents (job_id, parent_id) VALUES " + valuesList(rows: chunk.count / 2, columns: 2),
-                Array(chunk))
         }
         for chunk in items.chunked(c.rowsPerStatement(columns: 10)) {
             try c.execute(

@@ -24,6 +24,7 @@ enum SyncRoutes {
                 field: "site.name")
         }
         let sitePath = try site.requiredString("path")
+        let locations = try site.stringMap("transfer_locations")
         try site.finish()
         let apps = try list(&input, "apps")
         let jobs = try list(&input, "jobs")
@@ -43,6 +44,11 @@ enum SyncRoutes {
         let now = ServerClock.microseconds()
         return try c.transaction {
             let siteID = try upsertSite(name: siteName, path: sitePath, call: call, now: now)
+            if let locations {
+                // The site's transfer locations (ALIAS: URL), which its jobs' slots name.
+                try c.execute(
+                    "UPDATE sites SET transfer_locations = ? WHERE id = ?", [.text(jsonText(locations)), .of(siteID)])
+            }
             var appIDs = try existingApps(siteID: siteID, call: call)
             for (i, app) in apps.enumerated() {
                 var a = try Input(app, prefix: "apps[\(i)]")
@@ -52,17 +58,20 @@ enum SyncRoutes {
                 let parameters = try a.object("parameters") ?? [:]
                 try Apps.checkParameters(parameters, input: a)
                 let source = try a.string("source_code", maxBytes: 1 << 20) ?? ""
+                let slots = try a.object("transfers") ?? [:]
                 try a.finish()
-                let values: [SQLValue] = [.text(description), .text(jsonText(parameters)), .text(source)]
+                let values: [SQLValue] = [
+                    .text(description), .text(jsonText(parameters)), .text(source), .text(jsonText(slots)),
+                ]
                 if let id = appIDs[name] {
                     try c.execute(
-                        "UPDATE apps SET description = ?, parameters = ?, source_code = ? WHERE id = ?",
+                        "UPDATE apps SET description = ?, parameters = ?, source_code = ?, transfers = ? WHERE id = ?",
                         values + [.of(id)])
                 } else {
                     appIDs[name] = try c.scalar(
                         """
                         INSERT INTO apps (owner_id, site_id, name, serialized_class, description, parameters,
-                        source_code, transfers) VALUES (?, ?, ?, '', ?, ?, ?, '{}') RETURNING id
+                        source_code, transfers) VALUES (?, ?, ?, '', ?, ?, ?, ?) RETURNING id
                         """, [.of(owner), .of(siteID), .text(name)] + values)
                 }
             }
@@ -113,10 +122,31 @@ enum SyncRoutes {
             """
             SELECT j.id, a.name, j.workdir, j.tags, j.serialized_parameters, j.data, j.num_nodes, j.ranks_per_node,
             j.threads_per_rank, j.threads_per_core, j.launch_params, j.gpus_per_rank, j.node_packing_count,
-            j.wall_time_min, j.parent_ids FROM jobs j JOIN apps a ON a.id = j.app_id
+            j.wall_time_min, j.parent_ids, a.transfers FROM jobs j JOIN apps a ON a.id = j.app_id
             WHERE j.site_id = ? AND j.owner_id = ? AND j.site_job_id IS NULL AND j.state NOT IN ('FAILED', 'JOB_FINISHED')
             ORDER BY j.id LIMIT 1000
             """, [.of(siteID), .of(call.user.id)])
+        // Their transfer items, as the job's slots ({slot: "ALIAS:/path"}): the server keeps no slot name, so the
+        // app's slot of that direction and local path is the one.
+        var transfers: [Int: [String: JSONValue]] = [:]
+        let slotsByApp = Dictionary(
+            rows.map { ($0.int(0), (try? JSONValue.parse($0.text(15)))?.objectValue ?? [:]) },
+            uniquingKeysWith: { a, _ in a })
+        for chunk in rows.map({ $0.int(0) }).chunked(5000) where !chunk.isEmpty {
+            for r in try call.connection.query(
+                """
+                SELECT job_id, direction, local_path, remote_path, location_alias FROM transfer_items
+                WHERE job_id IN (\(placeholders(chunk.count)))
+                """, chunk.map { .of($0) })
+            {
+                let slot = slotsByApp[r.int(0)]?.first { _, spec in
+                    spec.objectValue?["direction"]?.stringValue == r.text(1)
+                        && spec.objectValue?["local_path"]?.stringValue == r.text(2)
+                }
+                guard let name = slot?.key else { continue }
+                transfers[r.int(0), default: [:]][name] = .string(r.text(4) + ":" + r.text(3))
+            }
+        }
         var parents = Set<Int>()
         for r in rows {
             for case .int(let p) in (try? JSONValue.parse(r.text(14)))?.arrayValue ?? [] { parents.insert(p) }
@@ -139,6 +169,7 @@ enum SyncRoutes {
             out.raw("tags", r.text(3))
             out.field("serialized_parameters", r.text(4))
             out.raw("data", r.text(5))
+            if let slots = transfers[r.int(0)] { out.value("transfers", .object(slots)) }
             out.field("num_nodes", r.int(6))
             out.field("ranks_per_node", r.int(7))
             out.field("threads_per_rank", r.int(8))
@@ -442,6 +473,12 @@ enum SyncRoutes {
             let state = try j.requiredString("state", maxBytes: 32)
             job.state = try parseJobState(state, field: j.name("state"))
             let parents = j.value("parent_site_ids")?.arrayOfStrings() ?? []
+            for (slot, value) in try j.object("transfers") ?? [:] {
+                guard let (alias, path) = try? Job.transferTarget(slot: slot, value) else {
+                    throw j.bad("transfers", "slot '\(slot)' must be \"ALIAS:/absolute/path\"")
+                }
+                job.transfers.append((slot, alias, path))
+            }
             try j.finish()
             parsed.append((siteJobID, job, parents))
         }
@@ -451,6 +488,14 @@ enum SyncRoutes {
         // Made in the order given; workdirs of one site are unique at the site, so the RETURNING map holds.
         let created = try Jobs.insert(missing.map(\.job), owner: call.user.id, now: now, connection: call.connection)
         for (k, item) in missing.enumerated() { ids[item.siteJobID] = created[k] }
+        // The site's transfer items, as the server lists them; their states come with the site's events.
+        let withTransfers = missing.indices.filter { !missing[$0].job.transfers.isEmpty }
+        if !withTransfers.isEmpty {
+            let facts = try Jobs.appFacts(Set(withTransfers.map { missing[$0].job.appID }), call: call)
+            try Jobs.insertTransfers(
+                withTransfers.map { missing[$0].job }, ids: withTransfers.map { created[$0] }, facts: facts,
+                owner: call.user.id, connection: call.connection)
+        }
         var sets: [(Int, [SQLValue])] = []
         for (k, item) in missing.enumerated() { sets.append((created[k], [.text(item.siteJobID)])) }
         try Jobs.updateRows(columns: ["site_job_id"], rows: sets, now: now, connection: call.connection)
@@ -484,6 +529,8 @@ enum SyncRoutes {
         // A Python app's return value or exception rides its RUN_DONE / RUN_ERROR event; it goes to the job's
         // columns, not into the event log.
         var results: [String: (time: Int64, value: String, exception: String)] = [:]
+        // A transfer's outcome rides the move it caused: it goes to the job's transfer items.
+        var transferStates: [(siteJobID: String, items: [JSONValue])] = []
         for (i, item) in items.enumerated() {
             var e = try Input(item, prefix: "events[\(i)]")
             let siteJobID = try e.requiredString("site_job_id", maxBytes: 64)
@@ -492,6 +539,9 @@ enum SyncRoutes {
             let to = try parseJobState(try e.requiredString("to", maxBytes: 32), field: e.name("to"))
             var data = try e.object("data") ?? [:]
             try e.finish()
+            if let items = data.removeValue(forKey: "transfers")?.arrayValue, !items.isEmpty {
+                transferStates.append((siteJobID, items))
+            }
             let value = data.removeValue(forKey: "serialized_return_value")?.stringValue
             let exception = data.removeValue(forKey: "serialized_exception")?.stringValue
             if value != nil || exception != nil, results[siteJobID].map({ $0.time <= time }) ?? true {
@@ -562,6 +612,23 @@ enum SyncRoutes {
             try Jobs.updateRows(
                 columns: ["return_code"], rows: codes.map { ($0.key, [.of($0.value.1)]) }, now: now,
                 connection: call.connection)
+        }
+        for (siteJobID, items) in transferStates {
+            guard let job = ids[siteJobID] else { continue }
+            for case .object(let item) in items {
+                guard let state = item["state"]?.stringValue, Transfers.states.contains(state) else { continue }
+                let info = item["error"].map { jsonText(["error": $0]) } ?? "{}"
+                try call.connection.execute(
+                    """
+                    UPDATE transfer_items SET state = ?, transfer_info = ? WHERE job_id = ? AND direction = ?
+                    AND local_path = ? AND remote_path = ? AND location_alias = ?
+                    """,
+                    [
+                        .text(state), .text(info), .of(job), .text(item["direction"]?.stringValue ?? ""),
+                        .text(item["local_path"]?.stringValue ?? ""), .text(item["remote_path"]?.stringValue ?? ""),
+                        .text(item["location_alias"]?.stringValue ?? ""),
+                    ])
+            }
         }
         let resultRows = results.compactMap { siteJobID, r in
             ids[siteJobID].map { ($0, [SQLValue.text(r.value), .text(r.exception)]) }

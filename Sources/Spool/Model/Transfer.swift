@@ -231,7 +231,7 @@ public struct TransferItem: Sendable, Equatable {
 
 extension Job {
     /// A transfer's `ALIAS:/path` or `{location_alias, path}` as (alias, path).
-    static func transferTarget(slot: String, _ value: JSONValue) throws(SpoolError) -> (String, String) {
+    public static func transferTarget(slot: String, _ value: JSONValue) throws(SpoolError) -> (String, String) {
         try validateTransfer(slot: slot, value)
         switch value {
         case .string(let s):
