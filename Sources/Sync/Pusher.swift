@@ -533,6 +533,10 @@ public final class Pusher {
             case ("modify", let text?):
                 let change = (try? JSONValue.parse(text))?.objectValue ?? [:]
                 outcomes = control.modify(selected) { job in Pusher.apply(change, to: &job) }
+            case ("transfer", let text?):
+                let (outcome, reason) = try TransferChange(site: site).apply(text, to: selected[0])
+                try answer(outcome, reason)
+                continue
             default:
                 try answer(
                     "refused",

@@ -33,6 +33,8 @@ public final class TransferService {
     private var changed: Set<String> = []
     /// Jobs with items waiting to be submitted.
     private var pending: Set<String> = []
+    /// When failed items (`JOB/SLOT`) may be tried again.
+    private var notBefore: [String: Double] = [:]
     /// Jobs looked at that have nothing to move in their state.
     private var idle: Set<String> = []
     /// Tasks in flight: their items as (job, slot).
@@ -76,6 +78,13 @@ public final class TransferService {
     // MARK: - Finding the jobs
 
     private func look() throws(SpoolError) {
+        // Items changed through the server: read those jobs' items again.
+        for name in try Posix.listDirectory(site.controlPath) where name.hasPrefix("transfers.") {
+            let id = String(name.dropFirst("transfers.".count))
+            served[id] = nil
+            idle.remove(id)
+            Posix.unlink(site.controlPath + "/" + name)
+        }
         var present: [String: JobState] = [:]
         for state in [JobState.ready, .postprocessed] {
             for id in try index.activeIDs(state) { present[id] = state }
@@ -147,20 +156,26 @@ public final class TransferService {
             let status = backend.poll(taskID) ?? .finished(failures: ["*": "the task was lost"])
             guard case .finished(let failures) = status else { continue }
             tasks[taskID] = nil
-            record(task.items, failures: failures, &round)
+            record(task.items, task: taskID, failures: failures, &round)
         }
     }
 
     /// Records how a task ended for its items: done, or failed (`failures` by `JOB/SLOT`, or `*` for all),
     /// to be tried again or, with no retries left, in error.
-    private func record(_ items: [(job: String, slot: String)], failures: [String: String], _ round: inout Round) {
+    private func record(
+        _ items: [(job: String, slot: String)], task: String?, failures: [String: String], _ round: inout Round
+    ) {
         var touched = Set<String>()
         for (job, slot) in items {
-            guard var entry = served[job], let i = entry.items.firstIndex(where: { $0.slot == slot }) else {
-                continue  // the job moved on meanwhile (killed, say)
-            }
+            // The job moved on meanwhile (killed, say), or its item was changed through the server since.
+            guard var entry = served[job], let i = entry.items.firstIndex(where: { $0.slot == slot }),
+                entry.items[i].taskID == task
+            else { continue }
             if let why = failures[job + "/" + slot] ?? failures["*"] {
                 entry.items[i].attempts += 1
+                // Tried again after 1, 2, 4 ... 30 s: a file that is not there yet is not asked for in a loop.
+                notBefore[job + "/" + slot] =
+                    Posix.monotonicSeconds() + min(30, Double(1 << min(entry.items[i].attempts - 1, 5)))
                 entry.items[i].info["error"] = .string(why)
                 entry.items[i].state = entry.items[i].attempts > settings.transfers.retries ? .error : .pending
                 round.failed += 1
@@ -287,6 +302,13 @@ public final class TransferService {
             guard let entry = served[id] else { continue }
             let direction: TransferSlot.Direction = entry.state == .ready ? .in : .out
             for item in entry.items where item.direction == direction && item.state == .pending {
+                if let due = notBefore[id + "/" + item.slot] {
+                    if due > now {
+                        pending.insert(id)  // looked at again in a later round (every service_period)
+                        continue
+                    }
+                    notBefore[id + "/" + item.slot] = nil
+                }
                 guard let location = settings.transferLocations[item.alias] else {
                     fail(id, entry.state, reason: "no transfer location '\(item.alias)' in settings.yml")
                     served[id] = nil
@@ -322,7 +344,7 @@ public final class TransferService {
             } catch {
                 // The task could not start (a missing tool, a consent to give): each item's attempt counts.
                 logger.error("cannot start a \(location.kind.rawValue) transfer to \(location.alias): \(error)")
-                record(batch.map { ($0.job, $0.slot) }, failures: ["*": error.description], &round)
+                record(batch.map { ($0.job, $0.slot) }, task: nil, failures: ["*": error.description], &round)
             }
         }
         // What did not fit in the tasks allowed waits for a later round.

@@ -140,6 +140,7 @@ enum Transfers {
         let c = call.connection
         try c.transaction {
             var jobs = Set<Int>()
+            var siteOf: [Int: Int] = [:]
             for (id, sets) in changes {
                 guard
                     let job = try c.scalar(
@@ -151,7 +152,34 @@ enum Transfers {
                     "UPDATE transfer_items SET \(sets.map { "\($0.0) = ?" }.joined(separator: ", ")) WHERE id = ?",
                     sets.map(\.1) + [.of(id)])
             }
-            let ids = Array(jobs)
+            // A site's job (one that syncs) moves at its site: the change goes there as a request, and the site
+            // reports the item's outcome and the job's moves with its events.
+            var siteJobs = Set<Int>()
+            for chunk in Array(jobs).chunked(1000) where !chunk.isEmpty {
+                for r in try c.query(
+                    "SELECT id, site_id FROM jobs WHERE site_job_id IS NOT NULL AND id IN (\(placeholders(chunk.count)))",
+                    chunk.map { .of($0) })
+                {
+                    siteJobs.insert(r.int(0))
+                    siteOf[r.int(0)] = r.int(1)
+                }
+            }
+            for (id, sets) in changes {
+                guard let state = sets.first(where: { $0.0 == "state" })?.1,
+                    let row = try c.query(
+                        "SELECT job_id, direction, local_path, remote_path, location_alias FROM transfer_items WHERE id = ?",
+                        [.of(id)]
+                    ).first, siteJobs.contains(row.int(0)), case .text(let text) = state
+                else { continue }
+                let target: [String: JSONValue] = [
+                    "direction": .string(row.text(1)), "local_path": .string(row.text(2)),
+                    "remote_path": .string(row.text(3)), "location_alias": .string(row.text(4)), "state": .string(text),
+                ]
+                try Jobs.request(
+                    job: row.int(0), site: siteOf[row.int(0)] ?? 0, kind: "transfer", target: jsonText(target),
+                    call: call, now: ServerClock.microseconds())
+            }
+            let ids = Array(jobs.subtracting(siteJobs))
             let waiting = try Jobs.unfinishedTransfers(ids, call: call)
             let current = try Jobs.states(ids, call: call, lock: true)
             let now = ServerClock.microseconds()
