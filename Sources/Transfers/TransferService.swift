@@ -192,7 +192,16 @@ public final class TransferService {
             served[job] = entry
             touched.insert(job)
         }
-        for job in touched { save(job) }
+        // A job's items are written once something failed (attempts, errors); items done at the first try need
+        // no file: the job's moving on says they are done (a file each cost more than the small files moved).
+        for job in touched {
+            guard let entry = served[job] else { continue }
+            if entry.items.contains(where: { $0.attempts > 0 })
+                || Posix.exists(entry.directory + "/" + TransferItem.fileName)
+            {
+                save(job)
+            }
+        }
         changed.formUnion(touched)
     }
 

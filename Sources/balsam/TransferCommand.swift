@@ -53,6 +53,10 @@ struct TransferList: ParsableCommand {
                     if let known = apps[job.app] { app = known } else { app = try site.app(job.app) }
                     apps[job.app] = app
                     items = try TransferItem.items(for: job, app: app)
+                    // Items done at the first try leave no file: a job past a stage has its items done.
+                    for i in items.indices where TransferItem.isPast(items[i].direction, listing.state) {
+                        items[i].state = .done
+                    }
                 }
                 for item in items where state == nil || item.state.rawValue == state {
                     if json {

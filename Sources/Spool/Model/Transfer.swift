@@ -205,6 +205,14 @@ public struct TransferItem: Sendable, Equatable {
         return items
     }
 
+    /// Whether a job in `state` is past its stage of `direction` (its items of it are done, unless it failed).
+    public static func isPast(_ direction: TransferSlot.Direction, _ state: JobState) -> Bool {
+        switch direction {
+        case .in: return ![.awaitingParents, .ready, .failed].contains(state)
+        case .out: return [.stagedOut, .jobFinished].contains(state)
+        }
+    }
+
     /// The items file in a job's directory.
     public static let fileName = "transfers.json"
 
