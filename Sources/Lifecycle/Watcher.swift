@@ -140,22 +140,36 @@ public final class Watcher: Sendable {
     /// `transfers.service_period` seconds (at once again while tasks are in flight and moving), settings reread.
     private func runTransferService(once: Bool) {
         var service: TransferService?
+        var settingsStamp: (Int, Int)?
+        var lastLook = 0.0
         runPeriodic("transfers", once: once, wake: \.transfersWanted, retry: { 5 }) {
-            flags.withLock { $0.transfersWanted = false }
-            let settings = try SiteSettings.load(site)
-            if service?.settings != settings {
-                service = TransferService(site: site, settings: settings, logger: logger)
+            let woken = flags.withLock { flags in
+                defer { flags.transfersWanted = false }
+                return flags.transfersWanted
+            }
+            // Settings are read again when settings.yml changed (rounds come every 50 ms while tasks run).
+            let st = try Posix.statIfExists(site.settingsPath)
+            let stamp = st.map { (Int($0.st_mtim.tv_sec), Int($0.st_mtim.tv_nsec)) }
+            if service == nil || stamp?.0 != settingsStamp?.0 || stamp?.1 != settingsStamp?.1 {
+                let settings = try SiteSettings.load(site)
+                if service?.settings != settings {
+                    service = TransferService(site: site, settings: settings, logger: logger)
+                }
+                settingsStamp = stamp
             }
             guard let current = service else { return 5 }
-            let round = try current.round()
+            let now = Posix.monotonicSeconds()
+            let full = woken || now - lastLook >= current.settings.transfers.periodSeconds
+            if full { lastLook = now }
+            let round = try current.round(look: full)
             if round.submitted + round.done + round.failed + round.moved > 0 {
                 logger.debug(
                     "transfers: \(round.submitted) submitted, \(round.done) done, \(round.failed) failed, \(round.moved) jobs moved"
                 )
             }
             // While tasks run, look often (a local copy of small files ends in milliseconds).
-            return round.inFlight > 0 || round.holding
-                ? min(0.05, settings.transfers.periodSeconds) : settings.transfers.periodSeconds
+            let period = current.settings.transfers.periodSeconds
+            return round.inFlight > 0 || round.holding ? min(0.05, period) : period
         }
     }
 

@@ -65,9 +65,11 @@ public final class TransferService {
     }
 
     /// One round. Returns what it did.
-    public func round() throws(SpoolError) -> Round {
+    /// One round; `look`: list the waiting jobs again (when the engine left new ones, and every period), else
+    /// only follow the tasks in flight.
+    public func round(look full: Bool = true) throws(SpoolError) -> Round {
         var round = Round()
-        try look()
+        if full { try look() }
         poll(&round)
         moveFinished(&round)
         submit(&round)
