@@ -20,7 +20,7 @@ struct Balsam: ParsableCommand {
         subcommands: [
             Init.self, List.self, Show.self, Kill.self, Retry.self, Remove.self, Modify.self, AppCommand.self,
             IngestCommand.self, FsckCommand.self, QueueCommand.self, LoginCommand.self, SyncCommand.self,
-            TransferCommand.self,
+            TransferCommand.self, ReportCommand.self,
         ])
 
     static func main() {

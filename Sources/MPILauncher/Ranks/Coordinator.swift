@@ -349,7 +349,11 @@ public final class Coordinator {
                 return false
             }
             let host = nodes[assignment.nodes[0]].host
-            var data: [String: JSONValue] = ["host": .string(host), "nodes": .array(assignment.nodes.map { .int($0) })]
+            // `num_nodes`: the job's share of nodes (the original's RUNNING event field), for utilization reports.
+            var data: [String: JSONValue] = [
+                "host": .string(host), "nodes": .array(assignment.nodes.map { .int($0) }),
+                "num_nodes": .double(loaded.job.nodeFootprint(packing: settings.launcher.nodePacking)),
+            ]
             if !assignment.gpus.isEmpty { data["gpus"] = .string(assignment.gpus.joined(separator: ",")) }
             let moved = try store.move(loaded, to: .running, eventData: data, entryAt: entry, leaseHeld: leaseFresh)
             running[id] = Running(loaded: moved, assignment: assignment)

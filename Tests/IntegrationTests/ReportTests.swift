@@ -1,0 +1,83 @@
+import Foundation
+import Spool
+import TestSupport
+import Testing
+
+/// `balsam report` over events made by running jobs (a real launcher and watcher), checked against the events
+/// parsed whole.
+@Suite(.serialized) struct ReportTests {
+    @Test func throughputFailuresAndTheUtilizationIntegralMatchTheEvents() throws {
+        let dir = try TempDir()
+        let site = try makeSite(dir)
+        try "launcher:\n  cpus_per_node: 4\n".write(toFile: site.settingsPath, atomically: false, encoding: .utf8)
+        try site.createApp(try App(name: "nap", commandTemplate: "sleep 0.2"))
+        try site.createApp(try App(name: "bad", commandTemplate: "echo broken; exit 3"))
+        var lines = (0..<12).map { #"{"app":"nap","workdir":"n/\#($0)","node_packing_count":4,"tags":{"k":"v"}}"# }
+        lines += (0..<3).map { #"{"app":"bad","workdir":"b/\#($0)","tags":{"k":"w"}}"# }
+        let submitted = try balsamSubmit(
+            ["--from", "-"], site: site.root, stdin: Data(lines.joined(separator: "\n").utf8))
+        #expect(submitted.status == 0, "\(submitted.stderr)")
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "2"], logDirectory: dir.path)
+        try waitUntil("every job has ended", timeout: 60) {
+            let counts = try Query(site: site).countByState()
+            return (counts[.jobFinished] ?? 0) == 12 && (counts[.failed] ?? 0) == 3
+        }
+        _ = launcher.wait(timeout: 30)
+        #expect(watcher.terminate() == 0)
+
+        // The events, parsed whole.
+        var events: [[String: JSONValue]] = []
+        for name in entries(site.eventsPath) where name.hasSuffix(".jsonl") {
+            for line in try read(site.eventsPath + "/" + name).split(separator: "\n") {
+                events.append(try JSONValue.parse(String(line)).objectValue ?? [:])
+            }
+        }
+        let finished = events.filter { $0["to"]?.stringValue == "JOB_FINISHED" }.count
+        let throughput =
+            try JSONValue.parse(
+                try balsam(["report", "throughput", "--json", "--bin", "1"], site: site.root).stdout
+            ).objectValue ?? [:]
+        #expect(throughput["total"]?.intValue == finished && finished == 12)
+        let binned = (throughput["bins"]?.arrayValue ?? []).compactMap { $0.objectValue?["count"]?.intValue }
+        #expect(binned.reduce(0, +) == 12)
+
+        // Busy node-seconds: each run's time times its node share (1/4 here, 1 for the failing ones).
+        var started: [String: (Double, Double)] = [:]
+        var expected = 0.0
+        for e in events {
+            let job = e["job"]?.stringValue ?? ""
+            let t = Reports.seconds(e["t"]?.stringValue ?? "") ?? 0
+            if e["to"]?.stringValue == "RUNNING" {
+                started[job] = (t, e["data"]?.objectValue?["num_nodes"]?.doubleValue ?? -1)
+            } else if e["from"]?.stringValue == "RUNNING", let (since, share) = started.removeValue(forKey: job) {
+                expected += (t - since) * share
+            }
+        }
+        #expect(expected > 0)
+        let utilization =
+            try JSONValue.parse(
+                try balsam(["report", "utilization", "--json"], site: site.root).stdout
+            ).objectValue ?? [:]
+        let measured = utilization["busy_node_seconds"]?.doubleValue ?? -1
+        #expect(abs(measured - expected) < 1e-6, "\(measured) vs \(expected)")
+        #expect(events.contains { $0["data"]?.objectValue?["num_nodes"]?.doubleValue == 0.25 })
+
+        // Failures: the failing jobs' events, newest first, with the workdir and the return code; filters apply.
+        let failures = try balsam(["report", "failures", "--json", "--limit", "100"], site: site.root).stdout
+            .split(separator: "\n").compactMap { try? JSONValue.parse(String($0)).objectValue }
+        #expect(failures.count == 6, "RUN_ERROR and FAILED for each of the 3: \(failures)")
+        let times = failures.compactMap { $0["time"]?.stringValue }
+        #expect(times == times.sorted(by: >))
+        #expect(failures.allSatisfy { ($0["workdir"]?.stringValue ?? "").hasPrefix("b/") })
+        #expect(
+            failures.contains {
+                $0["return_code"]?.intValue == 3 && $0["tail"]?.stringValue?.contains("broken") == true
+            })
+        let none = try balsam(["report", "failures", "--json", "--tag", "k=v"], site: site.root).stdout
+        #expect(none.isEmpty)
+        let table = try balsam(["report", "failures", "--app", "bad", "--limit", "2"], site: site.root).stdout
+        #expect(table.split(separator: "\n").count == 3, "a header and two rows: \(table)")
+    }
+}
