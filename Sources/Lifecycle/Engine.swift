@@ -97,13 +97,6 @@ public final class Engine {
         // that could not record its end (a full disk): nobody runs it, so it is handled like a run cut short. Once
         // a pass, with the leases, not in every sweep: such jobs are rare and nothing in a sweep makes them.
         step(.running, &report) { (loaded) throws(SpoolError) in
-            // Only an entry that has sat there a while: a program moving a job through RUNNING outside a lease
-            // (a test's launcher, a hand-made tool) is not cut short between its two moves.
-            if let entry = loaded.entry, let st = try Posix.lstatIfExists(entry),
-                Double(Posix.wallClock().tv_sec - st.st_ctim.tv_sec) < Engine.givenBackAge
-            {
-                return self.leaveForNow(loaded)
-            }
             try self.move(
                 loaded, to: .runTimeout, reason: "its launcher left without recording its end (given back RUNNING)")
         }
@@ -302,9 +295,6 @@ public final class Engine {
 
     /// Jobs left in READY or POSTPROCESSED for the transfer service, by state.
     private var waitingForTransfers: [JobState: Set<String>] = [:]
-
-    /// Seconds a job's entry must have been in `jobs/RUNNING/` before the watcher takes it for given back.
-    static let givenBackAge = 5.0
 
     /// Jobs a step looked at and left where they were (not counted as moves).
     private var leftAlone = Set<String>()
