@@ -38,6 +38,7 @@ func waitUntil(_ what: String, timeout: Double = 30, _ condition: () throws -> B
         if try condition() { return }
         usleep(20_000)
     }
+    if try condition() { return }  // a last look, for a process whose threads were busy past the deadline
     Issue.record("timed out after \(timeout) s waiting until \(what)")
 }
 
@@ -49,6 +50,7 @@ func waitFor(_ what: String, timeout: Double = 30, _ condition: () throws -> Boo
         if try condition() { return }
         try await Task.sleep(for: .milliseconds(20))
     }
+    if try condition() { return }  // a last look, for a process whose threads were busy past the deadline
     Issue.record("timed out after \(timeout) s waiting until \(what)")
 }
 
