@@ -80,16 +80,32 @@ public final class TransferService {
     // MARK: - Finding the jobs
 
     private func look() throws(SpoolError) {
-        // Items changed through the server: read those jobs' items again.
-        for name in try Posix.listDirectory(site.controlPath) where name.hasPrefix("transfers.") {
-            let id = String(name.dropFirst("transfers.".count))
-            served[id] = nil
-            idle.remove(id)
-            Posix.unlink(site.controlPath + "/" + name)
-        }
         var present: [String: JobState] = [:]
         for state in [JobState.ready, .postprocessed] {
             for id in try index.activeIDs(state) { present[id] = state }
+        }
+        // Items changed through the server (the sync leaves each change here): applied here, the one writer of
+        // the jobs' items, and saved.
+        for name in try Posix.listDirectory(site.controlPath) where name.hasPrefix("transfers.") {
+            let id = String(name.dropFirst("transfers.".count))
+            let path = site.controlPath + "/" + name
+            defer { Posix.unlink(path) }
+            guard let state = present[id],
+                let change = (try? JSONValue.parse(try Posix.readFile(path, limit: 65536)))?.objectValue
+            else { continue }
+            if served[id] == nil { served[id] = try? serve(id, state) }
+            guard var entry = served[id] else { continue }
+            if TransferChange.apply(change, to: &entry.items) {
+                notBefore = notBefore.filter { !$0.key.hasPrefix(id + "/") }
+                served[id] = entry
+                idle.remove(id)
+                changed.insert(id)
+                pending.insert(id)
+                save(id)
+                logger.info(
+                    "job \(id): a transfer item changed through the server: \(JSONValue.object(change).serialized())",
+                    metadata: ["job.id": "\(id)"])
+            }
         }
         for id in served.keys where present[id] != served[id]?.state { served[id] = nil }
         idle = idle.filter { present[$0] != nil }

@@ -45,12 +45,18 @@ final class SSHServer {
                 "/usr/sbin/sshd", ["-D", "-e", "-f", p + "/sshd_config"], stderr: .file(p + "/sshd.log"))
             let deadline = Date().addingTimeInterval(10)
             var listening = false
+            // Only once this sshd says it listens (the port may be another program's: then it exits), and with
+            // a short timeout: an ssh talking to something else than sshd would wait for ever.
             while Date() < deadline && sshd.isRunning {
-                let probe = try run(
-                    "/usr/bin/ssh", Self.clientOptions(p) + ["-p", "\(port)", "root@127.0.0.1", "true"])
-                if probe.status == 0 {
-                    listening = true
-                    break
+                if ((try? read(p + "/sshd.log")) ?? "").contains("Server listening on 127.0.0.1 port \(port)") {
+                    let probe = try? run(
+                        "/usr/bin/ssh",
+                        Self.clientOptions(p) + ["-o", "BatchMode=yes", "-p", "\(port)", "root@127.0.0.1", "true"],
+                        timeout: 15)
+                    if probe?.status == 0 {
+                        listening = true
+                        break
+                    }
                 }
                 usleep(50_000)
             }

@@ -1,7 +1,7 @@
 /// A change of a job's transfer item asked through the server (`PUT /transfers/ID` on a site's job): an item marked
 /// `done` (its data is in place), `pending` (try it again, attempts starting over) or `error` (give up: the job
-/// fails). Written to the job's `transfers.json`; a marker in `queue/control/` tells the watcher's transfer
-/// service to read the job's items again.
+/// fails). Left in `queue/control/transfers.ID` for the watcher's transfer service, the one writer of a job's
+/// `transfers.json`, which applies it (`apply(_:to:)`) and removes it.
 public struct TransferChange {
     public let site: Site
 
@@ -22,20 +22,24 @@ public struct TransferChange {
         else {
             return ("refused", "a transfer item can be made pending, done or error here, not \(target)")
         }
-        let directory = site.jobDirectory(listing.workdir)
-        let job = try Job(bytes: try Posix.readFile(directory + "/job.json", limit: Job.Limits.fileBytes))
-        var items: [TransferItem]
-        if let saved = try TransferItem.load(directory: directory) {
-            items = saved
-        } else {
-            items = try TransferItem.items(for: job, app: try site.app(job.app))
-        }
-        guard
+        // The watcher's transfer service is the one writer of a job's items: it takes the change from here.
+        let change = JSONValue.object(
+            o.filter { ["direction", "local_path", "remote_path", "location_alias", "state"].contains($0.key) })
+        try Posix.replaceFile(
+            TransferChange.markerPath(site, listing.id), Array((change.serialized() + "\n").utf8), sync: true)
+        return ("done", nil)
+    }
+
+    /// Applies a change left by `apply(_:to:)` to a job's items; false if no item matches.
+    public static func apply(_ change: [String: JSONValue], to items: inout [TransferItem]) -> Bool {
+        guard let state = change["state"]?.stringValue.flatMap(TransferState.init(rawValue:)),
             let i = items.firstIndex(where: {
-                $0.direction.rawValue == o["direction"]?.stringValue && $0.localPath == o["local_path"]?.stringValue
-                    && $0.remotePath == o["remote_path"]?.stringValue && $0.alias == o["location_alias"]?.stringValue
+                $0.direction.rawValue == change["direction"]?.stringValue
+                    && $0.localPath == change["local_path"]?.stringValue
+                    && $0.remotePath == change["remote_path"]?.stringValue
+                    && $0.alias == change["location_alias"]?.stringValue
             })
-        else { return ("refused", "job \(listing.id) has no such transfer item") }
+        else { return false }
         items[i].state = state
         items[i].taskID = nil
         switch state {
@@ -46,8 +50,6 @@ public struct TransferChange {
         default: items[i].info["error"] = nil
         }
         items[i].info["changed_through_the_api"] = .bool(true)
-        try TransferItem.save(items, directory: directory)
-        try Posix.replaceFile(TransferChange.markerPath(site, listing.id), [], sync: false)
-        return ("done", nil)
+        return true
     }
 }
