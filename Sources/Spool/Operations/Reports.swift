@@ -26,31 +26,44 @@ public struct Reports {
 
     /// Calls `visit` with every event of every log (oldest file first, lines in order).
     public func scan(_ visit: (Event) -> Void) throws(SpoolError) {
+        try scanLines { line in
+            if let event = Reports.parse(line) { visit(event) }
+        }
+    }
+
+    /// Calls `visit` with every line of every log, unparsed.
+    func scanLines(_ visit: (ArraySlice<UInt8>) -> Void) throws(SpoolError) {
         for name in try Posix.listDirectory(site.eventsPath).filter({ $0.hasSuffix(".jsonl") }).sorted() {
             let bytes = try Posix.readFile(site.eventsPath + "/" + name, limit: Int.max)
             var start = 0
             while start < bytes.count {
-                var end = start
-                while end < bytes.count && bytes[end] != 0x0A { end += 1 }
-                if let event = Reports.parse(bytes[start..<end]) { visit(event) }
+                let end = bytes[start...].firstIndex(of: 0x0A) ?? bytes.count
+                visit(bytes[start..<end])
                 start = end + 1
             }
         }
     }
 
-    /// The value of `"key":"..."` searched backwards from `end`; the value and where its key starts.
-    static func field(_ key: [UInt8], in line: ArraySlice<UInt8>, before end: Int) -> (String, Int)? {
-        // Find `"key":"` before `end`, then the value up to the next quote.
+    /// Where the value of `"key":"..."` is, searched backwards from `end`, and where its key starts.
+    static func valueRange(_ key: [UInt8], in line: ArraySlice<UInt8>, before end: Int) -> (Range<Int>, Int)? {
         var i = end - key.count
+        let first = key[0]
         while i >= line.startIndex {
-            if line[i] == key[0] && line[i..<(i + key.count)].elementsEqual(key) {
-                var j = i + key.count
+            if line[i] == first && line[i..<(i + key.count)].elementsEqual(key) {
+                let from = i + key.count
+                var j = from
                 while j < line.endIndex && line[j] != 0x22 { j += 1 }
-                return (String(decoding: line[(i + key.count)..<j], as: UTF8.self), i)
+                return (from..<j, i)
             }
             i -= 1
         }
         return nil
+    }
+
+    /// The value of `"key":"..."` searched backwards from `end`; the value and where its key starts.
+    static func field(_ key: [UInt8], in line: ArraySlice<UInt8>, before end: Int) -> (String, Int)? {
+        guard let (range, at) = valueRange(key, in: line, before: end) else { return nil }
+        return (String(decoding: line[range], as: UTF8.self), at)
     }
 
     static let toKey = Array(#""to":""#.utf8)
@@ -69,8 +82,10 @@ public struct Reports {
     }
 
     /// `2026-11-29T12:55:50.350Z` as seconds since the epoch (UTC), without a calendar library.
-    public static func seconds(_ text: String) -> Double? {
-        let b = Array(text.utf8)
+    public static func seconds(_ text: String) -> Double? { seconds(bytes: ArraySlice(text.utf8)) }
+
+    static func seconds(bytes: ArraySlice<UInt8>) -> Double? {
+        let b = Array(bytes)
         guard b.count >= 20 else { return nil }
         func n(_ from: Int, _ count: Int) -> Int? {
             var v = 0
@@ -117,8 +132,15 @@ public struct Reports {
         -> Throughput
     {
         var times: [Double] = []
-        try scan { e in
-            if e.to == state && e.time >= (since ?? 0) { times.append(e.time) }
+        let wanted = Array(state.utf8)
+        // Only the `to` value is compared for every line; the time is read for the lines that match.
+        try scanLines { line in
+            guard let (to, at) = Reports.valueRange(Reports.toKey, in: line, before: line.endIndex),
+                line[to].elementsEqual(wanted),
+                let (t, _) = Reports.valueRange(Reports.timeKey, in: line, before: at),
+                let time = Reports.seconds(bytes: line[t]), time >= (since ?? 0)
+            else { return }
+            times.append(time)
         }
         times.sort()
         guard let first = times.first, let last = times.last else { return Throughput(bins: [], total: 0, rate: 0) }
