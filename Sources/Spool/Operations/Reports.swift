@@ -172,10 +172,14 @@ public struct Reports {
         throws(SpoolError) -> [Failure]
     {
         var found: [Event] = []
-        try scan { e in
-            if (e.to == "RUN_ERROR" || e.to == "RUN_TIMEOUT" || e.to == "FAILED") && e.time >= (since ?? 0) {
-                found.append(e)
-            }
+        let wanted = ["RUN_ERROR", "RUN_TIMEOUT", "FAILED"].map { Array($0.utf8) }
+        try scanLines { line in
+            // The state compared as bytes first: only the failures' lines are read whole.
+            guard let (to, _) = Reports.valueRange(Reports.toKey, in: line, before: line.endIndex),
+                wanted.contains(where: { line[to].elementsEqual($0) }), let e = Reports.parse(line),
+                e.time >= (since ?? 0)
+            else { return }
+            found.append(e)
         }
         found.sort { $0.time > $1.time }
         var result: [Failure] = []
@@ -219,14 +223,25 @@ public struct Reports {
         var changes: [(Double, Double, Double)] = []  // time, busy change, available change
         var share: [String: Double] = [:]
         var running: [String: Double] = [:]
-        try scan { e in
-            if e.to == "RUNNING" {
-                let s = Reports.number("num_nodes", in: e.line) ?? 1
-                share[e.job] = s
-                running[e.job] = e.time
-                changes.append((e.time, s, 0))
-            } else if e.from == "RUNNING", running.removeValue(forKey: e.job) != nil {
-                changes.append((e.time, -(share[e.job] ?? 1), 0))
+        let runningState = Array("RUNNING".utf8)
+        try scanLines { line in
+            // Only runs' starts and ends matter: `to` or `from` compared as bytes before anything is made.
+            guard let (to, toAt) = Reports.valueRange(Reports.toKey, in: line, before: line.endIndex),
+                let (t, tAt) = Reports.valueRange(Reports.timeKey, in: line, before: toAt),
+                let (job, jobAt) = Reports.valueRange(Reports.jobKey, in: line, before: tAt)
+            else { return }
+            if line[to].elementsEqual(runningState) {
+                guard let time = Reports.seconds(bytes: line[t]) else { return }
+                let id = String(decoding: line[job], as: UTF8.self)
+                let s = Reports.number("num_nodes", in: line) ?? 1
+                share[id] = s
+                running[id] = time
+                changes.append((time, s, 0))
+            } else if let (from, _) = Reports.valueRange(Reports.fromKey, in: line, before: jobAt),
+                line[from].elementsEqual(runningState), let time = Reports.seconds(bytes: line[t])
+            {
+                let id = String(decoding: line[job], as: UTF8.self)
+                if running.removeValue(forKey: id) != nil { changes.append((time, -(share[id] ?? 1), 0)) }
             }
         }
         var perBatch: [(Int, Int, Double, Double)] = []
