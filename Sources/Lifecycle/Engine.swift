@@ -299,15 +299,10 @@ public final class Engine {
     /// Jobs a step looked at and left where they were (not counted as moves).
     private var leftAlone = Set<String>()
 
-    /// Leaves `loaded` where it is for this pass (not counted as a move).
-    private func leaveForNow(_ loaded: JobStore.Loaded) {
-        leftAlone.insert(loaded.job.id)
-    }
-
     /// Leaves `loaded` where it is, for the transfer service, which is told to look.
     private func waitForTransfers(_ loaded: JobStore.Loaded) {
         waitingForTransfers[loaded.record.state, default: []].insert(loaded.job.id)
-        leaveForNow(loaded)
+        leftAlone.insert(loaded.job.id)
         transfersWanted()
     }
 

@@ -61,22 +61,34 @@ enum LocalCopy {
 
     /// Copies a directory tree: directories made, files copied, links recreated (not followed).
     static func copyTree(_ source: String, to target: String) throws(SpoolError) {
-        try Posix.mkdir(target)
-        for name in try Posix.listDirectory(source) {
-            let from = source + "/" + name
-            let to = target + "/" + name
-            guard let st = try Posix.lstatIfExists(from) else { continue }
-            switch st.st_mode & S_IFMT {
-            case S_IFDIR: try copyTree(from, to: to)
-            case S_IFREG: try copyFile(from, to: to, mode: st.st_mode & 0o7777)
-            case S_IFLNK:
-                var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-                let n = readlink(from, &buffer, buffer.count - 1)
-                guard n >= 0 else { throw SpoolError.system("readlink", path: from, errno: errno) }
-                let link = String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-                try Posix.call("symlink", path: to) { symlink(link, to) }
-            default: continue  // devices, sockets and pipes are not data to move
+        // The top may be a link to the tree (a location's path): what it points to is copied.
+        try walk(realPath(source) ?? source, to: target) { (from, to, st) throws(SpoolError) in
+            try copyFile(from, to: to, mode: st.st_mode & 0o7777)
+        }
+    }
+
+    /// Recreates `source` at `target`: directories made, each regular file given to `file`, symbolic links
+    /// recreated as links (never followed); devices, sockets and pipes are not data to move.
+    static func walk(
+        _ source: String, to target: String, file: (String, String, stat) throws(SpoolError) -> Void
+    ) throws(SpoolError) {
+        guard let st = try Posix.lstatIfExists(source) else {
+            throw SpoolError(.notFound, "no such file or directory", path: source)
+        }
+        switch st.st_mode & S_IFMT {
+        case S_IFDIR:
+            try Posix.mkdir(target)
+            for name in try Posix.listDirectory(source) {
+                try walk(source + "/" + name, to: target + "/" + name, file: file)
             }
+        case S_IFREG: try file(source, target, st)
+        case S_IFLNK:
+            var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let n = readlink(source, &buffer, buffer.count - 1)
+            guard n >= 0 else { throw SpoolError.system("readlink", path: source, errno: errno) }
+            let link = String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            try Posix.call("symlink", path: target) { symlink(link, target) }
+        default: return
         }
     }
 

@@ -175,29 +175,11 @@ public final class RsyncBackend: TransferBackend {
 /// Hard links of a job's files into a staging tree (same filesystem), links copied as links.
 enum LocalLinks {
     static func link(_ source: String, to target: String, recursive: Bool) throws(SpoolError) {
-        guard let st = try Posix.lstatIfExists(source) else {
-            throw SpoolError(.notFound, "no such file or directory", path: source)
+        if !recursive && Posix.isDirectory(source) {
+            throw SpoolError(.invalidInput, "is a directory, and the slot is not recursive", path: source)
         }
-        switch st.st_mode & S_IFMT {
-        case S_IFDIR:
-            guard recursive else {
-                throw SpoolError(.invalidInput, "is a directory, and the slot is not recursive", path: source)
-            }
-            try Posix.mkdir(target)
-            for name in try Posix.listDirectory(source) {
-                try link(source + "/" + name, to: target + "/" + name, recursive: true)
-            }
-        case S_IFREG:
-            try Posix.call("link", path: target) { Glibc.link(source, target) }
-        case S_IFLNK:
-            // Within a tree a link stays a link; at the top it was resolved (and checked) by the caller.
-            var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-            let n = readlink(source, &buffer, buffer.count - 1)
-            guard n >= 0 else { throw SpoolError.system("readlink", path: source, errno: errno) }
-            let text = String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            try Posix.call("symlink", path: target) { symlink(text, target) }
-        default:
-            return
+        try LocalCopy.walk(source, to: target) { (from, to, _) throws(SpoolError) in
+            try Posix.call("link", path: to) { Glibc.link(from, to) }
         }
     }
 }

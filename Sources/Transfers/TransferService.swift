@@ -126,6 +126,8 @@ public final class TransferService {
 
     private var apps: [String: App] = [:]
     private var slots: [String: [String: TransferSlot]] = [:]
+    /// Whether each app has a `preprocess` file, looked at once per app, not per job.
+    private var preprocessFiles: [String: Bool] = [:]
 
     /// The job's items of the direction its state waits for, made and saved the first time; nil if none.
     private func serve(_ id: String, _ state: JobState) throws(SpoolError) -> Served? {
@@ -139,6 +141,7 @@ public final class TransferService {
             app = try site.app(job.app)
             apps[job.app] = app
             slots[job.app] = try TransferSlot.slots(of: app)
+            preprocessFiles[job.app] = Posix.exists(site.appsPath + "/" + app.name + "/preprocess")
         }
         var items: [TransferItem]
         if let saved = try TransferItem.load(directory: directory) {
@@ -161,8 +164,8 @@ public final class TransferService {
             }
         }
         if changed { try TransferItem.save(items, directory: directory) }
-        let preprocesses =
-            app.hooks.contains(.preprocess) || Posix.exists(site.appsPath + "/" + app.name + "/preprocess")
+        // `App.load` found the executable hook; a file that is not executable is the engine's to report.
+        let preprocesses = app.hooks.contains(.preprocess) || preprocessFiles[app.name] == true
         return Served(directory: directory, state: state, items: items, preprocesses: preprocesses)
     }
 

@@ -122,6 +122,31 @@ final class SSHServer {
         try (settings + "\n" + text + "\n").write(toFile: site.settingsPath, atomically: false, encoding: .utf8)
     }
 
+    /// Points the site at `sshd` as location `dtn`, with `extra` keys of the transfers section.
+    func configureRsync(_ sshd: SSHServer, _ extra: String = "") throws {
+        let options = sshd.options.map { "\"\($0)\"" }.joined(separator: ", ")
+        try configure(
+            "transfer_locations:\n  dtn: rsync://root@127.0.0.1:\(sshd.port)\(remote)\n"
+                + "transfers:\n\(extra)  ssh_options: [\(options)]")
+    }
+
+    /// App `one`: `true`, with one required stage-in slot `input` into `localPath`.
+    func oneSlotApp(localPath: String) throws {
+        try Posix.makeDirectories(site.appsPath + "/one")
+        try """
+        command_template: "true"
+        transfers:
+          input: {required: true, direction: in, local_path: \(localPath)}
+        """.write(toFile: site.appsPath + "/one/app.yml", atomically: false, encoding: .utf8)
+    }
+
+    /// A 300 MB file at the remote side (sparse there, whole where it arrives): a transfer long enough to act on.
+    func bigRemoteFile() {
+        let big = remote + "/in dir/big.bin"
+        _ = FileManager.default.createFile(atPath: big, contents: nil)
+        truncate(big, 300 << 20)
+    }
+
     func submit(_ lines: [String]) throws -> [String] {
         let result = try balsamSubmit(
             ["--from", "-"], site: site.root, stdin: Data(lines.joined(separator: "\n").utf8))
@@ -163,10 +188,7 @@ final class SSHServer {
 
     @Test func rsyncOverSSHMovesTheDataAndAMissingFileFailsTheJobAfterItsRetries() throws {
         let sshd = try SSHServer()
-        let options = sshd.options.map { "\"\($0)\"" }.joined(separator: ", ")
-        try configure(
-            "transfer_locations:\n  dtn: rsync://root@127.0.0.1:\(sshd.port)\(remote)\n"
-                + "transfers:\n  on_transfer_error: {retries: 1}\n  ssh_options: [\(options)]")
+        try configureRsync(sshd, "  on_transfer_error: {retries: 1}\n")
         let ids = try submit([
             stageJob("r1", alias: "dtn"),
             #"{"app":"stage","workdir":"r2","transfers":{"input":"dtn:/in dir/missing.txt","result":"dtn:/out/r2.txt"}}"#,
@@ -188,16 +210,8 @@ final class SSHServer {
         for i in 0..<1000 {
             try "\(i)\n".write(toFile: remote + "/in dir/f\(i)", atomically: false, encoding: .utf8)
         }
-        let options = sshd.options.map { "\"\($0)\"" }.joined(separator: ", ")
-        try configure(
-            "transfer_locations:\n  dtn: rsync://root@127.0.0.1:\(sshd.port)\(remote)\n"
-                + "transfers:\n  transfer_batch_size: 250\n  ssh_options: [\(options)]")
-        try Posix.makeDirectories(site.appsPath + "/one")
-        try """
-        command_template: "true"
-        transfers:
-          input: {required: true, direction: in, local_path: input.txt}
-        """.write(toFile: site.appsPath + "/one/app.yml", atomically: false, encoding: .utf8)
+        try configureRsync(sshd, "  transfer_batch_size: 250\n")
+        try oneSlotApp(localPath: "input.txt")
         let before = sshd.connections
         let ids = try submit(
             (0..<1000).map { #"{"app":"one","workdir":"b/\#($0)","transfers":{"input":"dtn:/in dir/f\#($0)"}}"# })
@@ -215,19 +229,9 @@ final class SSHServer {
     @Test func aWatcherKilledDuringABatchLosesNothingAndMarksNothingDoneWithoutItsData() throws {
         let sshd = try SSHServer()
         // Big enough that the kill lands while rsync runs: 300 MB (sparse at the source, whole at the target).
-        let big = remote + "/in dir/big.bin"
-        _ = FileManager.default.createFile(atPath: big, contents: nil)
-        truncate(big, 300 << 20)
-        let options = sshd.options.map { "\"\($0)\"" }.joined(separator: ", ")
-        try configure(
-            "transfer_locations:\n  dtn: rsync://root@127.0.0.1:\(sshd.port)\(remote)\n"
-                + "transfers:\n  ssh_options: [\(options)]")
-        try Posix.makeDirectories(site.appsPath + "/one")
-        try """
-        command_template: "true"
-        transfers:
-          input: {required: true, direction: in, local_path: big.bin}
-        """.write(toFile: site.appsPath + "/one/app.yml", atomically: false, encoding: .utf8)
+        bigRemoteFile()
+        try configureRsync(sshd)
+        try oneSlotApp(localPath: "big.bin")
         let ids = try submit([#"{"app":"one","workdir":"k","transfers":{"input":"dtn:/in dir/big.bin"}}"#])
         let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
         try waitUntil("the transfer is active", timeout: 30) {
@@ -247,19 +251,9 @@ final class SSHServer {
 
     @Test func aJobKilledWhileItsTransferRunsStaysFailed() throws {
         let sshd = try SSHServer()
-        let big = remote + "/in dir/big.bin"
-        _ = FileManager.default.createFile(atPath: big, contents: nil)
-        truncate(big, 300 << 20)
-        let options = sshd.options.map { "\"\($0)\"" }.joined(separator: ", ")
-        try configure(
-            "transfer_locations:\n  dtn: rsync://root@127.0.0.1:\(sshd.port)\(remote)\n"
-                + "transfers:\n  ssh_options: [\(options)]")
-        try Posix.makeDirectories(site.appsPath + "/one")
-        try """
-        command_template: "true"
-        transfers:
-          input: {required: true, direction: in, local_path: big.bin}
-        """.write(toFile: site.appsPath + "/one/app.yml", atomically: false, encoding: .utf8)
+        bigRemoteFile()
+        try configureRsync(sshd)
+        try oneSlotApp(localPath: "big.bin")
         let ids = try submit([#"{"app":"one","workdir":"kj","transfers":{"input":"dtn:/in dir/big.bin"}}"#])
         let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
         try waitUntil("the transfer is active", timeout: 30) {
@@ -306,12 +300,7 @@ final class SSHServer {
             "transfer_locations:\n  theta: globus://08925f04-569f-11e7-bef8-22000b9a448b\n"
                 + "transfers:\n  globus_cli: \(fake)\n  globus_endpoint_id: 9d6d994a-6d04-11e5-ba46-22000b92c6ec\n"
                 + "  on_transfer_error: {retries: 0}")
-        try Posix.makeDirectories(site.appsPath + "/one")
-        try """
-        command_template: "true"
-        transfers:
-          input: {required: true, direction: in, local_path: input.dat}
-        """.write(toFile: site.appsPath + "/one/app.yml", atomically: false, encoding: .utf8)
+        try oneSlotApp(localPath: "input.dat")
         let ids = try submit([#"{"app":"one","workdir":"g","transfers":{"input":"theta:/proj/a b.dat"}}"#])
         let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
         try waitUntil("the job is staged in", timeout: 30) { self.state(ids[0]) == .preprocessed }
