@@ -65,7 +65,7 @@ public enum JobScript {
     public static func values(job: BatchJob, name: String, site: Site, binDirectory: String) -> [String: String] {
         let tags = job.filterTags.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" }
         let launcherArgs =
-            ["--site", site.root, "--wall-time-min", String(job.wallTimeMinutes)]
+            ["--site", site.root, "--wall-time-min", String(job.wallTimeMinutes), "--batch-job", String(job.id)]
             + tags.flatMap {
                 ["--tag", $0]
             }

@@ -34,6 +34,13 @@ struct LauncherCommand: ParsableCommand {
         help: ArgumentHelp("Append rank 0's log to this file instead of standard error.", valueName: "file"))
     var log: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The site's batch job this launcher runs in (its job script passes it), for utilization reports.",
+            valueName: "ID"))
+    var batchJob: Int?
+
     @Flag(name: .customLong("benchmark-no-spawn"), help: .hidden)
     var noSpawn = false
 
@@ -49,6 +56,7 @@ struct LauncherCommand: ParsableCommand {
         var options = Coordinator.Options(wallTimeMinutes: wallTimeMinutes)
         options.idleTimeout = idleTimeout
         options.noSpawn = noSpawn
+        options.batchJob = batchJob
         for item in tag {
             let (key, value) = try keyValue(item, option: "--tag")
             options.tags[key] = value

@@ -17,7 +17,7 @@ struct ReportCommand: ParsableCommand {
 /// `--since` as seconds since the epoch: a timestamp (2026-11-29T12:00:00Z) or an age (90s, 15m, 2h, 1d).
 func parseSince(_ text: String?) throws(SpoolError) -> Double? {
     guard let text else { return nil }
-    if let t = Reports.seconds(text.count == 20 ? String(text.dropLast()) + ".000Z" : text) { return t }
+    if let t = Timestamp.seconds(text) { return t }
     let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
     guard let unit = text.last, let scale = units[unit], let n = Double(text.dropLast()), n >= 0 else {
         throw SpoolError(.usage, "--since \(text): a time (2026-11-29T12:00:00Z) or an age (90s, 15m, 2h, 1d)")
@@ -26,10 +26,10 @@ func parseSince(_ text: String?) throws(SpoolError) -> Double? {
     return Double(now.tv_sec) - n * scale
 }
 
-/// A time as the event logs write it.
-func timestamp(_ seconds: Double) -> String {
-    let whole = seconds.rounded(.down)
-    return Timestamp.format(seconds: Int(whole), millis: Int(((seconds - whole) * 1000).rounded(.down)))
+/// `--bin`: seconds, positive; nil for automatic.
+func checkBin(_ bin: Double?) throws(SpoolError) -> Double? {
+    if let bin, !(bin > 0) { throw SpoolError(.usage, "--bin \(bin): seconds per bin, more than 0") }
+    return bin
 }
 
 struct ReportFailures: ParsableCommand {
@@ -59,14 +59,10 @@ struct ReportFailures: ParsableCommand {
                 let tail = f.data["tail"]?.stringValue ?? ""
                 if json {
                     print(
-                        JSONValue.object([
-                            "job_id": .string(f.job), "state": .string(f.state), "time": .string(f.timestamp),
-                            "workdir": f.workdir.map(JSONValue.string) ?? .null,
-                            "app": f.app.map(JSONValue.string) ?? .null,
-                            "tags": .object(f.tags.mapValues(JSONValue.string)),
-                            "return_code": f.data["return_code"] ?? .null, "reason": .string(reason),
-                            "tail": .string(tail),
-                        ]).serialized())
+                        failureJSON(
+                            job: .string(f.job), state: f.state, time: f.timestamp, workdir: f.workdir, app: f.app,
+                            tags: f.tags, data: f.data
+                        ).serialized())
                 } else {
                     let code = f.data["return_code"]?.intValue.map(String.init) ?? ""
                     let lastLine = tail.split(separator: "\n").last.map(String.init) ?? ""
@@ -87,26 +83,31 @@ struct ReportThroughput: ParsableCommand {
     @OptionGroup var siteOption: SiteOption
     @Option(name: .long, help: "The state counted (default JOB_FINISHED).") var state = "JOB_FINISHED"
     @Option(name: .long, help: "Only since this time or age (90s, 15m, 2h, 1d).") var since: String?
-    @Option(name: .long, help: "Seconds per bin (default 10).") var bin = 10.0
-    @Flag(name: .long, help: "Print JSON: {total, rate, bins: [{start, count}]}.") var json = false
+    @Option(name: .long, help: "Seconds per bin (default: about 60 bins over the span).") var bin: Double?
+    @Option(name: .long, help: ArgumentHelp("Also draw the series into FILE.png or FILE.svg.", valueName: "FILE"))
+    var plot: String?
+    @Flag(name: .long, help: "Print JSON: {state, total, rate, bin_seconds, bins: [{start, count}]}.") var json = false
 
     func run() throws {
         try reportingErrors("balsam report throughput") {
             guard JobState(rawValue: state) != nil else { throw SpoolError(.usage, "--state \(state): not a state") }
-            guard bin > 0 else { throw SpoolError(.usage, "--bin must be positive") }
-            let t = try Reports(site: try siteOption.open()).throughput(
-                state: state, since: try parseSince(since), bin: bin)
+            if let plot { _ = try ReportPlot.terminal(for: plot) }
+            let site = try siteOption.open()
+            let t = try Reports(site: site).throughput(state: state, since: try parseSince(since), bin: try checkBin(bin))
+            if let plot {
+                try ReportPlot(
+                    title: "\(state) per \(seconds(t.bin)) at \(site.root)", yLabel: "jobs per bin",
+                    series: [.init(title: state, style: "steps lw 2", points: t.bins.map { ($0.start, Double($0.count)) })]
+                ).write(to: plot)
+            }
             if json {
-                print(
-                    JSONValue.object([
-                        "state": .string(state), "total": .int(t.total), "rate": .double(t.rate),
-                        "bins": .array(
-                            t.bins.map { .object(["start": .string(timestamp($0.start)), "count": .int($0.count)]) }),
-                    ]).serialized())
+                print(t.json(state: state).serialized())
                 return
             }
-            print(table(["BIN START", "COUNT"], t.bins.map { [timestamp($0.start), String($0.count)] }))
-            print("\(t.total) jobs reached \(state); \(format2(t.rate)) jobs/s from the first to the last")
+            print(table(["BIN START", "COUNT"], t.bins.map { [Timestamp.format(seconds: $0.start), String($0.count)] }))
+            print(
+                "\(t.total) jobs reached \(state); \(format2(t.rate)) jobs/s from the first to the last; "
+                    + "bins of \(seconds(t.bin))")
         }
     }
 }
@@ -116,48 +117,61 @@ func format2(_ value: Double) -> String {
     return String(scaled)
 }
 
+/// A bin width for people: 10 s, 5 min, 2 h, 1 d.
+func seconds(_ width: Double) -> String {
+    if width >= 86400, width.truncatingRemainder(dividingBy: 86400) == 0 { return "\(Int(width / 86400)) d" }
+    if width >= 3600, width.truncatingRemainder(dividingBy: 3600) == 0 { return "\(Int(width / 3600)) h" }
+    if width >= 60, width.truncatingRemainder(dividingBy: 60) == 0 { return "\(Int(width / 60)) min" }
+    return "\(format2(width)) s"
+}
+
 struct ReportUtilization: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "utilization",
         abstract: "Nodes busy over time (each job weighted by its node share) against the nodes batch jobs held.")
 
     @OptionGroup var siteOption: SiteOption
-    @Option(name: .long, help: "Only this batch job's nodes.") var batchJob: Int?
-    @Flag(name: .long, help: "Print JSON: {busy_node_seconds, points: [{time, busy, available}], batch_jobs}.")
+    @Option(name: .long, help: "Only this batch job's nodes and runs.") var batchJob: Int?
+    @Option(name: .long, help: "Seconds per bin (default: about 60 bins over the span).") var bin: Double?
+    @Flag(name: .long, help: "With --json: also every change of busy nodes (the original's utilization_report).")
+    var steps = false
+    @Option(name: .long, help: ArgumentHelp("Also draw the series into FILE.png or FILE.svg.", valueName: "FILE"))
+    var plot: String?
+    @Flag(
+        name: .long,
+        help: "Print JSON: {bin_seconds, busy_node_seconds, bins: [{start, busy, available}], batch_jobs, steps?}.")
     var json = false
 
     func run() throws {
         try reportingErrors("balsam report utilization") {
-            let u = try Reports(site: try siteOption.open()).utilization(batchJob: batchJob)
+            if let plot { _ = try ReportPlot.terminal(for: plot) }
+            let site = try siteOption.open()
+            let u = try Reports(site: site).utilization(batchJob: batchJob, bin: try checkBin(bin), steps: steps)
+            if let plot {
+                try ReportPlot(
+                    title: "nodes busy and held, mean per \(seconds(u.bin)), at \(site.root)", yLabel: "nodes",
+                    series: [
+                        .init(title: "busy", style: "steps lw 2", points: u.bins.map { ($0.start, $0.busy) }),
+                        .init(
+                            title: "available", style: "steps lw 1 dt 2",
+                            points: u.bins.map { ($0.start, $0.available) }),
+                    ]
+                ).write(to: plot)
+            }
             if json {
-                print(
-                    JSONValue.object([
-                        "busy_node_seconds": .double(u.busyNodeSeconds),
-                        "points": .array(
-                            u.points.map {
-                                .object([
-                                    "time": .string(timestamp($0.time)), "busy": .double($0.busy),
-                                    "available": .double($0.available),
-                                ])
-                            }),
-                        "batch_jobs": .array(
-                            u.batchJobs.map {
-                                .object([
-                                    "id": .int($0.id), "num_nodes": .int($0.nodes),
-                                    "mean_utilization": .double($0.mean),
-                                ])
-                            }),
-                    ]).serialized())
+                print(u.json().serialized())
                 return
             }
             print(
                 table(
-                    ["TIME", "BUSY", "AVAILABLE"],
-                    u.points.map { [timestamp($0.time), format2($0.busy), format2($0.available)] }))
+                    ["BIN START", "BUSY", "AVAILABLE"],
+                    u.bins.map { [Timestamp.format(seconds: $0.start), format2($0.busy), format2($0.available)] }))
             for b in u.batchJobs {
-                print("batch job \(b.id): \(b.nodes) node(s), mean utilization \(format2(b.mean * 100)) %")
+                print(
+                    "batch job \(b.id): \(b.nodes) node(s), \(format2(b.busyNodeSeconds)) busy node-seconds, "
+                        + "mean utilization \(format2(b.mean * 100)) %")
             }
-            print("busy node-seconds: \(format2(u.busyNodeSeconds))")
+            print("busy node-seconds: \(format2(u.busyNodeSeconds)); bins of \(seconds(u.bin))")
         }
     }
 }

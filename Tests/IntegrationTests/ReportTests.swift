@@ -48,7 +48,7 @@ import Testing
         var expected = 0.0
         for e in events {
             let job = e["job"]?.stringValue ?? ""
-            let t = Reports.seconds(e["t"]?.stringValue ?? "") ?? 0
+            let t = Timestamp.seconds(e["t"]?.stringValue ?? "") ?? 0
             if e["to"]?.stringValue == "RUNNING" {
                 started[job] = (t, e["data"]?.objectValue?["num_nodes"]?.doubleValue ?? -1)
             } else if e["from"]?.stringValue == "RUNNING", let (since, share) = started.removeValue(forKey: job) {

@@ -26,6 +26,9 @@ public final class Coordinator {
         public var noSpawn = false
         /// Extra facts for the lease's `.lease` file (batch job ID, scheduler's node list).
         public var leaseInfo: [String: JSONValue] = [:]
+        /// The site's batch job this launcher runs in (its job script says), written into RUNNING events so
+        /// utilization is counted per batch job.
+        public var batchJob: Int?
 
         public init(wallTimeMinutes: Double) { self.wallTimeMinutes = wallTimeMinutes }
     }
@@ -355,6 +358,7 @@ public final class Coordinator {
                 "num_nodes": .double(loaded.job.nodeFootprint(packing: settings.launcher.nodePacking)),
             ]
             if !assignment.gpus.isEmpty { data["gpus"] = .string(assignment.gpus.joined(separator: ",")) }
+            if let batchJob = options.batchJob { data["batch_job"] = .int(batchJob) }
             let moved = try store.move(loaded, to: .running, eventData: data, entryAt: entry, leaseHeld: leaseFresh)
             running[id] = Running(loaded: moved, assignment: assignment)
             summary.started += 1

@@ -1,0 +1,195 @@
+/// The reports' arithmetic, shared by the site (`balsam report`, from its event logs) and the server (`/reports/`,
+/// from its tables), so both give the same numbers for the same events.
+public enum ReportSeries {
+    /// A bin width for about 60 bins over `span` seconds, rounded to a width people read easily.
+    public static func autoBin(span: Double) -> Double {
+        let widths: [Double] = [
+            1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172_800,
+            604_800,
+        ]
+        let want = span / 60
+        return widths.first { $0 >= want } ?? (want / 86400).rounded(.up) * 86400
+    }
+
+    /// The most bins a report makes; a narrower `--bin` over a long span is refused.
+    public static let maxBins = 1_000_000
+
+    public struct Throughput: Sendable {
+        public var bin: Double
+        /// Start of each bin (seconds since the epoch) and the events in it.
+        public var bins: [(start: Double, count: Int)]
+        public var total: Int
+        /// Events per second from the first to the last.
+        public var rate: Double
+    }
+
+    /// `times` (in any order) counted in bins of `bin` seconds (automatic when nil).
+    public static func throughput(times: [Double], bin: Double?) throws(SpoolError) -> Throughput {
+        guard let first = times.min(), let last = times.max() else {
+            return Throughput(bin: bin ?? 1, bins: [], total: 0, rate: 0)
+        }
+        let width = bin ?? autoBin(span: last - first)
+        let origin = (first / width).rounded(.down) * width
+        let count = try binCount(from: origin, to: last, width: width)
+        var counts = [Int](repeating: 0, count: count)
+        for t in times { counts[min(count - 1, Int((t - origin) / width))] += 1 }
+        let span = last - first
+        return Throughput(
+            bin: width, bins: counts.enumerated().map { (origin + Double($0.offset) * width, $0.element) },
+            total: times.count, rate: span > 0 ? Double(times.count) / span : Double(times.count))
+    }
+
+    static func binCount(from origin: Double, to last: Double, width: Double) throws(SpoolError) -> Int {
+        let n = ((last - origin) / width).rounded(.down) + 1
+        guard n <= Double(maxBins) else {
+            throw SpoolError(
+                .usage, "\(Int(n)) bins of \(width) s: more than \(maxBins); give a wider --bin")
+        }
+        return Int(n)
+    }
+
+    /// One run of a job: from its RUNNING event to the event that took it out of RUNNING (nil: still running).
+    public struct Run: Sendable {
+        public var start: Double
+        public var end: Double?
+        /// The job's share of nodes (`num_nodes` of its RUNNING event).
+        public var share: Double
+        /// The batch job whose launcher ran it, when the launcher said.
+        public var batchJob: Int?
+        public init(start: Double, end: Double?, share: Double, batchJob: Int?) {
+            self.start = start
+            self.end = end
+            self.share = share
+            self.batchJob = batchJob
+        }
+    }
+
+    /// A batch job's nodes and when it held them (nil end: still holding them).
+    public struct Held: Sendable {
+        public var id: Int
+        public var nodes: Int
+        public var start: Double
+        public var end: Double?
+        public init(id: Int, nodes: Int, start: Double, end: Double?) {
+            self.id = id
+            self.nodes = nodes
+            self.start = start
+            self.end = end
+        }
+    }
+
+    public struct Utilization: Sendable {
+        public var bin: Double
+        /// Per bin: the mean nodes busy (weighted by each job's share) and the mean nodes batch jobs held.
+        public var bins: [(start: Double, busy: Double, available: Double)]
+        /// The integral of busy nodes over time: each run's length times its node share, summed.
+        public var busyNodeSeconds: Double
+        public var batchJobs: [BatchJobUse]
+        /// Every change of busy nodes, in time order (asked for: the original's `utilization_report` series).
+        public var steps: [(time: Double, busy: Double)]?
+    }
+
+    public struct BatchJobUse: Sendable {
+        public var id: Int
+        public var nodes: Int
+        public var start: Double
+        public var end: Double?
+        public var busyNodeSeconds: Double
+        /// Busy node-seconds of its runs over the node-seconds it held.
+        public var mean: Double
+    }
+
+    /// Nodes busy against nodes held. A run counts for the batch job its launcher named; a run whose launcher
+    /// named none (one started by hand) counts for every batch job it overlaps. With `batchJob`, only that batch
+    /// job and its runs.
+    public static func utilization(
+        runs allRuns: [Run], held allHeld: [Held], batchJob: Int? = nil, bin: Double?, now: Double,
+        steps: Bool = false
+    ) throws(SpoolError) -> Utilization {
+        var held = allHeld
+        var runs = allRuns
+        if let batchJob {
+            held = allHeld.filter { $0.id == batchJob }
+            let window = held.first.map { ($0.start, $0.end ?? now) }
+            runs = allRuns.filter { r in
+                if let b = r.batchJob { return b == batchJob }
+                guard let (a, b) = window else { return false }
+                return r.start < b && (r.end ?? now) > a
+            }
+        }
+        var first = Double.infinity
+        var last = -Double.infinity
+        var integral = 0.0
+        for r in runs {
+            let end = r.end ?? now
+            first = min(first, r.start)
+            last = max(last, end)
+            integral += r.share * max(0, end - r.start)
+        }
+        for h in held {
+            first = min(first, h.start)
+            last = max(last, h.end ?? now)
+        }
+        var uses: [BatchJobUse] = []
+        let byID = Dictionary(held.enumerated().map { ($1.id, $0) }, uniquingKeysWith: { a, _ in a })
+        var area = [Double](repeating: 0, count: held.count)
+        for r in runs {
+            let end = r.end ?? now
+            if let b = r.batchJob {
+                if let k = byID[b] { area[k] += r.share * overlap(r.start, end, held[k].start, held[k].end ?? now) }
+            } else {
+                for (k, h) in held.enumerated() { area[k] += r.share * overlap(r.start, end, h.start, h.end ?? now) }
+            }
+        }
+        for (k, h) in held.enumerated() {
+            let span = (h.end ?? now) - h.start
+            let capacity = Double(h.nodes) * span
+            uses.append(
+                BatchJobUse(
+                    id: h.id, nodes: h.nodes, start: h.start, end: h.end, busyNodeSeconds: area[k],
+                    mean: capacity > 0 ? area[k] / capacity : 0))
+        }
+        guard first <= last else {
+            return Utilization(bin: bin ?? 1, bins: [], busyNodeSeconds: 0, batchJobs: uses, steps: steps ? [] : nil)
+        }
+        let width = bin ?? autoBin(span: last - first)
+        let origin = (first / width).rounded(.down) * width
+        let count = try binCount(from: origin, to: last, width: width)
+        var busy = [Double](repeating: 0, count: count)
+        var available = [Double](repeating: 0, count: count)
+        func spread(_ a: Double, _ b: Double, _ weight: Double, into series: inout [Double]) {
+            guard b > a else { return }
+            var k = min(count - 1, Int((a - origin) / width))
+            while k < count {
+                let lo = origin + Double(k) * width
+                let hi = lo + width
+                if lo >= b { break }
+                series[k] += weight * overlap(a, b, lo, hi)
+                k += 1
+            }
+        }
+        for r in runs { spread(r.start, r.end ?? now, r.share, into: &busy) }
+        for h in held { spread(h.start, h.end ?? now, Double(h.nodes), into: &available) }
+        var stepSeries: [(time: Double, busy: Double)]?
+        if steps {
+            var changes: [(Double, Double)] = []
+            changes.reserveCapacity(runs.count * 2)
+            for r in runs {
+                changes.append((r.start, r.share))
+                if let end = r.end { changes.append((end, -r.share)) }
+            }
+            changes.sort { $0.0 < $1.0 }
+            var level = 0.0
+            stepSeries = changes.map {
+                level += $0.1
+                return ($0.0, level)
+            }
+        }
+        return Utilization(
+            bin: width,
+            bins: (0..<count).map { (origin + Double($0) * width, busy[$0] / width, available[$0] / width) },
+            busyNodeSeconds: integral, batchJobs: uses, steps: stepSeries)
+    }
+
+    static func overlap(_ a: Double, _ b: Double, _ c: Double, _ d: Double) -> Double { max(0, min(b, d) - max(a, c)) }
+}
