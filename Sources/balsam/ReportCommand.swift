@@ -93,18 +93,22 @@ struct ReportThroughput: ParsableCommand {
             guard JobState(rawValue: state) != nil else { throw SpoolError(.usage, "--state \(state): not a state") }
             if let plot { _ = try ReportPlot.terminal(for: plot) }
             let site = try siteOption.open()
-            let t = try Reports(site: site).throughput(state: state, since: try parseSince(since), bin: try checkBin(bin))
+            let t = try Reports(site: site).throughput(
+                state: state, since: try parseSince(since), bin: try checkBin(bin))
             if let plot {
                 try ReportPlot(
                     title: "\(state) per \(seconds(t.bin)) at \(site.root)", yLabel: "jobs per bin",
-                    series: [.init(title: state, style: "steps lw 2", points: t.bins.map { ($0.start, Double($0.count)) })]
+                    series: [
+                        .bins(state, style: "steps lw 2", t.bins.map { ($0.start, Double($0.count)) }, width: t.bin)
+                    ]
                 ).write(to: plot)
             }
             if json {
                 print(t.json(state: state).serialized())
                 return
             }
-            print(table(["BIN START", "COUNT"], t.bins.map { [Timestamp.format(seconds: $0.start), String($0.count)] }))
+            print(
+                table(["BIN START", "COUNT"], t.bins.map { [Timestamp.format(seconds: $0.start), String($0.count)] }))
             print(
                 "\(t.total) jobs reached \(state); \(format2(t.rate)) jobs/s from the first to the last; "
                     + "bins of \(seconds(t.bin))")
@@ -122,7 +126,7 @@ func seconds(_ width: Double) -> String {
     if width >= 86400, width.truncatingRemainder(dividingBy: 86400) == 0 { return "\(Int(width / 86400)) d" }
     if width >= 3600, width.truncatingRemainder(dividingBy: 3600) == 0 { return "\(Int(width / 3600)) h" }
     if width >= 60, width.truncatingRemainder(dividingBy: 60) == 0 { return "\(Int(width / 60)) min" }
-    return "\(format2(width)) s"
+    return width.rounded() == width ? "\(Int(width)) s" : "\(format2(width)) s"
 }
 
 struct ReportUtilization: ParsableCommand {
@@ -151,10 +155,10 @@ struct ReportUtilization: ParsableCommand {
                 try ReportPlot(
                     title: "nodes busy and held, mean per \(seconds(u.bin)), at \(site.root)", yLabel: "nodes",
                     series: [
-                        .init(title: "busy", style: "steps lw 2", points: u.bins.map { ($0.start, $0.busy) }),
-                        .init(
-                            title: "available", style: "steps lw 1 dt 2",
-                            points: u.bins.map { ($0.start, $0.available) }),
+                        .bins("busy", style: "steps lw 2", u.bins.map { ($0.start, $0.busy) }, width: u.bin),
+                        .bins(
+                            "available", style: "steps lw 1 dt 2", u.bins.map { ($0.start, $0.available) },
+                            width: u.bin),
                     ]
                 ).write(to: plot)
             }

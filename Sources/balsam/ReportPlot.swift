@@ -14,6 +14,11 @@ struct ReportPlot {
         var title: String
         var style: String
         var points: [(Double, Double)]
+
+        /// Bins drawn as steps: each bin's value from its start to the next; the last one to its end.
+        static func bins(_ title: String, style: String, _ bins: [(Double, Double)], width: Double) -> Series {
+            Series(title: title, style: style, points: bins + (bins.last.map { [($0.0 + width, $0.1)] } ?? []))
+        }
     }
 
     var title: String
@@ -55,7 +60,7 @@ struct ReportPlot {
             set title \(quoted(title)) noenhanced
             set xdata time
             set timefmt '%s'
-            set format x '%m-%d\\n%H:%M:%S'
+            set format x "%m-%d\\n%H:%M:%S"
             set xlabel 'time (UTC)'
             set ylabel \(quoted(yLabel))
             set yrange [0:*]

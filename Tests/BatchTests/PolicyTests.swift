@@ -33,7 +33,9 @@ import Testing
             job.filterTags = ["exp": "a1"]
             let script = try JobScript.render(
                 template, templatePath: nil, job: job, name: "balsam-x-1", site: site, binDirectory: "/opt/b")
-            #expect(script.contains("/opt/b/balsam-launcher --site \(site.root) --wall-time-min 30 --batch-job \(job.id) --tag exp=a1"))
+            #expect(
+                script.contains(
+                    "/opt/b/balsam-launcher --site \(site.root) --wall-time-min 30 --batch-job \(job.id) --tag exp=a1"))
             #expect(!script.contains("{{"))
         }
     }

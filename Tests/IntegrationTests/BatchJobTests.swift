@@ -80,7 +80,7 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
     // MARK: - Local scheduler
 
     @Test func aLocalBatchJobRunsTheSitesJobsAndEndsCompleted() throws {
-        let site = try makeSite("local", app: "echo hi")
+        let site = try makeSite("local", app: "sleep 0.2; echo hi")
         try submitJobs(site, 5)
         let r = try queueSubmit(site, ["-n", "1", "-t", "5"])
         #expect(r.status == 0 && r.stdout == "1\n", "\(r.stderr)")
@@ -98,6 +98,39 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         #expect(listing.stdout.contains("finished(completed)") && listing.stderr.isEmpty, "\(listing.stderr)")
         #expect(try balsam(["queue", "ls"], site: site.root).stdout.split(separator: "\n").count == 1)
         #expect(watcher.terminate() == 0)
+        try checkUtilization(site, job)
+    }
+
+    /// The batch job's launcher wrote its id into every RUNNING event, and `balsam report utilization` gives it
+    /// the busy node-seconds of those runs (share 1: one job per node) over the node-seconds it held.
+    func checkUtilization(_ site: Site, _ job: BatchJob) throws {
+        let start = try #require(job.startTime.flatMap(Timestamp.seconds))
+        let end = try #require(job.endTime.flatMap(Timestamp.seconds))
+        var started: [String: Double] = [:]
+        var busy = 0.0
+        var runs = 0
+        for name in entries(site.eventsPath) where name.hasSuffix(".jsonl") {
+            for line in try read(site.eventsPath + "/" + name).split(separator: "\n") {
+                let e = try JSONValue.parse(String(line)).objectValue ?? [:]
+                let id = e["job"]?.stringValue ?? ""
+                let t = Timestamp.seconds(e["t"]?.stringValue ?? "") ?? 0
+                if e["to"]?.stringValue == "RUNNING" {
+                    #expect(e["data"]?.objectValue?["batch_job"]?.intValue == job.id, "\(line)")
+                    started[id] = t
+                } else if e["from"]?.stringValue == "RUNNING", let since = started.removeValue(forKey: id) {
+                    #expect(t - since >= 0.2)
+                    busy += max(0, min(t, end) - max(since, start))  // the part within the batch job's times
+                    runs += 1
+                }
+            }
+        }
+        #expect(runs == 5 && busy > 0)
+        let report = try balsam(["report", "utilization", "--json", "--batch-job", String(job.id)], site: site.root)
+        let o = try JSONValue.parse(report.stdout).objectValue ?? [:]
+        let use = try #require(o["batch_jobs"]?.arrayValue?.first?.objectValue, "\(report.stdout) \(report.stderr)")
+        #expect(abs((use["busy_node_seconds"]?.doubleValue ?? -1) - busy) < 1e-6, "\(use) against \(busy)")
+        let mean = use["mean_utilization"]?.doubleValue ?? -1
+        #expect(abs(mean - busy / (end - start)) < 1e-6 && mean > 0 && mean <= 1, "\(use)")
     }
 
     @Test func aBatchJobThatFailsAtOnceShowsTheEndOfItsOutput() throws {

@@ -79,5 +79,71 @@ import Testing
         #expect(none.isEmpty)
         let table = try balsam(["report", "failures", "--app", "bad", "--limit", "2"], site: site.root).stdout
         #expect(table.split(separator: "\n").count == 3, "a header and two rows: \(table)")
+
+        try checkPlots(site, dir, throughput: throughput)
+    }
+
+    /// `--plot`: a PNG and an SVG made by gnuplot, the SVG's drawn levels matching the JSON's counts; a missing
+    /// gnuplot or a wrong extension is a clear error and leaves no file.
+    func checkPlots(_ site: Site, _ dir: TempDir, throughput: [String: JSONValue]) throws {
+        let png = dir.path + "/u.png"
+        let u = try balsam(["report", "utilization", "--plot", png], site: site.root)
+        #expect(u.status == 0, "\(u.stderr)")
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: png)))
+        #expect(bytes.starts(with: [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]), "a PNG signature")
+        // IHDR: width and height, big-endian, at bytes 16 and 20.
+        func word(_ at: Int) -> Int { bytes[at..<(at + 4)].reduce(0) { $0 << 8 | Int($1) } }
+        #expect(bytes.count > 5000 && word(16) == 1000 && word(20) == 500, "\(bytes.count) bytes")
+
+        let svg = dir.path + "/t.svg"
+        let t = try balsam(["report", "throughput", "--bin", "1", "--plot", svg], site: site.root)
+        #expect(t.status == 0, "\(t.stderr)")
+        let text = try read(svg)
+        #expect(text.hasPrefix("<?xml") && text.contains("<svg") && text.contains("</svg>"))
+        // The series' path: its horizontal levels, in pixels, are a linear function of the bins' counts.
+        let counts = Set((throughput["bins"]?.arrayValue ?? []).compactMap { $0.objectValue?["count"]?.intValue })
+        let levels = try svgLevels(text, series: "JOB_FINISHED")
+        #expect(levels.count == counts.count, "\(levels) against \(counts)")
+        let c = counts.sorted()
+        let y = levels.sorted(by: >)  // more jobs: higher up, smaller y
+        if c.count >= 2 {
+            let scale = (y[0] - y[y.count - 1]) / Double(c[0] - c[c.count - 1])
+            for k in 0..<min(c.count, y.count) {
+                #expect(abs((y[0] - y[k]) - scale * Double(c[0] - c[k])) < 0.05, "level \(k): \(y) against \(c)")
+            }
+        }
+
+        let none = dir.path + "/none.svg"
+        let missing = try run(
+            binDirectory + "/balsam", ["report", "throughput", "--plot", none],
+            env: ["BALSAM_SITE": site.root, "PATH": "/nonexistent"])
+        #expect(missing.status != 0 && missing.stderr.contains("gnuplot-nox"), "\(missing.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: none))
+        let wrong = try balsam(["report", "throughput", "--plot", dir.path + "/t.jpg"], site: site.root)
+        #expect(wrong.status == 64 && wrong.stderr.contains(".png or .svg"), "\(wrong.stderr)")
+    }
+
+    /// The distinct y coordinates of the horizontal segments gnuplot drew for `series` (its legend sample left out).
+    func svgLevels(_ svg: String, series: String) throws -> Set<Double> {
+        let group = try #require(svg.range(of: "<title>\(series)</title>"))
+        let rest = svg[group.upperBound...]
+        let pathStart = try #require(rest.range(of: "<path stroke='rgb"))
+        let d = try #require(rest[pathStart.upperBound...].range(of: "d='"))
+        let end = try #require(rest[d.upperBound...].firstIndex(of: "'"))
+        let points = rest[d.upperBound..<end].split(whereSeparator: { " \n\t".contains($0) }).compactMap {
+            step -> (Bool, Double, Double)? in
+            let move = step.first == "M"
+            let xy = step.dropFirst().split(separator: ",").compactMap { Double($0) }
+            return xy.count == 2 ? (move, xy[0], xy[1]) : nil
+        }
+        // The legend's sample is the first move and line; the data start at the second move.
+        let data = points.drop { !$0.0 }.dropFirst().drop { !$0.0 }
+        var levels: Set<Double> = []
+        var previous: (Double, Double)?
+        for (_, x, y) in data {
+            if let (px, py) = previous, py == y, px != x { levels.insert(y) }
+            previous = (x, y)
+        }
+        return levels
     }
 }

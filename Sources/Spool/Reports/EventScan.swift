@@ -44,7 +44,8 @@ public struct EventLine {
 
     @inline(__always)
     func equals(_ range: Range<Int>, _ bytes: [UInt8]) -> Bool {
-        range.count == bytes.count && bytes.withUnsafeBufferPointer { memcmp(base + range.lowerBound, $0.baseAddress!, $0.count) == 0 }
+        range.count == bytes.count
+            && bytes.withUnsafeBufferPointer { memcmp(base + range.lowerBound, $0.baseAddress!, $0.count) == 0 }
     }
 
     func string(_ range: Range<Int>) -> String {
@@ -66,8 +67,9 @@ public struct EventLine {
         while i + n <= end {
             if base[i] == key[0] && key.withUnsafeBufferPointer({ memcmp(base + i, $0.baseAddress!, n) }) == 0 {
                 var j = i + n
-                while j < end, (base[j] >= 0x30 && base[j] <= 0x39) || base[j] == 0x2E || base[j] == 0x2D
-                    || base[j] == 0x2B || base[j] == 0x65 || base[j] == 0x45
+                while j < end,
+                    (base[j] >= 0x30 && base[j] <= 0x39) || base[j] == 0x2E || base[j] == 0x2D
+                        || base[j] == 0x2B || base[j] == 0x65 || base[j] == 0x45
                 {
                     j += 1
                 }
@@ -147,7 +149,7 @@ enum EventScan {
         for name in names {
             let path = directory + "/" + name
             let fd: Int32
-            do { fd = try Posix.open(path, O_RDONLY | O_NOFOLLOW) } catch where error.cause == ENOENT { continue }
+            do { fd = try Posix.open(path, O_RDONLY | O_NOFOLLOW) } catch  where error.cause == ENOENT { continue }
             defer { close(fd) }
             var st = stat()
             try Posix.call("stat", path: path) { fstat(fd, &st) }
