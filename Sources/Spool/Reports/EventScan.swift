@@ -26,11 +26,12 @@ public struct EventLine {
     @inline(__always)
     func value(_ key: [UInt8], before: Int) -> (Range<Int>, Int)? {
         key.withUnsafeBufferPointer { k -> (Range<Int>, Int)? in
+            guard let kp = k.baseAddress else { return nil }
             let n = k.count
             var i = before - n
             let first = k[0]
             while i >= start {
-                if base[i] == first && memcmp(base + i, k.baseAddress!, n) == 0 {
+                if base[i] == first && memcmp(base + i, kp, n) == 0 {
                     let from = i + n
                     var j = from
                     while j < end && base[j] != 0x22 { j += 1 }
@@ -45,7 +46,9 @@ public struct EventLine {
     @inline(__always)
     func equals(_ range: Range<Int>, _ bytes: [UInt8]) -> Bool {
         range.count == bytes.count
-            && bytes.withUnsafeBufferPointer { memcmp(base + range.lowerBound, $0.baseAddress!, $0.count) == 0 }
+            && bytes.withUnsafeBufferPointer { b in
+                b.baseAddress.map { memcmp(base + range.lowerBound, $0, b.count) == 0 } ?? range.isEmpty
+            }
     }
 
     func string(_ range: Range<Int>) -> String {
@@ -65,7 +68,9 @@ public struct EventLine {
         let n = key.count
         var i = start
         while i + n <= end {
-            if base[i] == key[0] && key.withUnsafeBufferPointer({ memcmp(base + i, $0.baseAddress!, n) }) == 0 {
+            if base[i] == key[0]
+                && key.withUnsafeBufferPointer({ k in k.baseAddress.map { memcmp(base + i, $0, n) } }) == 0
+            {
                 var j = i + n
                 while j < end,
                     (base[j] >= 0x30 && base[j] <= 0x39) || base[j] == 0x2E || base[j] == 0x2D
@@ -225,6 +230,6 @@ enum EventScan {
             slots.deallocate()
         }
         func set(_ i: Int, _ part: Part) { slots[i] = part }
-        func all() -> [Part] { (0..<count).map { slots[$0]! } }
+        func all() -> [Part] { (0..<count).compactMap { slots[$0] } }
     }
 }
