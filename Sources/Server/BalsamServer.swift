@@ -82,6 +82,10 @@ public struct BalsamServer: Sendable {
 
         route(.get, "events", "/events/", Events.list)
 
+        route(.get, "reports/throughput", "/reports/throughput", ReportRoutes.throughput)
+        route(.get, "reports/utilization", "/reports/utilization", ReportRoutes.utilization)
+        route(.get, "reports/failures", "/reports/failures", ReportRoutes.failures)
+
         route(.post, "sync/push", "/sync/push", SyncRoutes.push)
 
         route(.get, "transfers", "/transfers/", Transfers.list)

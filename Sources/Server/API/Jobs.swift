@@ -381,6 +381,7 @@ enum Jobs {
                 "INSERT INTO events (owner_id, job_id, timestamp, from_state, to_state, data) VALUES "
                     + valuesList(rows: chunk.count, columns: 6), parameters)
         }
+        try Rollups.record(events, owner: owner, connection: c)
     }
 
     private static func insertParentsAndTransfers(

@@ -11,6 +11,7 @@ enum Schema {
         (2, "sites' own job ids, for idempotent pushes", siteJobIDs),
         (3, "sites' own batch job ids", siteBatchIDs),
         (4, "users' requests to sites", jobRequests),
+        (5, "report rollups: state changes and busy node-seconds per minute", reportRollups),
     ]
 
     /// The newest version this server knows.
@@ -188,6 +189,36 @@ enum Schema {
                 created \(big) NOT NULL
             );
             CREATE INDEX job_requests_site ON job_requests (site_id);
+            """
+    }
+
+    /// Per-minute counts the report routes add up instead of reading every event: state changes per site, state
+    /// and minute (filled from the events already recorded), busy node-seconds per site and minute, and each
+    /// batch job's busy node-seconds (counted from this version on).
+    private static func reportRollups(_ d: SQLDialect) -> String {
+        let big = d == .sqlite ? "INTEGER" : "BIGINT"
+        return """
+            CREATE TABLE state_minutes (
+                owner_id \(big) NOT NULL,
+                site_id \(big) NOT NULL,
+                to_state TEXT NOT NULL,
+                minute \(big) NOT NULL,
+                n \(big) NOT NULL,
+                PRIMARY KEY (owner_id, to_state, site_id, minute)
+            );
+            CREATE TABLE busy_minutes (
+                owner_id \(big) NOT NULL,
+                site_id \(big) NOT NULL,
+                minute \(big) NOT NULL,
+                node_seconds DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (owner_id, site_id, minute)
+            );
+            ALTER TABLE batch_jobs ADD COLUMN busy_node_seconds DOUBLE PRECISION NOT NULL DEFAULT 0;
+            CREATE INDEX events_owner_to_time ON events (owner_id, to_state, timestamp);
+            INSERT INTO state_minutes (owner_id, site_id, to_state, minute, n)
+                SELECT e.owner_id, j.site_id, e.to_state, e.timestamp / 60000000, count(*)
+                FROM events e JOIN jobs j ON j.id = e.job_id
+                GROUP BY e.owner_id, j.site_id, e.to_state, e.timestamp / 60000000;
             """
     }
 

@@ -28,15 +28,32 @@ public enum ReportSeries {
         guard let first = times.min(), let last = times.max() else {
             return Throughput(bin: bin ?? 1, bins: [], total: 0, rate: 0)
         }
-        let width = bin ?? autoBin(span: last - first)
+        return try throughput(counted: times.lazy.map { ($0, 1) }, first: first, last: last, bin: bin)
+    }
+
+    /// Counts at times (the server's per-minute sums) in bins of `bin` seconds (automatic when nil: at least
+    /// `minimumBin`); the rate is the total over `first` to `last`, the first and last events' times.
+    public static func throughput(
+        counted: some Sequence<(Double, Int)>, first: Double, last: Double, bin: Double?, minimumBin: Double = 0
+    ) throws(SpoolError) -> Throughput {
+        let width = bin ?? roundUp(max(minimumBin, autoBin(span: last - first)), to: minimumBin)
         let origin = (first / width).rounded(.down) * width
         let count = try binCount(from: origin, to: last, width: width)
         var counts = [Int](repeating: 0, count: count)
-        for t in times { counts[min(count - 1, Int((t - origin) / width))] += 1 }
+        var total = 0
+        for (t, n) in counted {
+            counts[max(0, min(count - 1, Int((t - origin) / width)))] += n
+            total += n
+        }
         let span = last - first
         return Throughput(
             bin: width, bins: counts.enumerated().map { (origin + Double($0.offset) * width, $0.element) },
-            total: times.count, rate: span > 0 ? Double(times.count) / span : Double(times.count))
+            total: total, rate: span > 0 ? Double(total) / span : Double(total))
+    }
+
+    /// `value` rounded up to a multiple of `unit` (unchanged when `unit` is 0).
+    public static func roundUp(_ value: Double, to unit: Double) -> Double {
+        unit > 0 ? (value / unit).rounded(.up) * unit : value
     }
 
     static func binCount(from origin: Double, to last: Double, width: Double) throws(SpoolError) -> Int {

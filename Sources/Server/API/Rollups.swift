@@ -1,0 +1,114 @@
+import Spool
+
+/// The per-minute sums the report routes read instead of every event, kept as events are recorded: state
+/// changes per (site, state, minute), busy node-seconds per (site, minute) for each run that ended (its node
+/// share times its time in each minute), and each batch job's busy node-seconds when the run's launcher named it.
+/// Runs still going are added when a report is made.
+enum Rollups {
+    /// Microseconds per minute, the rollups' unit.
+    static let minute: Int64 = 60_000_000
+
+    /// Updates the rollups for events just inserted: `(job, from, to, data JSON, time)`.
+    static func record(_ events: [(Int, String, String, String, Int64)], owner: Int, connection c: any SQLConnection)
+        throws
+    {
+        guard !events.isEmpty else { return }
+        let site = try sites(of: Set(events.map(\.0)), connection: c)
+        var counts: [String: (site: Int, state: String, minute: Int64, n: Int)] = [:]
+        var ends: [(job: Int, time: Int64)] = []
+        for e in events {
+            guard let s = site[e.0] else { continue }
+            let m = e.4 / minute
+            counts["\(s) \(e.2) \(m)", default: (s, e.2, m, 0)].n += 1
+            if e.1 == "RUNNING" { ends.append((e.0, e.4)) }
+        }
+        for chunk in Array(counts.values).chunked(c.rowsPerStatement(columns: 5)) {
+            try c.execute(
+                "INSERT INTO state_minutes (owner_id, site_id, to_state, minute, n) VALUES "
+                    + valuesList(rows: chunk.count, columns: 5)
+                    + " ON CONFLICT (owner_id, to_state, site_id, minute) DO UPDATE SET n = state_minutes.n + excluded.n",
+                chunk.flatMap { [.of(owner), .of($0.site), .text($0.state), .int($0.minute), .of($0.n)] })
+        }
+        guard !ends.isEmpty else { return }
+        // Each ended run's start: the job's latest RUNNING event at or before the end (recorded now or before).
+        let starts = try runStarts(Set(ends.map(\.job)), connection: c)
+        var busy: [String: (site: Int, minute: Int64, seconds: Double)] = [:]
+        var batches: [String: (site: Int, batch: Int, seconds: Double)] = [:]
+        for (job, end) in ends {
+            guard let s = site[job], let start = starts[job]?.last(where: { $0.time <= end }) else { continue }
+            spread(from: start.time, to: end, share: start.share) { m, seconds in
+                busy["\(s) \(m)", default: (s, m, 0)].seconds += seconds
+            }
+            if let batch = start.batchJob {
+                batches["\(s) \(batch)", default: (s, batch, 0)].seconds +=
+                    start.share * Double(end - start.time) / 1e6
+            }
+        }
+        for chunk in Array(busy.values).chunked(c.rowsPerStatement(columns: 4)) {
+            try c.execute(
+                "INSERT INTO busy_minutes (owner_id, site_id, minute, node_seconds) VALUES "
+                    + valuesList(rows: chunk.count, columns: 4)
+                    + " ON CONFLICT (owner_id, site_id, minute) DO UPDATE SET "
+                    + "node_seconds = busy_minutes.node_seconds + excluded.node_seconds",
+                chunk.flatMap { [.of(owner), .of($0.site), .int($0.minute), .double($0.seconds)] })
+        }
+        for b in batches.values {
+            try c.execute(
+                """
+                UPDATE batch_jobs SET busy_node_seconds = busy_node_seconds + ?
+                WHERE owner_id = ? AND site_id = ? AND site_batch_id = ?
+                """, [.double(b.seconds), .of(owner), .of(b.site), .of(b.batch)])
+        }
+    }
+
+    /// Calls `add(minute, node-seconds)` for each minute the run from `start` to `end` (microseconds) overlaps.
+    static func spread(from start: Int64, to end: Int64, share: Double, _ add: (Int64, Double) -> Void) {
+        guard end > start else { return }
+        var m = start / minute
+        while m * minute < end {
+            let a = max(start, m * minute)
+            let b = min(end, (m + 1) * minute)
+            if b > a { add(m, share * Double(b - a) / 1e6) }
+            m += 1
+        }
+    }
+
+    static func sites(of jobs: Set<Int>, connection c: any SQLConnection) throws -> [Int: Int] {
+        var site: [Int: Int] = [:]
+        for chunk in Array(jobs).chunked(5000) {
+            for r in try c.query(
+                "SELECT id, site_id FROM jobs WHERE id IN (\(placeholders(chunk.count)))", chunk.map { .of($0) })
+            {
+                site[r.int(0)] = r.int(1)
+            }
+        }
+        return site
+    }
+
+    struct Start {
+        var time: Int64
+        var share: Double
+        /// The site's batch job id its launcher gave.
+        var batchJob: Int?
+    }
+
+    /// Every RUNNING event of `jobs`, oldest first per job.
+    static func runStarts(_ jobs: Set<Int>, connection c: any SQLConnection) throws -> [Int: [Start]] {
+        var starts: [Int: [Start]] = [:]
+        for chunk in Array(jobs).chunked(5000) {
+            let rows = try c.query(
+                """
+                SELECT job_id, timestamp, data FROM events
+                WHERE job_id IN (\(placeholders(chunk.count))) AND to_state = 'RUNNING' ORDER BY timestamp
+                """, chunk.map { .of($0) })
+            for r in rows { starts[r.int(0), default: []].append(start(time: Int64(r.int(1)), data: r.text(2))) }
+        }
+        return starts
+    }
+
+    /// A RUNNING event's node share (1 when it names none) and batch job.
+    static func start(time: Int64, data: String) -> Start {
+        let d = (try? JSONValue.parse(data))?.objectValue ?? [:]
+        return Start(time: time, share: d["num_nodes"]?.doubleValue ?? 1, batchJob: d["batch_job"]?.intValue)
+    }
+}
