@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
         // Already built for Hummingbird; the server takes its thread pool for the databases' blocking calls.
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // Linux calls Swift's Glibc module does not import (renameat2, syncfs).
@@ -107,6 +108,7 @@ let package = Package(
             dependencies: [
                 "CCrypto", "CPostgres", "CSQLite", "Spool",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

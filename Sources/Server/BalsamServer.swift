@@ -86,6 +86,20 @@ public struct BalsamServer: Sendable {
         route(.get, "reports/utilization", "/reports/utilization", ReportRoutes.utilization)
         route(.get, "reports/failures", "/reports/failures", ReportRoutes.failures)
 
+        router.on("dashboard", method: .get) { request, context in
+            await e.serve(request, context, route: "/dashboard", page: true, Dashboard.dashboard)
+        }
+        router.on("dashboard/login", method: .get) { request, context in
+            await e.serve(request, context, route: "/dashboard/login", authenticated: false, Dashboard.loginPage)
+        }
+        router.on("dashboard/login", method: .post) { request, context in
+            await e.serve(
+                request, context, route: "/dashboard/login", authenticated: false, Dashboard.login(accounts))
+        }
+        router.on("dashboard/logout", method: .post) { request, context in
+            await e.serve(request, context, route: "/dashboard/logout", page: true, Dashboard.logout)
+        }
+
         route(.post, "sync/push", "/sync/push", SyncRoutes.push)
 
         route(.get, "transfers", "/transfers/", Transfers.list)

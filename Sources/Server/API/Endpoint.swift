@@ -1,3 +1,4 @@
+import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
@@ -45,6 +46,20 @@ struct Reply {
     var body: [UInt8]?
     /// Seconds to hold the reply (failed logins).
     var hold: Double = 0
+    /// The body's type (the dashboard's pages are HTML).
+    var contentType = "application/json"
+    /// More response headers (the dashboard's cookie and redirects).
+    var headers: [(String, String)] = []
+
+    /// An HTML page.
+    static func html(_ text: String, status: Int = 200) -> Reply {
+        Reply(status: status, body: Array(text.utf8), contentType: "text/html; charset=utf-8")
+    }
+
+    /// 303 to `location`, with more headers.
+    static func redirect(_ location: String, _ headers: [(String, String)] = []) -> Reply {
+        Reply(status: 303, body: nil, headers: [("Location", location)] + headers)
+    }
 
     static func json(_ writer: JSONWriter, status: Int = 200) -> Reply { Reply(status: status, body: writer.bytes) }
     static func json(_ value: JSONValue, status: Int = 200) -> Reply {
@@ -82,7 +97,7 @@ struct Endpoints: Sendable {
     /// `authenticated` is false) and runs `handler`.
     func serve(
         _ request: Request, _ context: some RequestContext, route: String, authenticated: Bool = true,
-        hasID: Bool = false, _ handler: @escaping Handler
+        hasID: Bool = false, page: Bool = false, _ handler: @escaping Handler
     ) async -> Response {
         let start = ContinuousClock.now
         var request = request
@@ -90,7 +105,8 @@ struct Endpoints: Sendable {
         var userName = "-"
         do {
             // No token, no body read: an anonymous client cannot make the server buffer megabytes.
-            let token = bearerToken(request)
+            // A page (the dashboard) authenticates with its cookie, and sends a stranger to its login page.
+            let token = page ? Dashboard.cookieToken(request.headers[.cookie]) : bearerToken(request)
             if authenticated && token == nil { throw ServerError.unauthorized }
             let body: [UInt8]
             do {
@@ -123,6 +139,8 @@ struct Endpoints: Sendable {
             }
             reply = answer
             userName = user
+        } catch let error as ServerError where page && error.status == 401 {
+            reply = .redirect(Dashboard.loginPath)
         } catch let error as ServerError {
             reply = Endpoints.errorReply(error)
         } catch let error as StoreError where error.kind == .constraint {
@@ -145,7 +163,10 @@ struct Endpoints: Sendable {
                 "user": "\(userName)", "ms": "\(Double(Int(ms * 10)) / 10)",
             ])
         var headers = HTTPFields()
-        if reply.body != nil { headers[.contentType] = "application/json" }
+        if reply.body != nil { headers[.contentType] = reply.contentType }
+        for (name, value) in reply.headers {
+            if let field = HTTPField.Name(name) { headers.append(HTTPField(name: field, value: value)) }
+        }
         if reply.status == 401 { headers[.wwwAuthenticate] = "Bearer" }
         let status = HTTPResponse.Status(code: reply.status)
         guard let bytes = reply.body else { return Response(status: status, headers: headers) }

@@ -12,6 +12,13 @@ enum ReportRoutes {
         var until: Int64?
         var bin: Double?
 
+        init(site: Int?, since: Int64?, until: Int64?, bin: Double?) {
+            self.site = site
+            self.since = since
+            self.until = until
+            self.bin = bin
+        }
+
         init(_ query: inout QueryParameters) throws(ServerError) {
             site = try query.int("site_id")
             since = try query.time("since")
