@@ -99,7 +99,7 @@ enum ReportRoutes {
     }
 
     static func utilization(_ call: inout Call) throws -> Reply {
-        var window = try Window(&call.query)
+        let window = try Window(&call.query)
         let steps = try call.query.bool("steps") ?? false
         let batchJob = try call.query.int("batch_job_id")
         try call.query.finish()
