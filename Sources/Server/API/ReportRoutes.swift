@@ -80,11 +80,15 @@ enum ReportRoutes {
                 e.add("to_state = ?", .text(state))
                 if let since = window.since { e.add("timestamp >= ?", .int(since)) }
                 if let until = window.until { e.add("timestamp <= ?", .int(until)) }
-                if let r = try c.query("SELECT min(timestamp), max(timestamp) FROM events WHERE \(e.sql)", e.parameters)
-                    .first, !r.isNull(0)
-                {
-                    first = seconds(Int64(r.int(0)))
-                    last = seconds(Int64(r.int(1)))
+                // One end per query: each is one step down the index (min and max together scan it).
+                let ends = try ["ASC", "DESC"].map { order in
+                    try c.query(
+                        "SELECT timestamp FROM events WHERE \(e.sql) ORDER BY timestamp \(order) LIMIT 1", e.parameters
+                    ).first.map { seconds(Int64($0.int(0))) }
+                }
+                if let a = ends[0], let b = ends[1] {
+                    first = a
+                    last = b
                 }
             }
             return try ReportSeries.throughput(
