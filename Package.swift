@@ -36,7 +36,18 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ],
             // The site's Python runner, written into each site that has Python apps (SITE/lib/).
-            resources: [.embedInCode("Python/balsam_runner.py")]
+            resources: [
+                .embedInCode("Python/balsam_runner.py"),
+                // The platform presets (balsam(1), PLATFORM PRESETS), one directory each.
+                .embedInCode("Platforms/local/local.yml"),
+                .embedInCode("Platforms/generic-slurm/generic-slurm.yml"),
+                .embedInCode("Platforms/generic-pbs/generic-pbs.yml"),
+                .embedInCode("Platforms/polaris/polaris.yml"),
+                .embedInCode("Platforms/aurora/aurora.yml"),
+                .embedInCode("Platforms/perlmutter-cpu/perlmutter-cpu.yml"),
+                .embedInCode("Platforms/perlmutter-gpu/perlmutter-gpu.yml"),
+                .embedInCode("Platforms/frontier/frontier.yml"),
+            ]
         ),
         // What the executables share: site option, error-to-exit-status mapping, output helpers.
         .target(

@@ -29,7 +29,7 @@ public enum OriginalSpellings {
 
     /// The translation of `arguments` (without the program name), or nil when they are not an original spelling.
     public static func translate(_ arguments: [String]) throws(SpoolError) -> Translation? {
-        let verbs = ["site": "init, start, stop or sync", "job": "create, ls, rm or modify"]
+        let verbs = ["site": "init, start, stop, sync or platforms", "job": "create, ls, rm or modify"]
         if let group = arguments.first, let named = verbs[group], arguments.count == 1 || arguments[1].hasPrefix("-") {
             throw SpoolError(.usage, "\(group): give a command: \(named) (see balsam(1))")
         }
@@ -37,7 +37,10 @@ public enum OriginalSpellings {
         let rest = Array(arguments.dropFirst(2))
         switch (arguments[0], arguments[1]) {
         case ("site", "init"):
-            return .builtin(["init"] + rest)
+            // As the original: the platform is asked for when not given (a menu on a terminal).
+            return .builtin(["init", "--choose-platform"] + rest)
+        case ("site", "platforms"):
+            return .builtin(["platforms"] + rest)
         case ("site", "start"):
             return .program("balsam-watch", ["--daemon"] + rest)
         case ("site", "stop"):

@@ -75,8 +75,8 @@ public func redirectStandardError(to path: String) throws(SpoolError) {
 }
 
 /// Writes a line to standard error.
-public func printError(_ line: String) {
-    var bytes = Array((line + "\n").utf8)
+public func printError(_ line: String, terminator: String = "\n") {
+    var bytes = Array((line + terminator).utf8)
     _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
 }
 

@@ -39,7 +39,8 @@ public final class BatchService {
             self.scheduler = scheduler
         } else {
             self.scheduler = try makeScheduler(
-                kind: settings.scheduler.kind, site: site, timeoutSeconds: settings.scheduler.commandTimeoutSeconds)
+                kind: settings.scheduler.kind, site: site, timeoutSeconds: settings.scheduler.commandTimeoutSeconds,
+                queueOption: settings.scheduler.queueOption)
         }
         self.binDirectory = binDirectory
         self.logger = logger

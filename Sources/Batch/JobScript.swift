@@ -10,9 +10,16 @@ public enum JobScript {
     /// Creates a site for `scheduler` (see `Site.create`) with the scheduler's default job template in it,
     /// written before the site is renamed into place: a site never exists without its template.
     public static func createSite(at path: String, name: String?, scheduler: String) throws(SpoolError) -> Site {
+        try createSite(at: path, name: name, platform: .generic(scheduler: scheduler), project: nil)
+    }
+
+    /// A new site from a platform preset: its settings, and its job template (else the scheduler's default).
+    public static func createSite(at path: String, name: String?, platform: Platform, project: String?)
+        throws(SpoolError) -> Site
+    {
         try Site.create(
-            at: path, name: name, scheduler: scheduler,
-            files: [templateName: Array(defaultTemplate(for: scheduler).utf8)])
+            at: path, name: name, platform: platform, project: project,
+            files: [templateName: Array((platform.jobTemplate ?? defaultTemplate(for: platform.scheduler)).utf8)])
     }
 
     /// The default template for `scheduler` (written to `SITE/job-template.sh` by `balsam init`).

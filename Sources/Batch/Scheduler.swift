@@ -85,11 +85,12 @@ extension Scheduler {
 
 /// Makes the adapter a site's settings name.
 public func makeScheduler(
-    kind: String, site: Site, timeoutSeconds: Double, environment: [String: String]? = nil
+    kind: String, site: Site, timeoutSeconds: Double, environment: [String: String]? = nil,
+    queueOption: String? = nil
 ) throws(SpoolError) -> any Scheduler {
     let command = SchedulerCommand(timeoutSeconds: timeoutSeconds, environment: environment, directory: site.root)
     switch kind {
-    case "slurm": return SlurmScheduler(command: command)
+    case "slurm": return SlurmScheduler(command: command, queueOption: queueOption ?? "--partition")
     case "pbs": return PBSScheduler(command: command)
     case "lsf": return LSFScheduler(command: command)
     case "cobalt": return CobaltScheduler(command: command)

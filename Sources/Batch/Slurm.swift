@@ -5,6 +5,9 @@ import Spool
 public struct SlurmScheduler: Scheduler {
     public let kind = "slurm"
     let command: SchedulerCommand
+    /// The sbatch option that takes the batch job's queue: `--partition`, or `--qos` where queues are
+    /// qualities of service (Perlmutter); `scheduler.queue_option`.
+    var queueOption = "--partition"
 
     /// The `squeue` fields read, in order.
     static let listFormat = "%i|%T|%j|%P|%D|%V|%S|%e|%r"
@@ -14,7 +17,7 @@ public struct SlurmScheduler: Scheduler {
             "sbatch", "--parsable", "--job-name", name, "--output", outputPath, "--nodes", String(job.numNodes),
             "--time", String(job.wallTimeMinutes),
         ]
-        if !job.queue.isEmpty { arguments += ["--partition", job.queue] }
+        if !job.queue.isEmpty { arguments += [queueOption, job.queue] }
         if !job.project.isEmpty { arguments += ["--account", job.project] }
         let result = try command.run(arguments + [script])
         return try SlurmScheduler.parseSubmit(result.output)

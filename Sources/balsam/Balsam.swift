@@ -20,7 +20,7 @@ struct Balsam: ParsableCommand {
         subcommands: [
             Init.self, List.self, Show.self, Kill.self, Retry.self, Remove.self, Modify.self, AppCommand.self,
             IngestCommand.self, FsckCommand.self, QueueCommand.self, LoginCommand.self, SyncCommand.self,
-            TransferCommand.self, ReportCommand.self,
+            TransferCommand.self, ReportCommand.self, PlatformsCommand.self,
         ])
 
     static func main() {
@@ -72,40 +72,6 @@ struct Balsam: ParsableCommand {
         printError(
             "balsam: '\(command)' is not a balsam command and no \(name) program was found (see 'balsam --help')")
         Glibc.exit(ExitStatus.usage)
-    }
-}
-
-struct Init: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Create a new site directory.",
-        discussion: "The directory must not exist; missing parent directories are made. Prints the site's path.")
-
-    @Argument(help: "Where to create the site.")
-    var path: String
-
-    @Option(name: [.short, .long], help: "The site's name (default: the directory's name).")
-    var name: String?
-
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "The batch scheduler: local, slurm, pbs, lsf or cobalt. Its defaults go into settings.yml and "
-                + "job-template.sh.", valueName: "name"))
-    var scheduler = "local"
-
-    func validate() throws {
-        guard SiteSettings.schedulerKinds.contains(scheduler) else {
-            throw ValidationError(
-                "--scheduler must be one of \(SiteSettings.schedulerKinds.joined(separator: ", ")), not '\(scheduler)'."
-            )
-        }
-    }
-
-    func run() throws {
-        try reportingErrors("balsam init") {
-            let site = try JobScript.createSite(at: path, name: name, scheduler: scheduler)
-            print(site.root)
-        }
     }
 }
 

@@ -48,12 +48,16 @@ public struct Assignment: Sendable, Equatable {
     public var gpus: [String]
     /// Occupancy held on each node.
     public var occupancy: Double
+    /// The CPU IDs held on each node, lowest first (all of a node's for a multi-node job): what a launch
+    /// template's `{{ cpu_bind_list }}` binds the ranks to.
+    public var cpuIDs: [Int]
 
-    public init(nodes: [Int], cpus: Int, gpus: [String], occupancy: Double) {
+    public init(nodes: [Int], cpus: Int, gpus: [String], occupancy: Double, cpuIDs: [Int] = []) {
         self.nodes = nodes
         self.cpus = cpus
         self.gpus = gpus
         self.occupancy = occupancy
+        self.cpuIDs = cpuIDs
     }
 }
 
@@ -64,6 +68,7 @@ public struct Allocation: Sendable {
     private var occupancy: [Double]
     private var busyCPUs: [Int]
     private var freeGPUs: [[String]]
+    private var freeCPUs: [[Int]]
 
     /// Slack for floating-point sums of occupancies (three jobs of 1/3 fill a node).
     static let epsilon = 0.001
@@ -73,6 +78,7 @@ public struct Allocation: Sendable {
         occupancy = nodes.map { _ in 0 }
         busyCPUs = nodes.map { _ in 0 }
         freeGPUs = nodes.map(\.gpus)
+        freeCPUs = nodes.map { Array(0..<$0.cpus) }
     }
 
     /// Whether some node has room left for at least a small job.
@@ -95,8 +101,10 @@ public struct Allocation: Sendable {
             for i in chosen {
                 occupancy[i] = 1
                 busyCPUs[i] = nodes[i].cpus
+                freeCPUs[i] = []
             }
-            return Assignment(nodes: chosen, cpus: 0, gpus: [], occupancy: 1)
+            return Assignment(
+                nodes: chosen, cpus: 0, gpus: [], occupancy: 1, cpuIDs: Array(0..<nodes[chosen[0]].cpus))
         }
         for i in nodes.indices
         where occupancy[i] + need.occupancy <= 1 + Allocation.epsilon && busyCPUs[i] + need.cpus <= nodes[i].cpus
@@ -106,7 +114,9 @@ public struct Allocation: Sendable {
             busyCPUs[i] += need.cpus
             let gpus = Array(freeGPUs[i].prefix(need.gpus))
             freeGPUs[i].removeFirst(need.gpus)
-            return Assignment(nodes: [i], cpus: need.cpus, gpus: gpus, occupancy: need.occupancy)
+            let cpuIDs = Array(freeCPUs[i].prefix(need.cpus))
+            freeCPUs[i].removeFirst(cpuIDs.count)
+            return Assignment(nodes: [i], cpus: need.cpus, gpus: gpus, occupancy: need.occupancy, cpuIDs: cpuIDs)
         }
         return nil
     }
@@ -119,6 +129,9 @@ public struct Allocation: Sendable {
             // GPUs go back in the node's own order, so the next job gets the lowest free IDs.
             let returned = Set(assignment.gpus)
             freeGPUs[i] = nodes[i].gpus.filter { returned.contains($0) || freeGPUs[i].contains($0) }
+            freeCPUs[i] = (freeCPUs[i] + (assignment.nodes.count > 1 ? Array(0..<nodes[i].cpus) : assignment.cpuIDs))
+                .filter { $0 < nodes[i].cpus }
+            freeCPUs[i] = Array(Set(freeCPUs[i])).sorted()
         }
     }
 }

@@ -81,7 +81,13 @@ public struct TaskCommand: Sendable {
             ]).union(app.isPython ? ["BALSAM_APP", "BALSAM_SITE"] : [])
                 .union(assignment.gpus.isEmpty ? [] : [settings.gpuVariable]).sorted()
             let hosts = assignment.nodes.map { nodes[$0].host }
+            let binding = cpuBinding(job, assignment)
             let values: [String: String] = [
+                "cpus_per_rank": String(binding.cpusPerRank),
+                "depth": String(job.threadsPerRank),
+                "gpus_per_rank": job.gpusPerRank.rounded() == job.gpusPerRank
+                    ? String(Int(job.gpusPerRank)) : String(job.gpusPerRank),
+                "cpu_bind_list": binding.list,
                 "ranks": String(assignment.nodes.count * job.ranksPerNode),
                 "ranks_per_node": String(job.ranksPerNode),
                 "num_nodes": String(assignment.nodes.count),
@@ -104,6 +110,24 @@ public struct TaskCommand: Sendable {
             ? ". " + CommandTemplate.shellQuote(preamble) + " && " + command : command
         return TaskSpec(
             id: job.id, directory: directory, script: script, environment: environment, warmWorker: worker)
+    }
+
+    /// CPUs per rank (the job's CPUs on a node over its ranks per node: all of a node's for a multi-node job) and
+    /// the ranks' CPU lists for `--cpu-bind`: `list:0,1:2,3` (each rank's CPUs, ranks apart by colons), with each
+    /// core's second hardware thread (`launcher.cpu_siblings_offset` on) when the job asks for 2 threads per core.
+    func cpuBinding(_ job: Job, _ assignment: Assignment) -> (cpusPerRank: Int, list: String) {
+        let ids = assignment.cpuIDs
+        guard !ids.isEmpty else { return (max(1, job.threadsPerRank / max(1, job.threadsPerCore)), "none") }
+        let per = max(1, ids.count / max(1, job.ranksPerNode))
+        var ranks: [String] = []
+        for k in 0..<job.ranksPerNode {
+            let mine = ids.dropFirst(k * per).prefix(per)
+            guard !mine.isEmpty else { break }
+            var cpus = Array(mine)
+            if job.threadsPerCore >= 2, let offset = settings.cpuSiblingsOffset { cpus += mine.map { $0 + offset } }
+            ranks.append(cpus.map(String.init).joined(separator: ","))
+        }
+        return (per, "list:" + ranks.joined(separator: ":"))
     }
 
     private func envFlags(_ names: [String]) -> String {

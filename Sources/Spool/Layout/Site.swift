@@ -64,6 +64,14 @@ public struct Site: Sendable {
     public static func create(
         at path: String, name: String? = nil, scheduler: String = "local", files: [String: [UInt8]] = [:]
     ) throws(SpoolError) -> Site {
+        try create(at: path, name: name, platform: .generic(scheduler: scheduler), project: nil, files: files)
+    }
+
+    /// Creates a new site from a platform preset: its values go into settings.yml (`project`, else the preset's
+    /// default project, is the one allowed project).
+    public static func create(
+        at path: String, name: String? = nil, platform: Platform, project: String?, files: [String: [UInt8]] = [:]
+    ) throws(SpoolError) -> Site {
         let root = Posix.absolute(path)
         let siteName = name ?? Posix.lastComponent(root)
         if siteName.isEmpty || siteName.utf8.contains(where: { $0 < 0x20 }) {
@@ -86,7 +94,8 @@ public struct Site: Sendable {
             try Posix.mkdir(staging)
             for dir in directories { try Posix.mkdir(staging + "/" + dir) }
             try Posix.createFile(
-                staging + "/settings.yml", Array(Settings.template(name: siteName, scheduler: scheduler).utf8),
+                staging + "/settings.yml",
+                Array(Settings.template(name: siteName, platform: platform, project: project).utf8),
                 sync: true)
             for (name, bytes) in files.sorted(by: { $0.key < $1.key }) {
                 try Posix.createFile(staging + "/" + name, bytes, sync: true)
@@ -194,11 +203,23 @@ public struct Site: Sendable {
 public enum Settings {
     /// The commented `settings.yml` a new site starts with. Key names follow the original Balsam's.
     public static func template(name: String, scheduler: String = "local") -> String {
-        """
+        template(name: name, platform: .generic(scheduler: scheduler), project: nil)
+    }
+
+    /// A new site's settings from a platform preset.
+    public static func template(name: String, platform p: Platform, project: String?) -> String {
+        let scheduler = p.scheduler
+        let madeFrom =
+            p.about.isEmpty
+            ? ""
+            : "\n# Made from the platform preset '\(p.name)' (\(p.title)), \(p.source); nothing refers back to it.\n"
+        func quoted(_ s: String) -> String { JSONValue.string(s).serialized() }
+        let gpuList = "[" + p.gpuIDs.map(quoted).joined(separator: ", ") + "]"
+        return """
         # Balsam site settings. Key names follow the original Balsam where it has them.
         # Changes take effect when balsam-watch starts or receives SIGHUP.
         # The on-disk format is described in balsam-spool(5).
-
+        \(madeFrom)
         # The site's name, shown by 'balsam' commands and used when syncing.
         name: \(JSONValue.string(name).serialized())
 
@@ -219,14 +240,17 @@ public enum Settings {
           max_concurrent_mpiruns: 1000
           # Command that starts a multi-node job: mpirun (Open MPI), mpiexec (MPICH) or srun, or a template
           # (see balsam-launcher(1)).
-          mpi_launcher: mpirun
+          mpi_launcher: \(p.mpiLauncher == "mpirun" ? "mpirun" : quoted(p.mpiLauncher))
           # Whether several single-node jobs may share a node (node_packing_count).
           mpirun_allows_node_packing: true
           # CPUs per node (null: each launcher rank counts its node's), GPU IDs per node, and the variable that
           # tells a job its GPUs.
-          cpus_per_node: null
-          gpu_ids: []
-          gpu_variable: CUDA_VISIBLE_DEVICES
+          cpus_per_node: \(p.cpusPerNode.map(String.init) ?? "null")
+          gpu_ids: \(gpuList)
+          gpu_variable: \(p.gpuVariable)
+          # The CPU ID of core 0's second hardware thread (null: none), for {{ cpu_bind_list }} with 2 threads
+          # per core.
+          cpu_siblings_offset: \(p.cpuSiblingsOffset.map(String.init) ?? "null")
           # Seconds between SIGTERM and SIGKILL when a launcher stops a job (a kill, the end of its wall time).
           kill_grace_sec: 0.5
           # Whether a job may ask for more CPUs per node (ranks_per_node x threads_per_rank / threads_per_core)
@@ -254,7 +278,7 @@ public enum Settings {
           globus_verify_checksum: true
 
         scheduler:
-        \(schedulerSection(scheduler))
+        \(schedulerSection(p, project: project))
 
         processing:
           # Seconds a pre- or post-processing hook may run before it is killed.
@@ -267,8 +291,8 @@ public enum Settings {
         # max_queued_jobs; one queued longer than max_queue_wait_time_min is deleted. See balsam-queue(1).
         elastic_queue: null
         #  service_period: 60
-        #  submit_project: \(scheduler == "local" ? "local" : "default")
-        #  submit_queue: \(defaultQueue(scheduler))
+        #  submit_project: \(project ?? p.defaultProject ?? "default")
+        #  submit_queue: \(p.queues.first?.name ?? defaultQueue(scheduler))
         #  use_backfill: false
         #  min_wall_time_min: 10
         #  max_wall_time_min: 60
@@ -297,29 +321,37 @@ public enum Settings {
     }
 
     /// The `scheduler:` section of a new site's settings, after its first line.
-    static func schedulerSection(_ scheduler: String) -> String {
-        let local = scheduler == "local"
-        let queue = defaultQueue(scheduler)
+    static func schedulerSection(_ p: Platform, project: String?) -> String {
+        let local = p.scheduler == "local"
+        func quoted(_ s: String) -> String { JSONValue.string(s).serialized() }
+        let queues = p.queues.map { q in
+            """
+                \(quoted(q.name)):
+                  max_nodes: \(q.maxNodes)
+                  max_walltime: \(q.maxWalltime)
+                  max_queued_jobs: \(q.maxQueuedJobs)
+            """
+        }.joined(separator: "\n")
+        let params =
+            p.optionalBatchJobParams.isEmpty
+            ? "{}" : "{" + p.optionalBatchJobParams.map { "\(quoted($0.0)): \(quoted($0.1))" }.joined(separator: ", ") + "}"
         return """
               # local, slurm, pbs, lsf or cobalt (balsam init --scheduler).
-              scheduler_class: \(scheduler)
+              scheduler_class: \(p.scheduler)
               # Seconds between polls of the batch scheduler.
               sync_period: \(local ? 2 : 10)
               # Seconds a scheduler command (sbatch, squeue, ...) may take before it is killed.
-              command_timeout_sec: 60
+              command_timeout_sec: 60\(p.queueOption.map { "\n  # The sbatch option that takes the queue.\n  queue_option: \($0)" } ?? "")
               # The script each batch job runs, relative to the site: {{ name }} placeholders (balsam-queue(1)).
               job_template_path: job-template.sh
               # Queues batch jobs may go to, and their limits (max_queued_jobs: of this site's batch jobs).
               allowed_queues:
-                \(queue):
-                  max_nodes: \(local ? 1 : 4)
-                  max_walltime: \(local ? 1440 : 60)
-                  max_queued_jobs: \(local ? 1 : 4)
+            \(queues)
               # Projects (accounts) batch jobs may be charged to.
-              allowed_projects: [\(local ? "local" : "default")]
+              allowed_projects: [\(quoted(project ?? p.defaultProject ?? "default"))]
               # Extra parameters 'balsam queue submit -x KEY=VALUE' may set, with their defaults; each is a
               # placeholder of the job template.
-              optional_batch_job_params: {}
+              optional_batch_job_params: \(params)
             """
     }
 }

@@ -91,6 +91,9 @@ public struct SiteSettings: Sendable, Equatable {
         public var jobTemplate = "job-template.sh"
         /// Seconds a scheduler command may take before it is killed and counted as failed.
         public var commandTimeoutSeconds: Double = 60
+        /// Slurm: the sbatch option that takes the queue (`queue_option`: `--partition` or `--qos`); nil: the
+        /// scheduler's own.
+        public var queueOption: String?
 
         public init() {}
     }
@@ -147,6 +150,9 @@ public struct SiteSettings: Sendable, Equatable {
         public var cpusPerNode: Int?
         /// GPU IDs of each node (`gpu_ids`); none by default.
         public var gpuIDs: [String] = []
+        /// The CPU ID of core 0's second hardware thread (`cpu_siblings_offset`; Polaris: 32), for binding lists
+        /// of jobs with 2 threads per core; nil: none.
+        public var cpuSiblingsOffset: Int?
         /// The variable that tells a job its GPUs (`gpu_variable`).
         public var gpuVariable = "CUDA_VISIBLE_DEVICES"
         /// Seconds between SIGTERM and SIGKILL when a job is stopped (`kill_grace_sec`).
@@ -204,6 +210,7 @@ public struct SiteSettings: Sendable, Equatable {
         settings.launcher.nodePacking =
             try launcherFields.bool("mpirun_allows_node_packing") ?? settings.launcher.nodePacking
         settings.launcher.oversubscribe = try launcherFields.bool("oversubscribe") ?? false
+        settings.launcher.cpuSiblingsOffset = try launcherFields.integer("cpu_siblings_offset")
         for (key, keyPath) in [("mpi_launcher", \Launcher.mpiLauncher), ("gpu_variable", \Launcher.gpuVariable)] {
             guard let v = launcherValue(key) else { continue }
             guard let text = v.stringValue, !text.isEmpty else {
@@ -293,6 +300,13 @@ public struct SiteSettings: Sendable, Equatable {
         }
         scheduler.syncSeconds = try section.number("sync_period") ?? scheduler.syncSeconds
         scheduler.commandTimeoutSeconds = try section.number("command_timeout_sec") ?? scheduler.commandTimeoutSeconds
+        if let option = try section.string("queue_option") {
+            guard ["--partition", "--qos"].contains(option) else {
+                throw SpoolError(
+                    .invalidInput, "scheduler.queue_option must be --partition or --qos, not '\(option)'", path: path)
+            }
+            scheduler.queueOption = option
+        }
         scheduler.jobTemplate = try section.string("job_template_path") ?? scheduler.jobTemplate
         if let queues = try section.object("allowed_queues") {
             scheduler.allowedQueues = [:]
@@ -359,7 +373,7 @@ public struct SiteSettings: Sendable, Equatable {
     }
 
     /// The keys of one settings section, read with errors that name the key.
-    private struct Fields {
+    struct Fields {
         let o: [String: JSONValue]
         let section: String
         let path: String
