@@ -1,6 +1,6 @@
 import ArgumentParser
-import Batch
 import BalsamCLI
+import Batch
 import Spool
 
 #if canImport(Glibc)
@@ -86,7 +86,8 @@ struct Init: ParsableCommand {
             if project == nil && chosen.defaultProject == nil {
                 guard asked || interactive else {
                     throw SpoolError(
-                        .usage, "the \(chosen.name) preset needs a project: give --project NAME (\(chosen.projectPrompt))")
+                        .usage,
+                        "the \(chosen.name) preset needs a project: give --project NAME (\(chosen.projectPrompt))")
                 }
                 project = try PlatformMenu.ask(chosen.projectPrompt + ": ")
             }
@@ -172,7 +173,8 @@ struct PlatformsCommand: ParsableCommand {
                 out += "  \(q.name): \(q.maxNodes) nodes, \(q.maxWalltime) min, \(q.maxQueuedJobs) queued\n"
             }
             if !p.optionalBatchJobParams.isEmpty {
-                out += "batch job parameters: "
+                out +=
+                    "batch job parameters: "
                     + p.optionalBatchJobParams.map { "\($0.0)=\($0.1)" }.joined(separator: " ") + "\n"
             }
             print(out, terminator: "")

@@ -26,9 +26,14 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
     init() throws { dir = try TempDir() }
 
     /// A new site of `scheduler` with quick rounds, and an app `name` running `command`.
-    func makeSite(_ scheduler: String, app command: String = "echo node=$SLURMD_NODENAME") throws -> Site {
+    /// With `platform`, the site is made from that preset (`balsam init --platform`) instead.
+    func makeSite(_ scheduler: String, app command: String = "echo node=$SLURMD_NODENAME", platform: String? = nil)
+        throws -> Site
+    {
         let path = dir.path + "/" + scheduler + "-\(UUID().uuidString.prefix(6))"
-        let r = try balsam(["init", "--scheduler", scheduler, path])
+        let r = try balsam(
+            ["init", path]
+                + (platform.map { ["--platform", $0, "--project", "default"] } ?? ["--scheduler", scheduler]))
         #expect(r.status == 0, "\(r.stderr)")
         try edit(path, ["sync_period": "0.2", "idle_ttl_sec": "1", "kill_grace_sec": "0.2"])
         try #require(try balsam(["app", "create", "work", "--command-template", command], site: path).status == 0)
@@ -295,8 +300,9 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         }
     }
 
+    /// Made from the generic Slurm platform preset (balsam init --platform generic-slurm).
     @Test(.enabled(if: slurmAvailable)) func aSlurmBatchJobRunsTheSitesJobsAcrossTwoNodes() throws {
-        let site = try makeSite("slurm", app: "echo node=$SLURMD_NODENAME; sleep 0.3")
+        let site = try makeSite("slurm", app: "echo node=$SLURMD_NODENAME; sleep 0.3", platform: "generic-slurm")
         try submitJobs(site, 12)
         #expect(try queueSubmit(site, ["-n", "2", "-t", "5", "-q", "debug", "-A", "default"]).status == 0)
         let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
@@ -313,7 +319,8 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
 
     @Test(.enabled(if: slurmAvailable && FileManager.default.isExecutableFile(atPath: "/usr/bin/qsub")))
     func aPBSBatchJobThroughTheTorqueWrappersRunsAcrossTwoNodesAndOneIsCancelled() throws {
-        let site = try makeSite("pbs", app: "echo node=$SLURMD_NODENAME; sleep 0.3")
+        // Made from the generic PBS platform preset.
+        let site = try makeSite("pbs", app: "echo node=$SLURMD_NODENAME; sleep 0.3", platform: "generic-pbs")
         try submitJobs(site, 8)
         #expect(try queueSubmit(site, ["-n", "2", "-t", "5"]).status == 0)
         let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)

@@ -13,7 +13,9 @@ import Testing
     }
 
     /// A site from `preset`, and the command for `job` placed on an allocation of two nodes of its shape.
-    func launch(_ preset: String, ranks: Int, threads: Int = 1, threadsPerCore: Int = 1, nodes: Int = 1, gpus: Double = 0)
+    func launch(
+        _ preset: String, ranks: Int, threads: Int = 1, threadsPerCore: Int = 1, nodes: Int = 1, gpus: Double = 0
+    )
         throws -> Placed
     {
         let dir = try TempDir()
@@ -39,7 +41,10 @@ import Testing
     }
 
     func list(_ ranks: [ClosedRange<Int>], siblings: Int? = nil) -> String {
-        "list:" + ranks.map { r in (Array(r) + (siblings.map { s in r.map { $0 + s } } ?? [])).map(String.init).joined(separator: ",") }
+        "list:"
+            + ranks.map { r in
+                (Array(r) + (siblings.map { s in r.map { $0 + s } } ?? [])).map(String.init).joined(separator: ",")
+            }
             .joined(separator: ":")
     }
 
@@ -56,12 +61,14 @@ import Testing
         let ht = try launch("polaris", ranks: 4, threads: 8, threadsPerCore: 2)
         #expect(
             ht.script
-                == "mpiexec -n 4 --ppn 4 --hosts h0 --cpu-bind \(list([0...3, 4...7, 8...11, 12...15], siblings: 32)) -d 8 ./app")
+                == "mpiexec -n 4 --ppn 4 --hosts h0 --cpu-bind \(list([0...3, 4...7, 8...11, 12...15], siblings: 32)) -d 8 ./app"
+        )
         // 2 nodes x 4 ranks, a GPU each: whole nodes, 8 cores per rank.
         let wide = try launch("polaris", ranks: 4, nodes: 2, gpus: 1)
         #expect(
             wide.script
-                == "mpiexec -n 8 --ppn 4 --hosts h0,h1 --cpu-bind \(list([0...7, 8...15, 16...23, 24...31])) -d 1 ./app")
+                == "mpiexec -n 8 --ppn 4 --hosts h0,h1 --cpu-bind \(list([0...7, 8...15, 16...23, 24...31])) -d 1 ./app"
+        )
     }
 
     @Test func aurora() throws {
@@ -72,7 +79,8 @@ import Testing
         let four = try launch("aurora", ranks: 4, threads: 8)
         #expect(
             four.script
-                == "mpiexec -n 4 --ppn 4 --hosts h0 --cpu-bind \(list([0...7, 8...15, 16...23, 24...31])) -d 8 --envall ./app")
+                == "mpiexec -n 4 --ppn 4 --hosts h0 --cpu-bind \(list([0...7, 8...15, 16...23, 24...31])) -d 8 --envall ./app"
+        )
         let wide = try launch("aurora", ranks: 12, nodes: 2, gpus: 1)
         let perRank = (0..<12).map { ($0 * 8)...($0 * 8 + 7) }
         #expect(
@@ -84,7 +92,8 @@ import Testing
         let cpu = try launch("perlmutter-cpu", ranks: 4, threads: 8)
         #expect(
             cpu.script
-                == "srun -n 4 --ntasks-per-node 4 --nodelist h0 --nodes 1 --cpus-per-task 8 --cpu-bind cores --overlap ./app")
+                == "srun -n 4 --ntasks-per-node 4 --nodelist h0 --nodes 1 --cpus-per-task 8 --cpu-bind cores --overlap ./app"
+        )
         let wideCPU = try launch("perlmutter-cpu", ranks: 4, nodes: 2)
         #expect(wideCPU.script.contains("-n 8 --ntasks-per-node 4 --nodelist h0,h1 --nodes 2 --cpus-per-task 64 "))
         let gpu = try launch("perlmutter-gpu", ranks: 4, nodes: 2, gpus: 1)
@@ -101,7 +110,8 @@ import Testing
         let wide = try launch("frontier", ranks: 8, threads: 7, nodes: 2, gpus: 1)
         #expect(
             wide.script
-                == "srun -N 2 -n 16 --ntasks-per-node 8 --nodelist h0,h1 -c 7 --gpus-per-task 1 --gpu-bind closest ./app")
+                == "srun -N 2 -n 16 --ntasks-per-node 8 --nodelist h0,h1 -c 7 --gpus-per-task 1 --gpu-bind closest ./app"
+        )
         let one = try launch("frontier", ranks: 1, gpus: 2)
         #expect(one.script == "./app" && one.environment["ROCR_VISIBLE_DEVICES"] == "0,1")
     }

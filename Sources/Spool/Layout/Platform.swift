@@ -123,7 +123,9 @@ public struct Platform: Sendable {
     /// A preset from its YAML; every error names the file and the key.
     public static func parse(_ text: String, name: String, path: String) throws(SpoolError) -> Platform {
         let root: JSONValue
-        do { root = try YAML.parse(text) } catch { throw SpoolError(.invalidInput, "malformed YAML: \(error)", path: path) }
+        do { root = try YAML.parse(text) } catch {
+            throw SpoolError(.invalidInput, "malformed YAML: \(error)", path: path)
+        }
         guard case .object(let o) = root else {
             throw SpoolError(.invalidInput, "a preset must be a mapping of keys to values", path: path)
         }
@@ -172,7 +174,8 @@ public struct Platform: Sendable {
             p.mpiLauncher = try launcher.string("mpi_launcher") ?? p.mpiLauncher
         }
         guard case .object(let queues)? = o["queues"], !queues.isEmpty else {
-            throw SpoolError(.invalidInput, "queues: at least one queue, as NAME: {max_nodes, max_walltime, ...}", path: path)
+            throw SpoolError(
+                .invalidInput, "queues: at least one queue, as NAME: {max_nodes, max_walltime, ...}", path: path)
         }
         for (queueName, value) in queues.sorted(by: { $0.key < $1.key }) {
             let q = try SiteSettings.Fields(value, "queues.\(queueName)", path: path)
@@ -181,7 +184,9 @@ public struct Platform: Sendable {
                     .invalidInput, "queues.\(queueName): max_nodes and max_walltime are required", path: path)
             }
             p.queues.append(
-                Queue(name: queueName, maxNodes: nodes, maxWalltime: minutes, maxQueuedJobs: try q.integer("max_queued_jobs") ?? 1))
+                Queue(
+                    name: queueName, maxNodes: nodes, maxWalltime: minutes,
+                    maxQueuedJobs: try q.integer("max_queued_jobs") ?? 1))
         }
         if let v = o["optional_batch_job_params"] {
             guard case .object(let params) = v else {

@@ -216,98 +216,98 @@ public enum Settings {
         func quoted(_ s: String) -> String { JSONValue.string(s).serialized() }
         let gpuList = "[" + p.gpuIDs.map(quoted).joined(separator: ", ") + "]"
         return """
-        # Balsam site settings. Key names follow the original Balsam where it has them.
-        # Changes take effect when balsam-watch starts or receives SIGHUP.
-        # The on-disk format is described in balsam-spool(5).
-        \(madeFrom)
-        # The site's name, shown by 'balsam' commands and used when syncing.
-        name: \(JSONValue.string(name).serialized())
+            # Balsam site settings. Key names follow the original Balsam where it has them.
+            # Changes take effect when balsam-watch starts or receives SIGHUP.
+            # The on-disk format is described in balsam-spool(5).
+            \(madeFrom)
+            # The site's name, shown by 'balsam' commands and used when syncing.
+            name: \(JSONValue.string(name).serialized())
 
-        # Only jobs whose tags contain all of these are processed and launched here.
-        filter_tags: {}
+            # Only jobs whose tags contain all of these are processed and launched here.
+            filter_tags: {}
 
-        launcher:
-          # Seconds a launcher stays with nothing to run before it exits.
-          idle_ttl_sec: 60
-          # Seconds between a launcher's polls of the ready queue.
-          delay_sec: 1
-          # Lines of output kept in a failure reason (job.out after RUN_ERROR, balsam.log after a failed hook).
-          error_tail_num_lines: 10
-          # Seconds after a launcher's last heartbeat that its lease expires: its running jobs become
-          # RUN_TIMEOUT and its unstarted ones go back to be claimed again.
-          lease_timeout_sec: 120
-          # Most jobs a launcher runs at once.
-          max_concurrent_mpiruns: 1000
-          # Command that starts a multi-node job: mpirun (Open MPI), mpiexec (MPICH) or srun, or a template
-          # (see balsam-launcher(1)).
-          mpi_launcher: \(p.mpiLauncher == "mpirun" ? "mpirun" : quoted(p.mpiLauncher))
-          # Whether several single-node jobs may share a node (node_packing_count).
-          mpirun_allows_node_packing: true
-          # CPUs per node (null: each launcher rank counts its node's), GPU IDs per node, and the variable that
-          # tells a job its GPUs.
-          cpus_per_node: \(p.cpusPerNode.map(String.init) ?? "null")
-          gpu_ids: \(gpuList)
-          gpu_variable: \(p.gpuVariable)
-          # The CPU ID of core 0's second hardware thread (null: none), for {{ cpu_bind_list }} with 2 threads
-          # per core.
-          cpu_siblings_offset: \(p.cpuSiblingsOffset.map(String.init) ?? "null")
-          # Seconds between SIGTERM and SIGKILL when a launcher stops a job (a kill, the end of its wall time).
-          kill_grace_sec: 0.5
-          # Whether a job may ask for more CPUs per node (ranks_per_node x threads_per_rank / threads_per_core)
-          # than a node has; it then takes the whole node. false: such a job is FAILED with the reason.
-          oversubscribe: false
+            launcher:
+              # Seconds a launcher stays with nothing to run before it exits.
+              idle_ttl_sec: 60
+              # Seconds between a launcher's polls of the ready queue.
+              delay_sec: 1
+              # Lines of output kept in a failure reason (job.out after RUN_ERROR, balsam.log after a failed hook).
+              error_tail_num_lines: 10
+              # Seconds after a launcher's last heartbeat that its lease expires: its running jobs become
+              # RUN_TIMEOUT and its unstarted ones go back to be claimed again.
+              lease_timeout_sec: 120
+              # Most jobs a launcher runs at once.
+              max_concurrent_mpiruns: 1000
+              # Command that starts a multi-node job: mpirun (Open MPI), mpiexec (MPICH) or srun, or a template
+              # (see balsam-launcher(1)).
+              mpi_launcher: \(p.mpiLauncher == "mpirun" ? "mpirun" : quoted(p.mpiLauncher))
+              # Whether several single-node jobs may share a node (node_packing_count).
+              mpirun_allows_node_packing: true
+              # CPUs per node (null: each launcher rank counts its node's), GPU IDs per node, and the variable that
+              # tells a job its GPUs.
+              cpus_per_node: \(p.cpusPerNode.map(String.init) ?? "null")
+              gpu_ids: \(gpuList)
+              gpu_variable: \(p.gpuVariable)
+              # The CPU ID of core 0's second hardware thread (null: none), for {{ cpu_bind_list }} with 2 threads
+              # per core.
+              cpu_siblings_offset: \(p.cpuSiblingsOffset.map(String.init) ?? "null")
+              # Seconds between SIGTERM and SIGKILL when a launcher stops a job (a kill, the end of its wall time).
+              kill_grace_sec: 0.5
+              # Whether a job may ask for more CPUs per node (ranks_per_node x threads_per_rank / threads_per_core)
+              # than a node has; it then takes the whole node. false: such a job is FAILED with the reason.
+              oversubscribe: false
 
-        # Apps defined as Python classes (the original client's ApplicationDefinition): the Python that runs their
-        # hooks and run() methods (it needs dill and the client package balsam), and whether single-rank run()
-        # jobs use warm workers kept by each launcher rank. See balsam-launcher(1).
-        python:
-          executable: python3
-          warm_workers: true
+            # Apps defined as Python classes (the original client's ApplicationDefinition): the Python that runs their
+            # hooks and run() methods (it needs dill and the client package balsam), and whether single-rank run()
+            # jobs use warm workers kept by each launcher rank. See balsam-launcher(1).
+            python:
+              executable: python3
+              warm_workers: true
 
-        # Where jobs' transfer slots point ("ALIAS:/path"): file:///path (or a plain path) for a filesystem this
-        # site sees, rsync://[USER@]HOST[:PORT][/path] for rsync over ssh, globus://ENDPOINT_ID[/path] for Globus.
-        transfer_locations: {}
-        # The watcher's transfer service (see balsam-transfer(1)).
-        transfers:
-          transfer_batch_size: 100
-          max_concurrent_transfers: 5
-          service_period: 1
-          on_transfer_error: {retries: 2}
-          ssh_options: []
-          globus_sync_level: size
-          globus_verify_checksum: true
+            # Where jobs' transfer slots point ("ALIAS:/path"): file:///path (or a plain path) for a filesystem this
+            # site sees, rsync://[USER@]HOST[:PORT][/path] for rsync over ssh, globus://ENDPOINT_ID[/path] for Globus.
+            transfer_locations: {}
+            # The watcher's transfer service (see balsam-transfer(1)).
+            transfers:
+              transfer_batch_size: 100
+              max_concurrent_transfers: 5
+              service_period: 1
+              on_transfer_error: {retries: 2}
+              ssh_options: []
+              globus_sync_level: size
+              globus_verify_checksum: true
 
-        scheduler:
-        \(schedulerSection(p, project: project))
+            scheduler:
+            \(schedulerSection(p, project: project))
 
-        processing:
-          # Seconds a pre- or post-processing hook may run before it is killed.
-          hook_timeout_sec: 600
+            processing:
+              # Seconds a pre- or post-processing hook may run before it is killed.
+              hook_timeout_sec: 600
 
-        # Automatic batch jobs sized to the backlog (null: off). Every service_period seconds: if the runnable
-        # backlog (jobs READY, STAGED_IN, PREPROCESSED or RESTART_READY; a single-node job counts
-        # 1/node_packing_count nodes) exceeds what this site's queued and running batch jobs in submit_queue leave
-        # idle, one batch job of min_num_nodes..max_num_nodes for max_wall_time_min is asked for, up to
-        # max_queued_jobs; one queued longer than max_queue_wait_time_min is deleted. See balsam-queue(1).
-        elastic_queue: null
-        #  service_period: 60
-        #  submit_project: \(project ?? p.defaultProject ?? "default")
-        #  submit_queue: \(p.queues.first?.name ?? defaultQueue(scheduler))
-        #  use_backfill: false
-        #  min_wall_time_min: 10
-        #  max_wall_time_min: 60
-        #  wall_time_pad_min: 5
-        #  min_num_nodes: 1
-        #  max_num_nodes: \(scheduler == "local" ? 1 : 4)
-        #  max_queue_wait_time_min: 10
-        #  max_queued_jobs: 1
+            # Automatic batch jobs sized to the backlog (null: off). Every service_period seconds: if the runnable
+            # backlog (jobs READY, STAGED_IN, PREPROCESSED or RESTART_READY; a single-node job counts
+            # 1/node_packing_count nodes) exceeds what this site's queued and running batch jobs in submit_queue leave
+            # idle, one batch job of min_num_nodes..max_num_nodes for max_wall_time_min is asked for, up to
+            # max_queued_jobs; one queued longer than max_queue_wait_time_min is deleted. See balsam-queue(1).
+            elastic_queue: null
+            #  service_period: 60
+            #  submit_project: \(project ?? p.defaultProject ?? "default")
+            #  submit_queue: \(p.queues.first?.name ?? defaultQueue(scheduler))
+            #  use_backfill: false
+            #  min_wall_time_min: 10
+            #  max_wall_time_min: 60
+            #  wall_time_pad_min: 5
+            #  min_num_nodes: 1
+            #  max_num_nodes: \(scheduler == "local" ? 1 : 4)
+            #  max_queue_wait_time_min: 10
+            #  max_queued_jobs: 1
 
-        # Deletion of each app's cleanup_files from finished jobs (null: off).
-        file_cleaner:
-          cleanup_batch_size: 180
-          service_period: 30
+            # Deletion of each app's cleanup_files from finished jobs (null: off).
+            file_cleaner:
+              cleanup_batch_size: 180
+              service_period: 30
 
-        """
+            """
     }
 
     /// The queue a new site of `scheduler` allows.
@@ -334,7 +334,8 @@ public enum Settings {
         }.joined(separator: "\n")
         let params =
             p.optionalBatchJobParams.isEmpty
-            ? "{}" : "{" + p.optionalBatchJobParams.map { "\(quoted($0.0)): \(quoted($0.1))" }.joined(separator: ", ") + "}"
+            ? "{}"
+            : "{" + p.optionalBatchJobParams.map { "\(quoted($0.0)): \(quoted($0.1))" }.joined(separator: ", ") + "}"
         return """
               # local, slurm, pbs, lsf or cobalt (balsam init --scheduler).
               scheduler_class: \(p.scheduler)
