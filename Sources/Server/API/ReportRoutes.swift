@@ -154,8 +154,11 @@ enum ReportRoutes {
                         batchJob: start.batchJob.flatMap { serverID["\(site) \($0)"] }))
             }
             runs += ongoing
+            let from = window.since.map { seconds($0 / Rollups.minute * Rollups.minute) }
+            let to = window.until.map(seconds)
             var u = try ReportSeries.utilization(
-                runs: runs, held: held, batchJob: nil, bin: window.bin ?? minuteBin(runs, held, now: now), now: now)
+                runs: runs, held: held, batchJob: nil,
+                bin: window.bin ?? minuteBin(runs, held, now: now, from: from, to: to), now: now, from: from, to: to)
             let live = try ReportSeries.utilization(runs: ongoing, held: held, bin: 86400, now: now).batchJobs
             for (k, use) in u.batchJobs.enumerated() {
                 let liveUse = live.first { $0.id == use.id }?.busyNodeSeconds ?? 0
@@ -169,14 +172,18 @@ enum ReportRoutes {
         }
         return try ReportSeries.utilization(
             runs: try runsFromEvents(call, window: window, serverID: serverID), held: held, batchJob: batchJob,
-            bin: window.bin, now: now, steps: steps)
+            bin: window.bin, now: now, steps: steps, from: window.since.map(seconds), to: window.until.map(seconds))
     }
 
     /// An automatic bin of whole minutes for the span of `runs` and `held`.
-    static func minuteBin(_ runs: [ReportSeries.Run], _ held: [ReportSeries.Held], now: Double) -> Double {
+    static func minuteBin(
+        _ runs: [ReportSeries.Run], _ held: [ReportSeries.Held], now: Double, from: Double?, to: Double?
+    ) -> Double {
         let starts = runs.map(\.start) + held.map(\.start)
         let ends = runs.map { $0.end ?? now } + held.map { $0.end ?? now }
-        guard let first = starts.min(), let last = ends.max() else { return 60 }
+        guard let earliest = starts.min(), let latest = ends.max() else { return 60 }
+        let first = max(earliest, from ?? earliest)
+        let last = min(latest, to ?? latest)
         return ReportSeries.roundUp(max(60, ReportSeries.autoBin(span: last - first)), to: 60)
     }
 

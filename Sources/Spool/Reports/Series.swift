@@ -56,8 +56,13 @@ public enum ReportSeries {
         unit > 0 ? (value / unit).rounded(.up) * unit : value
     }
 
-    static func binCount(from origin: Double, to last: Double, width: Double) throws(SpoolError) -> Int {
-        let n = ((last - origin) / width).rounded(.down) + 1
+    /// Bins from `origin` holding `last`: an event at a bin's start belongs to it; intervals that end exactly at a
+    /// bin's start (`intervals`) do not reach into it.
+    static func binCount(from origin: Double, to last: Double, width: Double, intervals: Bool = false)
+        throws(SpoolError) -> Int
+    {
+        let n =
+            intervals ? max(1, ((last - origin) / width).rounded(.up)) : ((last - origin) / width).rounded(.down) + 1
         guard n <= Double(maxBins) else {
             throw SpoolError(
                 .usage, "\(Int(n)) bins of \(width) s: more than \(maxBins); give a wider --bin")
@@ -119,9 +124,11 @@ public enum ReportSeries {
     /// Nodes busy against nodes held. A run counts for the batch job its launcher named; a run whose launcher
     /// named none (one started by hand) counts for every batch job it overlaps. With `batchJob`, only that batch
     /// job and its runs.
+    /// With `from` and `to`, the bins and busy node-seconds cover that period only (a batch job or run that
+    /// began before it counts from its start); batch jobs' own figures stay whole.
     public static func utilization(
         runs allRuns: [Run], held allHeld: [Held], batchJob: Int? = nil, bin: Double?, now: Double,
-        steps: Bool = false
+        steps: Bool = false, from: Double? = nil, to: Double? = nil
     ) throws(SpoolError) -> Utilization {
         var held = allHeld
         var runs = allRuns
@@ -137,16 +144,20 @@ public enum ReportSeries {
         var first = Double.infinity
         var last = -Double.infinity
         var integral = 0.0
+        let windowFrom = from ?? -Double.infinity
+        let windowTo = to ?? Double.infinity
         for r in runs {
             let end = r.end ?? now
             first = min(first, r.start)
             last = max(last, end)
-            integral += r.share * max(0, end - r.start)
+            integral += r.share * overlap(r.start, end, windowFrom, windowTo)
         }
         for h in held {
             first = min(first, h.start)
             last = max(last, h.end ?? now)
         }
+        first = max(first, windowFrom)
+        last = min(last, windowTo)
         var uses: [BatchJobUse] = []
         let byID = Dictionary(held.enumerated().map { ($1.id, $0) }, uniquingKeysWith: { a, _ in a })
         var area = [Double](repeating: 0, count: held.count)
@@ -171,12 +182,13 @@ public enum ReportSeries {
         }
         let width = bin ?? autoBin(span: last - first)
         let origin = (first / width).rounded(.down) * width
-        let count = try binCount(from: origin, to: last, width: width)
+        let count = try binCount(from: origin, to: last, width: width, intervals: true)
         var busy = [Double](repeating: 0, count: count)
         var available = [Double](repeating: 0, count: count)
         func spread(_ a: Double, _ b: Double, _ weight: Double, into series: inout [Double]) {
             guard b > a else { return }
-            var k = min(count - 1, Int((a - origin) / width))
+            // A run or batch job that began before the period starts at its first bin.
+            var k = max(0, min(count - 1, Int(((a - origin) / width).rounded(.down))))
             while k < count {
                 let lo = origin + Double(k) * width
                 let hi = lo + width

@@ -1,0 +1,46 @@
+import Spool
+import Testing
+
+/// The reports' arithmetic, shared by `balsam report` and the server's routes.
+@Suite struct ReportSeriesTests {
+    @Test func utilizationBinsTheRunsAgainstTheNodesHeld() throws {
+        let held = [ReportSeries.Held(id: 1, nodes: 2, start: 0, end: 1000)]
+        let runs = [
+            ReportSeries.Run(start: 100, end: 900, share: 1, batchJob: 1),
+            ReportSeries.Run(start: 200, end: 400, share: 0.5, batchJob: 1),
+            ReportSeries.Run(start: 950, end: nil, share: 0.25, batchJob: nil),  // still running at 1000
+        ]
+        let u = try ReportSeries.utilization(runs: runs, held: held, bin: 100, now: 1000)
+        #expect(u.bins.count == 10 && u.bins.first?.start == 0)
+        #expect(u.bins.map(\.available) == Array(repeating: 2, count: 10))
+        #expect(u.bins[2].busy == 1.5 && u.bins[5].busy == 1 && u.bins[9].busy == 0.125)
+        #expect(abs(u.busyNodeSeconds - (800 + 100 + 12.5)) < 1e-9)
+        let use = try #require(u.batchJobs.first)
+        #expect(abs(use.busyNodeSeconds - 912.5) < 1e-9, "the unnamed run overlaps it and counts for it")
+        #expect(abs(use.mean - 912.5 / 2000) < 1e-9)
+    }
+
+    @Test func aPeriodClipsTheBinsAndTheIntegralButNotTheBatchJobs() throws {
+        let held = [ReportSeries.Held(id: 1, nodes: 2, start: 0, end: 1000)]
+        let runs = [
+            ReportSeries.Run(start: 100, end: 900, share: 1, batchJob: 1),
+            ReportSeries.Run(start: 10, end: 50, share: 1, batchJob: 1),  // before the period
+        ]
+        let u = try ReportSeries.utilization(runs: runs, held: held, bin: 100, now: 1000, from: 500, to: 1000)
+        #expect(u.bins.first?.start == 500 && u.bins.count == 5, "\(u.bins.map(\.start))")
+        #expect(u.bins.prefix(4).allSatisfy { $0.busy == 1 && $0.available == 2 } && u.bins[4].busy == 0)
+        #expect(abs(u.busyNodeSeconds - 400) < 1e-9)
+        #expect(abs((u.batchJobs.first?.busyNodeSeconds ?? 0) - 840) < 1e-9, "the batch job's own figures stay whole")
+        let empty = try ReportSeries.utilization(runs: runs, held: held, bin: 100, now: 1000, from: 2000, to: 3000)
+        #expect(empty.bins.isEmpty && empty.busyNodeSeconds == 0)
+    }
+
+    @Test func throughputCountsInBinsAndRefusesTooManyBins() throws {
+        let t = try ReportSeries.throughput(times: [10, 11, 19, 35], bin: 10)
+        #expect(t.bins.map(\.count) == [3, 0, 1] && t.bins.first?.start == 10 && t.total == 4)
+        #expect(abs(t.rate - 4.0 / 25) < 1e-12)
+        #expect(try ReportSeries.throughput(times: [], bin: nil).bins.isEmpty)
+        #expect(throws: SpoolError.self) { try ReportSeries.throughput(times: [0, 1e9], bin: 1) }
+        #expect(ReportSeries.autoBin(span: 3600) == 60 && ReportSeries.autoBin(span: 86400) == 1800)
+    }
+}
