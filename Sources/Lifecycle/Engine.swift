@@ -61,6 +61,7 @@ public final class Engine {
         apps = [:]
         missingApps = [:]
         hookFiles = [:]
+        classHookFiles = [:]
         slotCache = [:]
     }
 
@@ -336,6 +337,29 @@ public final class Engine {
         }
     }
 
+    /// The warm hook servers, by Python.
+    private var warm: [String: WarmHooks] = [:]
+    /// Whether each hook file is exactly the class hook the site wrote (read once per file).
+    private var classHookFiles: [String: Bool] = [:]
+
+    /// The warm hook server for `hook`'s file when it is a class hook exactly as the site wrote it (a file the user
+    /// changed runs as a file) and `python.warm_workers` is on.
+    private func warmHooks(_ hook: App.Hook, path: String) -> WarmHooks? {
+        guard settings.python.warmWorkers, hook != .shellPreamble else { return nil }
+        let python = settings.python.executable
+        let runner = PythonApps.runnerPath(site)
+        let key = path + "\u{0}" + python
+        if classHookFiles[key] == nil {
+            let expected = Array(PythonApps.hookFile(hook, python: python, runner: runner).utf8)
+            classHookFiles[key] = (try? Posix.readFile(path, limit: 4096)) == expected
+        }
+        guard classHookFiles[key] == true else { return nil }
+        if let server = warm[python] { return server }
+        let server = WarmHooks(python: python, runner: runner)
+        warm[python] = server
+        return server
+    }
+
     /// Runs `hook` if the job's app has it, then moves the job where the hook chose, or to `fallback`.
     private func runHook(_ hook: App.Hook, _ loaded: JobStore.Loaded, default fallback: JobState) throws(SpoolError) {
         let app = try self.app(loaded.job.app)
@@ -351,7 +375,8 @@ public final class Engine {
         let runner = HookRunner(
             timeoutSeconds: settings.hookTimeoutSeconds, tailLines: settings.errorTailLines, shouldStop: shouldStop)
         let outcome = try runner.run(
-            path, hook: hook.rawValue, directory: loaded.directory, environment: environment(for: loaded, app: app))
+            path, hook: hook.rawValue, directory: loaded.directory, environment: environment(for: loaded, app: app),
+            warm: warmHooks(hook, path: path))
         let name = "hook \(hook.rawValue)"
         switch outcome.status {
         case .exited(0):

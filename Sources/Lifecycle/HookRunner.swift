@@ -29,9 +29,10 @@ struct HookRunner {
     var tailLines: Int
     var shouldStop: @Sendable () -> Bool = { false }
 
-    func run(_ executable: String, hook: String, directory: String, environment: [String: String]) throws(SpoolError)
-        -> Outcome
-    {
+    /// With `warm`, a class hook runs in the watcher's warm hook server (see `WarmHooks`), else as its file.
+    func run(
+        _ executable: String, hook: String, directory: String, environment: [String: String], warm: WarmHooks? = nil
+    ) throws(SpoolError) -> Outcome {
         let logPath = directory + "/" + HookRunner.logName
         let resultPath = directory + "/" + HookRunner.resultName
         Posix.unlink(resultPath)
@@ -52,7 +53,15 @@ struct HookRunner {
         let status: ChildProcess.Ending
         do {
             defer { Posix.close(logFD) }
-            status = try child.run(output: .file(logFD)).ending
+            if let warm,
+                let ended = warm.run(
+                    hook: hook, directory: directory, environment: env, log: logPath, timeoutSeconds: timeoutSeconds,
+                    shouldStop: shouldStop)
+            {
+                status = ended
+            } else {
+                status = try child.run(output: .file(logFD)).ending
+            }
         } catch {
             throw SpoolError(
                 error.code, "cannot run hook \(hook): \(error.message)", path: executable, cause: error.cause)

@@ -37,6 +37,8 @@ import Testing
         try setting(site, "executable: python3", "executable: \(python)")
         // The seed asks for 4 ranks per node; this machine may have 2 cores.
         try setting(site, "oversubscribe: false", "oversubscribe: true")
+        // A class hook that hangs (Stuck) is stopped after this long.
+        try setting(site, "hook_timeout_sec: 600", "hook_timeout_sec: 5")
         #expect(try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root]).status == 0)
 
         var env = ProcessInfo.processInfo.environment

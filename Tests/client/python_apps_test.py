@@ -147,6 +147,26 @@ class Preamble(ApplicationDefinition):
         return ["export GREETING=salut", "echo preamble ran"]
 
 
+class Warm(ApplicationDefinition):
+    site = SITE
+    command_template = "echo warm"
+
+    def preprocess(self):
+        # Which process ran this call: the watcher's warm hook server forks one child per call.
+        with open("/proc/%d/cmdline" % os.getppid(), "rb") as f:
+            self.job.data["hook_parent"] = f.read().replace(b"\0", b" ").decode()
+
+
+class Stuck(ApplicationDefinition):
+    site = SITE
+    command_template = "echo never"
+
+    def preprocess(self):
+        import time
+
+        time.sleep(600)
+
+
 class Plus(ApplicationDefinition):
     site = SITE
 
@@ -166,6 +186,8 @@ segv = Crasher.submit(workdir="py/segv", how="segv")
 exits = Crasher.submit(workdir="py/exit", how="exit")
 badhook = BadHook.submit(workdir="py/badhook")
 preamble = Preamble.submit(workdir="py/preamble", name="monde")
+warm = Warm.submit(workdir="py/warm")
+stuck = Stuck.submit(workdir="py/stuck")
 for name, job in [("hello", hello), ("flaky", flaky), ("sleeper", sleeper), ("myapp0", jobs[0]), ("segv", segv)]:
     print("JOB", name, job.id, flush=True)
 
@@ -214,6 +236,13 @@ check("badhook", wait_state(badhook, ["FAILED", "JOB_FINISHED"]) == "FAILED", ba
 reasons = [str(e.data) for e in EventLog.objects.filter(job_id=badhook.id)]
 check("badhook-reason", any("the preprocess hook broke" in r for r in reasons), str(reasons))
 check("preamble", wait_state(preamble, ["FAILED", "JOB_FINISHED"]) == "JOB_FINISHED", preamble.state)
+# Class hooks run in the watcher's warm hook server; one past the site's hook time limit (5 s here) is stopped.
+check("warm", wait_state(warm, ["FAILED", "JOB_FINISHED"]) == "JOB_FINISHED", warm.state)
+warm.refresh_from_db()
+check("warm-server", "balsam_runner.py hooks" in warm.data.get("hook_parent", ""), str(warm.data))
+check("stuck", wait_state(stuck, ["FAILED", "JOB_FINISHED"], timeout=120) == "FAILED", stuck.state)
+reasons = [str(e.data) for e in EventLog.objects.filter(job_id=stuck.id)]
+check("stuck-reason", any("did not finish within 5 s" in r for r in reasons), str(reasons))
 
 check("flaky", wait_state(flaky, ["FAILED", "JOB_FINISHED"]) == "FAILED", flaky.state)
 steps = transitions(flaky)

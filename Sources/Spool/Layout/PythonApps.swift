@@ -32,7 +32,7 @@ public enum PythonApps {
     }
 
     /// The hook file that calls `method` of the app's class through the runner, in `python`.
-    static func hookFile(_ hook: App.Hook, python: String, runner: String) -> String {
+    public static func hookFile(_ hook: App.Hook, python: String, runner: String) -> String {
         let q = CommandTemplate.shellQuote
         if hook == .shellPreamble {
             // Sourced before the job's command: the class's shell_preamble(), evaluated in the job's directory.

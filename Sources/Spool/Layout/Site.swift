@@ -259,7 +259,8 @@ public enum Settings {
 
             # Apps defined as Python classes (the original client's ApplicationDefinition): the Python that runs their
             # hooks and run() methods (it needs dill and the client package balsam), and whether single-rank run()
-            # jobs use warm workers kept by each launcher rank. See balsam-launcher(1).
+            # jobs use warm workers kept by each launcher rank, and class hooks the watcher's warm hook server.
+            # See balsam-launcher(1).
             python:
               executable: python3
               warm_workers: true

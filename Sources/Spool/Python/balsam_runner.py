@@ -10,6 +10,7 @@ site's Python, which needs `dill` and the original client package `balsam` (the 
                                          in the current directory; write $BALSAM_HOOK_RESULT
     balsam_runner.py preamble            print the class's shell_preamble() as shell text
     balsam_runner.py serve PARENT GRACE  a warm worker: forks a child per job (see balsam-launcher(1))
+    balsam_runner.py hooks PARENT        the watcher's warm hook server: forks a child per class hook call
 
 The job is described by job.json (and `state`) in its directory, BALSAM_SITE and BALSAM_APP: the class is
 SITE/apps/APP/class.b64, base64 of dill.dumps(cls), as the original client sends it.
@@ -580,9 +581,67 @@ def serve(parent, grace_ms):
                     stop(pid)
 
 
+# --- the watcher's warm hook server ---------------------------------------------------------------------------
+
+def hook_server(parent):
+    """Serves class hook calls for balsam-watch, one at a time, on stdin/stdout: a request is encoded_request
+    fields (DIR HOOK LOG NENV ENV...); the reply is "PID\n" once the call's process is forked, then "STATUS RAW\n"
+    (os.waitpid's status) when it ends. Each call runs in a child forked from this interpreter, with dill and balsam
+    already loaded (the app's class is read afresh by the child): its own process group, directory, environment, and output appended to LOG.
+    The watcher enforces the time limit by killing the child's process group."""
+    import dill  # noqa: F401  (loaded once, for every call)
+    import balsam._api.app  # noqa: F401
+
+    set_parent_death_signal()
+    if parent and os.getppid() != parent:
+        os._exit(0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    buffer = b""
+    while True:
+        fields, buffer = read_request(0, buffer)
+        if fields is None:
+            return
+        directory, hook, log, count = fields[0], fields[1], fields[2], int(fields[3])
+        env = dict(item.split("=", 1) for item in fields[4 : 4 + count])
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                os.setpgid(0, 0)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.chdir(directory)
+                os.environ.clear()
+                os.environ.update(env)
+                out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                null = os.open("/dev/null", os.O_RDONLY)
+                os.dup2(null, 0)
+                os.dup2(out, 1)
+                os.dup2(out, 2)
+                os.close(out)
+                os.close(null)
+                sys.stdout = os.fdopen(1, "w", buffering=1)
+                sys.stderr = os.fdopen(2, "w", buffering=1)
+                code = run_hook(directory, hook)
+            except SystemExit as exit:
+                code = exit.code if isinstance(exit.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        write_all(1, b"%d\n" % pid)
+        _, raw = os.waitpid(pid, 0)
+        write_all(1, b"STATUS %d\n" % raw)
+
+
 def main(argv):
     if len(argv) < 2:
-        fail("usage: balsam_runner.py check|run|hook METHOD|preamble|serve PARENT GRACE_MS", 2)
+        fail("usage: balsam_runner.py check|run|hook METHOD|preamble|serve PARENT GRACE_MS|hooks PARENT", 2)
     mode = argv[1]
     need_modules()
     if mode == "check":
@@ -597,6 +656,9 @@ def main(argv):
         return preamble(directory)
     if mode == "serve" and len(argv) == 4:
         serve(int(argv[2]), int(argv[3]))
+        return 0
+    if mode == "hooks" and len(argv) == 3:
+        hook_server(int(argv[2]))
         return 0
     fail("unknown mode %r" % " ".join(argv[1:]), 2)
 
