@@ -122,9 +122,11 @@ final class SSHServer {
         try (settings + "\n" + text + "\n").write(toFile: site.settingsPath, atomically: false, encoding: .utf8)
     }
 
-    /// Points the site at `sshd` as location `dtn`, with `extra` keys of the transfers section.
-    func configureRsync(_ sshd: SSHServer, _ extra: String = "") throws {
-        let options = sshd.options.map { "\"\($0)\"" }.joined(separator: ", ")
+    /// Points the site at `sshd` as location `dtn`, with `extra` keys of the transfers section; `multiplex`
+    /// false turns off the connection sharing the site does by default (to count connections per batch).
+    func configureRsync(_ sshd: SSHServer, _ extra: String = "", multiplex: Bool = true) throws {
+        let options = (sshd.options + (multiplex ? [] : ["-o", "ControlMaster=no"])).map { "\"\($0)\"" }
+            .joined(separator: ", ")
         try configure(
             "transfer_locations:\n  dtn: rsync://root@127.0.0.1:\(sshd.port)\(remote)\n"
                 + "transfers:\n\(extra)  ssh_options: [\(options)]")
@@ -189,6 +191,7 @@ final class SSHServer {
     @Test func rsyncOverSSHMovesTheDataAndAMissingFileFailsTheJobAfterItsRetries() throws {
         let sshd = try SSHServer()
         try configureRsync(sshd, "  on_transfer_error: {retries: 1}\n")
+        let before = sshd.connections
         let ids = try submit([
             stageJob("r1", alias: "dtn"),
             #"{"app":"stage","workdir":"r2","transfers":{"input":"dtn:/in dir/missing.txt","result":"dtn:/out/r2.txt"}}"#,
@@ -203,6 +206,9 @@ final class SSHServer {
         #expect(reason.contains("missing.txt"), "\(reason)")
         // No partial file left looking whole, on either side.
         #expect(!exists(site.jobDirectory("r2") + "/input.txt"))
+        // Stage-ins, the retry and the stage-out shared one ssh connection (two if the first two raced to make it).
+        let made = sshd.connections - before
+        #expect(made >= 1 && made <= 2, "\(made) ssh connections for four or more rsyncs to one host")
     }
 
     @Test func aThousandJobsGoInBatchesNotAThousandConnections() throws {
@@ -210,7 +216,7 @@ final class SSHServer {
         for i in 0..<1000 {
             try "\(i)\n".write(toFile: remote + "/in dir/f\(i)", atomically: false, encoding: .utf8)
         }
-        try configureRsync(sshd, "  transfer_batch_size: 250\n")
+        try configureRsync(sshd, "  transfer_batch_size: 250\n", multiplex: false)
         try oneSlotApp(localPath: "input.txt")
         let before = sshd.connections
         let ids = try submit(
