@@ -56,7 +56,7 @@ extension BatchService {
         let records = active.filter { $0.queue == e.queue }
         let now = time(nil)
         for job in records where job.state == .queued && job.origin == BatchService.elasticOrigin {
-            guard let submitted = job.submitTime.flatMap(Timestamp.epochSeconds),
+            guard let submitted = job.submitTime.flatMap(Timestamp.seconds),
                 Double(now) - submitted > Double(e.maxQueueWaitMinutes * 60), !store.deletionRequested(job.id)
             else { continue }
             logger.info(

@@ -70,15 +70,7 @@ public struct SchedulerCommand: Sendable {
     static let outputLimit = 16 << 20
 
     /// The absolute path of `tool` (itself if it has a slash), or nil.
-    public func find(_ tool: String) -> String? {
-        // access(2) answers whether a candidate is executable; a failure just means "look further".
-        if tool.contains("/") { return access(tool, X_OK) == 0 ? tool : nil }
-        for dir in (environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
-            let candidate = dir + "/" + tool
-            if access(candidate, X_OK) == 0 { return candidate }
-        }
-        return nil
-    }
+    public func find(_ tool: String) -> String? { Posix.findExecutable(tool, path: environment["PATH"]) }
 
     /// `: <first lines of text>` for an error message, or nothing.
     static func quote(_ text: String) -> String {

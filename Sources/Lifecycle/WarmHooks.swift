@@ -105,22 +105,21 @@ final class WarmHooks {
     }
 
     private func start() throws(SpoolError) {
+        let environment = Posix.environment()
+        // As the hook file's `exec` would find it.
+        guard let executable = Posix.findExecutable(python, path: environment["PATH"]) else {
+            throw SpoolError(.notFound, "\(python) is not in PATH")
+        }
         let toServer = try Posix.makePipe(nonBlocking: false, path: runner)
-        let fromServer = try Posix.makePipe(nonBlocking: false, path: runner)
+        let fromServer: (read: Int32, write: Int32)
+        do { fromServer = try Posix.makePipe(nonBlocking: false, path: runner) } catch {
+            Posix.close(toServer.read)
+            Posix.close(toServer.write)
+            throw error
+        }
         defer {
             Posix.close(toServer.read)
             Posix.close(fromServer.write)
-        }
-        let environment = Posix.environment()
-        // As the hook file's `exec` would find it.
-        var executable = python
-        if !python.contains("/") {
-            let dirs = (environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
-            let candidates = dirs.map { (dir: Substring) -> String in String(dir) + "/" + python }
-            guard let found = candidates.first(where: { access($0, X_OK) == 0 }) else {
-                throw SpoolError(.notFound, "\(python) is not in PATH")
-            }
-            executable = found
         }
         do {
             server = try Posix.spawn(

@@ -126,7 +126,7 @@ struct PlatformMenu {
         for _ in 0..<3 {
             printError(prompt, terminator: "")
             guard let line = readLine() else { throw SpoolError(.usage, "no answer (end of input)") }
-            let answer = String(line.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+            let answer = String(line.trimmingSpaces())
             if !answer.isEmpty || allowEmpty { return answer }
         }
         throw SpoolError(.usage, "no answer")

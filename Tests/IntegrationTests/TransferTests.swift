@@ -143,10 +143,21 @@ final class SSHServer {
     }
 
     /// A 300 MB file at the remote side (sparse there, whole where it arrives): a transfer long enough to act on.
-    func bigRemoteFile() {
+    /// A job at `workdir` staging in a 300 MB file over rsync, and the watcher, once the transfer runs: big enough
+    /// that what the test does next lands while rsync runs (sparse at the source, whole at the target).
+    func bigTransferUnderWay(workdir: String) throws -> (SSHServer, [String], WatchProcess) {
+        let sshd = try SSHServer()
         let big = remote + "/in dir/big.bin"
         _ = FileManager.default.createFile(atPath: big, contents: nil)
         truncate(big, 300 << 20)
+        try configureRsync(sshd)
+        try oneSlotApp(localPath: "big.bin")
+        let ids = try submit([#"{"app":"one","workdir":"\#(workdir)","transfers":{"input":"dtn:/in dir/big.bin"}}"#])
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        try waitUntil("the transfer is active", timeout: 30) {
+            entries(site.stagingPath).contains { $0.hasPrefix("transfer.") }
+        }
+        return (sshd, ids, watcher)
     }
 
     func submit(_ lines: [String]) throws -> [String] {
@@ -233,16 +244,8 @@ final class SSHServer {
     }
 
     @Test func aWatcherKilledDuringABatchLosesNothingAndMarksNothingDoneWithoutItsData() throws {
-        let sshd = try SSHServer()
-        // Big enough that the kill lands while rsync runs: 300 MB (sparse at the source, whole at the target).
-        bigRemoteFile()
-        try configureRsync(sshd)
-        try oneSlotApp(localPath: "big.bin")
-        let ids = try submit([#"{"app":"one","workdir":"k","transfers":{"input":"dtn:/in dir/big.bin"}}"#])
-        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
-        try waitUntil("the transfer is active", timeout: 30) {
-            entries(site.stagingPath).contains { $0.hasPrefix("transfer.") }
-        }
+        let (sshd, ids, watcher) = try bigTransferUnderWay(workdir: "k")
+        defer { withExtendedLifetime(sshd) {} }
         watcher.kill9()
         let items = try TransferItem.load(directory: site.jobDirectory("k")) ?? []
         #expect(items.first?.state != .done)
@@ -256,15 +259,8 @@ final class SSHServer {
     }
 
     @Test func aJobKilledWhileItsTransferRunsStaysFailed() throws {
-        let sshd = try SSHServer()
-        bigRemoteFile()
-        try configureRsync(sshd)
-        try oneSlotApp(localPath: "big.bin")
-        let ids = try submit([#"{"app":"one","workdir":"kj","transfers":{"input":"dtn:/in dir/big.bin"}}"#])
-        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
-        try waitUntil("the transfer is active", timeout: 30) {
-            entries(site.stagingPath).contains { $0.hasPrefix("transfer.") }
-        }
+        let (sshd, ids, watcher) = try bigTransferUnderWay(workdir: "kj")
+        defer { withExtendedLifetime(sshd) {} }
         #expect(try balsam(["kill", ids[0]], site: site.root).status == 0)
         // The transfer ends after (its staging tree goes); the job stays as the user left it.
         try waitUntil("the transfer's task ends", timeout: 120) {

@@ -4,16 +4,21 @@ import Spool
 import TestSupport
 import Testing
 
+/// A job of app `app` with this shape, for placement and launch-command tests.
+func shapedJob(
+    nodes: Int = 1, rpn: Int = 1, tpr: Int = 1, tpc: Int = 1, gpr: Double = 0, npc: Int = 1, app: String = "a"
+) -> Job {
+    var job = Job(workdir: "w", app: app)
+    job.numNodes = nodes
+    job.ranksPerNode = rpn
+    job.threadsPerRank = tpr
+    job.threadsPerCore = tpc
+    job.gpusPerRank = gpr
+    job.nodePackingCount = npc
+    return job
+}
+
 @Suite struct PlacementTests {
-    func job(nodes: Int = 1, rpn: Int = 1, tpr: Int = 1, gpr: Double = 0, npc: Int = 1) -> Job {
-        var job = Job(workdir: "w", app: "a")
-        job.numNodes = nodes
-        job.ranksPerNode = rpn
-        job.threadsPerRank = tpr
-        job.gpusPerRank = gpr
-        job.nodePackingCount = npc
-        return job
-    }
 
     func nodes(_ n: Int, cpus: Int = 16, gpus: [String] = []) -> [Node] {
         (0..<n).map { Node(index: $0, host: "h\($0)", cpus: cpus, gpus: gpus) }
@@ -21,52 +26,52 @@ import Testing
 
     @Test func singleNodeJobsArePackedFirstFitByOccupancy() {
         var a = Allocation(nodes: nodes(2))
-        let quarter = Need(job(npc: 4), packing: true)
+        let quarter = Need(shapedJob(npc: 4), packing: true)
         let places = (0..<8).compactMap { _ in a.place(quarter)?.nodes }
         #expect(places == [[0], [0], [0], [0], [1], [1], [1], [1]])
         #expect(a.place(quarter) == nil, "two nodes hold eight jobs of a quarter node")
         // A half-node job fits once two quarters are released from one node.
-        let half = Need(job(npc: 2), packing: true)
+        let half = Need(shapedJob(npc: 2), packing: true)
         #expect(a.place(half) == nil)
         a.release(Assignment(nodes: [1], cpus: 1, gpus: [], occupancy: 0.25))
         a.release(Assignment(nodes: [1], cpus: 1, gpus: [], occupancy: 0.25))
         #expect(a.place(half)?.nodes == [1])
         // Without packing every job takes a whole node.
-        #expect(Need(job(npc: 4), packing: false).occupancy == 1)
+        #expect(Need(shapedJob(npc: 4), packing: false).occupancy == 1)
     }
 
     @Test func cpusLimitPackingAndNeverFittingJobsAreRecognized() {
         var a = Allocation(nodes: nodes(1, cpus: 4))
-        let need = Need(job(rpn: 2, tpr: 2, npc: 8), packing: true)
+        let need = Need(shapedJob(rpn: 2, tpr: 2, npc: 8), packing: true)
         #expect(need.cpus == 4)
         #expect(a.place(need) != nil)
         #expect(a.place(need) == nil, "the node's 4 CPUs are taken although occupancy is 1/8")
-        #expect(!a.canEverFit(Need(job(rpn: 8), packing: true)), "8 CPUs on a 4-CPU node")
-        #expect(!a.canEverFit(Need(job(nodes: 2), packing: true)), "2 nodes in a 1-node allocation")
-        #expect(!a.canEverFit(Need(job(gpr: 1), packing: true)), "a GPU on a node without GPUs")
+        #expect(!a.canEverFit(Need(shapedJob(rpn: 8), packing: true)), "8 CPUs on a 4-CPU node")
+        #expect(!a.canEverFit(Need(shapedJob(nodes: 2), packing: true)), "2 nodes in a 1-node allocation")
+        #expect(!a.canEverFit(Need(shapedJob(gpr: 1), packing: true)), "a GPU on a node without GPUs")
     }
 
     @Test func multiNodeJobsTakeWholeIdleNodesWhileOthersKeepRunning() {
         var a = Allocation(nodes: nodes(4))
-        let small = a.place(Need(job(npc: 4), packing: true))
+        let small = a.place(Need(shapedJob(npc: 4), packing: true))
         #expect(small?.nodes == [0])
-        let wide = a.place(Need(job(nodes: 2), packing: true))
+        let wide = a.place(Need(shapedJob(nodes: 2), packing: true))
         #expect(wide?.nodes == [1, 2], "node 0 is busy, so the first two idle nodes")
-        #expect(a.place(Need(job(nodes: 2), packing: true)) == nil, "only node 3 is idle")
-        #expect(a.place(Need(job(npc: 4), packing: true))?.nodes == [0], "small jobs still pack beside")
+        #expect(a.place(Need(shapedJob(nodes: 2), packing: true)) == nil, "only node 3 is idle")
+        #expect(a.place(Need(shapedJob(npc: 4), packing: true))?.nodes == [0], "small jobs still pack beside")
         if let wide { a.release(wide) }
-        #expect(a.place(Need(job(nodes: 4), packing: true)) == nil, "node 0 is still in use")
-        #expect(a.place(Need(job(nodes: 2), packing: true))?.nodes == [1, 2])
+        #expect(a.place(Need(shapedJob(nodes: 4), packing: true)) == nil, "node 0 is still in use")
+        #expect(a.place(Need(shapedJob(nodes: 2), packing: true))?.nodes == [1, 2])
     }
 
     @Test func gpusAreAssignedWithoutOverlapAndReturned() {
         var a = Allocation(nodes: nodes(1, gpus: ["0", "1", "2", "3"]))
-        let one = a.place(Need(job(gpr: 1, npc: 4), packing: true))
-        let two = a.place(Need(job(rpn: 2, gpr: 1, npc: 4), packing: true))
+        let one = a.place(Need(shapedJob(gpr: 1, npc: 4), packing: true))
+        let two = a.place(Need(shapedJob(rpn: 2, gpr: 1, npc: 4), packing: true))
         #expect(one?.gpus == ["0"] && two?.gpus == ["1", "2"])
-        #expect(a.place(Need(job(rpn: 2, gpr: 1, npc: 4), packing: true)) == nil, "one GPU is left")
+        #expect(a.place(Need(shapedJob(rpn: 2, gpr: 1, npc: 4), packing: true)) == nil, "one GPU is left")
         if let one { a.release(one) }
-        #expect(a.place(Need(job(rpn: 2, gpr: 1, npc: 4), packing: true))?.gpus == ["0", "3"])
+        #expect(a.place(Need(shapedJob(rpn: 2, gpr: 1, npc: 4), packing: true))?.gpus == ["0", "3"])
     }
 
     @Test func slurmNodeListsExpand() {

@@ -27,12 +27,7 @@ import Testing
             Node(index: $0, host: "h\($0)", cpus: settings.launcher.cpusPerNode ?? 8, gpus: settings.launcher.gpuIDs)
         }
         var allocation = Allocation(nodes: shape)
-        var job = Job(workdir: "w", app: "app")
-        job.numNodes = nodes
-        job.ranksPerNode = ranks
-        job.threadsPerRank = threads
-        job.threadsPerCore = threadsPerCore
-        job.gpusPerRank = gpus
+        let job = shapedJob(nodes: nodes, rpn: ranks, tpr: threads, tpc: threadsPerCore, gpr: gpus, app: "app")
         let placed = allocation.place(Need(job, packing: true))
         let assignment = try #require(placed)
         let spec = try TaskCommand(site: site, settings: settings.launcher).spec(

@@ -368,9 +368,11 @@ enum Jobs {
         try insertEvents(events.map { ($0.0, $0.1, $0.2, $0.3, time) }, owner: owner, connection: c)
     }
 
-    /// Events `(job, from, to, data JSON, time)`.
+    /// Events `(job, from, to, data JSON, time)`; `siteID` when every job is that site's (a push), so that the
+    /// rollups need not look their sites up.
     static func insertEvents(
-        _ events: [(Int, String, String, String, Int64)], owner: Int, connection c: any SQLConnection
+        _ events: [(Int, String, String, String, Int64)], owner: Int, siteID: Int? = nil,
+        connection c: any SQLConnection
     ) throws {
         let perStatement = c.rowsPerStatement(columns: 6)
         for chunk in events.chunked(perStatement) {
@@ -381,7 +383,7 @@ enum Jobs {
                 "INSERT INTO events (owner_id, job_id, timestamp, from_state, to_state, data) VALUES "
                     + valuesList(rows: chunk.count, columns: 6), parameters)
         }
-        try Rollups.record(events, owner: owner, connection: c)
+        try Rollups.record(events, owner: owner, siteID: siteID, connection: c)
     }
 
     private static func insertParentsAndTransfers(

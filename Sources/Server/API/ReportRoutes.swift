@@ -68,7 +68,7 @@ enum ReportRoutes {
             window.minuteConditions(&where_)
             let rows = try c.query(
                 "SELECT minute, sum(n) FROM state_minutes WHERE \(where_.sql) GROUP BY minute", where_.parameters)
-            let counted = rows.map { (Double(Int64(r: $0, 0) * 60), $0.int(1)) }
+            let counted = rows.map { (Double($0.int(0) * 60), $0.int(1)) }
             guard let firstMinute = counted.map(\.0).min(), let lastMinute = counted.map(\.0).max() else {
                 return try ReportSeries.throughput(times: [], bin: window.bin ?? 60)
             }
@@ -143,7 +143,7 @@ enum ReportRoutes {
             var runs = try c.query(
                 "SELECT minute, sum(node_seconds) FROM busy_minutes WHERE \(m.sql) GROUP BY minute", m.parameters
             ).map { r -> ReportSeries.Run in
-                let start = Double(Int64(r: r, 0) * 60)
+                let start = Double(r.int(0) * 60)
                 return ReportSeries.Run(start: start, end: start + 60, share: r.double(1) / 60, batchJob: nil)
             }
             var ongoing: [ReportSeries.Run] = []
@@ -287,9 +287,4 @@ enum ReportRoutes {
         }
         return Array(found.sorted { $0.time > $1.time }.prefix(limit))
     }
-}
-
-extension Int64 {
-    /// A row's integer column as Int64.
-    fileprivate init(r: SQLRow, _ i: Int) { self = Int64(r.int(i)) }
 }

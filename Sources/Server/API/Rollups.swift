@@ -9,11 +9,15 @@ enum Rollups {
     static let minute: Int64 = 60_000_000
 
     /// Updates the rollups for events just inserted: `(job, from, to, data JSON, time)`.
-    static func record(_ events: [(Int, String, String, String, Int64)], owner: Int, connection c: any SQLConnection)
-        throws
-    {
+    /// `siteID`: every job's site, when the caller knows it (a site's push); else each job's is looked up.
+    static func record(
+        _ events: [(Int, String, String, String, Int64)], owner: Int, siteID: Int? = nil,
+        connection c: any SQLConnection
+    ) throws {
         guard !events.isEmpty else { return }
-        let site = try sites(of: Set(events.map(\.0)), connection: c)
+        let site =
+            try siteID.map { s in Dictionary(events.map { ($0.0, s) }, uniquingKeysWith: { a, _ in a }) }
+            ?? sites(of: Set(events.map(\.0)), connection: c)
         var counts: [String: (site: Int, state: String, minute: Int64, n: Int)] = [:]
         var ends: [(job: Int, time: Int64)] = []
         for e in events {

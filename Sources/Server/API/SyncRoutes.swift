@@ -571,7 +571,7 @@ enum SyncRoutes {
             let key = "\(job) \(e.time) \(e.from.rawValue) \(e.to.rawValue)"
             if seen.insert(key).inserted { fresh.append((job, e.from.rawValue, e.to.rawValue, e.data, e.time)) }
         }
-        try Jobs.insertEvents(fresh, owner: call.user.id, connection: call.connection)
+        try Jobs.insertEvents(fresh, owner: call.user.id, siteID: siteID, connection: call.connection)
         // Each job's state is its latest event's, whatever order the site's hosts pushed them in.
         var latest: [String: [(Int, [SQLValue])]] = [:]
         for chunk in Set(fresh.map(\.0)).map({ $0 }).chunked(5000) where !chunk.isEmpty {

@@ -103,12 +103,10 @@ public struct Platform: Sendable {
     /// The presets that look like this machine, best first: host-name matches, then all of a preset's commands on
     /// PATH; empty when nothing suggests one.
     public static func detected(_ platforms: [Platform], hostName: String, path: String) -> [Platform] {
-        func onPath(_ command: String) -> Bool {
-            path.split(separator: ":").contains { access("\($0)/\(command)", X_OK) == 0 }
-        }
         let byHost = platforms.filter { p in p.hostnames.contains { fnmatch($0, hostName, 0) == 0 } }
         let byCommand = platforms.filter { p in
-            !p.commands.isEmpty && p.commands.allSatisfy(onPath) && !byHost.contains { $0.name == p.name }
+            !p.commands.isEmpty && p.commands.allSatisfy { Posix.findExecutable($0, path: path) != nil }
+                && !byHost.contains { $0.name == p.name }
         }
         return byHost + byCommand
     }

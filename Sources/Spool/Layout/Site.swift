@@ -213,7 +213,6 @@ public enum Settings {
             p.about.isEmpty
             ? ""
             : "\n# Made from the platform preset '\(p.name)' (\(p.title)), \(p.source); nothing refers back to it.\n"
-        func quoted(_ s: String) -> String { JSONValue.string(s).serialized() }
         let gpuList = "[" + p.gpuIDs.map(quoted).joined(separator: ", ") + "]"
         return """
             # Balsam site settings. Key names follow the original Balsam where it has them.
@@ -221,7 +220,7 @@ public enum Settings {
             # The on-disk format is described in balsam-spool(5).
             \(madeFrom)
             # The site's name, shown by 'balsam' commands and used when syncing.
-            name: \(JSONValue.string(name).serialized())
+            name: \(quoted(name))
 
             # Only jobs whose tags contain all of these are processed and launched here.
             filter_tags: {}
@@ -311,6 +310,9 @@ public enum Settings {
             """
     }
 
+    /// `text` as a YAML (JSON) string.
+    static func quoted(_ text: String) -> String { JSONValue.string(text).serialized() }
+
     /// The queue a new site of `scheduler` allows.
     static func defaultQueue(_ scheduler: String) -> String {
         switch scheduler {
@@ -324,7 +326,6 @@ public enum Settings {
     /// The `scheduler:` section of a new site's settings, after its first line.
     static func schedulerSection(_ p: Platform, project: String?) -> String {
         let local = p.scheduler == "local"
-        func quoted(_ s: String) -> String { JSONValue.string(s).serialized() }
         let queues = p.queues.map { q in
             """
                 \(quoted(q.name)):

@@ -109,14 +109,14 @@ public struct CommandTemplate: Sendable, Equatable {
 }
 
 extension StringProtocol {
-    func trimmingSpaces() -> SubSequence {
+    package func trimmingSpaces() -> SubSequence {
         var s = self[...]
         while s.first == " " || s.first == "\t" { s = s.dropFirst() }
         while s.last == " " || s.last == "\t" { s = s.dropLast() }
         return s
     }
 
-    func replacingAll(_ target: String, with replacement: String) -> String {
+    package func replacingAll(_ target: String, with replacement: String) -> String {
         var out = ""
         var rest = self[...]
         while let r = rest.firstRange(of: target) {

@@ -70,22 +70,6 @@ public enum Timestamp {
         return format(seconds: Int(ts.tv_sec), millis: Int(ts.tv_nsec) / 1_000_000)
     }
 
-    /// Seconds since the epoch of a timestamp in this format; nil if it is not one.
-    package static func epochSeconds(_ text: String) -> Double? {
-        var parts = tm()
-        guard
-            let rest = text.withCString({ p -> String? in
-                guard let end = clinux_strptime(p, "%Y-%m-%dT%H:%M:%S", &parts) else { return nil }
-                return String(cString: end)
-            })
-        else { return nil }
-        var seconds = Double(clinux_timegm(&parts))
-        if rest.hasPrefix("."), let fraction = Double("0" + rest.dropLast(rest.hasSuffix("Z") ? 1 : 0)) {
-            seconds += fraction
-        }
-        return seconds
-    }
-
     package static func format(seconds: Int, millis: Int) -> String {
         var t = time_t(seconds)
         var parts = tm()
@@ -96,5 +80,58 @@ public enum Timestamp {
         }
         return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
             + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(millis), 3))Z"
+    }
+}
+
+extension Timestamp {
+    /// Seconds since the epoch of a timestamp in this format (`2026-11-29T12:55:50.350Z`; the fraction and the `Z`
+    /// may be left out), UTC, parsed by hand: the reports read millions; nil if it is not one.
+    public static func seconds(_ text: String) -> Double? {
+        var text = text
+        return text.withUTF8 { seconds($0) }
+    }
+
+    public static func seconds(_ b: UnsafeBufferPointer<UInt8>) -> Double? {
+        guard b.count >= 19 else { return nil }
+        func n(_ from: Int, _ count: Int) -> Int? {
+            var v = 0
+            for k in from..<(from + count) {
+                guard b[k] >= 0x30 && b[k] <= 0x39 else { return nil }
+                v = v * 10 + Int(b[k] - 0x30)
+            }
+            return v
+        }
+        guard let y = n(0, 4), let mo = n(5, 2), let d = n(8, 2), let h = n(11, 2), let mi = n(14, 2), let s = n(17, 2)
+        else { return nil }
+        var fraction = 0.0
+        if b.count > 20 && b[19] == 0x2E {
+            var scale = 0.1
+            var k = 20
+            while k < b.count, b[k] >= 0x30 && b[k] <= 0x39 {
+                fraction += Double(b[k] - 0x30) * scale
+                scale /= 10
+                k += 1
+            }
+        }
+        // Days from the civil date (Howard Hinnant's algorithm).
+        let yy = mo <= 2 ? y - 1 : y
+        let era = (yy >= 0 ? yy : yy - 399) / 400
+        let yoe = yy - era * 400
+        let doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        let days = era * 146_097 + doe - 719_468
+        return Double(days * 86_400 + h * 3600 + mi * 60 + s) + fraction
+    }
+
+    /// Seconds since the epoch as the event logs write them.
+    public static func format(seconds: Double) -> String {
+        let whole = seconds.rounded(.down)
+        return Timestamp.format(seconds: Int(whole), millis: Int(((seconds - whole) * 1000).rounded(.down)))
+    }
+
+    /// Now, seconds since the epoch.
+    public static func nowSeconds() -> Double {
+        let now = Posix.wallClock()
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 }

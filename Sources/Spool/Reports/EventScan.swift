@@ -86,59 +86,6 @@ public struct EventLine {
     }
 }
 
-extension Timestamp {
-    /// `2026-11-29T12:55:50.350Z` (or without the fraction) as seconds since the epoch, UTC, parsed by hand: the
-    /// reports read millions.
-    public static func seconds(_ text: String) -> Double? {
-        var text = text
-        return text.withUTF8 { seconds($0) }
-    }
-
-    public static func seconds(_ b: UnsafeBufferPointer<UInt8>) -> Double? {
-        guard b.count >= 20 else { return nil }
-        func n(_ from: Int, _ count: Int) -> Int? {
-            var v = 0
-            for k in from..<(from + count) {
-                guard b[k] >= 0x30 && b[k] <= 0x39 else { return nil }
-                v = v * 10 + Int(b[k] - 0x30)
-            }
-            return v
-        }
-        guard let y = n(0, 4), let mo = n(5, 2), let d = n(8, 2), let h = n(11, 2), let mi = n(14, 2), let s = n(17, 2)
-        else { return nil }
-        var fraction = 0.0
-        if b.count > 20 && b[19] == 0x2E {
-            var scale = 0.1
-            var k = 20
-            while k < b.count, b[k] >= 0x30 && b[k] <= 0x39 {
-                fraction += Double(b[k] - 0x30) * scale
-                scale /= 10
-                k += 1
-            }
-        }
-        // Days from the civil date (Howard Hinnant's algorithm).
-        let yy = mo <= 2 ? y - 1 : y
-        let era = (yy >= 0 ? yy : yy - 399) / 400
-        let yoe = yy - era * 400
-        let doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-        let days = era * 146_097 + doe - 719_468
-        return Double(days * 86_400 + h * 3600 + mi * 60 + s) + fraction
-    }
-
-    /// Seconds since the epoch as the event logs write them.
-    public static func format(seconds: Double) -> String {
-        let whole = seconds.rounded(.down)
-        return Timestamp.format(seconds: Int(whole), millis: Int(((seconds - whole) * 1000).rounded(.down)))
-    }
-
-    /// Now, seconds since the epoch.
-    public static func nowSeconds() -> Double {
-        let now = Posix.wallClock()
-        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
-    }
-}
-
 enum EventScan {
     /// Scans every line of every event log in `directory` (oldest name first) in pieces on threads; `scan` is
     /// called once per piece with each of its lines and returns the piece's partial result. Results come back in

@@ -332,6 +332,18 @@ public enum Posix {
     }
 
     /// The running program's own path (`/proc/self/exe`), or nil.
+    /// The absolute path of program `name` as a shell finds it: itself if it has a slash, else the first
+    /// executable `DIR/name` along `path` (PATH's value; nil: /usr/bin:/bin); nil when there is none.
+    package static func findExecutable(_ name: String, path: String?) -> String? {
+        // access(2) answers whether a candidate is executable; a failure just means "look further".
+        if name.contains("/") { return access(name, X_OK) == 0 ? name : nil }
+        for dir in (path ?? "/usr/bin:/bin").split(separator: ":") {
+            let candidate = dir + "/" + name
+            if access(candidate, X_OK) == 0 { return candidate }
+        }
+        return nil
+    }
+
     package static func executablePath() -> String? {
         var buffer = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
