@@ -79,6 +79,12 @@ enum Apps {
         for key in ["serialized_class", "source_code"] {
             let limit = key == "serialized_class" ? 262_144 : 1 << 20
             if let text = try input.string(key, maxBytes: limit) {
+                // What a site walks for the class's command template and methods must be walkable to its end.
+                if key == "serialized_class" && !text.isEmpty {
+                    do { try Pickle.checkWalkable(base64: text) } catch {
+                        throw input.bad(key, "cannot be read: \(error)")
+                    }
+                }
                 out.append((key, .text(text)))
             } else if creating {
                 throw input.bad(key, "is required")
@@ -115,9 +121,10 @@ enum Apps {
             conditions.add(call.dialect.contains("s.path"), .text(path))
         }
         if let name = try call.query.string("site_name") { conditions.add("s.name = ?", .text(name)) }
+        let ordering = try call.query.ordering(["id": "a.id", "name": "a.name"], default: "a.id ASC", id: "a.id")
         return try page(
             call: &call, table: "apps a JOIN sites s ON s.id = a.site_id", columns: joinedColumns,
-            conditions: conditions, ordering: "a.id ASC", write)
+            conditions: conditions, ordering: ordering, write)
     }
 
     static func create(_ call: inout Call) throws -> Reply {

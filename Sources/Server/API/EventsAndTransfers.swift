@@ -104,9 +104,10 @@ enum Transfers {
             let (clause, values) = Jobs.tagCondition(key: key, value: value, dialect: call.dialect, column: "j.tags")
             c.add(clause, values: values)
         }
+        let ordering = try call.query.ordering(["id": "t.id"], default: "t.id ASC", id: "t.id")
         return try page(
             call: &call, table: "transfer_items t JOIN jobs j ON j.id = t.job_id", columns: columns, conditions: c,
-            ordering: "t.id ASC", write)
+            ordering: ordering, write)
     }
 
     static func one(_ call: inout Call) throws -> Reply {

@@ -37,6 +37,8 @@ struct Input {
         guard let value = value(key) else { return nil }
         guard case .string(let s) = value else { throw bad(key, "must be a string, not \(value.kindName)") }
         if s.utf8.count > maxBytes { throw bad(key, "is \(s.utf8.count) bytes; the limit is \(maxBytes)") }
+        // A NUL would be cut where the text meets C (a path `/data/ok\0/../../etc` stored as `/data/ok`).
+        if s.utf8.contains(0) { throw bad(key, "contains a NUL character") }
         return s
     }
 
@@ -107,6 +109,9 @@ struct Input {
             }
             if out[k, default: ""].utf8.count > maxBytes {
                 throw bad("\(key).\(k)", "is longer than \(maxBytes) bytes")
+            }
+            if k.utf8.contains(0) || out[k, default: ""].utf8.contains(0) {
+                throw bad("\(key).\(k)", "contains a NUL character")
             }
         }
         return out

@@ -138,6 +138,7 @@ enum Jobs {
         job.tags = jsonText(
             try input.stringMap("tags", maxEntries: Job.Limits.tags, maxBytes: Job.Limits.tagBytes) ?? [:])
         job.serializedParameters = try input.string("serialized_parameters", maxBytes: payloadBytes) ?? ""
+        try checkPickle(job.serializedParameters, input: input)
         if let data = try input.object("data", maxBytes: Job.Limits.dataBytes) { job.data = jsonText(data) }
         job.returnCode = try input.int("return_code", in: Int(Int32.min)...Int(Int32.max))
         job.numNodes = try input.int("num_nodes", in: 1...maxCount) ?? 1
@@ -214,6 +215,21 @@ enum Jobs {
             for r in rows { states[r.int(0)] = JobState(rawValue: r.text(1)) ?? .failed }
         }
         return states
+    }
+
+    /// Refuses parameters no site could read: not base64, cut short, nested deeper or larger than a job's
+    /// parameters may be (`Pickle.Limits.parameters`). Objects only Python can load pass: a Python app's
+    /// parameters may hold them, and the site's Python reads them (a shell app's site refuses them, with the
+    /// reason).
+    static func checkPickle(_ text: String, input: Input) throws {
+        let problem: Pickle.Unsupported
+        do {
+            _ = try Pickle.decodeBase64(text)
+            return
+        } catch {
+            problem = error
+        }
+        if !problem.onlyPythonCanLoad { throw input.bad("serialized_parameters", "cannot be read: \(problem)") }
     }
 
     /// Checks a job's parameters against its app when they can be read (the plain values a shell app takes);
@@ -446,7 +462,10 @@ enum Jobs {
             p.sets.append(("tags", .text(jsonText(tags))))
         }
         for key in ["serialized_parameters", "serialized_return_value", "serialized_exception"] {
-            if let text = try input.string(key, maxBytes: payloadBytes) { p.sets.append((key, .text(text))) }
+            if let text = try input.string(key, maxBytes: payloadBytes) {
+                if key == "serialized_parameters" { try checkPickle(text, input: input) }
+                p.sets.append((key, .text(text)))
+            }
         }
         if let data = try input.object("data", maxBytes: Job.Limits.dataBytes) {
             p.sets.append(("data", .text(jsonText(data))))

@@ -21,6 +21,7 @@ struct QueryParameters {
         guard let values = all(key) else { return nil }
         guard values.count == 1, let value = values.first else { throw bad(key, "must be given once") }
         if value.utf8.count > 4096 { throw bad(key, "is longer than 4096 bytes") }
+        if value.utf8.contains(0) { throw bad(key, "contains a NUL character") }
         return value
     }
 

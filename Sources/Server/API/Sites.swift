@@ -82,8 +82,9 @@ enum Sites {
         if let path = try call.query.string("path") { conditions.add(call.dialect.contains("path"), .text(path)) }
         if let ids = try call.query.ints("id") { conditions.any("id", ids.map { .of($0) }) }
         if let after = try call.query.time("last_refresh_after") { conditions.add("last_refresh > ?", .int(after)) }
+        let ordering = try call.query.ordering(["id": "id", "name": "name"], default: "id ASC")
         return try page(
-            call: &call, table: "sites", columns: columns, conditions: conditions, ordering: "id ASC", write)
+            call: &call, table: "sites", columns: columns, conditions: conditions, ordering: ordering, write)
     }
 
     static func create(_ call: inout Call) throws -> Reply {

@@ -72,6 +72,16 @@ public enum JSONValue: Sendable, Hashable {
         case .object: "an object"
         }
     }
+
+    /// How deeply the value nests: 0 for a scalar, 1 for an array or object of scalars. It recurses, so it is
+    /// for values that a bounded reader made (the JSON parser, the pickle decoder), never for built ones.
+    public var depth: Int {
+        switch self {
+        case .array(let items): 1 + (items.lazy.map(\.depth).max() ?? 0)
+        case .object(let members): 1 + (members.values.lazy.map(\.depth).max() ?? 0)
+        default: 0
+        }
+    }
 }
 
 extension JSONValue {

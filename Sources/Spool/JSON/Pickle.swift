@@ -10,6 +10,9 @@ public enum Pickle {
     public struct Unsupported: Error, CustomStringConvertible, Sendable {
         /// What was found.
         public var description: String
+        /// Whether the pickle was well formed up to an object only Python can load (a Python app's parameters
+        /// may hold one); false when it is cut, malformed, or beyond the limits, which nothing should store.
+        public var onlyPythonCanLoad = false
     }
 
     /// Pickles a JSON value with protocol 4 (no frames, no memo: both optional for readers), as base64.
@@ -95,10 +98,24 @@ public enum Pickle {
         return all
     }
 
+    /// Checks that a pickled class (`serialized_class`) can be walked to its STOP without running past its end:
+    /// what the server stores, a site must be able to read. It says nothing of whether Python can load it.
+    public static func checkWalkable(base64 text: String) throws(Unsupported) {
+        guard let bytes = Base64.decode(text) else { throw Unsupported(description: "not base64 text") }
+        if let problem = walkStrings(bytes, { _, _ in true }) { throw Unsupported(description: problem) }
+    }
+
     /// Calls `visit` with each text string of a pickle, in order, and the string just before it (nil when
     /// another opcode came between them), until it returns false.
     private static func walkStrings(inBase64 text: String, _ visit: (String, String?) -> Bool) {
         guard let bytes = Base64.decode(text) else { return }
+        _ = walkStrings(bytes, visit)
+    }
+
+    /// The walk itself: nil when it stopped at STOP or because `visit` asked, else why the pickle cannot be
+    /// walked. Every length is checked against what is left before it is added (a crafted length of 2^63 - 1
+    /// must not overflow an offset).
+    private static func walkStrings(_ bytes: [UInt8], _ visit: (String, String?) -> Bool) -> String? {
         var i = 0
         var previousString: String?
         func fixed(_ op: UInt8) -> Int? {
@@ -118,93 +135,153 @@ public enum Pickle {
             default: return nil
             }
         }
+        func skipLine() -> Bool {
+            while i < bytes.count && bytes[i] != 0x0A { i += 1 }
+            guard i < bytes.count else { return false }
+            i += 1
+            return true
+        }
+        let cut = "the pickle ends early"
         while i < bytes.count {
             let op = bytes[i]
             i += 1
-            if op == 0x94 || op == UInt8(ascii: "q") || op == UInt8(ascii: "r") {  // memo ops keep the string
-                i += op == 0x94 ? 0 : (op == UInt8(ascii: "q") ? 1 : 4)
+            if op == 0x94 {  // MEMOIZE keeps the string before it
+                continue
+            }
+            if op == UInt8(ascii: "q") || op == UInt8(ascii: "r") {  // so do BINPUT and LONG_BINPUT
+                let n = op == UInt8(ascii: "q") ? 1 : 4
+                guard n <= bytes.count - i else { return cut }
+                i += n
                 continue
             }
             if let n = fixed(op) {
+                guard n <= bytes.count - i else { return cut }
                 i += n
                 previousString = nil
             } else if let n = lengthBytes(op) {
-                guard i + n <= bytes.count else { return }
-                var length = 0
-                for k in (0..<n).reversed() { length = length << 8 | Int(bytes[i + k]) }
+                guard n <= bytes.count - i else { return cut }
+                var length: UInt64 = 0
+                for k in (0..<n).reversed() { length = length << 8 | UInt64(bytes[i + k]) }
                 i += n
-                guard length >= 0, i + length <= bytes.count else { return }
+                guard length <= UInt64(bytes.count - i) else { return cut }
+                let end = i + Int(length)
                 let isText = op == 0x8C || op == UInt8(ascii: "X") || op == 0x8D
-                let text = isText ? String(validating: bytes[i..<i + length], as: UTF8.self) : nil
-                i += length
-                if let text, !visit(text, previousString) { return }
+                let text = isText ? String(validating: bytes[i..<end], as: UTF8.self) : nil
+                i = end
+                if let text, !visit(text, previousString) { return nil }
                 previousString = text
             } else if "ILFSVpgP".utf8.contains(op) {
-                while i < bytes.count && bytes[i] != 0x0A { i += 1 }
-                i += 1
+                guard skipLine() else { return cut }
                 previousString = nil
             } else if op == UInt8(ascii: "c") || op == UInt8(ascii: "i") {
-                for _ in 0..<2 {
-                    while i < bytes.count && bytes[i] != 0x0A { i += 1 }
-                    i += 1
-                }
+                guard skipLine(), skipLine() else { return cut }
                 previousString = nil
             } else if op == UInt8(ascii: ".") {
-                return
+                return nil
             } else {
                 previousString = nil
             }
         }
+        return "the pickle has no STOP"
+    }
+
+    /// How much a decoded pickle may hold. Nesting is bounded so that the value can be written into a job's
+    /// JSON and read back by a site (whose JSON reader stops at `JSONParser.maxDepth`, with the job's own
+    /// object and the sync's envelopes around it); size is bounded because the memo lets a small pickle name
+    /// one value many times (each level doubling: a "billion laughs" of a few hundred bytes).
+    public struct Limits: Sendable {
+        /// Deepest value: a dict holding a list holding a scalar is 2 deep.
+        public var depth: Int
+        /// Largest value, counted as one per value plus the bytes of its strings: close to its JSON size.
+        public var size: Int
+
+        /// What a job's parameters may hold (`Job.Limits.parameterDepth`, and twice the largest serialized
+        /// parameters).
+        public static let parameters = Limits(depth: Job.Limits.parameterDepth, size: 2 * Job.Limits.parametersBytes)
     }
 
     /// Decodes base64 text holding a pickle; an empty text is an empty dictionary (the original's default).
-    public static func decodeBase64(_ text: String) throws(Unsupported) -> JSONValue {
+    public static func decodeBase64(_ text: String, limits: Limits = .parameters) throws(Unsupported) -> JSONValue {
         if text.isEmpty { return .object([:]) }
         guard let bytes = Base64.decode(text) else { throw Unsupported(description: "not base64 text") }
-        return try decode(bytes)
+        return try decode(bytes, limits: limits)
     }
 
-    /// Decodes pickle bytes into a JSON value.
-    public static func decode(_ bytes: [UInt8]) throws(Unsupported) -> JSONValue {
-        var stack: [JSONValue] = []
+    /// A value on the decoder's stack, with its depth and size (see `Limits`) kept as it is built, so that no
+    /// check walks a value and nothing recurses.
+    private struct Item {
+        var value: JSONValue
+        var depth = 0
+        var size = 1
+    }
+
+    /// Decodes pickle bytes into a JSON value. Total: any bytes give a value or `Unsupported`, never a trap;
+    /// the decoder keeps its own stack and never recurses.
+    public static func decode(_ bytes: [UInt8], limits: Limits = .parameters) throws(Unsupported) -> JSONValue {
+        var stack: [Item] = []
         var marks: [Int] = []
-        var memo: [Int: JSONValue] = [:]
+        var memo: [Int: Item] = [:]
         var i = 0
         func fail(_ what: String) -> Unsupported { Unsupported(description: what) }
         func take(_ n: Int) throws(Unsupported) -> ArraySlice<UInt8> {
-            guard n >= 0, i + n <= bytes.count else { throw fail("the pickle ends early") }
+            guard n >= 0, n <= bytes.count - i else { throw fail("the pickle ends early") }
             defer { i += n }
             return bytes[i..<i + n]
         }
-        func little(_ slice: ArraySlice<UInt8>) -> Int {
-            slice.reversed().reduce(0) { $0 << 8 | Int($1) }
+        /// A little-endian unsigned length or key; one that does not fit an Int is an error, not a trap.
+        func length(_ n: Int) throws(Unsupported) -> Int {
+            let raw = try take(n)
+            let value = raw.reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            guard value <= UInt64(Int.max) else { throw fail("a length of \(value) bytes") }
+            return Int(value)
         }
-        func text(_ n: Int) throws(Unsupported) -> JSONValue {
+        func push(_ item: Item) throws(Unsupported) {
+            if item.depth > limits.depth { throw fail("values nested deeper than \(limits.depth)") }
+            if item.size > limits.size { throw fail("a value larger than \(limits.size) (values and string bytes)") }
+            stack.append(item)
+        }
+        func text(_ n: Int) throws(Unsupported) -> Item {
             let raw = try take(n)
             guard let s = String(validating: raw, as: UTF8.self) else { throw fail("a string is not UTF-8") }
-            return .string(s)
+            return Item(value: .string(s), size: 1 + n)
         }
-        func pop() throws(Unsupported) -> JSONValue {
+        func pop() throws(Unsupported) -> Item {
             guard let top = stack.popLast() else { throw fail("the pickle's stack is empty") }
             return top
         }
-        func popMark() throws(Unsupported) -> [JSONValue] {
+        func popMark() throws(Unsupported) -> ArraySlice<Item> {
             guard let mark = marks.popLast(), mark <= stack.count else { throw fail("a MARK is missing") }
             defer { stack.removeSubrange(mark...) }
-            return Array(stack[mark...])
+            return stack[mark...]
         }
-        func setItems(_ items: [JSONValue]) throws(Unsupported) {
-            guard items.count % 2 == 0, case .object(var dict) = try pop() else { throw fail("SETITEMS on a non-dict") }
-            for k in stride(from: 0, to: items.count, by: 2) {
-                guard case .string(let key) = items[k] else { throw fail("a dict key that is not a string") }
-                dict[key] = items[k + 1]
+        /// A container holding `items`: one deeper than the deepest, as large as all of them.
+        func container(_ value: JSONValue, _ items: ArraySlice<Item>, into start: Item? = nil) -> Item {
+            var result = start ?? Item(value: value, depth: 1, size: 1)
+            for item in items {
+                result.depth = max(result.depth, item.depth + 1)
+                result.size = result.size.addingReportingOverflow(item.size).partialValue
             }
-            stack.append(.object(dict))
+            result.value = value
+            return result
         }
-        func appendItems(_ items: [JSONValue]) throws(Unsupported) {
-            guard case .array(var list) = try pop() else { throw fail("APPENDS on a non-list") }
-            list.append(contentsOf: items)
-            stack.append(.array(list))
+        func setItems(_ items: ArraySlice<Item>) throws(Unsupported) {
+            let target = try pop()
+            guard items.count % 2 == 0, case .object(var dict) = target.value else {
+                throw fail("SETITEMS on a non-dict")
+            }
+            var k = items.startIndex
+            while k < items.endIndex {
+                guard case .string(let key) = items[k].value else { throw fail("a dict key that is not a string") }
+                dict[key] = items[k + 1].value
+                k += 2
+            }
+            try push(container(.object(dict), items, into: target))
+        }
+        func appendItems(_ items: ArraySlice<Item>) throws(Unsupported) {
+            let target = try pop()
+            guard case .array(var list) = target.value else { throw fail("APPENDS on a non-list") }
+            list.append(contentsOf: items.map(\.value))
+            try push(container(.array(list), items, into: target))
         }
         while i < bytes.count {
             let op = bytes[i]
@@ -212,8 +289,8 @@ public enum Pickle {
             switch op {
             case 0x80: _ = try take(1)  // PROTO
             case 0x95: _ = try take(8)  // FRAME
-            case UInt8(ascii: "}"): stack.append(.object([:]))
-            case UInt8(ascii: "]"), UInt8(ascii: ")"): stack.append(.array([]))
+            case UInt8(ascii: "}"): try push(Item(value: .object([:]), depth: 1))
+            case UInt8(ascii: "]"), UInt8(ascii: ")"): try push(Item(value: .array([]), depth: 1))
             case UInt8(ascii: "("): marks.append(stack.count)
             case UInt8(ascii: "u"): try setItems(try popMark())
             case UInt8(ascii: "s"):
@@ -222,48 +299,54 @@ public enum Pickle {
                 try setItems([key, value])
             case UInt8(ascii: "e"): try appendItems(try popMark())
             case UInt8(ascii: "a"): try appendItems([try pop()])
-            case UInt8(ascii: "t"): stack.append(.array(try popMark()))
+            case UInt8(ascii: "t"):
+                let items = try popMark()
+                try push(container(.array(items.map(\.value)), items))
             case 0x85, 0x86, 0x87:  // TUPLE1, TUPLE2, TUPLE3
                 let n = Int(op - 0x84)
                 guard stack.count >= n else { throw fail("a tuple of missing items") }
-                let items = Array(stack.suffix(n))
+                let items = stack.suffix(n)
                 stack.removeLast(n)
-                stack.append(.array(items))
-            case 0x8C: stack.append(try text(Int(try take(1).first ?? 0)))  // SHORT_BINUNICODE
-            case UInt8(ascii: "X"): stack.append(try text(little(try take(4))))  // BINUNICODE
-            case 0x8D: stack.append(try text(little(try take(8))))  // BINUNICODE8
-            case UInt8(ascii: "K"): stack.append(.int(Int(try take(1).first ?? 0)))  // BININT1
-            case UInt8(ascii: "M"): stack.append(.int(little(try take(2))))  // BININT2
-            case UInt8(ascii: "J"): stack.append(.int(Int(Int32(truncatingIfNeeded: little(try take(4))))))
+                try push(container(.array(items.map(\.value)), items))
+            case 0x8C: try push(try text(try length(1)))  // SHORT_BINUNICODE
+            case UInt8(ascii: "X"): try push(try text(try length(4)))  // BINUNICODE
+            case 0x8D: try push(try text(try length(8)))  // BINUNICODE8
+            case UInt8(ascii: "K"): try push(Item(value: .int(try length(1))))  // BININT1
+            case UInt8(ascii: "M"): try push(Item(value: .int(try length(2))))  // BININT2
+            case UInt8(ascii: "J"):  // BININT: signed 32 bits
+                try push(Item(value: .int(Int(Int32(truncatingIfNeeded: try length(4))))))
             case 0x8A:  // LONG1: little-endian two's complement, up to 8 bytes here
-                let n = Int(try take(1).first ?? 0)
+                let n = try length(1)
                 guard n <= 8 else { throw fail("an integer larger than 64 bits") }
                 let raw = try take(n)
-                var value = little(raw)
-                if n > 0 && n < 8, let last = raw.last, last & 0x80 != 0 { value -= 1 << (8 * n) }
-                stack.append(.int(value))
+                var value = raw.reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                if n > 0 && n < 8, let last = raw.last, last & 0x80 != 0 { value |= ~0 << (8 * UInt64(n)) }
+                try push(Item(value: .int(Int(truncatingIfNeeded: value))))
             case UInt8(ascii: "G"):  // BINFLOAT, big-endian
                 let raw = try take(8)
-                stack.append(.double(Double(bitPattern: raw.reduce(UInt64(0)) { $0 << 8 | UInt64($1) })))
-            case UInt8(ascii: "N"): stack.append(.null)
-            case 0x88: stack.append(.bool(true))
-            case 0x89: stack.append(.bool(false))
+                try push(Item(value: .double(Double(bitPattern: raw.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }))))
+            case UInt8(ascii: "N"): try push(Item(value: .null))
+            case 0x88: try push(Item(value: .bool(true)))
+            case 0x89: try push(Item(value: .bool(false)))
             case 0x94:  // MEMOIZE
                 guard let top = stack.last else { throw fail("MEMOIZE on an empty stack") }
                 memo[memo.count] = top
             case UInt8(ascii: "q"), UInt8(ascii: "r"):  // BINPUT, LONG_BINPUT
-                let key = little(try take(op == UInt8(ascii: "q") ? 1 : 4))
+                let key = try length(op == UInt8(ascii: "q") ? 1 : 4)
                 guard let top = stack.last else { throw fail("PUT on an empty stack") }
                 memo[key] = top
             case UInt8(ascii: "h"), UInt8(ascii: "j"):  // BINGET, LONG_BINGET
-                let key = little(try take(op == UInt8(ascii: "h") ? 1 : 4))
+                let key = try length(op == UInt8(ascii: "h") ? 1 : 4)
                 guard let value = memo[key] else { throw fail("GET of an unknown memo entry") }
-                stack.append(value)
+                try push(value)
             case UInt8(ascii: "."):
-                guard stack.count == 1, let value = stack.first else { throw fail("STOP with \(stack.count) values") }
-                return value
+                guard stack.count == 1, let item = stack.first else { throw fail("STOP with \(stack.count) values") }
+                return item.value
             default:
-                throw fail("opcode 0x\(String(op, radix: 16)) (not a plain value: an object only Python can load)")
+                var unsupported = fail(
+                    "opcode 0x\(String(op, radix: 16)) (not a plain value: an object only Python can load)")
+                unsupported.onlyPythonCanLoad = true
+                throw unsupported
             }
         }
         throw fail("the pickle has no STOP")

@@ -71,6 +71,10 @@ public struct Job: Sendable, Equatable {
         public static let parents = 10_000
         /// Largest count field (nodes, ranks, threads, packing).
         public static let count = 1_000_000
+        /// Deepest `parameters` (the object itself is 1 deep): well inside the JSON reader's limit
+        /// (`JSONParser.maxDepth`), so that a job's parameters can be carried in the sync's envelopes and read by
+        /// every site, however they were sent (JSON, or a pickle).
+        public static let parameterDepth = 128
     }
 
     static let fieldNames: Set<String> = [
@@ -199,6 +203,9 @@ public struct Job: Sendable, Equatable {
             if let path = Job.nulPath(value, at: field) {
                 throw fieldError(path, "contains a NUL character, which no command line or environment can carry")
             }
+        }
+        if JSONValue.object(parameters).depth > Limits.parameterDepth {
+            throw fieldError("parameters", "nests deeper than \(Limits.parameterDepth) levels")
         }
         let parametersSize = JSONValue.object(parameters).serialized().utf8.count + serializedParameters.utf8.count
         if !serializedParameters.isEmpty && Base64.decode(serializedParameters) == nil {
