@@ -1,4 +1,5 @@
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 import Spool
@@ -121,8 +122,38 @@ public struct BalsamServer: Sendable {
     ) -> Application<RouterResponder<BasicRequestContext>> {
         Application(
             router: router(),
-            configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: "balsam-server"),
+            server: .http1(configuration: .init(idleTimeout: .seconds(Int64(limits.idleTimeoutSeconds)))),
+            configuration: ApplicationConfiguration(
+                address: .hostname(host, port: port), serverName: "balsam-server",
+                availableConnectionsDelegate: ConnectionCap(limits.maxConnections, logger: logger)),
             onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) },
             logger: logger)
     }
+}
+
+/// At most `limit` connections open at once: past it, the server stops accepting (new connections wait in the
+/// kernel's backlog) and says so in its log, once each time the cap is reached, instead of running out of file
+/// descriptors for its database and files.
+struct ConnectionCap: AvailableConnectionsDelegate {
+    let limit: Int
+    let logger: Logger
+    var open = 0
+
+    init(_ limit: Int, logger: Logger) {
+        self.limit = limit
+        self.logger = logger
+    }
+
+    mutating func connectionOpened() {
+        open += 1
+        if open == limit {
+            logger.warning(
+                "connection cap reached: new connections wait until one closes",
+                metadata: ["connections": "\(open)", "max_connections": "\(limit)"])
+        }
+    }
+
+    mutating func connectionClosed() { open -= 1 }
+
+    func isAcceptingNewConnections() -> Bool { open < limit }
 }

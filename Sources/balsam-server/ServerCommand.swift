@@ -124,6 +124,14 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Largest request body, in MiB.")
     var maxBodyMib = 64
 
+    @Option(
+        name: .long,
+        help: "Seconds a connection may stay idle, or a request's body take to arrive, before it is closed (408).")
+    var idleTimeout = 60
+
+    @Option(name: .long, help: "Most connections open at once; more wait until one closes.")
+    var maxConnections = 2048
+
     @Flag(name: [.short, .long], help: "Log at debug level.")
     var verbose = false
 
@@ -139,6 +147,10 @@ struct Serve: AsyncParsableCommand {
         if !(0.0001...1_000_000).contains(tokenHours) { throw ValidationError("--token-hours must be positive.") }
         if !(1...100_000).contains(maxBulkItems) { throw ValidationError("--max-bulk-items must be 1 to 100000.") }
         if !(1...4096).contains(maxBodyMib) { throw ValidationError("--max-body-mib must be 1 to 4096.") }
+        if !(1...86_400).contains(idleTimeout) { throw ValidationError("--idle-timeout must be 1 to 86400 seconds.") }
+        if !(1...1_000_000).contains(maxConnections) {
+            throw ValidationError("--max-connections must be 1 to 1000000.")
+        }
     }
 
     func parseListen() -> (String, Int)? {
@@ -160,6 +172,8 @@ struct Serve: AsyncParsableCommand {
             var limits = ServerLimits()
             limits.bulkItems = maxBulkItems
             limits.bodyBytes = maxBodyMib << 20
+            limits.idleTimeoutSeconds = idleTimeout
+            limits.maxConnections = maxConnections
             let loopback = host == "127.0.0.1" || host == "::1" || host == "localhost"
             limits.openRegistration = registration.map { $0 == "open" } ?? loopback
             let registrationOpen = limits.openRegistration
@@ -253,8 +267,8 @@ struct UserCommand: AsyncParsableCommand {
         func run() async throws {
             try await withAccounts(user.store) { accounts in
                 let password = try readPassword(file: user.passwordFile, confirm: true)
-                try accounts.setPassword(user.name, password: password)
-                print("password of \(user.name) set")
+                let revoked = try accounts.setPassword(user.name, password: password)
+                print("password of \(user.name) set; \(revoked) login token\(revoked == 1 ? "" : "s") revoked")
             }
         }
     }

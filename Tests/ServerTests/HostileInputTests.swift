@@ -83,4 +83,161 @@ import Testing
             #expect(try await server.request("GET", path + "?ordering=-id", token: alice).status == 200, "\(path)")
         }
     }
+
+    @Test(
+        "ids only grow: a deleted job's id is never given to the next job (issue 23, 12)", arguments: Backend.available)
+    func idsAreNeverReused(_ backend: Backend) async throws {
+        let server = try await LiveServer(backend)
+        defer { Task { try? await server.stop() } }
+        let alice = try await server.user("alice")
+        let (_, appID) = try await server.siteAndApp(alice)
+        var last = 0
+        for n in 0..<3 {
+            let made = try await server.request(
+                "POST", "/jobs/",
+                json: [["app_id": appID, "workdir": "w/\(n)", "serialized_parameters": pickledName("x")]],
+                token: alice)
+            let id = try #require(made.list.first?["id"] as? Int, "\(made.text)")
+            #expect(id > last, "job id \(id) after \(last)")
+            last = id
+            #expect(try await server.request("DELETE", "/jobs/\(id)", token: alice).status == 204)
+        }
+    }
+}
+
+/// Operating errors (issue 23, 13): a full disk is a 503 that names it, and the server goes on answering.
+@Suite struct OperatingErrorTests {
+    @Test(
+        "a full disk: 503 naming the cause, reads still answered",
+        .enabled(if: getuid() == 0, "mounts a small tmpfs in a mount namespace of its own"))
+    func fullDisk() async throws {
+        let dir = try TempDir()
+        try FileManager.default.createDirectory(atPath: dir.path + "/full", withIntermediateDirectories: true)
+        // The database on a 2 MiB tmpfs that only the server's mount namespace sees; gone when it exits.
+        let mount = #"mount -t tmpfs -o size=2m balsam-test "$0" && cd / && exec "$@""#
+        let server = try await LiveServer(
+            .sqlite, db: "sqlite:\(dir.path)/full/server.db", dir: dir,
+            wrapper: ["/usr/bin/unshare", "-m", "--propagation", "private", "/bin/sh", "-c", mount, dir.path + "/full"])
+        defer { Task { try? await server.stop() } }
+        let alice = try await server.user("alice")
+        let (_, appID) = try await server.siteAndApp(alice)
+        let data = String(repeating: "x", count: 400_000)
+        var full: HTTPReply?
+        for n in 0..<20 {
+            let reply = try await server.request(
+                "POST", "/jobs/",
+                json: [
+                    [
+                        "app_id": appID, "workdir": "w/\(n)", "serialized_parameters": pickledName("x"),
+                        "data": ["pad": data],
+                    ]
+                ], token: alice)
+            if reply.status != 201 {
+                full = reply
+                break
+            }
+        }
+        let reply = try #require(full, "2 MiB never filled")
+        #expect(reply.status == 503, "\(reply.text)")
+        #expect(reply.text.contains("disk is full"), "\(reply.text)")
+        #expect(try await server.request("GET", "/jobs/?limit=1", token: alice).status == 200)
+    }
+}
+
+/// Idle, slow and anonymous clients (issue 23, 8 and 9), over raw sockets: what a client that never finishes
+/// its request does to the server.
+@Suite struct SlowClientTests {
+    @Test("no body is read before a signed token; anonymous routes take small bodies only")
+    func bodiesAfterTokens() async throws {
+        let server = try await LiveServer(.sqlite)
+        defer { Task { try? await server.stop() } }
+        let port = try #require(Int(server.url.split(separator: ":").last ?? ""))
+        // Heads that announce 60 MiB and send none of it: the answer comes at once, not after a body.
+        for (head, status) in [
+            ("POST /jobs/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\r\nContent-Length: 62914560\r\n", "401"),
+            ("POST /auth/password/login HTTP/1.1\r\nHost: x\r\nContent-Length: 62914560\r\n", "413"),
+        ] {
+            let socket = try RawClient(port: port)
+            try socket.send(head + "Content-Type: application/json\r\n\r\n")
+            let reply = try socket.receive(seconds: 10)
+            #expect(reply.hasPrefix("HTTP/1.1 \(status)"), "\(head): \(reply.debugDescription)")
+        }
+    }
+
+    @Test("a half-sent request, or a trickled body, is closed after the idle timeout; the connection cap holds")
+    func idleAndSlowClients() async throws {
+        let server = try await LiveServer(.sqlite, arguments: ["--idle-timeout", "2", "--max-connections", "4"])
+        defer { Task { try? await server.stop() } }
+        let port = try #require(Int(server.url.split(separator: ":").last ?? ""))
+        let half = try RawClient(port: port)
+        try half.send("GET /auth/how HTTP/1.1\r\nHost: x\r\n")
+        #expect(try half.receive(seconds: 20) == "")
+        #expect(half.closedByServer, "the server must close a half-sent request")
+
+        let token = try await server.user("alice")
+        let slow = try RawClient(port: port)
+        try slow.send(
+            "POST /sites/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\nContent-Type: application/json\r\n"
+                + "Content-Length: 100\r\n\r\n{\"name\":")
+        // The body's deadline (408) or the connection's idle timer (closed), whichever fires first.
+        let reply = try slow.receive(seconds: 20)
+        #expect(reply.hasPrefix("HTTP/1.1 408") || slow.closedByServer, "\(reply.debugDescription)")
+
+        // Four idle connections fill the cap; the log says so, and a fifth is answered once they are closed.
+        let idle = try (0..<4).map { _ in try RawClient(port: port) }
+        try await waitFor("the cap in the log") { server.log.contains("connection cap reached") }
+        for client in idle { client.close() }
+        #expect(try await server.request("GET", "/auth/how").status == 200)
+    }
+}
+
+/// A blocking TCP client on loopback, for requests no HTTP library would send.
+final class RawClient {
+    private var fd: Int32
+    /// Whether the last `receive` ended because the server closed the connection (not a timeout).
+    private(set) var closedByServer = false
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard rc == 0 else { throw ServerTestError(description: "connect: errno \(errno)") }
+    }
+
+    func send(_ text: String) throws {
+        let bytes = Array(text.utf8)
+        guard Glibc.send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL)) == bytes.count else {
+            throw ServerTestError(description: "send: errno \(errno)")
+        }
+    }
+
+    /// What arrives until the server closes or `seconds` pass with nothing more (then what came so far).
+    func receive(seconds: Int) throws -> String {
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            closedByServer = n == 0
+            if n <= 0 { break }
+            out += buffer[0..<n]
+            if String(decoding: out, as: UTF8.self).contains("\r\n\r\n") { break }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    func close() {
+        if fd >= 0 { Glibc.close(fd) }
+        fd = -1
+    }
+
+    deinit { close() }
 }

@@ -70,16 +70,21 @@ final class LiveServer: @unchecked Sendable {
     let url: String
     let logPath: String
 
-    /// Starts a server over `db` (made for `backend` when nil) with `arguments` added to `serve`.
-    init(_ backend: Backend, db existing: String? = nil, dir: TempDir? = nil, arguments: [String] = []) async throws {
+    /// Starts a server over `db` (made for `backend` when nil) with `arguments` added to `serve`; `wrapper` is a
+    /// command line that runs the server as its last arguments (`unshare -m sh -c '...; exec "$@"' sh`).
+    init(
+        _ backend: Backend, db existing: String? = nil, dir: TempDir? = nil, arguments: [String] = [],
+        wrapper: [String] = []
+    ) async throws {
         let dir = try dir ?? TempDir()
         self.dir = dir
         db = try existing ?? makeDatabase(backend, dir: dir)
         let portFile = dir.path + "/port-" + UUID().uuidString.prefix(6)
         logPath = portFile + ".log"
+        let command = wrapper + [binDirectory + "/balsam-server"]
         process = try Spawned(
-            binDirectory + "/balsam-server",
-            [
+            command[0],
+            Array(command.dropFirst()) + [
                 "serve", "--db", db, "--secret-file", dir.path + "/secret", "--listen", "127.0.0.1:0",
                 "--port-file", portFile,
             ] + arguments, stderr: .file(logPath))

@@ -87,10 +87,15 @@ import Testing
         try dir.file("short", "short\n")
         let weak = try run(tool, ["user", "add", "leo", "--password-file", dir.path + "/short"] + args)
         #expect(weak.status == 65 && weak.stderr.contains("8 to 1024"), "\(weak.stderr)")
-        _ = try await server.login("kate", "kate-password")
+        let old = try await server.login("kate", "kate-password")
+        #expect(try await server.request("GET", "/sites/", token: old).status == 200)
         let changed = try run(tool, ["user", "passwd", "kate", "--password-file", dir.path + "/pw2"] + args)
         #expect(changed.status == 0, "\(changed.stderr)")
-        _ = try await server.login("kate", "kate-password-2")
+        #expect(changed.stdout.contains("1 login token revoked"), "\(changed.stdout)")
+        // A token made with the old password is revoked with it (issue 23, 11).
+        #expect(try await server.request("GET", "/sites/", token: old).status == 401)
+        let new = try await server.login("kate", "kate-password-2")
+        #expect(try await server.request("GET", "/sites/", token: new).status == 200)
         let register = try await server.request(
             "POST", "/auth/password/register", json: ["username": "mallory", "password": "mallory-password"])
         #expect(register.status == 403)

@@ -75,6 +75,17 @@ struct Reply {
 public struct ServerLimits: Sendable {
     /// Largest request body.
     public var bodyBytes = 64 << 20
+    /// Largest body of a route that needs no token (login, register): a login form is a few hundred bytes, and
+    /// an anonymous client must not make the server buffer megabytes.
+    public var anonymousBodyBytes = 64 << 10
+    /// Seconds a connection may sit idle (a request's head half sent, nothing between requests, or no byte of a
+    /// body arriving) before it is closed.
+    public var idleTimeoutSeconds = 60
+    /// A whole body must arrive within this many idle timeouts (408 after): a client that sends a byte now and
+    /// then must not hold a connection and a buffer for ever, and 64 MiB on a slow link still fits (5 minutes).
+    public var bodySecondsPerIdleTimeout = 5
+    /// Most connections open at once; past it, new ones wait in the kernel's backlog (and the log says so).
+    public var maxConnections = 2048
     /// Most items in one bulk request (the original's `MAX_ITEMS_PER_BULK_OP`).
     public var bulkItems = 5000
     /// Whether anyone may register a user through the API.
@@ -106,14 +117,16 @@ struct Endpoints: Sendable {
         do {
             // No token, no body read: an anonymous client cannot make the server buffer megabytes.
             // A page (the dashboard) authenticates with its cookie, and sends a stranger to its login page.
+            // A token whose signature fails (`Bearer x`) is refused here too, before the body: only the
+            // server's own tokens, of users it can revoke, get a body read.
             let token = page ? Dashboard.cookieToken(request.headers[.cookie]) : bearerToken(request)
-            if authenticated && token == nil { throw ServerError.unauthorized }
-            let body: [UInt8]
-            do {
-                body = Array(buffer: try await request.collectBody(upTo: limits.bodyBytes))
-            } catch {
-                throw ServerError(status: 413, "the request body is larger than \(limits.bodyBytes) bytes")
+            if authenticated && !(token.map(accounts.isSigned) ?? false) { throw ServerError.unauthorized }
+            let bodyLimit = authenticated ? limits.bodyBytes : limits.anonymousBodyBytes
+            if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > bodyLimit {
+                throw ServerError(status: 413, "the request body is larger than \(bodyLimit) bytes")
             }
+            let body = try await Endpoints.collect(
+                request.body, upTo: bodyLimit, seconds: limits.bodySecondsPerIdleTimeout * limits.idleTimeoutSeconds)
             var id: Int?
             if hasID {
                 guard let text = context.parameters.get("id"), let value = Int(text) else {
@@ -145,6 +158,10 @@ struct Endpoints: Sendable {
             reply = Endpoints.errorReply(error)
         } catch let error as StoreError where error.kind == .constraint {
             reply = Endpoints.errorReply(.badRequest("refused by the database: \(error.message)"))
+        } catch let error as StoreError where error.kind == .full {
+            logger.error("database full", metadata: ["route": "\(route)", "error": "\(error)"])
+            reply = Endpoints.errorReply(
+                ServerError(status: 503, "the server's disk is full: nothing can be stored until space is made"))
         } catch let error as StoreError where error.kind == .unavailable {
             logger.error("database unavailable", metadata: ["route": "\(route)", "error": "\(error)"])
             reply = Endpoints.errorReply(
@@ -171,6 +188,32 @@ struct Endpoints: Sendable {
         let status = HTTPResponse.Status(code: reply.status)
         guard let bytes = reply.body else { return Response(status: status, headers: headers) }
         return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+
+    /// The body, at most `limit` bytes (413 past it), arriving within `seconds` (408 after: a client that
+    /// trickles a body must not hold a connection and a buffer for ever).
+    static func collect(_ body: RequestBody, upTo limit: Int, seconds: Int) async throws -> [UInt8] {
+        try await withThrowingTaskGroup(of: [UInt8]?.self) { group in
+            group.addTask {
+                var bytes: [UInt8] = []
+                for try await buffer in body {
+                    if bytes.count + buffer.readableBytes > limit {
+                        throw ServerError(status: 413, "the request body is larger than \(limit) bytes")
+                    }
+                    bytes += buffer.readableBytesView
+                }
+                return bytes
+            }
+            group.addTask {
+                try await Task.sleep(for: .seconds(seconds))
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let bytes = first else {
+                throw ServerError(status: 408, "the request body did not arrive within \(seconds) s")
+            }
+            return bytes
+        }
     }
 
     static func errorReply(_ error: ServerError) -> Reply {

@@ -116,14 +116,26 @@ public struct Accounts: Sendable {
         return try database.withConnection(insert)
     }
 
-    /// Sets a user's password.
-    public func setPassword(_ username: String, password: String) throws {
+    /// Sets a user's password and revokes the user's login tokens, in one transaction: a password is changed
+    /// because it may be known to someone else, who may hold a token made with it. Site tokens stay (they are
+    /// not made from the password; `token revoke` ends them). Returns how many tokens were revoked.
+    @discardableResult
+    public func setPassword(_ username: String, password: String) throws -> Int {
         try Accounts.validatePassword(password)
         let hash = try Accounts.hashPassword(password)
-        let changed = try database.withConnection { c in
-            try c.execute("UPDATE users SET password_hash = ? WHERE username = ?", [.text(hash), .text(username)])
+        let now = ServerClock.microseconds()
+        return try database.withConnection { c in
+            try c.transaction {
+                let changed = try c.execute(
+                    "UPDATE users SET password_hash = ? WHERE username = ?", [.text(hash), .text(username)])
+                if changed == 0 { throw ServerError.notFound("user '\(username)'") }
+                return try c.execute(
+                    """
+                    UPDATE tokens SET revoked = ? WHERE revoked IS NULL AND kind = 'login'
+                    AND owner_id = (SELECT id FROM users WHERE username = ?)
+                    """, [.int(now), .text(username)])
+            }
         }
-        if changed == 0 { throw ServerError.notFound("user '\(username)'") }
     }
 
     /// The outcome of a password check: the user, or how long the failed attempt should be held before the
@@ -245,6 +257,12 @@ public struct Accounts: Sendable {
             guard Crypto.constantTimeEqual(signature, expected) else { return nil }
         }
         return try? JSONValue.parse(payload).objectValue
+    }
+
+    /// Whether `token` is one of this server's (its signature holds), checked without the database: what the
+    /// server asks before it reads a request's body.
+    func isSigned(_ token: String) -> Bool {
+        token.utf8.count < 4096 && (try? Accounts.claims(of: token, secret: secret)) != nil
     }
 
     /// The user behind a bearer token, checked against its signature, expiry and row; nil for any failure.

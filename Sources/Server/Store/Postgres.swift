@@ -37,15 +37,16 @@ final class PostgresConnection: SQLConnection {
         var kind = StoreError.Kind.failed
         if let result, let text = PQresultErrorMessage(result), text.pointee != 0 {
             message = String(cString: text).trimmingTrailingNewlines()
-            if let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))), String(cString: state).hasPrefix("23")
-            {
-                kind = .constraint
+            if let field = PQresultErrorField(result, Int32(UInt8(ascii: "C"))) {
+                let state = String(cString: field)
+                if state.hasPrefix("23") { kind = .constraint }
+                if state == "53100" { kind = .full }  // disk_full
             }
         } else {
             message = String(cString: PQerrorMessage(connection)).trimmingTrailingNewlines()
         }
         if !isHealthy { kind = .unavailable }
-        return StoreError(kind, "\(message) (in: \(sql.prefix(60)))")
+        return StoreError(kind, "\(message) (in: \(StoreError.statement(sql)))")
     }
 
     /// The statement's name on this connection, preparing it on first use.

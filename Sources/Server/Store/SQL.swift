@@ -1,3 +1,5 @@
+import Spool
+
 /// A value bound to, or read from, a SQL statement. Both backends store only these four kinds: JSON goes in as
 /// text, booleans as 0 and 1, times as microseconds since the epoch, so one schema and one set of queries serve
 /// SQLite and PostgreSQL alike.
@@ -86,8 +88,10 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
     public enum Kind: Sendable {
         /// The database refused a value: a unique key taken, a foreign key missing.
         case constraint
-        /// The database could not be opened or reached.
+        /// The database could not be opened or reached, or cannot be written (a read-only file).
         case unavailable
+        /// The disk (or the database's quota) is full: requests that write fail until space is made.
+        case full
         /// Anything else the database reported.
         case failed
     }
@@ -104,6 +108,13 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
     }
 
     public var description: String { message }
+
+    /// How a message names the statement that failed: its first line, at most 80 characters.
+    static func statement(_ sql: String) -> String {
+        let line = sql.split(separator: "\n", omittingEmptySubsequences: true).first.map(String.init) ?? sql
+        let trimmed = String(line.trimmingSpaces())
+        return trimmed.count > 80 ? String(trimmed.prefix(80)) + "…" : trimmed
+    }
 }
 
 /// One open connection to a database. Used by one thread at a time (the pool sees to it).

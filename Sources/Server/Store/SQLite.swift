@@ -20,13 +20,18 @@ final class SQLiteConnection: SQLConnection {
         }
         // A writer waits up to 10 s for another process's write lock instead of failing at once.
         sqlite3_busy_timeout(db, 10_000)
-        try executeScript(
-            """
-            PRAGMA journal_mode = WAL;
-            PRAGMA synchronous = NORMAL;
-            PRAGMA foreign_keys = ON;
-            PRAGMA cache_size = -16384;
-            """)
+        do {
+            try executeScript(
+                """
+                PRAGMA journal_mode = WAL;
+                PRAGMA synchronous = NORMAL;
+                PRAGMA foreign_keys = ON;
+                PRAGMA cache_size = -16384;
+                """)
+        } catch {
+            // A read-only file or directory fails here, at the first write (WAL mode): say which file.
+            throw StoreError(.unavailable, "cannot use SQLite database \(path): \(error.message)")
+        }
     }
 
     deinit {
@@ -37,9 +42,15 @@ final class SQLiteConnection: SQLConnection {
     private func error(_ sql: String) -> StoreError {
         let code = sqlite3_errcode(db)
         let message = String(cString: sqlite3_errmsg(db))
-        let kind: StoreError.Kind = (code & 0xFF) == SQLITE_CONSTRAINT ? .constraint : .failed
+        let kind: StoreError.Kind
+        switch code & 0xFF {
+        case SQLITE_CONSTRAINT: kind = .constraint
+        case SQLITE_FULL: kind = .full
+        case SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_PERM: kind = .unavailable
+        default: kind = .failed
+        }
         if (code & 0xFF) == SQLITE_CORRUPT || (code & 0xFF) == SQLITE_NOTADB { isHealthy = false }
-        return StoreError(kind, "\(message) (in: \(sql.prefix(60)))")
+        return StoreError(kind, "\(message) (in: \(StoreError.statement(sql)))")
     }
 
     private func prepared(_ sql: String) throws(StoreError) -> OpaquePointer {
@@ -114,7 +125,9 @@ final class SQLiteConnection: SQLConnection {
         guard sqlite3_exec(db, sql, nil, nil, &message) == SQLITE_OK else {
             let text = message.map { String(cString: $0) } ?? "unknown error"
             sqlite3_free(message)
-            throw StoreError(.failed, "\(text) (in: \(sql.prefix(60)))")
+            var failure = error(sql)
+            failure.message = "\(text) (in: \(StoreError.statement(sql)))"
+            throw failure
         }
     }
 

@@ -1,3 +1,5 @@
+import Spool
+
 /// The database schema, as numbered migrations. `balsam-server migrate` applies the missing ones in order, each
 /// in its own transaction, and records it in `schema_migrations`; SQLite databases are migrated at start.
 ///
@@ -12,7 +14,46 @@ enum Schema {
         (3, "sites' own batch job ids", siteBatchIDs),
         (4, "users' requests to sites", jobRequests),
         (5, "report rollups: state changes and busy node-seconds per minute", reportRollups),
+        (6, "ids never reused (SQLite: AUTOINCREMENT)", { _ in "" }),
     ]
+
+    /// Migrations that SQL text cannot say, run inside the migration's transaction after its SQL.
+    static let programs: [Int: @Sendable (any SQLConnection) throws -> Void] = [6: neverReuseIDs]
+
+    /// Tables whose ids a client holds. PostgreSQL's sequences never hand an id out twice; SQLite's plain
+    /// `INTEGER PRIMARY KEY` gives the largest deleted id to the next row, so a client still holding a deleted
+    /// job's id would read someone else's job. Each such table is rebuilt with `AUTOINCREMENT` (SQLite's
+    /// documented way to change a table: a new table from the old one's own `CREATE`, its rows copied, the old
+    /// dropped and the new renamed, its indexes made again), with foreign keys off so that dropping the old
+    /// table cascades nowhere.
+    static let idTables = [
+        "users", "sites", "apps", "batch_jobs", "jobs", "events", "transfer_items", "job_requests",
+    ]
+
+    private static func neverReuseIDs(_ connection: any SQLConnection) throws {
+        guard connection.dialect == .sqlite else { return }
+        for table in idTables {
+            let rows = try connection.query(
+                "SELECT type, sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL ORDER BY type DESC",
+                [.text(table)])
+            guard let create = rows.first(where: { $0.text(0) == "table" })?.text(1) else { continue }
+            if create.contains("AUTOINCREMENT") { continue }
+            // SQLite keeps the text it was given, but quotes the name of a table that was renamed.
+            let head = ["CREATE TABLE \(table) (", "CREATE TABLE \"\(table)\" ("].first { create.hasPrefix($0) }
+            guard let head, create.contains("id INTEGER PRIMARY KEY,") else {
+                throw StoreError(.failed, "table \(table) is not as this server made it: \(create.prefix(80))")
+            }
+            let rebuilt =
+                "CREATE TABLE new_\(table) ("
+                + String(create.dropFirst(head.count)).replacingAll(
+                    "id INTEGER PRIMARY KEY,", with: "id INTEGER PRIMARY KEY AUTOINCREMENT,")
+            try connection.executeScript(rebuilt)
+            try connection.executeScript("INSERT INTO new_\(table) SELECT * FROM \(table)")
+            try connection.executeScript("DROP TABLE \(table)")
+            try connection.executeScript("ALTER TABLE new_\(table) RENAME TO \(table)")
+            for index in rows where index.text(0) == "index" { try connection.executeScript(index.text(1)) }
+        }
+    }
 
     /// The newest version this server knows.
     static var latest: Int { migrations.last?.version ?? 0 }
@@ -246,9 +287,19 @@ enum Schema {
                 .unavailable, "the database is at schema version \(current), newer than this server's \(latest)")
         }
         var applied: [Int] = []
+        // A table rebuild drops the old table: with foreign keys on, SQLite would first delete its rows and
+        // cascade. The pragma has no effect inside a transaction, so it is set around them.
+        let sqliteRebuild = connection.dialect == .sqlite && current < latest
+        if sqliteRebuild { try connection.executeScript("PRAGMA foreign_keys = OFF") }
+        defer { if sqliteRebuild { try? connection.executeScript("PRAGMA foreign_keys = ON") } }
         for migration in migrations where migration.version > current {
             try connection.transaction {
-                try connection.executeScript(migration.sql(connection.dialect))
+                let sql = migration.sql(connection.dialect)
+                if !sql.isEmpty { try connection.executeScript(sql) }
+                try programs[migration.version]?(connection)
+                if sqliteRebuild, try connection.query("PRAGMA foreign_key_check", []).first != nil {
+                    throw StoreError(.failed, "migration \(migration.version) broke a foreign key")
+                }
                 try connection.execute(
                     "INSERT INTO schema_migrations (version, name, applied) VALUES (?, ?, ?)",
                     [.of(migration.version), .text(migration.name), .int(ServerClock.microseconds())])
