@@ -113,6 +113,9 @@ public struct App: Sendable, Equatable {
             }
             return try validatePolicies()
         }
+        do { try commandTemplate.checkQuotable() } catch {
+            throw SpoolError(.invalidInput, "app '\(name)': \(error.message)")
+        }
         let used = commandTemplate.placeholders
         for placeholder in used where parameters[placeholder] == nil {
             throw SpoolError(

@@ -1,11 +1,14 @@
 /// A shell command with Jinja-style `{{ name }}` placeholders, as in Balsam's `command_template`.
 ///
-/// Only plain placeholders are supported (no filters, no `{% %}` blocks). Rendering shell-quotes every
-/// value, so a parameter can never inject shell syntax.
+/// Only plain placeholders are supported (no filters, no `{% %}` blocks). Rendering quotes every value for the
+/// place it stands in (`ShellContext`): bare, inside double quotes, or inside single quotes, so that the shell
+/// reads the value literally and a parameter can never inject shell syntax. A placeholder where no quoting can
+/// do that (a here-document, a comment, backticks, arithmetic) makes the template unquotable: an app refuses it
+/// when it is defined (`checkQuotable`), with a message that says how to write it.
 public struct CommandTemplate: Sendable, Equatable {
     enum Piece: Sendable, Equatable {
         case text(String)
-        case placeholder(String)
+        case placeholder(String, ShellContext)
     }
 
     let pieces: [Piece]
@@ -28,20 +31,33 @@ public struct CommandTemplate: Sendable, Equatable {
                 throw fieldError(
                     "command_template", "placeholder '{{\(afterOpen[..<close.lowerBound])}}' is not a plain name")
             }
-            pieces.append(.placeholder(String(name)))
+            pieces.append(.placeholder(String(name), .bare))
             rest = afterOpen[close.upperBound...]
         }
         if !rest.isEmpty { pieces.append(.text(String(rest))) }
         if source.contains("{%") {
             throw fieldError("command_template", "uses '{%'; only {{ name }} placeholders are supported")
         }
-        self.pieces = pieces
+        self.pieces = ShellContext.classify(pieces)
+    }
+
+    /// Refuses a template with a placeholder that no quoting can keep literal, naming it and its place.
+    public func checkQuotable() throws(SpoolError) {
+        for case .placeholder(let name, let context) in pieces {
+            if let why = context.unquotable {
+                throw fieldError(
+                    "command_template",
+                    "placeholder '{{ \(name) }}' sits \(why), where no quoting keeps a value literal; put it "
+                        + "where a word goes (bare, or inside \"...\" or '...'), or pass it in the environment of a "
+                        + "preprocess hook")
+            }
+        }
     }
 
     /// Placeholder names in order of first use.
     public var placeholders: [String] {
         var seen: [String] = []
-        for case .placeholder(let name) in pieces where !seen.contains(name) { seen.append(name) }
+        for case .placeholder(let name, _) in pieces where !seen.contains(name) { seen.append(name) }
         return seen
     }
 
@@ -62,12 +78,23 @@ public struct CommandTemplate: Sendable, Equatable {
         for piece in pieces {
             switch piece {
             case .text(let text): out += text
-            case .placeholder(let name):
+            case .placeholder(let name, let context):
                 guard let value = values[name] else {
                     throw SpoolError(.invalidInput, "no value for placeholder '{{ \(name) }}'")
                 }
                 let text = CommandTemplate.text(of: value)
-                out += quoting ? CommandTemplate.shellQuote(text) : text
+                guard quoting else {
+                    out += text
+                    continue
+                }
+                switch context {
+                case .bare: out += CommandTemplate.shellQuote(text)
+                case .doubleQuoted: out += CommandTemplate.doubleQuoteEscape(text)
+                // Close the quote, add the value quoted as a word, open it again: the shell joins the three.
+                case .singleQuoted: out += "'" + CommandTemplate.shellQuote(text) + "'"
+                case .unquotable(let why):
+                    throw fieldError("command_template", "placeholder '{{ \(name) }}' sits \(why)")
+                }
             }
         }
         return out
@@ -88,6 +115,17 @@ public struct CommandTemplate: Sendable, Equatable {
         if word.isEmpty { return "''" }
         if isSafeWord(word) { return word }
         return "'" + word.replacingAll("'", with: "'\"'\"'") + "'"
+    }
+
+    /// Escapes text for the inside of a double-quoted string: `\`, `"`, `$` and `` ` `` are the characters bash
+    /// reads there; everything else (newlines, `'`, globs, spaces) is literal.
+    static func doubleQuoteEscape(_ text: String) -> String {
+        var out = ""
+        for c in text.unicodeScalars {
+            if c == "\\" || c == "\"" || c == "$" || c == "`" { out.unicodeScalars.append("\\") }
+            out.unicodeScalars.append(c)
+        }
+        return out
     }
 
     /// Whether `word` means the same to a shell without quotes: letters, digits and `@%+=:,./-_` only.
