@@ -38,11 +38,13 @@ public struct BalsamServer: Sendable {
 
         func route(
             _ method: HTTPRequest.Method, _ path: RouterPath, _ name: String, authenticated: Bool = true,
-            _ handler: @escaping Endpoints.Handler
+            siteTokens: Bool = false, _ handler: @escaping Endpoints.Handler
         ) {
             let hasID = name.contains("{id}")
             router.on(path, method: method) { request, context in
-                await e.serve(request, context, route: name, authenticated: authenticated, hasID: hasID, handler)
+                await e.serve(
+                    request, context, route: name, authenticated: authenticated, hasID: hasID, siteTokens: siteTokens,
+                    handler)
             }
         }
 
@@ -51,7 +53,7 @@ public struct BalsamServer: Sendable {
             .post, "auth/password/register", "/auth/password/register", authenticated: false,
             AuthRoutes.register(accounts))
         route(.post, "auth/password/login", "/auth/password/login", authenticated: false, AuthRoutes.login(accounts))
-        route(.get, "auth/password/me", "/auth/password/me", AuthRoutes.me)
+        route(.get, "auth/password/me", "/auth/password/me", siteTokens: true, AuthRoutes.me)
 
         route(.get, "sites", "/sites/", Sites.list)
         route(.post, "sites", "/sites/", Sites.create)
@@ -101,7 +103,7 @@ public struct BalsamServer: Sendable {
             await e.serve(request, context, route: "/dashboard/logout", page: true, Dashboard.logout)
         }
 
-        route(.post, "sync/push", "/sync/push", SyncRoutes.push)
+        route(.post, "sync/push", "/sync/push", siteTokens: true, SyncRoutes.push)
 
         route(.get, "transfers", "/transfers/", Transfers.list)
         route(.patch, "transfers", "/transfers/", Transfers.bulkUpdate)

@@ -100,7 +100,7 @@ import Testing
         #expect(try await server.request("GET", "/jobs/\(a)", token: other).status == 404)
     }
 
-    @Test("a site token pushes only as its own site", arguments: [Backend.sqlite])
+    @Test("a site token pushes only as its own site, and does nothing else (issue 23, 7)", arguments: [Backend.sqlite])
     func siteTokensAreBound(_ backend: Backend) async throws {
         let server = try await LiveServer(backend)
         defer { Task { try? await server.stop() } }
@@ -118,5 +118,20 @@ import Testing
         let other = try await server.request(
             "POST", "/sync/push", json: ["site": ["name": "aurora", "path": "/a"]], token: token)
         #expect(other.status == 403 && other.object["field"] as? String == "site.name", "\(other.text)")
+        // Everything but its sync is refused: renaming its site (to take another's name), making sites, apps and
+        // jobs, deleting, registering, reading the user's other sites.
+        let login = try await server.login("uma", "uma-password")
+        let sites = try await server.request("GET", "/sites/", token: login).object["results"] as? [[String: Any]]
+        let siteID = try #require(sites?.first?["id"] as? Int)
+        for (method, path, body) in [
+            ("PUT", "/sites/\(siteID)", ["name": "aurora"] as [String: Any]), ("GET", "/sites/", nil),
+            ("POST", "/sites/", ["name": "x", "path": "/x"]), ("DELETE", "/sites/\(siteID)", nil),
+            ("POST", "/apps/", ["site_id": siteID, "name": "a", "serialized_class": "", "source_code": ""]),
+            ("POST", "/jobs/", [] as [Any]), ("GET", "/jobs/", nil), ("DELETE", "/jobs/", nil),
+            ("POST", "/batch-jobs/", [:] as [String: Any]), ("GET", "/events/", nil),
+        ] as [(String, String, Any?)] {
+            let reply = try await server.request(method, path, json: body, token: token)
+            #expect(reply.status == 403, "\(method) \(path) with a site token: \(reply.status) \(reply.text)")
+        }
     }
 }

@@ -108,7 +108,7 @@ struct Endpoints: Sendable {
     /// `authenticated` is false) and runs `handler`.
     func serve(
         _ request: Request, _ context: some RequestContext, route: String, authenticated: Bool = true,
-        hasID: Bool = false, page: Bool = false, _ handler: @escaping Handler
+        hasID: Bool = false, page: Bool = false, siteTokens: Bool = false, _ handler: @escaping Handler
     ) async -> Response {
         let start = ContinuousClock.now
         var request = request
@@ -143,6 +143,14 @@ struct Endpoints: Sendable {
                 if authenticated {
                     guard let token, let found = try accounts.authenticate(token, connection: connection) else {
                         throw ServerError.unauthorized
+                    }
+                    // A site token lives on a shared login node for months: it may sync its own site and nothing
+                    // else (not rename it, make apps or jobs elsewhere, delete sites, read other sites).
+                    if let site = found.siteName, !siteTokens {
+                        throw ServerError(
+                            status: 403,
+                            "this is site '\(site)''s token: it may only sync that site (POST /sync/push); log in "
+                                + "with a password for the rest of the API")
                     }
                     user = found
                 }
