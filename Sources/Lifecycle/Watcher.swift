@@ -129,6 +129,10 @@ public final class Watcher: Sendable {
             guard let current = pusher else { return 5 }
             let round = try current.pusher.round()
             backoff = 0
+            for refusal in round.newRefusals { logger.warning("sync: refused: \(refusal)") }
+            if round.registeredAgain {
+                logger.notice("sync: the server had lost this site's record; registered again, pushing the whole site")
+            }
             if round.events > 0 {
                 logger.debug("sync: \(round.events) events and \(round.jobs) jobs pushed")
             }

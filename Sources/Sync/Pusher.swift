@@ -34,6 +34,10 @@ public struct SyncState: Sendable, Equatable {
     public var batchDigests: [String: String] = [:]
     /// Users' requests carried out or refused here, by request id, until the server knows.
     public var requestsDone: [String: JSONValue] = [:]
+    /// What one end refused of the other, kept until it is taken: `job ID` or `event ID` (the server refused the
+    /// site's job or its events), `app NAME` (an app from the server the site cannot install); each with its
+    /// code and reason. A refusal never stops the sync: the cursor moves on, and this says what was left out.
+    public var refused: [String: String] = [:]
 
     /// The state file of `site`.
     public static func path(_ site: Site) -> String { site.root + "/sync/state.json" }
@@ -64,6 +68,7 @@ public struct SyncState: Sendable, Equatable {
         state.batchRejected = (o["batch_rejected"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
         state.batchDigests = (o["batch_digests"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
         state.requestsDone = o["requests_done"]?.objectValue ?? [:]
+        state.refused = (o["refused"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
         return state
     }
 
@@ -78,7 +83,7 @@ public struct SyncState: Sendable, Equatable {
             "batch_adopted": .object(batchAdopted.mapValues { .int($0) }),
             "batch_rejected": .object(batchRejected.mapValues { .string($0) }),
             "batch_digests": .object(batchDigests.mapValues { .string($0) }),
-            "requests_done": .object(requestsDone),
+            "requests_done": .object(requestsDone), "refused": .object(refused.mapValues { .string($0) }),
         ]
         if let siteID { o["site_id"] = .int(siteID) }
         if let lastSuccess { o["last_success"] = .string(lastSuccess) }
@@ -128,6 +133,11 @@ public final class Pusher {
     public struct Round: Sendable {
         /// Events the server recorded (a repeated push records none).
         public var events = 0
+        /// Refusals first seen this round (`SyncState.refused`'s entries), for the log: each is logged once.
+        public var newRefusals: [String] = []
+        /// Whether the server had lost this site's record (deleted through the API) and the site registered again:
+        /// the whole site is pushed again from the start of its logs.
+        public var registeredAgain = false
         /// Events read from the logs and sent.
         public var sent = 0
         /// Jobs sent with their specs.
@@ -340,7 +350,9 @@ public final class Pusher {
         let digest = apps.serialized()
         let serverIDs = Dictionary(state.adopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
         let locations = (try? SiteSettings.load(site).transferLocations) ?? [:]
-        func body(jobs: [String: JSONValue], events: [JSONValue], removed: Set<String>) -> JSONValue {
+        func body(jobs: [String: JSONValue], events: [JSONValue], removed: Set<String>, forceApps: Bool = false)
+            -> JSONValue
+        {
             let specs = jobs.keys.sorted().compactMap { id -> JSONValue? in
                 guard var spec = jobs[id]?.objectValue else { return nil }
                 if let serverID = serverIDs[id].flatMap(Int.init) { spec["server_id"] = .int(serverID) }
@@ -359,7 +371,7 @@ public final class Pusher {
                         Int(id).map { .object(["server_id": .int($0), "reason": .string(reason)]) }
                     }),
             ]
-            if digest != state.appsDigest || state.siteID == nil { o["apps"] = apps }
+            if forceApps || digest != state.appsDigest || state.siteID == nil { o["apps"] = apps }
             return .object(o)
         }
         // Batch jobs whose record changed since the last push (with the server's id for those asked remotely).
@@ -410,23 +422,43 @@ public final class Pusher {
             let removed = Set(chunk.filter { $0.json.objectValue?["removed"] != nil }.map(\.id))
             let placed = chunk.filter { $0.json.objectValue?["removed"] == nil && !removed.contains($0.id) }
             var sendable = placed.filter { !$0.created || jobs[$0.id] != nil }.map(\.json)
-            var reply: HTTPResponse
-            do {
-                reply = try send(body(jobs: jobs, events: sendable, removed: removed))
-            } catch let error as SyncError where error.status == 400 && error.message.contains("is not on the server") {
-                // The server lacks jobs made before (a new server, or a database restored from a backup): send
-                // the spec of every job of these events.
-                jobs = try jobsJSON(Set(placed.map(\.id)))
-                sendable = placed.filter { jobs[$0.id] != nil }.map(\.json)
-                reply = try send(body(jobs: jobs, events: sendable, removed: removed))
-            }
+            var reply = try send(body(jobs: jobs, events: sendable, removed: removed))
             last = (try? reply.json())?.objectValue ?? [:]
+            var refusals = Pusher.refusals(in: last)
+            // The server lacks jobs made before (a new server, a database restored from a backup, a site record
+            // deleted through the API) or the site's apps: send those jobs' specs and events again, with the apps.
+            let missingJobs = Set(refusals.filter { $0.code == "unknown_job" || $0.code == "unknown_app" }.map(\.id))
+            if !missingJobs.isEmpty {
+                jobs = try jobsJSON(missingJobs)
+                sendable = placed.filter { missingJobs.contains($0.id) && jobs[$0.id] != nil }.map(\.json)
+                reply = try send(body(jobs: jobs, events: sendable, removed: [], forceApps: true))
+                last = (try? reply.json())?.objectValue ?? [:]
+                refusals = refusals.filter { !missingJobs.contains($0.id) } + Pusher.refusals(in: last)
+            }
+            for r in refusals {
+                let key = r.kind + " " + r.id
+                let text = "\(r.code): \(r.message)" + (r.field.map { " (\($0))" } ?? "")
+                if state.refused[key] != text { round.newRefusals.append("\(key): \(text)") }
+                state.refused[key] = text
+            }
+            // A site id other than the one this site had: the server lost the site's record (deleted through the
+            // API) and registered it again just now. Everything is pushed again, from the start of the logs.
+            if let was = state.siteID, let now = last["site_id"]?.intValue, now != was {
+                state = SyncState()
+                state.siteID = now
+                settledBatches.removeAll()
+                try state.save(site)
+                round.registeredAgain = true
+                round.caughtUp = false
+                return round
+            }
             state.siteID = last["site_id"]?.intValue ?? state.siteID
             state.appsDigest = digest
             for line in lines[start..<end] { state.cursor[line.file] = max(state.cursor[line.file] ?? 0, line.end) }
             // What the server now knows is forgotten here.
             let known = Set((last["jobs"]?.objectValue ?? [:]).keys)
             state.adopted = state.adopted.filter { !known.contains($0.value) }
+            for id in known { state.refused["job " + id] = nil }
             state.rejected = [:]
             for (id, text, _) in changedBatches { state.batchDigests[id] = text }
             changedBatches = []
@@ -440,7 +472,7 @@ public final class Pusher {
             start = end
         } while start < lines.count
         // What the server sent to do is done.
-        try takeApps(last["remote_apps"]?.arrayValue ?? [], state: &state)
+        try takeApps(last["remote_apps"]?.arrayValue ?? [], state: &state, round: &round)
         try takeBatchJobs(last, state: &state)
         let answered = try carryOut(last["requests"]?.arrayValue ?? [], state: &state)
         if answered > 0 { round.caughtUp = false }
@@ -451,12 +483,33 @@ public final class Pusher {
         return round
     }
 
+    /// One item the server refused (see the server's `SyncRoutes.Refusal`): the site switches on `code`.
+    struct Refusal {
+        var kind: String
+        var id: String
+        var code: String
+        var message: String
+        var field: String?
+    }
+
+    /// The refusals of a push's reply.
+    static func refusals(in reply: [String: JSONValue]) -> [Refusal] {
+        (reply["refused"]?.arrayValue ?? []).compactMap { item in
+            guard let o = item.objectValue, let kind = o["kind"]?.stringValue, let code = o["code"]?.stringValue
+            else { return nil }
+            return Refusal(
+                kind: kind, id: o["site_job_id"]?.stringValue ?? "", code: code,
+                message: o["message"]?.stringValue ?? "", field: o["field"]?.stringValue)
+        }
+    }
+
     /// Makes the apps defined in Python through the API (`class Hello(ApplicationDefinition)`) at the site, or
     /// replaces them when their definition changed: `app.yml` (a shell app with its `command_template`, or a
     /// Python app whose `run()` the site's Python runs), the pickled class in `class.b64`, and a hook file for
     /// each lifecycle method the class defines (see `PythonApps`). An app that does not make a valid app here is
-    /// logged in the state's last error and skipped, not fatal to the round.
-    func takeApps(_ remote: [JSONValue], state: inout SyncState) throws {
+    /// refused (in `SyncState.refused`, shown by `balsam sync status` and logged once) and taken as seen, so
+    /// that the server does not send it every round; a new definition of it is tried again.
+    func takeApps(_ remote: [JSONValue], state: inout SyncState, round: inout Round) throws {
         guard !remote.isEmpty else { return }
         let python = try SiteSettings.load(site).python.executable
         for item in remote {
@@ -487,9 +540,14 @@ public final class Pusher {
                     try site.createApp(app)
                 }
                 state.remoteApps[name] = digest
+                state.refused["app " + name] = nil
                 try state.save(site)
             } catch {
-                state.lastError = "app \(name) from the server: \(error)"
+                let text = "cannot install: \(error)"
+                if state.refused["app " + name] != text { round.newRefusals.append("app \(name): \(text)") }
+                state.refused["app " + name] = text
+                state.remoteApps[name] = digest
+                try state.save(site)
             }
         }
     }

@@ -83,13 +83,17 @@ struct SyncStatus: ParsableCommand {
                 ("last_pushed_events", .int(state.lastPushed)), ("unpushed_log_bytes", .int(pending)),
                 ("last_error", state.lastError.map { .string($0) } ?? .null),
                 ("last_error_time", state.lastErrorTime.map { .string($0) } ?? .null),
+                ("refused", .object(state.refused.mapValues { .string($0) })),
             ]
             if json {
                 print(JSONValue.object(Dictionary(uniqueKeysWithValues: fields)).serialized())
             } else {
-                for (key, value) in fields {
+                for (key, value) in fields where key != "refused" {
                     print("\(key): \(value.stringValue ?? (value == .null ? "-" : value.serialized()))")
                 }
+                // What one end refused of the other: left out of the mirror, with the reason.
+                print("refused: \(state.refused.count)")
+                for (key, reason) in state.refused.sorted(by: { $0.key < $1.key }) { print("  \(key): \(reason)") }
             }
         }
     }

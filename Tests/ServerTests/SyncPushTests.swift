@@ -9,6 +9,11 @@ import Testing
         ["site_job_id": id, "t": t, "from": from, "to": to, "data": [:] as [String: Any]]
     }
 
+    /// A job of the app `hello` as a site pushes it.
+    func spec(_ id: String, _ workdir: String) -> [String: Any] {
+        ["site_job_id": id, "app": "hello", "workdir": workdir, "parameters": ["name": "x"], "state": "STAGED_IN"]
+    }
+
     @Test(
         "a push registers the site, its apps, jobs and events; repeated, it adds nothing", arguments: Backend.available)
     func pushIsIdempotent(_ backend: Backend) async throws {
@@ -67,15 +72,28 @@ import Testing
         let apps = try await server.request("GET", "/apps/?site_name=cluster", token: token)
         #expect(apps.object["count"] as? Int == 1)
 
-        // An event of a job the server has not got: 400, nothing recorded.
+        // An event of a job the server has not got is refused by itself (code unknown_job), not recorded, and
+        // does not stop the rest of the push: a bad job beside it is refused too, a good one taken.
+        var bad = spec("01BAD", "w/bad")
+        bad["num_nodes"] = 0
         let orphan = try await server.request(
             "POST", "/sync/push",
             json: [
                 "site": ["name": "cluster", "path": "/scratch/site"],
-                "events": [event("01ZZZ", "2026-11-29T10:00:03.000Z", "CREATED", "STAGED_IN")],
+                "jobs": [bad, spec("01GOOD", "w/good")],
+                "events": [
+                    event("01ZZZ", "2026-11-29T10:00:03.000Z", "CREATED", "STAGED_IN"),
+                    event("01GOOD", "2026-11-29T10:00:03.000Z", "CREATED", "STAGED_IN"),
+                ],
             ],
             token: token)
-        #expect(orphan.status == 400 && orphan.object["field"] as? String == "events[0].site_job_id")
+        #expect(orphan.status == 200, "\(orphan.text)")
+        let refused = orphan.object["refused"] as? [[String: Any]] ?? []
+        let codes = Dictionary(
+            uniqueKeysWithValues: refused.map { ($0["site_job_id"] as? String ?? "", $0["code"] as? String ?? "") })
+        #expect(codes == ["01ZZZ": "unknown_job", "01BAD": "invalid"], "\(orphan.text)")
+        #expect((orphan.object["jobs"] as? [String: Any])?["01GOOD"] != nil, "\(orphan.text)")
+        #expect(orphan.object["events"] as? Int == 1)
 
         // The site's RUN_ERROR event carries the exit status: the job's return_code.
         var failed = event("01AAA", "2026-11-29T10:00:04.000Z", "RUNNING", "RUN_ERROR")

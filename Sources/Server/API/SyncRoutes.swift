@@ -9,8 +9,41 @@ import Spool
 ///
 /// Body: `{"site": {"name", "path"}, "apps": [{name, description, parameters, source_code}], "jobs": [{site_job_id,
 /// app, workdir, tags, parameters, data, num_nodes, ..., parent_site_ids, state}], "events": [{site_job_id, t,
-/// from, to, data}]}`. Reply: `{"site_id", "apps": {name: id}, "jobs": {site_job_id: id}, "events": inserted}`.
+/// from, to, data}]}`. Reply: `{"site_id", "apps": {name: id}, "jobs": {site_job_id: id}, "events": inserted,
+/// "refused": [Refusal]}`.
+///
+/// One object the server refuses never blocks the others: a job or event it cannot take is answered in `refused`
+/// (what, which, a code the site switches on, and why) and the rest of the push is recorded. Only a push that is
+/// wrong as a whole (no site, another site's token, too many items) is a 400.
 enum SyncRoutes {
+    /// One item of a push the server did not take. `code` is for the site to switch on, never its message:
+    /// `invalid` (a field is wrong: `field` says which), `unknown_app` (the site's app is not on the server:
+    /// its apps are sent again), `unknown_job` (an event of a job the server does not have: its spec is sent
+    /// again), `deleted` (a job made through the API was deleted there before the site's adoption reached it).
+    struct Refusal {
+        var kind: String
+        var id: String
+        var code: String
+        var message: String
+        var field: String?
+
+        init(_ kind: String, _ id: String, _ code: String, _ error: ServerError) {
+            self.kind = kind
+            self.id = id
+            self.code = code
+            message = error.message
+            field = error.field
+        }
+
+        var json: JSONValue {
+            var o: [String: JSONValue] = [
+                "kind": .string(kind), "site_job_id": .string(id), "code": .string(code), "message": .string(message),
+            ]
+            if let field { o["field"] = .string(field) }
+            return .object(o)
+        }
+    }
+
     static func push(_ call: inout Call) throws -> Reply {
         var input = try Input(try call.json())
         guard case .object(let siteObject)? = input.value("site") else {
@@ -75,8 +108,11 @@ enum SyncRoutes {
                         """, [.of(owner), .of(siteID), .text(name)] + values)
                 }
             }
-            let jobIDs = try createJobs(jobs, siteID: siteID, appIDs: appIDs, call: call, now: now)
-            let inserted = try recordEvents(events, siteID: siteID, jobIDs: jobIDs, call: call, now: now)
+            var refused: [Refusal] = []
+            let jobIDs = try createJobs(
+                jobs, siteID: siteID, appIDs: appIDs, call: call, now: now, refused: &refused)
+            let inserted = try recordEvents(
+                events, siteID: siteID, jobIDs: jobIDs, call: call, now: now, refused: &refused)
             try reject(rejected, siteID: siteID, call: call, now: now)
             // Jobs removed at the site (`balsam rm`) go here too, with their events.
             for chunk in removed.chunked(5000) where !chunk.isEmpty {
@@ -92,6 +128,7 @@ enum SyncRoutes {
             out.value("apps", .object(appIDs.mapValues { .int($0) }))
             out.value("jobs", .object(jobIDs.mapValues { .int($0) }))
             out.field("events", inserted)
+            out.value("refused", .array(refused.map(\.json)))
             try writeRemoteJobs(siteID: siteID, call: call, to: &out)
             try writeRemoteApps(siteID: siteID, known: appDigests, call: call, to: &out)
             try writeRemoteBatchJobs(siteID: siteID, call: call, to: &out)
@@ -433,11 +470,40 @@ enum SyncRoutes {
 
     /// Creates the jobs the server does not have yet (by the site's id); returns every pushed job's server id.
     private static func createJobs(
-        _ items: [JSONValue], siteID: Int, appIDs: [String: Int], call: Call, now: Int64
+        _ items: [JSONValue], siteID: Int, appIDs: [String: Int], call: Call, now: Int64, refused: inout [Refusal]
     ) throws -> [String: Int] {
         var parsed: [(siteJobID: String, job: Jobs.NewJob, parents: [String])] = []
         var adopted: [String: Int] = [:]
         for (i, item) in items.enumerated() {
+            let siteJobID = item.objectValue?["site_job_id"]?.stringValue ?? ""
+            do {
+                if let one = try parseJob(
+                    item, index: i, siteID: siteID, appIDs: appIDs, call: call, adopted: &adopted, refused: &refused)
+                {
+                    parsed.append(one)
+                }
+            } catch let unknown as UnknownApp {
+                refused.append(Refusal("job", siteJobID, "unknown_app", unknown.error))
+            } catch let error as ServerError where error.status == 400 {
+                refused.append(Refusal("job", siteJobID, "invalid", error))
+            }
+        }
+        return try insertJobs(parsed, adopted: adopted, siteID: siteID, call: call, now: now)
+    }
+
+    /// A pushed job names an app the server does not have for the site (a site re-registered after its record
+    /// was deleted): the site sends its apps again.
+    struct UnknownApp: Error {
+        let error: ServerError
+    }
+
+    /// One pushed job: its spec to insert, or nil when it adopts a job made through the API (recorded in
+    /// `adopted`, or refused as `deleted` when the user deleted that job before the adoption arrived).
+    private static func parseJob(
+        _ item: JSONValue, index i: Int, siteID: Int, appIDs: [String: Int], call: Call, adopted: inout [String: Int],
+        refused: inout [Refusal]
+    ) throws -> (siteJobID: String, job: Jobs.NewJob, parents: [String])? {
+        do {
             var j = try Input(item, prefix: "jobs[\(i)]")
             let siteJobID = try j.requiredString("site_job_id", maxBytes: 64)
             // A job made through the API and taken by the site: it gets the site's id, and its history becomes
@@ -448,13 +514,25 @@ enum SyncRoutes {
                     [.text(siteJobID), .of(serverID), .of(siteID), .of(call.user.id)])
                 if taken == 1 {
                     try call.connection.execute("DELETE FROM events WHERE job_id = ?", [.of(serverID)])
+                } else if try call.connection.scalar(
+                    "SELECT id FROM jobs WHERE id = ? AND site_id = ? AND owner_id = ? AND site_job_id = ?",
+                    [.of(serverID), .of(siteID), .of(call.user.id), .text(siteJobID)]) == nil
+                {
+                    // Deleted through the API before the adoption arrived: nothing to attach the site's job to.
+                    refused.append(
+                        Refusal(
+                            "job", siteJobID, "deleted",
+                            ServerError.badRequest("job \(serverID) was deleted on the server", field: "server_id")))
+                    return nil
                 }
                 adopted[siteJobID] = serverID
                 for key in j.members.keys { _ = j.value(key) }
-                continue
+                return nil
             }
             let app = try j.requiredString("app", maxBytes: 128)
-            guard let appID = appIDs[app] else { throw j.bad("app", "the site has no app '\(app)' on the server") }
+            guard let appID = appIDs[app] else {
+                throw UnknownApp(error: j.bad("app", "the site has no app '\(app)' on the server"))
+            }
             var job = Jobs.NewJob()
             job.appID = appID
             job.siteID = siteID
@@ -480,8 +558,15 @@ enum SyncRoutes {
                 job.transfers.append((slot, alias, path))
             }
             try j.finish()
-            parsed.append((siteJobID, job, parents))
+            return (siteJobID, job, parents)
         }
+    }
+
+    /// Inserts the parsed jobs the server does not have yet; returns every pushed job's server id.
+    private static func insertJobs(
+        _ parsed: [(siteJobID: String, job: Jobs.NewJob, parents: [String])], adopted: [String: Int], siteID: Int,
+        call: Call, now: Int64
+    ) throws -> [String: Int] {
         var ids = try serverIDs(parsed.map(\.siteJobID) + adopted.keys, siteID: siteID, call: call)
         let missing = parsed.filter { ids[$0.siteJobID] == nil }
         guard !missing.isEmpty else { return ids }
@@ -522,7 +607,8 @@ enum SyncRoutes {
 
     /// Records the site's events not recorded yet; each affected job takes the state of its latest event.
     private static func recordEvents(
-        _ items: [JSONValue], siteID: Int, jobIDs known: [String: Int], call: Call, now: Int64
+        _ items: [JSONValue], siteID: Int, jobIDs known: [String: Int], call: Call, now: Int64,
+        refused: inout [Refusal]
     ) throws -> Int {
         guard !items.isEmpty else { return 0 }
         var pending: [(siteJobID: String, time: Int64, from: JobState, to: JobState, data: String)] = []
@@ -532,13 +618,25 @@ enum SyncRoutes {
         // A transfer's outcome rides the move it caused: it goes to the job's transfer items.
         var transferStates: [(siteJobID: String, items: [JSONValue])] = []
         for (i, item) in items.enumerated() {
-            var e = try Input(item, prefix: "events[\(i)]")
-            let siteJobID = try e.requiredString("site_job_id", maxBytes: 64)
-            guard let time = try e.time("t") else { throw e.bad("t", "is required") }
-            let from = try parseJobState(try e.requiredString("from", maxBytes: 32), field: e.name("from"))
-            let to = try parseJobState(try e.requiredString("to", maxBytes: 32), field: e.name("to"))
-            var data = try e.object("data") ?? [:]
-            try e.finish()
+            let siteJobID: String
+            let time: Int64
+            let from: JobState
+            let to: JobState
+            var data: [String: JSONValue]
+            do {
+                var e = try Input(item, prefix: "events[\(i)]")
+                siteJobID = try e.requiredString("site_job_id", maxBytes: 64)
+                guard let t = try e.time("t") else { throw e.bad("t", "is required") }
+                time = t
+                from = try parseJobState(try e.requiredString("from", maxBytes: 32), field: e.name("from"))
+                to = try parseJobState(try e.requiredString("to", maxBytes: 32), field: e.name("to"))
+                data = try e.object("data") ?? [:]
+                try e.finish()
+            } catch let error as ServerError where error.status == 400 {
+                refused.append(
+                    Refusal("event", item.objectValue?["site_job_id"]?.stringValue ?? "", "invalid", error))
+                continue
+            }
             if let items = data.removeValue(forKey: "transfers")?.arrayValue, !items.isEmpty {
                 transferStates.append((siteJobID, items))
             }
@@ -552,9 +650,14 @@ enum SyncRoutes {
         var ids = known
         let unknown = Array(Set(pending.map(\.siteJobID)).filter { ids[$0] == nil })
         ids.merge(try serverIDs(unknown, siteID: siteID, call: call), uniquingKeysWith: { a, _ in a })
-        for (i, e) in pending.enumerated() where ids[e.siteJobID] == nil {
-            throw ServerError.badRequest(
-                "job \(e.siteJobID) is not on the server: push it (in jobs) first", field: "events[\(i)].site_job_id")
+        var unknownJobs = Set<String>()
+        for (i, e) in pending.enumerated() where ids[e.siteJobID] == nil && unknownJobs.insert(e.siteJobID).inserted {
+            refused.append(
+                Refusal(
+                    "event", e.siteJobID, "unknown_job",
+                    .badRequest(
+                        "job \(e.siteJobID) is not on the server: push it (in jobs) first",
+                        field: "events[\(i)].site_job_id")))
         }
         // What is recorded already (a repeated push) is not recorded again.
         let jobs = Array(Set(pending.compactMap { ids[$0.siteJobID] }))
