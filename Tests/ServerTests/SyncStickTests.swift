@@ -1,0 +1,136 @@
+import Foundation
+import Spool
+import TestSupport
+import Testing
+
+/// One object the server refuses never blocks the others, and nothing done through the API stops a site's sync
+/// for good (issue 23, 4 and 5): real sites, `balsam sync push`, a real server stopped and started again.
+@Suite struct SyncStickTests {
+    /// Each job's state on the server, by the site's id.
+    func serverStates(_ server: LiveServer, _ token: String) async throws -> [String: String] {
+        let reply = try await server.request("GET", "/jobs/?limit=100000", token: token)
+        var states: [String: String] = [:]
+        for job in reply.object["results"] as? [[String: Any]] ?? [] {
+            if let id = job["site_job_id"] as? String { states[id] = job["state"] as? String }
+        }
+        return states
+    }
+
+    func siteIDs(_ site: Site) throws -> Set<String> {
+        let listed = try balsam(["ls", "--json"], site: site.root)
+        return Set(
+            listed.stdout.split(separator: "\n").compactMap {
+                (try? JSONValue.parse(String($0)))?.objectValue?["id"]?.stringValue
+            })
+    }
+
+    func submit(_ site: Site, _ range: Range<Int>) throws {
+        let lines = range.map { #"{"app":"hello","workdir":"w/\#($0)","parameters":{"name":"n\#($0)"}}"# }
+        let submitted = try balsamSubmit(
+            ["--from", "-"], site: site.root, stdin: Data(lines.joined(separator: "\n").utf8))
+        #expect(submitted.status == 0, "\(submitted.stderr)")
+    }
+
+    func push(_ site: Site, once: Bool = false) async throws -> (status: Int32, stdout: String, stderr: String) {
+        try await runOffPool(
+            binDirectory + "/balsam", ["sync", "push", "--site", site.root] + (once ? ["--once"] : []))
+    }
+
+    @Test("a site deleted on the server registers again and pushes itself whole", arguments: Backend.available)
+    func siteDeletedOnTheServer(_ backend: Backend) async throws {
+        let server = try await LiveServer(backend)
+        defer { Task { try? await server.stop() } }
+        let token = try await server.user("vera")
+        try server.dir.file("token", token)
+        let site = try makeSite(server.dir)
+        try setSync(site, url: server.url, tokenFile: server.dir.path + "/token")
+        try submit(site, 0..<10)
+        #expect(try await push(site).status == 0)
+        let sites = try await server.request("GET", "/sites/", token: token).object["results"] as? [[String: Any]]
+        let siteID = try #require(sites?.first?["id"] as? Int)
+        #expect(try await server.request("DELETE", "/sites/\(siteID)", token: token).status == 204)
+
+        try submit(site, 10..<15)
+        let again = try await push(site)
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(Set(try await serverStates(server, token).keys) == (try siteIDs(site)))
+        let status = try JSONValue.parse(try balsam(["sync", "status", "--json"], site: site.root).stdout)
+        #expect(status.objectValue?["last_error"] == .null, "\(status.serialized())")
+        #expect(status.objectValue?["site_id"]?.intValue != siteID)
+    }
+
+    @Test(
+        "a job taken by the site and deleted on the server before the site said so: refused once, the sync goes on",
+        arguments: Backend.available)
+    func adoptedJobDeletedOnTheServer(_ backend: Backend) async throws {
+        let server = try await LiveServer(backend)
+        let token = try await server.user("walt")
+        try server.dir.file("token", token)
+        let site = try makeSite(server.dir)
+        try setSync(site, url: server.url, tokenFile: server.dir.path + "/token")
+        try submit(site, 0..<3)
+        #expect(try await push(site).status == 0)
+        let apps = try await server.request("GET", "/apps/", token: token).object["results"] as? [[String: Any]]
+        let appID = try #require(apps?.first?["id"] as? Int)
+        let made = try await server.request(
+            "POST", "/jobs/",
+            json: [["app_id": appID, "workdir": "remote/1", "serialized_parameters": pickledName("r")]], token: token)
+        let remoteID = try #require(made.list.first?["id"] as? Int, "\(made.text)")
+        // One round: the site takes the job (and would say so in the next round's push).
+        #expect(try await push(site, once: true).status == 0)
+        #expect(try siteIDs(site).count == 4)
+
+        // That push fails (the server away); meanwhile the user deletes the job.
+        try await server.stop()
+        #expect(try await push(site, once: true).status == 69)
+        let back = try await LiveServer(backend, db: server.db, dir: server.dir)
+        defer { Task { try? await back.stop() } }
+        try setSync(site, url: back.url, tokenFile: server.dir.path + "/token")
+        #expect(try await back.request("DELETE", "/jobs/\(remoteID)", token: token).status == 204)
+
+        // The sync goes on: new jobs arrive, and the refusal is shown once, not retried for ever.
+        try submit(site, 3..<6)
+        let pushed = try await push(site)
+        #expect(pushed.status == 0, "\(pushed.stderr)")
+        let onServer = try await serverStates(back, token)
+        // The site's six jobs; the deleted one stays deleted.
+        let listing = try await back.request("GET", "/jobs/", token: token).text
+        #expect(onServer.count == 6 && !listing.contains("remote/1"), "\(listing)")
+        let status = try balsam(["sync", "status"], site: site.root)
+        #expect(status.stdout.contains("last_error: -"), "\(status.stdout)")
+        #expect(status.stdout.contains("deleted"), "\(status.stdout)")
+        let later = try await push(site)
+        #expect(later.status == 0, "\(later.stderr)")
+    }
+
+    @Test("an app from the server the site cannot install is refused where the user looks, once")
+    func appTheSiteCannotInstall() async throws {
+        let server = try await LiveServer(.sqlite)
+        defer { Task { try? await server.stop() } }
+        let token = try await server.user("xena")
+        try server.dir.file("token", token)
+        let site = try makeSite(server.dir)
+        try setSync(site, url: server.url, tokenFile: server.dir.path + "/token")
+        #expect(try await push(site).status == 0)
+        let sites = try await server.request("GET", "/sites/", token: token).object["results"] as? [[String: Any]]
+        let siteID = try #require(sites?.first?["id"] as? Int)
+        // A class whose command template names a placeholder that is not a parameter.
+        var bytes: [UInt8] = [0x80, 4]
+        for text in ["command_template", "echo {{ nope }}"] {
+            bytes += [0x8C, UInt8(text.utf8.count)] + Array(text.utf8)
+        }
+        bytes.append(UInt8(ascii: "."))
+        let made = try await server.request(
+            "POST", "/apps/",
+            json: [
+                "site_id": siteID, "name": "Broken", "serialized_class": Data(bytes).base64EncodedString(),
+                "source_code": "",
+            ], token: token)
+        #expect(made.status == 201, "\(made.text)")
+        #expect(try await push(site).status == 0)
+        let status = try JSONValue.parse(try balsam(["sync", "status", "--json"], site: site.root).stdout)
+        let refused = status.objectValue?["refused"]?.objectValue ?? [:]
+        #expect(refused["app Broken"]?.stringValue?.contains("nope") == true, "\(status.serialized())")
+        #expect(status.objectValue?["last_error"] == .null)
+    }
+}
