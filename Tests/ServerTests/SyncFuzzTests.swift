@@ -1,0 +1,103 @@
+import Foundation
+import Spool
+import TestSupport
+import Testing
+
+/// The sync protocol under hostile pushes (issue 23): valid pushes with one value replaced by something hostile
+/// (wrong types, huge or negative numbers, NULs, deep nesting, long strings, unknown states). The server never
+/// answers 5xx, never stops, and still takes a good push after. Bounded and replayable (`BALSAM_SYNC_FUZZ_SEED`,
+/// `BALSAM_SYNC_FUZZ_CASES`).
+@Suite struct SyncFuzzTests {
+    static let seed: UInt64 =
+        ProcessInfo.processInfo.environment["BALSAM_SYNC_FUZZ_SEED"].flatMap { UInt64($0) }
+        ?? UInt64(Date().timeIntervalSince1970)
+    static let cases = Int(ProcessInfo.processInfo.environment["BALSAM_SYNC_FUZZ_CASES"] ?? "") ?? 300
+
+    static let hostile: [JSONValue] = [
+        .null, .bool(true), .int(-1), .int(0), .int(Int.max), .int(Int.min), .double(1e308), .string(""),
+        .string("a\u{0}b"), .string(String(repeating: "x", count: 70_000)), .string("../../etc"),
+        .string("FINISHED"), .string("2026-13-45T99:99:99Z"), .array([]), .object([:]),
+        .string("gASN/////////38u"), .object(["x": .array([.array([.array([.null])])])]),
+    ]
+
+    func push(_ n: Int) -> JSONValue {
+        let id = "01FUZZ\(n)"
+        return .object([
+            "site": .object(["name": .string("fuzz"), "path": .string("/scratch/fuzz")]),
+            "apps": .array([
+                .object([
+                    "name": .string("hello"), "description": .string(""), "source_code": .string(""),
+                    "parameters": .object([
+                        "name": .object(["required": .bool(true), "default": .null, "help": .string("")])
+                    ]),
+                ])
+            ]),
+            "jobs": .array([
+                .object([
+                    "site_job_id": .string(id), "app": .string("hello"), "workdir": .string("w/\(n)"),
+                    "parameters": .object(["name": .string("x")]), "tags": .object(["k": .string("v")]),
+                    "state": .string("STAGED_IN"), "parent_site_ids": .array([]),
+                ])
+            ]),
+            "events": .array([
+                .object([
+                    "site_job_id": .string(id), "t": .string("2026-11-29T10:00:00.000Z"), "from": .string("CREATED"),
+                    "to": .string("STAGED_IN"), "data": .object([:]),
+                ])
+            ]),
+            "batch_jobs": .array([
+                .object([
+                    "site_batch_id": .int(n), "project": .string("p"), "queue": .string("q"), "num_nodes": .int(1),
+                    "wall_time_min": .int(5), "state": .string("queued"), "filter_tags": .object([:]),
+                    "optional_params": .object([:]),
+                ])
+            ]),
+            "requests_done": .array([]), "rejected": .array([]), "removed": .array([]),
+        ])
+    }
+
+    /// `value` with one leaf or member, chosen by `pick`, replaced by `replacement`.
+    func replacing(_ value: JSONValue, _ pick: inout Int, with replacement: JSONValue) -> JSONValue {
+        if pick == 0 { return replacement }
+        pick -= 1
+        switch value {
+        case .array(let items): return .array(items.map { replacing($0, &pick, with: replacement) })
+        case .object(let members): return .object(members.mapValues { replacing($0, &pick, with: replacement) })
+        default: return value
+        }
+    }
+
+    @Test("mutated pushes never get a 5xx nor stop the server", arguments: Backend.available)
+    func mutatedPushes(_ backend: Backend) async throws {
+        let server = try await LiveServer(backend)
+        defer { Task { try? await server.stop() } }
+        let token = try await server.user("fuzz")
+        var rng = SplitMix(seed: Self.seed)
+        for n in 0..<Self.cases {
+            var pick = Int(rng.next() % 40)
+            let hostile = Self.hostile[Int(rng.next() % UInt64(Self.hostile.count))]
+            let body = replacing(push(n), &pick, with: hostile)
+            let reply = try await server.request(
+                "POST", "/sync/push", body: Data(body.serialized().utf8), token: token)
+            #expect(
+                reply.status < 500,
+                "seed \(Self.seed) case \(n): \(reply.status) \(reply.text) for \(body.serialized().prefix(300))")
+        }
+        let good = try await server.request(
+            "POST", "/sync/push", body: Data(push(Self.cases).serialized().utf8), token: token)
+        #expect(good.status == 200, "\(good.text)")
+    }
+}
+
+/// A small deterministic generator (SplitMix64), as the Spool's property tests use.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
