@@ -39,6 +39,14 @@ public struct SyncState: Sendable, Equatable {
     /// code and reason. A refusal never stops the sync: the cursor moves on, and this says what was left out.
     public var refused: [String: String] = [:]
 
+    /// Keeps (or, with nil, forgets) the refusal under `key`; whether it is new or changed, so that the log says
+    /// each once.
+    @discardableResult
+    mutating func refuse(_ key: String, _ text: String?) -> Bool {
+        defer { refused[key] = text }
+        return text != nil && refused[key] != text
+    }
+
     /// The state file of `site`.
     public static func path(_ site: Site) -> String { site.root + "/sync/state.json" }
 
@@ -427,20 +435,16 @@ public final class Pusher {
             var refusals = Pusher.refusals(in: last)
             // The server lacks jobs made before (a new server, a database restored from a backup, a site record
             // deleted through the API) or the site's apps: send those jobs' specs and events again, with the apps.
-            let missingJobs = Set(refusals.filter { $0.code == "unknown_job" || $0.code == "unknown_app" }.map(\.id))
+            let missingJobs = Set(
+                refusals.filter { $0.code == .unknownJob || $0.code == .unknownApp }.map(\.siteJobID))
             if !missingJobs.isEmpty {
                 jobs = try jobsJSON(missingJobs)
                 sendable = placed.filter { missingJobs.contains($0.id) && jobs[$0.id] != nil }.map(\.json)
                 reply = try send(body(jobs: jobs, events: sendable, removed: [], forceApps: true))
                 last = (try? reply.json())?.objectValue ?? [:]
-                refusals = refusals.filter { !missingJobs.contains($0.id) } + Pusher.refusals(in: last)
+                refusals = refusals.filter { !missingJobs.contains($0.siteJobID) } + Pusher.refusals(in: last)
             }
-            for r in refusals {
-                let key = r.kind + " " + r.id
-                let text = "\(r.code): \(r.message)" + (r.field.map { " (\($0))" } ?? "")
-                if state.refused[key] != text { round.newRefusals.append("\(key): \(text)") }
-                state.refused[key] = text
-            }
+            for r in refusals where state.refuse(r.key, r.text) { round.newRefusals.append("\(r.key): \(r.text)") }
             // A site id other than the one this site had: the server lost the site's record (deleted through the
             // API) and registered it again just now. Everything is pushed again, from the start of the logs.
             if let was = state.siteID, let now = last["site_id"]?.intValue, now != was {
@@ -458,7 +462,7 @@ public final class Pusher {
             // What the server now knows is forgotten here.
             let known = Set((last["jobs"]?.objectValue ?? [:]).keys)
             state.adopted = state.adopted.filter { !known.contains($0.value) }
-            for id in known { state.refused["job " + id] = nil }
+            for id in known { state.refuse("job " + id, nil) }
             state.rejected = [:]
             for (id, text, _) in changedBatches { state.batchDigests[id] = text }
             changedBatches = []
@@ -483,24 +487,9 @@ public final class Pusher {
         return round
     }
 
-    /// One item the server refused (see the server's `SyncRoutes.Refusal`): the site switches on `code`.
-    struct Refusal {
-        var kind: String
-        var id: String
-        var code: String
-        var message: String
-        var field: String?
-    }
-
     /// The refusals of a push's reply.
-    static func refusals(in reply: [String: JSONValue]) -> [Refusal] {
-        (reply["refused"]?.arrayValue ?? []).compactMap { item in
-            guard let o = item.objectValue, let kind = o["kind"]?.stringValue, let code = o["code"]?.stringValue
-            else { return nil }
-            return Refusal(
-                kind: kind, id: o["site_job_id"]?.stringValue ?? "", code: code,
-                message: o["message"]?.stringValue ?? "", field: o["field"]?.stringValue)
-        }
+    static func refusals(in reply: [String: JSONValue]) -> [SyncRefusal] {
+        (reply["refused"]?.arrayValue ?? []).compactMap(SyncRefusal.init(json:))
     }
 
     /// Makes the apps defined in Python through the API (`class Hello(ApplicationDefinition)`) at the site, or
@@ -524,6 +513,7 @@ public final class Pusher {
                 parameters[key] = App.Parameter(
                     required: required, defaultValue: required ? nil : fallback, help: s["help"]?.stringValue ?? "")
             }
+            var refusal: String?
             do {
                 var app = try App(name: name, commandTemplate: template ?? "", python: template == nil)
                 app.parameters = parameters
@@ -539,16 +529,12 @@ public final class Pusher {
                 } else {
                     try site.createApp(app)
                 }
-                state.remoteApps[name] = digest
-                state.refused["app " + name] = nil
-                try state.save(site)
             } catch {
-                let text = "cannot install: \(error)"
-                if state.refused["app " + name] != text { round.newRefusals.append("app \(name): \(text)") }
-                state.refused["app " + name] = text
-                state.remoteApps[name] = digest
-                try state.save(site)
+                refusal = "cannot install: \(error)"
             }
+            if state.refuse("app " + name, refusal), let refusal { round.newRefusals.append("app \(name): \(refusal)") }
+            state.remoteApps[name] = digest
+            try state.save(site)
         }
     }
 

@@ -10,40 +10,12 @@ import Spool
 /// Body: `{"site": {"name", "path"}, "apps": [{name, description, parameters, source_code}], "jobs": [{site_job_id,
 /// app, workdir, tags, parameters, data, num_nodes, ..., parent_site_ids, state}], "events": [{site_job_id, t,
 /// from, to, data}]}`. Reply: `{"site_id", "apps": {name: id}, "jobs": {site_job_id: id}, "events": inserted,
-/// "refused": [Refusal]}`.
+/// "refused": [SyncRefusal]}`.
 ///
 /// One object the server refuses never blocks the others: a job or event it cannot take is answered in `refused`
-/// (what, which, a code the site switches on, and why) and the rest of the push is recorded. Only a push that is
+/// (`SyncRefusal`: what, which, a code the site switches on, and why) and the rest of the push is recorded. Only a push that is
 /// wrong as a whole (no site, another site's token, too many items) is a 400.
 enum SyncRoutes {
-    /// One item of a push the server did not take. `code` is for the site to switch on, never its message:
-    /// `invalid` (a field is wrong: `field` says which), `unknown_app` (the site's app is not on the server:
-    /// its apps are sent again), `unknown_job` (an event of a job the server does not have: its spec is sent
-    /// again), `deleted` (a job made through the API was deleted there before the site's adoption reached it).
-    struct Refusal {
-        var kind: String
-        var id: String
-        var code: String
-        var message: String
-        var field: String?
-
-        init(_ kind: String, _ id: String, _ code: String, _ error: ServerError) {
-            self.kind = kind
-            self.id = id
-            self.code = code
-            message = error.message
-            field = error.field
-        }
-
-        var json: JSONValue {
-            var o: [String: JSONValue] = [
-                "kind": .string(kind), "site_job_id": .string(id), "code": .string(code), "message": .string(message),
-            ]
-            if let field { o["field"] = .string(field) }
-            return .object(o)
-        }
-    }
-
     static func push(_ call: inout Call) throws -> Reply {
         var input = try Input(try call.json())
         guard case .object(let siteObject)? = input.value("site") else {
@@ -108,7 +80,7 @@ enum SyncRoutes {
                         """, [.of(owner), .of(siteID), .text(name)] + values)
                 }
             }
-            var refused: [Refusal] = []
+            var refused: [SyncRefusal] = []
             let jobIDs = try createJobs(
                 jobs, siteID: siteID, appIDs: appIDs, call: call, now: now, refused: &refused)
             let inserted = try recordEvents(
@@ -470,96 +442,98 @@ enum SyncRoutes {
 
     /// Creates the jobs the server does not have yet (by the site's id); returns every pushed job's server id.
     private static func createJobs(
-        _ items: [JSONValue], siteID: Int, appIDs: [String: Int], call: Call, now: Int64, refused: inout [Refusal]
+        _ items: [JSONValue], siteID: Int, appIDs: [String: Int], call: Call, now: Int64,
+        refused: inout [SyncRefusal]
     ) throws -> [String: Int] {
         var parsed: [(siteJobID: String, job: Jobs.NewJob, parents: [String])] = []
         var adopted: [String: Int] = [:]
         for (i, item) in items.enumerated() {
-            let siteJobID = item.objectValue?["site_job_id"]?.stringValue ?? ""
+            var code = SyncRefusal.Code.invalid
+            let error: ServerError
             do {
-                if let one = try parseJob(
-                    item, index: i, siteID: siteID, appIDs: appIDs, call: call, adopted: &adopted, refused: &refused)
+                if let one = try parseJob(item, index: i, siteID: siteID, appIDs: appIDs, call: call, adopted: &adopted)
                 {
                     parsed.append(one)
                 }
-            } catch let unknown as UnknownApp {
-                refused.append(Refusal("job", siteJobID, "unknown_app", unknown.error))
-            } catch let error as ServerError where error.status == 400 {
-                refused.append(Refusal("job", siteJobID, "invalid", error))
+                continue
+            } catch let item as ItemRefused {
+                (code, error) = (item.code, item.error)
+            } catch let bad as ServerError where bad.status == 400 {
+                error = bad
             }
+            refused.append(
+                SyncRefusal(
+                    kind: "job", siteJobID: item.objectValue?["site_job_id"]?.stringValue ?? "", code: code,
+                    message: error.message, field: error.field))
         }
         return try insertJobs(parsed, adopted: adopted, siteID: siteID, call: call, now: now)
     }
 
-    /// A pushed job names an app the server does not have for the site (a site re-registered after its record
-    /// was deleted): the site sends its apps again.
-    struct UnknownApp: Error {
+    /// A pushed job refused for a reason the site acts on (not just a wrong field).
+    struct ItemRefused: Error {
+        let code: SyncRefusal.Code
         let error: ServerError
     }
 
     /// One pushed job: its spec to insert, or nil when it adopts a job made through the API (recorded in
-    /// `adopted`, or refused as `deleted` when the user deleted that job before the adoption arrived).
+    /// `adopted`). Throws `ItemRefused` for an app the server lacks, or a job the user deleted before the
+    /// adoption arrived.
     private static func parseJob(
-        _ item: JSONValue, index i: Int, siteID: Int, appIDs: [String: Int], call: Call, adopted: inout [String: Int],
-        refused: inout [Refusal]
+        _ item: JSONValue, index i: Int, siteID: Int, appIDs: [String: Int], call: Call, adopted: inout [String: Int]
     ) throws -> (siteJobID: String, job: Jobs.NewJob, parents: [String])? {
-        do {
-            var j = try Input(item, prefix: "jobs[\(i)]")
-            let siteJobID = try j.requiredString("site_job_id", maxBytes: 64)
-            // A job made through the API and taken by the site: it gets the site's id, and its history becomes
-            // the site's (the server's creation event goes; the site's own follows in events).
-            if let serverID = try j.int("server_id", in: 1...Int.max) {
-                let taken = try call.connection.execute(
-                    "UPDATE jobs SET site_job_id = ? WHERE id = ? AND site_id = ? AND owner_id = ? AND site_job_id IS NULL",
-                    [.text(siteJobID), .of(serverID), .of(siteID), .of(call.user.id)])
-                if taken == 1 {
-                    try call.connection.execute("DELETE FROM events WHERE job_id = ?", [.of(serverID)])
-                } else if try call.connection.scalar(
-                    "SELECT id FROM jobs WHERE id = ? AND site_id = ? AND owner_id = ? AND site_job_id = ?",
-                    [.of(serverID), .of(siteID), .of(call.user.id), .text(siteJobID)]) == nil
-                {
-                    // Deleted through the API before the adoption arrived: nothing to attach the site's job to.
-                    refused.append(
-                        Refusal(
-                            "job", siteJobID, "deleted",
-                            ServerError.badRequest("job \(serverID) was deleted on the server", field: "server_id")))
-                    return nil
-                }
-                adopted[siteJobID] = serverID
-                for key in j.members.keys { _ = j.value(key) }
-                return nil
+        var j = try Input(item, prefix: "jobs[\(i)]")
+        let siteJobID = try j.requiredString("site_job_id", maxBytes: 64)
+        // A job made through the API and taken by the site: it gets the site's id, and its history becomes
+        // the site's (the server's creation event goes; the site's own follows in events).
+        if let serverID = try j.int("server_id", in: 1...Int.max) {
+            let taken = try call.connection.execute(
+                "UPDATE jobs SET site_job_id = ? WHERE id = ? AND site_id = ? AND owner_id = ? AND site_job_id IS NULL",
+                [.text(siteJobID), .of(serverID), .of(siteID), .of(call.user.id)])
+            if taken == 1 {
+                try call.connection.execute("DELETE FROM events WHERE job_id = ?", [.of(serverID)])
+            } else if try call.connection.scalar(
+                "SELECT id FROM jobs WHERE id = ? AND site_id = ? AND owner_id = ? AND site_job_id = ?",
+                [.of(serverID), .of(siteID), .of(call.user.id), .text(siteJobID)]) == nil
+            {
+                // Deleted through the API before the adoption arrived: nothing to attach the site's job to.
+                throw ItemRefused(
+                    code: .deleted, error: j.bad("server_id", "job \(serverID) was deleted on the server"))
             }
-            let app = try j.requiredString("app", maxBytes: 128)
-            guard let appID = appIDs[app] else {
-                throw UnknownApp(error: j.bad("app", "the site has no app '\(app)' on the server"))
-            }
-            var job = Jobs.NewJob()
-            job.appID = appID
-            job.siteID = siteID
-            job.workdir = try j.requiredString("workdir", maxBytes: Job.Limits.workdirBytes)
-            job.tags = jsonText(try j.stringMap("tags") ?? [:])
-            job.serializedParameters = Pickle.encodeBase64(.object(try j.object("parameters") ?? [:]))
-            job.data = jsonText(try j.object("data") ?? [:])
-            job.numNodes = try j.int("num_nodes", in: 1...Jobs.maxCount) ?? 1
-            job.ranksPerNode = try j.int("ranks_per_node", in: 1...Jobs.maxCount) ?? 1
-            job.threadsPerRank = try j.int("threads_per_rank", in: 1...Jobs.maxCount) ?? 1
-            job.threadsPerCore = try j.int("threads_per_core", in: 1...Jobs.maxCount) ?? 1
-            job.launchParams = jsonText(try j.stringMap("launch_params") ?? [:])
-            job.gpusPerRank = try j.double("gpus_per_rank", in: 0...1024) ?? 0
-            job.nodePackingCount = try j.int("node_packing_count", in: 1...Jobs.maxCount) ?? 1
-            job.wallTimeMin = try j.int("wall_time_min", in: 0...Jobs.maxCount) ?? 0
-            let state = try j.requiredString("state", maxBytes: 32)
-            job.state = try parseJobState(state, field: j.name("state"))
-            let parents = j.value("parent_site_ids")?.arrayOfStrings() ?? []
-            for (slot, value) in try j.object("transfers") ?? [:] {
-                guard let (alias, path) = try? Job.transferTarget(slot: slot, value) else {
-                    throw j.bad("transfers", "slot '\(slot)' must be \"ALIAS:/absolute/path\"")
-                }
-                job.transfers.append((slot, alias, path))
-            }
-            try j.finish()
-            return (siteJobID, job, parents)
+            adopted[siteJobID] = serverID
+            for key in j.members.keys { _ = j.value(key) }
+            return nil
         }
+        let app = try j.requiredString("app", maxBytes: 128)
+        guard let appID = appIDs[app] else {
+            throw ItemRefused(
+                code: .unknownApp, error: j.bad("app", "the site has no app '\(app)' on the server"))
+        }
+        var job = Jobs.NewJob()
+        job.appID = appID
+        job.siteID = siteID
+        job.workdir = try j.requiredString("workdir", maxBytes: Job.Limits.workdirBytes)
+        job.tags = jsonText(try j.stringMap("tags") ?? [:])
+        job.serializedParameters = Pickle.encodeBase64(.object(try j.object("parameters") ?? [:]))
+        job.data = jsonText(try j.object("data") ?? [:])
+        job.numNodes = try j.int("num_nodes", in: 1...Jobs.maxCount) ?? 1
+        job.ranksPerNode = try j.int("ranks_per_node", in: 1...Jobs.maxCount) ?? 1
+        job.threadsPerRank = try j.int("threads_per_rank", in: 1...Jobs.maxCount) ?? 1
+        job.threadsPerCore = try j.int("threads_per_core", in: 1...Jobs.maxCount) ?? 1
+        job.launchParams = jsonText(try j.stringMap("launch_params") ?? [:])
+        job.gpusPerRank = try j.double("gpus_per_rank", in: 0...1024) ?? 0
+        job.nodePackingCount = try j.int("node_packing_count", in: 1...Jobs.maxCount) ?? 1
+        job.wallTimeMin = try j.int("wall_time_min", in: 0...Jobs.maxCount) ?? 0
+        let state = try j.requiredString("state", maxBytes: 32)
+        job.state = try parseJobState(state, field: j.name("state"))
+        let parents = j.value("parent_site_ids")?.arrayOfStrings() ?? []
+        for (slot, value) in try j.object("transfers") ?? [:] {
+            guard let (alias, path) = try? Job.transferTarget(slot: slot, value) else {
+                throw j.bad("transfers", "slot '\(slot)' must be \"ALIAS:/absolute/path\"")
+            }
+            job.transfers.append((slot, alias, path))
+        }
+        try j.finish()
+        return (siteJobID, job, parents)
     }
 
     /// Inserts the parsed jobs the server does not have yet; returns every pushed job's server id.
@@ -608,7 +582,7 @@ enum SyncRoutes {
     /// Records the site's events not recorded yet; each affected job takes the state of its latest event.
     private static func recordEvents(
         _ items: [JSONValue], siteID: Int, jobIDs known: [String: Int], call: Call, now: Int64,
-        refused: inout [Refusal]
+        refused: inout [SyncRefusal]
     ) throws -> Int {
         guard !items.isEmpty else { return 0 }
         var pending: [(siteJobID: String, time: Int64, from: JobState, to: JobState, data: String)] = []
@@ -634,7 +608,9 @@ enum SyncRoutes {
                 try e.finish()
             } catch let error as ServerError where error.status == 400 {
                 refused.append(
-                    Refusal("event", item.objectValue?["site_job_id"]?.stringValue ?? "", "invalid", error))
+                    SyncRefusal(
+                        kind: "event", siteJobID: item.objectValue?["site_job_id"]?.stringValue ?? "", code: .invalid,
+                        message: error.message, field: error.field))
                 continue
             }
             if let items = data.removeValue(forKey: "transfers")?.arrayValue, !items.isEmpty {
@@ -653,11 +629,10 @@ enum SyncRoutes {
         var unknownJobs = Set<String>()
         for (i, e) in pending.enumerated() where ids[e.siteJobID] == nil && unknownJobs.insert(e.siteJobID).inserted {
             refused.append(
-                Refusal(
-                    "event", e.siteJobID, "unknown_job",
-                    .badRequest(
-                        "job \(e.siteJobID) is not on the server: push it (in jobs) first",
-                        field: "events[\(i)].site_job_id")))
+                SyncRefusal(
+                    kind: "event", siteJobID: e.siteJobID, code: .unknownJob,
+                    message: "job \(e.siteJobID) is not on the server: push it (in jobs) first",
+                    field: "events[\(i)].site_job_id"))
         }
         // What is recorded already (a repeated push) is not recorded again.
         let jobs = Array(Set(pending.compactMap { ids[$0.siteJobID] }))
