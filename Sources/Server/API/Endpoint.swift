@@ -120,13 +120,9 @@ struct Endpoints: Sendable {
             // A token whose signature fails (`Bearer x`) is refused here too, before the body: only the
             // server's own tokens, of users it can revoke, get a body read.
             let token = page ? Dashboard.cookieToken(request.headers[.cookie]) : bearerToken(request)
-            if authenticated && !(token.map(accounts.isSigned) ?? false) { throw ServerError.unauthorized }
-            let bodyLimit = authenticated ? limits.bodyBytes : limits.anonymousBodyBytes
-            if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > bodyLimit {
-                throw ServerError(status: 413, "the request body is larger than \(bodyLimit) bytes")
-            }
-            let body = try await Endpoints.collect(
-                request.body, upTo: bodyLimit, seconds: limits.bodySecondsPerIdleTimeout * limits.idleTimeoutSeconds)
+            let claims = token.flatMap(accounts.signedClaims)
+            if authenticated && claims == nil { throw ServerError.unauthorized }
+            let body = try await readBody(request, upTo: authenticated ? limits.bodyBytes : limits.anonymousBodyBytes)
             var id: Int?
             if hasID {
                 guard let text = context.parameters.get("id"), let value = Int(text) else {
@@ -141,9 +137,8 @@ struct Endpoints: Sendable {
             let (answer, user) = try await database.run { connection -> (Reply, String) in
                 var user = User(id: 0, name: "-")
                 if authenticated {
-                    guard let token, let found = try accounts.authenticate(token, connection: connection) else {
-                        throw ServerError.unauthorized
-                    }
+                    guard let claims, let found = try accounts.authenticate(claims: claims, connection: connection)
+                    else { throw ServerError.unauthorized }
                     // A site token lives on a shared login node for months: it may sync its own site and nothing
                     // else (not rename it, make apps or jobs elsewhere, delete sites, read other sites).
                     if let site = found.siteName, !siteTokens {
@@ -198,16 +193,22 @@ struct Endpoints: Sendable {
         return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 
-    /// The body, at most `limit` bytes (413 past it), arriving within `seconds` (408 after: a client that
-    /// trickles a body must not hold a connection and a buffer for ever).
-    static func collect(_ body: RequestBody, upTo limit: Int, seconds: Int) async throws -> [UInt8] {
-        try await withThrowingTaskGroup(of: [UInt8]?.self) { group in
+    /// The request's body, at most `limit` bytes (413 past it, before a byte is read when the request says its
+    /// length), arriving within `bodySecondsPerIdleTimeout` idle timeouts (408 after: a client that trickles a
+    /// body must not hold a connection and a buffer for ever). A request with neither a length nor a chunked
+    /// body has none (RFC 9112, 6.3): nothing is awaited, as for most GETs.
+    private func readBody(_ request: Request, upTo limit: Int) async throws -> [UInt8] {
+        let tooLarge = ServerError(status: 413, "the request body is larger than \(limit) bytes")
+        let length = request.headers[.contentLength]
+        if let length, (Int(length) ?? Int.max) > limit { throw tooLarge }
+        if length == nil && request.headers[.transferEncoding] == nil || length == "0" { return [] }
+        let seconds = limits.bodySecondsPerIdleTimeout * limits.idleTimeoutSeconds
+        let body = request.body
+        return try await withThrowingTaskGroup(of: [UInt8]?.self) { group in
             group.addTask {
                 var bytes: [UInt8] = []
                 for try await buffer in body {
-                    if bytes.count + buffer.readableBytes > limit {
-                        throw ServerError(status: 413, "the request body is larger than \(limit) bytes")
-                    }
+                    if bytes.count + buffer.readableBytes > limit { throw tooLarge }
                     bytes += buffer.readableBytesView
                 }
                 return bytes

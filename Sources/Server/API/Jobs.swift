@@ -113,6 +113,8 @@ enum Jobs {
         /// Tags and launch parameters as the JSON text stored and replied.
         var tags = "{}"
         var serializedParameters = ""
+        /// `serializedParameters` read, when they are plain values (nil: objects only Python can load).
+        var parameters: JSONValue?
         var data = "{}"
         var returnCode: Int?
         var numNodes = 1
@@ -138,7 +140,7 @@ enum Jobs {
         job.tags = jsonText(
             try input.stringMap("tags", maxEntries: Job.Limits.tags, maxBytes: Job.Limits.tagBytes) ?? [:])
         job.serializedParameters = try input.string("serialized_parameters", maxBytes: payloadBytes) ?? ""
-        try checkPickle(job.serializedParameters, input: input)
+        job.parameters = try checkPickle(job.serializedParameters, input: input)
         if let data = try input.object("data", maxBytes: Job.Limits.dataBytes) { job.data = jsonText(data) }
         job.returnCode = try input.int("return_code", in: Int(Int32.min)...Int(Int32.max))
         job.numNodes = try input.int("num_nodes", in: 1...maxCount) ?? 1
@@ -220,23 +222,24 @@ enum Jobs {
     /// Refuses parameters no site could read: not base64, cut short, nested deeper or larger than a job's
     /// parameters may be (`Pickle.Limits.parameters`). Objects only Python can load pass: a Python app's
     /// parameters may hold them, and the site's Python reads them (a shell app's site refuses them, with the
-    /// reason).
-    static func checkPickle(_ text: String, input: Input) throws {
+    /// reason). Returns the value read, or nil for such objects.
+    @discardableResult
+    static func checkPickle(_ text: String, input: Input) throws -> JSONValue? {
         let problem: Pickle.Unsupported
         do {
-            _ = try Pickle.decodeBase64(text)
-            return
+            return try Pickle.decodeBase64(text)
         } catch {
             problem = error
         }
         if !problem.onlyPythonCanLoad { throw input.bad("serialized_parameters", "cannot be read: \(problem)") }
+        return nil
     }
 
     /// Checks a job's parameters against its app when they can be read (the plain values a shell app takes);
     /// a Python app's parameters (objects only Python can load) are the site's to check.
     static func checkParameters(_ job: NewJob, _ app: AppFacts, index: Int) throws {
         guard !app.parameters.isEmpty || !job.serializedParameters.isEmpty else { return }
-        guard case .object(let given)? = try? Pickle.decodeBase64(job.serializedParameters) else { return }
+        guard case .object(let given)? = job.parameters else { return }
         let field = "[\(index)].parameters"
         for (name, spec) in app.parameters.sorted(by: { $0.key < $1.key }) {
             let required = spec.objectValue?["required"].map { $0 != .bool(false) } ?? true

@@ -259,16 +259,17 @@ public struct Accounts: Sendable {
         return try? JSONValue.parse(payload).objectValue
     }
 
-    /// Whether `token` is one of this server's (its signature holds), checked without the database: what the
-    /// server asks before it reads a request's body.
-    func isSigned(_ token: String) -> Bool {
-        token.utf8.count < 4096 && (try? Accounts.claims(of: token, secret: secret)) != nil
+    /// The claims of a bearer token whose signature holds, checked without the database: what the server asks
+    /// before it reads a request's body (nil for anything else, `Bearer x` among them).
+    func signedClaims(_ token: String) -> [String: JSONValue]? {
+        guard token.utf8.count < 4096 else { return nil }
+        return (try? Accounts.claims(of: token, secret: secret)) ?? nil
     }
 
-    /// The user behind a bearer token, checked against its signature, expiry and row; nil for any failure.
-    func authenticate(_ token: String, connection c: any SQLConnection) throws -> User? {
-        guard token.utf8.count < 4096, let claims = try Accounts.claims(of: token, secret: secret),
-            let id = claims["jti"]?.stringValue, let sub = claims["sub"]?.stringValue, let userID = Int(sub)
+    /// The user behind a signed token's claims (`signedClaims`), checked against its expiry and row; nil for any
+    /// failure.
+    func authenticate(claims: [String: JSONValue], connection c: any SQLConnection) throws -> User? {
+        guard let id = claims["jti"]?.stringValue, let sub = claims["sub"]?.stringValue, let userID = Int(sub)
         else { return nil }
         let now = ServerClock.microseconds()
         let rows = try c.query(

@@ -7,18 +7,24 @@ import Spool
 /// can forget to join for. Times are microseconds since the epoch (UTC); JSON is text (`jsonb` for the tags that
 /// PostgreSQL indexes); booleans are 0 and 1.
 enum Schema {
-    /// The migrations, oldest first; never edit one that has shipped, add another.
-    static let migrations: [(version: Int, name: String, sql: @Sendable (SQLDialect) -> String)] = [
-        (1, "initial schema", initial),
-        (2, "sites' own job ids, for idempotent pushes", siteJobIDs),
-        (3, "sites' own batch job ids", siteBatchIDs),
-        (4, "users' requests to sites", jobRequests),
-        (5, "report rollups: state changes and busy node-seconds per minute", reportRollups),
-        (6, "ids never reused (SQLite: AUTOINCREMENT)", { _ in "" }),
-    ]
+    /// One step of the schema: SQL text, or a program where text cannot say it, run in one transaction.
+    struct Migration: Sendable {
+        let version: Int
+        let name: String
+        var sql: @Sendable (SQLDialect) -> String = { _ in "" }
+        var program: (@Sendable (any SQLConnection) throws -> Void)?
+    }
 
-    /// Migrations that SQL text cannot say, run inside the migration's transaction after its SQL.
-    static let programs: [Int: @Sendable (any SQLConnection) throws -> Void] = [6: neverReuseIDs]
+    /// The migrations, oldest first; never edit one that has shipped, add another.
+    static let migrations: [Migration] = [
+        Migration(version: 1, name: "initial schema", sql: initial),
+        Migration(version: 2, name: "sites' own job ids, for idempotent pushes", sql: siteJobIDs),
+        Migration(version: 3, name: "sites' own batch job ids", sql: siteBatchIDs),
+        Migration(version: 4, name: "users' requests to sites", sql: jobRequests),
+        Migration(
+            version: 5, name: "report rollups: state changes and busy node-seconds per minute", sql: reportRollups),
+        Migration(version: 6, name: "ids never reused (SQLite: AUTOINCREMENT)", program: neverReuseIDs),
+    ]
 
     /// Tables whose ids a client holds. PostgreSQL's sequences never hand an id out twice; SQLite's plain
     /// `INTEGER PRIMARY KEY` gives the largest deleted id to the next row, so a client still holding a deleted
@@ -296,7 +302,7 @@ enum Schema {
             try connection.transaction {
                 let sql = migration.sql(connection.dialect)
                 if !sql.isEmpty { try connection.executeScript(sql) }
-                try programs[migration.version]?(connection)
+                try migration.program?(connection)
                 if sqliteRebuild, try connection.query("PRAGMA foreign_key_check", []).first != nil {
                     throw StoreError(.failed, "migration \(migration.version) broke a foreign key")
                 }
