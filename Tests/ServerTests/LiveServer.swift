@@ -266,3 +266,25 @@ final class Background {
 
     deinit { stop() }
 }
+
+/// Each job's state at `site`, by its id (`balsam ls --json`).
+func siteStates(_ site: Site) throws -> [String: String] {
+    let listed = try balsam(["ls", "--json"], site: site.root)
+    var states: [String: String] = [:]
+    for line in listed.stdout.split(separator: "\n") {
+        if let o = try? JSONValue.parse(String(line)).objectValue, let id = o["id"]?.stringValue {
+            states[id] = o["state"]?.stringValue
+        }
+    }
+    return states
+}
+
+/// Each of `token`'s user's jobs on `server` that a site pushed: its state, by the site's id.
+func serverStates(_ server: LiveServer, _ token: String) async throws -> [String: String] {
+    let reply = try await server.request("GET", "/jobs/?limit=100000", token: token)
+    var states: [String: String] = [:]
+    for job in reply.object["results"] as? [[String: Any]] ?? [] {
+        if let id = job["site_job_id"] as? String { states[id] = job["state"] as? String }
+    }
+    return states
+}

@@ -6,28 +6,6 @@ import Testing
 /// A real site pushed to a real server with `balsam sync push`: jobs, their specs and every transition arrive
 /// once, also after the server was away.
 @Suite struct SiteSyncTests {
-    /// Each job's state at the site, by its id.
-    func siteStates(_ site: Site) throws -> [String: String] {
-        let listed = try balsam(["ls", "--json"], site: site.root)
-        var states: [String: String] = [:]
-        for line in listed.stdout.split(separator: "\n") {
-            if let o = try? JSONValue.parse(String(line)).objectValue, let id = o["id"]?.stringValue {
-                states[id] = o["state"]?.stringValue
-            }
-        }
-        return states
-    }
-
-    /// Each job's state on the server, by the site's id.
-    func serverStates(_ server: LiveServer, _ token: String) async throws -> [String: String] {
-        let reply = try await server.request("GET", "/jobs/?limit=100000", token: token)
-        var states: [String: String] = [:]
-        for job in reply.object["results"] as? [[String: Any]] ?? [] {
-            if let id = job["site_job_id"] as? String { states[id] = job["state"] as? String }
-        }
-        return states
-    }
-
     func eventLines(_ site: Site) throws -> Int {
         try entries(site.eventsPath).filter { $0.hasSuffix(".jsonl") }.reduce(0) { total, name in
             total + (try read(site.eventsPath + "/" + name)).split(separator: "\n").count

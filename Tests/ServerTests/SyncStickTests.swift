@@ -6,22 +6,14 @@ import Testing
 /// One object the server refuses never blocks the others, and nothing done through the API stops a site's sync
 /// for good (issue 23, 4 and 5): real sites, `balsam sync push`, a real server stopped and started again.
 @Suite struct SyncStickTests {
-    /// Each job's state on the server, by the site's id.
-    func serverStates(_ server: LiveServer, _ token: String) async throws -> [String: String] {
-        let reply = try await server.request("GET", "/jobs/?limit=100000", token: token)
-        var states: [String: String] = [:]
-        for job in reply.object["results"] as? [[String: Any]] ?? [] {
-            if let id = job["site_job_id"] as? String { states[id] = job["state"] as? String }
-        }
-        return states
-    }
-
-    func siteIDs(_ site: Site) throws -> Set<String> {
-        let listed = try balsam(["ls", "--json"], site: site.root)
-        return Set(
-            listed.stdout.split(separator: "\n").compactMap {
-                (try? JSONValue.parse(String($0)))?.objectValue?["id"]?.stringValue
-            })
+    /// A server, a user's token and a site that syncs to it with that token.
+    func syncedSite(_ backend: Backend, user: String) async throws -> (LiveServer, String, Site) {
+        let server = try await LiveServer(backend)
+        let token = try await server.user(user)
+        try server.dir.file("token", token)
+        let site = try makeSite(server.dir)
+        try setSync(site, url: server.url, tokenFile: server.dir.path + "/token")
+        return (server, token, site)
     }
 
     func submit(_ site: Site, _ range: Range<Int>) throws {
@@ -38,12 +30,8 @@ import Testing
 
     @Test("a site deleted on the server registers again and pushes itself whole", arguments: Backend.available)
     func siteDeletedOnTheServer(_ backend: Backend) async throws {
-        let server = try await LiveServer(backend)
+        let (server, token, site) = try await syncedSite(backend, user: "vera")
         defer { Task { try? await server.stop() } }
-        let token = try await server.user("vera")
-        try server.dir.file("token", token)
-        let site = try makeSite(server.dir)
-        try setSync(site, url: server.url, tokenFile: server.dir.path + "/token")
         try submit(site, 0..<10)
         #expect(try await push(site).status == 0)
         let sites = try await server.request("GET", "/sites/", token: token).object["results"] as? [[String: Any]]
@@ -53,7 +41,7 @@ import Testing
         try submit(site, 10..<15)
         let again = try await push(site)
         #expect(again.status == 0, "\(again.stderr)")
-        #expect(Set(try await serverStates(server, token).keys) == (try siteIDs(site)))
+        #expect(Set(try await serverStates(server, token).keys) == (Set(try siteStates(site).keys)))
         let status = try JSONValue.parse(try balsam(["sync", "status", "--json"], site: site.root).stdout)
         #expect(status.objectValue?["last_error"] == .null, "\(status.serialized())")
         #expect(status.objectValue?["site_id"]?.intValue != siteID)
@@ -63,11 +51,7 @@ import Testing
         "a job taken by the site and deleted on the server before the site said so: refused once, the sync goes on",
         arguments: Backend.available)
     func adoptedJobDeletedOnTheServer(_ backend: Backend) async throws {
-        let server = try await LiveServer(backend)
-        let token = try await server.user("walt")
-        try server.dir.file("token", token)
-        let site = try makeSite(server.dir)
-        try setSync(site, url: server.url, tokenFile: server.dir.path + "/token")
+        let (server, token, site) = try await syncedSite(backend, user: "walt")
         try submit(site, 0..<3)
         #expect(try await push(site).status == 0)
         let apps = try await server.request("GET", "/apps/", token: token).object["results"] as? [[String: Any]]
@@ -78,7 +62,7 @@ import Testing
         let remoteID = try #require(made.list.first?["id"] as? Int, "\(made.text)")
         // One round: the site takes the job (and would say so in the next round's push).
         #expect(try await push(site, once: true).status == 0)
-        #expect(try siteIDs(site).count == 4)
+        #expect(Set(try siteStates(site).keys).count == 4)
 
         // That push fails (the server away); meanwhile the user deletes the job.
         try await server.stop()
@@ -105,12 +89,8 @@ import Testing
 
     @Test("an app from the server the site cannot install is refused where the user looks, once")
     func appTheSiteCannotInstall() async throws {
-        let server = try await LiveServer(.sqlite)
+        let (server, token, site) = try await syncedSite(.sqlite, user: "xena")
         defer { Task { try? await server.stop() } }
-        let token = try await server.user("xena")
-        try server.dir.file("token", token)
-        let site = try makeSite(server.dir)
-        try setSync(site, url: server.url, tokenFile: server.dir.path + "/token")
         #expect(try await push(site).status == 0)
         let sites = try await server.request("GET", "/sites/", token: token).object["results"] as? [[String: Any]]
         let siteID = try #require(sites?.first?["id"] as? Int)
