@@ -220,7 +220,7 @@ enum Jobs {
     }
 
     /// Refuses parameters no site could read: not base64, cut short, nested deeper or larger than a job's
-    /// parameters may be (`Pickle.Limits.parameters`). Objects only Python can load pass: a Python app's
+    /// parameters may be (`Pickle.maxDepth`, `Pickle.maxSize`). Objects only Python can load pass: a Python app's
     /// parameters may hold them, and the site's Python reads them (a shell app's site refuses them, with the
     /// reason). Returns the value read, or nil for such objects.
     @discardableResult

@@ -185,29 +185,22 @@ public enum Pickle {
         return "the pickle has no STOP"
     }
 
-    /// How much a decoded pickle may hold. Nesting is bounded so that the value can be written into a job's
-    /// JSON and read back by a site (whose JSON reader stops at `JSONParser.maxDepth`, with the job's own
-    /// object and the sync's envelopes around it); size is bounded because the memo lets a small pickle name
-    /// one value many times (each level doubling: a "billion laughs" of a few hundred bytes).
-    public struct Limits: Sendable {
-        /// Deepest value: a dict holding a list holding a scalar is 2 deep.
-        public var depth: Int
-        /// Largest value, counted as one per value plus the bytes of its strings: close to its JSON size.
-        public var size: Int
-
-        /// What a job's parameters may hold (`Job.Limits.parameterDepth`, and twice the largest serialized
-        /// parameters).
-        public static let parameters = Limits(depth: Job.Limits.parameterDepth, size: 2 * Job.Limits.parametersBytes)
-    }
+    /// How much a decoded pickle may hold: what a job's parameters may. Nesting is bounded so that the value can
+    /// be written into a job's JSON and read back by a site (whose JSON reader stops at `JSONParser.maxDepth`,
+    /// with the job's own object and the sync's envelopes around it); size, counted as one per value plus the
+    /// bytes of its strings (close to its JSON size), because the memo lets a small pickle name one value many
+    /// times (each level doubling: a "billion laughs" of a few hundred bytes).
+    static let maxDepth = Job.Limits.parameterDepth
+    static let maxSize = 2 * Job.Limits.parametersBytes
 
     /// Decodes base64 text holding a pickle; an empty text is an empty dictionary (the original's default).
-    public static func decodeBase64(_ text: String, limits: Limits = .parameters) throws(Unsupported) -> JSONValue {
+    public static func decodeBase64(_ text: String) throws(Unsupported) -> JSONValue {
         if text.isEmpty { return .object([:]) }
         guard let bytes = Base64.decode(text) else { throw Unsupported(description: "not base64 text") }
-        return try decode(bytes, limits: limits)
+        return try decode(bytes)
     }
 
-    /// A value on the decoder's stack, with its depth and size (see `Limits`) kept as it is built, so that no
+    /// A value on the decoder's stack, with its depth and size (see `maxDepth`) kept as it is built, so that no
     /// check walks a value and nothing recurses.
     private struct Item {
         var value: JSONValue
@@ -217,7 +210,7 @@ public enum Pickle {
 
     /// Decodes pickle bytes into a JSON value. Total: any bytes give a value or `Unsupported`, never a trap;
     /// the decoder keeps its own stack and never recurses.
-    public static func decode(_ bytes: [UInt8], limits: Limits = .parameters) throws(Unsupported) -> JSONValue {
+    public static func decode(_ bytes: [UInt8]) throws(Unsupported) -> JSONValue {
         var stack: [Item] = []
         var marks: [Int] = []
         var memo: [Int: Item] = [:]
@@ -236,8 +229,8 @@ public enum Pickle {
             return Int(value)
         }
         func push(_ item: Item) throws(Unsupported) {
-            if item.depth > limits.depth { throw fail("values nested deeper than \(limits.depth)") }
-            if item.size > limits.size { throw fail("a value larger than \(limits.size) (values and string bytes)") }
+            if item.depth > maxDepth { throw fail("values nested deeper than \(maxDepth)") }
+            if item.size > maxSize { throw fail("a value larger than \(maxSize) (values and string bytes)") }
             stack.append(item)
         }
         func text(_ n: Int) throws(Unsupported) -> Item {
