@@ -135,7 +135,8 @@ public struct BalsamServer: Sendable {
 
 /// At most `limit` connections open at once: past it, the server stops accepting (new connections wait in the
 /// kernel's backlog) and says so in its log, once each time the cap is reached, instead of running out of file
-/// descriptors for its database and files.
+/// descriptors for its database and files. HummingbirdCore's `MaximumAvailableConnections` counts the same way
+/// but logs only at trace level, where an operator never looks.
 struct ConnectionCap: AvailableConnectionsDelegate {
     let limit: Int
     let logger: Logger
