@@ -37,7 +37,10 @@ import Testing
                     "site_job_id": .string(id), "app": .string("hello"), "workdir": .string("w/\(n)"),
                     "parameters": .object(["name": .string("x")]), "tags": .object(["k": .string("v")]),
                     "state": .string("STAGED_IN"), "parent_site_ids": .array([]),
-                ])
+                ]),
+                // An adoption of a job made through the API, by a server id that may be this user's, another's, or
+                // none at all.
+                .object(["site_job_id": .string(id + "A"), "server_id": .int(1 + n % 7)]),
             ]),
             "events": .array([
                 .object([
@@ -72,6 +75,14 @@ import Testing
         let server = try await LiveServer(backend)
         defer { Task { try? await server.stop() } }
         let token = try await server.user("fuzz")
+        // Another user's jobs, whose ids the pushes name: never adopted, never touched.
+        let other = try await server.user("other")
+        let (_, appID) = try await server.siteAndApp(other)
+        let theirs = try await server.request(
+            "POST", "/jobs/",
+            json: (0..<3).map { ["app_id": appID, "workdir": "o/\($0)", "serialized_parameters": pickledName("o")] },
+            token: other)
+        #expect(theirs.status == 201, "\(theirs.text)")
         var rng = SplitMix(seed: Self.seed)
         for n in 0..<Self.cases {
             var pick = Int(rng.next() % 40)
@@ -86,5 +97,7 @@ import Testing
         let good = try await server.request(
             "POST", "/sync/push", body: Data(push(Self.cases).serialized().utf8), token: token)
         #expect(good.status == 200, "\(good.text)")
+        let untouched = try await server.request("GET", "/jobs/", token: other).object["results"] as? [[String: Any]]
+        #expect(untouched?.count == 3 && untouched?.allSatisfy { $0["site_job_id"] is NSNull } == true)
     }
 }
