@@ -102,17 +102,15 @@ struct Input {
         var out: [String: String] = [:]
         for (k, v) in object {
             if k.utf8.count > maxBytes { throw bad(key, "has a key longer than \(maxBytes) bytes") }
+            let text: String
             switch v {
-            case .string(let s): out[k] = s
-            case .int, .double, .bool: out[k] = v.serialized()
+            case .string(let s): text = s
+            case .int, .double, .bool: text = v.serialized()
             default: throw bad("\(key).\(k)", "must be a string, not \(v.kindName)")
             }
-            if out[k, default: ""].utf8.count > maxBytes {
-                throw bad("\(key).\(k)", "is longer than \(maxBytes) bytes")
-            }
-            if k.utf8.contains(0) || out[k, default: ""].utf8.contains(0) {
-                throw bad("\(key).\(k)", "contains a NUL character")
-            }
+            if text.utf8.count > maxBytes { throw bad("\(key).\(k)", "is longer than \(maxBytes) bytes") }
+            if k.utf8.contains(0) || text.utf8.contains(0) { throw bad("\(key).\(k)", "contains a NUL character") }
+            out[k] = text
         }
         return out
     }
