@@ -413,6 +413,11 @@ public final class Pusher {
             guard case .object(var o) = body else { return try client.send("POST", "/sync/push", json: body) }
             o["batch_jobs"] = .array(changedBatches.map(\.2))
             o["requests_done"] = .array(state.requestsDone.sorted(by: { $0.key < $1.key }).map(\.value))
+            o["refused_apps"] = .object(
+                Dictionary(
+                    uniqueKeysWithValues: state.refused.compactMap { key, text in
+                        key.hasPrefix("app ") ? (String(key.dropFirst(4)), JSONValue.string(text)) : nil
+                    }))
             o["rejected_batch_jobs"] = .array(
                 state.batchRejected.sorted(by: { $0.key < $1.key }).compactMap { id, reason in
                     Int(id).map { .object(["server_id": .int($0), "reason": .string(reason)]) }
@@ -530,7 +535,10 @@ public final class Pusher {
                     try site.createApp(app)
                 }
             } catch {
-                refusal = "cannot install: \(error)"
+                // The reason goes back to the server with every push: no NUL (a string the server refuses; the
+                // error may quote the app's own text) and a bounded length.
+                let text = "cannot install: \(error)".replacingAll("\u{0}", with: "\\0")
+                refusal = text.utf8.count > 4096 ? String(decoding: text.utf8.prefix(4096), as: UTF8.self) : text
             }
             if state.refuse("app " + name, refusal), let refusal { round.newRefusals.append("app \(name): \(refusal)") }
             state.remoteApps[name] = digest

@@ -87,30 +87,50 @@ import Testing
         #expect(later.status == 0, "\(later.stderr)")
     }
 
-    @Test("an app from the server the site cannot install is refused where the user looks, once")
-    func appTheSiteCannotInstall() async throws {
-        let (server, token, site) = try await syncedSite(.sqlite, user: "xena")
+    /// A class pickled as dill does by value, holding only a command template.
+    func pickledClass(template: String) -> String {
+        var bytes: [UInt8] = [0x80, 4]
+        for text in ["command_template", template] { bytes += [0x8C, UInt8(text.utf8.count)] + Array(text.utf8) }
+        bytes.append(UInt8(ascii: "."))
+        return Data(bytes).base64EncodedString()
+    }
+
+    @Test(
+        "an app from the server the site cannot install is refused where the user looks, at the site and on the server",
+        arguments: Backend.available)
+    func appTheSiteCannotInstall(_ backend: Backend) async throws {
+        let (server, token, site) = try await syncedSite(backend, user: "xena")
         defer { Task { try? await server.stop() } }
         #expect(try await push(site).status == 0)
         let sites = try await server.request("GET", "/sites/", token: token).object["results"] as? [[String: Any]]
         let siteID = try #require(sites?.first?["id"] as? Int)
-        // A class whose command template names a placeholder that is not a parameter.
-        var bytes: [UInt8] = [0x80, 4]
-        for text in ["command_template", "echo {{ nope }}"] {
-            bytes += [0x8C, UInt8(text.utf8.count)] + Array(text.utf8)
-        }
-        bytes.append(UInt8(ascii: "."))
+        // A command template naming a placeholder that is not a parameter.
         let made = try await server.request(
             "POST", "/apps/",
             json: [
-                "site_id": siteID, "name": "Broken", "serialized_class": Data(bytes).base64EncodedString(),
+                "site_id": siteID, "name": "Broken", "serialized_class": pickledClass(template: "echo {{ nope }}"),
                 "source_code": "",
             ], token: token)
-        #expect(made.status == 201, "\(made.text)")
+        let appID = try #require(made.object["id"] as? Int, "\(made.text)")
+        // Two pushes: the first takes the app (and refuses it), the next tells the server why.
+        #expect(try await push(site).status == 0)
         #expect(try await push(site).status == 0)
         let status = try JSONValue.parse(try balsam(["sync", "status", "--json"], site: site.root).stdout)
         let refused = status.objectValue?["refused"]?.objectValue ?? [:]
         #expect(refused["app Broken"]?.stringValue?.contains("nope") == true, "\(status.serialized())")
         #expect(status.objectValue?["last_error"] == .null)
+        let shown = try await server.request("GET", "/apps/\(appID)", token: token)
+        #expect((shown.object["site_refusal"] as? String)?.contains("nope") == true, "\(shown.text)")
+
+        // A definition the site can install replaces it, and the reason goes on both ends.
+        let fixed = try await server.request(
+            "PUT", "/apps/\(appID)", json: ["serialized_class": pickledClass(template: "echo fixed")], token: token)
+        #expect(fixed.status == 200, "\(fixed.text)")
+        #expect(try await push(site).status == 0)
+        #expect(try await push(site).status == 0)
+        let after = try JSONValue.parse(try balsam(["sync", "status", "--json"], site: site.root).stdout)
+        #expect(after.objectValue?["refused"]?.objectValue?["app Broken"] == nil, "\(after.serialized())")
+        let cleared = try await server.request("GET", "/apps/\(appID)", token: token)
+        #expect(cleared.object["site_refusal"] is NSNull, "\(cleared.text)")
     }
 }

@@ -2,10 +2,12 @@ import Spool
 
 /// `/apps/`: the apps registered at a user's sites (the original's `ApplicationDefinition` classes).
 enum Apps {
-    static let columns = "id, site_id, name, serialized_class, source_code, description, parameters, transfers"
+    static let columns =
+        "id, site_id, name, serialized_class, source_code, description, parameters, transfers, site_refusal"
     /// The same, for the list's join with sites.
     static let joinedColumns =
-        "a.id, a.site_id, a.name, a.serialized_class, a.source_code, a.description, a.parameters, a.transfers"
+        "a.id, a.site_id, a.name, a.serialized_class, a.source_code, a.description, a.parameters, a.transfers, "
+        + "a.site_refusal"
 
     static func write(_ r: SQLRow, to out: inout JSONWriter) {
         out.beginObject()
@@ -17,6 +19,8 @@ enum Apps {
         out.field("description", r.text(5))
         out.raw("parameters", r.text(6))
         out.raw("transfers", r.text(7))
+        // Our addition: why the app's site could not install it (null when it could, or has not said).
+        out.value("site_refusal", r.optionalText(8).map { .string($0) } ?? .null)
         out.endObject()
     }
 

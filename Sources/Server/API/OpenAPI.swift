@@ -54,6 +54,7 @@ enum OpenAPI {
             "App": object([
                 "id": integer, "site_id": integer, "name": string, "serialized_class": string, "source_code": string,
                 "description": string, "parameters": anyObject, "transfers": anyObject,
+                "site_refusal": type("string", nullable: true),
             ]),
             "Job": object([
                 "id": integer, "app_id": integer, "workdir": string, "tags": anyObject,
@@ -291,10 +292,11 @@ enum OpenAPI {
                     body: object(
                         [
                             "site": object(["name": string, "path": string]), "apps": list(anyObject),
-                            "jobs": list(anyObject), "events": list(anyObject),
+                            "jobs": list(anyObject), "events": list(anyObject), "refused_apps": anyObject,
                         ], required: ["site"]),
                     reply: object([
                         "site_id": integer, "apps": anyObject, "jobs": anyObject, "events": integer,
+                        "refused": list(anyObject),
                     ]))
             ]),
             "/transfers/{id}": .object([

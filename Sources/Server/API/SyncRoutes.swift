@@ -40,6 +40,8 @@ enum SyncRoutes {
         let requestsDone = try list(&input, "requests_done")
         let batchJobs = try list(&input, "batch_jobs")
         let rejectedBatchJobs = try list(&input, "rejected_batch_jobs")
+        // Apps from the server the site could not install, with its reason (absent: a site that does not say).
+        let refusedApps = try input.stringMap("refused_apps", maxBytes: 65_536)
         try input.finish()
         if jobs.count + events.count + apps.count > call.limits.bulkItems * 4 {
             throw ServerError.badRequest("a push holds at most \(call.limits.bulkItems * 4) apps, jobs and events")
@@ -81,6 +83,7 @@ enum SyncRoutes {
                 }
             }
             var refused: [SyncRefusal] = []
+            if let refusedApps { try recordAppRefusals(refusedApps, siteID: siteID, call: call) }
             let jobIDs = try createJobs(
                 jobs, siteID: siteID, appIDs: appIDs, call: call, now: now, refused: &refused)
             let inserted = try recordEvents(
@@ -467,6 +470,20 @@ enum SyncRoutes {
                     message: error.message, field: error.field))
         }
         return try insertJobs(parsed, adopted: adopted, siteID: siteID, call: call, now: now)
+    }
+
+    /// Keeps with each app of the site why the site could not install it: `refused` holds every app it could
+    /// not, so the others' reasons are cleared.
+    private static func recordAppRefusals(_ refused: [String: String], siteID: Int, call: Call) throws {
+        let c = call.connection
+        try c.execute(
+            "UPDATE apps SET site_refusal = NULL WHERE site_id = ? AND owner_id = ? AND site_refusal IS NOT NULL",
+            [.of(siteID), .of(call.user.id)])
+        for (name, reason) in refused {
+            try c.execute(
+                "UPDATE apps SET site_refusal = ? WHERE site_id = ? AND owner_id = ? AND name = ?",
+                [.text(reason), .of(siteID), .of(call.user.id), .text(name)])
+        }
     }
 
     /// A pushed job refused for a reason the site acts on (not just a wrong field).

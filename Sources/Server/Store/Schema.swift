@@ -24,6 +24,7 @@ enum Schema {
         Migration(
             version: 5, name: "report rollups: state changes and busy node-seconds per minute", sql: reportRollups),
         Migration(version: 6, name: "ids never reused (SQLite: AUTOINCREMENT)", program: neverReuseIDs),
+        Migration(version: 7, name: "why a site could not install an app", sql: appRefusals),
     ]
 
     /// Tables whose ids a client holds. PostgreSQL's sequences never hand an id out twice; SQLite's plain
@@ -267,6 +268,12 @@ enum Schema {
                 FROM events e JOIN jobs j ON j.id = e.job_id
                 GROUP BY e.owner_id, j.site_id, e.to_state, e.timestamp / 60000000;
             """
+    }
+
+    /// An app defined through the API that its site could not install (a template placeholder that is not a
+    /// parameter, say): the site's reason, shown with the app, until a definition it can install replaces it.
+    private static func appRefusals(_ d: SQLDialect) -> String {
+        "ALTER TABLE apps ADD COLUMN site_refusal TEXT;"
     }
 
     /// The version the database is at (0 for an empty database).
