@@ -450,6 +450,15 @@ public final class Pusher {
                 refusals = refusals.filter { !missingJobs.contains($0.siteJobID) } + Pusher.refusals(in: last)
             }
             for r in refusals where state.refuse(r.key, r.text) { round.newRefusals.append("\(r.key): \(r.text)") }
+            // A job the user deleted through the API before the site's adoption reached the server: the user's
+            // deletion is carried out here too, as a deletion through the API of a site's job would be.
+            let deleted = refusals.filter { $0.code == .deleted }.map(\.siteJobID)
+            if !deleted.isEmpty {
+                var filter = JobFilter()
+                filter.ids = Set(deleted)
+                let control = Control(site: site, actor: "balsam-sync")
+                _ = control.remove(try control.select(filter), keepFiles: false)
+            }
             // A site id other than the one this site had: the server lost the site's record (deleted through the
             // API) and registered it again just now. Everything is pushed again, from the start of the logs.
             if let was = state.siteID, let now = last["site_id"]?.intValue, now != was {

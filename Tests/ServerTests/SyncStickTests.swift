@@ -77,9 +77,10 @@ import Testing
         let pushed = try await push(site)
         #expect(pushed.status == 0, "\(pushed.stderr)")
         let onServer = try await serverStates(back, token)
-        // The site's six jobs; the deleted one stays deleted.
+        // The site's six jobs; the deleted one stays deleted, and is deleted at the site too.
         let listing = try await back.request("GET", "/jobs/", token: token).text
         #expect(onServer.count == 6 && !listing.contains("remote/1"), "\(listing)")
+        #expect(try siteStates(site).count == 6)
         let status = try balsam(["sync", "status"], site: site.root)
         #expect(status.stdout.contains("last_error: -"), "\(status.stdout)")
         #expect(status.stdout.contains("deleted"), "\(status.stdout)")
