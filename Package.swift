@@ -1,6 +1,26 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
+/// The MPI the launcher is built against, chosen in the environment of `swift build` (balsam-launcher(1),
+/// BUILDING): `BALSAM_MPI=openmpi` (the default; pkg-config `ompi-c`) or `mpich` (pkg-config `mpich`: Debian's
+/// MPICH, and the family of Cray MPICH, Aurora MPICH, Intel MPI, MVAPICH); `BALSAM_MPI_PKG=NAME` names a
+/// facility's own pkg-config file instead; `MPI_DIR=DIR` (with `BALSAM_MPI` saying the family) takes
+/// `DIR/include` and `DIR/lib` where no pkg-config file is. Nothing but the C shim depends on the choice.
+let mpiFamily = Context.environment["BALSAM_MPI"] ?? "openmpi"
+let mpiDirectory = Context.environment["MPI_DIR"].flatMap { $0.isEmpty ? nil : $0 }
+let mpiPackage =
+    Context.environment["BALSAM_MPI_PKG"] ?? (mpiDirectory != nil ? nil : mpiFamily == "mpich" ? "mpich" : "ompi-c")
+let mpiLinking: [LinkerSetting] =
+    mpiDirectory.map { dir in
+        [
+            .unsafeFlags([
+                "-L\(dir)/lib", "-Xlinker", "-rpath", "-Xlinker", "\(dir)/lib",
+                mpiFamily == "mpich" ? "-lmpich" : "-lmpi",
+            ])
+        ]
+    } ?? []
+let mpiIncludes: [SwiftSetting] = mpiDirectory.map { [.unsafeFlags(["-Xcc", "-I\($0)/include"])] } ?? []
+
 let package = Package(
     name: "balsam-swift",
     platforms: [.macOS(.v15)],
@@ -90,8 +110,10 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
-        // Open MPI, as Swift sees it: the handles mpi.h hides behind cast macros.
-        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        // MPI, as Swift sees it: the launcher's calls behind functions of C's own types (either family's handles).
+        .systemLibrary(
+            name: "CMPI", pkgConfig: mpiPackage,
+            providers: [.apt(mpiFamily == "mpich" ? ["libmpich-dev", "mpich"] : ["libopenmpi-dev", "openmpi-bin"])]),
         // Runs one job for the launcher and stops it with its launcher (a small C program: spawned per job).
         // Linked statically: it is exec'd once per job, and a dynamic one spent most of its time in the loader.
         .executableTarget(name: "balsam-task-guard", linkerSettings: [.unsafeFlags(["-static-executable"])]),
@@ -99,7 +121,8 @@ let package = Package(
         // wrapper over MPI (the only module that imports CMPI).
         .target(
             name: "MPILauncher",
-            dependencies: ["CMPI", "Spool", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CMPI", "Spool", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: mpiIncludes, linkerSettings: mpiLinking
         ),
         .executableTarget(
             name: "balsam-launcher",

@@ -28,26 +28,27 @@ final class MPIWorld {
     public let rank: Int
     /// Number of ranks.
     public let size: Int
-    private let comm: MPI_Comm
-    private var sends: [(request: MPI_Request?, buffer: UnsafeMutableRawPointer)] = []
+    /// Sends in flight: each request's storage (`cmpi_request_size()` bytes) and its message's buffer.
+    private var sends: [(request: UnsafeMutableRawPointer, buffer: UnsafeMutableRawPointer)] = []
     private var finalized = false
 
     /// Initializes MPI (as a singleton when the process was not started by `mpirun`).
     public init() throws(MPIError) {
         var provided: Int32 = 0
-        try MPIWorld.check(MPI_Init_thread(nil, nil, Int32(MPI_THREAD_FUNNELED), &provided), "MPI_Init_thread")
-        comm = cmpi_comm_world()
-        try MPIWorld.check(MPI_Comm_set_errhandler(comm, cmpi_errors_return()), "MPI_Comm_set_errhandler")
+        try MPIWorld.check(cmpi_init(&provided), "MPI_Init_thread")
         var r: Int32 = 0
         var s: Int32 = 0
-        try MPIWorld.check(MPI_Comm_rank(comm, &r), "MPI_Comm_rank")
-        try MPIWorld.check(MPI_Comm_size(comm, &s), "MPI_Comm_size")
+        try MPIWorld.check(cmpi_rank(&r), "MPI_Comm_rank")
+        try MPIWorld.check(cmpi_size(&s), "MPI_Comm_size")
         rank = Int(r)
         size = Int(s)
     }
 
     deinit {
-        for send in sends { free(send.buffer) }
+        for send in sends {
+            free(send.buffer)
+            free(send.request)
+        }
     }
 
     /// Every rank's `value` (at most `width` bytes; longer values are cut), in rank order, on every rank.
@@ -56,21 +57,20 @@ final class MPIWorld {
         let n = min(value.count, width - 1)
         mine.replaceSubrange(0..<n, with: value.prefix(n))
         var all = [UInt8](repeating: 0, count: width * size)
-        try MPIWorld.check(
-            MPI_Allgather(&mine, Int32(width), cmpi_byte(), &all, Int32(width), cmpi_byte(), comm), "MPI_Allgather")
+        try MPIWorld.check(cmpi_allgather(&mine, Int32(width), &all), "MPI_Allgather")
         return (0..<size).map { r in Array(all[(r * width)..<((r + 1) * width)].prefix(while: { $0 != 0 })) }
     }
 
     /// Sends `bytes` to `destination` without waiting; the buffer is kept until MPI is done with it.
     public func send(_ bytes: [UInt8], to destination: Int, tag: Int32 = 0) throws(MPIError) {
-        guard let buffer = malloc(max(1, bytes.count)) else {
+        guard let buffer = malloc(max(1, bytes.count)), let request = malloc(Int(cmpi_request_size())) else {
             throw MPIError(call: "malloc", code: -1, message: "out of memory for a message of \(bytes.count) bytes")
         }
         bytes.withUnsafeBytes { if let base = $0.baseAddress { buffer.copyMemory(from: base, byteCount: $0.count) } }
-        var request: MPI_Request? = cmpi_request_null()
-        let rc = MPI_Isend(buffer, Int32(bytes.count), cmpi_byte(), Int32(destination), tag, comm, &request)
-        if rc != MPI_SUCCESS {
+        let rc = cmpi_isend(buffer, Int32(bytes.count), Int32(destination), tag, request)
+        if rc != cmpi_success() {
             free(buffer)
+            free(request)
             try MPIWorld.check(rc, "MPI_Isend")
         }
         sends.append((request, buffer))
@@ -82,9 +82,10 @@ final class MPIWorld {
         var i = 0
         while i < sends.count {
             var done: Int32 = 0
-            try MPIWorld.check(MPI_Test(&sends[i].request, &done, cmpi_status_ignore()), "MPI_Test")
+            try MPIWorld.check(cmpi_test(sends[i].request, &done), "MPI_Test")
             if done != 0 {
                 free(sends[i].buffer)
+                free(sends[i].request)
                 sends.remove(at: i)
             } else {
                 i += 1
@@ -98,16 +99,14 @@ final class MPIWorld {
     /// A message that has arrived, if any (never waits): its source, tag and bytes.
     public func receive() throws(MPIError) -> (source: Int, tag: Int32, bytes: [UInt8])? {
         var flag: Int32 = 0
-        var status = MPI_Status()
-        try MPIWorld.check(MPI_Iprobe(cmpi_any_source(), cmpi_any_tag(), comm, &flag, &status), "MPI_Iprobe")
-        guard flag != 0 else { return nil }
+        var source: Int32 = 0
+        var tag: Int32 = 0
         var count: Int32 = 0
-        try MPIWorld.check(MPI_Get_count(&status, cmpi_byte(), &count), "MPI_Get_count")
+        try MPIWorld.check(cmpi_iprobe(&flag, &source, &tag, &count), "MPI_Iprobe")
+        guard flag != 0 else { return nil }
         var bytes = [UInt8](repeating: 0, count: Int(count))
-        try MPIWorld.check(
-            MPI_Recv(&bytes, count, cmpi_byte(), status.MPI_SOURCE, status.MPI_TAG, comm, cmpi_status_ignore()),
-            "MPI_Recv")
-        return (Int(status.MPI_SOURCE), status.MPI_TAG, bytes)
+        try MPIWorld.check(cmpi_recv(&bytes, count, source, tag), "MPI_Recv")
+        return (Int(source), tag, bytes)
     }
 
     /// Ends MPI. Pending sends are completed first.
@@ -123,16 +122,15 @@ final class MPIWorld {
 
     /// Ends every rank of the job at once (a rank that cannot go on).
     public func abort(_ code: Int32) -> Never {
-        MPI_Abort(comm, code)
+        _ = cmpi_abort(code)
         exit(code)
     }
 
     private static func check(_ rc: Int32, _ call: String) throws(MPIError) {
-        guard rc != MPI_SUCCESS else { return }
-        var text = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
-        var length: Int32 = 0
-        _ = MPI_Error_string(rc, &text, &length)
-        let message = String(decoding: text.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard rc != cmpi_success() else { return }
+        var text = [CChar](repeating: 0, count: 512)
+        cmpi_error_string(rc, &text, Int32(text.count))
+        let message = String(decoding: text.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
         throw MPIError(call: call, code: rc, message: message)
     }
 }
