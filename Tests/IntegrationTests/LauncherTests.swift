@@ -7,26 +7,51 @@ import Testing
     import Glibc
 #endif
 
-/// `balsam-launcher`, run for real: under `mpirun` (several ranks on this machine stand for several nodes) or
-/// alone (one rank, the local machine).
+/// The MPI the launcher tests run under: Open MPI's `mpirun` with the launcher built beside the tests, or, with
+/// `BALSAM_TEST_MPI=mpich`, MPICH's `mpiexec.mpich` with the launcher built against MPICH in
+/// `BALSAM_TEST_LAUNCHER_DIR` (dev/test builds it in `.build-mpich`).
+enum TestMPI {
+    static let isMPICH = ProcessInfo.processInfo.environment["BALSAM_TEST_MPI"] == "mpich"
+    static let launcherDirectory = ProcessInfo.processInfo.environment["BALSAM_TEST_LAUNCHER_DIR"] ?? binDirectory
+
+    /// The command that starts `ranks` ranks of `launcher` on this machine (each standing for a node).
+    static func command(ranks: Int, _ launcher: [String], environment: inout [String: String]) -> [String] {
+        if isMPICH { return ["/usr/bin/mpiexec.mpich", "-n", String(ranks), "-ppn", "1"] + launcher }
+        // Root in CI; no ssh: every rank is local.
+        environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        environment["OMPI_MCA_plm_rsh_agent"] = "false"
+        return ["/usr/bin/mpirun", "--oversubscribe", "--bind-to", "none", "-n", String(ranks)] + launcher
+    }
+
+    /// The site's launch template for multi-node jobs, and the shell's text for a rank's number and the count.
+    static var multiNodeTemplate: String {
+        isMPICH
+            ? "mpiexec.mpich -n {{ ranks }} -hosts {{ hosts }} {{ command }}"
+            : "mpirun --oversubscribe --bind-to none -n {{ ranks }} --host {{ host_slots }} {{ env_flags }} {{ command }}"
+    }
+    static var rankAndSize: String {
+        isMPICH ? "$PMI_RANK of $PMI_SIZE" : "$OMPI_COMM_WORLD_RANK of $OMPI_COMM_WORLD_SIZE"
+    }
+}
+
+/// `balsam-launcher`, run for real: under MPI (several ranks on this machine stand for several nodes, see
+/// `TestMPI`) or alone (one rank, the local machine).
 final class LauncherProcess {
     let process: Spawned
     let logPath: String
 
     init(site: String, ranks: Int?, _ args: [String] = [], logDirectory: String) throws {
         logPath = logDirectory + "/launcher-\(UUID().uuidString.prefix(6)).log"
-        let launcher = [binDirectory + "/balsam-launcher", "--site", site] + args
+        let launcher = [TestMPI.launcherDirectory + "/balsam-launcher", "--site", site] + args
         var environment = ProcessInfo.processInfo.environment
         environment["BALSAM_SITE"] = nil
         let program: String
         let arguments: [String]
         if let ranks {
-            program = "/usr/bin/mpirun"
-            arguments = ["--oversubscribe", "--bind-to", "none", "-n", String(ranks)] + launcher
-            // Root in CI; no ssh: every rank is local.
-            environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-            environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-            environment["OMPI_MCA_plm_rsh_agent"] = "false"
+            let command = TestMPI.command(ranks: ranks, launcher, environment: &environment)
+            program = command[0]
+            arguments = Array(command.dropFirst())
         } else {
             program = launcher[0]
             arguments = Array(launcher.dropFirst())
@@ -284,11 +309,11 @@ func runs(_ site: Site) throws -> [Run] {
         try configure(
             """
               cpus_per_node: 4
-              mpi_launcher: "mpirun --oversubscribe --bind-to none -n {{ ranks }} --host {{ host_slots }} {{ env_flags }} {{ command }}"
+              mpi_launcher: "\(TestMPI.multiNodeTemplate)"
             """)
         try app(
             "wide",
-            #"sh -c 'echo start $(date +%s%N); echo rank=$OMPI_COMM_WORLD_RANK of $OMPI_COMM_WORLD_SIZE job=$BALSAM_JOB_ID; sleep 1; echo end $(date +%s%N)'"#
+            #"sh -c 'echo start $(date +%s%N); echo rank=\#(TestMPI.rankAndSize) job=$BALSAM_JOB_ID; sleep 1; echo end $(date +%s%N)'"#
         )
         try app("nap", timed("sleep 0.5"))
         let ids = try submit(
