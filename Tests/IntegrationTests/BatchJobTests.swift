@@ -317,6 +317,56 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         #expect(watcher.terminate() == 0)
     }
 
+    /// As on Perlmutter and Frontier: the batch job starts the MPICH launcher with `srun --ntasks-per-node 1
+    /// --mpi=pmi2` (PMI from Slurm, no mpiexec), and a 2-node job is started by `srun ... --overlap` inside that
+    /// step, the way the Perlmutter presets write it. Run in dev/test's MPICH phase (`BALSAM_TEST_MPI=mpich`).
+    @Test(.enabled(if: slurmAvailable && TestMPI.isMPICH))
+    func srunStartsTheMPICHLauncherAndItsMultiNodeJobs() throws {
+        let site = try makeSite("slurm", app: "echo node=$SLURMD_NODENAME; sleep 0.3", platform: "generic-slurm")
+        let launcher = CommandTemplate.shellQuote(TestMPI.launcherDirectory + "/balsam-launcher")
+        try """
+        #!/bin/bash
+        export BALSAM_SITE={{ site_path }}
+        cd {{ site_path }}
+        exec srun --ntasks-per-node 1 --nodes {{ num_nodes }} --mpi=pmi2 --cpu-bind none \(launcher) {{ launcher_args }}
+        """.write(toFile: site.root + "/job-template.sh", atomically: true, encoding: .utf8)
+        try edit(
+            site.root,
+            [
+                "mpi_launcher":
+                    #""srun -n {{ ranks }} --ntasks-per-node {{ ranks_per_node }} --nodelist {{ hosts }} --nodes {{ num_nodes }} --overlap --mpi=pmi2 {{ command }}""#
+            ])
+        try #require(
+            try balsam(
+                [
+                    "app", "create", "wide", "--command-template",
+                    #"sh -c 'echo rank=$PMI_RANK of $PMI_SIZE on $SLURMD_NODENAME'"#,
+                ],
+                site: site.root
+            ).status == 0)
+        try submitJobs(site, 8)
+        let wide = try balsam(["submit", "-a", "wide", "-w", "wide", "--num-nodes", "2"], site: site.root)
+        #expect(wide.status == 0, "\(wide.stderr)")
+        #expect(try queueSubmit(site, ["-n", "2", "-t", "5", "-q", "debug", "-A", "default"]).status == 0)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        try waitUntil("the batch job ends", timeout: 90) { batchJob(site, 1)?.state == .finished }
+        let job = try #require(batchJob(site, 1))
+        #expect(job.outcome == .completed && job.exitCode == 0, "\(job.message ?? "")\n\(watcher.log)")
+        #expect(finishedJobs(site) == 9)
+        var nodes = Set<String>()
+        for i in 0..<8 { nodes.insert(try read(site.dataPath + "/w/\(i)/job.out").trimmingCharacters(in: .newlines)) }
+        #expect(nodes == ["node=n1", "node=n2"], "one launcher rank on each of the allocation's two nodes")
+        // (srun may add a line of its own: the emulated nodes cannot bind CPUs.)
+        let ranks = Set(
+            try read(site.dataPath + "/wide/job.out").split(separator: "\n").map(String.init).filter {
+                $0.hasPrefix("rank=")
+            })
+        #expect(
+            ranks == ["rank=0 of 2 on n1", "rank=1 of 2 on n2"] || ranks == ["rank=0 of 2 on n2", "rank=1 of 2 on n1"],
+            "\(ranks)")
+        #expect(watcher.terminate() == 0)
+    }
+
     @Test(.enabled(if: slurmAvailable && FileManager.default.isExecutableFile(atPath: "/usr/bin/qsub")))
     func aPBSBatchJobThroughTheTorqueWrappersRunsAcrossTwoNodesAndOneIsCancelled() throws {
         // Made from the generic PBS platform preset.
