@@ -40,7 +40,7 @@ public final class BatchService {
         } else {
             self.scheduler = try makeScheduler(
                 kind: settings.scheduler.kind, site: site, timeoutSeconds: settings.scheduler.commandTimeoutSeconds,
-                queueOption: settings.scheduler.queueOption)
+                queueOption: settings.scheduler.queueOption, nodeSelect: settings.scheduler.nodeSelect)
         }
         self.binDirectory = binDirectory
         self.logger = logger

@@ -68,11 +68,24 @@ public enum JobScript {
         return (String(decoding: bytes, as: UTF8.self), path)
     }
 
+    /// The launcher's wall time in an allocation of `minutes`: less a margin (5%, at least 1 minute and at most
+    /// 10, never more than half) in which it records its jobs' ends and leaves before the scheduler kills the
+    /// allocation; balsam-launcher(1), --wall-time-min.
+    static func launcherMinutes(_ minutes: Int) -> String {
+        let total = Double(minutes)
+        let margin = min(max(1, total * 0.05), 10, total / 2)
+        let left = total - margin
+        return left.rounded() == left ? String(Int(left)) : String(left)
+    }
+
     /// The values of a batch job's placeholders.
     public static func values(job: BatchJob, name: String, site: Site, binDirectory: String) -> [String: String] {
         let tags = job.filterTags.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" }
         let launcherArgs =
-            ["--site", site.root, "--wall-time-min", String(job.wallTimeMinutes), "--batch-job", String(job.id)]
+            [
+                "--site", site.root, "--wall-time-min", launcherMinutes(job.wallTimeMinutes), "--batch-job",
+                String(job.id),
+            ]
             + tags.flatMap {
                 ["--tag", $0]
             }

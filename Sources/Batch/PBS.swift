@@ -11,12 +11,16 @@ import Spool
 public struct PBSScheduler: Scheduler {
     public let kind = "pbs"
     let command: SchedulerCommand
+    /// Resources every node chunk asks for besides its count (`scheduler.node_select`): Polaris wants
+    /// `select=N:system=polaris`.
+    var nodeSelect: String?
 
     public func submit(script: String, name: String, job: BatchJob, outputPath: String) throws(SpoolError) -> String {
         let walltime = String(format2: job.wallTimeMinutes / 60) + ":" + String(format2: job.wallTimeMinutes % 60)
         // One -l: the wrappers keep only the last of several.
         var arguments = [
-            "qsub", "-N", name, "-o", outputPath, "-j", "oe", "-l", "select=\(job.numNodes),walltime=\(walltime):00",
+            "qsub", "-N", name, "-o", outputPath, "-j", "oe", "-l",
+            "select=\(job.numNodes)\(nodeSelect.map { ":" + $0 } ?? ""),walltime=\(walltime):00",
         ]
         if !job.queue.isEmpty { arguments += ["-q", job.queue] }
         if !job.project.isEmpty { arguments += ["-A", job.project] }

@@ -86,12 +86,12 @@ extension Scheduler {
 /// Makes the adapter a site's settings name.
 public func makeScheduler(
     kind: String, site: Site, timeoutSeconds: Double, environment: [String: String]? = nil,
-    queueOption: String? = nil
+    queueOption: String? = nil, nodeSelect: String? = nil
 ) throws(SpoolError) -> any Scheduler {
     let command = SchedulerCommand(timeoutSeconds: timeoutSeconds, environment: environment, directory: site.root)
     switch kind {
     case "slurm": return SlurmScheduler(command: command, queueOption: queueOption ?? "--partition")
-    case "pbs": return PBSScheduler(command: command)
+    case "pbs": return PBSScheduler(command: command, nodeSelect: nodeSelect)
     case "lsf": return LSFScheduler(command: command)
     case "cobalt": return CobaltScheduler(command: command)
     case "local": return LocalScheduler(site: site, command: command)

@@ -22,6 +22,15 @@ import Testing
         return (site.root, site)
     }
 
+    @Test("the launcher's wall time leaves a margin: 5%, at least 1 minute, at most 10, never half")
+    func launcherWallTimeLeavesAMargin() {
+        #expect(JobScript.launcherMinutes(30) == "28.5")
+        #expect(JobScript.launcherMinutes(60) == "57")
+        #expect(JobScript.launcherMinutes(5) == "4")
+        #expect(JobScript.launcherMinutes(1) == "0.5")
+        #expect(JobScript.launcherMinutes(720) == "710")
+    }
+
     @Test func newSitesCarryTheirSchedulersDefaults() throws {
         for kind in SiteSettings.schedulerKinds {
             let (_, site) = try self.site(scheduler: kind)
@@ -35,7 +44,7 @@ import Testing
                 template, templatePath: nil, job: job, name: "balsam-x-1", site: site, binDirectory: "/opt/b")
             #expect(
                 script.contains(
-                    "/opt/b/balsam-launcher --site \(site.root) --wall-time-min 30 --batch-job \(job.id) --tag exp=a1"))
+                    "/opt/b/balsam-launcher --site \(site.root) --wall-time-min 28.5 --batch-job \(job.id) --tag exp=a1"))
             #expect(!script.contains("{{"))
         }
     }

@@ -242,6 +242,26 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         return bin
     }
 
+    /// Polaris's qsub line, as the ALCF documents it: nodes as `select=N:system=polaris`; the launcher given the
+    /// allocation's wall time less a margin. (A PBS Professional server does not run here: qsub is a recorder.)
+    @Test func aPolarisBatchJobAsksForNodesAsPolarisDoes() throws {
+        let site = try makeSite("pbs", platform: "polaris")
+        #expect(try read(site.settingsPath).contains("node_select: system=polaris"))
+        #expect(try queueSubmit(site, ["-n", "2", "-t", "30", "-q", "debug-scaling", "-A", "default"]).status == 0)
+        let bin = try fakeCommands([
+            "qsub": #"printf '%s\n' "$@" > "$(dirname "$0")/qsub.args"; echo 4242.polaris-pbs-01"#,
+            "qstat": "echo '{\"Jobs\": {}}'",
+        ])
+        let once = try run(
+            binDirectory + "/balsam-watch", ["--site", site.root, "--once"], env: ["PATH": bin + ":/usr/bin:/bin"])
+        #expect(once.status == 0, "\(once.stderr)")
+        let args = try read(bin + "/qsub.args").split(separator: "\n").map(String.init)
+        #expect(args.contains("select=2:system=polaris,walltime=00:30:00"), "\(args)")
+        #expect(args.contains("debug-scaling") && args.contains("default"), "\(args)")
+        let script = try read(try #require(args.last))
+        #expect(script.contains("--wall-time-min 28.5"), "\(script)")
+    }
+
     @Test func schedulerFaultsLeaveAClearStateAndMessage() throws {
         let cases: [(String, [String: String], String)] = [
             ("missing", [:], "sbatch: not found in PATH"),

@@ -34,6 +34,8 @@ public struct Platform: Sendable {
     public var queues: [Queue]
     /// Slurm: the sbatch option that takes the queue (`--qos` where queues are qualities of service).
     public var queueOption: String?
+    /// PBS: resources each node chunk asks for besides its count (`node_select`, `system=polaris`).
+    public var nodeSelect: String?
     public var optionalBatchJobParams: [(String, String)] = []
     /// The job template (nil: the scheduler's default).
     public var jobTemplate: String?
@@ -114,7 +116,7 @@ public struct Platform: Sendable {
     // MARK: - Parsing
 
     static let keys: Set<String> = [
-        "title", "about", "scheduler", "detect", "project", "launcher", "queues", "queue_option",
+        "title", "about", "scheduler", "detect", "project", "launcher", "queues", "queue_option", "node_select",
         "optional_batch_job_params", "job_template",
     ]
 
@@ -199,6 +201,12 @@ public struct Platform: Sendable {
                 throw SpoolError(.invalidInput, "queue_option: --partition or --qos, for slurm only", path: path)
             }
             p.queueOption = option
+        }
+        if let select = try top.string("node_select") {
+            guard scheduler == "pbs", SiteSettings.isNodeSelect(select) else {
+                throw SpoolError(.invalidInput, "node_select: KEY=VALUE[:KEY=VALUE...], for pbs only", path: path)
+            }
+            p.nodeSelect = select
         }
         return p
     }

@@ -344,7 +344,7 @@ public enum Settings {
               # Seconds between polls of the batch scheduler.
               sync_period: \(local ? 2 : 10)
               # Seconds a scheduler command (sbatch, squeue, ...) may take before it is killed.
-              command_timeout_sec: 60\(p.queueOption.map { "\n  # The sbatch option that takes the queue.\n  queue_option: \($0)" } ?? "")
+              command_timeout_sec: 60\(p.queueOption.map { "\n  # The sbatch option that takes the queue.\n  queue_option: \($0)" } ?? "")\(p.nodeSelect.map { "\n  # What each node chunk asks for besides its count: qsub -l select=N:\($0).\n  node_select: \($0)" } ?? "")
               # The script each batch job runs, relative to the site: {{ name }} placeholders (balsam-queue(1)).
               job_template_path: job-template.sh
               # Queues batch jobs may go to, and their limits (max_queued_jobs: of this site's batch jobs).

@@ -94,6 +94,9 @@ public struct SiteSettings: Sendable, Equatable {
         /// Slurm: the sbatch option that takes the queue (`queue_option`: `--partition` or `--qos`); nil: the
         /// scheduler's own.
         public var queueOption: String?
+        /// PBS: resources each node chunk asks for besides its count (`node_select`: `system=polaris` makes
+        /// `-l select=N:system=polaris`); nil: none.
+        public var nodeSelect: String?
 
         public init() {}
     }
@@ -307,6 +310,15 @@ public struct SiteSettings: Sendable, Equatable {
             }
             scheduler.queueOption = option
         }
+        if let select = try section.string("node_select") {
+            guard SiteSettings.isNodeSelect(select) else {
+                throw SpoolError(
+                    .invalidInput,
+                    "scheduler.node_select must be KEY=VALUE resources joined by ':' (system=polaris), not '\(select)'",
+                    path: path)
+            }
+            scheduler.nodeSelect = select
+        }
         scheduler.jobTemplate = try section.string("job_template_path") ?? scheduler.jobTemplate
         if let queues = try section.object("allowed_queues") {
             scheduler.allowedQueues = [:]
@@ -427,5 +439,24 @@ public struct SiteSettings: Sendable, Equatable {
             }
             return d
         }
+    }
+}
+
+extension SiteSettings {
+    /// Whether `text` is PBS chunk resources as `node_select` takes them: `key=value` pairs joined by `:`, of
+    /// letters, digits and `_.+-` (nothing a qsub argument could read as another option).
+    static func isNodeSelect(_ text: String) -> Bool {
+        let pairs = text.split(separator: ":", omittingEmptySubsequences: false)
+        return !pairs.isEmpty
+            && pairs.allSatisfy { pair in
+                let sides = pair.split(separator: "=", omittingEmptySubsequences: false)
+                return sides.count == 2
+                    && sides.allSatisfy { side in
+                        !side.isEmpty
+                            && side.utf8.allSatisfy { c in
+                                (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A) || "_.+-".utf8.contains(c)
+                            }
+                    }
+            }
     }
 }
