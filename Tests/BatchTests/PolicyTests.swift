@@ -44,7 +44,8 @@ import Testing
                 template, templatePath: nil, job: job, name: "balsam-x-1", site: site, binDirectory: "/opt/b")
             #expect(
                 script.contains(
-                    "/opt/b/balsam-launcher --site \(site.root) --wall-time-min 28.5 --batch-job \(job.id) --tag exp=a1"))
+                    "/opt/b/balsam-launcher --site \(site.root) --wall-time-min 28.5 --batch-job \(job.id) --tag exp=a1"
+                ))
             #expect(!script.contains("{{"))
         }
     }

@@ -23,7 +23,8 @@ import Testing
                 text, templatePath: path, job: job, name: "balsam-x-1", site: site, binDirectory: "/opt/b")
             #expect(!script.contains("{{"), "\(platform.name): \(script)")
             #expect(
-                script.contains("/opt/b/balsam-launcher --site \(site.root) --wall-time-min 28.5 --batch-job \(job.id)"),
+                script.contains(
+                    "/opt/b/balsam-launcher --site \(site.root) --wall-time-min 28.5 --batch-job \(job.id)"),
                 "\(platform.name): \(script)")
             if platform.name == "polaris" || platform.name == "aurora" {
                 #expect(script.contains("#PBS -l filesystems=home:") && script.contains("--ppn 1"), "\(script)")

@@ -454,7 +454,8 @@ extension SiteSettings {
                     && sides.allSatisfy { side in
                         !side.isEmpty
                             && side.utf8.allSatisfy { c in
-                                (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A) || "_.+-".utf8.contains(c)
+                                (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A)
+                                    || "_.+-".utf8.contains(c)
                             }
                     }
             }
