@@ -117,7 +117,8 @@ public struct Launch {
             let fields = String(decoding: bytes, as: UTF8.self).split(separator: "\t")
             return Node(
                 index: rank, host: fields.first.map(String.init) ?? "localhost",
-                cpus: fields.count > 1 ? Int(fields[1]) ?? 1 : 1, gpus: settings.launcher.gpuIDs)
+                cpus: fields.count > 1 ? Int(fields[1]) ?? 1 : 1, gpus: settings.launcher.gpuIDs,
+                reserved: settings.launcher.reservedCPUs)
         }
     }
 }

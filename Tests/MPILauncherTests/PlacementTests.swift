@@ -24,6 +24,21 @@ func shapedJob(
         (0..<n).map { Node(index: $0, host: "h\($0)", cpus: cpus, gpus: gpus) }
     }
 
+    @Test("reserved CPUs are never handed out, and a node counts only the others")
+    func reservedCPUsAreNeverHandedOut() throws {
+        let node = Node(index: 0, host: "h0", cpus: 8, gpus: [], reserved: [0, 4])
+        #expect(node.cpus == 6 && node.cpuIDs == [1, 2, 3, 5, 6, 7])
+        var a = Allocation(nodes: [node])
+        let two = Need(shapedJob(rpn: 2, npc: 8), packing: true)
+        let placed = (0..<3).compactMap { _ in a.place(two) }
+        #expect(placed.map(\.cpuIDs) == [[1, 2], [3, 5], [6, 7]])
+        #expect(a.place(two) == nil, "six CPUs are taken")
+        a.release(try #require(placed.dropFirst().first))
+        let again = a.place(two)
+        #expect(again?.cpuIDs == [3, 5])
+        #expect(Need(shapedJob(rpn: 7), packing: true).cpus > node.cpus, "a 7-CPU job cannot fit on 6")
+    }
+
     @Test func singleNodeJobsArePackedFirstFitByOccupancy() {
         var a = Allocation(nodes: nodes(2))
         let quarter = Need(shapedJob(npc: 4), packing: true)

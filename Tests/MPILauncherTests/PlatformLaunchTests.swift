@@ -24,7 +24,9 @@ import Testing
         let settings = try SiteSettings.load(site)
         let app = try App(name: "app", commandTemplate: "./app")
         let shape = (0..<2).map {
-            Node(index: $0, host: "h\($0)", cpus: settings.launcher.cpusPerNode ?? 8, gpus: settings.launcher.gpuIDs)
+            Node(
+                index: $0, host: "h\($0)", cpus: settings.launcher.cpusPerNode ?? 8, gpus: settings.launcher.gpuIDs,
+                reserved: settings.launcher.reservedCPUs)
         }
         var allocation = Allocation(nodes: shape)
         let job = shapedJob(nodes: nodes, rpn: ranks, tpr: threads, tpc: threadsPerCore, gpr: gpus, app: "app")
@@ -71,15 +73,20 @@ import Testing
         #expect(one.script == "./app" && one.environment["ZE_AFFINITY_MASK"] == "0.0")
         let two = try launch("aurora", ranks: 2, gpus: 1)
         #expect(two.environment["ZE_AFFINITY_MASK"] == "0.0,0.1", "one tile per rank: \(two.environment)")
+        // Cores 0 and 52 are the system's (the ALCF's Aurora page): ranks bind to the others.
         let four = try launch("aurora", ranks: 4, threads: 8)
         #expect(
             four.script
-                == "mpiexec -n 4 --ppn 4 --hosts h0 --cpu-bind \(list([0...7, 8...15, 16...23, 24...31])) -d 8 --envall ./app"
+                == "mpiexec -n 4 --ppn 4 --hosts h0 --cpu-bind \(list([1...8, 9...16, 17...24, 25...32])) -d 8 --envall ./app"
         )
         let wide = try launch("aurora", ranks: 12, nodes: 2, gpus: 1)
-        let perRank = (0..<12).map { ($0 * 8)...($0 * 8 + 7) }
+        let ids = (0..<104).filter { $0 != 0 && $0 != 52 }
+        let perRank = (0..<12).map { k in ids[(k * 8)..<(k * 8 + 8)].map(String.init).joined(separator: ",") }
         #expect(
-            wide.script == "mpiexec -n 24 --ppn 12 --hosts h0,h1 --cpu-bind \(list(perRank)) -d 1 --envall ./app")
+            wide.script
+                == "mpiexec -n 24 --ppn 12 --hosts h0,h1 --cpu-bind list:\(perRank.joined(separator: ":")) -d 1 --envall ./app"
+        )
+        #expect(!wide.script.contains(",52,") && !four.script.contains("list:0,"))
     }
 
     @Test func perlmutter() throws {

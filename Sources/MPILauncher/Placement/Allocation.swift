@@ -6,15 +6,20 @@ public struct Node: Sendable, Equatable {
     public var index: Int
     /// Its host name, as multi-node launch commands need it.
     public var host: String
-    /// CPUs it has.
+    /// CPUs jobs may have.
     public var cpus: Int
+    /// Their IDs: `0..<cpus` of the node less those the facility reserves, lowest first.
+    public var cpuIDs: [Int]
     /// IDs of its GPUs.
     public var gpus: [String]
 
-    public init(index: Int, host: String, cpus: Int, gpus: [String]) {
+    /// A node of `cpus` CPUs, of which `reserved` (IDs) are never given to jobs.
+    public init(index: Int, host: String, cpus: Int, gpus: [String], reserved: [Int] = []) {
         self.index = index
         self.host = host
-        self.cpus = max(1, cpus)
+        let ids = (0..<max(1, cpus)).filter { !reserved.contains($0) }
+        cpuIDs = ids.isEmpty ? [0] : ids
+        self.cpus = cpuIDs.count
         self.gpus = gpus
     }
 }
@@ -78,7 +83,7 @@ public struct Allocation: Sendable {
         occupancy = nodes.map { _ in 0 }
         busyCPUs = nodes.map { _ in 0 }
         freeGPUs = nodes.map(\.gpus)
-        freeCPUs = nodes.map { Array(0..<$0.cpus) }
+        freeCPUs = nodes.map(\.cpuIDs)
     }
 
     /// Whether some node has room left for at least a small job.
@@ -104,7 +109,7 @@ public struct Allocation: Sendable {
                 freeCPUs[i] = []
             }
             return Assignment(
-                nodes: chosen, cpus: 0, gpus: [], occupancy: 1, cpuIDs: Array(0..<nodes[chosen[0]].cpus))
+                nodes: chosen, cpus: 0, gpus: [], occupancy: 1, cpuIDs: nodes[chosen[0]].cpuIDs)
         }
         for i in nodes.indices
         where occupancy[i] + need.occupancy <= 1 + Allocation.epsilon && busyCPUs[i] + need.cpus <= nodes[i].cpus
@@ -129,9 +134,9 @@ public struct Allocation: Sendable {
             // GPUs go back in the node's own order, so the next job gets the lowest free IDs.
             let returned = Set(assignment.gpus)
             freeGPUs[i] = nodes[i].gpus.filter { returned.contains($0) || freeGPUs[i].contains($0) }
-            freeCPUs[i] = (freeCPUs[i] + (assignment.nodes.count > 1 ? Array(0..<nodes[i].cpus) : assignment.cpuIDs))
-                .filter { $0 < nodes[i].cpus }
-            freeCPUs[i] = Array(Set(freeCPUs[i])).sorted()
+            let own = Set(nodes[i].cpuIDs)
+            let back = Set(freeCPUs[i] + (assignment.nodes.count > 1 ? nodes[i].cpuIDs : assignment.cpuIDs))
+            freeCPUs[i] = back.filter(own.contains).sorted()
         }
     }
 }

@@ -28,6 +28,8 @@ public struct Platform: Sendable {
     public var defaultProject: String?
     public var cpusPerNode: Int?
     public var cpuSiblingsOffset: Int?
+    /// CPU IDs the facility keeps for itself (`reserved_cpus`).
+    public var reservedCPUs: [Int] = []
     public var gpuIDs: [String] = []
     public var gpuVariable = "CUDA_VISIBLE_DEVICES"
     public var mpiLauncher = "mpirun"
@@ -164,11 +166,14 @@ public struct Platform: Sendable {
         if let v = o["launcher"] {
             let launcher = try SiteSettings.Fields(v, "launcher", path: path)
             for key in launcher.o.keys.sorted()
-            where !["cpus_per_node", "cpu_siblings_offset", "gpu_ids", "gpu_variable", "mpi_launcher"].contains(key) {
+            where ![
+                "cpus_per_node", "cpu_siblings_offset", "reserved_cpus", "gpu_ids", "gpu_variable", "mpi_launcher",
+            ].contains(key) {
                 throw SpoolError(.invalidInput, "launcher.\(key): not a preset key", path: path)
             }
             p.cpusPerNode = try launcher.integer("cpus_per_node")
             p.cpuSiblingsOffset = try launcher.integer("cpu_siblings_offset")
+            p.reservedCPUs = try launcher.integers("reserved_cpus") ?? []
             p.gpuIDs = try launcher.strings("gpu_ids") ?? []
             p.gpuVariable = try launcher.string("gpu_variable") ?? p.gpuVariable
             p.mpiLauncher = try launcher.string("mpi_launcher") ?? p.mpiLauncher

@@ -156,6 +156,9 @@ public struct SiteSettings: Sendable, Equatable {
         /// The CPU ID of core 0's second hardware thread (`cpu_siblings_offset`; Polaris: 32), for binding lists
         /// of jobs with 2 threads per core; nil: none.
         public var cpuSiblingsOffset: Int?
+        /// CPU IDs the launcher never hands out (`reserved_cpus`): cores a facility keeps for its own services
+        /// (Aurora: 0 and 52). A node's CPUs are its `cpus_per_node` IDs less these.
+        public var reservedCPUs: [Int] = []
         /// The variable that tells a job its GPUs (`gpu_variable`).
         public var gpuVariable = "CUDA_VISIBLE_DEVICES"
         /// Seconds between SIGTERM and SIGKILL when a job is stopped (`kill_grace_sec`).
@@ -214,6 +217,7 @@ public struct SiteSettings: Sendable, Equatable {
             try launcherFields.bool("mpirun_allows_node_packing") ?? settings.launcher.nodePacking
         settings.launcher.oversubscribe = try launcherFields.bool("oversubscribe") ?? false
         settings.launcher.cpuSiblingsOffset = try launcherFields.integer("cpu_siblings_offset")
+        settings.launcher.reservedCPUs = try launcherFields.integers("reserved_cpus") ?? []
         for (key, keyPath) in [("mpi_launcher", \Launcher.mpiLauncher), ("gpu_variable", \Launcher.gpuVariable)] {
             guard let v = launcherValue(key) else { continue }
             guard let text = v.stringValue, !text.isEmpty else {
@@ -414,6 +418,19 @@ public struct SiteSettings: Sendable, Equatable {
                 throw SpoolError(.invalidInput, "\(section).\(key) must be \(what)", path: path)
             }
             return i
+        }
+
+        /// A list of whole numbers, 0 or more (CPU IDs).
+        func integers(_ key: String) throws(SpoolError) -> [Int]? {
+            guard let v = o[key], v != .null else { return nil }
+            guard case .array(let items) = v, let ids = Optional(items.compactMap(\.intValue)),
+                ids.count == items.count,
+                ids.allSatisfy({ $0 >= 0 })
+            else {
+                throw SpoolError(
+                    .invalidInput, "\(section).\(key) must be a list of whole numbers, 0 or more", path: path)
+            }
+            return ids
         }
 
         func bool(_ key: String) throws(SpoolError) -> Bool? {
