@@ -111,7 +111,6 @@ struct Endpoints: Sendable {
         hasID: Bool = false, page: Bool = false, siteTokens: Bool = false, _ handler: @escaping Handler
     ) async -> Response {
         let start = ContinuousClock.now
-        var request = request
         var reply: Reply
         var userName = "-"
         do {
