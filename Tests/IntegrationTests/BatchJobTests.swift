@@ -387,6 +387,67 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         #expect(watcher.terminate() == 0)
     }
 
+    /// A Slurm preset's own job template and launch line on the test cluster, whose nodes declare GPUs (gres
+    /// `gpu`, dev/slurm-start): the batch job asks for whole nodes (and their GPUs), a 2-node job and a job
+    /// holding a whole node start with the preset's `srun` line inside the launcher's step, and single-rank jobs
+    /// are packed (with a GPU each, on a GPU preset). Changed from the preset only where the emulated machine differs: the node's size
+    /// (2 CPUs, none reserved), the MPICH launcher's path, and the PMI (`SLURM_MPI_TYPE=pmi2` in sbatch's
+    /// environment, as Cray's Slurm defaults to its own). Run in dev/test's MPICH phase.
+    @Test(.enabled(if: slurmAvailable && TestMPI.isMPICH), arguments: ["perlmutter-gpu", "frontier", "perlmutter-cpu"])
+    func aSlurmPresetRunsItsJobsOnTheTestCluster(platform: String) throws {
+        let site = try makeSite("slurm", app: "echo node=$SLURMD_NODENAME", platform: platform)
+        let variable = platform == "frontier" ? "ROCR_VISIBLE_DEVICES" : "CUDA_VISIBLE_DEVICES"
+        try edit(site.root, ["cpus_per_node": "2", "reserved_cpus": "[]"])
+        let template = try read(site.root + "/job-template.sh")
+        let gpus = platform == "perlmutter-cpu" ? "0" : "1"
+        #expect(template.contains("#SBATCH --exclusive"), "the launcher counts every CPU of its nodes")
+        if gpus != "0" { #expect(template.contains("#SBATCH --gpus-per-node="), "the batch job asks for GPUs") }
+        try template.replacingOccurrences(
+            of: "{{ launcher }}", with: CommandTemplate.shellQuote(TestMPI.launcherDirectory + "/balsam-launcher")
+        ).write(toFile: site.root + "/job-template.sh", atomically: true, encoding: .utf8)
+        try #require(
+            try balsam(
+                [
+                    "app", "create", "gpus", "--command-template",
+                    "sh -c 'echo rank=$PMI_RANK of $PMI_SIZE on $SLURMD_NODENAME gpu=$\(variable)'",
+                ],
+                site: site.root
+            ).status == 0)
+        let jobs = [
+            ["-a", "gpus", "-w", "wide", "-n", "2", "-g", gpus],
+            ["-a", "gpus", "-w", "full", "-rpn", "2", "-g", gpus == "0" ? "0" : "2"],
+            ["-a", "gpus", "-w", "one/0", "-g", gpus], ["-a", "gpus", "-w", "one/1", "-g", gpus],
+        ]
+        for job in jobs {
+            let r = try balsam(["submit"] + job, site: site.root)
+            try #require(r.status == 0, "\(r.stderr)")
+        }
+        let queue = platform == "frontier" ? "batch" : "debug"
+        #expect(try queueSubmit(site, ["-n", "2", "-t", "5", "-q", queue, "-A", "default"]).status == 0)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: ["SLURM_MPI_TYPE": "pmi2"])
+        try waitUntil("the batch job ends", timeout: 120) { batchJob(site, 1)?.state == .finished }
+        let job = try #require(batchJob(site, 1))
+        #expect(job.outcome == .completed && job.exitCode == 0, "\(job.message ?? "")\n\(watcher.log)")
+        #expect(finishedJobs(site) == 4, "\(watcher.log)")
+        func lines(_ workdir: String) -> [String] {
+            // (srun may add lines of its own: the emulated nodes cannot bind CPUs or GPUs.)
+            ((try? read(site.dataPath + "/" + workdir + "/job.out")) ?? "").split(separator: "\n").map(String.init)
+                .filter { $0.hasPrefix("rank=") }
+        }
+        let wide = Set(lines("wide").map { $0.components(separatedBy: " gpu=")[0] })
+        #expect(
+            wide == ["rank=0 of 2 on n1", "rank=1 of 2 on n2"] || wide == ["rank=0 of 2 on n2", "rank=1 of 2 on n1"],
+            "\(lines("wide"))")
+        #expect(Set(lines("full").map { $0.prefix(11) }) == ["rank=0 of 2", "rank=1 of 2"], "\(lines("full"))")
+        // Packed single-rank jobs: the launcher names one GPU each (no srun).
+        let packed = ["one/0", "one/1"].flatMap(lines)
+        let gpu = gpus == "0" ? #"gpu=$"# : #"gpu=[0-7]$"#
+        #expect(
+            packed.count == 2 && packed.allSatisfy { $0.range(of: gpu, options: .regularExpression) != nil },
+            "\(packed)")
+        #expect(watcher.terminate() == 0)
+    }
+
     @Test(.enabled(if: slurmAvailable && FileManager.default.isExecutableFile(atPath: "/usr/bin/qsub")))
     func aPBSBatchJobThroughTheTorqueWrappersRunsAcrossTwoNodesAndOneIsCancelled() throws {
         // Made from the generic PBS platform preset.

@@ -148,7 +148,8 @@ func shapedJob(
             job, app: app, assignment: Assignment(nodes: [0, 1], cpus: 0, gpus: [], occupancy: 1), nodes: nodes)
         #expect(
             srun.script.hasSuffix(
-                "srun -n 8 --ntasks-per-node 4 --nodelist n0,n1 --nodes 2 --cpus-per-task 4 --bind-to core simulate 3"))
+                "srun -n 8 --ntasks-per-node 4 --nodelist n0,n1 --nodes 2 --cpus-per-task 4 --overlap --bind-to core simulate 3"
+            ))
         settings.mpiLauncher = "launch {{ rank }}"
         #expect(throws: SpoolError.self) {
             try TaskCommand(site: site, settings: settings).spec(

@@ -108,19 +108,21 @@ import Testing
     }
 
     @Test func frontier() throws {
-        // OLCF: srun -N 2 -n 16 -c 7 --gpus-per-task=1 --gpu-bind=closest, one GCD per rank.
+        // OLCF: srun -N 2 -n 16 -c 7 --gpus-per-task=1 --gpu-bind=closest, one GCD per rank; --overlap, as the
+        // launcher's own step holds a core of each node (without it a job using all 56 waits for ever).
         let wide = try launch("frontier", ranks: 8, threads: 7, nodes: 2, gpus: 1)
         #expect(
             wide.script
-                == "srun -N 2 -n 16 --ntasks-per-node 8 --nodelist h0,h1 -c 7 --gpus-per-task 1 --gpu-bind closest ./app"
-        )
+                == "srun -N 2 -n 16 --ntasks-per-node 8 --nodelist h0,h1 -c 7 --gpus-per-task 1 --gpu-bind closest "
+                + "--overlap ./app")
         let one = try launch("frontier", ranks: 1, gpus: 2)
         #expect(one.script == "./app" && one.environment["ROCR_VISIBLE_DEVICES"] == "0,1")
     }
 
     @Test func genericAndLocal() throws {
         let slurm = try launch("generic-slurm", ranks: 4, threads: 2)
-        #expect(slurm.script == "srun -n 4 --ntasks-per-node 4 --nodelist h0 --nodes 1 --cpus-per-task 2 ./app")
+        #expect(
+            slurm.script == "srun -n 4 --ntasks-per-node 4 --nodelist h0 --nodes 1 --cpus-per-task 2 --overlap ./app")
         let pbs = try launch("generic-pbs", ranks: 2)
         #expect(pbs.script.hasPrefix("mpirun -n 2 --map-by ppr:2:node --host h0:2 "), "\(pbs.script)")
         let local = try launch("local", ranks: 1)

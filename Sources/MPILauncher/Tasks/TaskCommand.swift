@@ -44,7 +44,7 @@ public struct TaskCommand: Sendable {
         "mpiexec":
             "mpiexec -n {{ ranks }} --ppn {{ ranks_per_node }} --hosts {{ hosts }} {{ env_flags }} {{ launch_params }} {{ command }}",
         "srun":
-            "srun -n {{ ranks }} --ntasks-per-node {{ ranks_per_node }} --nodelist {{ hosts }} --nodes {{ num_nodes }} --cpus-per-task {{ threads_per_rank }} {{ launch_params }} {{ command }}",
+            "srun -n {{ ranks }} --ntasks-per-node {{ ranks_per_node }} --nodelist {{ hosts }} --nodes {{ num_nodes }} --cpus-per-task {{ threads_per_rank }} --overlap {{ launch_params }} {{ command }}",
     ]
 
     /// The launch template in force: a built-in one by name, or the setting itself.
