@@ -19,12 +19,16 @@ public enum OriginalSpellings {
         case rename(String)
         /// An option that takes a value and means nothing here (both job modes run on our launcher, say).
         case dropWithValue
-        /// A flag that means nothing here (`-y`: we never ask for confirmation).
+        /// A flag that means nothing here (`job create -y`: creating jobs is never asked about).
         case dropFlag
         /// An option we do not have: the message says what to do instead.
         case refuse(String)
         /// The option's value becomes a positional argument (`job rm -i ID` is our `rm ID`).
         case positional
+        /// `-w TEXT`: the original selects workdirs containing TEXT; ours is exact or a glob, so `*TEXT*`.
+        case workdirContaining
+        /// `--site X`: the original's site name or ID; a site directory here, passed on when X is one.
+        case siteDirectory
     }
 
     /// The translation of `arguments` (without the program name), or nil when they are not an original spelling.
@@ -56,10 +60,10 @@ public enum OriginalSpellings {
                     rest, command: "job create",
                     rules: [
                         "-lp": .rename("--launch-param"), "-pid": .rename("--parent-id"), "-y": .dropFlag,
-                        "--yes": .dropFlag,
-                        "-s": .refuse("data transfers are not supported yet"),
-                        "--stage-data": .refuse("data transfers are not supported yet"),
-                        "--site": .refuse("--site names a site directory here; set BALSAM_SITE or use --site DIR"),
+                        "--yes": .dropFlag, "-tag": .rename("--tag"),
+                        // The same SLOT=ALIAS:/path, see balsam-transfer(1).
+                        "-s": .rename("--transfer"), "--stage-data": .rename("--transfer"),
+                        "--site": .siteDirectory,
                     ]))
         case ("job", "ls"):
             return .builtin(
@@ -68,7 +72,8 @@ public enum OriginalSpellings {
                         rest, command: "job ls",
                         rules: [
                             "-t": .rename("--tag"), "-ns": .rename("--exclude-state"), "-v": .rename("--json"),
-                            "--verbose": .rename("--json"),
+                            "--verbose": .rename("--json"), "-w": .workdirContaining, "--workdir": .workdirContaining,
+                            "--site": .siteDirectory,
                         ])))
         case ("job", "rm"):
             return .builtin(
@@ -76,10 +81,9 @@ public enum OriginalSpellings {
                     + (try rewrite(
                         rest, command: "job rm",
                         rules: [
-                            "-i": .positional, "--id": .positional, "-t": .rename("--tag"), "-y": .dropFlag,
-                            "--yes": .dropFlag,
-                            "-ns": .refuse("select the states to remove with -s/--state instead"),
-                            "--exclude-state": .refuse("select the states to remove with -s/--state instead"),
+                            "-i": .positional, "--id": .positional, "-t": .rename("--tag"), "-y": .rename("--yes"),
+                            "-ns": .rename("--exclude-state"), "-w": .workdirContaining,
+                            "--workdir": .workdirContaining, "--site": .siteDirectory,
                         ])))
         case ("job", "modify"):
             return .builtin(try modify(rest))
@@ -141,6 +145,7 @@ public enum OriginalSpellings {
                 }
                 i += 2
             case "-y", "--yes":
+                selection.append("--yes")
                 i += 1
             default:
                 selection.append(word)
@@ -193,6 +198,23 @@ public enum OriginalSpellings {
                 i += inline == nil ? 2 : 1
             case .refuse(let instead):
                 throw SpoolError(.usage, "\(command): \(word) is not supported here: \(instead)")
+            case .workdirContaining, .siteDirectory:
+                guard let value = inline ?? (takesValue ? arguments[i + 1] : nil) else {
+                    throw SpoolError(.usage, "\(command): \(word) needs a value")
+                }
+                if case .workdirContaining = rule {
+                    out += ["--workdir", WorkdirPattern.containing(value).text]
+                } else if Posix.exists(value + "/settings.yml") {
+                    out += ["--site", value]
+                } else {
+                    throw SpoolError(
+                        .usage,
+                        "\(command): --site \(value): not a site directory. Here --site names the site's directory "
+                            + "(or set BALSAM_SITE, or run inside it); a site known to a server by name or ID is "
+                            + "reached through the server's API (Job.objects.create in Python, or this command "
+                            + "on a machine holding the site)")
+                }
+                i += inline == nil ? 2 : 1
             }
         }
         return out

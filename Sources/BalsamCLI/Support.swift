@@ -74,6 +74,13 @@ public func redirectStandardError(to path: String) throws(SpoolError) {
     try Posix.call("send standard error to the log", path: path) { dup2(fd, 2) }
 }
 
+/// Asks `prompt` on standard error and reads the answer from standard input: true for y or yes.
+public func confirm(_ prompt: String) -> Bool {
+    printError(prompt, terminator: "")
+    let answer = String((readLine(strippingNewline: true) ?? "").trimmingSpaces()).lowercased()
+    return answer == "y" || answer == "yes"
+}
+
 /// Writes a line to standard error.
 public func printError(_ line: String, terminator: String = "\n") {
     var bytes = Array((line + terminator).utf8)

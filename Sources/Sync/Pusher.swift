@@ -766,7 +766,7 @@ public final class Pusher {
     /// The site's job at `workdir` made from server job `serverID` before a crash, if there is one.
     private func madeBefore(workdir: String, serverID: Int) throws -> String? {
         var filter = JobFilter()
-        filter.workdirFragment = workdir
+        filter.workdir = WorkdirPattern(workdir)
         return try Query(site: site).list(filter, load: false).first {
             $0.workdir == workdir && $0.job?.data["balsam_server_id"]?.intValue == serverID
         }?.id

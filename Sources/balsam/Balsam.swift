@@ -83,20 +83,7 @@ struct List: ParsableCommand {
 
     @OptionGroup var siteOption: SiteOption
 
-    @Option(name: [.short, .long], help: "Only jobs in this state (repeatable).")
-    var state: [String] = []
-
-    @Option(name: .long, help: "Leave out jobs in this state (repeatable).")
-    var excludeState: [String] = []
-
-    @Option(name: .long, help: ArgumentHelp("Only jobs with this tag, KEY=VALUE (repeatable).", valueName: "key=value"))
-    var tag: [String] = []
-
-    @Option(name: [.short, .long], help: "Only jobs of this app.")
-    var app: String?
-
-    @Option(name: [.short, .long], help: "Only jobs whose workdir contains this text.")
-    var workdir: String?
+    @OptionGroup var filters: JobFilterOptions
 
     @Option(name: [.short, .long], help: "Only this job ID (repeatable).")
     var id: [String] = []
@@ -110,8 +97,10 @@ struct List: ParsableCommand {
     func run() throws {
         try reportingErrors("balsam ls") {
             let query = Query(site: try siteOption.open())
+            var filter = try filters.filter()
+            if !id.isEmpty { filter.ids = Set(id) }
             if byState {
-                let counts = try query.countByState()
+                let counts = try query.countByState(filter)
                 if json {
                     let all = JobState.stored.reduce(into: [String: JSONValue]()) {
                         $0[$1.rawValue] = .int(counts[$1] ?? 0)
@@ -125,20 +114,6 @@ struct List: ParsableCommand {
                 }
                 return
             }
-            var filter = JobFilter()
-            if !state.isEmpty {
-                var states = Set<JobState>()
-                for s in state { states.insert(try JobState.parse(s)) }
-                filter.states = states
-            }
-            for s in excludeState { filter.excludeStates.insert(try JobState.parse(s)) }
-            for t in tag {
-                let (k, v) = try keyValue(t, option: "--tag")
-                filter.tags[k] = v
-            }
-            filter.app = app
-            filter.workdirFragment = workdir
-            if !id.isEmpty { filter.ids = Set(id) }
             let jobs = try query.list(filter, load: json)
             var out = ""
             if json {

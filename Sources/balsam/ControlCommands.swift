@@ -2,58 +2,91 @@ import ArgumentParser
 import BalsamCLI
 import Spool
 
-/// Which jobs a control command acts on: IDs, and the filters of `balsam ls`. Something must be given; `--all`
-/// selects every job.
-struct JobSelection: ParsableArguments {
-    @Argument(help: "Job IDs.")
-    var ids: [String] = []
+#if canImport(Glibc)
+    import Glibc
+#endif
 
-    @Option(name: .long, help: ArgumentHelp("Jobs with this tag, KEY=VALUE (repeatable).", valueName: "key=value"))
-    var tag: [String] = []
-
-    @Option(name: [.short, .long], help: "Jobs in this state (repeatable).")
+/// The filters `balsam ls` and the control commands share; a job is selected when it passes all of them.
+struct JobFilterOptions: ParsableArguments {
+    @Option(name: [.short, .long], help: "Only jobs in this state (repeatable).")
     var state: [String] = []
 
-    @Option(name: [.short, .long], help: "Jobs of this app.")
+    @Option(name: .long, help: "Leave out jobs in this state (repeatable).")
+    var excludeState: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Only jobs with this tag, KEY=VALUE (repeatable).", valueName: "key=value"))
+    var tag: [String] = []
+
+    @Option(name: [.short, .long], help: "Only jobs of this app.")
     var app: String?
 
-    @Option(name: [.short, .long], help: "Jobs whose workdir contains this text.")
+    @Option(
+        name: [.short, .long],
+        help: ArgumentHelp(
+            "Only the job of this workdir, or with *, ? or [...] the jobs whose workdirs match the glob (* matches / too).",
+            valueName: "workdir"))
     var workdir: String?
 
-    @Flag(name: .long, help: "Every job of the site (needed when no ID or filter is given).")
-    var all = false
+    /// Whether no filter is given.
+    var isEmpty: Bool { state.isEmpty && excludeState.isEmpty && tag.isEmpty && app == nil && workdir == nil }
 
-    func validate() throws {
-        if ids.isEmpty && tag.isEmpty && state.isEmpty && app == nil && workdir == nil && !all {
-            throw ValidationError("Name jobs by ID or filter (--tag, --state, --app, --workdir), or give --all.")
-        }
-    }
-
+    /// The filter these options make.
     func filter() throws(SpoolError) -> JobFilter {
         var filter = JobFilter()
-        if !ids.isEmpty {
-            for id in ids where !JobID.isValid(id) { throw SpoolError(.usage, "'\(id)' is not a job ID") }
-            filter.ids = Set(ids)
-        }
         if !state.isEmpty {
             var states = Set<JobState>()
             for s in state { states.insert(try JobState.parse(s)) }
             filter.states = states
         }
+        for s in excludeState { filter.excludeStates.insert(try JobState.parse(s)) }
         for t in tag {
             let (k, v) = try keyValue(t, option: "--tag")
             filter.tags[k] = v
         }
         filter.app = app
-        filter.workdirFragment = workdir
+        filter.workdir = workdir.map(WorkdirPattern.init)
+        return filter
+    }
+}
+
+/// Which jobs a control command acts on: IDs, and the filters of `balsam ls`. Something must be given; `--all`
+/// selects every job. A command that would touch more than one job asks first on a terminal (`--yes` does not);
+/// `--dry-run` lists the jobs and changes nothing.
+struct JobSelection: ParsableArguments {
+    @Argument(help: "Job IDs.")
+    var ids: [String] = []
+
+    @OptionGroup var filters: JobFilterOptions
+
+    @Flag(name: .long, help: "Every job of the site (needed when no ID or filter is given).")
+    var all = false
+
+    @Flag(name: [.short, .long], help: "Do not ask before changing more than one job.")
+    var yes = false
+
+    @Flag(name: .long, help: "List the jobs that would change; change nothing.")
+    var dryRun = false
+
+    func validate() throws {
+        if ids.isEmpty && filters.isEmpty && !all {
+            throw ValidationError("Name jobs by ID or filter (--tag, --state, --app, --workdir), or give --all.")
+        }
+    }
+
+    func filter() throws(SpoolError) -> JobFilter {
+        var filter = try filters.filter()
+        if !ids.isEmpty {
+            for id in ids where !JobID.isValid(id) { throw SpoolError(.usage, "'\(id)' is not a job ID") }
+            filter.ids = Set(ids)
+        }
         return filter
     }
 }
 
 /// Runs a control action over the selected jobs, prints one line per job, and exits 75 if some could not be done
-/// now (66 if nothing matched).
+/// now (66 if nothing matched). `verb` says what it does to a job, for the question and `--dry-run`.
 func control(
-    _ name: String, _ siteOption: SiteOption, _ selection: JobSelection,
+    _ name: String, verb: String, _ siteOption: SiteOption, _ selection: JobSelection,
     _ action: (Control, [JobListing]) throws(SpoolError) -> [Control.Outcome]
 ) throws {
     try reportingErrors("balsam \(name)") {
@@ -61,6 +94,21 @@ func control(
         let control = Control(site: site, actor: "balsam \(name)")
         let jobs = try control.select(selection.filter())
         if jobs.isEmpty { throw SpoolError(.notFound, "no job matches") }
+        if selection.dryRun {
+            print(
+                table(["ID", "STATE", "APP", "WORKDIR"], jobs.map { [$0.id, $0.state.rawValue, $0.app, $0.workdir] }))
+            printError(
+                "balsam \(name): would \(verb) \(jobs.count) job\(jobs.count == 1 ? "" : "s") (--dry-run: nothing changed)"
+            )
+            return
+        }
+        if jobs.count > 1 && !selection.yes && isatty(0) == 1 && isatty(2) == 1 {
+            let sample = jobs.prefix(5).map(\.workdir).joined(separator: ", ") + (jobs.count > 5 ? ", ..." : "")
+            guard confirm("balsam \(name): \(verb) \(jobs.count) jobs (\(sample))? [y/N] ") else {
+                printError("balsam \(name): nothing changed")
+                throw ExitCode(1)
+            }
+        }
         let outcomes = try action(control, jobs)
         print(outcomes.map(\.description).joined(separator: "\n"))
         // Exit status by the gravest outcome: a failure for good (bad values 65, I/O 74) before "try again" (75).
@@ -85,7 +133,7 @@ struct Kill: ParsableCommand {
     var reason = "killed by the user"
 
     func run() throws {
-        try control("kill", siteOption, selection) { c, jobs in c.kill(jobs, reason: reason) }
+        try control("kill", verb: "kill", siteOption, selection) { c, jobs in c.kill(jobs, reason: reason) }
     }
 }
 
@@ -100,7 +148,7 @@ struct Retry: ParsableCommand {
     var restart = false
 
     func run() throws {
-        try control("retry", siteOption, selection) { c, jobs in c.retry(jobs, restart: restart) }
+        try control("retry", verb: "retry", siteOption, selection) { c, jobs in c.retry(jobs, restart: restart) }
     }
 }
 
@@ -116,7 +164,7 @@ struct Remove: ParsableCommand {
     var keepFiles = false
 
     func run() throws {
-        try control("rm", siteOption, selection) { c, jobs in c.remove(jobs, keepFiles: keepFiles) }
+        try control("rm", verb: "remove", siteOption, selection) { c, jobs in c.remove(jobs, keepFiles: keepFiles) }
     }
 }
 
@@ -162,7 +210,7 @@ struct Modify: ParsableCommand {
     var wallTimeMin: Int?
 
     func run() throws {
-        try control("modify", siteOption, selection) { (c, jobs) throws(SpoolError) in
+        try control("modify", verb: "modify", siteOption, selection) { (c, jobs) throws(SpoolError) in
             var tags: [(String, String)] = []
             for t in setTag { tags.append(try keyValue(t, option: "--set-tag")) }
             var data: [(String, String)] = []

@@ -24,7 +24,11 @@ struct TransferList: ParsableCommand {
     @Option(name: .long, help: "Only items in this state (awaiting_job, pending, active, inactive, done, error).")
     var state: String?
 
-    @Option(name: .shortAndLong, help: "Only the jobs whose workdir contains this text.")
+    @Option(
+        name: .shortAndLong,
+        help: ArgumentHelp(
+            "Only the job of this workdir, or with *, ? or [...] the jobs whose workdirs match the glob (* matches / too).",
+            valueName: "workdir"))
     var workdir: String?
 
     @Flag(name: .long, help: "Print JSON: one object per item per line, with the job's id and workdir.")
@@ -40,7 +44,7 @@ struct TransferList: ParsableCommand {
             }
             let site = try siteOption.open()
             var filter = JobFilter()
-            filter.workdirFragment = workdir
+            filter.workdir = workdir.map(WorkdirPattern.init)
             var apps: [String: App] = [:]
             var rows: [[String]] = []
             for listing in try Query(site: site).list(filter, load: true) {

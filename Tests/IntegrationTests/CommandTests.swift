@@ -82,6 +82,54 @@ import Testing
         #expect(bad.status == 64 && bad.stderr.contains("unknown state 'DONE'"))
     }
 
+    /// `-w` is one workdir, or a glob; the original's `-w` (contains) is translated; a command that would change
+    /// more than one job asks on a terminal (`-y` does not), and `--dry-run` changes nothing.
+    @Test func workdirIsExactOrAGlobAndManyJobsAreAskedAbout() throws {
+        let workdirs = ["w/1", "w/10", "w/11", "w/2", "slow/1"]
+        let input = workdirs.map { #"{"app":"hello","workdir":"\#($0)","parameters":{"name":"n"}}"# }
+        let s = try balsamSubmit(["--from", "-"], site: site, stdin: Data(input.joined(separator: "\n").utf8))
+        try #require(s.status == 0, "\(s.stderr)")
+        func listed(_ args: [String]) throws -> [String] {
+            let r = try balsam(["ls"] + args, site: site)
+            #expect(r.status == 0, "\(r.stderr)")
+            return r.stdout.split(separator: "\n").dropFirst().map { String($0.split(separator: " ").last ?? "") }
+                .sorted()
+        }
+        #expect(try listed(["-w", "w/1"]) == ["w/1"])
+        #expect(try listed(["-w", "w/1/"]) == ["w/1"])
+        #expect(try listed(["-w", "w/1*"]) == ["w/1", "w/10", "w/11"])
+        #expect(try listed(["-w", "*/1"]) == ["slow/1", "w/1"])
+        #expect(try listed(["-w", "w/[12]"]) == ["w/1", "w/2"])
+        // The original's spelling: workdirs containing the text (slow/1 too).
+        let original = try balsam(["job", "ls", "-w", "w/1"], site: site)
+        #expect(original.stdout.split(separator: "\n").count == 5, "w/1, w/10, w/11, slow/1: \(original.stdout)")
+        // --by-state counts what the filters select.
+        let counts = try balsam(["ls", "--by-state", "--json", "-w", "w/1*"], site: site)
+        #expect(try JSONValue.parse(counts.stdout).objectValue?["READY"] == .int(3), "\(counts.stdout)")
+
+        let dry = try balsam(["rm", "-w", "w/1*", "--dry-run"], site: site)
+        #expect(dry.status == 0 && dry.stderr.contains("would remove 3 jobs"), "\(dry.stderr)")
+        #expect(dry.stdout.contains("w/10") && !dry.stdout.contains("w/2"), "\(dry.stdout)")
+        #expect(try listed([]).count == 5, "--dry-run removed nothing")
+
+        // On a terminal: asked, with the count; "n" changes nothing and exits 1.
+        let bin = CommandTemplate.shellQuote(binDirectory + "/balsam")
+        let command = "BALSAM_SITE=\(CommandTemplate.shellQuote(site)) \(bin) rm -w 'w/*'"
+        let no = try run("/usr/bin/script", ["-qec", command, "/dev/null"], stdin: Data("n\n".utf8))
+        #expect(no.stdout.contains("remove 4 jobs (w/1, w/10, w/11, w/2)? [y/N]"), "\(no.stdout)")
+        #expect(no.stdout.contains("nothing changed") && no.status == 1, "\(no.status) \(no.stdout)")
+        #expect(try listed([]).count == 5)
+        // One job is not asked about; -y is not asked.
+        let one = try run(
+            "/usr/bin/script", ["-qec", command.replacingOccurrences(of: "w/*", with: "w/2"), "/dev/null"])
+        #expect(one.status == 0 && !one.stdout.contains("[y/N]"), "\(one.stdout)")
+        let yes = try run(
+            "/usr/bin/script",
+            ["-qec", command.replacingOccurrences(of: "rm -w 'w/*'", with: "job rm -y -w w/1"), "/dev/null"])
+        #expect(yes.status == 0 && !yes.stdout.contains("[y/N]"), "the original's -y: \(yes.stdout)")
+        #expect(try listed([]) == [], "w/1, w/10, w/11 and slow/1 contain 'w/1'")
+    }
+
     @Test func bulkFailuresNameTheLinesAndSubmitNothing() throws {
         var input = Data()
         input.append(Data(#"{"app":"hello","workdir":"ok","parameters":{"name":"n"}}"#.utf8 + [0x0A]))
@@ -210,8 +258,14 @@ import Testing
         let queued = try balsam(["queue", "submit", "-n", "1", "-t", "5", "-j", "mpi", "-A", "local"], site: site)
         #expect(queued.status == 0, "\(queued.stderr)")
         #expect(try balsam(["queue", "ls", "-h"], site: site).stdout.contains("pending_submission"))
-        let staged = try balsam(["job", "create", "-w", "o/3", "-a", "hello", "-s", "in=x:/y"], site: site)
-        #expect(staged.status == 64 && staged.stderr.contains("not supported"), "\(staged.stderr)")
+        // -s SLOT=ALIAS:/path is our --transfer (hello has no transfer slot 'in').
+        let staged = try balsam(
+            ["job", "create", "-w", "o/3", "-a", "hello", "-p", "name=x", "-s", "in=x:/y"], site: site)
+        #expect(staged.status == 65 && staged.stderr.contains("'in'"), "\(staged.stderr)")
+        let here = try balsam(["job", "create", "-w", "o/4", "-a", "hello", "-p", "name=z", "--site", site])
+        #expect(here.status == 0, "--site DIR: \(here.stderr)")
+        let byID = try balsam(["job", "create", "-w", "o/5", "-a", "hello", "-p", "name=z", "--site", "123"])
+        #expect(byID.status == 64 && byID.stderr.contains("not a site directory"), "\(byID.stderr)")
         #expect(try balsam(["job", "frob"], site: site).status == 64)
     }
 

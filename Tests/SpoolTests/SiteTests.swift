@@ -149,7 +149,7 @@ import Testing
         let query = Query(site: site)
         #expect(try query.countByState()[.ready] == 50)
         var filter = JobFilter()
-        filter.workdirFragment = "d/4"
+        filter.workdir = WorkdirPattern("d/4*")
         #expect(
             try query.list(filter, load: true).map(\.workdir) == [
                 "d/4", "d/40", "d/41", "d/42", "d/43", "d/44", "d/45", "d/46", "d/47", "d/48", "d/49",

@@ -8,13 +8,18 @@ public struct JobFilter: Sendable {
     public var tags: [String: String] = [:]
     /// Only this app.
     public var app: String?
-    /// Jobs whose workdir contains this text.
-    public var workdirFragment: String?
+    /// Jobs whose workdir this selects (`-w`).
+    public var workdir: WorkdirPattern?
     /// Only these IDs.
     public var ids: Set<String>?
 
     /// A filter that selects every job.
     public init() {}
+
+    /// Whether this filter selects every job.
+    public var selectsEverything: Bool {
+        states == nil && excludeStates.isEmpty && tags.isEmpty && app == nil && workdir == nil && ids == nil
+    }
 
     func allows(_ state: JobState) -> Bool {
         (states?.contains(state) ?? true) && !excludeStates.contains(state)
@@ -24,7 +29,7 @@ public struct JobFilter: Sendable {
         if !allows(state) { return false }
         if let ids, !ids.contains(id) { return false }
         if let a = self.app, a != app { return false }
-        if let fragment = workdirFragment, !fragment.isEmpty, !workdir.contains(fragment) { return false }
+        if let pattern = self.workdir, !pattern.matches(workdir) { return false }
         return true
     }
 }
@@ -99,6 +104,12 @@ public struct Query: Sendable {
         }
         for (state, n) in try index.finalCounts(excluding: seen) { counts[state, default: 0] += n }
         return counts
+    }
+
+    /// Jobs per state among those `filter` selects: `countByState()` when it selects every job, else a `list`.
+    public func countByState(_ filter: JobFilter) throws(SpoolError) -> [JobState: Int] {
+        if filter.selectsEverything { return try countByState() }
+        return try list(filter, load: false).reduce(into: [:]) { $0[$1.state, default: 0] += 1 }
     }
 
     /// The jobs with these IDs, each with its spec, found the cheap way first: each ID's entry is looked for in
@@ -227,7 +238,7 @@ public struct Query: Sendable {
                 record: record)
         }
         var filter = JobFilter()
-        filter.workdirFragment = workdir
+        filter.workdir = WorkdirPattern(workdir)
         if let listing = try list(filter, load: true).first(where: { $0.workdir == workdir }) { return listing }
         throw SpoolError(.notFound, "no job with ID or workdir '\(key)'", path: site.root)
     }
