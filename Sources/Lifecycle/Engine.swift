@@ -57,7 +57,12 @@ public final class Engine {
 
     /// Rereads `settings.yml` and forgets cached apps (SIGHUP).
     public func reload() throws(SpoolError) {
+        let old = settings.python.executable
         settings = try SiteSettings.load(site)
+        let rewritten = try PythonApps.rewriteHooks(site, from: old, to: settings.python.executable)
+        if rewritten > 0 {
+            logger.info("python.executable is now '\(settings.python.executable)': \(rewritten) hook file(s) rewritten")
+        }
         apps = [:]
         missingApps = [:]
         hookFiles = [:]

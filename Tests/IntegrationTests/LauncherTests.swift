@@ -204,8 +204,10 @@ func runs(_ site: Site) throws -> [Run] {
         #expect(state(more[0]) == .runDone, "\(launcher.log)")
     }
 
+    /// With the default python.executable (`python3`, found on PATH as a shell would), the warm worker starts;
+    /// its run fails for the missing library, saying so.
     @Test func aPythonAppWhoseSitePythonLacksItsLibrariesFailsSayingWhatIsMissing() throws {
-        try configure("  cpus_per_node: 2\npython:\n  executable: /usr/bin/python3")
+        try configure("  cpus_per_node: 2\npython:\n  executable: python3")
         try Posix.makeDirectories(site.appsPath + "/Py")
         try "python_app: true\nparameters: {x: {required: true}}\n".write(
             toFile: site.appsPath + "/Py/app.yml", atomically: false, encoding: .utf8)
@@ -218,6 +220,25 @@ func runs(_ site: Site) throws -> [Run] {
         let events = try read(site.eventsPath + "/" + entries(site.eventsPath)[0])
         #expect(events.contains("lacks dill"), "\(events)")
         #expect(try read(PythonApps.runnerPath(site)).contains("def serve("), "the launcher wrote the runner")
+    }
+
+    /// A python.executable that is not there: the launcher says so at start, and each job's reason names the
+    /// setting (exit status 127, as a shell's "not found").
+    @Test func aMissingSitePythonIsNamedAtStartAndInTheJobsReason() throws {
+        try configure("  cpus_per_node: 2\npython:\n  executable: no-such-python3")
+        try Posix.makeDirectories(site.appsPath + "/Py")
+        try "python_app: true\nparameters: {x: {required: true}}\n".write(
+            toFile: site.appsPath + "/Py/app.yml", atomically: false, encoding: .utf8)
+        try "gAQu\n".write(toFile: site.appsPath + "/Py/class.b64", atomically: false, encoding: .utf8)
+        let ids = try submit([#"{"app":"Py","workdir":"p","parameters":{"x":1}}"#])
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+        #expect(launcher.log.contains("python.executable 'no-such-python3' (settings.yml) is not on PATH"))
+        #expect(state(ids[0]) == .runError)
+        let shown = try balsam(["show", ids[0], "--json"], site: site.root).stdout
+        let reason = try JSONValue.parse(shown).objectValue?["state_reason"]?.stringValue ?? ""
+        #expect(reason.hasPrefix("exit status 127: ") && reason.contains("python.executable"), "\(reason)")
     }
 
     @Test func aJobWhoseDirectoryWasDeletedIsFailedNotRetriedForEver() throws {

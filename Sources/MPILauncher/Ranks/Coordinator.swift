@@ -85,6 +85,8 @@ public final class Coordinator {
     /// need no claim: no one else may move them.
     private var leaseFresh: Bool { Posix.monotonicSeconds() - lastHeartbeat < settings.leaseTimeoutSeconds / 2 }
     private let deadline: Double
+    /// The launcher's PATH, where a Python named without a slash is looked for.
+    private let searchPath: String?
 
     /// A coordinator over `nodes` (index = rank), reaching other ranks through `transport`.
     public init(
@@ -94,6 +96,7 @@ public final class Coordinator {
         self.logger = logger
         self.site = site
         self.settings = settings
+        self.searchPath = environment["PATH"]
         self.nodes = nodes
         self.transport = transport
         self.options = options
@@ -130,6 +133,13 @@ public final class Coordinator {
         logger.info(
             "lease \(lease.name): \(nodes.count) node(s), \(cpus) CPUs, \(gpus) GPUs, wall time \(options.wallTimeMinutes) min"
         )
+        let python = settings.python.executable
+        if Posix.findExecutable(python, path: searchPath) == nil {
+            let missing = python.contains("/") ? "an executable file" : "on PATH"
+            logger.warning(
+                "python.executable '\(python)' (settings.yml) is not \(missing): jobs of Python apps will fail to start until it is (apps with their own python_executable aside)"
+            )
+        }
         let monitor = try ChangeMonitor(
             directories: [site.activePath(.preprocessed), site.activePath(.restartReady), site.controlPath],
             inotify: true)
@@ -547,7 +557,8 @@ public final class Coordinator {
                 let result = pythonResult(job.loaded)
                 try store.move(
                     job.loaded, to: .runError,
-                    reason: "exit status \(status)" + (result.exception.map { ": run() raised \($0)" } ?? ""),
+                    reason: "exit status \(status)"
+                        + ((result.exception.map { ": run() raised \($0)" } ?? ended.error.map { ": \($0)" }) ?? ""),
                     eventData: result.data.merging(["return_code": .int(status), "tail": .string(tail)]) { a, _ in a },
                     leaseHeld: leaseFresh
                 ) { _, record in record.returnCode = status }

@@ -134,7 +134,7 @@ public final class TaskRunner {
                 servers[key] = made
                 server = made
             case .failure(let error):
-                return Ended(id: spec.id, status: 126, error: error.message)
+                return Ended(id: spec.id, status: error.code == .notFound ? 127 : 126, error: error.message)
             }
         }
         if let error = send(fields, to: server) { return Ended(id: spec.id, status: 126, error: error) }
@@ -251,7 +251,21 @@ public final class TaskRunner {
 
     /// Starts the guard (`worker` empty) or a warm Python worker (`worker`: its Python and runner).
     private func startServer(_ worker: [String]) -> Result<Server, SpoolError> {
-        let program = worker.first ?? guardPath
+        var program = worker.first ?? guardPath
+        if !worker.isEmpty {
+            // As a shell would: the Python named by python.executable (python3, say) is looked up on the rank's PATH.
+            let path = baseFields.first { $0.key == "PATH" }.map { String($0.field.dropFirst(5)) }
+            guard let found = Posix.findExecutable(program, path: path) else {
+                return .failure(
+                    SpoolError(
+                        .notFound,
+                        "cannot start the warm Python worker: '\(program)' (python.executable in settings.yml, or "
+                            + "the app's python_executable) is not "
+                            + (program.contains("/") ? "an executable file" : "on the launcher's PATH (\(path ?? ""))")
+                    ))
+            }
+            program = found
+        }
         let name = worker.isEmpty ? "task server" : "warm Python worker (\(worker.joined(separator: " ")))"
         // Every descriptor made here is closed on the way out except the three this side keeps.
         var opened: [Int32] = []

@@ -53,6 +53,31 @@ public enum PythonApps {
             """
     }
 
+    /// After `python.executable` changed from `old` to `new`: every class hook file still exactly as the site
+    /// wrote it for `old` (apps without a `python_executable` of their own) is written again for `new`; a file
+    /// a user edited is left alone. Returns how many were rewritten.
+    @discardableResult
+    public static func rewriteHooks(_ site: Site, from old: String, to new: String) throws(SpoolError) -> Int {
+        guard old != new else { return 0 }
+        let runner = runnerPath(site)
+        var rewritten = 0
+        for name in try Posix.listDirectory(site.appsPath).sorted() {
+            let dir = site.appsPath + "/" + name
+            guard Posix.exists(dir + "/" + App.classFileName) else { continue }
+            for (hook, _) in methods {
+                let path = dir + "/" + hook.rawValue
+                guard
+                    (try? Posix.readFile(path, limit: 4096)) == Array(hookFile(hook, python: old, runner: runner).utf8)
+                else { continue }
+                try Posix.replaceFile(
+                    path, Array(hookFile(hook, python: new, runner: runner).utf8), sync: true,
+                    mode: hook == .shellPreamble ? 0o644 : 0o755)
+                rewritten += 1
+            }
+        }
+        return rewritten
+    }
+
     /// Makes or replaces app `app` from a Python class: `app.yml`, `class.b64`, and a hook file for each method
     /// in `overridden` (others removed), all written in a staging directory and renamed into place.
     public static func install(
