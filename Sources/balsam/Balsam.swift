@@ -168,9 +168,18 @@ struct Show: ParsableCommand {
                 if let reason = e.reason { o["reason"] = .string(reason) }
                 return .object(o)
             }
+            // A run that failed: the last lines of its output, where the reason is.
+            var tail: String?
+            if [.runError, .runTimeout, .failed].contains(listing.state) {
+                let site = try siteOption.open()
+                let lines = (try? SiteSettings.load(site))?.errorTailLines ?? 10
+                let text = Posix.tail(site.jobDirectory(listing.workdir) + "/job.out", lines: lines)
+                tail = text.isEmpty ? nil : text
+            }
             if json {
                 guard case .object(var o) = jobJSON(spec, state: listing.state) else { return }
                 o["history"] = .array(history)
+                if let tail { o["output_tail"] = .string(tail) }
                 if let reason = listing.record?.reason { o["state_reason"] = .string(reason) }
                 if let record = listing.record {
                     o["attempts"] = .int(record.attempts)
@@ -198,6 +207,12 @@ struct Show: ParsableCommand {
                     table(
                         ["TIME", "STATE", "ACTOR", "REASON"],
                         record.history.map { [$0.time, $0.state.rawValue, $0.actor, $0.reason ?? ""] }) + "\n"
+            }
+            if let tail {
+                text += "\noutput (the last lines of job.out):\n"
+                text +=
+                    tail.split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(
+                        separator: "\n") + "\n"
             }
             print(text, terminator: "")
         }

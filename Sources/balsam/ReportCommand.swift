@@ -34,7 +34,8 @@ func checkBin(_ bin: Double?) throws(SpoolError) -> Double? {
 
 struct ReportFailures: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "failures", abstract: "The latest RUN_ERROR, RUN_TIMEOUT and FAILED events, newest first.")
+        commandName: "failures",
+        abstract: "Failed jobs, newest first: one row per job, its failed runs, reason and last line of output.")
 
     @OptionGroup var siteOption: SiteOption
     @Option(name: .long, help: "Only since this time or age (90s, 15m, 2h, 1d).") var since: String?
@@ -61,17 +62,19 @@ struct ReportFailures: ParsableCommand {
                     print(
                         failureJSON(
                             job: .string(f.job), state: f.state, time: f.timestamp, workdir: f.workdir, app: f.app,
-                            tags: f.tags, data: f.data
+                            tags: f.tags, data: f.data, extra: ["attempts": .int(f.attempts)]
                         ).serialized())
                 } else {
                     let code = f.data["return_code"]?.intValue.map(String.init) ?? ""
                     let lastLine = tail.split(separator: "\n").last.map(String.init) ?? ""
                     rows.append([
-                        f.timestamp, f.job, f.workdir ?? "?", f.state, code, reason.isEmpty ? lastLine : reason,
+                        f.timestamp, f.job, f.workdir ?? "?", f.state, String(f.attempts), code, reason, lastLine,
                     ])
                 }
             }
-            if !json { print(table(["TIME", "JOB", "WORKDIR", "STATE", "RC", "REASON"], rows)) }
+            if !json {
+                print(table(["TIME", "JOB", "WORKDIR", "STATE", "RUNS", "RC", "REASON", "LAST OUTPUT LINE"], rows))
+            }
         }
     }
 }

@@ -64,21 +64,34 @@ import Testing
         #expect(abs(measured - expected) < 1e-6, "\(measured) vs \(expected)")
         #expect(events.contains { $0["data"]?.objectValue?["num_nodes"]?.doubleValue == 0.25 })
 
-        // Failures: the failing jobs' events, newest first, with the workdir and the return code; filters apply.
+        // Failures: one row per failing job (its RUN_ERROR, and its FAILED once the watcher saw it), newest first,
+        // with the workdir, the run's exit status, reason and output; filters apply.
         let failures = try balsam(["report", "failures", "--json", "--limit", "100"], site: site.root).stdout
             .split(separator: "\n").compactMap { try? JSONValue.parse(String($0)).objectValue }
-        #expect(failures.count == 6, "RUN_ERROR and FAILED for each of the 3: \(failures)")
+        #expect(failures.count == 3, "one per failing job: \(failures)")
+        if let failed = failures.first(where: { $0["state"]?.stringValue == "FAILED" }) {
+            #expect(failed["reason"]?.stringValue?.hasPrefix("exit status 3; ") == true, "the run's, then why FAILED")
+        }
         let times = failures.compactMap { $0["time"]?.stringValue }
         #expect(times == times.sorted(by: >))
         #expect(failures.allSatisfy { ($0["workdir"]?.stringValue ?? "").hasPrefix("b/") })
         #expect(
-            failures.contains {
-                $0["return_code"]?.intValue == 3 && $0["tail"]?.stringValue?.contains("broken") == true
-            })
+            failures.allSatisfy {
+                $0["attempts"]?.intValue == 1 && $0["return_code"]?.intValue == 3
+                    && $0["tail"]?.stringValue?.contains("broken") == true
+                    && $0["reason"]?.stringValue?.hasPrefix("exit status 3") == true
+            }, "\(failures)")
+        // balsam show gives a failed run's output too.
+        let shown = try balsam(["show", "b/0"], site: site.root).stdout
+        #expect(shown.contains("output (the last lines of job.out):\n  broken\n"), "\(shown)")
+        let shownJSON = try JSONValue.parse(try balsam(["show", "b/0", "--json"], site: site.root).stdout)
+        #expect(shownJSON.objectValue?["output_tail"] == .string("broken"))
         let none = try balsam(["report", "failures", "--json", "--tag", "k=v"], site: site.root).stdout
         #expect(none.isEmpty)
         let table = try balsam(["report", "failures", "--app", "bad", "--limit", "2"], site: site.root).stdout
-        #expect(table.split(separator: "\n").count == 3, "a header and two rows: \(table)")
+        let rows = table.split(separator: "\n")
+        #expect(rows.count == 3, "a header and two rows: \(table)")
+        #expect(rows.first?.contains("LAST OUTPUT LINE") == true && rows.last?.contains("broken") == true, "\(table)")
 
         try checkPlots(site, dir, throughput: throughput)
     }

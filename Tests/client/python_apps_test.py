@@ -82,6 +82,16 @@ class Flaky(ApplicationDefinition):
             self.job.state = "RESTART_READY"
 
 
+class Twice(ApplicationDefinition):
+    """A shell app whose first run fails and second succeeds: no exception is left from the first."""
+
+    site = SITE
+    command_template = "test -e first-run || { touch first-run; echo first run broke; exit 4; }; echo fine"
+
+    def handle_error(self):
+        self.job.state = "RESTART_READY"
+
+
 class MyApp(ApplicationDefinition):
     site = SITE
 
@@ -176,6 +186,7 @@ class Plus(ApplicationDefinition):
 
 hello = Hello.submit(workdir="py/hello", name="world!")
 flaky = Flaky.submit(workdir="py/flaky", n=1)
+twice = Twice.submit(workdir="py/twice")
 vecs = [np.random.rand(3) for _ in range(10)]
 jobs = [MyApp.submit(workdir=f"test/{i}", vec=vecs[i], ranks_per_node=4, gpus_per_rank=0) for i in range(10)]
 raiser = Raiser.submit(workdir="py/raiser", message="no such thing as a free lunch")
@@ -252,6 +263,20 @@ check(
     str(steps),
 )
 check("flaky-data", flaky.data.get("retried") is True, str(flaky.data))
+# A shell app's failure reaches job.result(): why, and the last lines of its output.
+try:
+    flaky.result_nowait()
+    check("flaky-result", False, "no exception")
+except RuntimeError as exc:
+    check("flaky-result", "exit status 3" in str(exc) and "attempt 1" in str(exc), repr(exc))
+check("twice", wait_state(twice, ["FAILED", "JOB_FINISHED"]) == "JOB_FINISHED", twice.state)
+try:
+    twice.result_nowait()
+    check("twice-result", False, "a result")
+except Job.NoResult:
+    pass
+except RuntimeError as exc:
+    check("twice-result", False, "the failed run's exception was left: " + repr(exc))
 
 check("hello", wait_state(hello, ["JOB_FINISHED", "FAILED"], timeout=300) == "JOB_FINISHED", hello.state)
 steps = transitions(hello)

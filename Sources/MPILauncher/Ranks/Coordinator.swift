@@ -554,11 +554,18 @@ public final class Coordinator {
                 summary.done += 1
             } else {
                 let tail = ended.error ?? Posix.tail(job.loaded.directory + "/job.out", lines: settings.errorTailLines)
-                let result = pythonResult(job.loaded)
+                var result = pythonResult(job.loaded)
+                let reason =
+                    "exit status \(status)"
+                    + ((result.exception.map { ": run() raised \($0)" } ?? ended.error.map { ": \($0)" }) ?? "")
+                if result.data["serialized_exception"] == nil {
+                    // No exception of its own (a shell app): the client's job.result() raises one saying why.
+                    let output = ended.error == nil && !tail.isEmpty ? "\nlast lines of job.out:\n" + tail : ""
+                    result.data["serialized_exception"] = .string(
+                        Pickle.exceptionBase64("job \(job.loaded.job.workdir): " + reason + output))
+                }
                 try store.move(
-                    job.loaded, to: .runError,
-                    reason: "exit status \(status)"
-                        + ((result.exception.map { ": run() raised \($0)" } ?? ended.error.map { ": \($0)" }) ?? ""),
+                    job.loaded, to: .runError, reason: reason,
                     eventData: result.data.merging(["return_code": .int(status), "tail": .string(tail)]) { a, _ in a },
                     leaseHeld: leaseFresh
                 ) { _, record in record.returnCode = status }

@@ -606,6 +606,7 @@ enum SyncRoutes {
         // A Python app's return value or exception rides its RUN_DONE / RUN_ERROR event; it goes to the job's
         // columns, not into the event log.
         var results: [String: (time: Int64, value: String, exception: String)] = [:]
+        var cleared = Set<String>()
         // A transfer's outcome rides the move it caused: it goes to the job's transfer items.
         var transferStates: [(siteJobID: String, items: [JSONValue])] = []
         for (i, item) in items.enumerated() {
@@ -637,6 +638,13 @@ enum SyncRoutes {
             let exception = data.removeValue(forKey: "serialized_exception")?.stringValue
             if value != nil || exception != nil, results[siteJobID].map({ $0.time <= time }) ?? true {
                 results[siteJobID] = (time, value ?? "", exception ?? "")
+            } else if to == .runDone {
+                // A run that ended well without a result (a shell app): what a failed run left goes.
+                if let earlier = results[siteJobID] {
+                    if earlier.time <= time { results[siteJobID] = (time, "", "") }
+                } else {
+                    cleared.insert(siteJobID)
+                }
             }
             pending.append((siteJobID, time, from, to, jsonText(data)))
         }
@@ -727,6 +735,11 @@ enum SyncRoutes {
         }
         let resultRows = results.compactMap { siteJobID, r in
             ids[siteJobID].map { ($0, [SQLValue.text(r.value), .text(r.exception)]) }
+        }
+        for chunk in cleared.compactMap({ ids[$0] }).chunked(5000) {
+            try call.connection.execute(
+                "UPDATE jobs SET serialized_exception = '' WHERE id IN (\(placeholders(chunk.count))) "
+                    + "AND serialized_exception <> ''", chunk.map { .of($0) })
         }
         if !resultRows.isEmpty {
             try Jobs.updateRows(

@@ -23,6 +23,18 @@ public enum Pickle {
         return Base64.encode(out)
     }
 
+    /// A `RuntimeError(message)` with no traceback, as the original client's `serialize_exception` sends one:
+    /// base64 of the pickled tuple `(RuntimeError(message), None)`, which its `job.result()` raises. Written
+    /// for a run that failed without an exception of its own (a shell app's exit status), so that a Python user
+    /// sees why.
+    public static func exceptionBase64(_ message: String) -> String {
+        var out: [UInt8] = [0x80, 4, UInt8(ascii: "c")]
+        out += Array("builtins\nRuntimeError\n".utf8)
+        write(.string(message), to: &out)
+        out += [0x85, UInt8(ascii: "R"), UInt8(ascii: "N"), 0x86, UInt8(ascii: ".")]
+        return Base64.encode(out)
+    }
+
     private static func little(_ value: Int, bytes: Int, to out: inout [UInt8]) {
         for k in 0..<bytes { out.append(UInt8(truncatingIfNeeded: value >> (8 * k))) }
     }

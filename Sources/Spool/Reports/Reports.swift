@@ -37,17 +37,23 @@ public struct Reports {
 
     public struct Failure: Sendable {
         public var job: String
+        /// The job's latest failure state.
         public var state: String
         public var time: Double
         public var timestamp: String
+        /// The latest event's data, with the run's reason, exit status and output tail when a later FAILED
+        /// ("no retries left") has none of its own: `reason` is then "exit status 3; no retries left".
         public var data: [String: JSONValue]
         public var workdir: String?
         public var app: String?
         public var tags: [String: String]
+        /// Runs that ended RUN_ERROR or RUN_TIMEOUT (in the events scanned).
+        public var attempts: Int
     }
 
-    /// The latest RUN_ERROR, RUN_TIMEOUT and FAILED events, newest first, at most `limit`, of jobs of `app` with
-    /// `tags` (looked up only for the events kept).
+    /// One row per job among the latest RUN_ERROR, RUN_TIMEOUT and FAILED events, newest first, at most `limit`
+    /// jobs of `app` with `tags` (looked up only for the events kept): its latest failure, its failed runs, and
+    /// the last run's reason and output.
     public func failures(since: Double? = nil, app: String? = nil, tags: [String: String] = [:], limit: Int = 20)
         throws(SpoolError) -> [Failure]
     {
@@ -69,24 +75,49 @@ public struct Reports {
         var found = Array(parts.joined())
         found.sort { $0.0 > $1.0 }
         var result: [Failure] = []
+        var position: [String: Int] = [:]
+        var skipped = Set<String>()
         var index = 0
-        while result.count < limit && index < found.count {
+        while index < found.count {
             let chunk = found[index..<min(found.count, index + limit * 4)]
             index += chunk.count
-            let jobs = Dictionary(
-                (try Query(site: site).lookup(Set(chunk.map(\.1)))).map { ($0.id, $0) },
-                uniquingKeysWith: { a, _ in a })
-            for (time, job, line) in chunk where result.count < limit {
+            let new = Set(chunk.map(\.1)).subtracting(position.keys).subtracting(skipped)
+            let jobs =
+                result.count < limit && !new.isEmpty
+                ? Dictionary((try Query(site: site).lookup(new)).map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+                : [:]
+            for (time, job, line) in chunk {
+                if let i = position[job] {
+                    // An older event of a job already listed: its runs, and what the latest one lacks.
+                    let o = (try? JSONValue.parse(line))?.objectValue ?? [:]
+                    let state = o["to"]?.stringValue ?? ""
+                    if state != "FAILED" { result[i].attempts += 1 }
+                    var data = o["data"]?.objectValue ?? [:]
+                    if result[i].data["tail"] == nil, let tail = data["tail"] {
+                        let latest = result[i].data["reason"]?.stringValue
+                        let reason = data["reason"]?.stringValue ?? data["error"]?.stringValue
+                        data["reason"] = .string([reason, latest].compactMap { $0 }.joined(separator: "; "))
+                        data["tail"] = tail
+                        result[i].data.merge(data) { _, older in older }
+                    }
+                    continue
+                }
+                guard result.count < limit, !skipped.contains(job) else { continue }
                 let listing = jobs[job]
-                if let app, listing?.app != app { continue }
-                if !tags.isEmpty, listing?.job?.hasTags(tags) != true { continue }
+                if (app != nil && listing?.app != app) || (!tags.isEmpty && listing?.job?.hasTags(tags) != true) {
+                    skipped.insert(job)
+                    continue
+                }
                 let o = (try? JSONValue.parse(line))?.objectValue ?? [:]
+                let state = o["to"]?.stringValue ?? ""
+                position[job] = result.count
                 result.append(
                     Failure(
-                        job: job, state: o["to"]?.stringValue ?? "", time: time,
-                        timestamp: o["t"]?.stringValue ?? "", data: o["data"]?.objectValue ?? [:],
-                        workdir: listing?.workdir, app: listing?.app, tags: listing?.job?.tags ?? [:]))
+                        job: job, state: state, time: time, timestamp: o["t"]?.stringValue ?? "",
+                        data: o["data"]?.objectValue ?? [:], workdir: listing?.workdir, app: listing?.app,
+                        tags: listing?.job?.tags ?? [:], attempts: state == "FAILED" ? 0 : 1))
             }
+            if result.count >= limit && position.isEmpty { break }
         }
         return result
     }
