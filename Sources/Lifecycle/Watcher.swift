@@ -36,6 +36,8 @@ public final class Watcher: Sendable {
     let logger: Logger
     private let flags = Mutex(Flags())
     private let monitor: Mutex<ChangeMonitor?> = Mutex(nil)
+    /// settings.yml as last read, and the file's identity then (inode, size, mtime).
+    private let loaded: Mutex<(stamp: [Int], settings: SiteSettings)?> = Mutex(nil)
 
     /// Prepares a watcher; nothing happens until `run()`.
     public init(site: Site, options: Options, logger: Logger) {
@@ -54,6 +56,28 @@ public final class Watcher: Sendable {
     public func requestReload() {
         flags.withLock { $0.reload = true }
         monitor.withLock { $0?.wake() }
+    }
+
+    /// The site's settings for the services: settings.yml read again when it changed. A file that no longer
+    /// loads (a typo'd key, broken YAML) leaves the settings in force, and says so once per change of the file;
+    /// only a first read that fails is an error.
+    private func settings() throws(SpoolError) -> SiteSettings {
+        let st = try Posix.statIfExists(site.settingsPath)
+        let stamp = st.map { [Int($0.st_ino), Int($0.st_size), Int($0.st_mtim.tv_sec), Int($0.st_mtim.tv_nsec)] } ?? []
+        // Under the lock: the services asking at once read the file once, and its error is said once.
+        return try loaded.withLock { (last) throws(SpoolError) -> SiteSettings in
+            if let last, last.stamp == stamp { return last.settings }
+            do throws(SpoolError) {
+                let fresh = try SiteSettings.load(site)
+                last = (stamp, fresh)
+                return fresh
+            } catch {
+                guard let kept = last?.settings else { throw error }
+                logger.error("\(error); keeping the settings in force until it is fixed")
+                last = (stamp, kept)
+                return kept
+            }
+        }
     }
 
     private var stopping: Bool { flags.withLock { $0.stop } }
@@ -99,7 +123,7 @@ public final class Watcher: Sendable {
         let binDirectory = Posix.parentPath(Posix.executablePath() ?? "./balsam-watch")
         var service: BatchService?
         runPeriodic("scheduler service", once: once, retry: { service?.settings.scheduler.syncSeconds ?? 10 }) {
-            let settings = try SiteSettings.load(site)
+            let settings = try settings()
             if service?.settings != settings {
                 service = try BatchService(site: site, settings: settings, binDirectory: binDirectory, logger: logger)
             }
@@ -121,7 +145,7 @@ public final class Watcher: Sendable {
                 return backoff
             }
         ) {
-            guard let settings = try SiteSettings.load(site).sync else {
+            guard let settings = try settings().sync else {
                 pusher = nil
                 return 5
             }
@@ -144,7 +168,6 @@ public final class Watcher: Sendable {
     /// `transfers.service_period` seconds (at once again while tasks are in flight and moving), settings reread.
     private func runTransferService(once: Bool) {
         var service: TransferService?
-        var settingsStamp: (Int, Int)?
         var lastLook = 0.0
         runPeriodic("transfers", once: once, wake: \.transfersWanted, retry: { 5 }) {
             let woken = flags.withLock { flags in
@@ -152,14 +175,9 @@ public final class Watcher: Sendable {
                 return flags.transfersWanted
             }
             // Settings are read again when settings.yml changed (rounds come every 50 ms while tasks run).
-            let st = try Posix.statIfExists(site.settingsPath)
-            let stamp = st.map { (Int($0.st_mtim.tv_sec), Int($0.st_mtim.tv_nsec)) }
-            if service == nil || stamp?.0 != settingsStamp?.0 || stamp?.1 != settingsStamp?.1 {
-                let settings = try SiteSettings.load(site)
-                if service?.settings != settings {
-                    service = TransferService(site: site, settings: settings, logger: logger)
-                }
-                settingsStamp = stamp
+            let settings = try settings()
+            if service?.settings != settings {
+                service = TransferService(site: site, settings: settings, logger: logger)
             }
             guard let current = service else { return 5 }
             let now = Posix.monotonicSeconds()
@@ -179,6 +197,8 @@ public final class Watcher: Sendable {
 
     /// Runs until stopped (blocking). Throws if the site cannot be claimed or watched.
     public func run() throws(SpoolError) {
+        // A settings.yml that does not load is said before anything starts (exit 65).
+        _ = try settings()
         let claim = WatcherClaim(site: site, expirySeconds: max(30, options.pollInterval * 10))
         try claim.acquire()
         defer { claim.release() }

@@ -85,6 +85,31 @@ func waitFor(_ what: String, timeout: Double = 30, _ condition: () throws -> Boo
         #expect(watcher.log.contains("stopped"))
     }
 
+    /// A settings.yml with a typo: refused at start (65, before the claim); made while the watcher runs, it is
+    /// said once and the settings in force stay (jobs go on).
+    @Test func aBrokenSettingsFileIsRefusedAtStartAndKeptOutWhileRunning() throws {
+        let good = try read(site.settingsPath)
+        let typo = good.replacingOccurrences(of: "  idle_ttl_sec: 60", with: "  idel_ttl_sec: 60")
+        #expect(typo != good)
+        try typo.write(toFile: site.settingsPath, atomically: true, encoding: .utf8)
+        let refused = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once"])
+        #expect(refused.status == 65 && refused.stderr.contains("unknown key 'launcher.idel_ttl_sec'"))
+        #expect(!refused.stderr.contains("watching"), "said before the claim: \(refused.stderr)")
+
+        try good.write(toFile: site.settingsPath, atomically: true, encoding: .utf8)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        try waitUntil("the watcher runs") { watcher.log.contains("recovery:") }
+        try typo.write(toFile: site.settingsPath, atomically: true, encoding: .utf8)
+        try waitUntil("the error is said") { watcher.log.contains("keeping the settings in force") }
+        var submission = Submission(site: site)
+        let id = try submission.submit(helloJob("after-typo")).0.id
+        try waitUntil("the job is PREPROCESSED") { state(id) == .preprocessed }
+        // The services looked again (a transfer round every second): still one line.
+        let seen = watcher.log.components(separatedBy: "keeping the settings in force").count - 1
+        #expect(seen == 1, "\(watcher.log)")
+        #expect(watcher.terminate() == 0)
+    }
+
     @Test func twoWatchersStartedTogetherLeaveExactlyOneRunning() throws {
         let a = try WatchProcess(site: site.root, logDirectory: dir.path)
         let b = try WatchProcess(site: site.root, logDirectory: dir.path)

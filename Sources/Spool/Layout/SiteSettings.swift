@@ -189,6 +189,7 @@ public struct SiteSettings: Sendable, Equatable {
         }
         var settings = SiteSettings()
         guard case .object(let o) = root else { return settings }
+        try checkKeys(o, path: path)
         func number(_ section: String, _ key: String) throws(SpoolError) -> Double? {
             guard let v = o[section]?.objectValue?[key], v != .null else { return nil }
             guard let d = v.doubleValue, d > 0 else {
@@ -282,6 +283,70 @@ public struct SiteSettings: Sendable, Equatable {
             settings.filterTags = tags.compactMapValues { $0.stringValue ?? ($0 == .null ? nil : $0.serialized()) }
         }
         return settings
+    }
+
+    /// The keys settings.yml may hold, by section ("" is the top level): this Balsam's, and the original's that
+    /// mean nothing here (`logging`, `compute_node`, ...), so that its settings are not refused. A section not
+    /// listed holds keys of the user's own (`filter_tags`, `transfer_locations`, a queue's name, ...) or,
+    /// for the original's `logging` and `queue_maintainer`, anything. Any other key is refused, named with the
+    /// section's keys: a typo (`idel_ttl_sec`) must not pass for a setting.
+    static let knownKeys: [String: Set<String>] = [
+        "": [
+            "name", "filter_tags", "launcher", "python", "transfer_locations", "transfers", "scheduler",
+            "processing", "elastic_queue", "file_cleaner", "sync", "logging", "queue_maintainer", "title", "site_id",
+        ],
+        "launcher": [
+            "idle_ttl_sec", "delay_sec", "error_tail_num_lines", "lease_timeout_sec", "max_concurrent_mpiruns",
+            "mpi_launcher", "mpirun_allows_node_packing", "cpus_per_node", "gpu_ids", "gpu_variable",
+            "cpu_siblings_offset", "reserved_cpus", "kill_grace_sec", "oversubscribe",
+            // The original's.
+            "compute_node", "mpi_app_launcher", "local_app_launcher", "serial_mode_prefetch_per_rank", "sort_by",
+            "serial_mode_startup_params",
+        ],
+        "python": ["executable", "warm_workers"],
+        "transfers": [
+            "transfer_batch_size", "max_concurrent_transfers", "service_period", "on_transfer_error", "ssh_options",
+            "globus_sync_level", "globus_verify_checksum", "globus_cli", "globus_endpoint_id",
+            // The original's.
+            "globus_endpoint_site_path", "num_items_query_limit",
+        ],
+        "scheduler": [
+            "scheduler_class", "sync_period", "command_timeout_sec", "job_template_path", "allowed_queues",
+            "allowed_projects", "optional_batch_job_params", "queue_option", "node_select",
+        ],
+        "processing": ["hook_timeout_sec", "num_workers", "prefetch_depth"],
+        "elastic_queue": [
+            "service_period", "submit_project", "submit_queue", "use_backfill", "min_wall_time_min",
+            "max_wall_time_min", "wall_time_pad_min", "min_num_nodes", "max_num_nodes", "max_queue_wait_time_min",
+            "max_queued_jobs", "enabled", "job_mode",
+        ],
+        "file_cleaner": ["cleanup_batch_size", "service_period"],
+        "sync": ["url", "site_name", "token_file", "ca_file", "period"],
+        "scheduler.allowed_queues.*": ["max_nodes", "max_walltime", "max_queued_jobs"],
+    ]
+
+    /// Refuses a key `knownKeys` does not list, naming it, its section and the keys the section takes.
+    static func checkKeys(_ root: [String: JSONValue], path: String) throws(SpoolError) {
+        func check(_ o: [String: JSONValue], _ section: String, known: Set<String>) throws(SpoolError) {
+            for key in o.keys.sorted() where !known.contains(key) {
+                let name = section.isEmpty ? key : section + "." + key
+                throw SpoolError(
+                    .invalidInput,
+                    "unknown key '\(name)' (\(section.isEmpty ? "top-level keys" : section + " keys"): "
+                        + known.sorted().joined(separator: ", ") + ")", path: path)
+            }
+        }
+        try check(root, "", known: knownKeys[""] ?? [])
+        for (section, value) in root {
+            guard let known = knownKeys[section], case .object(let o) = value else { continue }
+            try check(o, section, known: known)
+        }
+        if case .object(let queues)? = root["scheduler"]?.objectValue?["allowed_queues"] {
+            for (name, value) in queues {
+                guard case .object(let o) = value else { continue }
+                try check(o, "scheduler.allowed_queues.\(name)", known: knownKeys["scheduler.allowed_queues.*"] ?? [])
+            }
+        }
     }
 
     /// The schedulers `scheduler_class` may name.

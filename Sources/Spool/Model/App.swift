@@ -337,11 +337,35 @@ enum YAML {
 
     static func parse(_ text: String) throws(Failure) -> JSONValue {
         let node: Node?
-        do { node = try Yams.compose(yaml: text) } catch {
-            throw Failure(description: "\(error)".trimmingSpaces().split(separator: "\n").joined(separator: " "))
-        }
+        do { node = try Yams.compose(yaml: text) } catch { throw failure(error, text: text) }
         guard let node else { return .null }
         return convert(node)
+    }
+
+    /// What went wrong where: "line 3, column 12: PROBLEM (CONTEXT at line 2, column 1)", then the line itself
+    /// and a caret under the column.
+    static func failure(_ error: any Error, text: String) -> Failure {
+        let found: (context: YamlError.Context?, problem: String, mark: Mark)
+        switch error as? YamlError {
+        case .scanner(let context, let problem, let mark, _)?, .parser(let context, let problem, let mark, _)?,
+            .composer(let context, let problem, let mark, _)?:
+            found = (context, problem, mark)
+        case .reader(let problem, let offset, _, _)?:
+            return Failure(description: problem + (offset.map { " at byte \($0)" } ?? ""))
+        default:
+            return Failure(description: "\(error)".trimmingSpaces().split(separator: "\n").joined(separator: " "))
+        }
+        var description = "line \(found.mark.line), column \(found.mark.column): \(found.problem)"
+        if let context = found.context {
+            description += " (\(context.text) at line \(context.mark.line), column \(context.mark.column))"
+        }
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        if found.mark.line >= 1 && found.mark.line <= lines.count {
+            let line = lines[found.mark.line - 1].prefix(200)
+            description +=
+                "\n  " + line + "\n  " + String(repeating: " ", count: max(0, min(found.mark.column - 1, 200))) + "^"
+        }
+        return Failure(description: description)
     }
 
     static func convert(_ node: Node) -> JSONValue {
