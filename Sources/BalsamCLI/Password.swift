@@ -5,13 +5,22 @@ import Spool
 #endif
 
 /// A password from a file's first line, or from the terminal without echo (asked twice when `confirm`), or from
-/// standard input's first line when it is not a terminal.
+/// standard input's first line when it is not a terminal (an error naming `--password-file` when it has none).
 public func readPassword(file: String?, confirm: Bool) throws -> String {
     if let file {
         let text = String(decoding: try Posix.readInput(file, limit: 4096), as: UTF8.self)
         return String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
     }
-    guard isatty(0) == 1 else { return readLine(strippingNewline: true) ?? "" }
+    guard isatty(0) == 1 else {
+        // A script pipes the password in; nothing there (</dev/null, a cron job) is a mistake, not a password.
+        guard let line = readLine(strippingNewline: true), !line.isEmpty else {
+            throw SpoolError(
+                .usage,
+                "no password: standard input is not a terminal and gave none; use --password-file FILE"
+                    + " (or, for balsam login, --token-file FILE)")
+        }
+        return line
+    }
     func ask(_ prompt: String) -> String {
         printError(prompt)
         var saved = termios()

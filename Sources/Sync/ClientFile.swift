@@ -68,12 +68,24 @@ public struct ClientFile: Sendable, Equatable {
 
 /// Logging in to a server: what `balsam login` does.
 public enum Login {
+    /// The first request to a server: while nothing listens at its address (`balsam-server serve &` just
+    /// started), asked again every 0.1 s for up to 5 s.
+    static func firstContact(_ client: HTTPClient, _ path: String) throws(SyncError) -> HTTPResponse {
+        let deadline = Posix.monotonicSeconds() + 5
+        while true {
+            do throws(SyncError) { return try client.send("GET", path) } catch {
+                guard error.refused, Posix.monotonicSeconds() < deadline else { throw error }
+                usleep(100_000)
+            }
+        }
+    }
+
     /// Logs in with a password (registering first when asked); returns the client file to write.
     public static func password(url: String, username: String, password: String, register: Bool, caFile: String?)
         throws(SyncError) -> ClientFile
     {
         let client = try HTTPClient(root: url, caFile: caFile)
-        let methods = try client.send("GET", "/auth/how")
+        let methods = try firstContact(client, "/auth/how")
         let offered = (try? methods.json()).map { $0.serialized() } ?? ""
         guard offered.contains("LoginMethod.password") else {
             throw SyncError(
@@ -97,7 +109,7 @@ public enum Login {
     /// and the client file to write.
     public static func token(url: String, token: String, caFile: String?) throws(SyncError) -> (String, ClientFile) {
         let client = try HTTPClient(root: url, token: token, caFile: caFile)
-        let reply = try client.send("GET", "/auth/password/me")
+        let reply = try firstContact(client, "/auth/password/me")
         let name = (try? reply.json())?.objectValue?["username"]?.stringValue ?? "?"
         return (name, ClientFile(apiRoot: client.root, token: token, tokenExpiry: nil))
     }

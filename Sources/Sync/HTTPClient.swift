@@ -9,6 +9,8 @@ public struct SyncError: Error, Sendable, CustomStringConvertible {
     public var message: String
     /// The request, `METHOD URL`.
     public var request: String
+    /// Whether nothing listened at the address (connection refused): a server not started yet, say.
+    public var refused = false
 
     public var description: String {
         if let status { return "\(request): HTTP \(status): \(message)" }
@@ -85,7 +87,9 @@ public final class HTTPClient {
         let what = "\(method) \(url)"
         func check(_ code: CURLcode) throws(SyncError) {
             if code != CURLE_OK {
-                throw SyncError(status: nil, message: String(cString: curl_easy_strerror(code)), request: what)
+                var error = SyncError(status: nil, message: String(cString: curl_easy_strerror(code)), request: what)
+                error.refused = code == CURLE_COULDNT_CONNECT
+                throw error
             }
         }
         curl_easy_reset(handle)

@@ -20,11 +20,13 @@ enum PythonTools {
 
 /// Runs a program on a thread of its own: a long blocking wait must not hold one of the test pool's threads.
 func runOffPool(
-    _ program: String, _ args: [String], env: [String: String] = [:], cwd: String? = nil, timeout: Double = 300
+    _ program: String, _ args: [String], env: [String: String] = [:], cwd: String? = nil, timeout: Double = 300,
+    stdin: Data? = nil
 ) async throws -> (status: Int32, stdout: String, stderr: String) {
     try await withCheckedThrowingContinuation { continuation in
         Thread {
-            continuation.resume(with: Result { try run(program, args, env: env, cwd: cwd, timeout: timeout) })
+            continuation.resume(
+                with: Result { try run(program, args, stdin: stdin, env: env, cwd: cwd, timeout: timeout) })
         }.start()
     }
 }

@@ -60,6 +60,15 @@ import Testing
         #expect(wrong.status == 65 && wrong.stderr.contains("incorrect user name or password"), "\(wrong.stderr)")
         #expect(!exists(dir.path + "/c3.yml"))
 
+        // No terminal and no --password-file: not an empty password, but 64 saying what to use; a piped one works.
+        let none = try await runOffPool(
+            balsam, ["login", server.url, "--user", "judy", "--client-file", dir.path + "/c5.yml"], stdin: Data())
+        #expect(none.status == 64 && none.stderr.contains("--password-file"), "\(none.stderr)")
+        let piped = try await runOffPool(
+            balsam, ["login", server.url, "--user", "judy", "--client-file", dir.path + "/c5.yml"],
+            stdin: Data("judy-password\n".utf8))
+        #expect(piped.status == 0, "\(piped.stderr)")
+
         // No server there: status 69 naming the URL.
         try await server.stop()
         let gone = try await runOffPool(
