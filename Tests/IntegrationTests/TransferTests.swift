@@ -114,12 +114,20 @@ final class SSHServer {
         """.write(toFile: site.appsPath + "/stage/app.yml", atomically: false, encoding: .utf8)
     }
 
-    /// Adds `text` to settings.yml (after the template's own keys, which it replaces).
+    /// Adds `text` to settings.yml, after taking out the template's `transfers:` section (which it replaces).
     func configure(_ text: String) throws {
-        var settings = try read(site.settingsPath)
-        settings = settings.replacingOccurrences(of: "transfer_locations: {}\n", with: "")
-        settings = settings.replacingOccurrences(of: "\ntransfers:\n", with: "\nold_transfers:\n")
-        try (settings + "\n" + text + "\n").write(toFile: site.settingsPath, atomically: false, encoding: .utf8)
+        var lines: [Substring] = []
+        var inTransfers = false
+        for line in try read(site.settingsPath).split(separator: "\n", omittingEmptySubsequences: false) {
+            if line == "transfers:" {
+                inTransfers = true
+            } else if !inTransfers || !line.hasPrefix("  ") {
+                inTransfers = false
+                lines.append(line)
+            }
+        }
+        try (lines.joined(separator: "\n") + "\n" + text + "\n").write(
+            toFile: site.settingsPath, atomically: false, encoding: .utf8)
     }
 
     /// Points the site at `sshd` as location `dtn`, with `extra` keys of the transfers section; `multiplex`

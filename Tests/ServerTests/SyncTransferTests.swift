@@ -26,9 +26,10 @@ import Testing
           result: {required: true, direction: out, local_path: result.txt}
         """.write(toFile: site.appsPath + "/stage/app.yml", atomically: false, encoding: .utf8)
         // A stage-in that keeps failing is retried (almost) for ever here: the user settles it through the API.
-        let settings = try read(site.settingsPath).replacingOccurrences(
-            of: "transfer_locations: {}", with: "transfer_locations:\n  here: file://\(remote)"
-        ).replacingOccurrences(of: "on_transfer_error: {retries: 2}", with: "on_transfer_error: {retries: 1000000}")
+        let settings =
+            try read(site.settingsPath).replacingOccurrences(
+                of: "on_transfer_error: {retries: 2}", with: "on_transfer_error: {retries: 1000000}")
+            + "transfer_locations:\n  here: file://\(remote)\n"
         try settings.write(toFile: site.settingsPath, atomically: false, encoding: .utf8)
         try setSync(site, url: server.url, tokenFile: dir.path + "/token", period: 0.2)
         let submitted = try balsamSubmit(

@@ -268,7 +268,9 @@ public enum Settings {
 
             # Where jobs' transfer slots point ("ALIAS:/path"): file:///path (or a plain path) for a filesystem this
             # site sees, rsync://[USER@]HOST[:PORT][/path] for rsync over ssh, globus://ENDPOINT_ID[/path] for Globus.
-            transfer_locations: {}
+            # None yet: uncomment and fill in, or append a transfer_locations: mapping to this file.
+            # transfer_locations:
+            #   my_dtn: rsync://alice@dtn.example.org/project
             # The watcher's transfer service (see balsam-transfer(1)).
             transfers:
               transfer_batch_size: 100
