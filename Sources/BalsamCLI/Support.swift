@@ -74,6 +74,16 @@ public func redirectStandardError(to path: String) throws(SpoolError) {
     try Posix.call("send standard error to the log", path: path) { dup2(fd, 2) }
 }
 
+/// Says on standard error that no balsam-watch runs for `site` (its claim has no live holder), and `because`:
+/// what waits for one. Nothing when one runs.
+public func warnIfNoWatcher(_ site: Site, _ program: String, because: String) {
+    let claim = WatcherClaim(site: site)
+    if let holder = claim.holder(), claim.isAlive(holder) { return }
+    printError(
+        "\(program): no balsam-watch is running for this site (no live claim in \(claim.path)); \(because): "
+            + "start it with 'balsam-watch --daemon'")
+}
+
 /// Asks `prompt` on standard error and reads the answer from standard input: true for y or yes.
 public func confirm(_ prompt: String) -> Bool {
     printError(prompt, terminator: "")

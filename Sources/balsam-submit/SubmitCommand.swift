@@ -43,32 +43,38 @@ struct SubmitCommand: ParsableCommand {
         help: ArgumentHelp("A data entry, KEY=VALUE (JSON if it parses).", valueName: "key=value"))
     var dataEntries: [String] = []
 
-    @Option(name: [.short, .long], help: "Nodes the job spans.")
-    var numNodes: Int?
+    @Option(
+        name: [.short, .long], parsing: .unconditional, help: "Nodes the job spans.")
+    var numNodes: String?
 
     @Option(
-        name: [.customLong("ranks-per-node"), .customLong("rpn", withSingleDash: true)], help: "MPI ranks per node.")
-    var ranksPerNode: Int?
+        name: [.customLong("ranks-per-node"), .customLong("rpn", withSingleDash: true)], parsing: .unconditional,
+        help: "MPI ranks per node.")
+    var ranksPerNode: String?
 
     @Option(
-        name: [.customLong("threads-per-rank"), .customLong("tpr", withSingleDash: true)], help: "Threads per rank.")
-    var threadsPerRank: Int?
+        name: [.customLong("threads-per-rank"), .customLong("tpr", withSingleDash: true)], parsing: .unconditional,
+        help: "Threads per rank.")
+    var threadsPerRank: String?
 
     @Option(
-        name: [.customLong("threads-per-core"), .customLong("tpc", withSingleDash: true)],
+        name: [.customLong("threads-per-core"), .customLong("tpc", withSingleDash: true)], parsing: .unconditional,
         help: "Hardware threads per core.")
-    var threadsPerCore: Int?
-
-    @Option(name: [.customShort("g"), .customLong("gpus-per-rank")], help: "GPUs per rank.")
-    var gpusPerRank: Double?
+    var threadsPerCore: String?
 
     @Option(
-        name: [.customLong("node-packing-count"), .customLong("npc", withSingleDash: true)],
-        help: "Jobs that may share one node.")
-    var nodePackingCount: Int?
+        name: [.customShort("g"), .customLong("gpus-per-rank")], parsing: .unconditional, help: "GPUs per rank.")
+    var gpusPerRank: String?
 
-    @Option(name: [.customShort("t"), .customLong("wall-time-min")], help: "Expected run time in minutes.")
-    var wallTimeMin: Int?
+    @Option(
+        name: [.customLong("node-packing-count"), .customLong("npc", withSingleDash: true)], parsing: .unconditional,
+        help: "Jobs that may share one node.")
+    var nodePackingCount: String?
+
+    @Option(
+        name: [.customShort("t"), .customLong("wall-time-min")], parsing: .unconditional,
+        help: "Expected run time in minutes.")
+    var wallTimeMin: String?
 
     @Option(name: .long, help: ArgumentHelp("An option for the MPI launch command, KEY=VALUE.", valueName: "key=value"))
     var launchParam: [String] = []
@@ -122,6 +128,7 @@ struct SubmitCommand: ParsableCommand {
                 let (job, state) = try submission.submit(try jobFromOptions())
                 report(job, state)
             }
+            warnIfNoWatcher(site, "balsam-submit", because: "jobs wait in READY until one runs")
         }
     }
 
@@ -133,13 +140,21 @@ struct SubmitCommand: ParsableCommand {
         o["launch_params"] = try keyValueObject(launchParam, option: "--launch-param", value: JSONValue.string)
         o["parent_ids"] = .array(parent.map { .string($0) })
         o["transfers"] = try keyValueObject(transfer, option: "--transfer", value: JSONValue.string)
-        o["num_nodes"] = numNodes.map { .int($0) }
-        o["ranks_per_node"] = ranksPerNode.map { .int($0) }
-        o["threads_per_rank"] = threadsPerRank.map { .int($0) }
-        o["threads_per_core"] = threadsPerCore.map { .int($0) }
-        o["gpus_per_rank"] = gpusPerRank.map { .double($0) }
-        o["node_packing_count"] = nodePackingCount.map { .int($0) }
-        o["wall_time_min"] = wallTimeMin.map { .int($0) }
+        // Numbers as typed (-1, 2000000, 99999999999999999999, nan): the job's own checks judge them, naming
+        // the field, with the status of bad data (65), as for the same values in a --from line.
+        func number(_ text: String?) -> JSONValue? {
+            guard let text else { return nil }
+            if let i = Int(text) { return .int(i) }
+            if text.contains(where: { ".eE".contains($0) }), let d = Double(text), d.isFinite { return .double(d) }
+            return .string(text)
+        }
+        o["num_nodes"] = number(numNodes)
+        o["ranks_per_node"] = number(ranksPerNode)
+        o["threads_per_rank"] = number(threadsPerRank)
+        o["threads_per_core"] = number(threadsPerCore)
+        o["gpus_per_rank"] = number(gpusPerRank)
+        o["node_packing_count"] = number(nodePackingCount)
+        o["wall_time_min"] = number(wallTimeMin)
         return try Job(json: .object(o))
     }
 

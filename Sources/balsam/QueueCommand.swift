@@ -17,11 +17,7 @@ struct QueueCommand: ParsableCommand {
 
 /// Batch jobs move only while the site's watcher runs: say so on standard error when its claim has no live holder.
 func warnIfNoWatcher(_ site: Site, _ program: String) {
-    let claim = WatcherClaim(site: site)
-    if let holder = claim.holder(), claim.isAlive(holder) { return }
-    printError(
-        "\(program): no balsam-watch is running for this site (no live claim in \(claim.path)); batch jobs are "
-            + "submitted and followed by it: start it with 'balsam-watch --daemon'")
+    warnIfNoWatcher(site, program, because: "batch jobs are submitted and followed by it")
 }
 
 struct QueueSubmit: ParsableCommand {

@@ -26,6 +26,7 @@ import Testing
         #expect(JobID.isValid(id))
         let via = try balsam(["submit", "-a", "hello", "-w", "runs/2", "-p", "name=you", "--tag", "exp=b"], site: site)
         #expect(via.status == 0, "balsam submit dispatches to balsam-submit: \(via.stderr)")
+        #expect(via.stderr.contains("no balsam-watch is running for this site") && via.stderr.contains("READY"))
 
         let ls = try balsam(["ls"], site: site)
         #expect(ls.status == 0)
@@ -157,6 +158,14 @@ import Testing
         (["-a", "hello", "-w", "a/../b", "-p", "name=a"], 65, "must not contain '..'"),
         (["-a", "hello", "-w", "x", "-p", "name=a", "--parent", "01M891VR1Q54AF41C3ME0190FN"], 65, "unknown parent"),
         (["-a", "hello", "-w", "x", "-p", "name=a", "-n", "0"], 65, "'num_nodes'"),
+        // Every number out of range is bad data naming its field, however it is out (issue 25, 13).
+        (["-a", "hello", "-w", "x", "-p", "name=a", "-n", "-1"], 65, "'num_nodes' must be between 1 and"),
+        (["-a", "hello", "-w", "x", "-p", "name=a", "-n", "2000000"], 65, "'num_nodes' must be between 1 and"),
+        (["-a", "hello", "-w", "x", "-p", "name=a", "-n", "99999999999999999999"], 65, "\"99999999999999999999\""),
+        (["-a", "hello", "-w", "x", "-p", "name=a", "-g", "-1"], 65, "'gpus_per_rank' must be a number"),
+        (["-a", "hello", "-w", "x", "-p", "name=a", "-g", "nan"], 65, "not \"nan\""),
+        (["-a", "hello", "-w", "x", "-p", "name=a", "-t", "-5"], 65, "'wall_time_min' must be between"),
+        (["-a", "hello", "-w", "x", "-p", "name=a", "--wall-time-min", "-1"], 65, "'wall_time_min'"),
         (["-a", "hello", "-w", "x", "-p", "noequals"], 64, "KEY=VALUE"),
         (["-a", "hello", "-w", "x", "-p", "name=x", "-p", "name=y"], 64, "'name' twice"),
         (["-a", "hello"], 64, "-w/--workdir"),
@@ -173,6 +182,12 @@ import Testing
         #expect(try balsamSubmit(["-a", "hello", "-w", "x", "-p", "name=a"], site: site).status == 0)
         let r = try balsamSubmit(["-a", "hello", "-w", "x", "-p", "name=b"], site: site)
         #expect(r.status == 73 && r.stderr.contains("workdir 'x' already exists"))
+        #expect(try stateCounts(site) == ["READY": 1])
+        // The same workdir twice in one input is taken too: 73, as balsam-submit(1) says.
+        let twice = #"{"app":"hello","workdir":"y","parameters":{"name":"n"}}"# + "\n"
+        let dup = try balsamSubmit(["--from", "-"], site: site, stdin: Data((twice + twice).utf8))
+        #expect(
+            dup.status == 73 && dup.stderr.contains("<stdin>:2: workdir 'y' is used by another job"), "\(dup.stderr)")
         #expect(try stateCounts(site) == ["READY": 1])
     }
 

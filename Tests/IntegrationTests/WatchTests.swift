@@ -101,8 +101,9 @@ func waitFor(_ what: String, timeout: Double = 30, _ condition: () throws -> Boo
         try waitUntil("the watcher runs") { watcher.log.contains("recovery:") }
         try typo.write(toFile: site.settingsPath, atomically: true, encoding: .utf8)
         try waitUntil("the error is said") { watcher.log.contains("keeping the settings in force") }
-        var submission = Submission(site: site)
-        let id = try submission.submit(helloJob("after-typo")).0.id
+        let submitted = try balsamSubmit(["-a", "hello", "-w", "after-typo", "-p", "name=x"], site: site.root)
+        #expect(submitted.status == 0 && !submitted.stderr.contains("no balsam-watch"), "one runs: \(submitted.stderr)")
+        let id = submitted.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         try waitUntil("the job is PREPROCESSED") { state(id) == .preprocessed }
         // The services looked again (a transfer round every second): still one line.
         let seen = watcher.log.components(separatedBy: "keeping the settings in force").count - 1

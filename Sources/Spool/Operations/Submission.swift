@@ -74,7 +74,7 @@ public struct Submission {
 
     mutating func checkWorkdirFree(_ workdir: String, claimedWorkdirs: Set<String>) throws(SpoolError) {
         if claimedWorkdirs.contains(workdir) {
-            throw SpoolError(.invalidInput, "workdir '\(workdir)' is used by another job of this submission")
+            throw SpoolError(.cannotCreate, "workdir '\(workdir)' is used by another job of this submission")
         }
         let path = site.jobDirectory(workdir)
         var st = stat()
