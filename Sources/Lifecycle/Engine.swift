@@ -442,6 +442,12 @@ public final class Engine {
 
     /// After RUN_ERROR or RUN_TIMEOUT: the app's hook if it has one, else its retry policy.
     private func afterRun(_ loaded: JobStore.Loaded, hook: App.Hook) throws(SpoolError) {
+        if hook == .onTimeout && loaded.record.interrupted {
+            // Its launcher's operator (or batch system) stopped it: not the job's doing, so no hook, no retry spent.
+            try move(
+                loaded, to: .restartReady, reason: "run again: its launcher was interrupted (no retry counted)")
+            return
+        }
         let app = try self.app(loaded.job.app)
         let isError = hook == .onError
         let policy = isError ? app.onError : app.onTimeout

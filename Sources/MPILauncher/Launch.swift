@@ -6,7 +6,7 @@ import Synchronization
     import Glibc
 #endif
 
-/// Set by SIGTERM and SIGINT; rank 0 then ends as at its wall time.
+/// Set by SIGTERM and SIGINT (to the signal's number); rank 0 then ends as at its wall time.
 private let stopSignal = Atomic<Int32>(0)
 
 /// One launcher process: MPI started, every rank's node discovered, then rank 0 coordinates and the other ranks
@@ -32,9 +32,11 @@ public struct Launch {
 
     /// Starts MPI and runs this rank's role to its end. `prepareRankZero` is called on rank 0 only, before its
     /// first log line (where the executable points its log); `makeLogger` gives each rank its logger.
-    /// A rank that fails ends every rank (`MPI_Abort`): the others would wait for it forever.
+    /// A rank that fails ends every rank (`MPI_Abort`): the others would wait for it forever. Returns the signal
+    /// that stopped this rank's launcher (SIGINT, SIGTERM), if one did: the command then exits 128 + it.
+    @discardableResult
     public func run(prepareRankZero: () throws(SpoolError) -> Void, makeLogger: (_ rank: Int, _ size: Int) -> Logger)
-        throws(Failure)
+        throws(Failure) -> Int32?
     {
         let world: MPIWorld
         do { world = try MPIWorld() } catch {
@@ -51,6 +53,8 @@ public struct Launch {
             throw Failure(error: error, rank: world.rank)
         }
         try? world.finalize()
+        let signal = stopSignal.load(ordering: .relaxed)
+        return signal == 0 ? nil : signal
     }
 
     /// A parent may have left SIGTERM and SIGINT blocked (a test harness, a batch system's wrapper): unblock them,
@@ -59,7 +63,7 @@ public struct Launch {
         var handled = sigset_t()
         sigemptyset(&handled)
         for sig in [SIGTERM, SIGINT] {
-            signal(sig) { _ in stopSignal.store(1, ordering: .relaxed) }
+            signal(sig) { number in stopSignal.store(number, ordering: .relaxed) }
             sigaddset(&handled, sig)
         }
         pthread_sigmask(SIG_UNBLOCK, &handled, nil)

@@ -64,8 +64,9 @@ struct LauncherCommand: ParsableCommand {
         LineLogHandler.bootstrap(program: "balsam-launcher")
         let siteOption = self.siteOption
         let log = self.log
+        var stoppedBy: Int32?
         do {
-            try Launch(options: options) { () throws(SpoolError) in try siteOption.open() }.run(
+            stoppedBy = try Launch(options: options) { () throws(SpoolError) in try siteOption.open() }.run(
                 prepareRankZero: { () throws(SpoolError) in if let log { try redirectStandardError(to: log) } },
                 makeLogger: { rank, size in
                     var logger = Logger(label: "balsam-launcher")
@@ -76,5 +77,7 @@ struct LauncherCommand: ParsableCommand {
             printError("balsam-launcher" + (error.rank.map { " (rank \($0))" } ?? "") + ": \(error.error)")
             throw ExitCode(ExitStatus.status(for: error.error.code))
         }
+        // Stopped by a signal (Ctrl-C, the batch system): 128 + its number, as a shell reports it.
+        if let signal = stoppedBy { throw ExitCode(128 + signal) }
     }
 }

@@ -401,21 +401,30 @@ func runs(_ site: Site) throws -> [Run] {
         #expect(out.hasSuffix("second run\n"))
     }
 
-    @Test func sigtermEndsTheLauncherCleanly() throws {
+    /// SIGTERM (a batch system's cancel) or SIGINT (Ctrl-C): the launcher ends cleanly and exits 128 + the
+    /// signal; its jobs were interrupted, not too long, and the watcher runs them again without spending a retry.
+    @Test(arguments: [SIGTERM, SIGINT]) func aSignalEndsTheLauncherCleanlyAndItsJobsRunAgain(signal: Int32) throws {
         try configure("  kill_grace_sec: 0.5\n  cpus_per_node: 4")
         try app("forever", "sleep 600")
         let ids = try submit((0..<3).map { #"{"app":"forever","workdir":"t/\#($0)","node_packing_count":4}"# })
         let launcher = try LauncherProcess(
             site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "60"], logDirectory: dir.path)
         try waitUntil("the jobs run") { ids.allSatisfy { state($0) == .running } }
-        kill(launcher.process.processIdentifier, SIGTERM)
-        #expect(launcher.wait(timeout: 20) == 0, "\(launcher.log)")
+        kill(launcher.process.processIdentifier, signal)
+        #expect(launcher.wait(timeout: 20) == 128 + signal, "\(launcher.log)")
         for id in ids {
             #expect(state(id) == .runTimeout)
-            #expect(try Query(site: site).find(id).record?.reason == "stopped by the launcher (signal)")
+            let record = try #require(try Query(site: site).find(id).record)
+            #expect(record.reason == "interrupted: its launcher was stopped by a signal" && record.interrupted)
         }
         #expect(try Lease.all(site).isEmpty, "the lease is released")
         #expect(SiteIndex(site: site).activeState(of: ids[0]) == .runTimeout)
+        let once = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once"])
+        #expect(once.status == 0, "\(once.stderr)")
+        for id in ids {
+            let record = try #require(try Query(site: site).find(id).record)
+            #expect(record.state == .restartReady && record.timeoutRetries == 0, "\(record)")
+        }
     }
 
     @Test func aKillRequestStopsRunningJobsOnEveryRank() throws {

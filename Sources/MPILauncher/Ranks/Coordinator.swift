@@ -542,10 +542,20 @@ public final class Coordinator {
                 summary.killed += 1
                 logger.info("job \(ended.id) killed: \(reason)", metadata: ["job.id": "\(ended.id)"])
             } else if let why = stopping {
+                // A signal is its operator's (Ctrl-C) or its batch system's (a cancel): the run was interrupted,
+                // not too long, and runs again without spending a retry (balsam-launcher(1), SIGNALS).
+                let interrupted = why == "signal"
                 try store.move(
-                    job.loaded, to: .runTimeout, reason: "stopped by the launcher (\(why))",
-                    eventData: ["return_code": .int(status)], leaseHeld: leaseFresh
-                ) { _, record in record.returnCode = status }
+                    job.loaded, to: .runTimeout,
+                    reason: interrupted
+                        ? "interrupted: its launcher was stopped by a signal" : "stopped by the launcher (\(why))",
+                    eventData: ["return_code": .int(status)].merging(interrupted ? ["interrupted": .bool(true)] : [:]) {
+                        a, _ in a
+                    }, leaseHeld: leaseFresh
+                ) { _, record in
+                    record.returnCode = status
+                    record.interrupted = interrupted
+                }
                 summary.timedOut += 1
             } else if status == 0 && ended.error == nil {
                 try store.move(

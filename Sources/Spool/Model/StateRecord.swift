@@ -8,7 +8,8 @@
 /// such fragment with a newline before appending, so it stays a line of its own.
 ///
 /// Each line: `{"state":..., "time":..., "actor":..., "reason":..., "attempts":..., "error_retries":...,
-/// "timeout_retries":..., "return_code":...}`; counters appear once non-zero, `return_code` after a run ended.
+/// "timeout_retries":..., "return_code":..., "interrupted":true}`; counters appear once non-zero, `return_code`
+/// after a run ended, `interrupted` on a `RUN_TIMEOUT` that was the launcher's interruption.
 public struct StateRecord: Sendable, Equatable {
     /// One past transition.
     public struct Entry: Sendable, Equatable {
@@ -40,6 +41,10 @@ public struct StateRecord: Sendable, Equatable {
     public var timeoutRetries = 0
     /// The exit status of the job's last run (128 + a signal that ended it), once a run has ended.
     public var returnCode: Int?
+    /// Whether the current `RUN_TIMEOUT` is an interruption: the launcher was stopped by its operator or its
+    /// batch system (a signal), not the job's time. balsam-watch then runs the job again without counting a retry.
+    /// Written `"interrupted":true` on the current state's line; gone with the next transition.
+    public var interrupted = false
     /// Whether the file this was read from ends with a newline (no line cut short at its end): the next append
     /// then needs no look at the file first. Not part of the record's value.
     public var fileEndsWithNewline = false
@@ -64,6 +69,7 @@ public struct StateRecord: Sendable, Equatable {
         record.actor = actor
         record.reason = reason
         record.history.append(Entry(state: next, time: time, actor: actor, reason: reason))
+        record.interrupted = false
         if next == .running { record.attempts += 1 }
         return record
     }
@@ -113,6 +119,7 @@ public struct StateRecord: Sendable, Equatable {
                 out.append(contentsOf: ",\"timeout_retries\":\(timeoutRetries)".utf8)
             }
             if let returnCode { out.append(contentsOf: ",\"return_code\":\(returnCode)".utf8) }
+            if interrupted { out.append(contentsOf: ",\"interrupted\":true".utf8) }
         }
         out.append(contentsOf: "}\n".utf8)
     }
@@ -171,6 +178,7 @@ public struct StateRecord: Sendable, Equatable {
         errorRetries = o["error_retries"]?.intValue ?? 0
         timeoutRetries = o["timeout_retries"]?.intValue ?? 0
         returnCode = o["return_code"]?.intValue
+        interrupted = o["interrupted"] == .bool(true)
         fileEndsWithNewline = bytes.last == 0x0A
     }
 
