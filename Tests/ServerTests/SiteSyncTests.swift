@@ -185,6 +185,18 @@ import Testing
         #expect(bad.object["state"] as? String == "FAILED")
         let why = try await server.request("GET", "/events/?job_id=\(badID)&to_state=FAILED", token: token)
         #expect(why.text.contains("not plain values"), "\(why.text)")
+        // ... and in the job's record: the exception its job.result() raises (a pickled RuntimeError).
+        let exception = try #require(bad.object["serialized_exception"] as? String)
+        #expect(Pickle.strings(inBase64: exception).contains { $0.contains("not plain values") }, "\(exception)")
+        // A workdir the site's job already has is refused by the server, naming the item.
+        let again = try await server.request(
+            "POST", "/jobs/",
+            json: [
+                ["app_id": appID, "workdir": "remote/new", "serialized_parameters": pickledName("n")],
+                ["app_id": appID, "workdir": "remote/p", "serialized_parameters": pickledName("p2")],
+            ], token: token)
+        #expect(again.status == 400 && again.text.contains("[1].workdir"), "\(again.text)")
+        #expect(again.text.contains("taken at this site by job \(parentID)"), "\(again.text)")
         // The server's history of a taken job is the site's.
         let history = try await server.request("GET", "/events/?job_id=\(parentID)&ordering=timestamp", token: token)
         let first = (history.object["results"] as? [[String: Any]])?.first

@@ -256,6 +256,25 @@ enum Jobs {
         }
     }
 
+    /// A workdir is a directory at its site: one job each. A new job whose site already has a job there is
+    /// refused (400 naming the item), not taken and then failed by the site.
+    static func checkWorkdirsFree(_ jobs: [NewJob], call: Call) throws {
+        var bySite: [Int: [(index: Int, workdir: String)]] = [:]
+        for (i, job) in jobs.enumerated() { bySite[job.siteID, default: []].append((i, job.workdir)) }
+        for (site, items) in bySite.sorted(by: { $0.key < $1.key }) {
+            for chunk in items.chunked(5000) {
+                let rows = try call.connection.query(
+                    "SELECT workdir, id FROM jobs WHERE site_id = ? AND workdir IN (\(placeholders(chunk.count)))",
+                    [.of(site)] + chunk.map { .text($0.workdir) })
+                guard let taken = rows.first else { continue }
+                let index = chunk.first { $0.workdir == taken.text(0) }?.index ?? chunk[0].index
+                throw ServerError.badRequest(
+                    "workdir '\(taken.text(0))' is taken at this site by job \(taken.int(1)); a site holds one job per "
+                        + "workdir", field: "[\(index)].workdir")
+            }
+        }
+    }
+
     /// `POST /jobs/`: a list of jobs, created together or not at all. Each starts `AWAITING_PARENTS` while a
     /// parent has not finished, else `READY` when it has stage-ins, else `STAGED_IN`, with one `CREATED` event.
     static func create(_ call: inout Call) throws -> Reply {
@@ -302,6 +321,7 @@ enum Jobs {
                 jobs[i].siteID = app.siteID
                 jobs[i].state = !parentsDone ? .awaitingParents : hasStageIn ? .ready : .stagedIn
             }
+            try checkWorkdirsFree(jobs, call: call)
             let ids = try insert(jobs, owner: call.user.id, now: now, connection: c)
             try insertEvents(
                 jobs.indices.map { (ids[$0], JobState.created.rawValue, jobs[$0].state.rawValue, "{}") },

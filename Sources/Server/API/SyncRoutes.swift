@@ -373,7 +373,7 @@ enum SyncRoutes {
     }
 
     /// Remote jobs the site could not take (`[{server_id, reason}]`): FAILED, with the reason as the event's
-    /// message, so the user sees why.
+    /// message and in the job's record (an exception its `job.result()` raises), so the user sees why.
     static func reject(_ items: [JSONValue], siteID: Int, call: Call, now: Int64) throws {
         var reasons: [Int: String] = [:]
         for (i, item) in items.enumerated() {
@@ -392,8 +392,12 @@ enum SyncRoutes {
         }
         let states = try Jobs.states(mine.sorted(), call: call, lock: true)
         for (id, state) in states.sorted(by: { $0.key < $1.key }) where !state.isFinal {
-            let data = JSONValue.object(["message": .string(reasons[id] ?? "")]).serialized()
+            let reason = reasons[id] ?? ""
+            let data = JSONValue.object(["message": .string(reason)]).serialized()
             try Jobs.move([(id, state, .failed)], data: data, now: now, call: call)
+            try call.connection.execute(
+                "UPDATE jobs SET serialized_exception = ? WHERE id = ?",
+                [.text(Pickle.exceptionBase64("the site did not take job \(id): \(reason)")), .of(id)])
         }
     }
 

@@ -25,6 +25,7 @@ enum Schema {
             version: 5, name: "report rollups: state changes and busy node-seconds per minute", sql: reportRollups),
         Migration(version: 6, name: "ids never reused (SQLite: AUTOINCREMENT)", program: neverReuseIDs),
         Migration(version: 7, name: "why a site could not install an app", sql: appRefusals),
+        Migration(version: 8, name: "a site's jobs by workdir (one job per workdir at a site)", sql: siteWorkdirs),
     ]
 
     /// Tables whose ids a client holds. PostgreSQL's sequences never hand an id out twice; SQLite's plain
@@ -274,6 +275,10 @@ enum Schema {
     /// parameter, say): the site's reason, shown with the app, until a definition it can install replaces it.
     private static func appRefusals(_ d: SQLDialect) -> String {
         "ALTER TABLE apps ADD COLUMN site_refusal TEXT;"
+    }
+
+    private static func siteWorkdirs(_ d: SQLDialect) -> String {
+        "CREATE INDEX jobs_site_workdir ON jobs (site_id, workdir);"
     }
 
     /// The version the database is at (0 for an empty database).
