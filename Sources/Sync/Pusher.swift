@@ -357,7 +357,16 @@ public final class Pusher {
         let apps = try appsJSON(except: Set(state.remoteApps.keys))
         let digest = apps.serialized()
         let serverIDs = Dictionary(state.adopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
-        let locations = (try? SiteSettings.load(site).transferLocations) ?? [:]
+        let siteSettings = try? SiteSettings.load(site)
+        let locations = siteSettings?.transferLocations ?? [:]
+        // The batch-job policy, for the original client's `balsam queue submit`, which checks against it.
+        let scheduler = siteSettings?.scheduler ?? SiteSettings.Scheduler()
+        let queues = scheduler.allowedQueues.mapValues { q -> JSONValue in
+            .object([
+                "max_nodes": .int(q.maxNodes), "max_walltime": .int(q.maxWallTimeMinutes),
+                "max_queued_jobs": .int(q.maxQueuedJobs),
+            ])
+        }
         func body(jobs: [String: JSONValue], events: [JSONValue], removed: Set<String>, forceApps: Bool = false)
             -> JSONValue
         {
@@ -370,6 +379,9 @@ public final class Pusher {
                 "site": .object([
                     "name": .string(settings.siteName ?? site.name), "path": .string(site.root),
                     "transfer_locations": .object(locations.mapValues { .string($0.url) }),
+                    "allowed_queues": .object(queues),
+                    "allowed_projects": .array(scheduler.allowedProjects.map { .string($0) }),
+                    "optional_batch_job_params": .object(scheduler.optionalParams.mapValues { .string($0) }),
                 ]),
                 "jobs": .array(specs), "events": .array(events),
                 "removed": .array(removed.sorted().map { .string($0) }),

@@ -135,6 +135,64 @@ import Testing
         #expect(watcher.isRunning)
     }
 
+    /// The original package's own `balsam` command from a laptop: `queue submit`, which checks the site's
+    /// queues and projects itself, and `job create`, against a site that syncs; both reach the site.
+    @Test(
+        "the original client's balsam CLI submits a batch job and creates a job at a synced site",
+        .enabled(if: PythonTools.clientPython != nil || PythonTools.required, "dev/test makes the client's venv"))
+    func originalCommandLine() async throws {
+        let python = try #require(PythonTools.clientPython, "BALSAM_CLIENT_PYTHON is not set (dev/test sets it)")
+        let original = Posix.parentPath(python) + "/balsam"
+        let server = try await LiveServer(.sqlite)
+        defer { Task { try? await server.stop() } }
+        let dir = server.dir
+        let token = try await server.user("olga")
+        try dir.file("token", token)
+        let site = try makeSite(dir)
+        try setSync(site, url: server.url, tokenFile: dir.path + "/token")
+        let push = { try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root]) }
+        #expect(try await push().status == 0)
+        let sites = try await server.request("GET", "/sites/", token: token)
+        let record = try #require((sites.object["results"] as? [[String: Any]])?.first)
+        let siteID = try #require(record["id"] as? Int)
+        #expect((record["allowed_queues"] as? [String: Any])?["local"] != nil, "the site's policy: \(record)")
+        #expect(record["allowed_projects"] as? [String] == ["local"], "\(record)")
+
+        let clientFile = dir.path + "/client.yml"
+        let login = try await runOffPool(
+            binDirectory + "/balsam",
+            ["login", server.url, "--token-file", dir.path + "/token", "--client-file", clientFile])
+        #expect(login.status == 0, "\(login.stderr)")
+        let env = ["BALSAM_CLIENT_PATH": clientFile, "HOME": dir.path]
+        let queued = try await runOffPool(
+            original,
+            [
+                "queue", "submit", "--site", String(siteID), "-q", "local", "-A", "local", "-n", "1", "-t", "5", "-j",
+                "mpi",
+            ],
+            env: env)
+        #expect(queued.status == 0, "\(queued.stdout)\n\(queued.stderr)")
+        let refused = try await runOffPool(
+            original,
+            [
+                "queue", "submit", "--site", String(siteID), "-q", "nope", "-A", "local", "-n", "1", "-t", "5", "-j",
+                "mpi",
+            ],
+            env: env)
+        #expect(refused.status != 0 && "\(refused.stdout)\(refused.stderr)".contains("nope"), "the client checks")
+        let created = try await runOffPool(
+            original,
+            ["job", "create", "--site", String(siteID), "-a", "hello", "-w", "remote/1", "-p", "name=7", "-y"],
+            env: env)
+        #expect(created.status == 0, "\(created.stdout)\n\(created.stderr)")
+        // The next pushes take both to the site.
+        #expect(try await push().status == 0)
+        #expect(try await push().status == 0)
+        #expect(try siteStates(site).count == 1, "the job from the original CLI is at the site")
+        let batch = try balsam(["queue", "ls", "--history"], site: site.root)
+        #expect(batch.stdout.contains("local"), "the batch job from the original CLI is at the site: \(batch.stdout)")
+    }
+
     @Test("jobs made through the API are taken into the site, or refused on the server with the reason")
     func remoteJobsAreTaken() async throws {
         let server = try await LiveServer(.sqlite)

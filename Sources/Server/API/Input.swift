@@ -115,6 +115,23 @@ struct Input {
         return out
     }
 
+    /// A list of strings.
+    mutating func stringList(_ key: String, maxCount: Int, maxBytes: Int = 4096) throws(ServerError) -> [String]? {
+        guard let value = value(key) else { return nil }
+        guard case .array(let items) = value else { throw bad(key, "must be a list, not \(value.kindName)") }
+        if items.count > maxCount { throw bad(key, "has \(items.count) entries; the limit is \(maxCount)") }
+        var out: [String] = []
+        for (i, item) in items.enumerated() {
+            guard let text = item.stringValue else {
+                throw bad("\(key)[\(i)]", "must be a string, not \(item.kindName)")
+            }
+            if text.utf8.count > maxBytes { throw bad("\(key)[\(i)]", "is longer than \(maxBytes) bytes") }
+            if text.utf8.contains(0) { throw bad("\(key)[\(i)]", "contains a NUL character") }
+            out.append(text)
+        }
+        return out
+    }
+
     /// A list of integers.
     mutating func intList(_ key: String, maxCount: Int) throws(ServerError) -> [Int]? {
         guard let value = value(key) else { return nil }

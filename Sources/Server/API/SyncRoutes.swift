@@ -30,6 +30,7 @@ enum SyncRoutes {
         }
         let sitePath = try site.requiredString("path")
         let locations = try site.stringMap("transfer_locations")
+        let policy = try sitePolicy(&site)
         try site.finish()
         let apps = try list(&input, "apps")
         let jobs = try list(&input, "jobs")
@@ -55,6 +56,12 @@ enum SyncRoutes {
                 // The site's transfer locations (ALIAS: URL), which its jobs' slots name.
                 try c.execute(
                     "UPDATE sites SET transfer_locations = ? WHERE id = ?", [.text(jsonText(locations)), .of(siteID)])
+            }
+            if let policy {
+                // Its batch-job policy, which the original client's `balsam queue submit` checks against.
+                try c.execute(
+                    "UPDATE sites SET allowed_queues = ?, allowed_projects = ?, optional_batch_job_params = ? WHERE id = ?",
+                    [.text(policy.queues), .text(policy.projects), .text(policy.params), .of(siteID)])
             }
             var appIDs = try existingApps(siteID: siteID, call: call)
             for (i, app) in apps.enumerated() {
@@ -370,6 +377,37 @@ enum SyncRoutes {
             hash = hash &* 0x100_0000_01b3
         }
         return String(hash, radix: 16)
+    }
+
+    /// The site's batch-job policy as its push states it (`allowed_queues` with each queue's `max_nodes`,
+    /// `max_walltime` and `max_queued_jobs`, `allowed_projects`, `optional_batch_job_params`), as JSON texts for
+    /// the site's record; nil when the push says none (an older site).
+    static func sitePolicy(_ site: inout Input) throws(ServerError) -> (
+        queues: String, projects: String, params: String
+    )? {
+        guard site.has("allowed_queues") || site.has("allowed_projects") || site.has("optional_batch_job_params")
+        else { return nil }
+        var queues: [String: JSONValue] = [:]
+        let given = try site.object("allowed_queues", maxBytes: 262_144) ?? [:]
+        if given.count > 1000 { throw site.bad("allowed_queues", "has \(given.count) queues; the limit is 1000") }
+        for (name, value) in given {
+            if name.isEmpty || name.utf8.count > 256 || name.utf8.contains(0) {
+                throw site.bad("allowed_queues", "has a queue name that is empty, longer than 256 bytes or holds NUL")
+            }
+            var q = try Input(value, prefix: "site.allowed_queues.\(name)")
+            queues[name] = .object([
+                "max_nodes": .int(try q.requiredInt("max_nodes", in: 1...10_000_000)),
+                "max_walltime": .int(try q.requiredInt("max_walltime", in: 1...10_000_000)),
+                "max_queued_jobs": .int(try q.requiredInt("max_queued_jobs", in: 0...10_000_000)),
+            ])
+            try q.finish()
+        }
+        let projects = try site.stringList("allowed_projects", maxCount: 1000, maxBytes: 256) ?? []
+        let params = try site.stringMap("optional_batch_job_params") ?? [:]
+        return (
+            JSONValue.object(queues).serialized(), JSONValue.array(projects.map { .string($0) }).serialized(),
+            jsonText(params)
+        )
     }
 
     /// Remote jobs the site could not take (`[{server_id, reason}]`): FAILED, with the reason as the event's
