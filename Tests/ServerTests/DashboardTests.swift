@@ -63,7 +63,12 @@ import Testing
         #expect(shown["states"]?.objectValue?["FAILED"]?.intValue == 1)
         #expect(ada["finished"]?.intValue == 5 && (ada["busy"]?.doubleValue ?? 0) > 0, "\(ada)")
         let failures = ada["failures"]?.arrayValue?.compactMap { $0.arrayValue?.compactMap(\.stringValue) } ?? []
-        #expect(failures.count == 2 && failures.allSatisfy { $0.contains("b/0") }, "\(failures)")
+        // One row for the failing job (its RUN_ERROR and its FAILED): one run, its exit status, both reasons and
+        // its output's last line.
+        #expect(failures.count == 1 && failures.allSatisfy { $0.contains("b/0") }, "\(failures)")
+        let row = failures.first ?? []
+        #expect(row.contains("1") && row.contains("3") && row.contains("broken <b>"), "\(row)")
+        #expect(row.contains { $0.hasPrefix("exit status 3; ") }, "\(row)")
         #expect((ada["charts"]?.intValue ?? 0) >= 3 && ada["refresh"]?.stringValue == "15")
         #expect(ada["after_logout"]?.stringValue?.hasSuffix("/dashboard/login") == true)
         // The screenshot is a real PNG of the page.

@@ -135,8 +135,10 @@ enum Dashboard {
             let reason = f.data["reason"]?.stringValue ?? f.data["error"]?.stringValue ?? ""
             let code = f.data["return_code"]?.intValue.map(String.init) ?? ""
             failureRows += "<tr><td>\(shown(f.time))</td><td class=\"n\">\(f.job)</td>"
+            let lastLine = (f.data["tail"]?.stringValue ?? "").split(separator: "\n").last.map(String.init) ?? ""
             failureRows += "<td>\(escape(f.workdir))</td><td>\(escape(f.app))</td><td>\(f.state)</td>"
-            failureRows += "<td class=\"n\">\(code)</td><td>\(escape(reason))</td></tr>\n"
+            failureRows += "<td class=\"n\">\(f.attempts)</td><td class=\"n\">\(code)</td><td>\(escape(reason))</td>"
+            failureRows += "<td><code>\(escape(lastLine))</code></td></tr>\n"
         }
         var b = Conditions(owner: call.user.id, column: "b.owner_id")
         if let siteFilter { b.add("b.site_id = ?", .of(siteFilter)) }
@@ -175,7 +177,7 @@ enum Dashboard {
             <p>Busy node-seconds: <span data-busy>\(format(utilization.busyNodeSeconds))</span></p>
             \(utilizationChart)
             <h2>Recent failures</h2>
-            <table id="failures"><tr><th>Time</th><th>Job</th><th>Workdir</th><th>App</th><th>State</th><th>RC</th><th>Reason</th></tr>
+            <table id="failures"><tr><th>Time</th><th>Job</th><th>Workdir</th><th>App</th><th>State</th><th>Runs</th><th>RC</th><th>Reason</th><th>Last output line</th></tr>
             \(failureRows)</table>
             <h2>Batch jobs</h2>
             <table id="batch-jobs"><tr><th>ID</th><th>Site</th><th>State</th><th>Nodes</th><th>Queue</th><th>Start</th><th>End</th><th>Utilization</th></tr>

@@ -247,7 +247,7 @@ enum ReportRoutes {
             out.append(
                 failureJSON(
                     job: .int(f.job), state: f.state, time: ServerClock.iso(f.time), workdir: f.workdir, app: f.app,
-                    tags: f.tags, data: f.data, extra: ["site_id": .int(f.site)]))
+                    tags: f.tags, data: f.data, extra: ["site_id": .int(f.site), "attempts": .int(f.attempts)]))
         }
         return .json(.array(out))
     }
@@ -261,9 +261,13 @@ enum ReportRoutes {
         var workdir: String
         var app: String
         var tags: [String: String]
+        /// Runs that ended RUN_ERROR or RUN_TIMEOUT (among the events read).
+        var attempts: Int
     }
 
-    /// The latest failures, newest first: each failing state read newest first through its index, then merged.
+    /// The latest failures, one row per job (as at the site: `foldOlderFailure`), newest first: each failing
+    /// state read newest first through its index (three times the rows wanted, for the jobs with several), then
+    /// merged.
     static func failures(_ call: Call, window: Window, limit: Int) throws -> [Failure] {
         var found: [Failure] = []
         for state in ["RUN_ERROR", "RUN_TIMEOUT", "FAILED"] {
@@ -274,7 +278,7 @@ enum ReportRoutes {
                 """
                 SELECT e.job_id, j.site_id, e.timestamp, e.data, j.workdir, a.name, j.tags
                 FROM events e JOIN jobs j ON j.id = e.job_id JOIN apps a ON a.id = j.app_id
-                WHERE \(c.sql) ORDER BY e.timestamp DESC, e.id DESC LIMIT \(limit)
+                WHERE \(c.sql) ORDER BY e.timestamp DESC, e.id DESC LIMIT \(limit * 3)
                 """, c.parameters)
             for r in rows {
                 let tags = ((try? JSONValue.parse(r.text(6)))?.objectValue ?? [:]).compactMapValues(\.stringValue)
@@ -282,9 +286,24 @@ enum ReportRoutes {
                     Failure(
                         job: r.int(0), site: r.int(1), state: state, time: Int64(r.int(2)),
                         data: (try? JSONValue.parse(r.text(3)))?.objectValue ?? [:], workdir: r.text(4),
-                        app: r.text(5), tags: tags))
+                        app: r.text(5), tags: tags, attempts: state == "FAILED" ? 0 : 1))
             }
         }
-        return Array(found.sorted { $0.time > $1.time }.prefix(limit))
+        var rows: [Failure] = []
+        var position: [Int: Int] = [:]
+        // Newest first; at the same time a FAILED is after the run's end that led to it.
+        for f in found.sorted(by: {
+            $0.time != $1.time ? $0.time > $1.time : $0.state == "FAILED" && $1.state != "FAILED"
+        }) {
+            if let i = position[f.job] {
+                var (data, attempts) = (rows[i].data, rows[i].attempts)
+                foldOlderFailure(into: &data, attempts: &attempts, state: f.state, older: f.data)
+                (rows[i].data, rows[i].attempts) = (data, attempts)
+            } else {
+                position[f.job] = rows.count
+                rows.append(f)
+            }
+        }
+        return Array(rows.prefix(limit))
     }
 }

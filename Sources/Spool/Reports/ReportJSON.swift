@@ -38,6 +38,22 @@ extension ReportSeries.Utilization {
     }
 }
 
+/// Folds an older failure event of a job (`state`, `older` its data) into the row of the job's latest one, as
+/// `report failures` shows one row per job, at the site and on the server: a failed run counts in `attempts`;
+/// when the latest says nothing of the run (a FAILED after "no retries left"), the run's reason comes first
+/// ("exit status 3; ... no retries left") and its exit status and output are kept.
+public func foldOlderFailure(
+    into data: inout [String: JSONValue], attempts: inout Int, state: String, older: [String: JSONValue]
+) {
+    if state != "FAILED" { attempts += 1 }
+    guard data["tail"] == nil, let tail = older["tail"] else { return }
+    var older = older
+    let reason = older["reason"]?.stringValue ?? older["error"]?.stringValue
+    older["reason"] = .string([reason, data["reason"]?.stringValue].compactMap { $0 }.joined(separator: "; "))
+    older["tail"] = tail
+    data.merge(older) { _, older in older }
+}
+
 /// One failure as JSON, at the site and on the server.
 public func failureJSON(
     job: JSONValue, state: String, time: String, workdir: String?, app: String?, tags: [String: String],

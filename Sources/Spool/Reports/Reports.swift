@@ -59,8 +59,9 @@ public struct Reports {
     {
         let wanted = ["RUN_ERROR", "RUN_TIMEOUT", "FAILED"].map { Array($0.utf8) }
         let floor = since ?? -Double.infinity
-        let parts = try EventScan.pieces(site.eventsPath) { piece -> [(Double, String, [UInt8])] in
-            var found: [(Double, String, [UInt8])] = []
+        let failed = Array("FAILED".utf8)
+        let parts = try EventScan.pieces(site.eventsPath) { piece -> [(Double, Bool, String, [UInt8])] in
+            var found: [(Double, Bool, String, [UInt8])] = []
             piece.lines { line in
                 // The state compared as bytes first: only the failures' lines are read further.
                 guard let (to, at) = line.value(EventLine.to, before: line.end),
@@ -68,12 +69,13 @@ public struct Reports {
                     let (t, tAt) = line.value(EventLine.time, before: at), let time = line.seconds(t), time >= floor,
                     let (job, _) = line.value(EventLine.job, before: tAt)
                 else { return }
-                found.append((time, line.string(job), line.bytes))
+                found.append((time, line.equals(to, failed), line.string(job), line.bytes))
             }
             return found
         }
         var found = Array(parts.joined())
-        found.sort { $0.0 > $1.0 }
+        // Newest first; in the same millisecond a FAILED is after the run's end that led to it.
+        found.sort { $0.0 != $1.0 ? $0.0 > $1.0 : $0.1 && !$1.1 }
         var result: [Failure] = []
         var position: [String: Int] = [:]
         var skipped = Set<String>()
@@ -81,25 +83,20 @@ public struct Reports {
         while index < found.count {
             let chunk = found[index..<min(found.count, index + limit * 4)]
             index += chunk.count
-            let new = Set(chunk.map(\.1)).subtracting(position.keys).subtracting(skipped)
+            let new = Set(chunk.map(\.2)).subtracting(position.keys).subtracting(skipped)
             let jobs =
                 result.count < limit && !new.isEmpty
                 ? Dictionary((try Query(site: site).lookup(new)).map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
                 : [:]
-            for (time, job, line) in chunk {
+            for (time, _, job, line) in chunk {
                 if let i = position[job] {
                     // An older event of a job already listed: its runs, and what the latest one lacks.
                     let o = (try? JSONValue.parse(line))?.objectValue ?? [:]
-                    let state = o["to"]?.stringValue ?? ""
-                    if state != "FAILED" { result[i].attempts += 1 }
-                    var data = o["data"]?.objectValue ?? [:]
-                    if result[i].data["tail"] == nil, let tail = data["tail"] {
-                        let latest = result[i].data["reason"]?.stringValue
-                        let reason = data["reason"]?.stringValue ?? data["error"]?.stringValue
-                        data["reason"] = .string([reason, latest].compactMap { $0 }.joined(separator: "; "))
-                        data["tail"] = tail
-                        result[i].data.merge(data) { _, older in older }
-                    }
+                    var (data, attempts) = (result[i].data, result[i].attempts)
+                    foldOlderFailure(
+                        into: &data, attempts: &attempts, state: o["to"]?.stringValue ?? "",
+                        older: o["data"]?.objectValue ?? [:])
+                    (result[i].data, result[i].attempts) = (data, attempts)
                     continue
                 }
                 guard result.count < limit, !skipped.contains(job) else { continue }
