@@ -63,6 +63,11 @@ try:
                          for r in driver.find_elements(By.CSS_SELECTOR, "#failures tr")[1:]],
             "batch_jobs": len(driver.find_elements(By.CSS_SELECTOR, "#batch-jobs tr")) - 1,
             "charts": len(driver.find_elements(By.CSS_SELECTOR, "svg path[data-series]")),
+            # Each chart's time axis: its labels, left to right.
+            "axes": [[t.text for t in svg.find_elements(By.CSS_SELECTOR, "text[text-anchor=middle]")]
+                     for svg in driver.find_elements(By.TAG_NAME, "svg")],
+            "dashed": [p.get_attribute("data-series")
+                       for p in driver.find_elements(By.CSS_SELECTOR, "svg path[stroke-dasharray]")],
             "refresh": driver.find_element(By.CSS_SELECTOR, "meta[http-equiv=refresh]").get_attribute("content"),
             "text": driver.find_element(By.TAG_NAME, "body").text,
         }

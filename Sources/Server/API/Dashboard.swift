@@ -108,7 +108,8 @@ enum Dashboard {
         }
         let stateHeads = states.map { "<th>\($0)</th>" }.joined()
 
-        // Throughput and utilization over the period.
+        // Throughput and utilization over the period: the charts' time axes span all of it.
+        let period = (start: Double(since) / 1e6, end: Double(now) / 1e6)
         var window = ReportRoutes.Window(site: siteFilter, since: since, until: nil, bin: nil)
         let throughput = try ReportRoutes.throughput(call, window: &window, state: "JOB_FINISHED")
         let utilization = try ReportRoutes.utilization(call, window: window, steps: false, batchJob: nil)
@@ -119,14 +120,16 @@ enum Dashboard {
                     name: "JOB_FINISHED", color: "#2a6fdb", points: throughput.bins.map { ($0.start, Double($0.count)) }
                 )
             ],
-            width: throughput.bin
+            width: throughput.bin, span: period
         ).svg()
         let utilizationChart = Chart(
             title: "Nodes busy and held, mean per \(Int(utilization.bin / 60)) min", unit: "nodes",
             series: [
                 .init(name: "busy", color: "#d9480f", points: utilization.bins.map { ($0.start, $0.busy) }),
-                .init(name: "available", color: "#666", points: utilization.bins.map { ($0.start, $0.available) }),
-            ], width: utilization.bin
+                .init(
+                    name: "available", color: "#666", points: utilization.bins.map { ($0.start, $0.available) },
+                    dashed: true),
+            ], width: utilization.bin, span: period
         ).svg()
 
         // Recent failures and batch jobs.
@@ -245,6 +248,8 @@ struct Chart {
         var name: String
         var color: String
         var points: [(Double, Double)]
+        /// Drawn dashed (over the others, so that where two series are equal both show).
+        var dashed = false
     }
 
     var title: String
@@ -252,6 +257,8 @@ struct Chart {
     var series: [Series]
     /// Seconds per bin (the last bin is drawn to its end).
     var width: Double
+    /// The period the time axis spans, in seconds since the epoch (the one chosen); nil: the data's own.
+    var span: (start: Double, end: Double)? = nil
 
     func svg() -> String {
         let w = 900.0
@@ -261,9 +268,11 @@ struct Chart {
         let top = 24.0
         let bottom = 30.0
         let all = series.flatMap(\.points)
-        guard let x0 = all.map(\.0).min(), let x1 = all.map(\.0).max().map({ $0 + width }) else {
+        guard let first = all.map(\.0).min(), let last = all.map(\.0).max().map({ $0 + width }) else {
             return "<p class=\"empty\">\(Dashboard.escape(title)): nothing in this period.</p>"
         }
+        let x0 = min(span?.start ?? first, first)
+        let x1 = max(span?.end ?? last, last)
         let yMax = max(1, all.map(\.1).max() ?? 1) * 1.1
         func x(_ t: Double) -> Double { left + (t - x0) / max(1, x1 - x0) * (w - left - right) }
         func y(_ v: Double) -> Double { h - bottom - v / yMax * (h - top - bottom) }
@@ -280,7 +289,8 @@ struct Chart {
         for k in 0...4 {
             let t = x0 + (x1 - x0) * Double(k) / 4
             let stamp = ServerClock.iso(Int64(t * 1e6))
-            let label = String(stamp.dropFirst(5).prefix(11)).replacingT()
+            // Month, day, hours and minutes; seconds too when the span is under 5 minutes (labels that differ).
+            let label = String(stamp.dropFirst(5).prefix(x1 - x0 < 300 ? 14 : 11)).replacingT()
             out += "<text x=\"\(n(x(t)))\" y=\"\(n(h - 10))\" text-anchor=\"middle\">\(label)</text>"
         }
         for (k, s) in series.enumerated() {
@@ -289,10 +299,12 @@ struct Chart {
                 let next = i + 1 < s.points.count ? s.points[i + 1].0 : p.0 + width
                 d += "\(i == 0 ? "M" : "L")\(n(x(p.0))),\(n(y(p.1))) L\(n(x(next))),\(n(y(p.1))) "
             }
-            out += "<path d=\"\(d)\" fill=\"none\" stroke=\"\(s.color)\" stroke-width=\"2\" data-series=\"\(s.name)\"/>"
+            let dash = s.dashed ? " stroke-dasharray=\"6 4\"" : ""
+            out += "<path d=\"\(d)\" fill=\"none\" stroke=\"\(s.color)\" stroke-width=\"2\"\(dash) "
+            out += "data-series=\"\(s.name)\"/>"
             let ly = top + 14 * Double(k)
             out += "<line x1=\"\(n(w - right + 10))\" y1=\"\(n(ly))\" x2=\"\(n(w - right + 30))\" y2=\"\(n(ly))\" "
-            out += "stroke=\"\(s.color)\" stroke-width=\"2\"/>"
+            out += "stroke=\"\(s.color)\" stroke-width=\"2\"\(dash)/>"
             out += "<text x=\"\(n(w - right + 36))\" y=\"\(n(ly + 4))\">\(Dashboard.escape(s.name))</text>"
         }
         let unitY = top + 14 * Double(series.count) + 8
