@@ -293,7 +293,12 @@ public final class Engine {
                     logger.error("lease \(lease.name), job \(id): \(error)", metadata: ["job.id": "\(id)"])
                 }
             }
-            if ((try? lease.jobIDs()) ?? []).isEmpty { lease.remove() }
+            if ((try? lease.jobIDs()) ?? []).isEmpty {
+                // Its launcher's session ended with its last heartbeat.
+                let end = age.isFinite ? Timestamp.format(seconds: Timestamp.nowSeconds() - age) : Timestamp.now()
+                try? lease.session(end: end)?.record(site)
+                lease.remove()
+            }
         }
     }
 

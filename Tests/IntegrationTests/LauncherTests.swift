@@ -241,6 +241,28 @@ func runs(_ site: Site) throws -> [Run] {
         #expect(reason.hasPrefix("exit status 127: ") && reason.contains("python.executable"), "\(reason)")
     }
 
+    /// A launcher started by hand (no batch job) logs its time on its nodes; the utilization report counts
+    /// those nodes as held while it ran, so "available" is not 0 under "busy".
+    @Test func aLauncherStartedByHandCountsItsNodesAsHeld() throws {
+        try configure("  cpus_per_node: 2")
+        try app("nap", "sleep 0.3")
+        _ = try submit((0..<4).map { #"{"app":"nap","workdir":"n/\#($0)"}"# })
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+        let log = try read(LauncherSession.logPath(site))
+        let session = try #require(try JSONValue.parse(log.trimmingCharacters(in: .newlines)).objectValue, "\(log)")
+        #expect(session["nodes"]?.intValue == 1 && session["batch_job"] == nil && session["end"]?.stringValue != nil)
+        let report = try balsam(["report", "utilization", "--json", "--bin", "1"], site: site.root)
+        let bins = try JSONValue.parse(report.stdout).objectValue?["bins"]?.arrayValue ?? []
+        let pairs = bins.compactMap { $0.objectValue }.map {
+            ($0["busy"]?.doubleValue ?? -1, $0["available"]?.doubleValue ?? -1)
+        }
+        #expect(!pairs.isEmpty && pairs.contains { $0.0 > 0 }, "\(report.stdout)")
+        // (Within the clocks' milliseconds: a run's times and its lease's are read apart.)
+        #expect(pairs.allSatisfy { $0.1 > 0 && $0.0 <= $0.1 + 0.01 }, "busy under available: \(pairs)")
+    }
+
     @Test func aJobWhoseDirectoryWasDeletedIsFailedNotRetriedForEver() throws {
         try app("quick", "true")
         let ids = try submit([#"{"app":"quick","workdir":"gone"}"#, #"{"app":"quick","workdir":"kept"}"#])

@@ -35,6 +35,28 @@ import Testing
         #expect(empty.bins.isEmpty && empty.busyNodeSeconds == 0)
     }
 
+    /// A launcher started by hand holds its nodes while it runs: they are available, and its runs (no batch job
+    /// named) count for it, not for a batch job it overlaps (whose mean utilization stays at most 1).
+    @Test func aLauncherStartedByHandHoldsItsNodesAndKeepsItsRuns() throws {
+        let held = [ReportSeries.Held(id: 1, nodes: 1, start: 0, end: 1000)]
+        let launchers = [ReportSeries.Held(id: -1, nodes: 1, start: 0, end: 1000)]
+        let runs = [
+            ReportSeries.Run(start: 0, end: 1000, share: 1, batchJob: 1),
+            ReportSeries.Run(start: 10, end: 1000, share: 0.5, batchJob: nil),
+        ]
+        let u = try ReportSeries.utilization(runs: runs, held: held, launchers: launchers, bin: 100, now: 1000)
+        #expect(u.bins.allSatisfy { $0.available == 2 }, "\(u.bins.map(\.available))")
+        #expect(u.batchJobs.count == 1 && abs((u.batchJobs.first?.mean ?? 0) - 1) < 1e-9, "\(u.batchJobs)")
+        // Alone, it is what holds the nodes: available is not 0 under busy.
+        let alone = try ReportSeries.utilization(
+            runs: [ReportSeries.Run(start: 0, end: 500, share: 0.2, batchJob: nil)], held: [], launchers: launchers,
+            bin: 100, now: 1000)
+        #expect(alone.bins.allSatisfy { $0.available == 1 && $0.busy <= $0.available }, "\(alone.bins)")
+        // Without the launcher's session (before), the batch job was counted 1.5 busy of 1 held.
+        let before = try ReportSeries.utilization(runs: runs, held: held, bin: 100, now: 1000)
+        #expect((before.batchJobs.first?.mean ?? 0) > 1.4)
+    }
+
     @Test func throughputCountsInBinsAndRefusesTooManyBins() throws {
         let t = try ReportSeries.throughput(times: [10, 11, 19, 35], bin: 10)
         #expect(t.bins.map(\.count) == [3, 0, 1] && t.bins.first?.start == 10 && t.total == 4)

@@ -125,6 +125,7 @@ public final class Coordinator {
         var info = options.leaseInfo
         info["nodes"] = .array(nodes.map { .string($0.host) })
         info["wall_time_min"] = .double(options.wallTimeMinutes)
+        if let batchJob = options.batchJob { info[LauncherSession.batchJobKey] = .int(batchJob) }
         let lease = try Lease.create(site, info: info)
         self.lease = lease
         store.actor = "balsam-launcher " + lease.name
@@ -669,6 +670,10 @@ public final class Coordinator {
         }
         if let lease {
             for id in (try? lease.jobIDs()) ?? [] { giveBack(lease.entryPath(id), id: id) }
+            // Its time on the nodes, for the utilization reports (nodes a launcher started by hand held).
+            do { try lease.session(end: Timestamp.now())?.record(site) } catch {
+                logger.warning("cannot record this launcher's session in \(LauncherSession.logPath(site)): \(error)")
+            }
             lease.remove()
         }
         logger.info(

@@ -97,6 +97,21 @@ public struct Lease: Sendable, Equatable {
         rename(SiteIndex(site: site).entryPath(state, id), path + "/" + id) == 0
     }
 
+    /// What its `.lease` file says (empty when it cannot be read).
+    public func info() -> [String: JSONValue] {
+        let bytes = (try? Posix.readFile(path + "/" + Lease.holderFile, limit: 1 << 20)) ?? []
+        return (try? JSONValue.parse(bytes))?.objectValue ?? [:]
+    }
+
+    /// This launcher's time on its nodes, ending `end` (nil: it still runs).
+    public func session(end: String?) -> LauncherSession? {
+        let o = info()
+        guard let start = o["created"]?.stringValue else { return nil }
+        return LauncherSession(
+            lease: name, nodes: max(1, o["nodes"]?.arrayValue?.count ?? 1), start: start, end: end,
+            batchJob: o[LauncherSession.batchJobKey]?.intValue)
+    }
+
     /// Removes an emptied lease.
     public func remove() {
         Posix.unlink(path + "/" + Lease.holderFile)

@@ -134,8 +134,14 @@ public struct Reports {
                 ReportSeries.Held(
                     id: job.id, nodes: job.numNodes, start: start, end: job.endTime.flatMap(Timestamp.seconds)))
         }
+        // Launchers started by hand hold their nodes too, from their lease's start to its end.
+        let launchers = try LauncherSession.all(site).enumerated().compactMap { k, s -> ReportSeries.Held? in
+            guard s.batchJob == nil, let start = Timestamp.seconds(s.start) else { return nil }
+            return ReportSeries.Held(id: -1 - k, nodes: s.nodes, start: start, end: s.end.flatMap(Timestamp.seconds))
+        }
         return try ReportSeries.utilization(
-            runs: try runs(), held: held, batchJob: batchJob, bin: bin, now: Timestamp.nowSeconds(), steps: steps)
+            runs: try runs(), held: held, launchers: launchers, batchJob: batchJob, bin: bin,
+            now: Timestamp.nowSeconds(), steps: steps)
     }
 
     /// Every run in the event logs. Each piece pairs the starts and ends it holds; what is left (a run cut by a

@@ -122,24 +122,31 @@ public enum ReportSeries {
     }
 
     /// Nodes busy against nodes held. A run counts for the batch job its launcher named; a run whose launcher
-    /// named none (one started by hand) counts for every batch job it overlaps. With `batchJob`, only that batch
-    /// job and its runs.
+    /// named none counts, when it started while a launcher started by hand ran (`launchers`: their nodes are
+    /// held too, from their start to their end), for that launcher alone, else for every batch job it overlaps.
+    /// With `batchJob`, only that batch job and its runs.
     /// With `from` and `to`, the bins and busy node-seconds cover that period only (a batch job or run that
     /// began before it counts from its start); batch jobs' own figures stay whole.
     public static func utilization(
-        runs allRuns: [Run], held allHeld: [Held], batchJob: Int? = nil, bin: Double?, now: Double,
-        steps: Bool = false, from: Double? = nil, to: Double? = nil
+        runs allRuns: [Run], held allHeld: [Held], launchers allLaunchers: [Held] = [], batchJob: Int? = nil,
+        bin: Double?, now: Double, steps: Bool = false, from: Double? = nil, to: Double? = nil
     ) throws(SpoolError) -> Utilization {
         var held = allHeld
         var runs = allRuns
+        var launchers = allLaunchers
+        /// Whether a run (of a launcher that named no batch job) started while a launcher started by hand ran.
+        func byHand(_ r: Run) -> Bool {
+            r.batchJob == nil && allLaunchers.contains { r.start >= $0.start && r.start <= ($0.end ?? now) }
+        }
         if let batchJob {
             held = allHeld.filter { $0.id == batchJob }
             let window = held.first.map { ($0.start, $0.end ?? now) }
             runs = allRuns.filter { r in
                 if let b = r.batchJob { return b == batchJob }
-                guard let (a, b) = window else { return false }
+                guard let (a, b) = window, !byHand(r) else { return false }
                 return r.start < b && (r.end ?? now) > a
             }
+            launchers = []
         }
         var first = Double.infinity
         var last = -Double.infinity
@@ -152,7 +159,7 @@ public enum ReportSeries {
             last = max(last, end)
             integral += r.share * overlap(r.start, end, windowFrom, windowTo)
         }
-        for h in held {
+        for h in held + launchers {
             first = min(first, h.start)
             last = max(last, h.end ?? now)
         }
@@ -165,7 +172,7 @@ public enum ReportSeries {
             let end = r.end ?? now
             if let b = r.batchJob {
                 if let k = byID[b] { area[k] += r.share * overlap(r.start, end, held[k].start, held[k].end ?? now) }
-            } else {
+            } else if !byHand(r) {
                 for (k, h) in held.enumerated() { area[k] += r.share * overlap(r.start, end, h.start, h.end ?? now) }
             }
         }
@@ -198,7 +205,7 @@ public enum ReportSeries {
             }
         }
         for r in runs { spread(r.start, r.end ?? now, r.share, into: &busy) }
-        for h in held { spread(h.start, h.end ?? now, Double(h.nodes), into: &available) }
+        for h in held + launchers { spread(h.start, h.end ?? now, Double(h.nodes), into: &available) }
         var stepSeries: [(time: Double, busy: Double)]?
         if steps {
             var changes: [(Double, Double)] = []
