@@ -38,6 +38,8 @@ public struct SyncState: Sendable, Equatable {
     /// site's job or its events), `app NAME` (an app from the server the site cannot install); each with its
     /// code and reason. A refusal never stops the sync: the cursor moves on, and this says what was left out.
     public var refused: [String: String] = [:]
+    /// Ended launcher sessions the server has (by lease name); running ones are sent every push.
+    public var sessionsPushed: Set<String> = []
 
     /// Keeps (or, with nil, forgets) the refusal under `key`; whether it is new or changed, so that the log says
     /// each once.
@@ -77,6 +79,7 @@ public struct SyncState: Sendable, Equatable {
         state.batchDigests = (o["batch_digests"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
         state.requestsDone = o["requests_done"]?.objectValue ?? [:]
         state.refused = (o["refused"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+        state.sessionsPushed = Set((o["sessions_pushed"]?.arrayValue ?? []).compactMap(\.stringValue))
         return state
     }
 
@@ -92,6 +95,7 @@ public struct SyncState: Sendable, Equatable {
             "batch_rejected": .object(batchRejected.mapValues { .string($0) }),
             "batch_digests": .object(batchDigests.mapValues { .string($0) }),
             "requests_done": .object(requestsDone), "refused": .object(refused.mapValues { .string($0) }),
+            "sessions_pushed": .array(sessionsPushed.sorted().map { .string($0) }),
         ]
         if let siteID { o["site_id"] = .int(siteID) }
         if let lastSuccess { o["last_success"] = .string(lastSuccess) }
@@ -419,11 +423,25 @@ public final class Pusher {
                 settledBatches.insert(job.id)
             }
         }
+        // Launchers' time on their nodes (the server's utilization counts those started by hand as held): the
+        // running ones, and the ended ones the server does not have yet.
+        let sessions = ((try? LauncherSession.all(site)) ?? []).filter {
+            $0.end == nil || !state.sessionsPushed.contains($0.lease)
+        }.prefix(1000)
         // Untyped, so that one failure kind can be caught below (a typed-throws catch with a condition crashes
         // this compiler).
         func send(_ body: JSONValue) throws -> HTTPResponse {
             guard case .object(var o) = body else { return try client.send("POST", "/sync/push", json: body) }
             o["batch_jobs"] = .array(changedBatches.map(\.2))
+            o["launcher_sessions"] = .array(
+                sessions.map { s in
+                    var session: [String: JSONValue] = [
+                        "lease": .string(s.lease), "nodes": .int(s.nodes), "start": .string(s.start),
+                        "end": s.end.map(JSONValue.string) ?? .null,
+                    ]
+                    if let b = s.batchJob { session["site_batch_id"] = .int(b) }
+                    return .object(session)
+                })
             o["requests_done"] = .array(state.requestsDone.sorted(by: { $0.key < $1.key }).map(\.value))
             o["refused_apps"] = .object(
                 Dictionary(
@@ -495,6 +513,7 @@ public final class Pusher {
             state.batchAdopted = [:]
             state.batchRejected = [:]
             state.requestsDone = [:]
+            for s in sessions where s.end != nil { state.sessionsPushed.insert(s.lease) }
             try state.save(site)
             round.events += last["events"]?.intValue ?? 0
             round.sent += sendable.count

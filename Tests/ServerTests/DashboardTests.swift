@@ -62,6 +62,8 @@ import Testing
         #expect(shown["states"]?.objectValue?["JOB_FINISHED"]?.intValue == 5)
         #expect(shown["states"]?.objectValue?["FAILED"]?.intValue == 1)
         #expect(ada["finished"]?.intValue == 5 && (ada["busy"]?.doubleValue ?? 0) > 0, "\(ada)")
+        // The launcher was started by hand: its node is held while it runs (it was "available 0" under "busy").
+        #expect((ada["held"]?.doubleValue ?? 0) >= (ada["busy"]?.doubleValue ?? 1), "\(ada)")
         let failures = ada["failures"]?.arrayValue?.compactMap { $0.arrayValue?.compactMap(\.stringValue) } ?? []
         // One row for the failing job (its RUN_ERROR and its FAILED): one run, its exit status, both reasons and
         // its output's last line.

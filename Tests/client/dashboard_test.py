@@ -59,6 +59,7 @@ try:
             "sites": sites,
             "finished": int(driver.find_element(By.CSS_SELECTOR, "[data-finished]").text),
             "busy": float(driver.find_element(By.CSS_SELECTOR, "[data-busy]").text),
+            "held": float(driver.find_element(By.CSS_SELECTOR, "[data-held]").text),
             "failures": [[c.text for c in r.find_elements(By.TAG_NAME, "td")]
                          for r in driver.find_elements(By.CSS_SELECTOR, "#failures tr")[1:]],
             "batch_jobs": len(driver.find_elements(By.CSS_SELECTOR, "#batch-jobs tr")) - 1,

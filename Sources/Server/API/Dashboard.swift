@@ -177,7 +177,9 @@ enum Dashboard {
             (\(format(throughput.rate * 60)) per minute from the first to the last)</p>
             \(throughputChart)
             <h2>Utilization</h2>
-            <p>Busy node-seconds: <span data-busy>\(format(utilization.busyNodeSeconds))</span></p>
+            <p>Busy node-seconds: <span data-busy>\(format(utilization.busyNodeSeconds))</span> of \
+            <span data-held>\(format(utilization.bins.reduce(0) { $0 + $1.available } * utilization.bin))</span> held \
+            (by batch jobs, and by launchers started by hand)</p>
             \(utilizationChart)
             <h2>Recent failures</h2>
             <table id="failures"><tr><th>Time</th><th>Job</th><th>Workdir</th><th>App</th><th>State</th><th>Runs</th><th>RC</th><th>Reason</th><th>Last output line</th></tr>

@@ -135,6 +135,19 @@ enum ReportRoutes {
             busyOf[r.int(0)] = r.double(4)
             if let local = r.optionalInt(6) { serverID["\(r.int(5)) \(local)"] = r.int(0) }
         }
+        // Launchers started by hand (no batch job named them) hold their nodes while they run.
+        var l = Conditions(owner: call.user.id, column: "owner_id")
+        l.add("site_batch_id IS NULL")
+        if let site = window.site { l.add("site_id = ?", .of(site)) }
+        if let until = window.until { l.add("start_time <= ?", .int(until)) }
+        if let since = window.since { l.add("(end_time IS NULL OR end_time >= ?)", .int(since)) }
+        let launchers = try c.query(
+            "SELECT id, nodes, start_time, end_time FROM launcher_sessions WHERE \(l.sql)", l.parameters
+        ).map { r in
+            ReportSeries.Held(
+                id: -r.int(0), nodes: r.int(1), start: seconds(Int64(r.int(2))),
+                end: r.isNull(3) ? nil : seconds(Int64(r.int(3))))
+        }
         if window.perMinute && !steps {
             // Ended runs from the per-minute sums (each minute one run of its mean busy nodes), runs going on from
             // the jobs in RUNNING; each batch job's busy node-seconds from its own sum plus its runs going on.
@@ -157,8 +170,10 @@ enum ReportRoutes {
             let from = window.since.map { seconds($0 / Rollups.minute * Rollups.minute) }
             let to = window.until.map(seconds)
             var u = try ReportSeries.utilization(
-                runs: runs, held: held, batchJob: nil,
-                bin: window.bin ?? minuteBin(runs, held, now: now, from: from, to: to), now: now, from: from, to: to)
+                runs: runs, held: held, launchers: launchers, batchJob: nil,
+                bin: window.bin ?? minuteBin(runs, held + launchers, now: now, from: from, to: to), now: now,
+                from: from,
+                to: to)
             let live = try ReportSeries.utilization(runs: ongoing, held: held, bin: 86400, now: now).batchJobs
             for (k, use) in u.batchJobs.enumerated() {
                 let liveUse = live.first { $0.id == use.id }?.busyNodeSeconds ?? 0
@@ -171,7 +186,8 @@ enum ReportRoutes {
             return u
         }
         return try ReportSeries.utilization(
-            runs: try runsFromEvents(call, window: window, serverID: serverID), held: held, batchJob: batchJob,
+            runs: try runsFromEvents(call, window: window, serverID: serverID), held: held, launchers: launchers,
+            batchJob: batchJob,
             bin: window.bin, now: now, steps: steps, from: window.since.map(seconds), to: window.until.map(seconds))
     }
 

@@ -41,6 +41,10 @@ enum SyncRoutes {
         let requestsDone = try list(&input, "requests_done")
         let batchJobs = try list(&input, "batch_jobs")
         let rejectedBatchJobs = try list(&input, "rejected_batch_jobs")
+        let sessions = try list(&input, "launcher_sessions")
+        if sessions.count > 1000 {
+            throw ServerError.badRequest("a push holds at most 1000 launcher sessions", field: "launcher_sessions")
+        }
         // Apps from the server the site could not install, with its reason (absent: a site that does not say).
         let refusedApps = try input.stringMap("refused_apps", maxBytes: 65_536)
         try input.finish()
@@ -103,6 +107,7 @@ enum SyncRoutes {
                     [.of(siteID), .of(owner)] + chunk.map { .text($0) })
             }
             try recordBatchJobs(batchJobs, rejectedBatchJobs, siteID: siteID, call: call)
+            try recordLauncherSessions(sessions, siteID: siteID, call: call)
             try closeRequests(requestsDone, siteID: siteID, call: call)
             var out = JSONWriter()
             out.beginObject()
@@ -408,6 +413,31 @@ enum SyncRoutes {
             JSONValue.object(queues).serialized(), JSONValue.array(projects.map { .string($0) }).serialized(),
             jsonText(params)
         )
+    }
+
+    /// Its launchers' time on their nodes (`[{lease, nodes, start, end, site_batch_id}]`), kept per lease: the
+    /// utilization report counts the nodes of those no batch job started as held.
+    static func recordLauncherSessions(_ items: [JSONValue], siteID: Int, call: Call) throws {
+        for (i, item) in items.enumerated() {
+            var s = try Input(item, prefix: "launcher_sessions[\(i)]")
+            let lease = try s.requiredString("lease", maxBytes: 256)
+            let nodes = try s.requiredInt("nodes", in: 1...10_000_000)
+            guard let start = try s.time("start") else { throw s.bad("start", "is required") }
+            let end = try s.time("end")
+            let batch = try s.int("site_batch_id", in: 1...Int.max)
+            try s.finish()
+            try call.connection.execute(
+                """
+                INSERT INTO launcher_sessions (owner_id, site_id, lease, nodes, start_time, end_time, site_batch_id)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (site_id, lease) DO UPDATE SET nodes = excluded.nodes, end_time = excluded.end_time
+                """,
+                [
+                    .of(call.user.id), .of(siteID), .text(lease), .of(nodes), .int(start),
+                    end.map { .int($0) } ?? .null,
+                    batch.map { .of($0) } ?? .null,
+                ])
+        }
     }
 
     /// Remote jobs the site could not take (`[{server_id, reason}]`): FAILED, with the reason as the event's

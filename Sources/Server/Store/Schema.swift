@@ -26,6 +26,7 @@ enum Schema {
         Migration(version: 6, name: "ids never reused (SQLite: AUTOINCREMENT)", program: neverReuseIDs),
         Migration(version: 7, name: "why a site could not install an app", sql: appRefusals),
         Migration(version: 8, name: "a site's jobs by workdir (one job per workdir at a site)", sql: siteWorkdirs),
+        Migration(version: 9, name: "launchers' time on their nodes", sql: launcherSessions),
     ]
 
     /// Tables whose ids a client holds. PostgreSQL's sequences never hand an id out twice; SQLite's plain
@@ -275,6 +276,25 @@ enum Schema {
     /// parameter, say): the site's reason, shown with the app, until a definition it can install replaces it.
     private static func appRefusals(_ d: SQLDialect) -> String {
         "ALTER TABLE apps ADD COLUMN site_refusal TEXT;"
+    }
+
+    private static func launcherSessions(_ d: SQLDialect) -> String {
+        let id = d == .sqlite ? "INTEGER PRIMARY KEY" : "BIGSERIAL PRIMARY KEY"
+        let big = d == .sqlite ? "INTEGER" : "BIGINT"
+        return """
+            CREATE TABLE launcher_sessions (
+                id \(id),
+                owner_id \(big) NOT NULL,
+                site_id \(big) NOT NULL REFERENCES sites(id) ON DELETE CASCADE,
+                lease TEXT NOT NULL,
+                nodes \(big) NOT NULL,
+                start_time \(big) NOT NULL,
+                end_time \(big),
+                site_batch_id \(big),
+                UNIQUE (site_id, lease)
+            );
+            CREATE INDEX launcher_sessions_owner ON launcher_sessions (owner_id, start_time);
+            """
     }
 
     private static func siteWorkdirs(_ d: SQLDialect) -> String {
