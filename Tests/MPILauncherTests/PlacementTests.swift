@@ -39,6 +39,37 @@ func shapedJob(
         #expect(Need(shapedJob(rpn: 7), packing: true).cpus > node.cpus, "a 7-CPU job cannot fit on 6")
     }
 
+    /// Random places and releases on a node with reserved CPUs (and on one of thousands of CPUs), against a
+    /// model: each job gets the lowest free IDs, never a reserved or held one.
+    @Test(arguments: [(130, [0, 64, 65, 129]), (5000, [1, 4999])])
+    func cpuIDsFollowTheLowestFreeModel(cpus: Int, reserved: [Int]) throws {
+        let node = Node(index: 0, host: "h0", cpus: cpus, gpus: [], reserved: reserved)
+        var a = Allocation(nodes: [node])
+        var free = Set(node.cpuIDs)
+        var held: [Assignment] = []
+        var rng = SplitMix(seed: 25)
+        for _ in 0..<2000 {
+            if !held.isEmpty && Int.random(in: 0..<3, using: &rng) == 0 {
+                let k = Int.random(in: 0..<held.count, using: &rng)
+                let gone = held.remove(at: k)
+                a.release(gone)
+                free.formUnion(gone.cpuIDs)
+            } else {
+                let n = Int.random(in: 1...9, using: &rng)
+                let need = Need(shapedJob(rpn: n, npc: 1000), packing: true)
+                guard let placed = a.place(need) else {
+                    #expect(free.count < n || held.count >= 1000, "room for \(n) of \(free.count) free")
+                    continue
+                }
+                let expected = Array(free.sorted().prefix(n))
+                #expect(placed.cpuIDs == expected, "lowest free first")
+                free.subtract(placed.cpuIDs)
+                held.append(placed)
+            }
+        }
+        #expect(!held.flatMap(\.cpuIDs).contains { reserved.contains($0) })
+    }
+
     @Test func singleNodeJobsArePackedFirstFitByOccupancy() {
         var a = Allocation(nodes: nodes(2))
         let quarter = Need(shapedJob(npc: 4), packing: true)

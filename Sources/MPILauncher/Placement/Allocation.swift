@@ -66,6 +66,60 @@ public struct Assignment: Sendable, Equatable {
     }
 }
 
+/// A node's free CPU IDs as a bit per ID, the lowest handed out first: taking and giving back cost the CPUs
+/// concerned and a scan of 64-ID words from the lowest that may hold a free one, not the node's size (a set of
+/// the node's IDs rebuilt at every job's end cost a node of many CPUs more than placing the job).
+struct CPUPool: Sendable {
+    private var words: [UInt64]
+    private let full: [UInt64]
+    /// No word below this one holds a free ID.
+    private var lowest = 0
+
+    init(_ ids: [Int]) {
+        var words = [UInt64](repeating: 0, count: (ids.max() ?? 0) / 64 + 1)
+        for id in ids where id >= 0 { words[id / 64] |= 1 << UInt64(id % 64) }
+        self.words = words
+        full = words
+    }
+
+    /// The lowest `n` free IDs (fewer when fewer are free), taken.
+    mutating func take(_ n: Int) -> [Int] {
+        var out: [Int] = []
+        out.reserveCapacity(n)
+        var w = lowest
+        while out.count < n && w < words.count {
+            while words[w] != 0 && out.count < n {
+                let bit = words[w].trailingZeroBitCount
+                words[w] &= words[w] - 1
+                out.append(w * 64 + bit)
+            }
+            if words[w] == 0 { w += 1 }
+        }
+        lowest = w
+        return out
+    }
+
+    /// IDs taken before, free again.
+    mutating func give(_ ids: [Int]) {
+        for id in ids where id >= 0 && id / 64 < words.count {
+            words[id / 64] |= full[id / 64] & (1 << UInt64(id % 64))
+            lowest = min(lowest, id / 64)
+        }
+    }
+
+    /// Every ID taken (a multi-node job holds the whole node).
+    mutating func takeAll() {
+        for w in words.indices { words[w] = 0 }
+        lowest = words.count
+    }
+
+    /// Every ID free again.
+    mutating func giveAll() {
+        words = full
+        lowest = 0
+    }
+}
+
 /// The allocation's nodes and what is in use on each: first-fit placement of jobs, and release when they end.
 public struct Allocation: Sendable {
     /// The nodes, in rank order.
@@ -73,7 +127,7 @@ public struct Allocation: Sendable {
     private var occupancy: [Double]
     private var busyCPUs: [Int]
     private var freeGPUs: [[String]]
-    private var freeCPUs: [[Int]]
+    private var freeCPUs: [CPUPool]
 
     /// Slack for floating-point sums of occupancies (three jobs of 1/3 fill a node).
     static let epsilon = 0.001
@@ -83,7 +137,7 @@ public struct Allocation: Sendable {
         occupancy = nodes.map { _ in 0 }
         busyCPUs = nodes.map { _ in 0 }
         freeGPUs = nodes.map(\.gpus)
-        freeCPUs = nodes.map(\.cpuIDs)
+        freeCPUs = nodes.map { CPUPool($0.cpuIDs) }
     }
 
     /// Whether some node has room left for at least a small job.
@@ -106,7 +160,7 @@ public struct Allocation: Sendable {
             for i in chosen {
                 occupancy[i] = 1
                 busyCPUs[i] = nodes[i].cpus
-                freeCPUs[i] = []
+                freeCPUs[i].takeAll()
             }
             return Assignment(
                 nodes: chosen, cpus: 0, gpus: [], occupancy: 1, cpuIDs: nodes[chosen[0]].cpuIDs)
@@ -119,8 +173,7 @@ public struct Allocation: Sendable {
             busyCPUs[i] += need.cpus
             let gpus = Array(freeGPUs[i].prefix(need.gpus))
             freeGPUs[i].removeFirst(need.gpus)
-            let cpuIDs = Array(freeCPUs[i].prefix(need.cpus))
-            freeCPUs[i].removeFirst(cpuIDs.count)
+            let cpuIDs = freeCPUs[i].take(need.cpus)
             return Assignment(nodes: [i], cpus: need.cpus, gpus: gpus, occupancy: need.occupancy, cpuIDs: cpuIDs)
         }
         return nil
@@ -134,9 +187,7 @@ public struct Allocation: Sendable {
             // GPUs go back in the node's own order, so the next job gets the lowest free IDs.
             let returned = Set(assignment.gpus)
             freeGPUs[i] = nodes[i].gpus.filter { returned.contains($0) || freeGPUs[i].contains($0) }
-            let own = Set(nodes[i].cpuIDs)
-            let back = Set(freeCPUs[i] + (assignment.nodes.count > 1 ? nodes[i].cpuIDs : assignment.cpuIDs))
-            freeCPUs[i] = back.filter(own.contains).sorted()
+            if assignment.nodes.count > 1 { freeCPUs[i].giveAll() } else { freeCPUs[i].give(assignment.cpuIDs) }
         }
     }
 }
