@@ -206,8 +206,10 @@ func runs(_ site: Site) throws -> [Run] {
 
     /// With the default python.executable (`python3`, found on PATH as a shell would), the warm worker starts;
     /// its run fails for the missing library, saying so.
-    @Test func aPythonAppWhoseSitePythonLacksItsLibrariesFailsSayingWhatIsMissing() throws {
-        try configure("  cpus_per_node: 2\npython:\n  executable: python3")
+    /// One job of a Python app (a class that is no class: the runner's load fails) run by a launcher alone,
+    /// with `python` as the site's python.executable; the job's ID and the launcher, once it has ended.
+    func runPythonJob(python: String) throws -> (String, LauncherProcess) {
+        try configure("  cpus_per_node: 2\npython:\n  executable: \(python)")
         try Posix.makeDirectories(site.appsPath + "/Py")
         try "python_app: true\nparameters: {x: {required: true}}\n".write(
             toFile: site.appsPath + "/Py/app.yml", atomically: false, encoding: .utf8)
@@ -217,6 +219,11 @@ func runs(_ site: Site) throws -> [Run] {
             site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
         #expect(launcher.wait() == 0, "\(launcher.log)")
         #expect(state(ids[0]) == .runError)
+        return (ids[0], launcher)
+    }
+
+    @Test func aPythonAppWhoseSitePythonLacksItsLibrariesFailsSayingWhatIsMissing() throws {
+        _ = try runPythonJob(python: "python3")
         let events = try read(site.eventsPath + "/" + entries(site.eventsPath)[0])
         #expect(events.contains("lacks dill"), "\(events)")
         #expect(try read(PythonApps.runnerPath(site)).contains("def serve("), "the launcher wrote the runner")
@@ -225,18 +232,9 @@ func runs(_ site: Site) throws -> [Run] {
     /// A python.executable that is not there: the launcher says so at start, and each job's reason names the
     /// setting (exit status 127, as a shell's "not found").
     @Test func aMissingSitePythonIsNamedAtStartAndInTheJobsReason() throws {
-        try configure("  cpus_per_node: 2\npython:\n  executable: no-such-python3")
-        try Posix.makeDirectories(site.appsPath + "/Py")
-        try "python_app: true\nparameters: {x: {required: true}}\n".write(
-            toFile: site.appsPath + "/Py/app.yml", atomically: false, encoding: .utf8)
-        try "gAQu\n".write(toFile: site.appsPath + "/Py/class.b64", atomically: false, encoding: .utf8)
-        let ids = try submit([#"{"app":"Py","workdir":"p","parameters":{"x":1}}"#])
-        let launcher = try LauncherProcess(
-            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
-        #expect(launcher.wait() == 0, "\(launcher.log)")
+        let (id, launcher) = try runPythonJob(python: "no-such-python3")
         #expect(launcher.log.contains("python.executable 'no-such-python3' (settings.yml) is not on PATH"))
-        #expect(state(ids[0]) == .runError)
-        let shown = try balsam(["show", ids[0], "--json"], site: site.root).stdout
+        let shown = try balsam(["show", id, "--json"], site: site.root).stdout
         let reason = try JSONValue.parse(shown).objectValue?["state_reason"]?.stringValue ?? ""
         #expect(reason.hasPrefix("exit status 127: ") && reason.contains("python.executable"), "\(reason)")
     }

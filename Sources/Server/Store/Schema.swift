@@ -68,8 +68,7 @@ enum Schema {
     static var latest: Int { migrations.last?.version ?? 0 }
 
     private static func initial(_ d: SQLDialect) -> String {
-        let id = d == .sqlite ? "INTEGER PRIMARY KEY" : "BIGSERIAL PRIMARY KEY"
-        let big = d == .sqlite ? "INTEGER" : "BIGINT"
+        let (id, big) = columnTypes(d)
         let json = d == .sqlite ? "TEXT" : "JSONB"
         var sql = """
             CREATE TABLE users (
@@ -218,16 +217,20 @@ enum Schema {
     }
 
     private static func siteBatchIDs(_ d: SQLDialect) -> String {
-        let big = d == .sqlite ? "INTEGER" : "BIGINT"
+        let big = columnTypes(d).big
         return """
             ALTER TABLE batch_jobs ADD COLUMN site_batch_id \(big);
             CREATE UNIQUE INDEX batch_jobs_site_batch ON batch_jobs (site_id, site_batch_id);
             """
     }
 
+    /// The dialect's types of an id column and of a 64-bit integer.
+    private static func columnTypes(_ d: SQLDialect) -> (id: String, big: String) {
+        d == .sqlite ? ("INTEGER PRIMARY KEY", "INTEGER") : ("BIGSERIAL PRIMARY KEY", "BIGINT")
+    }
+
     private static func jobRequests(_ d: SQLDialect) -> String {
-        let id = d == .sqlite ? "INTEGER PRIMARY KEY" : "BIGSERIAL PRIMARY KEY"
-        let big = d == .sqlite ? "INTEGER" : "BIGINT"
+        let (id, big) = columnTypes(d)
         return """
             CREATE TABLE job_requests (
                 id \(id),
@@ -246,7 +249,7 @@ enum Schema {
     /// and minute (filled from the events already recorded), busy node-seconds per site and minute, and each
     /// batch job's busy node-seconds (counted from this version on).
     private static func reportRollups(_ d: SQLDialect) -> String {
-        let big = d == .sqlite ? "INTEGER" : "BIGINT"
+        let big = columnTypes(d).big
         return """
             CREATE TABLE state_minutes (
                 owner_id \(big) NOT NULL,
@@ -279,8 +282,7 @@ enum Schema {
     }
 
     private static func launcherSessions(_ d: SQLDialect) -> String {
-        let id = d == .sqlite ? "INTEGER PRIMARY KEY" : "BIGSERIAL PRIMARY KEY"
-        let big = d == .sqlite ? "INTEGER" : "BIGINT"
+        let (id, big) = columnTypes(d)
         return """
             CREATE TABLE launcher_sessions (
                 id \(id),
