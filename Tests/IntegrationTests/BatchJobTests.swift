@@ -78,6 +78,17 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         return (site, watcher)
     }
 
+    /// Starts the watcher, waits until the site's `jobs` jobs are runnable, then asks for the batch job: its
+    /// launcher (idle after 1 s here) must not start before there is work (under load it did, and left idle).
+    func watchThenQueue(_ site: Site, jobs: Int, _ args: [String], env: [String: String] = [:]) throws -> WatchProcess {
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: env)
+        try waitUntil("the jobs are runnable", timeout: 60) {
+            ((try? Query(site: site).countByState()) ?? [:])[.preprocessed] == jobs
+        }
+        #expect(try queueSubmit(site, args).status == 0)
+        return watcher
+    }
+
     func leasedJobs(_ site: Site) -> Int {
         ((try? Lease.all(site)) ?? []).reduce(0) { $0 + ((try? $1.jobIDs()) ?? []).count }
     }
@@ -367,8 +378,7 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         try submitJobs(site, 8)
         let wide = try balsam(["submit", "-a", "wide", "-w", "wide", "--num-nodes", "2"], site: site.root)
         #expect(wide.status == 0, "\(wide.stderr)")
-        #expect(try queueSubmit(site, ["-n", "2", "-t", "5", "-q", "debug", "-A", "default"]).status == 0)
-        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        let watcher = try watchThenQueue(site, jobs: 9, ["-n", "2", "-t", "5", "-q", "debug", "-A", "default"])
         try waitUntil("the batch job ends", timeout: 90) { batchJob(site, 1)?.state == .finished }
         let job = try #require(batchJob(site, 1))
         #expect(job.outcome == .completed && job.exitCode == 0, "\(job.message ?? "")\n\(watcher.log)")
@@ -423,8 +433,8 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
             try #require(r.status == 0, "\(r.stderr)")
         }
         let queue = platform == "frontier" ? "batch" : "debug"
-        #expect(try queueSubmit(site, ["-n", "2", "-t", "5", "-q", queue, "-A", "default"]).status == 0)
-        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: ["SLURM_MPI_TYPE": "pmi2"])
+        let watcher = try watchThenQueue(
+            site, jobs: 4, ["-n", "2", "-t", "5", "-q", queue, "-A", "default"], env: ["SLURM_MPI_TYPE": "pmi2"])
         try waitUntil("the batch job ends", timeout: 120) { batchJob(site, 1)?.state == .finished }
         let job = try #require(batchJob(site, 1))
         #expect(job.outcome == .completed && job.exitCode == 0, "\(job.message ?? "")\n\(watcher.log)")
