@@ -335,8 +335,8 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
     @Test(.enabled(if: slurmAvailable)) func aSlurmBatchJobRunsTheSitesJobsAcrossTwoNodes() throws {
         let site = try makeSite("slurm", app: "echo node=$SLURMD_NODENAME; sleep 0.3", platform: "generic-slurm")
         try submitJobs(site, 12)
-        #expect(try queueSubmit(site, ["-n", "2", "-t", "5", "-q", "debug", "-A", "default"]).status == 0)
-        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
+        let watcher = try watchThenQueue(
+            site, jobs: 12, ["-n", "2", "-t", "5", "-q", "debug", "-A", "default"], env: mpiRootEnvironment)
         try waitUntil("the batch job ends", timeout: 90) { batchJob(site, 1)?.state == .finished }
         let job = try #require(batchJob(site, 1))
         #expect(job.outcome == .completed && job.exitCode == 0, "\(job.message ?? "")\n\(watcher.log)")
@@ -463,8 +463,7 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         // Made from the generic PBS platform preset.
         let site = try makeSite("pbs", app: "echo node=$SLURMD_NODENAME; sleep 0.3", platform: "generic-pbs")
         try submitJobs(site, 8)
-        #expect(try queueSubmit(site, ["-n", "2", "-t", "5"]).status == 0)
-        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path, env: mpiRootEnvironment)
+        let watcher = try watchThenQueue(site, jobs: 8, ["-n", "2", "-t", "5"], env: mpiRootEnvironment)
         try waitUntil("the batch job ends", timeout: 90) { batchJob(site, 1)?.state == .finished }
         let job = try #require(batchJob(site, 1))
         #expect(job.outcome == .completed, "\(job.message ?? "")\n\(watcher.log)")
