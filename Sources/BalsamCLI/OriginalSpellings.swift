@@ -204,7 +204,7 @@ public enum OriginalSpellings {
                 }
                 if case .workdirContaining = rule {
                     out += ["--workdir", WorkdirPattern.containing(value).text]
-                } else if Posix.exists(value + "/settings.yml") {
+                } else if (try? Site.open(value)) != nil {
                     out += ["--site", value]
                 } else {
                     throw SpoolError(

@@ -84,6 +84,9 @@ public func warnIfNoWatcher(_ site: Site, _ program: String, because: String) {
             + "start it with 'balsam-watch --daemon'")
 }
 
+/// Whether a person is there to answer: standard input and standard error are a terminal.
+public var onATerminal: Bool { isatty(0) == 1 && isatty(2) == 1 }
+
 /// Asks `prompt` on standard error and reads the answer from standard input: true for y or yes.
 public func confirm(_ prompt: String) -> Bool {
     printError(prompt, terminator: "")

@@ -2,10 +2,6 @@ import ArgumentParser
 import BalsamCLI
 import Spool
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 /// The filters `balsam ls` and the control commands share; a job is selected when it passes all of them.
 struct JobFilterOptions: ParsableArguments {
     @Option(name: [.short, .long], help: "Only jobs in this state (repeatable).")
@@ -102,7 +98,7 @@ func control(
             )
             return
         }
-        if jobs.count > 1 && !selection.yes && isatty(0) == 1 && isatty(2) == 1 {
+        if jobs.count > 1 && !selection.yes && onATerminal {
             let sample = jobs.prefix(5).map(\.workdir).joined(separator: ", ") + (jobs.count > 5 ? ", ..." : "")
             guard confirm("balsam \(name): \(verb) \(jobs.count) jobs (\(sample))? [y/N] ") else {
                 printError("balsam \(name): nothing changed")

@@ -55,7 +55,7 @@ struct Init: ParsableCommand {
 
     func run() throws {
         try reportingErrors("balsam init") {
-            let interactive = isatty(0) == 1 && isatty(2) == 1
+            let interactive = onATerminal
             var chosen: Platform
             var asked = false
             if let scheduler {

@@ -23,7 +23,19 @@ import Testing
     func push(_ n: Int) -> JSONValue {
         let id = "01FUZZ\(n)"
         return .object([
-            "site": .object(["name": .string("fuzz"), "path": .string("/scratch/fuzz")]),
+            "site": .object([
+                "name": .string("fuzz"), "path": .string("/scratch/fuzz"),
+                "allowed_queues": .object([
+                    "q": .object(["max_nodes": .int(2), "max_walltime": .int(60), "max_queued_jobs": .int(5)])
+                ]),
+                "allowed_projects": .array([.string("p")]), "optional_batch_job_params": .object(["k": .string("v")]),
+            ]),
+            "launcher_sessions": .array([
+                .object([
+                    "lease": .string("h.1.\(n)"), "nodes": .int(1), "start": .string("2026-11-29T10:00:00.000Z"),
+                    "end": .null,
+                ])
+            ]),
             "apps": .array([
                 .object([
                     "name": .string("hello"), "description": .string(""), "source_code": .string(""),
@@ -85,7 +97,7 @@ import Testing
         #expect(theirs.status == 201, "\(theirs.text)")
         var rng = SplitMix(seed: Self.seed)
         for n in 0..<Self.cases {
-            var pick = Int(rng.next() % 40)
+            var pick = Int(rng.next() % 60)
             let hostile = Self.hostile[Int(rng.next() % UInt64(Self.hostile.count))]
             let body = replacing(push(n), &pick, with: hostile)
             let reply = try await server.request(

@@ -35,8 +35,5 @@ public struct WorkdirPattern: Sendable, Equatable, CustomStringConvertible {
         isGlob ? fnmatch(text, workdir, 0) == 0 : workdir == text
     }
 
-    /// The one workdir an exact pattern names (nil for a glob).
-    public var exact: String? { isGlob ? nil : text }
-
     public var description: String { text }
 }

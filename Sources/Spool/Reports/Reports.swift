@@ -114,7 +114,6 @@ public struct Reports {
                         data: o["data"]?.objectValue ?? [:], workdir: listing?.workdir, app: listing?.app,
                         tags: listing?.job?.tags ?? [:], attempts: state == "FAILED" ? 0 : 1))
             }
-            if result.count >= limit && position.isEmpty { break }
         }
         return result
     }
