@@ -32,13 +32,17 @@ public struct Lease: Sendable, Equatable {
     /// Creates a new lease for this process; `info` is recorded in `.lease` (batch job ID, nodes, ...).
     public static func create(_ site: Site, info: [String: JSONValue] = [:]) throws(SpoolError) -> Lease {
         let lease = Lease(site: site, name: "\(Posix.hostName()).\(getpid()).\(JobID.make())")
-        try Posix.mkdir(lease.path)
+        // Assembled in tmp/ and renamed into place whole: a lease directory without its holder file has no
+        // heartbeat, and the watcher's reaper would end it as expired between the mkdir and the write.
+        let staging = site.tmpPath + "/" + prefix + lease.name + Site.ownerSuffix
+        try Posix.mkdir(staging)
         var holder = info
         holder["host"] = .string(Posix.hostName())
         holder["pid"] = .int(Int(getpid()))
         holder["created"] = .string(Timestamp.now())
         try Posix.createFile(
-            lease.path + "/" + holderFile, Array((JSONValue.object(holder).serialized() + "\n").utf8), sync: true)
+            staging + "/" + holderFile, Array((JSONValue.object(holder).serialized() + "\n").utf8), sync: true)
+        try Posix.rename(staging, lease.path)
         try Posix.fsyncDirectory(site.jobsPath)
         return lease
     }
