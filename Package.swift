@@ -132,6 +132,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // What the server and the site say to each other: the job as the API shows it, the push and its reply,
+        // refusals with codes, times, and the field-checking reader every message goes through.
+        .target(name: "Wire", dependencies: ["Spool"]),
         // The server's C libraries, from Debian: SQLite (embedded store), libpq (PostgreSQL), libcrypto (secrets).
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CPostgres", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
@@ -140,7 +143,7 @@ let package = Package(
         .target(
             name: "Server",
             dependencies: [
-                "CCrypto", "CPostgres", "CSQLite", "Spool",
+                "CCrypto", "CPostgres", "CSQLite", "Spool", "Wire",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -150,7 +153,7 @@ let package = Package(
         .executableTarget(
             name: "balsam-server",
             dependencies: [
-                "BalsamCLI", "Server", "Spool",
+                "BalsamCLI", "Server", "Spool", "Wire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -160,7 +163,7 @@ let package = Package(
         // libcurl, for the sync's HTTP client (the only module that links it).
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // The site's side of the server: the HTTP client, the client file, login (and, next, the sync service).
-        .target(name: "Sync", dependencies: ["CCurl", "Spool", .product(name: "Yams", package: "Yams")]),
+        .target(name: "Sync", dependencies: ["CCurl", "Spool", "Wire", .product(name: "Yams", package: "Yams")]),
         .executableTarget(name: "balsam", dependencies: ["Batch", "BalsamCLI", "Spool", "Sync"]),
         .executableTarget(name: "balsam-submit", dependencies: ["BalsamCLI", "Spool"]),
         // Temporary sites, small filesystems, running the built binaries.
@@ -171,7 +174,8 @@ let package = Package(
         .testTarget(name: "MPILauncherTests", dependencies: ["MPILauncher", "Spool", "TestSupport"]),
         .testTarget(name: "BatchTests", dependencies: ["Batch", "Spool", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Spool", "TestSupport"]),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Spool", "TestSupport"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Spool", "TestSupport", "Wire"]),
+        .testTarget(name: "WireTests", dependencies: ["Spool", "Wire"]),
     ]
 )
 

@@ -3,6 +3,7 @@ import HummingbirdCore
 import Logging
 import NIOCore
 import Spool
+import Wire
 
 /// The REST control plane: the original Balsam API on Hummingbird, over one database.
 ///

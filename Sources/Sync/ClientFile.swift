@@ -1,4 +1,5 @@
 import Spool
+import Wire
 internal import Yams
 
 #if canImport(Glibc)

@@ -1,5 +1,6 @@
 internal import CCurl
 import Spool
+import Wire
 
 /// The failure of an HTTP exchange: a transport error (no reply) or a reply with an error status.
 public struct SyncError: Error, Sendable, CustomStringConvertible {

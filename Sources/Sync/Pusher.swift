@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 #if canImport(Glibc)
     import Glibc
@@ -265,7 +266,7 @@ public final class Pusher {
     }
 
     /// The specs of `ids`, as the server takes them (jobs no longer at the site are left out).
-    func jobsJSON(_ ids: Set<String>) throws -> [String: JSONValue] {
+    func jobsJSON(_ ids: Set<String>) throws -> [String: PushedJob] {
         guard !ids.isEmpty else { return [:] }
         // Jobs just made are active (an entry, found in a stat or two) or in an accepted batch: a lookup by id
         // finds them without reading the final index. For very many (a first sync), one walk of the site's
@@ -276,20 +277,11 @@ public final class Pusher {
         } else {
             listings = try Query(site: site).lookup(ids)
         }
-        var out: [String: JSONValue] = [:]
+        var out: [String: PushedJob] = [:]
         for listing in listings where ids.contains(listing.id) {
-            guard let job = listing.job else { continue }
-            out[listing.id] = .object([
-                "site_job_id": .string(listing.id), "app": .string(Pusher.serverAppName(job.app)),
-                "workdir": .string(job.workdir), "tags": .object(job.tags.mapValues { .string($0) }),
-                "parameters": .object(job.parameters), "data": .object(job.data), "num_nodes": .int(job.numNodes),
-                "ranks_per_node": .int(job.ranksPerNode), "threads_per_rank": .int(job.threadsPerRank),
-                "threads_per_core": .int(job.threadsPerCore),
-                "launch_params": .object(job.launchParams.mapValues { .string($0) }),
-                "gpus_per_rank": .double(job.gpusPerRank), "node_packing_count": .int(job.nodePackingCount),
-                "wall_time_min": .int(job.wallTimeMin), "parent_site_ids": .array(job.parentIDs.map { .string($0) }),
-                "state": .string(listing.state.rawValue), "transfers": .object(job.transfers),
-            ])
+            guard var job = listing.job else { continue }
+            job.app = Pusher.serverAppName(job.app)
+            out[listing.id] = PushedJob(id: listing.id, job, state: listing.state)
         }
         return out
     }
@@ -371,13 +363,13 @@ public final class Pusher {
                 "max_queued_jobs": .int(q.maxQueuedJobs),
             ])
         }
-        func body(jobs: [String: JSONValue], events: [JSONValue], removed: Set<String>, forceApps: Bool = false)
+        func body(jobs: [String: PushedJob], events: [JSONValue], removed: Set<String>, forceApps: Bool = false)
             -> JSONValue
         {
             let specs = jobs.keys.sorted().compactMap { id -> JSONValue? in
-                guard var spec = jobs[id]?.objectValue else { return nil }
-                if let serverID = serverIDs[id].flatMap(Int.init) { spec["server_id"] = .int(serverID) }
-                return .object(spec)
+                guard var job = jobs[id] else { return nil }
+                job.serverID = serverIDs[id].flatMap(Int.init)
+                return job.json
             }
             var o: [String: JSONValue] = [
                 "site": .object([
@@ -715,8 +707,8 @@ public final class Pusher {
         let pythonApps = Set(names.filter { (try? site.app($0))?.isPython == true })
         var adopted = 0
         var refused = 0
-        for item in remote {
-            guard let o = item.objectValue, let serverID = o["id"]?.intValue else { continue }
+        for (i, item) in remote.enumerated() {
+            guard let serverID = item.objectValue?["id"]?.intValue else { continue }
             let key = String(serverID)
             if state.adopted[key] != nil || state.rejected[key] != nil { continue }
             func refuse(_ reason: String) throws {
@@ -724,14 +716,19 @@ public final class Pusher {
                 try state.save(site)
                 refused += 1
             }
-            let appName = o["app"]?.stringValue ?? ""
+            let o: RemoteJob
+            do { o = try RemoteJob(item, at: "remote_jobs[\(i)]") } catch {
+                try refuse("the server sent it wrong: \(error)")
+                continue
+            }
+            let appName = o.spec.app
             guard let app = apps[appName] else {
                 try refuse(
                     "site \(site.name) has no app '\(appName)' (its apps: \(names.isEmpty ? "none" : names.joined(separator: ", ")))"
                 )
                 continue
             }
-            let pickled = o["serialized_parameters"]?.stringValue ?? ""
+            let pickled = o.serializedParameters
             let parameters: [String: JSONValue]
             let isPython = pythonApps.contains(app)
             var decoded: JSONValue?
@@ -752,29 +749,20 @@ public final class Pusher {
             }
             var parents: [String] = []
             var waiting = false
-            let parentSiteIDs = o["parent_site_ids"]?.objectValue ?? [:]
-            for parent in (o["parent_ids"]?.arrayValue ?? []).compactMap(\.intValue) {
-                if let id = parentSiteIDs[String(parent)]?.stringValue ?? state.adopted[String(parent)] {
+            for parent in o.parentIDs {
+                if let id = o.parentSiteIDs[parent] ?? state.adopted[String(parent)] {
                     parents.append(id)
                 } else {
                     waiting = true
                 }
             }
             if waiting { continue }  // a parent not at the site yet: taken with a later round
-            var job = Job(workdir: o["workdir"]?.stringValue ?? "", app: app)
-            job.tags = (o["tags"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+            var spec = o.spec
+            spec.app = app
+            var job = spec.job
             job.parameters = parameters
             if isPython { job.serializedParameters = pickled }
-            job.data = (o["data"]?.objectValue ?? [:]).merging(["balsam_server_id": .int(serverID)]) { _, b in b }
-            job.numNodes = o["num_nodes"]?.intValue ?? 1
-            job.ranksPerNode = o["ranks_per_node"]?.intValue ?? 1
-            job.threadsPerRank = o["threads_per_rank"]?.intValue ?? 1
-            job.threadsPerCore = o["threads_per_core"]?.intValue ?? 1
-            job.launchParams = (o["launch_params"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
-            job.gpusPerRank = o["gpus_per_rank"]?.doubleValue ?? 0
-            job.nodePackingCount = o["node_packing_count"]?.intValue ?? 1
-            job.wallTimeMin = o["wall_time_min"]?.intValue ?? 0
-            job.transfers = o["transfers"]?.objectValue ?? [:]
+            job.data["balsam_server_id"] = .int(serverID)
             job.parentIDs = parents
             do {
                 let (made, _) = try submission.submit(job)

@@ -5,6 +5,7 @@ import Server
 import ServiceLifecycle
 import Spool
 import UnixSignals
+import Wire
 
 #if canImport(Glibc)
     import Glibc

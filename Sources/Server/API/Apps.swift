@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// `/apps/`: the apps registered at a user's sites (the original's `ApplicationDefinition` classes).
 enum Apps {
@@ -25,7 +26,7 @@ enum Apps {
     }
 
     /// An app name is a Python identifier (the original's rule: it names a class).
-    static func validateName(_ name: String, input: Input) throws(ServerError) {
+    static func validateName(_ name: String, input: FieldReader) throws {
         let bytes = Array(name.utf8)
         let ok =
             !bytes.isEmpty && bytes.count <= 128 && !(bytes[0] >= 0x30 && bytes[0] <= 0x39)
@@ -36,9 +37,9 @@ enum Apps {
     }
 
     /// `parameters`: `{name: {required, default, help}}`; a parameter is required or has a default, not both.
-    static func checkParameters(_ value: [String: JSONValue], input: Input) throws(ServerError) {
+    static func checkParameters(_ value: [String: JSONValue], input: FieldReader) throws {
         for (name, spec) in value {
-            var p = try Input(spec, prefix: input.name("parameters.\(name)"))
+            var p = try FieldReader(spec, prefix: input.name("parameters.\(name)"))
             let required = try p.bool("required") ?? true
             let fallback = p.value("default")
             _ = try p.string("help", maxBytes: 4096)
@@ -50,9 +51,9 @@ enum Apps {
     }
 
     /// `transfers`: `{slot: {required, direction: in|out, local_path (relative), description, recursive}}`.
-    static func checkTransfers(_ value: [String: JSONValue], input: Input) throws(ServerError) {
+    static func checkTransfers(_ value: [String: JSONValue], input: FieldReader) throws {
         for (slot, spec) in value {
-            var t = try Input(spec, prefix: input.name("transfers.\(slot)"))
+            var t = try FieldReader(spec, prefix: input.name("transfers.\(slot)"))
             _ = try t.bool("required")
             let direction = try t.requiredString("direction", maxBytes: 8)
             if direction != "in" && direction != "out" { throw t.bad("direction", "must be 'in' or 'out'") }
@@ -64,7 +65,7 @@ enum Apps {
         }
     }
 
-    private static func members(_ input: inout Input, creating: Bool, call: Call) throws -> [(String, SQLValue)] {
+    private static func members(_ input: inout FieldReader, creating: Bool, call: Call) throws -> [(String, SQLValue)] {
         var out: [(String, SQLValue)] = []
         let siteID =
             creating ? try input.requiredInt("site_id", in: 1...Int.max) : try input.int("site_id", in: 1...Int.max)
@@ -132,7 +133,7 @@ enum Apps {
     }
 
     static func create(_ call: inout Call) throws -> Reply {
-        var input = try Input(try call.json())
+        var input = try FieldReader(try call.json())
         let all = try members(&input, creating: true, call: call) + [("owner_id", .of(call.user.id))]
         return try insertOne(
             call, table: "apps", members: all, columns: columns,
@@ -145,7 +146,7 @@ enum Apps {
 
     static func update(_ call: inout Call) throws -> Reply {
         let id = try call.requiredID()
-        var input = try Input(try call.json())
+        var input = try FieldReader(try call.json())
         let members = try members(&input, creating: false, call: call)
         guard
             try call.connection.scalar(

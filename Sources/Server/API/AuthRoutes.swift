@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// `/auth/...`: the password flow the original client uses.
 enum AuthRoutes {
@@ -14,7 +15,7 @@ enum AuthRoutes {
                 throw ServerError(
                     status: 403, "registration is closed on this server; ask its operator (balsam-server user add)")
             }
-            var input = try Input(try call.json())
+            var input = try FieldReader(try call.json())
             let username = try input.requiredString("username", maxBytes: 64)
             let password = try input.requiredString("password", maxBytes: 1024)
             try input.finish()

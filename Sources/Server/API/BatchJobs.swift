@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// `/batch-jobs/`: allocations requested of a site's scheduler. The server records requests and the site's
 /// reports; the site submits, follows and deletes them.
@@ -30,19 +31,19 @@ enum BatchJobs {
         out.endObject()
     }
 
-    static func jobMode(_ input: inout Input, required: Bool) throws(ServerError) -> String? {
+    static func jobMode(_ input: inout FieldReader, required: Bool) throws -> String? {
         let mode = required ? try input.requiredString("job_mode", maxBytes: 16) : try input.string("job_mode")
         if let mode, mode != "serial" && mode != "mpi" { throw input.bad("job_mode", "must be 'serial' or 'mpi'") }
         return mode
     }
 
     /// `partitions`: `[{job_mode, num_nodes, filter_tags}]` whose nodes add up to the batch job's.
-    static func partitions(_ input: inout Input, numNodes: Int?) throws(ServerError) -> String? {
+    static func partitions(_ input: inout FieldReader, numNodes: Int?) throws -> String? {
         guard let value = input.value("partitions") else { return nil }
         guard case .array(let items) = value else { throw input.bad("partitions", "must be a list") }
         var total = 0
         for (i, item) in items.enumerated() {
-            var p = try Input(item, prefix: input.name("partitions[\(i)]"))
+            var p = try FieldReader(item, prefix: input.name("partitions[\(i)]"))
             _ = try jobMode(&p, required: true)
             total += try p.requiredInt("num_nodes", in: 1...1_000_000)
             _ = try p.stringMap("filter_tags")
@@ -55,7 +56,7 @@ enum BatchJobs {
     }
 
     /// The members a site's report may change (the original's `BatchJobUpdate`), and the request ones.
-    static func updates(_ input: inout Input) throws(ServerError) -> [(String, SQLValue)] {
+    static func updates(_ input: inout FieldReader) throws -> [(String, SQLValue)] {
         var sets: [(String, SQLValue)] = []
         if input.has("scheduler_id") {
             sets.append(("scheduler_id", .of(try input.int("scheduler_id", in: 0...Int.max))))
@@ -118,7 +119,7 @@ enum BatchJobs {
 
     /// `POST /batch-jobs/`: a request, `pending_submission` until the site submits it.
     static func create(_ call: inout Call) throws -> Reply {
-        var input = try Input(try call.json())
+        var input = try FieldReader(try call.json())
         let site = try input.requiredInt("site_id", in: 1...Int.max)
         guard
             try call.connection.scalar(
@@ -178,7 +179,7 @@ enum BatchJobs {
 
     static func update(_ call: inout Call) throws -> Reply {
         let id = try call.requiredID()
-        var input = try Input(try call.json())
+        var input = try FieldReader(try call.json())
         let sets = try updates(&input)
         try call.connection.transaction { try apply(id, sets, call: call) }
         return try one(&call)
@@ -186,7 +187,7 @@ enum BatchJobs {
 
     /// `PATCH /batch-jobs/`: `[{id, ...}]` → the updated batch jobs.
     static func bulkUpdate(_ call: inout Call) throws -> Reply {
-        let changes = try bulkChanges(call) { (input: inout Input) in try updates(&input) }
+        let changes = try bulkChanges(call) { (input: inout FieldReader) in try updates(&input) }
         try call.connection.transaction {
             for (id, sets) in changes { try apply(id, sets, call: call) }
         }

@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// `/dashboard`: a page for a logged-in user, made whole by the server (HTML and SVG charts; no script, no build
 /// step, nothing fetched from elsewhere): their sites with last contact and jobs by state, throughput and node

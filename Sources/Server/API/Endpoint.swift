@@ -3,6 +3,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import Spool
+import Wire
 
 /// What a route handler gets: the user (for authenticated routes), a database connection on a worker thread,
 /// the query string and the body.
@@ -158,6 +159,8 @@ struct Endpoints: Sendable {
             reply = .redirect(Dashboard.loginPath)
         } catch let error as ServerError {
             reply = Endpoints.errorReply(error)
+        } catch let error as WireError {
+            reply = Endpoints.errorReply(ServerError(error))
         } catch let error as StoreError where error.kind == .constraint {
             reply = Endpoints.errorReply(.badRequest("refused by the database: \(error.message)"))
         } catch let error as StoreError where error.kind == .full {

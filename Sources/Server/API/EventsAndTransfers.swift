@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// `/events/`: every state change of the caller's jobs, read-only.
 enum Events {
@@ -120,7 +121,7 @@ enum Transfers {
         return .json(out)
     }
 
-    static func updates(_ input: inout Input) throws(ServerError) -> [(String, SQLValue)] {
+    static func updates(_ input: inout FieldReader) throws -> [(String, SQLValue)] {
         var sets: [(String, SQLValue)] = []
         if let state = try input.string("state", maxBytes: 32) {
             guard states.contains(state) else {
@@ -199,13 +200,13 @@ enum Transfers {
 
     static func update(_ call: inout Call) throws -> Reply {
         let id = try call.requiredID()
-        var input = try Input(try call.json())
+        var input = try FieldReader(try call.json())
         try apply([(id, try updates(&input))], call: call)
         return try one(&call)
     }
 
     static func bulkUpdate(_ call: inout Call) throws -> Reply {
-        let changes = try bulkChanges(call) { (input: inout Input) in try updates(&input) }
+        let changes = try bulkChanges(call) { (input: inout FieldReader) in try updates(&input) }
         try apply(changes.map { ($0.id, $0.change) }, call: call)
         return .json(.int(changes.count))
     }

@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// Writes reply JSON straight into bytes, fields in the order given: a page of 100,000 jobs is built without a
 /// dictionary per job. JSON the database holds (tags, data) is copied in as it is: it was checked on the way in.

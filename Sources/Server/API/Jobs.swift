@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// `/jobs/`: bulk create, list with filters, bulk and query updates, deletion; the state rules the original
 /// client expects at creation, plus the site's validated transitions on every change.
@@ -129,10 +130,34 @@ enum Jobs {
         var transfers: [(slot: String, alias: String, path: String)] = []
         var state = JobState.stagedIn
         var siteID = 0
+
+        init() {}
+
+        /// A site's job with `spec`, pushed in `state`.
+        init(_ spec: JobSpec, appID: Int, siteID: Int, state: JobState) {
+            self.appID = appID
+            self.siteID = siteID
+            self.state = state
+            workdir = spec.workdir
+            tags = jsonText(spec.tags)
+            data = jsonText(spec.data)
+            numNodes = spec.numNodes
+            ranksPerNode = spec.ranksPerNode
+            threadsPerRank = spec.threadsPerRank
+            threadsPerCore = spec.threadsPerCore
+            launchParams = jsonText(spec.launchParams)
+            gpusPerRank = spec.gpusPerRank
+            nodePackingCount = spec.nodePackingCount
+            wallTimeMin = spec.wallTimeMin
+            for (slot, value) in spec.transfers.sorted(by: { $0.key < $1.key }) {
+                guard let (alias, path) = try? Job.transferTarget(slot: slot, value) else { continue }
+                transfers.append((slot, alias, path))
+            }
+        }
     }
 
     static func parseNew(_ value: JSONValue, index: Int) throws -> NewJob {
-        var input = try Input(value, prefix: "[\(index)]")
+        var input = try FieldReader(value, prefix: "[\(index)]")
         var job = NewJob()
         job.appID = try input.requiredInt("app_id", in: 1...Int.max)
         job.workdir = try input.requiredString("workdir", maxBytes: Job.Limits.workdirBytes)
@@ -163,7 +188,7 @@ enum Jobs {
                     alias = String(text[..<colon])
                     path = String(text[text.index(after: colon)...])
                 default:
-                    var t = try Input(item, prefix: input.name(field))
+                    var t = try FieldReader(item, prefix: input.name(field))
                     alias = try t.requiredString("location_alias")
                     path = try t.requiredString("path")
                     try t.finish()
@@ -224,7 +249,7 @@ enum Jobs {
     /// parameters may hold them, and the site's Python reads them (a shell app's site refuses them, with the
     /// reason). Returns the value read, or nil for such objects.
     @discardableResult
-    static func checkPickle(_ text: String, input: Input) throws -> JSONValue? {
+    static func checkPickle(_ text: String, input: FieldReader) throws -> JSONValue? {
         let problem: Pickle.Unsupported
         do {
             return try Pickle.decodeBase64(text)
@@ -475,7 +500,7 @@ enum Jobs {
         var stateData = "{}"
     }
 
-    static func parsePatch(_ input: inout Input) throws -> Patch {
+    static func parsePatch(_ input: inout FieldReader) throws -> Patch {
         var p = Patch()
         if let workdir = try input.string("workdir", maxBytes: Job.Limits.workdirBytes) {
             do { try Job.validateWorkdir(workdir) } catch { throw input.bad("workdir", error.message) }
@@ -512,9 +537,7 @@ enum Jobs {
         if let pending = try input.bool("pending_file_cleanup") {
             p.sets.append(("pending_file_cleanup", .of(pending)))
         }
-        if let state = try input.string("state", maxBytes: 32) {
-            p.state = try parseJobState(state, field: input.name("state"))
-        }
+        if input.has("state") { p.state = try input.jobState("state") } else { _ = input.value("state") }
         p.stateTimestamp = try input.time("state_timestamp")
         if let data = try input.object("state_data", maxBytes: Job.Limits.dataBytes) { p.stateData = jsonText(data) }
         // Read-only members the client may echo back.
@@ -724,7 +747,7 @@ enum Jobs {
 
     /// `PATCH /jobs/`: a list of `{id, ...changes}`; ids unique. Replies with the number of jobs updated.
     static func bulkUpdate(_ call: inout Call) throws -> Reply {
-        let updates = try bulkChanges(call) { (input: inout Input) in try parsePatch(&input) }
+        let updates = try bulkChanges(call) { (input: inout FieldReader) in try parsePatch(&input) }
         var seen = Set<Int>()
         for (i, update) in updates.enumerated() where !seen.insert(update.id).inserted {
             throw ServerError.badRequest(
@@ -735,7 +758,7 @@ enum Jobs {
 
     /// `PUT /jobs/?filters`: the same change to every matching job (at most the bulk limit).
     static func queryUpdate(_ call: inout Call) throws -> Reply {
-        var input = try Input(try call.json())
+        var input = try FieldReader(try call.json())
         let patch = try parsePatch(&input)
         let c = try conditions(&call)
         try call.query.finish()
@@ -752,7 +775,7 @@ enum Jobs {
     /// `PUT /jobs/{id}`.
     static func update(_ call: inout Call) throws -> Reply {
         let id = try call.requiredID()
-        var input = try Input(try call.json())
+        var input = try FieldReader(try call.json())
         try apply([(id, try parsePatch(&input))], call: call)
         return try one(&call)
     }

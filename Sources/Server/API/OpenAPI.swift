@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// The OpenAPI 3.0 document of what this server implements, served at `/openapi.json`: built from the same
 /// names the routes use, so schemathesis can check every reply against it.

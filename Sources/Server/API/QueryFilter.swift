@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// The query string of a list, update or delete request: typed readers that name the parameter in their
 /// errors, and a refusal of parameters the route does not know (a misspelt filter must not match everything).
@@ -107,12 +108,7 @@ struct QueryParameters {
 
 /// A job state name, exactly as the original spells it (upper case).
 func parseJobState(_ text: String, field: String) throws(ServerError) -> JobState {
-    guard let state = JobState(rawValue: text) else {
-        throw .badRequest(
-            "'\(text)' is not a job state; states are " + JobState.allCases.map(\.rawValue).joined(separator: ", "),
-            field: field)
-    }
-    return state
+    do { return try JobState.named(text, field: field) } catch { throw ServerError(error) }
 }
 
 /// A WHERE clause under construction: conditions ANDed, with their parameters in order.

@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// `/reports/throughput`, `/reports/utilization`, `/reports/failures`: the site's `balsam report`, for all of the
 /// caller's sites (or one, `site_id`), in the same JSON shape, without downloading the events. Bins of whole

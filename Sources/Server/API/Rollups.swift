@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// The per-minute sums the report routes read instead of every event, kept as events are recorded: state
 /// changes per (site, state, minute), busy node-seconds per (site, minute) for each run that ended (its node

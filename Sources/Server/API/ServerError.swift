@@ -1,3 +1,5 @@
+import Wire
+
 /// The one error type of the `Server` library: an HTTP status, a sentence, and the request field it is about.
 ///
 /// Replies carry it as JSON, `{"detail": "...", "field": "..."}`: `detail` is where FastAPI (the original server)
@@ -16,6 +18,9 @@ public struct ServerError: Error, Sendable, CustomStringConvertible {
         self.message = message
         self.field = field
     }
+
+    /// 400 for a field of the request that is wrong.
+    init(_ wire: WireError) { self.init(status: 400, wire.message, field: wire.field) }
 
     /// 400: the request is wrong; say which field and why.
     static func badRequest(_ message: String, field: String? = nil) -> ServerError {

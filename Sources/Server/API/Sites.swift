@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// `/sites/`: a user's sites, each a directory on some cluster that syncs with this server.
 enum Sites {
@@ -31,7 +32,7 @@ enum Sites {
     ]
 
     /// The site's settable members from a request body: (column, value) pairs.
-    private static func members(_ input: inout Input, creating: Bool) throws(ServerError) -> [(String, SQLValue)] {
+    private static func members(_ input: inout FieldReader, creating: Bool) throws -> [(String, SQLValue)] {
         var out: [(String, SQLValue)] = []
         let name = creating ? try input.requiredString("name", maxBytes: 128) : try input.string("name", maxBytes: 128)
         if let name {
@@ -88,7 +89,7 @@ enum Sites {
     }
 
     static func create(_ call: inout Call) throws -> Reply {
-        var input = try Input(try call.json())
+        var input = try FieldReader(try call.json())
         let members = try members(&input, creating: true)
         let now = ServerClock.microseconds()
         let all =
@@ -105,7 +106,7 @@ enum Sites {
     /// `PUT /sites/{id}`: changes the given members and marks the site as heard from now.
     static func update(_ call: inout Call) throws -> Reply {
         let id = try call.requiredID()
-        var input = try Input(try call.json())
+        var input = try FieldReader(try call.json())
         let members = try members(&input, creating: false) + [("last_refresh", .int(ServerClock.microseconds()))]
         let rows = try refusingDuplicate("you already have a site with this name") {
             try call.connection.query(
@@ -147,10 +148,10 @@ func deleteOwned(_ call: Call, table: String, what: String) throws -> Reply {
 }
 
 /// The items of a bulk PATCH: each `{id, ...}` read by `parse`, which sees the item's fields with their place.
-func bulkChanges<T>(_ call: Call, _ parse: (inout Input) throws -> T) throws -> [(id: Int, change: T)] {
+func bulkChanges<T>(_ call: Call, _ parse: (inout FieldReader) throws -> T) throws -> [(id: Int, change: T)] {
     var changes: [(id: Int, change: T)] = []
     for (i, item) in try call.jsonList().enumerated() {
-        var input = try Input(item, prefix: "[\(i)]")
+        var input = try FieldReader(item, prefix: "[\(i)]")
         let id = try input.requiredInt("id", in: 1...Int.max)
         changes.append((id, try parse(&input)))
     }

@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// `POST /sync/push`: a site mirrors itself. An extension of the original API (our additions are extra routes,
 /// never changed ones): one request registers or refreshes the site, upserts its apps, creates the jobs made at
@@ -17,11 +18,11 @@ import Spool
 /// wrong as a whole (no site, another site's token, too many items) is a 400.
 enum SyncRoutes {
     static func push(_ call: inout Call) throws -> Reply {
-        var input = try Input(try call.json())
+        var input = try FieldReader(try call.json())
         guard case .object(let siteObject)? = input.value("site") else {
             throw ServerError.badRequest("the push needs the site: {name, path}", field: "site")
         }
-        var site = try Input(.object(siteObject), prefix: "site")
+        var site = try FieldReader(.object(siteObject), prefix: "site")
         let siteName = try site.requiredString("name", maxBytes: 128)
         if let bound = call.user.siteName, bound != siteName {
             throw ServerError(
@@ -32,16 +33,16 @@ enum SyncRoutes {
         let locations = try site.stringMap("transfer_locations")
         let policy = try sitePolicy(&site)
         try site.finish()
-        let apps = try list(&input, "apps")
-        let jobs = try list(&input, "jobs")
-        let events = try list(&input, "events")
-        let rejected = try list(&input, "rejected")
+        let apps = try input.list("apps")
+        let jobs = try input.list("jobs")
+        let events = try input.list("events")
+        let rejected = try input.list("rejected")
         let appDigests = (try input.object("app_digests") ?? [:]).compactMapValues(\.stringValue)
-        let removed = try list(&input, "removed").compactMap(\.stringValue)
-        let requestsDone = try list(&input, "requests_done")
-        let batchJobs = try list(&input, "batch_jobs")
-        let rejectedBatchJobs = try list(&input, "rejected_batch_jobs")
-        let sessions = try list(&input, "launcher_sessions")
+        let removed = try input.list("removed").compactMap(\.stringValue)
+        let requestsDone = try input.list("requests_done")
+        let batchJobs = try input.list("batch_jobs")
+        let rejectedBatchJobs = try input.list("rejected_batch_jobs")
+        let sessions = try input.list("launcher_sessions")
         if sessions.count > 1000 {
             throw ServerError.badRequest("a push holds at most 1000 launcher sessions", field: "launcher_sessions")
         }
@@ -69,7 +70,7 @@ enum SyncRoutes {
             }
             var appIDs = try existingApps(siteID: siteID, call: call)
             for (i, app) in apps.enumerated() {
-                var a = try Input(app, prefix: "apps[\(i)]")
+                var a = try FieldReader(app, prefix: "apps[\(i)]")
                 let name = try a.requiredString("name", maxBytes: 128)
                 try Apps.validateName(name, input: a)
                 let description = try a.string("description", maxBytes: 65_536) ?? ""
@@ -184,36 +185,27 @@ enum SyncRoutes {
                 parentSiteIDs[r.int(0)] = r.text(1)
             }
         }
-        out.beginArray("remote_jobs")
-        for r in rows {
-            out.beginObject()
-            out.field("id", r.int(0))
-            out.field("app", r.text(1))
-            out.field("workdir", r.text(2))
-            out.raw("tags", r.text(3))
-            out.field("serialized_parameters", r.text(4))
-            out.raw("data", r.text(5))
-            if let slots = transfers[r.int(0)] { out.value("transfers", .object(slots)) }
-            out.field("num_nodes", r.int(6))
-            out.field("ranks_per_node", r.int(7))
-            out.field("threads_per_rank", r.int(8))
-            out.field("threads_per_core", r.int(9))
-            out.raw("launch_params", r.text(10))
-            out.field("gpus_per_rank", r.double(11))
-            out.field("node_packing_count", r.int(12))
-            out.field("wall_time_min", r.int(13))
-            out.raw("parent_ids", r.text(14))
-            let ids = ((try? JSONValue.parse(r.text(14)))?.arrayValue ?? []).compactMap(\.intValue)
-            out.value(
-                "parent_site_ids",
-                .object(
-                    Dictionary(
-                        uniqueKeysWithValues: ids.compactMap { id in
-                            parentSiteIDs[id].map { (String(id), JSONValue.string($0)) }
-                        })))
-            out.endObject()
+        func object(_ text: String) -> [String: JSONValue] { (try? JSONValue.parse(text))?.objectValue ?? [:] }
+        let remote = rows.map { r in
+            var spec = JobSpec(workdir: r.text(2), app: r.text(1))
+            spec.tags = object(r.text(3)).compactMapValues(\.stringValue)
+            spec.data = object(r.text(5))
+            spec.transfers = transfers[r.int(0)] ?? [:]
+            spec.numNodes = r.int(6)
+            spec.ranksPerNode = r.int(7)
+            spec.threadsPerRank = r.int(8)
+            spec.threadsPerCore = r.int(9)
+            spec.launchParams = object(r.text(10)).compactMapValues(\.stringValue)
+            spec.gpusPerRank = r.double(11)
+            spec.nodePackingCount = r.int(12)
+            spec.wallTimeMin = r.int(13)
+            var job = RemoteJob(id: r.int(0), spec: spec)
+            job.serializedParameters = r.text(4)
+            job.parentIDs = ((try? JSONValue.parse(r.text(14)))?.arrayValue ?? []).compactMap(\.intValue)
+            job.parentSiteIDs = job.parentIDs.reduce(into: [:]) { ids, id in ids[id] = parentSiteIDs[id] }
+            return job.json
         }
-        out.endArray()
+        out.value("remote_jobs", .array(remote))
     }
 
     /// Apps defined in Python through the API (a pickled class), as `remote_apps`, only those whose digest
@@ -253,7 +245,7 @@ enum SyncRoutes {
     static func recordBatchJobs(_ items: [JSONValue], _ refused: [JSONValue], siteID: Int, call: Call) throws {
         let c = call.connection
         for (i, item) in items.enumerated() {
-            var b = try Input(item, prefix: "batch_jobs[\(i)]")
+            var b = try FieldReader(item, prefix: "batch_jobs[\(i)]")
             let siteBatchID = try b.requiredInt("site_batch_id", in: 1...Int.max)
             let serverID = try b.int("server_id", in: 1...Int.max)
             let state = try b.requiredString("state", maxBytes: 32)
@@ -306,7 +298,7 @@ enum SyncRoutes {
             }
         }
         for (i, item) in refused.enumerated() {
-            var r = try Input(item, prefix: "rejected_batch_jobs[\(i)]")
+            var r = try FieldReader(item, prefix: "rejected_batch_jobs[\(i)]")
             let id = try r.requiredInt("server_id", in: 1...Int.max)
             let reason = try r.requiredString("reason", maxBytes: 4096)
             try r.finish()
@@ -353,7 +345,7 @@ enum SyncRoutes {
     static func closeRequests(_ items: [JSONValue], siteID: Int, call: Call) throws {
         let c = call.connection
         for (i, item) in items.enumerated() {
-            var r = try Input(item, prefix: "requests_done[\(i)]")
+            var r = try FieldReader(item, prefix: "requests_done[\(i)]")
             let id = try r.requiredInt("id", in: 1...Int.max)
             let outcome = try r.requiredString("outcome", maxBytes: 16)
             let reason = try r.string("reason", maxBytes: 4096)
@@ -387,7 +379,7 @@ enum SyncRoutes {
     /// The site's batch-job policy as its push states it (`allowed_queues` with each queue's `max_nodes`,
     /// `max_walltime` and `max_queued_jobs`, `allowed_projects`, `optional_batch_job_params`), as JSON texts for
     /// the site's record; nil when the push says none (an older site).
-    static func sitePolicy(_ site: inout Input) throws(ServerError) -> (
+    static func sitePolicy(_ site: inout FieldReader) throws -> (
         queues: String, projects: String, params: String
     )? {
         guard site.has("allowed_queues") || site.has("allowed_projects") || site.has("optional_batch_job_params")
@@ -399,7 +391,7 @@ enum SyncRoutes {
             if name.isEmpty || name.utf8.count > 256 || name.utf8.contains(0) {
                 throw site.bad("allowed_queues", "has a queue name that is empty, longer than 256 bytes or holds NUL")
             }
-            var q = try Input(value, prefix: "site.allowed_queues.\(name)")
+            var q = try FieldReader(value, prefix: "site.allowed_queues.\(name)")
             queues[name] = .object([
                 "max_nodes": .int(try q.requiredInt("max_nodes", in: 1...10_000_000)),
                 "max_walltime": .int(try q.requiredInt("max_walltime", in: 1...10_000_000)),
@@ -419,7 +411,7 @@ enum SyncRoutes {
     /// utilization report counts the nodes of those no batch job started as held.
     static func recordLauncherSessions(_ items: [JSONValue], siteID: Int, call: Call) throws {
         for (i, item) in items.enumerated() {
-            var s = try Input(item, prefix: "launcher_sessions[\(i)]")
+            var s = try FieldReader(item, prefix: "launcher_sessions[\(i)]")
             let lease = try s.requiredString("lease", maxBytes: 256)
             let nodes = try s.requiredInt("nodes", in: 1...10_000_000)
             guard let start = try s.time("start") else { throw s.bad("start", "is required") }
@@ -445,7 +437,7 @@ enum SyncRoutes {
     static func reject(_ items: [JSONValue], siteID: Int, call: Call, now: Int64) throws {
         var reasons: [Int: String] = [:]
         for (i, item) in items.enumerated() {
-            var r = try Input(item, prefix: "rejected[\(i)]")
+            var r = try FieldReader(item, prefix: "rejected[\(i)]")
             let id = try r.requiredInt("server_id", in: 1...Int.max)
             reasons[id] = try r.requiredString("reason", maxBytes: 4096)
             try r.finish()
@@ -467,12 +459,6 @@ enum SyncRoutes {
                 "UPDATE jobs SET serialized_exception = ? WHERE id = ?",
                 [.text(Pickle.exceptionBase64("the site did not take job \(id): \(reason)")), .of(id)])
         }
-    }
-
-    private static func list(_ input: inout Input, _ key: String) throws(ServerError) -> [JSONValue] {
-        guard let value = input.value(key) else { return [] }
-        guard case .array(let items) = value else { throw input.bad(key, "must be a list") }
-        return items
     }
 
     /// The caller's site of that name, made if missing; its path and `last_refresh` are brought up to date.
@@ -524,7 +510,7 @@ enum SyncRoutes {
         var adopted: [String: Int] = [:]
         for (i, item) in items.enumerated() {
             var code = SyncRefusal.Code.invalid
-            let error: ServerError
+            let error: WireError
             do {
                 if let one = try parseJob(item, index: i, siteID: siteID, appIDs: appIDs, call: call, adopted: &adopted)
                 {
@@ -533,7 +519,7 @@ enum SyncRoutes {
                 continue
             } catch let item as ItemRefused {
                 (code, error) = (item.code, item.error)
-            } catch let bad as ServerError where bad.status == 400 {
+            } catch let bad as WireError {
                 error = bad
             }
             refused.append(
@@ -561,20 +547,20 @@ enum SyncRoutes {
     /// A pushed job refused for a reason the site acts on (not just a wrong field).
     struct ItemRefused: Error {
         let code: SyncRefusal.Code
-        let error: ServerError
+        let error: WireError
     }
 
     /// One pushed job: its spec to insert, or nil when it adopts a job made through the API (recorded in
     /// `adopted`). Throws `ItemRefused` for an app the server lacks, or a job the user deleted before the
-    /// adoption arrived.
+    /// adoption arrived, and `WireError` for a wrong field.
     private static func parseJob(
         _ item: JSONValue, index i: Int, siteID: Int, appIDs: [String: Int], call: Call, adopted: inout [String: Int]
     ) throws -> (siteJobID: String, job: Jobs.NewJob, parents: [String])? {
-        var j = try Input(item, prefix: "jobs[\(i)]")
-        let siteJobID = try j.requiredString("site_job_id", maxBytes: 64)
+        let pushed = try PushedJob(item, at: "jobs[\(i)]")
+        let siteJobID = pushed.siteJobID
         // A job made through the API and taken by the site: it gets the site's id, and its history becomes
         // the site's (the server's creation event goes; the site's own follows in events).
-        if let serverID = try j.int("server_id", in: 1...Int.max) {
+        if let serverID = pushed.serverID {
             let taken = try call.connection.execute(
                 "UPDATE jobs SET site_job_id = ? WHERE id = ? AND site_id = ? AND owner_id = ? AND site_job_id IS NULL",
                 [.text(siteJobID), .of(serverID), .of(siteID), .of(call.user.id)])
@@ -586,43 +572,20 @@ enum SyncRoutes {
             {
                 // Deleted through the API before the adoption arrived: nothing to attach the site's job to.
                 throw ItemRefused(
-                    code: .deleted, error: j.bad("server_id", "job \(serverID) was deleted on the server"))
+                    code: .deleted,
+                    error: WireError("job \(serverID) was deleted on the server", field: "jobs[\(i)].server_id"))
             }
             adopted[siteJobID] = serverID
-            for key in j.members.keys { _ = j.value(key) }
             return nil
         }
-        let app = try j.requiredString("app", maxBytes: 128)
-        guard let appID = appIDs[app] else {
+        guard let appID = appIDs[pushed.spec.app] else {
             throw ItemRefused(
-                code: .unknownApp, error: j.bad("app", "the site has no app '\(app)' on the server"))
+                code: .unknownApp,
+                error: WireError("the site has no app '\(pushed.spec.app)' on the server", field: "jobs[\(i)].app"))
         }
-        var job = Jobs.NewJob()
-        job.appID = appID
-        job.siteID = siteID
-        job.workdir = try j.requiredString("workdir", maxBytes: Job.Limits.workdirBytes)
-        job.tags = jsonText(try j.stringMap("tags") ?? [:])
-        job.serializedParameters = Pickle.encodeBase64(.object(try j.object("parameters") ?? [:]))
-        job.data = jsonText(try j.object("data") ?? [:])
-        job.numNodes = try j.int("num_nodes", in: 1...Jobs.maxCount) ?? 1
-        job.ranksPerNode = try j.int("ranks_per_node", in: 1...Jobs.maxCount) ?? 1
-        job.threadsPerRank = try j.int("threads_per_rank", in: 1...Jobs.maxCount) ?? 1
-        job.threadsPerCore = try j.int("threads_per_core", in: 1...Jobs.maxCount) ?? 1
-        job.launchParams = jsonText(try j.stringMap("launch_params") ?? [:])
-        job.gpusPerRank = try j.double("gpus_per_rank", in: 0...1024) ?? 0
-        job.nodePackingCount = try j.int("node_packing_count", in: 1...Jobs.maxCount) ?? 1
-        job.wallTimeMin = try j.int("wall_time_min", in: 0...Jobs.maxCount) ?? 0
-        let state = try j.requiredString("state", maxBytes: 32)
-        job.state = try parseJobState(state, field: j.name("state"))
-        let parents = j.value("parent_site_ids")?.arrayOfStrings() ?? []
-        for (slot, value) in try j.object("transfers") ?? [:] {
-            guard let (alias, path) = try? Job.transferTarget(slot: slot, value) else {
-                throw j.bad("transfers", "slot '\(slot)' must be \"ALIAS:/absolute/path\"")
-            }
-            job.transfers.append((slot, alias, path))
-        }
-        try j.finish()
-        return (siteJobID, job, parents)
+        var job = Jobs.NewJob(pushed.spec, appID: appID, siteID: siteID, state: pushed.state)
+        job.serializedParameters = Pickle.encodeBase64(.object(pushed.parameters))
+        return (siteJobID, job, pushed.parentSiteIDs)
     }
 
     /// Inserts the parsed jobs the server does not have yet; returns every pushed job's server id.
@@ -688,15 +651,15 @@ enum SyncRoutes {
             let to: JobState
             var data: [String: JSONValue]
             do {
-                var e = try Input(item, prefix: "events[\(i)]")
+                var e = try FieldReader(item, prefix: "events[\(i)]")
                 siteJobID = try e.requiredString("site_job_id", maxBytes: 64)
                 guard let t = try e.time("t") else { throw e.bad("t", "is required") }
                 time = t
-                from = try parseJobState(try e.requiredString("from", maxBytes: 32), field: e.name("from"))
-                to = try parseJobState(try e.requiredString("to", maxBytes: 32), field: e.name("to"))
+                from = try e.jobState("from")
+                to = try e.jobState("to")
                 data = try e.object("data") ?? [:]
                 try e.finish()
-            } catch let error as ServerError where error.status == 400 {
+            } catch let error as WireError {
                 refused.append(
                     SyncRefusal(
                         kind: "event", siteJobID: item.objectValue?["site_job_id"]?.stringValue ?? "", code: .invalid,

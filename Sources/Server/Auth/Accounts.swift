@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 #if canImport(Glibc)
     import Glibc

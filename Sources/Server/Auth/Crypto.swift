@@ -1,5 +1,6 @@
 internal import CCrypto
 import Spool
+import Wire
 
 /// The server's cryptography, all from OpenSSL's libcrypto: nothing here is home-made but the encodings.
 enum Crypto {

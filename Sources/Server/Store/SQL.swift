@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// A value bound to, or read from, a SQL statement. Both backends store only these four kinds: JSON goes in as
 /// text, booleans as 0 and 1, times as microseconds since the epoch, so one schema and one set of queries serve

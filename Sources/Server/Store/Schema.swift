@@ -1,4 +1,5 @@
 import Spool
+import Wire
 
 /// The database schema, as numbered migrations. `balsam-server migrate` applies the missing ones in order, each
 /// in its own transaction, and records it in `schema_migrations`; SQLite databases are migrated at start.

@@ -1,3 +1,5 @@
+import Spool
+
 /// One item of a site's push that the server did not take, as the server's reply carries it and the site reads
 /// it: the server and the sync share this one reading and one writing (`json`, `init?(json:)`).
 ///

@@ -1,39 +1,46 @@
 import Spool
 
-/// Reads the members of one JSON object of a request, each check naming the field (with its place in a bulk
+/// Reads the members of one JSON object of a message, each check naming the field (with its place in a bulk
 /// request: `[3].num_nodes`). Members not read are refused: a misspelt field is an error, not silently dropped.
-struct Input {
-    let members: [String: JSONValue]
-    let prefix: String
+/// Every message a client or a site sends is read through one of these; everything in them is hostile until
+/// checked (lengths, ranges, NUL characters, nesting).
+public struct FieldReader {
+    /// The object's members.
+    public let members: [String: JSONValue]
+    /// Where the object is in its message (`jobs[3]`), or empty for the message itself.
+    public let prefix: String
     /// Keys asked for: a list, not a set (a job has some twenty; hashing each cost more than scanning).
     private(set) var read: [String] = []
 
-    init(_ value: JSONValue, prefix: String = "") throws(ServerError) {
+    /// Reads `value`, which must be an object, found at `prefix`.
+    public init(_ value: JSONValue, prefix: String = "") throws(WireError) {
         guard let members = value.objectValue else {
-            throw .badRequest("must be a JSON object, not \(value.kindName)", field: prefix.isEmpty ? nil : prefix)
+            throw WireError("must be a JSON object, not \(value.kindName)", field: prefix.isEmpty ? nil : prefix)
         }
         self.members = members
         self.prefix = prefix
     }
 
-    func name(_ key: String) -> String { prefix.isEmpty ? key : "\(prefix).\(key)" }
+    /// The full name of member `key`.
+    public func name(_ key: String) -> String { prefix.isEmpty ? key : "\(prefix).\(key)" }
 
-    func bad(_ key: String, _ message: String) -> ServerError { .badRequest(message, field: name(key)) }
+    /// The error about member `key`.
+    public func bad(_ key: String, _ message: String) -> WireError { WireError(message, field: name(key)) }
 
     /// Whether the member is present (and not null).
-    func has(_ key: String) -> Bool {
+    public func has(_ key: String) -> Bool {
         if let value = members[key], value != .null { return true }
         return false
     }
 
     /// The raw value, if present and not null.
-    mutating func value(_ key: String) -> JSONValue? {
+    public mutating func value(_ key: String) -> JSONValue? {
         read.append(key)
         guard let value = members[key], value != .null else { return nil }
         return value
     }
 
-    mutating func string(_ key: String, maxBytes: Int = 4096) throws(ServerError) -> String? {
+    public mutating func string(_ key: String, maxBytes: Int = 4096) throws(WireError) -> String? {
         guard let value = value(key) else { return nil }
         guard case .string(let s) = value else { throw bad(key, "must be a string, not \(value.kindName)") }
         if s.utf8.count > maxBytes { throw bad(key, "is \(s.utf8.count) bytes; the limit is \(maxBytes)") }
@@ -42,12 +49,12 @@ struct Input {
         return s
     }
 
-    mutating func requiredString(_ key: String, maxBytes: Int = 4096) throws(ServerError) -> String {
+    public mutating func requiredString(_ key: String, maxBytes: Int = 4096) throws(WireError) -> String {
         guard let s = try string(key, maxBytes: maxBytes) else { throw bad(key, "is required") }
         return s
     }
 
-    mutating func int(_ key: String, in range: ClosedRange<Int>) throws(ServerError) -> Int? {
+    public mutating func int(_ key: String, in range: ClosedRange<Int>) throws(WireError) -> Int? {
         guard let value = value(key) else { return nil }
         var number = value.intValue
         if number == nil, case .string(let s) = value { number = Int(s) }
@@ -58,12 +65,12 @@ struct Input {
         return number
     }
 
-    mutating func requiredInt(_ key: String, in range: ClosedRange<Int>) throws(ServerError) -> Int {
+    public mutating func requiredInt(_ key: String, in range: ClosedRange<Int>) throws(WireError) -> Int {
         guard let n = try int(key, in: range) else { throw bad(key, "is required") }
         return n
     }
 
-    mutating func double(_ key: String, in range: ClosedRange<Double>) throws(ServerError) -> Double? {
+    public mutating func double(_ key: String, in range: ClosedRange<Double>) throws(WireError) -> Double? {
         guard let value = value(key) else { return nil }
         guard let number = value.doubleValue, number.isFinite else {
             throw bad(key, "must be a number, not \(value.kindName)")
@@ -74,7 +81,7 @@ struct Input {
         return number
     }
 
-    mutating func bool(_ key: String) throws(ServerError) -> Bool? {
+    public mutating func bool(_ key: String) throws(WireError) -> Bool? {
         guard let value = value(key) else { return nil }
         switch value {
         case .bool(let b): return b
@@ -85,7 +92,7 @@ struct Input {
     }
 
     /// A JSON object, stored as its compact text; at most `maxBytes`.
-    mutating func object(_ key: String, maxBytes: Int = 512_000) throws(ServerError) -> [String: JSONValue]? {
+    public mutating func object(_ key: String, maxBytes: Int = 512_000) throws(WireError) -> [String: JSONValue]? {
         guard let value = value(key) else { return nil }
         guard let object = value.objectValue else { throw bad(key, "must be an object, not \(value.kindName)") }
         let size = value.approximateSize
@@ -94,7 +101,7 @@ struct Input {
     }
 
     /// An object of strings; numbers and booleans are turned into their text, as the original did.
-    mutating func stringMap(_ key: String, maxEntries: Int = 1000, maxBytes: Int = 4096) throws(ServerError)
+    public mutating func stringMap(_ key: String, maxEntries: Int = 1000, maxBytes: Int = 4096) throws(WireError)
         -> [String: String]?
     {
         guard let object = try object(key) else { return nil }
@@ -116,7 +123,7 @@ struct Input {
     }
 
     /// A list of strings.
-    mutating func stringList(_ key: String, maxCount: Int, maxBytes: Int = 4096) throws(ServerError) -> [String]? {
+    public mutating func stringList(_ key: String, maxCount: Int, maxBytes: Int = 4096) throws(WireError) -> [String]? {
         guard let value = value(key) else { return nil }
         guard case .array(let items) = value else { throw bad(key, "must be a list, not \(value.kindName)") }
         if items.count > maxCount { throw bad(key, "has \(items.count) entries; the limit is \(maxCount)") }
@@ -133,7 +140,7 @@ struct Input {
     }
 
     /// A list of integers.
-    mutating func intList(_ key: String, maxCount: Int) throws(ServerError) -> [Int]? {
+    public mutating func intList(_ key: String, maxCount: Int) throws(WireError) -> [Int]? {
         guard let value = value(key) else { return nil }
         guard case .array(let items) = value else { throw bad(key, "must be a list, not \(value.kindName)") }
         if items.count > maxCount { throw bad(key, "has \(items.count) entries; the limit is \(maxCount)") }
@@ -146,14 +153,24 @@ struct Input {
     }
 
     /// A time in ISO 8601, as microseconds since the epoch.
-    mutating func time(_ key: String) throws(ServerError) -> Int64? {
+    public mutating func time(_ key: String) throws(WireError) -> Int64? {
         guard let text = try string(key, maxBytes: 64) else { return nil }
         guard let micros = ServerClock.parse(text) else { throw bad(key, "'\(text)' is not an ISO 8601 date and time") }
         return micros
     }
 
+    /// A list (absent: empty).
+    public mutating func list(_ key: String) throws(WireError) -> [JSONValue] {
+        guard let value = value(key) else { return [] }
+        guard case .array(let items) = value else { throw bad(key, "must be a list, not \(value.kindName)") }
+        return items
+    }
+
+    /// Takes every member as read (a message that is only passed on).
+    public mutating func readAll() { read = Array(members.keys) }
+
     /// Refuses members that no reader asked for.
-    func finish() throws(ServerError) {
+    public func finish() throws(WireError) {
         if members.count <= read.count && members.keys.allSatisfy({ read.contains($0) }) { return }
         for key in members.keys.sorted() where !read.contains(key) {
             throw bad(key, "is not a field of this resource")
@@ -162,7 +179,7 @@ struct Input {
 }
 
 /// Stored JSON text of a string map (sorted keys), written directly: tags are on every job.
-func jsonText(_ map: [String: String]) -> String {
+public func jsonText(_ map: [String: String]) -> String {
     if map.isEmpty { return "{}" }
     var out: [UInt8] = [UInt8(ascii: "{")]
     for (i, key) in map.keys.sorted().enumerated() {
@@ -176,4 +193,4 @@ func jsonText(_ map: [String: String]) -> String {
 }
 
 /// Stored JSON text of an object.
-func jsonText(_ object: [String: JSONValue]) -> String { JSONValue.object(object).serialized() }
+public func jsonText(_ object: [String: JSONValue]) -> String { JSONValue.object(object).serialized() }
