@@ -72,7 +72,7 @@ enum Apps {
         if let siteID {
             guard
                 try call.connection.scalar(
-                    "SELECT id FROM sites WHERE id = ? AND owner_id = ?", [.of(siteID), .of(call.user.id)]) != nil
+                    "SELECT id FROM sites WHERE id = \(.of(siteID)) AND owner_id = \(.of(call.user.id))") != nil
             else { throw ServerError.notFound("site \(siteID)") }
             out.append(("site_id", .of(siteID)))
         }
@@ -121,11 +121,11 @@ enum Apps {
         var conditions = Conditions(owner: call.user.id, column: "a.owner_id")
         if let ids = try call.query.ints("site_id") { conditions.any("a.site_id", ids.map { .of($0) }) }
         if let ids = try call.query.ints("id") { conditions.any("a.id", ids.map { .of($0) }) }
-        if let name = try call.query.string("name") { conditions.add("a.name = ?", .text(name)) }
+        if let name = try call.query.string("name") { conditions.add("a.name = \(.text(name))") }
         if let path = try call.query.string("site_path") {
-            conditions.add(call.dialect.contains("s.path"), .text(path))
+            conditions.add(call.dialect.contains("s.path", path))
         }
-        if let name = try call.query.string("site_name") { conditions.add("s.name = ?", .text(name)) }
+        if let name = try call.query.string("site_name") { conditions.add("s.name = \(.text(name))") }
         let ordering = try call.query.ordering(["id": "a.id", "name": "a.name"], default: "a.id ASC", id: "a.id")
         return try page(
             call: &call, table: "apps a JOIN sites s ON s.id = a.site_id", columns: joinedColumns,
@@ -150,19 +150,18 @@ enum Apps {
         let members = try members(&input, creating: false, call: call)
         guard
             try call.connection.scalar(
-                "SELECT id FROM apps WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
+                "SELECT id FROM apps WHERE id = \(.of(id)) AND owner_id = \(.of(call.user.id))")
                 != nil
         else { throw ServerError.notFound("app \(id)") }
         try refusingDuplicate("the site already has an app with this name") {
             try call.connection.transaction {
                 if !members.isEmpty {
                     try call.connection.execute(
-                        "UPDATE apps SET \(members.map { "\($0.0) = ?" }.joined(separator: ", ")) WHERE id = ?",
-                        members.map(\.1) + [.of(id)])
+                        "UPDATE apps SET \(SQL.assignments(members)) WHERE id = \(.of(id))")
                 }
                 // Jobs carry their site for fast filtering: they follow an app that moves.
                 if let site = members.first(where: { $0.0 == "site_id" }) {
-                    try call.connection.execute("UPDATE jobs SET site_id = ? WHERE app_id = ?", [site.1, .of(id)])
+                    try call.connection.execute("UPDATE jobs SET site_id = \(site.1) WHERE app_id = \(.of(id))")
                 }
             }
         }

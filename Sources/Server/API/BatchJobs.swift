@@ -9,7 +9,7 @@ enum BatchJobs {
         filter_tags, partitions, state, status_info, start_time, end_time
         """
 
-    static let states = ["pending_submission", "queued", "running", "finished", "submit_failed", "pending_deletion"]
+    static let states = BatchJob.State.allCases.map(\.rawValue)
 
     static func write(_ r: SQLRow, to out: inout JSONWriter) {
         out.beginObject()
@@ -98,19 +98,17 @@ enum BatchJobs {
             }
             c.any("state", states.map { .text($0) })
         }
-        if let id = try call.query.int("scheduler_id") { c.add("scheduler_id = ?", .of(id)) }
-        if let queue = try call.query.string("queue") { c.add("queue = ?", .text(queue)) }
+        if let id = try call.query.int("scheduler_id") { c.add("scheduler_id = \(.of(id))") }
+        if let queue = try call.query.string("queue") { c.add("queue = \(.text(queue))") }
         for (key, column, op) in [
             ("start_time_before", "start_time", "<"), ("start_time_after", "start_time", ">"),
             ("end_time_before", "end_time", "<"), ("end_time_after", "end_time", ">"),
         ] {
-            if let t = try call.query.time(key) { c.add("\(column) \(op) ?", .int(t)) }
+            if let t = try call.query.time(key) { c.add("\(raw: column) \(raw: op) \(.int(t))") }
         }
         if let tags = try call.query.pairsOf("filter_tags") {
             for (key, value) in tags {
-                let (clause, values) = Jobs.tagCondition(
-                    key: key, value: value, dialect: call.dialect, column: "filter_tags")
-                c.add(clause, values: values)
+                c.add(Jobs.tagCondition(key: key, value: value, dialect: call.dialect, column: "filter_tags"))
             }
         }
         let ordering = try call.query.ordering(["start_time": "start_time"], default: "id ASC")
@@ -123,7 +121,7 @@ enum BatchJobs {
         let site = try input.requiredInt("site_id", in: 1...Int.max)
         guard
             try call.connection.scalar(
-                "SELECT id FROM sites WHERE id = ? AND owner_id = ?", [.of(site), .of(call.user.id)]) != nil
+                "SELECT id FROM sites WHERE id = \(.of(site)) AND owner_id = \(.of(call.user.id))") != nil
         else { throw ServerError.notFound("site \(site)") }
         let nodes = try input.requiredInt("num_nodes", in: 1...1_000_000)
         let minutes = try input.requiredInt("wall_time_min", in: 1...1_000_000)
@@ -140,14 +138,9 @@ enum BatchJobs {
         let rows = try call.connection.query(
             """
             INSERT INTO batch_jobs (owner_id, site_id, project, queue, num_nodes, wall_time_min, job_mode,
-            optional_params, filter_tags, partitions, state, status_info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            RETURNING \(columns)
-            """,
-            [
-                .of(call.user.id), .of(site), .text(project), .text(queue), .of(nodes), .of(minutes), .text(mode),
-                .text(jsonText(optional)), .text(jsonText(filterTags)), parts.map { .text($0) } ?? .null,
-                .text("pending_submission"), .text("{}"),
-            ])
+            optional_params, filter_tags, partitions, state, status_info) VALUES (\(.of(call.user.id)), \(.of(site)), \(.text(project)), \(.text(queue)), \(.of(nodes)), \(.of(minutes)), \(.text(mode)), \(.text(jsonText(optional))), \(.text(jsonText(filterTags))), \(parts.map { .text($0) } ?? .null), \(.text("pending_submission")), \(.text("{}")))
+            RETURNING \(raw: columns)
+            """)
         var out = JSONWriter()
         if let row = rows.first { write(row, to: &out) }
         return .json(out, status: 201)
@@ -163,8 +156,7 @@ enum BatchJobs {
         let c = call.connection
         guard
             let row = try c.query(
-                "SELECT state FROM batch_jobs WHERE id = ? AND owner_id = ?" + c.dialect.forUpdate,
-                [.of(id), .of(call.user.id)]
+                "SELECT state FROM batch_jobs WHERE id = \(.of(id)) AND owner_id = \(.of(call.user.id))\(raw: c.dialect.forUpdate)"
             ).first
         else { throw ServerError.notFound("batch job \(id)") }
         var sets = sets
@@ -172,9 +164,7 @@ enum BatchJobs {
             sets.removeAll { $0.0 == "state" && $0.1 != .text("finished") }
         }
         guard !sets.isEmpty else { return }
-        try c.execute(
-            "UPDATE batch_jobs SET \(sets.map { "\($0.0) = ?" }.joined(separator: ", ")) WHERE id = ?",
-            sets.map(\.1) + [.of(id)])
+        try c.execute("UPDATE batch_jobs SET \(SQL.assignments(sets)) WHERE id = \(.of(id))")
     }
 
     static func update(_ call: inout Call) throws -> Reply {
@@ -195,8 +185,8 @@ enum BatchJobs {
         out.beginArray()
         for chunk in changes.map(\.0).chunked(1000) where !chunk.isEmpty {
             let rows = try call.connection.query(
-                "SELECT \(columns) FROM batch_jobs WHERE owner_id = ? AND id IN (\(placeholders(chunk.count))) ORDER BY id",
-                [.of(call.user.id)] + chunk.map { .of($0) })
+                "SELECT \(raw: columns) FROM batch_jobs WHERE owner_id = \(.of(call.user.id)) AND id IN (\(list: chunk.map { .of($0) })) ORDER BY id"
+            )
             for r in rows { write(r, to: &out) }
         }
         out.endArray()

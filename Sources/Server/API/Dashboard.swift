@@ -87,11 +87,10 @@ enum Dashboard {
 
         // Sites, with their last contact and their jobs by state.
         let sites = try c.query(
-            "SELECT id, name, path, last_refresh FROM sites WHERE owner_id = ? ORDER BY name", [.of(call.user.id)])
+            "SELECT id, name, path, last_refresh FROM sites WHERE owner_id = \(.of(call.user.id)) ORDER BY name")
         var byState: [Int: [String: Int]] = [:]
         for r in try c.query(
-            "SELECT site_id, state, count(*) FROM jobs WHERE owner_id = ? GROUP BY site_id, state",
-            [.of(call.user.id)])
+            "SELECT site_id, state, count(*) FROM jobs WHERE owner_id = \(.of(call.user.id)) GROUP BY site_id, state")
         {
             byState[r.int(0), default: [:]][r.text(1)] = r.int(2)
         }
@@ -145,14 +144,14 @@ enum Dashboard {
             failureRows += "<td><code>\(escape(lastLine))</code></td></tr>\n"
         }
         var b = Conditions(owner: call.user.id, column: "b.owner_id")
-        if let siteFilter { b.add("b.site_id = ?", .of(siteFilter)) }
+        if let siteFilter { b.add("b.site_id = \(.of(siteFilter))") }
         let means = Dictionary(utilization.batchJobs.map { ($0.id, $0.mean) }, uniquingKeysWith: { a, _ in a })
         var batchRows = ""
         for r in try c.query(
             """
             SELECT b.id, s.name, b.state, b.num_nodes, b.queue, b.start_time, b.end_time FROM batch_jobs b
             JOIN sites s ON s.id = b.site_id WHERE \(b.sql) ORDER BY b.id DESC LIMIT 20
-            """, b.parameters)
+            """)
         {
             let mean = means[r.int(0)].map { "\(format($0 * 100)) %" } ?? ""
             batchRows +=

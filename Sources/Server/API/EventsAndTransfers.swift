@@ -27,27 +27,25 @@ enum Events {
         if batch != nil || scheduler != nil || tags != nil {
             table += " JOIN jobs j ON j.id = e.job_id"
         }
-        if let batch { c.add("j.batch_job_id = ?", .of(batch)) }
+        if let batch { c.add("j.batch_job_id = \(.of(batch))") }
         if let scheduler {
             c.add(
-                "j.batch_job_id IN (SELECT id FROM batch_jobs WHERE owner_id = ? AND scheduler_id = ?)",
-                .of(call.user.id), .of(scheduler))
+                "j.batch_job_id IN (SELECT id FROM batch_jobs WHERE owner_id = \(.of(call.user.id)) AND scheduler_id = \(.of(scheduler)))"
+            )
         }
         for (key, value) in tags ?? [] {
-            let (clause, values) = Jobs.tagCondition(key: key, value: value, dialect: call.dialect, column: "j.tags")
-            c.add(clause, values: values)
+            c.add(Jobs.tagCondition(key: key, value: value, dialect: call.dialect, column: "j.tags"))
         }
         for (key, value) in try call.query.pairsOf("data") ?? [] {
-            let (clause, values) = jsonContains("e.data", key: key, value: value, dialect: call.dialect, jsonb: false)
-            c.add(clause, values: values)
+            c.add(jsonContains("e.data", key: key, value: value, dialect: call.dialect, jsonb: false))
         }
-        if let t = try call.query.time("timestamp_before") { c.add("e.timestamp < ?", .int(t)) }
-        if let t = try call.query.time("timestamp_after") { c.add("e.timestamp > ?", .int(t)) }
+        if let t = try call.query.time("timestamp_before") { c.add("e.timestamp < \(.int(t))") }
+        if let t = try call.query.time("timestamp_after") { c.add("e.timestamp > \(.int(t))") }
         if let state = try call.query.string("from_state") {
-            c.add("e.from_state = ?", .text(try parseJobState(state, field: "from_state").rawValue))
+            c.add("e.from_state = \(.text(try parseJobState(state, field: "from_state").rawValue))")
         }
         if let state = try call.query.string("to_state") {
-            c.add("e.to_state = ?", .text(try parseJobState(state, field: "to_state").rawValue))
+            c.add("e.to_state = \(.text(try parseJobState(state, field: "to_state").rawValue))")
         }
         let ordering = try call.query.ordering(
             ["timestamp": "e.timestamp"], default: "e.timestamp DESC, e.id DESC", id: "e.id")
@@ -64,7 +62,7 @@ enum Transfers {
         t.task_id, t.transfer_info
         """
 
-    static let states = ["awaiting_job", "pending", "active", "inactive", "done", "error"]
+    static let states = TransferState.allCases.map(\.rawValue)
 
     static func write(_ r: SQLRow, to out: inout JSONWriter) {
         out.beginObject()
@@ -84,7 +82,7 @@ enum Transfers {
     static func list(_ call: inout Call) throws -> Reply {
         var c = Conditions(owner: call.user.id, column: "t.owner_id")
         if let ids = try call.query.ints("id") { c.any("t.id", ids.map { .of($0) }) }
-        if let site = try call.query.int("site_id") { c.add("j.site_id = ?", .of(site)) }
+        if let site = try call.query.int("site_id") { c.add("j.site_id = \(.of(site))") }
         if let ids = try call.query.ints("job_id") { c.any("t.job_id", ids.map { .of($0) }) }
         if let states = call.query.all("state") {
             for s in states where !Transfers.states.contains(s) {
@@ -96,14 +94,13 @@ enum Transfers {
             guard direction == "in" || direction == "out" else {
                 throw ServerError.badRequest("must be 'in' or 'out'", field: "direction")
             }
-            c.add("t.direction = ?", .text(direction))
+            c.add("t.direction = \(.text(direction))")
         }
         if let state = try call.query.string("job_state") {
-            c.add("j.state = ?", .text(try parseJobState(state, field: "job_state").rawValue))
+            c.add("j.state = \(.text(try parseJobState(state, field: "job_state").rawValue))")
         }
         for (key, value) in try call.query.pairsOf("tags") ?? [] {
-            let (clause, values) = Jobs.tagCondition(key: key, value: value, dialect: call.dialect, column: "j.tags")
-            c.add(clause, values: values)
+            c.add(Jobs.tagCondition(key: key, value: value, dialect: call.dialect, column: "j.tags"))
         }
         let ordering = try call.query.ordering(["id": "t.id"], default: "t.id ASC", id: "t.id")
         return try page(
@@ -114,7 +111,8 @@ enum Transfers {
     static func one(_ call: inout Call) throws -> Reply {
         let id = try call.requiredID()
         let rows = try call.connection.query(
-            "SELECT \(columns) FROM transfer_items t WHERE t.id = ? AND t.owner_id = ?", [.of(id), .of(call.user.id)])
+            "SELECT \(raw: columns) FROM transfer_items t WHERE t.id = \(.of(id)) AND t.owner_id = \(.of(call.user.id))"
+        )
         guard let row = rows.first else { throw ServerError.notFound("transfer item \(id)") }
         var out = JSONWriter()
         write(row, to: &out)
@@ -146,22 +144,20 @@ enum Transfers {
             for (id, sets) in changes {
                 guard
                     let job = try c.scalar(
-                        "SELECT job_id FROM transfer_items WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
+                        "SELECT job_id FROM transfer_items WHERE id = \(.of(id)) AND owner_id = \(.of(call.user.id))")
                 else { throw ServerError.notFound("transfer item \(id)") }
                 jobs.insert(job)
                 guard !sets.isEmpty else { continue }
                 try c.execute(
-                    "UPDATE transfer_items SET \(sets.map { "\($0.0) = ?" }.joined(separator: ", ")) WHERE id = ?",
-                    sets.map(\.1) + [.of(id)])
+                    "UPDATE transfer_items SET \(SQL.assignments(sets)) WHERE id = \(.of(id))")
             }
             // A site's job (one that syncs) moves at its site: the change goes there as a request, and the site
             // reports the item's outcome and the job's moves with its events.
             var siteJobs = Set<Int>()
             for chunk in Array(jobs).chunked(1000) where !chunk.isEmpty {
                 for r in try c.query(
-                    "SELECT id, site_id FROM jobs WHERE site_job_id IS NOT NULL AND id IN (\(placeholders(chunk.count)))",
-                    chunk.map { .of($0) })
-                {
+                    "SELECT id, site_id FROM jobs WHERE site_job_id IS NOT NULL AND id IN (\(list: chunk.map { .of($0) }))"
+                ) {
                     siteJobs.insert(r.int(0))
                     siteOf[r.int(0)] = r.int(1)
                 }
@@ -169,8 +165,7 @@ enum Transfers {
             for (id, sets) in changes {
                 guard let state = sets.first(where: { $0.0 == "state" })?.1,
                     let row = try c.query(
-                        "SELECT job_id, direction, local_path, remote_path, location_alias FROM transfer_items WHERE id = ?",
-                        [.of(id)]
+                        "SELECT job_id, direction, local_path, remote_path, location_alias FROM transfer_items WHERE id = \(.of(id))"
                     ).first, siteJobs.contains(row.int(0)), case .text(let text) = state
                 else { continue }
                 let target: [String: JSONValue] = [

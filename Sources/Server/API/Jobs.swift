@@ -49,45 +49,36 @@ enum Jobs {
         var c = Conditions(owner: call.user.id)
         if let ids = try call.query.ints("id") { c.any("id", ids.map { .of($0) }) }
         if let parents = try call.query.ints("parent_id") {
-            if parents.isEmpty {
-                c.add("1 = 0")
-            } else {
-                c.add(
-                    "id IN (SELECT job_id FROM job_parents WHERE parent_id IN (\(placeholders(parents.count))))",
-                    values: parents.map { .of($0) })
-            }
+            c.add("id IN (SELECT job_id FROM job_parents WHERE parent_id IN (\(list: parents.map { .of($0) })))")
         }
-        if let app = try call.query.int("app_id") { c.add("app_id = ?", .of(app)) }
+        if let app = try call.query.int("app_id") { c.add("app_id = \(.of(app))") }
         if let sites = try call.query.ints("site_id") { c.any("site_id", sites.map { .of($0) }) }
-        if let batch = try call.query.int("batch_job_id") { c.add("batch_job_id = ?", .of(batch)) }
-        if let t = try call.query.time("last_update_before") { c.add("last_update < ?", .int(t)) }
-        if let t = try call.query.time("last_update_after") { c.add("last_update > ?", .int(t)) }
+        if let batch = try call.query.int("batch_job_id") { c.add("batch_job_id = \(.of(batch))") }
+        if let t = try call.query.time("last_update_before") { c.add("last_update < \(.int(t))") }
+        if let t = try call.query.time("last_update_after") { c.add("last_update > \(.int(t))") }
         if let text = try call.query.string("workdir__contains") {
-            c.add(call.dialect.contains("workdir"), .text(text))
+            c.add(call.dialect.contains("workdir", text))
         }
         if let states = try call.query.jobStates("state") { c.any("state", states.map { .text($0.rawValue) }) }
         if let ne = try call.query.jobStates("state__ne") {
-            for state in ne { c.add("state <> ?", .text(state.rawValue)) }
+            for state in ne { c.add("state <> \(.text(state.rawValue))") }
         }
         if let tags = try call.query.pairsOf("tags") {
             for (key, value) in tags {
-                let (clause, values) = tagCondition(key: key, value: value, dialect: call.dialect)
-                c.add(clause, values: values)
+                c.add(tagCondition(key: key, value: value, dialect: call.dialect))
             }
         }
         if let pending = try call.query.bool("pending_file_cleanup") {
-            c.add("pending_file_cleanup = ?", .of(pending))
+            c.add("pending_file_cleanup = \(.of(pending))")
         }
         return c
     }
 
     /// Tag containment: the GIN index serves it on PostgreSQL.
-    static func tagCondition(key: String, value: String, dialect: SQLDialect, column: String = "tags") -> (
-        String, [SQLValue]
-    ) {
+    static func tagCondition(key: String, value: String, dialect: SQLDialect, column: String = "tags") -> SQL {
         switch dialect {
         case .postgresql:
-            return ("\(column) @> jsonb_build_object(CAST(? AS TEXT), CAST(? AS TEXT))", [.text(key), .text(value)])
+            return "\(raw: column) @> jsonb_build_object(CAST(\(.text(key)) AS TEXT), CAST(\(.text(value)) AS TEXT))"
         case .sqlite:
             return jsonContains(column, key: key, value: value, dialect: dialect, jsonb: false)
         }
@@ -219,8 +210,8 @@ enum Jobs {
             let rows = try call.connection.query(
                 """
                 SELECT a.id, a.site_id, a.parameters, a.transfers, s.transfer_locations FROM apps a
-                JOIN sites s ON s.id = a.site_id WHERE a.owner_id = ? AND a.id IN (\(placeholders(chunk.count)))
-                """, [.of(call.user.id)] + chunk.map { .of($0) })
+                JOIN sites s ON s.id = a.site_id WHERE a.owner_id = \(.of(call.user.id)) AND a.id IN (\(list: chunk.map { .of($0) }))
+                """)
             for r in rows {
                 facts[r.int(0)] = AppFacts(
                     siteID: r.int(1), parameters: (try? JSONValue.parse(r.text(2)).objectValue) ?? [:],
@@ -236,9 +227,10 @@ enum Jobs {
         var states: [Int: JobState] = [:]
         for chunk in ids.chunked(10_000) {
             let rows = try call.connection.query(
-                "SELECT id, state FROM jobs WHERE owner_id = ? AND id IN (\(placeholders(chunk.count))) ORDER BY id"
-                    + (lock ? call.dialect.forUpdate : ""),
-                [.of(call.user.id)] + chunk.map { .of($0) })
+                """
+                SELECT id, state FROM jobs WHERE owner_id = \(.of(call.user.id)) AND id IN (\(list: chunk.map { .of($0) }))
+                ORDER BY id\(raw: lock ? call.dialect.forUpdate : "")
+                """)
             for r in rows { states[r.int(0)] = JobState(rawValue: r.text(1)) ?? .failed }
         }
         return states
@@ -289,8 +281,8 @@ enum Jobs {
         for (site, items) in bySite.sorted(by: { $0.key < $1.key }) {
             for chunk in items.chunked(5000) {
                 let rows = try call.connection.query(
-                    "SELECT workdir, id FROM jobs WHERE site_id = ? AND workdir IN (\(placeholders(chunk.count)))",
-                    [.of(site)] + chunk.map { .text($0.workdir) })
+                    "SELECT workdir, id FROM jobs WHERE site_id = \(.of(site)) AND workdir IN (\(list: chunk.map { .text($0.workdir) }))"
+                )
                 guard let taken = rows.first else { continue }
                 let index = chunk.first { $0.workdir == taken.text(0) }?.index ?? chunk[0].index
                 throw ServerError.badRequest(
@@ -402,10 +394,8 @@ enum Jobs {
         var ids: [Int] = []
         ids.reserveCapacity(jobs.count)
         for chunk in jobs.chunked(perStatement) {
-            var parameters: [SQLValue] = []
-            parameters.reserveCapacity(chunk.count * insertColumns.count)
-            for job in chunk {
-                parameters += [
+            let rows = chunk.map { job -> [SQLValue] in
+                [
                     .of(owner), .of(job.siteID), .of(job.appID), .text(job.workdir), .text(job.tags),
                     .text(job.serializedParameters), .text(job.data), .of(job.returnCode), .of(job.numNodes),
                     .of(job.ranksPerNode), .of(job.threadsPerRank), .of(job.threadsPerCore),
@@ -414,12 +404,11 @@ enum Jobs {
                     .text(job.state.rawValue), .int(now), .of(true), .text(""), .text(""),
                 ]
             }
-            let rows = try c.query(
-                "INSERT INTO jobs (\(insertColumns.joined(separator: ", "))) VALUES "
-                    + valuesList(rows: chunk.count, columns: insertColumns.count) + " RETURNING id, workdir",
-                parameters)
+            let made = try c.query(
+                "INSERT INTO jobs (\(raw: insertColumns.joined(separator: ", "))) VALUES \(SQL.rows(rows)) RETURNING id, workdir"
+            )
             var byWorkdir: [String: Int] = [:]
-            for r in rows { byWorkdir[r.text(1)] = r.int(0) }
+            for r in made { byWorkdir[r.text("workdir")] = r.int("id") }
             for job in chunk { ids.append(byWorkdir[job.workdir] ?? 0) }
         }
         return ids
@@ -440,12 +429,11 @@ enum Jobs {
     ) throws {
         let perStatement = c.rowsPerStatement(columns: 6)
         for chunk in events.chunked(perStatement) {
-            var parameters: [SQLValue] = []
-            parameters.reserveCapacity(chunk.count * 6)
-            for e in chunk { parameters += [.of(owner), .of(e.0), .int(e.4), .text(e.1), .text(e.2), .text(e.3)] }
+            let rows = chunk.map { e -> [SQLValue] in
+                [.of(owner), .of(e.0), .int(e.4), .text(e.1), .text(e.2), .text(e.3)]
+            }
             try c.execute(
-                "INSERT INTO events (owner_id, job_id, timestamp, from_state, to_state, data) VALUES "
-                    + valuesList(rows: chunk.count, columns: 6), parameters)
+                "INSERT INTO events (owner_id, job_id, timestamp, from_state, to_state, data) VALUES \(SQL.rows(rows))")
         }
         try Rollups.record(events, owner: owner, siteID: siteID, connection: c)
     }
@@ -453,14 +441,12 @@ enum Jobs {
     private static func insertParentsAndTransfers(
         _ jobs: [NewJob], ids: [Int], facts: [Int: AppFacts], owner: Int, connection c: any SQLConnection
     ) throws {
-        var links: [SQLValue] = []
+        var links: [[SQLValue]] = []
         for (i, job) in jobs.enumerated() {
-            for parent in job.parentIDs { links += [.of(ids[i]), .of(parent)] }
+            for parent in job.parentIDs { links.append([.of(ids[i]), .of(parent)]) }
         }
-        for chunk in links.chunked(c.rowsPerStatement(columns: 2) * 2) {
-            try c.execute(
-                "INSERT INTO job_parents (job_id, parent_id) VALUES " + valuesList(rows: chunk.count / 2, columns: 2),
-                Array(chunk))
+        for chunk in links.chunked(c.rowsPerStatement(columns: 2)) {
+            try c.execute("INSERT INTO job_parents (job_id, parent_id) VALUES \(SQL.rows(chunk))")
         }
         try insertTransfers(jobs, ids: ids, facts: facts, owner: owner, connection: c)
     }
@@ -485,8 +471,8 @@ enum Jobs {
             try c.execute(
                 """
                 INSERT INTO transfer_items (owner_id, job_id, direction, local_path, remote_path, location_alias,
-                recursive, state, task_id, transfer_info) VALUES
-                """ + valuesList(rows: chunk.count, columns: 10), chunk.flatMap { $0 })
+                recursive, state, task_id, transfer_info) VALUES \(SQL.rows(chunk))
+                """)
         }
     }
 
@@ -561,7 +547,7 @@ enum Jobs {
             let batchIDs = Set(updates.flatMap { u in u.patch.sets.filter { $0.0 == "batch_job_id" }.map { $0.1 } })
             for case .int(let batch) in batchIDs {
                 guard
-                    try c.scalar("SELECT id FROM batch_jobs WHERE id = ? AND owner_id = ?", [.int(batch), .of(owner)])
+                    try c.scalar("SELECT id FROM batch_jobs WHERE id = \(.int(batch)) AND owner_id = \(.of(owner))")
                         != nil
                 else { throw ServerError.notFound("batch job \(batch)") }
             }
@@ -632,8 +618,8 @@ enum Jobs {
             try insertEvents(events, owner: owner, connection: c)
             for chunk in stageOutsDue.chunked(10_000) {
                 try c.execute(
-                    "UPDATE transfer_items SET state = 'pending' WHERE direction = 'out' AND state = 'awaiting_job' AND job_id IN (\(placeholders(chunk.count)))",
-                    chunk.map { .of($0) })
+                    "UPDATE transfer_items SET state = 'pending' WHERE direction = 'out' AND state = 'awaiting_job' AND job_id IN (\(list: chunk.map { .of($0) }))"
+                )
             }
             try releaseChildren(of: finished, call: call, now: now)
             return updates.count
@@ -660,20 +646,15 @@ enum Jobs {
         let selected =
             ["CAST(column1 AS BIGINT) AS id"]
             + columns.enumerated().map { "\(cast("column\($0.offset + 2)", $0.element)) AS \($0.element)" }
-        let assignments =
-            columns.map { "\($0) = v.\($0)" } + ["last_update = \(d.greatest)(jobs.last_update + 1, ?)"]
+        let assignments = columns.map { "\($0) = v.\($0), " }.joined()
         for chunk in rows.chunked(c.rowsPerStatement(columns: columns.count + 1)) {
-            var parameters: [SQLValue] = [.int(now)]
-            parameters.reserveCapacity(1 + chunk.count * (columns.count + 1))
-            for (id, values) in chunk {
-                parameters.append(.of(id))
-                parameters.append(contentsOf: values)
-            }
+            let values = SQL.rows(chunk.map { [.of($0.0)] + $0.1 })
             try c.execute(
-                "UPDATE jobs SET \(assignments.joined(separator: ", ")) FROM (SELECT \(selected.joined(separator: ", ")) "
-                    + "FROM (VALUES \(valuesList(rows: chunk.count, columns: columns.count + 1))) AS t) AS v "
-                    + "WHERE jobs.id = v.id",
-                parameters)
+                """
+                UPDATE jobs SET \(raw: assignments)last_update = \(raw: d.greatest)(jobs.last_update + 1, \(.int(now)))
+                FROM (SELECT \(raw: selected.joined(separator: ", ")) FROM (VALUES \(values)) AS t) AS v
+                WHERE jobs.id = v.id
+                """)
         }
     }
 
@@ -695,8 +676,8 @@ enum Jobs {
         var outs = Set<Int>()
         for chunk in ids.chunked(10_000) where !chunk.isEmpty {
             let rows = try call.connection.query(
-                "SELECT DISTINCT job_id, direction FROM transfer_items WHERE state <> 'done' AND job_id IN (\(placeholders(chunk.count)))",
-                chunk.map { .of($0) })
+                "SELECT DISTINCT job_id, direction FROM transfer_items WHERE state <> 'done' AND job_id IN (\(list: chunk.map { .of($0) }))"
+            )
             for r in rows {
                 if r.text(1) == "in" { ins.insert(r.int(0)) } else { outs.insert(r.int(0)) }
             }
@@ -712,16 +693,16 @@ enum Jobs {
             let candidates = try c.query(
                 """
                 SELECT DISTINCT p.job_id FROM job_parents p JOIN jobs j ON j.id = p.job_id
-                WHERE j.state = 'AWAITING_PARENTS' AND p.parent_id IN (\(placeholders(chunk.count)))
-                """, chunk.map { .of($0) }
+                WHERE j.state = \(.of(JobState.awaitingParents)) AND p.parent_id IN (\(list: chunk.map { .of($0) }))
+                """
             ).map { $0.int(0) }
             guard !candidates.isEmpty else { continue }
             let blocked = Set(
                 try c.query(
                     """
                     SELECT DISTINCT p.job_id FROM job_parents p LEFT JOIN jobs j ON j.id = p.parent_id
-                    WHERE p.job_id IN (\(placeholders(candidates.count))) AND (j.id IS NULL OR j.state <> 'JOB_FINISHED')
-                    """, candidates.map { .of($0) }
+                    WHERE p.job_id IN (\(list: candidates.map { .of($0) })) AND (j.id IS NULL OR j.state <> \(.of(JobState.jobFinished)))
+                    """
                 ).map { $0.int(0) })
             let ready = candidates.filter { !blocked.contains($0) }
             let waiting = try unfinishedTransfers(ready, call: call)
@@ -763,7 +744,7 @@ enum Jobs {
         let c = try conditions(&call)
         try call.query.finish()
         let ids = try call.connection.query(
-            "SELECT id FROM jobs WHERE \(c.sql) ORDER BY id LIMIT ?", c.parameters + [.of(call.limits.bulkItems + 1)]
+            "SELECT id FROM jobs WHERE \(c.sql) ORDER BY id LIMIT \(.of(call.limits.bulkItems + 1))"
         ).map { $0.int(0) }
         if ids.count > call.limits.bulkItems {
             throw ServerError.badRequest(
@@ -785,8 +766,8 @@ enum Jobs {
         let c = try conditions(&call)
         try call.query.finish()
         try call.connection.transaction {
-            try requestSiteDeletions(where: c.sql, c.parameters, call: call)
-            try call.connection.execute("DELETE FROM jobs WHERE site_job_id IS NULL AND \(c.sql)", c.parameters)
+            try requestSiteDeletions(where: c.sql, call: call)
+            try call.connection.execute("DELETE FROM jobs WHERE site_job_id IS NULL AND \(c.sql)")
         }
         return .noContent
     }
@@ -796,12 +777,12 @@ enum Jobs {
         let id = try call.requiredID()
         guard
             try call.connection.scalar(
-                "SELECT id FROM jobs WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
+                "SELECT id FROM jobs WHERE id = \(.of(id)) AND owner_id = \(.of(call.user.id))")
                 != nil
         else { throw ServerError.notFound("job \(id)") }
         try call.connection.transaction {
-            try requestSiteDeletions(where: "owner_id = ? AND id = ?", [.of(call.user.id), .of(id)], call: call)
-            try call.connection.execute("DELETE FROM jobs WHERE id = ? AND site_job_id IS NULL", [.of(id)])
+            try requestSiteDeletions(where: "owner_id = \(.of(call.user.id)) AND id = \(.of(id))", call: call)
+            try call.connection.execute("DELETE FROM jobs WHERE id = \(.of(id)) AND site_job_id IS NULL")
         }
         return .noContent
     }
@@ -817,8 +798,7 @@ enum Jobs {
         var owned: [Int: Int] = [:]
         for chunk in ids.chunked(10_000) where !chunk.isEmpty {
             let rows = try call.connection.query(
-                "SELECT id, site_id FROM jobs WHERE site_job_id IS NOT NULL AND id IN (\(placeholders(chunk.count)))",
-                chunk.map { .of($0) })
+                "SELECT id, site_id FROM jobs WHERE site_job_id IS NOT NULL AND id IN (\(list: chunk.map { .of($0) }))")
             for r in rows { owned[r.int(0)] = r.int(1) }
         }
         return owned
@@ -827,15 +807,15 @@ enum Jobs {
     /// Holds a user's request about a site's job for the site (`kind` `state` with a target, or `delete`).
     static func request(job: Int, site: Int, kind: String, target: String?, call: Call, now: Int64) throws {
         try call.connection.execute(
-            "INSERT INTO job_requests (owner_id, site_id, job_id, kind, target, created) VALUES (?, ?, ?, ?, ?, ?)",
-            [.of(call.user.id), .of(site), .of(job), .text(kind), target.map { .text($0) } ?? .null, .int(now)])
+            "INSERT INTO job_requests (owner_id, site_id, job_id, kind, target, created) VALUES (\(.of(call.user.id)), \(.of(site)), \(.of(job)), \(.text(kind)), \(target.map { .text($0) } ?? .null), \(.int(now)))"
+        )
     }
 
     /// Deleting a site's jobs is asked of the site: it removes them and reports, and they go here then.
-    static func requestSiteDeletions(where clause: String, _ parameters: [SQLValue], call: Call) throws {
+    static func requestSiteDeletions(where clause: SQL, call: Call) throws {
         let now = ServerClock.microseconds()
         let rows = try call.connection.query(
-            "SELECT id, site_id FROM jobs WHERE site_job_id IS NOT NULL AND \(clause)", parameters)
+            "SELECT id, site_id FROM jobs WHERE site_job_id IS NOT NULL AND \(clause)")
         for r in rows { try request(job: r.int(0), site: r.int(1), kind: "delete", target: nil, call: call, now: now) }
     }
 }

@@ -111,49 +111,33 @@ func parseJobState(_ text: String, field: String) throws(ServerError) -> JobStat
     do { return try JobState.named(text, field: field) } catch { throw ServerError(error) }
 }
 
-/// A WHERE clause under construction: conditions ANDed, with their parameters in order.
+/// A WHERE clause under construction: conditions ANDed, each with its bound values.
 struct Conditions {
-    private(set) var clauses: [String] = []
-    private(set) var parameters: [SQLValue] = []
+    private(set) var clauses: [SQL] = []
 
     init(owner: Int, column: String = "owner_id") {
-        add("\(column) = ?", .of(owner))
+        add("\(raw: column) = \(.of(owner))")
     }
 
-    mutating func add(_ clause: String, _ values: SQLValue...) {
-        clauses.append(clause)
-        parameters.append(contentsOf: values)
-    }
-
-    mutating func add(_ clause: String, values: [SQLValue]) {
-        clauses.append(clause)
-        parameters.append(contentsOf: values)
-    }
+    mutating func add(_ clause: SQL) { clauses.append(clause) }
 
     /// `column IN (...)`; an empty list matches nothing.
     mutating func any(_ column: String, _ values: [SQLValue]) {
-        if values.isEmpty {
-            clauses.append("1 = 0")
-        } else {
-            add("\(column) IN (\(placeholders(values.count)))", values: values)
-        }
+        add(values.isEmpty ? "1 = 0" : "\(raw: column) IN (\(list: values))")
     }
 
-    var sql: String { clauses.joined(separator: " AND ") }
+    /// The conditions, ANDed.
+    var sql: SQL { SQL.joined(clauses, separator: " AND ") }
 }
 
 /// A condition that a JSON column holds `key: value` (tags, filter tags, event data).
-func jsonContains(_ column: String, key: String, value: String, dialect: SQLDialect, jsonb: Bool) -> (
-    String, [SQLValue]
-) {
+func jsonContains(_ column: String, key: String, value: String, dialect: SQLDialect, jsonb: Bool) -> SQL {
     switch dialect {
     case .sqlite:
-        return (
-            "EXISTS (SELECT 1 FROM json_each(\(column)) WHERE key = ? AND CAST(value AS TEXT) = ?)",
-            [.text(key), .text(value)]
-        )
+        return
+            "EXISTS (SELECT 1 FROM json_each(\(raw: column)) WHERE key = \(.text(key)) AND CAST(value AS TEXT) = \(.text(value)))"
     case .postgresql:
         let target = jsonb ? column : "CAST(\(column) AS JSONB)"
-        return ("\(target) ->> CAST(? AS TEXT) = CAST(? AS TEXT)", [.text(key), .text(value)])
+        return "\(raw: target) ->> CAST(\(.text(key)) AS TEXT) = CAST(\(.text(value)) AS TEXT)"
     }
 }

@@ -37,16 +37,16 @@ enum ReportRoutes {
 
         /// Conditions on a rollup table's `site_id` and `minute`.
         func minuteConditions(_ c: inout Conditions) {
-            if let site { c.add("site_id = ?", .of(site)) }
-            if let since { c.add("minute >= ?", .int(since / Rollups.minute)) }
-            if let until { c.add("minute <= ?", .int(until / Rollups.minute)) }
+            if let site { c.add("site_id = \(.of(site))") }
+            if let since { c.add("minute >= \(.int(since / Rollups.minute))") }
+            if let until { c.add("minute <= \(.int(until / Rollups.minute))") }
         }
 
         /// Conditions on events `e` (joined to their jobs `j` when a site is named).
         func eventConditions(_ c: inout Conditions) {
-            if let site { c.add("j.site_id = ?", .of(site)) }
-            if let since { c.add("e.timestamp >= ?", .int(since)) }
-            if let until { c.add("e.timestamp <= ?", .int(until)) }
+            if let site { c.add("j.site_id = \(.of(site))") }
+            if let since { c.add("e.timestamp >= \(.int(since))") }
+            if let until { c.add("e.timestamp <= \(.int(until))") }
         }
 
         var eventTable: String { site == nil ? "events e" : "events e JOIN jobs j ON j.id = e.job_id" }
@@ -65,10 +65,10 @@ enum ReportRoutes {
         let c = call.connection
         if window.perMinute {
             var where_ = Conditions(owner: call.user.id, column: "owner_id")
-            where_.add("to_state = ?", .text(state))
+            where_.add("to_state = \(.text(state))")
             window.minuteConditions(&where_)
             let rows = try c.query(
-                "SELECT minute, sum(n) FROM state_minutes WHERE \(where_.sql) GROUP BY minute", where_.parameters)
+                "SELECT minute, sum(n) FROM state_minutes WHERE \(where_.sql) GROUP BY minute")
             let counted = rows.map { (Double($0.int(0) * 60), $0.int(1)) }
             guard let firstMinute = counted.map(\.0).min(), let lastMinute = counted.map(\.0).max() else {
                 return try ReportSeries.throughput(times: [], bin: window.bin ?? 60)
@@ -78,13 +78,13 @@ enum ReportRoutes {
             var last = lastMinute + 59.999
             if window.site == nil {
                 var e = Conditions(owner: call.user.id, column: "owner_id")
-                e.add("to_state = ?", .text(state))
-                if let since = window.since { e.add("timestamp >= ?", .int(since)) }
-                if let until = window.until { e.add("timestamp <= ?", .int(until)) }
+                e.add("to_state = \(.text(state))")
+                if let since = window.since { e.add("timestamp >= \(.int(since))") }
+                if let until = window.until { e.add("timestamp <= \(.int(until))") }
                 // One end per query: each is one step down the index (min and max together scan it).
                 let ends = try ["ASC", "DESC"].map { order in
                     try c.query(
-                        "SELECT timestamp FROM events WHERE \(e.sql) ORDER BY timestamp \(order) LIMIT 1", e.parameters
+                        "SELECT timestamp FROM events WHERE \(e.sql) ORDER BY timestamp \(raw: order) LIMIT 1"
                     ).first.map { seconds(Int64($0.int(0))) }
                 }
                 if let a = ends[0], let b = ends[1] {
@@ -96,9 +96,9 @@ enum ReportRoutes {
                 counted: counted, first: first, last: last, bin: window.bin, minimumBin: 60)
         }
         var where_ = Conditions(owner: call.user.id, column: "e.owner_id")
-        where_.add("e.to_state = ?", .text(state))
+        where_.add("e.to_state = \(.text(state))")
         window.eventConditions(&where_)
-        let times = try c.query("SELECT e.timestamp FROM \(window.eventTable) WHERE \(where_.sql)", where_.parameters)
+        let times = try c.query("SELECT e.timestamp FROM \(raw: window.eventTable) WHERE \(where_.sql)")
             .map { seconds(Int64($0.int(0))) }
         return try ReportSeries.throughput(times: times, bin: window.bin)
     }
@@ -118,12 +118,12 @@ enum ReportRoutes {
         let now = seconds(ServerClock.microseconds())
         var b = Conditions(owner: call.user.id, column: "owner_id")
         b.add("start_time IS NOT NULL")
-        if let site = window.site { b.add("site_id = ?", .of(site)) }
+        if let site = window.site { b.add("site_id = \(.of(site))") }
         let batchRows = try c.query(
             """
             SELECT id, num_nodes, start_time, end_time, busy_node_seconds, site_id, site_batch_id FROM batch_jobs
             WHERE \(b.sql) ORDER BY id
-            """, b.parameters)
+            """)
         var held: [ReportSeries.Held] = []
         var busyOf: [Int: Double] = [:]
         var serverID: [String: Int] = [:]
@@ -139,11 +139,11 @@ enum ReportRoutes {
         // Launchers started by hand (no batch job named them) hold their nodes while they run.
         var l = Conditions(owner: call.user.id, column: "owner_id")
         l.add("site_batch_id IS NULL")
-        if let site = window.site { l.add("site_id = ?", .of(site)) }
-        if let until = window.until { l.add("start_time <= ?", .int(until)) }
-        if let since = window.since { l.add("(end_time IS NULL OR end_time >= ?)", .int(since)) }
+        if let site = window.site { l.add("site_id = \(.of(site))") }
+        if let until = window.until { l.add("start_time <= \(.int(until))") }
+        if let since = window.since { l.add("(end_time IS NULL OR end_time >= \(.int(since)))") }
         let launchers = try c.query(
-            "SELECT id, nodes, start_time, end_time FROM launcher_sessions WHERE \(l.sql)", l.parameters
+            "SELECT id, nodes, start_time, end_time FROM launcher_sessions WHERE \(l.sql)"
         ).map { r in
             ReportSeries.Held(
                 id: -r.int(0), nodes: r.int(1), start: seconds(Int64(r.int(2))),
@@ -155,7 +155,7 @@ enum ReportRoutes {
             var m = Conditions(owner: call.user.id, column: "owner_id")
             window.minuteConditions(&m)
             var runs = try c.query(
-                "SELECT minute, sum(node_seconds) FROM busy_minutes WHERE \(m.sql) GROUP BY minute", m.parameters
+                "SELECT minute, sum(node_seconds) FROM busy_minutes WHERE \(m.sql) GROUP BY minute"
             ).map { r -> ReportSeries.Run in
                 let start = Double(r.int(0) * 60)
                 return ReportSeries.Run(start: start, end: start + 60, share: r.double(1) / 60, batchJob: nil)
@@ -208,13 +208,13 @@ enum ReportRoutes {
     static func runningNow(_ call: Call, site: Int?) throws -> [(Int, Rollups.Start)] {
         var c = Conditions(owner: call.user.id, column: "j.owner_id")
         c.add("j.state = 'RUNNING'")
-        if let site { c.add("j.site_id = ?", .of(site)) }
+        if let site { c.add("j.site_id = \(.of(site))") }
         var latest: [Int: (Int, Rollups.Start)] = [:]
         for r in try call.connection.query(
             """
             SELECT j.id, j.site_id, e.timestamp, e.data FROM jobs j JOIN events e ON e.job_id = j.id
             AND e.to_state = 'RUNNING' WHERE \(c.sql)
-            """, c.parameters)
+            """)
         {
             let start = Rollups.start(time: Int64(r.int(2)), data: r.text(3))
             if latest[r.int(0)].map({ $0.1.time < start.time }) ?? true { latest[r.int(0)] = (r.int(1), start) }
@@ -229,15 +229,15 @@ enum ReportRoutes {
         let table = "events e JOIN jobs j ON j.id = e.job_id"
         let rows = try call.connection.query(
             """
-            SELECT e.job_id, e.timestamp, e.to_state, e.data, j.site_id FROM \(table)
+            SELECT e.job_id, e.timestamp, e.to_state, e.data, j.site_id FROM \(raw: table)
             WHERE \(c.sql) AND (e.to_state = 'RUNNING' OR e.from_state = 'RUNNING') ORDER BY e.timestamp, e.id
-            """, c.parameters)
+            """)
         var open: [Int: ReportSeries.Run] = [:]
         var runs: [ReportSeries.Run] = []
         for r in rows {
             let job = r.int(0)
             let time = seconds(Int64(r.int(1)))
-            if r.text(2) == "RUNNING" {
+            if r.text(2) == JobState.running.rawValue {
                 let s = Rollups.start(time: Int64(r.int(1)), data: r.text(3))
                 if var earlier = open[job] {
                     earlier.end = time
@@ -289,14 +289,14 @@ enum ReportRoutes {
         var found: [Failure] = []
         for state in ["RUN_ERROR", "RUN_TIMEOUT", "FAILED"] {
             var c = Conditions(owner: call.user.id, column: "e.owner_id")
-            c.add("e.to_state = ?", .text(state))
+            c.add("e.to_state = \(.text(state))")
             window.eventConditions(&c)
             let rows = try call.connection.query(
                 """
                 SELECT e.job_id, j.site_id, e.timestamp, e.data, j.workdir, a.name, j.tags
                 FROM events e JOIN jobs j ON j.id = e.job_id JOIN apps a ON a.id = j.app_id
-                WHERE \(c.sql) ORDER BY e.timestamp DESC, e.id DESC LIMIT \(limit * 3)
-                """, c.parameters)
+                WHERE \(c.sql) ORDER BY e.timestamp DESC, e.id DESC LIMIT \(.of(limit * 3))
+                """)
             for r in rows {
                 let tags = ((try? JSONValue.parse(r.text(6)))?.objectValue ?? [:]).compactMapValues(\.stringValue)
                 found.append(

@@ -25,14 +25,15 @@ enum Rollups {
             guard let s = site[e.0] else { continue }
             let m = e.4 / minute
             counts["\(s) \(e.2) \(m)", default: (s, e.2, m, 0)].n += 1
-            if e.1 == "RUNNING" { ends.append((e.0, e.4)) }
+            if e.1 == JobState.running.rawValue { ends.append((e.0, e.4)) }
         }
         for chunk in Array(counts.values).chunked(c.rowsPerStatement(columns: 5)) {
+            let rows = SQL.rows(chunk.map { [.of(owner), .of($0.site), .text($0.state), .int($0.minute), .of($0.n)] })
             try c.execute(
-                "INSERT INTO state_minutes (owner_id, site_id, to_state, minute, n) VALUES "
-                    + valuesList(rows: chunk.count, columns: 5)
-                    + " ON CONFLICT (owner_id, to_state, site_id, minute) DO UPDATE SET n = state_minutes.n + excluded.n",
-                chunk.flatMap { [.of(owner), .of($0.site), .text($0.state), .int($0.minute), .of($0.n)] })
+                """
+                INSERT INTO state_minutes (owner_id, site_id, to_state, minute, n) VALUES \(rows)
+                ON CONFLICT (owner_id, to_state, site_id, minute) DO UPDATE SET n = state_minutes.n + excluded.n
+                """)
         }
         guard !ends.isEmpty else { return }
         // Each ended run's start: the job's latest RUNNING event at or before the end (recorded now or before).
@@ -50,19 +51,20 @@ enum Rollups {
             }
         }
         for chunk in Array(busy.values).chunked(c.rowsPerStatement(columns: 4)) {
+            let rows = SQL.rows(chunk.map { [.of(owner), .of($0.site), .int($0.minute), .double($0.seconds)] })
             try c.execute(
-                "INSERT INTO busy_minutes (owner_id, site_id, minute, node_seconds) VALUES "
-                    + valuesList(rows: chunk.count, columns: 4)
-                    + " ON CONFLICT (owner_id, site_id, minute) DO UPDATE SET "
-                    + "node_seconds = busy_minutes.node_seconds + excluded.node_seconds",
-                chunk.flatMap { [.of(owner), .of($0.site), .int($0.minute), .double($0.seconds)] })
+                """
+                INSERT INTO busy_minutes (owner_id, site_id, minute, node_seconds) VALUES \(rows)
+                ON CONFLICT (owner_id, site_id, minute) DO UPDATE SET
+                node_seconds = busy_minutes.node_seconds + excluded.node_seconds
+                """)
         }
         for b in batches.values {
             try c.execute(
                 """
-                UPDATE batch_jobs SET busy_node_seconds = busy_node_seconds + ?
-                WHERE owner_id = ? AND site_id = ? AND site_batch_id = ?
-                """, [.double(b.seconds), .of(owner), .of(b.site), .of(b.batch)])
+                UPDATE batch_jobs SET busy_node_seconds = busy_node_seconds + \(.double(b.seconds))
+                WHERE owner_id = \(.of(owner)) AND site_id = \(.of(b.site)) AND site_batch_id = \(.of(b.batch))
+                """)
         }
     }
 
@@ -82,7 +84,7 @@ enum Rollups {
         var site: [Int: Int] = [:]
         for chunk in Array(jobs).chunked(5000) {
             for r in try c.query(
-                "SELECT id, site_id FROM jobs WHERE id IN (\(placeholders(chunk.count)))", chunk.map { .of($0) })
+                "SELECT id, site_id FROM jobs WHERE id IN (\(list: chunk.map { .of($0) }))")
             {
                 site[r.int(0)] = r.int(1)
             }
@@ -104,8 +106,8 @@ enum Rollups {
             let rows = try c.query(
                 """
                 SELECT job_id, timestamp, data FROM events
-                WHERE job_id IN (\(placeholders(chunk.count))) AND to_state = 'RUNNING' ORDER BY timestamp
-                """, chunk.map { .of($0) })
+                WHERE job_id IN (\(list: chunk.map { .of($0) })) AND to_state = 'RUNNING' ORDER BY timestamp
+                """)
             for r in rows { starts[r.int(0), default: []].append(start(time: Int64(r.int(1)), data: r.text(2))) }
         }
         return starts

@@ -79,10 +79,10 @@ enum Sites {
 
     static func list(_ call: inout Call) throws -> Reply {
         var conditions = Conditions(owner: call.user.id)
-        if let name = try call.query.string("name") { conditions.add("name = ?", .text(name)) }
-        if let path = try call.query.string("path") { conditions.add(call.dialect.contains("path"), .text(path)) }
+        if let name = try call.query.string("name") { conditions.add("name = \(.text(name))") }
+        if let path = try call.query.string("path") { conditions.add(call.dialect.contains("path", path)) }
         if let ids = try call.query.ints("id") { conditions.any("id", ids.map { .of($0) }) }
-        if let after = try call.query.time("last_refresh_after") { conditions.add("last_refresh > ?", .int(after)) }
+        if let after = try call.query.time("last_refresh_after") { conditions.add("last_refresh > \(.int(after))") }
         let ordering = try call.query.ordering(["id": "id", "name": "name"], default: "id ASC")
         return try page(
             call: &call, table: "sites", columns: columns, conditions: conditions, ordering: ordering, write)
@@ -110,8 +110,10 @@ enum Sites {
         let members = try members(&input, creating: false) + [("last_refresh", .int(ServerClock.microseconds()))]
         let rows = try refusingDuplicate("you already have a site with this name") {
             try call.connection.query(
-                "UPDATE sites SET \(members.map { "\($0.0) = ?" }.joined(separator: ", ")) WHERE id = ? AND owner_id = ? RETURNING \(columns)",
-                members.map(\.1) + [.of(id), .of(call.user.id)])
+                """
+                UPDATE sites SET \(SQL.assignments(members)) WHERE id = \(.of(id)) AND owner_id = \(.of(call.user.id))
+                RETURNING \(raw: columns)
+                """)
         }
         guard let row = rows.first else { throw ServerError.notFound("site \(id)") }
         var out = JSONWriter()
@@ -130,8 +132,8 @@ func insertOne(
 ) throws -> Reply {
     let rows = try refusingDuplicate(duplicate) {
         try call.connection.query(
-            "INSERT INTO \(table) (\(members.map(\.0).joined(separator: ", "))) VALUES (\(placeholders(members.count))) RETURNING \(columns)",
-            members.map(\.1))
+            "INSERT INTO \(raw: table) (\(raw: members.map(\.0).joined(separator: ", "))) VALUES (\(list: members.map(\.1))) RETURNING \(raw: columns)"
+        )
     }
     var out = JSONWriter()
     if let row = rows.first { write(row, &out) }
@@ -142,7 +144,7 @@ func insertOne(
 func deleteOwned(_ call: Call, table: String, what: String) throws -> Reply {
     let id = try call.requiredID()
     let deleted = try call.connection.execute(
-        "DELETE FROM \(table) WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
+        "DELETE FROM \(raw: table) WHERE id = \(.of(id)) AND owner_id = \(.of(call.user.id))")
     if deleted == 0 { throw ServerError.notFound("\(what) \(id)") }
     return .noContent
 }
@@ -175,15 +177,17 @@ func page(
     let (limit, offset) = try call.query.page()
     try call.query.finish()
     let count =
-        try call.connection.scalar("SELECT count(*) FROM \(table) WHERE \(conditions.sql)", conditions.parameters) ?? 0
+        try call.connection.scalar("SELECT count(*) FROM \(raw: table) WHERE \(conditions.sql)") ?? 0
     var out = JSONWriter(capacity: 64 + min(limit, count) * 256)
     out.beginObject()
     out.field("count", count)
     out.beginArray("results")
     if limit > 0 && offset < count {
         let rows = try call.connection.query(
-            "SELECT \(columns) FROM \(table) WHERE \(conditions.sql) ORDER BY \(ordering) LIMIT ? OFFSET ?",
-            conditions.parameters + [.of(limit), .of(offset)])
+            """
+            SELECT \(raw: columns) FROM \(raw: table) WHERE \(conditions.sql) ORDER BY \(raw: ordering)
+            LIMIT \(.of(limit)) OFFSET \(.of(offset))
+            """)
         for row in rows { write(row, &out) }
     }
     out.endArray()
@@ -197,7 +201,7 @@ func detail(
 ) throws -> Reply {
     let id = try call.requiredID()
     let rows = try call.connection.query(
-        "SELECT \(columns) FROM \(table) WHERE id = ? AND owner_id = ?", [.of(id), .of(call.user.id)])
+        "SELECT \(raw: columns) FROM \(raw: table) WHERE id = \(.of(id)) AND owner_id = \(.of(call.user.id))")
     guard let row = rows.first else { throw ServerError.notFound("\(what) \(id)") }
     var out = JSONWriter()
     write(row, &out)

@@ -60,13 +60,13 @@ enum SyncRoutes {
             if let locations {
                 // The site's transfer locations (ALIAS: URL), which its jobs' slots name.
                 try c.execute(
-                    "UPDATE sites SET transfer_locations = ? WHERE id = ?", [.text(jsonText(locations)), .of(siteID)])
+                    "UPDATE sites SET transfer_locations = \(.text(jsonText(locations))) WHERE id = \(.of(siteID))")
             }
             if let policy {
                 // Its batch-job policy, which the original client's `balsam queue submit` checks against.
                 try c.execute(
-                    "UPDATE sites SET allowed_queues = ?, allowed_projects = ?, optional_batch_job_params = ? WHERE id = ?",
-                    [.text(policy.queues), .text(policy.projects), .text(policy.params), .of(siteID)])
+                    "UPDATE sites SET allowed_queues = \(.text(policy.queues)), allowed_projects = \(.text(policy.projects)), optional_batch_job_params = \(.text(policy.params)) WHERE id = \(.of(siteID))"
+                )
             }
             var appIDs = try existingApps(siteID: siteID, call: call)
             for (i, app) in apps.enumerated() {
@@ -79,19 +79,20 @@ enum SyncRoutes {
                 let source = try a.string("source_code", maxBytes: 1 << 20) ?? ""
                 let slots = try a.object("transfers") ?? [:]
                 try a.finish()
-                let values: [SQLValue] = [
-                    .text(description), .text(jsonText(parameters)), .text(source), .text(jsonText(slots)),
-                ]
+                let (p, t) = (SQLValue.text(jsonText(parameters)), SQLValue.text(jsonText(slots)))
                 if let id = appIDs[name] {
                     try c.execute(
-                        "UPDATE apps SET description = ?, parameters = ?, source_code = ?, transfers = ? WHERE id = ?",
-                        values + [.of(id)])
+                        """
+                        UPDATE apps SET description = \(.text(description)), parameters = \(p),
+                        source_code = \(.text(source)), transfers = \(t) WHERE id = \(.of(id))
+                        """)
                 } else {
                     appIDs[name] = try c.scalar(
                         """
                         INSERT INTO apps (owner_id, site_id, name, serialized_class, description, parameters,
-                        source_code, transfers) VALUES (?, ?, ?, '', ?, ?, ?, ?) RETURNING id
-                        """, [.of(owner), .of(siteID), .text(name)] + values)
+                        source_code, transfers) VALUES (\(.of(owner)), \(.of(siteID)), \(.text(name)), '',
+                        \(.text(description)), \(p), \(.text(source)), \(t)) RETURNING id
+                        """)
                 }
             }
             var refused: [SyncRefusal] = []
@@ -104,8 +105,8 @@ enum SyncRoutes {
             // Jobs removed at the site (`balsam rm`) go here too, with their events.
             for chunk in removed.chunked(5000) where !chunk.isEmpty {
                 try c.execute(
-                    "DELETE FROM jobs WHERE site_id = ? AND owner_id = ? AND site_job_id IN (\(placeholders(chunk.count)))",
-                    [.of(siteID), .of(owner)] + chunk.map { .text($0) })
+                    "DELETE FROM jobs WHERE site_id = \(.of(siteID)) AND owner_id = \(.of(owner)) AND site_job_id IN (\(list: chunk.map { .text($0) }))"
+                )
             }
             try recordBatchJobs(batchJobs, rejectedBatchJobs, siteID: siteID, call: call)
             try recordLauncherSessions(sessions, siteID: siteID, call: call)
@@ -123,8 +124,8 @@ enum SyncRoutes {
             let requests = try c.query(
                 """
                 SELECT r.id, j.site_job_id, r.kind, r.target FROM job_requests r JOIN jobs j ON j.id = r.job_id
-                WHERE r.site_id = ? AND r.owner_id = ? ORDER BY r.id LIMIT 1000
-                """, [.of(siteID), .of(owner)])
+                WHERE r.site_id = \(.of(siteID)) AND r.owner_id = \(.of(owner)) ORDER BY r.id LIMIT 1000
+                """)
             out.value(
                 "requests",
                 .array(
@@ -148,9 +149,9 @@ enum SyncRoutes {
             SELECT j.id, a.name, j.workdir, j.tags, j.serialized_parameters, j.data, j.num_nodes, j.ranks_per_node,
             j.threads_per_rank, j.threads_per_core, j.launch_params, j.gpus_per_rank, j.node_packing_count,
             j.wall_time_min, j.parent_ids, a.transfers FROM jobs j JOIN apps a ON a.id = j.app_id
-            WHERE j.site_id = ? AND j.owner_id = ? AND j.site_job_id IS NULL AND j.state NOT IN ('FAILED', 'JOB_FINISHED')
+            WHERE j.site_id = \(.of(siteID)) AND j.owner_id = \(.of(call.user.id)) AND j.site_job_id IS NULL AND j.state NOT IN (\(.of(JobState.failed)), \(.of(JobState.jobFinished)))
             ORDER BY j.id LIMIT 1000
-            """, [.of(siteID), .of(call.user.id)])
+            """)
         // Their transfer items, as the job's slots ({slot: "ALIAS:/path"}): the server keeps no slot name, so the
         // app's slot of that direction and local path is the one.
         var transfers: [Int: [String: JSONValue]] = [:]
@@ -161,8 +162,8 @@ enum SyncRoutes {
             for r in try call.connection.query(
                 """
                 SELECT job_id, direction, local_path, remote_path, location_alias FROM transfer_items
-                WHERE job_id IN (\(placeholders(chunk.count)))
-                """, chunk.map { .of($0) })
+                WHERE job_id IN (\(list: chunk.map { .of($0) }))
+                """)
             {
                 let slot = slotsByApp[r.int(0)]?.first { _, spec in
                     spec.objectValue?["direction"]?.stringValue == r.text(1)
@@ -179,9 +180,8 @@ enum SyncRoutes {
         var parentSiteIDs: [Int: String] = [:]
         for chunk in Array(parents).chunked(5000) where !chunk.isEmpty {
             for r in try call.connection.query(
-                "SELECT id, site_job_id FROM jobs WHERE site_job_id IS NOT NULL AND id IN (\(placeholders(chunk.count)))",
-                chunk.map { .of($0) })
-            {
+                "SELECT id, site_job_id FROM jobs WHERE site_job_id IS NOT NULL AND id IN (\(list: chunk.map { .of($0) }))"
+            ) {
                 parentSiteIDs[r.int(0)] = r.text(1)
             }
         }
@@ -214,12 +214,12 @@ enum SyncRoutes {
     /// (`Pickle.classAttribute`); null means a Python app, whose `run()` the site's Python runs.
     static func writeRemoteApps(siteID: Int, known: [String: String], call: Call, to out: inout JSONWriter) throws {
         let rows = try call.connection.query(
-            "SELECT name, serialized_class, parameters, description FROM apps WHERE site_id = ? AND serialized_class <> ''",
-            [.of(siteID)])
+            "SELECT name, serialized_class, parameters, description FROM apps WHERE site_id = \(.of(siteID)) AND serialized_class <> ''"
+        )
         out.beginArray("remote_apps")
         for r in rows {
             // "2": apps are sent with their class since issue #14 (sites that had only the template get it).
-            let digest = fnv1a("2\u{0}" + r.text(1) + "\u{0}" + r.text(2))
+            let digest = String(FNV1a.hash64("2\u{0}" + r.text(1) + "\u{0}" + r.text(2)), radix: 16)
             guard known[r.text(0)] != digest else { continue }
             out.beginObject()
             out.field("name", r.text(0))
@@ -264,37 +264,30 @@ enum SyncRoutes {
             try b.finish()
             if let serverID {
                 try c.execute(
-                    "UPDATE batch_jobs SET site_batch_id = ? WHERE id = ? AND site_id = ? AND owner_id = ? AND site_batch_id IS NULL",
-                    [.of(siteBatchID), .of(serverID), .of(siteID), .of(call.user.id)])
+                    "UPDATE batch_jobs SET site_batch_id = \(.of(siteBatchID)) WHERE id = \(.of(serverID)) AND site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_batch_id IS NULL"
+                )
             }
             let info = jsonText(message.map { ["message": JSONValue.string($0)] } ?? [:])
             let existing = try c.query(
-                "SELECT id, state FROM batch_jobs WHERE site_id = ? AND site_batch_id = ?" + c.dialect.forUpdate,
-                [.of(siteID), .of(siteBatchID)]
+                """
+                SELECT id, state FROM batch_jobs WHERE site_id = \(.of(siteID))
+                AND site_batch_id = \(.of(siteBatchID))\(raw: c.dialect.forUpdate)
+                """
             ).first
             if let existing {
                 let keep = existing.text(1) == "pending_deletion" && state != "finished" && state != "submit_failed"
                 try c.execute(
                     """
-                    UPDATE batch_jobs SET state = ?, scheduler_id = ?, start_time = ?, end_time = ?, status_info = ?
-                    WHERE id = ?
-                    """,
-                    [
-                        .text(keep ? "pending_deletion" : state), .of(schedulerID), start.map { .int($0) } ?? .null,
-                        end.map { .int($0) } ?? .null, .text(info), .of(existing.int(0)),
-                    ])
+                    UPDATE batch_jobs SET state = \(.text(keep ? "pending_deletion" : state)), scheduler_id = \(.of(schedulerID)), start_time = \(start.map { .int($0) } ?? .null), end_time = \(end.map { .int($0) } ?? .null), status_info = \(.text(info))
+                    WHERE id = \(.of(existing.int(0)))
+                    """)
             } else {
                 try c.execute(
                     """
                     INSERT INTO batch_jobs (owner_id, site_id, site_batch_id, scheduler_id, project, queue, num_nodes,
                     wall_time_min, job_mode, optional_params, filter_tags, partitions, state, status_info, start_time,
-                    end_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'mpi', ?, ?, NULL, ?, ?, ?, ?)
-                    """,
-                    [
-                        .of(call.user.id), .of(siteID), .of(siteBatchID), .of(schedulerID), .text(project),
-                        .text(queue), .of(nodes), .of(minutes), .text(optional), .text(filterTags), .text(state),
-                        .text(info), start.map { .int($0) } ?? .null, end.map { .int($0) } ?? .null,
-                    ])
+                    end_time) VALUES (\(.of(call.user.id)), \(.of(siteID)), \(.of(siteBatchID)), \(.of(schedulerID)), \(.text(project)), \(.text(queue)), \(.of(nodes)), \(.of(minutes)), 'mpi', \(.text(optional)), \(.text(filterTags)), NULL, \(.text(state)), \(.text(info)), \(start.map { .int($0) } ?? .null), \(end.map { .int($0) } ?? .null))
+                    """)
             }
         }
         for (i, item) in refused.enumerated() {
@@ -304,10 +297,9 @@ enum SyncRoutes {
             try r.finish()
             try c.execute(
                 """
-                UPDATE batch_jobs SET state = 'submit_failed', status_info = ?
-                WHERE id = ? AND site_id = ? AND owner_id = ? AND site_batch_id IS NULL
-                """,
-                [.text(jsonText(["error": .string(reason)])), .of(id), .of(siteID), .of(call.user.id)])
+                UPDATE batch_jobs SET state = 'submit_failed', status_info = \(.text(jsonText(["error": .string(reason)])))
+                WHERE id = \(.of(id)) AND site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_batch_id IS NULL
+                """)
         }
     }
 
@@ -317,9 +309,9 @@ enum SyncRoutes {
         let rows = try call.connection.query(
             """
             SELECT id, project, queue, num_nodes, wall_time_min, job_mode, filter_tags, optional_params
-            FROM batch_jobs WHERE site_id = ? AND owner_id = ? AND site_batch_id IS NULL
+            FROM batch_jobs WHERE site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_batch_id IS NULL
             AND state = 'pending_submission' ORDER BY id LIMIT 100
-            """, [.of(siteID), .of(call.user.id)])
+            """)
         out.beginArray("remote_batch_jobs")
         for r in rows {
             out.beginObject()
@@ -335,8 +327,8 @@ enum SyncRoutes {
         }
         out.endArray()
         let deletions = try call.connection.query(
-            "SELECT site_batch_id FROM batch_jobs WHERE site_id = ? AND state = 'pending_deletion' AND site_batch_id IS NOT NULL",
-            [.of(siteID)])
+            "SELECT site_batch_id FROM batch_jobs WHERE site_id = \(.of(siteID)) AND state = 'pending_deletion' AND site_batch_id IS NOT NULL"
+        )
         out.value("batch_deletions", .array(deletions.map { .int($0.int(0)) }))
     }
 
@@ -352,28 +344,18 @@ enum SyncRoutes {
             try r.finish()
             guard
                 let job = try c.scalar(
-                    "SELECT job_id FROM job_requests WHERE id = ? AND site_id = ? AND owner_id = ?",
-                    [.of(id), .of(siteID), .of(call.user.id)])
+                    "SELECT job_id FROM job_requests WHERE id = \(.of(id)) AND site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id))"
+                )
             else { continue }
-            try c.execute("DELETE FROM job_requests WHERE id = ?", [.of(id)])
-            if outcome == "refused", let row = try c.query("SELECT data FROM jobs WHERE id = ?", [.of(job)]).first {
+            try c.execute("DELETE FROM job_requests WHERE id = \(.of(id))")
+            if outcome == "refused", let row = try c.query("SELECT data FROM jobs WHERE id = \(.of(job))").first {
                 var data = (try? JSONValue.parse(row.text(0)))?.objectValue ?? [:]
                 data["balsam_request_refused"] = .string(reason ?? "refused by the site")
                 try c.execute(
-                    "UPDATE jobs SET data = ?, last_update = \(c.dialect.greatest)(last_update + 1, ?) WHERE id = ?",
-                    [.text(jsonText(data)), .int(ServerClock.microseconds()), .of(job)])
+                    "UPDATE jobs SET data = \(.text(jsonText(data))), last_update = \(raw: c.dialect.greatest)(last_update + 1, \(.int(ServerClock.microseconds()))) WHERE id = \(.of(job))"
+                )
             }
         }
-    }
-
-    /// FNV-1a, 64 bits, in hex: enough to tell whether an app changed (not a security check).
-    static func fnv1a(_ text: String) -> String {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in text.utf8 {
-            hash ^= UInt64(byte)
-            hash = hash &* 0x100_0000_01b3
-        }
-        return String(hash, radix: 16)
     }
 
     /// The site's batch-job policy as its push states it (`allowed_queues` with each queue's `max_nodes`,
@@ -421,14 +403,9 @@ enum SyncRoutes {
             try call.connection.execute(
                 """
                 INSERT INTO launcher_sessions (owner_id, site_id, lease, nodes, start_time, end_time, site_batch_id)
-                VALUES (?, ?, ?, ?, ?, ?, ?)
+                VALUES (\(.of(call.user.id)), \(.of(siteID)), \(.text(lease)), \(.of(nodes)), \(.int(start)), \(end.map { .int($0) } ?? .null), \(batch.map { .of($0) } ?? .null))
                 ON CONFLICT (site_id, lease) DO UPDATE SET nodes = excluded.nodes, end_time = excluded.end_time
-                """,
-                [
-                    .of(call.user.id), .of(siteID), .text(lease), .of(nodes), .int(start),
-                    end.map { .int($0) } ?? .null,
-                    batch.map { .of($0) } ?? .null,
-                ])
+                """)
         }
     }
 
@@ -446,8 +423,8 @@ enum SyncRoutes {
         var mine = Set<Int>()
         for chunk in Array(reasons.keys).sorted().chunked(5000) where !chunk.isEmpty {
             let rows = try call.connection.query(
-                "SELECT id FROM jobs WHERE site_id = ? AND site_job_id IS NULL AND id IN (\(placeholders(chunk.count)))",
-                [.of(siteID)] + chunk.map { .of($0) })
+                "SELECT id FROM jobs WHERE site_id = \(.of(siteID)) AND site_job_id IS NULL AND id IN (\(list: chunk.map { .of($0) }))"
+            )
             for r in rows { mine.insert(r.int(0)) }
         }
         let states = try Jobs.states(mine.sorted(), call: call, lock: true)
@@ -456,8 +433,8 @@ enum SyncRoutes {
             let data = JSONValue.object(["message": .string(reason)]).serialized()
             try Jobs.move([(id, state, .failed)], data: data, now: now, call: call)
             try call.connection.execute(
-                "UPDATE jobs SET serialized_exception = ? WHERE id = ?",
-                [.text(Pickle.exceptionBase64("the site did not take job \(id): \(reason)")), .of(id)])
+                "UPDATE jobs SET serialized_exception = \(.text(Pickle.exceptionBase64("the site did not take job \(id): \(reason)"))) WHERE id = \(.of(id))"
+            )
         }
     }
 
@@ -466,24 +443,23 @@ enum SyncRoutes {
         guard path.hasPrefix("/") else { throw ServerError.badRequest("must be absolute", field: "site.path") }
         let c = call.connection
         if let id = try c.scalar(
-            "SELECT id FROM sites WHERE owner_id = ? AND name = ?" + c.dialect.forUpdate,
-            [.of(call.user.id), .text(name)])
-        {
+            "SELECT id FROM sites WHERE owner_id = \(.of(call.user.id)) AND name = \(.text(name))\(raw: c.dialect.forUpdate)"
+        ) {
             try c.execute(
-                "UPDATE sites SET path = ?, last_refresh = ? WHERE id = ?", [.text(path), .int(now), .of(id)])
+                "UPDATE sites SET path = \(.text(path)), last_refresh = \(.int(now)) WHERE id = \(.of(id))")
             return id
         }
         return try c.scalar(
             """
             INSERT INTO sites (owner_id, name, path, globus_endpoint_id, backfill_windows, queued_jobs,
             optional_batch_job_params, allowed_projects, allowed_queues, transfer_locations, last_refresh,
-            creation_date) VALUES (?, ?, ?, NULL, '{}', '{}', '{}', '[]', '{}', '{}', ?, ?) RETURNING id
-            """, [.of(call.user.id), .text(name), .text(path), .int(now), .int(now)]) ?? 0
+            creation_date) VALUES (\(.of(call.user.id)), \(.text(name)), \(.text(path)), NULL, '{}', '{}', '{}', '[]', '{}', '{}', \(.int(now)), \(.int(now))) RETURNING id
+            """) ?? 0
     }
 
     private static func existingApps(siteID: Int, call: Call) throws -> [String: Int] {
         var ids: [String: Int] = [:]
-        for r in try call.connection.query("SELECT name, id FROM apps WHERE site_id = ?", [.of(siteID)]) {
+        for r in try call.connection.query("SELECT name, id FROM apps WHERE site_id = \(.of(siteID))") {
             ids[r.text(0)] = r.int(1)
         }
         return ids
@@ -494,8 +470,8 @@ enum SyncRoutes {
         var ids: [String: Int] = [:]
         for chunk in siteJobIDs.chunked(5000) where !chunk.isEmpty {
             let rows = try call.connection.query(
-                "SELECT site_job_id, id FROM jobs WHERE site_id = ? AND site_job_id IN (\(placeholders(chunk.count)))",
-                [.of(siteID)] + chunk.map { .text($0) })
+                "SELECT site_job_id, id FROM jobs WHERE site_id = \(.of(siteID)) AND site_job_id IN (\(list: chunk.map { .text($0) }))"
+            )
             for r in rows { ids[r.text(0)] = r.int(1) }
         }
         return ids
@@ -535,12 +511,12 @@ enum SyncRoutes {
     private static func recordAppRefusals(_ refused: [String: String], siteID: Int, call: Call) throws {
         let c = call.connection
         try c.execute(
-            "UPDATE apps SET site_refusal = NULL WHERE site_id = ? AND owner_id = ? AND site_refusal IS NOT NULL",
-            [.of(siteID), .of(call.user.id)])
+            "UPDATE apps SET site_refusal = NULL WHERE site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_refusal IS NOT NULL"
+        )
         for (name, reason) in refused {
             try c.execute(
-                "UPDATE apps SET site_refusal = ? WHERE site_id = ? AND owner_id = ? AND name = ?",
-                [.text(reason), .of(siteID), .of(call.user.id), .text(name)])
+                "UPDATE apps SET site_refusal = \(.text(reason)) WHERE site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND name = \(.text(name))"
+            )
         }
     }
 
@@ -562,14 +538,13 @@ enum SyncRoutes {
         // the site's (the server's creation event goes; the site's own follows in events).
         if let serverID = pushed.serverID {
             let taken = try call.connection.execute(
-                "UPDATE jobs SET site_job_id = ? WHERE id = ? AND site_id = ? AND owner_id = ? AND site_job_id IS NULL",
-                [.text(siteJobID), .of(serverID), .of(siteID), .of(call.user.id)])
+                "UPDATE jobs SET site_job_id = \(.text(siteJobID)) WHERE id = \(.of(serverID)) AND site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_job_id IS NULL"
+            )
             if taken == 1 {
-                try call.connection.execute("DELETE FROM events WHERE job_id = ?", [.of(serverID)])
+                try call.connection.execute("DELETE FROM events WHERE job_id = \(.of(serverID))")
             } else if try call.connection.scalar(
-                "SELECT id FROM jobs WHERE id = ? AND site_id = ? AND owner_id = ? AND site_job_id = ?",
-                [.of(serverID), .of(siteID), .of(call.user.id), .text(siteJobID)]) == nil
-            {
+                "SELECT id FROM jobs WHERE id = \(.of(serverID)) AND site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_job_id = \(.text(siteJobID))"
+            ) == nil {
                 // Deleted through the API before the adoption arrived: nothing to attach the site's job to.
                 throw ItemRefused(
                     code: .deleted,
@@ -613,20 +588,18 @@ enum SyncRoutes {
         // Parents the server knows; the rest arrive with a later push and are linked then by the site's ids.
         let parentIDs = try serverIDs(Array(Set(missing.flatMap(\.parents))), siteID: siteID, call: call).merging(
             ids, uniquingKeysWith: { a, _ in a })
-        var links: [SQLValue] = []
+        var links: [[SQLValue]] = []
         for (k, item) in missing.enumerated() {
             let known = item.parents.compactMap { parentIDs[$0] }
-            for parent in known { links += [.of(created[k]), .of(parent)] }
+            for parent in known { links.append([.of(created[k]), .of(parent)]) }
             if !known.isEmpty {
                 try call.connection.execute(
-                    "UPDATE jobs SET parent_ids = ? WHERE id = ?",
-                    [.text(JSONValue.array(known.map { .int($0) }).serialized()), .of(created[k])])
+                    "UPDATE jobs SET parent_ids = \(.text(JSONValue.array(known.map { .int($0) }).serialized())) WHERE id = \(.of(created[k]))"
+                )
             }
         }
-        for chunk in links.chunked(call.connection.rowsPerStatement(columns: 2) * 2) where !chunk.isEmpty {
-            try call.connection.execute(
-                "INSERT INTO job_parents (job_id, parent_id) VALUES " + valuesList(rows: chunk.count / 2, columns: 2),
-                Array(chunk))
+        for chunk in links.chunked(call.connection.rowsPerStatement(columns: 2)) where !chunk.isEmpty {
+            try call.connection.execute("INSERT INTO job_parents (job_id, parent_id) VALUES \(SQL.rows(chunk))")
         }
         return ids
     }
@@ -699,8 +672,8 @@ enum SyncRoutes {
         var seen = Set<String>()
         for chunk in jobs.chunked(5000) {
             let rows = try call.connection.query(
-                "SELECT job_id, timestamp, from_state, to_state FROM events WHERE job_id IN (\(placeholders(chunk.count)))",
-                chunk.map { .of($0) })
+                "SELECT job_id, timestamp, from_state, to_state FROM events WHERE job_id IN (\(list: chunk.map { .of($0) }))"
+            )
             for r in rows { seen.insert("\(r.int(0)) \(r.int(1)) \(r.text(2)) \(r.text(3))") }
         }
         var fresh: [(Int, String, String, String, Int64)] = []
@@ -715,10 +688,10 @@ enum SyncRoutes {
         for chunk in Set(fresh.map(\.0)).map({ $0 }).chunked(5000) where !chunk.isEmpty {
             let rows = try call.connection.query(
                 """
-                SELECT e.job_id, e.to_state FROM events e WHERE e.job_id IN (\(placeholders(chunk.count)))
+                SELECT e.job_id, e.to_state FROM events e WHERE e.job_id IN (\(list: chunk.map { .of($0) }))
                 AND e.id = (SELECT e2.id FROM events e2 WHERE e2.job_id = e.job_id
                 ORDER BY e2.timestamp DESC, e2.id DESC LIMIT 1)
-                """, chunk.map { .of($0) })
+                """)
             for r in rows { latest[r.text(1), default: []].append((r.int(0), [.text(r.text(1))])) }
         }
         for (_, rows) in latest {
@@ -730,12 +703,12 @@ enum SyncRoutes {
             return (e.0, e.4, d)
         }.sorted { $0.1 < $1.1 }
         for (job, _, change) in dataChanges {
-            guard let row = try call.connection.query("SELECT data FROM jobs WHERE id = ?", [.of(job)]).first else {
+            guard let row = try call.connection.query("SELECT data FROM jobs WHERE id = \(.of(job))").first else {
                 continue
             }
             var data = (try? JSONValue.parse(row.text(0)))?.objectValue ?? [:]
             for (key, value) in change { data[key] = value == .null ? nil : value }
-            try call.connection.execute("UPDATE jobs SET data = ? WHERE id = ?", [.text(jsonText(data)), .of(job)])
+            try call.connection.execute("UPDATE jobs SET data = \(.text(jsonText(data))) WHERE id = \(.of(job))")
         }
         // A run's exit status, as the site's events give it (RUN_DONE is 0), becomes the job's return_code.
         var codes: [Int: (Int64, Int)] = [:]
@@ -758,14 +731,9 @@ enum SyncRoutes {
                 let info = item["error"].map { jsonText(["error": $0]) } ?? "{}"
                 try call.connection.execute(
                     """
-                    UPDATE transfer_items SET state = ?, transfer_info = ? WHERE job_id = ? AND direction = ?
-                    AND local_path = ? AND remote_path = ? AND location_alias = ?
-                    """,
-                    [
-                        .text(state), .text(info), .of(job), .text(item["direction"]?.stringValue ?? ""),
-                        .text(item["local_path"]?.stringValue ?? ""), .text(item["remote_path"]?.stringValue ?? ""),
-                        .text(item["location_alias"]?.stringValue ?? ""),
-                    ])
+                    UPDATE transfer_items SET state = \(.text(state)), transfer_info = \(.text(info)) WHERE job_id = \(.of(job)) AND direction = \(.text(item["direction"]?.stringValue ?? ""))
+                    AND local_path = \(.text(item["local_path"]?.stringValue ?? "")) AND remote_path = \(.text(item["remote_path"]?.stringValue ?? "")) AND location_alias = \(.text(item["location_alias"]?.stringValue ?? ""))
+                    """)
             }
         }
         let resultRows = results.compactMap { siteJobID, r in
@@ -773,8 +741,10 @@ enum SyncRoutes {
         }
         for chunk in cleared.compactMap({ ids[$0] }).chunked(5000) {
             try call.connection.execute(
-                "UPDATE jobs SET serialized_exception = '' WHERE id IN (\(placeholders(chunk.count))) "
-                    + "AND serialized_exception <> ''", chunk.map { .of($0) })
+                """
+                UPDATE jobs SET serialized_exception = '' WHERE id IN (\(list: chunk.map { .of($0) }))
+                AND serialized_exception <> ''
+                """)
         }
         if !resultRows.isEmpty {
             try Jobs.updateRows(

@@ -106,8 +106,8 @@ public struct Accounts: Sendable {
         let insert = { (c: any SQLConnection) throws -> User in
             do {
                 let rows = try c.query(
-                    "INSERT INTO users (username, password_hash, created) VALUES (?, ?, ?) RETURNING id",
-                    [.text(username), .text(hash), .int(ServerClock.microseconds())])
+                    "INSERT INTO users (username, password_hash, created) VALUES (\(.text(username)), \(.text(hash)), \(.int(ServerClock.microseconds()))) RETURNING id"
+                )
                 return User(id: rows.first?.int(0) ?? 0, name: username)
             } catch let error as StoreError where error.kind == .constraint {
                 throw ServerError.badRequest("the user name '\(username)' is taken", field: "username")
@@ -128,13 +128,13 @@ public struct Accounts: Sendable {
         return try database.withConnection { c in
             try c.transaction {
                 let changed = try c.execute(
-                    "UPDATE users SET password_hash = ? WHERE username = ?", [.text(hash), .text(username)])
+                    "UPDATE users SET password_hash = \(.text(hash)) WHERE username = \(.text(username))")
                 if changed == 0 { throw ServerError.notFound("user '\(username)'") }
                 return try c.execute(
                     """
-                    UPDATE tokens SET revoked = ? WHERE revoked IS NULL AND kind = 'login'
-                    AND owner_id = (SELECT id FROM users WHERE username = ?)
-                    """, [.int(now), .text(username)])
+                    UPDATE tokens SET revoked = \(.int(now)) WHERE revoked IS NULL AND kind = 'login'
+                    AND owner_id = (SELECT id FROM users WHERE username = \(.text(username)))
+                    """)
             }
         }
     }
@@ -148,24 +148,24 @@ public struct Accounts: Sendable {
 
     /// Checks a password. Failures are counted per user name (known or not) for ten minutes.
     func checkPassword(_ username: String, _ password: String, connection c: any SQLConnection) throws -> LoginOutcome {
-        let rows = try c.query("SELECT id, password_hash FROM users WHERE username = ?", [.text(username)])
+        let rows = try c.query("SELECT id, password_hash FROM users WHERE username = \(.text(username))")
         let stored = rows.first?.text(1) ?? Accounts.decoyHash
         let ok = Accounts.verifyPassword(password, stored: stored) && !rows.isEmpty
         let now = ServerClock.microseconds()
         if ok, let row = rows.first {
-            try c.execute("DELETE FROM login_failures WHERE username = ?", [.text(username)])
+            try c.execute("DELETE FROM login_failures WHERE username = \(.text(username))")
             return .success(User(id: row.int(0), name: username))
         }
         let window: Int64 = 600_000_000
         let failures = try c.transaction { () throws -> Int in
             let previous = try c.query(
-                "SELECT failures, last_failure FROM login_failures WHERE username = ?", [.text(username)]
+                "SELECT failures, last_failure FROM login_failures WHERE username = \(.text(username))"
             ).first
             let count = (previous.map { now - Int64($0.int(1)) < window ? $0.int(0) : 0 } ?? 0) + 1
-            try c.execute("DELETE FROM login_failures WHERE username = ?", [.text(username)])
+            try c.execute("DELETE FROM login_failures WHERE username = \(.text(username))")
             try c.execute(
-                "INSERT INTO login_failures (username, failures, last_failure) VALUES (?, ?, ?)",
-                [.text(username), .of(count), .int(now)])
+                "INSERT INTO login_failures (username, failures, last_failure) VALUES (\(.text(username)), \(.of(count)), \(.int(now)))"
+            )
             return count
         }
         // Free for the first three, then 0.5 s doubling per failure up to 8 s.
@@ -187,11 +187,8 @@ public struct Accounts: Sendable {
         let now = ServerClock.microseconds()
         let expires = seconds.map { now + $0 * 1_000_000 }
         try c.execute(
-            "INSERT INTO tokens (id, owner_id, kind, site_name, created, expires) VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                .text(id), .of(user.id), .text(kind), siteName.map { .text($0) } ?? .null, .int(now),
-                expires.map { .int($0) } ?? .null,
-            ])
+            "INSERT INTO tokens (id, owner_id, kind, site_name, created, expires) VALUES (\(.text(id)), \(.of(user.id)), \(.text(kind)), \(siteName.map { .text($0) } ?? .null), \(.int(now)), \(expires.map { .int($0) } ?? .null))"
+        )
         var claims: [String: JSONValue] = [
             "sub": .string(String(user.id)), "username": .string(user.name), "jti": .string(id),
             "kind": .string(kind), "iat": .int(Int(now / 1_000_000)),
@@ -206,7 +203,7 @@ public struct Accounts: Sendable {
     /// Makes a long-lived token for `username`'s site daemon (`balsam-server token create`).
     public func createSiteToken(username: String, siteName: String, days: Int?) throws -> (id: String, token: String) {
         try database.withConnection { c in
-            guard let row = try c.query("SELECT id FROM users WHERE username = ?", [.text(username)]).first else {
+            guard let row = try c.query("SELECT id FROM users WHERE username = \(.text(username))").first else {
                 throw ServerError.notFound("user '\(username)'")
             }
             let user = User(id: row.int(0), name: username)
@@ -223,11 +220,11 @@ public struct Accounts: Sendable {
             let now = ServerClock.microseconds()
             if let tokenID {
                 return try c.execute(
-                    "UPDATE tokens SET revoked = ? WHERE id = ? AND revoked IS NULL", [.int(now), .text(tokenID)])
+                    "UPDATE tokens SET revoked = \(.int(now)) WHERE id = \(.text(tokenID)) AND revoked IS NULL")
             }
             return try c.execute(
-                "UPDATE tokens SET revoked = ? WHERE revoked IS NULL AND owner_id = (SELECT id FROM users WHERE username = ?)",
-                [.int(now), .text(username ?? "")])
+                "UPDATE tokens SET revoked = \(.int(now)) WHERE revoked IS NULL AND owner_id = (SELECT id FROM users WHERE username = \(.text(username ?? "")))"
+            )
         }
     }
 
@@ -238,7 +235,7 @@ public struct Accounts: Sendable {
                 """
                 SELECT t.id, u.username, t.kind, t.site_name, t.created, t.expires, t.revoked
                 FROM tokens t JOIN users u ON u.id = t.owner_id ORDER BY t.created DESC
-                """, []
+                """
             ).map { r in
                 TokenRecord(
                     id: r.text(0), username: r.text(1), kind: r.text(2), siteName: r.optionalText(3),
@@ -276,8 +273,8 @@ public struct Accounts: Sendable {
         let rows = try c.query(
             """
             SELECT u.id, u.username, t.kind, t.site_name FROM tokens t JOIN users u ON u.id = t.owner_id
-            WHERE t.id = ? AND t.owner_id = ? AND t.revoked IS NULL AND (t.expires IS NULL OR t.expires > ?)
-            """, [.text(id), .of(userID), .int(now)])
+            WHERE t.id = \(.text(id)) AND t.owner_id = \(.of(userID)) AND t.revoked IS NULL AND (t.expires IS NULL OR t.expires > \(.int(now)))
+            """)
         return rows.first.map { r in
             User(id: r.int(0), name: r.text(1), siteName: r.text(2) == "site" ? r.optionalText(3) : nil)
         }

@@ -1,5 +1,6 @@
 import Logging
 import NIOPosix
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -107,25 +108,5 @@ public final class Database: Sendable {
             if connection.isHealthy { idle.withLock { $0.append(connection) } }
         }
         return try body(connection)
-    }
-}
-
-/// A lock around a value: the pool's idle connections. Not `Synchronization.Mutex`: its `sending` rules refuse
-/// values that are not `Sendable`, and a connection is not (one thread uses it at a time, which the pool ensures).
-final class Mutex<Value>: @unchecked Sendable {
-    private var value: Value
-    private var lock = pthread_mutex_t()
-
-    init(_ value: Value) {
-        self.value = value
-        pthread_mutex_init(&lock, nil)
-    }
-
-    deinit { pthread_mutex_destroy(&lock) }
-
-    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
-        pthread_mutex_lock(&lock)
-        defer { pthread_mutex_unlock(&lock) }
-        return try body(&value)
     }
 }

@@ -4,10 +4,10 @@ internal import CPostgres
     import Glibc
 #endif
 
-/// A connection to PostgreSQL through libpq, the server's own client library. Statements are written with
-/// `?` placeholders (as for SQLite), rewritten once to `$1, $2, ...`, prepared once per connection and then
-/// executed by name; parameters travel as text, which PostgreSQL casts to the column's type.
-final class PostgresConnection: SQLConnection {
+/// A connection to PostgreSQL through libpq, the server's own client library. Statements (`SQL`, with `$n`
+/// placeholders) are prepared once per connection and then executed by name; parameters travel as text, which
+/// PostgreSQL casts to the column's type.
+final class PostgresConnection: SQLConnection, @unchecked Sendable {
     let dialect = SQLDialect.postgresql
     private let connection: OpaquePointer
     private var prepared: [String: String] = [:]
@@ -53,29 +53,11 @@ final class PostgresConnection: SQLConnection {
     private func statementName(_ sql: String) throws(StoreError) -> String {
         if let name = prepared[sql] { return name }
         let name = "s\(prepared.count)"
-        let result = PQprepare(connection, name, PostgresConnection.numbered(sql), 0, nil)
+        let result = PQprepare(connection, name, sql, 0, nil)
         defer { PQclear(result) }
         guard PQresultStatus(result) == PGRES_COMMAND_OK else { throw failure(result, sql) }
         prepared[sql] = name
         return name
-    }
-
-    /// `?` placeholders to `$n`, leaving quoted literals alone.
-    static func numbered(_ sql: String) -> String {
-        var out = ""
-        out.reserveCapacity(sql.utf8.count + 16)
-        var n = 0
-        var quoted = false
-        for c in sql {
-            if c == "'" { quoted.toggle() }
-            if c == "?" && !quoted {
-                n += 1
-                out += "$\(n)"
-            } else {
-                out.append(c)
-            }
-        }
-        return out
     }
 
     private func run(_ sql: String, _ parameters: [SQLValue]) throws(StoreError) -> OpaquePointer {
@@ -101,11 +83,12 @@ final class PostgresConnection: SQLConnection {
         return result
     }
 
-    func query(_ sql: String, _ parameters: [SQLValue]) throws(StoreError) -> [SQLRow] {
-        let result = try run(sql, parameters)
+    func query(_ statement: SQL) throws(StoreError) -> [SQLRow] {
+        let result = try run(statement.text(.postgresql), statement.values)
         defer { PQclear(result) }
         let rowCount = PQntuples(result)
         let columns = PQnfields(result)
+        let names = SQLRow.Names((0..<columns).map { String(cString: PQfname(result, $0)) })
         var rows: [SQLRow] = []
         rows.reserveCapacity(Int(rowCount))
         for r in 0..<rowCount {
@@ -118,13 +101,13 @@ final class PostgresConnection: SQLConnection {
                     values.append(.text(String(cString: PQgetvalue(result, r, c))))
                 }
             }
-            rows.append(SQLRow(values: values))
+            rows.append(SQLRow(values: values, names: names))
         }
         return rows
     }
 
-    func execute(_ sql: String, _ parameters: [SQLValue]) throws(StoreError) -> Int {
-        let result = try run(sql, parameters)
+    func execute(_ statement: SQL) throws(StoreError) -> Int {
+        let result = try run(statement.text(.postgresql), statement.values)
         defer { PQclear(result) }
         return Int(String(cString: PQcmdTuples(result))) ?? 0
     }

@@ -14,20 +14,51 @@ public enum SQLValue: Sendable, Hashable {
     static func of(_ i: Int) -> SQLValue { .int(Int64(i)) }
     /// A boolean parameter, stored as 0 or 1.
     static func of(_ b: Bool) -> SQLValue { .int(b ? 1 : 0) }
+    /// A job state, as its name.
+    static func of(_ state: JobState) -> SQLValue { .text(state.rawValue) }
     /// An optional integer parameter.
     static func of(_ i: Int?) -> SQLValue { i.map { .int(Int64($0)) } ?? .null }
 }
 
 /// One result row. PostgreSQL returns every value as text and SQLite as its stored kind: the accessors read
-/// either, so queries need not know which backend answered.
+/// either, so queries need not know which backend answered. Columns are read by their name in the statement
+/// (`r.int("id")`, `r.text("state")`), or by position.
 public struct SQLRow: Sendable {
     var values: [SQLValue]
+    let names: Names
+
+    /// A result's column names, shared by its rows.
+    final class Names: Sendable {
+        let index: [String: Int]
+        init(_ names: [String]) {
+            index = Dictionary(names.enumerated().map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
+        }
+    }
+
+    /// The position of column `name`. A name the statement does not select is a fault in the server's code:
+    /// debug builds stop on it; a release build reads it as NULL.
+    func column(_ name: String) -> Int {
+        guard let i = names.index[name] else {
+            assertionFailure("no column '\(name)' in this result (\(names.index.keys.sorted()))")
+            return -1
+        }
+        return i
+    }
+
+    func isNull(_ name: String) -> Bool { isNull(column(name)) }
+    func int(_ name: String) -> Int { int(column(name)) }
+    func optionalInt(_ name: String) -> Int? { optionalInt(column(name)) }
+    func double(_ name: String) -> Double { double(column(name)) }
+    func text(_ name: String) -> String { text(column(name)) }
+    func optionalText(_ name: String) -> String? { optionalText(column(name)) }
+    func bool(_ name: String) -> Bool { bool(column(name)) }
 
     /// Whether column `i` is NULL.
-    func isNull(_ i: Int) -> Bool { values[i] == .null }
+    func isNull(_ i: Int) -> Bool { !values.indices.contains(i) || values[i] == .null }
 
     /// Column `i` as an integer (0 when NULL or not a number).
     func int(_ i: Int) -> Int {
+        guard values.indices.contains(i) else { return 0 }
         switch values[i] {
         case .int(let v): return Int(v)
         case .double(let d): return Int(d)
@@ -41,6 +72,7 @@ public struct SQLRow: Sendable {
 
     /// Column `i` as a double (0 when NULL).
     func double(_ i: Int) -> Double {
+        guard values.indices.contains(i) else { return 0 }
         switch values[i] {
         case .int(let v): return Double(v)
         case .double(let d): return d
@@ -51,6 +83,7 @@ public struct SQLRow: Sendable {
 
     /// Column `i` as text ("" when NULL).
     func text(_ i: Int) -> String {
+        guard values.indices.contains(i) else { return "" }
         switch values[i] {
         case .text(let s): return s
         case .int(let v): return String(v)
@@ -75,9 +108,9 @@ public enum SQLDialect: Sendable {
     var greatest: String { self == .sqlite ? "max" : "GREATEST" }
     /// Row locks for a read-then-write in one transaction (SQLite's `BEGIN IMMEDIATE` already holds the lock).
     var forUpdate: String { self == .sqlite ? "" : " FOR UPDATE" }
-    /// A condition that `column` contains the text of the next parameter.
-    func contains(_ column: String) -> String {
-        self == .sqlite ? "instr(\(column), ?) > 0" : "strpos(\(column), ?) > 0"
+    /// A condition that `column` contains `text`.
+    func contains(_ column: String, _ text: String) -> SQL {
+        self == .sqlite ? "instr(\(raw: column), \(.text(text))) > 0" : "strpos(\(raw: column), \(.text(text))) > 0"
     }
     /// The most parameters one statement may carry (SQLite 3.32+: 32,766; PostgreSQL: 65,535).
     var maxParameters: Int { self == .sqlite ? 32_000 : 65_000 }
@@ -118,15 +151,16 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
     }
 }
 
-/// One open connection to a database. Used by one thread at a time (the pool sees to it).
-protocol SQLConnection: AnyObject {
+/// One open connection to a database. Used by one thread at a time: the pool hands it from thread to thread
+/// (hence `Sendable`), never to two at once.
+protocol SQLConnection: AnyObject, Sendable {
     /// The connection's SQL dialect.
     var dialect: SQLDialect { get }
-    /// Runs one statement with `?` placeholders and returns its rows (none for statements without results).
-    func query(_ sql: String, _ parameters: [SQLValue]) throws(StoreError) -> [SQLRow]
+    /// Runs one statement and returns its rows (none for statements without results).
+    func query(_ sql: SQL) throws(StoreError) -> [SQLRow]
     /// Runs one statement and returns the number of rows it changed.
     @discardableResult
-    func execute(_ sql: String, _ parameters: [SQLValue]) throws(StoreError) -> Int
+    func execute(_ sql: SQL) throws(StoreError) -> Int
     /// Runs several statements without parameters (schema migrations).
     func executeScript(_ sql: String) throws(StoreError)
     /// Starts a transaction that will write (SQLite takes the write lock now, so two writers never deadlock).
@@ -154,23 +188,12 @@ extension SQLConnection {
     }
 
     /// The first row's first column as an integer, or nil when there is no row.
-    func scalar(_ sql: String, _ parameters: [SQLValue]) throws(StoreError) -> Int? {
-        let rows = try query(sql, parameters)
+    func scalar(_ sql: SQL) throws(StoreError) -> Int? {
+        let rows = try query(sql)
         guard let row = rows.first, !row.isNull(0) else { return nil }
         return row.int(0)
     }
 
     /// Rows per multi-row INSERT so that a statement stays under the dialect's parameter limit.
     func rowsPerStatement(columns: Int) -> Int { max(1, dialect.maxParameters / max(1, columns)) }
-}
-
-/// `(?, ?, ?)` repeated `rows` times, comma-separated: the VALUES list of a multi-row INSERT.
-func valuesList(rows: Int, columns: Int) -> String {
-    let one = "(" + Array(repeating: "?", count: columns).joined(separator: ",") + ")"
-    return Array(repeating: one, count: rows).joined(separator: ",")
-}
-
-/// `?, ?, ?`: the placeholders of an `IN (...)` list.
-func placeholders(_ count: Int) -> String {
-    Array(repeating: "?", count: count).joined(separator: ",")
 }

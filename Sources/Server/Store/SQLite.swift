@@ -2,7 +2,7 @@ internal import CSQLite
 
 /// A connection to one SQLite file, in WAL mode (readers never wait for the writer) with foreign keys on.
 /// Prepared statements are cached by their text: bulk inserts reuse one statement per chunk size.
-final class SQLiteConnection: SQLConnection {
+final class SQLiteConnection: SQLConnection, @unchecked Sendable {
     let dialect = SQLDialect.sqlite
     private var db: OpaquePointer?
     private var statements: [String: OpaquePointer] = [:]
@@ -82,7 +82,9 @@ final class SQLiteConnection: SQLConnection {
         }
     }
 
-    func query(_ sql: String, _ parameters: [SQLValue]) throws(StoreError) -> [SQLRow] {
+    func query(_ statement: SQL) throws(StoreError) -> [SQLRow] {
+        let sql = statement.text(.sqlite)
+        let parameters = statement.values
         let statement = try prepared(sql)
         defer {
             sqlite3_reset(statement)
@@ -91,6 +93,7 @@ final class SQLiteConnection: SQLConnection {
         try bind(statement, parameters, sql)
         var rows: [SQLRow] = []
         let columns = sqlite3_column_count(statement)
+        let names = SQLRow.Names((0..<columns).map { String(cString: sqlite3_column_name(statement, $0)) })
         while true {
             let rc = sqlite3_step(statement)
             if rc == SQLITE_DONE { break }
@@ -110,13 +113,13 @@ final class SQLiteConnection: SQLConnection {
                     }
                 }
             }
-            rows.append(SQLRow(values: values))
+            rows.append(SQLRow(values: values, names: names))
         }
         return rows
     }
 
-    func execute(_ sql: String, _ parameters: [SQLValue]) throws(StoreError) -> Int {
-        _ = try query(sql, parameters)
+    func execute(_ statement: SQL) throws(StoreError) -> Int {
+        _ = try query(statement)
         return Int(sqlite3_changes(db))
     }
 

@@ -44,8 +44,8 @@ enum Schema {
         guard connection.dialect == .sqlite else { return }
         for table in idTables {
             let rows = try connection.query(
-                "SELECT type, sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL ORDER BY type DESC",
-                [.text(table)])
+                "SELECT type, sql FROM sqlite_master WHERE tbl_name = \(.text(table)) AND sql IS NOT NULL ORDER BY type DESC"
+            )
             guard let create = rows.first(where: { $0.text(0) == "table" })?.text(1) else { continue }
             if create.contains("AUTOINCREMENT") { continue }
             // SQLite keeps the text it was given, but quotes the name of a table that was renamed.
@@ -309,7 +309,7 @@ enum Schema {
         try connection.executeScript(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied BIGINT NOT NULL)"
         )
-        return try connection.scalar("SELECT max(version) FROM schema_migrations", []) ?? 0
+        return try connection.scalar("SELECT max(version) FROM schema_migrations") ?? 0
     }
 
     /// Applies every missing migration; returns the versions applied. Concurrent `migrate` runs on one
@@ -338,12 +338,12 @@ enum Schema {
                 let sql = migration.sql(connection.dialect)
                 if !sql.isEmpty { try connection.executeScript(sql) }
                 try migration.program?(connection)
-                if sqliteRebuild, try connection.query("PRAGMA foreign_key_check", []).first != nil {
+                if sqliteRebuild, try connection.query("PRAGMA foreign_key_check").first != nil {
                     throw StoreError(.failed, "migration \(migration.version) broke a foreign key")
                 }
                 try connection.execute(
-                    "INSERT INTO schema_migrations (version, name, applied) VALUES (?, ?, ?)",
-                    [.of(migration.version), .text(migration.name), .int(ServerClock.microseconds())])
+                    "INSERT INTO schema_migrations (version, name, applied) VALUES (\(.of(migration.version)), \(.text(migration.name)), \(.int(ServerClock.microseconds())))"
+                )
             }
             applied.append(migration.version)
         }

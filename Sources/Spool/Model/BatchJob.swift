@@ -78,9 +78,8 @@ public struct BatchJob: Sendable, Equatable {
     /// The name given to the scheduler: unique per site and record, so that a submission whose answer was lost
     /// (the watcher died in between) is found again instead of being made twice.
     public func schedulerName(site: Site) -> String {
-        var hash: UInt32 = 2_166_136_261  // FNV-1a of the site's path: two sites never share names
-        for byte in site.root.utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
-        let hex = String(hash, radix: 16)
+        // The hash of the site's path: two sites never share names.
+        let hex = String(FNV1a.hash32(site.root), radix: 16)
         return "balsam-" + String(repeating: "0", count: 8 - hex.count) + hex + "-\(id)"
     }
 
