@@ -4,40 +4,9 @@ import Wire
 /// `/jobs/`: bulk create, list with filters, bulk and query updates, deletion; the state rules the original
 /// client expects at creation, plus the site's validated transitions on every change.
 enum Jobs {
-    static let columns = """
-        id, app_id, workdir, tags, serialized_parameters, data, return_code, num_nodes, ranks_per_node, \
-        threads_per_rank, threads_per_core, launch_params, gpus_per_rank, node_packing_count, wall_time_min, \
-        parent_ids, batch_job_id, state, last_update, pending_file_cleanup, serialized_return_value, \
-        serialized_exception, site_job_id
-        """
+    static let columns = JobField.selectList
 
-    static func write(_ r: SQLRow, to out: inout JSONWriter) {
-        out.beginObject()
-        out.field("id", r.int(0))
-        out.field("app_id", r.int(1))
-        out.field("workdir", r.text(2))
-        out.raw("tags", r.text(3))
-        out.field("serialized_parameters", r.text(4))
-        out.raw("data", r.text(5))
-        out.field("return_code", r.optionalInt(6))
-        out.field("num_nodes", r.int(7))
-        out.field("ranks_per_node", r.int(8))
-        out.field("threads_per_rank", r.int(9))
-        out.field("threads_per_core", r.int(10))
-        out.raw("launch_params", r.text(11))
-        out.field("gpus_per_rank", r.double(12))
-        out.field("node_packing_count", r.int(13))
-        out.field("wall_time_min", r.int(14))
-        out.raw("parent_ids", r.text(15))
-        out.field("batch_job_id", r.optionalInt(16))
-        out.field("state", r.text(17))
-        out.field("last_update", ServerClock.iso(Int64(r.int(18)), zone: true))
-        out.field("pending_file_cleanup", r.bool(19))
-        out.field("serialized_return_value", r.text(20))
-        out.field("serialized_exception", r.text(21))
-        out.field("site_job_id", r.optionalText(22))
-        out.endObject()
-    }
+    static func write(_ r: SQLRow, to out: inout JSONWriter) { JobField.write(r, to: &out) }
 
     static let maxCount = Job.Limits.count
     static let payloadBytes = Job.Limits.parametersBytes
@@ -123,6 +92,28 @@ enum Jobs {
         var siteID = 0
 
         init() {}
+
+        /// What a new job's row holds of each field.
+        func values(now: Int64) -> [JobField: SQLValue] {
+            [
+                .appID: .of(appID), .workdir: .text(workdir), .tags: .text(tags),
+                .serializedParameters: .text(serializedParameters), .data: .text(data), .returnCode: .of(returnCode),
+                .numNodes: .of(numNodes), .ranksPerNode: .of(ranksPerNode), .threadsPerRank: .of(threadsPerRank),
+                .threadsPerCore: .of(threadsPerCore), .launchParams: .text(launchParams),
+                .gpusPerRank: .double(gpusPerRank), .nodePackingCount: .of(nodePackingCount),
+                .wallTimeMin: .of(wallTimeMin),
+                .parentIDs: .text(JSONValue.array(parentIDs.map { .int($0) }).serialized()), .batchJobID: .null,
+                .state: .of(state), .lastUpdate: .int(now), .pendingFileCleanup: .of(true),
+                .serializedReturnValue: .text(""), .serializedException: .text(""), .siteJobID: .null,
+            ]
+        }
+
+        /// The job as the reply to its creation shows it.
+        func row(id: Int, now: Int64) -> SQLRow {
+            var values = values(now: now)
+            values[.id] = .of(id)
+            return SQLRow(values: JobField.allCases.map { values[$0] ?? .null }, names: JobField.rowNames)
+        }
 
         /// A site's job with `spec`, pushed in `state`.
         init(_ spec: JobSpec, appID: Int, siteID: Int, state: JobState) {
@@ -347,66 +338,27 @@ enum Jobs {
             return ids
         }
         var out = JSONWriter(capacity: jobs.count * 512)
-        let lastUpdate = ServerClock.iso(now, zone: true)
         out.beginArray()
-        for i in jobs.indices {
-            let job = jobs[i]
-            out.beginObject()
-            out.field("id", created[i])
-            out.field("app_id", job.appID)
-            out.field("workdir", job.workdir)
-            out.raw("tags", job.tags)
-            out.field("serialized_parameters", job.serializedParameters)
-            out.raw("data", job.data)
-            out.field("return_code", job.returnCode)
-            out.field("num_nodes", job.numNodes)
-            out.field("ranks_per_node", job.ranksPerNode)
-            out.field("threads_per_rank", job.threadsPerRank)
-            out.field("threads_per_core", job.threadsPerCore)
-            out.raw("launch_params", job.launchParams)
-            out.field("gpus_per_rank", job.gpusPerRank)
-            out.field("node_packing_count", job.nodePackingCount)
-            out.field("wall_time_min", job.wallTimeMin)
-            out.value("parent_ids", .array(job.parentIDs.map { .int($0) }))
-            out.field("batch_job_id", nil as Int?)
-            out.field("state", job.state.rawValue)
-            out.field("last_update", lastUpdate)
-            out.field("pending_file_cleanup", true)
-            out.field("serialized_return_value", "")
-            out.field("serialized_exception", "")
-            out.field("site_job_id", nil as String?)
-            out.endObject()
-        }
+        for i in jobs.indices { JobField.write(jobs[i].row(id: created[i], now: now), to: &out) }
         out.endArray()
         return .json(out, status: 201)
     }
 
-    private static let insertColumns = [
-        "owner_id", "site_id", "app_id", "workdir", "tags", "serialized_parameters", "data", "return_code",
-        "num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "launch_params", "gpus_per_rank",
-        "node_packing_count", "wall_time_min", "parent_ids", "state", "last_update", "pending_file_cleanup",
-        "serialized_return_value", "serialized_exception",
-    ]
+    /// The fields a new job's INSERT sets: all but its id and what only the sites and runs set.
+    private static let insertFields = JobField.allCases.filter { ![.id, .batchJobID, .siteJobID].contains($0) }
 
     /// Multi-row INSERTs; ids come back by workdir (unique in a request), so row order does not matter.
     static func insert(_ jobs: [NewJob], owner: Int, now: Int64, connection c: any SQLConnection) throws -> [Int] {
-        let perStatement = c.rowsPerStatement(columns: insertColumns.count)
+        let names = (["owner_id", "site_id"] + insertFields.map(\.name)).joined(separator: ", ")
         var ids: [Int] = []
         ids.reserveCapacity(jobs.count)
-        for chunk in jobs.chunked(perStatement) {
-            let rows = chunk.map { job -> [SQLValue] in
-                [
-                    .of(owner), .of(job.siteID), .of(job.appID), .text(job.workdir), .text(job.tags),
-                    .text(job.serializedParameters), .text(job.data), .of(job.returnCode), .of(job.numNodes),
-                    .of(job.ranksPerNode), .of(job.threadsPerRank), .of(job.threadsPerCore),
-                    .text(job.launchParams), .double(job.gpusPerRank), .of(job.nodePackingCount),
-                    .of(job.wallTimeMin), .text(JSONValue.array(job.parentIDs.map { .int($0) }).serialized()),
-                    .text(job.state.rawValue), .int(now), .of(true), .text(""), .text(""),
-                ]
+        for chunk in jobs.chunked(c.rowsPerStatement(columns: insertFields.count + 2)) {
+            let rows = chunk.map { job in
+                let values = job.values(now: now)
+                return [.of(owner), .of(job.siteID)] + insertFields.map { values[$0] ?? .null }
             }
             let made = try c.query(
-                "INSERT INTO jobs (\(raw: insertColumns.joined(separator: ", "))) VALUES \(SQL.rows(rows)) RETURNING id, workdir"
-            )
+                "INSERT INTO jobs (\(raw: names)) VALUES \(SQL.rows(rows)) RETURNING id, workdir")
             var byWorkdir: [String: Int] = [:]
             for r in made { byWorkdir[r.text("workdir")] = r.int("id") }
             for job in chunk { ids.append(byWorkdir[job.workdir] ?? 0) }
@@ -577,7 +529,7 @@ enum Jobs {
                         field: "workdir")
                 }
                 var change: [String: JSONValue] = [:]
-                for (column, value) in u.patch.sets where forwardedColumns.contains(column) {
+                for (column, value) in u.patch.sets where JobField.forwardedNames.contains(column) {
                     switch (column, value) {
                     case ("serialized_parameters", .text(let text)):
                         if case .object(let p)? = try? Pickle.decodeBase64(text) { change["parameters"] = .object(p) }
@@ -626,22 +578,13 @@ enum Jobs {
         }
     }
 
-    /// Columns whose values need a cast from the text PostgreSQL infers for a VALUES list.
-    private static let integerColumns: Set<String> = [
-        "return_code", "num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "node_packing_count",
-        "wall_time_min", "batch_job_id", "pending_file_cleanup",
-    ]
-
     /// Sets `columns` of many jobs at once, `UPDATE ... FROM (VALUES ...)`, and moves their `last_update` on.
     static func updateRows(
         columns: [String], rows: [(Int, [SQLValue])], now: Int64, connection c: any SQLConnection
     ) throws {
         let d = c.dialect
         func cast(_ expression: String, _ column: String) -> String {
-            if integerColumns.contains(column) { return "CAST(\(expression) AS BIGINT)" }
-            if column == "gpus_per_rank" { return "CAST(\(expression) AS DOUBLE PRECISION)" }
-            if column == "tags" && d == .postgresql { return "CAST(\(expression) AS JSONB)" }
-            return expression
+            JobField.cast(expression, column: column, dialect: d)
         }
         let selected =
             ["CAST(column1 AS BIGINT) AS id"]
@@ -786,12 +729,6 @@ enum Jobs {
         }
         return .noContent
     }
-
-    /// Spec fields a user may change on a site's job, forwarded to the site.
-    static let forwardedColumns: Set<String> = [
-        "tags", "data", "launch_params", "num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core",
-        "gpus_per_rank", "node_packing_count", "wall_time_min", "serialized_parameters",
-    ]
 
     /// Jobs among `ids` that a site owns (pushed by it), with their site.
     static func siteOwnedJobs(_ ids: [Int], call: Call) throws -> [Int: Int] {

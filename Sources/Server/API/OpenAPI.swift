@@ -57,16 +57,7 @@ enum OpenAPI {
                 "description": string, "parameters": anyObject, "transfers": anyObject,
                 "site_refusal": type("string", nullable: true),
             ]),
-            "Job": object([
-                "id": integer, "app_id": integer, "workdir": string, "tags": anyObject,
-                "serialized_parameters": string, "data": anyObject, "return_code": type("integer", nullable: true),
-                "num_nodes": integer, "ranks_per_node": integer, "threads_per_rank": integer,
-                "threads_per_core": integer, "launch_params": anyObject, "gpus_per_rank": type("number"),
-                "node_packing_count": integer, "wall_time_min": integer, "parent_ids": list(integer),
-                "batch_job_id": type("integer", nullable: true), "state": jobStates, "last_update": dateTime,
-                "pending_file_cleanup": type("boolean"), "serialized_return_value": string,
-                "serialized_exception": string, "site_job_id": type("string", nullable: true),
-            ]),
+            "Job": object(Dictionary(uniqueKeysWithValues: JobField.allCases.map { ($0.name, $0.schema) })),
             "BatchJob": object([
                 "id": integer, "site_id": integer, "scheduler_id": type("integer", nullable: true), "project": string,
                 "queue": string, "num_nodes": integer, "wall_time_min": integer, "job_mode": string,
