@@ -172,13 +172,13 @@ enum Transfers {
                     "direction": .string(row.text(1)), "local_path": .string(row.text(2)),
                     "remote_path": .string(row.text(3)), "location_alias": .string(row.text(4)), "state": .string(text),
                 ]
-                try Jobs.request(
+                try JobRepository.request(
                     job: row.int(0), site: siteOf[row.int(0)] ?? 0, kind: "transfer", target: jsonText(target),
                     call: call, now: ServerClock.microseconds())
             }
             let ids = Array(jobs.subtracting(siteJobs))
-            let waiting = try Jobs.unfinishedTransfers(ids, call: call)
-            let current = try Jobs.states(ids, call: call, lock: true)
+            let waiting = try JobRepository.unfinishedTransfers(ids, call: call)
+            let current = try JobRepository.states(ids, call: call, lock: true)
             let now = ServerClock.microseconds()
             var moves: [(Int, JobState, JobState)] = []
             for (id, state) in current.sorted(by: { $0.key < $1.key }) {
@@ -188,8 +188,8 @@ enum Transfers {
                     moves.append((id, state, .jobFinished))
                 }
             }
-            try Jobs.move(moves, data: "{}", now: now, call: call)
-            try Jobs.releaseChildren(of: moves.filter { $0.2 == .jobFinished }.map(\.0), call: call, now: now)
+            try JobRepository.move(moves, data: "{}", now: now, call: call)
+            try JobRepository.releaseChildren(of: moves.filter { $0.2 == .jobFinished }.map(\.0), call: call, now: now)
         }
     }
 

@@ -76,6 +76,24 @@ public enum JobState: String, CaseIterable, Sendable, Codable, Comparable {
         parentStates.allSatisfy { $0 == .jobFinished } ? .ready : .awaitingParents
     }
 
+    /// The state a job made through the server's API starts in: waiting while a parent has not finished, else
+    /// `READY` to be staged in, else `STAGED_IN` (the original server's rule).
+    public static func initial(parentsFinished: Bool, hasStageIn: Bool) -> JobState {
+        !parentsFinished ? .awaitingParents : hasStageIn ? .ready : .stagedIn
+    }
+
+    /// Where a job of the server's that is asked to enter this state ends up: `READY` with every stage-in done (or
+    /// none) is `STAGED_IN`; `POSTPROCESSED` with every stage-out done is `JOB_FINISHED`, passing `STAGED_OUT`,
+    /// as the original server reports it.
+    public func entered(stageInsDone: Bool, stageOutsDone: Bool) -> JobState {
+        switch self {
+        case .ready where stageInsDone: .stagedIn
+        case .postprocessed where stageOutsDone: .jobFinished
+        case .stagedOut: .jobFinished
+        default: self
+        }
+    }
+
     /// Parses a state name, case-insensitively, naming the valid ones on failure.
     public static func parse(_ text: String) throws(SpoolError) -> JobState {
         if let state = JobState(rawValue: text.uppercased()) { return state }

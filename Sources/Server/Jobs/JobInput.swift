@@ -1,0 +1,223 @@
+import Spool
+import Wire
+
+/// What a client sends about jobs, read and checked: a new job of a bulk create (`NewJob`), a change (`Patch`).
+/// Every refusal names the field, with its place in the request.
+extension Jobs {
+    static let maxCount = Job.Limits.count
+
+    static let payloadBytes = Job.Limits.parametersBytes
+
+    /// One job of a bulk create, checked.
+    struct NewJob {
+        var appID = 0
+        var workdir = ""
+        /// Tags and launch parameters as the JSON text stored and replied.
+        var tags = "{}"
+        var serializedParameters = ""
+        /// `serializedParameters` read, when they are plain values (nil: objects only Python can load).
+        var parameters: JSONValue?
+        var data = "{}"
+        var returnCode: Int?
+        var numNodes = 1
+        var ranksPerNode = 1
+        var threadsPerRank = 1
+        var threadsPerCore = 1
+        var launchParams = "{}"
+        var gpusPerRank = 0.0
+        var nodePackingCount = 1
+        var wallTimeMin = 0
+        var parentIDs: [Int] = []
+        var transfers: [(slot: String, alias: String, path: String)] = []
+        var state = JobState.stagedIn
+        var siteID = 0
+
+        init() {}
+
+        /// What a new job's row holds of each field.
+        func values(now: Int64) -> [JobField: SQLValue] {
+            [
+                .appID: .of(appID), .workdir: .text(workdir), .tags: .text(tags),
+                .serializedParameters: .text(serializedParameters), .data: .text(data), .returnCode: .of(returnCode),
+                .numNodes: .of(numNodes), .ranksPerNode: .of(ranksPerNode), .threadsPerRank: .of(threadsPerRank),
+                .threadsPerCore: .of(threadsPerCore), .launchParams: .text(launchParams),
+                .gpusPerRank: .double(gpusPerRank), .nodePackingCount: .of(nodePackingCount),
+                .wallTimeMin: .of(wallTimeMin),
+                .parentIDs: .text(JSONValue.array(parentIDs.map { .int($0) }).serialized()), .batchJobID: .null,
+                .state: .of(state), .lastUpdate: .int(now), .pendingFileCleanup: .of(true),
+                .serializedReturnValue: .text(""), .serializedException: .text(""), .siteJobID: .null,
+            ]
+        }
+
+        /// The job as the reply to its creation shows it.
+        func row(id: Int, now: Int64) -> SQLRow {
+            var values = values(now: now)
+            values[.id] = .of(id)
+            return SQLRow(values: JobField.allCases.map { values[$0] ?? .null }, names: JobField.rowNames)
+        }
+
+        /// A site's job with `spec`, pushed in `state`.
+        init(_ spec: JobSpec, appID: Int, siteID: Int, state: JobState) {
+            self.appID = appID
+            self.siteID = siteID
+            self.state = state
+            workdir = spec.workdir
+            tags = jsonText(spec.tags)
+            data = jsonText(spec.data)
+            numNodes = spec.numNodes
+            ranksPerNode = spec.ranksPerNode
+            threadsPerRank = spec.threadsPerRank
+            threadsPerCore = spec.threadsPerCore
+            launchParams = jsonText(spec.launchParams)
+            gpusPerRank = spec.gpusPerRank
+            nodePackingCount = spec.nodePackingCount
+            wallTimeMin = spec.wallTimeMin
+            for (slot, value) in spec.transfers.sorted(by: { $0.key < $1.key }) {
+                guard let (alias, path) = try? Job.transferTarget(slot: slot, value) else { continue }
+                transfers.append((slot, alias, path))
+            }
+        }
+    }
+
+    static func parseNew(_ value: JSONValue, index: Int) throws -> NewJob {
+        var input = try FieldReader(value, prefix: "[\(index)]")
+        var job = NewJob()
+        job.appID = try input.requiredInt("app_id", in: 1...Int.max)
+        job.workdir = try input.requiredString("workdir", maxBytes: Job.Limits.workdirBytes)
+        do { try Job.validateWorkdir(job.workdir) } catch { throw input.bad("workdir", error.message) }
+        job.tags = jsonText(
+            try input.stringMap("tags", maxEntries: Job.Limits.tags, maxBytes: Job.Limits.tagBytes) ?? [:])
+        job.serializedParameters = try input.string("serialized_parameters", maxBytes: payloadBytes) ?? ""
+        job.parameters = try checkPickle(job.serializedParameters, input: input)
+        if let data = try input.object("data", maxBytes: Job.Limits.dataBytes) { job.data = jsonText(data) }
+        job.returnCode = try input.int("return_code", in: Int(Int32.min)...Int(Int32.max))
+        job.numNodes = try input.int("num_nodes", in: 1...maxCount) ?? 1
+        job.ranksPerNode = try input.int("ranks_per_node", in: 1...maxCount) ?? 1
+        job.threadsPerRank = try input.int("threads_per_rank", in: 1...maxCount) ?? 1
+        job.threadsPerCore = try input.int("threads_per_core", in: 1...maxCount) ?? 1
+        job.launchParams = jsonText(try input.stringMap("launch_params") ?? [:])
+        job.gpusPerRank = try input.double("gpus_per_rank", in: 0...1024) ?? 0
+        job.nodePackingCount = try input.int("node_packing_count", in: 1...maxCount) ?? 1
+        job.wallTimeMin = try input.int("wall_time_min", in: 0...maxCount) ?? 0
+        job.parentIDs = Array(Set(try input.intList("parent_ids", maxCount: Job.Limits.parents) ?? [])).sorted()
+        if let transfers = try input.object("transfers") {
+            for (slot, item) in transfers.sorted(by: { $0.key < $1.key }) {
+                let field = "transfers.\(slot)"
+                var alias: String
+                var path: String
+                switch item {
+                case .string(let text):
+                    guard let colon = text.firstIndex(of: ":") else { throw input.bad(field, "must be ALIAS:/path") }
+                    alias = String(text[..<colon])
+                    path = String(text[text.index(after: colon)...])
+                default:
+                    var t = try FieldReader(item, prefix: input.name(field))
+                    alias = try t.requiredString("location_alias")
+                    path = try t.requiredString("path")
+                    try t.finish()
+                }
+                if !path.hasPrefix("/") { throw input.bad(field, "the remote path '\(path)' must be absolute") }
+                job.transfers.append((slot, alias, path))
+            }
+        }
+        // Sent by the original client on every create; the server decides them.
+        for ignored in ["parameters", "site_name", "state", "id", "last_update", "batch_job_id"] {
+            _ = input.value(ignored)
+        }
+        try input.finish()
+        return job
+    }
+
+    /// Refuses parameters no site could read: not base64, cut short, nested deeper or larger than a job's
+    /// parameters may be (`Pickle.maxDepth`, `Pickle.maxSize`). Objects only Python can load pass: a Python app's
+    /// parameters may hold them, and the site's Python reads them (a shell app's site refuses them, with the
+    /// reason). Returns the value read, or nil for such objects.
+    @discardableResult
+    static func checkPickle(_ text: String, input: FieldReader) throws -> JSONValue? {
+        let problem: Pickle.Unsupported
+        do {
+            return try Pickle.decodeBase64(text)
+        } catch {
+            problem = error
+        }
+        if !problem.onlyPythonCanLoad { throw input.bad("serialized_parameters", "cannot be read: \(problem)") }
+        return nil
+    }
+
+    /// Checks a job's parameters against its app when they can be read (the plain values a shell app takes);
+    /// a Python app's parameters (objects only Python can load) are the site's to check.
+    static func checkParameters(_ job: NewJob, _ app: JobRepository.AppFacts, index: Int) throws {
+        guard !app.parameters.isEmpty || !job.serializedParameters.isEmpty else { return }
+        guard case .object(let given)? = job.parameters else { return }
+        let field = "[\(index)].parameters"
+        for (name, spec) in app.parameters.sorted(by: { $0.key < $1.key }) {
+            let required = spec.objectValue?["required"].map { $0 != .bool(false) } ?? true
+            if required && given[name] == nil {
+                throw ServerError.badRequest("the app's required parameter '\(name)' is missing", field: field)
+            }
+        }
+        if !app.parameters.isEmpty {
+            for name in given.keys.sorted() where app.parameters[name] == nil {
+                let known = app.parameters.keys.sorted().joined(separator: ", ")
+                throw ServerError.badRequest(
+                    "the app has no parameter '\(name)' (its parameters: \(known))", field: field)
+            }
+        }
+    }
+
+    /// The changes one update asks for.
+    struct Patch {
+        var sets: [(String, SQLValue)] = []
+        var state: JobState?
+        var stateTimestamp: Int64?
+        var stateData = "{}"
+    }
+
+    static func parsePatch(_ input: inout FieldReader) throws -> Patch {
+        var p = Patch()
+        if let workdir = try input.string("workdir", maxBytes: Job.Limits.workdirBytes) {
+            do { try Job.validateWorkdir(workdir) } catch { throw input.bad("workdir", error.message) }
+            p.sets.append(("workdir", .text(workdir)))
+        }
+        if let tags = try input.stringMap("tags", maxEntries: Job.Limits.tags, maxBytes: Job.Limits.tagBytes) {
+            p.sets.append(("tags", .text(jsonText(tags))))
+        }
+        for key in ["serialized_parameters", "serialized_return_value", "serialized_exception"] {
+            if let text = try input.string(key, maxBytes: payloadBytes) {
+                if key == "serialized_parameters" { try checkPickle(text, input: input) }
+                p.sets.append((key, .text(text)))
+            }
+        }
+        if let data = try input.object("data", maxBytes: Job.Limits.dataBytes) {
+            p.sets.append(("data", .text(jsonText(data))))
+        }
+        if input.has("return_code") {
+            p.sets.append(("return_code", .of(try input.int("return_code", in: Int(Int32.min)...Int(Int32.max)))))
+        } else {
+            _ = input.value("return_code")
+        }
+        for key in ["num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "node_packing_count"] {
+            if let n = try input.int(key, in: 1...maxCount) { p.sets.append((key, .of(n))) }
+        }
+        if let n = try input.int("wall_time_min", in: 0...maxCount) { p.sets.append(("wall_time_min", .of(n))) }
+        if let gpus = try input.double("gpus_per_rank", in: 0...1024) {
+            p.sets.append(("gpus_per_rank", .double(gpus)))
+        }
+        if let params = try input.stringMap("launch_params") {
+            p.sets.append(("launch_params", .text(jsonText(params))))
+        }
+        if let batch = try input.int("batch_job_id", in: 1...Int.max) { p.sets.append(("batch_job_id", .of(batch))) }
+        if let pending = try input.bool("pending_file_cleanup") {
+            p.sets.append(("pending_file_cleanup", .of(pending)))
+        }
+        if input.has("state") { p.state = try input.jobState("state") } else { _ = input.value("state") }
+        p.stateTimestamp = try input.time("state_timestamp")
+        if let data = try input.object("state_data", maxBytes: Job.Limits.dataBytes) { p.stateData = jsonText(data) }
+        // Read-only members the client may echo back.
+        for ignored in ["id", "app_id", "parent_ids", "last_update", "parameters", "transfers", "site_name"] {
+            _ = input.value(ignored)
+        }
+        try input.finish()
+        return p
+    }
+}

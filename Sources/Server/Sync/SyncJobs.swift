@@ -1,0 +1,312 @@
+import Spool
+import Wire
+
+/// The site's jobs and events as its push carries them: jobs made at the site are created (or adopted, for
+/// jobs made through the API), events recorded once with the site's own times, each job taking the state of its
+/// latest event; jobs the site refused are failed with the reason.
+extension SyncRoutes {
+    /// Remote jobs the site could not take (`[{server_id, reason}]`): FAILED, with the reason as the event's
+    /// message and in the job's record (an exception its `job.result()` raises), so the user sees why.
+    static func reject(_ items: [JSONValue], siteID: Int, call: Call, now: Int64) throws {
+        var reasons: [Int: String] = [:]
+        for (i, item) in items.enumerated() {
+            var r = try FieldReader(item, prefix: "rejected[\(i)]")
+            let id = try r.requiredInt("server_id", in: 1...Int.max)
+            reasons[id] = try r.requiredString("reason", maxBytes: 4096)
+            try r.finish()
+        }
+        // Only this site's jobs that it has not taken.
+        var mine = Set<Int>()
+        for chunk in Array(reasons.keys).sorted().chunked(5000) where !chunk.isEmpty {
+            let rows = try call.connection.query(
+                "SELECT id FROM jobs WHERE site_id = \(.of(siteID)) AND site_job_id IS NULL AND id IN (\(list: chunk.map { .of($0) }))"
+            )
+            for r in rows { mine.insert(r.int(0)) }
+        }
+        let states = try JobRepository.states(mine.sorted(), call: call, lock: true)
+        for (id, state) in states.sorted(by: { $0.key < $1.key }) where !state.isFinal {
+            let reason = reasons[id] ?? ""
+            let data = JSONValue.object(["message": .string(reason)]).serialized()
+            try JobRepository.move([(id, state, .failed)], data: data, now: now, call: call)
+            try call.connection.execute(
+                "UPDATE jobs SET serialized_exception = \(.text(Pickle.exceptionBase64("the site did not take job \(id): \(reason)"))) WHERE id = \(.of(id))"
+            )
+        }
+    }
+
+    /// The server ids of `siteJobIDs` at the site, for those it has.
+    static func serverIDs(_ siteJobIDs: [String], siteID: Int, call: Call) throws -> [String: Int] {
+        var ids: [String: Int] = [:]
+        for chunk in siteJobIDs.chunked(5000) where !chunk.isEmpty {
+            let rows = try call.connection.query(
+                "SELECT site_job_id, id FROM jobs WHERE site_id = \(.of(siteID)) AND site_job_id IN (\(list: chunk.map { .text($0) }))"
+            )
+            for r in rows { ids[r.text(0)] = r.int(1) }
+        }
+        return ids
+    }
+
+    /// Creates the jobs the server does not have yet (by the site's id); returns every pushed job's server id.
+    static func createJobs(
+        _ items: [JSONValue], siteID: Int, appIDs: [String: Int], call: Call, now: Int64,
+        refused: inout [SyncRefusal]
+    ) throws -> [String: Int] {
+        var parsed: [(siteJobID: String, job: Jobs.NewJob, parents: [String])] = []
+        var adopted: [String: Int] = [:]
+        for (i, item) in items.enumerated() {
+            var code = SyncRefusal.Code.invalid
+            let error: WireError
+            do {
+                if let one = try parseJob(item, index: i, siteID: siteID, appIDs: appIDs, call: call, adopted: &adopted)
+                {
+                    parsed.append(one)
+                }
+                continue
+            } catch let item as ItemRefused {
+                (code, error) = (item.code, item.error)
+            } catch let bad as WireError {
+                error = bad
+            }
+            refused.append(
+                SyncRefusal(
+                    kind: "job", siteJobID: item.objectValue?["site_job_id"]?.stringValue ?? "", code: code,
+                    message: error.message, field: error.field))
+        }
+        return try insertJobs(parsed, adopted: adopted, siteID: siteID, call: call, now: now)
+    }
+
+    /// A pushed job refused for a reason the site acts on (not just a wrong field).
+    struct ItemRefused: Error {
+        let code: SyncRefusal.Code
+        let error: WireError
+    }
+
+    /// One pushed job: its spec to insert, or nil when it adopts a job made through the API (recorded in
+    /// `adopted`). Throws `ItemRefused` for an app the server lacks, or a job the user deleted before the
+    /// adoption arrived, and `WireError` for a wrong field.
+    static func parseJob(
+        _ item: JSONValue, index i: Int, siteID: Int, appIDs: [String: Int], call: Call, adopted: inout [String: Int]
+    ) throws -> (siteJobID: String, job: Jobs.NewJob, parents: [String])? {
+        let pushed = try PushedJob(item, at: "jobs[\(i)]")
+        let siteJobID = pushed.siteJobID
+        // A job made through the API and taken by the site: it gets the site's id, and its history becomes
+        // the site's (the server's creation event goes; the site's own follows in events).
+        if let serverID = pushed.serverID {
+            let taken = try call.connection.execute(
+                "UPDATE jobs SET site_job_id = \(.text(siteJobID)) WHERE id = \(.of(serverID)) AND site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_job_id IS NULL"
+            )
+            if taken == 1 {
+                try call.connection.execute("DELETE FROM events WHERE job_id = \(.of(serverID))")
+            } else if try call.connection.scalar(
+                "SELECT id FROM jobs WHERE id = \(.of(serverID)) AND site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_job_id = \(.text(siteJobID))"
+            ) == nil {
+                // Deleted through the API before the adoption arrived: nothing to attach the site's job to.
+                throw ItemRefused(
+                    code: .deleted,
+                    error: WireError("job \(serverID) was deleted on the server", field: "jobs[\(i)].server_id"))
+            }
+            adopted[siteJobID] = serverID
+            return nil
+        }
+        guard let appID = appIDs[pushed.spec.app] else {
+            throw ItemRefused(
+                code: .unknownApp,
+                error: WireError("the site has no app '\(pushed.spec.app)' on the server", field: "jobs[\(i)].app"))
+        }
+        var job = Jobs.NewJob(pushed.spec, appID: appID, siteID: siteID, state: pushed.state)
+        job.serializedParameters = Pickle.encodeBase64(.object(pushed.parameters))
+        return (siteJobID, job, pushed.parentSiteIDs)
+    }
+
+    /// Inserts the parsed jobs the server does not have yet; returns every pushed job's server id.
+    static func insertJobs(
+        _ parsed: [(siteJobID: String, job: Jobs.NewJob, parents: [String])], adopted: [String: Int], siteID: Int,
+        call: Call, now: Int64
+    ) throws -> [String: Int] {
+        var ids = try serverIDs(parsed.map(\.siteJobID) + adopted.keys, siteID: siteID, call: call)
+        let missing = parsed.filter { ids[$0.siteJobID] == nil }
+        guard !missing.isEmpty else { return ids }
+        // Made in the order given; workdirs of one site are unique at the site, so the RETURNING map holds.
+        let created = try JobRepository.insert(
+            missing.map(\.job), owner: call.user.id, now: now, connection: call.connection)
+        for (k, item) in missing.enumerated() { ids[item.siteJobID] = created[k] }
+        // The site's transfer items, as the server lists them; their states come with the site's events.
+        let withTransfers = missing.indices.filter { !missing[$0].job.transfers.isEmpty }
+        if !withTransfers.isEmpty {
+            let facts = try JobRepository.appFacts(Set(withTransfers.map { missing[$0].job.appID }), call: call)
+            try JobRepository.insertTransfers(
+                withTransfers.map { missing[$0].job }, ids: withTransfers.map { created[$0] }, facts: facts,
+                owner: call.user.id, connection: call.connection)
+        }
+        var sets: [(Int, [SQLValue])] = []
+        for (k, item) in missing.enumerated() { sets.append((created[k], [.text(item.siteJobID)])) }
+        try JobRepository.updateRows(columns: ["site_job_id"], rows: sets, now: now, connection: call.connection)
+        // Parents the server knows; the rest arrive with a later push and are linked then by the site's ids.
+        let parentIDs = try serverIDs(Array(Set(missing.flatMap(\.parents))), siteID: siteID, call: call).merging(
+            ids, uniquingKeysWith: { a, _ in a })
+        var links: [[SQLValue]] = []
+        for (k, item) in missing.enumerated() {
+            let known = item.parents.compactMap { parentIDs[$0] }
+            for parent in known { links.append([.of(created[k]), .of(parent)]) }
+            if !known.isEmpty {
+                try call.connection.execute(
+                    "UPDATE jobs SET parent_ids = \(.text(JSONValue.array(known.map { .int($0) }).serialized())) WHERE id = \(.of(created[k]))"
+                )
+            }
+        }
+        for chunk in links.chunked(call.connection.rowsPerStatement(columns: 2)) where !chunk.isEmpty {
+            try call.connection.execute("INSERT INTO job_parents (job_id, parent_id) VALUES \(SQL.rows(chunk))")
+        }
+        return ids
+    }
+
+    /// Records the site's events not recorded yet; each affected job takes the state of its latest event.
+    static func recordEvents(
+        _ items: [JSONValue], siteID: Int, jobIDs known: [String: Int], call: Call, now: Int64,
+        refused: inout [SyncRefusal]
+    ) throws -> Int {
+        guard !items.isEmpty else { return 0 }
+        var pending: [(siteJobID: String, time: Int64, from: JobState, to: JobState, data: String)] = []
+        // A Python app's return value or exception rides its RUN_DONE / RUN_ERROR event; it goes to the job's
+        // columns, not into the event log.
+        var results: [String: (time: Int64, value: String, exception: String)] = [:]
+        var cleared = Set<String>()
+        // A transfer's outcome rides the move it caused: it goes to the job's transfer items.
+        var transferStates: [(siteJobID: String, items: [JSONValue])] = []
+        for (i, item) in items.enumerated() {
+            let siteJobID: String
+            let time: Int64
+            let from: JobState
+            let to: JobState
+            var data: [String: JSONValue]
+            do {
+                var e = try FieldReader(item, prefix: "events[\(i)]")
+                siteJobID = try e.requiredString("site_job_id", maxBytes: 64)
+                guard let t = try e.time("t") else { throw e.bad("t", "is required") }
+                time = t
+                from = try e.jobState("from")
+                to = try e.jobState("to")
+                data = try e.object("data") ?? [:]
+                try e.finish()
+            } catch let error as WireError {
+                refused.append(
+                    SyncRefusal(
+                        kind: "event", siteJobID: item.objectValue?["site_job_id"]?.stringValue ?? "", code: .invalid,
+                        message: error.message, field: error.field))
+                continue
+            }
+            if let items = data.removeValue(forKey: "transfers")?.arrayValue, !items.isEmpty {
+                transferStates.append((siteJobID, items))
+            }
+            let value = data.removeValue(forKey: "serialized_return_value")?.stringValue
+            let exception = data.removeValue(forKey: "serialized_exception")?.stringValue
+            if value != nil || exception != nil, results[siteJobID].map({ $0.time <= time }) ?? true {
+                results[siteJobID] = (time, value ?? "", exception ?? "")
+            } else if to == .runDone {
+                // A run that ended well without a result (a shell app): what a failed run left goes.
+                if let earlier = results[siteJobID] {
+                    if earlier.time <= time { results[siteJobID] = (time, "", "") }
+                } else {
+                    cleared.insert(siteJobID)
+                }
+            }
+            pending.append((siteJobID, time, from, to, jsonText(data)))
+        }
+        var ids = known
+        let unknown = Array(Set(pending.map(\.siteJobID)).filter { ids[$0] == nil })
+        ids.merge(try serverIDs(unknown, siteID: siteID, call: call), uniquingKeysWith: { a, _ in a })
+        var unknownJobs = Set<String>()
+        for (i, e) in pending.enumerated() where ids[e.siteJobID] == nil && unknownJobs.insert(e.siteJobID).inserted {
+            refused.append(
+                SyncRefusal(
+                    kind: "event", siteJobID: e.siteJobID, code: .unknownJob,
+                    message: "job \(e.siteJobID) is not on the server: push it (in jobs) first",
+                    field: "events[\(i)].site_job_id"))
+        }
+        // What is recorded already (a repeated push) is not recorded again.
+        let jobs = Array(Set(pending.compactMap { ids[$0.siteJobID] }))
+        var seen = Set<String>()
+        for chunk in jobs.chunked(5000) {
+            let rows = try call.connection.query(
+                "SELECT job_id, timestamp, from_state, to_state FROM events WHERE job_id IN (\(list: chunk.map { .of($0) }))"
+            )
+            for r in rows { seen.insert("\(r.int(0)) \(r.int(1)) \(r.text(2)) \(r.text(3))") }
+        }
+        var fresh: [(Int, String, String, String, Int64)] = []
+        for e in pending {
+            guard let job = ids[e.siteJobID] else { continue }
+            let key = "\(job) \(e.time) \(e.from.rawValue) \(e.to.rawValue)"
+            if seen.insert(key).inserted { fresh.append((job, e.from.rawValue, e.to.rawValue, e.data, e.time)) }
+        }
+        try JobRepository.insertEvents(fresh, owner: call.user.id, siteID: siteID, connection: call.connection)
+        // Each job's state is its latest event's, whatever order the site's hosts pushed them in.
+        var latest: [String: [(Int, [SQLValue])]] = [:]
+        for chunk in Set(fresh.map(\.0)).map({ $0 }).chunked(5000) where !chunk.isEmpty {
+            let rows = try call.connection.query(
+                """
+                SELECT e.job_id, e.to_state FROM events e WHERE e.job_id IN (\(list: chunk.map { .of($0) }))
+                AND e.id = (SELECT e2.id FROM events e2 WHERE e2.job_id = e.job_id
+                ORDER BY e2.timestamp DESC, e2.id DESC LIMIT 1)
+                """)
+            for r in rows { latest[r.text(1), default: []].append((r.int(0), [.text(r.text(1))])) }
+        }
+        for (_, rows) in latest {
+            try JobRepository.updateRows(columns: ["state"], rows: rows, now: now, connection: call.connection)
+        }
+        // A hook's change of the job's data, in its event's `data.data`, is applied in time order (null deletes).
+        let dataChanges = fresh.compactMap { e -> (Int, Int64, [String: JSONValue])? in
+            guard let d = (try? JSONValue.parse(e.3))?.objectValue?["data"]?.objectValue else { return nil }
+            return (e.0, e.4, d)
+        }.sorted { $0.1 < $1.1 }
+        for (job, _, change) in dataChanges {
+            guard let row = try call.connection.query("SELECT data FROM jobs WHERE id = \(.of(job))").first else {
+                continue
+            }
+            var data = (try? JSONValue.parse(row.text(0)))?.objectValue ?? [:]
+            for (key, value) in change { data[key] = value == .null ? nil : value }
+            try call.connection.execute("UPDATE jobs SET data = \(.text(jsonText(data))) WHERE id = \(.of(job))")
+        }
+        // A run's exit status, as the site's events give it (RUN_DONE is 0), becomes the job's return_code.
+        var codes: [Int: (Int64, Int)] = [:]
+        for e in fresh {
+            let code: Int? =
+                e.2 == JobState.runDone.rawValue
+                ? 0 : (try? JSONValue.parse(e.3))?.objectValue?["return_code"]?.intValue
+            guard let code else { continue }
+            if codes[e.0].map({ $0.0 <= e.4 }) ?? true { codes[e.0] = (e.4, code) }
+        }
+        if !codes.isEmpty {
+            try JobRepository.updateRows(
+                columns: ["return_code"], rows: codes.map { ($0.key, [.of($0.value.1)]) }, now: now,
+                connection: call.connection)
+        }
+        for (siteJobID, items) in transferStates {
+            guard let job = ids[siteJobID] else { continue }
+            for case .object(let item) in items {
+                guard let state = item["state"]?.stringValue, Transfers.states.contains(state) else { continue }
+                let info = item["error"].map { jsonText(["error": $0]) } ?? "{}"
+                try call.connection.execute(
+                    """
+                    UPDATE transfer_items SET state = \(.text(state)), transfer_info = \(.text(info)) WHERE job_id = \(.of(job)) AND direction = \(.text(item["direction"]?.stringValue ?? ""))
+                    AND local_path = \(.text(item["local_path"]?.stringValue ?? "")) AND remote_path = \(.text(item["remote_path"]?.stringValue ?? "")) AND location_alias = \(.text(item["location_alias"]?.stringValue ?? ""))
+                    """)
+            }
+        }
+        let resultRows = results.compactMap { siteJobID, r in
+            ids[siteJobID].map { ($0, [SQLValue.text(r.value), .text(r.exception)]) }
+        }
+        for chunk in cleared.compactMap({ ids[$0] }).chunked(5000) {
+            try call.connection.execute(
+                """
+                UPDATE jobs SET serialized_exception = '' WHERE id IN (\(list: chunk.map { .of($0) }))
+                AND serialized_exception <> ''
+                """)
+        }
+        if !resultRows.isEmpty {
+            try JobRepository.updateRows(
+                columns: ["serialized_return_value", "serialized_exception"], rows: resultRows, now: now,
+                connection: call.connection)
+        }
+        return fresh.count
+    }
+}

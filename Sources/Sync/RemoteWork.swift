@@ -1,0 +1,270 @@
+import Spool
+import Wire
+
+/// What the reply to a push asks of the site, carried out with the site's own operations: apps defined through
+/// the API installed, users' requests (kill, retry, change, delete) done, batch jobs asked for submitted, and
+/// jobs made through the API taken in through the same checks as `balsam-submit`. What cannot be done is refused
+/// with the reason, which the next push carries back.
+extension Pusher {
+    /// Makes the apps defined in Python through the API (`class Hello(ApplicationDefinition)`) at the site, or
+    /// replaces them when their definition changed: `app.yml` (a shell app with its `command_template`, or a
+    /// Python app whose `run()` the site's Python runs), the pickled class in `class.b64`, and a hook file for
+    /// each lifecycle method the class defines (see `PythonApps`). An app that does not make a valid app here is
+    /// refused (in `SyncState.refused`, shown by `balsam sync status` and logged once) and taken as seen, so
+    /// that the server does not send it every round; a new definition of it is tried again.
+    func takeApps(_ remote: [JSONValue], state: inout SyncState, round: inout Round) throws {
+        guard !remote.isEmpty else { return }
+        let python = try SiteSettings.load(site).python.executable
+        for item in remote {
+            guard let o = item.objectValue, let name = o["name"]?.stringValue, let digest = o["digest"]?.stringValue
+            else { continue }
+            let template = o["command_template"]?.stringValue
+            var parameters: [String: App.Parameter] = [:]
+            for (key, spec) in o["parameters"]?.objectValue ?? [:] {
+                let s = spec.objectValue ?? [:]
+                let required = s["required"] != .bool(false)
+                let fallback = s["default"].flatMap { $0 == .null ? nil : $0 }
+                parameters[key] = App.Parameter(
+                    required: required, defaultValue: required ? nil : fallback, help: s["help"]?.stringValue ?? "")
+            }
+            var refusal: String?
+            do {
+                var app = try App(name: name, commandTemplate: template ?? "", python: template == nil)
+                app.parameters = parameters
+                app.description = o["description"]?.stringValue ?? ""
+                try app.validate()
+                if let classText = o["serialized_class"]?.stringValue, !classText.isEmpty {
+                    try PythonApps.install(
+                        app, classText: classText, overridden: PythonApps.overriddenMethods(classText: classText),
+                        site: site, python: python)
+                } else if Posix.exists(site.appsPath + "/" + name + "/app.yml") {
+                    try Posix.replaceFile(
+                        site.appsPath + "/" + name + "/app.yml", Array(app.yamlText().utf8), sync: true)
+                } else {
+                    try site.createApp(app)
+                }
+            } catch {
+                // The reason goes back to the server with every push: no NUL (a string the server refuses; the
+                // error may quote the app's own text) and a bounded length.
+                let text = "cannot install: \(error)".replacingAll("\u{0}", with: "\\0")
+                refusal = text.utf8.count > 4096 ? String(decoding: text.utf8.prefix(4096), as: UTF8.self) : text
+            }
+            if state.refuse("app " + name, refusal), let refusal { round.newRefusals.append("app \(name): \(refusal)") }
+            state.remoteApps[name] = digest
+            try state.save(site)
+        }
+    }
+
+    /// Carries out users' requests about this site's jobs with the site's own control operations: a kill
+    /// (`FAILED`), a retry (`READY` or `RESTART_READY` from `FAILED`), a deletion. What cannot be done now (a job
+    /// under a launcher, for a deletion) waits for a later round; what cannot be done at all (a kill of an ended
+    /// job, any other state) is refused with the reason. Returns how many were answered.
+    func carryOut(_ requests: [JSONValue], state: inout SyncState) throws -> Int {
+        guard !requests.isEmpty else { return 0 }
+        let control = Control(site: site, actor: "balsam-sync")
+        var answered = 0
+        for item in requests {
+            guard let o = item.objectValue, let id = o["id"]?.intValue, let job = o["site_job_id"]?.stringValue,
+                let kind = o["kind"]?.stringValue
+            else { continue }
+            let key = String(id)
+            if state.requestsDone[key] != nil { continue }
+            func answer(_ outcome: String, _ reason: String?) throws {
+                var a: [String: JSONValue] = ["id": .int(id), "outcome": .string(outcome)]
+                if let reason { a["reason"] = .string(reason) }
+                state.requestsDone[key] = .object(a)
+                try state.save(site)
+                answered += 1
+            }
+            var filter = JobFilter()
+            filter.ids = [job]
+            let selected = try control.select(filter)
+            guard !selected.isEmpty else {
+                try answer("refused", "job \(job) is no longer at site \(site.name)")
+                continue
+            }
+            let target = o["target"]?.stringValue
+            let outcomes: [Control.Outcome]
+            switch (kind, target) {
+            case ("state", JobState.failed.rawValue?):
+                outcomes = control.kill(selected, reason: "killed through the API")
+            case ("state", JobState.ready.rawValue?): outcomes = control.retry(selected, restart: false)
+            case ("state", JobState.restartReady.rawValue?): outcomes = control.retry(selected, restart: true)
+            case ("delete", _): outcomes = control.remove(selected, keepFiles: false)
+            case ("modify", let text?):
+                let change = (try? JSONValue.parse(text))?.objectValue ?? [:]
+                outcomes = control.modify(selected) { job in Pusher.apply(change, to: &job) }
+            case ("transfer", let text?):
+                let (outcome, reason) = try TransferChange(site: site).apply(text, to: selected[0])
+                try answer(outcome, reason)
+                continue
+            default:
+                try answer(
+                    "refused",
+                    "site \(site.name) moves its jobs itself; through the API it takes kills (FAILED), retries "
+                        + "(READY, RESTART_READY), changes of the spec and deletions, not \(target ?? kind)")
+                continue
+            }
+            guard let outcome = outcomes.first else { continue }
+            switch outcome.kind {
+            case .done, .requested: try answer("done", nil)
+            case .unchanged where kind == "modify": try answer("done", nil)
+            case .notNow: continue
+            case .unchanged, .failed: try answer("refused", outcome.message)
+            }
+        }
+        return answered
+    }
+
+    /// A user's change of a job's spec, as the server forwards it (the original's field names).
+    static func apply(_ change: [String: JSONValue], to job: inout Job) {
+        for (key, value) in change {
+            switch key {
+            case "tags": job.tags = (value.objectValue ?? [:]).compactMapValues(\.stringValue)
+            case "data": job.data = value.objectValue ?? [:]
+            case "parameters": job.parameters = value.objectValue ?? [:]
+            case "launch_params": job.launchParams = (value.objectValue ?? [:]).compactMapValues(\.stringValue)
+            case "num_nodes": job.numNodes = value.intValue ?? job.numNodes
+            case "ranks_per_node": job.ranksPerNode = value.intValue ?? job.ranksPerNode
+            case "threads_per_rank": job.threadsPerRank = value.intValue ?? job.threadsPerRank
+            case "threads_per_core": job.threadsPerCore = value.intValue ?? job.threadsPerCore
+            case "gpus_per_rank": job.gpusPerRank = value.doubleValue ?? job.gpusPerRank
+            case "node_packing_count": job.nodePackingCount = value.intValue ?? job.nodePackingCount
+            case "wall_time_min": job.wallTimeMin = value.intValue ?? job.wallTimeMin
+            default: break
+            }
+        }
+    }
+
+    /// Batch jobs asked for through the API go through `balsam queue submit`'s checks against the site's policy
+    /// (queues, projects, sizes, optional parameters) and into `batchjobs/`, where the scheduler service submits
+    /// them; refused ones are reported with the reason. Deletions asked through the API become the site's own
+    /// deletion requests.
+    func takeBatchJobs(_ reply: [String: JSONValue], state: inout SyncState) throws {
+        let store = BatchJobStore(site: site)
+        let remote = reply["remote_batch_jobs"]?.arrayValue ?? []
+        if !remote.isEmpty {
+            let policy = try SiteSettings.load(site).scheduler
+            for item in remote {
+                guard let o = item.objectValue, let serverID = o["id"]?.intValue else { continue }
+                let key = String(serverID)
+                if state.batchAdopted[key] != nil || state.batchRejected[key] != nil { continue }
+                var job = BatchJob(
+                    project: o["project"]?.stringValue ?? "", queue: o["queue"]?.stringValue ?? "",
+                    numNodes: o["num_nodes"]?.intValue ?? 1, wallTimeMinutes: o["wall_time_min"]?.intValue ?? 1)
+                job.filterTags = (o["filter_tags"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+                job.optionalParams = (o["optional_params"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+                job.origin = "balsam-server (batch job \(serverID))"
+                do {
+                    try job.validate(against: policy, active: try store.all().jobs.filter { !$0.state.isFinal })
+                    let made = try store.create(job)
+                    state.batchAdopted[key] = made.id
+                } catch {
+                    state.batchRejected[key] = "\(error)"
+                }
+                try state.save(site)
+            }
+        }
+        for case .int(let id) in reply["batch_deletions"]?.arrayValue ?? [] {
+            guard let job = try store.load(id), !job.state.isFinal, !store.deletionRequested(id) else { continue }
+            try store.requestDeletion(id)
+        }
+    }
+
+    /// Takes jobs made through the server's API into the site, through the same checks as `balsam-submit`. A
+    /// job the site cannot take (no such app, parameters only Python can read, a bad workdir) is refused with
+    /// the reason, which the next push carries to the server. Each taking is recorded durably before the
+    /// next, so a crash never makes a job twice: its workdir would be taken, and the job there is recognized by
+    /// the server id in its data.
+    func take(_ remote: [JSONValue], state: inout SyncState) throws -> (Int, Int) {
+        guard !remote.isEmpty else { return (0, 0) }
+        var submission = Submission(site: site, actor: "balsam-sync")
+        let names = try site.appNames()
+        let apps = Dictionary(names.map { (Pusher.serverAppName($0), $0) }, uniquingKeysWith: { a, _ in a })
+        let pythonApps = Set(names.filter { (try? site.app($0))?.isPython == true })
+        var adopted = 0
+        var refused = 0
+        for (i, item) in remote.enumerated() {
+            guard let serverID = item.objectValue?["id"]?.intValue else { continue }
+            let key = String(serverID)
+            if state.adopted[key] != nil || state.rejected[key] != nil { continue }
+            func refuse(_ reason: String) throws {
+                state.rejected[key] = reason
+                try state.save(site)
+                refused += 1
+            }
+            let o: RemoteJob
+            do { o = try RemoteJob(item, at: "remote_jobs[\(i)]") } catch {
+                try refuse("the server sent it wrong: \(error)")
+                continue
+            }
+            let appName = o.spec.app
+            guard let app = apps[appName] else {
+                try refuse(
+                    "site \(site.name) has no app '\(appName)' (its apps: \(names.isEmpty ? "none" : names.joined(separator: ", ")))"
+                )
+                continue
+            }
+            let pickled = o.serializedParameters
+            let parameters: [String: JSONValue]
+            let isPython = pythonApps.contains(app)
+            var decoded: JSONValue?
+            var problem = ""
+            do { decoded = try Pickle.decodeBase64(pickled) } catch { problem = "\(error)" }
+            if case .object(let plain)? = decoded {
+                parameters = plain
+            } else if isPython {
+                parameters = [:]  // only the site's Python reads them (a numpy array, say)
+            } else if decoded != nil {
+                try refuse("its parameters are not a dict of names to values")
+                continue
+            } else {
+                try refuse(
+                    "its parameters are not plain values (\(problem)): a shell app takes strings, numbers, booleans, "
+                        + "None, lists and dicts; objects only Python can load need a Python app")
+                continue
+            }
+            var parents: [String] = []
+            var waiting = false
+            for parent in o.parentIDs {
+                if let id = o.parentSiteIDs[parent] ?? state.adopted[String(parent)] {
+                    parents.append(id)
+                } else {
+                    waiting = true
+                }
+            }
+            if waiting { continue }  // a parent not at the site yet: taken with a later round
+            var spec = o.spec
+            spec.app = app
+            var job = spec.job
+            job.parameters = parameters
+            if isPython { job.serializedParameters = pickled }
+            job.data["balsam_server_id"] = .int(serverID)
+            job.parentIDs = parents
+            do {
+                let (made, _) = try submission.submit(job)
+                state.adopted[key] = made.id
+                try state.save(site)
+                adopted += 1
+            } catch {
+                if let existing = try madeBefore(workdir: job.workdir, serverID: serverID) {
+                    state.adopted[key] = existing
+                    try state.save(site)
+                    adopted += 1
+                } else {
+                    try refuse("\(error)")
+                }
+            }
+        }
+        return (adopted, refused)
+    }
+
+    /// The site's job at `workdir` made from server job `serverID` before a crash, if there is one.
+    func madeBefore(workdir: String, serverID: Int) throws -> String? {
+        var filter = JobFilter()
+        filter.workdir = WorkdirPattern(workdir)
+        return try Query(site: site).list(filter, load: false).first {
+            $0.workdir == workdir && $0.job?.data["balsam_server_id"]?.intValue == serverID
+        }?.id
+    }
+}

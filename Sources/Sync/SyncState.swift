@@ -1,0 +1,104 @@
+import Spool
+
+/// What the site's sync remembers between rounds, in `SITE/sync/state.json` (written whole, fsynced, renamed
+/// into place): the site's id on the server, how far into each event log the server has everything, and when
+/// the last round succeeded or failed.
+public struct SyncState: Sendable, Equatable {
+    /// The site's id on the server, once registered.
+    public var siteID: Int?
+    /// Bytes of each `events/*.jsonl` the server holds.
+    public var cursor: [String: Int] = [:]
+    /// The apps as last pushed (pushed again when they change).
+    public var appsDigest = ""
+    /// When the last round succeeded, and what it pushed.
+    public var lastSuccess: String?
+    public var lastPushed = 0
+    /// The last failure (cleared by a success), and when it happened.
+    public var lastError: String?
+    public var lastErrorTime: String?
+    /// Jobs made through the server's API that this site has taken, by server id, until the server knows.
+    public var adopted: [String: String] = [:]
+    /// Jobs made through the API that this site refused, with the reason, until the server knows.
+    public var rejected: [String: String] = [:]
+    /// Apps defined through the API (in Python, with a command template) as last written here, by digest.
+    public var remoteApps: [String: String] = [:]
+    /// Batch jobs asked for through the API and made here, server id to site id, until the server knows.
+    public var batchAdopted: [String: Int] = [:]
+    /// Batch job requests refused here, with the reason, until the server knows.
+    public var batchRejected: [String: String] = [:]
+    /// Each batch job's record as last pushed, by site id (pushed again when it changes).
+    public var batchDigests: [String: String] = [:]
+    /// Users' requests carried out or refused here, by request id, until the server knows.
+    public var requestsDone: [String: JSONValue] = [:]
+    /// What one end refused of the other, kept until it is taken: `job ID` or `event ID` (the server refused the
+    /// site's job or its events), `app NAME` (an app from the server the site cannot install); each with its
+    /// code and reason. A refusal never stops the sync: the cursor moves on, and this says what was left out.
+    public var refused: [String: String] = [:]
+    /// Ended launcher sessions the server has (by lease name); running ones are sent every push.
+    public var sessionsPushed: Set<String> = []
+
+    /// Keeps (or, with nil, forgets) the refusal under `key`; whether it is new or changed, so that the log says
+    /// each once.
+    @discardableResult
+    mutating func refuse(_ key: String, _ text: String?) -> Bool {
+        defer { refused[key] = text }
+        return text != nil && refused[key] != text
+    }
+
+    /// The state file of `site`.
+    public static func path(_ site: Site) -> String { site.root + "/sync/state.json" }
+
+    /// Reads the state (empty when the site never synced).
+    public static func load(_ site: Site) throws(SpoolError) -> SyncState {
+        let path = path(site)
+        guard Posix.exists(path) else { return SyncState() }
+        let value: JSONValue
+        do { value = try JSONValue.parse(try Posix.readFile(path, limit: 16 << 20)) } catch let error as SpoolError {
+            throw error
+        } catch {
+            throw SpoolError(.invalidInput, "malformed sync state: \(error)", path: path)
+        }
+        let o = value.objectValue ?? [:]
+        var state = SyncState()
+        state.siteID = o["site_id"]?.intValue
+        state.cursor = (o["cursor"]?.objectValue ?? [:]).compactMapValues(\.intValue)
+        state.appsDigest = o["apps_digest"]?.stringValue ?? ""
+        state.lastSuccess = o["last_success"]?.stringValue
+        state.lastPushed = o["last_pushed"]?.intValue ?? 0
+        state.lastError = o["last_error"]?.stringValue
+        state.lastErrorTime = o["last_error_time"]?.stringValue
+        state.adopted = (o["adopted"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+        state.rejected = (o["rejected"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+        state.remoteApps = (o["remote_apps"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+        state.batchAdopted = (o["batch_adopted"]?.objectValue ?? [:]).compactMapValues(\.intValue)
+        state.batchRejected = (o["batch_rejected"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+        state.batchDigests = (o["batch_digests"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+        state.requestsDone = o["requests_done"]?.objectValue ?? [:]
+        state.refused = (o["refused"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+        state.sessionsPushed = Set((o["sessions_pushed"]?.arrayValue ?? []).compactMap(\.stringValue))
+        return state
+    }
+
+    /// Writes the state durably: a cursor that went back would push events twice (the server drops them), one
+    /// that went forward without the server having them would lose them.
+    public func save(_ site: Site) throws(SpoolError) {
+        var o: [String: JSONValue] = [
+            "cursor": .object(cursor.mapValues { .int($0) }), "apps_digest": .string(appsDigest),
+            "last_pushed": .int(lastPushed), "adopted": .object(adopted.mapValues { .string($0) }),
+            "rejected": .object(rejected.mapValues { .string($0) }),
+            "remote_apps": .object(remoteApps.mapValues { .string($0) }),
+            "batch_adopted": .object(batchAdopted.mapValues { .int($0) }),
+            "batch_rejected": .object(batchRejected.mapValues { .string($0) }),
+            "batch_digests": .object(batchDigests.mapValues { .string($0) }),
+            "requests_done": .object(requestsDone), "refused": .object(refused.mapValues { .string($0) }),
+            "sessions_pushed": .array(sessionsPushed.sorted().map { .string($0) }),
+        ]
+        if let siteID { o["site_id"] = .int(siteID) }
+        if let lastSuccess { o["last_success"] = .string(lastSuccess) }
+        if let lastError { o["last_error"] = .string(lastError) }
+        if let lastErrorTime { o["last_error_time"] = .string(lastErrorTime) }
+        let path = SyncState.path(site)
+        try Posix.makeDirectories(Posix.parentPath(path))
+        try Posix.replaceFile(path, Array((JSONValue.object(o).serialized() + "\n").utf8), sync: true)
+    }
+}
