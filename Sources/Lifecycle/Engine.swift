@@ -26,14 +26,14 @@ public final class Engine {
     public var transfersWanted: @Sendable () -> Void = {}
     let store: JobStore
     let index: SiteIndex
-    private var apps: [String: App] = [:]
-    private var missingApps: [String: String] = [:]
+    var apps: [String: App] = [:]
+    var missingApps: [String: String] = [:]
     /// Whether each app's hook files exist, looked at once like the apps themselves (forgotten on SIGHUP).
-    private var hookFiles: [String: Bool] = [:]
-    private var finalStates: FinalStates
+    var hookFiles: [String: Bool] = [:]
+    var finalStates: FinalStates
     /// Whether the last pass met errors (then the next one finishes moves they cut short).
-    private var hadErrors = false
-    private var lastMoveCheck = 0.0
+    var hadErrors = false
+    var lastMoveCheck = 0.0
 
     /// What one pass did.
     public struct Report: Sendable {
@@ -114,17 +114,8 @@ public final class Engine {
         return report
     }
 
-    /// Whether the app has a file for `hook` (executable or not: one that is not is an error when it would run).
-    private func hasHook(_ hook: App.Hook, app name: String) -> Bool {
-        let key = name + "/" + hook.rawValue
-        if let known = hookFiles[key] { return known }
-        let exists = Posix.exists(site.appsPath + "/" + key)
-        hookFiles[key] = exists
-        return exists
-    }
-
     /// The steps, in lifecycle order, so that a job can go through several in one sweep.
-    private func sweep(_ report: inout Report) {
+    func sweep(_ report: inout Report) {
         step(.ready, &report) { (loaded) throws(SpoolError) in
             // Without a preprocess hook there is nothing to wait for: straight through to the ready queue. A job
             // with stage-ins waits here for the transfer service, which moves it on.
@@ -169,7 +160,7 @@ public final class Engine {
 
     /// Applies `body` to every job in `state`, oldest first. A job another program moved meanwhile is skipped;
     /// a job whose files are broken is failed with the reason; an I/O error is reported and the pass goes on.
-    private func step(_ state: JobState, _ report: inout Report, _ body: (JobStore.Loaded) throws(SpoolError) -> Void) {
+    func step(_ state: JobState, _ report: inout Report, _ body: (JobStore.Loaded) throws(SpoolError) -> Void) {
         let ids: [String]
         do { ids = try index.activeIDs(state).sorted() } catch {
             report.errors.append("\(error)")
@@ -202,11 +193,11 @@ public final class Engine {
         }
     }
 
-    private func selected(_ job: Job) -> Bool {
+    func selected(_ job: Job) -> Bool {
         job.hasTags(settings.filterTags)
     }
 
-    private func quarantine(_ id: String, in state: JobState, reason: String, _ report: inout Report) {
+    func quarantine(_ id: String, in state: JobState, reason: String, _ report: inout Report) {
         do {
             try store.forceFail(id, in: state, reason: "quarantined: \(reason)")
             finalStates.record(id, .failed)
@@ -218,7 +209,7 @@ public final class Engine {
     }
 
     @discardableResult
-    private func move(
+    func move(
         _ loaded: JobStore.Loaded, to next: JobState, reason: String?, eventData: [String: JSONValue] = [:],
         update: ((inout Job, inout StateRecord) -> Void)? = nil
     ) throws(SpoolError) -> JobStore.Loaded {
@@ -227,7 +218,7 @@ public final class Engine {
 
     /// Moves through steps with nothing to do between them in one move; a final state is remembered.
     @discardableResult
-    private func move(
+    func move(
         _ loaded: JobStore.Loaded, through steps: [(state: JobState, reason: String?)],
         eventData: [String: JSONValue] = [:], update: ((inout Job, inout StateRecord) -> Void)? = nil
     ) throws(SpoolError) -> JobStore.Loaded {
@@ -243,7 +234,7 @@ public final class Engine {
     /// After a pass with errors (a full disk, say) and every 30 s: moves of this watcher cut short after their
     /// claim are finished from the jobs' state files, so a job whose end could not be recorded reappears as soon
     /// as the disk has room, without a restart.
-    private func finishInterruptedMoves(_ report: inout Report) {
+    func finishInterruptedMoves(_ report: inout Report) {
         let now = Posix.monotonicSeconds()
         guard hadErrors || now - lastMoveCheck >= 30 else { return }
         lastMoveCheck = now
@@ -261,7 +252,7 @@ public final class Engine {
 
     /// Ends leases whose launcher stopped heartbeating: running jobs become RUN_TIMEOUT, claimed jobs not yet
     /// started go back to be claimed again, and the lease is removed.
-    private func reapExpiredLeases(_ report: inout Report) {
+    func reapExpiredLeases(_ report: inout Report) {
         guard let leases = try? Lease.all(site) else { return }
         for lease in leases {
             let age = lease.age()
@@ -305,22 +296,22 @@ public final class Engine {
     // MARK: - Apps and hooks
 
     /// Jobs left in READY or POSTPROCESSED for the transfer service, by state.
-    private var waitingForTransfers: [JobState: Set<String>] = [:]
+    var waitingForTransfers: [JobState: Set<String>] = [:]
 
     /// Jobs a step looked at and left where they were (not counted as moves).
-    private var leftAlone = Set<String>()
+    var leftAlone = Set<String>()
 
     /// Leaves `loaded` where it is, for the transfer service, which is told to look.
-    private func waitForTransfers(_ loaded: JobStore.Loaded) {
+    func waitForTransfers(_ loaded: JobStore.Loaded) {
         waitingForTransfers[loaded.record.state, default: []].insert(loaded.job.id)
         leftAlone.insert(loaded.job.id)
         transfersWanted()
     }
 
     /// Each app's transfer slots, read once like the apps.
-    private var slotCache: [String: [String: TransferSlot]] = [:]
+    var slotCache: [String: [String: TransferSlot]] = [:]
 
-    private func slots(_ app: App) throws(SpoolError) -> [String: TransferSlot] {
+    func slots(_ app: App) throws(SpoolError) -> [String: TransferSlot] {
         if let known = slotCache[app.name] { return known }
         let slots = try TransferSlot.slots(of: app)
         slotCache[app.name] = slots
@@ -328,178 +319,20 @@ public final class Engine {
     }
 
     /// Whether `job` fills a transfer slot of `direction`.
-    private func stages(_ direction: TransferSlot.Direction, _ job: Job, _ app: App) throws(SpoolError) -> Bool {
+    func stages(_ direction: TransferSlot.Direction, _ job: Job, _ app: App) throws(SpoolError) -> Bool {
         guard !job.transfers.isEmpty else { return false }
         let slots = try slots(app)
         return job.transfers.keys.contains { slots[$0]?.direction == direction }
     }
 
-    private func app(_ name: String) throws(SpoolError) -> App {
-        if let app = apps[name] { return app }
-        if let message = missingApps[name] { throw SpoolError(.notFound, message) }
-        do {
-            let app = try site.app(name)
-            apps[name] = app
-            return app
-        } catch {
-            missingApps[name] = error.description
-            throw error
-        }
-    }
-
     /// The warm hook servers, by Python.
-    private var warm: [String: WarmHooks] = [:]
+    var warm: [String: WarmHooks] = [:]
     /// Whether each hook file is exactly the class hook the site wrote (read once per file).
-    private var classHookFiles: [String: Bool] = [:]
-
-    /// The warm hook server for `hook`'s file when it is a class hook exactly as the site wrote it (a file the user
-    /// changed runs as a file) and `python.warm_workers` is on.
-    private func warmHooks(_ hook: App.Hook, path: String) -> WarmHooks? {
-        guard settings.python.warmWorkers, hook != .shellPreamble else { return nil }
-        let python = settings.python.executable
-        let runner = PythonApps.runnerPath(site)
-        let key = path + "\u{0}" + python
-        if classHookFiles[key] == nil {
-            let expected = Array(PythonApps.hookFile(hook, python: python, runner: runner).utf8)
-            classHookFiles[key] = (try? Posix.readFile(path, limit: 4096)) == expected
-        }
-        guard classHookFiles[key] == true else { return nil }
-        if let server = warm[python] { return server }
-        let server = WarmHooks(python: python, runner: runner)
-        warm[python] = server
-        return server
-    }
-
-    /// Runs `hook` if the job's app has it, then moves the job where the hook chose, or to `fallback`.
-    private func runHook(_ hook: App.Hook, _ loaded: JobStore.Loaded, default fallback: JobState) throws(SpoolError) {
-        let app = try self.app(loaded.job.app)
-        let path = site.appsPath + "/" + app.name + "/" + hook.rawValue
-        guard app.hooks.contains(hook) else {
-            if Posix.exists(path) {
-                try move(loaded, to: .failed, reason: "hook \(hook.rawValue) of app \(app.name) is not executable")
-            } else {
-                try move(loaded, to: fallback, reason: nil)
-            }
-            return
-        }
-        let runner = HookRunner(
-            timeoutSeconds: settings.hookTimeoutSeconds, tailLines: settings.errorTailLines, shouldStop: shouldStop)
-        let outcome = try runner.run(
-            path, hook: hook.rawValue, directory: loaded.directory, environment: environment(for: loaded, app: app),
-            warm: warmHooks(hook, path: path))
-        let name = "hook \(hook.rawValue)"
-        switch outcome.status {
-        case .exited(0):
-            break
-        case .stopped:
-            throw SpoolError(.conflict, "\(name) of job \(loaded.job.id) was stopped by a shutdown; it runs again")
-        case .exited(let code):
-            try move(loaded, to: .failed, reason: "\(name) exited with status \(code)" + tail(outcome.tail))
-            return
-        case .signaled(let signal):
-            try move(loaded, to: .failed, reason: "\(name) was killed by signal \(signal)" + tail(outcome.tail))
-            return
-        case .timedOut:
-            let limit = Int(settings.hookTimeoutSeconds)
-            try move(loaded, to: .failed, reason: "\(name) did not finish within \(limit) s" + tail(outcome.tail))
-            return
-        }
-        var next = fallback
-        var reason: String?
-        var dataUpdate: [String: JSONValue] = [:]
-        switch outcome.result {
-        case nil: break
-        case .object(let o)?:
-            if let requested = o["state"], requested != .null {
-                guard let text = requested.stringValue, let state = JobState(rawValue: text),
-                    loaded.record.state.canTransition(to: state)
-                else {
-                    try move(
-                        loaded, to: .failed,
-                        reason: "\(name) asked for state \(requested.serialized()), "
-                            + "not a legal successor of \(loaded.record.state.rawValue)")
-                    return
-                }
-                next = state
-            }
-            reason = o["reason"]?.stringValue
-            if case .object(let d)? = o["data"] { dataUpdate = d }
-        case .string(let problem)?:
-            try move(loaded, to: .failed, reason: "\(name): \(problem)")
-            return
-        case let other?:
-            try move(loaded, to: .failed, reason: "\(name): result must be a JSON object, not \(other.kindName)")
-            return
-        }
-        // The change of data is in the event too: the event logs are the changelog the sync pushes.
-        let eventData: [String: JSONValue] = dataUpdate.isEmpty ? [:] : ["data": .object(dataUpdate)]
-        try move(loaded, to: next, reason: reason ?? "\(name) chose \(next.rawValue)", eventData: eventData) {
-            job, record in
-            for (key, value) in dataUpdate {
-                if value == .null { job.data[key] = nil } else { job.data[key] = value }
-            }
-            if next == .restartReady && loaded.record.state == .runError { record.errorRetries += 1 }
-            if next == .restartReady && loaded.record.state == .runTimeout { record.timeoutRetries += 1 }
-        }
-    }
-
-    private func tail(_ text: String) -> String { text.isEmpty ? "" : "; last output:\n" + text }
-
-    /// After RUN_ERROR or RUN_TIMEOUT: the app's hook if it has one, else its retry policy.
-    private func afterRun(_ loaded: JobStore.Loaded, hook: App.Hook) throws(SpoolError) {
-        if hook == .onTimeout && loaded.record.interrupted {
-            // Its launcher's operator (or batch system) stopped it: not the job's doing, so no hook, no retry spent.
-            try move(
-                loaded, to: .restartReady, reason: "run again: its launcher was interrupted (no retry counted)")
-            return
-        }
-        let app = try self.app(loaded.job.app)
-        let isError = hook == .onError
-        let policy = isError ? app.onError : app.onTimeout
-        let spent = isError ? loaded.record.errorRetries : loaded.record.timeoutRetries
-        let what = isError ? "RUN_ERROR" : "RUN_TIMEOUT"
-        let fallback: JobState = spent < policy.retries ? .restartReady : .failed
-        if app.hooks.contains(hook) || hasHook(hook, app: app.name) {
-            try runHook(hook, loaded, default: fallback)
-            return
-        }
-        if fallback == .restartReady {
-            try move(loaded, to: .restartReady, reason: "\(what): retry \(spent + 1) of \(policy.retries)") {
-                _, record in
-                if isError { record.errorRetries += 1 } else { record.timeoutRetries += 1 }
-            }
-        } else {
-            let code = loaded.record.returnCode.map { " (return code \($0))" } ?? ""
-            // The run's own reason when it says more than its status (a Python app's exception).
-            let why = loaded.record.reason.flatMap { $0.contains(": ") ? ": " + $0 : nil } ?? ""
-            try move(
-                loaded, to: .failed, reason: "\(what)\(code) and no retries left (\(policy.retries) allowed)\(why)")
-        }
-    }
-
-    private func environment(for loaded: JobStore.Loaded, app: App) -> [String: String] {
-        var env: [String: String] = [:]
-        for key in ["PATH", "HOME", "USER", "LANG", "TMPDIR"] {
-            if let value = getenv(key) { env[key] = String(cString: value) }
-        }
-        for (k, v) in app.environmentVariables { env[k] = v }
-        let job = loaded.job
-        env["BALSAM_SITE"] = site.root
-        env["BALSAM_JOB_ID"] = job.id
-        env["BALSAM_JOB_DIR"] = loaded.directory
-        env["BALSAM_WORKDIR"] = job.workdir
-        env["BALSAM_APP"] = job.app
-        env["BALSAM_STATE"] = loaded.record.state.rawValue
-        env["BALSAM_ATTEMPT"] = String(loaded.record.attempts)
-        env["BALSAM_PARAMETERS"] = JSONValue.object(job.parameters).serialized()
-        env["BALSAM_DATA"] = JSONValue.object(job.data).serialized()
-        if let rc = loaded.record.returnCode { env["BALSAM_RETURN_CODE"] = String(rc) }
-        return env
-    }
+    var classHookFiles: [String: Bool] = [:]
 
     // MARK: - Dependencies
 
-    private func checkParents(_ loaded: JobStore.Loaded) throws(SpoolError) {
+    func checkParents(_ loaded: JobStore.Loaded) throws(SpoolError) {
         var waiting = false
         for parent in loaded.job.parentIDs {
             switch try parentState(parent) {
@@ -535,7 +368,7 @@ public final class Engine {
     }
 
     /// A parent's state: active, accepted (not made yet: READY or waiting), or ended. nil: it does not exist.
-    private func parentState(_ id: String) throws(SpoolError) -> JobState? {
+    func parentState(_ id: String) throws(SpoolError) -> JobState? {
         if let state = index.activeState(of: id) { return state }
         if let state = try finalStates.state(of: id) { return state }
         // Not seen yet: an accepted batch, or a job that ended through another program. Read the final index.
@@ -550,7 +383,7 @@ public final class Engine {
 
     /// Deletes the app's `cleanup_files` globs from the finished job's directory: regular files only, and only
     /// files whose real path is inside that directory.
-    private func cleanup(_ loaded: JobStore.Loaded) {
+    func cleanup(_ loaded: JobStore.Loaded) {
         guard let app = try? self.app(loaded.job.app), !app.cleanupFiles.isEmpty else { return }
         guard let root = realPath(loaded.directory) else { return }
         for pattern in app.cleanupFiles {
@@ -579,7 +412,7 @@ public final class Engine {
         "job.json", "state", "job.out", HookRunner.logName, HookRunner.resultName, "state.broken",
     ]
 
-    private func realPath(_ path: String) -> String? {
+    func realPath(_ path: String) -> String? {
         guard let resolved = realpath(path, nil) else { return nil }
         defer { free(resolved) }
         return String(cString: resolved)

@@ -66,27 +66,27 @@ public final class Coordinator {
     let index: SiteIndex
     var store: JobStore
     private(set) var lease: Lease?
-    private var running: [String: Running] = [:]
-    private var killRequests: [String: String] = [:]
-    private var skipped = Set<String>()
+    var running: [String: Running] = [:]
+    var killRequests: [String: String] = [:]
+    var skipped = Set<String>()
     /// Runnable jobs listed, oldest first; those before `candidateStart` are done with (a cursor, so that taking
     /// a few from a long list never copies the rest).
-    private var candidates: [(id: String, state: JobState)] = []
-    private var candidateStart = 0
-    private var hasCandidates: Bool { candidateStart < candidates.count }
-    private var candidatesStale = true
-    private var apps: [String: App] = [:]
-    private var summary = Summary()
-    private var stopping: String?
-    private let started: Double
-    private var lastHeartbeat = 0.0
+    var candidates: [(id: String, state: JobState)] = []
+    var candidateStart = 0
+    var hasCandidates: Bool { candidateStart < candidates.count }
+    var candidatesStale = true
+    var apps: [String: App] = [:]
+    var summary = Summary()
+    var stopping: String?
+    let started: Double
+    var lastHeartbeat = 0.0
 
     /// Whether the lease is surely alive (its heartbeat well within the timeout), so that moves of its jobs
     /// need no claim: no one else may move them.
-    private var leaseFresh: Bool { Posix.monotonicSeconds() - lastHeartbeat < settings.leaseTimeoutSeconds / 2 }
-    private let deadline: Double
+    var leaseFresh: Bool { Posix.monotonicSeconds() - lastHeartbeat < settings.leaseTimeoutSeconds / 2 }
+    let deadline: Double
     /// The launcher's PATH, where a Python named without a slash is looked for.
-    private let searchPath: String?
+    let searchPath: String?
 
     /// A coordinator over `nodes` (index = rank), reaching other ranks through `transport`.
     public init(
@@ -232,7 +232,7 @@ public final class Coordinator {
     // MARK: - Claiming and placing
 
     /// Claims and starts every candidate that fits now, oldest first. True if it started any.
-    private func fill() -> Bool {
+    func fill() -> Bool {
         if !startBackoff.isOver(Posix.monotonicSeconds()) { return false }
         if candidatesStale {
             candidates = listCandidates()
@@ -288,7 +288,7 @@ public final class Coordinator {
     }
 
     /// Runnable jobs, oldest first (IDs sort by creation time).
-    private func listCandidates() -> [(id: String, state: JobState)] {
+    func listCandidates() -> [(id: String, state: JobState)] {
         var all: [(id: String, state: JobState)] = []
         for state in [JobState.preprocessed, .restartReady] {
             for id in (try? index.activeIDs(state)) ?? [] where !skipped.contains(id) { all.append((id, state)) }
@@ -297,7 +297,7 @@ public final class Coordinator {
     }
 
     /// Why this launcher will never run `job`, or nil.
-    private func unsuitable(_ job: Job, _ need: Need) -> String? {
+    func unsuitable(_ job: Job, _ need: Need) -> String? {
         for (key, value) in options.tags where job.tags[key] != value {
             return "its tags lack \(key)=\(value)"
         }
@@ -312,10 +312,10 @@ public final class Coordinator {
     }
 
     /// The most CPUs any node of the allocation has.
-    private var widestNode: Int { nodes.map(\.cpus).max() ?? 1 }
+    var widestNode: Int { nodes.map(\.cpus).max() ?? 1 }
 
     /// Claims a job that can never run on these nodes and fails it with `reason`.
-    private func refuse(_ id: String, from state: JobState, job: Job, inode: UInt64, reason: String) {
+    func refuse(_ id: String, from state: JobState, job: Job, inode: UInt64, reason: String) {
         guard let lease, lease.claim(id, from: state, site: site) else { return }
         let entry = lease.path + "/" + id
         do {
@@ -332,7 +332,7 @@ public final class Coordinator {
     /// The job just claimed into `entry`, if it is still the one looked at: the spec read before the claim is
     /// used if the entry is still the same file (else it was modified meanwhile, and may need other resources: it
     /// goes back, to be looked at again).
-    private func claimed(_ id: String, from state: JobState, job: Job, inode: UInt64, entry: String)
+    func claimed(_ id: String, from state: JobState, job: Job, inode: UInt64, entry: String)
         throws(SpoolError) -> JobStore.Loaded?
     {
         guard let loaded = try store.load(job, inode: inode, entryAt: entry), loaded.record.state == state else {
@@ -345,7 +345,7 @@ public final class Coordinator {
     }
 
     /// Claims one job into the lease, marks it RUNNING and tells its first node's rank to start it.
-    private func start(_ id: String, from state: JobState, job: Job, inode: UInt64, assignment: Assignment) -> Bool {
+    func start(_ id: String, from state: JobState, job: Job, inode: UInt64, assignment: Assignment) -> Bool {
         guard let lease, lease.claim(id, from: state, site: site) else { return false }
         let entry = lease.path + "/" + id
         do {
@@ -394,11 +394,11 @@ public final class Coordinator {
     }
 
     /// Claiming paused after an I/O error at a start (see `start`).
-    private var startBackoff = IOBackoff()
+    var startBackoff = IOBackoff()
 
     /// A job whose directory was deleted or renamed by hand can never be started or recorded: it is failed with
     /// that reason (its entry kept in `rejected/`), instead of being given back to fail again for ever.
-    private func failIfDirectoryGone(_ id: String, workdir: String, entry: String, from state: JobState) -> Bool {
+    func failIfDirectoryGone(_ id: String, workdir: String, entry: String, from state: JobState) -> Bool {
         guard !Posix.isDirectory(site.jobDirectory(workdir)), Posix.exists(entry) else { return false }
         do {
             try store.forceFail(id, entryAt: entry, from: state, reason: "job directory gone")
@@ -414,7 +414,7 @@ public final class Coordinator {
     }
 
     /// Puts a claimed entry back where the job's state file says it belongs.
-    private func giveBack(_ entry: String, id: String) {
+    func giveBack(_ entry: String, id: String) {
         guard let job = index.readEntry(at: entry), let record = try? Query(site: site).readRecord(workdir: job.workdir)
         else { return }
         if record.state.isFinal {
@@ -424,7 +424,7 @@ public final class Coordinator {
         }
     }
 
-    private func app(_ name: String) throws(SpoolError) -> App {
+    func app(_ name: String) throws(SpoolError) -> App {
         if let app = apps[name] { return app }
         let app = try App.load(directory: site.appsPath + "/" + name, name: name)
         // The runner this launcher's binaries carry is the one its Python apps run with.
@@ -436,9 +436,9 @@ public final class Coordinator {
         return app
     }
 
-    private var runnerInstalled = false
+    var runnerInstalled = false
 
-    private func deliver(_ message: Message, to rank: Int) {
+    func deliver(_ message: Message, to rank: Int) {
         if options.noSpawn, case .start(let spec) = message {
             record(TaskRunner.Ended(id: spec.id, status: 0, error: nil))
             return
@@ -456,262 +456,15 @@ public final class Coordinator {
         }
     }
 
-    // MARK: - Endings
+    // MARK: - Endings (recorded in CoordinatorEndings.swift)
 
-    /// Records jobs that ended here or on other ranks. True if any did.
-    private func collectEndings() throws(SpoolError) -> Bool {
-        var any = false
-        for ended in runner.poll() {
-            record(ended)
-            any = true
-        }
-        while let (source, message) = try transport.receive() {
-            any = true
-            switch message {
-            case .ended(let ended): record(ended)
-            case .stopped: stoppedRanks.insert(source)
-            default:
-                logger.warning("unexpected message from rank \(source): \(message)", metadata: ["rank": "\(source)"])
-            }
-        }
-        return any
-    }
-
-    private var stoppedRanks = Set<Int>()
-
-    /// Moves an ended job on: RUN_DONE, RUN_ERROR (status and output tail), RUN_TIMEOUT (the launcher is
-    /// ending) or FAILED (killed on request).
-    ///
-    /// The job's resources are free at once; the move itself waits in `ended` until `recordEndings()`, so that
-    /// the next job can be started first (a free slot should not wait for bookkeeping).
-    private func record(_ ended: TaskRunner.Ended) {
-        guard let job = running.removeValue(forKey: ended.id) else { return }
-        allocation.release(job.assignment)
-        // After a lost lease the job is no longer this launcher's: whoever took it back records it.
-        if stopping == Coordinator.lostLease { return }
-        endings.append((job, ended, stopping))
-    }
+    var stoppedRanks = Set<Int>()
 
     /// A job that ended, and why the launcher was stopping then (nil: it was not), to be recorded.
-    private typealias Ending = (job: Running, ended: TaskRunner.Ended, stopping: String?)
-    private var endings: [Ending] = []
+    typealias Ending = (job: Running, ended: TaskRunner.Ended, stopping: String?)
+    var endings: [Ending] = []
     /// Endings that could not be written (a full disk): tried again when `recordBackoff` says.
-    private var unrecorded: [Ending] = []
-    private var recordBackoff = IOBackoff()
+    var unrecorded: [Ending] = []
+    var recordBackoff = IOBackoff()
 
-    /// Records the endings collected so far (and, when their pause is over, those that failed before).
-    private func recordEndings() {
-        var batch = endings
-        endings = []
-        let now = Posix.monotonicSeconds()
-        if !unrecorded.isEmpty && recordBackoff.isOver(now) {
-            batch = unrecorded + batch
-            unrecorded = []
-        }
-        var failure: SpoolError?
-        for ending in batch {
-            if let error = recordEnding(ending.job, ending.ended, stopping: ending.stopping) {
-                unrecorded.append(ending)
-                failure = failure ?? error
-            }
-        }
-        if let failure {
-            if recordBackoff.failed("\(failure)", now: now, progressed: batch.count > unrecorded.count) {
-                logger.error(
-                    "cannot record the end of \(unrecorded.count) job(s): \(failure); trying again while the disk has no room"
-                )
-            }
-        } else if !batch.isEmpty && unrecorded.isEmpty && recordBackoff.succeeded() {
-            logger.info("recording job endings again")
-        }
-    }
-
-    /// Records one ending; returns the I/O error it met if it should be tried again (other errors are logged:
-    /// the job was moved by someone else, or its directory is gone).
-    private func recordEnding(_ job: Running, _ ended: TaskRunner.Ended, stopping: String?) -> SpoolError? {
-        let status = Int(ended.status)
-        do {
-            if let reason = killRequests[ended.id] {
-                try store.move(
-                    job.loaded, to: .failed, reason: reason, eventData: ["return_code": .int(status)],
-                    leaseHeld: leaseFresh
-                ) {
-                    _, record in record.returnCode = status
-                }
-                killRequests[ended.id] = nil
-                Posix.unlink(site.controlPath + "/kill." + ended.id)
-                summary.killed += 1
-                logger.info("job \(ended.id) killed: \(reason)", metadata: ["job.id": "\(ended.id)"])
-            } else if let why = stopping {
-                // A signal is its operator's (Ctrl-C) or its batch system's (a cancel): the run was interrupted,
-                // not too long, and runs again without spending a retry (balsam-launcher(1), SIGNALS).
-                let interrupted = why == "signal"
-                try store.move(
-                    job.loaded, to: .runTimeout,
-                    reason: interrupted
-                        ? "interrupted: its launcher was stopped by a signal" : "stopped by the launcher (\(why))",
-                    eventData: ["return_code": .int(status)].merging(interrupted ? ["interrupted": .bool(true)] : [:]) {
-                        a, _ in a
-                    }, leaseHeld: leaseFresh
-                ) { _, record in
-                    record.returnCode = status
-                    record.interrupted = interrupted
-                }
-                summary.timedOut += 1
-            } else if status == 0 && ended.error == nil {
-                try store.move(
-                    job.loaded, to: .runDone, eventData: pythonResult(job.loaded).data, leaseHeld: leaseFresh
-                ) { _, record in record.returnCode = 0 }
-                summary.done += 1
-            } else {
-                let tail = ended.error ?? Posix.tail(job.loaded.directory + "/job.out", lines: settings.errorTailLines)
-                var result = pythonResult(job.loaded)
-                let reason =
-                    "exit status \(status)"
-                    + ((result.exception.map { ": run() raised \($0)" } ?? ended.error.map { ": \($0)" }) ?? "")
-                if result.data["serialized_exception"] == nil {
-                    // No exception of its own (a shell app): the client's job.result() raises one saying why.
-                    let output = ended.error == nil && !tail.isEmpty ? "\nlast lines of job.out:\n" + tail : ""
-                    result.data["serialized_exception"] = .string(
-                        Pickle.exceptionBase64("job \(job.loaded.job.workdir): " + reason + output))
-                }
-                try store.move(
-                    job.loaded, to: .runError, reason: reason,
-                    eventData: result.data.merging(["return_code": .int(status), "tail": .string(tail)]) { a, _ in a },
-                    leaseHeld: leaseFresh
-                ) { _, record in record.returnCode = status }
-                summary.errors += 1
-            }
-        } catch {
-            if let entry = job.loaded.entry,
-                failIfDirectoryGone(ended.id, workdir: job.loaded.job.workdir, entry: entry, from: .running)
-            {
-                return nil
-            }
-            if error.code == .io { return error }
-            logger.error(
-                "job \(ended.id): cannot record its end (status \(status)): \(error)",
-                metadata: ["job.id": "\(ended.id)"])
-        }
-        return nil
-    }
-
-    /// What a Python app's run left in its directory (rank 0 writes it; see balsam_runner.py): its pickled
-    /// return value or exception, for the event (the sync takes it to the server, where `job.result()` reads
-    /// it), and the exception's one-line text.
-    private func pythonResult(_ loaded: JobStore.Loaded) -> (data: [String: JSONValue], exception: String?) {
-        guard apps[loaded.job.app]?.isPython == true,
-            let bytes = try? Posix.readFile(
-                loaded.directory + "/" + Coordinator.resultName, limit: Coordinator.resultLimit),
-            case .object(let o)? = try? JSONValue.parse(bytes)
-        else { return ([:], nil) }
-        var data: [String: JSONValue] = [:]
-        for key in ["serialized_return_value", "serialized_exception"] { data[key] = o[key] }
-        return (data, o["exception"]?.stringValue)
-    }
-
-    /// The file a Python app's run leaves its result in, and the largest read.
-    static let resultName = ".balsam-result.json"
-    static let resultLimit = 8 << 20
-
-    // MARK: - Kill requests
-
-    /// Carries out `queue/control/kill.ID` requests for jobs this launcher runs.
-    private func checkKillRequests() {
-        guard !running.isEmpty, let names = try? Posix.listDirectory(site.controlPath) else { return }
-        for name in names where name.hasPrefix("kill.") {
-            let id = String(name.dropFirst(5))
-            guard let job = running[id], killRequests[id] == nil else { continue }
-            var reason = "killed by the user"
-            if let bytes = try? Posix.readFile(site.controlPath + "/" + name, limit: 64 * 1024),
-                let text = (try? JSONValue.parse(bytes))?.objectValue?["reason"]?.stringValue
-            {
-                reason = text
-            }
-            killRequests[id] = reason
-            logger.info("job \(id): stopping it (\(reason))", metadata: ["job.id": "\(id)"])
-            deliver(.kill(id: id), to: job.assignment.nodes[0])
-        }
-    }
-
-    // MARK: - Ending
-
-    /// Stops every job (RUN_TIMEOUT), lets the other ranks go, gives back anything unstarted, releases the lease.
-    private func shutdown(reason: String) throws(SpoolError) {
-        stopping = reason
-        summary.reason = reason
-        logger.info("stopping (\(reason)): \(running.count) job(s) running")
-        runner.killAll()
-        let others = (0..<transport.size).filter { $0 != transport.rank }
-        for rank in others { deliver(.stop, to: rank) }
-        // Every rank stops its jobs within the grace period; a rank that does not answer is given a while more.
-        let limit = Posix.monotonicSeconds() + settings.launcher.killGraceSeconds + 30
-        while (runner.count > 0 || stoppedRanks.count < others.count) && Posix.monotonicSeconds() < limit {
-            if try !collectEndings() { usleep(1000) }
-            recordEndings()
-        }
-        for id in Array(running.keys) {
-            logger.warning("job \(id): no word from its rank; recorded as timed out", metadata: ["job.id": "\(id)"])
-            record(TaskRunner.Ended(id: id, status: 137, error: "no answer from its launcher rank"))
-        }
-        recordEndings()
-        // Endings the disk had no room for: tried for another minute (the lease kept alive meanwhile), then
-        // given back RUNNING, which the watcher treats as a run cut short.
-        let recordLimit = Posix.monotonicSeconds() + 60
-        while !unrecorded.isEmpty && Posix.monotonicSeconds() < recordLimit {
-            try? lease?.heartbeat()
-            Posix.sleep(seconds: 0.5)
-            recordBackoff.retryNow()
-            recordEndings()
-        }
-        if !unrecorded.isEmpty {
-            logger.error(
-                "\(unrecorded.count) job ending(s) could not be recorded; given back RUNNING for the watcher to retry")
-        }
-        if let lease {
-            for id in (try? lease.jobIDs()) ?? [] { giveBack(lease.entryPath(id), id: id) }
-            // Its time on the nodes, for the utilization reports (nodes a launcher started by hand held).
-            do { try lease.session(end: Timestamp.now())?.record(site) } catch {
-                logger.warning("cannot record this launcher's session in \(LauncherSession.logPath(site)): \(error)")
-            }
-            lease.remove()
-        }
-        logger.info(
-            """
-            done: \(summary.started) started, \(summary.done) RUN_DONE, \(summary.errors) RUN_ERROR, \
-            \(summary.timedOut) RUN_TIMEOUT, \(summary.killed) killed
-            """)
-    }
-}
-
-/// A pause after I/O failures (a full disk) that doubles from 1 to 30 s while they last, and says each distinct
-/// failure once: the launcher's claiming and its recording of job endings both wait this way.
-struct IOBackoff {
-    private var until = 0.0
-    private var pause = 0.0
-    private var lastMessage = ""
-
-    /// Whether failures are under way (the last attempt failed).
-    var isFailing: Bool { pause > 0 }
-
-    /// Whether the pause is over at `now` (always, when nothing failed).
-    func isOver(_ now: Double) -> Bool { now >= until }
-
-    /// Records a failure and starts the next pause (back at 1 s if some work still got done); true when `message`
-    /// is new, so the caller logs it.
-    mutating func failed(_ message: String, now: Double, progressed: Bool = false) -> Bool {
-        pause = pause == 0 || progressed ? 1 : min(30, pause * 2)
-        until = now + pause
-        defer { lastMessage = message }
-        return message != lastMessage
-    }
-
-    /// Ends the pause early: one more try now.
-    mutating func retryNow() { until = 0 }
-
-    /// Records a success; true when it ends a run of failures, so the caller says so.
-    mutating func succeeded() -> Bool {
-        defer { self = IOBackoff() }
-        return pause > 0
-    }
 }

@@ -1,0 +1,31 @@
+/// A pause after I/O failures (a full disk) that doubles from 1 to 30 s while they last, and says each distinct
+/// failure once: the launcher's claiming and its recording of job endings both wait this way.
+struct IOBackoff {
+    private var until = 0.0
+    private var pause = 0.0
+    private var lastMessage = ""
+
+    /// Whether failures are under way (the last attempt failed).
+    var isFailing: Bool { pause > 0 }
+
+    /// Whether the pause is over at `now` (always, when nothing failed).
+    func isOver(_ now: Double) -> Bool { now >= until }
+
+    /// Records a failure and starts the next pause (back at 1 s if some work still got done); true when `message`
+    /// is new, so the caller logs it.
+    mutating func failed(_ message: String, now: Double, progressed: Bool = false) -> Bool {
+        pause = pause == 0 || progressed ? 1 : min(30, pause * 2)
+        until = now + pause
+        defer { lastMessage = message }
+        return message != lastMessage
+    }
+
+    /// Ends the pause early: one more try now.
+    mutating func retryNow() { until = 0 }
+
+    /// Records a success; true when it ends a run of failures, so the caller says so.
+    mutating func succeeded() -> Bool {
+        defer { self = IOBackoff() }
+        return pause > 0
+    }
+}
