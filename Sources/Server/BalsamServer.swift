@@ -31,98 +31,39 @@ public struct BalsamServer: Sendable {
         accounts.loginTokenSeconds = max(1, Int64(hours * 3600))
     }
 
-    /// The router with every route.
-    func router() -> Router<BasicRequestContext> {
-        let router = Router()
+    /// The router: the request log around everything; the API's resources as route collections behind the
+    /// bearer-token middleware; the dashboard's pages behind the cookie one; login, registration and the OpenAPI
+    /// document open to all.
+    func router() -> Router<BalsamRequestContext> {
+        let router = Router(context: BalsamRequestContext.self)
+        router.add(middleware: RequestLogMiddleware(logger: logger))
         let e = Endpoints(database: database, accounts: accounts, limits: limits, logger: logger)
-        let accounts = accounts
-
-        func route(
-            _ method: HTTPRequest.Method, _ path: RouterPath, _ name: String, authenticated: Bool = true,
-            siteTokens: Bool = false, _ handler: @escaping Endpoints.Handler
-        ) {
-            let hasID = name.contains("{id}")
-            router.on(path, method: method) { request, context in
-                await e.serve(
-                    request, context, route: name, authenticated: authenticated, hasID: hasID, siteTokens: siteTokens,
-                    handler)
-            }
-        }
-
-        route(.get, "auth/how", "/auth/how", authenticated: false, AuthRoutes.how)
-        route(
-            .post, "auth/password/register", "/auth/password/register", authenticated: false,
-            AuthRoutes.register(accounts))
-        route(.post, "auth/password/login", "/auth/password/login", authenticated: false, AuthRoutes.login(accounts))
-        route(.get, "auth/password/me", "/auth/password/me", siteTokens: true, AuthRoutes.me)
-
-        route(.get, "sites", "/sites/", Sites.list)
-        route(.post, "sites", "/sites/", Sites.create)
-        route(.get, "sites/{id}", "/sites/{id}", Sites.one)
-        route(.put, "sites/{id}", "/sites/{id}", Sites.update)
-        route(.delete, "sites/{id}", "/sites/{id}", Sites.delete)
-
-        route(.get, "apps", "/apps/", Apps.list)
-        route(.post, "apps", "/apps/", Apps.create)
-        route(.get, "apps/{id}", "/apps/{id}", Apps.one)
-        route(.put, "apps/{id}", "/apps/{id}", Apps.update)
-        route(.delete, "apps/{id}", "/apps/{id}", Apps.delete)
-
-        route(.get, "jobs", "/jobs/", Jobs.list)
-        route(.post, "jobs", "/jobs/", Jobs.create)
-        route(.patch, "jobs", "/jobs/", Jobs.bulkUpdate)
-        route(.put, "jobs", "/jobs/", Jobs.queryUpdate)
-        route(.delete, "jobs", "/jobs/", Jobs.queryDelete)
-        route(.get, "jobs/{id}", "/jobs/{id}", Jobs.one)
-        route(.put, "jobs/{id}", "/jobs/{id}", Jobs.update)
-        route(.delete, "jobs/{id}", "/jobs/{id}", Jobs.delete)
-
-        route(.get, "batch-jobs", "/batch-jobs/", BatchJobs.list)
-        route(.post, "batch-jobs", "/batch-jobs/", BatchJobs.create)
-        route(.patch, "batch-jobs", "/batch-jobs/", BatchJobs.bulkUpdate)
-        route(.get, "batch-jobs/{id}", "/batch-jobs/{id}", BatchJobs.one)
-        route(.put, "batch-jobs/{id}", "/batch-jobs/{id}", BatchJobs.update)
-        route(.delete, "batch-jobs/{id}", "/batch-jobs/{id}", BatchJobs.delete)
-
-        route(.get, "events", "/events/", Events.list)
-
-        route(.get, "reports/throughput", "/reports/throughput", ReportRoutes.throughput)
-        route(.get, "reports/utilization", "/reports/utilization", ReportRoutes.utilization)
-        route(.get, "reports/failures", "/reports/failures", ReportRoutes.failures)
-
-        router.on("dashboard", method: .get) { request, context in
-            await e.serve(request, context, route: "/dashboard", page: true, Dashboard.dashboard)
-        }
-        router.on("dashboard/login", method: .get) { request, context in
-            await e.serve(request, context, route: "/dashboard/login", authenticated: false, Dashboard.loginPage)
-        }
-        router.on("dashboard/login", method: .post) { request, context in
-            await e.serve(
-                request, context, route: "/dashboard/login", authenticated: false, Dashboard.login(accounts))
-        }
-        router.on("dashboard/logout", method: .post) { request, context in
-            await e.serve(request, context, route: "/dashboard/logout", page: true, Dashboard.logout)
-        }
-
-        route(.post, "sync/push", "/sync/push", siteTokens: true, SyncRoutes.push)
-
-        route(.get, "transfers", "/transfers/", Transfers.list)
-        route(.patch, "transfers", "/transfers/", Transfers.bulkUpdate)
-        route(.get, "transfers/{id}", "/transfers/{id}", Transfers.one)
-        route(.put, "transfers/{id}", "/transfers/{id}", Transfers.update)
-
+        router.addRoutes(AuthRoutes.anonymous(e), atPath: "/auth")
+        router.addRoutes(Dashboard.anonymous(e), atPath: "/dashboard")
         router.get("openapi.json") { _, _ in
             Response(
                 status: .ok, headers: [.contentType: "application/json"],
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: OpenAPI.document)))
         }
+        router.group("dashboard").add(middleware: TokenMiddleware(accounts: accounts, page: true))
+            .addRoutes(Dashboard.pages(e))
+        router.group().add(middleware: TokenMiddleware(accounts: accounts))
+            .addRoutes(AuthRoutes.authenticated(e), atPath: "/auth")
+            .addRoutes(Sites.routes(e), atPath: "/sites")
+            .addRoutes(Apps.routes(e), atPath: "/apps")
+            .addRoutes(Jobs.routes(e), atPath: "/jobs")
+            .addRoutes(BatchJobs.routes(e), atPath: "/batch-jobs")
+            .addRoutes(Events.routes(e), atPath: "/events")
+            .addRoutes(Transfers.routes(e), atPath: "/transfers")
+            .addRoutes(ReportRoutes.routes(e), atPath: "/reports")
+            .addRoutes(SyncRoutes.routes(e), atPath: "/sync")
         return router
     }
 
     /// The application listening on `host:port` (port 0: any free port). `onListening` gets the bound port.
     public func application(
         host: String, port: Int, onListening: @escaping @Sendable (Int) async -> Void = { _ in }
-    ) -> Application<RouterResponder<BasicRequestContext>> {
+    ) -> some ApplicationProtocol {
         Application(
             router: router(),
             server: .http1(configuration: .init(idleTimeout: .seconds(Int64(limits.idleTimeoutSeconds)))),

@@ -80,7 +80,7 @@ func reporting(_ body: () async throws -> Void) async throws {
         try await body()
     } catch let error as ServerError {
         printError("balsam-server: \(error)")
-        throw ExitCode(error.status == 404 ? ExitStatus.noInput : error.status < 500 ? ExitStatus.dataError : 70)
+        throw ExitCode(error.code == 404 ? ExitStatus.noInput : error.code < 500 ? ExitStatus.dataError : 70)
     } catch let error as StoreError {
         printError("balsam-server: \(error)")
         throw ExitCode(error.kind == .unavailable ? ExitStatus.unavailable : ExitStatus.ioError)

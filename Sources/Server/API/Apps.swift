@@ -1,3 +1,4 @@
+import Hummingbird
 import Spool
 import Wire
 
@@ -170,4 +171,16 @@ enum Apps {
 
     /// `DELETE /apps/{id}`: the app and its jobs.
     static func delete(_ call: inout Call) throws -> Reply { try deleteOwned(call, table: "apps", what: "app") }
+}
+
+extension Apps {
+    /// `/apps/`.
+    static func routes(_ e: Endpoints) -> RouteCollection<BalsamRequestContext> {
+        RouteCollection(
+            e,
+            [
+                (.get, "/", list), (.post, "/", create), (.get, "/{id}", one), (.put, "/{id}", update),
+                (.delete, "/{id}", delete),
+            ])
+    }
 }

@@ -1,3 +1,4 @@
+import Hummingbird
 import Spool
 import Wire
 
@@ -39,7 +40,7 @@ enum AuthRoutes {
             }
             switch try accounts.checkPassword(username, password, connection: call.connection) {
             case .failure(let hold):
-                var reply = Endpoints.errorReply(ServerError(status: 401, "incorrect user name or password"))
+                var reply = Reply.error(ServerError(status: 401, "incorrect user name or password"))
                 reply.hold = hold
                 return reply
             case .success(let user):
@@ -59,5 +60,22 @@ enum AuthRoutes {
     /// `GET /auth/password/me`: who the token belongs to.
     static func me(_ call: inout Call) throws -> Reply {
         .json(.object(["id": .int(call.user.id), "username": .string(call.user.name)]))
+    }
+}
+
+extension AuthRoutes {
+    /// `/auth/` routes open to all: how to log in, registration, login.
+    static func anonymous(_ e: Endpoints) -> RouteCollection<BalsamRequestContext> {
+        RouteCollection(
+            e,
+            [
+                (.get, "/how", how), (.post, "/password/register", register(e.accounts)),
+                (.post, "/password/login", login(e.accounts)),
+            ])
+    }
+
+    /// `/auth/password/me`, which a site's token may call too.
+    static func authenticated(_ e: Endpoints) -> RouteCollection<BalsamRequestContext> {
+        RouteCollection(e, [(.get, "/password/me", me)], siteTokens: true)
     }
 }

@@ -1,3 +1,4 @@
+import Hummingbird
 import Spool
 import Wire
 
@@ -196,5 +197,17 @@ enum BatchJobs {
     /// `DELETE /batch-jobs/{id}`: removes the record (jobs that ran in it keep their history).
     static func delete(_ call: inout Call) throws -> Reply {
         try deleteOwned(call, table: "batch_jobs", what: "batch job")
+    }
+}
+
+extension BatchJobs {
+    /// `/batch-jobs/`.
+    static func routes(_ e: Endpoints) -> RouteCollection<BalsamRequestContext> {
+        RouteCollection(
+            e,
+            [
+                (.get, "/", list), (.post, "/", create), (.patch, "/", bulkUpdate), (.get, "/{id}", one),
+                (.put, "/{id}", update), (.delete, "/{id}", delete),
+            ])
     }
 }

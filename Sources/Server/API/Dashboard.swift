@@ -1,3 +1,4 @@
+import Hummingbird
 import Spool
 import Wire
 
@@ -317,4 +318,16 @@ struct Chart {
 
 extension String {
     fileprivate func replacingT() -> String { String(map { $0 == "T" ? " " : $0 }) }
+}
+
+extension Dashboard {
+    /// The login page and form, open to all.
+    static func anonymous(_ e: Endpoints) -> RouteCollection<BalsamRequestContext> {
+        RouteCollection(e, [(.get, "/login", loginPage), (.post, "/login", login(e.accounts))])
+    }
+
+    /// The pages behind the dashboard's cookie.
+    static func pages(_ e: Endpoints) -> RouteCollection<BalsamRequestContext> {
+        RouteCollection(e, [(.get, "/", dashboard), (.post, "/logout", logout)])
+    }
 }

@@ -70,6 +70,26 @@ struct Reply {
     }
     /// 204: no body at all (the original client's connection breaks on a 204 with one).
     static let noContent = Reply(status: 204, body: nil)
+
+    /// An error's reply: `{"detail", "field"}`.
+    static func error(_ error: ServerError) -> Reply {
+        var object: [String: JSONValue] = ["detail": .string(error.message)]
+        if let field = error.field { object["field"] = .string(field) }
+        return .json(.object(object), status: error.code)
+    }
+
+    /// As Hummingbird sends it.
+    var response: Response {
+        var fields = HTTPFields()
+        if body != nil { fields[.contentType] = contentType }
+        for (name, value) in headers {
+            if let field = HTTPField.Name(name) { fields.append(HTTPField(name: field, value: value)) }
+        }
+        if status == 401 { fields[.wwwAuthenticate] = "Bearer" }
+        let code = HTTPResponse.Status(code: status)
+        guard let body else { return Response(status: code, headers: fields) }
+        return Response(status: code, headers: fields, body: ResponseBody(byteBuffer: ByteBuffer(bytes: body)))
+    }
 }
 
 /// Request and body limits (documented in balsam-server(8)).
@@ -96,7 +116,9 @@ public struct ServerLimits: Sendable {
     public init() {}
 }
 
-/// The routes' shared plumbing: authentication, the move to a database thread, errors as JSON, the request log.
+/// What every route does between the middleware and its handler: the body read (within its limits), the `{id}`
+/// and the query string parsed, and one hop to a database thread that finds the caller's user (from the claims
+/// `TokenMiddleware` checked) and runs the handler. A failure is thrown as the `ServerError` it answers.
 struct Endpoints: Sendable {
     let database: Database
     let accounts: Accounts
@@ -105,43 +127,43 @@ struct Endpoints: Sendable {
 
     typealias Handler = @Sendable (inout Call) throws -> Reply
 
-    /// Serves one request: reads the body, then on a database thread authenticates the bearer token (unless
-    /// `authenticated` is false) and runs `handler`.
+    /// What a route needs of `serve`.
+    struct Options: Sendable {
+        /// The path has an `{id}`.
+        var hasID = false
+        /// A site's token may call it (only `POST /sync/push` and `/auth/password/me`).
+        var siteTokens = false
+    }
+
+    /// Serves one request with `handler`.
     func serve(
-        _ request: Request, _ context: some RequestContext, route: String, authenticated: Bool = true,
-        hasID: Bool = false, page: Bool = false, siteTokens: Bool = false, _ handler: @escaping Handler
-    ) async -> Response {
-        let start = ContinuousClock.now
-        var reply: Reply
-        var userName = "-"
+        _ request: Request, _ context: BalsamRequestContext, _ options: Options, _ handler: @escaping Handler
+    ) async throws -> Response {
+        let route = context.endpointPath ?? request.uri.path
+        let reply: Reply
         do {
-            // No token, no body read: an anonymous client cannot make the server buffer megabytes.
-            // A page (the dashboard) authenticates with its cookie, and sends a stranger to its login page.
-            // A token whose signature fails (`Bearer x`) is refused here too, before the body: only the
-            // server's own tokens, of users it can revoke, get a body read.
-            let token = page ? Dashboard.cookieToken(request.headers[.cookie]) : bearerToken(request)
-            let claims = token.flatMap(accounts.signedClaims)
-            if authenticated && claims == nil { throw ServerError.unauthorized }
-            let body = try await readBody(request, upTo: authenticated ? limits.bodyBytes : limits.anonymousBodyBytes)
+            // An anonymous route (login, register) takes small bodies only: an anonymous client must not make the
+            // server buffer megabytes.
+            let claims = context.claims
+            let body = try await readBody(request, upTo: claims != nil ? limits.bodyBytes : limits.anonymousBodyBytes)
             var id: Int?
-            if hasID {
+            if options.hasID {
                 guard let text = context.parameters.get("id"), let value = Int(text) else {
                     throw ServerError.notFound("object")
                 }
                 id = value
             }
             let query = QueryParameters(formPairs(request.uri.query ?? ""))
-            let accounts = accounts
-            let limits = limits
-            let routeID = id
+            let (accounts, limits, routeID) = (accounts, limits, id)
             let (answer, user) = try await database.run { connection -> (Reply, String) in
                 var user = User(id: 0, name: "-")
-                if authenticated {
-                    guard let claims, let found = try accounts.authenticate(claims: claims, connection: connection)
-                    else { throw ServerError.unauthorized }
+                if let claims {
+                    guard let found = try accounts.authenticate(claims: claims, connection: connection) else {
+                        throw ServerError.unauthorized
+                    }
                     // A site token lives on a shared login node for months: it may sync its own site and nothing
                     // else (not rename it, make apps or jobs elsewhere, delete sites, read other sites).
-                    if let site = found.siteName, !siteTokens {
+                    if let site = found.siteName, !options.siteTokens {
                         throw ServerError(
                             status: 403,
                             "this is site '\(site)''s token: it may only sync that site (POST /sync/push); log in "
@@ -153,46 +175,13 @@ struct Endpoints: Sendable {
                     user: user, connection: connection, query: query, body: body, limits: limits, id: routeID)
                 return (try handler(&call), user.name)
             }
+            context.caller.name = user
             reply = answer
-            userName = user
-        } catch let error as ServerError where page && error.status == 401 {
-            reply = .redirect(Dashboard.loginPath)
-        } catch let error as ServerError {
-            reply = Endpoints.errorReply(error)
-        } catch let error as WireError {
-            reply = Endpoints.errorReply(ServerError(error))
-        } catch let error as StoreError where error.kind == .constraint {
-            reply = Endpoints.errorReply(.badRequest("refused by the database: \(error.message)"))
-        } catch let error as StoreError where error.kind == .full {
-            logger.error("database full", metadata: ["route": "\(route)", "error": "\(error)"])
-            reply = Endpoints.errorReply(
-                ServerError(status: 503, "the server's disk is full: nothing can be stored until space is made"))
-        } catch let error as StoreError where error.kind == .unavailable {
-            logger.error("database unavailable", metadata: ["route": "\(route)", "error": "\(error)"])
-            reply = Endpoints.errorReply(
-                ServerError(status: 503, "the server's database cannot be reached; try again shortly"))
         } catch {
-            logger.error("request failed", metadata: ["route": "\(route)", "error": "\(error)"])
-            reply = Endpoints.errorReply(.internal("the server could not complete the request; see its log"))
+            throw ServerError.answering(error, route: route, logger: logger)
         }
         if reply.hold > 0 { try? await Task.sleep(for: .seconds(reply.hold)) }
-        let elapsed = ContinuousClock.now - start
-        let ms = Double(elapsed.components.attoseconds) / 1e15 + Double(elapsed.components.seconds) * 1000
-        logger.info(
-            "request",
-            metadata: [
-                "method": "\(request.method)", "route": "\(route)", "status": "\(reply.status)",
-                "user": "\(userName)", "ms": "\(Double(Int(ms * 10)) / 10)",
-            ])
-        var headers = HTTPFields()
-        if reply.body != nil { headers[.contentType] = reply.contentType }
-        for (name, value) in reply.headers {
-            if let field = HTTPField.Name(name) { headers.append(HTTPField(name: field, value: value)) }
-        }
-        if reply.status == 401 { headers[.wwwAuthenticate] = "Bearer" }
-        let status = HTTPResponse.Status(code: reply.status)
-        guard let bytes = reply.body else { return Response(status: status, headers: headers) }
-        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
+        return reply.response
     }
 
     /// The request's body, at most `limit` bytes (413 past it, before a byte is read when the request says its
@@ -226,23 +215,11 @@ struct Endpoints: Sendable {
             return bytes
         }
     }
-
-    static func errorReply(_ error: ServerError) -> Reply {
-        var object: [String: JSONValue] = ["detail": .string(error.message)]
-        if let field = error.field { object["field"] = .string(field) }
-        return .json(.object(object), status: error.status)
-    }
-
-    private func bearerToken(_ request: Request) -> String? {
-        guard let header = request.headers[.authorization] else { return nil }
-        let parts = header.split(separator: " ", maxSplits: 1)
-        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
-        return String(parts[1])
-    }
 }
 
 /// Decodes `application/x-www-form-urlencoded` text (query strings and login forms): `+` is a space, `%XX` a
-/// byte; pairs in order, keys repeated as given.
+/// byte; pairs in order, keys repeated as given. Not Hummingbird's `URI.queryParameters`: it leaves `+` as it
+/// is and keys undecoded, and the original client (Python's `requests`) writes a space in a filter as `+`.
 func formPairs(_ text: String) -> [(String, String)] {
     func decode(_ part: Substring) -> String {
         var bytes: [UInt8] = []

@@ -1,3 +1,4 @@
+import Hummingbird
 import Spool
 import Wire
 
@@ -204,5 +205,20 @@ enum Transfers {
         let changes = try bulkChanges(call) { (input: inout FieldReader) in try updates(&input) }
         try apply(changes.map { ($0.id, $0.change) }, call: call)
         return .json(.int(changes.count))
+    }
+}
+
+extension Events {
+    /// `/events/`.
+    static func routes(_ e: Endpoints) -> RouteCollection<BalsamRequestContext> {
+        RouteCollection(e, [(.get, "/", list)])
+    }
+}
+
+extension Transfers {
+    /// `/transfers/`.
+    static func routes(_ e: Endpoints) -> RouteCollection<BalsamRequestContext> {
+        RouteCollection(
+            e, [(.get, "/", list), (.patch, "/", bulkUpdate), (.get, "/{id}", one), (.put, "/{id}", update)])
     }
 }

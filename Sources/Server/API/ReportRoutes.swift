@@ -1,3 +1,4 @@
+import Hummingbird
 import Spool
 import Wire
 
@@ -322,5 +323,13 @@ enum ReportRoutes {
             }
         }
         return Array(rows.prefix(limit))
+    }
+}
+
+extension ReportRoutes {
+    /// `/reports/`.
+    static func routes(_ e: Endpoints) -> RouteCollection<BalsamRequestContext> {
+        RouteCollection(
+            e, [(.get, "/throughput", throughput), (.get, "/utilization", utilization), (.get, "/failures", failures)])
     }
 }

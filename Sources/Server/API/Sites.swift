@@ -1,3 +1,4 @@
+import Hummingbird
 import Spool
 import Wire
 
@@ -206,4 +207,16 @@ func detail(
     var out = JSONWriter()
     write(row, &out)
     return .json(out)
+}
+
+extension Sites {
+    /// `/sites/`.
+    static func routes(_ e: Endpoints) -> RouteCollection<BalsamRequestContext> {
+        RouteCollection(
+            e,
+            [
+                (.get, "/", list), (.post, "/", create), (.get, "/{id}", one), (.put, "/{id}", update),
+                (.delete, "/{id}", delete),
+            ])
+    }
 }

@@ -1,3 +1,4 @@
+import Hummingbird
 import Spool
 import Wire
 
@@ -281,4 +282,16 @@ enum Jobs {
         return .noContent
     }
 
+}
+
+extension Jobs {
+    /// `/jobs/`.
+    static func routes(_ e: Endpoints) -> RouteCollection<BalsamRequestContext> {
+        RouteCollection(
+            e,
+            [
+                (.get, "/", list), (.post, "/", create), (.patch, "/", bulkUpdate), (.put, "/", queryUpdate),
+                (.delete, "/", queryDelete), (.get, "/{id}", one), (.put, "/{id}", update), (.delete, "/{id}", delete),
+            ])
+    }
 }

@@ -1,3 +1,4 @@
+import Hummingbird
 import Spool
 import Wire
 
@@ -140,4 +141,11 @@ enum SyncRoutes {
         }
     }
 
+}
+
+extension SyncRoutes {
+    /// `/sync/push`: the one route a site's token may call (with `/auth/password/me`).
+    static func routes(_ e: Endpoints) -> RouteCollection<BalsamRequestContext> {
+        RouteCollection(e, [(.post, "/push", push)], siteTokens: true)
+    }
 }
