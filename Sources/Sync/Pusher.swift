@@ -16,7 +16,7 @@ public final class Pusher {
     /// Batch jobs that ended and whose last record the server has: they never change again, and are not read.
     private var settledBatches = Set<Int>()
     /// The apps' JSON, and the modification times of the `app.yml` files it was made from.
-    private var appsCache: (stamps: [String: Int], json: [String: JSONValue])?
+    private var appsCache: (stamps: [String: Int], apps: [String: PushedApp])?
     /// When each job made but not found was first missed (see `push`).
     private var missingSince: [String: Double] = [:]
     /// Most event lines read per round.
@@ -81,7 +81,7 @@ public final class Pusher {
     }
 
     /// The apps as the server takes them.
-    func appsJSON(except fromServer: Set<String>) throws -> JSONValue {
+    func pushedApps(except fromServer: Set<String>) throws -> [PushedApp] {
         // Every round asks; an app is read again only when its app.yml changed (one stat each otherwise).
         var stamps: [String: Int] = [:]
         for name in try site.appNames() {
@@ -89,28 +89,29 @@ public final class Pusher {
             stamps[name] = st.map { Int($0.st_mtim.tv_sec) * 1_000_000_000 + Int($0.st_mtim.tv_nsec) ^ Int($0.st_size) }
         }
         if appsCache?.stamps != stamps {
-            var json: [String: JSONValue] = [:]
-            for name in stamps.keys { json[name] = try appJSON(name) }
-            appsCache = (stamps, json)
+            var apps: [String: PushedApp] = [:]
+            for name in stamps.keys { apps[name] = try pushedApp(name) }
+            appsCache = (stamps, apps)
         }
-        let json = appsCache?.json ?? [:]
+        let apps = appsCache?.apps ?? [:]
         // Apps that came from the server (defined in Python) are not sent back: the server holds their class.
-        return .array(json.keys.sorted().filter { !fromServer.contains($0) }.compactMap { json[$0] })
+        return apps.keys.sorted().filter { !fromServer.contains($0) }.compactMap { apps[$0] }
     }
 
     /// One app as the server takes it.
-    private func appJSON(_ name: String) throws -> JSONValue {
+    private func pushedApp(_ name: String) throws -> PushedApp {
         let app = try site.app(name)
-        var parameters: [String: JSONValue] = [:]
+        var pushed = PushedApp(name: Pusher.serverAppName(name))
         for (key, p) in app.parameters {
             let fallback: JSONValue = p.defaultValue.map { .string($0.stringValue ?? $0.serialized()) } ?? .null
-            parameters[key] = .object(["required": .bool(p.required), "default": fallback, "help": .string(p.help)])
+            pushed.parameters[key] = .object([
+                "required": .bool(p.required), "default": fallback, "help": .string(p.help),
+            ])
         }
-        return .object([
-            "name": .string(Pusher.serverAppName(name)), "description": .string(app.description),
-            "parameters": .object(parameters), "source_code": .string(app.yamlText()),
-            "transfers": .object(app.transfers),
-        ])
+        pushed.description = app.description
+        pushed.sourceCode = app.yamlText()
+        pushed.transfers = app.transfers
+        return pushed
     }
 
     /// Reads complete lines after the cursor, at most `maxEvents`, oldest file first.
@@ -213,27 +214,42 @@ public final class Pusher {
         let read = try readEvents(state)
         var lines = read.lines
         round.caughtUp = read.caughtUp
-        func event(_ line: Line) -> (id: String, created: Bool, json: JSONValue)? {
+        /// A line of the log: an event, or a removal (`balsam rm`, not a state: the server deletes the job).
+        enum Logged {
+            case event(PushedEvent)
+            case removed(String)
+
+            var id: String {
+                switch self {
+                case .event(let e): e.siteJobID
+                case .removed(let id): id
+                }
+            }
+            var created: Bool {
+                if case .event(let e) = self { return e.from == .created }
+                return false
+            }
+        }
+        func logged(_ line: Line) -> Logged? {
             guard let o = line.event.objectValue, let job = o["job"]?.stringValue, let t = o["t"]?.stringValue,
                 let from = o["from"]?.stringValue, let to = o["to"]?.stringValue
             else { return nil }
-            // A removal (`balsam rm`) is not a state: the server deletes the job.
-            if to == "REMOVED" { return (job, false, .object(["site_job_id": .string(job), "removed": .bool(true)])) }
-            guard JobState(rawValue: from) != nil, JobState(rawValue: to) != nil else { return nil }
+            if to == "REMOVED" { return .removed(job) }
+            guard let from = JobState(rawValue: from), let to = JobState(rawValue: to) else { return nil }
             var data = o["data"]?.objectValue ?? [:]
             if let actor = o["actor"]?.stringValue { data["actor"] = .string(actor) }
-            let json = JSONValue.object([
-                "site_job_id": .string(job), "t": .string(t), "from": .string(from), "to": .string(to),
-                "data": .object(data),
-            ])
-            return (job, from == JobState.created.rawValue, json)
+            return .event(PushedEvent(siteJobID: job, time: t, from: from, to: to, data: data))
         }
-        var parsed = lines.map(event)
+        var parsed = lines.map(logged)
         let allJobs = try jobsJSON(Set(parsed.compactMap { $0?.created == true ? $0?.id : nil }))
         // A job made but not found is usually in the middle of a move (its entry briefly in tmp/): the round
         // stops before its creation and the next one looks again. Only a job gone for good (removed, which a
         // later line says, or missing for a minute) has its events left out.
-        let removedLater = Set(parsed.compactMap { $0?.json.objectValue?["removed"] != nil ? $0?.id : nil })
+        let removedLater = Set(
+            parsed.compactMap { p -> String? in
+                if case .removed(let id)? = p { return id }
+                return nil
+            })
         let now = Posix.monotonicSeconds()
         for (k, p) in parsed.enumerated() {
             guard let p, p.created, allJobs[p.id] == nil, !removedLater.contains(p.id) else { continue }
@@ -247,67 +263,28 @@ public final class Pusher {
             }
         }
         for id in missingSince.keys where allJobs[id] != nil { missingSince[id] = nil }
-        let apps = try appsJSON(except: Set(state.remoteApps.keys))
-        let digest = apps.serialized()
+        let apps = try pushedApps(except: Set(state.remoteApps.keys))
+        let digest = JSONValue.array(apps.map(\.json)).serialized()
         let serverIDs = Dictionary(state.adopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
         let siteSettings = try? SiteSettings.load(site)
-        let locations = siteSettings?.transferLocations ?? [:]
         // The batch-job policy, for the original client's `balsam queue submit`, which checks against it.
         let scheduler = siteSettings?.scheduler ?? SiteSettings.Scheduler()
-        let queues = scheduler.allowedQueues.mapValues { q -> JSONValue in
-            .object([
-                "max_nodes": .int(q.maxNodes), "max_walltime": .int(q.maxWallTimeMinutes),
-                "max_queued_jobs": .int(q.maxQueuedJobs),
-            ])
-        }
-        func body(jobs: [String: PushedJob], events: [JSONValue], removed: Set<String>, forceApps: Bool = false)
-            -> JSONValue
-        {
-            let specs = jobs.keys.sorted().compactMap { id -> JSONValue? in
-                guard var job = jobs[id] else { return nil }
-                job.serverID = serverIDs[id].flatMap(Int.init)
-                return job.json
-            }
-            var o: [String: JSONValue] = [
-                "site": .object([
-                    "name": .string(settings.siteName ?? site.name), "path": .string(site.root),
-                    "transfer_locations": .object(locations.mapValues { .string($0.url) }),
-                    "allowed_queues": .object(queues),
-                    "allowed_projects": .array(scheduler.allowedProjects.map { .string($0) }),
-                    "optional_batch_job_params": .object(scheduler.optionalParams.mapValues { .string($0) }),
-                ]),
-                "jobs": .array(specs), "events": .array(events),
-                "removed": .array(removed.sorted().map { .string($0) }),
-                "app_digests": .object(state.remoteApps.mapValues { .string($0) }),
-                "rejected": .array(
-                    state.rejected.sorted(by: { $0.key < $1.key }).compactMap { id, reason in
-                        Int(id).map { .object(["server_id": .int($0), "reason": .string(reason)]) }
-                    }),
-            ]
-            if forceApps || digest != state.appsDigest || state.siteID == nil { o["apps"] = apps }
-            return .object(o)
-        }
+        var pushedSite = PushedSite(name: settings.siteName ?? site.name, path: site.root)
+        pushedSite.transferLocations = (siteSettings?.transferLocations ?? [:]).mapValues(\.url)
+        pushedSite.policy = PushedSite.Policy()
+        pushedSite.policy?.allowedQueues = scheduler.allowedQueues
+        pushedSite.policy?.allowedProjects = scheduler.allowedProjects
+        pushedSite.policy?.optionalParams = scheduler.optionalParams
         // Batch jobs whose record changed since the last push (with the server's id for those asked remotely).
         let store = BatchJobStore(site: site)
         let batchServerIDs = Dictionary(state.batchAdopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
-        var changedBatches: [(String, String, JSONValue)] = []
+        var changedBatches: [(id: String, text: String, report: BatchJobReport)] = []
         for id in try store.ids().sorted() where !settledBatches.contains(id) {
             guard let job = try? store.load(id) else { continue }
-            var o: [String: JSONValue] = [
-                "site_batch_id": .int(job.id), "project": .string(job.project), "queue": .string(job.queue),
-                "num_nodes": .int(job.numNodes), "wall_time_min": .int(job.wallTimeMinutes),
-                "filter_tags": .object(job.filterTags.mapValues { .string($0) }),
-                "optional_params": .object(job.optionalParams.mapValues { .string($0) }),
-                "state": .string(job.state.rawValue),
-            ]
-            if let id = job.schedulerID { o["scheduler_id"] = .string(id) }
-            if let t = job.startTime { o["start_time"] = .string(t) }
-            if let t = job.endTime { o["end_time"] = .string(t) }
-            if let m = job.message { o["message"] = .string(m) }
-            if let serverID = batchServerIDs[job.id].flatMap(Int.init) { o["server_id"] = .int(serverID) }
-            let text = JSONValue.object(o).serialized()
+            let report = BatchJobReport(job, serverID: batchServerIDs[job.id].flatMap(Int.init))
+            let text = report.json.serialized()
             if state.batchDigests[String(job.id)] != text {
-                changedBatches.append((String(job.id), text, .object(o)))
+                changedBatches.append((String(job.id), text, report))
             } else if job.state.isFinal {
                 settledBatches.insert(job.id)
             }
@@ -317,33 +294,41 @@ public final class Pusher {
         let sessions = ((try? LauncherSession.all(site)) ?? []).filter {
             $0.end == nil || !state.sessionsPushed.contains($0.lease)
         }.prefix(1000)
-        // Untyped, so that one failure kind can be caught below (a typed-throws catch with a condition crashes
-        // this compiler).
-        func send(_ body: JSONValue) throws -> HTTPResponse {
-            guard case .object(var o) = body else { return try client.send("POST", "/sync/push", json: body) }
-            o["batch_jobs"] = .array(changedBatches.map(\.2))
-            o["launcher_sessions"] = .array(
-                sessions.map { s in
-                    var session: [String: JSONValue] = [
-                        "lease": .string(s.lease), "nodes": .int(s.nodes), "start": .string(s.start),
-                        "end": s.end.map(JSONValue.string) ?? .null,
-                    ]
-                    if let b = s.batchJob { session["site_batch_id"] = .int(b) }
-                    return .object(session)
+        func request(jobs: [String: PushedJob], events: [PushedEvent], removed: Set<String>, forceApps: Bool = false)
+            -> PushRequest
+        {
+            var push = PushRequest(site: pushedSite)
+            push.jobs = jobs.keys.sorted().compactMap { id in
+                guard var job = jobs[id] else { return nil }
+                job.serverID = serverIDs[id].flatMap(Int.init)
+                return .read(job)
+            }
+            push.events = events.map { .read($0) }
+            push.removed = removed.sorted()
+            push.appDigests = state.remoteApps
+            push.rejected = state.rejected.sorted(by: { $0.key < $1.key }).compactMap { id, reason in
+                Int(id).map { Rejection(serverID: $0, reason: reason) }
+            }
+            if forceApps || digest != state.appsDigest || state.siteID == nil { push.apps = apps }
+            push.batchJobs = changedBatches.map(\.report)
+            push.launcherSessions = Array(sessions)
+            push.requestsDone = state.requestsDone.sorted(by: { $0.key < $1.key }).compactMap {
+                RequestAnswer(kept: $0.value)
+            }
+            push.refusedApps = Dictionary(
+                uniqueKeysWithValues: state.refused.compactMap { key, text in
+                    key.hasPrefix("app ") ? (String(key.dropFirst(4)), text) : nil
                 })
-            o["requests_done"] = .array(state.requestsDone.sorted(by: { $0.key < $1.key }).map(\.value))
-            o["refused_apps"] = .object(
-                Dictionary(
-                    uniqueKeysWithValues: state.refused.compactMap { key, text in
-                        key.hasPrefix("app ") ? (String(key.dropFirst(4)), JSONValue.string(text)) : nil
-                    }))
-            o["rejected_batch_jobs"] = .array(
-                state.batchRejected.sorted(by: { $0.key < $1.key }).compactMap { id, reason in
-                    Int(id).map { .object(["server_id": .int($0), "reason": .string(reason)]) }
-                })
-            return try client.send("POST", "/sync/push", json: .object(o))
+            push.rejectedBatchJobs = state.batchRejected.sorted(by: { $0.key < $1.key }).compactMap { id, reason in
+                Int(id).map { Rejection(serverID: $0, reason: reason) }
+            }
+            return push
         }
-        var last: [String: JSONValue] = [:]
+        func send(_ push: PushRequest) throws -> PushReply {
+            let response = try client.send("POST", "/sync/push", json: push.json)
+            return PushReply((try? response.json()) ?? .null)
+        }
+        var last = PushReply(siteID: 0)
         var start = 0
         repeat {
             let end = min(lines.count, start + requestEvents)
@@ -351,22 +336,27 @@ public final class Pusher {
             let createdHere = Set(chunk.filter(\.created).map(\.id))
             var jobs = allJobs.filter { createdHere.contains($0.key) }
             // Events of jobs gone from the site before the server had them cannot be placed: left out.
-            let removed = Set(chunk.filter { $0.json.objectValue?["removed"] != nil }.map(\.id))
-            let placed = chunk.filter { $0.json.objectValue?["removed"] == nil && !removed.contains($0.id) }
-            var sendable = placed.filter { !$0.created || jobs[$0.id] != nil }.map(\.json)
-            var reply = try send(body(jobs: jobs, events: sendable, removed: removed))
-            last = (try? reply.json())?.objectValue ?? [:]
-            var refusals = Pusher.refusals(in: last)
+            var removed = Set<String>()
+            var placed: [PushedEvent] = []
+            for item in chunk {
+                switch item {
+                case .removed(let id): removed.insert(id)
+                case .event(let e): placed.append(e)
+                }
+            }
+            placed.removeAll { removed.contains($0.siteJobID) }
+            var sendable = placed.filter { $0.from != .created || jobs[$0.siteJobID] != nil }
+            last = try send(request(jobs: jobs, events: sendable, removed: removed))
+            var refusals = last.refused
             // The server lacks jobs made before (a new server, a database restored from a backup, a site record
             // deleted through the API) or the site's apps: send those jobs' specs and events again, with the apps.
             let missingJobs = Set(
                 refusals.filter { $0.code == .unknownJob || $0.code == .unknownApp }.map(\.siteJobID))
             if !missingJobs.isEmpty {
                 jobs = try jobsJSON(missingJobs)
-                sendable = placed.filter { missingJobs.contains($0.id) && jobs[$0.id] != nil }.map(\.json)
-                reply = try send(body(jobs: jobs, events: sendable, removed: [], forceApps: true))
-                last = (try? reply.json())?.objectValue ?? [:]
-                refusals = refusals.filter { !missingJobs.contains($0.siteJobID) } + Pusher.refusals(in: last)
+                sendable = placed.filter { missingJobs.contains($0.siteJobID) && jobs[$0.siteJobID] != nil }
+                last = try send(request(jobs: jobs, events: sendable, removed: [], forceApps: true))
+                refusals = refusals.filter { !missingJobs.contains($0.siteJobID) } + last.refused
             }
             for r in refusals where state.refuse(r.key, r.text) { round.newRefusals.append("\(r.key): \(r.text)") }
             // A job the user deleted through the API before the site's adoption reached the server: the user's
@@ -380,50 +370,45 @@ public final class Pusher {
             }
             // A site id other than the one this site had: the server lost the site's record (deleted through the
             // API) and registered it again just now. Everything is pushed again, from the start of the logs.
-            if let was = state.siteID, let now = last["site_id"]?.intValue, now != was {
+            if let was = state.siteID, last.siteID > 0, last.siteID != was {
                 state = SyncState()
-                state.siteID = now
+                state.siteID = last.siteID
                 settledBatches.removeAll()
                 try state.save(site)
                 round.registeredAgain = true
                 round.caughtUp = false
                 return round
             }
-            state.siteID = last["site_id"]?.intValue ?? state.siteID
+            if last.siteID > 0 { state.siteID = last.siteID }
             state.appsDigest = digest
             for line in lines[start..<end] { state.cursor[line.file] = max(state.cursor[line.file] ?? 0, line.end) }
             // What the server now knows is forgotten here.
-            let known = Set((last["jobs"]?.objectValue ?? [:]).keys)
+            let known = Set(last.jobs.keys)
             state.adopted = state.adopted.filter { !known.contains($0.value) }
             for id in known { state.refuse("job " + id, nil) }
             state.rejected = [:]
-            for (id, text, _) in changedBatches { state.batchDigests[id] = text }
+            for batch in changedBatches { state.batchDigests[batch.id] = batch.text }
             changedBatches = []
             state.batchAdopted = [:]
             state.batchRejected = [:]
             state.requestsDone = [:]
             for s in sessions where s.end != nil { state.sessionsPushed.insert(s.lease) }
             try state.save(site)
-            round.events += last["events"]?.intValue ?? 0
+            round.events += last.events
             round.sent += sendable.count
             round.jobs += jobs.count
             start = end
         } while start < lines.count
         // What the server sent to do is done.
-        try takeApps(last["remote_apps"]?.arrayValue ?? [], state: &state, round: &round)
+        try takeApps(last.remoteApps, state: &state, round: &round)
         try takeBatchJobs(last, state: &state)
-        let answered = try carryOut(last["requests"]?.arrayValue ?? [], state: &state)
+        let answered = try carryOut(last.requests, state: &state)
         if answered > 0 { round.caughtUp = false }
-        let (adopted, refused) = try take(last["remote_jobs"]?.arrayValue ?? [], state: &state)
+        let (adopted, refused) = try take(last.remoteJobs, state: &state)
         round.adopted = adopted
         round.refused = refused
         if adopted + refused > 0 { round.caughtUp = false }
         return round
-    }
-
-    /// The refusals of a push's reply.
-    static func refusals(in reply: [String: JSONValue]) -> [SyncRefusal] {
-        (reply["refused"]?.arrayValue ?? []).compactMap(SyncRefusal.init(json:))
     }
 
 }

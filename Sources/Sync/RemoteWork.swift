@@ -12,15 +12,13 @@ extension Pusher {
     /// each lifecycle method the class defines (see `PythonApps`). An app that does not make a valid app here is
     /// refused (in `SyncState.refused`, shown by `balsam sync status` and logged once) and taken as seen, so
     /// that the server does not send it every round; a new definition of it is tried again.
-    func takeApps(_ remote: [JSONValue], state: inout SyncState, round: inout Round) throws {
+    func takeApps(_ remote: [RemoteApp], state: inout SyncState, round: inout Round) throws {
         guard !remote.isEmpty else { return }
         let python = try SiteSettings.load(site).python.executable
         for item in remote {
-            guard let o = item.objectValue, let name = o["name"]?.stringValue, let digest = o["digest"]?.stringValue
-            else { continue }
-            let template = o["command_template"]?.stringValue
+            let (name, digest, template) = (item.name, item.digest, item.commandTemplate)
             var parameters: [String: App.Parameter] = [:]
-            for (key, spec) in o["parameters"]?.objectValue ?? [:] {
+            for (key, spec) in item.parameters {
                 let s = spec.objectValue ?? [:]
                 let required = s["required"] != .bool(false)
                 let fallback = s["default"].flatMap { $0 == .null ? nil : $0 }
@@ -31,9 +29,10 @@ extension Pusher {
             do {
                 var app = try App(name: name, commandTemplate: template ?? "", python: template == nil)
                 app.parameters = parameters
-                app.description = o["description"]?.stringValue ?? ""
+                app.description = item.description
                 try app.validate()
-                if let classText = o["serialized_class"]?.stringValue, !classText.isEmpty {
+                if !item.serializedClass.isEmpty {
+                    let classText = item.serializedClass
                     try PythonApps.install(
                         app, classText: classText, overridden: PythonApps.overriddenMethods(classText: classText),
                         site: site, python: python)
@@ -59,20 +58,17 @@ extension Pusher {
     /// (`FAILED`), a retry (`READY` or `RESTART_READY` from `FAILED`), a deletion. What cannot be done now (a job
     /// under a launcher, for a deletion) waits for a later round; what cannot be done at all (a kill of an ended
     /// job, any other state) is refused with the reason. Returns how many were answered.
-    func carryOut(_ requests: [JSONValue], state: inout SyncState) throws -> Int {
+    func carryOut(_ requests: [JobRequest], state: inout SyncState) throws -> Int {
         guard !requests.isEmpty else { return 0 }
         let control = Control(site: site, actor: "balsam-sync")
         var answered = 0
-        for item in requests {
-            guard let o = item.objectValue, let id = o["id"]?.intValue, let job = o["site_job_id"]?.stringValue,
-                let kind = o["kind"]?.stringValue
-            else { continue }
+        for request in requests {
+            let (id, job, kind) = (request.id, request.siteJobID, request.kind)
             let key = String(id)
             if state.requestsDone[key] != nil { continue }
             func answer(_ outcome: String, _ reason: String?) throws {
-                var a: [String: JSONValue] = ["id": .int(id), "outcome": .string(outcome)]
-                if let reason { a["reason"] = .string(reason) }
-                state.requestsDone[key] = .object(a)
+                let done = RequestAnswer(id: id, refused: outcome == "refused" ? reason ?? "refused by the site" : nil)
+                state.requestsDone[key] = done.json
                 try state.save(site)
                 answered += 1
             }
@@ -83,7 +79,7 @@ extension Pusher {
                 try answer("refused", "job \(job) is no longer at site \(site.name)")
                 continue
             }
-            let target = o["target"]?.stringValue
+            let target = request.target
             let outcomes: [Control.Outcome]
             switch (kind, target) {
             case ("state", JobState.failed.rawValue?):
@@ -140,20 +136,18 @@ extension Pusher {
     /// (queues, projects, sizes, optional parameters) and into `batchjobs/`, where the scheduler service submits
     /// them; refused ones are reported with the reason. Deletions asked through the API become the site's own
     /// deletion requests.
-    func takeBatchJobs(_ reply: [String: JSONValue], state: inout SyncState) throws {
+    func takeBatchJobs(_ reply: PushReply, state: inout SyncState) throws {
         let store = BatchJobStore(site: site)
-        let remote = reply["remote_batch_jobs"]?.arrayValue ?? []
-        if !remote.isEmpty {
+        if !reply.remoteBatchJobs.isEmpty {
             let policy = try SiteSettings.load(site).scheduler
-            for item in remote {
-                guard let o = item.objectValue, let serverID = o["id"]?.intValue else { continue }
+            for o in reply.remoteBatchJobs {
+                let serverID = o.id
                 let key = String(serverID)
                 if state.batchAdopted[key] != nil || state.batchRejected[key] != nil { continue }
                 var job = BatchJob(
-                    project: o["project"]?.stringValue ?? "", queue: o["queue"]?.stringValue ?? "",
-                    numNodes: o["num_nodes"]?.intValue ?? 1, wallTimeMinutes: o["wall_time_min"]?.intValue ?? 1)
-                job.filterTags = (o["filter_tags"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
-                job.optionalParams = (o["optional_params"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+                    project: o.project, queue: o.queue, numNodes: o.numNodes, wallTimeMinutes: o.wallTimeMinutes)
+                job.filterTags = o.filterTags
+                job.optionalParams = o.optionalParams
                 job.origin = "balsam-server (batch job \(serverID))"
                 do {
                     try job.validate(against: policy, active: try store.all().jobs.filter { !$0.state.isFinal })
@@ -165,7 +159,7 @@ extension Pusher {
                 try state.save(site)
             }
         }
-        for case .int(let id) in reply["batch_deletions"]?.arrayValue ?? [] {
+        for id in reply.batchDeletions {
             guard let job = try store.load(id), !job.state.isFinal, !store.deletionRequested(id) else { continue }
             try store.requestDeletion(id)
         }
@@ -176,7 +170,7 @@ extension Pusher {
     /// the reason, which the next push carries to the server. Each taking is recorded durably before the
     /// next, so a crash never makes a job twice: its workdir would be taken, and the job there is recognized by
     /// the server id in its data.
-    func take(_ remote: [JSONValue], state: inout SyncState) throws -> (Int, Int) {
+    func take(_ remote: [PushItem<RemoteJob>], state: inout SyncState) throws -> (Int, Int) {
         guard !remote.isEmpty else { return (0, 0) }
         var submission = Submission(site: site, actor: "balsam-sync")
         let names = try site.appNames()
@@ -184,8 +178,14 @@ extension Pusher {
         let pythonApps = Set(names.filter { (try? site.app($0))?.isPython == true })
         var adopted = 0
         var refused = 0
-        for (i, item) in remote.enumerated() {
-            guard let serverID = item.objectValue?["id"]?.intValue else { continue }
+        for item in remote {
+            let serverID: Int
+            switch item {
+            case .read(let job): serverID = job.id
+            case .unreadable(let id, _):
+                guard let id = Int(id) else { continue }
+                serverID = id
+            }
             let key = String(serverID)
             if state.adopted[key] != nil || state.rejected[key] != nil { continue }
             func refuse(_ reason: String) throws {
@@ -193,9 +193,8 @@ extension Pusher {
                 try state.save(site)
                 refused += 1
             }
-            let o: RemoteJob
-            do { o = try RemoteJob(item, at: "remote_jobs[\(i)]") } catch {
-                try refuse("the server sent it wrong: \(error)")
+            guard case .read(let o) = item else {
+                if case .unreadable(_, let error) = item { try refuse("the server sent it wrong: \(error)") }
                 continue
             }
             let appName = o.spec.app

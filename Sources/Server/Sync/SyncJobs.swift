@@ -7,14 +7,8 @@ import Wire
 extension SyncRoutes {
     /// Remote jobs the site could not take (`[{server_id, reason}]`): FAILED, with the reason as the event's
     /// message and in the job's record (an exception its `job.result()` raises), so the user sees why.
-    static func reject(_ items: [JSONValue], siteID: Int, call: Call, now: Int64) throws {
-        var reasons: [Int: String] = [:]
-        for (i, item) in items.enumerated() {
-            var r = try FieldReader(item, prefix: "rejected[\(i)]")
-            let id = try r.requiredInt("server_id", in: 1...Int.max)
-            reasons[id] = try r.requiredString("reason", maxBytes: 4096)
-            try r.finish()
-        }
+    static func reject(_ rejections: [Rejection], siteID: Int, call: Call, now: Int64) throws {
+        let reasons = Dictionary(rejections.map { ($0.serverID, $0.reason) }, uniquingKeysWith: { _, b in b })
         // Only this site's jobs that it has not taken.
         var mine = Set<Int>()
         for chunk in Array(reasons.keys).sorted().chunked(5000) where !chunk.isEmpty {
@@ -48,29 +42,30 @@ extension SyncRoutes {
 
     /// Creates the jobs the server does not have yet (by the site's id); returns every pushed job's server id.
     static func createJobs(
-        _ items: [JSONValue], siteID: Int, appIDs: [String: Int], call: Call, now: Int64,
+        _ items: [PushItem<PushedJob>], siteID: Int, appIDs: [String: Int], call: Call, now: Int64,
         refused: inout [SyncRefusal]
     ) throws -> [String: Int] {
         var parsed: [(siteJobID: String, job: Jobs.NewJob, parents: [String])] = []
         var adopted: [String: Int] = [:]
         for (i, item) in items.enumerated() {
-            var code = SyncRefusal.Code.invalid
-            let error: WireError
-            do {
-                if let one = try parseJob(item, index: i, siteID: siteID, appIDs: appIDs, call: call, adopted: &adopted)
-                {
-                    parsed.append(one)
+            let (siteJobID, code, error): (String, SyncRefusal.Code, WireError)
+            switch item {
+            case .unreadable(let id, let wrong): (siteJobID, code, error) = (id, .invalid, wrong)
+            case .read(let pushed):
+                do {
+                    if let one = try parseJob(
+                        pushed, index: i, siteID: siteID, appIDs: appIDs, call: call, adopted: &adopted)
+                    {
+                        parsed.append(one)
+                    }
+                    continue
+                } catch let item as ItemRefused {
+                    (siteJobID, code, error) = (pushed.siteJobID, item.code, item.error)
                 }
-                continue
-            } catch let item as ItemRefused {
-                (code, error) = (item.code, item.error)
-            } catch let bad as WireError {
-                error = bad
             }
             refused.append(
                 SyncRefusal(
-                    kind: "job", siteJobID: item.objectValue?["site_job_id"]?.stringValue ?? "", code: code,
-                    message: error.message, field: error.field))
+                    kind: "job", siteJobID: siteJobID, code: code, message: error.message, field: error.field))
         }
         return try insertJobs(parsed, adopted: adopted, siteID: siteID, call: call, now: now)
     }
@@ -85,9 +80,8 @@ extension SyncRoutes {
     /// `adopted`). Throws `ItemRefused` for an app the server lacks, or a job the user deleted before the
     /// adoption arrived, and `WireError` for a wrong field.
     static func parseJob(
-        _ item: JSONValue, index i: Int, siteID: Int, appIDs: [String: Int], call: Call, adopted: inout [String: Int]
+        _ pushed: PushedJob, index i: Int, siteID: Int, appIDs: [String: Int], call: Call, adopted: inout [String: Int]
     ) throws -> (siteJobID: String, job: Jobs.NewJob, parents: [String])? {
-        let pushed = try PushedJob(item, at: "jobs[\(i)]")
         let siteJobID = pushed.siteJobID
         // A job made through the API and taken by the site: it gets the site's id, and its history becomes
         // the site's (the server's creation event goes; the site's own follows in events).
@@ -162,7 +156,7 @@ extension SyncRoutes {
 
     /// Records the site's events not recorded yet; each affected job takes the state of its latest event.
     static func recordEvents(
-        _ items: [JSONValue], siteID: Int, jobIDs known: [String: Int], call: Call, now: Int64,
+        _ items: [PushItem<PushedEvent>], siteID: Int, jobIDs known: [String: Int], call: Call, now: Int64,
         refused: inout [SyncRefusal]
     ) throws -> Int {
         guard !items.isEmpty else { return 0 }
@@ -173,28 +167,17 @@ extension SyncRoutes {
         var cleared = Set<String>()
         // A transfer's outcome rides the move it caused: it goes to the job's transfer items.
         var transferStates: [(siteJobID: String, items: [JSONValue])] = []
-        for (i, item) in items.enumerated() {
-            let siteJobID: String
-            let time: Int64
-            let from: JobState
-            let to: JobState
-            var data: [String: JSONValue]
-            do {
-                var e = try FieldReader(item, prefix: "events[\(i)]")
-                siteJobID = try e.requiredString("site_job_id", maxBytes: 64)
-                guard let t = try e.time("t") else { throw e.bad("t", "is required") }
-                time = t
-                from = try e.jobState("from")
-                to = try e.jobState("to")
-                data = try e.object("data") ?? [:]
-                try e.finish()
-            } catch let error as WireError {
-                refused.append(
-                    SyncRefusal(
-                        kind: "event", siteJobID: item.objectValue?["site_job_id"]?.stringValue ?? "", code: .invalid,
-                        message: error.message, field: error.field))
+        for item in items {
+            guard case .read(let event) = item else {
+                if case .unreadable(let id, let error) = item {
+                    refused.append(
+                        SyncRefusal(
+                            kind: "event", siteJobID: id, code: .invalid, message: error.message, field: error.field))
+                }
                 continue
             }
+            let (siteJobID, time, from, to) = (event.siteJobID, event.microseconds, event.from, event.to)
+            var data = event.data
             if let items = data.removeValue(forKey: "transfers")?.arrayValue, !items.isEmpty {
                 transferStates.append((siteJobID, items))
             }

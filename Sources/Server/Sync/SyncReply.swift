@@ -7,7 +7,7 @@ extension SyncRoutes {
     /// Jobs made through the API for this site that the site has not adopted yet (oldest first, so parents come
     /// before their children), as `remote_jobs`: the reply to every push, so one round trip a period carries both
     /// directions. Each names its app and its parents by the server's ids and, where adopted, the site's.
-    static func writeRemoteJobs(siteID: Int, call: Call, to out: inout JSONWriter) throws {
+    static func remoteJobs(siteID: Int, call: Call) throws -> [RemoteJob] {
         let rows = try call.connection.query(
             """
             SELECT j.id, a.name, j.workdir, j.tags, j.serialized_parameters, j.data, j.num_nodes, j.ranks_per_node,
@@ -20,7 +20,7 @@ extension SyncRoutes {
         // app's slot of that direction and local path is the one.
         var transfers: [Int: [String: JSONValue]] = [:]
         let slotsByApp = Dictionary(
-            rows.map { ($0.int(0), (try? JSONValue.parse($0.text(15)))?.objectValue ?? [:]) },
+            rows.map { ($0.int("id"), (try? JSONValue.parse($0.text("transfers")))?.objectValue ?? [:]) },
             uniquingKeysWith: { a, _ in a })
         for chunk in rows.map({ $0.int(0) }).chunked(5000) where !chunk.isEmpty {
             for r in try call.connection.query(
@@ -29,104 +29,94 @@ extension SyncRoutes {
                 WHERE job_id IN (\(list: chunk.map { .of($0) }))
                 """)
             {
-                let slot = slotsByApp[r.int(0)]?.first { _, spec in
-                    spec.objectValue?["direction"]?.stringValue == r.text(1)
-                        && spec.objectValue?["local_path"]?.stringValue == r.text(2)
+                let slot = slotsByApp[r.int("job_id")]?.first { _, spec in
+                    spec.objectValue?["direction"]?.stringValue == r.text("direction")
+                        && spec.objectValue?["local_path"]?.stringValue == r.text("local_path")
                 }
                 guard let name = slot?.key else { continue }
-                transfers[r.int(0), default: [:]][name] = .string(r.text(4) + ":" + r.text(3))
+                transfers[r.int("job_id"), default: [:]][name] = .string(
+                    r.text("location_alias") + ":" + r.text("remote_path"))
             }
         }
         var parents = Set<Int>()
         for r in rows {
-            for case .int(let p) in (try? JSONValue.parse(r.text(14)))?.arrayValue ?? [] { parents.insert(p) }
+            for case .int(let p) in (try? JSONValue.parse(r.text("parent_ids")))?.arrayValue ?? [] { parents.insert(p) }
         }
         var parentSiteIDs: [Int: String] = [:]
         for chunk in Array(parents).chunked(5000) where !chunk.isEmpty {
             for r in try call.connection.query(
                 "SELECT id, site_job_id FROM jobs WHERE site_job_id IS NOT NULL AND id IN (\(list: chunk.map { .of($0) }))"
             ) {
-                parentSiteIDs[r.int(0)] = r.text(1)
+                parentSiteIDs[r.int("id")] = r.text("site_job_id")
             }
         }
         func object(_ text: String) -> [String: JSONValue] { (try? JSONValue.parse(text))?.objectValue ?? [:] }
-        let remote = rows.map { r in
-            var spec = JobSpec(workdir: r.text(2), app: r.text(1))
-            spec.tags = object(r.text(3)).compactMapValues(\.stringValue)
-            spec.data = object(r.text(5))
-            spec.transfers = transfers[r.int(0)] ?? [:]
-            spec.numNodes = r.int(6)
-            spec.ranksPerNode = r.int(7)
-            spec.threadsPerRank = r.int(8)
-            spec.threadsPerCore = r.int(9)
-            spec.launchParams = object(r.text(10)).compactMapValues(\.stringValue)
-            spec.gpusPerRank = r.double(11)
-            spec.nodePackingCount = r.int(12)
-            spec.wallTimeMin = r.int(13)
-            var job = RemoteJob(id: r.int(0), spec: spec)
-            job.serializedParameters = r.text(4)
-            job.parentIDs = ((try? JSONValue.parse(r.text(14)))?.arrayValue ?? []).compactMap(\.intValue)
+        return rows.map { r in
+            var spec = JobSpec(workdir: r.text("workdir"), app: r.text("name"))
+            spec.tags = object(r.text("tags")).compactMapValues(\.stringValue)
+            spec.data = object(r.text("data"))
+            spec.transfers = transfers[r.int("id")] ?? [:]
+            spec.numNodes = r.int("num_nodes")
+            spec.ranksPerNode = r.int("ranks_per_node")
+            spec.threadsPerRank = r.int("threads_per_rank")
+            spec.threadsPerCore = r.int("threads_per_core")
+            spec.launchParams = object(r.text("launch_params")).compactMapValues(\.stringValue)
+            spec.gpusPerRank = r.double("gpus_per_rank")
+            spec.nodePackingCount = r.int("node_packing_count")
+            spec.wallTimeMin = r.int("wall_time_min")
+            var job = RemoteJob(id: r.int("id"), spec: spec)
+            job.serializedParameters = r.text("serialized_parameters")
+            job.parentIDs = ((try? JSONValue.parse(r.text("parent_ids")))?.arrayValue ?? []).compactMap(\.intValue)
             job.parentSiteIDs = job.parentIDs.reduce(into: [:]) { ids, id in ids[id] = parentSiteIDs[id] }
-            return job.json
+            return job
         }
-        out.value("remote_jobs", .array(remote))
     }
 
-    /// Apps defined in Python through the API (a pickled class), as `remote_apps`, only those whose digest
-    /// differs from the site's `app_digests`: `{name, serialized_class, command_template, parameters,
-    /// description, digest}`. `command_template` is read out of the pickle without running it
-    /// (`Pickle.classAttribute`); null means a Python app, whose `run()` the site's Python runs.
-    static func writeRemoteApps(siteID: Int, known: [String: String], call: Call, to out: inout JSONWriter) throws {
+    /// Apps defined in Python through the API (a pickled class), only those whose digest differs from the site's
+    /// `app_digests`. The command template is read out of the pickle without running it
+    /// (`Pickle.classAttribute`); none means a Python app, whose `run()` the site's Python runs.
+    static func remoteApps(siteID: Int, known: [String: String], call: Call) throws -> [RemoteApp] {
         let rows = try call.connection.query(
-            "SELECT name, serialized_class, parameters, description FROM apps WHERE site_id = \(.of(siteID)) AND serialized_class <> ''"
-        )
-        out.beginArray("remote_apps")
-        for r in rows {
+            """
+            SELECT name, serialized_class, parameters, description FROM apps WHERE site_id = \(.of(siteID))
+            AND serialized_class <> ''
+            """)
+        return rows.compactMap { r in
             // "2": apps are sent with their class since issue #14 (sites that had only the template get it).
-            let digest = String(FNV1a.hash64("2\u{0}" + r.text(1) + "\u{0}" + r.text(2)), radix: 16)
-            guard known[r.text(0)] != digest else { continue }
-            out.beginObject()
-            out.field("name", r.text(0))
-            out.field("serialized_class", r.text(1))
-            if let template = Pickle.classAttribute("command_template", inBase64: r.text(1)) {
-                out.field("command_template", template)
-            } else {
-                out.raw("command_template", "null")
-            }
-            out.raw("parameters", r.text(2))
-            out.field("description", r.text(3))
-            out.field("digest", digest)
-            out.endObject()
+            let pickled = r.text("serialized_class")
+            let digest = String(FNV1a.hash64("2\u{0}" + pickled + "\u{0}" + r.text("parameters")), radix: 16)
+            guard known[r.text("name")] != digest else { return nil }
+            return RemoteApp(
+                name: r.text("name"), serializedClass: pickled,
+                commandTemplate: Pickle.classAttribute("command_template", inBase64: pickled),
+                parameters: (try? JSONValue.parse(r.text("parameters")))?.objectValue ?? [:],
+                description: r.text("description"), digest: digest)
         }
-        out.endArray()
     }
 
-    /// Batch jobs asked for through the API that the site has not taken (`remote_batch_jobs`), and the site's
-    /// batch jobs a user asked to delete (`batch_deletions`, by the site's ids).
-    static func writeRemoteBatchJobs(siteID: Int, call: Call, to out: inout JSONWriter) throws {
+    /// Batch jobs asked for through the API that the site has not taken, and the site's batch jobs a user asked
+    /// to delete (by the site's ids).
+    static func remoteBatchJobs(siteID: Int, call: Call) throws -> ([RemoteBatchJob], [Int]) {
         let rows = try call.connection.query(
             """
             SELECT id, project, queue, num_nodes, wall_time_min, job_mode, filter_tags, optional_params
             FROM batch_jobs WHERE site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_batch_id IS NULL
             AND state = 'pending_submission' ORDER BY id LIMIT 100
             """)
-        out.beginArray("remote_batch_jobs")
-        for r in rows {
-            out.beginObject()
-            out.field("id", r.int(0))
-            out.field("project", r.text(1))
-            out.field("queue", r.text(2))
-            out.field("num_nodes", r.int(3))
-            out.field("wall_time_min", r.int(4))
-            out.field("job_mode", r.text(5))
-            out.raw("filter_tags", r.text(6))
-            out.raw("optional_params", r.text(7))
-            out.endObject()
+        func strings(_ text: String) -> [String: String] {
+            ((try? JSONValue.parse(text))?.objectValue ?? [:]).compactMapValues(\.stringValue)
         }
-        out.endArray()
+        let requested = rows.map { r in
+            RemoteBatchJob(
+                id: r.int("id"), project: r.text("project"), queue: r.text("queue"), numNodes: r.int("num_nodes"),
+                wallTimeMinutes: r.int("wall_time_min"), jobMode: r.text("job_mode"),
+                filterTags: strings(r.text("filter_tags")), optionalParams: strings(r.text("optional_params")))
+        }
         let deletions = try call.connection.query(
-            "SELECT site_batch_id FROM batch_jobs WHERE site_id = \(.of(siteID)) AND state = 'pending_deletion' AND site_batch_id IS NOT NULL"
-        )
-        out.value("batch_deletions", .array(deletions.map { .int($0.int(0)) }))
+            """
+            SELECT site_batch_id FROM batch_jobs WHERE site_id = \(.of(siteID)) AND state = 'pending_deletion'
+            AND site_batch_id IS NOT NULL
+            """)
+        return (requested, deletions.map { $0.int("site_batch_id") })
     }
 }

@@ -19,128 +19,115 @@ import Wire
 /// wrong as a whole (no site, another site's token, too many items) is a 400.
 enum SyncRoutes {
     static func push(_ call: inout Call) throws -> Reply {
-        var input = try FieldReader(try call.json())
-        guard case .object(let siteObject)? = input.value("site") else {
-            throw ServerError.badRequest("the push needs the site: {name, path}", field: "site")
-        }
-        var site = try FieldReader(.object(siteObject), prefix: "site")
-        let siteName = try site.requiredString("name", maxBytes: 128)
-        if let bound = call.user.siteName, bound != siteName {
+        let push = try PushRequest(try call.json())
+        if let bound = call.user.siteName, bound != push.site.name {
             throw ServerError(
-                status: 403, "this token was made for site '\(bound)'; it cannot push as site '\(siteName)'",
+                status: 403, "this token was made for site '\(bound)'; it cannot push as site '\(push.site.name)'",
                 field: "site.name")
         }
-        let sitePath = try site.requiredString("path")
-        let locations = try site.stringMap("transfer_locations")
-        let policy = try sitePolicy(&site)
-        try site.finish()
-        let apps = try input.list("apps")
-        let jobs = try input.list("jobs")
-        let events = try input.list("events")
-        let rejected = try input.list("rejected")
-        let appDigests = (try input.object("app_digests") ?? [:]).compactMapValues(\.stringValue)
-        let removed = try input.list("removed").compactMap(\.stringValue)
-        let requestsDone = try input.list("requests_done")
-        let batchJobs = try input.list("batch_jobs")
-        let rejectedBatchJobs = try input.list("rejected_batch_jobs")
-        let sessions = try input.list("launcher_sessions")
-        if sessions.count > 1000 {
-            throw ServerError.badRequest("a push holds at most 1000 launcher sessions", field: "launcher_sessions")
+        for (i, app) in push.apps.enumerated() {
+            let input = try FieldReader(.object(["name": .string(app.name)]), prefix: "apps[\(i)]")
+            try Apps.validateName(app.name, input: input)
+            try Apps.checkParameters(app.parameters, input: input)
         }
-        // Apps from the server the site could not install, with its reason (absent: a site that does not say).
-        let refusedApps = try input.stringMap("refused_apps", maxBytes: 65_536)
-        try input.finish()
-        if jobs.count + events.count + apps.count > call.limits.bulkItems * 4 {
+        if push.jobs.count + push.events.count + push.apps.count > call.limits.bulkItems * 4 {
             throw ServerError.badRequest("a push holds at most \(call.limits.bulkItems * 4) apps, jobs and events")
         }
         let c = call.connection
         let owner = call.user.id
         let now = ServerClock.microseconds()
         return try c.transaction {
-            let siteID = try upsertSite(name: siteName, path: sitePath, call: call, now: now)
-            if let locations {
-                // The site's transfer locations (ALIAS: URL), which its jobs' slots name.
-                try c.execute(
-                    "UPDATE sites SET transfer_locations = \(.text(jsonText(locations))) WHERE id = \(.of(siteID))")
-            }
-            if let policy {
-                // Its batch-job policy, which the original client's `balsam queue submit` checks against.
-                try c.execute(
-                    "UPDATE sites SET allowed_queues = \(.text(policy.queues)), allowed_projects = \(.text(policy.projects)), optional_batch_job_params = \(.text(policy.params)) WHERE id = \(.of(siteID))"
-                )
-            }
-            var appIDs = try existingApps(siteID: siteID, call: call)
-            for (i, app) in apps.enumerated() {
-                var a = try FieldReader(app, prefix: "apps[\(i)]")
-                let name = try a.requiredString("name", maxBytes: 128)
-                try Apps.validateName(name, input: a)
-                let description = try a.string("description", maxBytes: 65_536) ?? ""
-                let parameters = try a.object("parameters") ?? [:]
-                try Apps.checkParameters(parameters, input: a)
-                let source = try a.string("source_code", maxBytes: 1 << 20) ?? ""
-                let slots = try a.object("transfers") ?? [:]
-                try a.finish()
-                let (p, t) = (SQLValue.text(jsonText(parameters)), SQLValue.text(jsonText(slots)))
-                if let id = appIDs[name] {
-                    try c.execute(
-                        """
-                        UPDATE apps SET description = \(.text(description)), parameters = \(p),
-                        source_code = \(.text(source)), transfers = \(t) WHERE id = \(.of(id))
-                        """)
-                } else {
-                    appIDs[name] = try c.scalar(
-                        """
-                        INSERT INTO apps (owner_id, site_id, name, serialized_class, description, parameters,
-                        source_code, transfers) VALUES (\(.of(owner)), \(.of(siteID)), \(.text(name)), '',
-                        \(.text(description)), \(p), \(.text(source)), \(t)) RETURNING id
-                        """)
-                }
-            }
-            var refused: [SyncRefusal] = []
-            if let refusedApps { try recordAppRefusals(refusedApps, siteID: siteID, call: call) }
-            let jobIDs = try createJobs(
-                jobs, siteID: siteID, appIDs: appIDs, call: call, now: now, refused: &refused)
-            let inserted = try recordEvents(
-                events, siteID: siteID, jobIDs: jobIDs, call: call, now: now, refused: &refused)
-            try reject(rejected, siteID: siteID, call: call, now: now)
+            let siteID = try recordSite(push.site, call: call, now: now)
+            let appIDs = try recordApps(push.apps, siteID: siteID, call: call)
+            var reply = PushReply(siteID: siteID)
+            reply.apps = appIDs
+            if let refusedApps = push.refusedApps { try recordAppRefusals(refusedApps, siteID: siteID, call: call) }
+            reply.jobs = try createJobs(
+                push.jobs, siteID: siteID, appIDs: appIDs, call: call, now: now, refused: &reply.refused)
+            reply.events = try recordEvents(
+                push.events, siteID: siteID, jobIDs: reply.jobs, call: call, now: now, refused: &reply.refused)
+            try reject(push.rejected, siteID: siteID, call: call, now: now)
             // Jobs removed at the site (`balsam rm`) go here too, with their events.
-            for chunk in removed.chunked(5000) where !chunk.isEmpty {
+            for chunk in push.removed.chunked(5000) where !chunk.isEmpty {
                 try c.execute(
-                    "DELETE FROM jobs WHERE site_id = \(.of(siteID)) AND owner_id = \(.of(owner)) AND site_job_id IN (\(list: chunk.map { .text($0) }))"
-                )
+                    """
+                    DELETE FROM jobs WHERE site_id = \(.of(siteID)) AND owner_id = \(.of(owner))
+                    AND site_job_id IN (\(list: chunk.map { .text($0) }))
+                    """)
             }
-            try recordBatchJobs(batchJobs, rejectedBatchJobs, siteID: siteID, call: call)
-            try recordLauncherSessions(sessions, siteID: siteID, call: call)
-            try closeRequests(requestsDone, siteID: siteID, call: call)
-            var out = JSONWriter()
-            out.beginObject()
-            out.field("site_id", siteID)
-            out.value("apps", .object(appIDs.mapValues { .int($0) }))
-            out.value("jobs", .object(jobIDs.mapValues { .int($0) }))
-            out.field("events", inserted)
-            out.value("refused", .array(refused.map(\.json)))
-            try writeRemoteJobs(siteID: siteID, call: call, to: &out)
-            try writeRemoteApps(siteID: siteID, known: appDigests, call: call, to: &out)
-            try writeRemoteBatchJobs(siteID: siteID, call: call, to: &out)
-            let requests = try c.query(
+            try recordBatchJobs(push.batchJobs, push.rejectedBatchJobs, siteID: siteID, call: call)
+            try recordLauncherSessions(push.launcherSessions, siteID: siteID, call: call)
+            try closeRequests(push.requestsDone, siteID: siteID, call: call)
+            reply.remoteJobs = try remoteJobs(siteID: siteID, call: call).map { .read($0) }
+            reply.remoteApps = try remoteApps(siteID: siteID, known: push.appDigests, call: call)
+            (reply.remoteBatchJobs, reply.batchDeletions) = try remoteBatchJobs(siteID: siteID, call: call)
+            reply.requests = try c.query(
                 """
                 SELECT r.id, j.site_job_id, r.kind, r.target FROM job_requests r JOIN jobs j ON j.id = r.job_id
                 WHERE r.site_id = \(.of(siteID)) AND r.owner_id = \(.of(owner)) ORDER BY r.id LIMIT 1000
-                """)
-            out.value(
-                "requests",
-                .array(
-                    requests.map { r in
-                        .object([
-                            "id": .int(r.int(0)), "site_job_id": .string(r.text(1)), "kind": .string(r.text(2)),
-                            "target": r.optionalText(3).map { .string($0) } ?? .null,
-                        ])
-                    }))
-            out.endObject()
-            return .json(out)
+                """
+            ).map { r in
+                JobRequest(
+                    id: r.int("id"), siteJobID: r.text("site_job_id"), kind: r.text("kind"),
+                    target: r.optionalText("target"))
+            }
+            return .json(reply.json)
         }
     }
 
+    /// The site's record, made or brought up to date, with its transfer locations and batch-job policy.
+    static func recordSite(_ site: PushedSite, call: Call, now: Int64) throws -> Int {
+        let c = call.connection
+        let siteID = try upsertSite(name: site.name, path: site.path, call: call, now: now)
+        if let locations = site.transferLocations {
+            // The site's transfer locations (ALIAS: URL), which its jobs' slots name.
+            try c.execute(
+                "UPDATE sites SET transfer_locations = \(.text(jsonText(locations))) WHERE id = \(.of(siteID))")
+        }
+        if let policy = site.policy {
+            // Its batch-job policy, which the original client's `balsam queue submit` checks against.
+            let queues = JSONValue.object(
+                policy.allowedQueues.mapValues { q in
+                    .object([
+                        "max_nodes": .int(q.maxNodes), "max_walltime": .int(q.maxWallTimeMinutes),
+                        "max_queued_jobs": .int(q.maxQueuedJobs),
+                    ])
+                }
+            ).serialized()
+            let projects = JSONValue.array(policy.allowedProjects.map { .string($0) }).serialized()
+            try c.execute(
+                """
+                UPDATE sites SET allowed_queues = \(.text(queues)), allowed_projects = \(.text(projects)),
+                optional_batch_job_params = \(.text(jsonText(policy.optionalParams))) WHERE id = \(.of(siteID))
+                """)
+        }
+        return siteID
+    }
+
+    /// The site's apps, made or updated; returns every app of the site with its id.
+    static func recordApps(_ apps: [PushedApp], siteID: Int, call: Call) throws -> [String: Int] {
+        let c = call.connection
+        var appIDs = try existingApps(siteID: siteID, call: call)
+        for app in apps {
+            let (p, t) = (SQLValue.text(jsonText(app.parameters)), SQLValue.text(jsonText(app.transfers)))
+            let (description, source) = (SQLValue.text(app.description), SQLValue.text(app.sourceCode))
+            if let id = appIDs[app.name] {
+                try c.execute(
+                    """
+                    UPDATE apps SET description = \(description), parameters = \(p), source_code = \(source),
+                    transfers = \(t) WHERE id = \(.of(id))
+                    """)
+            } else {
+                appIDs[app.name] = try c.scalar(
+                    """
+                    INSERT INTO apps (owner_id, site_id, name, serialized_class, description, parameters,
+                    source_code, transfers) VALUES (\(.of(call.user.id)), \(.of(siteID)), \(.text(app.name)), '',
+                    \(description), \(p), \(source), \(t)) RETURNING id
+                    """)
+            }
+        }
+        return appIDs
+    }
 }
 
 extension SyncRoutes {

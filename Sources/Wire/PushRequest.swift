@@ -1,0 +1,409 @@
+import Spool
+
+/// `POST /sync/push`: everything a site tells the server in one round, with one reading (the server's, every
+/// field checked and named when wrong) and one writing (the site's).
+///
+/// A job or an event that cannot be read is not a reason to refuse the rest: those two lists are read item by
+/// item (`PushItem`), and the server refuses only the items that are wrong. Anything else wrong refuses the push.
+public struct PushRequest: Sendable, Equatable {
+    public var site: PushedSite
+    /// The site's apps, when they changed since the last push (empty: unchanged).
+    public var apps: [PushedApp] = []
+    /// Jobs made at the site since the last push, and jobs it took from the server (their adoption).
+    public var jobs: [PushItem<PushedJob>] = []
+    public var events: [PushItem<PushedEvent>] = []
+    /// Jobs removed at the site (`balsam rm`), by the site's ids.
+    public var removed: [String] = []
+    /// Jobs made through the API that the site refused, with the reason.
+    public var rejected: [Rejection] = []
+    /// The digests of the apps the site took from the server (which need not be sent again).
+    public var appDigests: [String: String] = [:]
+    /// The site's answers to users' requests.
+    public var requestsDone: [RequestAnswer] = []
+    /// The site's batch jobs whose record changed.
+    public var batchJobs: [BatchJobReport] = []
+    /// Batch jobs asked for through the API that the site refused, with the reason.
+    public var rejectedBatchJobs: [Rejection] = []
+    /// Its launchers' time on their nodes: the running ones, and ended ones the server lacks (at most 1000).
+    public var launcherSessions: [LauncherSession] = []
+    /// Apps from the server the site could not install, with its reason (nil: a site that does not say).
+    public var refusedApps: [String: String]?
+
+    /// A push from `site` with nothing else in it.
+    public init(site: PushedSite) { self.site = site }
+
+    /// Reads a push.
+    public init(_ json: JSONValue) throws(WireError) {
+        var r = try FieldReader(json)
+        guard let site = r.value("site"), site.objectValue != nil else {
+            throw WireError("the push needs the site: {name, path}", field: "site")
+        }
+        self.site = try PushedSite(site)
+        apps = try r.list("apps").enumerated().map { (i, item) throws(WireError) in
+            try PushedApp(item, at: "apps[\(i)]")
+        }
+        jobs = try r.list("jobs").enumerated().map { i, item in
+            PushItem(item) { () throws(WireError) in try PushedJob(item, at: "jobs[\(i)]") }
+        }
+        events = try r.list("events").enumerated().map { i, item in
+            PushItem(item) { () throws(WireError) in try PushedEvent(item, at: "events[\(i)]") }
+        }
+        removed = try r.list("removed").compactMap(\.stringValue)
+        rejected = try r.list("rejected").enumerated().map { (i, item) throws(WireError) in
+            try Rejection(item, at: "rejected[\(i)]")
+        }
+        appDigests = (try r.object("app_digests") ?? [:]).compactMapValues(\.stringValue)
+        requestsDone = try r.list("requests_done").enumerated().map { (i, item) throws(WireError) in
+            try RequestAnswer(item, at: "requests_done[\(i)]")
+        }
+        batchJobs = try r.list("batch_jobs").enumerated().map { (i, item) throws(WireError) in
+            try BatchJobReport(item, at: "batch_jobs[\(i)]")
+        }
+        rejectedBatchJobs = try r.list("rejected_batch_jobs").enumerated().map { (i, item) throws(WireError) in
+            try Rejection(item, at: "rejected_batch_jobs[\(i)]")
+        }
+        let sessions = try r.list("launcher_sessions")
+        if sessions.count > 1000 {
+            throw WireError("a push holds at most 1000 launcher sessions", field: "launcher_sessions")
+        }
+        launcherSessions = try sessions.enumerated().map { (i, item) throws(WireError) in
+            try LauncherSession(wire: item, at: "launcher_sessions[\(i)]")
+        }
+        refusedApps = try r.stringMap("refused_apps", maxBytes: 65_536)
+        try r.finish()
+    }
+
+    /// As the site sends it.
+    public var json: JSONValue {
+        var o: [String: JSONValue] = [
+            "site": site.json, "jobs": .array(jobs.compactMap { $0.value?.json }),
+            "events": .array(events.compactMap { $0.value?.json }), "removed": .array(removed.map { .string($0) }),
+            "rejected": .array(rejected.map(\.json)), "app_digests": .object(appDigests.mapValues { .string($0) }),
+            "requests_done": .array(requestsDone.map(\.json)), "batch_jobs": .array(batchJobs.map(\.json)),
+            "rejected_batch_jobs": .array(rejectedBatchJobs.map(\.json)),
+            "launcher_sessions": .array(launcherSessions.map(\.wire)),
+        ]
+        if !apps.isEmpty { o["apps"] = .array(apps.map(\.json)) }
+        if let refusedApps { o["refused_apps"] = .object(refusedApps.mapValues { .string($0) }) }
+        return .object(o)
+    }
+}
+
+/// One item of a list read item by item (a push's jobs and events, a reply's remote jobs): what it says, or why
+/// it could not be read (that item is refused, the rest taken).
+public enum PushItem<Value: Sendable & Equatable>: Sendable, Equatable {
+    case read(Value)
+    /// The item's id where it has one (`site_job_id`, or a remote job's `id`), and what is wrong with it.
+    case unreadable(id: String, WireError)
+
+    /// Reads an item with `read`; a failure is kept, not thrown.
+    init(_ item: JSONValue, idKey: String = "site_job_id", _ read: () throws(WireError) -> Value) {
+        do { self = .read(try read()) } catch {
+            let id = item.objectValue?[idKey]
+            self = .unreadable(id: id?.stringValue ?? id?.intValue.map(String.init) ?? "", error)
+        }
+    }
+
+    /// The value, when it was read.
+    public var value: Value? {
+        if case .read(let value) = self { return value }
+        return nil
+    }
+}
+
+/// The site as its push describes it: its name and path, its transfer locations, and its batch-job policy (which
+/// the original client's `balsam queue submit` checks against).
+public struct PushedSite: Sendable, Equatable {
+    public var name: String
+    public var path: String
+    /// `{alias: URL}`; nil from a site that does not say.
+    public var transferLocations: [String: String]?
+    public var policy: Policy?
+
+    /// A site's batch-job policy.
+    public struct Policy: Sendable, Equatable {
+        /// Each queue's limits.
+        public var allowedQueues: [String: SiteSettings.QueuePolicy] = [:]
+        public var allowedProjects: [String] = []
+        public var optionalParams: [String: String] = [:]
+
+        public init() {}
+    }
+
+    /// A site named `name` at `path`.
+    public init(name: String, path: String) {
+        self.name = name
+        self.path = path
+    }
+
+    init(_ json: JSONValue) throws(WireError) {
+        var r = try FieldReader(json, prefix: "site")
+        name = try r.requiredString("name", maxBytes: 128)
+        path = try r.requiredString("path")
+        transferLocations = try r.stringMap("transfer_locations")
+        if r.has("allowed_queues") || r.has("allowed_projects") || r.has("optional_batch_job_params") {
+            var policy = Policy()
+            let given = try r.object("allowed_queues", maxBytes: 262_144) ?? [:]
+            if given.count > 1000 { throw r.bad("allowed_queues", "has \(given.count) queues; the limit is 1000") }
+            for (name, value) in given {
+                if name.isEmpty || name.utf8.count > 256 || name.utf8.contains(0) {
+                    throw r.bad("allowed_queues", "has a queue name that is empty, longer than 256 bytes or holds NUL")
+                }
+                var q = try FieldReader(value, prefix: "site.allowed_queues.\(name)")
+                policy.allowedQueues[name] = SiteSettings.QueuePolicy(
+                    maxNodes: try q.requiredInt("max_nodes", in: 1...10_000_000),
+                    maxWallTimeMinutes: try q.requiredInt("max_walltime", in: 1...10_000_000),
+                    maxQueuedJobs: try q.requiredInt("max_queued_jobs", in: 0...10_000_000))
+                try q.finish()
+            }
+            policy.allowedProjects = try r.stringList("allowed_projects", maxCount: 1000, maxBytes: 256) ?? []
+            policy.optionalParams = try r.stringMap("optional_batch_job_params") ?? [:]
+            self.policy = policy
+        } else {
+            _ = (r.value("allowed_queues"), r.value("allowed_projects"), r.value("optional_batch_job_params"))
+        }
+        try r.finish()
+    }
+
+    var json: JSONValue {
+        var o: [String: JSONValue] = ["name": .string(name), "path": .string(path)]
+        if let transferLocations { o["transfer_locations"] = .object(transferLocations.mapValues { .string($0) }) }
+        if let policy {
+            o["allowed_queues"] = .object(
+                policy.allowedQueues.mapValues { q in
+                    .object([
+                        "max_nodes": .int(q.maxNodes), "max_walltime": .int(q.maxWallTimeMinutes),
+                        "max_queued_jobs": .int(q.maxQueuedJobs),
+                    ])
+                })
+            o["allowed_projects"] = .array(policy.allowedProjects.map { .string($0) })
+            o["optional_batch_job_params"] = .object(policy.optionalParams.mapValues { .string($0) })
+        }
+        return .object(o)
+    }
+}
+
+/// One of the site's apps, as the server lists it: `parameters` as `{name: {required, default, help}}`, its
+/// `app.yml` as `source_code`, and its transfer slots.
+public struct PushedApp: Sendable, Equatable {
+    public var name: String
+    public var description = ""
+    public var parameters: [String: JSONValue] = [:]
+    public var sourceCode = ""
+    public var transfers: [String: JSONValue] = [:]
+
+    /// An app named `name`.
+    public init(name: String) { self.name = name }
+
+    init(_ json: JSONValue, at prefix: String) throws(WireError) {
+        var r = try FieldReader(json, prefix: prefix)
+        name = try r.requiredString("name", maxBytes: 128)
+        description = try r.string("description", maxBytes: 65_536) ?? ""
+        parameters = try r.object("parameters") ?? [:]
+        sourceCode = try r.string("source_code", maxBytes: 1 << 20) ?? ""
+        transfers = try r.object("transfers") ?? [:]
+        try r.finish()
+    }
+
+    /// As the push carries it.
+    public var json: JSONValue {
+        .object([
+            "name": .string(name), "description": .string(description), "parameters": .object(parameters),
+            "source_code": .string(sourceCode), "transfers": .object(transfers),
+        ])
+    }
+}
+
+/// An event of one of the site's jobs, with the site's own time.
+public struct PushedEvent: Sendable, Equatable {
+    public var siteJobID: String
+    /// ISO 8601, as the site logged it.
+    public var time: String
+    public var from: JobState
+    public var to: JobState
+    public var data: [String: JSONValue] = [:]
+
+    /// An event of job `siteJobID`.
+    public init(siteJobID: String, time: String, from: JobState, to: JobState, data: [String: JSONValue] = [:]) {
+        self.siteJobID = siteJobID
+        self.time = time
+        self.from = from
+        self.to = to
+        self.data = data
+    }
+
+    /// Its time in microseconds since the epoch (the reading checked it).
+    public var microseconds: Int64 { ServerClock.parse(time) ?? 0 }
+
+    init(_ json: JSONValue, at prefix: String) throws(WireError) {
+        var r = try FieldReader(json, prefix: prefix)
+        siteJobID = try r.requiredString("site_job_id", maxBytes: 64)
+        guard try r.time("t") != nil, let t = r.members["t"]?.stringValue else { throw r.bad("t", "is required") }
+        time = t
+        from = try r.jobState("from")
+        to = try r.jobState("to")
+        data = try r.object("data") ?? [:]
+        try r.finish()
+    }
+
+    var json: JSONValue {
+        .object([
+            "site_job_id": .string(siteJobID), "t": .string(time), "from": .string(from.rawValue),
+            "to": .string(to.rawValue), "data": .object(data),
+        ])
+    }
+}
+
+/// Something made through the API that the site refused (a job, a batch job), by the server's id, with why.
+public struct Rejection: Sendable, Equatable {
+    public var serverID: Int
+    public var reason: String
+
+    /// A refusal of `serverID`.
+    public init(serverID: Int, reason: String) {
+        self.serverID = serverID
+        self.reason = reason
+    }
+
+    init(_ json: JSONValue, at prefix: String) throws(WireError) {
+        var r = try FieldReader(json, prefix: prefix)
+        serverID = try r.requiredInt("server_id", in: 1...Int.max)
+        reason = try r.requiredString("reason", maxBytes: 4096)
+        try r.finish()
+    }
+
+    var json: JSONValue { .object(["server_id": .int(serverID), "reason": .string(reason)]) }
+}
+
+/// The site's answer to a user's request (`JobRequest`): done, or refused with the reason.
+public struct RequestAnswer: Sendable, Equatable {
+    public var id: Int
+    public var refused: String?
+
+    /// The answer to request `id`: done, or refused with `refused` as the reason.
+    public init(id: Int, refused: String? = nil) {
+        self.id = id
+        self.refused = refused
+    }
+
+    init(_ json: JSONValue, at prefix: String) throws(WireError) {
+        var r = try FieldReader(json, prefix: prefix)
+        id = try r.requiredInt("id", in: 1...Int.max)
+        let outcome = try r.requiredString("outcome", maxBytes: 16)
+        let reason = try r.string("reason", maxBytes: 4096)
+        try r.finish()
+        refused = outcome == "refused" ? reason ?? "refused by the site" : nil
+    }
+
+    /// Reads one the site kept in its state file; nil when it is not one.
+    public init?(kept json: JSONValue) {
+        guard let answer = try? RequestAnswer(json, at: "") else { return nil }
+        self = answer
+    }
+
+    /// As the push carries it (and the site keeps it).
+    public var json: JSONValue {
+        var o: [String: JSONValue] = ["id": .int(id), "outcome": .string(refused == nil ? "done" : "refused")]
+        if let refused { o["reason"] = .string(refused) }
+        return .object(o)
+    }
+}
+
+/// One of the site's batch jobs as the site reports it, by the site's id (and the server's, for one asked for
+/// through the API).
+public struct BatchJobReport: Sendable, Equatable {
+    public var siteBatchID: Int
+    public var serverID: Int?
+    public var project: String
+    public var queue: String
+    public var numNodes: Int
+    public var wallTimeMinutes: Int
+    public var filterTags: [String: String] = [:]
+    public var optionalParams: [String: String] = [:]
+    public var state: BatchJob.State
+    public var schedulerID: String?
+    /// ISO 8601.
+    public var startTime: String?
+    public var endTime: String?
+    public var message: String?
+
+    /// The report of a site's batch job.
+    public init(_ job: BatchJob, serverID: Int? = nil) {
+        siteBatchID = job.id
+        self.serverID = serverID
+        project = job.project
+        queue = job.queue
+        numNodes = job.numNodes
+        wallTimeMinutes = job.wallTimeMinutes
+        filterTags = job.filterTags
+        optionalParams = job.optionalParams
+        state = job.state
+        schedulerID = job.schedulerID
+        startTime = job.startTime
+        endTime = job.endTime
+        message = job.message
+    }
+
+    init(_ json: JSONValue, at prefix: String) throws(WireError) {
+        var r = try FieldReader(json, prefix: prefix)
+        siteBatchID = try r.requiredInt("site_batch_id", in: 1...Int.max)
+        serverID = try r.int("server_id", in: 1...Int.max)
+        let state = try r.requiredString("state", maxBytes: 32)
+        guard let known = BatchJob.State(rawValue: state) else {
+            throw r.bad("state", "'\(state)' is not a batch job state")
+        }
+        self.state = known
+        schedulerID = try r.string("scheduler_id", maxBytes: 64)
+        startTime = try r.time("start_time").flatMap { _ in r.members["start_time"]?.stringValue }
+        endTime = try r.time("end_time").flatMap { _ in r.members["end_time"]?.stringValue }
+        message = try r.string("message", maxBytes: 4096)
+        project = try r.requiredString("project", maxBytes: 256)
+        queue = try r.requiredString("queue", maxBytes: 256)
+        numNodes = try r.requiredInt("num_nodes", in: 1...1_000_000)
+        wallTimeMinutes = try r.requiredInt("wall_time_min", in: 1...1_000_000)
+        filterTags = try r.stringMap("filter_tags") ?? [:]
+        optionalParams = try r.stringMap("optional_params") ?? [:]
+        try r.finish()
+    }
+
+    /// As the push carries it.
+    public var json: JSONValue {
+        var o: [String: JSONValue] = [
+            "site_batch_id": .int(siteBatchID), "project": .string(project), "queue": .string(queue),
+            "num_nodes": .int(numNodes), "wall_time_min": .int(wallTimeMinutes),
+            "filter_tags": .object(filterTags.mapValues { .string($0) }),
+            "optional_params": .object(optionalParams.mapValues { .string($0) }), "state": .string(state.rawValue),
+        ]
+        if let schedulerID { o["scheduler_id"] = .string(schedulerID) }
+        if let startTime { o["start_time"] = .string(startTime) }
+        if let endTime { o["end_time"] = .string(endTime) }
+        if let message { o["message"] = .string(message) }
+        if let serverID { o["server_id"] = .int(serverID) }
+        return .object(o)
+    }
+}
+
+extension LauncherSession {
+    init(wire json: JSONValue, at prefix: String) throws(WireError) {
+        var r = try FieldReader(json, prefix: prefix)
+        let lease = try r.requiredString("lease", maxBytes: 256)
+        let nodes = try r.requiredInt("nodes", in: 1...10_000_000)
+        guard try r.time("start") != nil, let start = r.members["start"]?.stringValue else {
+            throw r.bad("start", "is required")
+        }
+        let end = try r.time("end").flatMap { _ in r.members["end"]?.stringValue }
+        let batch = try r.int("site_batch_id", in: 1...Int.max)
+        try r.finish()
+        self.init(lease: lease, nodes: nodes, start: start, end: end, batchJob: batch)
+    }
+
+    /// As the push carries it.
+    var wire: JSONValue {
+        var o: [String: JSONValue] = [
+            "lease": .string(lease), "nodes": .int(nodes), "start": .string(start),
+            "end": end.map(JSONValue.string) ?? .null,
+        ]
+        if let batchJob { o["site_batch_id"] = .int(batchJob) }
+        return .object(o)
+    }
+}
