@@ -174,7 +174,14 @@ let package = Package(
         .testTarget(name: "MPILauncherTests", dependencies: ["MPILauncher", "Spool", "TestSupport"]),
         .testTarget(name: "BatchTests", dependencies: ["Batch", "Spool", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Spool", "TestSupport"]),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Spool", "TestSupport", "Wire"]),
+        .testTarget(
+            name: "ServerTests",
+            dependencies: [
+                "Server", "Spool", "Sync", "TestSupport", "Wire", .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]),
         .testTarget(name: "WireTests", dependencies: ["Spool", "Wire"]),
     ]
 )

@@ -1,0 +1,109 @@
+import HTTPTypes
+import Spool
+import Testing
+import Wire
+
+/// `POST /sync/push` in-process, spoken with the wire types the site itself uses (`PushRequest`, `PushReply`).
+@Suite struct SyncProtocolTests {
+    static let site = PushedSite(name: "cluster", path: "/scratch/site")
+
+    static func job(_ id: String, _ workdir: String, _ state: JobState, name: String, parents: [String] = [])
+        -> PushedJob
+    {
+        var job = Job(workdir: workdir, app: "hello")
+        job.parameters = ["name": .string(name)]
+        job.parentIDs = parents
+        return PushedJob(id: id, job, state: state)
+    }
+
+    static func event(_ id: String, _ t: String, _ from: JobState, _ to: JobState) -> PushItem<PushedEvent> {
+        .read(PushedEvent(siteJobID: id, time: t, from: from, to: to))
+    }
+
+    @Test func aPushRegistersTheSiteItsAppsJobsAndEventsAndRepeatedAddsNothing() async throws {
+        let server = try InProcessServer()
+        let token = try await server.user("nina")
+        var push = PushRequest(site: Self.site)
+        var app = PushedApp(name: "hello")
+        app.sourceCode = "command_template: echo {{ name }}"
+        app.parameters = ["name": .object(["required": .bool(true), "default": .null, "help": .string("")])]
+        push.apps = [app]
+        var tagged = Self.job("01AAA", "a", .running, name: "world!")
+        tagged.spec.tags = ["k": "v"]
+        push.jobs = [.read(tagged), .read(Self.job("01BBB", "b", .awaitingParents, name: "two", parents: ["01AAA"]))]
+        push.events = [
+            // The launcher host's file pushed before the watcher's: the latest event still wins.
+            Self.event("01AAA", "2026-11-29T10:00:02.000Z", .preprocessed, .running),
+            Self.event("01AAA", "2026-11-29T10:00:00.000Z", .created, .stagedIn),
+            Self.event("01AAA", "2026-11-29T10:00:01.000Z", .stagedIn, .preprocessed),
+            Self.event("01BBB", "2026-11-29T10:00:00.500Z", .created, .awaitingParents),
+        ]
+        let first = try await server.push(push, token: token)
+        #expect(first.status == 200 && first.reply.events == 4 && first.reply.refused.isEmpty)
+        let a = try #require(first.reply.jobs["01AAA"])
+        let again = try await server.push(push, token: token)
+        #expect(again.reply.events == 0 && again.reply.jobs == first.reply.jobs)
+
+        let job = try #require(try await server.request(.get, "/jobs/\(a)", token: token).json.objectValue)
+        #expect(job["state"] == .string("RUNNING") && job["return_code"] == .null)
+        #expect(job["site_job_id"] == .string("01AAA") && job["tags"] == .object(["k": .string("v")]))
+        let parameters = try Pickle.decodeBase64(job["serialized_parameters"]?.stringValue ?? "")
+        #expect(parameters == .object(["name": .string("world!")]))
+        let child = try await server.request(.get, "/jobs/\(first.reply.jobs["01BBB"] ?? 0)", token: token)
+        #expect(child.json.objectValue?["parent_ids"] == .array([.int(a)]))
+    }
+
+    @Test func aWrongItemIsRefusedByItselfWithACodeTheSiteSwitchesOn() async throws {
+        let server = try InProcessServer()
+        let token = try await server.user("nina")
+        var push = PushRequest(site: Self.site)
+        var app = PushedApp(name: "hello")
+        app.parameters = ["name": .object(["required": .bool(true), "default": .null, "help": .string("")])]
+        push.apps = [app]
+        var bad = Self.job("01BAD", "w/bad", .stagedIn, name: "x")
+        bad.spec.numNodes = 0
+        var elsewhere = Self.job("01APP", "w/app", .stagedIn, name: "x")
+        elsewhere.spec.app = "missing"
+        push.jobs = [.read(bad), .read(Self.job("01GOOD", "w/good", .stagedIn, name: "x")), .read(elsewhere)]
+        push.events = [
+            Self.event("01ZZZ", "2026-11-29T10:00:03.000Z", .created, .stagedIn),
+            Self.event("01GOOD", "2026-11-29T10:00:03.000Z", .created, .stagedIn),
+        ]
+        let (status, reply) = try await server.push(push, token: token)
+        #expect(status == 200)
+        let codes = Dictionary(uniqueKeysWithValues: reply.refused.map { ($0.siteJobID, $0.code) })
+        #expect(codes == ["01ZZZ": .unknownJob, "01BAD": .invalid, "01APP": .unknownApp], "\(reply.refused)")
+        #expect(reply.refused.first { $0.siteJobID == "01BAD" }?.field == "jobs[0].num_nodes")
+        #expect(reply.jobs["01GOOD"] != nil && reply.events == 1)
+    }
+
+    @Test func anEventsDataReachesTheJobAndAnotherUsersSiteIsAnotherSite() async throws {
+        let server = try InProcessServer()
+        let token = try await server.user("nina")
+        var push = PushRequest(site: Self.site)
+        var app = PushedApp(name: "hello")
+        app.parameters = ["name": .object(["required": .bool(true), "default": .null, "help": .string("")])]
+        push.apps = [app]
+        push.jobs = [.read(Self.job("01AAA", "a", .running, name: "x"))]
+        let first = try await server.push(push, token: token)
+        let a = try #require(first.reply.jobs["01AAA"])
+        var ended = PushRequest(site: Self.site)
+        // The site's RUN_ERROR event carries the exit status (the job's return_code); a hook's change of the
+        // job's data rides in its event's data (null deletes).
+        ended.events = [
+            .read(
+                PushedEvent(
+                    siteJobID: "01AAA", time: "2026-11-29T10:00:04.000Z", from: .running, to: .runError,
+                    data: ["return_code": .int(3), "data": .object(["energy": .double(-1.5), "gone": .null])]))
+        ]
+        #expect(try await server.push(ended, token: token).status == 200)
+        let job = try #require(try await server.request(.get, "/jobs/\(a)", token: token).json.objectValue)
+        #expect(job["state"] == .string("RUN_ERROR") && job["return_code"] == .int(3))
+        #expect(job["data"]?.objectValue?["energy"] == .double(-1.5), "\(job)")
+
+        let other = try await server.user("omar")
+        let theirs = try await server.push(PushRequest(site: Self.site), token: other)
+        #expect(theirs.status == 200 && theirs.reply.siteID != first.reply.siteID)
+        #expect(try await server.request(.get, "/jobs/\(a)", token: other).status == 404)
+    }
+}
