@@ -69,17 +69,6 @@ public final class Pusher {
         var event: JSONValue
     }
 
-    /// The site's name on the server: letters, digits and `_` (an app name must be a Python identifier for the
-    /// original client; a site app's `-` and `.` become `_`).
-    static func serverAppName(_ name: String) -> String {
-        var out = String(
-            name.map { c -> Character in
-                c.isASCII && (c.isLetter || c.isNumber || c == "_") ? c : "_"
-            })
-        if let first = out.first, first.isNumber { out = "_" + out }
-        return out
-    }
-
     /// The apps as the server takes them.
     func pushedApps(except fromServer: Set<String>) throws -> [PushedApp] {
         // Every round asks; an app is read again only when its app.yml changed (one stat each otherwise).
@@ -101,7 +90,7 @@ public final class Pusher {
     /// One app as the server takes it.
     private func pushedApp(_ name: String) throws -> PushedApp {
         let app = try site.app(name)
-        var pushed = PushedApp(name: Pusher.serverAppName(name))
+        var pushed = PushedApp(name: name)
         for (key, p) in app.parameters {
             let fallback: JSONValue = p.defaultValue.map { .string($0.stringValue ?? $0.serialized()) } ?? .null
             pushed.parameters[key] = .object([
@@ -177,8 +166,7 @@ public final class Pusher {
         }
         var out: [String: PushedJob] = [:]
         for listing in listings where ids.contains(listing.id) {
-            guard var job = listing.job else { continue }
-            job.app = Pusher.serverAppName(job.app)
+            guard let job = listing.job else { continue }
             out[listing.id] = PushedJob(id: listing.id, job, state: listing.state)
         }
         return out

@@ -174,7 +174,8 @@ extension Pusher {
         guard !remote.isEmpty else { return (0, 0) }
         var submission = Submission(site: site, actor: "balsam-sync")
         let names = try site.appNames()
-        let apps = Dictionary(names.map { (Pusher.serverAppName($0), $0) }, uniquingKeysWith: { a, _ in a })
+        // App names are the site's own, on both ends.
+        let apps = Dictionary(names.map { ($0, $0) }, uniquingKeysWith: { a, _ in a })
         let pythonApps = Set(names.filter { (try? site.app($0))?.isPython == true })
         var adopted = 0
         var refused = 0

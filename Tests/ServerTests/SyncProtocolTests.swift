@@ -107,3 +107,27 @@ import Wire
         #expect(try await server.request(.get, "/jobs/\(a)", token: other).status == 404)
     }
 }
+
+extension SyncProtocolTests {
+    @Test func aSiteAppKeepsItsNameOnTheServer() async throws {
+        let server = try InProcessServer()
+        let token = try await server.user("nina")
+        var push = PushRequest(site: Self.site)
+        push.apps = [PushedApp(name: "md-run.v2"), PushedApp(name: "md_run_v2")]
+        var job = Job(workdir: "w/1", app: "md-run.v2")
+        job.parameters = [:]
+        push.jobs = [.read(PushedJob(id: "01A", job, state: .stagedIn))]
+        let (status, reply) = try await server.push(push, token: token)
+        #expect(status == 200 && reply.refused.isEmpty && Set(reply.apps.keys) == ["md-run.v2", "md_run_v2"])
+        let apps = try await server.request(.get, "/apps/?site_name=cluster", token: token)
+        let names = (apps.json.objectValue?["results"]?.arrayValue ?? []).compactMap {
+            $0.objectValue?["name"]?.stringValue
+        }
+        #expect(Set(names) == ["md-run.v2", "md_run_v2"])
+
+        var bad = PushRequest(site: Self.site)
+        bad.apps = [PushedApp(name: "-x")]
+        let refused = try await server.request(.post, "/sync/push", json: bad.json, token: token)
+        #expect(refused.status == 400 && refused.json.objectValue?["field"] == .string("apps[0].name"))
+    }
+}

@@ -26,8 +26,10 @@ enum SyncRoutes {
                 field: "site.name")
         }
         for (i, app) in push.apps.enumerated() {
+            // A site's app keeps the name it has at the site (letters, digits, `_`, `-`, `.`): the same name on
+            // both ends, and two apps of a site never share one.
+            do { try App.validateName(app.name) } catch { throw WireError(error.message, field: "apps[\(i)].name") }
             let input = try FieldReader(.object(["name": .string(app.name)]), prefix: "apps[\(i)]")
-            try Apps.validateName(app.name, input: input)
             try Apps.checkParameters(app.parameters, input: input)
         }
         if push.jobs.count + push.events.count + push.apps.count > call.limits.bulkItems * 4 {
