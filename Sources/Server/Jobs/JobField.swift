@@ -81,10 +81,10 @@ enum JobField: String, CaseIterable, Sendable {
     static let forwardedNames = Set(allCases.filter(\.forwarded).map(\.name))
 
     /// The names of a row of every field, in the declared order.
-    static let rowNames = SQLRow.Names(allCases.map(\.name))
+    static let rowNames = SQLRow.Names(names)
 
     /// Every field, as a SELECT list.
-    static let selectList = allCases.map(\.name).joined(separator: ", ")
+    static let selectList = names.joined(separator: ", ")
 
     /// `expression` cast to the column's type, where PostgreSQL would take the text of a VALUES list as text.
     static func cast(_ expression: String, column: String, dialect: SQLDialect) -> String {
@@ -96,24 +96,29 @@ enum JobField: String, CaseIterable, Sendable {
         }
     }
 
-    /// Writes the field's value in a reply.
-    func write(_ row: SQLRow, to out: inout JSONWriter) {
+    /// Writes the field's value, column `i` of `row`, in a reply.
+    func write(_ row: SQLRow, column i: Int, to out: inout JSONWriter) {
         switch kind {
-        case .integer(optional: false): out.field(name, row.int(name))
-        case .integer(optional: true): out.field(name, row.optionalInt(name))
-        case .number: out.field(name, row.double(name))
-        case .text(optional: false), .state: out.field(name, row.text(name))
-        case .text(optional: true): out.field(name, row.optionalText(name))
-        case .json: out.raw(name, row.text(name))
-        case .boolean: out.field(name, row.bool(name))
-        case .time: out.field(name, ServerClock.iso(Int64(row.int(name)), zone: true))
+        case .integer(optional: false): out.field(name, row.int(i))
+        case .integer(optional: true): out.field(name, row.optionalInt(i))
+        case .number: out.field(name, row.double(i))
+        case .text(optional: false), .state: out.field(name, row.text(i))
+        case .text(optional: true): out.field(name, row.optionalText(i))
+        case .json: out.raw(name, row.text(i))
+        case .boolean: out.field(name, row.bool(i))
+        case .time: out.field(name, ServerClock.iso(Int64(row.int(i)), zone: true))
         }
     }
 
-    /// A job row in a reply: every field, in the declared order.
+    /// Every field's name, in the declared order.
+    static let names = allCases.map(\.name)
+
+    /// A job row in a reply: every field, in the declared order, each read by its column's name (the positions
+    /// worked out once per result).
     static func write(_ row: SQLRow, to out: inout JSONWriter) {
+        let positions = row.names.positions(names)
         out.beginObject()
-        for field in allCases { field.write(row, to: &out) }
+        for (field, i) in zip(allCases, positions) { field.write(row, column: i, to: &out) }
         out.endObject()
     }
 

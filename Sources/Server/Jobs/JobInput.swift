@@ -34,26 +34,36 @@ extension Jobs {
 
         init() {}
 
-        /// What a new job's row holds of each field.
-        func values(now: Int64) -> [JobField: SQLValue] {
-            [
-                .appID: .of(appID), .workdir: .text(workdir), .tags: .text(tags),
-                .serializedParameters: .text(serializedParameters), .data: .text(data), .returnCode: .of(returnCode),
-                .numNodes: .of(numNodes), .ranksPerNode: .of(ranksPerNode), .threadsPerRank: .of(threadsPerRank),
-                .threadsPerCore: .of(threadsPerCore), .launchParams: .text(launchParams),
-                .gpusPerRank: .double(gpusPerRank), .nodePackingCount: .of(nodePackingCount),
-                .wallTimeMin: .of(wallTimeMin),
-                .parentIDs: .text(JSONValue.array(parentIDs.map { .int($0) }).serialized()), .batchJobID: .null,
-                .state: .of(state), .lastUpdate: .int(now), .pendingFileCleanup: .of(true),
-                .serializedReturnValue: .text(""), .serializedException: .text(""), .siteJobID: .null,
-            ]
+        /// What a new job's row holds of `field`.
+        func value(_ field: JobField, id: Int = 0, now: Int64) -> SQLValue {
+            switch field {
+            case .id: .of(id)
+            case .appID: .of(appID)
+            case .workdir: .text(workdir)
+            case .tags: .text(tags)
+            case .serializedParameters: .text(serializedParameters)
+            case .data: .text(data)
+            case .returnCode: .of(returnCode)
+            case .numNodes: .of(numNodes)
+            case .ranksPerNode: .of(ranksPerNode)
+            case .threadsPerRank: .of(threadsPerRank)
+            case .threadsPerCore: .of(threadsPerCore)
+            case .launchParams: .text(launchParams)
+            case .gpusPerRank: .double(gpusPerRank)
+            case .nodePackingCount: .of(nodePackingCount)
+            case .wallTimeMin: .of(wallTimeMin)
+            case .parentIDs: .text(JSONValue.array(parentIDs.map { .int($0) }).serialized())
+            case .batchJobID, .siteJobID: .null
+            case .state: .of(state)
+            case .lastUpdate: .int(now)
+            case .pendingFileCleanup: .of(true)
+            case .serializedReturnValue, .serializedException: .text("")
+            }
         }
 
         /// The job as the reply to its creation shows it.
         func row(id: Int, now: Int64) -> SQLRow {
-            var values = values(now: now)
-            values[.id] = .of(id)
-            return SQLRow(values: JobField.allCases.map { values[$0] ?? .null }, names: JobField.rowNames)
+            SQLRow(values: JobField.allCases.map { value($0, id: id, now: now) }, names: JobField.rowNames)
         }
 
         /// A site's job with `spec`, pushed in `state`.

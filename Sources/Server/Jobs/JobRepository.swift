@@ -73,10 +73,7 @@ enum JobRepository {
         var ids: [Int] = []
         ids.reserveCapacity(jobs.count)
         for chunk in jobs.chunked(c.rowsPerStatement(columns: insertFields.count + 2)) {
-            let rows = chunk.map { job in
-                let values = job.values(now: now)
-                return [.of(owner), .of(job.siteID)] + insertFields.map { values[$0] ?? .null }
-            }
+            let rows = chunk.map { job in [.of(owner), .of(job.siteID)] + insertFields.map { job.value($0, now: now) } }
             let made = try c.query(
                 "INSERT INTO jobs (\(raw: names)) VALUES \(SQL.rows(rows)) RETURNING id, workdir")
             var byWorkdir: [String: Int] = [:]

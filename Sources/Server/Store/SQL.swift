@@ -1,4 +1,5 @@
 import Spool
+import Synchronization
 import Wire
 
 /// A value bound to, or read from, a SQL statement. Both backends store only these four kinds: JSON goes in as
@@ -30,8 +31,28 @@ public struct SQLRow: Sendable {
     /// A result's column names, shared by its rows.
     final class Names: Sendable {
         let index: [String: Int]
+        /// The positions of the last list of columns asked for, with that list.
+        private let memo = Mutex<(columns: [String], positions: [Int])?>(nil)
+
         init(_ names: [String]) {
             index = Dictionary(names.enumerated().map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
+        }
+
+        /// The positions of `columns` (-1 for one the statement does not select), worked out once per result:
+        /// its rows are read with the same list, which compares by identity (one array, no string compared).
+        func positions(_ columns: [String]) -> [Int] {
+            memo.withLock { memo in
+                if let memo, memo.columns == columns { return memo.positions }
+                let positions = columns.map { name in
+                    guard let i = index[name] else {
+                        assertionFailure("no column '\(name)' in this result (\(index.keys.sorted()))")
+                        return -1
+                    }
+                    return i
+                }
+                memo = (columns, positions)
+                return positions
+            }
         }
     }
 

@@ -86,13 +86,16 @@ struct SQL: ExpressibleByStringInterpolation, Sendable, Hashable {
     /// The VALUES list of a multi-row INSERT: `(v, v), (v, v)`, each row bound.
     static func rows(_ rows: some Collection<[SQLValue]>) -> SQL {
         var out: SQL = ""
+        var shape = (width: -1, text: "")
+        out.values.reserveCapacity(rows.count * (rows.first?.count ?? 0))
         for (i, row) in rows.enumerated() {
-            out.append(raw: i == 0 ? "(" : ",(")
-            for (k, value) in row.enumerated() {
-                if k > 0 { out.append(raw: ",") }
-                out.append(value: value)
+            // Rows of one width share their text: one append per row, not one per value.
+            if row.count != shape.width {
+                shape = (row.count, "(" + Array(repeating: String(SQL.marker), count: row.count).joined(separator: ",") + ")")
             }
-            out.append(raw: ")")
+            if i > 0 { out.marked += "," }
+            out.marked += shape.text
+            out.values += row
         }
         return out
     }
