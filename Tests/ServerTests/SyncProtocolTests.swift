@@ -16,6 +16,16 @@ import Wire
         return PushedJob(id: id, job, state: state)
     }
 
+    /// A push of the site with its app `hello` (a required parameter `name`).
+    static func pushWithApp() -> PushRequest {
+        var push = PushRequest(site: site)
+        var app = PushedApp(name: "hello")
+        app.sourceCode = "command_template: echo {{ name }}"
+        app.parameters = ["name": .object(["required": .bool(true), "default": .null, "help": .string("")])]
+        push.apps = [app]
+        return push
+    }
+
     static func event(_ id: String, _ t: String, _ from: JobState, _ to: JobState) -> PushItem<PushedEvent> {
         .read(PushedEvent(siteJobID: id, time: t, from: from, to: to))
     }
@@ -23,11 +33,7 @@ import Wire
     @Test func aPushRegistersTheSiteItsAppsJobsAndEventsAndRepeatedAddsNothing() async throws {
         let server = try InProcessServer()
         let token = try await server.user("nina")
-        var push = PushRequest(site: Self.site)
-        var app = PushedApp(name: "hello")
-        app.sourceCode = "command_template: echo {{ name }}"
-        app.parameters = ["name": .object(["required": .bool(true), "default": .null, "help": .string("")])]
-        push.apps = [app]
+        var push = Self.pushWithApp()
         var tagged = Self.job("01AAA", "a", .running, name: "world!")
         tagged.spec.tags = ["k": "v"]
         push.jobs = [.read(tagged), .read(Self.job("01BBB", "b", .awaitingParents, name: "two", parents: ["01AAA"]))]
@@ -56,10 +62,7 @@ import Wire
     @Test func aWrongItemIsRefusedByItselfWithACodeTheSiteSwitchesOn() async throws {
         let server = try InProcessServer()
         let token = try await server.user("nina")
-        var push = PushRequest(site: Self.site)
-        var app = PushedApp(name: "hello")
-        app.parameters = ["name": .object(["required": .bool(true), "default": .null, "help": .string("")])]
-        push.apps = [app]
+        var push = Self.pushWithApp()
         var bad = Self.job("01BAD", "w/bad", .stagedIn, name: "x")
         bad.spec.numNodes = 0
         var elsewhere = Self.job("01APP", "w/app", .stagedIn, name: "x")
@@ -80,10 +83,7 @@ import Wire
     @Test func anEventsDataReachesTheJobAndAnotherUsersSiteIsAnotherSite() async throws {
         let server = try InProcessServer()
         let token = try await server.user("nina")
-        var push = PushRequest(site: Self.site)
-        var app = PushedApp(name: "hello")
-        app.parameters = ["name": .object(["required": .bool(true), "default": .null, "help": .string("")])]
-        push.apps = [app]
+        var push = Self.pushWithApp()
         push.jobs = [.read(Self.job("01AAA", "a", .running, name: "x"))]
         let first = try await server.push(push, token: token)
         let a = try #require(first.reply.jobs["01AAA"])
