@@ -91,7 +91,9 @@ struct SQL: ExpressibleByStringInterpolation, Sendable, Hashable {
         for (i, row) in rows.enumerated() {
             // Rows of one width share their text: one append per row, not one per value.
             if row.count != shape.width {
-                shape = (row.count, "(" + Array(repeating: String(SQL.marker), count: row.count).joined(separator: ",") + ")")
+                shape = (
+                    row.count, "(" + Array(repeating: String(SQL.marker), count: row.count).joined(separator: ",") + ")"
+                )
             }
             if i > 0 { out.marked += "," }
             out.marked += shape.text
