@@ -89,7 +89,7 @@ extension Pusher {
             case ("delete", _): outcomes = control.remove(selected, keepFiles: false)
             case ("modify", let text?):
                 let change = (try? JSONValue.parse(text))?.objectValue ?? [:]
-                outcomes = control.modify(selected) { job in Pusher.apply(change, to: &job) }
+                outcomes = control.modify(selected) { job in JobSpec.apply(change, to: &job) }
             case ("transfer", let text?):
                 let (outcome, reason) = try TransferChange(site: site).apply(text, to: selected[0])
                 try answer(outcome, reason)
@@ -110,26 +110,6 @@ extension Pusher {
             }
         }
         return answered
-    }
-
-    /// A user's change of a job's spec, as the server forwards it (the original's field names).
-    static func apply(_ change: [String: JSONValue], to job: inout Job) {
-        for (key, value) in change {
-            switch key {
-            case "tags": job.tags = (value.objectValue ?? [:]).compactMapValues(\.stringValue)
-            case "data": job.data = value.objectValue ?? [:]
-            case "parameters": job.parameters = value.objectValue ?? [:]
-            case "launch_params": job.launchParams = (value.objectValue ?? [:]).compactMapValues(\.stringValue)
-            case "num_nodes": job.numNodes = value.intValue ?? job.numNodes
-            case "ranks_per_node": job.ranksPerNode = value.intValue ?? job.ranksPerNode
-            case "threads_per_rank": job.threadsPerRank = value.intValue ?? job.threadsPerRank
-            case "threads_per_core": job.threadsPerCore = value.intValue ?? job.threadsPerCore
-            case "gpus_per_rank": job.gpusPerRank = value.doubleValue ?? job.gpusPerRank
-            case "node_packing_count": job.nodePackingCount = value.intValue ?? job.nodePackingCount
-            case "wall_time_min": job.wallTimeMin = value.intValue ?? job.wallTimeMin
-            default: break
-            }
-        }
     }
 
     /// Batch jobs asked for through the API go through `balsam queue submit`'s checks against the site's policy

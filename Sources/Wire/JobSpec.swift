@@ -103,6 +103,29 @@ public struct JobSpec: Sendable, Equatable {
     }
 }
 
+extension JobSpec {
+    /// Applies a user's change of a site's job's spec, as the server forwards it (a `modify` request: the
+    /// original's field names, and the parameters read out of their pickle), to the site's job.
+    public static func apply(_ change: [String: JSONValue], to job: inout Job) {
+        for (key, value) in change {
+            switch key {
+            case "tags": job.tags = (value.objectValue ?? [:]).compactMapValues(\.stringValue)
+            case "data": job.data = value.objectValue ?? [:]
+            case "parameters": job.parameters = value.objectValue ?? [:]
+            case "launch_params": job.launchParams = (value.objectValue ?? [:]).compactMapValues(\.stringValue)
+            case "num_nodes": job.numNodes = value.intValue ?? job.numNodes
+            case "ranks_per_node": job.ranksPerNode = value.intValue ?? job.ranksPerNode
+            case "threads_per_rank": job.threadsPerRank = value.intValue ?? job.threadsPerRank
+            case "threads_per_core": job.threadsPerCore = value.intValue ?? job.threadsPerCore
+            case "gpus_per_rank": job.gpusPerRank = value.doubleValue ?? job.gpusPerRank
+            case "node_packing_count": job.nodePackingCount = value.intValue ?? job.nodePackingCount
+            case "wall_time_min": job.wallTimeMin = value.intValue ?? job.wallTimeMin
+            default: break
+            }
+        }
+    }
+}
+
 /// A job made at a site, as its push carries it: the site's id, its state there, its parents by the site's ids,
 /// its parameters (plain values) and its spec. A job the site took from the server (`RemoteJob`) is pushed back
 /// with the server's id (`serverID`): that is its adoption, and the server needs nothing else of it.

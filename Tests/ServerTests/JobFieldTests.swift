@@ -1,6 +1,7 @@
 import Spool
 import TestSupport
 import Testing
+import Wire
 
 @testable import Server
 
@@ -51,5 +52,22 @@ import Testing
         let job = document["components"]?.objectValue?["schemas"]?.objectValue?["Job"]?.objectValue
         let properties = try #require(job?["properties"]?.objectValue)
         #expect(Set(properties.keys) == Set(JobField.allCases.map(\.name)))
+    }
+
+    @Test func everyFieldTheServerForwardsIsAppliedAtTheSite() {
+        let original = Job(workdir: "w", app: "a")
+        for name in JobField.forwardedNames.sorted() {
+            // The server forwards the parameters read out of their pickle, under the original's name.
+            let key = name == JobField.serializedParameters.name ? "parameters" : name
+            let value: JSONValue =
+                switch JobField(rawValue: name)?.kind {
+                case .integer?: .int(7)
+                case .number?: .double(0.5)
+                default: .object(["k": .string("v")])
+                }
+            var job = original
+            JobSpec.apply([key: value], to: &job)
+            #expect(job != original, "a change of \(name) forwarded to a site changes nothing there")
+        }
     }
 }
