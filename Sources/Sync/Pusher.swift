@@ -259,10 +259,10 @@ public final class Pusher {
         let scheduler = siteSettings?.scheduler ?? SiteSettings.Scheduler()
         var pushedSite = PushedSite(name: settings.siteName ?? site.name, path: site.root)
         pushedSite.transferLocations = (siteSettings?.transferLocations ?? [:]).mapValues(\.url)
-        pushedSite.policy = PushedSite.Policy()
-        pushedSite.policy?.allowedQueues = scheduler.allowedQueues
-        pushedSite.policy?.allowedProjects = scheduler.allowedProjects
-        pushedSite.policy?.optionalParams = scheduler.optionalParams
+        var policy = PushedSite.Policy()
+        (policy.allowedQueues, policy.allowedProjects) = (scheduler.allowedQueues, scheduler.allowedProjects)
+        policy.optionalParams = scheduler.optionalParams
+        pushedSite.policy = policy
         // Batch jobs whose record changed since the last push (with the server's id for those asked remotely).
         let store = BatchJobStore(site: site)
         let batchServerIDs = Dictionary(state.batchAdopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })

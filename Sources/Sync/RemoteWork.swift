@@ -155,7 +155,7 @@ extension Pusher {
         var submission = Submission(site: site, actor: "balsam-sync")
         let names = try site.appNames()
         // App names are the site's own, on both ends.
-        let apps = Dictionary(names.map { ($0, $0) }, uniquingKeysWith: { a, _ in a })
+        let apps = Set(names)
         let pythonApps = Set(names.filter { (try? site.app($0))?.isPython == true })
         var adopted = 0
         var refused = 0
@@ -178,10 +178,10 @@ extension Pusher {
                 if case .unreadable(_, let error) = item { try refuse("the server sent it wrong: \(error)") }
                 continue
             }
-            let appName = o.spec.app
-            guard let app = apps[appName] else {
+            let app = o.spec.app
+            guard apps.contains(app) else {
                 try refuse(
-                    "site \(site.name) has no app '\(appName)' (its apps: \(names.isEmpty ? "none" : names.joined(separator: ", ")))"
+                    "site \(site.name) has no app '\(app)' (its apps: \(names.isEmpty ? "none" : names.joined(separator: ", ")))"
                 )
                 continue
             }

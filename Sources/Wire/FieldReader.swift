@@ -153,10 +153,13 @@ public struct FieldReader {
     }
 
     /// A time in ISO 8601, as microseconds since the epoch.
-    public mutating func time(_ key: String) throws(WireError) -> Int64? {
+    public mutating func time(_ key: String) throws(WireError) -> Int64? { try timeAsSent(key)?.microseconds }
+
+    /// A time in ISO 8601, checked, with its text as sent (a site's own time, which it reads back).
+    public mutating func timeAsSent(_ key: String) throws(WireError) -> (text: String, microseconds: Int64)? {
         guard let text = try string(key, maxBytes: 64) else { return nil }
         guard let micros = ServerClock.parse(text) else { throw bad(key, "'\(text)' is not an ISO 8601 date and time") }
-        return micros
+        return (text, micros)
     }
 
     /// A list (absent: empty).

@@ -141,27 +141,25 @@ public struct PushedSite: Sendable, Equatable {
         name = try r.requiredString("name", maxBytes: 128)
         path = try r.requiredString("path")
         transferLocations = try r.stringMap("transfer_locations")
-        if r.has("allowed_queues") || r.has("allowed_projects") || r.has("optional_batch_job_params") {
-            var policy = Policy()
-            let given = try r.object("allowed_queues", maxBytes: 262_144) ?? [:]
-            if given.count > 1000 { throw r.bad("allowed_queues", "has \(given.count) queues; the limit is 1000") }
-            for (name, value) in given {
-                if name.isEmpty || name.utf8.count > 256 || name.utf8.contains(0) {
-                    throw r.bad("allowed_queues", "has a queue name that is empty, longer than 256 bytes or holds NUL")
-                }
-                var q = try FieldReader(value, prefix: "site.allowed_queues.\(name)")
-                policy.allowedQueues[name] = SiteSettings.QueuePolicy(
-                    maxNodes: try q.requiredInt("max_nodes", in: 1...10_000_000),
-                    maxWallTimeMinutes: try q.requiredInt("max_walltime", in: 1...10_000_000),
-                    maxQueuedJobs: try q.requiredInt("max_queued_jobs", in: 0...10_000_000))
-                try q.finish()
+        // No policy at all: a site that does not say (an older one).
+        let says = r.has("allowed_queues") || r.has("allowed_projects") || r.has("optional_batch_job_params")
+        var policy = Policy()
+        let given = try r.object("allowed_queues", maxBytes: 262_144) ?? [:]
+        if given.count > 1000 { throw r.bad("allowed_queues", "has \(given.count) queues; the limit is 1000") }
+        for (name, value) in given {
+            if name.isEmpty || name.utf8.count > 256 || name.utf8.contains(0) {
+                throw r.bad("allowed_queues", "has a queue name that is empty, longer than 256 bytes or holds NUL")
             }
-            policy.allowedProjects = try r.stringList("allowed_projects", maxCount: 1000, maxBytes: 256) ?? []
-            policy.optionalParams = try r.stringMap("optional_batch_job_params") ?? [:]
-            self.policy = policy
-        } else {
-            _ = (r.value("allowed_queues"), r.value("allowed_projects"), r.value("optional_batch_job_params"))
+            var q = try FieldReader(value, prefix: "site.allowed_queues.\(name)")
+            policy.allowedQueues[name] = SiteSettings.QueuePolicy(
+                maxNodes: try q.requiredInt("max_nodes", in: 1...10_000_000),
+                maxWallTimeMinutes: try q.requiredInt("max_walltime", in: 1...10_000_000),
+                maxQueuedJobs: try q.requiredInt("max_queued_jobs", in: 0...10_000_000))
+            try q.finish()
         }
+        policy.allowedProjects = try r.stringList("allowed_projects", maxCount: 1000, maxBytes: 256) ?? []
+        policy.optionalParams = try r.stringMap("optional_batch_job_params") ?? [:]
+        self.policy = says ? policy : nil
         try r.finish()
     }
 
@@ -218,7 +216,9 @@ public struct PushedApp: Sendable, Equatable {
 public struct PushedEvent: Sendable, Equatable {
     public var siteJobID: String
     /// ISO 8601, as the site logged it.
-    public var time: String
+    public let time: String
+    /// The same time in microseconds since the epoch (0 for a text that is not a time; a read event's is one).
+    public let microseconds: Int64
     public var from: JobState
     public var to: JobState
     public var data: [String: JSONValue] = [:]
@@ -227,19 +227,17 @@ public struct PushedEvent: Sendable, Equatable {
     public init(siteJobID: String, time: String, from: JobState, to: JobState, data: [String: JSONValue] = [:]) {
         self.siteJobID = siteJobID
         self.time = time
+        microseconds = ServerClock.parse(time) ?? 0
         self.from = from
         self.to = to
         self.data = data
     }
 
-    /// Its time in microseconds since the epoch (the reading checked it).
-    public var microseconds: Int64 { ServerClock.parse(time) ?? 0 }
-
     init(_ json: JSONValue, at prefix: String) throws(WireError) {
         var r = try FieldReader(json, prefix: prefix)
         siteJobID = try r.requiredString("site_job_id", maxBytes: 64)
-        guard try r.time("t") != nil, let t = r.members["t"]?.stringValue else { throw r.bad("t", "is required") }
-        time = t
+        guard let t = try r.timeAsSent("t") else { throw r.bad("t", "is required") }
+        (time, microseconds) = t
         from = try r.jobState("from")
         to = try r.jobState("to")
         data = try r.object("data") ?? [:]
@@ -354,8 +352,8 @@ public struct BatchJobReport: Sendable, Equatable {
         }
         self.state = known
         schedulerID = try r.string("scheduler_id", maxBytes: 64)
-        startTime = try r.time("start_time").flatMap { _ in r.members["start_time"]?.stringValue }
-        endTime = try r.time("end_time").flatMap { _ in r.members["end_time"]?.stringValue }
+        startTime = try r.timeAsSent("start_time")?.text
+        endTime = try r.timeAsSent("end_time")?.text
         message = try r.string("message", maxBytes: 4096)
         project = try r.requiredString("project", maxBytes: 256)
         queue = try r.requiredString("queue", maxBytes: 256)
@@ -388,10 +386,8 @@ extension LauncherSession {
         var r = try FieldReader(json, prefix: prefix)
         let lease = try r.requiredString("lease", maxBytes: 256)
         let nodes = try r.requiredInt("nodes", in: 1...10_000_000)
-        guard try r.time("start") != nil, let start = r.members["start"]?.stringValue else {
-            throw r.bad("start", "is required")
-        }
-        let end = try r.time("end").flatMap { _ in r.members["end"]?.stringValue }
+        guard let start = try r.timeAsSent("start")?.text else { throw r.bad("start", "is required") }
+        let end = try r.timeAsSent("end")?.text
         let batch = try r.int("site_batch_id", in: 1...Int.max)
         try r.finish()
         self.init(lease: lease, nodes: nodes, start: start, end: end, batchJob: batch)

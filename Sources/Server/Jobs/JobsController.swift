@@ -5,10 +5,6 @@ import Wire
 /// `/jobs/`: bulk create, list with filters, bulk and query updates, deletion; the state rules the original
 /// client expects at creation, plus the site's validated transitions on every change.
 enum Jobs {
-    static let columns = JobField.selectList
-
-    static func write(_ r: SQLRow, to out: inout JSONWriter) { JobField.write(r, to: &out) }
-
     // MARK: - Filters
 
     /// The list filters of `GET`, `PUT` and `DELETE /jobs/`.
@@ -56,11 +52,12 @@ enum Jobs {
     static func list(_ call: inout Call) throws -> Reply {
         let c = try conditions(&call)
         let ordering = try call.query.ordering(orderings, default: "id ASC")
-        return try page(call: &call, table: "jobs", columns: columns, conditions: c, ordering: ordering, write)
+        return try page(
+            call: &call, table: "jobs", columns: JobField.selectList, conditions: c, ordering: ordering, JobField.write)
     }
 
     static func one(_ call: inout Call) throws -> Reply {
-        try detail(call, table: "jobs", columns: columns, what: "job", write)
+        try detail(call, table: "jobs", columns: JobField.selectList, what: "job", JobField.write)
     }
 
     // MARK: - Create

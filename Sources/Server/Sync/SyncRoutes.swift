@@ -29,8 +29,7 @@ enum SyncRoutes {
             // A site's app keeps the name it has at the site (letters, digits, `_`, `-`, `.`): the same name on
             // both ends, and two apps of a site never share one.
             do { try App.validateName(app.name) } catch { throw WireError(error.message, field: "apps[\(i)].name") }
-            let input = try FieldReader(.object(["name": .string(app.name)]), prefix: "apps[\(i)]")
-            try Apps.checkParameters(app.parameters, input: input)
+            try Apps.checkParameters(app.parameters, input: try FieldReader(.object([:]), prefix: "apps[\(i)]"))
         }
         if push.jobs.count + push.events.count + push.apps.count > call.limits.bulkItems * 4 {
             throw ServerError.badRequest("a push holds at most \(call.limits.bulkItems * 4) apps, jobs and events")
