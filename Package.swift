@@ -166,6 +166,12 @@ let package = Package(
         .target(name: "Sync", dependencies: ["CCurl", "Spool", "Wire", .product(name: "Yams", package: "Yams")]),
         .executableTarget(name: "balsam", dependencies: ["Batch", "BalsamCLI", "Spool", "Sync"]),
         .executableTarget(name: "balsam-submit", dependencies: ["BalsamCLI", "Spool"]),
+        // bench/fleet-bench's sites: many sites in one process, each written to and pushed by the site's own code.
+        .executableTarget(
+            name: "fleet-driver",
+            dependencies: ["Spool", "Sync", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "bench/FleetDriver"
+        ),
         // Temporary sites, small filesystems, running the built binaries.
         .target(name: "TestSupport", dependencies: ["Spool"], path: "Tests/TestSupport"),
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "TestSupport"]),

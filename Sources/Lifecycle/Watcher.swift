@@ -137,22 +137,16 @@ public final class Watcher: Sendable {
     /// running here; the pushes back off, doubling up to a minute, and catch up when it answers.
     private func runSyncService(once: Bool) {
         var pusher: (settings: SiteSettings.Sync, pusher: Pusher)?
-        var backoff = 0.0
-        runPeriodic(
-            "sync", once: once,
-            retry: {
-                backoff = min(60, max(backoff * 2, pusher?.settings.periodSeconds ?? 1))
-                return backoff
-            }
-        ) {
+        var schedule = SyncSchedule(period: 1)
+        runPeriodic("sync", once: once, retry: { schedule.failed() }) {
             guard let settings = try settings().sync else {
                 pusher = nil
                 return 5
             }
             if pusher?.settings != settings { pusher = (settings, try Pusher(site: site, settings: settings)) }
             guard let current = pusher else { return 5 }
+            schedule.period = settings.periodSeconds
             let round = try current.pusher.round()
-            backoff = 0
             for refusal in round.newRefusals { logger.warning("sync: refused: \(refusal)") }
             if round.registeredAgain {
                 logger.notice("sync: the server had lost this site's record; registered again, pushing the whole site")
@@ -160,7 +154,7 @@ public final class Watcher: Sendable {
             if round.events > 0 {
                 logger.debug("sync: \(round.events) events and \(round.jobs) jobs pushed")
             }
-            return round.caughtUp ? settings.periodSeconds : 0
+            return schedule.succeeded(round)
         }
     }
 
