@@ -123,7 +123,10 @@ final class FleetSite: @unchecked Sendable {
             }
         } catch {
             wait = schedule.failed()
-            if failingSince == nil { failingSince = began }
+            if failingSince == nil {
+                failingSince = began
+                FileHandle.standardError.write(Data("fleet-driver: \(name): \(error)\n".utf8))
+            }
             results.withLock {
                 $0.failures += 1
                 $0.maxBackoff = max($0.maxBackoff, wait)

@@ -206,14 +206,23 @@ extension SyncRoutes {
                     message: "job \(e.siteJobID) is not on the server: push it (in jobs) first",
                     field: "events[\(i)].site_job_id"))
         }
-        // What is recorded already (a repeated push) is not recorded again.
+        // What is recorded already (a repeated push) is not recorded again. Each job's latest event, recorded
+        // before or now, gives its state (newest time first; at one time, the last recorded).
         let jobs = Array(Set(pending.compactMap { ids[$0.siteJobID] }))
         var seen = Set<String>()
+        var latest: [Int: (time: Int64, order: Int, state: String, fresh: Bool)] = [:]
+        func note(_ job: Int, _ time: Int64, _ order: Int, _ state: String, fresh: Bool) {
+            if let was = latest[job], (was.time, was.order) > (time, order) { return }
+            latest[job] = (time, order, state, fresh)
+        }
         for chunk in jobs.chunked(5000) {
             let rows = try call.connection.query(
-                "SELECT job_id, timestamp, from_state, to_state FROM events WHERE job_id IN (\(list: chunk.map { .of($0) }))"
+                "SELECT job_id, timestamp, from_state, to_state, id FROM events WHERE job_id IN (\(list: chunk.map { .of($0) }))"
             )
-            for r in rows { seen.insert("\(r.int(0)) \(r.int(1)) \(r.text(2)) \(r.text(3))") }
+            for r in rows {
+                seen.insert("\(r.int(0)) \(r.int(1)) \(r.text(2)) \(r.text(3))")
+                note(r.int(0), Int64(r.int(1)), r.int(4), r.text(3), fresh: false)
+            }
         }
         var fresh: [(Int, String, String, String, Int64)] = []
         for e in pending {
@@ -222,19 +231,31 @@ extension SyncRoutes {
             if seen.insert(key).inserted { fresh.append((job, e.from.rawValue, e.to.rawValue, e.data, e.time)) }
         }
         try JobRepository.insertEvents(fresh, owner: call.user.id, siteID: siteID, connection: call.connection)
-        // Each job's state is its latest event's, whatever order the site's hosts pushed them in.
-        var latest: [String: [(Int, [SQLValue])]] = [:]
-        for chunk in Set(fresh.map(\.0)).map({ $0 }).chunked(5000) where !chunk.isEmpty {
-            let rows = try call.connection.query(
-                """
-                SELECT e.job_id, e.to_state FROM events e WHERE e.job_id IN (\(list: chunk.map { .of($0) }))
-                AND e.id = (SELECT e2.id FROM events e2 WHERE e2.job_id = e.job_id
-                ORDER BY e2.timestamp DESC, e2.id DESC LIMIT 1)
-                """)
-            for r in rows { latest[r.text(1), default: []].append((r.int(0), [.text(r.text(1))])) }
+        // Ids of the rows just inserted are above every earlier one.
+        for (k, e) in fresh.enumerated() { note(e.0, e.4, Int.max / 2 + k, e.2, fresh: true) }
+        // A run's exit status, as the site's events give it (RUN_DONE is 0), becomes the job's return_code.
+        var codes: [Int: (Int64, Int)] = [:]
+        for e in fresh {
+            let code: Int? =
+                e.2 == JobState.runDone.rawValue
+                ? 0 : (try? JSONValue.parse(e.3))?.objectValue?["return_code"]?.intValue
+            guard let code else { continue }
+            if codes[e.0].map({ $0.0 <= e.4 }) ?? true { codes[e.0] = (e.4, code) }
         }
-        for (_, rows) in latest {
-            try JobRepository.updateRows(columns: ["state"], rows: rows, now: now, connection: call.connection)
+        // Each job changed once: its state when its latest event is new, its return code when an event gave one.
+        var changes: [[String]: [(Int, [SQLValue])]] = [:]
+        for job in Set(fresh.map(\.0)) {
+            let state = latest[job].flatMap { $0.fresh ? $0.state : nil }
+            let code = codes[job]?.1
+            switch (state, code) {
+            case (let s?, let c?): changes[["state", "return_code"], default: []].append((job, [.text(s), .of(c)]))
+            case (let s?, nil): changes[["state"], default: []].append((job, [.text(s)]))
+            case (nil, let c?): changes[["return_code"], default: []].append((job, [.of(c)]))
+            case (nil, nil): break
+            }
+        }
+        for (columns, rows) in changes.sorted(by: { $0.key.count < $1.key.count }) {
+            try JobRepository.updateRows(columns: columns, rows: rows, now: now, connection: call.connection)
         }
         // A hook's change of the job's data, in its event's `data.data`, is applied in time order (null deletes).
         let dataChanges = fresh.compactMap { e -> (Int, Int64, [String: JSONValue])? in
@@ -248,20 +269,6 @@ extension SyncRoutes {
             var data = (try? JSONValue.parse(row.text(0)))?.objectValue ?? [:]
             for (key, value) in change { data[key] = value == .null ? nil : value }
             try call.connection.execute("UPDATE jobs SET data = \(.text(jsonText(data))) WHERE id = \(.of(job))")
-        }
-        // A run's exit status, as the site's events give it (RUN_DONE is 0), becomes the job's return_code.
-        var codes: [Int: (Int64, Int)] = [:]
-        for e in fresh {
-            let code: Int? =
-                e.2 == JobState.runDone.rawValue
-                ? 0 : (try? JSONValue.parse(e.3))?.objectValue?["return_code"]?.intValue
-            guard let code else { continue }
-            if codes[e.0].map({ $0.0 <= e.4 }) ?? true { codes[e.0] = (e.4, code) }
-        }
-        if !codes.isEmpty {
-            try JobRepository.updateRows(
-                columns: ["return_code"], rows: codes.map { ($0.key, [.of($0.value.1)]) }, now: now,
-                connection: call.connection)
         }
         for (siteJobID, items) in transferStates {
             guard let job = ids[siteJobID] else { continue }
