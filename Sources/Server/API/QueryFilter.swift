@@ -114,6 +114,8 @@ func parseJobState(_ text: String, field: String) throws(ServerError) -> JobStat
 /// A WHERE clause under construction: conditions ANDed, each with its bound values.
 struct Conditions {
     private(set) var clauses: [SQL] = []
+    /// A query that answers the count of the rows matching, when one costs less than counting them.
+    var count: SQL?
 
     init(owner: Int, column: String = "owner_id") {
         add("\(raw: column) = \(.of(owner))")

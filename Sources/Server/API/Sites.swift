@@ -178,7 +178,8 @@ func page(
     let (limit, offset) = try call.query.page()
     try call.query.finish()
     let count =
-        try call.connection.scalar("SELECT count(*) FROM \(raw: table) WHERE \(conditions.sql)") ?? 0
+        try call.connection.scalar(conditions.count ?? "SELECT count(*) FROM \(raw: table) WHERE \(conditions.sql)")
+        ?? 0
     var out = JSONWriter(capacity: 64 + min(limit, count) * 256)
     out.beginObject()
     out.field("count", count)

@@ -28,6 +28,7 @@ enum Schema {
         Migration(version: 7, name: "why a site could not install an app", sql: appRefusals),
         Migration(version: 8, name: "a site's jobs by workdir (one job per workdir at a site)", sql: siteWorkdirs),
         Migration(version: 9, name: "launchers' time on their nodes", sql: launcherSessions),
+        Migration(version: 10, name: "jobs counted per site and state, kept by triggers", sql: jobCounts),
     ]
 
     /// Tables whose ids a client holds. PostgreSQL's sequences never hand an id out twice; SQLite's plain
@@ -302,6 +303,83 @@ enum Schema {
 
     private static func siteWorkdirs(_ d: SQLDialect) -> String {
         "CREATE INDEX jobs_site_workdir ON jobs (site_id, workdir);"
+    }
+
+    /// Each user's jobs counted per site and state, kept by triggers on `jobs` whatever changes a job (the API,
+    /// a site's push, a cascade), so that a page's `count` and the dashboard read a few rows instead of counting
+    /// every job. PostgreSQL: one statement-level trigger per kind of change, adding each statement's rows per
+    /// group (in key order, so that concurrent statements lock rows in one order); SQLite: row triggers.
+    private static func jobCounts(_ d: SQLDialect) -> String {
+        let big = columnTypes(d).big
+        let table = """
+            CREATE TABLE job_counts (
+                owner_id \(big) NOT NULL,
+                site_id \(big) NOT NULL,
+                state TEXT NOT NULL,
+                n \(big) NOT NULL,
+                PRIMARY KEY (owner_id, site_id, state)
+            );
+            INSERT INTO job_counts (owner_id, site_id, state, n)
+                SELECT owner_id, site_id, state, count(*) FROM jobs GROUP BY owner_id, site_id, state;
+
+            """
+        let add = "ON CONFLICT (owner_id, site_id, state) DO UPDATE SET n = job_counts.n + excluded.n"
+        guard d == .postgresql else {
+            func change(_ row: String, _ sign: String) -> String {
+                """
+                INSERT INTO job_counts (owner_id, site_id, state, n)
+                        VALUES (\(row).owner_id, \(row).site_id, \(row).state, \(sign)1) \(add);
+                """
+            }
+            return table + """
+                CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs BEGIN
+                    \(change("NEW", ""))
+                END;
+                CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs BEGIN
+                    \(change("OLD", "-"))
+                END;
+                CREATE TRIGGER job_counts_update AFTER UPDATE OF owner_id, site_id, state ON jobs
+                WHEN OLD.state IS NOT NEW.state OR OLD.site_id IS NOT NEW.site_id OR OLD.owner_id IS NOT NEW.owner_id
+                BEGIN
+                    \(change("OLD", "-"))
+                    \(change("NEW", ""))
+                END;
+                """
+        }
+        func function(_ name: String, _ deltas: String) -> String {
+            """
+            CREATE FUNCTION \(name)() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO job_counts (owner_id, site_id, state, n)
+                    SELECT owner_id, site_id, state, sum(d) FROM (\(deltas)) AS deltas
+                    GROUP BY owner_id, site_id, state HAVING sum(d) <> 0 ORDER BY owner_id, site_id, state
+                \(add);
+                RETURN NULL;
+            END $$;
+
+            """
+        }
+        let columns = "owner_id, site_id, state"
+        return table
+            + function("job_counts_inserted", "SELECT \(columns), 1 AS d FROM new_rows")
+            + function("job_counts_deleted", "SELECT \(columns), -1 AS d FROM old_rows")
+            + function(
+                "job_counts_updated",
+                """
+                SELECT o.owner_id, o.site_id, o.state, -1 AS d FROM old_rows o JOIN new_rows n ON n.id = o.id
+                    WHERE (o.owner_id, o.site_id, o.state) <> (n.owner_id, n.site_id, n.state)
+                    UNION ALL
+                    SELECT n.owner_id, n.site_id, n.state, 1 AS d FROM old_rows o JOIN new_rows n ON n.id = o.id
+                    WHERE (o.owner_id, o.site_id, o.state) <> (n.owner_id, n.site_id, n.state)
+                """)
+                + """
+                CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows
+                    FOR EACH STATEMENT EXECUTE FUNCTION job_counts_inserted();
+                CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_rows
+                    FOR EACH STATEMENT EXECUTE FUNCTION job_counts_deleted();
+                CREATE TRIGGER job_counts_update AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+                    FOR EACH STATEMENT EXECUTE FUNCTION job_counts_updated();
+                """
     }
 
     /// The version the database is at (0 for an empty database).
