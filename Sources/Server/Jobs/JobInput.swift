@@ -31,6 +31,8 @@ extension Jobs {
         var transfers: [(slot: String, alias: String, path: String)] = []
         var state = JobState.stagedIn
         var siteID = 0
+        /// The site's own id of a job a site pushed (none for a job made through the API).
+        var siteJobID: String?
 
         init() {}
 
@@ -53,7 +55,8 @@ extension Jobs {
             case .nodePackingCount: .of(nodePackingCount)
             case .wallTimeMin: .of(wallTimeMin)
             case .parentIDs: .text(JSONValue.array(parentIDs.map { .int($0) }).serialized())
-            case .batchJobID, .siteJobID: .null
+            case .batchJobID: .null
+            case .siteJobID: siteJobID.map { .text($0) } ?? .null
             case .state: .of(state)
             case .lastUpdate: .int(now)
             case .pendingFileCleanup: .of(true)

@@ -108,6 +108,7 @@ extension SyncRoutes {
                 error: WireError("the site has no app '\(pushed.spec.app)' on the server", field: "jobs[\(i)].app"))
         }
         var job = Jobs.NewJob(pushed.spec, appID: appID, siteID: siteID, state: pushed.state)
+        job.siteJobID = siteJobID
         job.serializedParameters = Pickle.encodeBase64(.object(pushed.parameters))
         return (siteJobID, job, pushed.parentSiteIDs)
     }
@@ -132,9 +133,6 @@ extension SyncRoutes {
                 withTransfers.map { missing[$0].job }, ids: withTransfers.map { created[$0] }, facts: facts,
                 owner: call.user.id, connection: call.connection)
         }
-        var sets: [(Int, [SQLValue])] = []
-        for (k, item) in missing.enumerated() { sets.append((created[k], [.text(item.siteJobID)])) }
-        try JobRepository.updateRows(columns: ["site_job_id"], rows: sets, now: now, connection: call.connection)
         // Parents the server knows; the rest arrive with a later push and are linked then by the site's ids.
         let parentIDs = try serverIDs(Array(Set(missing.flatMap(\.parents))), siteID: siteID, call: call).merging(
             ids, uniquingKeysWith: { a, _ in a })
