@@ -29,6 +29,7 @@ enum Schema {
         Migration(version: 8, name: "a site's jobs by workdir (one job per workdir at a site)", sql: siteWorkdirs),
         Migration(version: 9, name: "launchers' time on their nodes", sql: launcherSessions),
         Migration(version: 10, name: "jobs counted per site and state, kept by triggers", sql: jobCounts),
+        Migration(version: 11, name: "SQLite: a user's jobs in id order (the first page of a list)", sql: ownerIDOrder),
     ]
 
     /// Tables whose ids a client holds. PostgreSQL's sequences never hand an id out twice; SQLite's plain
@@ -380,6 +381,13 @@ enum Schema {
                 CREATE TRIGGER job_counts_update AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
                     FOR EACH STATEMENT EXECUTE FUNCTION job_counts_updated();
                 """
+    }
+
+    /// A list's page in id order: SQLite sorted all of a user's jobs for it (65 ms on 1,000,000 jobs) for want of
+    /// an index in that order; an index on `owner_id` alone is one (its entries end with the rowid). PostgreSQL's
+    /// planner walks the primary key instead.
+    private static func ownerIDOrder(_ d: SQLDialect) -> String {
+        d == .sqlite ? "CREATE INDEX jobs_owner_id ON jobs (owner_id);" : ""
     }
 
     /// The version the database is at (0 for an empty database).
