@@ -62,8 +62,7 @@ public final class Watcher: Sendable {
     /// loads (a typo'd key, broken YAML) leaves the settings in force, and says so once per change of the file;
     /// only a first read that fails is an error.
     private func settings() throws(SpoolError) -> SiteSettings {
-        let st = try Posix.statIfExists(site.settingsPath)
-        let stamp = st.map { [Int($0.st_ino), Int($0.st_size), Int($0.st_mtim.tv_sec), Int($0.st_mtim.tv_nsec)] } ?? []
+        let stamp = try SiteSettings.stamp(site)
         // Under the lock: the services asking at once read the file once, and its error is said once.
         return try loaded.withLock { (last) throws(SpoolError) -> SiteSettings in
             if let last, last.stamp == stamp { return last.settings }

@@ -17,6 +17,8 @@ public final class Pusher {
     private var settledBatches = Set<Int>()
     /// The apps' JSON, and the modification times of the `app.yml` files it was made from.
     private var appsCache: (stamps: [String: Int], apps: [String: PushedApp])?
+    /// settings.yml as last read (the batch-job policy and transfer locations go with every push), and its stamp.
+    private var settingsCache: (stamp: [Int], settings: SiteSettings?)?
     /// When each job made but not found was first missed (see `push`).
     private var missingSince: [String: Double] = [:]
     /// Most event lines read per round.
@@ -101,6 +103,15 @@ public final class Pusher {
         pushed.sourceCode = app.yamlText()
         pushed.transfers = app.transfers
         return pushed
+    }
+
+    /// The site's settings, read again only when settings.yml changed (nil when it does not load).
+    private func currentSettings() -> SiteSettings? {
+        let stamp = (try? SiteSettings.stamp(site)) ?? []
+        if let cached = settingsCache, cached.stamp == stamp { return cached.settings }
+        let settings = try? SiteSettings.load(site)
+        settingsCache = (stamp, settings)
+        return settings
     }
 
     /// Reads complete lines after the cursor, at most `maxEvents`, oldest file first.
@@ -254,7 +265,7 @@ public final class Pusher {
         let apps = try pushedApps(except: Set(state.remoteApps.keys))
         let digest = JSONValue.array(apps.map(\.json)).serialized()
         let serverIDs = Dictionary(state.adopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
-        let siteSettings = try? SiteSettings.load(site)
+        let siteSettings = currentSettings()
         // The batch-job policy, for the original client's `balsam queue submit`, which checks against it.
         let scheduler = siteSettings?.scheduler ?? SiteSettings.Scheduler()
         var pushedSite = PushedSite(name: settings.siteName ?? site.name, path: site.root)

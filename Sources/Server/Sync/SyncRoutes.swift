@@ -76,14 +76,13 @@ enum SyncRoutes {
         }
     }
 
-    /// The site's record, made or brought up to date, with its transfer locations and batch-job policy.
+    /// The site's record, made or brought up to date, with its transfer locations and batch-job policy: one
+    /// UPDATE of its row per push (each push is the site's heartbeat, so this runs every second per site).
     static func recordSite(_ site: PushedSite, call: Call, now: Int64) throws -> Int {
-        let c = call.connection
-        let siteID = try upsertSite(name: site.name, path: site.path, call: call, now: now)
+        var sets: [(String, SQLValue)] = [("path", .text(site.path)), ("last_refresh", .int(now))]
         if let locations = site.transferLocations {
             // The site's transfer locations (ALIAS: URL), which its jobs' slots name.
-            try c.execute(
-                "UPDATE sites SET transfer_locations = \(.text(jsonText(locations))) WHERE id = \(.of(siteID))")
+            sets.append(("transfer_locations", .text(jsonText(locations))))
         }
         if let policy = site.policy {
             // Its batch-job policy, which the original client's `balsam queue submit` checks against.
@@ -96,13 +95,12 @@ enum SyncRoutes {
                 }
             ).serialized()
             let projects = JSONValue.array(policy.allowedProjects.map { .string($0) }).serialized()
-            try c.execute(
-                """
-                UPDATE sites SET allowed_queues = \(.text(queues)), allowed_projects = \(.text(projects)),
-                optional_batch_job_params = \(.text(jsonText(policy.optionalParams))) WHERE id = \(.of(siteID))
-                """)
+            sets += [
+                ("allowed_queues", .text(queues)), ("allowed_projects", .text(projects)),
+                ("optional_batch_job_params", .text(jsonText(policy.optionalParams))),
+            ]
         }
-        return siteID
+        return try upsertSite(name: site.name, path: site.path, sets: sets, call: call, now: now)
     }
 
     /// The site's apps, made or updated; returns every app of the site with its id.

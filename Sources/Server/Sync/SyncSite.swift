@@ -99,23 +99,24 @@ extension SyncRoutes {
         }
     }
 
-    /// The caller's site of that name, made if missing; its path and `last_refresh` are brought up to date.
-    static func upsertSite(name: String, path: String, call: Call, now: Int64) throws -> Int {
+    /// The caller's site of that name, made if missing, its row then set to `sets` (path, `last_refresh`, ...).
+    static func upsertSite(name: String, path: String, sets: [(String, SQLValue)], call: Call, now: Int64) throws
+        -> Int
+    {
         guard path.hasPrefix("/") else { throw ServerError.badRequest("must be absolute", field: "site.path") }
         let c = call.connection
-        if let id = try c.scalar(
-            "SELECT id FROM sites WHERE owner_id = \(.of(call.user.id)) AND name = \(.text(name))\(raw: c.dialect.forUpdate)"
-        ) {
-            try c.execute(
-                "UPDATE sites SET path = \(.text(path)), last_refresh = \(.int(now)) WHERE id = \(.of(id))")
-            return id
-        }
-        return try c.scalar(
-            """
-            INSERT INTO sites (owner_id, name, path, globus_endpoint_id, backfill_windows, queued_jobs,
-            optional_batch_job_params, allowed_projects, allowed_queues, transfer_locations, last_refresh,
-            creation_date) VALUES (\(.of(call.user.id)), \(.text(name)), \(.text(path)), NULL, '{}', '{}', '{}', '[]', '{}', '{}', \(.int(now)), \(.int(now))) RETURNING id
-            """) ?? 0
+        let id =
+            try c.scalar(
+                "SELECT id FROM sites WHERE owner_id = \(.of(call.user.id)) AND name = \(.text(name))\(raw: c.dialect.forUpdate)"
+            )
+            ?? c.scalar(
+                """
+                INSERT INTO sites (owner_id, name, path, globus_endpoint_id, backfill_windows, queued_jobs,
+                optional_batch_job_params, allowed_projects, allowed_queues, transfer_locations, last_refresh,
+                creation_date) VALUES (\(.of(call.user.id)), \(.text(name)), \(.text(path)), NULL, '{}', '{}', '{}', '[]', '{}', '{}', \(.int(now)), \(.int(now))) RETURNING id
+                """) ?? 0
+        try c.execute("UPDATE sites SET \(SQL.assignments(sets)) WHERE id = \(.of(id))")
+        return id
     }
 
     static func existingApps(siteID: Int, call: Call) throws -> [String: Int] {

@@ -1,6 +1,17 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Reading `settings.yml`: every key checked (an unknown one is refused with the known ones), every value typed,
 /// each error naming the file, the key and, for YAML errors, the line and column.
 extension SiteSettings {
+    /// The identity of `SITE/settings.yml` (inode, size, modification time; empty when missing): a reader that
+    /// keeps what it read reads the file again only when this changes.
+    public static func stamp(_ site: Site) throws(SpoolError) -> [Int] {
+        let st = try Posix.statIfExists(site.settingsPath)
+        return st.map { [Int($0.st_ino), Int($0.st_size), Int($0.st_mtim.tv_sec), Int($0.st_mtim.tv_nsec)] } ?? []
+    }
+
     /// Reads `SITE/settings.yml`; a missing file means defaults, a malformed one is an error naming it.
     public static func load(_ site: Site) throws(SpoolError) -> SiteSettings {
         let path = site.settingsPath
