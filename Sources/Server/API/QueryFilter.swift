@@ -124,8 +124,11 @@ struct Conditions {
     mutating func add(_ clause: SQL) { clauses.append(clause) }
 
     /// `column IN (...)`; an empty list matches nothing.
-    mutating func any(_ column: String, _ values: [SQLValue]) {
-        add(values.isEmpty ? "1 = 0" : "\(raw: column) IN (\(list: values))")
+    mutating func any(_ column: String, _ values: [SQLValue]) { add(Self.oneOf(column, values)) }
+
+    /// The clause of `any`.
+    static func oneOf(_ column: String, _ values: [SQLValue]) -> SQL {
+        values.isEmpty ? "1 = 0" : "\(raw: column) IN (\(list: values))"
     }
 
     /// The conditions, ANDed.

@@ -12,57 +12,36 @@ enum Jobs {
         var c = Conditions(owner: call.user.id)
         // The jobs' count per site and state (`job_counts`) answers a count by owner, site and state alone.
         var counted: Conditions? = Conditions(owner: call.user.id)
-        if let ids = try call.query.ints("id") {
-            c.any("id", ids.map { .of($0) })
+        // A filter the kept counts answer too (both), and one they cannot (rowsOnly).
+        func both(_ clause: SQL) {
+            c.add(clause)
+            counted?.add(clause)
+        }
+        func rowsOnly(_ clause: SQL) {
+            c.add(clause)
             counted = nil
         }
+        if let ids = try call.query.ints("id") { rowsOnly(Conditions.oneOf("id", ids.map { .of($0) })) }
         if let parents = try call.query.ints("parent_id") {
-            c.add("id IN (SELECT job_id FROM job_parents WHERE parent_id IN (\(list: parents.map { .of($0) })))")
-            counted = nil
+            rowsOnly("id IN (SELECT job_id FROM job_parents WHERE parent_id IN (\(list: parents.map { .of($0) })))")
         }
-        if let app = try call.query.int("app_id") {
-            c.add("app_id = \(.of(app))")
-            counted = nil
-        }
-        if let sites = try call.query.ints("site_id") {
-            c.any("site_id", sites.map { .of($0) })
-            counted?.any("site_id", sites.map { .of($0) })
-        }
-        if let batch = try call.query.int("batch_job_id") {
-            c.add("batch_job_id = \(.of(batch))")
-            counted = nil
-        }
-        if let t = try call.query.time("last_update_before") {
-            c.add("last_update < \(.int(t))")
-            counted = nil
-        }
-        if let t = try call.query.time("last_update_after") {
-            c.add("last_update > \(.int(t))")
-            counted = nil
-        }
-        if let text = try call.query.string("workdir__contains") {
-            c.add(call.dialect.contains("workdir", text))
-            counted = nil
-        }
+        if let app = try call.query.int("app_id") { rowsOnly("app_id = \(.of(app))") }
+        if let sites = try call.query.ints("site_id") { both(Conditions.oneOf("site_id", sites.map { .of($0) })) }
+        if let batch = try call.query.int("batch_job_id") { rowsOnly("batch_job_id = \(.of(batch))") }
+        if let t = try call.query.time("last_update_before") { rowsOnly("last_update < \(.int(t))") }
+        if let t = try call.query.time("last_update_after") { rowsOnly("last_update > \(.int(t))") }
+        if let text = try call.query.string("workdir__contains") { rowsOnly(call.dialect.contains("workdir", text)) }
         if let states = try call.query.jobStates("state") {
-            c.any("state", states.map { .text($0.rawValue) })
-            counted?.any("state", states.map { .text($0.rawValue) })
+            both(Conditions.oneOf("state", states.map { .text($0.rawValue) }))
         }
         if let ne = try call.query.jobStates("state__ne") {
-            for state in ne {
-                c.add("state <> \(.text(state.rawValue))")
-                counted?.add("state <> \(.text(state.rawValue))")
-            }
+            for state in ne { both("state <> \(.text(state.rawValue))") }
         }
         if let tags = try call.query.pairsOf("tags") {
-            for (key, value) in tags {
-                c.add(tagCondition(key: key, value: value, dialect: call.dialect))
-            }
-            if !tags.isEmpty { counted = nil }
+            for (key, value) in tags { rowsOnly(tagCondition(key: key, value: value, dialect: call.dialect)) }
         }
         if let pending = try call.query.bool("pending_file_cleanup") {
-            c.add("pending_file_cleanup = \(.of(pending))")
-            counted = nil
+            rowsOnly("pending_file_cleanup = \(.of(pending))")
         }
         c.count = counted.map { "SELECT CAST(coalesce(sum(n), 0) AS BIGINT) FROM job_counts WHERE \($0.sql)" }
         return c
