@@ -208,10 +208,11 @@ extension SyncRoutes {
         // before or now, gives its state (newest time first; at one time, the last recorded).
         let jobs = Array(Set(pending.compactMap { ids[$0.siteJobID] }))
         var seen = Set<String>()
-        var latest: [Int: (time: Int64, order: Int, state: String, fresh: Bool)] = [:]
-        func note(_ job: Int, _ time: Int64, _ order: Int, _ state: String, fresh: Bool) {
-            if let was = latest[job], (was.time, was.order) > (time, order) { return }
-            latest[job] = (time, order, state, fresh)
+        // A job's events rank by time, then recorded before this push (by row id) below recorded now (in order).
+        var latest: [Int: (rank: (Int64, Int, Int), state: String)] = [:]
+        func note(_ job: Int, rank: (Int64, Int, Int), _ state: String) {
+            if let was = latest[job], was.rank > rank { return }
+            latest[job] = (rank, state)
         }
         for chunk in jobs.chunked(5000) {
             let rows = try call.connection.query(
@@ -219,7 +220,7 @@ extension SyncRoutes {
             )
             for r in rows {
                 seen.insert("\(r.int(0)) \(r.int(1)) \(r.text(2)) \(r.text(3))")
-                note(r.int(0), Int64(r.int(1)), r.int(4), r.text(3), fresh: false)
+                note(r.int(0), rank: (Int64(r.int(1)), 0, r.int(4)), r.text(3))
             }
         }
         var fresh: [(Int, String, String, String, Int64)] = []
@@ -229,8 +230,7 @@ extension SyncRoutes {
             if seen.insert(key).inserted { fresh.append((job, e.from.rawValue, e.to.rawValue, e.data, e.time)) }
         }
         try JobRepository.insertEvents(fresh, owner: call.user.id, siteID: siteID, connection: call.connection)
-        // Ids of the rows just inserted are above every earlier one.
-        for (k, e) in fresh.enumerated() { note(e.0, e.4, Int.max / 2 + k, e.2, fresh: true) }
+        for (k, e) in fresh.enumerated() { note(e.0, rank: (e.4, 1, k), e.2) }
         // A run's exit status, as the site's events give it (RUN_DONE is 0), becomes the job's return_code.
         var codes: [Int: (Int64, Int)] = [:]
         for e in fresh {
@@ -243,7 +243,7 @@ extension SyncRoutes {
         // Each job changed once: its state when its latest event is new, its return code when an event gave one.
         var changes: [[String]: [(Int, [SQLValue])]] = [:]
         for job in Set(fresh.map(\.0)) {
-            let state = latest[job].flatMap { $0.fresh ? $0.state : nil }
+            let state = latest[job].flatMap { $0.rank.1 == 1 ? $0.state : nil }
             let code = codes[job]?.1
             switch (state, code) {
             case (let s?, let c?): changes[["state", "return_code"], default: []].append((job, [.text(s), .of(c)]))
