@@ -101,7 +101,7 @@ extension BatchService {
                 window = best
             }
         }
-        let wanted = Int((backlog.runnable - idle).rounded(.up))
+        let wanted = Int(saturating: (backlog.runnable - idle).rounded(.up))
         let nodes = min(max(e.minNodes, wanted), window.nodes, e.maxNodes)
         var job = BatchJob(project: e.project, queue: e.queue, numNodes: nodes, wallTimeMinutes: window.minutes)
         job.filterTags = settings.filterTags
@@ -126,6 +126,6 @@ extension BatchService {
     public static let elasticOrigin = "elastic queue"
 
     private func format(_ nodes: Double) -> String {
-        nodes == nodes.rounded() ? String(Int(nodes)) : String(Double(Int(nodes * 100)) / 100)
+        nodes == nodes.rounded() ? String(Int(saturating: nodes)) : String(Double(Int(saturating: nodes * 100)) / 100)
     }
 }

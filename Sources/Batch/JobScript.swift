@@ -75,7 +75,7 @@ public enum JobScript {
         let total = Double(minutes)
         let margin = min(max(1, total * 0.05), 10, total / 2)
         let left = total - margin
-        return left.rounded() == left ? String(Int(left)) : String(left)
+        return left.rounded() == left ? String(Int(saturating: left)) : String(left)
     }
 
     /// The values of a batch job's placeholders.

@@ -257,7 +257,7 @@ public final class Engine {
         for lease in leases {
             let age = lease.age()
             guard age > settings.leaseTimeoutSeconds else { continue }
-            let seconds = age.isFinite ? "\(Int(age)) s" : "ever"
+            let seconds = age.isFinite ? "\(Int(saturating: age)) s" : "ever"
             logger.warning("lease \(lease.name) expired (no heartbeat for \(seconds)); taking its jobs back")
             for id in (try? lease.jobIDs()) ?? [] {
                 // The entry (or a move its launcher did not finish, ID.moving) leaves the lease first, under the

@@ -79,7 +79,7 @@ extension Engine {
             try move(loaded, to: .failed, reason: "\(name) was killed by signal \(signal)" + tail(outcome.tail))
             return
         case .timedOut:
-            let limit = Int(settings.hookTimeoutSeconds)
+            let limit = Int(saturating: settings.hookTimeoutSeconds)
             try move(loaded, to: .failed, reason: "\(name) did not finish within \(limit) s" + tail(outcome.tail))
             return
         }

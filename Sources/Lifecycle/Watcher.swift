@@ -98,7 +98,7 @@ public final class Watcher: Sendable {
             do {
                 wait = try round()
                 if !lastProblem.isEmpty {
-                    logger.notice("\(name): working again after \(Int(started - failingSince)) s")
+                    logger.notice("\(name): working again after \(Int(saturating: started - failingSince)) s")
                 }
                 lastProblem = ""
             } catch {

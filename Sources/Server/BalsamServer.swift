@@ -28,7 +28,7 @@ public struct BalsamServer: Sendable {
 
     /// Sets how long a password login's token lasts.
     public mutating func setLoginTokenHours(_ hours: Double) {
-        accounts.loginTokenSeconds = max(1, Int64(hours * 3600))
+        accounts.loginTokenSeconds = max(1, Int64(saturating: hours * 3600))
     }
 
     /// The router: the request log around everything; the API's resources as route collections behind the

@@ -49,7 +49,7 @@ public final class GlobusBackend: TransferBackend {
             lines += request.recursive ? " --recursive\n" : "\n"
         }
         let (from, to) = direction == .in ? (location.host, mine) : (mine, location.host)
-        let file = "/tmp/balsam-globus-batch.\(getpid()).\(UInt64(Posix.monotonicSeconds() * 1e6))"
+        let file = "/tmp/balsam-globus-batch.\(getpid()).\(UInt64(saturating: Posix.monotonicSeconds() * 1e6))"
         try Posix.createFile(file, Array(lines.utf8), sync: false)
         defer { Posix.unlink(file) }
         var arguments = [

@@ -32,42 +32,88 @@ public struct PushRequest: Sendable, Equatable {
     /// A push from `site` with nothing else in it.
     public init(site: PushedSite) { self.site = site }
 
-    /// Reads a push.
+    /// The lists a push may hold, whose items are read one at a time.
+    static let lists = [
+        "apps", "jobs", "events", "removed", "rejected", "requests_done", "batch_jobs", "rejected_batch_jobs",
+        "launcher_sessions",
+    ]
+
+    /// Reads a push already parsed (tests, and pushes made in memory).
     public init(_ json: JSONValue) throws(WireError) {
         var r = try FieldReader(json)
+        var lists: [String: [JSONValue]] = [:]
+        for key in Self.lists { lists[key] = try r.list(key) }
+        try self.init(r, items: { key, make throws(WireError) in
+            for (i, item) in (lists[key] ?? []).enumerated() { try make(i, item) }
+        })
+    }
+
+    /// Reads a push from its text, as the server does: every list's length is checked (at most `maxItems` items
+    /// in all) before any item is built, and each item is built from its own bytes, so a push costs its body plus
+    /// the items it may hold, never a tree of the whole body.
+    public init(body: [UInt8], maxItems: Int) throws(WireError) {
+        let parsed: JSONMembers?
+        do { parsed = try JSONMembers(body) } catch { throw WireError("malformed JSON body: \(error)") }
+        guard let document = parsed else { throw WireError("a push is a JSON object") }
+        var ranges: [String: [Range<Int>]] = [:]
+        var rest: [String: JSONValue] = [:]
+        var left = maxItems
+        for key in document.ranges.keys.sorted() {
+            if Self.lists.contains(key) {
+                switch document.items(key, max: left) {
+                case .notAList: throw WireError("must be a list", field: key)
+                case .tooMany: throw WireError("a push holds at most \(maxItems) items in all its lists", field: key)
+                case .items(let found):
+                    ranges[key] = found
+                    left -= found.count
+                }
+            } else {
+                do { rest[key] = try document.value(key) } catch { throw WireError("malformed JSON: \(error)", field: key) }
+            }
+        }
+        try self.init(try FieldReader(.object(rest)), items: { key, make throws(WireError) in
+            for (i, range) in (ranges[key] ?? []).enumerated() {
+                let item: JSONValue
+                do { item = try document.value(at: range) } catch { throw WireError("malformed JSON: \(error)", field: "\(key)[\(i)]") }
+                try make(i, item)
+            }
+        })
+    }
+
+    /// Reads a push: its lists' items come from `items` (each item with its place, one at a time), the rest from `r`.
+    private init(
+        _ reader: FieldReader,
+        items: (String, (Int, JSONValue) throws(WireError) -> Void) throws(WireError) -> Void
+    ) throws(WireError) {
+        var r = reader
         guard let site = r.value("site"), site.objectValue != nil else {
             throw WireError("the push needs the site: {name, path}", field: "site")
         }
         self.site = try PushedSite(site)
-        apps = try r.list("apps").enumerated().map { (i, item) throws(WireError) in
-            try PushedApp(item, at: "apps[\(i)]")
+        try items("apps") { i, item throws(WireError) in apps.append(try PushedApp(item, at: "apps[\(i)]")) }
+        try items("jobs") { i, item in
+            jobs.append(PushItem(item) { () throws(WireError) in try PushedJob(item, at: "jobs[\(i)]") })
         }
-        jobs = try r.list("jobs").enumerated().map { i, item in
-            PushItem(item) { () throws(WireError) in try PushedJob(item, at: "jobs[\(i)]") }
+        try items("events") { i, item in
+            events.append(PushItem(item) { () throws(WireError) in try PushedEvent(item, at: "events[\(i)]") })
         }
-        events = try r.list("events").enumerated().map { i, item in
-            PushItem(item) { () throws(WireError) in try PushedEvent(item, at: "events[\(i)]") }
-        }
-        removed = try r.list("removed").compactMap(\.stringValue)
-        rejected = try r.list("rejected").enumerated().map { (i, item) throws(WireError) in
-            try Rejection(item, at: "rejected[\(i)]")
+        try items("removed") { _, item in if let id = item.stringValue { removed.append(id) } }
+        try items("rejected") { i, item throws(WireError) in
+            rejected.append(try Rejection(item, at: "rejected[\(i)]"))
         }
         appDigests = (try r.object("app_digests") ?? [:]).compactMapValues(\.stringValue)
-        requestsDone = try r.list("requests_done").enumerated().map { (i, item) throws(WireError) in
-            try RequestAnswer(item, at: "requests_done[\(i)]")
+        try items("requests_done") { i, item throws(WireError) in
+            requestsDone.append(try RequestAnswer(item, at: "requests_done[\(i)]"))
         }
-        batchJobs = try r.list("batch_jobs").enumerated().map { (i, item) throws(WireError) in
-            try BatchJobReport(item, at: "batch_jobs[\(i)]")
+        try items("batch_jobs") { i, item throws(WireError) in
+            batchJobs.append(try BatchJobReport(item, at: "batch_jobs[\(i)]"))
         }
-        rejectedBatchJobs = try r.list("rejected_batch_jobs").enumerated().map { (i, item) throws(WireError) in
-            try Rejection(item, at: "rejected_batch_jobs[\(i)]")
+        try items("rejected_batch_jobs") { i, item throws(WireError) in
+            rejectedBatchJobs.append(try Rejection(item, at: "rejected_batch_jobs[\(i)]"))
         }
-        let sessions = try r.list("launcher_sessions")
-        if sessions.count > 1000 {
-            throw WireError("a push holds at most 1000 launcher sessions", field: "launcher_sessions")
-        }
-        launcherSessions = try sessions.enumerated().map { (i, item) throws(WireError) in
-            try LauncherSession(wire: item, at: "launcher_sessions[\(i)]")
+        try items("launcher_sessions") { i, item throws(WireError) in
+            if i >= 1000 { throw WireError("a push holds at most 1000 launcher sessions", field: "launcher_sessions") }
+            launcherSessions.append(try LauncherSession(wire: item, at: "launcher_sessions[\(i)]"))
         }
         refusedApps = try r.stringMap("refused_apps", maxBytes: 65_536)
         try r.finish()

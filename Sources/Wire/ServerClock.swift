@@ -13,6 +13,20 @@ public enum ServerClock {
         return Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec / 1000)
     }
 
+    /// How far before the server's time a site's event may be: a site that was cut off for long pushes old events,
+    /// but not ones from before its software existed.
+    public static let pastWindow: Int64 = 10 * 366 * 86_400 * 1_000_000
+    /// How far after: a site's clock a little fast, not a year wrong.
+    public static let futureWindow: Int64 = 86_400 * 1_000_000
+
+    /// Why a site's time `micros` is refused (a site whose clock is wrong pushed it), or nil when it is taken.
+    /// Taken, such times would draw reports over centuries (year 0001 to 9999 in 166-year bins).
+    public static func outsideWindow(_ micros: Int64, now: Int64) -> String? {
+        if micros < now - pastWindow { return "more than ten years before the server's time" }
+        if micros > now + futureWindow { return "more than a day after the server's time" }
+        return nil
+    }
+
     /// `2026-11-29T10:00:00.123456`, with `+00:00` appended when `zone` is true.
     public static func iso(_ micros: Int64, zone: Bool = false) -> String {
         let seconds = micros >= 0 ? micros / 1_000_000 : (micros - 999_999) / 1_000_000

@@ -26,10 +26,10 @@ func parseSince(_ text: String?) throws(SpoolError) -> Double? {
     return Double(now.tv_sec) - n * scale
 }
 
-/// `--bin`: seconds, positive; nil for automatic.
-func checkBin(_ bin: Double?) throws(SpoolError) -> Double? {
-    if let bin, !(bin > 0) { throw SpoolError(.usage, "--bin \(bin): seconds per bin, more than 0") }
-    return bin
+/// `--bin`: seconds within `ReportSeries.binRange`, read as the server reads `?bin=`; nil for automatic.
+func checkBin(_ bin: String?) throws(SpoolError) -> Double? {
+    guard let bin else { return nil }
+    do { return try ReportSeries.bin(bin) } catch { throw SpoolError(.usage, "--bin: \(error.message)") }
 }
 
 struct ReportFailures: ParsableCommand {
@@ -86,7 +86,9 @@ struct ReportThroughput: ParsableCommand {
     @OptionGroup var siteOption: SiteOption
     @Option(name: .long, help: "The state counted (default JOB_FINISHED).") var state = "JOB_FINISHED"
     @Option(name: .long, help: "Only since this time or age (90s, 15m, 2h, 1d).") var since: String?
-    @Option(name: .long, help: "Seconds per bin (default: about 60 bins over the span).") var bin: Double?
+    @Option(
+        name: .long, help: "Seconds per bin, from 0.001 to 31622400 (default: about 60 bins over the span).")
+    var bin: String?
     @Option(name: .long, help: ArgumentHelp("Also draw the series into FILE.png or FILE.svg.", valueName: "FILE"))
     var plot: String?
     @Flag(name: .long, help: "Print JSON: {state, total, rate, bin_seconds, bins: [{start, count}]}.") var json = false
@@ -126,10 +128,10 @@ func format2(_ value: Double) -> String {
 
 /// A bin width for people: 10 s, 5 min, 2 h, 1 d.
 func seconds(_ width: Double) -> String {
-    if width >= 86400, width.truncatingRemainder(dividingBy: 86400) == 0 { return "\(Int(width / 86400)) d" }
-    if width >= 3600, width.truncatingRemainder(dividingBy: 3600) == 0 { return "\(Int(width / 3600)) h" }
-    if width >= 60, width.truncatingRemainder(dividingBy: 60) == 0 { return "\(Int(width / 60)) min" }
-    return width.rounded() == width ? "\(Int(width)) s" : "\(format2(width)) s"
+    if width >= 86400, width.truncatingRemainder(dividingBy: 86400) == 0 { return "\(Int(saturating: width / 86400)) d" }
+    if width >= 3600, width.truncatingRemainder(dividingBy: 3600) == 0 { return "\(Int(saturating: width / 3600)) h" }
+    if width >= 60, width.truncatingRemainder(dividingBy: 60) == 0 { return "\(Int(saturating: width / 60)) min" }
+    return width.rounded() == width ? "\(Int(saturating: width)) s" : "\(format2(width)) s"
 }
 
 struct ReportUtilization: ParsableCommand {
@@ -139,7 +141,9 @@ struct ReportUtilization: ParsableCommand {
 
     @OptionGroup var siteOption: SiteOption
     @Option(name: .long, help: "Only this batch job's nodes and runs.") var batchJob: Int?
-    @Option(name: .long, help: "Seconds per bin (default: about 60 bins over the span).") var bin: Double?
+    @Option(
+        name: .long, help: "Seconds per bin, from 0.001 to 31622400 (default: about 60 bins over the span).")
+    var bin: String?
     @Flag(name: .long, help: "With --json: also every change of busy nodes (the original's utilization_report).")
     var steps = false
     @Option(name: .long, help: ArgumentHelp("Also draw the series into FILE.png or FILE.svg.", valueName: "FILE"))

@@ -115,7 +115,7 @@ import Testing
         let counts = try Query(site: site).countByState().filter { $0.value > 0 }
         let double = (try? read(root + "/double")) ?? ""
         print(
-            "chaos: \(ids.count) jobs, kills \(kills), ended \(counts), concurrent runs \(double.split(separator: "\n").count), \(Int(Date().timeIntervalSince(started))) s"
+            "chaos: \(ids.count) jobs, kills \(kills), ended \(counts), concurrent runs \(double.split(separator: "\n").count), \(Int(saturating: Date().timeIntervalSince(started))) s"
         )
         #expect(kills.values.allSatisfy { $0 >= Self.killsPerKind }, "kills made: \(kills)")
         #expect(finals() == ids.count, "lost or stuck: \(counts)")

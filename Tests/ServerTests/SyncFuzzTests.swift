@@ -10,7 +10,7 @@ import Testing
 @Suite struct SyncFuzzTests {
     static let seed: UInt64 =
         ProcessInfo.processInfo.environment["BALSAM_SYNC_FUZZ_SEED"].flatMap { UInt64($0) }
-        ?? UInt64(Date().timeIntervalSince1970)
+        ?? UInt64(saturating: Date().timeIntervalSince1970)
     static let cases = Int(ProcessInfo.processInfo.environment["BALSAM_SYNC_FUZZ_CASES"] ?? "") ?? 300
 
     static let hostile: [JSONValue] = [

@@ -11,7 +11,7 @@ import Testing
 @Suite struct JSONPropertyTests {
     static let seed: UInt64 =
         ProcessInfo.processInfo.environment["BALSAM_JSON_SEED"].flatMap { UInt64($0) }
-        ?? UInt64(Date().timeIntervalSince1970)
+        ?? UInt64(saturating: Date().timeIntervalSince1970)
     static let cases = Int(ProcessInfo.processInfo.environment["BALSAM_JSON_CASES"] ?? "") ?? 3000
 
     @Test func validDocumentsReadAsFoundationReadsThem() throws {

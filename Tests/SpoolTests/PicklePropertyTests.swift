@@ -11,7 +11,7 @@ import Testing
 @Suite struct PicklePropertyTests {
     static let seed: UInt64 =
         ProcessInfo.processInfo.environment["BALSAM_PICKLE_SEED"].flatMap { UInt64($0) }
-        ?? UInt64(Date().timeIntervalSince1970)
+        ?? UInt64(saturating: Date().timeIntervalSince1970)
     static let cases = Int(ProcessInfo.processInfo.environment["BALSAM_PICKLE_CASES"] ?? "") ?? 3000
 
     /// Every way in: the value reader, and the string walkers the server and the site use on classes.

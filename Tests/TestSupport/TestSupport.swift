@@ -82,7 +82,7 @@ public func run(
         let (out, err) = outputs()
         throw SpoolError(
             .unavailable,
-            "'\(program) \(args.joined(separator: " "))' did not finish within \(Int(timeout)) s; it printed: \(out) \(err)"
+            "'\(program) \(args.joined(separator: " "))' did not finish within \(Int(saturating: timeout)) s; it printed: \(out) \(err)"
         )
     }
     let (out, err) = outputs()

@@ -10,7 +10,7 @@ import Wire
 @Suite struct PushPropertyTests {
     static let seed: UInt64 =
         ProcessInfo.processInfo.environment["BALSAM_WIRE_SEED"].flatMap { UInt64($0) }
-        ?? UInt64(Date().timeIntervalSince1970)
+        ?? UInt64(saturating: Date().timeIntervalSince1970)
     static let cases = Int(ProcessInfo.processInfo.environment["BALSAM_WIRE_CASES"] ?? "") ?? 3000
 
     /// SplitMix64: small, seedable, enough for picking mutations.

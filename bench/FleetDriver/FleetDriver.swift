@@ -59,7 +59,7 @@ struct FleetDriver: ParsableCommand {
             for (i, site) in fleet.enumerated() {
                 let due = start + Double(second) + Double(i) / Double(fleet.count)
                 let wait = due - Posix.monotonicSeconds()
-                if wait > 0 { usleep(UInt32(wait * 1e6)) }
+                if wait > 0 { usleep(UInt32(saturating: wait * 1e6)) }
                 try site.write(rate: rate, start: start)
             }
             second += 1
@@ -79,7 +79,7 @@ struct FleetDriver: ParsableCommand {
             guard let next = sites.min(by: { $0.due < $1.due }) else { return }
             let now = Posix.monotonicSeconds()
             if next.due > now {
-                usleep(UInt32(min(next.due - now, 0.02) * 1e6))
+                usleep(UInt32(saturating: min(next.due - now, 0.02) * 1e6))
                 continue
             }
             next.round(start: start)
@@ -97,7 +97,7 @@ struct FleetDriver: ParsableCommand {
             written += site.written
             for l in r.lags {
                 lags.append((l.lag, l.n))
-                let second = Int(l.written)
+                let second = Int(saturating: l.written)
                 let was = timeline[second] ?? (0, 0)
                 timeline[second] = (was.n + l.n, max(was.maxLag, l.lag))
             }

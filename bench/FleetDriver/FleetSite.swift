@@ -68,7 +68,7 @@ final class FleetSite: @unchecked Sendable {
     /// before moved one step along READY → RUNNING → RUN_DONE → POSTPROCESSED → JOB_FINISHED.
     func write(rate: Double, start: Double) throws {
         owed += rate / 5
-        let new = Int(owed)
+        let new = Int(saturating: owed)
         owed -= Double(new)
         let time = Timestamp.now()
         var events: [Event] = []

@@ -1,4 +1,5 @@
 internal import CMPI
+import Spool
 
 #if canImport(Glibc)
     import Glibc

@@ -38,7 +38,7 @@ public struct Need: Sendable, Equatable {
     public init(_ job: Job, packing: Bool) {
         nodes = max(1, job.numNodes)
         cpus = max(1, job.ranksPerNode * job.threadsPerRank / max(1, job.threadsPerCore))
-        gpus = Int((Double(job.ranksPerNode) * job.gpusPerRank).rounded(.up))
+        gpus = Int(saturating: (Double(job.ranksPerNode) * job.gpusPerRank).rounded(.up))
         occupancy = packing && nodes == 1 ? 1 / Double(max(1, job.nodePackingCount)) : 1
     }
 }

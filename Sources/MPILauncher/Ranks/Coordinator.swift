@@ -175,7 +175,7 @@ public final class Coordinator {
                     // The watcher reaped the lease (this launcher was stopped or cut off past the lease timeout)
                     // and its jobs went back to be run elsewhere: stop them at once and leave.
                     logger.error(
-                        "lost the lease \(lease.name) (reaped after \(Int(now - lastHeartbeat)) s without a heartbeat); stopping every job"
+                        "lost the lease \(lease.name) (reaped after \(Int(saturating: now - lastHeartbeat)) s without a heartbeat); stopping every job"
                     )
                     stopping = Coordinator.lostLease
                     break
@@ -302,7 +302,7 @@ public final class Coordinator {
             return "its tags lack \(key)=\(value)"
         }
         if job.wallTimeMin > 0 && Double(job.wallTimeMin) > minutesLeft {
-            return "it needs \(job.wallTimeMin) min and \(Int(minutesLeft)) min are left"
+            return "it needs \(job.wallTimeMin) min and \(Int(saturating: minutesLeft)) min are left"
         }
         if !allocation.canEverFit(need) {
             return "it needs more than this allocation has (\(need.nodes) node(s), "

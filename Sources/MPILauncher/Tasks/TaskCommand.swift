@@ -86,7 +86,7 @@ public struct TaskCommand: Sendable {
                 "cpus_per_rank": String(binding.cpusPerRank),
                 "depth": String(job.threadsPerRank),
                 "gpus_per_rank": job.gpusPerRank.rounded() == job.gpusPerRank
-                    ? String(Int(job.gpusPerRank)) : String(job.gpusPerRank),
+                    ? String(Int(saturating: job.gpusPerRank)) : String(job.gpusPerRank),
                 "cpu_bind_list": binding.list,
                 "ranks": String(assignment.nodes.count * job.ranksPerNode),
                 "ranks_per_node": String(job.ranksPerNode),

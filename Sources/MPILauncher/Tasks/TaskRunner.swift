@@ -96,7 +96,7 @@ public final class TaskRunner {
     /// `balsam-task-guard` executable (installed beside `balsam-launcher`); jobs get `baseEnvironment` (see
     /// `TaskCommand.baseEnvironment`) with their spec's environment laid over it.
     public init(grace: Double, guardPath: String, baseEnvironment: [String: String] = [:]) {
-        graceMilliseconds = Int(max(0, grace * 1000))
+        graceMilliseconds = Int(saturating: max(0, grace * 1000))
         self.guardPath = guardPath
         self.baseFields = baseEnvironment.sorted { $0.key < $1.key }.map { ($0.key, "\($0.key)=\($0.value)") }
     }

@@ -84,7 +84,7 @@ enum Dashboard {
         try call.query.finish()
         let c = call.connection
         let now = ServerClock.microseconds()
-        let since = now - Int64(hours * 3600e6)
+        let since = now - Int64(saturating: hours * 3600e6)
 
         // Sites, with their last contact and their jobs by state.
         let sites = try c.query(
@@ -115,7 +115,7 @@ enum Dashboard {
         let throughput = try ReportRoutes.throughput(call, window: &window, state: "JOB_FINISHED")
         let utilization = try ReportRoutes.utilization(call, window: window, steps: false, batchJob: nil)
         let throughputChart = Chart(
-            title: "Jobs finished per \(Int(throughput.bin / 60)) min", unit: "jobs",
+            title: "Jobs finished per \(Int(saturating: throughput.bin / 60)) min", unit: "jobs",
             series: [
                 .init(
                     name: "JOB_FINISHED", color: "#2a6fdb", points: throughput.bins.map { ($0.start, Double($0.count)) }
@@ -124,7 +124,7 @@ enum Dashboard {
             width: throughput.bin, span: period
         ).svg()
         let utilizationChart = Chart(
-            title: "Nodes busy and held, mean per \(Int(utilization.bin / 60)) min", unit: "nodes",
+            title: "Nodes busy and held, mean per \(Int(saturating: utilization.bin / 60)) min", unit: "nodes",
             series: [
                 .init(name: "busy", color: "#d9480f", points: utilization.bins.map { ($0.start, $0.busy) }),
                 .init(
@@ -241,7 +241,7 @@ enum Dashboard {
 
     static func format(_ v: Double) -> String {
         let r = (v * 100).rounded() / 100
-        return r == r.rounded() && abs(r) < 1e15 ? String(Int(r)) : String(r)
+        return r == r.rounded() && abs(r) < 1e15 ? String(Int(saturating: r)) : String(r)
     }
 }
 
@@ -280,7 +280,7 @@ struct Chart {
         func x(_ t: Double) -> Double { left + (t - x0) / max(1, x1 - x0) * (w - left - right) }
         func y(_ v: Double) -> Double { h - bottom - v / yMax * (h - top - bottom) }
         func n(_ v: Double) -> String { String((v * 10).rounded() / 10) }
-        var out = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" "
+        var out = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(saturating: w))\" height=\"\(Int(saturating: h))\" "
         out += "role=\"img\" aria-label=\"\(Dashboard.escape(title))\">"
         out += "<text x=\"\(n(left))\" y=\"14\">\(Dashboard.escape(title))</text>"
         out += "<line x1=\"\(n(left))\" y1=\"\(n(y(0)))\" x2=\"\(n(w - right))\" y2=\"\(n(y(0)))\" stroke=\"#999\"/>"
@@ -291,7 +291,7 @@ struct Chart {
         }
         for k in 0...4 {
             let t = x0 + (x1 - x0) * Double(k) / 4
-            let stamp = ServerClock.iso(Int64(t * 1e6))
+            let stamp = ServerClock.iso(Int64(saturating: t * 1e6))
             // Month, day, hours and minutes; seconds too when the span is under 5 minutes (labels that differ).
             let label = String(stamp.dropFirst(5).prefix(x1 - x0 < 300 ? 14 : 11)).replacingT()
             out += "<text x=\"\(n(x(t)))\" y=\"\(n(h - 10))\" text-anchor=\"middle\">\(label)</text>"

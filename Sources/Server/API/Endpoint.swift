@@ -24,14 +24,28 @@ struct Call {
         do { return try JSONValue.parse(body) } catch { throw .badRequest("malformed JSON body: \(error)") }
     }
 
-    /// The body as a JSON list of at most `limits.bulkItems` items.
+    /// The body as a JSON list of at most `limits.bulkItems` items, counted before any is built (a tree of the
+    /// whole body costs many times its size: `JSONMembers`).
     func jsonList() throws(ServerError) -> [JSONValue] {
-        guard case .array(let items) = try json() else { throw .badRequest("the body must be a JSON list") }
-        if items.count > limits.bulkItems {
-            throw .badRequest(
-                "a bulk request holds at most \(limits.bulkItems) items, not \(items.count): send several requests")
+        if body.isEmpty { throw .badRequest("the request needs a JSON body") }
+        let found: JSONMembers.Items
+        do { found = try JSONMembers.items(ofList: body, max: limits.bulkItems) } catch {
+            throw .badRequest("malformed JSON body: \(error)")
         }
-        return items
+        switch found {
+        case .notAList: throw .badRequest("the body must be a JSON list")
+        case .tooMany:
+            throw .badRequest("a bulk request holds at most \(limits.bulkItems) items: send several requests")
+        case .items(let ranges):
+            var items: [JSONValue] = []
+            items.reserveCapacity(ranges.count)
+            for range in ranges {
+                do { items.append(try JSONMembers.value(body, at: range)) } catch {
+                    throw .badRequest("malformed JSON body: \(error)")
+                }
+            }
+            return items
+        }
     }
 
     /// The route's id, which the router guarantees for `{id}` routes.
@@ -195,9 +209,13 @@ struct Endpoints: Sendable {
         if length == nil && request.headers[.transferEncoding] == nil || length == "0" { return [] }
         let seconds = limits.bodySecondsPerIdleTimeout * limits.idleTimeoutSeconds
         let body = request.body
+        // The declared length, when it is one, is reserved at once: growing by doubling would cost up to twice
+        // the body.
+        let declared = length.flatMap { Int($0) }.map { max(0, min($0, limit)) } ?? 0
         return try await withThrowingTaskGroup(of: [UInt8]?.self) { group in
             group.addTask {
                 var bytes: [UInt8] = []
+                bytes.reserveCapacity(declared)
                 for try await buffer in body {
                     if bytes.count + buffer.readableBytes > limit { throw tooLarge }
                     bytes += buffer.readableBytesView

@@ -26,10 +26,7 @@ enum ReportRoutes {
             since = try query.time("since")
             until = try query.time("until")
             if let text = try query.string("bin") {
-                guard let b = Double(text), b > 0, b <= 366 * 86400 else {
-                    throw .badRequest("'\(text)' is not a number of seconds above 0", field: "bin")
-                }
-                bin = b
+                do { bin = try ReportSeries.bin(text) } catch { throw .badRequest(error.message, field: "bin") }
             }
         }
 

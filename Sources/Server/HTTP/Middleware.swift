@@ -1,6 +1,7 @@
 import HTTPTypes
 import Hummingbird
 import Logging
+import Spool
 
 /// One line per request: method, route (as the router matched it: `/jobs/{id}`), status, user and time.
 struct RequestLogMiddleware: RouterMiddleware {
@@ -33,7 +34,7 @@ struct RequestLogMiddleware: RouterMiddleware {
             "request",
             metadata: [
                 "method": "\(request.method)", "route": "\(context.endpointPath ?? request.uri.path)",
-                "status": "\(status)", "user": "\(context.caller.name)", "ms": "\(Double(Int(ms * 10)) / 10)",
+                "status": "\(status)", "user": "\(context.caller.name)", "ms": "\(Double(Int(saturating: ms * 10)) / 10)",
             ])
     }
 }

@@ -1,4 +1,5 @@
 internal import CPostgres
+import Spool
 
 #if canImport(Glibc)
     import Glibc

@@ -82,7 +82,7 @@ public struct SQLRow: Sendable {
         guard values.indices.contains(i) else { return 0 }
         switch values[i] {
         case .int(let v): return Int(v)
-        case .double(let d): return Int(d)
+        case .double(let d): return Int(saturating: d)
         case .text(let s): return Int(s) ?? 0
         case .null: return 0
         }

@@ -1,4 +1,5 @@
 internal import CSQLite
+import Spool
 
 /// A connection to one SQLite file, in WAL mode (readers never wait for the writer) with foreign keys on.
 /// Prepared statements are cached by their text: bulk inserts reuse one statement per chunk size.

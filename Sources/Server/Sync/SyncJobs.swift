@@ -165,13 +165,20 @@ extension SyncRoutes {
         var cleared = Set<String>()
         // A transfer's outcome rides the move it caused: it goes to the job's transfer items.
         var transferStates: [(siteJobID: String, items: [JSONValue])] = []
-        for item in items {
+        for (i, item) in items.enumerated() {
             guard case .read(let event) = item else {
                 if case .unreadable(let id, let error) = item {
                     refused.append(
                         SyncRefusal(
                             kind: "event", siteJobID: id, code: .invalid, message: error.message, field: error.field))
                 }
+                continue
+            }
+            if let wrong = ServerClock.outsideWindow(event.microseconds, now: now) {
+                refused.append(
+                    SyncRefusal(
+                        kind: "event", siteJobID: event.siteJobID, code: .invalid,
+                        message: "\(event.time) is \(wrong): is the site's clock right?", field: "events[\(i)].t"))
                 continue
             }
             let (siteJobID, time, from, to) = (event.siteJobID, event.microseconds, event.from, event.to)

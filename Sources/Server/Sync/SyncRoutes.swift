@@ -19,7 +19,9 @@ import Wire
 /// wrong as a whole (no site, another site's token, too many items) is a 400.
 enum SyncRoutes {
     static func push(_ call: inout Call) throws -> Reply {
-        let push = try PushRequest(try call.json())
+        if call.body.isEmpty { throw ServerError.badRequest("the request needs a JSON body") }
+        // Item by item, the lists' lengths checked before an item is built: memory bounded by the body.
+        let push = try PushRequest(body: call.body, maxItems: call.limits.bulkItems * 4)
         if let bound = call.user.siteName, bound != push.site.name {
             throw ServerError(
                 status: 403, "this token was made for site '\(bound)'; it cannot push as site '\(push.site.name)'",
@@ -30,9 +32,6 @@ enum SyncRoutes {
             // both ends, and two apps of a site never share one.
             do { try App.validateName(app.name) } catch { throw WireError(error.message, field: "apps[\(i)].name") }
             try Apps.checkParameters(app.parameters, input: try FieldReader(.object([:]), prefix: "apps[\(i)]"))
-        }
-        if push.jobs.count + push.events.count + push.apps.count > call.limits.bulkItems * 4 {
-            throw ServerError.badRequest("a push holds at most \(call.limits.bulkItems * 4) apps, jobs and events")
         }
         let c = call.connection
         let owner = call.user.id

@@ -22,7 +22,7 @@ public enum JSONValue: Sendable, Hashable {
     public var intValue: Int? {
         switch self {
         case .int(let i): return i
-        case .double(let d) where d.rounded() == d && abs(d) < 9.0e15: return Int(d)
+        case .double(let d) where d.rounded() == d && abs(d) < 9.0e15: return Int(saturating: d)
         default: return nil
         }
     }
@@ -116,7 +116,7 @@ extension JSONValue {
         case .double(let d):
             if d.isFinite {
                 if d.rounded() == d && abs(d) < 1e15 {
-                    out.append(contentsOf: String(Int(d)).utf8)
+                    out.append(contentsOf: String(Int(saturating: d)).utf8)
                     out.append(contentsOf: ".0".utf8)
                 } else {
                     out.append(contentsOf: String(d).utf8)

@@ -37,7 +37,7 @@ extension SiteSettings {
         settings.hookTimeoutSeconds = try number("processing", "hook_timeout_sec") ?? settings.hookTimeoutSeconds
         settings.leaseTimeoutSeconds = try number("launcher", "lease_timeout_sec") ?? settings.leaseTimeoutSeconds
         settings.errorTailLines =
-            try number("launcher", "error_tail_num_lines").map { Int($0) } ?? settings.errorTailLines
+            try number("launcher", "error_tail_num_lines").map { Int(saturating: $0) } ?? settings.errorTailLines
         let launcher = o["launcher"]?.objectValue ?? [:]
         func launcherValue(_ key: String) -> JSONValue? {
             guard let v = launcher[key], v != .null else { return nil }
@@ -46,8 +46,8 @@ extension SiteSettings {
         settings.launcher.idleSeconds = try number("launcher", "idle_ttl_sec") ?? settings.launcher.idleSeconds
         settings.launcher.pollSeconds = try number("launcher", "delay_sec") ?? settings.launcher.pollSeconds
         settings.launcher.maxConcurrent =
-            try number("launcher", "max_concurrent_mpiruns").map { Int($0) } ?? settings.launcher.maxConcurrent
-        settings.launcher.cpusPerNode = try number("launcher", "cpus_per_node").map { Int($0) }
+            try number("launcher", "max_concurrent_mpiruns").map { Int(saturating: $0) } ?? settings.launcher.maxConcurrent
+        settings.launcher.cpusPerNode = try number("launcher", "cpus_per_node").map { Int(saturating: $0) }
         settings.launcher.killGraceSeconds =
             try number("launcher", "kill_grace_sec") ?? settings.launcher.killGraceSeconds
         let launcherFields = try Fields(o["launcher"] ?? .object([:]), "launcher", path: path)

@@ -161,7 +161,7 @@ public struct Reports {
                     guard let time = line.seconds(t) else { return }
                     let start = ReportSeries.Run(
                         start: time, end: nil, share: line.number(numNodes) ?? 1,
-                        batchJob: line.number(batchJob).map { Int($0) })
+                        batchJob: line.number(batchJob).map { Int(saturating: $0) })
                     if var earlier = part.open.updateValue(start, forKey: JobKey(line, job)) {
                         // Started again with no end seen (another host's log has it): it ended by then.
                         earlier.end = time

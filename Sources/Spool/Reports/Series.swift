@@ -14,6 +14,21 @@ public enum ReportSeries {
     /// The most bins a report makes; a narrower `--bin` over a long span is refused.
     public static let maxBins = 1_000_000
 
+    /// The bin widths a user may ask for, in seconds: from a millisecond (event times are kept to the microsecond)
+    /// to a leap year.
+    public static let binRange: ClosedRange<Double> = 0.001...(366 * 86400)
+
+    /// A bin width as a user writes it (`--bin`, `?bin=`): a decimal number of seconds within `binRange`. Not
+    /// `Double(text)`'s whole grammar: hexadecimal, `nan` and `inf` are refused with the rest.
+    public static func bin(_ text: String) throws(SpoolError) -> Double {
+        let decimal = text.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2E || $0 == 0x65 || $0 == 0x45 || $0 == 0x2B || $0 == 0x2D }
+        guard decimal, text.utf8.count <= 32, let value = Double(text), binRange.contains(value) else {
+            throw SpoolError(
+                .usage, "'\(text)' is not a number of seconds from \(binRange.lowerBound) to \(Int(saturating: binRange.upperBound))")
+        }
+        return value
+    }
+
     public struct Throughput: Sendable {
         public var bin: Double
         /// Start of each bin (seconds since the epoch) and the events in it.
@@ -42,7 +57,7 @@ public enum ReportSeries {
         var counts = [Int](repeating: 0, count: count)
         var total = 0
         for (t, n) in counted {
-            counts[max(0, min(count - 1, Int((t - origin) / width)))] += n
+            counts[max(0, min(count - 1, Int(saturating: (t - origin) / width)))] += n
             total += n
         }
         let span = last - first
@@ -63,11 +78,12 @@ public enum ReportSeries {
     {
         let n =
             intervals ? max(1, ((last - origin) / width).rounded(.up)) : ((last - origin) / width).rounded(.down) + 1
-        guard n <= Double(maxBins) else {
-            throw SpoolError(
-                .usage, "\(Int(n)) bins of \(width) s: more than \(maxBins); give a wider --bin")
+        // NaN (a width of 0 or an infinite span) fails the test as well as a count past the bound.
+        guard n >= 1, n <= Double(maxBins) else {
+            let shown = n.isFinite ? "\(Int(saturating: n))" : "too many"
+            throw SpoolError(.usage, "\(shown) bins of \(width) s: more than \(maxBins); give a wider --bin")
         }
-        return Int(n)
+        return Int(saturating: n)
     }
 
     /// One run of a job: from its RUNNING event to the event that took it out of RUNNING (nil: still running).
@@ -195,7 +211,7 @@ public enum ReportSeries {
         func spread(_ a: Double, _ b: Double, _ weight: Double, into series: inout [Double]) {
             guard b > a else { return }
             // A run or batch job that began before the period starts at its first bin.
-            var k = max(0, min(count - 1, Int(((a - origin) / width).rounded(.down))))
+            var k = max(0, min(count - 1, Int(saturating: ((a - origin) / width).rounded(.down))))
             while k < count {
                 let lo = origin + Double(k) * width
                 let hi = lo + width
