@@ -43,6 +43,7 @@ public struct PushRequest: Sendable, Equatable {
         var r = try FieldReader(json)
         var lists: [String: [JSONValue]] = [:]
         for key in Self.lists { lists[key] = try r.list(key) }
+        try Self.checkSessions(lists["launcher_sessions"]?.count ?? 0)
         try self.init(r, items: { key, make throws(WireError) in
             for (i, item) in (lists[key] ?? []).enumerated() { try make(i, item) }
         })
@@ -71,6 +72,7 @@ public struct PushRequest: Sendable, Equatable {
                 do { rest[key] = try document.value(key) } catch { throw WireError("malformed JSON: \(error)", field: key) }
             }
         }
+        try Self.checkSessions(ranges["launcher_sessions"]?.count ?? 0)
         try self.init(try FieldReader(.object(rest)), items: { key, make throws(WireError) in
             for (i, range) in (ranges[key] ?? []).enumerated() {
                 let item: JSONValue
@@ -78,6 +80,11 @@ public struct PushRequest: Sendable, Equatable {
                 try make(i, item)
             }
         })
+    }
+
+    /// A push's launcher sessions are counted before any is read.
+    private static func checkSessions(_ count: Int) throws(WireError) {
+        if count > 1000 { throw WireError("a push holds at most 1000 launcher sessions", field: "launcher_sessions") }
     }
 
     /// Reads a push: its lists' items come from `items` (each item with its place, one at a time), the rest from `r`.
@@ -112,7 +119,6 @@ public struct PushRequest: Sendable, Equatable {
             rejectedBatchJobs.append(try Rejection(item, at: "rejected_batch_jobs[\(i)]"))
         }
         try items("launcher_sessions") { i, item throws(WireError) in
-            if i >= 1000 { throw WireError("a push holds at most 1000 launcher sessions", field: "launcher_sessions") }
             launcherSessions.append(try LauncherSession(wire: item, at: "launcher_sessions[\(i)]"))
         }
         refusedApps = try r.stringMap("refused_apps", maxBytes: 65_536)

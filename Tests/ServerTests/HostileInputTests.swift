@@ -184,6 +184,59 @@ import Testing
     }
 }
 
+/// Memory per request is bounded by its body (issue 31, item 2): balsam-server(8) states the bound.
+@Suite struct RequestMemoryTests {
+    /// A process's resident set now and at its peak, in bytes (`/proc/PID/status`).
+    static func memory(_ pid: Int32) throws -> (rss: Int, peak: Int) {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        func kB(_ key: String) -> Int {
+            let line = status.split(separator: "\n").first { $0.hasPrefix(key + ":") } ?? ""
+            return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) * 1024
+        }
+        return (kB("VmRSS"), kB("VmHWM"))
+    }
+
+    @Test("a 20 MiB push of empty items, and one of 20,000 real events, raise the peak by at most 4 times the body")
+    func pushMemoryIsBoundedByTheBody() async throws {
+        let server = try await LiveServer(.sqlite)
+        defer { Task { try? await server.stop() } }
+        let token = try await server.user("alice")
+        let pid = server.process.processIdentifier
+        let site = #"{"site":{"name":"big","path":"/big"},"#
+        // Seven million `{}`: refused by their count before one is built.
+        var empty = Array((site + #""jobs":["#).utf8)
+        let target = 20 << 20
+        empty.reserveCapacity(target + 64)
+        while empty.count < target { empty += Array("{},".utf8) }
+        empty += Array("{}]}".utf8)
+        let before = try Self.memory(pid).rss
+        let refused = try await server.request("POST", "/sync/push", body: Data(empty), token: token)
+        #expect(refused.status == 400, "\(refused.text.prefix(300))")
+        #expect(refused.text.contains("at most"), "\(refused.text.prefix(300))")
+        let afterEmpty = try Self.memory(pid).peak
+        #expect(
+            afterEmpty - before <= 4 * empty.count,
+            "peak grew by \((afterEmpty - before) >> 20) MiB for a \(empty.count >> 20) MiB body")
+        // 20,000 events of 1 KiB (within the item limit): read, each refused as of a job the server lacks.
+        let padding = String(repeating: "x", count: 900)
+        var events: [String] = []
+        for i in 0..<20_000 {
+            events.append(
+                #"{"site_job_id":"J\#(i)","t":"2026-12-01T00:00:00.000000","from":"READY","to":"RUNNING","#
+                    + #""data":{"note":"\#(padding)"}}"#)
+        }
+        let real = Array((site + #""events":["# + events.joined(separator: ",") + "]}").utf8)
+        let baseline = try Self.memory(pid)
+        let taken = try await server.request("POST", "/sync/push", body: Data(real), token: token)
+        #expect(taken.status == 200, "\(taken.text.prefix(300))")
+        let peak = try Self.memory(pid).peak
+        // The peak may have been set by the first request; only growth past both counts against this one.
+        let grown = peak - max(baseline.peak, baseline.rss)
+        #expect(
+            grown <= 4 * real.count, "peak grew by \(grown >> 20) MiB for a \(real.count >> 20) MiB body")
+    }
+}
+
 /// A blocking TCP client on loopback, for requests no HTTP library would send.
 final class RawClient {
     private var fd: Int32

@@ -1,8 +1,56 @@
 import Spool
+import TestSupport
 import Testing
 
 /// The reports' arithmetic, shared by `balsam report` and the server's routes.
 @Suite struct ReportSeriesTests {
+    /// Numbers as a hostile user writes them: edges of Double, spellings `Double(_:)` takes, and near misses.
+    static let edgeNumbers = [
+        "0", "-0", "+0", "0.0", "1e-300", "4.9e-324", "2.2250738585072014e-308", "1e-10", "1e-7", "0.001", "0.0009999",
+        "1", "60", "1e3", "1e308", "1.7976931348623157e308", "1e309", "-1", "-1e308", "nan", "NaN", "-nan", "inf",
+        "-inf", "infinity", "0x10", "0x1p-1074", "9223372036854775807", "9223372036854775808", "18446744073709551616",
+        "31622400", "31622401", "", " ", "1 ", "1_000", "١", "1e", "e1", ".", "-", "+", "1..2", "\u{0}1",
+    ]
+
+    /// Every bin a user can write either is refused with a usage error or lies in the documented range, and every
+    /// accepted one, over any span of times a site or a server holds (a clock in year 0001 or 9999 included),
+    /// gives a report or a usage error: nothing traps (a trap ends this test process, which fails the suite).
+    @Test func noBinAndNoSpanTraps() throws {
+        var random = SplitMix(seed: 31)
+        var texts = Self.edgeNumbers
+        for _ in 0..<300 {
+            let mantissa = Double(random.next() % 10_000) / 1000
+            let exponent = Int(random.next() % 700) - 350
+            texts.append("\(mantissa)e\(exponent)")
+        }
+        let spans: [(Double, Double)] = [
+            (0, 0), (0, 1), (1.7e9, 1.7e9 + 86400), (-62_135_596_800, 253_402_300_799), (-1e300, 1e300),
+            (1.7e9, 1.7e9 + 1e-6),
+        ]
+        for text in texts {
+            let bin: Double
+            do { bin = try ReportSeries.bin(text) } catch {
+                #expect(error.code == .usage)
+                continue
+            }
+            #expect(ReportSeries.binRange.contains(bin), "\(text) gave \(bin)")
+            for (first, last) in spans {
+                for width in [bin, nil] {
+                    do {
+                        let t = try ReportSeries.throughput(times: [first, (first + last) / 2, last], bin: width)
+                        #expect(t.bins.count <= ReportSeries.maxBins)
+                        let runs = [ReportSeries.Run(start: first, end: last, share: 1, batchJob: 1)]
+                        let held = [ReportSeries.Held(id: 1, nodes: 2, start: first, end: last)]
+                        let u = try ReportSeries.utilization(runs: runs, held: held, bin: width, now: last)
+                        #expect(u.bins.count <= ReportSeries.maxBins)
+                    } catch {
+                        #expect(error.code == .usage, "\(text) over \(first)...\(last): \(error.message)")
+                    }
+                }
+            }
+        }
+    }
+
     @Test func utilizationBinsTheRunsAgainstTheNodesHeld() throws {
         let held = [ReportSeries.Held(id: 1, nodes: 2, start: 0, end: 1000)]
         let runs = [
