@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 @testable import Spool
@@ -80,5 +81,104 @@ import Testing
         for template in ["cat <<< {{ x }}", "echo a#{{ x }}", "echo \"#{{ x }}\"", "echo \"$(echo {{ x }})\" '<<'"] {
             try CommandTemplate(template).checkQuotable()
         }
+    }
+
+    /// Contexts from bash's grammar, each with `X` where a placeholder goes: where bash reads a word, and where it
+    /// evaluates text as arithmetic or code (issue 31, item 4).
+    static let contexts = [
+        "echo X", "printf '%s\\n' X", "echo \"X\"", "echo 'X'", "echo pre\"X\"post", "v=X; echo \"$v\"",
+        "v=X echo hi", "cat <<< X", "echo hi > X", "[[ X -eq 1 ]]", "[[ X == 1 ]]", "(( X ))", "((X))",
+        "echo $(( X ))", "echo $[ X ]", "let X", "let v=X", "declare -i v=X", "declare X", "typeset -i v=X",
+        "local v=X", "export X", "readonly X", "a[X]=1", "echo ${a[X]}", "trap X EXIT", "printf -v X '%s' 1",
+        "printf -v v X", "read X", "read -a X", "unset X", "unset -v X", "test -v X", "[ -v X ]", "eval X",
+        "source X", ". X", "X", "X arg", "command X", "builtin X", "exec X", "time X", "alias a=X", "mapfile X",
+        "getopts ab X", "wait -p X", "cat <<EOF\nX\nEOF", "cat <<'EOF'\nX\nEOF", "cat <<-EOF\n\tX\n\tEOF",
+        "cat << X\nhi\nX", "cat <<EOF\nhi\nEOF\necho X", "echo `echo X`", "echo ${v:-X}", "echo $'X'",
+        "echo hi # X", "echo \\X", "for i in X; do echo \"$i\"; done", "case X in *) echo hi;; esac",
+        "echo $(echo X)", "echo \"$(printf '%s' X)\"", "f() { echo X; }; f", "{# note #} echo X",
+        "echo {# note #} X", "if [ -n X ]; then echo y; fi", "[ X = 1 ] || echo no", "test X -eq 1 || true",
+        "if [ -v X ]; then echo y; fi", "while [[ X ]]; do break; done", "! [[ X -eq 1 ]]", "{ let X; }",
+        "if echo X; then echo y; fi", "time eval X",
+    ]
+
+    /// Values that run `touch pwned` wherever bash evaluates them, and the ones of the first round.
+    static let payloads = hostile + [
+        "a[$(touch pwned)]", "a[$(touch pwned)]=1", "x[`touch pwned`]", "1; touch pwned", "$(touch pwned)=1",
+        "EOF\ntouch pwned\nEOF", "\ntouch pwned\n", "1 ]] || touch pwned; [[ 1", "0)) ; touch pwned; ((0",
+        "v;touch pwned", "touch pwned", "-i v=a[$(touch pwned)]", "#{{ x }}",
+    ]
+
+    /// Templates made from the contexts: alone, two joined by an operator, and one inside another's `$( )`.
+    static func generatedTemplates(count: Int, seed: UInt64) -> [String] {
+        var random = SplitMix(seed: seed)
+        func pick() -> String { contexts[Int(random.next() % UInt64(contexts.count))] }
+        var out = contexts.map { $0.replacingOccurrences(of: "X", with: "{{ x }}") }
+        let joins = ["; ", " && ", " || ", " | ", "\n", " & "]
+        while out.count < count {
+            let a = pick().replacingOccurrences(of: "X", with: "{{ x }}")
+            let b = pick().replacingOccurrences(of: "X", with: random.next() % 2 == 0 ? "{{ x }}" : "lit")
+            switch random.next() % 3 {
+            case 0: out.append(a + joins[Int(random.next() % UInt64(joins.count))] + b)
+            case 1: out.append("echo \"$(" + a + ")\"")
+            default: out.append(b + "\n" + a)
+            }
+        }
+        return out
+    }
+
+    /// The rule, on generated templates: a template the checker takes runs no payload, for every payload; and
+    /// the safe contexts are taken (the rule is not vacuous).
+    @Test func noAcceptedTemplateRunsAPayload() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ctx-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var accepted: [(String, CommandTemplate)] = []
+        for text in Self.generatedTemplates(count: 260, seed: 31) {
+            guard let template = try? CommandTemplate(text), (try? template.checkQuotable()) != nil else { continue }
+            accepted.append((text, template))
+        }
+        let acceptedTexts = Set(accepted.map(\.0))
+        for safe in [
+            "echo {{ x }}", "printf '%s\\n' {{ x }}", "cat <<< {{ x }}", "v={{ x }}; echo \"$v\"",
+            "cat <<EOF\nhi\nEOF\necho {{ x }}", "{# note #} echo {{ x }}", "for i in {{ x }}; do echo \"$i\"; done",
+            "if echo {{ x }}; then echo y; fi",
+        ] {
+            #expect(acceptedTexts.contains(safe), "\(safe) should be accepted")
+        }
+        for unsafe in ["[[ {{ x }} -eq 1 ]]", "(( {{ x }} ))", "let {{ x }}", "declare -i v={{ x }}", "a[{{ x }}]=1",
+            "trap {{ x }} EXIT", "printf -v {{ x }} '%s' 1", "read {{ x }}", "eval {{ x }}", "{{ x }}", "unset {{ x }}",
+            "if [ -v {{ x }} ]; then echo y; fi", "while [[ {{ x }} ]]; do break; done", "! [[ {{ x }} -eq 1 ]]",
+            "{ let {{ x }}; }", "time eval {{ x }}"]
+        {
+            #expect(!acceptedTexts.contains(unsafe), "\(unsafe) should be refused")
+        }
+        // Every accepted template with every payload, each run by its own bash from one driver.
+        var files: [String: String] = [:]
+        var n = 0
+        for (text, template) in accepted {
+            for value in Self.payloads {
+                let command = try template.render(["x": .string(value)])
+                let file = dir + "/cmd.\(n)"
+                try command.write(toFile: file, atomically: false, encoding: .utf8)
+                files[file] = "\(text.debugDescription) with \(value.debugDescription)"
+                n += 1
+            }
+        }
+        let driver = Process()
+        driver.executableURL = URL(fileURLWithPath: "/bin/bash")
+        driver.arguments = [
+            "-c",
+            "for f in cmd.*; do timeout 5 bash \"$f\" </dev/null >/dev/null 2>&1; "
+                + "if [ -e pwned ]; then echo \"$f\"; rm -f pwned; fi; done",
+        ]
+        driver.currentDirectoryURL = URL(fileURLWithPath: dir)
+        let pipe = Pipe()
+        driver.standardOutput = pipe
+        try driver.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        driver.waitUntilExit()
+        let ran = output.split(separator: "\n").map { files[dir + "/" + $0] ?? String($0) }
+        #expect(ran.isEmpty, "accepted templates ran payloads: \(ran.prefix(20))")
+        #expect(accepted.count > 40, "only \(accepted.count) of the generated templates were accepted")
     }
 }

@@ -19,7 +19,18 @@ public struct CommandTemplate: Sendable, Equatable {
     public init(_ source: String) throws(SpoolError) {
         self.source = source
         var pieces: [Piece] = []
-        var rest = Substring(source)
+        // `{# ... #}` is a comment, as in Jinja: it is left out of the command.
+        var uncommented = ""
+        var remaining = Substring(source)
+        while let open = remaining.firstRange(of: "{#") {
+            uncommented += remaining[..<open.lowerBound]
+            guard let close = remaining[open.upperBound...].firstRange(of: "#}") else {
+                throw fieldError("command_template", "has '{#' without a closing '#}'")
+            }
+            remaining = remaining[close.upperBound...]
+        }
+        uncommented += remaining
+        var rest = Substring(uncommented)
         while let open = rest.firstRange(of: "{{") {
             if open.lowerBound > rest.startIndex { pieces.append(.text(String(rest[..<open.lowerBound]))) }
             let afterOpen = rest[open.upperBound...]
@@ -35,7 +46,7 @@ public struct CommandTemplate: Sendable, Equatable {
             rest = afterOpen[close.upperBound...]
         }
         if !rest.isEmpty { pieces.append(.text(String(rest))) }
-        if source.contains("{%") {
+        if uncommented.contains("{%") {
             throw fieldError("command_template", "uses '{%'; only {{ name }} placeholders are supported")
         }
         self.pieces = ShellContext.classify(pieces)
