@@ -73,7 +73,7 @@ public struct JobSpec: Sendable, Equatable {
         ranksPerNode = try r.int("ranks_per_node", in: 1...limit) ?? 1
         threadsPerRank = try r.int("threads_per_rank", in: 1...limit) ?? 1
         threadsPerCore = try r.int("threads_per_core", in: 1...limit) ?? 1
-        launchParams = try r.stringMap("launch_params") ?? [:]
+        launchParams = try r.launchParams() ?? [:]
         gpusPerRank = try r.double("gpus_per_rank", in: 0...1024) ?? 0
         nodePackingCount = try r.int("node_packing_count", in: 1...limit) ?? 1
         wallTimeMin = try r.int("wall_time_min", in: 0...limit) ?? 0

@@ -181,4 +181,46 @@ import Testing
         #expect(ran.isEmpty, "accepted templates ran payloads: \(ran.prefix(20))")
         #expect(accepted.count > 40, "only \(accepted.count) of the generated templates were accepted")
     }
+
+    /// `launch_params` keys become unquoted flags of the MPI launch line (issue 31, item 5): generated keys,
+    /// hostile and plain, are either refused by the job's reader or stand in bash as exactly one literal word.
+    @Test func launchParamKeysAreFlagsOrRefused() throws {
+        var random = SplitMix(seed: 5)
+        let alphabet = Array("ab-_=09;|&$()`'\" \\\n\t<>*?[]{}#~!".unicodeScalars)
+        var keys = ["cpu-bind", "-d", "--env=FOO", "a;touch pwned;", "$(touch pwned)", "a\ntouch pwned", "--", "-", "=x",
+            "---x", "x y", "*", ""]
+        for _ in 0..<400 {
+            var key = ""
+            for _ in 0..<(1 + Int(random.next() % 12)) {
+                key.unicodeScalars.append(alphabet[Int(random.next() % UInt64(alphabet.count))])
+            }
+            keys.append(key)
+        }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lp-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var accepted: [String] = []
+        for key in keys {
+            let job: JSONValue = .object([
+                "workdir": .string("w"), "app": .string("a"), "launch_params": .object([key: .string("v")]),
+            ])
+            let read = try? Job(json: job)
+            #expect((read != nil) == (Job.launchParamKeyProblem(key) == nil), "\(key.debugDescription)")
+            if read != nil { accepted.append(key) }
+        }
+        #expect(accepted.contains("cpu-bind") && accepted.contains("--env=FOO") && !accepted.contains("a;touch pwned;"))
+        // Each accepted key, as the launch line writes it, is one word that bash prints back unchanged.
+        let script = accepted.map { "printf '%s\\n' \($0.hasPrefix("-") ? $0 : "--" + $0)" }.joined(separator: "\n")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = ["-c", script]
+        process.currentDirectoryURL = URL(fileURLWithPath: dir)
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let printed = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(printed == accepted.map { ($0.hasPrefix("-") ? $0 : "--" + $0) + "\n" }.joined())
+        #expect(!FileManager.default.fileExists(atPath: dir + "/pwned"))
+    }
 }

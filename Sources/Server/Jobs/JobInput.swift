@@ -108,7 +108,7 @@ extension Jobs {
         job.ranksPerNode = try input.int("ranks_per_node", in: 1...maxCount) ?? 1
         job.threadsPerRank = try input.int("threads_per_rank", in: 1...maxCount) ?? 1
         job.threadsPerCore = try input.int("threads_per_core", in: 1...maxCount) ?? 1
-        job.launchParams = jsonText(try input.stringMap("launch_params") ?? [:])
+        job.launchParams = jsonText(try input.launchParams() ?? [:])
         job.gpusPerRank = try input.double("gpus_per_rank", in: 0...1024) ?? 0
         job.nodePackingCount = try input.int("node_packing_count", in: 1...maxCount) ?? 1
         job.wallTimeMin = try input.int("wall_time_min", in: 0...maxCount) ?? 0
@@ -216,7 +216,7 @@ extension Jobs {
         if let gpus = try input.double("gpus_per_rank", in: 0...1024) {
             p.sets.append(("gpus_per_rank", .double(gpus)))
         }
-        if let params = try input.stringMap("launch_params") {
+        if let params = try input.launchParams() {
             p.sets.append(("launch_params", .text(jsonText(params))))
         }
         if let batch = try input.int("batch_job_id", in: 1...Int.max) { p.sets.append(("batch_job_id", .of(batch))) }

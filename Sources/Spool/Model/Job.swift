@@ -55,6 +55,25 @@ public struct Job: Sendable, Equatable {
     }
 
     /// Limits that keep one job's files small enough to list and sync quickly.
+    /// Why `key` cannot be a `launch_params` key, or nil. A key becomes a flag of the MPI launch line, unquoted
+    /// (`--cpu-bind`, `-d`, `--env=FOO`), so only a flag's spelling is taken: letters, digits, `-`, `_`, `=`
+    /// after a letter or digit, at most 64 bytes. Checked by every reader of a job (the site's, the wire's, the
+    /// server's) and again where the launch line is made.
+    public static func launchParamKeyProblem(_ key: String) -> String? {
+        let bytes = Array(key.utf8)
+        let body = bytes.drop { $0 == UInt8(ascii: "-") }
+        let allowed = body.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A) || c == 0x2D || c == 0x5F || c == 0x3D
+        }
+        guard !body.isEmpty, bytes.count - body.count <= 2, bytes.count <= 64, allowed,
+            let first = body.first, first != 0x3D, first != 0x2D
+        else {
+            return "key '\(key.prefix(64))' is not a launcher flag: letters, digits, '-', '_' and '=' only, after "
+                + "at most two leading '-', 64 bytes at most"
+        }
+        return nil
+    }
+
     public enum Limits {
         /// Largest `job.json`, and largest line of a `--from` file.
         public static let fileBytes = 1 << 20
@@ -133,6 +152,9 @@ public struct Job: Sendable, Equatable {
         serializedParameters = try string("serialized_parameters") ?? ""
         data = try object("data")
         launchParams = try stringMap("launch_params")
+        for key in launchParams.keys {
+            if let why = Job.launchParamKeyProblem(key) { throw fieldError("launch_params", why) }
+        }
         transfers = try object("transfers")
         if let v = o["parent_ids"], v != .null {
             guard case .array(let items) = v else { throw fieldError("parent_ids", "must be an array of job IDs") }
