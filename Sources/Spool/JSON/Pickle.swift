@@ -212,20 +212,25 @@ public enum Pickle {
         return try decode(bytes)
     }
 
-    /// A value on the decoder's stack, with its depth and size (see `maxDepth`) kept as it is built, so that no
-    /// check walks a value and nothing recurses.
-    private struct Item {
-        var value: JSONValue
-        var depth = 0
-        var size = 1
+    /// A value as the decoder builds it: containers hold their items by reference (an index of `nodes`), as
+    /// Python's do, so a memo entry (`BINPUT`, `MEMOIZE`) names the object itself and a later `BINGET` sees what
+    /// was added to it since. (Kept as values, `{"x": [cfg, cfg]}` came back as `[{"k": "v"}, {}]`: the memo held
+    /// the dict as it was before its items were set.)
+    private enum Node {
+        case scalar(JSONValue)
+        case list([Int])
+        case dict([String: Int])
     }
 
-    /// Decodes pickle bytes into a JSON value. Total: any bytes give a value or `Unsupported`, never a trap;
-    /// the decoder keeps its own stack and never recurses.
+    /// Decodes pickle bytes into a JSON value. Total: any bytes give a value or `Unsupported`, never a trap. The
+    /// decoder keeps its own stack; only the final build of the value recurses, at most `maxDepth` deep, and it
+    /// stops a value that is too deep (a list that holds itself included) or too large (one value named many
+    /// times through the memo: a "billion laughs") as it goes.
     public static func decode(_ bytes: [UInt8]) throws(Unsupported) -> JSONValue {
-        var stack: [Item] = []
+        var nodes: [Node] = []
+        var stack: [Int] = []
         var marks: [Int] = []
-        var memo: [Int: Item] = [:]
+        var memo: [Int: Int] = [:]
         var i = 0
         func fail(_ what: String) -> Unsupported { Unsupported(description: what) }
         func take(_ n: Int) throws(Unsupported) -> ArraySlice<UInt8> {
@@ -240,53 +245,70 @@ public enum Pickle {
             guard value <= UInt64(Int.max) else { throw fail("a length of \(value) bytes") }
             return Int(value)
         }
-        func push(_ item: Item) throws(Unsupported) {
-            if item.depth > maxDepth { throw fail("values nested deeper than \(maxDepth)") }
-            if item.size > maxSize { throw fail("a value larger than \(maxSize) (values and string bytes)") }
-            stack.append(item)
+        func push(_ node: Node) {
+            nodes.append(node)
+            stack.append(nodes.count - 1)
         }
-        func text(_ n: Int) throws(Unsupported) -> Item {
+        func push(_ value: JSONValue) { push(.scalar(value)) }
+        func text(_ n: Int) throws(Unsupported) -> JSONValue {
             let raw = try take(n)
             guard let s = String(validating: raw, as: UTF8.self) else { throw fail("a string is not UTF-8") }
-            return Item(value: .string(s), size: 1 + n)
+            return .string(s)
         }
-        func pop() throws(Unsupported) -> Item {
+        func pop() throws(Unsupported) -> Int {
             guard let top = stack.popLast() else { throw fail("the pickle's stack is empty") }
             return top
         }
-        func popMark() throws(Unsupported) -> ArraySlice<Item> {
+        func popMark() throws(Unsupported) -> ArraySlice<Int> {
             guard let mark = marks.popLast(), mark <= stack.count else { throw fail("a MARK is missing") }
             defer { stack.removeSubrange(mark...) }
             return stack[mark...]
         }
-        /// A container holding `items`: one deeper than the deepest, as large as all of them.
-        func container(_ value: JSONValue, _ items: ArraySlice<Item>, into start: Item? = nil) -> Item {
-            var result = start ?? Item(value: value, depth: 1, size: 1)
-            for item in items {
-                result.depth = max(result.depth, item.depth + 1)
-                result.size = result.size.addingReportingOverflow(item.size).partialValue
-            }
-            result.value = value
-            return result
-        }
-        func setItems(_ items: ArraySlice<Item>) throws(Unsupported) {
+        func setItems(_ items: ArraySlice<Int>) throws(Unsupported) {
             let target = try pop()
-            guard items.count % 2 == 0, case .object(var dict) = target.value else {
-                throw fail("SETITEMS on a non-dict")
-            }
+            guard items.count % 2 == 0, case .dict(var dict) = nodes[target] else { throw fail("SETITEMS on a non-dict") }
             var k = items.startIndex
             while k < items.endIndex {
-                guard case .string(let key) = items[k].value else { throw fail("a dict key that is not a string") }
-                dict[key] = items[k + 1].value
+                guard case .scalar(.string(let key)) = nodes[items[k]] else {
+                    throw fail("a dict key that is not a string")
+                }
+                dict[key] = items[k + 1]
                 k += 2
             }
-            try push(container(.object(dict), items, into: target))
+            nodes[target] = .dict(dict)
+            stack.append(target)
         }
-        func appendItems(_ items: ArraySlice<Item>) throws(Unsupported) {
+        func appendItems(_ items: ArraySlice<Int>) throws(Unsupported) {
             let target = try pop()
-            guard case .array(var list) = target.value else { throw fail("APPENDS on a non-list") }
-            list.append(contentsOf: items.map(\.value))
-            try push(container(.array(list), items, into: target))
+            guard case .list(var list) = nodes[target] else { throw fail("APPENDS on a non-list") }
+            list.append(contentsOf: items)
+            nodes[target] = .list(list)
+            stack.append(target)
+        }
+        /// The value of node `id`, `level` containers deep; `size` counts one per value plus string bytes.
+        var size = 0
+        func build(_ id: Int, level: Int) throws(Unsupported) -> JSONValue {
+            size += 1
+            if size > maxSize { throw fail("a value larger than \(maxSize) (values and string bytes)") }
+            switch nodes[id] {
+            case .scalar(let value):
+                if case .string(let s) = value {
+                    size += s.utf8.count
+                    if size > maxSize { throw fail("a value larger than \(maxSize) (values and string bytes)") }
+                }
+                return value
+            case .list(let items):
+                if level + 1 > maxDepth { throw fail("values nested deeper than \(maxDepth)") }
+                var out: [JSONValue] = []
+                out.reserveCapacity(items.count)
+                for item in items { out.append(try build(item, level: level + 1)) }
+                return .array(out)
+            case .dict(let members):
+                if level + 1 > maxDepth { throw fail("values nested deeper than \(maxDepth)") }
+                var out: [String: JSONValue] = [:]
+                for (key, item) in members { out[key] = try build(item, level: level + 1) }
+                return .object(out)
+            }
         }
         while i < bytes.count {
             let op = bytes[i]
@@ -294,8 +316,8 @@ public enum Pickle {
             switch op {
             case 0x80: _ = try take(1)  // PROTO
             case 0x95: _ = try take(8)  // FRAME
-            case UInt8(ascii: "}"): try push(Item(value: .object([:]), depth: 1))
-            case UInt8(ascii: "]"), UInt8(ascii: ")"): try push(Item(value: .array([]), depth: 1))
+            case UInt8(ascii: "}"): push(.dict([:]))
+            case UInt8(ascii: "]"), UInt8(ascii: ")"): push(.list([]))
             case UInt8(ascii: "("): marks.append(stack.count)
             case UInt8(ascii: "u"): try setItems(try popMark())
             case UInt8(ascii: "s"):
@@ -304,35 +326,33 @@ public enum Pickle {
                 try setItems([key, value])
             case UInt8(ascii: "e"): try appendItems(try popMark())
             case UInt8(ascii: "a"): try appendItems([try pop()])
-            case UInt8(ascii: "t"):
-                let items = try popMark()
-                try push(container(.array(items.map(\.value)), items))
+            case UInt8(ascii: "t"): push(.list(Array(try popMark())))
             case 0x85, 0x86, 0x87:  // TUPLE1, TUPLE2, TUPLE3
                 let n = Int(op - 0x84)
                 guard stack.count >= n else { throw fail("a tuple of missing items") }
-                let items = stack.suffix(n)
+                let items = Array(stack.suffix(n))
                 stack.removeLast(n)
-                try push(container(.array(items.map(\.value)), items))
-            case 0x8C: try push(try text(try length(1)))  // SHORT_BINUNICODE
-            case UInt8(ascii: "X"): try push(try text(try length(4)))  // BINUNICODE
-            case 0x8D: try push(try text(try length(8)))  // BINUNICODE8
-            case UInt8(ascii: "K"): try push(Item(value: .int(try length(1))))  // BININT1
-            case UInt8(ascii: "M"): try push(Item(value: .int(try length(2))))  // BININT2
+                push(.list(items))
+            case 0x8C: push(try text(try length(1)))  // SHORT_BINUNICODE
+            case UInt8(ascii: "X"): push(try text(try length(4)))  // BINUNICODE
+            case 0x8D: push(try text(try length(8)))  // BINUNICODE8
+            case UInt8(ascii: "K"): push(.int(try length(1)))  // BININT1
+            case UInt8(ascii: "M"): push(.int(try length(2)))  // BININT2
             case UInt8(ascii: "J"):  // BININT: signed 32 bits
-                try push(Item(value: .int(Int(Int32(truncatingIfNeeded: try length(4))))))
+                push(.int(Int(Int32(truncatingIfNeeded: try length(4)))))
             case 0x8A:  // LONG1: little-endian two's complement, up to 8 bytes here
                 let n = try length(1)
                 guard n <= 8 else { throw fail("an integer larger than 64 bits") }
                 let raw = try take(n)
                 var value = raw.reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
                 if n > 0 && n < 8, let last = raw.last, last & 0x80 != 0 { value |= ~0 << (8 * UInt64(n)) }
-                try push(Item(value: .int(Int(truncatingIfNeeded: value))))
+                push(.int(Int(truncatingIfNeeded: value)))
             case UInt8(ascii: "G"):  // BINFLOAT, big-endian
                 let raw = try take(8)
-                try push(Item(value: .double(Double(bitPattern: raw.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }))))
-            case UInt8(ascii: "N"): try push(Item(value: .null))
-            case 0x88: try push(Item(value: .bool(true)))
-            case 0x89: try push(Item(value: .bool(false)))
+                push(.double(Double(bitPattern: raw.reduce(UInt64(0)) { $0 << 8 | UInt64($1) })))
+            case UInt8(ascii: "N"): push(.null)
+            case 0x88: push(.bool(true))
+            case 0x89: push(.bool(false))
             case 0x94:  // MEMOIZE
                 guard let top = stack.last else { throw fail("MEMOIZE on an empty stack") }
                 memo[memo.count] = top
@@ -342,11 +362,11 @@ public enum Pickle {
                 memo[key] = top
             case UInt8(ascii: "h"), UInt8(ascii: "j"):  // BINGET, LONG_BINGET
                 let key = try length(op == UInt8(ascii: "h") ? 1 : 4)
-                guard let value = memo[key] else { throw fail("GET of an unknown memo entry") }
-                try push(value)
+                guard let node = memo[key] else { throw fail("GET of an unknown memo entry") }
+                stack.append(node)
             case UInt8(ascii: "."):
-                guard stack.count == 1, let item = stack.first else { throw fail("STOP with \(stack.count) values") }
-                return item.value
+                guard stack.count == 1, let root = stack.first else { throw fail("STOP with \(stack.count) values") }
+                return try build(root, level: 0)
             default:
                 var unsupported = fail(
                     "opcode 0x\(String(op, radix: 16)) (not a plain value: an object only Python can load)")
