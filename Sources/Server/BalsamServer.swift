@@ -60,16 +60,39 @@ public struct BalsamServer: Sendable {
         return router
     }
 
+    /// Descriptors kept for everything but connections: the database's, the log's, files a request opens.
+    static let reservedDescriptors = 256
+
+    /// The connection cap within this process's open-file limit (raised to its hard limit first): a cap above
+    /// what the process may open would let connections take the descriptors the database needs.
+    func connectionCap() -> Int {
+        let files = Posix.raiseOpenFileLimit()
+        let cap = min(limits.maxConnections, max(16, files.soft - Self.reservedDescriptors))
+        logger.info(
+            "open files and connections",
+            metadata: [
+                "open_files_soft": "\(files.soft)", "open_files_hard": "\(files.hard)",
+                "max_connections": "\(cap)", "asked_max_connections": "\(limits.maxConnections)",
+            ])
+        if cap < limits.maxConnections {
+            logger.warning(
+                "the connection cap is lowered to fit the open-file limit; raise the hard limit (LimitNOFILE=, ulimit -Hn)",
+                metadata: ["max_connections": "\(cap)", "open_files": "\(files.soft)"])
+        }
+        return cap
+    }
+
     /// The application listening on `host:port` (port 0: any free port). `onListening` gets the bound port.
     public func application(
         host: String, port: Int, onListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
-        Application(
+        let cap = connectionCap()
+        return Application(
             router: router(),
             server: .http1(configuration: .init(idleTimeout: .seconds(Int64(limits.idleTimeoutSeconds)))),
             configuration: ApplicationConfiguration(
                 address: .hostname(host, port: port), serverName: "balsam-server",
-                availableConnectionsDelegate: ConnectionCap(limits.maxConnections, logger: logger)),
+                availableConnectionsDelegate: ConnectionCap(cap, logger: logger)),
             onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) },
             logger: logger)
     }

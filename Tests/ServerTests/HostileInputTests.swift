@@ -157,6 +157,25 @@ import Testing
         }
     }
 
+    @Test("started under a soft limit of 1,024 open files, the server raises it to the hard one; under a low hard limit it keeps its connection cap below it")
+    func openFileLimits() async throws {
+        let raised = try await LiveServer(.sqlite, wrapper: ["/usr/bin/prlimit", "--nofile=1024:8192"])
+        try await waitFor("the limits in the log") { raised.log.contains("open files and connections") }
+        #expect(raised.log.contains("8192"), "\(raised.log)")
+        #expect(!raised.log.contains("connection cap is lowered"))
+        try await raised.stop()
+
+        let low = try await LiveServer(.sqlite, wrapper: ["/usr/bin/prlimit", "--nofile=300:300"])
+        defer { Task { try? await low.stop() } }
+        try await waitFor("the lowered cap in the log") { low.log.contains("connection cap is lowered") }
+        let port = try #require(Int(low.url.split(separator: ":").last ?? ""))
+        // 44 connections (300 less the 256 kept for the database and files) reach the cap; the server lives on.
+        let idle = try (0..<44).map { _ in try RawClient(port: port) }
+        try await waitFor("the cap in the log") { low.log.contains("connection cap reached") }
+        for client in idle { client.close() }
+        #expect(try await low.request("GET", "/auth/how").status == 200)
+    }
+
     @Test("a half-sent request, or a trickled body, is closed after the idle timeout; the connection cap holds")
     func idleAndSlowClients() async throws {
         let server = try await LiveServer(.sqlite, arguments: ["--idle-timeout", "2", "--max-connections", "4"])

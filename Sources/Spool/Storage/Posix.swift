@@ -421,3 +421,20 @@ extension Posix {
 extension Posix {
 
 }
+
+extension Posix {
+    /// Raises this process's soft limit of open files to its hard limit, and returns the limits it has after.
+    /// A service manager starts a server with a soft limit of 1,024 (and a hard one far above): a server that
+    /// kept it would run out of descriptors at about a thousand connections, for everyone.
+    public static func raiseOpenFileLimit() -> (soft: Int, hard: Int) {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return (1024, 1024) }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+        }
+        func int(_ v: rlim_t) -> Int { Int(exactly: v) ?? Int.max }  // RLIM_INFINITY is all ones
+        return (int(limit.rlim_cur), int(limit.rlim_max))
+    }
+}
