@@ -59,7 +59,8 @@ public struct SchedulerCommand: Sendable {
         case .signaled(let signal): status = 128 + signal
         case .timedOut, .stopped:
             throw SpoolError(
-                .unavailable, "'\(arguments.joined(separator: " "))' did not finish within \(Int(saturating: timeoutSeconds)) s")
+                .unavailable,
+                "'\(arguments.joined(separator: " "))' did not finish within \(Int(saturating: timeoutSeconds)) s")
         }
         return Result(
             status: status, output: String(decoding: outcome.output, as: UTF8.self),

@@ -28,7 +28,8 @@ public enum WatcherDaemon {
         let deadline = Posix.monotonicSeconds() + timeout
         while claim.holder() == holder && kill(holder.pid, 0) == 0 {
             if Posix.monotonicSeconds() > deadline {
-                throw SpoolError(.conflict, "watcher pid \(holder.pid) did not stop within \(Int(saturating: timeout)) s")
+                throw SpoolError(
+                    .conflict, "watcher pid \(holder.pid) did not stop within \(Int(saturating: timeout)) s")
             }
             Posix.sleep(seconds: 0.02)
         }
@@ -61,6 +62,7 @@ public enum WatcherDaemon {
             Posix.sleep(seconds: 0.02)
         }
         throw SpoolError(
-            .unavailable, "the watcher (pid \(pid)) did not claim the site within \(Int(saturating: timeout)) s; see \(logPath)")
+            .unavailable,
+            "the watcher (pid \(pid)) did not claim the site within \(Int(saturating: timeout)) s; see \(logPath)")
     }
 }

@@ -61,7 +61,8 @@ public final class RsyncBackend: TransferBackend {
         let remote = host
         return tasks.start { [self] update in
             runCount.withLock { $0 += 1 }
-            let staging = site.stagingPath + "/transfer.\(getpid()).\(UInt64(saturating: Posix.monotonicSeconds() * 1e6))"
+            let staging =
+                site.stagingPath + "/transfer.\(getpid()).\(UInt64(saturating: Posix.monotonicSeconds() * 1e6))"
             defer { Posix.removeTree(staging) }
             do throws(SpoolError) {
                 try Posix.mkdir(staging)

@@ -44,9 +44,11 @@ public struct PushRequest: Sendable, Equatable {
         var lists: [String: [JSONValue]] = [:]
         for key in Self.lists { lists[key] = try r.list(key) }
         try Self.checkSessions(lists["launcher_sessions"]?.count ?? 0)
-        try self.init(r, items: { key, make throws(WireError) in
-            for (i, item) in (lists[key] ?? []).enumerated() { try make(i, item) }
-        })
+        try self.init(
+            r,
+            items: { key, make throws(WireError) in
+                for (i, item) in (lists[key] ?? []).enumerated() { try make(i, item) }
+            })
     }
 
     /// Reads a push from its text, as the server does: every list's length is checked (at most `maxItems` items
@@ -69,17 +71,23 @@ public struct PushRequest: Sendable, Equatable {
                     left -= found.count
                 }
             } else {
-                do { rest[key] = try document.value(key) } catch { throw WireError("malformed JSON: \(error)", field: key) }
+                do { rest[key] = try document.value(key) } catch {
+                    throw WireError("malformed JSON: \(error)", field: key)
+                }
             }
         }
         try Self.checkSessions(ranges["launcher_sessions"]?.count ?? 0)
-        try self.init(try FieldReader(.object(rest)), items: { key, make throws(WireError) in
-            for (i, range) in (ranges[key] ?? []).enumerated() {
-                let item: JSONValue
-                do { item = try document.value(at: range) } catch { throw WireError("malformed JSON: \(error)", field: "\(key)[\(i)]") }
-                try make(i, item)
-            }
-        })
+        try self.init(
+            try FieldReader(.object(rest)),
+            items: { key, make throws(WireError) in
+                for (i, range) in (ranges[key] ?? []).enumerated() {
+                    let item: JSONValue
+                    do { item = try document.value(at: range) } catch {
+                        throw WireError("malformed JSON: \(error)", field: "\(key)[\(i)]")
+                    }
+                    try make(i, item)
+                }
+            })
     }
 
     /// A push's launcher sessions are counted before any is read.

@@ -128,7 +128,9 @@ func format2(_ value: Double) -> String {
 
 /// A bin width for people: 10 s, 5 min, 2 h, 1 d.
 func seconds(_ width: Double) -> String {
-    if width >= 86400, width.truncatingRemainder(dividingBy: 86400) == 0 { return "\(Int(saturating: width / 86400)) d" }
+    if width >= 86400, width.truncatingRemainder(dividingBy: 86400) == 0 {
+        return "\(Int(saturating: width / 86400)) d"
+    }
     if width >= 3600, width.truncatingRemainder(dividingBy: 3600) == 0 { return "\(Int(saturating: width / 3600)) h" }
     if width >= 60, width.truncatingRemainder(dividingBy: 60) == 0 { return "\(Int(saturating: width / 60)) min" }
     return width.rounded() == width ? "\(Int(saturating: width)) s" : "\(format2(width)) s"

@@ -88,5 +88,7 @@ struct ReportPlot {
         "'" + text.replacingAll("'", with: "''") + "'"
     }
 
-    private func fixed(_ v: Double) -> String { v.rounded() == v && abs(v) < 1e15 ? String(Int(saturating: v)) : String(v) }
+    private func fixed(_ v: Double) -> String {
+        v.rounded() == v && abs(v) < 1e15 ? String(Int(saturating: v)) : String(v)
+    }
 }

@@ -157,7 +157,9 @@ import Testing
         }
     }
 
-    @Test("started under a soft limit of 1,024 open files, the server raises it to the hard one; under a low hard limit it keeps its connection cap below it")
+    @Test(
+        "started under a soft limit of 1,024 open files, the server raises it to the hard one; under a low hard limit it keeps its connection cap below it"
+    )
     func openFileLimits() async throws {
         let raised = try await LiveServer(.sqlite, wrapper: ["/usr/bin/prlimit", "--nofile=1024:8192"])
         try await waitFor("the limits in the log") { raised.log.contains("open files and connections") }

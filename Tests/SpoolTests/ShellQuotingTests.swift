@@ -102,11 +102,12 @@ import Testing
     ]
 
     /// Values that run `touch pwned` wherever bash evaluates them, and the ones of the first round.
-    static let payloads = hostile + [
-        "a[$(touch pwned)]", "a[$(touch pwned)]=1", "x[`touch pwned`]", "1; touch pwned", "$(touch pwned)=1",
-        "EOF\ntouch pwned\nEOF", "\ntouch pwned\n", "1 ]] || touch pwned; [[ 1", "0)) ; touch pwned; ((0",
-        "v;touch pwned", "touch pwned", "-i v=a[$(touch pwned)]", "#{{ x }}",
-    ]
+    static let payloads =
+        hostile + [
+            "a[$(touch pwned)]", "a[$(touch pwned)]=1", "x[`touch pwned`]", "1; touch pwned", "$(touch pwned)=1",
+            "EOF\ntouch pwned\nEOF", "\ntouch pwned\n", "1 ]] || touch pwned; [[ 1", "0)) ; touch pwned; ((0",
+            "v;touch pwned", "touch pwned", "-i v=a[$(touch pwned)]", "#{{ x }}",
+        ]
 
     /// Templates made from the contexts: alone, two joined by an operator, and one inside another's `$( )`.
     static func generatedTemplates(count: Int, seed: UInt64) -> [String] {
@@ -145,11 +146,12 @@ import Testing
         ] {
             #expect(acceptedTexts.contains(safe), "\(safe) should be accepted")
         }
-        for unsafe in ["[[ {{ x }} -eq 1 ]]", "(( {{ x }} ))", "let {{ x }}", "declare -i v={{ x }}", "a[{{ x }}]=1",
+        for unsafe in [
+            "[[ {{ x }} -eq 1 ]]", "(( {{ x }} ))", "let {{ x }}", "declare -i v={{ x }}", "a[{{ x }}]=1",
             "trap {{ x }} EXIT", "printf -v {{ x }} '%s' 1", "read {{ x }}", "eval {{ x }}", "{{ x }}", "unset {{ x }}",
             "if [ -v {{ x }} ]; then echo y; fi", "while [[ {{ x }} ]]; do break; done", "! [[ {{ x }} -eq 1 ]]",
-            "{ let {{ x }}; }", "time eval {{ x }}"]
-        {
+            "{ let {{ x }}; }", "time eval {{ x }}",
+        ] {
             #expect(!acceptedTexts.contains(unsafe), "\(unsafe) should be refused")
         }
         // Every accepted template with every payload, each run by its own bash from one driver.
@@ -187,8 +189,10 @@ import Testing
     @Test func launchParamKeysAreFlagsOrRefused() throws {
         var random = SplitMix(seed: 5)
         let alphabet = Array("ab-_=09;|&$()`'\" \\\n\t<>*?[]{}#~!".unicodeScalars)
-        var keys = ["cpu-bind", "-d", "--env=FOO", "a;touch pwned;", "$(touch pwned)", "a\ntouch pwned", "--", "-", "=x",
-            "---x", "x y", "*", ""]
+        var keys = [
+            "cpu-bind", "-d", "--env=FOO", "a;touch pwned;", "$(touch pwned)", "a\ntouch pwned", "--", "-", "=x",
+            "---x", "x y", "*", "",
+        ]
         for _ in 0..<400 {
             var key = ""
             for _ in 0..<(1 + Int(random.next() % 12)) {

@@ -95,7 +95,8 @@ public struct TaskCommand: Sendable {
                 "hosts": hosts.joined(separator: ","),
                 "host_slots": hosts.map { "\($0):\(job.ranksPerNode)" }.joined(separator: ","),
                 "env_flags": envFlags(exported),
-                "launch_params": try job.launchParams.sorted { $0.key < $1.key }.map { (key, value) throws(SpoolError) in
+                "launch_params": try job.launchParams.sorted { $0.key < $1.key }.map {
+                    (key, value) throws(SpoolError) in
                     // Read already by the job's reader; checked again where it becomes part of a command line.
                     if let why = Job.launchParamKeyProblem(key) { throw SpoolError(.invalidInput, why) }
                     let flag = key.hasPrefix("-") ? key : (key.count == 1 ? "-" : "--") + key

@@ -280,7 +280,8 @@ struct Chart {
         func x(_ t: Double) -> Double { left + (t - x0) / max(1, x1 - x0) * (w - left - right) }
         func y(_ v: Double) -> Double { h - bottom - v / yMax * (h - top - bottom) }
         func n(_ v: Double) -> String { String((v * 10).rounded() / 10) }
-        var out = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(saturating: w))\" height=\"\(Int(saturating: h))\" "
+        var out =
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(saturating: w))\" height=\"\(Int(saturating: h))\" "
         out += "role=\"img\" aria-label=\"\(Dashboard.escape(title))\">"
         out += "<text x=\"\(n(left))\" y=\"14\">\(Dashboard.escape(title))</text>"
         out += "<line x1=\"\(n(left))\" y1=\"\(n(y(0)))\" x2=\"\(n(w - right))\" y2=\"\(n(y(0)))\" stroke=\"#999\"/>"

@@ -34,7 +34,8 @@ struct RequestLogMiddleware: RouterMiddleware {
             "request",
             metadata: [
                 "method": "\(request.method)", "route": "\(context.endpointPath ?? request.uri.path)",
-                "status": "\(status)", "user": "\(context.caller.name)", "ms": "\(Double(Int(saturating: ms * 10)) / 10)",
+                "status": "\(status)", "user": "\(context.caller.name)",
+                "ms": "\(Double(Int(saturating: ms * 10)) / 10)",
             ])
     }
 }

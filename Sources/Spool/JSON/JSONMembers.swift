@@ -89,10 +89,11 @@ public struct JSONMembers: Sendable {
             parser.index = range.lowerBound
             var found: [Range<Int>] = []
             // The document was checked whole by `init`: skipping it again cannot fail.
-            let complete = (try? parser.elements { item in
-                found.append(item)
-                return found.count <= max
-            }) ?? false
+            let complete =
+                (try? parser.elements { item in
+                    found.append(item)
+                    return found.count <= max
+                }) ?? false
             return complete ? .items(found) : .tooMany
         }
     }

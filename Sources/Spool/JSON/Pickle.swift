@@ -266,7 +266,9 @@ public enum Pickle {
         }
         func setItems(_ items: ArraySlice<Int>) throws(Unsupported) {
             let target = try pop()
-            guard items.count % 2 == 0, case .dict(var dict) = nodes[target] else { throw fail("SETITEMS on a non-dict") }
+            guard items.count % 2 == 0, case .dict(var dict) = nodes[target] else {
+                throw fail("SETITEMS on a non-dict")
+            }
             var k = items.startIndex
             while k < items.endIndex {
                 guard case .scalar(.string(let key)) = nodes[items[k]] else {

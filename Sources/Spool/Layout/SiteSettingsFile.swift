@@ -46,7 +46,8 @@ extension SiteSettings {
         settings.launcher.idleSeconds = try number("launcher", "idle_ttl_sec") ?? settings.launcher.idleSeconds
         settings.launcher.pollSeconds = try number("launcher", "delay_sec") ?? settings.launcher.pollSeconds
         settings.launcher.maxConcurrent =
-            try number("launcher", "max_concurrent_mpiruns").map { Int(saturating: $0) } ?? settings.launcher.maxConcurrent
+            try number("launcher", "max_concurrent_mpiruns").map { Int(saturating: $0) }
+            ?? settings.launcher.maxConcurrent
         settings.launcher.cpusPerNode = try number("launcher", "cpus_per_node").map { Int(saturating: $0) }
         settings.launcher.killGraceSeconds =
             try number("launcher", "kill_grace_sec") ?? settings.launcher.killGraceSeconds

@@ -333,7 +333,8 @@ public struct Job: Sendable, Equatable {
             "num_nodes": .int(numNodes), "ranks_per_node": .int(ranksPerNode),
             "threads_per_rank": .int(threadsPerRank), "threads_per_core": .int(threadsPerCore),
             "launch_params": .object(launchParams.mapValues { .string($0) }),
-            "gpus_per_rank": gpusPerRank.rounded() == gpusPerRank ? .int(Int(saturating: gpusPerRank)) : .double(gpusPerRank),
+            "gpus_per_rank": gpusPerRank.rounded() == gpusPerRank
+                ? .int(Int(saturating: gpusPerRank)) : .double(gpusPerRank),
             "node_packing_count": .int(nodePackingCount), "wall_time_min": .int(wallTimeMin),
             "transfers": .object(transfers),
         ]

@@ -126,7 +126,8 @@ extension Timestamp {
     /// Seconds since the epoch as the event logs write them.
     public static func format(seconds: Double) -> String {
         let whole = seconds.rounded(.down)
-        return Timestamp.format(seconds: Int(saturating: whole), millis: Int(saturating: ((seconds - whole) * 1000).rounded(.down)))
+        return Timestamp.format(
+            seconds: Int(saturating: whole), millis: Int(saturating: ((seconds - whole) * 1000).rounded(.down)))
     }
 
     /// Now, seconds since the epoch.

@@ -46,7 +46,9 @@ enum ShellContext: Sendable, Equatable {
     ]
 
     /// Reserved words that a command follows (`if [[ ... ]]` is `[[`'s command, not `if`'s arguments).
-    static let prefixes: Set<String> = ["if", "then", "else", "elif", "do", "while", "until", "!", "{", "}", "fi", "done"]
+    static let prefixes: Set<String> = [
+        "if", "then", "else", "elif", "do", "while", "until", "!", "{", "}", "fi", "done",
+    ]
 
     /// Follows the template's text as bash would read it, up to each placeholder. A placeholder is accepted only
     /// where a quoted value stays one literal word (a positive list): an argument of a command that is not in
@@ -182,7 +184,9 @@ enum ShellContext: Sendable, Equatable {
                 let delimiter = stripTabs ? String(command.word.dropFirst(2)) : command.word
                 pendingDocuments.append((delimiter, stripTabs))
             } else if !command.redirect {
-                if command.words == 0 && (Self.isAssignment(command.word) || ShellContext.prefixes.contains(command.word)) {
+                if command.words == 0
+                    && (Self.isAssignment(command.word) || ShellContext.prefixes.contains(command.word))
+                {
                     // A leading assignment, or a keyword a command follows: the command's name is still to come.
                 } else {
                     if command.words == 0 { command.name = command.word }

@@ -21,10 +21,14 @@ public enum ReportSeries {
     /// A bin width as a user writes it (`--bin`, `?bin=`): a decimal number of seconds within `binRange`. Not
     /// `Double(text)`'s whole grammar: hexadecimal, `nan` and `inf` are refused with the rest.
     public static func bin(_ text: String) throws(SpoolError) -> Double {
-        let decimal = text.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2E || $0 == 0x65 || $0 == 0x45 || $0 == 0x2B || $0 == 0x2D }
+        let decimal = text.utf8.allSatisfy {
+            ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2E || $0 == 0x65 || $0 == 0x45 || $0 == 0x2B || $0 == 0x2D
+        }
         guard decimal, text.utf8.count <= 32, let value = Double(text), binRange.contains(value) else {
             throw SpoolError(
-                .usage, "'\(text)' is not a number of seconds from \(binRange.lowerBound) to \(Int(saturating: binRange.upperBound))")
+                .usage,
+                "'\(text)' is not a number of seconds from \(binRange.lowerBound) to \(Int(saturating: binRange.upperBound))"
+            )
         }
         return value
     }

@@ -83,7 +83,8 @@ public enum Posix {
     /// Waits as `waitReadable` does and says which of `fds` can be read (false for negative ones).
     package static func readable(_ fds: [Int32], seconds: Double) -> [Bool] {
         var polled = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }  // poll(2) skips fd < 0
-        guard clinux_ppoll_ns(&polled, nfds_t(polled.count), Int(saturating: max(0, min(seconds, 3600)) * 1e9)) > 0 else {
+        guard clinux_ppoll_ns(&polled, nfds_t(polled.count), Int(saturating: max(0, min(seconds, 3600)) * 1e9)) > 0
+        else {
             return Array(repeating: false, count: fds.count)
         }
         return polled.map { $0.revents != 0 }
@@ -386,7 +387,9 @@ public enum Posix {
 extension Posix {
     /// Sleeps for `seconds` (nanosleep, resumed after a signal).
     package static func sleep(seconds: Double) {
-        var left = timespec(tv_sec: Int(saturating: seconds), tv_nsec: Int(saturating: (seconds - Double(Int(saturating: seconds))) * 1e9))
+        var left = timespec(
+            tv_sec: Int(saturating: seconds),
+            tv_nsec: Int(saturating: (seconds - Double(Int(saturating: seconds))) * 1e9))
         var rest = timespec()
         while nanosleep(&left, &rest) != 0 && errno == EINTR { left = rest }
     }
