@@ -26,6 +26,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "Spool", targets: ["Spool"]),
+        // For bench/json's push case (a package of its own that reads a push as the server does).
+        .library(name: "Wire", targets: ["Wire"]),
         .executable(name: "balsam", targets: ["balsam"]),
         .executable(name: "balsam-submit", targets: ["balsam-submit"]),
         .executable(name: "balsam-watch", targets: ["balsam-watch"]),

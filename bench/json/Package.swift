@@ -12,6 +12,9 @@ let package = Package(
     name: "json-bench",
     dependencies: [.package(path: "../..")],
     targets: [
-        .executableTarget(name: "json-bench", dependencies: [.product(name: "Spool", package: root.lastPathComponent.lowercased())])
+        .executableTarget(name: "json-bench", dependencies: [
+            .product(name: "Spool", package: root.lastPathComponent.lowercased()),
+            .product(name: "Wire", package: root.lastPathComponent.lowercased()),
+        ])
     ]
 )
