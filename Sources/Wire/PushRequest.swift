@@ -55,27 +55,33 @@ public struct PushRequest: Sendable, Equatable {
     /// in all) before any item is built, and each item is built from its own bytes, so a push costs its body plus
     /// the items it may hold, never a tree of the whole body.
     public init(body: [UInt8], maxItems: Int) throws(WireError) {
-        let parsed: JSONMembers?
-        do { parsed = try JSONMembers(body) } catch { throw WireError("malformed JSON body: \(error)") }
-        guard let document = parsed else { throw WireError("a push is a JSON object") }
+        let reading: JSONMembers.Reading
+        do { reading = try JSONMembers.object(body, maxListItems: maxItems) } catch {
+            throw WireError("malformed JSON body: \(error)")
+        }
+        let document: JSONMembers
+        switch reading {
+        case .members(let members): document = members
+        case .tooMany(let key): throw WireError("a push holds at most \(maxItems) items in all its lists", field: key)
+        case .wrongKind, .items: throw WireError("a push is a JSON object")
+        }
         var ranges: [String: [Range<Int>]] = [:]
         var rest: [String: JSONValue] = [:]
-        var left = maxItems
-        for key in document.ranges.keys.sorted() {
-            if Self.lists.contains(key) {
-                switch document.items(key, max: left) {
-                case .notAList: throw WireError("must be a list", field: key)
-                case .tooMany: throw WireError("a push holds at most \(maxItems) items in all its lists", field: key)
-                case .items(let found):
-                    ranges[key] = found
-                    left -= found.count
-                }
-            } else {
-                do { rest[key] = try document.value(key) } catch {
-                    throw WireError("malformed JSON: \(error)", field: key)
-                }
+        func value(_ key: String, _ range: Range<Int>) throws(WireError) -> JSONValue {
+            do { return try document.value(at: range) } catch {
+                throw WireError("malformed JSON: \(error)", field: key)
             }
         }
+        // The lists in the order the parsed reading takes them, so that both refuse the same field first.
+        for key in Self.lists {
+            guard let range = document.ranges[key] else { continue }
+            if let items = document.lists[key] {
+                ranges[key] = items
+            } else if case let other = try value(key, range), other != .null {
+                throw WireError("must be a list, not \(other.kindName)", field: key)
+            }
+        }
+        for (key, range) in document.ranges where !Self.lists.contains(key) { rest[key] = try value(key, range) }
         try Self.checkSessions(ranges["launcher_sessions"]?.count ?? 0)
         try self.init(
             try FieldReader(.object(rest)),

@@ -56,6 +56,45 @@ import Testing
         #expect(refused > Self.cases / 10, "the mutations must produce invalid documents too")
     }
 
+    /// A document read in parts (`JSONMembers`: what the server does with a push or a bulk list) reads as the whole
+    /// document does: valid documents give the same members and items, and a document the parts accept whole is
+    /// one the parser accepts.
+    @Test func documentsReadInPartsReadAsTheWhole() throws {
+        var rng = SplitMix(seed: Self.seed &+ 2)
+        var readInParts = 0
+        for n in 0..<Self.cases {
+            let generator = Generator(rng: &rng)
+            let valid = Array(
+                ("{\"a\":" + generator.document() + ",\"l\":[" + generator.document() + "," + generator.document()
+                    + "]}").utf8)
+            let list = Array(("[" + generator.document() + "," + generator.document() + "]").utf8)
+            for bytes in [valid, mutate(valid, &rng), list, mutate(list, &rng)] {
+                let whole = try? JSONValue.parse(bytes)
+                var parts: JSONValue?
+                switch try? JSONMembers.object(bytes, maxListItems: 100) {
+                case .members(let document)?:
+                    var object: [String: JSONValue] = [:]
+                    for (key, range) in document.ranges { object[key] = try? document.value(at: range) }
+                    let items = document.lists["l"].map { $0.compactMap { try? document.value(at: $0) } }
+                    if object.count == document.ranges.count, items?.count ?? 0 == document.lists["l"]?.count ?? 0 {
+                        parts = .object(object)
+                        if let items { #expect(object["l"] == .array(items), "seed \(Self.seed) case \(n)") }
+                    }
+                default:
+                    if case .items(let ranges)? = try? JSONMembers.list(bytes, max: 100) {
+                        let items = ranges.compactMap { try? JSONMembers.value(bytes, at: $0) }
+                        if items.count == ranges.count { parts = .array(items) }
+                    }
+                }
+                if parts != nil { readInParts += 1 }
+                #expect(
+                    parts == whole,
+                    "seed \(Self.seed) case \(n): \(String(decoding: bytes, as: UTF8.self).debugDescription)")
+            }
+        }
+        #expect(readInParts > Self.cases, "most generated documents must be read in parts")
+    }
+
     /// Where we differ from Foundation on purpose, all of them inputs we refuse and Foundation accepts: duplicate
     /// keys (a job spec with two values for one key is ambiguous; Foundation keeps the last), a trailing comma
     /// (`[1,]`, not JSON), a NUL byte outside strings (Foundation stops reading at it: `8\0garbage` reads as 8; in a

@@ -68,6 +68,16 @@ import Wire
             // Through its text, as the server gets it.
             let text = value.serialized()
             guard let parsed = try? JSONValue.parse(Array(text.utf8)) else { continue }
+            // The server's reading (from the text, item by item) agrees with the tree's: the same push, or a
+            // refusal of the same field.
+            let fromText = Result { () throws(WireError) in try PushRequest(body: Array(text.utf8), maxItems: 20_000) }
+            let fromTree = Result { () throws(WireError) in try PushRequest(parsed) }
+            switch (fromText, fromTree) {
+            case (.success(let a), .success(let b)): #expect(a == b, "seed \(Self.seed) case \(n)")
+            case (.failure(let a), .failure(let b)):
+                #expect(a.field == b.field, "seed \(Self.seed) case \(n): \(a) / \(b)")
+            default: Issue.record("seed \(Self.seed) case \(n): \(fromText) / \(fromTree)")
+            }
             do {
                 let push = try PushRequest(parsed)
                 unreadableItems += push.jobs.filter { $0.value == nil }.count

@@ -28,24 +28,24 @@ struct Call {
     /// whole body costs many times its size: `JSONMembers`).
     func jsonList() throws(ServerError) -> [JSONValue] {
         if body.isEmpty { throw .badRequest("the request needs a JSON body") }
-        let found: JSONMembers.Items
-        do { found = try JSONMembers.items(ofList: body, max: limits.bulkItems) } catch {
+        let reading: JSONMembers.Reading
+        do { reading = try JSONMembers.list(body, max: limits.bulkItems) } catch {
             throw .badRequest("malformed JSON body: \(error)")
         }
-        switch found {
-        case .notAList: throw .badRequest("the body must be a JSON list")
-        case .tooMany:
-            throw .badRequest("a bulk request holds at most \(limits.bulkItems) items: send several requests")
-        case .items(let ranges):
-            var items: [JSONValue] = []
-            items.reserveCapacity(ranges.count)
-            for range in ranges {
-                do { items.append(try JSONMembers.value(body, at: range)) } catch {
-                    throw .badRequest("malformed JSON body: \(error)")
-                }
+        guard case .items(let ranges) = reading else {
+            if case .tooMany = reading {
+                throw .badRequest("a bulk request holds at most \(limits.bulkItems) items: send several requests")
             }
-            return items
+            throw .badRequest("the body must be a JSON list")
         }
+        var items: [JSONValue] = []
+        items.reserveCapacity(ranges.count)
+        for range in ranges {
+            do { items.append(try JSONMembers.value(body, at: range)) } catch {
+                throw .badRequest("malformed JSON body: \(error)")
+            }
+        }
+        return items
     }
 
     /// The route's id, which the router guarantees for `{id}` routes.

@@ -260,26 +260,47 @@ struct JSONParser {
     }
 
     mutating func parseObject() throws(JSONParseError) -> JSONValue {
+        var members: [String: JSONValue] = [:]
+        try walkObject { (parser, key, keyOffset) throws(JSONParseError) in
+            if members[key] != nil { throw JSONParseError(offset: keyOffset, reason: "duplicate key \"\(key)\"") }
+            members[key] = try parser.parseValue()
+        }
+        return .object(members)
+    }
+
+    mutating func parseArray() throws(JSONParseError) -> JSONValue {
+        var items: [JSONValue] = []
+        _ = try walkArray { (parser) throws(JSONParseError) in
+            items.append(try parser.parseValue())
+            return true
+        }
+        return .array(items)
+    }
+
+    /// Walks the object at `index`: its braces, keys, colons and commas, and the nesting bound. `member` gets
+    /// each key (and where it starts) with the parser at its value, which `member` must read or skip. Both the
+    /// tree (`parseObject`) and the scan of a large request (`JSONMembers`) are this walk.
+    mutating func walkObject(
+        _ member: (inout JSONParser, String, Int) throws(JSONParseError) -> Void
+    ) throws(JSONParseError) {
         try enter()
         defer { depth -= 1 }
         index += 1
-        var members: [String: JSONValue] = [:]
         skipWhitespace()
         if index < bytes.count && bytes[index] == UInt8(ascii: "}") {
             index += 1
-            return .object(members)
+            return
         }
         while true {
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw fail("expected a key string") }
             let keyOffset = index
             let key = try parseString()
-            if members[key] != nil { throw JSONParseError(offset: keyOffset, reason: "duplicate key \"\(key)\"") }
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw fail("expected ':'") }
             index += 1
             skipWhitespace()
-            members[key] = try parseValue()
+            try member(&self, key, keyOffset)
             skipWhitespace()
             guard index < bytes.count else { throw fail("unexpected end of input in an object") }
             if bytes[index] == UInt8(ascii: ",") {
@@ -288,25 +309,26 @@ struct JSONParser {
             }
             if bytes[index] == UInt8(ascii: "}") {
                 index += 1
-                return .object(members)
+                return
             }
             throw fail("expected ',' or '}'")
         }
     }
 
-    mutating func parseArray() throws(JSONParseError) -> JSONValue {
+    /// Walks the array at `index`; `item` gets the parser at each item, reads or skips it, and answers whether to
+    /// go on. Returns false when `item` stopped it (the rest is not read), true at the closing bracket.
+    mutating func walkArray(_ item: (inout JSONParser) throws(JSONParseError) -> Bool) throws(JSONParseError) -> Bool {
         try enter()
         defer { depth -= 1 }
         index += 1
-        var items: [JSONValue] = []
         skipWhitespace()
         if index < bytes.count && bytes[index] == UInt8(ascii: "]") {
             index += 1
-            return .array(items)
+            return true
         }
         while true {
             skipWhitespace()
-            items.append(try parseValue())
+            guard try item(&self) else { return false }
             skipWhitespace()
             guard index < bytes.count else { throw fail("unexpected end of input in an array") }
             if bytes[index] == UInt8(ascii: ",") {
@@ -315,7 +337,7 @@ struct JSONParser {
             }
             if bytes[index] == UInt8(ascii: "]") {
                 index += 1
-                return .array(items)
+                return true
             }
             throw fail("expected ',' or ']'")
         }
