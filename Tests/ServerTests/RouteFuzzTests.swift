@@ -11,15 +11,13 @@ import Testing
 /// is a 5xx and the server lives on (issue 31). In process: a trap ends this test process, which fails the suite.
 @Suite struct RouteFuzzTests {
     /// Numbers and strings as a hostile client writes them in a URL.
-    static let queryValues = [
-        "0", "-0", "+0", "-1", "1", "1e-300", "4.9e-324", "2.2250738585072014e-308", "1e-10", "1e-7", "1e3", "1e308",
-        "1e309", "-1e309", "NaN", "nan", "-nan", "inf", "-inf", "Infinity", "0x10", "0x1p-1074",
-        "9223372036854775807", "9223372036854775808", "-9223372036854775808", "-9223372036854775809",
-        "18446744073709551616", "1" + String(repeating: "0", count: 400), "", " ", "a", "%00", "x%00y", "%ff%fe",
-        "%C2%85", "2026-13-45T99:99:99", "0001-01-01T00:00:00", "9999-12-31T23:59:59", "1970-01-01", "-2026-01-01",
-        "2026-12-06T10:00:00%2B99:99", "k:v", ":", "k:", "true", "JOB_FINISHED", "..", "-", "%2e%2e%2f",
-        String(repeating: "a", count: 5000), "-id", "id,-id",
-    ]
+    static let queryValues =
+        hostileNumbers + [
+            "a", "%00", "x%00y", "%ff%fe",
+            "%C2%85", "2026-13-45T99:99:99", "0001-01-01T00:00:00", "9999-12-31T23:59:59", "1970-01-01", "-2026-01-01",
+            "2026-12-06T10:00:00%2B99:99", "k:v", ":", "k:", "true", "JOB_FINISHED", "..", "-", "%2e%2e%2f",
+            String(repeating: "a", count: 5000), "-id", "id,-id",
+        ]
 
     /// JSON values for a body's fields.
     static let bodyValues: [String] = [

@@ -166,19 +166,14 @@ import Testing
                 n += 1
             }
         }
-        let driver = Process()
-        driver.executableURL = URL(fileURLWithPath: "/bin/bash")
-        driver.arguments = [
-            "-c",
-            "for f in cmd.*; do timeout 5 bash \"$f\" </dev/null >/dev/null 2>&1; "
-                + "if [ -e pwned ]; then echo \"$f\"; rm -f pwned; fi; done",
-        ]
-        driver.currentDirectoryURL = URL(fileURLWithPath: dir)
-        let pipe = Pipe()
-        driver.standardOutput = pipe
-        try driver.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        driver.waitUntilExit()
+        let output = try run(
+            "/bin/bash",
+            [
+                "-c",
+                "for f in cmd.*; do timeout 5 bash \"$f\" </dev/null >/dev/null 2>&1; "
+                    + "if [ -e pwned ]; then echo \"$f\"; rm -f pwned; fi; done",
+            ], cwd: dir, timeout: 600
+        ).stdout
         let ran = output.split(separator: "\n").map { files[dir + "/" + $0] ?? String($0) }
         #expect(ran.isEmpty, "accepted templates ran payloads: \(ran.prefix(20))")
         #expect(accepted.count > 40, "only \(accepted.count) of the generated templates were accepted")
@@ -215,15 +210,7 @@ import Testing
         #expect(accepted.contains("cpu-bind") && accepted.contains("--env=FOO") && !accepted.contains("a;touch pwned;"))
         // Each accepted key, as the launch line writes it, is one word that bash prints back unchanged.
         let script = accepted.map { "printf '%s\\n' \($0.hasPrefix("-") ? $0 : "--" + $0)" }.joined(separator: "\n")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = ["-c", script]
-        process.currentDirectoryURL = URL(fileURLWithPath: dir)
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let printed = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+        let printed = try run("/bin/bash", ["-c", script], cwd: dir).stdout
         #expect(printed == accepted.map { ($0.hasPrefix("-") ? $0 : "--" + $0) + "\n" }.joined())
         #expect(!FileManager.default.fileExists(atPath: dir + "/pwned"))
     }

@@ -91,9 +91,10 @@ enum ShellContext: Sendable, Equatable {
         var lineHasPlaceholder = false
 
         var top: Frame { stack.last ?? .bare }
+        /// The innermost command, changed in place (`commands` is never empty: the template's own is at the bottom).
         var current: Command {
-            get { commands.last ?? Command() }
-            set { commands[commands.count - 1] = newValue }
+            get { commands[commands.count - 1] }
+            _modify { yield &commands[commands.count - 1] }
         }
 
         /// The context of a placeholder here.
@@ -134,10 +135,7 @@ enum ShellContext: Sendable, Equatable {
             guard let eq = word.firstIndex(of: "=") else { return false }
             var name = word[..<eq]
             if name.hasSuffix("+") { name = name.dropLast() }
-            guard let first = name.unicodeScalars.first, !("0"..."9").contains(first) else { return false }
-            return name.unicodeScalars.allSatisfy {
-                ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || $0 == "_"
-            }
+            return CommandTemplate.isIdentifier(name)
         }
 
         /// A placeholder's value stands here: a word's character.

@@ -10,58 +10,48 @@
 extension Int {
     @available(*, deprecated, message: "traps on NaN, infinity or out of range: use Int(saturating:) or Int(exactly:)")
     public init(_ value: Double) { self = stdlibConversion(value) }
-
-    /// `value` toward zero, NaN as 0, and values beyond the range as its nearest bound: never traps.
-    public init(saturating value: Double) { self = saturated(value) }
 }
 
 extension Int64 {
     @available(*, deprecated, message: "traps on NaN, infinity or out of range: use Int64(saturating:)")
     public init(_ value: Double) { self = stdlibConversion(value) }
-
-    /// `value` toward zero, NaN as 0, and values beyond the range as its nearest bound: never traps.
-    public init(saturating value: Double) { self = saturated(value) }
 }
 
 extension Int32 {
     @available(*, deprecated, message: "traps on NaN, infinity or out of range: use Int32(saturating:)")
     public init(_ value: Double) { self = stdlibConversion(value) }
-
-    /// `value` toward zero, NaN as 0, and values beyond the range as its nearest bound: never traps.
-    public init(saturating value: Double) { self = saturated(value) }
 }
 
 extension UInt64 {
     @available(*, deprecated, message: "traps on NaN, infinity or out of range: use UInt64(saturating:)")
     public init(_ value: Double) { self = stdlibConversion(value) }
-
-    /// `value` toward zero, NaN as 0, and values beyond the range as its nearest bound: never traps.
-    public init(saturating value: Double) { self = saturated(value) }
 }
 
 extension UInt32 {
     @available(*, deprecated, message: "traps on NaN, infinity or out of range: use UInt32(saturating:)")
     public init(_ value: Double) { self = stdlibConversion(value) }
-
-    /// `value` toward zero, NaN as 0, and values beyond the range as its nearest bound: never traps.
-    public init(saturating value: Double) { self = saturated(value) }
 }
 
 extension UInt {
     @available(*, deprecated, message: "traps on NaN, infinity or out of range: use UInt(saturating:)")
     public init(_ value: Double) { self = stdlibConversion(value) }
+}
 
+extension FixedWidthInteger {
     /// `value` toward zero, NaN as 0, and values beyond the range as its nearest bound: never traps.
-    public init(saturating value: Double) { self = saturated(value) }
+    public init(saturating value: Double) {
+        if value.isNaN {
+            self = 0
+        } else if value >= Double(Self.max) {
+            // Double(Self.max) rounds up to 2^bits for 64-bit types: a value at or past it is out of range.
+            self = .max
+        } else if value <= Double(Self.min) {
+            self = .min
+        } else {
+            self = Self(exactly: value.rounded(.towardZero)) ?? (value > 0 ? .max : .min)
+        }
+    }
 }
 
 /// The standard library's conversion (generic, so it does not resolve to the shadowing declarations above).
 private func stdlibConversion<I: FixedWidthInteger, F: BinaryFloatingPoint>(_ value: F) -> I { I(value) }
-
-private func saturated<I: FixedWidthInteger>(_ value: Double) -> I {
-    if value.isNaN { return 0 }
-    // Double(I.max) rounds up to 2^bits for 64-bit types: a value at or past it is out of range.
-    if value >= Double(I.max) { return I.max }
-    if value <= Double(I.min) { return I.min }
-    return I(exactly: value.rounded(.towardZero)) ?? (value > 0 ? I.max : I.min)
-}
