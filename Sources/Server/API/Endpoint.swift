@@ -209,13 +209,9 @@ struct Endpoints: Sendable {
         if length == nil && request.headers[.transferEncoding] == nil || length == "0" { return [] }
         let seconds = limits.bodySecondsPerIdleTimeout * limits.idleTimeoutSeconds
         let body = request.body
-        // The declared length, when it is one, is reserved at once: growing by doubling would cost up to twice
-        // the body.
-        let declared = length.flatMap { Int($0) }.map { max(0, min($0, limit)) } ?? 0
         return try await withThrowingTaskGroup(of: [UInt8]?.self) { group in
             group.addTask {
                 var bytes: [UInt8] = []
-                bytes.reserveCapacity(declared)
                 for try await buffer in body {
                     if bytes.count + buffer.readableBytes > limit { throw tooLarge }
                     bytes += buffer.readableBytesView
