@@ -93,7 +93,7 @@ enum BatchJobs {
         var c = Conditions(owner: call.user.id)
         if let ids = try call.query.ints("id") { c.any("id", ids.map { .of($0) }) }
         if let ids = try call.query.ints("site_id") { c.any("site_id", ids.map { .of($0) }) }
-        if let states = call.query.all("state") {
+        if let states = try call.query.all("state") {
             for s in states where !BatchJobs.states.contains(s) {
                 throw ServerError.badRequest("'\(s)' is not a batch job state", field: "state")
             }

@@ -66,9 +66,20 @@ struct Reply {
     /// More response headers (the dashboard's cookie and redirects).
     var headers: [(String, String)] = []
 
+    /// What every HTML page says of itself: no script, no frame around it, styles and charts of its own only,
+    /// forms posted back here. A value a user stored that reached a page unescaped would still run nothing.
+    static let pageHeaders = [
+        (
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
+                + "frame-ancestors 'none'; base-uri 'none'"
+        ),
+        ("X-Frame-Options", "DENY"), ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"),
+    ]
+
     /// An HTML page.
     static func html(_ text: String, status: Int = 200) -> Reply {
-        Reply(status: status, body: Array(text.utf8), contentType: "text/html; charset=utf-8")
+        Reply(status: status, body: Array(text.utf8), contentType: "text/html; charset=utf-8", headers: pageHeaders)
     }
 
     /// 303 to `location`, with more headers.

@@ -85,7 +85,7 @@ enum Transfers {
         if let ids = try call.query.ints("id") { c.any("t.id", ids.map { .of($0) }) }
         if let site = try call.query.int("site_id") { c.add("j.site_id = \(.of(site))") }
         if let ids = try call.query.ints("job_id") { c.any("t.job_id", ids.map { .of($0) }) }
-        if let states = call.query.all("state") {
+        if let states = try call.query.all("state") {
             for s in states where !Transfers.states.contains(s) {
                 throw ServerError.badRequest("'\(s)' is not a transfer item state", field: "state")
             }

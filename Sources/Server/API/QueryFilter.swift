@@ -11,18 +11,19 @@ struct QueryParameters {
 
     private func bad(_ key: String, _ message: String) -> ServerError { .badRequest(message, field: key) }
 
-    /// Every value of a repeated parameter (`id=1&id=2`), or nil when absent.
-    mutating func all(_ key: String) -> [String]? {
+    /// Every value of a repeated parameter (`id=1&id=2`), or nil when absent. Every reader of a value comes
+    /// through here, so no value holds a NUL (a database cuts the text at it: `tags=k:v%00x` matched `k:v`).
+    mutating func all(_ key: String) throws(ServerError) -> [String]? {
         used.insert(key)
         let values = pairs.filter { $0.0 == key }.map(\.1)
+        if values.contains(where: { $0.utf8.contains(0) }) { throw bad(key, "contains a NUL character") }
         return values.isEmpty ? nil : values
     }
 
     mutating func string(_ key: String) throws(ServerError) -> String? {
-        guard let values = all(key) else { return nil }
+        guard let values = try all(key) else { return nil }
         guard values.count == 1, let value = values.first else { throw bad(key, "must be given once") }
         if value.utf8.count > 4096 { throw bad(key, "is longer than 4096 bytes") }
-        if value.utf8.contains(0) { throw bad(key, "contains a NUL character") }
         return value
     }
 
@@ -33,7 +34,7 @@ struct QueryParameters {
     }
 
     mutating func ints(_ key: String) throws(ServerError) -> [Int]? {
-        guard let values = all(key) else { return nil }
+        guard let values = try all(key) else { return nil }
         if values.count > 10_000 { throw bad(key, "has \(values.count) values; the limit is 10000") }
         var out: [Int] = []
         for text in values {
@@ -62,13 +63,13 @@ struct QueryParameters {
     }
 
     mutating func jobStates(_ key: String) throws(ServerError) -> [JobState]? {
-        guard let values = all(key) else { return nil }
+        guard let values = try all(key) else { return nil }
         return try values.map { (text) throws(ServerError) in try parseJobState(text, field: key) }
     }
 
     /// `k:v` pairs (tags and data filters), split on the first colon.
     mutating func pairsOf(_ key: String) throws(ServerError) -> [(String, String)]? {
-        guard let values = all(key) else { return nil }
+        guard let values = try all(key) else { return nil }
         return try values.map { (text) throws(ServerError) in
             guard let colon = text.firstIndex(of: ":") else { throw bad(key, "'\(text)' must be KEY:VALUE") }
             return (String(text[..<colon]), String(text[text.index(after: colon)...]))

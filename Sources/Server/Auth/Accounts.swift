@@ -53,15 +53,17 @@ public struct Accounts: Sendable {
 
     // MARK: - Users
 
-    /// A user name: 1 to 64 letters, digits, `_`, `-`, `.` or `@`.
+    /// A user name: 1 to 64 letters, digits, `_`, `-`, `.` or `@`, starting with a letter or a digit (so `-`,
+    /// `..` and `.hidden` are not names).
     static func validateUsername(_ name: String) throws(ServerError) {
+        func alphanumeric(_ c: UInt8) -> Bool { (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A) }
         let ok =
-            !name.isEmpty && name.utf8.count <= 64
-            && name.utf8.allSatisfy { c in
-                (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A) || "_-.@".utf8.contains(c)
-            }
+            name.utf8.count <= 64 && name.utf8.first.map(alphanumeric) == true
+            && name.utf8.allSatisfy { alphanumeric($0) || "_-.@".utf8.contains($0) }
         if !ok {
-            throw .badRequest("a user name is 1 to 64 letters, digits, '_', '-', '.' or '@'", field: "username")
+            throw .badRequest(
+                "a user name is 1 to 64 letters, digits, '_', '-', '.' or '@', starting with a letter or a digit",
+                field: "username")
         }
     }
 
@@ -105,10 +107,18 @@ public struct Accounts: Sendable {
         let hash = try Accounts.hashPassword(password)
         let insert = { (c: any SQLConnection) throws -> User in
             do {
+                // A name is taken in any case: `ALICE` beside `alice` is another user who looks like her.
                 let rows = try c.query(
-                    "INSERT INTO users (username, password_hash, created) VALUES (\(.text(username)), \(.text(hash)), \(.int(ServerClock.microseconds()))) RETURNING id"
-                )
-                return User(id: rows.first?.int(0) ?? 0, name: username)
+                    """
+                    INSERT INTO users (username, password_hash, created)
+                    SELECT \(.text(username)), \(.text(hash)), \(.int(ServerClock.microseconds()))
+                    WHERE NOT EXISTS (SELECT 1 FROM users WHERE lower(username) = lower(\(.text(username))))
+                    RETURNING id
+                    """)
+                guard let row = rows.first else {
+                    throw ServerError.badRequest("the user name '\(username)' is taken", field: "username")
+                }
+                return User(id: row.int(0), name: username)
             } catch let error as StoreError where error.kind == .constraint {
                 throw ServerError.badRequest("the user name '\(username)' is taken", field: "username")
             }

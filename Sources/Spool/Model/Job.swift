@@ -303,14 +303,27 @@ public struct Job: Sendable, Equatable {
 
     /// A workdir is relative, at most 256 bytes, with no empty, `.` or `..` components and no control
     /// characters, and must not start with `.balsam` (reserved for the spool's own use).
+    /// Whether `scalar` is a control character (C0, DEL, C1 such as U+0085), a line or paragraph separator, or an
+    /// invisible format character (bidirectional marks, zero-width spaces): what makes a name print as another.
+    public static func isUnprintable(_ scalar: Unicode.Scalar) -> Bool {
+        switch scalar.properties.generalCategory {
+        case .control, .format, .lineSeparator, .paragraphSeparator: true
+        default: false
+        }
+    }
+
     public static func validateWorkdir(_ workdir: String) throws(SpoolError) {
         if workdir.isEmpty { throw fieldError("workdir", "must not be empty") }
         if workdir.hasPrefix("/") { throw fieldError("workdir", "'\(workdir)' must be relative to the site's data/") }
         if workdir.utf8.count > Limits.workdirBytes {
             throw fieldError("workdir", "is \(workdir.utf8.count) bytes; the limit is \(Limits.workdirBytes)")
         }
-        if workdir.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F }) {
-            throw fieldError("workdir", "'\(workdir)' contains a control character")
+        if let hidden = workdir.unicodeScalars.first(where: Job.isUnprintable) {
+            let code = String(hidden.value, radix: 16, uppercase: true)
+            throw fieldError(
+                "workdir",
+                "contains U+\(String(repeating: "0", count: max(0, 4 - code.count)) + code), a control or invisible "
+                    + "character (a line break, a direction mark): a directory name must read as it is")
         }
         for component in workdir.split(separator: "/", omittingEmptySubsequences: false) {
             switch component {
