@@ -322,8 +322,8 @@ public struct Job: Sendable, Equatable {
             let code = String(hidden.value, radix: 16, uppercase: true)
             throw fieldError(
                 "workdir",
-                "contains U+\(String(repeating: "0", count: max(0, 4 - code.count)) + code), a control or invisible "
-                    + "character (a line break, a direction mark): a directory name must read as it is")
+                "contains a control character or an invisible one (U+\(String(repeating: "0", count: max(0, 4 - code.count)) + code): "
+                    + "a line break, a direction mark): a directory name must read as it is")
         }
         for component in workdir.split(separator: "/", omittingEmptySubsequences: false) {
             switch component {
