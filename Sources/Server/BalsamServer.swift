@@ -87,9 +87,13 @@ public struct BalsamServer: Sendable {
         host: String, port: Int, onListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
         let cap = connectionCap()
+        let table = ConnectionTable(cap: cap, perClient: limits.maxConnectionsPerClient, logger: logger)
         return Application(
             router: router(),
-            server: .http1(configuration: .init(idleTimeout: .seconds(Int64(limits.idleTimeoutSeconds)))),
+            server: .http1(
+                configuration: .init(
+                    additionalChannelHandlers: [ConnectionGuard(table: table)],
+                    idleTimeout: .seconds(Int64(limits.idleTimeoutSeconds)))),
             configuration: ApplicationConfiguration(
                 address: .hostname(host, port: port), serverName: "balsam-server",
                 availableConnectionsDelegate: ConnectionCap(cap, logger: logger)),

@@ -133,6 +133,11 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Most connections open at once; more wait until one closes.")
     var maxConnections = 2048
 
+    @Option(
+        name: .long,
+        help: "Most connections open at once from one client address; more are closed when accepted.")
+    var maxConnectionsPerClient = 256
+
     @Flag(name: [.short, .long], help: "Log at debug level.")
     var verbose = false
 
@@ -151,6 +156,9 @@ struct Serve: AsyncParsableCommand {
         if !(1...86_400).contains(idleTimeout) { throw ValidationError("--idle-timeout must be 1 to 86400 seconds.") }
         if !(1...1_000_000).contains(maxConnections) {
             throw ValidationError("--max-connections must be 1 to 1000000.")
+        }
+        if !(1...1_000_000).contains(maxConnectionsPerClient) {
+            throw ValidationError("--max-connections-per-client must be 1 to 1000000.")
         }
     }
 
@@ -175,6 +183,7 @@ struct Serve: AsyncParsableCommand {
             limits.bodyBytes = maxBodyMib << 20
             limits.idleTimeoutSeconds = idleTimeout
             limits.maxConnections = maxConnections
+            limits.maxConnectionsPerClient = maxConnectionsPerClient
             let loopback = host == "127.0.0.1" || host == "::1" || host == "localhost"
             limits.openRegistration = registration.map { $0 == "open" } ?? loopback
             let registrationOpen = limits.openRegistration

@@ -171,11 +171,12 @@ import Testing
         defer { Task { try? await low.stop() } }
         try await waitFor("the lowered cap in the log") { low.log.contains("connection cap is lowered") }
         let port = try #require(Int(low.url.split(separator: ":").last ?? ""))
-        // 44 connections (300 less the 256 kept for the database and files) reach the cap; the server lives on.
-        let idle = try (0..<44).map { _ in try RawClient(port: port) }
-        try await waitFor("the cap in the log") { low.log.contains("connection cap reached") }
-        for client in idle { client.close() }
+        // The cap is 44 (300 less the 256 kept for the database and files): 60 idle connections do not fill it,
+        // the longest idle make room, and a new client is answered while they are open.
+        let idle = try (0..<60).map { _ in try RawClient(port: port) }
+        try await waitFor("room made in the log") { low.log.contains("idle connections closed to make room") }
         #expect(try await low.request("GET", "/auth/how").status == 200)
+        for client in idle { client.close() }
     }
 
     @Test("a half-sent request, or a trickled body, is closed after the idle timeout; the connection cap holds")
@@ -197,11 +198,70 @@ import Testing
         let reply = try slow.receive(seconds: 20)
         #expect(reply.hasPrefix("HTTP/1.1 408") || slow.closedByServer, "\(reply.debugDescription)")
 
-        // Four idle connections fill the cap; the log says so, and a fifth is answered once they are closed.
-        let idle = try (0..<4).map { _ in try RawClient(port: port) }
+        // Four connections, each busy with a logged-in request whose body has not arrived, fill the cap; the
+        // log says so, and a fifth is answered once they are closed.
+        let busy = try (0..<4).map { _ in try RawClient(port: port) }
+        for client in busy {
+            try client.send(
+                "POST /sites/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\nContent-Length: 100\r\n\r\n{")
+        }
         try await waitFor("the cap in the log") { server.log.contains("connection cap reached") }
-        for client in idle { client.close() }
+        for client in busy { client.close() }
         #expect(try await server.request("GET", "/auth/how").status == 200)
+    }
+
+    @Test(
+        "hostile connections from other addresses (idle, trickling a head, a bad token with a slow body, too many from one address) do not keep a logged-in user out, under a soft limit of 1,024 open files"
+    )
+    func hostileConnectionsLeaveRoom() async throws {
+        _ = Posix.raiseOpenFileLimit()  // this test's own sockets
+        let server = try await LiveServer(
+            .sqlite, arguments: ["--idle-timeout", "120"], wrapper: ["/usr/bin/prlimit", "--nofile=1024:1024"])
+        defer { Task { try? await server.stop() } }
+        let port = try #require(Int(server.url.split(separator: ":").last ?? ""))
+        let token = try await server.user("alice")
+        var rng = SplitMix(seed: 31)
+        // 1,000 connections from four addresses that hold a connection without a request: the cap is 768.
+        var hostile: [RawClient] = []
+        for n in 0..<1000 {
+            let client = try RawClient(port: port, from: "127.0.0.\(2 + n % 4)")
+            if rng.next() % 2 == 0 { try client.send("GET /sites/ HTTP/1.1\r\nHo") }
+            hostile.append(client)
+        }
+        // 200 with a bad token and a body that never comes: answered 401 at once and closed, body undrained.
+        let badToken = try (0..<200).map { _ in try RawClient(port: port, from: "127.0.0.6") }
+        for client in badToken {
+            try client.send(
+                "POST /jobs/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(rng.next())\r\n"
+                    + "Content-Length: 1000000\r\n\r\n{")
+        }
+        // 300 from one address: past 256, closed when accepted.
+        let crowd = try (0..<300).map { _ in try RawClient(port: port, from: "127.0.0.7") }
+
+        // A logged-in user, a new connection per request, while all of it goes on: every request answered.
+        var seconds: [Double] = []
+        for _ in 0..<40 {
+            let start = ContinuousClock.now
+            let client = try RawClient(port: port)
+            try client.send("GET /sites/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\n\r\n")
+            let reply = try client.receive(seconds: 10)
+            #expect(reply.hasPrefix("HTTP/1.1 200"), "\(reply.debugDescription)")
+            seconds.append(Double((ContinuousClock.now - start).components.attoseconds) / 1e18)
+            client.close()
+        }
+        seconds.sort()
+        print("logged-in requests among hostile connections: p50 \(seconds[20]) s, max \(seconds[39]) s")
+        try await waitFor("the client cap in the log") { server.log.contains("client over its connection cap") }
+        try await waitFor("room made in the log") { server.log.contains("idle connections closed to make room") }
+
+        for client in badToken.prefix(20) {
+            let reply = try client.receive(seconds: 10)
+            #expect(reply.hasPrefix("HTTP/1.1 401") && reply.lowercased().contains("connection: close"), "\(reply)")
+            #expect(try client.receive(seconds: 10) == "" && client.closedByServer, "a 401 closes the connection")
+        }
+        let refused = crowd.filter { $0.closedNow() }.count
+        #expect(refused >= 300 - 256, "\(refused) of 300 from one address closed")
+        for client in hostile + badToken + crowd { client.close() }
     }
 }
 
@@ -264,8 +324,19 @@ final class RawClient {
     /// Whether the last `receive` ended because the server closed the connection (not a timeout).
     private(set) var closedByServer = false
 
-    init(port: Int) throws {
+    /// A connection to `port` on 127.0.0.1, from the loopback address `from` (any of 127.0.0.0/8: a client
+    /// address of its own).
+    init(port: Int, from source: String = "127.0.0.1") throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var local = sockaddr_in()
+        local.sin_family = sa_family_t(AF_INET)
+        local.sin_addr.s_addr = inet_addr(source)
+        let bound = withUnsafePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard bound == 0 else { throw ServerTestError(description: "bind \(source): errno \(errno)") }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -299,6 +370,13 @@ final class RawClient {
             if String(decoding: out, as: UTF8.self).contains("\r\n\r\n") { break }
         }
         return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Whether the server has closed (or reset) the connection by now, without waiting.
+    func closedNow() -> Bool {
+        var byte: UInt8 = 0
+        let n = recv(fd, &byte, 1, Int32(MSG_DONTWAIT | MSG_PEEK))
+        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
     }
 
     func close() {

@@ -132,6 +132,9 @@ public struct ServerLimits: Sendable {
     public var bodySecondsPerIdleTimeout = 5
     /// Most connections open at once; past it, new ones wait in the kernel's backlog (and the log says so).
     public var maxConnections = 2048
+    /// Most connections open at once from one client address (behind a proxy on the same host, every client
+    /// is the proxy's address: raise it to `maxConnections` and cap clients in the proxy).
+    public var maxConnectionsPerClient = 256
     /// Most items in one bulk request (the original's `MAX_ITEMS_PER_BULK_OP`).
     public var bulkItems = 5000
     /// Whether anyone may register a user through the API.
