@@ -188,20 +188,15 @@ extension Pusher {
             let pickled = o.serializedParameters
             let parameters: [String: JSONValue]
             let isPython = pythonApps.contains(app)
-            var decoded: JSONValue?
-            var problem = ""
-            do { decoded = try Pickle.decodeBase64(pickled) } catch { problem = "\(error)" }
-            if case .object(let plain)? = decoded {
-                parameters = plain
-            } else if isPython {
-                parameters = [:]  // only the site's Python reads them (a numpy array, say)
-            } else if decoded != nil {
-                try refuse("its parameters are not a dict of names to values")
-                continue
-            } else {
-                try refuse(
-                    "its parameters are not plain values (\(problem)): a shell app takes strings, numbers, booleans, "
-                        + "None, lists and dicts; objects only Python can load need a Python app")
+            // The server's verdict, given again here (one function): a server from before it gave it may have
+            // stored what this app cannot take.
+            do {
+                switch try Pickle.jobParameters(base64: pickled, pythonApp: isPython) {
+                case .plain(let plain): parameters = plain
+                case .pythonOnly: parameters = [:]  // only the site's Python reads them (a numpy array, say)
+                }
+            } catch {
+                try refuse("\(error)")
                 continue
             }
             var parents: [String] = []

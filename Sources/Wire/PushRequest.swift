@@ -255,6 +255,9 @@ public struct PushedApp: Sendable, Equatable {
     public var parameters: [String: JSONValue] = [:]
     public var sourceCode = ""
     public var transfers: [String: JSONValue] = [:]
+    /// Whether it is a Python app (its jobs' parameters may hold objects only Python can load); nil from a site
+    /// that does not say.
+    public var python: Bool?
 
     /// An app named `name`.
     public init(name: String) { self.name = name }
@@ -266,15 +269,17 @@ public struct PushedApp: Sendable, Equatable {
         parameters = try r.object("parameters") ?? [:]
         sourceCode = try r.string("source_code", maxBytes: 1 << 20) ?? ""
         transfers = try r.object("transfers") ?? [:]
+        python = try r.bool("python")
         try r.finish()
     }
 
     /// As the push carries it.
     public var json: JSONValue {
-        .object([
-            "name": .string(name), "description": .string(description), "parameters": .object(parameters),
-            "source_code": .string(sourceCode), "transfers": .object(transfers),
-        ])
+        .object(
+            [
+                "name": .string(name), "description": .string(description), "parameters": .object(parameters),
+                "source_code": .string(sourceCode), "transfers": .object(transfers),
+            ].merging(python.map { ["python": .bool($0)] } ?? [:]) { a, _ in a })
     }
 }
 

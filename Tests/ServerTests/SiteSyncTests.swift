@@ -212,20 +212,33 @@ import Testing
             json: [["app_id": appID, "workdir": "remote/p", "serialized_parameters": pickledName("p")]],
             token: token)
         let parentID = try #require(parent.list.first?["id"] as? Int)
-        // A complex number: a pickle only Python can load; the server cannot check it, the site refuses it.
+        // A complex number: a pickle only Python can load. The site said its app is a shell app, so the server
+        // gives the site's own verdict (issue 31, item 7): refused here, naming the item, not failed later.
         let complex = "gASVLgAAAAAAAACMCGJ1aWx0aW5zlIwHY29tcGxleJSTlEc/8AAAAAAAAEdAAAAAAAAAAIaUUpQu"
+        let refused = try await server.request(
+            "POST", "/jobs/", json: [["app_id": appID, "workdir": "remote/bad", "serialized_parameters": complex]],
+            token: token)
+        #expect(refused.status == 400, "\(refused.text)")
+        #expect(refused.text.contains("[0].serialized_parameters") && refused.text.contains("not plain values"))
         let more = try await server.request(
             "POST", "/jobs/",
             json: [
                 [
                     "app_id": appID, "workdir": "remote/c", "serialized_parameters": pickledName("c"),
                     "parent_ids": [parentID],
-                ],
-                ["app_id": appID, "workdir": "remote/bad", "serialized_parameters": complex],
+                ]
             ], token: token)
         #expect(more.status == 201, "\(more.text)")
         let childID = try #require(more.list.first?["id"] as? Int)
-        let badID = try #require(more.list.last?["id"] as? Int)
+        // What only the site can know is refused there: an app the server has by name and the site has not.
+        let siteID = try #require((apps.object["results"] as? [[String: Any]])?.first?["site_id"] as? Int)
+        let ghost = try await server.request(
+            "POST", "/apps/", json: ["site_id": siteID, "name": "ghost", "serialized_class": "", "source_code": ""],
+            token: token)
+        let ghostID = try #require(ghost.object["id"] as? Int, "\(ghost.text)")
+        let lost = try await server.request(
+            "POST", "/jobs/", json: [["app_id": ghostID, "workdir": "remote/ghost"]], token: token)
+        let badID = try #require(lost.list.first?["id"] as? Int, "\(lost.text)")
 
         // One push takes them (its reply carries them), the next tells the server.
         #expect(try await push().status == 0)
@@ -242,10 +255,10 @@ import Testing
         let bad = try await server.request("GET", "/jobs/\(badID)", token: token)
         #expect(bad.object["state"] as? String == "FAILED")
         let why = try await server.request("GET", "/events/?job_id=\(badID)&to_state=FAILED", token: token)
-        #expect(why.text.contains("not plain values"), "\(why.text)")
+        #expect(why.text.contains("no app 'ghost'"), "\(why.text)")
         // ... and in the job's record: the exception its job.result() raises (a pickled RuntimeError).
         let exception = try #require(bad.object["serialized_exception"] as? String)
-        #expect(Pickle.strings(inBase64: exception).contains { $0.contains("not plain values") }, "\(exception)")
+        #expect(Pickle.strings(inBase64: exception).contains { $0.contains("no app 'ghost'") }, "\(exception)")
         // A workdir the site's job already has is refused by the server, naming the item.
         let again = try await server.request(
             "POST", "/jobs/",

@@ -19,7 +19,7 @@ import Testing
         let text = Base64.encode(bytes)
         _ = Pickle.classAttribute("command_template", inBase64: text)
         _ = Pickle.strings(inBase64: text)
-        _ = try? Pickle.checkWalkable(base64: text)
+        _ = try? Pickle.check(base64: text)
         return try? Pickle.decode(bytes)
     }
 
@@ -76,7 +76,7 @@ import Testing
         {
             _ = Pickle.strings(inBase64: cls)
             _ = Pickle.classAttribute("command_template", inBase64: cls)
-            #expect(throws: Pickle.Unsupported.self) { try Pickle.checkWalkable(base64: cls) }
+            #expect(throws: Pickle.Unsupported.self) { try Pickle.check(base64: cls) }
         }
         // LONG1 and BINUNICODE with every length byte set.
         for bytes: [UInt8] in [[0x80, 4, 0x8A, 0xFF], [0x80, 4, 0x58, 0xFF, 0xFF, 0xFF, 0xFF, 0x2E]] {

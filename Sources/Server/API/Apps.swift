@@ -87,7 +87,7 @@ enum Apps {
             if let text = try input.string(key, maxBytes: limit) {
                 // What a site walks for the class's command template and methods must be walkable to its end.
                 if key == "serialized_class" && !text.isEmpty {
-                    do { try Pickle.checkWalkable(base64: text) } catch {
+                    do { try Pickle.check(base64: text) } catch {
                         throw input.bad(key, "cannot be read: \(error)")
                     }
                 }

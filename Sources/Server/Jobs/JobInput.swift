@@ -141,26 +141,35 @@ extension Jobs {
         return job
     }
 
-    /// Refuses parameters no site could read: not base64, cut short, nested deeper or larger than a job's
-    /// parameters may be (`Pickle.maxDepth`, `Pickle.maxSize`). Objects only Python can load pass: a Python app's
-    /// parameters may hold them, and the site's Python reads them (a shell app's site refuses them, with the
-    /// reason). Returns the value read, or nil for such objects.
+    /// The verdict a site gives (`Pickle.jobParameters`) for a Python app: what no app's site could read is
+    /// refused here, before the app is looked up. Returns the plain value, or nil for objects only Python can
+    /// load (`checkParameters` refuses those for a shell app).
     @discardableResult
     static func checkPickle(_ text: String, input: FieldReader) throws -> JSONValue? {
-        let problem: Pickle.Unsupported
         do {
-            return try Pickle.decodeBase64(text)
+            guard case .plain(let members) = try Pickle.jobParameters(base64: text, pythonApp: true) else { return nil }
+            return .object(members)
         } catch {
-            problem = error
+            throw input.bad("serialized_parameters", "cannot be read: \(error)")
         }
-        if !problem.onlyPythonCanLoad { throw input.bad("serialized_parameters", "cannot be read: \(problem)") }
-        return nil
     }
 
-    /// Checks a job's parameters against its app when they can be read (the plain values a shell app takes);
-    /// a Python app's parameters (objects only Python can load) are the site's to check.
+    /// The verdict a site gives for the app's kind: objects only Python can load are refused for a shell app
+    /// (an app whose site has not said which it is is taken as a Python app, as before it said).
+    static func checkAppKind(_ text: String, python: Bool?, field: String) throws {
+        guard python == false else { return }
+        do { _ = try Pickle.jobParameters(base64: text, pythonApp: false) } catch {
+            throw ServerError.badRequest("cannot be read: \(error)", field: field)
+        }
+    }
+
+    /// Checks a job's parameters against its app: their kind (`checkAppKind`), and when they can be read (the
+    /// plain values a shell app takes), the app's required and known names.
     static func checkParameters(_ job: NewJob, _ app: JobRepository.AppFacts, index: Int) throws {
         guard !app.parameters.isEmpty || !job.serializedParameters.isEmpty else { return }
+        if job.parameters == nil {
+            try checkAppKind(job.serializedParameters, python: app.python, field: "[\(index)].serialized_parameters")
+        }
         guard case .object(let given)? = job.parameters else { return }
         let field = "[\(index)].parameters"
         for (name, spec) in app.parameters.sorted(by: { $0.key < $1.key }) {
@@ -184,6 +193,8 @@ extension Jobs {
         var state: JobState?
         var stateTimestamp: Int64?
         var stateData = "{}"
+        /// New parameters holding objects only Python can load: each job's app must be a Python app.
+        var pythonOnlyParameters: String?
     }
 
     static func parsePatch(_ input: inout FieldReader) throws -> Patch {
@@ -197,7 +208,12 @@ extension Jobs {
         }
         for key in ["serialized_parameters", "serialized_return_value", "serialized_exception"] {
             if let text = try input.string(key, maxBytes: payloadBytes) {
-                if key == "serialized_parameters" { try checkPickle(text, input: input) }
+                if key == "serialized_parameters" {
+                    if try checkPickle(text, input: input) == nil { p.pythonOnlyParameters = text }
+                } else if !text.isEmpty {
+                    // What the original client's `result()` unpickles: a pickle Python can load, or nothing.
+                    do { try Pickle.check(base64: text) } catch { throw input.bad(key, "cannot be read: \(error)") }
+                }
                 p.sets.append((key, .text(text)))
             }
         }

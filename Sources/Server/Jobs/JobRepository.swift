@@ -11,6 +11,17 @@ enum JobRepository {
         var parameters: [String: JSONValue]
         var slots: [String: JSONValue]
         var locations: [String: JSONValue]
+        /// Whether it is a Python app: its class has no command template, or its site says so; nil when its
+        /// site has not said (a site from before the server asked).
+        var python: Bool?
+
+        /// Whether an app with this pickled class (empty: a site's own app) and this site's word is a Python app.
+        static func isPython(serializedClass: String, sitePython: Int?) -> Bool? {
+            if !serializedClass.isEmpty {
+                return Pickle.classAttribute("command_template", inBase64: serializedClass) == nil
+            }
+            return sitePython.map { $0 != 0 }
+        }
     }
 
     static func appFacts(_ ids: Set<Int>, call: Call) throws -> [Int: AppFacts] {
@@ -18,17 +29,35 @@ enum JobRepository {
         for chunk in Array(ids).chunked(1000) {
             let rows = try call.connection.query(
                 """
-                SELECT a.id, a.site_id, a.parameters, a.transfers, s.transfer_locations FROM apps a
+                SELECT a.id, a.site_id, a.parameters, a.transfers, s.transfer_locations, a.serialized_class,
+                a.site_python FROM apps a
                 JOIN sites s ON s.id = a.site_id WHERE a.owner_id = \(.of(call.user.id)) AND a.id IN (\(list: chunk.map { .of($0) }))
                 """)
             for r in rows {
                 facts[r.int(0)] = AppFacts(
                     siteID: r.int(1), parameters: (try? JSONValue.parse(r.text(2)).objectValue) ?? [:],
                     slots: (try? JSONValue.parse(r.text(3)).objectValue) ?? [:],
-                    locations: (try? JSONValue.parse(r.text(4)).objectValue) ?? [:])
+                    locations: (try? JSONValue.parse(r.text(4)).objectValue) ?? [:],
+                    python: AppFacts.isPython(serializedClass: r.text(5), sitePython: r.optionalInt(6)))
             }
         }
         return facts
+    }
+
+    /// Whether each job's app (of `ids` owned by the caller) is a Python app (`AppFacts.isPython`).
+    static func appKinds(_ ids: [Int], call: Call) throws -> [Int: Bool?] {
+        var kinds: [Int: Bool?] = [:]
+        for chunk in ids.chunked(1000) {
+            let rows = try call.connection.query(
+                """
+                SELECT j.id, a.serialized_class, a.site_python FROM jobs j JOIN apps a ON a.id = j.app_id
+                WHERE j.owner_id = \(.of(call.user.id)) AND j.id IN (\(list: chunk.map { .of($0) }))
+                """)
+            for r in rows {
+                kinds[r.int(0)] = AppFacts.isPython(serializedClass: r.text(1), sitePython: r.optionalInt(2))
+            }
+        }
+        return kinds
     }
 
     /// The states of `ids` owned by the caller.

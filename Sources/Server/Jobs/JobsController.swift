@@ -153,6 +153,15 @@ enum Jobs {
                         != nil
                 else { throw ServerError.notFound("batch job \(batch)") }
             }
+            // Parameters only Python can load go to Python apps' jobs only (the site's verdict).
+            let pythonOnly = updates.filter { $0.patch.pythonOnlyParameters != nil }
+            if !pythonOnly.isEmpty {
+                let kinds = try JobRepository.appKinds(pythonOnly.map(\.id), call: call)
+                for u in pythonOnly {
+                    try checkAppKind(
+                        u.patch.pythonOnlyParameters ?? "", python: kinds[u.id] ?? nil, field: "serialized_parameters")
+                }
+            }
             var targets: [Int: JobState] = [:]
             let siteOwned = try JobRepository.siteOwnedJobs(updates.map(\.id), call: call)
             for u in updates {

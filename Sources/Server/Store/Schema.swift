@@ -30,6 +30,7 @@ enum Schema {
         Migration(version: 9, name: "launchers' time on their nodes", sql: launcherSessions),
         Migration(version: 10, name: "jobs counted per site and state, kept by triggers", sql: jobCounts),
         Migration(version: 11, name: "SQLite: a user's jobs in id order (the first page of a list)", sql: ownerIDOrder),
+        Migration(version: 12, name: "whether a site's own app is a Python app", sql: sitePythonApps),
     ]
 
     /// Tables whose ids a client holds. PostgreSQL's sequences never hand an id out twice; SQLite's plain
@@ -388,6 +389,12 @@ enum Schema {
     /// planner walks the primary key instead.
     private static func ownerIDOrder(_ d: SQLDialect) -> String {
         d == .sqlite ? "CREATE INDEX jobs_owner_id ON jobs (owner_id);" : ""
+    }
+
+    /// Whether an app a site made (no pickled class) is a Python app, as the site says with each push of its
+    /// apps (NULL until it does): a shell app's jobs take plain parameters only (`Pickle.jobParameters`).
+    private static func sitePythonApps(_ d: SQLDialect) -> String {
+        "ALTER TABLE apps ADD COLUMN site_python INTEGER;"
     }
 
     /// The version the database is at (0 for an empty database).

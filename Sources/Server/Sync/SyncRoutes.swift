@@ -109,18 +109,19 @@ enum SyncRoutes {
         for app in apps {
             let (p, t) = (SQLValue.text(jsonText(app.parameters)), SQLValue.text(jsonText(app.transfers)))
             let (description, source) = (SQLValue.text(app.description), SQLValue.text(app.sourceCode))
+            let python = app.python.map { SQLValue.of($0 ? 1 : 0) } ?? .null
             if let id = appIDs[app.name] {
                 try c.execute(
                     """
                     UPDATE apps SET description = \(description), parameters = \(p), source_code = \(source),
-                    transfers = \(t) WHERE id = \(.of(id))
+                    transfers = \(t), site_python = \(python) WHERE id = \(.of(id))
                     """)
             } else {
                 appIDs[app.name] = try c.scalar(
                     """
                     INSERT INTO apps (owner_id, site_id, name, serialized_class, description, parameters,
-                    source_code, transfers) VALUES (\(.of(call.user.id)), \(.of(siteID)), \(.text(app.name)), '',
-                    \(description), \(p), \(source), \(t)) RETURNING id
+                    source_code, transfers, site_python) VALUES (\(.of(call.user.id)), \(.of(siteID)),
+                    \(.text(app.name)), '', \(description), \(p), \(source), \(t), \(python)) RETURNING id
                     """)
             }
         }

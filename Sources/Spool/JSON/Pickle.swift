@@ -110,11 +110,229 @@ public enum Pickle {
         return all
     }
 
-    /// Checks that a pickled class (`serialized_class`) can be walked to its STOP without running past its end:
-    /// what the server stores, a site must be able to read. It says nothing of whether Python can load it.
-    public static func checkWalkable(base64 text: String) throws(Unsupported) {
+    /// Checks a pickle sent as base64 text (a class, a return value, an exception): `checkStructure`.
+    public static func check(base64 text: String) throws(Unsupported) {
         guard let bytes = Base64.decode(text) else { throw Unsupported(description: "not base64 text") }
-        if let problem = walkStrings(bytes, { _, _ in true }) { throw Unsupported(description: problem) }
+        try checkStructure(bytes)
+    }
+
+    /// What a job's `serialized_parameters` hold, as the server decides when it takes them and a site when it
+    /// adopts the job: one verdict, so that what the server stores a site can run.
+    public enum Parameters: Sendable, Equatable {
+        /// Plain values (a shell app's parameters, or a Python app's that happen to be plain).
+        case plain([String: JSONValue])
+        /// A well-formed pickle holding objects only Python can load: a Python app's, read by the site's Python.
+        case pythonOnly
+    }
+
+    /// The verdict on a job's parameters for an app that is (`pythonApp`) or is not a Python app. Empty text is
+    /// an empty dict (the original's default). Every pickle must pass `checkStructure` first; then a dict of
+    /// plain values is `.plain`; one holding objects only Python can load is `.pythonOnly` for a Python app and
+    /// refused for a shell app; anything else (a list or None at the top, too deep, too large) is refused.
+    public static func jobParameters(base64 text: String, pythonApp: Bool) throws(Unsupported) -> Parameters {
+        if text.isEmpty { return .plain([:]) }
+        guard let bytes = Base64.decode(text) else { throw Unsupported(description: "not base64 text") }
+        try checkStructure(bytes)
+        do throws(Unsupported) {
+            guard case .object(let members) = try decode(bytes) else {
+                throw Unsupported(description: "the parameters are not a dict of names to values")
+            }
+            return .plain(members)
+        } catch {
+            guard error.onlyPythonCanLoad else { throw error }
+            guard pythonApp else {
+                throw Unsupported(
+                    description: "the parameters are not plain values (\(error)): a shell app takes strings, numbers, "
+                        + "booleans, None, lists and dicts; objects only Python can load need a Python app")
+            }
+            return .pythonOnly
+        }
+    }
+
+    /// Checks that a pickle is one Python's unpickler could load without help: every opcode is one of protocols
+    /// 0 to 5, every length fits in what is left, every opcode finds on the stack (within its MARK) the items it
+    /// takes, every memo entry read was written, and STOP leaves exactly one value with no MARK open. Opcodes that
+    /// need what a site never gives (persistent ids, the extension registry, out-of-band buffers) are refused.
+    /// Nothing is built and nothing is run: it counts, in one pass, so any bytes give an answer without a trap.
+    public static func checkStructure(_ bytes: [UInt8]) throws(Unsupported) {
+        var i = 0
+        var depth = 0  // values since the innermost MARK
+        var marks: [Int] = []  // the depths the open MARKs interrupted
+        var memo = Set<UInt64>()
+        func fail(_ what: String) -> Unsupported { Unsupported(description: what) }
+        func take(_ n: UInt64) throws(Unsupported) -> ArraySlice<UInt8> {
+            guard n <= UInt64(bytes.count - i) else { throw fail("the pickle ends early") }
+            defer { i += Int(n) }
+            return bytes[i..<i + Int(n)]
+        }
+        func number(_ n: UInt64) throws(Unsupported) -> UInt64 {
+            try take(n).reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        }
+        func signed32() throws(Unsupported) -> UInt64 {
+            let raw = try number(4)
+            guard raw < 0x8000_0000 else { throw fail("a negative length") }
+            return raw
+        }
+        func line() throws(Unsupported) -> String {
+            guard let end = bytes[i...].firstIndex(of: 0x0A) else { throw fail("a text line has no end") }
+            defer { i = end + 1 }
+            guard let text = String(validating: bytes[i..<end], as: UTF8.self) else {
+                throw fail("a text line is not UTF-8")
+            }
+            return text
+        }
+        func text(_ n: UInt64) throws(Unsupported) {
+            guard String(validating: try take(n), as: UTF8.self) != nil else { throw fail("a string is not UTF-8") }
+        }
+        func pop(_ n: Int, _ name: String) throws(Unsupported) {
+            guard depth >= n else { throw fail("\(name) takes \(n) values and finds \(depth)") }
+            depth -= n
+        }
+        func popMark(_ name: String) throws(Unsupported) -> Int {
+            guard let outer = marks.popLast() else { throw fail("\(name) without its MARK") }
+            defer { depth = outer }
+            return depth
+        }
+        func decimal(_ text: String) -> Bool {
+            let digits = text.first == "-" || text.first == "+" ? text.dropFirst() : Substring(text)
+            return !digits.isEmpty && digits.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 }
+        }
+        func memoKey(_ text: String) throws(Unsupported) -> UInt64 {
+            guard let key = UInt64(text) else { throw fail("a memo key '\(text)' that is not a number") }
+            return key
+        }
+        func get(_ key: UInt64) throws(Unsupported) {
+            guard memo.contains(key) else { throw fail("GET of memo entry \(key), never written") }
+            depth += 1
+        }
+        func put(_ key: UInt64) throws(Unsupported) {
+            guard depth >= 1 else { throw fail("PUT with nothing on the stack") }
+            memo.insert(key)
+        }
+        while i < bytes.count {
+            let op = bytes[i]
+            i += 1
+            switch op {
+            case UInt8(ascii: "("):
+                marks.append(depth)
+                depth = 0
+            case UInt8(ascii: "."):
+                guard depth == 1, marks.isEmpty else {
+                    throw fail(
+                        "STOP with \(depth) values and \(marks.count) open MARKs (one value, no MARK, is a pickle)")
+                }
+                return
+            case UInt8(ascii: "0"):  // POP: a value, or the MARK itself when none is above it
+                if depth > 0 { depth -= 1 } else { _ = try popMark("POP") }
+            case UInt8(ascii: "1"): _ = try popMark("POP_MARK")
+            case UInt8(ascii: "2"):  // DUP
+                try pop(1, "DUP")
+                depth += 2
+            case UInt8(ascii: "I"), UInt8(ascii: "L"):
+                var t = try line()
+                if op == UInt8(ascii: "L") && t.hasSuffix("L") { t.removeLast() }
+                guard decimal(t) else { throw fail("an integer line '\(t)' that is not decimal") }
+                depth += 1
+            case UInt8(ascii: "F"):
+                let t = try line()
+                guard Double(t) != nil else { throw fail("a float line '\(t)' that is not a number") }
+                depth += 1
+            case UInt8(ascii: "S"):
+                let t = try line()
+                guard t.count >= 2, let q = t.first, q == "'" || q == "\"", t.last == q else {
+                    throw fail("a STRING line that is not quoted")
+                }
+                depth += 1
+            case UInt8(ascii: "V"):
+                _ = try line()
+                depth += 1
+            case UInt8(ascii: "P"), UInt8(ascii: "Q"):
+                throw fail("a persistent id (opcode 0x\(String(op, radix: 16))): no site gives persistent_load")
+            case 0x82, 0x83, 0x84:
+                throw fail("an extension code (opcode 0x\(String(op, radix: 16))): no site registers one")
+            case 0x97: throw fail("an out-of-band buffer (NEXT_BUFFER): no site gives buffers")
+            case UInt8(ascii: "R"), UInt8(ascii: "b"), UInt8(ascii: "a"), 0x81, 0x93:  // REDUCE BUILD APPEND NEWOBJ STACK_GLOBAL
+                try pop(2, "opcode 0x\(String(op, radix: 16))")
+                depth += 1
+            case 0x92:  // NEWOBJ_EX
+                try pop(3, "NEWOBJ_EX")
+                depth += 1
+            case UInt8(ascii: "s"):  // SETITEM
+                try pop(3, "SETITEM")
+                depth += 1
+            case UInt8(ascii: "c"):  // GLOBAL module\nname\n
+                _ = try line()
+                _ = try line()
+                depth += 1
+            case UInt8(ascii: "i"):  // INST module\nname\n, its arguments after a MARK
+                _ = try line()
+                _ = try line()
+                _ = try popMark("INST")
+                depth += 1
+            case UInt8(ascii: "d"), UInt8(ascii: "l"), UInt8(ascii: "t"), 0x91:  // DICT LIST TUPLE FROZENSET
+                let items = try popMark("opcode 0x\(String(op, radix: 16))")
+                if op == UInt8(ascii: "d") && items % 2 != 0 { throw fail("DICT of an odd number of values") }
+                depth += 1
+            case UInt8(ascii: "o"):  // OBJ: a class and its arguments after a MARK
+                guard try popMark("OBJ") >= 1 else { throw fail("OBJ without its class") }
+                depth += 1
+            case UInt8(ascii: "e"), UInt8(ascii: "u"), 0x90:  // APPENDS SETITEMS ADDITEMS
+                let items = try popMark("opcode 0x\(String(op, radix: 16))")
+                if op == UInt8(ascii: "u") && items % 2 != 0 { throw fail("SETITEMS of an odd number of values") }
+                guard depth >= 1 else { throw fail("opcode 0x\(String(op, radix: 16)) with nothing to add to") }
+            case UInt8(ascii: "}"), UInt8(ascii: "]"), UInt8(ascii: ")"), 0x8F, UInt8(ascii: "N"), 0x88, 0x89:
+                depth += 1
+            case 0x85, 0x86, 0x87:  // TUPLE1..3
+                try pop(Int(op - 0x84), "TUPLE\(op - 0x84)")
+                depth += 1
+            case 0x98:  // READONLY_BUFFER
+                try pop(1, "READONLY_BUFFER")
+                depth += 1
+            case UInt8(ascii: "g"): try get(try memoKey(try line()))
+            case UInt8(ascii: "h"): try get(try number(1))
+            case UInt8(ascii: "j"): try get(try number(4))
+            case UInt8(ascii: "p"): try put(try memoKey(try line()))
+            case UInt8(ascii: "q"): try put(try number(1))
+            case UInt8(ascii: "r"): try put(try number(4))
+            case 0x94: try put(UInt64(memo.count))  // MEMOIZE
+            case UInt8(ascii: "K"), UInt8(ascii: "M"), UInt8(ascii: "J"), UInt8(ascii: "G"):
+                _ = try take(
+                    op == UInt8(ascii: "K") ? 1 : op == UInt8(ascii: "M") ? 2 : op == UInt8(ascii: "J") ? 4 : 8)
+                depth += 1
+            case 0x8A:  // LONG1
+                _ = try take(try number(1))
+                depth += 1
+            case 0x8B, UInt8(ascii: "T"):  // LONG4, BINSTRING: signed 32-bit lengths
+                _ = try take(try signed32())
+                depth += 1
+            case UInt8(ascii: "U"), UInt8(ascii: "C"):  // SHORT_BINSTRING, SHORT_BINBYTES
+                _ = try take(try number(1))
+                depth += 1
+            case UInt8(ascii: "B"):  // BINBYTES
+                _ = try take(try number(4))
+                depth += 1
+            case 0x8E, 0x96:  // BINBYTES8, BYTEARRAY8
+                _ = try take(try number(8))
+                depth += 1
+            case 0x8C:  // SHORT_BINUNICODE
+                try text(try number(1))
+                depth += 1
+            case UInt8(ascii: "X"):  // BINUNICODE
+                try text(try number(4))
+                depth += 1
+            case 0x8D:  // BINUNICODE8
+                try text(try number(8))
+                depth += 1
+            case 0x80:  // PROTO
+                let version = try number(1)
+                guard version <= 5 else { throw fail("pickle protocol \(version) (Python reads 0 to 5)") }
+            case 0x95:  // FRAME: its length must fit in what is left
+                guard try number(8) <= UInt64(bytes.count - i) else { throw fail("a frame longer than the pickle") }
+            default:
+                throw fail("0x\(String(op, radix: 16)) at byte \(i - 1) is not a pickle opcode")
+            }
+        }
+        throw fail("the pickle has no STOP")
     }
 
     /// Calls `visit` with each text string of a pickle, in order, and the string just before it (nil when
@@ -272,7 +490,9 @@ public enum Pickle {
             var k = items.startIndex
             while k < items.endIndex {
                 guard case .scalar(.string(let key)) = nodes[items[k]] else {
-                    throw fail("a dict key that is not a string")
+                    var unsupported = fail("a dict key that is not a string (only Python reads it)")
+                    unsupported.onlyPythonCanLoad = true
+                    throw unsupported
                 }
                 dict[key] = items[k + 1]
                 k += 2
@@ -344,7 +564,11 @@ public enum Pickle {
                 push(.int(Int(Int32(truncatingIfNeeded: try length(4)))))
             case 0x8A:  // LONG1: little-endian two's complement, up to 8 bytes here
                 let n = try length(1)
-                guard n <= 8 else { throw fail("an integer larger than 64 bits") }
+                guard n <= 8 else {
+                    var unsupported = fail("an integer larger than 64 bits (only Python reads it)")
+                    unsupported.onlyPythonCanLoad = true
+                    throw unsupported
+                }
                 let raw = try take(n)
                 var value = raw.reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
                 if n > 0 && n < 8, let last = raw.last, last & 0x80 != 0 { value |= ~0 << (8 * UInt64(n)) }
