@@ -251,7 +251,8 @@ public enum Pickle {
             case 0x82, 0x83, 0x84:
                 throw fail("an extension code (opcode 0x\(String(op, radix: 16))): no site registers one")
             case 0x97: throw fail("an out-of-band buffer (NEXT_BUFFER): no site gives buffers")
-            case UInt8(ascii: "R"), UInt8(ascii: "b"), UInt8(ascii: "a"), 0x81, 0x93:  // REDUCE BUILD APPEND NEWOBJ STACK_GLOBAL
+            // REDUCE, BUILD, APPEND, NEWOBJ, STACK_GLOBAL
+            case UInt8(ascii: "R"), UInt8(ascii: "b"), UInt8(ascii: "a"), 0x81, 0x93:
                 try pop(2, "opcode 0x\(String(op, radix: 16))")
                 depth += 1
             case 0x92:  // NEWOBJ_EX
