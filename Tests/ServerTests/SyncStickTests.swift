@@ -88,11 +88,11 @@ import Testing
         #expect(later.status == 0, "\(later.stderr)")
     }
 
-    /// A class pickled as dill does by value, holding only a command template.
+    /// A class pickled as dill does by value, holding only a command template (as a dict of its attributes).
     func pickledClass(template: String) -> String {
-        var bytes: [UInt8] = [0x80, 4]
+        var bytes: [UInt8] = [0x80, 4, UInt8(ascii: "}"), UInt8(ascii: "(")]
         for text in ["command_template", template] { bytes += [0x8C, UInt8(text.utf8.count)] + Array(text.utf8) }
-        bytes.append(UInt8(ascii: "."))
+        bytes += [UInt8(ascii: "u"), UInt8(ascii: ".")]
         return Data(bytes).base64EncodedString()
     }
 

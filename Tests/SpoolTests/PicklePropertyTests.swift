@@ -46,27 +46,47 @@ import Testing
         }
     }
 
-    /// Opcodes and length bytes a mutation draws from: every opcode the reader and the walker know, and bytes
-    /// that make lengths huge, negative or zero.
-    static let opcodes: [UInt8] =
-        Array("}])(usteatKMJNqrhj.XGcipILFSVgP".utf8) + [
-            0x80, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8B, 0x8C, 0x8D, 0x8E, 0x94, 0x95, 0x96, 0x00, 0x7F, 0xFF,
-            0x0A,
-        ]
+    static let opcodes = PickleCorpus.opcodes
 
-    func mutate(_ bytes: [UInt8], _ rng: inout SplitMix) -> [UInt8] {
-        var out = bytes
-        for _ in 0..<(1 + Int(rng.next() % 4)) {
-            let at = out.isEmpty ? 0 : Int(rng.next() % UInt64(out.count))
-            let byte = Self.opcodes[Int(rng.next() % UInt64(Self.opcodes.count))]
-            switch rng.next() % 4 {
-            case 0 where !out.isEmpty: out.remove(at: at)
-            case 1: out.insert(byte, at: at)
-            case 2: out.insert(contentsOf: [0x8D, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], at: at)
-            default: if !out.isEmpty { out[at] = byte }
+    func mutate(_ bytes: [UInt8], _ rng: inout SplitMix) -> [UInt8] { PickleCorpus.mutate(bytes, &rng) }
+
+    /// One verdict (issue 31, item 7): every pickle Python writes, of plain values and of objects only Python
+    /// can load, with protocols 0 to 5, passes `checkStructure`; and of their mutations and random plain ones,
+    /// every pickle it passes is one Python's own opcode table calls well formed (`PickleCorpus.pythonVerdicts`:
+    /// arguments, stack, MARKs, memo, one value at STOP). `jobParameters` refuses what fails it, for both kinds
+    /// of app, and takes a dict of plain values for both.
+    @Test func structureIsNoLooserThanPythonsOwnTable() throws {
+        let written = try PickleCorpus.fromPython()
+        #expect(written.count >= 20 * 6)
+        for bytes in written {
+            #expect(throws: Never.self, "\(Base64.encode(bytes))") { try Pickle.checkStructure(bytes) }
+        }
+        var rng = SplitMix(seed: Self.seed &+ 31)
+        var cases: [[UInt8]] = []
+        for n in 0..<min(Self.cases, 2000) {
+            let base =
+                n % 2 == 0
+                ? written[Int(rng.next() % UInt64(written.count))]
+                : Base64.decode(Pickle.encodeBase64(try JSONValue.parse(Generator(rng: &rng).document()))) ?? []
+            let mutated = mutate(base, &rng)
+            if !mutated.isEmpty { cases.append(mutated) }  // empty text is the original's empty dict
+        }
+        let python = try PickleCorpus.pythonVerdicts(cases)
+        var (taken, refused) = (0, 0)
+        for (bytes, pythonTakes) in zip(cases, python) {
+            let text = Base64.encode(bytes)
+            let ours = (try? Pickle.checkStructure(bytes)) != nil
+            #expect(!ours || pythonTakes, "seed \(Self.seed): we take what Python's table refuses: \(text)")
+            if ours { taken += 1 } else { refused += 1 }
+            for python in [false, true] {
+                let verdict = try? Pickle.jobParameters(base64: text, pythonApp: python)
+                if !ours { #expect(verdict == nil, "\(text)") }
+                if case .object(let members)? = try? Pickle.decode(bytes), ours {
+                    #expect(verdict == .plain(members), "\(text)")
+                }
             }
         }
-        return out
+        #expect(taken > 50 && refused > 50, "the mutations must give both: \(taken) taken, \(refused) refused")
     }
 
     @Test("crafted lengths are refused, not an arithmetic overflow (issue 23, 1 and 2)")

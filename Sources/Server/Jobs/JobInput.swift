@@ -163,27 +163,22 @@ extension Jobs {
         }
     }
 
-    /// Checks a job's parameters against its app: their kind (`checkAppKind`), and when they can be read (the
-    /// plain values a shell app takes), the app's required and known names.
+    /// Checks a job's parameters against its app as its site will (`Pickle.jobParameters`, `App.checkParameters`):
+    /// their kind (`checkAppKind`), and for a shell app the app's required and known names. A Python app's
+    /// parameters are its `run()`'s to check, at the site as here. An app whose kind is not known (made through
+    /// the API without a class, its site not having said) has its names checked, as before kinds were known.
     static func checkParameters(_ job: NewJob, _ app: JobRepository.AppFacts, index: Int) throws {
-        guard !app.parameters.isEmpty || !job.serializedParameters.isEmpty else { return }
-        if job.parameters == nil {
+        guard case .object(let given)? = job.parameters else {
             try checkAppKind(job.serializedParameters, python: app.python, field: "[\(index)].serialized_parameters")
+            return
         }
-        guard case .object(let given)? = job.parameters else { return }
-        let field = "[\(index)].parameters"
-        for (name, spec) in app.parameters.sorted(by: { $0.key < $1.key }) {
-            let required = spec.objectValue?["required"].map { $0 != .bool(false) } ?? true
-            if required && given[name] == nil {
-                throw ServerError.badRequest("the app's required parameter '\(name)' is missing", field: field)
-            }
+        guard app.python != true else { return }
+        var declared: [String: App.Parameter] = [:]
+        for (name, spec) in app.parameters {
+            declared[name] = App.Parameter(required: spec.objectValue?["required"].map { $0 != .bool(false) } ?? true)
         }
-        if !app.parameters.isEmpty {
-            for name in given.keys.sorted() where app.parameters[name] == nil {
-                let known = app.parameters.keys.sorted().joined(separator: ", ")
-                throw ServerError.badRequest(
-                    "the app has no parameter '\(name)' (its parameters: \(known))", field: field)
-            }
+        do { try App.checkParameters(given, declared: declared, app: app.name) } catch {
+            throw ServerError.badRequest(error.message, field: "[\(index)].parameters")
         }
     }
 

@@ -7,6 +7,7 @@ import Wire
 enum JobRepository {
     /// What the checks need of each app named in a bulk create.
     struct AppFacts {
+        var name: String
         var siteID: Int
         var parameters: [String: JSONValue]
         var slots: [String: JSONValue]
@@ -30,12 +31,12 @@ enum JobRepository {
             let rows = try call.connection.query(
                 """
                 SELECT a.id, a.site_id, a.parameters, a.transfers, s.transfer_locations, a.serialized_class,
-                a.site_python FROM apps a
+                a.site_python, a.name FROM apps a
                 JOIN sites s ON s.id = a.site_id WHERE a.owner_id = \(.of(call.user.id)) AND a.id IN (\(list: chunk.map { .of($0) }))
                 """)
             for r in rows {
                 facts[r.int(0)] = AppFacts(
-                    siteID: r.int(1), parameters: (try? JSONValue.parse(r.text(2)).objectValue) ?? [:],
+                    name: r.text(7), siteID: r.int(1), parameters: (try? JSONValue.parse(r.text(2)).objectValue) ?? [:],
                     slots: (try? JSONValue.parse(r.text(3)).objectValue) ?? [:],
                     locations: (try? JSONValue.parse(r.text(4)).objectValue) ?? [:],
                     python: AppFacts.isPython(serializedClass: r.text(5), sitePython: r.optionalInt(6)))

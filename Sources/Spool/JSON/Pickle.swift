@@ -173,9 +173,12 @@ public enum Pickle {
             guard raw < 0x8000_0000 else { throw fail("a negative length") }
             return raw
         }
-        func line() throws(Unsupported) -> String {
+        /// A text argument up to its newline; `utf8`: it must be UTF-8 (numbers, names), else any bytes (a
+        /// protocol-0 string, raw-unicode-escape, holds Latin-1 bytes as they are).
+        func line(utf8: Bool = true) throws(Unsupported) -> String {
             guard let end = bytes[i...].firstIndex(of: 0x0A) else { throw fail("a text line has no end") }
             defer { i = end + 1 }
+            guard utf8 else { return "" }
             guard let text = String(validating: bytes[i..<end], as: UTF8.self) else {
                 throw fail("a text line is not UTF-8")
             }
@@ -238,13 +241,19 @@ public enum Pickle {
                 guard Double(t) != nil else { throw fail("a float line '\(t)' that is not a number") }
                 depth += 1
             case UInt8(ascii: "S"):
-                let t = try line()
-                guard t.count >= 2, let q = t.first, q == "'" || q == "\"", t.last == q else {
+                let start = i
+                _ = try line(utf8: false)
+                let quoted = bytes[start..<i - 1]
+                guard quoted.count >= 2, let q = quoted.first, q == 0x27 || q == 0x22, quoted.last == q else {
                     throw fail("a STRING line that is not quoted")
                 }
                 depth += 1
             case UInt8(ascii: "V"):
-                _ = try line()
+                let start = i
+                _ = try line(utf8: false)
+                guard rawUnicodeEscapeReads(bytes[start..<i - 1]) else {
+                    throw fail("a UNICODE line with a broken \\u escape")
+                }
                 depth += 1
             case UInt8(ascii: "P"), UInt8(ascii: "Q"):
                 throw fail("a persistent id (opcode 0x\(String(op, radix: 16))): no site gives persistent_load")
@@ -414,6 +423,33 @@ public enum Pickle {
             }
         }
         return "the pickle has no STOP"
+    }
+
+    /// Whether Python's raw-unicode-escape codec reads `text` (a protocol-0 UNICODE line): after an odd run of
+    /// backslashes, `u` takes 4 hex digits and `U` 8, at most U+10FFFF; anything else is itself.
+    static func rawUnicodeEscapeReads(_ text: ArraySlice<UInt8>) -> Bool {
+        var k = text.startIndex
+        var slashes = 0
+        while k < text.endIndex {
+            let byte = text[k]
+            k += 1
+            if byte == UInt8(ascii: "\\") {
+                slashes += 1
+                continue
+            }
+            defer { slashes = 0 }
+            guard slashes % 2 == 1, byte == UInt8(ascii: "u") || byte == UInt8(ascii: "U") else { continue }
+            let count = byte == UInt8(ascii: "u") ? 4 : 8
+            guard text.endIndex - k >= count else { return false }
+            var value: UInt32 = 0
+            for digit in text[k..<k + count] {
+                guard let v = Character(UnicodeScalar(digit)).hexDigitValue else { return false }
+                value = value << 4 | UInt32(v)
+            }
+            if value > 0x10FFFF { return false }
+            k += count
+        }
+        return true
     }
 
     /// How much a decoded pickle may hold: what a job's parameters may. Nesting is bounded so that the value can

@@ -142,6 +142,14 @@ public struct App: Sendable, Equatable {
     /// A Python app's job whose parameters are pickled (`serialized`) is checked by its `run()` call.
     public func checkParameters(_ given: [String: JSONValue], serialized: Bool = false) throws(SpoolError) {
         if isPython && serialized { return }
+        try Self.checkParameters(given, declared: parameters, app: name)
+    }
+
+    /// The rule itself, for an app named `name` declaring `parameters`: the server gives it too, before a job made
+    /// through its API reaches the site, so that what it takes the site takes.
+    public static func checkParameters(
+        _ given: [String: JSONValue], declared parameters: [String: Parameter], app name: String
+    ) throws(SpoolError) {
         for key in given.keys.sorted() where parameters[key] == nil {
             let declared = parameters.keys.sorted().joined(separator: ", ")
             throw SpoolError(
