@@ -270,7 +270,7 @@ public final class Pusher {
         // The batch-job policy, for the original client's `balsam queue submit`, which checks against it.
         let scheduler = siteSettings?.scheduler ?? SiteSettings.Scheduler()
         var pushedSite = PushedSite(name: settings.siteName ?? site.name, path: site.root)
-        pushedSite.transferLocations = (siteSettings?.transferLocations ?? [:]).mapValues(\.url)
+        pushedSite.transferLocations = (siteSettings?.transferLocations ?? [:]).mapValues(\.clientURL)
         var policy = PushedSite.Policy()
         (policy.allowedQueues, policy.allowedProjects) = (scheduler.allowedQueues, scheduler.allowedProjects)
         policy.optionalParams = scheduler.optionalParams

@@ -206,7 +206,17 @@ public struct PushedSite: Sendable, Equatable {
         var r = try FieldReader(json, prefix: "site")
         name = try r.requiredString("name", maxBytes: 128)
         path = try r.requiredString("path")
-        transferLocations = try r.stringMap("transfer_locations")
+        if let given = try r.stringMap("transfer_locations") {
+            // As the site's settings read it, shown as the original client reads it (`file:///p` from a site
+            // that pushes it as written becomes `file://localhost/p`).
+            var locations: [String: String] = [:]
+            for (alias, url) in given {
+                do { locations[alias] = try TransferLocation(alias: alias, url: url).clientURL } catch {
+                    throw r.bad("transfer_locations.\(alias)", error.message)
+                }
+            }
+            transferLocations = locations
+        }
         // No policy at all: a site that does not say (an older one).
         let says = r.has("allowed_queues") || r.has("allowed_projects") || r.has("optional_batch_job_params")
         var policy = Policy()

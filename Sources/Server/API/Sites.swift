@@ -32,6 +32,81 @@ enum Sites {
         ("allowed_projects", "[]"), ("allowed_queues", "{}"), ("transfer_locations", "{}"),
     ]
 
+    /// A shape of the original client's `Site` model (balsam/schemas/site.py and batchjob.py, pydantic).
+    indirect enum Shape: Sendable {
+        case int, string, location
+        case oneOf([String])
+        case list(Shape)
+        /// An object of any keys (`intKeys`: each a decimal integer, a scheduler's job id) to `Shape`s.
+        case map(Shape, intKeys: Bool)
+        /// An object of exactly these members.
+        case record([String: Shape])
+    }
+
+    /// What `Site.objects.get` reads of each JSON member: a site's record must load in the original client for
+    /// every user of the site, so no member holds another shape (a value nested 129 deep, a location without a
+    /// host).
+    static let shapes: [String: Shape] = [
+        "backfill_windows": .map(.list(.record(["num_nodes": .int, "wall_time_min": .int])), intKeys: false),
+        "queued_jobs": .map(
+            .record([
+                "scheduler_id": .int, "queue": .string, "num_nodes": .int, "wall_time_min": .int, "project": .string,
+                "time_remaining_min": .int, "queued_time_min": .int,
+                "state": .oneOf([
+                    "pending_submission", "queued", "running", "finished", "submit_failed", "pending_deletion",
+                ]),
+            ]), intKeys: true),
+        "optional_batch_job_params": .map(.string, intKeys: false),
+        "allowed_projects": .list(.string),
+        "allowed_queues": .map(
+            .record(["max_nodes": .int, "max_walltime": .int, "max_queued_jobs": .int]), intKeys: false),
+        "transfer_locations": .map(.location, intKeys: false),
+    ]
+
+    /// Checks `value` against `shape`, naming the first member that differs.
+    static func check(_ value: JSONValue, _ shape: Shape, field: String) throws {
+        func bad(_ what: String) -> ServerError { ServerError.badRequest("\(field) \(what)", field: field) }
+        switch (shape, value) {
+        case (.int, .int), (.string, .string): return
+        case (.oneOf(let names), .string(let name)):
+            if !names.contains(name) { throw bad("must be one of \(names.joined(separator: ", ")), not '\(name)'") }
+        case (.location, .string(let url)):
+            if let problem = ClientURL.problem(url) { throw bad("'\(url)' \(problem)") }
+            do { _ = try TransferLocation(alias: "-", url: url) } catch {
+                throw bad(
+                    "'\(url)' is not a location a site can use (file://localhost/path, rsync://HOST/path, globus://ENDPOINT/path)"
+                )
+            }
+        case (.list(let item), .array(let items)):
+            for (i, element) in items.enumerated() { try check(element, item, field: "\(field)[\(i)]") }
+        case (.map(let item, let intKeys), .object(let members)):
+            for (key, member) in members.sorted(by: { $0.key < $1.key }) {
+                if intKeys
+                    && !(key.utf8.count <= 18 && !key.isEmpty && key.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 })
+                {
+                    throw bad("has the key '\(key)', which is not a scheduler's job id (digits)")
+                }
+                try check(member, item, field: "\(field).\(key)")
+            }
+        case (.record(let fields), .object(let members)):
+            for key in members.keys.sorted() where fields[key] == nil {
+                throw bad("has no member '\(key)' (its members: \(fields.keys.sorted().joined(separator: ", ")))")
+            }
+            for (key, item) in fields.sorted(by: { $0.key < $1.key }) {
+                guard let member = members[key] else { throw bad("needs its member '\(key)'") }
+                try check(member, item, field: "\(field).\(key)")
+            }
+        default:
+            throw bad("must be \(shape.noun), not \(value.kindName)")
+        }
+    }
+
+    /// A UUID as Globus writes an endpoint's: 8-4-4-4-12 hexadecimal digits.
+    static func isUUID(_ text: String) -> Bool {
+        let groups = text.split(separator: "-", omittingEmptySubsequences: false)
+        return groups.map(\.count) == [8, 4, 4, 4, 12] && groups.allSatisfy { $0.allSatisfy(\.isHexDigit) }
+    }
+
     /// The site's settable members from a request body: (column, value) pairs.
     private static func members(_ input: inout FieldReader, creating: Bool) throws -> [(String, SQLValue)] {
         var out: [(String, SQLValue)] = []
@@ -48,6 +123,7 @@ enum Sites {
             out.append(("path", .text(path)))
         }
         if let endpoint = try input.string("globus_endpoint_id", maxBytes: 64) {
+            if !isUUID(endpoint) { throw input.bad("globus_endpoint_id", "must be a UUID, as Globus shows it") }
             out.append(("globus_endpoint_id", .text(endpoint)))
         } else if creating {
             out.append(("globus_endpoint_id", .null))
@@ -59,13 +135,7 @@ enum Sites {
                 case .array where isList, .object where !isList: break
                 default: throw input.bad(key, "must be \(isList ? "a list" : "an object"), not \(value.kindName)")
                 }
-                if key == "transfer_locations", let object = value.objectValue {
-                    for (alias, url) in object {
-                        guard let text = url.stringValue, text.contains("://") else {
-                            throw input.bad("transfer_locations.\(alias)", "must be a URL such as globus://ENDPOINT")
-                        }
-                    }
-                }
+                if let shape = shapes[key] { try check(value, shape, field: input.name(key)) }
                 let text = value.serialized()
                 if text.utf8.count > 1 << 20 { throw input.bad(key, "is larger than 1 MiB") }
                 out.append((key, .text(text)))
@@ -219,5 +289,18 @@ extension Sites {
                 (.get, "/", list), (.post, "/", create), (.get, "/{id}", one), (.put, "/{id}", update),
                 (.delete, "/{id}", delete),
             ])
+    }
+}
+
+extension Sites.Shape {
+    /// As an error names it.
+    var noun: String {
+        switch self {
+        case .int: "an integer"
+        case .string, .oneOf: "a string"
+        case .location: "a URL"
+        case .list: "a list"
+        case .map, .record: "an object"
+        }
     }
 }

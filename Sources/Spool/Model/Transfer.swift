@@ -105,10 +105,18 @@ public struct TransferLocation: Sendable, Equatable {
             default:
                 throw bad("has an unknown scheme '\(name)' (file, rsync or globus)")
             }
+            // What the server shows the original client must read there (`ClientURL`).
+            if let problem = ClientURL.problem(clientURL) { throw bad(problem) }
         } else {
             throw bad("must be file:///path, an absolute path, rsync://[USER@]HOST/path or globus://ENDPOINT/path")
         }
         while basePath.hasSuffix("/") { basePath.removeLast() }
+    }
+
+    /// The location as the original client reads it (`ClientURL`): a local one as `file://localhost/path`
+    /// (`file:///path` has no host for it), the others as written.
+    public var clientURL: String {
+        kind == .local ? "file://localhost" + (basePath.hasPrefix("/") ? basePath : "/" + basePath) : url
     }
 
     /// The full remote path of a job's `path` (absolute) at this location.
