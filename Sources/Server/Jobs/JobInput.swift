@@ -190,6 +190,9 @@ extension Jobs {
         var stateData = "{}"
         /// New parameters holding objects only Python can load: each job's app must be a Python app.
         var pythonOnlyParameters: String?
+        /// The app and parents the client echoed: each must be the job's own.
+        var appID: Int?
+        var parentIDs: Set<Int>?
     }
 
     static func parsePatch(_ input: inout FieldReader) throws -> Patch {
@@ -237,8 +240,12 @@ extension Jobs {
         if input.has("state") { p.state = try input.jobState("state") } else { _ = input.value("state") }
         p.stateTimestamp = try input.time("state_timestamp")
         if let data = try input.object("state_data", maxBytes: Job.Limits.dataBytes) { p.stateData = jsonText(data) }
+        // Fixed at creation: the client's `save()` sends them back as they are, so the same value is taken and a
+        // different one refused (`apply` compares), never dropped in silence.
+        p.appID = try input.int("app_id", in: 1...Int.max)
+        p.parentIDs = try input.intList("parent_ids", maxCount: Job.Limits.parents).map { Set($0) }
         // Read-only members the client may echo back.
-        for ignored in ["id", "app_id", "parent_ids", "last_update", "parameters", "transfers", "site_name"] {
+        for ignored in ["id", "last_update", "parameters", "transfers", "site_name"] {
             _ = input.value(ignored)
         }
         try input.finish()

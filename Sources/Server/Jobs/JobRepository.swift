@@ -45,6 +45,44 @@ enum JobRepository {
         return facts
     }
 
+    /// Refuses an update that names an app or parents other than the job's own (they are fixed at creation: a
+    /// job for another app, or with other parents, is a new job).
+    static func checkFixed(_ updates: [(id: Int, patch: Jobs.Patch)], call: Call) throws {
+        let named = updates.filter { $0.patch.appID != nil || $0.patch.parentIDs != nil }
+        guard !named.isEmpty else { return }
+        var apps: [Int: Int] = [:]
+        var parents: [Int: Set<Int>] = [:]
+        for chunk in named.map(\.id).chunked(1000) {
+            let ids = chunk.map { SQLValue.of($0) }
+            let owner = SQLValue.of(call.user.id)
+            for r in try call.connection.query(
+                "SELECT id, app_id FROM jobs WHERE owner_id = \(owner) AND id IN (\(list: ids))")
+            {
+                apps[r.int(0)] = r.int(1)
+            }
+            for r in try call.connection.query(
+                """
+                SELECT p.job_id, p.parent_id FROM job_parents p JOIN jobs j ON j.id = p.job_id
+                WHERE j.owner_id = \(owner) AND p.job_id IN (\(list: ids))
+                """)
+            {
+                parents[r.int(0), default: []].insert(r.int(1))
+            }
+        }
+        for u in named {
+            if let app = u.patch.appID, let own = apps[u.id], app != own {
+                throw ServerError.badRequest(
+                    "job \(u.id) is for app \(own): a job's app is fixed when it is made (make a new job)",
+                    field: "app_id")
+            }
+            if let given = u.patch.parentIDs, apps[u.id] != nil, given != parents[u.id, default: []] {
+                throw ServerError.badRequest(
+                    "job \(u.id)'s parents are fixed when it is made (\(parents[u.id, default: []].sorted())); make a new job",
+                    field: "parent_ids")
+            }
+        }
+    }
+
     /// Whether each job's app (of `ids` owned by the caller) is a Python app (`AppFacts.isPython`).
     static func appKinds(_ ids: [Int], call: Call) throws -> [Int: Bool?] {
         var kinds: [Int: Bool?] = [:]

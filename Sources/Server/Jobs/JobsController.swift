@@ -153,6 +153,7 @@ enum Jobs {
                         != nil
                 else { throw ServerError.notFound("batch job \(batch)") }
             }
+            try JobRepository.checkFixed(updates, call: call)
             // Parameters only Python can load go to Python apps' jobs only (the site's verdict).
             let pythonOnly = updates.filter { $0.patch.pythonOnlyParameters != nil }
             if !pythonOnly.isEmpty {
