@@ -52,7 +52,8 @@ import Testing
                 (expected, field) = (400, "app_id")
             default:
                 let others = jobs.map(\.id).filter { $0 != job.id && !job.parents.contains($0) }
-                body["parent_ids"] = .array((job.parents + [others[Int(rng.next() % UInt64(others.count))]]).map { .int($0) })
+                body["parent_ids"] = .array(
+                    (job.parents + [others[Int(rng.next() % UInt64(others.count))]]).map { .int($0) })
                 (expected, field) = (400, "parent_ids")
             }
             let reply = try await server.request(.put, "/jobs/\(job.id)", json: .object(body), token: token)

@@ -265,6 +265,43 @@ import Testing
     }
 }
 
+/// Password guessing (issue 31, item 10): a client address past three failures waits for each answer, one
+/// attempt at a time; many at once get 429 with no password checked, while the name's owner logs in from
+/// elsewhere.
+@Suite struct LoginLimitTests {
+    @Test func manyGuessesAtOnceAreRefusedTheOwnerStillLogsIn() async throws {
+        let server = try await LiveServer(.sqlite)
+        defer { Task { try? await server.stop() } }
+        let port = try #require(Int(server.url.split(separator: ":").last ?? ""))
+        _ = try await server.user("lena")
+        func attempt(_ client: RawClient, _ password: String) throws {
+            let form = "username=lena&password=\(password)"
+            try client.send(
+                "POST /auth/password/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                    + "Content-Length: \(form.utf8.count)\r\nConnection: close\r\n\r\n\(form)")
+        }
+        var rng = SplitMix(seed: 40)
+        let guesses = try (0..<40).map { _ in try RawClient(port: port, from: "127.0.0.5") }
+        for client in guesses { try attempt(client, "guess-\(rng.next())") }
+        var statuses: [String: Int] = [:]
+        for client in guesses {
+            let reply = try client.receive(seconds: 30)
+            let status = String(reply.dropFirst(9).prefix(3))
+            statuses[status, default: 0] += 1
+            if status == "429" { #expect(reply.lowercased().contains("retry-after:"), "\(reply)") }
+        }
+        #expect((statuses["401"] ?? 0) <= 8 && (statuses["429"] ?? 0) >= 32, "\(statuses)")
+        // The owner, from another address, logs in.
+        _ = try await server.login("lena", "lena-password")
+        // The guessing address, having waited, is answered again (and the right password works from it too).
+        try await waitFor("the guessing address to be let in again", timeout: 30) {
+            let client = try RawClient(port: port, from: "127.0.0.5")
+            try attempt(client, "lena-password")
+            return try client.receive(seconds: 15).hasPrefix("HTTP/1.1 200")
+        }
+    }
+}
+
 /// Memory per request is bounded by its body (issue 31, item 2): balsam-server(8) states the bound.
 @Suite struct RequestMemoryTests {
     /// A process's resident set now and at its peak, in bytes (`/proc/PID/status`).

@@ -38,7 +38,8 @@ enum AuthRoutes {
             guard let username = fields["username"], let password = fields["password"] else {
                 throw ServerError.badRequest("the login form needs username and password")
             }
-            switch try accounts.checkPassword(username, password, connection: call.connection) {
+            switch try accounts.checkPassword(username, password, client: call.client, connection: call.connection) {
+            case .tooMany(let wait): return .tooManyLogins(retryAfter: wait)
             case .failure(let hold):
                 var reply = Reply.error(ServerError(status: 401, "incorrect user name or password"))
                 reply.hold = hold

@@ -51,7 +51,13 @@ enum Dashboard {
             guard let username = fields["username"], let password = fields["password"] else {
                 return .html(loginHTML(message: "Give a user name and a password."), status: 400)
             }
-            switch try accounts.checkPassword(username, password, connection: call.connection) {
+            switch try accounts.checkPassword(username, password, client: call.client, connection: call.connection) {
+            case .tooMany(let wait):
+                var reply = Reply.html(
+                    loginHTML(message: "Too many failed logins from your address: try again in \(wait) s."),
+                    status: 429)
+                reply.headers.append(("Retry-After", String(wait)))
+                return reply
             case .failure(let hold):
                 var reply = Reply.html(loginHTML(message: "Incorrect user name or password."), status: 401)
                 reply.hold = hold

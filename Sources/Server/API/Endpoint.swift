@@ -15,6 +15,8 @@ struct Call {
     let limits: ServerLimits
     /// The route's `{id}`, when it has one.
     let id: Int?
+    /// The client's address.
+    var client = "-"
 
     var dialect: SQLDialect { connection.dialect }
 
@@ -103,6 +105,15 @@ struct Reply {
         return .json(.object(object), status: error.code)
     }
 
+    /// 429 for a client address past its failed logins (`LoginLimiter`), with `Retry-After`.
+    static func tooManyLogins(retryAfter seconds: Int) -> Reply {
+        var reply = Reply.error(
+            ServerError(
+                status: 429, "too many failed logins from this address: try again in \(seconds) s"))
+        reply.headers.append(("Retry-After", String(seconds)))
+        return reply
+    }
+
     /// As Hummingbird sends it.
     var response: Response {
         var fields = HTTPFields()
@@ -182,6 +193,7 @@ struct Endpoints: Sendable {
                 id = value
             }
             let query = QueryParameters(formPairs(request.uri.query ?? ""))
+            let client = context.client
             let (accounts, limits, routeID) = (accounts, limits, id)
             let (answer, user) = try await database.run { connection -> (Reply, String) in
                 var user = User(id: 0, name: "-")
@@ -200,7 +212,8 @@ struct Endpoints: Sendable {
                     user = found
                 }
                 var call = Call(
-                    user: user, connection: connection, query: query, body: body, limits: limits, id: routeID)
+                    user: user, connection: connection, query: query, body: body, limits: limits, id: routeID,
+                    client: client)
                 return (try handler(&call), user.name)
             }
             context.caller.name = user

@@ -1,4 +1,5 @@
 import Spool
+import Synchronization
 import Wire
 
 #if canImport(Glibc)
@@ -44,6 +45,8 @@ public struct Accounts: Sendable {
     let secret: [UInt8]
     /// Lifetime of login tokens.
     public var loginTokenSeconds: Int64 = 48 * 3600
+    /// Failed logins per client address (shared by the copies of this value).
+    let limiter = LoginLimiter()
 
     /// Accounts over `database`, signing with `secret`.
     public init(database: Database, secret: [UInt8]) {
@@ -154,6 +157,27 @@ public struct Accounts: Sendable {
     enum LoginOutcome {
         case success(User)
         case failure(holdSeconds: Double)
+        /// The client's address must wait this many seconds before it tries again (429): no password was checked.
+        case tooMany(retryAfter: Int)
+    }
+
+    /// How long a failed login is held, after `failures` in ten minutes: free for the first three, then 0.5 s
+    /// doubling per failure up to 8 s.
+    static func hold(failures: Int) -> Double { failures <= 3 ? 0 : min(8.0, 0.5 * Double(1 << min(failures - 4, 8))) }
+
+    /// Checks a password, for a request from `client` (its address). Failures are counted per user name (known
+    /// or not) and per client address for ten minutes: the reply to a failure is held as the name's failures
+    /// grow (a guesser spread over many addresses is slowed), and an address past three failures may try again
+    /// only once its last hold is over, one attempt at a time (`LoginLimiter`: a guesser opening many
+    /// connections gets 429 at once, with no scrypt spent), while the name's owner, from another address, can
+    /// still log in.
+    func checkPassword(_ username: String, _ password: String, client: String, connection c: any SQLConnection)
+        throws -> LoginOutcome
+    {
+        if let wait = limiter.begin(client) { return .tooMany(retryAfter: wait) }
+        let outcome = try checkPassword(username, password, connection: c)
+        if case .success = outcome { limiter.end(client, failed: false) } else { limiter.end(client, failed: true) }
+        return outcome
     }
 
     /// Checks a password. Failures are counted per user name (known or not) for ten minutes.
@@ -178,9 +202,7 @@ public struct Accounts: Sendable {
             )
             return count
         }
-        // Free for the first three, then 0.5 s doubling per failure up to 8 s.
-        let hold = failures <= 3 ? 0 : min(8.0, 0.5 * Double(1 << min(failures - 4, 8)))
-        return .failure(holdSeconds: hold)
+        return .failure(holdSeconds: Accounts.hold(failures: failures))
     }
 
     // MARK: - Tokens
@@ -312,5 +334,68 @@ public enum ServerSecret {
         let bytes = try Crypto.randomBytes(32)
         try Posix.createFile(path, Array((Base64.urlEncode(bytes) + "\n").utf8), sync: true, mode: 0o600)
         return bytes
+    }
+}
+
+/// Failed logins per client address, for ten minutes, in memory (each server process keeps its own; at most
+/// `capacity` addresses, the oldest forgotten first). An address with three failures or fewer tries freely; past
+/// that it may try once its last failure's hold (`Accounts.hold`) is over and none of its attempts is in
+/// progress: what a client that waits for each answer never notices, and what stops one that sends many at once.
+final class LoginLimiter: Sendable {
+    struct Entry {
+        var failures = 0
+        var inFlight = 0
+        var last = ContinuousClock.now
+    }
+
+    static let window: Duration = .seconds(600)
+    let capacity: Int
+    private let entries = Mutex([String: Entry]())
+
+    init(capacity: Int = 65_536) { self.capacity = capacity }
+
+    /// nil: `client` may try now (counted as in progress until `end`); else the seconds it must wait.
+    func begin(_ client: String) -> Int? {
+        let now = ContinuousClock.now
+        return entries.withLock { table -> Int? in
+            var entry = table[client] ?? Entry()
+            if now - entry.last > Self.window { entry.failures = 0 }
+            if entry.failures + entry.inFlight > 3 {
+                let ready =
+                    entry.last + .milliseconds(Int64(saturating: Accounts.hold(failures: entry.failures) * 1000))
+                if entry.inFlight > 0 || now < ready {
+                    return max(1, Int((ready - now).components.seconds) + 1)
+                }
+            }
+            entry.inFlight += 1
+            if table[client] == nil && table.count >= capacity {
+                // Forget the addresses whose failures have aged out, else the oldest half.
+                table = table.filter { now - $0.value.last <= Self.window || $0.value.inFlight > 0 }
+                if table.count >= capacity {
+                    let kept = table.sorted { $0.value.last > $1.value.last }.prefix(capacity / 2)
+                    table = Dictionary(uniqueKeysWithValues: kept.map { ($0.key, $0.value) })
+                }
+            }
+            table[client] = entry
+            return nil
+        }
+    }
+
+    /// The attempt `begin` let through ended: a failure counts, a success forgets the address.
+    func end(_ client: String, failed: Bool) {
+        entries.withLock { table in
+            guard var entry = table[client] else { return }
+            entry.inFlight = max(0, entry.inFlight - 1)
+            if failed {
+                entry.failures += 1
+                entry.last = .now
+                table[client] = entry
+            } else if entry.inFlight == 0 {
+                table[client] = nil
+            } else {
+                entry.failures = 0
+                table[client] = entry
+            }
+        }
     }
 }

@@ -11,8 +11,13 @@ struct BalsamRequestContext: RequestContext {
     var claims: [String: JSONValue]?
     /// Set by the route once the user is known; read by `RequestLogMiddleware`.
     let caller = Caller()
+    /// The client's address (failed logins are counted by it).
+    let client: String
 
-    init(source: Source) { coreContext = .init(source: source) }
+    init(source: Source) {
+        coreContext = .init(source: source)
+        client = source.channel.remoteAddress?.ipAddress ?? "-"
+    }
 }
 
 /// The name of the user a request turned out to be from (`-` until known).
