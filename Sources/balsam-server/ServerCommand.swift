@@ -138,6 +138,12 @@ struct Serve: AsyncParsableCommand {
         help: "Most connections open at once from one client address; more are closed when accepted.")
     var maxConnectionsPerClient = 256
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "A proxy's address whose X-Real-IP header names the client (repeatable).", valueName: "address"))
+    var trustedProxy: [String] = []
+
     @Flag(name: [.short, .long], help: "Log at debug level.")
     var verbose = false
 
@@ -184,6 +190,7 @@ struct Serve: AsyncParsableCommand {
             limits.idleTimeoutSeconds = idleTimeout
             limits.maxConnections = maxConnections
             limits.maxConnectionsPerClient = maxConnectionsPerClient
+            limits.trustedProxies = Set(trustedProxy)
             let loopback = host == "127.0.0.1" || host == "::1" || host == "localhost"
             limits.openRegistration = registration.map { $0 == "open" } ?? loopback
             let registrationOpen = limits.openRegistration

@@ -302,6 +302,41 @@ import Testing
     }
 }
 
+extension LoginLimitTests {
+    @Test(
+        "behind a trusted proxy, failed logins count by the client the proxy names; anyone else's X-Real-IP is ignored")
+    func trustedProxyNamesTheClient() async throws {
+        let server = try await LiveServer(.sqlite, arguments: ["--trusted-proxy", "127.0.0.6"])
+        defer { Task { try? await server.stop() } }
+        let port = try #require(Int(server.url.split(separator: ":").last ?? ""))
+        _ = try await server.user("mia")
+        func statuses(from source: String, realIP: String, password: String, count: Int) throws -> [String: Int] {
+            let form = "username=mia&password=\(password)"
+            let clients = try (0..<count).map { _ in try RawClient(port: port, from: source) }
+            for client in clients {
+                try client.send(
+                    "POST /auth/password/login HTTP/1.1\r\nHost: x\r\nX-Real-IP: \(realIP)\r\n"
+                        + "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: \(form.utf8.count)\r\n"
+                        + "Connection: close\r\n\r\n\(form)")
+            }
+            return try clients.reduce(into: [:]) { out, client in
+                out[String(try client.receive(seconds: 30).dropFirst(9).prefix(3)), default: 0] += 1
+            }
+        }
+        // Through the proxy, one client guessing: refused; another client, through the same proxy, logs in.
+        #expect((try statuses(from: "127.0.0.6", realIP: "10.0.0.1", password: "x", count: 30)["429"] ?? 0) >= 20)
+        #expect(try statuses(from: "127.0.0.6", realIP: "10.0.0.2", password: "mia-password", count: 1) == ["200": 1])
+        // Not a trusted proxy: its X-Real-IP changes nothing (each guess names a new "client").
+        var rng = SplitMix(seed: 6)
+        var refused = 0
+        for _ in 0..<3 {
+            let name = "10.9.\(rng.next() % 250).\(rng.next() % 250)"
+            refused += try statuses(from: "127.0.0.7", realIP: name, password: "x", count: 10)["429"] ?? 0
+        }
+        #expect(refused >= 20, "\(refused) of 30 refused")
+    }
+}
+
 /// Memory per request is bounded by its body (issue 31, item 2): balsam-server(8) states the bound.
 @Suite struct RequestMemoryTests {
     /// A process's resident set now and at its peak, in bytes (`/proc/PID/status`).

@@ -146,6 +146,8 @@ public struct ServerLimits: Sendable {
     /// Most connections open at once from one client address (behind a proxy on the same host, every client
     /// is the proxy's address: raise it to `maxConnections` and cap clients in the proxy).
     public var maxConnectionsPerClient = 256
+    /// Proxies whose `X-Real-IP` header names the client (failed logins are counted by client address).
+    public var trustedProxies: Set<String> = []
     /// Most items in one bulk request (the original's `MAX_ITEMS_PER_BULK_OP`).
     public var bulkItems = 5000
     /// Whether anyone may register a user through the API.
@@ -193,7 +195,11 @@ struct Endpoints: Sendable {
                 id = value
             }
             let query = QueryParameters(formPairs(request.uri.query ?? ""))
-            let client = context.client
+            // Behind a proxy the server trusts, the client is who the proxy says (nginx: X-Real-IP).
+            let real = request.headers[HTTPField.Name("X-Real-IP")!] ?? ""
+            let client =
+                limits.trustedProxies.contains(context.client) && !real.isEmpty && real.utf8.count <= 64
+                ? real : context.client
             let (accounts, limits, routeID) = (accounts, limits, id)
             let (answer, user) = try await database.run { connection -> (Reply, String) in
                 var user = User(id: 0, name: "-")
