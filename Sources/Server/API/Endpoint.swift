@@ -168,6 +168,9 @@ struct Endpoints: Sendable {
 
     typealias Handler = @Sendable (inout Call) throws -> Reply
 
+    /// The header a trusted proxy names the client in.
+    static let realIP = HTTPField.Name("X-Real-IP")
+
     /// What a route needs of `serve`.
     struct Options: Sendable {
         /// The path has an `{id}`.
@@ -196,7 +199,7 @@ struct Endpoints: Sendable {
             }
             let query = QueryParameters(formPairs(request.uri.query ?? ""))
             // Behind a proxy the server trusts, the client is who the proxy says (nginx: X-Real-IP).
-            let real = request.headers[HTTPField.Name("X-Real-IP")!] ?? ""
+            let real = Self.realIP.flatMap { request.headers[$0] } ?? ""
             let client =
                 limits.trustedProxies.contains(context.client) && !real.isEmpty && real.utf8.count <= 64
                 ? real : context.client
