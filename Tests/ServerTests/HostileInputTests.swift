@@ -210,6 +210,35 @@ import Testing
         #expect(try await server.request("GET", "/auth/how").status == 200)
     }
 
+    @Test("a chunked body framed wrong (sizes negative, huge, not hex; cut short) is a 4xx, never a 5xx")
+    func chunkFramingIsTheClientsFault() async throws {
+        let server = try await LiveServer(.sqlite)
+        defer { Task { try? await server.stop() } }
+        let port = try #require(Int(server.url.split(separator: ":").last ?? ""))
+        let token = try await server.user("cole")
+        var rng = SplitMix(seed: 33)
+        let alphabet = Array("-+0123456789abcdefABCDEFxX;= \t\"")
+        var answered: [String: Int] = [:]
+        for n in 0..<120 {
+            let size =
+                n < 6
+                ? ["-1", "-0", "0x10", "ffffffffffffffffff", "1;x", "7fffffffffffffff"][n]
+                : String((0..<(1 + rng.next() % 20)).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] })
+            let client = try RawClient(port: port)
+            try client.send(
+                "POST /sites/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\n"
+                    + "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\(size)\r\n{}\r\n")
+            if rng.next() % 2 == 0 { try client.send("0\r\n\r\n") }
+            client.finishSending()
+            let reply = try client.receive(seconds: 30)
+            let status = String(reply.dropFirst(9).prefix(3))
+            answered[status, default: 0] += 1
+            #expect(!reply.hasPrefix("HTTP/1.1 5"), "chunk size \(size.debugDescription): \(reply)")
+        }
+        #expect((answered["400"] ?? 0) > 50, "\(answered)")
+        #expect(try await server.request("GET", "/sites/", token: token).status == 200)
+    }
+
     @Test(
         "hostile connections from other addresses (idle, trickling a head, a bad token with a slow body, too many from one address) do not keep a logged-in user out, under a soft limit of 1,024 open files"
     )
@@ -443,6 +472,9 @@ final class RawClient {
         }
         return String(decoding: out, as: UTF8.self)
     }
+
+    /// Sends no more (the server reads the end of the stream).
+    func finishSending() { shutdown(fd, Int32(SHUT_WR)) }
 
     /// Whether the server has closed (or reset) the connection by now, without waiting.
     func closedNow() -> Bool {

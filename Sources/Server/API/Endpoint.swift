@@ -248,9 +248,16 @@ struct Endpoints: Sendable {
         return try await withThrowingTaskGroup(of: [UInt8]?.self) { group in
             group.addTask {
                 var bytes: [UInt8] = []
-                for try await buffer in body {
-                    if bytes.count + buffer.readableBytes > limit { throw tooLarge }
-                    bytes += buffer.readableBytesView
+                do {
+                    for try await buffer in body {
+                        if bytes.count + buffer.readableBytes > limit { throw tooLarge }
+                        bytes += buffer.readableBytesView
+                    }
+                } catch let error as ServerError {
+                    throw error
+                } catch {
+                    // The client's framing (a chunk size of -1, a body cut short): its fault, not the server's.
+                    throw ServerError(status: 400, "the request body could not be read: \(error)")
                 }
                 return bytes
             }
