@@ -117,6 +117,8 @@ enum OpenAPI {
         } else {
             responses["401"] = response("Wrong user name or password.", ref("Error"))
             responses["403"] = response("Registration is closed.", ref("Error"))
+            responses["429"] = response(
+                "Too many failed logins from this address: try again after Retry-After seconds.", ref("Error"))
         }
         var o: [String: JSONValue] = ["summary": .string(summary), "responses": .object(responses)]
         var parameters = query.map { parameter($0.0, $0.1) }
