@@ -102,7 +102,6 @@ public final class Pusher {
         pushed.description = app.description
         pushed.sourceCode = app.yamlText()
         pushed.transfers = app.transfers
-        pushed.python = app.isPython
         return pushed
     }
 

@@ -263,11 +263,9 @@ public struct PushedApp: Sendable, Equatable {
     public var name: String
     public var description = ""
     public var parameters: [String: JSONValue] = [:]
+    /// The app's `app.yml` (what the server shows as its source, and reads its kind from: `isPython`).
     public var sourceCode = ""
     public var transfers: [String: JSONValue] = [:]
-    /// Whether it is a Python app (its jobs' parameters may hold objects only Python can load); nil from a site
-    /// that does not say.
-    public var python: Bool?
 
     /// An app named `name`.
     public init(name: String) { self.name = name }
@@ -279,9 +277,13 @@ public struct PushedApp: Sendable, Equatable {
         parameters = try r.object("parameters") ?? [:]
         sourceCode = try r.string("source_code", maxBytes: 1 << 20) ?? ""
         transfers = try r.object("transfers") ?? [:]
-        python = try r.bool("python")
         try r.finish()
     }
+
+    /// Whether it is a Python app (its jobs' parameters may hold objects only Python can load), as its
+    /// `app.yml` says (`python_app`), read by the site's own parser; nil when it does not read. Read from the
+    /// app.yml the push already carries, so that a site and a server of different versions still agree.
+    public var isPython: Bool? { try? App.parse(yaml: sourceCode, name: name).isPython }
 
     /// As the push carries it.
     public var json: JSONValue {
@@ -289,7 +291,7 @@ public struct PushedApp: Sendable, Equatable {
             [
                 "name": .string(name), "description": .string(description), "parameters": .object(parameters),
                 "source_code": .string(sourceCode), "transfers": .object(transfers),
-            ].merging(python.map { ["python": .bool($0)] } ?? [:]) { a, _ in a })
+            ])
     }
 }
 

@@ -391,8 +391,8 @@ enum Schema {
         d == .sqlite ? "CREATE INDEX jobs_owner_id ON jobs (owner_id);" : ""
     }
 
-    /// Whether an app a site made (no pickled class) is a Python app, as the site says with each push of its
-    /// apps (NULL until it does): a shell app's jobs take plain parameters only (`Pickle.jobParameters`).
+    /// Whether an app a site made (no pickled class) is a Python app, as the app.yml its site pushes says (NULL
+    /// until a push of it): a shell app's jobs take plain parameters only (`Pickle.jobParameters`).
     private static func sitePythonApps(_ d: SQLDialect) -> String {
         "ALTER TABLE apps ADD COLUMN site_python INTEGER;"
     }

@@ -109,7 +109,7 @@ enum SyncRoutes {
         for app in apps {
             let (p, t) = (SQLValue.text(jsonText(app.parameters)), SQLValue.text(jsonText(app.transfers)))
             let (description, source) = (SQLValue.text(app.description), SQLValue.text(app.sourceCode))
-            let python = app.python.map { SQLValue.of($0 ? 1 : 0) } ?? .null
+            let python = app.isPython.map { SQLValue.of($0 ? 1 : 0) } ?? .null
             if let id = appIDs[app.name] {
                 try c.execute(
                     """

@@ -203,7 +203,7 @@ public struct App: Sendable, Equatable {
     ]
 
     /// Parses `app.yml` text.
-    static func parse(yaml text: String, name: String) throws(SpoolError) -> App {
+    public static func parse(yaml text: String, name: String) throws(SpoolError) -> App {
         let root: JSONValue
         do { root = try YAML.parse(text) } catch { throw SpoolError(.invalidInput, "malformed YAML: \(error)") }
         guard case .object(let o) = root else { throw SpoolError(.invalidInput, "app.yml must be a mapping") }
