@@ -13,7 +13,8 @@ struct LauncherCommand: ParsableCommand {
             Start it under MPI with one rank per node, e.g. \
             mpirun -n NODES --map-by ppr:1:node --bind-to none balsam-launcher --site SITE --wall-time-min T; \
             without mpirun it runs the local machine as one node. See balsam-launcher(1).
-            """)
+            """,
+        version: BalsamVersion.string)
 
     @OptionGroup var siteOption: SiteOption
 

@@ -21,6 +21,7 @@ struct ServerCommand: AsyncParsableCommand {
             the database is ~/.balsam/server/balsam.db and the token secret ~/.balsam/server/secret (made on \
             first start, mode 0600). See balsam-server(8).
             """,
+        version: BalsamVersion.string,
         subcommands: [Serve.self, Migrate.self, UserCommand.self, TokenCommand.self],
         defaultSubcommand: Serve.self)
 }

@@ -11,7 +11,8 @@ struct SubmitCommand: ParsableCommand {
             One job from options (-a APP -w WORKDIR ...), many jobs from JSON lines (--from FILE, - for \
             standard input), or a hand-made job directory (DIR with a job.json). Prints one job ID per line. \
             See balsam-submit(1) and balsam-spool(5).
-            """)
+            """,
+        version: BalsamVersion.string)
 
     @OptionGroup var siteOption: SiteOption
 

@@ -35,6 +35,9 @@
 #include <time.h>
 #include <unistd.h>
 
+// The repository's VERSION (a test keeps them equal, with BalsamVersion.string).
+#define BALSAM_VERSION "0.9.0"
+
 struct task {
     pid_t pid;
     char *id;
@@ -219,6 +222,10 @@ static size_t handle(char *buf, size_t len) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+        puts(BALSAM_VERSION);
+        return 0;
+    }
     if (argc != 3) {
         fprintf(stderr, "usage: balsam-task-guard PARENT GRACE_MS (started by balsam-launcher)\n");
         return 64;

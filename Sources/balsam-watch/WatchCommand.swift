@@ -15,7 +15,8 @@ struct WatchCommand: AsyncParsableCommand {
             Runs in the foreground, logging to standard error, until SIGTERM or SIGINT; SIGHUP rereads \
             settings.yml and the apps. Submits and follows the site's batch jobs (balsam queue) and runs the \
             elastic queue. One watcher per site. See balsam-watch(1) and balsam-queue(1).
-            """)
+            """,
+        version: BalsamVersion.string)
 
     @OptionGroup var siteOption: SiteOption
 

@@ -17,6 +17,7 @@ struct Balsam: ParsableCommand {
             balsam-submit. The original Balsam's spellings work too: balsam site init|start|stop, balsam job \
             create|ls|rm|modify, balsam app ls, balsam queue submit|ls. See balsam(1) and balsam-spool(5).
             """,
+        version: BalsamVersion.string,
         subcommands: [
             Init.self, List.self, Show.self, Kill.self, Retry.self, Remove.self, Modify.self, AppCommand.self,
             IngestCommand.self, FsckCommand.self, QueueCommand.self, LoginCommand.self, SyncCommand.self,
