@@ -198,6 +198,37 @@ func shapedJob(
     }
 }
 
+/// A job's environment never carries what the MPI runtime told the launcher's rank about itself (issue 32,
+/// item 6: `PALS_*` under Cray PALS), and keeps everything else of the node's.
+@Suite struct BaseEnvironmentTests {
+    @Test func runtimeVariablesOfEveryProcessManagerAreDroppedOthersKept() {
+        var rng = SplitMix(seed: 32)
+        let runtime = [
+            "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "PMI_FD", "PRTE_MCA_x", "OPAL_PREFIX", "HYDRA_CONTROL_FD",
+            "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "PALS_RANKID", "PALS_NODEID", "PALS_LOCAL_RANKID", "PALS_APID",
+        ]
+        let kept = [
+            "PATH", "HOME", "SLURMD_NODENAME", "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM",
+            "MPICH_GPU_SUPPORT_ENABLED", "PALSX", "CUDA_VISIBLE_DEVICES", "PBS_NODEFILE",
+        ]
+        for _ in 0..<200 {
+            var env: [String: String] = [:]
+            for name in runtime + kept where rng.next() % 2 == 0 { env[name] = String(rng.next() % 100) }
+            // Names made from the prefixes with random tails, which must go too.
+            let prefix = TaskCommand.mpiRuntimePrefixes[Int(rng.next() % UInt64(TaskCommand.mpiRuntimePrefixes.count))]
+            env[prefix + "X\(rng.next() % 1000)"] = "1"
+            let base = TaskCommand.baseEnvironment(env)
+            for (name, value) in env {
+                let runtimeName =
+                    TaskCommand.mpiRuntimePrefixes.contains { name.hasPrefix($0) }
+                    && !name.hasPrefix("OMPI_ALLOW_RUN_AS_ROOT")
+                #expect(base[name] == (runtimeName ? nil : value), "\(name)")
+            }
+            #expect(base.keys.allSatisfy { !$0.hasPrefix("PALS_") && !$0.hasPrefix("PMI_") })
+        }
+    }
+}
+
 @Suite struct TaskRunnerTests {
     func waitForEnd(_ runner: TaskRunner, timeout: Double = 20) -> [TaskRunner.Ended] {
         let deadline = Date().addingTimeInterval(timeout)

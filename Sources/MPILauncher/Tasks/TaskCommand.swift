@@ -29,12 +29,18 @@ public struct TaskCommand: Sendable {
         rankEnvironment.filter { !isMPIRuntimeVariable($0.key) }
     }
 
+    /// Prefixes of what an MPI runtime or process manager sets in a rank's environment about that rank: Open MPI
+    /// and PRRTE, PMIx, PMI (MPICH's Hydra, Cray MPICH), Hydra itself, and Cray PALS (`PALS_RANKID`,
+    /// `PALS_NODEID`, ...: a single-rank job that links Cray MPICH would otherwise take itself for the launcher's
+    /// rank).
+    public static let mpiRuntimePrefixes = [
+        "OMPI_", "PMIX_", "PMI_", "PRTE_", "OPAL_", "HYDRA_", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "PALS_",
+    ]
+
     /// Variables the MPI runtime sets in a rank's environment; Open MPI's run-as-root switches stay.
     static func isMPIRuntimeVariable(_ name: String) -> Bool {
         if name.hasPrefix("OMPI_ALLOW_RUN_AS_ROOT") { return false }
-        return ["OMPI_", "PMIX_", "PMI_", "PRTE_", "OPAL_", "HYDRA_", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"].contains {
-            name.hasPrefix($0)
-        }
+        return mpiRuntimePrefixes.contains { name.hasPrefix($0) }
     }
 
     /// The built-in launch templates, by `launcher.mpi_launcher` name.
