@@ -96,6 +96,7 @@ public struct TransferLocation: Sendable, Equatable {
                 kind = .local
                 if !host.isEmpty && host != "localhost" { throw bad("names a host; file:// locations are local") }
                 host = ""
+                basePath = Self.percentDecoded(basePath)
             case "rsync":
                 kind = .rsync
                 if host.isEmpty { throw bad("needs a host: rsync://[USER@]HOST[:PORT][/path]") }
@@ -114,9 +115,43 @@ public struct TransferLocation: Sendable, Equatable {
     }
 
     /// The location as the original client reads it (`ClientURL`): a local one as `file://localhost/path`
-    /// (`file:///path` has no host for it), the others as written.
+    /// (`file:///path` has no host for it), its path percent-encoded where a URL's path cannot hold a byte as it
+    /// is (a space, `?`, `#`, anything outside ASCII), so that any directory a site may use reads there; the
+    /// others as written.
     public var clientURL: String {
-        kind == .local ? "file://localhost" + (basePath.hasPrefix("/") ? basePath : "/" + basePath) : url
+        guard kind == .local else { return url }
+        let path = basePath.hasPrefix("/") ? basePath : "/" + basePath
+        let plain = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/!$&'()*+,;=:@".utf8)
+        let hex = Array("0123456789ABCDEF".utf8)
+        var out = Array("file://localhost".utf8)
+        for byte in path.utf8 {
+            if plain.contains(byte) {
+                out.append(byte)
+            } else {
+                out += [0x25, hex[Int(byte >> 4)], hex[Int(byte & 15)]]
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// A URL path with its `%XX` escapes read (a `%` not followed by two hex digits stays as it is).
+    static func percentDecoded(_ path: String) -> String {
+        let bytes = Array(path.utf8)
+        var out: [UInt8] = []
+        var i = 0
+        while i < bytes.count {
+            if bytes[i] == 0x25, i + 2 < bytes.count,
+                let high = Character(UnicodeScalar(bytes[i + 1])).hexDigitValue,
+                let low = Character(UnicodeScalar(bytes[i + 2])).hexDigitValue
+            {
+                out.append(UInt8(high << 4 | low))
+                i += 3
+            } else {
+                out.append(bytes[i])
+                i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// The full remote path of a job's `path` (absolute) at this location.
