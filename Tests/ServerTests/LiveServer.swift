@@ -233,6 +233,15 @@ func startBinary(_ program: String, _ args: [String], env: [String: String] = [:
 }
 
 /// Points the site's `sync:` section at `url` (replacing one written before).
+/// A new user's token on `server`, written to the server's directory (`token`), and `site` set to sync to the
+/// server with it.
+func syncing(_ site: Site, to server: LiveServer, user: String, period: Double? = nil) async throws -> String {
+    let token = try await server.user(user)
+    try server.dir.file("token", token)
+    try setSync(site, url: server.url, tokenFile: server.dir.path + "/token", period: period)
+    return token
+}
+
 func setSync(
     _ site: Site, url: String, tokenFile: String? = nil, period: Double? = nil, caFile: String? = nil
 ) throws {

@@ -32,10 +32,7 @@ import Testing
     func serverAndSiteAgree() async throws {
         let server = try await LiveServer(.sqlite)
         defer { Task { try? await server.stop() } }
-        let dir = server.dir
-        let token = try await server.user("pia")
-        try dir.file("token", token)
-        let site = try Site.create(at: dir.path + "/site")
+        let site = try Site.create(at: server.dir.path + "/site")
         let optional = App.Parameter(required: false, defaultValue: .string("x"))
         try site.createApp(
             App(
@@ -44,7 +41,7 @@ import Testing
         try PythonApps.install(
             App(name: "py", commandTemplate: "", python: true), classText: "gAQu", overridden: [], site: site,
             python: "python3")
-        try setSync(site, url: server.url, tokenFile: dir.path + "/token")
+        let token = try await syncing(site, to: server, user: "pia")
         let push = { try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root]) }
         let first = try await push()
         #expect(first.status == 0, "\(first.stderr)")

@@ -30,10 +30,8 @@ import Testing
         let server = try await LiveServer(.sqlite)
         defer { Task { try? await server.stop() } }
         let dir = server.dir
-        let token = try await server.user("ada")
-        try dir.file("token", token)
         let site = try Site.create(at: dir.path + "/site")
-        try setSync(site, url: server.url, tokenFile: dir.path + "/token", period: 0.2)
+        let token = try await syncing(site, to: server, user: "ada", period: 0.2)
         try setting(site, "executable: python3", "executable: \(python)")
         // The seed asks for 4 ranks per node; this machine may have 2 cores.
         try setting(site, "oversubscribe: false", "oversubscribe: true")

@@ -197,11 +197,8 @@ import Testing
     func remoteJobsAreTaken() async throws {
         let server = try await LiveServer(.sqlite)
         defer { Task { try? await server.stop() } }
-        let dir = server.dir
-        let token = try await server.user("rita")
-        try dir.file("token", token)
-        let site = try makeSite(dir)
-        try setSync(site, url: server.url, tokenFile: dir.path + "/token")
+        let site = try makeSite(server.dir)
+        let token = try await syncing(site, to: server, user: "rita")
         let push = { try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root]) }
         #expect(try await push().status == 0)
         let apps = try await server.request("GET", "/apps/?site_name=site", token: token)

@@ -10,10 +10,8 @@ import Testing
         let server = try await LiveServer(.sqlite)
         defer { Task { try? await server.stop() } }
         let dir = server.dir
-        let token = try await server.user("vic")
-        try dir.file("token", token)
         let site = try makeSite(dir)
-        try setSync(site, url: server.url, tokenFile: dir.path + "/token", period: 0.05)
+        let token = try await syncing(site, to: server, user: "vic", period: 0.05)
         func startWatcher() throws -> Spawned {
             try startBinary("balsam-watch", ["--site", site.root, "--log", dir.path + "/watch.log"])
         }

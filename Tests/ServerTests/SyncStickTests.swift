@@ -9,11 +9,8 @@ import Testing
     /// A server, a user's token and a site that syncs to it with that token.
     func syncedSite(_ backend: Backend, user: String) async throws -> (LiveServer, String, Site) {
         let server = try await LiveServer(backend)
-        let token = try await server.user(user)
-        try server.dir.file("token", token)
         let site = try makeSite(server.dir)
-        try setSync(site, url: server.url, tokenFile: server.dir.path + "/token")
-        return (server, token, site)
+        return (server, try await syncing(site, to: server, user: user), site)
     }
 
     func submit(_ site: Site, _ range: Range<Int>) throws {
