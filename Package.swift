@@ -1,25 +1,12 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
-/// The MPI the launcher is built against, chosen in the environment of `swift build` (balsam-launcher(1),
-/// BUILDING): `BALSAM_MPI=openmpi` (the default; pkg-config `ompi-c`) or `mpich` (pkg-config `mpich`: Debian's
-/// MPICH, and the family of Cray MPICH, Aurora MPICH, Intel MPI, MVAPICH); `BALSAM_MPI_PKG=NAME` names a
-/// facility's own pkg-config file instead; `MPI_DIR=DIR` (with `BALSAM_MPI` saying the family) takes
-/// `DIR/include` and `DIR/lib` where no pkg-config file is. Nothing but the C shim depends on the choice.
-let mpiFamily = Context.environment["BALSAM_MPI"] ?? "openmpi"
-let mpiDirectory = Context.environment["MPI_DIR"].flatMap { $0.isEmpty ? nil : $0 }
-let mpiPackage =
-    Context.environment["BALSAM_MPI_PKG"] ?? (mpiDirectory != nil ? nil : mpiFamily == "mpich" ? "mpich" : "ompi-c")
-let mpiLinking: [LinkerSetting] =
-    mpiDirectory.map { dir in
-        [
-            .unsafeFlags([
-                "-L\(dir)/lib", "-Xlinker", "-rpath", "-Xlinker", "\(dir)/lib",
-                mpiFamily == "mpich" ? "-lmpich" : "-lmpi",
-            ])
-        ]
-    } ?? []
-let mpiIncludes: [SwiftSetting] = mpiDirectory.map { [.unsafeFlags(["-Xcc", "-I\($0)/include"])] } ?? []
+/// The MPI library the launcher tries first, for those who build from source for one machine: `BALSAM_MPI_LIBRARY`
+/// in the environment of `swift build` (a path or a soname). Whatever it says, the launcher opens its MPI at run
+/// time (balsam-launcher(1), MPI LIBRARY), so a build needs no MPI at all.
+let mpiDefaultLibrary: [CSetting] =
+    (Context.environment["BALSAM_MPI_LIBRARY"]).flatMap { $0.isEmpty ? nil : $0 }
+    .map { [.define("CMPI_DEFAULT_LIBRARY", to: "\"\($0)\"")] } ?? []
 
 let package = Package(
     name: "balsam-swift",
@@ -114,10 +101,9 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
-        // MPI, as Swift sees it: the launcher's calls behind functions of C's own types (either family's handles).
-        .systemLibrary(
-            name: "CMPI", pkgConfig: mpiPackage,
-            providers: [.apt(mpiFamily == "mpich" ? ["libmpich-dev", "mpich"] : ["libopenmpi-dev", "openmpi-bin"])]),
+        // MPI, as Swift sees it: the launcher's calls behind functions of C's own types, the machine's MPI library
+        // opened at run time (either ABI: the MPICH family's `int` handles, Open MPI's pointers).
+        .target(name: "CMPI", cSettings: mpiDefaultLibrary, linkerSettings: [.linkedLibrary("dl")]),
         // Runs one job for the launcher and stops it with its launcher (a small C program: spawned per job).
         // Linked statically: it is exec'd once per job, and a dynamic one spent most of its time in the loader.
         .executableTarget(name: "balsam-task-guard", linkerSettings: [.unsafeFlags(["-static-executable"])]),
@@ -125,8 +111,7 @@ let package = Package(
         // wrapper over MPI (the only module that imports CMPI).
         .target(
             name: "MPILauncher",
-            dependencies: ["CMPI", "Spool", .product(name: "Logging", package: "swift-log")],
-            swiftSettings: mpiIncludes, linkerSettings: mpiLinking
+            dependencies: ["CMPI", "Spool", .product(name: "Logging", package: "swift-log")]
         ),
         .executableTarget(
             name: "balsam-launcher",

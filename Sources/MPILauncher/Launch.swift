@@ -42,6 +42,10 @@ public struct Launch {
         do { world = try MPIWorld() } catch {
             throw Failure(error: SpoolError(.unavailable, "cannot start MPI: \(error)"), rank: nil)
         }
+        if let mismatch = Launch.worldMismatch(size: world.size, library: world.library, Posix.environment()) {
+            // Every rank of a mismatched start is alone in its own world and says so: none may run jobs.
+            throw Failure(error: SpoolError(.unavailable, mismatch), rank: nil)
+        }
         Launch.trapStopSignals()
         do {
             try runRank(world: world, prepareRankZero: prepareRankZero, makeLogger: makeLogger)
@@ -55,6 +59,24 @@ public struct Launch {
         try? world.finalize()
         let signal = stopSignal.load(ordering: .relaxed)
         return signal == 0 ? nil : signal
+    }
+
+    /// Why a world of `size` ranks is not the one the process was started in, if it is not. The first of these an
+    /// MPI launcher set says how many ranks it started: Open MPI's `OMPI_COMM_WORLD_SIZE`, the PMI's `PMI_SIZE`
+    /// (Hydra, PALS, `srun --mpi=pmi2`), Slurm's `SLURM_STEP_NUM_TASKS` (a task of `srun`; only when neither
+    /// other is there: Open MPI's and Hydra's daemons are started by an `srun` of their own). A launcher that
+    /// opened another MPI than the one that started it is alone in a world of one.
+    static func worldMismatch(size: Int, library: String, _ environment: [String: String]) -> String? {
+        guard
+            let name = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"].first(where: {
+                environment[$0] != nil
+            }), let said = environment[name].flatMap({ Int($0) }), said > 1, size != said
+        else { return nil }
+        return """
+            started as one of \(said) ranks (\(name)=\(said)) but \(library) sees a world of \(size): that is \
+            not the MPI that started the launcher; name that MPI's library in BALSAM_MPI_LIBRARY \
+            (balsam-launcher(1), MPI LIBRARY)
+            """
     }
 
     /// A parent may have left SIGTERM and SIGINT blocked (a test harness, a batch system's wrapper): unblock them,
@@ -85,7 +107,9 @@ public struct Launch {
         }
         try prepareRankZero()
         let logger = makeLogger(0, world.size)
+        logger.info("MPI: \(world.library), \(world.size) rank(s)")
         var coordinatorOptions = options
+        coordinatorOptions.leaseInfo["mpi_library"] = .string(world.library)
         if let (source, hosts) = SchedulerNodes.hosts(environment: environment) {
             coordinatorOptions.leaseInfo["scheduler_nodes"] = .array(hosts.map { .string($0) })
             let missing = SchedulerNodes.uncovered(hosts, by: nodes)

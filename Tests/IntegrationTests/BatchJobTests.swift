@@ -354,7 +354,7 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
     @Test(.enabled(if: slurmAvailable && TestMPI.isMPICH))
     func srunStartsTheMPICHLauncherAndItsMultiNodeJobs() throws {
         let site = try makeSite("slurm", app: "echo node=$SLURMD_NODENAME; sleep 0.3", platform: "generic-slurm")
-        let launcher = CommandTemplate.shellQuote(TestMPI.launcherDirectory + "/balsam-launcher")
+        let launcher = CommandTemplate.shellQuote(binDirectory + "/balsam-launcher")
         try """
         #!/bin/bash
         export BALSAM_SITE={{ site_path }}
@@ -401,7 +401,7 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
     /// `gpu`, dev/slurm-start): the batch job asks for whole nodes (and their GPUs), a 2-node job and a job
     /// holding a whole node start with the preset's `srun` line inside the launcher's step, and single-rank jobs
     /// are packed (with a GPU each, on a GPU preset). Changed from the preset only where the emulated machine differs: the node's size
-    /// (2 CPUs, none reserved), the MPICH launcher's path, and the PMI (`SLURM_MPI_TYPE=pmi2` in sbatch's
+    /// (2 CPUs, none reserved), the launcher's path, and the PMI (`SLURM_MPI_TYPE=pmi2` in sbatch's
     /// environment, as Cray's Slurm defaults to its own). Run in dev/test's MPICH phase.
     @Test(.enabled(if: slurmAvailable && TestMPI.isMPICH), arguments: ["perlmutter-gpu", "frontier", "perlmutter-cpu"])
     func aSlurmPresetRunsItsJobsOnTheTestCluster(platform: String) throws {
@@ -413,7 +413,7 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         #expect(template.contains("#SBATCH --exclusive"), "the launcher counts every CPU of its nodes")
         if gpus != "0" { #expect(template.contains("#SBATCH --gpus-per-node="), "the batch job asks for GPUs") }
         try template.replacingOccurrences(
-            of: "{{ launcher }}", with: CommandTemplate.shellQuote(TestMPI.launcherDirectory + "/balsam-launcher")
+            of: "{{ launcher }}", with: CommandTemplate.shellQuote(binDirectory + "/balsam-launcher")
         ).write(toFile: site.root + "/job-template.sh", atomically: true, encoding: .utf8)
         try #require(
             try balsam(

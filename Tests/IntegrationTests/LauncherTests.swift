@@ -7,12 +7,10 @@ import Testing
     import Glibc
 #endif
 
-/// The MPI the launcher tests run under: Open MPI's `mpirun` with the launcher built beside the tests, or, with
-/// `BALSAM_TEST_MPI=mpich`, MPICH's `mpiexec.mpich` with the launcher built against MPICH in
-/// `BALSAM_TEST_LAUNCHER_DIR` (dev/test builds it in `.build-mpich`).
+/// The MPI the launcher tests run under: Open MPI's `mpirun`, or, with `BALSAM_TEST_MPI=mpich`, MPICH's
+/// `mpiexec.mpich`. The launcher is the same binary (built beside the tests): it opens the MPI that started it.
 enum TestMPI {
     static let isMPICH = ProcessInfo.processInfo.environment["BALSAM_TEST_MPI"] == "mpich"
-    static let launcherDirectory = ProcessInfo.processInfo.environment["BALSAM_TEST_LAUNCHER_DIR"] ?? binDirectory
 
     /// The command that starts `ranks` ranks of `launcher` on this machine (each standing for a node).
     static func command(ranks: Int, _ launcher: [String], environment: inout [String: String]) -> [String] {
@@ -43,7 +41,7 @@ final class LauncherProcess {
 
     init(site: String, ranks: Int?, _ args: [String] = [], logDirectory: String) throws {
         logPath = logDirectory + "/launcher-\(UUID().uuidString.prefix(6)).log"
-        let launcher = [TestMPI.launcherDirectory + "/balsam-launcher", "--site", site] + args
+        let launcher = [binDirectory + "/balsam-launcher", "--site", site] + args
         var environment = ProcessInfo.processInfo.environment
         environment["BALSAM_SITE"] = nil
         let program: String

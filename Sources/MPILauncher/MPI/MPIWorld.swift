@@ -14,7 +14,7 @@ struct MPIError: Error, CustomStringConvertible {
     /// `MPI_Error_string` of the code.
     public var message: String
 
-    public var description: String { "\(call) failed: \(message) (MPI error \(code))" }
+    public var description: String { code < 0 ? message : "\(call) failed: \(message) (MPI error \(code))" }
 }
 
 /// This process's MPI world (`MPI_COMM_WORLD`), made with `MPI_Init_thread` and ended with `finalize()`.
@@ -33,8 +33,18 @@ final class MPIWorld {
     private var sends: [(request: UnsafeMutableRawPointer, buffer: UnsafeMutableRawPointer)] = []
     private var finalized = false
 
-    /// Initializes MPI (as a singleton when the process was not started by `mpirun`).
+    /// The MPI library opened (its name and ABI), as `cmpi_load` said.
+    public let library: String
+
+    /// Opens the machine's MPI library (`cmpi_load`: `BALSAM_MPI_LIBRARY`, else the one in the process, else the
+    /// first of the MPICH ABI's and Open MPI's that opens) and initializes MPI (as a singleton when the process
+    /// was not started by an MPI launcher).
     public init() throws(MPIError) {
+        var said = [CChar](repeating: 0, count: 2048)
+        let loaded = cmpi_load(&said, Int32(said.count))
+        let text = String(decoding: said.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard loaded == 0 else { throw MPIError(call: "dlopen", code: -1, message: text) }
+        library = text
         var provided: Int32 = 0
         try MPIWorld.check(cmpi_init(&provided), "MPI_Init_thread")
         var r: Int32 = 0
@@ -69,7 +79,7 @@ final class MPIWorld {
         }
         bytes.withUnsafeBytes { if let base = $0.baseAddress { buffer.copyMemory(from: base, byteCount: $0.count) } }
         let rc = cmpi_isend(buffer, Int32(bytes.count), Int32(destination), tag, request)
-        if rc != cmpi_success() {
+        if rc != 0 {
             free(buffer)
             free(request)
             try MPIWorld.check(rc, "MPI_Isend")
@@ -118,7 +128,7 @@ final class MPIWorld {
             if sending { usleep(1000) }
         }
         finalized = true
-        try MPIWorld.check(MPI_Finalize(), "MPI_Finalize")
+        try MPIWorld.check(cmpi_finalize(), "MPI_Finalize")
     }
 
     /// Ends every rank of the job at once (a rank that cannot go on).
@@ -128,7 +138,7 @@ final class MPIWorld {
     }
 
     private static func check(_ rc: Int32, _ call: String) throws(MPIError) {
-        guard rc != cmpi_success() else { return }
+        guard rc != 0 else { return }
         var text = [CChar](repeating: 0, count: 512)
         cmpi_error_string(rc, &text, Int32(text.count))
         let message = String(decoding: text.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
