@@ -2,6 +2,10 @@ internal import CCurl
 import Spool
 import Wire
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The failure of an HTTP exchange: a transport error (no reply) or a reply with an error status.
 public struct SyncError: Error, Sendable, CustomStringConvertible {
     /// The HTTP status, or nil when no reply came (connection refused, timeout, TLS).
@@ -65,10 +69,25 @@ public final class HTTPClient {
         self.root = root
         self.token = token
         self.handle = handle
-        self.caFile = caFile
+        self.caFile = caFile ?? HTTPClient.systemCertificates
     }
 
     deinit { curl_easy_cleanup(handle) }
+
+    /// The machine's own bundle of trusted certificates, for a server certificate checked without `ca_file`:
+    /// `SSL_CERT_FILE` or `CURL_CA_BUNDLE` when set, else the first file present where Debian and Ubuntu, RHEL and
+    /// its rebuilds, and SLES keep theirs. libcurl's own default is the path of the system it was built on, and
+    /// the release bundle carries a libcurl built on Debian: on RHEL or SLES that path does not exist.
+    static let systemCertificates: String? = {
+        let environment = Posix.environment()
+        for name in ["SSL_CERT_FILE", "CURL_CA_BUNDLE"] {
+            if let path = environment[name], !path.isEmpty { return path }
+        }
+        return [
+            "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", "/etc/ssl/ca-bundle.pem", "/etc/ssl/cert.pem",
+        ].first { access($0, R_OK) == 0 }
+    }()
 
     /// Collects the reply body; the pointer is the `Collector` passed as user data.
     private final class Collector {
