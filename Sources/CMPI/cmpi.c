@@ -71,11 +71,11 @@ static int take(void *library, const char *label, char *said, int size) {
     return 0;
 }
 
+// Open MPI's launcher (mpirun, prterun) gives each rank OMPI_COMM_WORLD_SIZE; other OMPI_* variables (MCA
+// settings, OMPI_ALLOW_RUN_AS_ROOT) are often in a user's environment whatever MPI runs.
 static int started_by_open_mpi(void) {
-    extern char **environ;
-    for (char **e = environ; e && *e; e++)
-        if (strncmp(*e, "OMPI_", 5) == 0) return 1;
-    return 0;
+    const char *size = getenv("OMPI_COMM_WORLD_SIZE");
+    return size && *size;
 }
 
 #ifndef CMPI_DEFAULT_LIBRARY

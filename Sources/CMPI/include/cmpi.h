@@ -11,7 +11,7 @@
 // Opens the MPI library and finds its functions. The library is, in order: the one named by
 // BALSAM_MPI_LIBRARY (a path or a soname); one already in the process (linked or preloaded); else the first of
 // libmpi.so.12, libmpich.so.12 and libmpi.so.40 that opens (libmpi.so.40 first when Open MPI's launcher started
-// this process, as its OMPI_* variables say). On success returns 0 and writes what was loaded to `said` (at most
+// this process, as its OMPI_COMM_WORLD_SIZE says). On success returns 0 and writes what was loaded to `said` (at most
 // `size` bytes with the NUL); on failure returns -1 and writes why, naming every library tried.
 int cmpi_load(char *said, int size);
 // MPI_Init_thread with MPI_THREAD_FUNNELED (one thread makes every call), then errors returned, not fatal.
