@@ -20,6 +20,7 @@ let package = Package(
         .executable(name: "balsam-watch", targets: ["balsam-watch"]),
         .executable(name: "balsam-launcher", targets: ["balsam-launcher"]),
         .executable(name: "balsam-task-guard", targets: ["balsam-task-guard"]),
+        .executable(name: "balsam-bind", targets: ["balsam-bind"]),
         .executable(name: "balsam-server", targets: ["balsam-server"]),
     ],
     dependencies: [
@@ -107,6 +108,9 @@ let package = Package(
         // Runs one job for the launcher and stops it with its launcher (a small C program: spawned per job).
         // Linked statically: it is exec'd once per job, and a dynamic one spent most of its time in the loader.
         .executableTarget(name: "balsam-task-guard", linkerSettings: [.unsafeFlags(["-static-executable"])]),
+        // Gives each rank of a multi-rank job its own devices and CPUs, then becomes the job's command (static:
+        // exec'd once per rank).
+        .executableTarget(name: "balsam-bind", linkerSettings: [.unsafeFlags(["-static-executable"])]),
         // The launcher: node discovery, placement, claiming and recording, task running, rank roles, and the one
         // wrapper over MPI (the only module that imports CMPI).
         .target(
@@ -183,7 +187,7 @@ let package = Package(
 )
 
 for target in package.targets
-where target.type != .system && !["CLinux", "CMPI", "balsam-task-guard"].contains(target.name) {
+where target.type != .system && !["CLinux", "CMPI", "balsam-task-guard", "balsam-bind"].contains(target.name) {
     target.swiftSettings =
         (target.swiftSettings ?? []) + [
             .enableUpcomingFeature("ExistentialAny"),

@@ -372,6 +372,54 @@ func runs(_ site: Site) throws -> [Run] {
         for run in beside { #expect(Set(run.nodes).isDisjoint(with: wide.nodes), "\(run.job) on \(run.nodes)") }
     }
 
+    /// Two packed 2-rank jobs with a (stand-in) GPU per rank, started by the real MPI: each rank, through
+    /// balsam-bind, sees only its own device and runs on its own CPU, and no device or CPU is two ranks'.
+    @Test func multiRankJobsBindEachRankToItsOwnDeviceAndCPUs() throws {
+        try configure(
+            """
+              cpus_per_node: 4
+              gpu_ids: [0, 1, 2, 3]
+              mpi_launcher: "\(TestMPI.multiNodeTemplate)"
+            """)
+        try app(
+            "ranks",
+            #"sh -c 'echo rank=$BALSAM_LOCAL_RANK gpus=$CUDA_VISIBLE_DEVICES cpus=$BALSAM_RANK_CPUS allowed=$(grep Cpus_allowed_list /proc/self/status | cut -f2); sleep 0.5'"#
+        )
+        let ids = try submit(
+            (0..<2).map {
+                #"{"app":"ranks","workdir":"r/\#($0)","ranks_per_node":2,"gpus_per_rank":1,"node_packing_count":2}"#
+            })
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: 1, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+        for id in ids { #expect(state(id) == .runDone, "\(id)") }
+        let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        var devices: [String] = []
+        var cpus: [String] = []
+        for k in 0..<2 {
+            let lines = try read(site.jobDirectory("r/\(k)") + "/job.out").split(separator: "\n").filter {
+                $0.hasPrefix("rank=")
+            }
+            #expect(lines.count == 2, "\(lines)")
+            for line in lines {
+                let fields = Dictionary(
+                    uniqueKeysWithValues: line.split(separator: " ").map {
+                        let pair = $0.split(separator: "=", maxSplits: 1)
+                        return (String(pair[0]), pair.count > 1 ? String(pair[1]) : "")
+                    })
+                let mine = fields["gpus"] ?? ""
+                #expect(mine.split(separator: ",").count == 1, "one device per rank: \(line)")
+                devices.append(mine)
+                let list = fields["cpus"] ?? ""
+                cpus.append(list)
+                // Where this machine has the CPU, the kernel holds the rank to it.
+                if let cpu = Int(list), cpu < online { #expect(fields["allowed"] == list, "\(line)") }
+            }
+        }
+        #expect(Set(devices) == ["0", "1", "2", "3"], "\(devices)")
+        #expect(Set(cpus) == ["0", "1", "2", "3"], "\(cpus)")
+    }
+
     @Test func gpusAreAssignedWithoutOverlap() throws {
         try configure("  cpus_per_node: 16\n  gpu_ids: [0, 1, 2, 3]")
         try app("gpu", timed(#"sh -c 'echo gpus=$CUDA_VISIBLE_DEVICES; sleep 0.3'"#))

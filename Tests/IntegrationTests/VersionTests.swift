@@ -16,11 +16,14 @@ import Testing
         #expect(
             parts.count == 3 && parts.allSatisfy { UInt($0) != nil }, "VERSION '\(version)' is not MAJOR.MINOR.PATCH")
         #expect(BalsamVersion.string == version)
-        let guardSource = try String(
-            contentsOf: Self.root.appendingPathComponent("Sources/balsam-task-guard/main.c"), encoding: .utf8)
-        #expect(guardSource.contains("#define BALSAM_VERSION \"\(version)\""))
+        for program in ["balsam-task-guard", "balsam-bind"] {
+            let source = try String(
+                contentsOf: Self.root.appendingPathComponent("Sources/\(program)/main.c"), encoding: .utf8)
+            #expect(source.contains("#define BALSAM_VERSION \"\(version)\""), "\(program)")
+        }
         for command in [
             "balsam", "balsam-submit", "balsam-watch", "balsam-launcher", "balsam-server", "balsam-task-guard",
+            "balsam-bind",
         ] {
             let result = try run(binDirectory + "/" + command, ["--version"])
             #expect(result.status == 0, "\(command): \(result.stderr)")

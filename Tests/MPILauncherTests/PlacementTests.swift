@@ -171,7 +171,7 @@ func shapedJob(
             job, app: app, assignment: Assignment(nodes: [0, 1], cpus: 0, gpus: [], occupancy: 1), nodes: nodes)
         #expect(
             wide.script.hasSuffix(
-                "mpirun -n 8 --map-by ppr:4:node --host n0:4,n1:4 -x BALSAM_JOB_DIR -x BALSAM_JOB_ID "
+                "mpirun -n 8 --map-by ppr:4:node --bind-to none --host n0:4,n1:4 -x BALSAM_JOB_DIR -x BALSAM_JOB_ID "
                     + "-x OMP_NUM_THREADS -x SIM_MODE --bind-to core simulate 3"))
 
         settings.mpiLauncher = "srun"
@@ -179,7 +179,7 @@ func shapedJob(
             job, app: app, assignment: Assignment(nodes: [0, 1], cpus: 0, gpus: [], occupancy: 1), nodes: nodes)
         #expect(
             srun.script.hasSuffix(
-                "srun -n 8 --ntasks-per-node 4 --nodelist n0,n1 --nodes 2 --cpus-per-task 4 --overlap --bind-to core simulate 3"
+                "srun -n 8 --ntasks-per-node 4 --nodelist n0,n1 --nodes 2 --cpus-per-task 4 --cpu-bind none --overlap --bind-to core simulate 3"
             ))
         settings.mpiLauncher = "launch {{ rank }}"
         #expect(throws: SpoolError.self) {
@@ -199,7 +199,8 @@ func shapedJob(
 }
 
 /// A job's environment never carries what the MPI runtime told the launcher's rank about itself (issue 32,
-/// item 6: `PALS_*` under Cray PALS), and keeps everything else of the node's.
+/// item 6: `PALS_*` under Cray PALS) nor the devices the launcher's own step was given, and keeps everything else
+/// of the node's.
 @Suite struct BaseEnvironmentTests {
     @Test func runtimeVariablesOfEveryProcessManagerAreDroppedOthersKept() {
         var rng = SplitMix(seed: 32)
@@ -207,10 +208,11 @@ func shapedJob(
             "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "PMI_FD", "PRTE_MCA_x", "OPAL_PREFIX", "HYDRA_CONTROL_FD",
             "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "PALS_RANKID", "PALS_NODEID", "PALS_LOCAL_RANKID", "PALS_APID",
         ]
-        let kept = [
-            "PATH", "HOME", "SLURMD_NODENAME", "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM",
-            "MPICH_GPU_SUPPORT_ENABLED", "PALSX", "CUDA_VISIBLE_DEVICES", "PBS_NODEFILE",
-        ]
+        let kept =
+            [
+                "PATH", "HOME", "SLURMD_NODENAME", "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM",
+                "MPICH_GPU_SUPPORT_ENABLED", "PALSX", "CUDA_DEVICE_ORDER", "PBS_NODEFILE",
+            ] + TaskCommand.deviceVariables.sorted()
         for _ in 0..<200 {
             var env: [String: String] = [:]
             for name in runtime + kept where rng.next() % 2 == 0 { env[name] = String(rng.next() % 100) }
@@ -221,7 +223,7 @@ func shapedJob(
             for (name, value) in env {
                 let runtimeName =
                     TaskCommand.mpiRuntimePrefixes.contains { name.hasPrefix($0) }
-                    && !name.hasPrefix("OMPI_ALLOW_RUN_AS_ROOT")
+                    && !name.hasPrefix("OMPI_ALLOW_RUN_AS_ROOT") || TaskCommand.deviceVariables.contains(name)
                 #expect(base[name] == (runtimeName ? nil : value), "\(name)")
             }
             #expect(base.keys.allSatisfy { !$0.hasPrefix("PALS_") && !$0.hasPrefix("PMI_") })

@@ -162,8 +162,11 @@ public struct Allocation: Sendable {
                 busyCPUs[i] = nodes[i].cpus
                 freeCPUs[i].takeAll()
             }
+            // Whole nodes: the job's GPUs on each are the first it needs of the node's (balsam-bind gives each
+            // rank its own from them).
             return Assignment(
-                nodes: chosen, cpus: 0, gpus: [], occupancy: 1, cpuIDs: nodes[chosen[0]].cpuIDs)
+                nodes: chosen, cpus: 0, gpus: Array(nodes[chosen[0]].gpus.prefix(need.gpus)), occupancy: 1,
+                cpuIDs: nodes[chosen[0]].cpuIDs)
         }
         for i in nodes.indices
         where occupancy[i] + need.occupancy <= 1 + Allocation.epsilon && busyCPUs[i] + need.cpus <= nodes[i].cpus

@@ -9,10 +9,21 @@ public struct TaskCommand: Sendable {
     public let settings: SiteSettings.Launcher
     /// How Python apps run (`python.*`).
     public let python: SiteSettings.Python
-    public init(site: Site, settings: SiteSettings.Launcher, python: SiteSettings.Python = .init()) {
+    /// The per-rank step of multi-rank jobs (`balsam-bind`, beside the launcher).
+    public let binderPath: String
+    public init(
+        site: Site, settings: SiteSettings.Launcher, python: SiteSettings.Python = .init(),
+        binderPath: String = TaskCommand.defaultBinderPath
+    ) {
         self.site = site
         self.settings = settings
         self.python = python
+        self.binderPath = binderPath
+    }
+
+    /// `balsam-bind` beside the running executable.
+    public static var defaultBinderPath: String {
+        Posix.parentPath(Posix.executablePath() ?? "./balsam-launcher") + "/balsam-bind"
     }
 
     /// Whether a job of `app` runs in a warm Python worker: a Python app's single-rank job on one node, with no
@@ -26,8 +37,15 @@ public struct TaskCommand: Sendable {
     /// `SLURMD_NODENAME` are right), without the MPI runtime's variables (a job's own `mpirun` would otherwise take
     /// itself for one of the launcher's ranks). A spec's environment is laid over it.
     public static func baseEnvironment(_ rankEnvironment: [String: String]) -> [String: String] {
-        rankEnvironment.filter { !isMPIRuntimeVariable($0.key) }
+        rankEnvironment.filter { !isMPIRuntimeVariable($0.key) && !deviceVariables.contains($0.key) }
     }
+
+    /// What selects a process's GPUs (NVIDIA, AMD, Intel): a job sees only the variable the launcher sets for
+    /// it, never the launcher rank's own (a process manager may have given the launcher's step every device).
+    public static let deviceVariables: Set<String> = [
+        "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",
+        "ZE_AFFINITY_MASK",
+    ]
 
     /// Prefixes of what an MPI runtime or process manager sets in a rank's environment about that rank: Open MPI
     /// and PRRTE, PMIx, PMI (MPICH's Hydra, Cray MPICH), Hydra itself, and Cray PALS (`PALS_RANKID`,
@@ -46,11 +64,11 @@ public struct TaskCommand: Sendable {
     /// The built-in launch templates, by `launcher.mpi_launcher` name.
     public static let templates: [String: String] = [
         "mpirun":
-            "mpirun -n {{ ranks }} --map-by ppr:{{ ranks_per_node }}:node --host {{ host_slots }} {{ env_flags }} {{ launch_params }} {{ command }}",
+            "mpirun -n {{ ranks }} --map-by ppr:{{ ranks_per_node }}:node --bind-to none --host {{ host_slots }} {{ env_flags }} {{ launch_params }} {{ command }}",
         "mpiexec":
             "mpiexec -n {{ ranks }} --ppn {{ ranks_per_node }} --hosts {{ hosts }} {{ env_flags }} {{ launch_params }} {{ command }}",
         "srun":
-            "srun -n {{ ranks }} --ntasks-per-node {{ ranks_per_node }} --nodelist {{ hosts }} --nodes {{ num_nodes }} --cpus-per-task {{ threads_per_rank }} --overlap {{ launch_params }} {{ command }}",
+            "srun -n {{ ranks }} --ntasks-per-node {{ ranks_per_node }} --nodelist {{ hosts }} --nodes {{ num_nodes }} --cpus-per-task {{ threads_per_rank }} --cpu-bind none --overlap {{ launch_params }} {{ command }}",
     ]
 
     /// The launch template in force: a built-in one by name, or the setting itself.
@@ -88,6 +106,7 @@ public struct TaskCommand: Sendable {
                 .union(assignment.gpus.isEmpty ? [] : [settings.gpuVariable]).sorted()
             let hosts = assignment.nodes.map { nodes[$0].host }
             let binding = cpuBinding(job, assignment)
+            command = bound(command, job: job, assignment: assignment, cpus: binding.ranks)
             let values: [String: String] = [
                 "cpus_per_rank": String(binding.cpusPerRank),
                 "depth": String(job.threadsPerRank),
@@ -121,22 +140,69 @@ public struct TaskCommand: Sendable {
             id: job.id, directory: directory, script: script, environment: environment, warmWorker: worker)
     }
 
-    /// CPUs per rank (the job's CPUs on a node over its ranks per node: all of a node's for a multi-node job) and
-    /// the ranks' CPU lists for `--cpu-bind`: `list:0,1:2,3` (each rank's CPUs, ranks apart by colons), with each
-    /// core's second hardware thread (`launcher.cpu_siblings_offset` on) when the job asks for 2 threads per core.
-    func cpuBinding(_ job: Job, _ assignment: Assignment) -> (cpusPerRank: Int, list: String) {
-        let ids = assignment.cpuIDs
-        guard !ids.isEmpty else { return (max(1, job.threadsPerRank / max(1, job.threadsPerCore)), "none") }
-        let per = max(1, ids.count / max(1, job.ranksPerNode))
-        var ranks: [String] = []
-        for k in 0..<job.ranksPerNode {
-            let mine = ids.dropFirst(k * per).prefix(per)
-            guard !mine.isEmpty else { break }
-            var cpus = Array(mine)
-            if job.threadsPerCore >= 2, let offset = settings.cpuSiblingsOffset { cpus += mine.map { $0 + offset } }
-            ranks.append(cpus.map(String.init).joined(separator: ","))
+    /// `command` behind the per-rank step (`balsam-bind`) that gives each local rank its own devices (the job's
+    /// GPUs on the node, `rankDevices`) and CPUs (`cpus`, one list per local rank), when it has either.
+    func bound(_ command: String, job: Job, assignment: Assignment, cpus: [String]) -> String {
+        var arguments: [String] = []
+        if job.gpusPerRank > 0, !assignment.gpus.isEmpty {
+            let devices = TaskCommand.rankDevices(assignment.gpus, ranks: job.ranksPerNode, perRank: job.gpusPerRank)
+            arguments += [
+                "--variable", settings.gpuVariable, "--devices",
+                devices.map { $0.joined(separator: ",") }.joined(separator: ";"),
+            ]
+            let tiles = settings.gpuIDs.compactMap { id in id.split(separator: ".").last.flatMap { Int($0) } }
+            if settings.gpuIDs.allSatisfy({ $0.contains(".") }), let most = tiles.max(), most >= 1 {
+                arguments += ["--tiles", String(most + 1)]
+            }
         }
-        return (per, "list:" + ranks.joined(separator: ":"))
+        if !cpus.isEmpty { arguments += ["--cpus", cpus.joined(separator: ";")] }
+        guard !arguments.isEmpty else { return command }
+        return ([binderPath] + arguments).map(CommandTemplate.shellQuote).joined(separator: " ") + " -- " + command
+    }
+
+    /// Each local rank's devices, from the job's GPUs on a node in the order the node lists them (which a preset
+    /// orders so that the k-th GPU is the one nearest the k-th CPUs): rank k takes
+    /// `⌊k × gpus_per_rank⌋ ..< ⌊(k+1) × gpus_per_rank⌋` (at least one), so ranks share a device only when
+    /// `gpus_per_rank` is below 1, and the ranks of a packed job never reach another job's.
+    public static func rankDevices(_ gpus: [String], ranks: Int, perRank: Double) -> [[String]] {
+        guard !gpus.isEmpty, perRank > 0 else { return Array(repeating: [], count: max(1, ranks)) }
+        return (0..<max(1, ranks)).map { k in
+            let low = min(gpus.count - 1, Int(saturating: (Double(k) * perRank).rounded(.down)))
+            let high = min(gpus.count, max(low + 1, Int(saturating: (Double(k + 1) * perRank).rounded(.down))))
+            return Array(gpus[low..<high])
+        }
+    }
+
+    /// CPUs per rank (the job's CPUs on a node over its ranks per node: all of a node's for a multi-node job), the
+    /// ranks' CPU lists for `--cpu-bind`: `list:0,1:2,3` (each rank's CPUs, ranks apart by colons), and the same
+    /// lists one per rank, with each core's second hardware thread (`launcher.cpu_siblings_offset` on) when the job
+    /// asks for 2 threads per core. With `launcher.sockets_per_node` above 1 the ranks are spread evenly over the
+    /// sockets (each socket's CPUs an equal share of the node's IDs) and a rank's CPUs are all on its socket.
+    func cpuBinding(_ job: Job, _ assignment: Assignment) -> (cpusPerRank: Int, list: String, ranks: [String]) {
+        let ids = assignment.cpuIDs
+        guard !ids.isEmpty else { return (max(1, job.threadsPerRank / max(1, job.threadsPerCore)), "none", []) }
+        let ranksPerNode = max(1, job.ranksPerNode)
+        var groups = [ids]
+        let sockets = settings.socketsPerNode
+        if sockets > 1, ranksPerNode % sockets == 0, let span = settings.cpusPerNode.map({ $0 / sockets }), span > 0 {
+            let bySocket = (0..<sockets).map { s in ids.filter { $0 / span == s } }
+            if bySocket.allSatisfy({ $0.count >= ranksPerNode / sockets }) { groups = bySocket }
+        }
+        let ranksPerGroup = ranksPerNode / groups.count
+        let per = max(1, groups.map { $0.count / ranksPerGroup }.min() ?? 1)
+        var ranks: [String] = []
+        for group in groups {
+            for k in 0..<ranksPerGroup {
+                let mine = group.dropFirst(k * per).prefix(per)
+                guard !mine.isEmpty else { break }
+                var cpus = Array(mine)
+                if job.threadsPerCore >= 2, let offset = settings.cpuSiblingsOffset {
+                    cpus += mine.map { $0 + offset }
+                }
+                ranks.append(cpus.map(String.init).joined(separator: ","))
+            }
+        }
+        return (per, "list:" + ranks.joined(separator: ":"), ranks)
     }
 
     private func envFlags(_ names: [String]) -> String {

@@ -30,6 +30,8 @@ public struct Platform: Sendable {
     public var cpuSiblingsOffset: Int?
     /// CPU IDs the facility keeps for itself (`reserved_cpus`).
     public var reservedCPUs: [Int] = []
+    /// Sockets of each node (`sockets_per_node`).
+    public var socketsPerNode = 1
     public var gpuIDs: [String] = []
     public var gpuVariable = "CUDA_VISIBLE_DEVICES"
     public var mpiLauncher = "mpirun"
@@ -167,13 +169,15 @@ public struct Platform: Sendable {
             let launcher = try SiteSettings.Fields(v, "launcher", path: path)
             for key in launcher.o.keys.sorted()
             where ![
-                "cpus_per_node", "cpu_siblings_offset", "reserved_cpus", "gpu_ids", "gpu_variable", "mpi_launcher",
+                "cpus_per_node", "cpu_siblings_offset", "reserved_cpus", "sockets_per_node", "gpu_ids", "gpu_variable",
+                "mpi_launcher",
             ].contains(key) {
                 throw SpoolError(.invalidInput, "launcher.\(key): not a preset key", path: path)
             }
             p.cpusPerNode = try launcher.integer("cpus_per_node")
             p.cpuSiblingsOffset = try launcher.integer("cpu_siblings_offset")
             p.reservedCPUs = try launcher.integers("reserved_cpus") ?? []
+            p.socketsPerNode = try launcher.integer("sockets_per_node") ?? 1
             p.gpuIDs = try launcher.strings("gpu_ids") ?? []
             p.gpuVariable = try launcher.string("gpu_variable") ?? p.gpuVariable
             p.mpiLauncher = try launcher.string("mpi_launcher") ?? p.mpiLauncher

@@ -252,6 +252,8 @@ public enum Settings {
               cpu_siblings_offset: \(p.cpuSiblingsOffset.map(String.init) ?? "null")
               # CPU IDs never given to jobs: cores the facility keeps for its own services.
               reserved_cpus: [\(p.reservedCPUs.map(String.init).joined(separator: ", "))]
+              # Sockets per node: a multi-rank job's ranks are spread evenly over them, each on one socket.
+              sockets_per_node: \(p.socketsPerNode)
               # Seconds between SIGTERM and SIGKILL when a launcher stops a job (a kill, the end of its wall time).
               kill_grace_sec: 0.5
               # Whether a job may ask for more CPUs per node (ranks_per_node x threads_per_rank / threads_per_core)

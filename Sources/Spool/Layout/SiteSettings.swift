@@ -159,6 +159,9 @@ public struct SiteSettings: Sendable, Equatable {
         /// CPU IDs the launcher never hands out (`reserved_cpus`): cores a facility keeps for its own services
         /// (Aurora: 0 and 52). A node's CPUs are its `cpus_per_node` IDs less these.
         public var reservedCPUs: [Int] = []
+        /// Sockets of each node (`sockets_per_node`, default 1): a multi-rank job's ranks are spread evenly over
+        /// them, each rank's CPUs on one socket (Aurora: 2).
+        public var socketsPerNode = 1
         /// The variable that tells a job its GPUs (`gpu_variable`).
         public var gpuVariable = "CUDA_VISIBLE_DEVICES"
         /// Seconds between SIGTERM and SIGKILL when a job is stopped (`kill_grace_sec`).

@@ -57,6 +57,12 @@ extension SiteSettings {
         settings.launcher.oversubscribe = try launcherFields.bool("oversubscribe") ?? false
         settings.launcher.cpuSiblingsOffset = try launcherFields.integer("cpu_siblings_offset")
         settings.launcher.reservedCPUs = try launcherFields.integers("reserved_cpus") ?? []
+        if let sockets = try launcherFields.integer("sockets_per_node") {
+            guard (1...64).contains(sockets) else {
+                throw SpoolError(.invalidInput, "launcher.sockets_per_node must be 1 to 64", path: path)
+            }
+            settings.launcher.socketsPerNode = sockets
+        }
         for (key, keyPath) in [("mpi_launcher", \Launcher.mpiLauncher), ("gpu_variable", \Launcher.gpuVariable)] {
             guard let v = launcherValue(key) else { continue }
             guard let text = v.stringValue, !text.isEmpty else {
@@ -136,7 +142,7 @@ extension SiteSettings {
         "launcher": [
             "idle_ttl_sec", "delay_sec", "error_tail_num_lines", "lease_timeout_sec", "max_concurrent_mpiruns",
             "mpi_launcher", "mpirun_allows_node_packing", "cpus_per_node", "gpu_ids", "gpu_variable",
-            "cpu_siblings_offset", "reserved_cpus", "kill_grace_sec", "oversubscribe",
+            "cpu_siblings_offset", "reserved_cpus", "sockets_per_node", "kill_grace_sec", "oversubscribe",
             // The original's.
             "compute_node", "mpi_app_launcher", "local_app_launcher", "serial_mode_prefetch_per_rank", "sort_by",
             "serial_mode_startup_params",
