@@ -69,7 +69,7 @@ public func reportingErrors(_ program: String, _ body: () async throws -> Void) 
 
 /// Points standard error at `path` (appending): a daemon's or launcher's `--log`.
 public func redirectStandardError(to path: String) throws(SpoolError) {
-    let fd = try Posix.call("open the log", path: path) { open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644) }
+    let fd = try Posix.call("open the log", path: path) { open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o666) }
     defer { close(fd) }
     try Posix.call("send standard error to the log", path: path) { dup2(fd, 2) }
 }

@@ -181,7 +181,7 @@ public final class BatchService {
             let text = try JobScript.render(
                 template, templatePath: path, job: job, name: name, site: site, binDirectory: binDirectory)
             try Posix.replaceFile(script, Array(text.utf8), sync: false)
-            chmod(script, 0o755)
+            try Posix.makeExecutable(script)
             job.submitTime = Timestamp.now()
             try store.save(job)  // from here on, a restart looks for `name` before submitting again
             let id = try scheduler.submit(script: script, name: name, job: job, outputPath: outputPath(name))

@@ -1,5 +1,9 @@
 import Spool
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The script a batch job runs: the site's `job-template.sh` (or the scheduler's default) with `{{ name }}`
 /// placeholders filled in. The scheduler's own options (nodes, time, queue, project, name, output) go on the
 /// submit command line, so a template needs only the environment and the launcher's start.
@@ -14,12 +18,13 @@ public enum JobScript {
     }
 
     /// A new site from a platform preset: its settings, and its job template (else the scheduler's default).
-    public static func createSite(at path: String, name: String?, platform: Platform, project: String?)
-        throws(SpoolError) -> Site
-    {
+    public static func createSite(
+        at path: String, name: String?, platform: Platform, project: String?, group: gid_t? = nil
+    ) throws(SpoolError) -> Site {
         try Site.create(
             at: path, name: name, platform: platform, project: project,
-            files: [templateName: Array((platform.jobTemplate ?? defaultTemplate(for: platform.scheduler)).utf8)])
+            files: [templateName: Array((platform.jobTemplate ?? defaultTemplate(for: platform.scheduler)).utf8)],
+            group: group)
     }
 
     /// The default template for `scheduler` (written to `SITE/job-template.sh` by `balsam init`).

@@ -39,6 +39,13 @@ struct Init: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The project (allocation) batch jobs are charged to.", valueName: "name"))
     var project: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "A group that shares the site: its members submit, watch and launch there (directories set-group-ID, "
+                + "group-writable).", valueName: "group"))
+    var group: String?
+
     @Flag(name: .customLong("choose-platform"), help: .hidden)
     var choosePlatform = false
 
@@ -91,7 +98,9 @@ struct Init: ParsableCommand {
                 }
                 project = try PlatformMenu.ask(chosen.projectPrompt + ": ")
             }
-            let site = try JobScript.createSite(at: path, name: name, platform: chosen, project: project)
+            let shared = try group.map { (name) throws(SpoolError) in try SharedSite.group(named: name) }
+            let site = try JobScript.createSite(
+                at: path, name: name, platform: chosen, project: project, group: shared)
             print(site.root)
         }
     }

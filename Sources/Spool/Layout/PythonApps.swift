@@ -71,7 +71,7 @@ public enum PythonApps {
                 else { continue }
                 try Posix.replaceFile(
                     path, Array(hookFile(hook, python: new, runner: runner).utf8), sync: true,
-                    mode: hook == .shellPreamble ? 0o644 : 0o755)
+                    mode: hook == .shellPreamble ? 0o666 : 0o777)
                 rewritten += 1
             }
         }
@@ -99,7 +99,7 @@ public enum PythonApps {
                 try Posix.createFile(
                     path, Array(hookFile(hook, python: app.pythonExecutable ?? python, runner: runner).utf8),
                     sync: true)
-                if hook != .shellPreamble { try Posix.call("chmod", path: path) { chmod(path, 0o755) } }
+                if hook != .shellPreamble { try Posix.makeExecutable(path) }
             }
             if Posix.exists(dir) {
                 // Two renames: the old definition steps aside, the new one takes its place, the old one goes.

@@ -68,9 +68,10 @@ public struct Site: Sendable {
     }
 
     /// Creates a new site from a platform preset: its values go into settings.yml (`project`, else the preset's
-    /// default project, is the one allowed project).
+    /// default project, is the one allowed project). With `group`, a site that group shares (`SharedSite`).
     public static func create(
-        at path: String, name: String? = nil, platform: Platform, project: String?, files: [String: [UInt8]] = [:]
+        at path: String, name: String? = nil, platform: Platform, project: String?, files: [String: [UInt8]] = [:],
+        group: gid_t? = nil
     ) throws(SpoolError) -> Site {
         let root = Posix.absolute(path)
         let siteName = name ?? Posix.lastComponent(root)
@@ -100,10 +101,14 @@ public struct Site: Sendable {
             for (name, bytes) in files.sorted(by: { $0.key < $1.key }) {
                 try Posix.createFile(staging + "/" + name, bytes, sync: true)
             }
-            let marker = JSONValue.object([
+            var fields: [String: JSONValue] = [
                 "format": .int(formatVersion), "name": .string(siteName), "created": .string(Timestamp.now()),
-            ])
+            ]
+            // A shared site says so in its marker: every member's command then takes the shared umask.
+            if let group { fields["group"] = .int(Int(group)) }
+            let marker = JSONValue.object(fields)
             try Posix.createFile(staging + "/" + markerName, Array((marker.serialized() + "\n").utf8), sync: true)
+            if let group { try SharedSite.share(staging, group: group) }
             try Posix.renameNoReplace(staging, root)
             try Posix.fsyncDirectory(parent)
         } catch {
@@ -112,10 +117,12 @@ public struct Site: Sendable {
             for dir in madeParents.reversed() { _ = rmdir(dir) }
             throw error
         }
+        if group != nil { SharedSite.adoptUmask() }
         return Site(root: root, name: siteName)
     }
 
-    /// Opens the site at `path`, checking its marker and format version.
+    /// Opens the site at `path`, checking its marker and format version (and, for a shared site, taking its
+    /// umask: `SharedSite`).
     public static func open(_ path: String) throws(SpoolError) -> Site {
         let root = Posix.absolute(path)
         let marker = root + "/" + markerName
@@ -130,6 +137,7 @@ public struct Site: Sendable {
         guard case .object(let o)? = try? JSONValue.parse(bytes), let format = o["format"]?.intValue else {
             throw SpoolError(.invalidInput, "malformed site marker", path: marker)
         }
+        if o["group"] != nil { SharedSite.adoptUmask() }
         if format > formatVersion {
             throw SpoolError(
                 .unavailable,

@@ -172,7 +172,7 @@ public struct Ingest {
             knownParents.insert(parent)
         }
         // mkdir(2) is the test of whether the workdir is free: EEXIST is an answer (resume or conflict).
-        if mkdir(dir, 0o755) != 0 {
+        if mkdir(dir, 0o777) != 0 {
             let err = errno
             guard err == EEXIST else { throw .system("create job directory", path: dir, errno: err) }
             if try resume(line, in: dir, jobBytes: jobBytes, time: time) {

@@ -29,7 +29,7 @@ public enum Posix {
         if rc != 0 { throw .system(what, path: path, errno: rc) }
     }
 
-    package static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws(SpoolError) -> Int32 {
+    package static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o666) throws(SpoolError) -> Int32 {
         try call("open", path: path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
     }
 
@@ -159,7 +159,7 @@ public enum Posix {
 
     /// Creates a file that must not exist yet, writes `bytes`, optionally fsyncs, closes.
     package static func createFile(
-        _ path: String, _ bytes: [UInt8], sync: Bool, exclusive: Bool = true, mode: mode_t = 0o644
+        _ path: String, _ bytes: [UInt8], sync: Bool, exclusive: Bool = true, mode: mode_t = 0o666
     ) throws(SpoolError) {
         let flags = O_WRONLY | O_CREAT | (exclusive ? O_EXCL : O_TRUNC) | O_NOFOLLOW
         let fd = try open(path, flags, mode: mode)
@@ -192,7 +192,7 @@ public enum Posix {
 
     /// Write new, then rename: readers see the old file or the new one, never a torn one.
     package static func replaceFile(
-        _ path: String, _ bytes: [UInt8], sync: Bool, tempDirectory: String? = nil, mode: mode_t = 0o644
+        _ path: String, _ bytes: [UInt8], sync: Bool, tempDirectory: String? = nil, mode: mode_t = 0o666
     ) throws(SpoolError) {
         let temp = (tempDirectory.map { $0 + "/" + lastComponent(path) } ?? path) + ".tmp.\(getpid())"
         try createFile(temp, bytes, sync: sync, exclusive: false, mode: mode)
@@ -211,13 +211,26 @@ public enum Posix {
         try call("rename to \(to)", path: from) { clinux_rename_noreplace(AT_FDCWD, from, AT_FDCWD, to) }
     }
 
-    package static func mkdir(_ path: String, mode: mode_t = 0o755) throws(SpoolError) {
+    /// Files and directories are made with every permission the umask allows (0666, 0777: the Unix rule), so
+    /// the umask decides who may read and write them: 022 for a private site, 002 in a shared one (`Site.open`
+    /// relaxes it there). Secrets say 0600 themselves.
+    ///
+    /// Makes `path` executable by whoever may read it (`chmod +x` as the umask would have it): a script written
+    /// for a shell or a batch system.
+    package static func makeExecutable(_ path: String) throws(SpoolError) {
+        var st = stat()
+        try call("stat", path: path) { fstatat(AT_FDCWD, path, &st, 0) }
+        let mode = st.st_mode & 0o7777
+        try call("chmod", path: path) { chmod(path, mode | ((mode & 0o444) >> 2)) }
+    }
+
+    package static func mkdir(_ path: String, mode: mode_t = 0o777) throws(SpoolError) {
         try call("create directory", path: path) { Glibc.mkdir(path, mode) }
     }
 
     /// mkdir -p; returns normally when the directory already exists.
     package static func makeDirectories(_ path: String) throws(SpoolError) {
-        if Glibc.mkdir(path, 0o755) == 0 { return }
+        if Glibc.mkdir(path, 0o777) == 0 { return }
         let err = errno
         if err == EEXIST {
             if isDirectory(path) { return }
@@ -227,7 +240,7 @@ public enum Posix {
         let parent = parentPath(path)
         if parent == path || parent.isEmpty { throw .system("create directory", path: path, errno: err) }
         try makeDirectories(parent)
-        if Glibc.mkdir(path, 0o755) != 0 && errno != EEXIST {
+        if Glibc.mkdir(path, 0o777) != 0 && errno != EEXIST {
             throw .system("create directory", path: path, errno: errno)
         }
     }
