@@ -54,6 +54,16 @@ public enum JobScript {
                 exec aprun -n {{ num_nodes }} -N 1 -d 64 -cc none {{ launcher }} {{ launcher_args }}
 
                 """
+        case "slurm":
+            return header + """
+                # One launcher rank per node, started by Slurm: it works with any MPI when srun's PMI is the one
+                # the MPI speaks (the cluster's MpiDefault; else add --mpi=pmi2 for the MPICH family, --mpi=pmix
+                # for Open MPI, or set SLURM_MPI_TYPE). Open MPI without PMIx in Slurm: replace the line with
+                #   exec mpirun -n {{ num_nodes }} --map-by ppr:1:node --bind-to none {{ launcher }} {{ launcher_args }}
+                # and with MPICH's Hydra: exec mpiexec.hydra -genvnone -n {{ num_nodes }} -ppn 1 ...
+                exec srun --ntasks-per-node 1 --nodes {{ num_nodes }} --cpu-bind none {{ launcher }} {{ launcher_args }}
+
+                """
         default:
             return header + """
                 # One launcher rank per node (Open MPI; with MPICH use: mpiexec -n {{ num_nodes }} --ppn 1).

@@ -66,15 +66,19 @@ public struct Launch {
     /// (Hydra, PALS, `srun --mpi=pmi2`), Slurm's `SLURM_STEP_NUM_TASKS` (a task of `srun`; only when neither
     /// other is there: Open MPI's and Hydra's daemons are started by an `srun` of their own). A launcher that
     /// opened another MPI than the one that started it is alone in a world of one.
-    static func worldMismatch(size: Int, library: String, _ environment: [String: String]) -> String? {
+    public static func worldMismatch(size: Int, library: String, _ environment: [String: String]) -> String? {
         guard
             let name = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"].first(where: {
                 environment[$0] != nil
             }), let said = environment[name].flatMap({ Int($0) }), said > 1, size != said
         else { return nil }
+        let cure =
+            name == "SLURM_STEP_NUM_TASKS"
+            ? "srun's PMI is not the one it speaks (srun --mpi=pmi2 for the MPICH family, --mpi=pmix for Open MPI, "
+                + "or SLURM_MPI_TYPE), or it is not the MPI you meant (BALSAM_MPI_LIBRARY names it)"
+            : "that is not the MPI that started the launcher; name that MPI's library in BALSAM_MPI_LIBRARY"
         return """
-            started as one of \(said) ranks (\(name)=\(said)) but \(library) sees a world of \(size): that is \
-            not the MPI that started the launcher; name that MPI's library in BALSAM_MPI_LIBRARY \
+            started as one of \(said) ranks (\(name)=\(said)) but \(library) sees a world of \(size): \(cure) \
             (balsam-launcher(1), MPI LIBRARY)
             """
     }
@@ -132,13 +136,25 @@ public struct Launch {
         _ = try coordinator.run()
     }
 
+    /// This rank's node: Slurm's name for it where there is one (what its node list says; emulated nodes share a
+    /// host), else the host's name. Not Slurm's when the rank's Slurm variables are another process's: MPICH's
+    /// Hydra gives every rank mpiexec's environment (the batch shell's `SLURMD_NODENAME`) unless `-genvnone`,
+    /// which shows as a PMI rank that is not Slurm's task number.
+    public static func nodeName(_ environment: [String: String]) -> String {
+        if let slurm = environment["SLURMD_NODENAME"], !slurm.isEmpty {
+            let pmi = environment["PMI_RANK"]
+            let task = environment["SLURM_PROCID"]
+            if pmi == nil || task == nil || pmi == task { return slurm }
+        }
+        return Posix.hostName()
+    }
+
     /// Every rank says where it is and how many CPUs its node has; all learn the whole allocation.
     private func discoverNodes(world: MPIWorld, settings: SiteSettings, environment: [String: String])
         throws(SpoolError) -> [Node]
     {
         let cpus = settings.launcher.cpusPerNode ?? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        // Slurm's name for this node where there is one (what its node list says; emulated nodes share a host).
-        let me = Array("\(environment["SLURMD_NODENAME"] ?? Posix.hostName())\t\(cpus)".utf8)
+        let me = Array("\(Launch.nodeName(environment))\t\(cpus)".utf8)
         let gathered: [[UInt8]]
         do { gathered = try world.allGather(me) } catch { throw SpoolError(.unavailable, "\(error)") }
         return gathered.enumerated().map { rank, bytes in

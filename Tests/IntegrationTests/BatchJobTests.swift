@@ -331,20 +331,71 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         }
     }
 
-    /// Made from the generic Slurm platform preset (balsam init --platform generic-slurm).
-    @Test(.enabled(if: slurmAvailable)) func aSlurmBatchJobRunsTheSitesJobsAcrossTwoNodes() throws {
+    /// Made from the generic Slurm platform preset (balsam init --platform generic-slurm), the launcher started
+    /// each way its job template says: srun (the template as written: MPICH through PMI-2, the cluster's PMI
+    /// named by SLURM_MPI_TYPE), mpiexec.hydra -genvnone (its comment's line; then a 2-node job started by Hydra
+    /// inside the launcher's step, whose srun shares the nodes through SLURM_OVERLAP), and Open MPI's mpirun
+    /// (its other comment's line). The first two run in dev/test's MPICH phase, the last in the Open MPI one.
+    @Test(.enabled(if: slurmAvailable), arguments: ["srun", "hydra", "mpirun"])
+    func aSlurmBatchJobRunsTheSitesJobsAcrossTwoNodes(starter: String) throws {
+        guard (starter != "mpirun") == TestMPI.isMPICH else { return }
         let site = try makeSite("slurm", app: "echo node=$SLURMD_NODENAME; sleep 0.3", platform: "generic-slurm")
+        let template = try read(site.root + "/job-template.sh")
+        #expect(
+            template.contains("\nexec srun --ntasks-per-node 1 --nodes {{ num_nodes }} --cpu-bind none {{ launcher }}"))
+        let line: String? =
+            starter == "hydra"
+            ? "exec mpiexec.hydra -genvnone -n {{ num_nodes }} -ppn 1 {{ launcher }} {{ launcher_args }}"
+            : starter == "mpirun"
+                ? "exec mpirun -n {{ num_nodes }} --map-by ppr:1:node --bind-to none {{ launcher }} {{ launcher_args }}"
+                : nil
+        if let line {
+            let lines = template.split(separator: "\n").map { $0.hasPrefix("exec srun") ? line : String($0) }
+            try lines.joined(separator: "\n").write(
+                toFile: site.root + "/job-template.sh", atomically: true, encoding: .utf8)
+        }
+        var count = 12
+        if starter == "hydra" {
+            try edit(
+                site.root,
+                [
+                    "mpi_launcher":
+                        #""mpiexec.hydra -genvnone -n {{ ranks }} -ppn {{ ranks_per_node }} -hosts {{ hosts }} {{ command }}""#
+                ])
+            try #require(
+                try balsam(
+                    [
+                        "app", "create", "wide", "--command-template",
+                        #"sh -c 'echo rank=$PMI_RANK of $PMI_SIZE on $SLURMD_NODENAME'"#,
+                    ],
+                    site: site.root
+                ).status == 0)
+            try #require(
+                try balsam(["submit", "-a", "wide", "-w", "wide", "--num-nodes", "2"], site: site.root).status == 0)
+            count += 1
+        }
         try submitJobs(site, 12)
         let watcher = try watchThenQueue(
-            site, jobs: 12, ["-n", "2", "-t", "5", "-q", "debug", "-A", "default"], env: mpiRootEnvironment)
+            site, jobs: count, ["-n", "2", "-t", "5", "-q", "debug", "-A", "default"],
+            env: mpiRootEnvironment.merging(["SLURM_MPI_TYPE": "pmi2"]) { a, _ in a })
         try waitUntil("the batch job ends", timeout: 90) { batchJob(site, 1)?.state == .finished }
         let job = try #require(batchJob(site, 1))
         #expect(job.outcome == .completed && job.exitCode == 0, "\(job.message ?? "")\n\(watcher.log)")
         #expect(job.startTime != nil && job.endTime != nil && job.history.map(\.state).contains(.running))
-        #expect(finishedJobs(site) == 12)
+        #expect(finishedJobs(site) == count, "\(watcher.log)")
         var nodes = Set<String>()
         for i in 0..<12 { nodes.insert(try read(site.dataPath + "/w/\(i)/job.out").trimmingCharacters(in: .newlines)) }
         #expect(nodes == ["node=n1", "node=n2"], "one launcher rank on each of the allocation's two nodes")
+        if starter == "hydra" {
+            let ranks = Set(
+                try read(site.dataPath + "/wide/job.out").split(separator: "\n").map(String.init).filter {
+                    $0.hasPrefix("rank=")
+                })
+            #expect(
+                ranks == ["rank=0 of 2 on n1", "rank=1 of 2 on n2"]
+                    || ranks == ["rank=0 of 2 on n2", "rank=1 of 2 on n1"],
+                "\(ranks)")
+        }
         #expect(watcher.terminate() == 0)
     }
 

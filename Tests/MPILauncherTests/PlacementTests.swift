@@ -231,6 +231,42 @@ func shapedJob(
     }
 }
 
+/// Which process's view of its rank and node a launcher trusts (issue 32, items 2 and 7), over generated
+/// environments.
+@Suite struct RankEnvironmentTests {
+    @Test func aWorldThatIsNotTheStartersIsRefusedByTheFirstVariableSet() {
+        var rng = SplitMix(seed: 3207)
+        let names = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"]
+        for _ in 0..<500 {
+            var env: [String: String] = [:]
+            for name in names where rng.next() % 2 == 0 { env[name] = String(rng.next() % 4) }
+            let size = 1 + Int(rng.next() % 3)
+            let said = names.first { env[$0] != nil }.flatMap { env[$0] }.flatMap { Int($0) }
+            let refused = Launch.worldMismatch(size: size, library: "libX", env)
+            #expect((refused != nil) == (said.map { $0 > 1 && $0 != size } ?? false), "\(env) size \(size)")
+            if let refused, env["OMPI_COMM_WORLD_SIZE"] == nil, env["PMI_SIZE"] == nil {
+                #expect(refused.contains("srun --mpi=pmi2"), "srun's PMI is named: \(refused)")
+            }
+        }
+    }
+
+    @Test func slurmsNodeNameIsTrustedOnlyWhenTheVariablesAreTheRanksOwn() {
+        var rng = SplitMix(seed: 3217)
+        for _ in 0..<300 {
+            var env: [String: String] = [:]
+            if rng.next() % 4 != 0 { env["SLURMD_NODENAME"] = "n\(rng.next() % 3)" }
+            if rng.next() % 2 == 0 { env["PMI_RANK"] = String(rng.next() % 2) }
+            if rng.next() % 2 == 0 { env["SLURM_PROCID"] = String(rng.next() % 2) }
+            let own = env["PMI_RANK"] == nil || env["SLURM_PROCID"] == nil || env["PMI_RANK"] == env["SLURM_PROCID"]
+            let expected = env["SLURMD_NODENAME"].flatMap { own ? $0 : nil } ?? Launch.nodeName([:])
+            #expect(Launch.nodeName(env) == expected, "\(env)")
+        }
+        let base = TaskCommand.baseEnvironment(["SLURM_JOB_ID": "7", "PATH": "/bin"])
+        #expect(base["SLURM_OVERLAP"] == "1", "a job's srun shares the launcher's nodes")
+        #expect(TaskCommand.baseEnvironment(["PATH": "/bin"])["SLURM_OVERLAP"] == nil)
+    }
+}
+
 @Suite struct TaskRunnerTests {
     func waitForEnd(_ runner: TaskRunner, timeout: Double = 20) -> [TaskRunner.Ended] {
         let deadline = Date().addingTimeInterval(timeout)

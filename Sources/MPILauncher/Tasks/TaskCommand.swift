@@ -36,8 +36,12 @@ public struct TaskCommand: Sendable {
     /// The environment jobs start from on a node: its rank's own (so node-local variables such as
     /// `SLURMD_NODENAME` are right), without the MPI runtime's variables (a job's own `mpirun` would otherwise take
     /// itself for one of the launcher's ranks). A spec's environment is laid over it.
+    /// In a Slurm allocation jobs get `SLURM_OVERLAP=1`: the `srun` a job runs (its own, or the one MPICH's Hydra
+    /// starts its proxies with) shares the nodes with the launcher's step instead of waiting for it to end.
     public static func baseEnvironment(_ rankEnvironment: [String: String]) -> [String: String] {
-        rankEnvironment.filter { !isMPIRuntimeVariable($0.key) && !deviceVariables.contains($0.key) }
+        var base = rankEnvironment.filter { !isMPIRuntimeVariable($0.key) && !deviceVariables.contains($0.key) }
+        if rankEnvironment["SLURM_JOB_ID"] != nil { base["SLURM_OVERLAP"] = "1" }
+        return base
     }
 
     /// What selects a process's GPUs (NVIDIA, AMD, Intel): a job sees only the variable the launcher sets for
