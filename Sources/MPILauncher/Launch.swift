@@ -162,7 +162,7 @@ public struct Launch {
             return Node(
                 index: rank, host: fields.first.map(String.init) ?? "localhost",
                 cpus: fields.count > 1 ? Int(fields[1]) ?? 1 : 1, gpus: settings.launcher.gpuIDs,
-                reserved: settings.launcher.reservedCPUs)
+                reserved: settings.launcher.reservedCPUs, sockets: settings.launcher.socketsPerNode)
         }
     }
 }

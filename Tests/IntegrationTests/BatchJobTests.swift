@@ -452,13 +452,15 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
     /// `gpu`, dev/slurm-start): the batch job asks for whole nodes (and their GPUs), a 2-node job and a job
     /// holding a whole node start with the preset's `srun` line inside the launcher's step, and single-rank jobs
     /// are packed (with a GPU each, on a GPU preset). Changed from the preset only where the emulated machine differs: the node's size
-    /// (2 CPUs, none reserved), the launcher's path, and the PMI (`SLURM_MPI_TYPE=pmi2` in sbatch's
+    /// (2 CPUs, one hardware thread each, one socket, none reserved), the launcher's path, and the PMI (`SLURM_MPI_TYPE=pmi2` in sbatch's
     /// environment, as Cray's Slurm defaults to its own). Run in dev/test's MPICH phase.
     @Test(.enabled(if: slurmAvailable && TestMPI.isMPICH), arguments: ["perlmutter-gpu", "frontier", "perlmutter-cpu"])
     func aSlurmPresetRunsItsJobsOnTheTestCluster(platform: String) throws {
         let site = try makeSite("slurm", app: "echo node=$SLURMD_NODENAME", platform: platform)
         let variable = platform == "frontier" ? "ROCR_VISIBLE_DEVICES" : "CUDA_VISIBLE_DEVICES"
-        try edit(site.root, ["cpus_per_node": "2", "reserved_cpus": "[]"])
+        try edit(
+            site.root,
+            ["cpus_per_node": "2", "reserved_cpus": "[]", "cpu_siblings_offset": "null", "sockets_per_node": "1"])
         let template = try read(site.root + "/job-template.sh")
         let gpus = platform == "perlmutter-cpu" ? "0" : "1"
         #expect(template.contains("#SBATCH --exclusive"), "the launcher counts every CPU of its nodes")

@@ -26,7 +26,7 @@ import Testing
         let shape = (0..<2).map {
             Node(
                 index: $0, host: "h\($0)", cpus: settings.launcher.cpusPerNode ?? 8, gpus: settings.launcher.gpuIDs,
-                reserved: settings.launcher.reservedCPUs)
+                reserved: settings.launcher.reservedCPUs, sockets: settings.launcher.socketsPerNode)
         }
         var allocation = Allocation(nodes: shape)
         let job = shapedJob(nodes: nodes, rpn: ranks, tpr: threads, tpc: threadsPerCore, gpr: gpus, app: "app")
@@ -35,6 +35,29 @@ import Testing
         let spec = try TaskCommand(site: site, settings: settings.launcher).spec(
             job, app: app, assignment: assignment, nodes: shape)
         return Placed(script: spec.script, environment: spec.environment)
+    }
+
+    /// `jobs` jobs of this shape placed one after another on one node of `preset`'s shape: their commands.
+    func launchPacked(_ preset: String, jobs: Int, ranks: Int, threads: Int, gpus: Double) throws -> [Placed] {
+        let dir = try TempDir()
+        let platform = try #require(try Platform.builtIn().first { $0.name == preset })
+        let site = try Site.create(at: dir.path + "/site", platform: platform, project: "p")
+        let settings = try SiteSettings.load(site)
+        let app = try App(name: "app", commandTemplate: "./app")
+        let node = Node(
+            index: 0, host: "h0", cpus: settings.launcher.cpusPerNode ?? 8, gpus: settings.launcher.gpuIDs,
+            reserved: settings.launcher.reservedCPUs, sockets: settings.launcher.socketsPerNode)
+        var allocation = Allocation(nodes: [node])
+        var placed: [Placed] = []
+        for _ in 0..<jobs {
+            let job = shapedJob(nodes: 1, rpn: ranks, tpr: threads, tpc: 1, gpr: gpus, npc: jobs, app: "app")
+            let placedNow = allocation.place(Need(job, packing: true))
+            let assignment = try #require(placedNow)
+            let spec = try TaskCommand(site: site, settings: settings.launcher).spec(
+                job, app: app, assignment: assignment, nodes: [node])
+            placed.append(Placed(script: spec.script, environment: spec.environment))
+        }
+        return placed
     }
 
     /// The CPU lists `ranges` name, one per rank, as balsam-bind's `--cpus` takes them.
@@ -65,6 +88,13 @@ import Testing
         let bound = Self.perRank(four.script)
         #expect(bound.variable == "CUDA_VISIBLE_DEVICES" && bound.devices == ["3", "2", "1", "0"])
         #expect(bound.cpus == cores([0...7, 8...15, 16...23, 24...31]))
+        // Packed: the second 2-rank job of 4 threads a rank gets GPUs 1 and 0 and the cores nearest them, as the
+        // first got 3 and 2 with theirs (GPU 3 - k nearest cores 8k to 8k+7).
+        let packed = try launchPacked("polaris", jobs: 2, ranks: 2, threads: 4, gpus: 1)
+        #expect(packed.map { Self.perRank($0.script).devices ?? [] } == [["3", "2"], ["1", "0"]])
+        #expect(
+            packed.map { Self.perRank($0.script).cpus ?? [] }
+                == [cores([0...3, 8...11]), cores([16...19, 24...27])], "\(packed.map(\.script))")
         // Two hardware threads per core: each rank's 4 cores and their siblings at +32.
         let ht = try launch("polaris", ranks: 4, threads: 8, threadsPerCore: 2)
         #expect(Self.perRank(ht.script).cpus == cores([0...3, 4...7, 8...11, 12...15], siblings: 32))
@@ -92,10 +122,17 @@ import Testing
     }
 
     @Test func perlmutter() throws {
+        // -c in hardware threads (2 a core): 4 ranks of 8 threads hold 8 cores each, -c 16; a whole node's ranks
+        // -c 2 x floor(128 / ranks per node), NERSC's rule.
         let cpu = try launch("perlmutter-cpu", ranks: 4, threads: 8)
         #expect(
             cpu.script.hasPrefix(
-                "srun -n 4 --ntasks-per-node 4 --nodelist h0 --nodes 1 --cpus-per-task 8 --cpu-bind none --overlap "))
+                "srun -n 4 --ntasks-per-node 4 --nodelist h0 --nodes 1 --cpus-per-task 16 --cpu-bind none --overlap "))
+        // A part of a node stays on one socket; a whole node's ranks are spread over both, half on each.
+        #expect(Self.perRank(cpu.script).cpus == cores([0...7, 8...15, 16...23, 24...31]))
+        let whole = try launch("perlmutter-cpu", ranks: 8, threads: 16, nodes: 2)
+        #expect(whole.script.contains(" --cpus-per-task 32 "), "NERSC's srun -n 16 -c 32 for 8 ranks a node")
+        #expect(Self.perRank(whole.script).cpus == cores((0..<8).map { 16 * $0...16 * $0 + 15 }))
         let wideCPU = try launch("perlmutter-cpu", ranks: 4, nodes: 2)
         #expect(wideCPU.script.contains("-n 8 --ntasks-per-node 4 --nodelist h0,h1 --nodes 2 --cpus-per-task 64 "))
         // 4 ranks a node, a GPU each, Slurm's GPU binding off (it broke CUDA IPC): GPU 3 nearest the first cores.
@@ -146,7 +183,7 @@ import Testing
             let app = try App(name: "app", commandTemplate: "./app")
             let node = Node(
                 index: 0, host: "h0", cpus: settings.launcher.cpusPerNode ?? 16, gpus: settings.launcher.gpuIDs,
-                reserved: settings.launcher.reservedCPUs)
+                reserved: settings.launcher.reservedCPUs, sockets: settings.launcher.socketsPerNode)
             let command = TaskCommand(site: site, settings: settings.launcher)
             for _ in 0..<20 {
                 var allocation = Allocation(nodes: [node])
@@ -179,6 +216,43 @@ import Testing
                 }
                 #expect(Set(devicesHeld).count == devicesHeld.count, "\(platform.name): \(devicesHeld)")
                 #expect(Set(cpusHeld).count == cpusHeld.count, "\(platform.name): a CPU bound to two ranks")
+            }
+        }
+    }
+
+    /// Every GPU preset, jobs of a GPU per rank packed onto a node until it is full: each rank's CPUs are among its
+    /// GPU's nearest (the guides' pairing: Polaris's GPU 3 - k with cores 8k to 8k+7, Frontier's closest GCD,
+    /// Aurora's tiles by socket), whatever the order the jobs came in.
+    @Test func eachRanksCPUsAreNearItsGPU() throws {
+        var rng = SplitMix(seed: 3233)
+        for platform in try Platform.builtIn() where !platform.gpuIDs.isEmpty {
+            let dir = try TempDir()
+            let site = try Site.create(at: dir.path + "/site", platform: platform, project: "p")
+            let settings = try SiteSettings.load(site)
+            let app = try App(name: "app", commandTemplate: "./app")
+            let node = Node(
+                index: 0, host: "h0", cpus: settings.launcher.cpusPerNode ?? 16, gpus: settings.launcher.gpuIDs,
+                reserved: settings.launcher.reservedCPUs, sockets: settings.launcher.socketsPerNode)
+            let block = node.gpuCPUs.map(\.count).min() ?? 1
+            for _ in 0..<20 {
+                var allocation = Allocation(nodes: [node])
+                while true {
+                    let ranks = 2 + Int(rng.next() % 3)
+                    let job = shapedJob(
+                        nodes: 1, rpn: ranks, tpr: 1 + Int(rng.next() % UInt64(block)), tpc: 1, gpr: 1, app: "app")
+                    guard let assignment = allocation.place(Need(job, packing: true)) else { break }
+                    let spec = try TaskCommand(site: site, settings: settings.launcher).spec(
+                        job, app: app, assignment: assignment, nodes: [node])
+                    let bound = Self.perRank(spec.script)
+                    let devices = try #require(bound.devices)
+                    let cpus = try #require(bound.cpus)
+                    for (device, list) in zip(devices, cpus) {
+                        let near = Set(node.gpuCPUs[try #require(node.gpus.firstIndex(of: device))].map(String.init))
+                        #expect(
+                            Set(list.split(separator: ",").map(String.init)).isSubset(of: near),
+                            "\(platform.name): \(device) with CPUs \(list)")
+                    }
+                }
             }
         }
     }

@@ -10,17 +10,33 @@ public struct Node: Sendable, Equatable {
     public var cpus: Int
     /// Their IDs: `0..<cpus` of the node less those the facility reserves, lowest first.
     public var cpuIDs: [Int]
-    /// IDs of its GPUs.
+    /// IDs of its GPUs, nearest-CPU first (`launcher.gpu_ids`).
     public var gpus: [String]
+    /// Each GPU's nearest CPUs (by index in `gpus`): the node's sockets share its GPUs evenly, in order, and each
+    /// socket's CPUs are split evenly among its GPUs, in order. A job's CPUs are taken near its GPUs first.
+    public var gpuCPUs: [[Int]]
 
-    /// A node of `cpus` CPUs, of which `reserved` (IDs) are never given to jobs.
-    public init(index: Int, host: String, cpus: Int, gpus: [String], reserved: [Int] = []) {
+    /// A node of `cpus` CPUs in `sockets` equal parts, of which `reserved` (IDs) are never given to jobs.
+    public init(index: Int, host: String, cpus: Int, gpus: [String], reserved: [Int] = [], sockets: Int = 1) {
         self.index = index
         self.host = host
         let ids = (0..<max(1, cpus)).filter { !reserved.contains($0) }
         cpuIDs = ids.isEmpty ? [0] : ids
         self.cpus = cpuIDs.count
         self.gpus = gpus
+        gpuCPUs = Node.nearest(cpuIDs: cpuIDs, declared: max(1, cpus), gpus: gpus.count, sockets: sockets)
+    }
+
+    static func nearest(cpuIDs: [Int], declared: Int, gpus: Int, sockets: Int) -> [[Int]] {
+        guard gpus > 0 else { return [] }
+        let parts = sockets > 1 && gpus % sockets == 0 && declared % sockets == 0 ? sockets : 1
+        let span = declared / parts
+        let perPart = gpus / parts
+        return (0..<gpus).map { g in
+            let part = cpuIDs.filter { $0 / span == g / perPart }
+            let share = part.count / perPart
+            return Array(part.dropFirst((g % perPart) * share).prefix(share))
+        }
     }
 }
 
@@ -53,8 +69,9 @@ public struct Assignment: Sendable, Equatable {
     public var gpus: [String]
     /// Occupancy held on each node.
     public var occupancy: Double
-    /// The CPU IDs held on each node, lowest first (all of a node's for a multi-node job): what a launch
-    /// template's `{{ cpu_bind_list }}` binds the ranks to.
+    /// The CPU IDs held on each node (all of a node's for a multi-node job), in the order of the job's GPUs
+    /// (each GPU's share nearest it; lowest first for a job without GPUs): rank k's share is the k-th, what
+    /// balsam-bind and `{{ cpu_bind_list }}` bind it to.
     public var cpuIDs: [Int]
 
     public init(nodes: [Int], cpus: Int, gpus: [String], occupancy: Double, cpuIDs: [Int] = []) {
@@ -82,8 +99,23 @@ struct CPUPool: Sendable {
         full = words
     }
 
+    /// `n` free IDs (fewer when fewer are free), taken: those of `preferred` that are free, in its order, then the
+    /// lowest.
+    mutating func take(_ n: Int, preferring preferred: [Int]) -> [Int] {
+        var out: [Int] = []
+        for id in preferred where out.count < n && id >= 0 && id / 64 < words.count {
+            let bit: UInt64 = 1 << UInt64(id % 64)
+            if words[id / 64] & bit != 0 {
+                words[id / 64] &= ~bit
+                out.append(id)
+            }
+        }
+        return out + take(n - out.count)
+    }
+
     /// The lowest `n` free IDs (fewer when fewer are free), taken.
     mutating func take(_ n: Int) -> [Int] {
+        guard n > 0 else { return [] }
         var out: [Int] = []
         out.reserveCapacity(n)
         var w = lowest
@@ -176,7 +208,14 @@ public struct Allocation: Sendable {
             busyCPUs[i] += need.cpus
             let gpus = Array(freeGPUs[i].prefix(need.gpus))
             freeGPUs[i].removeFirst(need.gpus)
-            let cpuIDs = freeCPUs[i].take(need.cpus)
+            // Each GPU's share of the job's CPUs near it, in the GPUs' order (rank k's CPUs near rank k's GPU).
+            var cpuIDs: [Int] = []
+            for (n, gpu) in gpus.enumerated() {
+                let want = need.cpus / gpus.count + (n < need.cpus % gpus.count ? 1 : 0)
+                let near = nodes[i].gpus.firstIndex(of: gpu).map { nodes[i].gpuCPUs[$0] } ?? []
+                cpuIDs += freeCPUs[i].take(want, preferring: near)
+            }
+            if gpus.isEmpty { cpuIDs = freeCPUs[i].take(need.cpus) }
             return Assignment(nodes: [i], cpus: need.cpus, gpus: gpus, occupancy: need.occupancy, cpuIDs: cpuIDs)
         }
         return nil

@@ -113,6 +113,8 @@ public struct TaskCommand: Sendable {
             command = bound(command, job: job, assignment: assignment, cpus: binding.ranks)
             let values: [String: String] = [
                 "cpus_per_rank": String(binding.cpusPerRank),
+                // Slurm counts CPUs in hardware threads: a core and its sibling are 2.
+                "hardware_threads_per_rank": String(binding.cpusPerRank * (settings.cpuSiblingsOffset == nil ? 1 : 2)),
                 "depth": String(job.threadsPerRank),
                 "gpus_per_rank": job.gpusPerRank.rounded() == job.gpusPerRank
                     ? String(Int(saturating: job.gpusPerRank)) : String(job.gpusPerRank),
