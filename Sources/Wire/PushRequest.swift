@@ -246,7 +246,7 @@ public struct PushedSite: Sendable, Equatable {
             o["allowed_queues"] = .object(
                 policy.allowedQueues.mapValues { q in
                     .object([
-                        "max_nodes": .int(q.maxNodes), "max_walltime": .int(q.maxWallTimeMinutes),
+                        "max_nodes": .int(q.maxNodes), "max_walltime": .int(q.longestWallTimeMinutes),
                         "max_queued_jobs": .int(q.maxQueuedJobs),
                     ])
                 })

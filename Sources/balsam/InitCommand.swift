@@ -179,7 +179,10 @@ struct PlatformsCommand: ParsableCommand {
             out += "\nGPUs: " + (p.gpuIDs.isEmpty ? "none" : p.gpuIDs.joined(separator: ",") + " in \(p.gpuVariable)")
             out += "\nlaunch command: \(p.mpiLauncher)\nqueues:\n"
             for q in p.queues {
-                out += "  \(q.name): \(q.maxNodes) nodes, \(q.maxWalltime) min, \(q.maxQueuedJobs) queued\n"
+                let l = q.limits
+                let bins = l.wallTimeFromNodes.sorted { $0.key < $1.key }.map { "\($0.value) min from \($0.key)" }
+                out += "  \(q.name): \(l.minNodes)-\(l.maxNodes) nodes, \(l.maxWallTimeMinutes) min"
+                    + (bins.isEmpty ? "" : " (" + bins.joined(separator: ", ") + ")") + ", \(l.maxQueuedJobs) queued\n"
             }
             if !p.optionalBatchJobParams.isEmpty {
                 out +=

@@ -88,7 +88,7 @@ enum SyncRoutes {
             let queues = JSONValue.object(
                 policy.allowedQueues.mapValues { q in
                     .object([
-                        "max_nodes": .int(q.maxNodes), "max_walltime": .int(q.maxWallTimeMinutes),
+                        "max_nodes": .int(q.maxNodes), "max_walltime": .int(q.longestWallTimeMinutes),
                         "max_queued_jobs": .int(q.maxQueuedJobs),
                     ])
                 }

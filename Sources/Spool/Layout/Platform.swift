@@ -8,11 +8,10 @@
 /// (`--platform-dir DIR`), with an optional `job-template.sh` beside. `balsam site init --platform NAME` copies
 /// the values into the site's files; nothing refers back to the preset afterwards.
 public struct Platform: Sendable {
+    /// A queue and its limits (the same record a site's `scheduler.allowed_queues` holds).
     public struct Queue: Sendable, Equatable {
         public var name: String
-        public var maxNodes: Int
-        public var maxWalltime: Int
-        public var maxQueuedJobs: Int
+        public var limits: SiteSettings.QueuePolicy
     }
 
     public var name: String
@@ -54,8 +53,9 @@ public struct Platform: Sendable {
             defaultProject: local ? "local" : "default",
             queues: [
                 Queue(
-                    name: Settings.defaultQueue(scheduler), maxNodes: local ? 1 : 4, maxWalltime: local ? 1440 : 60,
-                    maxQueuedJobs: local ? 1 : 4)
+                    name: Settings.defaultQueue(scheduler),
+                    limits: .init(
+                        maxNodes: local ? 1 : 4, maxWallTimeMinutes: local ? 1440 : 60, maxQueuedJobs: local ? 1 : 4))
             ], source: "built in")
     }
 
@@ -188,14 +188,13 @@ public struct Platform: Sendable {
         }
         for (queueName, value) in queues.sorted(by: { $0.key < $1.key }) {
             let q = try SiteSettings.Fields(value, "queues.\(queueName)", path: path)
-            guard let nodes = try q.integer("max_nodes"), let minutes = try q.integer("max_walltime") else {
+            for key in q.o.keys.sorted() where !SiteSettings.QueuePolicy.keys.contains(key) {
                 throw SpoolError(
-                    .invalidInput, "queues.\(queueName): max_nodes and max_walltime are required", path: path)
+                    .invalidInput,
+                    "queues.\(queueName).\(key): not a queue key; known: "
+                        + SiteSettings.QueuePolicy.keys.joined(separator: ", "), path: path)
             }
-            p.queues.append(
-                Queue(
-                    name: queueName, maxNodes: nodes, maxWalltime: minutes,
-                    maxQueuedJobs: try q.integer("max_queued_jobs") ?? 1))
+            p.queues.append(Queue(name: queueName, limits: try SiteSettings.QueuePolicy.read(q, defaults: false)))
         }
         if let v = o["optional_batch_job_params"] {
             guard case .object(let params) = v else {

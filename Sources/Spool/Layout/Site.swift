@@ -343,9 +343,7 @@ public enum Settings {
         let queues = p.queues.map { q in
             """
                 \(quoted(q.name)):
-                  max_nodes: \(q.maxNodes)
-                  max_walltime: \(q.maxWalltime)
-                  max_queued_jobs: \(q.maxQueuedJobs)
+            \(q.limits.yaml(indent: "      "))
             """
         }.joined(separator: "\n")
         let params =

@@ -101,17 +101,81 @@ public struct SiteSettings: Sendable, Equatable {
         public init() {}
     }
 
-    /// The limits of one queue.
+    /// The limits of one queue, as a platform preset's `queues:` and a site's `scheduler.allowed_queues` both
+    /// write them (read by `read`, written by `yaml`: one record for both).
     public struct QueuePolicy: Sendable, Equatable {
         public var maxNodes: Int
+        /// The longest wall time, in minutes, at the smallest size (`max_walltime`).
         public var maxWallTimeMinutes: Int
         /// Batch jobs of this site queued or running in it at once.
         public var maxQueuedJobs: Int
+        /// The fewest nodes a batch job may ask for (`min_nodes`, default 1).
+        public var minNodes = 1
+        /// Longer wall times from a size on (`max_walltime_from_nodes: {NODES: MINUTES}`): a facility's bins
+        /// (Frontier: 6 h from 92 nodes, 12 h from 184).
+        public var wallTimeFromNodes: [Int: Int] = [:]
 
-        public init(maxNodes: Int, maxWallTimeMinutes: Int, maxQueuedJobs: Int) {
+        public init(
+            maxNodes: Int, maxWallTimeMinutes: Int, maxQueuedJobs: Int, minNodes: Int = 1,
+            wallTimeFromNodes: [Int: Int] = [:]
+        ) {
             self.maxNodes = maxNodes
             self.maxWallTimeMinutes = maxWallTimeMinutes
             self.maxQueuedJobs = maxQueuedJobs
+            self.minNodes = minNodes
+            self.wallTimeFromNodes = wallTimeFromNodes
+        }
+
+        /// The longest wall time a batch job of `nodes` nodes may ask for.
+        public func maxWallTime(nodes: Int) -> Int {
+            wallTimeFromNodes.filter { $0.key <= nodes }.max { $0.key < $1.key }?.value ?? maxWallTimeMinutes
+        }
+
+        /// The longest at any size (what the server shows the original client, whose model has one number).
+        public var longestWallTimeMinutes: Int { max(maxWallTimeMinutes, wallTimeFromNodes.values.max() ?? 0) }
+
+        /// The keys of a queue's mapping.
+        static let keys = ["max_nodes", "max_walltime", "max_queued_jobs", "min_nodes", "max_walltime_from_nodes"]
+
+        /// A queue's limits from its mapping; `defaults` fill what is missing (a preset has none: both maxima are
+        /// required there).
+        static func read(_ q: Fields, defaults: Bool) throws(SpoolError) -> QueuePolicy {
+            let nodes = try q.integer("max_nodes")
+            let minutes = try q.integer("max_walltime")
+            guard defaults || (nodes != nil && minutes != nil) else {
+                throw SpoolError(.invalidInput, "\(q.section): max_nodes and max_walltime are required", path: q.path)
+            }
+            var policy = QueuePolicy(
+                maxNodes: nodes ?? 1, maxWallTimeMinutes: minutes ?? 60,
+                maxQueuedJobs: try q.integer("max_queued_jobs") ?? 1, minNodes: try q.integer("min_nodes") ?? 1)
+            guard policy.minNodes <= policy.maxNodes else {
+                throw SpoolError(.invalidInput, "\(q.section).min_nodes is above max_nodes", path: q.path)
+            }
+            for (key, value) in try q.object("max_walltime_from_nodes") ?? [:] {
+                guard let from = Int(key), from > 1, from <= policy.maxNodes, let limit = value.intValue,
+                    limit > policy.maxWallTimeMinutes, limit <= 10_000_000
+                else {
+                    throw SpoolError(
+                        .invalidInput,
+                        "\(q.section).max_walltime_from_nodes.\(key): a node count above 1 (at most max_nodes) to "
+                            + "a longer wall time in minutes than max_walltime", path: q.path)
+                }
+                policy.wallTimeFromNodes[from] = limit
+            }
+            return policy
+        }
+
+        /// The mapping's lines, indented by `indent`.
+        func yaml(indent: String) -> String {
+            var lines = [
+                "max_nodes: \(maxNodes)", "max_walltime: \(maxWallTimeMinutes)", "max_queued_jobs: \(maxQueuedJobs)",
+            ]
+            if minNodes != 1 { lines.append("min_nodes: \(minNodes)") }
+            if !wallTimeFromNodes.isEmpty {
+                let bins = wallTimeFromNodes.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }
+                lines.append("max_walltime_from_nodes: {\(bins.joined(separator: ", "))}")
+            }
+            return lines.map { indent + $0 }.joined(separator: "\n")
         }
     }
 

@@ -166,7 +166,7 @@ extension SiteSettings {
         ],
         "file_cleaner": ["cleanup_batch_size", "service_period"],
         "sync": ["url", "site_name", "token_file", "ca_file", "period"],
-        "scheduler.allowed_queues.*": ["max_nodes", "max_walltime", "max_queued_jobs"],
+        "scheduler.allowed_queues.*": Set(QueuePolicy.keys),
     ]
 
     /// Refuses a key `knownKeys` does not list, naming it, its section and the keys the section takes.
@@ -237,9 +237,7 @@ extension SiteSettings {
             scheduler.allowedQueues = [:]
             for (name, limits) in queues {
                 let q = try Fields(limits, "scheduler.allowed_queues.\(name)", path: path)
-                scheduler.allowedQueues[name] = QueuePolicy(
-                    maxNodes: try q.integer("max_nodes") ?? 1, maxWallTimeMinutes: try q.integer("max_walltime") ?? 60,
-                    maxQueuedJobs: try q.integer("max_queued_jobs") ?? 1)
+                scheduler.allowedQueues[name] = try QueuePolicy.read(q, defaults: true)
             }
         }
         if let v = section.o["allowed_projects"], v != .null {

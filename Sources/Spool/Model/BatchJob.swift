@@ -207,12 +207,17 @@ extension BatchJob {
                 "queue '\(queue)' is not allowed on this site (allowed: \(allowed.isEmpty ? "none" : allowed);"
                     + " scheduler.allowed_queues in settings.yml)")
         }
-        guard numNodes >= 1, numNodes <= limits.maxNodes else {
-            throw SpoolError(.usage, "\(numNodes) nodes: queue '\(queue)' allows 1 to \(limits.maxNodes)")
-        }
-        guard wallTimeMinutes >= 1, wallTimeMinutes <= limits.maxWallTimeMinutes else {
+        guard numNodes >= limits.minNodes, numNodes <= limits.maxNodes else {
             throw SpoolError(
-                .usage, "\(wallTimeMinutes) minutes: queue '\(queue)' allows 1 to \(limits.maxWallTimeMinutes)")
+                .usage, "\(numNodes) nodes: queue '\(queue)' allows \(limits.minNodes) to \(limits.maxNodes)")
+        }
+        let longest = limits.maxWallTime(nodes: numNodes)
+        guard wallTimeMinutes >= 1, wallTimeMinutes <= longest else {
+            let bins = limits.wallTimeFromNodes.sorted { $0.key < $1.key }.map { "\($0.value) from \($0.key) nodes" }
+            throw SpoolError(
+                .usage,
+                "\(wallTimeMinutes) minutes: queue '\(queue)' allows 1 to \(longest) for \(numNodes) node(s)"
+                    + (bins.isEmpty ? "" : " (\(limits.maxWallTimeMinutes) below \(bins.joined(separator: ", ")))"))
         }
         if !policy.allowedProjects.contains(project) {
             let projects = policy.allowedProjects.joined(separator: ", ")
