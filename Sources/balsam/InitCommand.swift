@@ -181,7 +181,8 @@ struct PlatformsCommand: ParsableCommand {
             for q in p.queues {
                 let l = q.limits
                 let bins = l.wallTimeFromNodes.sorted { $0.key < $1.key }.map { "\($0.value) min from \($0.key)" }
-                out += "  \(q.name): \(l.minNodes)-\(l.maxNodes) nodes, \(l.maxWallTimeMinutes) min"
+                out +=
+                    "  \(q.name): \(l.minNodes)-\(l.maxNodes) nodes, \(l.maxWallTimeMinutes) min"
                     + (bins.isEmpty ? "" : " (" + bins.joined(separator: ", ") + ")") + ", \(l.maxQueuedJobs) queued\n"
             }
             if !p.optionalBatchJobParams.isEmpty {
