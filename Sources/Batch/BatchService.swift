@@ -23,6 +23,10 @@ public final class BatchService {
     /// Where messages go; a batch job's id is in its message and under `batch_job.id`.
     public let logger: Logger
     var lastElastic = -Double.infinity
+    /// The elastic queue's batch jobs that failed in a row, the latest first (`failuresInARow`).
+    var elasticFailures: [BatchJob] = []
+    /// The failed elastic batch job last reported (the elastic queue says once that it waits after it).
+    var reportedElasticFailure: Int?
     var reportedProblems = Set<String>()
     /// Nodes each backlog job needs, from the last count (job files are read once).
     var footprints: [String: Double] = [:]
@@ -55,6 +59,7 @@ public final class BatchService {
                 logger.error("batch job record: \(problem)")
             }
             records = all.filter { !$0.state.isFinal }
+            elasticFailures = BatchService.failuresInARow(all)
         } catch {
             logger.error("cannot read batch jobs: \(error)")
             return

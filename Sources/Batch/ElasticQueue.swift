@@ -64,6 +64,20 @@ extension BatchService {
                 metadata: ["batch_job.id": "\(job.id)"])
             try? store.requestDeletion(job.id)
         }
+        if let last = elasticFailures.first, let ended = last.endTime.flatMap(Timestamp.seconds) {
+            let wait = BatchService.failureBackoff(period: e.periodSeconds, failures: elasticFailures.count)
+            if Double(now) - ended < wait {
+                if reportedElasticFailure != last.id {
+                    reportedElasticFailure = last.id
+                    logger.warning(
+                        """
+                        elastic queue: its last \(elasticFailures.count) batch job(s) failed (batch job \(last.id): \
+                        \(last.message ?? "no message")); asking again \(Int(saturating: wait)) s after it ended
+                        """, metadata: ["batch_job.id": "\(last.id)"])
+                }
+                return nil
+            }
+        }
         let live = records.filter { !store.deletionRequested($0.id) }
         guard live.count < e.maxQueuedJobs else {
             logger.debug(
@@ -120,6 +134,20 @@ extension BatchService {
             if reportedProblems.insert(text).inserted { logger.warning("\(text)") }
             return nil
         }
+    }
+
+    /// The elastic queue's batch jobs that ended failed with none of its batch jobs since, the latest first.
+    static func failuresInARow(_ all: [BatchJob]) -> [BatchJob] {
+        Array(
+            all.filter { $0.origin == elasticOrigin }.sorted { $0.id > $1.id }
+                .prefix { $0.state.isFinal && ($0.outcome == .failed || $0.state == .submitFailed) })
+    }
+
+    /// Seconds the elastic queue waits after the last of `failures` batch jobs in a row failed: its period doubled
+    /// for each, at most 10 minutes. A batch job that fails at once (a job template that cannot work, a launcher
+    /// that cannot start) is asked for again at that pace, never each period.
+    static func failureBackoff(period: Double, failures: Int) -> Double {
+        failures <= 0 ? 0 : min(600, max(1, period) * Double(1 << min(failures, 10)))
     }
 
     /// The `origin` of the elastic queue's batch jobs.

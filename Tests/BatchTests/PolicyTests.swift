@@ -135,4 +135,31 @@ import Testing
                 binDirectory: "/b")
         } throws: { ($0 as? SpoolError)?.message.contains("nonsense") == true }
     }
+
+    /// The elastic queue's wait after failed batch jobs: counted only over its own batch jobs that failed with
+    /// none since (generated histories), its period doubled per failure, at most 10 minutes.
+    @Test func theElasticQueueCountsOnlyItsFailuresInARow() {
+        var rng = SplitMix(seed: 3299)
+        for _ in 0..<300 {
+            var all: [BatchJob] = []
+            for id in 1...(1 + Int(rng.next() % 8)) {
+                var job = BatchJob(project: "p", queue: "q", numNodes: 1, wallTimeMinutes: 5)
+                job.id = id
+                if rng.next() % 3 != 0 { job.origin = BatchService.elasticOrigin }
+                switch rng.next() % 3 {
+                case 0: job.move(to: .finished, message: "failed"); job.outcome = .failed
+                case 1: job.move(to: .finished, message: "done"); job.outcome = .completed
+                default: job.move(to: .queued, message: "queued")
+                }
+                all.append(job)
+            }
+            let mine = all.filter { $0.origin == BatchService.elasticOrigin }.sorted { $0.id > $1.id }
+            let expected = mine.prefix { $0.state == .finished && $0.outcome == .failed }.map(\.id)
+            #expect(BatchService.failuresInARow(all.shuffled()).map(\.id) == expected)
+        }
+        #expect(BatchService.failureBackoff(period: 0.2, failures: 0) == 0)
+        #expect(BatchService.failureBackoff(period: 0.2, failures: 1) == 2)
+        #expect(BatchService.failureBackoff(period: 60, failures: 3) == 480)
+        #expect(BatchService.failureBackoff(period: 60, failures: 40) == 600)
+    }
 }

@@ -603,6 +603,41 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         #expect(named.stdout.split(separator: "\n") == [Substring(id)], "exactly one job of that name")
     }
 
+    /// A batch job the elastic queue asked for fails at once (here a job template that exits 3; in the field a
+    /// launcher that cannot start): it asks again after its period doubled for each failure in a row, never each
+    /// period (it asked for 120 batch jobs in two minutes before).
+    @Test func theElasticQueueWaitsLongerAfterEachFailedBatchJob() throws {
+        let site = try makeSite("local", app: "true")
+        try "#!/bin/bash\necho 'cannot start' >&2\nexit 3\n".write(
+            toFile: site.root + "/job-template.sh", atomically: true, encoding: .utf8)
+        var text = try read(site.settingsPath)
+        text = text.replacingOccurrences(
+            of: "elastic_queue: null",
+            with: """
+                elastic_queue:
+                  service_period: 0.2
+                  submit_project: local
+                  submit_queue: local
+                  use_backfill: false
+                  min_num_nodes: 1
+                  max_num_nodes: 1
+                  min_wall_time_min: 1
+                  max_wall_time_min: 5
+                  max_queued_jobs: 1
+                """)
+        try text.write(toFile: site.settingsPath, atomically: true, encoding: .utf8)
+        try submitJobs(site, 3)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        defer { _ = watcher.terminate() }
+        // The warning for the third failure in a row says it waits 8 s: no fourth batch job can exist yet.
+        try waitUntil("three batch jobs failed in a row", timeout: 60) {
+            watcher.log.contains("its last 3 batch job(s) failed")
+        }
+        let asked = try batchJobs(site)
+        #expect(asked.count == 3 && asked.allSatisfy { $0.outcome == .failed }, "\(asked.map(\.json))")
+        #expect(watcher.log.contains("asking again 2 s after") && watcher.log.contains("asking again 8 s after"))
+    }
+
     @Test(.enabled(if: slurmAvailable)) func theElasticQueueServesTheBacklogThenStops() throws {
         let site = try makeSite("slurm", app: "sleep 0.2")
         var text = try read(site.settingsPath)
@@ -632,7 +667,10 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
             (try? run("/usr/bin/squeue", ["-h", "-j", blockerID, "-o", "%T"]))?.stdout.contains("RUNNING") == true
         }
         try submitJobs(site, 10)
-        let watcher = try WatchProcess(site: site.root, ["--verbose"], logDirectory: dir.path, env: mpiRootEnvironment)
+        // The cluster's PMI for the launcher's srun (the test cluster's MpiDefault is none).
+        let watcher = try WatchProcess(
+            site: site.root, ["--verbose"], logDirectory: dir.path,
+            env: mpiRootEnvironment.merging(["SLURM_MPI_TYPE": "pmi2"]) { a, _ in a })
         try waitUntil("two elastic rounds without a window", timeout: 30) {
             watcher.log.components(separatedBy: "no backfill window").count >= 3
         }
