@@ -23,8 +23,6 @@ public final class BatchService {
     /// Where messages go; a batch job's id is in its message and under `batch_job.id`.
     public let logger: Logger
     var lastElastic = -Double.infinity
-    /// The elastic queue's batch jobs that failed in a row, the latest first (`failuresInARow`).
-    var elasticFailures: [BatchJob] = []
     /// The failed elastic batch job last reported (the elastic queue says once that it waits after it).
     var reportedElasticFailure: Int?
     var reportedProblems = Set<String>()
@@ -53,13 +51,14 @@ public final class BatchService {
     /// One round: submit, follow, cancel; the elastic queue when its period has passed.
     public func sync() {
         var records: [BatchJob]
+        let all: [BatchJob]
         do {
-            let (all, problems) = try store.all()
+            let problems: [String]
+            (all, problems) = try store.all()
             for problem in problems where reportedProblems.insert(problem).inserted {
                 logger.error("batch job record: \(problem)")
             }
             records = all.filter { !$0.state.isFinal }
-            elasticFailures = BatchService.failuresInARow(all)
         } catch {
             logger.error("cannot read batch jobs: \(error)")
             return
@@ -67,7 +66,7 @@ public final class BatchService {
         let now = Posix.monotonicSeconds()
         if let elastic = settings.elasticQueue, now - lastElastic >= elastic.periodSeconds {
             lastElastic = now
-            if let made = runElasticQueue(elastic, active: records) { records.append(made) }
+            if let made = runElasticQueue(elastic, active: records, all: all) { records.append(made) }
         }
         guard !records.isEmpty else { return }
         var listing: [SchedulerStatus]?

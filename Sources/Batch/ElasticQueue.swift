@@ -51,8 +51,9 @@ extension BatchService {
     /// One elastic round (reference §6.5, with the documented behaviour where code and docs disagree): delete
     /// batch jobs queued too long; then, if the runnable backlog exceeds what queued and running batch jobs leave
     /// idle, ask for one batch job sized to the difference, within the node and wall-time bounds and
-    /// `max_queued_jobs`. `active`: the site's batch jobs not yet ended. Returns the batch job it asked for.
-    func runElasticQueue(_ e: SiteSettings.ElasticQueue, active: [BatchJob]) -> BatchJob? {
+    /// `max_queued_jobs`. `active`: the site's batch jobs not yet ended; `all`: every one (its failures in a row
+    /// set a wait, `failureBackoff`). Returns the batch job it asked for.
+    func runElasticQueue(_ e: SiteSettings.ElasticQueue, active: [BatchJob], all: [BatchJob]) -> BatchJob? {
         let records = active.filter { $0.queue == e.queue }
         let now = time(nil)
         for job in records where job.state == .queued && job.origin == BatchService.elasticOrigin {
@@ -64,6 +65,7 @@ extension BatchService {
                 metadata: ["batch_job.id": "\(job.id)"])
             try? store.requestDeletion(job.id)
         }
+        let elasticFailures = BatchService.failuresInARow(all)
         if let last = elasticFailures.first, let ended = last.endTime.flatMap(Timestamp.seconds) {
             let wait = BatchService.failureBackoff(period: e.periodSeconds, failures: elasticFailures.count)
             if Double(now) - ended < wait {

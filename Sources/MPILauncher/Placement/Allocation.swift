@@ -24,19 +24,28 @@ public struct Node: Sendable, Equatable {
         cpuIDs = ids.isEmpty ? [0] : ids
         self.cpus = cpuIDs.count
         self.gpus = gpus
-        gpuCPUs = Node.nearest(cpuIDs: cpuIDs, declared: max(1, cpus), gpus: gpus.count, sockets: sockets)
+        gpuCPUs = Node.nearest(cpuIDs: cpuIDs, declared: max(1, cpus), gpus: gpus.count, sockets: max(1, sockets))
     }
 
     static func nearest(cpuIDs: [Int], declared: Int, gpus: Int, sockets: Int) -> [[Int]] {
         guard gpus > 0 else { return [] }
-        let parts = sockets > 1 && gpus % sockets == 0 && declared % sockets == 0 ? sockets : 1
-        let span = declared / parts
-        let perPart = gpus / parts
+        let parts =
+            gpus % sockets == 0 && declared % sockets == 0
+            ? Node.bySocket(cpuIDs, declared: declared, sockets: sockets) : [cpuIDs]
+        let perPart = gpus / parts.count
         return (0..<gpus).map { g in
-            let part = cpuIDs.filter { $0 / span == g / perPart }
+            let part = parts[g / perPart]
             let share = part.count / perPart
             return Array(part.dropFirst((g % perPart) * share).prefix(share))
         }
+    }
+
+    /// CPU IDs `ids` by socket: the node's `declared` IDs in `sockets` equal ranges, socket s holding
+    /// `s × declared / sockets ..<`; one group of all of them for one socket.
+    static func bySocket(_ ids: [Int], declared: Int, sockets: Int) -> [[Int]] {
+        guard sockets > 1, declared / sockets > 0 else { return [ids] }
+        let span = declared / sockets
+        return (0..<sockets).map { s in ids.filter { $0 / span == s } }
     }
 }
 

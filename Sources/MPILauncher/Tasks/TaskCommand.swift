@@ -190,9 +190,11 @@ public struct TaskCommand: Sendable {
         let ranksPerNode = max(1, job.ranksPerNode)
         var groups = [ids]
         let sockets = settings.socketsPerNode
-        if sockets > 1, ranksPerNode % sockets == 0, let span = settings.cpusPerNode.map({ $0 / sockets }), span > 0 {
-            let bySocket = (0..<sockets).map { s in ids.filter { $0 / span == s } }
-            if bySocket.allSatisfy({ $0.count >= ranksPerNode / sockets }) { groups = bySocket }
+        if sockets > 1, ranksPerNode % sockets == 0, let declared = settings.cpusPerNode {
+            let bySocket = Node.bySocket(ids, declared: declared, sockets: sockets)
+            if bySocket.count == sockets, bySocket.allSatisfy({ $0.count >= ranksPerNode / sockets }) {
+                groups = bySocket
+            }
         }
         let ranksPerGroup = ranksPerNode / groups.count
         let per = max(1, groups.map { $0.count / ranksPerGroup }.min() ?? 1)

@@ -5,8 +5,9 @@
 /// A site a project's group shares (`balsam init --group G`): its directories belong to the group and are
 /// set-group-ID, so what anyone makes inside belongs to the group too, and every member's commands give the group
 /// what they give their owner. The site's marker (`.balsam-site`) names the group; a site made inside a
-/// set-group-ID project directory without `--group` stays private to its owner's umask. The watcher's claim and the launchers' leases stay exclusive: they name a process, not a
-/// user, and a member's watcher sees another member's as alive (EPERM from kill(2) is an answer).
+/// set-group-ID project directory without `--group` stays private to its owner's umask. The watcher's claim and
+/// the launchers' leases stay exclusive: they name a process, not a user, and a member's watcher sees another
+/// member's as alive (EPERM from kill(2) is an answer).
 public enum SharedSite {
     /// The group `name` names (a group name or a number).
     public static func group(named name: String) throws(SpoolError) -> gid_t {

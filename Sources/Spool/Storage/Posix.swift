@@ -211,10 +211,10 @@ public enum Posix {
         try call("rename to \(to)", path: from) { clinux_rename_noreplace(AT_FDCWD, from, AT_FDCWD, to) }
     }
 
-    /// Files and directories are made with every permission the umask allows (0666, 0777: the Unix rule), so
-    /// the umask decides who may read and write them: 022 for a private site, 002 in a shared one (`Site.open`
-    /// relaxes it there). Secrets say 0600 themselves.
-    ///
+    // Files and directories are made with every permission the umask allows (0666, 0777: the Unix rule), so the
+    // umask decides who may read and write them: 022 for a private site, 002 in a shared one (`Site.open` relaxes
+    // it there). Secrets say 0600 themselves.
+
     /// Makes `path` executable by whoever may read it (`chmod +x` as the umask would have it): a script written
     /// for a shell or a batch system.
     package static func makeExecutable(_ path: String) throws(SpoolError) {
