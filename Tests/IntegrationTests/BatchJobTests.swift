@@ -52,6 +52,29 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         try lines.joined(separator: "\n").write(toFile: site + "/settings.yml", atomically: true, encoding: .utf8)
     }
 
+    /// Submits "wide", a 2-node job whose ranks say their PMI rank and size and their Slurm node.
+    func submitWideJob(_ site: Site) throws {
+        let app = [
+            "app", "create", "wide", "--command-template",
+            #"sh -c 'echo rank=$PMI_RANK of $PMI_SIZE on $SLURMD_NODENAME'"#,
+        ]
+        try #require(try balsam(app, site: site.root).status == 0)
+        let wide = try balsam(["submit", "-a", "wide", "-w", "wide", "--num-nodes", "2"], site: site.root)
+        try #require(wide.status == 0, "\(wide.stderr)")
+    }
+
+    /// The 2-node job's ranks ran one on each of the allocation's two nodes (srun may add lines of its own: the
+    /// emulated nodes cannot bind CPUs).
+    func expectWideRanksOnBothNodes(_ site: Site) throws {
+        let ranks = Set(
+            try read(site.dataPath + "/wide/job.out").split(separator: "\n").map(String.init).filter {
+                $0.hasPrefix("rank=")
+            })
+        #expect(
+            ranks == ["rank=0 of 2 on n1", "rank=1 of 2 on n2"] || ranks == ["rank=0 of 2 on n2", "rank=1 of 2 on n1"],
+            "\(ranks)")
+    }
+
     func submitJobs(_ site: Site, _ count: Int) throws {
         let lines = (0..<count).map { "{\"app\":\"work\",\"workdir\":\"w/\($0)\"}" }.joined(separator: "\n")
         let r = try balsamSubmit(["--from", "-"], site: site.root, stdin: Data((lines + "\n").utf8))
@@ -362,16 +385,7 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
                     "mpi_launcher":
                         #""mpiexec.hydra -genvnone -n {{ ranks }} -ppn {{ ranks_per_node }} -hosts {{ hosts }} {{ command }}""#
                 ])
-            try #require(
-                try balsam(
-                    [
-                        "app", "create", "wide", "--command-template",
-                        #"sh -c 'echo rank=$PMI_RANK of $PMI_SIZE on $SLURMD_NODENAME'"#,
-                    ],
-                    site: site.root
-                ).status == 0)
-            try #require(
-                try balsam(["submit", "-a", "wide", "-w", "wide", "--num-nodes", "2"], site: site.root).status == 0)
+            try submitWideJob(site)
             count += 1
         }
         try submitJobs(site, 12)
@@ -387,14 +401,7 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         for i in 0..<12 { nodes.insert(try read(site.dataPath + "/w/\(i)/job.out").trimmingCharacters(in: .newlines)) }
         #expect(nodes == ["node=n1", "node=n2"], "one launcher rank on each of the allocation's two nodes")
         if starter == "hydra" {
-            let ranks = Set(
-                try read(site.dataPath + "/wide/job.out").split(separator: "\n").map(String.init).filter {
-                    $0.hasPrefix("rank=")
-                })
-            #expect(
-                ranks == ["rank=0 of 2 on n1", "rank=1 of 2 on n2"]
-                    || ranks == ["rank=0 of 2 on n2", "rank=1 of 2 on n1"],
-                "\(ranks)")
+            try expectWideRanksOnBothNodes(site)
         }
         #expect(watcher.terminate() == 0)
     }
@@ -418,17 +425,8 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
                 "mpi_launcher":
                     #""srun -n {{ ranks }} --ntasks-per-node {{ ranks_per_node }} --nodelist {{ hosts }} --nodes {{ num_nodes }} --overlap --mpi=pmi2 {{ command }}""#
             ])
-        try #require(
-            try balsam(
-                [
-                    "app", "create", "wide", "--command-template",
-                    #"sh -c 'echo rank=$PMI_RANK of $PMI_SIZE on $SLURMD_NODENAME'"#,
-                ],
-                site: site.root
-            ).status == 0)
         try submitJobs(site, 8)
-        let wide = try balsam(["submit", "-a", "wide", "-w", "wide", "--num-nodes", "2"], site: site.root)
-        #expect(wide.status == 0, "\(wide.stderr)")
+        try submitWideJob(site)
         let watcher = try watchThenQueue(site, jobs: 9, ["-n", "2", "-t", "5", "-q", "debug", "-A", "default"])
         try waitUntil("the batch job ends", timeout: 90) { batchJob(site, 1)?.state == .finished }
         let job = try #require(batchJob(site, 1))
@@ -437,14 +435,7 @@ let mpiRootEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT
         var nodes = Set<String>()
         for i in 0..<8 { nodes.insert(try read(site.dataPath + "/w/\(i)/job.out").trimmingCharacters(in: .newlines)) }
         #expect(nodes == ["node=n1", "node=n2"], "one launcher rank on each of the allocation's two nodes")
-        // (srun may add a line of its own: the emulated nodes cannot bind CPUs.)
-        let ranks = Set(
-            try read(site.dataPath + "/wide/job.out").split(separator: "\n").map(String.init).filter {
-                $0.hasPrefix("rank=")
-            })
-        #expect(
-            ranks == ["rank=0 of 2 on n1", "rank=1 of 2 on n2"] || ranks == ["rank=0 of 2 on n2", "rank=1 of 2 on n1"],
-            "\(ranks)")
+        try expectWideRanksOnBothNodes(site)
         #expect(watcher.terminate() == 0)
     }
 

@@ -12,6 +12,27 @@ import Testing
         var environment: [String: String]
     }
 
+    /// A site made from `platform` in `dir`: its launcher settings, the app `./app`, nodes of the preset's shape
+    /// (`cpus` where the preset does not say), and the command maker.
+    struct PresetSite {
+        let settings: SiteSettings.Launcher
+        let app: App
+        let command: TaskCommand
+
+        init(_ platform: Platform, in dir: TempDir) throws {
+            let site = try Site.create(at: dir.path + "/site", platform: platform, project: "p")
+            settings = try SiteSettings.load(site).launcher
+            app = try App(name: "app", commandTemplate: "./app")
+            command = TaskCommand(site: site, settings: settings)
+        }
+
+        func node(_ index: Int = 0, cpus: Int) -> Node {
+            Node(
+                index: index, host: "h\(index)", cpus: settings.cpusPerNode ?? cpus, gpus: settings.gpuIDs,
+                reserved: settings.reservedCPUs, sockets: settings.socketsPerNode)
+        }
+    }
+
     /// A site from `preset`, and the command for `job` placed on an allocation of two nodes of its shape.
     func launch(
         _ preset: String, ranks: Int, threads: Int = 1, threadsPerCore: Int = 1, nodes: Int = 1, gpus: Double = 0
@@ -19,42 +40,28 @@ import Testing
         throws -> Placed
     {
         let dir = try TempDir()
-        let platform = try #require(try Platform.builtIn().first { $0.name == preset })
-        let site = try Site.create(at: dir.path + "/site", platform: platform, project: "p")
-        let settings = try SiteSettings.load(site)
-        let app = try App(name: "app", commandTemplate: "./app")
-        let shape = (0..<2).map {
-            Node(
-                index: $0, host: "h\($0)", cpus: settings.launcher.cpusPerNode ?? 8, gpus: settings.launcher.gpuIDs,
-                reserved: settings.launcher.reservedCPUs, sockets: settings.launcher.socketsPerNode)
-        }
+        let preset = try PresetSite(try #require(try Platform.builtIn().first { $0.name == preset }), in: dir)
+        let shape = (0..<2).map { preset.node($0, cpus: 8) }
         var allocation = Allocation(nodes: shape)
         let job = shapedJob(nodes: nodes, rpn: ranks, tpr: threads, tpc: threadsPerCore, gpr: gpus, app: "app")
         let placed = allocation.place(Need(job, packing: true))
         let assignment = try #require(placed)
-        let spec = try TaskCommand(site: site, settings: settings.launcher).spec(
-            job, app: app, assignment: assignment, nodes: shape)
+        let spec = try preset.command.spec(job, app: preset.app, assignment: assignment, nodes: shape)
         return Placed(script: spec.script, environment: spec.environment)
     }
 
     /// `jobs` jobs of this shape placed one after another on one node of `preset`'s shape: their commands.
     func launchPacked(_ preset: String, jobs: Int, ranks: Int, threads: Int, gpus: Double) throws -> [Placed] {
         let dir = try TempDir()
-        let platform = try #require(try Platform.builtIn().first { $0.name == preset })
-        let site = try Site.create(at: dir.path + "/site", platform: platform, project: "p")
-        let settings = try SiteSettings.load(site)
-        let app = try App(name: "app", commandTemplate: "./app")
-        let node = Node(
-            index: 0, host: "h0", cpus: settings.launcher.cpusPerNode ?? 8, gpus: settings.launcher.gpuIDs,
-            reserved: settings.launcher.reservedCPUs, sockets: settings.launcher.socketsPerNode)
+        let preset = try PresetSite(try #require(try Platform.builtIn().first { $0.name == preset }), in: dir)
+        let node = preset.node(cpus: 8)
         var allocation = Allocation(nodes: [node])
         var placed: [Placed] = []
         for _ in 0..<jobs {
             let job = shapedJob(nodes: 1, rpn: ranks, tpr: threads, tpc: 1, gpr: gpus, npc: jobs, app: "app")
             let placedNow = allocation.place(Need(job, packing: true))
             let assignment = try #require(placedNow)
-            let spec = try TaskCommand(site: site, settings: settings.launcher).spec(
-                job, app: app, assignment: assignment, nodes: [node])
+            let spec = try preset.command.spec(job, app: preset.app, assignment: assignment, nodes: [node])
             placed.append(Placed(script: spec.script, environment: spec.environment))
         }
         return placed
@@ -178,13 +185,8 @@ import Testing
         var rng = SplitMix(seed: 3205)
         for platform in try Platform.builtIn() {
             let dir = try TempDir()
-            let site = try Site.create(at: dir.path + "/site", platform: platform, project: "p")
-            let settings = try SiteSettings.load(site)
-            let app = try App(name: "app", commandTemplate: "./app")
-            let node = Node(
-                index: 0, host: "h0", cpus: settings.launcher.cpusPerNode ?? 16, gpus: settings.launcher.gpuIDs,
-                reserved: settings.launcher.reservedCPUs, sockets: settings.launcher.socketsPerNode)
-            let command = TaskCommand(site: site, settings: settings.launcher)
+            let preset = try PresetSite(platform, in: dir)
+            let node = preset.node(cpus: 16)
             for _ in 0..<20 {
                 var allocation = Allocation(nodes: [node])
                 var devicesHeld: [String] = []
@@ -195,10 +197,10 @@ import Testing
                     let job = shapedJob(
                         nodes: 1, rpn: ranks, tpr: 1 + Int(rng.next() % 4), tpc: 1, gpr: gpus, app: "app")
                     guard let assignment = allocation.place(Need(job, packing: true)) else { break }
-                    let spec = try command.spec(job, app: app, assignment: assignment, nodes: [node])
+                    let spec = try preset.command.spec(job, app: preset.app, assignment: assignment, nodes: [node])
                     if ranks == 1 {
                         let mine =
-                            spec.environment[settings.launcher.gpuVariable].map {
+                            spec.environment[preset.settings.gpuVariable].map {
                                 $0.split(separator: ",").map(String.init)
                             } ?? []
                         #expect(mine.count == Int(saturating: gpus))
@@ -227,12 +229,8 @@ import Testing
         var rng = SplitMix(seed: 3233)
         for platform in try Platform.builtIn() where !platform.gpuIDs.isEmpty {
             let dir = try TempDir()
-            let site = try Site.create(at: dir.path + "/site", platform: platform, project: "p")
-            let settings = try SiteSettings.load(site)
-            let app = try App(name: "app", commandTemplate: "./app")
-            let node = Node(
-                index: 0, host: "h0", cpus: settings.launcher.cpusPerNode ?? 16, gpus: settings.launcher.gpuIDs,
-                reserved: settings.launcher.reservedCPUs, sockets: settings.launcher.socketsPerNode)
+            let preset = try PresetSite(platform, in: dir)
+            let node = preset.node(cpus: 16)
             let block = node.gpuCPUs.map(\.count).min() ?? 1
             for _ in 0..<20 {
                 var allocation = Allocation(nodes: [node])
@@ -241,8 +239,7 @@ import Testing
                     let job = shapedJob(
                         nodes: 1, rpn: ranks, tpr: 1 + Int(rng.next() % UInt64(block)), tpc: 1, gpr: 1, app: "app")
                     guard let assignment = allocation.place(Need(job, packing: true)) else { break }
-                    let spec = try TaskCommand(site: site, settings: settings.launcher).spec(
-                        job, app: app, assignment: assignment, nodes: [node])
+                    let spec = try preset.command.spec(job, app: preset.app, assignment: assignment, nodes: [node])
                     let bound = Self.perRank(spec.script)
                     let devices = try #require(bound.devices)
                     let cpus = try #require(bound.cpus)
