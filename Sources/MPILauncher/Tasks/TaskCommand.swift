@@ -114,7 +114,9 @@ public struct TaskCommand: Sendable {
             let values: [String: String] = [
                 "cpus_per_rank": String(binding.cpusPerRank),
                 // Slurm counts CPUs in hardware threads: a core and its sibling are 2.
-                "hardware_threads_per_rank": String(binding.cpusPerRank * (settings.cpuSiblingsOffset == nil ? 1 : 2)),
+                // (cpus_per_node comes from settings.yml: never a trapping multiplication on it.)
+                "hardware_threads_per_rank": String(
+                    settings.cpuSiblingsOffset == nil ? binding.cpusPerRank : min(binding.cpusPerRank, Int.max / 2) * 2),
                 "depth": String(job.threadsPerRank),
                 "gpus_per_rank": job.gpusPerRank.rounded() == job.gpusPerRank
                     ? String(Int(saturating: job.gpusPerRank)) : String(job.gpusPerRank),
