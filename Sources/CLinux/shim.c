@@ -3,7 +3,12 @@
 #include <poll.h>
 #include <time.h>
 #include <stdio.h>
-#include <spawn.h>
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <pthread.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 #include "clinux.h"
@@ -25,14 +30,59 @@ int clinux_ppoll_ns(struct pollfd *fds, unsigned long count, long nanoseconds) {
     return ppoll(fds, count, &timeout, NULL);
 }
 
-int clinux_spawn_addchdir(void *actions, const char *path) {
-    return posix_spawn_file_actions_addchdir_np(actions, path);
+// Runs in the vfork(2) child, on the parent's memory, with every signal blocked: only system calls, no allocation.
+// Returns only on failure, with the errno.
+static int spawn_child(const struct clinux_spawn_request *s, pid_t parent) {
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++) (void)sigaction(sig, &dfl, NULL);  // EINVAL for KILL, STOP, glibc's own
+    if (setpgid(0, 0) < 0) return errno;
+    if (s->death_signal > 0) {
+        if (prctl(PR_SET_PDEATHSIG, s->death_signal) < 0) return errno;
+        if (getppid() != parent) return ESRCH;  // the parent died before the signal was armed
+    }
+    int in = s->input_fd >= 0 ? s->input_fd : open("/dev/null", O_RDONLY);
+    if (in < 0) return errno;
+    int fds[3] = {in, s->output_fd, s->error_fd};
+    for (int target = 0; target < 3; target++) {
+        if (fds[target] == target) {
+            if (fcntl(target, F_SETFD, 0) < 0) return errno;  // keep it across exec
+        } else if (dup2(fds[target], target) < 0) {
+            return errno;
+        }
+    }
+    if (chdir(s->directory) < 0) return errno;
+    if (syscall(SYS_close_range, 3U, ~0U, 0U) < 0) return errno;
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execve(s->path, s->argv, s->envp);
+    return errno;
 }
 
-int clinux_spawn_addclosefrom(void *actions, int from) {
-    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+int clinux_spawn(const struct clinux_spawn_request *s, int *pid) {
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t parent = getpid();
+    volatile int failure = 0;
+    pid_t child = vfork();
+    if (child == 0) {
+        failure = spawn_child(s, parent);
+        _exit(127);
+    }
+    int error = child < 0 ? errno : 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (error) return error;
+    if (failure) {
+        int status;
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+        return failure;
+    }
+    *pid = child;
+    return 0;
 }
-
 
 int clinux_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 

@@ -162,6 +162,7 @@ public final class Watcher: Sendable {
     private func runTransferService(once: Bool) {
         var service: TransferService?
         var lastLook = 0.0
+        var lastSweep = 0.0
         runPeriodic("transfers", once: once, wake: \.transfersWanted, retry: { 5 }) {
             let woken = flags.withLock { flags in
                 defer { flags.transfersWanted = false }
@@ -176,6 +177,12 @@ public final class Watcher: Sendable {
             let now = Posix.monotonicSeconds()
             let full = woken || now - lastLook >= current.settings.transfers.periodSeconds
             if full { lastLook = now }
+            if now - lastSweep >= 30 {
+                lastSweep = now
+                for tree in Fsck.sweepTransferStaging(site) {
+                    logger.notice("transfers: removed \(tree), left by a watcher that has ended")
+                }
+            }
             let round = try current.round(look: full)
             if round.submitted + round.done + round.failed + round.moved > 0 {
                 logger.debug(
@@ -197,6 +204,11 @@ public final class Watcher: Sendable {
         defer { claim.release() }
         logger.info("watching \(site.root) as pid \(claim.me.pid) on \(claim.me.host)")
 
+        // What a watcher killed before it left running (an rsync, a hook's children) ends before anything starts
+        // again: it would go on copying into a tree nobody reads, beside the new transfer of the same files.
+        for orphan in Posix.endOrphans() {
+            logger.warning("recovery: ended \(orphan), left running by a balsam process that has ended")
+        }
         let recovery = try Fsck(site: site).run(repair: true, full: false)
         for problem in recovery.problems { logger.warning("recovery: \(problem)") }
         logger.info("recovery: \(recovery.jobs) active jobs checked, \(recovery.problems.count) repaired")

@@ -6,9 +6,11 @@ import Spool
 
 /// One way to run a short-lived child process to its end: hooks and scheduler commands.
 ///
-/// The child gets a process group of its own, exactly the environment given, a working directory, standard
-/// input from /dev/null, no other inherited descriptor, default signal handling, and its output on file
-/// descriptors. Every wait has a deadline: at `timeoutSeconds`, or as soon as `shouldStop` says so, the whole
+/// The child gets a process group of its own, exactly the environment given (plus `BALSAM_SPAWNED_BY`, naming
+/// this process), a working directory, standard input from /dev/null, no other inherited descriptor, default
+/// signal handling, and its output on file descriptors. It never outlives its caller: SIGKILL to the caller (or
+/// the end of the calling thread) sends it SIGKILL (PR_SET_PDEATHSIG), and what it started itself is found by
+/// `BALSAM_SPAWNED_BY` and ended by the next watcher (`Posix.endOrphans`). Every wait has a deadline: at `timeoutSeconds`, or as soon as `shouldStop` says so, the whole
 /// group gets SIGTERM, and SIGKILL `graceSeconds` later. The wait is a `poll(2)` on a pidfd, so the caller wakes
 /// the moment the child exits. Captured output goes to unlinked temporary files and is read back up to a limit,
 /// so a chatty command costs no memory and a background process that keeps the output open cannot hold up the
@@ -105,9 +107,11 @@ public struct ChildProcess: Sendable {
     }
 
     private func runToEnd(outputFD: Int32, errorFD: Int32) throws(SpoolError) -> Ending {
+        var environment = environment
+        environment[Posix.parentVariable] = Posix.parentStamp
         let pid = try Posix.spawn(
             executable, arguments: arguments, environment: environment, directory: directory, outputFD: outputFD,
-            errorFD: errorFD)
+            errorFD: errorFD, diesWithCaller: true)
         let pidFD: Int32
         do { pidFD = try Posix.processDescriptor(pid) } catch {
             // Without a pidfd it cannot be waited for with a deadline: end it rather than leave it unwatched.

@@ -61,8 +61,7 @@ public final class RsyncBackend: TransferBackend {
         let remote = host
         return tasks.start { [self] update in
             runCount.withLock { $0 += 1 }
-            let staging =
-                site.stagingPath + "/transfer.\(getpid()).\(UInt64(saturating: Posix.monotonicSeconds() * 1e6))"
+            let staging = site.stagingPath + "/" + RsyncBackend.stagingName()
             defer { Posix.removeTree(staging) }
             do throws(SpoolError) {
                 try Posix.mkdir(staging)
@@ -76,6 +75,12 @@ public final class RsyncBackend: TransferBackend {
     }
 
     public func poll(_ taskID: String) -> TaskStatus? { tasks.status(taskID) }
+
+    /// A batch's staging tree under the site's staging directory: `transfer.MICROS.HOST.PID-START`, its owner
+    /// named the way `Fsck` and the watcher's sweep tell a live writer's from a dead one's.
+    static func stagingName() -> String {
+        Fsck.transferStagingPrefix + "\(UInt64(saturating: Posix.monotonicSeconds() * 1e6))" + Site.ownerSuffix
+    }
 
     /// The deepest directory holding every path of a batch: rsync is given it as the remote root and the paths
     /// relative to it (from `/` with long paths, rsync spent twice as long on the implied directories).

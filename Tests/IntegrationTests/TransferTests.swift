@@ -266,6 +266,91 @@ final class SSHServer {
         #expect(size as? Int == 300 << 20)
     }
 
+    /// The command lines of the processes working in the site's staging directory (the rsyncs of transfers, and
+    /// their ssh): with no watcher running, there should be none.
+    func transferProcesses() -> [String] {
+        ((try? Posix.listDirectory("/proc")) ?? []).compactMap { name -> String? in
+            guard Int32(name) != nil,
+                let cwd = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(name)/cwd"),
+                cwd.hasPrefix(site.stagingPath + "/"),
+                let command = try? Posix.readFile("/proc/\(name)/cmdline", limit: 4096)
+            else { return nil }
+            return command.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
+        }
+    }
+
+    /// What a dead balsam process's children left running (found by the variable they inherit) ends when the next
+    /// watcher starts; what a live one's run is left alone.
+    @Test func theNextWatcherEndsWhatADeadOnesChildrenLeftRunning() throws {
+        func sleeper(_ stamp: String) throws -> Spawned {
+            var environment = ProcessInfo.processInfo.environment
+            environment[Posix.parentVariable] = stamp
+            return try Spawned("/bin/sleep", ["300"], environment: environment)
+        }
+        // Pid 1 did not start at tick 1: its "parent" is gone. This test process is alive.
+        let orphan = try sleeper("\(Posix.hostName()).1-1")
+        let kept = try sleeper(Posix.parentStamp)
+        defer { kept.signal(SIGKILL) }
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        try waitUntil("the orphan is ended", timeout: 30) { !orphan.isRunning }
+        #expect(orphan.waitUntilExit() == SIGKILL)
+        #expect(kept.isRunning)
+        #expect(watcher.terminate() == 0)
+        #expect(watcher.log.contains("recovery: ended \(orphan.processIdentifier) (sleep)"), "\(watcher.log)")
+    }
+
+    /// Watcher SIGKILLs at random moments of rsync stage-ins (batches of four 128 MB files): no rsync or ssh
+    /// outlives its watcher, the next watcher fetches each file once more and whole, and nothing is left in the
+    /// staging directory for fsck to find.
+    @Test func watcherKillsDuringRsyncStageInsLeaveNoOrphanAndNoLeftover() throws {
+        let sshd = try SSHServer()
+        // Without ssh's shared connection: its master is kept on purpose, and would count as left behind.
+        try configureRsync(sshd, "  transfer_batch_size: 4\n", multiplex: false)
+        try oneSlotApp(localPath: "data.bin")
+        var lines: [String] = []
+        for i in 0..<8 {
+            let path = remote + "/in dir/d\(i).bin"
+            _ = FileManager.default.createFile(atPath: path, contents: nil)
+            truncate(path, 128 << 20)
+            lines.append(#"{"app":"one","workdir":"o/\#(i)","transfers":{"input":"dtn:/in dir/d\#(i).bin"}}"#)
+        }
+        let ids = try submit(lines)
+        let seed = UInt64(UInt32(truncatingIfNeeded: time(nil)))
+        print("rsync kills: seed \(seed)")
+        var rng = SplitMix(seed: seed)
+        var watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        var kills = 0
+        for _ in 0..<6 {
+            try waitUntil("a transfer runs", timeout: 60) {
+                entries(site.stagingPath).contains {
+                    $0.hasPrefix("transfer.") && $0.contains(".\(watcher.process.processIdentifier)-")
+                }
+                    || ids.allSatisfy { self.state($0) == .preprocessed }
+            }
+            if ids.allSatisfy({ self.state($0) == .preprocessed }) { break }
+            usleep(UInt32(rng.next() % 800_000))
+            watcher.kill9()
+            kills += 1
+            // At once (a transfer left running takes several seconds to end on its own).
+            try waitUntil("nothing the killed watcher started runs", timeout: 2) { transferProcesses().isEmpty }
+            watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        }
+        try waitUntil("every job is staged in", timeout: 180) { ids.allSatisfy { self.state($0) == .preprocessed } }
+        try waitUntil("the dead watchers' staging is gone", timeout: 60) {
+            !entries(site.stagingPath).contains { $0.hasPrefix("transfer.") }
+        }
+        #expect(watcher.terminate() == 0)
+        for i in 0..<8 {
+            let size = try FileManager.default.attributesOfItem(atPath: site.jobDirectory("o/\(i)") + "/data.bin")[
+                .size]
+            #expect(size as? Int == 128 << 20, "o/\(i)")
+        }
+        let fsck = try balsam(["fsck"], site: site.root)
+        #expect(fsck.status == 0, "\(fsck.stdout)\(fsck.stderr)")
+        #expect(kills >= 1)
+        withExtendedLifetime(sshd) {}
+    }
+
     @Test func aJobKilledWhileItsTransferRunsStaysFailed() throws {
         let (sshd, ids, watcher) = try bigTransferUnderWay(workdir: "kj")
         defer { withExtendedLifetime(sshd) {} }

@@ -25,9 +25,12 @@ import Testing
     }
 
     @Test func capturesBothOutputsWithExactlyTheEnvironmentAndDirectoryGiven() throws {
-        let outcome = try child("echo \"$X\"; pwd; echo oops >&2; env | grep -c .").run(output: .capture(limit: 1000))
+        let outcome = try child(
+            "echo \"$X\"; pwd; echo oops >&2; echo \"$BALSAM_SPAWNED_BY\"; env | grep -v ^BALSAM_SPAWNED_BY= | grep -c ."
+        ).run(output: .capture(limit: 1000))
         #expect(outcome.ending == .exited(0))
-        #expect(String(decoding: outcome.output, as: UTF8.self) == "y z\n/tmp\n3\n")
+        // The one variable added: who started it (so what a killed parent left running can be found).
+        #expect(String(decoding: outcome.output, as: UTF8.self) == "y z\n/tmp\n\(Posix.parentStamp)\n3\n")
         #expect(String(decoding: outcome.errors, as: UTF8.self) == "oops\n")
     }
 

@@ -1,7 +1,8 @@
 #ifndef CLINUX_H
 #define CLINUX_H
 // Linux calls that Swift's Glibc module does not import because glibc declares them only under
-// _GNU_SOURCE. Each wrapper is one line and exists for that reason alone.
+// _GNU_SOURCE, each a one-line wrapper that exists for that reason alone; and the one thing Swift cannot do at all,
+// run code between a fork and an exec (clinux_spawn).
 
 /// renameat2(2) with RENAME_NOREPLACE: publish a directory under a name only if that name is free.
 int clinux_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
@@ -9,7 +10,8 @@ int clinux_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, con
 /// syncfs(2): flush one filesystem once instead of fsyncing every file of a batch.
 int clinux_syncfs(int fd);
 
-// Structs declared, not included: see clinux_spawn_addchdir.
+// Structs declared, not included: this header includes nothing of the C library, whose types would then seem
+// to belong to this module (`timespec` among them).
 struct pollfd;
 
 /// ppoll(2) with a timeout in nanoseconds: poll(2) counts whole milliseconds, too coarse for a launcher waiting
@@ -24,14 +26,26 @@ const char *clinux_strptime(const char *text, const char *format, struct tm *par
 /// timegm(3): a broken-down UTC time as seconds since the epoch.
 long long clinux_timegm(struct tm *parts);
 
-/// posix_spawn_file_actions_addchdir_np(3): start a child in a directory without a shell in between.
-/// `actions` is a `posix_spawn_file_actions_t *` (declared as void * so that this header includes nothing
-/// of the C library: its types would then seem to belong to this module, `timespec` among them).
-int clinux_spawn_addchdir(void *actions, const char *path);
+/// What `clinux_spawn` starts.
+struct clinux_spawn_request {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    const char *directory;
+    /// Standard input, or -1 for /dev/null.
+    int input_fd;
+    int output_fd;
+    int error_fd;
+    /// Sent to the child when the thread that started it ends (PR_SET_PDEATHSIG), however it ends; 0: none.
+    int death_signal;
+};
 
-/// posix_spawn_file_actions_addclosefrom_np(3): a child inherits no descriptor from `from` upward, whatever
-/// the parent forgot to mark close-on-exec (a test harness's pipes, say).
-int clinux_spawn_addclosefrom(void *actions, int from);
+/// vfork(2) and execve(2) with what posix_spawn(3) cannot do: arm PR_SET_PDEATHSIG in the child, so a parent
+/// killed with SIGKILL leaves no child behind. Swift can run no code between a fork and an exec; this does, with
+/// system calls only. The child gets a process group of its own, default signal handling and an empty signal
+/// mask, descriptors 0-2 as given and no other (close_range), and runs in `directory`. Returns 0 and the pid, or
+/// the errno of whatever failed (in the parent or in the child before its exec).
+int clinux_spawn(const struct clinux_spawn_request *request, int *pid);
 
 /// pidfd_open(2) (a raw syscall: glibc 2.36 has no wrapper Swift can see): a descriptor that polls readable when
 /// the child exits, so a wait with a deadline needs neither a busy loop nor a signal handler.

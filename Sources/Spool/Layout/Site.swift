@@ -34,8 +34,7 @@ public struct Site: Sendable {
 
     /// `.HOST.PID-START`: appended to the names of temporary files and claims, so recovery can tell whether their
     /// writer is still alive (on this host) before treating them as leftovers.
-    public static let ownerSuffix =
-        "." + Posix.hostName() + ".\(getpid())-\(Posix.processStartTime(getpid()) ?? 0)"
+    public static let ownerSuffix = "." + Posix.parentStamp
 
     /// Where a job's entry waits while a move is under way (`tmp/ID.HOST.PID.moving`).
     public func claimPath(_ id: String) -> String { tmpPath + "/" + id + Site.ownerSuffix + ".moving" }

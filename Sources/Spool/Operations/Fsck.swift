@@ -64,6 +64,30 @@ public struct Fsck {
         return pass.problems
     }
 
+    /// How the rsync transfers' staging trees start (`transfer.MICROS.HOST.PID-START`).
+    package static let transferStagingPrefix = "transfer."
+
+    /// What a leftover in the staging directory is: an rsync batch's tree, or a submission's job directory.
+    static func leftover(_ name: String) -> String {
+        guard name.hasPrefix(transferStagingPrefix) else { return "leftover of an interrupted submission" }
+        let owner = name.split(separator: ".").last?.split(separator: "-").first.map { "pid \($0)" } ?? "a process"
+        return "staging of an rsync transfer whose watcher (\(owner)) has ended"
+    }
+
+    /// Removes the staging trees of rsync transfers whose watcher has ended (on this host): what its transfers
+    /// fetched before they were cut short. The watcher does it at start and then now and again, so a tree that a
+    /// killed watcher's transfer went on writing is not left until the next start. Returns what it removed.
+    package static func sweepTransferStaging(_ site: Site) -> [String] {
+        var removed: [String] = []
+        for name in (try? Posix.listDirectory(site.stagingPath)) ?? [] where name.hasPrefix(transferStagingPrefix) {
+            let path = site.stagingPath + "/" + name
+            guard isAbandoned(name: name, path: path) else { continue }
+            Posix.removeTree(path)
+            removed.append(path)
+        }
+        return removed
+    }
+
     /// Whether a temporary file or claim was left by a writer that is gone: its name ends in `.HOST.PID-START`
     /// (before an optional `.moving`) and no process with that pid and start time runs on this host; or,
     /// written elsewhere or unnamed, it is older than two minutes (no write takes that long).
@@ -170,7 +194,7 @@ public struct Fsck {
             for name in try Posix.listDirectory(site.stagingPath) {
                 let path = site.stagingPath + "/" + name
                 guard Fsck.isAbandoned(name: name, path: path) else { continue }
-                try note("leftover of an interrupted submission", path) { Posix.removeTree(path) }
+                try note(Fsck.leftover(name), path) { Posix.removeTree(path) }
             }
         }
 

@@ -35,45 +35,78 @@ extension Posix {
     /// Starts `executable` in `directory` in a new process group, standard input from /dev/null and standard
     /// output and error on `outputFD`, with exactly `environment`. Signal mask and dispositions are reset.
     /// `inputFD` replaces /dev/null as standard input, `errorFD` the output descriptor as standard error.
+    /// `diesWithCaller`: the child gets SIGKILL when the calling thread ends, however it ends (SIGKILL to the whole
+    /// process included): for children the caller waits for on this thread, never for ones that must outlive it.
     package static func spawn(
         _ executable: String, arguments: [String], environment: [String: String], directory: String, outputFD: Int32,
-        inputFD: Int32? = nil, errorFD: Int32? = nil
+        inputFD: Int32? = nil, errorFD: Int32? = nil, diesWithCaller: Bool = false
     ) throws(SpoolError) -> pid_t {
-        // Every helper below returns an error number (no errno); a failure names the program.
-        func prepare(_ rc: Int32) throws(SpoolError) { try check("prepare to run", path: executable, rc) }
-        var actions = posix_spawn_file_actions_t()
-        try prepare(posix_spawn_file_actions_init(&actions))
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        if let inputFD {
-            try prepare(posix_spawn_file_actions_adddup2(&actions, inputFD, 0))
-        } else {
-            try prepare(posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0))
-        }
-        try prepare(posix_spawn_file_actions_adddup2(&actions, outputFD, 1))
-        try prepare(posix_spawn_file_actions_adddup2(&actions, errorFD ?? outputFD, 2))
-        try prepare(clinux_spawn_addchdir(&actions, directory))
-        try prepare(clinux_spawn_addclosefrom(&actions, 3))
-        var attributes = posix_spawnattr_t()
-        try prepare(posix_spawnattr_init(&attributes))
-        defer { posix_spawnattr_destroy(&attributes) }
-        let flags = Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)
-        try prepare(posix_spawnattr_setflags(&attributes, flags))
-        try prepare(posix_spawnattr_setpgroup(&attributes, 0))
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        try prepare(posix_spawnattr_setsigmask(&attributes, &empty))
-        var all = sigset_t()
-        sigfillset(&all)
-        try prepare(posix_spawnattr_setsigdefault(&attributes, &all))
         let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
             argv.forEach { free($0) }
             envp.forEach { free($0) }
         }
-        var pid: pid_t = 0
-        try check("run", path: executable, posix_spawn(&pid, executable, &actions, &attributes, argv, envp))
+        var pid: Int32 = 0
+        let rc = executable.withCString { path in
+            directory.withCString { directory in
+                argv.withUnsafeBufferPointer { argv in
+                    envp.withUnsafeBufferPointer { envp in
+                        var request = clinux_spawn_request(
+                            path: path, argv: argv.baseAddress, envp: envp.baseAddress, directory: directory,
+                            input_fd: inputFD ?? -1, output_fd: outputFD, error_fd: errorFD ?? outputFD,
+                            death_signal: diesWithCaller ? SIGKILL : 0)
+                        return clinux_spawn(&request, &pid)
+                    }
+                }
+            }
+        }
+        try check("run", path: executable, rc)
         return pid
+    }
+
+    /// The variable every `ChildProcess` child is given, naming the process that started it (`HOST.PID-START`).
+    /// Its descendants inherit it (rsync's ssh, a hook's own children), so whatever a parent killed with SIGKILL
+    /// left behind can be found and ended by the next one (`endOrphans`).
+    package static let parentVariable = "BALSAM_SPAWNED_BY"
+
+    /// This process as `parentVariable` names it: `HOST.PID-START`.
+    package static let parentStamp = "\(hostName()).\(getpid())-\(processStartTime(getpid()) ?? 0)"
+
+    /// Ends (SIGKILL) every process of this user whose `parentVariable` names a process on this host that is no
+    /// longer running: children of a watcher, launcher or command that was killed, and theirs. Returns what was
+    /// ended, as "PID (NAME)". Rescans until a scan finds nothing new, so what an orphan forked meanwhile goes too.
+    package static func endOrphans() -> [String] {
+        let prefix = Array((parentVariable + "=" + hostName() + ".").utf8)
+        var ended: [String] = []
+        var alive: [String: Bool] = [:]
+        var killed = Set<Int32>()
+        for _ in 0..<10 {
+            var found = false
+            for name in (try? listDirectory("/proc")) ?? [] {
+                guard let pid = Int32(name), pid != getpid(), !killed.contains(pid),
+                    let owner = try? lstatIfExists("/proc/" + name), owner.st_uid == getuid(),
+                    let environment = try? readFile("/proc/\(name)/environ", limit: 1 << 20),
+                    let entry = environment.split(separator: 0).first(where: { $0.starts(with: prefix) })
+                else { continue }
+                let stamp = String(decoding: entry.dropFirst(prefix.count), as: UTF8.self)
+                let parts = stamp.split(separator: "-")
+                guard parts.count == 2, let parent = Int32(parts[0]), let start = UInt64(parts[1]) else { continue }
+                let running = alive[stamp] ?? isRunning(parent, startedAt: start)
+                alive[stamp] = running
+                guard !running else { continue }
+                let command = (try? readFile("/proc/\(name)/comm", limit: 64)).flatMap {
+                    String(decoding: $0, as: UTF8.self).split(separator: "\n").first
+                }
+                if kill(pid, SIGKILL) == 0 {
+                    killed.insert(pid)
+                    found = true
+                    ended.append("\(pid) (\(command ?? "?"))")
+                }
+            }
+            if !found { break }
+        }
+        return ended
     }
 
     /// When a process started, in clock ticks since boot (`/proc/PID/stat`, field 22); nil if there is no such
