@@ -241,6 +241,7 @@ public final class Watcher: Sendable {
 
         var backoff = 0.0
         var lastBeat = 0.0
+        var unwritable: Double?
         while !stopping {
             if flags.withLock({ f in
                 defer { f.reload = false }; return f.reload
@@ -258,9 +259,23 @@ public final class Watcher: Sendable {
             }
             let now = Posix.monotonicSeconds()
             if now - lastBeat >= 1 {
-                guard claim.heartbeat() else {
-                    throw SpoolError(
-                        .unavailable, "lost the claim on the site to \(claim.holder().map(\.description) ?? "nobody")")
+                do throws(SpoolError) {
+                    guard try claim.heartbeat() else {
+                        throw SpoolError(
+                            .unavailable,
+                            "lost the claim on the site to \(claim.holder().map(\.description) ?? "nobody")")
+                    }
+                    if let since = unwritable {
+                        logger.notice("the site is writable again, after \(Int(saturating: now - since)) s")
+                        unwritable = nil
+                    }
+                } catch  where error.code == .io {
+                    // A read-only or full filesystem: nothing can change on it, so nobody can take the site over
+                    // meanwhile; the passes back off, and the watcher waits for it to come back.
+                    if unwritable == nil {
+                        logger.error("cannot write to the site (\(error)); waiting for it to be writable again")
+                        unwritable = now
+                    }
                 }
                 lastBeat = now
             }

@@ -121,6 +121,54 @@ public final class SmallFilesystem {
     deinit { _ = try? run("/bin/umount", ["-l", path]) }
 }
 
+/// An ext4 filesystem in a file, loop-mounted for one test with `errors=remount-ro`: `failReadOnly()` makes the
+/// kernel turn it read-only as after an I/O error, `repair()` checks it with e2fsck and mounts it again.
+public final class LoopFilesystem {
+    public let path: String
+    private let dir: TempDir
+    private var image: String { dir.path + "/image" }
+
+    public init(megabytes: Int) throws {
+        dir = try TempDir()
+        path = dir.path + "/mnt"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: dir.path + "/image", contents: nil)
+        truncate(dir.path + "/image", off_t(megabytes) << 20)
+        let made = try run("/sbin/mkfs.ext4", ["-q", "-F", dir.path + "/image"])
+        if made.status != 0 { throw SpoolError(.io, "mkfs.ext4: \(made.stderr)") }
+        try mount()
+    }
+
+    private func mount() throws {
+        let r = try run("/bin/mount", ["-o", "loop,errors=remount-ro", image, path])
+        if r.status != 0 { throw SpoolError(.io, "mount failed: \(r.stderr)") }
+    }
+
+    /// Triggers an ext4 error (`/sys/fs/ext4/DEV/trigger_fs_error`): the kernel remounts it read-only at once.
+    public func failReadOnly() throws {
+        let device = try run("/bin/findmnt", ["-n", "-o", "SOURCE", path]).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let name = String(device.split(separator: "/").last ?? "")
+        try "test\n".write(toFile: "/sys/fs/ext4/\(name)/trigger_fs_error", atomically: false, encoding: .utf8)
+    }
+
+    /// Unmounts it, repairs it with `e2fsck -fy`, and mounts it again at the same path.
+    public func repair() throws {
+        _ = try run("/bin/umount", [path])
+        let checked = try run("/sbin/e2fsck", ["-fy", image])
+        // 0: clean; 1: errors corrected.
+        if checked.status > 1 { throw SpoolError(.io, "e2fsck: \(checked.status) \(checked.stdout)\(checked.stderr)") }
+        try mount()
+    }
+
+    deinit { _ = try? run("/bin/umount", ["-l", path]) }
+}
+
+/// Whether ext4 images can be loop-mounted here (root, a loop device, the ext4 tools).
+public let canLoopMount: Bool =
+    canMount && FileManager.default.fileExists(atPath: "/dev/loop-control")
+    && FileManager.default.isExecutableFile(atPath: "/sbin/mkfs.ext4")
+
 /// The built executables, found beside the test bundle.
 public let binDirectory: String = {
     var buffer = [CChar](repeating: 0, count: 4096)

@@ -171,6 +171,7 @@ public final class Coordinator {
                 do {
                     try lease.heartbeat()
                     lastHeartbeat = now
+                    if heartbeatBackoff.succeeded() { logger.info("the lease is refreshed again") }
                 } catch  where error.cause == ENOENT {
                     // The watcher reaped the lease (this launcher was stopped or cut off past the lease timeout)
                     // and its jobs went back to be run elsewhere: stop them at once and leave.
@@ -180,7 +181,8 @@ public final class Coordinator {
                     stopping = Coordinator.lostLease
                     break
                 } catch {
-                    logger.error("cannot refresh the lease: \(error)")
+                    // Said once per kind of failure (a read-only site fails every try the same way).
+                    if heartbeatBackoff.failed(error, now: now) { logger.error("cannot refresh the lease: \(error)") }
                 }
             }
             if now - lastControl >= 0.1 {
@@ -202,7 +204,8 @@ public final class Coordinator {
                 if fill() { active = true }
             }
             recordEndings()
-            if running.isEmpty && !startBackoff.isFailing {  // waiting for a full disk to have room is not idleness
+            // Waiting for a full disk to have room is not idleness; waiting on a read-only filesystem is.
+            if running.isEmpty && !startBackoff.waitsForRoom {
                 if idleSince == nil { idleSince = now }
                 if let since = idleSince, now - since >= idleTimeout {
                     stopping = "idle"
@@ -379,9 +382,9 @@ public final class Coordinator {
             giveBack(entry, id: id)
             if error.code == .io {
                 // A full or failing disk: every other job would fail the same way now. Pause claiming.
-                if startBackoff.failed("\(error)", now: Posix.monotonicSeconds()) {
+                if startBackoff.failed(error, now: Posix.monotonicSeconds()) {
                     logger.error(
-                        "cannot start jobs: \(error); claiming paused, retried every 1 to 30 s",
+                        "cannot start jobs: \(error); claiming paused while \(error.writeTrouble ?? "writes fail"), retried every 1 to 30 s",
                         metadata: ["job.id": "\(id)"])
                 }
                 return false
@@ -395,6 +398,8 @@ public final class Coordinator {
 
     /// Claiming paused after an I/O error at a start (see `start`).
     var startBackoff = IOBackoff()
+    /// Failures to refresh the lease, to say each once.
+    var heartbeatBackoff = IOBackoff()
 
     /// A job whose directory was deleted or renamed by hand can never be started or recorded: it is failed with
     /// that reason (its entry kept in `rejected/`), instead of being given back to fail again for ever.

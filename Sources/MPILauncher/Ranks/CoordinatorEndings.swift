@@ -58,9 +58,9 @@ extension Coordinator {
             }
         }
         if let failure {
-            if recordBackoff.failed("\(failure)", now: now, progressed: batch.count > unrecorded.count) {
+            if recordBackoff.failed(failure, now: now, progressed: batch.count > unrecorded.count) {
                 logger.error(
-                    "cannot record the end of \(unrecorded.count) job(s): \(failure); trying again while the disk has no room"
+                    "cannot record the end of \(unrecorded.count) job(s): \(failure); trying again every 1 to 30 s while \(failure.writeTrouble ?? "writes fail")"
                 )
             }
         } else if !batch.isEmpty && unrecorded.isEmpty && recordBackoff.succeeded() {
@@ -195,8 +195,9 @@ extension Coordinator {
         }
         recordEndings()
         // Endings the disk had no room for: tried for another minute (the lease kept alive meanwhile), then
-        // given back RUNNING, which the watcher treats as a run cut short.
-        let recordLimit = Posix.monotonicSeconds() + 60
+        // given back RUNNING, which the watcher treats as a run cut short. A read-only or failing filesystem does
+        // not come back by itself: 5 s, so the allocation is not held for nothing.
+        let recordLimit = Posix.monotonicSeconds() + (recordBackoff.waitsForRoom ? 60 : 5)
         while !unrecorded.isEmpty && Posix.monotonicSeconds() < recordLimit {
             try? lease?.heartbeat()
             Posix.sleep(seconds: 0.5)

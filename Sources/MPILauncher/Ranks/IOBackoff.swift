@@ -1,21 +1,31 @@
-/// A pause after I/O failures (a full disk) that doubles from 1 to 30 s while they last, and says each distinct
-/// failure once: the launcher's claiming and its recording of job endings both wait this way.
+import Spool
+
+/// A pause after I/O failures (a full disk, a read-only filesystem) that doubles from 1 to 30 s while they last,
+/// and says each distinct failure once: the launcher's claiming and its recording of job endings both wait this
+/// way.
 struct IOBackoff {
     private var until = 0.0
     private var pause = 0.0
     private var lastMessage = ""
+    private var lastError: SpoolError?
 
     /// Whether failures are under way (the last attempt failed).
     var isFailing: Bool { pause > 0 }
+
+    /// Whether the failures under way are for want of room, which frees up by itself (a read-only filesystem
+    /// comes back only when someone repairs it: waiting for that is idleness).
+    var waitsForRoom: Bool { isFailing && lastError?.isOutOfRoom == true }
 
     /// Whether the pause is over at `now` (always, when nothing failed).
     func isOver(_ now: Double) -> Bool { now >= until }
 
     /// Records a failure and starts the next pause (back at 1 s if some work still got done); true when `message`
     /// is new, so the caller logs it.
-    mutating func failed(_ message: String, now: Double, progressed: Bool = false) -> Bool {
+    mutating func failed(_ error: SpoolError, now: Double, progressed: Bool = false) -> Bool {
         pause = pause == 0 || progressed ? 1 : min(30, pause * 2)
         until = now + pause
+        lastError = error
+        let message = error.description
         defer { lastMessage = message }
         return message != lastMessage
     }

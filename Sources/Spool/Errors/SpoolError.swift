@@ -56,6 +56,22 @@ public struct SpoolError: Error, Sendable, CustomStringConvertible {
         return SpoolError(code, "cannot \(operation)", path: path, cause: err)
     }
 
+    /// Whether writes fail for want of room (a full disk or an exhausted quota), which frees up by itself; a
+    /// read-only or failing filesystem does not.
+    public var isOutOfRoom: Bool { cause == ENOSPC || cause == EDQUOT }
+
+    /// What stops writes, said for a log line that waits for it to pass: "the filesystem is read-only", "the
+    /// disk has no room"; nil for an error that is not the filesystem's.
+    public var writeTrouble: String? {
+        switch cause {
+        case EROFS: "the filesystem is read-only"
+        case ENOSPC: "the disk has no room"
+        case EDQUOT: "the disk quota is used up"
+        case EIO: "the disk fails (I/O error)"
+        default: code == .io ? "writes fail" : nil
+        }
+    }
+
     public var description: String {
         var text = ""
         if let path { text += "\(path): " }

@@ -106,9 +106,19 @@ public struct WatcherClaim: Sendable {
     }
 
     /// Refreshes the heartbeat; returns false if the claim is no longer this process's (someone took it over).
-    public func heartbeat() -> Bool {
-        guard holder() == me else { return false }
-        return utimensat(AT_FDCWD, path, nil, 0) == 0
+    /// Throws when the claim, still this process's, cannot be touched (a read-only or full filesystem): nobody
+    /// else can take it meanwhile on that filesystem, so the caller waits and tries again rather than leave.
+    public func heartbeat() throws(SpoolError) -> Bool {
+        guard let current = holder() else {
+            // No readable claim: gone (taken over and released), or unreadable (an I/O error says which).
+            if let st = try Posix.lstatIfExists(path), st.st_size > 0 {
+                throw SpoolError(.io, "cannot read the claim", path: path)
+            }
+            return false
+        }
+        guard current == me else { return false }
+        try Posix.call("refresh the claim", path: path) { utimensat(AT_FDCWD, path, nil, 0) }
+        return true
     }
 
     /// Gives the claim up, if it is still this process's.
