@@ -78,7 +78,7 @@ public func redirectStandardError(to path: String) throws(SpoolError) {
 /// what waits for one. Nothing when one runs.
 public func warnIfNoWatcher(_ site: Site, _ program: String, because: String) {
     let claim = WatcherClaim(site: site)
-    if let holder = claim.holder(), claim.isAlive(holder) { return }
+    if let holder = claim.holder(), claim.isAlive(holder, confirmSeconds: 0) { return }
     printError(
         "\(program): no balsam-watch is running for this site (no live claim in \(claim.path)); \(because): "
             + "start it with 'balsam-watch --daemon'")

@@ -22,6 +22,15 @@ public final class Engine {
     /// Asked between jobs and while a hook runs: when it says true, the pass stops and a running hook is killed,
     /// leaving its job where it was (it is done again next time).
     public var shouldStop: @Sendable () -> Bool = { false }
+    /// The monotonic clock leases' ages are measured on (a test steps it).
+    public var clock: @Sendable () -> Double = { Posix.monotonicSeconds() }
+    /// How long each lease's heartbeat has gone unchanged (what a previous watcher saw, on this host and boot).
+    lazy var leaseAges = LeaseAges.load(site)
+
+    /// Keeps what this engine saw of the leases for the next watcher (see `LeaseAges`); a failure is logged.
+    public func saveLeaseAges() {
+        do { try leaseAges.save(site) } catch { logger.warning("cannot keep the leases' ages: \(error)") }
+    }
     /// Called when a sweep leaves jobs waiting for their transfers (the transfer service then looks at once).
     public var transfersWanted: @Sendable () -> Void = {}
     let store: JobStore
@@ -254,8 +263,11 @@ public final class Engine {
     /// started go back to be claimed again, and the lease is removed.
     func reapExpiredLeases(_ report: inout Report) {
         guard let leases = try? Lease.all(site) else { return }
+        let now = clock()
+        leaseAges.keep(only: Set(leases.map(\.name)))
         for lease in leases {
-            let age = lease.age()
+            let stamp = lease.heartbeatStamp()
+            let age = leaseAges.age(of: lease.name, stamp: stamp, now: now)
             guard age > settings.leaseTimeoutSeconds else { continue }
             let seconds = age.isFinite ? "\(Int(saturating: age)) s" : "ever"
             logger.warning("lease \(lease.name) expired (no heartbeat for \(seconds)); taking its jobs back")
@@ -285,8 +297,8 @@ public final class Engine {
                 }
             }
             if ((try? lease.jobIDs()) ?? []).isEmpty {
-                // Its launcher's session ended with its last heartbeat.
-                let end = age.isFinite ? Timestamp.format(seconds: Timestamp.nowSeconds() - age) : Timestamp.now()
+                // Its launcher's session ended with its last heartbeat, dated as it was written.
+                let end = stamp.map { Timestamp.format(seconds: Double($0.seconds)) } ?? Timestamp.now()
                 try? lease.session(end: end)?.record(site)
                 lease.remove()
             }

@@ -220,6 +220,7 @@ public final class Watcher: Sendable {
         monitor.withLock { $0 = changes }
         defer { monitor.withLock { $0 = nil } }
         let engine = try Engine(site: site, logger: logger)
+        defer { engine.saveLeaseAges() }
         engine.shouldStop = { [weak self] in self?.stopping ?? true }
         engine.transfersWanted = { [weak self] in self?.flags.withLock { $0.transfersWanted = true } }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Spool
+import Synchronization
 import TestSupport
 import Testing
 
@@ -133,6 +134,32 @@ func waitFor(_ what: String, timeout: Double = 30, _ condition: () throws -> Boo
             (try? read(site.root + "/watcher.json"))?.contains("\"pid\":\(watcher.process.processIdentifier)") == true
         }
         #expect(watcher.terminate() == 0)
+    }
+
+    /// A claim held from another host is judged by whether its heartbeat moves, not by how old its stamp looks:
+    /// a live watcher whose clock is an hour behind keeps the site; one whose heartbeat stopped loses it.
+    @Test func aClaimFromAHostWhoseClockIsBehindIsKeptWhileItsHeartbeatMoves() throws {
+        let claim = #"{"host":"elsewhere.invalid","pid":4242,"since":"2026-01-01T00:00:00.000Z"}"#
+        let path = site.root + "/watcher.json"
+        try claim.write(toFile: path, atomically: false, encoding: .utf8)
+        let beating = Mutex(true)
+        let beater = Thread {
+            var stamp: Int = time(nil) - 3600
+            while beating.withLock({ $0 }) {
+                stamp += 1
+                var times = [timespec(tv_sec: stamp, tv_nsec: 0), timespec(tv_sec: stamp, tv_nsec: 0)]
+                utimensat(AT_FDCWD, path, &times, 0)
+                usleep(300_000)
+            }
+        }
+        beater.start()
+        let refused = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once"])
+        #expect(refused.status == 69 && refused.stderr.contains("already watched"), "\(refused.stderr)")
+        beating.withLock { $0 = false }
+        // Its heartbeat stopped an hour ago (by its clock): the claim is taken over.
+        try waitUntil("the beating stops") { !beater.isExecuting }
+        let taken = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once"])
+        #expect(taken.status == 0, "\(taken.stderr)")
     }
 
     @Test func onceDaemonAndStop() throws {

@@ -2,6 +2,7 @@ import Foundation
 import Lifecycle
 import Spool
 import TestSupport
+import Synchronization
 import Testing
 
 /// Hands a non-Sendable value to the one thread that uses it while the test awaits.
@@ -364,6 +365,8 @@ struct Fixture {
         let claimed = try f.submit("c")
         let child = try f.submit("child", parents: [running])
         await f.pass()
+        let clock = Mutex(1000.0)
+        f.engine.clock = { clock.withLock { $0 } }
         let lease = try Lease.create(f.site, info: ["batch_job": .string("test")])
         #expect(lease.claim(running, from: .preprocessed, site: f.site))
         #expect(lease.claim(claimed, from: .preprocessed, site: f.site))
@@ -385,9 +388,18 @@ struct Fixture {
         #expect(try lease.jobIDs() == [claimed, running].sorted(), "a job being moved is still the lease's")
         #expect(SiteIndex(site: f.site).activeState(of: claimed) == .preprocessed)
 
-        // The launcher dies: its heartbeat stops.
+        // The launcher's clock is stepped back an hour: its heartbeat still moves, so the lease lives on however
+        // old its stamp looks (and however long the watcher's own clock says it has been).
         var old = [timespec(tv_sec: time(nil) - 3600, tv_nsec: 0), timespec(tv_sec: time(nil) - 3600, tv_nsec: 0)]
         #expect(utimensat(AT_FDCWD, lease.path + "/.lease", &old, 0) == 0)
+        clock.withLock { $0 += 100 }
+        await f.pass()
+        #expect(try f.state(running) == .running)
+        #expect(FileManager.default.fileExists(atPath: lease.path))
+
+        // The launcher dies: its heartbeat stops, and after the timeout on the watcher's monotonic clock the
+        // lease is taken back.
+        clock.withLock { $0 += 121 }
         await f.pass()
         #expect(try f.state(running) == .restartReady, "RUN_TIMEOUT, then the default timeout policy retries")
         #expect(try f.record(running).history.map(\.state).suffix(3) == [.running, .runTimeout, .restartReady])

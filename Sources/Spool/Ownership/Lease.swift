@@ -6,9 +6,9 @@
 /// mtime is the lease's heartbeat, and the entries of the jobs it has claimed (moved in by `rename(2)` from
 /// `jobs/PREPROCESSED/` or `jobs/RESTART_READY/`) or is running (state `RUNNING`, entry kept here).
 ///
-/// When the heartbeat is older than the site's `launcher.lease_timeout_sec`, the watcher ends the lease: running
-/// jobs become `RUN_TIMEOUT` (then their app's policy applies), claimed jobs not yet started go back to their
-/// state's directory, and the lease directory is removed.
+/// When the heartbeat has not changed for the site's `launcher.lease_timeout_sec` (see `LeaseAges`), the watcher
+/// ends the lease: running jobs become `RUN_TIMEOUT` (then their app's policy applies), claimed jobs not yet
+/// started go back to their state's directory, and the lease directory is removed.
 public struct Lease: Sendable, Equatable {
     /// The lease's name (`HOST.PID.ID`).
     public let name: String
@@ -54,11 +54,23 @@ public struct Lease: Sendable, Equatable {
         }
     }
 
-    /// Seconds since the last heartbeat (infinity if the lease has no holder file).
-    public func age() -> Double {
-        guard let st = try? Posix.lstatIfExists(path + "/" + Lease.holderFile) else { return .infinity }
-        let now = Posix.wallClock()
-        return Double(now.tv_sec - st.st_mtim.tv_sec) + Double(now.tv_nsec - st.st_mtim.tv_nsec) / 1e9
+    /// The heartbeat as last written: the holder file's mtime (seconds and nanoseconds since the epoch, by the
+    /// clock of whoever set it: the launcher's host, or the file server's), nil if there is no holder file. Only
+    /// its changes mean anything to another host (see `LeaseAges`); as a time it dates the launcher's end.
+    public func heartbeatStamp() -> Stamp? {
+        guard let st = try? Posix.lstatIfExists(path + "/" + Lease.holderFile) else { return nil }
+        return Stamp(seconds: Int(st.st_mtim.tv_sec), nanoseconds: Int(st.st_mtim.tv_nsec))
+    }
+
+    /// A heartbeat's mtime.
+    public struct Stamp: Sendable, Equatable {
+        public var seconds: Int
+        public var nanoseconds: Int
+
+        public init(seconds: Int, nanoseconds: Int) {
+            self.seconds = seconds
+            self.nanoseconds = nanoseconds
+        }
     }
 
     /// IDs of the jobs whose entries are in the lease, including those in the middle of a move
@@ -121,5 +133,74 @@ public struct Lease: Sendable, Equatable {
         Posix.unlink(path + "/" + Lease.holderFile)
         // ENOTEMPTY: a job was handed in meanwhile; the lease stays for the watcher's reaper.
         rmdir(path)
+    }
+}
+
+/// How long each lease's heartbeat has gone unchanged, on this process's monotonic clock: the watcher's rule for
+/// when a lease expires.
+///
+/// A heartbeat's mtime is set by another host's clock (or a file server's), and the watcher's own time of day
+/// may be stepped (NTP): comparing the two would reap a live launcher's lease when either clock jumps ahead, or
+/// keep a dead one's when it jumps back. So a lease's age is the time since its stamp was last seen to change,
+/// counted from when it was first seen. What a watcher saw is kept in `SITE/watcher.leases.json` (when it stops,
+/// and after each `--once` pass) for the next one on the same host and boot, whose monotonic clock is the same;
+/// a watcher on another host, or after a reboot, gives each lease it finds the full timeout before taking its
+/// jobs back, whatever the stamp says.
+public struct LeaseAges: Sendable {
+    private var seen: [String: (stamp: Lease.Stamp, since: Double)] = [:]
+
+    public init() {}
+
+    /// Where a site's watcher keeps what it saw.
+    public static func path(_ site: Site) -> String { site.root + "/watcher.leases.json" }
+
+    /// This boot of this host, which a monotonic time belongs to.
+    static func boot() -> String {
+        let id = (try? Posix.readFile("/proc/sys/kernel/random/boot_id", limit: 64)).flatMap {
+            String(decoding: $0, as: UTF8.self).split(separator: "\n").first
+        }
+        return Posix.hostName() + "/" + String(id ?? "")
+    }
+
+    /// What a previous watcher of `site` on this host and boot saw (nothing otherwise, or if unreadable).
+    public static func load(_ site: Site) -> LeaseAges {
+        var ages = LeaseAges()
+        guard let bytes = try? Posix.readFile(path(site), limit: 16 << 20),
+            case .object(let o)? = try? JSONValue.parse(bytes), o["boot"]?.stringValue == boot(),
+            case .object(let leases)? = o["leases"]
+        else { return ages }
+        for (name, value) in leases {
+            guard case .array(let a) = value, a.count == 3, let seconds = a[0].intValue,
+                let nanoseconds = a[1].intValue, let since = a[2].doubleValue, since.isFinite
+            else { continue }
+            ages.seen[name] = (Lease.Stamp(seconds: seconds, nanoseconds: nanoseconds), since)
+        }
+        return ages
+    }
+
+    /// Keeps what this watcher saw for the next one (replacing the file whole).
+    public func save(_ site: Site) throws(SpoolError) {
+        let leases = seen.mapValues { entry -> JSONValue in
+            .array([.int(entry.stamp.seconds), .int(entry.stamp.nanoseconds), .double(entry.since)])
+        }
+        let text = JSONValue.object(["boot": .string(LeaseAges.boot()), "leases": .object(leases)]).serialized()
+        try Posix.replaceFile(LeaseAges.path(site), Array((text + "\n").utf8), sync: false)
+    }
+
+    /// Seconds `lease`'s heartbeat has not changed at monotonic time `now`, its stamp being `stamp` (infinity
+    /// with no stamp: a lease without its holder file has no heartbeat at all).
+    public mutating func age(of lease: String, stamp: Lease.Stamp?, now: Double) -> Double {
+        guard let stamp else {
+            seen[lease] = nil
+            return .infinity
+        }
+        if let last = seen[lease], last.stamp == stamp { return max(0, now - last.since) }
+        seen[lease] = (stamp, now)
+        return 0
+    }
+
+    /// Forgets leases that are gone (so a long-running watcher's table does not grow).
+    public mutating func keep(only leases: Set<String>) {
+        seen = seen.filter { leases.contains($0.key) }
     }
 }

@@ -47,14 +47,29 @@ public struct WatcherClaim: Sendable {
     }
 
     /// Whether a claim's holder is still there.
-    public func isAlive(_ holder: Holder) -> Bool {
+    ///
+    /// From another host, its heartbeat (the claim's mtime, refreshed every second) is looked at by the time of
+    /// day only as a first guess: a fresh one means alive; an old one may only mean a clock was stepped (this
+    /// host's ahead, or the holder's behind), so it is watched for `confirmSeconds` on the monotonic clock, and
+    /// any change means alive.
+    public func isAlive(_ holder: Holder, confirmSeconds: Double = 3) -> Bool {
         if holder.host == me.host {
             if let start = holder.start { return Posix.isRunning(holder.pid, startedAt: start) }
             // kill(2) with signal 0 asks whether the pid exists: its failure (ESRCH) is the answer.
             return kill(holder.pid, 0) == 0 || errno == EPERM
         }
-        guard let st = try? Posix.lstatIfExists(path) else { return false }
-        return Double(Posix.wallClock().tv_sec - st.st_mtim.tv_sec) < expirySeconds
+        func stamp() -> (Int, Int)? {
+            (try? Posix.lstatIfExists(path)).flatMap { $0.map { (Int($0.st_mtim.tv_sec), Int($0.st_mtim.tv_nsec)) } }
+        }
+        guard let first = stamp() else { return false }
+        if Double(Posix.wallClock().tv_sec - first.0) < expirySeconds { return true }
+        let until = Posix.monotonicSeconds() + confirmSeconds
+        while Posix.monotonicSeconds() < until {
+            Posix.sleep(seconds: 0.2)
+            guard let now = stamp() else { return false }
+            if now != first { return true }
+        }
+        return false
     }
 
     /// Takes the claim, or throws `.unavailable` naming the watcher that holds it.
