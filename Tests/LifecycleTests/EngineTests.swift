@@ -1,8 +1,8 @@
 import Foundation
 import Lifecycle
 import Spool
-import TestSupport
 import Synchronization
+import TestSupport
 import Testing
 
 /// Hands a non-Sendable value to the one thread that uses it while the test awaits.
