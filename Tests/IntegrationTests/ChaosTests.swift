@@ -132,4 +132,51 @@ import Testing
             }
         }
     }
+
+    /// Watcher SIGKILLs at random moments of one bulk ingest (10,000 jobs from one `--from`): each pass resumes
+    /// where the last stopped, so every job's STAGED_IN and PREPROCESSED events are logged once, in order.
+    @Test func killsDuringABulkIngestLogEachEventOnce() throws {
+        let dir = try TempDir()
+        let root = dir.path + "/site"
+        #expect(try balsam(["init", root]).status == 0)
+        #expect(try balsam(["app", "create", "nop", "--command-template", "true"], site: root).status == 0)
+        let count = 10_000
+        let lines = (0..<count).map { #"{"app":"nop","workdir":"i/\#($0)"}"# }.joined(separator: "\n")
+        let submitted = try balsamSubmit(["--from", "-"], site: root, stdin: Data(lines.utf8))
+        #expect(submitted.status == 0, "\(submitted.stderr)")
+        let site = try Site.open(root)
+        let seed = UInt64(UInt32(truncatingIfNeeded: time(nil)))
+        print("ingest kills: seed \(seed)")
+        var rng = SplitMix(seed: seed)
+        var kills = 0
+        let batches = { (try? SiteIndex(site: site).batchNames().count) ?? 0 }
+        while batches() > 0 && kills < 8 {
+            let watcher = try WatchProcess(site: root, logDirectory: dir.path)
+            usleep(UInt32(100_000 + rng.next() % 1_400_000))
+            watcher.kill9()
+            kills += 1
+        }
+        let watcher = try WatchProcess(site: root, logDirectory: dir.path)
+        try waitUntil("every job is ingested", timeout: 300) {
+            (try? Query(site: site).countByState())?[.preprocessed] == count
+        }
+        #expect(watcher.terminate() == 0)
+        var events: [String: [(from: String, to: String)]] = [:]
+        for name in entries(site.eventsPath) {
+            for line in try read(site.eventsPath + "/" + name).split(separator: "\n") {
+                guard let o = try? JSONValue.parse(Array(line.utf8)).objectValue, let job = o["job"]?.stringValue,
+                    let from = o["from"]?.stringValue, let to = o["to"]?.stringValue
+                else { continue }
+                events[job, default: []].append((from, to))
+            }
+        }
+        #expect(events.count == count)
+        var repeated = 0
+        for (job, moves) in events where moves.map(\.to) != ["READY", "STAGED_IN", "PREPROCESSED"] {
+            repeated += 1
+            if repeated <= 3 { Issue.record("\(job): \(moves)") }
+        }
+        #expect(repeated == 0, "\(repeated) of \(count) jobs have events logged again, after \(kills) kills")
+        #expect(try Fsck(site: site).run(repair: false).problems.isEmpty)
+    }
 }

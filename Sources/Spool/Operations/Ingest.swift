@@ -54,6 +54,11 @@ public struct Ingest {
 
     /// Makes the directory, `job.json`, `state` and index entry of every job in every accepted batch, oldest
     /// batch first; then flushes the filesystem once (`syncfs`) and removes the batch file.
+    ///
+    /// A batch is worked through in chunks of `chunkLines` lines: each chunk's events are logged (and flushed),
+    /// the marker records that they were, then the chunk's directories are made. A pass that dies is resumed by
+    /// the next where it stopped, and logs each event once, whatever the number of kills: only a chunk whose
+    /// events were logged but not yet recorded in the marker is logged again (`balsam-watch(1)`, FAULTS).
     public func materializePending() throws(SpoolError) -> Report {
         var report = Report()
         for name in try index.batchNames() {
@@ -65,16 +70,31 @@ public struct Ingest {
             var finals: [SiteIndex.FinalLine] = []
             // Counts read the batch's lines instead of its header from here on (some jobs get entries before
             // the batch file goes); a marker left by a crash only makes them read more. The marker also holds
-            // the steps this pass takes each (app, state) through: a later pass, whoever runs it, takes the same
-            // ones, so jobs end where the events logged for them say.
+            // the steps this pass takes each (app, state) through and when: a later pass, whoever runs it, takes
+            // the same ones at the same time, so jobs end where the events logged for them say, in the same words.
             let marker = index.materializingMarker(name)
-            let plan = try plannedSteps(batch, marker: marker)
-            let records = try advanced(batch, plan: plan)
+            var plan: Plan
+            if let resumed = Plan.load(marker, batch: batch) {
+                plan = resumed
+            } else {
+                plan = try Plan.make(batch, advance: advance, marker: marker)
+            }
             var events: [Event] = []
-            for (line, record) in zip(batch.lines, records) {
-                try materialize(
-                    line, record: record, time: batch.header.time, knownParents: &knownParents, finals: &finals,
-                    events: &events, report: &report)
+            var start = 0
+            while start < batch.lines.count {
+                let end = min(batch.lines.count, start + Ingest.chunkLines)
+                let lines = batch.lines[start..<end]
+                let records = try advanced(lines, from: start, plan: plan)
+                if end > plan.logged {
+                    plan.logged = end
+                    try plan.save(marker)
+                }
+                for (line, record) in zip(lines, records) {
+                    try materialize(
+                        line, record: record, plan: plan, knownParents: &knownParents, finals: &finals,
+                        events: &events, report: &report)
+                }
+                start = end
             }
             try Posix.syncFilesystem(site.dataPath)
             try index.appendFinal(finals, sync: true)
@@ -87,44 +107,89 @@ public struct Ingest {
         return report
     }
 
-    /// The state record each line of `batch` starts with: its initial state, then the steps `advance` gives.
-    /// The events of those steps are logged (and flushed) here, before any directory says the job took them:
-    /// after a crash an event may appear twice, never be missing. A line whose directory exists already (an
+    /// Lines of a batch whose events are logged, and recorded as logged, at once.
+    static let chunkLines = 2000
+
+    /// The state record each of `lines` (starting at line `first` of its batch) starts with: its initial state,
+    /// then the steps of `plan`. The events of those steps are logged (and flushed) here, before any directory
+    /// says the job took them, except for lines before `plan.logged` (logged by a pass that died): after a crash
+    /// an event may appear twice (one chunk's), never be missing. A line whose directory exists already (an
     /// interrupted pass, or a workdir taken) is not advanced.
-    private func advanced(_ batch: Batch, plan: [String: [(state: JobState, reason: String?)]]) throws(SpoolError)
+    private func advanced(_ lines: ArraySlice<Batch.Line>, from first: Int, plan: Plan) throws(SpoolError)
         -> [StateRecord]
     {
-        let now = Timestamp.now()
         var events: [Event] = []
         var records: [StateRecord] = []
-        records.reserveCapacity(batch.lines.count)
-        for line in batch.lines {
-            var record = StateRecord(initial: line.state, actor: "balsam-submit", time: batch.header.time)
-            if let steps = plan[Ingest.planKey(line.app, line.state)], !steps.isEmpty,
+        records.reserveCapacity(lines.count)
+        for (offset, line) in zip(first..., lines) {
+            var record = StateRecord(initial: line.state, actor: "balsam-submit", time: plan.batchTime)
+            if let steps = plan.steps[Ingest.planKey(line.app, line.state)], !steps.isEmpty,
                 !Posix.exists(site.jobDirectory(line.workdir))
             {
-                let moved = try record.moved(through: steps, jobID: line.id, actor: actor, time: now)
+                let moved = try record.moved(through: steps, jobID: line.id, actor: actor, time: plan.time)
                 record = moved.record
-                events += moved.events
+                if offset >= plan.logged { events += moved.events }
             }
             records.append(record)
         }
-        if !events.isEmpty { try EventLog(site: site).append(events, sync: true) }
+        let log = EventLog(site: site)
+        // The chunk a dead pass logged but had not yet recorded as logged: its last event is at the end of this
+        // host's log if it was (each chunk is one write). Then it is not logged again.
+        if let last = events.last, plan.resumed, first == plan.logged,
+            log.recentlyLogged(last, within: 64 << 20)
+        {
+            return records
+        }
+        if !events.isEmpty { try log.append(events, sync: true) }
         return records
     }
 
     static func planKey(_ app: String, _ state: JobState) -> String { app + "\t" + state.rawValue }
 
-    /// The steps each (app, initial state) of `batch` is taken through: those a pass that died in this batch
-    /// recorded in its marker, else this pass's `advance` (recorded now, before any event is logged).
-    private func plannedSteps(_ batch: Batch, marker: String) throws(SpoolError) -> [String: [(
-        state: JobState, reason: String?
-    )]] {
-        if let bytes = try? Posix.readFile(marker, limit: 1 << 20), !bytes.isEmpty,
-            let recorded = try? JSONValue.parse(bytes).objectValue
-        {
+    /// What a pass over one batch decided before it logged anything, kept in the batch's marker so that a pass
+    /// that resumes it decides the same: the steps each (app, initial state) is taken through, the time they are
+    /// recorded at, and how many of the batch's lines have had their events logged.
+    struct Plan {
+        var steps: [String: [(state: JobState, reason: String?)]] = [:]
+        var time: String
+        var batchTime: String
+        var logged = 0
+        /// Whether a pass that died recorded it (then the events of line `logged` on may be logged already).
+        var resumed = false
+
+        /// This pass's plan: the steps `advance` gives, now; recorded in `marker` before any event is logged.
+        static func make(
+            _ batch: Batch, advance: ((_ app: String, _ state: JobState) -> [(state: JobState, reason: String?)])?,
+            marker: String
+        ) throws(SpoolError) -> Plan {
+            var plan = Plan(time: Timestamp.now(), batchTime: batch.header.time)
+            if let advance {
+                for line in batch.lines where plan.steps[Ingest.planKey(line.app, line.state)] == nil {
+                    plan.steps[Ingest.planKey(line.app, line.state)] = advance(line.app, line.state)
+                }
+            }
+            try plan.save(marker)
+            return plan
+        }
+
+        /// The plan a pass that died in this batch recorded, if any.
+        /// A marker of an earlier version holds only the steps (its time unknown: now, and every event again).
+        static func load(_ marker: String, batch: Batch) -> Plan? {
+            guard let bytes = try? Posix.readFile(marker, limit: 1 << 20), !bytes.isEmpty,
+                let o = try? JSONValue.parse(bytes).objectValue
+            else { return nil }
+            guard let steps = o["steps"]?.objectValue else {
+                return Plan(steps: parse(o), time: Timestamp.now(), batchTime: batch.header.time)
+            }
+            return Plan(
+                steps: parse(steps), time: o["time"]?.stringValue ?? Timestamp.now(),
+                batchTime: o["batch_time"]?.stringValue ?? batch.header.time,
+                logged: max(0, o["logged"]?.intValue ?? 0), resumed: true)
+        }
+
+        private static func parse(_ steps: [String: JSONValue]) -> [String: [(state: JobState, reason: String?)]] {
             var plan: [String: [(state: JobState, reason: String?)]] = [:]
-            for (key, value) in recorded {
+            for (key, value) in steps {
                 plan[key] = (value.arrayValue ?? []).compactMap { step in
                     guard let o = step.objectValue, let state = o["state"]?.stringValue.flatMap(JobState.init)
                     else { return nil }
@@ -133,25 +198,28 @@ public struct Ingest {
             }
             return plan
         }
-        var plan: [String: [(state: JobState, reason: String?)]] = [:]
-        if let advance {
-            for line in batch.lines where plan[Ingest.planKey(line.app, line.state)] == nil {
-                plan[Ingest.planKey(line.app, line.state)] = advance(line.app, line.state)
-            }
+
+        /// Records the plan (and its progress) in `marker`, flushed, replacing it whole.
+        func save(_ marker: String) throws(SpoolError) {
+            let text = JSONValue.object([
+                "time": .string(time), "batch_time": .string(batchTime), "logged": .int(logged),
+                "steps": .object(
+                    steps.mapValues { steps in
+                        .array(
+                            steps.map {
+                                .object([
+                                    "state": .string($0.state.rawValue),
+                                    "reason": $0.reason.map { .string($0) } ?? .null,
+                                ])
+                            })
+                    }),
+            ])
+            try Posix.replaceFile(marker, Array(text.serialized().utf8), sync: true)
         }
-        let text = JSONValue.object(
-            plan.mapValues { steps in
-                .array(
-                    steps.map {
-                        .object(["state": .string($0.state.rawValue), "reason": $0.reason.map { .string($0) } ?? .null])
-                    })
-            })
-        try Posix.createFile(marker, Array(text.serialized().utf8), sync: true, exclusive: false)
-        return plan
     }
 
     private func materialize(
-        _ line: Batch.Line, record: StateRecord, time: String, knownParents: inout Set<String>,
+        _ line: Batch.Line, record: StateRecord, plan: Plan, knownParents: inout Set<String>,
         finals: inout [SiteIndex.FinalLine], events: inout [Event], report: inout Report
     ) throws(SpoolError) {
         let dir = site.jobDirectory(line.workdir)
@@ -175,7 +243,7 @@ public struct Ingest {
         if mkdir(dir, 0o777) != 0 {
             let err = errno
             guard err == EEXIST else { throw .system("create job directory", path: dir, errno: err) }
-            if try resume(line, in: dir, jobBytes: jobBytes, time: time) {
+            if try resume(line, in: dir, jobBytes: jobBytes, plan: plan) {
                 report.materialized += 1
                 return
             }
@@ -191,8 +259,9 @@ public struct Ingest {
 
     /// A directory already at the workdir: if it is this job's (an earlier pass was interrupted), complete
     /// it and return true; if it belongs to something else, return false.
-    private func resume(_ line: Batch.Line, in dir: String, jobBytes: [UInt8], time: String) throws(SpoolError) -> Bool
-    {
+    /// A state file the dead pass did not finish is written as the plan says: the pass logged the steps' events
+    /// before it made the directory.
+    private func resume(_ line: Batch.Line, in dir: String, jobBytes: [UInt8], plan: Plan) throws(SpoolError) -> Bool {
         let existing = try? Posix.readFile(dir + "/job.json", limit: Job.Limits.fileBytes)
         let existingID = existing.flatMap { try? JSONValue.parse($0) }?.objectValue?["id"]?.stringValue
         if existingID != line.id {
@@ -208,7 +277,11 @@ public struct Ingest {
         if let stateBytes, let record = try? StateRecord(bytes: stateBytes, path: statePath) {
             state = record.state
         } else {
-            let record = StateRecord(initial: line.state, actor: "balsam-submit", time: time)
+            var record = StateRecord(initial: line.state, actor: "balsam-submit", time: plan.batchTime)
+            if let steps = plan.steps[Ingest.planKey(line.app, line.state)], !steps.isEmpty {
+                record = try record.moved(through: steps, jobID: line.id, actor: actor, time: plan.time).record
+            }
+            state = record.state
             try Posix.replaceFile(statePath, record.fileBytes(), sync: false)
         }
         if !state.isFinal && index.activeState(of: line.id) == nil {

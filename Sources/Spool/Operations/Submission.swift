@@ -344,4 +344,29 @@ public struct EventLog: Sendable {
         for event in events { event.write(to: &out) }
         try SiteIndex(site: site).appendToHostFile(directory: site.eventsPath, suffix: ".jsonl", out, sync: sync)
     }
+
+    /// Whether `event`, exactly as it is written, is among the last `within` bytes of this host's event log: a
+    /// pass that resumes work a dead one began asks before logging its events again.
+    public func recentlyLogged(_ event: Event, within: Int) -> Bool {
+        var line: [UInt8] = []
+        event.write(to: &line)
+        let path = site.eventsPath + "/" + Posix.hostName() + ".jsonl"
+        guard let fd = try? Posix.open(path, O_RDONLY) else { return false }
+        defer { Posix.close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return false }
+        let start = max(0, Int(st.st_size) - max(0, within))
+        var bytes = [UInt8](repeating: 0, count: Int(st.st_size) - start)
+        var filled = 0
+        while filled < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { buffer in
+                buffer.baseAddress.map { pread(fd, $0 + filled, buffer.count - filled, off_t(start + filled)) } ?? 0
+            }
+            if n <= 0 { break }
+            filled += n
+        }
+        // A whole line: after a newline, or at the very start of the file.
+        if start == 0 && bytes[..<filled].starts(with: line) { return true }
+        return bytes[..<filled].firstRange(of: [0x0A] + line) != nil
+    }
 }
