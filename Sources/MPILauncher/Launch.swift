@@ -105,8 +105,10 @@ public struct Launch {
         let environment = Posix.environment()
         let nodes = try discoverNodes(world: world, settings: settings, environment: environment)
         guard world.rank == 0 else {
-            try WorkerLoop(transport: transport, grace: settings.launcher.killGraceSeconds, environment: environment)
-                .run()
+            try WorkerLoop(
+                transport: transport, grace: settings.launcher.killGraceSeconds, environment: environment,
+                silenceSeconds: settings.leaseTimeoutSeconds
+            ).run()
             return
         }
         try prepareRankZero()

@@ -595,4 +595,70 @@ func runs(_ site: Site) throws -> [Run] {
         #expect(!timedOut.isEmpty, "the killed launcher's running jobs timed out and ran again")
         #expect(try Fsck(site: site).run(repair: false).problems.isEmpty)
     }
+
+    /// The processes of the tree under `pid` (it included), from /proc.
+    func tree(_ pid: Int32) -> [Int32] {
+        var parents: [Int32: [Int32]] = [:]
+        for name in entries("/proc") {
+            guard let child = Int32(name), let stat = try? read("/proc/\(name)/stat"),
+                let close = stat.lastIndex(of: ")")
+            else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 1, let parent = Int32(fields[1]) { parents[parent, default: []].append(child) }
+        }
+        var all = [pid]
+        var i = 0
+        while i < all.count {
+            all += parents[all[i]] ?? []
+            i += 1
+        }
+        return all
+    }
+
+    /// A node of a two-node launcher freezes (its rank, task server and jobs stopped) for longer than the lease:
+    /// rank 0 notices, logs which node, gives its job back (RUN_TIMEOUT, retried on the other node) and places
+    /// nothing more there; when the node runs again its rank stops the job it had rather than run it on.
+    @Test func aFrozenNodesJobsAreGivenBackAndNotRunOnWhenItReturns() throws {
+        try configure("  lease_timeout_sec: 2\n  kill_grace_sec: 0.3")
+        try app("long", #"echo $$ >> "$BALSAM_SITE/pids.$BALSAM_JOB_ID"; sleep 5"#)
+        // One job per node (each takes a whole node): the second runs on rank 1's node.
+        let ids = try submit((0..<4).map { #"{"app":"long","workdir":"f/\#($0)","node_packing_count":1}"# })
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: 2, ["--wall-time-min", "5", "--idle-timeout", "3"], logDirectory: dir.path)
+        try waitUntil("both nodes run a job") { (try Query(site: site).countByState()[.running] ?? 0) == 2 }
+        // Rank 1: the launcher rank whose MPI rank variable says 1.
+        let ranks =
+            (try? run("/usr/bin/pgrep", ["-x", "balsam-launcher"]))?.stdout.split(separator: "\n")
+            .compactMap { Int32($0) } ?? []
+        let rank1 = try #require(
+            ranks.first { pid in
+                let environment = (try? Posix.readFile("/proc/\(pid)/environ", limit: 1 << 20)) ?? []
+                let words = environment.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+                return (words.contains("OMPI_COMM_WORLD_RANK=1") || words.contains("PMI_RANK=1"))
+                    && ((try? read("/proc/\(pid)/cmdline")) ?? "").contains(site.root)
+            })
+        let frozen = tree(rank1)
+        for pid in frozen { kill(pid, SIGSTOP) }
+        try waitUntil("rank 0 gives the frozen node's job back", timeout: 30) {
+            launcher.log.contains("rank 1 (node ") && launcher.log.contains("silent for")
+        }
+        let givenBack = try ids.filter {
+            try Query(site: site).find($0).record?.history.contains {
+                $0.state == .runTimeout && ($0.reason ?? "").contains("silent")
+            } == true
+        }
+        #expect(givenBack.count == 1, "\(launcher.log)")
+        for pid in frozen { kill(pid, SIGCONT) }
+        // Back, the node stops the job it had: its process is gone long before its 5 s would end.
+        let jobPIDs = frozen.filter { pid in ((try? read("/proc/\(pid)/cmdline")) ?? "").hasPrefix("sleep") }
+        try waitUntil("the returning node stops its old job", timeout: 3) {
+            jobPIDs.allSatisfy { kill($0, 0) != 0 || ((try? read("/proc/\($0)/stat")) ?? "").contains(") Z ") }
+        }
+        try waitUntil("every job has finished", timeout: 90) { ids.allSatisfy { state($0) == .jobFinished } }
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+        #expect(launcher.log.contains("answers again"), "\(launcher.log)")
+        #expect(watcher.terminate() == 0)
+        #expect(try Fsck(site: site).run(repair: false).problems.isEmpty)
+    }
 }

@@ -169,6 +169,8 @@ public struct Allocation: Sendable {
     private var busyCPUs: [Int]
     private var freeGPUs: [[String]]
     private var freeCPUs: [CPUPool]
+    /// Nodes no job is placed on any more (their rank stopped answering).
+    public private(set) var retired = Set<Int>()
 
     /// Slack for floating-point sums of occupancies (three jobs of 1/3 fill a node).
     static let epsilon = 0.001
@@ -183,8 +185,13 @@ public struct Allocation: Sendable {
 
     /// Whether some node has room left for at least a small job.
     public var hasRoom: Bool {
-        nodes.indices.contains { occupancy[$0] < 1 - Allocation.epsilon && busyCPUs[$0] < nodes[$0].cpus }
+        nodes.indices.contains {
+            !retired.contains($0) && occupancy[$0] < 1 - Allocation.epsilon && busyCPUs[$0] < nodes[$0].cpus
+        }
     }
+
+    /// Places nothing on node `i` from now on.
+    public mutating func retire(_ i: Int) { retired.insert(i) }
 
     /// Whether a job with this need could ever run here (on an empty allocation).
     public func canEverFit(_ need: Need) -> Bool {
@@ -195,7 +202,7 @@ public struct Allocation: Sendable {
     /// Places a job now (first fit in node order) and marks its resources used; nil when it does not fit now.
     public mutating func place(_ need: Need) -> Assignment? {
         if need.nodes > 1 {
-            let idle = nodes.indices.filter { occupancy[$0] < Allocation.epsilon }
+            let idle = nodes.indices.filter { occupancy[$0] < Allocation.epsilon && !retired.contains($0) }
             guard idle.count >= need.nodes else { return nil }
             let chosen = Array(idle.prefix(need.nodes))
             for i in chosen {
@@ -210,7 +217,8 @@ public struct Allocation: Sendable {
                 cpuIDs: nodes[chosen[0]].cpuIDs)
         }
         for i in nodes.indices
-        where occupancy[i] + need.occupancy <= 1 + Allocation.epsilon && busyCPUs[i] + need.cpus <= nodes[i].cpus
+        where !retired.contains(i) && occupancy[i] + need.occupancy <= 1 + Allocation.epsilon
+            && busyCPUs[i] + need.cpus <= nodes[i].cpus
             && freeGPUs[i].count >= need.gpus
         {
             occupancy[i] += need.occupancy

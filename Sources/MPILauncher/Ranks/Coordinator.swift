@@ -166,6 +166,7 @@ public final class Coordinator {
             }
             var active = false
             if try collectEndings() { active = true }
+            giveUpSilentRanks()
             if now - lastHeartbeat >= heartbeatEvery && now - lastHeartbeatTry >= heartbeatEvery {
                 lastHeartbeatTry = now
                 do {
@@ -464,6 +465,11 @@ public final class Coordinator {
     // MARK: - Endings (recorded in CoordinatorEndings.swift)
 
     var stoppedRanks = Set<Int>()
+    /// When each rank was last heard from (monotonic seconds; rank 0's own entry unused).
+    lazy var lastHeard = [Double](repeating: Posix.monotonicSeconds(), count: transport.size)
+    /// Ranks given up for silent, and those of them told to stop when they spoke again.
+    var silentRanks = Set<Int>()
+    var toldToStop = Set<Int>()
 
     /// A job that ended, and why the launcher was stopping then (nil: it was not), to be recorded.
     typealias Ending = (job: Running, ended: TaskRunner.Ended, stopping: String?)

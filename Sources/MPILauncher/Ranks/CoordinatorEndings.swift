@@ -18,9 +18,11 @@ extension Coordinator {
         }
         while let (source, message) = try transport.receive() {
             any = true
+            heard(from: source)
             switch message {
             case .ended(let ended): record(ended)
             case .stopped: stoppedRanks.insert(source)
+            case .alive: break
             default:
                 logger.warning("unexpected message from rank \(source): \(message)", metadata: ["rank": "\(source)"])
             }
@@ -181,11 +183,12 @@ extension Coordinator {
         summary.reason = reason
         logger.info("stopping (\(reason)): \(running.count) job(s) running")
         runner.killAll()
-        let others = (0..<transport.size).filter { $0 != transport.rank }
+        // A rank given up for silent is not waited for: it stops by itself if it ever runs again.
+        let others = (0..<transport.size).filter { $0 != transport.rank && !silentRanks.contains($0) }
         for rank in others { deliver(.stop, to: rank) }
         // Every rank stops its jobs within the grace period; a rank that does not answer is given a while more.
         let limit = Posix.monotonicSeconds() + settings.launcher.killGraceSeconds + 30
-        while (runner.count > 0 || stoppedRanks.count < others.count) && Posix.monotonicSeconds() < limit {
+        while (runner.count > 0 || !Set(others).isSubset(of: stoppedRanks)) && Posix.monotonicSeconds() < limit {
             if try !collectEndings() { usleep(1000) }
             recordEndings()
         }
@@ -221,5 +224,49 @@ extension Coordinator {
             done: \(summary.started) started, \(summary.done) RUN_DONE, \(summary.errors) RUN_ERROR, \
             \(summary.timedOut) RUN_TIMEOUT, \(summary.killed) killed
             """)
+    }
+
+    // MARK: - Silent ranks
+
+    /// Notes a message from `rank`; a rank given up for silent that speaks again is told to stop.
+    func heard(from rank: Int) {
+        guard rank < lastHeard.count else { return }
+        let now = Posix.monotonicSeconds()
+        if silentRanks.contains(rank) && !toldToStop.contains(rank) {
+            toldToStop.insert(rank)
+            logger.warning(
+                "rank \(rank) (node \(nodes[rank].host)) answers again after \(Int(saturating: now - lastHeard[rank])) s; its jobs were given back: stopping it, and nothing more runs there",
+                metadata: ["rank": "\(rank)"])
+            deliver(.stop, to: rank)
+        }
+        lastHeard[rank] = now
+    }
+
+    /// Gives back the jobs of every rank that has said nothing for the lease timeout (a hung node, a stopped
+    /// rank): RUN_TIMEOUT, the app's timeout policy then applies, and its node takes no more jobs. Called after
+    /// `collectEndings`, so what arrived while this rank itself was held up counts.
+    func giveUpSilentRanks() {
+        let now = Posix.monotonicSeconds()
+        for rank in lastHeard.indices
+        where rank != transport.rank && !silentRanks.contains(rank) && !stoppedRanks.contains(rank)
+            && now - lastHeard[rank] > settings.leaseTimeoutSeconds
+        {
+            silentRanks.insert(rank)
+            allocation.retire(rank)
+            let silence = Int(saturating: now - lastHeard[rank])
+            let jobs = running.filter { $0.value.assignment.nodes[0] == rank }
+            logger.error(
+                "rank \(rank) (node \(nodes[rank].host)) silent for \(silence) s (launcher.lease_timeout_sec \(settings.leaseTimeoutSeconds)); giving back its \(jobs.count) job(s), placing nothing more there",
+                metadata: ["rank": "\(rank)"])
+            for (id, job) in jobs {
+                running[id] = nil
+                allocation.release(job.assignment)
+                endings.append(
+                    (
+                        job, TaskRunner.Ended(id: id, status: 137, error: "no answer from its node"),
+                        "node \(nodes[rank].host) (rank \(rank)) silent for \(silence) s"
+                    ))
+            }
+        }
     }
 }

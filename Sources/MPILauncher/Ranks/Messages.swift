@@ -17,6 +17,9 @@ public enum Message: Sendable, Equatable {
     case ended(TaskRunner.Ended)
     /// The rank has no job left and leaves.
     case stopped
+    /// The rank is there (sent when it has said nothing else for a while): rank 0 gives the jobs of a rank that
+    /// stays silent past the lease timeout back to the site.
+    case alive
 
     /// The message as bytes.
     public func encoded() -> [UInt8] {
@@ -35,6 +38,7 @@ public enum Message: Sendable, Equatable {
             o = ["op": .string("ended"), "id": .string(e.id), "status": .int(Int(e.status))]
             if let error = e.error { o["error"] = .string(error) }
         case .stopped: o = ["op": .string("stopped")]
+        case .alive: o = ["op": .string("alive")]
         }
         return Array(JSONValue.object(o).serialized().utf8)
     }
@@ -65,6 +69,7 @@ public enum Message: Sendable, Equatable {
                 TaskRunner.Ended(
                     id: try string("id"), status: Int32(o["status"]?.intValue ?? 125), error: o["error"]?.stringValue))
         case "stopped": self = .stopped
+        case "alive": self = .alive
         default: throw SpoolError(.invalidInput, "unknown launcher message '\(op)'")
         }
     }
@@ -82,17 +87,25 @@ public protocol Transport: AnyObject {
     func receive() throws(SpoolError) -> (source: Int, message: Message)?
 }
 
-/// A rank other than 0: runs what rank 0 places on its node and reports how each job ended.
+/// A rank other than 0: runs what rank 0 places on its node and reports how each job ended, and says it is there
+/// at least every `heartbeatSeconds`.
+///
+/// A rank that was frozen (SIGSTOP, a hung node) for longer than `silenceSeconds` finds, when it runs again, that
+/// rank 0 has given its jobs back to the site to run elsewhere: it stops them at once rather than let them run
+/// twice, and reports them ended (rank 0 records nothing for them any more).
 public struct WorkerLoop {
     let transport: any Transport
     let runner: TaskRunner
+    let silenceSeconds: Double
+    var heartbeatSeconds: Double { max(0.05, min(5, silenceSeconds / 6)) }
 
     /// `environment`: this rank's own, which its jobs start from.
     public init(
-        transport: any Transport, grace: Double, environment: [String: String],
+        transport: any Transport, grace: Double, environment: [String: String], silenceSeconds: Double,
         guardPath: String = TaskRunner.defaultGuardPath
     ) {
         self.transport = transport
+        self.silenceSeconds = silenceSeconds
         self.runner = TaskRunner(
             grace: grace, guardPath: guardPath, baseEnvironment: TaskCommand.baseEnvironment(environment))
     }
@@ -101,13 +114,25 @@ public struct WorkerLoop {
     public func run() throws(SpoolError) {
         var stopping = false
         var lastActivity = 0.0
+        var lastSent = Posix.monotonicSeconds()
+        var lastLook = lastSent
+        func send(_ message: Message) throws(SpoolError) {
+            try transport.send(message, to: 0)
+            lastSent = Posix.monotonicSeconds()
+        }
         while true {
             var active = false
+            let now = Posix.monotonicSeconds()
+            if now - lastLook > silenceSeconds {
+                // Frozen past the lease timeout: rank 0 has given this node's jobs back.
+                runner.killAll()
+            }
+            lastLook = now
             while let (_, message) = try transport.receive() {
                 active = true
                 switch message {
                 case .start(let spec):
-                    if let ended = runner.start(spec) { try transport.send(.ended(ended), to: 0) }
+                    if let ended = runner.start(spec) { try send(.ended(ended)) }
                 case .kill(let id): runner.kill(id)
                 case .stop:
                     stopping = true
@@ -117,14 +142,14 @@ public struct WorkerLoop {
             }
             for ended in runner.poll() {
                 active = true
-                try transport.send(.ended(ended), to: 0)
+                try send(.ended(ended))
             }
             if stopping && runner.count == 0 {
-                try transport.send(.stopped, to: 0)
+                try send(.stopped)
                 return
             }
+            if Posix.monotonicSeconds() - lastSent >= heartbeatSeconds { try send(.alive) }
             // Short sleeps right after activity (a start often follows an ending), longer ones when quiet.
-            let now = Posix.monotonicSeconds()
             if active {
                 lastActivity = now
             } else {
