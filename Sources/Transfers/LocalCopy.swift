@@ -148,7 +148,7 @@ public final class LocalBackend: TransferBackend {
                 }
                 update(["done": .int(i + 1), "of": .int(batch.count)])
             }
-            return failures
+            return .finished(failures: failures)
         }
     }
 

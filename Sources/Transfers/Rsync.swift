@@ -69,7 +69,7 @@ public final class RsyncBackend: TransferBackend {
                     ? try stageIn(batch, staging: staging, host: remote, ssh: ssh, update: update)
                     : try stageOut(batch, staging: staging, host: remote, ssh: ssh, update: update)
             } catch {
-                return Dictionary(uniqueKeysWithValues: batch.map { ($0.key, error.description) })
+                return .finished(failures: Dictionary(uniqueKeysWithValues: batch.map { ($0.key, error.description) }))
             }
         }
     }
@@ -112,16 +112,30 @@ public final class RsyncBackend: TransferBackend {
 
     /// Why `path` is missing, in rsync's words if it said something about it.
     static func why(_ path: String, under root: String, _ result: SchedulerCommand.Result) -> String {
-        let lines = result.errors.split(separator: "\n")
+        // ssh ends its lines with CR LF, one Character to Swift: split on any line break.
+        let lines = result.errors.split(whereSeparator: \.isNewline)
         if let line = lines.first(where: { $0.contains(listed(path, under: root)) }) { return "rsync: " + String(line) }
-        let summary = lines.last.map(String.init) ?? "exit status \(result.status)"
-        return "rsync exited with status \(result.status): \(summary)"
+        return summary(result)
+    }
+
+    /// rsync's exit statuses that mean the other side was never reached, or the connection to it broke: ssh's
+    /// own failure (255: refused, timed out, no route, host key, authentication), socket I/O (10), the data
+    /// stream cut (12), timeouts (30, 35).
+    static let unreachableStatuses: Set<Int32> = [255, 10, 12, 30, 35]
+
+    /// What went wrong, in the words of whoever said it: ssh's (and the remote shell's) lines first, which rsync
+    /// only passes on, then rsync's last.
+    static func summary(_ result: SchedulerCommand.Result) -> String {
+        let lines = result.errors.split(whereSeparator: \.isNewline).map(String.init)
+        let others = lines.filter { !$0.hasPrefix("rsync") && !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+        let words = (others.prefix(3) + lines.suffix(1).filter { !others.contains($0) }).joined(separator: "; ")
+        return "rsync exited with status \(result.status): " + (words.isEmpty ? "no message" : words)
     }
 
     private func stageIn(
         _ batch: [TransferRequest], staging: String, host: String, ssh: String,
         update: @Sendable ([String: JSONValue]) -> Void
-    ) throws(SpoolError) -> [String: String] {
+    ) throws(SpoolError) -> TaskStatus {
         let root = RsyncBackend.commonDirectory(batch.map(\.remotePath))
         let list = Set(batch.map { RsyncBackend.listed($0.remotePath, under: root) }).sorted()
         try Posix.createFile(staging + "/.files", Array((list.joined(separator: "\n") + "\n").utf8), sync: false)
@@ -132,6 +146,9 @@ public final class RsyncBackend: TransferBackend {
                 host + ":" + root + "/", staging + "/tree/",
             ], staging: staging)
         update(["rsync_status": .int(Int(result.status))])
+        if RsyncBackend.unreachableStatuses.contains(result.status) {
+            return .unreachable(RsyncBackend.summary(result))
+        }
         var failures: [String: String] = [:]
         // Two jobs may want the same file: the last takes it, the others get copies.
         var last: [String: String] = [:]
@@ -154,13 +171,13 @@ public final class RsyncBackend: TransferBackend {
                 failures[request.key] = error.description
             }
         }
-        return failures
+        return .finished(failures: failures)
     }
 
     private func stageOut(
         _ batch: [TransferRequest], staging: String, host: String, ssh: String,
         update: @Sendable ([String: JSONValue]) -> Void
-    ) throws(SpoolError) -> [String: String] {
+    ) throws(SpoolError) -> TaskStatus {
         var failures: [String: String] = [:]
         var sent: [TransferRequest] = []
         let root = RsyncBackend.commonDirectory(batch.map(\.remotePath))
@@ -176,7 +193,7 @@ public final class RsyncBackend: TransferBackend {
                 failures[request.key] = error.description
             }
         }
-        guard !sent.isEmpty else { return failures }
+        guard !sent.isEmpty else { return .finished(failures: failures) }
         let list = sent.map { RsyncBackend.listed($0.remotePath, under: root) }.sorted()
         try Posix.createFile(staging + "/.files", Array((list.joined(separator: "\n") + "\n").utf8), sync: false)
         let result = try run(
@@ -185,10 +202,14 @@ public final class RsyncBackend: TransferBackend {
                 staging + "/tree/", host + ":" + root + "/",
             ], staging: staging)
         update(["rsync_status": .int(Int(result.status))])
+        // Items that failed before (not linked) are theirs to blame, not the connection's: they fail now.
+        if RsyncBackend.unreachableStatuses.contains(result.status) && failures.isEmpty {
+            return .unreachable(RsyncBackend.summary(result))
+        }
         if result.status != 0 {
             for request in sent { failures[request.key] = RsyncBackend.why(request.remotePath, under: root, result) }
         }
-        return failures
+        return .finished(failures: failures)
     }
 }
 

@@ -38,6 +38,18 @@ public enum TaskStatus: Sendable, Equatable {
     case active([String: JSONValue])
     /// Over: the requests that failed, by key, with why (the others are done).
     case finished(failures: [String: String])
+    /// Over without reaching the location (a connection refused or timed out, a host down), with why in the
+    /// words of the tool that tried (ssh's own): nothing moved, and no request is to blame. Tried again with a
+    /// backoff for `on_transfer_error.unreachable_timeout_sec`, without spending the items' retries.
+    case unreachable(String)
+}
+
+extension TaskStatus {
+    /// Whether the task has ended.
+    var isOver: Bool {
+        if case .active = self { return false }
+        return true
+    }
 }
 
 /// A way of moving files: submit a batch (one direction, one location) and get a task ID; poll the task.
@@ -56,16 +68,16 @@ final class ThreadedTasks: Sendable {
 
     init(prefix: String) { self.prefix = prefix }
 
-    /// Starts `work` on a new thread; its ID.
-    func start(_ work: @escaping @Sendable (_ update: @Sendable ([String: JSONValue]) -> Void) -> [String: String])
+    /// Starts `work` on a new thread; its ID. `work` returns how the task ended (`.finished` or `.unreachable`).
+    func start(_ work: @escaping @Sendable (_ update: @Sendable ([String: JSONValue]) -> Void) -> TaskStatus)
         -> String
     {
         // The process in the ID: a task of a watcher that died is never taken for one of this one.
         let id = "\(prefix):\(getpid())-\(counter.add(1, ordering: .relaxed).newValue)"
         table.withLock { $0[id] = .active([:]) }
         let thread = Thread { [self] in
-            let failures = work { info in table.withLock { if case .active = $0[id] { $0[id] = .active(info) } } }
-            table.withLock { $0[id] = .finished(failures: failures) }
+            let ending = work { info in table.withLock { if case .active = $0[id] { $0[id] = .active(info) } } }
+            table.withLock { $0[id] = ending }
         }
         thread.start()
         return id
@@ -74,7 +86,7 @@ final class ThreadedTasks: Sendable {
     func status(_ id: String) -> TaskStatus? {
         table.withLock { table in
             let status = table[id]
-            if case .finished? = status { table[id] = nil }  // reported once
+            if let status, status.isOver { table[id] = nil }  // reported once
             return status
         }
     }

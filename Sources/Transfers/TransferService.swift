@@ -35,6 +35,9 @@ public final class TransferService {
     private var pending: Set<String> = []
     /// When failed items (`JOB/SLOT`) may be tried again.
     private var notBefore: [String: Double] = [:]
+    /// Items whose location could not be reached: since when (monotonic), and how many tries so far.
+    private var unreachableSince: [String: Double] = [:]
+    private var unreachableTries: [String: Int] = [:]
     /// Jobs looked at that have nothing to move in their state.
     private var idle: Set<String> = []
     /// Tasks in flight: their items as (job, slot).
@@ -97,6 +100,8 @@ public final class TransferService {
             guard var entry = served[id] else { continue }
             if TransferChange.apply(change, to: &entry.items) {
                 notBefore = notBefore.filter { !$0.key.hasPrefix(id + "/") }
+                unreachableSince = unreachableSince.filter { !$0.key.hasPrefix(id + "/") }
+                unreachableTries = unreachableTries.filter { !$0.key.hasPrefix(id + "/") }
                 served[id] = entry
                 idle.remove(id)
                 changed.insert(id)
@@ -175,16 +180,26 @@ public final class TransferService {
         for (taskID, task) in tasks {
             guard let backend = backends[task.backend] else { continue }
             let status = backend.poll(taskID) ?? .finished(failures: ["*": "the task was lost"])
-            guard case .finished(let failures) = status else { continue }
-            tasks[taskID] = nil
-            record(task.items, task: taskID, failures: failures, &round)
+            switch status {
+            case .active: continue
+            case .finished(let failures):
+                tasks[taskID] = nil
+                record(task.items, task: taskID, failures: failures, &round)
+            case .unreachable(let why):
+                tasks[taskID] = nil
+                record(task.items, task: taskID, failures: ["*": why], unreachable: true, &round)
+            }
         }
     }
 
     /// Records how a task ended for its items: done, or failed (`failures` by `JOB/SLOT`, or `*` for all),
     /// to be tried again or, with no retries left, in error.
+    ///
+    /// `unreachable`: the location was not reached, and nobody's item is to blame: the items are tried again
+    /// (every 1 to 30 s) without spending their retries, until it has been so for `unreachable_timeout_sec`.
     private func record(
-        _ items: [(job: String, slot: String)], task: String?, failures: [String: String], _ round: inout Round
+        _ items: [(job: String, slot: String)], task: String?, failures: [String: String], unreachable: Bool = false,
+        _ round: inout Round
     ) {
         var touched = Set<String>()
         for (job, slot) in items {
@@ -192,18 +207,39 @@ public final class TransferService {
             guard var entry = served[job], let i = entry.items.firstIndex(where: { $0.slot == slot }),
                 entry.items[i].taskID == task
             else { continue }
-            if let why = failures[job + "/" + slot] ?? failures["*"] {
-                entry.items[i].attempts += 1
+            let key = job + "/" + slot
+            if var why = failures[key] ?? failures["*"] {
+                let now = Posix.monotonicSeconds()
+                var tries: Int
+                var spent: Bool
+                if unreachable {
+                    let since = unreachableSince[key] ?? now
+                    unreachableSince[key] = since
+                    unreachableTries[key, default: 0] += 1
+                    tries = unreachableTries[key] ?? 1
+                    spent = now - since >= settings.transfers.unreachableTimeoutSeconds
+                    if spent {
+                        entry.items[i].attempts += 1
+                        why = "unreachable for \(Int(saturating: now - since)) s: " + why
+                    }
+                } else {
+                    unreachableSince[key] = nil
+                    unreachableTries[key] = nil
+                    entry.items[i].attempts += 1
+                    tries = entry.items[i].attempts
+                    spent = entry.items[i].attempts > settings.transfers.retries
+                }
                 // Tried again after 1, 2, 4 ... 30 s: a file that is not there yet is not asked for in a loop.
-                notBefore[job + "/" + slot] =
-                    Posix.monotonicSeconds() + min(30, Double(1 << min(entry.items[i].attempts - 1, 5)))
+                notBefore[key] = now + min(30, Double(1 << min(max(tries, 1) - 1, 5)))
                 entry.items[i].info["error"] = .string(why)
-                entry.items[i].state = entry.items[i].attempts > settings.transfers.retries ? .error : .pending
+                entry.items[i].state = spent ? .error : .pending
                 round.failed += 1
                 logger.warning(
                     "job \(job): \(entry.items[i].direction == .in ? "stage-in" : "stage-out") of slot \(slot) failed (attempt \(entry.items[i].attempts)): \(why)",
                     metadata: ["job.id": "\(job)"])
             } else {
+                unreachableSince[key] = nil
+                unreachableTries[key] = nil
                 entry.items[i].state = .done
                 entry.items[i].info["error"] = nil
                 round.done += 1
@@ -217,7 +253,7 @@ public final class TransferService {
         // no file: the job's moving on says they are done (a file each cost more than the small files moved).
         for job in touched {
             guard let entry = served[job] else { continue }
-            if entry.items.contains(where: { $0.attempts > 0 })
+            if entry.items.contains(where: { $0.attempts > 0 || $0.info["error"] != nil })
                 || Posix.exists(entry.directory + "/" + TransferItem.fileName)
             {
                 save(job)

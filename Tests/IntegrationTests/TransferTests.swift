@@ -11,7 +11,7 @@ import Testing
 final class SSHServer {
     let dir: TempDir
     let port: Int
-    let process: Spawned
+    var process: Spawned
     /// The ssh options a site needs to reach it as root.
     let options: [String]
 
@@ -72,6 +72,22 @@ final class SSHServer {
         self.port = port
         process = started
         options = Self.clientOptions(p)
+    }
+
+    /// Stops listening (an endpoint down): new connections are refused.
+    func down() {
+        process.signal(SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// Listens again on the same port.
+    func up() throws {
+        let p = dir.path
+        let log = p + "/sshd-again.log"
+        process = try Spawned("/usr/sbin/sshd", ["-D", "-e", "-f", p + "/sshd_config"], stderr: .file(log))
+        try waitUntil("sshd listens again", timeout: 20) {
+            ((try? read(log)) ?? "").contains("Server listening on 127.0.0.1 port \(port)")
+        }
     }
 
     static func clientOptions(_ p: String) -> [String] {
@@ -277,6 +293,45 @@ final class SSHServer {
             else { return nil }
             return command.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
         }
+    }
+
+    /// The rsync endpoint down for a while (connections refused): its jobs' stage-ins are tried again with a
+    /// backoff, without spending their retries, and go through once it is back; the items say ssh's own words
+    /// meanwhile. Down for longer than `unreachable_timeout_sec`, the job fails saying for how long and why.
+    @Test func anEndpointDownForAWhileFailsNothingAndSaysWhy() throws {
+        let sshd = try SSHServer()
+        try configureRsync(
+            sshd, "  on_transfer_error: {retries: 0, unreachable_timeout_sec: 60}\n", multiplex: false)
+        try oneSlotApp(localPath: "input.txt")
+        sshd.down()
+        let ids = try submit(
+            (0..<4).map { #"{"app":"one","workdir":"u/\#($0)","transfers":{"input":"dtn:/in dir/a b;$x.txt"}}"# })
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        try waitUntil("a stage-in has met the refused connection", timeout: 60) {
+            ((try? TransferItem.load(directory: site.jobDirectory("u/0"))) ?? nil)?.first?.info["error"] != nil
+        }
+        let error = try #require(try TransferItem.load(directory: site.jobDirectory("u/0"))?.first?.info["error"])
+        #expect(error.stringValue?.contains("Connection refused") == true, "ssh's own words: \(error)")
+        // Down for several tries (1, 2, 4 s apart): nothing fails, whatever retries says.
+        usleep(5_000_000)
+        #expect(ids.allSatisfy { state($0) == .ready }, "\(ids.map { state($0) as Any })")
+        try sshd.up()
+        try waitUntil("every job is staged in once the endpoint is back", timeout: 90) {
+            ids.allSatisfy { self.state($0) == .preprocessed }
+        }
+        #expect(try read(site.jobDirectory("u/3") + "/input.txt") == "alpha\n")
+
+        // Down for good, with a short limit: the job fails, saying for how long and why.
+        try read(site.settingsPath).replacingOccurrences(
+            of: "unreachable_timeout_sec: 60", with: "unreachable_timeout_sec: 2"
+        )
+        .write(toFile: site.settingsPath, atomically: true, encoding: .utf8)
+        sshd.down()
+        let late = try submit([#"{"app":"one","workdir":"u/late","transfers":{"input":"dtn:/in dir/a b;$x.txt"}}"#])
+        try waitUntil("the job fails", timeout: 60) { self.state(late[0]) == .failed }
+        let reason = try shown(late[0])
+        #expect(reason.contains("unreachable for") && reason.contains("Connection refused"), "\(reason)")
+        #expect(watcher.terminate() == 0)
     }
 
     /// What a dead balsam process's children left running (found by the variable they inherit) ends when the next

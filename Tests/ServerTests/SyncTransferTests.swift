@@ -28,7 +28,7 @@ import Testing
         // A stage-in that keeps failing is retried (almost) for ever here: the user settles it through the API.
         let settings =
             try read(site.settingsPath).replacingOccurrences(
-                of: "on_transfer_error: {retries: 2}", with: "on_transfer_error: {retries: 1000000}")
+                of: "{retries: 2,", with: "{retries: 1000000,")
             + "transfer_locations:\n  here: file://\(remote)\n"
         try settings.write(toFile: site.settingsPath, atomically: false, encoding: .utf8)
         try setSync(site, url: server.url, tokenFile: dir.path + "/token", period: 0.2)

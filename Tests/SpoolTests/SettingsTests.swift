@@ -22,6 +22,10 @@ import Testing
             "unknown key 'scheduler.allowed_queues.debug.max_walltim'", "max_walltime"
         ),
         ("sync:\n  url: http://x\n  peroid: 2\n", "unknown key 'sync.peroid' (sync keys: ", "period"),
+        (
+            "transfers:\n  on_transfer_error: {retries: 1, unreachable_timout_sec: 5}\n",
+            "unknown key 'transfers.on_transfer_error.unreachable_timout_sec'", "unreachable_timeout_sec"
+        ),
     ])
     func unknownKeysAreRefusedNamingTheKeyAndTheKnownOnes(text: String, message: String, known: String) throws {
         guard case .failure(let error) = try loading("name: s\n" + text) else {

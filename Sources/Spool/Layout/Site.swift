@@ -285,7 +285,8 @@ public enum Settings {
               transfer_batch_size: 100
               max_concurrent_transfers: 5
               service_period: 1
-              on_transfer_error: {retries: 2}
+              # retries: failed attempts tried again; an unreachable location is tried for this long first.
+              on_transfer_error: {retries: 2, unreachable_timeout_sec: 600}
               ssh_options: []
               globus_sync_level: size
               globus_verify_checksum: true

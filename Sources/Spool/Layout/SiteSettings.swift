@@ -33,6 +33,9 @@ public struct SiteSettings: Sendable, Equatable {
         public var periodSeconds: Double = 1
         /// Failed attempts retried before the job is FAILED (`on_transfer_error: {retries: N}`).
         public var retries = 2
+        /// Seconds a location may stay unreachable (a refused or timed-out connection) before its items fail, tried
+        /// meanwhile every 1 to 30 s without spending their retries (`on_transfer_error: {unreachable_timeout_sec}`).
+        public var unreachableTimeoutSeconds: Double = 600
         /// Options for ssh, as rsync's `-e` gets them (`ssh_options`: a list, like ["-i", "~/.ssh/dtn"]).
         public var sshOptions: [String] = []
         /// Globus: `globus_sync_level` (default `size`, the original's) and `globus_verify_checksum` (true).

@@ -99,11 +99,30 @@ extension SiteSettings {
                 try t.integer("max_concurrent_transfers") ?? settings.transfers.maxConcurrent
             settings.transfers.periodSeconds = try t.number("service_period") ?? settings.transfers.periodSeconds
             if let policy = try t.object("on_transfer_error") {
-                guard let r = policy["retries"]?.intValue, r >= 0 else {
+                if let unknown = policy.keys.sorted().first(where: {
+                    !["retries", "unreachable_timeout_sec"].contains($0)
+                }) {
                     throw SpoolError(
-                        .invalidInput, "transfers.on_transfer_error.retries must be a whole number", path: path)
+                        .invalidInput,
+                        "unknown key 'transfers.on_transfer_error.\(unknown)' (on_transfer_error keys: retries, unreachable_timeout_sec)",
+                        path: path)
                 }
-                settings.transfers.retries = r
+                if let value = policy["retries"] {
+                    guard let r = value.intValue, r >= 0 else {
+                        throw SpoolError(
+                            .invalidInput, "transfers.on_transfer_error.retries must be a whole number", path: path)
+                    }
+                    settings.transfers.retries = r
+                }
+                if let value = policy["unreachable_timeout_sec"] {
+                    guard let seconds = value.doubleValue, seconds.isFinite, seconds >= 0, seconds <= 1e9 else {
+                        throw SpoolError(
+                            .invalidInput,
+                            "transfers.on_transfer_error.unreachable_timeout_sec must be a number of seconds",
+                            path: path)
+                    }
+                    settings.transfers.unreachableTimeoutSeconds = seconds
+                }
             }
             if let v = t.o["ssh_options"], v != .null {
                 guard case .array(let items) = v, items.allSatisfy({ $0.stringValue != nil }) else {
