@@ -382,7 +382,12 @@ public final class Engine {
     /// A parent's state: active, accepted (not made yet: READY or waiting), or ended. nil: it does not exist.
     func parentState(_ id: String) throws(SpoolError) -> JobState? {
         if let state = index.activeState(of: id) { return state }
-        if let state = try finalStates.state(of: id) { return state }
+        if let state = try finalStates.state(of: id) {
+            // FAILED in the final index may be old news: a retried job stays listed there, and between its active
+            // entries (in a launcher's lease, in the middle of a move) only its state file says where it is.
+            if state == .failed, let now = try? Query(site: site).find(id).record?.state { return now }
+            return state
+        }
         // Not seen yet: an accepted batch, or a job that ended through another program. Read the final index.
         for name in try index.batchNames() where try index.readBatch(name).lines.contains(where: { $0.id == id }) {
             return .awaitingParents

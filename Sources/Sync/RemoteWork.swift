@@ -55,7 +55,8 @@ extension Pusher {
     }
 
     /// Carries out users' requests about this site's jobs with the site's own control operations: a kill
-    /// (`FAILED`), a retry (`READY` or `RESTART_READY` from `FAILED`), a deletion. What cannot be done now (a job
+    /// (`FAILED`), a retry (`READY`, `RESTART_READY`, or `AWAITING_PARENTS` to wait for retried parents, from
+    /// `FAILED`), a deletion. What cannot be done now (a job
     /// under a launcher, for a deletion) waits for a later round; what cannot be done at all (a kill of an ended
     /// job, any other state) is refused with the reason. Returns how many were answered.
     func carryOut(_ requests: [JobRequest], state: inout SyncState) throws -> Int {
@@ -86,6 +87,7 @@ extension Pusher {
                 outcomes = control.kill(selected, reason: "killed through the API")
             case ("state", JobState.ready.rawValue?): outcomes = control.retry(selected, restart: false)
             case ("state", JobState.restartReady.rawValue?): outcomes = control.retry(selected, restart: true)
+            case ("state", JobState.awaitingParents.rawValue?): outcomes = control.retry(selected, to: .awaitingParents)
             case ("delete", _): outcomes = control.remove(selected, keepFiles: false)
             case ("modify", let text?):
                 let change = (try? JSONValue.parse(text))?.objectValue ?? [:]
@@ -98,7 +100,8 @@ extension Pusher {
                 try answer(
                     "refused",
                     "site \(site.name) moves its jobs itself; through the API it takes kills (FAILED), retries "
-                        + "(READY, RESTART_READY), changes of the spec and deletions, not \(target ?? kind)")
+                        + "(READY, RESTART_READY, AWAITING_PARENTS), changes of the spec and deletions, not \(target ?? kind)"
+                )
                 continue
             }
             guard let outcome = outcomes.first else { continue }

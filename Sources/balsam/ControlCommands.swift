@@ -135,7 +135,10 @@ struct Kill: ParsableCommand {
 
 struct Retry: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run FAILED jobs again, from READY (or RESTART_READY with --restart); retry counts start over.")
+        abstract: "Run FAILED jobs again, from READY (or RESTART_READY with --restart); retry counts start over.",
+        discussion:
+            "Jobs that failed because a retried job did are named; with --with-children they go back to AWAITING_PARENTS."
+    )
 
     @OptionGroup var siteOption: SiteOption
     @OptionGroup var selection: JobSelection
@@ -143,8 +146,17 @@ struct Retry: ParsableCommand {
     @Flag(name: .long, help: "Go straight to RESTART_READY: run again without preprocessing.")
     var restart = false
 
+    @Flag(
+        name: .long,
+        help:
+            "Also retry the jobs that failed because these did (their children, and theirs): they wait for them again."
+    )
+    var withChildren = false
+
     func run() throws {
-        try control("retry", verb: "retry", siteOption, selection) { c, jobs in c.retry(jobs, restart: restart) }
+        try control("retry", verb: "retry", siteOption, selection) { c, jobs in
+            c.retry(jobs, restart: restart, withChildren: withChildren)
+        }
     }
 }
 

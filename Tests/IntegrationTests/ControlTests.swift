@@ -135,4 +135,109 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: site.jobDirectory("f") + "/job.json.removed"))
         #expect(try balsam(["show", id], site: site.root).status == 66)
     }
+
+    /// A random DAG whose roots fail at first: their descendants fail through them. Retrying a root says which
+    /// jobs stay failed because of it; `--with-children` takes them along; `retry --all` sends each job whose
+    /// parents have not finished to wait for them. Every job then finishes, none before its parents.
+    @Test(arguments: [UInt64(1), 2, 3])
+    func retryingParentsTakesTheirFailedChildrenAlong(seed: UInt64) throws {
+        #expect(
+            try balsam(
+                [
+                    "app", "create", "gate", "--command-template", #"test -e "$BALSAM_SITE/ok""#, "--on-error-retries",
+                    "0",
+                ],
+                site: site.root
+            ).status == 0)
+        #expect(
+            try balsam(
+                ["app", "create", "after", "--command-template", #"echo "$BALSAM_JOB_ID" >> "$BALSAM_SITE/order""#],
+                site: site.root
+            ).status == 0)
+        var rng = SplitMix(seed: seed)
+        var ids: [String] = []
+        var parents: [String: [String]] = [:]
+        for i in 0..<20 {
+            var job = helloJob("dag/\(i)")
+            job.parameters = [:]
+            if i < 4 {
+                job.app = "gate"
+            } else {
+                job.app = "after"
+                let count = Int(rng.next() % 3) + 1
+                job.parentIDs = Array(Set((0..<count).map { _ in ids[Int(rng.next() % UInt64(ids.count))] }))
+            }
+            var submission = Submission(site: site)
+            let id = try submission.submit(job).0.id
+            ids.append(id)
+            parents[id] = job.parentIDs
+        }
+        func runSite() throws {
+            let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+            let launcher = try LauncherProcess(
+                site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "2"], logDirectory: dir.path)
+            try waitUntil("every job has ended", timeout: 120) { ids.allSatisfy { (try? state($0))?.isFinal == true } }
+            _ = launcher.wait(timeout: 60)
+            #expect(watcher.terminate() == 0)
+        }
+        try runSite()
+        #expect(try ids.allSatisfy { try state($0) == .failed })
+        // Which parent each job failed through, as its reason says ("parent P ..." or "... (through parent P)").
+        var through: [String: String] = [:]
+        for id in ids.dropFirst(4) {
+            let reason = try #require(try Query(site: site).find(id).record?.reason)
+            let named =
+                reason.hasPrefix("parent ")
+                ? reason.dropFirst(7).prefix { $0 != " " }
+                : reason.components(separatedBy: "(through parent ").last?.prefix { $0 != ")" } ?? ""
+            #expect(parents[id]?.contains(String(named)) == true, "\(id): \(reason)")
+            through[id] = String(named)
+        }
+        func failedBecause(of root: String) -> Set<String> {
+            var found = Set<String>()
+            var queue = [root]
+            while let next = queue.popLast() {
+                for (child, parent) in through where parent == next && found.insert(child).inserted {
+                    queue.append(child)
+                }
+            }
+            return found
+        }
+
+        // The first gate alone: the jobs that failed because of it are counted, and stay FAILED.
+        try "".write(toFile: site.root + "/ok", atomically: false, encoding: .utf8)
+        let first = try balsam(["retry", ids[0]], site: site.root)
+        let below = failedBecause(of: ids[0])
+        #expect(first.status == 0 && first.stdout.contains("\(ids[0]) done: READY"), "\(first.stdout)")
+        #expect(
+            below.isEmpty
+                ? !first.stdout.contains("stay FAILED")
+                : first.stdout.contains("; \(below.count) job(s) that failed because it did stay FAILED"),
+            "\(below.count): \(first.stdout)")
+        #expect(try below.allSatisfy { try state($0) == .failed })
+        // The other gates with theirs; then whatever is left, each to wait for its parents.
+        let others = try balsam(["retry", "--with-children", "-y", ids[1], ids[2], ids[3]], site: site.root)
+        #expect(others.status == 0, "\(others.stdout)\(others.stderr)")
+        let taken = failedBecause(of: ids[1]).union(failedBecause(of: ids[2])).union(failedBecause(of: ids[3]))
+        for id in ids.dropFirst(4) {
+            #expect(try state(id) == (taken.contains(id) ? .awaitingParents : .failed), "\(id)")
+        }
+        let rest = try balsam(["retry", "--all", "-y"], site: site.root)
+        #expect(rest.status == 0, "\(rest.stdout)\(rest.stderr)")
+        #expect(try ids.dropFirst(4).allSatisfy { try state($0) == .awaitingParents })
+        try runSite()
+        for id in ids where try state(id) != .jobFinished {
+            let record = try Query(site: site).find(id).record
+            let history = record?.history.map(\.state.rawValue) ?? []
+            Issue.record("not finished: \(id) \(record?.state.rawValue ?? "?"): \(record?.reason ?? "") \(history)")
+        }
+        // None ran before a parent of its: the order of their runs respects every edge.
+        let order = try read(site.root + "/order").split(separator: "\n").map(String.init)
+        for (child, its) in parents {
+            guard let at = order.firstIndex(of: child) else { continue }
+            for parent in its where parent != ids[0] && !ids.prefix(4).contains(parent) {
+                #expect((order.firstIndex(of: parent) ?? .max) < at, "\(child) ran before its parent \(parent)")
+            }
+        }
+    }
 }

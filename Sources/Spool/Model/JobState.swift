@@ -34,7 +34,8 @@ public enum JobState: String, CaseIterable, Sendable, Codable, Comparable {
     public var isFinal: Bool { JobState.final.contains(self) }
 
     /// The states this state may move to. Every state that has not ended may move to `FAILED` (a kill,
-    /// a failed parent, a failed hook). A `FAILED` job may be retried by the user.
+    /// a failed parent, a failed hook). A `FAILED` job may be retried by the user: to run again, or to wait for its
+    /// parents again (one that failed because a parent did, when that parent is retried).
     public var successors: Set<JobState> {
         var next: Set<JobState>
         switch self {
@@ -51,7 +52,8 @@ public enum JobState: String, CaseIterable, Sendable, Codable, Comparable {
         case .postprocessed: next = [.stagedOut]
         case .stagedOut: next = [.jobFinished]
         case .jobFinished: next = []
-        case .failed: next = [.ready, .restartReady]
+        // Back to waiting: a job that failed because a parent did, retried with that parent.
+        case .failed: next = [.ready, .restartReady, .awaitingParents]
         }
         if !isFinal && self != .created { next.insert(.failed) }
         return next

@@ -80,21 +80,110 @@ public struct Control {
 
     /// Retries `FAILED` jobs: to `READY` (preprocess again), or with `restart` to `RESTART_READY` (run again
     /// directly). Their retry counters start over.
-    public func retry(_ jobs: [JobListing], restart: Bool) -> [Outcome] {
-        let target: JobState = restart ? .restartReady : .ready
-        return jobs.map { listing in
-            act(listing) { (store, loaded) throws(SpoolError) -> Outcome in
+    public func retry(_ jobs: [JobListing], restart: Bool, withChildren: Bool = false) -> [Outcome] {
+        retry(jobs, to: restart ? .restartReady : .ready, withChildren: withChildren)
+    }
+
+    /// Retries `FAILED` jobs to `target` (`READY`, `RESTART_READY`, or `AWAITING_PARENTS`: to wait for parents
+    /// retried meanwhile); a job whose parents have not all finished goes to `AWAITING_PARENTS` whatever the
+    /// target, and runs after them. The jobs that failed because one of them did (straight from `AWAITING_PARENTS`, their
+    /// reason naming the parent or ancestor), and theirs, are said for each; with `withChildren` they go back to
+    /// `AWAITING_PARENTS` too and run when their parents finish.
+    public func retry(_ jobs: [JobListing], to target: JobState, withChildren: Bool = false) -> [Outcome] {
+        let dependents = (try? dependencyFailures()) ?? [:]
+        let selected = Set(jobs.map(\.id))
+        var outcomes: [Outcome] = []
+        var revived = Set<String>()
+        for listing in jobs {
+            var outcome = act(listing) { (store, loaded) throws(SpoolError) -> Outcome in
                 guard loaded.record.state == .failed else {
                     return Outcome(
                         id: listing.id, kind: .unchanged, message: "is \(loaded.record.state.rawValue), not FAILED")
                 }
-                try store.move(loaded, to: target, reason: "retried by the user") { _, record in
+                // A job whose parents have not all finished (retried themselves, or failed) waits for them: it
+                // would otherwise run before them.
+                let unfinished = loaded.job.parentIDs.filter { (try? Query(site: site).find($0).state) != .jobFinished }
+                let to = unfinished.isEmpty ? target : .awaitingParents
+                try store.move(loaded, to: to, reason: "retried by the user") { _, record in
                     record.errorRetries = 0
                     record.timeoutRetries = 0
                 }
-                return Outcome(id: listing.id, kind: .done, message: target.rawValue)
+                let waiting = unfinished.isEmpty || target == .awaitingParents ? "" : " (parents not finished)"
+                return Outcome(id: listing.id, kind: .done, message: to.rawValue + waiting)
+            }
+            guard outcome.kind == .done else {
+                outcomes.append(outcome)
+                continue
+            }
+            // Every job that failed through this one, however deep, not selected itself.
+            var below: [JobListing] = []
+            var queue = [listing.id]
+            while let parent = queue.popLast() {
+                for child in dependents[parent] ?? [] where !selected.contains(child.id) && !revived.contains(child.id)
+                {
+                    if below.contains(where: { $0.id == child.id }) { continue }
+                    below.append(child)
+                    queue.append(child.id)
+                }
+            }
+            if withChildren {
+                outcomes.append(outcome)
+                for child in below {
+                    revived.insert(child.id)
+                    outcomes.append(
+                        act(child) { (store, loaded) throws(SpoolError) -> Outcome in
+                            guard loaded.record.state == .failed else {
+                                return Outcome(
+                                    id: child.id, kind: .unchanged,
+                                    message: "is \(loaded.record.state.rawValue), not FAILED")
+                            }
+                            try store.move(loaded, to: .awaitingParents, reason: "retried with parent \(listing.id)") {
+                                _, record in
+                                record.errorRetries = 0
+                                record.timeoutRetries = 0
+                            }
+                            return Outcome(
+                                id: child.id, kind: .done,
+                                message: "AWAITING_PARENTS (retried with \(listing.id), workdir \(listing.workdir))")
+                        })
+                }
+            } else {
+                if !below.isEmpty {
+                    let sample =
+                        below.prefix(3).map(\.workdir).joined(separator: ", ") + (below.count > 3 ? ", ..." : "")
+                    outcome.message +=
+                        "; \(below.count) job(s) that failed because it did stay FAILED (\(sample)):"
+                        + " retry them too with --with-children"
+                }
+                outcomes.append(outcome)
             }
         }
+        return outcomes
+    }
+
+    /// The `FAILED` jobs that failed because a parent did, by that parent: they moved straight from
+    /// `AWAITING_PARENTS` to `FAILED` with the reason the watcher gives (`parent P ...`, `ancestor A ...`), so
+    /// nothing of theirs ran.
+    func dependencyFailures() throws(SpoolError) -> [String: [JobListing]] {
+        var filter = JobFilter()
+        filter.states = [.failed]
+        var byParent: [String: [JobListing]] = [:]
+        for var listing in try Query(site: site).list(filter, load: true) {
+            if listing.record == nil { listing.record = try? Query(site: site).readRecord(workdir: listing.workdir) }
+            guard let record = listing.record, record.state == .failed, let job = listing.job,
+                record.history.dropLast().last?.state == .awaitingParents,
+                let reason = record.reason, reason.hasPrefix("parent ") || reason.hasPrefix("ancestor ")
+            else { continue }
+            // The parent it came through: named last in an ancestor's reason, first in a parent's.
+            let through =
+                reason.hasPrefix("parent ")
+                ? reason.dropFirst("parent ".count).prefix { $0 != " " }
+                : reason.ranges(of: "(through parent ").last.map { reason[$0.upperBound...].prefix { $0 != ")" } }
+                    ?? ""
+            guard job.parentIDs.contains(String(through)) else { continue }
+            byParent[String(through), default: []].append(listing)
+        }
+        return byParent
     }
 
     /// Removes jobs not held by a launcher: out of the indexes, and their directories deleted (or, with
