@@ -16,9 +16,12 @@
 // When the launcher goes away (standard input closes, or SIGTERM: PR_SET_PDEATHSIG is set to it, and the server
 // exits at once if PARENT is already gone), every job still running is stopped the same way and the server
 // exits. It runs in its own process group and ignores SIGINT, so a terminal's ^C reaches only the launcher,
-// which then stops its jobs in order. It is a child subreaper: a job's processes that escaped its group
-// (setsid) and outlived it are adopted here and killed when the server leaves. What it cannot contain: an
-// escaped process whose job is still running when this server is SIGKILLed (nothing runs here then).
+// which then stops its jobs in order. When a job ends, what it left running is killed: the rest of its process
+// group, and its processes that escaped the group (setsid, a double fork), which are adopted here (this server is
+// a child subreaper) and known by the BALSAM_JOB_ID they inherit; a line at the end of its output says so. What
+// the server adopted is killed when it leaves. What it cannot contain: an escaped process whose job is still
+// running when this server is SIGKILLed (nothing runs here then), or one that cleared its environment and whose
+// job is still running.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -42,6 +45,7 @@ struct task {
     pid_t pid;
     char *id;
     long long kill_at;  // ms on CLOCK_MONOTONIC when SIGKILL is due; 0: not being stopped
+    char *output;       // the job's output file, where what its end left running is recorded
 };
 
 static struct task *tasks;
@@ -154,7 +158,7 @@ static void start(char **f, size_t nf) {
         tasks = realloc(tasks, cap * sizeof *tasks);
         if (!tasks) abort();
     }
-    tasks[ntasks++] = (struct task){pid, strdup(id), 0};
+    tasks[ntasks++] = (struct task){pid, strdup(id), 0, strdup(output)};
     started(id, pid);
 }
 
@@ -182,16 +186,75 @@ static int kill_orphans(void) {
     return n;
 }
 
+// Whether the process `pid` has `BALSAM_JOB_ID=id` in its environment (what every job's processes inherit).
+static int of_job(int pid, const char *id) {
+    char path[64], want[256];
+    snprintf(path, sizeof path, "/proc/%d/environ", pid);
+    int n = snprintf(want, sizeof want, "BALSAM_JOB_ID=%s", id);
+    if (n <= 0 || n >= (int)sizeof want) return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    static char env[1 << 20];
+    ssize_t len = 0, r;
+    while (len < (ssize_t)sizeof env - 1 && (r = read(fd, env + len, sizeof env - 1 - len)) > 0) len += r;
+    close(fd);
+    for (ssize_t p = 0; p < len;) {
+        size_t l = strnlen(env + p, len - p);
+        if (l == (size_t)n && memcmp(env + p, want, n) == 0) return 1;
+        p += l + 1;
+    }
+    return 0;
+}
+
+// What a job left running when it ended: the rest of its process group, and the processes of its that escaped
+// the group (setsid, a double fork) and were adopted here (this server is a child subreaper; its processes carry
+// BALSAM_JOB_ID). All are killed, and a line at the end of the job's output says so.
+static void end_leftovers(const struct task *t) {
+    int left = kill(-t->pid, 0) == 0;  // anything still in its group
+    kill(-t->pid, SIGKILL);
+    // Killing an adopted process makes its own children ours: look again until none is left (bounded).
+    for (int round = 0; round < 20; round++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+        FILE *f = fopen(path, "r");
+        if (!f) break;
+        int pid, found = 0;
+        while (fscanf(f, "%d", &pid) == 1) {
+            int ours = 0;
+            for (size_t i = 0; i < ntasks; i++) ours |= tasks[i].pid == pid;
+            if (ours || !of_job(pid, t->id)) continue;
+            kill(-pid, SIGKILL);
+            kill(pid, SIGKILL);
+            found++;
+        }
+        fclose(f);
+        if (!found) break;
+        left += found;
+        // Not reaped here (a waitpid(-1) could take another job's status): the reap loop collects them.
+        struct timespec pause = {0, 2000000};
+        nanosleep(&pause, NULL);
+    }
+    if (left && t->output) {
+        int fd = open(t->output, O_WRONLY | O_APPEND | O_CLOEXEC);
+        if (fd >= 0) {
+            const char *note = "\n[balsam-task-guard: the job ended leaving processes running; they were killed]\n";
+            (void)!write(fd, note, strlen(note));
+            close(fd);
+        }
+    }
+}
+
 static void reap(void) {
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
         for (size_t i = 0; i < ntasks; i++) {
             if (tasks[i].pid != pid) continue;
-            if (tasks[i].kill_at) kill(-pid, SIGKILL);  // whatever a stopped job left behind in its group
             int code = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 125;
+            end_leftovers(&tasks[i]);
             reply(tasks[i].id, code, NULL);
             free(tasks[i].id);
+            free(tasks[i].output);
             tasks[i] = tasks[--ntasks];
             break;
         }

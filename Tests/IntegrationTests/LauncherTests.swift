@@ -596,6 +596,29 @@ func runs(_ site: Site) throws -> [Run] {
         #expect(try Fsck(site: site).run(repair: false).problems.isEmpty)
     }
 
+    /// A job that leaves a daemon behind (setsid: outside its process group) and one that leaves a background
+    /// process in its group: both are killed when their job ends, while the launcher runs on, and the job's
+    /// output says so.
+    @Test func whatAJobLeavesRunningEndsWithIt() throws {
+        try app("daemon", #"setsid sleep 300 & echo $! > daemon.pid; sleep 300 & echo $! > child.pid; echo done"#)
+        let ids = try submit([#"{"app":"daemon","workdir":"d"}"#])
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "60"], logDirectory: dir.path)
+        try waitUntil("the job has ended") { state(ids[0]) == .runDone }
+        for name in ["daemon.pid", "child.pid"] {
+            let pid = try #require(
+                Int32(try read(site.jobDirectory("d") + "/" + name).trimmingCharacters(in: .whitespacesAndNewlines)))
+            try waitUntil("\(name) is gone", timeout: 10) {
+                kill(pid, 0) != 0 || ((try? read("/proc/\(pid)/stat")) ?? "").contains(") Z ")
+            }
+        }
+        #expect(launcher.process.isRunning, "ended by the job's end, not the launcher's")
+        let output = try read(site.jobDirectory("d") + "/job.out")
+        #expect(output.contains("done") && output.contains("leaving processes running; they were killed"), "\(output)")
+        launcher.process.terminate()
+        _ = launcher.wait()
+    }
+
     /// The processes of the tree under `pid` (it included), from /proc.
     func tree(_ pid: Int32) -> [Int32] {
         var parents: [Int32: [Int32]] = [:]
