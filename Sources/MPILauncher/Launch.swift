@@ -107,7 +107,7 @@ public struct Launch {
         guard world.rank == 0 else {
             try WorkerLoop(
                 transport: transport, grace: settings.launcher.killGraceSeconds, environment: environment,
-                silenceSeconds: settings.leaseTimeoutSeconds
+                silenceSeconds: settings.leaseTimeoutSeconds, maxOutputBytes: settings.launcher.maxOutputBytes
             ).run()
             return
         }

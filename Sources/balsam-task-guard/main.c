@@ -1,4 +1,4 @@
-// balsam-task-guard PARENT GRACE_MS
+// balsam-task-guard PARENT GRACE_MS [MAX_OUTPUT_BYTES]
 //
 // The task server of one balsam-launcher rank: it starts that rank's jobs, reports how they end, stops them on
 // request, and makes sure none outlives the launcher. One per rank, started once; each job is then one
@@ -11,7 +11,9 @@
 //                                                     OUTPUT (SEPARATOR written first if OUTPUT is not empty)
 //   kill ID                                           SIGTERM to the job's group; SIGKILL after GRACE_MS
 // Replies go to standard output, one line per job that ended: "ID STATUS" (the exit status, or 128 + the
-// signal that ended it), or "ID 126 why" when it could not be started.
+// signal that ended it), or "ID 126 why" when it could not be started; "ID +PID" when a job starts, and
+// "ID !cut BYTES" when its output passed MAX_OUTPUT_BYTES and was cut there (its size is looked at every second
+// and at its end; a note marks the cut, and what it writes after is cut again).
 //
 // When the launcher goes away (standard input closes, or SIGTERM: PR_SET_PDEATHSIG is set to it, and the server
 // exits at once if PARENT is already gone), every job still running is stopped the same way and the server
@@ -46,11 +48,16 @@ struct task {
     char *id;
     long long kill_at;  // ms on CLOCK_MONOTONIC when SIGKILL is due; 0: not being stopped
     char *output;       // the job's output file, where what its end left running is recorded
+    int outfd;          // that file, kept open to watch its size when output is capped; -1 otherwise
+    int cut;            // whether the output was cut at the cap
 };
 
 static struct task *tasks;
 static size_t ntasks, cap;
 static long grace_ms;
+static long long max_output;  // bytes of output a job may leave in its file; 0: no limit
+
+static const char cut_note[] = "\n[balsam-task-guard: output cut here: launcher.max_output_mb]\n";
 
 static long long now_ms(void) {
     struct timespec t;
@@ -146,7 +153,12 @@ static void start(char **f, size_t nf) {
     free(envp);
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);
-    close(fd);
+    int watched = -1;  // kept (close-on-exec) to watch the output's size when it is capped
+    if (max_output > 0 && rc == 0) {
+        watched = fd;
+    } else {
+        close(fd);
+    }
     if (rc != 0) {
         char why[512];
         snprintf(why, sizeof why, "cannot start bash in %s: %s", dir, strerror(rc));
@@ -158,7 +170,7 @@ static void start(char **f, size_t nf) {
         tasks = realloc(tasks, cap * sizeof *tasks);
         if (!tasks) abort();
     }
-    tasks[ntasks++] = (struct task){pid, strdup(id), 0, strdup(output)};
+    tasks[ntasks++] = (struct task){pid, strdup(id), 0, strdup(output), watched, 0};
     started(id, pid);
 }
 
@@ -184,6 +196,24 @@ static int kill_orphans(void) {
     }
     fclose(f);
     return n;
+}
+
+// Cuts a job's output back to `max_output` bytes, with a note where it was cut, once it has grown past that
+// (the job's descriptor appends: what it writes later lands after the note and is cut again at the next look).
+// Tells the launcher the first time: "ID !cut BYTES".
+static void check_output(struct task *t) {
+    if (t->outfd < 0) return;
+    struct stat st;
+    long long allowed = max_output + (t->cut ? (long long)sizeof cut_note - 1 : 0);
+    if (fstat(t->outfd, &st) != 0 || st.st_size <= allowed) return;
+    if (ftruncate(t->outfd, max_output) != 0) return;
+    (void)!write(t->outfd, cut_note, sizeof cut_note - 1);
+    if (!t->cut) {
+        t->cut = 1;
+        char line[4096];
+        int n = snprintf(line, sizeof line, "%s !cut %lld\n", t->id, max_output);
+        if (n < (int)sizeof line) write_line(line, n);
+    }
 }
 
 // Whether the process `pid` has `BALSAM_JOB_ID=id` in its environment (what every job's processes inherit).
@@ -252,6 +282,8 @@ static void reap(void) {
             if (tasks[i].pid != pid) continue;
             int code = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 125;
             end_leftovers(&tasks[i]);
+            check_output(&tasks[i]);
+            if (tasks[i].outfd >= 0) close(tasks[i].outfd);
             reply(tasks[i].id, code, NULL);
             free(tasks[i].id);
             free(tasks[i].output);
@@ -289,12 +321,13 @@ int main(int argc, char **argv) {
         puts(BALSAM_VERSION);
         return 0;
     }
-    if (argc != 3) {
-        fprintf(stderr, "usage: balsam-task-guard PARENT GRACE_MS (started by balsam-launcher)\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: balsam-task-guard PARENT GRACE_MS [MAX_OUTPUT_BYTES] (started by balsam-launcher)\n");
         return 64;
     }
     pid_t parent = (pid_t)atol(argv[1]);
     grace_ms = atol(argv[2]);
+    max_output = argc == 4 ? atoll(argv[3]) : 0;
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) return 0;  // the launcher died before the line above
     // Orphans of jobs (processes that left the job's group, then lost their parent) become this server's
@@ -327,6 +360,15 @@ int main(int argc, char **argv) {
                 continue;
             }
             long long left = tasks[i].kill_at - now;
+            if (timeout < 0 || left < timeout) timeout = left;
+        }
+        if (max_output > 0 && ntasks > 0) {
+            static long long last_check;
+            if (now - last_check >= 1000) {
+                for (size_t i = 0; i < ntasks; i++) check_output(&tasks[i]);
+                last_check = now;
+            }
+            long long left = last_check + 1000 - now;
             if (timeout < 0 || left < timeout) timeout = left;
         }
         if (leaving && ntasks == 0) {

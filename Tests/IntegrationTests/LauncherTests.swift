@@ -619,6 +619,34 @@ func runs(_ site: Site) throws -> [Run] {
         _ = launcher.wait()
     }
 
+    /// With `launcher.max_output_mb`, a job's output is cut at the cap, with a note where, in the job's history
+    /// and in its event; what it writes after (a job that goes on printing) is cut again. Without, nothing is cut.
+    @Test func outputPastTheSiteCapIsCutAndRecorded() throws {
+        try configure("  max_output_mb: 1")
+        // 3 MB at once, then more lines for a second and a half (cut again at each look).
+        try app(
+            "chatty", #"head -c 3000000 /dev/zero | tr '\0' x; for i in $(seq 30); do echo line $i; sleep 0.05; done"#)
+        try app("quiet", "head -c 100000 /dev/zero | tr '\\0' y")
+        let ids = try submit([#"{"app":"chatty","workdir":"o/c"}"#, #"{"app":"quiet","workdir":"o/q"}"#])
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "1"], logDirectory: dir.path)
+        #expect(launcher.wait() == 0, "\(launcher.log)")
+        #expect(ids.allSatisfy { state($0) == .runDone })
+        let cap = 1 << 20
+        let output = try Data(contentsOf: URL(fileURLWithPath: site.jobDirectory("o/c") + "/job.out"))
+        #expect(output.count <= cap + 200, "\(output.count) bytes kept")
+        #expect(String(decoding: output.suffix(100), as: UTF8.self).contains("output cut here: launcher.max_output_mb"))
+        let record = try #require(try Query(site: site).find(ids[0]).record)
+        #expect(
+            record.history.last?.reason == "output cut at \(cap) bytes (launcher.max_output_mb)", "\(record.history)")
+        let events = try entries(site.eventsPath).map { try read(site.eventsPath + "/" + $0) }.joined()
+        #expect(events.contains(#""output_cut_bytes":\#(cap)"#))
+        // Under the cap: untouched.
+        let quiet = try Data(contentsOf: URL(fileURLWithPath: site.jobDirectory("o/q") + "/job.out"))
+        #expect(quiet.count == 100_000)
+        #expect(try Query(site: site).find(ids[1]).record?.history.last?.reason == nil)
+    }
+
     /// The processes of the tree under `pid` (it included), from /proc.
     func tree(_ pid: Int32) -> [Int32] {
         var parents: [Int32: [Int32]] = [:]

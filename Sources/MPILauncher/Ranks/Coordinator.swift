@@ -103,7 +103,7 @@ public final class Coordinator {
         self.allocation = Allocation(nodes: nodes)
         self.runner = TaskRunner(
             grace: settings.launcher.killGraceSeconds, guardPath: TaskRunner.defaultGuardPath,
-            baseEnvironment: TaskCommand.baseEnvironment(environment))
+            baseEnvironment: TaskCommand.baseEnvironment(environment), maxOutputBytes: settings.launcher.maxOutputBytes)
         self.command = TaskCommand(site: site, settings: settings.launcher, python: settings.python)
         self.index = SiteIndex(site: site)
         self.store = JobStore(site: site, actor: "balsam-launcher")

@@ -74,6 +74,9 @@ extension Coordinator {
     /// the job was moved by someone else, or its directory is gone).
     func recordEnding(_ job: Running, _ ended: TaskRunner.Ended, stopping: String?) -> SpoolError? {
         let status = Int(ended.status)
+        // Output cut at the site's cap: said in the event and in the reason the history keeps.
+        let cut = ended.outputCut.map { "output cut at \($0) bytes (launcher.max_output_mb)" }
+        let cutData: [String: JSONValue] = ended.outputCut.map { ["output_cut_bytes": .int($0)] } ?? [:]
         do {
             if let reason = killRequests[ended.id] {
                 try store.move(
@@ -104,7 +107,8 @@ extension Coordinator {
                 summary.timedOut += 1
             } else if status == 0 && ended.error == nil {
                 try store.move(
-                    job.loaded, to: .runDone, eventData: pythonResult(job.loaded).data, leaseHeld: leaseFresh
+                    job.loaded, to: .runDone, reason: cut,
+                    eventData: pythonResult(job.loaded).data.merging(cutData) { a, _ in a }, leaseHeld: leaseFresh
                 ) { _, record in record.returnCode = 0 }
                 summary.done += 1
             } else {
@@ -120,8 +124,9 @@ extension Coordinator {
                         Pickle.exceptionBase64("job \(job.loaded.job.workdir): " + reason + output))
                 }
                 try store.move(
-                    job.loaded, to: .runError, reason: reason,
-                    eventData: result.data.merging(["return_code": .int(status), "tail": .string(tail)]) { a, _ in a },
+                    job.loaded, to: .runError, reason: reason + (cut.map { "; " + $0 } ?? ""),
+                    eventData: result.data.merging(["return_code": .int(status), "tail": .string(tail)]) { a, _ in a }
+                        .merging(cutData) { a, _ in a },
                     leaseHeld: leaseFresh
                 ) { _, record in record.returnCode = status }
                 summary.errors += 1

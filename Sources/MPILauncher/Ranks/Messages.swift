@@ -37,6 +37,7 @@ public enum Message: Sendable, Equatable {
         case .ended(let e):
             o = ["op": .string("ended"), "id": .string(e.id), "status": .int(Int(e.status))]
             if let error = e.error { o["error"] = .string(error) }
+            if let cut = e.outputCut { o["cut"] = .int(cut) }
         case .stopped: o = ["op": .string("stopped")]
         case .alive: o = ["op": .string("alive")]
         }
@@ -67,7 +68,8 @@ public enum Message: Sendable, Equatable {
         case "ended":
             self = .ended(
                 TaskRunner.Ended(
-                    id: try string("id"), status: Int32(o["status"]?.intValue ?? 125), error: o["error"]?.stringValue))
+                    id: try string("id"), status: Int32(clamping: o["status"]?.intValue ?? 125),
+                    error: o["error"]?.stringValue, outputCut: o["cut"]?.intValue))
         case "stopped": self = .stopped
         case "alive": self = .alive
         default: throw SpoolError(.invalidInput, "unknown launcher message '\(op)'")
@@ -102,12 +104,13 @@ public struct WorkerLoop {
     /// `environment`: this rank's own, which its jobs start from.
     public init(
         transport: any Transport, grace: Double, environment: [String: String], silenceSeconds: Double,
-        guardPath: String = TaskRunner.defaultGuardPath
+        maxOutputBytes: Int? = nil, guardPath: String = TaskRunner.defaultGuardPath
     ) {
         self.transport = transport
         self.silenceSeconds = silenceSeconds
         self.runner = TaskRunner(
-            grace: grace, guardPath: guardPath, baseEnvironment: TaskCommand.baseEnvironment(environment))
+            grace: grace, guardPath: guardPath, baseEnvironment: TaskCommand.baseEnvironment(environment),
+            maxOutputBytes: maxOutputBytes)
     }
 
     /// Runs until rank 0 says stop and every job here has ended.

@@ -42,11 +42,14 @@ public final class TaskRunner {
         public var status: Int32
         /// Why it could not be started, when it could not.
         public var error: String?
+        /// The size its output was cut at (`launcher.max_output_mb`), when it was.
+        public var outputCut: Int?
 
-        public init(id: String, status: Int32, error: String? = nil) {
+        public init(id: String, status: Int32, error: String? = nil, outputCut: Int? = nil) {
             self.id = id
             self.status = status
             self.error = error
+            self.outputCut = outputCut
         }
     }
 
@@ -57,6 +60,8 @@ public final class TaskRunner {
         let pid: pid_t
         let requests: Int32
         let replies: Int32
+        /// Jobs whose output was cut, at what size.
+        var cut: [String: Int] = [:]
         /// The worker's standard error (Python workers only): why it died, if it did.
         let errors: Int32?
         var pending: [UInt8] = []
@@ -88,6 +93,7 @@ public final class TaskRunner {
     /// Each running job's server.
     private var serverOf: [String: String] = [:]
     private let graceMilliseconds: Int
+    private let maxOutputBytes: Int?
     private let guardPath: String
     /// The base environment as `KEY=VALUE` fields, made once: a job only adds its own few on top.
     private let baseFields: [(key: String, field: String)]
@@ -95,7 +101,11 @@ public final class TaskRunner {
     /// A runner whose kills give jobs `grace` seconds between SIGTERM and SIGKILL; `guardPath` is the
     /// `balsam-task-guard` executable (installed beside `balsam-launcher`); jobs get `baseEnvironment` (see
     /// `TaskCommand.baseEnvironment`) with their spec's environment laid over it.
-    public init(grace: Double, guardPath: String, baseEnvironment: [String: String] = [:]) {
+    /// `maxOutputBytes`: what a job's output may grow to (the task guard cuts it there; warm Python workers do not).
+    public init(
+        grace: Double, guardPath: String, baseEnvironment: [String: String] = [:], maxOutputBytes: Int? = nil
+    ) {
+        self.maxOutputBytes = maxOutputBytes
         graceMilliseconds = Int(saturating: max(0, grace * 1000))
         self.guardPath = guardPath
         self.baseFields = baseEnvironment.sorted { $0.key < $1.key }.map { ($0.key, "\($0.key)=\($0.value)") }
@@ -216,7 +226,8 @@ public final class TaskRunner {
         return Set(orphans.map(\.0))
     }
 
-    /// Parses the complete reply lines read so far: `ID +PID` when a job started, `ID STATUS [why]` when it ended.
+    /// Parses the complete reply lines read so far: `ID +PID` when a job started, `ID !cut BYTES` when its output
+    /// was cut, `ID STATUS [why]` when it ended.
     private func consumeReplies(_ server: Server, into ended: inout [Ended]) {
         while let newline = server.pending.firstIndex(of: 0x0A) {
             let line = String(decoding: server.pending[..<newline], as: UTF8.self)
@@ -229,9 +240,16 @@ public final class TaskRunner {
                 }
                 continue
             }
+            if parts[1] == "!cut" {
+                if parts.count > 2, server.running.contains(parts[0]) { server.cut[parts[0]] = Int(parts[2]) }
+                continue
+            }
             guard let status = Int32(parts[1]), server.running.remove(parts[0]) != nil else { continue }
             server.groups[parts[0]] = nil
-            ended.append(Ended(id: parts[0], status: status, error: parts.count > 2 ? parts[2] : nil))
+            ended.append(
+                Ended(
+                    id: parts[0], status: status, error: parts.count > 2 ? parts[2] : nil,
+                    outputCut: server.cut.removeValue(forKey: parts[0])))
         }
     }
 
@@ -284,6 +302,7 @@ public final class TaskRunner {
             if let errors { try Posix.setDescriptorFlags(errors.read, nonBlocking: true, path: program) }
             var environment = ["PATH": "/usr/bin:/bin"]
             var arguments = [String(getpid()), String(graceMilliseconds)]
+            if worker.isEmpty, let maxOutputBytes { arguments.append(String(maxOutputBytes)) }
             if !worker.isEmpty {
                 // A Python worker needs the rank's environment (PYTHONPATH, a venv's variables) to import.
                 environment = [:]

@@ -263,6 +263,9 @@ public enum Settings {
               sockets_per_node: \(p.socketsPerNode)
               # Seconds between SIGTERM and SIGKILL when a launcher stops a job (a kill, the end of its wall time).
               kill_grace_sec: 0.5
+              # Megabytes of output a job may leave in its job.out; past it the output is cut, with a note there and
+              # in the job's history (null: no limit).
+              max_output_mb: null
               # Whether a job may ask for more CPUs per node (ranks_per_node x threads_per_rank / threads_per_core)
               # than a node has; it then takes the whole node. false: such a job is FAILED with the reason.
               oversubscribe: false

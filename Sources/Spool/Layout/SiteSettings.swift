@@ -233,6 +233,8 @@ public struct SiteSettings: Sendable, Equatable {
         public var gpuVariable = "CUDA_VISIBLE_DEVICES"
         /// Seconds between SIGTERM and SIGKILL when a job is stopped (`kill_grace_sec`).
         public var killGraceSeconds: Double = 0.5
+        /// Bytes of output a job may leave in its `job.out` (`max_output_mb`); nil: no limit.
+        public var maxOutputBytes: Int?
         /// Whether a job may ask for more CPUs on a node (`ranks_per_node × threads_per_rank / threads_per_core`)
         /// than the node has (`oversubscribe`): it then takes the whole node. Off: such a job is FAILED with the
         /// reason when a launcher places it, instead of waiting for ever.

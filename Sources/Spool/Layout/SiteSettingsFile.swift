@@ -51,6 +51,12 @@ extension SiteSettings {
         settings.launcher.cpusPerNode = try number("launcher", "cpus_per_node").map { Int(saturating: $0) }
         settings.launcher.killGraceSeconds =
             try number("launcher", "kill_grace_sec") ?? settings.launcher.killGraceSeconds
+        if let megabytes = try number("launcher", "max_output_mb") {
+            guard megabytes <= 1e9 else {
+                throw SpoolError(.invalidInput, "launcher.max_output_mb must be at most 1e9", path: path)
+            }
+            settings.launcher.maxOutputBytes = max(1, Int(saturating: megabytes * 1_048_576))
+        }
         let launcherFields = try Fields(o["launcher"] ?? .object([:]), "launcher", path: path)
         settings.launcher.nodePacking =
             try launcherFields.bool("mpirun_allows_node_packing") ?? settings.launcher.nodePacking
@@ -162,6 +168,7 @@ extension SiteSettings {
             "idle_ttl_sec", "delay_sec", "error_tail_num_lines", "lease_timeout_sec", "max_concurrent_mpiruns",
             "mpi_launcher", "mpirun_allows_node_packing", "cpus_per_node", "gpu_ids", "gpu_variable",
             "cpu_siblings_offset", "reserved_cpus", "sockets_per_node", "kill_grace_sec", "oversubscribe",
+            "max_output_mb",
             // The original's.
             "compute_node", "mpi_app_launcher", "local_app_launcher", "serial_mode_prefetch_per_rank", "sort_by",
             "serial_mode_startup_params",
