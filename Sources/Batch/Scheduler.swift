@@ -88,7 +88,10 @@ public func makeScheduler(
     kind: String, site: Site, timeoutSeconds: Double, environment: [String: String]? = nil,
     queueOption: String? = nil, nodeSelect: String? = nil
 ) throws(SpoolError) -> any Scheduler {
-    let command = SchedulerCommand(timeoutSeconds: timeoutSeconds, environment: environment, directory: site.root)
+    var command = SchedulerCommand(timeoutSeconds: timeoutSeconds, environment: environment, directory: site.root)
+    // A batch job inherits sbatch's (qsub's, bsub's) environment: unmarked, so no watcher takes it for what a dead
+    // one left running.
+    command.marksDescendants = false
     switch kind {
     case "slurm": return SlurmScheduler(command: command, queueOption: queueOption ?? "--partition")
     case "pbs": return PBSScheduler(command: command, nodeSelect: nodeSelect)

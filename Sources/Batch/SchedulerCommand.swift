@@ -22,6 +22,9 @@ public struct SchedulerCommand: Sendable {
     public var environment: [String: String]
     /// Where it runs.
     public var directory: String
+    /// Whether what it starts is marked as this process's (see `ChildProcess.marksDescendants`): true for a
+    /// transfer's rsync, false for a scheduler's tools, whose batch jobs outlive the watcher on purpose.
+    public var marksDescendants = true
 
     public init(timeoutSeconds: Double, environment: [String: String]? = nil, directory: String = "/") {
         self.timeoutSeconds = timeoutSeconds
@@ -49,9 +52,10 @@ public struct SchedulerCommand: Sendable {
                 .notFound,
                 "\(tool): not found in PATH (\(environment["PATH"] ?? "unset")); is the scheduler's client installed?")
         }
-        let child = ChildProcess(
+        var child = ChildProcess(
             executable: executable, arguments: Array(arguments.dropFirst()), environment: environment,
             directory: directory, timeoutSeconds: timeoutSeconds)
+        child.marksDescendants = marksDescendants
         let outcome = try child.run(output: .capture(limit: SchedulerCommand.outputLimit))
         let status: Int32
         switch outcome.ending {

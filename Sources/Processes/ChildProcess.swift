@@ -76,6 +76,10 @@ public struct ChildProcess: Sendable {
     public var graceSeconds: Double = 2
     /// Asked every 0.1 s while the child runs: true stops it (the caller is shutting down).
     public var shouldStop: @Sendable () -> Bool = { false }
+    /// Whether the child and what it starts carry `BALSAM_SPAWNED_BY`, so that what they leave running when this
+    /// process is killed is ended by the next watcher. Off for a scheduler's commands: a batch job inherits the
+    /// environment of the `sbatch` that submitted it, and lives on by design.
+    public var marksDescendants = true
 
     /// A child to run `executable` with `arguments`.
     public init(
@@ -108,7 +112,7 @@ public struct ChildProcess: Sendable {
 
     private func runToEnd(outputFD: Int32, errorFD: Int32) throws(SpoolError) -> Ending {
         var environment = environment
-        environment[Posix.parentVariable] = Posix.parentStamp
+        environment[Posix.parentVariable] = marksDescendants ? Posix.parentStamp : nil
         let pid = try Posix.spawn(
             executable, arguments: arguments, environment: environment, directory: directory, outputFD: outputFD,
             errorFD: errorFD, diesWithCaller: true)

@@ -34,6 +34,17 @@ import Testing
         #expect(String(decoding: outcome.errors, as: UTF8.self) == "oops\n")
     }
 
+    /// Unmarked (a scheduler's command, whose batch job inherits its environment): no `BALSAM_SPAWNED_BY`, not even
+    /// one the caller's environment had.
+    @Test func anUnmarkedChildCarriesNoMark() throws {
+        var unmarked = ChildProcess(
+            executable: "/bin/sh", arguments: ["-c", "echo \"[$BALSAM_SPAWNED_BY]\""],
+            environment: ["PATH": "/usr/bin:/bin", Posix.parentVariable: "elsewhere.1-1"], directory: "/tmp",
+            timeoutSeconds: 30)
+        unmarked.marksDescendants = false
+        #expect(String(decoding: try unmarked.run(output: .capture(limit: 100)).output, as: UTF8.self) == "[]\n")
+    }
+
     @Test func outputBeyondTheLimitIsCutAndSaidSo() throws {
         let outcome = try child("printf 'a%.0s' $(seq 5000)").run(output: .capture(limit: 100))
         let text = String(decoding: outcome.output, as: UTF8.self)
