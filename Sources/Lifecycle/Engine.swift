@@ -267,7 +267,12 @@ public final class Engine {
         leaseAges.keep(only: Set(leases.map(\.name)))
         for lease in leases {
             let stamp = lease.heartbeatStamp()
-            let age = leaseAges.age(of: lease.name, stamp: stamp, now: now)
+            var age = leaseAges.age(of: lease.name, stamp: stamp, now: now)
+            // A launcher of this host that has ended beats no more: its lease is waited for only as long as its
+            // jobs take to stop (their task servers stop them within the kill grace), not the whole timeout that
+            // a watcher that starts would otherwise give it from its first look.
+            let settled = min(settings.leaseTimeoutSeconds, settings.launcher.killGraceSeconds + 5)
+            if age <= settings.leaseTimeoutSeconds && age > settled && lease.holderIsGone() { age = .infinity }
             guard age > settings.leaseTimeoutSeconds else { continue }
             let seconds = age.isFinite ? "\(Int(saturating: age)) s" : "ever"
             logger.warning("lease \(lease.name) expired (no heartbeat for \(seconds)); taking its jobs back")

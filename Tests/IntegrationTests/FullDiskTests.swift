@@ -54,6 +54,11 @@ import Testing
         let root = fs.path + "/site"
         #expect(try balsam(["init", root]).status == 0)
         #expect(try balsam(["app", "create", "nap", "--command-template", "sleep 1"], site: root).status == 0)
+        let settingsPath = root + "/settings.yml"
+        // The first launcher's lease (left behind: nothing could be written) is reaped in seconds, not 2 minutes.
+        try read(settingsPath).replacingOccurrences(
+            of: #"(?m)^(\s*)#?\s*lease_timeout_sec:.*$"#, with: "$1lease_timeout_sec: 10", options: .regularExpression
+        ).write(toFile: settingsPath, atomically: true, encoding: .utf8)
         let lines = (0..<12).map { #"{"app":"nap","workdir":"j/\#($0)"}"# }.joined(separator: "\n")
         #expect(try balsamSubmit(["--from", "-"], site: root, stdin: Data(lines.utf8)).status == 0)
         let site = try Site.open(root)

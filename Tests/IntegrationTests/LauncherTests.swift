@@ -563,6 +563,24 @@ func runs(_ site: Site) throws -> [Run] {
         #expect(try Lease.all(site).isEmpty, "both leases were released")
     }
 
+    /// A launcher of this host killed while no watcher runs: the watcher that starts takes its jobs back within
+    /// seconds (its process is gone), not after the whole lease timeout counted from its first look.
+    @Test func aDeadLaunchersLeaseIsReapedSoonByAWatcherThatStarts() throws {
+        try configure("  lease_timeout_sec: 120\n  kill_grace_sec: 0.3")
+        try app("long", "echo $$ > pid; exec sleep 60")
+        let ids = try submit([#"{"app":"long","workdir":"dl"}"#])
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "60"], logDirectory: dir.path)
+        _ = try runningPID("dl")
+        launcher.process.signal(SIGKILL)
+        launcher.process.waitUntilExit()
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        try waitUntil("the dead launcher's lease is reaped", timeout: 40) { try Lease.all(site).isEmpty }
+        #expect(watcher.terminate() == 0)
+        let history = try #require(try Query(site: site).find(ids[0]).record).history.map(\.state)
+        #expect(history.contains(.runTimeout), "\(history)")
+    }
+
     @Test func afterALauncherIsKilledEveryJobEndsAndNoneRunsTwiceAtOnce() throws {
         try configure("  cpus_per_node: 4\n  lease_timeout_sec: 2\n  kill_grace_sec: 0.3")
         // A job holds a lock while it runs: a second copy running at the same time finds it taken.

@@ -39,6 +39,7 @@ public struct Lease: Sendable, Equatable {
         var holder = info
         holder["host"] = .string(Posix.hostName())
         holder["pid"] = .int(Int(getpid()))
+        holder["start"] = Posix.processStartTime(getpid()).map { .int(Int(clamping: $0)) } ?? .null
         holder["created"] = .string(Timestamp.now())
         try Posix.createFile(
             staging + "/" + holderFile, Array((JSONValue.object(holder).serialized() + "\n").utf8), sync: true)
@@ -126,6 +127,16 @@ public struct Lease: Sendable, Equatable {
         return LauncherSession(
             lease: name, nodes: max(1, o["nodes"]?.arrayValue?.count ?? 1), start: start, end: end,
             batchJob: o[LauncherSession.batchJobKey]?.intValue)
+    }
+
+    /// Whether its holder is known to be gone: a launcher on this host whose process (pid and start time, as its
+    /// `.lease` says) no longer runs. Its heartbeat will never move again, so its lease need not be waited for.
+    public func holderIsGone() -> Bool {
+        let o = info()
+        guard o["host"]?.stringValue == Posix.hostName(), let pid = o["pid"]?.intValue,
+            let start = o["start"]?.intValue, let pid32 = Int32(exactly: pid), let start64 = UInt64(exactly: start)
+        else { return false }
+        return !Posix.isRunning(pid32, startedAt: start64)
     }
 
     /// Removes an emptied lease.
