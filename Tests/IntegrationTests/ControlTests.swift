@@ -174,9 +174,11 @@ import Testing
         }
         func runSite() throws {
             let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+            // Stopped once every job has ended (idle, on a loaded machine, it could leave between two levels).
             let launcher = try LauncherProcess(
-                site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "2"], logDirectory: dir.path)
+                site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "120"], logDirectory: dir.path)
             try waitUntil("every job has ended", timeout: 120) { ids.allSatisfy { (try? state($0))?.isFinal == true } }
+            launcher.process.terminate()
             _ = launcher.wait(timeout: 60)
             #expect(watcher.terminate() == 0)
         }

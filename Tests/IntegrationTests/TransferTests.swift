@@ -202,9 +202,12 @@ final class SSHServer {
     /// Runs the watcher and a launcher until `done` holds for every job (or the deadline).
     func runSite(until done: @escaping () -> Bool, timeout: Double = 60) throws -> String {
         let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        // Idle for long enough to outlast slow stage-ins on a loaded machine (a first ssh connection took 5 s in one
+        // CI run, and a launcher idle for 3 s had left): stopped once the jobs are done.
         let launcher = try LauncherProcess(
-            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "3"], logDirectory: dir.path)
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "120"], logDirectory: dir.path)
         try waitUntil("the jobs are done", timeout: timeout) { done() }
+        launcher.process.terminate()
         _ = launcher.wait(timeout: 30)
         #expect(watcher.terminate() == 0)
         return watcher.log
