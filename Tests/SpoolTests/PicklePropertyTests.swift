@@ -82,7 +82,13 @@ import Testing
                 let verdict = try? Pickle.jobParameters(base64: text, pythonApp: python)
                 if !ours { #expect(verdict == nil, "\(text)") }
                 if case .object(let members)? = try? Pickle.decode(bytes), ours {
-                    #expect(verdict == .plain(members), "\(text)")
+                    // Compared as written (sorted keys): a mutation can make a float a NaN, which equals nothing, itself
+                    // included.
+                    guard case .plain(let given)? = verdict else {
+                        Issue.record("\(text): \(String(describing: verdict))")
+                        continue
+                    }
+                    #expect(JSONValue.object(given).serialized() == JSONValue.object(members).serialized(), "\(text)")
                 }
             }
         }
