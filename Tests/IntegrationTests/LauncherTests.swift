@@ -160,13 +160,19 @@ func runs(_ site: Site) throws -> [Run] {
         return try #require(Int32(try read(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)))
     }
 
-    @Test func aLauncherThatLostItsLeaseStopsItsJobsAndExits() throws {
-        try configure("  lease_timeout_sec: 1")
+    /// One job (`echo $$ > pid; exec sleep 60` in `workdir`) running under a single-rank launcher that does not go
+    /// idle: its id, the launcher, and the job's pid.
+    func longJobRunning(_ workdir: String) throws -> (id: String, launcher: LauncherProcess, pid: Int32) {
         try app("long", "echo $$ > pid; exec sleep 60")
-        let ids = try submit([#"{"app":"long","workdir":"l"}"#])
+        let ids = try submit([#"{"app":"long","workdir":"\#(workdir)"}"#])
         let launcher = try LauncherProcess(
             site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "60"], logDirectory: dir.path)
-        let jobPID = try runningPID("l")
+        return (ids[0], launcher, try runningPID(workdir))
+    }
+
+    @Test func aLauncherThatLostItsLeaseStopsItsJobsAndExits() throws {
+        try configure("  lease_timeout_sec: 1")
+        let (id, launcher, jobPID) = try longJobRunning("l")
         kill(launcher.process.processIdentifier, SIGSTOP)
         defer { kill(launcher.process.processIdentifier, SIGCONT) }
         // Stopped past its lease: the watcher's pass reaps the lease and takes the job back.
@@ -174,13 +180,13 @@ func runs(_ site: Site) throws -> [Run] {
             _ = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once"])
             return try Lease.all(site).isEmpty
         }
-        let takenBack = try #require(state(ids[0]))
+        let takenBack = try #require(state(id))
         kill(launcher.process.processIdentifier, SIGCONT)
         let status = launcher.wait(timeout: 30)
         #expect(status != nil && status != 0, "it says it did not end well: \(launcher.log)")
         #expect(launcher.log.contains("lost the lease"), "\(launcher.log)")
         try waitUntil("the job's process is stopped", timeout: 15) { kill(jobPID, 0) != 0 }
-        #expect(state(ids[0]) == takenBack, "the launcher recorded nothing for a job no longer its own")
+        #expect(state(id) == takenBack, "the launcher recorded nothing for a job no longer its own")
     }
 
     @Test func aJobAskingForMoreCPUsThanANodeHasIsFailedWithTheReasonOrTakesTheWholeNode() throws {
@@ -567,17 +573,13 @@ func runs(_ site: Site) throws -> [Run] {
     /// seconds (its process is gone), not after the whole lease timeout counted from its first look.
     @Test func aDeadLaunchersLeaseIsReapedSoonByAWatcherThatStarts() throws {
         try configure("  lease_timeout_sec: 120\n  kill_grace_sec: 0.3")
-        try app("long", "echo $$ > pid; exec sleep 60")
-        let ids = try submit([#"{"app":"long","workdir":"dl"}"#])
-        let launcher = try LauncherProcess(
-            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "60"], logDirectory: dir.path)
-        _ = try runningPID("dl")
+        let (id, launcher, _) = try longJobRunning("dl")
         launcher.process.signal(SIGKILL)
         launcher.process.waitUntilExit()
         let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
         try waitUntil("the dead launcher's lease is reaped", timeout: 40) { try Lease.all(site).isEmpty }
         #expect(watcher.terminate() == 0)
-        let history = try #require(try Query(site: site).find(ids[0]).record).history.map(\.state)
+        let history = try #require(try Query(site: site).find(id).record).history.map(\.state)
         #expect(history.contains(.runTimeout), "\(history)")
     }
 

@@ -90,7 +90,8 @@ public struct Control {
     /// reason naming the parent or ancestor), and theirs, are said for each; with `withChildren` they go back to
     /// `AWAITING_PARENTS` too and run when their parents finish.
     public func retry(_ jobs: [JobListing], to target: JobState, withChildren: Bool = false) -> [Outcome] {
-        let dependents = (try? dependencyFailures()) ?? [:]
+        // Read once, and only once a job was retried (it lists every FAILED job with its files).
+        var scanned: [String: [JobListing]]?
         let selected = Set(jobs.map(\.id))
         var outcomes: [Outcome] = []
         var revived = Set<String>()
@@ -116,6 +117,8 @@ public struct Control {
                 continue
             }
             // Every job that failed through this one, however deep, not selected itself.
+            let dependents = scanned ?? ((try? dependencyFailures()) ?? [:])
+            scanned = dependents
             var below: [JobListing] = []
             var queue = [listing.id]
             while let parent = queue.popLast() {

@@ -58,10 +58,7 @@ public struct Lease: Sendable, Equatable {
     /// The heartbeat as last written: the holder file's mtime (seconds and nanoseconds since the epoch, by the
     /// clock of whoever set it: the launcher's host, or the file server's), nil if there is no holder file. Only
     /// its changes mean anything to another host (see `LeaseAges`); as a time it dates the launcher's end.
-    public func heartbeatStamp() -> Stamp? {
-        guard let st = try? Posix.lstatIfExists(path + "/" + Lease.holderFile) else { return nil }
-        return Stamp(seconds: Int(st.st_mtim.tv_sec), nanoseconds: Int(st.st_mtim.tv_nsec))
-    }
+    public func heartbeatStamp() -> Stamp? { Stamp.of(path + "/" + Lease.holderFile) }
 
     /// A heartbeat's mtime.
     public struct Stamp: Sendable, Equatable {
@@ -71,6 +68,12 @@ public struct Lease: Sendable, Equatable {
         public init(seconds: Int, nanoseconds: Int) {
             self.seconds = seconds
             self.nanoseconds = nanoseconds
+        }
+
+        /// The mtime of the file at `path` (not followed), nil if there is none: a heartbeat's stamp.
+        static func of(_ path: String) -> Stamp? {
+            guard let st = try? Posix.lstatIfExists(path) else { return nil }
+            return Stamp(seconds: Int(st.st_mtim.tv_sec), nanoseconds: Int(st.st_mtim.tv_nsec))
         }
     }
 

@@ -58,15 +58,12 @@ public struct WatcherClaim: Sendable {
             // kill(2) with signal 0 asks whether the pid exists: its failure (ESRCH) is the answer.
             return kill(holder.pid, 0) == 0 || errno == EPERM
         }
-        func stamp() -> (Int, Int)? {
-            (try? Posix.lstatIfExists(path)).flatMap { $0.map { (Int($0.st_mtim.tv_sec), Int($0.st_mtim.tv_nsec)) } }
-        }
-        guard let first = stamp() else { return false }
-        if Double(Posix.wallClock().tv_sec - first.0) < expirySeconds { return true }
+        guard let first = Lease.Stamp.of(path) else { return false }
+        if Double(Posix.wallClock().tv_sec - first.seconds) < expirySeconds { return true }
         let until = Posix.monotonicSeconds() + confirmSeconds
         while Posix.monotonicSeconds() < until {
             Posix.sleep(seconds: 0.2)
-            guard let now = stamp() else { return false }
+            guard let now = Lease.Stamp.of(path) else { return false }
             if now != first { return true }
         }
         return false
