@@ -8,7 +8,7 @@ import Spool
 /// The backlog the elastic queue serves, in nodes.
 public struct Backlog: Sendable, Equatable {
     /// Nodes the runnable jobs need (`Job.nodeFootprint`): a multi-node job its `num_nodes`, a single-node job
-    /// `1 / node_packing_count` where the launcher packs nodes.
+    /// `1 / nodePackingCount` where the launcher packs nodes.
     public var runnable: Double
     /// Nodes the running jobs hold, counted the same way.
     public var running: Double

@@ -91,7 +91,7 @@ extension Pusher {
             case ("delete", _): outcomes = control.remove(selected, keepFiles: false)
             case ("modify", let text?):
                 let change = (try? JSONValue.parse(text))?.objectValue ?? [:]
-                outcomes = control.modify(selected) { job in JobSpec.apply(change, to: &job) }
+                outcomes = control.modify(selected) { (job) throws(SpoolError) in try job.apply(change: change) }
             case ("transfer", let text?):
                 let (outcome, reason) = try TransferChange(site: site).apply(text, to: selected[0])
                 try answer(outcome, reason)
@@ -212,9 +212,7 @@ extension Pusher {
                 }
             }
             if waiting { continue }  // a parent not at the site yet: taken with a later round
-            var spec = o.spec
-            spec.app = app
-            var job = spec.job
+            var job = o.spec
             job.parameters = parameters
             if isPython { job.serializedParameters = pickled }
             job.data["balsam_server_id"] = .int(serverID)

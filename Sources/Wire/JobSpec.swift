@@ -1,126 +1,50 @@
 import Spool
 
-/// What a job is to run, as a site and the server exchange it: the part of `Spool.Job` that both ends keep. A job
-/// made at a site goes up in a push (`PushedJob`); one made through the API comes down in a push's reply
-/// (`RemoteJob`). Both carry this one spec, with this one reading and this one writing; the names are the
-/// original API's.
-public struct JobSpec: Sendable, Equatable {
-    /// The job's directory under the site's `data/`.
-    public var workdir: String
-    /// Its app's name.
-    public var app: String
-    public var tags: [String: String] = [:]
-    public var data: [String: JSONValue] = [:]
-    public var numNodes = 1
-    public var ranksPerNode = 1
-    public var threadsPerRank = 1
-    public var threadsPerCore = 1
-    public var launchParams: [String: String] = [:]
-    public var gpusPerRank = 0.0
-    public var nodePackingCount = 1
-    public var wallTimeMin = 0
-    /// Its transfer slots' targets, `{slot: "ALIAS:/absolute/path"}`.
-    public var transfers: [String: JSONValue] = [:]
-
-    /// A spec for `app` in `workdir`, with the defaults of a new job.
-    public init(workdir: String, app: String) {
-        self.workdir = workdir
-        self.app = app
-    }
-
-    /// The spec of a site's job.
-    public init(_ job: Job) {
-        self.init(workdir: job.workdir, app: job.app)
-        tags = job.tags
-        data = job.data
-        numNodes = job.numNodes
-        ranksPerNode = job.ranksPerNode
-        threadsPerRank = job.threadsPerRank
-        threadsPerCore = job.threadsPerCore
-        launchParams = job.launchParams
-        gpusPerRank = job.gpusPerRank
-        nodePackingCount = job.nodePackingCount
-        wallTimeMin = job.wallTimeMin
-        transfers = job.transfers
-    }
-
-    /// A site job with this spec (its parameters, parents and id are the caller's).
-    public var job: Job {
-        var job = Job(workdir: workdir, app: app)
-        job.tags = tags
-        job.data = data
-        job.numNodes = numNodes
-        job.ranksPerNode = ranksPerNode
-        job.threadsPerRank = threadsPerRank
-        job.threadsPerCore = threadsPerCore
-        job.launchParams = launchParams
-        job.gpusPerRank = gpusPerRank
-        job.nodePackingCount = nodePackingCount
-        job.wallTimeMin = wallTimeMin
-        job.transfers = transfers
-        return job
-    }
-
-    /// Reads the spec's members from `r`, each checked (lengths, ranges, NUL characters) and named when wrong.
-    public init(_ r: inout FieldReader) throws(WireError) {
-        let limit = Job.Limits.count
+/// What a job is to run, as a site and the server exchange it: the spec of `Spool.Job` (`JobField.spec`, with
+/// its workdir and its app's name), read and written here by the job's one declaration, so that a site and the
+/// server read it with the same checks. A job made at a site goes up in a push (`PushedJob`); one made through
+/// the API comes down in a push's reply (`RemoteJob`).
+extension Job {
+    /// Reads the spec's members from `r`, each by its field's check (`JobField.read`), named when wrong.
+    public init(spec r: inout FieldReader) throws(WireError) {
         self.init(
-            workdir: try r.requiredString("workdir", maxBytes: Job.Limits.workdirBytes),
-            app: try r.requiredString("app", maxBytes: 128))
-        tags = try r.stringMap("tags", maxEntries: Job.Limits.tags, maxBytes: Job.Limits.tagBytes) ?? [:]
-        data = try r.object("data", maxBytes: Job.Limits.dataBytes) ?? [:]
-        numNodes = try r.int("num_nodes", in: 1...limit) ?? 1
-        ranksPerNode = try r.int("ranks_per_node", in: 1...limit) ?? 1
-        threadsPerRank = try r.int("threads_per_rank", in: 1...limit) ?? 1
-        threadsPerCore = try r.int("threads_per_core", in: 1...limit) ?? 1
-        launchParams = try r.launchParams() ?? [:]
-        gpusPerRank = try r.double("gpus_per_rank", in: 0...1024) ?? 0
-        nodePackingCount = try r.int("node_packing_count", in: 1...limit) ?? 1
-        wallTimeMin = try r.int("wall_time_min", in: 0...limit) ?? 0
-        transfers = try r.object("transfers") ?? [:]
-        for (slot, value) in transfers {
-            do { _ = try Job.transferTarget(slot: slot, value) } catch {
-                throw r.bad("transfers", "slot '\(slot)' must be \"ALIAS:/absolute/path\"")
-            }
+            workdir: try r.requiredString(JobField.workdir.name, maxBytes: Job.Limits.workdirBytes),
+            app: try r.requiredString(JobField.app.name, maxBytes: 128))
+        try readSpec(&r)
+    }
+
+    /// Reads the spec's fields but the workdir and the app from `r`, each by its field's check.
+    public mutating func readSpec(_ r: inout FieldReader) throws(WireError) {
+        for field in JobField.spec {
+            do { try field.read(r.value(field.name), into: &self) } catch { throw r.bad(error.field, error.problem) }
         }
     }
 
-    /// Its members, added to `o`.
-    public func write(into o: inout [String: JSONValue]) {
-        o["workdir"] = .string(workdir)
-        o["app"] = .string(app)
-        o["tags"] = .object(tags.mapValues { .string($0) })
-        o["data"] = .object(data)
-        o["num_nodes"] = .int(numNodes)
-        o["ranks_per_node"] = .int(ranksPerNode)
-        o["threads_per_rank"] = .int(threadsPerRank)
-        o["threads_per_core"] = .int(threadsPerCore)
-        o["launch_params"] = .object(launchParams.mapValues { .string($0) })
-        o["gpus_per_rank"] = .double(gpusPerRank)
-        o["node_packing_count"] = .int(nodePackingCount)
-        o["wall_time_min"] = .int(wallTimeMin)
-        if !transfers.isEmpty { o["transfers"] = .object(transfers) }
+    /// The job with only its spec: its id, parameters and parents, which messages carry apart, cleared.
+    public var spec: Job {
+        var job = self
+        (job.id, job.created, job.parameters, job.serializedParameters, job.parentIDs) = ("", "", [:], "", [])
+        return job
     }
-}
 
-extension JobSpec {
-    /// Applies a user's change of a site's job's spec, as the server forwards it (a `modify` request: the
-    /// original's field names, and the parameters read out of their pickle), to the site's job.
-    public static func apply(_ change: [String: JSONValue], to job: inout Job) {
+    /// Its spec's members, added to `o`.
+    public func writeSpec(into o: inout [String: JSONValue]) {
+        o[JobField.workdir.name] = .string(workdir)
+        o[JobField.app.name] = .string(app)
+        for field in JobField.spec { o[field.name] = field.value(in: self) }
+        if transfers.isEmpty { o[JobField.transfers.name] = nil }
+    }
+
+    /// Applies a user's change of a site's job, as the server forwards it (a `modify` request: the forwarded
+    /// fields by name, and the parameters read out of their pickle), each by its field's check.
+    public mutating func apply(change: [String: JSONValue]) throws(SpoolError) {
         for (key, value) in change {
-            switch key {
-            case "tags": job.tags = (value.objectValue ?? [:]).compactMapValues(\.stringValue)
-            case "data": job.data = value.objectValue ?? [:]
-            case "parameters": job.parameters = value.objectValue ?? [:]
-            case "launch_params": job.launchParams = (value.objectValue ?? [:]).compactMapValues(\.stringValue)
-            case "num_nodes": job.numNodes = value.intValue ?? job.numNodes
-            case "ranks_per_node": job.ranksPerNode = value.intValue ?? job.ranksPerNode
-            case "threads_per_rank": job.threadsPerRank = value.intValue ?? job.threadsPerRank
-            case "threads_per_core": job.threadsPerCore = value.intValue ?? job.threadsPerCore
-            case "gpus_per_rank": job.gpusPerRank = value.doubleValue ?? job.gpusPerRank
-            case "node_packing_count": job.nodePackingCount = value.intValue ?? job.nodePackingCount
-            case "wall_time_min": job.wallTimeMin = value.intValue ?? job.wallTimeMin
-            default: break
+            if key == JobField.parameters.name {
+                parameters = value.objectValue ?? [:]
+            } else if let field = JobField(rawValue: key), field.forwarded {
+                do { try field.read(value, into: &self) } catch {
+                    throw SpoolError(.invalidInput, "field '\(error.field)' \(error.problem)")
+                }
             }
         }
     }
@@ -137,7 +61,7 @@ public struct PushedJob: Sendable, Equatable {
     public var state: JobState
     public var parentSiteIDs: [String] = []
     public var parameters: [String: JSONValue] = [:]
-    public var spec: JobSpec
+    public var spec: Job
 
     /// The site's job `id` in `state`, made from the server's job `serverID` when it was taken from there.
     public init(id: String, _ job: Job, state: JobState, serverID: Int? = nil) {
@@ -146,7 +70,7 @@ public struct PushedJob: Sendable, Equatable {
         self.state = state
         parentSiteIDs = job.parentIDs
         parameters = job.parameters
-        spec = JobSpec(job)
+        spec = job.spec
     }
 
     /// Reads one job of a push; `prefix` is its place (`jobs[3]`), which every error names.
@@ -158,10 +82,10 @@ public struct PushedJob: Sendable, Equatable {
             // An adoption: the server has the spec already.
             r.readAll()
             state = .created
-            spec = JobSpec(workdir: "", app: "")
+            spec = Job(workdir: "", app: "")
             return
         }
-        spec = try JobSpec(&r)
+        spec = try Job(spec: &r)
         parameters = try r.object("parameters") ?? [:]
         state = try r.jobState("state")
         parentSiteIDs = try r.stringList("parent_site_ids", maxCount: Job.Limits.parents, maxBytes: 64) ?? []
@@ -171,7 +95,7 @@ public struct PushedJob: Sendable, Equatable {
     /// As a push carries it.
     public var json: JSONValue {
         var o: [String: JSONValue] = ["site_job_id": .string(siteJobID)]
-        spec.write(into: &o)
+        spec.writeSpec(into: &o)
         o["parameters"] = .object(parameters)
         o["state"] = .string(state.rawValue)
         o["parent_site_ids"] = .array(parentSiteIDs.map { .string($0) })
@@ -186,7 +110,7 @@ public struct PushedJob: Sendable, Equatable {
 public struct RemoteJob: Sendable, Equatable {
     /// The server's id.
     public var id: Int
-    public var spec: JobSpec
+    public var spec: Job
     /// Base64 of the pickled parameters (the original client's `serialized_parameters`).
     public var serializedParameters = ""
     /// Parents, by the server's ids.
@@ -195,7 +119,7 @@ public struct RemoteJob: Sendable, Equatable {
     public var parentSiteIDs: [Int: String] = [:]
 
     /// A job `id` with `spec`.
-    public init(id: Int, spec: JobSpec) {
+    public init(id: Int, spec: Job) {
         self.id = id
         self.spec = spec
     }
@@ -204,7 +128,7 @@ public struct RemoteJob: Sendable, Equatable {
     public init(_ json: JSONValue, at prefix: String) throws(WireError) {
         var r = try FieldReader(json, prefix: prefix)
         id = try r.requiredInt("id", in: 1...Int.max)
-        spec = try JobSpec(&r)
+        spec = try Job(spec: &r)
         serializedParameters = try r.string("serialized_parameters", maxBytes: Job.Limits.parametersBytes) ?? ""
         parentIDs = try r.intList("parent_ids", maxCount: Job.Limits.parents) ?? []
         for (key, value) in try r.object("parent_site_ids") ?? [:] {
@@ -218,7 +142,7 @@ public struct RemoteJob: Sendable, Equatable {
     /// As a push's reply carries it.
     public var json: JSONValue {
         var o: [String: JSONValue] = ["id": .int(id), "serialized_parameters": .string(serializedParameters)]
-        spec.write(into: &o)
+        spec.writeSpec(into: &o)
         o["parent_ids"] = .array(parentIDs.map { .int($0) })
         o["parent_site_ids"] = .object(
             Dictionary(uniqueKeysWithValues: parentSiteIDs.map { (String($0.key), JSONValue.string($0.value)) }))

@@ -134,13 +134,13 @@ struct SubmitCommand: ParsableCommand {
     }
 
     func jobFromOptions() throws(SpoolError) -> Job {
-        var o: [String: JSONValue] = ["app": .string(app ?? ""), "workdir": .string(workdir ?? "")]
-        o["parameters"] = try keyValueObject(param, option: "-p/--param", value: parameterValue)
-        o["tags"] = try keyValueObject(tag, option: "--tag", value: JSONValue.string)
-        o["data"] = try keyValueObject(dataEntries, option: "--data", value: parameterValue)
-        o["launch_params"] = try keyValueObject(launchParam, option: "--launch-param", value: JSONValue.string)
-        o["parent_ids"] = .array(parent.map { .string($0) })
-        o["transfers"] = try keyValueObject(transfer, option: "--transfer", value: JSONValue.string)
+        var o: [JobField: JSONValue] = [.app: .string(app ?? ""), .workdir: .string(workdir ?? "")]
+        o[.parameters] = try keyValueObject(param, option: "-p/--param", value: parameterValue)
+        o[.tags] = try keyValueObject(tag, option: "--tag", value: JSONValue.string)
+        o[.data] = try keyValueObject(dataEntries, option: "--data", value: parameterValue)
+        o[.launchParams] = try keyValueObject(launchParam, option: "--launch-param", value: JSONValue.string)
+        o[.parentIDs] = .array(parent.map { .string($0) })
+        o[.transfers] = try keyValueObject(transfer, option: "--transfer", value: JSONValue.string)
         // Numbers as typed (-1, 2000000, 99999999999999999999, nan): the job's own checks judge them, naming
         // the field, with the status of bad data (65), as for the same values in a --from line.
         func number(_ text: String?) -> JSONValue? {
@@ -149,14 +149,14 @@ struct SubmitCommand: ParsableCommand {
             if text.contains(where: { ".eE".contains($0) }), let d = Double(text), d.isFinite { return .double(d) }
             return .string(text)
         }
-        o["num_nodes"] = number(numNodes)
-        o["ranks_per_node"] = number(ranksPerNode)
-        o["threads_per_rank"] = number(threadsPerRank)
-        o["threads_per_core"] = number(threadsPerCore)
-        o["gpus_per_rank"] = number(gpusPerRank)
-        o["node_packing_count"] = number(nodePackingCount)
-        o["wall_time_min"] = number(wallTimeMin)
-        return try Job(json: .object(o))
+        o[.numNodes] = number(numNodes)
+        o[.ranksPerNode] = number(ranksPerNode)
+        o[.threadsPerRank] = number(threadsPerRank)
+        o[.threadsPerCore] = number(threadsPerCore)
+        o[.gpusPerRank] = number(gpusPerRank)
+        o[.nodePackingCount] = number(nodePackingCount)
+        o[.wallTimeMin] = number(wallTimeMin)
+        return try Job(json: .object(Dictionary(uniqueKeysWithValues: o.map { ($0.key.name, $0.value) })))
     }
 
     func submitMany(from path: String, submission: inout Submission) throws(SpoolError) {

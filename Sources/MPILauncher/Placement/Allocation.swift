@@ -57,7 +57,7 @@ public struct Need: Sendable, Equatable {
     public var cpus: Int
     /// GPUs on its node (single-node jobs): `ranks_per_node × gpus_per_rank`, rounded up.
     public var gpus: Int
-    /// Share of its node: `1 / node_packing_count`, or all of it when packing is off.
+    /// Share of its node: `1 / nodePackingCount`, or all of it when packing is off.
     public var occupancy: Double
 
     public init(_ job: Job, packing: Bool) {

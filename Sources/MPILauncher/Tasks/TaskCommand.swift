@@ -118,13 +118,12 @@ public struct TaskCommand: Sendable {
                 "hardware_threads_per_rank": String(
                     settings.cpuSiblingsOffset == nil ? binding.cpusPerRank : min(binding.cpusPerRank, Int.max / 2) * 2),
                 "depth": String(job.threadsPerRank),
-                "gpus_per_rank": job.gpusPerRank.rounded() == job.gpusPerRank
-                    ? String(Int(saturating: job.gpusPerRank)) : String(job.gpusPerRank),
+                JobField.gpusPerRank.name: JobField.gpusPerRank.value(in: job).serialized(),
                 "cpu_bind_list": binding.list,
                 "ranks": String(assignment.nodes.count * job.ranksPerNode),
-                "ranks_per_node": String(job.ranksPerNode),
+                JobField.ranksPerNode.name: String(job.ranksPerNode),
                 "num_nodes": String(assignment.nodes.count),
-                "threads_per_rank": String(job.threadsPerRank),
+                JobField.threadsPerRank.name: String(job.threadsPerRank),
                 "hosts": hosts.joined(separator: ","),
                 "host_slots": hosts.map { "\($0):\(job.ranksPerNode)" }.joined(separator: ","),
                 "env_flags": envFlags(exported),

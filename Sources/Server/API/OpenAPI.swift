@@ -57,7 +57,7 @@ enum OpenAPI {
                 "description": string, "parameters": anyObject, "transfers": anyObject,
                 "site_refusal": type("string", nullable: true),
             ]),
-            "Job": object(Dictionary(uniqueKeysWithValues: JobField.allCases.map { ($0.name, $0.schema) })),
+            "Job": object(Dictionary(uniqueKeysWithValues: JobField.columns.map { ($0.name, $0.schema) })),
             "BatchJob": object([
                 "id": integer, "site_id": integer, "scheduler_id": type("integer", nullable: true), "project": string,
                 "queue": string, "num_nodes": integer, "wall_time_min": integer, "job_mode": string,
@@ -152,21 +152,22 @@ enum OpenAPI {
 
     private static func build() -> JSONValue {
         let count = integer
+        // From the job's one declaration: what a create takes (its app, workdir, parameters, parents and spec)
+        // and what an update takes (the spec a user may change, and the run's fields).
+        func fieldSchemas(_ fields: [JobField]) -> [String: JSONValue] {
+            Dictionary(uniqueKeysWithValues: fields.map { ($0.name, $0.schema) })
+        }
         let jobCreate = object(
-            [
-                "app_id": integer, "workdir": string, "tags": stringMap, "serialized_parameters": string,
-                "data": anyObject, "num_nodes": integer, "ranks_per_node": integer, "threads_per_rank": integer,
-                "threads_per_core": integer, "launch_params": stringMap, "gpus_per_rank": type("number"),
-                "node_packing_count": integer, "wall_time_min": integer, "parent_ids": list(integer),
-                "transfers": anyObject,
-            ], required: ["app_id", "workdir"])
+            fieldSchemas([.appID, .workdir, .serializedParameters, .parentIDs] + JobField.spec),
+            required: [JobField.appID.name, JobField.workdir.name])
         let jobUpdate = object(
-            [
-                "state": jobStates, "state_timestamp": naiveTime, "state_data": anyObject, "data": anyObject,
-                "tags": stringMap, "return_code": integer, "batch_job_id": integer,
-                "pending_file_cleanup": type("boolean"), "serialized_return_value": string,
-                "serialized_exception": string,
-            ], required: [])
+            fieldSchemas(
+                [
+                    .workdir, .serializedParameters, .returnCode, .batchJobID, .pendingFileCleanup,
+                    .serializedReturnValue,
+                    .serializedException, .state,
+                ] + JobField.spec.filter(\.forwarded)
+            ).merging(["state_timestamp": naiveTime, "state_data": anyObject]) { a, _ in a }, required: [])
         var jobBulk = jobUpdate.objectValue ?? [:]
         jobBulk["required"] = .array([.string("id")])
         if case .object(var props)? = jobBulk["properties"] {

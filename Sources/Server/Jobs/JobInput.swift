@@ -11,22 +11,12 @@ extension Jobs {
     /// One job of a bulk create, checked.
     struct NewJob {
         var appID = 0
-        var workdir = ""
-        /// Tags and launch parameters as the JSON text stored and replied.
-        var tags = "{}"
+        /// Its spec (workdir, tags, resources, transfer slots), read by the job's one declaration.
+        var spec = Job(workdir: "", app: "")
         var serializedParameters = ""
         /// `serializedParameters` read, when they are plain values (nil: objects only Python can load).
         var parameters: JSONValue?
-        var data = "{}"
         var returnCode: Int?
-        var numNodes = 1
-        var ranksPerNode = 1
-        var threadsPerRank = 1
-        var threadsPerCore = 1
-        var launchParams = "{}"
-        var gpusPerRank = 0.0
-        var nodePackingCount = 1
-        var wallTimeMin = 0
         var parentIDs: [Int] = []
         var transfers: [(slot: String, alias: String, path: String)] = []
         var state = JobState.stagedIn
@@ -36,58 +26,45 @@ extension Jobs {
 
         init() {}
 
+        var workdir: String { spec.workdir }
+
         /// What a new job's row holds of `field`.
         func value(_ field: JobField, id: Int = 0, now: Int64) -> SQLValue {
+            if field == .workdir || field.check != nil { return field.stored(spec) }
             switch field {
-            case .id: .of(id)
-            case .appID: .of(appID)
-            case .workdir: .text(workdir)
-            case .tags: .text(tags)
-            case .serializedParameters: .text(serializedParameters)
-            case .data: .text(data)
-            case .returnCode: .of(returnCode)
-            case .numNodes: .of(numNodes)
-            case .ranksPerNode: .of(ranksPerNode)
-            case .threadsPerRank: .of(threadsPerRank)
-            case .threadsPerCore: .of(threadsPerCore)
-            case .launchParams: .text(launchParams)
-            case .gpusPerRank: .double(gpusPerRank)
-            case .nodePackingCount: .of(nodePackingCount)
-            case .wallTimeMin: .of(wallTimeMin)
-            case .parentIDs: .text(JSONValue.array(parentIDs.map { .int($0) }).serialized())
-            case .batchJobID: .null
-            case .siteJobID: siteJobID.map { .text($0) } ?? .null
-            case .state: .of(state)
-            case .lastUpdate: .int(now)
-            case .pendingFileCleanup: .of(true)
-            case .serializedReturnValue, .serializedException: .text("")
+            case .id: return .of(id)
+            case .appID: return .of(appID)
+            case .serializedParameters: return .text(serializedParameters)
+            case .returnCode: return .of(returnCode)
+            case .parentIDs: return .text(JSONValue.array(parentIDs.map { .int($0) }).serialized())
+            case .siteJobID: return siteJobID.map { .text($0) } ?? .null
+            case .state: return .of(state)
+            case .lastUpdate: return .int(now)
+            case .pendingFileCleanup: return .of(true)
+            case .serializedReturnValue, .serializedException: return .text("")
+            default: return .null
             }
         }
 
         /// The job as the reply to its creation shows it.
         func row(id: Int, now: Int64) -> SQLRow {
-            SQLRow(values: JobField.allCases.map { value($0, id: id, now: now) }, names: JobField.rowNames)
+            SQLRow(values: JobField.columns.map { value($0, id: id, now: now) }, names: JobField.rowNames)
         }
 
         /// A site's job with `spec`, pushed in `state`.
-        init(_ spec: JobSpec, appID: Int, siteID: Int, state: JobState) {
+        init(_ spec: Job, appID: Int, siteID: Int, state: JobState) {
             self.appID = appID
             self.siteID = siteID
             self.state = state
-            workdir = spec.workdir
-            tags = jsonText(spec.tags)
-            data = jsonText(spec.data)
-            numNodes = spec.numNodes
-            ranksPerNode = spec.ranksPerNode
-            threadsPerRank = spec.threadsPerRank
-            threadsPerCore = spec.threadsPerCore
-            launchParams = jsonText(spec.launchParams)
-            gpusPerRank = spec.gpusPerRank
-            nodePackingCount = spec.nodePackingCount
-            wallTimeMin = spec.wallTimeMin
-            for (slot, value) in spec.transfers.sorted(by: { $0.key < $1.key }) {
-                guard let (alias, path) = try? Job.transferTarget(slot: slot, value) else { continue }
-                transfers.append((slot, alias, path))
+            self.spec = spec
+            transfers = NewJob.items(spec.transfers)
+        }
+
+        /// Transfer slots as the server keeps them: items by slot, alias and path (checked when read).
+        static func items(_ slots: [String: JSONValue]) -> [(slot: String, alias: String, path: String)] {
+            slots.sorted(by: { $0.key < $1.key }).compactMap { slot, value in
+                guard let (alias, path) = try? Job.transferTarget(slot: slot, value) else { return nil }
+                return (slot, alias, path)
             }
         }
     }
@@ -95,48 +72,19 @@ extension Jobs {
     static func parseNew(_ value: JSONValue, index: Int) throws -> NewJob {
         var input = try FieldReader(value, prefix: "[\(index)]")
         var job = NewJob()
-        job.appID = try input.requiredInt("app_id", in: 1...Int.max)
-        job.workdir = try input.requiredString("workdir", maxBytes: Job.Limits.workdirBytes)
-        do { try Job.validateWorkdir(job.workdir) } catch { throw input.bad("workdir", error.message) }
-        job.tags = jsonText(
-            try input.stringMap("tags", maxEntries: Job.Limits.tags, maxBytes: Job.Limits.tagBytes) ?? [:])
-        job.serializedParameters = try input.string("serialized_parameters", maxBytes: payloadBytes) ?? ""
+        job.appID = try input.requiredInt(JobField.appID.name, in: 1...Int.max)
+        job.spec.workdir = try input.requiredString(JobField.workdir.name, maxBytes: Job.Limits.workdirBytes)
+        do { try Job.validateWorkdir(job.workdir) } catch { throw input.bad(JobField.workdir.name, error.message) }
+        try job.spec.readSpec(&input)
+        job.transfers = NewJob.items(job.spec.transfers)
+        job.serializedParameters = try input.string(JobField.serializedParameters.name, maxBytes: payloadBytes) ?? ""
         job.parameters = try checkPickle(job.serializedParameters, input: input)
-        if let data = try input.object("data", maxBytes: Job.Limits.dataBytes) { job.data = jsonText(data) }
-        job.returnCode = try input.int("return_code", in: Int(Int32.min)...Int(Int32.max))
-        job.numNodes = try input.int("num_nodes", in: 1...maxCount) ?? 1
-        job.ranksPerNode = try input.int("ranks_per_node", in: 1...maxCount) ?? 1
-        job.threadsPerRank = try input.int("threads_per_rank", in: 1...maxCount) ?? 1
-        job.threadsPerCore = try input.int("threads_per_core", in: 1...maxCount) ?? 1
-        job.launchParams = jsonText(try input.launchParams() ?? [:])
-        job.gpusPerRank = try input.double("gpus_per_rank", in: 0...1024) ?? 0
-        job.nodePackingCount = try input.int("node_packing_count", in: 1...maxCount) ?? 1
-        job.wallTimeMin = try input.int("wall_time_min", in: 0...maxCount) ?? 0
-        job.parentIDs = Array(Set(try input.intList("parent_ids", maxCount: Job.Limits.parents) ?? [])).sorted()
-        if let transfers = try input.object("transfers") {
-            for (slot, item) in transfers.sorted(by: { $0.key < $1.key }) {
-                let field = "transfers.\(slot)"
-                var alias: String
-                var path: String
-                switch item {
-                case .string(let text):
-                    guard let colon = text.firstIndex(of: ":") else { throw input.bad(field, "must be ALIAS:/path") }
-                    alias = String(text[..<colon])
-                    path = String(text[text.index(after: colon)...])
-                default:
-                    var t = try FieldReader(item, prefix: input.name(field))
-                    alias = try t.requiredString("location_alias")
-                    path = try t.requiredString("path")
-                    try t.finish()
-                }
-                if !path.hasPrefix("/") { throw input.bad(field, "the remote path '\(path)' must be absolute") }
-                job.transfers.append((slot, alias, path))
-            }
-        }
+        job.returnCode = try input.int(JobField.returnCode.name, in: Int(Int32.min)...Int(Int32.max))
+        job.parentIDs = Array(Set(try input.intList(JobField.parentIDs.name, maxCount: Job.Limits.parents) ?? []))
+            .sorted()
         // Sent by the original client on every create; the server decides them.
-        for ignored in ["parameters", "site_name", "state", "id", "last_update", "batch_job_id"] {
-            _ = input.value(ignored)
-        }
+        for ignored in [JobField.parameters, .state, .id, .lastUpdate, .batchJobID] { _ = input.value(ignored.name) }
+        _ = input.value("site_name")
         try input.finish()
         return job
     }
@@ -197,16 +145,25 @@ extension Jobs {
 
     static func parsePatch(_ input: inout FieldReader) throws -> Patch {
         var p = Patch()
-        if let workdir = try input.string("workdir", maxBytes: Job.Limits.workdirBytes) {
-            do { try Job.validateWorkdir(workdir) } catch { throw input.bad("workdir", error.message) }
-            p.sets.append(("workdir", .text(workdir)))
+        if let workdir = try input.string(JobField.workdir.name, maxBytes: Job.Limits.workdirBytes) {
+            do { try Job.validateWorkdir(workdir) } catch { throw input.bad(JobField.workdir.name, error.message) }
+            p.sets.append((JobField.workdir.name, .text(workdir)))
         }
-        if let tags = try input.stringMap("tags", maxEntries: Job.Limits.tags, maxBytes: Job.Limits.tagBytes) {
-            p.sets.append(("tags", .text(jsonText(tags))))
+        // The spec's fields a user may change, each by its one check (the site's too, when forwarded).
+        for field in JobField.spec where field.forwarded {
+            guard input.has(field.name) else {
+                _ = input.value(field.name)
+                continue
+            }
+            var job = Job(workdir: "", app: "")
+            do { try field.read(input.value(field.name), into: &job) } catch {
+                throw input.bad(error.field, error.problem)
+            }
+            p.sets.append((field.name, field.stored(job)))
         }
-        for key in ["serialized_parameters", "serialized_return_value", "serialized_exception"] {
+        for key in [JobField.serializedParameters, .serializedReturnValue, .serializedException].map(\.name) {
             if let text = try input.string(key, maxBytes: payloadBytes) {
-                if key == "serialized_parameters" {
+                if key == JobField.serializedParameters.name {
                     if try checkPickle(text, input: input) == nil { p.pythonOnlyParameters = text }
                 } else if !text.isEmpty {
                     // What the original client's `result()` unpickles: a pickle Python can load, or nothing.
@@ -215,39 +172,29 @@ extension Jobs {
                 p.sets.append((key, .text(text)))
             }
         }
-        if let data = try input.object("data", maxBytes: Job.Limits.dataBytes) {
-            p.sets.append(("data", .text(jsonText(data))))
-        }
-        if input.has("return_code") {
-            p.sets.append(("return_code", .of(try input.int("return_code", in: Int(Int32.min)...Int(Int32.max)))))
+        let returnCode = JobField.returnCode.name
+        if input.has(returnCode) {
+            p.sets.append((returnCode, .of(try input.int(returnCode, in: Int(Int32.min)...Int(Int32.max)))))
         } else {
-            _ = input.value("return_code")
+            _ = input.value(returnCode)
         }
-        for key in ["num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "node_packing_count"] {
-            if let n = try input.int(key, in: 1...maxCount) { p.sets.append((key, .of(n))) }
+        if let batch = try input.int(JobField.batchJobID.name, in: 1...Int.max) {
+            p.sets.append((JobField.batchJobID.name, .of(batch)))
         }
-        if let n = try input.int("wall_time_min", in: 0...maxCount) { p.sets.append(("wall_time_min", .of(n))) }
-        if let gpus = try input.double("gpus_per_rank", in: 0...1024) {
-            p.sets.append(("gpus_per_rank", .double(gpus)))
+        if let pending = try input.bool(JobField.pendingFileCleanup.name) {
+            p.sets.append((JobField.pendingFileCleanup.name, .of(pending)))
         }
-        if let params = try input.launchParams() {
-            p.sets.append(("launch_params", .text(jsonText(params))))
-        }
-        if let batch = try input.int("batch_job_id", in: 1...Int.max) { p.sets.append(("batch_job_id", .of(batch))) }
-        if let pending = try input.bool("pending_file_cleanup") {
-            p.sets.append(("pending_file_cleanup", .of(pending)))
-        }
-        if input.has("state") { p.state = try input.jobState("state") } else { _ = input.value("state") }
+        let state = JobField.state.name
+        if input.has(state) { p.state = try input.jobState(state) } else { _ = input.value(state) }
         p.stateTimestamp = try input.time("state_timestamp")
         if let data = try input.object("state_data", maxBytes: Job.Limits.dataBytes) { p.stateData = jsonText(data) }
         // Fixed at creation: the client's `save()` sends them back as they are, so the same value is taken and a
         // different one refused (`apply` compares), never dropped in silence.
-        p.appID = try input.int("app_id", in: 1...Int.max)
-        p.parentIDs = try input.intList("parent_ids", maxCount: Job.Limits.parents).map { Set($0) }
+        p.appID = try input.int(JobField.appID.name, in: 1...Int.max)
+        p.parentIDs = try input.intList(JobField.parentIDs.name, maxCount: Job.Limits.parents).map { Set($0) }
         // Read-only members the client may echo back.
-        for ignored in ["id", "last_update", "parameters", "transfers", "site_name"] {
-            _ = input.value(ignored)
-        }
+        for ignored in [JobField.id, .lastUpdate, .parameters, .transfers] { _ = input.value(ignored.name) }
+        _ = input.value("site_name")
         try input.finish()
         return p
     }

@@ -133,7 +133,7 @@ enum JobRepository {
     }
 
     /// The fields a new job's INSERT sets: all but its id and its batch job (a run sets it).
-    private static let insertFields = JobField.allCases.filter { ![.id, .batchJobID].contains($0) }
+    private static let insertFields = JobField.columns.filter { ![.id, .batchJobID].contains($0) }
 
     /// Multi-row INSERTs; ids come back by workdir (unique in a request), so row order does not matter.
     static func insert(_ jobs: [Jobs.NewJob], owner: Int, now: Int64, connection c: any SQLConnection) throws -> [Int] {

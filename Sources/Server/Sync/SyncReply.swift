@@ -10,9 +10,8 @@ extension SyncRoutes {
     static func remoteJobs(siteID: Int, call: Call) throws -> [RemoteJob] {
         let rows = try call.connection.query(
             """
-            SELECT j.id, a.name, j.workdir, j.tags, j.serialized_parameters, j.data, j.num_nodes, j.ranks_per_node,
-            j.threads_per_rank, j.threads_per_core, j.launch_params, j.gpus_per_rank, j.node_packing_count,
-            j.wall_time_min, j.parent_ids, a.transfers FROM jobs j JOIN apps a ON a.id = j.app_id
+            SELECT j.id, a.name, \(raw: JobField.specList("j")), j.serialized_parameters, j.parent_ids, a.transfers
+            FROM jobs j JOIN apps a ON a.id = j.app_id
             WHERE j.site_id = \(.of(siteID)) AND j.owner_id = \(.of(call.user.id)) AND j.site_job_id IS NULL AND j.state NOT IN (\(.of(JobState.failed)), \(.of(JobState.jobFinished)))
             ORDER BY j.id LIMIT 1000
             """)
@@ -50,20 +49,9 @@ extension SyncRoutes {
                 parentSiteIDs[r.int("id")] = r.text("site_job_id")
             }
         }
-        func object(_ text: String) -> [String: JSONValue] { (try? JSONValue.parse(text))?.objectValue ?? [:] }
         return rows.map { r in
-            var spec = JobSpec(workdir: r.text("workdir"), app: r.text("name"))
-            spec.tags = object(r.text("tags")).compactMapValues(\.stringValue)
-            spec.data = object(r.text("data"))
+            var spec = JobField.spec(r, app: r.text("name"))
             spec.transfers = transfers[r.int("id")] ?? [:]
-            spec.numNodes = r.int("num_nodes")
-            spec.ranksPerNode = r.int("ranks_per_node")
-            spec.threadsPerRank = r.int("threads_per_rank")
-            spec.threadsPerCore = r.int("threads_per_core")
-            spec.launchParams = object(r.text("launch_params")).compactMapValues(\.stringValue)
-            spec.gpusPerRank = r.double("gpus_per_rank")
-            spec.nodePackingCount = r.int("node_packing_count")
-            spec.wallTimeMin = r.int("wall_time_min")
             var job = RemoteJob(id: r.int("id"), spec: spec)
             job.serializedParameters = r.text("serialized_parameters")
             job.parentIDs = ((try? JSONValue.parse(r.text("parent_ids")))?.arrayValue ?? []).compactMap(\.intValue)

@@ -15,7 +15,7 @@ public struct Job: Sendable, Equatable {
     /// Whether the job's tags include all of `wanted` (a site's or a launcher's filter tags).
     public func hasTags(_ wanted: [String: String]) -> Bool { wanted.allSatisfy { tags[$0.key] == $0.value } }
 
-    /// The nodes the job holds: `num_nodes` for a multi-node job; `1 / node_packing_count` of one for a
+    /// The nodes the job holds: `num_nodes` for a multi-node job; `1 / nodePackingCount` of one for a
     /// single-node job when nodes are shared (`packing`), else the whole node.
     public func nodeFootprint(packing: Bool) -> Double {
         numNodes > 1 ? Double(numNodes) : packing ? 1 / Double(max(1, nodePackingCount)) : 1
@@ -96,14 +96,13 @@ public struct Job: Sendable, Equatable {
         public static let parameterDepth = 128
     }
 
-    static let fieldNames: Set<String> = [
-        "id", "created", "workdir", "app", "tags", "parameters", "data", "parent_ids", "num_nodes",
-        "ranks_per_node", "threads_per_rank", "threads_per_core", "launch_params", "gpus_per_rank",
-        "node_packing_count", "wall_time_min", "transfers", "return_code", "serialized_parameters",
-    ]
+    /// The names `job.json` may hold: the job file's fields, and `return_code`, which earlier versions wrote (a
+    /// run's exit status is in the job's state file now: accepted and ignored).
+    static let fieldNames = Set(JobField.allCases.filter(\.inJobFile).map(\.name) + [JobField.returnCode.name])
 
-    /// Builds a job from a parsed JSON object, checking every field's type and range. `id` and `created` are
-    /// read when present; callers decide whether they may be.
+    /// Builds a job from a parsed JSON object, checking every field's type and range (the spec's by
+    /// `JobField.read`, the one check the server makes too). `id` and `created` are read when present; callers
+    /// decide whether they may be.
     public init(json: JSONValue) throws(SpoolError) {
         guard case .object(let o) = json else {
             throw SpoolError(.invalidInput, "a job must be a JSON object, not \(json.kindName)")
@@ -112,76 +111,39 @@ public struct Job: Sendable, Equatable {
             let known = Job.fieldNames.sorted().joined(separator: ", ")
             throw SpoolError(.invalidInput, "unknown field '\(key)' (job fields: \(known))")
         }
-        func string(_ key: String) throws(SpoolError) -> String? {
-            guard let v = o[key], v != .null else { return nil }
-            guard case .string(let s) = v else { throw fieldError(key, "must be a string, not \(v.kindName)") }
+        func string(_ field: JobField) throws(SpoolError) -> String? {
+            guard let v = o[field.name], v != .null else { return nil }
+            guard case .string(let s) = v else { throw fieldError(field.name, "must be a string, not \(v.kindName)") }
             return s
         }
-        func count(_ key: String, minimum: Int) throws(SpoolError) -> Int? {
-            guard let v = o[key], v != .null else { return nil }
-            guard let i = v.intValue else { throw fieldError(key, "must be an integer, not \(v.serialized())") }
-            guard i >= minimum && i <= Limits.count else {
-                throw fieldError(key, "must be between \(minimum) and \(Limits.count), not \(i)")
-            }
-            return i
-        }
-        func object(_ key: String) throws(SpoolError) -> [String: JSONValue] {
-            guard let v = o[key], v != .null else { return [:] }
-            guard case .object(let m) = v else { throw fieldError(key, "must be an object, not \(v.kindName)") }
-            return m
-        }
-        func stringMap(_ key: String) throws(SpoolError) -> [String: String] {
-            var result: [String: String] = [:]
-            for (k, v) in try object(key) {
-                switch v {
-                case .string(let s): result[k] = s
-                case .int, .double, .bool: result[k] = v.serialized()
-                default: throw fieldError("\(key).\(k)", "must be a string, not \(v.kindName)")
-                }
-            }
-            return result
-        }
-
-        guard let workdir = try string("workdir") else { throw fieldError("workdir", "is required") }
-        guard let app = try string("app") else { throw fieldError("app", "is required") }
+        guard let workdir = try string(.workdir) else { throw fieldError(JobField.workdir.name, "is required") }
+        guard let app = try string(.app) else { throw fieldError(JobField.app.name, "is required") }
         self.init(workdir: workdir, app: app)
-        id = try string("id") ?? ""
-        created = try string("created") ?? ""
-        tags = try stringMap("tags")
-        parameters = try object("parameters")
-        serializedParameters = try string("serialized_parameters") ?? ""
-        data = try object("data")
-        launchParams = try stringMap("launch_params")
-        for key in launchParams.keys {
-            if let why = Job.launchParamKeyProblem(key) { throw fieldError("launch_params", why) }
+        id = try string(.id) ?? ""
+        created = try string(.created) ?? ""
+        for field in JobField.spec {
+            do { try field.read(o[field.name], into: &self) } catch { throw fieldError(error.field, error.problem) }
         }
-        transfers = try object("transfers")
-        if let v = o["parent_ids"], v != .null {
-            guard case .array(let items) = v else { throw fieldError("parent_ids", "must be an array of job IDs") }
+        if let v = o[JobField.parameters.name], v != .null {
+            guard case .object(let m) = v else {
+                throw fieldError(JobField.parameters.name, "must be an object, not \(v.kindName)")
+            }
+            parameters = m
+        }
+        serializedParameters = try string(.serializedParameters) ?? ""
+        if let v = o[JobField.parentIDs.name], v != .null {
+            let field = JobField.parentIDs.name
+            guard case .array(let items) = v else { throw fieldError(field, "must be an array of job IDs") }
             var parents: [String] = []
             for item in items {
                 guard case .string(let s) = item else {
-                    throw fieldError("parent_ids", "must hold job ID strings, not \(item.kindName)")
+                    throw fieldError(field, "must hold job ID strings, not \(item.kindName)")
                 }
                 if !parents.contains(s) { parents.append(s) }
             }
             parentIDs = parents
         }
-        numNodes = try count("num_nodes", minimum: 1) ?? 1
-        ranksPerNode = try count("ranks_per_node", minimum: 1) ?? 1
-        threadsPerRank = try count("threads_per_rank", minimum: 1) ?? 1
-        threadsPerCore = try count("threads_per_core", minimum: 1) ?? 1
-        nodePackingCount = try count("node_packing_count", minimum: 1) ?? 1
-        wallTimeMin = try count("wall_time_min", minimum: 0) ?? 0
-        if let v = o["gpus_per_rank"], v != .null {
-            guard let g = v.doubleValue, g >= 0, g <= 1024 else {
-                throw fieldError("gpus_per_rank", "must be a number from 0 to 1024, not \(v.serialized())")
-            }
-            gpusPerRank = g
-        }
-        // "return_code" (written by earlier versions) is accepted and ignored: a run's exit status is in the
-        // job's state file now.
-        try validate()
+        try validateRecord()
     }
 
     /// Parses `job.json` bytes (or one `--from` line).
@@ -195,31 +157,23 @@ public struct Job: Sendable, Equatable {
 
     /// Checks what does not need the site: workdir shape, sizes, parent ID shape, transfer shape.
     public func validate() throws(SpoolError) {
+        // The spec's fields, by their one check (a value set in code, or by `modify`, is judged as if read).
+        var checked = self
+        for field in JobField.spec {
+            do { try field.read(field.value(in: self), into: &checked) } catch {
+                throw fieldError(error.field, error.problem)
+            }
+        }
+        try validateRecord()
+    }
+
+    /// Checks what is not the spec (which `JobField.read` checked as it read it).
+    func validateRecord() throws(SpoolError) {
         try Job.validateWorkdir(workdir)
-        let counts = [
-            ("num_nodes", numNodes, 1), ("ranks_per_node", ranksPerNode, 1), ("threads_per_rank", threadsPerRank, 1),
-            ("threads_per_core", threadsPerCore, 1), ("node_packing_count", nodePackingCount, 1),
-            ("wall_time_min", wallTimeMin, 0),
-        ]
-        for (name, value, minimum) in counts where value < minimum || value > Limits.count {
-            throw fieldError(name, "must be between \(minimum) and \(Limits.count), not \(value)")
-        }
-        if gpusPerRank < 0 || gpusPerRank > 1024 || !gpusPerRank.isFinite {
-            throw fieldError("gpus_per_rank", "must be a number from 0 to 1024, not \(gpusPerRank)")
-        }
-        if app.isEmpty { throw fieldError("app", "must not be empty") }
-        if tags.count > Limits.tags {
-            throw fieldError("tags", "has \(tags.count) entries; the limit is \(Limits.tags)")
-        }
-        for (k, v) in tags where k.utf8.count > Limits.tagBytes || v.utf8.count > Limits.tagBytes || k.isEmpty {
-            throw fieldError(
-                "tags.\(k)", "keys must be 1 to \(Limits.tagBytes) bytes and values at most \(Limits.tagBytes)")
-        }
+        if app.isEmpty { throw fieldError(JobField.app.name, "must not be empty") }
         // A NUL cannot reach a command line or an environment variable: refused here, not when the job runs.
         let texts: [(String, JSONValue)] = [
-            ("app", .string(app)), ("parameters", .object(parameters)),
-            ("launch_params", .object(launchParams.mapValues(JSONValue.string))),
-            ("tags", .object(tags.mapValues(JSONValue.string))),
+            (JobField.app.name, .string(app)), (JobField.parameters.name, .object(parameters)),
         ]
         for (field, value) in texts {
             if let path = Job.nulPath(value, at: field) {
@@ -227,29 +181,23 @@ public struct Job: Sendable, Equatable {
             }
         }
         if JSONValue.object(parameters).depth > Limits.parameterDepth {
-            throw fieldError("parameters", "nests deeper than \(Limits.parameterDepth) levels")
+            throw fieldError(JobField.parameters.name, "nests deeper than \(Limits.parameterDepth) levels")
         }
         let parametersSize = JSONValue.object(parameters).serialized().utf8.count + serializedParameters.utf8.count
         if !serializedParameters.isEmpty && Base64.decode(serializedParameters) == nil {
-            throw fieldError("serialized_parameters", "must be base64 (of a pickled dict)")
+            throw fieldError(JobField.serializedParameters.name, "must be base64 (of a pickled dict)")
         }
         if parametersSize > Limits.parametersBytes {
-            throw fieldError("parameters", "is \(parametersSize) bytes; the limit is \(Limits.parametersBytes)")
-        }
-        let dataSize = JSONValue.object(data).serialized().utf8.count
-        if dataSize > Limits.dataBytes {
-            throw fieldError("data", "is \(dataSize) bytes; the limit is \(Limits.dataBytes)")
+            throw fieldError(
+                JobField.parameters.name, "is \(parametersSize) bytes; the limit is \(Limits.parametersBytes)")
         }
         if parentIDs.count > Limits.parents {
-            throw fieldError("parent_ids", "has \(parentIDs.count) entries; the limit is \(Limits.parents)")
+            throw fieldError(JobField.parentIDs.name, "has \(parentIDs.count) entries; the limit is \(Limits.parents)")
         }
         for parent in parentIDs where !JobID.isValid(parent) {
-            throw fieldError("parent_ids", "'\(parent)' is not a job ID")
+            throw fieldError(JobField.parentIDs.name, "'\(parent)' is not a job ID")
         }
-        if !id.isEmpty && !JobID.isValid(id) { throw fieldError("id", "'\(id)' is not a job ID") }
-        for (slot, item) in transfers {
-            try Job.validateTransfer(slot: slot, item)
-        }
+        if !id.isEmpty && !JobID.isValid(id) { throw fieldError(JobField.id.name, "'\(id)' is not a job ID") }
     }
 
     /// The workdirs whose directories would hold `workdir`'s, innermost first: `a/b/c` gives `a/b`, `a`.
@@ -313,47 +261,46 @@ public struct Job: Sendable, Equatable {
     }
 
     public static func validateWorkdir(_ workdir: String) throws(SpoolError) {
-        if workdir.isEmpty { throw fieldError("workdir", "must not be empty") }
-        if workdir.hasPrefix("/") { throw fieldError("workdir", "'\(workdir)' must be relative to the site's data/") }
+        if workdir.isEmpty { throw fieldError(JobField.workdir.name, "must not be empty") }
+        if workdir.hasPrefix("/") {
+            throw fieldError(JobField.workdir.name, "'\(workdir)' must be relative to the site's data/")
+        }
         if workdir.utf8.count > Limits.workdirBytes {
-            throw fieldError("workdir", "is \(workdir.utf8.count) bytes; the limit is \(Limits.workdirBytes)")
+            throw fieldError(
+                JobField.workdir.name, "is \(workdir.utf8.count) bytes; the limit is \(Limits.workdirBytes)")
         }
         if let hidden = workdir.unicodeScalars.first(where: Job.isUnprintable) {
             let code = String(hidden.value, radix: 16, uppercase: true)
             throw fieldError(
-                "workdir",
+                JobField.workdir.name,
                 "contains a control character or an invisible one (U+\(String(repeating: "0", count: max(0, 4 - code.count)) + code): "
                     + "a line break, a direction mark): a directory name must read as it is")
         }
         for component in workdir.split(separator: "/", omittingEmptySubsequences: false) {
             switch component {
-            case "": throw fieldError("workdir", "'\(workdir)' has an empty component (a doubled or trailing '/')")
-            case ".", "..": throw fieldError("workdir", "'\(workdir)' must not contain '\(component)'")
+            case "":
+                throw fieldError(
+                    JobField.workdir.name, "'\(workdir)' has an empty component (a doubled or trailing '/')")
+            case ".", "..": throw fieldError(JobField.workdir.name, "'\(workdir)' must not contain '\(component)'")
             default: break
             }
         }
         if workdir.hasPrefix(".balsam") {
-            throw fieldError("workdir", "'\(workdir)': names starting .balsam are reserved")
+            throw fieldError(JobField.workdir.name, "'\(workdir)': names starting .balsam are reserved")
         }
     }
 
     /// The job as a JSON object with the original's snake_case field names.
     public var json: JSONValue {
         var o: [String: JSONValue] = [
-            "id": .string(id), "created": .string(created), "workdir": .string(workdir), "app": .string(app),
-            "tags": .object(tags.mapValues { .string($0) }), "parameters": .object(parameters),
-            "data": .object(data), "parent_ids": .array(parentIDs.map { .string($0) }),
-            "num_nodes": .int(numNodes), "ranks_per_node": .int(ranksPerNode),
-            "threads_per_rank": .int(threadsPerRank), "threads_per_core": .int(threadsPerCore),
-            "launch_params": .object(launchParams.mapValues { .string($0) }),
-            "gpus_per_rank": gpusPerRank.rounded() == gpusPerRank
-                ? .int(Int(saturating: gpusPerRank)) : .double(gpusPerRank),
-            "node_packing_count": .int(nodePackingCount), "wall_time_min": .int(wallTimeMin),
-            "transfers": .object(transfers),
+            JobField.workdir.name: .string(workdir), JobField.app.name: .string(app),
+            JobField.parameters.name: .object(parameters),
+            JobField.parentIDs.name: .array(parentIDs.map(JSONValue.string)),
         ]
-        if id.isEmpty { o["id"] = nil }
-        if created.isEmpty { o["created"] = nil }
-        if !serializedParameters.isEmpty { o["serialized_parameters"] = .string(serializedParameters) }
+        for field in JobField.spec { o[field.name] = field.value(in: self) }
+        if !id.isEmpty { o[JobField.id.name] = .string(id) }
+        if !created.isEmpty { o[JobField.created.name] = .string(created) }
+        if !serializedParameters.isEmpty { o[JobField.serializedParameters.name] = .string(serializedParameters) }
         return .object(o)
     }
 

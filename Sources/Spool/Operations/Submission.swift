@@ -141,6 +141,9 @@ public struct Submission {
     /// creation event, and makes all of it durable before returning.
     public mutating func submit(_ request: Job) throws(SpoolError) -> (Job, JobState) {
         var job = request
+        // A job made in code (a remote job, taken from the server) is judged by the site's own rules, as one read
+        // from a file is (`Job.init(json:)`): the site trusts no one for what it would refuse locally.
+        try job.validate()
         let state = try check(job)
         job.id = JobID.make()
         job.created = Timestamp.now()
