@@ -10,6 +10,7 @@ extension Job {
         self.init(
             workdir: try r.requiredString(JobField.workdir.name, maxBytes: Job.Limits.workdirBytes),
             app: try r.requiredString(JobField.app.name, maxBytes: 128))
+        do { try Job.validateWorkdir(workdir) } catch { throw r.bad(JobField.workdir.name, error.message) }
         try readSpec(&r)
     }
 

@@ -118,6 +118,7 @@ public struct Job: Sendable, Equatable {
         }
         guard let workdir = try string(.workdir) else { throw fieldError(JobField.workdir.name, "is required") }
         guard let app = try string(.app) else { throw fieldError(JobField.app.name, "is required") }
+        try Job.validateWorkdir(workdir)
         self.init(workdir: workdir, app: app)
         id = try string(.id) ?? ""
         created = try string(.created) ?? ""
