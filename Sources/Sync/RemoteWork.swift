@@ -30,6 +30,8 @@ extension Pusher {
                 var app = try App(name: name, commandTemplate: template ?? "", python: template == nil)
                 app.parameters = parameters
                 app.description = item.description
+                app.transfers = item.transfers
+                app.cleanupFiles = item.cleanupFiles
                 try app.validate()
                 if !item.serializedClass.isEmpty {
                     let classText = item.serializedClass

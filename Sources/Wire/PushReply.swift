@@ -64,6 +64,10 @@ public struct RemoteApp: Sendable, Equatable {
     public var parameters: [String: JSONValue]
     public var description: String
     public var digest: String
+    /// Its transfer slots, as the client defined them (`{slot: {direction, local_path, required, ...}}`).
+    public var transfers: [String: JSONValue] = [:]
+    /// The class's `cleanup_files` globs.
+    public var cleanupFiles: [String] = []
 
     /// An app as the server holds it.
     public init(
@@ -85,13 +89,16 @@ public struct RemoteApp: Sendable, Equatable {
             name: name, serializedClass: o["serialized_class"]?.stringValue ?? "",
             commandTemplate: o["command_template"]?.stringValue, parameters: o["parameters"]?.objectValue ?? [:],
             description: o["description"]?.stringValue ?? "", digest: digest)
+        transfers = o["transfers"]?.objectValue ?? [:]
+        cleanupFiles = (o["cleanup_files"]?.arrayValue ?? []).compactMap(\.stringValue)
     }
 
     var json: JSONValue {
         .object([
             "name": .string(name), "serialized_class": .string(serializedClass),
             "command_template": commandTemplate.map(JSONValue.string) ?? .null, "parameters": .object(parameters),
-            "description": .string(description), "digest": .string(digest),
+            "description": .string(description), "digest": .string(digest), "transfers": .object(transfers),
+            "cleanup_files": .array(cleanupFiles.map(JSONValue.string)),
         ])
     }
 }

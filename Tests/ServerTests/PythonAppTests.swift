@@ -37,6 +37,14 @@ import Testing
         try setting(site, "oversubscribe: false", "oversubscribe: true")
         // A class hook that hangs (Stuck) is stopped after this long.
         try setting(site, "hook_timeout_sec: 600", "hook_timeout_sec: 5")
+        // A location for the transfer slot of an app defined only in Python (Staged), and the file cleaner on.
+        let input = "/inp.txt"  // under the location's root
+        try dir.file("inputs/inp.txt", "staged input arrived\n")
+        try setting(
+            site, "file_cleaner:\n  cleanup_batch_size: 180\n  service_period: 30",
+            "file_cleaner:\n  cleanup_batch_size: 180\n  service_period: 1")
+        try (try read(site.settingsPath) + "\ntransfer_locations:\n  here: file://\(dir.path)/inputs\n").write(
+            toFile: site.settingsPath, atomically: true, encoding: .utf8)
         #expect(try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root]).status == 0)
 
         var env = ProcessInfo.processInfo.environment
@@ -67,7 +75,10 @@ import Testing
             .appendingPathComponent("python_apps_test.py").path
         let result = try await runOffPool(
             python, [script],
-            env: ["BALSAM_TEST_SERVER": server.url, "BALSAM_TEST_TOKEN": token, "BALSAM_TEST_SITE": site.name],
+            env: [
+                "BALSAM_TEST_SERVER": server.url, "BALSAM_TEST_TOKEN": token, "BALSAM_TEST_SITE": site.name,
+                "BALSAM_TEST_INPUT": input,
+            ],
             timeout: 600)
         let logs = { "\((try? read(dir.path + "/watch.log")) ?? "")\n\((try? read(launcherLog)) ?? "")" }
         #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)\n\(logs())")
@@ -79,6 +90,14 @@ import Testing
         #expect(FileManager.default.isExecutableFile(atPath: site.appsPath + "/Flaky/on-error"))
         #expect(try read(site.appsPath + "/MyApp/app.yml").contains("python_app: true"))
         #expect(exists(site.appsPath + "/MyApp/" + App.classFileName))
+        // Staged's slot and cleanup_files, defined only in the class, are the site's app's: its input was staged
+        // in, it ran, and the file cleaner took its scratch file.
+        let staged = try App.parse(yaml: try read(site.appsPath + "/Staged/app.yml"), name: "Staged")
+        #expect(staged.transfers["inp"] != nil && staged.cleanupFiles == ["*.tmp"], "\(staged)")
+        #expect(try read(site.jobDirectory("py/staged") + "/job.out").contains("staged input arrived"))
+        try await waitFor("the file cleaner removes the staged job's scratch file", timeout: 60) {
+            !exists(site.jobDirectory("py/staged") + "/scratch.tmp")
+        }
         // The seed's MyApp ran on four ranks (their prints may interleave); only rank 0 reported.
         let out = (try? read(site.jobDirectory("test/0") + "/job.out")) ?? ""
         #expect(out.components(separatedBy: "Hello from rank").count - 1 == 4, "\(out)")

@@ -18,6 +18,7 @@ import Testing
     func readAll(_ bytes: [UInt8]) -> JSONValue? {
         let text = Base64.encode(bytes)
         _ = Pickle.classAttribute("command_template", inBase64: text)
+        _ = Pickle.classStringList("cleanup_files", inBase64: text)
         _ = Pickle.strings(inBase64: text)
         _ = try? Pickle.check(base64: text)
         return try? Pickle.decode(bytes)
@@ -135,5 +136,52 @@ import Testing
         }
         bytes.append(UInt8(ascii: "."))
         #expect(throws: Pickle.Unsupported.self) { try Pickle.decode(bytes) }
+    }
+}
+
+/// A class's list attribute read out of dill's pickle of it, without running it (issue 34, item 4): random lists of
+/// globs, empty, of one and of many, between other attributes of every kind, as dill writes them.
+@Suite struct ClassListAttributeTests {
+    @Test func cleanupFilesReadAsDillWroteThem() throws {
+        let probe = try run("/usr/bin/env", [PickleCorpus.python, "-c", "import dill"])
+        try #require(
+            probe.status == 0 || ProcessInfo.processInfo.environment["CI"] == nil,
+            "dill is not importable: \(probe.stderr)")
+        guard probe.status == 0 else { return }
+        var rng = SplitMix(seed: PicklePropertyTests.seed)
+        var lists: [[String]] = []
+        for _ in 0..<60 {
+            let count = Int(rng.next() % 5)
+            lists.append(
+                (0..<count).map { i in
+                    ["*.tmp", "core.*", "é✓/x\(i)", "", String(repeating: "g", count: 300)][Int(rng.next() % 5)]
+                })
+        }
+        let input = lists.map { JSONValue.array($0.map(JSONValue.string)).serialized() }.joined(separator: "\n")
+        let script = """
+            import base64, dill, json, sys
+            for n, line in enumerate(sys.stdin):
+                globs = json.loads(line)
+                body = {"site": "s", "command_template": "echo {{ x }}", "parameters": {"x": {"required": True}}}
+                if n % 2:
+                    body["transfers"] = {"inp": {"direction": "in", "local_path": "a.txt", "required": False}}
+                body["cleanup_files"] = globs
+                if n % 3:
+                    body["after"] = ["not", "these"] if n % 2 else "a string"
+                body["preprocess"] = lambda self: None
+                cls = type("App%d" % n, (object,), body)
+                cls.__module__ = "__main__"
+                print(base64.b64encode(dill.dumps(cls)).decode())
+            """
+        let result = try run("/usr/bin/env", [PickleCorpus.python, "-c", script], stdin: Data(input.utf8))
+        #expect(result.status == 0, "\(result.stderr)")
+        let pickles = result.stdout.split(separator: "\n").map(String.init)
+        #expect(pickles.count == lists.count)
+        for (globs, text) in zip(lists, pickles) {
+            #expect(
+                Pickle.classStringList("cleanup_files", inBase64: text) == globs,
+                "seed \(PicklePropertyTests.seed) \(text)")
+        }
+        #expect(Pickle.classStringList("no_such_attribute", inBase64: pickles[0]) == nil)
     }
 }

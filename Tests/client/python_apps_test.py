@@ -177,6 +177,17 @@ class Stuck(ApplicationDefinition):
         time.sleep(600)
 
 
+class Staged(ApplicationDefinition):
+    """Transfer slots and cleanup_files, defined here only: the site gets them with the class (issue 34, item 4)."""
+
+    site = SITE
+    command_template = "cat inp.txt; echo scratch > scratch.tmp"
+    transfers = {
+        "inp": {"required": True, "direction": "in", "local_path": "inp.txt", "description": "the input"},
+    }
+    cleanup_files = ["*.tmp"]
+
+
 class Plus(ApplicationDefinition):
     site = SITE
 
@@ -199,6 +210,7 @@ badhook = BadHook.submit(workdir="py/badhook")
 preamble = Preamble.submit(workdir="py/preamble", name="monde")
 warm = Warm.submit(workdir="py/warm")
 stuck = Stuck.submit(workdir="py/stuck")
+staged = Staged.submit(workdir="py/staged", transfers={"inp": "here:" + os.environ["BALSAM_TEST_INPUT"]})
 for name, job in [("hello", hello), ("flaky", flaky), ("sleeper", sleeper), ("myapp0", jobs[0]), ("segv", segv)]:
     print("JOB", name, job.id, flush=True)
 
@@ -254,6 +266,12 @@ check("warm-server", "balsam_runner.py hooks" in warm.data.get("hook_parent", ""
 check("stuck", wait_state(stuck, ["FAILED", "JOB_FINISHED"], timeout=120) == "FAILED", stuck.state)
 reasons = [str(e.data) for e in EventLog.objects.filter(job_id=stuck.id)]
 check("stuck-reason", any("did not finish within 5 s" in r for r in reasons), str(reasons))
+
+check(
+    "staged",
+    wait_state(staged, ["FAILED", "JOB_FINISHED"]) == "JOB_FINISHED",
+    str([str(e.data) for e in EventLog.objects.filter(job_id=staged.id)]),
+)
 
 check("flaky", wait_state(flaky, ["FAILED", "JOB_FINISHED"]) == "FAILED", flaky.state)
 steps = transitions(flaky)

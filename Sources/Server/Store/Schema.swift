@@ -31,6 +31,7 @@ enum Schema {
         Migration(version: 10, name: "jobs counted per site and state, kept by triggers", sql: jobCounts),
         Migration(version: 11, name: "SQLite: a user's jobs in id order (the first page of a list)", sql: ownerIDOrder),
         Migration(version: 12, name: "whether a site's own app is a Python app", sql: sitePythonApps),
+        Migration(version: 13, name: "the site's batch job of a job's latest run", sql: jobsSiteBatch),
     ]
 
     /// Tables whose ids a client holds. PostgreSQL's sequences never hand an id out twice; SQLite's plain
@@ -395,6 +396,15 @@ enum Schema {
     /// until a push of it): a shell app's jobs take plain parameters only (`Pickle.jobParameters`).
     private static func sitePythonApps(_ d: SQLDialect) -> String {
         "ALTER TABLE apps ADD COLUMN site_python INTEGER;"
+    }
+
+    /// The site's batch job (its own id) that a job last ran in, as its RUNNING event says: the server's
+    /// `batch_job_id` is that batch job's row, linked when the event or the batch job arrives, whichever is later.
+    private static func jobsSiteBatch(_ d: SQLDialect) -> String {
+        """
+        ALTER TABLE jobs ADD COLUMN site_batch_id \(d == .sqlite ? "INTEGER" : "BIGINT");
+        CREATE INDEX jobs_site_batch ON jobs (site_id, site_batch_id);
+        """
     }
 
     /// The version the database is at (0 for an empty database).

@@ -237,6 +237,7 @@ extension SyncRoutes {
             if seen.insert(key).inserted { fresh.append((job, e.from.rawValue, e.to.rawValue, e.data, e.time)) }
         }
         try JobRepository.insertEvents(fresh, owner: call.user.id, siteID: siteID, connection: call.connection)
+        try linkBatchJobs(ranIn(fresh), siteID: siteID, connection: call.connection)
         for (k, e) in fresh.enumerated() { note(e.0, rank: (e.4, 1, k), e.2) }
         // A run's exit status, as the site's events give it (RUN_DONE is 0), becomes the job's return_code.
         var codes: [Int: (Int64, Int)] = [:]
@@ -303,5 +304,29 @@ extension SyncRoutes {
                 connection: call.connection)
         }
         return fresh.count
+    }
+
+    /// The site's batch job each job's latest new RUNNING event names (`batch_job`, the site's id), by job.
+    static func ranIn(_ fresh: [(Int, String, String, String, Int64)]) -> [Int: Int] {
+        var latest: [Int: (time: Int64, batch: Int)] = [:]
+        for e in fresh where e.2 == JobState.running.rawValue && e.3.contains("batch_job") {
+            guard let batch = (try? JSONValue.parse(e.3))?.objectValue?["batch_job"]?.intValue else { continue }
+            if latest[e.0].map({ $0.time <= e.4 }) ?? true { latest[e.0] = (e.4, batch) }
+        }
+        return latest.mapValues(\.batch)
+    }
+
+    /// Records which of the site's batch jobs each job last ran in, and links the job to that batch job's row
+    /// (NULL until the site reports the batch job: `recordBatchJobs` links it then).
+    static func linkBatchJobs(_ runs: [Int: Int], siteID: Int, connection c: any SQLConnection) throws {
+        for (batch, jobs) in Dictionary(grouping: runs, by: \.value) {
+            for chunk in jobs.map(\.key).chunked(5000) {
+                try c.execute(
+                    """
+                    UPDATE jobs SET site_batch_id = \(.of(batch)), batch_job_id = (SELECT id FROM batch_jobs
+                    WHERE site_id = \(.of(siteID)) AND site_batch_id = \(.of(batch))) WHERE id IN (\(list: chunk.map { .of($0) }))
+                    """)
+            }
+        }
     }
 }

@@ -66,19 +66,25 @@ extension SyncRoutes {
     static func remoteApps(siteID: Int, known: [String: String], call: Call) throws -> [RemoteApp] {
         let rows = try call.connection.query(
             """
-            SELECT name, serialized_class, parameters, description FROM apps WHERE site_id = \(.of(siteID))
+            SELECT name, serialized_class, parameters, description, transfers FROM apps WHERE site_id = \(.of(siteID))
             AND serialized_class <> ''
             """)
         return rows.compactMap { r in
-            // "2": apps are sent with their class since issue #14 (sites that had only the template get it).
+            // "3": apps are sent with their class since issue #14, with their transfer slots and cleanup_files
+            // since #34 (sites that had the app without them get it again).
             let pickled = r.text("serialized_class")
-            let digest = String(FNV1a.hash64("2\u{0}" + pickled + "\u{0}" + r.text("parameters")), radix: 16)
+            let digest = String(
+                FNV1a.hash64("3\u{0}" + pickled + "\u{0}" + r.text("parameters") + "\u{0}" + r.text("transfers")),
+                radix: 16)
             guard known[r.text("name")] != digest else { return nil }
-            return RemoteApp(
+            var app = RemoteApp(
                 name: r.text("name"), serializedClass: pickled,
                 commandTemplate: Pickle.classAttribute("command_template", inBase64: pickled),
                 parameters: (try? JSONValue.parse(r.text("parameters")))?.objectValue ?? [:],
                 description: r.text("description"), digest: digest)
+            app.transfers = (try? JSONValue.parse(r.text("transfers")))?.objectValue ?? [:]
+            app.cleanupFiles = Pickle.classStringList("cleanup_files", inBase64: pickled) ?? []
+            return app
         }
     }
 

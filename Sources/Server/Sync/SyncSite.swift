@@ -47,6 +47,13 @@ extension SyncRoutes {
                     \(.text(b.state.rawValue)), \(info), \(start), \(end))
                     """)
             }
+            // Jobs whose run in this batch job the server heard of before the batch job itself.
+            try c.execute(
+                """
+                UPDATE jobs SET batch_job_id = (SELECT id FROM batch_jobs WHERE site_id = \(.of(siteID))
+                AND site_batch_id = \(.of(b.siteBatchID))) WHERE site_id = \(.of(siteID))
+                AND site_batch_id = \(.of(b.siteBatchID)) AND batch_job_id IS NULL
+                """)
         }
         for r in refused {
             try c.execute(

@@ -100,6 +100,42 @@ public enum Pickle {
         return found
     }
 
+    /// The list of strings a class pickled by value holds as its attribute `name` (`cleanup_files = ["*.tmp"]`):
+    /// the attribute's name followed by an empty list and its items (`]` `(` strings `e`, or `]` string `a`,
+    /// or `]` alone). Read without running the pickle; nil if the class has no such list.
+    public static func classStringList(_ name: String, inBase64 text: String) -> [String]? {
+        guard let bytes = Base64.decode(text) else { return nil }
+        enum Step { case looking, named, listed, marked, one(String) }
+        var step = Step.looking
+        var items: [String] = []
+        var found: [String]?
+        _ = walkStrings(
+            bytes,
+            { string, _ in
+                guard found == nil else { return false }
+                switch step {
+                case .listed: step = .one(string)
+                case .marked: items.append(string)
+                case .one: found = []  // two strings after the list: it was empty, and this is the next key's value
+                default: step = string == name ? .named : .looking
+                }
+                return found == nil
+            },
+            other: { op in
+                guard found == nil else { return }
+                switch (step, op) {
+                case (.named, UInt8(ascii: "]")): step = .listed
+                case (.listed, UInt8(ascii: "(")): step = .marked
+                case (.listed, _): found = []
+                case (.marked, _): found = items
+                case (.one(let item), UInt8(ascii: "a")): found = [item]
+                case (.one, _): found = []
+                default: step = .looking
+                }
+            })
+        return found
+    }
+
     /// Every text string a pickle holds (names of a class's attributes and methods among them).
     public static func strings(inBase64 text: String) -> Set<String> {
         var all = Set<String>()
@@ -355,7 +391,9 @@ public enum Pickle {
     /// The walk itself: nil when it stopped at STOP or because `visit` asked, else why the pickle cannot be
     /// walked. Every length is checked against what is left before it is added (a crafted length of 2^63 - 1
     /// must not overflow an offset).
-    private static func walkStrings(_ bytes: [UInt8], _ visit: (String, String?) -> Bool) -> String? {
+    private static func walkStrings(
+        _ bytes: [UInt8], _ visit: (String, String?) -> Bool, other: ((UInt8) -> Void)? = nil
+    ) -> String? {
         var i = 0
         var previousString: String?
         func fixed(_ op: UInt8) -> Int? {
@@ -382,18 +420,43 @@ public enum Pickle {
             return true
         }
         let cut = "the pickle ends early"
+        // The strings in the memo, by index: a string met again is a GET of it (dill writes `["", ""]` so).
+        var memo: [Int: String] = [:]
+        var memoized = 0
+        func index(_ n: Int) -> Int {
+            var value = 0
+            for k in (0..<n).reversed() { value = value << 8 | Int(bytes[i + k]) }
+            return value
+        }
         while i < bytes.count {
             let op = bytes[i]
             i += 1
             if op == 0x94 {  // MEMOIZE keeps the string before it
+                if let previousString { memo[memoized] = previousString }
+                memoized += 1
                 continue
             }
             if op == UInt8(ascii: "q") || op == UInt8(ascii: "r") {  // so do BINPUT and LONG_BINPUT
                 let n = op == UInt8(ascii: "q") ? 1 : 4
                 guard n <= bytes.count - i else { return cut }
+                if let previousString { memo[index(n)] = previousString }
                 i += n
                 continue
             }
+            if op == UInt8(ascii: "h") || op == UInt8(ascii: "j") {  // BINGET, LONG_BINGET: maybe a string again
+                let n = op == UInt8(ascii: "h") ? 1 : 4
+                guard n <= bytes.count - i else { return cut }
+                let again = memo[index(n)]
+                i += n
+                if let again {
+                    if !visit(again, previousString) { return nil }
+                } else {
+                    other?(op)
+                }
+                previousString = again
+                continue
+            }
+            if op != 0x95 && lengthBytes(op) == nil { other?(op) }  // any opcode but a string or a FRAME
             if let n = fixed(op) {
                 guard n <= bytes.count - i else { return cut }
                 i += n
