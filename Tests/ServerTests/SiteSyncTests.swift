@@ -265,10 +265,15 @@ import Testing
             ], token: token)
         #expect(again.status == 400 && again.text.contains("[1].workdir"), "\(again.text)")
         #expect(again.text.contains("taken at this site by job \(parentID)"), "\(again.text)")
-        // The server's history of a taken job is the site's.
+        // The server's history of a taken job is one history, never rewritten: its creation through the API
+        // (what the original client shows), then the site's, from its adoption by balsam-sync on.
         let history = try await server.request("GET", "/events/?job_id=\(parentID)&ordering=timestamp", token: token)
-        let first = (history.object["results"] as? [[String: Any]])?.first
-        #expect((first?["data"] as? [String: Any])?["actor"] as? String == "balsam-sync", "\(history.text)")
+        let steps = history.object["results"] as? [[String: Any]] ?? []
+        #expect(steps.first?["from_state"] as? String == "CREATED" && steps.count >= 2, "\(history.text)")
+        #expect((steps.first?["data"] as? [String: Any])?["actor"] == nil, "\(history.text)")
+        let adoption = steps.dropFirst().first
+        #expect((adoption?["data"] as? [String: Any])?["actor"] as? String == "balsam-sync", "\(history.text)")
+        #expect(adoption?["from_state"] as? String == steps.first?["to_state"] as? String, "\(history.text)")
         // Nothing is taken twice.
         #expect(try await push().status == 0)
         #expect(try siteStates(site).count == 2)

@@ -83,17 +83,18 @@ extension SyncRoutes {
         _ pushed: PushedJob, index i: Int, siteID: Int, appIDs: [String: Int], call: Call, adopted: inout [String: Int]
     ) throws -> (siteJobID: String, job: Jobs.NewJob, parents: [String])? {
         let siteJobID = pushed.siteJobID
-        // A job made through the API and taken by the site: it gets the site's id, and its history becomes
-        // the site's (the server's creation event goes; the site's own follows in events).
+        // A job made through the API and taken by the site: it gets the site's id. Its history is one: its
+        // creation here (the server's CREATED event, which the original client shows), then the site's, from
+        // its adoption (the site's own CREATED event, by balsam-sync) on. No event is rewritten or deleted.
         if let serverID = pushed.serverID {
             let taken = try call.connection.execute(
                 "UPDATE jobs SET site_job_id = \(.text(siteJobID)) WHERE id = \(.of(serverID)) AND site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_job_id IS NULL"
             )
-            if taken == 1 {
-                try call.connection.execute("DELETE FROM events WHERE job_id = \(.of(serverID))")
-            } else if try call.connection.scalar(
-                "SELECT id FROM jobs WHERE id = \(.of(serverID)) AND site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_job_id = \(.text(siteJobID))"
-            ) == nil {
+            if taken != 1,
+                try call.connection.scalar(
+                    "SELECT id FROM jobs WHERE id = \(.of(serverID)) AND site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_job_id = \(.text(siteJobID))"
+                ) == nil
+            {
                 // Deleted through the API before the adoption arrived: nothing to attach the site's job to.
                 throw ItemRefused(
                     code: .deleted,
@@ -230,11 +231,21 @@ extension SyncRoutes {
                 note(r.int(0), rank: (Int64(r.int(1)), 0, r.int(4)), r.text(3))
             }
         }
+        let creations = try creations(
+            Array(Set(pending.filter { $0.from == .created }.compactMap { ids[$0.siteJobID] })), call: call)
         var fresh: [(Int, String, String, String, Int64)] = []
         for e in pending {
             guard let job = ids[e.siteJobID] else { continue }
-            let key = "\(job) \(e.time) \(e.from.rawValue) \(e.to.rawValue)"
-            if seen.insert(key).inserted { fresh.append((job, e.from.rawValue, e.to.rawValue, e.data, e.time)) }
+            // A job made through the API: the site's creation of it is its adoption, a step from the state the
+            // server gave it (one history: made here, then taken there).
+            var from = e.from.rawValue
+            if e.from == .created, let made = creations[job]?.first,
+                creations[job]?.contains(where: { $0.time == e.time && $0.state == e.to.rawValue }) == false
+            {
+                from = made.state
+            }
+            let key = "\(job) \(e.time) \(from) \(e.to.rawValue)"
+            if seen.insert(key).inserted { fresh.append((job, from, e.to.rawValue, e.data, e.time)) }
         }
         try JobRepository.insertEvents(fresh, owner: call.user.id, siteID: siteID, connection: call.connection)
         try linkBatchJobs(ranIn(fresh), siteID: siteID, connection: call.connection)
@@ -328,5 +339,22 @@ extension SyncRoutes {
                     """)
             }
         }
+    }
+
+    /// The CREATED events recorded of `jobs` (time, state), earliest first: a job's creation pushed again is
+    /// one of them; one that is not is the site's adoption of a job made here, through the API.
+    static func creations(_ jobs: [Int], call: Call) throws -> [Int: [(time: Int64, state: String)]] {
+        var found: [Int: [(time: Int64, state: String)]] = [:]
+        for chunk in jobs.chunked(5000) where !chunk.isEmpty {
+            for r in try call.connection.query(
+                """
+                SELECT job_id, timestamp, to_state FROM events WHERE job_id IN (\(list: chunk.map { .of($0) }))
+                AND from_state = \(.of(JobState.created)) ORDER BY timestamp, id
+                """)
+            {
+                found[r.int(0), default: []].append((Int64(r.int(1)), r.text(2)))
+            }
+        }
+        return found
     }
 }
