@@ -214,33 +214,41 @@ public final class Pusher {
         var lines = read.lines
         round.caughtUp = read.caughtUp
         /// A line of the log: an event, or a removal (`balsam rm`, not a state: the server deletes the job).
+        /// Or a change of its spec (`balsam modify`: the job is pushed again, and the server takes its spec).
         enum Logged {
             case event(PushedEvent)
             case removed(String)
+            case modified(String)
 
             var id: String {
                 switch self {
                 case .event(let e): e.siteJobID
-                case .removed(let id): id
+                case .removed(let id), .modified(let id): id
                 }
             }
             var created: Bool {
                 if case .event(let e) = self { return e.from == .created }
                 return false
             }
+            /// Whether the line sends the job's spec: its creation, or a change of it.
+            var sendsSpec: Bool {
+                if case .modified = self { return true }
+                return created
+            }
         }
         func logged(_ line: Line) -> Logged? {
             guard let o = line.event.objectValue, let job = o["job"]?.stringValue, let t = o["t"]?.stringValue,
                 let from = o["from"]?.stringValue, let to = o["to"]?.stringValue
             else { return nil }
-            if to == "REMOVED" { return .removed(job) }
+            if to == SiteIndex.removedMark { return .removed(job) }
+            if to == EventLog.modifiedMark { return .modified(job) }
             guard let from = JobState(rawValue: from), let to = JobState(rawValue: to) else { return nil }
             var data = o["data"]?.objectValue ?? [:]
             if let actor = o["actor"]?.stringValue { data["actor"] = .string(actor) }
             return .event(PushedEvent(siteJobID: job, time: t, from: from, to: to, data: data))
         }
         var parsed = lines.map(logged)
-        let allJobs = try jobsJSON(Set(parsed.compactMap { $0?.created == true ? $0?.id : nil }))
+        let allJobs = try jobsJSON(Set(parsed.compactMap { $0?.sendsSpec == true ? $0?.id : nil }))
         // A job made but not found is usually in the middle of a move (its entry briefly in tmp/): the round
         // stops before its creation and the next one looks again. Only a job gone for good (removed, which a
         // later line says, or missing for a minute) has its events left out.
@@ -269,6 +277,7 @@ public final class Pusher {
         // The batch-job policy, for the original client's `balsam queue submit`, which checks against it.
         let scheduler = siteSettings?.scheduler ?? SiteSettings.Scheduler()
         var pushedSite = PushedSite(name: settings.siteName ?? site.name, path: site.root)
+        pushedSite.id = state.siteID
         pushedSite.transferLocations = (siteSettings?.transferLocations ?? [:]).mapValues(\.clientURL)
         var policy = PushedSite.Policy()
         (policy.allowedQueues, policy.allowedProjects) = (scheduler.allowedQueues, scheduler.allowedProjects)
@@ -332,7 +341,7 @@ public final class Pusher {
         repeat {
             let end = min(lines.count, start + requestEvents)
             let chunk = parsed[start..<end].compactMap { $0 }
-            let createdHere = Set(chunk.filter(\.created).map(\.id))
+            let createdHere = Set(chunk.filter(\.sendsSpec).map(\.id))
             var jobs = allJobs.filter { createdHere.contains($0.key) }
             // Events of jobs gone from the site before the server had them cannot be placed: left out.
             var removed = Set<String>()
@@ -341,6 +350,7 @@ public final class Pusher {
                 switch item {
                 case .removed(let id): removed.insert(id)
                 case .event(let e): placed.append(e)
+                case .modified: break
                 }
             }
             placed.removeAll { removed.contains($0.siteJobID) }

@@ -217,7 +217,7 @@ extension Pusher {
             var job = o.spec
             job.parameters = parameters
             if isPython { job.serializedParameters = pickled }
-            job.data["balsam_server_id"] = .int(serverID)
+            job.serverID = serverID
             job.parentIDs = parents
             do {
                 let (made, _) = try submission.submit(job)
@@ -242,7 +242,9 @@ extension Pusher {
         var filter = JobFilter()
         filter.workdir = WorkdirPattern(workdir)
         return try Query(site: site).list(filter, load: false).first {
-            $0.workdir == workdir && $0.job?.data["balsam_server_id"]?.intValue == serverID
+            // (`data.balsam_server_id`: where sites before issue #34 kept it.)
+            $0.workdir == workdir
+                && ($0.job?.serverID ?? $0.job?.data["balsam_server_id"]?.intValue) == serverID
         }?.id
     }
 }

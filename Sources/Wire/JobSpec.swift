@@ -25,6 +25,7 @@ extension Job {
     public var spec: Job {
         var job = self
         (job.id, job.created, job.parameters, job.serializedParameters, job.parentIDs) = ("", "", [:], "", [])
+        job.serverID = nil
         return job
     }
 

@@ -182,6 +182,9 @@ public enum PushItem<Value: Sendable & Equatable>: Sendable, Equatable {
 public struct PushedSite: Sendable, Equatable {
     public var name: String
     public var path: String
+    /// The server's id of this site, once a push's reply gave it: the site is its record by id, so that a user's
+    /// rename of it through the API is not a new site.
+    public var id: Int?
     /// `{alias: URL}`; nil from a site that does not say.
     public var transferLocations: [String: String]?
     public var policy: Policy?
@@ -206,6 +209,7 @@ public struct PushedSite: Sendable, Equatable {
         var r = try FieldReader(json, prefix: "site")
         name = try r.requiredString("name", maxBytes: 128)
         path = try r.requiredString("path")
+        id = try r.int("id", in: 1...Int.max)
         if let given = try r.stringMap("transfer_locations") {
             // As the site's settings read it, shown as the original client reads it (`file:///p` from a site
             // that pushes it as written becomes `file://localhost/p`).
@@ -241,6 +245,7 @@ public struct PushedSite: Sendable, Equatable {
 
     var json: JSONValue {
         var o: [String: JSONValue] = ["name": .string(name), "path": .string(path)]
+        if let id { o["id"] = .int(id) }
         if let transferLocations { o["transfer_locations"] = .object(transferLocations.mapValues { .string($0) }) }
         if let policy {
             o["allowed_queues"] = .object(

@@ -111,7 +111,30 @@ extension SyncRoutes {
         var job = Jobs.NewJob(pushed.spec, appID: appID, siteID: siteID, state: pushed.state)
         job.siteJobID = siteJobID
         job.serializedParameters = Pickle.encodeBase64(.object(pushed.parameters))
+        // Plain values the site has: taken again when the job is pushed again (none: parameters only the
+        // site's Python reads, which the server keeps as it has them).
+        job.parameters = pushed.parameters.isEmpty ? nil : .object(pushed.parameters)
         return (siteJobID, job, pushed.parentSiteIDs)
+    }
+
+    /// A job the server has, pushed again (its spec changed at the site, `balsam modify`; or its creation sent
+    /// again): the site is the truth of its jobs' spec, which the server takes, every spec column by the job's
+    /// declaration, and its plain parameters.
+    static func updateSpecs(_ known: [(id: Int, job: Jobs.NewJob)], call: Call, now: Int64) throws {
+        guard !known.isEmpty else { return }
+        let fields = JobField.spec.filter { $0.column != nil }
+        var rows: [(Int, [SQLValue])] = []
+        var withParameters: [(Int, [SQLValue])] = []
+        for (id, job) in known {
+            rows.append((id, fields.map { $0.stored(job.spec) }))
+            if job.parameters != nil { withParameters.append((id, [.text(job.serializedParameters)])) }
+        }
+        try JobRepository.updateRows(columns: fields.map(\.name), rows: rows, now: now, connection: call.connection)
+        if !withParameters.isEmpty {
+            try JobRepository.updateRows(
+                columns: [JobField.serializedParameters.name], rows: withParameters, now: now,
+                connection: call.connection)
+        }
     }
 
     /// Inserts the parsed jobs the server does not have yet; returns every pushed job's server id.
@@ -120,6 +143,7 @@ extension SyncRoutes {
         call: Call, now: Int64
     ) throws -> [String: Int] {
         var ids = try serverIDs(parsed.map(\.siteJobID) + adopted.keys, siteID: siteID, call: call)
+        try updateSpecs(parsed.compactMap { p in ids[p.siteJobID].map { ($0, p.job) } }, call: call, now: now)
         let missing = parsed.filter { ids[$0.siteJobID] == nil }
         guard !missing.isEmpty else { return ids }
         // Made in the order given; workdirs of one site are unique at the site, so the RETURNING map holds.

@@ -99,7 +99,7 @@ enum SyncRoutes {
                 ("optional_batch_job_params", .text(jsonText(policy.optionalParams))),
             ]
         }
-        return try upsertSite(name: site.name, path: site.path, sets: sets, call: call, now: now)
+        return try upsertSite(name: site.name, path: site.path, id: site.id, sets: sets, call: call, now: now)
     }
 
     /// The site's apps, made or updated; returns every app of the site with its id.

@@ -107,13 +107,22 @@ extension SyncRoutes {
     }
 
     /// The caller's site of that name, made if missing, its row then set to `sets` (path, `last_refresh`, ...).
-    static func upsertSite(name: String, path: String, sets: [(String, SQLValue)], call: Call, now: Int64) throws
-        -> Int
-    {
+    /// The site's record: by the id the server gave it (kept by the site: a user's rename of the record through
+    /// the API stands, and is not a new site), else by its name, else a new one.
+    static func upsertSite(
+        name: String, path: String, id known: Int? = nil, sets: [(String, SQLValue)], call: Call, now: Int64
+    ) throws -> Int {
         guard path.hasPrefix("/") else { throw ServerError.badRequest("must be absolute", field: "site.path") }
         let c = call.connection
+        let byID: Int? =
+            try known.flatMap { known in
+                try c.scalar(
+                    "SELECT id FROM sites WHERE owner_id = \(.of(call.user.id)) AND id = \(.of(known))\(raw: c.dialect.forUpdate)"
+                )
+            }
         let id =
-            try c.scalar(
+            try byID
+            ?? c.scalar(
                 "SELECT id FROM sites WHERE owner_id = \(.of(call.user.id)) AND name = \(.text(name))\(raw: c.dialect.forUpdate)"
             )
             ?? c.scalar(

@@ -11,6 +11,8 @@ public struct Job: Sendable, Equatable {
     public var app: String
     /// Free-form string labels, used to filter.
     public var tags: [String: String] = [:]
+    /// The server's id of a job made through the API and taken by this site (nil for the site's own).
+    public var serverID: Int?
 
     /// Whether the job's tags include all of `wanted` (a site's or a launcher's filter tags).
     public func hasTags(_ wanted: [String: String]) -> Bool { wanted.allSatisfy { tags[$0.key] == $0.value } }
@@ -122,6 +124,12 @@ public struct Job: Sendable, Equatable {
         self.init(workdir: workdir, app: app)
         id = try string(.id) ?? ""
         created = try string(.created) ?? ""
+        if let v = o[JobField.serverID.name], v != .null {
+            guard let n = v.intValue, n >= 1 else {
+                throw fieldError(JobField.serverID.name, "must be a positive integer, not \(v.kindName)")
+            }
+            serverID = n
+        }
         for field in JobField.spec {
             do { try field.read(o[field.name], into: &self) } catch { throw fieldError(error.field, error.problem) }
         }
@@ -301,6 +309,7 @@ public struct Job: Sendable, Equatable {
         for field in JobField.spec { o[field.name] = field.value(in: self) }
         if !id.isEmpty { o[JobField.id.name] = .string(id) }
         if !created.isEmpty { o[JobField.created.name] = .string(created) }
+        if let serverID { o[JobField.serverID.name] = .int(serverID) }
         if !serializedParameters.isEmpty { o[JobField.serializedParameters.name] = .string(serializedParameters) }
         return .object(o)
     }

@@ -32,6 +32,8 @@ public enum JobField: String, CaseIterable, Sendable {
     case serializedReturnValue = "serialized_return_value"
     case serializedException = "serialized_exception"
     case siteJobID = "site_job_id"
+    /// The server's id of a job the site took from it (made through the API): the site's record of it.
+    case serverID = "server_id"
 
     /// The field's name: in `job.json`, on the wire and as the server's column.
     public var name: String { rawValue }
@@ -68,7 +70,7 @@ public enum JobField: String, CaseIterable, Sendable {
         case .pendingFileCleanup: .boolean
         case .lastUpdate: .time
         case .state: .state
-        case .created, .app, .parameters, .transfers: nil
+        case .created, .app, .parameters, .transfers, .serverID: nil
         }
     }
 
@@ -77,7 +79,7 @@ public enum JobField: String, CaseIterable, Sendable {
         switch self {
         case .id, .created, .app, .workdir, .tags, .parameters, .serializedParameters, .data, .numNodes,
             .ranksPerNode, .threadsPerRank, .threadsPerCore, .launchParams, .gpusPerRank, .nodePackingCount,
-            .wallTimeMin, .transfers, .parentIDs:
+            .wallTimeMin, .transfers, .parentIDs, .serverID:
             true
         default: false
         }

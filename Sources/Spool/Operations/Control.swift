@@ -211,7 +211,8 @@ public struct Control {
                     claim = try JobStore(site: site, actor: actor).claimEnded(loaded)
                 }
                 defer { Posix.unlink(claim) }
-                try EventLog(site: site).appendRemoval(id: listing.id, from: loaded.record.state, actor: actor)
+                try EventLog(site: site).appendMark(
+                    SiteIndex.removedMark, id: listing.id, from: loaded.record.state, actor: actor)
                 if keepFiles {
                     // Best effort: the job is removed from every index already; these renames only mark it.
                     _ = rename(loaded.directory + "/job.json", loaded.directory + "/job.json.removed")
@@ -242,6 +243,9 @@ public struct Control {
                 try apps[job.app]?.checkParameters(job.parameters, serialized: !job.serializedParameters.isEmpty)
                 if job == loaded.job { return Outcome(id: listing.id, kind: .unchanged, message: "no change") }
                 try rewrite(loaded, job)
+                // The sync pushes the job's spec again on this line, so that the server has what the site has.
+                try EventLog(site: site).appendMark(
+                    EventLog.modifiedMark, id: listing.id, from: loaded.record.state, actor: actor)
                 return Outcome(id: listing.id, kind: .done, message: "modified")
             }
         }
@@ -302,12 +306,15 @@ public struct Control {
 }
 
 extension EventLog {
-    /// Logs that a job was removed (`"to": "REMOVED"`).
-    func appendRemoval(id: String, from: JobState, actor: String) throws(SpoolError) {
+    /// The `to` of a line saying that a job's spec was changed (`balsam modify`): not a state.
+    public static let modifiedMark = "MODIFIED"
+
+    /// Logs a line that is not a move: a job removed (`"to": "REMOVED"`) or modified (`"to": "MODIFIED"`).
+    func appendMark(_ mark: String, id: String, from: JobState, actor: String) throws(SpoolError) {
         var out: [UInt8] = []
         JSONValue.object([
             "t": .string(Timestamp.now()), "job": .string(id), "from": .string(from.rawValue),
-            "to": .string(SiteIndex.removedMark), "actor": .string(actor), "data": .object([:]),
+            "to": .string(mark), "actor": .string(actor), "data": .object([:]),
         ]).write(to: &out)
         out.append(0x0A)
         try SiteIndex(site: site).appendToHostFile(directory: site.eventsPath, suffix: ".jsonl", out, sync: true)

@@ -56,7 +56,8 @@ class SiteJob:
 
     def __init__(self, spec, state, directory):
         self._spec = spec
-        self.id = (spec.get("data") or {}).get("balsam_server_id", spec.get("id"))
+        # The server's id of a job made through the API (server_id; data.balsam_server_id before issue #34).
+        self.id = spec.get("server_id") or (spec.get("data") or {}).get("balsam_server_id", spec.get("id"))
         self.site_job_id = spec.get("id")
         self.workdir = spec.get("workdir")
         self.app = spec.get("app")

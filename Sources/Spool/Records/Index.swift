@@ -160,7 +160,7 @@ public struct SiteIndex: Sendable {
     }
 
     /// The state column of a tombstone: the job was removed with `balsam rm`; earlier lines no longer count.
-    static let removedMark = "REMOVED"
+    public static let removedMark = "REMOVED"
 
     /// Appends a tombstone for removed jobs.
     func appendRemoved(_ ids: [(id: String, workdir: String, app: String)]) throws(SpoolError) {
