@@ -1,3 +1,4 @@
+import Foundation
 import Spool
 import TestSupport
 import Testing
@@ -104,5 +105,49 @@ import Testing
         #expect(try ReportSeries.throughput(times: [], bin: nil).bins.isEmpty)
         #expect(throws: SpoolError.self) { try ReportSeries.throughput(times: [0, 1e9], bin: 1) }
         #expect(ReportSeries.autoBin(span: 3600) == 60 && ReportSeries.autoBin(span: 86400) == 1800)
+    }
+}
+
+/// One site's time is never another's (issue 34, item 2): random runs, batch jobs and hand-started launchers at
+/// several sites, reported all together (the server without a site filter) give each batch job exactly what its
+/// own site's report gives it.
+@Suite struct UtilizationBySiteTests {
+    @Test func everyBatchJobGetsWhatItsOwnSiteGivesIt() throws {
+        let seed = UInt64(saturating: Date().timeIntervalSince1970)
+        var rng = SplitMix(seed: seed)
+        func time() -> Double { Double(rng.next() % 1000) }
+        for _ in 0..<300 {
+            var runs: [ReportSeries.Run] = []
+            var held: [ReportSeries.Held] = []
+            var launchers: [ReportSeries.Held] = []
+            for id in 0..<Int(rng.next() % 4) {
+                let start = time()
+                held.append(.init(id: id, nodes: 1 + Int(rng.next() % 4), start: start, end: start + time(), site: Int(rng.next() % 3)))
+            }
+            for id in 0..<Int(rng.next() % 3) {
+                let start = time()
+                launchers.append(.init(id: -1 - id, nodes: 1, start: start, end: start + time(), site: Int(rng.next() % 3)))
+            }
+            for _ in 0..<Int(rng.next() % 12) {
+                let start = time()
+                let named = rng.next() % 3 == 0 ? held.randomElement(using: &rng) : nil
+                runs.append(
+                    .init(
+                        start: start, end: start + time(), share: Double(1 + rng.next() % 4) / 4,
+                        batchJob: named?.id, site: named?.site ?? Int(rng.next() % 3)))
+            }
+            let all = try ReportSeries.utilization(runs: runs, held: held, launchers: launchers, bin: 60, now: 2000)
+            for site in 0..<3 {
+                let own = try ReportSeries.utilization(
+                    runs: runs.filter { $0.site == site }, held: held.filter { $0.site == site },
+                    launchers: launchers.filter { $0.site == site }, bin: 60, now: 2000)
+                for use in own.batchJobs {
+                    let together = all.batchJobs.first { $0.id == use.id }
+                    #expect(
+                        together.map { abs($0.busyNodeSeconds - use.busyNodeSeconds) < 1e-6 } == true,
+                        "seed \(seed): batch job \(use.id) at site \(site): \(use.busyNodeSeconds) alone, \(together?.busyNodeSeconds ?? -1) together")
+                }
+            }
+        }
     }
 }

@@ -130,7 +130,7 @@ enum ReportRoutes {
             let end = r.isNull(3) ? nil : seconds(Int64(r.int(3)))
             if let until = window.until, start > seconds(until) { continue }
             if let since = window.since, let end, end < seconds(since) { continue }
-            held.append(ReportSeries.Held(id: r.int(0), nodes: r.int(1), start: start, end: end))
+            held.append(ReportSeries.Held(id: r.int(0), nodes: r.int(1), start: start, end: end, site: r.int(5)))
             busyOf[r.int(0)] = r.double(4)
             if let local = r.optionalInt(6) { serverID["\(r.int(5)) \(local)"] = r.int(0) }
         }
@@ -141,11 +141,11 @@ enum ReportRoutes {
         if let until = window.until { l.add("start_time <= \(.int(until))") }
         if let since = window.since { l.add("(end_time IS NULL OR end_time >= \(.int(since)))") }
         let launchers = try c.query(
-            "SELECT id, nodes, start_time, end_time FROM launcher_sessions WHERE \(l.sql)"
+            "SELECT id, nodes, start_time, end_time, site_id FROM launcher_sessions WHERE \(l.sql)"
         ).map { r in
             ReportSeries.Held(
                 id: -r.int(0), nodes: r.int(1), start: seconds(Int64(r.int(2))),
-                end: r.isNull(3) ? nil : seconds(Int64(r.int(3))))
+                end: r.isNull(3) ? nil : seconds(Int64(r.int(3))), site: r.int(4))
         }
         if window.perMinute && !steps {
             // Ended runs from the per-minute sums (each minute one run of its mean busy nodes), runs going on from
@@ -163,7 +163,7 @@ enum ReportRoutes {
                 ongoing.append(
                     ReportSeries.Run(
                         start: seconds(start.time), end: nil, share: start.share,
-                        batchJob: start.batchJob.flatMap { serverID["\(site) \($0)"] }))
+                        batchJob: start.batchJob.flatMap { serverID["\(site) \($0)"] }, site: site))
             }
             runs += ongoing
             let from = window.since.map { seconds($0 / Rollups.minute * Rollups.minute) }
@@ -243,7 +243,7 @@ enum ReportRoutes {
                 }
                 open[job] = ReportSeries.Run(
                     start: time, end: nil, share: s.share,
-                    batchJob: s.batchJob.flatMap { serverID["\(r.int(4)) \($0)"] })
+                    batchJob: s.batchJob.flatMap { serverID["\(r.int(4)) \($0)"] }, site: r.int(4))
             } else if var run = open.removeValue(forKey: job) {
                 run.end = time
                 runs.append(run)

@@ -98,11 +98,14 @@ public enum ReportSeries {
         public var share: Double
         /// The batch job whose launcher ran it, when the launcher said.
         public var batchJob: Int?
-        public init(start: Double, end: Double?, share: Double, batchJob: Int?) {
+        /// The site it ran at (the server's reports; nil at a site, which has only its own).
+        public var site: Int?
+        public init(start: Double, end: Double?, share: Double, batchJob: Int?, site: Int? = nil) {
             self.start = start
             self.end = end
             self.share = share
             self.batchJob = batchJob
+            self.site = site
         }
     }
 
@@ -112,11 +115,14 @@ public enum ReportSeries {
         public var nodes: Int
         public var start: Double
         public var end: Double?
-        public init(id: Int, nodes: Int, start: Double, end: Double?) {
+        /// The site whose nodes these are (the server's reports; nil at a site).
+        public var site: Int?
+        public init(id: Int, nodes: Int, start: Double, end: Double?, site: Int? = nil) {
             self.id = id
             self.nodes = nodes
             self.start = start
             self.end = end
+            self.site = site
         }
     }
 
@@ -155,15 +161,18 @@ public enum ReportSeries {
         var runs = allRuns
         var launchers = allLaunchers
         /// Whether a run (of a launcher that named no batch job) started while a launcher started by hand ran.
+        /// A run is only ever charged to its own site's batch jobs and launchers: one site's time is never
+        /// another's, with or without a site filter (the server's reports are the sites' own, added up).
         func byHand(_ r: Run) -> Bool {
-            r.batchJob == nil && allLaunchers.contains { r.start >= $0.start && r.start <= ($0.end ?? now) }
+            r.batchJob == nil
+                && allLaunchers.contains { $0.site == r.site && r.start >= $0.start && r.start <= ($0.end ?? now) }
         }
         if let batchJob {
             held = allHeld.filter { $0.id == batchJob }
             let window = held.first.map { ($0.start, $0.end ?? now) }
             runs = allRuns.filter { r in
                 if let b = r.batchJob { return b == batchJob }
-                guard let (a, b) = window, !byHand(r) else { return false }
+                guard let (a, b) = window, held.first?.site == r.site, !byHand(r) else { return false }
                 return r.start < b && (r.end ?? now) > a
             }
             launchers = []
@@ -193,7 +202,9 @@ public enum ReportSeries {
             if let b = r.batchJob {
                 if let k = byID[b] { area[k] += r.share * overlap(r.start, end, held[k].start, held[k].end ?? now) }
             } else if !byHand(r) {
-                for (k, h) in held.enumerated() { area[k] += r.share * overlap(r.start, end, h.start, h.end ?? now) }
+                for (k, h) in held.enumerated() where h.site == r.site {
+                    area[k] += r.share * overlap(r.start, end, h.start, h.end ?? now)
+                }
             }
         }
         for (k, h) in held.enumerated() {
