@@ -204,6 +204,11 @@ extension Pusher {
                 try refuse("\(error)")
                 continue
             }
+            if !o.deletedParentIDs.isEmpty {
+                let named = o.deletedParentIDs.map(String.init).joined(separator: ", ")
+                try refuse("its parent job(s) \(named) were deleted before the site took it")
+                continue
+            }
             var parents: [String] = []
             var waiting = false
             for parent in o.parentIDs {

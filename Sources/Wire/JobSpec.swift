@@ -119,6 +119,8 @@ public struct RemoteJob: Sendable, Equatable {
     public var parentIDs: [Int] = []
     /// The site's ids of those parents the site has, by the server's id.
     public var parentSiteIDs: [Int: String] = [:]
+    /// Parents the server no longer has (deleted since the job was made): the site refuses the job, naming them.
+    public var deletedParentIDs: [Int] = []
 
     /// A job `id` with `spec`.
     public init(id: Int, spec: Job) {
@@ -139,6 +141,7 @@ public struct RemoteJob: Sendable, Equatable {
             }
             parentSiteIDs[parent] = site
         }
+        deletedParentIDs = try r.intList("deleted_parent_ids", maxCount: Job.Limits.parents) ?? []
     }
 
     /// As a push's reply carries it.
@@ -148,6 +151,7 @@ public struct RemoteJob: Sendable, Equatable {
         o["parent_ids"] = .array(parentIDs.map { .int($0) })
         o["parent_site_ids"] = .object(
             Dictionary(uniqueKeysWithValues: parentSiteIDs.map { (String($0.key), JSONValue.string($0.value)) }))
+        if !deletedParentIDs.isEmpty { o["deleted_parent_ids"] = .array(deletedParentIDs.map { .int($0) }) }
         return .object(o)
     }
 }

@@ -291,6 +291,11 @@ final class DifferentialWorld {
             try BatchJobStore(site: self.site).all().jobs.allSatisfy(\.state.isFinal)
         }
         if watcher?.isRunning != true { startWatcher() }
+        // A last launcher runs what is left to run (or leaves when there is nothing for it).
+        let last = try startBinary(
+            "balsam-launcher", ["--site", site.root, "--wall-time-min", "2", "--idle-timeout", "5"], env: Self.mpi)
+        launchers.append(last)
+        try await waitFor("the last launcher ends", timeout: 180) { !last.isRunning }
     }
 
     /// Every difference between the site and the server: jobs by every field of the declaration, their
@@ -305,13 +310,20 @@ final class DifferentialWorld {
         var serverIDs: [String: Int] = [:]
         for job in onServer {
             guard let siteJobID = job["site_job_id"]?.stringValue else {
-                out.append("server job \(job["id"] ?? .null) (\(job["workdir"] ?? .null)) was not taken by the site")
+                // A job the site refused (a parent deleted meanwhile): FAILED here, with the site's reason.
+                let refused = job["state"] == .string("FAILED") && job["serialized_exception"] != .string("")
+                if !refused {
+                    out.append(
+                        "server job \(job["id"] ?? .null) (\(job["workdir"] ?? .null)) was not taken by the site")
+                }
                 continue
             }
             bySiteID[siteJobID] = job
             serverIDs[siteJobID] = job["id"]?.intValue
         }
         jobCount = atSite.count
+        let sites = try await get("/sites/")["results"]?.arrayValue ?? []
+        if sites.count != 1 { out.append("the server has \(sites.count) sites for the one site: \(sites)") }
         if Set(atSite.compactMap { $0["id"]?.stringValue }) != Set(bySiteID.keys) {
             let siteIDs = Set(atSite.compactMap { $0["id"]?.stringValue })
             out.append(
@@ -396,6 +408,31 @@ final class DifferentialWorld {
             serverBatchOf[b.id] = match["id"]?.intValue
             let (a, z) = (b.state.rawValue, match["state"]?.stringValue ?? "")
             if a != z { out.append("batch job \(b.id): state \(a) at the site, \(z) on the server") }
+        }
+        // The site's report and the server's for the site: each batch job's busy node-seconds, and the total.
+        let report = try JSONValue.parse(try balsam(["report", "utilization", "--json"], site: site.root).stdout)
+        let serverReport = JSONValue.object(try await get("/reports/utilization?site_id=\(siteID)"))
+        func busy(_ r: JSONValue) -> [Int: Double] {
+            var out: [Int: Double] = [:]
+            for b in r.objectValue?["batch_jobs"]?.arrayValue ?? [] {
+                guard let o = b.objectValue, let id = o["id"]?.intValue else { continue }
+                out[id] = o["busy_node_seconds"]?.doubleValue
+            }
+            return out
+        }
+        let serverBusy = busy(serverReport)
+        for (batch, seconds) in busy(report) {
+            let there = serverBatchOf[batch].flatMap { serverBusy[$0] }
+            if there.map({ abs($0 - seconds) > 0.01 + seconds / 100 }) ?? true {
+                out.append("batch job \(batch): \(seconds) busy node-seconds at the site, \(there ?? -1) on the server")
+            }
+        }
+        let (total, serverTotal) = (
+            report.objectValue?["busy_node_seconds"]?.doubleValue ?? 0,
+            serverReport.objectValue?["busy_node_seconds"]?.doubleValue ?? 0
+        )
+        if abs(total - serverTotal) > 0.01 + total / 100 {
+            out.append("busy node-seconds: \(total) at the site, \(serverTotal) on the server")
         }
         for job in atSite {
             guard let id = job["id"]?.stringValue, let serverID = serverIDs[id], let other = bySiteID[id] else {

@@ -42,11 +42,13 @@ extension SyncRoutes {
             for case .int(let p) in (try? JSONValue.parse(r.text("parent_ids")))?.arrayValue ?? [] { parents.insert(p) }
         }
         var parentSiteIDs: [Int: String] = [:]
+        var existing = Set<Int>()
         for chunk in Array(parents).chunked(5000) where !chunk.isEmpty {
             for r in try call.connection.query(
-                "SELECT id, site_job_id FROM jobs WHERE site_job_id IS NOT NULL AND id IN (\(list: chunk.map { .of($0) }))"
+                "SELECT id, site_job_id FROM jobs WHERE id IN (\(list: chunk.map { .of($0) }))"
             ) {
-                parentSiteIDs[r.int("id")] = r.text("site_job_id")
+                existing.insert(r.int("id"))
+                if let site = r.optionalText(1) { parentSiteIDs[r.int("id")] = site }
             }
         }
         return rows.map { r in
@@ -56,6 +58,7 @@ extension SyncRoutes {
             job.serializedParameters = r.text("serialized_parameters")
             job.parentIDs = ((try? JSONValue.parse(r.text("parent_ids")))?.arrayValue ?? []).compactMap(\.intValue)
             job.parentSiteIDs = job.parentIDs.reduce(into: [:]) { ids, id in ids[id] = parentSiteIDs[id] }
+            job.deletedParentIDs = job.parentIDs.filter { !existing.contains($0) }
             return job
         }
     }
