@@ -122,11 +122,15 @@ import Testing
             var launchers: [ReportSeries.Held] = []
             for id in 0..<Int(rng.next() % 4) {
                 let start = time()
-                held.append(.init(id: id, nodes: 1 + Int(rng.next() % 4), start: start, end: start + time(), site: Int(rng.next() % 3)))
+                held.append(
+                    .init(
+                        id: id, nodes: 1 + Int(rng.next() % 4), start: start, end: start + time(),
+                        site: Int(rng.next() % 3)))
             }
             for id in 0..<Int(rng.next() % 3) {
                 let start = time()
-                launchers.append(.init(id: -1 - id, nodes: 1, start: start, end: start + time(), site: Int(rng.next() % 3)))
+                launchers.append(
+                    .init(id: -1 - id, nodes: 1, start: start, end: start + time(), site: Int(rng.next() % 3)))
             }
             for _ in 0..<Int(rng.next() % 12) {
                 let start = time()
@@ -145,7 +149,8 @@ import Testing
                     let together = all.batchJobs.first { $0.id == use.id }
                     #expect(
                         together.map { abs($0.busyNodeSeconds - use.busyNodeSeconds) < 1e-6 } == true,
-                        "seed \(seed): batch job \(use.id) at site \(site): \(use.busyNodeSeconds) alone, \(together?.busyNodeSeconds ?? -1) together")
+                        "seed \(seed): batch job \(use.id) at site \(site): \(use.busyNodeSeconds) alone, \(together?.busyNodeSeconds ?? -1) together"
+                    )
                 }
             }
         }
