@@ -80,7 +80,7 @@ let package = Package(
         // Stage-in and stage-out: the transfer service and its backends (local copies, rsync over ssh, Globus).
         .target(
             name: "Transfers",
-            dependencies: ["Batch", "CLinux", "Spool", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CLinux", "Processes", "Spool", .product(name: "Logging", package: "swift-log")]
         ),
         // The watcher's lifecycle services: ingest, dependencies, stages, hooks, policies, leases, cleanup.
         .target(
@@ -158,7 +158,7 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // The site's side of the server: the HTTP client, the client file, login (and, next, the sync service).
         .target(name: "Sync", dependencies: ["CCurl", "Spool", "Wire", .product(name: "Yams", package: "Yams")]),
-        .executableTarget(name: "balsam", dependencies: ["Batch", "BalsamCLI", "Spool", "Sync"]),
+        .executableTarget(name: "balsam", dependencies: ["Batch", "BalsamCLI", "Processes", "Spool", "Sync"]),
         .executableTarget(name: "balsam-submit", dependencies: ["BalsamCLI", "Spool"]),
         // bench/fleet-bench's sites: many sites in one process, each written to and pushed by the site's own code.
         .executableTarget(

@@ -1,3 +1,4 @@
+import Processes
 import Spool
 
 /// Cobalt (the retired Theta): `qsub`, `qstat` with a chosen header, `qdel`. Cobalt keeps no record of ended jobs

@@ -1,3 +1,4 @@
+import Processes
 import Spool
 
 #if canImport(Glibc)

@@ -1,4 +1,5 @@
 import CLinux
+import Processes
 import Spool
 
 #if canImport(Glibc)

@@ -1,3 +1,4 @@
+import Processes
 import Spool
 
 /// Slurm: `sbatch`, `squeue`, `scontrol`, `sacct` (with a database, else its job-completion log), `scancel`.

@@ -61,16 +61,23 @@ extension Pusher {
     /// `FAILED`), a deletion. What cannot be done now (a job
     /// under a launcher, for a deletion) waits for a later round; what cannot be done at all (a kill of an ended
     /// job, any other state) is refused with the reason. Returns how many were answered.
+    /// The member of a job's data that says why the site refused a user's request about it.
+    static let refusalKey = "balsam_request_refused"
+
     func carryOut(_ requests: [JobRequest], state: inout SyncState) throws -> Int {
-        guard !requests.isEmpty else { return 0 }
         let control = Control(site: site, actor: "balsam-sync")
+        defer { writeRefusalNotes(&state, control: control) }
+        guard !requests.isEmpty else { return 0 }
         var answered = 0
         for request in requests {
             let (id, job, kind) = (request.id, request.siteJobID, request.kind)
             let key = String(id)
             if state.requestsDone[key] != nil { continue }
-            func answer(_ outcome: String, _ reason: String?) throws {
-                let done = RequestAnswer(id: id, refused: outcome == "refused" ? reason ?? "refused by the site" : nil)
+            func answer(_ outcome: String, _ reason: String?, _ jobs: [JobListing] = []) throws {
+                let refused = outcome == "refused" ? reason ?? "refused by the site" : nil
+                // Where the user sees it: the job's data, at the site and (pushed with its spec) on the server.
+                if let refused { for j in jobs { state.refusalNotes[j.id] = refused } }
+                let done = RequestAnswer(id: id, refused: refused)
                 state.requestsDone[key] = done.json
                 try state.save(site)
                 answered += 1
@@ -85,36 +92,53 @@ extension Pusher {
             let target = request.target
             let outcomes: [Control.Outcome]
             switch (kind, target) {
-            case ("state", JobState.failed.rawValue?):
+            case (.state, JobState.failed.rawValue?):
                 outcomes = control.kill(selected, reason: "killed through the API")
-            case ("state", JobState.ready.rawValue?): outcomes = control.retry(selected, restart: false)
-            case ("state", JobState.restartReady.rawValue?): outcomes = control.retry(selected, restart: true)
-            case ("state", JobState.awaitingParents.rawValue?): outcomes = control.retry(selected, to: .awaitingParents)
-            case ("delete", _): outcomes = control.remove(selected, keepFiles: false)
-            case ("modify", let text?):
+            case (.state, JobState.ready.rawValue?): outcomes = control.retry(selected, restart: false)
+            case (.state, JobState.restartReady.rawValue?): outcomes = control.retry(selected, restart: true)
+            case (.state, JobState.awaitingParents.rawValue?): outcomes = control.retry(selected, to: .awaitingParents)
+            case (.delete, _): outcomes = control.remove(selected, keepFiles: false)
+            case (.modify, let text?):
                 let change = (try? JSONValue.parse(text))?.objectValue ?? [:]
                 outcomes = control.modify(selected) { (job) throws(SpoolError) in try job.apply(change: change) }
-            case ("transfer", let text?):
+            case (.transfer, let text?):
                 let (outcome, reason) = try TransferChange(site: site).apply(text, to: selected[0])
-                try answer(outcome, reason)
+                try answer(outcome, reason, selected)
                 continue
             default:
                 try answer(
                     "refused",
                     "site \(site.name) moves its jobs itself; through the API it takes kills (FAILED), retries "
-                        + "(READY, RESTART_READY, AWAITING_PARENTS), changes of the spec and deletions, not \(target ?? kind)"
-                )
+                        + "(READY, RESTART_READY, AWAITING_PARENTS), changes of the spec and deletions, not \(target ?? kind.name)",
+                    selected)
                 continue
             }
             guard let outcome = outcomes.first else { continue }
             switch outcome.kind {
             case .done, .requested: try answer("done", nil)
-            case .unchanged where kind == "modify": try answer("done", nil)
+            case .unchanged where kind == .modify: try answer("done", nil)
             case .notNow: continue
-            case .unchanged, .failed: try answer("refused", outcome.message)
+            case .unchanged, .failed: try answer("refused", outcome.message, selected)
             }
         }
         return answered
+    }
+
+    /// Writes each pending refusal into its job's `data` (`refusalKey`); one that cannot be written now (the job
+    /// is under a launcher) waits for a later round, one whose job is gone is dropped.
+    func writeRefusalNotes(_ state: inout SyncState, control: Control) {
+        guard !state.refusalNotes.isEmpty else { return }
+        var filter = JobFilter()
+        filter.ids = Set(state.refusalNotes.keys)
+        let jobs = (try? control.select(filter)) ?? []
+        let present = Set(jobs.map(\.id))
+        for id in state.refusalNotes.keys where !present.contains(id) { state.refusalNotes[id] = nil }
+        for job in jobs {
+            guard let note = state.refusalNotes[job.id] else { continue }
+            let outcome = control.modify([job]) { $0.data[Pusher.refusalKey] = .string(note) }.first
+            if outcome?.kind != .notNow { state.refusalNotes[job.id] = nil }
+        }
+        try? state.save(site)
     }
 
     /// Batch jobs asked for through the API go through `balsam queue submit`'s checks against the site's policy
@@ -204,9 +228,9 @@ extension Pusher {
                 try refuse("\(error)")
                 continue
             }
-            if !o.deletedParentIDs.isEmpty {
-                let named = o.deletedParentIDs.map(String.init).joined(separator: ", ")
-                try refuse("its parent job(s) \(named) were deleted before the site took it")
+            if !o.lostParentIDs.isEmpty {
+                let named = o.lostParentIDs.map(String.init).joined(separator: ", ")
+                try refuse("its parent job(s) \(named) were deleted, or failed before the site took them")
                 continue
             }
             var parents: [String] = []

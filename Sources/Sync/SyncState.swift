@@ -36,6 +36,9 @@ public struct SyncState: Sendable, Equatable {
     public var refused: [String: String] = [:]
     /// Ended launcher sessions the server has (by lease name); running ones are sent every push.
     public var sessionsPushed: Set<String> = []
+    /// Why the site refused a user's request, by job, still to be written into the job's data (a job under a
+    /// launcher cannot be changed until it leaves it).
+    public var refusalNotes: [String: String] = [:]
 
     /// Keeps (or, with nil, forgets) the refusal under `key`; whether it is new or changed, so that the log says
     /// each once.
@@ -76,6 +79,7 @@ public struct SyncState: Sendable, Equatable {
         state.requestsDone = o["requests_done"]?.objectValue ?? [:]
         state.refused = (o["refused"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
         state.sessionsPushed = Set((o["sessions_pushed"]?.arrayValue ?? []).compactMap(\.stringValue))
+        state.refusalNotes = (o["refusal_notes"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
         return state
     }
 
@@ -93,6 +97,7 @@ public struct SyncState: Sendable, Equatable {
             "requests_done": .object(requestsDone), "refused": .object(refused.mapValues { .string($0) }),
             "sessions_pushed": .array(sessionsPushed.sorted().map { .string($0) }),
         ]
+        if !refusalNotes.isEmpty { o["refusal_notes"] = .object(refusalNotes.mapValues { .string($0) }) }
         if let siteID { o["site_id"] = .int(siteID) }
         if let lastSuccess { o["last_success"] = .string(lastSuccess) }
         if let lastError { o["last_error"] = .string(lastError) }

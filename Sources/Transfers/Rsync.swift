@@ -1,5 +1,5 @@
-import Batch
 import Foundation
+import Processes
 import Spool
 import Synchronization
 

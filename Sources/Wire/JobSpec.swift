@@ -119,8 +119,9 @@ public struct RemoteJob: Sendable, Equatable {
     public var parentIDs: [Int] = []
     /// The site's ids of those parents the site has, by the server's id.
     public var parentSiteIDs: [Int: String] = [:]
-    /// Parents the server no longer has (deleted since the job was made): the site refuses the job, naming them.
-    public var deletedParentIDs: [Int] = []
+    /// Parents the site will never have: deleted since the job was made, or failed on the server before a site
+    /// took them (refused, or killed through the API). The site refuses the job, naming them.
+    public var lostParentIDs: [Int] = []
 
     /// A job `id` with `spec`.
     public init(id: Int, spec: Job) {
@@ -141,7 +142,7 @@ public struct RemoteJob: Sendable, Equatable {
             }
             parentSiteIDs[parent] = site
         }
-        deletedParentIDs = try r.intList("deleted_parent_ids", maxCount: Job.Limits.parents) ?? []
+        lostParentIDs = try r.intList("lost_parent_ids", maxCount: Job.Limits.parents) ?? []
     }
 
     /// As a push's reply carries it.
@@ -151,7 +152,7 @@ public struct RemoteJob: Sendable, Equatable {
         o["parent_ids"] = .array(parentIDs.map { .int($0) })
         o["parent_site_ids"] = .object(
             Dictionary(uniqueKeysWithValues: parentSiteIDs.map { (String($0.key), JSONValue.string($0.value)) }))
-        if !deletedParentIDs.isEmpty { o["deleted_parent_ids"] = .array(deletedParentIDs.map { .int($0) }) }
+        if !lostParentIDs.isEmpty { o["lost_parent_ids"] = .array(lostParentIDs.map { .int($0) }) }
         return .object(o)
     }
 }

@@ -155,11 +155,46 @@ public struct RemoteBatchJob: Sendable, Equatable {
 public struct JobRequest: Sendable, Equatable {
     public var id: Int
     public var siteJobID: String
-    public var kind: String
+    public var kind: Kind
     public var target: String?
 
+    /// What a user asks of a site's job through the API.
+    public enum Kind: Sendable, Equatable {
+        /// A move (`target` the state: FAILED for a kill, READY, RESTART_READY or AWAITING_PARENTS for a retry).
+        case state
+        /// A deletion.
+        case delete
+        /// A change of the spec (`target` the forwarded fields as JSON).
+        case modify
+        /// A change of a transfer item (`target` the item and its new state as JSON).
+        case transfer
+        /// One this site does not know (a newer server's): refused with its name.
+        case other(String)
+
+        public init(_ name: String) {
+            switch name {
+            case "state": self = .state
+            case "delete": self = .delete
+            case "modify": self = .modify
+            case "transfer": self = .transfer
+            default: self = .other(name)
+            }
+        }
+
+        /// As the server stores it and the wire carries it.
+        public var name: String {
+            switch self {
+            case .state: "state"
+            case .delete: "delete"
+            case .modify: "modify"
+            case .transfer: "transfer"
+            case .other(let name): name
+            }
+        }
+    }
+
     /// A request as the server holds it.
-    public init(id: Int, siteJobID: String, kind: String, target: String?) {
+    public init(id: Int, siteJobID: String, kind: Kind, target: String?) {
         self.id = id
         self.siteJobID = siteJobID
         self.kind = kind
@@ -170,12 +205,12 @@ public struct JobRequest: Sendable, Equatable {
         guard let o = json.objectValue, let id = o["id"]?.intValue, let job = o["site_job_id"]?.stringValue,
             let kind = o["kind"]?.stringValue
         else { return nil }
-        self.init(id: id, siteJobID: job, kind: kind, target: o["target"]?.stringValue)
+        self.init(id: id, siteJobID: job, kind: Kind(kind), target: o["target"]?.stringValue)
     }
 
     var json: JSONValue {
         .object([
-            "id": .int(id), "site_job_id": .string(siteJobID), "kind": .string(kind),
+            "id": .int(id), "site_job_id": .string(siteJobID), "kind": .string(kind.name),
             "target": target.map(JSONValue.string) ?? .null,
         ])
     }

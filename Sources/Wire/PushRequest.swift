@@ -332,6 +332,9 @@ public struct PushedEvent: Sendable, Equatable {
         try r.finish()
     }
 
+    /// What the event says beyond its move, typed.
+    public var facts: EventFacts { EventFacts(data: data) }
+
     var json: JSONValue {
         .object([
             "site_job_id": .string(siteJobID), "t": .string(time), "from": .string(from.rawValue),

@@ -1,4 +1,5 @@
 import Batch
+import Processes
 import Spool
 
 #if canImport(Glibc)

@@ -101,7 +101,7 @@ import Wire
         var rng = Random(state: Self.seed &+ 1)
         var reply = PushReply(siteID: 5)
         reply.remoteJobs = [.read(RemoteJob(id: 12, spec: Job(workdir: "w", app: "sim")))]
-        reply.requests = [JobRequest(id: 1, siteJobID: "01A", kind: "state", target: "FAILED")]
+        reply.requests = [JobRequest(id: 1, siteJobID: "01A", kind: .state, target: "FAILED")]
         reply.remoteApps = [
             RemoteApp(
                 name: "Hello", serializedClass: "", commandTemplate: "echo", parameters: [:], description: "",

@@ -81,7 +81,7 @@ import Wire
         reply.events = 3
         reply.refused = [SyncRefusal(kind: "event", siteJobID: "01Z", code: .unknownJob, message: "push it first")]
         reply.remoteJobs = [.read(RemoteJob(id: 12, spec: Job(workdir: "w", app: "sim")))]
-        reply.requests = [JobRequest(id: 1, siteJobID: "01A", kind: "state", target: "FAILED")]
+        reply.requests = [JobRequest(id: 1, siteJobID: "01A", kind: .state, target: "FAILED")]
         reply.batchDeletions = [3]
         #expect(PushReply(reply.json) == reply)
         var o = reply.json.objectValue ?? [:]

@@ -368,13 +368,13 @@ public final class Coordinator {
             }
             let host = nodes[assignment.nodes[0]].host
             // `num_nodes`: the job's share of nodes (the original's RUNNING event field), for utilization reports.
-            var data: [String: JSONValue] = [
-                "host": .string(host), "nodes": .array(assignment.nodes.map { .int($0) }),
-                "num_nodes": .double(loaded.job.nodeFootprint(packing: settings.launcher.nodePacking)),
-            ]
-            if !assignment.gpus.isEmpty { data["gpus"] = .string(assignment.gpus.joined(separator: ",")) }
-            if let batchJob = options.batchJob { data["batch_job"] = .int(batchJob) }
-            let moved = try store.move(loaded, to: .running, eventData: data, entryAt: entry, leaseHeld: leaseFresh)
+            var facts = EventFacts()
+            facts.share = loaded.job.nodeFootprint(packing: settings.launcher.nodePacking)
+            facts.batchJob = options.batchJob
+            facts.other = ["host": .string(host), "nodes": .array(assignment.nodes.map { .int($0) })]
+            if !assignment.gpus.isEmpty { facts.other["gpus"] = .string(assignment.gpus.joined(separator: ",")) }
+            let moved = try store.move(
+                loaded, to: .running, eventData: facts.data, entryAt: entry, leaseHeld: leaseFresh)
             running[id] = Running(loaded: moved, assignment: assignment)
             summary.started += 1
             deliver(.start(spec), to: assignment.nodes[0])

@@ -77,10 +77,12 @@ extension Coordinator {
         // Output cut at the site's cap: said in the event and in the reason the history keeps.
         let cut = ended.outputCut.map { "output cut at \($0) bytes (launcher.max_output_mb)" }
         let cutData: [String: JSONValue] = ended.outputCut.map { ["output_cut_bytes": .int($0)] } ?? [:]
+        var facts = EventFacts(returnCode: status)
+        facts.other = cutData
         do {
             if let reason = killRequests[ended.id] {
                 try store.move(
-                    job.loaded, to: .failed, reason: reason, eventData: ["return_code": .int(status)],
+                    job.loaded, to: .failed, reason: reason, eventData: EventFacts(returnCode: status).data,
                     leaseHeld: leaseFresh
                 ) {
                     _, record in record.returnCode = status
@@ -93,40 +95,43 @@ extension Coordinator {
                 // A signal is its operator's (Ctrl-C) or its batch system's (a cancel): the run was interrupted,
                 // not too long, and runs again without spending a retry (balsam-launcher(1), SIGNALS).
                 let interrupted = why == "signal"
+                var stopped = EventFacts(returnCode: status)
+                stopped.interrupted = interrupted
                 try store.move(
                     job.loaded, to: .runTimeout,
                     reason: interrupted
                         ? "interrupted: its launcher was stopped by a signal" : "stopped by the launcher (\(why))",
-                    eventData: ["return_code": .int(status)].merging(interrupted ? ["interrupted": .bool(true)] : [:]) {
-                        a, _ in a
-                    }, leaseHeld: leaseFresh
+                    eventData: stopped.data, leaseHeld: leaseFresh
                 ) { _, record in
                     record.returnCode = status
                     record.interrupted = interrupted
                 }
                 summary.timedOut += 1
             } else if status == 0 && ended.error == nil {
+                let result = pythonResult(job.loaded)
+                (facts.returnValue, facts.exception, facts.returnCode) = (
+                    result.facts.returnValue, result.facts.exception, nil
+                )
                 try store.move(
-                    job.loaded, to: .runDone, reason: cut,
-                    eventData: pythonResult(job.loaded).data.merging(cutData) { a, _ in a }, leaseHeld: leaseFresh
+                    job.loaded, to: .runDone, reason: cut, eventData: facts.data, leaseHeld: leaseFresh
                 ) { _, record in record.returnCode = 0 }
                 summary.done += 1
             } else {
                 let tail = ended.error ?? Posix.tail(job.loaded.directory + "/job.out", lines: settings.errorTailLines)
-                var result = pythonResult(job.loaded)
+                let result = pythonResult(job.loaded)
                 let reason =
                     "exit status \(status)"
                     + ((result.exception.map { ": run() raised \($0)" } ?? ended.error.map { ": \($0)" }) ?? "")
-                if result.data["serialized_exception"] == nil {
+                (facts.returnValue, facts.exception, facts.tail) = (
+                    result.facts.returnValue, result.facts.exception, tail
+                )
+                if facts.exception == nil {
                     // No exception of its own (a shell app): the client's job.result() raises one saying why.
                     let output = ended.error == nil && !tail.isEmpty ? "\nlast lines of job.out:\n" + tail : ""
-                    result.data["serialized_exception"] = .string(
-                        Pickle.exceptionBase64("job \(job.loaded.job.workdir): " + reason + output))
+                    facts.exception = Pickle.exceptionBase64("job \(job.loaded.job.workdir): " + reason + output)
                 }
                 try store.move(
-                    job.loaded, to: .runError, reason: reason + (cut.map { "; " + $0 } ?? ""),
-                    eventData: result.data.merging(["return_code": .int(status), "tail": .string(tail)]) { a, _ in a }
-                        .merging(cutData) { a, _ in a },
+                    job.loaded, to: .runError, reason: reason + (cut.map { "; " + $0 } ?? ""), eventData: facts.data,
                     leaseHeld: leaseFresh
                 ) { _, record in record.returnCode = status }
                 summary.errors += 1
@@ -148,15 +153,15 @@ extension Coordinator {
     /// What a Python app's run left in its directory (rank 0 writes it; see balsam_runner.py): its pickled
     /// return value or exception, for the event (the sync takes it to the server, where `job.result()` reads
     /// it), and the exception's one-line text.
-    func pythonResult(_ loaded: JobStore.Loaded) -> (data: [String: JSONValue], exception: String?) {
+    func pythonResult(_ loaded: JobStore.Loaded) -> (facts: EventFacts, exception: String?) {
         guard apps[loaded.job.app]?.isPython == true,
             let bytes = try? Posix.readFile(
                 loaded.directory + "/" + Coordinator.resultName, limit: Coordinator.resultLimit),
             case .object(let o)? = try? JSONValue.parse(bytes)
-        else { return ([:], nil) }
-        var data: [String: JSONValue] = [:]
-        for key in ["serialized_return_value", "serialized_exception"] { data[key] = o[key] }
-        return (data, o["exception"]?.stringValue)
+        else { return (EventFacts(), nil) }
+        // The runner writes the two under the event's own names (balsam_runner.py).
+        let written = EventFacts(data: o)
+        return (EventFacts(returnValue: written.returnValue, exception: written.exception), o["exception"]?.stringValue)
     }
 
     /// The file a Python app's run leaves its result in, and the largest read.

@@ -174,7 +174,7 @@ enum Transfers {
                     "remote_path": .string(row.text(3)), "location_alias": .string(row.text(4)), "state": .string(text),
                 ]
                 try JobRepository.request(
-                    job: row.int(0), site: siteOf[row.int(0)] ?? 0, kind: "transfer", target: jsonText(target),
+                    job: row.int(0), site: siteOf[row.int(0)] ?? 0, kind: .transfer, target: jsonText(target),
                     call: call, now: ServerClock.microseconds())
             }
             let ids = Array(jobs.subtracting(siteJobs))

@@ -115,7 +115,7 @@ enum Rollups {
 
     /// A RUNNING event's node share (1 when it names none) and batch job.
     static func start(time: Int64, data: String) -> Start {
-        let d = (try? JSONValue.parse(data))?.objectValue ?? [:]
-        return Start(time: time, share: d["num_nodes"]?.doubleValue ?? 1, batchJob: d["batch_job"]?.intValue)
+        let facts = EventFacts(data: (try? JSONValue.parse(data))?.objectValue ?? [:])
+        return Start(time: time, share: facts.share ?? 1, batchJob: facts.batchJob)
     }
 }

@@ -309,9 +309,9 @@ enum JobRepository {
     }
 
     /// Holds a user's request about a site's job for the site (`kind` `state` with a target, or `delete`).
-    static func request(job: Int, site: Int, kind: String, target: String?, call: Call, now: Int64) throws {
+    static func request(job: Int, site: Int, kind: JobRequest.Kind, target: String?, call: Call, now: Int64) throws {
         try call.connection.execute(
-            "INSERT INTO job_requests (owner_id, site_id, job_id, kind, target, created) VALUES (\(.of(call.user.id)), \(.of(site)), \(.of(job)), \(.text(kind)), \(target.map { .text($0) } ?? .null), \(.int(now)))"
+            "INSERT INTO job_requests (owner_id, site_id, job_id, kind, target, created) VALUES (\(.of(call.user.id)), \(.of(site)), \(.of(job)), \(.text(kind.name)), \(target.map { .text($0) } ?? .null), \(.int(now)))"
         )
     }
 
@@ -320,7 +320,7 @@ enum JobRepository {
         let now = ServerClock.microseconds()
         let rows = try call.connection.query(
             "SELECT id, site_id FROM jobs WHERE site_job_id IS NOT NULL AND \(clause)")
-        for r in rows { try request(job: r.int(0), site: r.int(1), kind: "delete", target: nil, call: call, now: now) }
+        for r in rows { try request(job: r.int(0), site: r.int(1), kind: .delete, target: nil, call: call, now: now) }
     }
 
     /// Stage-outs of `jobs` (just postprocessed) may start.

@@ -175,7 +175,7 @@ enum Jobs {
                 // retry) and then reports; the job here changes when the site says so.
                 if let site = siteOwned[u.id] {
                     try JobRepository.request(
-                        job: u.id, site: site, kind: "state", target: to.rawValue, call: call, now: now)
+                        job: u.id, site: site, kind: .state, target: to.rawValue, call: call, now: now)
                     continue
                 }
                 targets[u.id] = to
@@ -202,7 +202,7 @@ enum Jobs {
                 }
                 if !change.isEmpty {
                     try JobRepository.request(
-                        job: u.id, site: site, kind: "modify", target: JSONValue.object(change).serialized(),
+                        job: u.id, site: site, kind: .modify, target: JSONValue.object(change).serialized(),
                         call: call,
                         now: now)
                 }

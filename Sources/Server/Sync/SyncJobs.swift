@@ -90,11 +90,11 @@ extension SyncRoutes {
             let taken = try call.connection.execute(
                 "UPDATE jobs SET site_job_id = \(.text(siteJobID)) WHERE id = \(.of(serverID)) AND site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_job_id IS NULL"
             )
-            if taken != 1,
-                try call.connection.scalar(
-                    "SELECT id FROM jobs WHERE id = \(.of(serverID)) AND site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_job_id = \(.text(siteJobID))"
-                ) == nil
-            {
+            if taken == 1 {
+                try forwardWhatChangedBeforeAdoption(serverID, siteID: siteID, call: call)
+            } else if try call.connection.scalar(
+                "SELECT id FROM jobs WHERE id = \(.of(serverID)) AND site_id = \(.of(siteID)) AND owner_id = \(.of(call.user.id)) AND site_job_id = \(.text(siteJobID))"
+            ) == nil {
                 // Deleted through the API before the adoption arrived: nothing to attach the site's job to.
                 throw ItemRefused(
                     code: .deleted,
@@ -137,6 +137,34 @@ extension SyncRoutes {
         }
     }
 
+    /// A user's change of a job made through the API, between the reply that took it to the site and the
+    /// adoption that tells the server: it applied here only, so it goes to the site now, as a change of a site's
+    /// job would (a kill as a kill; a change of the spec, made after the job's creation, as a modify).
+    static func forwardWhatChangedBeforeAdoption(_ id: Int, siteID: Int, call: Call) throws {
+        let now = ServerClock.microseconds()
+        guard
+            let row = try call.connection.query(
+                """
+                SELECT j.last_update, j.state, j.serialized_parameters, \(raw: JobField.specList("j")),
+                (SELECT min(e.timestamp) FROM events e WHERE e.job_id = j.id) AS made FROM jobs j WHERE j.id = \(.of(id))
+                """
+            ).first
+        else { return }
+        if row.text("state") == JobState.failed.rawValue {
+            try JobRepository.request(
+                job: id, site: siteID, kind: .state, target: JobState.failed.rawValue, call: call, now: now)
+        }
+        guard !row.isNull(row.names.positions(["made"])[0]), row.int("last_update") > row.int("made") else { return }
+        let spec = JobField.spec(row, app: "")
+        var change: [String: JSONValue] = [:]
+        for field in JobField.spec where field.forwarded { change[field.name] = field.value(in: spec) }
+        if case .object(let p)? = try? Pickle.decodeBase64(row.text("serialized_parameters")) {
+            change[JobField.parameters.name] = .object(p)
+        }
+        try JobRepository.request(
+            job: id, site: siteID, kind: .modify, target: JSONValue.object(change).serialized(), call: call, now: now)
+    }
+
     /// Inserts the parsed jobs the server does not have yet; returns every pushed job's server id.
     static func insertJobs(
         _ parsed: [(siteJobID: String, job: Jobs.NewJob, parents: [String])], adopted: [String: Int], siteID: Int,
@@ -177,19 +205,32 @@ extension SyncRoutes {
         return ids
     }
 
-    /// Records the site's events not recorded yet; each affected job takes the state of its latest event.
+    /// An event as the server takes it from a push: the job by the server's id, the move, and its facts.
+    struct Taken {
+        var job: Int
+        var time: Int64
+        var from: String
+        var to: String
+        var facts: EventFacts
+
+        /// What makes an event itself: a repeated push's copy of one is the same.
+        struct Key: Hashable {
+            var job: Int
+            var time: Int64
+            var from: String
+            var to: String
+        }
+        var key: Key { Key(job: job, time: time, from: from, to: to) }
+    }
+
+    /// Records the site's events not recorded yet; each affected job takes the state of its latest event, its
+    /// return code, result, data changes, transfer items and batch job from their facts.
     static func recordEvents(
         _ items: [PushItem<PushedEvent>], siteID: Int, jobIDs known: [String: Int], call: Call, now: Int64,
         refused: inout [SyncRefusal]
     ) throws -> Int {
         guard !items.isEmpty else { return 0 }
-        var pending: [(siteJobID: String, time: Int64, from: JobState, to: JobState, data: String)] = []
-        // A Python app's return value or exception rides its RUN_DONE / RUN_ERROR event; it goes to the job's
-        // columns, not into the event log.
-        var results: [String: (time: Int64, value: String, exception: String)] = [:]
-        var cleared = Set<String>()
-        // A transfer's outcome rides the move it caused: it goes to the job's transfer items.
-        var transferStates: [(siteJobID: String, items: [JSONValue])] = []
+        var pending: [PushedEvent] = []
         for (i, item) in items.enumerated() {
             guard case .read(let event) = item else {
                 if case .unreadable(let id, let error) = item {
@@ -206,24 +247,7 @@ extension SyncRoutes {
                         message: "\(event.time) is \(wrong): is the site's clock right?", field: "events[\(i)].t"))
                 continue
             }
-            let (siteJobID, time, from, to) = (event.siteJobID, event.microseconds, event.from, event.to)
-            var data = event.data
-            if let items = data.removeValue(forKey: "transfers")?.arrayValue, !items.isEmpty {
-                transferStates.append((siteJobID, items))
-            }
-            let value = data.removeValue(forKey: "serialized_return_value")?.stringValue
-            let exception = data.removeValue(forKey: "serialized_exception")?.stringValue
-            if value != nil || exception != nil, results[siteJobID].map({ $0.time <= time }) ?? true {
-                results[siteJobID] = (time, value ?? "", exception ?? "")
-            } else if to == .runDone {
-                // A run that ended well without a result (a shell app): what a failed run left goes.
-                if let earlier = results[siteJobID] {
-                    if earlier.time <= time { results[siteJobID] = (time, "", "") }
-                } else {
-                    cleared.insert(siteJobID)
-                }
-            }
-            pending.append((siteJobID, time, from, to, jsonText(data)))
+            pending.append(event)
         }
         var ids = known
         let unknown = Array(Set(pending.map(\.siteJobID)).filter { ids[$0] == nil })
@@ -236,117 +260,138 @@ extension SyncRoutes {
                     message: "job \(e.siteJobID) is not on the server: push it (in jobs) first",
                     field: "events[\(i)].site_job_id"))
         }
-        // What is recorded already (a repeated push) is not recorded again. Each job's latest event, recorded
-        // before or now, gives its state (newest time first; at one time, the last recorded).
-        let jobs = Array(Set(pending.compactMap { ids[$0.siteJobID] }))
-        var seen = Set<String>()
+        let taken = pending.compactMap { e in
+            ids[e.siteJobID].map {
+                Taken(job: $0, time: e.microseconds, from: e.from.rawValue, to: e.to.rawValue, facts: e.facts)
+            }
+        }
+        let (fresh, latest) = try freshEvents(taken, call: call)
+        // A run's results and transfer outcomes go to the job's columns and items, not into the event log.
+        try JobRepository.insertEvents(
+            fresh.map { e in
+                var logged = e.facts
+                (logged.returnValue, logged.exception, logged.transfers) = (nil, nil, nil)
+                return (e.job, e.from, e.to, jsonText(logged.data), e.time)
+            }, owner: call.user.id, siteID: siteID, connection: call.connection)
+        try linkBatchJobs(ranIn(fresh), siteID: siteID, connection: call.connection)
+        try applyMoves(fresh, latest: latest, call: call, now: now)
+        try applyFacts(taken, call: call, now: now)
+        return fresh.count
+    }
+
+    /// Of `taken`, those not recorded already (a repeated push), in order, with each affected job's latest
+    /// state, recorded before or now (newest time first; at one time, the last recorded). A job made through the
+    /// API has the site's creation of it recorded as its adoption: a step from the state the server gave it.
+    static func freshEvents(_ taken: [Taken], call: Call) throws -> ([Taken], [Int: String]) {
+        var seen = Set<Taken.Key>()
         // A job's events rank by time, then recorded before this push (by row id) below recorded now (in order).
         var latest: [Int: (rank: (Int64, Int, Int), state: String)] = [:]
         func note(_ job: Int, rank: (Int64, Int, Int), _ state: String) {
             if let was = latest[job], was.rank > rank { return }
             latest[job] = (rank, state)
         }
-        for chunk in jobs.chunked(5000) {
+        for chunk in Array(Set(taken.map(\.job))).chunked(5000) {
             let rows = try call.connection.query(
                 "SELECT job_id, timestamp, from_state, to_state, id FROM events WHERE job_id IN (\(list: chunk.map { .of($0) }))"
             )
             for r in rows {
-                seen.insert("\(r.int(0)) \(r.int(1)) \(r.text(2)) \(r.text(3))")
+                seen.insert(Taken.Key(job: r.int(0), time: Int64(r.int(1)), from: r.text(2), to: r.text(3)))
                 note(r.int(0), rank: (Int64(r.int(1)), 0, r.int(4)), r.text(3))
             }
         }
         let creations = try creations(
-            Array(Set(pending.filter { $0.from == .created }.compactMap { ids[$0.siteJobID] })), call: call)
-        var fresh: [(Int, String, String, String, Int64)] = []
-        for e in pending {
-            guard let job = ids[e.siteJobID] else { continue }
-            // A job made through the API: the site's creation of it is its adoption, a step from the state the
-            // server gave it (one history: made here, then taken there).
-            var from = e.from.rawValue
-            if e.from == .created, let made = creations[job]?.first,
-                creations[job]?.contains(where: { $0.time == e.time && $0.state == e.to.rawValue }) == false
+            Array(Set(taken.filter { $0.from == JobState.created.rawValue }.map(\.job))), call: call)
+        var fresh: [Taken] = []
+        for var e in taken {
+            if e.from == JobState.created.rawValue, let made = creations[e.job]?.first,
+                creations[e.job]?.contains(where: { $0.time == e.time && $0.state == e.to }) == false
             {
-                from = made.state
+                e.from = made.state
             }
-            let key = "\(job) \(e.time) \(from) \(e.to.rawValue)"
-            if seen.insert(key).inserted { fresh.append((job, from, e.to.rawValue, e.data, e.time)) }
+            if seen.insert(e.key).inserted { fresh.append(e) }
         }
-        try JobRepository.insertEvents(fresh, owner: call.user.id, siteID: siteID, connection: call.connection)
-        try linkBatchJobs(ranIn(fresh), siteID: siteID, connection: call.connection)
-        for (k, e) in fresh.enumerated() { note(e.0, rank: (e.4, 1, k), e.2) }
-        // A run's exit status, as the site's events give it (RUN_DONE is 0), becomes the job's return_code.
+        for (k, e) in fresh.enumerated() { note(e.job, rank: (e.time, 1, k), e.to) }
+        // Only a state a fresh event set is news.
+        return (fresh, latest.compactMapValues { $0.rank.1 == 1 ? $0.state : nil })
+    }
+
+    /// Each job changed once: its state when its latest event is new, its return code when a fresh event gave
+    /// one (RUN_DONE is 0); then hooks' changes of its data, in time order (null deletes).
+    static func applyMoves(_ fresh: [Taken], latest: [Int: String], call: Call, now: Int64) throws {
         var codes: [Int: (Int64, Int)] = [:]
         for e in fresh {
-            let code: Int? =
-                e.2 == JobState.runDone.rawValue
-                ? 0 : (try? JSONValue.parse(e.3))?.objectValue?["return_code"]?.intValue
-            guard let code else { continue }
-            if codes[e.0].map({ $0.0 <= e.4 }) ?? true { codes[e.0] = (e.4, code) }
+            guard let code = e.to == JobState.runDone.rawValue ? 0 : e.facts.returnCode else { continue }
+            if codes[e.job].map({ $0.0 <= e.time }) ?? true { codes[e.job] = (e.time, code) }
         }
-        // Each job changed once: its state when its latest event is new, its return code when an event gave one.
+        let (state, returnCode) = (JobField.state.name, JobField.returnCode.name)
         var changes: [[String]: [(Int, [SQLValue])]] = [:]
-        for job in Set(fresh.map(\.0)) {
-            let state = latest[job].flatMap { $0.rank.1 == 1 ? $0.state : nil }
-            let code = codes[job]?.1
-            switch (state, code) {
-            case (let s?, let c?): changes[["state", "return_code"], default: []].append((job, [.text(s), .of(c)]))
-            case (let s?, nil): changes[["state"], default: []].append((job, [.text(s)]))
-            case (nil, let c?): changes[["return_code"], default: []].append((job, [.of(c)]))
+        for job in Set(fresh.map(\.job)) {
+            switch (latest[job], codes[job]?.1) {
+            case (let s?, let c?): changes[[state, returnCode], default: []].append((job, [.text(s), .of(c)]))
+            case (let s?, nil): changes[[state], default: []].append((job, [.text(s)]))
+            case (nil, let c?): changes[[returnCode], default: []].append((job, [.of(c)]))
             case (nil, nil): break
             }
         }
         for (columns, rows) in changes.sorted(by: { $0.key.count < $1.key.count }) {
             try JobRepository.updateRows(columns: columns, rows: rows, now: now, connection: call.connection)
         }
-        // A hook's change of the job's data, in its event's `data.data`, is applied in time order (null deletes).
-        let dataChanges = fresh.compactMap { e -> (Int, Int64, [String: JSONValue])? in
-            guard let d = (try? JSONValue.parse(e.3))?.objectValue?["data"]?.objectValue else { return nil }
-            return (e.0, e.4, d)
-        }.sorted { $0.1 < $1.1 }
-        for (job, _, change) in dataChanges {
-            guard let row = try call.connection.query("SELECT data FROM jobs WHERE id = \(.of(job))").first else {
-                continue
-            }
+        for e in fresh.filter({ $0.facts.dataChange != nil }).sorted(by: { $0.time < $1.time }) {
+            guard let change = e.facts.dataChange,
+                let row = try call.connection.query("SELECT data FROM jobs WHERE id = \(.of(e.job))").first
+            else { continue }
             var data = (try? JSONValue.parse(row.text(0)))?.objectValue ?? [:]
             for (key, value) in change { data[key] = value == .null ? nil : value }
-            try call.connection.execute("UPDATE jobs SET data = \(.text(jsonText(data))) WHERE id = \(.of(job))")
+            try call.connection.execute("UPDATE jobs SET data = \(.text(jsonText(data))) WHERE id = \(.of(e.job))")
         }
-        for (siteJobID, items) in transferStates {
-            guard let job = ids[siteJobID] else { continue }
-            for case .object(let item) in items {
+    }
+
+    /// What every pushed event says of its job's transfer items and of its run's result (also a repeated
+    /// push's: the latest result of a job wins, and a run that ended well without one clears a failed run's).
+    static func applyFacts(_ taken: [Taken], call: Call, now: Int64) throws {
+        var results: [Int: (time: Int64, value: String, exception: String)] = [:]
+        var cleared = Set<Int>()
+        for e in taken {
+            for case .object(let item) in e.facts.transfers ?? [] {
                 guard let state = item["state"]?.stringValue, Transfers.states.contains(state) else { continue }
                 let info = item["error"].map { jsonText(["error": $0]) } ?? "{}"
                 try call.connection.execute(
                     """
-                    UPDATE transfer_items SET state = \(.text(state)), transfer_info = \(.text(info)) WHERE job_id = \(.of(job)) AND direction = \(.text(item["direction"]?.stringValue ?? ""))
+                    UPDATE transfer_items SET state = \(.text(state)), transfer_info = \(.text(info)) WHERE job_id = \(.of(e.job)) AND direction = \(.text(item["direction"]?.stringValue ?? ""))
                     AND local_path = \(.text(item["local_path"]?.stringValue ?? "")) AND remote_path = \(.text(item["remote_path"]?.stringValue ?? "")) AND location_alias = \(.text(item["location_alias"]?.stringValue ?? ""))
                     """)
             }
+            if e.facts.hasResult, results[e.job].map({ $0.time <= e.time }) ?? true {
+                results[e.job] = (e.time, e.facts.returnValue ?? "", e.facts.exception ?? "")
+            } else if e.to == JobState.runDone.rawValue {
+                if let earlier = results[e.job] {
+                    if earlier.time <= e.time { results[e.job] = (e.time, "", "") }
+                } else {
+                    cleared.insert(e.job)
+                }
+            }
         }
-        let resultRows = results.compactMap { siteJobID, r in
-            ids[siteJobID].map { ($0, [SQLValue.text(r.value), .text(r.exception)]) }
-        }
-        for chunk in cleared.compactMap({ ids[$0] }).chunked(5000) {
+        for chunk in Array(cleared).chunked(5000) where !chunk.isEmpty {
             try call.connection.execute(
                 """
                 UPDATE jobs SET serialized_exception = '' WHERE id IN (\(list: chunk.map { .of($0) }))
                 AND serialized_exception <> ''
                 """)
         }
-        if !resultRows.isEmpty {
+        if !results.isEmpty {
             try JobRepository.updateRows(
-                columns: ["serialized_return_value", "serialized_exception"], rows: resultRows, now: now,
+                columns: [JobField.serializedReturnValue.name, JobField.serializedException.name],
+                rows: results.map { ($0.key, [SQLValue.text($0.value.value), .text($0.value.exception)]) }, now: now,
                 connection: call.connection)
         }
-        return fresh.count
     }
 
-    /// The site's batch job each job's latest new RUNNING event names (`batch_job`, the site's id), by job.
-    static func ranIn(_ fresh: [(Int, String, String, String, Int64)]) -> [Int: Int] {
+    /// The site's batch job each job's latest new RUNNING event names (the site's id), by job.
+    static func ranIn(_ fresh: [Taken]) -> [Int: Int] {
         var latest: [Int: (time: Int64, batch: Int)] = [:]
-        for e in fresh where e.2 == JobState.running.rawValue && e.3.contains("batch_job") {
-            guard let batch = (try? JSONValue.parse(e.3))?.objectValue?["batch_job"]?.intValue else { continue }
-            if latest[e.0].map({ $0.time <= e.4 }) ?? true { latest[e.0] = (e.4, batch) }
+        for e in fresh where e.to == JobState.running.rawValue {
+            guard let batch = e.facts.batchJob else { continue }
+            if latest[e.job].map({ $0.time <= e.time }) ?? true { latest[e.job] = (e.time, batch) }
         }
         return latest.mapValues(\.batch)
     }

@@ -42,13 +42,18 @@ extension SyncRoutes {
             for case .int(let p) in (try? JSONValue.parse(r.text("parent_ids")))?.arrayValue ?? [] { parents.insert(p) }
         }
         var parentSiteIDs: [Int: String] = [:]
-        var existing = Set<Int>()
+        // Parents a site will still have: those it took, and those waiting for it (not failed here first).
+        var coming = Set<Int>()
         for chunk in Array(parents).chunked(5000) where !chunk.isEmpty {
             for r in try call.connection.query(
-                "SELECT id, site_job_id FROM jobs WHERE id IN (\(list: chunk.map { .of($0) }))"
+                "SELECT id, site_job_id, state FROM jobs WHERE id IN (\(list: chunk.map { .of($0) }))"
             ) {
-                existing.insert(r.int("id"))
-                if let site = r.optionalText(1) { parentSiteIDs[r.int("id")] = site }
+                if let site = r.optionalText(1) {
+                    parentSiteIDs[r.int("id")] = site
+                    coming.insert(r.int("id"))
+                } else if r.text(2) != JobState.failed.rawValue {
+                    coming.insert(r.int("id"))
+                }
             }
         }
         return rows.map { r in
@@ -58,7 +63,7 @@ extension SyncRoutes {
             job.serializedParameters = r.text("serialized_parameters")
             job.parentIDs = ((try? JSONValue.parse(r.text("parent_ids")))?.arrayValue ?? []).compactMap(\.intValue)
             job.parentSiteIDs = job.parentIDs.reduce(into: [:]) { ids, id in ids[id] = parentSiteIDs[id] }
-            job.deletedParentIDs = job.parentIDs.filter { !existing.contains($0) }
+            job.lostParentIDs = job.parentIDs.filter { !coming.contains($0) }
             return job
         }
     }

@@ -68,7 +68,7 @@ enum SyncRoutes {
                 """
             ).map { r in
                 JobRequest(
-                    id: r.int("id"), siteJobID: r.text("site_job_id"), kind: r.text("kind"),
+                    id: r.int("id"), siteJobID: r.text("site_job_id"), kind: JobRequest.Kind(r.text("kind")),
                     target: r.optionalText("target"))
             }
             return .json(reply.json)

@@ -64,30 +64,17 @@ extension SyncRoutes {
         }
     }
 
-    /// The site's answers to users' requests: each request is closed; a refused one leaves its reason in the
-    /// job's `data.balsam_request_refused`, where the user sees it.
+    /// The site's answers to users' requests: each request is closed. A refused one's reason is in the job's
+    /// `data.balsam_request_refused`, which the site writes into its job (once the job is not under a launcher)
+    /// and pushes with its spec: one value at both ends, written by one of them.
     static func closeRequests(_ answers: [RequestAnswer], siteID: Int, call: Call) throws {
         let c = call.connection
         for answer in answers {
-            guard
-                let job = try c.scalar(
-                    """
-                    SELECT job_id FROM job_requests WHERE id = \(.of(answer.id)) AND site_id = \(.of(siteID))
-                    AND owner_id = \(.of(call.user.id))
-                    """)
-            else { continue }
-            try c.execute("DELETE FROM job_requests WHERE id = \(.of(answer.id))")
-            if let reason = answer.refused, let row = try c.query("SELECT data FROM jobs WHERE id = \(.of(job))").first
-            {
-                var data = (try? JSONValue.parse(row.text("data")))?.objectValue ?? [:]
-                data["balsam_request_refused"] = .string(reason)
-                try c.execute(
-                    """
-                    UPDATE jobs SET data = \(.text(jsonText(data))),
-                    last_update = \(raw: c.dialect.greatest)(last_update + 1, \(.int(ServerClock.microseconds())))
-                    WHERE id = \(.of(job))
-                    """)
-            }
+            try c.execute(
+                """
+                DELETE FROM job_requests WHERE id = \(.of(answer.id)) AND site_id = \(.of(siteID))
+                AND owner_id = \(.of(call.user.id))
+                """)
         }
     }
 

@@ -46,12 +46,12 @@ public func foldOlderFailure(
     into data: inout [String: JSONValue], attempts: inout Int, state: String, older: [String: JSONValue]
 ) {
     if state != "FAILED" { attempts += 1 }
-    guard data["tail"] == nil, let tail = older["tail"] else { return }
-    var older = older
-    let reason = older["reason"]?.stringValue ?? older["error"]?.stringValue
-    older["reason"] = .string([reason, data["reason"]?.stringValue].compactMap { $0 }.joined(separator: "; "))
-    older["tail"] = tail
-    data.merge(older) { _, older in older }
+    let latest = EventFacts(data: data)
+    var earlier = EventFacts(data: older)
+    guard latest.tail == nil, earlier.tail != nil else { return }
+    let reason = earlier.reason ?? older["error"]?.stringValue
+    earlier.reason = [reason, latest.reason].compactMap { $0 }.joined(separator: "; ")
+    data.merge(earlier.data) { _, older in older }
 }
 
 /// One failure as JSON, at the site and on the server.
@@ -59,12 +59,12 @@ public func failureJSON(
     job: JSONValue, state: String, time: String, workdir: String?, app: String?, tags: [String: String],
     data: [String: JSONValue], extra: [String: JSONValue] = [:]
 ) -> JSONValue {
+    let facts = EventFacts(data: data)
     var o: [String: JSONValue] = [
         "job_id": job, "state": .string(state), "time": .string(time),
         "workdir": workdir.map(JSONValue.string) ?? .null, "app": app.map(JSONValue.string) ?? .null,
-        "tags": .object(tags.mapValues(JSONValue.string)), "return_code": data["return_code"] ?? .null,
-        "reason": .string(data["reason"]?.stringValue ?? data["error"]?.stringValue ?? ""),
-        "tail": .string(data["tail"]?.stringValue ?? ""),
+        "tags": .object(tags.mapValues(JSONValue.string)), "return_code": facts.returnCode.map(JSONValue.int) ?? .null,
+        "reason": .string(facts.reason ?? data["error"]?.stringValue ?? ""), "tail": .string(facts.tail ?? ""),
     ]
     o.merge(extra) { _, new in new }
     return .object(o)

@@ -149,8 +149,9 @@ public struct Reports {
         let parts = try EventScan.pieces(site.eventsPath) { piece -> RunPiece in
             var part = RunPiece()
             let running = Array("RUNNING".utf8)
-            let numNodes = Array(#""num_nodes":"#.utf8)
-            let batchJob = Array(#""batch_job":"#.utf8)
+            // The facts' own names (`EventFacts.Key`), found in the line's bytes without parsing it.
+            let numNodes = Array("\"\(EventFacts.Key.share.rawValue)\":".utf8)
+            let batchJob = Array("\"\(EventFacts.Key.batchJob.rawValue)\":".utf8)
             piece.lines { line in
                 // Only runs' starts and ends matter: `to`, then `from`, compared as bytes before anything is made.
                 guard let (to, toAt) = line.value(EventLine.to, before: line.end),

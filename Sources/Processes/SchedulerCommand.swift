@@ -1,4 +1,3 @@
-import Processes
 import Spool
 
 #if canImport(Glibc)
@@ -78,7 +77,7 @@ public struct SchedulerCommand: Sendable {
     public func find(_ tool: String) -> String? { Posix.findExecutable(tool, path: environment["PATH"]) }
 
     /// `: <first lines of text>` for an error message, or nothing.
-    static func quote(_ text: String) -> String {
+    public static func quote(_ text: String) -> String {
         let lines = text.split(separator: "\n").prefix(5).joined(separator: " | ")
         return lines.isEmpty ? "" : ": " + lines
     }
