@@ -131,3 +131,46 @@ extension SyncProtocolTests {
         #expect(refused.status == 400 && refused.json.objectValue?["field"] == .string("apps[0].name"))
     }
 }
+
+/// Which batch job ran a job (issue 34, item 1): the site's RUNNING event names its batch job by the site's id;
+/// the server links the job to that batch job's row whether the event or the batch job's report comes first.
+@Suite struct BatchJobLinkTests {
+    @Test(arguments: [true, false])
+    func aJobIsLinkedToTheBatchJobItRanIn(batchJobFirst: Bool) async throws {
+        let server = try InProcessServer()
+        let token = try await server.user("bo")
+        var push = SyncProtocolTests.pushWithApp()
+        push.jobs = [.read(SyncProtocolTests.job("01RUN", "w/run", .running, name: "x"))]
+        var running = PushedEvent(
+            siteJobID: "01RUN", time: "2026-11-29T10:00:01.000Z", from: .preprocessed, to: .running)
+        var facts = EventFacts()
+        facts.batchJob = 3
+        running.data = facts.data
+        push.events = [
+            .read(PushedEvent(siteJobID: "01RUN", time: "2026-11-29T10:00:00.000Z", from: .created, to: .ready)),
+            .read(running),
+        ]
+        var batch = BatchJob(project: "p", queue: "q", numNodes: 1, wallTimeMinutes: 10)
+        batch.id = 3
+        batch.state = .running
+        let report = BatchJobReport(batch)
+        if batchJobFirst {
+            var first = SyncProtocolTests.pushWithApp()
+            first.batchJobs = [report]
+            #expect(try await server.push(first, token: token).status == 200)
+        } else {
+            push.batchJobs = []
+        }
+        let pushed = try await server.push(push, token: token)
+        #expect(pushed.status == 200 && pushed.reply.refused.isEmpty, "\(pushed.reply.refused)")
+        if !batchJobFirst {
+            var later = SyncProtocolTests.pushWithApp()
+            later.batchJobs = [report]
+            #expect(try await server.push(later, token: token).status == 200)
+        }
+        let batches = try await server.request(.get, "/batch-jobs/", token: token).json.objectValue
+        let id = try #require(batches?["results"]?.arrayValue?.first?.objectValue?["id"]?.intValue)
+        let jobs = try await server.request(.get, "/jobs/?batch_job_id=\(id)", token: token).json.objectValue
+        #expect(jobs?["count"]?.intValue == 1, "\(jobs ?? [:])")
+    }
+}
