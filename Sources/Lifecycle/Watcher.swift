@@ -196,6 +196,7 @@ public final class Watcher: Sendable {
     }
 
     /// Runs until stopped (blocking). Throws if the site cannot be claimed or watched.
+    // Over 100 lines: the watcher's start and loop in order, each step a call.
     public func run() throws(SpoolError) {
         // A settings.yml that does not load is said before anything starts (exit 65).
         _ = try settings()

@@ -208,46 +208,13 @@ public final class Pusher {
     /// Reads up to `maxEvents` lines past the cursor, loads the specs of the jobs made since in one pass, and
     /// pushes them in requests of `requestEvents` lines, saving the cursor after each: a large backlog (the first
     /// sync of a big site) costs one walk of the site, and a failure part-way keeps what the server took.
+    // Over 100 lines: one loop over the backlog's requests, whose steps share the round's state; its parts are the functions below it.
     private func push(_ state: inout SyncState) throws -> Round {
         var round = Round()
         let read = try readEvents(state)
         var lines = read.lines
         round.caughtUp = read.caughtUp
-        /// A line of the log: an event, or a removal (`balsam rm`, not a state: the server deletes the job).
-        /// Or a change of its spec (`balsam modify`: the job is pushed again, and the server takes its spec).
-        enum Logged {
-            case event(PushedEvent)
-            case removed(String)
-            case modified(String)
-
-            var id: String {
-                switch self {
-                case .event(let e): e.siteJobID
-                case .removed(let id), .modified(let id): id
-                }
-            }
-            var created: Bool {
-                if case .event(let e) = self { return e.from == .created }
-                return false
-            }
-            /// Whether the line sends the job's spec: its creation, or a change of it.
-            var sendsSpec: Bool {
-                if case .modified = self { return true }
-                return created
-            }
-        }
-        func logged(_ line: Line) -> Logged? {
-            guard let o = line.event.objectValue, let job = o["job"]?.stringValue, let t = o["t"]?.stringValue,
-                let from = o["from"]?.stringValue, let to = o["to"]?.stringValue
-            else { return nil }
-            if to == SiteIndex.removedMark { return .removed(job) }
-            if to == EventLog.modifiedMark { return .modified(job) }
-            guard let from = JobState(rawValue: from), let to = JobState(rawValue: to) else { return nil }
-            var data = o["data"]?.objectValue ?? [:]
-            if let actor = o["actor"]?.stringValue { data["actor"] = .string(actor) }
-            return .event(PushedEvent(siteJobID: job, time: t, from: from, to: to, data: data))
-        }
-        var parsed = lines.map(logged)
+        var parsed = lines.map(Logged.init)
         let allJobs = try jobsJSON(Set(parsed.compactMap { $0?.sendsSpec == true ? $0?.id : nil }))
         // A job made but not found is usually in the middle of a move (its entry briefly in tmp/): the round
         // stops before its creation and the next one looks again. Only a job gone for good (removed, which a
@@ -273,30 +240,8 @@ public final class Pusher {
         let apps = try pushedApps(except: Set(state.remoteApps.keys))
         let digest = JSONValue.array(apps.map(\.json)).serialized()
         let serverIDs = Dictionary(state.adopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
-        let siteSettings = currentSettings()
-        // The batch-job policy, for the original client's `balsam queue submit`, which checks against it.
-        let scheduler = siteSettings?.scheduler ?? SiteSettings.Scheduler()
-        var pushedSite = PushedSite(name: settings.siteName ?? site.name, path: site.root)
-        pushedSite.id = state.siteID
-        pushedSite.transferLocations = (siteSettings?.transferLocations ?? [:]).mapValues(\.clientURL)
-        var policy = PushedSite.Policy()
-        (policy.allowedQueues, policy.allowedProjects) = (scheduler.allowedQueues, scheduler.allowedProjects)
-        policy.optionalParams = scheduler.optionalParams
-        pushedSite.policy = policy
-        // Batch jobs whose record changed since the last push (with the server's id for those asked remotely).
-        let store = BatchJobStore(site: site)
-        let batchServerIDs = Dictionary(state.batchAdopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
-        var changedBatches: [(id: String, text: String, report: BatchJobReport)] = []
-        for id in try store.ids().sorted() where !settledBatches.contains(id) {
-            guard let job = try? store.load(id) else { continue }
-            let report = BatchJobReport(job, serverID: batchServerIDs[job.id].flatMap(Int.init))
-            let text = report.json.serialized()
-            if state.batchDigests[String(job.id)] != text {
-                changedBatches.append((String(job.id), text, report))
-            } else if job.state.isFinal {
-                settledBatches.insert(job.id)
-            }
-        }
+        let pushedSite = describeSite(id: state.siteID)
+        var changedBatches = try changedBatchJobs(state)
         // Launchers' time on their nodes (the server's utilization counts those started by hand as held): the
         // running ones, and the ended ones the server does not have yet.
         let sessions = ((try? LauncherSession.all(site)) ?? []).filter {
@@ -305,32 +250,10 @@ public final class Pusher {
         func request(jobs: [String: PushedJob], events: [PushedEvent], removed: Set<String>, forceApps: Bool = false)
             -> PushRequest
         {
-            var push = PushRequest(site: pushedSite)
-            push.jobs = jobs.keys.sorted().compactMap { id in
-                guard var job = jobs[id] else { return nil }
-                job.serverID = serverIDs[id].flatMap(Int.init)
-                return .read(job)
-            }
-            push.events = events.map { .read($0) }
-            push.removed = removed.sorted()
-            push.appDigests = state.remoteApps
-            push.rejected = state.rejected.sorted(by: { $0.key < $1.key }).compactMap { id, reason in
-                Int(id).map { Rejection(serverID: $0, reason: reason) }
-            }
-            if forceApps || digest != state.appsDigest || state.siteID == nil { push.apps = apps }
-            push.batchJobs = changedBatches.map(\.report)
-            push.launcherSessions = Array(sessions)
-            push.requestsDone = state.requestsDone.sorted(by: { $0.key < $1.key }).compactMap {
-                RequestAnswer(kept: $0.value)
-            }
-            push.refusedApps = Dictionary(
-                uniqueKeysWithValues: state.refused.compactMap { key, text in
-                    key.hasPrefix("app ") ? (String(key.dropFirst(4)), text) : nil
-                })
-            push.rejectedBatchJobs = state.batchRejected.sorted(by: { $0.key < $1.key }).compactMap { id, reason in
-                Int(id).map { Rejection(serverID: $0, reason: reason) }
-            }
-            return push
+            Pusher.request(
+                state, site: pushedSite, jobs: jobs, serverIDs: serverIDs, events: events, removed: removed,
+                apps: forceApps || digest != state.appsDigest || state.siteID == nil ? apps : [],
+                batchJobs: changedBatches.map(\.report), sessions: Array(sessions))
         }
         func send(_ push: PushRequest) throws -> PushReply {
             let response = try client.send("POST", "/sync/push", json: push.json)
@@ -388,27 +311,75 @@ public final class Pusher {
                 round.caughtUp = false
                 return round
             }
-            if last.siteID > 0 { state.siteID = last.siteID }
             state.appsDigest = digest
-            for line in lines[start..<end] { state.cursor[line.file] = max(state.cursor[line.file] ?? 0, line.end) }
-            // What the server now knows is forgotten here.
-            let known = Set(last.jobs.keys)
-            state.adopted = state.adopted.filter { !known.contains($0.value) }
-            for id in known { state.refuse("job " + id, nil) }
-            state.rejected = [:]
-            for batch in changedBatches { state.batchDigests[batch.id] = batch.text }
+            Pusher.remember(last, lines: lines[start..<end], batchJobs: changedBatches, sessions: sessions, in: &state)
             changedBatches = []
-            state.batchAdopted = [:]
-            state.batchRejected = [:]
-            state.requestsDone = [:]
-            for s in sessions where s.end != nil { state.sessionsPushed.insert(s.lease) }
             try state.save(site)
             round.events += last.events
             round.sent += sendable.count
             round.jobs += jobs.count
             start = end
         } while start < lines.count
-        // What the server sent to do is done.
+        try doWhatTheServerSent(last, state: &state, round: &round)
+        return round
+    }
+
+    /// A push of `jobs` and `events`, with everything else the site says each time (its record, its answers and
+    /// refusals, its apps when they changed, batch jobs that changed, launcher sessions).
+    static func request(
+        _ state: SyncState, site: PushedSite, jobs: [String: PushedJob], serverIDs: [String: String],
+        events: [PushedEvent], removed: Set<String>, apps: [PushedApp], batchJobs: [BatchJobReport],
+        sessions: [LauncherSession]
+    ) -> PushRequest {
+        var push = PushRequest(site: site)
+        push.jobs = jobs.keys.sorted().compactMap { id in
+            guard var job = jobs[id] else { return nil }
+            job.serverID = serverIDs[id].flatMap(Int.init)
+            return .read(job)
+        }
+        push.events = events.map { .read($0) }
+        push.removed = removed.sorted()
+        push.appDigests = state.remoteApps
+        push.rejected = state.rejected.sorted(by: { $0.key < $1.key }).compactMap { id, reason in
+            Int(id).map { Rejection(serverID: $0, reason: reason) }
+        }
+        push.apps = apps
+        push.batchJobs = batchJobs
+        push.launcherSessions = sessions
+        push.requestsDone = state.requestsDone.sorted(by: { $0.key < $1.key }).compactMap {
+            RequestAnswer(kept: $0.value)
+        }
+        push.refusedApps = Dictionary(
+            uniqueKeysWithValues: state.refused.compactMap { key, text in
+                key.hasPrefix("app ") ? (String(key.dropFirst(4)), text) : nil
+            })
+        push.rejectedBatchJobs = state.batchRejected.sorted(by: { $0.key < $1.key }).compactMap { id, reason in
+            Int(id).map { Rejection(serverID: $0, reason: reason) }
+        }
+        return push
+    }
+
+    /// What a reply says the server has now, remembered (the cursor past `lines`) and what it took, forgotten.
+    static func remember(
+        _ last: PushReply, lines: ArraySlice<Line>, batchJobs: [(id: String, text: String, report: BatchJobReport)],
+        sessions: some Sequence<LauncherSession>, in state: inout SyncState
+    ) {
+        if last.siteID > 0 { state.siteID = last.siteID }
+        for line in lines { state.cursor[line.file] = max(state.cursor[line.file] ?? 0, line.end) }
+        let known = Set(last.jobs.keys)
+        state.adopted = state.adopted.filter { !known.contains($0.value) }
+        for id in known { state.refuse("job " + id, nil) }
+        state.rejected = [:]
+        for batch in batchJobs { state.batchDigests[batch.id] = batch.text }
+        state.batchAdopted = [:]
+        state.batchRejected = [:]
+        state.requestsDone = [:]
+        for s in sessions where s.end != nil { state.sessionsPushed.insert(s.lease) }
+    }
+
+    /// What the server sent to do, done: its apps installed, batch jobs taken, users' requests carried out and
+    /// jobs made through the API taken in.
+    private func doWhatTheServerSent(_ last: PushReply, state: inout SyncState, round: inout Round) throws {
         try takeApps(last.remoteApps, state: &state, round: &round)
         try takeBatchJobs(last, state: &state)
         let answered = try carryOut(last.requests, state: &state)
@@ -417,7 +388,81 @@ public final class Pusher {
         round.adopted = adopted
         round.refused = refused
         if adopted + refused > 0 { round.caughtUp = false }
-        return round
     }
 
+    /// The site as a push describes it: its name, path, id on the server, transfer locations and batch-job
+    /// policy.
+    private func describeSite(id: Int?) -> PushedSite {
+        let siteSettings = currentSettings()
+        // The batch-job policy, for the original client's `balsam queue submit`, which checks against it.
+        let scheduler = siteSettings?.scheduler ?? SiteSettings.Scheduler()
+        var pushedSite = PushedSite(name: settings.siteName ?? site.name, path: site.root)
+        pushedSite.id = id
+        pushedSite.transferLocations = (siteSettings?.transferLocations ?? [:]).mapValues(\.clientURL)
+        var policy = PushedSite.Policy()
+        (policy.allowedQueues, policy.allowedProjects) = (scheduler.allowedQueues, scheduler.allowedProjects)
+        policy.optionalParams = scheduler.optionalParams
+        pushedSite.policy = policy
+        return pushedSite
+    }
+
+    /// Batch jobs whose record changed since the last push (with the server's id for those asked remotely); a
+    /// final one already pushed is settled and not read again.
+    private func changedBatchJobs(_ state: SyncState) throws -> [(id: String, text: String, report: BatchJobReport)] {
+        let store = BatchJobStore(site: site)
+        let batchServerIDs = Dictionary(state.batchAdopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
+        var changedBatches: [(id: String, text: String, report: BatchJobReport)] = []
+        for id in try store.ids().sorted() where !settledBatches.contains(id) {
+            guard let job = try? store.load(id) else { continue }
+            let report = BatchJobReport(job, serverID: batchServerIDs[job.id].flatMap(Int.init))
+            let text = report.json.serialized()
+            if state.batchDigests[String(job.id)] != text {
+                changedBatches.append((String(job.id), text, report))
+            } else if job.state.isFinal {
+                settledBatches.insert(job.id)
+            }
+        }
+        return changedBatches
+    }
+
+}
+
+/// A line of the log: an event, or a removal (`balsam rm`, not a state: the server deletes the job), or a change
+/// of its spec (`balsam modify`: the job is pushed again, and the server takes its spec).
+private enum Logged {
+    case event(PushedEvent)
+    case removed(String)
+    case modified(String)
+
+    init?(_ line: Pusher.Line) {
+        guard let o = line.event.objectValue, let job = o["job"]?.stringValue, let t = o["t"]?.stringValue,
+            let from = o["from"]?.stringValue, let to = o["to"]?.stringValue
+        else { return nil }
+        if to == SiteIndex.removedMark {
+            self = .removed(job)
+        } else if to == EventLog.modifiedMark {
+            self = .modified(job)
+        } else {
+            guard let from = JobState(rawValue: from), let to = JobState(rawValue: to) else { return nil }
+            var data = o["data"]?.objectValue ?? [:]
+            if let actor = o["actor"]?.stringValue { data["actor"] = .string(actor) }
+            self = .event(PushedEvent(siteJobID: job, time: t, from: from, to: to, data: data))
+        }
+    }
+
+    var id: String {
+        switch self {
+        case .event(let e): e.siteJobID
+        case .removed(let id), .modified(let id): id
+        }
+    }
+    var created: Bool {
+        if case .event(let e) = self { return e.from == .created }
+        return false
+    }
+    /// Whether the line sends the job's spec: its creation, or a change of it.
+    var sendsSpec: Bool {
+        if case .modified = self { return true }
+        return created
+    }
 }

@@ -121,6 +121,7 @@ public final class Coordinator {
     var minutesLeft: Double { (deadline - Posix.monotonicSeconds()) / 60 }
 
     /// Runs until the wall time, a stop request or the idle timeout; returns what it did.
+    // Over 100 lines: the coordinator's event loop, each step a call; its order is the protocol.
     public func run() throws(SpoolError) -> Summary {
         var info = options.leaseInfo
         info["nodes"] = .array(nodes.map { .string($0.host) })

@@ -78,6 +78,7 @@ enum Dashboard {
     }
 
     /// `GET /dashboard?hours=24&site_id=N`.
+    // Over 100 lines: the page's queries in one transaction and the page built from them, in the order it shows them.
     static func dashboard(_ call: inout Call) throws -> Reply {
         let hours =
             try call.query.string("hours").map { text throws(ServerError) -> Double in

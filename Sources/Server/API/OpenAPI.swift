@@ -150,6 +150,7 @@ enum OpenAPI {
         ("pending_file_cleanup", type("boolean")),
     ]
 
+    // Over 100 lines: the document's paths, declared in one place to be read as one.
     private static func build() -> JSONValue {
         let count = integer
         // From the job's one declaration: what a create takes (its app, workdir, parameters, parents and spec)

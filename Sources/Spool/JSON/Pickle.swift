@@ -190,6 +190,7 @@ public enum Pickle {
     /// takes, every memo entry read was written, and STOP leaves exactly one value with no MARK open. Opcodes that
     /// need what a site never gives (persistent ids, the extension registry, out-of-band buffers) are refused.
     /// Nothing is built and nothing is run: it counts, in one pass, so any bytes give an answer without a trap.
+    // Over 100 lines: one switch over the pickle's opcodes, each case a few lines; split, the cases would lose their shared stack.
     public static func checkStructure(_ bytes: [UInt8]) throws(Unsupported) {
         var i = 0
         var depth = 0  // values since the innermost MARK
@@ -544,6 +545,7 @@ public enum Pickle {
     /// decoder keeps its own stack; only the final build of the value recurses, at most `maxDepth` deep, and it
     /// stops a value that is too deep (a list that holds itself included) or too large (one value named many
     /// times through the memo: a "billion laughs") as it goes.
+    // Over 100 lines: one switch over the pickle's opcodes, each case a few lines, around one stack and memo.
     public static func decode(_ bytes: [UInt8]) throws(Unsupported) -> JSONValue {
         var nodes: [Node] = []
         var stack: [Int] = []

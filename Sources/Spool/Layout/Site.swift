@@ -209,6 +209,7 @@ public struct Site: Sendable {
 /// Site settings (`settings.yml`).
 public enum Settings {
     /// The commented `settings.yml` a new site starts with. Key names follow the original Balsam's.
+    // Over 100 lines: the text of settings.yml, commented, as a user reads it.
     public static func template(name: String, scheduler: String = "local") -> String {
         template(name: name, platform: .generic(scheduler: scheduler), project: nil)
     }

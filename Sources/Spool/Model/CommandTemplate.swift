@@ -16,6 +16,7 @@ public struct CommandTemplate: Sendable, Equatable {
     public let source: String
 
     /// Parses a template; an unclosed `{{`, a name that is not an identifier, or `{%` is an error.
+    // Over 100 lines: the template's one-pass scanner, its states in one loop.
     public init(_ source: String) throws(SpoolError) {
         self.source = source
         var pieces: [Piece] = []

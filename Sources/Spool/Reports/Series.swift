@@ -153,6 +153,7 @@ public enum ReportSeries {
     /// With `batchJob`, only that batch job and its runs.
     /// With `from` and `to`, the bins and busy node-seconds cover that period only (a batch job or run that
     /// began before it counts from its start); batch jobs' own figures stay whole.
+    // Over 100 lines: one sweep over runs and holdings that the batch-job and bin figures share.
     public static func utilization(
         runs allRuns: [Run], held allHeld: [Held], launchers allLaunchers: [Held] = [], batchJob: Int? = nil,
         bin: Double?, now: Double, steps: Bool = false, from: Double? = nil, to: Double? = nil
