@@ -26,7 +26,15 @@ extension JobField {
 
     /// A spec field's value as its column stores it.
     func stored(_ job: Job) -> SQLValue {
-        let value = self == .workdir ? .string(job.workdir) : value(in: job)
+        // Tags and flags are on every job: their text written directly (sorted keys, as `serialized()` would).
+        switch self {
+        case .workdir: return .text(job.workdir)
+        case .tags: return .text(jsonText(job.tags))
+        case .launchParams: return .text(jsonText(job.launchParams))
+        case .data: return .text(job.data.isEmpty ? "{}" : JSONValue.object(job.data).serialized())
+        default: break
+        }
+        let value = value(in: job)
         switch column {
         case .integer?: return .of(value.intValue ?? 0)
         case .number?: return .double(value.doubleValue ?? 0)

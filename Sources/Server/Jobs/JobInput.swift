@@ -151,12 +151,9 @@ extension Jobs {
         }
         // The spec's fields a user may change, each by its one check (the site's too, when forwarded).
         for field in JobField.spec where field.forwarded {
-            guard input.has(field.name) else {
-                _ = input.value(field.name)
-                continue
-            }
+            guard let value = input.value(field.name) else { continue }
             var job = Job(workdir: "", app: "")
-            do { try field.read(input.value(field.name), into: &job) } catch {
+            do { try field.read(value, into: &job) } catch {
                 throw input.bad(error.field, error.problem)
             }
             p.sets.append((field.name, field.stored(job)))

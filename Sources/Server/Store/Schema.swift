@@ -404,7 +404,7 @@ enum Schema {
     private static func jobsSiteBatch(_ d: SQLDialect) -> String {
         """
         ALTER TABLE jobs ADD COLUMN site_batch_id \(d == .sqlite ? "INTEGER" : "BIGINT");
-        CREATE INDEX jobs_site_batch ON jobs (site_id, site_batch_id);
+        CREATE INDEX jobs_site_batch ON jobs (site_id, site_batch_id) WHERE site_batch_id IS NOT NULL;
         """
     }
 

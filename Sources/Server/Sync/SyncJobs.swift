@@ -212,6 +212,8 @@ extension SyncRoutes {
         var from: String
         var to: String
         var facts: EventFacts
+        /// Its `data` as the site sent it.
+        var data: [String: JSONValue]
 
         /// What makes an event itself: a repeated push's copy of one is the same.
         struct Key: Hashable {
@@ -262,16 +264,18 @@ extension SyncRoutes {
         }
         let taken = pending.compactMap { e in
             ids[e.siteJobID].map {
-                Taken(job: $0, time: e.microseconds, from: e.from.rawValue, to: e.to.rawValue, facts: e.facts)
+                Taken(
+                    job: $0, time: e.microseconds, from: e.from.rawValue, to: e.to.rawValue, facts: e.facts,
+                    data: e.data)
             }
         }
         let (fresh, latest) = try freshEvents(taken, call: call)
         // A run's results and transfer outcomes go to the job's columns and items, not into the event log.
         try JobRepository.insertEvents(
             fresh.map { e in
-                var logged = e.facts
-                (logged.returnValue, logged.exception, logged.transfers) = (nil, nil, nil)
-                return (e.job, e.from, e.to, jsonText(logged.data), e.time)
+                var logged = e.data
+                for key in [EventFacts.Key.returnValue, .exception, .transfers] { logged[key.rawValue] = nil }
+                return (e.job, e.from, e.to, jsonText(logged), e.time)
             }, owner: call.user.id, siteID: siteID, connection: call.connection)
         try linkBatchJobs(ranIn(fresh), siteID: siteID, connection: call.connection)
         try applyMoves(fresh, latest: latest, call: call, now: now)
@@ -290,17 +294,21 @@ extension SyncRoutes {
             if let was = latest[job], was.rank > rank { return }
             latest[job] = (rank, state)
         }
+        // The CREATED events recorded of each job (time, state), earliest first: a job's creation pushed again is
+        // one of them; one that is not is the site's adoption of a job made here, through the API.
+        var creations: [Int: [(time: Int64, state: String)]] = [:]
+        let created = JobState.created.rawValue
         for chunk in Array(Set(taken.map(\.job))).chunked(5000) {
             let rows = try call.connection.query(
-                "SELECT job_id, timestamp, from_state, to_state, id FROM events WHERE job_id IN (\(list: chunk.map { .of($0) }))"
+                "SELECT job_id, timestamp, from_state, to_state, id FROM events WHERE job_id IN (\(list: chunk.map { .of($0) })) ORDER BY timestamp, id"
             )
             for r in rows {
-                seen.insert(Taken.Key(job: r.int(0), time: Int64(r.int(1)), from: r.text(2), to: r.text(3)))
-                note(r.int(0), rank: (Int64(r.int(1)), 0, r.int(4)), r.text(3))
+                let (job, time, from, to) = (r.int(0), Int64(r.int(1)), r.text(2), r.text(3))
+                seen.insert(Taken.Key(job: job, time: time, from: from, to: to))
+                note(job, rank: (time, 0, r.int(4)), to)
+                if from == created { creations[job, default: []].append((time, to)) }
             }
         }
-        let creations = try creations(
-            Array(Set(taken.filter { $0.from == JobState.created.rawValue }.map(\.job))), call: call)
         var fresh: [Taken] = []
         for var e in taken {
             if e.from == JobState.created.rawValue, let made = creations[e.job]?.first,
@@ -408,22 +416,5 @@ extension SyncRoutes {
                     """)
             }
         }
-    }
-
-    /// The CREATED events recorded of `jobs` (time, state), earliest first: a job's creation pushed again is
-    /// one of them; one that is not is the site's adoption of a job made here, through the API.
-    static func creations(_ jobs: [Int], call: Call) throws -> [Int: [(time: Int64, state: String)]] {
-        var found: [Int: [(time: Int64, state: String)]] = [:]
-        for chunk in jobs.chunked(5000) where !chunk.isEmpty {
-            for r in try call.connection.query(
-                """
-                SELECT job_id, timestamp, to_state FROM events WHERE job_id IN (\(list: chunk.map { .of($0) }))
-                AND from_state = \(.of(JobState.created)) ORDER BY timestamp, id
-                """)
-            {
-                found[r.int(0), default: []].append((Int64(r.int(1)), r.text(2)))
-            }
-        }
-        return found
     }
 }

@@ -164,7 +164,8 @@ public enum JobField: String, CaseIterable, Sendable {
         case (_, .flags): job.launchParams = try strings(value, maxEntries: Job.Limits.tags, flags: true)
         case (_, .object(let maxBytes)):
             let o = try object(value)
-            let size = JSONValue.object(o).serialized().utf8.count
+            // Counted as written (its serialized bytes), at the site and the server alike.
+            let size = o.isEmpty ? 2 : JSONValue.object(o).serialized().utf8.count
             if size > maxBytes { throw Problem(field: name, problem: "is \(size) bytes; the limit is \(maxBytes)") }
             job.data = o
         case (_, .slots):
