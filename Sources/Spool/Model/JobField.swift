@@ -193,7 +193,7 @@ public enum JobField: String, CaseIterable, Sendable {
         case .wallTimeMin: .int(job.wallTimeMin)
         case .gpusPerRank:
             job.gpusPerRank.rounded() == job.gpusPerRank && abs(job.gpusPerRank) < 1e15
-                ? .int(Int(job.gpusPerRank)) : .double(job.gpusPerRank)
+                ? .int(Int(saturating: job.gpusPerRank)) : .double(job.gpusPerRank)
         case .tags: .object(job.tags.mapValues(JSONValue.string))
         case .launchParams: .object(job.launchParams.mapValues(JSONValue.string))
         case .data: .object(job.data)
