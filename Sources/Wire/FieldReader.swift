@@ -162,15 +162,6 @@ public struct FieldReader {
         return (text, micros)
     }
 
-    /// A job's `launch_params`: a string map whose keys are launcher flags (`Job.launchParamKeyProblem`).
-    public mutating func launchParams() throws(WireError) -> [String: String]? {
-        guard let map = try stringMap("launch_params") else { return nil }
-        for key in map.keys.sorted() {
-            if let why = Job.launchParamKeyProblem(key) { throw bad("launch_params", why) }
-        }
-        return map
-    }
-
     /// A list (absent: empty).
     public mutating func list(_ key: String) throws(WireError) -> [JSONValue] {
         guard let value = value(key) else { return [] }

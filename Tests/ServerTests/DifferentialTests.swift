@@ -209,26 +209,14 @@ final class DifferentialWorld {
             return "\(kind) r/\(workdirs) (id \(made ?? 0), parents \(fields["parent_ids"] ?? [])): \(reply.status)"
         case 50..<58:
             kind = "kill"
-            if chance(50), let job = pick(try siteJobs()), let id = job["id"]?.stringValue {
-                let r = try balsam(["kill", id, "--yes"], site: site.root)
-                return "\(kind) at the site \(id): \(r.status)"
+            return try await onEitherEnd(kind, command: "kill") { id in
+                try await self.server.request("PUT", "/jobs/\(id)", json: ["state": "FAILED"], token: self.token)
             }
-            guard let job = pick(try await serverJobs()), let id = job["id"]?.intValue else { return kind }
-            let reply = try await server.request("PUT", "/jobs/\(id)", json: ["state": "FAILED"], token: token)
-            return "\(kind) through the API \(id): \(reply.status)"
         case 58..<66:
             kind = "retry"
-            if chance(50), let job = pick(try siteJobs().filter { $0["state"] == .string("FAILED") }),
-                let id = job["id"]?.stringValue
-            {
-                let r = try balsam(["retry", id, "--yes"], site: site.root)
-                return "\(kind) at the site \(id): \(r.status)"
+            return try await onEitherEnd(kind, command: "retry", in: "FAILED") { id in
+                try await self.server.request("PUT", "/jobs/\(id)", json: ["state": "READY"], token: self.token)
             }
-            guard let job = pick(try await serverJobs().filter { $0["state"] == .string("FAILED") }),
-                let id = job["id"]?.intValue
-            else { return kind }
-            let reply = try await server.request("PUT", "/jobs/\(id)", json: ["state": "READY"], token: token)
-            return "\(kind) through the API \(id): \(reply.status)"
         case 66..<76:
             kind = "modify"
             let (options, fields) = spec()
@@ -244,13 +232,9 @@ final class DifferentialWorld {
             return "\(kind) through the API \(id) \(fields): \(reply.status)"
         case 76..<81:
             kind = "delete"
-            if chance(50), let job = pick(try siteJobs()), let id = job["id"]?.stringValue {
-                let r = try balsam(["rm", id, "--yes"], site: site.root)
-                return "\(kind) at the site \(id): \(r.status)"
+            return try await onEitherEnd(kind, command: "rm") { id in
+                try await self.server.request("DELETE", "/jobs/\(id)", token: self.token)
             }
-            guard let job = pick(try await serverJobs()), let id = job["id"]?.intValue else { return kind }
-            let reply = try await server.request("DELETE", "/jobs/\(id)", token: token)
-            return "\(kind) through the API \(id): \(reply.status)"
         case 81..<84:
             kind = "rename the site through the API"
             let reply = try await server.request(
@@ -283,6 +267,22 @@ final class DifferentialWorld {
             try setSync(site, url: server.url, tokenFile: dir.path + "/token", period: 0.2)
             return kind
         }
+    }
+
+    /// `kind` on a random job (of those in `state`) at either end, by a coin: `balsam COMMAND ID --yes` at the
+    /// site, or `api` with its id on the server.
+    func onEitherEnd(
+        _ kind: String, command: String, in state: String? = nil, api: (Int) async throws -> HTTPReply
+    ) async throws -> String {
+        func eligible(_ jobs: [[String: JSONValue]]) -> [[String: JSONValue]] {
+            state.map { s in jobs.filter { $0["state"] == .string(s) } } ?? jobs
+        }
+        if chance(50), let job = pick(eligible(try siteJobs())), let id = job["id"]?.stringValue {
+            let r = try balsam([command, id, "--yes"], site: site.root)
+            return "\(kind) at the site \(id): \(r.status)"
+        }
+        guard let job = pick(eligible(try await serverJobs())), let id = job["id"]?.intValue else { return kind }
+        return "\(kind) through the API \(id): \(try await api(id).status)"
     }
 
     /// Waits for what is running to end: launchers, batch jobs; then for the sync to have nothing left to push.

@@ -130,6 +130,25 @@ extension Jobs {
         }
     }
 
+    /// The change a site carries out with its own `modify`, from the columns an update sets: the forwarded
+    /// ones by name, and the parameters read out of their pickle.
+    static func forwardedChange(_ sets: [(String, SQLValue)]) -> [String: JSONValue] {
+        var change: [String: JSONValue] = [:]
+        for (column, value) in sets where JobField.forwardedNames.contains(column) {
+            switch (column, value) {
+            case (JobField.serializedParameters.name, .text(let text)):
+                if case .object(let p)? = try? Pickle.decodeBase64(text) {
+                    change[JobField.parameters.name] = .object(p)
+                }
+            case (_, .text(let text)): change[column] = (try? JSONValue.parse(text)) ?? .string(text)
+            case (_, .int(let n)): change[column] = .int(Int(n))
+            case (_, .double(let d)): change[column] = .double(d)
+            default: break
+            }
+        }
+        return change
+    }
+
     /// The changes one update asks for.
     struct Patch {
         var sets: [(String, SQLValue)] = []

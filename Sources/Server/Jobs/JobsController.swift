@@ -189,17 +189,7 @@ enum Jobs {
                         "job \(u.id) belongs to a site: its workdir is a directory there and does not move",
                         field: "workdir")
                 }
-                var change: [String: JSONValue] = [:]
-                for (column, value) in u.patch.sets where JobField.forwardedNames.contains(column) {
-                    switch (column, value) {
-                    case ("serialized_parameters", .text(let text)):
-                        if case .object(let p)? = try? Pickle.decodeBase64(text) { change["parameters"] = .object(p) }
-                    case (_, .text(let text)): change[column] = (try? JSONValue.parse(text)) ?? .string(text)
-                    case (_, .int(let n)): change[column] = .int(Int(n))
-                    case (_, .double(let d)): change[column] = .double(d)
-                    default: break
-                    }
-                }
+                let change = Jobs.forwardedChange(u.patch.sets)
                 if !change.isEmpty {
                     try JobRepository.request(
                         job: u.id, site: site, kind: .modify, target: JSONValue.object(change).serialized(),

@@ -156,11 +156,9 @@ extension SyncRoutes {
         }
         guard !row.isNull(row.names.positions(["made"])[0]), row.int("last_update") > row.int("made") else { return }
         let spec = JobField.spec(row, app: "")
-        var change: [String: JSONValue] = [:]
-        for field in JobField.spec where field.forwarded { change[field.name] = field.value(in: spec) }
-        if case .object(let p)? = try? Pickle.decodeBase64(row.text("serialized_parameters")) {
-            change[JobField.parameters.name] = .object(p)
-        }
+        let change = Jobs.forwardedChange(
+            JobField.spec.filter(\.forwarded).map { ($0.name, $0.stored(spec)) }
+                + [(JobField.serializedParameters.name, .text(row.text(JobField.serializedParameters.name)))])
         try JobRepository.request(
             job: id, site: siteID, kind: .modify, target: JSONValue.object(change).serialized(), call: call, now: now)
     }

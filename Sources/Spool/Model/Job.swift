@@ -166,6 +166,7 @@ public struct Job: Sendable, Equatable {
 
     /// Checks what does not need the site: workdir shape, sizes, parent ID shape, transfer shape.
     public func validate() throws(SpoolError) {
+        try Job.validateWorkdir(workdir)
         // The spec's fields, by their one check (a value set in code, or by `modify`, is judged as if read).
         var checked = self
         for field in JobField.spec {
@@ -176,9 +177,8 @@ public struct Job: Sendable, Equatable {
         try validateRecord()
     }
 
-    /// Checks what is not the spec (which `JobField.read` checked as it read it).
+    /// Checks what is neither the workdir nor the spec (each checked first, by its own check).
     func validateRecord() throws(SpoolError) {
-        try Job.validateWorkdir(workdir)
         if app.isEmpty { throw fieldError(JobField.app.name, "must not be empty") }
         // A NUL cannot reach a command line or an environment variable: refused here, not when the job runs.
         let texts: [(String, JSONValue)] = [
@@ -238,24 +238,33 @@ public struct Job: Sendable, Equatable {
     }
 
     static func validateTransfer(slot: String, _ item: JSONValue) throws(SpoolError) {
+        if let wrong = transferProblem(slot: slot, item) { throw fieldError(wrong.field, wrong.problem) }
+    }
+
+    /// What is wrong with a transfer slot's target (`ALIAS:/absolute/path` or `{location_alias, path}`), if
+    /// anything, and where.
+    static func transferProblem(slot: String, _ item: JSONValue) -> JobField.Problem? {
+        let field = JobField.transfers.name + "." + slot
         let path: String?
         switch item {
         case .string(let s):
             guard let colon = s.firstIndex(of: ":"), colon != s.startIndex else {
-                throw fieldError("transfers.\(slot)", "must be \"ALIAS:/absolute/path\" or {location_alias, path}")
+                return JobField.Problem(
+                    field: field, problem: "must be \"ALIAS:/absolute/path\" or {location_alias, path}")
             }
             path = String(s[s.index(after: colon)...])
         case .object(let m):
             guard m["location_alias"]?.stringValue?.isEmpty == false else {
-                throw fieldError("transfers.\(slot).location_alias", "is required")
+                return JobField.Problem(field: field + ".location_alias", problem: "is required")
             }
             path = m["path"]?.stringValue
         default:
-            throw fieldError("transfers.\(slot)", "must be \"ALIAS:/absolute/path\" or {location_alias, path}")
+            return JobField.Problem(field: field, problem: "must be \"ALIAS:/absolute/path\" or {location_alias, path}")
         }
         guard let path, path.hasPrefix("/") else {
-            throw fieldError("transfers.\(slot).path", "must be an absolute path")
+            return JobField.Problem(field: field + ".path", problem: "must be an absolute path")
         }
+        return nil
     }
 
     /// A workdir is relative, at most 256 bytes, with no empty, `.` or `..` components and no control

@@ -174,9 +174,7 @@ public enum JobField: String, CaseIterable, Sendable {
                 throw Problem(field: name, problem: "has \(o.count) slots; the limit is \(Job.Limits.tags)")
             }
             for (slot, item) in o {
-                do { try Job.validateTransfer(slot: slot, item) } catch {
-                    throw Problem(field: "\(name).\(slot)", problem: error.message.droppingFieldPrefix)
-                }
+                if let wrong = Job.transferProblem(slot: slot, item) { throw wrong }
             }
             job.transfers = o
         }
@@ -260,14 +258,5 @@ extension JSONValue {
     var shown: String {
         let text = serialized()
         return text.utf8.count > 64 ? String(decoding: text.utf8.prefix(64), as: UTF8.self) + "…" : text
-    }
-}
-
-extension String {
-    /// A `fieldError`'s message without its "field 'x' " (the caller names the field).
-    var droppingFieldPrefix: String {
-        guard hasPrefix("field '"), let end = dropFirst(7).firstIndex(of: "'") else { return self }
-        let rest = self[index(after: end)...]
-        return String(rest.hasPrefix(" ") ? rest.dropFirst() : rest)
     }
 }
