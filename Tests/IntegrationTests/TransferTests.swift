@@ -338,23 +338,32 @@ final class SSHServer {
     }
 
     /// What a dead balsam process's children left running (found by the variable they inherit) ends when the next
-    /// watcher starts; what a live one's run is left alone.
+    /// watcher starts; what a live one's run is left alone. Run as a uid of its own where it can (root, as in CI):
+    /// every watcher ends its own user's orphans on the host, so another test's watcher starting at the same
+    /// moment would otherwise end this one's first (it did, in CI); and another user's watcher leaves them alone.
     @Test func theNextWatcherEndsWhatADeadOnesChildrenLeftRunning() throws {
+        let user: uid_t? = getuid() == 0 ? 50_000 + uid_t.random(in: 0..<10_000) : nil
+        if let user { #expect(chownTree(dir.path, to: user)) }
         func sleeper(_ stamp: String) throws -> Spawned {
             var environment = ProcessInfo.processInfo.environment
             environment[Posix.parentVariable] = stamp
-            return try Spawned("/bin/sleep", ["300"], environment: environment)
+            let command = ["/bin/sleep", "300"]
+            return try Spawned(
+                user == nil ? command[0] : "/usr/bin/setpriv",
+                user.map { asUser($0) + command } ?? Array(command.dropFirst()), environment: environment)
         }
         // Pid 1 did not start at tick 1: its "parent" is gone. This test process is alive.
         let orphan = try sleeper("\(Posix.hostName()).1-1")
         let kept = try sleeper(Posix.parentStamp)
         defer { kept.signal(SIGKILL) }
-        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
-        try waitUntil("the orphan is ended", timeout: 30) { !orphan.isRunning }
+        let watcher = try WatchProcess(
+            site: site.root, logDirectory: dir.path, env: ["HOME": dir.path], user: user)
+        try waitUntil("the watcher says it ended the orphan", timeout: 30) {
+            watcher.log.contains("recovery: ended \(orphan.processIdentifier) (sleep)")
+        }
         #expect(orphan.waitUntilExit() == SIGKILL)
         #expect(kept.isRunning)
-        #expect(watcher.terminate() == 0)
-        #expect(watcher.log.contains("recovery: ended \(orphan.processIdentifier) (sleep)"), "\(watcher.log)")
+        #expect(watcher.terminate() == 0, "\(watcher.log)")
     }
 
     /// Watcher SIGKILLs at random moments of rsync stage-ins (batches of four 128 MB files): no rsync or ssh
@@ -506,4 +515,13 @@ final class SSHServer {
         #expect(try shown(ids[0]).contains("leads out of the job's directory"))
         #expect(!exists(remote + "/out/leak.txt"))
     }
+}
+
+/// Gives `path` and everything under it to `uid` (and the group of the same number); false if any of it failed.
+func chownTree(_ path: String, to uid: uid_t) -> Bool {
+    var ok = lchown(path, uid, uid) == 0
+    for case let name as String in FileManager.default.enumerator(atPath: path) ?? .init() {
+        ok = lchown(path + "/" + name, uid, uid) == 0 && ok
+    }
+    return ok
 }

@@ -9,13 +9,18 @@ final class WatchProcess {
     let process: Spawned
     let stderrPath: String
 
-    init(site: String, _ args: [String] = [], logDirectory: String, env: [String: String] = [:]) throws {
+    /// With `user`, run as that uid and gid (root only), through setpriv.
+    init(
+        site: String, _ args: [String] = [], logDirectory: String, env: [String: String] = [:], user: uid_t? = nil
+    ) throws {
         stderrPath = logDirectory + "/watch-\(UUID().uuidString.prefix(6)).log"
         var environment = ProcessInfo.processInfo.environment
         environment["BALSAM_SITE"] = nil
         for (key, value) in env { environment[key] = value }
+        let command = [binDirectory + "/balsam-watch", "--site", site, "--poll-interval", "0.2"] + args
         process = try Spawned(
-            binDirectory + "/balsam-watch", ["--site", site, "--poll-interval", "0.2"] + args,
+            user == nil ? command[0] : "/usr/bin/setpriv",
+            user.map { asUser($0) + command } ?? Array(command.dropFirst()),
             environment: environment, stderr: .file(stderrPath))
     }
 
@@ -31,6 +36,9 @@ final class WatchProcess {
         process.waitUntilExit()
     }
 }
+
+/// setpriv's arguments that run what follows as `uid`, with a group of the same number and no other groups.
+func asUser(_ uid: uid_t) -> [String] { ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups"] }
 
 /// Waits for `condition` with a deadline, polling; fails the test if the deadline passes.
 func waitUntil(_ what: String, timeout: Double = 30, _ condition: () throws -> Bool) throws {
