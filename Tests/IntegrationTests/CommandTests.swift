@@ -178,6 +178,17 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: site + "/data/x"))
     }
 
+    /// Inputs staged into the workdir first, as users of the original did: the directory is the job's, its
+    /// files kept (StagedWorkdirTests generates the trees).
+    @Test func aWorkdirHoldingOnlyStagedInputsIsTheJobsDirectory() throws {
+        try FileManager.default.createDirectory(atPath: site + "/data/manual/1", withIntermediateDirectories: true)
+        try "mesh".write(toFile: site + "/data/manual/1/input.dat", atomically: false, encoding: .utf8)
+        let r = try balsamSubmit(["-a", "hello", "-w", "manual/1", "-p", "name=x"], site: site)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try read(site + "/data/manual/1/input.dat") == "mesh")
+        #expect(try stateCounts(site) == ["READY": 1])
+    }
+
     @Test func existingWorkdirIsRefused() throws {
         #expect(try balsamSubmit(["-a", "hello", "-w", "x", "-p", "name=a"], site: site).status == 0)
         let r = try balsamSubmit(["-a", "hello", "-w", "x", "-p", "name=b"], site: site)

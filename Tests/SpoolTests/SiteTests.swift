@@ -250,7 +250,8 @@ import Testing
         var submission = Submission(site: site)
         let lines = (0..<4).map { #"{"app":"hello","workdir":"r/\#($0)","parameters":{"name":"n"}}"# }
         let ok = try submission.accept(Array(lines.joined(separator: "\n").utf8))
-        // Simulate a crash: r/0 fully made, r/1 made with a torn job.json and no state, r/2 taken by a stranger.
+        // Simulate a crash: r/0 fully made, r/1 made with a torn job.json and no state, r/2 taken by a stranger's
+        // job, r/3 holding inputs staged for it (adopted).
         let batch = try SiteIndex(site: site).readBatch(try SiteIndex(site: site).batchNames()[0])
         try FileManager.default.createDirectory(atPath: site.jobDirectory("r/0"), withIntermediateDirectories: true)
         try Data(batch.lines[0].jobJSON + [0x0A]).write(
@@ -262,11 +263,16 @@ import Testing
         try "{\"app\":".write(toFile: site.jobDirectory("r/1") + "/job.json", atomically: false, encoding: .utf8)
         try FileManager.default.createDirectory(atPath: site.jobDirectory("r/2"), withIntermediateDirectories: true)
         try "mine".write(toFile: site.jobDirectory("r/2") + "/notes.txt", atomically: false, encoding: .utf8)
+        try #"{"id":"01STRANGER","app":"hello"}"#.write(
+            toFile: site.jobDirectory("r/2") + "/job.json", atomically: false, encoding: .utf8)
+        try dir.file("site/data/r/3/in.dat", "staged")
 
         let report = try Ingest(site: site).materializePending()
         #expect(report.materialized == 3)
         #expect(report.conflicts == [ok.accepted[2].job.id])
         #expect(try read(site.jobDirectory("r/2") + "/notes.txt") == "mine")  // nothing of the stranger's is lost
+        #expect(try read(site.jobDirectory("r/3") + "/in.dat") == "staged")
+        #expect(entries(site.jobDirectory("r/3")) == ["in.dat", "job.json", "state"])
         let conflictDir = site.jobDirectory(".balsam-conflicts/" + ok.accepted[2].job.id)
         #expect(try read(conflictDir + "/state").contains("FAILED"))
         let counts = try Query(site: site).countByState()

@@ -113,8 +113,9 @@ public struct Ingest {
     /// The state record each of `lines` (starting at line `first` of its batch) starts with: its initial state,
     /// then the steps of `plan`. The events of those steps are logged (and flushed) here, before any directory
     /// says the job took them, except for lines before `plan.logged` (logged by a pass that died): after a crash
-    /// an event may appear twice (one chunk's), never be missing. A line whose directory exists already (an
-    /// interrupted pass, or a workdir taken) is not advanced.
+    /// an event may appear twice (one chunk's), never be missing. A line whose directory has a state file
+    /// already (an interrupted pass, or a workdir taken) is not advanced; one whose directory holds only inputs
+    /// staged there is (`resume` adopts the directory).
     private func advanced(_ lines: ArraySlice<Batch.Line>, from first: Int, plan: Plan) throws(SpoolError)
         -> [StateRecord]
     {
@@ -124,7 +125,7 @@ public struct Ingest {
         for (offset, line) in zip(first..., lines) {
             var record = StateRecord(initial: line.state, actor: "balsam-submit", time: plan.batchTime)
             if let steps = plan.steps[Ingest.planKey(line.app, line.state)], !steps.isEmpty,
-                !Posix.exists(site.jobDirectory(line.workdir))
+                !Posix.exists(site.jobDirectory(line.workdir) + "/state")
             {
                 let moved = try record.moved(through: steps, jobID: line.id, actor: actor, time: plan.time)
                 record = moved.record
@@ -257,18 +258,22 @@ public struct Ingest {
         report.materialized += 1
     }
 
-    /// A directory already at the workdir: if it is this job's (an earlier pass was interrupted), complete
-    /// it and return true; if it belongs to something else, return false.
+    /// A directory already at the workdir: if it is this job's (an earlier pass was interrupted) or holds no job
+    /// (inputs staged before the job was made: `Submission.occupant`), complete it as this job's and return
+    /// true; if it belongs to something else, return false.
     /// A state file the dead pass did not finish is written as the plan says: the pass logged the steps' events
     /// before it made the directory.
     private func resume(_ line: Batch.Line, in dir: String, jobBytes: [UInt8], plan: Plan) throws(SpoolError) -> Bool {
+        // Only a directory of its own: a file or a symbolic link there is somebody else's.
+        guard let st = try? Posix.lstatIfExists(dir), st.st_mode & S_IFMT == S_IFDIR else { return false }
         let existing = try? Posix.readFile(dir + "/job.json", limit: Job.Limits.fileBytes)
         let existingID = existing.flatMap { try? JSONValue.parse($0) }?.objectValue?["id"]?.stringValue
         if existingID != line.id {
             // Not this job's spec: it is ours only if the directory holds nothing but torn leftovers
             // (job.json and state are written in place, so a crash can cut them short).
             let names = (try? Posix.listDirectory(dir)) ?? []
-            guard existingID == nil, names.allSatisfy({ $0 == "job.json" || $0 == "state" }) else { return false }
+            let torn = existingID == nil && names.allSatisfy({ $0 == "job.json" || $0 == "state" })
+            guard torn || Submission.occupant(of: dir, workdir: line.workdir) == nil else { return false }
             try Posix.replaceFile(dir + "/job.json", jobBytes, sync: false)
         }
         let statePath = dir + "/state"

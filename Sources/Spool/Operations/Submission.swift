@@ -78,11 +78,13 @@ public struct Submission {
         }
         let path = site.jobDirectory(workdir)
         var st = stat()
-        // lstat(2) asks whether the workdir is free: ENOENT is the answer wanted, ENOTDIR is handled below.
+        // lstat(2) asks whether the workdir is free: ENOENT, or a directory that holds no job (inputs staged
+        // before the job was made, adopted with its files). ENOTDIR is handled below.
         if lstat(path, &st) == 0 {
-            throw SpoolError(.cannotCreate, "workdir '\(workdir)' already exists", path: path)
-        }
-        if errno == ENOTDIR {
+            if let taken = Self.occupant(of: path, workdir: workdir) {
+                throw SpoolError(.cannotCreate, taken, path: path)
+            }
+        } else if errno == ENOTDIR {
             throw SpoolError(
                 .cannotCreate, "workdir '\(workdir)': a parent of it is a file, not a directory", path: path)
         }
@@ -101,6 +103,37 @@ public struct Submission {
         if reservedAncestors.contains(workdir) {
             throw SpoolError(.cannotCreate, "workdir '\(workdir)' would contain the directory of another job")
         }
+    }
+
+    /// Why the existing `path` cannot become the directory of a new job in `workdir`, or nil if it can: a
+    /// directory that holds no job, at its top (`job.json`, `state`) or beneath it (a `job.json`: one job's
+    /// directory never holds another's), is adopted as the job's directory with everything in it. The walk
+    /// beneath is the user's own tree, read once per submission of such a workdir.
+    static func occupant(of path: String, workdir: String) -> String? {
+        guard let st = try? Posix.lstatIfExists(path) else { return nil }
+        switch st.st_mode & S_IFMT {
+        case S_IFDIR: break
+        case S_IFLNK:
+            return "workdir '\(workdir)' is a symbolic link; a job's directory must be a directory of its own"
+        default: return "workdir '\(workdir)' already exists and is not a directory"
+        }
+        guard let names = try? Posix.listDirectory(path) else {
+            return "workdir '\(workdir)' exists and cannot be read"
+        }
+        if let name = names.first(where: { $0 == "job.json" || $0 == "state" }) {
+            return "workdir '\(workdir)' already exists and holds a job (its \(name))"
+        }
+        var pending = names.map { (path + "/" + $0, $0) }
+        while let (inner, relative) = pending.popLast() {
+            guard let st = try? Posix.lstatIfExists(inner), st.st_mode & S_IFMT == S_IFDIR,
+                let names = try? Posix.listDirectory(inner)
+            else { continue }
+            if names.contains("job.json") {
+                return "workdir '\(workdir)' would contain the directory of job '\(workdir)/\(relative)'"
+            }
+            pending += names.map { (inner + "/" + $0, relative + "/" + $0) }
+        }
+        return nil
     }
 
     /// Records the ancestors of a workdir that is now taken (pending, or claimed in this call).
@@ -147,6 +180,11 @@ public struct Submission {
         let state = try check(job)
         job.id = JobID.make()
         job.created = Timestamp.now()
+        let target = site.jobDirectory(job.workdir)
+        if Posix.exists(target) {
+            try publishInPlace(target, job: job, state: state)
+            return (job, state)
+        }
         let staging = site.stagingPath + "/" + job.id + Site.ownerSuffix
         do {
             try Posix.mkdir(staging)
@@ -177,16 +215,45 @@ public struct Submission {
             }
             throw error
         }
+        do { try record(job, state: state, published: parent) } catch {
+            // Undo the publication so a failed submit leaves no job behind.
+            if rename(target, directory) != 0 { Posix.removeTree(target) }
+            throw error
+        }
+    }
+
+    /// Makes `target`, an existing directory that holds no job (`occupant`), the job's directory in place: its
+    /// `job.json`, created exclusively, is the claim (of two submitters at once, one gets it), then its state,
+    /// entry and event. On failure the two files go and the directory holds what it held.
+    private func publishInPlace(_ target: String, job: Job, state: JobState) throws(SpoolError) {
+        do { try Posix.createFile(target + "/job.json", job.fileBytes(), sync: true) } catch
+            where error.cause == EEXIST
+        {
+            throw SpoolError(
+                .cannotCreate, "workdir '\(job.workdir)' already exists and holds a job (its job.json)", path: target)
+        }
         do {
-            try Posix.fsyncDirectory(parent)
+            let stateRecord = StateRecord(initial: state, actor: actor, time: job.created)
+            try Posix.createFile(target + "/state", stateRecord.fileBytes(), sync: true)
+            try record(job, state: state, published: target)
+        } catch {
+            Posix.unlink(target + "/state")
+            Posix.unlink(target + "/job.json")
+            throw error
+        }
+    }
+
+    /// The steps after a job's directory holds its `job.json` and `state` (`published`: the directory whose new
+    /// entry made it so): its index entry and its creation event, durable. On failure the entry is removed.
+    private func record(_ job: Job, state: JobState, published: String) throws(SpoolError) {
+        do {
+            try Posix.fsyncDirectory(published)
             try index.createEntry(state, id: job.id, workdir: job.workdir)
             try Posix.fsyncDirectory(site.activePath(state))
             try EventLog(site: site).append(
                 [Event(time: job.created, jobID: job.id, from: .created, to: state, actor: actor)], sync: true)
         } catch {
-            // Undo the publication so a failed submit leaves no job behind.
             Posix.unlink(index.entryPath(state, job.id))
-            if rename(target, directory) != 0 { Posix.removeTree(target) }
             throw error
         }
     }
