@@ -34,7 +34,7 @@ import Testing
         var directories = [root]
         if staged != .emptyDirectory {
             for n in 0..<Int.random(in: 1...12, using: &random) {
-                let parent = directories.randomElement(using: &random)!
+                let parent = directories[Int.random(in: 0..<directories.count, using: &random)]
                 if Bool.random(using: &random) {
                     let made = parent + "/d\(n)"
                     try FileManager.default.createDirectory(atPath: made, withIntermediateDirectories: false)
@@ -53,7 +53,7 @@ import Testing
         case .stateAtTop:
             try "READY\n".write(toFile: root + "/state", atomically: false, encoding: .utf8)
         case .jobBeneath:
-            let inner = directories.count > 1 ? directories.dropFirst().randomElement(using: &random)! : root + "/j"
+            let inner = directories.dropFirst().randomElement(using: &random) ?? root + "/j"
             try FileManager.default.createDirectory(atPath: inner, withIntermediateDirectories: true)
             try #"{"app":"hello"}"#.write(toFile: inner + "/job.json", atomically: false, encoding: .utf8)
         default: break
@@ -80,8 +80,8 @@ import Testing
         var control = Submission(site: site)
         let plain = try control.submit(helloJob("control")).1
         for n in 0..<150 {
-            let staged = Staged.allCases.randomElement(using: &random)!
-            let path = Path.allCases.randomElement(using: &random)!
+            let staged = Staged.allCases[Int.random(in: 0..<Staged.allCases.count, using: &random)]
+            let path = Path.allCases[Int.random(in: 0..<Path.allCases.count, using: &random)]
             let workdir = "w/\(n)"
             let root = site.jobDirectory(workdir)
             let context = "seed \(seed), case \(n): \(staged) by \(path)"
