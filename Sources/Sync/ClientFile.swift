@@ -18,6 +18,14 @@ public struct ClientFile: Sendable, Equatable {
     public var tokenExpiry: String?
     /// The original client's class for password logins.
     public var clientClass = "balsam.client.BasicAuthRequestsClient"
+    /// The original client's `retry_count`, or nil for its default (10): it tries every failed request, a
+    /// refusal (4xx) too, up to `retry_count + 1` more times, waiting 1, 2, 4, ... s (plus up to 1 s) before
+    /// each. 10 hides a refusal for about half an hour; `recommendedRetries` shows it within 10 s and still rides
+    /// out a server restart of a few seconds.
+    public var retryCount: Int?
+
+    /// What `balsam login` writes for `retryCount`.
+    public static let recommendedRetries = 2
 
     /// Makes a client file's contents.
     public init(apiRoot: String, token: String, tokenExpiry: String?) {
@@ -39,6 +47,7 @@ public struct ClientFile: Sendable, Equatable {
             "api_root: \(apiRoot)", "client_class: \(clientClass)", "token: \(token)",
         ]
         if let tokenExpiry { lines.append("token_expiry: \(tokenExpiry)") }
+        if let retryCount { lines.append("retry_count: \(retryCount)") }
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -63,6 +72,7 @@ public struct ClientFile: Sendable, Equatable {
         }
         var file = ClientFile(apiRoot: apiRoot, token: token, tokenExpiry: value("token_expiry"))
         if let clientClass = value("client_class") { file.clientClass = clientClass }
+        file.retryCount = value("retry_count").flatMap { Int($0) }
         return file
     }
 }

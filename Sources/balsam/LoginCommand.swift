@@ -15,7 +15,9 @@ struct LoginCommand: ParsableCommand {
             Asks for the password (or reads --password-file), logs in, and writes ~/.balsam/client.yml (or \
             $BALSAM_CLIENT_PATH, or --client-file) mode 0600 with the server's URL and the token. With \
             --token-file, an existing token (balsam-server token create) is checked and written instead. \
-            See balsam(1) and balsam-server(8).
+            The file sets the original client's retry_count to 2 (--retry-count): it retries every failed \
+            request, a refusal too, waiting 1, 2, 4, ... s, so its default of 10 hides a refusal for half an \
+            hour; with 2 a refusal reaches you within 10 s. See balsam(1) and balsam-server(8).
             """)
 
     @Argument(help: "The server's URL, such as http://127.0.0.1:8080 or https://balsam.example.org.")
@@ -43,7 +45,15 @@ struct LoginCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Trust this CA bundle for HTTPS.", valueName: "file"))
     var caFile: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The original client's retry_count to write (0-10): it gives up on a failed request after n + 1 more tries.",
+            valueName: "n"))
+    var retryCount = ClientFile.recommendedRetries
+
     func validate() throws {
+        if !(0...10).contains(retryCount) { throw ValidationError("--retry-count must be 0 to 10.") }
         if tokenFile != nil && (passwordFile != nil || register) {
             throw ValidationError("--token-file cannot be combined with --password-file or --register.")
         }
@@ -52,7 +62,7 @@ struct LoginCommand: ParsableCommand {
     func run() throws {
         try reportingErrors("balsam login") {
             let path = clientFile ?? ClientFile.defaultPath
-            let file: ClientFile
+            var file: ClientFile
             let who: String
             do {
                 if let tokenFile {
@@ -69,8 +79,16 @@ struct LoginCommand: ParsableCommand {
             } catch let error as SyncError {
                 throw error.spoolError
             }
+            file.retryCount = retryCount
             try file.write(to: path)
             print("logged in to \(file.apiRoot) as \(who); wrote \(path)")
+            print(
+                "retry_count: \(retryCount): the original Python client reading it shows a refusal within "
+                    + "\(Self.secondsToRefusal(retryCount)) s")
         }
     }
+
+    /// The longest the original client takes to give up on a refused request with `retries`: it sleeps
+    /// 2^k s plus up to 1 s after try k, for k = 0 ... retries.
+    static func secondsToRefusal(_ retries: Int) -> Int { (1 << (retries + 1)) - 1 + retries + 1 }
 }

@@ -25,6 +25,7 @@ import Testing
         let text = try read(clientFile)
         #expect(text.contains("api_root: \(server.url)") && text.contains("token: ey"))
         #expect(text.contains("client_class: balsam.client.BasicAuthRequestsClient"))
+        #expect(text.contains("retry_count: 2") && made.stdout.contains("shows a refusal within 10 s"))
 
         if let python = PythonTools.clientPython {
             let listed = try await runOffPool(
@@ -37,6 +38,28 @@ import Testing
             #expect(
                 listed.status == 0 && listed.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "1",
                 "\(listed.stdout) \(listed.stderr)")
+            // A refusal (the site's name is taken) reaches the script with the server's reason, after the
+            // retries the file allows: the client read 2 from it (its own default, 10, waits half an hour).
+            let refused = try await runOffPool(
+                python,
+                [
+                    "-c",
+                    """
+                    import time
+                    from balsam.api import Site
+                    print("retry_count", Site.objects._client.retry_count)
+                    start = time.monotonic()
+                    try:
+                        Site.objects.create(name='s', path='/s2')
+                    except Exception as e:
+                        print("refused after", round(time.monotonic() - start, 1), "s:", e)
+                    """,
+                ],
+                env: ["BALSAM_CLIENT_PATH": clientFile])
+            #expect(refused.stdout.contains("retry_count 2"), "\(refused.stdout) \(refused.stderr)")
+            #expect(
+                refused.stdout.contains("refused after") && refused.stdout.contains("name"),
+                "\(refused.stdout) \(refused.stderr)")
         }
 
         // A site token instead of a password.
