@@ -325,6 +325,9 @@ public final class TransferService {
         ]
     }
 
+    /// Fails a job for its transfers. A job that could not be failed is set aside (not tried every round); one
+    /// that was is not: it left the state this service serves, and a retry may bring it back before the next
+    /// look, to be served afresh (set aside, it sat in READY for ever).
     private func fail(_ id: String, _ state: JobState, reason: String, items: [TransferItem] = []) {
         do {
             guard let loaded = try store.load(id, in: state) else { return }
@@ -333,8 +336,8 @@ public final class TransferService {
             logger.error("job \(id) FAILED: \(reason)", metadata: ["job.id": "\(id)"])
         } catch {
             logger.error("job \(id): cannot fail it (\(reason)): \(error)", metadata: ["job.id": "\(id)"])
+            idle.insert(id)
         }
-        idle.insert(id)
     }
 
     /// Pending items go out in batches: by direction and location, the largest group first.

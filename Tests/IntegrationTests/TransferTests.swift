@@ -226,6 +226,29 @@ final class SSHServer {
         #expect(!entries(site.jobDirectory("j1")).contains { $0.hasPrefix(".balsam-partial") })
     }
 
+    /// The user's way out of a failed stage-in (issue 35, item 3): the file is put in place, `balsam retry`, and
+    /// the job is staged in, not failed again at once with the old error; a watcher restarted after it agrees.
+    @Test func aRetryAfterAFailedStageInFetchesAgain() throws {
+        try configure("transfer_locations:\n  here: file://\(remote)\ntransfers:\n  on_transfer_error: {retries: 0}")
+        try oneSlotApp(localPath: "mesh.dat")
+        let ids = try submit([#"{"app":"one","workdir":"m/3","transfers":{"input":"here:/meshes/missing.dat"}}"#])
+        var watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        try waitUntil("the stage-in fails", timeout: 60) { self.state(ids[0]) == .failed }
+        try FileManager.default.createDirectory(atPath: remote + "/meshes", withIntermediateDirectories: true)
+        try "mesh\n".write(toFile: remote + "/meshes/missing.dat", atomically: false, encoding: .utf8)
+        let retried = try balsam(["retry", "-w", "m/3"], site: site.root)
+        #expect(retried.status == 0, "\(retried.stderr)")
+        try waitUntil("the job is staged in", timeout: 60) { self.state(ids[0]) == .preprocessed }
+        #expect(state(ids[0]) == .preprocessed, "\(retried.stdout)\n\(watcher.log)")
+        #expect(try read(site.jobDirectory("m/3") + "/mesh.dat") == "mesh\n")
+        let item = try #require(try TransferItem.load(directory: site.jobDirectory("m/3"))?.first)
+        #expect(item.state == .done && item.attempts == 0 && item.info["error"] == nil, "\(item)")
+        #expect(watcher.terminate() == 0)
+        watcher = try WatchProcess(site: site.root, ["--once"], logDirectory: dir.path)
+        #expect(watcher.process.waitUntilExit() == 0)
+        #expect(state(ids[0]) == .preprocessed, "\(watcher.log)")
+    }
+
     @Test func rsyncOverSSHMovesTheDataAndAMissingFileFailsTheJobAfterItsRetries() throws {
         let sshd = try SSHServer()
         try configureRsync(sshd, "  on_transfer_error: {retries: 1}\n")

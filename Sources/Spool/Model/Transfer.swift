@@ -256,6 +256,27 @@ public struct TransferItem: Sendable, Equatable {
         }
     }
 
+    /// A job leaving `FAILED` for `next` (a retry) starts over the stages `next` has not passed: each of their
+    /// items goes back to where a new job's starts (a stage-in `pending`, a stage-out `awaiting_job`), with no
+    /// attempts, task or error left from before; a stage-in already `done` keeps its data and stays done.
+    /// Without this the old error is the new verdict (the job fails again at once), or nothing moves at all.
+    public static func startOver(directory: String, for next: JobState) throws(SpoolError) {
+        guard var items = try load(directory: directory) else { return }
+        var changed = false
+        for i in items.indices where !isPast(items[i].direction, next) {
+            let initial: TransferState = items[i].direction == .in ? .pending : .awaitingJob
+            if items[i].direction == .in && items[i].state == .done { continue }
+            let fresh = items[i].state == initial && items[i].attempts == 0 && items[i].taskID == nil
+            if fresh && items[i].info.isEmpty { continue }
+            items[i].state = initial
+            items[i].attempts = 0
+            items[i].taskID = nil
+            items[i].info = [:]
+            changed = true
+        }
+        if changed { try save(items, directory: directory) }
+    }
+
     /// The items file in a job's directory.
     public static let fileName = "transfers.json"
 

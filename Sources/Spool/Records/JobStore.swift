@@ -145,6 +145,9 @@ public struct JobStore: Sendable {
             held = try claimEnded(loaded)
         }
         do throws(SpoolError) {
+            // A retry starts the job's unfinished transfers over (before the state says it left FAILED: if the
+            // move fails now, a FAILED job's items were only reset early).
+            if from == .failed { try TransferItem.startOver(directory: dir, for: next) }
             // 2. The event, 3. the spec (the entry relinked to the new file), 4. the state: the truth, written last.
             try EventLog(site: site).append(events, sync: false)
             if job != loaded.job {
