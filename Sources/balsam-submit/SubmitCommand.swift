@@ -120,15 +120,19 @@ struct SubmitCommand: ParsableCommand {
         try reportingErrors("balsam-submit") {
             let site = try siteOption.open()
             var submission = Submission(site: site)
+            var made: [Job] = []
             if let from {
-                try submitMany(from: from, submission: &submission)
+                made = try submitMany(from: from, submission: &submission)
             } else if let directory {
                 let (job, state) = try submission.adopt(directory: directory)
                 report(job, state)
+                made = [job]
             } else {
                 let (job, state) = try submission.submit(try jobFromOptions())
                 report(job, state)
+                made = [job]
             }
+            warnIfTheyCannotFit(made, site: site)
             warnIfNoWatcher(site, "balsam-submit", because: "jobs wait in READY until one runs")
         }
     }
@@ -159,7 +163,25 @@ struct SubmitCommand: ParsableCommand {
         return try Job(json: .object(Dictionary(uniqueKeysWithValues: o.map { ($0.key.name, $0.value) })))
     }
 
-    func submitMany(from path: String, submission: inout Submission) throws(SpoolError) {
+    /// Says (on stderr; the jobs are made) which jobs can never run on the site's nodes as settings.yml describes
+    /// them, by the rule `balsam show` and a launcher use (`Need.whyNeverFits`): such a job would wait for ever.
+    func warnIfTheyCannotFit(_ jobs: [Job], site: Site) {
+        guard let launcher = (try? SiteSettings.load(site))?.launcher else { return }
+        var unfit: [(Job, String)] = []
+        for job in jobs {
+            if let why = Need(job, packing: launcher.nodePacking).whyNeverFits(job, launcher) {
+                unfit.append((job, why))
+            }
+        }
+        guard let (first, why) = unfit.first else { return }
+        let which =
+            unfit.count == 1 ? "job \(first.id) (\(first.workdir))" : "\(unfit.count) jobs, such as \(first.workdir),"
+        printError(
+            "balsam-submit: warning: \(which) cannot run on this site's nodes as configured: \(why); "
+                + "change the job (balsam modify) or launcher: in settings.yml")
+    }
+
+    func submitMany(from path: String, submission: inout Submission) throws(SpoolError) -> [Job] {
         let input: [UInt8]
         let name = path == "-" ? "<stdin>" : path
         if path == "-" {
@@ -188,6 +210,7 @@ struct SubmitCommand: ParsableCommand {
             out += "\n"
         }
         print(out, terminator: "")
+        return result.accepted.map(\.job)
     }
 
     func report(_ job: Job, _ state: JobState) {

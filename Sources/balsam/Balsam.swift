@@ -116,17 +116,31 @@ struct List: ParsableCommand {
                 return
             }
             let jobs = try query.list(filter, load: json)
+            let waits = WaitReasons(site: query.site)
             var out = ""
             if json {
                 for listing in jobs {
                     guard let job = listing.job else { continue }
-                    out += jobJSON(job, state: listing.state).serialized() + "\n"
+                    var line = jobJSON(job, state: listing.state)
+                    let reasons = waits.of(job, state: listing.state)
+                    if !reasons.isEmpty, case .object(var o) = line {
+                        o["waiting"] = .array(reasons.map(JSONValue.string))
+                        line = .object(o)
+                    }
+                    out += line.serialized() + "\n"
                 }
                 print(out, terminator: "")
             } else {
+                let held = jobs.filter { l in l.job.map { !waits.of($0, state: l.state).isEmpty } ?? false }
+                if let first = held.first {
+                    printError(
+                        "balsam ls: \(held.count) job(s) cannot run as things are (marked *); "
+                            + "balsam show \(first.workdir) says why")
+                }
+                let marked = Set(held.map(\.id))
                 let rows = jobs.map { l in
                     [
-                        l.id, l.state.rawValue, l.app, l.workdir,
+                        l.id, l.state.rawValue + (marked.contains(l.id) ? "*" : ""), l.app, l.workdir,
                         (l.job?.tags ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(
                             separator: ","),
                     ]
@@ -177,9 +191,11 @@ struct Show: ParsableCommand {
                 let text = Posix.tail(site.jobDirectory(listing.workdir) + "/job.out", lines: lines)
                 tail = text.isEmpty ? nil : text
             }
+            let waiting = WaitReasons(site: try siteOption.open()).of(spec, state: listing.state)
             if json {
                 guard case .object(var o) = jobJSON(spec, state: listing.state) else { return }
                 o["history"] = .array(history)
+                if !waiting.isEmpty { o["waiting"] = .array(waiting.map(JSONValue.string)) }
                 if let tail { o["output_tail"] = .string(tail) }
                 if let reason = listing.record?.reason { o["state_reason"] = .string(reason) }
                 if let record = listing.record {
@@ -200,6 +216,7 @@ struct Show: ParsableCommand {
             } else if listing.source == .accepted {
                 text += " (accepted; directory not made yet)"
             }
+            for why in waiting { text += "\nwaiting:   \(why)" }
             text += "\napp:       \(spec.app)\nworkdir:   \(spec.workdir)\ncreated:   \(spec.created)\n"
             text += "\nspec:\n" + spec.json.pretty(indent: 0) + "\n"
             if let record = listing.record {

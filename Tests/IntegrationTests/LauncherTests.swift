@@ -452,6 +452,42 @@ func runs(_ site: Site) throws -> [Run] {
         #expect(all.contains { run in all.contains { $0.job != run.job && $0.overlaps(run) } }, "jobs shared the node")
     }
 
+    /// A job that cannot fit (a GPU asked of a site without any, issue 35, item 4): `submit` warns, `show` and
+    /// `ls` say why it waits (the settings' rule and the running launcher's words), and a `balsam modify` that
+    /// makes it fit is seen by the launcher that left it, which runs it. FitRuleTests holds the rule to the
+    /// launcher's verdict for every shape.
+    @Test func aJobChangedToFitRunsUnderTheLauncherThatLeftIt() throws {
+        try configure("  cpus_per_node: 4\n  gpu_ids: []")
+        try app("g", "echo ran")
+        let made = try balsamSubmit(["-a", "g", "-w", "g/1", "--gpus-per-rank", "1"], site: site.root)
+        #expect(made.status == 0, "\(made.stderr)")
+        #expect(
+            made.stderr.contains("cannot run on this site's nodes as configured") && made.stderr.contains("gpu_ids"))
+        let id = made.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let watcher = try WatchProcess(site: site.root, logDirectory: dir.path)
+        let launcher = try LauncherProcess(
+            site: site.root, ranks: nil, ["--wall-time-min", "5", "--idle-timeout", "120"], logDirectory: dir.path)
+        try waitUntil("the launcher says it leaves the job for others", timeout: 60) {
+            (try? balsam(["show", "g/1"], site: site.root).stdout)?.contains("waiting:   launcher") == true
+        }
+        let shown = try balsam(["show", "g/1"], site: site.root).stdout
+        #expect(
+            shown.contains("waiting:   cannot run on this site's nodes as configured: it asks for 1 GPU(s)"), "\(shown)"
+        )
+        let listed = try balsam(["ls"], site: site.root)
+        #expect(listed.stdout.contains("PREPROCESSED*") && listed.stderr.contains("1 job(s) cannot run"), "\(listed)")
+        let json = try balsam(["ls", "--json"], site: site.root).stdout
+        #expect(json.contains(#""waiting":["#) && json.contains("gpu_ids"), "\(json)")
+        // Changed to fit: the same launcher, still running, looks again and runs it.
+        let modified = try balsam(["modify", "-w", "g/1", "--gpus-per-rank", "0"], site: site.root)
+        #expect(modified.status == 0, "\(modified.stderr)")
+        try waitUntil("the job runs and finishes", timeout: 60) { self.state(id) == .jobFinished }
+        #expect(!(try balsam(["show", "g/1"], site: site.root).stdout.contains("waiting:")))
+        launcher.process.terminate()
+        #expect(launcher.wait() == 128 + SIGTERM, "\(launcher.log)")
+        #expect(watcher.terminate() == 0)
+    }
+
     @Test func aJobThatOutlivesTheLauncherTimesOutAndIsRetriedUnderTheNext() throws {
         try configure("  kill_grace_sec: 0.5")
         try app("long", "if [ -e first ]; then echo second run; else touch first; echo first run; sleep 60; fi")

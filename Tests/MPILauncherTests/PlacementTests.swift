@@ -327,3 +327,44 @@ func shapedJob(
         #expect(state == nil || state == "Z", "the job's child is gone too (state \(state ?? "none"))")
     }
 }
+
+/// The rule `balsam submit` warns by and `balsam show` says (`Need.whyNeverFits`, from settings.yml alone) and a
+/// launcher's own verdict on nodes of that shape (a CPU count past the node's is FAILED unless oversubscribe, then
+/// `Allocation.canEverFit`) agree on every job shape and node shape (issue 35, item 4).
+@Suite struct FitRuleTests {
+    @Test func theSettingsRuleAndTheLaunchersVerdictAgree() {
+        let seed = UInt64(saturating: Date().timeIntervalSince1970 * 1000)
+        var random = SplitMix(seed: seed)
+        for n in 0..<20_000 {
+            var launcher = SiteSettings.Launcher()
+            launcher.cpusPerNode = Int.random(in: 1...16, using: &random)
+            launcher.gpuIDs = (0..<Int.random(in: 0...4, using: &random)).map(String.init)
+            launcher.reservedCPUs = (0..<Int.random(in: 0...3, using: &random)).map { _ in
+                Int.random(in: 0...17, using: &random)
+            }
+            launcher.oversubscribe = Bool.random(using: &random)
+            let job = shapedJob(
+                nodes: Int.random(in: 1...3, using: &random), rpn: Int.random(in: 1...8, using: &random),
+                tpr: Int.random(in: 1...4, using: &random), tpc: Int.random(in: 1...2, using: &random),
+                gpr: [0, 0.25, 0.5, 1, 2][Int.random(in: 0..<5, using: &random)],
+                npc: Int.random(in: 1...4, using: &random))
+            let nodes = (0..<4).map {
+                Node(
+                    index: $0, host: "h\($0)", cpus: launcher.cpusPerNode ?? 1, gpus: launcher.gpuIDs,
+                    reserved: launcher.reservedCPUs)
+            }
+            var need = Need(job, packing: true)
+            let widest = nodes.map(\.cpus).max() ?? 1
+            var launcherNeverRuns = false
+            if need.cpus > widest {
+                if launcher.oversubscribe { need.cpus = widest } else { launcherNeverRuns = true }
+            }
+            if !Allocation(nodes: nodes).canEverFit(need) { launcherNeverRuns = true }
+            let said = Need(job, packing: true).whyNeverFits(job, launcher)
+            #expect(
+                (said != nil) == launcherNeverRuns,
+                "seed \(seed), case \(n): \(job.numNodes) node(s), \(need), \(launcher): \(said ?? "fits")")
+            if !((said != nil) == launcherNeverRuns) { return }
+        }
+    }
+}

@@ -49,25 +49,6 @@ public struct Node: Sendable, Equatable {
     }
 }
 
-/// What a job needs, from its resource fields (the original's node manager rules).
-public struct Need: Sendable, Equatable {
-    /// Nodes; more than one means whole idle nodes.
-    public var nodes: Int
-    /// CPUs on its node (single-node jobs): `max(1, ranks_per_node × threads_per_rank / threads_per_core)`.
-    public var cpus: Int
-    /// GPUs on its node (single-node jobs): `ranks_per_node × gpus_per_rank`, rounded up.
-    public var gpus: Int
-    /// Share of its node: `1 / nodePackingCount`, or all of it when packing is off.
-    public var occupancy: Double
-
-    public init(_ job: Job, packing: Bool) {
-        nodes = max(1, job.numNodes)
-        cpus = max(1, job.ranksPerNode * job.threadsPerRank / max(1, job.threadsPerCore))
-        gpus = Int(saturating: (Double(job.ranksPerNode) * job.gpusPerRank).rounded(.up))
-        occupancy = packing && nodes == 1 ? 1 / Double(max(1, job.nodePackingCount)) : 1
-    }
-}
-
 /// Where a placed job runs and what it holds there.
 public struct Assignment: Sendable, Equatable {
     /// Its nodes (indexes); the job is started from the first.

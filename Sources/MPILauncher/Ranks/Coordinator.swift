@@ -68,7 +68,12 @@ public final class Coordinator {
     private(set) var lease: Lease?
     var running: [String: Running] = [:]
     var killRequests: [String: String] = [:]
-    var skipped = Set<String>()
+    /// Jobs this launcher leaves for others (tags, wall time, resources), with the spec's inode they were judged
+    /// by and why: a job changed since (`balsam modify` replaces its `job.json`) is looked at again. Said in the
+    /// lease (`Lease.setAside`) for `balsam show` and `ls`.
+    var skipped: [String: (inode: UInt64, why: String)] = [:]
+    /// Whether `skipped` changed since the lease last said it.
+    var skippedChanged = false
     /// Runnable jobs listed, oldest first; those before `candidateStart` are done with (a cursor, so that taking
     /// a few from a long list never copies the rest).
     var candidates: [(id: String, state: JobState)] = []
@@ -251,10 +256,10 @@ public final class Coordinator {
             guard allocation.hasRoom, running.count < settings.launcher.maxConcurrent else { break }
             let (id, state) = candidates[i]
             i += 1
-            if skipped.contains(id) { continue }
             guard let (job, inode) = index.readEntryAndInode(at: index.entryPath(state, id)) else {
                 continue  // gone: claimed elsewhere
             }
+            if skipped[id]?.inode == inode { continue }
             var need = Need(job, packing: settings.launcher.nodePacking)
             if need.cpus > widestNode {
                 // More ranks × threads than a node has cores: the whole node when allowed, else a clear end
@@ -272,10 +277,12 @@ public final class Coordinator {
                 }
             }
             if let why = unsuitable(job, need) {
-                skipped.insert(id)
+                skipped[id] = (inode, why)
+                skippedChanged = true
                 logger.info("job \(id) left for other launchers: \(why)", metadata: ["job.id": "\(id)"])
                 continue
             }
+            if skipped.removeValue(forKey: id) != nil { skippedChanged = true }
             guard let assignment = allocation.place(need) else {
                 kept.append((id, state))
                 continue
@@ -289,6 +296,12 @@ public final class Coordinator {
         // The ones that did not fit go back just before the first one not looked at, in order.
         candidateStart = i - kept.count
         for (k, item) in kept.enumerated() { candidates[candidateStart + k] = item }
+        if skippedChanged, let lease {
+            skippedChanged = false
+            do { try lease.setAside(skipped.mapValues(\.why)) } catch {
+                logger.warning("cannot say in the lease which jobs it leaves for others: \(error)")
+            }
+        }
         return startedAny
     }
 
@@ -296,7 +309,16 @@ public final class Coordinator {
     func listCandidates() -> [(id: String, state: JobState)] {
         var all: [(id: String, state: JobState)] = []
         for state in [JobState.preprocessed, .restartReady] {
-            for id in (try? index.activeIDs(state)) ?? [] where !skipped.contains(id) { all.append((id, state)) }
+            for id in (try? index.activeIDs(state)) ?? [] {
+                // One left for others is looked at again only if its spec changed (a stat, not a read).
+                if let aside = skipped[id],
+                    let st = (try? Posix.statIfExists(index.entryPath(state, id))) ?? nil,
+                    UInt64(st.st_ino) == aside.inode
+                {
+                    continue
+                }
+                all.append((id, state))
+            }
         }
         return all.sorted { $0.id < $1.id }
     }

@@ -142,8 +142,33 @@ public struct Lease: Sendable, Equatable {
         return !Posix.isRunning(pid32, startedAt: start64)
     }
 
+    /// The file in which its launcher says which jobs it leaves for others, and why (`{"ID": "why"}`): what
+    /// `balsam show` and `ls` tell of a job waiting to run. Gone with the lease.
+    static let asideFile = ".aside"
+
+    /// Records the jobs this lease's launcher leaves for others, and why (replacing what it said before).
+    public func setAside(_ reasons: [String: String]) throws(SpoolError) {
+        let text = JSONValue.object(reasons.mapValues(JSONValue.string)).serialized() + "\n"
+        try Posix.replaceFile(path + "/" + Lease.asideFile, Array(text.utf8), sync: false)
+    }
+
+    /// What each live launcher of the site says of job `id` it leaves for others: "LEASE: why".
+    public static func asideReasons(_ site: Site) -> [String: [String]] {
+        var found: [String: [String]] = [:]
+        for lease in (try? all(site)) ?? [] {
+            guard let bytes = try? Posix.readFile(lease.path + "/" + asideFile, limit: 1 << 24),
+                let object = (try? JSONValue.parse(bytes))?.objectValue
+            else { continue }
+            for (id, why) in object {
+                found[id, default: []].append("launcher \(lease.name): \(why.stringValue ?? why.serialized())")
+            }
+        }
+        return found
+    }
+
     /// Removes an emptied lease.
     public func remove() {
+        Posix.unlink(path + "/" + Lease.asideFile)
         Posix.unlink(path + "/" + Lease.holderFile)
         // ENOTEMPTY: a job was handed in meanwhile; the lease stays for the watcher's reaper.
         rmdir(path)
