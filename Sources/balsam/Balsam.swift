@@ -171,7 +171,8 @@ struct Show: ParsableCommand {
                 if !Posix.exists(dir) {
                     throw SpoolError(
                         .notFound,
-                        "job \(listing.id) is \(listing.state.rawValue); its directory is gone (deleted or renamed by hand)",
+                        "job \(listing.id) is \(listing.state.rawValue); its directory is gone (deleted or renamed by hand): "
+                            + "balsam rm \(listing.id) removes the job, balsam fsck --repair every such job",
                         path: dir)
                 }
                 throw SpoolError(.io, "cannot read job.json of job \(listing.id)", path: listing.workdir)

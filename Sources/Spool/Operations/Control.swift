@@ -191,9 +191,20 @@ public struct Control {
 
     /// Removes jobs not held by a launcher: out of the indexes, and their directories deleted (or, with
     /// `keepFiles`, left with `job.json` and `state` renamed to `*.removed`, so they are no longer jobs).
+    /// A job whose directory is gone (deleted by hand) is removed from the indexes all the same
+    /// (`JobStore.removeGone`), unless a launcher holds it.
     public func remove(_ jobs: [JobListing], keepFiles: Bool) -> [Outcome] {
         jobs.map { listing in
-            act(listing) { (_, loaded) throws(SpoolError) -> Outcome in
+            if !Posix.isDirectory(site.jobDirectory(listing.workdir)) && listing.source != .accepted {
+                do throws(SpoolError) {
+                    try JobStore(site: site, actor: actor).removeGone(
+                        listing.id, workdir: listing.workdir, app: listing.app, state: listing.state)
+                    return Outcome(id: listing.id, kind: .done, message: "removed (its directory was already gone)")
+                } catch {
+                    return Outcome(id: listing.id, kind: .failed, message: error.description, code: error.code)
+                }
+            }
+            return act(listing) { (_, loaded) throws(SpoolError) -> Outcome in
                 if isLeased(loaded) || loaded.record.state == .running {
                     return Outcome(
                         id: listing.id, kind: .notNow,
@@ -310,11 +321,13 @@ extension EventLog {
     public static let modifiedMark = "MODIFIED"
 
     /// Logs a line that is not a move: a job removed (`"to": "REMOVED"`) or modified (`"to": "MODIFIED"`).
-    func appendMark(_ mark: String, id: String, from: JobState, actor: String) throws(SpoolError) {
+    func appendMark(_ mark: String, id: String, from: JobState, actor: String, data: [String: JSONValue] = [:])
+        throws(SpoolError)
+    {
         var out: [UInt8] = []
         JSONValue.object([
             "t": .string(Timestamp.now()), "job": .string(id), "from": .string(from.rawValue),
-            "to": .string(mark), "actor": .string(actor), "data": .object([:]),
+            "to": .string(mark), "actor": .string(actor), "data": .object(data),
         ]).write(to: &out)
         out.append(0x0A)
         try SiteIndex(site: site).appendToHostFile(directory: site.eventsPath, suffix: ".jsonl", out, sync: true)

@@ -48,6 +48,7 @@ public struct Fsck {
         try pass.activeEntries()
         if full {
             try pass.jobDirectories()
+            try pass.ghosts()
             try pass.nesting()
         }
         report.jobs = pass.checked
@@ -317,6 +318,27 @@ public struct Fsck {
                                 + "move one of them; balsam rm of the outer job would delete the inner one's files",
                             path: site.jobDirectory(workdir), repaired: false))
                     break
+                }
+            }
+        }
+
+        /// Every ended job still in the final index has its directory: one deleted by hand is removed (as
+        /// `balsam rm` removes a job: `JobStore.removeGone`), so that it is no longer listed, nor its workdir
+        /// taken twice. (An active job whose directory is gone was failed by `activeEntries`, and is one now.)
+        mutating func ghosts() throws(SpoolError) {
+            var latest: [String: SiteIndex.FinalLine] = [:]
+            for line in try index.finalLines() where !line.workdir.hasPrefix(".balsam") { latest[line.id] = line }
+            let store = JobStore(site: site, actor: "balsam fsck")
+            for (id, line) in latest.sorted(by: { $0.key < $1.key }) {
+                let state = line.state
+                guard !entered.contains(id), index.activeState(of: id) == nil,
+                    !Posix.isDirectory(site.jobDirectory(line.workdir))
+                else { continue }
+                try note(
+                    "job \(id) ended \(state.rawValue) but its directory is gone (deleted or renamed by hand); "
+                        + "removed from the indexes", site.jobDirectory(line.workdir)
+                ) { () throws(SpoolError) in
+                    try store.removeGone(id, workdir: line.workdir, app: line.app, state: state)
                 }
             }
         }

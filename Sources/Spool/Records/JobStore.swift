@@ -273,6 +273,37 @@ public struct JobStore: Sendable {
         Posix.unlink(claim)
     }
 
+    /// Removes a job whose directory is gone (deleted or renamed by hand), as `balsam rm` removes a job: out of
+    /// the indexes (its active entry, or a removal line in the final index), with a `REMOVED` line in the event
+    /// log whose reason says so (the server deletes it too). Claimed as every change claims a job: an active
+    /// entry renamed into `tmp/`, an ended job through the shared `tmp/ID.moving` (made empty here: there is no
+    /// `job.json` left to link). A job held by a launcher, or whose directory is back, is not removed.
+    public func removeGone(_ id: String, workdir: String, app: String, state: JobState) throws(SpoolError) {
+        let claim: String
+        if state.isFinal {
+            claim = site.tmpPath + "/" + id + ".moving"
+            do { try Posix.createFile(claim, [], sync: false) } catch  where error.cause == EEXIST {
+                throw SpoolError(.conflict, "job \(id) is being changed by another command; try again")
+            }
+        } else {
+            claim = site.claimPath(id)
+            do { try Posix.renameNoReplace(index.entryPath(state, id), claim) } catch {
+                throw SpoolError(
+                    .conflict, "job \(id) is no longer \(state.rawValue) (a launcher holds it, or it moved); try again")
+            }
+        }
+        defer { Posix.unlink(claim) }
+        let dir = site.jobDirectory(workdir)
+        if Posix.isDirectory(dir) {
+            if !state.isFinal { _ = rename(claim, index.entryPath(state, id)) }
+            throw SpoolError(.conflict, "job \(id)'s directory is there again; nothing removed", path: dir)
+        }
+        try EventLog(site: site).appendMark(
+            SiteIndex.removedMark, id: id, from: state, actor: actor,
+            data: ["reason": .string("job directory data/\(workdir) is gone (deleted or renamed by hand)")])
+        try index.appendRemoved([(id, workdir, app)])
+    }
+
     /// Keeps an entry that can no longer be a job's as `rejected/ID.entry`, with `rejected/ID.entry.reason`.
     private func keepRejected(_ entry: String, id: String, reason: String) throws(SpoolError) {
         let target = site.rejectedPath + "/" + id + ".entry"
