@@ -147,9 +147,12 @@ public func table(_ header: [String], _ rows: [[String]]) -> String {
 }
 
 /// A job and its state as one JSON object (the job's fields plus `state`), for `--json` output.
-public func jobJSON(_ job: Job, state: JobState) -> JSONValue {
+/// A job as `ls --json`, `show --json` and `submit --json` print it: its fields, its state, and the id the server
+/// gave it when the site knows it (`server_id`).
+public func jobJSON(_ job: Job, state: JobState, serverID: Int? = nil) -> JSONValue {
     guard case .object(var o) = job.json else { return job.json }
     o["state"] = .string(state.rawValue)
+    if let serverID = job.serverID ?? serverID { o[JobField.serverID.name] = .int(serverID) }
     return .object(o)
 }
 

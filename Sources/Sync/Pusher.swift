@@ -312,6 +312,7 @@ public final class Pusher {
                 return round
             }
             state.appsDigest = digest
+            try ServerIDs.append(site, last.jobs.map { ($0.key, $0.value) })
             Pusher.remember(last, lines: lines[start..<end], batchJobs: changedBatches, sessions: sessions, in: &state)
             changedBatches = []
             try state.save(site)

@@ -252,6 +252,7 @@ extension Pusher {
                 let (made, _) = try submission.submit(job)
                 state.adopted[key] = made.id
                 try state.save(site)
+                try? ServerIDs.append(site, [(made.id, serverID)])
                 adopted += 1
             } catch {
                 if let existing = try madeBefore(workdir: job.workdir, serverID: serverID) {

@@ -99,7 +99,13 @@ struct List: ParsableCommand {
         try reportingErrors("balsam ls") {
             let query = Query(site: try siteOption.open())
             var filter = try filters.filter()
-            if !id.isEmpty { filter.ids = Set(id) }
+            let serverIDs = ServerIDs.load(query.site)
+            if !id.isEmpty {
+                filter.ids = Set(
+                    id.map { key in
+                        ServerIDs.looksLikeServerID(key) ? Int(key).flatMap { serverIDs.byServer[$0] } ?? key : key
+                    })
+            }
             if byState {
                 let counts = try query.countByState(filter)
                 if json {
@@ -121,7 +127,7 @@ struct List: ParsableCommand {
             if json {
                 for listing in jobs {
                     guard let job = listing.job else { continue }
-                    var line = jobJSON(job, state: listing.state)
+                    var line = jobJSON(job, state: listing.state, serverID: serverIDs.bySite[job.id])
                     let reasons = waits.of(job, state: listing.state)
                     if !reasons.isEmpty, case .object(var o) = line {
                         o["waiting"] = .array(reasons.map(JSONValue.string))
@@ -192,9 +198,11 @@ struct Show: ParsableCommand {
                 let text = Posix.tail(site.jobDirectory(listing.workdir) + "/job.out", lines: lines)
                 tail = text.isEmpty ? nil : text
             }
-            let waiting = WaitReasons(site: try siteOption.open()).of(spec, state: listing.state)
+            let site = try siteOption.open()
+            let waiting = WaitReasons(site: site).of(spec, state: listing.state)
+            let serverID = spec.serverID ?? ServerIDs.load(site).bySite[spec.id]
             if json {
-                guard case .object(var o) = jobJSON(spec, state: listing.state) else { return }
+                guard case .object(var o) = jobJSON(spec, state: listing.state, serverID: serverID) else { return }
                 o["history"] = .array(history)
                 if !waiting.isEmpty { o["waiting"] = .array(waiting.map(JSONValue.string)) }
                 if let tail { o["output_tail"] = .string(tail) }
@@ -206,7 +214,8 @@ struct Show: ParsableCommand {
                 print(JSONValue.object(o).serialized())
                 return
             }
-            var text = "id:        \(spec.id)\nstate:     \(listing.state.rawValue)"
+            var text = "id:        \(spec.id)" + (serverID.map { " (server id \($0))" } ?? "")
+            text += "\nstate:     \(listing.state.rawValue)"
             if let record = listing.record {
                 text += " since \(record.since) by \(record.actor)"
                 if let reason = record.reason { text += "\nreason:    \(reason)" }

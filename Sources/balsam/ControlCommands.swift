@@ -69,11 +69,24 @@ struct JobSelection: ParsableArguments {
         }
     }
 
-    func filter() throws(SpoolError) -> JobFilter {
+    /// The filters and IDs; an id in digits is the server's (`ServerIDs`), as the original client shows it.
+    func filter(site: Site) throws(SpoolError) -> JobFilter {
         var filter = try filters.filter()
         if !ids.isEmpty {
-            for id in ids where !JobID.isValid(id) { throw SpoolError(.usage, "'\(id)' is not a job ID") }
-            filter.ids = Set(ids)
+            var known: [Int: String]?
+            filter.ids = Set(
+                try ids.map { (id) throws(SpoolError) -> String in
+                    if JobID.isValid(id) { return id }
+                    guard ServerIDs.looksLikeServerID(id), let serverID = Int(id) else {
+                        throw SpoolError(.usage, "'\(id)' is not a job ID (nor a server id: digits)")
+                    }
+                    if known == nil { known = ServerIDs.load(site).byServer }
+                    guard let mapped = known?[serverID] else {
+                        throw SpoolError(
+                            .notFound, "no job of this site has server id \(id) (yet: the sync records it)")
+                    }
+                    return mapped
+                })
         }
         return filter
     }
@@ -88,7 +101,7 @@ func control(
     try reportingErrors("balsam \(name)") {
         let site = try siteOption.open()
         let control = Control(site: site, actor: "balsam \(name)")
-        let jobs = try control.select(selection.filter())
+        let jobs = try control.select(selection.filter(site: site))
         if jobs.isEmpty { throw SpoolError(.notFound, "no job matches") }
         if selection.dryRun {
             print(

@@ -339,6 +339,10 @@ final class DifferentialWorld {
                 )
             }
             if job["state"] != other["state"] { differ("state", job["state"], other["state"]) }
+            // The server's id as the site knows it (issue 35, item 6): what `show 91`, `kill 91`... take.
+            if job["server_id"]?.intValue != other["id"]?.intValue {
+                differ("server id", job["server_id"], other["id"])
+            }
             if job["workdir"] != other["workdir"] { differ("workdir", job["workdir"], other["workdir"]) }
             let app = other["app_id"]?.intValue.flatMap { appNames[$0] }
             if job["app"]?.stringValue != app { differ("app", job["app"], app.map(JSONValue.string)) }
@@ -358,6 +362,15 @@ final class DifferentialWorld {
             }
         }
         guard deep, out.isEmpty else { return out }
+        // Any job found by the server's id, as the original CLI shows it.
+        if let job = pick(onServer), let serverID = job["id"]?.intValue, let siteJobID = job["site_job_id"]?.stringValue
+        {
+            let shown = try balsam(["show", String(serverID), "--json"], site: site.root)
+            let found = (try? JSONValue.parse(shown.stdout))?.objectValue?["id"]?.stringValue
+            if found != siteJobID {
+                out.append("balsam show \(serverID) found \(found ?? shown.stderr), not \(siteJobID)")
+            }
+        }
         out += try await historiesDiffer(atSite, serverIDs: serverIDs, bySiteID: bySiteID)
         return out
     }

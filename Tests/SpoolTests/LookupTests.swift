@@ -29,4 +29,25 @@ import Testing
         #expect(byID[accepted.id]?.source == .accepted && byID[accepted.id]?.job?.workdir == "d")
         #expect(byID[removed.id] == nil)
     }
+
+    /// The server's ids (issue 35, item 6): `find` takes them as the original CLI shows them, the later line of
+    /// the map winning; digits that are a workdir of one job and the server id of another are refused by name.
+    @Test func findTakesTheServersIDs() throws {
+        let dir = try TempDir()
+        let site = try makeSite(dir)
+        var submission = Submission(site: site)
+        let (first, _) = try submission.submit(helloJob("runs/1"))
+        let (second, _) = try submission.submit(helloJob("91"))
+        try ServerIDs.append(site, [(first.id, 7), (second.id, 8)])
+        let query = Query(site: site)
+        #expect(try query.find("7").id == first.id)
+        #expect(try query.find("91").id == second.id, "a workdir in digits that no server id names")
+        try ServerIDs.append(site, [(first.id, 91)])
+        #expect(throws: SpoolError.self, "7 is no server id any more, nor a workdir") { try query.find("7") }
+        #expect {
+            try query.find("91")
+        } throws: {
+            "\($0)".contains("workdir of job \(second.id) and the server id of job \(first.id)")
+        }
+    }
 }

@@ -221,8 +221,25 @@ public struct Query: Sendable {
         return result
     }
 
-    /// One job by ID or by workdir, with its spec and state record loaded.
+    /// One job by ID, by workdir, or by the id the server gave it (digits: `ServerIDs`), with its spec and state
+    /// record loaded. Digits that are both a job's workdir and another job's server id are refused as ambiguous.
     public func find(_ key: String) throws(SpoolError) -> JobListing {
+        if ServerIDs.looksLikeServerID(key), let serverID = Int(key),
+            let id = ServerIDs.load(site).byServer[serverID]
+        {
+            let byWorkdir = try? findLocal(key)
+            if let byWorkdir, byWorkdir.id != id {
+                throw SpoolError(
+                    .usage,
+                    "'\(key)' is the workdir of job \(byWorkdir.id) and the server id of job \(id); give the job's ID")
+            }
+            return try findLocal(id)
+        }
+        return try findLocal(key)
+    }
+
+    /// One job by ID or by workdir.
+    private func findLocal(_ key: String) throws(SpoolError) -> JobListing {
         if JobID.isValid(key) {
             var filter = JobFilter()
             filter.ids = [key]
