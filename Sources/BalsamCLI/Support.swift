@@ -84,6 +84,35 @@ public func warnIfNoWatcher(_ site: Site, _ program: String, because: String) {
             + "start it with 'balsam-watch --daemon'")
 }
 
+/// The `balsam` a shell would run (the first executable on `PATH`) when it is not this project's (the one beside
+/// the running program): the original Balsam's, which a Python venv with the client installs and its `activate`
+/// puts first, so that `balsam ls` answers "No such command 'ls'". Nil when ours comes first, or is not found.
+public func shadowingBalsam(path: String? = nil) -> String? {
+    guard let me = Posix.executablePath() else { return nil }
+    let ours = Posix.parentPath(me) + "/balsam"
+    guard Posix.exists(ours) else { return nil }
+    let searched = path ?? getenv("PATH").map { String(cString: $0) } ?? ""
+    for directory in searched.split(separator: ":") where !directory.isEmpty {
+        let candidate = String(directory) + "/balsam"
+        guard access(candidate, X_OK) == 0 else { continue }
+        var a = stat()
+        var b = stat()
+        guard stat(candidate, &a) == 0, stat(ours, &b) == 0 else { return nil }
+        return a.st_dev == b.st_dev && a.st_ino == b.st_ino ? nil : candidate
+    }
+    return nil
+}
+
+/// Says on standard error that `shadowingBalsam` found another `balsam` first on `PATH`, and what to do.
+public func warnIfBalsamIsShadowed(_ program: String) {
+    guard let other = shadowingBalsam(), let me = Posix.executablePath() else { return }
+    printError(
+        "\(program): warning: the balsam first on PATH is \(other), not this project's "
+            + "(\(Posix.parentPath(me))/balsam): 'balsam ls' would run the original Balsam's command. "
+            + "Leave the client's venv unactivated (name its Python in settings.yml python.executable and run "
+            + "scripts with it by path), or remove \(other): this balsam takes the original's spellings")
+}
+
 /// Whether a person is there to answer: standard input and standard error are a terminal.
 public var onATerminal: Bool { isatty(0) == 1 && isatty(2) == 1 }
 

@@ -133,6 +133,7 @@ struct SubmitCommand: ParsableCommand {
                 made = [job]
             }
             warnIfTheyCannotFit(made, site: site)
+            warnIfBalsamIsShadowed("balsam-submit")
             warnIfNoWatcher(site, "balsam-submit", because: "jobs wait in READY until one runs")
         }
     }

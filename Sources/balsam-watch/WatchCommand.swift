@@ -59,6 +59,7 @@ struct WatchCommand: AsyncParsableCommand {
                 }
                 return
             }
+            warnIfBalsamIsShadowed("balsam-watch")
             if daemon {
                 let logPath = Posix.absolute(log ?? site.logPath + "/balsam-watch.log")
                 let arguments =

@@ -189,6 +189,25 @@ import Testing
         #expect(try stateCounts(site) == ["READY": 1])
     }
 
+    /// The client's venv activated puts the original Balsam's `balsam` first on PATH (issue 35, item 7): our
+    /// commands that still run say so, naming both, and nothing when ours comes first.
+    @Test func anotherBalsamFirstOnPathIsNamed() throws {
+        let venv = try TempDir()
+        try venv.file("bin/balsam", "#!/bin/sh\necho \"Error: No such command '$1'.\" >&2; exit 2\n")
+        chmod(venv.path + "/bin/balsam", 0o755)
+        let shadowed = try run(
+            binDirectory + "/balsam-submit", ["-a", "hello", "-w", "shadow/1", "-p", "name=a", "--site", site],
+            env: ["PATH": venv.path + "/bin:" + binDirectory + ":/usr/bin:/bin"])
+        #expect(shadowed.status == 0, "\(shadowed.stderr)")
+        #expect(
+            shadowed.stderr.contains("the balsam first on PATH is \(venv.path)/bin/balsam")
+                && shadowed.stderr.contains("\(binDirectory)/balsam"), "\(shadowed.stderr)")
+        let ours = try run(
+            binDirectory + "/balsam-submit", ["-a", "hello", "-w", "shadow/2", "-p", "name=a", "--site", site],
+            env: ["PATH": binDirectory + ":" + venv.path + "/bin:/usr/bin:/bin"])
+        #expect(ours.status == 0 && !ours.stderr.contains("first on PATH"), "\(ours.stderr)")
+    }
+
     @Test func existingWorkdirIsRefused() throws {
         #expect(try balsamSubmit(["-a", "hello", "-w", "x", "-p", "name=a"], site: site).status == 0)
         let r = try balsamSubmit(["-a", "hello", "-w", "x", "-p", "name=b"], site: site)
