@@ -389,6 +389,8 @@ public final class Pusher {
         round.adopted = adopted
         round.refused = refused
         if adopted + refused > 0 { round.caughtUp = false }
+        round.newRefusals += state.freshRefusals
+        state.freshRefusals = []
     }
 
     /// The site as a push describes it: its name, path, id on the server, transfer locations and batch-job

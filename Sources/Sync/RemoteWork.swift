@@ -76,7 +76,10 @@ extension Pusher {
             func answer(_ outcome: String, _ reason: String?, _ jobs: [JobListing] = []) throws {
                 let refused = outcome == "refused" ? reason ?? "refused by the site" : nil
                 // Where the user sees it: the job's data, at the site and (pushed with its spec) on the server.
-                if let refused { for j in jobs { state.refusalNotes[j.id] = refused } }
+                if let refused {
+                    for j in jobs { state.refusalNotes[j.id] = refused }
+                    state.refuseHere("request \(id) (\(kind.name) of job \(job))", refused)
+                }
                 let done = RequestAnswer(id: id, refused: refused)
                 state.requestsDone[key] = done.json
                 try state.save(site)
@@ -164,6 +167,7 @@ extension Pusher {
                     state.batchAdopted[key] = made.id
                 } catch {
                     state.batchRejected[key] = "\(error)"
+                    state.refuseHere("batch job \(serverID) (\(o.numNodes) node(s), queue \(o.queue))", "\(error)")
                 }
                 try state.save(site)
             }
@@ -200,6 +204,8 @@ extension Pusher {
             if state.adopted[key] != nil || state.rejected[key] != nil { continue }
             func refuse(_ reason: String) throws {
                 state.rejected[key] = reason
+                let workdir = { if case .read(let o) = item { " (workdir \(o.spec.workdir))" } else { "" } }()
+                state.refuseHere("job \(serverID)\(workdir)", reason)
                 try state.save(site)
                 refused += 1
             }

@@ -40,6 +40,34 @@ public struct SyncState: Sendable, Equatable {
     /// launcher cannot be changed until it leaves it).
     public var refusalNotes: [String: String] = [:]
 
+    /// What this site refused of its users' requests through the server (a job or batch job made through the
+    /// API, a change of a job), newest last, at most `refusedHereLimit`, with when: `balsam sync status` shows
+    /// them. Every such refusal goes through `refuseHere`, which also hands it to the round's log.
+    public var refusedHere: [Refusal] = []
+    /// A refusal of a user's request: when, of what, and why.
+    public struct Refusal: Sendable, Equatable {
+        public var time: String
+        public var what: String
+        public var reason: String
+        /// As status and the state file write it.
+        public var json: JSONValue {
+            .object(["time": .string(time), "what": .string(what), "reason": .string(reason)])
+        }
+    }
+    /// How many of `refusedHere` are kept.
+    public static let refusedHereLimit = 100
+    /// Refusals made since the round began, for the watcher's log (not saved).
+    var freshRefusals: [String] = []
+
+    /// Records a refusal of a user's request: for `balsam sync status` and, once, for the log.
+    mutating func refuseHere(_ what: String, _ reason: String) {
+        refusedHere.append(Refusal(time: Timestamp.now(), what: what, reason: reason))
+        if refusedHere.count > SyncState.refusedHereLimit {
+            refusedHere.removeFirst(refusedHere.count - SyncState.refusedHereLimit)
+        }
+        freshRefusals.append("\(what): \(reason)")
+    }
+
     /// Keeps (or, with nil, forgets) the refusal under `key`; whether it is new or changed, so that the log says
     /// each once.
     @discardableResult
@@ -80,6 +108,12 @@ public struct SyncState: Sendable, Equatable {
         state.refused = (o["refused"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
         state.sessionsPushed = Set((o["sessions_pushed"]?.arrayValue ?? []).compactMap(\.stringValue))
         state.refusalNotes = (o["refusal_notes"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
+        state.refusedHere = (o["refused_here"]?.arrayValue ?? []).compactMap {
+            guard let e = $0.objectValue, let time = e["time"]?.stringValue, let what = e["what"]?.stringValue,
+                let reason = e["reason"]?.stringValue
+            else { return nil }
+            return Refusal(time: time, what: what, reason: reason)
+        }
         return state
     }
 
@@ -98,6 +132,7 @@ public struct SyncState: Sendable, Equatable {
             "sessions_pushed": .array(sessionsPushed.sorted().map { .string($0) }),
         ]
         if !refusalNotes.isEmpty { o["refusal_notes"] = .object(refusalNotes.mapValues { .string($0) }) }
+        if !refusedHere.isEmpty { o["refused_here"] = .array(refusedHere.map(\.json)) }
         if let siteID { o["site_id"] = .int(siteID) }
         if let lastSuccess { o["last_success"] = .string(lastSuccess) }
         if let lastError { o["last_error"] = .string(lastError) }

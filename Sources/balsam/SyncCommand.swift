@@ -49,9 +49,11 @@ struct SyncPush: ParsableCommand {
                     total.events += round.events
                     total.sent += round.sent
                     total.jobs += round.jobs
+                    total.newRefusals += round.newRefusals
                     if once || round.caughtUp { break }
                 }
                 print("pushed \(total.sent) events (\(total.events) new to the server) and \(total.jobs) jobs")
+                for refusal in total.newRefusals { printError("balsam sync push: refused: \(refusal)") }
             } catch let error as SyncError {
                 throw error.spoolError
             }
@@ -84,16 +86,20 @@ struct SyncStatus: ParsableCommand {
                 ("last_error", state.lastError.map { .string($0) } ?? .null),
                 ("last_error_time", state.lastErrorTime.map { .string($0) } ?? .null),
                 ("refused", .object(state.refused.mapValues { .string($0) })),
+                ("refused_here", .array(state.refusedHere.map(\.json))),
             ]
             if json {
                 print(JSONValue.object(Dictionary(uniqueKeysWithValues: fields)).serialized())
             } else {
-                for (key, value) in fields where key != "refused" {
+                for (key, value) in fields where key != "refused" && key != "refused_here" {
                     print("\(key): \(value.stringValue ?? (value == .null ? "-" : value.serialized()))")
                 }
                 // What one end refused of the other: left out of the mirror, with the reason.
                 print("refused: \(state.refused.count)")
                 for (key, reason) in state.refused.sorted(by: { $0.key < $1.key }) { print("  \(key): \(reason)") }
+                // What this site refused of its users' requests through the server, newest first.
+                print("refused here: \(state.refusedHere.count)")
+                for r in state.refusedHere.reversed() { print("  \(r.time) \(r.what): \(r.reason)") }
             }
         }
     }

@@ -277,6 +277,26 @@ import Testing
         // Nothing is taken twice.
         #expect(try await push().status == 0)
         #expect(try siteStates(site).count == 2)
+
+        // Every refusal of a user's request is said at the site too (issue 35, item 8): the job above, and a
+        // batch job in a queue the site does not allow, each in `sync status` and on the push's stderr.
+        let batch = try await server.request(
+            "POST", "/batch-jobs/",
+            json: [
+                "site_id": siteID, "num_nodes": 1, "wall_time_min": 5, "job_mode": "mpi", "project": "p", "queue": "q",
+            ], token: token)
+        let batchID = try #require(batch.object["id"] as? Int, "\(batch.text)")
+        let told = try await push()
+        #expect(told.stderr.contains("refused: batch job \(batchID)"), "\(told.stderr)")
+        let status = try balsam(["sync", "status", "--json", "--site", site.root]).stdout
+        let here = (try? JSONValue.parse(status))?.objectValue?["refused_here"]?.arrayValue ?? []
+        let what = here.compactMap { $0.objectValue?["what"]?.stringValue }
+        #expect(what.contains { $0.hasPrefix("job \(badID) (workdir remote/ghost)") }, "\(status)")
+        #expect(what.contains { $0.hasPrefix("batch job \(batchID)") }, "\(status)")
+        #expect(
+            here.contains { $0.objectValue?["reason"]?.stringValue?.contains("allowed_queues") == true }, "\(status)")
+        let text = try balsam(["sync", "status", "--site", site.root]).stdout
+        #expect(text.contains("refused here: 2") && text.contains("no app 'ghost'"), "\(text)")
     }
 
     @Test(
