@@ -30,6 +30,9 @@ struct Balsam: ParsableCommand {
             switch try OriginalSpellings.translate(arguments) {
             case .builtin(let translated)?: arguments = translated
             case .program(let name, let translated)?: execute(name, translated)
+            case .help(let text)?:
+                print(text, terminator: "")
+                Glibc.exit(0)
             case nil: break
             }
         } catch {

@@ -208,6 +208,33 @@ import Testing
         #expect(ours.status == 0 && !ours.stderr.contains("first on PATH"), "\(ours.stderr)")
     }
 
+    /// Every original spelling balsam(1) lists, and each of its two groups, answers `--help` with its own usage
+    /// and exit 0 (issue 35, item 9): the list is read from the man page, so a spelling added there is walked.
+    @Test func everyOriginalSpellingHasItsOwnHelp() throws {
+        let page = try read(repositoryRoot + "/man/balsam.1")
+        let section =
+            try #require(page.components(separatedBy: ".Ss The original Balsam's spellings").last)
+            .components(separatedBy: ".Sh ").first ?? ""
+        var spellings: [String] = []
+        for line in section.split(separator: "\n") where line.hasPrefix(".It Cm ") {
+            let words = line.dropFirst(".It Cm ".count).split(separator: " ")
+            guard words.count >= 2, ["site", "job", "app", "queue"].contains(words[0]) else { continue }
+            // "site start | stop": both.
+            var i = 1
+            while i < words.count, !words[i].hasPrefix("Ar"), !words[i].hasPrefix("Fl"), !words[i].hasPrefix("Op") {
+                if words[i] != "|" { spellings.append("\(words[0]) \(words[i])") }
+                i += 1
+            }
+        }
+        #expect(spellings.count >= 12, "\(spellings)")
+        for spelling in ["site", "job"] + spellings {
+            let r = try balsam(spelling.split(separator: " ").map(String.init) + ["--help"])
+            #expect(r.status == 0, "balsam \(spelling) --help: \(r.stderr)")
+            #expect(
+                r.stdout.lowercased().contains("usage: balsam \(spelling)"), "balsam \(spelling) --help: \(r.stdout)")
+        }
+    }
+
     @Test func existingWorkdirIsRefused() throws {
         #expect(try balsamSubmit(["-a", "hello", "-w", "x", "-p", "name=a"], site: site).status == 0)
         let r = try balsamSubmit(["-a", "hello", "-w", "x", "-p", "name=b"], site: site)

@@ -5,6 +5,10 @@ import Spool
     import Glibc
 #endif
 
+/// The repository's root (man pages, README), from this file's place in it.
+public let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().path
+
 /// A fresh temporary directory per test, removed afterwards: tests run in parallel.
 public final class TempDir {
     public let path: String
