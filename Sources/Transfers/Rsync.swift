@@ -114,7 +114,10 @@ public final class RsyncBackend: TransferBackend {
     static func why(_ path: String, under root: String, _ result: SchedulerCommand.Result) -> String {
         // ssh ends its lines with CR LF, one Character to Swift: split on any line break.
         let lines = result.errors.split(whereSeparator: \.isNewline)
-        if let line = lines.first(where: { $0.contains(listed(path, under: root)) }) { return "rsync: " + String(line) }
+        // Said once: rsync's own lines start "rsync: " already ("rsync: [sender] link_stat ...").
+        if let line = lines.first(where: { $0.contains(listed(path, under: root)) }) {
+            return line.hasPrefix("rsync") ? String(line) : "rsync: " + String(line)
+        }
         return summary(result)
     }
 

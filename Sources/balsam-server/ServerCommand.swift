@@ -313,6 +313,11 @@ struct TokenCommand: AsyncParsableCommand {
             try await withAccounts(store, signing: true) { accounts in
                 let made = try accounts.createSiteToken(username: user, siteName: site, days: days)
                 printError("balsam-server: token \(made.id) for \(user) at site \(site)")
+                if !made.siteExists {
+                    printError(
+                        "balsam-server: \(user) has no site named \(site) yet: the site that uses this token registers "
+                            + "under that name on its first push")
+                }
                 print(made.token)
             }
         }

@@ -61,7 +61,9 @@ struct Init: ParsableCommand {
     }
 
     func run() throws {
-        try reportingErrors("balsam init") {
+        // Messages name the command as the user typed it: the original's `balsam site init` arrives with
+        // --choose-platform, which only that spelling gives.
+        try reportingErrors(choosePlatform ? "balsam site init" : "balsam init") {
             let interactive = onATerminal
             var chosen: Platform
             var asked = false

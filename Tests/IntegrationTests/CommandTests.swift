@@ -235,6 +235,12 @@ import Testing
         }
     }
 
+    /// The original's `site init` names itself in its messages (issue 35, item 10).
+    @Test func siteInitSaysItsOwnName() throws {
+        let r = try balsam(["site", "init", site, "--platform", "local"])
+        #expect(r.status == 73 && r.stderr.hasPrefix("balsam site init: "), "\(r.stderr)")
+    }
+
     @Test func existingWorkdirIsRefused() throws {
         #expect(try balsamSubmit(["-a", "hello", "-w", "x", "-p", "name=a"], site: site).status == 0)
         let r = try balsamSubmit(["-a", "hello", "-w", "x", "-p", "name=b"], site: site)

@@ -233,7 +233,11 @@ public struct Accounts: Sendable {
     }
 
     /// Makes a long-lived token for `username`'s site daemon (`balsam-server token create`).
-    public func createSiteToken(username: String, siteName: String, days: Int?) throws -> (id: String, token: String) {
+    /// Makes a site token; also whether the user has a site of that name yet (a token's site registers under
+    /// its name on its first push).
+    public func createSiteToken(username: String, siteName: String, days: Int?) throws -> (
+        id: String, token: String, siteExists: Bool
+    ) {
         try database.withConnection { c in
             guard let row = try c.query("SELECT id FROM users WHERE username = \(.text(username))").first else {
                 throw ServerError.notFound("user '\(username)'")
@@ -242,7 +246,10 @@ public struct Accounts: Sendable {
             let issued = try issueToken(
                 for: user, kind: "site", siteName: siteName, seconds: days.map { Int64($0) * 86_400 }, connection: c)
             let id = try Accounts.claims(of: issued.token)?["jti"]?.stringValue ?? ""
-            return (id, issued.token)
+            let exists = try !c.query(
+                "SELECT 1 FROM sites WHERE owner_id = \(.of(user.id)) AND name = \(.text(siteName))"
+            ).isEmpty
+            return (id, issued.token, exists)
         }
     }
 

@@ -158,10 +158,11 @@ public struct TransferLocation: Sendable, Equatable {
     public func remotePath(_ path: String) -> String { basePath + path }
 }
 
-/// The state of a transfer item (the original's).
+/// The state of a transfer item: the original's, and `skipped` (the site's own, never sent to a server, whose
+/// original client does not know it): an item not started when its job ended `FAILED`.
 public enum TransferState: String, Sendable, CaseIterable {
     case awaitingJob = "awaiting_job"
-    case pending, active, inactive, done, error
+    case pending, active, inactive, done, error, skipped
 }
 
 /// One transfer of one job's slot. A job's items live in `transfers.json` in its directory.
@@ -272,6 +273,19 @@ public struct TransferItem: Sendable, Equatable {
             items[i].attempts = 0
             items[i].taskID = nil
             items[i].info = [:]
+            changed = true
+        }
+        if changed { try save(items, directory: directory) }
+    }
+
+    /// A job that ended `FAILED`: its items not started (`awaiting_job`, `pending`) will not be, and say so
+    /// (`skipped`, with why); a retry starts them over (`startOver`).
+    public static func skipUnstarted(directory: String) throws(SpoolError) {
+        guard var items = try load(directory: directory) else { return }
+        var changed = false
+        for i in items.indices where items[i].state == .awaitingJob || items[i].state == .pending {
+            items[i].state = .skipped
+            items[i].info["skipped"] = .string("the job ended FAILED before this transfer")
             changed = true
         }
         if changed { try save(items, directory: directory) }

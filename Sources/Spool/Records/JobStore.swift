@@ -148,6 +148,7 @@ public struct JobStore: Sendable {
             // A retry starts the job's unfinished transfers over (before the state says it left FAILED: if the
             // move fails now, a FAILED job's items were only reset early).
             if from == .failed { try TransferItem.startOver(directory: dir, for: next) }
+            if next == .failed { try TransferItem.skipUnstarted(directory: dir) }
             // 2. The event, 3. the spec (the entry relinked to the new file), 4. the state: the truth, written last.
             try EventLog(site: site).append(events, sync: false)
             if job != loaded.job {
