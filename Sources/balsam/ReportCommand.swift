@@ -105,7 +105,7 @@ struct ReportThroughput: ParsableCommand {
                     title: "\(state) per \(seconds(t.bin)) at \(site.root)", yLabel: "jobs per bin",
                     series: [
                         .bins(state, style: "steps lw 2", t.bins.map { ($0.start, Double($0.count)) }, width: t.bin)
-                    ]
+                    ], counts: true
                 ).write(to: plot)
             }
             if json {

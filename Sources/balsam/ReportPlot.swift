@@ -25,6 +25,8 @@ struct ReportPlot {
     var title: String
     var yLabel: String
     var series: [Series]
+    /// Whether the values are counts (ticks on whole numbers).
+    var counts = false
 
     /// The terminal for FILE's extension; anything else is a usage error.
     static func terminal(for path: String) throws(SpoolError) -> String {
@@ -54,6 +56,10 @@ struct ReportPlot {
             try Posix.createFile(data, Array(text.utf8), sync: false)
             plots.append("'\(data)' using 1:2 with \(s.style) title \(quoted(s.title))")
         }
+        // The dashboard's rule: round steps, the top above the largest value (a line at the nodes held would
+        // otherwise run along the frame).
+        let top = series.flatMap { $0.points.map(\.1) }.max() ?? 0
+        let ticks = AxisTicks.upTo(top, whole: counts)
         let picture = scratch + "/picture"
         let script = """
             set terminal \(terminal)
@@ -64,7 +70,8 @@ struct ReportPlot {
             set format x "%m-%d\\n%H:%M:%S"
             set xlabel 'time (UTC)'
             set ylabel \(quoted(yLabel))
-            set yrange [0:*]
+            set yrange [0:\(fixed(ticks.last ?? 1))]
+            set ytics 0, \(fixed(ticks.count > 1 ? ticks[1] : 1))
             set grid
             set key outside right top noenhanced
             plot \(plots.joined(separator: ", \\\n    "))

@@ -72,12 +72,20 @@ import Testing
         #expect(row.contains("1") && row.contains("3") && row.contains("broken <b>"), "\(row)")
         #expect(row.contains { $0.hasPrefix("exit status 3; ") }, "\(row)")
         #expect((ada["charts"]?.intValue ?? 0) >= 3 && ada["refresh"]?.stringValue == "15")
-        // The charts span the chosen period (24 h): five labels on each time axis, all different, the first
-        // about a day before the last; "available" is dashed, so that it shows where it equals "busy".
+        // With no period asked for, the charts span the data's own (issue 35, item 10: a first day's work fills
+        // them, not a sliver of 24 h): five labels on each time axis, all different, minutes apart, not a day;
+        // "available" is dashed, so that it shows where it equals "busy".
         let axes = ada["axes"]?.arrayValue?.compactMap { $0.arrayValue?.compactMap(\.stringValue) } ?? []
         #expect(axes.count >= 2 && axes.allSatisfy { $0.count == 5 && Set($0).count == 5 }, "\(axes)")
-        let days = axes.first.map { ($0.first?.prefix(5), $0.last?.prefix(5)) }
-        #expect(days.map { $0.0 != $0.1 } == true, "a day apart: \(axes)")
+        func minutes(_ label: String?) -> Int? {
+            // "MM-DD HH:MM[:SS]"
+            let parts = (label ?? "").split(whereSeparator: { "- :".contains($0) }).compactMap { Int($0) }
+            return parts.count >= 4 ? parts[1] * 1440 + parts[2] * 60 + parts[3] : nil
+        }
+        let spans = axes.compactMap { axis in
+            minutes(axis.last).flatMap { last in minutes(axis.first).map { last - $0 } }
+        }
+        #expect(spans.count == axes.count && spans.allSatisfy { $0 < 120 }, "the data's span, not a day: \(axes)")
         #expect(ada["dashed"]?.arrayValue == [.string("available")], "\(ada["dashed"] ?? .null)")
         #expect(ada["after_logout"]?.stringValue?.hasSuffix("/dashboard/login") == true)
         // The screenshot is a real PNG of the page.

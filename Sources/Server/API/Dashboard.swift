@@ -80,18 +80,30 @@ enum Dashboard {
     /// `GET /dashboard?hours=24&site_id=N`.
     // Over 100 lines: the page's queries in one transaction and the page built from them, in the order it shows them.
     static func dashboard(_ call: inout Call) throws -> Reply {
-        let hours =
-            try call.query.string("hours").map { text throws(ServerError) -> Double in
-                guard let h = Double(text), h > 0, h <= 24 * 366 else {
-                    throw .badRequest("'\(text)' is not a number of hours", field: "hours")
-                }
-                return h
-            } ?? 24
+        let asked = try call.query.string("hours").map { text throws(ServerError) -> Double in
+            guard let h = Double(text), h > 0, h <= 24 * 366 else {
+                throw .badRequest("'\(text)' is not a number of hours", field: "hours")
+            }
+            return h
+        }
         let siteFilter = try call.query.int("site_id")
         try call.query.finish()
         let c = call.connection
         let now = ServerClock.microseconds()
-        let since = now - Int64(saturating: hours * 3600e6)
+        // Without a period asked for: the data's own span, up to a day (a first day's work fills the charts
+        // instead of a sliver of 24 h), at least 10 minutes.
+        var since = now - Int64(saturating: (asked ?? 24) * 3600e6)
+        if asked == nil {
+            let site: SQL = siteFilter.map { "AND j.site_id = \(.of($0))" } ?? ""
+            let first = try c.query(
+                """
+                SELECT MIN(e.timestamp) FROM events e JOIN jobs j ON j.id = e.job_id
+                WHERE e.owner_id = \(.of(call.user.id)) AND e.timestamp >= \(.int(since)) \(site)
+                """
+            ).first.flatMap { $0.isNull(0) ? nil : Int64($0.int(0)) }
+            if let first { since = min(max(since, first), now - 600_000_000) }
+        }
+        let hours = asked ?? Double(now - since) / 3600e6
 
         // Sites, with their last contact and their jobs by state.
         let sites = try c.query(
@@ -128,7 +140,7 @@ enum Dashboard {
                     name: "JOB_FINISHED", color: "#2a6fdb", points: throughput.bins.map { ($0.start, Double($0.count)) }
                 )
             ],
-            width: throughput.bin, span: period
+            width: throughput.bin, span: period, wholeNumbers: true
         ).svg()
         let utilizationChart = Chart(
             title: "Nodes busy and held, mean per \(Int(saturating: utilization.bin / 60)) min", unit: "nodes",
@@ -269,6 +281,8 @@ struct Chart {
     var width: Double
     /// The period the time axis spans, in seconds since the epoch (the one chosen); nil: the data's own.
     var span: (start: Double, end: Double)? = nil
+    /// Whether the values are counts (ticks on whole numbers).
+    var wholeNumbers = false
 
     func svg() -> String {
         let w = 900.0
@@ -283,7 +297,8 @@ struct Chart {
         }
         let x0 = min(span?.start ?? first, first)
         let x1 = max(span?.end ?? last, last)
-        let yMax = max(1, all.map(\.1).max() ?? 1) * 1.1
+        let ticks = AxisTicks.upTo(all.map(\.1).max() ?? 0, whole: wholeNumbers)
+        let yMax = ticks.last ?? 1
         func x(_ t: Double) -> Double { left + (t - x0) / max(1, x1 - x0) * (w - left - right) }
         func y(_ v: Double) -> Double { h - bottom - v / yMax * (h - top - bottom) }
         func n(_ v: Double) -> String { String((v * 10).rounded() / 10) }
@@ -293,8 +308,7 @@ struct Chart {
         out += "<text x=\"\(n(left))\" y=\"14\">\(Dashboard.escape(title))</text>"
         out += "<line x1=\"\(n(left))\" y1=\"\(n(y(0)))\" x2=\"\(n(w - right))\" y2=\"\(n(y(0)))\" stroke=\"#999\"/>"
         out += "<line x1=\"\(n(left))\" y1=\"\(n(top))\" x2=\"\(n(left))\" y2=\"\(n(y(0)))\" stroke=\"#999\"/>"
-        for k in 0...4 {
-            let v = yMax / 1.1 * Double(k) / 4
+        for v in ticks {
             out += "<text x=\"\(n(left - 6))\" y=\"\(n(y(v) + 4))\" text-anchor=\"end\">\(Dashboard.format(v))</text>"
         }
         for k in 0...4 {
