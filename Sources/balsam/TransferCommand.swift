@@ -21,7 +21,8 @@ struct TransferList: ParsableCommand {
 
     @OptionGroup var siteOption: SiteOption
 
-    @Option(name: .long, help: "Only items in this state (awaiting_job, pending, active, inactive, done, error, skipped).")
+    @Option(
+        name: .long, help: "Only items in this state (awaiting_job, pending, active, inactive, done, error, skipped).")
     var state: String?
 
     @Option(
