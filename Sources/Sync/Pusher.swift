@@ -255,9 +255,12 @@ public final class Pusher {
                 apps: forceApps || digest != state.appsDigest || state.siteID == nil ? apps : [],
                 batchJobs: changedBatches.map(\.report), sessions: Array(sessions))
         }
+        // Every reply's server ids are recorded, a resend's too (`ServerIDs`: what the commands take).
         func send(_ push: PushRequest) throws -> PushReply {
             let response = try client.send("POST", "/sync/push", json: push.json)
-            return PushReply((try? response.json()) ?? .null)
+            let reply = PushReply((try? response.json()) ?? .null)
+            try ServerIDs.append(site, reply.jobs.map { ($0.key, $0.value) })
+            return reply
         }
         var last = PushReply(siteID: 0)
         var start = 0
@@ -276,7 +279,11 @@ public final class Pusher {
                 case .modified: break
                 }
             }
-            placed.removeAll { removed.contains($0.siteJobID) }
+            // Only a job made and removed within this chunk: the server never had it. One it has gets its events
+            // first (the server records them before it deletes the job), so that a run's end still counts in
+            // the batch job's busy node-seconds, as the site's report counts it.
+            let bornHere = Set(placed.filter { $0.from == .created }.map(\.siteJobID))
+            placed.removeAll { removed.contains($0.siteJobID) && bornHere.contains($0.siteJobID) }
             var sendable = placed.filter { $0.from != .created || jobs[$0.siteJobID] != nil }
             last = try send(request(jobs: jobs, events: sendable, removed: removed))
             var refusals = last.refused
@@ -312,7 +319,6 @@ public final class Pusher {
                 return round
             }
             state.appsDigest = digest
-            try ServerIDs.append(site, last.jobs.map { ($0.key, $0.value) })
             Pusher.remember(last, lines: lines[start..<end], batchJobs: changedBatches, sessions: sessions, in: &state)
             changedBatches = []
             try state.save(site)

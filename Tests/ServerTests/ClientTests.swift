@@ -23,11 +23,14 @@ func runOffPool(
     _ program: String, _ args: [String], env: [String: String] = [:], cwd: String? = nil, timeout: Double = 300,
     stdin: Data? = nil
 ) async throws -> (status: Int32, stdout: String, stderr: String) {
+    try await offPool { try run(program, args, stdin: stdin, env: env, cwd: cwd, timeout: timeout) }
+}
+
+/// Runs blocking work (a `Pusher` round against a server in this process) on a thread of its own: on a pool of
+/// two threads, two such waits would leave none to serve them (the requests timed out).
+func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { continuation in
-        Thread {
-            continuation.resume(
-                with: Result { try run(program, args, stdin: stdin, env: env, cwd: cwd, timeout: timeout) })
-        }.start()
+        Thread { continuation.resume(with: Result { try body() }) }.start()
     }
 }
 

@@ -140,6 +140,12 @@ final class DifferentialWorld {
         return (try? JSONValue.parse(Array(reply.body)))?.objectValue ?? [:]
     }
 
+    /// A reply that is a JSON array (the reports' failures).
+    func getArray(_ path: String) async throws -> [JSONValue] {
+        let reply = try await server.request("GET", path, token: token)
+        return (try? JSONValue.parse(Array(reply.body)))?.arrayValue ?? []
+    }
+
     func pick<T>(_ items: [T]) -> T? { items.isEmpty ? nil : items[Int(rng.next() % UInt64(items.count))] }
     func chance(_ percent: UInt64) -> Bool { rng.next() % 100 < percent }
 
@@ -422,6 +428,25 @@ final class DifferentialWorld {
             serverBatchOf[b.id] = match["id"]?.intValue
             let (a, z) = (b.state.rawValue, match["state"]?.stringValue ?? "")
             if a != z { out.append("batch job \(b.id): state \(a) at the site, \(z) on the server") }
+        }
+        // The failure reports (issue 35, item 10): the same jobs at both ends, by one rule (a job finished or
+        // removed since is none); the server's jobs that never reached the site (killed before it took them, or
+        // refused by it) are the server's own.
+        let siteFailures = Set(
+            try balsam(["report", "failures", "--json", "--limit", "1000"], site: site.root).stdout.split(
+                separator: "\n"
+            )
+            .compactMap { try? JSONValue.parse(String($0)).objectValue?["job_id"]?.stringValue })
+        let taken = Set(serverIDs.values)
+        let serverFailures = Set(
+            (try await getArray("/reports/failures?limit=1000&site_id=\(siteID)")).compactMap {
+                $0.objectValue?["job_id"]?.intValue
+            }
+        ).filter(taken.contains)
+        if Set(siteFailures.compactMap { serverIDs[$0] }) != serverFailures
+            || siteFailures.count != serverFailures.count
+        {
+            out.append("failure reports: \(siteFailures.sorted()) at the site, server ids \(serverFailures.sorted())")
         }
         // The site's report and the server's for the site: each batch job's busy node-seconds, and the total.
         let report = try JSONValue.parse(try balsam(["report", "utilization", "--json"], site: site.root).stdout)

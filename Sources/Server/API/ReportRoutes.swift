@@ -288,6 +288,9 @@ enum ReportRoutes {
         for state in ["RUN_ERROR", "RUN_TIMEOUT", "FAILED"] {
             var c = Conditions(owner: call.user.id, column: "e.owner_id")
             c.add("e.to_state = \(.text(state))")
+            // One rule with the site's (`Reports.failures`): a job finished since (retried) is no failure to
+            // report (a deleted one is gone with its events).
+            c.add("j.state <> \(.text(JobState.jobFinished.rawValue))")
             window.eventConditions(&c)
             let rows = try call.connection.query(
                 """

@@ -101,7 +101,11 @@ public struct Reports {
                 }
                 guard result.count < limit, !skipped.contains(job) else { continue }
                 let listing = jobs[job]
-                if (app != nil && listing?.app != app) || (!tags.isEmpty && listing?.job?.hasTags(tags) != true) {
+                // One rule with the server's (`ReportRoutes.failures`): a job removed since, or finished since
+                // (retried), is no failure to report.
+                if listing == nil || listing?.state == .jobFinished || (app != nil && listing?.app != app)
+                    || (!tags.isEmpty && listing?.job?.hasTags(tags) != true)
+                {
                     skipped.insert(job)
                     continue
                 }
@@ -143,15 +147,12 @@ public struct Reports {
             now: Timestamp.nowSeconds(), steps: steps)
     }
 
-    /// Every run in the event logs, but those of jobs removed since (`balsam rm`, a deletion through the API):
-    /// the server deletes a job with its events, and the two ends' reports agree (DifferentialTests). Each piece
-    /// pairs the starts and ends it holds; what is left (a run cut by a piece's edge, or started and ended in
-    /// different hosts' logs) is paired after, in file and line order.
+    /// Every run in the event logs. Each piece pairs the starts and ends it holds; what is left (a run cut by a
+    /// piece's edge, or started and ended in different hosts' logs) is paired after, in file and line order.
     public func runs() throws(SpoolError) -> [ReportSeries.Run] {
         let parts = try EventScan.pieces(site.eventsPath) { piece -> RunPiece in
             var part = RunPiece()
             let running = Array("RUNNING".utf8)
-            let removed = Array(SiteIndex.removedMark.utf8)
             // The facts' own names (`EventFacts.Key`), found in the line's bytes without parsing it.
             let numNodes = Array("\"\(EventFacts.Key.share.rawValue)\":".utf8)
             let batchJob = Array("\"\(EventFacts.Key.batchJob.rawValue)\":".utf8)
@@ -161,18 +162,15 @@ public struct Reports {
                     let (t, tAt) = line.value(EventLine.time, before: toAt),
                     let (job, jobAt) = line.value(EventLine.job, before: tAt)
                 else { return }
-                if line.equals(to, removed) {
-                    part.removed.insert(JobKey(line, job))
-                } else if line.equals(to, running) {
+                if line.equals(to, running) {
                     guard let time = line.seconds(t) else { return }
                     let start = ReportSeries.Run(
                         start: time, end: nil, share: line.number(numNodes) ?? 1,
                         batchJob: line.number(batchJob).map { Int(saturating: $0) })
-                    let key = JobKey(line, job)
-                    if var earlier = part.open.updateValue(start, forKey: key) {
+                    if var earlier = part.open.updateValue(start, forKey: JobKey(line, job)) {
                         // Started again with no end seen (another host's log has it): it ended by then.
                         earlier.end = time
-                        part.runs.append((key, earlier))
+                        part.runs.append(earlier)
                     }
                 } else if let (from, _) = line.value(EventLine.from, before: jobAt), line.equals(from, running),
                     let time = line.seconds(t)
@@ -180,7 +178,7 @@ public struct Reports {
                     let key = JobKey(line, job)
                     if var run = part.open.removeValue(forKey: key) {
                         run.end = time
-                        part.runs.append((key, run))
+                        part.runs.append(run)
                     } else {
                         part.ends.append((key, time))
                     }
@@ -188,17 +186,15 @@ public struct Reports {
             }
             return part
         }
-        var runs: [(JobKey, ReportSeries.Run)] = []
+        var runs: [ReportSeries.Run] = []
         var open: [JobKey: ReportSeries.Run] = [:]
         var unmatched: [JobKey: [Double]] = [:]
-        var removed = Set<JobKey>()
         for part in parts {
             runs.append(contentsOf: part.runs)
-            removed.formUnion(part.removed)
             for (key, time) in part.ends {
                 if var run = open.removeValue(forKey: key), run.start <= time {
                     run.end = time
-                    runs.append((key, run))
+                    runs.append(run)
                 } else {
                     unmatched[key, default: []].append(time)
                 }
@@ -206,23 +202,22 @@ public struct Reports {
             for (key, run) in part.open {
                 if var earlier = open.updateValue(run, forKey: key) {
                     earlier.end = run.start
-                    runs.append((key, earlier))
+                    runs.append(earlier)
                 }
             }
         }
         // Starts whose end came earlier in the scan (another host's log): the first end after the start.
         for (key, var run) in open {
             if let end = unmatched[key]?.filter({ $0 >= run.start }).min() { run.end = end }
-            runs.append((key, run))
+            runs.append(run)
         }
-        return runs.compactMap { removed.contains($0.0) ? nil : $0.1 }
+        return runs
     }
 
     struct RunPiece {
-        var runs: [(JobKey, ReportSeries.Run)] = []
+        var runs: [ReportSeries.Run] = []
         var open: [JobKey: ReportSeries.Run] = [:]
         var ends: [(JobKey, Double)] = []
-        var removed = Set<JobKey>()
     }
 
     /// A job id as a small value to hash: its first 32 bytes as four words and its length (job ids are 26-byte
