@@ -432,21 +432,35 @@ final class DifferentialWorld {
         // The failure reports (issue 35, item 10): the same jobs at both ends, by one rule (a job finished or
         // removed since is none); the server's jobs that never reached the site (killed before it took them, or
         // refused by it) are the server's own.
-        let siteFailures = Set(
+        // Each job once, with its runs (a killed run counts: `endsARun`) and its reason, by one rule.
+        func rows(_ lines: [JSONValue]) -> [String: String] {
+            var out: [String: String] = [:]
+            for case .object(let o) in lines {
+                let id = o["job_id"].map { $0.stringValue ?? String($0.intValue ?? -1) } ?? ""
+                out[id] = "runs \(o["attempts"]?.intValue ?? -1), reason \(o["reason"]?.stringValue ?? "")"
+            }
+            return out
+        }
+        let siteRows = rows(
             try balsam(["report", "failures", "--json", "--limit", "1000"], site: site.root).stdout.split(
                 separator: "\n"
-            )
-            .compactMap { try? JSONValue.parse(String($0)).objectValue?["job_id"]?.stringValue })
-        let taken = Set(serverIDs.values)
-        let serverFailures = Set(
-            (try await getArray("/reports/failures?limit=1000&site_id=\(siteID)")).compactMap {
-                $0.objectValue?["job_id"]?.intValue
-            }
-        ).filter(taken.contains)
-        if Set(siteFailures.compactMap { serverIDs[$0] }) != serverFailures
-            || siteFailures.count != serverFailures.count
-        {
-            out.append("failure reports: \(siteFailures.sorted()) at the site, server ids \(serverFailures.sorted())")
+            ).compactMap { try? JSONValue.parse(String($0)) })
+        let taken = Set(serverIDs.values.map(String.init))
+        // A failure only the server wrote (a kill through the API before the site took the job) is the server's
+        // own, as in the history above.
+        let failing: Set<String> = ["FAILED", "RUN_ERROR", "RUN_TIMEOUT"]
+        let serverOwn = Set(
+            serverEvents.filter { _, events in
+                !events.contains { failing.contains($0.to) && $0.actor }
+            }.keys.map(String.init))
+        let serverRows = rows(try await getArray("/reports/failures?limit=1000&site_id=\(siteID)"))
+            .filter { taken.contains($0.key) && !serverOwn.contains($0.key) }
+        let siteByServerID = Dictionary(
+            siteRows.compactMap { id, row in serverIDs[id].map { (String($0), row) } }, uniquingKeysWith: { a, _ in a })
+        if siteByServerID != serverRows || siteRows.count != serverRows.count {
+            out.append(
+                "failure reports: \(siteByServerID.sorted { $0.key < $1.key }) at the site (by server id), "
+                    + "\(serverRows.sorted { $0.key < $1.key }) on the server")
         }
         // The site's report and the server's for the site: each batch job's busy node-seconds, and the total.
         let report = try JSONValue.parse(try balsam(["report", "utilization", "--json"], site: site.root).stdout)

@@ -19,6 +19,8 @@ import Testing
     /// A random tree of inputs under `root` (files and directories, some named like the site's own files deeper
     /// down, where they are only data), with `staged`'s feature; returns whether the model adopts it.
     func stage(_ staged: Staged, at root: String, _ random: inout SplitMix) throws -> Bool {
+        try FileManager.default.createDirectory(
+            atPath: (root as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         switch staged {
         case .file:
             try "data".write(toFile: root, atomically: false, encoding: .utf8)

@@ -276,7 +276,9 @@ enum ReportRoutes {
         var workdir: String
         var app: String
         var tags: [String: String]
-        /// Runs that ended RUN_ERROR or RUN_TIMEOUT (among the events read).
+        /// The state the event left.
+        var from: String
+        /// Runs that ended RUN_ERROR or RUN_TIMEOUT, or were killed (among the events read: `endsARun`).
         var attempts: Int
     }
 
@@ -294,7 +296,7 @@ enum ReportRoutes {
             window.eventConditions(&c)
             let rows = try call.connection.query(
                 """
-                SELECT e.job_id, j.site_id, e.timestamp, e.data, j.workdir, a.name, j.tags
+                SELECT e.job_id, j.site_id, e.timestamp, e.data, j.workdir, a.name, j.tags, e.from_state
                 FROM events e JOIN jobs j ON j.id = e.job_id JOIN apps a ON a.id = j.app_id
                 WHERE \(c.sql) ORDER BY e.timestamp DESC, e.id DESC LIMIT \(.of(limit * 3))
                 """)
@@ -304,7 +306,8 @@ enum ReportRoutes {
                     Failure(
                         job: r.int(0), site: r.int(1), state: state, time: Int64(r.int(2)),
                         data: (try? JSONValue.parse(r.text(3)))?.objectValue ?? [:], workdir: r.text(4),
-                        app: r.text(5), tags: tags, attempts: state == "FAILED" ? 0 : 1))
+                        app: r.text(5), tags: tags, from: r.text(7),
+                        attempts: endsARun(state: state, from: r.text(7)) ? 1 : 0))
             }
         }
         var rows: [Failure] = []
@@ -315,7 +318,7 @@ enum ReportRoutes {
         }) {
             if let i = position[f.job] {
                 var (data, attempts) = (rows[i].data, rows[i].attempts)
-                foldOlderFailure(into: &data, attempts: &attempts, state: f.state, older: f.data)
+                foldOlderFailure(into: &data, attempts: &attempts, state: f.state, from: f.from, older: f.data)
                 (rows[i].data, rows[i].attempts) = (data, attempts)
             } else {
                 position[f.job] = rows.count

@@ -43,16 +43,27 @@ extension ReportSeries.Utilization {
 /// when the latest says nothing of the run (a FAILED after "no retries left"), the run's reason comes first
 /// ("exit status 3; ... no retries left") and its exit status and output are kept.
 public func foldOlderFailure(
-    into data: inout [String: JSONValue], attempts: inout Int, state: String, older: [String: JSONValue]
+    into data: inout [String: JSONValue], attempts: inout Int, state: String, from: String,
+    older: [String: JSONValue]
 ) {
-    if state != "FAILED" { attempts += 1 }
+    if endsARun(state: state, from: from) { attempts += 1 }
     let latest = EventFacts(data: data)
     var earlier = EventFacts(data: older)
     guard latest.tail == nil, earlier.tail != nil else { return }
-    let reason = earlier.reason ?? older["error"]?.stringValue
-    earlier.reason = [reason, latest.reason].compactMap { $0 }.joined(separator: "; ")
+    let reasons = [earlier.reason ?? older["error"]?.stringValue, latest.reason].compactMap { $0 }
+    // Said once: a reason that holds the other (a run()'s exception, carried into the FAILED that followed) is
+    // not repeated.
+    if reasons.count == 2, reasons[1].contains(reasons[0]) || reasons[0].contains(reasons[1]) {
+        earlier.reason = reasons.max { $0.count < $1.count }
+    } else {
+        earlier.reason = reasons.joined(separator: "; ")
+    }
     data.merge(earlier.data) { _, older in older }
 }
+
+/// Whether a failure event (to `state`, from `from`) ended a run: a `RUN_ERROR` or `RUN_TIMEOUT`, or a `FAILED`
+/// straight from `RUNNING` (a run killed). One rule for `report failures`' runs at the site and on the server.
+public func endsARun(state: String, from: String) -> Bool { state != "FAILED" || from == "RUNNING" }
 
 /// One failure as JSON, at the site and on the server.
 public func failureJSON(

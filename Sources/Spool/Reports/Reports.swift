@@ -95,7 +95,7 @@ public struct Reports {
                     var (data, attempts) = (result[i].data, result[i].attempts)
                     foldOlderFailure(
                         into: &data, attempts: &attempts, state: o["to"]?.stringValue ?? "",
-                        older: o["data"]?.objectValue ?? [:])
+                        from: o["from"]?.stringValue ?? "", older: o["data"]?.objectValue ?? [:])
                     (result[i].data, result[i].attempts) = (data, attempts)
                     continue
                 }
@@ -116,7 +116,8 @@ public struct Reports {
                     Failure(
                         job: job, state: state, time: time, timestamp: o["t"]?.stringValue ?? "",
                         data: o["data"]?.objectValue ?? [:], workdir: listing?.workdir, app: listing?.app,
-                        tags: listing?.job?.tags ?? [:], attempts: state == "FAILED" ? 0 : 1))
+                        tags: listing?.job?.tags ?? [:],
+                        attempts: endsARun(state: state, from: o["from"]?.stringValue ?? "") ? 1 : 0))
             }
         }
         return result
