@@ -102,7 +102,8 @@ struct List: ParsableCommand {
         try reportingErrors("balsam ls") {
             let query = Query(site: try siteOption.open())
             var filter = try filters.filter()
-            let serverIDs = ServerIDs.load(query.site)
+            // Read only when needed: a listing's table does not show server ids.
+            let serverIDs = json || !id.isEmpty ? ServerIDs.load(query.site) : (bySite: [:], byServer: [:])
             if !id.isEmpty {
                 filter.ids = Set(
                     id.map { key in
