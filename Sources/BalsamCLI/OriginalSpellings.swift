@@ -100,7 +100,10 @@ public enum OriginalSpellings {
             ], summary: "removes jobs and their directories"),
         Spelling(
             words: "job modify", prefix: ["retry"],
-            rules: ["-i": .positional, "--id": .positional, "-t": .rename("--tag"), "-y": .rename("--yes")],
+            rules: [
+                "-i": .positional, "--id": .positional, "-t": .rename("--tag"), "--tag": .rename("--tag"),
+                "-y": .rename("--yes"),
+            ],
             summary: "sets jobs' state as the original's -s did, through their lifecycle here: -s READY or "
                 + "RESTART_READY runs them again (balsam retry [--restart]), -s FAILED ends them (balsam kill)"),
         Spelling(
@@ -153,7 +156,7 @@ public enum OriginalSpellings {
         // A spelling that is our own command of the same words (app ls, queue ls|submit) has our own help.
         let ours = spelling.program == nil && spelling.prefix == [arguments[0], arguments[1]]
         if wantsHelp && !ours { return .help(help(spelling)) }
-        if words == "job modify" { return .builtin(try modify(rest)) }
+        if words == "job modify" { return .builtin(try modify(rest, rules: spelling.rules)) }
         let translated = spelling.prefix + (try rewrite(rest, command: words, rules: spelling.rules))
         if let program = spelling.program { return .program(program, translated) }
         return .builtin(translated)
@@ -195,30 +198,23 @@ public enum OriginalSpellings {
 
     /// `job modify -i ID... | -t K=V... -s STATE`: the original sets the state; here a user asks for a run again
     /// (`retry`) or an end (`kill`), judged by the state machine.
-    private static func modify(_ arguments: [String]) throws(SpoolError) -> [String] {
-        var selection: [String] = []
+    private static func modify(_ arguments: [String], rules: [String: Rule]) throws(SpoolError) -> [String] {
+        // The state it sets decides the command; the rest is the selection, taken by the table's rules.
+        var rest: [String] = []
         var state: String?
         var i = 0
         while i < arguments.count {
             let word = arguments[i]
-            let value = i + 1 < arguments.count ? arguments[i + 1] : nil
-            switch word {
-            case "-i", "--id", "-t", "--tag", "-s", "--state":
-                guard let value else { throw SpoolError(.usage, "job modify: \(word) needs a value") }
-                if word == "-s" || word == "--state" {
-                    state = value
-                } else {
-                    selection += word == "-t" || word == "--tag" ? ["--tag", value] : [value]
-                }
+            if word == "-s" || word == "--state" {
+                guard i + 1 < arguments.count else { throw SpoolError(.usage, "job modify: \(word) needs a value") }
+                state = arguments[i + 1]
                 i += 2
-            case "-y", "--yes":
-                selection.append("--yes")
-                i += 1
-            default:
-                selection.append(word)
+            } else {
+                rest.append(word)
                 i += 1
             }
         }
+        let selection = try rewrite(rest, command: "job modify", rules: rules)
         guard let state else { throw SpoolError(.usage, "job modify: -s/--state STATE is required") }
         switch state.uppercased() {
         case "READY", "PREPROCESSED": return ["retry"] + selection

@@ -103,11 +103,11 @@ struct List: ParsableCommand {
             let query = Query(site: try siteOption.open())
             var filter = try filters.filter()
             // Read only when needed: a listing's table does not show server ids.
-            let serverIDs = json || !id.isEmpty ? ServerIDs.load(query.site) : (bySite: [:], byServer: [:])
+            let serverIDs = json || !id.isEmpty ? ServerIDs.load(query.site) : ServerIDs.Map()
             if !id.isEmpty {
                 filter.ids = Set(
                     id.map { key in
-                        ServerIDs.looksLikeServerID(key) ? Int(key).flatMap { serverIDs.byServer[$0] } ?? key : key
+                        serverIDs.jobID(key) ?? key
                     })
             }
             if byState {

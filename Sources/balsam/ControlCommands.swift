@@ -73,15 +73,15 @@ struct JobSelection: ParsableArguments {
     func filter(site: Site) throws(SpoolError) -> JobFilter {
         var filter = try filters.filter()
         if !ids.isEmpty {
-            var known: [Int: String]?
+            var known: ServerIDs.Map?
             filter.ids = Set(
                 try ids.map { (id) throws(SpoolError) -> String in
                     if JobID.isValid(id) { return id }
-                    guard ServerIDs.looksLikeServerID(id), let serverID = Int(id) else {
+                    guard ServerIDs.isServerID(id) else {
                         throw SpoolError(.usage, "'\(id)' is not a job ID (nor a server id: digits)")
                     }
-                    if known == nil { known = ServerIDs.load(site).byServer }
-                    guard let mapped = known?[serverID] else {
+                    if known == nil { known = ServerIDs.load(site) }
+                    guard let mapped = known?.jobID(id) else {
                         throw SpoolError(
                             .notFound, "no job of this site has server id \(id) (yet: the sync records it)")
                     }

@@ -373,10 +373,8 @@ final class SSHServer {
         func sleeper(_ stamp: String) throws -> Spawned {
             var environment = ProcessInfo.processInfo.environment
             environment[Posix.parentVariable] = stamp
-            let command = ["/bin/sleep", "300"]
-            return try Spawned(
-                user == nil ? command[0] : "/usr/bin/setpriv",
-                user.map { asUser($0) + command } ?? Array(command.dropFirst()), environment: environment)
+            let (program, arguments) = asUser(user, ["/bin/sleep", "300"])
+            return try Spawned(program, arguments, environment: environment)
         }
         // Pid 1 did not start at tick 1: its "parent" is gone. This test process is alive.
         let orphan = try sleeper("\(Posix.hostName()).1-1")

@@ -18,10 +18,8 @@ final class WatchProcess {
         environment["BALSAM_SITE"] = nil
         for (key, value) in env { environment[key] = value }
         let command = [binDirectory + "/balsam-watch", "--site", site, "--poll-interval", "0.2"] + args
-        process = try Spawned(
-            user == nil ? command[0] : "/usr/bin/setpriv",
-            user.map { asUser($0) + command } ?? Array(command.dropFirst()),
-            environment: environment, stderr: .file(stderrPath))
+        let (program, arguments) = asUser(user, command)
+        process = try Spawned(program, arguments, environment: environment, stderr: .file(stderrPath))
     }
 
     var log: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
@@ -37,8 +35,12 @@ final class WatchProcess {
     }
 }
 
-/// setpriv's arguments that run what follows as `uid`, with a group of the same number and no other groups.
-func asUser(_ uid: uid_t) -> [String] { ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups"] }
+/// `command` (program first) as a program and its arguments that run it as `uid` (with a group of the same
+/// number and no other groups) through setpriv; nil: as it is.
+func asUser(_ uid: uid_t?, _ command: [String]) -> (String, [String]) {
+    guard let uid else { return (command[0], Array(command.dropFirst())) }
+    return ("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups"] + command)
+}
 
 /// Waits for `condition` with a deadline, polling; fails the test if the deadline passes.
 func waitUntil(_ what: String, timeout: Double = 30, _ condition: () throws -> Bool) throws {

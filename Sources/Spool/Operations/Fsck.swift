@@ -331,8 +331,9 @@ public struct Fsck {
             let store = JobStore(site: site, actor: "balsam fsck")
             for (id, line) in latest.sorted(by: { $0.key < $1.key }) {
                 let state = line.state
-                guard !entered.contains(id), index.activeState(of: id) == nil,
-                    !Posix.isDirectory(site.jobDirectory(line.workdir))
+                // One stat per ended job; the active lookup (a stat per state) only for a directory that is gone.
+                guard !entered.contains(id), !Posix.isDirectory(site.jobDirectory(line.workdir)),
+                    index.activeState(of: id) == nil
                 else { continue }
                 try note(
                     "job \(id) ended \(state.rawValue) but its directory is gone (deleted or renamed by hand); "

@@ -224,9 +224,7 @@ public struct Query: Sendable {
     /// One job by ID, by workdir, or by the id the server gave it (digits: `ServerIDs`), with its spec and state
     /// record loaded. Digits that are both a job's workdir and another job's server id are refused as ambiguous.
     public func find(_ key: String) throws(SpoolError) -> JobListing {
-        if ServerIDs.looksLikeServerID(key), let serverID = Int(key),
-            let id = ServerIDs.load(site).byServer[serverID]
-        {
+        if ServerIDs.isServerID(key), let id = ServerIDs.load(site).jobID(key) {
             let byWorkdir = try? findLocal(key)
             if let byWorkdir, byWorkdir.id != id {
                 throw SpoolError(

@@ -1,7 +1,3 @@
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 /// Which id the server gave each of the site's jobs, as the sync learned it: `SITE/sync/server-ids.tsv`, a line
 /// `ID TAB SERVER-ID` appended for each job a push reply or a job made through the API named (one write per
 /// round; a later line wins, as after a server that lost the site registered it again). With it every command
@@ -19,29 +15,41 @@ public enum ServerIDs {
         }
         guard !out.isEmpty else { return }
         try Posix.makeDirectories(site.root + "/sync")
-        let fd = try Posix.open(path(site), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW)
-        defer { Posix.close(fd) }
-        try Posix.write(fd, out, path: path(site))
+        // Kept open between pushes, as the event log is (`AppendFiles`).
+        try AppendFiles.shared.append(path(site), out, sync: false)
     }
 
-    /// Both directions of the map, as the file says (empty when the site never synced).
-    public static func load(_ site: Site) -> (bySite: [String: Int], byServer: [Int: String]) {
-        var bySite: [String: Int] = [:]
-        var byServer: [Int: String] = [:]
-        guard let bytes = try? Posix.readFile(path(site), limit: 1 << 30) else { return ([:], [:]) }
+    /// The map both ways, as the file says.
+    public struct Map: Sendable {
+        public var bySite: [String: Int] = [:]
+        public var byServer: [Int: String] = [:]
+        public init() {}
+
+        /// The site's job ID that `key` names as a server id (digits), or nil: not digits, or no job of this
+        /// site has that id (yet).
+        public func jobID(_ key: String) -> String? {
+            guard ServerIDs.isServerID(key), let serverID = Int(key) else { return nil }
+            return byServer[serverID]
+        }
+    }
+
+    /// The map (empty when the site never synced).
+    public static func load(_ site: Site) -> Map {
+        var map = Map()
+        guard let bytes = try? Posix.readFile(path(site), limit: 1 << 30) else { return map }
         forEachLine(bytes) { line in
             let fields = line.split(separator: UInt8(ascii: "\t"))
             guard fields.count == 2, let serverID = Int(String(decoding: fields[1], as: UTF8.self)) else { return }
             let id = String(decoding: fields[0], as: UTF8.self)
-            if let old = bySite[id] { byServer[old] = nil }
-            bySite[id] = serverID
-            byServer[serverID] = id
+            if let old = map.bySite[id] { map.byServer[old] = nil }
+            map.bySite[id] = serverID
+            map.byServer[serverID] = id
         }
-        return (bySite, byServer)
+        return map
     }
 
     /// Whether `key` is written as a server id (digits only, as the original shows them).
-    public static func looksLikeServerID(_ key: String) -> Bool {
+    public static func isServerID(_ key: String) -> Bool {
         !key.isEmpty && key.count <= 18 && key.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 }
     }
 }
