@@ -237,6 +237,33 @@ public enum Pickle {
             let digits = text.first == "-" || text.first == "+" ? text.dropFirst() : Substring(text)
             return !digits.isEmpty && digits.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 }
         }
+        /// A FLOAT line as Python's float() reads it, in a stricter form (no whitespace, no underscores):
+        /// `Double(String)` is C's strtod, which stops at a NUL and takes hexadecimal and `nan(...)` forms
+        /// that Python refuses.
+        func floatText(_ text: String) -> Bool {
+            var rest = Substring(text).utf8[...]
+            if let sign = rest.first, sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") { rest = rest.dropFirst() }
+            if ["inf", "infinity", "nan"].contains(String(decoding: rest, as: UTF8.self).lowercased()) { return true }
+            func digits() -> Int {
+                let run = rest.prefix { $0 >= 0x30 && $0 <= 0x39 }.count
+                rest = rest.dropFirst(run)
+                return run
+            }
+            var mantissa = digits()
+            if rest.first == UInt8(ascii: ".") {
+                rest = rest.dropFirst()
+                mantissa += digits()
+            }
+            guard mantissa > 0 else { return false }
+            if let e = rest.first, e == UInt8(ascii: "e") || e == UInt8(ascii: "E") {
+                rest = rest.dropFirst()
+                if let sign = rest.first, sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") {
+                    rest = rest.dropFirst()
+                }
+                guard digits() > 0 else { return false }
+            }
+            return rest.isEmpty
+        }
         func memoKey(_ text: String) throws(Unsupported) -> UInt64 {
             guard let key = UInt64(text) else { throw fail("a memo key '\(text)' that is not a number") }
             return key
@@ -275,7 +302,7 @@ public enum Pickle {
                 depth += 1
             case UInt8(ascii: "F"):
                 let t = try line()
-                guard Double(t) != nil else { throw fail("a float line '\(t)' that is not a number") }
+                guard floatText(t) else { throw fail("a float line '\(t)' that is not a number") }
                 depth += 1
             case UInt8(ascii: "S"):
                 let start = i
