@@ -37,6 +37,7 @@ public final class BatchService {
         self.site = site
         self.settings = settings
         self.store = BatchJobStore(site: site)
+        self.recordsGate = ChangeGate(store.path)
         if let scheduler {
             self.scheduler = scheduler
         } else {
@@ -50,6 +51,19 @@ public final class BatchService {
 
     /// One round: submit, follow, cancel; the elastic queue when its period has passed.
     public func sync() {
+        // With no batch job active, batchjobs/ is read again only when it changed (a new record, a deletion
+        // asked for) or the elastic queue is due: an idle site lists nothing.
+        if let elastic = settings.elasticQueue, Posix.monotonicSeconds() - lastElastic >= elastic.periodSeconds {
+            recordsGate.forget()
+        }
+        if recordsGate.ifChanged({ round() }) == true { recordsGate.forget() }
+    }
+
+    /// batchjobs/ as last read with no batch job active.
+    var recordsGate: ChangeGate
+
+    /// One round; returns whether it must be read again next time (a batch job active, or a read that failed).
+    private func round() -> Bool {
         var records: [BatchJob]
         let all: [BatchJob]
         do {
@@ -61,14 +75,14 @@ public final class BatchService {
             records = all.filter { !$0.state.isFinal }
         } catch {
             logger.error("cannot read batch jobs: \(error)")
-            return
+            return true
         }
         let now = Posix.monotonicSeconds()
         if let elastic = settings.elasticQueue, now - lastElastic >= elastic.periodSeconds {
             lastElastic = now
             if let made = runElasticQueue(elastic, active: records, all: all) { records.append(made) }
         }
-        guard !records.isEmpty else { return }
+        guard !records.isEmpty else { return false }
         var listing: [SchedulerStatus]?
         if records.contains(where: { $0.state != .pendingSubmission || $0.submitTime != nil }) {
             do { listing = try scheduler.list() } catch {
@@ -85,6 +99,7 @@ public final class BatchService {
             follow(&updated, listing: listing)
             save(updated, was: job)
         }
+        return true
     }
 
     private func save(_ job: BatchJob, was before: BatchJob?) {

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
 #include "clinux.h"
 
 int clinux_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath) {
@@ -18,6 +19,13 @@ int clinux_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, con
 }
 
 int clinux_syncfs(int fd) { return syncfs(fd); }
+
+int clinux_filesystem_type(const char *path, unsigned long long *type) {
+    struct statfs fs;
+    if (statfs(path, &fs) != 0) return -1;
+    *type = (unsigned long long)(unsigned long)fs.f_type;
+    return 0;
+}
 
 const char *clinux_strptime(const char *text, const char *format, struct tm *parts) {
     return strptime(text, format, parts);

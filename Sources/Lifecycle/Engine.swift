@@ -1,6 +1,7 @@
 import Logging
 import Processes
 import Spool
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -52,6 +53,9 @@ public final class Engine {
         public var ingested = 0
         /// Problems that did not stop the pass (a job that could not be read, a full disk).
         public var errors: [String] = []
+        /// Something waits on the clock, not on a change (a lease's heartbeat, a drop still being copied in):
+        /// the watcher passes again after its poll interval even if nothing changes.
+        public var pollAgain = false
     }
 
     /// Makes an engine for `site` with its current settings.
@@ -62,6 +66,7 @@ public final class Engine {
         self.store = JobStore(site: site, actor: "balsam-watch")
         self.index = SiteIndex(site: site)
         self.finalStates = FinalStates(index: index)
+        self.leasesGate = ChangeGate(site.jobsPath)
     }
 
     /// Rereads `settings.yml` and forgets cached apps (SIGHUP).
@@ -97,6 +102,7 @@ public final class Engine {
             }
             let ingest = try ingester.run()
             report.ingested = ingest.materialized + ingest.adopted.count
+            if ingest.unsettled > 0 { report.pollAgain = true }
             for (name, reason) in ingest.rejected { logger.warning("rejected queue/new/\(name): \(reason)") }
             for id in ingest.conflicts {
                 logger.warning(
@@ -106,8 +112,7 @@ public final class Engine {
             report.errors.append("ingest: \(error)")
             logger.error("ingest: \(error)")
         }
-        reapExpiredLeases(&report)
-        finishInterruptedMoves(&report)
+        housekeeping(&report)
         // A RUNNING job's entry lives in its launcher's lease; one in jobs/RUNNING/ was given back by a launcher
         // that could not record its end (a full disk): nobody runs it, so it is handled like a run cut short. Once
         // a pass, with the leases, not in every sweep: such jobs are rare and nothing in a sweep makes them.
@@ -175,14 +180,18 @@ public final class Engine {
             report.errors.append("\(error)")
             return
         }
-        // Jobs waiting for the transfer service are not loaded again while they wait.
-        if var waiting = waitingForTransfers[state], !waiting.isEmpty {
-            waiting.formIntersection(ids)
-            waitingForTransfers[state] = waiting
+        // Jobs waiting for the transfer service are not loaded again while they wait: one stat says whether the
+        // entry is the one left waiting (a job that failed and was retried, or was changed, is a new visit).
+        if let waiting = waitingForTransfers[state], !waiting.isEmpty {
+            let listed = Set(ids)
+            waitingForTransfers[state] = waiting.filter { listed.contains($0.key) }
         }
         for id in ids {
             if shouldStop() { return }
-            if waitingForTransfers[state]?.contains(id) == true { continue }
+            if let seen = waitingForTransfers[state]?[id] {
+                if seen == Visit(directory: seen.directory, entry: index.entryPath(state, id)) { continue }
+                waitingForTransfers[state]?[id] = nil
+            }
             do {
                 guard let loaded = try store.load(id, in: state) else { continue }
                 guard selected(loaded.job) else { continue }
@@ -240,18 +249,32 @@ public final class Engine {
         return moved
     }
 
-    /// After a pass with errors (a full disk, say) and every 30 s: moves of this watcher cut short after their
-    /// claim are finished from the jobs' state files, so a job whose end could not be recorded reappears as soon
-    /// as the disk has room, without a restart.
+    /// What a pass does besides moving jobs, and all an idle watcher does (every 30 s): leases' heartbeats, and
+    /// moves cut short. Neither lists a directory when nothing changed: the leases are looked for only when
+    /// `jobs/`'s stamp changed, moves cut short only when a move failed; an idle site costs a `stat`.
+    public func housekeeping(_ report: inout Report) {
+        reapExpiredLeases(&report)
+        finishInterruptedMoves(&report)
+    }
+
+    /// `JobStore.cutShort` when `finishInterruptedMoves` last read `tmp/`.
+    var cutShortSeen = JobStore.cutShort.load(ordering: .relaxed)
+
+    /// After a pass with errors (a full disk, say), and every 30 s when a move of this process failed after its
+    /// claim since the last look (`JobStore.cutShort`): moves of this watcher cut short are finished from the
+    /// jobs' state files, so a job whose end could not be recorded reappears as soon as the disk has room,
+    /// without a restart. Nothing else leaves this process's claims in `tmp/`, so otherwise it is not read.
     func finishInterruptedMoves(_ report: inout Report) {
         let now = Posix.monotonicSeconds()
-        guard hadErrors || now - lastMoveCheck >= 30 else { return }
+        let cutShort = JobStore.cutShort.load(ordering: .relaxed)
+        guard hadErrors || (cutShort != cutShortSeen && now - lastMoveCheck >= 30) else { return }
         lastMoveCheck = now
         do {
             for problem in try Fsck(site: site).finishOwnInterruptedMoves() {
                 logger.warning("finished a move cut short: \(problem)")
                 report.moves += 1
             }
+            cutShortSeen = cutShort
         } catch {
             report.errors.append("finishing moves cut short: \(error)")
         }
@@ -259,10 +282,23 @@ public final class Engine {
 
     // MARK: - Leases
 
+    /// `jobs/` as last listed for leases, and whether that listing found any.
+    var leasesGate: ChangeGate
+    var leasesHeld = true
+
     /// Ends leases whose launcher stopped heartbeating: running jobs become RUN_TIMEOUT, claimed jobs not yet
     /// started go back to be claimed again, and the lease is removed.
     func reapExpiredLeases(_ report: inout Report) {
-        guard let leases = try? Lease.all(site) else { return }
+        // Leases are made (renamed into jobs/) and removed whole: while there are none, jobs/ is listed again
+        // only when its stamp changed.
+        if leasesHeld { leasesGate.forget() }
+        let found: [Lease]?
+        do { found = try leasesGate.ifChanged { () throws(SpoolError) in try Lease.all(site) } } catch { return }
+        guard let leases = found else { return }
+        leasesHeld = !leases.isEmpty
+        // A lease's age is measured on the clock, not on changes: while one is held, the watcher looks again;
+        // and once more soon after jobs/ changed too recently for its stamp to vouch for this listing.
+        if leasesHeld || !leasesGate.trusts { report.pollAgain = true }
         let now = clock()
         leaseAges.keep(only: Set(leases.map(\.name)))
         for lease in leases {
@@ -312,15 +348,35 @@ public final class Engine {
 
     // MARK: - Apps and hooks
 
-    /// Jobs left in READY or POSTPROCESSED for the transfer service, by state.
-    var waitingForTransfers: [JobState: Set<String>] = [:]
+    /// Jobs left in READY or POSTPROCESSED for the transfer service, by state, and which visit of the state each was
+    /// left in.
+    var waitingForTransfers: [JobState: [String: Visit]] = [:]
+
+    /// A job's visit of a state, told by two `stat`s: its entry's inode (a spec replaced, as `balsam modify` does,
+    /// is a new inode) and its state file's size (every move appends to it, so a job that left the state and came
+    /// back, a retry, has a longer one).
+    struct Visit: Equatable {
+        var directory: String
+        var inode: UInt?
+        var stateSize: Int?
+
+        init(directory: String, entry: String) {
+            self.directory = directory
+            let entryStat: stat? = try? Posix.lstatIfExists(entry)
+            let stateStat: stat? = try? Posix.lstatIfExists(directory + "/state")
+            inode = entryStat.map { UInt($0.st_ino) }
+            stateSize = stateStat.map { Int($0.st_size) }
+        }
+    }
 
     /// Jobs a step looked at and left where they were (not counted as moves).
     var leftAlone = Set<String>()
 
     /// Leaves `loaded` where it is, for the transfer service, which is told to look.
     func waitForTransfers(_ loaded: JobStore.Loaded) {
-        waitingForTransfers[loaded.record.state, default: []].insert(loaded.job.id)
+        let state = loaded.record.state
+        waitingForTransfers[state, default: [:]][loaded.job.id] = Visit(
+            directory: loaded.directory, entry: loaded.entry ?? index.entryPath(state, loaded.job.id))
         leftAlone.insert(loaded.job.id)
         transfersWanted()
     }

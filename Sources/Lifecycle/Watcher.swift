@@ -30,6 +30,12 @@ public final class Watcher: Sendable {
         var transfersWanted = false
     }
 
+    /// The services' threads sleep on these between rounds: a stop rings all three, the engine's call for the
+    /// transfer service rings its own (a thread asleep makes no wake-ups, where polling a flag would).
+    private let bells = (
+        batch: DispatchSemaphore(value: 0), sync: DispatchSemaphore(value: 0), transfers: DispatchSemaphore(value: 0)
+    )
+
     /// The site watched.
     public let site: Site
     let options: Options
@@ -50,6 +56,7 @@ public final class Watcher: Sendable {
     public func requestStop() {
         flags.withLock { $0.stop = true }
         monitor.withLock { $0?.wake() }
+        for bell in [bells.batch, bells.sync, bells.transfers] { bell.signal() }
     }
 
     /// Asks the loop to reread settings and apps before its next pass.
@@ -86,7 +93,7 @@ public final class Watcher: Sendable {
     /// failure is logged when it first happens and when it changes, not at every round (a server away for an
     /// hour is one line, and one more when it is back), and waits `retry` seconds.
     private func runPeriodic(
-        _ name: String, once: Bool, wake: KeyPath<Flags, Bool>? = nil, retry: @escaping () -> Double,
+        _ name: String, once: Bool, bell: DispatchSemaphore, retry: @escaping () -> Double,
         _ round: () throws -> Double
     ) {
         defer { if !once { servicesStopped.signal() } }
@@ -109,10 +116,9 @@ public final class Watcher: Sendable {
                 wait = retry()
             }
             if once { return }
-            while !stopping && Posix.monotonicSeconds() - started < wait {
-                if let wake, flags.withLock({ $0[keyPath: wake] }) { break }
-                usleep(10_000)
-            }
+            // Asleep until the round is due or the bell rings (a stop, or work for this service).
+            let left = started + wait - Posix.monotonicSeconds()
+            if !stopping && left > 0 { _ = bell.wait(timeout: .now() + left) }
         }
     }
 
@@ -121,7 +127,9 @@ public final class Watcher: Sendable {
     private func runBatchService(once: Bool) {
         let binDirectory = Posix.parentPath(Posix.executablePath() ?? "./balsam-watch")
         var service: BatchService?
-        runPeriodic("scheduler service", once: once, retry: { service?.settings.scheduler.syncSeconds ?? 10 }) {
+        runPeriodic(
+            "scheduler service", once: once, bell: bells.batch, retry: { service?.settings.scheduler.syncSeconds ?? 10 }
+        ) {
             let settings = try settings()
             if service?.settings != settings {
                 service = try BatchService(site: site, settings: settings, binDirectory: binDirectory, logger: logger)
@@ -137,7 +145,7 @@ public final class Watcher: Sendable {
     private func runSyncService(once: Bool) {
         var pusher: (settings: SiteSettings.Sync, pusher: Pusher)?
         var schedule = SyncSchedule(period: 1)
-        runPeriodic("sync", once: once, retry: { schedule.failed() }) {
+        runPeriodic("sync", once: once, bell: bells.sync, retry: { schedule.failed() }) {
             guard let settings = try settings().sync else {
                 pusher = nil
                 return 5
@@ -163,7 +171,8 @@ public final class Watcher: Sendable {
         var service: TransferService?
         var lastLook = 0.0
         var lastSweep = 0.0
-        runPeriodic("transfers", once: once, wake: \.transfersWanted, retry: { 5 }) {
+        var staging = ChangeGate(site.stagingPath)
+        runPeriodic("transfers", once: once, bell: bells.transfers, retry: { 5 }) {
             let woken = flags.withLock { flags in
                 defer { flags.transfersWanted = false }
                 return flags.transfersWanted
@@ -172,15 +181,22 @@ public final class Watcher: Sendable {
             let settings = try settings()
             if service?.settings != settings {
                 service = TransferService(site: site, settings: settings, logger: logger)
+                lastLook = -.infinity
             }
             guard let current = service else { return 5 }
             let now = Posix.monotonicSeconds()
-            let full = woken || now - lastLook >= current.settings.transfers.periodSeconds
+            // Idle, it looks only when the engine calls (every job that waits for transfers passes the engine).
+            let full =
+                woken
+                || now - lastLook >= current.settings.transfers.periodSeconds && (current.busy || lastLook.isInfinite)
             if full { lastLook = now }
             if now - lastSweep >= 30 {
                 lastSweep = now
-                for tree in Fsck.sweepTransferStaging(site) {
-                    logger.notice("transfers: removed \(tree), left by a watcher that has ended")
+                // Read again only when a tree came or went since the last clean read.
+                _ = staging.ifChanged {
+                    for tree in Fsck.sweepTransferStaging(site) {
+                        logger.notice("transfers: removed \(tree), left by a watcher that has ended")
+                    }
                 }
             }
             let round = try current.round(look: full)
@@ -189,9 +205,11 @@ public final class Watcher: Sendable {
                     "transfers: \(round.submitted) submitted, \(round.done) done, \(round.failed) failed, \(round.moved) jobs moved"
                 )
             }
-            // While tasks run, look often (a local copy of small files ends in milliseconds).
+            // While tasks run, look often (a local copy of small files ends in milliseconds); idle, sleep until
+            // the engine rings or the staging sweep is due.
             let period = current.settings.transfers.periodSeconds
-            return round.inFlight > 0 || round.holding ? min(0.05, period) : period
+            if round.inFlight > 0 || round.holding { return min(0.05, period) }
+            return current.busy ? period : max(period, 30)
         }
     }
 
@@ -214,8 +232,9 @@ public final class Watcher: Sendable {
         for problem in recovery.problems { logger.warning("recovery: \(problem)") }
         logger.info("recovery: \(recovery.jobs) active jobs checked, \(recovery.problems.count) repaired")
 
+        // jobs/ itself: a launcher's lease is renamed into it.
         let changes = try ChangeMonitor(
-            directories: [site.dropBoxPath, site.acceptedPath, site.controlPath]
+            directories: [site.dropBoxPath, site.acceptedPath, site.controlPath, site.jobsPath]
                 + JobState.active.map { site.activePath($0) },
             inotify: options.inotify)
         monitor.withLock { $0 = changes }
@@ -223,7 +242,14 @@ public final class Watcher: Sendable {
         let engine = try Engine(site: site, logger: logger)
         defer { engine.saveLeaseAges() }
         engine.shouldStop = { [weak self] in self?.stopping ?? true }
-        engine.transfersWanted = { [weak self] in self?.flags.withLock { $0.transfersWanted = true } }
+        engine.transfersWanted = { [weak self] in
+            // The bell rings when the flag goes up, not once per job (each ring is a round).
+            let raised = self?.flags.withLock { flags in
+                defer { flags.transfersWanted = true }
+                return !flags.transfersWanted
+            }
+            if raised == true { self?.bells.transfers.signal() }
+        }
 
         if options.once {
             runBatchService(once: true)
@@ -241,8 +267,22 @@ public final class Watcher: Sendable {
             }
         }
 
+        // inotify reports only the changes made on this node (inotify(7)). On a node-local filesystem every
+        // writer (submit, a launcher, the sync) is here, so a pass comes only when something changed or the clock
+        // calls (Report.pollAgain); on a shared one, launchers on other nodes move jobs unseen, so passes also
+        // come every poll interval, as they do without inotify or after its queue overflowed.
+        let shared = options.inotify ? Posix.sharedFilesystem(site.root) : "inotify off"
+        if options.inotify, let shared {
+            logger.info(
+                "the site is on \(shared): changes made on other nodes raise no inotify events, so the site is also looked at every \(options.pollInterval) s"
+            )
+        }
+        let heartbeatSeconds = min(5, claim.expirySeconds / 6)
         var backoff = 0.0
-        var lastBeat = 0.0
+        var nextBeat = 0.0
+        var nextHousekeeping = Posix.monotonicSeconds() + 30
+        var passDue = true
+        var overflows = 0
         var unwritable: Double?
         while !stopping {
             if flags.withLock({ f in
@@ -255,12 +295,18 @@ public final class Watcher: Sendable {
                     logger.error("reload failed, keeping the old settings: \(error)")
                 }
             }
-            let report = engine.pass()
-            if report.moves > 0 || report.ingested > 0 {
-                logger.debug("pass: \(report.ingested) ingested, \(report.moves) moves")
+            var report = Engine.Report()
+            if passDue {
+                report = engine.pass()
+                if report.moves > 0 || report.ingested > 0 {
+                    logger.debug("pass: \(report.ingested) ingested, \(report.moves) moves")
+                }
+            } else {
+                engine.housekeeping(&report)
             }
-            let now = Posix.monotonicSeconds()
-            if now - lastBeat >= 1 {
+            var now = Posix.monotonicSeconds()
+            if now >= nextHousekeeping { nextHousekeeping = now + 30 }
+            if now >= nextBeat {
                 do throws(SpoolError) {
                     guard try claim.heartbeat() else {
                         throw SpoolError(
@@ -279,28 +325,33 @@ public final class Watcher: Sendable {
                         unwritable = now
                     }
                 }
-                lastBeat = now
+                nextBeat = now + heartbeatSeconds
             }
             if options.once { break }
             // Errors (a full disk, say) back off: 1, 2, 4 ... 30 s, and retry; no job is lost meanwhile.
             backoff = report.errors.isEmpty ? 0 : min(30, max(1, backoff * 2))
             if backoff > 0 {
                 logger.warning("\(report.errors.count) errors in the last pass; retrying in \(backoff) s")
+                // Sit the backoff out whatever changes meanwhile (a launcher keeps writing): a pass now would meet
+                // the same error and log it again. A stop or reload request still ends the wait.
+                let until = now + backoff
+                while !stopping && !flags.withLock({ $0.reload }) && Posix.monotonicSeconds() < until {
+                    _ = changes.wait(seconds: until - Posix.monotonicSeconds())
+                }
+                passDue = true
+                continue
             }
             // Under a steady stream of changes (a launcher finishing hundreds of jobs a second), a pass per event
             // spends more on looking at every queue than on moving jobs: after a pass that moved something, let
             // a millisecond of changes gather first. An idle watcher still wakes at once.
             if report.moves > 0 || report.ingested > 0 { usleep(1000) }
-            if backoff > 0 {
-                // Sit the backoff out whatever changes meanwhile (a launcher keeps writing): a pass now would meet
-                // the same error and log it again. A stop or reload request still ends the wait.
-                let until = Posix.monotonicSeconds() + backoff
-                while !stopping && !flags.withLock({ $0.reload }) && Posix.monotonicSeconds() < until {
-                    _ = changes.wait(seconds: until - Posix.monotonicSeconds())
-                }
-            } else {
-                _ = changes.wait(seconds: options.pollInterval)
-            }
+            now = Posix.monotonicSeconds()
+            let polling = shared != nil || report.pollAgain
+            let nextPass = polling ? now + options.pollInterval : .infinity
+            let until = min(nextPass, nextBeat, nextHousekeeping)
+            let woken = changes.wait(seconds: max(0, until - now))
+            passDue = woken || Posix.monotonicSeconds() >= nextPass || changes.overflows > overflows
+            overflows = changes.overflows
         }
         logger.info("stopped")
     }

@@ -55,6 +55,10 @@ public final class TransferService {
         ]
     }
 
+    /// Whether the service serves jobs or follows tasks: then it looks at the queues every period. Otherwise
+    /// it looks only when told (the engine leaves a job waiting for it) and at its first round.
+    public var busy: Bool { !served.isEmpty || !tasks.isEmpty }
+
     /// What a round did.
     public struct Round: Sendable, Equatable {
         public var submitted = 0
@@ -333,6 +337,10 @@ public final class TransferService {
             guard let loaded = try store.load(id, in: state) else { return }
             try store.move(
                 loaded, to: .failed, reason: reason, eventData: items.isEmpty ? [:] : TransferService.eventData(items))
+            // Forgotten at once: a retry may bring it back before the next look, and must find it served afresh.
+            served[id] = nil
+            pending.remove(id)
+            changed.remove(id)
             logger.error("job \(id) FAILED: \(reason)", metadata: ["job.id": "\(id)"])
         } catch {
             logger.error("job \(id): cannot fail it (\(reason)): \(error)", metadata: ["job.id": "\(id)"])

@@ -20,7 +20,11 @@ struct WatchCommand: AsyncParsableCommand {
 
     @OptionGroup var siteOption: SiteOption
 
-    @Option(name: .long, help: "Seconds between rescans of the queue directories when inotify reports nothing.")
+    @Option(
+        name: .long,
+        help:
+            "Seconds between rescans when inotify cannot see every change (a shared filesystem, --no-inotify, a lease held)."
+    )
     var pollInterval: Double = 1
 
     @Flag(name: .long, help: "Do not use inotify; rely on the rescans alone.")

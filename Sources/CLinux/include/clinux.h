@@ -10,6 +10,10 @@ int clinux_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, con
 /// syncfs(2): flush one filesystem once instead of fsyncing every file of a batch.
 int clinux_syncfs(int fd);
 
+/// statfs(2)'s f_type (the filesystem's magic number) of the filesystem holding `path`: whether inotify sees every
+/// change there. 0 on success, -1 with errno set. (Swift's Glibc does not import <sys/vfs.h>.)
+int clinux_filesystem_type(const char *path, unsigned long long *type);
+
 // Structs declared, not included: this header includes nothing of the C library, whose types would then seem
 // to belong to this module (`timespec` among them).
 struct pollfd;

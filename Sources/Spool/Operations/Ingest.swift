@@ -41,6 +41,8 @@ public struct Ingest {
         public var adopted: [String] = []
         /// Drop-box entries moved to `rejected/`, with why.
         public var rejected: [(name: String, reason: String)] = []
+        /// Drops left for a later pass because they may still be being copied in.
+        public var unsettled = 0
     }
 
     /// Runs both steps: accepted batches, then the drop box.
@@ -342,7 +344,10 @@ public struct Ingest {
                 // others (one unreadable drop must not hold up the rest); the first such error is reported.
                 if failure == nil { failure = error }
             } catch {
-                if settleSeconds > 0 && isYoung(path) { continue }  // perhaps still being copied in
+                if settleSeconds > 0 && isYoung(path) {  // perhaps still being copied in
+                    report.unsettled += 1
+                    continue
+                }
                 try reject(name, reason: error.description)
                 report.rejected.append((name, error.description))
             }

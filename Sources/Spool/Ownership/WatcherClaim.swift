@@ -48,7 +48,7 @@ public struct WatcherClaim: Sendable {
 
     /// Whether a claim's holder is still there.
     ///
-    /// From another host, its heartbeat (the claim's mtime, refreshed every second) is looked at by the time of
+    /// From another host, its heartbeat (the claim's mtime, refreshed every few seconds) is looked at by the time of
     /// day only as a first guess: a fresh one means alive; an old one may only mean a clock was stepped (this
     /// host's ahead, or the holder's behind), so it is watched for `confirmSeconds` on the monotonic clock, and
     /// any change means alive.

@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -16,6 +18,10 @@ public struct JobStore: Sendable {
     /// Recorded as the actor of every move.
     public var actor: String
     let index: SiteIndex
+
+    /// Moves of this process that failed after claiming their job, whose claim may be left in `tmp/`: the watcher
+    /// reads `tmp/` for its own unfinished moves only when this changed, not on a timer.
+    package static let cutShort = Atomic<Int>(0)
 
     /// Makes a store acting as `actor`.
     public init(site: Site, actor: String) {
@@ -175,16 +181,22 @@ public struct JobStore: Sendable {
             if held != source {
                 if let source { _ = rename(held, source) } else { Posix.unlink(held) }
             }
+            JobStore.cutShort.add(1, ordering: .relaxed)
             throw error
         }
         // 5. Publish the entry in its new place, or record the end.
         let entry = next.isFinal ? nil : (target ?? index.entryPath(next, id))
-        if let entry {
-            if entry != held { try Posix.rename(held, entry) }
-        } else {
-            try index.appendFinal(
-                [.init(id: id, state: next, workdir: job.workdir, app: job.app, time: record.since)], sync: false)
-            Posix.unlink(held)
+        do throws(SpoolError) {
+            if let entry {
+                if entry != held { try Posix.rename(held, entry) }
+            } else {
+                try index.appendFinal(
+                    [.init(id: id, state: next, workdir: job.workdir, app: job.app, time: record.since)], sync: false)
+                Posix.unlink(held)
+            }
+        } catch {
+            JobStore.cutShort.add(1, ordering: .relaxed)
+            throw error
         }
         record.fileEndsWithNewline = true
         return Loaded(job: job, record: record, directory: dir, entry: entry)
