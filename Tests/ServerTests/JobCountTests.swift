@@ -67,6 +67,29 @@ import Testing
         try await check("a site deleted")
         #expect(try await count("") == 34)
         #expect(try await count("site_id=\(site2)") == 0)
+
+        // Creates and moves of one user's jobs at one site in one state at once (issue #36, item 4): on
+        // PostgreSQL they run on several connections, each adding to counter rows of its own shard; the kept
+        // counts must still be the rows.
+        let made = try await withThrowingTaskGroup(of: [Int].self) { group in
+            for k in 0..<8 { group.addTask { try await create(app1, "e\(k)", 10, as: token) } }
+            return try await group.reduce(into: [Int]()) { $0 += $1 }
+        }
+        #expect(made.count == 80)
+        try await check("created at once")
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for part in stride(from: 0, to: made.count, by: 10) {
+                let moves = made[part..<part + 10].map { ["id": $0, "state": "PREPROCESSED"] as [String: Any] }
+                let body = try JSONSerialization.data(withJSONObject: moves)
+                group.addTask {
+                    let reply = try await server.request("PATCH", "/jobs/", body: body, token: token)
+                    #expect(reply.status == 200, "\(reply.text)")
+                }
+            }
+            try await group.waitForAll()
+        }
+        try await check("moved at once")
+        #expect(try await count("state=PREPROCESSED") >= 80)
         _ = (second, app2)
     }
 }

@@ -110,7 +110,10 @@ enum Dashboard {
             "SELECT id, name, path, last_refresh FROM sites WHERE owner_id = \(.of(call.user.id)) ORDER BY name")
         var byState: [Int: [String: Int]] = [:]
         for r in try c.query(
-            "SELECT site_id, state, n FROM job_counts WHERE owner_id = \(.of(call.user.id)) AND n > 0")
+            """
+            SELECT site_id, state, CAST(sum(n) AS BIGINT) FROM job_counts WHERE owner_id = \(.of(call.user.id))
+            GROUP BY site_id, state HAVING sum(n) > 0
+            """)
         {
             byState[r.int(0), default: [:]][r.text(1)] = r.int(2)
         }

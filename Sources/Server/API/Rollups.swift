@@ -27,12 +27,15 @@ enum Rollups {
             counts["\(s) \(e.2) \(m)", default: (s, e.2, m, 0)].n += 1
             if e.1 == JobState.running.rawValue { ends.append((e.0, e.4)) }
         }
+        // PostgreSQL: each connection adds to rows of its own shard (the column's default), so concurrent pushes
+        // and creates of one user never wait on each other's row (Schema.shardedCounters).
+        let key = Schema.counterKey("owner_id, to_state, site_id, minute", c.dialect)
         for chunk in Array(counts.values).chunked(c.rowsPerStatement(columns: 5)) {
             let rows = SQL.rows(chunk.map { [.of(owner), .of($0.site), .text($0.state), .int($0.minute), .of($0.n)] })
             try c.execute(
                 """
                 INSERT INTO state_minutes (owner_id, site_id, to_state, minute, n) VALUES \(rows)
-                ON CONFLICT (owner_id, to_state, site_id, minute) DO UPDATE SET n = state_minutes.n + excluded.n
+                ON CONFLICT (\(raw: key)) DO UPDATE SET n = state_minutes.n + excluded.n
                 """)
         }
         guard !ends.isEmpty else { return }

@@ -1,5 +1,6 @@
 internal import CPostgres
 import Spool
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -26,8 +27,14 @@ final class PostgresConnection: SQLConnection, @unchecked Sendable {
         self.connection = connection
         // Notices (such as "relation already exists, skipping") are not errors: keep them off stderr.
         PQsetNoticeProcessor(connection, { _, _ in }, nil)
-        try executeScript("SET client_min_messages = warning; SET TIME ZONE 'UTC'")
+        // Each connection of the process adds to counters of its own shard (Schema.shardedCounters).
+        let shard = PostgresConnection.opened.wrappingAdd(1, ordering: .relaxed).oldValue % PostgresConnection.shards
+        try executeScript("SET client_min_messages = warning; SET TIME ZONE 'UTC'; SET balsam.shard = '\(shard)'")
     }
+
+    /// Connections opened by this process, and the number of counter shards they spread over.
+    private static let opened = Atomic<Int>(0)
+    static let shards = 16
 
     deinit { PQfinish(connection) }
 

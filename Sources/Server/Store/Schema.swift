@@ -32,6 +32,7 @@ enum Schema {
         Migration(version: 11, name: "SQLite: a user's jobs in id order (the first page of a list)", sql: ownerIDOrder),
         Migration(version: 12, name: "whether a site's own app is a Python app", sql: sitePythonApps),
         Migration(version: 13, name: "the site's batch job of a job's latest run", sql: jobsSiteBatch),
+        Migration(version: 14, name: "PostgreSQL: counters sharded by connection", sql: shardedCounters),
     ]
 
     /// Tables whose ids a client holds. PostgreSQL's sequences never hand an id out twice; SQLite's plain
@@ -350,9 +351,25 @@ enum Schema {
                 END;
                 """
         }
+        return table + jobCountFunctions(sharded: false, create: "CREATE")
+            + """
+            CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows
+                FOR EACH STATEMENT EXECUTE FUNCTION job_counts_inserted();
+            CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_rows
+                FOR EACH STATEMENT EXECUTE FUNCTION job_counts_deleted();
+            CREATE TRIGGER job_counts_update AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+                FOR EACH STATEMENT EXECUTE FUNCTION job_counts_updated();
+            """
+    }
+
+    /// The PostgreSQL trigger functions that keep `job_counts`: each adds its statement's rows per group, in key
+    /// order (concurrent statements lock rows in one order); `sharded`, into the connection's own shard.
+    private static func jobCountFunctions(sharded: Bool, create: String) -> String {
+        let key = sharded ? "owner_id, site_id, state, shard" : "owner_id, site_id, state"
+        let add = "ON CONFLICT (\(key)) DO UPDATE SET n = job_counts.n + excluded.n"
         func function(_ name: String, _ deltas: String) -> String {
             """
-            CREATE FUNCTION \(name)() RETURNS trigger LANGUAGE plpgsql AS $$
+            \(create) FUNCTION \(name)() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
                 INSERT INTO job_counts (owner_id, site_id, state, n)
                     SELECT owner_id, site_id, state, sum(d) FROM (\(deltas)) AS deltas
@@ -364,8 +381,7 @@ enum Schema {
             """
         }
         let columns = "owner_id, site_id, state"
-        return table
-            + function("job_counts_inserted", "SELECT \(columns), 1 AS d FROM new_rows")
+        return function("job_counts_inserted", "SELECT \(columns), 1 AS d FROM new_rows")
             + function("job_counts_deleted", "SELECT \(columns), -1 AS d FROM old_rows")
             + function(
                 "job_counts_updated",
@@ -376,14 +392,33 @@ enum Schema {
                     SELECT n.owner_id, n.site_id, n.state, 1 AS d FROM old_rows o JOIN new_rows n ON n.id = o.id
                     WHERE (o.owner_id, o.site_id, o.state) <> (n.owner_id, n.site_id, n.state)
                 """)
-                + """
-                CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows
-                    FOR EACH STATEMENT EXECUTE FUNCTION job_counts_inserted();
-                CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_rows
-                    FOR EACH STATEMENT EXECUTE FUNCTION job_counts_deleted();
-                CREATE TRIGGER job_counts_update AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-                    FOR EACH STATEMENT EXECUTE FUNCTION job_counts_updated();
-                """
+    }
+
+    /// The columns a counter row is found by: on PostgreSQL with the writing connection's shard.
+    static func counterKey(_ columns: String, _ d: SQLDialect) -> String {
+        d == .postgresql ? columns + ", shard" : columns
+    }
+
+    /// Counters many writers add to at once (the jobs' counts, the per-minute state changes) are sharded on
+    /// PostgreSQL: each connection adds to rows of its own shard (`balsam.shard`, set when it connects; the
+    /// column's default), and readers sum the shards. Two transactions of one user, site and state then never
+    /// wait for each other's commit on one row (`Lock:transactionid`). SQLite has one writer at a time: nothing.
+    private static func shardedCounters(_ d: SQLDialect) -> String {
+        guard d == .postgresql else { return "" }
+        return """
+            CREATE FUNCTION balsam_shard() RETURNS integer LANGUAGE sql STABLE AS $$
+                SELECT coalesce(nullif(current_setting('balsam.shard', true), ''), '0')::integer
+            $$;
+            ALTER TABLE job_counts ADD COLUMN shard INTEGER NOT NULL DEFAULT 0;
+            ALTER TABLE job_counts ALTER COLUMN shard SET DEFAULT balsam_shard();
+            ALTER TABLE job_counts DROP CONSTRAINT job_counts_pkey;
+            ALTER TABLE job_counts ADD PRIMARY KEY (owner_id, site_id, state, shard);
+            ALTER TABLE state_minutes ADD COLUMN shard INTEGER NOT NULL DEFAULT 0;
+            ALTER TABLE state_minutes ALTER COLUMN shard SET DEFAULT balsam_shard();
+            ALTER TABLE state_minutes DROP CONSTRAINT state_minutes_pkey;
+            ALTER TABLE state_minutes ADD PRIMARY KEY (owner_id, to_state, site_id, minute, shard);
+
+            """ + jobCountFunctions(sharded: true, create: "CREATE OR REPLACE")
     }
 
     /// A list's page in id order: SQLite sorted all of a user's jobs for it (65 ms on 1,000,000 jobs) for want of
