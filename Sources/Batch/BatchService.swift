@@ -102,8 +102,12 @@ public final class BatchService {
         return true
     }
 
+    /// Records saved so far (the watcher tells the sync when it changed).
+    public private(set) var saved = 0
+
     private func save(_ job: BatchJob, was before: BatchJob?) {
         guard job != before else { return }
+        saved += 1
         do { try store.save(job) } catch {
             logger.error("cannot save batch job \(job.id): \(error)", metadata: ["batch_job.id": "\(job.id)"])
         }

@@ -27,6 +27,14 @@ static inline CURLcode ccurl_setopt_write_function(CURL *handle, ccurl_write_cal
     return curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, callback);
 }
 
+// The progress callback (CURLOPT_XFERINFOFUNCTION, with CURLOPT_NOPROGRESS 0): called about once a second while
+// a transfer waits, more often while data moves; a non-zero return aborts it (CURLE_ABORTED_BY_CALLBACK).
+typedef int (*ccurl_xferinfo_callback)(void *user, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                                       curl_off_t ulnow);
+static inline CURLcode ccurl_setopt_xferinfo_function(CURL *handle, ccurl_xferinfo_callback callback) {
+    return curl_easy_setopt(handle, CURLOPT_XFERINFOFUNCTION, callback);
+}
+
 // A long-valued piece of information (the response code).
 static inline CURLcode ccurl_getinfo_long(CURL *handle, CURLINFO info, long *value) {
     return curl_easy_getinfo(handle, info, value);

@@ -28,6 +28,9 @@ public final class Watcher: Sendable {
         var reload = false
         /// The engine left jobs waiting for transfers: the transfer service should look now.
         var transfersWanted = false
+        /// The site changed (a pass moved jobs, a batch job's record changed): a push waiting on the server
+        /// for news gives up, and the sync pushes now.
+        var syncWanted = false
     }
 
     /// The services' threads sleep on these between rounds: a stop rings all three, the engine's call for the
@@ -87,6 +90,12 @@ public final class Watcher: Sendable {
     }
 
     private var stopping: Bool { flags.withLock { $0.stop } }
+
+    /// The site changed: the sync pushes now (a push waiting on the server for news gives up).
+    private func wantSync() {
+        flags.withLock { $0.syncWanted = true }
+        bells.sync.signal()
+    }
     private let servicesStopped = DispatchSemaphore(value: 0)
 
     /// Runs `round` until the watcher stops (once with `once`), waiting the seconds it returns between rounds. A
@@ -134,7 +143,9 @@ public final class Watcher: Sendable {
             if service?.settings != settings {
                 service = try BatchService(site: site, settings: settings, binDirectory: binDirectory, logger: logger)
             }
+            let saved = service?.saved
             service?.sync()
+            if service?.saved != saved { wantSync() }
             return service?.settings.scheduler.syncSeconds ?? 10
         }
     }
@@ -150,9 +161,19 @@ public final class Watcher: Sendable {
                 pusher = nil
                 return 5
             }
-            if pusher?.settings != settings { pusher = (settings, try Pusher(site: site, settings: settings)) }
+            if pusher?.settings != settings {
+                let made = try Pusher(site: site, settings: settings)
+                made.waitForNews = settings.waitForNewsSeconds
+                made.spacing = settings.periodSeconds
+                made.giveUpWaiting = { [weak self] in
+                    self?.flags.withLock { $0.stop || $0.syncWanted } ?? true
+                }
+                made.stopWaiting = { [weak self] in self?.flags.withLock { $0.stop } ?? true }
+                pusher = (settings, made)
+            }
             guard let current = pusher else { return 5 }
             schedule.period = settings.periodSeconds
+            flags.withLock { $0.syncWanted = false }
             let round = try current.pusher.round()
             for refusal in round.newRefusals { logger.warning("sync: refused: \(refusal)") }
             if round.registeredAgain {
@@ -344,7 +365,10 @@ public final class Watcher: Sendable {
             // Under a steady stream of changes (a launcher finishing hundreds of jobs a second), a pass per event
             // spends more on looking at every queue than on moving jobs: after a pass that moved something, let
             // a millisecond of changes gather first. An idle watcher still wakes at once.
-            if report.moves > 0 || report.ingested > 0 { usleep(1000) }
+            if report.moves > 0 || report.ingested > 0 {
+                wantSync()
+                usleep(1000)
+            }
             now = Posix.monotonicSeconds()
             let polling = shared != nil || report.pollAgain
             let nextPass = polling ? now + options.pollInterval : .infinity

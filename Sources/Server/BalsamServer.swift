@@ -17,6 +17,8 @@ public struct BalsamServer: Sendable {
     /// Request limits.
     public let limits: ServerLimits
     let logger: Logger
+    /// News for held site pushes.
+    let news = SiteNews()
 
     /// A server over `database`, signing tokens with `secret`.
     public init(database: Database, secret: [UInt8], limits: ServerLimits = ServerLimits(), logger: Logger) {
@@ -37,7 +39,7 @@ public struct BalsamServer: Sendable {
     func router() -> Router<BalsamRequestContext> {
         let router = Router(context: BalsamRequestContext.self)
         router.add(middleware: RequestLogMiddleware(logger: logger))
-        let e = Endpoints(database: database, accounts: accounts, limits: limits, logger: logger)
+        let e = Endpoints(database: database, accounts: accounts, limits: limits, logger: logger, news: news)
         router.addRoutes(AuthRoutes.anonymous(e), atPath: "/auth")
         router.addRoutes(Dashboard.anonymous(e), atPath: "/dashboard")
         router.get("openapi.json") { _, _ in

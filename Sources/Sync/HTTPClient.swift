@@ -16,6 +16,8 @@ public struct SyncError: Error, Sendable, CustomStringConvertible {
     public var request: String
     /// Whether nothing listened at the address (connection refused): a server not started yet, say.
     public var refused = false
+    /// Whether the caller's `abort` ended it (a held push given up for news of the site's own).
+    public var aborted = false
 
     public var description: String {
         if let status { return "\(request): HTTP \(status): \(message)" }
@@ -93,15 +95,21 @@ public final class HTTPClient {
     private final class Collector {
         var bytes: [UInt8] = []
         let limit: Int
-        init(limit: Int) { self.limit = limit }
+        let abort: (() -> Bool)?
+        init(limit: Int, abort: (() -> Bool)?) {
+            self.limit = limit
+            self.abort = abort
+        }
     }
 
     /// Sends one request. `form` sends `application/x-www-form-urlencoded`, else `body` is JSON. A reply of
-    /// 400 or more throws with the server's `detail` when it gave one.
+    /// 400 or more throws with the server's `detail` when it gave one. `abort`, asked about once a second while
+    /// the reply is awaited, ends the request when it says true (a `SyncError` with `aborted`); `timeout`
+    /// replaces the client's for this request (a held push waits longer than a request takes).
     @discardableResult
     public func send(
         _ method: String, _ path: String, json body: JSONValue? = nil, form: [(String, String)]? = nil,
-        limit: Int = 1 << 30
+        limit: Int = 1 << 30, timeout: Int? = nil, abort: (() -> Bool)? = nil
     ) throws(SyncError) -> HTTPResponse {
         let url = root + (path.hasPrefix("/") ? path : "/" + path)
         let what = "\(method) \(url)"
@@ -109,6 +117,7 @@ public final class HTTPClient {
             if code != CURLE_OK {
                 var error = SyncError(status: nil, message: String(cString: curl_easy_strerror(code)), request: what)
                 error.refused = code == CURLE_COULDNT_CONNECT
+                error.aborted = code == CURLE_ABORTED_BY_CALLBACK
                 throw error
             }
         }
@@ -128,14 +137,14 @@ public final class HTTPClient {
         var list: UnsafeMutablePointer<curl_slist>?
         for header in headers { list = curl_slist_append(list, header) }
         defer { curl_slist_free_all(list) }
-        let collector = Collector(limit: limit)
+        let collector = Collector(limit: limit, abort: abort)
         let unmanaged = Unmanaged.passRetained(collector)
         defer { unmanaged.release() }
         try check(ccurl_setopt_string(handle, CURLOPT_URL, url))
         try check(ccurl_setopt_string(handle, CURLOPT_CUSTOMREQUEST, method))
         try check(ccurl_setopt_pointer(handle, CURLOPT_HTTPHEADER, UnsafeMutableRawPointer(list)))
         try check(ccurl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT, connectTimeout))
-        try check(ccurl_setopt_long(handle, CURLOPT_TIMEOUT, timeout))
+        try check(ccurl_setopt_long(handle, CURLOPT_TIMEOUT, timeout ?? self.timeout))
         try check(ccurl_setopt_long(handle, CURLOPT_NOSIGNAL, 1))
         try check(ccurl_setopt_string(handle, CURLOPT_ACCEPT_ENCODING, ""))
         if let caFile { try check(ccurl_setopt_string(handle, CURLOPT_CAINFO, caFile)) }
@@ -151,6 +160,16 @@ public final class HTTPClient {
                 }
                 return n
             })
+        if abort != nil {
+            try check(ccurl_setopt_long(handle, CURLOPT_NOPROGRESS, 0))
+            try check(ccurl_setopt_pointer(handle, CURLOPT_XFERINFODATA, unmanaged.toOpaque()))
+            try check(
+                ccurl_setopt_xferinfo_function(handle) { user, _, _, _, _ in
+                    guard let user else { return 0 }
+                    let collector = Unmanaged<Collector>.fromOpaque(user).takeUnretainedValue()
+                    return collector.abort?() == true ? 1 : 0
+                })
+        }
         let code: CURLcode =
             if var payload {
                 payload.withUnsafeMutableBytes { buffer in

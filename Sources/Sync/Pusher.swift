@@ -25,6 +25,19 @@ public final class Pusher {
     public var maxEvents = 100_000
     /// Most event lines per request (with their jobs' specs, under the server's limit of items per push).
     public var requestEvents = 5_000
+    /// Seconds a push that tells nothing may wait on the server for news for the site (`?wait=`; 0: never).
+    /// The watcher sets it while nothing runs at the site, and then the held push is the site's heartbeat.
+    public var waitForNews = 0
+    /// Asked about once a second while a push waits: true gives the wait up (the site has news of its own).
+    public var giveUpWaiting: () -> Bool = { false }
+    /// While pushes wait for news: the fewest seconds between two pushes that tell something (`sync.period`), so
+    /// that a stream of the site's events goes up in batches; a push with nothing to tell waits at once, and
+    /// meanwhile the site still listens (a push that tells nothing waits out the rest).
+    public var spacing = 0.0
+    /// Asked while a push waits out the spacing: true ends it (the watcher stops).
+    public var stopWaiting: () -> Bool = { false }
+    /// When the last push that told something went.
+    private var lastTold: Double?
 
     /// A pusher for `site` with its `sync:` settings; the token comes from `token_file`, else the client file.
     public init(site: Site, settings: SiteSettings.Sync) throws {
@@ -59,6 +72,12 @@ public final class Pusher {
         /// Jobs made through the server's API that this round took into the site, and refused.
         public var adopted = 0
         public var refused = 0
+        /// Whether the push waited on the server for news (ended by news, its time, or the site's own news).
+        public var waited = false
+        /// Whether pushes wait for news (`waitForNews`): then the next round goes at once, or after `deferred`.
+        public var listening = false
+        /// Seconds until the site may push what it has to tell (a push told something less than `spacing` ago).
+        public var deferred: Double?
 
         /// An empty round.
         public init() {}
@@ -114,11 +133,43 @@ public final class Pusher {
         return settings
     }
 
+    /// A push that tells nothing, waiting up to `seconds` for news: the server's reply, or nil when the watcher
+    /// stopped it.
+    private func listen(_ push: PushRequest, _ seconds: Int) throws -> PushReply? {
+        do {
+            let response = try client.send(
+                "POST", "/sync/push?wait=\(seconds)", json: push.json, timeout: client.timeout + seconds,
+                abort: stopWaiting)
+            return PushReply((try? response.json()) ?? .null)
+        } catch {
+            if error.aborted { return nil }
+            throw error
+        }
+    }
+
+    /// The event logs as the last round listed them.
+    private var logNames: [String] = []
+
+    /// The event logs' sizes and their directory's stamp, one `stat` each: anything the site does that the
+    /// server must hear of is an event line (a launcher's on another node too), so a held push is given up
+    /// when this changes.
+    func eventLogStamp() -> [Int] {
+        var stamp: [Int] = []
+        if let st = try? Posix.statIfExists(site.eventsPath) {
+            stamp += [Int(st.st_mtim.tv_sec), Int(st.st_mtim.tv_nsec), Int(st.st_size)]
+        }
+        for name in logNames {
+            stamp.append((try? Posix.statIfExists(site.eventsPath + "/" + name)).map { Int($0.st_size) } ?? -1)
+        }
+        return stamp
+    }
+
     /// Reads complete lines after the cursor, at most `maxEvents`, oldest file first.
     func readEvents(_ state: SyncState) throws -> (lines: [Line], caughtUp: Bool) {
         var lines: [Line] = []
         var caughtUp = true
         let names = try Posix.listDirectory(site.eventsPath).filter { $0.hasSuffix(".jsonl") }.sorted()
+        logNames = names
         for name in names {
             let path = site.eventsPath + "/" + name
             let offset = state.cursor[name] ?? 0
@@ -256,14 +307,23 @@ public final class Pusher {
                 batchJobs: changedBatches.map(\.report), sessions: Array(sessions))
         }
         // Every reply's server ids are recorded, a resend's too (`ServerIDs`: what the commands take).
-        func send(_ push: PushRequest) throws -> PushReply {
-            let response = try client.send("POST", "/sync/push", json: push.json)
+        // A push that tells nothing may wait on the server for news (then it is the site's heartbeat); given up
+        // (the site has news of its own), the round ends and the next one pushes at once.
+        func send(_ push: PushRequest, wait: Int = 0) throws -> PushReply {
+            let logs = wait > 0 ? eventLogStamp() : []
+            let response =
+                wait > 0
+                ? try client.send(
+                    "POST", "/sync/push?wait=\(wait)", json: push.json, timeout: client.timeout + wait,
+                    abort: { self.giveUpWaiting() || self.eventLogStamp() != logs })
+                : try client.send("POST", "/sync/push", json: push.json)
             let reply = PushReply((try? response.json()) ?? .null)
             try ServerIDs.append(site, reply.jobs.map { ($0.key, $0.value) })
             return reply
         }
         var last = PushReply(siteID: 0)
         var start = 0
+        var listenFirst: (push: PushRequest, seconds: Int)?
         repeat {
             let end = min(lines.count, start + requestEvents)
             let chunk = parsed[start..<end].compactMap { $0 }
@@ -285,7 +345,25 @@ public final class Pusher {
             let bornHere = Set(placed.filter { $0.from == .created }.map(\.siteJobID))
             placed.removeAll { removed.contains($0.siteJobID) && bornHere.contains($0.siteJobID) }
             var sendable = placed.filter { $0.from != .created || jobs[$0.siteJobID] != nil }
-            last = try send(request(jobs: jobs, events: sendable, removed: removed))
+            let push = request(jobs: jobs, events: sendable, removed: removed)
+            let wait = lines.isEmpty && push.carriesNothing ? min(waitForNews, PushRequest.longestWait) : 0
+            round.listening = waitForNews > 0
+            if round.listening && wait == 0 && start == 0 {
+                // What the site has to tell goes up at most once a `spacing`: a stream of events in batches.
+                let now = Posix.monotonicSeconds()
+                if let told = lastTold, now - told < spacing {
+                    // Not yet: the site listens meanwhile, with a push that tells nothing.
+                    let seconds = max(1, Int(saturating: (spacing - (now - told)).rounded(.up)))
+                    listenFirst = (PushRequest(site: pushedSite, appDigests: push.appDigests), seconds)
+                    break
+                }
+                lastTold = now
+            }
+            do { last = try send(push, wait: wait) } catch let error as SyncError where error.aborted {
+                round.waited = true
+                return round
+            }
+            round.waited = wait > 0
             var refusals = last.refused
             // The server lacks jobs made before (a new server, a database restored from a backup, a site record
             // deleted through the API) or the site's apps: send those jobs' specs and events again, with the apps.
@@ -327,6 +405,12 @@ public final class Pusher {
             round.jobs += jobs.count
             start = end
         } while start < lines.count
+        if let listenFirst {
+            guard let heard = try listen(listenFirst.push, listenFirst.seconds) else { return round }
+            round.waited = true
+            round.caughtUp = false
+            last = heard
+        }
         try doWhatTheServerSent(last, state: &state, round: &round)
         return round
     }

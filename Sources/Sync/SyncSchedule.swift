@@ -15,6 +15,9 @@ public struct SyncSchedule: Sendable {
     /// The wait after a round that succeeded.
     public mutating func succeeded(_ round: Pusher.Round) -> Double {
         backoff = 0
+        // Pushes that wait for news are the wait: the next round goes at once (a push with nothing to tell waits
+        // on the server), or when the site may tell more (`Pusher.spacing`).
+        if round.listening { return round.deferred ?? 0 }
         return round.caughtUp ? period : 0
     }
 

@@ -25,6 +25,12 @@ public struct PushReply: Sendable, Equatable {
     /// A reply to site `siteID`.
     public init(siteID: Int) { self.siteID = siteID }
 
+    /// Whether the reply asks nothing of the site and refuses nothing: a push answered so may be held for news.
+    public var bringsNothing: Bool {
+        refused.isEmpty && remoteJobs.isEmpty && remoteApps.isEmpty && remoteBatchJobs.isEmpty
+            && batchDeletions.isEmpty && requests.isEmpty
+    }
+
     /// Reads a reply.
     public init(_ json: JSONValue) {
         let o = json.objectValue ?? [:]

@@ -29,8 +29,23 @@ public struct PushRequest: Sendable, Equatable {
     /// Apps from the server the site could not install, with its reason (nil: a site that does not say).
     public var refusedApps: [String: String]?
 
-    /// A push from `site` with nothing else in it.
-    public init(site: PushedSite) { self.site = site }
+    /// A push from `site` with nothing else in it (but the digests of the apps it took, which it need not be sent
+    /// again).
+    public init(site: PushedSite, appDigests: [String: String] = [:]) {
+        self.site = site
+        self.appDigests = appDigests
+    }
+
+    /// Whether the push tells nothing new of the site (what it is, its digests and refusals are said every
+    /// time): only such a push may wait on the server for news (`POST /sync/push?wait=N`). Both ends decide
+    /// with this one rule.
+    public var carriesNothing: Bool {
+        apps.isEmpty && jobs.isEmpty && events.isEmpty && removed.isEmpty && rejected.isEmpty
+            && requestsDone.isEmpty && batchJobs.isEmpty && rejectedBatchJobs.isEmpty && launcherSessions.isEmpty
+    }
+
+    /// The most seconds a push may wait for news: under nginx's 60 s default proxy timeout with a margin.
+    public static let longestWait = 50
 
     /// The lists a push may hold, whose items are read one at a time.
     static let lists = [

@@ -133,9 +133,11 @@ final class LiveServer: @unchecked Sendable {
     }
 
     /// One request; `json` is serialized as the body.
+    /// `session`: the shared one, whose few connections per host all tests share; a test that holds requests
+    /// open (long polls) passes one of its own.
     func request(
         _ method: String, _ path: String, json: Any? = nil, body: Data? = nil, token: String? = nil,
-        contentType: String = "application/json"
+        contentType: String = "application/json", session: URLSession = .shared
     ) async throws -> HTTPReply {
         guard let target = URL(string: url + path) else { throw ServerTestError(description: "bad URL \(path)") }
         var request = URLRequest(url: target)
@@ -149,7 +151,7 @@ final class LiveServer: @unchecked Sendable {
             request.httpBody = body
             request.setValue(contentType, forHTTPHeaderField: "Content-Type")
         }
-        let (data, response) = try await URLSession.shared.data(for: request)
+        let (data, response) = try await session.data(for: request)
         guard let http = response as? HTTPURLResponse else { throw ServerTestError(description: "not HTTP") }
         var headers: [String: String] = [:]
         for (k, v) in http.allHeaderFields { headers["\(k)".lowercased()] = "\(v)" }

@@ -2,6 +2,7 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import ServiceLifecycle
 import Spool
 import Wire
 
@@ -17,6 +18,9 @@ struct Call {
     let id: Int?
     /// The client's address.
     var client = "-"
+    /// News for sites (`SiteNews`), and whether this call may be held for it (not when it is run again after).
+    var news: SiteNews? = nil
+    var mayHold = false
 
     var dialect: SQLDialect { connection.dialect }
 
@@ -67,6 +71,9 @@ struct Reply {
     var contentType = "application/json"
     /// More response headers (the dashboard's cookie and redirects).
     var headers: [(String, String)] = []
+    /// Hold the reply until news for the owner's sites newer than the generation, at most the seconds; on news
+    /// the handler is run again and its reply sent (a site's idle push: `SyncRoutes.push`).
+    var holdForNews: (owner: Int, generation: UInt64, seconds: Double)?
 
     /// What every HTML page says of itself: no script, no frame around it, styles and charts of its own only,
     /// forms posted back here. A value a user stored that reached a page unescaped would still run nothing.
@@ -165,6 +172,7 @@ struct Endpoints: Sendable {
     let accounts: Accounts
     let limits: ServerLimits
     let logger: Logger
+    let news: SiteNews
 
     typealias Handler = @Sendable (inout Call) throws -> Reply
 
@@ -203,29 +211,46 @@ struct Endpoints: Sendable {
             let client =
                 limits.trustedProxies.contains(context.client) && !real.isEmpty && real.utf8.count <= 64
                 ? real : context.client
-            let (accounts, limits, routeID) = (accounts, limits, id)
-            let (answer, user) = try await database.run { connection -> (Reply, String) in
-                var user = User(id: 0, name: "-")
-                if let claims {
-                    guard let found = try accounts.authenticate(claims: claims, connection: connection) else {
-                        throw ServerError.unauthorized
+            let (accounts, limits, routeID, news) = (accounts, limits, id, news)
+            var mayHold = true
+            var answer: Reply
+            var user: User
+            repeat {
+                (answer, user) = try await database.run { [mayHold] connection -> (Reply, User) in
+                    var user = User(id: 0, name: "-")
+                    if let claims {
+                        guard let found = try accounts.authenticate(claims: claims, connection: connection) else {
+                            throw ServerError.unauthorized
+                        }
+                        // A site token lives on a shared login node for months: it may sync its own site and nothing
+                        // else (not rename it, make apps or jobs elsewhere, delete sites, read other sites).
+                        if let site = found.siteName, !options.siteTokens {
+                            throw ServerError(
+                                status: 403,
+                                "this is site '\(site)''s token: it may only sync that site (POST /sync/push); log in "
+                                    + "with a password for the rest of the API")
+                        }
+                        user = found
                     }
-                    // A site token lives on a shared login node for months: it may sync its own site and nothing
-                    // else (not rename it, make apps or jobs elsewhere, delete sites, read other sites).
-                    if let site = found.siteName, !options.siteTokens {
-                        throw ServerError(
-                            status: 403,
-                            "this is site '\(site)''s token: it may only sync that site (POST /sync/push); log in "
-                                + "with a password for the rest of the API")
-                    }
-                    user = found
+                    var call = Call(
+                        user: user, connection: connection, query: query, body: body, limits: limits, id: routeID,
+                        client: client, news: news, mayHold: mayHold)
+                    return (try handler(&call), user)
                 }
-                var call = Call(
-                    user: user, connection: connection, query: query, body: body, limits: limits, id: routeID,
-                    client: client)
-                return (try handler(&call), user.name)
-            }
-            context.caller.name = user
+                guard let hold = answer.holdForNews, mayHold else { break }
+                // Held outside the database: a held push costs a suspended task, no connection or thread. On news
+                // the handler runs once more (the push is idempotent) and its reply goes; else this one does.
+                mayHold = false
+                let heard = await withGracefulShutdownHandler {
+                    await news.wait(owner: hold.owner, since: hold.generation, seconds: hold.seconds)
+                } onGracefulShutdown: {
+                    news.close()
+                }
+                if !heard { break }
+            } while true
+            context.caller.name = user.name
+            // A user's change through the API is news for the user's sites (a site's own push is not).
+            if claims != nil, request.method != .get, !options.siteTokens { news.post(owner: user.id) }
             reply = answer
         } catch {
             throw ServerError.answering(error, route: route, logger: logger)

@@ -20,6 +20,13 @@ import Wire
 enum SyncRoutes {
     static func push(_ call: inout Call) throws -> Reply {
         if call.body.isEmpty { throw ServerError.badRequest("the request needs a JSON body") }
+        // `wait=N`: a push that tells nothing and is answered with nothing is held until news for the user's
+        // sites (SiteNews), at most N seconds. The generation is read before the transaction looks for work.
+        let wait = try call.query.int("wait")
+        if let wait, wait < 0 || wait > PushRequest.longestWait {
+            throw ServerError.badRequest("must be between 0 and \(PushRequest.longestWait) seconds", field: "wait")
+        }
+        let generation = call.news?.generation(owner: call.user.id)
         // Item by item, the lists' lengths checked before an item is built: memory bounded by the body.
         let push = try PushRequest(body: call.body, maxItems: call.limits.bulkItems * 4)
         if let bound = call.user.siteName, bound != push.site.name {
@@ -71,7 +78,11 @@ enum SyncRoutes {
                     id: r.int("id"), siteJobID: r.text("site_job_id"), kind: JobRequest.Kind(r.text("kind")),
                     target: r.optionalText("target"))
             }
-            return .json(reply.json)
+            var answer = Reply.json(reply.json)
+            if let wait, wait > 0, let generation, call.mayHold, push.carriesNothing, reply.bringsNothing {
+                answer.holdForNews = (owner, generation, Double(wait))
+            }
+            return answer
         }
     }
 

@@ -192,7 +192,7 @@ extension SiteSettings {
             "max_queued_jobs", "enabled", "job_mode",
         ],
         "file_cleaner": ["cleanup_batch_size", "service_period"],
-        "sync": ["url", "site_name", "token_file", "ca_file", "period"],
+        "sync": ["url", "site_name", "token_file", "ca_file", "period", "wait_for_news"],
         "scheduler.allowed_queues.*": Set(QueuePolicy.keys),
     ]
 
@@ -295,6 +295,11 @@ extension SiteSettings {
         if sync.periodSeconds <= 0 || sync.periodSeconds > 3600 {
             throw SpoolError(.invalidInput, "sync.period must be between 0 and 3600 seconds", path: path)
         }
+        let wait = try section.number("wait_for_news") ?? Double(sync.waitForNewsSeconds)
+        guard wait >= 0 && wait <= 50 else {
+            throw SpoolError(.invalidInput, "sync.wait_for_news must be between 0 and 50 seconds", path: path)
+        }
+        sync.waitForNewsSeconds = Int(saturating: wait)
         return sync
     }
 
