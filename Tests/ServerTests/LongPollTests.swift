@@ -99,6 +99,22 @@ import Testing
         #expect(reply.object["field"] as? String == "wait", "\(reply.text)")
     }
 
+    /// A held push keeps its body for the run after the news: a large one (padded past 64 KiB, telling nothing)
+    /// is answered at once, not held.
+    @Test func aLargePushIsNotHeld() async throws {
+        let server = try await LiveServer(.sqlite)
+        defer { Task { try? await server.stop() } }
+        let (token, _, _, _) = try await registeredSite(server, user: "ugo")
+        let digests = Dictionary(
+            uniqueKeysWithValues: (0..<2000).map { ("app\($0)", String(repeating: "d", count: 50)) })
+        let padded: [String: Any] = ["site": ["name": "lp", "path": "/lp"], "app_digests": digests]
+        let started = Date()
+        let reply = try await server.request(
+            "POST", "/sync/push?wait=50", json: padded, token: token, session: session)
+        #expect(reply.status == 200, "\(String(reply.text.prefix(300)))")
+        #expect(Date().timeIntervalSince(started) < 30, "a 100 KB push was held")
+    }
+
     /// A server asked to stop answers its held pushes and exits, instead of waiting out their holds.
     @Test func heldPushesEndAtShutdown() async throws {
         let server = try await LiveServer(.sqlite)

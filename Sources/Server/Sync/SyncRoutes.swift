@@ -79,7 +79,11 @@ enum SyncRoutes {
                     target: r.optionalText("target"))
             }
             var answer = Reply.json(reply.json)
-            if let wait, wait > 0, let generation, call.mayHold, push.carriesNothing, reply.bringsNothing {
+            // Only a small body is held (an idle push is a few hundred bytes): a held request keeps its body for
+            // the rerun, and must not keep megabytes for a minute.
+            if let wait, wait > 0, let generation, call.mayHold, call.body.count <= SyncRoutes.largestHeldBody,
+                push.carriesNothing, reply.bringsNothing
+            {
                 answer.holdForNews = (owner, generation, Double(wait))
             }
             return answer
@@ -141,6 +145,9 @@ enum SyncRoutes {
 }
 
 extension SyncRoutes {
+    /// The largest push that may wait for news.
+    static let largestHeldBody = 64 << 10
+
     /// `/sync/push`: the one route a site's token may call (with `/auth/password/me`).
     static func routes(_ e: Endpoints) -> RouteCollection<BalsamRequestContext> {
         RouteCollection(e, [(.post, "/push", push)], siteTokens: true)
