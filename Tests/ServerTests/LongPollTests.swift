@@ -22,17 +22,20 @@ import Testing
     }()
 
     /// A registered site with one app, as its own pushes made them: (token, site id, app id, an idle push's body).
-    func registeredSite(_ server: LiveServer, user: String) async throws -> (String, Int, Int, Data) {
-        let token = try await server.user(user)
+    func registeredSite(
+        _ server: LiveServer, user: String, site: String = "lp", token given: String? = nil
+    ) async throws -> (String, Int, Int, Data) {
+        var token = given ?? ""
+        if given == nil { token = try await server.user(user) }
         let body: [String: Any] = [
-            "site": ["name": "lp", "path": "/lp"],
+            "site": ["name": site, "path": "/" + site],
             "apps": [["name": "hello", "description": "", "parameters": [:] as [String: Any], "source_code": ""]],
         ]
         let first = try await server.request("POST", "/sync/push", json: body, token: token, session: session)
         #expect(first.status == 200, "\(first.text)")
         let siteID = try #require(first.object["site_id"] as? Int, "\(first.text)")
         let appID = try #require((first.object["apps"] as? [String: Any])?["hello"] as? Int, "\(first.text)")
-        let idle = try JSONSerialization.data(withJSONObject: ["site": ["name": "lp", "path": "/lp"]])
+        let idle = try JSONSerialization.data(withJSONObject: ["site": ["name": site, "path": "/" + site]])
         return (token, siteID, appID, idle)
     }
 
@@ -71,11 +74,15 @@ import Testing
         }
     }
 
-    @Test func aHeldPushEndsEmptyAfterItsWaitAndAnotherUsersNewsDoesNotWakeIt() async throws {
+    /// News is for the site it concerns: a job made for another user's site, or for another site of the same
+    /// user, leaves the push held until its wait ends, empty.
+    @Test(arguments: [false, true])
+    func aHeldPushEndsEmptyAfterItsWaitAndOthersNewsDoesNotWakeIt(sameUser: Bool) async throws {
         let server = try await LiveServer(.sqlite)
         defer { Task { try? await server.stop() } }
         let (token, _, _, idle) = try await registeredSite(server, user: "mira")
-        let (other, _, otherApp, _) = try await registeredSite(server, user: "nils")
+        let (other, _, otherApp, _) = try await registeredSite(
+            server, user: "nils", site: "lp2", token: sameUser ? token : nil)
         let started = Date()
         async let held = server.request("POST", "/sync/push?wait=2", body: idle, token: token, session: session)
         let made = try await server.request(
@@ -85,7 +92,7 @@ import Testing
         let reply = try await held
         #expect(reply.status == 200, "\(reply.text)")
         #expect((reply.object["remote_jobs"] as? [Any])?.isEmpty == true, "\(reply.text)")
-        #expect(Date().timeIntervalSince(started) >= 2, "held for its wait: another user's job is not this site's news")
+        #expect(Date().timeIntervalSince(started) >= 2, "held for its wait: another site's job is not this site's news")
     }
 
     @Test(arguments: ["-1", "51", "1.5", "x", "1&wait=2"])

@@ -73,7 +73,9 @@ struct Reply {
     var headers: [(String, String)] = []
     /// Hold the reply until news for the owner's sites newer than the generation, at most the seconds; on news
     /// the handler is run again and its reply sent (a site's idle push: `SyncRoutes.push`).
-    var holdForNews: (owner: Int, generation: UInt64, seconds: Double)?
+    var holdForNews: (owner: Int, site: Int, mark: SiteNews.Mark, seconds: Double)?
+    /// The sites a user's change is news for (nil: every site of the user, when the handler does not say).
+    var newsFor: Set<Int>?
 
     /// What every HTML page says of itself: no script, no frame around it, styles and charts of its own only,
     /// forms posted back here. A value a user stored that reached a page unescaped would still run nothing.
@@ -242,7 +244,7 @@ struct Endpoints: Sendable {
                 // the handler runs once more (the push is idempotent) and its reply goes; else this one does.
                 mayHold = false
                 let heard = await withGracefulShutdownHandler {
-                    await news.wait(owner: hold.owner, since: hold.generation, seconds: hold.seconds)
+                    await news.wait(owner: hold.owner, site: hold.site, since: hold.mark, seconds: hold.seconds)
                 } onGracefulShutdown: {
                     news.close()
                 }
@@ -250,7 +252,9 @@ struct Endpoints: Sendable {
             } while true
             context.caller.name = user.name
             // A user's change through the API is news for the user's sites (a site's own push is not).
-            if claims != nil, request.method != .get, !options.siteTokens { news.post(owner: user.id) }
+            if claims != nil, request.method != .get, !options.siteTokens {
+                news.post(owner: user.id, sites: answer.newsFor)
+            }
             reply = answer
         } catch {
             throw ServerError.answering(error, route: route, logger: logger)

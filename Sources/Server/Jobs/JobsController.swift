@@ -131,7 +131,9 @@ enum Jobs {
         out.beginArray()
         for i in jobs.indices { JobField.write(jobs[i].row(id: created[i], now: now), to: &out) }
         out.endArray()
-        return .json(out, status: 201)
+        var reply = Reply.json(out, status: 201)
+        reply.newsFor = Set(jobs.compactMap(\.siteID))  // news for these sites only (SiteNews)
+        return reply
     }
 
     // MARK: - Update

@@ -1,43 +1,66 @@
 import Synchronization
 
-/// News for a user's sites: every change a user makes through the API (a job, an app, a batch job, a request)
-/// is posted here for that user, and a site's push that asked to wait (`POST /sync/push?wait=N`) and has nothing
-/// to carry back is held until news for its owner comes, N seconds pass, or the server shuts down. In-process:
-/// with several server processes on one database, a push held by one process hears only that process's news,
-/// and the others' reach its site at the end of the hold (its heartbeat), as polling did.
+/// News for users' sites: every change a user makes through the API (a job, an app, a batch job, a request) is
+/// posted here, for the sites its handler names (`Reply.newsFor`: a job's site) or else for all of the user's,
+/// and a site's push that asked to wait (`POST /sync/push?wait=N`) and has nothing to carry back is held until
+/// news for its site comes, N seconds pass, or the server shuts down. In-process: with several server processes on
+/// one database, a push held by one process hears only that process's news, and the others' reach its site at
+/// the end of the hold (its heartbeat), as polling did.
 ///
-/// A generation per owner makes the hand-over race-free: a push reads it before its transaction looks for work,
-/// and a wait returns at once if it moved since.
+/// Marks make the hand-over race-free: a push reads its site's mark (a generation of the user's news for all
+/// sites, and one of the site's own) before its transaction looks for work, and a wait returns at once if either
+/// moved since.
 final class SiteNews: Sendable {
+    /// Where a site's news stood.
+    struct Mark: Equatable, Sendable {
+        var owner: UInt64
+        var site: UInt64
+    }
+
     private struct Waiter {
+        let site: Int
+        let mark: Mark
         /// nil between the wait's start and its continuation's registration.
         var continuation: CheckedContinuation<Bool, Never>?
     }
 
     private struct State {
-        var generations: [Int: UInt64] = [:]
-        /// Waits in progress, by owner; one ended by its timer, news or shutdown is removed (a registration that
+        /// News for all of a user's sites, by user; for one site, by site.
+        var ownerGenerations: [Int: UInt64] = [:]
+        var siteGenerations: [Int: UInt64] = [:]
+        /// Waits in progress, by user; one ended by its timer, news or shutdown is removed (a registration that
         /// finds its key gone returns at once).
         var waiters: [Int: [UInt64: Waiter]] = [:]
         var count = 0
         var nextWaiter: UInt64 = 0
         var closed = false
+
+        func mark(owner: Int, site: Int) -> Mark {
+            Mark(owner: ownerGenerations[owner] ?? 0, site: siteGenerations[site] ?? 0)
+        }
     }
 
     private let state = Mutex(State())
 
-    /// The owner's generation now (bumped by each `post`).
-    func generation(owner: Int) -> UInt64 {
-        state.withLock { $0.generations[owner] ?? 0 }
+    /// Where the news of `site` (of `owner`) stands now.
+    func mark(owner: Int, site: Int) -> Mark {
+        state.withLock { $0.mark(owner: owner, site: site) }
     }
 
-    /// Wakes every push of `owner`'s sites that is held.
-    func post(owner: Int) {
+    /// Wakes the held pushes of `sites` (nil: of every site of `owner`).
+    func post(owner: Int, sites: Set<Int>?) {
         let woken = state.withLock { state -> [Waiter] in
-            state.generations[owner, default: 0] &+= 1
-            let mine = state.waiters.removeValue(forKey: owner) ?? [:]
-            state.count -= mine.count
-            return Array(mine.values)
+            if let sites {
+                for site in sites { state.siteGenerations[site, default: 0] &+= 1 }
+            } else {
+                state.ownerGenerations[owner, default: 0] &+= 1
+            }
+            guard let mine = state.waiters[owner] else { return [] }
+            let hit = mine.filter { sites?.contains($0.value.site) ?? true }
+            for key in hit.keys { state.waiters[owner]?[key] = nil }
+            if state.waiters[owner]?.isEmpty == true { state.waiters[owner] = nil }
+            state.count -= hit.count
+            return Array(hit.values)
         }
         for waiter in woken { waiter.continuation?.resume(returning: true) }
     }
@@ -45,13 +68,13 @@ final class SiteNews: Sendable {
     /// Held pushes now.
     var held: Int { state.withLock { $0.count } }
 
-    /// Waits until news for `owner` newer than `generation` (true), or `seconds` pass or the server shuts down
+    /// Waits until news for `site` of `owner` past `mark` (true), or `seconds` pass or the server shuts down
     /// (false).
-    func wait(owner: Int, since generation: UInt64, seconds: Double) async -> Bool {
+    func wait(owner: Int, site: Int, since mark: Mark, seconds: Double) async -> Bool {
         let key = state.withLock { state -> UInt64? in
-            if state.closed || (state.generations[owner] ?? 0) != generation { return nil }
+            if state.closed || state.mark(owner: owner, site: site) != mark { return nil }
             state.nextWaiter &+= 1
-            state.waiters[owner, default: [:]][state.nextWaiter] = Waiter(continuation: nil)
+            state.waiters[owner, default: [:]][state.nextWaiter] = Waiter(site: site, mark: mark, continuation: nil)
             state.count += 1
             return state.nextWaiter
         }
@@ -69,7 +92,7 @@ final class SiteNews: Sendable {
             }
             // Ended before it was registered: by its timer, news or shutdown; which one is read again.
             if !registered {
-                let news = state.withLock { !$0.closed && ($0.generations[owner] ?? 0) != generation }
+                let news = state.withLock { !$0.closed && $0.mark(owner: owner, site: site) != mark }
                 continuation.resume(returning: news)
             }
         }

@@ -20,13 +20,12 @@ import Wire
 enum SyncRoutes {
     static func push(_ call: inout Call) throws -> Reply {
         if call.body.isEmpty { throw ServerError.badRequest("the request needs a JSON body") }
-        // `wait=N`: a push that tells nothing and is answered with nothing is held until news for the user's
-        // sites (SiteNews), at most N seconds. The generation is read before the transaction looks for work.
+        // `wait=N`: a push that tells nothing and is answered with nothing is held until news for the site
+        // (SiteNews), at most N seconds.
         let wait = try call.query.int("wait")
         if let wait, wait < 0 || wait > PushRequest.longestWait {
             throw ServerError.badRequest("must be between 0 and \(PushRequest.longestWait) seconds", field: "wait")
         }
-        let generation = call.news?.generation(owner: call.user.id)
         // Item by item, the lists' lengths checked before an item is built: memory bounded by the body.
         let push = try PushRequest(body: call.body, maxItems: call.limits.bulkItems * 4)
         if let bound = call.user.siteName, bound != push.site.name {
@@ -45,6 +44,8 @@ enum SyncRoutes {
         let now = ServerClock.microseconds()
         return try c.transaction {
             let siteID = try recordSite(push.site, call: call, now: now)
+            // Read before this transaction looks for work: news posted after it moves the mark.
+            let mark = call.news?.mark(owner: owner, site: siteID)
             let appIDs = try recordApps(push.apps, siteID: siteID, call: call)
             var reply = PushReply(siteID: siteID)
             reply.apps = appIDs
@@ -81,10 +82,10 @@ enum SyncRoutes {
             var answer = Reply.json(reply.json)
             // Only a small body is held (an idle push is a few hundred bytes): a held request keeps its body for
             // the rerun, and must not keep megabytes for a minute.
-            if let wait, wait > 0, let generation, call.mayHold, call.body.count <= SyncRoutes.largestHeldBody,
+            if let wait, wait > 0, let mark, call.mayHold, call.body.count <= SyncRoutes.largestHeldBody,
                 push.carriesNothing, reply.bringsNothing
             {
-                answer.holdForNews = (owner, generation, Double(wait))
+                answer.holdForNews = (owner, siteID, mark, Double(wait))
             }
             return answer
         }
