@@ -74,7 +74,7 @@ public struct SiteSettings: Sendable, Equatable {
         public var periodSeconds: Double = 1
         /// Seconds a push with nothing to tell waits on the server for news for the site (`wait_for_news`; 0:
         /// poll every period instead). Under a proxy's idle timeout (nginx: 60 s).
-        public var waitForNewsSeconds = 25
+        public var waitForNewsSeconds = 45
 
         public init(url: String) { self.url = url }
     }
