@@ -93,8 +93,12 @@ public final class Watcher: Sendable {
 
     /// The site changed: the sync pushes now (a push waiting on the server for news gives up).
     private func wantSync() {
-        flags.withLock { $0.syncWanted = true }
-        bells.sync.signal()
+        // The bell rings when the flag goes up, not once per pass (each ring is a round).
+        let raised = flags.withLock { flags in
+            defer { flags.syncWanted = true }
+            return !flags.syncWanted
+        }
+        if raised { bells.sync.signal() }
     }
     private let servicesStopped = DispatchSemaphore(value: 0)
 

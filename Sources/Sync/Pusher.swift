@@ -74,10 +74,9 @@ public final class Pusher {
         public var refused = 0
         /// Whether the push waited on the server for news (ended by news, its time, or the site's own news).
         public var waited = false
-        /// Whether pushes wait for news (`waitForNews`): then the next round goes at once, or after `deferred`.
+        /// Whether pushes wait for news (`waitForNews`): then the next round goes at once (a push that tells
+        /// nothing waits on the server, or listens out the rest of the spacing).
         public var listening = false
-        /// Seconds until the site may push what it has to tell (a push told something less than `spacing` ago).
-        public var deferred: Double?
 
         /// An empty round.
         public init() {}

@@ -16,8 +16,8 @@ public struct SyncSchedule: Sendable {
     public mutating func succeeded(_ round: Pusher.Round) -> Double {
         backoff = 0
         // Pushes that wait for news are the wait: the next round goes at once (a push with nothing to tell waits
-        // on the server), or when the site may tell more (`Pusher.spacing`).
-        if round.listening { return round.deferred ?? 0 }
+        // on the server; one with news within `Pusher.spacing` of the last listens out the rest first).
+        if round.listening { return 0 }
         return round.caughtUp ? period : 0
     }
 
