@@ -71,8 +71,8 @@ struct Reply {
     var contentType = "application/json"
     /// More response headers (the dashboard's cookie and redirects).
     var headers: [(String, String)] = []
-    /// Hold the reply until news for the owner's sites newer than the generation, at most the seconds; on news
-    /// the handler is run again and its reply sent (a site's idle push: `SyncRoutes.push`).
+    /// Hold the reply until news for the site past the mark, at most the seconds; on news the handler is run
+    /// again and its reply sent (a site's idle push: `SyncRoutes.push`).
     var holdForNews: (owner: Int, site: Int, mark: SiteNews.Mark, seconds: Double)?
     /// The sites a user's change is news for (nil: every site of the user, when the handler does not say).
     var newsFor: Set<Int>?
