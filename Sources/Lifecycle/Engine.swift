@@ -176,7 +176,7 @@ public final class Engine {
     /// a job whose files are broken is failed with the reason; an I/O error is reported and the pass goes on.
     func step(_ state: JobState, _ report: inout Report, _ body: (JobStore.Loaded) throws(SpoolError) -> Void) {
         let ids: [String]
-        do { ids = try index.activeIDs(state).sorted() } catch {
+        do { ids = try entries(state).sorted() } catch {
             report.errors.append("\(error)")
             return
         }
@@ -193,7 +193,10 @@ public final class Engine {
                 waitingForTransfers[state]?[id] = nil
             }
             do {
-                guard let loaded = try store.load(id, in: state) else { continue }
+                guard let loaded = try store.load(id, in: state) else {
+                    if !Posix.exists(index.entryPath(state, id)) { known[state]?.remove(id) }
+                    continue
+                }
                 guard selected(loaded.job) else { continue }
                 leftAlone = []
                 try body(loaded)
@@ -218,6 +221,7 @@ public final class Engine {
     func quarantine(_ id: String, in state: JobState, reason: String, _ report: inout Report) {
         do {
             try store.forceFail(id, in: state, reason: "quarantined: \(reason)")
+            known[state]?.remove(id)
             finalStates.record(id, .failed)
             report.moves += 1
         } catch {
@@ -242,6 +246,8 @@ public final class Engine {
     ) throws(SpoolError) -> JobStore.Loaded {
         let moved = try store.move(loaded, through: steps, eventData: eventData, update: update)
         let next = moved.record.state
+        known[loaded.record.state]?.remove(loaded.job.id)
+        if !next.isFinal { known[next]?.insert(loaded.job.id) }
         if next.isFinal { finalStates.record(loaded.job.id, next) }
         logger.debug(
             "job \(loaded.job.id) \(loaded.record.state.rawValue) -> \(next.rawValue)",
@@ -326,6 +332,7 @@ public final class Engine {
                     }
                     let entry = index.entryPath(state, id)
                     do { try Posix.renameNoReplace(path, entry) } catch  where error.cause == ENOENT { continue }
+                    known[state]?.insert(id)
                     if state == .running {
                         var taken = loaded
                         taken.entry = entry
@@ -345,6 +352,41 @@ public final class Engine {
             }
         }
     }
+
+    // MARK: - Entries heard, not listed
+
+    /// Whether the entries of the active directories may be kept from inotify's names (`heard`) and this engine's
+    /// own moves instead of being listed at every step: the watcher says so on a node-local filesystem with
+    /// inotify working, where every change raises an event here; `forgetEntries()` after an overflow.
+    public var keepsEntries = false {
+        didSet { known = [:] }
+    }
+    /// Each active directory's entries, as listed once and kept since; a directory not here is listed when stepped.
+    /// An ID may linger after its entry left unheard (it costs a `stat`, then is dropped); one never goes missing
+    /// while inotify reports every change, since the last change heard for a name says whether it is there.
+    var known: [JobState: Set<String>] = [:]
+
+    /// The IDs with entries in `jobs/STATE/`: listed, or as kept.
+    package func entries(_ state: JobState) throws(SpoolError) -> Set<String> {
+        if keepsEntries, let kept = known[state] { return kept }
+        let listed = Set(try index.activeIDs(state))
+        if keepsEntries { known[state] = listed }
+        return listed
+    }
+
+    /// Takes what inotify said of the active directories' entries, in the order it happened.
+    package func heard(_ changes: [ChangeMonitor.NamedChange]) {
+        guard keepsEntries, !known.isEmpty else { return }
+        for change in changes where !change.name.hasPrefix(".") {
+            guard let state = statesByPath[change.directory], known[state] != nil else { continue }
+            if change.arrived { known[state]?.insert(change.name) } else { known[state]?.remove(change.name) }
+        }
+    }
+
+    /// Forgets the kept entries (inotify's queue overflowed): each directory is listed again when next stepped.
+    public func forgetEntries() { known = [:] }
+
+    lazy var statesByPath = Dictionary(uniqueKeysWithValues: JobState.active.map { (site.activePath($0), $0) })
 
     // MARK: - Apps and hooks
 

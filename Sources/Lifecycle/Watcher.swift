@@ -258,10 +258,12 @@ public final class Watcher: Sendable {
         logger.info("recovery: \(recovery.jobs) active jobs checked, \(recovery.problems.count) repaired")
 
         // jobs/ itself: a launcher's lease is renamed into it.
+        // The active directories' names too: on a node-local filesystem the engine keeps their entries from them
+        // instead of listing them at every step.
         let changes = try ChangeMonitor(
             directories: [site.dropBoxPath, site.acceptedPath, site.controlPath, site.jobsPath]
                 + JobState.active.map { site.activePath($0) },
-            inotify: options.inotify)
+            named: Set(JobState.active.map { site.activePath($0) }), inotify: options.inotify)
         monitor.withLock { $0 = changes }
         defer { monitor.withLock { $0 = nil } }
         let engine = try Engine(site: site, logger: logger)
@@ -302,12 +304,14 @@ public final class Watcher: Sendable {
                 "the site is on \(shared): changes made on other nodes raise no inotify events, so the site is also looked at every \(options.pollInterval) s"
             )
         }
+        engine.keepsEntries = options.inotify && shared == nil
         let heartbeatSeconds = min(5, claim.expirySeconds / 6)
         var backoff = 0.0
         var nextBeat = 0.0
         var nextHousekeeping = Posix.monotonicSeconds() + 30
         var passDue = true
         var overflows = 0
+        var namesLost = 0
         var unwritable: Double?
         while !stopping {
             if flags.withLock({ f in
@@ -319,6 +323,15 @@ public final class Watcher: Sendable {
                 } catch {
                     logger.error("reload failed, keeping the old settings: \(error)")
                 }
+            }
+            // What inotify said of the active directories since the last pass; after an overflow, nothing of it
+            // can be trusted: they are listed again.
+            let names = changes.takeNames()
+            if changes.overflows > namesLost {
+                engine.forgetEntries()
+                namesLost = changes.overflows
+            } else {
+                engine.heard(names)
             }
             var report = Engine.Report()
             if passDue {

@@ -158,7 +158,7 @@ public final class Coordinator {
         var lastRescan = 0.0
         var idleSince: Double? = nil
         var readyChanged = false
-        var lastActivity = 0.0
+        var pause = IdlePause(longest: 0.002)
 
         while stopping == nil {
             let now = Posix.monotonicSeconds()
@@ -223,11 +223,10 @@ public final class Coordinator {
             }
             // A wait ends when a job here ends or the ready queue changes. With other ranks it is short: their
             // endings arrive as MPI messages, which cannot wake a poll(2); just after activity (jobs are ending and
-            // starting) shorter still. Alone, it lasts until the next periodic duty (kill requests every 0.1 s).
-            if active { lastActivity = now }
-            let pause =
-                active ? 0 : transport.size == 1 ? 0.1 : (now - lastActivity < 0.05 ? 0.00005 : 0.002)
-            if monitor.wait(seconds: min(pause, max(0, deadline - now)), alsoReadable: runner.replyFDs) {
+            // starting) shorter still (`IdlePause`). Alone, it lasts until the next periodic duty (kill requests
+            // every 0.1 s).
+            let wait = transport.size == 1 ? (active ? 0 : 0.1) : pause.next(active: active)
+            if monitor.wait(seconds: min(wait, max(0, deadline - now)), alsoReadable: runner.replyFDs) {
                 readyChanged = true
             }
         }

@@ -39,3 +39,30 @@ struct IOBackoff {
         return pause > 0
     }
 }
+
+/// How long a rank with other ranks waits between looks at MPI, whose messages cannot wake a poll(2): the
+/// shortest wait right after activity (a start often follows an ending), doubled at every quiet look up to the
+/// longest. A fixed short wait after activity kept a busy rank polling 20,000 times a second, each look a wake-up
+/// that took CPU from the jobs beside it; the doubling takes a few looks to get back to a millisecond.
+struct IdlePause {
+    let shortest: Double
+    let longest: Double
+    private var current: Double
+
+    init(shortest: Double = 0.00005, longest: Double) {
+        self.shortest = shortest
+        self.longest = longest
+        self.current = shortest
+    }
+
+    /// The wait after a look: none after activity (the next look is due now), else the current pause, doubled
+    /// for the next.
+    mutating func next(active: Bool) -> Double {
+        if active {
+            current = shortest
+            return 0
+        }
+        defer { current = min(longest, current * 2) }
+        return current
+    }
+}

@@ -116,7 +116,7 @@ public struct WorkerLoop {
     /// Runs until rank 0 says stop and every job here has ended.
     public func run() throws(SpoolError) {
         var stopping = false
-        var lastActivity = 0.0
+        var pause = IdlePause(longest: 0.001)
         var lastSent = Posix.monotonicSeconds()
         var lastLook = lastSent
         func send(_ message: Message) throws(SpoolError) {
@@ -153,11 +153,8 @@ public struct WorkerLoop {
             }
             if Posix.monotonicSeconds() - lastSent >= heartbeatSeconds { try send(.alive) }
             // Short sleeps right after activity (a start often follows an ending), longer ones when quiet.
-            if active {
-                lastActivity = now
-            } else {
-                Posix.waitReadable(runner.replyFDs, seconds: now - lastActivity < 0.05 ? 0.00005 : 0.001)
-            }
+            let wait = pause.next(active: active)
+            if wait > 0 { Posix.waitReadable(runner.replyFDs, seconds: wait) }
         }
     }
 }
