@@ -67,6 +67,8 @@ public final class Engine {
         self.index = SiteIndex(site: site)
         self.finalStates = FinalStates(index: index)
         self.leasesGate = ChangeGate(site.jobsPath)
+        self.acceptedGate = ChangeGate(site.acceptedPath)
+        self.dropBoxGate = ChangeGate(site.dropBoxPath)
     }
 
     /// Rereads `settings.yml` and forgets cached apps (SIGHUP).
@@ -100,7 +102,15 @@ public final class Engine {
                 return self.hasHook(.preprocess, app: name)
                     ? [(.stagedIn, "no stage-in")] : [(.stagedIn, "no stage-in"), (.preprocessed, nil)]
             }
-            let ingest = try ingester.run()
+            // Each queue is read only when its stamp changed since a read that left nothing in it to come back to.
+            var ingest =
+                try acceptedGate.ifChanged { () throws(SpoolError) in try ingester.materializePending() }
+                ?? Ingest.Report()
+            if try dropBoxGate.ifChanged({ () throws(SpoolError) in try ingester.adoptDropBox(into: &ingest) }) != nil,
+                ingest.unsettled > 0
+            {
+                dropBoxGate.forget()
+            }
             report.ingested = ingest.materialized + ingest.adopted.count
             if ingest.unsettled > 0 { report.pollAgain = true }
             for (name, reason) in ingest.rejected { logger.warning("rejected queue/new/\(name): \(reason)") }
@@ -255,6 +265,10 @@ public final class Engine {
         return moved
     }
 
+    /// The queues ingest reads, as last read.
+    var acceptedGate: ChangeGate
+    var dropBoxGate: ChangeGate
+
     /// What a pass does besides moving jobs, and all an idle watcher does (every 30 s): leases' heartbeats, and
     /// moves cut short. Neither lists a directory when nothing changed: the leases are looked for only when
     /// `jobs/`'s stamp changed, moves cut short only when a move failed; an idle site costs a `stat`.
@@ -288,20 +302,24 @@ public final class Engine {
 
     // MARK: - Leases
 
-    /// `jobs/` as last listed for leases, and whether that listing found any.
+    /// `jobs/` as last listed for leases, whether that listing found any, and when (on `clock`).
     var leasesGate: ChangeGate
     var leasesHeld = true
+    var leasesLooked = -Double.infinity
 
     /// Ends leases whose launcher stopped heartbeating: running jobs become RUN_TIMEOUT, claimed jobs not yet
     /// started go back to be claimed again, and the lease is removed.
     func reapExpiredLeases(_ report: inout Report) {
         // Leases are made (renamed into jobs/) and removed whole: while there are none, jobs/ is listed again
         // only when its stamp changed.
-        if leasesHeld { leasesGate.forget() }
+        // While some are held, their heartbeats are read again once a second (a lease expires in tens of
+        // seconds), not at every pass: a launcher finishing hundreds of jobs a second makes a pass per millisecond.
+        if leasesHeld && clock() - leasesLooked >= 1 { leasesGate.forget() }
         let found: [Lease]?
         do { found = try leasesGate.ifChanged { () throws(SpoolError) in try Lease.all(site) } } catch { return }
         guard let leases = found else { return }
         leasesHeld = !leases.isEmpty
+        leasesLooked = clock()
         // A lease's age is measured on the clock, not on changes: while one is held, the watcher looks again;
         // and once more soon after jobs/ changed too recently for its stamp to vouch for this listing.
         if leasesHeld || !leasesGate.trusts { report.pollAgain = true }

@@ -43,6 +43,9 @@ public struct Ingest {
         public var rejected: [(name: String, reason: String)] = []
         /// Drops left for a later pass because they may still be being copied in.
         public var unsettled = 0
+
+        /// Nothing done yet.
+        public init() {}
     }
 
     /// Runs both steps: accepted batches, then the drop box.

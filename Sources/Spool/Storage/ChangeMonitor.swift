@@ -120,7 +120,9 @@ package final class ChangeMonitor: @unchecked Sendable {
                     } else {
                         let arrived = mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0
                         let left = mask & UInt32(IN_MOVED_FROM | IN_DELETE) != 0
-                        if arrived || left { names.append(NamedChange(directory: directory, name: name, arrived: arrived)) }
+                        if arrived || left {
+                            names.append(NamedChange(directory: directory, name: name, arrived: arrived))
+                        }
                     }
                 }
                 eventCount += 1
