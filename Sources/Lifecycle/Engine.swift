@@ -146,9 +146,9 @@ public final class Engine {
             let app = try self.app(loaded.job.app)
             if try self.stages(.in, loaded.job, app) { return self.waitForTransfers(loaded) }
             if self.hasHook(.preprocess, app: app.name) {
-                try self.move(loaded, to: .stagedIn, reason: "no stage-in")
+                self.plan(loaded, through: [(.stagedIn, "no stage-in")])
             } else {
-                try self.move(loaded, through: [(.stagedIn, "no stage-in"), (.preprocessed, nil)])
+                self.plan(loaded, through: [(.stagedIn, "no stage-in"), (.preprocessed, nil)])
             }
         }
         step(.stagedIn, &report) { (loaded) throws(SpoolError) in
@@ -161,12 +161,11 @@ public final class Engine {
             if self.hasHook(.postprocess, app: app.name) {
                 try self.runHook(.postprocess, loaded, default: .postprocessed)
             } else if try self.stages(.out, loaded.job, app) {
-                try self.move(loaded, to: .postprocessed, reason: nil)
-                self.transfersWanted()
+                self.plan(loaded, through: [(.postprocessed, nil)]) { _ in self.transfersWanted() }
             } else {
-                self.cleanup(
-                    try self.move(
-                        loaded, through: [(.postprocessed, nil), (.stagedOut, "no stage-out"), (.jobFinished, nil)]))
+                self.plan(
+                    loaded, through: [(.postprocessed, nil), (.stagedOut, "no stage-out"), (.jobFinished, nil)],
+                    then: self.cleanup)
             }
         }
         step(.runError, &report) { (loaded) throws(SpoolError) in try self.afterRun(loaded, hook: .onError) }
@@ -174,16 +173,17 @@ public final class Engine {
         step(.postprocessed, &report) { (loaded) throws(SpoolError) in
             // Stage-outs: the transfer service moves the job on once they are done.
             if try self.stages(.out, loaded.job, try self.app(loaded.job.app)) { return self.waitForTransfers(loaded) }
-            self.cleanup(try self.move(loaded, through: [(.stagedOut, "no stage-out"), (.jobFinished, nil)]))
+            self.plan(loaded, through: [(.stagedOut, "no stage-out"), (.jobFinished, nil)], then: self.cleanup)
         }
         step(.stagedOut, &report) { (loaded) throws(SpoolError) in
-            self.cleanup(try self.move(loaded, to: .jobFinished, reason: nil))
+            self.plan(loaded, through: [(.jobFinished, nil)], then: self.cleanup)
         }
         step(.awaitingParents, &report) { (loaded) throws(SpoolError) in try self.checkParents(loaded) }
     }
 
-    /// Applies `body` to every job in `state`, oldest first. A job another program moved meanwhile is skipped;
-    /// a job whose files are broken is failed with the reason; an I/O error is reported and the pass goes on.
+    /// Applies `body` to every job in `state`, oldest first; the moves it plans are made in batches (`plan`). A job
+    /// another program moved meanwhile is skipped; a job whose files are broken is failed with the reason; an I/O
+    /// error is reported and the pass goes on.
     func step(_ state: JobState, _ report: inout Report, _ body: (JobStore.Loaded) throws(SpoolError) -> Void) {
         let ids: [String]
         do { ids = try entries(state).sorted() } catch {
@@ -196,6 +196,7 @@ public final class Engine {
             let listed = Set(ids)
             waitingForTransfers[state] = waiting.filter { listed.contains($0.key) }
         }
+        defer { makePlannedMoves(state, &report) }
         for id in ids {
             if shouldStop() { return }
             if let seen = waitingForTransfers[state]?[id] {
@@ -209,17 +210,61 @@ public final class Engine {
                 }
                 guard selected(loaded.job) else { continue }
                 leftAlone = []
+                let plannedBefore = planned.count
                 try body(loaded)
-                if !leftAlone.isEmpty { continue }
+                if planned.count >= Engine.batchSize { makePlannedMoves(state, &report) }
+                if !leftAlone.isEmpty || planned.count > plannedBefore { continue }
                 report.moves += 1
-            } catch  where error.code == .conflict {
-                logger.debug("job \(id) moved meanwhile: \(error.message)", metadata: ["job.id": "\(id)"])
-            } catch  where error.code == .invalidInput || error.code == .notFound {
-                logger.error("job \(id): \(error)", metadata: ["job.id": "\(id)"])
-                quarantine(id, in: state, reason: error.description, &report)
             } catch {
-                report.errors.append("job \(id): \(error)")
-                logger.error("job \(id): \(error)", metadata: ["job.id": "\(id)"])
+                failed(id, in: state, error, &report)
+            }
+        }
+    }
+
+    /// What a job's error does: a job another program moved meanwhile is skipped; a job whose files are broken is
+    /// failed with the reason; an I/O error is reported and the pass goes on.
+    func failed(_ id: String, in state: JobState, _ error: SpoolError, _ report: inout Report) {
+        switch error.code {
+        case .conflict:
+            logger.debug("job \(id) moved meanwhile: \(error.message)", metadata: ["job.id": "\(id)"])
+        case .invalidInput, .notFound:
+            logger.error("job \(id): \(error)", metadata: ["job.id": "\(id)"])
+            quarantine(id, in: state, reason: error.description, &report)
+        default:
+            report.errors.append("job \(id): \(error)")
+            logger.error("job \(id): \(error)", metadata: ["job.id": "\(id)"])
+        }
+    }
+
+    // MARK: - Moves in batches
+
+    /// Moves the step's jobs planned (`plan`), each with what to do once it is moved.
+    var planned: [(move: JobStore.Planned, then: ((JobStore.Loaded) -> Void)?)] = []
+    /// Jobs moved together at most: their events are one write, their final-index lines another.
+    static let batchSize = 512
+
+    /// Plans a move with nothing to wait for (no hook, no transfer): it is made with the others of its step, in
+    /// one batch (`JobStore.move(_:)`), when the step ends or the batch is full; `then` runs once it is made.
+    func plan(
+        _ loaded: JobStore.Loaded, through steps: [(state: JobState, reason: String?)],
+        then: ((JobStore.Loaded) -> Void)? = nil
+    ) {
+        planned.append((JobStore.Planned(loaded: loaded, steps: steps), then))
+    }
+
+    /// Makes the moves planned in `state`'s step.
+    func makePlannedMoves(_ state: JobState, _ report: inout Report) {
+        guard !planned.isEmpty else { return }
+        let batch = planned
+        planned = []
+        for ((move, then), result) in zip(batch, store.move(batch.map(\.move))) {
+            switch result {
+            case .success(let moved):
+                remember(move.loaded, moved: moved)
+                report.moves += 1
+                then?(moved)
+            case .failure(let error):
+                failed(move.loaded.job.id, in: state, error, &report)
             }
         }
     }
@@ -255,14 +300,18 @@ public final class Engine {
         eventData: [String: JSONValue] = [:], update: ((inout Job, inout StateRecord) -> Void)? = nil
     ) throws(SpoolError) -> JobStore.Loaded {
         let moved = try store.move(loaded, through: steps, eventData: eventData, update: update)
+        remember(loaded, moved: moved)
+        return moved
+    }
+
+    /// Keeps what a move changed: the entries kept, the final state of a job that ended.
+    func remember(_ loaded: JobStore.Loaded, moved: JobStore.Loaded) {
         let next = moved.record.state
         known[loaded.record.state]?.remove(loaded.job.id)
-        if !next.isFinal { known[next]?.insert(loaded.job.id) }
-        if next.isFinal { finalStates.record(loaded.job.id, next) }
+        if next.isFinal { finalStates.record(loaded.job.id, next) } else { known[next]?.insert(loaded.job.id) }
         logger.debug(
             "job \(loaded.job.id) \(loaded.record.state.rawValue) -> \(next.rawValue)",
             metadata: ["job.id": "\(loaded.job.id)"])
-        return moved
     }
 
     /// The queues ingest reads, as last read.

@@ -121,22 +121,147 @@ public struct JobStore: Sendable {
         _ loaded: Loaded, through steps: [(state: JobState, reason: String?)], eventData: [String: JSONValue] = [:],
         entryAt target: String? = nil, leaseHeld: Bool = false, update: ((inout Job, inout StateRecord) -> Void)? = nil
     ) throws(SpoolError) -> Loaded {
-        guard let next = steps.last?.state else { return loaded }
+        guard !steps.isEmpty else { return loaded }
+        let planned = Planned(
+            loaded: loaded, steps: steps, eventData: eventData, target: target, leaseHeld: leaseHeld, update: update)
+        return try move([planned])[0].get()
+    }
+
+    /// One job's part of a batch move: what `move(_:through:...)` takes.
+    public struct Planned {
+        public var loaded: Loaded
+        public var steps: [(state: JobState, reason: String?)]
+        public var eventData: [String: JSONValue] = [:]
+        public var target: String? = nil
+        public var leaseHeld = false
+        public var update: ((inout Job, inout StateRecord) -> Void)? = nil
+
+        public init(
+            loaded: Loaded, steps: [(state: JobState, reason: String?)], eventData: [String: JSONValue] = [:],
+            target: String? = nil, leaseHeld: Bool = false, update: ((inout Job, inout StateRecord) -> Void)? = nil
+        ) {
+            (self.loaded, self.steps, self.eventData) = (loaded, steps, eventData)
+            (self.target, self.leaseHeld, self.update) = (target, leaseHeld, update)
+        }
+    }
+
+    /// A job of a batch between its claim and its publication.
+    private struct Claimed {
+        var index: Int
+        var plan: Planned
+        var job: Job
+        var record: StateRecord
+        var events: [Event]
+        var lines: [UInt8]
+        /// Where the entry was, nil for a job that had ended; where it is held during the move.
+        var source: String?
+        var held: String
+    }
+
+    /// Moves a batch of jobs, each as `move(_:through:...)` moves one, with one write of their events and one of
+    /// their final-index lines: the crash order holds for each job (its claim, then its event, then its spec and
+    /// its state, the truth, then its entry published), and every event of the batch is written before any of
+    /// its states. A crash leaves some jobs claimed, each with its event logged or not and its state written or
+    /// not; recovery goes by each one's state file, as for a single move: a step may run twice (its event
+    /// logged twice), never zero times. A job that cannot be moved (a conflict, an illegal transition, a file
+    /// that cannot be written) gets its error in the result, in the batch's order, and stays where it was.
+    public func move(_ batch: [Planned]) -> [Result<Loaded, SpoolError>] {
+        var results = [Result<Loaded, SpoolError>](
+            repeating: .failure(SpoolError(.io, "not moved")), count: batch.count)
+        // 1. Each job's new records, and the compare-and-swap that claims it.
+        var claimed: [Claimed] = []
+        for (i, plan) in batch.enumerated() {
+            do throws(SpoolError) { claimed.append(try claim(plan, index: i)) } catch { results[i] = .failure(error) }
+        }
+        // Undoes a claim: the job stays where it was.
+        func giveBack(_ job: Claimed, _ error: SpoolError) {
+            if job.held != job.source {
+                if let source = job.source { _ = rename(job.held, source) } else { Posix.unlink(job.held) }
+            }
+            JobStore.cutShort.add(1, ordering: .relaxed)
+            results[job.index] = .failure(error)
+        }
+        // 2. A retry starts the job's unfinished transfers over (before the state says it left FAILED: if the move
+        //    fails now, a FAILED job's items were only reset early).
+        claimed = claimed.filter { (job) -> Bool in
+            let (from, next, dir) = (job.plan.loaded.record.state, job.record.state, job.plan.loaded.directory)
+            do throws(SpoolError) {
+                if from == .failed { try TransferItem.startOver(directory: dir, for: next) }
+                if next == .failed { try TransferItem.skipUnstarted(directory: dir) }
+                return true
+            } catch {
+                giveBack(job, error)
+                return false
+            }
+        }
+        // 3. The events, in one write.
+        do throws(SpoolError) {
+            if !claimed.isEmpty { try EventLog(site: site).append(claimed.flatMap(\.events), sync: false) }
+        } catch {
+            for job in claimed { giveBack(job, error) }
+            claimed = []
+        }
+        // 4. Each job's spec (the entry relinked to the new file) and its state: the truth, written last.
+        claimed = claimed.filter { (job) -> Bool in
+            do throws(SpoolError) {
+                try commit(job)
+                return true
+            } catch {
+                giveBack(job, error)
+                return false
+            }
+        }
+        // 5. Publish the entries in their new places; the ended jobs' final-index lines in one write.
+        var ended: [Claimed] = []
+        for job in claimed {
+            let next = job.record.state
+            guard !next.isFinal else {
+                ended.append(job)
+                continue
+            }
+            let entry = job.plan.target ?? index.entryPath(next, job.job.id)
+            do throws(SpoolError) {
+                if entry != job.held { try Posix.rename(job.held, entry) }
+                results[job.index] = .success(moved(job, entry: entry))
+            } catch {
+                JobStore.cutShort.add(1, ordering: .relaxed)
+                results[job.index] = .failure(error)
+            }
+        }
+        guard !ended.isEmpty else { return results }
+        do throws(SpoolError) {
+            try index.appendFinal(
+                ended.map {
+                    .init(
+                        id: $0.job.id, state: $0.record.state, workdir: $0.job.workdir, app: $0.job.app,
+                        time: $0.record.since)
+                }, sync: false)
+            for job in ended {
+                Posix.unlink(job.held)
+                results[job.index] = .success(moved(job, entry: nil))
+            }
+        } catch {
+            JobStore.cutShort.add(1, ordering: .relaxed)
+            for job in ended { results[job.index] = .failure(error) }
+        }
+        return results
+    }
+
+    /// A job's new records and its claim: a job that ends leaves the active index, its entry going to tmp/ until
+    /// the final-index line is written; a job that had ended has no entry, so a new one is claimed in tmp/; a job
+    /// in a lease the caller holds is not claimed, since nobody else may move it.
+    private func claim(_ plan: Planned, index i: Int) throws(SpoolError) -> Claimed {
+        let loaded = plan.loaded
         let from = loaded.record.state
         var (record, events, lines) = try loaded.record.moved(
-            through: steps, jobID: loaded.job.id, actor: actor, eventData: eventData)
+            through: plan.steps, jobID: loaded.job.id, actor: actor, eventData: plan.eventData)
         var job = loaded.job
-        update?(&job, &record)
+        plan.update?(&job, &record)
         lines += record.line()
         let id = job.id
-        let dir = loaded.directory
-
-        // 1. The compare-and-swap. A job that ends leaves the active index: its entry goes to tmp/ until the
-        //    final-index line is written. A job that had ended has no entry: a new one is claimed in tmp/. A job in
-        //    a lease the caller holds is not claimed: nobody else may move it.
         let source = from.isFinal ? nil : (loaded.entry ?? index.entryPath(from, id))
         let held: String
-        if let source, leaseHeld, Lease.movingClaim(for: source) != nil {
+        if let source, plan.leaseHeld, Lease.movingClaim(for: source) != nil {
             held = source
         } else if let source {
             held = Lease.movingClaim(for: source) ?? site.claimPath(id)
@@ -150,56 +275,40 @@ public struct JobStore: Sendable {
         } else {
             held = try claimEnded(loaded)
         }
-        do throws(SpoolError) {
-            // A retry starts the job's unfinished transfers over (before the state says it left FAILED: if the
-            // move fails now, a FAILED job's items were only reset early).
-            if from == .failed { try TransferItem.startOver(directory: dir, for: next) }
-            if next == .failed { try TransferItem.skipUnstarted(directory: dir) }
-            // 2. The event, 3. the spec (the entry relinked to the new file), 4. the state: the truth, written last.
-            try EventLog(site: site).append(events, sync: false)
-            if job != loaded.job {
-                try Posix.replaceFile(dir + "/job.json", job.fileBytes(), sync: false)
-                let fresh = Posix.parentPath(held) + "/." + Posix.lastComponent(held) + ".relink"
-                do throws(SpoolError) {
-                    try index.makeEntry(at: fresh, workdir: job.workdir)
-                    try Posix.rename(fresh, held)
-                } catch {
-                    Posix.unlink(fresh)
-                    throw error
-                }
+        return Claimed(
+            index: i, plan: plan, job: job, record: record, events: events, lines: lines, source: source, held: held)
+    }
+
+    /// Writes a claimed job's spec, if the move changed it, and its state.
+    private func commit(_ claimed: Claimed) throws(SpoolError) {
+        let (loaded, job, held) = (claimed.plan.loaded, claimed.job, claimed.held)
+        let dir = loaded.directory
+        if job != loaded.job {
+            try Posix.replaceFile(dir + "/job.json", job.fileBytes(), sync: false)
+            let fresh = Posix.parentPath(held) + "/." + Posix.lastComponent(held) + ".relink"
+            do throws(SpoolError) {
+                try index.makeEntry(at: fresh, workdir: job.workdir)
+                try Posix.rename(fresh, held)
+            } catch {
+                Posix.unlink(fresh)
+                throw error
             }
-            // A claim inside a launcher's lease can be taken back by the watcher's reaper if the lease expires
-            // meanwhile (the launcher stopped or starved past the lease timeout): look again just before the
-            // commit, so that a launcher never records a step the reaper has already taken the job away from.
-            if Lease.isLeasePath(held), !Posix.exists(held) {
-                throw SpoolError(.conflict, "job \(id) was taken back from \(actor)'s expired lease")
-            }
-            try Posix.appendLines(
-                dir + "/state", lines, sync: false, endsWithNewline: loaded.record.fileEndsWithNewline)
-        } catch {
-            // Undo the claim: the job stays where it was.
-            if held != source {
-                if let source { _ = rename(held, source) } else { Posix.unlink(held) }
-            }
-            JobStore.cutShort.add(1, ordering: .relaxed)
-            throw error
         }
-        // 5. Publish the entry in its new place, or record the end.
-        let entry = next.isFinal ? nil : (target ?? index.entryPath(next, id))
-        do throws(SpoolError) {
-            if let entry {
-                if entry != held { try Posix.rename(held, entry) }
-            } else {
-                try index.appendFinal(
-                    [.init(id: id, state: next, workdir: job.workdir, app: job.app, time: record.since)], sync: false)
-                Posix.unlink(held)
-            }
-        } catch {
-            JobStore.cutShort.add(1, ordering: .relaxed)
-            throw error
+        // A claim inside a launcher's lease can be taken back by the watcher's reaper if the lease expires
+        // meanwhile (the launcher stopped or starved past the lease timeout): look again just before the commit,
+        // so that a launcher never records a step the reaper has already taken the job away from.
+        if Lease.isLeasePath(held), !Posix.exists(held) {
+            throw SpoolError(.conflict, "job \(job.id) was taken back from \(actor)'s expired lease")
         }
+        try Posix.appendLines(
+            dir + "/state", claimed.lines, sync: false, endsWithNewline: loaded.record.fileEndsWithNewline)
+    }
+
+    /// What a claimed job is once moved.
+    private func moved(_ claimed: Claimed, entry: String?) -> Loaded {
+        var record = claimed.record
         record.fileEndsWithNewline = true
-        return Loaded(job: job, record: record, directory: dir, entry: entry)
+        return Loaded(job: claimed.job, record: record, directory: claimed.plan.loaded.directory, entry: entry)
     }
 
     /// Claims a job that has ended (it has no entry to rename): an entry is made under this process's own name,
