@@ -179,4 +179,83 @@ import Testing
         #expect(repeated == 0, "\(repeated) of \(count) jobs have events logged again, after \(kills) kills")
         #expect(try Fsck(site: site).run(repair: false).problems.isEmpty)
     }
+
+    /// Watcher SIGKILLs at random moments while it moves 10,000 jobs from RUN_DONE to JOB_FINISHED in batches
+    /// (`JobStore.move(_:)`: one event write and one final-index write per batch): no job is lost or left behind,
+    /// every history is a legal path, every job's steps are in the event log (a step may be logged twice, never
+    /// missing), the final index names every job, and fsck finds nothing to repair.
+    @Test func killsDuringBatchMovesLoseNoJob() throws {
+        let dir = try TempDir()
+        let root = dir.path + "/site"
+        #expect(try balsam(["init", root]).status == 0)
+        #expect(try balsam(["app", "create", "nop", "--command-template", "true"], site: root).status == 0)
+        let count = 10_000
+        let lines = (0..<count).map { #"{"app":"nop","workdir":"b/\#($0)"}"# }.joined(separator: "\n")
+        #expect(try balsamSubmit(["--from", "-"], site: root, stdin: Data(lines.utf8)).status == 0)
+        let site = try Site.open(root)
+        let ingest = try WatchProcess(site: root, logDirectory: dir.path)
+        try waitUntil("every job is ingested", timeout: 300) {
+            (try? Query(site: site).countByState())?[.preprocessed] == count
+        }
+        #expect(ingest.terminate() == 0)
+        // The launcher's part, through the library: every job run and done.
+        let store = JobStore(site: site, actor: "test-launcher")
+        let ids = try SiteIndex(site: site).activeIDs(.preprocessed)
+        let planned = try ids.map { (id) throws -> JobStore.Planned in
+            let loaded = try #require(try store.load(id, in: .preprocessed))
+            return JobStore.Planned(loaded: loaded, steps: [(.running, nil), (.runDone, nil)])
+        }
+        for result in store.move(planned) { _ = try result.get() }
+        let seed = UInt64(UInt32(truncatingIfNeeded: time(nil)))
+        print("batch move kills: seed \(seed)")
+        var rng = SplitMix(seed: seed)
+        var kills = 0
+        var leftAtKills: [Int] = []
+        let left = { (try? SiteIndex(site: site).activeIDs(.runDone).count) ?? 0 }
+        while left() > 0 && kills < 8 {
+            // Killed once it is moving jobs again (its recovery first finishes the batch the last one cut short).
+            let before = left()
+            let watcher = try WatchProcess(site: root, logDirectory: dir.path)
+            try waitUntil("the watcher moves jobs", timeout: 120) { left() < before }
+            usleep(UInt32(rng.next() % 150_000))
+            watcher.kill9()
+            kills += 1
+            leftAtKills.append(left())
+        }
+        let watcher = try WatchProcess(site: root, logDirectory: dir.path)
+        try waitUntil("every job has finished", timeout: 300) {
+            (try? Query(site: site).countByState())?[.jobFinished] == count
+        }
+        #expect(watcher.terminate() == 0)
+        print("batch move kills: jobs left in RUN_DONE after each kill: \(leftAtKills)")
+        #expect(leftAtKills.contains { $0 > 0 }, "no kill came while jobs were being moved: \(leftAtKills)")
+        #expect(try Fsck(site: site).run(repair: false).problems.isEmpty)
+        let listed = try Query(site: site).list(JobFilter(), load: true)
+        #expect(Set(listed.map(\.id)) == Set(ids))
+        var illegal = 0
+        for listing in listed {
+            let history = try #require(listing.record, "\(listing.id)").history.map(\.state)
+            #expect(history.last == .jobFinished, "\(listing.id): \(history)")
+            for (a, b) in zip(history, history.dropFirst()) where !a.canTransition(to: b) {
+                illegal += 1
+                if illegal <= 3 { Issue.record("\(listing.id): \(a) -> \(b)") }
+            }
+        }
+        #expect(illegal == 0)
+        var logged: [String: Set<String>] = [:]
+        for name in entries(site.eventsPath) {
+            for line in try read(site.eventsPath + "/" + name).split(separator: "\n") {
+                guard let o = try? JSONValue.parse(Array(line.utf8)).objectValue, let job = o["job"]?.stringValue,
+                    let to = o["to"]?.stringValue
+                else { continue }
+                logged[job, default: []].insert(to)
+            }
+        }
+        let missing = ids.filter {
+            !logged[$0, default: []].isSuperset(of: ["POSTPROCESSED", "STAGED_OUT", "JOB_FINISHED"])
+        }
+        #expect(missing.isEmpty, "\(missing.count) jobs lack events, e.g. \(missing.prefix(3))")
+        let finalIDs = Set(try SiteIndex(site: site).finalLines().filter { $0.state == .jobFinished }.map(\.id))
+        #expect(finalIDs == Set(ids))
+    }
 }
