@@ -277,6 +277,18 @@ public final class TransferService {
     private func moveFinished(_ round: inout Round) {
         let candidates = changed
         changed = []
+        // Jobs whose transfers are done move on together: one write of their events (JobStore.move(_:)).
+        var batch: [(id: String, what: String, move: JobStore.Planned)] = []
+        defer {
+            for ((id, what, _), result) in zip(batch, store.move(batch.map(\.move))) {
+                switch result {
+                case .success: round.moved += 1
+                case .failure(let error):
+                    logger.error(
+                        "job \(id): cannot move it on after its \(what): \(error)", metadata: ["job.id": "\(id)"])
+                }
+            }
+        }
         for id in candidates {
             guard let entry = served[id] else { continue }
             let direction: TransferSlot.Direction = entry.state == .ready ? .in : .out
@@ -302,8 +314,11 @@ public final class TransferService {
                         (entry.state == .ready ? .stagedIn : .stagedOut, "\(what) done (\(mine.count) item(s))")
                     ]
                     if entry.state == .ready && !entry.preprocesses { steps.append((.preprocessed, nil)) }
-                    try store.move(loaded, through: steps, eventData: TransferService.eventData(mine))
-                    round.moved += 1
+                    batch.append(
+                        (
+                            id, what,
+                            JobStore.Planned(loaded: loaded, steps: steps, eventData: TransferService.eventData(mine))
+                        ))
                 } catch {
                     logger.error(
                         "job \(id): cannot move it on after its \(what): \(error)", metadata: ["job.id": "\(id)"])
