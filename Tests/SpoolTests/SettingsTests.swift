@@ -36,6 +36,42 @@ import Testing
         #expect(error.message.hasPrefix(message) && error.message.contains(known), "\(error)")
     }
 
+    /// Each bounded number of the sync section, at random values across and around its documented range (ends,
+    /// 0, fractions, out of range, not a number): accepted exactly when balsam-spool(5) says it is, and then
+    /// loaded as written; refused naming the key otherwise. (`wait_for_news: 0`, documented as "polls every
+    /// period", was refused as "not a positive number" until this test.)
+    @Test func syncNumbersAreAcceptedExactlyInTheirDocumentedRanges() throws {
+        let seed = UInt64.random(in: 1...UInt64(UInt32.max))
+        var rng = SplitMix(seed: seed)
+        let ranges: [(key: String, low: Double, lowIncluded: Bool, high: Double)] = [
+            ("wait_for_news", 0, true, 50), ("period", 0, false, 3600),
+        ]
+        for (key, low, lowIncluded, high) in ranges {
+            let edges = [low, high, low - 1, high + 1, high + 0.5, 0, 0.25, -0.5]
+            let values =
+                edges + (0..<12).map { _ in Double(Int.random(in: -20...Int(saturating: high) + 20, using: &rng)) / 2 }
+            for value in values {
+                let text = "name: s\nsync:\n  url: http://127.0.0.1:9\n  \(key): \(value)\n"
+                let accepted = (lowIncluded ? value >= low : value > low) && value <= high
+                switch try loading(text) {
+                case .success(let settings):
+                    #expect(accepted, "seed \(seed): \(key) \(value) accepted")
+                    let loaded =
+                        key == "period"
+                        ? settings.sync?.periodSeconds : settings.sync.map { Double($0.waitForNewsSeconds) }
+                    let expected = key == "period" ? value : Double(Int(saturating: value))
+                    #expect(loaded == expected, "seed \(seed): \(key) \(value) loaded as \(String(describing: loaded))")
+                case .failure(let error):
+                    #expect(!accepted, "seed \(seed): \(key) \(value) refused: \(error)")
+                    #expect(error.message.contains("sync.\(key)"), "\(error)")
+                }
+            }
+            if case .success = try loading("name: s\nsync:\n  url: http://127.0.0.1:9\n  \(key): soon\n") {
+                Issue.record("\(key): soon accepted")
+            }
+        }
+    }
+
     @Test func theOriginalsKeysThatMeanNothingHereAreAccepted() throws {
         let text = """
             title: "Polaris"

@@ -265,10 +265,11 @@ public struct SiteSettings: Sendable, Equatable {
             self.path = path
         }
 
-        func number(_ key: String) throws(SpoolError) -> Double? {
+        func number(_ key: String, allowZero: Bool = false) throws(SpoolError) -> Double? {
             guard let v = o[key], v != .null else { return nil }
-            guard let d = v.doubleValue, d > 0 else {
-                throw SpoolError(.invalidInput, "\(section).\(key) must be a positive number", path: path)
+            guard let d = v.doubleValue, d > 0 || (allowZero && d == 0) else {
+                let what = allowZero ? "a number, 0 or more" : "a positive number"
+                throw SpoolError(.invalidInput, "\(section).\(key) must be \(what)", path: path)
             }
             return d
         }

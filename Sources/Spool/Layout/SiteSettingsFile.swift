@@ -295,7 +295,8 @@ extension SiteSettings {
         if sync.periodSeconds <= 0 || sync.periodSeconds > 3600 {
             throw SpoolError(.invalidInput, "sync.period must be between 0 and 3600 seconds", path: path)
         }
-        let wait = try section.number("wait_for_news") ?? Double(sync.waitForNewsSeconds)
+        // 0 is meant: a site that polls every period instead of waiting.
+        let wait = try section.number("wait_for_news", allowZero: true) ?? Double(sync.waitForNewsSeconds)
         guard wait >= 0 && wait <= 50 else {
             throw SpoolError(.invalidInput, "sync.wait_for_news must be between 0 and 50 seconds", path: path)
         }
