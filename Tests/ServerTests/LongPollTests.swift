@@ -189,6 +189,45 @@ import Testing
         }
     }
 
+    /// A site given API jobs at random moments, several within one `sync.period`, pushes a bounded number of
+    /// times per job: a listen the server answers at once (it has the new job for the site) is followed by the
+    /// site's telling push, not by another listen. Before, the site listened again and again until the period ran
+    /// out: hundreds of pushes a second while jobs arrived.
+    @Test func aSiteGivenAPIJobsPushesABoundedNumberOfTimesPerJob() async throws {
+        let server = try await LiveServer(.sqlite)
+        defer { Task { try? await server.stop() } }
+        let site = try makeSite(server.dir)
+        let token = try await syncing(site, to: server, user: "sven", period: 1)
+        let background = Background()
+        defer { background.stop() }
+        try background.start("balsam-watch", ["--site", site.root, "--log", server.dir.path + "/watch.log"])
+        let appID = try await siteApp(server, token)
+        let pushes = { server.log.components(separatedBy: "route=/sync/push").count - 1 }
+        let before = pushes()
+        let seed = UInt64.random(in: 1...UInt64(UInt32.max))
+        var rng = SplitMix(seed: seed)
+        let jobs = 6
+        for n in 0..<jobs {
+            try await Task.sleep(for: .milliseconds(Int.random(in: 100...600, using: &rng)))
+            let made = try await server.request(
+                "POST", "/jobs/",
+                json: [["app_id": appID, "workdir": "burst/\(n)", "serialized_parameters": pickledName("n")]],
+                token: token, session: session)
+            #expect(made.status == 201, "\(made.text)")
+        }
+        try await waitFor("the API's jobs are at the site", timeout: 15) {
+            (try? Query(site: site).find("burst/\(jobs - 1)")) != nil
+        }
+        // The site's events of those jobs reach the server too: then it is quiet, and its push is held.
+        try await waitFor("the server has the site's events of every job", timeout: 15) {
+            let found = try await server.request(
+                "GET", "/events/?to_state=PREPROCESSED&limit=0", token: token, session: session)
+            return (found.object["count"] as? Int) == jobs
+        }
+        let made = pushes() - before
+        #expect(made <= 5 * jobs + 5, "seed \(seed): \(made) pushes for \(jobs) jobs")
+    }
+
     /// The id of the site's app once its first push made it on the server.
     func siteApp(_ server: LiveServer, _ token: String) async throws -> Int {
         var appID: Int?
