@@ -58,10 +58,12 @@ public final class Engine {
         public var pollAgain = false
     }
 
-    /// Makes an engine for `site` with its current settings.
-    public init(site: Site, logger: Logger = Logger(label: "balsam-watch")) throws(SpoolError) {
+    /// Makes an engine for `site` with `settings`, or its current ones read now.
+    public init(
+        site: Site, settings: SiteSettings? = nil, logger: Logger = Logger(label: "balsam-watch")
+    ) throws(SpoolError) {
         self.site = site
-        self.settings = try SiteSettings.load(site)
+        if let settings { self.settings = settings } else { self.settings = try SiteSettings.load(site) }
         self.logger = logger
         self.store = JobStore(site: site, actor: "balsam-watch")
         self.index = SiteIndex(site: site)

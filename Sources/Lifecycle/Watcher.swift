@@ -266,7 +266,9 @@ public final class Watcher: Sendable {
             named: Set(JobState.active.map { site.activePath($0) }), inotify: options.inotify)
         monitor.withLock { $0 = changes }
         defer { monitor.withLock { $0 = nil } }
-        let engine = try Engine(site: site, logger: logger)
+        // The settings in force, not the file read again: a settings.yml broken since the start (a user editing it
+        // now) is said and kept out, as the services do, instead of ending the watcher after it said it runs.
+        let engine = try Engine(site: site, settings: settings(), logger: logger)
         defer { engine.saveLeaseAges() }
         engine.shouldStop = { [weak self] in self?.stopping ?? true }
         engine.transfersWanted = { [weak self] in
