@@ -279,16 +279,6 @@ public final class TransferService {
         changed = []
         // Jobs whose transfers are done move on together: one write of their events (JobStore.move(_:)).
         var batch: [(id: String, what: String, move: JobStore.Planned)] = []
-        defer {
-            for ((id, what, _), result) in zip(batch, store.move(batch.map(\.move))) {
-                switch result {
-                case .success: round.moved += 1
-                case .failure(let error):
-                    logger.error(
-                        "job \(id): cannot move it on after its \(what): \(error)", metadata: ["job.id": "\(id)"])
-                }
-            }
-        }
         for id in candidates {
             guard let entry = served[id] else { continue }
             let direction: TransferSlot.Direction = entry.state == .ready ? .in : .out
@@ -324,6 +314,14 @@ public final class TransferService {
                         "job \(id): cannot move it on after its \(what): \(error)", metadata: ["job.id": "\(id)"])
                 }
                 served[id] = nil
+            }
+        }
+        for ((id, what, _), result) in zip(batch, store.move(batch.map(\.move))) {
+            switch result {
+            case .success: round.moved += 1
+            case .failure(let error):
+                logger.error(
+                    "job \(id): cannot move it on after its \(what): \(error)", metadata: ["job.id": "\(id)"])
             }
         }
     }
