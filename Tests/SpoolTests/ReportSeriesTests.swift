@@ -156,3 +156,40 @@ import Testing
         }
     }
 }
+
+/// Utilization's step series is the original's `utilization_report`: every run's (start, +share) and
+/// (end, −share) sorted as tuples and accumulated. Random runs on a coarse clock (so that starts and ends share
+/// instants, as runs recorded in one millisecond do), given in random orders, give that series exactly.
+@Suite struct UtilizationStepsTests {
+    @Test func stepsAreTheOriginalsSeriesWhateverOrderTheRunsComeIn() throws {
+        let seed = UInt64(saturating: Date().timeIntervalSince1970)
+        var rng = SplitMix(seed: seed)
+        for round in 0..<500 {
+            var runs: [ReportSeries.Run] = []
+            for _ in 0..<Int(rng.next() % 16) {
+                let start = Double(rng.next() % 8)
+                let end: Double? = rng.next() % 5 == 0 ? nil : start + Double(rng.next() % 4)
+                runs.append(.init(start: start, end: end, share: Double(1 + rng.next() % 4) / 4, batchJob: nil))
+            }
+            var pairs: [(Double, Double)] = []
+            for r in runs {
+                pairs.append((r.start, r.share))
+                if let end = r.end { pairs.append((end, -r.share)) }
+            }
+            pairs.sort { $0 < $1 }
+            var level = 0.0
+            let original = pairs.map { p -> (Double, Double) in
+                level += p.1
+                return (p.0, level)
+            }
+            for _ in 0..<3 {
+                runs.shuffle(using: &rng)
+                let steps = try #require(
+                    try ReportSeries.utilization(runs: runs, held: [], bin: 1, now: 20, steps: true).steps)
+                #expect(
+                    steps.map(\.time) == original.map(\.0) && steps.map(\.busy) == original.map(\.1),
+                    "seed \(seed), round \(round): \(steps) against \(original)")
+            }
+        }
+    }
+}

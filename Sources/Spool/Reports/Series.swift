@@ -246,7 +246,9 @@ public enum ReportSeries {
                 changes.append((r.start, r.share))
                 if let end = r.end { changes.append((end, -r.share)) }
             }
-            changes.sort { $0.0 < $1.0 }
+            // The original's order: its (time, change) pairs sorted as tuples, so at one instant the runs that
+            // end come before those that start (the level never counts both), whatever order the runs came in.
+            changes.sort { ($0.0, $0.1) < ($1.0, $1.1) }
             var level = 0.0
             stepSeries = changes.map {
                 level += $0.1
