@@ -226,6 +226,7 @@ func waitFor(_ what: String, timeout: Double = 30, _ condition: () throws -> Boo
 
         let stop = LockedFlag()
         let launcherErrors = LockedList()
+        let conflicts = LockedList()
         let site = self.site
         let launcher = Thread {
             let store = JobStore(site: site, actor: "test-launcher")
@@ -244,14 +245,13 @@ func waitFor(_ what: String, timeout: Double = 30, _ condition: () throws -> Boo
                         } catch {
                             // This launcher parks its jobs in jobs/RUNNING/, where the watcher takes a job for one
                             // given back by a launcher that could not record its end (and times it out): that is
-                            // the watcher's rule, not recovery disturbing a launcher.
-                            let history = (try? Query(site: site).find(id))?.record?.history ?? []
-                            if (error as? SpoolError)?.code == .conflict,
-                                history.contains(where: { $0.reason?.contains("given back RUNNING") == true })
-                            {
-                                continue
+                            // the watcher's rule, not recovery disturbing a launcher. A watcher killed while it
+                            // takes one back has not logged it yet, so a conflict is judged once every job ended.
+                            if (error as? SpoolError)?.code == .conflict {
+                                conflicts.append(id)
+                            } else {
+                                launcherErrors.append("\(id): \(error)")
                             }
-                            launcherErrors.append("\(id): \(error)")
                         }
                     }
                 }
@@ -275,6 +275,12 @@ func waitFor(_ what: String, timeout: Double = 30, _ condition: () throws -> Boo
         }
         stop.value = true
         #expect(last.terminate() == 0)
+        for id in Set(conflicts.items) {
+            let history = try Query(site: site).find(id).record?.history ?? []
+            if !history.contains(where: { $0.reason?.contains("given back RUNNING") == true }) {
+                launcherErrors.append("\(id): a conflict, and the watcher never took it back: \(history)")
+            }
+        }
         #expect(launcherErrors.items.isEmpty, "the launcher's moves must not be disturbed by recovery")
         let lost = Set(everything).subtracting(try SiteIndex(site: site).finalLines().map(\.id))
         if !lost.isEmpty {
