@@ -15,6 +15,13 @@ public enum WatcherDaemon {
         case stopped(String)
     }
 
+    /// The live watcher of the site (its claim's description: program, pid, host), or nil when none holds it.
+    public static func running(_ site: Site) -> String? {
+        let claim = WatcherClaim(site: site)
+        guard let holder = claim.holder(), claim.isAlive(holder) else { return nil }
+        return holder.description
+    }
+
     /// Sends SIGTERM to the watcher named in the site's claim and waits (at most `timeout` seconds) until it has
     /// let go. A watcher on another host cannot be signalled from here: that is an error naming the host.
     public static func stop(_ site: Site, timeout: Double = 60) throws(SpoolError) -> Stopped {

@@ -37,6 +37,11 @@ struct WatchCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Detach and run in the background (log to --log, default SITE/log/balsam-watch.log).")
     var daemon = false
 
+    @Flag(
+        name: .long,
+        help: "Exit 0 at once, saying nothing, when a watcher of the site is alive (cron, scrontab); else start one.")
+    var ifNotRunning = false
+
     @Flag(name: .long, help: "Stop the site's running watcher (on this host) and wait for it to exit.")
     var stop = false
 
@@ -51,6 +56,9 @@ struct WatchCommand: AsyncParsableCommand {
             throw ValidationError("--poll-interval must be between 0 and 3600 seconds.")
         }
         if stop && (daemon || once) { throw ValidationError("--stop cannot be combined with --daemon or --once.") }
+        if ifNotRunning && (stop || once) {
+            throw ValidationError("--if-not-running cannot be combined with --stop or --once.")
+        }
     }
 
     func run() async throws {
@@ -63,6 +71,10 @@ struct WatchCommand: AsyncParsableCommand {
                 }
                 return
             }
+            // Started by cron every few minutes: a live watcher (on this host or another) is not news, and
+            // neither is losing the race to start one against another start of the same line.
+            let alreadyRunning = { ifNotRunning && WatcherDaemon.running(site) != nil }
+            if alreadyRunning() { return }
             warnIfBalsamIsShadowed("balsam-watch")
             if daemon {
                 let logPath = Posix.absolute(log ?? site.logPath + "/balsam-watch.log")
@@ -70,9 +82,14 @@ struct WatchCommand: AsyncParsableCommand {
                     CommandLine.arguments.dropFirst().filter { $0 != "--daemon" } + [
                         "--site", site.root, "--log", logPath,
                     ]
-                let pid = try WatcherDaemon.start(
-                    site, executable: Posix.executablePath() ?? CommandLine.arguments[0], arguments: arguments,
-                    logPath: logPath)
+                let pid: Int32
+                do {
+                    pid = try WatcherDaemon.start(
+                        site, executable: Posix.executablePath() ?? CommandLine.arguments[0],
+                        arguments: arguments.filter { $0 != "--if-not-running" }, logPath: logPath)
+                } catch  where alreadyRunning() {
+                    return
+                }
                 print("balsam-watch running as pid \(pid); log: \(logPath)")
                 return
             }
@@ -90,7 +107,10 @@ struct WatchCommand: AsyncParsableCommand {
                         .init(service: WatchService(watcher), successTerminationBehavior: .gracefullyShutdownGroup)
                     ],
                     gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-            do { try await group.run() } catch let error as SpoolError { throw error } catch {
+            do { try await group.run() } catch let error as SpoolError {
+                if error.code == .unavailable, alreadyRunning() { return }
+                throw error
+            } catch {
                 throw SpoolError(.io, "\(error)")
             }
         }

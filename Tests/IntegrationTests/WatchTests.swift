@@ -195,6 +195,45 @@ func waitFor(_ what: String, timeout: Double = 30, _ condition: () throws -> Boo
         #expect(siteStop.status == 0 && siteStop.stdout.contains("stopped"), "\(siteStop.stderr)")
     }
 
+    /// The cron and scrontab line (`--daemon --if-not-running`): several started at once leave exactly one
+    /// watcher, and every one of them exits 0; while it lives, each later start (background or foreground)
+    /// exits 0 at once and prints nothing (cron mails any output); once it is stopped, the next start starts one.
+    @Test func startsIfNotRunningAreSilentWhileAWatcherLives() throws {
+        let line = ["--site", site.root, "--daemon", "--if-not-running"]
+        let racers = 4
+        let results = Mutex([(status: Int32, stdout: String, stderr: String)]())
+        DispatchQueue.concurrentPerform(iterations: racers) { _ in
+            if let r = try? run(binDirectory + "/balsam-watch", line) {
+                results.withLock { $0.append((r.status, r.stdout, r.stderr)) }
+            }
+        }
+        let all = results.withLock { $0 }
+        #expect(all.count == racers && all.allSatisfy { $0.status == 0 && $0.stderr.isEmpty }, "\(all)")
+        #expect(all.filter { $0.stdout.contains("running as pid") }.count == 1, "\(all)")
+        /// The pid in the site's claim, if that process lives.
+        func holder() -> Int32? {
+            guard let claim = try? read(site.root + "/watcher.json"),
+                let field = claim.split(separator: ",").first(where: { $0.contains("\"pid\"") }),
+                let pid = Int32(
+                    field.split(separator: ":").last?.trimmingCharacters(in: .init(charactersIn: " }")) ?? "")
+            else { return nil }
+            return kill(pid, 0) == 0 ? pid : nil
+        }
+        let first = try #require(holder())
+        for args in [line, ["--site", site.root, "--if-not-running"]] {
+            let again = try run(binDirectory + "/balsam-watch", args)
+            #expect(again.status == 0 && again.stdout.isEmpty && again.stderr.isEmpty, "\(args): \(again)")
+        }
+        #expect(holder() == first)
+        #expect(try run(binDirectory + "/balsam-watch", ["--site", site.root, "--stop"]).status == 0)
+        let restarted = try run(binDirectory + "/balsam-watch", line)
+        #expect(restarted.status == 0 && restarted.stdout.contains("running as pid"), "\(restarted)")
+        #expect(holder() != nil && holder() != first)
+        #expect(try run(binDirectory + "/balsam-watch", ["--site", site.root, "--stop"]).status == 0)
+        let refused = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once", "--if-not-running"])
+        #expect(refused.status == 64 && refused.stderr.contains("--if-not-running"))
+    }
+
     /// Kill -9 the watcher at random moments while jobs flow through hooks, retries and dependencies, restarting
     /// it each time: every job ends exactly once, in a state its history leads to legally.
     @Test func killNineAtRandomMomentsLosesNothing() throws {
