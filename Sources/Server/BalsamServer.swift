@@ -19,6 +19,8 @@ public struct BalsamServer: Sendable {
     let logger: Logger
     /// News for held site pushes.
     let news = SiteNews()
+    /// What `/metrics` says.
+    let metrics = ServerMetrics()
 
     /// A server over `database`, signing tokens with `secret`.
     public init(database: Database, secret: [UInt8], limits: ServerLimits = ServerLimits(), logger: Logger) {
@@ -38,8 +40,12 @@ public struct BalsamServer: Sendable {
     /// document open to all.
     func router() -> Router<BalsamRequestContext> {
         let router = Router(context: BalsamRequestContext.self)
-        router.add(middleware: RequestLogMiddleware(logger: logger))
-        let e = Endpoints(database: database, accounts: accounts, limits: limits, logger: logger, news: news)
+        router.add(middleware: RequestLogMiddleware(logger: logger, metrics: metrics))
+        let e = Endpoints(
+            database: database, accounts: accounts, limits: limits, logger: logger, news: news, metrics: metrics)
+        router.get("healthz") { [database, limits, logger] _, _ in
+            await Health.check(database, within: limits.healthSeconds, logger: logger)
+        }
         router.addRoutes(AuthRoutes.anonymous(e), atPath: "/auth")
         router.addRoutes(Dashboard.anonymous(e), atPath: "/dashboard")
         router.get("openapi.json") { _, _ in
@@ -90,6 +96,7 @@ public struct BalsamServer: Sendable {
     ) -> some ApplicationProtocol {
         let cap = connectionCap()
         let table = ConnectionTable(cap: cap, perClient: limits.maxConnectionsPerClient, logger: logger)
+        metrics.attach(.init(connections: table, cap: cap, news: news, database: database))
         return Application(
             router: router(),
             server: .http1(
@@ -99,6 +106,30 @@ public struct BalsamServer: Sendable {
             configuration: ApplicationConfiguration(
                 address: .hostname(host, port: port), serverName: "balsam-server",
                 availableConnectionsDelegate: ConnectionCap(cap, logger: logger)),
+            onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) },
+            logger: logger)
+    }
+}
+
+extension BalsamServer {
+    /// The operators' listener (`serve --metrics-listen`): `GET /metrics` in Prometheus's text format and
+    /// `GET /healthz`, nothing else, on an address of its own that the public proxy does not forward.
+    public func metricsApplication(
+        host: String, port: Int, onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) -> some ApplicationProtocol {
+        let router = Router(context: BasicRequestContext.self)
+        router.get("metrics") { [metrics] _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render())))
+        }
+        router.get("healthz") { [database, limits, logger] _, _ in
+            await Health.check(database, within: limits.healthSeconds, logger: logger)
+        }
+        return Application(
+            router: router,
+            configuration: ApplicationConfiguration(
+                address: .hostname(host, port: port), serverName: "balsam-server-metrics"),
             onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) },
             logger: logger)
     }

@@ -7,7 +7,7 @@ import Spool
 /// `sync/state.json`), shows it and moves on. The site switches on `code`, never on `message`.
 public struct SyncRefusal: Sendable, Equatable {
     /// What the site does about a refusal.
-    public enum Code: String, Sendable {
+    public enum Code: String, Sendable, CaseIterable {
         /// A field is wrong (`field` says which): left out.
         case invalid
         /// The job's app is not on the server (a site registered again): the site sends its apps again.

@@ -107,6 +107,18 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Write the port listened on to this file once ready.", valueName: "file"))
     var portFile: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Also serve GET /metrics (Prometheus) and /healthz on this address, for operators only; off by default.",
+            valueName: "host:port"))
+    var metricsListen: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Write the metrics port to this file once ready.", valueName: "file"))
+    var metricsPortFile: String?
+
     @Option(name: .long, help: "Database worker threads (and connections).")
     var threads = 4
 
@@ -153,6 +165,12 @@ struct Serve: AsyncParsableCommand {
 
     func validate() throws {
         guard parseListen() != nil else { throw ValidationError("--listen needs HOST:PORT, not '\(listen)'.") }
+        if let metricsListen, Self.hostAndPort(metricsListen) == nil {
+            throw ValidationError("--metrics-listen needs HOST:PORT, not '\(metricsListen)'.")
+        }
+        if metricsPortFile != nil && metricsListen == nil {
+            throw ValidationError("--metrics-port-file needs --metrics-listen.")
+        }
         if let registration, registration != "open" && registration != "closed" {
             throw ValidationError("--registration is open or closed, not '\(registration)'.")
         }
@@ -169,7 +187,9 @@ struct Serve: AsyncParsableCommand {
         }
     }
 
-    func parseListen() -> (String, Int)? {
+    func parseListen() -> (String, Int)? { Self.hostAndPort(listen) }
+
+    static func hostAndPort(_ listen: String) -> (String, Int)? {
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]),
             (0...65535).contains(port)
         else { return nil }
@@ -209,9 +229,20 @@ struct Serve: AsyncParsableCommand {
                     try? Posix.replaceFile(portFile, Array("\(bound)\n".utf8), sync: false)
                 }
             }
+            var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: app)]
+            if let metricsListen, let (metricsHost, metricsPort) = Self.hostAndPort(metricsListen) {
+                let metricsPortFile = metricsPortFile
+                let metrics = server.metricsApplication(host: metricsHost, port: metricsPort) { bound in
+                    logger.notice("metrics listening", metadata: ["host": "\(metricsHost)", "port": "\(bound)"])
+                    if let metricsPortFile {
+                        try? Posix.replaceFile(metricsPortFile, Array("\(bound)\n".utf8), sync: false)
+                    }
+                }
+                services.append(.init(service: metrics))
+            }
             let group = ServiceGroup(
                 configuration: ServiceGroupConfiguration(
-                    services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+                    services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
             await database.close()
         }

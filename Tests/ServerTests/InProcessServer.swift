@@ -103,7 +103,7 @@ struct InProcessServer {
 }
 
 /// A response body, collected.
-private final class Collected: ResponseBodyWriter, Sendable {
+final class Collected: ResponseBodyWriter, Sendable {
     let bytes = Mutex<[UInt8]>([])
     func write(_ buffer: ByteBuffer) async throws { bytes.withLock { $0 += buffer.readableBytesView } }
     func finish(_ trailingHeaders: HTTPFields?) async throws {}

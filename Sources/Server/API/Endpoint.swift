@@ -21,6 +21,8 @@ struct Call {
     /// News for sites (`SiteNews`), and whether this call may be held for it (not when it is run again after).
     var news: SiteNews? = nil
     var mayHold = false
+    /// What `/metrics` counts (pushes and events).
+    var metrics: ServerMetrics? = nil
 
     var dialect: SQLDialect { connection.dialect }
 
@@ -159,6 +161,8 @@ public struct ServerLimits: Sendable {
     public var trustedProxies: Set<String> = []
     /// Most items in one bulk request (the original's `MAX_ITEMS_PER_BULK_OP`).
     public var bulkItems = 5000
+    /// Longest `GET /healthz` waits for the database before it answers 503.
+    public var healthSeconds = 2.0
     /// Whether anyone may register a user through the API.
     public var openRegistration = true
 
@@ -175,6 +179,7 @@ struct Endpoints: Sendable {
     let limits: ServerLimits
     let logger: Logger
     let news: SiteNews
+    let metrics: ServerMetrics
 
     typealias Handler = @Sendable (inout Call) throws -> Reply
 
@@ -213,7 +218,7 @@ struct Endpoints: Sendable {
             let client =
                 limits.trustedProxies.contains(context.client) && !real.isEmpty && real.utf8.count <= 64
                 ? real : context.client
-            let (accounts, limits, routeID, news) = (accounts, limits, id, news)
+            let (accounts, limits, routeID, news, metrics) = (accounts, limits, id, news, metrics)
             var mayHold = true
             var answer: Reply
             var user: User
@@ -236,7 +241,7 @@ struct Endpoints: Sendable {
                     }
                     var call = Call(
                         user: user, connection: connection, query: query, body: body, limits: limits, id: routeID,
-                        client: client, news: news, mayHold: mayHold)
+                        client: client, news: news, mayHold: mayHold, metrics: metrics)
                     return (try handler(&call), user)
                 }
                 guard let hold = answer.holdForNews, mayHold else { break }

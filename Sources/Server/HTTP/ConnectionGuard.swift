@@ -110,6 +110,11 @@ final class ConnectionTable: Sendable {
 
     /// Connections counted now (for tests and the log).
     var open: Int { state.withLock { $0.entries.count } }
+
+    /// Open now, refused and evicted so far (`/metrics`).
+    var counts: (open: Int, refused: Int, evicted: Int) {
+        state.withLock { ($0.entries.count, $0.refused, $0.evicted) }
+    }
 }
 
 /// One connection's side of `ConnectionTable`, in its channel pipeline after the HTTP decoder.

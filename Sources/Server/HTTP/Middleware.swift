@@ -7,6 +7,7 @@ import Spool
 struct RequestLogMiddleware: RouterMiddleware {
     typealias Context = BalsamRequestContext
     let logger: Logger
+    let metrics: ServerMetrics
 
     func handle(
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
@@ -30,6 +31,8 @@ struct RequestLogMiddleware: RouterMiddleware {
     private func log(_ request: Request, _ context: Context, status: Int, since start: ContinuousClock.Instant) {
         let elapsed = ContinuousClock.now - start
         let ms = Double(elapsed.components.attoseconds) / 1e15 + Double(elapsed.components.seconds) * 1000
+        metrics.request(
+            route: context.endpointPath, method: request.method.rawValue, status: status, seconds: ms / 1000)
         logger.info(
             "request",
             metadata: [

@@ -47,6 +47,10 @@ public final class Database: Sendable {
     let dialect: SQLDialect
     private let threads: NIOThreadPool
     private let idle: Mutex<[any SQLConnection]>
+    /// Worker threads, and how many run a request now (`/metrics`).
+    public let threadCount: Int
+    private let busy = Atomic<Int>(0)
+    public var busyThreads: Int { busy.load(ordering: .relaxed) }
 
     /// Opens the database with `threads` worker threads (and as many connections, made when first needed).
     public init(_ location: DatabaseLocation, threads: Int = 4) throws(StoreError) {
@@ -58,7 +62,8 @@ public final class Database: Sendable {
         // One connection now: a wrong path or an unreachable server is reported at start, not on a request.
         let first = try Database.connect(location)
         idle = Mutex([first])
-        self.threads = NIOThreadPool(numberOfThreads: max(1, threads))
+        threadCount = max(1, threads)
+        self.threads = NIOThreadPool(numberOfThreads: threadCount)
         self.threads.start()
     }
 
@@ -98,7 +103,11 @@ public final class Database: Sendable {
 
     /// Runs `body` with a connection on a worker thread. A connection that broke is dropped, not reused.
     func run<T: Sendable>(_ body: @escaping @Sendable (any SQLConnection) throws -> T) async throws -> T {
-        try await threads.runIfActive { [self] in try withConnection(body) }
+        try await threads.runIfActive { [self] in
+            busy.add(1, ordering: .relaxed)
+            defer { busy.subtract(1, ordering: .relaxed) }
+            return try withConnection(body)
+        }
     }
 
     /// Runs `body` with a connection on the calling thread (commands such as `migrate` and `user add`).

@@ -42,7 +42,7 @@ enum SyncRoutes {
         let c = call.connection
         let owner = call.user.id
         let now = ServerClock.microseconds()
-        return try c.transaction {
+        let (answer, taken, refused) = try c.transaction { () -> (Reply, Int, [SyncRefusal]) in
             let siteID = try recordSite(push.site, call: call, now: now)
             // Read before this transaction looks for work: news posted after it moves the mark.
             let mark = call.news?.mark(owner: owner, site: siteID)
@@ -87,8 +87,11 @@ enum SyncRoutes {
             {
                 answer.holdForNews = (owner, siteID, mark, Double(wait))
             }
-            return answer
+            return (answer, reply.events, reply.refused)
         }
+        // Counted once committed; a held push run again after news counts its events, not a second push.
+        call.metrics?.push(events: taken, refused: refused, first: call.mayHold)
+        return answer
     }
 
     /// The site's record, made or brought up to date, with its transfer locations and batch-job policy: one

@@ -1,0 +1,141 @@
+import Foundation
+import Synchronization
+import Wire
+
+/// What `GET /metrics` says, in Prometheus's text format (version 0.0.4): requests by route, method and status
+/// with a latency histogram per route, pushes and events the sync took, its refusals by code, connections open
+/// and refused against their caps, held pushes, and the database threads in use.
+///
+/// Labels come only from the server's own vocabulary, never from what a client sent: a route is the router's
+/// pattern (`/jobs/{id}`), or `unmatched` for a path no route has; a method outside HTTP's usual ones is
+/// `other`. So a client sending a million different paths adds no series (balsam-server(8), OPERATIONS).
+final class ServerMetrics: Sendable {
+    /// Latency buckets, seconds: from a cached read to a push held for news (at most 50 s).
+    static let buckets: [Double] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+    static let methods: Set<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+    private struct Latency {
+        var counts = [UInt64](repeating: 0, count: ServerMetrics.buckets.count)
+        var sum = 0.0
+        var count: UInt64 = 0
+    }
+
+    private struct State {
+        var requests: [String: UInt64] = [:]
+        var latency: [String: Latency] = [:]
+        var pushes: UInt64 = 0
+        var events: UInt64 = 0
+        var refusals: [String: UInt64] = [:]
+    }
+
+    private let state = Mutex(State())
+    /// Read when scraped: set once the server is built.
+    private let sources = Mutex<Sources?>(nil)
+
+    struct Sources: Sendable {
+        let connections: ConnectionTable
+        let cap: Int
+        let news: SiteNews
+        let database: Database
+    }
+
+    func attach(_ sources: Sources) { self.sources.withLock { $0 = sources } }
+
+    /// One request answered: `route` is the router's pattern (nil: none matched).
+    func request(route: String?, method: String, status: Int, seconds: Double) {
+        // Hummingbird names a request no route matched `NotFound`.
+        let route = route.flatMap { $0 == "NotFound" ? nil : $0 } ?? "unmatched"
+        let method = Self.methods.contains(method) ? method : "other"
+        let key = Self.labels(["route": route, "method": method, "status": String(status)])
+        let seconds = seconds.isFinite ? max(0, seconds) : 0
+        state.withLock { s in
+            s.requests[key, default: 0] &+= 1
+            var l = s.latency[route] ?? Latency()
+            for (k, bound) in Self.buckets.enumerated() where seconds <= bound { l.counts[k] &+= 1 }
+            l.sum += seconds
+            l.count &+= 1
+            s.latency[route] = l
+        }
+    }
+
+    /// A push recorded: the events it took and what it refused; `first`: not a held push's run after news.
+    func push(events: Int, refused: [SyncRefusal], first: Bool) {
+        state.withLock { s in
+            if first { s.pushes &+= 1 }
+            s.events &+= UInt64(max(0, events))
+            for r in refused { s.refusals[r.code.rawValue, default: 0] &+= 1 }
+        }
+    }
+
+    /// The exposition: every family with its HELP and TYPE, series sorted (a scrape reads the same order).
+    func render() -> String {
+        let s = state.withLock { $0 }
+        var out = ""
+        func family(_ name: String, _ type: String, _ help: String, _ series: [(String, String)]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for (labels, value) in series { out += "\(name)\(labels) \(value)\n" }
+        }
+        family(
+            "balsam_http_requests_total", "counter", "Requests answered, by route pattern, method and status.",
+            s.requests.sorted { $0.key < $1.key }.map { ($0.key, String($0.value)) })
+        out += "# HELP balsam_http_request_duration_seconds Time to answer, by route pattern.\n"
+        out += "# TYPE balsam_http_request_duration_seconds histogram\n"
+        for (route, l) in s.latency.sorted(by: { $0.key < $1.key }) {
+            let name = "balsam_http_request_duration_seconds"
+            for (k, bound) in Self.buckets.enumerated() {
+                out += "\(name)_bucket\(Self.labels(["route": route, "le": Self.number(bound)])) \(l.counts[k])\n"
+            }
+            out += "\(name)_bucket\(Self.labels(["route": route, "le": "+Inf"])) \(l.count)\n"
+            out += "\(name)_sum\(Self.labels(["route": route])) \(Self.number(l.sum))\n"
+            out += "\(name)_count\(Self.labels(["route": route])) \(l.count)\n"
+        }
+        family("balsam_sync_pushes_total", "counter", "Site pushes recorded.", [("", String(s.pushes))])
+        family("balsam_sync_events_total", "counter", "Site events recorded by pushes.", [("", String(s.events))])
+        family(
+            "balsam_sync_refusals_total", "counter", "Objects of pushes refused, by the code the site is told.",
+            SyncRefusal.Code.allCases.map(\.rawValue).map { (Self.labels(["code": $0]), String(s.refusals[$0] ?? 0)) })
+        if let sources = sources.withLock({ $0 }) {
+            let c = sources.connections.counts
+            family("balsam_connections_open", "gauge", "Connections open now.", [("", String(c.open))])
+            family(
+                "balsam_connections_max", "gauge", "The cap on connections open at once.", [("", String(sources.cap))])
+            family(
+                "balsam_connections_per_client_max", "gauge", "The cap on connections open from one address.",
+                [("", String(sources.connections.perClient))])
+            family(
+                "balsam_connections_refused_total", "counter",
+                "Connections closed at once: their address was at its cap.",
+                [("", String(c.refused))])
+            family(
+                "balsam_connections_evicted_total", "counter", "Idle connections closed to make room near the cap.",
+                [("", String(c.evicted))])
+            family(
+                "balsam_sync_held_pushes", "gauge", "Site pushes held now, waiting for news.",
+                [("", String(sources.news.held))])
+            family(
+                "balsam_database_threads", "gauge", "Database threads (and connections) of this process.",
+                [("", String(sources.database.threadCount))])
+            family(
+                "balsam_database_threads_busy", "gauge", "Database threads running a request now.",
+                [("", String(sources.database.busyThreads))])
+        }
+        return out
+    }
+
+    /// `{a="x",b="y"}`, values escaped as the format says.
+    static func labels(_ pairs: [String: String]) -> String {
+        guard !pairs.isEmpty else { return "" }
+        let inner = pairs.sorted { $0.key < $1.key }.map { key, value in
+            let escaped = value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(
+                of: "\"", with: "\\\""
+            )
+            .replacingOccurrences(of: "\n", with: "\\n")
+            return "\(key)=\"\(escaped)\""
+        }
+        return "{" + inner.joined(separator: ",") + "}"
+    }
+
+    static func number(_ value: Double) -> String {
+        value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
+    }
+}
