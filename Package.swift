@@ -174,7 +174,9 @@ let package = Package(
         .testTarget(name: "LifecycleTests", dependencies: ["Lifecycle", "Spool", "TestSupport"]),
         .testTarget(name: "MPILauncherTests", dependencies: ["MPILauncher", "Spool", "TestSupport"]),
         .testTarget(name: "BatchTests", dependencies: ["Batch", "Spool", "TestSupport"], exclude: ["Fixtures"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Spool", "TestSupport"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["BalsamCLI", "Spool", "TestSupport", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "ServerTests",
             dependencies: [

@@ -205,3 +205,5 @@ public func refuseInvalidUTF8Arguments(_ program: String) throws {
         }
     }
 }
+
+extension LineLogHandler.Format: ExpressibleByArgument {}

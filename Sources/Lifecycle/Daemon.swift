@@ -22,6 +22,18 @@ public enum WatcherDaemon {
         return holder.description
     }
 
+    /// Sends SIGHUP to the watcher named in the site's claim (on this host): it reopens its log and rereads its
+    /// settings. Nil when none runs; else its description.
+    public static func reload(_ site: Site) throws(SpoolError) -> String? {
+        let claim = WatcherClaim(site: site)
+        guard let holder = claim.holder(), claim.isAlive(holder) else { return nil }
+        guard holder.host == claim.me.host else {
+            throw SpoolError(.unavailable, "the watcher runs on \(holder.host) (pid \(holder.pid)); reload it there")
+        }
+        _ = kill(holder.pid, SIGHUP)
+        return holder.description
+    }
+
     /// Sends SIGTERM to the watcher named in the site's claim and waits (at most `timeout` seconds) until it has
     /// let go. A watcher on another host cannot be signalled from here: that is an error naming the host.
     public static func stop(_ site: Site, timeout: Double = 60) throws(SpoolError) -> Stopped {

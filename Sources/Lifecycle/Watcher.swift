@@ -19,6 +19,8 @@ public final class Watcher: Sendable {
         public var inotify = true
         /// Run one pass and return.
         public var once = false
+        /// On SIGHUP, before settings are reread: opens the log again at its path (after logrotate moved it).
+        public var reopenLog: (@Sendable () -> Void)?
 
         public init() {}
     }
@@ -413,7 +415,10 @@ public struct WatchService: Service {
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
-                    for await _ in await UnixSignalsSequence(trapping: .sighup) { watcher.requestReload() }
+                    for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                        watcher.options.reopenLog?()
+                        watcher.requestReload()
+                    }
                 }
                 // The loop blocks (poll, hooks), so it gets a thread of its own rather than one of the pool's two.
                 try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in

@@ -163,6 +163,9 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .long, help: "Do not log each request.")
     var quiet = false
 
+    @Option(name: .long, help: "Log lines as text (the default) or as JSON objects, one per line.")
+    var logFormat: LineLogHandler.Format = .text
+
     func validate() throws {
         guard parseListen() != nil else { throw ValidationError("--listen needs HOST:PORT, not '\(listen)'.") }
         if let metricsListen, Self.hostAndPort(metricsListen) == nil {
@@ -200,7 +203,8 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         try await reporting {
-            LineLogHandler.bootstrap(program: "balsam-server", level: verbose ? .debug : quiet ? .warning : .info)
+            LineLogHandler.bootstrap(
+                program: "balsam-server", level: verbose ? .debug : quiet ? .warning : .info, format: logFormat)
             let logger = Logger(label: "balsam-server")
             guard let (host, port) = parseListen() else { return }
             let database = try store.open(threads: threads)

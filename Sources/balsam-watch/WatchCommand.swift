@@ -34,6 +34,9 @@ struct WatchCommand: AsyncParsableCommand {
         name: .long, help: ArgumentHelp("Append the log to this file instead of standard error.", valueName: "file"))
     var log: String?
 
+    @Option(name: .long, help: "Log lines as text (the default) or as JSON objects, one per line.")
+    var logFormat: LineLogHandler.Format = .text
+
     @Flag(name: .long, help: "Detach and run in the background (log to --log, default SITE/log/balsam-watch.log).")
     var daemon = false
 
@@ -44,6 +47,9 @@ struct WatchCommand: AsyncParsableCommand {
 
     @Flag(name: .long, help: "Stop the site's running watcher (on this host) and wait for it to exit.")
     var stop = false
+
+    @Flag(name: .long, help: "Send SIGHUP to the site's watcher (on this host): reopen its log, reread settings.")
+    var reload = false
 
     @Flag(name: .long, help: "Run one pass over the site and exit.")
     var once = false
@@ -56,8 +62,11 @@ struct WatchCommand: AsyncParsableCommand {
             throw ValidationError("--poll-interval must be between 0 and 3600 seconds.")
         }
         if stop && (daemon || once) { throw ValidationError("--stop cannot be combined with --daemon or --once.") }
-        if ifNotRunning && (stop || once) {
-            throw ValidationError("--if-not-running cannot be combined with --stop or --once.")
+        if reload && (stop || daemon || once) {
+            throw ValidationError("--reload cannot be combined with --stop, --daemon or --once.")
+        }
+        if ifNotRunning && (stop || once || reload) {
+            throw ValidationError("--if-not-running cannot be combined with --stop, --once or --reload.")
         }
     }
 
@@ -75,6 +84,14 @@ struct WatchCommand: AsyncParsableCommand {
             // neither is losing the race to start one against another start of the same line.
             let alreadyRunning = { ifNotRunning && WatcherDaemon.running(site) != nil }
             if alreadyRunning() { return }
+            if reload {
+                if let holder = try WatcherDaemon.reload(site) {
+                    print("sent SIGHUP to \(holder)")
+                } else {
+                    print("no watcher is running for \(site.root)")
+                }
+                return
+            }
             warnIfBalsamIsShadowed("balsam-watch")
             if daemon {
                 let logPath = Posix.absolute(log ?? site.logPath + "/balsam-watch.log")
@@ -94,11 +111,13 @@ struct WatchCommand: AsyncParsableCommand {
                 return
             }
             if let log { try redirectStandardError(to: log) }
-            LineLogHandler.bootstrap(program: "balsam-watch", level: verbose ? .debug : .info)
+            LineLogHandler.bootstrap(program: "balsam-watch", level: verbose ? .debug : .info, format: logFormat)
             var options = Watcher.Options()
             options.pollInterval = pollInterval
             options.inotify = !noInotify
             options.once = once
+            // logrotate's postrotate sends SIGHUP: the log is opened again at its path, then settings are reread.
+            if let log { options.reopenLog = { try? redirectStandardError(to: log) } }
             let logger = Logger(label: "balsam-watch")
             let watcher = Watcher(site: site, options: options, logger: logger)
             let group = ServiceGroup(

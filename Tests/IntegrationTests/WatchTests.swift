@@ -232,6 +232,9 @@ func waitFor(_ what: String, timeout: Double = 30, _ condition: () throws -> Boo
         #expect(try run(binDirectory + "/balsam-watch", ["--site", site.root, "--stop"]).status == 0)
         let refused = try run(binDirectory + "/balsam-watch", ["--site", site.root, "--once", "--if-not-running"])
         #expect(refused.status == 64 && refused.stderr.contains("--if-not-running"))
+        let reloadIfNot = try run(
+            binDirectory + "/balsam-watch", ["--site", site.root, "--reload", "--if-not-running"])
+        #expect(reloadIfNot.status == 64)
     }
 
     /// Kill -9 the watcher at random moments while jobs flow through hooks, retries and dependencies, restarting

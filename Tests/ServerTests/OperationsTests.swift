@@ -127,6 +127,25 @@ import Testing
     }
 }
 
+extension OperationsTests {
+    @Test func theServersJSONLinesParseAndEachRequestCarriesItsIdRouteAndStatus() async throws {
+        let server = try await LiveServer(.sqlite, arguments: ["--log-format", "json"])
+        defer { Task { try? await server.stop() } }
+        #expect(try await server.request("GET", "/jobs/?x=\"%0A", token: "forged").status == 401)
+        try await waitFor("the request's line") { server.log.contains("\"request\"") }
+        var ids: Set<String> = []
+        for line in server.log.split(separator: "\n") {
+            let object = try #require(try JSONValue.parse(String(line)).objectValue, "\(line)")
+            #expect(object["program"]?.stringValue == "balsam-server")
+            if object["message"]?.stringValue == "request" {
+                #expect(object["route"]?.stringValue == "/jobs" && object["status"]?.stringValue == "401")
+                if let id = object["request_id"]?.stringValue { ids.insert(id) }
+            }
+        }
+        #expect(ids.count == 1)
+    }
+}
+
 /// A free loopback TCP port (bound and released: another process may take it in between, rarely).
 func freeLoopbackPort() throws -> Int {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

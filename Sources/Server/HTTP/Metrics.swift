@@ -137,6 +137,6 @@ final class ServerMetrics: Sendable {
     }
 
     static func number(_ value: Double) -> String {
-        value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
+        value == value.rounded() && abs(value) < 1e15 ? String(Int64(saturating: value)) : String(value)
     }
 }

@@ -33,13 +33,14 @@ struct RequestLogMiddleware: RouterMiddleware {
         let ms = Double(elapsed.components.attoseconds) / 1e15 + Double(elapsed.components.seconds) * 1000
         metrics.request(
             route: context.endpointPath, method: request.method.rawValue, status: status, seconds: ms / 1000)
-        logger.info(
-            "request",
-            metadata: [
-                "method": "\(request.method)", "route": "\(context.endpointPath ?? request.uri.path)",
-                "status": "\(status)", "user": "\(context.caller.name)",
-                "ms": "\(Double(Int(saturating: ms * 10)) / 10)",
-            ])
+        var metadata: Logger.Metadata = [
+            "method": "\(request.method)", "route": "\(context.endpointPath ?? request.uri.path)",
+            "status": "\(status)", "user": "\(context.caller.name)",
+            "ms": "\(Double(Int(saturating: ms * 10)) / 10)",
+        ]
+        // Hummingbird's id of the request, which its own log lines about it carry too.
+        if let id = context.logger[metadataKey: "hb.request.id"] { metadata["request_id"] = "\(id)" }
+        logger.info("request", metadata: metadata)
     }
 }
 
