@@ -21,6 +21,9 @@ public final class Watcher: Sendable {
         public var once = false
         /// On SIGHUP, before settings are reread: opens the log again at its path (after logrotate moved it).
         public var reopenLog: (@Sendable () -> Void)?
+        /// Where to write the site's metrics (`SiteMetrics`) every `metricsInterval` seconds, replaced whole.
+        public var metricsFile: String?
+        public var metricsInterval: Double = 15
 
         public init() {}
     }
@@ -38,7 +41,8 @@ public final class Watcher: Sendable {
     /// The services' threads sleep on these between rounds: a stop rings all three, the engine's call for the
     /// transfer service rings its own (a thread asleep makes no wake-ups, where polling a flag would).
     private let bells = (
-        batch: DispatchSemaphore(value: 0), sync: DispatchSemaphore(value: 0), transfers: DispatchSemaphore(value: 0)
+        batch: DispatchSemaphore(value: 0), sync: DispatchSemaphore(value: 0), transfers: DispatchSemaphore(value: 0),
+        metrics: DispatchSemaphore(value: 0)
     )
 
     /// The site watched.
@@ -61,7 +65,7 @@ public final class Watcher: Sendable {
     public func requestStop() {
         flags.withLock { $0.stop = true }
         monitor.withLock { $0?.wake() }
-        for bell in [bells.batch, bells.sync, bells.transfers] { bell.signal() }
+        for bell in [bells.batch, bells.sync, bells.transfers, bells.metrics] { bell.signal() }
     }
 
     /// Asks the loop to reread settings and apps before its next pass.
@@ -240,6 +244,16 @@ public final class Watcher: Sendable {
         }
     }
 
+    /// The metrics file's writer (`--metrics-file`), on a thread of its own: the site's metrics every
+    /// `metricsInterval` seconds, replaced whole (a rename), so that node_exporter never reads half a file.
+    private func runMetricsService(once: Bool, path: String) {
+        runPeriodic("metrics file", once: once, bell: bells.metrics, retry: { self.options.metricsInterval }) {
+            let text = try SiteMetrics.text(site, sync: try settings().sync, now: Timestamp.nowSeconds())
+            try Posix.replaceFile(path, Array(text.utf8), sync: false)
+            return options.metricsInterval
+        }
+    }
+
     /// Runs until stopped (blocking). Throws if the site cannot be claimed or watched.
     // Over 100 lines: the watcher's start and loop in order, each step a call.
     public func run() throws(SpoolError) {
@@ -282,19 +296,22 @@ public final class Watcher: Sendable {
             if raised == true { self?.bells.transfers.signal() }
         }
 
+        let metricsFile = options.metricsFile
         if options.once {
             runBatchService(once: true)
             runSyncService(once: true)
             runTransferService(once: true)
+            if let metricsFile { runMetricsService(once: true, path: metricsFile) }
         } else {
             Thread { [self] in runBatchService(once: false) }.start()
             Thread { [self] in runSyncService(once: false) }.start()
             Thread { [self] in runTransferService(once: false) }.start()
+            if let metricsFile { Thread { [self] in runMetricsService(once: false, path: metricsFile) }.start() }
         }
         defer {
             if !options.once {
                 flags.withLock { $0.stop = true }
-                for _ in 0..<3 { servicesStopped.wait() }
+                for _ in 0..<(metricsFile == nil ? 3 : 4) { servicesStopped.wait() }
             }
         }
 

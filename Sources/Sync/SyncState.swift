@@ -1,5 +1,9 @@
 import Spool
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// What the site's sync remembers between rounds, in `SITE/sync/state.json` (written whole, fsynced, renamed
 /// into place): the site's id on the server, how far into each event log the server has everything, and when
 /// the last round succeeded or failed.
@@ -80,6 +84,16 @@ public struct SyncState: Sendable, Equatable {
     public static func path(_ site: Site) -> String { site.root + "/sync/state.json" }
 
     /// Reads the state (empty when the site never synced).
+    /// Bytes of the site's event logs past `state`'s cursor: what its server does not have yet.
+    public static func unpushedLogBytes(_ site: Site, _ state: SyncState) throws(SpoolError) -> Int {
+        var pending = 0
+        for name in try Posix.listDirectory(site.eventsPath) where name.hasSuffix(".jsonl") {
+            let size = Int(try Posix.statIfExists(site.eventsPath + "/" + name)?.st_size ?? 0)
+            pending += max(0, size - (state.cursor[name] ?? 0))
+        }
+        return pending
+    }
+
     public static func load(_ site: Site) throws(SpoolError) -> SyncState {
         let path = path(site)
         guard Posix.exists(path) else { return SyncState() }

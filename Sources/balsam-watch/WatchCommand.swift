@@ -37,6 +37,16 @@ struct WatchCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Log lines as text (the default) or as JSON objects, one per line.")
     var logFormat: LineLogHandler.Format = .text
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Write the site's metrics here in Prometheus's text format (node_exporter's textfile collector: a .prom file).",
+            valueName: "file"))
+    var metricsFile: String?
+
+    @Option(name: .long, help: "Seconds between writes of --metrics-file.")
+    var metricsInterval: Double = 15
+
     @Flag(name: .long, help: "Detach and run in the background (log to --log, default SITE/log/balsam-watch.log).")
     var daemon = false
 
@@ -58,6 +68,9 @@ struct WatchCommand: AsyncParsableCommand {
     var verbose = false
 
     func validate() throws {
+        if !(1...3600).contains(metricsInterval) {
+            throw ValidationError("--metrics-interval must be between 1 and 3600 seconds.")
+        }
         if pollInterval <= 0 || pollInterval > 3600 {
             throw ValidationError("--poll-interval must be between 0 and 3600 seconds.")
         }
@@ -116,6 +129,8 @@ struct WatchCommand: AsyncParsableCommand {
             options.pollInterval = pollInterval
             options.inotify = !noInotify
             options.once = once
+            options.metricsFile = metricsFile.map(Posix.absolute)
+            options.metricsInterval = metricsInterval
             // logrotate's postrotate sends SIGHUP: the log is opened again at its path, then settings are reread.
             if let log { options.reopenLog = { try? redirectStandardError(to: log) } }
             let logger = Logger(label: "balsam-watch")

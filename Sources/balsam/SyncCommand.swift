@@ -74,11 +74,7 @@ struct SyncStatus: ParsableCommand {
         try reportingErrors("balsam sync status") {
             let (site, settings) = try syncSettings(siteOption)
             let state = try SyncState.load(site)
-            var pending = 0
-            for name in try Posix.listDirectory(site.eventsPath) where name.hasSuffix(".jsonl") {
-                let size = Int(try Posix.statIfExists(site.eventsPath + "/" + name)?.st_size ?? 0)
-                pending += max(0, size - (state.cursor[name] ?? 0))
-            }
+            let pending = try SyncState.unpushedLogBytes(site, state)
             let fields: [(String, JSONValue)] = [
                 ("server", .string(settings.url)), ("site_id", state.siteID.map { .int($0) } ?? .null),
                 ("last_success", state.lastSuccess.map { .string($0) } ?? .null),

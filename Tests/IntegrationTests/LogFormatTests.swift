@@ -110,3 +110,50 @@ import Testing
         #expect(none.status == 0 && none.stdout.contains("no watcher"), "\(none)")
     }
 }
+
+/// Issue #37, item 1, the site's side: `balsam-watch --metrics-file` writes the site in Prometheus's text format
+/// (checked by Debian's `promtool`), its job counts the same as the site's own count, its sync's failure seen.
+@Suite struct SiteMetricsFileTests {
+    /// The value of the series `name` with `labels`, read from an exposition.
+    static func value(_ text: String, _ name: String, _ labels: String) -> Double? {
+        for line in text.split(separator: "\n") where line.hasPrefix(name + labels + " ") {
+            return Double(line.split(separator: " ").last ?? "")
+        }
+        return nil
+    }
+
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/promtool"), "dev/install-deps"))
+    func theMetricsFileCountsWhatTheSiteCountsAndParses() throws {
+        let dir = try TempDir()
+        let site = try makeSite(dir)
+        var submission = Submission(site: site)
+        let jobs = 5
+        for i in 0..<jobs { _ = try submission.submit(helloJob("m/\(i)")) }
+        // A server that is not there: the sync fails, and the file says so.
+        try dir.file("token", "not-a-token")
+        try (try read(site.settingsPath) + "sync:\n  url: http://127.0.0.1:9\n  token_file: \(dir.path)/token\n").write(
+            toFile: site.settingsPath, atomically: false, encoding: .utf8)
+        let file = dir.path + "/site.prom"
+        let watcher = try Spawned(
+            binDirectory + "/balsam-watch",
+            ["--site", site.root, "--log", dir.path + "/watch.log", "--metrics-file", file, "--metrics-interval", "1"])
+        defer { if watcher.isRunning { watcher.signal(SIGKILL) } }
+        let labels = "{site=\"\(site.name)\",state=\"PREPROCESSED\"}"
+        try waitUntil("the file counts the jobs the watcher moved, and the sync failing", timeout: 60) {
+            let text = (try? read(file)) ?? ""
+            return Self.value(text, "balsam_site_jobs", labels) == Double(jobs)
+                && Self.value(text, "balsam_site_sync_failing", "{site=\"\(site.name)\"}") == 1
+        }
+        let text = try read(file)
+        let counts = try Query(site: site).countByState()
+        for state in JobState.allCases {
+            #expect(
+                Self.value(text, "balsam_site_jobs", "{site=\"\(site.name)\",state=\"\(state.rawValue)\"}")
+                    == Double(counts[state] ?? 0), "\(state)")
+        }
+        let checked = try run("/usr/bin/promtool", ["check", "metrics"], stdin: Data(text.utf8))
+        #expect(checked.status == 0, "\(checked.stdout)\(checked.stderr)\n\(text)")
+        watcher.signal(SIGTERM)
+        #expect(watcher.wait(timeout: 30) == 0)
+    }
+}

@@ -37,7 +37,7 @@ enum Health {
                 .serviceUnavailable,
                 .object([
                     "status": .string("unavailable"),
-                    "cause": .string("the database did not answer within \(ServerMetrics.number(seconds)) s"),
+                    "cause": .string("the database did not answer within \(PrometheusText.number(seconds)) s"),
                 ])
             )
         }

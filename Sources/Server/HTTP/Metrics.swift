@@ -47,7 +47,7 @@ final class ServerMetrics: Sendable {
         // Hummingbird names a request no route matched `NotFound`.
         let route = route.flatMap { $0 == "NotFound" ? nil : $0 } ?? "unmatched"
         let method = Self.methods.contains(method) ? method : "other"
-        let key = Self.labels(["route": route, "method": method, "status": String(status)])
+        let key = Self.key(route: route, method: method, status: status)
         let seconds = seconds.isFinite ? max(0, seconds) : 0
         state.withLock { s in
             s.requests[key, default: 0] &+= 1
@@ -71,72 +71,61 @@ final class ServerMetrics: Sendable {
     /// The exposition: every family with its HELP and TYPE, series sorted (a scrape reads the same order).
     func render() -> String {
         let s = state.withLock { $0 }
-        var out = ""
-        func family(_ name: String, _ type: String, _ help: String, _ series: [(String, String)]) {
-            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
-            for (labels, value) in series { out += "\(name)\(labels) \(value)\n" }
-        }
-        family(
+        var out = PrometheusText()
+        out.family(
             "balsam_http_requests_total", "counter", "Requests answered, by route pattern, method and status.",
-            s.requests.sorted { $0.key < $1.key }.map { ($0.key, String($0.value)) })
-        out += "# HELP balsam_http_request_duration_seconds Time to answer, by route pattern.\n"
-        out += "# TYPE balsam_http_request_duration_seconds histogram\n"
+            s.requests.sorted { $0.key < $1.key }.map { (Self.parse($0.key), String($0.value)) })
+        let name = "balsam_http_request_duration_seconds"
+        out.family(name, "histogram", "Time to answer, by route pattern.", [])
         for (route, l) in s.latency.sorted(by: { $0.key < $1.key }) {
-            let name = "balsam_http_request_duration_seconds"
             for (k, bound) in Self.buckets.enumerated() {
-                out += "\(name)_bucket\(Self.labels(["route": route, "le": Self.number(bound)])) \(l.counts[k])\n"
+                out.line(name + "_bucket", ["route": route, "le": PrometheusText.number(bound)], String(l.counts[k]))
             }
-            out += "\(name)_bucket\(Self.labels(["route": route, "le": "+Inf"])) \(l.count)\n"
-            out += "\(name)_sum\(Self.labels(["route": route])) \(Self.number(l.sum))\n"
-            out += "\(name)_count\(Self.labels(["route": route])) \(l.count)\n"
+            out.line(name + "_bucket", ["route": route, "le": "+Inf"], String(l.count))
+            out.line(name + "_sum", ["route": route], PrometheusText.number(l.sum))
+            out.line(name + "_count", ["route": route], String(l.count))
         }
-        family("balsam_sync_pushes_total", "counter", "Site pushes recorded.", [("", String(s.pushes))])
-        family("balsam_sync_events_total", "counter", "Site events recorded by pushes.", [("", String(s.events))])
-        family(
+        out.family("balsam_sync_pushes_total", "counter", "Site pushes recorded.", [([:], String(s.pushes))])
+        out.family("balsam_sync_events_total", "counter", "Site events recorded by pushes.", [([:], String(s.events))])
+        out.family(
             "balsam_sync_refusals_total", "counter", "Objects of pushes refused, by the code the site is told.",
-            SyncRefusal.Code.allCases.map(\.rawValue).map { (Self.labels(["code": $0]), String(s.refusals[$0] ?? 0)) })
+            SyncRefusal.Code.allCases.map { (["code": $0.rawValue], String(s.refusals[$0.rawValue] ?? 0)) })
         if let sources = sources.withLock({ $0 }) {
             let c = sources.connections.counts
-            family("balsam_connections_open", "gauge", "Connections open now.", [("", String(c.open))])
-            family(
-                "balsam_connections_max", "gauge", "The cap on connections open at once.", [("", String(sources.cap))])
-            family(
+            func gauge(_ name: String, _ type: String, _ help: String, _ value: Int) {
+                out.family(name, type, help, [([:], String(value))])
+            }
+            gauge("balsam_connections_open", "gauge", "Connections open now.", c.open)
+            gauge("balsam_connections_max", "gauge", "The cap on connections open at once.", sources.cap)
+            gauge(
                 "balsam_connections_per_client_max", "gauge", "The cap on connections open from one address.",
-                [("", String(sources.connections.perClient))])
-            family(
+                sources.connections.perClient)
+            gauge(
                 "balsam_connections_refused_total", "counter",
-                "Connections closed at once: their address was at its cap.",
-                [("", String(c.refused))])
-            family(
+                "Connections closed at once: their address was at its cap.", c.refused)
+            gauge(
                 "balsam_connections_evicted_total", "counter", "Idle connections closed to make room near the cap.",
-                [("", String(c.evicted))])
-            family(
-                "balsam_sync_held_pushes", "gauge", "Site pushes held now, waiting for news.",
-                [("", String(sources.news.held))])
-            family(
+                c.evicted)
+            gauge("balsam_sync_held_pushes", "gauge", "Site pushes held now, waiting for news.", sources.news.held)
+            gauge(
                 "balsam_database_threads", "gauge", "Database threads (and connections) of this process.",
-                [("", String(sources.database.threadCount))])
-            family(
+                sources.database.threadCount)
+            gauge(
                 "balsam_database_threads_busy", "gauge", "Database threads running a request now.",
-                [("", String(sources.database.busyThreads))])
+                sources.database.busyThreads)
         }
-        return out
+        return out.text
     }
 
-    /// `{a="x",b="y"}`, values escaped as the format says.
-    static func labels(_ pairs: [String: String]) -> String {
-        guard !pairs.isEmpty else { return "" }
-        let inner = pairs.sorted { $0.key < $1.key }.map { key, value in
-            let escaped = value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(
-                of: "\"", with: "\\\""
-            )
-            .replacingOccurrences(of: "\n", with: "\\n")
-            return "\(key)=\"\(escaped)\""
-        }
-        return "{" + inner.joined(separator: ",") + "}"
+    /// The series' labels, kept as one key (route, method and status, tab-separated).
+    static func key(route: String, method: String, status: Int) -> String {
+        route + "\t" + method + "\t" + String(status)
     }
 
-    static func number(_ value: Double) -> String {
-        value == value.rounded() && abs(value) < 1e15 ? String(Int64(saturating: value)) : String(value)
+    static func parse(_ key: String) -> [String: String] {
+        let parts = key.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+        return [
+            "route": parts[0], "method": parts.count > 1 ? parts[1] : "", "status": parts.count > 2 ? parts[2] : "",
+        ]
     }
 }
