@@ -22,7 +22,7 @@ struct ServerCommand: AsyncParsableCommand {
             first start, mode 0600). See balsam-server(8).
             """,
         version: BalsamVersion.string,
-        subcommands: [Serve.self, Migrate.self, UserCommand.self, TokenCommand.self],
+        subcommands: [Serve.self, Migrate.self, Backup.self, UserCommand.self, TokenCommand.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -268,6 +268,31 @@ struct Migrate: AsyncParsableCommand {
                     ? "the schema is up to date (version \(database.schemaVersionKnown))"
                     : "applied migration\(applied.count == 1 ? "" : "s") \(applied.map(String.init).joined(separator: ", "))"
             )
+            await database.close()
+        }
+    }
+}
+
+struct Backup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Copy a SQLite database, consistent, while the server runs (PostgreSQL: pg_dump).")
+
+    @OptionGroup var store: StoreOptions
+
+    @Argument(help: ArgumentHelp("The copy to write (replaced whole once complete).", valueName: "file"))
+    var file: String
+
+    func run() async throws {
+        try await reporting {
+            let location = try store.location()
+            guard case .sqlite = location else {
+                throw StoreError(
+                    .unavailable, "back up a PostgreSQL database with pg_dump (balsam-server(8), OPERATIONS)")
+            }
+            let database = try Database(location, threads: 1)
+            try database.checkSchema()
+            try database.backup(to: Posix.absolute(file))
+            print("backed up \(database.location) to \(file)")
             await database.close()
         }
     }

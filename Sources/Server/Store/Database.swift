@@ -79,6 +79,18 @@ public final class Database: Sendable {
         }
     }
 
+    /// A consistent copy of a SQLite database in the file `path` while the server may be writing (`balsam-server
+    /// backup`); PostgreSQL's is `pg_dump`'s, which this refuses to stand in for.
+    public func backup(to path: String) throws {
+        guard case .sqlite = location else {
+            throw StoreError(.unavailable, "back up a PostgreSQL database with pg_dump (balsam-server(8), OPERATIONS)")
+        }
+        try withConnection { connection in
+            guard let sqlite = connection as? SQLiteConnection else { return }
+            try sqlite.backup(to: path)
+        }
+    }
+
     /// Applies the missing schema migrations; returns their versions.
     @discardableResult
     public func migrate() throws -> [Int] { try withConnection { try Schema.migrate($0) } }

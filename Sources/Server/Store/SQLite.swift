@@ -277,3 +277,41 @@ final class SQLiteFile: @unchecked Sendable {
         }
     }
 }
+
+extension SQLiteConnection {
+    /// A consistent copy of the database in `path` (SQLite's online backup: pages copied a slice at a time, with
+    /// writers going on between slices and the copy started again by SQLite when one wrote a page it had already
+    /// copied), written beside it and renamed into place: a reader sees no file or the whole copy.
+    func backup(to path: String) throws(StoreError) {
+        let partial = path + ".partial"
+        unlink(partial)
+        var destination: OpaquePointer?
+        defer { sqlite3_close(destination) }
+        guard
+            sqlite3_open_v2(partial, &destination, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nil) == SQLITE_OK
+        else { throw StoreError(.unavailable, "cannot create \(partial)") }
+        guard let backup = sqlite3_backup_init(destination, "main", db, "main") else {
+            throw StoreError(.failed, "cannot back up: \(String(cString: sqlite3_errmsg(destination)))")
+        }
+        var rc: Int32
+        repeat {
+            rc = sqlite3_backup_step(backup, 1024)
+            if rc == SQLITE_BUSY || rc == SQLITE_LOCKED { sqlite3_sleep(20) }
+        } while rc == SQLITE_OK || rc == SQLITE_BUSY || rc == SQLITE_LOCKED
+        sqlite3_backup_finish(backup)
+        guard rc == SQLITE_DONE else {
+            unlink(partial)
+            throw StoreError(.failed, "the backup failed: \(String(cString: sqlite3_errstr(rc)))")
+        }
+        // The copy is a database of its own: no log beside it, closed and synced before it takes the name.
+        sqlite3_exec(destination, "PRAGMA journal_mode = DELETE", nil, nil, nil)
+        sqlite3_close(destination)
+        destination = nil
+        let fd = open(partial, O_RDONLY)
+        if fd >= 0 {
+            fsync(fd)
+            close(fd)
+        }
+        guard rename(partial, path) == 0 else { throw StoreError(.failed, "cannot rename \(partial) to \(path)") }
+    }
+}
