@@ -184,7 +184,7 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
-            ]),
+            ], exclude: ["Fixtures"]),
         .testTarget(name: "WireTests", dependencies: ["Spool", "Wire"]),
     ]
 )
