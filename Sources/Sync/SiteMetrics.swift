@@ -22,7 +22,7 @@ public enum SiteMetrics {
         out.family(
             "balsam_site_metrics_time_seconds", "gauge", "When this file was written (Unix time).",
             [(name, PrometheusText.number(now.rounded()))])
-        guard let sync else { return out.text }
+        guard sync != nil else { return out.text }
         let state = try SyncState.load(site)
         let unpushed = try SyncState.unpushedLogBytes(site, state)
         out.family(
