@@ -24,6 +24,8 @@ import Testing
         for name in ["server.db", "secret"] {
             try FileManager.default.copyItem(atPath: Self.fixture + "/" + name, toPath: dir.path + "/" + name)
         }
+        // git keeps no 0600: the server refuses a secret others may read.
+        chmod(dir.path + "/secret", 0o600)
         let expected =
             try JSONValue.parse(
                 Array(try Data(contentsOf: URL(fileURLWithPath: Self.fixture + "/expected.json")))
