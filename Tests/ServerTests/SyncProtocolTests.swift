@@ -173,4 +173,40 @@ extension SyncProtocolTests {
         let jobs = try await server.request(.get, "/jobs/?batch_job_id=\(id)", token: token).json.objectValue
         #expect(jobs?["count"]?.intValue == 1, "\(jobs ?? [:])")
     }
+
+    /// A run's node-seconds reach the batch job its RUNNING event names when the batch job came in an earlier push
+    /// or in the same one (a local batch job made, run and ended within one sync period; DifferentialTests found
+    /// them lost when the push recorded its events before its batch jobs).
+    @Test(arguments: [true, false])
+    func aRunsNodeSecondsReachItsBatchJob(batchJobInAnEarlierPush: Bool) async throws {
+        let server = try InProcessServer()
+        let token = try await server.user("bo")
+        var push = SyncProtocolTests.pushWithApp()
+        push.jobs = [.read(SyncProtocolTests.job("01RUN", "w/run", .runDone, name: "x"))]
+        var running = PushedEvent(
+            siteJobID: "01RUN", time: "2026-11-29T10:00:01.000Z", from: .preprocessed, to: .running)
+        var facts = EventFacts()
+        facts.batchJob = 3
+        running.data = facts.data
+        push.events = [
+            .read(PushedEvent(siteJobID: "01RUN", time: "2026-11-29T10:00:00.000Z", from: .created, to: .ready)),
+            .read(running),
+            .read(PushedEvent(siteJobID: "01RUN", time: "2026-11-29T10:00:03.000Z", from: .running, to: .runDone)),
+        ]
+        var batch = BatchJob(project: "p", queue: "q", numNodes: 1, wallTimeMinutes: 10)
+        batch.id = 3
+        batch.state = .running
+        batch.startTime = "2026-11-29T09:59:59.000Z"
+        if batchJobInAnEarlierPush {
+            var first = SyncProtocolTests.pushWithApp()
+            first.batchJobs = [BatchJobReport(batch)]
+            #expect(try await server.push(first, token: token).status == 200)
+        } else {
+            push.batchJobs = [BatchJobReport(batch)]
+        }
+        #expect(try await server.push(push, token: token).status == 200)
+        let report = try await server.request(.get, "/reports/utilization", token: token).json.objectValue
+        let busy = report?["batch_jobs"]?.arrayValue?.first?.objectValue?["busy_node_seconds"]?.doubleValue
+        #expect(busy.map { abs($0 - 2) < 1e-6 } == true, "\(report ?? [:])")
+    }
 }

@@ -52,6 +52,10 @@ enum SyncRoutes {
             if let refusedApps = push.refusedApps { try recordAppRefusals(refusedApps, siteID: siteID, call: call) }
             reply.jobs = try createJobs(
                 push.jobs, siteID: siteID, appIDs: appIDs, call: call, now: now, refused: &reply.refused)
+            // Batch jobs before events: a run's end adds its node-seconds to the batch job its RUNNING event names,
+            // which must exist by then (a batch job made, run and ended within one push lost them, and the server's
+            // report differed from the site's: found by DifferentialTests).
+            try recordBatchJobs(push.batchJobs, push.rejectedBatchJobs, siteID: siteID, call: call)
             reply.events = try recordEvents(
                 push.events, siteID: siteID, jobIDs: reply.jobs, call: call, now: now, refused: &reply.refused)
             try reject(push.rejected, siteID: siteID, call: call, now: now)
@@ -63,7 +67,6 @@ enum SyncRoutes {
                     AND site_job_id IN (\(list: chunk.map { .text($0) }))
                     """)
             }
-            try recordBatchJobs(push.batchJobs, push.rejectedBatchJobs, siteID: siteID, call: call)
             try recordLauncherSessions(push.launcherSessions, siteID: siteID, call: call)
             try closeRequests(push.requestsDone, siteID: siteID, call: call)
             reply.remoteJobs = try remoteJobs(siteID: siteID, call: call).map { .read($0) }
