@@ -135,12 +135,11 @@ extension SyncProtocolTests {
 /// Which batch job ran a job (issue 34, item 1): the site's RUNNING event names its batch job by the site's id;
 /// the server links the job to that batch job's row whether the event or the batch job's report comes first.
 @Suite struct BatchJobLinkTests {
-    @Test(arguments: [true, false])
-    func aJobIsLinkedToTheBatchJobItRanIn(batchJobFirst: Bool) async throws {
-        let server = try InProcessServer()
-        let token = try await server.user("bo")
+    /// A push of job 01RUN (in `state`), made READY at 10:00:00 and RUNNING at 10:00:01 by the launcher of the
+    /// site's batch job 3, and that batch job, running.
+    static func runInBatchJob3(_ state: JobState) -> (PushRequest, BatchJob) {
         var push = SyncProtocolTests.pushWithApp()
-        push.jobs = [.read(SyncProtocolTests.job("01RUN", "w/run", .running, name: "x"))]
+        push.jobs = [.read(SyncProtocolTests.job("01RUN", "w/run", state, name: "x"))]
         var running = PushedEvent(
             siteJobID: "01RUN", time: "2026-11-29T10:00:01.000Z", from: .preprocessed, to: .running)
         var facts = EventFacts()
@@ -153,6 +152,14 @@ extension SyncProtocolTests {
         var batch = BatchJob(project: "p", queue: "q", numNodes: 1, wallTimeMinutes: 10)
         batch.id = 3
         batch.state = .running
+        return (push, batch)
+    }
+
+    @Test(arguments: [true, false])
+    func aJobIsLinkedToTheBatchJobItRanIn(batchJobFirst: Bool) async throws {
+        let server = try InProcessServer()
+        let token = try await server.user("bo")
+        var (push, batch) = Self.runInBatchJob3(.running)
         let report = BatchJobReport(batch)
         if batchJobFirst {
             var first = SyncProtocolTests.pushWithApp()
@@ -181,21 +188,9 @@ extension SyncProtocolTests {
     func aRunsNodeSecondsReachItsBatchJob(batchJobInAnEarlierPush: Bool) async throws {
         let server = try InProcessServer()
         let token = try await server.user("bo")
-        var push = SyncProtocolTests.pushWithApp()
-        push.jobs = [.read(SyncProtocolTests.job("01RUN", "w/run", .runDone, name: "x"))]
-        var running = PushedEvent(
-            siteJobID: "01RUN", time: "2026-11-29T10:00:01.000Z", from: .preprocessed, to: .running)
-        var facts = EventFacts()
-        facts.batchJob = 3
-        running.data = facts.data
-        push.events = [
-            .read(PushedEvent(siteJobID: "01RUN", time: "2026-11-29T10:00:00.000Z", from: .created, to: .ready)),
-            .read(running),
-            .read(PushedEvent(siteJobID: "01RUN", time: "2026-11-29T10:00:03.000Z", from: .running, to: .runDone)),
-        ]
-        var batch = BatchJob(project: "p", queue: "q", numNodes: 1, wallTimeMinutes: 10)
-        batch.id = 3
-        batch.state = .running
+        var (push, batch) = Self.runInBatchJob3(.runDone)
+        push.events.append(
+            .read(PushedEvent(siteJobID: "01RUN", time: "2026-11-29T10:00:03.000Z", from: .running, to: .runDone)))
         batch.startTime = "2026-11-29T09:59:59.000Z"
         if batchJobInAnEarlierPush {
             var first = SyncProtocolTests.pushWithApp()

@@ -57,12 +57,14 @@ enum Deadline {
         let once = Once<Result<T, any Error>?>()
         return await withCheckedContinuation { continuation in
             once.set(continuation)
-            Task {
-                do { once.finish(.success(try await work())) } catch { once.finish(.failure(error)) }
-            }
-            Task {
+            let timer = Task {
                 try? await Task.sleep(for: .seconds(seconds))
                 once.finish(nil)
+            }
+            Task {
+                do { once.finish(.success(try await work())) } catch { once.finish(.failure(error)) }
+                // Answered: the timer has nothing left to end (a check every second must not leave one asleep).
+                timer.cancel()
             }
         }
     }

@@ -21,8 +21,18 @@ final class ServerMetrics: Sendable {
         var count: UInt64 = 0
     }
 
+    /// One series of `balsam_http_requests_total`.
+    private struct Series: Hashable, Comparable {
+        let route: String
+        let method: String
+        let status: Int
+
+        static func < (a: Series, b: Series) -> Bool { (a.route, a.method, a.status) < (b.route, b.method, b.status) }
+        var labels: [String: String] { ["route": route, "method": method, "status": String(status)] }
+    }
+
     private struct State {
-        var requests: [String: UInt64] = [:]
+        var requests: [Series: UInt64] = [:]
         var latency: [String: Latency] = [:]
         var pushes: UInt64 = 0
         var events: UInt64 = 0
@@ -47,7 +57,7 @@ final class ServerMetrics: Sendable {
         // Hummingbird names a request no route matched `NotFound`.
         let route = route.flatMap { $0 == "NotFound" ? nil : $0 } ?? "unmatched"
         let method = Self.methods.contains(method) ? method : "other"
-        let key = Self.key(route: route, method: method, status: status)
+        let key = Series(route: route, method: method, status: status)
         let seconds = seconds.isFinite ? max(0, seconds) : 0
         state.withLock { s in
             s.requests[key, default: 0] &+= 1
@@ -74,7 +84,7 @@ final class ServerMetrics: Sendable {
         var out = PrometheusText()
         out.family(
             "balsam_http_requests_total", "counter", "Requests answered, by route pattern, method and status.",
-            s.requests.sorted { $0.key < $1.key }.map { (Self.parse($0.key), String($0.value)) })
+            s.requests.sorted { $0.key < $1.key }.map { ($0.key.labels, String($0.value)) })
         let name = "balsam_http_request_duration_seconds"
         out.family(name, "histogram", "Time to answer, by route pattern.", [])
         for (route, l) in s.latency.sorted(by: { $0.key < $1.key }) {
@@ -115,17 +125,5 @@ final class ServerMetrics: Sendable {
                 sources.database.busyThreads)
         }
         return out.text
-    }
-
-    /// The series' labels, kept as one key (route, method and status, tab-separated).
-    static func key(route: String, method: String, status: Int) -> String {
-        route + "\t" + method + "\t" + String(status)
-    }
-
-    static func parse(_ key: String) -> [String: String] {
-        let parts = key.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
-        return [
-            "route": parts[0], "method": parts.count > 1 ? parts[1] : "", "status": parts.count > 2 ? parts[2] : "",
-        ]
     }
 }
