@@ -38,6 +38,9 @@ public final class Pusher {
     public var stopWaiting: () -> Bool = { false }
     /// When the last push that told something went.
     private var lastTold: Double?
+    /// The later push fields the server named in its last reply (`PushRequest.laterFields`): only those are sent,
+    /// so a site newer than its server keeps pushing. None until the first reply.
+    private var serverReads: Set<String> = []
 
     /// A pusher for `site` with its `sync:` settings; the token comes from `token_file`, else the client file.
     public init(site: Site, settings: SiteSettings.Sync) throws {
@@ -137,13 +140,36 @@ public final class Pusher {
     private func listen(_ push: PushRequest, _ seconds: Int) throws -> PushReply? {
         do {
             let response = try client.send(
-                "POST", "/sync/push?wait=\(seconds)", json: push.json, timeout: client.timeout + seconds,
-                abort: stopWaiting)
-            return PushReply((try? response.json()) ?? .null)
+                "POST", "/sync/push?wait=\(seconds)", json: push.json(serverReads: serverReads),
+                timeout: client.timeout + seconds, abort: stopWaiting)
+            return heard(response)
         } catch {
             if error.aborted { return nil }
             throw error
         }
+    }
+
+    /// A reply read, and the later push fields its server reads remembered.
+    private func heard(_ response: HTTPResponse) -> PushReply {
+        let reply = PushReply((try? response.json()) ?? .null)
+        serverReads = reply.pushFields
+        return reply
+    }
+
+    /// For each of `lines`, the oldest time (microseconds since the epoch) of it and the lines after it: a push
+    /// starting at line k says the oldest line it had not pushed was that old (`unpushedLagSeconds`).
+    static func oldestFrom(_ lines: [Line]) -> [Int64] {
+        var oldest = [Int64](repeating: .max, count: lines.count + 1)
+        for k in lines.indices.reversed() {
+            let t = lines[k].event.objectValue?["t"]?.stringValue.flatMap(ServerClock.parse) ?? .max
+            oldest[k] = min(t, oldest[k + 1])
+        }
+        return oldest
+    }
+
+    /// Seconds from `oldest` (microseconds; `.max`: none) to now, 0 when none or in the future.
+    static func lag(_ oldest: Int64, now: Int64 = ServerClock.microseconds()) -> Double {
+        oldest == .max ? 0 : Double(max(0, now &- oldest)) / 1e6
     }
 
     /// The event logs as the last round listed them.
@@ -287,6 +313,7 @@ public final class Pusher {
             }
         }
         for id in missingSince.keys where allJobs[id] != nil { missingSince[id] = nil }
+        let oldest = Self.oldestFrom(lines)
         let apps = try pushedApps(except: Set(state.remoteApps.keys))
         let digest = JSONValue.array(apps.map(\.json)).serialized()
         let serverIDs = Dictionary(state.adopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })
@@ -310,13 +337,14 @@ public final class Pusher {
         // (the site has news of its own), the round ends and the next one pushes at once.
         func send(_ push: PushRequest, wait: Int = 0) throws -> PushReply {
             let logs = wait > 0 ? eventLogStamp() : []
+            let json = push.json(serverReads: serverReads)
             let response =
                 wait > 0
                 ? try client.send(
-                    "POST", "/sync/push?wait=\(wait)", json: push.json, timeout: client.timeout + wait,
+                    "POST", "/sync/push?wait=\(wait)", json: json, timeout: client.timeout + wait,
                     abort: { self.giveUpWaiting() || self.eventLogStamp() != logs })
-                : try client.send("POST", "/sync/push", json: push.json)
-            let reply = PushReply((try? response.json()) ?? .null)
+                : try client.send("POST", "/sync/push", json: json)
+            let reply = heard(response)
             try ServerIDs.append(site, reply.jobs.map { ($0.key, $0.value) })
             return reply
         }
@@ -344,7 +372,8 @@ public final class Pusher {
             let bornHere = Set(placed.filter { $0.from == .created }.map(\.siteJobID))
             placed.removeAll { removed.contains($0.siteJobID) && bornHere.contains($0.siteJobID) }
             var sendable = placed.filter { $0.from != .created || jobs[$0.siteJobID] != nil }
-            let push = request(jobs: jobs, events: sendable, removed: removed)
+            var push = request(jobs: jobs, events: sendable, removed: removed)
+            push.unpushedLagSeconds = Self.lag(oldest[start])
             let wait = lines.isEmpty && push.carriesNothing ? min(waitForNews, PushRequest.longestWait) : 0
             round.listening = waitForNews > 0
             if round.listening && wait == 0 && start == 0 {
@@ -353,7 +382,9 @@ public final class Pusher {
                 if let told = lastTold, now - told < spacing {
                     // Not yet: the site listens meanwhile, with a push that tells nothing.
                     let seconds = max(1, Int(saturating: (spacing - (now - told)).rounded(.up)))
-                    listenFirst = (PushRequest(site: pushedSite, appDigests: push.appDigests), seconds)
+                    var listen = PushRequest(site: pushedSite, appDigests: push.appDigests)
+                    listen.unpushedLagSeconds = push.unpushedLagSeconds
+                    listenFirst = (listen, seconds)
                     break
                 }
                 lastTold = now

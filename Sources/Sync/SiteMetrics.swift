@@ -28,6 +28,11 @@ public enum SiteMetrics {
         out.family(
             "balsam_site_sync_unpushed_log_bytes", "gauge", "Bytes of the site's event logs not yet on its server.",
             [(name, String(unpushed))])
+        let oldest = try SyncState.oldestUnpushedTime(site, state)
+        out.family(
+            "balsam_site_sync_unpushed_lag_seconds", "gauge",
+            "Age of the oldest event of the site's logs not yet on its server (0: none).",
+            [(name, PrometheusText.number(max(0, oldest.map { now - $0 } ?? 0)))])
         let success = state.lastSuccess.flatMap { Timestamp.seconds($0) }
         let failure = state.lastErrorTime.flatMap { Timestamp.seconds($0) }
         out.family(

@@ -94,6 +94,28 @@ public struct SyncState: Sendable, Equatable {
         return pending
     }
 
+    /// When (Unix seconds) the oldest line of the site's event logs past `state`'s cursor was written: the first
+    /// line past the cursor of each log, the oldest of them; nil when every log is pushed (or its next line is
+    /// not yet whole).
+    public static func oldestUnpushedTime(_ site: Site, _ state: SyncState) throws(SpoolError) -> Double? {
+        var oldest: Double?
+        for name in try Posix.listDirectory(site.eventsPath) where name.hasSuffix(".jsonl") {
+            let path = site.eventsPath + "/" + name
+            let offset = state.cursor[name] ?? 0
+            guard let size = try Posix.statIfExists(path)?.st_size, Int(size) > offset else { continue }
+            let fd = try Posix.open(path, O_RDONLY)
+            defer { Posix.close(fd) }
+            var bytes = [UInt8](repeating: 0, count: min(64 << 10, Int(size) - offset))
+            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(offset)) }
+            guard n > 0, let end = bytes.prefix(n).firstIndex(of: 0x0A),
+                let t = (try? JSONValue.parse(bytes[..<end]))?.objectValue?["t"]?.stringValue,
+                let seconds = Timestamp.seconds(t)
+            else { continue }
+            oldest = min(oldest ?? seconds, seconds)
+        }
+        return oldest
+    }
+
     public static func load(_ site: Site) throws(SpoolError) -> SyncState {
         let path = path(site)
         guard Posix.exists(path) else { return SyncState() }

@@ -21,6 +21,9 @@ public struct PushReply: Sendable, Equatable {
     /// The site's batch jobs (its ids) a user asked to delete.
     public var batchDeletions: [Int] = []
     public var requests: [JobRequest] = []
+    /// The later push fields the server reads (`PushRequest.laterFields`): empty from a server before the
+    /// handshake, which reads none of them.
+    public var pushFields: Set<String> = []
 
     /// A reply to site `siteID`.
     public init(siteID: Int) { self.siteID = siteID }
@@ -46,6 +49,7 @@ public struct PushReply: Sendable, Equatable {
         remoteBatchJobs = (o["remote_batch_jobs"]?.arrayValue ?? []).compactMap(RemoteBatchJob.init(json:))
         batchDeletions = (o["batch_deletions"]?.arrayValue ?? []).compactMap(\.intValue)
         requests = (o["requests"]?.arrayValue ?? []).compactMap(JobRequest.init(json:))
+        pushFields = Set((o["push_fields"]?.arrayValue ?? []).compactMap(\.stringValue))
     }
 
     /// As the server sends it.
@@ -56,6 +60,7 @@ public struct PushReply: Sendable, Equatable {
             "refused": .array(refused.map(\.json)), "remote_jobs": .array(remoteJobs.compactMap { $0.value?.json }),
             "remote_apps": .array(remoteApps.map(\.json)), "remote_batch_jobs": .array(remoteBatchJobs.map(\.json)),
             "batch_deletions": .array(batchDeletions.map { .int($0) }), "requests": .array(requests.map(\.json)),
+            "push_fields": .array(pushFields.sorted().map { .string($0) }),
         ])
     }
 }

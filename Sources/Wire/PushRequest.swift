@@ -28,6 +28,15 @@ public struct PushRequest: Sendable, Equatable {
     public var launcherSessions: [LauncherSession] = []
     /// Apps from the server the site could not install, with its reason (nil: a site that does not say).
     public var refusedApps: [String: String]?
+    /// How old, in seconds, the oldest line of the site's event logs that the server had not taken was when the
+    /// site sent this push (0: none); nil from a site that does not say. A later field (`laterFields`).
+    public var unpushedLagSeconds: Double?
+
+    /// Fields added to the push after the handshake: a server names those it reads in its reply (`PushReply
+    /// .pushFields`), and a site sends one only to a server that named it (`json(serverReads:)`). So a site newer
+    /// than its server keeps pushing: a server refuses a push whole for a field it does not know. A field added
+    /// to the push from now on goes here, never into what every server reads (`PushFieldTests` holds that set).
+    public static let laterFields: Set<String> = ["unpushed_lag_seconds"]
 
     /// A push from `site` with nothing else in it (but the digests of the apps it took, which it need not be sent
     /// again).
@@ -53,14 +62,15 @@ public struct PushRequest: Sendable, Equatable {
         "launcher_sessions",
     ]
 
-    /// Reads a push already parsed (tests, and pushes made in memory).
-    public init(_ json: JSONValue) throws(WireError) {
+    /// Reads a push already parsed (tests, and pushes made in memory), as a server reading `reads` of the later
+    /// fields does.
+    public init(_ json: JSONValue, reads: Set<String> = laterFields) throws(WireError) {
         var r = try FieldReader(json)
         var lists: [String: [JSONValue]] = [:]
         for key in Self.lists { lists[key] = try r.list(key) }
         try Self.checkSessions(lists["launcher_sessions"]?.count ?? 0)
         try self.init(
-            r,
+            r, reads: reads,
             items: { key, make throws(WireError) in
                 for (i, item) in (lists[key] ?? []).enumerated() { try make(i, item) }
             })
@@ -69,7 +79,7 @@ public struct PushRequest: Sendable, Equatable {
     /// Reads a push from its text, as the server does: every list's length is checked (at most `maxItems` items
     /// in all) before any item is built, and each item is built from its own bytes, so a push costs its body plus
     /// the items it may hold, never a tree of the whole body.
-    public init(body: [UInt8], maxItems: Int) throws(WireError) {
+    public init(body: [UInt8], maxItems: Int, reads: Set<String> = laterFields) throws(WireError) {
         let reading: JSONMembers.Reading
         do { reading = try JSONMembers.object(body, maxListItems: maxItems) } catch {
             throw WireError("malformed JSON body: \(error)")
@@ -99,7 +109,7 @@ public struct PushRequest: Sendable, Equatable {
         for (key, range) in document.ranges where !Self.lists.contains(key) { rest[key] = try value(key, range) }
         try Self.checkSessions(ranges["launcher_sessions"]?.count ?? 0)
         try self.init(
-            try FieldReader(.object(rest)),
+            try FieldReader(.object(rest)), reads: reads,
             items: { key, make throws(WireError) in
                 for (i, range) in (ranges[key] ?? []).enumerated() {
                     let item: JSONValue
@@ -118,7 +128,7 @@ public struct PushRequest: Sendable, Equatable {
 
     /// Reads a push: its lists' items come from `items` (each item with its place, one at a time), the rest from `r`.
     private init(
-        _ reader: FieldReader,
+        _ reader: FieldReader, reads: Set<String>,
         items: (String, (Int, JSONValue) throws(WireError) -> Void) throws(WireError) -> Void
     ) throws(WireError) {
         var r = reader
@@ -151,11 +161,18 @@ public struct PushRequest: Sendable, Equatable {
             launcherSessions.append(try LauncherSession(wire: item, at: "launcher_sessions[\(i)]"))
         }
         refusedApps = try r.stringMap("refused_apps", maxBytes: 65_536)
+        // A later field not read is left unknown, so `finish` refuses it, as a server without it does.
+        if reads.contains("unpushed_lag_seconds") {
+            unpushedLagSeconds = try r.double("unpushed_lag_seconds", in: 0...1e10)
+        }
         try r.finish()
     }
 
-    /// As the site sends it.
-    public var json: JSONValue {
+    /// As the site sends it to a server that reads every later field (tests, and pushes made in memory).
+    public var json: JSONValue { json(serverReads: Self.laterFields) }
+
+    /// As the site sends it to a server that named `serverReads` of the later fields: the others are left out.
+    public func json(serverReads: Set<String>) -> JSONValue {
         var o: [String: JSONValue] = [
             "site": site.json, "jobs": .array(jobs.compactMap { $0.value?.json }),
             "events": .array(events.compactMap { $0.value?.json }), "removed": .array(removed.map { .string($0) }),
@@ -166,7 +183,8 @@ public struct PushRequest: Sendable, Equatable {
         ]
         if !apps.isEmpty { o["apps"] = .array(apps.map(\.json)) }
         if let refusedApps { o["refused_apps"] = .object(refusedApps.mapValues { .string($0) }) }
-        return .object(o)
+        if let unpushedLagSeconds { o["unpushed_lag_seconds"] = .double(unpushedLagSeconds) }
+        return .object(o.filter { !Self.laterFields.contains($0.key) || serverReads.contains($0.key) })
     }
 }
 

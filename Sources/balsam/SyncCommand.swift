@@ -75,10 +75,13 @@ struct SyncStatus: ParsableCommand {
             let (site, settings) = try syncSettings(siteOption)
             let state = try SyncState.load(site)
             let pending = try SyncState.unpushedLogBytes(site, state)
+            let oldest = try SyncState.oldestUnpushedTime(site, state)
+            let lag = max(0, oldest.map { Timestamp.nowSeconds() - $0 } ?? 0)
             let fields: [(String, JSONValue)] = [
                 ("server", .string(settings.url)), ("site_id", state.siteID.map { .int($0) } ?? .null),
                 ("last_success", state.lastSuccess.map { .string($0) } ?? .null),
                 ("last_pushed_events", .int(state.lastPushed)), ("unpushed_log_bytes", .int(pending)),
+                ("unpushed_lag_seconds", .double((lag * 1000).rounded() / 1000)),
                 ("last_error", state.lastError.map { .string($0) } ?? .null),
                 ("last_error_time", state.lastErrorTime.map { .string($0) } ?? .null),
                 ("refused", .object(state.refused.mapValues { .string($0) })),

@@ -128,7 +128,9 @@ import Testing
         let site = try makeSite(dir)
         var submission = Submission(site: site)
         let jobs = 5
+        let before = Timestamp.nowSeconds()
         for i in 0..<jobs { _ = try submission.submit(helloJob("m/\(i)")) }
+        let submitted = Timestamp.nowSeconds()
         // A server that is not there: the sync fails, and the file says so.
         try dir.file("token", "not-a-token")
         try (try read(site.settingsPath) + "sync:\n  url: http://127.0.0.1:9\n  token_file: \(dir.path)/token\n").write(
@@ -151,6 +153,11 @@ import Testing
                 Self.value(text, "balsam_site_jobs", "{site=\"\(site.name)\",state=\"\(state.rawValue)\"}")
                     == Double(counts[state] ?? 0), "\(state)")
         }
+        // Nothing reached the server: the lag is the age of the first job's first event when the file was written.
+        let name = "{site=\"\(site.name)\"}"
+        let written = try #require(Self.value(text, "balsam_site_metrics_time_seconds", name))
+        let lag = try #require(Self.value(text, "balsam_site_sync_unpushed_lag_seconds", name), "\(text)")
+        #expect(lag >= written - submitted - 1 && lag <= written - before + 1, "lag \(lag), written \(written)")
         let checked = try run("/usr/bin/promtool", ["check", "metrics"], stdin: Data(text.utf8))
         #expect(checked.status == 0, "\(checked.stdout)\(checked.stderr)\n\(text)")
         watcher.signal(SIGTERM)

@@ -17,6 +17,9 @@ struct InProcessServer {
     let dir: TempDir
     let database: Database
     let responder: RouterResponder<BalsamRequestContext>
+    /// The server its router and `serving` answer with (one, so that `/metrics` counts both).
+    let server: BalsamServer
+    var metrics: ServerMetrics { server.metrics }
 
     init() throws {
         dir = try TempDir()
@@ -24,7 +27,7 @@ struct InProcessServer {
         try database.migrate()
         var logger = Logger(label: "balsam-server-test")
         logger.logLevel = .critical
-        let server = BalsamServer(database: database, secret: Array("in-process test secret".utf8), logger: logger)
+        server = BalsamServer(database: database, secret: Array("in-process test secret".utf8), logger: logger)
         responder = server.router().buildResponder()
     }
 
@@ -77,9 +80,6 @@ struct InProcessServer {
     /// Serves on a loopback port in this process while `body` runs (for clients that speak HTTP: the site's
     /// `Pusher`); `body` gets the server's URL.
     func serving<T: Sendable>(_ body: @escaping @Sendable (String) async throws -> T) async throws -> T {
-        var logger = Logger(label: "balsam-server-test")
-        logger.logLevel = .critical
-        let server = BalsamServer(database: database, secret: Array("in-process test secret".utf8), logger: logger)
         let (ports, port) = AsyncStream.makeStream(of: Int.self)
         let app = server.application(host: "127.0.0.1", port: 0) { bound in port.yield(bound) }
         return try await withThrowingTaskGroup(of: T?.self) { group in

@@ -94,7 +94,8 @@ import Testing
         for _ in 0..<listings { #expect(try await server.request("GET", "/jobs/", token: token).status == 200) }
         #expect(try await server.request("GET", "/jobs/", token: "not-a-token").status == 401)
         let push = try await server.request(
-            "POST", "/sync/push", json: ["site": ["name": "ops", "path": "/ops"]], token: token)
+            "POST", "/sync/push", json: ["site": ["name": "ops", "path": "/ops"], "unpushed_lag_seconds": 12.5],
+            token: token)
         #expect(push.status == 200, "\(push.text)")
         // Hostile paths add no series: each is `unmatched`.
         var rng = SplitMix(seed: UInt64(saturating: Date().timeIntervalSince1970))
@@ -114,6 +115,8 @@ import Testing
             "balsam_http_request_duration_seconds_bucket{route=\"/jobs\",le=\"+Inf\"}"
         ) { $0 == Double(listings + 1) }
         try await eventually("the push counted", "balsam_sync_pushes_total") { $0 == 1 }
+        try await eventually("the site's lag by its id", "balsam_sync_site_lag_seconds{site_id=\"1\"}") { $0 == 12.5 }
+        try await eventually("the largest lag", "balsam_sync_site_lag_max_seconds") { $0 == 12.5 }
         // And the public port's one refusal of /metrics above.
         try await eventually(
             "the 40 strange paths in one series", "sum(balsam_http_requests_total{route=\"unmatched\"})"

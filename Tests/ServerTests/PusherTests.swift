@@ -6,6 +6,8 @@ import TestSupport
 import Testing
 import Wire
 
+@testable import Server
+
 /// The site's `Pusher` against the server in this process: its rounds mirror the site, and what a user asks
 /// through the API comes back in the reply and is carried out at the site.
 @Suite struct PusherTests {
@@ -92,5 +94,45 @@ import Wire
         #expect(busy >= 0.04, "\(report.json)")
         let local = try Reports(site: site).utilization()
         #expect(abs(local.busyNodeSeconds - busy) < 0.01, "site \(local.busyNodeSeconds), server \(busy)")
+    }
+
+    /// Issue #37: the site tells its server how far behind it is (`unpushed_lag_seconds`), a field added after
+    /// the handshake: its first push, before any reply named the field, leaves it out; once the server said it
+    /// reads it, every push carries it, and `/metrics` shows it by the server's site id.
+    @Test func theSiteSendsItsLagOnceTheServerSaidItReadsIt() async throws {
+        let server = try InProcessServer()
+        let token = try await server.user("lou")
+        let dir = try TempDir()
+        let site = try makeSite(dir)
+        var submission = Submission(site: site)
+        _ = try submission.submit(helloJob("w/a"))
+        try dir.file("token", token)
+        let tokenFile = dir.path + "/token"
+        let lagSeries = "balsam_sync_site_lag_seconds{site_id="
+        let metrics = server.metrics
+        try await server.serving { url in
+            var settings = SiteSettings.Sync(url: url)
+            settings.tokenFile = tokenFile
+            let sync = settings
+            let (firstSaid, before) = try await offPool { () throws -> (Bool, Double) in
+                let pusher = try Pusher(site: site, settings: sync)
+                _ = try pusher.round()
+                let firstSaid = metrics.render().contains(lagSeries)
+                // A job made now, not yet pushed: the next push says how old its event is.
+                let before = Timestamp.nowSeconds()
+                var more = Submission(site: site)
+                _ = try more.submit(helloJob("w/b"))
+                _ = try pusher.round()
+                return (firstSaid, before)
+            }
+            #expect(!firstSaid, "the first push names no later field")
+            let now = Timestamp.nowSeconds()
+            let siteID = try #require(try SyncState.load(site).siteID)
+            let text = metrics.render()
+            let line = text.split(separator: "\n").first { $0.hasPrefix(lagSeries + "\"\(siteID)\"} ") }
+            let lag = try #require(line.flatMap { Double($0.split(separator: " ").last ?? "") }, "\(text)")
+            #expect(lag > 0 && lag <= now - before + 0.001, "lag \(lag)")
+            #expect(text.contains("balsam_sync_site_lag_max_seconds \(PrometheusText.number(lag))"), "\(text)")
+        }
     }
 }

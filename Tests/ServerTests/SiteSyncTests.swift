@@ -65,6 +65,7 @@ import Testing
 
         // The server away: the push fails (69, the URL named), the status says so, the cursor stays.
         try await server.stop()
+        let killed = Timestamp.nowSeconds()
         _ = try balsam(["kill", "--all"], site: site.root)
         let away = try await runOffPool(binDirectory + "/balsam", ["sync", "push", "--site", site.root])
         #expect(away.status == 69 && away.stderr.contains(server.url), "\(away.stderr)")
@@ -72,6 +73,9 @@ import Testing
         let o = try #require(try JSONValue.parse(status.stdout).objectValue)
         #expect(o["last_error"]?.stringValue?.contains(server.url) == true)
         #expect((o["unpushed_log_bytes"]?.intValue ?? 0) > 0)
+        // How old the oldest unpushed event (the first kill) is: no older than the kill, nor in the future.
+        let lag = o["unpushed_lag_seconds"]?.doubleValue ?? -1
+        #expect(lag > 0 && lag <= Timestamp.nowSeconds() - killed + 0.01, "\(status.stdout)")
 
         // Back (same database; on another port, which settings.yml is told): the push catches up, and the server
         // holds exactly the site's history.
@@ -85,6 +89,7 @@ import Testing
         #expect(all.object["count"] as? Int == (try eventLines(site)))
         let cleared = try JSONValue.parse(try balsam(["sync", "status", "--json"], site: site.root).stdout)
         #expect(cleared.objectValue?["last_error"] == .null)
+        #expect(cleared.objectValue?["unpushed_lag_seconds"]?.doubleValue == 0, "\(cleared)")
     }
 
     @Test("balsam-watch's sync service mirrors the site as it moves, and says once that the server is away")

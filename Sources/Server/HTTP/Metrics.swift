@@ -37,7 +37,15 @@ final class ServerMetrics: Sendable {
         var pushes: UInt64 = 0
         var events: UInt64 = 0
         var refusals: [String: UInt64] = [:]
+        /// Each site's latest reported lag, by the server's site id, with when it came (monotonic seconds).
+        var lags: [Int: (seconds: Double, at: Double)] = [:]
     }
+
+    /// A site's lag is shown this long after its latest push said it (a live site pushes at least every 50 s).
+    static let lagShownSeconds = 300.0
+    /// The most sites whose lag is kept: past it, those not heard from within `lagShownSeconds` are dropped, and
+    /// a new site's lag is not kept until there is room.
+    static let lagSites = 100_000
 
     private let state = Mutex(State())
     /// Read when scraped: set once the server is built.
@@ -78,6 +86,17 @@ final class ServerMetrics: Sendable {
         }
     }
 
+    /// Site `siteID`'s push said the oldest line it had not pushed was `seconds` old.
+    func siteLag(_ siteID: Int, seconds: Double, now: Double = Posix.monotonicSeconds()) {
+        state.withLock { s in
+            if s.lags[siteID] == nil && s.lags.count >= Self.lagSites {
+                s.lags = s.lags.filter { now - $0.value.at < Self.lagShownSeconds }
+                if s.lags.count >= Self.lagSites { return }
+            }
+            s.lags[siteID] = (seconds, now)
+        }
+    }
+
     /// The exposition: every family with its HELP and TYPE, series sorted (a scrape reads the same order).
     func render() -> String {
         let s = state.withLock { $0 }
@@ -100,6 +119,16 @@ final class ServerMetrics: Sendable {
         out.family(
             "balsam_sync_refusals_total", "counter", "Objects of pushes refused, by the code the site is told.",
             SyncRefusal.Code.allCases.map { (["code": $0.rawValue], String(s.refusals[$0.rawValue] ?? 0)) })
+        // Labelled by the server's own site id (a number it made), for sites heard from lately.
+        let now = Posix.monotonicSeconds()
+        let lags = s.lags.filter { now - $0.value.at < Self.lagShownSeconds }.sorted { $0.key < $1.key }
+        out.family(
+            "balsam_sync_site_lag_seconds", "gauge",
+            "Age of the oldest event each site had not pushed, as its latest push said (sites heard from in 5 minutes).",
+            lags.map { (["site_id": String($0.key)], PrometheusText.number($0.value.seconds)) })
+        out.family(
+            "balsam_sync_site_lag_max_seconds", "gauge", "The largest of balsam_sync_site_lag_seconds (0: none).",
+            [([:], PrometheusText.number(lags.map(\.value.seconds).max() ?? 0))])
         if let sources = sources.withLock({ $0 }) {
             let c = sources.connections.counts
             func gauge(_ name: String, _ type: String, _ help: String, _ value: Int) {

@@ -42,12 +42,13 @@ enum SyncRoutes {
         let c = call.connection
         let owner = call.user.id
         let now = ServerClock.microseconds()
-        let (answer, taken, refused) = try c.transaction { () -> (Reply, Int, [SyncRefusal]) in
+        let (answer, siteID, taken, refused) = try c.transaction { () -> (Reply, Int, Int, [SyncRefusal]) in
             let siteID = try recordSite(push.site, call: call, now: now)
             // Read before this transaction looks for work: news posted after it moves the mark.
             let mark = call.news?.mark(owner: owner, site: siteID)
             let appIDs = try recordApps(push.apps, siteID: siteID, call: call)
             var reply = PushReply(siteID: siteID)
+            reply.pushFields = PushRequest.laterFields
             reply.apps = appIDs
             if let refusedApps = push.refusedApps { try recordAppRefusals(refusedApps, siteID: siteID, call: call) }
             reply.jobs = try createJobs(
@@ -90,10 +91,11 @@ enum SyncRoutes {
             {
                 answer.holdForNews = (owner, siteID, mark, Double(wait))
             }
-            return (answer, reply.events, reply.refused)
+            return (answer, siteID, reply.events, reply.refused)
         }
         // Counted once committed; a held push run again after news counts its events, not a second push.
         call.metrics?.push(events: taken, refused: refused, first: call.mayHold)
+        if let lag = push.unpushedLagSeconds { call.metrics?.siteLag(siteID, seconds: lag) }
         return answer
     }
 
