@@ -91,9 +91,12 @@ public final class Database: Sendable {
         }
     }
 
-    /// Applies the missing schema migrations; returns their versions.
+    /// Applies the missing schema migrations (up to `version`: the tests make an earlier server's schema); returns
+    /// their versions.
     @discardableResult
-    public func migrate() throws -> [Int] { try withConnection { try Schema.migrate($0) } }
+    public func migrate(upTo version: Int? = nil) throws -> [Int] {
+        try withConnection { try Schema.migrate($0, upTo: version ?? Schema.latest) }
+    }
 
     /// The schema version this server needs.
     public var schemaVersionKnown: Int { Schema.latest }

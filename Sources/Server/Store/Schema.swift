@@ -451,10 +451,11 @@ enum Schema {
         return try connection.scalar("SELECT max(version) FROM schema_migrations") ?? 0
     }
 
-    /// Applies every missing migration; returns the versions applied. Concurrent `migrate` runs on one
-    /// PostgreSQL database are serialized by an advisory lock.
+    /// Applies every missing migration up to `target` (the tests make an earlier server's schema with it);
+    /// returns the versions applied. Concurrent `migrate` runs on one PostgreSQL database are serialized by an
+    /// advisory lock.
     @discardableResult
-    static func migrate(_ connection: any SQLConnection) throws -> [Int] {
+    static func migrate(_ connection: any SQLConnection, upTo target: Int = latest) throws -> [Int] {
         if connection.dialect == .postgresql {
             try connection.executeScript("SELECT pg_advisory_lock(4242420)")
         }
@@ -472,7 +473,7 @@ enum Schema {
         let sqliteRebuild = connection.dialect == .sqlite && current < latest
         if sqliteRebuild { try connection.executeScript("PRAGMA foreign_keys = OFF") }
         defer { if sqliteRebuild { try? connection.executeScript("PRAGMA foreign_keys = ON") } }
-        for migration in migrations where migration.version > current {
+        for migration in migrations where migration.version > current && migration.version <= target {
             try connection.transaction {
                 let sql = migration.sql(connection.dialect)
                 if !sql.isEmpty { try connection.executeScript(sql) }
