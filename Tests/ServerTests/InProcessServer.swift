@@ -21,9 +21,10 @@ struct InProcessServer {
     let server: BalsamServer
     var metrics: ServerMetrics { server.metrics }
 
-    init() throws {
+    /// Over a new database of `backend` (PostgreSQL: the test's, as `LiveServer` makes it).
+    init(_ backend: Backend = .sqlite) throws {
         dir = try TempDir()
-        database = try Database(.sqlite(path: dir.path + "/server.db"), threads: 2)
+        database = try Database(try DatabaseLocation(parsing: try makeDatabase(backend, dir: dir)), threads: 2)
         try database.migrate()
         var logger = Logger(label: "balsam-server-test")
         logger.logLevel = .critical

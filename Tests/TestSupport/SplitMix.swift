@@ -12,4 +12,7 @@ public struct SplitMix: RandomNumberGenerator {
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
     }
+
+    /// A number in 0..<n (0 for n below 1).
+    public mutating func below(_ n: Int) -> Int { Int(next() % UInt64(max(1, n))) }
 }

@@ -63,12 +63,40 @@ enum Rollups {
                 """)
         }
         for b in batches.values {
+            let (site, batch) = (SQLValue.of(b.site), SQLValue.of(b.batch))
             try c.execute(
                 """
                 UPDATE batch_jobs SET busy_node_seconds = busy_node_seconds + \(.double(b.seconds))
-                WHERE owner_id = \(.of(owner)) AND site_id = \(.of(b.site)) AND site_batch_id = \(.of(b.batch))
+                WHERE owner_id = \(.of(owner)) AND site_id = \(site) AND site_batch_id = \(batch)
+                """)
+            // A batch job the site has not reported yet keeps them until its row is made (`takePending`).
+            try c.execute(
+                """
+                INSERT INTO batch_busy_pending (owner_id, site_id, site_batch_id, node_seconds)
+                SELECT CAST(\(.of(owner)) AS BIGINT), CAST(\(site) AS BIGINT), CAST(\(batch) AS BIGINT),
+                CAST(\(.double(b.seconds)) AS DOUBLE PRECISION) WHERE NOT EXISTS (SELECT 1 FROM batch_jobs
+                WHERE owner_id = \(.of(owner)) AND site_id = \(site) AND site_batch_id = \(batch))
+                ON CONFLICT (owner_id, site_id, site_batch_id) DO UPDATE SET
+                node_seconds = batch_busy_pending.node_seconds + excluded.node_seconds
                 """)
         }
+    }
+
+    /// The busy node-seconds kept for the site's batch job `siteBatchID` before its row existed, added to its row
+    /// (just made, or just linked to a batch job asked for through the API): so a batch job's busy node-seconds
+    /// are what its ended runs add up to, whatever push carried its report.
+    static func takePending(owner: Int, siteID: Int, siteBatchID: Int, connection c: any SQLConnection) throws {
+        let key = "owner_id = \(owner) AND site_id = \(siteID) AND site_batch_id = \(siteBatchID)"
+        guard
+            let pending: Double = try c.query(
+                "SELECT node_seconds FROM batch_busy_pending WHERE \(raw: key)"
+            ).first.map({ $0.double(0) })
+        else { return }
+        try c.execute(
+            """
+            UPDATE batch_jobs SET busy_node_seconds = busy_node_seconds + \(.double(pending)) WHERE \(raw: key)
+            """)
+        try c.execute("DELETE FROM batch_busy_pending WHERE \(raw: key)")
     }
 
     /// Calls `add(minute, node-seconds)` for each minute the run from `start` to `end` (microseconds) overlaps.

@@ -33,6 +33,8 @@ enum Schema {
         Migration(version: 12, name: "whether a site's own app is a Python app", sql: sitePythonApps),
         Migration(version: 13, name: "the site's batch job of a job's latest run", sql: jobsSiteBatch),
         Migration(version: 14, name: "PostgreSQL: counters sharded by connection", sql: shardedCounters),
+        Migration(
+            version: 15, name: "busy node-seconds of batch jobs the site has not reported yet", sql: batchBusyPending),
     ]
 
     /// Tables whose ids a client holds. PostgreSQL's sequences never hand an id out twice; SQLite's plain
@@ -400,6 +402,21 @@ enum Schema {
     }
 
     /// Counters many writers add to at once (the jobs' counts, the per-minute state changes) are sharded on
+    /// Busy node-seconds of runs that ended in a batch job the server has no row for yet (its report comes in a
+    /// later push): the batch job takes them when its row is made or linked (`Rollups.takePending`).
+    private static func batchBusyPending(_ d: SQLDialect) -> String {
+        let big = columnTypes(d).big
+        return """
+            CREATE TABLE batch_busy_pending (
+                owner_id \(big) NOT NULL,
+                site_id \(big) NOT NULL REFERENCES sites(id) ON DELETE CASCADE,
+                site_batch_id \(big) NOT NULL,
+                node_seconds DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (owner_id, site_id, site_batch_id)
+            );
+            """
+    }
+
     /// PostgreSQL: each connection adds to rows of its own shard (`balsam.shard`, set when it connects; the
     /// column's default), and readers sum the shards. Two transactions of one user, site and state then never
     /// wait for each other's commit on one row (`Lock:transactionid`). SQLite has one writer at a time: nothing.

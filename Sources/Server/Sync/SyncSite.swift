@@ -47,6 +47,9 @@ extension SyncRoutes {
                     \(.text(b.state.rawValue)), \(info), \(start), \(end))
                     """)
             }
+            // Runs that ended in it before the server had its row.
+            try Rollups.takePending(
+                owner: call.user.id, siteID: siteID, siteBatchID: b.siteBatchID, connection: c)
             // Jobs whose run in this batch job the server heard of before the batch job itself.
             try c.execute(
                 """
