@@ -1,3 +1,5 @@
+import Spool
+
 /// A small deterministic generator (SplitMix64) for the property and fuzz tests: the same seed gives the same
 /// cases everywhere, so a failure's printed seed replays it.
 public struct SplitMix: RandomNumberGenerator {
