@@ -18,6 +18,8 @@ public struct SyncError: Error, Sendable, CustomStringConvertible {
     public var refused = false
     /// Whether the caller's `abort` ended it (a held push given up for news of the site's own).
     public var aborted = false
+    /// The field the server named in its refusal (`{"detail", "field"}`), if it named one.
+    public var field: String?
 
     public var description: String {
         if let status { return "\(request): HTTP \(status): \(message)" }
@@ -185,10 +187,12 @@ public final class HTTPClient {
         try check(ccurl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status))
         let response = HTTPResponse(status: status, body: collector.bytes)
         if status >= 400 {
-            let detail = (try? response.json())?.objectValue?["detail"]?.stringValue
+            let reply = (try? response.json())?.objectValue
             throw SyncError(
-                status: status, message: detail ?? String(decoding: collector.bytes.prefix(300), as: UTF8.self),
-                request: what)
+                status: status,
+                message: reply?["detail"]?.stringValue
+                    ?? String(decoding: collector.bytes.prefix(300), as: UTF8.self),
+                request: what, field: reply?["field"]?.stringValue)
         }
         return response
     }

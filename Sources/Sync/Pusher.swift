@@ -139,18 +139,33 @@ public final class Pusher {
     /// stopped it.
     private func listen(_ push: PushRequest, _ seconds: Int) throws -> PushReply? {
         do {
-            let response = try client.send(
-                "POST", "/sync/push?wait=\(seconds)", json: push.json(serverReads: serverReads),
-                timeout: client.timeout + seconds, abort: stopWaiting)
-            return heard(response)
+            return try post(push, wait: seconds, abort: stopWaiting)
         } catch {
             if error.aborted { return nil }
             throw error
         }
     }
 
-    /// A reply read, and the later push fields its server reads remembered.
-    private func heard(_ response: HTTPResponse) -> PushReply {
+    /// `push` sent with the later fields its server named, and the reply read: the later fields that server reads
+    /// remembered. A server that refuses one of them (an older server behind the same address, in the middle of
+    /// a rolling upgrade) gets the push again at once without any, and none are sent until a reply names them.
+    private func post(_ push: PushRequest, wait: Int, abort: (() -> Bool)?) throws(SyncError) -> PushReply {
+        func send() throws(SyncError) -> HTTPResponse {
+            let json = push.json(serverReads: serverReads)
+            if wait > 0 {
+                return try client.send(
+                    "POST", "/sync/push?wait=\(wait)", json: json, timeout: client.timeout + wait, abort: abort)
+            }
+            return try client.send("POST", "/sync/push", json: json)
+        }
+        let response: HTTPResponse
+        do { response = try send() } catch
+            where error.status == 400 && !serverReads.isEmpty
+            && error.field.map(PushRequest.laterFields.contains) == true
+        {
+            serverReads = []
+            response = try send()
+        }
         let reply = PushReply((try? response.json()) ?? .null)
         serverReads = reply.pushFields
         return reply
@@ -337,14 +352,8 @@ public final class Pusher {
         // (the site has news of its own), the round ends and the next one pushes at once.
         func send(_ push: PushRequest, wait: Int = 0) throws -> PushReply {
             let logs = wait > 0 ? eventLogStamp() : []
-            let json = push.json(serverReads: serverReads)
-            let response =
-                wait > 0
-                ? try client.send(
-                    "POST", "/sync/push?wait=\(wait)", json: json, timeout: client.timeout + wait,
-                    abort: { self.giveUpWaiting() || self.eventLogStamp() != logs })
-                : try client.send("POST", "/sync/push", json: json)
-            let reply = heard(response)
+            let reply = try post(
+                push, wait: wait, abort: wait > 0 ? { self.giveUpWaiting() || self.eventLogStamp() != logs } : nil)
             try ServerIDs.append(site, reply.jobs.map { ($0.key, $0.value) })
             return reply
         }

@@ -135,4 +135,50 @@ import Wire
             #expect(text.contains("balsam_sync_site_lag_max_seconds \(PrometheusText.number(lag))"), "\(text)")
         }
     }
+
+    /// In the middle of a rolling upgrade one address answers as two servers, one from before the handshake
+    /// (Fixtures/older-server-proxy.py, in front of this server: it refuses a push with a member it does not read,
+    /// and its replies name no later field). The site, told by the newer one that it reads a later field, is
+    /// refused by the older one for it, sends that push again at once without it, and no round fails.
+    @Test func aSiteAlternatingBetweenANewerAndAnOlderServerLosesNoRound() async throws {
+        let server = try InProcessServer()
+        let token = try await server.user("ola")
+        let dir = try TempDir()
+        let site = try makeSite(dir)
+        try dir.file("token", token)
+        let tokenFile = dir.path + "/token"
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/older-server-proxy.py").path
+        // What every server before the handshake reads (PushFieldTests.before).
+        let members = [
+            "site", "apps", "jobs", "events", "removed", "rejected", "app_digests", "requests_done", "batch_jobs",
+            "rejected_batch_jobs", "launcher_sessions", "refused_apps",
+        ]
+        let rounds = 6
+        let path = dir.path
+        try await server.serving { url in
+            let portFile = path + "/proxy-port"
+            let proxy = try Spawned(
+                "/usr/bin/python3", [fixture, url, portFile, members.joined(separator: ",")],
+                stderr: .file(path + "/proxy.log"))
+            defer { proxy.signal(SIGKILL) }
+            try await waitFor("the proxy listens") { FileManager.default.fileExists(atPath: portFile) }
+            let proxyURL = "http://127.0.0.1:" + (try String(contentsOfFile: portFile, encoding: .utf8))
+            var settings = SiteSettings.Sync(url: proxyURL)
+            settings.tokenFile = tokenFile
+            let sync = settings
+            try await offPool {
+                let pusher = try Pusher(site: site, settings: sync)
+                var submission = Submission(site: site)
+                for k in 0..<rounds {
+                    _ = try submission.submit(helloJob("w/\(k)"))
+                    _ = try pusher.round()
+                }
+            }
+            let said = try JSONValue.parse(Array(try Data(contentsOf: try #require(URL(string: proxyURL)))))
+            #expect((said.objectValue?["refused"]?.intValue ?? 0) >= rounds / 2 - 1, "\(said)")
+        }
+        let listed = try await server.request(.get, "/jobs/?limit=0", token: token)
+        #expect(listed.json.objectValue?["count"]?.intValue == rounds, "\(listed.json)")
+    }
 }
