@@ -430,39 +430,82 @@ struct JobKey: Hashable, Sendable {
 /// The host's append-only files (event log, final index), kept open between appends: a daemon appends to them
 /// for every job, and an open by path costs more than the write. A file found removed (no links left) is opened
 /// again, so nothing is appended to a file nobody will read. (Nothing replaces these files: they only grow.)
+///
+/// The rule that keeps a descriptor right: one handed to an append is never closed while that append uses it.
+/// Each open file counts its users; one retired (the cache full, or its file removed) while in use is closed by
+/// its last user. Before, a descriptor was closed under another thread's write, which then failed with EBADF
+/// (fleet-bench: 1,000 sites in one process) or, had the number been reused meanwhile, wrote into another file.
 final class AppendFiles: @unchecked Sendable {
     static let shared = AppendFiles()
-    private let lock = Mutex<[String: (fd: Int32, checked: Int)]>([:])
 
-    func append(_ path: String, _ bytes: [UInt8], sync: Bool) throws(SpoolError) {
-        let fd = try descriptor(path)
-        try Posix.write(fd, bytes, path: path)
-        if sync { try Posix.fsync(fd, path: path) }
+    /// One open file: its descriptor, when its name was last checked, its appends under way, whether it is retired.
+    private final class Open {
+        let fd: Int32
+        var checked: Int
+        var users = 0
+        var retired = false
+
+        init(fd: Int32, checked: Int) {
+            self.fd = fd
+            self.checked = checked
+        }
     }
 
-    private func descriptor(_ path: String) throws(SpoolError) -> Int32 {
-        let result: Result<Int32, SpoolError> = lock.withLock { files in
-            if let (fd, checked) = files[path] {
+    private let files = Mutex<[String: Open]>([:])
+    /// The most files kept open (a process that works on many sites, such as the tests, does not keep them all).
+    let capacity: Int
+
+    init(capacity: Int = 64) { self.capacity = capacity }
+
+    func append(_ path: String, _ bytes: [UInt8], sync: Bool) throws(SpoolError) {
+        let open = try take(path)
+        defer { give(open) }
+        try Posix.write(open.fd, bytes, path: path)
+        if sync { try Posix.fsync(open.fd, path: path) }
+    }
+
+    /// Closes `open` if it is retired and no append uses it (called with the lock held).
+    private static func closeIfIdle(_ open: Open) {
+        if open.retired && open.users == 0 { Posix.close(open.fd) }
+    }
+
+    private func give(_ open: Open) {
+        files.withLock { _ in
+            open.users -= 1
+            Self.closeIfIdle(open)
+        }
+    }
+
+    /// The open file for `path`, counted as in use until `give`.
+    private func take(_ path: String) throws(SpoolError) -> Open {
+        let result: Result<Open, SpoolError> = files.withLock { files in
+            if let open = files[path] {
                 // Whether the file still has a name is checked once a second, not at every append.
                 let now = Int(time(nil))
-                if now == checked { return .success(fd) }
                 var st = stat()
                 // A failed fstat is treated like a removed file: the descriptor is reopened below.
-                if fstat(fd, &st) == 0, st.st_nlink > 0 {
-                    files[path] = (fd, now)
-                    return .success(fd)
+                if now == open.checked || (fstat(open.fd, &st) == 0 && st.st_nlink > 0) {
+                    open.checked = now
+                    open.users += 1
+                    return .success(open)
                 }
-                Posix.close(fd)
+                open.retired = true
+                Self.closeIfIdle(open)
                 files[path] = nil
             }
-            if files.count >= 64 {  // a process that works on many sites (tests) does not keep them all open
-                for open in files.values { Posix.close(open.fd) }
+            if files.count >= capacity {
+                for open in files.values {
+                    open.retired = true
+                    Self.closeIfIdle(open)
+                }
                 files = [:]
             }
             do throws(SpoolError) {
-                let fd = try Posix.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC)
-                files[path] = (fd, Int(time(nil)))
-                return .success(fd)
+                let open = Open(
+                    fd: try Posix.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC), checked: Int(time(nil)))
+                open.users = 1
+                files[path] = open
+                return .success(open)
             } catch {
                 return .failure(error)
             }
