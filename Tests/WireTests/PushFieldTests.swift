@@ -60,7 +60,7 @@ import Wire
     /// A push with every list and optional member filled, its later fields set at random.
     static func push(_ rng: inout PushPropertyTests.Random) -> PushRequest {
         var push = PushTests.push()
-        if rng.below(4) > 0 { push.unpushedLagSeconds = Double(rng.below(1_000_000)) / 1000 }
+        push.unpushedLagSeconds = rng.below(4) > 0 ? Double(rng.below(1_000_000)) / 1000 : nil
         if rng.below(3) == 0 { push.events = [] }
         return push
     }

@@ -100,6 +100,7 @@ import Wire
     @Test func mutatedRepliesNeverTrapTheSite() {
         var rng = Random(state: Self.seed &+ 1)
         var reply = PushReply(siteID: 5)
+        reply.pushFields = PushRequest.laterFields
         reply.remoteJobs = [.read(RemoteJob(id: 12, spec: Job(workdir: "w", app: "sim")))]
         reply.requests = [JobRequest(id: 1, siteJobID: "01A", kind: .state, target: "FAILED")]
         reply.remoteApps = [

@@ -33,6 +33,7 @@ import Wire
             LauncherSession(lease: "h.1.x", nodes: 2, start: "2026-12-05T10:00:00Z", end: nil, batchJob: 3)
         ]
         push.refusedApps = ["Hello": "cannot install"]
+        push.unpushedLagSeconds = 3.5
         return push
     }
 
