@@ -269,7 +269,7 @@ public final class Pusher {
         var out: [String: PushedJob] = [:]
         for listing in listings where ids.contains(listing.id) {
             guard let job = listing.job else { continue }
-            out[listing.id] = PushedJob(id: listing.id, job, state: listing.state)
+            out[listing.id] = PushedJob(id: listing.id, job, state: listing.state, serverID: job.serverID)
         }
         return out
     }
@@ -339,11 +339,12 @@ public final class Pusher {
         let sessions = ((try? LauncherSession.all(site)) ?? []).filter {
             $0.end == nil || !state.sessionsPushed.contains($0.lease)
         }.prefix(1000)
-        func request(jobs: [String: PushedJob], events: [PushedEvent], removed: Set<String>, forceApps: Bool = false)
-            -> PushRequest
-        {
+        func request(
+            jobs: [String: PushedJob], events: [PushedEvent], removed: Set<String>, born: Set<String> = [],
+            forceApps: Bool = false
+        ) -> PushRequest {
             Pusher.request(
-                state, site: pushedSite, jobs: jobs, serverIDs: serverIDs, events: events, removed: removed,
+                state, site: pushedSite, jobs: jobs, serverIDs: serverIDs, born: born, events: events, removed: removed,
                 apps: forceApps || digest != state.appsDigest || state.siteID == nil ? apps : [],
                 batchJobs: changedBatches.map(\.report), sessions: Array(sessions))
         }
@@ -364,6 +365,7 @@ public final class Pusher {
             let end = min(lines.count, start + requestEvents)
             let chunk = parsed[start..<end].compactMap { $0 }
             let createdHere = Set(chunk.filter(\.sendsSpec).map(\.id))
+            let bornInChunk = Set(chunk.filter(\.created).map(\.id))
             var jobs = allJobs.filter { createdHere.contains($0.key) }
             // Events of jobs gone from the site before the server had them cannot be placed: left out.
             var removed = Set<String>()
@@ -381,7 +383,7 @@ public final class Pusher {
             let bornHere = Set(placed.filter { $0.from == .created }.map(\.siteJobID))
             placed.removeAll { removed.contains($0.siteJobID) && bornHere.contains($0.siteJobID) }
             var sendable = placed.filter { $0.from != .created || jobs[$0.siteJobID] != nil }
-            var push = request(jobs: jobs, events: sendable, removed: removed)
+            var push = request(jobs: jobs, events: sendable, removed: removed, born: bornInChunk)
             push.unpushedLagSeconds = Self.lag(oldest[start])
             let wait = lines.isEmpty && push.carriesNothing ? min(waitForNews, PushRequest.longestWait) : 0
             round.listening = waitForNews > 0
@@ -462,15 +464,21 @@ public final class Pusher {
 
     /// A push of `jobs` and `events`, with everything else the site says each time (its record, its answers and
     /// refusals, its apps when they changed, batch jobs that changed, launcher sessions).
+    ///
+    /// A job is pushed as its adoption (its server id, nothing else) when the sync state says it took the job from
+    /// the server, or when its creation is in this push and its own record names a server id: a watcher killed
+    /// between taking a job and saving its state would otherwise push the job it took as a new one, and the
+    /// server would hold it twice (the differential test found it under load). A later push of its spec (a
+    /// modification) is never an adoption.
     static func request(
         _ state: SyncState, site: PushedSite, jobs: [String: PushedJob], serverIDs: [String: String],
-        events: [PushedEvent], removed: Set<String>, apps: [PushedApp], batchJobs: [BatchJobReport],
-        sessions: [LauncherSession]
+        born: Set<String> = [], events: [PushedEvent], removed: Set<String>, apps: [PushedApp],
+        batchJobs: [BatchJobReport], sessions: [LauncherSession]
     ) -> PushRequest {
         var push = PushRequest(site: site)
         push.jobs = jobs.keys.sorted().compactMap { id in
             guard var job = jobs[id] else { return nil }
-            job.serverID = serverIDs[id].flatMap(Int.init)
+            job.serverID = serverIDs[id].flatMap(Int.init) ?? (born.contains(id) ? job.serverID : nil)
             return .read(job)
         }
         push.events = events.map { .read($0) }

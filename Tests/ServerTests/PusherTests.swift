@@ -181,4 +181,47 @@ import Wire
         let listed = try await server.request(.get, "/jobs/?limit=0", token: token)
         #expect(listed.json.objectValue?["count"]?.intValue == rounds, "\(listed.json)")
     }
+
+    /// A watcher killed after it took a job made through the API (the job is at the site, its server id in its
+    /// record) but before it saved its sync state: the next watcher pushes the job's creation as the adoption it
+    /// is, so the server holds the job once, under the id the user has (the differential test found it twice).
+    @Test func aJobTakenJustBeforeAKillIsAdoptedNotPushedAgainAsNew() async throws {
+        let server = try InProcessServer()
+        let token = try await server.user("kit")
+        let dir = try TempDir()
+        let site = try makeSite(dir)
+        try dir.file("token", token)
+        let tokenFile = dir.path + "/token"
+        let round = { @Sendable (url: String) throws in
+            var sync = SiteSettings.Sync(url: url)
+            sync.tokenFile = tokenFile
+            _ = try Pusher(site: site, settings: sync).round()
+        }
+        try await server.serving { url in try await offPool { try round(url) } }
+        let apps = try await server.request(.get, "/apps/", token: token).json
+        let appID = try #require(apps.objectValue?["results"]?.arrayValue?.first?.objectValue?["id"]?.intValue)
+        let made = try await server.request(
+            .post, "/jobs/",
+            json: .array([
+                .object([
+                    "app_id": .int(appID), "workdir": .string("r/1"),
+                    "serialized_parameters": .string(Pickle.encodeBase64(.object(["name": .string("x")]))),
+                ])
+            ]), token: token)
+        let apiID = try #require(made.json.arrayValue?.first?.objectValue?["id"]?.intValue, "\(made.json)")
+        // The round that takes it; then the state as it was before, as if the watcher died before saving it.
+        let before = try SyncState.load(site)
+        try await server.serving { url in try await offPool { try round(url) } }
+        let taken = try Query(site: site).find("r/1")
+        #expect(taken.job?.serverID == apiID)
+        try before.save(site)
+        for _ in 0..<3 { try await server.serving { url in try await offPool { try round(url) } } }
+        let listed = try await server.request(.get, "/jobs/?limit=10", token: token).json
+        let jobs = listed.objectValue?["results"]?.arrayValue ?? []
+        #expect(jobs.count == 1, "\(listed)")
+        #expect(jobs.first?.objectValue?["id"]?.intValue == apiID, "\(listed)")
+        #expect(jobs.first?.objectValue?["site_job_id"]?.stringValue == taken.id, "\(listed)")
+        let all = try await server.request(.get, "/jobs/?limit=0", token: token).json
+        #expect(all.objectValue?["count"]?.intValue == 1, "\(all)")
+    }
 }
