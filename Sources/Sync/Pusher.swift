@@ -560,7 +560,9 @@ public final class Pusher {
         var changedBatches: [(id: String, text: String, report: BatchJobReport)] = []
         for id in try store.ids().sorted() where !settledBatches.contains(id) {
             guard let job = try? store.load(id) else { continue }
-            let report = BatchJobReport(job, serverID: batchServerIDs[job.id].flatMap(Int.init))
+            // Its own record names the server's id too (a watcher killed before it saved its state): the server
+            // links it once, and a report naming a linked batch job changes nothing more.
+            let report = BatchJobReport(job, serverID: batchServerIDs[job.id].flatMap(Int.init) ?? job.serverID)
             let text = report.json.serialized()
             if state.batchDigests[String(job.id)] != text {
                 changedBatches.append((String(job.id), text, report))

@@ -156,11 +156,17 @@ extension Pusher {
                 let serverID = o.id
                 let key = String(serverID)
                 if state.batchAdopted[key] != nil || state.batchRejected[key] != nil { continue }
+                // Made here already by a watcher killed before it saved its state: that one, not a second.
+                if let made = try store.all().jobs.first(where: { $0.serverID == serverID }) {
+                    state.batchAdopted[key] = made.id
+                    try state.save(site)
+                    continue
+                }
                 var job = BatchJob(
                     project: o.project, queue: o.queue, numNodes: o.numNodes, wallTimeMinutes: o.wallTimeMinutes)
                 job.filterTags = o.filterTags
                 job.optionalParams = o.optionalParams
-                job.origin = "balsam-server (batch job \(serverID))"
+                job.origin = BatchJob.serverOrigin(serverID)
                 do {
                     try job.validate(against: policy, active: try store.all().jobs.filter { !$0.state.isFinal })
                     let made = try store.create(job)

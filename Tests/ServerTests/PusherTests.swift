@@ -224,4 +224,41 @@ import Wire
         let all = try await server.request(.get, "/jobs/?limit=0", token: token).json
         #expect(all.objectValue?["count"]?.intValue == 1, "\(all)")
     }
+
+    /// The same window for a batch job asked for through the API: taken (made at the site), then the sync state
+    /// put back as it was before. The site makes no second batch job for it, and the server holds one, not
+    /// refused, linked to the site's.
+    @Test func aBatchJobTakenJustBeforeAKillIsNotMadeTwice() async throws {
+        let server = try InProcessServer()
+        let token = try await server.user("bex")
+        let dir = try TempDir()
+        let site = try makeSite(dir)
+        try dir.file("token", token)
+        let tokenFile = dir.path + "/token"
+        let round = { @Sendable (url: String) throws in
+            var sync = SiteSettings.Sync(url: url)
+            sync.tokenFile = tokenFile
+            _ = try Pusher(site: site, settings: sync).round()
+        }
+        try await server.serving { url in try await offPool { try round(url) } }
+        let siteID = try #require(try SyncState.load(site).siteID)
+        let asked = try await server.request(
+            .post, "/batch-jobs/",
+            json: .object([
+                "site_id": .int(siteID), "num_nodes": .int(1), "wall_time_min": .int(5), "job_mode": .string("mpi"),
+                "project": .string("local"), "queue": .string("local"),
+            ]), token: token)
+        let serverID = try #require(asked.json.objectValue?["id"]?.intValue, "\(asked.json)")
+        let before = try SyncState.load(site)
+        try await server.serving { url in try await offPool { try round(url) } }
+        #expect(try BatchJobStore(site: site).all().jobs.map(\.serverID) == [serverID])
+        try before.save(site)
+        for _ in 0..<3 { try await server.serving { url in try await offPool { try round(url) } } }
+        #expect(try BatchJobStore(site: site).all().jobs.count == 1, "one batch job at the site")
+        let listed = try await server.request(.get, "/batch-jobs/", token: token).json
+        let batches = listed.objectValue?["results"]?.arrayValue ?? []
+        #expect(batches.count == 1, "\(listed)")
+        #expect(batches.first?.objectValue?["id"]?.intValue == serverID, "\(listed)")
+        #expect(batches.first?.objectValue?["state"]?.stringValue != "submit_failed", "\(listed)")
+    }
 }

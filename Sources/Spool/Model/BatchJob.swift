@@ -47,8 +47,18 @@ public struct BatchJob: Sendable, Equatable {
     public var exitCode: Int?
     /// The last thing said about it: an error, the scheduler's reason, why it ended.
     public var message: String?
-    /// Who asked for it: `balsam queue submit` or `elastic queue`.
+    /// Who asked for it: `balsam queue submit`, `elastic queue`, or the server's API (`serverOrigin`).
     public var origin: String = "balsam queue submit"
+
+    /// The origin of a batch job asked for through the server's API as batch job `serverID`.
+    public static func serverOrigin(_ serverID: Int) -> String { serverOriginPrefix + "\(serverID))" }
+    private static let serverOriginPrefix = "balsam-server (batch job "
+
+    /// The server's id of the batch job this one was made for, read from its origin (nil: asked for here).
+    public var serverID: Int? {
+        guard origin.hasPrefix(Self.serverOriginPrefix), origin.hasSuffix(")") else { return nil }
+        return Int(origin.dropFirst(Self.serverOriginPrefix.count).dropLast())
+    }
     public var createdTime: String = Timestamp.now()
     public var submitTime: String?
     /// The scheduler may or may not have taken the submission (its answer timed out or could not be read): the
