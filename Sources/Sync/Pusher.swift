@@ -172,12 +172,18 @@ public final class Pusher {
     }
 
     /// For each of `lines`, the oldest time (microseconds since the epoch) of it and the lines after it: a push
-    /// starting at line k says the oldest line it had not pushed was that old (`unpushedLagSeconds`).
-    static func oldestFrom(_ lines: [Line]) -> [Int64] {
+    /// starting at line k says the oldest line it had not pushed was that old (`unpushedLagSeconds`). An event's
+    /// time is the one `parsed` read already; only other lines (removals, changes) are read for theirs.
+    private static func oldestFrom(_ lines: [Line], _ parsed: [Logged?]) -> [Int64] {
         var oldest = [Int64](repeating: .max, count: lines.count + 1)
         for k in lines.indices.reversed() {
-            let t = lines[k].event.objectValue?["t"]?.stringValue.flatMap(ServerClock.parse) ?? .max
-            oldest[k] = min(t, oldest[k + 1])
+            let t: Int64?
+            if case .event(let e)? = parsed[k] {
+                t = e.microseconds > 0 ? e.microseconds : nil
+            } else {
+                t = lines[k].event.objectValue?["t"]?.stringValue.flatMap(ServerClock.parse)
+            }
+            oldest[k] = min(t ?? .max, oldest[k + 1])
         }
         return oldest
     }
@@ -328,7 +334,7 @@ public final class Pusher {
             }
         }
         for id in missingSince.keys where allJobs[id] != nil { missingSince[id] = nil }
-        let oldest = Self.oldestFrom(lines)
+        let oldest = Self.oldestFrom(lines, parsed)
         let apps = try pushedApps(except: Set(state.remoteApps.keys))
         let digest = JSONValue.array(apps.map(\.json)).serialized()
         let serverIDs = Dictionary(state.adopted.map { ($0.value, $0.key) }, uniquingKeysWith: { a, _ in a })

@@ -156,8 +156,9 @@ extension Pusher {
                 let serverID = o.id
                 let key = String(serverID)
                 if state.batchAdopted[key] != nil || state.batchRejected[key] != nil { continue }
+                let existing = try store.all().jobs
                 // Made here already by a watcher killed before it saved its state: that one, not a second.
-                if let made = try store.all().jobs.first(where: { $0.serverID == serverID }) {
+                if let made = existing.first(where: { $0.serverID == serverID }) {
                     state.batchAdopted[key] = made.id
                     try state.save(site)
                     continue
@@ -168,7 +169,7 @@ extension Pusher {
                 job.optionalParams = o.optionalParams
                 job.origin = BatchJob.serverOrigin(serverID)
                 do {
-                    try job.validate(against: policy, active: try store.all().jobs.filter { !$0.state.isFinal })
+                    try job.validate(against: policy, active: existing.filter { !$0.state.isFinal })
                     let made = try store.create(job)
                     state.batchAdopted[key] = made.id
                 } catch {

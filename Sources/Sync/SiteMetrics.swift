@@ -24,11 +24,10 @@ public enum SiteMetrics {
             [(name, PrometheusText.number(now.rounded()))])
         guard sync != nil else { return out.text }
         let state = try SyncState.load(site)
-        let unpushed = try SyncState.unpushedLogBytes(site, state)
+        let (unpushed, oldest) = try SyncState.unpushed(site, state)
         out.family(
             "balsam_site_sync_unpushed_log_bytes", "gauge", "Bytes of the site's event logs not yet on its server.",
             [(name, String(unpushed))])
-        let oldest = try SyncState.oldestUnpushedTime(site, state)
         out.family(
             "balsam_site_sync_unpushed_lag_seconds", "gauge",
             "Age of the oldest event of the site's logs not yet on its server (0: none).",

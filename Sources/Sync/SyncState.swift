@@ -84,28 +84,22 @@ public struct SyncState: Sendable, Equatable {
     public static func path(_ site: Site) -> String { site.root + "/sync/state.json" }
 
     /// Reads the state (empty when the site never synced).
-    /// Bytes of the site's event logs past `state`'s cursor: what its server does not have yet.
-    public static func unpushedLogBytes(_ site: Site, _ state: SyncState) throws(SpoolError) -> Int {
+    /// What of the site's event logs lies past `state`'s cursor (what its server does not have yet), in one
+    /// listing and one `stat` per log: its bytes, and when (Unix seconds) the oldest of those lines was written
+    /// (the first line past the cursor of each log, the oldest of them; nil when every log is pushed or its next
+    /// line is not yet whole).
+    public static func unpushed(_ site: Site, _ state: SyncState) throws(SpoolError) -> (bytes: Int, oldest: Double?) {
         var pending = 0
-        for name in try Posix.listDirectory(site.eventsPath) where name.hasSuffix(".jsonl") {
-            let size = Int(try Posix.statIfExists(site.eventsPath + "/" + name)?.st_size ?? 0)
-            pending += max(0, size - (state.cursor[name] ?? 0))
-        }
-        return pending
-    }
-
-    /// When (Unix seconds) the oldest line of the site's event logs past `state`'s cursor was written: the first
-    /// line past the cursor of each log, the oldest of them; nil when every log is pushed (or its next line is
-    /// not yet whole).
-    public static func oldestUnpushedTime(_ site: Site, _ state: SyncState) throws(SpoolError) -> Double? {
         var oldest: Double?
         for name in try Posix.listDirectory(site.eventsPath) where name.hasSuffix(".jsonl") {
             let path = site.eventsPath + "/" + name
             let offset = state.cursor[name] ?? 0
-            guard let size = try Posix.statIfExists(path)?.st_size, Int(size) > offset else { continue }
+            let size = Int(try Posix.statIfExists(path)?.st_size ?? 0)
+            guard size > offset else { continue }
+            pending += size - offset
             let fd = try Posix.open(path, O_RDONLY)
             defer { Posix.close(fd) }
-            var bytes = [UInt8](repeating: 0, count: min(64 << 10, Int(size) - offset))
+            var bytes = [UInt8](repeating: 0, count: min(64 << 10, size - offset))
             let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(offset)) }
             guard n > 0, let end = bytes.prefix(n).firstIndex(of: 0x0A),
                 let t = (try? JSONValue.parse(bytes[..<end]))?.objectValue?["t"]?.stringValue,
@@ -113,7 +107,7 @@ public struct SyncState: Sendable, Equatable {
             else { continue }
             oldest = min(oldest ?? seconds, seconds)
         }
-        return oldest
+        return (pending, oldest)
     }
 
     public static func load(_ site: Site) throws(SpoolError) -> SyncState {

@@ -74,8 +74,7 @@ struct SyncStatus: ParsableCommand {
         try reportingErrors("balsam sync status") {
             let (site, settings) = try syncSettings(siteOption)
             let state = try SyncState.load(site)
-            let pending = try SyncState.unpushedLogBytes(site, state)
-            let oldest = try SyncState.oldestUnpushedTime(site, state)
+            let (pending, oldest) = try SyncState.unpushed(site, state)
             let lag = max(0, oldest.map { Timestamp.nowSeconds() - $0 } ?? 0)
             let fields: [(String, JSONValue)] = [
                 ("server", .string(settings.url)), ("site_id", state.siteID.map { .int($0) } ?? .null),

@@ -186,18 +186,9 @@ import Wire
     /// record) but before it saved its sync state: the next watcher pushes the job's creation as the adoption it
     /// is, so the server holds the job once, under the id the user has (the differential test found it twice).
     @Test func aJobTakenJustBeforeAKillIsAdoptedNotPushedAgainAsNew() async throws {
-        let server = try InProcessServer()
-        let token = try await server.user("kit")
-        let dir = try TempDir()
-        let site = try makeSite(dir)
-        try dir.file("token", token)
-        let tokenFile = dir.path + "/token"
-        let round = { @Sendable (url: String) throws in
-            var sync = SiteSettings.Sync(url: url)
-            sync.tokenFile = tokenFile
-            _ = try Pusher(site: site, settings: sync).round()
-        }
-        try await server.serving { url in try await offPool { try round(url) } }
+        let world = try await PushingSite("kit")
+        let (server, token, site) = (world.server, world.token, world.site)
+        try await world.round()
         let apps = try await server.request(.get, "/apps/", token: token).json
         let appID = try #require(apps.objectValue?["results"]?.arrayValue?.first?.objectValue?["id"]?.intValue)
         let made = try await server.request(
@@ -211,11 +202,11 @@ import Wire
         let apiID = try #require(made.json.arrayValue?.first?.objectValue?["id"]?.intValue, "\(made.json)")
         // The round that takes it; then the state as it was before, as if the watcher died before saving it.
         let before = try SyncState.load(site)
-        try await server.serving { url in try await offPool { try round(url) } }
+        try await world.round()
         let taken = try Query(site: site).find("r/1")
         #expect(taken.job?.serverID == apiID)
         try before.save(site)
-        for _ in 0..<3 { try await server.serving { url in try await offPool { try round(url) } } }
+        for _ in 0..<3 { try await world.round() }
         let listed = try await server.request(.get, "/jobs/?limit=10", token: token).json
         let jobs = listed.objectValue?["results"]?.arrayValue ?? []
         #expect(jobs.count == 1, "\(listed)")
@@ -229,18 +220,9 @@ import Wire
     /// put back as it was before. The site makes no second batch job for it, and the server holds one, not
     /// refused, linked to the site's.
     @Test func aBatchJobTakenJustBeforeAKillIsNotMadeTwice() async throws {
-        let server = try InProcessServer()
-        let token = try await server.user("bex")
-        let dir = try TempDir()
-        let site = try makeSite(dir)
-        try dir.file("token", token)
-        let tokenFile = dir.path + "/token"
-        let round = { @Sendable (url: String) throws in
-            var sync = SiteSettings.Sync(url: url)
-            sync.tokenFile = tokenFile
-            _ = try Pusher(site: site, settings: sync).round()
-        }
-        try await server.serving { url in try await offPool { try round(url) } }
+        let world = try await PushingSite("bex")
+        let (server, token, site) = (world.server, world.token, world.site)
+        try await world.round()
         let siteID = try #require(try SyncState.load(site).siteID)
         let asked = try await server.request(
             .post, "/batch-jobs/",
@@ -250,15 +232,42 @@ import Wire
             ]), token: token)
         let serverID = try #require(asked.json.objectValue?["id"]?.intValue, "\(asked.json)")
         let before = try SyncState.load(site)
-        try await server.serving { url in try await offPool { try round(url) } }
+        try await world.round()
         #expect(try BatchJobStore(site: site).all().jobs.map(\.serverID) == [serverID])
         try before.save(site)
-        for _ in 0..<3 { try await server.serving { url in try await offPool { try round(url) } } }
+        for _ in 0..<3 { try await world.round() }
         #expect(try BatchJobStore(site: site).all().jobs.count == 1, "one batch job at the site")
         let listed = try await server.request(.get, "/batch-jobs/", token: token).json
         let batches = listed.objectValue?["results"]?.arrayValue ?? []
         #expect(batches.count == 1, "\(listed)")
         #expect(batches.first?.objectValue?["id"]?.intValue == serverID, "\(listed)")
         #expect(batches.first?.objectValue?["state"]?.stringValue != "submit_failed", "\(listed)")
+    }
+}
+
+/// A server in this process, a user, and a site that pushes to it with the user's token: `round()` is one round
+/// of a new `Pusher` (a watcher started afresh each time).
+struct PushingSite {
+    let server: InProcessServer
+    let token: String
+    let dir: TempDir
+    let site: Site
+
+    init(_ user: String) async throws {
+        server = try InProcessServer()
+        token = try await server.user(user)
+        dir = try TempDir()
+        site = try makeSite(dir)
+        try dir.file("token", token)
+    }
+
+    func round() async throws {
+        let (site, tokenFile) = (site, dir.path + "/token")
+        try await server.serving { url in
+            var settings = SiteSettings.Sync(url: url)
+            settings.tokenFile = tokenFile
+            let sync = settings
+            try await offPool { _ = try Pusher(site: site, settings: sync).round() }
+        }
     }
 }
